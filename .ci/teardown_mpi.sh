@@ -1,0 +1,3 @@
+#!/bin/bash
+# Nothing runs between tests: mpiexec is a plain program.
+true

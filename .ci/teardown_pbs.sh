@@ -1,0 +1,3 @@
+#!/bin/bash
+# Nothing runs: the PBS commands are wrappers over Slurm (see teardown_slurm.sh).
+true

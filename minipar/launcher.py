@@ -1,0 +1,1827 @@
+"""Launchers start, watch and stop controllers and engines; a Cluster ties them together.
+
+A launcher owns one resource: a process, an ``mpiexec``, an ``ssh`` session or a batch
+job. It has three states, changed only in ``notify_start`` / ``notify_stop``::
+
+    before --start()--> running --(the resource ends, noticed by a watcher)--> after
+                                \\--stop(): SIGTERM, wait, SIGKILL, wait ------/
+
+``stop()`` returns only when everything it started is gone (checked by pid, process
+descendants included, because ``mpiexec``'s ranks outlive a killed ``mpiexec``).
+``to_dict()`` saves what is needed to find the resource again from another process;
+``from_dict()`` rebuilds a live launcher or raises ``NotRunning``.
+
+Map of the module::
+
+    BaseLauncher                     the contract; options and state as plain attributes
+      LocalProcessLauncher           one subprocess, output in a log file, a watcher thread
+        LocalControllerLauncher        python -m <pkg>.controller
+        LocalEngineLauncher            python -m <pkg>.engine
+        MPIEngineSetLauncher           mpiexec -n N python -m <pkg>.engine (one process tree)
+        MPIControllerLauncher
+        SSHEngineLauncher              ssh HOST 'python -m <pkg>.engine & echo pid; wait'
+      LocalEngineSetLauncher         n LocalEngineLaunchers
+      SSHEngineSetLauncher           {host: n} of SSHEngineLaunchers, connection file by scp/env
+      BatchSystemLauncher            submit / delete / signal / status commands + a template
+        Slurm*, PBS*, SGE*, LSF* (ControllerLauncher and EngineSetLauncher each)
+    find_launcher_class(name, kind)  short name, class name, import path or entry point
+    Cluster                          one controller + engine sets + Clients; a cluster file
+    main()                           python -m <pkg>.launcher start|engines|stop|list|clean
+
+Who talks to whom::
+
+    Cluster (user's process) --start--> controller launcher --> python -m pkg.controller
+       |                     --start--> engine set launchers --> python -m pkg.engine x n
+       +-- Client, reading <profile_dir>/security/minipar-client.json
+       +-- <profile_dir>/security/cluster-<cluster_id>.json: launchers' to_dict(), read by
+           Cluster.from_file() and by `python -m pkg.launcher list|stop` in other processes
+
+Processes started here run in their own session, so a terminal's Ctrl-C reaches only the
+process that started them, which then stops them in order (engines first).
+"""
+
+import argparse
+import atexit
+import importlib
+import json
+import logging
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from importlib import metadata
+
+from . import protocol
+from .errors import MiniparError, TimeoutError
+
+log = logging.getLogger(__name__)
+
+# The package's own name (vendoring: never a literal "minipar"), for `python -m` commands.
+_PKG = __package__
+
+BEFORE, RUNNING, AFTER = "before", "running", "after"
+
+# Grace between SIGTERM and SIGKILL. Engines and the controller exit in well under a
+# second; mpiexec takes ~1 s to pass SIGTERM on, a batch system up to its KillWait.
+STOP_TIMEOUT_S = 10.0
+# How long a Cluster waits for the controller's connection file and for engines to
+# register. Pessimistic: a loaded 2-core box takes 1-3 s to import and bind.
+START_TIMEOUT_S = 60.0
+# How often watchers poll what they cannot wait on (a pid not our child, a batch job).
+POLL_INTERVAL_S = 0.2
+BATCH_POLL_INTERVAL_S = 1.0
+
+CLUSTER_FILE = "cluster-{cluster_id}.json"
+
+
+class LauncherError(MiniparError):
+    """A launcher could not start, signal or stop what it manages."""
+
+
+class NotRunning(LauncherError):
+    """The resource a saved launcher described is gone (raised by ``from_dict``)."""
+
+
+class ControllerStartError(LauncherError):
+    """The controller exited, or did not write its connection file in time."""
+
+
+class EngineStartError(LauncherError):
+    """Engines exited, or did not register in time."""
+
+
+# ---------------------------------------------------------------- process helpers
+
+
+def _pid_alive(pid):
+    """True while `pid` runs (a zombie counts as gone: it only awaits its parent's wait)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _pid_start_time(pid):
+    """The process's start time in clock ticks (Linux), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _same_process(pid, start_time):
+    if not pid or not _pid_alive(pid):
+        return False
+    return start_time is None or _pid_start_time(pid) in (None, start_time)
+
+
+def _descendants(pids):
+    """Every living descendant of `pids` (Linux /proc; elsewhere none are known)."""
+    children = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], list(pids)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill(pid, sig):
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait_pids(pids, deadline):
+    while True:
+        alive = [p for p in pids if _pid_alive(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def terminate_pids(pids, timeout=STOP_TIMEOUT_S, sig=signal.SIGTERM, what="processes"):
+    """Stop `pids` and their descendants: `sig`, wait `timeout`, SIGKILL, wait.
+
+    Descendants are collected before the first signal, because a killed parent's children
+    are re-parented and could not be found afterwards. Returns the pids still alive
+    (none, unless a process is stuck in the kernel).
+    """
+    pids = [p for p in pids if p]
+    everything = pids + _descendants(pids)
+    for pid in pids:
+        _kill(pid, sig)
+    alive = _wait_pids(everything, time.monotonic() + timeout)
+    if alive:
+        log.warning("%s %s did not exit %.0f s after signal %s; sending SIGKILL",
+                    what, alive, timeout, sig)
+        for pid in alive + _descendants(alive):
+            _kill(pid, signal.SIGKILL)
+        alive = _wait_pids(alive, time.monotonic() + 5.0)
+        if alive:
+            log.error("%s %s survived SIGKILL", what, alive)
+    return alive
+
+
+def _python_path():
+    """PYTHONPATH that lets a child `python -m <pkg>.engine` import this very package.
+
+    The folder holding the top-level package comes first, so a vendored copy
+    (``myproject._vendor.minipar``) is found even when the child's cwd differs.
+    """
+    root = os.path.dirname(os.path.abspath(__file__))
+    for _ in _PKG.split("."):
+        root = os.path.dirname(root)
+    rest = os.environ.get("PYTHONPATH", "")
+    return os.pathsep.join(p for p in [root] + rest.split(os.pathsep) if p)
+
+
+def _read_text(path, limit=20000):
+    """The last `limit` characters of a log file ('' if there is none)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _class_path(cls):
+    """Import path of `cls`; ours by package name even when run as ``python -m``."""
+    module = cls.__module__
+    if module == "__main__" and getattr(sys.modules[__name__], cls.__qualname__, None) is cls:
+        module = f"{_PKG}.launcher"
+    return f"{module}.{cls.__qualname__}"
+
+
+def _unique_id():
+    return f"{int(time.time())}-{secrets.token_hex(2)}"
+
+
+# ---------------------------------------------------------------- the contract
+
+
+class BaseLauncher:
+    """The launcher contract (see the module docstring).
+
+    Subclasses declare their constructor options in ``_options`` and what ``to_dict``
+    must save about the running resource in ``_state``; both are collected over the MRO.
+    """
+
+    kind = ""  # the short name, e.g. "local", "mpi", "slurm"
+    _options = ("profile_dir", "cluster_id", "program_args", "env", "stop_timeout")
+    _state = ("state", "stop_data", "output_file")
+
+    def __init__(self, profile_dir=None, cluster_id="", program_args=(), env=None,
+                 stop_timeout=STOP_TIMEOUT_S):
+        self.profile_dir = protocol.profile_dir(profile_dir=profile_dir)
+        self.cluster_id = cluster_id or ""
+        self.program_args = [str(a) for a in program_args]
+        self.env = dict(env or {})
+        self.stop_timeout = stop_timeout
+        self.state = BEFORE
+        self.stop_data = None
+        self.output_file = None
+        self._stop_callbacks = []
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.state}>"
+
+    # -- options and state, collected over the class hierarchy
+
+    @classmethod
+    def _names(cls, attr):
+        names = []
+        for klass in reversed(cls.__mro__):
+            for name in vars(klass).get(attr, ()):
+                if name not in names:
+                    names.append(name)
+        return names
+
+    def to_dict(self):
+        """What `from_dict` needs to find this launcher's resource again (JSON-able)."""
+        return {"class": _class_path(type(self)),
+                "options": {k: getattr(self, k) for k in self._names("_options")},
+                "state": {k: getattr(self, k) for k in self._names("_state")}}
+
+    @classmethod
+    def from_dict(cls, d):
+        """A live launcher rebuilt from `to_dict()`; raises NotRunning if it is gone."""
+        self = cls(**d["options"])
+        for k, v in d["state"].items():
+            setattr(self, k, v)
+        if self.state != RUNNING:
+            raise NotRunning(f"{cls.__name__} was saved in state {self.state!r}")
+        self._reconstruct()
+        return self
+
+    def _reconstruct(self):
+        """Check the saved resource is still there (raise NotRunning) and watch it."""
+        raise NotImplementedError
+
+    # -- states
+
+    def _check_state(self, expected, action):
+        if self.state != expected:
+            raise LauncherError(f"cannot {action} {self!r}: it is {self.state}, "
+                                f"not {expected}")
+
+    def notify_start(self, data=None):
+        """Called once the resource is requested: before -> running."""
+        log.debug("%r started: %s", self, data)
+        self.state = RUNNING
+        return data
+
+    def notify_stop(self, data=None):
+        """Called (by a watcher thread) when the resource has ended: running -> after."""
+        with self._lock:
+            if self.state == AFTER:
+                return
+            self.state = AFTER
+            self.stop_data = data
+            callbacks, self._stop_callbacks = self._stop_callbacks, []
+        log.debug("%r stopped: %s", self, data)
+        self._stopped.set()
+        for f in callbacks:
+            try:
+                f(data)
+            except Exception:
+                log.exception("on_stop callback %r of %r failed", f, self)
+
+    def on_stop(self, f):
+        """Call ``f(stop_data)`` when the resource ends (at once if it already has)."""
+        with self._lock:
+            if self.state != AFTER:
+                self._stop_callbacks.append(f)
+                return
+        f(self.stop_data)
+
+    def wait(self, timeout=None):
+        """Wait until the resource has ended; True if it has."""
+        return self._stopped.wait(timeout)
+
+    @property
+    def running(self):
+        return self.state == RUNNING
+
+    # -- what subclasses implement
+
+    def start(self):
+        raise NotImplementedError
+
+    def stop(self):
+        raise NotImplementedError
+
+    def signal(self, sig):
+        raise NotImplementedError
+
+    def get_output(self, remove=False):
+        """The output (stdout and stderr) of the launched program(s) so far."""
+        text = _read_text(self.output_file) if self.output_file else ""
+        if remove and self.output_file:
+            try:
+                os.remove(self.output_file)
+            except OSError:
+                pass
+        return text
+
+    # -- shared helpers
+
+    @property
+    def log_dir(self):
+        d = os.path.join(self.profile_dir, "log")
+        os.makedirs(d, exist_ok=True)
+        return d
+
+    def _output_path(self, role):
+        name = f"{role}-{self.cluster_id or 'default'}-{secrets.token_hex(3)}.log"
+        return os.path.join(self.log_dir, name)
+
+    def _child_env(self):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = _python_path()
+        env.update(self.env)
+        return env
+
+
+class ControllerLauncher(BaseLauncher):
+    """Starts one controller; ``start()`` takes no arguments."""
+
+    program = (sys.executable, "-m", f"{_PKG}.controller")
+
+    @property
+    def program_and_args(self):
+        return [*self.program, "--profile-dir", self.profile_dir, *self.program_args]
+
+    @property
+    def connection_file(self):
+        return os.path.join(self.profile_dir, "security", protocol.CLIENT_FILE)
+
+
+class EngineLauncher(BaseLauncher):
+    """Starts engines; ``start(n)``, where None means the host's CPU count."""
+
+    program = (sys.executable, "-m", f"{_PKG}.engine")
+    _state = ("n",)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.n = 0
+
+    @property
+    def program_and_args(self):
+        return [*self.program, "--profile-dir", self.profile_dir, *self.program_args]
+
+    @staticmethod
+    def _default_n(n):
+        return n if n is not None else (os.cpu_count() or 1)
+
+
+# ---------------------------------------------------------------- local processes
+
+
+class LocalProcessLauncher(BaseLauncher):
+    """One local subprocess; its stdout and stderr go to a log file under the profile."""
+
+    role = "process"
+    _state = ("pid", "pid_start", "args")
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.pid = None
+        self.pid_start = None
+        self.args = []
+        self.process = None
+        self._watcher = None
+
+    def find_args(self):
+        raise NotImplementedError
+
+    def _popen(self):
+        self.args = [str(a) for a in self.find_args()]
+        self.output_file = self._output_path(self.role)
+        with open(self.output_file, "ab") as out:
+            # own session: the user's Ctrl-C goes to the user's process, which stops us in order
+            self.process = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=out,
+                                            stderr=subprocess.STDOUT, env=self._child_env(),
+                                            start_new_session=True)
+        self.pid = self.process.pid
+        self.pid_start = _pid_start_time(self.pid)
+        log.debug("started %s (pid %s): %s", self.role, self.pid, shlex.join(self.args))
+
+    def start(self):
+        self._check_state(BEFORE, "start")
+        self._popen()
+        self.notify_start({"pid": self.pid})
+        self._watch(self.process.wait)
+
+    def _watch(self, waiter):
+        # executes in the watcher thread until the process ends
+        def run():
+            code = waiter()
+            self.notify_stop({"exit_code": code, "pid": self.pid})
+        self._watcher = threading.Thread(target=run, daemon=True,
+                                         name=f"minipar-watch-{self.role}-{self.pid}")
+        self._watcher.start()
+
+    def _poll_pid(self):
+        while _same_process(self.pid, self.pid_start):
+            time.sleep(POLL_INTERVAL_S)
+        return None  # not our child: its exit code is its parent's to read
+
+    def _reconstruct(self):
+        if not _same_process(self.pid, self.pid_start):
+            raise NotRunning(f"{self.role} pid {self.pid} is not running")
+        self._watch(self._poll_pid)
+
+    def signal(self, sig):
+        self._check_state(RUNNING, "signal")
+        _kill(self.pid, sig)
+
+    def pids(self):
+        return [self.pid] if self.state == RUNNING else []
+
+    def stop(self):
+        """SIGTERM, wait, SIGKILL; returns once the process (and its children) are gone."""
+        if self.state == BEFORE:
+            return None
+        terminate_pids(self.pids(), self.stop_timeout, what=self.role)
+        self._join()
+        return self.stop_data
+
+    def _join(self):
+        if self._watcher is not None:
+            self._watcher.join(self.stop_timeout + 10)
+        if self.state != AFTER and not _same_process(self.pid, self.pid_start):
+            self.notify_stop({"exit_code": None, "pid": self.pid})
+
+
+class LocalControllerLauncher(LocalProcessLauncher, ControllerLauncher):
+    """The controller as a local subprocess."""
+
+    kind = "local"
+    role = "controller"
+
+    def find_args(self):
+        return self.program_and_args
+
+
+class LocalEngineLauncher(LocalProcessLauncher, EngineLauncher):
+    """One engine as a local subprocess."""
+
+    kind = "local"
+    role = "engine"
+
+    def find_args(self):
+        return self.program_and_args
+
+    def start(self, n=1):
+        self.n = 1
+        super().start()
+
+
+class EngineSetLauncher(EngineLauncher):
+    """Engines as child launchers, one per engine, started and stopped together.
+
+    Subclasses implement ``start(n)``, filling ``self._children``; the set has stopped
+    when its last child has.
+    """
+
+    _state = ("launchers",)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._children = []
+
+    @property
+    def launchers(self):
+        return [c.to_dict() for c in self._children]
+
+    @launchers.setter
+    def launchers(self, dicts):
+        self._children = []
+        for d in dicts:
+            try:
+                self._children.append(launcher_from_dict(d))
+            except NotRunning:
+                pass
+
+    def _reconstruct(self):
+        if not self._children:
+            raise NotRunning("no engine of this set is running")
+        self._watch_children()
+
+    def _stop_data(self):
+        return {"exit_codes": [(c.stop_data or {}).get("exit_code") for c in self._children]}
+
+    def _watch_children(self):
+        # notify_stop is idempotent, so the last child to stop may call it more than once
+        def one_stopped(_data):
+            if all(c.state == AFTER for c in self._children):
+                self.notify_stop(self._stop_data())
+        for c in self._children:
+            c.on_stop(one_stopped)
+
+    def pids(self):
+        return [p for c in self._children for p in c.pids()]
+
+    def signal(self, sig):
+        self._check_state(RUNNING, "signal")
+        for c in self._children:
+            if c.state == RUNNING:
+                c.signal(sig)
+
+    def _stop_children(self):
+        # every engine gets SIGTERM at once, so n engines take one grace period, not n
+        terminate_pids(self.pids(), self.stop_timeout, what="engines")
+        for c in self._children:
+            c._join()
+
+    def stop(self):
+        if self.state == BEFORE:
+            return None
+        self._stop_children()
+        if self.state != AFTER:
+            self.notify_stop(self._stop_data())
+        return self.stop_data
+
+    def get_output(self, remove=False):
+        return "".join(f"--- engine pid {c.pid} ---\n{c.get_output(remove)}"
+                       for c in self._children)
+
+
+class LocalEngineSetLauncher(EngineSetLauncher):
+    """n engines as local subprocesses."""
+
+    kind = "local"
+
+    def start(self, n=None):
+        self._check_state(BEFORE, "start")
+        self.n = self._default_n(n)
+        opts = {k: getattr(self, k) for k in BaseLauncher._names("_options")}
+        try:
+            for _ in range(self.n):
+                child = LocalEngineLauncher(**opts)
+                child.start()
+                self._children.append(child)
+        except BaseException:
+            self._stop_children()
+            raise
+        self.notify_start({"pids": [c.pid for c in self._children]})
+        self._watch_children()
+
+
+# ---------------------------------------------------------------- mpiexec
+
+
+class MPILauncher(LocalProcessLauncher):
+    """``mpiexec -n N [mpi_args] program``: one local process tree.
+
+    Signals to mpiexec reach every rank (OpenMPI turns SIGINT into SIGTERM). Ranks may
+    run in their own process groups and survive a SIGKILLed mpiexec, which is why stop()
+    finds them as mpiexec's descendants before signalling (see terminate_pids).
+    """
+
+    kind = "mpi"
+    _options = ("mpi_cmd", "mpi_args")
+
+    def __init__(self, mpi_cmd=("mpiexec",), mpi_args=(), **kwargs):
+        super().__init__(**kwargs)
+        self.mpi_cmd = [str(a) for a in mpi_cmd]
+        self.mpi_args = [str(a) for a in mpi_args]
+
+    def find_args(self):
+        return [*self.mpi_cmd, "-n", str(self.n), *self.mpi_args, *self.program_and_args]
+
+
+class MPIControllerLauncher(MPILauncher, ControllerLauncher):
+    """The controller under mpiexec (-n 1), for sites that insist on it."""
+
+    role = "controller"
+    n = 1
+
+
+class MPIEngineSetLauncher(MPILauncher, EngineLauncher):
+    """n engines under one mpiexec; each engine sees its rank in OMPI_COMM_WORLD_RANK."""
+
+    role = "engines"
+
+    def start(self, n=None):
+        self.n = self._default_n(n)
+        super().start()
+
+
+# ---------------------------------------------------------------- ssh
+
+
+class SSHEngineLauncher(LocalProcessLauncher, EngineLauncher):
+    """One engine on `hostname`, through a local ``ssh`` that lives as long as it does.
+
+    The remote shell starts the engine in the background, prints its pid and waits for
+    it, so the local ssh ends exactly when the engine does (the watcher notices) and its
+    output is the engine's. Killing the local ssh would leave the engine running (no
+    tty), so stop() and signal() run ``kill`` on the host instead.
+    """
+
+    kind = "ssh"
+    role = "engine"
+    _options = ("hostname", "ssh_cmd", "ssh_args", "remote_python", "remote_profile_dir",
+                "remote_env", "connection_file")
+    _state = ("remote_pid",)
+
+    def __init__(self, hostname="localhost", ssh_cmd=("ssh",), ssh_args=(),
+                 remote_python=sys.executable, remote_profile_dir=None, remote_env=None,
+                 connection_file=None, **kwargs):
+        super().__init__(**kwargs)
+        self.hostname = hostname
+        self.ssh_cmd = [str(a) for a in ssh_cmd]
+        self.ssh_args = [str(a) for a in ssh_args]
+        self.remote_python = remote_python
+        self.remote_profile_dir = remote_profile_dir or self.profile_dir
+        self.remote_env = dict(remote_env) if remote_env is not None else {
+            "PYTHONPATH": _python_path()}
+        # the engine file on the host: a copy sent with scp, or written from the environment
+        self.connection_file = connection_file
+        self.remote_pid = None
+
+    def ssh(self, command):
+        return [*self.ssh_cmd, *self.ssh_args, self.hostname, command]
+
+    def remote_command(self):
+        env = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in self.remote_env.items())
+        engine = shlex.join([self.remote_python, "-m", f"{_PKG}.engine", "--profile-dir",
+                             self.remote_profile_dir, *self.program_args])
+        file_arg = f" --file {shlex.quote(self.connection_file)}" if self.connection_file else ""
+        prepare = ""
+        if self.connection_file and "MINIPAR_CONNECTION_INFO" in self.env:
+            # "env" mode: the connection info arrived as an environment variable
+            prepare = (f"umask 077; mkdir -p {shlex.quote(os.path.dirname(self.connection_file))}"
+                       f" && printf '%s' \"$MINIPAR_CONNECTION_INFO\" > "
+                       f"{shlex.quote(self.connection_file)} || exit 1; ")
+        return (f"{prepare}mkdir -p {shlex.quote(self.remote_profile_dir)}; "
+                f"{env} {engine}{file_arg} </dev/null & echo minipar-remote-pid $!; wait $!")
+
+    def find_args(self):
+        return self.ssh(self.remote_command())
+
+    def start(self, n=1):
+        self.n = 1
+        LocalProcessLauncher.start(self)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while self.remote_pid is None and self.state == RUNNING:
+            m = re.search(r"minipar-remote-pid (\d+)", self.get_output())
+            if m:
+                self.remote_pid = int(m.group(1))
+            elif time.monotonic() > deadline:
+                break
+            else:
+                time.sleep(0.05)
+        if self.remote_pid is None:
+            out = self.get_output()
+            self.stop()
+            raise LauncherError(f"ssh to {self.hostname} did not start an engine; its "
+                                f"output:\n{out}")
+
+    def remote_kill(self, sig):
+        """``kill -SIG pid`` on the host (bounded: ssh's ConnectTimeout and ours)."""
+        if self.remote_pid is None:
+            return
+        cmd = self.ssh(f"kill -{signal.Signals(sig).name[3:]} {self.remote_pid} 2>/dev/null; true")
+        try:
+            subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                           timeout=30, env=self._child_env())
+        except subprocess.TimeoutExpired:
+            log.warning("ssh %s: kill timed out", self.hostname)
+
+    def signal(self, sig):
+        self._check_state(RUNNING, "signal")
+        self.remote_kill(sig)
+
+    def stop(self):
+        if self.state == BEFORE:
+            return None
+        if self.state == RUNNING:
+            self.remote_kill(signal.SIGTERM)
+            if not self.wait(self.stop_timeout):
+                log.warning("engine on %s (pid %s) ignored SIGTERM; sending SIGKILL",
+                            self.hostname, self.remote_pid)
+                self.remote_kill(signal.SIGKILL)
+                self.wait(self.stop_timeout)
+        # the local ssh ends with the remote engine; terminate_pids is for a stuck one
+        return super().stop()
+
+
+class SSHEngineSetLauncher(EngineSetLauncher):
+    """Engines on several hosts: ``engines={host: n}`` or ``{host: (n, [engine args])}``.
+
+    The controller's engine file goes to each host before its engines start:
+    ``connection="scp"`` copies it to ``<remote_profile_dir>/security/`` under a name of
+    its own (so a shared file system never has the original overwritten), ``"env"``
+    passes it in the variable MINIPAR_CONNECTION_INFO (the server must AcceptEnv it),
+    ``"shared"`` sends nothing (a shared file system). ``start(n)`` with a plain ``n``
+    and no `engines` starts n engines on localhost.
+    """
+
+    kind = "ssh"
+    _options = ("engines", "ssh_cmd", "ssh_args", "scp_cmd", "remote_python",
+                "remote_profile_dir", "remote_env", "connection")
+    _state = ("sent_files",)
+
+    def __init__(self, engines=None, ssh_cmd=("ssh",), ssh_args=(), scp_cmd=("scp",),
+                 remote_python=sys.executable, remote_profile_dir=None, remote_env=None,
+                 connection="scp", **kwargs):
+        super().__init__(**kwargs)
+        if connection not in ("scp", "env", "shared"):
+            raise ValueError(f"connection must be 'scp', 'env' or 'shared', not {connection!r}")
+        self.engines = dict(engines or {})
+        self.ssh_cmd = list(ssh_cmd)
+        self.ssh_args = list(ssh_args)
+        self.scp_cmd = list(scp_cmd)
+        self.remote_python = remote_python
+        self.remote_profile_dir = remote_profile_dir
+        self.remote_env = remote_env
+        self.connection = connection
+        self.sent_files = {}  # host -> path of its copy of the engine file
+
+    def _hosts(self, n):
+        if not self.engines:
+            return {"localhost": (self._default_n(n), [])}
+        hosts = {}
+        for host, spec in self.engines.items():
+            count, args = (spec, []) if isinstance(spec, int) else (spec[0], list(spec[1]))
+            hosts[host] = (count, args)
+        return hosts
+
+    def _child(self, host, args, connection_file, env):
+        return SSHEngineLauncher(
+            hostname=host, ssh_cmd=self.ssh_cmd, ssh_args=self.ssh_args,
+            remote_python=self.remote_python, remote_profile_dir=self.remote_profile_dir,
+            remote_env=self.remote_env, connection_file=connection_file,
+            profile_dir=self.profile_dir, cluster_id=self.cluster_id,
+            program_args=[*self.program_args, *args], env=env, stop_timeout=self.stop_timeout)
+
+    def _send(self, host):
+        """Copy the engine file to `host`; its remote path."""
+        rdir = os.path.join(self.remote_profile_dir or self.profile_dir, "security")
+        remote = os.path.join(rdir, f"minipar-engine-{self.cluster_id or 'default'}-"
+                                    f"{secrets.token_hex(3)}.json")
+        local = os.path.join(self.profile_dir, "security", protocol.ENGINE_FILE)
+        env = {**os.environ, **self.env}
+        mkdir = f"umask 077; mkdir -p {shlex.quote(rdir)}"
+        for cmd in ([*self.ssh_cmd, *self.ssh_args, host, mkdir],
+                    [*self.scp_cmd, *self.ssh_args, "-q", local, f"{host}:{remote}"]):
+            r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                               timeout=60, env=env)
+            if r.returncode:
+                raise LauncherError(f"sending the engine file to {host} failed: "
+                                    f"{shlex.join(cmd)}: {r.stderr.strip()}")
+        return remote
+
+    def start(self, n=None):
+        self._check_state(BEFORE, "start")
+        hosts = self._hosts(n)
+        self.n = sum(count for count, _ in hosts.values())
+        try:
+            for host, (count, args) in hosts.items():
+                env, file = dict(self.env), None
+                if self.connection == "scp":
+                    file = self.sent_files[host] = self._send(host)
+                elif self.connection == "env":
+                    path = os.path.join(self.profile_dir, "security", protocol.ENGINE_FILE)
+                    with open(path) as f:
+                        env["MINIPAR_CONNECTION_INFO"] = f.read()
+                    rdir = os.path.join(self.remote_profile_dir or self.profile_dir, "security")
+                    file = os.path.join(rdir, f"minipar-engine-{self.cluster_id or 'default'}-"
+                                              f"{secrets.token_hex(3)}.json")
+                    self.sent_files[host] = file
+                for _ in range(count):
+                    child = self._child(host, args, file, env)
+                    if self.connection == "env":
+                        child.ssh_args = [*child.ssh_args, "-o", "SendEnv=MINIPAR_CONNECTION_INFO"]
+                    child.start()
+                    self._children.append(child)
+        except BaseException:
+            self._stop_children()
+            raise
+        self.notify_start({"hosts": {h: c for h, (c, _) in hosts.items()}})
+        self._watch_children()
+
+    def _stop_children(self):
+        # SIGTERM everywhere first, then wait: hosts stop in parallel
+        threads = [threading.Thread(target=c.stop) for c in self._children]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for host, path in self.sent_files.items():
+            cmd = [*self.ssh_cmd, *self.ssh_args, host, f"rm -f {shlex.quote(path)}"]
+            try:
+                subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
+                               env={**os.environ, **self.env})
+            except subprocess.TimeoutExpired:
+                log.warning("ssh %s: removing %s timed out", host, path)
+
+
+# ---------------------------------------------------------------- batch systems
+
+
+class BatchSystemLauncher(BaseLauncher):
+    """A job for a batch system, described as data.
+
+    A class gives the commands (each a list; the job id or the script path is appended,
+    ``{sig}`` is replaced by the signal's name), a regular expression that finds the
+    job id in the submit command's output (its group 1 if it has one), a status command
+    with ``parse_status``, and a default template. Templates are ``str.format`` text
+    with ``{n}``, ``{queue}``, ``{profile_dir}``, ``{cluster_id}``,
+    ``{program_and_args}``, ``{output_file}`` and ``{log_dir}``; give your own as
+    `batch_template` (a string) or `batch_template_file`. A `queue` adds
+    ``queue_template`` to a template that does not mention ``{queue}`` itself.
+    Every command can be replaced per launcher (``submit_command=["/opt/pbs/bin/qsub"]``).
+    """
+
+    submit_command = ()
+    submit_stdin = False  # True: the script goes to the submit command's stdin (bsub < job)
+    delete_command = ()
+    signal_command = None  # None: the batch system cannot signal a job
+    status_command = ()
+    job_id_regexp = r"\d+"
+    queue_template = ""
+    default_template = ""
+    script_suffix = ".sh"
+
+    _options = ("queue", "batch_template", "batch_template_file", "submit_command",
+                "delete_command", "signal_command", "status_command", "job_id_regexp",
+                "poll_interval")
+    _state = ("job_id", "batch_file")
+
+    def __init__(self, queue="", batch_template=None, batch_template_file=None,
+                 submit_command=None, delete_command=None, signal_command=None,
+                 status_command=None, job_id_regexp=None, poll_interval=BATCH_POLL_INTERVAL_S,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.queue = queue
+        self.batch_template = batch_template
+        self.batch_template_file = batch_template_file
+        cls = type(self)
+        self.submit_command = list(submit_command or cls.submit_command)
+        self.delete_command = list(delete_command or cls.delete_command)
+        sc = signal_command or cls.signal_command
+        self.signal_command = list(sc) if sc else None
+        self.status_command = list(status_command or cls.status_command)
+        self.job_id_regexp = job_id_regexp or cls.job_id_regexp
+        self.poll_interval = poll_interval
+        self.job_id = None
+        self.batch_file = None
+        self._watcher = None
+
+    # -- the script
+
+    def template(self):
+        if self.batch_template is not None:
+            return self.batch_template
+        if self.batch_template_file:
+            with open(self.batch_template_file) as f:
+                return f.read()
+        return self.default_template
+
+    def context(self):
+        return {"n": self.n, "queue": self.queue, "profile_dir": self.profile_dir,
+                "cluster_id": self.cluster_id or "default", "output_file": self.output_file,
+                "log_dir": self.log_dir, "program_and_args": shlex.join(self.program_and_args)}
+
+    def render(self):
+        """The job script for the current settings."""
+        text = self.template()
+        if self.queue and "{queue}" not in text and self.queue_template:
+            first, _, rest = text.partition("\n")
+            if first.startswith("#!"):
+                text = f"{first}\n{self.queue_template}\n{rest}"
+            else:
+                text = f"{self.queue_template}\n{text}"
+        return text.format(**self.context())
+
+    # -- commands
+
+    def _run(self, cmd, stdin=None):
+        r = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60,
+                           cwd=self.log_dir, env=self._child_env())
+        log.debug("%s -> %s %r %r", shlex.join(cmd), r.returncode, r.stdout, r.stderr)
+        return r
+
+    def parse_job_id(self, output):
+        m = re.search(self.job_id_regexp, output)
+        if not m:
+            raise LauncherError(f"no job id (pattern {self.job_id_regexp!r}) in the output "
+                                f"of {shlex.join(self.submit_command)}: {output!r}")
+        return m.group(1) if m.groups() else m.group(0)
+
+    @staticmethod
+    def parse_status(returncode, output, job_id):
+        """'pending', 'running' or 'done' from the status command's result."""
+        raise NotImplementedError
+
+    def job_status(self):
+        r = self._run([*self.status_command, self.job_id])
+        return self.parse_status(r.returncode, r.stdout, self.job_id)
+
+    def start(self, n=1):
+        self._check_state(BEFORE, "start")
+        self.n = n
+        self.output_file = self._output_path(f"{self.kind}-{type(self).role}")
+        script = self.render()
+        self.batch_file = self.output_file[:-len(".log")] + self.script_suffix
+        with open(self.batch_file, "w") as f:
+            f.write(script)
+        os.chmod(self.batch_file, 0o700)
+        if self.submit_stdin:
+            r = self._run(self.submit_command, stdin=script)
+        else:
+            r = self._run([*self.submit_command, self.batch_file])
+        if r.returncode:
+            raise LauncherError(f"{shlex.join(self.submit_command)} {self.batch_file} failed "
+                                f"({r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
+        self.job_id = self.parse_job_id(r.stdout + r.stderr)
+        self.notify_start({"job_id": self.job_id})
+        self._watch()
+
+    def _watch(self):
+        # executes in the watcher thread: the job has ended when the status says so
+        def run():
+            while self.state == RUNNING:
+                try:
+                    if self.job_status() == "done":
+                        break
+                except (OSError, subprocess.SubprocessError) as e:
+                    log.warning("%s: status of job %s: %s", self.kind, self.job_id, e)
+                self._stopped.wait(self.poll_interval)
+            self.notify_stop({"job_id": self.job_id})
+        self._watcher = threading.Thread(target=run, daemon=True,
+                                         name=f"minipar-watch-{self.kind}-{self.job_id}")
+        self._watcher.start()
+
+    def _reconstruct(self):
+        if self.job_status() == "done":
+            raise NotRunning(f"{self.kind} job {self.job_id} has ended")
+        self._watch()
+
+    def signal(self, sig):
+        self._check_state(RUNNING, "signal")
+        if not self.signal_command:
+            raise LauncherError(f"{self.kind} has no command to signal a job; stop() it instead")
+        name = signal.Signals(sig).name[3:]
+        r = self._run([a.replace("{sig}", name) for a in self.signal_command] + [self.job_id])
+        if r.returncode:
+            raise LauncherError(f"signalling {self.kind} job {self.job_id} failed: "
+                                f"{r.stderr.strip()}")
+
+    def stop(self):
+        """Delete the job and wait until the batch system says it has ended."""
+        if self.state != RUNNING:
+            return self.stop_data
+        r = self._run([*self.delete_command, self.job_id])
+        if r.returncode:
+            log.info("%s %s: %s", shlex.join(self.delete_command), self.job_id, r.stderr.strip())
+        # the batch system sends SIGTERM, then SIGKILL after its own grace (Slurm's KillWait)
+        deadline = time.monotonic() + max(self.stop_timeout, 30.0)
+        while time.monotonic() < deadline:
+            if self.job_status() == "done":
+                break
+            time.sleep(0.2)
+        else:
+            log.error("%s job %s still listed %.0f s after %s", self.kind, self.job_id,
+                      max(self.stop_timeout, 30.0), shlex.join(self.delete_command))
+        self.notify_stop({"job_id": self.job_id})
+        if self._watcher is not None:
+            self._watcher.join(self.poll_interval + 60)
+        return self.stop_data
+
+    def get_output(self, remove=False):
+        # some systems ignore the script's output path (Slurm's qsub: <script>.o<job id>)
+        paths = [self.output_file] if self.output_file else []
+        if self.batch_file and self.job_id:
+            base = os.path.basename(self.batch_file)
+            job = self.job_id.split(".")[0].split("[")[0]
+            paths += sorted(os.path.join(self.log_dir, n) for n in os.listdir(self.log_dir)
+                            if n.startswith(base + ".") and job in n)
+        text = "".join(_read_text(p) for p in paths)
+        if remove:
+            for p in paths:
+                try:
+                    os.remove(p)
+                except OSError:
+                    pass
+        return text
+
+
+class BatchControllerLauncher(BatchSystemLauncher, ControllerLauncher):
+    role = "controller"
+
+    def start(self):
+        super().start(1)
+
+
+class BatchEngineSetLauncher(BatchSystemLauncher, EngineLauncher):
+    role = "engines"
+
+    def start(self, n=None):
+        super().start(self._default_n(n))
+
+
+def _rows(output, header_prefix):
+    """The data rows of a table printed by a status command (after its header lines)."""
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(header_prefix):
+            rows = lines[i + 1:]
+            return [r.split() for r in rows if r.strip() and not set(r.strip()) <= {"-", " "}]
+    return []
+
+
+class SlurmLauncher(BatchSystemLauncher):
+    """Slurm: sbatch / scancel / squeue. Engines run as the tasks of one srun."""
+
+    kind = "slurm"
+    submit_command = ("sbatch", "--parsable")
+    delete_command = ("scancel",)
+    signal_command = ("scancel", "--signal={sig}")  # reaches the srun steps: the engines
+    status_command = ("squeue", "--noheader", "--format=%T", "--jobs")
+    job_id_regexp = r"^(\d+)"
+    queue_template = "#SBATCH --partition={queue}"
+
+    @staticmethod
+    def parse_status(returncode, output, job_id):
+        states = output.split()
+        if returncode or not states:  # squeue forgets a job soon after it ends
+            return "done"
+        if any(s in ("RUNNING", "COMPLETING", "SUSPENDED", "STOPPED") for s in states):
+            return "running"
+        if any(s in ("PENDING", "CONFIGURING", "REQUEUED", "RESIZING") for s in states):
+            return "pending"
+        return "done"
+
+
+class SlurmControllerLauncher(SlurmLauncher, BatchControllerLauncher):
+    default_template = """#!/bin/sh
+#SBATCH --job-name=minipar-controller-{cluster_id}
+#SBATCH --ntasks=1
+#SBATCH --output={output_file}
+srun {program_and_args}
+"""
+
+
+class SlurmEngineSetLauncher(SlurmLauncher, BatchEngineSetLauncher):
+    default_template = """#!/bin/sh
+#SBATCH --job-name=minipar-engines-{cluster_id}
+#SBATCH --ntasks={n}
+#SBATCH --output={output_file}
+srun {program_and_args}
+"""
+
+
+class PBSLauncher(BatchSystemLauncher):
+    """PBS / Torque: qsub / qdel / qsig / qstat. Engines are a job array (-t 1-n)."""
+
+    kind = "pbs"
+    submit_command = ("qsub",)
+    delete_command = ("qdel",)
+    signal_command = ("qsig", "-s", "{sig}")
+    status_command = ("qstat",)
+    job_id_regexp = r"\d+(?:\[\])?(?:\.[\w.-]+)?"
+    queue_template = "#PBS -q {queue}"
+
+    @staticmethod
+    def parse_status(returncode, output, job_id):
+        # Job id  Name  User  Time Use  S  Queue: S is Q/H/W/T queued, R/E running, C/F done
+        if returncode:
+            return "done"
+        short = job_id.split(".")[0]
+        states = [r[4] for r in _rows(output, "Job") if len(r) >= 6 and
+                  r[0].split(".")[0].replace("[]", "") == short.replace("[]", "")]
+        if any(s in ("R", "E", "S") for s in states):
+            return "running"
+        if any(s in ("Q", "H", "W", "T") for s in states):
+            return "pending"
+        return "done"
+
+
+class PBSControllerLauncher(PBSLauncher, BatchControllerLauncher):
+    default_template = """#!/bin/sh
+#PBS -N minipar-ctrl
+#PBS -V
+#PBS -j oe
+#PBS -o {output_file}
+{program_and_args}
+"""
+
+
+class PBSEngineSetLauncher(PBSLauncher, BatchEngineSetLauncher):
+    default_template = """#!/bin/sh
+#PBS -N minipar-engines
+#PBS -V
+#PBS -j oe
+#PBS -o {output_file}
+#PBS -t 1-{n}
+{program_and_args}
+"""
+
+
+class SGELauncher(BatchSystemLauncher):
+    """Son of / Sun Grid Engine: qsub / qdel / qstat. Engines are a job array (-t 1-n).
+
+    SGE has no command to signal a job (no qsig). For qdel to send SIGTERM before
+    SIGKILL, the queue needs ``terminate_method SIGTERM``.
+    """
+
+    kind = "sge"
+    submit_command = ("qsub",)
+    delete_command = ("qdel",)
+    status_command = ("qstat",)
+    job_id_regexp = r"job(?:-array)? (\d+)"
+    queue_template = "#$ -q {queue}"
+
+    def job_status(self):
+        r = self._run(list(self.status_command))  # qstat lists every task of the user's jobs
+        return self.parse_status(r.returncode, r.stdout, self.job_id)
+
+    @staticmethod
+    def parse_status(returncode, output, job_id):
+        # job-ID prior name user state submit/start-at queue slots ja-task-ID
+        if returncode:
+            return "done"
+        states = [r[4] for r in _rows(output, "job-ID") if len(r) >= 5 and r[0] == job_id]
+        if any(set(s) & set("rtRsSTh") and "qw" not in s for s in states):
+            return "running"
+        return "pending" if states else "done"
+
+
+class SGEControllerLauncher(SGELauncher, BatchControllerLauncher):
+    default_template = """#!/bin/sh
+#$ -N minipar-controller
+#$ -V
+#$ -S /bin/sh
+#$ -j y
+#$ -o {output_file}
+{program_and_args}
+"""
+
+
+class SGEEngineSetLauncher(SGELauncher, BatchEngineSetLauncher):
+    default_template = """#!/bin/sh
+#$ -N minipar-engines
+#$ -V
+#$ -S /bin/sh
+#$ -j y
+#$ -o {output_file}
+#$ -t 1-{n}
+{program_and_args}
+"""
+
+
+class LSFLauncher(BatchSystemLauncher):
+    """IBM Spectrum LSF: bsub (script on stdin) / bkill / bjobs. Engines are a job array."""
+
+    kind = "lsf"
+    submit_command = ("bsub",)
+    submit_stdin = True  # bsub reads #BSUB lines only from a script given on stdin
+    delete_command = ("bkill",)
+    signal_command = ("bkill", "-s", "{sig}")
+    status_command = ("bjobs",)
+    job_id_regexp = r"Job <(\d+)>"
+    queue_template = "#BSUB -q {queue}"
+
+    @staticmethod
+    def parse_status(returncode, output, job_id):
+        # JOBID USER STAT QUEUE FROM_HOST EXEC_HOST JOB_NAME SUBMIT_TIME; "Job <N> is not found"
+        states = [r[2] for r in _rows(output, "JOBID") if len(r) >= 3 and r[0] == job_id]
+        if any(s in ("RUN", "USUSP", "SSUSP") for s in states):
+            return "running"
+        if any(s in ("PEND", "PSUSP", "WAIT") for s in states):
+            return "pending"
+        return "done"
+
+
+class LSFControllerLauncher(LSFLauncher, BatchControllerLauncher):
+    default_template = """#!/bin/sh
+#BSUB -J minipar-controller-{cluster_id}
+#BSUB -o {output_file}
+{program_and_args}
+"""
+
+
+class LSFEngineSetLauncher(LSFLauncher, BatchEngineSetLauncher):
+    default_template = """#!/bin/sh
+#BSUB -J minipar-engines-{cluster_id}[1-{n}]
+#BSUB -o {output_file}
+{program_and_args}
+"""
+
+
+# ---------------------------------------------------------------- finding launchers
+
+# short name -> (controller launcher, engine set launcher); None where a kind has no such role
+_BUILTIN = {
+    "local": ("LocalControllerLauncher", "LocalEngineSetLauncher"),
+    "mpi": ("MPIControllerLauncher", "MPIEngineSetLauncher"),
+    "ssh": (None, "SSHEngineSetLauncher"),
+    "slurm": ("SlurmControllerLauncher", "SlurmEngineSetLauncher"),
+    "pbs": ("PBSControllerLauncher", "PBSEngineSetLauncher"),
+    "sge": ("SGEControllerLauncher", "SGEEngineSetLauncher"),
+    "lsf": ("LSFControllerLauncher", "LSFEngineSetLauncher"),
+}
+
+# the groups keep minipar's name in vendored copies too: third parties register against it
+_ENTRY_POINT_GROUPS = {"controller": "minipar.controller_launchers",
+                       "engine": "minipar.engine_launchers"}
+
+
+def find_launcher_class(name, role):
+    """The launcher class for `name`, for `role` "controller" or "engine".
+
+    `name` may be a class, a short name ("mpi"), a class name ("MPIEngineSetLauncher"),
+    a class-name prefix ("MPI"), a full import path ("pkg.mod.Class"), or a name
+    registered in the entry-point group ``minipar.controller_launchers`` /
+    ``minipar.engine_launchers``.
+    """
+    if isinstance(name, type):
+        return name
+    if role not in _ENTRY_POINT_GROUPS:
+        raise ValueError(f"role must be 'controller' or 'engine', not {role!r}")
+    index = 0 if role == "controller" else 1
+    suffix = "ControllerLauncher" if role == "controller" else "EngineSetLauncher"
+    here = sys.modules[__name__]
+    short = _BUILTIN.get(name.lower())
+    if short and short[index]:
+        return getattr(here, short[index])
+    for candidate in (name, name + suffix):
+        cls = getattr(here, candidate, None)
+        if isinstance(cls, type) and issubclass(cls, BaseLauncher):
+            return cls
+    for ep in metadata.entry_points(group=_ENTRY_POINT_GROUPS[role]):
+        if ep.name == name:
+            return ep.load()
+    if "." in name:
+        module, _, attr = name.rpartition(".")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise LauncherError(f"cannot import launcher {name!r}: {e}") from None
+    known = sorted(k for k, v in _BUILTIN.items() if v[index])
+    raise LauncherError(f"unknown {role} launcher {name!r}: use one of {known}, a class "
+                        f"name, an import path or an entry point in "
+                        f"{_ENTRY_POINT_GROUPS[role]}")
+
+
+def launcher_from_dict(d):
+    """Rebuild a launcher saved with ``to_dict()`` (raises NotRunning if it is gone)."""
+    module, _, attr = d["class"].rpartition(".")
+    if module.rpartition(".")[2] == "launcher":  # our own classes, whatever the package is called
+        cls = getattr(sys.modules[__name__], attr, None) or getattr(
+            importlib.import_module(module), attr)
+    else:
+        cls = getattr(importlib.import_module(module), attr)
+    return cls.from_dict(d)
+
+
+# ---------------------------------------------------------------- Cluster
+
+
+class Cluster:
+    """A controller and sets of engines, started, watched and stopped together.
+
+    ``with Cluster(n=4) as rc:`` starts a local controller and 4 local engines, waits
+    until they have registered and gives a connected Client; leaving the block (also by
+    an exception) closes the client and stops every process. Without ``with``:
+    ``rc = cluster.start_and_connect_sync()`` ... ``cluster.stop_cluster_sync()``.
+
+    Without `profile` or `profile_dir`, each cluster gets its own folder
+    ``$MINIPAR_DIR/cluster_<cluster_id>`` (removed when the cluster stops), so clusters
+    started side by side never share connection files. The cluster's state is saved in
+    ``<profile_dir>/security/cluster-<cluster_id>.json`` for ``Cluster.from_file``.
+    `controller_options` / `engine_options` are keyword arguments for the launchers
+    (``engine_options={"mpi_args": ["--oversubscribe"]}``, ``{"engines": {host: n}}``).
+    """
+
+    def __init__(self, n=None, engines="local", controller="local", profile=None,
+                 profile_dir=None, cluster_id=None, controller_args=(), engine_args=(),
+                 timeout=START_TIMEOUT_S, controller_options=None, engine_options=None,
+                 shutdown_atexit=True):
+        self.cluster_id = cluster_id if cluster_id is not None else _unique_id()
+        self._owns_profile_dir = profile is None and profile_dir is None
+        if self._owns_profile_dir:
+            profile_dir = os.path.join(protocol.base_dir(), f"cluster_{self.cluster_id}")
+        self.profile_dir = protocol.profile_dir(profile, profile_dir)
+        self.n = n
+        self.engine_kind = engines
+        self.controller_kind = controller
+        self.controller_args = list(controller_args)
+        self.engine_args = list(engine_args)
+        self.timeout = timeout
+        self.controller_options = dict(controller_options or {})
+        self.engine_options = dict(engine_options or {})
+        self.shutdown_atexit = shutdown_atexit
+        self.controller = None
+        self.engines = {}  # engine set id -> launcher
+        self._clients = []
+        self._atexit = False
+
+    def __repr__(self):
+        ctl = self.controller.state if self.controller else "none"
+        n = sum(e.n for e in self.engines.values())
+        return f"<Cluster {self.cluster_id} controller={ctl} engines={n} at {self.profile_dir}>"
+
+    # -- files
+
+    @property
+    def security_dir(self):
+        return protocol.security_dir(self.profile_dir)
+
+    @property
+    def cluster_file(self):
+        return os.path.join(self.security_dir, CLUSTER_FILE.format(cluster_id=self.cluster_id))
+
+    @property
+    def client_file(self):
+        return os.path.join(self.security_dir, protocol.CLIENT_FILE)
+
+    @property
+    def engine_file(self):
+        return os.path.join(self.security_dir, protocol.ENGINE_FILE)
+
+    def to_dict(self):
+        return {"cluster": {"cluster_id": self.cluster_id, "profile_dir": self.profile_dir,
+                            "owns_profile_dir": self._owns_profile_dir, "n": self.n,
+                            "engines": _kind_name(self.engine_kind),
+                            "controller": _kind_name(self.controller_kind),
+                            "controller_args": self.controller_args,
+                            "engine_args": self.engine_args, "timeout": self.timeout,
+                            "controller_options": self.controller_options,
+                            "engine_options": self.engine_options},
+                "controller": self.controller.to_dict() if self.controller else None,
+                "engines": {k: v.to_dict() for k, v in self.engines.items()}}
+
+    def _write_cluster_file(self):
+        protocol.write_connection_file(self.cluster_file, self.to_dict())
+
+    @classmethod
+    def from_file(cls, path=None, *, profile=None, profile_dir=None, cluster_id=None):
+        """The Cluster saved at `path` (or in a profile), its launchers reconnected.
+
+        Launchers whose resources are gone are dropped (`controller` becomes None).
+        The returned Cluster does not stop anything when this process exits.
+        """
+        if path is None:
+            path = find_cluster_file(profile=profile, profile_dir=profile_dir,
+                                     cluster_id=cluster_id)
+        with open(path) as f:
+            d = json.load(f)
+        c = d["cluster"]
+        self = cls(n=c["n"], engines=c["engines"], controller=c["controller"],
+                   profile_dir=c["profile_dir"], cluster_id=c["cluster_id"],
+                   controller_args=c["controller_args"], engine_args=c["engine_args"],
+                   timeout=c["timeout"], controller_options=c["controller_options"],
+                   engine_options=c["engine_options"], shutdown_atexit=False)
+        self._owns_profile_dir = c["owns_profile_dir"]
+        if d["controller"]:
+            try:
+                self.controller = launcher_from_dict(d["controller"])
+            except NotRunning:
+                log.info("cluster %s: its controller is gone", self.cluster_id)
+        for set_id, ed in d["engines"].items():
+            try:
+                self.engines[set_id] = launcher_from_dict(ed)
+            except NotRunning:
+                log.info("cluster %s: engine set %s is gone", self.cluster_id, set_id)
+        return self
+
+    # -- controller
+
+    def start_controller(self):
+        """Start the controller and wait until it has written its connection file."""
+        if self.controller is not None and self.controller.running:
+            raise LauncherError(f"{self!r} already has a running controller")
+        self._check_no_live_controller()
+        cls = find_launcher_class(self.controller_kind, "controller")
+        self.controller = cls(profile_dir=self.profile_dir, cluster_id=self.cluster_id,
+                              program_args=self.controller_args, **self.controller_options)
+        self._register_atexit()
+        started = time.time()
+        self.controller.start()
+        self._write_cluster_file()
+        try:
+            self._wait_for_connection_file(started)
+        except BaseException:
+            self.controller.stop()
+            raise
+        return self.controller
+
+    def _check_no_live_controller(self):
+        try:
+            with open(self.client_file) as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            return
+        if info.get("host") == os.uname().nodename and info.get("pid") and _pid_alive(info["pid"]):
+            raise LauncherError(
+                f"a controller (pid {info['pid']}) is already running with profile dir "
+                f"{self.profile_dir}: stop it with `python -m {_PKG}.launcher stop "
+                f"--profile-dir {self.profile_dir}`, or use another profile")
+
+    def _wait_for_connection_file(self, started):
+        # the file is written atomically (rename), so a complete JSON document means ready;
+        # a file older than this start is a leftover (--reuse keeps files) and does not count
+        deadline = time.monotonic() + self.timeout
+        pid = getattr(self.controller, "pid", None)
+        while True:
+            try:
+                with open(self.client_file) as f:
+                    info = json.load(f)
+                fresh = os.stat(self.client_file).st_mtime >= started - 1.0
+                if info.get("pid") == pid or fresh:
+                    return info
+            except (OSError, ValueError):
+                pass
+            if self.controller.state == AFTER:
+                raise ControllerStartError(
+                    f"the controller exited ({self.controller.stop_data}) before writing "
+                    f"{self.client_file}; its output:\n{self.controller.get_output()}")
+            if time.monotonic() > deadline:
+                raise ControllerStartError(
+                    f"the controller did not write {self.client_file} within "
+                    f"{self.timeout} s; its output so far:\n{self.controller.get_output()}")
+            time.sleep(0.05)
+
+    # -- engines
+
+    def start_engines(self, n=None, engines=None, **options):
+        """Start a set of `n` engines (kind `engines`, default the cluster's); its id."""
+        n = n if n is not None else self.n
+        cls = find_launcher_class(engines or self.engine_kind, "engine")
+        opts = self.engine_options if engines is None else {}
+        launcher = cls(profile_dir=self.profile_dir, cluster_id=self.cluster_id,
+                       program_args=self.engine_args, **{**opts, **options})
+        set_id = _unique_id()
+        while set_id in self.engines:
+            set_id = _unique_id()
+        self._register_atexit()
+        launcher.start(n)
+        self.engines[set_id] = launcher
+        self._write_cluster_file()
+        return set_id
+
+    def _engine_output(self):
+        return "\n".join(f"=== engine set {k} ({type(v).__name__}, {v.state}) ===\n"
+                         f"{v.get_output()}" for k, v in self.engines.items())
+
+    def wait_for_engines(self, n=None, timeout=None, client=None):
+        """Wait until `n` engines (default: all started) have registered."""
+        if n is None:
+            n = sum(e.n for e in self.engines.values())
+        timeout = self.timeout if timeout is None else timeout
+        rc = client or (self._clients[-1] if self._clients else self.connect_client())
+        deadline = time.monotonic() + timeout
+        while len(rc.ids) < n:
+            if self.controller is not None and self.controller.state == AFTER:
+                raise ControllerStartError(
+                    f"the controller stopped ({self.controller.stop_data}) while waiting for "
+                    f"engines; its output:\n{self.controller.get_output()}")
+            if self.engines and all(e.state == AFTER for e in self.engines.values()):
+                raise EngineStartError(
+                    f"every engine exited; {len(rc.ids)} of {n} registered. Their output:\n"
+                    f"{self._engine_output()}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"{len(rc.ids)} of {n} engines registered within {timeout} s. "
+                    f"Engine output:\n{self._engine_output()}")
+            try:
+                rc.wait_for_engines(n, timeout=min(0.5, remaining))
+            except TimeoutError:
+                pass
+        return rc
+
+    def stop_engines(self, engine_set_id=None):
+        """Stop one engine set (default: all); returns when its processes are gone."""
+        ids = [engine_set_id] if engine_set_id is not None else list(self.engines)
+        for set_id in ids:
+            launcher = self.engines.pop(set_id)
+            launcher.stop()
+        self._write_cluster_file()
+
+    def restart_engines(self, engine_set_id=None):
+        """Stop engine sets and start each again with the same kind and size; new ids."""
+        ids = [engine_set_id] if engine_set_id is not None else list(self.engines)
+        new = []
+        for set_id in ids:
+            old = self.engines[set_id]
+            self.stop_engines(set_id)
+            options = {k: getattr(old, k) for k in type(old)._names("_options")
+                       if k not in ("profile_dir", "cluster_id", "program_args")}
+            new.append(self.start_engines(old.n, engines=type(old), **options))
+        return new
+
+    def signal_engines(self, sig, engine_set_id=None):
+        """Send signal `sig` to every engine (of one set)."""
+        ids = [engine_set_id] if engine_set_id is not None else list(self.engines)
+        for set_id in ids:
+            self.engines[set_id].signal(sig)
+
+    # -- clients
+
+    def connect_client(self, **kwargs):
+        """A new Client connected to this cluster's controller."""
+        from .client import Client  # the client imports nothing from here: no cycle
+
+        kwargs.setdefault("timeout", self.timeout)
+        rc = Client(url_file=self.client_file, **kwargs)
+        self._clients.append(rc)
+        return rc
+
+    connect_client_sync = connect_client
+
+    def start_cluster(self, n=None):
+        """Start the controller and one set of `n` engines (default ``self.n``)."""
+        self.start_controller()
+        try:
+            self.start_engines(n)
+        except BaseException:
+            self.stop_cluster()
+            raise
+        return self
+
+    start_cluster_sync = start_cluster
+
+    def start_and_connect(self, n=None):
+        """Start everything, wait for every engine to register, return a Client."""
+        self.start_cluster(n)
+        try:
+            rc = self.connect_client()
+            self.wait_for_engines(client=rc)
+        except BaseException:
+            self.stop_cluster()
+            raise
+        return rc
+
+    start_and_connect_sync = start_and_connect
+
+    def stop_cluster(self):
+        """Stop every engine, then the controller; close the Clients made here."""
+        for rc in self._clients:
+            try:
+                rc.close()
+            except Exception:
+                log.exception("closing %r", rc)
+        self._clients = []
+        errors = []
+        for set_id in list(self.engines):
+            try:
+                self.stop_engines(set_id)
+            except Exception as e:
+                errors.append(e)
+                log.exception("stopping engine set %s", set_id)
+        if self.controller is not None:
+            self.controller.stop()
+        self._remove_files()
+        if self._atexit:
+            atexit.unregister(self.stop_cluster)
+            self._atexit = False
+        if errors:
+            raise errors[0]
+
+    stop_cluster_sync = stop_cluster
+
+    def _remove_files(self):
+        try:
+            os.remove(self.cluster_file)
+        except OSError:
+            pass
+        if self._owns_profile_dir:
+            shutil.rmtree(self.profile_dir, ignore_errors=True)
+
+    def _register_atexit(self):
+        if self.shutdown_atexit and not self._atexit:
+            atexit.register(self.stop_cluster)
+            self._atexit = True
+
+    def __enter__(self):
+        return self.start_and_connect()
+
+    def __exit__(self, *exc):
+        self.stop_cluster()
+
+
+def _kind_name(kind):
+    return _class_path(kind) if isinstance(kind, type) else kind
+
+
+def cluster_files(profile=None, profile_dir=None):
+    """Cluster files of one profile, or of every profile under $MINIPAR_DIR; newest first."""
+    if profile is not None or profile_dir is not None:
+        folders = [protocol.profile_dir(profile, profile_dir)]
+    else:
+        base = protocol.base_dir()
+        try:
+            folders = [os.path.join(base, f) for f in os.listdir(base)]
+        except OSError:
+            folders = []
+    found = []
+    for folder in folders:
+        sec = os.path.join(folder, "security")
+        try:
+            names = os.listdir(sec)
+        except OSError:
+            continue
+        found += [os.path.join(sec, n) for n in names
+                  if n.startswith("cluster-") and n.endswith(".json")]
+    return sorted(found, key=lambda p: -os.path.getmtime(p))
+
+
+def find_cluster_file(profile=None, profile_dir=None, cluster_id=None):
+    """The one cluster file that matches; an error saying how to choose otherwise."""
+    candidates = cluster_files(profile, profile_dir)
+    if cluster_id is not None:
+        name = CLUSTER_FILE.format(cluster_id=cluster_id)
+        candidates = [p for p in candidates if os.path.basename(p) == name]
+    if len(candidates) != 1:
+        where = profile_dir or (f"profile {profile}" if profile else protocol.base_dir())
+        what = "no cluster" if not candidates else f"{len(candidates)} clusters"
+        raise LauncherError(f"{what} found in {where} (cluster id {cluster_id}): give "
+                            f"--cluster-id or --profile-dir; see `python -m {_PKG}.launcher "
+                            "list`")
+    return candidates[0]
+
+
+# ---------------------------------------------------------------- python -m <pkg>.launcher
+
+
+def _describe(cluster):
+    ctl = cluster.controller
+    ctl = f"pid {ctl.pid}" if ctl is not None and getattr(ctl, "pid", None) else (
+        ctl.state if ctl is not None else "stopped")
+    n = sum(e.n for e in cluster.engines.values())
+    return f"{cluster.cluster_id}\t{ctl}\t{n}\t{cluster.profile_dir}"
+
+
+def _selected(args):
+    if args.all:
+        return [Cluster.from_file(p) for p in cluster_files(args.profile, args.profile_dir)]
+    return [Cluster.from_file(profile=args.profile, profile_dir=args.profile_dir,
+                              cluster_id=args.cluster_id)]
+
+
+def _cmd_start(args):
+    profile = args.profile if args.profile or args.profile_dir else "default"
+    cluster = Cluster(n=args.n, engines=args.engines, controller=args.controller,
+                      profile=profile, profile_dir=args.profile_dir,
+                      cluster_id=args.cluster_id, timeout=args.timeout,
+                      controller_args=shlex.split(args.controller_args),
+                      engine_args=shlex.split(args.engine_args),
+                      shutdown_atexit=not args.daemonize)
+    rc = cluster.start_and_connect()
+    print(f"cluster {cluster.cluster_id} ready: {len(rc.ids)} engines; profile dir "
+          f"{cluster.profile_dir}", flush=True)
+    rc.close()
+    cluster._clients = []
+    if args.daemonize:
+        return 0
+    # foreground, as ipcluster: run until Ctrl-C / SIGTERM, or until the controller ends
+    # (a client's shutdown(hub=True), or `stop` from another process)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    cluster.controller.on_stop(lambda _data: done.set())
+    while not done.wait(1.0):
+        pass
+    print(f"stopping cluster {cluster.cluster_id}", flush=True)
+    cluster.stop_cluster()
+    return 0
+
+
+def _cmd_engines(args):
+    cluster = Cluster.from_file(profile=args.profile, profile_dir=args.profile_dir,
+                                cluster_id=args.cluster_id)
+    if cluster.controller is None:
+        raise LauncherError(f"cluster {cluster.cluster_id} has no running controller")
+    rc = cluster.connect_client()
+    before = len(rc.ids)
+    cluster.start_engines(args.n, engines=args.engines)
+    n = args.n if args.n is not None else (os.cpu_count() or 1)
+    cluster.wait_for_engines(before + n, client=rc)
+    print(f"cluster {cluster.cluster_id}: {len(rc.ids)} engines", flush=True)
+    rc.close()
+    cluster._clients = []
+    return 0
+
+
+def _cmd_stop(args):
+    for cluster in _selected(args):
+        cluster.stop_cluster()
+        print(f"stopped cluster {cluster.cluster_id}", flush=True)
+    return 0
+
+
+def _cmd_list(args):
+    print("cluster_id\tcontroller\tengines\tprofile_dir")
+    for path in cluster_files(args.profile, args.profile_dir):
+        try:
+            print(_describe(Cluster.from_file(path)))
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("unreadable cluster file %s: %s", path, e)
+    return 0
+
+
+def _cmd_clean(args):
+    """Remove the files of clusters that are no longer running."""
+    for path in cluster_files(args.profile, args.profile_dir):
+        try:
+            cluster = Cluster.from_file(path)
+        except (OSError, ValueError, KeyError):
+            os.remove(path)
+            continue
+        if cluster.controller is None and not cluster.engines:
+            cluster._remove_files()
+            print(f"removed cluster {cluster.cluster_id} ({path})")
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {_PKG}.launcher",
+        description="Start, list and stop minipar clusters (controller + engines).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def selection(p):
+        p.add_argument("--profile", help="profile name ($MINIPAR_DIR/profile_NAME)")
+        p.add_argument("--profile-dir", help="profile folder")
+        p.add_argument("--cluster-id", help="which cluster of the profile")
+
+    p = sub.add_parser("start", help="start a controller and engines")
+    selection(p)
+    p.add_argument("-n", type=int, help="number of engines (default: CPU count)")
+    p.add_argument("--engines", default="local", help="engine launcher kind")
+    p.add_argument("--controller", default="local", help="controller launcher kind")
+    p.add_argument("--controller-args", default="", help="extra controller arguments")
+    p.add_argument("--engine-args", default="", help="extra engine arguments")
+    p.add_argument("--timeout", type=float, default=START_TIMEOUT_S)
+    p.add_argument("--daemonize", action="store_true",
+                   help="leave the cluster running and return once it is ready")
+    p.set_defaults(func=_cmd_start)
+    p = sub.add_parser("engines", help="add engines to a running cluster")
+    selection(p)
+    p.add_argument("-n", type=int, help="number of engines (default: CPU count)")
+    p.add_argument("--engines", default=None, help="engine launcher kind")
+    p.set_defaults(func=_cmd_engines)
+    p = sub.add_parser("stop", help="stop a cluster")
+    selection(p)
+    p.add_argument("--all", action="store_true",
+                   help="stop every cluster (of the profile, if one is given)")
+    p.set_defaults(func=_cmd_stop)
+    for name, func, what in (("list", _cmd_list, "list clusters"),
+                             ("clean", _cmd_clean, "remove files of stopped clusters")):
+        p = sub.add_parser(name, help=f"{what} (of one profile, or all in $MINIPAR_DIR)")
+        p.add_argument("--profile", help="profile name")
+        p.add_argument("--profile-dir", help="profile folder")
+        p.set_defaults(func=func)
+    parser.add_argument("--log-level", default=os.environ.get("MINIPAR_LOG_LEVEL", "WARNING"))
+    args = parser.parse_args(argv)
+    level = "DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s launcher %(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except (LauncherError, TimeoutError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,453 @@
+"""Launchers and Cluster with local processes: the contract, Cluster, the cluster file and
+``python -m minipar.launcher``. Daemon-backed kinds (mpi, ssh, slurm, pbs, sge) are in
+test_launcher_systems.py; LSF's rendering and parsing at the end of this file.
+
+Every test records the pids it caused (controller, engines) and the ``pids`` fixture
+checks, after the test, that none of them is left, killing any that is (by pid).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from minipar import launcher
+from minipar.launcher import (AFTER, BEFORE, RUNNING, Cluster, ControllerStartError,
+                              LocalEngineSetLauncher, NotRunning, find_launcher_class)
+
+TIMEOUT = 120
+pytestmark = pytest.mark.timeout(TIMEOUT)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ["--heartbeat-period", "0.2"]
+
+
+def alive(pid):
+    return launcher._pid_alive(pid)
+
+
+class Pids:
+    """Pids a test caused; after the test every one must be gone (leftovers are killed)."""
+
+    def __init__(self):
+        self.pids = set()
+
+    def add(self, *pids):
+        self.pids.update(p for p in pids if p)
+
+    def add_cluster(self, cluster, rc=None):
+        if cluster.controller is not None and getattr(cluster.controller, "pid", None):
+            self.add(cluster.controller.pid)
+        for e in cluster.engines.values():
+            self.add(*e.pids())
+        if rc is not None:
+            self.add(*rc[:].apply_sync(os.getpid))
+
+    def wait_gone(self, timeout=10):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(alive(p) for p in self.pids):
+            time.sleep(0.05)
+        return [p for p in self.pids if alive(p)]
+
+
+@pytest.fixture
+def pids():
+    p = Pids()
+    try:
+        yield p
+    finally:
+        left = [x for x in p.pids if alive(x)]
+        for x in left:
+            os.kill(x, signal.SIGKILL)
+    assert not left, f"processes left running: {left}"
+
+
+@pytest.fixture(autouse=True)
+def minipar_dir(tmp_path, monkeypatch):
+    d = tmp_path / "minipar-dir"
+    monkeypatch.setenv("MINIPAR_DIR", str(d))
+    return d
+
+
+def cli(*args, timeout=90):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "minipar.launcher", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          stdin=subprocess.DEVNULL)
+
+
+# ---------------------------------------------------------------- Cluster
+
+
+def test_cluster_context_manager_runs_work_and_stops_everything(pids, minipar_dir):
+    cluster = Cluster(n=3, controller_args=FAST)
+    with cluster as rc:
+        pids.add_cluster(cluster, rc)
+        assert sorted(rc.ids) == [0, 1, 2]
+        assert rc[:].apply_sync(lambda x: x * 2, 21) == [42, 42, 42]
+        profile_dir = cluster.profile_dir
+        assert profile_dir.startswith(str(minipar_dir))
+        assert os.path.exists(cluster.cluster_file)
+    assert len(pids.pids) == 4  # controller + 3 engines
+    assert not [p for p in pids.pids if alive(p)], "stop returned before processes ended"
+    assert cluster.controller.state == AFTER
+    assert not os.path.exists(profile_dir)  # its own folder is removed with it
+
+
+def test_cluster_stops_when_the_block_raises(pids):
+    cluster = Cluster(n=2, controller_args=FAST)
+    with pytest.raises(ZeroDivisionError):
+        with cluster as rc:
+            pids.add_cluster(cluster, rc)
+            1 / 0
+    assert not [p for p in pids.pids if alive(p)]
+
+
+def test_parallel_clusters_do_not_collide(pids):
+    a, b = Cluster(n=1, controller_args=FAST), Cluster(n=1, controller_args=FAST)
+    try:
+        rca, rcb = a.start_and_connect_sync(), b.start_and_connect_sync()
+        pids.add_cluster(a, rca)
+        pids.add_cluster(b, rcb)
+        assert a.profile_dir != b.profile_dir
+        assert rca[:].apply_sync(os.getpid) != rcb[:].apply_sync(os.getpid)
+    finally:
+        a.stop_cluster_sync()
+        b.stop_cluster_sync()
+    assert not [p for p in pids.pids if alive(p)]
+
+
+def test_engine_sets_start_stop_restart_and_signal(pids, tmp_path):
+    cluster = Cluster(n=1, profile_dir=str(tmp_path / "p"), controller_args=FAST)
+    try:
+        rc = cluster.start_and_connect_sync()
+        first = next(iter(cluster.engines))
+        second = cluster.start_engines(2)
+        cluster.wait_for_engines(3, timeout=60)
+        pids.add_cluster(cluster, rc)
+        old = set(cluster.engines[second].pids())
+        cluster.stop_engines(second)
+        assert len(old) == 2 and not any(alive(p) for p in old)
+        (new_id,) = cluster.restart_engines(first)
+        assert new_id in cluster.engines and first not in cluster.engines
+        pids.add(*cluster.engines[new_id].pids())
+        # engine ids are never reused: wait for the restarted one to register
+        deadline = time.monotonic() + 60
+        while len(rc.ids) != 1 or rc.ids[0] == 0:
+            assert time.monotonic() < deadline, rc.ids
+            time.sleep(0.1)
+        cluster.signal_engines(signal.SIGKILL)
+        assert cluster.engines[new_id].wait(30)
+        assert cluster.engines[new_id].state == AFTER
+        assert cluster.engines[new_id].stop_data["exit_codes"] == [-signal.SIGKILL]
+    finally:
+        cluster.stop_cluster()
+    assert os.path.isdir(tmp_path / "p")  # a folder the user gave is kept
+
+
+def test_controller_that_exits_raises_with_its_output(pids):
+    cluster = Cluster(n=1, controller_args=["--no-such-flag"], timeout=30)
+    with pytest.raises(ControllerStartError) as e:
+        cluster.start_controller()
+    pids.add(cluster.controller.pid)
+    assert "--no-such-flag" in str(e.value)  # argparse's message, from the controller's output
+    assert cluster.controller.state == AFTER
+
+
+class SilentController(launcher.LocalControllerLauncher):
+    """A 'controller' that prints and then never writes a connection file."""
+
+    def find_args(self):
+        return [sys.executable, "-c", "print('hello from the stuck controller', flush=True);"
+                                      "import time; time.sleep(600)"]
+
+
+def test_controller_start_timeout_raises_with_output_and_stops_it(pids):
+    cluster = Cluster(n=1, controller=SilentController, timeout=3)
+    with pytest.raises(ControllerStartError) as e:
+        cluster.start_controller()
+    pids.add(cluster.controller.pid)
+    assert "within 3 s" in str(e.value)
+    assert "hello from the stuck controller" in str(e.value)
+    assert not alive(cluster.controller.pid)
+
+
+def test_engines_that_exit_raise_with_their_output(pids):
+    cluster = Cluster(n=2, engine_args=["--no-such-flag"], controller_args=FAST)
+    with pytest.raises(launcher.EngineStartError) as e:
+        cluster.start_and_connect_sync()
+    pids.add(cluster.controller.pid)
+    assert "--no-such-flag" in str(e.value)
+    assert not alive(cluster.controller.pid)
+
+
+def test_second_cluster_in_a_busy_profile_is_refused(pids, tmp_path):
+    prof = str(tmp_path / "p")
+    cluster = Cluster(n=1, profile_dir=prof, controller_args=FAST)
+    with cluster as rc:
+        pids.add_cluster(cluster, rc)
+        with pytest.raises(launcher.LauncherError, match="already running"):
+            Cluster(n=1, profile_dir=prof).start_controller()
+
+
+# ---------------------------------------------------------------- the launcher contract
+
+
+def test_engine_set_launcher_contract(pids, tmp_path):
+    with Cluster(n=1, profile_dir=str(tmp_path / "p"), controller_args=FAST) as rc:
+        es = LocalEngineSetLauncher(profile_dir=str(tmp_path / "p"), cluster_id="c1")
+        assert es.state == BEFORE
+        stops = []
+        es.on_stop(stops.append)
+        es.start(2)
+        pids.add(*es.pids())
+        assert es.state == RUNNING and es.n == 2 and len(es.pids()) == 2
+        rc.wait_for_engines(3, 60)
+        assert es.get_output().count("--- engine pid") == 2
+        d = json.loads(json.dumps(es.to_dict()))  # JSON-able
+        again = launcher.launcher_from_dict(d)
+        assert again.state == RUNNING and sorted(again.pids()) == sorted(es.pids())
+        again_stops = []
+        again.on_stop(again_stops.append)
+        engine_pids = es.pids()
+        assert again.stop() is not None  # stopped through the rebuilt launcher
+        assert not any(alive(p) for p in engine_pids)
+        assert es.wait(30) and es.state == AFTER  # the original's watcher noticed
+        assert stops and stops[0]["exit_codes"]
+        assert again_stops
+        late = []
+        es.on_stop(late.append)  # after the end: called at once
+        assert late == [es.stop_data]
+        with pytest.raises(NotRunning):
+            launcher.launcher_from_dict(d)
+        with pytest.raises(launcher.LauncherError, match="cannot start"):
+            es.start(1)
+
+
+def test_pid_reuse_is_not_mistaken_for_the_process():
+    d = {"class": "minipar.launcher.LocalEngineLauncher",
+         "options": {"profile_dir": "/tmp/x"},
+         "state": {"state": RUNNING, "pid": os.getpid(), "pid_start": -1}}
+    with pytest.raises(NotRunning):
+        launcher.launcher_from_dict(d)
+
+
+def test_stop_escalates_to_sigkill_and_reaps_descendants(pids, tmp_path):
+    class Stubborn(launcher.LocalProcessLauncher):
+        role = "stubborn"
+
+        def find_args(self):
+            # ignores SIGTERM and has a child in its own process group that ignores it too
+            return [sys.executable, "-c", textwrap.dedent("""
+                import os, signal, subprocess, sys, time
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                child = subprocess.Popen([sys.executable, "-c",
+                    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+                    "time.sleep(600)"],
+                    start_new_session=True)
+                print("child", child.pid, flush=True)
+                time.sleep(600)
+            """)]
+
+    p = Stubborn(profile_dir=str(tmp_path), stop_timeout=1)
+    p.start()
+    pids.add(p.pid)
+    deadline = time.monotonic() + 30
+    while "child" not in p.get_output():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    child = int(p.get_output().split()[1])
+    pids.add(child)
+    p.stop()
+    assert p.state == AFTER
+    assert not alive(p.pid) and not alive(child)
+
+
+# ---------------------------------------------------------------- finding launchers
+
+
+def test_find_launcher_class_by_every_name(tmp_path, monkeypatch):
+    cls = launcher.MPIEngineSetLauncher
+    assert find_launcher_class("mpi", "engine") is cls
+    assert find_launcher_class("MPI", "engine") is cls
+    assert find_launcher_class("MPIEngineSetLauncher", "engine") is cls
+    assert find_launcher_class("minipar.launcher.MPIEngineSetLauncher", "engine") is cls
+    assert find_launcher_class(cls, "engine") is cls
+    assert find_launcher_class("slurm", "controller") is launcher.SlurmControllerLauncher
+    with pytest.raises(launcher.LauncherError, match="unknown engine launcher"):
+        find_launcher_class("nope", "engine")
+    # a third party's launcher registered through the entry-point group
+    (tmp_path / "mylaunch.py").write_text(
+        "from minipar.launcher import LocalEngineSetLauncher\n"
+        "class Mine(LocalEngineSetLauncher):\n    pass\n")
+    dist = tmp_path / "mylaunch-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mylaunch\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[minipar.engine_launchers]\nmine = mylaunch:Mine\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert find_launcher_class("mine", "engine").__name__ == "Mine"
+
+
+# ---------------------------------------------------------------- cluster file and CLI
+
+
+def test_cluster_file_from_file_and_cli_list_stop(pids):
+    cluster = Cluster(n=2, controller_args=FAST, shutdown_atexit=False)
+    rc = cluster.start_and_connect_sync()
+    try:
+        pids.add_cluster(cluster, rc)
+        again = Cluster.from_file(cluster.cluster_file)
+        assert again.cluster_id == cluster.cluster_id
+        assert again.controller.pid == cluster.controller.pid
+        assert sum(e.n for e in again.engines.values()) == 2
+        out = cli("list")
+        assert out.returncode == 0, out.stderr
+        assert cluster.cluster_id in out.stdout and f"pid {cluster.controller.pid}" in out.stdout
+        out = cli("stop", "--cluster-id", cluster.cluster_id)
+        assert out.returncode == 0, out.stderr
+        assert not [p for p in pids.pids if alive(p)]
+        assert cluster.controller.wait(10)  # this process's watcher saw it end
+        assert cluster.cluster_id not in cli("list").stdout
+    finally:
+        cluster.stop_cluster()
+
+
+def test_cli_start_daemonize_engines_stop(pids, tmp_path):
+    prof = str(tmp_path / "p")
+    out = cli("start", "-n", "2", "--profile-dir", prof, "--cluster-id", "cli1",
+              "--controller-args", " ".join(FAST), "--daemonize")
+    try:
+        assert out.returncode == 0, out.stderr
+        assert "cluster cli1 ready: 2 engines" in out.stdout
+        c = Cluster.from_file(profile_dir=prof)
+        pids.add_cluster(c)
+        out = cli("engines", "-n", "1", "--profile-dir", prof)
+        assert out.returncode == 0, out.stderr
+        assert "cluster cli1: 3 engines" in out.stdout
+        c = Cluster.from_file(profile_dir=prof)
+        pids.add_cluster(c)
+        assert len(pids.pids) == 4
+        assert "cli1" in cli("list", "--profile-dir", prof).stdout
+    finally:
+        out = cli("stop", "--all", "--profile-dir", prof)
+    assert out.returncode == 0, out.stderr
+    assert not [p for p in pids.pids if alive(p)]
+    assert "cli1" not in cli("list", "--profile-dir", prof).stdout
+
+
+def test_cli_foreground_start_stops_on_sigint(pids, tmp_path):
+    prof = str(tmp_path / "p")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.Popen([sys.executable, "-m", "minipar.launcher", "start", "-n", "1",
+                          "--profile-dir", prof, "--controller-args", " ".join(FAST)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                         stdin=subprocess.DEVNULL)
+    pids.add(p.pid)
+    try:
+        line = p.stdout.readline()
+        assert "ready: 1 engines" in line, line + p.stdout.read()
+        pids.add_cluster(Cluster.from_file(profile_dir=prof))
+        p.send_signal(signal.SIGINT)
+        assert p.wait(60) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert not [x for x in pids.pids if alive(x)]
+
+
+def test_cli_clean_removes_files_of_dead_clusters(pids, minipar_dir):
+    cluster = Cluster(n=1, controller_args=FAST, shutdown_atexit=False)
+    rc = cluster.start_and_connect_sync()
+    pids.add_cluster(cluster, rc)
+    path = cluster.cluster_file
+    for p in list(pids.pids):
+        os.kill(p, signal.SIGKILL)
+    assert not pids.wait_gone()
+    assert os.path.exists(path)
+    out = cli("clean")
+    assert out.returncode == 0, out.stderr
+    assert not os.path.exists(path)
+    cluster.stop_cluster()
+
+
+# ---------------------------------------------------------------- LSF (no free install)
+
+BJOBS_RUNNING = """\
+JOBID   USER    STAT  QUEUE      FROM_HOST   EXEC_HOST   JOB_NAME   SUBMIT_TIME
+1234    user1   RUN   normal     hostA       hostB       minipar-engines[1] Oct 22 10:05
+1234    user1   PEND  normal     hostA                   minipar-engines[2] Oct 22 10:05
+"""
+BJOBS_PENDING = """\
+JOBID   USER    STAT  QUEUE      FROM_HOST   EXEC_HOST   JOB_NAME   SUBMIT_TIME
+1234    user1   PEND  normal     hostA                   minipar-engines[1] Oct 22 10:05
+"""
+BJOBS_DONE = """\
+JOBID   USER    STAT  QUEUE      FROM_HOST   EXEC_HOST   JOB_NAME   SUBMIT_TIME
+1234    user1   DONE  normal     hostA       hostB       minipar-engines[1] Oct 22 10:05
+"""
+
+
+def test_lsf_script_and_documented_output(tmp_path):
+    es = launcher.LSFEngineSetLauncher(profile_dir=str(tmp_path), cluster_id="abc",
+                                       queue="short", program_args=["--log-level", "DEBUG"])
+    es.n = 4
+    es.output_file = str(tmp_path / "out.log")
+    script = es.render()
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/sh"
+    assert "#BSUB -q short" in lines
+    assert "#BSUB -J minipar-engines-abc[1-4]" in lines
+    assert f"#BSUB -o {tmp_path}/out.log" in lines
+    assert lines[-1].endswith(f"-m minipar.engine --profile-dir {tmp_path} --log-level DEBUG")
+    assert es.submit_stdin and es.submit_command == ["bsub"]
+    assert es.parse_job_id("Job <1234> is submitted to queue <short>.") == "1234"
+    parse = launcher.LSFLauncher.parse_status
+    assert parse(0, BJOBS_RUNNING, "1234") == "running"
+    assert parse(0, BJOBS_PENDING, "1234") == "pending"
+    assert parse(0, BJOBS_DONE, "1234") == "done"
+    assert parse(255, "Job <1234> is not found\n", "1234") == "done"
+
+
+def test_user_template_string_and_file(tmp_path):
+    t = "#!/bin/sh\n#PBS -q {queue}\n#PBS -l nodes={n}\ncd {profile_dir}\n{program_and_args}\n"
+    es = launcher.PBSEngineSetLauncher(profile_dir=str(tmp_path), queue="fast",
+                                       batch_template=t)
+    es.n = 8
+    text = es.render()
+    assert "#PBS -q fast\n#PBS -l nodes=8\n" in text and text.count("#PBS -q") == 1
+    f = tmp_path / "tmpl"
+    f.write_text("#!/bin/sh\n{program_and_args} # {cluster_id}\n")
+    es = launcher.SGEEngineSetLauncher(profile_dir=str(tmp_path), cluster_id="zz",
+                                       batch_template_file=str(f), queue="q1")
+    es.n = 1
+    text = es.render()
+    assert text.splitlines()[1] == "#$ -q q1" and text.rstrip().endswith("# zz")
+
+
+def test_documented_status_output_of_pbs_sge_slurm():
+    qstat_pbs = ("Job id                    Name             User            Time Use S Queue\n"
+                 "------------------------- ---------------- --------------- -------- - -----\n"
+                 "5.server                  minipar-engines  root            00:00:00 R batch\n")
+    assert launcher.PBSLauncher.parse_status(0, qstat_pbs, "5.server") == "running"
+    assert launcher.PBSLauncher.parse_status(0, qstat_pbs.replace(" R ", " Q "), "5") == "pending"
+    assert launcher.PBSLauncher.parse_status(0, qstat_pbs.replace(" R ", " C "), "5") == "done"
+    assert launcher.PBSLauncher.parse_status(153, "qstat: Unknown Job Id 5.server", "5") == "done"
+    qstat_sge = ("job-ID  prior   name       user         state submit/start at     queue     "
+                 "slots ja-task-ID\n" + "-" * 60 + "\n"
+                 "      2 0.50000 mt         root         r     11/22/2026 00:18:22 all.q@vm  1 1\n"
+                 "      2 0.50000 mt         root         qw    11/22/2026 00:18:22  1 2\n")
+    assert launcher.SGELauncher.parse_status(0, qstat_sge, "2") == "running"
+    assert launcher.SGELauncher.parse_status(0, qstat_sge, "3") == "done"
+    assert launcher.SGELauncher.parse_status(
+        0, qstat_sge.replace(" r  ", " qw "), "2") == "pending"
+    assert launcher.SGELauncher().parse_job_id(
+        'Your job-array 2.1-2:1 ("mt") has been submitted') == "2"
+    assert launcher.SlurmLauncher.parse_status(0, "RUNNING\nPENDING\n", "1") == "running"
+    assert launcher.SlurmLauncher.parse_status(0, "", "1") == "done"
+    assert launcher.SlurmLauncher.parse_status(1, "", "1") == "done"
