@@ -1,0 +1,187 @@
+"""The errors a user of minipar can meet, and the wrapping of exceptions raised remotely.
+
+An engine turns an exception into a ``RemoteError`` with ``wrap`` (name, value and
+traceback text, all plain strings, so it unpickles anywhere). The client turns it back
+with ``unwrap``: when the original type is a builtin exception, the error raised is an
+instance of both ``RemoteError`` and that type, so ``except ZeroDivisionError`` still
+works; the remote traceback text is chained as ``__cause__`` (as concurrent.futures does
+for process pools).
+"""
+
+import builtins
+import traceback
+
+TimeoutError = builtins.TimeoutError
+
+
+class MiniparError(Exception):
+    """Base class of minipar's errors."""
+
+
+class ConnectionFileError(MiniparError, FileNotFoundError):
+    """A connection file is missing, unreadable or stale."""
+
+
+class SerializationError(MiniparError, TypeError):
+    """An object could not be pickled (or unpickled) for the wire."""
+
+
+class NoEnginesRegistered(MiniparError):
+    """No engine is registered to run the work."""
+
+
+class EngineError(MiniparError):
+    """An engine died, or was lost, while work was outstanding on it."""
+
+
+class TaskAborted(MiniparError):
+    """A task was aborted before or while it ran."""
+
+
+class TaskTimeout(MiniparError):
+    """A task ran longer than its time_limit and was interrupted."""
+
+
+class DependencyTimeout(MiniparError):
+    """A task waited longer than its timeout for its dependencies."""
+
+
+class UnmetDependency(MiniparError):
+    """Raised on an engine to say a task cannot run there; it is routed elsewhere."""
+
+
+class ImpossibleDependency(UnmetDependency):
+    """A task's dependencies can never be met."""
+
+
+class InvalidDependency(ImpossibleDependency):
+    """A task depends on ids that do not exist."""
+
+
+class RemoteError(MiniparError):
+    """An exception raised on an engine.
+
+    ``ename``, ``evalue`` and ``traceback`` describe it; ``engine_info`` says where
+    (``engine_id``, ``msg_id``).
+    """
+
+    def __init__(self, ename, evalue, traceback="", engine_info=None):
+        super().__init__(ename, evalue, traceback, engine_info)
+        self.ename = ename
+        self.evalue = evalue
+        self.traceback = traceback
+        self.engine_info = dict(engine_info or {})
+
+    def __str__(self):
+        where = self.engine_info.get("engine_id")
+        where = f"[engine {where}] " if where is not None else ""
+        return f"{where}{self.ename}: {self.evalue}"
+
+    def __reduce__(self):
+        return _rebuild, (self.ename, self.evalue, self.traceback, self.engine_info)
+
+    def render_traceback(self):
+        return self.traceback.splitlines()
+
+
+class _RemoteTraceback(Exception):
+    """Carries the remote traceback text as the ``__cause__`` of a RemoteError."""
+
+    def __init__(self, tb):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self):
+        return self.tb
+
+
+_types = {}
+
+
+def _rebuild(ename, evalue, tb, engine_info):
+    """A RemoteError that is also an instance of the builtin exception `ename`, if any."""
+    base = getattr(builtins, ename, None)
+    cls = RemoteError
+    if isinstance(base, type) and issubclass(base, Exception) and not issubclass(base, MiniparError):
+        cls = _types.get(ename)
+        if cls is None:
+            try:
+                cls = _remote_variant(base)
+            except TypeError:  # a base with its own instance layout cannot be mixed in
+                cls = RemoteError
+            _types[ename] = cls
+    else:
+        cls = _minipar_errors.get(ename, RemoteError)
+    try:
+        err = cls(ename, evalue, tb, engine_info)
+    except TypeError:  # a base whose __init__ insists on its own arguments
+        err = RemoteError(ename, evalue, tb, engine_info)
+    if tb:
+        err.__cause__ = _RemoteTraceback(tb)
+    return err
+
+
+def _remote_variant(base):
+    return type(base.__name__, (RemoteError, base), {"__module__": __name__,
+                                                     "__init__": RemoteError.__init__,
+                                                     "__str__": RemoteError.__str__})
+
+
+# minipar's own errors raised remotely keep their type too (TaskTimeout, UnmetDependency...)
+_minipar_errors = {c.__name__: _remote_variant(c) for c in (
+    EngineError, TaskAborted, TaskTimeout, DependencyTimeout, UnmetDependency,
+    ImpossibleDependency, InvalidDependency, SerializationError, NoEnginesRegistered)}
+
+
+def wrap(exc, engine_info=None):
+    """The RemoteError describing `exc` (called on the engine, in its except block)."""
+    if isinstance(exc, RemoteError):
+        return exc
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        evalue = str(exc)
+    except Exception:
+        evalue = "<unprintable>"
+    return _rebuild(type(exc).__name__, evalue, tb, engine_info)
+
+
+def error(ename, evalue, engine_info=None):
+    """A RemoteError made without an exception (by the controller: EngineError, ...)."""
+    return _rebuild(ename, evalue, "", engine_info)
+
+
+class CompositeError(RemoteError):
+    """Errors from several engines: ``elist`` holds one RemoteError each."""
+
+    def __init__(self, message, elist):
+        self.message = message
+        self.elist = list(elist)
+        first = self.elist[0] if self.elist else None
+        super().__init__(first.ename if first else "CompositeError",
+                         first.evalue if first else message,
+                         first.traceback if first else "")
+        self.args = (message, self.elist)
+
+    def __reduce__(self):
+        return CompositeError, (self.message, self.elist)
+
+    def __str__(self):
+        lines = [self.message]
+        lines += [f"[{e.engine_info.get('engine_id', '?')}:{e.engine_info.get('kind', 'apply')}]: "
+                  f"{e.ename}: {e.evalue}" for e in self.elist]
+        return "\n".join(lines)
+
+    def raise_exception(self, excid=0):
+        """Raise the `excid`-th engine's error, with its remote traceback."""
+        try:
+            err = self.elist[excid]
+        except IndexError:
+            raise IndexError(f"an error with id {excid} does not exist; there are "
+                             f"{len(self.elist)}") from None
+        raise err
+
+    def print_tracebacks(self, excid=None):
+        for i, e in enumerate(self.elist):
+            if excid is None or i == excid:
+                print(f"[{e.engine_info.get('engine_id', '?')}:{e.engine_info.get('kind', 'apply')}]: ")
+                print(e.traceback or f"{e.ename}: {e.evalue}")

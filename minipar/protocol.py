@@ -1,0 +1,363 @@
+"""The wire: message kinds, frame layout, signing, serialization, connection files.
+
+Every side (client, controller, engine) imports this module and nothing else of
+minipar's except ``errors``. A message is a list of ZeroMQ frames::
+
+    [routing ids ...] DELIM  signature  header  part  part ...
+                              ^          ^       ^ pickles and their out-of-band buffers
+                              |          +-- a plain dict, pickled; carries `body`,
+                              |              the SHA-256 of every part frame
+                              +-- HMAC-SHA256(key, header)
+
+The controller reads headers only: it checks the signature over the header and never
+touches the parts, so forwarding a 100 MB push costs it no hashing. The receiver of
+the parts (an engine or a client) checks `body` against the parts before unpickling
+any of them. Nothing is unpickled before its signature is verified, and a header
+can only hold plain data (lists, dicts, str, numbers): its unpickler refuses every
+class and function.
+
+Serialization (``serialize`` / ``deserialize``): functions and closures with
+cloudpickle; data with the C pickler (protocol 5), falling back to cloudpickle when
+the data refers to ``__main__`` or cannot be pickled by reference. Buffers larger than
+``BUFFER_THRESHOLD`` (numpy arrays, large bytes, bytearrays, memoryviews) leave the
+pickle as frames of their own, sent with ``copy=False``.
+"""
+
+import collections
+import hashlib
+import hmac
+import io
+import json
+import logging
+import os
+import pickle
+import socket
+import time
+import uuid
+
+import cloudpickle
+
+from .errors import SerializationError
+
+log = logging.getLogger(__name__)
+
+DELIM = b"<MINIPAR>"
+REFUSED = b"refused"  # an unsigned notice sent back for a message that failed its check
+SIGNATURE_SCHEME = "hmac-sha256"
+
+# Buffers at least this large travel as frames of their own (no copy). Below it the
+# cost of an extra frame outweighs a memcpy; 64 KiB..1 MiB is reasonable.
+BUFFER_THRESHOLD = 64 * 1024
+
+# How many recent signatures a receiver remembers to refuse replays. Each costs about
+# 100 bytes; 2**16 is a few MB and covers far more than any message's time in flight.
+REPLAY_HISTORY = 2**16
+
+# Largest message accepted by default (bytes); zmq enforces it as ZMQ_MAXMSGSIZE per frame.
+MAX_MESSAGE_SIZE = 2**31
+
+# Message kinds. A request `x` is answered by `x_reply`.
+APPLY = "apply"                  # call a function: parts = function, (args, kwargs)
+EXECUTE = "execute"              # run a code string: parts = code
+PUSH = "push"                    # update the namespace: parts = dict
+PULL = "pull"                    # read names: header `names`
+KEYS = "keys"
+CLEAR = "clear"
+PROPERTIES = "properties"        # engine properties: header `op` get/set/has/del/clear
+ABORT = "abort"
+INTERRUPT = "interrupt"
+SHUTDOWN = "shutdown"
+REGISTER = "register"
+UNREGISTER = "unregister"
+CONNECT = "connect"
+QUEUE_STATUS = "queue_status"
+RESULT_REQUEST = "result_request"
+PURGE = "purge"
+RESUBMIT = "resubmit"
+DB_QUERY = "db_query"
+STREAM = "stream"                # stdout/stderr of a running task, sent while it runs
+# notifications, published by the controller
+ENGINE_REGISTERED = "engine_registered"
+ENGINE_UNREGISTERED = "engine_unregistered"
+ENGINE_DIED = "engine_died"
+
+
+def reply_kind(kind):
+    return kind + "_reply"
+
+
+def new_id():
+    return uuid.uuid4().hex
+
+
+# ---------------------------------------------------------------- headers
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Loads plain data only: a header that names any class or function is refused."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"a header may hold plain data only, not {module}.{name}")
+
+
+def pack_header(header):
+    return pickle.dumps(header, protocol=5)
+
+
+def unpack_header(data):
+    header = _PlainUnpickler(io.BytesIO(data)).load()
+    if not isinstance(header, dict) or "kind" not in header or "msg_id" not in header:
+        raise ValueError("a header must be a dict with `kind` and `msg_id`")
+    return header
+
+
+# ---------------------------------------------------------------- signing
+
+def body_digest(parts):
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p)
+    return h.hexdigest()
+
+
+class Session:
+    """Signs, verifies and (de)composes messages for one process.
+
+    Each receiving socket keeps its own replay history; one Session per process is
+    enough because signatures are unique per message (each header has a new msg_id).
+    """
+
+    def __init__(self, key, max_message_size=MAX_MESSAGE_SIZE):
+        self.key = bytes.fromhex(key) if isinstance(key, str) else bytes(key)
+        self.session = new_id()
+        self.max_message_size = max_message_size
+        self._seen = set()
+        self._seen_order = collections.deque()
+        self.dropped = collections.Counter()  # why messages were dropped, for queue_status/stats
+
+    def sign(self, header_bytes):
+        return hmac.digest(self.key, header_bytes, "sha256")
+
+    def msg(self, kind, parts=(), parent=None, **fields):
+        """Build the frames of a new message (without routing ids). Returns (header, frames)."""
+        header = {"msg_id": new_id(), "kind": kind, "session": self.session,
+                  "parent": parent, "date": time.time()}
+        header.update(fields)
+        return header, self.frames(header, parts)
+
+    def frames(self, header, parts=()):
+        """Frames for `header` and `parts`; the header is given a digest of the parts."""
+        header["body"] = body_digest(parts) if parts else ""
+        hb = pack_header(header)
+        return [DELIM, self.sign(hb), hb, *parts]
+
+    def resign(self, header, parts):
+        """Frames for a changed header over the same parts (the parts' digest is kept)."""
+        hb = pack_header(header)
+        return [DELIM, self.sign(hb), hb, *parts]
+
+    def split(self, frames):
+        """Split received frames into (routing ids, signature, header bytes, parts)."""
+        for i, f in enumerate(frames):
+            if f.bytes == DELIM if hasattr(f, "bytes") else f == DELIM:
+                break
+        else:
+            raise ValueError("no delimiter frame")
+        if len(frames) < i + 3:
+            raise ValueError("message too short")
+        return frames[:i], frames[i + 1], frames[i + 2], frames[i + 3:]
+
+    def check(self, frames, replay=True):
+        """Verify a received message. Returns (idents, header, parts) or raises ValueError.
+
+        Only the header is verified here (cheap, what a router needs); a receiver that
+        will unpickle the parts calls ``check_body`` as well.
+        """
+        idents, sig, hb, parts = self.split(frames)
+        sig, hb = _bytes(sig), _bytes(hb)
+        if not hmac.compare_digest(sig, self.sign(hb)):
+            raise ValueError("bad signature")
+        if replay:
+            if sig in self._seen:
+                raise ValueError("replayed signature")
+            self._seen.add(sig)
+            self._seen_order.append(sig)
+            if len(self._seen_order) > REPLAY_HISTORY:
+                self._seen.discard(self._seen_order.popleft())
+        header = unpack_header(hb)
+        return idents, header, parts
+
+    def check_body(self, header, parts):
+        if header.get("body", "") != (body_digest(parts) if parts else ""):
+            raise ValueError("message parts do not match the signed digest")
+
+
+def _bytes(frame):
+    return frame.bytes if hasattr(frame, "bytes") else bytes(frame)
+
+
+def refusal(idents, reason):
+    """The unsigned notice sent back to a peer whose message failed its check."""
+    return [*idents, DELIM, REFUSED, reason.encode()]
+
+
+def is_refusal(frames):
+    return len(frames) == 3 and _bytes(frames[1]) == REFUSED
+
+
+# ---------------------------------------------------------------- serialization
+
+class _LargeBytes:
+    """Wraps a large bytes object so it pickles out of band (pickle keeps bytes in band)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data):
+        self.data = data
+
+    def __reduce_ex__(self, protocol):
+        return bytes, (pickle.PickleBuffer(self.data),)
+
+
+def _wrap_large_bytes(obj, depth=2):
+    """`obj` with large bytes near the top (apply's args, push's dict) wrapped."""
+    if type(obj) is bytes:
+        return _LargeBytes(obj) if len(obj) >= BUFFER_THRESHOLD else obj
+    if depth and isinstance(obj, (tuple, list, dict)) and len(obj) <= 32:
+        if type(obj) is dict:
+            return {k: _wrap_large_bytes(v, depth - 1) for k, v in obj.items()}
+        if type(obj) in (tuple, list):
+            return type(obj)(_wrap_large_bytes(o, depth - 1) for o in obj)
+    return obj
+
+
+def _dumps(obj, buffers, by_value):
+    def keep(buf):
+        raw = buf.raw()
+        if raw.nbytes >= BUFFER_THRESHOLD:
+            buffers.append(raw)
+            return False
+        return True  # small: in band
+
+    obj = _wrap_large_bytes(obj)
+    if not by_value:
+        try:
+            data = pickle.dumps(obj, protocol=5, buffer_callback=keep)
+            # A reference into __main__ would not resolve on an engine: send by value.
+            if b"__main__" not in data:
+                return data
+        except Exception:
+            pass
+        del buffers[:]
+    return cloudpickle.dumps(obj, protocol=5, buffer_callback=keep)
+
+
+def serialize(obj, by_value=False):
+    """Pickle `obj` into a list of frames: the pickle, then its out-of-band buffers."""
+    buffers = []
+    try:
+        data = _dumps(obj, buffers, by_value)
+    except Exception as e:
+        raise SerializationError(
+            f"could not serialize {_describe(obj)}: {type(e).__name__}: {e}; only picklable "
+            "objects (or functions cloudpickle can send) can go to engines") from e
+    return [data, *buffers]
+
+
+def serialize_many(objs, by_value=False):
+    """Serialize several objects into one frame list; returns (frames, counts)."""
+    frames, counts = [], []
+    for o in objs:
+        fr = serialize(o, by_value)
+        frames.extend(fr)
+        counts.append(len(fr))
+    return frames, counts
+
+
+def deserialize(frames):
+    """Inverse of serialize: frames are bytes or zmq.Frame (buffers used without copy)."""
+    data = _bytes(frames[0])
+    buffers = [f.buffer if hasattr(f, "buffer") else f for f in frames[1:]]
+    return pickle.loads(data, buffers=buffers)
+
+
+def deserialize_many(frames, counts):
+    out, i = [], 0
+    for n in counts:
+        out.append(deserialize(frames[i:i + n]))
+        i += n
+    return out
+
+
+def _describe(obj):
+    r = repr(obj)
+    return r if len(r) < 80 else r[:77] + "..."
+
+
+# ---------------------------------------------------------------- connection files
+
+CLIENT_FILE = "minipar-client.json"
+ENGINE_FILE = "minipar-engine.json"
+
+
+def base_dir():
+    return os.environ.get("MINIPAR_DIR") or os.path.join(os.path.expanduser("~"), ".minipar")
+
+
+def profile_dir(profile=None, profile_dir=None):
+    if profile_dir:
+        return os.path.abspath(profile_dir)
+    return os.path.join(base_dir(), "profile_" + (profile or "default"))
+
+
+def security_dir(pdir):
+    d = os.path.join(pdir, "security")
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    os.chmod(d, 0o700)
+    return d
+
+
+def write_connection_file(path, info):
+    """Write `info` as JSON readable by its owner only (created 0600, never widened)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(info, f, indent=1)
+    os.replace(tmp, path)
+
+
+def read_connection_file(path, role="client"):
+    """Read a connection file, with an error that says how to get one."""
+    from .errors import ConnectionFileError
+
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        raise ConnectionFileError(
+            f"no connection file at {path}: start a controller with `python -m "
+            f"{__package__}.controller` (same profile), or pass the file's path") from None
+    except (OSError, ValueError) as e:
+        raise ConnectionFileError(f"cannot read connection file {path}: {e}") from None
+    missing = {"key", "ports", "location"} - set(info)
+    if missing:
+        raise ConnectionFileError(f"connection file {path} lacks {sorted(missing)}: "
+                                  "it was not written by a minipar controller")
+    if info.get("host") == socket.gethostname() and info.get("pid") and not _alive(info["pid"]):
+        raise ConnectionFileError(
+            f"connection file {path} is stale: controller pid {info['pid']} is not running; "
+            f"start a controller with `python -m {__package__}.controller`")
+    return info
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def url(info, name):
+    return f"{info.get('transport', 'tcp')}://{info['location']}:{info['ports'][name]}"

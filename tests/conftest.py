@@ -1,0 +1,120 @@
+"""Shared fixtures: a real controller and real engines, as separate processes.
+
+``cluster`` starts a controller (fast heartbeat) and four engines with ``python -m``
+in a temporary profile folder and yields a ``LocalCluster`` with a connected client;
+every process it started is stopped by pid afterwards, also when the test failed.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import minipar  # noqa: E402
+from minipar import protocol  # noqa: E402
+
+HEARTBEAT_S = 0.2
+START_TIMEOUT_S = 30
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+class LocalCluster:
+    """A controller and engines started by hand, as a user would with ``python -m``."""
+
+    def __init__(self, tmp_path, controller_args=()):
+        self.profile_dir = str(tmp_path / "profile")
+        self.log_dir = tmp_path
+        self.procs = []
+        self.engines = []
+        self.clients = []
+        self.controller = self._spawn(
+            "controller", ["--profile-dir", self.profile_dir, "--heartbeat-period",
+                           str(HEARTBEAT_S), *controller_args])
+        self.client_file = os.path.join(self.profile_dir, "security", protocol.CLIENT_FILE)
+        self.engine_file = os.path.join(self.profile_dir, "security", protocol.ENGINE_FILE)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not os.path.exists(self.engine_file):
+            if self.controller.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("controller did not start:\n" + self.output("controller"))
+            time.sleep(0.02)
+
+    def _spawn(self, role, args, name=None, env=None):
+        name = name or role
+        log = open(self.log_dir / f"{name}.log", "wb")
+        p = subprocess.Popen([sys.executable, "-m", f"minipar.{role}", *args],
+                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             env=env or _env(), cwd=ROOT)
+        p.log_name = name
+        self.procs.append(p)
+        return p
+
+    def output(self, name):
+        try:
+            return (self.log_dir / f"{name}.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def start_engines(self, n, args=(), env=None):
+        new = [self._spawn("engine", ["--file", self.engine_file, *args],
+                           name=f"engine{len(self.engines) + i}", env=env) for i in range(n)]
+        self.engines.extend(new)
+        return new
+
+    def client(self, **kwargs):
+        rc = minipar.Client(self.client_file, **kwargs)
+        self.clients.append(rc)
+        return rc
+
+    def stop(self):
+        for rc in self.clients:
+            try:
+                rc.close()
+            except Exception:
+                pass
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.terminate()
+        deadline = time.monotonic() + 5
+        for p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+
+
+@pytest.fixture
+def local_cluster(tmp_path):
+    """A controller with no engines yet; the test starts what it needs."""
+    c = LocalCluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def cluster(local_cluster):
+    """A controller, four engines and a connected client (``cluster.rc``)."""
+    local_cluster.start_engines(4)
+    rc = local_cluster.client()
+    rc.wait_for_engines(4, START_TIMEOUT_S)
+    local_cluster.rc = rc
+    yield local_cluster
+
+
+@pytest.fixture
+def rc(cluster):
+    return cluster.rc

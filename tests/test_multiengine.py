@@ -1,0 +1,205 @@
+"""The multiengine document's session, against a controller and four engines started by
+hand with ``python -m`` (see conftest), the test process being the client."""
+
+import time
+
+import numpy as np
+import pytest
+
+import minipar
+
+TIMEOUT = 60
+pytestmark = pytest.mark.timeout(TIMEOUT)
+
+
+def test_ids_and_views(rc):
+    assert rc.ids == [0, 1, 2, 3]
+    assert len(rc) == 4
+    assert rc[0].targets == 0
+    assert rc[:].targets == [0, 1, 2, 3]
+    assert rc[::2].targets == [0, 2]
+    assert rc.direct_view().targets == "all"
+
+
+def test_execute_on_all_and_some_with_persistent_namespaces(rc):
+    dv = rc[:]
+    dv.execute("a = 5", block=True)
+    dv.execute("b = 10", targets=[0, 2], block=True)
+    assert dv.pull("a", block=True) == [5, 5, 5, 5]
+    assert dv.execute("c = a * 2", block=True) == [None] * 4
+    assert dv.pull("c", block=True) == [10, 10, 10, 10]
+    assert dv.pull("b", targets=[0, 2], block=True) == [10, 10]
+    with pytest.raises(minipar.CompositeError) as e:
+        dv.pull("b", targets=[1], block=True)
+    assert e.value.elist[0].ename == "NameError"
+
+
+def test_execute_captures_stdout_per_engine(rc):
+    ar = rc[:].execute("import os; print('hello from', os.getpid())")
+    ar.wait(TIMEOUT)
+    outs = ar.stdout
+    assert len(outs) == 4 and all(o.startswith("hello from") for o in outs)
+    assert len(set(outs)) == 4  # four processes
+
+
+def test_push_pull_one_and_several_names(rc):
+    dv = rc[:]
+    dv.push(dict(a=1, b="two", c=[3]), block=True)
+    assert dv.pull("a", block=True) == [1] * 4
+    assert dv.pull(("a", "b", "c"), targets=1, block=True) == [1, "two", [3]]
+    assert rc[2].pull(["a", "c"], block=True) == [1, [3]]
+
+
+def test_dictionary_interface(rc):
+    dv = rc[:]
+    dv["x"] = 42
+    assert dv["x"] == [42, 42, 42, 42]
+    rc[1]["y"] = "only one"
+    assert rc[1]["y"] == "only one"
+
+
+def test_scatter_and_gather(rc):
+    dv = rc[:]
+    dv.scatter("a", range(16), block=True)
+    assert dv.pull("a", block=True) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11],
+                                        [12, 13, 14, 15]]
+    assert dv.gather("a", block=True) == list(range(16))
+    arr = np.arange(10.0)
+    dv.scatter("arr", arr, block=True)
+    back = dv.gather("arr", block=True)
+    assert isinstance(back, np.ndarray) and (back == arr).all()
+    dv.scatter("one", [7, 8, 9, 10], flatten=True, block=True)
+    assert dv["one"] == [7, 8, 9, 10]
+
+
+def test_map_equals_serial_map(rc):
+    assert rc[:].map_sync(lambda x: x ** 10, range(32)) == [x ** 10 for x in range(32)]
+    assert rc[:].map_sync(lambda x, y: x + y, range(5), range(10, 15)) == \
+        [x + y for x, y in zip(range(5), range(10, 15))]
+
+
+def test_parallel_and_remote_decorators(rc):
+    dv = rc[:]
+
+    @dv.parallel(block=True)
+    def f(x):
+        return 10.0 * x ** 4
+
+    assert f.map(range(32)) == [10.0 * x ** 4 for x in range(32)]
+
+    @dv.parallel(block=True)
+    def chunk_len(chunk):
+        return [len(chunk)]
+
+    assert chunk_len(list(range(16))) == [4, 4, 4, 4]
+
+    @rc[0].remote(block=True)
+    def getpid():
+        import os
+        return os.getpid()
+
+    assert isinstance(getpid(), int)
+
+
+def test_non_blocking_results_polled_and_waited(rc):
+    ar = rc[:].apply_async(time.sleep, 0.5)
+    assert not ar.ready()
+    assert ar.wait(TIMEOUT)
+    assert ar.ready() and ar.successful()
+    assert ar.get() == [None] * 4
+    assert len(ar.msg_ids) == 4
+    md = ar.metadata
+    assert [m["engine_id"] for m in md] == [0, 1, 2, 3]
+    assert all(m["submitted"] <= m["started"] <= m["completed"] <= m["received"] for m in md)
+    assert ar.get_dict() == {0: None, 1: None, 2: None, 3: None}
+    assert ar.elapsed >= 0.5
+
+
+def test_execute_error_is_composite_with_the_engines_traceback(rc):
+    with pytest.raises(minipar.CompositeError) as info:
+        rc[:].execute("1/0", block=True)
+    err = info.value
+    assert len(err.elist) == 4
+    with pytest.raises(ZeroDivisionError) as z:
+        err.raise_exception()
+    assert isinstance(z.value, minipar.RemoteError)
+    assert "ZeroDivisionError" in z.value.traceback and "1/0" in z.value.traceback
+    assert z.value.engine_info["engine_id"] == 0
+
+
+def test_single_engine_error_is_raised_directly(rc):
+    def fail():
+        raise KeyError("missing")
+
+    with pytest.raises(KeyError) as info:
+        rc[0].apply_sync(fail)
+    assert isinstance(info.value, minipar.RemoteError)
+    assert "fail" in str(info.value.__cause__)
+
+
+def test_function_from_main_sees_pushed_names(rc):
+    rc[:].push({"offset": 100}, block=True)
+    ns = {"__name__": "__main__"}
+    exec("def add(x):\n    return x + offset\n", ns)
+    assert rc[:].apply_sync(ns["add"], 1) == [101] * 4
+
+
+def test_interactive_function_from_a_module(rc):
+    rc[:].push({"scale": 3}, block=True)
+    from tests import helpers
+
+    assert rc[0].apply_sync(helpers.scaled, 2) == 6
+
+
+def test_large_numpy_array_round_trip(rc):
+    a = np.random.default_rng(0).random(100 * 2 ** 20 // 8)  # 100 MB
+    rc[0].push({"big": a}, block=True)
+    check = minipar.interactive(lambda: (big.nbytes, float(big.sum()), big.flags.writeable))  # noqa: F821
+    assert rc[0].apply_sync(check) == (a.nbytes, float(a.sum()), True)
+    b = rc[0].pull("big", block=True)
+    assert b.dtype == a.dtype and (a == b).all()
+
+
+def test_clear_keys_and_queue_status(rc):
+    dv = rc[:]
+    dv["k"] = 1
+    assert all("k" in keys for keys in dv.keys(block=True))
+    dv.clear(block=True)
+    assert dv.keys(block=True) == [[], [], [], []]
+    status = rc.queue_status()
+    assert set(status) == {0, 1, 2, 3, "unassigned"}
+    assert status[0]["queue"] == 0
+
+
+def test_flags_and_temp_flags(rc):
+    dv = rc[:]
+    assert dv.block is False
+    with dv.temp_flags(block=True, targets=[1]):
+        assert dv.apply(lambda: 5) == [5]
+    assert dv.block is False and dv.targets == [0, 1, 2, 3]
+    dv.set_flags(block=True)
+    assert dv.apply(lambda: 1) == [1, 1, 1, 1]
+    with pytest.raises(KeyError, match="unknown flag"):
+        dv.set_flags(nonsense=1)
+
+
+def test_results_of_another_client(cluster, rc):
+    ar = rc[1].apply_async(lambda: "shared")
+    ar.get(TIMEOUT)
+    other = cluster.client()
+    assert other.get_result(ar.msg_ids[0]).get(TIMEOUT) == "shared"
+    slow = rc[2].apply_async(time.sleep, 0.5)
+    pending = other.get_result(slow.msg_ids)
+    assert pending.get(TIMEOUT) == [None]
+    with pytest.raises(KeyError, match="unknown or purged"):
+        other.get_result("no-such-id").get(TIMEOUT)
+    assert rc.purge_results("all") >= 1
+    with pytest.raises(KeyError):
+        other.get_result(ar.msg_ids[0]).get(TIMEOUT)
+
+
+def test_wait_and_iteration(rc):
+    ar = rc[:].map_async(lambda x: x * 2, range(8))
+    assert rc.wait([ar], TIMEOUT)
+    assert list(ar) == [x * 2 for x in range(8)]
+    assert rc.wait(timeout=TIMEOUT)

@@ -1,0 +1,119 @@
+"""The wire: signing, replay refusal, plain-data headers, serialization, connection files."""
+
+import os
+import pickle
+import stat
+
+import numpy as np
+import pytest
+
+from minipar import errors, protocol
+
+TIMEOUT = 30
+pytestmark = pytest.mark.timeout(TIMEOUT)
+
+KEY = os.urandom(32).hex()
+
+
+def roundtrip(frames, session):
+    return session.check(list(frames))
+
+
+def test_signed_message_verifies_and_carries_fields():
+    s = protocol.Session(KEY)
+    header, frames = s.msg(protocol.APPLY, [b"abc"], engine=3)
+    idents, h, parts = protocol.Session(KEY).check([b"id", *frames])
+    assert idents == [b"id"]
+    assert h["msg_id"] == header["msg_id"] and h["engine"] == 3
+    assert parts == [b"abc"]
+
+
+def test_wrong_key_is_refused():
+    _, frames = protocol.Session(KEY).msg(protocol.CONNECT)
+    with pytest.raises(ValueError, match="bad signature"):
+        protocol.Session(os.urandom(32).hex()).check(frames)
+
+
+def test_replay_is_refused_by_the_same_receiver():
+    _, frames = protocol.Session(KEY).msg(protocol.CONNECT)
+    receiver = protocol.Session(KEY)
+    receiver.check(list(frames))
+    with pytest.raises(ValueError, match="replayed"):
+        receiver.check(list(frames))
+
+
+def test_tampered_header_or_parts_are_refused():
+    s = protocol.Session(KEY)
+    _, frames = s.msg(protocol.PUSH, [b"payload"])
+    bad = list(frames)
+    bad[2] = bad[2][:-1] + b"\x00"
+    with pytest.raises(ValueError, match="bad signature"):
+        protocol.Session(KEY).check(bad)
+    _, h, parts = protocol.Session(KEY).check(list(frames))
+    with pytest.raises(ValueError, match="digest"):
+        s.check_body(h, [b"payloaX"])
+
+
+def test_header_may_not_name_classes():
+    """A signed header that would load a class is refused before anything runs."""
+    s = protocol.Session(KEY)
+    evil = pickle.dumps({"kind": "apply", "msg_id": "x", "f": os.system}, protocol=5)
+    frames = [protocol.DELIM, s.sign(evil), evil]
+    with pytest.raises(pickle.UnpicklingError, match="plain data"):
+        protocol.Session(KEY).check(frames)
+
+
+def test_garbage_is_refused_without_crashing():
+    s = protocol.Session(KEY)
+    for frames in ([b"junk"], [protocol.DELIM], [protocol.DELIM, b"", b""],
+                   [protocol.DELIM, s.sign(b"\x80\x05garbage"), b"\x80\x05garbage"]):
+        with pytest.raises(Exception):
+            s.check(frames)
+
+
+def test_large_buffers_travel_out_of_band():
+    a = np.arange(1_000_000, dtype="float64")
+    big = os.urandom(protocol.BUFFER_THRESHOLD * 2)
+    frames = protocol.serialize((a, big, [1, 2]))
+    assert len(frames) == 3  # the pickle, the array's buffer, the bytes
+    assert len(frames[0]) < 4096
+    b, big2, small = protocol.deserialize(frames)
+    assert (a == b).all() and big2 == big and small == [1, 2]
+    assert type(big2) is bytes
+
+
+def test_functions_from_main_go_by_value():
+    ns = {"__name__": "__main__"}
+    exec("def f(x):\n    return x + 1\n", ns)
+    f = protocol.deserialize(protocol.serialize(ns["f"]))
+    assert f(1) == 2
+
+
+def test_unpicklable_argument_gives_a_clear_error():
+    import threading
+
+    with pytest.raises(errors.SerializationError, match="could not serialize.*picklable"):
+        protocol.serialize((threading.Lock(),))
+
+
+def test_connection_file_is_private(tmp_path):
+    d = protocol.security_dir(str(tmp_path / "p"))
+    path = os.path.join(d, protocol.CLIENT_FILE)
+    protocol.write_connection_file(path, {"key": KEY, "ports": {}, "location": "x"})
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
+
+
+def test_missing_and_stale_connection_files_say_what_to_do(tmp_path):
+    path = str(tmp_path / "nope.json")
+    with pytest.raises(errors.ConnectionFileError, match=r"no connection file.*controller"):
+        protocol.read_connection_file(path)
+    import socket
+    import subprocess
+
+    p = subprocess.Popen(["true"])
+    p.wait()
+    protocol.write_connection_file(path, {"key": KEY, "ports": {}, "location": "x",
+                                          "pid": p.pid, "host": socket.gethostname()})
+    with pytest.raises(errors.ConnectionFileError, match="stale.*not running"):
+        protocol.read_connection_file(path)
