@@ -346,6 +346,10 @@ class BaseLauncher:
     def signal(self, sig):
         raise NotImplementedError
 
+    def pids(self):
+        """Local pids of what runs now (none for a batch job: the scheduler owns those)."""
+        return []
+
     def get_output(self, remove=False):
         """The output (stdout and stderr) of the launched program(s) so far."""
         text = _read_text(self.output_file) if self.output_file else ""

@@ -1,0 +1,219 @@
+"""Launcher kinds against the real programs: OpenMPI's mpiexec, sshd, Slurm, PBS (Slurm's
+Torque wrappers) and Son of Grid Engine.
+
+Each test skips, saying why, when its program or daemon is not there; `.ci/run` starts
+them with .ci/setup_{mpi,ssh,slurm,pbs,sge}.sh. Where those scripts put their files
+(``$MINIPAR_CI_DIR``, default /tmp/minipar-ci) is found without any environment, so
+running the scripts once is enough on a developer's machine too.
+
+In every case the engines register and do work, the cluster is listed and stopped by
+``python -m minipar.launcher`` in another process, and no engine pid is left.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+
+import pytest
+
+from minipar.launcher import Cluster
+
+from .test_launcher import FAST, Pids, alive, cli, minipar_dir, pids  # noqa: F401 (fixtures)
+
+TIMEOUT = 300
+pytestmark = [pytest.mark.timeout(TIMEOUT), pytest.mark.slow]
+
+CI_DIR = os.environ.get("MINIPAR_CI_DIR", "/tmp/minipar-ci")
+ROOT_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+
+
+def _works(cmd, env=None, timeout=20):
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+def run_cluster_through_cli(pids, cluster, n, check=None):
+    """Start `cluster`, run work, list and stop it from another process, check pids."""
+    rc = cluster.start_and_connect_sync()
+    try:
+        assert len(rc.ids) == n
+        assert rc[:].apply_sync(lambda x: x + 1, 41) == [42] * n
+        pids.add_cluster(cluster, rc)
+        assert len(pids.pids) >= n
+        if check:
+            check(rc)
+        out = cli("list", "--profile-dir", cluster.profile_dir)
+        assert cluster.cluster_id in out.stdout, out.stdout + out.stderr
+        out = cli("stop", "--profile-dir", cluster.profile_dir, "--cluster-id",
+                  cluster.cluster_id, timeout=180)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert pids.wait_gone(20) == [], "processes left after `stop`"
+        for e in cluster.engines.values():
+            assert e.wait(60), f"{e!r}: its watcher did not notice the end"
+    finally:
+        cluster.stop_cluster()
+
+
+# ---------------------------------------------------------------- mpiexec
+
+
+needs_mpi = pytest.mark.skipif(
+    not shutil.which("mpiexec") or not _works(["mpiexec", "--oversubscribe", "-n", "1", "true"],
+                                              ROOT_ENV),
+    reason="no working OpenMPI mpiexec (run .ci/setup_mpi.sh)")
+
+
+@needs_mpi
+def test_mpi_engines_report_their_ranks(pids, tmp_path):
+    cluster = Cluster(n=3, engines="mpi", profile_dir=str(tmp_path / "p"),
+                      controller_args=FAST, shutdown_atexit=False,
+                      engine_options={"mpi_args": ["--oversubscribe"], "env": ROOT_ENV})
+
+    def ranks(rc):
+        got = rc[:].apply_sync(lambda: int(__import__("os").environ["OMPI_COMM_WORLD_RANK"]))
+        assert sorted(got) == [0, 1, 2]
+        (launcher,) = cluster.engines.values()
+        pids.add(launcher.pid)  # mpiexec itself
+        assert "mpiexec" in launcher.args[0]
+
+    run_cluster_through_cli(pids, cluster, 3, ranks)
+
+
+@needs_mpi
+def test_mpi_stop_kills_ranks_even_if_mpiexec_is_stuck(pids, tmp_path):
+    """mpiexec SIGKILLed leaves its ranks running: stop() finds them as descendants."""
+    cluster = Cluster(n=2, engines="mpi", profile_dir=str(tmp_path / "p"),
+                      controller_args=FAST,
+                      engine_options={"mpi_args": ["--oversubscribe"], "env": ROOT_ENV,
+                                      "stop_timeout": 2})
+    rc = cluster.start_and_connect_sync()
+    try:
+        pids.add_cluster(cluster, rc)
+        ranks = rc[:].apply_sync(os.getpid)
+        (launcher,) = cluster.engines.values()
+        os.kill(launcher.pid, signal.SIGSTOP)  # mpiexec can no longer pass SIGTERM on
+        launcher.stop()
+        assert not [p for p in ranks + [launcher.pid] if alive(p)]
+    finally:
+        cluster.stop_cluster()
+
+
+# ---------------------------------------------------------------- ssh
+
+SSH_CONFIG = os.path.join(CI_DIR, "ssh", "ssh_config")
+needs_ssh = pytest.mark.skipif(
+    not os.path.exists(SSH_CONFIG) or not _works(["ssh", "-F", SSH_CONFIG, "127.0.0.1", "true"]),
+    reason=f"no sshd answering with {SSH_CONFIG} (run .ci/setup_ssh.sh)")
+
+
+@needs_ssh
+@pytest.mark.parametrize("connection", ["scp", "env"])
+def test_ssh_engines(pids, tmp_path, connection):
+    remote = tmp_path / "remote-profile"  # created by the launcher on the "host"
+    n = 2 if connection == "scp" else 1
+    cluster = Cluster(n=n, engines="ssh", profile_dir=str(tmp_path / "p"), controller_args=FAST,
+                      shutdown_atexit=False,
+                      engine_options={"engines": {"127.0.0.1": n}, "ssh_args": ["-F", SSH_CONFIG],
+                                      "remote_profile_dir": str(remote),
+                                      "connection": connection})
+
+    def sent(rc):
+        (launcher,) = cluster.engines.values()
+        (path,) = launcher.sent_files.values()
+        assert path.startswith(str(remote)) and os.path.exists(path)
+        assert oct(os.stat(path).st_mode & 0o777) == oct(0o600)
+        remote_pids = [c.remote_pid for c in launcher._children]
+        assert sorted(remote_pids) == sorted(rc[:].apply_sync(os.getpid))
+
+    run_cluster_through_cli(pids, cluster, n, sent)
+    assert not [f for f in os.listdir(remote / "security") if f.endswith(".json")]
+
+
+# ---------------------------------------------------------------- Slurm
+
+SLURM_CONF = os.environ.get("SLURM_CONF") or os.path.join(CI_DIR, "slurm", "slurm.conf")
+
+
+def _slurm_up():
+    return (shutil.which("sbatch") and os.path.exists(SLURM_CONF)
+            and _works(["sinfo", "-h"], {"SLURM_CONF": SLURM_CONF}))
+
+
+needs_slurm = pytest.mark.skipif(not _slurm_up(),
+                                 reason="no Slurm answering (run .ci/setup_slurm.sh)")
+
+
+@pytest.fixture
+def slurm_env(monkeypatch):
+    monkeypatch.setenv("SLURM_CONF", SLURM_CONF)
+
+
+@needs_slurm
+def test_slurm_controller_and_engines(pids, tmp_path, slurm_env):
+    cluster = Cluster(n=2, engines="slurm", controller="slurm",
+                      profile_dir=str(tmp_path / "p"), controller_args=FAST,
+                      shutdown_atexit=False, timeout=120)
+
+    def controller_is_a_job(rc):
+        info = __import__("json").load(open(cluster.client_file))
+        pids.add(info["pid"])
+        assert cluster.controller.job_id and cluster.controller.running
+        (engines,) = cluster.engines.values()
+        assert engines.job_id != cluster.controller.job_id
+
+    run_cluster_through_cli(pids, cluster, 2, controller_is_a_job)
+
+
+# ---------------------------------------------------------------- PBS (Slurm's Torque wrappers)
+
+PBS_BIN = os.environ.get("MINIPAR_PBS_BIN") or os.path.join(CI_DIR, "pbs", "bin")
+needs_pbs = pytest.mark.skipif(
+    not (_slurm_up() and os.path.exists(os.path.join(PBS_BIN, "qsub"))),
+    reason="no PBS qsub over a running Slurm (run .ci/setup_slurm.sh and .ci/setup_pbs.sh)")
+
+
+@needs_pbs
+def test_pbs_engines(pids, tmp_path, slurm_env):
+    commands = {f"{what}_command": [os.path.join(PBS_BIN, prog)]
+                for what, prog in (("submit", "qsub"), ("delete", "qdel"), ("status", "qstat"))}
+    cluster = Cluster(n=2, engines="pbs", profile_dir=str(tmp_path / "p"), controller_args=FAST,
+                      shutdown_atexit=False, timeout=120, engine_options=commands)
+
+    def script(rc):
+        (launcher,) = cluster.engines.values()
+        text = open(launcher.batch_file).read()
+        assert "#PBS -t 1-2" in text and "#PBS -V" in text
+
+    run_cluster_through_cli(pids, cluster, 2, script)
+
+
+# ---------------------------------------------------------------- SGE
+
+SGE_ENV = {"SGE_ROOT": os.environ.get("SGE_ROOT", "/var/lib/gridengine"),
+           "SGE_CELL": os.environ.get("SGE_CELL", "default")}
+needs_sge = pytest.mark.skipif(
+    not (os.path.exists("/usr/bin/qconf") and _works(["qconf", "-sh"], SGE_ENV)),
+    reason="no Grid Engine qmaster answering (run .ci/setup_sge.sh)")
+
+
+@needs_sge
+def test_sge_engines(pids, tmp_path, monkeypatch):
+    for k, v in SGE_ENV.items():
+        monkeypatch.setenv(k, v)
+    # SGE's own qsub, even where the PBS wrappers are also on PATH
+    commands = {"submit_command": ["/usr/bin/qsub"], "delete_command": ["/usr/bin/qdel"],
+                "status_command": ["/usr/bin/qstat"]}
+    cluster = Cluster(n=2, engines="sge", profile_dir=str(tmp_path / "p"), controller_args=FAST,
+                      shutdown_atexit=False, timeout=120, engine_options=commands)
+
+    def array(rc):
+        tasks = rc[:].apply_sync(lambda: __import__("os").environ.get("SGE_TASK_ID"))
+        assert sorted(tasks) == ["1", "2"]
+
+    run_cluster_through_cli(pids, cluster, 2, array)
+
