@@ -644,12 +644,56 @@ class PortInUseError(errors.MiniparError, OSError):
     """The port asked for is taken."""
 
 
+class NoPortsLeftError(errors.MiniparError, OSError):
+    """Too few of the candidate ports (--ports) are free."""
+
+
+# Sockets that take ports from --ports, in order; the first is the one --port sets.
+_PORT_NAMES = ("engine", "client", "notify", "ping", "pong")
+
+
+def parse_ports(spec):
+    """'10101-10120', '10101,10105,10110-10112' or '10101' as a list of ports."""
+    ports = []
+    for part in str(spec).split(","):
+        lo, _, hi = part.strip().partition("-")
+        ports += range(int(lo), int(hi or lo) + 1)
+    return ports
+
+
+def pick_ports(ip, candidates):
+    """A free candidate port for each socket; one candidate means 'that port or fail'.
+
+    Probed with a plain socket (SO_REUSEADDR, as zmq binds), so a port taken between the
+    probe and the bind still ends in PortInUseError from bind().
+    """
+    if len(candidates) == 1:
+        return {_PORT_NAMES[0]: candidates[0]}
+    free = []
+    for port in candidates:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("" if ip in ("*", "0.0.0.0") else ip, port))
+            except OSError:
+                continue
+        free.append(port)
+        if len(free) == len(_PORT_NAMES):
+            return dict(zip(_PORT_NAMES, free))
+    raise NoPortsLeftError(
+        f"only {len(free)} of the {len(candidates)} candidate ports are free on {ip} "
+        f"({candidates[0]}..{candidates[-1]}) and the controller needs {len(_PORT_NAMES)}: "
+        "give a wider --ports range, or stop what uses them")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog=f"python -m {__spec__.name if __spec__ else 'controller'}",
                                 description="Start a minipar controller.")
     p.add_argument("--ip", default="127.0.0.1",
                    help="interface to listen on (default loopback; '*' for all)")
     p.add_argument("--port", type=int, default=0, help="registration port (others random)")
+    p.add_argument("--ports", help="candidate ports for every socket: 10101-10120, "
+                   "10101,10105 or one port (registration; PortInUseError if taken)")
     p.add_argument("--location", help="host name or address that engines and clients use")
     p.add_argument("--reuse", action="store_true", help="keep ports and key across restarts")
     p.add_argument("--profile", help="profile name (~/.minipar/profile_NAME)")
@@ -666,8 +710,13 @@ def main(argv=None):
     args = p.parse_args(argv)
     logging.basicConfig(level="DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level.upper(),
                         format="%(asctime)s controller %(levelname)s %(message)s")
-    c = Controller(ip=args.ip, port=args.port, location=args.location, profile=args.profile,
-                   profile_dir=args.profile_dir, reuse=args.reuse,
+    try:
+        ports = pick_ports(args.ip, parse_ports(args.ports)) if args.ports else None
+    except NoPortsLeftError as e:
+        log.error("NoPortsLeftError: %s", e)
+        return 1
+    c = Controller(ip=args.ip, port=args.port, ports=ports, location=args.location,
+                   profile=args.profile, profile_dir=args.profile_dir, reuse=args.reuse,
                    heartbeat_period=args.heartbeat_period,
                    heartbeat_liveness=args.heartbeat_liveness, scheme=args.scheme,
                    hwm=args.hwm, db=args.db)
@@ -681,7 +730,7 @@ def main(argv=None):
     try:
         c.run()
     except PortInUseError as e:
-        log.error("%s", e)
+        log.error("PortInUseError: %s", e)
         return 1
     return 0
 

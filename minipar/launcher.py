@@ -1476,9 +1476,10 @@ class Cluster:
             except (OSError, ValueError):
                 pass
             if self.controller.state == AFTER:
-                raise ControllerStartError(
+                output = self.controller.get_output()
+                raise _start_error(output)(
                     f"the controller exited ({self.controller.stop_data}) before writing "
-                    f"{self.client_file}; its output:\n{self.controller.get_output()}")
+                    f"{self.client_file}; its output:\n{output}")
             if time.monotonic() > deadline:
                 raise ControllerStartError(
                     f"the controller did not write {self.client_file} within "
@@ -1642,6 +1643,16 @@ class Cluster:
 
     def __exit__(self, *exc):
         self.stop_cluster()
+
+
+def _start_error(output):
+    """The controller's own error class when its output names one (ports), else ours."""
+    from . import controller  # only on this error path: it imports the scheduler
+
+    for cls in (controller.PortInUseError, controller.NoPortsLeftError):
+        if f"{cls.__name__}: " in output:
+            return cls
+    return ControllerStartError
 
 
 def _kind_name(kind):

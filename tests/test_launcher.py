@@ -451,3 +451,43 @@ def test_documented_status_output_of_pbs_sge_slurm():
     assert launcher.SlurmLauncher.parse_status(0, "RUNNING\nPENDING\n", "1") == "running"
     assert launcher.SlurmLauncher.parse_status(0, "", "1") == "done"
     assert launcher.SlurmLauncher.parse_status(1, "", "1") == "done"
+
+
+# ---------------------------------------------------------------- ports
+
+
+def _free_ports(n):
+    import socket
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_controller_ports_range_list_in_use_and_none_left(pids, tmp_path):
+    from minipar.controller import NoPortsLeftError, PortInUseError, parse_ports
+
+    assert parse_ports("10101-10103,10110") == [10101, 10102, 10103, 10110]
+    base = _free_ports(1)[0]
+    # a range: every socket gets a port from it
+    spec = f"{base}-{base + 40}"
+    c = Cluster(n=1, profile_dir=str(tmp_path / "a"), controller_args=[*FAST, "--ports", spec])
+    with c as rc:
+        pids.add_cluster(c, rc)
+        used = json.load(open(c.client_file))["ports"]
+        assert len(used) == 5 and all(base <= p <= base + 40 for p in used.values())
+        # the same single port again: PortInUseError, with the controller's output
+        taken = used["engine"]
+        c2 = Cluster(n=1, profile_dir=str(tmp_path / "b"), controller_args=["--ports", str(taken)])
+        with pytest.raises(PortInUseError, match=str(taken)):
+            c2.start_controller()
+        pids.add(c2.controller.pid)
+        # a list whose ports are all taken: NoPortsLeftError
+        busy = ",".join(str(p) for p in list(used.values())[:3])
+        c3 = Cluster(n=1, profile_dir=str(tmp_path / "c"), controller_args=["--ports", busy])
+        with pytest.raises(NoPortsLeftError, match="wider --ports"):
+            c3.start_controller()
+        pids.add(c3.controller.pid)
