@@ -403,13 +403,12 @@ class Client:
         """Resolve 'all' / None / int / list to a list of live engine ids."""
         ids = self.ids
         if targets is None or targets == "all":
-            if not ids:
-                raise NoEnginesRegistered(
-                    "no engines are registered: start some with `python -m "
-                    f"{__package__}.engine` or Cluster(n=...), or rc.wait_for_engines(n)")
-            return ids
-        one = isinstance(targets, int)
-        targets = [targets] if one else list(targets)
+            targets = ids
+        targets = [targets] if isinstance(targets, int) else list(targets)
+        if not targets:
+            raise NoEnginesRegistered(
+                "no engines are registered: start some with `python -m "
+                f"{__package__}.engine` or Cluster(n=...), or rc.wait_for_engines(n)")
         bad = [t for t in targets if t not in ids]
         if bad:
             raise IndexError(f"engine {bad[0]} is not registered; registered: {ids}")

@@ -42,6 +42,7 @@ REGISTRATION_TIMEOUT_S = 30.0   # how long to wait for the controller to answer 
 MAX_MISSED_HEARTBEATS = 30
 
 _STOP = object()
+_MISSING = object()
 
 # The names every fresh namespace starts with.
 _NS_BASE = {"__name__": "__main__", "__builtins__": builtins}
@@ -83,6 +84,7 @@ class Engine:
         self.registration_timeout = registration_timeout
         self.max_missed_heartbeats = max_missed_heartbeats
         self.user_ns = dict(_NS_BASE)
+        self._injected = {}         # name -> value a function's captured globals put in user_ns
         self.execution_count = 0
         self.work_dir = work_dir
         self.startup_script = startup_script
@@ -391,18 +393,26 @@ class Engine:
         return f(*args, **kwargs)
 
     def _bind(self, f):
-        """A function sent from the client's __main__ runs with the namespace as globals."""
-        if isinstance(f, types.FunctionType) and f.__module__ == "__main__" \
-                and f.__globals__ is not self.user_ns:
-            for name, value in f.__globals__.items():
-                if not name.startswith("__"):
-                    self.user_ns.setdefault(name, value)
-            g = types.FunctionType(f.__code__, self.user_ns, f.__name__, f.__defaults__,
-                                   f.__closure__)
-            g.__kwdefaults__ = f.__kwdefaults__
-            g.__dict__.update(f.__dict__)
-            return g
-        return f
+        """A function sent from the client's __main__ runs with the namespace as globals.
+
+        The names it uses that cloudpickle captured from the client (modules, constants)
+        are added where the namespace lacks them, and refreshed on later calls as long
+        as nothing on the engine (a push, executed code) has replaced them since.
+        """
+        if not (isinstance(f, types.FunctionType) and f.__module__ == "__main__"
+                and f.__globals__ is not self.user_ns):
+            return f
+        ns, injected = self.user_ns, self._injected
+        for name, value in f.__globals__.items():
+            if name.startswith("__"):
+                continue
+            current = ns.get(name, _MISSING)
+            if current is _MISSING or injected.get(name, _MISSING) is current:
+                ns[name] = injected[name] = value
+        g = types.FunctionType(f.__code__, ns, f.__name__, f.__defaults__, f.__closure__)
+        g.__kwdefaults__ = f.__kwdefaults__
+        g.__dict__.update(f.__dict__)
+        return g
 
     def _execute(self, header, parts):
         self.execution_count += 1
@@ -432,6 +442,7 @@ class Engine:
     def _clear(self, header, parts):
         self.user_ns.clear()
         self.user_ns.update(_NS_BASE)
+        self._injected.clear()
 
     def _properties(self, header, parts):
         op = header.get("op", "get")

@@ -239,6 +239,8 @@ def _dumps(obj, buffers, by_value):
         return True  # small: in band
 
     obj = _wrap_large_bytes(obj)
+    if getattr(obj, "__module__", None) == "__main__":
+        by_value = True  # a function or class of the client's script: pickle would fail
     if not by_value:
         try:
             data = pickle.dumps(obj, protocol=5, buffer_callback=keep)

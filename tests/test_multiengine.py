@@ -144,6 +144,16 @@ def test_function_from_main_sees_pushed_names(rc):
     assert rc[:].apply_sync(ns["add"], 1) == [101] * 4
 
 
+def test_client_globals_follow_the_client_until_the_engine_sets_them(rc):
+    ns = {"__name__": "__main__", "factor": 2}
+    exec("import math\ndef f(x):\n    return math.floor(x * factor)\n", ns)
+    assert rc[0].apply_sync(ns["f"], 5) == 10
+    ns["factor"] = 3  # the client changed it: the next call sees the new value
+    assert rc[0].apply_sync(ns["f"], 5) == 15
+    rc[0].push({"factor": 10}, block=True)  # set on the engine: the engine's value wins
+    assert rc[0].apply_sync(ns["f"], 5) == 50
+
+
 def test_interactive_function_from_a_module(rc):
     rc[:].push({"scale": 3}, block=True)
     from tests import helpers

@@ -1,0 +1,118 @@
+"""Bad input at the client: each gives a clear error, never a hang, and the controller
+keeps serving everyone else."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+import minipar
+from minipar import protocol
+
+TIMEOUT = 60
+pytestmark = pytest.mark.timeout(TIMEOUT)
+
+
+def test_wrong_key_is_refused_and_others_still_served(cluster, tmp_path):
+    info = json.load(open(cluster.client_file))
+    info["key"] = os.urandom(32).hex()
+    bad = tmp_path / "bad-key.json"
+    protocol.write_connection_file(str(bad), info)
+    t0 = time.monotonic()
+    with pytest.raises(minipar.MiniparError, match="refused.*key"):
+        minipar.Client(str(bad), timeout=20)
+    assert time.monotonic() - t0 < 15  # refused, not timed out
+    assert "refused a message on the client socket: bad signature" in cluster.output("controller")
+    assert cluster.rc[:].apply_sync(lambda: "still serving") == ["still serving"] * 4
+
+
+def test_unpicklable_argument_fails_at_the_call(rc):
+    lock = threading.Lock()
+    with pytest.raises(minipar.SerializationError, match="could not serialize"):
+        rc[0].apply_async(lambda x: x, lock)
+    with pytest.raises(minipar.SerializationError):
+        rc[:].push({"lock": lock})
+    assert rc[0].apply_sync(lambda: 1) == 1
+
+
+def test_unpicklable_result_is_a_clear_remote_error(rc):
+    def make_lock():
+        import threading
+        return threading.Lock()
+
+    with pytest.raises(minipar.RemoteError, match="could not serialize"):
+        rc[0].apply_sync(make_lock)
+
+
+def test_missing_connection_file_names_it_and_how_to_start(tmp_path):
+    path = tmp_path / "security" / "minipar-client.json"
+    with pytest.raises(FileNotFoundError, match=r"no connection file at .*minipar-client.json"
+                                                r".*python -m minipar.controller"):
+        minipar.Client(str(path))
+    with pytest.raises(minipar.MiniparError, match="no connection file"):
+        minipar.Client(profile_dir=str(tmp_path))
+
+
+def test_stale_connection_file_says_the_controller_is_gone(local_cluster):
+    path = local_cluster.client_file
+    local_cluster.controller.terminate()
+    local_cluster.controller.wait(10)
+    # a controller that stops cleanly removes its files; a killed one leaves them behind
+    info = {"key": "00" * 32, "ports": {"client": 1}, "location": "127.0.0.1",
+            "pid": local_cluster.controller.pid, "host": __import__("socket").gethostname()}
+    protocol.write_connection_file(path, info)
+    with pytest.raises(minipar.MiniparError, match="stale.*not running"):
+        minipar.Client(path)
+
+
+def test_unanswered_connect_times_out_with_advice(tmp_path):
+    info = {"key": "00" * 32, "ports": {"client": 9, "notify": 9}, "location": "127.0.0.1"}
+    path = tmp_path / "c.json"
+    protocol.write_connection_file(str(path), info)
+    with pytest.raises(TimeoutError, match="did not answer.*is it running"):
+        minipar.Client(str(path), timeout=1)
+
+
+def test_killed_engine_disappears_and_its_requests_fail(cluster):
+    rc = cluster.rc
+    victim = cluster.engines[0]
+    ids = rc.ids
+    pid_of = dict(zip(ids, rc[:].apply_sync(os.getpid)))
+    eid = next(e for e, p in pid_of.items() if p == victim.pid)
+    ar = rc[eid].apply_async(time.sleep, 30)
+    time.sleep(0.3)
+    victim.send_signal(signal.SIGKILL)
+    with pytest.raises(minipar.EngineError, match=f"engine {eid} died"):
+        ar.get(20)
+    deadline = time.monotonic() + 10
+    while eid in rc.ids and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert eid not in rc.ids and len(rc.ids) == 3
+    with pytest.raises(IndexError, match="not registered"):
+        rc[eid]
+    assert sorted(rc[:].apply_sync(os.getpid)) == sorted(p for e, p in pid_of.items() if e != eid)
+
+
+def test_no_engines_is_a_clear_error(local_cluster):
+    rc = local_cluster.client()
+    with pytest.raises(minipar.NoEnginesRegistered, match="no engines are registered"):
+        rc[:].apply_sync(lambda: 1)
+    with pytest.raises(TimeoutError, match="0 engines registered"):
+        rc.wait_for_engines(1, timeout=0.5)
+
+
+def test_client_is_usable_from_many_threads(rc):
+    results = []
+
+    def work(i):
+        results.append(rc[i % 4].apply_sync(lambda x: x * 2, i))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    assert sorted(results) == [i * 2 for i in range(16)]
