@@ -51,6 +51,7 @@ import secrets
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -1455,7 +1456,7 @@ class Cluster:
                 info = json.load(f)
         except (OSError, ValueError):
             return
-        if info.get("host") == os.uname().nodename and info.get("pid") and _pid_alive(info["pid"]):
+        if info.get("host") == socket.gethostname() and info.get("pid") and _pid_alive(info["pid"]):
             raise LauncherError(
                 f"a controller (pid {info['pid']}) is already running with profile dir "
                 f"{self.profile_dir}: stop it with `python -m {_PKG}.launcher stop "

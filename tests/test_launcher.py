@@ -491,3 +491,19 @@ def test_controller_ports_range_list_in_use_and_none_left(pids, tmp_path):
         with pytest.raises(NoPortsLeftError, match="wider --ports"):
             c3.start_controller()
         pids.add(c3.controller.pid)
+
+
+# ---------------------------------------------------------------- many engines
+
+
+def test_fifty_local_engines_all_register(pids):
+    cluster = Cluster(n=50, controller_args=FAST, timeout=180)
+    t0 = time.monotonic()
+    with cluster as rc:
+        ready = time.monotonic() - t0
+        pids.add_cluster(cluster, rc)
+        assert sorted(rc.ids) == list(range(50))  # none lost, none registered twice
+        assert len(set(rc[:].apply_sync(os.getpid))) == 50
+        print(f"50 engines ready in {ready:.1f} s")
+    assert len(pids.pids) == 51
+    assert not [p for p in pids.pids if alive(p)]
