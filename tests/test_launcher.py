@@ -24,7 +24,9 @@ TIMEOUT = 120
 pytestmark = pytest.mark.timeout(TIMEOUT)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST = ["--heartbeat-period", "0.2"]
+# controller arguments for tests: default heartbeat, generous liveness, so a loaded CI box
+# never declares a busy engine dead in the middle of a launcher test
+CTL_ARGS = ["--heartbeat-liveness", "10"]
 
 
 def alive(pid):
@@ -85,7 +87,7 @@ def cli(*args, timeout=90):
 
 
 def test_cluster_context_manager_runs_work_and_stops_everything(pids, minipar_dir):
-    cluster = Cluster(n=3, controller_args=FAST)
+    cluster = Cluster(n=3, controller_args=CTL_ARGS)
     with cluster as rc:
         pids.add_cluster(cluster, rc)
         assert sorted(rc.ids) == [0, 1, 2]
@@ -100,7 +102,7 @@ def test_cluster_context_manager_runs_work_and_stops_everything(pids, minipar_di
 
 
 def test_cluster_stops_when_the_block_raises(pids):
-    cluster = Cluster(n=2, controller_args=FAST)
+    cluster = Cluster(n=2, controller_args=CTL_ARGS)
     with pytest.raises(ZeroDivisionError):
         with cluster as rc:
             pids.add_cluster(cluster, rc)
@@ -109,7 +111,7 @@ def test_cluster_stops_when_the_block_raises(pids):
 
 
 def test_parallel_clusters_do_not_collide(pids):
-    a, b = Cluster(n=1, controller_args=FAST), Cluster(n=1, controller_args=FAST)
+    a, b = Cluster(n=1, controller_args=CTL_ARGS), Cluster(n=1, controller_args=CTL_ARGS)
     try:
         rca, rcb = a.start_and_connect_sync(), b.start_and_connect_sync()
         pids.add_cluster(a, rca)
@@ -123,7 +125,7 @@ def test_parallel_clusters_do_not_collide(pids):
 
 
 def test_engine_sets_start_stop_restart_and_signal(pids, tmp_path):
-    cluster = Cluster(n=1, profile_dir=str(tmp_path / "p"), controller_args=FAST)
+    cluster = Cluster(n=1, profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS)
     try:
         rc = cluster.start_and_connect_sync()
         first = next(iter(cluster.engines))
@@ -178,7 +180,7 @@ def test_controller_start_timeout_raises_with_output_and_stops_it(pids):
 
 
 def test_engines_that_exit_raise_with_their_output(pids):
-    cluster = Cluster(n=2, engine_args=["--no-such-flag"], controller_args=FAST)
+    cluster = Cluster(n=2, engine_args=["--no-such-flag"], controller_args=CTL_ARGS)
     with pytest.raises(launcher.EngineStartError) as e:
         cluster.start_and_connect_sync()
     pids.add(cluster.controller.pid)
@@ -188,7 +190,7 @@ def test_engines_that_exit_raise_with_their_output(pids):
 
 def test_second_cluster_in_a_busy_profile_is_refused(pids, tmp_path):
     prof = str(tmp_path / "p")
-    cluster = Cluster(n=1, profile_dir=prof, controller_args=FAST)
+    cluster = Cluster(n=1, profile_dir=prof, controller_args=CTL_ARGS)
     with cluster as rc:
         pids.add_cluster(cluster, rc)
         with pytest.raises(launcher.LauncherError, match="already running"):
@@ -199,7 +201,7 @@ def test_second_cluster_in_a_busy_profile_is_refused(pids, tmp_path):
 
 
 def test_engine_set_launcher_contract(pids, tmp_path):
-    with Cluster(n=1, profile_dir=str(tmp_path / "p"), controller_args=FAST) as rc:
+    with Cluster(n=1, profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS) as rc:
         es = LocalEngineSetLauncher(profile_dir=str(tmp_path / "p"), cluster_id="c1")
         assert es.state == BEFORE
         stops = []
@@ -297,7 +299,7 @@ def test_find_launcher_class_by_every_name(tmp_path, monkeypatch):
 
 
 def test_cluster_file_from_file_and_cli_list_stop(pids):
-    cluster = Cluster(n=2, controller_args=FAST, shutdown_atexit=False)
+    cluster = Cluster(n=2, controller_args=CTL_ARGS, shutdown_atexit=False)
     rc = cluster.start_and_connect_sync()
     try:
         pids.add_cluster(cluster, rc)
@@ -320,7 +322,7 @@ def test_cluster_file_from_file_and_cli_list_stop(pids):
 def test_cli_start_daemonize_engines_stop(pids, tmp_path):
     prof = str(tmp_path / "p")
     out = cli("start", "-n", "2", "--profile-dir", prof, "--cluster-id", "cli1",
-              "--controller-args", " ".join(FAST), "--daemonize")
+              "--controller-args", " ".join(CTL_ARGS), "--daemonize")
     try:
         assert out.returncode == 0, out.stderr
         assert "cluster cli1 ready: 2 engines" in out.stdout
@@ -344,7 +346,7 @@ def test_cli_foreground_start_stops_on_sigint(pids, tmp_path):
     prof = str(tmp_path / "p")
     env = dict(os.environ, PYTHONPATH=ROOT)
     p = subprocess.Popen([sys.executable, "-m", "minipar.launcher", "start", "-n", "1",
-                          "--profile-dir", prof, "--controller-args", " ".join(FAST)],
+                          "--profile-dir", prof, "--controller-args", " ".join(CTL_ARGS)],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                          stdin=subprocess.DEVNULL)
     pids.add(p.pid)
@@ -362,7 +364,7 @@ def test_cli_foreground_start_stops_on_sigint(pids, tmp_path):
 
 
 def test_cli_clean_removes_files_of_dead_clusters(pids, minipar_dir):
-    cluster = Cluster(n=1, controller_args=FAST, shutdown_atexit=False)
+    cluster = Cluster(n=1, controller_args=CTL_ARGS, shutdown_atexit=False)
     rc = cluster.start_and_connect_sync()
     pids.add_cluster(cluster, rc)
     path = cluster.cluster_file
@@ -474,7 +476,7 @@ def test_controller_ports_range_list_in_use_and_none_left(pids, tmp_path):
     base = _free_ports(1)[0]
     # a range: every socket gets a port from it
     spec = f"{base}-{base + 40}"
-    c = Cluster(n=1, profile_dir=str(tmp_path / "a"), controller_args=[*FAST, "--ports", spec])
+    c = Cluster(n=1, profile_dir=str(tmp_path / "a"), controller_args=[*CTL_ARGS, "--ports", spec])
     with c as rc:
         pids.add_cluster(c, rc)
         used = json.load(open(c.client_file))["ports"]
@@ -497,7 +499,7 @@ def test_controller_ports_range_list_in_use_and_none_left(pids, tmp_path):
 
 
 def test_fifty_local_engines_all_register(pids):
-    cluster = Cluster(n=50, controller_args=FAST, timeout=180)
+    cluster = Cluster(n=50, controller_args=CTL_ARGS, timeout=180)
     t0 = time.monotonic()
     with cluster as rc:
         ready = time.monotonic() - t0

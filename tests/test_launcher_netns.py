@@ -28,7 +28,7 @@ import pytest
 
 from minipar import launcher
 
-from .test_launcher import FAST, ROOT, Pids
+from .test_launcher import CTL_ARGS, ROOT, Pids
 
 TIMEOUT = 180
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -131,7 +131,7 @@ def test_controller_engines_and_client_on_separate_hosts(hosts, tmp_path):
         prof = tmp_path / "controller-host"
         ctl_ip = f"{SUBNET}.{HOSTS['ctl']}"
         ctl = run_in("ctl", [sys.executable, "-m", "minipar.controller", "--ip", ctl_ip,
-                             "--profile-dir", str(prof), *FAST], "controller")
+                             "--profile-dir", str(prof), *CTL_ARGS], "controller")
         engine_file = prof / "security" / "minipar-engine.json"
         deadline = time.monotonic() + 60
         while not engine_file.exists():

@@ -19,7 +19,7 @@ import pytest
 
 from minipar.launcher import Cluster
 
-from .test_launcher import FAST, Pids, alive, cli, minipar_dir, pids  # noqa: F401 (fixtures)
+from .test_launcher import CTL_ARGS, Pids, alive, cli, minipar_dir, pids  # noqa: F401 (fixtures)
 
 TIMEOUT = 300
 pytestmark = [pytest.mark.timeout(TIMEOUT), pytest.mark.slow]
@@ -71,7 +71,7 @@ needs_mpi = pytest.mark.skipif(
 @needs_mpi
 def test_mpi_engines_report_their_ranks(pids, tmp_path):
     cluster = Cluster(n=3, engines="mpi", profile_dir=str(tmp_path / "p"),
-                      controller_args=FAST, shutdown_atexit=False,
+                      controller_args=CTL_ARGS, shutdown_atexit=False,
                       engine_options={"mpi_args": ["--oversubscribe"], "env": ROOT_ENV})
 
     def ranks(rc):
@@ -88,7 +88,7 @@ def test_mpi_engines_report_their_ranks(pids, tmp_path):
 def test_mpi_stop_kills_ranks_even_if_mpiexec_is_stuck(pids, tmp_path):
     """mpiexec SIGKILLed leaves its ranks running: stop() finds them as descendants."""
     cluster = Cluster(n=2, engines="mpi", profile_dir=str(tmp_path / "p"),
-                      controller_args=FAST,
+                      controller_args=CTL_ARGS,
                       engine_options={"mpi_args": ["--oversubscribe"], "env": ROOT_ENV,
                                       "stop_timeout": 2})
     rc = cluster.start_and_connect_sync()
@@ -116,7 +116,7 @@ needs_ssh = pytest.mark.skipif(
 def test_ssh_engines(pids, tmp_path, connection):
     remote = tmp_path / "remote-profile"  # created by the launcher on the "host"
     n = 2 if connection == "scp" else 1
-    cluster = Cluster(n=n, engines="ssh", profile_dir=str(tmp_path / "p"), controller_args=FAST,
+    cluster = Cluster(n=n, engines="ssh", profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS,
                       shutdown_atexit=False,
                       engine_options={"engines": {"127.0.0.1": n}, "ssh_args": ["-F", SSH_CONFIG],
                                       "remote_profile_dir": str(remote),
@@ -156,7 +156,7 @@ def slurm_env(monkeypatch):
 @needs_slurm
 def test_slurm_controller_and_engines(pids, tmp_path, slurm_env):
     cluster = Cluster(n=2, engines="slurm", controller="slurm",
-                      profile_dir=str(tmp_path / "p"), controller_args=FAST,
+                      profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS,
                       shutdown_atexit=False, timeout=120)
 
     def controller_is_a_job(rc):
@@ -181,7 +181,7 @@ needs_pbs = pytest.mark.skipif(
 def test_pbs_engines(pids, tmp_path, slurm_env):
     commands = {f"{what}_command": [os.path.join(PBS_BIN, prog)]
                 for what, prog in (("submit", "qsub"), ("delete", "qdel"), ("status", "qstat"))}
-    cluster = Cluster(n=2, engines="pbs", profile_dir=str(tmp_path / "p"), controller_args=FAST,
+    cluster = Cluster(n=2, engines="pbs", profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS,
                       shutdown_atexit=False, timeout=120, engine_options=commands)
 
     def script(rc):
@@ -208,7 +208,7 @@ def test_sge_engines(pids, tmp_path, monkeypatch):
     # SGE's own qsub, even where the PBS wrappers are also on PATH
     commands = {"submit_command": ["/usr/bin/qsub"], "delete_command": ["/usr/bin/qdel"],
                 "status_command": ["/usr/bin/qstat"]}
-    cluster = Cluster(n=2, engines="sge", profile_dir=str(tmp_path / "p"), controller_args=FAST,
+    cluster = Cluster(n=2, engines="sge", profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS,
                       shutdown_atexit=False, timeout=120, engine_options=commands)
 
     def array(rc):
