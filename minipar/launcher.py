@@ -19,7 +19,8 @@ Map of the module::
         LocalEngineLauncher            python -m <pkg>.engine
         MPIEngineSetLauncher           mpiexec -n N python -m <pkg>.engine (one process tree)
         MPIControllerLauncher
-        SSHEngineLauncher              ssh HOST 'python -m <pkg>.engine & echo pid; wait'
+        SSHLauncher                    ssh HOST 'python -m <pkg>.X & echo pid; wait'
+          SSHEngineLauncher, SSHControllerLauncher (connection files fetched with scp)
       LocalEngineSetLauncher         n LocalEngineLaunchers
       SSHEngineSetLauncher           {host: n} of SSHEngineLaunchers, connection file by scp/env
       BatchSystemLauncher            submit / delete / signal / status commands + a template
@@ -41,6 +42,7 @@ process that started them, which then stops them in order (engines first).
 """
 
 import argparse
+import asyncio
 import atexit
 import importlib
 import json
@@ -650,24 +652,26 @@ class MPIEngineSetLauncher(MPILauncher, EngineLauncher):
 # ---------------------------------------------------------------- ssh
 
 
-class SSHEngineLauncher(LocalProcessLauncher, EngineLauncher):
-    """One engine on `hostname`, through a local ``ssh`` that lives as long as it does.
+class SSHLauncher(LocalProcessLauncher):
+    """One program on `hostname`, through a local ``ssh`` that lives as long as it does.
 
-    The remote shell starts the engine in the background, prints its pid and waits for
-    it, so the local ssh ends exactly when the engine does (the watcher notices) and its
-    output is the engine's. Killing the local ssh would leave the engine running (no
-    tty), so stop() and signal() run ``kill`` on the host instead.
+    The remote shell starts the program in the background, prints its pid and waits for
+    it, so the local ssh ends exactly when the program does (the watcher notices) and its
+    output is the program's. Killing the local ssh would leave the program running (no
+    tty), so stop() and signal() run ``kill`` on the host instead. The remote profile dir
+    is created when missing; `remote_python` defaults to this interpreter's path (the same
+    installation on every host, or a shared file system).
     """
 
     kind = "ssh"
-    role = "engine"
+    module = ""  # the program: python -m <pkg>.<module>
     _options = ("hostname", "ssh_cmd", "ssh_args", "remote_python", "remote_profile_dir",
-                "remote_env", "connection_file")
+                "remote_env")
     _state = ("remote_pid",)
 
     def __init__(self, hostname="localhost", ssh_cmd=("ssh",), ssh_args=(),
                  remote_python=sys.executable, remote_profile_dir=None, remote_env=None,
-                 connection_file=None, **kwargs):
+                 **kwargs):
         super().__init__(**kwargs)
         self.hostname = hostname
         self.ssh_cmd = [str(a) for a in ssh_cmd]
@@ -676,32 +680,25 @@ class SSHEngineLauncher(LocalProcessLauncher, EngineLauncher):
         self.remote_profile_dir = remote_profile_dir or self.profile_dir
         self.remote_env = dict(remote_env) if remote_env is not None else {
             "PYTHONPATH": _python_path()}
-        # the engine file on the host: a copy sent with scp, or written from the environment
-        self.connection_file = connection_file
         self.remote_pid = None
 
     def ssh(self, command):
         return [*self.ssh_cmd, *self.ssh_args, self.hostname, command]
 
-    def remote_command(self):
+    def remote_args(self):
+        return [self.remote_python, "-m", f"{_PKG}.{self.module}", "--profile-dir",
+                self.remote_profile_dir, *self.program_args]
+
+    def remote_command(self, prepare=""):
         env = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in self.remote_env.items())
-        engine = shlex.join([self.remote_python, "-m", f"{_PKG}.engine", "--profile-dir",
-                             self.remote_profile_dir, *self.program_args])
-        file_arg = f" --file {shlex.quote(self.connection_file)}" if self.connection_file else ""
-        prepare = ""
-        if self.connection_file and "MINIPAR_CONNECTION_INFO" in self.env:
-            # "env" mode: the connection info arrived as an environment variable
-            prepare = (f"umask 077; mkdir -p {shlex.quote(os.path.dirname(self.connection_file))}"
-                       f" && printf '%s' \"$MINIPAR_CONNECTION_INFO\" > "
-                       f"{shlex.quote(self.connection_file)} || exit 1; ")
-        return (f"{prepare}mkdir -p {shlex.quote(self.remote_profile_dir)}; "
-                f"{env} {engine}{file_arg} </dev/null & echo minipar-remote-pid $!; wait $!")
+        return (f"{prepare}mkdir -p {shlex.quote(self.remote_profile_dir)}; {env} "
+                f"{shlex.join(self.remote_args())} </dev/null & "
+                "echo minipar-remote-pid $!; wait $!")
 
     def find_args(self):
         return self.ssh(self.remote_command())
 
-    def start(self, n=1):
-        self.n = 1
+    def start(self):
         LocalProcessLauncher.start(self)
         deadline = time.monotonic() + START_TIMEOUT_S
         while self.remote_pid is None and self.state == RUNNING:
@@ -715,7 +712,7 @@ class SSHEngineLauncher(LocalProcessLauncher, EngineLauncher):
         if self.remote_pid is None:
             out = self.get_output()
             self.stop()
-            raise LauncherError(f"ssh to {self.hostname} did not start an engine; its "
+            raise LauncherError(f"ssh to {self.hostname} did not start {self.module}; its "
                                 f"output:\n{out}")
 
     def remote_kill(self, sig):
@@ -739,12 +736,93 @@ class SSHEngineLauncher(LocalProcessLauncher, EngineLauncher):
         if self.state == RUNNING:
             self.remote_kill(signal.SIGTERM)
             if not self.wait(self.stop_timeout):
-                log.warning("engine on %s (pid %s) ignored SIGTERM; sending SIGKILL",
-                            self.hostname, self.remote_pid)
+                log.warning("%s on %s (pid %s) ignored SIGTERM; sending SIGKILL",
+                            self.module, self.hostname, self.remote_pid)
                 self.remote_kill(signal.SIGKILL)
                 self.wait(self.stop_timeout)
-        # the local ssh ends with the remote engine; terminate_pids is for a stuck one
+        # the local ssh ends with the remote program; terminate_pids is for a stuck one
         return super().stop()
+
+
+class SSHEngineLauncher(SSHLauncher, EngineLauncher):
+    """One engine on a host; `connection_file` is its copy of the engine file there."""
+
+    role = "engine"
+    module = "engine"
+    _options = ("connection_file",)
+
+    def __init__(self, connection_file=None, **kwargs):
+        super().__init__(**kwargs)
+        self.connection_file = connection_file
+
+    def remote_args(self):
+        extra = ["--file", self.connection_file] if self.connection_file else []
+        return [*super().remote_args(), *extra]
+
+    def remote_command(self, prepare=""):
+        if self.connection_file and "MINIPAR_CONNECTION_INFO" in self.env:
+            # "env" mode: the connection info arrived as an environment variable
+            path = shlex.quote(self.connection_file)
+            prepare = (f"umask 077; mkdir -p {shlex.quote(os.path.dirname(self.connection_file))}"
+                       f" && printf '%s' \"$MINIPAR_CONNECTION_INFO\" > {path} || exit 1; ")
+        return super().remote_command(prepare)
+
+    def start(self, n=1):
+        self.n = 1
+        super().start()
+
+
+class SSHControllerLauncher(SSHLauncher, ControllerLauncher):
+    """The controller on `hostname`; its connection files are fetched back with scp.
+
+    Engines and clients on other hosts need it to listen beyond loopback: pass
+    ``controller_args=["--ip", "*"]`` (or the host's address) and maybe ``--location``.
+    """
+
+    role = "controller"
+    module = "controller"
+    _options = ("scp_cmd",)
+
+    def __init__(self, scp_cmd=("scp",), **kwargs):
+        super().__init__(**kwargs)
+        self.scp_cmd = [str(a) for a in scp_cmd]
+
+    def start(self):
+        super().start()
+        try:
+            self.fetch_connection_files()
+        except BaseException:
+            self.stop()
+            raise
+
+    def fetch_connection_files(self, timeout=START_TIMEOUT_S):
+        """Copy the controller's files here once it has written them (its pid inside)."""
+        rsec = os.path.join(self.remote_profile_dir, "security")
+        lsec = protocol.security_dir(self.profile_dir)
+        deadline = time.monotonic() + timeout
+        for name in (protocol.CLIENT_FILE, protocol.ENGINE_FILE):
+            local = os.path.join(lsec, name)
+            tmp = f"{local}.fetch-{secrets.token_hex(3)}"  # never scp onto the file itself
+            cmd = [*self.scp_cmd, *self.ssh_args, "-q", f"{self.hostname}:{rsec}/{name}", tmp]
+            while True:
+                r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                                   text=True, timeout=60, env=self._child_env())
+                try:
+                    if r.returncode == 0:
+                        with open(tmp) as f:
+                            if json.load(f).get("pid") == self.remote_pid:
+                                os.chmod(tmp, 0o600)
+                                os.replace(tmp, local)
+                                break
+                except (OSError, ValueError):
+                    pass
+                if self.state != RUNNING or time.monotonic() > deadline:
+                    raise ControllerStartError(
+                        f"no {name} from the controller on {self.hostname} "
+                        f"({r.stderr.strip()}); its output:\n{self.get_output()}")
+                time.sleep(0.2)
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 class SSHEngineSetLauncher(EngineSetLauncher):
@@ -1258,7 +1336,7 @@ class LSFEngineSetLauncher(LSFLauncher, BatchEngineSetLauncher):
 _BUILTIN = {
     "local": ("LocalControllerLauncher", "LocalEngineSetLauncher"),
     "mpi": ("MPIControllerLauncher", "MPIEngineSetLauncher"),
-    "ssh": (None, "SSHEngineSetLauncher"),
+    "ssh": ("SSHControllerLauncher", "SSHEngineSetLauncher"),
     "slurm": ("SlurmControllerLauncher", "SlurmEngineSetLauncher"),
     "pbs": ("PBSControllerLauncher", "PBSEngineSetLauncher"),
     "sge": ("SGEControllerLauncher", "SGEEngineSetLauncher"),
@@ -1531,7 +1609,7 @@ class Cluster:
                     f"{len(rc.ids)} of {n} engines registered within {timeout} s. "
                     f"Engine output:\n{self._engine_output()}")
             try:
-                rc.wait_for_engines(n, timeout=min(0.5, remaining))
+                rc.wait_for_engines(n, timeout=min(0.5, remaining), progress=False)
             except TimeoutError:
                 pass
         return rc
@@ -1645,6 +1723,15 @@ class Cluster:
     def __exit__(self, *exc):
         self.stop_cluster()
 
+    # ---- ecosystem: ``async with Cluster(n=4) as rc:``; the blocking start and stop
+    # run in the event loop's default thread pool, so other coroutines go on meanwhile
+
+    async def __aenter__(self):
+        return await asyncio.get_running_loop().run_in_executor(None, self.start_and_connect)
+
+    async def __aexit__(self, *exc):
+        await asyncio.get_running_loop().run_in_executor(None, self.stop_cluster)
+
 
 def _start_error(output):
     """The controller's own error class when its output names one (ports), else ours."""
@@ -1715,6 +1802,16 @@ def _selected(args):
                               cluster_id=args.cluster_id)]
 
 
+def _json_option(text):
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise LauncherError(f"launcher options must be a JSON object: {e}: {text!r}") from None
+    if not isinstance(value, dict):
+        raise LauncherError(f"launcher options must be a JSON object, not {text!r}")
+    return value
+
+
 def _cmd_start(args):
     profile = args.profile if args.profile or args.profile_dir else "default"
     cluster = Cluster(n=args.n, engines=args.engines, controller=args.controller,
@@ -1722,6 +1819,8 @@ def _cmd_start(args):
                       cluster_id=args.cluster_id, timeout=args.timeout,
                       controller_args=shlex.split(args.controller_args),
                       engine_args=shlex.split(args.engine_args),
+                      controller_options=_json_option(args.controller_options),
+                      engine_options=_json_option(args.engine_options),
                       shutdown_atexit=not args.daemonize)
     rc = cluster.start_and_connect()
     print(f"cluster {cluster.cluster_id} ready: {len(rc.ids)} engines; profile dir "
@@ -1808,6 +1907,10 @@ def main(argv=None):
     p.add_argument("--controller", default="local", help="controller launcher kind")
     p.add_argument("--controller-args", default="", help="extra controller arguments")
     p.add_argument("--engine-args", default="", help="extra engine arguments")
+    p.add_argument("--controller-options", default="{}", metavar="JSON",
+                   help='controller launcher options, e.g. \'{"hostname": "h1"}\'')
+    p.add_argument("--engine-options", default="{}", metavar="JSON",
+                   help='engine launcher options, e.g. \'{"mpi_args": ["--oversubscribe"]}\'')
     p.add_argument("--timeout", type=float, default=START_TIMEOUT_S)
     p.add_argument("--daemonize", action="store_true",
                    help="leave the cluster running and return once it is ready")

@@ -10,13 +10,16 @@ In every case the engines register and do work, the cluster is listed and stoppe
 ``python -m minipar.launcher`` in another process, and no engine pid is left.
 """
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+import time
 
 import pytest
 
+from minipar import launcher
 from minipar.launcher import Cluster
 
 from .test_launcher import CTL_ARGS, Pids, alive, cli, minipar_dir, pids  # noqa: F401 (fixtures)
@@ -103,6 +106,55 @@ def test_mpi_stop_kills_ranks_even_if_mpiexec_is_stuck(pids, tmp_path):
         cluster.stop_cluster()
 
 
+def _signal_marks(rc, tmp_path):
+    """Engines note SIGUSR1 in files; returns a function listing the files so far."""
+    rc[:].execute("import os, signal\n"
+                  "signal.signal(signal.SIGUSR1, lambda *a: open("
+                  f"{str(tmp_path)!r} + f'/usr1-{{os.getpid()}}', 'w').close())", block=True)
+    return lambda: [f for f in os.listdir(tmp_path) if f.startswith("usr1-")]
+
+
+def _wait_for(predicate, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@needs_mpi
+def test_mpi_signal_engines_reaches_every_rank(pids, tmp_path):
+    cluster = Cluster(n=2, engines="mpi", profile_dir=str(tmp_path / "p"),
+                      controller_args=CTL_ARGS,
+                      engine_options={"mpi_args": ["--oversubscribe"], "env": ROOT_ENV})
+    with cluster as rc:
+        pids.add_cluster(cluster, rc)
+        marks = _signal_marks(rc, tmp_path)
+        cluster.signal_engines(signal.SIGUSR1)  # mpiexec passes SIGUSR1 on unchanged
+        _wait_for(lambda: len(marks()) == 2)
+        assert rc[:].apply_sync(lambda: 1) == [1, 1]  # and the engines carry on
+
+
+@needs_mpi
+def test_mpi_cluster_from_the_command_line(pids, tmp_path):
+    prof = str(tmp_path / "p")
+    options = json.dumps({"mpi_args": ["--oversubscribe"], "env": ROOT_ENV})
+    out = cli("start", "-n", "2", "--engines", "mpi", "--engine-options", options,
+              "--profile-dir", prof, "--controller-args", " ".join(CTL_ARGS), "--daemonize")
+    try:
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "ready: 2 engines" in out.stdout
+        cluster = Cluster.from_file(profile_dir=prof)
+        (engines,) = cluster.engines.values()
+        assert type(engines).__name__ == "MPIEngineSetLauncher"
+        pids.add_cluster(cluster)
+        pids.add(*launcher._descendants([engines.pid]))  # the ranks
+        assert len(pids.pids) >= 4
+    finally:
+        out = cli("stop", "--profile-dir", prof)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert pids.wait_gone(10) == []
+
+
 # ---------------------------------------------------------------- ssh
 
 SSH_CONFIG = os.path.join(CI_DIR, "ssh", "ssh_config")
@@ -132,6 +184,25 @@ def test_ssh_engines(pids, tmp_path, connection):
 
     run_cluster_through_cli(pids, cluster, n, sent)
     assert not [f for f in os.listdir(remote / "security") if f.endswith(".json")]
+
+
+@needs_ssh
+def test_ssh_controller_and_engines(pids, tmp_path):
+    """The controller over ssh too: its connection files come back by scp."""
+    ssh = {"ssh_args": ["-F", SSH_CONFIG], "hostname": "127.0.0.1",
+           "remote_profile_dir": str(tmp_path / "controller-host")}
+    cluster = Cluster(n=1, engines="ssh", controller="ssh", profile_dir=str(tmp_path / "p"),
+                      controller_args=CTL_ARGS, shutdown_atexit=False, controller_options=ssh,
+                      engine_options={"engines": {"127.0.0.1": 1}, "ssh_args": ["-F", SSH_CONFIG],
+                                      "remote_profile_dir": str(tmp_path / "engine-host")})
+
+    def fetched(rc):
+        info = __import__("json").load(open(cluster.client_file))
+        assert info["pid"] == cluster.controller.remote_pid
+        pids.add(cluster.controller.remote_pid)
+        assert os.path.exists(tmp_path / "controller-host" / "security" / "minipar-client.json")
+
+    run_cluster_through_cli(pids, cluster, 1, fetched)
 
 
 # ---------------------------------------------------------------- Slurm
@@ -167,6 +238,19 @@ def test_slurm_controller_and_engines(pids, tmp_path, slurm_env):
         assert engines.job_id != cluster.controller.job_id
 
     run_cluster_through_cli(pids, cluster, 2, controller_is_a_job)
+
+
+@needs_slurm
+def test_slurm_signal_engines(pids, tmp_path, slurm_env):
+    cluster = Cluster(n=2, engines="slurm", profile_dir=str(tmp_path / "p"),
+                      controller_args=CTL_ARGS, timeout=120)
+    with cluster as rc:
+        pids.add_cluster(cluster, rc)
+        marks = _signal_marks(rc, tmp_path)
+        cluster.signal_engines(signal.SIGUSR1)  # scancel --signal reaches the srun tasks
+        _wait_for(lambda: len(marks()) == 2)
+        assert rc[:].apply_sync(lambda: 1) == [1, 1]
+    assert pids.wait_gone(20) == []
 
 
 # ---------------------------------------------------------------- PBS (Slurm's Torque wrappers)
