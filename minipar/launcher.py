@@ -241,6 +241,7 @@ class BaseLauncher:
     """
 
     kind = ""  # the short name, e.g. "local", "mpi", "slurm"
+    role = ""  # what it starts: "controller", "engine(s)"; names its log file
     _options = ("profile_dir", "cluster_id", "program_args", "env", "stop_timeout")
     _state = ("state", "stop_data", "output_file")
 
@@ -1041,7 +1042,7 @@ class BatchSystemLauncher(BaseLauncher):
     def start(self, n=1):
         self._check_state(BEFORE, "start")
         self.n = n
-        self.output_file = self._output_path(f"{self.kind}-{type(self).role}")
+        self.output_file = self._output_path(f"{self.kind}-{self.role}")
         script = self.render()
         self.batch_file = self.output_file[:-len(".log")] + self.script_suffix
         with open(self.batch_file, "w") as f:
