@@ -1,0 +1,883 @@
+"""The task scheduler: decides where and when load-balanced tasks run.
+
+A plain object with no sockets, no threads and no clock. The controller's hub loop (its
+only caller, one thread) turns task requests, replies and engine events into method
+calls, and carries out the decisions each call returns. Time comes in as ``now`` (float
+seconds), so tests step it by hand::
+
+    hub loop event        call                        returns decisions, in order:
+    task request          submit(task, now)           ("run", id, e)
+    task reply            finished(id, e, status)     ("done", id)
+    engine (un)register   engine_added / _removed     ("fail", id, ename, evalue)
+    properties change     set_properties              ("recover", id, rid)
+    client abort          abort(ids)                  ("abort", id, e)
+    poll timeout          tick(now)
+
+A task's life::
+
+    submit ─▶ WAITING ──deps met──▶ READY ──free slot──▶ ASSIGNED ──reply──▶ final
+      │          │                    ▲                     │
+      │          └─▶ fail             └───retry / unmet─────┤
+      │              (impossible, invalid, timeout)         ▼ retries exhausted
+      └─▶ DORMANT ──woken by its owner──▶ as submit       RECOVERING ──▶ final
+          (a recovery task)                               (its recovery task's outcome)
+
+Routing schemes are plain functions over a list of loads (outstanding tasks per engine,
+least recently used engine first) returning an index: ``leastload`` (default), ``lru``,
+``twobin``, ``weighted``, ``plainrandom``. ``hwm`` caps the outstanding tasks per engine;
+tasks beyond it wait here, and a freed slot goes to the oldest runnable task (submission
+order) that may use that engine.
+
+State (plain dicts; every state change goes through ``_set_state``)::
+
+    _tasks[msg_id] = {              # every task not final yet
+        "msg_id", "seq": int,       # seq: submission order, the FIFO key
+        "state": DORMANT|WAITING|READY|ASSIGNED|RECOVERING,
+        "gen": int,                 # bumped whenever queue entries for it are remade
+        "targets": frozenset|None, "depend": callable|None,
+        "after": dep|None, "follow": dep|None,     # a spec until admitted, then a tracker:
+            # {"ids": frozenset, "all", "success", "failure": bool,
+            #  "pending": set (ids not final), "good": int, "bad": int (final ids that
+            #  do / do not count), "engines": set (where the good ones ran)}
+        "timeout": float|None, "deadline": float|None,   # deadline only while unassigned
+        "retries": int (left), "failed_on": set, "unmet": set,   # engines
+        "recovery": str|None, "woke": bool, "owner": str|None,  # owner: the task it recovers
+        "where": None (any engine) | set (the engines it may use now; empty: it waits),
+        "engine": int|None, "aborting": bool}
+    _engines[eid] = {"tasks": {msg_id: None}, "completed": int, "properties": dict}
+    _order = [eid, ...]             # least recently assigned first: the order of `loads`
+    _queue  deque / _late heap      # (seq, gen, msg_id) READY tasks that may run anywhere
+    _heaps[eid]  heap               # (seq, gen, msg_id) READY tasks restricted to some engines
+    _graph[dep_id] = {msg_id, ...}  # WAITING tasks to re-check when dep_id becomes final
+    _done  OrderedDict              # msg_id -> (success, engine) of the last `history` finals
+    _deadlines  heap                # (deadline, msg_id) for tick()
+
+Policies where the seeds leave a choice:
+
+- A retry waits for a live engine where the task has not failed, even a busy one; only
+  when every engine it may use has failed it does it go back to one of those.
+- An unmet functional dependency excludes that engine for good; once every live engine
+  it may use is excluded, ImpossibleDependency. With no engine at all, tasks just wait.
+- Targets that are all gone (or, with engines present, none registered) fail the task.
+- Recovery serves run failures only (errors, engine deaths) once retries are exhausted.
+  A task that ends otherwise (success, aborted, time limit, dependency failure) has its
+  dormant recovery chain discarded with TaskAborted, so every task gets a final state.
+- Dependency timeouts bound the wait until a task is first assigned, not its retries.
+
+Queue entries are never searched for or removed in the middle: an entry whose task has left
+READY, or whose ``gen`` is old, is dropped when it reaches the head. So submit and finished
+cost O(engines) plus heap operations, whatever the number of waiting tasks; only engine
+arrival, departure and property changes re-examine the tasks restricted to some engines.
+
+Memory: a final task leaves ``_tasks``; dependents still need its outcome, so the last
+``history`` outcomes stay in ``_done`` and older ones are asked of ``lookup`` (the
+controller's database).
+"""
+
+import collections
+import functools
+import heapq
+import itertools
+import logging
+import random
+
+log = logging.getLogger(__name__)
+
+# Outcomes of final tasks kept for dependents submitted later; older ones come from
+# `lookup`. Each costs ~150 bytes; 1,000..100,000 is reasonable.
+FINISHED_HISTORY = 10_000
+
+# Task states. A final task leaves the scheduler; DONE only marks its last record.
+DORMANT = "dormant"        # a recovery task, held until the task it recovers needs it
+WAITING = "waiting"        # its after/follow dependencies are not met yet
+READY = "ready"            # may run; waits for a free slot on an engine it may use
+ASSIGNED = "assigned"      # sent to an engine, its reply not back yet
+RECOVERING = "recovering"  # retries exhausted: its outcome will be its recovery task's
+DONE = "done"
+
+_TRANSITIONS = {
+    None: {DORMANT, WAITING, READY, DONE},
+    DORMANT: {WAITING, READY, DONE},        # woken, or discarded
+    WAITING: {READY, DONE},
+    READY: {ASSIGNED, DONE},
+    ASSIGNED: {READY, RECOVERING, DONE},    # READY again: a retry or an unmet dependency
+    RECOVERING: {DONE},
+}
+
+# finished() statuses
+OK = "ok"
+ERROR = "error"
+UNMET = "unmet"        # a functional dependency (@require, @depend) failed on that engine
+ABORTED = "aborted"
+TIMEOUT = "timeout"    # the run-time limit interrupted it
+
+# What the owner of a discarded recovery task did instead of needing it, by error name.
+_ENDED = {"ImpossibleDependency": "could never run", "InvalidDependency": "could never run",
+          "DependencyTimeout": "timed out waiting for its dependencies",
+          "TaskAborted": "was aborted", "EngineError": "lost its engine"}
+
+
+# --------------------------------------------------------------------------- schemes
+
+def leastload(loads):
+    """The lowest load; on a tie the first, which is the least recently used."""
+    return loads.index(min(loads))
+
+
+def lru(loads):
+    """The front of the line: `loads` come least recently used first."""
+    return 0
+
+
+def plainrandom(loads, rng=random):
+    """Any engine, uniformly at random."""
+    return rng.randrange(len(loads))
+
+
+def twobin(loads, rng=random):
+    """Two engines at random; the lesser loaded of the two (the LRU one on a tie).
+
+    ipyparallel's twobin kept the LRU of the two whatever their loads; comparing loads
+    too is the classic "power of two choices" and costs nothing more.
+    """
+    n = len(loads)
+    a, b = rng.randrange(n), rng.randrange(n)
+    return min((loads[a], a), (loads[b], b))[1]
+
+
+def weighted(loads, rng=random):
+    """Two engines at random with inverse load as weight; the lesser loaded of the two."""
+    # an idle engine weighs a million times more than one with a single task
+    weights = [1.0 / (1e-6 + load) for load in loads]
+    a, b = rng.choices(range(len(loads)), weights, k=2)
+    return min((loads[a], a), (loads[b], b))[1]
+
+
+SCHEMES = {f.__name__: f for f in (leastload, lru, plainrandom, twobin, weighted)}
+_RANDOM_SCHEMES = (plainrandom, twobin, weighted)
+
+
+def _spec(raw):
+    """A dependency as given (a dict with "ids", or a plain list of ids) -> spec or None."""
+    if not raw:
+        return None
+    if isinstance(raw, dict):
+        spec = {"ids": frozenset(raw.get("ids") or ()), "all": raw.get("all", True),
+                "success": raw.get("success", True), "failure": raw.get("failure", False)}
+    else:
+        spec = {"ids": frozenset(raw), "all": True, "success": True, "failure": False}
+    return spec if spec["ids"] else None
+
+
+class Scheduler:
+    """Load balancer for tasks, driven by the controller; see the module docstring."""
+
+    def __init__(self, scheme="leastload", hwm=2, lookup=None, seed=None,
+                 history=FINISHED_HISTORY):
+        """`scheme`: a name from SCHEMES or a function of the loads returning an index.
+        `hwm`: most outstanding tasks per engine, 0 for no limit; 1..4 keeps engines busy
+        while leaving work to engines that free up. `lookup(msg_id)`: None or
+        (status, engine) of a final task no longer in memory. `seed`: for random schemes.
+        `history`: final outcomes kept in memory for dependents."""
+        if hwm < 0:
+            raise ValueError(f"hwm={hwm} is negative; use 0 for no limit or a positive count")
+        self._rng = random.Random(seed)
+        if callable(scheme):
+            self._choose = scheme
+        elif scheme in SCHEMES:
+            choose = SCHEMES[scheme]
+            self._choose = (functools.partial(choose, rng=self._rng)
+                            if choose in _RANDOM_SCHEMES else choose)
+        else:
+            raise ValueError(f"unknown scheme {scheme!r}; use one of {', '.join(sorted(SCHEMES))}"
+                             " or a function of the loads")
+        self.hwm = hwm
+        self._lookup = lookup
+        self._history = history
+        self._seq = itertools.count()
+        self._tasks = {}
+        self._engines = {}
+        self._order = []
+        self._removed = set()           # engines gone: targets/follow naming them can't be met
+        self._queue = collections.deque()
+        self._tail = -1                 # seq of the last entry appended to _queue
+        self._late = []                 # any-engine tasks that became READY out of seq order
+        self._heaps = {}
+        self._constrained = {}          # msg_id -> None: READY tasks with a `where` set
+        self._located = {}              # msg_id -> None: WAITING tasks with targets or follow
+        self._graph = {}
+        self._deadlines = []
+        self._n_deadlines = 0           # live entries in _deadlines, to know when to compact
+        self._done = collections.OrderedDict()
+        self._released = collections.deque()   # (msg_id, success, engine) not yet propagated
+        self._claims = {}               # recovery msg_id -> the task it recovers
+        self._unneeded = collections.OrderedDict()  # recovery discarded before it arrived
+        self._n_unassigned = 0
+        self._n_readied = 0             # tasks ever made READY: finished() checks for news
+
+    # ------------------------------------------------------------------ engine events
+
+    def engine_added(self, engine_id, now, properties=None):
+        """A new engine: at the head of the line, and tasks waiting for it may run."""
+        out = []
+        if engine_id in self._engines:
+            return self.set_properties(engine_id, properties or {}, now)
+        self._engines[engine_id] = {"tasks": {}, "completed": 0,
+                                    "properties": dict(properties or {})}
+        self._order.insert(0, engine_id)
+        self._removed.discard(engine_id)
+        self._recheck(out, waiting=False)
+        self._schedule(out)
+        return out
+
+    def engine_removed(self, engine_id, now):
+        """An engine is gone: retry its tasks elsewhere, or fail / recover them."""
+        out = []
+        engine = self._engines.pop(engine_id, None)
+        if engine is None:
+            return out
+        self._order.remove(engine_id)
+        self._removed.add(engine_id)
+        self._heaps.pop(engine_id, None)
+        for i, msg_id in enumerate(engine["tasks"]):
+            t = self._tasks[msg_id]
+            if t["aborting"]:
+                self._fail(t, "TaskAborted", f"task {msg_id} was aborted while running and its "
+                           f"engine {engine_id} died before confirming; nothing more to do",
+                           out, engine_id)
+            elif t["retries"] > 0:
+                # An engine runs its tasks in the order assigned (`tasks` keeps it), so only
+                # the first was running; the ones queued behind it (a task that kills its
+                # engine takes them down too) go back without spending a retry. A task
+                # without retries still fails: it may have just started, and retries=0
+                # promises it never runs twice.
+                if i == 0:
+                    t["retries"] -= 1
+                    t["failed_on"].add(engine_id)
+                self._ready(t, out)
+            else:
+                self._exhausted(t, now, out, engine_id, died=True)
+        self._recheck(out, waiting=True)
+        self._settle(out)
+        self._schedule(out)
+        return out
+
+    def set_properties(self, engine_id, properties, now):
+        """The engine's whole properties dict changed: `depend` callables look again."""
+        out = []
+        engine = self._engines.get(engine_id)
+        if engine is None:
+            return out
+        engine["properties"] = dict(properties)
+        self._recheck(out, waiting=False)
+        self._settle(out)
+        self._schedule(out)
+        return out
+
+    # ------------------------------------------------------------------ task events
+
+    def submit(self, task, now):
+        """Take a new task (dict as in the controller's contract); see the module docstring."""
+        out = []
+        msg_id = task["msg_id"]
+        if msg_id in self._tasks:
+            raise ValueError(f"task {msg_id!r} is already scheduled; "
+                             "give each submission its own msg_id")
+        self._done.pop(msg_id, None)
+        targets = task.get("targets")
+        if isinstance(targets, int):
+            targets = [targets]
+        timeout = task.get("timeout")
+        t = {"msg_id": msg_id, "seq": next(self._seq), "state": None, "gen": 0,
+             "targets": frozenset(targets) if targets else None,
+             "depend": task.get("depend"),
+             "after": _spec(task.get("after")), "follow": _spec(task.get("follow")),
+             "timeout": timeout if timeout and timeout > 0 else None, "deadline": None,
+             "retries": task.get("retries") or 0, "failed_on": set(), "unmet": set(),
+             "recovery": task.get("recovery"), "woke": False, "owner": None,
+             "where": None, "engine": None, "aborting": False}
+        self._tasks[msg_id] = t
+        problem = self._recovery_problem(t)
+        if problem:
+            t["recovery"] = None   # refused: that task is not this one's to discard
+            self._fail(t, "InvalidDependency", problem, out)
+        else:
+            if t["recovery"] is not None:
+                self._claims[t["recovery"]] = msg_id
+            if task.get("dormant"):
+                self._set_state(t, DORMANT)
+                if msg_id in self._unneeded:
+                    self._fail(t, "TaskAborted", self._unneeded.pop(msg_id), out)
+            else:
+                self._admit(t, now, out)
+        self._settle(out)
+        self._schedule(out)
+        return out
+
+    def finished(self, msg_id, engine_id, status, now):
+        """`engine_id` replied to `msg_id` with `status`. A reply for a task that is not
+        outstanding on that engine (moved away after the engine was declared dead,
+        aborted, unknown) is stale: ignored, no decisions."""
+        out = []
+        readied = self._n_readied
+        t = self._tasks.get(msg_id)
+        if t is None or t["state"] is not ASSIGNED or t["engine"] != engine_id:
+            log.debug("ignoring a stale reply for %s from engine %s", msg_id, engine_id)
+            return out
+        engine = self._engines[engine_id]
+        del engine["tasks"][msg_id]
+        if status not in (OK, ERROR, UNMET, ABORTED, TIMEOUT):
+            log.warning("task %s: unknown status %r from engine %s, taken as an error",
+                        msg_id, status, engine_id)
+            status = ERROR
+        if status != UNMET:
+            engine["completed"] += 1
+        if status == OK:
+            out.append(("done", msg_id))
+            self._finalize(t, True, engine_id, out, "succeeded")
+        elif status == UNMET and t["aborting"]:
+            self._fail(t, "TaskAborted", f"task {msg_id} was aborted before it started", out)
+        elif status == UNMET:
+            t["unmet"].add(engine_id)
+            self._ready(t, out)
+        elif status == ERROR and t["retries"] > 0 and not t["aborting"]:
+            t["retries"] -= 1
+            t["failed_on"].add(engine_id)
+            self._ready(t, out)
+        elif status == ERROR and not t["aborting"]:
+            self._exhausted(t, now, out, engine_id)
+        else:  # aborted, timed out, or an error after the client asked to abort: no retry
+            out.append(("done", msg_id))
+            self._finalize(t, False, engine_id, out,
+                           "hit its time limit" if status == TIMEOUT else "was aborted")
+        self._settle(out)
+        if self._n_readied == readied:
+            self._fill(engine_id, out)
+        else:
+            self._schedule(out)
+        return out
+
+    def abort(self, msg_ids, now):
+        """Abort tasks: fail those not on an engine, ask engines to stop the others."""
+        out = []
+        if isinstance(msg_ids, str):
+            msg_ids = [msg_ids]
+        for msg_id in msg_ids:
+            t = self._tasks.get(msg_id)
+            while t is not None and t["state"] is RECOVERING:
+                t = self._tasks.get(t["recovery"])   # its outcome is its recovery task's
+            if t is None:
+                continue
+            if t["state"] is ASSIGNED:
+                if not t["aborting"]:
+                    t["aborting"] = True
+                    out.append(("abort", t["msg_id"], t["engine"]))
+            else:
+                self._fail(t, "TaskAborted",
+                           f"task {t['msg_id']} was aborted before it started", out)
+        self._settle(out)
+        self._schedule(out)
+        return out
+
+    def tick(self, now):
+        """Fail the tasks whose dependency timeout has passed (DependencyTimeout)."""
+        out = []
+        # self._deadlines, not a local alias: failing a task may compact it into a new list
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, msg_id = heapq.heappop(self._deadlines)
+            t = self._tasks.get(msg_id)
+            if t is not None and t["deadline"] == deadline:
+                self._fail(t, "DependencyTimeout",
+                           f"task {msg_id} waited {t['timeout']:g} s without its dependencies "
+                           "being met or an engine it may use being free; raise timeout= or "
+                           "check the tasks it depends on", out)
+        self._settle(out)
+        self._schedule(out)
+        return out
+
+    def next_deadline(self):
+        """The earliest `now` at which tick() has work, or None."""
+        heap = self._deadlines
+        while heap:
+            deadline, msg_id = heap[0]
+            t = self._tasks.get(msg_id)
+            if t is not None and t["deadline"] == deadline:
+                return deadline
+            heapq.heappop(heap)
+        return None
+
+    # ------------------------------------------------------------------ queries
+
+    def status(self):
+        """{"unassigned": tasks held here (waiting or queued, not dormant),
+        "engines": {eid: {"queue": outstanding, "completed": replies}}}"""
+        return {"unassigned": self._n_unassigned,
+                "engines": {eid: {"queue": len(e["tasks"]), "completed": e["completed"]}
+                            for eid, e in self._engines.items()}}
+
+    def outstanding(self, engine_id):
+        """The msg_ids assigned to `engine_id` and not replied to, oldest first."""
+        engine = self._engines.get(engine_id)
+        return list(engine["tasks"]) if engine else []
+
+    # ------------------------------------------------------------------ states
+
+    def _set_state(self, t, new):
+        """The one place a task changes state, with the indexes that follow from it."""
+        old = t["state"]
+        if new not in _TRANSITIONS[old]:
+            raise RuntimeError(f"task {t['msg_id']!r} cannot go from {old} to {new}")
+        msg_id = t["msg_id"]
+        if old is WAITING:
+            self._n_unassigned -= 1
+            self._located.pop(msg_id, None)
+            for dep in (t["after"], t["follow"]):
+                for dep_id in dep["pending"] if dep else ():
+                    waiters = self._graph.get(dep_id)
+                    if waiters is not None:
+                        waiters.discard(msg_id)
+                        if not waiters:
+                            del self._graph[dep_id]
+        elif old is READY:
+            self._n_unassigned -= 1
+            self._constrained.pop(msg_id, None)
+        if new is WAITING:
+            self._n_unassigned += 1
+            for dep in (t["after"], t["follow"]):
+                for dep_id in dep["pending"] if dep else ():
+                    self._graph.setdefault(dep_id, set()).add(msg_id)
+            if t["targets"] is not None or t["follow"] is not None:
+                self._located[msg_id] = None
+        elif new is READY:
+            self._n_unassigned += 1
+            self._n_readied += 1
+            if t["where"] is not None:
+                self._constrained[msg_id] = None
+        t["state"] = new
+
+    def _admit(self, t, now, out):
+        """Start scheduling a new or woken task: resolve its dependencies, then fail it,
+        let it wait, or queue it."""
+        msg_id = t["msg_id"]
+        forbidden = {msg_id}
+        owner = t["owner"]
+        while owner is not None:  # depending on the task it recovers would wait forever
+            forbidden.add(owner)
+            owner = self._tasks[owner]["owner"] if owner in self._tasks else None
+        unknown = set()
+        for key in ("after", "follow"):
+            spec = t[key]
+            if spec is None:
+                continue
+            if spec["ids"] & forbidden:
+                return self._fail(t, "InvalidDependency", f"task {msg_id} depends on itself or "
+                                  "on the task it recovers; remove that id from after/follow", out)
+            dep = dict(spec, pending=set(), good=0, bad=0, engines=set())
+            for dep_id in spec["ids"]:
+                if dep_id in self._tasks:
+                    dep["pending"].add(dep_id)
+                    continue
+                known = self._outcome(dep_id)
+                if known is None:
+                    unknown.add(dep_id)
+                else:
+                    self._count(dep, *known)
+            t[key] = dep
+        if unknown:
+            return self._fail(t, "InvalidDependency", f"task {msg_id} depends on unknown task "
+                              f"id(s) {sorted(unknown)}; pass msg_ids of tasks submitted to "
+                              "this cluster", out)
+        if t["timeout"] is not None:
+            t["deadline"] = now + t["timeout"]
+            heapq.heappush(self._deadlines, (t["deadline"], msg_id))
+            self._n_deadlines += 1
+        if t["after"] is None and t["follow"] is None:
+            self._ready(t, out)   # the common case: nothing to wait for
+        else:
+            self._evaluate(t, out)
+
+    def _evaluate(self, t, out):
+        """Fail, queue or keep waiting a task whose dependencies may have changed."""
+        why = self._impossible(t)
+        if why:
+            self._fail(t, "ImpossibleDependency", why, out)
+        elif _met(t["after"]) and self._follow_met(t["follow"]):
+            self._ready(t, out)
+        elif t["state"] is not WAITING:
+            self._set_state(t, WAITING)
+
+    def _ready(self, t, out):
+        """Make `t` runnable: find the engines it may use and queue it for them."""
+        where, why = self._where(t)
+        if why:
+            return self._fail(t, "ImpossibleDependency", why, out)
+        t["where"] = where
+        self._set_state(t, READY)
+        self._enqueue(t)
+
+    def _exhausted(self, t, now, out, engine_id, died=False):
+        """`t` failed with no retries left: wake its recovery task, or end it."""
+        msg_id, rid = t["msg_id"], t["recovery"]
+        r = self._tasks.get(rid) if rid is not None else None
+        if r is not None and r["state"] is DORMANT:
+            t["woke"] = True
+            t["engine"] = None
+            self._claims.pop(rid, None)
+            self._set_state(t, RECOVERING)
+            out.append(("recover", msg_id, rid))
+            r["owner"] = msg_id
+            self._admit(r, now, out)
+        elif died:
+            self._fail(t, "EngineError", f"engine {engine_id} died while running task "
+                       f"{msg_id}; resubmit it or use retries= to retry it elsewhere",
+                       out, engine_id)
+        else:
+            if rid is not None:
+                log.warning("task %s: recovery task %s is not held dormant here; "
+                            "its failure stands", msg_id, rid)
+            out.append(("done", msg_id))
+            self._finalize(t, False, engine_id, out, "failed")
+
+    def _fail(self, t, ename, evalue, out, engine=None):
+        out.append(("fail", t["msg_id"], ename, evalue))
+        self._finalize(t, False, engine, out, _ENDED.get(ename, "failed"))
+
+    def _finalize(self, t, success, engine, out, ended):
+        """`t` has its final outcome: forget it, remember the outcome, let dependents,
+        its dormant recovery task and the task it recovers know."""
+        msg_id = t["msg_id"]
+        self._clear_deadline(t)
+        self._set_state(t, DONE)
+        del self._tasks[msg_id]
+        self._claims.pop(msg_id, None)
+        self._remember(msg_id, success, engine)
+        self._released.append((msg_id, success, engine))
+        if t["recovery"] is not None and not t["woke"]:
+            self._discard(t["recovery"], msg_id, "succeeded" if success else ended, out)
+        owner = self._tasks.get(t["owner"]) if t["owner"] is not None else None
+        if owner is not None and owner["state"] is RECOVERING:
+            self._finalize(owner, success, engine, out, ended)
+
+    def _discard(self, rid, owner, ended, out):
+        """The dormant recovery task `rid` will never be needed: give it a final state."""
+        self._claims.pop(rid, None)
+        evalue = (f"recovery task {rid} was not needed: the task it recovers ({owner}) "
+                  f"{ended}, so it never ran")
+        r = self._tasks.get(rid)
+        if r is not None:
+            if r["state"] is DORMANT:
+                out.append(("fail", rid, "TaskAborted", evalue))
+                self._finalize(r, False, None, out, "was not needed either")
+        elif rid not in self._done:  # it is still to come in the same batch
+            self._unneeded[rid] = evalue
+            if len(self._unneeded) > self._history:
+                self._unneeded.popitem(last=False)
+
+    def _recovery_problem(self, t):
+        """Why `t`'s recovery cannot be accepted, or None."""
+        msg_id, rid = t["msg_id"], t["recovery"]
+        if rid is None:
+            return None
+        chain, step = [msg_id], rid
+        while step is not None:
+            if step in chain:
+                return (f"recovery tasks form a loop ({' -> '.join(chain + [step])}); "
+                        "give the last task of the chain no recovery")
+            chain.append(step)
+            step = self._tasks[step]["recovery"] if step in self._tasks else None
+        owner = self._claims.get(rid)
+        if owner is not None and owner != msg_id:
+            return (f"task {rid} is already the recovery task of {owner}; "
+                    "give each task its own recovery task")
+        r = self._tasks.get(rid)
+        if (r is not None and r["state"] is not DORMANT) or rid in self._done:
+            return (f"recovery task {rid} was submitted as an ordinary task; submit it with "
+                    f"dormant=True so it waits until {msg_id} needs it")
+        return None
+
+    # ------------------------------------------------------------------ dependencies
+
+    def _settle(self, out):
+        """Update the tasks waiting on tasks that just became final. A loop, not
+        recursion: one failure can cascade down a chain of any length."""
+        while self._released:
+            msg_id, success, engine = self._released.popleft()
+            for waiter in self._graph.pop(msg_id, ()):
+                t = self._tasks.get(waiter)
+                if t is None or t["state"] is not WAITING:
+                    continue
+                for dep in (t["after"], t["follow"]):
+                    if dep is not None and msg_id in dep["pending"]:
+                        dep["pending"].discard(msg_id)
+                        self._count(dep, success, engine)
+                self._evaluate(t, out)
+
+    @staticmethod
+    def _count(dep, success, engine):
+        if dep["success"] if success else dep["failure"]:
+            dep["good"] += 1
+            dep["engines"].add(engine)
+        else:
+            dep["bad"] += 1
+
+    def _outcome(self, msg_id):
+        """(success, engine) of a final task, from memory or the controller; None if unknown."""
+        known = self._done.get(msg_id)
+        if known is None and self._lookup is not None:
+            found = self._lookup(msg_id)
+            if found is not None:
+                known = (found[0] == OK, found[1])
+                self._remember(msg_id, *known)
+        return known
+
+    def _remember(self, msg_id, success, engine):
+        self._done[msg_id] = (success, engine)
+        if len(self._done) > self._history:
+            self._done.popitem(last=False)
+
+    def _impossible(self, t):
+        """Why `t`'s after/follow/targets can never be met, or None (it may wait)."""
+        msg_id = t["msg_id"]
+        for key in ("after", "follow"):
+            dep = t[key]
+            if dep is not None and _unreachable(dep):
+                return _unreachable_reason(msg_id, key, dep)
+        live = self._engines
+        follow = t["follow"]
+        if follow is not None and follow["all"]:
+            engines = follow["engines"]
+            if None in engines:
+                return (f"task {msg_id} follows a task that never ran on an engine; "
+                        "use after= for it instead of follow=")
+            if len(engines) > 1:
+                return (f"task {msg_id} follows tasks that ran on different engines "
+                        f"{sorted(engines)}, so no engine satisfies follow with all=True; "
+                        "use all=False or after= instead")
+            if engines and not engines <= live.keys():
+                return (f"engine {min(engines)}, where the tasks task {msg_id} follows ran, is "
+                        "gone; resubmit it without follow= or rerun the tasks it follows")
+        elif follow is not None and not follow["pending"]:
+            if not any(e in live for e in follow["engines"]):
+                return (f"none of the engines where the tasks task {msg_id} follows ran is still "
+                        "registered; resubmit it without follow= or rerun the tasks it follows")
+        if t["targets"] is not None and self._targets_gone(t["targets"]):
+            return _targets_reason(msg_id, t["targets"])
+        return None
+
+    def _follow_met(self, follow):
+        if follow is None:
+            return True
+        if follow["all"]:
+            return not follow["pending"] and not follow["bad"]
+        return any(e in self._engines for e in follow["engines"])
+
+    def _targets_gone(self, targets):
+        # with no engine at all, tasks wait for one, unless their targets are known gone
+        return (not any(e in self._engines for e in targets)
+                and (bool(self._engines) or targets <= self._removed))
+
+    # ------------------------------------------------------------------ placement
+
+    def _where(self, t):
+        """(engines, None): None for any engine, else the set `t` may use now (empty: it
+        waits); or (None, why) when no engine ever will."""
+        targets, follow, depend = t["targets"], t["follow"], t["depend"]
+        unmet, failed_on = t["unmet"], t["failed_on"]
+        if targets is None and follow is None and depend is None and not unmet and not failed_on:
+            return None, None
+        live = self._engines
+        msg_id = t["msg_id"]
+        if targets is not None:
+            if self._targets_gone(targets):
+                return None, _targets_reason(msg_id, targets)
+            engines = {e for e in targets if e in live}
+        else:
+            engines = set(live)
+        if follow is not None:
+            engines &= follow["engines"]
+            if not engines:
+                return None, (f"task {msg_id} must run where the tasks it follows ran "
+                              f"({sorted(follow['engines'], key=str)}), and none of those engines "
+                              "is registered and among its targets; resubmit it without follow=")
+        if unmet:
+            engines -= unmet
+            if not engines and live:
+                return None, (f"task {msg_id} found its functional dependencies unmet on every "
+                              f"engine it may use ({sorted(unmet)}); provide what it requires "
+                              "on an engine or relax its @require/@depend")
+        if depend is not None:
+            engines = {e for e in engines if _accepts(depend, live[e]["properties"])}
+        if failed_on:
+            # prefer engines where it has not failed; when none is left, any of them
+            untried = engines - failed_on
+            if untried:
+                engines = untried
+        return engines, None
+
+    def _enqueue(self, t):
+        t["gen"] += 1
+        entry = (t["seq"], t["gen"], t["msg_id"])
+        if t["where"] is None:
+            if entry[0] > self._tail:
+                self._queue.append(entry)
+                self._tail = entry[0]
+            else:  # a retry or a task whose dependencies were met: older than the tail
+                heapq.heappush(self._late, entry)
+        else:
+            for e in t["where"]:
+                heapq.heappush(self._heaps.setdefault(e, []), entry)
+
+    def _recheck(self, out, waiting):
+        """Engines or their properties changed: recompute where the tasks restricted to
+        some engines may run (rebuilding their heaps drops stale entries), and with
+        `waiting` fail the waiting ones whose targets or followed engine are gone."""
+        self._heaps = {}
+        for msg_id in list(self._constrained):
+            t = self._tasks.get(msg_id)
+            if t is None or t["state"] is not READY:
+                continue  # ended by an earlier failure's cascade
+            where, why = self._where(t)
+            if why:
+                self._fail(t, "ImpossibleDependency", why, out)
+            else:
+                t["where"] = where
+                self._enqueue(t)
+        for msg_id in list(self._located) if waiting else ():
+            t = self._tasks.get(msg_id)
+            if t is not None and t["state"] is WAITING:
+                why = self._impossible(t)
+                if why:
+                    self._fail(t, "ImpossibleDependency", why, out)
+
+    def _head(self, heap):
+        """The oldest valid entry of `heap`, dropping stale ones on the way."""
+        while heap:
+            seq, gen, msg_id = heap[0]
+            t = self._tasks.get(msg_id)
+            if t is not None and t["state"] is READY and t["gen"] == gen:
+                return heap[0]
+            heapq.heappop(heap)
+        return None
+
+    def _any_head(self):
+        queue = self._queue
+        while queue:
+            seq, gen, msg_id = queue[0]
+            t = self._tasks.get(msg_id)
+            if t is not None and t["state"] is READY and t["gen"] == gen:
+                break
+            queue.popleft()
+        late = self._head(self._late)
+        if queue and (late is None or queue[0] < late):
+            return queue[0]
+        return late
+
+    def _schedule(self, out):
+        """Assign queued tasks, oldest first, while an engine they may use has room.
+
+        Afterwards no queued task can be placed, so a task made READY later never
+        overtakes an older one by taking a slot that task could have used.
+        """
+        engines, hwm = self._engines, self.hwm
+        while True:
+            free = None
+            best = self._any_head()
+            if best is not None:
+                free = [e for e in self._order if not hwm or len(engines[e]["tasks"]) < hwm]
+                if not free:
+                    best = None
+            for e, heap in self._heaps.items():   # only engines some task is restricted to
+                if not hwm or len(engines[e]["tasks"]) < hwm:
+                    head = self._head(heap)
+                    if head is not None and (best is None or head < best):
+                        best = head
+            if best is None:
+                return
+            if free is None:
+                free = [e for e in self._order if not hwm or len(engines[e]["tasks"]) < hwm]
+            t = self._tasks[best[2]]
+            where = t["where"]
+            self._assign(t, free if where is None else [e for e in free if e in where], out)
+
+    def _fill(self, engine_id, out):
+        """Like _schedule when only `engine_id` gained room and no task became READY:
+        everywhere else nothing changed, so looking at that engine alone is enough."""
+        engine, hwm = self._engines[engine_id], self.hwm
+        while not hwm or len(engine["tasks"]) < hwm:
+            best = self._any_head()
+            heap = self._heaps.get(engine_id)
+            head = self._head(heap) if heap else None
+            if head is not None and (best is None or head < best):
+                best = head
+            if best is None:
+                return
+            self._assign(self._tasks[best[2]], [engine_id], out)
+
+    def _assign(self, t, candidates, out):
+        if len(candidates) == 1:
+            engine_id = candidates[0]
+        else:
+            loads = [len(self._engines[e]["tasks"]) for e in candidates]
+            engine_id = candidates[self._choose(loads)]
+        self._set_state(t, ASSIGNED)
+        self._clear_deadline(t)
+        t["engine"] = engine_id
+        self._engines[engine_id]["tasks"][t["msg_id"]] = None
+        self._order.remove(engine_id)
+        self._order.append(engine_id)
+        out.append(("run", t["msg_id"], engine_id))
+
+    def _clear_deadline(self, t):
+        """A deadline bounds the wait only: it ends once the task is assigned or final."""
+        if t["deadline"] is None:
+            return
+        t["deadline"] = None
+        self._n_deadlines -= 1
+        if len(self._deadlines) > 2 * self._n_deadlines + 1024:
+            # entries of tasks that got an engine in time pile up until their deadline;
+            # rebuild rather than hold them for as long as the longest timeout
+            self._deadlines = [(x["deadline"], m) for m, x in self._tasks.items()
+                               if x["deadline"] is not None]
+            heapq.heapify(self._deadlines)
+
+
+# ---------------------------------------------------------------------- helpers
+
+def _met(dep):
+    if dep is None:
+        return True
+    if dep["all"]:
+        return not dep["pending"] and not dep["bad"]
+    return dep["good"] > 0
+
+
+def _unreachable(dep):
+    if dep["all"]:
+        return dep["bad"] > 0
+    return not dep["pending"] and not dep["good"]
+
+
+def _unreachable_reason(msg_id, key, dep):
+    if dep["success"] and not dep["failure"]:
+        if dep["all"]:
+            return (f"task {msg_id} needs all of its {key} dependencies to succeed and one "
+                    "failed; pass a Dependency with failure=True to run it anyway")
+        return (f"task {msg_id} needs one of its {key} dependencies to succeed and all "
+                "failed; pass a Dependency with failure=True to run it anyway")
+    return (f"task {msg_id} can never meet its {key} Dependency(all={dep['all']}, "
+            f"success={dep['success']}, failure={dep['failure']}) given how those tasks "
+            "ended; check the tasks it depends on")
+
+
+def _targets_reason(msg_id, targets):
+    return (f"task {msg_id} may only run on engines {sorted(targets)} and none of them is "
+            "registered; resubmit it with targets among the live engines")
+
+
+def _accepts(depend, properties):
+    """A classic Task(depend=f): f(properties) true allows the engine; raising refuses it."""
+    try:
+        return bool(depend(properties))
+    except Exception:
+        log.debug("depend function %r raised; engine refused", depend, exc_info=True)
+        return False

@@ -1,0 +1,829 @@
+"""Tests of minipar.scheduler: a plain object stepped with `now`, no sockets, no sleeps."""
+
+import random
+
+import pytest
+
+from minipar import scheduler
+from minipar.scheduler import Scheduler
+
+TIMEOUT = 30
+pytestmark = pytest.mark.timeout(TIMEOUT)
+
+
+def task(msg_id, **kw):
+    t = {"msg_id": msg_id, "targets": None, "after": None, "follow": None, "timeout": None,
+         "retries": 0, "recovery": None, "dormant": False, "depend": None}
+    t.update(kw)
+    return t
+
+
+def dep(*ids, all=True, success=True, failure=False):
+    return {"ids": list(ids), "all": all, "success": success, "failure": failure}
+
+
+def runs(decisions):
+    return [(d[1], d[2]) for d in decisions if d[0] == "run"]
+
+
+def fails(decisions):
+    return {d[1]: d[2] for d in decisions if d[0] == "fail"}
+
+
+def make(n_engines=2, **kw):
+    s = Scheduler(**kw)
+    for e in range(n_engines):
+        s.engine_added(e, 0.0)
+    return s
+
+
+def run_on(s, msg_id, now=0.0, **kw):
+    """Submit one task that must start at once; return its engine."""
+    out = s.submit(task(msg_id, **kw), now)
+    (ran,) = runs(out)
+    assert ran[0] == msg_id
+    return ran[1]
+
+
+class FakeRng:
+    def __init__(self, picks):
+        self.picks = list(picks)
+
+    def randrange(self, n):
+        return self.picks.pop(0)
+
+
+# --------------------------------------------------------------------------- schemes
+
+def test_leastload_picks_the_first_lowest():
+    assert scheduler.leastload([2, 0, 1, 0]) == 1
+    assert scheduler.leastload([3]) == 0
+
+
+def test_lru_picks_least_recently_used_whatever_the_load():
+    assert scheduler.lru([9, 0, 0]) == 0
+    s = make(2, scheme="lru", hwm=0)
+    x = run_on(s, "a")
+    y = run_on(s, "b")
+    assert x != y
+    s.finished("b", y, "ok", 1.0)          # y is idle now, x still has "a"
+    assert run_on(s, "c") == x             # least recently used; leastload would take y
+
+
+def test_leastload_scheduler_prefers_idle_engine():
+    s = make(2, scheme="leastload", hwm=0)
+    x = run_on(s, "a")
+    y = run_on(s, "b")
+    s.finished("b", y, "ok", 1.0)
+    assert run_on(s, "c") == y
+
+
+def test_twobin_keeps_the_lesser_loaded_of_two_random_picks():
+    assert scheduler.twobin([3, 1, 0], FakeRng([0, 2])) == 2
+    assert scheduler.twobin([3, 1, 0], FakeRng([1, 0])) == 1
+    assert scheduler.twobin([1, 1, 1], FakeRng([2, 1])) == 1   # tie: the LRU one
+
+
+def test_weighted_favours_low_loads():
+    rng = random.Random(1)
+    picks = [scheduler.weighted([1, 3], rng) for _ in range(4000)]
+    share = picks.count(0) / len(picks)
+    # two draws weighted 3:1, keep the lesser loaded: 1 - (1/4)**2 = 0.9375
+    assert 0.9 < share < 0.97
+    assert all(scheduler.weighted([0, 5, 5], rng) == 0 for _ in range(200))
+
+
+def test_plainrandom_ignores_loads_and_covers_all():
+    rng = random.Random(3)
+    picks = {scheduler.plainrandom([100, 0, 0], rng) for _ in range(200)}
+    assert picks == {0, 1, 2}
+
+
+@pytest.mark.parametrize("name", ["plainrandom", "twobin", "weighted"])
+def test_random_schemes_are_deterministic_under_seed(name):
+    def sequence(seed):
+        s = make(4, scheme=name, hwm=0, seed=seed)
+        return [run_on(s, f"t{i}") for i in range(60)]
+
+    first = sequence(11)
+    assert first == sequence(11)
+    assert len(set(first)) > 1
+    assert first != sequence(12)
+
+
+def test_callable_scheme_gets_loads_of_engines_with_room_in_lru_order():
+    seen = []
+
+    def last(loads):
+        seen.append(list(loads))
+        return len(loads) - 1
+
+    s = make(3, scheme=last, hwm=2)      # added 0, 1, 2: each new one goes to the front
+    order = [run_on(s, f"t{i}") for i in range(3)]
+    # the most recently used engine comes last; once full (load 2 = hwm) it is not offered
+    assert seen == [[0, 0, 0], [0, 0, 1], [0, 0]]
+    assert order == [0, 0, 1]
+
+
+def test_unknown_scheme_is_refused():
+    with pytest.raises(ValueError, match="leastload"):
+        Scheduler(scheme="fastest")
+
+
+# --------------------------------------------------------------------------- hwm
+
+def test_hwm_caps_outstanding_tasks_and_frees_in_submission_order():
+    s = make(2, hwm=2)
+    out = []
+    for i in range(6):
+        out += s.submit(task(f"t{i}"), 0.0)
+    assert len(runs(out)) == 4
+    st = s.status()
+    assert st["unassigned"] == 2
+    assert {e: v["queue"] for e, v in st["engines"].items()} == {0: 2, 1: 2}
+    first = s.outstanding(0)[0]
+    out = s.finished(first, 0, "ok", 1.0)
+    assert out == [("done", first), ("run", "t4", 0)]
+    out = s.finished(s.outstanding(1)[0], 1, "ok", 1.0)
+    assert runs(out) == [("t5", 1)]
+    assert s.status()["unassigned"] == 0
+
+
+def test_hwm_zero_means_no_limit():
+    s = make(1, hwm=0)
+    out = []
+    for i in range(100):
+        out += s.submit(task(f"t{i}"), 0.0)
+    assert len(runs(out)) == 100
+    assert len(s.outstanding(0)) == 100
+    assert s.status()["unassigned"] == 0
+
+
+def test_tasks_wait_without_engines_and_run_when_one_arrives():
+    s = Scheduler(hwm=1)
+    assert s.submit(task("a"), 0.0) == []
+    assert s.submit(task("b"), 0.0) == []
+    assert s.status()["unassigned"] == 2
+    assert runs(s.engine_added(7, 1.0)) == [("a", 7)]
+    assert runs(s.engine_added(8, 1.0)) == [("b", 8)]
+
+
+def test_freed_slot_goes_to_oldest_runnable_task_across_kinds():
+    s = make(2, hwm=1)
+    run_on(s, "busy0", targets=[0])
+    run_on(s, "busy1", targets=[1])
+    s.submit(task("x", targets=[0]), 0.0)   # older, only engine 0
+    s.submit(task("y"), 0.0)                # newer, anywhere
+    assert runs(s.finished("busy1", 1, "ok", 1.0)) == [("y", 1)]  # x can't use engine 1
+    s2 = make(2, hwm=1)
+    run_on(s2, "busy0", targets=[0])
+    run_on(s2, "busy1", targets=[1])
+    s2.submit(task("y"), 0.0)               # older, anywhere
+    s2.submit(task("x", targets=[0]), 0.0)
+    assert runs(s2.finished("busy0", 0, "ok", 1.0)) == [("y", 0)]
+    assert runs(s2.finished("y", 0, "ok", 2.0)) == [("x", 0)]
+
+
+def test_dependent_submitted_earlier_beats_later_queued_task():
+    s = make(1, hwm=1)
+    run_on(s, "a")
+    s.submit(task("c", after=dep("a")), 0.0)   # submitted before b, waits for a
+    s.submit(task("b"), 0.0)
+    assert runs(s.finished("a", 0, "ok", 1.0)) == [("c", 0)]
+    assert runs(s.finished("c", 0, "ok", 2.0)) == [("b", 0)]
+
+
+# --------------------------------------------------------------------------- graph dependencies
+
+def test_after_waits_until_dependency_succeeds():
+    s = make(2, hwm=0)
+    e = run_on(s, "a")
+    assert s.submit(task("b", after=dep("a")), 0.0) == []
+    assert s.status()["unassigned"] == 1
+    out = s.finished("a", e, "ok", 1.0)
+    assert out[0] == ("done", "a")
+    assert [r[0] for r in runs(out)] == ["b"]
+
+
+def test_after_accepts_a_plain_list_of_ids():
+    s = make(1, hwm=0)
+    run_on(s, "a")
+    assert s.submit(task("b", after=["a"]), 0.0) == []
+    assert runs(s.finished("a", 0, "ok", 1.0)) == [("b", 0)]
+
+
+def test_failed_dependency_makes_success_only_dependents_impossible():
+    s = make(1, hwm=0)
+    run_on(s, "a")
+    s.submit(task("b", after=dep("a")), 0.0)
+    s.submit(task("cleanup", after=dep("a", success=False, failure=True)), 0.0)
+    out = s.finished("a", 0, "error", 1.0)
+    assert fails(out) == {"b": "ImpossibleDependency"}
+    assert runs(out) == [("cleanup", 0)]
+    # submitted after the failure: refused at once
+    assert fails(s.submit(task("c", after=dep("a")), 2.0)) == {"c": "ImpossibleDependency"}
+
+
+def test_any_dependency_impossible_only_when_all_failed():
+    s = make(1, hwm=0)
+    run_on(s, "a1")
+    run_on(s, "a2")
+    s.submit(task("b", after=dep("a1", "a2", all=False)), 0.0)
+    assert fails(s.finished("a1", 0, "error", 1.0)) == {}
+    out = s.finished("a2", 0, "error", 2.0)
+    assert fails(out) == {"b": "ImpossibleDependency"}
+    assert "all failed" in out[-1][3]
+
+
+def test_any_dependency_runs_after_first_success():
+    s = make(1, hwm=0)
+    run_on(s, "a1")
+    run_on(s, "a2")
+    s.submit(task("b", after=dep("a1", "a2", all=False)), 0.0)
+    assert runs(s.finished("a1", 0, "ok", 1.0)) == [("b", 0)]
+    # a2 finishing later must not disturb b
+    assert s.finished("a2", 0, "ok", 2.0) == [("done", "a2")]
+
+
+def test_failure_of_a_chain_cascades_without_recursion_limit():
+    s = make(1, hwm=0)
+    run_on(s, "t0")
+    for i in range(1, 5000):
+        assert s.submit(task(f"t{i}", after=dep(f"t{i - 1}")), 0.0) == []
+    out = s.finished("t0", 0, "error", 1.0)
+    assert len(fails(out)) == 4999
+    assert s.status()["unassigned"] == 0
+    assert s._graph == {}
+
+
+def test_random_dag_runs_every_task_after_its_dependencies():
+    rng = random.Random(5)
+    s = make(3, hwm=2, seed=1)
+    deps = {}
+    done = set()
+    pending = []
+    for i in range(300):
+        mid = f"t{i}"
+        deps[mid] = rng.sample(sorted(deps), min(len(deps), rng.randrange(4)))
+        pending += runs(s.submit(task(mid, after=dep(*deps[mid]) if deps[mid] else None), 0.0))
+    now = 1.0
+    while pending:
+        mid, e = pending.pop(rng.randrange(len(pending)))
+        assert set(deps[mid]) <= done, mid
+        done.add(mid)
+        now += 1.0
+        pending += runs(s.finished(mid, e, "ok", now))
+    assert len(done) == 300
+
+
+def test_follow_runs_where_the_dependency_ran():
+    s = make(2, hwm=0)
+    e = run_on(s, "a")
+    s.finished("a", e, "ok", 1.0)
+    # `e` was used last, so leastload alone would pick the other engine
+    assert run_on(s, "b", follow=dep("a")) == e
+
+
+def test_follow_waits_for_pending_dependency():
+    s = make(2, hwm=0)
+    e = run_on(s, "a")
+    assert s.submit(task("b", follow=dep("a")), 0.0) == []
+    assert runs(s.finished("a", e, "ok", 1.0)) == [("b", e)]
+
+
+def test_follow_all_over_two_engines_is_impossible():
+    s = make(2, hwm=0)
+    run_on(s, "a1", targets=[0])
+    run_on(s, "a2", targets=[1])
+    s.finished("a1", 0, "ok", 1.0)
+    s.finished("a2", 1, "ok", 1.0)
+    out = s.submit(task("b", follow=dep("a1", "a2")), 2.0)
+    assert fails(out) == {"b": "ImpossibleDependency"}
+    assert "different engines" in out[0][3]
+    # any=True is fine: runs on one of them
+    assert run_on(s, "c", follow=dep("a1", "a2", all=False)) in (0, 1)
+
+
+def test_follow_all_detected_impossible_while_waiting():
+    s = make(2, hwm=0)
+    run_on(s, "a1", targets=[0])
+    run_on(s, "a2", targets=[1])
+    s.submit(task("b", follow=dep("a1", "a2")), 0.0)
+    assert s.finished("a1", 0, "ok", 1.0) == [("done", "a1")]
+    assert fails(s.finished("a2", 1, "ok", 2.0)) == {"b": "ImpossibleDependency"}
+
+
+def test_follow_to_a_dead_engine_is_impossible():
+    s = make(2, hwm=0)
+    run_on(s, "a", targets=[1])
+    run_on(s, "slow")
+    s.finished("a", 1, "ok", 1.0)
+    s.submit(task("w", after=dep("slow"), follow=dep("a")), 1.0)   # waiting on `slow`
+    out = s.engine_removed(1, 2.0)
+    assert fails(out).get("w") == "ImpossibleDependency"
+    assert "gone" in [d for d in out if d[1] == "w"][0][3]
+    out = s.submit(task("b", follow=dep("a")), 3.0)
+    assert fails(out) == {"b": "ImpossibleDependency"}
+
+
+def test_unknown_or_self_dependency_is_invalid():
+    s = make(1)
+    out = s.submit(task("b", after=dep("nope")), 0.0)
+    assert fails(out) == {"b": "InvalidDependency"}
+    assert "nope" in out[0][3]
+    assert fails(s.submit(task("c", follow=dep("c")), 0.0)) == {"c": "InvalidDependency"}
+
+
+# --------------------------------------------------------------------------- timeouts
+
+def test_dependency_timeout_via_tick_and_next_deadline():
+    s = make(1, hwm=0)
+    assert s.next_deadline() is None
+    run_on(s, "a")
+    s.submit(task("b", after=dep("a"), timeout=5.0), 10.0)
+    s.submit(task("c", after=dep("a"), timeout=2.0), 10.0)
+    assert s.next_deadline() == 12.0
+    assert s.tick(11.9) == []
+    out = s.tick(12.0)
+    assert fails(out) == {"c": "DependencyTimeout"}
+    assert s.next_deadline() == 15.0
+    assert fails(s.tick(20.0)) == {"b": "DependencyTimeout"}
+    assert s.next_deadline() is None
+    assert s.status()["unassigned"] == 0
+
+
+def test_timeout_covers_waiting_for_a_slot_but_not_running():
+    s = make(1, hwm=1)
+    run_on(s, "a")
+    s.submit(task("b", timeout=1.0), 0.0)          # queued behind a
+    assert fails(s.tick(1.0)) == {"b": "DependencyTimeout"}
+    assert runs(s.finished("a", 0, "ok", 2.0)) == []
+    c = s.submit(task("c", timeout=1.0), 3.0)
+    assert runs(c) == [("c", 0)]
+    assert s.next_deadline() is None
+    assert s.tick(100.0) == []                      # assigned in time: no timeout
+
+
+def test_timeout_failure_releases_failure_dependents():
+    s = make(1, hwm=0)
+    run_on(s, "a")
+    s.submit(task("b", after=dep("a"), timeout=1.0), 0.0)
+    s.submit(task("on_fail", after=dep("b", success=False, failure=True)), 0.0)
+    out = s.tick(1.0)
+    assert fails(out) == {"b": "DependencyTimeout"}
+    assert runs(out) == [("on_fail", 0)]
+
+
+# --------------------------------------------------------------------------- retries
+
+def test_retry_prefers_an_engine_where_it_has_not_failed():
+    s = make(2, hwm=0)
+    x = run_on(s, "filler")
+    y = run_on(s, "t", retries=1)
+    # y is now idle and x busy: leastload alone would rerun t on y
+    assert runs(s.finished("t", y, "error", 1.0)) == [("t", x)]
+
+
+def test_retry_waits_for_an_untried_engine_rather_than_rerun_where_it_failed():
+    s = make(2, hwm=1)
+    x = run_on(s, "filler")
+    y = run_on(s, "t", retries=1)
+    assert runs(s.finished("t", y, "error", 1.0)) == []
+    assert runs(s.finished("filler", x, "ok", 2.0)) == [("t", x)]
+
+
+def test_retry_falls_back_to_a_tried_engine():
+    s = make(1, hwm=0)
+    run_on(s, "t", retries=2)
+    assert runs(s.finished("t", 0, "error", 1.0)) == [("t", 0)]
+    assert runs(s.finished("t", 0, "error", 2.0)) == [("t", 0)]
+    assert s.finished("t", 0, "error", 3.0) == [("done", "t")]
+
+
+def test_retry_after_every_engine_failed_uses_any_of_them():
+    s = make(2, hwm=0)
+    a = run_on(s, "t", retries=2)
+    (r1,) = runs(s.finished("t", a, "error", 1.0))
+    assert r1[1] != a
+    (r2,) = runs(s.finished("t", r1[1], "error", 2.0))
+    assert r2[1] in (0, 1)
+
+
+def test_retry_counts_an_error_then_success_is_done():
+    s = make(1, hwm=0)
+    run_on(s, "t", retries=1)
+    s.finished("t", 0, "error", 1.0)
+    assert s.finished("t", 0, "ok", 2.0) == [("done", "t")]
+
+
+# --------------------------------------------------------------------------- recovery
+
+def test_recovery_runs_when_retries_are_exhausted_and_stands_for_the_task():
+    s = make(1, hwm=0)
+    assert s.submit(task("r", dormant=True), 0.0) == []
+    assert s.status()["unassigned"] == 0           # dormant tasks are not queued
+    run_on(s, "a", retries=1, recovery="r")
+    s.submit(task("d", after=dep("a")), 0.0)
+    assert runs(s.finished("a", 0, "error", 1.0)) == [("a", 0)]
+    out = s.finished("a", 0, "error", 2.0)
+    assert out == [("recover", "a", "r"), ("run", "r", 0)]
+    out = s.finished("r", 0, "ok", 3.0)
+    assert out[0] == ("done", "r")
+    assert runs(out) == [("d", 0)]                 # a counts as succeeded through r
+
+
+def test_recovery_task_submitted_in_the_same_batch_after_its_owner():
+    s = make(1, hwm=0)
+    run_on(s, "a", recovery="r")
+    s.submit(task("r", dormant=True), 0.0)
+    assert s.finished("a", 0, "error", 1.0) == [("recover", "a", "r"), ("run", "r", 0)]
+
+
+def test_recovery_chain():
+    s = make(1, hwm=0)
+    s.submit(task("r2", dormant=True), 0.0)
+    s.submit(task("r1", dormant=True, recovery="r2"), 0.0)
+    run_on(s, "a", recovery="r1")
+    s.submit(task("d", after=dep("a")), 0.0)
+    assert s.finished("a", 0, "error", 1.0) == [("recover", "a", "r1"), ("run", "r1", 0)]
+    assert s.finished("r1", 0, "error", 2.0) == [("recover", "r1", "r2"), ("run", "r2", 0)]
+    out = s.finished("r2", 0, "error", 3.0)
+    assert out[0] == ("done", "r2")
+    assert fails(out) == {"d": "ImpossibleDependency"}   # the whole chain failed
+
+
+def test_recovery_failure_makes_owner_failed_for_dependents():
+    s = make(1, hwm=0)
+    s.submit(task("r", dormant=True), 0.0)
+    run_on(s, "a", recovery="r")
+    s.submit(task("on_fail", after=dep("a", success=False, failure=True)), 0.0)
+    s.finished("a", 0, "error", 1.0)
+    assert runs(s.finished("r", 0, "error", 2.0)) == [("on_fail", 0)]
+
+
+def test_recovery_loop_is_refused():
+    s = make(1)
+    run_on(s, "a", recovery="b")
+    out = s.submit(task("b", dormant=True, recovery="a"), 0.0)
+    assert fails(out) == {"b": "InvalidDependency"}
+    assert "recovery tasks form a loop" in out[0][3]
+    assert s.finished("a", 0, "error", 1.0) == [("done", "a")]   # its recovery was refused
+    out = s.submit(task("c", recovery="c"), 0.0)
+    assert fails(out) == {"c": "InvalidDependency"}
+
+
+def test_recovery_loop_through_a_chain_is_refused():
+    s = make(1)
+    s.submit(task("r1", dormant=True, recovery="r2"), 0.0)
+    out = s.submit(task("r2", dormant=True, recovery="r1"), 0.0)
+    assert fails(out) == {"r2": "InvalidDependency"}
+
+
+def test_dormant_recovery_discarded_when_owner_succeeds():
+    s = make(1, hwm=0)
+    s.submit(task("r2", dormant=True), 0.0)
+    s.submit(task("r", dormant=True, recovery="r2"), 0.0)
+    run_on(s, "a", recovery="r")
+    out = s.finished("a", 0, "ok", 1.0)
+    assert out[0] == ("done", "a")
+    assert fails(out) == {"r": "TaskAborted", "r2": "TaskAborted"}
+    assert "not needed" in out[1][3] and "succeeded" in out[1][3]
+    assert s._tasks == {}
+
+
+def test_recovery_on_engine_death_without_retries():
+    s = make(2, hwm=0)
+    s.submit(task("r", dormant=True), 0.0)
+    e = run_on(s, "a", recovery="r")
+    out = s.engine_removed(e, 1.0)
+    assert out == [("recover", "a", "r"), ("run", "r", 1 - e)]
+
+
+def test_a_recovery_task_cannot_serve_two_owners():
+    s = make(1)
+    s.submit(task("r", dormant=True), 0.0)
+    run_on(s, "a", recovery="r")
+    assert fails(s.submit(task("b", recovery="r"), 0.0)) == {"b": "InvalidDependency"}
+    # the refused claim left r to a
+    assert s.finished("a", 0, "error", 1.0) == [("recover", "a", "r"), ("run", "r", 0)]
+
+
+# --------------------------------------------------------------------------- engine departure
+
+def test_engine_death_retries_or_fails_with_engine_error():
+    s = make(2, hwm=0)
+    e = run_on(s, "keep", retries=1)
+    run_on(s, "lose", targets=[e])
+    out = s.engine_removed(e, 1.0)
+    assert runs(out) == [("keep", 1 - e)]
+    assert fails(out) == {"lose": "EngineError"}
+    assert f"engine {e} died while running task lose" in out[0][3]
+    assert "retries=" in out[0][3]
+    assert s.outstanding(e) == [] and e not in s.status()["engines"]
+    assert s.finished("keep", 1 - e, "error", 2.0) == [("done", "keep")]   # retry used up
+
+
+def test_stale_reply_from_removed_engine_is_ignored():
+    s = make(2, hwm=0)
+    e = run_on(s, "t", retries=1)
+    (moved,) = runs(s.engine_removed(e, 1.0))
+    assert s.finished("t", e, "ok", 2.0) == []
+    assert s.finished("t", moved[1], "ok", 3.0) == [("done", "t")]
+
+
+def test_queued_tasks_survive_other_engines_leaving():
+    s = make(2, hwm=1)
+    run_on(s, "a", targets=[0])
+    run_on(s, "b", targets=[1])
+    s.submit(task("q"), 0.0)
+    out = s.engine_removed(1, 1.0)
+    assert fails(out) == {"b": "EngineError"}
+    assert runs(s.finished("a", 0, "ok", 2.0)) == [("q", 0)]
+
+
+# --------------------------------------------------------------------------- targets
+
+def test_targets_restrict_engines():
+    s = make(3, hwm=0)
+    assert {run_on(s, f"t{i}", targets=[2]) for i in range(5)} == {2}
+
+
+def test_targets_all_gone_is_impossible():
+    s = make(2, hwm=1)
+    run_on(s, "busy", targets=[0])
+    s.submit(task("t", targets=[0]), 0.0)          # waits for engine 0's slot
+    out = s.engine_removed(0, 1.0)
+    assert fails(out)["t"] == "ImpossibleDependency"
+    assert fails(s.submit(task("u", targets=[0]), 2.0)) == {"u": "ImpossibleDependency"}
+
+
+def test_targets_wait_while_no_engine_is_registered():
+    s = Scheduler()
+    assert s.submit(task("t", targets=[3]), 0.0) == []
+    assert runs(s.engine_added(3, 1.0)) == [("t", 3)]
+
+
+def test_waiting_task_fails_when_its_targets_leave():
+    s = make(2, hwm=0)
+    run_on(s, "a", targets=[1])
+    s.submit(task("w", after=dep("a"), targets=[0]), 0.0)
+    out = s.engine_removed(0, 1.0)
+    assert fails(out) == {"w": "ImpossibleDependency"}
+
+
+# --------------------------------------------------------------------------- depend callables
+
+def test_depend_waits_until_properties_match():
+    s = Scheduler(hwm=0)
+    s.engine_added(0, 0.0, {})
+    s.engine_added(1, 0.0, {"RAM": 2 ** 30})
+
+    def big(props):
+        return props["RAM"] > 2 ** 32           # KeyError on engine 0: counts as False
+
+    assert s.submit(task("t", depend=big), 0.0) == []
+    assert s.status()["unassigned"] == 1
+    assert s.set_properties(0, {"RAM": 2 ** 20}, 1.0) == []
+    assert runs(s.set_properties(1, {"RAM": 2 ** 33}, 2.0)) == [("t", 1)]
+
+
+def test_depend_matches_a_newly_added_engine():
+    s = make(1, hwm=0)
+    assert s.submit(task("t", depend=lambda p: p.get("gpu")), 0.0) == []
+    assert runs(s.engine_added(5, 1.0, {"gpu": True})) == [("t", 5)]
+
+
+def test_depend_is_not_reevaluated_on_unrelated_events():
+    calls = []
+
+    def never(props):
+        calls.append(1)
+        return False
+
+    s = make(2, hwm=1)
+    s.submit(task("picky", depend=never), 0.0)
+    before = len(calls)
+    for i in range(200):
+        e = run_on(s, f"t{i}")
+        s.finished(f"t{i}", e, "ok", 1.0)
+    assert len(calls) == before                 # no scan of waiting tasks per event
+    assert s.status()["unassigned"] == 1
+
+
+# --------------------------------------------------------------------------- unmet
+
+def test_unmet_reroutes_never_twice_to_the_same_engine_then_impossible():
+    s = make(3, hwm=0)
+    tried = [run_on(s, "t", retries=5)]
+    for now in (1.0, 2.0):
+        (r,) = runs(s.finished("t", tried[-1], "unmet", now))
+        tried.append(r[1])
+    assert sorted(tried) == [0, 1, 2]
+    out = s.finished("t", tried[-1], "unmet", 3.0)
+    assert fails(out) == {"t": "ImpossibleDependency"}
+    assert "unmet on every engine" in out[0][3]
+
+
+def test_unmet_waits_for_a_busy_untried_engine():
+    s = make(2, hwm=1)
+    x = run_on(s, "busy")
+    y = run_on(s, "t")
+    assert runs(s.finished("t", y, "unmet", 1.0)) == []
+    assert runs(s.finished("busy", x, "ok", 2.0)) == [("t", x)]
+
+
+def test_unmet_within_targets():
+    s = make(3, hwm=0)
+    e = run_on(s, "t", targets=[0, 2])
+    (r,) = runs(s.finished("t", e, "unmet", 1.0))
+    assert r[1] == 2 - e
+    assert fails(s.finished("t", r[1], "unmet", 2.0)) == {"t": "ImpossibleDependency"}
+
+
+# --------------------------------------------------------------------------- abort
+
+def test_abort_queued_and_running():
+    s = make(1, hwm=1)
+    run_on(s, "running", retries=3)
+    s.submit(task("queued"), 0.0)
+    s.submit(task("after_q", after=dep("queued")), 0.0)
+    out = s.abort(["queued", "running", "unknown"], 1.0)
+    assert ("abort", "running", 0) in out
+    assert fails(out) == {"queued": "TaskAborted", "after_q": "ImpossibleDependency"}
+    assert "aborted before it started" in [d for d in out if d[1] == "queued"][0][3]
+    # the engine confirms: final, no retry despite retries=3
+    assert s.finished("running", 0, "aborted", 2.0) == [("done", "running")]
+    assert s.abort(["running"], 3.0) == []
+    assert s.status()["unassigned"] == 0
+
+
+def test_error_after_abort_request_is_not_retried():
+    s = make(1, hwm=0)
+    run_on(s, "t", retries=3)
+    s.abort("t", 1.0)
+    assert s.finished("t", 0, "error", 2.0) == [("done", "t")]
+
+
+def test_abort_a_recovering_task_aborts_its_recovery():
+    s = make(1, hwm=0)
+    s.submit(task("r", dormant=True), 0.0)
+    run_on(s, "a", recovery="r")
+    s.finished("a", 0, "error", 1.0)
+    assert s.abort(["a"], 2.0) == [("abort", "r", 0)]
+
+
+def test_run_time_limit_is_final():
+    s = make(1, hwm=0)
+    s.submit(task("r", dormant=True), 0.0)
+    run_on(s, "t", retries=2, recovery="r")
+    out = s.finished("t", 0, "timeout", 1.0)
+    assert out[0] == ("done", "t")
+    assert fails(out) == {"r": "TaskAborted"}
+    assert runs(out) == []
+
+
+# --------------------------------------------------------------------------- queries, memory
+
+def test_status_and_outstanding():
+    s = make(2, hwm=1)
+    run_on(s, "a", targets=[0])
+    run_on(s, "b", targets=[1])
+    s.submit(task("c"), 0.0)
+    assert s.outstanding(0) == ["a"] and s.outstanding(1) == ["b"]
+    assert s.outstanding(9) == []
+    s.finished("a", 0, "ok", 1.0)
+    assert s.status() == {"unassigned": 0, "engines": {0: {"queue": 1, "completed": 1},
+                                                      1: {"queue": 1, "completed": 0}}}
+    assert s.outstanding(0) == ["c"]
+
+
+def test_lookup_answers_for_ids_no_longer_in_memory():
+    asked = []
+    db = {"old_ok": ("ok", 1), "old_err": ("error", 0)}
+
+    def lookup(msg_id):
+        asked.append(msg_id)
+        return db.get(msg_id)
+
+    s = make(2, hwm=0, lookup=lookup, history=2)
+    for i in range(5):
+        e = run_on(s, f"t{i}")
+        s.finished(f"t{i}", e, "ok", 1.0)
+    assert len(s._done) == 2
+    assert runs(s.submit(task("y2", after=dep("t4")), 2.0))   # still in memory: no lookup
+    assert asked == []
+    out = s.submit(task("x", after=dep("t0")), 2.0)
+    assert "t0" in asked
+    assert fails(out) == {"x": "InvalidDependency"}      # evicted and unknown to the DB
+    assert run_on(s, "y", follow=dep("old_ok")) == 1
+    assert fails(s.submit(task("z", after=dep("old_err")), 3.0)) == {"z": "ImpossibleDependency"}
+
+
+def test_memory_stays_bounded():
+    s = make(4, hwm=2, history=50)
+    now = 0.0
+    for i in range(3000):
+        for mid, e in runs(s.submit(task(f"t{i}", timeout=60.0), now)):
+            s.finished(mid, e, "ok", now)
+        now += 0.01
+    assert len(s._done) == 50
+    assert s._tasks == {} and s._graph == {} and not s._constrained
+    assert len(s._deadlines) <= 1025     # entries of tasks assigned in time are compacted
+    assert s.next_deadline() is None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_workload_gives_every_task_exactly_one_final_state(seed):
+    rng = random.Random(seed)
+    s = Scheduler(scheme=rng.choice(sorted(scheduler.SCHEMES)), hwm=rng.choice([0, 1, 2]),
+                  seed=seed, history=rng.choice([5, 10_000]),
+                  lookup=lambda mid: finals_status.get(mid))
+    finals_status = {}      # what the controller's DB would answer
+    final = {}              # msg_id -> number of final decisions
+    recovered = {}          # owner -> recovery task
+    running = {}            # msg_id -> engine
+    submitted = []
+    next_engine = [0]
+    now = 0.0
+
+    def act(decisions):
+        for d in decisions:
+            if d[0] == "run":
+                assert d[1] not in running, d
+                running[d[1]] = d[2]
+            elif d[0] in ("done", "fail"):
+                final[d[1]] = final.get(d[1], 0) + 1
+                assert d[1] not in running, d
+                finals_status[d[1]] = ("ok" if d[0] == "done" and d[1] in ok else "error",
+                                       None)
+            elif d[0] == "recover":
+                recovered[d[1]] = d[2]
+        # every outstanding task is on a live engine, once
+        on_engines = [m for e in s.status()["engines"] for m in s.outstanding(e)]
+        assert sorted(on_engines) == sorted(running)
+
+    ok = set()
+    for _ in range(3):
+        act(s.engine_added(next_engine[0], now, {"n": next_engine[0]}))
+        next_engine[0] += 1
+    for step in range(400):
+        now += rng.random()
+        r = rng.random()
+        live = sorted(s.status()["engines"])
+        if r < 0.45:
+            mid = f"t{step}"
+            kw = {"retries": rng.choice([0, 0, 1, 2])}
+            if submitted and rng.random() < 0.3:
+                kw["after"] = dep(*rng.sample(submitted, min(2, len(submitted))),
+                                  all=rng.random() < 0.7, failure=rng.random() < 0.3)
+            if submitted and rng.random() < 0.15:
+                kw["follow"] = dep(rng.choice(submitted), all=rng.random() < 0.5)
+            if live and rng.random() < 0.15:
+                kw["targets"] = rng.sample(live, 1)
+            if rng.random() < 0.1:
+                kw["depend"] = lambda p: p["n"] % 2 == 0
+            if rng.random() < 0.2:
+                kw["timeout"] = rng.choice([0.5, 3.0])
+            if rng.random() < 0.2:
+                rid = f"r{step}"
+                act(s.submit(task(rid, dormant=True), now))
+                submitted.append(rid)
+                kw["recovery"] = rid
+            act(s.submit(task(mid, **kw), now))
+            submitted.append(mid)
+        elif r < 0.85 and running:
+            mid = rng.choice(sorted(running))
+            status = rng.choice(["ok", "ok", "ok", "error", "unmet", "timeout", "aborted"])
+            if status == "ok":
+                ok.add(mid)
+            act(s.finished(mid, running.pop(mid), status, now))
+        elif r < 0.9:
+            act(s.tick(now))
+        elif r < 0.94 and submitted:
+            act(s.abort([rng.choice(submitted)], now))
+        elif r < 0.97 and len(live) > 1:
+            gone = rng.choice(live)
+            for mid in s.outstanding(gone):
+                del running[mid]
+            act(s.engine_removed(gone, now))
+        else:
+            act(s.engine_added(next_engine[0], now, {"n": next_engine[0]}))
+            next_engine[0] += 1
+    # drain: engines that accept everything, then finish whatever runs
+    for e in list(s.status()["engines"]):
+        act(s.set_properties(e, {"n": 0}, now))
+    act(s.engine_added(next_engine[0], now, {"n": 0}))
+    while running or s.status()["unassigned"]:
+        now += 1.0
+        act(s.tick(now))
+        for mid in sorted(running):
+            if mid in running:
+                ok.add(mid)
+                act(s.finished(mid, running.pop(mid), "ok", now))
+    for mid in submitted:
+        if mid in recovered:
+            assert mid not in final, mid
+            while mid in recovered:
+                mid = recovered[mid]
+        assert final.get(mid) == 1, (mid, final.get(mid))
+    assert s._tasks == {} and s._graph == {}
