@@ -8,6 +8,10 @@ and a ``Client`` that drives them directly (``rc[:]``, a DirectView) or load-bal
 __version__ = "0.1.0"
 
 from .client import AsyncResult, Client, DirectView, LoadBalancedView, interactive
+from .client import ViewExecutor, plot_timeline, register_joblib_backend  # ecosystem
+from .client import (MapTask, MultiEngineClient, PendingResult, StringTask, Task,  # classic
+                     TaskClient, TaskResult)
+from .dependency import Dependency, depend, dependent, require
 from .errors import (CompositeError, DependencyTimeout, EngineError, ImpossibleDependency,
                      InvalidDependency, MiniparError, NoEnginesRegistered, RemoteError,
                      SerializationError, TaskAborted, TaskTimeout, TimeoutError,
@@ -24,8 +28,12 @@ def __getattr__(name):
 
 
 __all__ = sorted([
-    "AsyncResult", "Client", "Cluster", "CompositeError", "DependencyTimeout", "DirectView",
-    "EngineError", "ImpossibleDependency", "InvalidDependency", "LoadBalancedView",
+    "AsyncResult", "Client", "Cluster", "CompositeError", "Dependency", "DependencyTimeout",
+    "DirectView", "EngineError", "ImpossibleDependency", "InvalidDependency", "LoadBalancedView",
     "MiniparError", "NoEnginesRegistered", "RemoteError", "SerializationError", "TaskAborted",
-    "TaskTimeout", "TimeoutError", "UnmetDependency", "interactive", "__version__",
+    "TaskTimeout", "TimeoutError", "UnmetDependency", "depend", "dependent", "interactive",
+    "require", "__version__",
 ])
+__all__ = sorted(__all__ + ["ViewExecutor", "plot_timeline", "register_joblib_backend"])
+__all__ = sorted(__all__ + ["MapTask", "MultiEngineClient", "PendingResult", "StringTask",
+                            "Task", "TaskClient", "TaskResult"])

@@ -10,8 +10,9 @@ inbound, so only the controller's host needs open ports::
 The hub reads headers only (``protocol.Session.check``); request and result parts pass
 through untouched. Direct requests name their engine in the header (`engine`);
 load-balanced ones (`lb`) go to the ``scheduler.Scheduler``, whose decisions the hub
-carries out in ``_act``. Every request gets a record in the DB (``DictDB`` here; see its
-docstring for the record's keys), and every record reaches a final state: the engine's
+carries out in ``_act``. Every request gets a record in the DB (``--db``: ``DictDB``,
+``SQLiteDB`` or ``NoDB``; DictDB's docstring has the record's keys, and ``db_query``
+searches them), and every record reaches a final state: the engine's
 reply, or an error the hub makes itself (engine died, aborted, impossible dependency).
 
 Timers (heartbeat, scheduler deadlines) are deadlines checked after each poll, not threads.
@@ -20,8 +21,11 @@ Timers (heartbeat, scheduler deadlines) are deadlines checked after each poll, n
 
 import argparse
 import collections
+import io
 import logging
+import operator
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -37,13 +41,22 @@ log = logging.getLogger(__name__)
 HEARTBEAT_PERIOD_S = 1.0   # 0.1..5 is reasonable; tests use 0.1
 HEARTBEAT_LIVENESS = 5     # missed beats before an engine is dead; 3..10 is reasonable
 PORT_NAMES = ("client", "notify", "engine", "ping", "pong")
+REPLY_SUFFIX = b".r"  # as engine.REPLY_SUFFIX: an engine's second socket, for its replies
 
 # Record states. A record changes state only through Controller._finish / _assign.
 PENDING, OK, ERROR = "pending", "ok", "error"
 
 _DIRECT = {protocol.APPLY, protocol.EXECUTE, protocol.PUSH, protocol.PULL, protocol.KEYS,
-           protocol.CLEAR, protocol.PROPERTIES}
+           protocol.CLEAR, protocol.PROPERTIES, protocol.STATS}
 
+
+# ---------------------------------------------------------------- storage
+#
+# Three backends behind one interface (``--db dict|sqlite|none``): add(rec), get(msg_id),
+# `msg_id in db`, len(db), finish(rec) (the record is final), drop(msg_id) (False for a
+# pending record, which is kept), records(), pending() (records not final: what a
+# restarted controller must pick up), find_records(query, keys) (db_query), flush() (make
+# the writes so far durable; the hub calls it after each pass of its loop), close().
 
 class DictDB:
     """Task records in memory, keyed by msg_id.
@@ -52,10 +65,14 @@ class DictDB:
 
         msg_id, kind, client (routing id), engine (int or None), lb (bool),
         submitted, started, completed (float seconds), status ("pending", "ok", "error",
-        or the engine's status word), header (the request's header dict), parts (the
-        request's frames from the delimiter on), result_header, result_parts, stdout, stderr,
-        attempts (list of {engine, status, started, completed, ename}),
-        watchers (other clients to deliver the result to)
+        or the engine's status word), header (the request's header dict), wire (the
+        request's frames from the delimiter on), result_header, result_parts (the
+        result's frames), attempts (list of {engine, status, started, completed, ename}),
+        watchers (other clients to deliver the result to), recovers (for a recovery
+        task: the task it recovers)
+
+    ``find_records`` also answers ``stdout``, ``stderr``, ``ename`` and ``evalue``, taken
+    from the result header, and leaves out `wire` and `result_parts` unless asked for.
 
     Memory is bounded: beyond `record_limit` records or `size_limit` bytes of parts,
     the oldest finished records are culled; a pending record is never culled.
@@ -83,8 +100,8 @@ class DictDB:
     def finish(self, rec):
         """A record reached its final state: it may be culled from now on."""
         size = _nbytes(rec.get("wire")) + _nbytes(rec.get("result_parts"))
+        self._bytes += size - self._finished.pop(rec["msg_id"], 0)
         self._finished[rec["msg_id"]] = size
-        self._bytes += size
         while self._finished and (len(self._records) > self.record_limit
                                   or self._bytes > self.size_limit):
             self.drop(next(iter(self._finished)))
@@ -99,6 +116,23 @@ class DictDB:
     def records(self):
         return self._records.values()
 
+    def pending(self):
+        return [r for r in self._records.values() if r["status"] == PENDING]
+
+    def find_records(self, query, keys=None):
+        """Records matching `query` (see ``_match``), as new plain dicts with `keys`."""
+        check_query(query)
+        ids = _queried_ids(query)
+        found = (self._records.values() if ids is None else
+                 filter(None, (self._records.get(m) for m in ids)))
+        return [_view(r, keys) for r in found if _match(r, query)]
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
 
 class NoDB(DictDB):
     """Keeps only what is in flight: a finished record is dropped at once."""
@@ -107,15 +141,290 @@ class NoDB(DictDB):
         self._records.pop(rec["msg_id"], None)
 
 
+class SQLiteDB:
+    """Task records in an SQLite file (stdlib ``sqlite3``): they survive the controller.
+
+    Records have DictDB's keys. A record is written when it is added (with its request's
+    frames, so a restarted controller can send it again) and when it is final; while
+    pending, the controller changes it in place, so pending records are also held in
+    memory and ``get`` returns that live dict. A restarted controller finds the records
+    the previous one left unfinished with ``pending()``.
+
+    Durability: the writes of one pass of the hub's loop are one transaction, committed
+    by ``flush`` at the end of the pass, in a WAL journal with synchronous=NORMAL: what a
+    pass wrote survives the controller's crash (not a power cut), without an fsync per
+    record; a commit per record cost three times as much. Records on disk are unpickled
+    with a loader that refuses every class and function: a tampered file cannot run code
+    in the controller. Nothing is culled: the file grows until ``purge_results``.
+    """
+
+    def __init__(self, path):
+        import sqlite3
+
+        self.path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS records (msg_id TEXT PRIMARY KEY, "
+                         "status TEXT, submitted REAL, completed REAL, engine INTEGER, "
+                         "data BLOB, wire BLOB, result_parts BLOB)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS records_status ON records (status)")
+        self._live = {}    # msg_id -> the pending record the controller holds
+        self._dirty = False   # a transaction is open: flush() commits it
+
+    def _begin(self):
+        if not self._dirty:
+            self._db.execute("BEGIN")
+            self._dirty = True
+
+    def _write(self, rec):
+        self._begin()
+        data = {k: v for k, v in rec.items() if k not in _FRAME_KEYS}
+        self._db.execute(
+            "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (rec["msg_id"], rec["status"], rec.get("submitted"), rec.get("completed"),
+             rec.get("engine"), _dump(data), _dump_frames(rec.get("wire")),
+             _dump_frames(rec.get("result_parts"))))
+
+    def add(self, rec):
+        self._live[rec["msg_id"]] = rec
+        self._write(rec)
+
+    def finish(self, rec):
+        self._live.pop(rec["msg_id"], None)
+        self._write(rec)
+
+    def get(self, msg_id):
+        rec = self._live.get(msg_id)
+        if rec is None:
+            row = self._db.execute("SELECT data, wire, result_parts FROM records WHERE "
+                                   "msg_id = ?", (msg_id,)).fetchone()
+            rec = row and _load_row(*row)
+        return rec
+
+    def __contains__(self, msg_id):
+        return msg_id in self._live or self._db.execute(
+            "SELECT 1 FROM records WHERE msg_id = ?", (msg_id,)).fetchone() is not None
+
+    def __len__(self):
+        return self._db.execute("SELECT count(*) FROM records").fetchone()[0]
+
+    def drop(self, msg_id):
+        if msg_id in self._live:
+            return False  # pending: kept
+        row = self._db.execute("SELECT status FROM records WHERE msg_id = ?",
+                               (msg_id,)).fetchone()
+        if row is not None and row[0] == PENDING:
+            return False  # left pending by a previous controller: kept for its restart
+        self._begin()
+        self._db.execute("DELETE FROM records WHERE msg_id = ?", (msg_id,))
+        return True
+
+    def records(self):
+        """Every record; finished ones without their frames (read them with ``get``)."""
+        yield from list(self._live.values())
+        for (data,) in self._db.execute("SELECT data FROM records WHERE status != ?",
+                                        (PENDING,)):
+            yield _load(data)
+
+    def pending(self):
+        """Pending records: the live ones, then those a previous controller left on disk
+        (with their request frames as bytes)."""
+        out = list(self._live.values())
+        rows = self._db.execute("SELECT data, wire, result_parts FROM records WHERE "
+                                "status = ?", (PENDING,)).fetchall()
+        out += [rec for rec in (_load_row(*row) for row in rows)
+                if rec["msg_id"] not in self._live]
+        return out
+
+    def find_records(self, query, keys=None):
+        check_query(query)
+        frames = [k for k in _FRAME_KEYS if keys is not None and k in keys]
+        cols = ", ".join(["data", *frames])
+        ids = _queried_ids(query)
+        if ids is None:
+            rows = self._db.execute(f"SELECT {cols} FROM records").fetchall()
+        else:
+            rows = []
+            ids = list(ids)
+            for i in range(0, len(ids), 500):   # SQLite caps the parameters of one query
+                part = ids[i:i + 500]
+                rows += self._db.execute(f"SELECT {cols} FROM records WHERE msg_id IN "
+                                         f"({', '.join('?' * len(part))})", part).fetchall()
+        out = []
+        for data, *blobs in rows:
+            rec = _load(data)
+            live = self._live.get(rec["msg_id"])
+            if live is not None:   # changed in memory since it was written
+                rec = live
+            else:
+                rec.update(zip(frames, map(_load_frames, blobs)))
+            if _match(rec, query):
+                out.append(_view(rec, keys))
+        return out
+
+    def flush(self):
+        if self._dirty:
+            self._db.execute("COMMIT")
+            self._dirty = False
+
+    def close(self):
+        self.flush()
+        self._db.close()
+
+
+SQLITE_FILE = "tasks.db"   # in the profile folder, beside security/
+
+
+def open_db(kind, profile_dir):
+    """The DB for ``--db`` `kind`: "dict" (default), "sqlite" or "none"."""
+    if kind == "sqlite":
+        return SQLiteDB(os.path.join(profile_dir, SQLITE_FILE))
+    if kind in ("dict", "none"):
+        return DictDB() if kind == "dict" else NoDB()
+    raise ValueError(f"unknown db {kind!r}; use dict, sqlite or none")
+
+
 def _nbytes(frames):
     return sum(len(f) for f in frames) if frames else 0
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Loads plain data only (dicts, lists, str, bytes, numbers): never code."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"a task record may hold plain data only, not "
+                                     f"{module}.{name}")
+
+
+def _dump(obj):
+    return pickle.dumps(obj, protocol=5)
+
+
+def _load(blob):
+    return _PlainUnpickler(io.BytesIO(blob)).load()
+
+
+def _dump_frames(frames):
+    return None if frames is None else _dump([_frame_bytes(f) for f in frames])
+
+
+def _frame_bytes(frame):
+    return frame.bytes if hasattr(frame, "bytes") else bytes(frame)
+
+
+def _load_frames(blob):
+    return None if blob is None else _load(blob)
+
+
+def _load_row(data, wire, result_parts):
+    rec = _load(data)
+    rec["wire"] = _load_frames(wire)
+    rec["result_parts"] = _load_frames(result_parts)
+    return rec
+
+
+# ---------------------------------------------------------------- db_query
+
+_FRAME_KEYS = ("wire", "result_parts")
+_FROM_RESULT = ("stdout", "stderr", "ename", "evalue")   # answered from the result header
+
+
+def _compare(op):
+    def cmp(value, arg):
+        try:
+            return value is not None and arg is not None and op(value, arg)
+        except TypeError:   # an int against a str: no match, as in MongoDB
+            return False
+    return cmp
+
+
+_OPS = {
+    "$eq": lambda value, arg: value == arg,
+    "$ne": lambda value, arg: value != arg,
+    "$in": lambda value, arg: value in arg,
+    "$nin": lambda value, arg: value not in arg,
+    "$gt": _compare(operator.gt),
+    "$gte": _compare(operator.ge),
+    "$lt": _compare(operator.lt),
+    "$lte": _compare(operator.le),
+}
+
+
+def _is_condition(cond):
+    return isinstance(cond, dict) and bool(cond) and all(
+        isinstance(k, str) and k.startswith("$") for k in cond)
+
+
+def check_query(query):
+    """Raise ValueError for a query ``_match`` cannot answer."""
+    if not isinstance(query, dict):
+        raise ValueError(f"a query is a dict of record keys to values or conditions, not "
+                         f"{type(query).__name__}")
+    for key, cond in query.items():
+        if not _is_condition(cond):
+            continue
+        for op, arg in cond.items():
+            if op not in _OPS:
+                raise ValueError(f"unknown query operator {op!r} for {key!r}; use one of "
+                                 f"{', '.join(_OPS)}")
+            if op in ("$in", "$nin") and not isinstance(arg, (list, tuple, set, frozenset)):
+                raise ValueError(f"{op} for {key!r} takes a list, not {type(arg).__name__}")
+
+
+def _match(rec, query):
+    """Whether `rec` meets every condition of `query`: {key: value} (equal) or
+    {key: {op: value, ...}} with ``$in $nin $eq $ne $gt $gte $lt $lte``."""
+    for key, cond in query.items():
+        value = _field(rec, key)
+        if _is_condition(cond):
+            if not all(_OPS[op](value, arg) for op, arg in cond.items()):
+                return False
+        elif value != cond:
+            return False
+    return True
+
+
+def _queried_ids(query):
+    """The msg_ids a query is limited to (so a DB can look them up), or None."""
+    cond = query.get("msg_id")
+    if cond is None:
+        return None
+    if not _is_condition(cond):
+        return [cond]
+    if "$eq" in cond:
+        return [cond["$eq"]]
+    if "$in" in cond:
+        return list(cond["$in"])
+    return None
+
+
+def _field(rec, key):
+    if key in _FROM_RESULT and key not in rec:
+        return (rec.get("result_header") or {}).get(key)
+    return rec.get(key)
+
+
+def _view(rec, keys):
+    """A record as db_query answers it: a new dict of plain data, with frames (as bytes)
+    only when `keys` names them; `keys` None means every other key."""
+    if keys is None:
+        keys = [k for k in (*rec, *_FROM_RESULT) if k not in _FRAME_KEYS]
+    out = {"msg_id": rec["msg_id"]}
+    for k in keys:
+        v = _field(rec, k)
+        if k in _FRAME_KEYS and v is not None:
+            v = [_frame_bytes(f) for f in v]
+        out[k] = v
+    return out
 
 
 class Controller:
     def __init__(self, ip="127.0.0.1", port=0, ports=None, location=None, profile=None,
                  profile_dir=None, reuse=False, heartbeat_period=HEARTBEAT_PERIOD_S,
                  heartbeat_liveness=HEARTBEAT_LIVENESS, scheme="leastload", hwm=2,
-                 db="dict", max_message_size=protocol.MAX_MESSAGE_SIZE):
+                 db="dict", max_message_size=protocol.MAX_MESSAGE_SIZE, curve=False):
         self.ip = ip
         self.location = location or (socket.gethostname() if ip in ("*", "0.0.0.0") else ip)
         self.profile_dir = protocol.profile_dir(profile, profile_dir)
@@ -136,10 +445,17 @@ class Controller:
             for name, p in old.get("ports", {}).items():
                 self.ports.setdefault(name, p)
         self.session = protocol.Session(key or os.urandom(32).hex(), max_message_size)
-        self.db = {"dict": DictDB, "none": NoDB}[db]() if isinstance(db, str) else db
+        # (public, secret) CurveZMQ keys with --curve; the public one goes in the files
+        self.curve_file = os.path.join(sec, CURVE_FILE)
+        self.curve = _curve_keys(self.curve_file, reuse) if curve else None
+        self.db = open_db(db, self.profile_dir) if isinstance(db, str) else db
         self.scheduler = _scheduler.Scheduler(scheme=scheme, hwm=hwm, lookup=self._lookup)
+        log.info("tasks: scheme %s, hwm %s, records in %s", getattr(scheme, "__name__", scheme),
+                 hwm or "unlimited", type(self.db).__name__)
         self.engines = {}        # id -> engine dict (see _register)
         self._by_ident = {}      # engine routing id (bytes) -> id
+        self._clients = {}       # client session -> the routing id its replies go to
+        self._pong_notified = {}  # unknown heart identity -> beat it was last told to register
         self._next_id = 0
         self._beat = 0
         self._next_beat = 0.0
@@ -156,6 +472,9 @@ class Controller:
         for name, kind in kinds.items():
             sock = self.ctx.socket(kind)
             sock.linger = 0
+            if self.curve:
+                sock.curve_server = True
+                sock.curve_secretkey = self.curve[1]
             if kind == zmq.ROUTER:
                 sock.router_mandatory = False
                 sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
@@ -178,15 +497,72 @@ class Controller:
             self.poller.register(s[name], zmq.POLLIN)
         self._handlers = {s["client"]: self._on_client, s["engine"]: self._on_engine,
                           s["pong"]: self._on_pong}
+        self._recover(time.time())
         self._write_connection_files()
         log.info("minipar controller ready: %s", protocol.url(self.info, "client"))
 
+    # ------------------------------------------------------------ restart (--db sqlite)
+
+    def _recover(self, now):
+        """Take up what a previous controller left pending in the DB (--reuse --db sqlite).
+
+        Each request may have been queued or running when it died; what became of a run
+        is unknown (its engine's late reply is refused as stale: its attempt is old). So
+        a load-balanced task with retries left is submitted again, spending one; every
+        other request fails with a clear EngineError. The clients' reply routes come back
+        from the records; the clients reconnect by themselves, and ask for the results
+        of what they still wait for. Nothing is left pending forever.
+        """
+        left = sorted(self.db.pending(), key=lambda r: r.get("submitted") or 0)
+        if not left:
+            return
+        again = 0
+        for rec in left:
+            session = rec["header"].get("session")
+            if session and rec.get("client"):
+                self._clients.setdefault(session, rec["client"])
+            rec.update(engine=None, watchers=None, attempts=[*(rec.get("attempts") or ()), {
+                "engine": None, "status": "controller_restart", "started": None,
+                "completed": now, "ename": "EngineError"}])
+            self.db.add(rec)   # live again: the next attempt is re-signed, as a retry is
+            retries = rec["header"].get("retries") or 0
+            if rec["lb"] and retries > 0 and not _request_problem(rec["header"]):
+                try:
+                    task = dict(_task(rec["header"]), retries=retries - 1)
+                except errors.InvalidDependency as e:
+                    self._fail(rec, "InvalidDependency", str(e))
+                    continue
+                self._act(self.scheduler.submit(task, now))
+                again += 1
+            else:
+                self._fail(rec, "EngineError",
+                           f"the controller restarted while request {rec['msg_id']} was "
+                           "pending (queued or running), so whether it ran is unknown and "
+                           "its result is lost; submit it again if running it twice is safe "
+                           "(or give tasks retries, which are resubmitted after a restart)")
+        log.warning("took up %d requests left pending by the previous controller: %d "
+                    "submitted again, %d failed", len(left), again, len(left) - again)
+
+    def _client_connected(self, session, ident):
+        """A client (re)connected: its replies go to `ident`, also for the requests it sent
+        before (to a restarted controller, they can overtake its connect)."""
+        old = self._clients.get(session)
+        self._clients[session] = ident
+        if old != ident:
+            for rec in self.db.pending():
+                if rec["header"].get("session") == session:
+                    rec["client"] = ident
+
     @property
     def info(self):
-        return {"key": self.session.key.hex(), "signature_scheme": protocol.SIGNATURE_SCHEME,
+        info = {"key": self.session.key.hex(), "signature_scheme": protocol.SIGNATURE_SCHEME,
                 "transport": "tcp", "ip": self.ip, "location": self.location,
                 "ports": dict(self.ports), "pid": os.getpid(), "host": socket.gethostname(),
-                "heartbeat_period": self.heartbeat_period}
+                "heartbeat_period": self.heartbeat_period,
+                "max_message_size": self.max_message_size}
+        if self.curve:
+            info["curve_serverkey"] = self.curve[0].decode()
+        return info
 
     def _write_connection_files(self):
         info = self.info
@@ -194,8 +570,9 @@ class Controller:
         protocol.write_connection_file(self.engine_file, info)
 
     def close(self):
+        self.db.close()
         if not self.reuse:
-            for f in (self.client_file, self.engine_file):
+            for f in (self.client_file, self.engine_file, self.curve_file):
                 try:
                     os.unlink(f)
                 except FileNotFoundError:
@@ -241,6 +618,7 @@ class Controller:
                     self.stats["dropped"] += 1
                     log.warning("dropped a message that could not be handled: %s: %s",
                                 type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
+        self.db.flush()  # one commit per pass, not per record
 
     def _check(self, sock, frames):
         """Verify a message; on failure count it, log it, send a refusal and return None."""
@@ -249,9 +627,13 @@ class Controller:
         except Exception as e:
             reason = str(e) or type(e).__name__
             self.stats["dropped"] += 1
-            self.session.dropped[reason] += 1
-            log.warning("refused a message on the %s socket: %s (a peer with the wrong key, "
-                        "or a corrupt message)", self._name(sock), reason)
+            # the Session counted it by category; log the first few of each, then at
+            # powers of two, so a flood of bad messages cannot flood the log as well
+            n = self.session.dropped[protocol.drop_reason(e)]
+            if n <= 10 or not n & (n - 1) or log.isEnabledFor(logging.DEBUG):
+                log.warning("refused a message on the %s socket: %s (a peer with the wrong "
+                            "key, or a corrupt message; %d refused for this reason so far)",
+                            self._name(sock), reason, n)
             try:
                 idents, *_ = self.session.split(frames)
             except ValueError:
@@ -279,10 +661,33 @@ class Controller:
                 self._remove_engine(eid, died=True)
 
     def _on_pong(self, frames):
+        # Pongs are unsigned (the heart echoes in C); take only the beat number, and never
+        # one from the future, so a forged pong cannot keep an engine alive for long.
         eid = self._by_ident.get(frames[0].bytes)
-        if eid is not None and len(frames) == 2:
-            e = self.engines[eid]
-            e["last_beat"] = max(e["last_beat"], int(frames[1].bytes))
+        beat = frames[-1].bytes
+        if len(frames) != 2 or len(beat) > 20 or not beat.isdigit():
+            self.stats["dropped_pong"] += 1
+            return
+        if eid is None:
+            return self._notify_unknown_pong(frames[0].bytes)
+        e = self.engines[eid]
+        e["last_beat"] = max(e["last_beat"], min(int(beat), self._beat))
+
+    def _notify_unknown_pong(self, ident):
+        """A heart beats for an engine we do not know: one declared dead that came back,
+        or one registered with a controller before a restart. Tell it (once per liveness
+        period) so it registers again; the notice goes to its receiving socket, which has
+        the heart's identity. A pong from anyone else reaches nobody."""
+        self.stats["stale_pong"] += 1
+        last = self._pong_notified.get(ident)
+        if last is not None and self._beat - last < self.heartbeat_liveness:
+            return
+        if len(self._pong_notified) > 10_000:   # bounded whatever arrives
+            self._pong_notified.clear()
+        self._pong_notified[ident] = self._beat
+        self._send(self.sockets["engine"], [ident], protocol.UNREGISTER,
+                   reason="this engine is not registered (declared dead, or the controller "
+                   "restarted)")
 
     # ------------------------------------------------------------ engines
 
@@ -300,6 +705,8 @@ class Controller:
             # an engine we declared dead (frozen, then resumed) or from before a restart:
             # drop its message and tell it to register again; stale results are never delivered
             self.stats["stale"] += 1
+            if ident.endswith(REPLY_SUFFIX):  # tell the engine's receiving socket
+                ident = ident[:-len(REPLY_SUFFIX)]
             self._send(self.sockets["engine"], [ident], protocol.UNREGISTER,
                        reason="this engine is not registered (declared dead?)")
             return
@@ -316,28 +723,43 @@ class Controller:
 
     def _register(self, ident, header):
         if ident in self._by_ident:
-            log.warning("engine %d registered twice; keeping its id", self._by_ident[ident])
+            # a repeated registration (its reply crossed a notice): answer it again, but
+            # the engine is known already, so nobody is told twice
             eid = self._by_ident[ident]
+            log.info("engine %d registered again; keeping its id", eid)
+            return self._send(self.sockets["engine"], [ident],
+                              protocol.reply_kind(protocol.REGISTER), parent=header["msg_id"],
+                              id=eid, heartbeat_period=self.heartbeat_period,
+                              heartbeat_liveness=self.heartbeat_liveness)
+        problem = _register_problem(header)
+        if problem:
+            self.stats["dropped"] += 1
+            log.warning("refused a registration: %s", problem)
+            return self._send(self.sockets["engine"], [ident], protocol.UNREGISTER,
+                              reason=f"registration refused: {problem}", fatal=True)
+        want = header.get("id")
+        if isinstance(want, int) and want >= 0 and want not in self.engines:
+            eid = want
         else:
-            want = header.get("id")
-            if isinstance(want, int) and want >= 0 and want not in self.engines:
-                eid = want
-            else:
-                while self._next_id in self.engines:
-                    self._next_id += 1
-                eid = self._next_id
-            self._next_id = max(self._next_id, eid + 1)
-            now = time.time()
-            self.engines[eid] = {
-                "id": eid, "ident": ident, "pid": header.get("pid"),
-                "host": header.get("host"), "python": header.get("python"),
-                "cloudpickle": header.get("cloudpickle"), "registered": now,
-                # a new engine has full liveness from its registration's beat
-                "last_beat": self._beat,
-                "properties": header.get("properties") or {},
-                "outstanding": set(), "completed": 0,
-            }
-            self._by_ident[ident] = eid
+            while self._next_id in self.engines:
+                self._next_id += 1
+            eid = self._next_id
+        self._next_id = max(self._next_id, eid + 1)
+        now = time.time()
+        self.engines[eid] = {
+            "id": eid, "ident": ident, "pid": header.get("pid"),
+            "host": header.get("host"), "python": header.get("python"),
+            "cloudpickle": header.get("cloudpickle"), "registered": now,
+            # a new engine has full liveness from its registration's beat
+            "last_beat": self._beat,
+            "properties": header.get("properties") or {},
+            "outstanding": set(), "completed": 0,
+        }
+        self._by_ident[ident] = eid
+        reply_ident = str(header.get("reply_ident") or "").encode()
+        if reply_ident:
+            self.engines[eid]["reply_ident"] = reply_ident
+            self._by_ident[reply_ident] = eid
         engine = self.engines[eid]
         self._send(self.sockets["engine"], [ident], protocol.reply_kind(protocol.REGISTER),
                    parent=header["msg_id"], id=eid, heartbeat_period=self.heartbeat_period,
@@ -352,6 +774,7 @@ class Controller:
     def _remove_engine(self, eid, died):
         engine = self.engines.pop(eid)
         self._by_ident.pop(engine["ident"], None)
+        self._by_ident.pop(engine.get("reply_ident"), None)
         now = time.time()
         what = "died" if died else "unregistered"
         for msg_id in list(engine["outstanding"]):
@@ -380,12 +803,20 @@ class Controller:
             return
         idents, header, parts = checked
         kind = header["kind"]
+        wire = frames[len(idents):]
+        if kind == protocol.CONNECT:
+            self._client_connected(header["session"], idents[0].bytes)
+        # a client sends from a send-only socket; its replies go to the socket it connected with
+        idents = [self._clients.get(header["session"]) or idents[0].bytes]
         if kind in _DIRECT:
-            return self._submit(idents[0], header, parts, frames[len(idents):])
+            return self._submit(idents[0], header, parts, wire)
         handler = self._client_handlers.get(kind)
         if handler is None:
             self.stats["dropped"] += 1
-            log.warning("unknown request kind %r from a client", kind)
+            self.stats["unknown_kind"] += 1
+            n = self.stats["unknown_kind"]
+            if n <= 10 or not n & (n - 1):   # not a log line per message of a flood
+                log.warning("unknown request kind %r from a client (%d so far)", kind, n)
             return self._reply(idents, header, status="error",
                                error=("ValueError", f"unknown request kind {kind!r}"))
         handler(self, idents, header, parts)
@@ -411,14 +842,22 @@ class Controller:
         msg_id = header["msg_id"]
         if msg_id in self.db:
             raise ValueError(f"duplicate msg_id {msg_id}")
-        rec = {"msg_id": msg_id, "kind": header["kind"], "client": client.bytes,
+        rec = {"msg_id": msg_id, "kind": header["kind"], "client": client,
                "engine": None, "lb": bool(header.get("lb")), "submitted": now,
                "started": None, "completed": None, "status": PENDING, "header": header,
                "wire": wire, "result_header": None, "result_parts": None,
                "attempts": [], "watchers": None}
         self.db.add(rec)
+        problem = _request_problem(header)
+        if problem:
+            self.stats["bad_request"] += 1
+            return self._fail(rec, "ValueError", f"request {msg_id} refused: {problem}")
         if rec["lb"]:
-            self._act(self.scheduler.submit(_task(header), now))
+            try:
+                task = _task(header)
+            except errors.InvalidDependency as e:
+                return self._fail(rec, "InvalidDependency", str(e))
+            self._act(self.scheduler.submit(task, now))
             return
         eid = header.get("engine")
         if eid not in self.engines:
@@ -443,17 +882,23 @@ class Controller:
         msg_id = header.get("parent")
         rec = self.db.get(msg_id)
         engine = self.engines[eid]
-        engine["outstanding"].discard(msg_id)
-        if rec is None or rec["status"] != PENDING or rec["engine"] != eid:
-            self.stats["stale"] += 1  # e.g. a result from an engine the task was moved away from
+        current = rec is not None and rec["status"] == PENDING and rec["engine"] == eid
+        if not current or header.get("attempt", 0) != len(rec["attempts"]):
+            # a result from an engine the task was moved away from, or from an earlier
+            # attempt on this same engine (declared dead, back, given the retry): a task
+            # gets one final state, never two
+            if not current:
+                engine["outstanding"].discard(msg_id)
+            self.stats["stale"] += 1
             return
+        engine["outstanding"].discard(msg_id)
         rec["result_header"] = header
         rec["result_parts"] = parts
         rec["started"] = header.get("started")
         status = header.get("status", ERROR)
+        engine["completed"] += 1   # direct and load-balanced, as queue_status reports it
         if not rec["lb"]:
             return self._finish(rec, status)
-        engine["completed"] += 1
         rec["attempts"].append({"engine": eid, "status": status, "started": header.get("started"),
                                 "completed": header.get("completed"), "ename": header.get("ename")})
         self._act(self.scheduler.finished(msg_id, eid, status, time.time()))
@@ -536,7 +981,9 @@ class Controller:
         per = {}
         for eid, e in self.engines.items():
             sched = status["engines"].get(eid, {})
-            per[eid] = {"queue": len(e["outstanding"]), "tasks": sched.get("queue", 0),
+            # as ipyparallel: queue = direct requests, tasks = load-balanced ones on it
+            tasks = sched.get("queue", 0)
+            per[eid] = {"queue": max(0, len(e["outstanding"]) - tasks), "tasks": tasks,
                         "completed": e["completed"]}
         targets = header.get("targets")
         if targets is not None:
@@ -547,19 +994,25 @@ class Controller:
                     unassigned=status["unassigned"], records=len(self.db), stats=stats)
 
     def _result_request(self, idents, header, parts):
-        pending, done, unknown = [], [], []
+        # status_only (rc.result_status): the lists only; no results sent, no watching
+        status_only = header.get("status_only", False)
+        pending, done, unknown, running = [], [], [], []
         for msg_id in header.get("msg_ids", ()):
             rec = self.db.get(msg_id)
             if rec is None:
                 unknown.append(msg_id)
             elif rec["status"] == PENDING:
                 pending.append(msg_id)
-                if rec["client"] != idents[0].bytes:
-                    rec["watchers"] = (rec["watchers"] or []) + [idents[0].bytes]
+                engine = self.engines.get(rec["engine"])
+                if engine is not None and msg_id in engine["outstanding"]:
+                    running.append(msg_id)  # sent to an engine (maybe queued behind another)
+                if rec["client"] != idents[0] and not status_only:
+                    rec["watchers"] = (rec["watchers"] or []) + [idents[0]]
             else:
                 done.append(msg_id)
-        self._reply(idents, header, status="ok", pending=pending, completed=done, unknown=unknown)
-        for msg_id in done:  # then the results themselves, as ordinary replies
+        self._reply(idents, header, status="ok", pending=pending, completed=done, unknown=unknown,
+                    running=running)
+        for msg_id in () if status_only else done:  # then the results, as ordinary replies
             rec = self.db.get(msg_id)
             rh = dict(rec["result_header"], date=time.time(), resent=True)
             self.sockets["client"].send_multipart(
@@ -614,6 +1067,46 @@ class Controller:
                                error=("EngineError", f"engine {eid} is not registered"))
         self._reply(idents, header, status="ok", properties=self.engines[eid]["properties"])
 
+    # ------------------------------------------------------------ resubmit, db_query
+
+    def _resubmit(self, idents, header, parts):
+        """Submit finished requests again under the new msg_ids the client chose (it
+        registered them before asking, so no result can arrive unexpected)."""
+        old, new = list(header.get("msg_ids") or ()), list(header.get("new_ids") or ())
+        problem = None
+        recs = [self.db.get(m) for m in old]
+        if len(new) != len(old) or len(set(new)) != len(new):
+            problem = ("ValueError", "resubmit needs one new distinct msg_id per msg_id")
+        for m, rec in zip(old, recs):
+            if problem:
+                break
+            if rec is None or not rec.get("wire"):
+                problem = ("KeyError", f"no record of {m} to resubmit: unknown or purged (a "
+                           "controller started with --db none keeps no finished requests)")
+            elif rec["status"] == PENDING:
+                problem = ("ValueError", f"task {m} is still pending; only finished tasks can "
+                           "be resubmitted (abort it first, or wait for it)")
+        for n in () if problem else new:
+            if n in self.db:
+                problem = ("ValueError", f"msg_id {n} is already in use")
+                break
+        if problem:
+            return self._reply(idents, header, status="error", error=problem)
+        for rec, n in zip(recs, new):
+            # the original request, under a new msg_id; its recovery was used or discarded
+            h = dict(rec["header"], msg_id=n, date=time.time(), resubmitted=rec["msg_id"])
+            h.pop("recovery", None)
+            h.pop("dormant", None)
+            self._submit(idents[0], h, (), self.session.resign(h, list(rec["wire"][3:])))
+        self._reply(idents, header, status="ok")
+
+    def _db_query(self, idents, header, parts):
+        try:
+            records = self.db.find_records(header.get("query") or {}, header.get("keys"))
+        except ValueError as e:
+            return self._reply(idents, header, status="error", error=("ValueError", str(e)))
+        self._reply(idents, header, status="ok", records=records)
+
     _client_handlers = {
         protocol.CONNECT: _connect,
         protocol.QUEUE_STATUS: _queue_status,
@@ -621,7 +1114,70 @@ class Controller:
         protocol.PURGE: _purge,
         protocol.ABORT: _abort,
         protocol.SHUTDOWN: _shutdown,
+        protocol.RESUBMIT: _resubmit,
+        protocol.DB_QUERY: _db_query,
     }
+
+
+# ---------------------------------------------------------------- header checks
+#
+# A header's signature proves who sent it, not that its fields make sense. A field of the
+# wrong type would fail deep in the scheduler, after a record was half made; these checks
+# turn it into an error result for that request (or a refused registration) instead.
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _ids_problem(name, value):
+    ids = value.get("ids") if isinstance(value, dict) else value
+    if not isinstance(ids, (list, tuple)) or not all(isinstance(i, str) for i in ids):
+        return f"`{name}` must be a list of msg_ids (or a Dependency), not {value!r:.80}"
+    if isinstance(value, dict) and not all(isinstance(value.get(k, True), bool)
+                                           for k in ("all", "success", "failure")):
+        return f"`{name}`'s all/success/failure must be True or False"
+    return None
+
+
+def _request_problem(header):
+    """What is wrong with a request's routing fields, or None."""
+    if not header.get("lb"):
+        if not _is_int(header.get("engine")):
+            return f"`engine` must be an engine id (int), not {header.get('engine')!r:.80}"
+        return None
+    targets = header.get("targets")
+    if targets is not None and not _is_int(targets) and not (
+            isinstance(targets, (list, tuple)) and all(_is_int(t) for t in targets)):
+        return f"`targets` must be None, an engine id or a list of them, not {targets!r:.80}"
+    for name in ("after", "follow"):
+        if header.get(name) is not None:
+            problem = _ids_problem(name, header[name])
+            if problem:
+                return problem
+    for name in ("timeout", "time_limit"):
+        if header.get(name) is not None and not _is_number(header[name]):
+            return f"`{name}` must be None or a number of seconds, not {header[name]!r:.80}"
+    retries = header.get("retries")
+    if retries is not None and not (_is_int(retries) and retries >= 0):
+        return f"`retries` must be a count (int >= 0), not {retries!r:.80}"
+    if header.get("recovery") is not None and not isinstance(header["recovery"], str):
+        return f"`recovery` must be None or a msg_id, not {header['recovery']!r:.80}"
+    return None
+
+
+def _register_problem(header):
+    """What is wrong with a registration's fields, or None."""
+    types = {"id": int, "pid": int, "host": str, "python": list, "cloudpickle": str,
+             "properties": dict, "reply_ident": str}
+    for name, kind in types.items():
+        value = header.get(name)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            return f"`{name}` must be {kind.__name__}, not {value!r:.80}"
+    return None
 
 
 def _task(header):
@@ -630,7 +1186,29 @@ def _task(header):
             "after": header.get("after"), "follow": header.get("follow"),
             "timeout": header.get("timeout"), "retries": header.get("retries") or 0,
             "recovery": header.get("recovery"), "dormant": bool(header.get("dormant")),
-            "depend": None}
+            "depend": _depend(header)}
+
+
+def _depend(header):
+    """A classic ``Task(depend=f)``: `f` comes pickled in the header (`depend`, a list of
+    frames) and is unpickled here, after the header's signature was checked: its sender
+    holds the cluster key, like any client that runs code on the engines. The scheduler
+    calls it with each engine's properties, in this process, so it must be quick."""
+    frames = header.get("depend")
+    if frames is None:
+        return None
+    try:
+        f = protocol.deserialize(frames)
+    except Exception as e:
+        raise errors.InvalidDependency(
+            f"task {header['msg_id']}: the controller could not unpickle its depend function "
+            f"({type(e).__name__}: {e}); define it without modules the controller's Python "
+            "lacks") from None
+    if not callable(f):
+        raise errors.InvalidDependency(
+            f"task {header['msg_id']}: depend must be a function of the engine's properties, "
+            f"not {type(f).__name__}")
+    return f
 
 
 def _load_json(path):
@@ -638,6 +1216,23 @@ def _load_json(path):
 
     with open(path) as f:
         return json.load(f)
+
+
+CURVE_FILE = "minipar-curve.json"   # the controller's own Curve key pair, 0600, for --reuse
+
+
+def _curve_keys(path, reuse):
+    """The controller's CurveZMQ key pair, kept in `path` (owner-only, like the connection
+    files) so that a controller restarted with --reuse keeps the key everyone knows."""
+    if not zmq.has("curve"):
+        raise errors.MiniparError("--curve needs a libzmq built with CurveZMQ (libsodium), "
+                                  "and this pyzmq's has none: install pyzmq's wheel")
+    if reuse and os.path.exists(path):
+        keys = _load_json(path)
+        return keys["public"].encode(), keys["secret"].encode()
+    public, secret = zmq.curve_keypair()
+    protocol.write_connection_file(path, {"public": public.decode(), "secret": secret.decode()})
+    return public, secret
 
 
 class PortInUseError(errors.MiniparError, OSError):
@@ -705,7 +1300,15 @@ def main(argv=None):
     p.add_argument("--scheme", default="leastload",
                    choices=["leastload", "lru", "twobin", "weighted", "plainrandom"])
     p.add_argument("--hwm", type=int, default=2, help="outstanding tasks per engine (0: no limit)")
-    p.add_argument("--db", default="dict", choices=["dict", "none"])
+    p.add_argument("--db", default="dict", choices=["dict", "sqlite", "none"],
+                   help="where task records are kept: memory, PROFILE_DIR/tasks.db, or only "
+                        "while in flight")
+    p.add_argument("--curve", action="store_true",
+                   help="encrypt all traffic with CurveZMQ (for untrusted networks); the "
+                        "server key goes in the connection files")
+    p.add_argument("--max-message-size", type=int, default=protocol.MAX_MESSAGE_SIZE,
+                   help="largest message in bytes (all frames) that any process of the "
+                        "cluster accepts; larger ones are refused and counted")
     p.add_argument("--log-level", default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"))
     args = p.parse_args(argv)
     logging.basicConfig(level="DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level.upper(),
@@ -719,7 +1322,8 @@ def main(argv=None):
                    profile=args.profile, profile_dir=args.profile_dir, reuse=args.reuse,
                    heartbeat_period=args.heartbeat_period,
                    heartbeat_liveness=args.heartbeat_liveness, scheme=args.scheme,
-                   hwm=args.hwm, db=args.db)
+                   hwm=args.hwm, db=args.db, max_message_size=args.max_message_size,
+                   curve=args.curve)
 
     def stop(signum, frame):
         log.info("signal %d: stopping", signum)

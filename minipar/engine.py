@@ -12,10 +12,13 @@ Three threads, each owning its sockets::
 The main thread runs user code, so signals and KeyboardInterrupt reach it; the receiver
 interrupts it (SIGINT to the main thread) to abort a running task or to enforce a task's
 `time_limit`. Control messages (abort, interrupt, shutdown) overtake queued work.
+What a running request prints is collected by ``_Streamer`` and sent by the receiver
+as ``stream`` messages every STREAM_INTERVAL_S, so the client sees it as it happens.
 """
 
 import argparse
 import builtins
+import collections
 import io
 import linecache
 import logging
@@ -32,24 +35,57 @@ import uuid
 import cloudpickle
 import zmq
 
-from . import errors, protocol
+from . import dependency, errors, protocol
 
 log = logging.getLogger(__name__)
 
 REGISTRATION_TIMEOUT_S = 30.0   # how long to wait for the controller to answer registration
-# Controller silence (in its heartbeats) before the engine exits. Generous, because a
+# Controller silence (in its heartbeats) before the engine exits: how long it waits for a
+# lost controller to come back (it registers again when it does). Generous, because a
 # loaded machine can starve the receiver thread; 10..100 is reasonable.
 MAX_MISSED_HEARTBEATS = 30
+# How often a running task's new stdout/stderr is sent to its client. Lower is livelier,
+# higher sends fewer messages for chatty tasks; 0.05..1 is reasonable.
+STREAM_INTERVAL_S = 0.1
+STREAM_CHUNK_CHARS = 64 * 1024   # most text in one stream message (a larger one is split)
 
 _STOP = object()
+REPLY_SUFFIX = b".r"  # the identity of the main thread's reply socket: engine ident + this
 _MISSING = object()
 
 # The names every fresh namespace starts with.
 _NS_BASE = {"__name__": "__main__", "__builtins__": builtins}
 
+
+class _Properties(dict):
+    """A dict that notes its changes, so the engine can tell the controller after the
+    request that made them (the scheduler matches classic ``Task(depend=f)`` against
+    them). Only assignments to the dict itself are noticed, not changes inside a value."""
+
+    changed = False
+
+    def _changed(method):
+        def wrapper(self, *args, **kwargs):
+            self.changed = True
+            return method(self, *args, **kwargs)
+        wrapper.__name__ = method.__name__
+        return wrapper
+
+    __setitem__ = _changed(dict.__setitem__)
+    __delitem__ = _changed(dict.__delitem__)
+    __ior__ = _changed(dict.__ior__)
+    clear = _changed(dict.clear)
+    pop = _changed(dict.pop)
+    popitem = _changed(dict.popitem)
+    setdefault = _changed(dict.setdefault)
+    update = _changed(dict.update)
+    del _changed
+
+
 # The properties of this engine, readable and settable by code running on it
-# (`from minipar.engine import properties`); changes are sent to the controller.
-properties = {}
+# (`from minipar.engine import properties`); changes are sent to the controller after
+# each request. Values must be plain data (str, numbers, lists, dicts...) to reach it.
+properties = _Properties()
 
 
 class _Interrupt(BaseException):
@@ -57,20 +93,66 @@ class _Interrupt(BaseException):
 
 
 class _Capture(io.TextIOBase):
-    """A request's stdout or stderr: kept whole for the reply."""
+    """A request's stdout or stderr: kept whole for the reply, and handed to the
+    `streamer` (if any) so the client sees it while the request runs."""
 
-    def __init__(self):
+    def __init__(self, name="stdout", streamer=None):
+        self.name = name
         self.parts = []
+        self._streamer = streamer
 
     def writable(self):
         return True
 
     def write(self, s):
         self.parts.append(s)
+        if self._streamer is not None and s:
+            self._streamer.add(self.name, s)
         return len(s)
 
     def getvalue(self):
         return "".join(self.parts)
+
+
+class _Streamer:
+    """The running request's new output, collected from whatever thread prints it and
+    sent by the receiver thread as ``stream`` messages every STREAM_INTERVAL_S.
+
+    The receiver sends, not the printing thread: the main thread is busy in user code
+    (a task that prints, then computes for a minute, still shows its line), and other
+    threads may print too. The final reply carries the whole output anyway, so text
+    still pending when the request ends is dropped, not sent after the reply.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.parent = None      # msg_id of the request whose output this is
+        self._pending = []      # [(name, text)] not yet sent
+
+    def start(self, parent):
+        with self._lock:
+            self.parent, self._pending = parent, []
+
+    def stop(self):
+        with self._lock:
+            self.parent, self._pending = None, []
+
+    def add(self, name, text):
+        with self._lock:
+            if self.parent is not None:
+                self._pending.append((name, text))
+
+    def take(self):
+        """(parent, {name: text}) of the output not yet sent, or None."""
+        with self._lock:
+            if not self._pending:
+                return None
+            pending, self._pending = self._pending, []
+            parent = self.parent
+        texts = {}
+        for name, text in pending:
+            texts[name] = texts.get(name, "") + text
+        return parent, texts
 
 
 class Engine:
@@ -78,7 +160,9 @@ class Engine:
                  registration_timeout=REGISTRATION_TIMEOUT_S,
                  max_missed_heartbeats=MAX_MISSED_HEARTBEATS):
         self.info = info
-        self.session = protocol.Session(info["key"])
+        self.session = protocol.Session(info["key"], info.get("max_message_size",
+                                                              protocol.MAX_MESSAGE_SIZE))
+        self.stats = collections.Counter()  # requests run, messages dropped: see _stats
         self.ident = uuid.uuid4().hex.encode()
         self.id = None
         self.registration_timeout = registration_timeout
@@ -93,8 +177,14 @@ class Engine:
         self._aborted = set()       # msg_ids to refuse when they come up
         self._current = None        # (msg_id, deadline) of the running request
         self._interrupt = None      # (msg_id, reason) the next SIGINT is for
-        self._lock = threading.Lock()
+        self._sigints_sent = 0      # SIGINTs sent by _interrupt_main, not yet handled
+        # Re-entrant: the SIGINT handler takes it in the main thread, which may hold it
+        # already (the signal lands between any two bytecodes); a Lock would deadlock.
+        self._lock = threading.RLock()
         self._stopping = False
+        self._streamer = _Streamer()
+        self._registering = None    # (msg_id, when) while registering again: receiver thread
+        self.exit_code = 0          # 1: it lost (or was refused by) the controller
 
     # ------------------------------------------------------------ start
 
@@ -108,11 +198,20 @@ class Engine:
         dealer = self.ctx.socket(zmq.DEALER)
         dealer.identity = self.ident
         dealer.linger = 1000
-        dealer.connect(protocol.url(self.info, "engine"))
+        # No ZMQ_MAXMSGSIZE here: on a connecting socket a frame over it ends the connection
+        # for good (libzmq does not reconnect after a protocol error). The controller
+        # forwards nothing over the cluster's limit, and Session.check refuses it anyway.
+        protocol.connect(dealer, self.info, "engine")
         outbox_in = self.ctx.socket(zmq.PULL)
         outbox_in.bind(self._outbox_addr)
-        self._outbox = self.ctx.socket(zmq.PUSH)   # owned by the main thread
+        self._outbox = self.ctx.socket(zmq.PUSH)   # main thread: tells the receiver to stop
         self._outbox.connect(self._outbox_addr)
+        # Replies leave from the main thread on a socket of its own (the controller knows
+        # it as this engine's too): no hand-off to the receiver thread on the way out.
+        self._replies = self.ctx.socket(zmq.DEALER)
+        self._replies.identity = self.ident + REPLY_SUFFIX
+        self._replies.linger = 1000
+        protocol.connect(self._replies, self.info, "engine")
         self._start_heart()
         self.id, self.heartbeat_period = self._register(dealer)
         self._main_ident = threading.get_ident()
@@ -121,15 +220,16 @@ class Engine:
                              name="minipar-receiver", daemon=True)
         t.start()
         self._run_startup()
+        self._send_properties()
 
     def _start_heart(self):
         sub = self.ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.connect(protocol.url(self.info, "ping"))
+        protocol.connect(sub, self.info, "ping")
         pong = self.ctx.socket(zmq.DEALER)
         pong.identity = self.ident
         pong.linger = 0
-        pong.connect(protocol.url(self.info, "pong"))
+        protocol.connect(pong, self.info, "pong")
         capture = self.ctx.socket(zmq.PUB)
         capture.bind(f"inproc://heart-{id(self)}")
         self._pings = self.ctx.socket(zmq.SUB)   # owned by the receiver thread
@@ -151,32 +251,48 @@ class Engine:
         threading.Thread(target=heart, name="minipar-heart", daemon=True).start()
 
     def _register(self, dealer):
-        props = dict(properties)
+        """Register at start (main thread, before the receiver runs): (id, heartbeat)."""
         for var in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"):
             if var in os.environ:
-                props.setdefault("mpi_rank", int(os.environ[var]))
+                properties.setdefault("mpi_rank", int(os.environ[var]))
                 break
-        properties.update(props)
         want = os.environ.get("MINIPAR_ENGINE_ID")
-        _, frames = self.session.msg(
+        msg_id, frames = self._registration(int(want) if want else None)
+        dealer.send_multipart(frames)
+        deadline = time.monotonic() + self.registration_timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not dealer.poll(left * 1000):
+                raise errors.MiniparError(
+                    f"the controller at {protocol.url(self.info, 'engine')} did not answer "
+                    f"registration within {self.registration_timeout:.0f} s: is it running, "
+                    "and is this the right connection file?")
+            frames = dealer.recv_multipart()
+            if protocol.is_refusal(frames):
+                raise errors.MiniparError(
+                    f"the controller refused registration ({frames[2].decode()}): the key in "
+                    "the connection file does not match the controller's; use the file it wrote")
+            _, header, _ = self.session.check(frames)
+            if header["kind"] == protocol.UNREGISTER and header.get("fatal"):
+                raise errors.MiniparError(f"the controller refused this engine: "
+                                          f"{header.get('reason')}")
+            if header["kind"] == protocol.reply_kind(protocol.REGISTER) \
+                    and header.get("parent") == msg_id:
+                break
+            # else a notice that crossed the registration (the heart beat first): answered
+        log.info("registered as engine %d", header["id"])
+        return header["id"], header.get("heartbeat_period", 1.0)
+
+    def _registration(self, want):
+        """(msg_id, frames) of a REGISTER: who this engine is, and the id it asks for (the
+        one it had, when it registers again). Only plain properties can go in a header."""
+        props = {k: v for k, v in properties.items() if _plain(k) and _plain(v)}
+        header, frames = self.session.msg(
             protocol.REGISTER, uuid=self.ident.decode(), pid=os.getpid(),
             host=socket.gethostname(), python=list(sys.version_info[:3]),
             cloudpickle=cloudpickle.__version__, properties=props,
-            id=int(want) if want else None)
-        dealer.send_multipart(frames)
-        if not dealer.poll(self.registration_timeout * 1000):
-            raise errors.MiniparError(
-                f"the controller at {protocol.url(self.info, 'engine')} did not answer "
-                f"registration within {self.registration_timeout:.0f} s: is it running, and "
-                "is this the right connection file?")
-        frames = dealer.recv_multipart()
-        if protocol.is_refusal(frames):
-            raise errors.MiniparError(
-                f"the controller refused registration ({frames[2].decode()}): the key in the "
-                "connection file does not match the controller's; use the file it wrote")
-        _, header, _ = self.session.check(frames)
-        log.info("registered as engine %d", header["id"])
-        return header["id"], header.get("heartbeat_period", 1.0)
+            reply_ident=(self.ident + REPLY_SUFFIX).decode(), id=want)
+        return header["msg_id"], frames
 
     def _run_startup(self):
         if self.startup_script:
@@ -190,46 +306,73 @@ class Engine:
 
     def _receiver(self, dealer, outbox_in):
         # executes in the receiver thread: owns dealer, outbox_in and self._pings
+        self._dealer = dealer
         poller = zmq.Poller()
         poller.register(dealer, zmq.POLLIN)
         poller.register(outbox_in, zmq.POLLIN)
         poller.register(self._pings, zmq.POLLIN)
         last_ping = time.monotonic()
         silence = self.heartbeat_period * self.max_missed_heartbeats
+        next_stream = 0.0
         while True:
             timeout = self.heartbeat_period
             cur = self._current
             if cur is not None and cur[1] is not None:
                 timeout = min(timeout, max(0.0, cur[1] - time.monotonic()))
+            if self._streamer.parent is not None:
+                timeout = min(timeout, STREAM_INTERVAL_S)
             events = dict(poller.poll(timeout * 1000))
             now = time.monotonic()
             if self._pings in events:
                 while self._pings.poll(0):
                     self._pings.recv_multipart()
                 last_ping = now
-            if outbox_in in events:
-                for _ in range(256):
-                    try:
-                        frames = outbox_in.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    if frames[0].bytes == b"":  # the main thread's stop marker
-                        return self._close(dealer, outbox_in)
-                    dealer.send_multipart(frames, copy=False)
+            if outbox_in in events:  # the main thread's stop marker
+                return self._close(dealer, outbox_in)
             if dealer in events:
                 for _ in range(256):
                     try:
                         frames = dealer.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self._on_message(frames)
+                    try:
+                        self._on_message(frames)
+                    except Exception as e:  # a bad message must never stop the receiver
+                        self._dropped(f"could not be handled: {type(e).__name__}: {e}")
+            if now >= next_stream:
+                next_stream = now + STREAM_INTERVAL_S
+                self._send_stream(dealer)
             cur = self._current
             if cur is not None and cur[1] is not None and now >= cur[1]:
                 self._interrupt_main(cur[0], "timeout")
             if now - last_ping > silence and not self._stopping:
                 log.error("the controller has been silent for %d heartbeats: exiting",
                           self.max_missed_heartbeats)
+                self.exit_code = 1
                 self._stop()
+            reg = self._registering
+            if reg is not None and now - reg[1] > self.registration_timeout \
+                    and not self._stopping:
+                log.error("the controller did not answer this engine's registration within "
+                          "%.0f s: exiting", self.registration_timeout)
+                self.exit_code = 1
+                self._stop()
+
+    def _send_stream(self, dealer):
+        # executes in the receiver thread: the running request's new output, one
+        # message per stream; the controller forwards it to the submitting client
+        taken = self._streamer.take()
+        if taken is None:
+            return
+        parent, texts = taken
+        # well under the cluster's max_message_size, which would cost the engine its
+        # connection (a character is at most 4 bytes in UTF-8)
+        size = max(1, min(STREAM_CHUNK_CHARS, self.session.max_message_size // 8))
+        for name, text in texts.items():
+            for i in range(0, len(text), size):
+                _, frames = self.session.msg(protocol.STREAM, parent=parent, engine=self.id,
+                                             name=name, text=text[i:i + size])
+                dealer.send_multipart(frames)
 
     def _on_message(self, frames):
         # executes in the receiver thread
@@ -239,8 +382,7 @@ class Engine:
         try:
             _, header, parts = self.session.check(frames)
         except Exception as e:
-            log.warning("dropped a message from the controller: %s", e)
-            return
+            return self._dropped(e)  # counted by the session, under its reason
         kind = header["kind"]
         if kind == protocol.ABORT:
             for msg_id in header.get("msg_ids", ()):
@@ -256,14 +398,77 @@ class Engine:
             log.info("shutdown requested")
             self._stop()
         elif kind == protocol.UNREGISTER:
-            log.error("the controller unregistered this engine (%s): exiting",
-                      header.get("reason"))
-            cur = self._current
-            if cur is not None:
-                self._interrupt_main(cur[0], "abort")
-            self._stop()
+            self._on_unregister(header)
+        elif kind == protocol.reply_kind(protocol.REGISTER):
+            self._on_registered(header)
         else:
             self._work.put((header, parts))
+
+    # -- registering again: the controller declared this engine dead (it was frozen, or
+    # its heartbeats were lost) or restarted without knowing it. Its heart tells us: the
+    # controller answers a beat from a heart it does not know with an `unregister` notice.
+
+    def _on_unregister(self, header):
+        # executes in the receiver thread
+        reason = header.get("reason")
+        if self._stopping:
+            return
+        if header.get("fatal"):
+            log.error("the controller refused this engine (%s): exiting", reason)
+            self._abort_current()
+            self.exit_code = 1
+            return self._stop()
+        if self._registering is not None:
+            # sent before the controller saw our registration; all such notices arrive
+            # before its answer (one connection, in order), so this one is answered
+            return
+        log.warning("the controller does not know this engine (%s): registering again as "
+                    "engine %s", reason, self.id)
+        self.stats["registered_again"] += 1
+        # The controller moved (or failed) everything it had sent here: drop the queued
+        # requests and stop the running one. Their results would be refused as stale.
+        self._drop_queued()
+        self._abort_current()
+        msg_id, frames = self._registration(self.id)
+        self._registering = (msg_id, time.monotonic())
+        self._dealer.send_multipart(frames)
+
+    def _on_registered(self, header):
+        # executes in the receiver thread
+        reg = self._registering
+        eid = header.get("id")
+        if reg is None or header.get("parent") != reg[0] or not isinstance(eid, int):
+            return self._dropped("an answer to no registration of ours")
+        if eid != self.id:
+            log.warning("registered again with id %d (engine %s is taken)", eid, self.id)
+        else:
+            log.info("registered again as engine %d", eid)
+        self.id = eid
+        self._registering = None
+
+    def _abort_current(self):
+        cur = self._current
+        if cur is not None:
+            self._interrupt_main(cur[0], "abort")
+
+    def _drop_queued(self):
+        stop = False
+        while True:
+            try:
+                item = self._work.get_nowait()
+            except queue.Empty:
+                break
+            stop = stop or item is _STOP
+        if stop:
+            self._work.put(_STOP)
+
+    def _dropped(self, why):
+        # executes in the receiver thread: log the first few, then at powers of two, so
+        # a flood of bad messages cannot flood the log as well
+        self.stats["dropped"] += 1
+        n = self.stats["dropped"]
+        if n <= 10 or not n & (n - 1):
+            log.warning("dropped a message from the controller: %s (%d dropped so far)", why, n)
 
     def _interrupt_main(self, msg_id, reason):
         # executes in the receiver thread
@@ -271,6 +476,7 @@ class Engine:
             if self._interrupt is not None:
                 return
             self._interrupt = (msg_id, reason)
+            self._sigints_sent += 1
         signal.pthread_kill(self._main_ident, signal.SIGINT)
 
     def _stop(self):
@@ -291,8 +497,12 @@ class Engine:
         # executes in the main thread, between bytecodes of whatever runs
         with self._lock:
             target, self._interrupt = self._interrupt, None
+            ours = self._sigints_sent > 0
+            self._sigints_sent -= ours
         cur = self._current
         if target is None:
+            if ours:   # sent for a request that ended before the signal landed: nothing to do
+                return
             raise KeyboardInterrupt
         if cur is not None and cur[0] == target[0]:
             raise _Interrupt(target[1])
@@ -310,18 +520,21 @@ class Engine:
                 continue
             self._run(header, parts)
         self._send(protocol.UNREGISTER)
+        self._replies.close(linger=1000)
         self._outbox.send(b"")
         self._outbox.close(linger=1000)
 
     def _run(self, header, parts):
         msg_id = header["msg_id"]
+        self.stats["requests"] += 1
         if msg_id in self._aborted:
             self._aborted.discard(msg_id)
             return self._reply_error(header, errors.TaskAborted(
                 "aborted before it started"), status="aborted", started=time.time())
         limit = header.get("time_limit")
         handler = self._handlers.get(header["kind"])
-        out, err = _Capture(), _Capture()
+        self._streamer.start(msg_id)
+        out, err = _Capture("stdout", self._streamer), _Capture("stderr", self._streamer)
         started = time.time()
         status = "ok"
         result = None
@@ -332,9 +545,13 @@ class Engine:
             try:
                 if handler is None:
                     raise ValueError(f"unknown request kind {header['kind']!r}")
+                if header.get("clear_before"):  # classic Task(clear_before=True)
+                    self._clear(header, parts)
                 result = handler(self, header, parts)
             finally:
                 self._current = None
+                if header.get("clear_after"):
+                    self._clear(header, parts)
         except _Interrupt as e:
             reason = e.args[0]
             if reason == "timeout":
@@ -351,8 +568,11 @@ class Engine:
             status, result = "error", e
         finally:
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+            self._streamer.stop()  # the reply carries the whole output
             with self._lock:
                 self._interrupt = None
+        if properties.changed:  # before the reply: the controller knows them when it arrives
+            self._send_properties()
         completed = time.time()
         meta = {"started": started, "completed": completed, "stdout": out.getvalue(),
                 "stderr": err.getvalue(), "execution_count": self.execution_count}
@@ -375,18 +595,42 @@ class Engine:
                          ename=remote.ename, evalue=remote.evalue, **meta)
 
     def _send_reply(self, header, status, parts, **fields):
-        self._send(protocol.reply_kind(header["kind"]), parts, parent=header["msg_id"],
-                   status=status, engine=self.id, **fields)
+        kind = protocol.reply_kind(header["kind"])
+        # `attempt` tells the controller which try of a retried task this answers
+        fields.update(parent=header["msg_id"], status=status, engine=self.id,
+                      attempt=header.get("attempt", 0))
+        _, frames = self.session.msg(kind, parts, **fields)
+        size = protocol.message_size(frames)
+        if size > self.session.max_message_size:
+            # the controller would refuse it and the request would never end: say why instead
+            self.stats["oversized_replies"] += 1
+            exc = errors.SerializationError(
+                f"the reply to {header['msg_id']} is {size} bytes, above the cluster's "
+                f"max_message_size of {self.session.max_message_size}: return (or print) "
+                "less, e.g. save large results to a file, or raise --max-message-size")
+            remote = errors.wrap(exc, {"engine_id": self.id, "msg_id": header["msg_id"],
+                                       "kind": header["kind"]})
+            for name in ("stdout", "stderr"):   # keep the tail of what it printed
+                fields[name] = (fields.get(name) or "")[-10_000:]
+            fields.update(status="error", ename=remote.ename, evalue=remote.evalue)
+            _, frames = self.session.msg(kind, protocol.serialize(remote), **fields)
+        self._replies.send_multipart(frames, copy=False)
 
     def _send(self, kind, parts=(), **fields):
-        # executes in the main thread: its own PUSH socket, drained by the receiver
+        # executes in the main thread, on its own socket
         _, frames = self.session.msg(kind, parts, **fields)
-        self._outbox.send_multipart(frames, copy=False)
+        self._replies.send_multipart(frames, copy=False)
 
     # ------------------------------------------------------------ request kinds
 
     def _apply(self, header, parts):
-        f, (args, kwargs) = protocol.deserialize_many(parts, header["counts"])
+        try:
+            f, (args, kwargs) = protocol.deserialize_many(parts, header["counts"])
+        except ImportError as e:
+            if header.get("dependent"):  # @require/@depend: what it needs is missing here
+                raise errors.UnmetDependency(f"the task cannot be unpickled on this engine: "
+                                             f"{type(e).__name__}: {e}") from None
+            raise
         f = self._bind(f)
         if header.get("map"):  # a chunk of a map: f element-wise over the sequences
             return list(map(f, *args))
@@ -399,6 +643,8 @@ class Engine:
         are added where the namespace lacks them, and refreshed on later calls as long
         as nothing on the engine (a push, executed code) has replaced them since.
         """
+        if isinstance(f, dependency.dependent):  # @require/@depend: bind what it wraps
+            return f._rebind(self._bind)
         if not (isinstance(f, types.FunctionType) and f.__module__ == "__main__"
                 and f.__globals__ is not self.user_ns):
             return f
@@ -457,11 +703,27 @@ class Engine:
         elif op == "has":
             return [k in properties for k in keys]
         if op in ("set", "del", "clear"):
-            self._send(protocol.PROPERTIES + "_update", properties=dict(properties))
-            return None
+            return None  # _run sends the change to the controller
         return {k: properties[k] for k in keys} if keys else dict(properties)
 
+    def _send_properties(self):
+        """Send the properties to the controller (for the scheduler's depend functions).
+        A header holds plain data only, so other values stay on the engine."""
+        properties.changed = False
+        plain = {k: v for k, v in properties.items() if _plain(k) and _plain(v)}
+        if len(plain) < len(properties):
+            log.warning("properties %s are not plain data (str, numbers, lists, dicts): "
+                        "kept on the engine, not sent to the controller",
+                        sorted(map(repr, properties.keys() - plain.keys())))
+        self._send(protocol.PROPERTIES + "_update", properties=plain)
+
+    def _stats(self, header, parts):
+        """This engine's counters: requests run, messages dropped (with reasons)."""
+        return {"engine_id": self.id, "pid": os.getpid(), **self.stats,
+                "dropped_reasons": dict(self.session.dropped)}
+
     _handlers = {
+        protocol.STATS: _stats,
         protocol.APPLY: _apply,
         protocol.EXECUTE: _execute,
         protocol.PUSH: _push,
@@ -470,6 +732,17 @@ class Engine:
         protocol.CLEAR: _clear,
         protocol.PROPERTIES: _properties,
     }
+
+
+def _plain(value):
+    """Whether `value` is plain data, which a header may carry."""
+    if type(value) in (type(None), str, bytes, bool, int, float):
+        return True
+    if type(value) in (list, tuple):
+        return all(_plain(v) for v in value)
+    if type(value) is dict:
+        return all(_plain(k) and _plain(v) for k, v in value.items())
+    return False
 
 
 def main(argv=None):
@@ -485,7 +758,8 @@ def main(argv=None):
     p.add_argument("--timeout", type=float, default=REGISTRATION_TIMEOUT_S,
                    help="seconds to wait for the controller at registration")
     p.add_argument("--max-missed-heartbeats", type=int, default=MAX_MISSED_HEARTBEATS,
-                   help="exit after the controller is silent this many heartbeats")
+                   help="how long (in the controller's heartbeats) to wait for a controller "
+                        "that went silent to come back (then register again) before exiting")
     p.add_argument("--log-level", default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"))
     args = p.parse_args(argv)
     logging.basicConfig(level="DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level.upper(),
@@ -505,8 +779,12 @@ def main(argv=None):
         engine.serve()
     except KeyboardInterrupt:
         log.info("interrupted: exiting")
-    return 0
+    return engine.exit_code
 
 
 if __name__ == "__main__":
+    # user code's `from minipar.engine import properties` must find this module, not
+    # import a second copy with a properties dict nobody sends
+    if __spec__ is not None:
+        sys.modules.setdefault(__spec__.name, sys.modules[__name__])
     sys.exit(main())

@@ -82,6 +82,14 @@ BATCH_POLL_INTERVAL_S = 1.0
 
 CLUSTER_FILE = "cluster-{cluster_id}.json"
 
+# Engine sets may restart engines that fail: restart=None (never) or "on_failure" (an
+# exit code other than 0, or a signal). After RESTART_FAILED_STARTS engines in a row
+# ended before registering, each restart waits twice as long as the last, up to
+# RESTART_MAX_DELAY_S: a crash loop costs little. 3..10 and 5..60 s are reasonable.
+RESTART_POLICIES = (None, "never", "on_failure")
+RESTART_FAILED_STARTS = 3
+RESTART_MAX_DELAY_S = 30.0
+
 
 class LauncherError(MiniparError):
     """A launcher could not start, signal or stop what it manages."""
@@ -523,14 +531,25 @@ class EngineSetLauncher(EngineLauncher):
     """Engines as child launchers, one per engine, started and stopped together.
 
     Subclasses implement ``start(n)``, filling ``self._children``; the set has stopped
-    when its last child has.
+    when its last child has. With ``restart="on_failure"`` an engine that exits with an
+    error or is killed by a signal is replaced at once (see ``_restart``), so the set
+    keeps its size through crashes; sets that can make a new child implement
+    ``_new_child()``.
     """
 
-    _state = ("launchers",)
+    _options = ("restart",)
+    _state = ("launchers", "restarts")
 
-    def __init__(self, **kwargs):
+    def __init__(self, restart=None, **kwargs):
         super().__init__(**kwargs)
+        if restart not in RESTART_POLICIES:
+            raise ValueError(f"restart={restart!r}: use one of {RESTART_POLICIES}")
+        self.restart = restart
+        self.restarts = 0
         self._children = []
+        self._stopping = False          # set by stop(): from then on nothing is restarted
+        self._restart_lock = threading.Lock()
+        self._failed_starts = 0         # engines in a row that ended before registering
 
     @property
     def launchers(self):
@@ -553,13 +572,62 @@ class EngineSetLauncher(EngineLauncher):
     def _stop_data(self):
         return {"exit_codes": [(c.stop_data or {}).get("exit_code") for c in self._children]}
 
-    def _watch_children(self):
+    def _watch_children(self, children=None):
         # notify_stop is idempotent, so the last child to stop may call it more than once
-        def one_stopped(_data):
+        def one_stopped(child, data):
+            if self._should_restart(data):
+                self._restart(child, data)
             if all(c.state == AFTER for c in self._children):
                 self.notify_stop(self._stop_data())
-        for c in self._children:
-            c.on_stop(one_stopped)
+        for c in (self._children if children is None else children):
+            c.on_stop(lambda data, c=c: one_stopped(c, data))
+
+    # -- restarting engines that fail (restart="on_failure")
+
+    def _should_restart(self, data):
+        code = (data or {}).get("exit_code")
+        # None: the exit code is unknown (not our child); 0: it was told to stop
+        return self.restart == "on_failure" and code not in (None, 0) and not self._stopping
+
+    def _new_child(self):
+        """A new, not yet started, child launcher like the others (for restarts)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot restart engines")
+
+    def _restart(self, old, data):
+        # executes in the watcher thread of the engine that ended
+        # An engine that ended before it registered (its log says so when it does) failed
+        # to start: a bad startup script, a wrong connection file. Those are restarted
+        # ever more slowly, not in a tight loop; an engine that died at work (a task
+        # that crashed it, a kill) is replaced at once.
+        registered = "registered as engine" in old.get_output()
+        self._failed_starts = 0 if registered else self._failed_starts + 1
+        delay = min(RESTART_MAX_DELAY_S, 0.1 * 2 ** self._failed_starts) \
+            if self._failed_starts > RESTART_FAILED_STARTS else 0.0
+        if delay and self._stopped_or_wait(delay):
+            return
+        with self._restart_lock:   # stop() takes it too: no engine starts behind its back
+            if self._stopping:
+                return
+            try:
+                new = self._new_child()
+                new.start()
+            except Exception as e:
+                log.error("engine pid %s ended (%s) and could not be restarted: %s",
+                          getattr(old, "pid", "?"), data, e)
+                return
+            self._children.append(new)
+            self.restarts += 1
+        log.warning("engine pid %s ended (%s): restarted as pid %s (%d restarts)",
+                    getattr(old, "pid", "?"), data, getattr(new, "pid", "?"), self.restarts)
+        self._watch_children([new])
+
+    def _stopped_or_wait(self, delay):
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline:
+            if self._stopping:
+                return True
+            time.sleep(min(0.1, deadline - time.monotonic()))
+        return self._stopping
 
     def pids(self):
         return [p for c in self._children for p in c.pids()]
@@ -579,6 +647,8 @@ class EngineSetLauncher(EngineLauncher):
     def stop(self):
         if self.state == BEFORE:
             return None
+        with self._restart_lock:
+            self._stopping = True
         self._stop_children()
         if self.state != AFTER:
             self.notify_stop(self._stop_data())
@@ -593,6 +663,9 @@ class LocalEngineSetLauncher(EngineSetLauncher):
     """n engines as local subprocesses."""
 
     kind = "local"
+
+    def _new_child(self):
+        return LocalEngineLauncher(**{k: getattr(self, k) for k in BaseLauncher._names("_options")})
 
     def start(self, n=None):
         self._check_state(BEFORE, "start")
@@ -1419,7 +1492,7 @@ class Cluster:
     def __init__(self, n=None, engines="local", controller="local", profile=None,
                  profile_dir=None, cluster_id=None, controller_args=(), engine_args=(),
                  timeout=START_TIMEOUT_S, controller_options=None, engine_options=None,
-                 shutdown_atexit=True):
+                 shutdown_atexit=True, restart_engines=None):
         self.cluster_id = cluster_id if cluster_id is not None else _unique_id()
         self._owns_profile_dir = profile is None and profile_dir is None
         if self._owns_profile_dir:
@@ -1434,6 +1507,11 @@ class Cluster:
         self.controller_options = dict(controller_options or {})
         self.engine_options = dict(engine_options or {})
         self.shutdown_atexit = shutdown_atexit
+        # "on_failure": engine sets replace engines that crash (EngineSetLauncher._restart)
+        if restart_engines not in RESTART_POLICIES:
+            raise ValueError(f"restart_engines={restart_engines!r}: use one of "
+                             f"{RESTART_POLICIES}")
+        self.restart_engines = restart_engines
         self.controller = None
         self.engines = {}  # engine set id -> launcher
         self._clients = []
@@ -1470,7 +1548,8 @@ class Cluster:
                             "controller_args": self.controller_args,
                             "engine_args": self.engine_args, "timeout": self.timeout,
                             "controller_options": self.controller_options,
-                            "engine_options": self.engine_options},
+                            "engine_options": self.engine_options,
+                            "restart_engines": self.restart_engines},
                 "controller": self.controller.to_dict() if self.controller else None,
                 "engines": {k: v.to_dict() for k, v in self.engines.items()}}
 
@@ -1494,7 +1573,8 @@ class Cluster:
                    profile_dir=c["profile_dir"], cluster_id=c["cluster_id"],
                    controller_args=c["controller_args"], engine_args=c["engine_args"],
                    timeout=c["timeout"], controller_options=c["controller_options"],
-                   engine_options=c["engine_options"], shutdown_atexit=False)
+                   engine_options=c["engine_options"], shutdown_atexit=False,
+                   restart_engines=c.get("restart_engines"))
         self._owns_profile_dir = c["owns_profile_dir"]
         if d["controller"]:
             try:
@@ -1573,6 +1653,8 @@ class Cluster:
         n = n if n is not None else self.n
         cls = find_launcher_class(engines or self.engine_kind, "engine")
         opts = self.engine_options if engines is None else {}
+        if self.restart_engines and issubclass(cls, EngineSetLauncher):
+            options.setdefault("restart", self.restart_engines)
         launcher = cls(profile_dir=self.profile_dir, cluster_id=self.cluster_id,
                        program_args=self.engine_args, **{**opts, **options})
         set_id = _unique_id()

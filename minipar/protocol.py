@@ -53,7 +53,10 @@ BUFFER_THRESHOLD = 64 * 1024
 # 100 bytes; 2**16 is a few MB and covers far more than any message's time in flight.
 REPLAY_HISTORY = 2**16
 
-# Largest message accepted by default (bytes); zmq enforces it as ZMQ_MAXMSGSIZE per frame.
+# Largest message accepted by default (bytes), all frames together. Receivers drop larger
+# ones (``Session.check``) and zmq disconnects a peer sending a larger single frame
+# (ZMQ_MAXMSGSIZE); senders refuse to send them (``check_size``). The controller's
+# --max-message-size sets it for the whole cluster through the connection files.
 MAX_MESSAGE_SIZE = 2**31
 
 # Message kinds. A request `x` is answered by `x_reply`.
@@ -76,6 +79,7 @@ PURGE = "purge"
 RESUBMIT = "resubmit"
 DB_QUERY = "db_query"
 STREAM = "stream"                # stdout/stderr of a running task, sent while it runs
+STATS = "stats"                  # an engine's counters (messages dropped, requests run)
 # notifications, published by the controller
 ENGINE_REGISTERED = "engine_registered"
 ENGINE_UNREGISTERED = "engine_unregistered"
@@ -105,8 +109,9 @@ def pack_header(header):
 
 def unpack_header(data):
     header = _PlainUnpickler(io.BytesIO(data)).load()
-    if not isinstance(header, dict) or "kind" not in header or "msg_id" not in header:
-        raise ValueError("a header must be a dict with `kind` and `msg_id`")
+    if not isinstance(header, dict) or not isinstance(header.get("kind"), str) \
+            or not isinstance(header.get("msg_id"), str):
+        raise ValueError("a header must be a dict with `kind` and `msg_id` strings")
     return header
 
 
@@ -170,8 +175,20 @@ class Session:
         """Verify a received message. Returns (idents, header, parts) or raises ValueError.
 
         Only the header is verified here (cheap, what a router needs); a receiver that
-        will unpickle the parts calls ``check_body`` as well.
+        will unpickle the parts calls ``check_body`` as well. A refused message is counted
+        in ``dropped`` under one of DROP_REASONS.
         """
+        try:
+            return self._check(frames, replay)
+        except Exception as e:
+            self.dropped[drop_reason(e)] += 1
+            raise
+
+    def _check(self, frames, replay):
+        size = message_size(frames)
+        if size > self.max_message_size:
+            raise ValueError(f"too large: {size} bytes, above max_message_size "
+                             f"{self.max_message_size}")
         idents, sig, hb, parts = self.split(frames)
         sig, hb = _bytes(sig), _bytes(hb)
         if not hmac.compare_digest(sig, self.sign(hb)):
@@ -188,7 +205,41 @@ class Session:
 
     def check_body(self, header, parts):
         if header.get("body", "") != (body_digest(parts) if parts else ""):
+            self.dropped["bad digest"] += 1
             raise ValueError("message parts do not match the signed digest")
+
+
+# ---------------------------------------------------------------- refusals and limits
+
+# Why a receiver dropped a message: a fixed set, so counters stay small whatever arrives.
+DROP_REASONS = ("malformed", "too large", "bad signature", "replayed", "bad header",
+                "bad digest")
+
+
+def drop_reason(exc):
+    """The DROP_REASONS entry for an exception raised by ``Session.check``."""
+    text = str(exc)
+    for reason in ("too large", "bad signature", "replayed"):
+        if text.startswith(reason):
+            return reason
+    if isinstance(exc, ValueError) and ("delimiter" in text or "too short" in text):
+        return "malformed"
+    return "bad header"   # the signature was good but the header is not plain data
+
+
+def message_size(frames):
+    return sum(len(f) for f in frames)
+
+
+def check_size(frames, limit, what):
+    """Raise SerializationError if a message we are about to send is above `limit`:
+    better a clear error at the sender than a peer that drops it (or is disconnected)."""
+    size = message_size(frames)
+    if size > limit:
+        raise SerializationError(
+            f"{what} is {size} bytes, above the cluster's max_message_size of {limit}: send "
+            "less per message (split the data, or scatter it), or start the controller "
+            "with a larger --max-message-size")
 
 
 def _bytes(frame):
@@ -363,3 +414,25 @@ def _alive(pid):
 
 def url(info, name):
     return f"{info.get('transport', 'tcp')}://{info['location']}:{info['ports'][name]}"
+
+
+# ---------------------------------------------------------------- CurveZMQ
+
+def connect(sock, info, name):
+    """Connect `sock` to the controller's socket `name`, encrypted with CurveZMQ when the
+    controller asks for it (started with --curve: its files hold `curve_serverkey`).
+
+    Each socket gets a fresh key pair of its own: the controller does not authenticate
+    Curve keys (the cluster key does that, in every message's signature), so Curve
+    only makes the traffic unreadable and untamperable on an untrusted network.
+    """
+    server_key = info.get("curve_serverkey")
+    if server_key:
+        import zmq
+
+        public, secret = zmq.curve_keypair()
+        sock.curve_serverkey = server_key.encode()
+        sock.curve_publickey = public
+        sock.curve_secretkey = secret
+    sock.connect(url(info, name))
+    return sock

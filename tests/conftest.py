@@ -20,6 +20,7 @@ import minipar  # noqa: E402
 from minipar import protocol  # noqa: E402
 
 HEARTBEAT_S = 0.2
+HEARTBEAT_LIVENESS = 10  # 2 s of silence: quick to notice a death, patient with a loaded CI box
 START_TIMEOUT_S = 30
 
 
@@ -40,7 +41,8 @@ class LocalCluster:
         self.clients = []
         self.controller = self._spawn(
             "controller", ["--profile-dir", self.profile_dir, "--heartbeat-period",
-                           str(HEARTBEAT_S), *controller_args])
+                           str(HEARTBEAT_S), "--heartbeat-liveness", str(HEARTBEAT_LIVENESS),
+                           *controller_args])
         self.client_file = os.path.join(self.profile_dir, "security", protocol.CLIENT_FILE)
         self.engine_file = os.path.join(self.profile_dir, "security", protocol.ENGINE_FILE)
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -1,0 +1,221 @@
+"""Dependencies of load-balanced tasks: functional (where a task can run) and graph
+(when and where, relative to other tasks).
+
+Functional dependencies travel with the task's function and are checked on the engine,
+when the task starts::
+
+    client: lview.apply(dependent(f, df, ...))  ──▶ scheduler ──▶ engine: df(...) is False?
+                                                       ▲              │ raise UnmetDependency
+                                                       └── "unmet" ───┘ (reply status)
+
+An unmet task goes back to the scheduler, which tries an engine it has not tried yet, and
+fails it with ``ImpossibleDependency`` when none is left. ``@require`` and ``@depend`` are
+decorators that make a ``dependent``.
+
+Graph dependencies (``Dependency``) are checked by the scheduler, never on an engine: the
+client sends them in the task's header as a plain dict ``{"ids", "all", "success",
+"failure"}`` (``Dependency.as_dict``), which is the shape ``scheduler.py`` reads.
+
+This module imports only ``errors``: an engine unpickling a ``dependent`` imports it and
+nothing of the client's.
+"""
+
+import importlib
+import sys
+
+from .errors import UnmetDependency
+
+
+# ---------------------------------------------------------------- functional dependencies
+
+class dependent:
+    """`f` that runs only where ``df(*dargs, **dkwargs)`` does not return False.
+
+    Called on an engine: when the check returns False it raises ``UnmetDependency`` and
+    the scheduler sends the task to another engine; anything else (None included) lets
+    `f` run. A ``dependent`` pickles like its parts, so `f` and `df` may be functions
+    defined interactively; on the engine both see its namespace as their globals.
+    """
+
+    def __init__(self, f, df, *dargs, **dkwargs):
+        if not callable(f) or not callable(df):
+            raise TypeError("dependent(f, df, *args, **kwargs) takes two callables: the task "
+                            "and the function that checks whether it can run")
+        self.f = f
+        self.df = df
+        self.dargs = dargs
+        self.dkwargs = dkwargs
+        self.__name__ = getattr(f, "__name__", type(f).__name__)
+        self.__doc__ = getattr(f, "__doc__", None)
+
+    def __call__(self, *args, **kwargs):
+        if self.df(*self.dargs, **self.dkwargs) is False:
+            raise UnmetDependency(f"{self.__name__} cannot run on this engine: "
+                                  f"{_call_repr(self.df, self.dargs, self.dkwargs)} is False")
+        return self.f(*args, **kwargs)
+
+    def __repr__(self):
+        return f"<dependent {self.__name__} on {_call_repr(self.df, self.dargs, self.dkwargs)}>"
+
+    def _rebind(self, bind):
+        """A copy with `bind` applied to the task and the check (the engine's binding of
+        interactive functions to its namespace)."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__, f=bind(self.f), df=bind(self.df))
+        return new
+
+
+class _required(dependent):
+    """What ``@require`` makes: the names are imported where the task runs, or it is unmet."""
+
+    def __call__(self, *args, **kwargs):
+        _require(_globals_of(self.f), *self.dargs, **self.dkwargs)
+        return self.f(*args, **kwargs)
+
+    def __repr__(self):
+        return f"<require {', '.join(self.dargs + tuple(self.dkwargs))} for {self.__name__}>"
+
+
+def depend(f, *args, **kwargs):
+    """Decorator: the task runs only on engines where ``f(*args, **kwargs)`` is not False.
+
+    ::
+
+        @depend(platform_is, "linux")
+        def task(x): ...
+    """
+    def decorate(g):
+        return dependent(g, f, *args, **kwargs)
+    return decorate
+
+
+def require(*objects, **mapping):
+    """Decorator: the task runs only on engines that can import the named modules.
+
+    `objects` are module names (``"numpy"``, ``"os.path"``) or modules, and functions
+    or other named objects to define there. When the task runs, the modules are
+    imported into its namespace (a function defined interactively can use ``numpy``),
+    and `mapping` (name=object) is defined there too. An engine that cannot import one
+    of them answers "unmet", and the task is tried on another engine.
+    """
+    names = []
+    for obj in objects:
+        if isinstance(obj, type(sys)):
+            obj = obj.__name__
+        if isinstance(obj, str):
+            names.append(obj)
+        elif hasattr(obj, "__name__"):
+            mapping[obj.__name__] = obj
+        else:
+            raise TypeError(f"require takes module names, modules or named objects (functions, "
+                            f"classes), not {type(obj).__name__}")
+
+    def decorate(f):
+        return _required(f, _require, *names, **mapping)
+    return decorate
+
+
+def _require(ns, *names, **mapping):
+    """The check of ``@require``: import `names` into `ns`, define `mapping` there."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise UnmetDependency(f"module {name!r} cannot be imported on this engine "
+                                  f"({type(e).__name__}: {e})") from None
+        top = name.partition(".")[0]
+        ns[top] = sys.modules[top]
+    ns.update(mapping)
+    return True
+
+
+def _globals_of(f):
+    """The namespace `f` runs in: its globals (the engine's, for interactive functions)."""
+    while isinstance(f, dependent):   # stacked decorators
+        f = f.f
+    g = getattr(f, "__globals__", None)
+    return g if isinstance(g, dict) else {}
+
+
+def _call_repr(f, args, kwargs):
+    parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+    return f"{getattr(f, '__name__', repr(f))}({', '.join(parts)})"
+
+
+# ---------------------------------------------------------------- graph dependencies
+
+class Dependency(set):
+    """A set of task msg_ids, and how to read their outcomes (ipyparallel's shape).
+
+    ``all``: met when all of them are done (True) or any one (False). ``success`` /
+    ``failure``: whether a task that succeeded / failed counts as done. Pass it as a
+    task's ``after`` (when it may start) or ``follow`` (where: on the engine the tasks
+    ran). `ids` are msg_ids, AsyncResults or a mix.
+    """
+
+    def __init__(self, ids=(), all=True, success=True, failure=False):
+        if not (success or failure):
+            raise ValueError("a Dependency with success=False and failure=False can never be "
+                             "met; set one of them")
+        super().__init__(msg_ids(ids))
+        self.all = all
+        self.success = success
+        self.failure = failure
+
+    def check(self, completed, failed=()):
+        """Whether the dependency is met, given the ids that succeeded and that failed."""
+        if not self:
+            return True
+        done = self._counting(completed, failed)
+        return self <= done if self.all else not self.isdisjoint(done)
+
+    def unreachable(self, completed, failed=()):
+        """Whether it can never be met, given the ids that succeeded and that failed."""
+        if not self:
+            return False
+        against = set()
+        if not self.success:
+            against |= set(completed)
+        if not self.failure:
+            against |= set(failed)
+        return not self.isdisjoint(against) if self.all else self <= against
+
+    def _counting(self, completed, failed):
+        done = set()
+        if self.success:
+            done |= set(completed)
+        if self.failure:
+            done |= set(failed)
+        return done
+
+    def as_dict(self):
+        """The plain dict sent in a task's header (what the scheduler reads)."""
+        return {"ids": sorted(self), "all": self.all, "success": self.success,
+                "failure": self.failure}
+
+    def __repr__(self):
+        return (f"Dependency({sorted(self)}, all={self.all}, success={self.success}, "
+                f"failure={self.failure})")
+
+    def __reduce__(self):
+        return Dependency, (sorted(self), self.all, self.success, self.failure)
+
+
+def msg_ids(jobs):
+    """msg_ids from a msg_id, an AsyncResult (or any object with ``msg_ids`` or
+    ``msg_id``), or an iterable of those."""
+    if jobs is None:
+        return []
+    if isinstance(jobs, str) or hasattr(jobs, "msg_ids") or hasattr(jobs, "msg_id"):
+        jobs = [jobs]
+    out = []
+    for j in jobs:
+        if isinstance(j, str):
+            out.append(j)
+        elif hasattr(j, "msg_ids"):
+            out.extend(j.msg_ids)
+        elif hasattr(j, "msg_id"):
+            out.append(j.msg_id)
+        else:
+            raise TypeError(f"expected msg_ids or AsyncResults, not {type(j).__name__}")
+    return out

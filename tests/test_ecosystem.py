@@ -1,0 +1,369 @@
+"""minipar in the ecosystem, each integration against the real library: the
+concurrent.futures Executor, asyncio, progress bars (tqdm and the plain one), output
+streamed while tasks run, timelines (matplotlib) and the joblib backend.
+
+The cluster is the conftest's: a controller and four engines started with ``python -m``,
+stopped by pid after each test. ``async with Cluster`` starts its own, and records its
+pids with test_launcher's ``pids`` fixture, which kills any left behind.
+"""
+
+import asyncio
+import concurrent.futures as cf
+import io
+import os
+import sys
+import time
+
+import pytest
+
+import minipar
+from minipar import client as client_module
+from minipar.launcher import Cluster
+
+from .test_launcher import CTL_ARGS, minipar_dir, pids  # noqa: F401 (fixtures)
+
+TIMEOUT = 120
+pytestmark = pytest.mark.timeout(TIMEOUT)
+WAIT_S = 60   # bound on any single wait below; the module TIMEOUT bounds the test
+
+
+def sleep_then(seconds, value):
+    time.sleep(seconds)
+    return value
+
+
+def getpid_of(x):
+    return os.getpid(), x * x
+
+
+@pytest.fixture
+def no_tqdm(monkeypatch):
+    """tqdm as if not installed: ``from tqdm.auto import tqdm`` raises ImportError."""
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+
+
+# ---------------------------------------------------------------- executor
+
+def test_executor_futures_work_with_wait_and_as_completed(rc):
+    with rc.executor() as ex:
+        assert isinstance(ex, cf.Executor)
+        fs = [ex.submit(sleep_then, 0.01 * (i % 3), i) for i in range(12)]
+        done, not_done = cf.wait(fs, timeout=WAIT_S)
+        assert not not_done
+        assert sorted(f.result() for f in cf.as_completed(fs, timeout=WAIT_S)) == list(range(12))
+        first = ex.submit(sleep_then, 0, "fast")
+        done, _ = cf.wait([first, ex.submit(sleep_then, 30, "slow")], timeout=WAIT_S,
+                          return_when=cf.FIRST_COMPLETED)
+        assert first in done
+        ex.shutdown(wait=False, cancel_futures=True)   # the slow one is not waited for
+
+
+def test_executor_keywords_and_errors(rc):
+    ex = rc[:].executor
+    assert ex.submit(dict, fn=1, f=2, args=3).result(WAIT_S) == {"fn": 1, "f": 2, "args": 3}
+    with pytest.raises(ZeroDivisionError):
+        ex.submit(lambda: 1 / 0).result(WAIT_S)
+    ex.shutdown()
+    with pytest.raises(RuntimeError):
+        ex.submit(abs, -1)
+
+
+def test_direct_view_executor_keeps_its_targets(rc):
+    with rc[[1, 2]].executor as ex:
+        fs = [ex.submit(sleep_then, 0.01, i) for i in range(16)]
+        cf.wait(fs, timeout=WAIT_S)
+    assert {f.engine_id for f in fs} <= {1, 2}
+    assert [f.result() for f in fs] == list(range(16))
+
+
+def test_executor_map_in_order_with_chunks_and_timeout(rc):
+    with rc.load_balanced_view().executor as ex:
+        assert list(ex.map(pow, range(20), [2] * 20)) == [i * i for i in range(20)]
+        assert list(ex.map(pow, range(20), [2] * 20, chunksize=6)) == [i * i for i in range(20)]
+        results = ex.map(sleep_then, [30], [None], timeout=0.5)
+        with pytest.raises(cf.TimeoutError):
+            next(results)
+        with pytest.raises(ValueError):
+            ex.map(abs, [1], chunksize=0)
+        ex.shutdown(cancel_futures=True)
+
+
+def test_executor_shutdown_cancels_futures_and_frees_the_engines(rc):
+    ex = rc.executor()
+    running = [ex.submit(sleep_then, 60, i) for i in range(4)]
+    queued = [ex.submit(sleep_then, 60, i) for i in range(20)]
+    ex.shutdown(wait=True, cancel_futures=True)   # returns: nothing is left to wait for
+    assert all(f.cancelled() for f in running + queued)
+    with pytest.raises(cf.CancelledError):
+        queued[0].result()
+    # aborted on the engines too: they are free again well before the sleeps would end
+    assert rc[:].apply_async(abs, -3).get(WAIT_S) == [3, 3, 3, 3]
+    assert not rc.queue_status()["unassigned"]
+
+
+def test_cancel_after_the_result_is_false(rc):
+    ar = rc.load_balanced_view().apply_async(abs, -1)
+    assert ar.get(WAIT_S) == 1
+    assert not ar.cancel()
+    assert ar.result() == 1
+
+
+# ---------------------------------------------------------------- asyncio
+
+def test_asyncio_gathers_100_tasks(rc):
+    lview = rc.load_balanced_view()
+
+    async def main():
+        ars = [lview.apply_async(pow, i, 2) for i in range(100)]
+        results = await asyncio.wait_for(asyncio.gather(*ars), WAIT_S)
+        wrapped = await asyncio.wrap_future(lview.apply_async(abs, -7))
+        direct = await rc[:].apply_async(abs, -1)
+        return results, wrapped, direct
+
+    results, wrapped, direct = asyncio.run(main())
+    assert results == [i * i for i in range(100)]
+    assert wrapped == 7
+    assert direct == [1, 1, 1, 1]
+
+
+def test_await_raises_the_remote_error(rc):
+    async def main():
+        return await rc.load_balanced_view().apply_async(lambda: 1 / 0)
+
+    with pytest.raises(ZeroDivisionError):
+        asyncio.run(main())
+
+
+def test_cluster_async_with(pids):  # noqa: F811 - the fixture
+    cluster = Cluster(n=2, controller_args=CTL_ARGS)
+
+    async def main():
+        async with cluster as rc:
+            pids.add_cluster(cluster, rc)
+            return await rc[:].apply_async(abs, -2)
+
+    try:
+        assert asyncio.run(main()) == [2, 2]
+    finally:
+        cluster.stop_cluster()
+    assert pids.wait_gone(20) == []
+
+
+# ---------------------------------------------------------------- progress
+
+def test_wait_interactive_plain_bar_reads_done_total_rate_and_time_left(rc, capsys, no_tqdm):
+    ar = rc.load_balanced_view().map(sleep_then, [0.1] * 12, range(12), chunksize=1)
+    assert ar.wait_interactive(interval=0.02, timeout=WAIT_S)
+    err = capsys.readouterr().err
+    frames = err.split("\r")
+    last = frames[-1].strip()
+    assert last.startswith("sleep_then: 100%|") and "12/12 [" in last, err
+    assert "tasks/s]" in last
+    assert err.endswith("\n")
+    # drawn in place several times, with the time left once the rate is known
+    assert len(frames) > 3
+    assert any("/12 [" in f and "<00:" in f for f in frames[1:]), err
+
+
+def test_wait_interactive_uses_tqdm(rc, capsys):
+    import tqdm  # noqa: F401 - installed in CI: the bar below is tqdm's
+
+    ar = rc.load_balanced_view().map(sleep_then, [0.05] * 8, range(8), chunksize=1)
+    assert ar.wait_interactive(interval=0.02, timeout=WAIT_S)
+    err = capsys.readouterr().err
+    assert "8/8" in err and "tasks/s" in err and "100%" in err, err
+
+
+def test_wait_interactive_timeout(rc, no_tqdm, capsys):
+    ar = rc.load_balanced_view().apply_async(sleep_then, 30, None)
+    assert not ar.wait_interactive(interval=0.05, timeout=0.3)
+    assert "0/1" in capsys.readouterr().err
+    ar.cancel()
+
+
+def test_wait_for_engines_shows_a_bar_when_asked(local_cluster, capsys, no_tqdm):
+    rc = local_cluster.client()
+    local_cluster.start_engines(2)
+    assert rc.wait_for_engines(2, timeout=WAIT_S, progress=True) == [0, 1]
+    err = capsys.readouterr().err
+    assert "engines: 100%|" in err and "2/2" in err, err
+    rc.wait_for_engines(2, timeout=WAIT_S)   # not interactive here (captured): silent
+    assert capsys.readouterr().err == ""
+
+
+def test_serial_and_wall_time(rc):
+    ar = rc.load_balanced_view().map(sleep_then, [0.2] * 8, range(8), chunksize=1)
+    ar.wait(WAIT_S)
+    assert ar.progress == len(ar) == 8
+    assert ar.serial_time >= 8 * 0.2       # each task slept 0.2 s at least
+    assert ar.wall_time >= 0.2
+    assert ar.elapsed >= ar.wall_time - 1e-6
+
+
+# ---------------------------------------------------------------- output
+
+LONG = "x" * 150_000   # more than one stream message holds: sent in pieces
+
+
+def chatty(flag):
+    print("first line")   # no flush: the engine streams on its own
+    print(LONG)
+    print("to stderr", file=sys.stderr)
+    deadline = time.time() + 60
+    while not os.path.exists(flag) and time.time() < deadline:
+        time.sleep(0.02)
+    print("last line")
+    return "done"
+
+
+def test_output_streams_while_the_task_runs_and_is_not_duplicated(rc, tmp_path):
+    flag = tmp_path / "go"
+    ar = rc.load_balanced_view().apply_async(chatty, str(flag))
+    deadline = time.monotonic() + WAIT_S
+    # the task ends only when the flag exists, which is written once the output is seen
+    while LONG not in ar.stdout or "to stderr" not in ar.stderr:
+        assert not ar.done(), ar.get()
+        assert time.monotonic() < deadline, "no output streamed"
+        time.sleep(0.02)
+    assert ar.engine_id in rc.ids   # known from the stream, before the reply
+    flag.write_text("")
+    assert ar.get(WAIT_S) == "done"
+    # the final output replaced the stream
+    assert ar.stdout == "first line\n" + LONG + "\nlast line\n"
+    assert ar.stderr == "to stderr\n"
+
+
+def talk(n):
+    for i in range(n):
+        print(f"line {i}")
+        time.sleep(0.05)
+    print("oops", file=sys.stderr)
+    print("no newline at the end", end="")
+
+
+def test_stream_output_prefixes_each_line_once(rc):
+    ar = rc[[0, 2]].apply_async(talk, 3)
+    out = io.StringIO()
+    assert ar.stream_output(interval=0.02, timeout=WAIT_S, file=out)
+    lines = out.getvalue().splitlines()
+    for eid in (0, 2):
+        assert [x for x in lines if x.startswith(f"[stdout:{eid}]")] == [
+            f"[stdout:{eid}] line 0", f"[stdout:{eid}] line 1", f"[stdout:{eid}] line 2",
+            f"[stdout:{eid}] no newline at the end"]
+        assert f"[stderr:{eid}] oops" in lines
+    assert len(lines) == 10
+
+
+def test_display_outputs(rc, capsys):
+    ar = rc[:].execute("print('hi'); import sys; print('warn', file=sys.stderr)")
+    ar.wait(WAIT_S)
+    ar.display_outputs()
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"[stdout:{e}] hi" for e in rc.ids]
+    assert err.splitlines() == [f"[stderr:{e}] warn" for e in rc.ids]
+
+
+# ---------------------------------------------------------------- timelines
+
+def test_timeline_png_and_svg_show_engines_tasks_and_totals(rc, tmp_path):
+    ar = rc.load_balanced_view().map(sleep_then, [0.02, 0.1] * 10, range(20), chunksize=1)
+    ar.wait(WAIT_S)
+    png = tmp_path / "t.png"
+    fig = ar.timeline(str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [f"engine {e}" for e in rc.ids]
+    assert len(ax.patches) == 20                         # one bar per task
+    assert "20 tasks on 4 engines" in ax.get_title()
+    assert ax.get_xlabel().startswith("seconds")
+    svg = tmp_path / "t.svg"
+    minipar.plot_timeline(ar, str(svg), title="my run")
+    assert b"<svg" in svg.read_bytes()[:500]
+
+
+def test_timeline_without_a_file_and_with_failures(rc):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lview = rc.load_balanced_view()
+    ok = lview.map(sleep_then, [0.01] * 4, range(4), chunksize=1)
+    bad = lview.apply_async(lambda: 1 / 0)
+    cf.wait([ok, bad], timeout=WAIT_S)
+    fig = minipar.plot_timeline([ok, bad])
+    try:
+        ax = fig.axes[0]
+        assert len(ax.patches) == 5
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["task", "failed attempt"]
+    finally:
+        plt.close(fig)
+
+
+def test_timeline_needs_matplotlib_and_says_so(rc, monkeypatch):
+    ar = rc.load_balanced_view().apply_async(abs, -1)
+    ar.wait(WAIT_S)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match="pip install matplotlib"):
+        ar.timeline()
+
+
+# ---------------------------------------------------------------- joblib (no scikit-learn)
+
+def test_joblib_backend_runs_on_the_engines(rc):
+    import joblib
+
+    minipar.register_joblib_backend("minipar-test", view=rc.load_balanced_view())
+    with joblib.parallel_backend("minipar-test"):
+        assert joblib.effective_n_jobs(-1) == 4
+        out = joblib.Parallel()(joblib.delayed(getpid_of)(i) for i in range(50))
+        gen = joblib.Parallel(return_as="generator")(joblib.delayed(abs)(-i) for i in range(10))
+        assert list(gen) == list(range(10))
+    assert [sq for _, sq in out] == [i * i for i in range(50)]
+    engine_pids = set(rc[:].apply_sync(os.getpid))
+    assert {pid for pid, _ in out} <= engine_pids
+    assert os.getpid() not in engine_pids
+
+
+def test_joblib_errors_propagate_and_view_registration(rc):
+    import joblib
+
+    rc[[1, 3]].register_joblib_backend("minipar-direct")
+    with joblib.parallel_backend("minipar-direct"):
+        assert joblib.effective_n_jobs() == 2
+        pids_seen = joblib.Parallel()(joblib.delayed(os.getpid)() for _ in range(20))
+        with pytest.raises(ZeroDivisionError):
+            joblib.Parallel()(joblib.delayed(divmod)(1, i) for i in (3, 2, 0, 1))
+    assert set(pids_seen) <= set(rc[[1, 3]].apply_sync(os.getpid))
+
+
+# ---------------------------------------------------------------- optional libraries
+
+def test_integrations_stay_silent_without_their_libraries(tmp_path):
+    """Without joblib, tqdm and matplotlib, ``import minipar`` works and nothing of
+    them is imported; the progress bar falls back to the plain one."""
+    code = (
+        "import sys\n"
+        "for m in ('joblib', 'tqdm', 'matplotlib'): sys.modules[m] = None\n"
+        "import minipar\n"
+        "from minipar import client\n"
+        "assert minipar.plot_timeline and minipar.register_joblib_backend\n"
+        "assert isinstance(client._progress_bar(3, 'x', 'tasks'), client._TextBar)\n"
+        "print('ok')\n")
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=WAIT_S, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
+    assert "x:   0%|" in r.stderr
+
+
+def test_plain_bar_format():
+    out = io.StringIO()
+    bar = client_module._TextBar(4, "map", "tasks", file=out)
+    bar.update(2)
+    bar.close()
+    line = out.getvalue().split("\r")[-1]
+    assert line.startswith("map:  50%|############            | 2/4 [00:00<")
+    assert line.rstrip().endswith("tasks/s]") and out.getvalue().endswith("\n")

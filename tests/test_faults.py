@@ -1,0 +1,319 @@
+"""Engine faults: killed, frozen, crashed by their tasks, or just busy in C code.
+
+The main test runs 10,000 load-balanced tasks with ``retries=2`` on a Cluster that
+restarts dead engines, while a chaos thread SIGKILLs engines at random times and freezes
+one with SIGSTOP (declared dead, its tasks move; on SIGCONT it registers again and its
+stale result is refused), and some tasks kill their engine (``os._exit(1)``) or crash
+the interpreter (a segfault through ctypes). Each task must end with exactly one final
+state, counted on the wire as it reaches the client; every good task's value must be
+right; the run ends with as many engines as it started with.
+"""
+
+import collections
+import ctypes
+import os
+import random
+import signal
+import threading
+import time
+
+import pytest
+
+from minipar import errors, protocol
+from minipar.launcher import Cluster
+
+from .conftest import HEARTBEAT_S, START_TIMEOUT_S
+
+TIMEOUT = 300
+pytestmark = pytest.mark.timeout(TIMEOUT)
+
+N_TASKS = int(os.environ.get("MINIPAR_FAULT_TASKS", "10000"))
+N_ENGINES = 4
+N_EXIT, N_SEGFAULT = 4, 4      # tasks that kill their engine, each 3 times (retries=2)
+N_KILLS = 5                    # random SIGKILLs by the chaos thread
+FREEZE_S = 3.0                 # SIGSTOP this long: well past 5 missed beats of 0.2 s
+
+
+def task(kind, i):
+    """The work: `i` squared, or a way to kill the engine running it."""
+    if kind == "exit":
+        os._exit(1)
+    if kind == "segfault":
+        import faulthandler
+
+        faulthandler.disable()   # die quietly: the crash is the point
+        ctypes.string_at(0)
+    end = time.perf_counter() + 0.0005   # a little work, so engines are caught busy
+    while time.perf_counter() < end:
+        pass
+    return i * i
+
+
+def _count_replies(rc):
+    """Count, per msg_id, every result that reaches the client (before dedup)."""
+    counts = collections.Counter()
+    original = rc._on_reply
+
+    def counting(frames):
+        # executes in the client's I/O thread; reads the header without the signature
+        # check, which the original call makes (a second check would see a replay)
+        try:
+            i = next(k for k, f in enumerate(frames) if f.bytes == protocol.DELIM)
+            header = protocol.unpack_header(frames[i + 2].bytes)
+            if header["kind"].endswith("_reply") and header.get("parent"):
+                counts[header["parent"]] += 1
+        except Exception:
+            pass
+        return original(frames)
+
+    rc._on_reply = counting
+    return counts
+
+
+def _engine_pids(cluster):
+    return [p for launcher in cluster.engines.values() for p in launcher.pids()]
+
+
+def _chaos(cluster, rng, stop, log):
+    # executes in the chaos thread: random SIGKILLs, and one freeze in the middle
+    kills = 0
+    frozen = None
+    thaw = None
+    while not stop.is_set():
+        stop.wait(rng.uniform(0.5, 1.5))
+        pids = [p for p in _engine_pids(cluster) if p != frozen]
+        now = time.monotonic()
+        if frozen is None and thaw is None and pids:   # first: freeze one, while all are busy
+            frozen = rng.choice(pids)
+            os.kill(frozen, signal.SIGSTOP)
+            thaw = now + FREEZE_S
+            log.append(("stop", frozen))
+        elif thaw is not None and frozen is not None and now >= thaw:
+            os.kill(frozen, signal.SIGCONT)
+            log.append(("cont", frozen))
+            frozen = None
+        elif kills < N_KILLS and pids:
+            victim = rng.choice(pids)
+            try:
+                os.kill(victim, signal.SIGKILL)
+                kills += 1
+                log.append(("kill", victim))
+            except ProcessLookupError:
+                pass
+    if frozen is not None:
+        os.kill(frozen, signal.SIGCONT)
+        log.append(("cont", frozen))
+
+
+@pytest.fixture
+def chaos_cluster(tmp_path):
+    cluster = Cluster(n=N_ENGINES, profile_dir=str(tmp_path / "profile"),
+                      controller_args=["--heartbeat-period", str(HEARTBEAT_S),
+                                       "--heartbeat-liveness", "5"],
+                      restart_engines="on_failure", shutdown_atexit=False)
+    try:
+        cluster.rc = cluster.start_and_connect()
+        yield cluster
+    finally:
+        cluster.stop_cluster()
+
+
+def test_ten_thousand_tasks_survive_kills_a_freeze_and_crashing_tasks(chaos_cluster):
+    cluster, rc = chaos_cluster, chaos_cluster.rc
+    rng = random.Random(int(os.environ.get("MINIPAR_FAULT_SEED", "6")))
+    kinds = ["ok"] * N_TASKS
+    for j, i in enumerate(rng.sample(range(N_TASKS // 10, N_TASKS), N_EXIT + N_SEGFAULT)):
+        kinds[i] = "exit" if j < N_EXIT else "segfault"
+    replies = _count_replies(rc)
+    view = rc.load_balanced_view()
+    view.retries = 2
+    stop, chaos_log = threading.Event(), []
+    chaos = threading.Thread(target=_chaos, args=(cluster, rng, stop, chaos_log), daemon=True)
+    ars = [view.apply_async(task, kind, i) for i, kind in enumerate(kinds)]
+    chaos.start()
+    try:
+        deadline = time.monotonic() + TIMEOUT - 60
+        for ar in ars:
+            assert ar.wait(max(0.0, deadline - time.monotonic())), \
+                f"{sum(not a.done() for a in ars)} of {N_TASKS} tasks never finished"
+    finally:
+        stop.set()
+        chaos.join(10)
+    # exactly one final state each, as it reached the client
+    msg_ids = [ar.msg_ids[0] for ar in ars]
+    assert [m for m in msg_ids if replies[m] != 1] == []
+    bad_values, crashers = [], 0
+    for i, (kind, ar) in enumerate(zip(kinds, ars)):
+        if kind == "ok":
+            if not ar.successful() or ar.get() != i * i:
+                bad_values.append((i, ar.exception() or ar.get()))
+        else:
+            crashers += 1
+            assert isinstance(ar.exception(), errors.EngineError), \
+                (kind, ar.exception(), ar.metadata)
+            # it took down an engine on each of its three attempts
+            assert len(ar.metadata["attempts"]) >= 3
+    assert bad_values == []
+    assert crashers == N_EXIT + N_SEGFAULT
+    assert ("stop", chaos_log[0][1]) in chaos_log and any(e[0] == "cont" for e in chaos_log)
+    # the run ends with the engines it started with: the dead replaced, the frozen back
+    restarts = sum(getattr(s, "restarts", 0) for s in cluster.engines.values())
+    assert restarts >= 3 * (N_EXIT + N_SEGFAULT)
+    rc.wait_for_engines(N_ENGINES, START_TIMEOUT_S)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while len(_engine_pids(cluster)) != N_ENGINES or len(rc.ids) != N_ENGINES:
+        assert time.monotonic() < deadline, (rc.ids, _engine_pids(cluster), chaos_log)
+        time.sleep(0.1)
+    frozen = next(pid for what, pid in chaos_log if what == "stop")
+    if frozen in _engine_pids(cluster):   # it lived on (not SIGKILLed later): it came back
+        output = cluster.engines[next(iter(cluster.engines))].get_output()
+        assert "registering again" in output
+    assert rc.load_balanced_view().map_sync(lambda x: x + 1, range(100)) == \
+        list(range(1, 101))
+    print(f"{N_TASKS} tasks, {crashers} crashing ones; chaos: {chaos_log}; engine restarts: "
+          f"{restarts}; controller: {rc.queue_status(verbose=True)['stats']}")
+
+
+# ------------------------------------------------------------------ focused cases
+
+def _sleep_then(seconds, value):
+    import time
+
+    time.sleep(seconds)
+    return value
+
+
+def test_a_frozen_engine_is_declared_dead_and_its_late_result_is_refused(local_cluster):
+    local_cluster.start_engines(2)
+    rc = local_cluster.client()
+    rc.wait_for_engines(2, START_TIMEOUT_S)
+    replies = _count_replies(rc)
+    view = rc.load_balanced_view()
+    view.retries = 1
+    ar = view.apply_async(_sleep_then, 2.0, "done")
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:   # which engine runs it: the one with a request outstanding
+        status = rc.queue_status()
+        busy = [e for e in rc.ids if status[e]["queue"] or status[e]["tasks"]]
+        if busy:
+            break
+        assert time.monotonic() < deadline and not ar.done()
+        time.sleep(0.02)
+    first = busy[0]
+    pid = rc._engines[first]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while first in rc.ids:           # declared dead after 5 missed beats
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert ar.get(START_TIMEOUT_S) == "done"   # retried on the other engine
+        assert ar.engine_id != first
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # back: it registers again with its id, and its stale result is refused
+    rc.wait_for_engines(2, START_TIMEOUT_S)
+    assert first in rc.ids
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not rc.queue_status(verbose=True)["stats"].get("stale"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert replies[ar.msg_ids[0]] == 1
+    assert rc[first].apply_sync(os.getpid) == pid
+    out = local_cluster.output(f"engine{[e.pid for e in local_cluster.engines].index(pid)}")
+    assert "registering again as engine" in out
+
+
+def test_cluster_restarts_engines_that_fail_but_not_those_told_to_stop(tmp_path):
+    cluster = Cluster(n=2, profile_dir=str(tmp_path / "profile"), restart_engines="on_failure",
+                      controller_args=["--heartbeat-period", str(HEARTBEAT_S)],
+                      shutdown_atexit=False)
+    try:
+        rc = cluster.start_and_connect()
+        (launcher,) = cluster.engines.values()
+        victim = launcher.pids()[0]
+        old_ids = set(rc.ids)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while launcher.restarts < 1 or len(rc.ids) != 2 or set(rc.ids) == old_ids:
+            assert time.monotonic() < deadline, (launcher.restarts, rc.ids)
+            time.sleep(0.05)
+        assert victim not in launcher.pids() and len(launcher.pids()) == 2
+        # an engine told to stop exits 0: it is not replaced
+        rc.shutdown(targets=[rc.ids[0]], block=True)
+        time.sleep(1.0)
+        assert launcher.restarts == 1 and len(launcher.pids()) == 1
+        assert launcher.to_dict()["options"]["restart"] == "on_failure"
+    finally:
+        cluster.stop_cluster()
+    assert launcher.pids() == []
+
+
+def test_an_engine_holding_the_gil_in_c_code_is_not_declared_dead(local_cluster):
+    """The heart is zmq.proxy in C: it answers pings while Python is blocked. 4 s in a
+    C call that keeps the GIL is 20 heartbeats, four times the liveness limit."""
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    (eid,) = rc.ids
+
+    def hold_the_gil(seconds):
+        import ctypes
+        import threading
+        import time
+
+        ticks = []
+        stop = threading.Event()
+
+        def tick():
+            while not stop.is_set():
+                ticks.append(time.monotonic())
+                time.sleep(0.01)
+
+        t = threading.Thread(target=tick)
+        t.start()
+        time.sleep(0.1)
+        before = len(ticks)
+        start = time.monotonic()
+        ctypes.PyDLL(None).sleep(seconds)     # PyDLL: the GIL stays held during the call
+        held = time.monotonic() - start
+        during = len(ticks) - before
+        stop.set()
+        t.join()
+        return held, during
+
+    def numpy_work(seconds):
+        import time
+
+        import numpy as np
+
+        a = np.random.rand(600, 600)
+        end = time.monotonic() + seconds
+        n = 0
+        while time.monotonic() < end:
+            a = np.linalg.inv(a @ a.T + np.eye(600))
+            n += 1
+        return n
+
+    dead = []
+    rc_changed = rc._engines_changed
+
+    def watch():
+        with rc_changed:
+            while not stop.is_set():
+                if eid not in rc._engines:
+                    dead.append(time.monotonic())
+                rc_changed.wait(0.05)
+
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        held, during = rc[eid].apply_sync(hold_the_gil, 4)
+        assert held >= 3.9 and during <= 1   # the GIL really was held all along
+        assert rc[eid].apply_sync(numpy_work, 3) >= 1
+    finally:
+        stop.set()
+        watcher.join(5)
+    assert dead == [] and rc.ids == [eid]
+    assert "declared dead" not in local_cluster.output("controller")

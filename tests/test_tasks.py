@@ -1,0 +1,698 @@
+"""The Task interface end to end: a LoadBalancedView on a real controller and engines
+(see conftest), dependencies, retries, recovery, time limits, engine loss, control and
+queries; and the task-record stores (DictDB, SQLiteDB, NoDB) on their own.
+
+Functions sent to engines live at module level here: engines import this module by name
+(they run with the project root on their path), except where a test needs them by value.
+"""
+
+import os
+import pathlib
+import random
+import signal
+import time
+
+import pytest
+
+import minipar
+from minipar import controller as ctl
+from minipar import protocol
+from minipar.dependency import Dependency
+
+from .conftest import START_TIMEOUT_S, LocalCluster
+
+TIMEOUT = 120
+pytestmark = pytest.mark.timeout(TIMEOUT)
+
+ROOT = str(pathlib.Path(__file__).resolve().parent.parent)
+
+
+# ---------------------------------------------------------------- engine-side helpers
+
+def square(x):
+    return x * x
+
+
+def add(x, y=0):
+    return x + y
+
+
+def pid():
+    return os.getpid()
+
+
+def nap(x, seconds):
+    time.sleep(seconds)
+    return x
+
+
+def always_fails(x):
+    raise ValueError(f"always fails ({x})")
+
+
+def fails_on_three(x):
+    if x == 3:
+        raise ValueError("three")
+    return x
+
+
+def fallback(x):
+    return ("recovered", x)
+
+
+def role_is(role):
+    return os.environ.get("MINIPAR_TEST_ROLE") == role
+
+
+@minipar.require("special_mod")
+def special_value(x):
+    # special_mod is not importable here; @require imports it on the engine
+    return special_mod.VALUE + x, os.getpid()  # noqa: F821
+
+
+@minipar.require("special_mod_nobody_has")
+def needs_missing_module():
+    return "never"
+
+
+@minipar.depend(role_is, "special")
+def on_special(x):
+    return x, os.getpid()
+
+
+def on_any(x):
+    return x, os.getpid()
+
+
+# ---------------------------------------------------------------- fixtures
+
+@pytest.fixture
+def lview(rc):
+    return rc.load_balanced_view()
+
+
+@pytest.fixture
+def make_cluster(tmp_path):
+    """LocalCluster(s) with controller arguments; all stopped afterwards."""
+    made = []
+
+    def make(controller_args=(), engines=0, sub="c"):
+        path = tmp_path / sub
+        path.mkdir(exist_ok=True)
+        c = LocalCluster(path, controller_args)
+        made.append(c)
+        if engines:
+            c.start_engines(engines)
+            c.rc = c.client()
+            c.rc.wait_for_engines(engines, START_TIMEOUT_S)
+        return c
+
+    try:
+        yield make
+    finally:
+        for c in made:
+            c.stop()
+
+
+def engine_env(path=None, **variables):
+    """An engine's environment: this project, `path` and `variables` added."""
+    env = dict(os.environ, **variables)
+    env["PYTHONPATH"] = os.pathsep.join([ROOT] + ([path] if path else []))
+    return env
+
+
+def engine_pids(rc, ids):
+    """The pids of engines `ids`, asked of the engines themselves."""
+    return {eid: rc[eid].apply_sync(pid) for eid in ids}
+
+
+# ---------------------------------------------------------------- the view
+
+def test_apply_map_and_decorators(lview):
+    assert lview.apply_sync(add, 2, y=3) == 5
+    ar = lview.apply_async(square, 7)
+    assert ar.get(TIMEOUT) == 49 and ar.engine_id in lview.client.ids
+    assert lview.map_sync(square, range(10)) == [x * x for x in range(10)]
+    assert lview.map_sync(add, range(5), range(5), chunksize=2) == [0, 2, 4, 6, 8]
+    ar = lview.map_async(square, range(20), chunksize=1, ordered=False)
+    assert sorted(ar) == sorted(x * x for x in range(20))
+    assert ar.get(TIMEOUT) == [x * x for x in range(20)]   # get() keeps input order
+    assert len(ar.msg_ids) == 20
+
+    @lview.remote(block=True)
+    def remote_double(x):
+        return 2 * x
+
+    @lview.parallel(block=True)
+    def parallel_len(xs):
+        return [len(xs)]
+
+    assert remote_double(21) == 42
+    assert sum(parallel_len(list(range(40)))) == 40        # blocks of the sequence
+
+
+def test_flags_are_not_keywords_of_apply(lview):
+    def show(**kwargs):
+        return kwargs
+
+    # keywords of apply are the function's own, even when named like a flag
+    assert lview.apply_sync(show, retries=5, after="x") == {"retries": 5, "after": "x"}
+    with lview.temp_flags(retries=3, time_limit=10):
+        assert (lview.retries, lview.time_limit) == (3, 10)
+    assert (lview.retries, lview.time_limit) == (0, None)
+    lview.set_flags(block=True, timeout=5)
+    assert lview.apply(square, 3) == 9
+    with pytest.raises(KeyError):
+        lview.set_flags(retrys=1)
+
+
+def test_imap_is_lazy_and_bounded(lview):
+    pulled = []
+
+    def numbers():
+        for i in range(40):
+            pulled.append(i)
+            yield i
+
+    it = lview.imap(square, numbers(), max_outstanding=3)
+    assert pulled == []                      # nothing read before a result is asked for
+    assert next(it) == 0
+    assert len(pulled) <= 3
+    assert list(it) == [x * x for x in range(1, 40)]
+    assert sorted(lview.imap(add, range(10), range(10), ordered=False)) == \
+        [2 * x for x in range(10)]
+    # stopping early aborts what is still in flight, and the engines carry on
+    it = lview.imap(nap, range(100), [0.05] * 100, max_outstanding=4)
+    assert next(it) == 0
+    it.close()
+    assert lview.apply_sync(square, 5) == 25
+
+
+# ---------------------------------------------------------------- graph dependencies
+
+def test_random_dag_of_300_tasks_runs_each_after_its_dependencies(rc, lview):
+    rng = random.Random(3)
+    deps = {0: []}
+    for i in range(1, 300):
+        deps[i] = sorted(rng.sample(range(max(0, i - 30), i), rng.randint(0, min(3, i))))
+    ars = []
+    for i in range(300):
+        with lview.temp_flags(after=[ars[j] for j in deps[i]] or None):
+            ars.append(lview.apply_async(nap, i, rng.random() * 0.004))
+    assert [ar.get(TIMEOUT) for ar in ars] == list(range(300))
+    ids = [ar.msg_ids[0] for ar in ars]
+    records = {r["msg_id"]: r for r in rc.db_query({"msg_id": {"$in": ids}},
+                                                    keys=["started", "completed", "header"])}
+    assert len(records) == 300
+    edges = 0
+    for i in range(300):
+        child = records[ids[i]]
+        assert sorted(child["header"]["after"]["ids"] if deps[i] else []) == \
+            sorted(ids[j] for j in deps[i])
+        for j in deps[i]:
+            parent = records[ids[j]]
+            assert child["started"] >= parent["completed"], (i, j)
+            assert ars[i].metadata["started"] >= ars[j].metadata["completed"], (i, j)
+            edges += 1
+    assert edges > 300
+
+
+def test_follow_runs_tasks_on_the_engine_of_their_dependency(rc, lview):
+    for target in rc.ids[:2]:
+        with lview.temp_flags(targets=[target]):
+            first = lview.apply_async(pid)
+        first.get(TIMEOUT)
+        with lview.temp_flags(follow=first):
+            followers = [lview.apply_async(pid) for _ in range(8)]
+        assert {ar.get(TIMEOUT) for ar in followers} == {first.get()}
+        assert {ar.engine_id for ar in followers} == {target}
+    # follow any one of two tasks on different engines: one of those two engines
+    a, b = rc.ids[:2]
+    with lview.temp_flags(targets=[a]):
+        ta = lview.apply_async(pid)
+    with lview.temp_flags(targets=[b]):
+        tb = lview.apply_async(pid)
+    with lview.temp_flags(follow=Dependency([ta, tb], all=False)):
+        ars = [lview.apply_async(pid) for _ in range(6)]
+    assert {ar.get(TIMEOUT) for ar in ars} <= {ta.get(), tb.get()}
+    assert {ar.engine_id for ar in ars} <= {a, b}
+
+
+def test_impossible_dependencies_fail_at_once(rc, lview):
+    failed = lview.apply_async(always_fails, 1)
+    good = lview.apply_async(square, 2)
+    with pytest.raises(ValueError):
+        failed.get(TIMEOUT)
+    good.get(TIMEOUT)
+    cases = [
+        ({"after": failed}, minipar.ImpossibleDependency),
+        ({"after": Dependency([failed, good], all=True)}, minipar.ImpossibleDependency),
+        ({"after": Dependency([failed], all=False)}, minipar.ImpossibleDependency),
+        ({"follow": failed}, minipar.ImpossibleDependency),
+        ({"after": ["no-such-msg-id"]}, minipar.InvalidDependency),
+        ({"follow": "no-such-msg-id"}, minipar.InvalidDependency),
+    ]
+    for flags, error in cases:
+        with lview.temp_flags(**flags):
+            ar = lview.apply_async(square, 3)
+        with pytest.raises(error):
+            ar.get(TIMEOUT)
+    # follow, all=True, over tasks that ran on two different engines
+    a, b = rc.ids[:2]
+    with lview.temp_flags(targets=[a]):
+        ta = lview.apply_async(square, 1)
+    with lview.temp_flags(targets=[b]):
+        tb = lview.apply_async(square, 1)
+    ta.get(TIMEOUT), tb.get(TIMEOUT)
+    with lview.temp_flags(follow=[ta, tb]):
+        with pytest.raises(minipar.ImpossibleDependency):
+            lview.apply_async(square, 1).get(TIMEOUT)
+    # what failure=True allows does run: a clean-up task after a failure
+    with lview.temp_flags(after=Dependency([failed], success=False, failure=True)):
+        assert lview.apply_sync(square, 4) == 16
+    with lview.temp_flags(after=Dependency([failed, good], success=True, failure=True)):
+        assert lview.apply_sync(square, 5) == 25
+
+
+def test_dependency_timeout(lview):
+    slow = lview.apply_async(nap, "slow", 60)
+    with lview.temp_flags(after=slow, timeout=0.5):
+        waiting = lview.apply_async(square, 2)
+    with pytest.raises(minipar.DependencyTimeout):
+        waiting.get(TIMEOUT)
+    assert not slow.done()
+    slow.abort()
+    with pytest.raises(minipar.TaskAborted):
+        slow.get(TIMEOUT)
+
+
+def test_dependency_set_semantics():
+    d = Dependency(["a", "b"])
+    assert d.as_dict() == {"ids": ["a", "b"], "all": True, "success": True, "failure": False}
+    assert not d.check({"a"}) and d.check({"a", "b"})
+    assert d.unreachable({"a"}, {"b"}) and not d.unreachable({"a"}, set())
+    anyone = Dependency(["a", "b"], all=False)
+    assert anyone.check({"b"}) and not anyone.unreachable(set(), {"a"})
+    assert anyone.unreachable(set(), {"a", "b"})
+    cleanup = Dependency(["a"], success=False, failure=True)
+    assert cleanup.check(set(), {"a"}) and cleanup.unreachable({"a"}, set())
+    assert Dependency([]).check(set())
+    with pytest.raises(ValueError):
+        Dependency(["a"], success=False, failure=False)
+
+
+# ---------------------------------------------------------------- functional dependencies
+
+def test_functional_dependencies_run_locally():
+    assert minipar.dependent(square, lambda: None)(3) == 9   # anything but False: met
+    with pytest.raises(minipar.UnmetDependency):
+        minipar.dependent(square, lambda flag: flag, False)(3)
+    with pytest.raises(minipar.UnmetDependency):
+        needs_missing_module()
+    # @require imports into the namespace the function runs in (an engine's, for
+    # interactive functions), and defines the objects it names there
+    ns = {}
+    exec("def uses_json(): return json.dumps([helper()])", ns)
+    assert minipar.require("json", square, helper=lambda: 2)(ns["uses_json"])() == "[2]"
+    assert ns["json"].__name__ == "json" and ns["square"] is square
+    stacked = minipar.require("json")(minipar.depend(lambda: True)(ns["uses_json"]))
+    assert stacked() == "[2]"
+
+
+@pytest.fixture
+def mixed_cluster(local_cluster, tmp_path):
+    """Two engines that can import `special_mod` (role "special"), two that cannot."""
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "special_mod.py").write_text("VALUE = 1000\n")
+    special = local_cluster.start_engines(
+        2, env=engine_env(str(mods), MINIPAR_TEST_ROLE="special"))
+    plain = local_cluster.start_engines(2, env=engine_env(MINIPAR_TEST_ROLE="plain"))
+    rc = local_cluster.client()
+    rc.wait_for_engines(4, START_TIMEOUT_S)
+    local_cluster.rc = rc
+    local_cluster.special_pids = {p.pid for p in special}
+    local_cluster.plain_pids = {p.pid for p in plain}
+    return local_cluster
+
+
+def test_require_routes_tasks_only_to_engines_that_can_import(mixed_cluster):
+    c = mixed_cluster
+    lview = c.rc.load_balanced_view()
+    ars = [lview.apply_async(special_value, i) for i in range(24)]
+    results = [ar.get(TIMEOUT) for ar in ars]
+    assert [v for v, _ in results] == [1000 + i for i in range(24)]
+    assert {p for _, p in results} <= c.special_pids
+    unmet = [a for ar in ars for a in ar.metadata.get("attempts") or () if a["status"] == "unmet"]
+    assert all(a["ename"] == "UnmetDependency" for a in unmet)
+    # a map of a required function too: each chunk on an engine that has the module
+    assert [v for v, _ in lview.map_sync(special_value, range(8), chunksize=2)] == \
+        [1000 + i for i in range(8)]
+    # nobody can import it: tried once on each engine, then impossible
+    ar = lview.apply_async(needs_missing_module)
+    with pytest.raises(minipar.ImpossibleDependency):
+        ar.get(TIMEOUT)
+    assert len({a["engine"] for a in ar.metadata["attempts"]}) == 4
+
+
+def test_depend_and_dependent_route_by_the_check(mixed_cluster):
+    c = mixed_cluster
+    lview = c.rc.load_balanced_view()
+    special = [lview.apply_async(on_special, i) for i in range(12)]
+    plain = [lview.apply_async(minipar.dependent(on_any, role_is, "plain"), i)
+             for i in range(12)]
+    assert {ar.get(TIMEOUT)[1] for ar in special} <= c.special_pids
+    assert {ar.get(TIMEOUT)[1] for ar in plain} <= c.plain_pids
+    with pytest.raises(minipar.ImpossibleDependency):
+        lview.apply_sync(minipar.dependent(on_any, role_is, "nobody"), 1)
+
+
+# ---------------------------------------------------------------- time, failure, recovery
+
+def test_time_limit_interrupts_a_task_and_the_engine_serves_the_next(lview):
+    with lview.temp_flags(time_limit=1):
+        ar = lview.apply_async(time.sleep, 60)
+    with pytest.raises(minipar.TaskTimeout):
+        ar.get(TIMEOUT)
+    eid = ar.engine_id
+    with lview.temp_flags(targets=[eid]):
+        assert lview.apply_sync(square, 6) == 36
+    # a limit is per task: one that finishes in time is not touched
+    with lview.temp_flags(time_limit=30):
+        assert lview.apply_sync(nap, "quick", 0.01) == "quick"
+
+
+def test_killed_engine_loses_none_of_2000_tasks_with_retries(cluster):
+    rc = cluster.rc
+    lview = rc.load_balanced_view()
+    with lview.temp_flags(retries=1):
+        ar = lview.map_async(nap, range(2000), [0.004] * 2000, chunksize=1)
+    deadline = time.monotonic() + TIMEOUT / 2
+    while ar.progress < 400 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not ar.done()
+    victim = cluster.engines[1]
+    victim.send_signal(signal.SIGKILL)
+    assert ar.get(TIMEOUT) == list(range(2000))
+    victim.wait(10)
+    deadline = time.monotonic() + TIMEOUT / 4
+    while len(rc.ids) > 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(rc.ids) == 3
+    # the tasks caught on the dead engine ran again elsewhere
+    retried = [md["attempts"] for md in ar.metadata if len(md["attempts"]) > 1]
+    assert len({a[0]["engine"] for a in retried}) <= 1
+    for attempts in retried:
+        assert [a["status"] for a in attempts] == ["engine_died", "ok"]
+        assert attempts[1]["engine"] != attempts[0]["engine"]
+
+
+def test_recovery_runs_when_retries_are_exhausted(lview):
+    with lview.temp_flags(retries=2, recovery=fallback):
+        ar = lview.apply_async(always_fails, 7)
+    assert ar.get(TIMEOUT) == ("recovered", 7)
+    attempts = ar.metadata["attempts"]
+    assert [a["status"] for a in attempts] == ["error"] * 3
+    assert {a["ename"] for a in attempts} == {"ValueError"}
+    assert len({a["engine"] for a in attempts}) == 3   # elsewhere each time
+    # a task that succeeds never runs its recovery
+    with lview.temp_flags(recovery=fallback):
+        assert lview.apply_sync(square, 3) == 9
+    # a chain: the first recovery fails too, the second answers
+    with lview.temp_flags(recovery=[always_fails, fallback]):
+        assert lview.apply_sync(always_fails, 1) == ("recovered", 1)
+    # per chunk of a map, element-wise
+    with lview.temp_flags(recovery=fallback):
+        assert lview.map_sync(fails_on_three, range(6), chunksize=2) == \
+            [0, 1, ("recovered", 2), ("recovered", 3), 4, 5]
+
+
+def test_recovery_task_by_reference_and_refused_ones(lview):
+    spare = lview.recovery_task(add, 40, 2)
+    with lview.temp_flags(recovery=spare):
+        ar = lview.apply_async(always_fails, 0)
+    assert ar.get(TIMEOUT) == 42
+    assert ar.metadata["recovered_by"] == spare.msg_ids[0]
+    assert spare.get(TIMEOUT) == 42
+    # an ordinary task cannot be a recovery task, nor can one recover two tasks
+    ordinary = lview.apply_async(square, 1)
+    with lview.temp_flags(recovery=ordinary):
+        with pytest.raises(minipar.InvalidDependency):
+            lview.apply_sync(always_fails, 0)
+    shared = lview.recovery_task(add, 1)
+    with lview.temp_flags(recovery=shared):
+        first = lview.apply_async(nap, 1, 0.5)
+        with pytest.raises(minipar.InvalidDependency):
+            lview.apply_sync(always_fails, 0)
+    assert first.get(TIMEOUT) == 1
+    with pytest.raises(minipar.TaskAborted):   # never needed: ended without running
+        shared.get(TIMEOUT)
+
+
+# ---------------------------------------------------------------- control and queries
+
+def test_abort_queued_and_running_tasks(rc):
+    eid = rc.ids[0]
+    lview = rc.load_balanced_view(targets=[eid])
+    ars = [lview.apply_async(nap, i, 60) for i in range(4)]   # hwm 2: two wait here
+    status = rc.queue_status()
+    assert status[eid]["tasks"] == 2 and status["unassigned"] == 2
+    for ar in ars[:1:-1]:      # queued here: they fail at once
+        ar.abort()
+        with pytest.raises(minipar.TaskAborted):
+            ar.get(TIMEOUT)
+    rc.abort(ars[:2])          # the running one is interrupted, the next refused
+    for ar in ars[:2]:
+        with pytest.raises(minipar.TaskAborted):
+            ar.get(TIMEOUT)
+    assert lview.apply_sync(square, 4) == 16
+    assert rc.queue_status()[eid]["tasks"] == 0
+
+
+def test_queue_status_counts_direct_and_load_balanced_work(rc):
+    eid = rc.ids[0]
+    direct = rc[eid].apply_async(nap, "direct", 60)
+    lview = rc.load_balanced_view(targets=[eid])
+    tasks = [lview.apply_async(nap, i, 60) for i in range(3)]
+    status = rc.queue_status()
+    assert status[eid]["queue"] == 1 and status[eid]["tasks"] == 2
+    assert status["unassigned"] == 1
+    assert set(status) == set(rc.ids) | {"unassigned"}
+    assert rc.queue_status(targets=[eid]).keys() == {eid, "unassigned"}
+    rc.abort([direct, *tasks])
+    for ar in [direct, *tasks]:
+        with pytest.raises(minipar.TaskAborted):
+            ar.get(TIMEOUT)
+    assert rc.queue_status()[eid]["completed"] >= 1
+
+
+def test_resubmit_and_result_status(rc, lview):
+    ar = lview.apply_async(square, 9)
+    assert ar.get(TIMEOUT) == 81
+    slow = lview.apply_async(nap, "slow", 60)
+    status = rc.result_status([ar, slow])
+    assert status == {"pending": slow.msg_ids, "completed": ar.msg_ids}
+    assert rc.result_status(ar, status_only=False)[ar.msg_ids[0]] == 81
+    with pytest.raises(KeyError):
+        rc.result_status("no-such-msg-id")
+
+    again = rc.resubmit(ar)
+    assert again.get(TIMEOUT) == 81 and again.msg_ids != ar.msg_ids
+    rec, = rc.db_query({"msg_id": again.msg_ids[0]}, keys=["header", "lb"])
+    assert rec["header"]["resubmitted"] == ar.msg_ids[0] and rec["lb"]
+    mapped = lview.map_async(square, range(6), chunksize=2)
+    assert rc.resubmit(mapped.get(TIMEOUT) and mapped).get(TIMEOUT) == mapped.get()
+    direct = rc[rc.ids[-1]].apply_async(pid)
+    direct.get(TIMEOUT)
+    redo = rc.resubmit(direct.msg_ids[0])
+    assert redo.get(TIMEOUT) == direct.get(TIMEOUT)   # direct: the same engine again
+    with pytest.raises(ValueError):
+        rc.resubmit(slow)            # still pending
+    with pytest.raises(KeyError):
+        rc.resubmit("no-such-msg-id")
+    slow.abort()
+
+
+def test_db_query_operators_and_keys(rc, lview):
+    t0 = time.time()
+    a, b = rc.ids[:2]
+    with lview.temp_flags(targets=[a]):
+        on_a = [lview.apply_async(square, i) for i in range(3)]
+    with lview.temp_flags(targets=[b]):
+        on_b = [lview.apply_async(always_fails, i) for i in range(2)]
+    rc.wait(on_a + on_b, TIMEOUT)
+    ids = [ar.msg_ids[0] for ar in on_a + on_b]
+    mine = {"msg_id": {"$in": ids}}
+
+    def found(**query):
+        return {r["msg_id"] for r in rc.db_query(dict(mine, **query), keys=["engine"])}
+
+    assert found(engine=a) == {ar.msg_ids[0] for ar in on_a}
+    assert found(engine={"$eq": b}) == found(status="error") == {ar.msg_ids[0] for ar in on_b}
+    assert found(engine={"$ne": a}) == found(engine={"$nin": [a]}) == found(status="error")
+    assert found(completed={"$gt": t0, "$lte": time.time()}) == set(ids)
+    assert found(submitted={"$lt": t0}) == set()
+    assert found(ename="ValueError") == found(status={"$in": ["error"]})
+    assert len(rc.db_query({"submitted": {"$gte": t0}})) >= len(ids)
+
+    rec = rc.db_query({"msg_id": ids[0]})[0]
+    assert "wire" not in rec and "result_parts" not in rec      # frames only when asked
+    assert rec["status"] == "ok" and rec["engine"] == a and rec["started"] >= t0
+    rec = rc.db_query({"msg_id": ids[0]}, keys=["result_parts"])[0]
+    assert set(rec) == {"msg_id", "result_parts"}
+    assert protocol.deserialize(rec["result_parts"]) == 0
+    with pytest.raises(ValueError):
+        rc.db_query({"engine": {"$near": 1}})
+
+
+def test_scheme_and_hwm_flags_reach_the_scheduler(make_cluster):
+    c = make_cluster(["--scheme", "lru", "--hwm", "1"], engines=2)
+    lview = c.rc.load_balanced_view()
+    ars = [lview.apply_async(nap, i, 60) for i in range(4)]
+    status = c.rc.queue_status()
+    assert [status[e]["tasks"] for e in c.rc.ids] == [1, 1]
+    assert status["unassigned"] == 2
+    assert "scheme lru, hwm 1" in c.output("controller")
+    c.rc.abort(ars)
+
+
+def test_sqlite_records_survive_a_controller_restart(make_cluster):
+    first = make_cluster(["--db", "sqlite"], engines=2)
+    lview = first.rc.load_balanced_view()
+    ok = lview.apply_async(square, 12)
+    bad = lview.apply_async(always_fails, 1)
+    ok.get(TIMEOUT)
+    with pytest.raises(ValueError):
+        bad.get(TIMEOUT)
+    ids = ok.msg_ids + bad.msg_ids
+    first.stop()
+    assert os.path.exists(os.path.join(first.profile_dir, ctl.SQLITE_FILE))
+
+    second = make_cluster(["--db", "sqlite"], sub="c")   # the same profile folder
+    rc = second.client()
+    records = {r["msg_id"]: r for r in rc.db_query({"msg_id": {"$in": ids}})}
+    assert {m: r["status"] for m, r in records.items()} == {ids[0]: "ok", ids[1]: "error"}
+    assert rc.result_status(ids)["completed"] == ids
+    assert rc.get_result(ids[0]).get(TIMEOUT) == 144
+    with pytest.raises(ValueError):
+        rc.get_result(ids[1]).get(TIMEOUT)
+
+
+# ---------------------------------------------------------------- the stores
+
+def record(msg_id, status=ctl.PENDING, nbytes=10, **kw):
+    rec = {"msg_id": msg_id, "kind": "apply", "client": b"c", "engine": None, "lb": True,
+           "submitted": time.time(), "started": None, "completed": None, "status": status,
+           "header": {"msg_id": msg_id}, "wire": [b"x" * nbytes],
+           "result_header": None, "result_parts": None, "attempts": [], "watchers": None}
+    rec.update(kw)
+    return rec
+
+
+def finish(db, rec, status="ok", engine=0, stdout=""):
+    rec.update(status=status, engine=engine, completed=time.time(), result_parts=[b"r"],
+               result_header={"status": status, "stdout": stdout})
+    db.finish(rec)
+
+
+def test_dictdb_culls_the_oldest_finished_records_never_a_pending_one():
+    db = ctl.DictDB(record_limit=5)
+    pending = [record(f"p{i}") for i in range(8)]
+    for i, rec in enumerate(pending):
+        db.add(rec)
+        done = record(f"f{i}")
+        db.add(done)
+        finish(db, done)
+    assert all(rec["msg_id"] in db for rec in pending)      # over the limit, all kept
+    assert len(db) == 8 and len(db.pending()) == 8
+    for rec in pending[:6]:
+        finish(db, rec)
+    assert len(db) == 5
+    assert [r["msg_id"] for r in db.pending()] == ["p6", "p7"]
+    assert {r["msg_id"] for r in db.records()} == {"p3", "p4", "p5", "p6", "p7"}
+
+    by_size = ctl.DictDB(size_limit=1000)
+    big = record("big", nbytes=5000)
+    by_size.add(big)
+    for i in range(5):
+        rec = record(f"s{i}", nbytes=300)
+        by_size.add(rec)
+        finish(by_size, rec)
+    assert "big" in by_size and [r["msg_id"] for r in by_size.pending()] == ["big"]
+    assert by_size.drop("big") is False
+    finish(by_size, big)
+    assert "big" not in by_size                               # final now: over the limit
+
+
+def test_nodb_keeps_only_what_is_in_flight():
+    db = ctl.NoDB()
+    rec = record("a")
+    db.add(rec)
+    assert db.get("a") is rec and db.pending() == [rec]
+    finish(db, rec)
+    assert "a" not in db and len(db) == 0
+
+
+@pytest.mark.parametrize("kind", ["dict", "sqlite"])
+def test_find_records(tmp_path, kind):
+    db = ctl.open_db(kind, str(tmp_path))
+    t0 = time.time()
+    for i in range(6):
+        rec = record(f"m{i}", engine=i % 2)
+        db.add(rec)
+        if i < 4:
+            finish(db, rec, status="ok" if i % 2 else "error", engine=i % 2, stdout=f"out{i}")
+    assert {r["msg_id"] for r in db.find_records({"status": "pending"})} == {"m4", "m5"}
+    assert {r["msg_id"] for r in db.find_records({"engine": 1, "status": {"$ne": "pending"}})} \
+        == {"m1", "m3"}
+    assert {r["msg_id"] for r in db.find_records({"msg_id": {"$in": ["m0", "m5", "zz"]}})} \
+        == {"m0", "m5"}
+    assert db.find_records({"completed": {"$gte": t0}, "stdout": "out2"},
+                           keys=["engine"]) == [{"msg_id": "m2", "engine": 0}]
+    assert len(db.find_records({"completed": {"$gt": t0}})) == 4     # None never compares
+    full = db.find_records({"msg_id": "m1"}, keys=["wire", "result_parts", "header"])[0]
+    assert full == {"msg_id": "m1", "wire": [b"x" * 10], "result_parts": [b"r"],
+                    "header": {"msg_id": "m1"}}
+    with pytest.raises(ValueError):
+        db.find_records({"engine": {"$regex": "x"}})
+    db.close()
+
+
+def test_sqlitedb_keeps_records_and_pending_ones_across_reopening(tmp_path):
+    path = str(tmp_path / "tasks.db")
+    db = ctl.SQLiteDB(path)
+    waiting, done = record("w"), record("d")
+    db.add(waiting)
+    db.add(done)
+    assert db.get("w") is waiting          # pending: the live dict the controller changes
+    waiting["attempts"].append({"engine": 1, "status": "engine_died"})
+    finish(db, done)
+    assert db.drop("w") is False and len(db) == 2 and "d" in db
+    db.close()
+
+    again = ctl.SQLiteDB(path)
+    left, = again.pending()               # what a restarted controller must pick up
+    assert left["msg_id"] == "w" and left["wire"] == [b"x" * 10]
+    rec = again.get("d")
+    assert rec["status"] == "ok" and rec["result_parts"] == [b"r"]
+    assert again.drop("w") is False       # left pending by the last controller: kept
+    assert again.drop("d") is True and "d" not in again and len(again) == 1
+    finish(again, left)
+    assert again.pending() == [] and again.get("w")["status"] == "ok"
+    again.close()
+
+
+def test_sqlitedb_refuses_records_that_would_run_code(tmp_path):
+    import pickle
+    import sqlite3
+
+    path = str(tmp_path / "tasks.db")
+    ctl.SQLiteDB(path).close()
+    evil = pickle.dumps({"msg_id": "e", "x": os.system})
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO records VALUES ('e', 'ok', 0, 0, 0, ?, NULL, NULL)", (evil,))
+    db = ctl.SQLiteDB(path)
+    with pytest.raises(pickle.UnpicklingError):
+        db.get("e")
+    db.close()
+
