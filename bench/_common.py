@@ -75,7 +75,7 @@ class Config:
         cfg = cls(quick=quick)
         if quick:
             cfg = dataclasses.replace(
-                cfg, rtt_n=500, rate_repeat=2, cluster_rate_repeat=1, tasks_n=1000,
+                cfg, rtt_n=500, rate_repeat=3, cluster_rate_repeat=1, tasks_n=1000,
                 map1_n=1000, map_auto_n=200_000, slow_n=300, slow_rtt_n=100, bulk_repeat=2,
                 import_repeat=3, queued_n=2000, timeout_s=30.0)
         return dataclasses.replace(cfg, **overrides)
@@ -549,21 +549,22 @@ def _queued_task_bytes(rc, cfg, controller_pid, n):
     # first uses allocate once (code paths, caches, socket buffers): not per task
     _wait_all([view.apply_async(noop_f) for _ in range(200)], cfg.timeout_s)
     flag = tempfile.mktemp(prefix="bench-release-")
-    # one blocker per engine, sent directly so each engine is surely busy
-    blockers = [rc[i].apply_async(wait_for_file, flag, cfg.timeout_s) for i in rc.ids]
     try:
-        time.sleep(0.5)
-        before = _steady_rss(controller_pid)
-        tasks = [view.apply_async(noop_f) for _ in range(n)]
-        _wait_queued(rc, n, cfg.timeout_s)
-        after = _steady_rss(controller_pid)
-    finally:
-        open(flag, "w").close()
-    try:
+        # one blocker per engine, sent directly so each engine is surely busy
+        blockers = [rc[i].apply_async(wait_for_file, flag, cfg.timeout_s) for i in rc.ids]
+        try:
+            time.sleep(0.5)
+            before = _steady_rss(controller_pid)
+            tasks = [view.apply_async(noop_f) for _ in range(n)]
+            _wait_queued(rc, n, cfg.timeout_s)
+            after = _steady_rss(controller_pid)
+        finally:
+            open(flag, "w").close()  # release the engines, also after a failure
         _wait_all(blockers, cfg.timeout_s)
         _wait_all(tasks, cfg.timeout_s)
     finally:
-        os.unlink(flag)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(flag)
     return (after - before) / n
 
 

@@ -11,16 +11,21 @@ registered as a ``_MsgFuture`` under its msg_id, and handed to the I/O thread. R
 are verified and unpickled in the I/O thread, which completes the future; an
 ``AsyncResult`` is a ``concurrent.futures.Future`` over one or more of those.
 
+The I/O socket's monitor tells when the controller goes away and comes back (restarted
+with --reuse): the client then connects again and asks for what is outstanding, or
+after ``reconnect_timeout`` fails it with a clear error. Engines on another Python or
+cloudpickle version are warned about, and named in unpickling errors.
+
 The classic IPython.kernel API (MultiEngineClient, TaskClient, StringTask, MapTask,
 TaskResult, PendingResult and the %px magics) is a facade over these, in the last section.
 """
 
-import asyncio
 import collections
 import concurrent.futures
 import contextlib
 import datetime
 import functools
+import heapq
 import itertools
 import logging
 import os
@@ -30,7 +35,9 @@ import threading
 import time
 import timeit
 import types
+import warnings
 
+import cloudpickle
 import zmq
 
 from . import errors, protocol
@@ -38,6 +45,17 @@ from .dependency import Dependency, dependent, msg_ids
 from .errors import CompositeError, NoEnginesRegistered, TimeoutError
 
 log = logging.getLogger(__name__)
+
+# How long a Client waits for a controller that went away to come back (then it catches
+# up by itself) before failing what is outstanding. 10..300 s is reasonable: a controller
+# restarted with --reuse is back in about a second.
+RECONNECT_TIMEOUT_S = 60.0
+# After reconnecting, requests the controller has no record of are asked for again this
+# many times, RESYNC_DELAY_S apart and doubling, before they fail (one sent during the
+# outage may arrive after the question).
+RESYNC_RETRIES = 3
+RESYNC_DELAY_S = 0.5
+_TIMER_SEQ = itertools.count()
 
 
 def interactive(f):
@@ -57,7 +75,7 @@ class _MsgFuture(concurrent.futures.Future):
         self.msg_id = msg_id
         self.metadata = {"msg_id": msg_id, "engine_id": engine_id, "submitted": time.time(),
                          "started": None, "completed": None, "received": None,
-                         "stdout": "", "stderr": "", "status": None}
+                         "stdout": "", "stderr": "", "status": None, "attempts": []}
 
 
 class AsyncResult(concurrent.futures.Future):
@@ -216,6 +234,8 @@ class AsyncResult(concurrent.futures.Future):
 
     def __await__(self):
         """``await ar`` in a coroutine: the result, without blocking the event loop."""
+        import asyncio  # here, not at the top: it doubles the time of `import minipar`
+
         return asyncio.wrap_future(self).__await__()
 
     @property
@@ -311,10 +331,12 @@ class Client:
     key is refused, or the controller does not answer within `timeout` seconds.
     """
 
-    def __init__(self, url_file=None, profile=None, profile_dir=None, timeout=10, **kwargs):
+    def __init__(self, url_file=None, profile=None, profile_dir=None, timeout=10,
+                 reconnect_timeout=RECONNECT_TIMEOUT_S, **kwargs):
         if url_file is None:
             url_file = os.path.join(protocol.profile_dir(profile, profile_dir), "security",
                                     protocol.CLIENT_FILE)
+        self.reconnect_timeout = reconnect_timeout
         self.url_file = url_file
         self.info = protocol.read_connection_file(url_file)
         self.session = protocol.Session(self.info["key"], self.info.get(
@@ -338,6 +360,14 @@ class Client:
         protocol.connect(self._sender, self.info, "client")
         dealer = self.ctx.socket(zmq.DEALER)
         dealer.linger = 0
+        # a fixed identity: the controller's records name it as where results go, also
+        # after it restarted (and the connection was made again)
+        dealer.identity = b"client-" + self.session.session.encode()
+        self._monitor = dealer.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self._lost_at = None        # when the connection to the controller went: I/O thread
+        self._warned_skew = set()   # engines whose other Python/cloudpickle was warned about
+        self._timers = []           # heap of (deadline, seq, function): I/O thread
         protocol.connect(dealer, self.info, "client")
         sub = self.ctx.socket(zmq.SUB)
         sub.linger = 0
@@ -353,27 +383,33 @@ class Client:
             raise
         with self._engines_changed:
             self._engines.update({int(k): v for k, v in reply["engines"].items()})
+        self._check_versions(self._engines)
 
     # ------------------------------------------------------------ I/O thread
 
     def _io_loop(self, dealer, sub, outbox_in):
         # executes in the I/O thread: owns dealer, sub and outbox_in
         poller = zmq.Poller()
-        for s in (dealer, sub, outbox_in):
+        monitor = self._monitor
+        for s in (dealer, sub, outbox_in, monitor):
             poller.register(s, zmq.POLLIN)
         while True:
-            for sock, _ in poller.poll():
+            for sock, _ in poller.poll(self._run_timers()):
                 for _ in range(256):
                     try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        frames = protocol.recv(sock, zmq.NOBLOCK)
                     except zmq.Again:
                         break
                     if sock is outbox_in:
                         if len(frames) == 1:  # close() marker
-                            for s in (dealer, sub, outbox_in):
+                            dealer.disable_monitor()
+                            for s in (dealer, sub, outbox_in, monitor):
                                 s.close(linger=0)
                             return
                         dealer.send_multipart(frames, copy=False)
+                        continue
+                    if sock is monitor:
+                        self._on_connection_event(dealer, frames)
                         continue
                     try:
                         if sock is dealer:
@@ -383,6 +419,111 @@ class Client:
                     except Exception as e:
                         log.warning("dropped a message from the controller: %s: %s",
                                     type(e).__name__, e)
+
+    # ---- losing the controller, and finding it again (I/O thread)
+    #
+    # The I/O socket's monitor says when the connection goes and comes back. Gone for
+    # longer than `reconnect_timeout`: everything outstanding fails with a clear error.
+    # Back (the controller restarted with --reuse, or the network healed): connect again
+    # (the controller learns where replies go, and we learn its engines), then ask for
+    # the results of everything outstanding. The finished ones are sent again, pending
+    # ones arrive when done; ones it has no record of are asked for again a few times
+    # (a request sent during the outage can arrive after the question), then fail.
+
+    def _on_connection_event(self, dealer, frames):
+        from zmq.utils.monitor import parse_monitor_message
+
+        event = parse_monitor_message([f.bytes for f in frames])["event"]
+        now = time.monotonic()
+        if event == zmq.EVENT_DISCONNECTED and self._lost_at is None:
+            self._lost_at = lost = now
+            log.warning("lost the connection to the controller at %s: waiting up to %s s for "
+                        "it to come back", protocol.url(self.info, "client"),
+                        self.reconnect_timeout)
+            self._at(now + self.reconnect_timeout, lambda: self._give_up(lost))
+        elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._lost_at is not None:
+            log.warning("connected to the controller again after %.1f s: asking for what is "
+                        "outstanding", now - self._lost_at)
+            self._lost_at = None
+            self._io_query(dealer, protocol.CONNECT, self._on_reconnected)
+
+    def _give_up(self, lost):
+        if self._lost_at != lost:
+            return   # it came back in time
+        err = errors.MiniparError(
+            f"lost the controller at {protocol.url(self.info, 'client')}: it did not come "
+            f"back within {self.reconnect_timeout} s (reconnect_timeout), so the outcome of "
+            "this request is unknown; restart the controller (with --reuse to keep its "
+            "address and key) and submit the work again")
+        for msg_id, f in list(self._futures.items()):
+            if not f.done():
+                self._futures.pop(msg_id, None)
+                f.set_exception(err)
+        log.error("%s", err)
+
+    def _on_reconnected(self, dealer, header):
+        with self._engines_changed:
+            self._engines = {int(k): v for k, v in header.get("engines", {}).items()}
+            self._engines_changed.notify_all()
+        self._ask_outstanding(dealer, None, 0)
+
+    def _ask_outstanding(self, dealer, msg_ids, attempt):
+        if msg_ids is None:
+            msg_ids = [m for m, f in list(self._futures.items())
+                       if not f.metadata.get("query") and not f.done()]
+        if msg_ids:
+            self._io_query(dealer, protocol.RESULT_REQUEST,
+                           lambda d, h: self._on_outstanding(d, h, attempt), msg_ids=msg_ids)
+
+    def _on_outstanding(self, dealer, header, attempt):
+        unknown = [m for m in header.get("unknown", ())
+                   if m in self._futures and not self._futures[m].done()]
+        if not unknown:
+            return
+        if attempt < RESYNC_RETRIES:
+            self._at(time.monotonic() + RESYNC_DELAY_S * 2 ** attempt,
+                     lambda: self._ask_outstanding(dealer, unknown, attempt + 1))
+            return
+        for m in unknown:
+            f = self._futures.pop(m, None)
+            if f is not None and not f.done():
+                f.set_exception(errors.MiniparError(
+                    f"the controller has no record of request {m}: it restarted and the "
+                    "request was lost with the old one (it keeps records across restarts "
+                    "only with --db sqlite); submit it again"))
+
+    def _io_query(self, dealer, kind, on_reply, **fields):
+        """A query sent from the I/O thread; `on_reply(dealer, header)` runs in it too."""
+        header, frames = self.session.msg(kind, **fields)
+        f = _MsgFuture(header["msg_id"])
+        f.metadata["query"] = True
+        self._futures[f.msg_id] = f
+
+        def done(f):
+            if f.exception() is None:
+                on_reply(dealer, f.result())
+            else:
+                log.warning("%s after reconnecting failed: %s", kind, f.exception())
+
+        f.add_done_callback(done)
+        dealer.send_multipart(frames)
+
+    def _at(self, deadline, function):
+        heapq.heappush(self._timers, (deadline, next(_TIMER_SEQ), function))
+
+    def _run_timers(self):
+        """Run the timers that are due; milliseconds until the next one (None: none)."""
+        while self._timers and self._timers[0][0] <= time.monotonic():
+            _, _, function = heapq.heappop(self._timers)
+            try:
+                function()
+            except Exception:
+                log.exception("a client timer failed")
+        if not self._timers:
+            return None
+        return max(0.0, (self._timers[0][0] - time.monotonic()) * 1000)
+
+    # ---- end of losing the controller
 
     def _on_reply(self, frames):
         # executes in the I/O thread
@@ -428,12 +569,51 @@ class Client:
         except Exception as e:
             return f.set_exception(errors.SerializationError(
                 f"could not unpickle the result of {f.msg_id}: {type(e).__name__}: {e}; is "
-                "the module that defines it importable here?"))
+                "the module that defines it importable here?"
+                f"{self._version_skew(md['engine_id'], ' ')}"))
         if header.get("status") == "ok":
             f.set_result(value)
+        elif header.get("ename") == "SerializationError" and self._version_skew(md["engine_id"]):
+            # the engine could not unpickle the request: say why that is likely
+            err = errors.error("SerializationError", f"{header.get('evalue', '')}; "
+                               f"{self._version_skew(md['engine_id'])}",
+                               getattr(value, "engine_info", None))
+            err.__cause__ = value if isinstance(value, BaseException) else None
+            f.set_exception(err)
         else:
             f.set_exception(value if isinstance(value, BaseException) else errors.error(
                 header.get("ename", "MiniparError"), header.get("evalue", "")))
+
+    # ---- version skew: engines report their Python and cloudpickle versions when they
+    # register; one that differs from this client's is warned about at once, and named
+    # in the error when something fails to unpickle (by-value functions do not unpickle
+    # across Python minor versions, nor always across cloudpickle versions).
+
+    def _version_skew(self, engine_id, prefix=""):
+        """What differs between engine `engine_id` and this client ("" if nothing)."""
+        info = self._engines.get(engine_id) or {}
+        python, theirs = info.get("python"), info.get("cloudpickle")
+        same_python = not python or list(python[:2]) == list(sys.version_info[:2])
+        if same_python and (not theirs or theirs == cloudpickle.__version__):
+            return ""
+        return (f"{prefix}engine {engine_id} runs Python {'.'.join(map(str, python or ['?']))} "
+                f"with cloudpickle {theirs}, but this client runs Python "
+                f"{'.'.join(map(str, sys.version_info[:3]))} with cloudpickle "
+                f"{cloudpickle.__version__}: functions sent by value (lambdas, closures, "
+                "functions defined in __main__) may not unpickle across them; run the same "
+                "Python minor version and cloudpickle everywhere")
+
+    def _check_versions(self, engines, warn=True):
+        """Log (and with `warn`, in the user's thread, warn) each skewed engine once."""
+        for eid in engines:
+            skew = self._version_skew(eid)
+            if skew and eid not in self._warned_skew:
+                self._warned_skew.add(eid)
+                log.warning("%s", skew)
+                if warn:
+                    warnings.warn(skew, RuntimeWarning, stacklevel=3)
+
+    # ---- end of version skew
 
     def _on_notification(self, frames):
         # executes in the I/O thread
@@ -442,6 +622,8 @@ class Client:
         with self._engines_changed:
             if kind == protocol.ENGINE_REGISTERED:
                 self._engines[header["id"]] = header.get("info", {})
+                # before waiters wake; the I/O thread only logs (warnings are the user's)
+                self._check_versions([header["id"]], warn=False)
             elif kind in (protocol.ENGINE_UNREGISTERED, protocol.ENGINE_DIED):
                 self._engines.pop(header["id"], None)
             self._engines_changed.notify_all()
@@ -457,7 +639,7 @@ class Client:
         f = _MsgFuture(header["msg_id"], engine_id)
         self._futures[f.msg_id] = f
         with self._send_lock:
-            self._sender.send_multipart(frames, copy=False)
+            protocol.send(self._sender, frames)
         return f
 
     def _query(self, kind, timeout=None, **fields):
@@ -481,7 +663,7 @@ class Client:
 
     def _apply(self, f, args, kwargs, engine_id=None, fparts=None, **fields):
         if fparts is None:
-            fparts = protocol.serialize(f)
+            fparts = protocol.serialize_function(f)
         aparts = protocol.serialize((args, kwargs))
         return self._send(protocol.APPLY, [*fparts, *aparts], engine_id=engine_id,
                           engine=engine_id, counts=[len(fparts), len(aparts)], **fields)
@@ -910,7 +1092,7 @@ class DirectView(_View):
         return AsyncResult(self.client, futures, fname=fname, single=single)
 
     def _apply(self, f, args, kwargs, targets=None):
-        fparts = protocol.serialize(f)
+        fparts = protocol.serialize_function(f)
         return self._each(targets, lambda e: self.client._apply(
             f, args, kwargs, engine_id=e, fparts=fparts), getattr(f, "__name__", "apply"))
 
@@ -1005,7 +1187,7 @@ class DirectView(_View):
         seqs = [_sequence(s) for s in sequences]
         n = min(len(s) for s in seqs)
         ids = self.client._targets(self.targets)
-        fparts = protocol.serialize(f)
+        fparts = protocol.serialize_function(f)
         futures = []
         for i, eid in enumerate(ids):
             chunks = [_partition(s[:n] if len(s) != n else s, len(ids), i) for s in seqs]
@@ -1182,7 +1364,7 @@ class LoadBalancedView(_View):
             chunksize = max(1, -(-n // (4 * max(1, len(self.client.ids)))))
         elif chunksize < 1:
             raise ValueError(f"chunksize={chunksize}: give a positive number of elements")
-        fparts = protocol.serialize(f)
+        fparts = protocol.serialize_function(f)
         fields = self._task_fields()
         chain = self._recovery_chain()
         if isinstance(chain, str) and n > chunksize:
@@ -1212,7 +1394,7 @@ class LoadBalancedView(_View):
         if max_outstanding < 1:
             raise ValueError(f"max_outstanding={max_outstanding}: give a positive number")
         # flags are read now, as map reads them, not when the first item is asked for
-        return self._imap(f, zip(*iterables), protocol.serialize(f), self._task_fields(),
+        return self._imap(f, zip(*iterables), protocol.serialize_function(f), self._task_fields(),
                           self._recovery_chain(), ordered, max_outstanding)
 
     def _imap(self, f, items, fparts, fields, chain, ordered, max_outstanding):
@@ -2366,7 +2548,7 @@ class TaskClient:
     # ------------------------------------------------------------ map
 
     def _map(self, func, *sequences, block=True, **options):
-        fparts = protocol.serialize(func)
+        fparts = protocol.serialize_function(func)
         ids = [self._run(MapTask(func, args, **options), fparts) for args in zip(*sequences)]
         if not block:
             return ids

@@ -17,6 +17,13 @@ reply, or an error the hub makes itself (engine died, aborted, impossible depend
 
 Timers (heartbeat, scheduler deadlines) are deadlines checked after each poll, not threads.
 ``loop_once(now)`` is one pass; tests may call it by hand.
+
+Robustness: a message that fails its check is refused, counted by reason (queue_status
+``stats``) and logged sparingly; a signed header with fields of the wrong type becomes an
+error result, not a half-made record. A reply from an earlier attempt of a task (an
+engine declared dead and back) is refused as stale, so each request ends once. Started
+with ``--reuse --db sqlite`` after a crash, ``_recover`` resubmits or fails what the
+previous controller left pending. ``--curve`` encrypts every socket with CurveZMQ.
 """
 
 import argparse
@@ -543,16 +550,6 @@ class Controller:
         log.warning("took up %d requests left pending by the previous controller: %d "
                     "submitted again, %d failed", len(left), again, len(left) - again)
 
-    def _client_connected(self, session, ident):
-        """A client (re)connected: its replies go to `ident`, also for the requests it sent
-        before (to a restarted controller, they can overtake its connect)."""
-        old = self._clients.get(session)
-        self._clients[session] = ident
-        if old != ident:
-            for rec in self.db.pending():
-                if rec["header"].get("session") == session:
-                    rec["client"] = ident
-
     @property
     def info(self):
         info = {"key": self.session.key.hex(), "signature_scheme": protocol.SIGNATURE_SCHEME,
@@ -609,7 +606,7 @@ class Controller:
             # drain what is there before polling again: fewer syscalls under load
             for _ in range(256):
                 try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    frames = protocol.recv(sock, zmq.NOBLOCK)
                 except zmq.Again:
                     break
                 try:
@@ -805,7 +802,7 @@ class Controller:
         kind = header["kind"]
         wire = frames[len(idents):]
         if kind == protocol.CONNECT:
-            self._client_connected(header["session"], idents[0].bytes)
+            self._clients[header["session"]] = idents[0].bytes
         # a client sends from a send-only socket; its replies go to the socket it connected with
         idents = [self._clients.get(header["session"]) or idents[0].bytes]
         if kind in _DIRECT:
@@ -827,7 +824,7 @@ class Controller:
 
     def _send(self, sock, idents, kind, parts=(), **fields):
         _, frames = self.session.msg(kind, parts, **fields)
-        sock.send_multipart([*idents, *frames], copy=False)
+        protocol.send(sock, [*idents, *frames])
 
     def _notify(self, kind, **fields):
         _, frames = self.session.msg(kind, **fields)
@@ -876,7 +873,7 @@ class Controller:
             wire = self.session.resign(header, wire[3:])
         rec["engine"] = eid
         engine["outstanding"].add(rec["msg_id"])
-        self.sockets["engine"].send_multipart([engine["ident"], *wire], copy=False)
+        protocol.send(self.sockets["engine"], [engine["ident"], *wire])
 
     def _on_reply(self, eid, header, parts, frames):
         msg_id = header.get("parent")
@@ -894,6 +891,7 @@ class Controller:
         engine["outstanding"].discard(msg_id)
         rec["result_header"] = header
         rec["result_parts"] = parts
+        rec["reply_wire"] = frames[len(frames) - len(parts) - 3:]  # DELIM, sig, header, parts
         rec["started"] = header.get("started")
         status = header.get("status", ERROR)
         engine["completed"] += 1   # direct and load-balanced, as queue_status reports it
@@ -906,7 +904,7 @@ class Controller:
     def _on_stream(self, header, wire):
         rec = self.db.get(header.get("parent"))
         if rec is not None and rec["status"] == PENDING:
-            self.sockets["client"].send_multipart([rec["client"], *wire], copy=False)
+            protocol.send(self.sockets["client"], [rec["client"], *wire])
 
     # ------------------------------------------------------------ final states
 
@@ -917,15 +915,19 @@ class Controller:
         header = rec["result_header"]
         if rec["engine"] in self.engines:
             self.engines[rec["engine"]]["outstanding"].discard(rec["msg_id"])
-        header = dict(header, parent=rec["msg_id"], submitted=rec["submitted"],
-                      engine=header.get("engine", rec["engine"]))
-        if rec["attempts"]:
-            header["attempts"] = rec["attempts"]
-        frames = self.session.resign(header, rec["result_parts"] or ())
+        frames = rec.pop("reply_wire", None)
+        if frames is None or len(rec["attempts"]) > 1:
+            # made here, retried or recovered: a new header (the common case, an engine's
+            # reply on the first attempt, goes on as it came, saving a pickle and an HMAC)
+            header = dict(header, parent=rec["msg_id"], submitted=rec["submitted"],
+                          engine=header.get("engine", rec["engine"]))
+            if rec["attempts"]:
+                header["attempts"] = rec["attempts"]
+            frames = self.session.resign(header, rec["result_parts"] or ())
+            rec["result_header"] = header
         sock = self.sockets["client"]
         for client in [rec["client"], *(rec["watchers"] or ())]:
-            sock.send_multipart([client, *frames], copy=False)
-        rec["result_header"] = header
+            protocol.send(sock, [client, *frames])
         self.db.finish(rec)
         recovers = rec.get("recovers")
         if recovers:
@@ -933,6 +935,7 @@ class Controller:
             if owner is not None and owner["status"] == PENDING:
                 owner["result_header"] = dict(header, recovered_by=rec["msg_id"])
                 owner["result_parts"] = rec["result_parts"]
+                owner.pop("reply_wire", None)  # its own last failure is not what it ends with
                 owner["engine"] = rec["engine"]
                 self._finish(owner, status)
 
@@ -943,6 +946,7 @@ class Controller:
                                 "engine": rec["engine"], "counts": [1]}
         rec["result_parts"] = protocol.serialize(err)
         rec["result_header"]["body"] = protocol.body_digest(rec["result_parts"])
+        rec.pop("reply_wire", None)
         self._finish(rec, ERROR)
 
     def _act(self, decisions):

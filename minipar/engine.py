@@ -14,6 +14,13 @@ interrupts it (SIGINT to the main thread) to abort a running task or to enforce 
 `time_limit`. Control messages (abort, interrupt, shutdown) overtake queued work.
 What a running request prints is collected by ``_Streamer`` and sent by the receiver
 as ``stream`` messages every STREAM_INTERVAL_S, so the client sees it as it happens.
+
+Losing the controller: an engine declared dead (frozen, starved) or unknown to a
+restarted controller gets an ``unregister`` notice (its heart's beats make the
+controller send one); it drops its queued work, aborts the running request (their
+results would be refused as stale) and registers again asking for its old id. A
+controller silent for ``max_missed_heartbeats`` beats makes it exit with status 1.
+Bad messages are dropped and counted, never fatal: ``stats`` requests report the counts.
 """
 
 import argparse
@@ -287,11 +294,11 @@ class Engine:
         """(msg_id, frames) of a REGISTER: who this engine is, and the id it asks for (the
         one it had, when it registers again). Only plain properties can go in a header."""
         props = {k: v for k, v in properties.items() if _plain(k) and _plain(v)}
+        python, cloudpickle_version = _versions()
         header, frames = self.session.msg(
             protocol.REGISTER, uuid=self.ident.decode(), pid=os.getpid(),
-            host=socket.gethostname(), python=list(sys.version_info[:3]),
-            cloudpickle=cloudpickle.__version__, properties=props,
-            reply_ident=(self.ident + REPLY_SUFFIX).decode(), id=want)
+            host=socket.gethostname(), python=python, cloudpickle=cloudpickle_version,
+            properties=props, reply_ident=(self.ident + REPLY_SUFFIX).decode(), id=want)
         return header["msg_id"], frames
 
     def _run_startup(self):
@@ -332,7 +339,7 @@ class Engine:
             if dealer in events:
                 for _ in range(256):
                     try:
-                        frames = dealer.recv_multipart(zmq.NOBLOCK, copy=False)
+                        frames = protocol.recv(dealer, zmq.NOBLOCK)
                     except zmq.Again:
                         break
                     try:
@@ -349,6 +356,7 @@ class Engine:
                 log.error("the controller has been silent for %d heartbeats: exiting",
                           self.max_missed_heartbeats)
                 self.exit_code = 1
+                self._abort_current()   # its result could go nowhere
                 self._stop()
             reg = self._registering
             if reg is not None and now - reg[1] > self.registration_timeout \
@@ -356,6 +364,7 @@ class Engine:
                 log.error("the controller did not answer this engine's registration within "
                           "%.0f s: exiting", self.registration_timeout)
                 self.exit_code = 1
+                self._abort_current()
                 self._stop()
 
     def _send_stream(self, dealer):
@@ -543,6 +552,10 @@ class Engine:
             self.session.check_body(header, parts)
             self._current = (msg_id, time.monotonic() + limit if limit else None)
             try:
+                # again now that _current is set: the receiver adds to _aborted before it
+                # reads _current, so an abort arriving around here is seen by one side
+                if msg_id in self._aborted:
+                    raise _Interrupt("abort")
                 if handler is None:
                     raise ValueError(f"unknown request kind {header['kind']!r}")
                 if header.get("clear_before"):  # classic Task(clear_before=True)
@@ -559,6 +572,7 @@ class Engine:
                     f"the task ran longer than its time_limit of {limit} s and was "
                     "interrupted; raise time_limit or split the work")
             elif reason == "abort":
+                self._aborted.discard(msg_id)
                 status, result = "aborted", errors.TaskAborted("aborted while running")
             else:
                 status, result = "error", KeyboardInterrupt("interrupted")
@@ -614,12 +628,12 @@ class Engine:
                 fields[name] = (fields.get(name) or "")[-10_000:]
             fields.update(status="error", ename=remote.ename, evalue=remote.evalue)
             _, frames = self.session.msg(kind, protocol.serialize(remote), **fields)
-        self._replies.send_multipart(frames, copy=False)
+        protocol.send(self._replies, frames)
 
     def _send(self, kind, parts=(), **fields):
         # executes in the main thread, on its own socket
         _, frames = self.session.msg(kind, parts, **fields)
-        self._replies.send_multipart(frames, copy=False)
+        protocol.send(self._replies, frames)
 
     # ------------------------------------------------------------ request kinds
 
@@ -631,6 +645,8 @@ class Engine:
                 raise errors.UnmetDependency(f"the task cannot be unpickled on this engine: "
                                              f"{type(e).__name__}: {e}") from None
             raise
+        except Exception as e:
+            raise self._unpickling_error(e) from None
         f = self._bind(f)
         if header.get("map"):  # a chunk of a map: f element-wise over the sequences
             return list(map(f, *args))
@@ -668,8 +684,22 @@ class Engine:
         linecache.cache[name] = (len(code), None, code.splitlines(True), name)
         exec(compile(code, name, "exec"), self.user_ns)
 
+    def _unpickling_error(self, e):
+        """A request that does not unpickle here, named as such (with this engine's
+        versions: a client on another Python or cloudpickle is the usual cause)."""
+        python, cloudpickle_version = _versions()
+        return errors.SerializationError(
+            f"engine {self.id} could not unpickle the request (it runs Python "
+            f"{'.'.join(map(str, python))} with cloudpickle {cloudpickle_version}): "
+            f"{type(e).__name__}: {e}")
+
     def _push(self, header, parts):
-        ns = protocol.deserialize(parts)
+        try:
+            ns = protocol.deserialize(parts)
+        except ImportError:   # a module missing here: clear as it is
+            raise
+        except Exception as e:
+            raise self._unpickling_error(e) from None
         self.user_ns.update({k: self._bind(v) for k, v in ns.items()})
 
     def _pull(self, header, parts):
@@ -732,6 +762,13 @@ class Engine:
         protocol.CLEAR: _clear,
         protocol.PROPERTIES: _properties,
     }
+
+
+def _versions():
+    """(Python version as [major, minor, micro], cloudpickle's version): sent at
+    registration, so clients can tell when theirs differ (functions sent by value do
+    not unpickle across Python minor versions)."""
+    return list(sys.version_info[:3]), cloudpickle.__version__
 
 
 def _plain(value):

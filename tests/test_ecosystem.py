@@ -36,6 +36,11 @@ def getpid_of(x):
     return os.getpid(), x * x
 
 
+def mark_then_sleep(folder, i):
+    open(os.path.join(folder, str(i)), "w").close()   # "I am running"
+    time.sleep(60)
+
+
 @pytest.fixture
 def no_tqdm(monkeypatch):
     """tqdm as if not installed: ``from tqdm.auto import tqdm`` raises ImportError."""
@@ -89,9 +94,13 @@ def test_executor_map_in_order_with_chunks_and_timeout(rc):
         ex.shutdown(cancel_futures=True)
 
 
-def test_executor_shutdown_cancels_futures_and_frees_the_engines(rc):
+def test_executor_shutdown_cancels_futures_and_frees_the_engines(rc, tmp_path):
     ex = rc.executor()
-    running = [ex.submit(sleep_then, 60, i) for i in range(4)]
+    running = [ex.submit(mark_then_sleep, str(tmp_path), i) for i in range(4)]
+    deadline = time.monotonic() + WAIT_S
+    while len(os.listdir(tmp_path)) < 4:   # each engine is in the middle of one
+        assert time.monotonic() < deadline, os.listdir(tmp_path)
+        time.sleep(0.02)
     queued = [ex.submit(sleep_then, 60, i) for i in range(20)]
     ex.shutdown(wait=True, cancel_futures=True)   # returns: nothing is left to wait for
     assert all(f.cancelled() for f in running + queued)

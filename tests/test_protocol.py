@@ -117,3 +117,18 @@ def test_missing_and_stale_connection_files_say_what_to_do(tmp_path):
                                           "pid": p.pid, "host": socket.gethostname()})
     with pytest.raises(errors.ConnectionFileError, match="stale.*not running"):
         protocol.read_connection_file(path)
+
+
+def test_function_pickles_are_reused_only_while_they_cannot_change():
+    ns = {"__name__": "__main__"}
+    exec("import math\ndef f(x):\n    return math.sqrt(x) + helper(x)\n", ns)
+    f = ns["f"]
+    first = protocol.serialize_function(f)
+    assert protocol.serialize_function(f) is first  # nothing it uses changed: reused
+    ns["helper"] = lambda x: x  # a global it names appeared: pickled again, with it
+    second = protocol.serialize_function(f)
+    assert second is not first
+    assert protocol.deserialize(second)(4) == 6.0
+    exec("scale = 2\ndef g(x):\n    return x * scale\n", ns)
+    g = ns["g"]
+    assert protocol.serialize_function(g) is not protocol.serialize_function(g)  # data: never cached
