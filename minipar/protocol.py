@@ -6,13 +6,17 @@ minipar's except ``errors``. A message is a list of ZeroMQ frames::
     [routing ids ...] DELIM  signature  header  part  part ...
                               ^          ^       ^ pickles and their out-of-band buffers
                               |          +-- a plain dict, pickled; carries `body`,
-                              |              the SHA-256 of every part frame
+                              |              the SHA-256 of the parts (see body_digest)
                               +-- HMAC-SHA256(key, header)
 
 The controller reads headers only: it checks the signature over the header and never
 touches the parts, so forwarding a 100 MB push costs it no hashing. The receiver of
 the parts (an engine or a client) checks `body` against the parts before unpickling
-any of them. Nothing is unpickled before its signature is verified, and a header
+any of them. Every pickle is covered by the digest; an out-of-band buffer (an array's
+raw memory, listed in the header's `raw`) by its length only, as Jupyter's protocol
+leaves buffers unsigned: hashing 100 MB would halve the bulk rate, and a buffer is
+never parsed, so changing one alters data but cannot run code (``--curve`` encrypts and
+authenticates everything). Nothing is unpickled before its signature is verified, and a header
 can only hold plain data (lists, dicts, str, numbers): its unpickler refuses every
 class and function. A refused message is counted under one of DROP_REASONS; messages
 above the cluster's max_message_size are refused on receipt and never sent.
@@ -121,10 +125,13 @@ def unpack_header(data):
 
 # ---------------------------------------------------------------- signing
 
-def body_digest(parts):
+def body_digest(parts, raw=()):
+    """SHA-256 of the parts; of a raw buffer (an array's memory, not parsed by anything),
+    only its length: hashing 100 MB costs more than sending it, and a changed buffer can
+    alter data but never run code. Use --curve where the data must not be altered."""
     h = hashlib.sha256()
-    for p in parts:
-        h.update(p)
+    for i, p in enumerate(parts):
+        h.update(b"%d:" % len(p) if i in raw else p)
     return h.hexdigest()
 
 
@@ -155,7 +162,10 @@ class Session:
 
     def frames(self, header, parts=()):
         """Frames for `header` and `parts`; the header is given a digest of the parts."""
-        header["body"] = body_digest(parts) if parts else ""
+        raw = [i for i, p in enumerate(parts) if type(p) is memoryview]  # serialize's buffers
+        if raw:
+            header["raw"] = raw
+        header["body"] = body_digest(parts, raw) if parts else ""
         hb = pack_header(header)
         return [DELIM, self.sign(hb), hb, *parts]
 
@@ -208,7 +218,7 @@ class Session:
         return idents, header, parts
 
     def check_body(self, header, parts):
-        if header.get("body", "") != (body_digest(parts) if parts else ""):
+        if header.get("body", "") != (body_digest(parts, header.get("raw", ())) if parts else ""):
             self.dropped["bad digest"] += 1
             raise ValueError("message parts do not match the signed digest")
 

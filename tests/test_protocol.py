@@ -132,3 +132,18 @@ def test_function_pickles_are_reused_only_while_they_cannot_change():
     exec("scale = 2\ndef g(x):\n    return x * scale\n", ns)
     g = ns["g"]
     assert protocol.serialize_function(g) is not protocol.serialize_function(g)  # data: never cached
+
+
+def test_pickles_are_digested_and_raw_buffers_by_length():
+    s = protocol.Session(KEY)
+    a = np.arange(100_000, dtype="float64")
+    parts = protocol.serialize({"a": a})
+    header, frames = s.msg(protocol.PUSH, parts)
+    assert header["raw"] == [1]
+    _, h, got = protocol.Session(KEY).check(list(frames))
+    s.check_body(h, got)
+    tampered = [bytes(got[0]).replace(b"numpy", b"numpx"), got[1]]
+    with pytest.raises(ValueError, match="digest"):
+        s.check_body(h, tampered)  # the pickle is covered
+    with pytest.raises(ValueError, match="digest"):
+        s.check_body(h, [got[0], bytes(got[1])[:-8]])  # a buffer's length is covered
