@@ -1487,6 +1487,8 @@ class Cluster:
     ``<profile_dir>/security/cluster-<cluster_id>.json`` for ``Cluster.from_file``.
     `controller_options` / `engine_options` are keyword arguments for the launchers
     (``engine_options={"mpi_args": ["--oversubscribe"]}``, ``{"engines": {host: n}}``).
+    ``restart_engines="on_failure"`` replaces engines that crash or are killed (local
+    engine sets), so a long run keeps its engine count.
     """
 
     def __init__(self, n=None, engines="local", controller="local", profile=None,
@@ -1511,7 +1513,7 @@ class Cluster:
         if restart_engines not in RESTART_POLICIES:
             raise ValueError(f"restart_engines={restart_engines!r}: use one of "
                              f"{RESTART_POLICIES}")
-        self.restart_engines = restart_engines
+        self.engine_restart = restart_engines
         self.controller = None
         self.engines = {}  # engine set id -> launcher
         self._clients = []
@@ -1549,7 +1551,7 @@ class Cluster:
                             "engine_args": self.engine_args, "timeout": self.timeout,
                             "controller_options": self.controller_options,
                             "engine_options": self.engine_options,
-                            "restart_engines": self.restart_engines},
+                            "restart_engines": self.engine_restart},
                 "controller": self.controller.to_dict() if self.controller else None,
                 "engines": {k: v.to_dict() for k, v in self.engines.items()}}
 
@@ -1653,8 +1655,8 @@ class Cluster:
         n = n if n is not None else self.n
         cls = find_launcher_class(engines or self.engine_kind, "engine")
         opts = self.engine_options if engines is None else {}
-        if self.restart_engines and issubclass(cls, EngineSetLauncher):
-            options.setdefault("restart", self.restart_engines)
+        if self.engine_restart and issubclass(cls, EngineSetLauncher):
+            options.setdefault("restart", self.engine_restart)
         launcher = cls(profile_dir=self.profile_dir, cluster_id=self.cluster_id,
                        program_args=self.engine_args, **{**opts, **options})
         set_id = _unique_id()

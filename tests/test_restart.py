@@ -1,0 +1,190 @@
+"""Controller restart: SIGKILL the controller during a run and start it again.
+
+With ``--reuse --db sqlite`` the new controller has the old ports, key and records:
+engines register again with their ids (their hearts tell them the new controller does
+not know them), clients reconnect and catch up by themselves, finished results are still
+there by msg_id, and what was queued or running is resubmitted (tasks with retries) or
+failed with a clear error. Without a persistent DB the client's outstanding requests
+fail clearly instead of hanging; with no controller at all, clients and engines give up
+after the time they were told to wait.
+"""
+
+import json
+import os
+import signal
+import sqlite3
+import time
+
+import pytest
+
+import minipar
+from minipar import errors
+
+from .conftest import START_TIMEOUT_S, LocalCluster
+
+TIMEOUT = 180
+pytestmark = pytest.mark.timeout(TIMEOUT)
+
+# engines wait up to 150 beats of 0.2 s for a controller to come back: CI can be slow
+ENGINE_ARGS = ["--max-missed-heartbeats", "150"]
+
+
+def slow(seconds, value):
+    import time
+
+    time.sleep(seconds)
+    return value
+
+
+def square(x):
+    return x * x
+
+
+def _restart_controller(cluster, args, name):
+    """SIGKILL the controller; start another with `args`; wait until it is serving."""
+    old = cluster.controller
+    old.send_signal(signal.SIGKILL)
+    old.wait(10)
+    cluster.controller = cluster._spawn(
+        "controller", ["--profile-dir", cluster.profile_dir, "--heartbeat-period", "0.2",
+                       *args], name=name)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:   # --reuse leaves the old files: wait for the new controller's pid in them
+        try:
+            with open(cluster.client_file) as f:
+                if json.load(f).get("pid") == cluster.controller.pid:
+                    return
+        except (OSError, ValueError):
+            pass
+        assert cluster.controller.poll() is None, cluster.output(name)
+        assert time.monotonic() < deadline, cluster.output(name)
+        time.sleep(0.05)
+
+
+def _on_disk(cluster, msg_ids, finished=False):
+    """Whether the controller's SQLite file holds records of all `msg_ids` (`finished`:
+    in their final state)."""
+    db = sqlite3.connect(f"file:{os.path.join(cluster.profile_dir, 'tasks.db')}?mode=ro",
+                         uri=True)
+    try:
+        found = {m for (m, status) in db.execute("SELECT msg_id, status FROM records")
+                 if not finished or status != "pending"}
+    except sqlite3.OperationalError:   # not created yet
+        return False
+    finally:
+        db.close()
+    return set(msg_ids) <= found
+
+
+@pytest.fixture
+def sqlite_cluster(tmp_path):
+    c = LocalCluster(tmp_path, controller_args=["--reuse", "--db", "sqlite"])
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def _wait(predicate, what, timeout=START_TIMEOUT_S):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_controller_restart_with_sqlite_loses_nothing(sqlite_cluster):
+    c = sqlite_cluster
+    c.start_engines(2, args=ENGINE_ARGS)
+    rc = c.client(reconnect_timeout=120)
+    rc.wait_for_engines(2, START_TIMEOUT_S)
+    ids = rc.ids
+    pids = {e: rc._engines[e]["pid"] for e in ids}
+    view = rc.load_balanced_view()
+    # finished before the crash
+    done = view.map_async(square, range(20), chunksize=1)
+    assert done.get(START_TIMEOUT_S) == [x * x for x in range(20)]
+    # running (and queued behind them) when the controller dies
+    with view.temp_flags(retries=2):
+        retried = [view.apply_async(slow, 2.0, f"retried-{i}") for i in range(4)]
+    without_retries = [view.apply_async(slow, 0.5, "no-retries") for i in range(4)]
+    direct = rc[ids[0]].apply_async(slow, 0.5, "direct")
+    _wait(lambda: sum(rc.queue_status()[e]["tasks"] for e in ids) >= 2,
+          "the tasks reached the engines")
+    # every request on disk (the controller answers before it commits: a request it
+    # had not committed when killed is lost, and its client is told so)
+    msg_ids = [m for ar in [*retried, *without_retries, direct] for m in ar.msg_ids]
+    _wait(lambda: _on_disk(c, msg_ids) and _on_disk(c, done.msg_ids, finished=True),
+          "the requests were committed to the DB")
+    _restart_controller(c, ["--reuse", "--db", "sqlite"], "controller2")
+
+    # the engines come back with their ids (the same processes), the client by itself
+    _wait(lambda: sorted(rc.ids) == ids, f"engines {ids} registered again, not {rc.ids}")
+    assert {e: rc._engines[e]["pid"] for e in ids} == pids
+    for ar in retried:
+        assert ar.get(START_TIMEOUT_S).startswith("retried-")
+    for ar in [*without_retries, direct]:
+        # nothing pending forever: each ran before the crash, or fails saying why
+        assert ar.wait(START_TIMEOUT_S)
+        if not ar.successful():
+            with pytest.raises(errors.EngineError, match="controller restarted"):
+                ar.get()
+    assert any(not ar.successful() for ar in [*without_retries, direct])
+    # finished results are still there by msg_id, for this client and a new one
+    chunks = [[x * x] for x in range(20)]   # a map's tasks each return a list
+    assert rc.get_result(done.msg_ids).get(START_TIMEOUT_S) == chunks
+    rc2 = c.client()
+    assert rc2.get_result(done.msg_ids).get(START_TIMEOUT_S) == chunks
+    assert rc2.get_result(retried[0].msg_ids[0]).get(START_TIMEOUT_S) == "retried-0"
+    # and the cluster works as before
+    assert view.map_sync(square, range(50)) == [x * x for x in range(50)]
+    assert rc[:].apply_sync(os.getpid) == [pids[e] for e in ids]
+    for i in range(2):
+        assert "registering again as engine" in c.output(f"engine{i}")
+    assert "took up" in c.output("controller2")
+
+
+def test_controller_restart_without_records_fails_what_was_outstanding(tmp_path):
+    c = LocalCluster(tmp_path, controller_args=["--reuse"])
+    try:
+        c.start_engines(1, args=ENGINE_ARGS)
+        rc = c.client(reconnect_timeout=120)
+        rc.wait_for_engines(1, START_TIMEOUT_S)
+        ar = rc.load_balanced_view().apply_async(slow, 3.0, "lost")
+        _wait(lambda: rc.queue_status()[rc.ids[0]]["tasks"], "the task reached the engine")
+        _restart_controller(c, ["--reuse"], "controller2")
+        with pytest.raises(errors.MiniparError, match="no record of request"):
+            ar.get(START_TIMEOUT_S)
+        rc.wait_for_engines(1, START_TIMEOUT_S)
+        assert rc.load_balanced_view().apply_sync(square, 7) == 49
+    finally:
+        c.stop()
+
+
+def test_clients_and_engines_give_up_on_a_controller_that_stays_away(local_cluster):
+    c = local_cluster
+    (engine,) = c.start_engines(1, args=["--max-missed-heartbeats", "10"])   # 2 s
+    rc = c.client(reconnect_timeout=2)
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    ar = rc.load_balanced_view().apply_async(slow, 30, "never")
+    _wait(lambda: rc.queue_status()[rc.ids[0]]["tasks"], "the task reached the engine")
+    c.controller.send_signal(signal.SIGKILL)
+    with pytest.raises(errors.MiniparError, match="did not come back within 2 s"):
+        ar.get(START_TIMEOUT_S)
+    assert engine.wait(START_TIMEOUT_S) == 1
+    assert "silent for 10 heartbeats" in c.output("engine0")
+
+
+def test_a_new_client_finds_results_of_a_previous_controller(sqlite_cluster):
+    """Records outlive the controller: a client made after the restart reads them."""
+    c = sqlite_cluster
+    c.start_engines(1, args=ENGINE_ARGS)
+    rc = c.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    ar = rc[:].apply_async(square, 12)
+    assert ar.get(START_TIMEOUT_S) == [144]
+    rc.close()
+    _wait(lambda: _on_disk(c, ar.msg_ids, finished=True), "the result was committed")
+    _restart_controller(c, ["--reuse", "--db", "sqlite"], "controller2")
+    rc2 = minipar.Client(c.client_file, timeout=START_TIMEOUT_S)
+    c.clients.append(rc2)
+    assert rc2.get_result(ar.msg_ids).get(START_TIMEOUT_S) == [144]
