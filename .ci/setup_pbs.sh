@@ -19,7 +19,7 @@ fi
 for b in sbatch salloc srun squeue scancel scontrol sinfo; do ln -sf "/usr/bin/$b" "$D/root/usr/bin/$b"; done
 ln -sfn "$D/root/usr/bin" "$D/bin"
 export SLURM_CONF=${SLURM_CONF:-$MINIPAR_CI_DIR/slurm/slurm.conf}
-# a Slurm just started may answer sinfo before it can list jobs ("Problem loading jobs")
-for _ in $(seq 60); do "$D/bin/qstat" >/dev/null 2>&1 && break; sleep 0.5; done
-"$D/bin/qstat" >/dev/null
+# check the wrappers reach Slurm: pbsnodes (qstat exits non-zero when no job exists yet)
+for _ in $(seq 60); do "$D/bin/pbsnodes" >/dev/null 2>&1 && break; sleep 0.5; done
+"$D/bin/pbsnodes" >/dev/null
 echo "PBS wrappers ready: export MINIPAR_PBS_BIN=$D/bin"

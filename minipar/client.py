@@ -2000,27 +2000,14 @@ def _names(keys):
     return None if keys is None else [keys] if isinstance(keys, str) else list(keys)
 
 
-class MultiEngineClient:
-    """The classic multiengine interface: every engine addressed explicitly.
-
-    ``MultiEngineClient(url_file=None, profile=None, profile_dir=None, timeout=10,
-    client=None)`` connects as ``Client`` does (or shares `client`). The attributes
-    ``targets`` ('all', an id or a list of ids) and ``block`` (default True) are the
-    defaults of every method's ``targets=`` and ``block=`` keywords. Results are lists with
-    one item per target engine; with block=False methods return a PendingResult.
-    """
+class _ClassicClient:
+    """What MultiEngineClient and TaskClient share: a Client of their own, or `client`."""
 
     def __init__(self, url_file=None, profile=None, profile_dir=None, timeout=10,
                  client=None):
         self._own_client = client is None
         self.client = Client(url_file, profile, profile_dir, timeout) if client is None \
             else client
-        self.targets = "all"
-        self.block = True
-        self._history = _History()
-
-    def __repr__(self):
-        return f"<MultiEngineClient targets={self.targets!r} block={self.block}>"
 
     def close(self):
         """Close the connection (unless it was given as `client`)."""
@@ -2032,6 +2019,28 @@ class MultiEngineClient:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class MultiEngineClient(_ClassicClient):
+    """The classic multiengine interface: every engine addressed explicitly.
+
+    ``MultiEngineClient(url_file=None, profile=None, profile_dir=None, timeout=10,
+    client=None)`` connects as ``Client`` does (or shares `client`). The attributes
+    ``targets`` ('all', an id or a list of ids) and ``block`` (default True) are the
+    defaults of every method's ``targets=`` and ``block=`` keywords. Results are lists with
+    one item per target engine; with block=False methods return a PendingResult.
+    """
+
+    def __init__(self, url_file=None, profile=None, profile_dir=None, timeout=10,
+                 client=None):
+        super().__init__(url_file, profile, profile_dir, timeout, client)
+        self.targets = "all"
+        self.block = True
+        self._history = _History()
+
+    def __repr__(self):
+        return f"<MultiEngineClient targets={self.targets!r} block={self.block}>"
+
 
     # ------------------------------------------------------------ plumbing
 
@@ -2376,7 +2385,7 @@ def _datetime(seconds):
     return None if seconds is None else datetime.datetime.fromtimestamp(seconds)
 
 
-class TaskClient:
+class TaskClient(_ClassicClient):
     """The classic task interface: tasks load-balanced over the engines.
 
     ``TaskClient(url_file=None, profile=None, profile_dir=None, timeout=10,
@@ -2387,9 +2396,7 @@ class TaskClient:
 
     def __init__(self, url_file=None, profile=None, profile_dir=None, timeout=10,
                  client=None):
-        self._own_client = client is None
-        self.client = Client(url_file, profile, profile_dir, timeout) if client is None \
-            else client
+        super().__init__(url_file, profile, profile_dir, timeout, client)
         self._tasks = {}   # task id -> {"task", "ar", "recovery": [msg_ids], "result"}
         self._next_id = itertools.count()
         self._string_task_parts = protocol.serialize(_string_task)
@@ -2397,16 +2404,6 @@ class TaskClient:
     def __repr__(self):
         return f"<TaskClient: {len(self._tasks)} tasks>"
 
-    def close(self):
-        """Close the connection (unless it was given as `client`)."""
-        if self._own_client:
-            self.client.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def _entry(self, taskid):
         try:

@@ -110,21 +110,6 @@ class EngineStartError(LauncherError):
 # ---------------------------------------------------------------- process helpers
 
 
-def _pid_alive(pid):
-    """True while `pid` runs (a zombie counts as gone: it only awaits its parent's wait)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def _pid_start_time(pid):
     """The process's start time in clock ticks (Linux), to tell a reused pid apart."""
     try:
@@ -135,7 +120,7 @@ def _pid_start_time(pid):
 
 
 def _same_process(pid, start_time):
-    if not pid or not _pid_alive(pid):
+    if not pid or not protocol.pid_alive(pid):
         return False
     return start_time is None or _pid_start_time(pid) in (None, start_time)
 
@@ -173,7 +158,7 @@ def _kill(pid, sig):
 
 def _wait_pids(pids, deadline):
     while True:
-        alive = [p for p in pids if _pid_alive(p)]
+        alive = [p for p in pids if protocol.pid_alive(p)]
         if not alive or time.monotonic() >= deadline:
             return alive
         time.sleep(0.05)
@@ -1617,7 +1602,8 @@ class Cluster:
                 info = json.load(f)
         except (OSError, ValueError):
             return
-        if info.get("host") == socket.gethostname() and info.get("pid") and _pid_alive(info["pid"]):
+        if info.get("host") == socket.gethostname() and info.get("pid") \
+                and protocol.pid_alive(info["pid"]):
             raise LauncherError(
                 f"a controller (pid {info['pid']}) is already running with profile dir "
                 f"{self.profile_dir}: stop it with `python -m {_PKG}.launcher stop "

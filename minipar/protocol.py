@@ -459,21 +459,26 @@ def read_connection_file(path, role="client"):
     if missing:
         raise ConnectionFileError(f"connection file {path} lacks {sorted(missing)}: "
                                   "it was not written by a minipar controller")
-    if info.get("host") == socket.gethostname() and info.get("pid") and not _alive(info["pid"]):
+    if info.get("host") == socket.gethostname() and info.get("pid") and not pid_alive(info["pid"]):
         raise ConnectionFileError(
             f"connection file {path} is stale: controller pid {info['pid']} is not running; "
             f"start a controller with `python -m {__package__}.controller`")
     return info
 
 
-def _alive(pid):
+def pid_alive(pid):
+    """True while `pid` runs (a zombie counts as gone: it only awaits its parent's wait)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def url(info, name):

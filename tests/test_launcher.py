@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from minipar import launcher
+from minipar import launcher, protocol
 from minipar.launcher import (AFTER, BEFORE, RUNNING, Cluster, ControllerStartError,
                               LocalEngineSetLauncher, NotRunning, find_launcher_class)
 
@@ -30,7 +30,7 @@ CTL_ARGS = ["--heartbeat-liveness", "10"]
 
 
 def alive(pid):
-    return launcher._pid_alive(pid)
+    return protocol.pid_alive(pid)
 
 
 class Pids:

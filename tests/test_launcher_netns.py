@@ -26,7 +26,7 @@ import time
 
 import pytest
 
-from minipar import launcher
+from minipar import launcher, protocol
 
 from .test_launcher import CTL_ARGS, ROOT, Pids
 
@@ -164,4 +164,4 @@ def test_controller_engines_and_client_on_separate_hosts(hosts, tmp_path):
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(5)
-    assert not [p for p in pids.pids if launcher._pid_alive(p)]
+    assert not [p for p in pids.pids if protocol.pid_alive(p)]
