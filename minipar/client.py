@@ -395,11 +395,7 @@ class Client:
             poller.register(s, zmq.POLLIN)
         while True:
             for sock, _ in poller.poll(self._run_timers()):
-                for _ in range(256):
-                    try:
-                        frames = protocol.recv(sock, zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
+                for frames in protocol.drain(sock):
                     if sock is outbox_in:
                         if len(frames) == 1:  # close() marker
                             dealer.disable_monitor()

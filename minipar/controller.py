@@ -607,12 +607,7 @@ class Controller:
             timeout = max(0.0, deadline - time.time())
         for sock, _ in self.poller.poll(timeout * 1000):
             handler = self._handlers[sock]
-            # drain what is there before polling again: fewer syscalls under load
-            for _ in range(256):
-                try:
-                    frames = protocol.recv(sock, zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+            for frames in protocol.drain(sock):
                 try:
                     handler(frames)
                 except Exception as e:  # a bad message must never stop the hub

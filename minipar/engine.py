@@ -338,11 +338,7 @@ class Engine:
             if outbox_in in events:  # the main thread's stop marker
                 return self._close(dealer, outbox_in)
             if dealer in events:
-                for _ in range(256):
-                    try:
-                        frames = protocol.recv(dealer, zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
+                for frames in protocol.drain(dealer):
                     try:
                         self._on_message(frames)
                     except Exception as e:  # a bad message must never stop the receiver

@@ -283,6 +283,16 @@ def send(sock, frames):
     s(frames[-1], 0, copy=False)
 
 
+def drain(sock, limit=256):
+    """The messages waiting on `sock`, at most `limit`: one poll per burst, not per message,
+    yet a busy socket cannot starve the others."""
+    for _ in range(limit):
+        try:
+            yield recv(sock, zmq.NOBLOCK)
+        except zmq.Again:
+            return
+
+
 def recv(sock, flags=0):
     """``recv_multipart(flags, copy=False)``, likewise; raises zmq.Again if nothing waits."""
     f = sock.recv(flags, copy=False)
