@@ -841,7 +841,7 @@ class Controller:
         rec = {"msg_id": msg_id, "kind": header["kind"], "client": client,
                "engine": None, "lb": bool(header.get("lb")), "submitted": now,
                "started": None, "completed": None, "status": PENDING, "header": header,
-               "wire": wire, "result_header": None, "result_parts": None,
+               "wire": protocol.keep(wire), "result_header": None, "result_parts": None,
                "attempts": [], "watchers": None}
         self.db.add(rec)
         problem = _request_problem(header)
@@ -889,8 +889,9 @@ class Controller:
             return
         engine["outstanding"].discard(msg_id)
         rec["result_header"] = header
-        rec["result_parts"] = parts
-        rec["reply_wire"] = frames[len(frames) - len(parts) - 3:]  # DELIM, sig, header, parts
+        wire = protocol.keep(frames[len(frames) - len(parts) - 3:])  # DELIM, sig, header, parts
+        rec["result_parts"] = wire[3:]
+        rec["reply_wire"] = wire
         rec["started"] = header.get("started")
         status = header.get("status", ERROR)
         engine["completed"] += 1   # direct and load-balanced, as queue_status reports it

@@ -40,7 +40,7 @@ State (plain dicts; every state change goes through ``_set_state``)::
             #  "pending": set (ids not final), "good": int, "bad": int (final ids that
             #  do / do not count), "engines": set (where the good ones ran)}
         "timeout": float|None, "deadline": float|None,   # deadline only while unassigned
-        "retries": int (left), "failed_on": set, "unmet": set,   # engines
+        "retries": int (left), "failed_on", "unmet": None or a frozenset of engines,
         "recovery": str|None, "woke": bool, "owner": str|None,  # owner: the task it recovers
         "where": None (any engine) | set (the engines it may use now; empty: it waits),
         "engine": int|None, "aborting": bool}
@@ -253,7 +253,7 @@ class Scheduler:
                 # promises it never runs twice.
                 if i == 0:
                     t["retries"] -= 1
-                    t["failed_on"].add(engine_id)
+                    t["failed_on"] = (t["failed_on"] or frozenset()) | {engine_id}
                 self._ready(t, out)
             else:
                 self._exhausted(t, now, out, engine_id, died=True)
@@ -293,7 +293,7 @@ class Scheduler:
              "depend": task.get("depend"),
              "after": _spec(task.get("after")), "follow": _spec(task.get("follow")),
              "timeout": timeout if timeout and timeout > 0 else None, "deadline": None,
-             "retries": task.get("retries") or 0, "failed_on": set(), "unmet": set(),
+             "retries": task.get("retries") or 0, "failed_on": None, "unmet": None,
              "recovery": task.get("recovery"), "woke": False, "owner": None,
              "where": None, "engine": None, "aborting": False}
         self._tasks[msg_id] = t
@@ -338,11 +338,11 @@ class Scheduler:
         elif status == UNMET and t["aborting"]:
             self._fail(t, "TaskAborted", f"task {msg_id} was aborted before it started", out)
         elif status == UNMET:
-            t["unmet"].add(engine_id)
+            t["unmet"] = (t["unmet"] or frozenset()) | {engine_id}
             self._ready(t, out)
         elif status == ERROR and t["retries"] > 0 and not t["aborting"]:
             t["retries"] -= 1
-            t["failed_on"].add(engine_id)
+            t["failed_on"] = (t["failed_on"] or frozenset()) | {engine_id}
             self._ready(t, out)
         elif status == ERROR and not t["aborting"]:
             self._exhausted(t, now, out, engine_id)
