@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_PERIOD_S = 1.0   # 0.1..5 is reasonable; tests use 0.1
 HEARTBEAT_LIVENESS = 5     # missed beats before an engine is dead; 3..10 is reasonable
 PORT_NAMES = ("client", "notify", "engine", "ping", "pong")
-REPLY_SUFFIX = b".r"  # as engine.REPLY_SUFFIX: an engine's second socket, for its replies
+REPLY_SUFFIX = b".r"  # as engine.REPLY_SUFFIX: an engine's second socket, for requests
 
 # Record states. A record changes state only through Controller._finish / _assign.
 PENDING, OK, ERROR = "pending", "ok", "error"
@@ -712,6 +712,8 @@ class Controller:
             return self._remove_engine(eid, died=False)
         if kind == protocol.STREAM:
             return self._on_stream(header, frames[len(idents):])
+        if kind == protocol.READY:
+            return self._on_ready(engine, header)
         if kind == protocol.PROPERTIES + "_update":
             engine["properties"] = header.get("properties", {})
             return self._act(self.scheduler.set_properties(eid, engine["properties"], time.time()))
@@ -723,6 +725,10 @@ class Controller:
             # the engine is known already, so nobody is told twice
             eid = self._by_ident[ident]
             log.info("engine %d registered again; keeping its id", eid)
+            engine = self.engines[eid]
+            engine["reg"] = header["msg_id"].encode()
+            if engine["work_ident"] != ident:
+                engine["backlog"] = engine["backlog"] or []
             return self._send(self.sockets["engine"], [ident],
                               protocol.reply_kind(protocol.REGISTER), parent=header["msg_id"],
                               id=eid, heartbeat_period=self.heartbeat_period,
@@ -750,12 +756,16 @@ class Controller:
             "last_beat": self._beat,
             "properties": header.get("properties") or {},
             "outstanding": set(), "completed": 0,
+            # requests go to the engine's main thread's socket, if it has one of its own,
+            # with the msg_id of this registration before them (see engine._request)
+            "reg": header["msg_id"].encode(),
+            "work_ident": str(header.get("reply_ident") or "").encode() or ident,
+            "backlog": [],   # requests waiting for the engine's `ready`; None once it came
         }
+        if self.engines[eid]["work_ident"] == ident:
+            self.engines[eid]["backlog"] = None   # one socket: it is connected already
         self._by_ident[ident] = eid
-        reply_ident = str(header.get("reply_ident") or "").encode()
-        if reply_ident:
-            self.engines[eid]["reply_ident"] = reply_ident
-            self._by_ident[reply_ident] = eid
+        self._by_ident[self.engines[eid]["work_ident"]] = eid
         engine = self.engines[eid]
         self._send(self.sockets["engine"], [ident], protocol.reply_kind(protocol.REGISTER),
                    parent=header["msg_id"], id=eid, heartbeat_period=self.heartbeat_period,
@@ -770,7 +780,7 @@ class Controller:
     def _remove_engine(self, eid, died):
         engine = self.engines.pop(eid)
         self._by_ident.pop(engine["ident"], None)
-        self._by_ident.pop(engine.get("reply_ident"), None)
+        self._by_ident.pop(engine["work_ident"], None)
         now = time.time()
         what = "died" if died else "unregistered"
         for msg_id in list(engine["outstanding"]):
@@ -872,7 +882,23 @@ class Controller:
             wire = self.session.resign(header, wire[3:])
         rec["engine"] = eid
         engine["outstanding"].add(rec["msg_id"])
-        protocol.send(self.sockets["engine"], [engine["ident"], *wire])
+        # to the engine's main thread, under its current registration (requests queued
+        # there from before it registered again are dropped)
+        frames = [engine["work_ident"], engine["reg"], *wire]
+        if engine["backlog"] is None:
+            protocol.send(self.sockets["engine"], frames)
+        else:
+            engine["backlog"].append(frames)   # until its request socket is connected
+
+    def _on_ready(self, engine, header):
+        """The engine's request socket is connected (a message came from it): send what
+        waited for it. A ROUTER drops a message to a peer not yet connected, so until this
+        arrives, requests wait here."""
+        if str(header.get("reg")).encode() != engine["reg"] or engine["backlog"] is None:
+            return   # for an earlier registration
+        backlog, engine["backlog"] = engine["backlog"], None
+        for frames in backlog:
+            protocol.send(self.sockets["engine"], frames)
 
     def _on_reply(self, eid, header, parts, frames):
         msg_id = header.get("parent")

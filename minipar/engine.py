@@ -30,7 +30,6 @@ import io
 import linecache
 import logging
 import os
-import queue
 import signal
 import socket
 import sys
@@ -57,9 +56,11 @@ MAX_MISSED_HEARTBEATS = 30
 STREAM_INTERVAL_S = 0.1
 STREAM_CHUNK_CHARS = 64 * 1024   # most text in one stream message (a larger one is split)
 
-_STOP = object()
-REPLY_SUFFIX = b".r"  # the identity of the main thread's reply socket: engine ident + this
+REPLY_SUFFIX = b".r"  # the identity of the main thread's socket: engine ident + this
 _MISSING = object()
+# Requests queued at shutdown that are answered as aborted; the controller fails or
+# retries any beyond these when the engine unregisters.
+REQUESTS_ABORTED_AT_STOP = 10_000
 
 # The names every fresh namespace starts with.
 _NS_BASE = {"__name__": "__main__", "__builtins__": builtins}
@@ -181,7 +182,11 @@ class Engine:
         self.work_dir = work_dir
         self.startup_script = startup_script
         self.startup_command = startup_command
-        self._work = queue.Queue()
+        self._reg = None            # msg_id (bytes) of the registration requests must carry
+        # wakes the main thread to stop or to send `ready` (kept open: the receiver may
+        # write to it until the process ends)
+        self._wake_r, self._wake_w = os.pipe()
+        self._announce = False
         self._aborted = set()       # msg_ids to refuse when they come up
         self._current = None        # (msg_id, deadline) of the running request
         self._interrupt = None      # (msg_id, reason) the next SIGINT is for
@@ -212,16 +217,19 @@ class Engine:
         protocol.connect(dealer, self.info, "engine")
         outbox_in = self.ctx.socket(zmq.PULL)
         outbox_in.bind(self._outbox_addr)
-        self._outbox = self.ctx.socket(zmq.PUSH)   # main thread: tells the receiver to stop
+        # main thread: wakes the receiver (b"t": a time limit started; b"": stop)
+        self._outbox = self.ctx.socket(zmq.PUSH)
         self._outbox.connect(self._outbox_addr)
-        # Replies leave from the main thread on a socket of its own (the controller knows
-        # it as this engine's too): no hand-off to the receiver thread on the way out.
-        self._replies = self.ctx.socket(zmq.DEALER)
-        self._replies.identity = self.ident + REPLY_SUFFIX
-        self._replies.linger = 1000
-        protocol.connect(self._replies, self.info, "engine")
+        # Requests arrive on, and replies leave from, a socket of the main thread's own
+        # (the controller knows it as this engine's too): no hand-off between threads on
+        # a request's way in or out. The receiver thread has the control messages.
+        self._sock = self.ctx.socket(zmq.DEALER)
+        self._sock.identity = self.ident + REPLY_SUFFIX
+        self._sock.linger = 1000
+        protocol.connect(self._sock, self.info, "engine")
         self._start_heart()
         self.id, self.heartbeat_period = self._register(dealer)
+        self._send_ready()
         self._main_ident = threading.get_ident()
         signal.signal(signal.SIGINT, self._on_sigint)
         t = threading.Thread(target=self._receiver, args=(dealer, outbox_in),
@@ -266,6 +274,7 @@ class Engine:
                 break
         want = os.environ.get("MINIPAR_ENGINE_ID")
         msg_id, frames = self._registration(int(want) if want else None)
+        self._reg = msg_id.encode()
         dealer.send_multipart(frames)
         deadline = time.monotonic() + self.registration_timeout
         while True:
@@ -335,8 +344,9 @@ class Engine:
                 while self._pings.poll(0):
                     self._pings.recv_multipart()
                 last_ping = now
-            if outbox_in in events:  # the main thread's stop marker
-                return self._close(dealer, outbox_in)
+            if outbox_in in events:
+                if b"" in [f.bytes for fs in protocol.drain(outbox_in) for f in fs]:
+                    return self._close(dealer, outbox_in)   # the main thread stopped
             if dealer in events:
                 for frames in protocol.drain(dealer):
                     try:
@@ -408,7 +418,7 @@ class Engine:
         elif kind == protocol.reply_kind(protocol.REGISTER):
             self._on_registered(header)
         else:
-            self._work.put((header, parts))
+            self._dropped(f"a {kind!r} request on the control socket")
 
     # -- registering again: the controller declared this engine dead (it was frozen, or
     # its heartbeats were lost) or restarted without knowing it. Its heart tells us: the
@@ -431,11 +441,12 @@ class Engine:
         log.warning("the controller does not know this engine (%s): registering again as "
                     "engine %s", reason, self.id)
         self.stats["registered_again"] += 1
-        # The controller moved (or failed) everything it had sent here: drop the queued
-        # requests and stop the running one. Their results would be refused as stale.
-        self._drop_queued()
+        # The controller moved (or failed) everything it had sent here: the main thread
+        # drops the queued requests (they carry the old registration), and the running
+        # one stops. Their results would be refused as stale.
         self._abort_current()
         msg_id, frames = self._registration(self.id)
+        self._reg = msg_id.encode()
         self._registering = (msg_id, time.monotonic())
         self._dealer.send_multipart(frames)
 
@@ -451,25 +462,16 @@ class Engine:
             log.info("registered again as engine %d", eid)
         self.id = eid
         self._registering = None
+        self._announce = True   # the main thread sends `ready` for this registration
+        os.write(self._wake_w, b"r")
 
     def _abort_current(self):
         cur = self._current
         if cur is not None:
             self._interrupt_main(cur[0], "abort")
 
-    def _drop_queued(self):
-        stop = False
-        while True:
-            try:
-                item = self._work.get_nowait()
-            except queue.Empty:
-                break
-            stop = stop or item is _STOP
-        if stop:
-            self._work.put(_STOP)
-
     def _dropped(self, why):
-        # executes in the receiver thread: log the first few, then at powers of two, so
+        # log the first few, then at powers of two, so
         # a flood of bad messages cannot flood the log as well
         self.stats["dropped"] += 1
         n = self.stats["dropped"]
@@ -487,7 +489,7 @@ class Engine:
 
     def _stop(self):
         self._stopping = True
-        self._work.put(_STOP)
+        os.write(self._wake_w, b"s")
 
     def _close(self, dealer, outbox_in):
         # executes in the receiver thread, last
@@ -514,21 +516,51 @@ class Engine:
             raise _Interrupt(target[1])
 
     def serve(self):
-        """Run requests until stopped. Main thread."""
-        while True:
-            item = self._work.get()
-            if item is _STOP:
-                break
-            header, parts = item
-            if self._stopping:
-                self._send_reply(header, "aborted", [], ename="TaskAborted",
-                                 evalue="the engine shut down before running this task")
-                continue
-            self._run(header, parts)
+        """Run requests until stopped. Main thread: they arrive on its own socket."""
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        while not self._stopping:
+            if self._wake_r in dict(poller.poll()):
+                os.read(self._wake_r, 4096)
+            if self._announce:
+                self._announce = False
+                self._send_ready()
+            for frames in protocol.drain(self._sock):
+                request = self._request(frames)
+                if request is not None:
+                    self._run(*request)
+        for frames in protocol.drain(self._sock, limit=REQUESTS_ABORTED_AT_STOP):
+            self._request(frames)   # each answered as aborted
         self._send(protocol.UNREGISTER)
-        self._replies.close(linger=1000)
+        self._sock.close(linger=1000)
         self._outbox.send(b"")
         self._outbox.close(linger=1000)
+
+    def _send_ready(self):
+        """Tell the controller this socket is connected, for the current registration:
+        it holds requests back until then (a ROUTER would drop them)."""
+        self._send(protocol.READY, reg=self._reg.decode())
+
+    def _request(self, frames):
+        """(header, parts) of a request to run, or None: refused, sent under an earlier
+        registration (the controller has moved or failed it since), or arriving after
+        shutdown (answered as aborted)."""
+        if protocol.is_refusal(frames):
+            log.error("the controller refused a message: %s", frames[2].bytes.decode())
+            return None
+        try:
+            idents, header, parts = self.session.check(frames)
+        except Exception as e:
+            return self._dropped(e)  # counted by the session, under its reason
+        if not idents or idents[0].bytes != self._reg:
+            self.stats["stale"] += 1
+            return None
+        if self._stopping:
+            self._send_reply(header, "aborted", [], ename="TaskAborted",
+                             evalue="the engine shut down before running this task")
+            return None
+        return header, parts
 
     def _run(self, header, parts):
         msg_id = header["msg_id"]
@@ -548,6 +580,8 @@ class Engine:
         try:
             self.session.check_body(header, parts)
             self._current = (msg_id, time.monotonic() + limit if limit else None)
+            if limit:
+                self._outbox.send(b"t")   # the receiver's next wait ends at the deadline
             try:
                 # again now that _current is set: the receiver adds to _aborted before it
                 # reads _current, so an abort arriving around here is seen by one side
@@ -625,12 +659,12 @@ class Engine:
                 fields[name] = (fields.get(name) or "")[-10_000:]
             fields.update(status="error", ename=remote.ename, evalue=remote.evalue)
             _, frames = self.session.msg(kind, protocol.serialize(remote), **fields)
-        protocol.send(self._replies, frames)
+        protocol.send(self._sock, frames)
 
     def _send(self, kind, parts=(), **fields):
         # executes in the main thread, on its own socket
         _, frames = self.session.msg(kind, parts, **fields)
-        protocol.send(self._replies, frames)
+        protocol.send(self._sock, frames)
 
     # ------------------------------------------------------------ request kinds
 

@@ -82,6 +82,7 @@ ABORT = "abort"
 INTERRUPT = "interrupt"
 SHUTDOWN = "shutdown"
 REGISTER = "register"
+READY = "ready"                  # an engine's request socket is connected: header `reg`
 UNREGISTER = "unregister"
 CONNECT = "connect"
 QUEUE_STATUS = "queue_status"

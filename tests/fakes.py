@@ -129,7 +129,12 @@ class FakeHub:
                          id=engine_id, heartbeat_period=self.heartbeat_period,
                          heartbeat_liveness=5)
         self.registration = header
+        self.reg = header["msg_id"].encode()   # requests carry the registration they are for
         return ident
+
+    def work(self, ident):
+        """The routing frames of a request to the engine `ident`: its main thread's socket."""
+        return [ident + b".r", self.reg]
 
     def send_engine(self, ident, kind, parts=(), **fields):
         header, frames = self.session.msg(kind, parts, **fields)
@@ -138,7 +143,8 @@ class FakeHub:
 
     def request(self, ident, kind, parts=(), timeout=30, **fields):
         """Send a request to the engine and wait for its reply (other messages skipped)."""
-        header = self.send_engine(ident, kind, parts, **fields)
+        header, frames = self.session.msg(kind, parts, **fields)
+        self.sockets["engine"].send_multipart([*self.work(ident), *frames])
         return self.reply_to(header["msg_id"], timeout)
 
     def reply_to(self, msg_id, timeout=30):
