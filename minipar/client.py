@@ -23,7 +23,6 @@ TaskResult, PendingResult and the %px magics) is a facade over these, in the las
 import collections
 import concurrent.futures
 import contextlib
-import datetime
 import functools
 import heapq
 import itertools
@@ -33,7 +32,6 @@ import re
 import sys
 import threading
 import time
-import timeit
 import types
 import warnings
 
@@ -2240,6 +2238,8 @@ class MultiEngineClient(_ClassicClient):
         ids = self._ids(None)
         one, every = DirectView(self.client, ids[:1]), DirectView(self.client, ids)
 
+        import timeit
+
         def best(f):
             return min(timeit.repeat(f, repeat=3, number=10)) / 10
 
@@ -2378,6 +2378,8 @@ class TaskResult:
 
 
 def _datetime(seconds):
+    import datetime   # here: most programs never ask, and `import minipar` stays quick
+
     return None if seconds is None else datetime.datetime.fromtimestamp(seconds)
 
 

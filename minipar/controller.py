@@ -50,6 +50,10 @@ HEARTBEAT_LIVENESS = 5     # missed beats before an engine is dead; 3..10 is rea
 PORT_NAMES = ("client", "notify", "engine", "ping", "pong")
 REPLY_SUFFIX = b".r"  # as engine.REPLY_SUFFIX: an engine's second socket, for requests
 
+# Parts held once however many queued requests have them (see _submit): at most this
+# many, of at most this size (a few MB in all).
+SHARED_PARTS, SHARED_PART_MAX = 256, 8192
+
 # Record states. A record changes state only through Controller._finish / _assign.
 PENDING, OK, ERROR = "pending", "ok", "error"
 
@@ -72,8 +76,9 @@ class DictDB:
 
         msg_id, kind, client (routing id), engine (int or None), lb (bool),
         submitted, started, completed (float seconds), status ("pending", "ok", "error",
-        or the engine's status word), header (the request's header dict), wire (the
-        request's frames from the delimiter on), result_header, result_parts (the
+        or the engine's status word), header (the request's header dict; None until
+        ``_header`` reads it from `wire`), wire (the request's frames from the delimiter
+        on), result_header, result_parts (the
         result's frames), attempts (list of {engine, status, started, completed, ename}),
         watchers (other clients to deliver the result to), recovers (for a recovery
         task: the task it recovers)
@@ -192,6 +197,9 @@ class SQLiteDB:
     def _write(self, rec):
         self._begin()
         data = {k: v for k, v in rec.items() if k not in _FRAME_KEYS}
+        if data.get("header") is None and rec.get("wire"):
+            # queries read records without their frames: the header goes in as a dict
+            data["header"] = protocol.unpack_header(_frame_bytes(rec["wire"][2]))
         self._db.execute(
             "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (rec["msg_id"], rec["status"], rec.get("submitted"), rec.get("completed"),
@@ -414,7 +422,17 @@ def _queried_ids(query):
 def _field(rec, key):
     if key in _FROM_RESULT and key not in rec:
         return (rec.get("result_header") or {}).get(key)
+    if key == "header":
+        return _header(rec)
     return rec.get(key)
+
+
+def _header(rec):
+    """A record's request header, read from its frames when first asked for: a queued
+    request holds only its frames, not a second copy as a dict."""
+    if rec.get("header") is None:
+        rec["header"] = protocol.unpack_header(_frame_bytes(rec["wire"][2]))
+    return rec["header"]
 
 
 def _view(rec, keys):
@@ -467,6 +485,7 @@ class Controller:
         self._by_ident = {}      # engine routing id (bytes) -> id
         self._clients = {}       # client session -> the routing id its replies go to
         self._pong_notified = {}  # unknown heart identity -> beat it was last told to register
+        self._shared = {}         # a small part -> the one copy queued requests hold
         self._next_id = 0
         self._beat = 0
         self._next_beat = 0.0
@@ -529,17 +548,17 @@ class Controller:
             return
         again = 0
         for rec in left:
-            session = rec["header"].get("session")
+            session = _header(rec).get("session")
             if session and rec.get("client"):
                 self._clients.setdefault(session, rec["client"])
             rec.update(engine=None, watchers=None, attempts=[*(rec.get("attempts") or ()), {
                 "engine": None, "status": "controller_restart", "started": None,
                 "completed": now, "ename": "EngineError"}])
             self.db.add(rec)   # live again: the next attempt is re-signed, as a retry is
-            retries = rec["header"].get("retries") or 0
-            if rec["lb"] and retries > 0 and not _request_problem(rec["header"]):
+            retries = _header(rec).get("retries") or 0
+            if rec["lb"] and retries > 0 and not _request_problem(_header(rec)):
                 try:
-                    task = dict(_task(rec["header"]), retries=retries - 1)
+                    task = dict(_task(_header(rec)), retries=retries - 1)
                 except errors.InvalidDependency as e:
                     self._fail(rec, "InvalidDependency", str(e))
                     continue
@@ -788,9 +807,9 @@ class Controller:
             if rec is None:
                 continue
             if rec["lb"]:
-                rec["attempts"].append({"engine": eid, "status": "engine_died",
-                                        "started": rec.get("started"), "completed": now,
-                                        "ename": "EngineError"})
+                rec["attempts"] = [*rec["attempts"], {
+                    "engine": eid, "status": "engine_died", "started": rec.get("started"),
+                    "completed": now, "ename": "EngineError"}]
             else:
                 self._fail(rec, "EngineError",
                            f"engine {eid} {what} before answering this request; "
@@ -848,11 +867,19 @@ class Controller:
         msg_id = header["msg_id"]
         if msg_id in self.db:
             raise ValueError(f"duplicate msg_id {msg_id}")
+        wire = protocol.keep(wire)
+        # what many queued requests have in common, held once: the delimiter and the
+        # first part (the function of an apply, sent again with every call)
+        wire[0] = protocol.DELIM
+        if len(wire) > 3 and len(wire[3]) <= SHARED_PART_MAX:
+            if len(self._shared) >= SHARED_PARTS:
+                self._shared.clear()
+            wire[3] = self._shared.setdefault(wire[3], wire[3])
         rec = {"msg_id": msg_id, "kind": header["kind"], "client": client,
                "engine": None, "lb": bool(header.get("lb")), "submitted": now,
-               "started": None, "completed": None, "status": PENDING, "header": header,
-               "wire": protocol.keep(wire), "result_header": None, "result_parts": None,
-               "attempts": [], "watchers": None}
+               "started": None, "completed": None, "status": PENDING, "header": None,
+               "wire": wire, "result_header": None, "result_parts": None,
+               "attempts": (), "watchers": None}
         self.db.add(rec)
         problem = _request_problem(header)
         if problem:
@@ -878,7 +905,7 @@ class Controller:
         engine = self.engines[eid]
         wire = rec["wire"]
         if rec["attempts"]:
-            header = dict(rec["header"], attempt=len(rec["attempts"]), date=time.time())
+            header = dict(_header(rec), attempt=len(rec["attempts"]), date=time.time())
             wire = self.session.resign(header, wire[3:])
         rec["engine"] = eid
         engine["outstanding"].add(rec["msg_id"])
@@ -923,8 +950,9 @@ class Controller:
         engine["completed"] += 1   # direct and load-balanced, as queue_status reports it
         if not rec["lb"]:
             return self._finish(rec, status)
-        rec["attempts"].append({"engine": eid, "status": status, "started": header.get("started"),
-                                "completed": header.get("completed"), "ename": header.get("ename")})
+        rec["attempts"] = [*rec["attempts"], {
+            "engine": eid, "status": status, "started": header.get("started"),
+            "completed": header.get("completed"), "ename": header.get("ename")}]
         self._act(self.scheduler.finished(msg_id, eid, status, time.time()))
 
     def _on_stream(self, header, wire):
@@ -1124,7 +1152,7 @@ class Controller:
             return self._reply(idents, header, status="error", error=problem)
         for rec, n in zip(recs, new):
             # the original request, under a new msg_id; its recovery was used or discarded
-            h = dict(rec["header"], msg_id=n, date=time.time(), resubmitted=rec["msg_id"])
+            h = dict(_header(rec), msg_id=n, date=time.time(), resubmitted=rec["msg_id"])
             h.pop("recovery", None)
             h.pop("dormant", None)
             self._submit(idents[0], h, (), self.session.resign(h, list(rec["wire"][3:])))

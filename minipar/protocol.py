@@ -37,7 +37,6 @@ import json
 import logging
 import os
 import pickle
-import socket
 import time
 import sys
 import types
@@ -487,6 +486,8 @@ def read_connection_file(path, role="client"):
     if missing:
         raise ConnectionFileError(f"connection file {path} lacks {sorted(missing)}: "
                                   "it was not written by a minipar controller")
+    import socket   # here, not at import: `import minipar` stays quick
+
     if info.get("host") == socket.gethostname() and info.get("pid") and not pid_alive(info["pid"]):
         raise ConnectionFileError(
             f"connection file {path} is stale: controller pid {info['pid']} is not running; "
