@@ -28,7 +28,7 @@ least recently used engine first) returning an index: ``leastload`` (default), `
 tasks beyond it wait here, and a freed slot goes to the oldest runnable task (submission
 order) that may use that engine.
 
-State (plain dicts; every state change goes through ``_set_state``)::
+State (dicts, and `_Task`s read like dicts; every state change goes through ``_set_state``)::
 
     _tasks[msg_id] = {              # every task not final yet
         "msg_id", "seq": int,       # seq: submission order, the FIFO key
@@ -82,6 +82,22 @@ import logging
 import random
 
 log = logging.getLogger(__name__)
+
+
+class _Task:
+    """A task's state, read and written as ``t["key"]`` like the plain dicts it stands
+    for (see `_tasks` below): slots, because thousands may be queued and a dict of its
+    19 keys costs twice as much."""
+
+    __slots__ = ("msg_id", "seq", "state", "gen", "targets", "depend", "after", "follow",
+                 "timeout", "deadline", "retries", "failed_on", "unmet", "recovery", "woke",
+                 "owner", "where", "engine", "aborting")
+    __getitem__ = object.__getattribute__
+    __setitem__ = object.__setattr__
+
+    def __init__(self, **fields):
+        for k, v in fields.items():
+            setattr(self, k, v)
 
 # Outcomes of final tasks kept for dependents submitted later; older ones come from
 # `lookup`. Each costs ~150 bytes; 1,000..100,000 is reasonable.
@@ -288,14 +304,13 @@ class Scheduler:
         if isinstance(targets, int):
             targets = [targets]
         timeout = task.get("timeout")
-        t = {"msg_id": msg_id, "seq": next(self._seq), "state": None, "gen": 0,
-             "targets": frozenset(targets) if targets else None,
-             "depend": task.get("depend"),
-             "after": _spec(task.get("after")), "follow": _spec(task.get("follow")),
-             "timeout": timeout if timeout and timeout > 0 else None, "deadline": None,
-             "retries": task.get("retries") or 0, "failed_on": None, "unmet": None,
-             "recovery": task.get("recovery"), "woke": False, "owner": None,
-             "where": None, "engine": None, "aborting": False}
+        t = _Task(msg_id=msg_id, seq=next(self._seq), state=None, gen=0,
+                  targets=frozenset(targets) if targets else None, depend=task.get("depend"),
+                  after=_spec(task.get("after")), follow=_spec(task.get("follow")),
+                  timeout=timeout if timeout and timeout > 0 else None, deadline=None,
+                  retries=task.get("retries") or 0, failed_on=None, unmet=None,
+                  recovery=task.get("recovery"), woke=False, owner=None, where=None,
+                  engine=None, aborting=False)
         self._tasks[msg_id] = t
         problem = self._recovery_problem(t)
         if problem:
