@@ -473,8 +473,9 @@ class Engine:
     def _dropped(self, why):
         # log the first few, then at powers of two, so
         # a flood of bad messages cannot flood the log as well
-        self.stats["dropped"] += 1
-        n = self.stats["dropped"]
+        with self._lock:   # both threads drop messages; += on a Counter is not atomic
+            self.stats["dropped"] += 1
+            n = self.stats["dropped"]
         if n <= 10 or not n & (n - 1):
             log.warning("dropped a message from the controller: %s (%d dropped so far)", why, n)
 
@@ -580,9 +581,9 @@ class Engine:
         try:
             self.session.check_body(header, parts)
             self._current = (msg_id, time.monotonic() + limit if limit else None)
-            if limit:
-                self._outbox.send(b"t")   # the receiver's next wait ends at the deadline
             try:
+                if limit:   # inside the try: an interrupt may land from here on
+                    self._outbox.send(b"t")   # the receiver's next wait ends at the deadline
                 # again now that _current is set: the receiver adds to _aborted before it
                 # reads _current, so an abort arriving around here is seen by one side
                 if msg_id in self._aborted:

@@ -39,6 +39,7 @@ import os
 import pickle
 import time
 import sys
+import threading
 import types
 import weakref
 
@@ -154,6 +155,7 @@ class Session:
         self._seen = set()
         self._seen_order = collections.deque()
         self.dropped = collections.Counter()  # why messages were dropped, for queue_status/stats
+        self._drop_lock = threading.Lock()    # an engine's two threads both count drops
 
     def sign(self, header_bytes):
         return hmac.digest(self.key, header_bytes, "sha256")
@@ -206,7 +208,7 @@ class Session:
         try:
             return self._check(frames, replay)
         except Exception as e:
-            self.dropped[drop_reason(e)] += 1
+            self.count_drop(drop_reason(e))
             raise
 
     def _check(self, frames, replay):
@@ -228,9 +230,13 @@ class Session:
         header = unpack_header(hb)
         return idents, header, parts
 
+    def count_drop(self, reason):
+        with self._drop_lock:
+            self.dropped[reason] += 1
+
     def check_body(self, header, parts):
         if header.get("body", "") != (body_digest(parts, header.get("raw", ())) if parts else ""):
-            self.dropped["bad digest"] += 1
+            self.count_drop("bad digest")
             raise ValueError("message parts do not match the signed digest")
 
 

@@ -68,6 +68,7 @@ class FakeHub:
                            ("ping", zmq.PUB), ("pong", zmq.ROUTER)):
             s = self.ctx.socket(kind)
             s.linger = 0
+            s.sndhwm = s.rcvhwm = 0   # as the controller's: a burst is queued, never dropped
             self.ports[name] = s.bind_to_random_port("tcp://127.0.0.1")
             self.sockets[name] = s
         self.info = {"key": self.key, "signature_scheme": protocol.SIGNATURE_SCHEME,
@@ -130,6 +131,10 @@ class FakeHub:
                          heartbeat_liveness=5)
         self.registration = header
         self.reg = header["msg_id"].encode()   # requests carry the registration they are for
+        # as the controller does, wait until the engine's request socket is connected: a
+        # ROUTER drops what it sends to a peer that is not (yet)
+        while self.recv("engine", timeout)[1]["kind"] != protocol.READY:
+            pass
         return ident
 
     def work(self, ident):

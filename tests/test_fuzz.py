@@ -376,7 +376,21 @@ def test_engine_survives_fuzzing_and_counts_what_it_dropped(hub, tmp_path):
     header, value = hub.request(ident, protocol.APPLY, [*fparts, *aparts], timeout=120,
                                 counts=[len(fparts), len(aparts)])
     assert header["status"] == "ok" and value == 42
-    _, stats = hub.request(ident, protocol.STATS)
+
+    def stats_reaching(want, timeout=30):
+        """The engine's stats once its drop counts reach `want` (or the timeout): its
+        receiver and main threads drain their sockets independently, so the answer to a
+        request can overtake what the other thread has still to count."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = hub.request(ident, protocol.STATS)[1]
+            reasons = stats["dropped_reasons"]
+            if all(reasons.get(r, 0) >= n for r, n in want.items()) \
+                    or time.monotonic() > deadline:
+                return stats
+            time.sleep(0.1)
+
+    stats = stats_reaching(expected)
     reasons = stats["dropped_reasons"]
     for reason, n in expected.items():
         assert reasons.get(reason, 0) >= n, (reason, reasons, expected)
@@ -389,7 +403,7 @@ def test_engine_survives_fuzzing_and_counts_what_it_dropped(hub, tmp_path):
     header, value = hub.request(ident, protocol.APPLY, [*fparts, *aparts],
                                 counts=[len(fparts), len(aparts)])
     assert value == "still here"
-    _, after = hub.request(ident, protocol.STATS)
+    after = stats_reaching({"too large": reasons["too large"] + 1})
     assert after["dropped_reasons"]["too large"] == reasons["too large"] + 1
     wait_for(lambda: hub.pongs[ident] > beats + 5, what="the engine's heart beating")
     assert engine.poll() is None
