@@ -78,8 +78,7 @@ class DictDB:
         submitted, started, completed (float seconds), status ("pending", "ok", "error",
         or the engine's status word), header (the request's header dict; None until
         ``_header`` reads it from `wire`), wire (the request's frames from the delimiter
-        on), result_header, result_parts (the
-        result's frames), attempts (list of {engine, status, started, completed, ename}),
+        on), result_header, result_parts (the result's frames), attempts (list of {engine, status, started, completed, ename}),
         watchers (other clients to deliver the result to), recovers (for a recovery
         task: the task it recovers)
 
@@ -767,6 +766,8 @@ class Controller:
             eid = self._next_id
         self._next_id = max(self._next_id, eid + 1)
         now = time.time()
+        # requests go to the engine's main thread's socket, if it has one of its own
+        work_ident = str(header.get("reply_ident") or "").encode() or ident
         self.engines[eid] = {
             "id": eid, "ident": ident, "pid": header.get("pid"),
             "host": header.get("host"), "python": header.get("python"),
@@ -775,16 +776,14 @@ class Controller:
             "last_beat": self._beat,
             "properties": header.get("properties") or {},
             "outstanding": set(), "completed": 0,
-            # requests go to the engine's main thread's socket, if it has one of its own,
             # with the msg_id of this registration before them (see engine._request)
-            "reg": header["msg_id"].encode(),
-            "work_ident": str(header.get("reply_ident") or "").encode() or ident,
-            "backlog": [],   # requests waiting for the engine's `ready`; None once it came
+            "reg": header["msg_id"].encode(), "work_ident": work_ident,
+            # requests waiting for the engine's `ready`; None once it came (at once for an
+            # engine with one socket: it is connected already)
+            "backlog": None if work_ident == ident else [],
         }
-        if self.engines[eid]["work_ident"] == ident:
-            self.engines[eid]["backlog"] = None   # one socket: it is connected already
         self._by_ident[ident] = eid
-        self._by_ident[self.engines[eid]["work_ident"]] = eid
+        self._by_ident[work_ident] = eid
         engine = self.engines[eid]
         self._send(self.sockets["engine"], [ident], protocol.reply_kind(protocol.REGISTER),
                    parent=header["msg_id"], id=eid, heartbeat_period=self.heartbeat_period,

@@ -390,15 +390,24 @@ class Engine:
                                              name=name, text=text[i:i + size])
                 dealer.send_multipart(frames)
 
-    def _on_message(self, frames):
-        # executes in the receiver thread
+    def _checked(self, frames):
+        """(idents, header, parts) of a message from the controller, or None for a
+        refusal notice or a message that fails its check (logged and counted). Both
+        threads use it."""
         if protocol.is_refusal(frames):
             log.error("the controller refused a message: %s", frames[2].bytes.decode())
-            return
+            return None
         try:
-            _, header, parts = self.session.check(frames)
+            return self.session.check(frames)
         except Exception as e:
             return self._dropped(e)  # counted by the session, under its reason
+
+    def _on_message(self, frames):
+        # executes in the receiver thread
+        checked = self._checked(frames)
+        if checked is None:
+            return
+        _, header, _ = checked
         kind = header["kind"]
         if kind == protocol.ABORT:
             for msg_id in header.get("msg_ids", ()):
@@ -471,8 +480,8 @@ class Engine:
             self._interrupt_main(cur[0], "abort")
 
     def _dropped(self, why):
-        # log the first few, then at powers of two, so
-        # a flood of bad messages cannot flood the log as well
+        # log the first few, then at powers of two, so a flood of bad messages cannot
+        # flood the log as well
         with self._lock:   # both threads drop messages; += on a Counter is not atomic
             self.stats["dropped"] += 1
             n = self.stats["dropped"]
@@ -547,13 +556,10 @@ class Engine:
         """(header, parts) of a request to run, or None: refused, sent under an earlier
         registration (the controller has moved or failed it since), or arriving after
         shutdown (answered as aborted)."""
-        if protocol.is_refusal(frames):
-            log.error("the controller refused a message: %s", frames[2].bytes.decode())
+        checked = self._checked(frames)
+        if checked is None:
             return None
-        try:
-            idents, header, parts = self.session.check(frames)
-        except Exception as e:
-            return self._dropped(e)  # counted by the session, under its reason
+        idents, header, parts = checked
         if not idents or idents[0].bytes != self._reg:
             self.stats["stale"] += 1
             return None

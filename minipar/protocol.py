@@ -37,9 +37,9 @@ import json
 import logging
 import os
 import pickle
-import time
 import sys
 import threading
+import time
 import types
 import weakref
 

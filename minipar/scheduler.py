@@ -84,21 +84,6 @@ import random
 log = logging.getLogger(__name__)
 
 
-class _Task:
-    """A task's state, read and written as ``t["key"]`` like the plain dicts it stands
-    for (see `_tasks` below): slots, because thousands may be queued and a dict of its
-    19 keys costs twice as much."""
-
-    __slots__ = ("msg_id", "seq", "state", "gen", "targets", "depend", "after", "follow",
-                 "timeout", "deadline", "retries", "failed_on", "unmet", "recovery", "woke",
-                 "owner", "where", "engine", "aborting")
-    __getitem__ = object.__getattribute__
-    __setitem__ = object.__setattr__
-
-    def __init__(self, **fields):
-        for k, v in fields.items():
-            setattr(self, k, v)
-
 # Outcomes of final tasks kept for dependents submitted later; older ones come from
 # `lookup`. Each costs ~150 bytes; 1,000..100,000 is reasonable.
 FINISHED_HISTORY = 10_000
@@ -183,6 +168,22 @@ def _spec(raw):
     else:
         spec = {"ids": frozenset(raw), "all": True, "success": True, "failure": False}
     return spec if spec["ids"] else None
+
+
+class _Task:
+    """A task's state, read and written as ``t["key"]`` like the plain dicts it stands
+    for (`_tasks` in the module docstring): slots, because thousands may be queued and a
+    dict of its 19 keys costs twice as much."""
+
+    __slots__ = ("msg_id", "seq", "state", "gen", "targets", "depend", "after", "follow",
+                 "timeout", "deadline", "retries", "failed_on", "unmet", "recovery", "woke",
+                 "owner", "where", "engine", "aborting")
+    __getitem__ = object.__getattribute__
+    __setitem__ = object.__setattr__
+
+    def __init__(self, **fields):
+        for k, v in fields.items():
+            setattr(self, k, v)
 
 
 class Scheduler:
