@@ -6,7 +6,7 @@ Who measures what::
     measure_pool()    multiprocessing.Pool                          -> "multiprocessing"
     measure_cluster() minipar or ipyparallel, through the API both   -> "minipar", "ipyparallel"
                       share (Cluster, rc[0].apply_sync, views, push/pull, scatter/gather)
-    import_time_ms()  `import X` in a fresh interpreter, best of several
+    import_times_ms() `import X` in fresh interpreters, taking turns, best of several
 
 `collect(cfg, keys)` runs only what the figures in `keys` need and returns
 {system: {figure key: value or error text}}; `print_table` and `table_rows` turn that into
@@ -66,7 +66,7 @@ class Config:
     bulk_mb: int = 100
     bulk_repeat: int = 3
     scatter_n: int = 10_000_000     # float64 items
-    import_repeat: int = 7
+    import_repeat: int = 15
     queued_n: int = 20_000          # tasks queued for the memory figure
     timeout_s: float = 120.0        # bound on any single wait
 
@@ -282,23 +282,27 @@ def remote_functions():
     return namespace["noop"], namespace["wait_for_file"]
 
 
-def import_time_ms(statement, repeat):
-    """Best of `repeat` fresh interpreters timing `statement` alone (startup excluded)."""
-    code = (f"import sys, time; sys.path.insert(0, {ROOT!r}); t0 = time.perf_counter(); "
-            f"{statement}; print(time.perf_counter() - t0)")
+def import_times_ms(statements, repeat):
+    """{statement: best of `repeat` fresh interpreters timing it alone (startup excluded)}.
+
+    The statements take turns, round by round, so that a noisy spell of the machine
+    falls on all of them alike and their ratio holds."""
     # as an installed package would be: bytecode cached (an environment with
     # PYTHONDONTWRITEBYTECODE would otherwise compile the in-tree sources on every import,
     # while zmq and cloudpickle come precompiled from site-packages)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(ROOT, "minipar")],
                    check=False, timeout=60, env=env, capture_output=True)
-    best = math.inf
+    best = dict.fromkeys(statements, math.inf)
     for _ in range(repeat):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=False, timeout=60, cwd=ROOT, env=env)
-        if out.returncode:
-            raise RuntimeError(out.stderr.strip().splitlines()[-1])
-        best = min(best, float(out.stdout) * 1e3)
+        for statement in statements:
+            code = (f"import sys, time; sys.path.insert(0, {ROOT!r}); "
+                    f"t0 = time.perf_counter(); {statement}; print(time.perf_counter() - t0)")
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 check=False, timeout=60, cwd=ROOT, env=env)
+            if out.returncode:
+                raise RuntimeError(out.stderr.strip().splitlines()[-1])
+            best[statement] = min(best[statement], float(out.stdout) * 1e3)
     return best
 
 
@@ -619,14 +623,19 @@ def collect(cfg, keys, report=print):
         report(f"multiprocessing.Pool({cfg.n}) ...")
         results["multiprocessing"].update(_guard(measure_pool, cfg, keys))
     if "import_ms" in keys:
-        report(f"import times (fresh interpreters, best of {cfg.import_repeat}) ...")
-        for system, modules in (("relay", "zmq, cloudpickle"), ("minipar", "minipar"),
-                                ("ipyparallel", "ipyparallel")):
-            if system != "relay" and importable(modules) is not True:
+        report(f"import times (fresh interpreters taking turns, best of {cfg.import_repeat}) ...")
+        modules = {"relay": "zmq, cloudpickle", "minipar": "minipar", "ipyparallel": "ipyparallel"}
+        for system in ("minipar", "ipyparallel"):
+            if importable(modules[system]) is not True:
                 results[system]["import_ms"] = "not available"
-                continue
-            results[system]["import_ms"] = _guard_value(
-                import_time_ms, "import " + modules, cfg.import_repeat)
+                del modules[system]
+        try:
+            best = import_times_ms([f"import {m}" for m in modules.values()], cfg.import_repeat)
+            for system, m in modules.items():
+                results[system]["import_ms"] = best[f"import {m}"]
+        except Exception as e:
+            for system in modules:
+                results[system]["import_ms"] = f"error: {type(e).__name__}: {e}"
     for kind in ("minipar", "ipyparallel"):
         wanted = cluster_keys(kind, keys)
         if not wanted:
@@ -649,13 +658,6 @@ def _guard(fn, *args):
         return fn(*args)
     except Exception as e:  # one system failing must not cost the others' figures
         return {"error": f"{type(e).__name__}: {e}"}
-
-
-def _guard_value(fn, *args):
-    try:
-        return fn(*args)
-    except Exception as e:
-        return f"error: {type(e).__name__}: {e}"
 
 
 # ---------------------------------------------------------------------------

@@ -24,7 +24,6 @@ import collections
 import concurrent.futures
 import contextlib
 import functools
-import heapq
 import itertools
 import logging
 import os
@@ -503,11 +502,15 @@ class Client:
         dealer.send_multipart(frames)
 
     def _at(self, deadline, function):
+        import heapq  # here, not at import (as in _run_timers): timers are rare
+
         heapq.heappush(self._timers, (deadline, next(_TIMER_SEQ), function))
 
     def _run_timers(self):
         """Run the timers that are due; milliseconds until the next one (None: none)."""
         while self._timers and self._timers[0][0] <= time.monotonic():
+            import heapq
+
             _, _, function = heapq.heappop(self._timers)
             try:
                 function()

@@ -30,8 +30,6 @@ pickle as frames of their own, sent with ``copy=False``.
 """
 
 import collections
-import hashlib
-import hmac
 import io
 import json
 import logging
@@ -135,6 +133,8 @@ def body_digest(parts, raw=()):
     """SHA-256 of the parts; of a raw buffer (an array's memory, not parsed by anything),
     only its length: hashing 100 MB costs more than sending it, and a changed buffer can
     alter data but never run code. Use --curve where the data must not be altered."""
+    import hashlib  # here, not at import: OpenSSL's binding is a third of `import minipar`
+
     h = hashlib.sha256()
     for i, p in enumerate(parts):
         h.update(b"%d:" % len(p) if i in raw else p)
@@ -158,6 +158,8 @@ class Session:
         self._drop_lock = threading.Lock()    # an engine's two threads both count drops
 
     def sign(self, header_bytes):
+        import hmac  # see body_digest
+
         return hmac.digest(self.key, header_bytes, "sha256")
 
     def msg(self, kind, parts=(), parent=None, **fields):
@@ -218,6 +220,8 @@ class Session:
                              f"{self.max_message_size}")
         idents, sig, hb, parts = self.split(frames)
         sig, hb = _bytes(sig), _bytes(hb)
+        import hmac  # see body_digest
+
         if not hmac.compare_digest(sig, self.sign(hb)):
             raise ValueError("bad signature")
         if replay:
