@@ -451,7 +451,7 @@ def _view(rec, keys):
 class Controller:
     def __init__(self, ip="127.0.0.1", port=0, ports=None, location=None, profile=None,
                  profile_dir=None, reuse=False, heartbeat_period=HEARTBEAT_PERIOD_S,
-                 heartbeat_liveness=HEARTBEAT_LIVENESS, scheme="leastload", hwm=2,
+                 heartbeat_liveness=HEARTBEAT_LIVENESS, scheme="leastload", hwm=None,
                  db="dict", max_message_size=protocol.MAX_MESSAGE_SIZE, curve=False):
         self.ip = ip
         self.location = location or (socket.gethostname() if ip in ("*", "0.0.0.0") else ip)
@@ -479,7 +479,7 @@ class Controller:
         self.db = open_db(db, self.profile_dir) if isinstance(db, str) else db
         self.scheduler = _scheduler.Scheduler(scheme=scheme, hwm=hwm, lookup=self._lookup)
         log.info("tasks: scheme %s, hwm %s, records in %s", getattr(scheme, "__name__", scheme),
-                 hwm or "unlimited", type(self.db).__name__)
+                 "auto" if hwm is None else hwm or "unlimited", type(self.db).__name__)
         self.engines = {}        # id -> engine dict (see _register)
         self._by_ident = {}      # engine routing id (bytes) -> id
         self._clients = {}       # client session -> the routing id its replies go to
@@ -952,7 +952,9 @@ class Controller:
         rec["attempts"] = [*rec["attempts"], {
             "engine": eid, "status": status, "started": header.get("started"),
             "completed": header.get("completed"), "ename": header.get("ename")}]
-        self._act(self.scheduler.finished(msg_id, eid, status, time.time()))
+        started, completed = header.get("started"), header.get("completed")
+        runtime = completed - started if started and completed else None
+        self._act(self.scheduler.finished(msg_id, eid, status, time.time(), runtime))
 
     def _on_stream(self, header, wire):
         rec = self.db.get(header.get("parent"))
@@ -1356,7 +1358,9 @@ def main(argv=None):
                    help="missed heartbeats before an engine is declared dead")
     p.add_argument("--scheme", default="leastload",
                    choices=["leastload", "lru", "twobin", "weighted", "plainrandom"])
-    p.add_argument("--hwm", type=int, default=2, help="outstanding tasks per engine (0: no limit)")
+    p.add_argument("--hwm", type=int, default=None,
+                   help="outstanding tasks per engine, 0: no limit (default: 2, and 16 while "
+                        "an engine's tasks take under 1 ms)")
     p.add_argument("--db", default="dict", choices=["dict", "sqlite", "none"],
                    help="where task records are kept: memory, PROFILE_DIR/tasks.db, or only "
                         "while in flight")

@@ -24,7 +24,8 @@ A task's life::
 
 Routing schemes are plain functions over a list of loads (outstanding tasks per engine,
 least recently used engine first) returning an index: ``leastload`` (default), ``lru``,
-``twobin``, ``weighted``, ``plainrandom``. ``hwm`` caps the outstanding tasks per engine;
+``twobin``, ``weighted``, ``plainrandom``. ``hwm`` caps the outstanding tasks per engine
+(by default 2, and 16 while an engine's tasks take under a millisecond: AUTO_HWM);
 tasks beyond it wait here, and a freed slot goes to the oldest runnable task (submission
 order) that may use that engine.
 
@@ -44,7 +45,8 @@ State (dicts, and `_Task`s read like dicts; every state change goes through ``_s
         "recovery": str|None, "woke": bool, "owner": str|None,  # owner: the task it recovers
         "where": None (any engine) | set (the engines it may use now; empty: it waits),
         "engine": int|None, "aborting": bool}
-    _engines[eid] = {"tasks": {msg_id: None}, "completed": int, "properties": dict}
+    _engines[eid] = {"tasks": {msg_id: None}, "completed": int, "cap": int|inf (of tasks),
+                     "properties": dict}
     _order = [eid, ...]             # least recently assigned first: the order of `loads`
     _queue  deque / _late heap      # (seq, gen, msg_id) READY tasks that may run anywhere
     _heaps[eid]  heap               # (seq, gen, msg_id) READY tasks restricted to some engines
@@ -79,10 +81,20 @@ import functools
 import heapq
 import itertools
 import logging
+import math
 import random
 
 log = logging.getLogger(__name__)
 
+
+# Prefetch when no hwm is given: an engine holds AUTO_HWM outstanding tasks, and up to
+# AUTO_HWM_QUICK while the tasks it runs take under QUICK_TASK_S each. A task that short
+# costs less than a round trip through the controller, so without a queue of them the
+# engine would wait on the wire; a deeper queue of longer tasks would only keep them from
+# engines that free up. Back at AUTO_HWM when a longer task finishes or the engine runs dry.
+AUTO_HWM = 2
+AUTO_HWM_QUICK = 16
+QUICK_TASK_S = 0.001
 
 # Outcomes of final tasks kept for dependents submitted later; older ones come from
 # `lookup`. Each costs ~150 bytes; 1,000..100,000 is reasonable.
@@ -189,14 +201,14 @@ class _Task:
 class Scheduler:
     """Load balancer for tasks, driven by the controller; see the module docstring."""
 
-    def __init__(self, scheme="leastload", hwm=2, lookup=None, seed=None,
+    def __init__(self, scheme="leastload", hwm=None, lookup=None, seed=None,
                  history=FINISHED_HISTORY):
         """`scheme`: a name from SCHEMES or a function of the loads returning an index.
         `hwm`: most outstanding tasks per engine, 0 for no limit; 1..4 keeps engines busy
-        while leaving work to engines that free up. `lookup(msg_id)`: None or
+        while leaving work to engines that free up. None: AUTO_HWM, deeper for quick tasks. `lookup(msg_id)`: None or
         (status, engine) of a final task no longer in memory. `seed`: for random schemes.
         `history`: final outcomes kept in memory for dependents."""
-        if hwm < 0:
+        if hwm is not None and hwm < 0:
             raise ValueError(f"hwm={hwm} is negative; use 0 for no limit or a positive count")
         self._rng = random.Random(seed)
         if callable(scheme):
@@ -239,7 +251,7 @@ class Scheduler:
         out = []
         if engine_id in self._engines:
             return self.set_properties(engine_id, properties or {}, now)
-        self._engines[engine_id] = {"tasks": {}, "completed": 0,
+        self._engines[engine_id] = {"tasks": {}, "completed": 0, "cap": self._cap(),
                                     "properties": dict(properties or {})}
         self._order.insert(0, engine_id)
         self._removed.discard(engine_id)
@@ -330,10 +342,11 @@ class Scheduler:
         self._schedule(out)
         return out
 
-    def finished(self, msg_id, engine_id, status, now):
-        """`engine_id` replied to `msg_id` with `status`. A reply for a task that is not
-        outstanding on that engine (moved away after the engine was declared dead,
-        aborted, unknown) is stale: ignored, no decisions."""
+    def finished(self, msg_id, engine_id, status, now, runtime=None):
+        """`engine_id` replied to `msg_id` with `status`, having run it for `runtime` s
+        (None: not known). A reply for a task that is not outstanding on that engine
+        (moved away after the engine was declared dead, aborted, unknown) is stale:
+        ignored, no decisions."""
         out = []
         readied = self._n_readied
         t = self._tasks.get(msg_id)
@@ -342,6 +355,9 @@ class Scheduler:
             return out
         engine = self._engines[engine_id]
         del engine["tasks"][msg_id]
+        if self.hwm is None and (runtime is not None or not engine["tasks"]):
+            quick = runtime is not None and runtime < QUICK_TASK_S and engine["tasks"]
+            engine["cap"] = AUTO_HWM_QUICK if quick else AUTO_HWM
         if status not in (OK, ERROR, UNMET, ABORTED, TIMEOUT):
             log.warning("task %s: unknown status %r from engine %s, taken as an error",
                         msg_id, status, engine_id)
@@ -794,23 +810,23 @@ class Scheduler:
         Afterwards no queued task can be placed, so a task made READY later never
         overtakes an older one by taking a slot that task could have used.
         """
-        engines, hwm = self._engines, self.hwm
+        engines = self._engines
         while True:
             free = None
             best = self._any_head()
             if best is not None:
-                free = [e for e in self._order if not hwm or len(engines[e]["tasks"]) < hwm]
+                free = [e for e in self._order if len(engines[e]["tasks"]) < engines[e]["cap"]]
                 if not free:
                     best = None
             for e, heap in self._heaps.items():   # only engines some task is restricted to
-                if not hwm or len(engines[e]["tasks"]) < hwm:
+                if len(engines[e]["tasks"]) < engines[e]["cap"]:
                     head = self._head(heap)
                     if head is not None and (best is None or head < best):
                         best = head
             if best is None:
                 return
             if free is None:
-                free = [e for e in self._order if not hwm or len(engines[e]["tasks"]) < hwm]
+                free = [e for e in self._order if len(engines[e]["tasks"]) < engines[e]["cap"]]
             t = self._tasks[best[2]]
             where = t["where"]
             self._assign(t, free if where is None else [e for e in free if e in where], out)
@@ -818,8 +834,8 @@ class Scheduler:
     def _fill(self, engine_id, out):
         """Like _schedule when only `engine_id` gained room and no task became READY:
         everywhere else nothing changed, so looking at that engine alone is enough."""
-        engine, hwm = self._engines[engine_id], self.hwm
-        while not hwm or len(engine["tasks"]) < hwm:
+        engine = self._engines[engine_id]
+        while len(engine["tasks"]) < engine["cap"]:
             best = self._any_head()
             heap = self._heaps.get(engine_id)
             head = self._head(heap) if heap else None
@@ -828,6 +844,10 @@ class Scheduler:
             if best is None:
                 return
             self._assign(self._tasks[best[2]], [engine_id], out)
+
+    def _cap(self):
+        """A new engine's limit on outstanding tasks."""
+        return AUTO_HWM if self.hwm is None else self.hwm or math.inf
 
     def _assign(self, t, candidates, out):
         if len(candidates) == 1:

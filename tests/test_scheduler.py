@@ -159,6 +159,40 @@ def test_hwm_zero_means_no_limit():
     assert s.status()["unassigned"] == 0
 
 
+def test_default_prefetch_deepens_for_quick_tasks_only():
+    s = make(1)                                    # no hwm given: AUTO_HWM, adaptive
+    out = []
+    for i in range(40):
+        out += s.submit(task(f"t{i}"), 0.0)
+    assert [m for m, _ in runs(out)] == ["t0", "t1"]
+    quick = scheduler.QUICK_TASK_S / 10
+    out = s.finished("t0", 0, "ok", 1.0, runtime=quick)
+    assert len(s.outstanding(0)) == scheduler.AUTO_HWM_QUICK   # refilled to the deep limit
+    assert [m for m, _ in runs(out)] == [f"t{i}" for i in range(2, 2 + 15)]
+    out = s.finished("t1", 0, "ok", 2.0, runtime=scheduler.QUICK_TASK_S * 10)   # a long one
+    assert runs(out) == [] and len(s.outstanding(0)) == 15    # nothing more until below 2
+    for m in s.outstanding(0)[:13]:
+        assert runs(s.finished(m, 0, "ok", 3.0)) == []        # run time unknown: no change
+    assert len(s.outstanding(0)) == 2
+    assert len(runs(s.finished(s.outstanding(0)[0], 0, "ok", 4.0, runtime=quick))) == 15
+    while s.outstanding(0):
+        s.finished(s.outstanding(0)[0], 0, "ok", 5.0, runtime=quick)
+    assert s.status()["unassigned"] == 0
+    out = []
+    for i in range(3):
+        out += s.submit(task(f"later{i}"), 6.0)
+    assert len(runs(out)) == scheduler.AUTO_HWM    # an engine that ran dry starts over
+
+
+def test_an_explicit_hwm_is_strict_however_quick_the_tasks():
+    s = make(1, hwm=2)
+    for i in range(10):
+        s.submit(task(f"t{i}"), 0.0)
+    for step in range(8):
+        out = s.finished(s.outstanding(0)[0], 0, "ok", 1.0, runtime=1e-6)
+        assert len(runs(out)) == 1 and len(s.outstanding(0)) == 2
+
+
 def test_tasks_wait_without_engines_and_run_when_one_arrives():
     s = Scheduler(hwm=1)
     assert s.submit(task("a"), 0.0) == []
