@@ -1,5 +1,7 @@
 """The wire: signing, replay refusal, plain-data headers, serialization, connection files."""
 
+import hmac
+import marshal
 import os
 import pickle
 import stat
@@ -55,12 +57,21 @@ def test_tampered_header_or_parts_are_refused():
 
 
 def test_header_may_not_name_classes():
-    """A signed header that would load a class is refused before anything runs."""
+    """A signed header that would load a class, or is not a dict, is refused; nothing runs."""
     s = protocol.Session(KEY)
-    evil = pickle.dumps({"kind": "apply", "msg_id": "x", "f": os.system}, protocol=5)
-    frames = [protocol.DELIM, s.sign(evil), evil]
-    with pytest.raises(pickle.UnpicklingError, match="plain data"):
-        protocol.Session(KEY).check(frames)
+    for evil in (pickle.dumps({"kind": "apply", "msg_id": "x", "f": os.system}, protocol=5),
+                 marshal.dumps((lambda: os.system("false")).__code__),
+                 marshal.dumps(["kind", "apply", "msg_id", "x"])):
+        frames = [protocol.DELIM, s.sign(evil), evil]
+        with pytest.raises(ValueError):
+            protocol.Session(KEY).check(frames)
+
+
+def test_signature_is_hmac_sha256_for_any_key_length():
+    for key in (b"k", bytes(range(64)), os.urandom(100), KEY):
+        s = protocol.Session(key)
+        for data in (b"", b"header", os.urandom(1000)):
+            assert s.sign(data) == hmac.digest(s.key, data, "sha256")
 
 
 def test_garbage_is_refused_without_crashing():
