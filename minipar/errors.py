@@ -100,9 +100,10 @@ _types = {}
 
 def _rebuild(ename, evalue, tb, engine_info):
     """A RemoteError that is also an instance of the builtin exception `ename`, if any."""
-    base = getattr(builtins, ename, None)
+    base = _MINIPAR_ERRORS.get(ename) or getattr(builtins, ename, None)
     cls = RemoteError
-    if isinstance(base, type) and issubclass(base, Exception) and not issubclass(base, MiniparError):
+    if ename in _MINIPAR_ERRORS or isinstance(base, type) and issubclass(base, Exception) \
+            and not issubclass(base, MiniparError):
         cls = _types.get(ename)
         if cls is None:
             try:
@@ -110,8 +111,6 @@ def _rebuild(ename, evalue, tb, engine_info):
             except TypeError:  # a base with its own instance layout cannot be mixed in
                 cls = RemoteError
             _types[ename] = cls
-    else:
-        cls = _minipar_errors.get(ename, RemoteError)
     try:
         err = cls(ename, evalue, tb, engine_info)
     except TypeError:  # a base whose __init__ insists on its own arguments
@@ -128,7 +127,7 @@ def _remote_variant(base):
 
 
 # minipar's own errors raised remotely keep their type too (TaskTimeout, UnmetDependency...)
-_minipar_errors = {c.__name__: _remote_variant(c) for c in (
+_MINIPAR_ERRORS = {c.__name__: c for c in (
     EngineError, TaskAborted, TaskTimeout, DependencyTimeout, UnmetDependency,
     ImpossibleDependency, InvalidDependency, SerializationError, NoEnginesRegistered)}
 
