@@ -33,7 +33,7 @@ __all__ = sorted([
     "MiniparError", "NoEnginesRegistered", "RemoteError", "SerializationError", "TaskAborted",
     "TaskTimeout", "TimeoutError", "UnmetDependency", "depend", "dependent", "interactive",
     "require", "__version__",
+    "ViewExecutor", "plot_timeline", "register_joblib_backend",                   # ecosystem
+    "MapTask", "MultiEngineClient", "PendingResult", "StringTask", "Task", "TaskClient",
+    "TaskResult",                                                                  # classic
 ])
-__all__ = sorted(__all__ + ["ViewExecutor", "plot_timeline", "register_joblib_backend"])
-__all__ = sorted(__all__ + ["MapTask", "MultiEngineClient", "PendingResult", "StringTask",
-                            "Task", "TaskClient", "TaskResult"])

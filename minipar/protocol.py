@@ -348,13 +348,13 @@ class _LargeBytes:
 
 def _wrap_large_bytes(obj, depth=2):
     """`obj` with large bytes near the top (apply's args, push's dict) wrapped."""
-    if type(obj) is bytes:
+    t = type(obj)
+    if t is bytes:
         return _LargeBytes(obj) if len(obj) >= BUFFER_THRESHOLD else obj
-    if depth and isinstance(obj, (tuple, list, dict)) and len(obj) <= 32:
-        if type(obj) is dict:
+    if depth and (t is tuple or t is list or t is dict) and 0 < len(obj) <= 32:
+        if t is dict:
             return {k: _wrap_large_bytes(v, depth - 1) for k, v in obj.items()}
-        if type(obj) in (tuple, list):
-            return type(obj)(_wrap_large_bytes(o, depth - 1) for o in obj)
+        return t([_wrap_large_bytes(o, depth - 1) for o in obj])
     return obj
 
 
