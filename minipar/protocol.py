@@ -18,8 +18,9 @@ leaves buffers unsigned: hashing 100 MB would halve the bulk rate, and a buffer 
 never parsed, so changing one alters data but cannot run code (``--curve`` encrypts and
 authenticates everything). Nothing is unpickled before its signature is verified, and a
 header is plain data (lists, dicts, str, numbers) in ``marshal``'s format, which cannot
-name a class or function (reading it runs nothing); it too is read only once verified. A refused message is counted under one of DROP_REASONS; messages
-above the cluster's max_message_size are refused on receipt and never sent.
+name a class or function (reading it runs nothing); it too is read only once verified.
+A refused message is counted under one of DROP_REASONS; messages above the cluster's
+max_message_size are refused on receipt and never sent.
 ``connect`` adds CurveZMQ encryption when the controller's files ask for it.
 
 Serialization (``serialize`` / ``deserialize``): functions and closures with
