@@ -949,10 +949,10 @@ class Controller:
         engine["completed"] += 1   # direct and load-balanced, as queue_status reports it
         if not rec["lb"]:
             return self._finish(rec, status)
-        rec["attempts"] = [*rec["attempts"], {
-            "engine": eid, "status": status, "started": header.get("started"),
-            "completed": header.get("completed"), "ename": header.get("ename")}]
         started, completed = header.get("started"), header.get("completed")
+        rec["attempts"] = [*rec["attempts"], {
+            "engine": eid, "status": status, "started": started, "completed": completed,
+            "ename": header.get("ename")}]
         runtime = completed - started if started and completed else None
         self._act(self.scheduler.finished(msg_id, eid, status, time.time(), runtime))
 

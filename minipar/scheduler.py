@@ -251,7 +251,8 @@ class Scheduler:
         out = []
         if engine_id in self._engines:
             return self.set_properties(engine_id, properties or {}, now)
-        self._engines[engine_id] = {"tasks": {}, "completed": 0, "cap": self._cap(),
+        cap = AUTO_HWM if self.hwm is None else self.hwm or math.inf
+        self._engines[engine_id] = {"tasks": {}, "completed": 0, "cap": cap,
                                     "properties": dict(properties or {})}
         self._order.insert(0, engine_id)
         self._removed.discard(engine_id)
@@ -355,9 +356,11 @@ class Scheduler:
             return out
         engine = self._engines[engine_id]
         del engine["tasks"][msg_id]
-        if self.hwm is None and (runtime is not None or not engine["tasks"]):
-            quick = runtime is not None and runtime < QUICK_TASK_S and engine["tasks"]
-            engine["cap"] = AUTO_HWM_QUICK if quick else AUTO_HWM
+        if self.hwm is None:
+            if not engine["tasks"]:
+                engine["cap"] = AUTO_HWM                    # ran dry: start over
+            elif runtime is not None:
+                engine["cap"] = AUTO_HWM_QUICK if runtime < QUICK_TASK_S else AUTO_HWM
         if status not in (OK, ERROR, UNMET, ABORTED, TIMEOUT):
             log.warning("task %s: unknown status %r from engine %s, taken as an error",
                         msg_id, status, engine_id)
@@ -844,10 +847,6 @@ class Scheduler:
             if best is None:
                 return
             self._assign(self._tasks[best[2]], [engine_id], out)
-
-    def _cap(self):
-        """A new engine's limit on outstanding tasks."""
-        return AUTO_HWM if self.hwm is None else self.hwm or math.inf
 
     def _assign(self, t, candidates, out):
         if len(candidates) == 1:
