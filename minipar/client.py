@@ -535,6 +535,11 @@ class Client:
             log.error("%s", err)
             return
         _, header, parts = self.session.check(frames)
+        for header, parts in self.session.unbatch(header, parts):
+            self._on_message(header, parts)
+
+    def _on_message(self, header, parts):
+        # executes in the I/O thread: one reply or stream message (a batch carries several)
         kind = header["kind"]
         if kind == protocol.STREAM:
             # output of a running request; its final reply replaces it (no duplicates)

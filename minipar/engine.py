@@ -537,11 +537,10 @@ class Engine:
                 self._announce = False
                 self._send_ready()
             for frames in protocol.drain(self._sock):
-                request = self._request(frames)
-                if request is not None:
-                    self._run(*request)
+                for header, parts in self._requests(frames):
+                    self._run(header, parts)
         for frames in protocol.drain(self._sock, limit=REQUESTS_ABORTED_AT_STOP):
-            self._request(frames)   # each answered as aborted
+            self._requests(frames)   # each answered as aborted
         self._send(protocol.UNREGISTER)
         self._sock.close(linger=1000)
         self._outbox.send(b"")
@@ -552,22 +551,29 @@ class Engine:
         it holds requests back until then (a ROUTER would drop them)."""
         self._send(protocol.READY, reg=self._reg.decode())
 
-    def _request(self, frames):
-        """(header, parts) of a request to run, or None: refused, sent under an earlier
-        registration (the controller has moved or failed it since), or arriving after
-        shutdown (answered as aborted)."""
+    def _requests(self, frames):
+        """The (header, parts) of each request to run in a message (a batch carries
+        several); none if it was refused, sent under an earlier registration (the
+        controller has moved or failed them since), or arrived after shutdown (each is
+        answered as aborted)."""
         checked = self._checked(frames)
         if checked is None:
-            return None
+            return ()
         idents, header, parts = checked
         if not idents or idents[0].bytes != self._reg:
             self.stats["stale"] += 1
-            return None
+            return ()
+        try:
+            requests = self.session.unbatch(header, parts)
+        except ValueError as e:
+            self._dropped(e)
+            return ()
         if self._stopping:
-            self._send_reply(header, "aborted", [], ename="TaskAborted",
-                             evalue="the engine shut down before running this task")
-            return None
-        return header, parts
+            for header, _ in requests:
+                self._send_reply(header, "aborted", [], ename="TaskAborted",
+                                 evalue="the engine shut down before running this task")
+            return ()
+        return requests
 
     def _run(self, header, parts):
         msg_id = header["msg_id"]

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from minipar import errors, protocol
+from minipar import errors
 from minipar.launcher import Cluster
 
 from .conftest import HEARTBEAT_S, START_TIMEOUT_S
@@ -52,21 +52,15 @@ def task(kind, i):
 def _count_replies(rc):
     """Count, per msg_id, every result that reaches the client (before dedup)."""
     counts = collections.Counter()
-    original = rc._on_reply
+    original = rc._on_message
 
-    def counting(frames):
-        # executes in the client's I/O thread; reads the header without the signature
-        # check, which the original call makes (a second check would see a replay)
-        try:
-            i = next(k for k, f in enumerate(frames) if f.bytes == protocol.DELIM)
-            header = protocol.unpack_header(frames[i + 2].bytes)
-            if header["kind"].endswith("_reply") and header.get("parent"):
-                counts[header["parent"]] += 1
-        except Exception:
-            pass
-        return original(frames)
+    def counting(header, parts):
+        # executes in the client's I/O thread, for each verified message (a batch's each)
+        if header["kind"].endswith("_reply") and header.get("parent"):
+            counts[header["parent"]] += 1
+        return original(header, parts)
 
-    rc._on_reply = counting
+    rc._on_message = counting
     return counts
 
 

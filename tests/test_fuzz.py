@@ -412,6 +412,32 @@ def test_engine_survives_fuzzing_and_counts_what_it_dropped(hub, tmp_path):
     assert "dropped a message from the controller" in log
 
 
+def test_engine_runs_every_request_of_a_batch_in_order(hub, tmp_path):
+    """A batch (several requests under one signature, as the controller sends a burst)
+    runs each request once, in order, with its own reply; a malformed one (well signed,
+    items not matching its parts) runs nothing and the engine goes on serving."""
+    hub.start_engine(tmp_path / "engine.log")
+    ident = hub.register()
+    hub.request(ident, protocol.EXECUTE, code="seen = []")
+    wires, ids = [], []
+    for x in "abc":
+        header, frames = hub.session.msg(protocol.EXECUTE, code=f"seen.append({x!r})")
+        wires.append(frames)
+        ids.append(header["msg_id"])
+    [batch] = list(hub.session.pack(wires))
+    hub.sockets["engine"].send_multipart([*hub.work(ident), *batch])
+    assert [hub.reply_to(msg_id)[0]["status"] for msg_id in ids] == ["ok"] * 3
+    header = protocol.unpack_header(batch[2])
+    bad = dict(header, msg_id=protocol.new_id(), nparts=header["nparts"][:-1])
+    hb = protocol.pack_header(bad)
+    hub.sockets["engine"].send_multipart([*hub.work(ident), protocol.DELIM,
+                                          hub.session.sign(hb), hb, *batch[3:]])
+    _, value = hub.request(ident, protocol.PULL, names="seen")
+    assert value == ["a", "b", "c"]   # the malformed batch ran nothing
+    log = (tmp_path / "engine.log").read_text()
+    assert "malformed batch" in log
+
+
 # ------------------------------------------------------------------ a client
 
 def test_client_survives_fuzzing_and_never_unpickles_unverified_data(hub, tmp_path):

@@ -5,8 +5,12 @@ import time
 
 import numpy as np
 import pytest
+import zmq
 
 import minipar
+from minipar import protocol
+
+from .conftest import LocalCluster
 
 TIMEOUT = 60
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -213,3 +217,54 @@ def test_wait_and_iteration(rc):
     assert rc.wait([ar], TIMEOUT)
     assert list(ar) == [x * 2 for x in range(8)]
     assert rc.wait(timeout=TIMEOUT)
+
+
+def test_a_burst_travels_as_one_batch_each_way(tmp_path):
+    """Requests waiting for an engine leave the controller together as one batch, and a
+    batch of replies reaches the client as one: each request and result intact, in
+    order. The engine is a socket of the test's, to see what the controller sends."""
+    c = LocalCluster(tmp_path, controller_args=["--heartbeat-period", "1"])
+    ctx = zmq.Context()
+    try:
+        info = protocol.read_connection_file(c.engine_file)
+        session = protocol.Session(info["key"])
+        control, work = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+        control.identity, work.identity = b"raw", b"raw.r"
+        for s in (control, work):
+            s.linger = 0
+            s.connect(protocol.url(info, "engine"))
+        reg, frames = session.msg(protocol.REGISTER, reply_ident="raw.r")
+        control.send_multipart(frames)
+        assert control.poll(10_000)
+        eid = session.check(control.recv_multipart())[1]["id"]
+        rc = c.client()
+        rc.wait_for_engines(1, 10)
+        ars = [rc[eid].apply_async(pow, 2, i) for i in range(5)]
+        # the controller holds them until the engine's request socket says it is ready
+        deadline = time.monotonic() + 10
+        while rc.queue_status()[eid]["queue"] < 5:
+            assert time.monotonic() < deadline, "the requests never reached the controller"
+            time.sleep(0.05)
+        work.send_multipart(session.msg(protocol.READY, reg=reg["msg_id"])[1])
+        assert work.poll(10_000)
+        _, header, parts = session.check(work.recv_multipart())
+        assert header["kind"] == protocol.BATCH
+        requests = session.unbatch(header, parts)
+        assert [h["msg_id"] for h, _ in requests] == [ar.msg_ids[0] for ar in ars]
+        received = []
+        original = rc._on_reply
+        rc._on_reply = lambda frames: received.append(1) or original(frames)
+        replies = []
+        for h, p in requests:
+            session.check_body(h, p)
+            f, (args, kwargs) = protocol.deserialize_many(p, h["counts"])
+            replies.append(session.msg(protocol.reply_kind(h["kind"]),
+                                       protocol.serialize(f(*args, **kwargs)),
+                                       parent=h["msg_id"], status="ok", engine=eid)[1])
+        [batch] = list(session.pack(replies))
+        work.send_multipart(batch)
+        assert [ar.get(10) for ar in ars] == [1, 2, 4, 8, 16]
+        assert received == [1]   # five results, one message
+    finally:
+        ctx.destroy(linger=0)
+        c.stop()

@@ -158,3 +158,56 @@ def test_pickles_are_digested_and_raw_buffers_by_length():
         s.check_body(h, tampered)  # the pickle is covered
     with pytest.raises(ValueError, match="digest"):
         s.check_body(h, [got[0], bytes(got[1])[:-8]])  # a buffer's length is covered
+
+
+def test_messages_to_one_peer_travel_together_and_come_apart_intact():
+    """A batch carries several messages under one signature; each comes out with its own
+    header and parts (its own digest still checks), in order; one alone goes as it is."""
+    s = protocol.Session(KEY)
+    wires = [s.msg(protocol.APPLY, [b"f", b"args%d" % i], counts=[1, 1])[1] for i in range(3)]
+    [frames] = list(s.pack(wires))
+    receiver = protocol.Session(KEY)
+    _, header, parts = receiver.check([b"id", *frames])
+    assert header["kind"] == protocol.BATCH and len(frames) == 3 + 6
+    items = receiver.unbatch(header, parts)
+    assert [h["msg_id"] for h, _ in items] == \
+        [protocol.unpack_header(w[2])["msg_id"] for w in wires]
+    for i, (h, p) in enumerate(items):
+        assert p == [b"f", b"args%d" % i]
+        receiver.check_body(h, p)
+    assert list(s.pack(wires[:1])) == [wires[0]]   # signed as it was: no batch of one
+    # an item taken out of a batch (no signature of its own) is signed when sent alone
+    alone = [protocol.DELIM, b"", wires[1][2], *wires[1][3:]]
+    [frames] = list(s.pack([alone]))
+    assert receiver.check(frames)[1]["msg_id"] == items[1][0]["msg_id"]
+
+
+def test_a_batch_stays_under_its_size_limit():
+    s = protocol.Session(KEY, max_message_size=100_000)   # a batch: half of it at most
+    wires = [s.msg(protocol.PUSH, [os.urandom(20_000)])[1] for _ in range(5)]
+    messages = list(s.pack(wires))
+    assert len(messages) == 3 and all(protocol.message_size(m) <= 50_000 for m in messages)
+    receiver = protocol.Session(KEY, max_message_size=100_000)
+    got = [p for m in messages for _, p in receiver.unbatch(*receiver.check(m)[1:])]
+    assert got == [w[3:] for w in wires]
+
+
+def test_a_tampered_or_malformed_batch_is_refused():
+    s = protocol.Session(KEY)
+    wires = [s.msg(protocol.CONNECT)[1] for _ in range(2)]
+    [frames] = list(s.pack(wires))
+    header = protocol.unpack_header(frames[2])
+    forged = dict(header, items=[header["items"][0], pickle.dumps("x")])
+    hb = protocol.pack_header(forged)
+    with pytest.raises(ValueError, match="bad signature"):   # an item changed in transit
+        protocol.Session(KEY).check([protocol.DELIM, frames[1], hb])
+    # well signed but not a batch a sender makes: each refused and counted, nothing runs
+    receiver = protocol.Session(KEY)
+    for bad in ({"items": header["items"], "nparts": [0]},          # counts do not match
+                {"items": header["items"], "nparts": [1, 0]},       # more parts than there are
+                {"items": [b"junk", b"junk"], "nparts": [0, 0]},    # items not headers
+                {"items": [1, 2], "nparts": [0, 0]},
+                {"items": "ab", "nparts": [0, 0]}):
+        with pytest.raises(ValueError, match="malformed batch"):
+            receiver.unbatch(dict(header, **bad), [])
+    assert receiver.dropped["bad header"] == 5
