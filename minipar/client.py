@@ -52,6 +52,9 @@ RECONNECT_TIMEOUT_S = 60.0
 # outage may arrive after the question).
 RESYNC_RETRIES = 3
 RESYNC_DELAY_S = 0.5
+# Requests a map sends as one message (see Client._together): enough to cost the
+# controller one receive per hundred tasks, few enough that engines start at once.
+TOGETHER = 100
 _TIMER_SEQ = itertools.count()
 
 
@@ -352,6 +355,7 @@ class Client:
         # Requests leave from the caller's thread on a send-only socket (under a lock); the
         # controller routes replies to the I/O thread's socket, known from `connect`.
         self._send_lock = threading.Lock()
+        self._local = threading.local()   # .held: this thread's requests kept to send together
         self._sender = self.ctx.socket(zmq.DEALER)
         self._sender.linger = 1000
         protocol.connect(self._sender, self.info, "client")
@@ -640,9 +644,33 @@ class Client:
         protocol.check_size(frames, self.session.max_message_size, f"this {kind} request")
         f = _MsgFuture(header["msg_id"], engine_id)
         self._futures[f.msg_id] = f
-        with self._send_lock:
-            protocol.send(self._sender, frames)
+        held = getattr(self._local, "held", None)
+        if held is None:
+            with self._send_lock:
+                protocol.send(self._sender, frames)
+        else:
+            held.append(frames)
+            if len(held) >= TOGETHER:
+                self._send_held(held)
         return f
+
+    @contextlib.contextmanager
+    def _together(self):
+        """Requests this thread makes inside the block leave TOGETHER at a time, as a
+        batch (see protocol.Session.pack): the controller reads a map's tasks a hundred
+        to a message, and the caller sends one message instead of a hundred."""
+        held = self._local.held = []
+        try:
+            yield
+        finally:
+            self._local.held = None
+            self._send_held(held)
+
+    def _send_held(self, held):
+        with self._send_lock:
+            for frames in self.session.pack(held):
+                protocol.send(self._sender, frames)
+        del held[:]
 
     def _query(self, kind, timeout=None, **fields):
         """A request to the controller itself; returns the reply header."""
@@ -1373,10 +1401,12 @@ class LoadBalancedView(_View):
             raise ValueError("recovery= names one task, which can recover one task only; "
                              "this map makes several: give a function instead")
         futures = []
-        for lo in range(0, n, chunksize):
-            chunks = tuple(list(s[lo:lo + chunksize]) if isinstance(s, range) else
-                           s[lo:lo + chunksize] for s in seqs)
-            futures.append(self._send(f, chunks, {}, fparts, fields, chain, map=elementwise))
+        with self.client._together():
+            for lo in range(0, n, chunksize):
+                chunks = tuple(list(s[lo:lo + chunksize]) if isinstance(s, range) else
+                               s[lo:lo + chunksize] for s in seqs)
+                futures.append(self._send(f, chunks, {}, fparts, fields, chain,
+                                          map=elementwise))
         return AsyncResult(self.client, futures, fname=getattr(f, "__name__", "map"),
                            mapping=True, ordered=ordered)
 

@@ -10,6 +10,7 @@ import os
 import pathlib
 import random
 import signal
+import threading
 import time
 
 import pytest
@@ -35,6 +36,10 @@ def square(x):
 
 def add(x, y=0):
     return x + y
+
+
+def touch(folder, name):
+    (folder / str(name)).touch()
 
 
 def pid():
@@ -149,6 +154,27 @@ def test_apply_map_and_decorators(lview):
 
     assert remote_double(21) == 42
     assert sum(parallel_len(list(range(40)))) == 40        # blocks of the sequence
+
+
+def test_a_maps_tasks_leave_a_hundred_to_a_message(lview, monkeypatch, tmp_path):
+    """map sends its tasks as batches of client.TOGETHER, not one message each; a task
+    that cannot be pickled fails the call, and the ones made before it still run."""
+    rc = lview.client
+    sent = []
+    send = protocol.send
+    monkeypatch.setattr(protocol, "send", lambda sock, frames: (
+        sent.append(1) if sock is rc._sender else None, send(sock, frames)))
+    ar = lview.map_async(square, range(250), chunksize=1)
+    assert len(sent) == 3 and len(ar.msg_ids) == 250
+    assert ar.get(TIMEOUT) == [x * x for x in range(250)]
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    with pytest.raises(minipar.SerializationError):
+        lview.map_sync(touch, [marks] * 3, [1, 2, threading.Lock()], chunksize=1)
+    deadline = time.monotonic() + TIMEOUT
+    while sorted(p.name for p in marks.iterdir()) != ["1", "2"]:
+        assert time.monotonic() < deadline, "the tasks made before the bad one did not run"
+        time.sleep(0.05)
 
 
 def test_flags_are_not_keywords_of_apply(lview):
