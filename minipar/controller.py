@@ -305,7 +305,7 @@ def open_db(kind, profile_dir):
 
 
 def _nbytes(frames):
-    return sum(len(f) for f in frames) if frames else 0
+    return protocol.message_size(frames) if frames else 0
 
 
 class _PlainUnpickler(pickle.Unpickler):

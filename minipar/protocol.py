@@ -321,7 +321,7 @@ def drop_reason(exc):
 
 
 def message_size(frames):
-    return sum(len(f) for f in frames)
+    return sum(map(len, frames))
 
 
 def check_size(frames, limit, what):
