@@ -17,10 +17,16 @@ raw memory, listed in the header's `raw`) by its length only, as Jupyter's proto
 leaves buffers unsigned: hashing 100 MB would halve the bulk rate, and a buffer is
 never parsed, so changing one alters data but cannot run code (``--curve`` encrypts and
 authenticates everything). Nothing is unpickled before its signature is verified, and a
-header is plain data (lists, dicts, str, numbers) in ``marshal``'s format, which cannot
+header is plain data (lists, dicts, str, bytes, numbers) in ``marshal``'s format, which cannot
 name a class or function (reading it runs nothing); it too is read only once verified.
 A refused message is counted under one of DROP_REASONS; messages above the cluster's
 max_message_size are refused on receipt and never sent.
+
+A batch (kind BATCH, made by ``Session.pack``) carries several messages to one peer under
+one signature: its header lists each message's header bytes and part count, and their
+parts follow in order; each keeps its own `body` digest. The controller sends what one
+pass makes for an engine or a client this way, and a client a map's tasks.
+
 ``connect`` adds CurveZMQ encryption when the controller's files ask for it.
 
 Serialization (``serialize`` / ``deserialize``): functions and closures with
