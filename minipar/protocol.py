@@ -265,8 +265,7 @@ class Session:
                     break
                 j += 1
             if j == i + 1:
-                w = wires[i]
-                yield w if w[1] else [DELIM, self.sign(_bytes(w[2])), *w[2:]]
+                yield self.signed(wires[i])
             else:
                 header = {"msg_id": new_id(), "kind": BATCH, "session": self.session,
                           "items": [_bytes(w[2]) for w in wires[i:j]],
@@ -274,6 +273,10 @@ class Session:
                 hb = pack_header(header)
                 yield [DELIM, self.sign(hb), hb, *[p for w in wires[i:j] for p in w[3:]]]
             i = j
+
+    def signed(self, wire):
+        """`wire`, signed if it came out of a batch (with no signature of its own)."""
+        return wire if wire[1] else [DELIM, self.sign(_bytes(wire[2])), *wire[2:]]
 
     def unbatch(self, header, parts):
         """The (header, parts) of each message a checked message carries: the items of a

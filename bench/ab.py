@@ -1,0 +1,73 @@
+"""Two versions of minipar side by side: round trips and task rates, taking turns.
+
+    python bench/ab.py OLD_TREE NEW_TREE [--blocks 4] [-n 3000]
+
+Each tree's package is copied under its own name (``mpa``, ``mpb``: minipar works under
+any name) and gets a cluster of 2 engines; then the figures run in turns, a block for A,
+a block for B, so a noisy spell of this VM falls on both. Prints the medians and B/A.
+Single runs swing by ±30% here; a change is real when B/A holds across repeated runs.
+"""
+import argparse
+import importlib
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import _common
+
+
+def _rates(rc, f, n):
+    lb = rc.load_balanced_view()
+    views = [rc[i] for i in rc.ids]
+    out = {"rtt_us": _common.median_time_us(lambda: views[0].apply_sync(f), 300)}
+    t0 = time.perf_counter()
+    _common._wait_all([lb.apply_async(f) for _ in range(n)], 60)
+    out["lb_per_s"] = n / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    _common._wait_all([views[i % len(views)].apply_async(f) for i in range(n)], 60)
+    out["dv_per_s"] = n / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    lb.map_async(f, range(n), chunksize=1).get(60)
+    out["map1_per_s"] = n / (time.perf_counter() - t0)
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("a", help="a minipar source tree (the folder holding minipar/)")
+    p.add_argument("b", help="another")
+    p.add_argument("--blocks", type=int, default=4, help="turns each (default 4)")
+    p.add_argument("-n", type=int, default=3000, help="tasks per rate (default 3000)")
+    args = p.parse_args()
+    folder = tempfile.mkdtemp(prefix="minipar-ab-")
+    clusters = []
+    try:
+        for name, tree in (("mpa", args.a), ("mpb", args.b)):
+            shutil.copytree(os.path.join(tree, "minipar"), os.path.join(folder, name))
+        sys.path.insert(0, folder)
+        os.environ["PYTHONPATH"] = folder + os.pathsep + os.environ.get("PYTHONPATH", "")
+        for name in ("mpa", "mpb"):
+            cluster = importlib.import_module(name).Cluster(
+                n=2, profile_dir=os.path.join(folder, name + "-profile"))
+            clusters.append(cluster)
+            cluster.rc = cluster.start_and_connect_sync()
+            cluster.rc.wait_for_engines(2, 60)
+        f, _ = _common.remote_functions()
+        got = [[], []]
+        for _ in range(args.blocks):
+            for k, cluster in enumerate(clusters):
+                got[k].append(_rates(cluster.rc, f, args.n))
+        for key in got[0][0]:
+            a, b = (statistics.median(r[key] for r in runs) for runs in got)
+            print(f"{key:11s} A {a:8,.0f}   B {b:8,.0f}   B/A {b / a:.2f}")
+    finally:
+        for cluster in clusters:
+            cluster.stop_cluster_sync()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
