@@ -880,7 +880,7 @@ class Controller:
             out.append(wire)
 
     def _flush(self):
-        """Send what this pass posted: one message per peer, several as a batch (see
+        """Send what was posted: one message per peer, several as a batch (see
         protocol.Session.pack). An engine given a burst of tasks, or a client a burst of
         results, reads and checks one message instead of each."""
         out, self._out = self._out, {}
@@ -890,7 +890,7 @@ class Controller:
 
     def _items(self, header, parts, wire):
         """(header, parts, wire) of each message that arrived as one: the items of a batch
-        (their wires unsigned: _flush signs one sent on alone), or the message itself."""
+        (their wires unsigned: Session.signed signs one sent on alone), or the message."""
         if header["kind"] != protocol.BATCH:
             return [(header, parts, wire)]
         self._direct = False   # what its items make goes as batches too
@@ -1008,7 +1008,7 @@ class Controller:
     def _on_stream(self, header, wire):
         rec = self.db.get(header.get("parent"))
         if rec is not None and rec["status"] == PENDING:
-            protocol.send(self.sockets["client"], [rec["client"], *wire])
+            self._post(self.sockets["client"], (rec["client"],), wire)
 
     # ------------------------------------------------------------ final states
 
