@@ -403,7 +403,11 @@ class Client:
                             for s in (dealer, sub, outbox_in, monitor):
                                 s.close(linger=0)
                             return
-                        dealer.send_multipart(frames, copy=False)
+                        try:   # never wait here: with no connection (a peer that fails
+                            # the handshake has none) the query times out, saying so
+                            dealer.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            log.debug("no connection to send a query on: it will time out")
                         continue
                     if sock is monitor:
                         self._on_connection_event(dealer, frames)
