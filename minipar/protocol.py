@@ -17,8 +17,9 @@ raw memory, listed in the header's `raw`) by its length only, as Jupyter's proto
 leaves buffers unsigned: hashing 100 MB would halve the bulk rate, and a buffer is
 never parsed, so changing one alters data but cannot run code (``--curve`` encrypts and
 authenticates everything). Nothing is unpickled before its signature is verified, and a
-header is plain data (lists, dicts, str, bytes, numbers) in ``marshal``'s format, which cannot
-name a class or function (reading it runs nothing); it too is read only once verified.
+header is plain data (lists, dicts, str, bytes, numbers) in ``marshal``'s format, which
+cannot name a class or function (reading it runs nothing); it too is read only once
+verified.
 A refused message is counted under one of DROP_REASONS; messages above the cluster's
 max_message_size are refused on receipt and never sent.
 
@@ -251,9 +252,9 @@ class Session:
     def pack(self, wires):
         """Messages (lists of frames) for `wires`, each a message's frames from the
         delimiter, in order: consecutive ones together as a batch of at most BATCH_BYTES
-        (or half of max_message_size) under one signature, what a burst of small messages to one peer then costs
-        once instead of each time (a send and a receive per frame, a signature, a
-        wake-up). Each keeps its own header, and so its own `body` digest of its parts.
+        (or half of max_message_size) under one signature. A burst of small messages to
+        one peer then costs once what each would cost (a send and a receive per frame, a
+        signature, a wake-up). Each keeps its own header, and so its own `body` digest.
         One alone goes as it is, signed here if it came out of a batch (no signature)."""
         limit = min(BATCH_BYTES, self.max_message_size // 2)
         i = 0
@@ -264,15 +265,15 @@ class Session:
                 if size > limit:
                     break
                 j += 1
-            if j == i + 1:
-                yield self.signed(wires[i])
+            batch, i = wires[i:j], j
+            if len(batch) == 1:
+                yield self.signed(batch[0])
             else:
                 header = {"msg_id": new_id(), "kind": BATCH, "session": self.session,
-                          "items": [_bytes(w[2]) for w in wires[i:j]],
-                          "nparts": [len(w) - 3 for w in wires[i:j]]}
+                          "items": [_bytes(w[2]) for w in batch],
+                          "nparts": [len(w) - 3 for w in batch]}
                 hb = pack_header(header)
-                yield [DELIM, self.sign(hb), hb, *[p for w in wires[i:j] for p in w[3:]]]
-            i = j
+                yield [DELIM, self.sign(hb), hb, *[p for w in batch for p in w[3:]]]
 
     def signed(self, wire):
         """`wire`, signed if it came out of a batch (with no signature of its own)."""
