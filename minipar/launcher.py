@@ -1894,17 +1894,19 @@ def _cmd_start(args):
                       engine_options=_json_option(args.engine_options),
                       shutdown_atexit=not args.daemonize)
     rc = cluster.start_and_connect()
+    done = threading.Event()
+    if not args.daemonize:
+        # foreground, as ipcluster: run until Ctrl-C / SIGTERM, or until the controller
+        # ends (a client's shutdown(hub=True), or `stop` from another process); handled
+        # from before "ready" is printed, so a Ctrl-C right after it stops cleanly too
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: done.set())
     print(f"cluster {cluster.cluster_id} ready: {len(rc.ids)} engines; profile dir "
           f"{cluster.profile_dir}", flush=True)
     rc.close()
     cluster._clients = []
     if args.daemonize:
         return 0
-    # foreground, as ipcluster: run until Ctrl-C / SIGTERM, or until the controller ends
-    # (a client's shutdown(hub=True), or `stop` from another process)
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
     cluster.controller.on_stop(lambda _data: done.set())
     while not done.wait(1.0):
         pass
