@@ -4,11 +4,14 @@
 
 Each tree's package is copied under its own name (``mpa``, ``mpb``: minipar works under
 any name) and gets a cluster of 2 engines; then the figures run in turns, a block for A,
-a block for B, so a noisy spell of this VM falls on both. Prints the medians and B/A.
+a block for B, so a noisy spell of this VM falls on both. Prints the medians and B/A,
+with the CPU per task of the client, controller and engines together (``*_cpu_us``;
+the client's process holds both clients, the idle one costs next to nothing).
 Single runs swing by ±30% here; a change is real when B/A holds across repeated runs.
 """
 import argparse
 import importlib
+import json
 import os
 import shutil
 import statistics
@@ -19,19 +22,31 @@ import time
 import _common
 
 
-def _rates(rc, f, n):
+def _cpu_s(pids):
+    """CPU seconds (user + system) used so far by these processes together."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _rates(rc, f, n, pids):
+    """Round trip, task rates, and the CPU per task of client, controller and engines
+    together: on two busy cores the rates follow the CPU, which swings less."""
     lb = rc.load_balanced_view()
     views = [rc[i] for i in rc.ids]
     out = {"rtt_us": _common.median_time_us(lambda: views[0].apply_sync(f), 300)}
-    t0 = time.perf_counter()
-    _common._wait_all([lb.apply_async(f) for _ in range(n)], 60)
-    out["lb_per_s"] = n / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    _common._wait_all([views[i % len(views)].apply_async(f) for i in range(n)], 60)
-    out["dv_per_s"] = n / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    lb.map_async(f, range(n), chunksize=1).get(60)
-    out["map1_per_s"] = n / (time.perf_counter() - t0)
+    runs = {"lb": lambda: _common._wait_all([lb.apply_async(f) for _ in range(n)], 60),
+            "dv": lambda: _common._wait_all(
+                [views[i % len(views)].apply_async(f) for i in range(n)], 60),
+            "map1": lambda: lb.map_async(f, range(n), chunksize=1).get(60)}
+    for name, run in runs.items():
+        cpu, t0 = _cpu_s(pids), time.perf_counter()
+        run()
+        out[name + "_per_s"] = n / (time.perf_counter() - t0)
+        out[name + "_cpu_us"] = (_cpu_s(pids) - cpu) / n * 1e6
     return out
 
 
@@ -55,11 +70,14 @@ def main():
             clusters.append(cluster)
             cluster.rc = cluster.start_and_connect_sync()
             cluster.rc.wait_for_engines(2, 60)
+            with open(cluster.rc.url_file) as fh:
+                controller = json.load(fh)["pid"]
+            cluster.pids = [os.getpid(), controller, *cluster.rc[:].apply_sync(os.getpid)]
         f, _ = _common.remote_functions()
         got = [[], []]
         for _ in range(args.blocks):
             for k, cluster in enumerate(clusters):
-                got[k].append(_rates(cluster.rc, f, args.n))
+                got[k].append(_rates(cluster.rc, f, args.n, cluster.pids))
         for key in got[0][0]:
             a, b = (statistics.median(r[key] for r in runs) for runs in got)
             print(f"{key:11s} A {a:8,.0f}   B {b:8,.0f}   B/A {b / a:.2f}")
