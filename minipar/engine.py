@@ -54,6 +54,9 @@ MAX_MISSED_HEARTBEATS = 30
 # How often a running task's new stdout/stderr is sent to its client. Lower is livelier,
 # higher sends fewer messages for chatty tasks; 0.05..1 is reasonable.
 STREAM_INTERVAL_S = 0.1
+# A reply to one of a batch's requests waits this long for the next ones to send with
+# them (see Engine._run_batch); behind a long request, up to STREAM_INTERVAL_S.
+HOLD_S = 0.001
 STREAM_CHUNK_CHARS = 64 * 1024   # most text in one stream message (a larger one is split)
 
 REPLY_SUFFIX = b".r"  # the identity of the main thread's socket: engine ident + this
@@ -189,6 +192,9 @@ class Engine:
         self._announce = False
         self._aborted = set()       # msg_ids to refuse when they come up
         self._current = None        # (msg_id, deadline) of the running request
+        self._held = None           # replies kept to send with the rest of their batch
+        self._held_at = 0.0         # when the first of them was
+        self._held_lock = threading.Lock()
         self._interrupt = None      # (msg_id, reason) the next SIGINT is for
         self._sigints_sent = 0      # SIGINTs sent by _interrupt_main, not yet handled
         # Re-entrant: the SIGINT handler takes it in the main thread, which may hold it
@@ -356,6 +362,8 @@ class Engine:
             if now >= next_stream:
                 next_stream = now + STREAM_INTERVAL_S
                 self._send_stream(dealer)
+            if self._held and now - self._held_at > HOLD_S:   # behind a long request
+                self._send_held(dealer)
             cur = self._current
             if cur is not None and cur[1] is not None and now >= cur[1]:
                 self._interrupt_main(cur[0], "timeout")
@@ -537,14 +545,40 @@ class Engine:
                 self._announce = False
                 self._send_ready()
             for frames in protocol.drain(self._sock):
-                for header, parts in self._requests(frames):
-                    self._run(header, parts)
+                requests = self._requests(frames)
+                if len(requests) > 1:
+                    self._run_batch(requests)
+                else:
+                    for header, parts in requests:
+                        self._run(header, parts)
         for frames in protocol.drain(self._sock, limit=REQUESTS_ABORTED_AT_STOP):
             self._requests(frames)   # each answered as aborted
         self._send(protocol.UNREGISTER)
         self._sock.close(linger=1000)
         self._outbox.send(b"")
         self._outbox.close(linger=1000)
+
+    def _run_batch(self, requests):
+        """Run a batch's requests, their replies sent together as batches: the controller
+        reads one message instead of each. A reply waits at most HOLD_S and the request
+        after it; if that one runs long, the receiver thread sends it (_send_held)."""
+        with self._held_lock:
+            self._held = []
+        try:
+            for header, parts in requests:
+                self._run(header, parts)
+                if self._held and time.monotonic() - self._held_at > HOLD_S:
+                    self._send_held(self._sock)
+        finally:
+            self._send_held(self._sock, stop=True)
+
+    def _send_held(self, sock, stop=False):
+        """Send the replies held back (see _run_batch) on `sock`: the main thread's socket,
+        or the receiver's. With `stop`, hold no more."""
+        with self._held_lock:
+            held, self._held = self._held, None if stop else []
+        for frames in self.session.pack(held or ()):
+            protocol.send(sock, frames)
 
     def _send_ready(self):
         """Tell the controller this socket is connected, for the current registration:
@@ -672,6 +706,11 @@ class Engine:
                 fields[name] = (fields.get(name) or "")[-10_000:]
             fields.update(status="error", ename=remote.ename, evalue=remote.evalue)
             _, frames = self.session.msg(kind, protocol.serialize(remote), **fields)
+        with self._held_lock:
+            if self._held is not None:
+                if not self._held:
+                    self._held_at = time.monotonic()
+                return self._held.append(frames)
         protocol.send(self._sock, frames)
 
     def _send(self, kind, parts=(), **fields):

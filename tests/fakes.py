@@ -61,6 +61,7 @@ class FakeHub:
         self.heartbeat_period = heartbeat_period
         self.ctx = zmq.Context()
         self.procs = []
+        self.replies = {}   # parent msg_id -> (header, parts) received, not yet asked for
         self.pongs = collections.Counter()   # heart identity -> pongs received
         self.ports = {}
         self.sockets = {}
@@ -153,16 +154,20 @@ class FakeHub:
         return self.reply_to(header["msg_id"], timeout)
 
     def reply_to(self, msg_id, timeout=30):
+        """(header, value) of the reply to `msg_id`; replies that came with it in a batch
+        are kept for the next calls."""
         deadline = time.monotonic() + timeout
-        while True:
+        while msg_id not in self.replies:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"no reply to {msg_id} within {timeout} s")
             _, header, parts = self.recv("engine", left)
-            if header.get("parent") == msg_id:
-                self.session.check_body(header, parts)
-                value = protocol.deserialize(parts) if parts else None
-                return header, value
+            for header, parts in self.session.unbatch(header, parts):
+                if header.get("parent") is not None and header["kind"] != protocol.STREAM:
+                    self.replies[header["parent"]] = header, parts
+        header, parts = self.replies.pop(msg_id)
+        self.session.check_body(header, parts)
+        return header, protocol.deserialize(parts) if parts else None
 
     def close(self):
         for p in self.procs:

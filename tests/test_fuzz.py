@@ -438,6 +438,50 @@ def test_engine_runs_every_request_of_a_batch_in_order(hub, tmp_path):
     assert "malformed batch" in log
 
 
+def _send_batch(hub, ident, codes):
+    """Send `codes` to the engine as one batch of execute requests; their msg_ids."""
+    wires, ids = [], []
+    for code in codes:
+        header, frames = hub.session.msg(protocol.EXECUTE, code=code)
+        wires.append(frames)
+        ids.append(header["msg_id"])
+    [batch] = list(hub.session.pack(wires))
+    hub.sockets["engine"].send_multipart([*hub.work(ident), *batch])
+    return ids
+
+
+def test_engine_sends_the_replies_to_a_batch_together(hub, tmp_path):
+    """The replies to a batch of quick requests come back in fewer messages than there
+    were requests (each reply intact, in its own item), so the controller reads less."""
+    hub.start_engine(tmp_path / "engine.log")
+    ident = hub.register()
+    ids = _send_batch(hub, ident, [f"x{i} = {i}" for i in range(20)])
+    messages = 0
+    while not set(ids) <= hub.replies.keys():
+        _, header, parts = hub.recv("engine")
+        replies = {h["parent"]: (h, p) for h, p in hub.session.unbatch(header, parts)
+                   if h.get("parent") in ids}
+        messages += bool(replies)
+        hub.replies.update(replies)
+    assert [hub.reply_to(m)[0]["status"] for m in ids] == ["ok"] * 20
+    assert messages < 20
+    _, value = hub.request(ident, protocol.PULL, names=["x0", "x19"])
+    assert value == [0, 19]
+
+
+def test_a_quick_reply_does_not_wait_for_a_long_request_after_it(hub, tmp_path):
+    """A reply held to go with the rest of its batch leaves while the next request runs
+    on (the receiver thread sends it), not when that request ends."""
+    hub.start_engine(tmp_path / "engine.log")
+    ident = hub.register()
+    quick, slow = _send_batch(hub, ident, ["y = 1", "import time; time.sleep(20)"])
+    header, _ = hub.reply_to(quick, timeout=10)
+    assert header["status"] == "ok"
+    assert slow not in hub.replies
+    with pytest.raises(TimeoutError):
+        hub.reply_to(slow, timeout=1)   # still running: its reply cannot have come yet
+
+
 # ------------------------------------------------------------------ a client
 
 def test_client_survives_fuzzing_and_never_unpickles_unverified_data(hub, tmp_path):
