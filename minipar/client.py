@@ -662,7 +662,11 @@ class Client:
     def _together(self):
         """Requests this thread makes inside the block leave TOGETHER at a time, as a
         batch (see protocol.Session.pack): the controller reads a map's tasks a hundred
-        to a message, and the caller sends one message instead of a hundred."""
+        to a message, and the caller sends one message instead of a hundred. Blocks
+        nest: the outermost one sends."""
+        if getattr(self._local, "held", None) is not None:
+            yield   # inside an outer block, which sends them
+            return
         held = self._local.held = []
         try:
             yield
@@ -1122,7 +1126,11 @@ class DirectView(_View):
         targets = self.targets if targets is None else targets
         single = isinstance(targets, int)
         ids = self.client._targets(targets)
-        futures = [send(eid) for eid in ids]
+        if len(ids) == 1:
+            futures = [send(ids[0])]
+        else:
+            with self.client._together():   # one message for all of them
+                futures = [send(eid) for eid in ids]
         return AsyncResult(self.client, futures, fname=fname, single=single)
 
     def _apply(self, f, args, kwargs, targets=None):

@@ -1,6 +1,7 @@
 """The multiengine document's session, against a controller and four engines started by
 hand with ``python -m`` (see conftest), the test process being the client."""
 
+import os
 import time
 
 import numpy as np
@@ -217,6 +218,18 @@ def test_wait_and_iteration(rc):
     assert rc.wait([ar], TIMEOUT)
     assert list(ar) == [x * 2 for x in range(8)]
     assert rc.wait(timeout=TIMEOUT)
+
+
+def test_a_call_on_several_engines_leaves_as_one_message(rc, monkeypatch):
+    """A direct view's call on all its engines sends one message (a batch) for all of
+    them, and each engine still runs its own request."""
+    sent = []
+    send = protocol.send
+    monkeypatch.setattr(protocol, "send", lambda sock, frames: (
+        sent.append(1) if sock is rc._sender else None, send(sock, frames)))
+    ar = rc[:].apply_async(os.getpid)
+    assert len(sent) == 1
+    assert len(set(ar.get(TIMEOUT))) == len(rc.ids) > 1
 
 
 def test_a_burst_travels_as_one_batch_each_way(tmp_path):
