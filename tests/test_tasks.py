@@ -564,6 +564,9 @@ def test_db_query_operators_and_keys(rc, lview):
     rec = rc.db_query({"msg_id": ids[0]})[0]
     assert "wire" not in rec and "result_parts" not in rec      # frames only when asked
     assert rec["status"] == "ok" and rec["engine"] == a and rec["started"] >= t0
+    # every key, also those a record holds no value for (it stores only what it has)
+    assert set(rec) >= set(ctl.RECORD_KEYS) - {"wire", "result_parts"}
+    assert rec["watchers"] is None
     rec = rc.db_query({"msg_id": ids[0]}, keys=["result_parts"])[0]
     assert set(rec) == {"msg_id", "result_parts"}
     assert protocol.deserialize(rec["result_parts"]) == 0
