@@ -72,15 +72,15 @@ _DIRECT = {protocol.APPLY, protocol.EXECUTE, protocol.PUSH, protocol.PULL, proto
 class DictDB:
     """Task records in memory, keyed by msg_id.
 
-    A record is a dict::
+    A record is a dict of RECORD_KEYS, holding only those it has a value for::
 
         msg_id, kind, client (routing id), engine (int or None), lb (bool),
         submitted, started, completed (float seconds), status ("pending", "ok", "error",
-        or the engine's status word), header (the request's header dict; None until
-        ``_header`` reads it from `wire`), wire (the request's frames from the delimiter
-        on), result_header, result_parts (the result's frames), attempts (list of {engine, status, started, completed, ename}),
-        watchers (other clients to deliver the result to), recovers (for a recovery
-        task: the task it recovers)
+        or the engine's status word), header (the request's header dict, read from
+        `wire` when first asked for: ``_header``), wire (the request's frames from the
+        delimiter on), result_header, result_parts (the result's frames), attempts
+        (list of {engine, status, started, completed, ename}), watchers (other clients
+        to deliver the result to), recovers (for a recovery task: the task it recovers)
 
     ``find_records`` also answers ``stdout``, ``stderr``, ``ename`` and ``evalue``, taken
     from the result header, and leaves out `wire` and `result_parts` unless asked for.

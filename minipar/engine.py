@@ -710,7 +710,8 @@ class Engine:
             if self._held is not None:
                 if not self._held:
                     self._held_at = time.monotonic()
-                return self._held.append(frames)
+                self._held.append(frames)
+                return
         protocol.send(self._sock, frames)
 
     def _send(self, kind, parts=(), **fields):

@@ -205,9 +205,10 @@ class Scheduler:
                  history=FINISHED_HISTORY):
         """`scheme`: a name from SCHEMES or a function of the loads returning an index.
         `hwm`: most outstanding tasks per engine, 0 for no limit; 1..4 keeps engines busy
-        while leaving work to engines that free up. None: AUTO_HWM, deeper for quick tasks. `lookup(msg_id)`: None or
-        (status, engine) of a final task no longer in memory. `seed`: for random schemes.
-        `history`: final outcomes kept in memory for dependents."""
+        while leaving work to engines that free up; None: AUTO_HWM, deeper for quick
+        tasks. `lookup(msg_id)`: None or (status, engine) of a final task no longer in
+        memory. `seed`: for random schemes. `history`: final outcomes kept in memory for
+        dependents."""
         if hwm is not None and hwm < 0:
             raise ValueError(f"hwm={hwm} is negative; use 0 for no limit or a positive count")
         self._rng = random.Random(seed)
@@ -815,12 +816,12 @@ class Scheduler:
         """
         engines = self._engines
         while True:
-            free = None
             best = self._any_head()
-            if best is not None:
-                free = [e for e in self._order if len(engines[e]["tasks"]) < engines[e]["cap"]]
-                if not free:
-                    best = None
+            if best is None and not self._heaps:
+                return   # nothing queued
+            free = [e for e in self._order if len(engines[e]["tasks"]) < engines[e]["cap"]]
+            if not free:
+                return   # no engine has room
             for e, heap in self._heaps.items():   # only engines some task is restricted to
                 if len(engines[e]["tasks"]) < engines[e]["cap"]:
                     head = self._head(heap)
@@ -828,8 +829,6 @@ class Scheduler:
                         best = head
             if best is None:
                 return
-            if free is None:
-                free = [e for e in self._order if len(engines[e]["tasks"]) < engines[e]["cap"]]
             t = self._tasks[best[2]]
             where = t["where"]
             self._assign(t, free if where is None else [e for e in free if e in where], out)
