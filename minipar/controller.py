@@ -878,7 +878,7 @@ class Controller:
         the first message of a drain, else at the end of the drain, together with what
         else it makes for the same peer (see _flush)."""
         if self._direct:
-            return protocol.send(sock, [*idents, *self.session.signed(wire)])
+            return protocol.send(sock, self.session.signed(wire), idents)
         out = self._out.get((sock, idents))
         if out is None:
             self._out[sock, idents] = [wire]
@@ -892,7 +892,7 @@ class Controller:
         out, self._out = self._out, {}
         for (sock, idents), wires in out.items():
             for frames in self.session.pack(wires):
-                protocol.send(sock, [*idents, *frames])
+                protocol.send(sock, frames, idents)
 
     def _items(self, header, parts, wire):
         """(header, parts, wire) of each message that arrived as one: the items of a batch
@@ -905,7 +905,7 @@ class Controller:
 
     def _send(self, sock, idents, kind, parts=(), **fields):
         _, frames = self.session.msg(kind, parts, **fields)
-        protocol.send(sock, [*idents, *frames])
+        protocol.send(sock, frames, idents)
 
     def _notify(self, kind, **fields):
         _, frames = self.session.msg(kind, **fields)

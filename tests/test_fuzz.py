@@ -91,8 +91,11 @@ class Fuzzer:
 
     # each returns frames; the name says which counter of the receiver it should move
     def malformed(self):
-        if self.rng.random() < 0.5:
+        r = self.rng.random()
+        if r < 0.4:
             return self._count("malformed", [self._bytes(1) for _ in range(self.rng.randint(1, 5))])
+        if r < 0.7:   # a packed message (see protocol.send) whose lengths do not add up
+            return self._count("malformed", [protocol.PACKED + self._bytes()])
         return self._count("malformed", [protocol.DELIM, self._bytes()][:self.rng.randint(1, 2)])
 
     def bad_signature(self):
@@ -231,7 +234,7 @@ def test_controller_survives_fuzzing_and_counts_what_it_dropped(fuzz_cluster, tm
                 expected["too large"] += 1
             else:
                 evil_path = str(evil) if fz.rng.random() < 0.2 else None
-                sock.send_multipart(fz.signed_weird(evil_path))
+                protocol.send(sock, fz.signed_weird(evil_path))   # packed when small
         # an unsigned header that is an evil pickle, on both signed sockets
         for name in ("client", "engine"):
             hb = pickle.dumps(Evil(evil))

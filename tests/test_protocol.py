@@ -5,9 +5,11 @@ import marshal
 import os
 import pickle
 import stat
+import struct
 
 import numpy as np
 import pytest
+import zmq
 
 from minipar import errors, protocol
 
@@ -211,3 +213,61 @@ def test_a_tampered_or_malformed_batch_is_refused():
         with pytest.raises(ValueError, match="malformed batch"):
             receiver.unbatch(dict(header, **bad), [])
     assert receiver.dropped["bad header"] == 5
+
+
+def test_a_small_message_travels_as_one_frame_and_comes_apart_intact():
+    """protocol.send packs a small message into one frame (a send, a receive and a GIL
+    hand-off instead of one per part); recv and check give back its parts. A large one
+    goes frame by frame, its buffers uncopied."""
+    ctx = zmq.Context()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    a.bind("inproc://packed")
+    b.connect("inproc://packed")
+    try:
+        s, receiver = protocol.Session(KEY), protocol.Session(KEY)
+        header, wire = s.msg(protocol.APPLY, [b"f", b"", b"args"], counts=[1, 2])
+        protocol.send(a, wire, idents=[b"route"])
+        raw = b.recv_multipart()
+        assert len(raw) == 2 and raw[0] == b"route" and raw[1].startswith(protocol.PACKED)
+        idents, h, parts = receiver.check(raw)
+        assert idents == [b"route"] and h["msg_id"] == header["msg_id"]
+        assert parts == [b"f", b"", b"args"]
+        receiver.check_body(h, parts)
+        protocol.send(a, s.msg(protocol.CONNECT)[1])
+        frames = protocol.recv(b)
+        assert frames[0] == protocol.DELIM and receiver.check(frames)[1]["kind"] == "connect"
+        big = np.arange(20_000, dtype=float)   # 160 KB: out of band
+        protocol.send(a, s.msg(protocol.PUSH, protocol.serialize({"x": big}))[1])
+        frames = protocol.recv(b)
+        assert len(frames) > 3 and len(frames[-1]) == big.nbytes
+        _, h, parts = receiver.check(frames)
+        assert (protocol.deserialize(parts)["x"] == big).all()
+    finally:
+        a.close(linger=0)
+        b.close(linger=0)
+        ctx.term()
+
+
+def test_a_packed_frame_that_does_not_add_up_is_refused():
+    s = protocol.Session(KEY)
+    _, wire = s.msg(protocol.PUSH, [b"data"])
+    count = len(wire) - 1
+    lengths = [len(f) for f in wire[1:]]
+    good = protocol.PACKED + struct.pack(f"<{count + 1}I", count, *lengths) + b"".join(wire[1:])
+    receiver = protocol.Session(KEY)
+    assert receiver.check([good])[1]["kind"] == protocol.PUSH
+    for bad in (good[:-1],                                   # a byte short
+                good + b"x",                                 # a byte over
+                protocol.PACKED + struct.pack("<I", 2**31),  # a count beyond its bytes
+                protocol.PACKED + b"\x01"):                  # no room for a count
+        with pytest.raises(ValueError, match="no delimiter"):
+            receiver.check([b"id", bad])
+    assert receiver.dropped["malformed"] == 4
+    tampered = good[:-1] + bytes([good[-1] ^ 1])   # adds up, but a part was changed
+    _, h, parts = receiver.check([tampered], replay=False)
+    with pytest.raises(ValueError, match="do not match"):
+        receiver.check_body(h, parts)
+    # a packed frame is only read as one when it ends a message of at most a routing id
+    # and itself: a user's data that happens to start like one is a part like any other
+    _, wire = s.msg(protocol.PUSH, [b"x", good])
+    assert receiver.check([b"id", *wire])[2] == [b"x", good]
