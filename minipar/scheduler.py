@@ -25,7 +25,7 @@ A task's life::
 Routing schemes are plain functions over a list of loads (outstanding tasks per engine,
 least recently used engine first) returning an index: ``leastload`` (default), ``lru``,
 ``twobin``, ``weighted``, ``plainrandom``. ``hwm`` caps the outstanding tasks per engine
-(by default 2, and 16 while an engine's tasks take under a millisecond: AUTO_HWM);
+(by default 2, and 64 while an engine's tasks take under a millisecond: AUTO_HWM);
 tasks beyond it wait here, and a freed slot goes to the oldest runnable task (submission
 order) that may use that engine.
 
@@ -92,8 +92,11 @@ log = logging.getLogger(__name__)
 # costs less than a round trip through the controller, so without a queue of them the
 # engine would wait on the wire; a deeper queue of longer tasks would only keep them from
 # engines that free up. Back at AUTO_HWM when a longer task finishes or the engine runs dry.
+# 64 rather than 16: the controller and the engines then send tasks and replies in larger
+# batches (map with chunksize 1: +20% items/s, -13% CPU per item); an engine holds at most
+# 64 ms of such work that another engine could have taken.
 AUTO_HWM = 2
-AUTO_HWM_QUICK = 16
+AUTO_HWM_QUICK = 64
 QUICK_TASK_S = 0.001
 
 # Outcomes of final tasks kept for dependents submitted later; older ones come from

@@ -161,20 +161,21 @@ def test_hwm_zero_means_no_limit():
 
 def test_default_prefetch_deepens_for_quick_tasks_only():
     s = make(1)                                    # no hwm given: AUTO_HWM, adaptive
+    deep = scheduler.AUTO_HWM_QUICK
     out = []
-    for i in range(40):
+    for i in range(2 * deep + 8):
         out += s.submit(task(f"t{i}"), 0.0)
     assert [m for m, _ in runs(out)] == ["t0", "t1"]
     quick = scheduler.QUICK_TASK_S / 10
     out = s.finished("t0", 0, "ok", 1.0, runtime=quick)
-    assert len(s.outstanding(0)) == scheduler.AUTO_HWM_QUICK   # refilled to the deep limit
-    assert [m for m, _ in runs(out)] == [f"t{i}" for i in range(2, 2 + 15)]
+    assert len(s.outstanding(0)) == deep                      # refilled to the deep limit
+    assert [m for m, _ in runs(out)] == [f"t{i}" for i in range(2, 2 + deep - 1)]
     out = s.finished("t1", 0, "ok", 2.0, runtime=scheduler.QUICK_TASK_S * 10)   # a long one
-    assert runs(out) == [] and len(s.outstanding(0)) == 15    # nothing more until below 2
-    for m in s.outstanding(0)[:13]:
+    assert runs(out) == [] and len(s.outstanding(0)) == deep - 1   # nothing until below 2
+    for m in s.outstanding(0)[:deep - 3]:
         assert runs(s.finished(m, 0, "ok", 3.0)) == []        # run time unknown: no change
     assert len(s.outstanding(0)) == 2
-    assert len(runs(s.finished(s.outstanding(0)[0], 0, "ok", 4.0, runtime=quick))) == 15
+    assert len(runs(s.finished(s.outstanding(0)[0], 0, "ok", 4.0, runtime=quick))) == deep - 1
     while s.outstanding(0):
         s.finished(s.outstanding(0)[0], 0, "ok", 5.0, runtime=quick)
     assert s.status()["unassigned"] == 0
