@@ -45,6 +45,7 @@ pickle as frames of their own, sent with ``copy=False``.
 """
 
 import collections
+import itertools
 import json
 import logging
 import marshal
@@ -125,7 +126,20 @@ def reply_kind(kind):
 
 
 def new_id():
-    return os.urandom(16).hex()  # as unique as uuid4, a fifth of the cost
+    """A new message id: this process's random prefix and a count. Unique like uuid4's,
+    and no system call: os.urandom's releases the GIL, which a thread busy beside the
+    caller (the client's I/O thread, an engine's receiver) then holds for a while."""
+    return _id_prefix + format(next(_id_count), "x")
+
+
+def _new_id_prefix():
+    global _id_prefix
+    _id_prefix = os.urandom(8).hex() + "-"   # a forked child counts from its own prefix
+
+
+_id_count = itertools.count()
+_new_id_prefix()
+os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 # ---------------------------------------------------------------- headers

@@ -271,3 +271,20 @@ def test_a_packed_frame_that_does_not_add_up_is_refused():
     # and itself: a user's data that happens to start like one is a part like any other
     _, wire = s.msg(protocol.PUSH, [b"x", good])
     assert receiver.check([b"id", *wire])[2] == [b"x", good]
+
+
+def test_message_ids_are_unique_also_across_a_fork():
+    ids = {protocol.new_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # a forked child (multiprocessing's default on Linux) makes its own
+        os.write(w, " ".join(protocol.new_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    child = os.read(r, 4096).decode().split()
+    os.close(r)
+    ours = [protocol.new_id() for _ in range(3)]
+    assert len(child) == 3 and not set(child) & (ids | set(ours))
+    assert child[0].split("-")[0] != ours[0].split("-")[0]
