@@ -1257,11 +1257,18 @@ def _ids_problem(name, value):
     return None
 
 
+# The fields of a load-balanced request beyond the plain ones; most have none.
+_TASK_FIELDS = frozenset(("targets", "after", "follow", "timeout", "time_limit", "retries",
+                          "recovery", "dormant", "depend"))
+
+
 def _request_problem(header):
     """What is wrong with a request's routing fields, or None."""
     if not header.get("lb"):
         if not _is_int(header.get("engine")):
             return f"`engine` must be an engine id (int), not {header.get('engine')!r:.80}"
+        return None
+    if _TASK_FIELDS.isdisjoint(header):
         return None
     targets = header.get("targets")
     if targets is not None and not _is_int(targets) and not (
@@ -1296,6 +1303,8 @@ def _register_problem(header):
 
 def _task(header):
     """The scheduler's view of a load-balanced request."""
+    if _TASK_FIELDS.isdisjoint(header):
+        return {"msg_id": header["msg_id"]}
     return {"msg_id": header["msg_id"], "targets": header.get("targets"),
             "after": header.get("after"), "follow": header.get("follow"),
             "timeout": header.get("timeout"), "retries": header.get("retries") or 0,

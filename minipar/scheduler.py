@@ -196,9 +196,14 @@ class _Task:
     __getitem__ = object.__getattribute__
     __setitem__ = object.__setattr__
 
-    def __init__(self, **fields):
-        for k, v in fields.items():
-            setattr(self, k, v)
+    def __init__(self, msg_id, seq, targets, depend, after, follow, timeout, retries, recovery):
+        self.msg_id, self.seq, self.targets, self.depend = msg_id, seq, targets, depend
+        self.after, self.follow, self.timeout = after, follow, timeout
+        self.retries, self.recovery = retries, recovery
+        self.state = self.deadline = self.failed_on = self.unmet = self.owner = None
+        self.where = self.engine = None
+        self.gen = 0
+        self.woke = self.aborting = False
 
 
 class Scheduler:
@@ -322,13 +327,10 @@ class Scheduler:
         if isinstance(targets, int):
             targets = [targets]
         timeout = task.get("timeout")
-        t = _Task(msg_id=msg_id, seq=next(self._seq), state=None, gen=0,
-                  targets=frozenset(targets) if targets else None, depend=task.get("depend"),
-                  after=_spec(task.get("after")), follow=_spec(task.get("follow")),
-                  timeout=timeout if timeout and timeout > 0 else None, deadline=None,
-                  retries=task.get("retries") or 0, failed_on=None, unmet=None,
-                  recovery=task.get("recovery"), woke=False, owner=None, where=None,
-                  engine=None, aborting=False)
+        t = _Task(msg_id, next(self._seq), frozenset(targets) if targets else None,
+                  task.get("depend"), _spec(task.get("after")), _spec(task.get("follow")),
+                  timeout if timeout and timeout > 0 else None, task.get("retries") or 0,
+                  task.get("recovery"))
         self._tasks[msg_id] = t
         problem = self._recovery_problem(t)
         if problem:
