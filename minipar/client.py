@@ -1327,7 +1327,7 @@ class LoadBalancedView(_View):
             targets = None
         return {"lb": True, "targets": targets, "after": self._dep(self.after),
                 "follow": self._dep(self.follow), "timeout": self.timeout,
-                "retries": self.retries, "time_limit": self.time_limit}
+                "retries": self.retries or None, "time_limit": self.time_limit}
 
     # ------------------------------------------------------------ submission
 
@@ -1367,7 +1367,7 @@ class LoadBalancedView(_View):
     def _send_dormant(self, g, args, kwargs, gparts, fields, rid, extra):
         return self.client._apply(
             g, args, kwargs, fparts=gparts, lb=True, dormant=True, targets=fields["targets"],
-            time_limit=fields["time_limit"], retries=0, recovery=rid,
+            time_limit=fields["time_limit"], recovery=rid,
             **dict(extra, **({"dependent": True} if isinstance(g, dependent) else {})))
 
     def _apply(self, f, args, kwargs, fparts=None, single=True, fields=None, **extra):
