@@ -204,6 +204,9 @@ def test_results_of_another_client(cluster, rc):
     other = cluster.client()
     assert other.get_result(ar.msg_ids[0]).get(TIMEOUT) == "shared"
     slow = rc[2].apply_async(time.sleep, 0.5)
+    # the other client's question may reach the controller before rc's request (two
+    # connections, no order between them): rc's own query after it waits for it
+    rc.queue_status()
     pending = other.get_result(slow.msg_ids)
     assert pending.get(TIMEOUT) == [None]
     with pytest.raises(KeyError, match="unknown or purged"):
