@@ -55,8 +55,10 @@ MAX_MISSED_HEARTBEATS = 30
 # higher sends fewer messages for chatty tasks; 0.05..1 is reasonable.
 STREAM_INTERVAL_S = 0.1
 # A reply to one of a batch's requests waits this long for the next ones to send with
-# them (see Engine._run_batch); behind a long request, up to STREAM_INTERVAL_S.
-HOLD_S = 0.001
+# them (see Engine._run_batch); behind a long request, up to STREAM_INTERVAL_S. 3 ms
+# rather than 1: 5-15% less CPU per quick task (fewer, larger batches to the controller);
+# a request that arrives alone is answered at once whatever this is.
+HOLD_S = 0.003
 STREAM_CHUNK_CHARS = 64 * 1024   # most text in one stream message (a larger one is split)
 
 REPLY_SUFFIX = b".r"  # the identity of the main thread's socket: engine ident + this
