@@ -1423,8 +1423,9 @@ def main(argv=None):
     p.add_argument("--scheme", default="leastload",
                    choices=["leastload", "lru", "twobin", "weighted", "plainrandom"])
     p.add_argument("--hwm", type=int, default=None,
-                   help="outstanding tasks per engine, 0: no limit (default: 2, and 16 while "
-                        "an engine's tasks take under 1 ms)")
+                   help=f"outstanding tasks per engine, 0: no limit (default: "
+                        f"{_scheduler.AUTO_HWM}, and {_scheduler.AUTO_HWM_QUICK} while an "
+                        "engine's tasks take under 1 ms)")
     p.add_argument("--db", default="dict", choices=["dict", "sqlite", "none"],
                    help="where task records are kept: memory, PROFILE_DIR/tasks.db, or only "
                         "while in flight")

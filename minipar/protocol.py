@@ -403,7 +403,7 @@ def send(sock, wire, idents=()):
     s = sock.send
     for i in idents:
         s(i, _MORE, copy=False)
-    if sum(map(len, wire)) <= PACK_MAX:
+    if message_size(wire) <= PACK_MAX:
         frames = wire[1:]
         lengths = [len(f) for f in frames]
         s(b"".join([PACKED, struct.pack(f"<{len(lengths) + 1}I", len(lengths), *lengths),
@@ -466,7 +466,7 @@ def recv(sock, flags=0):
     while f.more:
         f = sock.recv(0, copy=False)
         frames.append(f)
-    return unpack(frames) if len(frames) <= 2 else frames
+    return unpack(frames)
 
 
 # ---------------------------------------------------------------- serialization
