@@ -55,6 +55,10 @@ RESYNC_DELAY_S = 0.5
 # Requests a map sends as one message (see Client._together): enough to cost the
 # controller one receive per hundred tasks, few enough that engines start at once.
 TOGETHER = 100
+# A request made within this long of the one before, while that one is outstanding, is
+# held and sent with those after it (see Client._send); a lone request leaves at once.
+HOLD_AFTER_S = 0.002
+_FLUSH = b"flush"   # the outbox's marker: send what is held (and b"": close)
 _TIMER_SEQ = itertools.count()
 
 
@@ -356,6 +360,8 @@ class Client:
         # controller routes replies to the I/O thread's socket, known from `connect`.
         self._send_lock = threading.Lock()
         self._local = threading.local()   # .held: this thread's requests kept to send together
+        self._held = []                   # requests held to leave together: under _send_lock
+        self._last = (float("-inf"), None)  # (when, future) of the last request sent or held
         self._sender = self.ctx.socket(zmq.DEALER)
         self._sender.linger = 1000
         protocol.connect(self._sender, self.info, "client")
@@ -398,6 +404,10 @@ class Client:
             for sock, _ in poller.poll(self._run_timers()):
                 for frames in protocol.drain(sock):
                     if sock is outbox_in:
+                        if len(frames) == 1 and frames[0].bytes == _FLUSH:
+                            with self._send_lock:
+                                self._flush()
+                            continue
                         if len(frames) == 1:  # close() marker
                             dealer.disable_monitor()
                             for s in (dealer, sub, outbox_in, monitor):
@@ -649,13 +659,25 @@ class Client:
         f = _MsgFuture(header["msg_id"], engine_id)
         self._futures[f.msg_id] = f
         held = getattr(self._local, "held", None)
-        if held is None:
-            with self._send_lock:
-                protocol.send(self._sender, frames)
-        else:
+        if held is not None:
             held.append(frames)
             if len(held) >= TOGETHER:
                 self._send_held(held)
+            return f
+        now = time.monotonic()
+        with self._send_lock:
+            (then, last), self._last = self._last, (now, f)
+            if self._held or (now - then < HOLD_AFTER_S and not last.done()):
+                # one of a burst: the I/O thread sends what is held when it next runs,
+                # which is when this thread blocks, sends, or has run for the GIL's
+                # switch interval (5 ms); requests and replies then go in batches
+                self._held.append(frames)
+                if len(self._held) == 1:
+                    self._outbox.send(_FLUSH)
+                elif len(self._held) >= TOGETHER:
+                    self._flush()
+            else:
+                protocol.send(self._sender, frames)
         return f
 
     @contextlib.contextmanager
@@ -676,9 +698,16 @@ class Client:
 
     def _send_held(self, held):
         with self._send_lock:
-            for frames in self.session.pack(held):
-                protocol.send(self._sender, frames)
+            self._held.extend(held)
+            self._flush()
         del held[:]
+
+    def _flush(self):
+        """Send the held requests, in order (the caller holds _send_lock)."""
+        if self._held:
+            for frames in self.session.pack(self._held):
+                protocol.send(self._sender, frames)
+            self._held = []
 
     def _query(self, kind, timeout=None, **fields):
         """A request to the controller itself; returns the reply header."""
@@ -687,6 +716,7 @@ class Client:
         f.metadata["query"] = True
         self._futures[f.msg_id] = f
         with self._send_lock:
+            self._flush()   # after the requests made before it
             # connect goes through the I/O thread's socket: its identity is where the
             # controller will send every reply
             (self._outbox if kind == protocol.CONNECT else self._sender).send_multipart(frames)
@@ -942,6 +972,7 @@ class Client:
             return
         self._closed = True
         with self._send_lock:
+            self._flush()
             self._sender.close(linger=1000)
             self._outbox.send(b"")
             self._outbox.close(linger=1000)

@@ -116,3 +116,35 @@ def test_client_is_usable_from_many_threads(rc):
     for t in threads:
         t.join(TIMEOUT)
     assert sorted(results) == [i * 2 for i in range(16)]
+
+
+def test_a_burst_runs_once_each_in_order_with_queries_after_it(rc):
+    """Requests made back to back are held and leave together; to one engine they still
+    run once each in the order made, from several threads at once, and a query made
+    after them leaves after them."""
+    rc[:].execute("seen = []", block=True)
+
+    def burst(i):
+        for k in range(150):
+            rc[i].execute(f"seen.append({k})")
+
+    threads = [threading.Thread(target=burst, args=(i,)) for i in (1, 2, 3)]
+    for t in threads:
+        t.start()
+    burst(0)
+    status = rc.queue_status(0)   # the controller has had every request made before it
+    assert status[0]["queue"] + status[0]["completed"] == 151
+    for t in threads:
+        t.join(TIMEOUT)
+    assert rc[:].pull("seen", block=True) == [list(range(150))] * 4
+
+
+def test_held_requests_leave_while_the_caller_never_blocks(rc):
+    """A request made just after another is held for the I/O thread to send: it leaves
+    without the caller blocking or sending anything more, here a loop of pure Python."""
+    view = rc.load_balanced_view()
+    ars = [view.apply_async(abs, -i) for i in range(5)]
+    deadline = time.monotonic() + 20
+    while not all(ar.done() for ar in ars):
+        assert time.monotonic() < deadline, "held requests never left"
+    assert [ar.get(0) for ar in ars] == [0, 1, 2, 3, 4]
