@@ -364,6 +364,8 @@ class Client:
         self._last = (float("-inf"), None)  # (when, future) of the last request sent or held
         self._sender = self.ctx.socket(zmq.DEALER)
         self._sender.linger = 1000
+        self._sender.sndhwm = 0   # queued while the controller is away: the I/O thread,
+        # which sends held requests, must never block in a send
         protocol.connect(self._sender, self.info, "client")
         dealer = self.ctx.socket(zmq.DEALER)
         dealer.linger = 0
@@ -654,7 +656,7 @@ class Client:
         """Send a request; returns its future (registered before it leaves)."""
         if self._closed:
             raise errors.MiniparError("this Client is closed; make a new one")
-        header, frames = self.session.msg(kind, parts, **fields)
+        header, frames = self.session.msg(kind, parts, signed=False, **fields)
         protocol.check_size(frames, self.session.max_message_size, f"this {kind} request")
         f = _MsgFuture(header["msg_id"], engine_id)
         self._futures[f.msg_id] = f
@@ -677,7 +679,7 @@ class Client:
                 elif len(self._held) >= TOGETHER:
                     self._flush()
             else:
-                protocol.send(self._sender, frames)
+                protocol.send(self._sender, self.session.signed(frames))
         return f
 
     @contextlib.contextmanager

@@ -693,7 +693,7 @@ class Engine:
         # `attempt` tells the controller which try of a retried task this answers
         fields.update(parent=header["msg_id"], status=status, engine=self.id,
                       attempt=header.get("attempt", 0))
-        _, frames = self.session.msg(kind, parts, **fields)
+        _, frames = self.session.msg(kind, parts, signed=False, **fields)
         size = protocol.message_size(frames)
         if size > self.session.max_message_size:
             # the controller would refuse it and the request would never end: say why instead
@@ -707,14 +707,15 @@ class Engine:
             for name in ("stdout", "stderr"):   # keep the tail of what it printed
                 fields[name] = (fields.get(name) or "")[-10_000:]
             fields.update(status="error", ename=remote.ename, evalue=remote.evalue)
-            _, frames = self.session.msg(kind, protocol.serialize(remote), **fields)
+            _, frames = self.session.msg(kind, protocol.serialize(remote), signed=False,
+                                         **fields)
         with self._held_lock:
             if self._held is not None:
                 if not self._held:
                     self._held_at = time.monotonic()
                 self._held.append(frames)
                 return
-        protocol.send(self._sock, frames)
+        protocol.send(self._sock, self.session.signed(frames))
 
     def _send(self, kind, parts=(), **fields):
         # executes in the main thread, on its own socket

@@ -207,10 +207,12 @@ class Session:
         outer.update(inner.digest())
         return outer.digest()
 
-    def msg(self, kind, parts=(), parent=None, **fields):
+    def msg(self, kind, parts=(), parent=None, signed=True, **fields):
         """Build the frames of a new message (without routing ids). Returns (header, frames).
         Fields that are None are left out (readers use ``header.get``): a smaller header
-        is quicker to sign and read, and to hold for each queued task."""
+        is quicker to sign and read, and to hold for each queued task. Not `signed`: for
+        a message that may go in a batch, which is signed as a whole (see pack); one sent
+        on its own goes through ``signed``."""
         header = {"msg_id": new_id(), "kind": kind, "session": self.session,
                   "date": time.time()}
         if parent is not None:
@@ -218,16 +220,16 @@ class Session:
         for k, v in fields.items():
             if v is not None:
                 header[k] = v
-        return header, self.frames(header, parts)
+        return header, self.frames(header, parts, signed)
 
-    def frames(self, header, parts=()):
+    def frames(self, header, parts=(), signed=True):
         """Frames for `header` and `parts`; the header is given a digest of the parts."""
         raw = [i for i, p in enumerate(parts) if type(p) is memoryview]  # serialize's buffers
         if raw:
             header["raw"] = raw
         header["body"] = body_digest(parts, raw) if parts else ""
         hb = pack_header(header)
-        return [DELIM, self.sign(hb), hb, *parts]
+        return [DELIM, self.sign(hb) if signed else b"", hb, *parts]
 
     def resign(self, header, parts):
         """Frames for a changed header over the same parts (the parts' digest is kept)."""
@@ -305,7 +307,8 @@ class Session:
                 yield [DELIM, self.sign(hb), hb, *[p for w in batch for p in w[3:]]]
 
     def signed(self, wire):
-        """`wire`, signed if it came out of a batch (with no signature of its own)."""
+        """`wire`, signed if it has no signature of its own (an item of a batch, or a
+        message built unsigned)."""
         return wire if wire[1] else [DELIM, self.sign(_bytes(wire[2])), *wire[2:]]
 
     def unbatch(self, header, parts):
