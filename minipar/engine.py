@@ -726,7 +726,9 @@ class Engine:
 
     def _apply(self, header, parts):
         try:
-            f, (args, kwargs) = protocol.deserialize_many(parts, header["counts"])
+            n = header["counts"][0]
+            f = protocol.deserialize_function(parts[:n])
+            args, kwargs = protocol.deserialize(parts[n:])
         except ImportError as e:
             if header.get("dependent"):  # @require/@depend: what it needs is missing here
                 raise errors.UnmetDependency(f"the task cannot be unpickled on this engine: "

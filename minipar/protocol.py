@@ -559,16 +559,6 @@ def serialize_function(f):
     return frames
 
 
-def serialize_many(objs, by_value=False):
-    """Serialize several objects into one frame list; returns (frames, counts)."""
-    frames, counts = [], []
-    for o in objs:
-        fr = serialize(o, by_value)
-        frames.extend(fr)
-        counts.append(len(fr))
-    return frames, counts
-
-
 def deserialize(frames):
     """Inverse of serialize: frames are bytes or zmq.Frame (buffers used without copy)."""
     data = _bytes(frames[0])
@@ -582,6 +572,35 @@ def deserialize_many(frames, counts):
         out.append(deserialize(frames[i:i + n]))
         i += n
     return out
+
+
+_loaded_functions = {}   # pickle -> function: see deserialize_function
+LOADED_FUNCTIONS = 256   # at most this many kept; beyond, they are forgotten and made anew
+_CONSTANT_TYPES = (type(None), bool, int, float, complex, str, bytes)
+
+
+def deserialize_function(frames):
+    """``deserialize(frames)`` for a function, the one unpickled before reused when the
+    same pickle comes again and nothing in it can change between calls: no closure, no
+    attributes, constant defaults, and no global but modules (as ``serialize_function``
+    sends by reference). Unpickling a function by value is most of a small task's cost
+    on an engine; a function with state (a list default, a captured dict) is made anew
+    for each call, as before."""
+    if len(frames) != 1:
+        return deserialize(frames)
+    data = _bytes(frames[0])
+    f = _loaded_functions.get(data)
+    if f is None:
+        f = deserialize([data])
+        if type(f) is types.FunctionType and f.__closure__ is None and not f.__dict__ \
+                and not f.__kwdefaults__ \
+                and all(type(d) in _CONSTANT_TYPES for d in f.__defaults__ or ()) \
+                and all(isinstance(f.__globals__.get(n, types), types.ModuleType)
+                        for n in f.__code__.co_names):
+            if len(_loaded_functions) >= LOADED_FUNCTIONS:
+                _loaded_functions.clear()
+            _loaded_functions[data] = f
+    return f
 
 
 def _describe(obj):

@@ -284,3 +284,21 @@ def test_a_burst_travels_as_one_batch_each_way(tmp_path):
     finally:
         ctx.destroy(linger=0)
         c.stop()
+
+
+def test_a_function_with_state_is_made_afresh_for_each_call(rc):
+    """An engine reuses the function it unpickled for the same pickle only when nothing
+    in it can change: a mutable default starts afresh on every call, as it did."""
+    import math
+
+    @minipar.interactive
+    def grow(x, acc=[]):
+        acc.append(x)
+        return len(acc)
+
+    @minipar.interactive
+    def root(x):
+        return math.sqrt(x)
+
+    assert [rc[0].apply_sync(grow, i) for i in range(3)] == [1, 1, 1]
+    assert [rc[0].apply_sync(root, x) for x in (4, 9, 16)] == [2.0, 3.0, 4.0]

@@ -147,6 +147,25 @@ def test_function_pickles_are_reused_only_while_they_cannot_change():
     assert protocol.serialize_function(g) is not protocol.serialize_function(g)  # data: never cached
 
 
+def test_an_unpickled_function_is_reused_only_when_it_has_no_state():
+    ns = {"__name__": "__main__"}
+    exec("import math\n"
+         "def plain(x, k=2):\n    return math.sqrt(x) * k\n"
+         "def grow(x, acc=[]):\n    acc.append(x)\n    return len(acc)\n"
+         "seen = {}\n"
+         "def count(x):\n    seen[x] = 1\n    return len(seen)\n"
+         "def outer(n):\n    def inner():\n        return n\n    return inner\n", ns)
+    plain = protocol.serialize(ns["plain"])
+    f = protocol.deserialize_function(plain)
+    assert f(4) == 4.0 and protocol.deserialize_function(plain) is f
+    for stateful in (ns["grow"], ns["count"], ns["outer"](1)):
+        frames = protocol.serialize(stateful)
+        first = protocol.deserialize_function(frames)
+        assert protocol.deserialize_function(frames) is not first
+    grow = protocol.serialize(ns["grow"])
+    assert [protocol.deserialize_function(grow)(i) for i in range(3)] == [1, 1, 1]
+
+
 def test_pickles_are_digested_and_raw_buffers_by_length():
     s = protocol.Session(KEY)
     a = np.arange(100_000, dtype="float64")

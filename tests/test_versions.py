@@ -27,10 +27,10 @@ from minipar import engine, protocol
 
 engine._versions = lambda: ([3, 99, 0], "0.0.1")
 
-def deserialize_many(frames, counts):   # what unpickling across Python versions looks like
+def deserialize_function(frames):   # what unpickling across Python versions looks like
     raise TypeError("code expected at most 16 arguments, got 18")
 
-protocol.deserialize_many = deserialize_many
+protocol.deserialize_function = deserialize_function
 sys.exit(engine.main(sys.argv[1:]))
 """
 
