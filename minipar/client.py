@@ -675,7 +675,10 @@ class Client:
                 # switch interval (5 ms); requests and replies then go in batches
                 self._held.append(frames)
                 if len(self._held) == 1:
-                    self._outbox.send(_FLUSH)
+                    try:
+                        self._outbox.send(_FLUSH, zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass   # the I/O thread has markers enough still to read
                 elif len(self._held) >= TOGETHER:
                     self._flush()
             else:
