@@ -1,14 +1,19 @@
 """The client: Client, DirectView, LoadBalancedView and AsyncResult.
 
-One I/O thread owns the client's sockets; any user thread may call the Client::
+User threads send; one I/O thread receives. Any user thread may call the Client::
 
-    user threads ── lock + inproc PUSH ──▶ PULL ┐
-                                                ├─ I/O thread ── DEALER ──▶ controller "client"
-    futures ◀── set_result / set_exception ─────┘            ◀── SUB ───── controller "notify"
+    user threads ── lock ── DEALER (send only) ──────────────────▶ controller "client"
+         │ a burst: held, and a wake-up (inproc PUSH)
+         ▼
+    I/O thread ── sends what is held on that DEALER, under the lock
+               ── DEALER (its identity gets the replies) ◀──────── controller "client"
+               ── SUB ◀─────────────────────────────────────────── controller "notify"
+    futures ◀── set_result / set_exception (I/O thread)
 
 A request is serialized in the caller's thread (so a bad argument raises at the call),
-registered as a ``_MsgFuture`` under its msg_id, and handed to the I/O thread. Replies
-are verified and unpickled in the I/O thread, which completes the future; an
+registered as a ``_MsgFuture`` under its msg_id, and sent at once, or held when it is
+one of a burst (see ``Client._send``) to leave with the rest as a batch. Replies are
+verified and unpickled in the I/O thread, which completes the future; an
 ``AsyncResult`` is a ``concurrent.futures.Future`` over one or more of those.
 
 The I/O socket's monitor tells when the controller goes away and comes back (restarted
