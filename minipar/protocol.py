@@ -552,11 +552,19 @@ def serialize_function(f):
             g.get(n) is v for n, v in hit[2]):
         return hit[3]
     frames = serialize(f)
-    used = tuple((n, g.get(n)) for n in f.__code__.co_names)
-    if f.__closure__ is None and not f.__kwdefaults__ and all(
-            v is None or isinstance(v, types.ModuleType) for _, v in used):
+    if _stateless(f):
+        used = tuple((n, g.get(n)) for n in f.__code__.co_names)
         _function_cache[f] = (f.__code__, f.__defaults__, used, frames)
     return frames
+
+
+def _stateless(f):
+    """Whether function `f` carries nothing that a call could change or that changes
+    without its code: no closure, no keyword-only defaults, no global but modules (or
+    names it does not have)."""
+    g = f.__globals__
+    return f.__closure__ is None and not f.__kwdefaults__ and all(
+        v is None or isinstance(v, types.ModuleType) for v in map(g.get, f.__code__.co_names))
 
 
 def deserialize(frames):
@@ -592,11 +600,8 @@ def deserialize_function(frames):
     f = _loaded_functions.get(data)
     if f is None:
         f = deserialize([data])
-        if type(f) is types.FunctionType and f.__closure__ is None and not f.__dict__ \
-                and not f.__kwdefaults__ \
-                and all(type(d) in _CONSTANT_TYPES for d in f.__defaults__ or ()) \
-                and all(isinstance(f.__globals__.get(n, types), types.ModuleType)
-                        for n in f.__code__.co_names):
+        if type(f) is types.FunctionType and _stateless(f) and not f.__dict__ \
+                and all(type(d) in _CONSTANT_TYPES for d in f.__defaults__ or ()):
             if len(_loaded_functions) >= LOADED_FUNCTIONS:
                 _loaded_functions.clear()
             _loaded_functions[data] = f
