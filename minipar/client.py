@@ -76,7 +76,18 @@ def interactive(f):
 
 # ---------------------------------------------------------------- futures
 
-class _MsgFuture(concurrent.futures.Future):
+class _Future(concurrent.futures.Future):
+    """A Future that drops its callbacks once they have run. An AsyncResult's callback on
+    each of its requests' futures refers back to it, so without this every finished
+    result is garbage in a cycle, left for the garbage collector to find: a tenth of the
+    client's CPU for quick tasks. This way it is freed as soon as it is dropped."""
+
+    def _invoke_callbacks(self):
+        super()._invoke_callbacks()
+        self._done_callbacks = []
+
+
+class _MsgFuture(_Future):
     """The future of one message; ``metadata`` is filled in by the I/O thread."""
 
     def __init__(self, msg_id, engine_id=None):
@@ -87,7 +98,7 @@ class _MsgFuture(concurrent.futures.Future):
                          "stdout": "", "stderr": "", "status": None, "attempts": []}
 
 
-class AsyncResult(concurrent.futures.Future):
+class AsyncResult(_Future):
     """The result of one or more requests: a ``concurrent.futures.Future``.
 
     ``get(timeout)`` returns the result (or raises the remote error), ``wait``,
