@@ -115,15 +115,15 @@ class AsyncResult(_Future):
         self._mapping = mapping     # each child returns a list: the result is their concatenation
         self._ordered = ordered
         self._left = len(self._children)
-        self._lock = threading.Lock()
-        self._submitted = min((f.metadata["submitted"] for f in self._children), default=time.time())
+        # the first request's: they are made in order
+        self._submitted = self._children[0].metadata["submitted"] if self._children else time.time()
         if not self._children:
             self.set_result([])
         for f in self._children:
             f.add_done_callback(self._child_done)
 
     def _child_done(self, _):
-        with self._lock:
+        with self._condition:   # the Future's own (reentrant) lock
             self._left -= 1
             if self._left or self.cancelled():  # cancel() settles it under this lock
                 return
@@ -244,7 +244,7 @@ class AsyncResult(_Future):
 
     def _cancel_local(self):
         # under the lock _child_done takes: the last reply cannot settle it meanwhile
-        with self._lock:
+        with self._condition:
             if not (self._left > 0 and super().cancel()):
                 return False
         # what an executor's worker does with a cancelled future: without it,
