@@ -456,10 +456,14 @@ def drain(sock, limit=256):
             return
 
 
-def keep(frames, small=1 << 16):
-    """`frames` to hold after handling them, small ones copied: a zero-copy frame of a
-    small message pins the whole receive batch (8 KB) libzmq decoded it from."""
-    return [f.bytes if type(f) is zmq.Frame and len(f) < small else f for f in frames]
+def keep(wire, small=1 << 16):
+    """A message's frames from the delimiter (`wire`), to hold after handling it: the one
+    DELIM, and small frames copied (a zero-copy frame of a small message pins the whole
+    receive batch, 8 KB, libzmq decoded it from). A tuple, which the garbage collector
+    stops tracking once it holds only bytes (held lists it goes through in every pass:
+    90,000 quick tasks, 955 ms in the controller's collector, against 584)."""
+    return (DELIM, *[f.bytes if type(f) is zmq.Frame and len(f) < small else f
+                     for f in wire[1:]])
 
 
 def recv(sock, flags=0):
