@@ -54,17 +54,16 @@ class Config:
     rtt_n: int = 2000               # one-at-a-time round trips (median)
     pipeline_n: int = 20_000        # relay round trips with `window` in flight
     window: int = 1000
-    # Rates are the best of rate_repeat runs (this 2-core VM swings +-30% between runs as
-    # the three processes land on the cores); ipyparallel's slow task rates run once.
-    rate_repeat: int = 5
-    cluster_rate_repeat: int = 3    # the same for minipar, whose runs take longer
+    # Rates and bulk figures are the best of rate_repeat runs, the same number for every
+    # system (this 2-core VM swings +-30% between runs as the processes land on the
+    # cores, and a best of more runs is a higher figure).
+    rate_repeat: int = 3
     tasks_n: int = 5000             # no-op tasks (issue 7: 5,000)
     map1_n: int = 5000              # map items with chunksize 1
     map_auto_n: int = 1_000_000     # map items with automatic chunks
-    slow_n: int = 5000              # task counts for ipyparallel (~300 tasks/s)
+    slow_n: int = 2000              # task counts for ipyparallel (~300 tasks/s)
     slow_rtt_n: int = 500
     bulk_mb: int = 100
-    bulk_repeat: int = 3
     scatter_n: int = 10_000_000     # float64 items
     import_repeat: int = 15
     queued_n: int = 20_000          # tasks queued for the memory figure
@@ -75,8 +74,8 @@ class Config:
         cfg = cls(quick=quick)
         if quick:
             cfg = dataclasses.replace(
-                cfg, rtt_n=500, rate_repeat=3, cluster_rate_repeat=1, tasks_n=1000,
-                map1_n=1000, map_auto_n=200_000, slow_n=300, slow_rtt_n=100, bulk_repeat=2,
+                cfg, rtt_n=500, rate_repeat=2, tasks_n=1000, map1_n=1000,
+                map_auto_n=200_000, slow_n=300, slow_rtt_n=100,
                 import_repeat=3, queued_n=2000, timeout_s=30.0)
         return dataclasses.replace(cfg, **overrides)
 
@@ -421,19 +420,17 @@ def measure_cluster(kind, cfg, keys, report=print):
     A figure that fails gets its error text instead of a number; the others still run.
     """
     keys = cluster_keys(kind, keys)
-    slow = kind == "ipyparallel"  # ~300 tasks/s: fewer tasks, one run each
+    slow = kind == "ipyparallel"  # ~300 tasks/s: fewer tasks per run
     tasks_n = cfg.slow_n if slow else cfg.tasks_n
-    cfg = dataclasses.replace(
-        cfg, rate_repeat=1 if slow else min(cfg.rate_repeat, cfg.cluster_rate_repeat))
     steps = [
         ("apply_rtt_us", _apply_rtt_us, (cfg.slow_rtt_n if slow else cfg.rtt_n,)),
         ("lb_tasks_per_s", _lb_tasks_per_s, (tasks_n,)),
         ("dv_tasks_per_s", _dv_tasks_per_s, (tasks_n,)),
         ("map1_items_per_s", _map1_items_per_s, (cfg.slow_n if slow else cfg.map1_n,)),
         ("map_auto_items_per_s", _map_auto_items_per_s, (cfg.map_auto_n,)),
-        (("push_mb_s", "pull_mb_s"), _push_pull_mb_s, (cfg.bulk_mb, cfg.bulk_repeat)),
+        (("push_mb_s", "pull_mb_s"), _push_pull_mb_s, (cfg.bulk_mb, cfg.rate_repeat)),
         (("scatter_mb_s", "gather_mb_s"), _scatter_gather_mb_s,
-         (cfg.scatter_n, cfg.bulk_repeat)),
+         (cfg.scatter_n, cfg.rate_repeat)),
     ]
     out = {}
     if keys - MINIPAR_ONLY_KEYS:
