@@ -111,6 +111,22 @@ def test_executor_shutdown_cancels_futures_and_frees_the_engines(rc, tmp_path):
     assert not rc.queue_status()["unassigned"]
 
 
+def test_a_reply_that_comes_as_a_result_is_cancelled_leaves_it_cancelled(rc):
+    """One engine's apply and a load-balanced task: the result is the request's own
+    future, which the client's I/O thread settles when the reply comes. A reply that
+    comes just as it is cancelled (set here by hand, as that thread would) is dropped."""
+    for ar in (rc[0].apply_async(sleep_then, 30, 1),
+               rc.load_balanced_view().apply_async(sleep_then, 30, 1)):
+        assert ar.cancel()
+        ar.set_result("late")
+        ar.set_exception(RuntimeError("late"))
+        assert ar.cancelled() and ar.done()
+        with pytest.raises(cf.CancelledError):
+            ar.result()
+    # aborted on the engines too: they are free well before the sleeps would end
+    assert rc[:].apply_async(abs, -3).get(WAIT_S) == [3] * len(rc)
+
+
 def test_cancel_after_the_result_is_false(rc):
     ar = rc.load_balanced_view().apply_async(abs, -1)
     assert ar.get(WAIT_S) == 1
