@@ -374,17 +374,16 @@ class _OneRequest(AsyncResult):
     def _submitted(self):
         return self._md["submitted"]
 
-    # A reply can arrive just as the result is cancelled: it is no longer wanted.
     def set_result(self, result):
-        try:
-            super().set_result(result)
-        except concurrent.futures.InvalidStateError:
-            if not self.cancelled():
-                raise
+        self._settle(super().set_result, result)
 
     def set_exception(self, exception):
+        self._settle(super().set_exception, exception)
+
+    def _settle(self, setter, value):
+        # a reply can arrive just as the result is cancelled: it is no longer wanted
         try:
-            super().set_exception(exception)
+            setter(value)
         except concurrent.futures.InvalidStateError:
             if not self.cancelled():
                 raise
