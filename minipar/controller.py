@@ -493,6 +493,7 @@ class Controller:
         self._shared = {}         # a small part -> the one copy queued requests hold
         self._out = {}            # (socket, routing ids) -> what this pass sends there
         self._direct = False      # handling the first message of a drain: send at once
+        self._aborting = {}       # a client's abort msg_id -> [idents, header, engines to hear]
         self._next_id = 0
         self._beat = 0
         self._next_beat = 0.0
@@ -753,6 +754,8 @@ class Controller:
             return self._on_stream(header, wire)
         if kind == protocol.READY:
             return self._on_ready(self.engines[eid], header)
+        if kind == protocol.ABORTED:
+            return self._abort_heard(eid, header.get("parent"))
         if kind == protocol.PROPERTIES + "_update":
             properties = self.engines[eid]["properties"] = header.get("properties", {})
             return self._act(self.scheduler.set_properties(eid, properties, time.time()))
@@ -835,6 +838,8 @@ class Controller:
                            f"engine {eid} {what} before answering this request; "
                            "the work is lost: resubmit it to another engine")
         self._notify(protocol.ENGINE_DIED if died else protocol.ENGINE_UNREGISTERED, id=eid)
+        for parent in list(self._aborting):
+            self._abort_heard(eid, parent)
         if died:
             self._send(self.sockets["engine"], [engine["ident"]], protocol.UNREGISTER,
                        reason="declared dead: missed heartbeats")
@@ -1075,11 +1080,6 @@ class Controller:
                 recovery = self.db.get(d[2])
                 if recovery is not None:
                     recovery["recovers"] = d[1]
-            elif what == "abort":
-                engine = self.engines.get(d[2])
-                if engine is not None:
-                    self._send(self.sockets["engine"], [engine["ident"]], protocol.ABORT,
-                               msg_ids=[d[1]])
 
     def _lookup(self, msg_id):
         rec = self.db.get(msg_id)
@@ -1143,9 +1143,11 @@ class Controller:
         self._reply(idents, header, status="ok", purged=len(msg_ids) - len(kept), pending=kept)
 
     def _abort(self, idents, header, parts):
+        """Tell each engine holding one of the requests; the client hears back once they
+        have all marked them, so a queued request it aborted can no longer start."""
         msg_ids = list(header.get("msg_ids", ()))
         now = time.time()
-        direct = collections.defaultdict(list)
+        asked = collections.defaultdict(list)
         lb = []
         for msg_id in msg_ids:
             rec = self.db.get(msg_id)
@@ -1154,12 +1156,27 @@ class Controller:
             if rec["lb"]:
                 lb.append(msg_id)
             elif rec["engine"] in self.engines:
-                direct[rec["engine"]].append(msg_id)
-        self._act(self.scheduler.abort(lb, now))
-        for eid, ids in direct.items():
+                asked[rec["engine"]].append(msg_id)
+        decisions = self.scheduler.abort(lb, now)
+        for what, msg_id, *rest in decisions:
+            if what == "abort" and rest[0] in self.engines:
+                asked[rest[0]].append(msg_id)
+        self._act(d for d in decisions if d[0] != "abort")
+        for eid, ids in asked.items():
             self._send(self.sockets["engine"], [self.engines[eid]["ident"]], protocol.ABORT,
-                       msg_ids=ids)
-        self._reply(idents, header, status="ok")
+                       msg_ids=ids, parent=header["msg_id"])
+        self._aborting[header["msg_id"]] = [idents, header, set(asked)]
+        self._abort_heard(None, header["msg_id"])
+
+    def _abort_heard(self, eid, parent):
+        """Engine `eid` marked the requests of the client's abort `parent`, or is gone."""
+        waiting = self._aborting.get(parent) if isinstance(parent, str) else None
+        if waiting is None:
+            return
+        waiting[2].discard(eid)
+        if not waiting[2]:
+            del self._aborting[parent]
+            self._reply(waiting[0], waiting[1], status="ok")
 
     def _shutdown(self, idents, header, parts):
         targets = header.get("targets")

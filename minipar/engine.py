@@ -2,16 +2,18 @@
 
 Three threads, each owning its sockets::
 
-    controller ROUTER "engine" ◀──▶ DEALER ┐ receiver thread ── queue ──▶ main thread
-                                   PULL ◀──┘ (control messages         (user code, PUSH for
-                                              act at once)              its replies)
+    controller ROUTER "engine" ◀──▶ DEALER ── receiver thread: control messages, at once
+                               ◀──▶ DEALER ── main thread: requests in, replies out, user
+                                (identity + ".r")  code; wakes the receiver (PUSH ▶ PULL)
     controller PUB "ping" ──▶ SUB ┐ heart: zmq.proxy in C, so a main thread busy in C
     controller ROUTER "pong" ◀─ DEALER ┘ still answers; a capture copy tells the receiver
                                         the controller is alive
 
 The main thread runs user code, so signals and KeyboardInterrupt reach it; the receiver
 interrupts it (SIGINT to the main thread) to abort a running task or to enforce a task's
-`time_limit`. Control messages (abort, interrupt, shutdown) overtake queued work.
+`time_limit`. Control messages (abort, interrupt, shutdown) overtake queued work; an
+abort is acknowledged once its requests are marked, so the controller answers the client
+only when a queued request it aborted can no longer start.
 What a running request prints is collected by ``_Streamer`` and sent by the receiver
 as ``stream`` messages every STREAM_INTERVAL_S, so the client sees it as it happens.
 
@@ -425,6 +427,10 @@ class Engine:
                 cur = self._current
                 if cur is not None and cur[0] == msg_id:
                     self._interrupt_main(msg_id, "abort")
+            parent = header.get("parent")
+            if isinstance(parent, str):   # the controller waits for this to answer its client
+                _, frames = self.session.msg(protocol.ABORTED, parent=parent)
+                self._dealer.send_multipart(frames)
         elif kind == protocol.INTERRUPT:
             cur = self._current
             if cur is not None:

@@ -100,6 +100,7 @@ KEYS = "keys"
 CLEAR = "clear"
 PROPERTIES = "properties"        # engine properties: header `op` get/set/has/del/clear
 ABORT = "abort"
+ABORTED = "aborted"              # an engine has marked the requests of an abort: header `parent`
 INTERRUPT = "interrupt"
 SHUTDOWN = "shutdown"
 REGISTER = "register"

@@ -4,16 +4,19 @@ with `from minipar import client` in place of `from IPython.kernel import client
 
 A controller and four engines are started per test with ``python -m`` (see conftest)."""
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
 from minipar import client
 
-from .conftest import ROOT, _env
+from .conftest import ROOT, START_TIMEOUT_S, LocalCluster, _env
 
 TIMEOUT = 120
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -358,6 +361,55 @@ def test_clear_queue_aborts_queued_requests_only(mec, tmp_path):
         with pytest.raises(client.CompositeError) as e:
             pr.r
         assert e.value.elist[0].ename == "TaskAborted"
+
+
+def test_clear_queue_returns_once_the_engine_has_marked_the_queued_request(tmp_path):
+    """The abort is answered only after the engine has it: a request queued there can no
+    longer start, however late the engine reads the abort (here: the engine is stopped,
+    and the running request may end the moment it resumes)."""
+    c = LocalCluster(tmp_path, ["--heartbeat-liveness", "100000"])  # never declared dead
+    try:
+        c.start_engines(1)
+        m = client.MultiEngineClient(c.client_file)
+        c.clients.append(m.client)
+        m.client.wait_for_engines(1, START_TIMEOUT_S)
+        flag = tmp_path / "go"
+        running = m.execute(_wait_for(flag), targets=0, block=False)
+        queued = m.execute("z = 1", targets=0, block=False)
+        os.kill(c.engines[0].pid, signal.SIGSTOP)
+        answered = threading.Event()
+        threading.Thread(target=lambda: (m.clear_queue(targets=0), answered.set()),
+                         daemon=True).start()
+        assert not answered.wait(0.5), "the abort was answered while the engine was stopped"
+        flag.touch()
+        os.kill(c.engines[0].pid, signal.SIGCONT)
+        assert answered.wait(TIMEOUT / 4)
+        assert running.r[0]["id"] == 0
+        with pytest.raises(client.CompositeError) as e:
+            queued.r
+        assert e.value.elist[0].ename == "TaskAborted"
+    finally:
+        c.stop()
+
+
+def test_an_abort_waiting_on_an_engine_that_dies_is_answered(local_cluster, tmp_path):
+    local_cluster.start_engines(1)
+    m = client.MultiEngineClient(local_cluster.client_file)
+    local_cluster.clients.append(m.client)
+    m.client.wait_for_engines(1, START_TIMEOUT_S)
+    running = m.execute(_wait_for(tmp_path / "never"), targets=0, block=False)
+    queued = m.execute("z = 1", targets=0, block=False)
+    os.kill(local_cluster.engines[0].pid, signal.SIGSTOP)   # it cannot hear the abort
+    answered = threading.Event()
+    threading.Thread(target=lambda: (m.clear_queue(targets=0), answered.set()),
+                     daemon=True).start()
+    assert not answered.wait(0.3)
+    local_cluster.engines[0].kill()
+    assert answered.wait(TIMEOUT / 4)   # when the missed heartbeats declare it dead
+    for pr in (running, queued):
+        with pytest.raises(client.CompositeError) as e:
+            pr.r
+        assert e.value.elist[0].ename == "EngineError"
 
 
 # ---------------------------------------------------------------- the magics, in IPython
