@@ -365,8 +365,7 @@ def test_clear_queue_aborts_queued_requests_only(mec, tmp_path):
 
 def test_clear_queue_returns_once_the_engine_has_marked_the_queued_request(tmp_path):
     """The abort is answered only after the engine has it: a request queued there can no
-    longer start, however late the engine reads the abort (here: the engine is stopped,
-    and the running request may end the moment it resumes)."""
+    longer start, however late the engine reads the abort (here: the engine is stopped)."""
     c = LocalCluster(tmp_path, ["--heartbeat-liveness", "100000"])  # never declared dead
     try:
         c.start_engines(1)
@@ -381,9 +380,9 @@ def test_clear_queue_returns_once_the_engine_has_marked_the_queued_request(tmp_p
         threading.Thread(target=lambda: (m.clear_queue(targets=0), answered.set()),
                          daemon=True).start()
         assert not answered.wait(0.5), "the abort was answered while the engine was stopped"
-        flag.touch()
         os.kill(c.engines[0].pid, signal.SIGCONT)
         assert answered.wait(TIMEOUT / 4)
+        flag.touch()   # the running request ends; the queued one must not start
         assert running.r[0]["id"] == 0
         with pytest.raises(client.CompositeError) as e:
             queued.r
