@@ -1165,8 +1165,10 @@ class Controller:
         for eid, ids in asked.items():
             self._send(self.sockets["engine"], [self.engines[eid]["ident"]], protocol.ABORT,
                        msg_ids=ids, parent=header["msg_id"])
-        self._aborting[header["msg_id"]] = [idents, header, set(asked)]
-        self._abort_heard(None, header["msg_id"])
+        if asked:
+            self._aborting[header["msg_id"]] = [idents, header, set(asked)]
+        else:
+            self._reply(idents, header, status="ok")
 
     def _abort_heard(self, eid, parent):
         """Engine `eid` marked the requests of the client's abort `parent`, or is gone."""

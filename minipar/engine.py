@@ -429,8 +429,7 @@ class Engine:
                     self._interrupt_main(msg_id, "abort")
             parent = header.get("parent")
             if isinstance(parent, str):   # the controller waits for this to answer its client
-                _, frames = self.session.msg(protocol.ABORTED, parent=parent)
-                self._dealer.send_multipart(frames)
+                protocol.send(self._dealer, self.session.msg(protocol.ABORTED, parent=parent)[1])
         elif kind == protocol.INTERRUPT:
             cur = self._current
             if cur is not None:
