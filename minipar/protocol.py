@@ -153,12 +153,70 @@ def pack_header(header):
 
 
 def unpack_header(data):
-    """The header dict of verified bytes (marshal is not for unverified input)."""
+    """The header dict of verified bytes (marshal is not for unverified input).
+
+    A signed header is still bounded before marshal reads it: marshal allocates a list
+    or tuple for the count it is told before reading a single item, so a few signed bytes
+    claiming 2**31 items would stall the reader for seconds (``_counts_fit``)."""
+    if len(data.translate(None, _COUNTED)) != len(data) and not _counts_fit(data):
+        raise ValueError("a header whose containers claim more items than it has bytes")
     header = marshal.loads(data)
     if type(header) is not dict or type(header.get("kind")) is not str \
             or type(header.get("msg_id")) is not str:
         raise ValueError("a header must be a dict with `kind` and `msg_id` strings")
     return header
+
+
+# marshal's type codes (with and without its FLAG_REF bit, 0x80) for the containers it
+# allocates by their count before reading their items: tuple, list, set, frozenset.
+_COUNTED = b"([<>\xa8\xdb\xbc\xbe"
+# How many bytes follow each other type code that may appear in plain data: a fixed
+# size, or SIZE1 / SIZE4 (a string of that many bytes follows a 1- or 4-byte length).
+# Codes absent here (code objects, the old text floats) are refused.
+_SIZE1, _SIZE4 = -1, -4
+_FOLLOWS = {**dict.fromkeys(b"0NFTS.{", 0), **dict.fromkeys(b"ir", 4), b"I"[0]: 8,
+            b"g"[0]: 8, b"y"[0]: 16, **dict.fromkeys(b"zZ", _SIZE1),
+            **dict.fromkeys(b"stuaA", _SIZE4)}
+_LONG, _SMALL_TUPLE = b"l"[0], b")"[0]
+_INT32 = struct.Struct("<i")
+
+
+def _counts_fit(data):
+    """Whether the item counts `data`'s containers claim add up to at most its length.
+
+    Each item takes at least one byte, so a well-formed header always fits; one that
+    fits makes marshal allocate at most a few pointers per byte it reads. marshal's
+    values follow one another with no closing marks (but a dict's, a code of its own),
+    so one pass over the type codes finds every count: no recursion, linear time. Only
+    headers that hold a container code's byte anywhere come here."""
+    n, i, budget = len(data), 0, len(data)
+    follows, counted, unpack = _FOLLOWS, frozenset(_COUNTED), _INT32.unpack_from
+    while i < n:
+        code = data[i] & 0x7F
+        i += 1
+        size = follows.get(code)
+        if size is None:
+            if code in counted:
+                if i + 4 > n:
+                    return False
+                budget -= unpack(data, i)[0] & 0xFFFFFFFF
+                i += 4
+            elif code == _SMALL_TUPLE and i < n:
+                budget -= data[i]
+                i += 1
+            elif code == _LONG and i + 4 <= n:
+                i += 4 + 2 * abs(unpack(data, i)[0])
+            else:
+                return False
+            if budget < 0:
+                return False
+        elif size == _SIZE1:
+            i += 1 + (data[i] if i < n else 0)
+        elif size == _SIZE4:
+            i += 4 + (unpack(data, i)[0] & 0xFFFFFFFF if i + 4 <= n else 0)
+        else:
+            i += size
+    return i == n
 
 
 # ---------------------------------------------------------------- signing

@@ -116,8 +116,11 @@ class Fuzzer:
         r = self.rng.random()
         # each unique (a nonce): a repeated header would be refused as a replay first
         nonce = self.rng.random()
-        if r < 0.3:
+        if r < 0.2:
             hb = self._bytes(16)
+        elif r < 0.3:   # marshal would allocate the count it is told: seconds, were it read
+            code = self.rng.choice(b"([<>\xa8\xdb")
+            hb = self._bytes(0, 32) + bytes([code]) + self.rng.randbytes(4) + self._bytes(0, 8)
         elif r < 0.5:
             hb = pickle.dumps([self.rng.choice([[1, 2], "kind", 7, None]), nonce])  # no dict
         elif r < 0.7:

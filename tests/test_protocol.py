@@ -6,6 +6,7 @@ import os
 import pickle
 import stat
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -67,6 +68,38 @@ def test_header_may_not_name_classes():
         frames = [protocol.DELIM, s.sign(evil), evil]
         with pytest.raises(ValueError):
             protocol.Session(KEY).check(frames)
+
+
+def test_a_signed_header_claiming_huge_containers_is_refused_at_once():
+    """marshal allocates a list or tuple for the count a header claims before reading its
+    items: read as they are, these would take seconds to minutes each (2**31 pointers)."""
+    s = protocol.Session(KEY)
+    prefix = protocol.pack_header({"msg_id": "x", "kind": "keys"})[:-1] + b"\xda\x01y"
+    start = time.monotonic()
+    for code in b"([<>":
+        for flag in (0, 0x80):
+            for head in (b"", prefix):
+                hb = head + bytes([code | flag]) + struct.pack("<I", 2**31 - 1)
+                with pytest.raises(ValueError, match="claim more items"):
+                    s.check([protocol.DELIM, s.sign(hb), hb])
+    nested = (b"[" + struct.pack("<I", 2000)) * 1500   # each alone would fit: not together
+    with pytest.raises(ValueError, match="claim more items"):
+        protocol.unpack_header(nested)
+    assert time.monotonic() - start < 2, "refusing them must not wait on an allocation"
+    assert s.dropped["bad header"] == 16
+
+
+def test_every_header_the_sides_write_reads_back():
+    """The bound on container counts never refuses a real header: lists, tuples, sets,
+    long ints, floats and strings that hold the container codes' bytes."""
+    values = [None, True, -1, 40, 91, 2**70, -2**40, 1e308, float("nan"), 1j, "", "([<>",
+              "é" * 300, b"[\xff\xff\xff\x7f", [], [1, 2], [[1]] * 300, (1, "2"),
+              tuple(range(300)), {1, 2}, frozenset([3]), {"ids": ["a"] * 1000, "all": True}]
+    for i, v in enumerate(values):
+        header = {"msg_id": f"m{i}", "kind": "apply", "v": v, "date": time.time() + i,
+                  "counts": [i, i + 1]}
+        got = protocol.unpack_header(protocol.pack_header(header))
+        assert repr(got) == repr(header)
 
 
 def test_signature_is_hmac_sha256_for_any_key_length():
