@@ -16,8 +16,7 @@ import time
 import pytest
 
 import minipar
-from minipar import controller as ctl
-from minipar import protocol
+from minipar import protocol, records
 from minipar.dependency import Dependency
 
 from .conftest import START_TIMEOUT_S, LocalCluster
@@ -565,7 +564,7 @@ def test_db_query_operators_and_keys(rc, lview):
     assert "wire" not in rec and "result_parts" not in rec      # frames only when asked
     assert rec["status"] == "ok" and rec["engine"] == a and rec["started"] >= t0
     # every key, also those a record holds no value for (it stores only what it has)
-    assert set(rec) >= set(ctl.RECORD_KEYS) - {"wire", "result_parts"}
+    assert set(rec) >= set(records.RECORD_KEYS) - {"wire", "result_parts"}
     assert rec["watchers"] is None
     rec = rc.db_query({"msg_id": ids[0]}, keys=["result_parts"])[0]
     assert set(rec) == {"msg_id", "result_parts"}
@@ -595,12 +594,12 @@ def test_sqlite_records_survive_a_controller_restart(make_cluster):
         bad.get(TIMEOUT)
     ids = ok.msg_ids + bad.msg_ids
     first.stop()
-    assert os.path.exists(os.path.join(first.profile_dir, ctl.SQLITE_FILE))
+    assert os.path.exists(os.path.join(first.profile_dir, records.SQLITE_FILE))
 
     second = make_cluster(["--db", "sqlite"], sub="c")   # the same profile folder
     rc = second.client()
-    records = {r["msg_id"]: r for r in rc.db_query({"msg_id": {"$in": ids}})}
-    assert {m: r["status"] for m, r in records.items()} == {ids[0]: "ok", ids[1]: "error"}
+    by_id = {r["msg_id"]: r for r in rc.db_query({"msg_id": {"$in": ids}})}
+    assert {m: r["status"] for m, r in by_id.items()} == {ids[0]: "ok", ids[1]: "error"}
     assert rc.result_status(ids)["completed"] == ids
     assert rc.get_result(ids[0]).get(TIMEOUT) == 144
     with pytest.raises(ValueError):
@@ -609,7 +608,7 @@ def test_sqlite_records_survive_a_controller_restart(make_cluster):
 
 # ---------------------------------------------------------------- the stores
 
-def record(msg_id, status=ctl.PENDING, nbytes=10, **kw):
+def record(msg_id, status=records.PENDING, nbytes=10, **kw):
     rec = {"msg_id": msg_id, "kind": "apply", "client": b"c", "engine": None, "lb": True,
            "submitted": time.time(), "started": None, "completed": None, "status": status,
            "header": {"msg_id": msg_id}, "wire": [b"x" * nbytes],
@@ -625,7 +624,7 @@ def finish(db, rec, status="ok", engine=0, stdout=""):
 
 
 def test_dictdb_culls_the_oldest_finished_records_never_a_pending_one():
-    db = ctl.DictDB(record_limit=5)
+    db = records.DictDB(record_limit=5)
     pending = [record(f"p{i}") for i in range(8)]
     for i, rec in enumerate(pending):
         db.add(rec)
@@ -640,7 +639,7 @@ def test_dictdb_culls_the_oldest_finished_records_never_a_pending_one():
     assert [r["msg_id"] for r in db.pending()] == ["p6", "p7"]
     assert {r["msg_id"] for r in db.records()} == {"p3", "p4", "p5", "p6", "p7"}
 
-    by_size = ctl.DictDB(size_limit=1000)
+    by_size = records.DictDB(size_limit=1000)
     big = record("big", nbytes=5000)
     by_size.add(big)
     for i in range(5):
@@ -654,7 +653,7 @@ def test_dictdb_culls_the_oldest_finished_records_never_a_pending_one():
 
 
 def test_nodb_keeps_only_what_is_in_flight():
-    db = ctl.NoDB()
+    db = records.NoDB()
     rec = record("a")
     db.add(rec)
     assert db.get("a") is rec and db.pending() == [rec]
@@ -664,7 +663,7 @@ def test_nodb_keeps_only_what_is_in_flight():
 
 @pytest.mark.parametrize("kind", ["dict", "sqlite"])
 def test_find_records(tmp_path, kind):
-    db = ctl.open_db(kind, str(tmp_path))
+    db = records.open_db(kind, str(tmp_path))
     t0 = time.time()
     for i in range(6):
         rec = record(f"m{i}", engine=i % 2)
@@ -689,7 +688,7 @@ def test_find_records(tmp_path, kind):
 
 def test_sqlitedb_keeps_records_and_pending_ones_across_reopening(tmp_path):
     path = str(tmp_path / "tasks.db")
-    db = ctl.SQLiteDB(path)
+    db = records.SQLiteDB(path)
     waiting, done = record("w"), record("d")
     db.add(waiting)
     db.add(done)
@@ -699,7 +698,7 @@ def test_sqlitedb_keeps_records_and_pending_ones_across_reopening(tmp_path):
     assert db.drop("w") is False and len(db) == 2 and "d" in db
     db.close()
 
-    again = ctl.SQLiteDB(path)
+    again = records.SQLiteDB(path)
     left, = again.pending()               # what a restarted controller must pick up
     assert left["msg_id"] == "w" and left["wire"] == [b"x" * 10]
     rec = again.get("d")
@@ -716,11 +715,11 @@ def test_sqlitedb_refuses_records_that_would_run_code(tmp_path):
     import sqlite3
 
     path = str(tmp_path / "tasks.db")
-    ctl.SQLiteDB(path).close()
+    records.SQLiteDB(path).close()
     evil = pickle.dumps({"msg_id": "e", "x": os.system})
     with sqlite3.connect(path) as conn:
         conn.execute("INSERT INTO records VALUES ('e', 'ok', 0, 0, 0, ?, NULL, NULL)", (evil,))
-    db = ctl.SQLiteDB(path)
+    db = records.SQLiteDB(path)
     with pytest.raises(pickle.UnpicklingError):
         db.get("e")
     db.close()

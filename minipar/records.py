@@ -1,0 +1,405 @@
+"""Task-record storage (DictDB, NoDB, SQLiteDB) and the db_query language."""
+
+import collections
+import io
+import operator
+import os
+import pickle
+
+from . import protocol
+
+# Record states. A record changes state only through Controller._finish / _assign.
+PENDING, OK, ERROR = "pending", "ok", "error"
+
+
+# ---------------------------------------------------------------- storage
+#
+# Three backends behind one interface (``--db dict|sqlite|none``): add(rec), get(msg_id),
+# `msg_id in db`, len(db), finish(rec) (the record is final), drop(msg_id) (False for a
+# pending record, which is kept), records(), pending() (records not final: what a
+# restarted controller must pick up), find_records(query, keys) (db_query), flush() (make
+# the writes so far durable; the hub calls it after each pass of its loop), close().
+
+class DictDB:
+    """Task records in memory, keyed by msg_id.
+
+    A record is a dict of RECORD_KEYS, holding only those it has a value for::
+
+        msg_id, kind, client (routing id), engine (int or None), lb (bool),
+        submitted, started, completed (float seconds), status ("pending", "ok", "error",
+        or the engine's status word), header (the request's header dict, read from
+        `wire` when first asked for: ``_header``), wire (the request's frames from the
+        delimiter on), result_header, result_parts (the result's frames), attempts
+        (list of {engine, status, started, completed, ename}), watchers (other clients
+        to deliver the result to), recovers (for a recovery task: the task it recovers)
+
+    ``find_records`` also answers ``stdout``, ``stderr``, ``ename`` and ``evalue``, taken
+    from the result header, and leaves out `wire` and `result_parts` unless asked for.
+
+    Memory is bounded: beyond `record_limit` records or `size_limit` bytes of parts,
+    the oldest finished records are culled; a pending record is never culled.
+    """
+
+    # What a finished record costs beyond its frames (header dicts, attempts, Frame
+    # objects): about 10 KB measured with bench/soak.py. Counted against size_limit.
+    RECORD_OVERHEAD = 10_000
+
+    def __init__(self, record_limit=100_000, size_limit=512 << 20):
+        self.record_limit = record_limit
+        self.size_limit = size_limit
+        self._records = {}
+        self._finished = collections.OrderedDict()   # msg_id -> bytes held, oldest first
+        self._bytes = 0
+
+    def add(self, rec):
+        self._records[rec["msg_id"]] = rec
+
+    def get(self, msg_id):
+        return self._records.get(msg_id)
+
+    def __contains__(self, msg_id):
+        return msg_id in self._records
+
+    def __len__(self):
+        return len(self._records)
+
+    def finish(self, rec):
+        """A record reached its final state: it may be culled from now on."""
+        size = self.RECORD_OVERHEAD + _nbytes(rec.get("wire")) + _nbytes(rec.get("result_parts"))
+        self._bytes += size - self._finished.pop(rec["msg_id"], 0)
+        self._finished[rec["msg_id"]] = size
+        while self._finished and (len(self._records) > self.record_limit
+                                  or self._bytes > self.size_limit):
+            self.drop(next(iter(self._finished)))
+
+    def drop(self, msg_id):
+        if msg_id in self._finished or msg_id not in self._records:
+            self._bytes -= self._finished.pop(msg_id, 0)
+            self._records.pop(msg_id, None)
+            return True
+        return False  # pending: kept
+
+    def records(self):
+        return self._records.values()
+
+    def pending(self):
+        return [r for r in self._records.values() if r["status"] == PENDING]
+
+    def find_records(self, query, keys=None):
+        """Records matching `query` (see ``_match``), as new plain dicts with `keys`."""
+        check_query(query)
+        ids = _queried_ids(query)
+        found = (self._records.values() if ids is None else
+                 filter(None, (self._records.get(m) for m in ids)))
+        return [_view(r, keys) for r in found if _match(r, query)]
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class NoDB(DictDB):
+    """Keeps only what is in flight: a finished record is dropped at once."""
+
+    def finish(self, rec):
+        self._records.pop(rec["msg_id"], None)
+
+
+class SQLiteDB:
+    """Task records in an SQLite file (stdlib ``sqlite3``): they survive the controller.
+
+    Records have DictDB's keys. A record is written when it is added (with its request's
+    frames, so a restarted controller can send it again) and when it is final; while
+    pending, the controller changes it in place, so pending records are also held in
+    memory and ``get`` returns that live dict. A restarted controller finds the records
+    the previous one left unfinished with ``pending()``.
+
+    Durability: the writes of one pass of the hub's loop are one transaction, committed
+    by ``flush`` at the end of the pass, in a WAL journal with synchronous=NORMAL: what a
+    pass wrote survives the controller's crash (not a power cut), without an fsync per
+    record; a commit per record cost three times as much. Records on disk are unpickled
+    with a loader that refuses every class and function: a tampered file cannot run code
+    in the controller. Nothing is culled: the file grows until ``purge_results``.
+    """
+
+    def __init__(self, path):
+        import sqlite3
+
+        self.path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS records (msg_id TEXT PRIMARY KEY, "
+                         "status TEXT, submitted REAL, completed REAL, engine INTEGER, "
+                         "data BLOB, wire BLOB, result_parts BLOB)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS records_status ON records (status)")
+        self._live = {}    # msg_id -> the pending record the controller holds
+        self._dirty = False   # a transaction is open: flush() commits it
+
+    def _begin(self):
+        if not self._dirty:
+            self._db.execute("BEGIN")
+            self._dirty = True
+
+    def _write(self, rec):
+        self._begin()
+        data = {k: v for k, v in rec.items() if k not in _FRAME_KEYS}
+        if data.get("header") is None and rec.get("wire"):
+            # queries read records without their frames: the header goes in as a dict
+            data["header"] = protocol.unpack_header(_frame_bytes(rec["wire"][2]))
+        self._db.execute(
+            "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (rec["msg_id"], rec["status"], rec.get("submitted"), rec.get("completed"),
+             rec.get("engine"), _dump(data), _dump_frames(rec.get("wire")),
+             _dump_frames(rec.get("result_parts"))))
+
+    def add(self, rec):
+        self._live[rec["msg_id"]] = rec
+        self._write(rec)
+
+    def finish(self, rec):
+        self._live.pop(rec["msg_id"], None)
+        self._write(rec)
+
+    def get(self, msg_id):
+        rec = self._live.get(msg_id)
+        if rec is None:
+            row = self._db.execute("SELECT data, wire, result_parts FROM records WHERE "
+                                   "msg_id = ?", (msg_id,)).fetchone()
+            rec = row and _load_row(*row)
+        return rec
+
+    def __contains__(self, msg_id):
+        return msg_id in self._live or self._db.execute(
+            "SELECT 1 FROM records WHERE msg_id = ?", (msg_id,)).fetchone() is not None
+
+    def __len__(self):
+        return self._db.execute("SELECT count(*) FROM records").fetchone()[0]
+
+    def drop(self, msg_id):
+        if msg_id in self._live:
+            return False  # pending: kept
+        row = self._db.execute("SELECT status FROM records WHERE msg_id = ?",
+                               (msg_id,)).fetchone()
+        if row is not None and row[0] == PENDING:
+            return False  # left pending by a previous controller: kept for its restart
+        self._begin()
+        self._db.execute("DELETE FROM records WHERE msg_id = ?", (msg_id,))
+        return True
+
+    def records(self):
+        """Every record; finished ones without their frames (read them with ``get``)."""
+        yield from list(self._live.values())
+        for (data,) in self._db.execute("SELECT data FROM records WHERE status != ?",
+                                        (PENDING,)):
+            yield _load(data)
+
+    def pending(self):
+        """Pending records: the live ones, then those a previous controller left on disk
+        (with their request frames as bytes)."""
+        out = list(self._live.values())
+        rows = self._db.execute("SELECT data, wire, result_parts FROM records WHERE "
+                                "status = ?", (PENDING,)).fetchall()
+        out += [rec for rec in (_load_row(*row) for row in rows)
+                if rec["msg_id"] not in self._live]
+        return out
+
+    def find_records(self, query, keys=None):
+        check_query(query)
+        frames = [k for k in _FRAME_KEYS if keys is not None and k in keys]
+        cols = ", ".join(["data", *frames])
+        ids = _queried_ids(query)
+        if ids is None:
+            rows = self._db.execute(f"SELECT {cols} FROM records").fetchall()
+        else:
+            rows = []
+            ids = list(ids)
+            for i in range(0, len(ids), 500):   # SQLite caps the parameters of one query
+                part = ids[i:i + 500]
+                rows += self._db.execute(f"SELECT {cols} FROM records WHERE msg_id IN "
+                                         f"({', '.join('?' * len(part))})", part).fetchall()
+        out = []
+        for data, *blobs in rows:
+            rec = _load(data)
+            live = self._live.get(rec["msg_id"])
+            if live is not None:   # changed in memory since it was written
+                rec = live
+            else:
+                rec.update(zip(frames, map(_load_frames, blobs)))
+            if _match(rec, query):
+                out.append(_view(rec, keys))
+        return out
+
+    def flush(self):
+        if self._dirty:
+            self._db.execute("COMMIT")
+            self._dirty = False
+
+    def close(self):
+        self.flush()
+        self._db.close()
+
+
+SQLITE_FILE = "tasks.db"   # in the profile folder, beside security/
+
+
+def open_db(kind, profile_dir):
+    """The DB for ``--db`` `kind`: "dict" (default), "sqlite" or "none"."""
+    if kind == "sqlite":
+        return SQLiteDB(os.path.join(profile_dir, SQLITE_FILE))
+    if kind in ("dict", "none"):
+        return DictDB() if kind == "dict" else NoDB()
+    raise ValueError(f"unknown db {kind!r}; use dict, sqlite or none")
+
+
+def _nbytes(frames):
+    return protocol.message_size(frames) if frames else 0
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Loads plain data only (dicts, lists, str, bytes, numbers): never code."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"a task record may hold plain data only, not "
+                                     f"{module}.{name}")
+
+
+def _dump(obj):
+    return pickle.dumps(obj, protocol=5)
+
+
+def _load(blob):
+    return _PlainUnpickler(io.BytesIO(blob)).load()
+
+
+def _dump_frames(frames):
+    return None if frames is None else _dump([_frame_bytes(f) for f in frames])
+
+
+def _frame_bytes(frame):
+    return frame.bytes if hasattr(frame, "bytes") else bytes(frame)
+
+
+def _load_frames(blob):
+    return None if blob is None else _load(blob)
+
+
+def _load_row(data, wire, result_parts):
+    rec = _load(data)
+    rec["wire"] = _load_frames(wire)
+    rec["result_parts"] = _load_frames(result_parts)
+    return rec
+
+
+# ---------------------------------------------------------------- db_query
+
+# A record's keys, all of them in what db_query answers (None when a record has no value
+# for one yet); records hold only those they have a value for.
+RECORD_KEYS = ("msg_id", "kind", "client", "engine", "lb", "submitted", "started",
+               "completed", "status", "header", "wire", "result_header", "result_parts",
+               "attempts", "watchers")
+_FRAME_KEYS = ("wire", "result_parts")
+_FROM_RESULT = ("stdout", "stderr", "ename", "evalue")   # answered from the result header
+
+
+def _compare(op):
+    def cmp(value, arg):
+        try:
+            return value is not None and arg is not None and op(value, arg)
+        except TypeError:   # an int against a str: no match, as in MongoDB
+            return False
+    return cmp
+
+
+_OPS = {
+    "$eq": lambda value, arg: value == arg,
+    "$ne": lambda value, arg: value != arg,
+    "$in": lambda value, arg: value in arg,
+    "$nin": lambda value, arg: value not in arg,
+    "$gt": _compare(operator.gt),
+    "$gte": _compare(operator.ge),
+    "$lt": _compare(operator.lt),
+    "$lte": _compare(operator.le),
+}
+
+
+def _is_condition(cond):
+    return isinstance(cond, dict) and bool(cond) and all(
+        isinstance(k, str) and k.startswith("$") for k in cond)
+
+
+def check_query(query):
+    """Raise ValueError for a query ``_match`` cannot answer."""
+    if not isinstance(query, dict):
+        raise ValueError(f"a query is a dict of record keys to values or conditions, not "
+                         f"{type(query).__name__}")
+    for key, cond in query.items():
+        if not _is_condition(cond):
+            continue
+        for op, arg in cond.items():
+            if op not in _OPS:
+                raise ValueError(f"unknown query operator {op!r} for {key!r}; use one of "
+                                 f"{', '.join(_OPS)}")
+            if op in ("$in", "$nin") and not isinstance(arg, (list, tuple, set, frozenset)):
+                raise ValueError(f"{op} for {key!r} takes a list, not {type(arg).__name__}")
+
+
+def _match(rec, query):
+    """Whether `rec` meets every condition of `query`: {key: value} (equal) or
+    {key: {op: value, ...}} with ``$in $nin $eq $ne $gt $gte $lt $lte``."""
+    for key, cond in query.items():
+        value = _field(rec, key)
+        if _is_condition(cond):
+            if not all(_OPS[op](value, arg) for op, arg in cond.items()):
+                return False
+        elif value != cond:
+            return False
+    return True
+
+
+def _queried_ids(query):
+    """The msg_ids a query is limited to (so a DB can look them up), or None."""
+    cond = query.get("msg_id")
+    if cond is None:
+        return None
+    if not _is_condition(cond):
+        return [cond]
+    if "$eq" in cond:
+        return [cond["$eq"]]
+    if "$in" in cond:
+        return list(cond["$in"])
+    return None
+
+
+def _field(rec, key):
+    if key in _FROM_RESULT and key not in rec:
+        return (rec.get("result_header") or {}).get(key)
+    if key == "header":
+        return _header(rec)
+    return rec.get(key)
+
+
+def _header(rec):
+    """A record's request header, read from its frames when first asked for: a queued
+    request holds only its frames, not a second copy as a dict."""
+    if rec.get("header") is None:
+        rec["header"] = protocol.unpack_header(_frame_bytes(rec["wire"][2]))
+    return rec["header"]
+
+
+def _view(rec, keys):
+    """A record as db_query answers it: a new dict of plain data, with frames (as bytes)
+    only when `keys` names them; `keys` None means every other key."""
+    if keys is None:
+        keys = [k for k in dict.fromkeys((*RECORD_KEYS, *rec, *_FROM_RESULT))
+                if k not in _FRAME_KEYS]
+    out = {"msg_id": rec["msg_id"]}
+    for k in keys:
+        v = _field(rec, k)
+        if k in _FRAME_KEYS and v is not None:
+            v = [_frame_bytes(f) for f in v]
+        out[k] = v
+    return out
