@@ -11,7 +11,7 @@ The hub reads headers only (``protocol.Session.check``); request and result part
 through untouched. Direct requests name their engine in the header (`engine`);
 load-balanced ones (`lb`) go to the ``scheduler.Scheduler``, whose decisions the hub
 carries out in ``_act``. Every request gets a record in the DB (``--db``: ``DictDB``,
-``SQLiteDB`` or ``NoDB``; DictDB's docstring has the record's keys, and ``db_query``
+``SQLiteDB`` or ``NoDB``, in ``records``, whose docstring has the record's keys; ``db_query``
 searches them), and every record reaches a final state: the engine's
 reply, or an error the hub makes itself (engine died, aborted, impossible dependency).
 

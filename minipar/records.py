@@ -1,4 +1,52 @@
-"""Task-record storage (DictDB, NoDB, SQLiteDB) and the db_query language."""
+"""Task records: where the controller keeps them (DictDB, NoDB, SQLiteDB) and the
+db_query language that searches them.
+
+Only the controller's hub loop (one thread) uses a DB; clients reach the records through
+it, over the "client" socket (result_request, db_query, purge, resubmit)::
+
+    client ── result_request / db_query / purge ──▶ hub loop ──▶ db.get / find_records / drop
+    engine ── reply ─────────────────────────────▶ hub loop ──▶ db.finish(rec)
+                                                  hub loop ──▶ db.flush()  (end of each pass)
+
+Three backends behind one interface (``--db dict|sqlite|none``, ``open_db``): add(rec),
+get(msg_id), `msg_id in db`, len(db), finish(rec) (the record is final), drop(msg_id)
+(False for a pending record, which is kept), records(), pending() (records not final:
+what a restarted controller must pick up), find_records(query, keys) (db_query), flush()
+(make the writes so far durable), close().
+
+    DictDB    in memory (default); bounded: the oldest finished records are culled
+    NoDB      in memory, only while in flight: a finished record is dropped at once
+    SQLiteDB  PROFILE_DIR/tasks.db; survives the controller; culls nothing
+
+A record is a plain dict holding only the RECORD_KEYS it has a value for (a dict of 9 keys
+is 190 B; db_query answers every key, None for those missing)::
+
+    rec = {
+        "msg_id": str,
+        "kind": str,                # the request's kind: apply, execute, push, ...
+        "client": bytes,            # the routing id its reply goes to
+        "engine": int | None,       # where it ran (or runs, or must run)
+        "lb": bool,                 # load-balanced (went through the scheduler)
+        "submitted": float,         # time.time() seconds, set by the controller
+        "started": float,           # when an engine began it
+        "completed": float,         # when it reached its final state
+        "status": PENDING | OK | ERROR | the engine's status word ("aborted", ...),
+        "header": dict,             # the request's header, read from `wire` when first
+                                    # asked for (``_header``): not a second copy
+        "wire": [frames],           # the request's frames from the delimiter on
+        "result_header": dict,      # the reply's header: status, ename, evalue,
+                                    # stdout, stderr, started, ...
+        "result_parts": [frames],   # the reply's frames (the result, serialized)
+        "attempts": [{"engine", "status", "started", "completed", "ename"}],
+        "watchers": [bytes],        # other clients to deliver the result to
+        "recovers": str,            # a recovery task: the task it recovers
+    }
+
+``find_records`` also answers ``stdout``, ``stderr``, ``ename`` and ``evalue``, taken from
+the result header, and leaves out `wire` and `result_parts` unless asked for. A query is
+a dict of keys to values (equal) or to conditions ``{op: value}`` with ``$eq $ne $in $nin
+$gt $gte $lt $lte``, as ipyparallel's (a MongoDB subset).
+"""
 
 import collections
 import io
@@ -13,28 +61,9 @@ PENDING, OK, ERROR = "pending", "ok", "error"
 
 
 # ---------------------------------------------------------------- storage
-#
-# Three backends behind one interface (``--db dict|sqlite|none``): add(rec), get(msg_id),
-# `msg_id in db`, len(db), finish(rec) (the record is final), drop(msg_id) (False for a
-# pending record, which is kept), records(), pending() (records not final: what a
-# restarted controller must pick up), find_records(query, keys) (db_query), flush() (make
-# the writes so far durable; the hub calls it after each pass of its loop), close().
 
 class DictDB:
-    """Task records in memory, keyed by msg_id.
-
-    A record is a dict of RECORD_KEYS, holding only those it has a value for::
-
-        msg_id, kind, client (routing id), engine (int or None), lb (bool),
-        submitted, started, completed (float seconds), status ("pending", "ok", "error",
-        or the engine's status word), header (the request's header dict, read from
-        `wire` when first asked for: ``_header``), wire (the request's frames from the
-        delimiter on), result_header, result_parts (the result's frames), attempts
-        (list of {engine, status, started, completed, ename}), watchers (other clients
-        to deliver the result to), recovers (for a recovery task: the task it recovers)
-
-    ``find_records`` also answers ``stdout``, ``stderr``, ``ename`` and ``evalue``, taken
-    from the result header, and leaves out `wire` and `result_parts` unless asked for.
+    """Task records in memory, keyed by msg_id (their shape: the module's docstring).
 
     Memory is bounded: beyond `record_limit` records or `size_limit` bytes of parts,
     the oldest finished records are culled; a pending record is never culled.

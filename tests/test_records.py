@@ -1,0 +1,305 @@
+"""The task-record stores on their own (DictDB, NoDB, SQLiteDB) and the db_query
+language: plain objects, no processes. End to end (a real controller answering
+rc.db_query, --db sqlite across a restart): test_tasks.py."""
+
+import os
+import time
+
+import pytest
+
+from minipar import records
+from minipar.records import check_query, _match
+
+TIMEOUT = 30
+pytestmark = pytest.mark.timeout(TIMEOUT)
+
+
+def record(msg_id, status=records.PENDING, nbytes=10, **kw):
+    rec = {"msg_id": msg_id, "kind": "apply", "client": b"c", "engine": None, "lb": True,
+           "submitted": time.time(), "started": None, "completed": None, "status": status,
+           "header": {"msg_id": msg_id}, "wire": [b"x" * nbytes],
+           "result_header": None, "result_parts": None, "attempts": [], "watchers": None}
+    rec.update(kw)
+    return rec
+
+
+def finish(db, rec, status="ok", engine=0, stdout=""):
+    rec.update(status=status, engine=engine, completed=time.time(), result_parts=[b"r"],
+               result_header={"status": status, "stdout": stdout})
+    db.finish(rec)
+
+
+def test_dictdb_culls_the_oldest_finished_records_never_a_pending_one():
+    db = records.DictDB(record_limit=5)
+    pending = [record(f"p{i}") for i in range(8)]
+    for i, rec in enumerate(pending):
+        db.add(rec)
+        done = record(f"f{i}")
+        db.add(done)
+        finish(db, done)
+    assert all(rec["msg_id"] in db for rec in pending)      # over the limit, all kept
+    assert len(db) == 8 and len(db.pending()) == 8
+    for rec in pending[:6]:
+        finish(db, rec)
+    assert len(db) == 5
+    assert [r["msg_id"] for r in db.pending()] == ["p6", "p7"]
+    assert {r["msg_id"] for r in db.records()} == {"p3", "p4", "p5", "p6", "p7"}
+
+    by_size = records.DictDB(size_limit=1000)
+    big = record("big", nbytes=5000)
+    by_size.add(big)
+    for i in range(5):
+        rec = record(f"s{i}", nbytes=300)
+        by_size.add(rec)
+        finish(by_size, rec)
+    assert "big" in by_size and [r["msg_id"] for r in by_size.pending()] == ["big"]
+    assert by_size.drop("big") is False
+    finish(by_size, big)
+    assert "big" not in by_size                               # final now: over the limit
+
+
+def test_nodb_keeps_only_what_is_in_flight():
+    db = records.NoDB()
+    rec = record("a")
+    db.add(rec)
+    assert db.get("a") is rec and db.pending() == [rec]
+    finish(db, rec)
+    assert "a" not in db and len(db) == 0
+
+
+@pytest.mark.parametrize("kind", ["dict", "sqlite"])
+def test_find_records(tmp_path, kind):
+    db = records.open_db(kind, str(tmp_path))
+    t0 = time.time()
+    for i in range(6):
+        rec = record(f"m{i}", engine=i % 2)
+        db.add(rec)
+        if i < 4:
+            finish(db, rec, status="ok" if i % 2 else "error", engine=i % 2, stdout=f"out{i}")
+    assert {r["msg_id"] for r in db.find_records({"status": "pending"})} == {"m4", "m5"}
+    assert {r["msg_id"] for r in db.find_records({"engine": 1, "status": {"$ne": "pending"}})} \
+        == {"m1", "m3"}
+    assert {r["msg_id"] for r in db.find_records({"msg_id": {"$in": ["m0", "m5", "zz"]}})} \
+        == {"m0", "m5"}
+    assert db.find_records({"completed": {"$gte": t0}, "stdout": "out2"},
+                           keys=["engine"]) == [{"msg_id": "m2", "engine": 0}]
+    assert len(db.find_records({"completed": {"$gt": t0}})) == 4     # None never compares
+    full = db.find_records({"msg_id": "m1"}, keys=["wire", "result_parts", "header"])[0]
+    assert full == {"msg_id": "m1", "wire": [b"x" * 10], "result_parts": [b"r"],
+                    "header": {"msg_id": "m1"}}
+    with pytest.raises(ValueError):
+        db.find_records({"engine": {"$regex": "x"}})
+    db.close()
+
+
+def test_sqlitedb_keeps_records_and_pending_ones_across_reopening(tmp_path):
+    path = str(tmp_path / "tasks.db")
+    db = records.SQLiteDB(path)
+    waiting, done = record("w"), record("d")
+    db.add(waiting)
+    db.add(done)
+    assert db.get("w") is waiting          # pending: the live dict the controller changes
+    waiting["attempts"].append({"engine": 1, "status": "engine_died"})
+    finish(db, done)
+    assert db.drop("w") is False and len(db) == 2 and "d" in db
+    db.close()
+
+    again = records.SQLiteDB(path)
+    left, = again.pending()               # what a restarted controller must pick up
+    assert left["msg_id"] == "w" and left["wire"] == [b"x" * 10]
+    rec = again.get("d")
+    assert rec["status"] == "ok" and rec["result_parts"] == [b"r"]
+    assert again.drop("w") is False       # left pending by the last controller: kept
+    assert again.drop("d") is True and "d" not in again and len(again) == 1
+    finish(again, left)
+    assert again.pending() == [] and again.get("w")["status"] == "ok"
+    again.close()
+
+
+def test_sqlitedb_refuses_records_that_would_run_code(tmp_path):
+    import pickle
+    import sqlite3
+
+    path = str(tmp_path / "tasks.db")
+    records.SQLiteDB(path).close()
+    evil = pickle.dumps({"msg_id": "e", "x": os.system})
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO records VALUES ('e', 'ok', 0, 0, 0, ?, NULL, NULL)", (evil,))
+    db = records.SQLiteDB(path)
+    with pytest.raises(pickle.UnpicklingError):
+        db.get("e")
+    db.close()
+
+
+# ---------------------------------------------------------------- more of the stores
+
+def test_dictdb_get_contains_len_and_drop():
+    db = records.DictDB()
+    rec = record("a")
+    db.add(rec)
+    assert db.get("a") is rec and "a" in db and len(db) == 1
+    assert db.get("zz") is None and "zz" not in db
+    assert db.drop("a") is False                   # pending: kept
+    finish(db, rec)
+    assert db.pending() == [] and [r["msg_id"] for r in db.records()] == ["a"]
+    assert db.drop("a") is True and "a" not in db and len(db) == 0
+    assert db.drop("zz") is True                   # nothing to keep
+
+
+def test_dictdb_culls_in_finishing_order_by_count():
+    db = records.DictDB(record_limit=3)
+    recs = [record(f"m{i}") for i in range(6)]
+    for rec in recs:
+        db.add(rec)
+    for i in (4, 0, 2, 5, 1):                       # finished out of submission order
+        finish(db, recs[i])
+    # six records, limit three: the three finished first (m4, m0, m2) are gone
+    assert {r["msg_id"] for r in db.records()} == {"m1", "m3", "m5"}
+    assert [r["msg_id"] for r in db.pending()] == ["m3"]
+
+
+def test_dictdb_culls_by_bytes_counting_frames_and_overhead():
+    each = records.DictDB.RECORD_OVERHEAD + 1000 + 1     # wire 1000 B, result_parts 1 B
+    db = records.DictDB(size_limit=3 * each)
+    for i in range(5):
+        rec = record(f"m{i}", nbytes=1000)
+        db.add(rec)
+        finish(db, rec)
+    assert [r["msg_id"] for r in db.records()] == ["m2", "m3", "m4"]
+
+
+def test_nodb_finds_only_pending_records():
+    db = records.NoDB()
+    a, b = record("a"), record("b")
+    db.add(a)
+    db.add(b)
+    finish(db, a)
+    assert [r["msg_id"] for r in db.find_records({})] == ["b"]
+    assert db.get("a") is None
+
+
+def test_open_db_kinds(tmp_path):
+    assert type(records.open_db("dict", str(tmp_path))) is records.DictDB
+    assert type(records.open_db("none", str(tmp_path))) is records.NoDB
+    db = records.open_db("sqlite", str(tmp_path))
+    assert isinstance(db, records.SQLiteDB)
+    assert db.path == os.path.join(str(tmp_path), records.SQLITE_FILE)
+    db.close()
+    with pytest.raises(ValueError, match="unknown db 'mongo'"):
+        records.open_db("mongo", str(tmp_path))
+
+
+def test_sqlitedb_a_finished_record_survives_close_and_reopen(tmp_path):
+    path = str(tmp_path / "tasks.db")
+    db = records.SQLiteDB(path)
+    rec = record("r", engine=3)
+    db.add(rec)
+    finish(db, rec, engine=3, stdout="hello")
+    db.close()
+
+    again = records.SQLiteDB(path)
+    assert "r" in again and len(again) == 1 and again.pending() == []
+    got = again.get("r")
+    assert got is not rec
+    assert (got["status"], got["engine"], got["wire"], got["result_parts"]) == \
+        ("ok", 3, [b"x" * 10], [b"r"])
+    assert again.find_records({"stdout": "hello"}, keys=["engine"]) == \
+        [{"msg_id": "r", "engine": 3}]
+    again.close()
+
+
+def test_sqlitedb_unflushed_writes_are_rolled_back_with_the_connection(tmp_path):
+    # durability is per flush (one transaction per pass of the hub's loop)
+    path = str(tmp_path / "tasks.db")
+    db = records.SQLiteDB(path)
+    db.add(record("kept"))
+    db.flush()
+    db.add(record("lost"))
+    db._db.rollback()                     # as a crash before the pass ended would
+    db._dirty = False
+    db.close()
+    again = records.SQLiteDB(path)
+    assert "kept" in again and "lost" not in again
+    again.close()
+
+
+# ---------------------------------------------------------------- db_query
+
+REC = {"msg_id": "q", "engine": 2, "status": "ok", "completed": 10.0, "started": None,
+       "result_header": {"stdout": "hi", "ename": None}}
+
+
+@pytest.mark.parametrize("query, matches", [
+    ({}, True),
+    ({"engine": 2}, True),
+    ({"engine": 3}, False),
+    ({"engine": {"$eq": 2}}, True),
+    ({"engine": {"$ne": 2}}, False),
+    ({"engine": {"$ne": 3}}, True),
+    ({"engine": {"$in": [1, 2]}}, True),
+    ({"engine": {"$in": [1, 3]}}, False),
+    ({"engine": {"$nin": [1, 3]}}, True),
+    ({"engine": {"$nin": (2,)}}, False),
+    ({"completed": {"$gt": 9.5}}, True),
+    ({"completed": {"$gt": 10.0}}, False),
+    ({"completed": {"$gte": 10.0}}, True),
+    ({"completed": {"$lt": 10.0}}, False),
+    ({"completed": {"$lte": 10.0}}, True),
+    ({"completed": {"$gt": 5, "$lt": 11}}, True),      # every condition must hold
+    ({"completed": {"$gt": 5, "$lt": 6}}, False),
+    ({"engine": 2, "status": "error"}, False),          # every key must match
+    ({"started": {"$lt": 1e12}}, False),                 # None never compares
+    ({"started": {"$gt": 0}}, False),
+    ({"started": None}, True),
+    ({"missing": None}, True),                           # a missing key is None
+    ({"status": {"$gt": 1}}, False),                     # str against int: no match
+    ({"stdout": "hi"}, True),                            # from the result header
+    ({"stdout": {"$in": ["ho"]}}, False),
+])
+def test_match_operators(query, matches):
+    check_query(query)
+    assert _match(REC, query) is matches
+
+
+@pytest.mark.parametrize("query, error", [
+    ([("engine", 1)], "a query is a dict"),
+    ({"engine": {"$near": 1}}, "unknown query operator '\\$near'"),
+    ({"engine": {"$in": 1}}, "\\$in for 'engine' takes a list"),
+    ({"engine": {"$nin": "ab"}}, "\\$nin for 'engine' takes a list"),
+])
+def test_check_query_refuses_what_match_cannot_answer(query, error):
+    with pytest.raises(ValueError, match=error):
+        check_query(query)
+
+
+def test_a_dict_without_operators_is_a_value_to_equal():
+    rec = {"msg_id": "d", "header": {"a": 1}}
+    assert _match(rec, {"header": {"a": 1}}) and not _match(rec, {"header": {"a": 2}})
+
+
+def test_key_selection():
+    db = records.DictDB()
+    rec = record("k", engine=1)
+    db.add(rec)
+    finish(db, rec, engine=1, stdout="out")
+    assert db.find_records({"msg_id": "k"}, keys=["engine", "stdout"]) == \
+        [{"msg_id": "k", "engine": 1, "stdout": "out"}]
+    assert db.find_records({"msg_id": "k"}, keys=[]) == [{"msg_id": "k"}]
+    full = db.find_records({"msg_id": "k"})[0]
+    assert set(full) >= set(records.RECORD_KEYS) - {"wire", "result_parts"}
+    assert "wire" not in full and "result_parts" not in full
+    assert full["stdout"] == "out" and full["evalue"] is None
+    framed = db.find_records({"msg_id": "k"}, keys=["wire"])[0]
+    assert framed == {"msg_id": "k", "wire": [b"x" * 10]}
+    assert framed["wire"] is not rec["wire"]          # a copy: the caller may keep it
+
+
+@pytest.mark.parametrize("query, ids", [
+    ({"engine": 1}, None),
+    ({"msg_id": "a"}, ["a"]),
+    ({"msg_id": {"$eq": "a"}}, ["a"]),
+    ({"msg_id": {"$in": ["a", "b"]}}, ["a", "b"]),
+    ({"msg_id": {"$ne": "a"}}, None),
+])
+def test_queried_ids_limit_the_lookup(query, ids):
+    assert records._queried_ids(query) == ids
