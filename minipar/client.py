@@ -936,10 +936,12 @@ class Client:
             futures.append(f)
         if ask:
             reply = self._query(protocol.RESULT_REQUEST, msg_ids=ask)
+            culled = reply.get("culled") or {}   # why, for ids the controller culled
             for m in reply["unknown"]:
                 f = self._futures.pop(m, None)
                 if f is not None and not f.done():
-                    f.set_exception(KeyError(f"no record of {m}: unknown or purged msg_id"))
+                    f.set_exception(KeyError(culled.get(m)
+                                             or f"no record of {m}: unknown or purged msg_id"))
         return AsyncResult(self, futures, fname="get_result", single=single)
 
     def wait(self, jobs=None, timeout=None):
@@ -1008,7 +1010,8 @@ class Client:
         ids = self._msg_ids(jobs)
         reply = self._query(protocol.RESULT_REQUEST, msg_ids=ids, status_only=True)
         if reply["unknown"]:
-            raise KeyError(f"no record of {reply['unknown']}: unknown or purged msg_ids "
+            raise KeyError(" ".join((reply.get("culled") or {}).values())
+                           or f"no record of {reply['unknown']}: unknown or purged msg_ids "
                            "(a controller started with --db none keeps no finished records)")
         content = {"pending": reply["pending"], "completed": reply["completed"]}
         if not status_only and content["completed"]:

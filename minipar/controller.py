@@ -39,7 +39,7 @@ import zmq
 
 from . import errors, protocol
 from . import scheduler as _scheduler
-from .records import ERROR, OK, PENDING, _header, open_db
+from .records import ERROR, OK, PENDING, RECORD_BYTES, RECORD_LIMIT, _header, open_db
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,8 @@ class Controller:
     def __init__(self, ip="127.0.0.1", port=0, ports=None, location=None, profile=None,
                  profile_dir=None, reuse=False, heartbeat_period=HEARTBEAT_PERIOD_S,
                  heartbeat_liveness=HEARTBEAT_LIVENESS, scheme="leastload", hwm=None,
-                 db="dict", max_message_size=protocol.MAX_MESSAGE_SIZE, curve=False):
+                 db="dict", max_message_size=protocol.MAX_MESSAGE_SIZE, curve=False,
+                 record_limit=RECORD_LIMIT, record_bytes=RECORD_BYTES):
         self.ip = ip
         self.location = location or (socket.gethostname() if ip in ("*", "0.0.0.0") else ip)
         self.profile_dir = protocol.profile_dir(profile, profile_dir)
@@ -84,7 +85,9 @@ class Controller:
         # (public, secret) CurveZMQ keys with --curve; the public one goes in the files
         self.curve_file = os.path.join(sec, CURVE_FILE)
         self.curve = _curve_keys(self.curve_file, reuse) if curve else None
-        self.db = open_db(db, self.profile_dir) if isinstance(db, str) else db
+        # db="dict" keeps at most record_limit finished records and record_bytes bytes
+        self.db = (open_db(db, self.profile_dir, record_limit, record_bytes)
+                   if isinstance(db, str) else db)
         self.scheduler = _scheduler.Scheduler(scheme=scheme, hwm=hwm, lookup=self._lookup)
         log.info("tasks: scheme %s, hwm %s, records in %s", getattr(scheme, "__name__", scheme),
                  "auto" if hwm is None else hwm or "unlimited", type(self.db).__name__)
@@ -712,10 +715,14 @@ class Controller:
         # status_only (rc.result_status): the lists only; no results sent, no watching
         status_only = header.get("status_only", False)
         pending, done, unknown, running = [], [], [], []
+        culled = {}   # unknown ids the DB culled -> why (in `unknown` too, as before)
         for msg_id in header.get("msg_ids", ()):
             rec = self.db.get(msg_id)
             if rec is None:
                 unknown.append(msg_id)
+                why = self.db.culled(msg_id)
+                if why:
+                    culled[msg_id] = why
             elif rec["status"] == PENDING:
                 pending.append(msg_id)
                 engine = self.engines.get(rec["engine"])
@@ -726,7 +733,7 @@ class Controller:
             else:
                 done.append(msg_id)
         self._reply(idents, header, status="ok", pending=pending, completed=done, unknown=unknown,
-                    running=running)
+                    running=running, culled=culled)
         for msg_id in () if status_only else done:  # then the results, as ordinary replies
             rec = self.db.get(msg_id)
             rh = dict(rec["result_header"], date=time.time(), resent=True)
@@ -815,8 +822,9 @@ class Controller:
             if problem:
                 break
             if rec is None or not rec.get("wire"):
-                problem = ("KeyError", f"no record of {m} to resubmit: unknown or purged (a "
-                           "controller started with --db none keeps no finished requests)")
+                problem = ("KeyError", self.db.culled(m) or f"no record of {m} to resubmit: "
+                           "unknown or purged (a controller started with --db none keeps no "
+                           "finished requests)")
             elif rec["status"] == PENDING:
                 problem = ("ValueError", f"task {m} is still pending; only finished tasks can "
                            "be resubmitted (abort it first, or wait for it)")
@@ -1047,8 +1055,17 @@ def main(argv=None):
                         f"{_scheduler.AUTO_HWM}, and {_scheduler.AUTO_HWM_QUICK} while an "
                         "engine's tasks take under 1 ms)")
     p.add_argument("--db", default="dict", choices=["dict", "sqlite", "none"],
-                   help="where task records are kept: memory, PROFILE_DIR/tasks.db, or only "
+                   help="where task records are kept: memory (bounded: --record-limit, "
+                        "--record-bytes), PROFILE_DIR/tasks.db (culls nothing), or only "
                         "while in flight")
+    p.add_argument("--record-limit", type=int, default=RECORD_LIMIT, metavar="N",
+                   help="with --db dict, task records kept: beyond N the oldest finished "
+                        "ones are culled (logged) and get_result of one says so; --db sqlite "
+                        "culls nothing (default %(default)s)")
+    p.add_argument("--record-bytes", type=int, default=RECORD_BYTES, metavar="BYTES",
+                   help="with --db dict, bytes of task records kept (requests, results and "
+                        "about 10 KB each): beyond, the oldest finished are culled (default "
+                        "%(default)s)")
     p.add_argument("--curve", action="store_true",
                    help="encrypt all traffic with CurveZMQ (for untrusted networks); the "
                         "server key goes in the connection files")
@@ -1069,7 +1086,8 @@ def main(argv=None):
                    heartbeat_period=args.heartbeat_period,
                    heartbeat_liveness=args.heartbeat_liveness, scheme=args.scheme,
                    hwm=args.hwm, db=args.db, max_message_size=args.max_message_size,
-                   curve=args.curve)
+                   curve=args.curve, record_limit=args.record_limit,
+                   record_bytes=args.record_bytes)
 
     def stop(signum, frame):
         log.info("signal %d: stopping", signum)

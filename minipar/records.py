@@ -12,9 +12,11 @@ Three backends behind one interface (``--db dict|sqlite|none``, ``open_db``): ad
 get(msg_id), `msg_id in db`, len(db), finish(rec) (the record is final), drop(msg_id)
 (False for a pending record, which is kept), records(), pending() (records not final:
 what a restarted controller must pick up), find_records(query, keys) (db_query), flush()
-(make the writes so far durable), close().
+(make the writes so far durable), close(), culled(msg_id) (why a record it once had is
+gone, or None: what get_result of that id answers).
 
-    DictDB    in memory (default); bounded: the oldest finished records are culled
+    DictDB    in memory (default); bounded (--record-limit, --record-bytes): the oldest
+              finished records are culled, and their ids remembered as culled
     NoDB      in memory, only while in flight: a finished record is dropped at once
     SQLiteDB  PROFILE_DIR/tasks.db; survives the controller; culls nothing
 
@@ -48,13 +50,25 @@ a dict of keys to values (equal) or to conditions ``{op: value}`` with ``$eq $ne
 $gt $gte $lt $lte``, as ipyparallel's (a MongoDB subset).
 """
 
+import bisect
 import collections
 import io
+import logging
 import operator
 import os
 import pickle
 
 from . import protocol
+
+log = logging.getLogger(__name__)
+
+# DictDB's bounds (controller --record-limit, --record-bytes). A finished record costs
+# about 10 KB of memory beyond its frames, so the byte bound is usually the one reached
+# first: about 50,000 small tasks in 512 MiB. 10,000..1,000,000 records is reasonable.
+RECORD_LIMIT = 100_000
+RECORD_BYTES = 512 << 20
+# Culled ids DictDB remembers, in runs of consecutive ids (see _IdSet): a few MB at most.
+CULLED_RUNS = 100_000
 
 # Record states. A record changes state only through Controller._finish / _assign.
 PENDING, OK, ERROR = "pending", "ok", "error"
@@ -65,20 +79,25 @@ PENDING, OK, ERROR = "pending", "ok", "error"
 class DictDB:
     """Task records in memory, keyed by msg_id (their shape: the module's docstring).
 
-    Memory is bounded: beyond `record_limit` records or `size_limit` bytes of parts,
-    the oldest finished records are culled; a pending record is never culled.
+    Memory is bounded: beyond `record_limit` records or `record_bytes` bytes (frames and
+    RECORD_OVERHEAD each), the oldest finished records (in the order they finished) are
+    culled; a pending record is never culled. A warning is logged when a limit first
+    culls. The culled ids are remembered with the limit that culled them (``culled``),
+    so get_result of one says so instead of "unknown"; beyond CULLED_RUNS runs of ids
+    the oldest are forgotten, and those ids read as unknown.
     """
 
     # What a finished record costs beyond its frames (header dicts, attempts, Frame
-    # objects): about 10 KB measured with bench/soak.py. Counted against size_limit.
+    # objects): about 10 KB measured with bench/soak.py. Counted against record_bytes.
     RECORD_OVERHEAD = 10_000
 
-    def __init__(self, record_limit=100_000, size_limit=512 << 20):
+    def __init__(self, record_limit=RECORD_LIMIT, record_bytes=RECORD_BYTES):
         self.record_limit = record_limit
-        self.size_limit = size_limit
+        self.record_bytes = record_bytes
         self._records = {}
         self._finished = collections.OrderedDict()   # msg_id -> bytes held, oldest first
         self._bytes = 0
+        self._culled = {"count": _IdSet(), "bytes": _IdSet()}   # by the limit that culled
 
     def add(self, rec):
         self._records[rec["msg_id"]] = rec
@@ -98,8 +117,34 @@ class DictDB:
         self._bytes += size - self._finished.pop(rec["msg_id"], 0)
         self._finished[rec["msg_id"]] = size
         while self._finished and (len(self._records) > self.record_limit
-                                  or self._bytes > self.size_limit):
-            self.drop(next(iter(self._finished)))
+                                  or self._bytes > self.record_bytes):
+            self._cull(next(iter(self._finished)),
+                       "count" if len(self._records) > self.record_limit else "bytes")
+
+    def _cull(self, msg_id, by):
+        if not self._culled[by]:   # this limit's first cull
+            log.warning("culling the oldest finished task records from now on: the "
+                        "controller keeps %s (%s); get_result of a culled task fails; start "
+                        "the controller with --db sqlite to keep every result", *self._limit(by))
+        self.drop(msg_id)
+        self._culled[by].add(msg_id)
+
+    def _limit(self, by):
+        """The limit named `by` ("count" or "bytes") in words, and its option."""
+        if by == "count":
+            return f"at most {self.record_limit} records", "--record-limit"
+        return f"at most {self.record_bytes} bytes of records", "--record-bytes"
+
+    def culled(self, msg_id):
+        """Why there is no record of `msg_id` although there was one (it was culled, by
+        which limit, and what keeps it), or None."""
+        for by, ids in self._culled.items():
+            if msg_id in ids:
+                limit, option = self._limit(by)
+                return (f"the record of {msg_id} was culled because the controller keeps "
+                        f"{limit}; start the controller with --db sqlite to keep every "
+                        f"result (or raise {option})")
+        return None
 
     def drop(self, msg_id):
         if msg_id in self._finished or msg_id not in self._records:
@@ -150,7 +195,8 @@ class SQLiteDB:
     pass wrote survives the controller's crash (not a power cut), without an fsync per
     record; a commit per record cost three times as much. Records on disk are unpickled
     with a loader that refuses every class and function: a tampered file cannot run code
-    in the controller. Nothing is culled: the file grows until ``purge_results``.
+    in the controller. Nothing is culled (--record-limit and --record-bytes bound DictDB
+    only): the file grows until ``purge_results``.
     """
 
     def __init__(self, path):
@@ -262,6 +308,9 @@ class SQLiteDB:
                 out.append(_view(rec, keys))
         return out
 
+    def culled(self, msg_id):
+        return None   # nothing is culled: a record not here is unknown or purged
+
     def flush(self):
         if self._dirty:
             self._db.execute("COMMIT")
@@ -275,13 +324,90 @@ class SQLiteDB:
 SQLITE_FILE = "tasks.db"   # in the profile folder, beside security/
 
 
-def open_db(kind, profile_dir):
-    """The DB for ``--db`` `kind`: "dict" (default), "sqlite" or "none"."""
+def open_db(kind, profile_dir, record_limit=RECORD_LIMIT, record_bytes=RECORD_BYTES):
+    """The DB for ``--db`` `kind`: "dict" (default, bounded by `record_limit` records and
+    `record_bytes` bytes), "sqlite" (unbounded) or "none"."""
     if kind == "sqlite":
         return SQLiteDB(os.path.join(profile_dir, SQLITE_FILE))
     if kind in ("dict", "none"):
-        return DictDB() if kind == "dict" else NoDB()
+        return DictDB(record_limit, record_bytes) if kind == "dict" else NoDB()
     raise ValueError(f"unknown db {kind!r}; use dict, sqlite or none")
+
+
+class _IdSet:
+    """A set of msg_ids (DictDB's culled ones) in little memory.
+
+    protocol.new_id's ids are a process's prefix and a hex count, and records are culled
+    about in the order they were submitted, so the culled ids of one client are a few
+    runs of consecutive counts: held per prefix as sorted, disjoint [first, last] pairs.
+    Ids of another shape are held as they are. At most `limit` runs and ids are held;
+    beyond, the oldest go (the first prefix's lowest run, ids of another shape first).
+    """
+
+    def __init__(self, limit=CULLED_RUNS):
+        self.limit = limit
+        self._runs = {}     # prefix -> ([first count, ...], [last count, ...]), sorted
+        self._other = {}    # ids of another shape -> None, oldest first
+        self._size = 0      # runs + other ids held
+
+    @staticmethod
+    def _split(msg_id):
+        prefix, sep, count = str(msg_id).rpartition("-")
+        try:
+            n = int(count, 16)
+        except ValueError:
+            return None
+        return (prefix, n) if sep and format(n, "x") == count else None
+
+    def add(self, msg_id):
+        split = self._split(msg_id)
+        if split is None:
+            self._size += msg_id not in self._other
+            self._other[msg_id] = None
+        else:
+            firsts, lasts = self._runs.setdefault(split[0], ([], []))
+            n = split[1]
+            i = bisect.bisect_right(firsts, n) - 1
+            if i >= 0 and lasts[i] >= n:
+                return
+            after = i >= 0 and lasts[i] == n - 1            # n extends run i
+            before = i + 1 < len(firsts) and firsts[i + 1] == n + 1   # or starts run i+1
+            if after and before:
+                lasts[i] = lasts.pop(i + 1)
+                del firsts[i + 1]
+                self._size -= 1
+            elif after:
+                lasts[i] = n
+            elif before:
+                firsts[i + 1] = n
+            else:
+                firsts.insert(i + 1, n)
+                lasts.insert(i + 1, n)
+                self._size += 1
+        while self._size > self.limit:
+            self._forget_oldest()
+
+    def _forget_oldest(self):
+        self._size -= 1
+        if self._other:
+            del self._other[next(iter(self._other))]
+            return
+        prefix = next(iter(self._runs))
+        firsts, lasts = self._runs[prefix]
+        del firsts[0], lasts[0]
+        if not firsts:
+            del self._runs[prefix]
+
+    def __contains__(self, msg_id):
+        split = self._split(msg_id)
+        if split is None:
+            return msg_id in self._other
+        firsts, lasts = self._runs.get(split[0], ((), ()))
+        i = bisect.bisect_right(firsts, split[1]) - 1
+        return i >= 0 and lasts[i] >= split[1]
+
+    def __len__(self):
+        return self._size
 
 
 def _nbytes(frames):

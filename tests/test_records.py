@@ -45,7 +45,7 @@ def test_dictdb_culls_the_oldest_finished_records_never_a_pending_one():
     assert [r["msg_id"] for r in db.pending()] == ["p6", "p7"]
     assert {r["msg_id"] for r in db.records()} == {"p3", "p4", "p5", "p6", "p7"}
 
-    by_size = records.DictDB(size_limit=1000)
+    by_size = records.DictDB(record_bytes=1000)
     big = record("big", nbytes=5000)
     by_size.add(big)
     for i in range(5):
@@ -160,7 +160,7 @@ def test_dictdb_culls_in_finishing_order_by_count():
 
 def test_dictdb_culls_by_bytes_counting_frames_and_overhead():
     each = records.DictDB.RECORD_OVERHEAD + 1000 + 1     # wire 1000 B, result_parts 1 B
-    db = records.DictDB(size_limit=3 * each)
+    db = records.DictDB(record_bytes=3 * each)
     for i in range(5):
         rec = record(f"m{i}", nbytes=1000)
         db.add(rec)
@@ -303,3 +303,82 @@ def test_key_selection():
 ])
 def test_queried_ids_limit_the_lookup(query, ids):
     assert records._queried_ids(query) == ids
+
+
+# ---------------------------------------------------------------- culled ids
+
+def test_dictdb_says_which_limit_culled_a_record(caplog):
+    db = records.DictDB(record_limit=3)
+    with caplog.at_level("WARNING", logger="minipar.records"):
+        for i in range(6):
+            rec = record(f"m{i}")
+            db.add(rec)
+            finish(db, rec)
+    why = db.culled("m0")
+    assert "m0 was culled" in why and "at most 3 records" in why
+    assert "--db sqlite" in why and "--record-limit" in why
+    assert db.culled("m2") is not None and db.culled("m3") is None    # m3..m5 kept
+    assert db.culled("never") is None                                 # unknown, not culled
+    assert db.get("m0") is None and "m0" not in db
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "at most 3 records (--record-limit)" in warned[0]
+
+    db.drop("m4")                                 # purged by a client: not culled
+    assert db.culled("m4") is None
+
+
+def test_dictdb_culled_by_bytes_names_the_byte_limit():
+    db = records.DictDB(record_bytes=2 * (records.DictDB.RECORD_OVERHEAD + 100))
+    for i in range(4):
+        rec = record(f"b{i}", nbytes=99)
+        db.add(rec)
+        finish(db, rec)
+    why = db.culled("b0")
+    assert why and "bytes of records" in why and "--record-bytes" in why
+    assert "--db sqlite" in why and db.culled("b3") is None
+
+
+def test_culled_ids_of_new_id_shape_are_held_as_runs():
+    ids = records._IdSet()
+    prefix = "0123456789abcdef-"
+    order = list(range(1000))
+    order[10:20] = reversed(order[10:20])          # finished a little out of order
+    for n in order:
+        ids.add(prefix + format(n, "x"))
+        ids.add(prefix + format(n, "x"))           # twice: no change
+    assert len(ids) == 1                           # one run of 1000 ids
+    assert all(prefix + format(n, "x") in ids for n in range(1000))
+    for absent in (prefix + format(1000, "x"), "fedcba9876543210-0", prefix + "0x10",
+                   prefix + "A", prefix + "-1", "plain"):
+        assert absent not in ids
+    ids.add(prefix + format(1002, "x"))
+    assert len(ids) == 2 and prefix + format(1001, "x") not in ids
+    ids.add(prefix + format(1001, "x"))            # starts the second run earlier
+    assert len(ids) == 2 and prefix + format(1000, "x") not in ids
+    ids.add(prefix + format(1000, "x"))            # joins the two runs
+    assert len(ids) == 1 and all(prefix + format(n, "x") in ids for n in range(1003))
+    ids.add("a client's own id")
+    assert "a client's own id" in ids and len(ids) == 2
+
+
+def test_culled_ids_are_bounded_forgetting_the_oldest():
+    ids = records._IdSet(limit=3)
+    ids.add("odd")
+    for n in (0, 2, 4, 6):                          # four runs of one id each
+        ids.add("p-" + format(n, "x"))
+    assert len(ids) == 3
+    assert "odd" not in ids and "p-0" not in ids   # the oldest went first
+    assert all(f"p-{n}" in ids for n in (2, 4, 6))
+
+
+def test_nodb_and_sqlitedb_cull_nothing(tmp_path):
+    nodb = records.NoDB()
+    sql = records.SQLiteDB(str(tmp_path / "tasks.db"))
+    for i in range(300):
+        for db in (nodb, sql):
+            rec = record(f"s{i}", nbytes=10_000)
+            db.add(rec)
+            finish(db, rec)
+    assert len(sql) == 300 and sql.get("s0")["result_parts"] == [b"r"]
+    assert sql.culled("s0") is None and nodb.culled("s0") is None
+    sql.close()

@@ -604,3 +604,21 @@ def test_sqlite_records_survive_a_controller_restart(make_cluster):
     assert rc.get_result(ids[0]).get(TIMEOUT) == 144
     with pytest.raises(ValueError):
         rc.get_result(ids[1]).get(TIMEOUT)
+
+
+def test_a_culled_result_says_which_limit_culled_it(make_cluster):
+    c = make_cluster(["--record-limit", "20"], engines=2)
+    lview = c.rc.load_balanced_view()
+    ars = [lview.apply_async(square, i) for i in range(40)]
+    assert [ar.get(TIMEOUT) for ar in ars] == [i * i for i in range(40)]
+    first, newest = ars[0].msg_ids[0], [ar.msg_ids[0] for ar in ars[-5:]]
+    other = c.client()          # knows none of them: asks the controller
+    with pytest.raises(KeyError, match=r"culled because the controller keeps at most 20 "
+                                       r"records; start the controller with --db sqlite"):
+        other.get_result(first).get(TIMEOUT)
+    with pytest.raises(KeyError, match=r"--record-limit"):
+        other.result_status([first])
+    with pytest.raises(KeyError, match=r"unknown or purged"):   # never was: not "culled"
+        other.get_result("0123456789abcdef-1").get(TIMEOUT)
+    assert other.get_result(newest).get(TIMEOUT) == [i * i for i in range(35, 40)]
+    assert c.output("controller").count("culling the oldest finished task records") == 1
