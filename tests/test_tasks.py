@@ -609,9 +609,15 @@ def test_sqlite_records_survive_a_controller_restart(make_cluster):
 def test_a_culled_result_says_which_limit_culled_it(make_cluster):
     c = make_cluster(["--record-limit", "20"], engines=2)
     lview = c.rc.load_balanced_view()
-    ars = [lview.apply_async(square, i) for i in range(40)]
-    assert [ar.get(TIMEOUT) for ar in ars] == [i * i for i in range(40)]
-    first, newest = ars[0].msg_ids[0], [ar.msg_ids[0] for ar in ars[-5:]]
+    # records are culled in the order they finished: the first and the newest are waited
+    # for one by one, so they finish first and last whatever the engines' pace
+    first = lview.apply_async(square, 0)
+    first.get(TIMEOUT)
+    batch = [lview.apply_async(square, i) for i in range(1, 35)]
+    assert [ar.get(TIMEOUT) for ar in batch] == [i * i for i in range(1, 35)]
+    newest = [lview.apply_async(square, i) for i in range(35, 40)]
+    assert [ar.get(TIMEOUT) for ar in newest] == [i * i for i in range(35, 40)]
+    first, newest = first.msg_ids[0], [ar.msg_ids[0] for ar in newest]
     other = c.client()          # knows none of them: asks the controller
     with pytest.raises(KeyError, match=r"culled because the controller keeps at most 20 "
                                        r"records; start the controller with --db sqlite"):
