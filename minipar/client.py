@@ -1005,7 +1005,7 @@ class Client:
 
         With ``status_only=False`` the completed ones' results are fetched too, keyed by
         msg_id (a failure raises, as ``AsyncResult.get`` does). An id the controller has
-        no record of (unknown, purged, or never kept with ``--db none``) raises KeyError.
+        no record of (unknown, purged, culled, or never kept with ``--db none``) raises KeyError.
         """
         ids = self._msg_ids(jobs)
         reply = self._query(protocol.RESULT_REQUEST, msg_ids=ids, status_only=True)

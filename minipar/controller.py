@@ -85,7 +85,7 @@ class Controller:
         # (public, secret) CurveZMQ keys with --curve; the public one goes in the files
         self.curve_file = os.path.join(sec, CURVE_FILE)
         self.curve = _curve_keys(self.curve_file, reuse) if curve else None
-        # db="dict" keeps at most record_limit finished records and record_bytes bytes
+        # db="dict" culls its oldest finished records beyond record_limit or record_bytes
         self.db = (open_db(db, self.profile_dir, record_limit, record_bytes)
                    if isinstance(db, str) else db)
         self.scheduler = _scheduler.Scheduler(scheme=scheme, hwm=hwm, lookup=self._lookup)
