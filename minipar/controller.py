@@ -1172,10 +1172,12 @@ class Controller:
         now = time.time()
         asked = collections.defaultdict(list)
         lb = []
+        pending = 0
         for msg_id in msg_ids:
             rec = self.db.get(msg_id)
             if rec is None or rec["status"] != PENDING:
                 continue
+            pending += 1
             if rec["lb"]:
                 lb.append(msg_id)
             elif rec["engine"] in self.engines:
@@ -1189,9 +1191,9 @@ class Controller:
             self._send(self.sockets["engine"], [self.engines[eid]["ident"]], protocol.ABORT,
                        msg_ids=ids, parent=header["msg_id"])
         if asked:
-            self._aborting[header["msg_id"]] = [idents, header, set(asked)]
+            self._aborting[header["msg_id"]] = [idents, header, set(asked), pending]
         else:
-            self._reply(idents, header, status="ok")
+            self._reply(idents, header, status="ok", pending=pending)
 
     def _abort_heard(self, eid, parent):
         """Engine `eid` marked the requests of the client's abort `parent`, or is gone."""
@@ -1201,7 +1203,7 @@ class Controller:
         waiting[2].discard(eid)
         if not waiting[2]:
             del self._aborting[parent]
-            self._reply(waiting[0], waiting[1], status="ok")
+            self._reply(waiting[0], waiting[1], status="ok", pending=waiting[3])
 
     def _shutdown(self, idents, header, parts):
         targets = header.get("targets")
