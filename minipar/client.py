@@ -18,7 +18,8 @@ verified and unpickled in the I/O thread, which completes the future; an
 
 The I/O socket's monitor tells when the controller goes away and comes back (restarted
 with --reuse): the client then connects again and asks for what is outstanding, or
-after ``reconnect_timeout`` fails it with a clear error. Engines on another Python or
+after ``reconnect_timeout`` fails it with a clear error, and so does every call after
+it, at once, until the controller is back. Engines on another Python or
 cloudpickle version are warned about, and named in unpickling errors.
 
 The classic IPython.kernel API (MultiEngineClient, TaskClient, StringTask, MapTask,
@@ -440,6 +441,7 @@ class Client:
         self._monitor = dealer.get_monitor_socket(
             zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self._lost_at = None        # when the connection to the controller went: I/O thread
+        self._gone = None           # the error every call raises once it did not come back
         self._warned_skew = set()   # engines whose other Python/cloudpickle was warned about
         self._timers = []           # heap of (deadline, seq, function): I/O thread
         protocol.connect(dealer, self.info, "client")
@@ -522,7 +524,7 @@ class Client:
         elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._lost_at is not None:
             log.warning("connected to the controller again after %.1f s: asking for what is "
                         "outstanding", now - self._lost_at)
-            self._lost_at = None
+            self._lost_at = self._gone = None
             self._io_query(dealer, protocol.CONNECT, self._on_reconnected)
 
     def _give_up(self, lost):
@@ -533,6 +535,11 @@ class Client:
             f"back within {self.reconnect_timeout} s (reconnect_timeout), so the outcome of "
             "this request is unknown; restart the controller (with --reuse to keep its "
             "address and key) and submit the work again")
+        self._gone = errors.MiniparError(
+            f"the controller at {protocol.url(self.info, 'client')} is gone: it did not come "
+            f"back within {self.reconnect_timeout} s (reconnect_timeout). Restart it with "
+            "--reuse (same address and key) and this client reconnects by itself, or start "
+            "a new controller and make a new Client")
         for msg_id, f in list(self._futures.items()):
             if not f.done():
                 self._futures.pop(msg_id, None)
@@ -720,8 +727,7 @@ class Client:
     def _send(self, kind, parts=(), engine_id=None, future=None, **fields):
         """Send a request; returns its future (registered before it leaves): `future`,
         a new _OneRequest, or else a new _MsgFuture."""
-        if self._closed:
-            raise errors.MiniparError("this Client is closed; make a new one")
+        self._check_usable()
         header, frames = self.session.msg(kind, parts, signed=False, **fields)
         protocol.check_size(frames, self.session.max_message_size, f"this {kind} request")
         if future is None:
@@ -784,8 +790,16 @@ class Client:
                 protocol.send(self._sender, frames)
             self._held = []
 
+    def _check_usable(self):
+        if self._closed:
+            raise errors.MiniparError("this Client is closed; make a new one")
+        if self._gone is not None:
+            raise self._gone
+
     def _query(self, kind, timeout=None, **fields):
         """A request to the controller itself; returns the reply header."""
+        if kind != protocol.CONNECT:
+            self._check_usable()
         header, frames = self.session.msg(kind, **fields)
         f = _MsgFuture(header["msg_id"])
         f.metadata["query"] = True
@@ -955,8 +969,25 @@ class Client:
         return not pending
 
     def abort(self, jobs=None):
-        """Abort jobs: queued ones fail with TaskAborted, running ones are interrupted."""
-        self._query(protocol.ABORT, msg_ids=self._msg_ids(jobs))
+        """Abort jobs (msg_ids or AsyncResults; None or 'all': every unfinished request
+        of this client): queued ones fail with TaskAborted, running ones are interrupted.
+        Warns when there was nothing left to abort."""
+        self._check_usable()
+        if jobs is None or jobs == "all":
+            ids = [m for m, f in list(self._futures.items())
+                   if not f.metadata.get("query") and not f.done()]
+        else:
+            ids = self._msg_ids(jobs)
+        pending = self._abort(ids)
+        if not pending:
+            warnings.warn(f"nothing to abort: none of the {len(ids)} requests named is "
+                          "pending (finished already, or unknown to the controller)",
+                          RuntimeWarning, stacklevel=2)
+        return pending
+
+    def _abort(self, msg_ids):
+        """Abort `msg_ids`; returns how many of them were still pending."""
+        return self._query(protocol.ABORT, msg_ids=msg_ids).get("pending", 0) if msg_ids else 0
 
     def purge_results(self, jobs=None, targets=None):
         """Forget finished results in the controller: jobs, 'all', or those of targets."""
@@ -1100,7 +1131,13 @@ class _View:
         return self.block if block is None else block
 
     def _finish(self, ar, block):
-        return ar.get() if self._block(block) else ar
+        if not self._block(block):
+            return ar
+        try:
+            return ar.get()
+        except KeyboardInterrupt:   # Ctrl-C: the work this call started stops too
+            _abort_quietly(self.client, [ar])
+            raise
 
     def apply(self, f, *args, **kwargs):
         return self._finish(self._apply(f, args, kwargs), None)
@@ -1568,7 +1605,7 @@ class LoadBalancedView(_View):
         finally:
             left = [fut for fut in outstanding if not fut.done()]
             if left and not self.client._closed:
-                self.client.abort(left)
+                self.client._abort(self.client._msg_ids(left))
 
     @staticmethod
     def _next_result(outstanding, ordered):
@@ -1656,7 +1693,7 @@ def _abort_quietly(client, ars):
     ids = [f.msg_id for ar in ars for f in ar._children if f.msg_id in client._futures]
     if ids and not client._closed:
         try:
-            client.abort(ids)
+            client._abort(ids)
         except Exception as e:
             log.warning("could not abort %d requests: %s: %s", len(ids), type(e).__name__, e)
 

@@ -361,6 +361,8 @@ class Controller:
             return self._on_ready(self.engines[eid], header)
         if kind == protocol.ABORTED:
             return self._abort_heard(eid, header.get("parent"))
+        if kind == protocol.STARTED:
+            return self._on_started(eid, header)
         if kind == protocol.PROPERTIES + "_update":
             properties = self.engines[eid]["properties"] = header.get("properties", {})
             return self._act(self.scheduler.set_properties(eid, properties, time.time()))
@@ -430,10 +432,16 @@ class Controller:
         self._by_ident.pop(engine["work_ident"], None)
         now = time.time()
         what = "died" if died else "unregistered"
+        timed_out = set()
         for msg_id in list(engine["outstanding"]):
             rec = self.db.get(msg_id)
             if rec is None:
                 continue
+            if died and rec["status"] == PENDING and self._timed_out(rec, now):
+                timed_out.add(msg_id)
+                if not rec["lb"]:
+                    self._fail(rec, "TaskTimeout", _ended_for_time_limit(rec, eid))
+                    continue
             if rec["lb"]:
                 rec["attempts"] = [*rec["attempts"], {
                     "engine": eid, "status": "engine_died", "started": rec.get("started"),
@@ -448,7 +456,8 @@ class Controller:
         if died:
             self._send(self.sockets["engine"], [engine["ident"]], protocol.UNREGISTER,
                        reason="declared dead: missed heartbeats")
-        self._act(self.scheduler.engine_removed(eid, now))
+        self._act(self.scheduler.engine_removed(
+            eid, now, {m: _ended_for_time_limit(self.db.get(m), eid) for m in timed_out}))
 
     # ------------------------------------------------------------ clients
 
@@ -620,6 +629,20 @@ class Controller:
         runtime = completed - started if started and completed else None
         self._act(self.scheduler.finished(msg_id, eid, status, time.time(), runtime))
 
+    def _on_started(self, eid, header):
+        """A request with a time_limit started: if its engine dies past the limit (code
+        that held the GIL, which only ending the engine stops), it timed out."""
+        rec = self.db.get(header.get("parent"))
+        started = header.get("started")
+        if rec is not None and rec["status"] == PENDING and rec["engine"] == eid \
+                and _is_number(started):
+            rec["started"] = started
+
+    def _timed_out(self, rec, now):
+        """Whether pending `rec`, on an engine that just died, had run past its time_limit."""
+        limit, started = _header(rec).get("time_limit"), rec.get("started")
+        return _is_number(limit) and _is_number(started) and now - started >= limit
+
     def _on_stream(self, header, wire):
         rec = self.db.get(header.get("parent"))
         if rec is not None and rec["status"] == PENDING:
@@ -758,10 +781,12 @@ class Controller:
         now = time.time()
         asked = collections.defaultdict(list)
         lb = []
+        pending = 0
         for msg_id in msg_ids:
             rec = self.db.get(msg_id)
             if rec is None or rec["status"] != PENDING:
                 continue
+            pending += 1
             if rec["lb"]:
                 lb.append(msg_id)
             elif rec["engine"] in self.engines:
@@ -775,9 +800,9 @@ class Controller:
             self._send(self.sockets["engine"], [self.engines[eid]["ident"]], protocol.ABORT,
                        msg_ids=ids, parent=header["msg_id"])
         if asked:
-            self._aborting[header["msg_id"]] = [idents, header, set(asked)]
+            self._aborting[header["msg_id"]] = [idents, header, set(asked), pending]
         else:
-            self._reply(idents, header, status="ok")
+            self._reply(idents, header, status="ok", pending=pending)
 
     def _abort_heard(self, eid, parent):
         """Engine `eid` marked the requests of the client's abort `parent`, or is gone."""
@@ -787,7 +812,7 @@ class Controller:
         waiting[2].discard(eid)
         if not waiting[2]:
             del self._aborting[parent]
-            self._reply(waiting[0], waiting[1], status="ok")
+            self._reply(waiting[0], waiting[1], status="ok", pending=waiting[3])
 
     def _shutdown(self, idents, header, parts):
         targets = header.get("targets")
@@ -866,6 +891,12 @@ class Controller:
 # A header's signature proves who sent it, not that its fields make sense. A field of the
 # wrong type would fail deep in the scheduler, after a record was half made; these checks
 # turn it into an error result for that request (or a refused registration) instead.
+
+def _ended_for_time_limit(rec, eid):
+    return (f"the task ran longer than its time_limit of {_header(rec)['time_limit']} s in "
+            "code that an interrupt cannot stop (a long call in C holding the GIL), so "
+            f"engine {eid} was ended; raise time_limit or split the work")
+
 
 def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)

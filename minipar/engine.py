@@ -17,6 +17,10 @@ only when a queued request it aborted can no longer start.
 What a running request prints is collected by ``_Streamer`` and sent by the receiver
 as ``stream`` messages every STREAM_INTERVAL_S, so the client sees it as it happens.
 
+A task that holds the GIL past its time_limit plus TIME_LIMIT_GRACE_S (one long C call,
+which no interrupt reaches) ends the engine by SIGALRM, with faulthandler's traceback in
+its log; the controller, told when the task started, fails it with TaskTimeout.
+
 Losing the controller: an engine declared dead (frozen, starved) or unknown to a
 restarted controller gets an ``unregister`` notice (its heart's beats make the
 controller send one); it drops its queued work, aborts the running request (their
@@ -28,6 +32,7 @@ Bad messages are dropped and counted, never fatal: ``stats`` requests report the
 import argparse
 import builtins
 import collections
+import faulthandler
 import io
 import linecache
 import logging
@@ -62,6 +67,12 @@ STREAM_INTERVAL_S = 0.1
 # a request that arrives alone is answered at once whatever this is.
 HOLD_S = 0.003
 STREAM_CHUNK_CHARS = 64 * 1024   # most text in one stream message (a larger one is split)
+# A task past its time_limit is interrupted (SIGINT, a KeyboardInterrupt between two
+# bytecodes); code that never returns to the interpreter (one long C call holding the GIL)
+# cannot be, so after this much longer the kernel ends the engine (SIGALRM, whose
+# default action needs no thread of ours to run) and faulthandler leaves the traceback
+# in its log. Time for `finally` blocks to run; 1..60 is reasonable.
+TIME_LIMIT_GRACE_S = 5.0
 
 REPLY_SUFFIX = b".r"  # the identity of the main thread's socket: engine ident + this
 _MISSING = object()
@@ -242,6 +253,8 @@ class Engine:
         self._send_ready()
         self._main_ident = threading.get_ident()
         signal.signal(signal.SIGINT, self._on_sigint)
+        # the time-limit watchdog (see TIME_LIMIT_GRACE_S): traceback, then the default action
+        faulthandler.register(signal.SIGALRM, all_threads=True, chain=True)
         t = threading.Thread(target=self._receiver, args=(dealer, outbox_in),
                              name="minipar-receiver", daemon=True)
         t.start()
@@ -371,6 +384,9 @@ class Engine:
             cur = self._current
             if cur is not None and cur[1] is not None and now >= cur[1]:
                 self._interrupt_main(cur[0], "timeout")
+            if now - last_ping > silence and self._pings.poll(0):
+                last_ping = now   # beats queued while the main thread held the GIL, after
+                                  # a poll that ended before it: the controller is there
             if now - last_ping > silence and not self._stopping:
                 log.error("the controller has been silent for %d heartbeats: exiting",
                           self.max_missed_heartbeats)
@@ -637,6 +653,9 @@ class Engine:
             try:
                 if limit:   # inside the try: an interrupt may land from here on
                     self._outbox.send(b"t")   # the receiver's next wait ends at the deadline
+                    signal.setitimer(signal.ITIMER_REAL, limit + TIME_LIMIT_GRACE_S)
+                    self._send(protocol.STARTED, parent=msg_id, engine=self.id,
+                               started=started)
                 # again now that _current is set: the receiver adds to _aborted before it
                 # reads _current, so an abort arriving around here is seen by one side
                 if msg_id in self._aborted:
@@ -648,6 +667,8 @@ class Engine:
                 result = handler(self, header, parts)
             finally:
                 self._current = None
+                if limit:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
                 if header.get("clear_after"):
                     self._clear(header, parts)
         except _Interrupt as e:

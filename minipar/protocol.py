@@ -114,6 +114,8 @@ RESUBMIT = "resubmit"
 DB_QUERY = "db_query"
 STREAM = "stream"                # stdout/stderr of a running task, sent while it runs
 STATS = "stats"                  # an engine's counters (messages dropped, requests run)
+STARTED = "started"              # an engine started a request with a time_limit: header
+                                 # `parent`, `started` (so its death past the limit is a timeout)
 BATCH = "batch"                  # several messages under one signature: header `items`
                                  # (their header bytes) and `nparts`; see Session.pack
 # notifications, published by the controller

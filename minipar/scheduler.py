@@ -130,7 +130,8 @@ TIMEOUT = "timeout"    # the run-time limit interrupted it
 # What the owner of a discarded recovery task did instead of needing it, by error name.
 _ENDED = {"ImpossibleDependency": "could never run", "InvalidDependency": "could never run",
           "DependencyTimeout": "timed out waiting for its dependencies",
-          "TaskAborted": "was aborted", "EngineError": "lost its engine"}
+          "TaskAborted": "was aborted", "EngineError": "lost its engine",
+          "TaskTimeout": "hit its time limit"}
 
 
 # --------------------------------------------------------------------------- schemes
@@ -269,8 +270,10 @@ class Scheduler:
         self._schedule(out)
         return out
 
-    def engine_removed(self, engine_id, now):
-        """An engine is gone: retry its tasks elsewhere, or fail / recover them."""
+    def engine_removed(self, engine_id, now, timed_out=None):
+        """An engine is gone: retry its tasks elsewhere, or fail / recover them.
+        `timed_out` maps the ones that ran past their time_limit (the engine was ended for
+        it) to why: those fail with TaskTimeout, as a timed-out reply would."""
         out = []
         engine = self._engines.pop(engine_id, None)
         if engine is None:
@@ -284,6 +287,8 @@ class Scheduler:
                 self._fail(t, "TaskAborted", f"task {msg_id} was aborted while running and its "
                            f"engine {engine_id} died before confirming; nothing more to do",
                            out, engine_id)
+            elif timed_out and msg_id in timed_out:
+                self._fail(t, "TaskTimeout", timed_out[msg_id], out, engine_id)
             elif t["retries"] > 0:
                 # An engine runs its tasks in the order assigned (`tasks` keeps it), so only
                 # the first was running; the ones queued behind it (a task that kills its

@@ -312,3 +312,49 @@ def test_an_engine_holding_the_gil_in_c_code_is_not_declared_dead(local_cluster)
         watcher.join(5)
     assert dead == [] and rc.ids == [eid]
     assert "declared dead" not in local_cluster.output("controller")
+
+
+def _hold_the_gil(seconds):
+    import ctypes
+
+    ctypes.PyDLL(None).usleep(int(seconds * 1e6))   # PyDLL: the GIL stays held meanwhile
+    return seconds
+
+
+def test_a_time_limit_holds_for_code_that_holds_the_gil(local_cluster):
+    """No interrupt reaches a long C call that keeps the GIL: past its time_limit and a
+    grace the engine is ended (SIGALRM, traceback in its log) and the task fails with
+    TaskTimeout, not with the result 60 s later; the other engine serves on."""
+    local_cluster.start_engines(2)
+    rc = local_cluster.client()
+    rc.wait_for_engines(2, START_TIMEOUT_S)
+    view = rc.load_balanced_view()
+    start = time.monotonic()
+    with view.temp_flags(time_limit=1):
+        lb = view.apply_async(_hold_the_gil, 60)
+        with pytest.raises(errors.TaskTimeout, match="time_limit of 1 s.*holding the GIL"):
+            lb.get(45)
+    assert time.monotonic() - start < 45
+    victim = lb.engine_id
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while victim in rc.ids:   # the client hears of the death just after the result
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    (survivor,) = rc.ids
+    assert rc[survivor].apply_sync(_hold_the_gil, 0) == 0
+    logs = [local_cluster.output(f"engine{i}") for i in range(2)]
+    assert any("_hold_the_gil" in log and "most recent call first" in log for log in logs)
+
+
+def test_an_engine_busy_in_c_code_does_not_take_the_controller_for_silent(local_cluster):
+    """The engine leaves when its controller is silent for --max-missed-heartbeats beats,
+    judged by its receiver thread; a main thread holding the GIL starves that thread for
+    longer than that, so it must count the beats that queued meanwhile."""
+    (engine,) = local_cluster.start_engines(1, args=["--max-missed-heartbeats", "3"])
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    (eid,) = rc.ids
+    for _ in range(4):   # 1.5 s each: over the 0.6 s the engine waits for a silent controller
+        assert rc[eid].apply_sync(_hold_the_gil, 1.5) == 1.5
+    assert engine.poll() is None and rc.ids == [eid]
+    assert "silent" not in local_cluster.output("engine0")

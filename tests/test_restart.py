@@ -172,6 +172,12 @@ def test_clients_and_engines_give_up_on_a_controller_that_stays_away(local_clust
         ar.get(START_TIMEOUT_S)
     assert engine.wait(START_TIMEOUT_S) == 1
     assert "silent for 10 heartbeats" in c.output("engine0")
+    # every later call says so at once, rather than waiting for a controller that is gone
+    view = rc.load_balanced_view()
+    for call in (lambda: view.map_async(square, range(8)), lambda: view.apply_async(square, 2),
+                 rc.queue_status, lambda: rc.abort("all")):
+        with pytest.raises(errors.MiniparError, match="is gone.*--reuse.*new Client"):
+            call()
 
 
 def test_a_new_client_finds_results_of_a_previous_controller(sqlite_cluster):

@@ -16,7 +16,7 @@ import time
 import pytest
 
 import minipar
-from minipar import protocol, records
+from minipar import errors, protocol, records
 from minipar.dependency import Dependency
 
 from .conftest import START_TIMEOUT_S, LocalCluster
@@ -628,3 +628,52 @@ def test_a_culled_result_says_which_limit_culled_it(make_cluster):
         other.get_result("0123456789abcdef-1").get(TIMEOUT)
     assert other.get_result(newest).get(TIMEOUT) == [i * i for i in range(35, 40)]
     assert c.output("controller").count("culling the oldest finished task records") == 1
+
+
+def test_ctrl_c_in_a_blocking_map_aborts_what_it_started(local_cluster, tmp_path):
+    """A user presses Ctrl-C in map_sync: its tasks must not run on for nobody (the next
+    user's short map would wait behind them), and rc.abort('all') aborts every unfinished
+    task of a client; an abort of nothing says so."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import warnings
+
+    local_cluster.start_engines(2)
+    rc = local_cluster.client()
+    rc.wait_for_engines(2, 30)
+    script = tmp_path / "user.py"
+    script.write_text(textwrap.dedent(f"""
+        import time, minipar
+        rc = minipar.Client({local_cluster.client_file!r})
+        print("mapping", flush=True)
+        rc.load_balanced_view().map_sync(time.sleep, [30] * 8)
+    """))
+    user = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        assert user.stdout.readline() == "mapping\n"
+        deadline = time.monotonic() + 30
+        while sum(s["tasks"] for s in rc.queue_status().values() if isinstance(s, dict)) < 2:
+            assert time.monotonic() < deadline, "the user's tasks never started"
+            time.sleep(0.05)
+        user.send_signal(signal.SIGINT)
+        out, _ = user.communicate(timeout=30)
+        assert "KeyboardInterrupt" in out
+    finally:
+        if user.poll() is None:
+            user.kill()
+            user.wait()
+    lview = rc.load_balanced_view()
+    assert lview.map_sync(lambda x: x + 1, range(8)) == list(range(1, 9))
+    status = rc.queue_status()
+    assert sum(s["queue"] + s["tasks"] for s in status.values() if isinstance(s, dict)) == 0
+
+    ars = [lview.apply_async(time.sleep, 30) for _ in range(4)]
+    assert rc.abort("all") == 4
+    for ar in ars:
+        with pytest.raises(errors.TaskAborted):
+            ar.get(30)
+    with pytest.warns(RuntimeWarning, match="nothing to abort"):
+        assert rc.abort("all") == 0
