@@ -8,9 +8,10 @@ and a ``Client`` that drives them directly (``rc[:]``, a DirectView) or load-bal
 __version__ = "0.1.0"
 
 from .client import AsyncResult, Client, DirectView, LoadBalancedView, interactive
-from .client import ViewExecutor, plot_timeline, register_joblib_backend  # ecosystem
-from .client import (MapTask, MultiEngineClient, PendingResult, StringTask, Task,  # classic
-                     TaskClient, TaskResult)
+from .client import ViewExecutor
+from .integrations import plot_timeline, register_joblib_backend  # ecosystem
+from .classic import (MapTask, MultiEngineClient, PendingResult, StringTask, Task,  # classic
+                      TaskClient, TaskResult)
 from .dependency import Dependency, depend, dependent, require
 from .errors import (CompositeError, DependencyTimeout, EngineError, ImpossibleDependency,
                      InvalidDependency, MiniparError, NoEnginesRegistered, RemoteError,
