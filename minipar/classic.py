@@ -20,7 +20,7 @@ from .errors import CompositeError
 #
 #     MultiEngineClient.execute/push/...  ──▶ DirectView(client, ids)  ──▶ AsyncResult
 #         block=True: the value                 block=False: PendingResult(AsyncResult)
-#     TaskClient.run(StringTask/MapTask)  ──▶ client._apply(lb=True, depend=, recovery=,
+#     TaskClient.run(StringTask/MapTask)  ──▶ client.send_apply(lb=True, depend=, recovery=,
 #         int task id ──▶ get_task_result ──▶ TaskResult        dormant=, clear_before=...)
 #     %px, %%px, %autopx, %result         ──▶ _execute, as MultiEngineClient.execute
 #
@@ -116,8 +116,8 @@ def _execute(client, code, ids, history):
     """Execute `code` on engines `ids`, recorded in `history`. Returns the AsyncResult
     and the function making its ResultList."""
     ar = DirectView(client, ids).execute(code, block=False)
-    history.track(ar._children, code)
-    return ar, lambda _: ResultList(_execute_entry(f, code) for f in ar._children)
+    history.track(ar.futures, code)
+    return ar, lambda _: ResultList(_execute_entry(f, code) for f in ar.futures)
 
 
 def _execute_entry(f, code):
@@ -305,13 +305,13 @@ class MultiEngineClient(_ClassicClient):
     # ------------------------------------------------------------ plumbing
 
     def _ids(self, targets):
-        return self.client._targets(self.targets if targets is None else targets)
+        return self.client.resolve_targets(self.targets if targets is None else targets)
 
     def _view(self, targets):
         return DirectView(self.client, self._ids(targets))
 
-    def _finish(self, future, block, transform=None, method=""):
-        pr = PendingResult(future, transform, method or getattr(future, "_fname", ""))
+    def _finish(self, future, block, method, transform=None):
+        pr = PendingResult(future, transform, method)
         return pr.get_result() if (self.block if block is None else block) else pr
 
     # ------------------------------------------------------------ code and namespaces
@@ -323,7 +323,7 @@ class MultiEngineClient(_ClassicClient):
     def execute(self, lines, targets=None, block=None):
         """Run the code string `lines` on the targets: a ResultList (see ResultList)."""
         ar, results = _execute(self.client, lines, self._ids(targets), self._history)
-        return self._finish(ar, block, results, "execute")
+        return self._finish(ar, block, "execute", results)
 
     def run(self, filename, targets=None, block=None):
         """Execute the Python file `filename` (read here) on the targets."""
@@ -337,16 +337,18 @@ class MultiEngineClient(_ClassicClient):
 
     def push(self, namespace, targets=None, block=None):
         """Update each target's namespace with the dict `namespace`."""
-        return self._finish(self._view(targets).push(namespace, block=False), block)
+        return self._finish(self._view(targets).push(namespace, block=False), block,
+                            method="push")
 
     def pull(self, keys, targets=None, block=None):
         """A name's value (or a list of names' values) from each target."""
-        return self._finish(self._view(targets).pull(keys, block=False), block)
+        return self._finish(self._view(targets).pull(keys, block=False), block,
+                            method="pull")
 
     def zip_pull(self, keys, targets=None, block=None):
         """pull, regrouped by name: one tuple of the targets' values per key."""
         ar = self._view(targets).pull(_names(keys), block=False)
-        return self._finish(ar, block, lambda values: list(zip(*values)), "zip_pull")
+        return self._finish(ar, block, "zip_pull", lambda values: list(zip(*values)))
 
     def push_function(self, namespace, targets=None, block=None):
         """push for functions (they travel by value with cloudpickle)."""
@@ -387,7 +389,7 @@ class MultiEngineClient(_ClassicClient):
 
     def keys(self, targets=None, block=None):
         """The names defined in each target's namespace."""
-        return self._finish(self._view(targets).keys(block=False), block)
+        return self._finish(self._view(targets).keys(block=False), block, method="keys")
 
     def reset(self, targets=None, block=None):
         """Empty each target's namespace."""
@@ -398,11 +400,12 @@ class MultiEngineClient(_ClassicClient):
     def scatter(self, key, seq, dist="b", flatten=False, targets=None, block=None):
         """Push contiguous blocks of `seq` as `key`, one block per target."""
         ar = self._view(targets).scatter(key, seq, dist, flatten, block=False)
-        return self._finish(ar, block)
+        return self._finish(ar, block, method="scatter")
 
     def gather(self, key, dist="b", targets=None, block=None):
         """Pull `key` from the targets and concatenate the blocks (inverse of scatter)."""
-        return self._finish(self._view(targets).gather(key, dist, block=False), block)
+        ar = self._view(targets).gather(key, dist, block=False)
+        return self._finish(ar, block, method="gather")
 
     def map(self, func, *sequences, targets=None, block=None):
         """Parallel ``map``: each target applies `func` to one block of the sequences
@@ -429,10 +432,10 @@ class MultiEngineClient(_ClassicClient):
     # ------------------------------------------------------------ engine properties
 
     def _properties(self, op, targets, block, parts=(), keys=None):
-        futures = [self.client._send(protocol.PROPERTIES, parts, engine_id=e, engine=e, op=op,
-                                     keys=keys) for e in self._ids(targets)]
+        futures = [self.client.send_request(protocol.PROPERTIES, parts, engine_id=e, engine=e,
+                                            op=op, keys=keys) for e in self._ids(targets)]
         return self._finish(AsyncResult(self.client, futures, fname=f"{op}_properties"),
-                            block)
+                            block, method=f"{op}_properties")
 
     def set_properties(self, properties, targets=None, block=None):
         """Update each target's properties dict (plain data reaches the scheduler, for
@@ -474,11 +477,11 @@ class MultiEngineClient(_ClassicClient):
         on each engine is the running one, and is left alone."""
         ids = set(self._ids(targets))
         queued, running = [], set()
-        for msg_id, f in list(self.client._futures.items()):
+        for f in self.client.pending_requests():
             eid = f.metadata["engine_id"]
-            if eid in ids and not f.done() and not f.metadata.get("query"):
+            if eid in ids and not f.done():
                 if eid in running:
-                    queued.append(msg_id)
+                    queued.append(f.msg_id)
                 running.add(eid)
         if queued:
             self.client.abort(queued)
@@ -720,7 +723,7 @@ class TaskClient(_ClassicClient):
             fields["clear_before"] = True
         if task.clear_after:
             fields["clear_after"] = True
-        return self.client._apply(f, args, kwargs, fparts=fparts, **fields)
+        return self.client.send_apply(f, args, kwargs, fparts=fparts, **fields)
 
     # ------------------------------------------------------------ results
 
@@ -768,8 +771,8 @@ class TaskClient(_ClassicClient):
             else:
                 waiting[ar.msg_ids[0]] = taskid
         if waiting:
-            reply = self.client._query(protocol.RESULT_REQUEST, msg_ids=list(waiting),
-                                       status_only=True)
+            reply = self.client.query(protocol.RESULT_REQUEST, msg_ids=list(waiting),
+                                      status_only=True)
             # finished in the controller but not arrived here yet: still "pending"
             scheduled = set(reply["pending"]) - set(reply.get("running", ()))
             for msg_id, taskid in waiting.items():
@@ -887,8 +890,8 @@ class _ParallelMagics:
             raise ValueError("nothing to execute: %px CODE, or %%px with the code below")
         targets = options.get("targets", self.view.targets)
         block = options.get("block", self.view.block)
-        ar, results = _execute(self.view.client, code, self.view.client._targets(targets),
-                               self.history)
+        ar, results = _execute(self.view.client, code,
+                               self.view.client.resolve_targets(targets), self.history)
         pr = PendingResult(ar, results, "execute")
         return pr.get_result() if block else pr
 
@@ -951,4 +954,4 @@ class _ParallelMagics:
     def result(self, line=""):
         """%result [i]: the last (or i-th, see get_result) execute result per engine."""
         i = int(line) if line.strip() else None
-        return self.history.get(self.view.client._targets(self.view.targets), i)
+        return self.history.get(self.view.client.resolve_targets(self.view.targets), i)

@@ -12,7 +12,7 @@ User threads send; one I/O thread receives. Any user thread may call the Client:
 
 A request is serialized in the caller's thread (so a bad argument raises at the call),
 registered as a ``_MsgFuture`` under its msg_id, and sent at once, or held when it is
-one of a burst (see ``Client._send``) to leave with the rest as a batch. Replies are
+one of a burst (see ``Client.send_request``) to leave with the rest as a batch. Replies are
 verified and unpickled in the I/O thread, which completes the future; an
 ``AsyncResult`` is a ``concurrent.futures.Future`` over one or more of those.
 
@@ -59,7 +59,7 @@ RESYNC_DELAY_S = 0.5
 # controller one receive per hundred tasks, few enough that engines start at once.
 TOGETHER = 100
 # A request made within this long of the one before, while that one is outstanding, is
-# held and sent with those after it (see Client._send); a lone request leaves at once.
+# held and sent with those after it (see Client.send_request); a lone request leaves at once.
 HOLD_AFTER_S = 0.002
 _FLUSH = b"flush"   # the outbox's marker: send what is held (and b"": close)
 _TIMER_SEQ = itertools.count()
@@ -151,6 +151,12 @@ class AsyncResult(_Future):
     @property
     def msg_ids(self):
         return [f.msg_id for f in self._children]
+
+    @property
+    def futures(self):
+        """One future per request, in the order sent: each a concurrent.futures.Future
+        with ``msg_id`` and ``metadata`` (a request's own result, engine and output)."""
+        return list(self._children)
 
     def get(self, timeout=None):
         """The result; raises TimeoutError if not ready within `timeout` seconds."""
@@ -355,7 +361,7 @@ class _OneRequest(AsyncResult):
     directly. Two futures joined by a callback cost a fifth of the client's CPU for a
     quick task."""
 
-    _request = _MsgFuture._request   # called by Client._send, which knows the msg_id
+    _request = _MsgFuture._request   # called by Client.send_request, which knows the msg_id
     metadata = _MsgFuture.metadata
     _single, _mapping, _ordered = True, False, True
 
@@ -453,7 +459,7 @@ class Client:
                                     name="minipar-client-io", daemon=True)
         self._io.start()
         try:
-            reply = self._query(protocol.CONNECT, timeout=timeout)
+            reply = self.query(protocol.CONNECT, timeout=timeout)
         except BaseException:
             self.close()
             raise
@@ -719,9 +725,11 @@ class Client:
 
     # ------------------------------------------------------------ sending
 
-    def _send(self, kind, parts=(), engine_id=None, future=None, **fields):
-        """Send a request; returns its future (registered before it leaves): `future`,
-        a new _OneRequest, or else a new _MsgFuture."""
+    def send_request(self, kind, parts=(), engine_id=None, future=None, **fields):
+        """Send a request of protocol kind `kind` (frames `parts`, header `fields`) to
+        engine `engine_id` or the scheduler; returns its future, registered before it
+        leaves: `future` when given (an AsyncResult that is its own request's future),
+        else a new one with ``msg_id`` and ``metadata``. Internal interface."""
         if self._closed:
             raise errors.MiniparError("this Client is closed; make a new one")
         header, frames = self.session.msg(kind, parts, signed=False, **fields)
@@ -786,8 +794,10 @@ class Client:
                 protocol.send(self._sender, frames)
             self._held = []
 
-    def _query(self, kind, timeout=None, **fields):
-        """A request to the controller itself; returns the reply header."""
+    def query(self, kind, timeout=None, **fields):
+        """A request of protocol kind `kind` to the controller itself; waits `timeout`
+        s at most (default: the Client's) and returns the reply header. Internal
+        interface."""
         header, frames = self.session.msg(kind, **fields)
         f = _MsgFuture(header["msg_id"])
         f.metadata["query"] = True
@@ -806,12 +816,19 @@ class Client:
                 f"the controller at {protocol.url(self.info, 'client')} did not answer {kind} "
                 f"within {timeout} s: is it running? (connection file {self.url_file})") from None
 
-    def _apply(self, f, args, kwargs, engine_id=None, fparts=None, future=None, **fields):
+    def send_apply(self, f, args, kwargs, engine_id=None, fparts=None, future=None,
+                   **fields):
+        """Send ``f(*args, **kwargs)`` as one apply request, as send_request does; `fparts`
+        is `f` already serialized (a map sends one function many times). `fields` are
+        the header's: for a task, ``lb=True`` and the scheduler's fields (``targets``,
+        ``retries``, ``recovery``, ``dormant``, ``depend``, ``clear_before``...).
+        Internal interface."""
         if fparts is None:
             fparts = protocol.serialize_function(f)
         aparts = protocol.serialize((args, kwargs))
-        return self._send(protocol.APPLY, [*fparts, *aparts], engine_id=engine_id, future=future,
-                          engine=engine_id, counts=[len(fparts), len(aparts)], **fields)
+        return self.send_request(protocol.APPLY, [*fparts, *aparts], engine_id=engine_id,
+                                 future=future, engine=engine_id,
+                                 counts=[len(fparts), len(aparts)], **fields)
 
     # ------------------------------------------------------------ engines
 
@@ -869,8 +886,10 @@ class Client:
                 bar.close()
         return self.ids
 
-    def _targets(self, targets):
-        """Resolve 'all' / None / int / list to a list of live engine ids."""
+    def resolve_targets(self, targets):
+        """The engine ids that `targets` names ('all' or None: every registered engine;
+        an id; a list of ids), each checked: NoEnginesRegistered when there are none,
+        IndexError for one not registered."""
         ids = self.ids
         if targets is None or targets == "all":
             targets = ids
@@ -888,8 +907,8 @@ class Client:
 
     def queue_status(self, targets=None, verbose=False):
         """Per-engine queue lengths ({id: {'queue', 'tasks', 'completed'}}) and 'unassigned'."""
-        t = None if targets in (None, "all") else self._targets(targets)
-        reply = self._query(protocol.QUEUE_STATUS, targets=t, verbose=verbose)
+        t = None if targets in (None, "all") else self.resolve_targets(targets)
+        reply = self.query(protocol.QUEUE_STATUS, targets=t, verbose=verbose)
         status = {int(k): v for k, v in reply["engines"].items()}
         status["unassigned"] = reply["unassigned"]
         if verbose:
@@ -899,14 +918,14 @@ class Client:
     def engine_stats(self, targets="all", timeout=None):
         """Each engine's counters, {id: {'requests', 'dropped', 'dropped_reasons', ...}}:
         requests it ran and messages it dropped (refused, malformed, too large)."""
-        ids = self._targets(targets)
-        futures = [self._send(protocol.STATS, engine_id=e, engine=e) for e in ids]
+        ids = self.resolve_targets(targets)
+        futures = [self.send_request(protocol.STATS, engine_id=e, engine=e) for e in ids]
         ar = AsyncResult(self, futures, fname="engine_stats")
         return dict(zip(ids, ar.get(self.timeout if timeout is None else timeout)))
 
     def _msg_ids(self, jobs):
         if jobs is None:
-            return [m for m, f in list(self._futures.items()) if not f.metadata.get("query")]
+            return [f.msg_id for f in self.pending_requests()]
         if isinstance(jobs, (str, AsyncResult, concurrent.futures.Future)):
             jobs = [jobs]
         out = []
@@ -925,6 +944,12 @@ class Client:
     def outstanding(self):
         return set(self._msg_ids(None))
 
+    def pending_requests(self):
+        """The futures of this client's requests not answered yet, oldest first (queries
+        to the controller left out); each has ``msg_id`` and ``metadata``, whose
+        ``engine_id`` is the engine it went to (None: not known yet)."""
+        return [f for f in list(self._futures.values()) if not f.metadata.get("query")]
+
     def get_result(self, msg_ids, owner=False):
         """An AsyncResult for msg_ids, also ones another client submitted."""
         single = isinstance(msg_ids, str)
@@ -939,7 +964,7 @@ class Client:
                 ask.append(m)
             futures.append(f)
         if ask:
-            reply = self._query(protocol.RESULT_REQUEST, msg_ids=ask)
+            reply = self.query(protocol.RESULT_REQUEST, msg_ids=ask)
             for m in reply["unknown"]:
                 f = self._futures.pop(m, None)
                 if f is not None and not f.done():
@@ -958,15 +983,15 @@ class Client:
 
     def abort(self, jobs=None):
         """Abort jobs: queued ones fail with TaskAborted, running ones are interrupted."""
-        self._query(protocol.ABORT, msg_ids=self._msg_ids(jobs))
+        self.query(protocol.ABORT, msg_ids=self._msg_ids(jobs))
 
     def purge_results(self, jobs=None, targets=None):
         """Forget finished results in the controller: jobs, 'all', or those of targets."""
         if jobs is None and targets is None:
             raise ValueError("say which results to purge: jobs=..., jobs='all' or targets=...")
         msg_ids = "all" if jobs == "all" else (None if jobs is None else self._msg_ids(jobs))
-        t = None if targets is None else self._targets(targets)
-        return self._query(protocol.PURGE, msg_ids=msg_ids, targets=t)["purged"]
+        t = None if targets is None else self.resolve_targets(targets)
+        return self.query(protocol.PURGE, msg_ids=msg_ids, targets=t)["purged"]
 
     # ------------------------------------------------------------ tasks: resubmit, status, db
 
@@ -988,7 +1013,7 @@ class Client:
             self._futures[f.msg_id] = f
             futures.append(f)
         try:
-            self._query(protocol.RESUBMIT, msg_ids=old, new_ids=[f.msg_id for f in futures])
+            self.query(protocol.RESUBMIT, msg_ids=old, new_ids=[f.msg_id for f in futures])
         except BaseException:
             for f in futures:
                 self._futures.pop(f.msg_id, None)
@@ -1010,7 +1035,7 @@ class Client:
         no record of (unknown, purged, or never kept with ``--db none``) raises KeyError.
         """
         ids = self._msg_ids(jobs)
-        reply = self._query(protocol.RESULT_REQUEST, msg_ids=ids, status_only=True)
+        reply = self.query(protocol.RESULT_REQUEST, msg_ids=ids, status_only=True)
         if reply["unknown"]:
             raise KeyError(f"no record of {reply['unknown']}: unknown or purged msg_ids "
                            "(a controller started with --db none keeps no finished records)")
@@ -1032,13 +1057,13 @@ class Client:
         """
         if isinstance(keys, str):
             keys = [keys]
-        return self._query(protocol.DB_QUERY, query=query,
-                           keys=None if keys is None else list(keys))["records"]
+        return self.query(protocol.DB_QUERY, query=query,
+                          keys=None if keys is None else list(keys))["records"]
 
     def shutdown(self, targets="all", hub=False, block=True):
         """Stop engines (and the controller with hub=True)."""
-        t = None if targets in (None, "all") else self._targets(targets)
-        self._query(protocol.SHUTDOWN, targets=t, hub=hub)
+        t = None if targets in (None, "all") else self.resolve_targets(targets)
+        self.query(protocol.SHUTDOWN, targets=t, hub=hub)
         if block and not hub:
             deadline = time.monotonic() + self.timeout
             with self._engines_changed:
@@ -1227,7 +1252,7 @@ class DirectView(_View):
         return f"<DirectView {self.targets}>"
 
     def __len__(self):
-        return len(self.client._targets(self.targets))
+        return len(self.client.resolve_targets(self.targets))
 
     def activate(self, suffix=""):
         """Make this view the one IPython's %px, %%px, %autopx and %pxresult use (the
@@ -1237,9 +1262,9 @@ class DirectView(_View):
         return _activate_magics(self, suffix)
 
     def _each(self, targets, send, fname):
-        """`send(engine_id, future)` makes one target's request (see Client._send)."""
+        """`send(engine_id, future)` makes one target's request (see Client.send_request)."""
         targets = self.targets if targets is None else targets
-        ids = self.client._targets(targets)
+        ids = self.client.resolve_targets(targets)
         if isinstance(targets, int):   # one engine, whose value is the result
             ar = _OneRequest(self.client, fname)
             send(ids[0], ar)
@@ -1253,13 +1278,13 @@ class DirectView(_View):
 
     def _apply(self, f, args, kwargs, targets=None):
         fparts = protocol.serialize_function(f)
-        return self._each(targets, lambda e, future: self.client._apply(
+        return self._each(targets, lambda e, future: self.client.send_apply(
             f, args, kwargs, engine_id=e, fparts=fparts, future=future),
             getattr(f, "__name__", "apply"))
 
     def execute(self, code, targets=None, block=None):
         """Run a code string in each target's namespace."""
-        ar = self._each(targets, lambda e, future: self.client._send(
+        ar = self._each(targets, lambda e, future: self.client.send_request(
             protocol.EXECUTE, engine_id=e, future=future, engine=e, code=code), "execute")
         return self._finish(ar, block)
 
@@ -1273,13 +1298,13 @@ class DirectView(_View):
         if not isinstance(ns, dict):
             raise TypeError(f"push takes a dict of names to values, not {type(ns).__name__}")
         parts = protocol.serialize(ns)
-        ar = self._each(targets, lambda e, future: self.client._send(
+        ar = self._each(targets, lambda e, future: self.client.send_request(
             protocol.PUSH, parts, engine_id=e, future=future, engine=e), "push")
         return self._finish(ar, block)
 
     def pull(self, names, targets=None, block=None):
         """Read a name (or a list of names) from each target's namespace."""
-        ar = self._each(targets, lambda e, future: self.client._send(
+        ar = self._each(targets, lambda e, future: self.client.send_request(
             protocol.PULL, engine_id=e, future=future, engine=e, names=names), "pull")
         return self._finish(ar, block)
 
@@ -1298,13 +1323,13 @@ class DirectView(_View):
         return self.pull(key, block=True)
 
     def keys(self, targets=None, block=None):
-        ar = self._each(targets, lambda e, future: self.client._send(
+        ar = self._each(targets, lambda e, future: self.client.send_request(
             protocol.KEYS, engine_id=e, future=future, engine=e), "keys")
         return self._finish(ar, block)
 
     def clear(self, targets=None, block=None):
         """Empty each target's namespace."""
-        ar = self._each(targets, lambda e, future: self.client._send(
+        ar = self._each(targets, lambda e, future: self.client.send_request(
             protocol.CLEAR, engine_id=e, future=future, engine=e), "clear")
         return self._finish(ar, block)
 
@@ -1313,15 +1338,15 @@ class DirectView(_View):
         if dist != "b":
             raise ValueError(f"unknown distribution {dist!r}: only 'b' (blocks) is supported")
         targets = self.targets if targets is None else targets
-        ids = self.client._targets(targets)
+        ids = self.client.resolve_targets(targets)
         seq = _sequence(seq)
         futures = []
         for i, eid in enumerate(ids):
             part = _partition(seq, len(ids), i)
             if flatten and len(part) == 1:
                 part = part[0]
-            futures.append(self.client._send(protocol.PUSH, protocol.serialize({key: part}),
-                                             engine_id=eid, engine=eid))
+            futures.append(self.client.send_request(
+                protocol.PUSH, protocol.serialize({key: part}), engine_id=eid, engine=eid))
         ar = AsyncResult(self.client, futures, fname="scatter")
         return self._finish(ar, block)
 
@@ -1330,8 +1355,8 @@ class DirectView(_View):
         if dist != "b":
             raise ValueError(f"unknown distribution {dist!r}: only 'b' (blocks) is supported")
         targets = self.targets if targets is None else targets
-        ids = self.client._targets(targets)
-        futures = [self.client._send(protocol.PULL, engine_id=e, engine=e, names=key)
+        ids = self.client.resolve_targets(targets)
+        futures = [self.client.send_request(protocol.PULL, engine_id=e, engine=e, names=key)
                    for e in ids]
         pulled = AsyncResult(self.client, futures, fname="gather")
         ar = _Derived(self.client, pulled, lambda parts: _concat(
@@ -1347,15 +1372,15 @@ class DirectView(_View):
             raise ValueError("map needs at least one sequence")
         seqs = [_sequence(s) for s in sequences]
         n = min(len(s) for s in seqs)
-        ids = self.client._targets(self.targets)
+        ids = self.client.resolve_targets(self.targets)
         fparts = protocol.serialize_function(f)
         futures = []
         for i, eid in enumerate(ids):
             chunks = [_partition(s[:n] if len(s) != n else s, len(ids), i) for s in seqs]
             if not len(chunks[0]):
                 continue
-            futures.append(self.client._apply(f, tuple(chunks), {}, engine_id=eid,
-                                              fparts=fparts, map=elementwise))
+            futures.append(self.client.send_apply(f, tuple(chunks), {}, engine_id=eid,
+                                                  fparts=fparts, map=elementwise))
         return AsyncResult(self.client, futures, fname=getattr(f, "__name__", "map"),
                            mapping=True)
 
@@ -1473,8 +1498,8 @@ class LoadBalancedView(_View):
                                                                extra))
         if isinstance(f, dependent):
             extra["dependent"] = True   # an ImportError unpickling it means "unmet"
-        return self.client._apply(f, args, kwargs, fparts=fparts, future=future, **fields,
-                                  **extra)
+        return self.client.send_apply(f, args, kwargs, fparts=fparts, future=future,
+                                      **fields, **extra)
 
     def _send_recovery(self, chain, args, kwargs, fields, extra):
         if isinstance(chain, str):
@@ -1485,7 +1510,7 @@ class LoadBalancedView(_View):
         return rid
 
     def _send_dormant(self, g, args, kwargs, gparts, fields, rid, extra):
-        return self.client._apply(
+        return self.client.send_apply(
             g, args, kwargs, fparts=gparts, lb=True, dormant=True, targets=fields["targets"],
             time_limit=fields["time_limit"], recovery=rid,
             **dict(extra, **({"dependent": True} if isinstance(g, dependent) else {})))

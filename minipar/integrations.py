@@ -129,7 +129,7 @@ def _joblib_backend_class():
             # the engines are the workers, whatever n_jobs asks (as in ipyparallel)
             if n_jobs == 0:
                 raise ValueError("n_jobs == 0 in Parallel has no meaning")
-            return len(self.view.client._targets(self.view.targets))
+            return len(self.view.client.resolve_targets(self.view.targets))
 
         def submit(self, func, callback=None):
             ar = self.view.apply_async(func)
@@ -196,7 +196,7 @@ def plot_timeline(ar, filename=None, title=None):
     bars = _timeline_bars(ars)
     engines = sorted({b[0] for b in bars})
     row = {e: i for i, e in enumerate(engines)}
-    t0 = min((f.metadata["submitted"] for a in ars for f in a._children), default=0.0)
+    t0 = min((f.metadata["submitted"] for a in ars for f in a.futures), default=0.0)
     size = (10, 1.2 + 0.45 * max(len(engines), 3))
     if filename is None:
         import matplotlib.pyplot as plt
@@ -246,7 +246,7 @@ def _timeline_bars(ars):
     """[(engine, started, completed, status)] of every attempt of every request."""
     bars = []
     for a in ars:
-        for f in a._children:
+        for f in a.futures:
             md = f.metadata
             # a load-balanced task lists each attempt (the last one too); others ran once
             attempts = md.get("attempts") or [{"engine": md["engine_id"], "status": md["status"],
