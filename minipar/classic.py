@@ -1,4 +1,31 @@
-"""The classic IPython.kernel API and the %px IPython magics."""
+"""The classic IPython.kernel API (MultiEngineClient, TaskClient, StringTask, MapTask,
+TaskResult, PendingResult) and the IPython magics (%px, %%px, %autopx, %result).
+
+Scripts written for `from IPython.kernel import client` run with `from minipar import
+client` (in Python 3 syntax); ``minipar.MultiEngineClient`` etc. are the same classes.
+Everything here is a facade over the Client and the views of client.py, on their public
+API and the internal interface its docstring names (``send_request``, ``send_apply``,
+``query``), with the classic names, defaults and printed forms:
+
+    MultiEngineClient.execute/push/...  ──▶ DirectView(client, ids)  ──▶ AsyncResult
+        block=True: the value                 block=False: PendingResult(AsyncResult)
+    TaskClient.run(StringTask/MapTask)  ──▶ client.send_apply(lb=True, depend=, recovery=,
+        int task id ──▶ get_task_result ──▶ TaskResult        dormant=, clear_before=...)
+    %px, %%px, %autopx, %result         ──▶ _execute, as MultiEngineClient.execute
+
+Where minipar differs from IPython.kernel, on purpose:
+- get_result(i) reads a history kept by this client (the last EXECUTE_HISTORY execute
+  results per engine, those made through it or its magics): i=None or a negative i counts
+  back from the last, i >= 0 is the command number (the `number` shown as In [n]).
+- Task ids are small integers counted per TaskClient, not per controller.
+- get_task_result of a failed StringTask returns a TaskResult whose `failure` is set (its
+  `ns`, `tr[key]` and `raise_exception()` raise it); a failed MapTask's result raises.
+- A task's `depend(properties)` runs in the controller (the scheduler calls it for each
+  engine), so it must be quick and picklable by value (a function of the script, a lambda);
+  one the controller cannot unpickle makes the task fail with InvalidDependency. A task
+  waiting for a matching engine starts when an engine's properties change: spin() is a
+  plain round trip.
+"""
 
 import collections
 import concurrent.futures
@@ -11,31 +38,6 @@ import types
 from . import protocol
 from .client import AsyncResult, Client, DirectView, interactive
 from .errors import CompositeError
-
-# ---- the classic IPython.kernel API (MultiEngineClient, TaskClient)
-#
-# Scripts written for `from IPython.kernel import client` run with `from minipar import
-# client` (in Python 3 syntax). Everything here is a facade over the Client and the views
-# above, with the classic names, defaults and printed forms:
-#
-#     MultiEngineClient.execute/push/...  ──▶ DirectView(client, ids)  ──▶ AsyncResult
-#         block=True: the value                 block=False: PendingResult(AsyncResult)
-#     TaskClient.run(StringTask/MapTask)  ──▶ client.send_apply(lb=True, depend=, recovery=,
-#         int task id ──▶ get_task_result ──▶ TaskResult        dormant=, clear_before=...)
-#     %px, %%px, %autopx, %result         ──▶ _execute, as MultiEngineClient.execute
-#
-# Where minipar differs from IPython.kernel, on purpose:
-# - get_result(i) reads a history kept by this client (the last EXECUTE_HISTORY execute
-#   results per engine, those made through it or its magics): i=None or a negative i counts
-#   back from the last, i >= 0 is the command number (the `number` shown as In [n]).
-# - Task ids are small integers counted per TaskClient, not per controller.
-# - get_task_result of a failed StringTask returns a TaskResult whose `failure` is set (its
-#   `ns`, `tr[key]` and `raise_exception()` raise it); a failed MapTask's result raises.
-# - A task's `depend(properties)` runs in the controller (the scheduler calls it for each
-#   engine), so it must be quick and picklable by value (a function of the script, a lambda);
-#   one the controller cannot unpickle makes the task fail with InvalidDependency. A task
-#   waiting for a matching engine starts when an engine's properties change: spin() is a
-#   plain round trip.
 
 # Execute results kept per engine for get_result / %result; each holds the command's
 # output text, so 10..1000 is reasonable.

@@ -21,8 +21,14 @@ with --reuse): the client then connects again and asks for what is outstanding, 
 after ``reconnect_timeout`` fails it with a clear error. Engines on another Python or
 cloudpickle version are warned about, and named in unpickling errors.
 
-The classic IPython.kernel API (MultiEngineClient, TaskClient, StringTask, MapTask,
-TaskResult, PendingResult and the %px magics) is a facade over these, in the last section.
+Besides user code, ``classic.py`` (the IPython.kernel API, the %px magics) and
+``integrations.py`` (progress bars, joblib, timelines) use this module; it imports them
+only inside the methods that need them, so ``import minipar`` stays fast, and forwards
+``client.TaskClient`` and the other classic names (``__getattr__``, at the end). They use
+the public API and this internal interface, in the wire's terms (not for user code):
+``Client.send_request(kind, parts, engine_id, **fields)`` (one request: its future),
+``send_apply(f, args, kwargs, fparts, **fields)`` (one apply request, a task's header
+fields among `fields`) and ``query(kind, **fields)`` (the controller's reply header).
 """
 
 import collections
@@ -242,7 +248,7 @@ class AsyncResult(_Future):
         """Abort the requests not yet finished (queued ones fail with TaskAborted)."""
         self._client.abort(self)
 
-    # ---- ecosystem: cancel, asyncio, progress, output, timeline (helpers at the end)
+    # ---- ecosystem: cancel, asyncio, progress, output, timeline (in integrations.py)
 
     def cancel(self):
         """Cancel, as a concurrent.futures.Future: the requests not finished yet are
@@ -286,22 +292,9 @@ class AsyncResult(_Future):
         """Wait (at most `timeout` s), drawing a progress bar on stderr every `interval`
         s: requests done/total, rate and time left (tqdm's bar when it is installed).
         Returns whether all are done."""
-        from .integrations import _progress_bar
+        from .integrations import _wait_with_bar
 
-        bar = _progress_bar(len(self), self._fname or "tasks", "tasks")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            while not self.done():
-                left = interval if deadline is None else min(interval,
-                                                             deadline - time.monotonic())
-                if left <= 0:
-                    break
-                self.wait(left)
-                bar.update(self.progress - bar.n)
-        finally:
-            bar.update(self.progress - bar.n)
-            bar.close()
-        return self.done()
+        return _wait_with_bar(self, self._fname or "tasks", interval, timeout)
 
     def stream_output(self, interval=0.1, timeout=None, file=None):
         """Print what the requests print, as the engines print it, each line prefixed
@@ -1255,8 +1248,8 @@ class DirectView(_View):
         return len(self.client.resolve_targets(self.targets))
 
     def activate(self, suffix=""):
-        """Make this view the one IPython's %px, %%px, %autopx and %pxresult use (the
-        classic section at the end of this module)."""
+        """Make this view the one IPython's %px, %%px, %autopx and %pxresult use (see
+        classic.py)."""
         from .classic import _activate_magics
 
         return _activate_magics(self, suffix)
@@ -1613,10 +1606,7 @@ class LoadBalancedView(_View):
         return value
 
 
-# ---- ecosystem: executor, joblib, progress, timeline
-#
-# Each integration imports its library when first used: none is a dependency, and
-# ``import minipar`` (which every engine does) stays fast.
+# ---- ecosystem: the executor (joblib, progress bars and timelines: integrations.py)
 
 class ViewExecutor(concurrent.futures.Executor):
     """A ``concurrent.futures.Executor`` whose calls run as tasks of a LoadBalancedView

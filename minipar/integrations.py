@@ -1,4 +1,11 @@
-"""Ecosystem integrations: progress bars, the joblib backend, timeline plots."""
+"""Ecosystem integrations: progress bars, the joblib backend, timeline plots.
+
+Each imports its library (tqdm, joblib, matplotlib) when first used: none is a
+dependency, and a missing one is said clearly. client.py imports this module inside the
+methods that use it (``ar.wait_interactive()``, ``rc.wait_for_engines()``,
+``ar.timeline()``, ``view.register_joblib_backend()``); ``minipar.plot_timeline`` and
+``minipar.register_joblib_backend`` are its public names.
+"""
 
 import collections
 import concurrent.futures
@@ -29,6 +36,24 @@ def _progress_bar(total, desc, unit, initial=0):
         return _TextBar(total, desc, unit, initial)
     return tqdm(total=total, desc=desc, unit=unit, initial=initial)
 
+
+
+def _wait_with_bar(ar, desc, interval, timeout):
+    """``ar.wait_interactive()``: wait for AsyncResult `ar` (at most `timeout` s), redrawing
+    a bar of its requests done every `interval` s; whether it is done."""
+    bar = _progress_bar(len(ar), desc, "tasks")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while not ar.done():
+            left = interval if deadline is None else min(interval, deadline - time.monotonic())
+            if left <= 0:
+                break
+            ar.wait(left)
+            bar.update(ar.progress - bar.n)
+    finally:
+        bar.update(ar.progress - bar.n)
+        bar.close()
+    return ar.done()
 
 class _TextBar:
     """A progress bar in plain text on stderr, in tqdm's shape (``n``, ``update(k)``,
