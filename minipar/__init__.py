@@ -7,24 +7,37 @@ and a ``Client`` that drives them directly (``rc[:]``, a DirectView) or load-bal
 
 __version__ = "0.1.0"
 
-from .client import AsyncResult, Client, DirectView, LoadBalancedView, interactive
-from .client import ViewExecutor, plot_timeline, register_joblib_backend  # ecosystem
-from .client import (MapTask, MultiEngineClient, PendingResult, StringTask, Task,  # classic
-                     TaskClient, TaskResult)
+import importlib
+
 from .dependency import Dependency, depend, dependent, require
 from .errors import (CompositeError, DependencyTimeout, EngineError, ImpossibleDependency,
                      InvalidDependency, MiniparError, NoEnginesRegistered, RemoteError,
                      SerializationError, TaskAborted, TaskTimeout, TimeoutError,
                      UnmetDependency)
 
+# The client side is imported on first use, from the module that holds it: every engine
+# imports this package (``python -m minipar.engine``) and needs none of it.
+_LAZY = {
+    "AsyncResult": "client", "Client": "client", "DirectView": "client",
+    "LoadBalancedView": "client", "ViewExecutor": "client", "interactive": "client",
+    "plot_timeline": "integrations", "register_joblib_backend": "integrations",
+    "MapTask": "classic", "MultiEngineClient": "classic", "PendingResult": "classic",
+    "StringTask": "classic", "Task": "classic", "TaskClient": "classic",
+    "TaskResult": "classic",
+    "Cluster": "launcher",
+}
+
 
 def __getattr__(name):
-    # the launcher is imported on first use: `import minipar` stays fast for engines
-    if name == "Cluster":
-        from .launcher import Cluster
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module("." + _LAZY[name], __name__), name)
+    globals()[name] = value   # found directly from now on
+    return value
 
-        return Cluster
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = sorted([

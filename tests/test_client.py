@@ -168,3 +168,13 @@ def test_a_finished_result_is_freed_as_soon_as_it_is_dropped(rc):
         assert [r() for r in refs] == [None] * len(refs)
     finally:
         gc.enable()
+
+
+def test_an_engine_never_loads_the_client_side(rc):
+    """``python -m minipar.engine`` imports the package; the client, the classic API and
+    the integrations are imported on first use only, so an engine never loads them."""
+    loaded = rc[:].apply_sync(
+        lambda: sorted(m for m in __import__("sys").modules if m.startswith("minipar")))
+    for modules in loaded:
+        assert "minipar.engine" in modules
+        assert not {"minipar.client", "minipar.classic", "minipar.integrations"} & set(modules)

@@ -17,7 +17,7 @@ import time
 import pytest
 
 import minipar
-from minipar import client as client_module
+from minipar import integrations
 from minipar.launcher import Cluster
 
 from .test_launcher import CTL_ARGS, minipar_dir, pids  # noqa: F401 (fixtures)
@@ -372,9 +372,9 @@ def test_integrations_stay_silent_without_their_libraries(tmp_path):
         "import sys\n"
         "for m in ('joblib', 'tqdm', 'matplotlib'): sys.modules[m] = None\n"
         "import minipar\n"
-        "from minipar import client\n"
+        "from minipar import integrations\n"
         "assert minipar.plot_timeline and minipar.register_joblib_backend\n"
-        "assert isinstance(client._progress_bar(3, 'x', 'tasks'), client._TextBar)\n"
+        "assert isinstance(integrations._progress_bar(3, 'x', 'tasks'), integrations._TextBar)\n"
         "print('ok')\n")
     import subprocess
 
@@ -386,7 +386,7 @@ def test_integrations_stay_silent_without_their_libraries(tmp_path):
 
 def test_plain_bar_format():
     out = io.StringIO()
-    bar = client_module._TextBar(4, "map", "tasks", file=out)
+    bar = integrations._TextBar(4, "map", "tasks", file=out)
     bar.update(2)
     bar.close()
     line = out.getvalue().split("\r")[-1]

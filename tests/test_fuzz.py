@@ -252,7 +252,7 @@ def test_controller_survives_fuzzing_and_counts_what_it_dropped(fuzz_cluster, tm
         # requests for unknown ids and engines, which must be answered, not dropped
         rc = c.rc
         with pytest.raises(errors.EngineError, match="not registered"):
-            rc._apply(lambda: 1, (), {}, engine_id=99).result(30)
+            rc.send_apply(lambda: 1, (), {}, engine_id=99).result(30)
         with pytest.raises(KeyError, match="unknown or purged"):
             rc.get_result("no-such-msg-id").get(30)
         rc.abort(["no-such-msg-id"])
@@ -532,8 +532,8 @@ def test_client_survives_fuzzing_and_never_unpickles_unverified_data(hub, tmp_pa
     rc = minipar.Client(hub.client_file, timeout=30)
     try:
         assert answered.is_set()
-        f1 = rc._apply(lambda: 1, (), {}, engine_id=0)
-        f2 = rc._apply(lambda: 7, (), {}, engine_id=0)
+        f1 = rc.send_apply(lambda: 1, (), {}, engine_id=0)
+        f2 = rc.send_apply(lambda: 7, (), {}, engine_id=0)
         with pytest.raises(errors.SerializationError, match="digest"):
             f1.result(60)
         assert f2.result(60) == 7

@@ -1,0 +1,959 @@
+"""The classic IPython.kernel API (MultiEngineClient, TaskClient, StringTask, MapTask,
+TaskResult, PendingResult) and the IPython magics (%px, %%px, %autopx, %result).
+
+Scripts written for `from IPython.kernel import client` run with `from minipar import
+client` (in Python 3 syntax); ``minipar.MultiEngineClient`` etc. are the same classes.
+Everything here is a facade over the Client and the views of client.py, on their public
+API and the internal interface its docstring names (``send_request``, ``send_apply``,
+``query``), with the classic names, defaults and printed forms:
+
+    MultiEngineClient.execute/push/...  ──▶ DirectView(client, ids)  ──▶ AsyncResult
+        block=True: the value                 block=False: PendingResult(AsyncResult)
+    TaskClient.run(StringTask/MapTask)  ──▶ client.send_apply(lb=True, depend=, recovery=,
+        int task id ──▶ get_task_result ──▶ TaskResult        dormant=, clear_before=...)
+    %px, %%px, %autopx, %result         ──▶ _execute, as MultiEngineClient.execute
+
+Where minipar differs from IPython.kernel, on purpose:
+- get_result(i) reads a history kept by this client (the last EXECUTE_HISTORY execute
+  results per engine, those made through it or its magics): i=None or a negative i counts
+  back from the last, i >= 0 is the command number (the `number` shown as In [n]).
+- Task ids are small integers counted per TaskClient, not per controller.
+- get_task_result of a failed StringTask returns a TaskResult whose `failure` is set (its
+  `ns`, `tr[key]` and `raise_exception()` raise it); a failed MapTask's result raises.
+- A task's `depend(properties)` runs in the controller (the scheduler calls it for each
+  engine), so it must be quick and picklable by value (a function of the script, a lambda);
+  one the controller cannot unpickle makes the task fail with InvalidDependency. A task
+  waiting for a matching engine starts when an engine's properties change: spin() is a
+  plain round trip.
+"""
+
+import collections
+import concurrent.futures
+import functools
+import itertools
+import re
+import threading
+import types
+
+from . import protocol
+from .client import AsyncResult, Client, DirectView, interactive
+from .errors import CompositeError
+
+# Execute results kept per engine for get_result / %result; each holds the command's
+# output text, so 10..1000 is reasonable.
+EXECUTE_HISTORY = 100
+
+_NOTHING = object()
+
+
+class ResultList(list):
+    """The results of ``execute``: one dict per engine (``id``, ``number``, ``input``,
+    ``stdout``, ``stderr``, and ``error`` when it failed), shown as a ``<Results List>``."""
+
+    def __repr__(self):
+        lines = ["<Results List>"]
+        for r in self:
+            eid, n = r["id"], r["number"]
+            lines.append(f"[{eid}] In [{n}]: {r['input']['raw'].rstrip()}")
+            shown = [f"[{eid}] {label}[{n}]: {r[key].rstrip()}"
+                     for key, label in (("stdout", "Out"), ("stderr", "Err"), ("error", "Err"))
+                     if r.get(key)]
+            lines += shown + [""] * bool(shown)
+        return "\n".join(lines).rstrip("\n")
+
+
+class PendingResult:
+    """A classic non-blocking result: ``get_result(default=None, block=True)``, ``r`` and
+    ``add_callback``. `future` is an AsyncResult (or any concurrent.futures.Future);
+    `transform` turns its value into what get_result returns."""
+
+    def __init__(self, future, transform=None, method=""):
+        self.future = future
+        self._transform = transform
+        self._method = method
+        self._callbacks = []
+        self._value = _NOTHING
+        self._lock = threading.Lock()
+
+    def get_result(self, default=None, block=True):
+        """The result; with ``block=False``, `default` while it is not ready. A failure
+        raises again at every call (several engines' as one CompositeError)."""
+        if not block and not self.future.done():
+            return default
+        with self._lock:
+            if self._value is _NOTHING:
+                try:
+                    value = self.future.result()
+                except CompositeError as e:
+                    raise CompositeError("one or more exceptions from call to method: "
+                                         f"{self._method}", e.elist) from None
+                self._value = value if self._transform is None else self._transform(value)
+            while self._callbacks:  # each runs once, on the result of the one before
+                f, args, kwargs = self._callbacks.pop(0)
+                self._value = f(self._value, *args, **kwargs)
+            return self._value
+
+    @property
+    def r(self):
+        return self.get_result(block=True)
+
+    def add_callback(self, f, *args, **kwargs):
+        """Make get_result return ``f(result, *args, **kwargs)``; callbacks chain."""
+        with self._lock:
+            self._callbacks.append((f, args, kwargs))
+
+    def __repr__(self):
+        state = "done" if self.future.done() else "pending"
+        return f"<PendingResult {self._method}: {state}>"
+
+
+def _pending(value):
+    """A PendingResult that is already done (for results this client already holds)."""
+    f = concurrent.futures.Future()
+    f.set_result(value)
+    return PendingResult(f, method="get_result")
+
+
+def _execute(client, code, ids, history):
+    """Execute `code` on engines `ids`, recorded in `history`. Returns the AsyncResult
+    and the function making its ResultList."""
+    ar = DirectView(client, ids).execute(code, block=False)
+    history.track(ar.futures, code)
+    return ar, lambda _: ResultList(_execute_entry(f, code) for f in ar.futures)
+
+
+def _execute_entry(f, code):
+    md = f.metadata
+    entry = {"id": md["engine_id"], "number": md.get("execution_count"),
+             "input": {"translated": code, "raw": code}, "stdout": md["stdout"],
+             "stderr": md["stderr"]}
+    e = f.exception()
+    if e is not None:
+        entry["error"] = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', e)}"
+    return entry
+
+
+class _History:
+    """The execute results of one MultiEngineClient (or one view's magics) per engine,
+    for get_result and %result. A get_result waits for the executes still outstanding on
+    its engines, as the engines' own queues made a classic get_result wait."""
+
+    def __init__(self):
+        self._entries = {}          # engine id -> deque of execute entries
+        self._outstanding = set()   # execute futures not recorded yet
+        self._waiters = []          # (set of those futures, callback when it empties)
+        self._lock = threading.Lock()
+
+    def track(self, futures, code):
+        with self._lock:
+            self._outstanding.update(futures)
+        for f in futures:
+            f.add_done_callback(functools.partial(self._remember, code))
+
+    def _remember(self, code, f):
+        # executes in the client's I/O thread, in reply order
+        entry = _execute_entry(f, code)
+        with self._lock:
+            self._entries.setdefault(entry["id"], collections.deque(
+                maxlen=EXECUTE_HISTORY)).append(entry)
+            self._outstanding.discard(f)
+            for waiting, _ in self._waiters:
+                waiting.discard(f)
+            ready = [callback for waiting, callback in self._waiters if not waiting]
+            self._waiters = [w for w in self._waiters if w[0]]
+        for callback in ready:
+            callback()
+
+    def get(self, ids, i=None, block=True):
+        """The ResultList of command `i` (see get_result) on each of `ids` having it;
+        with block=False a PendingResult."""
+        done = concurrent.futures.Future()
+
+        def resolve():
+            try:
+                done.set_result(self._found(ids, i))
+            except IndexError as e:
+                done.set_exception(e)
+
+        with self._lock:
+            waiting = {f for f in self._outstanding if f.metadata["engine_id"] in ids}
+            if waiting:
+                self._waiters.append((waiting, resolve))
+        if not waiting:
+            resolve()
+        pr = PendingResult(done, method="get_result")
+        return pr.get_result() if block else pr
+
+    def _found(self, ids, i):
+        found = ResultList()
+        with self._lock:
+            for eid in ids:
+                entries = self._entries.get(eid, ())
+                if i is None or i < 0:
+                    k = -1 if i is None else i
+                    if len(entries) >= -k:
+                        found.append(entries[k])
+                else:
+                    found.extend(e for e in entries if e["number"] == i)
+        if not found:
+            which = "no execute result" if i is None else f"no execute result {i}"
+            raise IndexError(f"{which} on engines {ids} in this client's history (the last "
+                             f"{EXECUTE_HISTORY} per engine of those executed through it)")
+        return found
+
+
+@interactive
+def _pickled(keys):
+    """Runs on an engine: the values of `keys` (a name or a list) as pickled bytes."""
+    import cloudpickle
+
+    ns = globals()
+    names = [keys] if isinstance(keys, str) else list(keys)
+    missing = [k for k in names if k not in ns]
+    if missing:
+        raise NameError(f"name {missing[0]!r} is not defined")
+    pickled = [cloudpickle.dumps(ns[k]) for k in names]
+    return pickled[0] if isinstance(keys, str) else pickled
+
+
+@interactive
+def _unpickle_into_namespace(namespace):
+    """Runs on an engine: unpickle the values of {name: pickled bytes} into the namespace."""
+    import pickle
+
+    globals().update({k: pickle.loads(v) for k, v in namespace.items()})
+
+
+@interactive
+def _string_task(expression, push, pull):
+    """Runs on an engine for a StringTask: push, execute, and return {name: value} of pull."""
+    ns = globals()
+    ns.update(push)
+    exec(compile(expression, "<StringTask>", "exec"), ns)
+    missing = [k for k in pull if k not in ns]
+    if missing:
+        raise NameError(f"name {missing[0]!r} is not defined: the task's pull names a "
+                        "variable its expression did not set")
+    return {k: ns[k] for k in pull}
+
+
+class _Mapper:
+    """What ``mapper()`` returns: ``map(func, *sequences)`` with its options fixed."""
+
+    def __init__(self, map_function, **options):
+        self._map = map_function
+        self.options = options
+
+    def map(self, func, *sequences):
+        return self._map(func, *sequences, **self.options)
+
+
+def _parallel(mapper):
+    """The decorator ``parallel()`` returns: calling the function maps it over sequences."""
+    def decorator(f):
+        @functools.wraps(f)
+        def call(*sequences):
+            return mapper.map(f, *sequences)
+        return call
+    return decorator
+
+
+def _names(keys):
+    return None if keys is None else [keys] if isinstance(keys, str) else list(keys)
+
+
+class _ClassicClient:
+    """What MultiEngineClient and TaskClient share: a Client of their own, or `client`."""
+
+    def __init__(self, url_file=None, profile=None, profile_dir=None, timeout=10,
+                 client=None):
+        self._own_client = client is None
+        self.client = Client(url_file, profile, profile_dir, timeout) if client is None \
+            else client
+
+    def close(self):
+        """Close the connection (unless it was given as `client`)."""
+        if self._own_client:
+            self.client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class MultiEngineClient(_ClassicClient):
+    """The classic multiengine interface: every engine addressed explicitly.
+
+    ``MultiEngineClient(url_file=None, profile=None, profile_dir=None, timeout=10,
+    client=None)`` connects as ``Client`` does (or shares `client`). The attributes
+    ``targets`` ('all', an id or a list of ids) and ``block`` (default True) are the
+    defaults of every method's ``targets=`` and ``block=`` keywords. Results are lists with
+    one item per target engine; with block=False methods return a PendingResult.
+    """
+
+    def __init__(self, url_file=None, profile=None, profile_dir=None, timeout=10,
+                 client=None):
+        super().__init__(url_file, profile, profile_dir, timeout, client)
+        self.targets = "all"
+        self.block = True
+        self._history = _History()
+
+    def __repr__(self):
+        return f"<MultiEngineClient targets={self.targets!r} block={self.block}>"
+
+
+    # ------------------------------------------------------------ plumbing
+
+    def _ids(self, targets):
+        return self.client.resolve_targets(self.targets if targets is None else targets)
+
+    def _view(self, targets):
+        return DirectView(self.client, self._ids(targets))
+
+    def _finish(self, future, block, method, transform=None):
+        pr = PendingResult(future, transform, method)
+        return pr.get_result() if (self.block if block is None else block) else pr
+
+    # ------------------------------------------------------------ code and namespaces
+
+    def get_ids(self):
+        """The ids of the registered engines."""
+        return self.client.ids
+
+    def execute(self, lines, targets=None, block=None):
+        """Run the code string `lines` on the targets: a ResultList (see ResultList)."""
+        ar, results = _execute(self.client, lines, self._ids(targets), self._history)
+        return self._finish(ar, block, "execute", results)
+
+    def run(self, filename, targets=None, block=None):
+        """Execute the Python file `filename` (read here) on the targets."""
+        with open(filename) as f:
+            return self.execute(f.read(), targets, block)
+
+    def get_result(self, i=None, targets=None, block=None):
+        """The ResultList of an earlier execute on each target: the last (i=None), the
+        i-th from last (i<0) or command number i (i>=0), from this client's history."""
+        return self._history.get(self._ids(targets), i, self.block if block is None else block)
+
+    def push(self, namespace, targets=None, block=None):
+        """Update each target's namespace with the dict `namespace`."""
+        return self._finish(self._view(targets).push(namespace, block=False), block,
+                            method="push")
+
+    def pull(self, keys, targets=None, block=None):
+        """A name's value (or a list of names' values) from each target."""
+        return self._finish(self._view(targets).pull(keys, block=False), block,
+                            method="pull")
+
+    def zip_pull(self, keys, targets=None, block=None):
+        """pull, regrouped by name: one tuple of the targets' values per key."""
+        ar = self._view(targets).pull(_names(keys), block=False)
+        return self._finish(ar, block, "zip_pull", lambda values: list(zip(*values)))
+
+    def push_function(self, namespace, targets=None, block=None):
+        """push for functions (they travel by value with cloudpickle)."""
+        bad = [k for k, v in namespace.items() if not callable(v)]
+        if bad:
+            raise TypeError(f"push_function takes functions; {bad[0]!r} is not callable "
+                            "(use push for data)")
+        return self.push(namespace, targets, block)
+
+    def pull_function(self, keys, targets=None, block=None):
+        return self.pull(keys, targets, block)
+
+    def push_serialized(self, namespace, targets=None, block=None):
+        """push values already pickled ({name: bytes}, as pull_serialized gives them):
+        they are unpickled on the engines only."""
+        ar = self._view(targets).apply_async(_unpickle_into_namespace, dict(namespace))
+        return self._finish(ar, block, method="push_serialized")
+
+    def pull_serialized(self, keys, targets=None, block=None):
+        """pull without unpickling here: each value as its pickled bytes."""
+        ar = self._view(targets).apply_async(_pickled, keys)
+        return self._finish(ar, block, method="pull_serialized")
+
+    def __setitem__(self, key, value):
+        self.push({key: value}, block=True)
+
+    def __getitem__(self, key):
+        return self.pull(key, block=True)
+
+    def __len__(self):
+        return len(self._ids(None))
+
+    def update(self, namespace):
+        self.push(namespace, block=True)
+
+    def get(self, key):
+        return self.pull(key, block=True)
+
+    def keys(self, targets=None, block=None):
+        """The names defined in each target's namespace."""
+        return self._finish(self._view(targets).keys(block=False), block, method="keys")
+
+    def reset(self, targets=None, block=None):
+        """Empty each target's namespace."""
+        return self._finish(self._view(targets).clear(block=False), block, method="reset")
+
+    # ------------------------------------------------------------ sequences
+
+    def scatter(self, key, seq, dist="b", flatten=False, targets=None, block=None):
+        """Push contiguous blocks of `seq` as `key`, one block per target."""
+        ar = self._view(targets).scatter(key, seq, dist, flatten, block=False)
+        return self._finish(ar, block, method="scatter")
+
+    def gather(self, key, dist="b", targets=None, block=None):
+        """Pull `key` from the targets and concatenate the blocks (inverse of scatter)."""
+        ar = self._view(targets).gather(key, dist, block=False)
+        return self._finish(ar, block, method="gather")
+
+    def map(self, func, *sequences, targets=None, block=None):
+        """Parallel ``map``: each target applies `func` to one block of the sequences
+        (no load balancing: see TaskClient.map for that)."""
+        ar = self._view(targets).map(func, *sequences, block=False)
+        return self._finish(ar, block, method="map")
+
+    def raw_map(self, func, seqs, dist="b", targets=None, block=None):
+        """``raw_map(func, [s1, s2])`` is ``map(func, s1, s2)``."""
+        if dist != "b":
+            raise ValueError(f"unknown distribution {dist!r}: only 'b' (blocks) is supported")
+        return self.map(func, *seqs, targets=targets, block=block)
+
+    def mapper(self, dist="b", targets=None, block=None):
+        """An object whose ``map(func, *sequences)`` uses these options."""
+        if dist != "b":
+            raise ValueError(f"unknown distribution {dist!r}: only 'b' (blocks) is supported")
+        return _Mapper(self.map, targets=targets, block=block)
+
+    def parallel(self, dist="b", targets=None, block=None):
+        """Decorator: ``f(seq)`` maps `f` over `seq` in parallel (``@mec.parallel()``)."""
+        return _parallel(self.mapper(dist, targets, block))
+
+    # ------------------------------------------------------------ engine properties
+
+    def _properties(self, op, targets, block, parts=(), keys=None):
+        futures = [self.client.send_request(protocol.PROPERTIES, parts, engine_id=e, engine=e,
+                                            op=op, keys=keys) for e in self._ids(targets)]
+        return self._finish(AsyncResult(self.client, futures, fname=f"{op}_properties"),
+                            block, method=f"{op}_properties")
+
+    def set_properties(self, properties, targets=None, block=None):
+        """Update each target's properties dict (plain data reaches the scheduler, for
+        Task(depend=...))."""
+        return self._properties("set", targets, block, protocol.serialize(dict(properties)))
+
+    def get_properties(self, keys=None, targets=None, block=None):
+        """Each target's properties, or those of `keys`."""
+        return self._properties("get", targets, block, keys=_names(keys))
+
+    def has_properties(self, keys, targets=None, block=None):
+        return self._properties("has", targets, block, keys=_names(keys))
+
+    def del_properties(self, keys, targets=None, block=None):
+        return self._properties("del", targets, block, keys=_names(keys))
+
+    def clear_properties(self, targets=None, block=None):
+        return self._properties("clear", targets, block)
+
+    # ------------------------------------------------------------ control
+
+    def barrier(self, pending_results):
+        """Wait until every PendingResult (or AsyncResult) given is done; failures are
+        kept for their get_result, not raised here."""
+        if isinstance(pending_results, (PendingResult, concurrent.futures.Future)):
+            pending_results = [pending_results]
+        concurrent.futures.wait([getattr(p, "future", p) for p in pending_results])
+
+    def queue_status(self, targets=None, block=None):
+        """[(engine id, {'queue': requests sent to it and not answered, 'tasks',
+        'completed'}), ...] for the targets."""
+        status = self.client.queue_status(None)
+        found = [(e, status[e]) for e in self._ids(targets) if e in status]
+        return found if (self.block if block is None else block) else _pending(found)
+
+    def clear_queue(self, targets=None, block=None):
+        """Abort this client's requests queued on the targets (they fail with
+        TaskAborted). An engine runs its requests in order, so the oldest one outstanding
+        on each engine is the running one, and is left alone."""
+        ids = set(self._ids(targets))
+        queued, running = [], set()
+        for f in self.client.pending_requests():
+            eid = f.metadata["engine_id"]
+            if eid in ids and not f.done():
+                if eid in running:
+                    queued.append(f.msg_id)
+                running.add(eid)
+        if queued:
+            self.client.abort(queued)
+
+    def flush(self):
+        """Make the controller forget the finished requests of the target engines
+        (their results are delivered already; this frees the controller's memory)."""
+        self.client.purge_results(targets=self._ids(None))
+
+    def kill(self, controller=False, targets=None, block=None):
+        """Stop the target engines, and with controller=True the controller as well."""
+        self.client.shutdown(self.targets if targets is None else targets, hub=controller,
+                             block=self.block if block is None else block)
+
+    def benchmark(self, push_size=10000):
+        """Latency of ``execute('pass')`` and throughput of pushing `push_size` float64
+        values, on one engine and on all targets: {name: (value, unit)}."""
+        try:
+            import numpy
+            data = numpy.zeros(push_size, dtype="float64")
+        except ImportError:
+            data = bytes(8 * push_size)
+        ids = self._ids(None)
+        one, every = DirectView(self.client, ids[:1]), DirectView(self.client, ids)
+
+        import timeit
+
+        def best(f):
+            return min(timeit.repeat(f, repeat=3, number=10)) / 10
+
+        results = {
+            "single_engine_latency": (1000 * best(lambda: one.execute("pass", block=True)),
+                                      "msec"),
+            "all_engine_latency": (1000 * best(lambda: every.execute("pass", block=True)),
+                                   "msec"),
+            "single_engine_push": (8e-6 * push_size / best(
+                lambda: one.push({"_minipar_benchmark": data}, block=True)), "MB/sec"),
+            "all_engine_push": (8e-6 * push_size / best(
+                lambda: every.push({"_minipar_benchmark": data}, block=True)), "MB/sec"),
+        }
+        every.execute("del _minipar_benchmark", block=True)
+        return results
+
+    def activate(self, suffix=""):
+        """Make this client the one IPython's %px, %%px, %autopx and %result use."""
+        return _activate_magics(self, suffix)
+
+
+# ---------------------------------------------------------------- tasks
+
+class BaseTask:
+    """What a TaskClient runs (see StringTask and MapTask). Every option may be given to
+    the constructor or assigned later, before run():
+
+    ``clear_before`` / ``clear_after``: empty the engine's namespace before / after it;
+    ``retries``: run it again (elsewhere if possible) this many times after a failure;
+    ``recovery_task``: a task to run instead when retries are exhausted (its result is
+    this task's; it may have its own recovery_task; loops are refused);
+    ``depend(properties)``: True when it may run on an engine with those properties
+    (an exception counts as False).
+    """
+
+    def __init__(self, clear_before=False, clear_after=False, retries=0, recovery_task=None,
+                 depend=None):
+        self.clear_before = clear_before
+        self.clear_after = clear_after
+        self.retries = retries
+        self.recovery_task = recovery_task
+        self.depend = depend
+
+    def _check(self):
+        if not isinstance(self.retries, int) or self.retries < 0:
+            raise ValueError(f"retries={self.retries!r}: give a count, 0 or more")
+        if self.recovery_task is not None and not isinstance(self.recovery_task, BaseTask):
+            raise TypeError("recovery_task must be a StringTask or MapTask, not "
+                            f"{type(self.recovery_task).__name__}")
+        if self.depend is not None and not callable(self.depend):
+            raise TypeError("depend must be a function of the engine's properties dict")
+
+
+class StringTask(BaseTask):
+    """Execute the code string `expression` after pushing the dict `push`; the result is
+    a TaskResult of the names in `pull` (a name or a list of names)."""
+
+    def __init__(self, expression, pull=None, push=None, clear_before=False,
+                 clear_after=False, retries=0, recovery_task=None, depend=None):
+        super().__init__(clear_before, clear_after, retries, recovery_task, depend)
+        self.expression = expression
+        self.pull = pull
+        self.push = push
+
+    def __repr__(self):
+        return f"StringTask({self.expression!r}, pull={self.pull!r})"
+
+    def _call(self):
+        if not isinstance(self.expression, str):
+            raise TypeError("a StringTask's expression is a code string; use MapTask for "
+                            "a function")
+        return _string_task, (self.expression, dict(self.push or {}), _names(self.pull) or []), {}
+
+
+Task = StringTask   # the classic name
+
+
+class MapTask(BaseTask):
+    """Call ``function(*args, **kwargs)``; the result is its return value."""
+
+    def __init__(self, function, args=None, kwargs=None, clear_before=False,
+                 clear_after=False, retries=0, recovery_task=None, depend=None):
+        super().__init__(clear_before, clear_after, retries, recovery_task, depend)
+        self.function = function
+        self.args = args
+        self.kwargs = kwargs
+
+    def __repr__(self):
+        return f"MapTask({getattr(self.function, '__name__', self.function)!r})"
+
+    def _call(self):
+        if not callable(self.function):
+            raise TypeError("a MapTask's function must be callable; use StringTask for code")
+        return self.function, tuple(self.args or ()), dict(self.kwargs or {})
+
+
+class TaskResult:
+    """A StringTask's outcome: ``results`` ({name: value} of its pull), ``ns`` (the same
+    as attributes), ``keys``, ``tr['a']``; ``engineid``, ``taskid``, ``submitted`` and
+    ``completed`` (datetimes), ``duration`` (seconds it ran on the engine) and
+    ``failure`` (the remote error, or None). ``ns``, ``tr[key]`` and
+    ``raise_exception()`` raise the failure."""
+
+    def __init__(self, results, engineid, taskid=None, submitted=None, completed=None,
+                 duration=None, failure=None):
+        self.failure = failure
+        self.results = {} if failure is not None else dict(results)
+        self.keys = list(self.results)
+        self.engineid = engineid
+        self.taskid = taskid
+        self.submitted = submitted
+        self.completed = completed
+        self.duration = duration
+        self._ns = types.SimpleNamespace()
+        self._ns.__dict__.update(self.results)
+
+    @property
+    def ns(self):
+        self.raise_exception()
+        return self._ns
+
+    def __getitem__(self, key):
+        self.raise_exception()
+        return self.results[key]
+
+    def raise_exception(self):
+        """Raise the remote failure here, if the task failed."""
+        if self.failure is not None:
+            raise self.failure
+
+    def __repr__(self):
+        if self.failure is not None:
+            return f"TaskResult[ID:{self.taskid!r}]:<{type(self.failure).__name__}: " \
+                   f"{self.failure}>"
+        return f"TaskResult[ID:{self.taskid!r}]:{self.results!r}"
+
+
+def _datetime(seconds):
+    import datetime   # here: most programs never ask, and `import minipar` stays quick
+
+    return None if seconds is None else datetime.datetime.fromtimestamp(seconds)
+
+
+class TaskClient(_ClassicClient):
+    """The classic task interface: tasks load-balanced over the engines.
+
+    ``TaskClient(url_file=None, profile=None, profile_dir=None, timeout=10,
+    client=None)``. ``run(task)`` returns an integer task id; ``get_task_result(id)``,
+    ``barrier(ids)``, ``queue_status()``, ``abort(id)``, ``clear()``; ``map``, ``mapper``
+    and ``parallel`` run one MapTask per element.
+    """
+
+    def __init__(self, url_file=None, profile=None, profile_dir=None, timeout=10,
+                 client=None):
+        super().__init__(url_file, profile, profile_dir, timeout, client)
+        self._tasks = {}   # task id -> {"task", "ar", "recovery": [msg_ids], "result"}
+        self._next_id = itertools.count()
+        self._string_task_parts = protocol.serialize(_string_task)
+
+    def __repr__(self):
+        return f"<TaskClient: {len(self._tasks)} tasks>"
+
+
+    def _entry(self, taskid):
+        try:
+            return self._tasks[taskid]
+        except (KeyError, TypeError):
+            raise IndexError(f"no task with id {taskid!r}: ids are what this TaskClient's "
+                             "run() returned, and clear() forgets finished ones") from None
+
+    # ------------------------------------------------------------ submitting
+
+    def run(self, task, block=False):
+        """Submit `task` (a StringTask or MapTask); returns its integer id, or with
+        block=True waits and returns its result (as get_task_result)."""
+        taskid = self._run(task)
+        return self.get_task_result(taskid, block=True) if block else taskid
+
+    def _run(self, task, fparts=None):
+        """Submit `task` after its recovery chain (dormant tasks); returns its id.
+        `fparts`: the task's function already pickled (map sends one function often)."""
+        if not isinstance(task, BaseTask):
+            raise TypeError(f"run takes a StringTask or MapTask, not {type(task).__name__}")
+        chain = [task]
+        while chain[-1].recovery_task is not None:
+            nxt = chain[-1].recovery_task
+            if any(nxt is t for t in chain):
+                raise ValueError("the recovery_task chain loops back to a task in it; end "
+                                 "the chain with a task whose recovery_task is None")
+            chain.append(nxt)
+        for t in chain:
+            t._check()
+        rid, recovery = None, []
+        for t in reversed(chain[1:]):   # the last of the chain first: the others name it
+            rid = self._send(t, dormant=True, recovery=rid).msg_id
+            recovery.append(rid)
+        fut = self._send(task, dormant=False, recovery=rid, fparts=fparts)
+        taskid = next(self._next_id)
+        self._tasks[taskid] = {"task": task, "recovery": recovery, "result": None,
+                               "ar": AsyncResult(self.client, [fut], fname="task", single=True)}
+        return taskid
+
+    def _send(self, task, dormant, recovery, fparts=None):
+        f, args, kwargs = task._call()
+        if f is _string_task:
+            fparts = self._string_task_parts
+        fields = {"lb": True, "targets": None, "retries": task.retries, "recovery": recovery,
+                  "dormant": dormant}
+        if task.depend is not None:   # pickled into the header, for the controller
+            fields["depend"] = [bytes(b) for b in protocol.serialize(task.depend)]
+        if task.clear_before:
+            fields["clear_before"] = True
+        if task.clear_after:
+            fields["clear_after"] = True
+        return self.client.send_apply(f, args, kwargs, fparts=fparts, **fields)
+
+    # ------------------------------------------------------------ results
+
+    def get_task_result(self, taskid, block=False):
+        """The task's result: a TaskResult for a StringTask, the return value for a
+        MapTask (its failure raises); None while it is not done, unless block=True."""
+        entry = self._entry(taskid)
+        ar = entry["ar"]
+        if not ar.done():
+            if not block:
+                return None
+            ar.wait()
+        if isinstance(entry["task"], MapTask):
+            return ar.result()
+        if entry["result"] is None:
+            entry["result"] = self._task_result(taskid, ar)
+        return entry["result"]
+
+    @staticmethod
+    def _task_result(taskid, ar):
+        md = ar.metadata
+        failure = ar.exception()
+        value = None if failure is not None else ar.result()
+        if failure is None and not isinstance(value, dict):
+            value = {"result": value}   # a MapTask recovered this StringTask
+        started, completed = md.get("started"), md.get("completed") or md.get("received")
+        duration = max(0.0, completed - started) if started and completed else 0.0
+        return TaskResult(value, md["engine_id"], taskid, _datetime(md["submitted"]),
+                          _datetime(completed), duration, failure)
+
+    def barrier(self, taskids):
+        """Wait until the task(s) are done (failures are not raised here)."""
+        ids = [taskids] if isinstance(taskids, int) else list(taskids)
+        concurrent.futures.wait([self._entry(t)["ar"] for t in ids])
+
+    def queue_status(self, verbose=False):
+        """{'scheduled': not sent to an engine yet, 'pending': sent to one (running or
+        queued there), 'succeeded', 'failed'}: counts, or lists of ids with verbose=True."""
+        status = {"scheduled": [], "pending": [], "succeeded": [], "failed": []}
+        waiting = {}
+        for taskid, entry in list(self._tasks.items()):
+            ar = entry["ar"]
+            if ar.done():
+                status["succeeded" if ar.exception() is None else "failed"].append(taskid)
+            else:
+                waiting[ar.msg_ids[0]] = taskid
+        if waiting:
+            reply = self.client.query(protocol.RESULT_REQUEST, msg_ids=list(waiting),
+                                      status_only=True)
+            # finished in the controller but not arrived here yet: still "pending"
+            scheduled = set(reply["pending"]) - set(reply.get("running", ()))
+            for msg_id, taskid in waiting.items():
+                status["scheduled" if msg_id in scheduled else "pending"].append(taskid)
+        for ids in status.values():
+            ids.sort()
+        return status if verbose else {k: len(v) for k, v in status.items()}
+
+    def abort(self, taskid):
+        """Abort a task not finished yet: it fails with TaskAborted (a running one is
+        interrupted). IndexError for a finished one."""
+        ar = self._entry(taskid)["ar"]
+        if ar.done():
+            raise IndexError("Task Already Completed")
+        self.client.abort(ar)
+
+    def spin(self):
+        """A round trip to the controller. Tasks waiting for an engine whose properties
+        match their `depend` start when the properties change, so this is rarely needed."""
+        self.client.queue_status()
+
+    def clear(self, taskids=None):
+        """Forget finished tasks (all, or those of `taskids`), here and in the controller;
+        unfinished ones are kept."""
+        if taskids is None:
+            ids = list(self._tasks)
+        else:
+            ids = [taskids] if isinstance(taskids, int) else list(taskids)
+        done = [t for t in ids if self._entry(t)["ar"].done()]
+        msg_ids = []
+        for t in done:
+            entry = self._tasks.pop(t)
+            msg_ids += entry["ar"].msg_ids + entry["recovery"]
+        if msg_ids:
+            self.client.purge_results(jobs=msg_ids)
+
+    # ------------------------------------------------------------ map
+
+    def _map(self, func, *sequences, block=True, **options):
+        fparts = protocol.serialize_function(func)
+        ids = [self._run(MapTask(func, args, **options), fparts) for args in zip(*sequences)]
+        if not block:
+            return ids
+        self.barrier(ids)
+        try:
+            return [self.get_task_result(t) for t in ids]
+        finally:
+            self.clear(ids)
+
+    def map(self, func, *sequences):
+        """Load-balanced ``map``: one task per element; the list of results."""
+        return self._map(func, *sequences)
+
+    def mapper(self, clear_before=False, clear_after=False, retries=0, recovery_task=None,
+               depend=None, block=True):
+        """An object whose ``map(func, *sequences)`` runs MapTasks with these options
+        (block=False: it returns the task ids)."""
+        return _Mapper(self._map, clear_before=clear_before, clear_after=clear_after,
+                       retries=retries, recovery_task=recovery_task, depend=depend,
+                       block=block)
+
+    def parallel(self, clear_before=False, clear_after=False, retries=0, recovery_task=None,
+                 depend=None, block=True):
+        """Decorator: ``f(seq)`` maps `f` over `seq` as load-balanced tasks."""
+        return _parallel(self.mapper(clear_before, clear_after, retries, recovery_task,
+                                     depend, block))
+
+
+# ---------------------------------------------------------------- IPython magics
+
+def _activate_magics(view, suffix=""):
+    """Register %px, %%px, %autopx and %pxresult (and %result without a suffix) for
+    `view`, a DirectView or a MultiEngineClient (both have client, targets and block),
+    in the running IPython. IPython is imported here only: it stays optional."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        raise ImportError("the parallel magics need IPython (pip install ipython); without "
+                          "it, call execute() directly") from None
+    shell = get_ipython()
+    if shell is None:
+        raise RuntimeError("activate() registers IPython magics: call it inside IPython")
+    magics = _ParallelMagics(shell, view, suffix)
+    shell.register_magic_function(magics.px, "line_cell", "px" + suffix)
+    shell.register_magic_function(magics.autopx, "line", "autopx" + suffix)
+    shell.register_magic_function(magics.result, "line", "pxresult" + suffix)
+    if not suffix:
+        shell.register_magic_function(magics.result, "line", "result")
+
+
+class _ParallelMagics:
+    """The magics of one view. Its targets and block are read at each call, so changing
+    them later counts; ``%%px --targets 0,2 --noblock`` overrides them for one cell."""
+
+    def __init__(self, shell, view, suffix):
+        self.shell = shell
+        self.view = view
+        self.suffix = suffix
+        # a MultiEngineClient's history, so %result is its get_result()
+        self.history = getattr(view, "_history", None) or _History()
+        self._autopx = None   # the input transformer while %autopx is on
+        self._autopx_off = re.compile(r"run_line_magic\(['\"]autopx" + re.escape(suffix) +
+                                      r"['\"]")
+
+    def px(self, line, cell=None):
+        """%px CODE / %%px [--targets T] [--block|--noblock]: execute on the engines."""
+        if cell is None:
+            options, code = self._options(line)
+        else:
+            options, rest = self._options(line)
+            if rest.strip():
+                raise ValueError(f"%%px takes only options on its first line, not {rest!r}")
+            code = cell
+        if not code.strip():
+            raise ValueError("nothing to execute: %px CODE, or %%px with the code below")
+        targets = options.get("targets", self.view.targets)
+        block = options.get("block", self.view.block)
+        ar, results = _execute(self.view.client, code,
+                               self.view.client.resolve_targets(targets), self.history)
+        pr = PendingResult(ar, results, "execute")
+        return pr.get_result() if block else pr
+
+    def _options(self, line):
+        """Leading --targets T (all, 3, 0,2, 1:3), --block, --noblock; returns
+        ({targets, block}, the rest of the line)."""
+        options = {}
+        rest = line.lstrip()
+        while rest.startswith("--"):
+            word, _, rest = rest.partition(" ")
+            name, eq, value = word.partition("=")
+            if name == "--block":
+                options["block"] = True
+            elif name == "--noblock":
+                options["block"] = False
+            elif name == "--targets":
+                if not eq:
+                    value, _, rest = rest.lstrip().partition(" ")
+                options["targets"] = self._targets(value)
+            else:
+                raise ValueError(f"unknown option {name}; %px takes --targets T, --block, "
+                                 "--noblock")
+            rest = rest.lstrip()
+        return options, rest
+
+    def _targets(self, text):
+        text = text.strip().strip("[]()")
+        try:
+            if text == "all":
+                return "all"
+            if ":" in text:
+                return self.view.client.ids[slice(*(int(p) if p else None
+                                                    for p in text.split(":")))]
+            return [int(t) for t in text.split(",") if t.strip()]
+        except (TypeError, ValueError):
+            raise ValueError(f"--targets {text!r}: give all, an id, ids like 0,2 or a slice "
+                             "like 1:3") from None
+
+    def autopx(self, line=""):
+        """%autopx: run every following cell on the engines, until the next %autopx."""
+        posts = self.shell.input_transformers_post
+        if self._autopx is None:
+            name = "px" + self.suffix
+
+            def to_px(lines):
+                code = "".join(lines)
+                if self._autopx_off.search(code):
+                    return lines
+                return [f"get_ipython().run_cell_magic({name!r}, '', {code!r})\n"]
+
+            self._autopx = to_px
+            posts.append(to_px)
+            print(f"Auto Parallel Enabled\nType %autopx{self.suffix} to disable")
+        else:
+            if self._autopx in posts:
+                posts.remove(self._autopx)
+            self._autopx = None
+            print("Auto Parallel Disabled")
+
+    def result(self, line=""):
+        """%result [i]: the last (or i-th, see get_result) execute result per engine."""
+        i = int(line) if line.strip() else None
+        return self.history.get(self.view.client.resolve_targets(self.view.targets), i)

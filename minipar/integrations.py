@@ -1,0 +1,284 @@
+"""Ecosystem integrations: progress bars, the joblib backend, timeline plots.
+
+Each imports its library (tqdm, joblib, matplotlib) when first used: none is a
+dependency, and a missing one is said clearly. client.py imports this module inside the
+methods that use it (``ar.wait_interactive()``, ``rc.wait_for_engines()``,
+``ar.timeline()``, ``view.register_joblib_backend()``); ``minipar.plot_timeline`` and
+``minipar.register_joblib_backend`` are its public names.
+"""
+
+import collections
+import concurrent.futures
+import functools
+import sys
+import time
+
+from .client import Client, LoadBalancedView, _abort_quietly
+
+# -- progress bars
+
+def _interactive():
+    """Whether someone is probably watching: stderr is a terminal, or this is IPython."""
+    try:
+        if sys.stderr.isatty():
+            return True
+    except (AttributeError, ValueError):  # stderr replaced by an object without it, or closed
+        pass
+    ipython = sys.modules.get("IPython")
+    return ipython is not None and ipython.get_ipython() is not None
+
+
+def _progress_bar(total, desc, unit, initial=0):
+    """tqdm's bar when tqdm is installed (a widget in Jupyter), else a _TextBar."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _TextBar(total, desc, unit, initial)
+    return tqdm(total=total, desc=desc, unit=unit, initial=initial)
+
+
+
+def _wait_with_bar(ar, desc, interval, timeout):
+    """``ar.wait_interactive()``: wait for AsyncResult `ar` (at most `timeout` s), redrawing
+    a bar of its requests done every `interval` s; whether it is done."""
+    bar = _progress_bar(len(ar), desc, "tasks")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while not ar.done():
+            left = interval if deadline is None else min(interval, deadline - time.monotonic())
+            if left <= 0:
+                break
+            ar.wait(left)
+            bar.update(ar.progress - bar.n)
+    finally:
+        bar.update(ar.progress - bar.n)
+        bar.close()
+    return ar.done()
+
+class _TextBar:
+    """A progress bar in plain text on stderr, in tqdm's shape (``n``, ``update(k)``,
+    ``close()``) and tqdm's look::
+
+        map:  40%|#########             | 8/20 [00:02<00:03, 3.91 tasks/s]
+
+    It is redrawn in place after a carriage return, which terminals and Jupyter's
+    output area both honour.
+    """
+
+    WIDTH = 24
+
+    def __init__(self, total, desc, unit, initial=0, file=None):
+        self.total, self.desc, self.unit = total, desc, unit
+        self.n = self._initial = initial
+        self.file = file or sys.stderr
+        self._start = time.monotonic()
+        self._last_len = 0
+        self._draw()
+
+    def update(self, k=1):
+        self.n += k
+        self._draw()   # also when k == 0: the rate and the time left still change
+
+    def close(self):
+        self._draw()
+        self.file.write("\n")
+        self.file.flush()
+
+    def format(self):
+        elapsed = time.monotonic() - self._start
+        frac = min(1.0, self.n / self.total) if self.total else 1.0
+        filled = int(frac * self.WIDTH)
+        rate = (self.n - self._initial) / elapsed if elapsed > 0 else 0.0
+        left = _clock((self.total - self.n) / rate) if rate > 0 else "?"
+        return (f"{self.desc}: {frac:4.0%}|{'#' * filled}{' ' * (self.WIDTH - filled)}| "
+                f"{self.n}/{self.total} [{_clock(elapsed)}<{left}, {rate:.2f} {self.unit}/s]")
+
+    def _draw(self):
+        line = self.format()
+        # pad over the end of a longer previous line
+        self.file.write("\r" + line.ljust(self._last_len))
+        self.file.flush()
+        self._last_len = len(line)
+
+
+def _clock(seconds):
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+# -- joblib
+
+def register_joblib_backend(name="minipar", view=None, make_default=False):
+    """Register minipar as joblib backend `name`, so that inside
+    ``with joblib.parallel_backend(name):`` joblib's work (and scikit-learn's
+    ``n_jobs``) runs on the engines of `view` (default: a Client of the default
+    profile, connected when joblib first needs it, closed after each Parallel call).
+    Each batch of calls is one load-balanced task."""
+    from joblib.parallel import register_parallel_backend
+
+    register_parallel_backend(name, functools.partial(_joblib_backend_class(), view=view),
+                              make_default=make_default)
+
+
+@functools.lru_cache(maxsize=None)
+def _joblib_backend_class():
+    """The backend class, made on first use: joblib is imported only then."""
+    from joblib.parallel import AutoBatchingMixin, ParallelBackendBase, SequentialBackend
+
+    class MiniparBackend(AutoBatchingMixin, ParallelBackendBase):
+        """joblib's backend API (``submit``, ``retrieve_result_callback``) over a
+        LoadBalancedView. joblib's batch-done callback dispatches the next batch, that
+        is, it sends; it must not run in the client's I/O thread, which drains what is
+        sent, so it runs in a thread of the backend's own."""
+
+        supports_retrieve_callback = True
+
+        def __init__(self, view=None, **kwargs):
+            super().__init__(**kwargs)
+            if view is not None and not isinstance(view, LoadBalancedView):
+                view = LoadBalancedView(view.client, view.targets)
+            self._view = view
+            self._own_client = None
+            self._callbacks = None
+            self._outstanding = set()
+
+        @property
+        def view(self):
+            if self._view is None:
+                self._own_client = Client()
+                self._view = self._own_client.load_balanced_view()
+            return self._view
+
+        def effective_n_jobs(self, n_jobs):
+            # the engines are the workers, whatever n_jobs asks (as in ipyparallel)
+            if n_jobs == 0:
+                raise ValueError("n_jobs == 0 in Parallel has no meaning")
+            return len(self.view.client.resolve_targets(self.view.targets))
+
+        def submit(self, func, callback=None):
+            ar = self.view.apply_async(func)
+            self._outstanding.add(ar)
+            ar.add_done_callback(self._outstanding.discard)
+            if callback is not None:
+                if self._callbacks is None:
+                    self._callbacks = concurrent.futures.ThreadPoolExecutor(
+                        1, thread_name_prefix="minipar-joblib")
+                ar.add_done_callback(functools.partial(self._call_later, self._callbacks,
+                                                       callback))
+            return ar
+
+        @staticmethod
+        def _call_later(callbacks, callback, future):
+            # executes in the client's I/O thread
+            try:
+                callbacks.submit(callback, future)
+            except RuntimeError:   # terminated: the Parallel call is over, nothing waits
+                pass
+
+        apply_async = submit   # the name joblib < 1.3 calls
+
+        def retrieve_result_callback(self, out):
+            return out.result()
+
+        def abort_everything(self, ensure_ready=True):
+            _abort_quietly(self.view.client, list(self._outstanding))
+
+        def get_nested_backend(self):
+            # an engine is one worker already: Parallel calls nested in a task run in turn
+            return SequentialBackend(nesting_level=(self.nesting_level or 0) + 1), None
+
+        def terminate(self):
+            if self._callbacks is not None:
+                self._callbacks.shutdown(wait=False)
+                self._callbacks = None
+            if self._own_client is not None:
+                self._own_client.close()
+                self._own_client = self._view = None
+            self.reset_batch_stats()
+
+    return MiniparBackend
+
+
+# -- timelines
+
+def plot_timeline(ar, filename=None, title=None):
+    """A Gantt chart of a run: engines on the y axis, seconds since the first submission
+    on the x axis, one bar per task from its start to its end on the engine (failed
+    attempts hatched red); the title gives the totals. `ar` is an AsyncResult or a
+    list of them.
+
+    Draws with matplotlib. With `filename` (.png, .svg, .pdf: by the extension) the
+    figure is written without pyplot, so no GUI backend is involved; without it the
+    figure is a pyplot one, which a notebook shows inline. Returns the Figure.
+    """
+    try:
+        import matplotlib  # noqa: F401 - only to say what is missing
+    except ImportError:
+        raise ImportError("plot_timeline draws with matplotlib: pip install matplotlib") \
+            from None
+    ars = [ar] if isinstance(ar, concurrent.futures.Future) else list(ar)
+    bars = _timeline_bars(ars)
+    engines = sorted({b[0] for b in bars})
+    row = {e: i for i, e in enumerate(engines)}
+    t0 = min((f.metadata["submitted"] for a in ars for f in a.futures), default=0.0)
+    size = (10, 1.2 + 0.45 * max(len(engines), 3))
+    if filename is None:
+        import matplotlib.pyplot as plt
+
+        fig = plt.figure(figsize=size)
+    else:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=size)
+    ax = fig.add_subplot()
+    seen = collections.Counter()
+    for ok in (True, False):
+        mine = [b for b in bars if (b[3] == "ok") == ok]
+        if not mine:
+            continue
+        colors = []
+        for e, *_ in mine:   # alternate two shades along each row: neighbours stay apart
+            colors.append(("tab:blue", "cornflowerblue")[seen[e] % 2] if ok else "tab:red")
+            seen[e] += 1
+        ax.barh([row[b[0]] for b in mine], [b[2] - b[1] for b in mine],
+                left=[b[1] - t0 for b in mine], height=0.7, color=colors,
+                edgecolor="white", linewidth=0.5, hatch=None if ok else "//",
+                label="task" if ok else "failed attempt")
+    ax.set_yticks(range(len(engines)))
+    ax.set_yticklabels([f"engine {e}" for e in engines])
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the first submission")
+    ax.set_xlim(left=0)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
+    if any(b[3] != "ok" for b in bars):
+        ax.legend(loc="lower right")
+    wall = max((b[2] for b in bars), default=t0) - t0
+    busy = sum(b[2] - b[1] for b in bars)
+    name = ars[0]._fname if len(ars) == 1 and ars[0]._fname else "run"
+    ax.set_title(title or (
+        f"{name}: {len(bars)} tasks on {len(engines)} engines, {wall:.2f} s wall, "
+        f"{busy:.2f} s computing ({busy / wall / max(len(engines), 1):.0%} busy)"
+        if wall > 0 else f"{name}: no finished tasks"))
+    fig.tight_layout()
+    if filename is not None:
+        fig.savefig(filename, dpi=120)
+    return fig
+
+
+def _timeline_bars(ars):
+    """[(engine, started, completed, status)] of every attempt of every request."""
+    bars = []
+    for a in ars:
+        for f in a.futures:
+            md = f.metadata
+            # a load-balanced task lists each attempt (the last one too); others ran once
+            attempts = md.get("attempts") or [{"engine": md["engine_id"], "status": md["status"],
+                                               "started": md["started"],
+                                               "completed": md["completed"]}]
+            for att in attempts:
+                if None not in (att.get("engine"), att.get("started"), att.get("completed")):
+                    bars.append((att["engine"], att["started"], att["completed"],
+                                 att.get("status")))
+    return bars
