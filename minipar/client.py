@@ -37,6 +37,7 @@ import concurrent.futures
 import contextlib
 import functools
 import itertools
+import keyword
 import logging
 import os
 import sys
@@ -1329,6 +1330,11 @@ class DirectView(_View):
         """Update each target's namespace with the dict `ns`."""
         if not isinstance(ns, dict):
             raise TypeError(f"push takes a dict of names to values, not {type(ns).__name__}")
+        bad = [k for k in ns if not (isinstance(k, str) and k.isidentifier())
+               or keyword.iskeyword(k)]
+        if bad:
+            raise ValueError(f"push: {bad[0]!r} is not a Python name, so code on the engines "
+                             "could never refer to it; use identifiers as keys")
         parts = protocol.serialize(ns)
         ar = self._each(targets, lambda e, future: self.client.send_request(
             protocol.PUSH, parts, engine_id=e, future=future, engine=e), "push")

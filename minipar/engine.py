@@ -819,13 +819,18 @@ class Engine:
 
     def _pull(self, header, parts):
         names = header["names"]
-        missing = [n for n in ([names] if isinstance(names, str) else names)
-                   if n not in self.user_ns]
-        if missing:
-            raise NameError(f"name {missing[0]!r} is not defined on engine {self.id}")
-        if isinstance(names, str):
-            return self.user_ns[names]
-        return [self.user_ns[n] for n in names]
+        values = [self._value(n) for n in ([names] if isinstance(names, str) else names)]
+        return values[0] if isinstance(names, str) else values
+
+    def _value(self, name):
+        """A name's value, or an expression's (`a[0]`, `x.shape`), as ipyparallel pulls."""
+        if not isinstance(name, str):
+            raise TypeError(f"pull takes names (strings), not {type(name).__name__}")
+        if name.isidentifier():
+            if name not in self.user_ns:
+                raise NameError(f"name {name!r} is not defined on engine {self.id}")
+            return self.user_ns[name]
+        return eval(compile(name, "<pull>", "eval"), self.user_ns)
 
     def _keys(self, header, parts):
         return [k for k in self.user_ns if k not in _NS_BASE]

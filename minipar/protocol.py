@@ -710,7 +710,7 @@ def write_connection_file(path, info):
     os.replace(tmp, path)
 
 
-def read_connection_file(path, role="client"):
+def read_connection_file(path):
     """Read a connection file, with an error that says how to get one."""
     from .errors import ConnectionFileError
 
@@ -723,17 +723,44 @@ def read_connection_file(path, role="client"):
             f"{__package__}.controller` (same profile), or pass the file's path") from None
     except (OSError, ValueError) as e:
         raise ConnectionFileError(f"cannot read connection file {path}: {e}") from None
+    if type(info) is dict and type(info.get("pid")) is int and info.get("host"):
+        import socket   # here, not at import: `import minipar` stays quick
+
+        if info["host"] == socket.gethostname() and not pid_alive(info["pid"]):
+            raise ConnectionFileError(
+                f"connection file {path} is stale: controller pid {info['pid']} is not "
+                f"running; start a controller with `python -m {__package__}.controller`")
+    problem = _connection_problem(info)
+    if problem:
+        raise ConnectionFileError(f"connection file {path} {problem}: it was not written by a "
+                                  f"minipar controller, or was changed since; start one with "
+                                  f"`python -m {__package__}.controller` to write it again")
+    return info
+
+
+CONNECTION_PORTS = ("client", "notify", "engine", "ping", "pong")
+
+
+def _connection_problem(info):
+    """What is wrong with a connection file's contents (None: nothing)."""
+    if type(info) is not dict:
+        return "is not a JSON object"
     missing = {"key", "ports", "location"} - set(info)
     if missing:
-        raise ConnectionFileError(f"connection file {path} lacks {sorted(missing)}: "
-                                  "it was not written by a minipar controller")
-    import socket   # here, not at import: `import minipar` stays quick
-
-    if info.get("host") == socket.gethostname() and info.get("pid") and not pid_alive(info["pid"]):
-        raise ConnectionFileError(
-            f"connection file {path} is stale: controller pid {info['pid']} is not running; "
-            f"start a controller with `python -m {__package__}.controller`")
-    return info
+        return f"lacks {sorted(missing)}"
+    try:
+        if not bytes.fromhex(info["key"]):
+            raise ValueError
+    except (TypeError, ValueError):
+        return "has no valid `key` (a hex string)"
+    ports = info["ports"]
+    bad = [n for n in CONNECTION_PORTS if type(ports) is not dict
+           or type(ports.get(n)) is not int or not 0 < ports[n] < 65536]
+    if bad:
+        return f"has no valid port for {', '.join(bad)} in `ports`"
+    if not isinstance(info["location"], str) or not info["location"]:
+        return "has no valid `location` (the controller's address)"
+    return None
 
 
 def pid_alive(pid):

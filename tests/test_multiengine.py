@@ -55,6 +55,20 @@ def test_push_pull_one_and_several_names(rc):
     assert rc[2].pull(["a", "c"], block=True) == [1, [3]]
 
 
+def test_push_refuses_names_code_cannot_use_and_pull_evaluates_expressions(rc):
+    dv = rc[:]
+    for bad in ("a b", "1x", "class", "", 7, ("t",)):
+        with pytest.raises(ValueError, match="not a Python name"):
+            dv.push({bad: 1})
+    dv.push({"a": [10, 20], "s": "text"}, block=True)
+    assert dv.pull("a[0]", block=True) == [10] * 4      # evaluated there, as ipyparallel does
+    assert rc[0].pull(["len(s)", "a[-1] + 1", "s"], block=True) == [4, 21, "text"]
+    with pytest.raises(minipar.RemoteError, match="NameError.*'nothere'"):
+        rc[0].pull("nothere", block=True)
+    with pytest.raises(minipar.RemoteError, match="NameError.*'nothere'"):
+        rc[0].pull("nothere[0]", block=True)
+
+
 def test_dictionary_interface(rc):
     dv = rc[:]
     dv["x"] = 42

@@ -165,6 +165,32 @@ def test_missing_and_stale_connection_files_say_what_to_do(tmp_path):
         protocol.read_connection_file(path)
 
 
+def test_malformed_connection_files_say_what_is_wrong(tmp_path):
+    path = str(tmp_path / "bad.json")
+    ports = dict.fromkeys(protocol.CONNECTION_PORTS, 5555)
+    good = {"key": KEY, "ports": ports, "location": "127.0.0.1"}
+    protocol.write_connection_file(path, good)
+    assert protocol.read_connection_file(path) == good
+    for bad, why in [([1, 2], "not a JSON object"), ({"key": KEY}, "lacks"),
+                     (dict(good, ports={}), "no valid port for client"),
+                     (dict(good, ports=dict(ports, ping="x")), "no valid port for ping"),
+                     (dict(good, ports=dict(ports, pong=70000)), "no valid port for pong"),
+                     (dict(good, ports=None), "no valid port"),
+                     (dict(good, key="not hex"), "no valid `key`"), (dict(good, key=""), "key"),
+                     (dict(good, key=5), "key"), (dict(good, location=""), "location"),
+                     (dict(good, pid="12", host="h"), None)]:
+        protocol.write_connection_file(path, bad)
+        if why is None:   # odd but harmless extra fields are not checked
+            protocol.read_connection_file(path)
+            continue
+        with pytest.raises(errors.ConnectionFileError, match=why):
+            protocol.read_connection_file(path)
+    with open(path, "w") as f:
+        f.write("{not json")
+    with pytest.raises(errors.ConnectionFileError, match="cannot read"):
+        protocol.read_connection_file(path)
+
+
 def test_function_pickles_are_reused_only_while_they_cannot_change():
     ns = {"__name__": "__main__"}
     exec("import math\ndef f(x):\n    return math.sqrt(x) + helper(x)\n", ns)
