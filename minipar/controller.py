@@ -99,6 +99,7 @@ class Controller:
         self._out = {}            # (socket, routing ids) -> what this pass sends there
         self._direct = False      # handling the first message of a drain: send at once
         self._aborting = {}       # a client's abort msg_id -> [idents, header, engines to hear]
+        self._epitaphs = {}       # dead engine id -> where it ran and its log's last lines
         self._next_id = 0
         self._beat = 0
         self._next_beat = 0.0
@@ -403,6 +404,7 @@ class Controller:
             "id": eid, "ident": ident, "pid": header.get("pid"),
             "host": header.get("host"), "python": header.get("python"),
             "cloudpickle": header.get("cloudpickle"), "registered": now,
+            "log": header.get("log"),
             # a new engine has full liveness from its registration's beat
             "last_beat": self._beat,
             "properties": header.get("properties") or {},
@@ -432,6 +434,10 @@ class Controller:
         self._by_ident.pop(engine["work_ident"], None)
         now = time.time()
         what = "died" if died else "unregistered"
+        if died:
+            self._epitaphs[eid] = _epitaph(engine)
+            if len(self._epitaphs) > 100:   # bounded: the oldest go
+                del self._epitaphs[next(iter(self._epitaphs))]
         timed_out = set()
         for msg_id in list(engine["outstanding"]):
             rec = self.db.get(msg_id)
@@ -682,6 +688,8 @@ class Controller:
                 self._finish(owner, status)
 
     def _fail(self, rec, ename, evalue):
+        if ename == "EngineError" and rec["engine"] in self._epitaphs:
+            evalue += self._epitaphs[rec["engine"]]
         err = errors.error(ename, evalue, {"msg_id": rec["msg_id"], "engine_id": rec["engine"]})
         rec["result_header"] = {"msg_id": protocol.new_id(), "kind": protocol.reply_kind(rec["kind"]),
                                 "status": ERROR, "ename": ename, "evalue": evalue,
@@ -892,6 +900,31 @@ class Controller:
 # wrong type would fail deep in the scheduler, after a record was half made; these checks
 # turn it into an error result for that request (or a refused registration) instead.
 
+EPITAPH_LINES = 12   # the end of a dead engine's log quoted in its EngineErrors (or from
+                     # faulthandler's "Fatal Python error", up to 40 lines)
+
+
+def _epitaph(engine):
+    """What a dead engine's log says last (faulthandler's trace of a crash, the exit
+    status its launcher wrote), to add to the EngineError of its requests; read once, at
+    its death, and only the last 8 KB."""
+    where = f" (engine pid {engine['pid']} on {engine['host']})"
+    path = engine.get("log")
+    if not path or engine["host"] != socket.gethostname():
+        return where
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 8192))
+            lines = f.read().decode(errors="replace").splitlines()[-40:]
+    except OSError:
+        return where
+    fatal = [i for i, line in enumerate(lines) if line.startswith("Fatal Python error")]
+    lines = lines[fatal[-1]:] if fatal else lines[-EPITAPH_LINES:]
+    if not lines:
+        return where
+    return f"{where}; the end of its log, {path}:\n" + "\n".join(lines)
+
+
 def _ended_for_time_limit(rec, eid):
     return (f"the task ran longer than its time_limit of {_header(rec)['time_limit']} s in "
             "code that an interrupt cannot stop (a long call in C holding the GIL), so "
@@ -952,7 +985,7 @@ def _request_problem(header):
 def _register_problem(header):
     """What is wrong with a registration's fields, or None."""
     types = {"id": int, "pid": int, "host": str, "python": list, "cloudpickle": str,
-             "properties": dict, "reply_ident": str}
+             "properties": dict, "reply_ident": str, "log": str}
     for name, kind in types.items():
         value = header.get(name)
         if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):

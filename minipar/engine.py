@@ -253,7 +253,9 @@ class Engine:
         self._send_ready()
         self._main_ident = threading.get_ident()
         signal.signal(signal.SIGINT, self._on_sigint)
-        # the time-limit watchdog (see TIME_LIMIT_GRACE_S): traceback, then the default action
+        # a crash leaves its traceback in the log (the controller quotes it in EngineError),
+        # and so does the time-limit watchdog (TIME_LIMIT_GRACE_S) before its default action
+        faulthandler.enable()
         faulthandler.register(signal.SIGALRM, all_threads=True, chain=True)
         t = threading.Thread(target=self._receiver, args=(dealer, outbox_in),
                              name="minipar-receiver", daemon=True)
@@ -331,7 +333,8 @@ class Engine:
         header, frames = self.session.msg(
             protocol.REGISTER, uuid=self.ident.decode(), pid=os.getpid(),
             host=socket.gethostname(), python=python, cloudpickle=cloudpickle_version,
-            properties=props, reply_ident=(self.ident + REPLY_SUFFIX).decode(), id=want)
+            properties=props, reply_ident=(self.ident + REPLY_SUFFIX).decode(), id=want,
+            log=_log_file())
         return header["msg_id"], frames
 
     def _run_startup(self):
@@ -882,6 +885,16 @@ class Engine:
         protocol.CLEAR: _clear,
         protocol.PROPERTIES: _properties,
     }
+
+
+def _log_file():
+    """The file this engine's stderr goes to (its launcher's log), if it is one: the
+    controller quotes its end when the engine dies, for faulthandler's last words."""
+    try:
+        path = os.readlink("/proc/self/fd/2")
+    except OSError:
+        return None
+    return path if os.path.isfile(path) else None
 
 
 def _versions():

@@ -358,3 +358,20 @@ def test_an_engine_busy_in_c_code_does_not_take_the_controller_for_silent(local_
         assert rc[eid].apply_sync(_hold_the_gil, 1.5) == 1.5
     assert engine.poll() is None and rc.ids == [eid]
     assert "silent" not in local_cluster.output("engine0")
+
+
+def _segfault():
+    ctypes.string_at(0)
+
+
+def test_a_crashed_engine_leaves_its_last_words_in_the_engine_error(local_cluster):
+    local_cluster.start_engines(2)
+    rc = local_cluster.client()
+    rc.wait_for_engines(2, START_TIMEOUT_S)
+    first, second = rc.ids
+    with pytest.raises(errors.RemoteError, match=r"EngineError(.|\n)*engine pid \d+ on "
+                                                 r"(.|\n)*Segmentation fault(.|\n)*_segfault"):
+        rc[first].apply_sync(_segfault)
+    lview = rc.load_balanced_view()
+    with pytest.raises(errors.RemoteError, match=r"died while running(.|\n)*end of its log"):
+        lview.apply_async(os._exit, 3).get(START_TIMEOUT_S)
