@@ -114,6 +114,9 @@ RESUBMIT = "resubmit"
 DB_QUERY = "db_query"
 STREAM = "stream"                # stdout/stderr of a running task, sent while it runs
 STATS = "stats"                  # an engine's counters (messages dropped, requests run)
+STATUS = "status"                # what the cluster does now (rc.status, python -m minipar.top)
+USAGE = "usage"                  # an engine's CPU time, memory and running request, sent
+                                 # every engine.USAGE_PERIOD_S (see minipar.top)
 BATCH = "batch"                  # several messages under one signature: header `items`
                                  # (their header bytes) and `nparts`; see Session.pack
 # notifications, published by the controller

@@ -1,0 +1,215 @@
+"""python -m minipar.top and rc.status(): against a real cluster, in a real terminal.
+
+The live view runs in tmux (a private server, ``tmux -L``, killed at the end whatever
+happens): its screen is captured while a workload runs and after it, and ``q`` must give
+the shell back. ``--once --json`` is checked for exact counts, and for an engine killed
+with SIGKILL showing as lost.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from .conftest import ROOT, _env
+
+TIMEOUT = 120
+pytestmark = pytest.mark.timeout(TIMEOUT)
+
+PROMPT = "top-test$ "
+
+
+def slow(seconds):
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def square(x):
+    return x * x
+
+
+def fail(x):
+    raise ValueError(f"bad input {x}\nmore detail on a second line")
+
+
+def _until(check, timeout, what):
+    """Poll `check()` until it returns something true; that value, or fail saying `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} within {timeout} s")
+        time.sleep(0.1)
+
+
+def _top(cluster, *args, timeout=30):
+    return subprocess.run([sys.executable, "-m", "minipar.top", "--file", cluster.client_file,
+                           *args], capture_output=True, text=True, env=_env(), cwd=ROOT,
+                          timeout=timeout)
+
+
+def _snapshot(cluster):
+    out = _top(cluster, "--once", "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_status_shows_what_each_engine_runs(rc):
+    """Each busy engine's row names the function it runs, for how long, its CPU and
+    memory; the repr is the monitor's text and the HTML repr a table."""
+    ar = rc.load_balanced_view().map_async(slow, [3] * 4)
+
+    def all_busy():
+        s = rc.status()
+        rows = s["engines"]
+        return s if (len(rows) == 4 and all(r["state"] == "busy" and r["task"] == "slow"
+                                            and r["running_s"] is not None
+                                            and r["rss_bytes"] for r in rows)) else None
+
+    s = _until(all_busy, 15, "four engines busy running `slow`, with their memory")
+    assert s["running"] == 4 and s["engines_alive"] == 4
+    assert all(r["running_s"] < 10 for r in s["engines"])
+    assert "slow" in repr(s) and "busy" in repr(s)
+    html = s._repr_html_()
+    assert "<table>" in html and html.count("<tr>") == 5
+    ar.get(30)
+    s = _until(lambda: (lambda s: s if s["done"] == 4 else None)(rc.status()), 10,
+               "the four tasks counted as done")
+    assert s["running"] == 0 and {r["state"] for r in s["engines"]} == {"idle"}
+
+
+def test_once_json_counts_and_a_killed_engine(cluster):
+    rc = cluster.rc
+    view = rc.load_balanced_view()
+    good = [view.apply_async(square, i) for i in range(20)]
+    bad = [view.apply_async(fail, i) for i in range(5)]
+    assert [a.get(30) for a in good] == [i * i for i in range(20)]
+    for a in bad:
+        with pytest.raises(Exception):
+            a.get(30)
+    snap = _snapshot(cluster)
+    assert (snap["done"], snap["failed"], snap["queued"], snap["running"]) == (20, 5, 0, 0)
+    assert snap["engines_alive"] == 4 and snap["engines_lost"] == 0
+    rows = snap["engines"]
+    assert [r["id"] for r in rows] == sorted(rc.ids)
+    assert sum(r["done"] for r in rows) == 25 and sum(r["failed"] for r in rows) == 5
+    assert {r["pid"] for r in rows} == {p.pid for p in cluster.engines}
+    assert sorted(f["evalue"] for f in snap["failures"]) == [f"bad input {i}" for i in range(5)]
+    assert {f["ename"] for f in snap["failures"]} == {"ValueError"}
+    assert sum(snap["per_second"]) == 25 and snap["controller"]["pid"] == cluster.controller.pid
+    text = _top(cluster, "--once")
+    assert text.returncode == 0, text.stderr
+    assert "4 alive, 0 lost" in text.stdout and "20 done, 5 failed" in text.stdout
+    assert "ValueError: bad input" in text.stdout
+
+    victim = cluster.engines[0]
+    eid = next(r["id"] for r in rows if r["pid"] == victim.pid)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    _until(lambda: rc.status()["engines_lost"] == 1, 20, "the killed engine declared lost")
+    snap = _snapshot(cluster)
+    assert snap["engines_alive"] == 3 and snap["engines_lost"] == 1
+    row = next(r for r in snap["engines"] if r["id"] == eid)
+    assert row["state"] == "lost" and row["pid"] == victim.pid and row["lost_s"] >= 0
+    assert (snap["done"], snap["failed"]) == (20, 5)
+    assert re.search(rf"^\s*{eid}\s.*\blost\b", _top(cluster, "--once").stdout, re.M)
+
+
+def test_once_says_clearly_when_there_is_no_controller(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "minipar.top", "--once", "--profile-dir",
+                          str(tmp_path / "nothing")], capture_output=True, text=True,
+                         env=_env(), cwd=ROOT, timeout=30)
+    assert out.returncode == 1 and "no connection file" in out.stderr
+
+
+# ---------------------------------------------------------------- the live view
+
+
+@pytest.fixture
+def tmux(tmp_path):
+    """run(*args) for a private tmux server with one 100x40 pane running a plain shell."""
+    if shutil.which("tmux") is None:
+        if os.environ.get("MINIPAR_CI"):
+            pytest.fail("tmux is missing: .ci/setup_tmux.sh should have installed it")
+        pytest.skip("tmux is not installed (apt-get install tmux); CI installs it")
+    name = f"minipar-top-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    env = dict(_env(), TERM="xterm", LANG="C.UTF-8", LC_ALL="C.UTF-8")
+    env.pop("TMUX", None)
+    rcfile = tmp_path / "bashrc"
+    rcfile.write_text(f"PS1='{PROMPT}'\n")   # bash takes no PS1 from its environment
+
+    def run(*args):
+        return subprocess.run(["tmux", "-L", name, *args], capture_output=True, text=True,
+                              env=env, timeout=10, check=True).stdout
+
+    try:
+        run("-f", "/dev/null", "new-session", "-d", "-x", "100", "-y", "40", "-s", "t",
+            f"bash --noprofile --rcfile {rcfile}")
+        _until(lambda: PROMPT.strip() in run("capture-pane", "-p", "-t", "t"), 10,
+               "a shell prompt in the tmux pane")
+        yield run
+    finally:
+        subprocess.run(["tmux", "-L", name, "kill-server"], capture_output=True, timeout=10)
+
+
+def _done_failed(screen):
+    m = re.search(r"(\d+) done, (\d+) failed", screen)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def test_live_view_in_a_terminal(cluster, tmux):
+    rc = cluster.rc
+
+    def screen():
+        return tmux("capture-pane", "-p", "-t", "t")
+
+    tmux("send-keys", "-t", "t", f"cd {ROOT} && {sys.executable} -m minipar.top --file "
+         f"{cluster.client_file} --interval 0.3; echo top exited $?", "Enter")
+    _until(lambda: "4 alive, 0 lost" in screen(), 30, "the view's header")
+
+    view = rc.load_balanced_view()
+    good = [view.apply_async(slow, 0.4) for _ in range(24)]   # a map would send chunks
+    bad = [view.apply_async(fail, i) for i in range(3)]
+
+    def busy_rows():
+        s = screen()
+        rows = [line for line in s.splitlines() if re.match(r"^\s*\d+\s", line)]
+        busy = [line for line in rows if " busy " in line and "slow" in line]
+        return s if len(rows) == 4 and len(busy) >= 3 else None
+
+    first = _until(busy_rows, 30, "engine rows busy running `slow`")
+    assert {0, 1, 2, 3} == {int(line.split()[0]) for line in first.splitlines()
+                            if re.match(r"^\s*\d+\s", line)}
+    counts = _done_failed(first)
+    assert counts is not None and counts[0] < 24
+    _until(lambda: (_done_failed(screen()) or (0, 0))[0] > counts[0], 30,
+           "the done count growing")
+    assert [a.get(60) for a in good] == [0.4] * 24
+    for a in bad:
+        with pytest.raises(Exception):
+            a.get(30)
+
+    # after the workload, its exact totals, every engine idle, the failures listed
+    last = _until(lambda: (lambda s: s if _done_failed(s) == (24, 3) else None)(screen()),
+                  30, "the totals 24 done, 3 failed")
+    last = _until(lambda: (lambda s: s if s.count(" idle ") == 4 else None)(screen()), 10,
+                  "four idle engines")
+    assert "ValueError: bad input" in last and "0 queued, 0 running" in last
+
+    tmux("send-keys", "-t", "t", "q")
+    after = _until(lambda: (lambda s: s if "top exited 0" in s else None)(screen()), 15,
+                   "the view ended by q, with status 0")
+    assert after.rstrip().splitlines()[-1].strip() == PROMPT.strip()
+    assert "4 alive" not in after   # the terminal's own screen is back
+    assert tmux("display-message", "-p", "-t", "t", "#{pane_current_command}").strip() == "bash"
