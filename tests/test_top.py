@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from .conftest import ROOT, _env
+from .conftest import ROOT, START_TIMEOUT_S, LocalCluster, _env
 
 TIMEOUT = 120
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -213,3 +213,47 @@ def test_live_view_in_a_terminal(cluster, tmux):
     assert after.rstrip().splitlines()[-1].strip() == PROMPT.strip()
     assert "4 alive" not in after   # the terminal's own screen is back
     assert tmux("display-message", "-p", "-t", "t", "#{pane_current_command}").strip() == "bash"
+
+
+# ---------------------------------------------------------------- losing the controller
+
+
+def test_monitor_follows_a_restart_then_says_the_controller_is_gone(tmp_path):
+    """The monitor finds a controller restarted with --reuse (engines back, a new pid);
+    killed for good, it gives up after its wait with a message saying so."""
+    from minipar import top
+
+    from .test_restart import ENGINE_ARGS, _restart_controller
+
+    cluster = LocalCluster(tmp_path, controller_args=["--reuse"])
+    monitor = top.Monitor(cluster.client_file, timeout=1.0, wait_s=4)
+    try:
+        cluster.start_engines(2, ENGINE_ARGS)
+        cluster.client().wait_for_engines(2, START_TIMEOUT_S)
+        assert monitor.poll()["engines_alive"] == 2
+        _restart_controller(cluster, ["--reuse"], "controller2")
+        snap = _until(lambda: (lambda s: s if s and s["engines_alive"] == 2 else None)(
+            monitor.poll()), 60, "the monitor seeing the restarted controller's engines")
+        assert snap["controller"]["pid"] == cluster.controller.pid and snap["done"] == 0
+        cluster.controller.send_signal(signal.SIGKILL)
+        cluster.controller.wait(10)
+        assert monitor.poll() is None and "no answer from the controller" in monitor.note
+        with pytest.raises(top.Gone, match="has not answered for"):
+            _until(monitor.poll, 20, "the monitor giving up")
+    finally:
+        monitor.close()
+        cluster.stop()
+
+
+def test_monitor_says_the_controller_stopped_when_its_file_goes(local_cluster):
+    from minipar import top
+
+    monitor = top.Monitor(local_cluster.client_file, timeout=1.0, wait_s=30)
+    try:
+        assert monitor.poll()["engines_alive"] == 0
+        local_cluster.controller.terminate()   # it removes its files (no --reuse)
+        local_cluster.controller.wait(10)
+        with pytest.raises(top.Gone, match="connection file .* is gone"):
+            _until(monitor.poll, 10, "the monitor noticing the controller stopped")
+    finally:
+        monitor.close()
