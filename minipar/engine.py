@@ -16,6 +16,8 @@ abort is acknowledged once its requests are marked, so the controller answers th
 only when a queued request it aborted can no longer start.
 What a running request prints is collected by ``_Streamer`` and sent by the receiver
 as ``stream`` messages every STREAM_INTERVAL_S, so the client sees it as it happens.
+Every USAGE_PERIOD_S the receiver also sends a ``usage`` message (CPU time, resident
+memory, the running request and its function's name) for rc.status and minipar.top.
 
 Losing the controller: an engine declared dead (frozen, starved) or unknown to a
 restarted controller gets an ``unregister`` notice (its heart's beats make the

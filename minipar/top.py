@@ -47,7 +47,8 @@ The snapshot (``--once --json`` prints exactly this)::
                       task         what it runs: the function's name, or the request kind
                                    ("execute", "push"...); None when idle or not known yet
                       msg_id       the request it runs (None when idle or not known yet)
-                      running_s    for how long it has run it (None when not known)
+                      running_s    for how long it has run it (None when it started after
+                                   the engine's last report: then less than report_age_s)
                       queued       requests sent to it, waiting behind the running one
                       done         requests it answered (failures included)
                       failed       requests that ended in an error on it
@@ -273,8 +274,12 @@ def _bytes(n):
 
 def _cells(row):
     cpu = row.get("cpu_percent")
+    ran = _duration(row.get("running_s"))
+    if not ran and row["state"] == BUSY and row.get("report_age_s") is not None:
+        # it started what it runs after its last report: less than that report's age
+        ran = "<" + _duration(row["report_age_s"])
     return (str(row["id"]), str(row.get("host") or "?"), str(row.get("pid") or "?"),
-            row["state"], str(row.get("task") or "-"), _duration(row.get("running_s")),
+            row["state"], str(row.get("task") or "-"), ran,
             str(row.get("queued") or ""), str(row.get("done", "")), str(row.get("failed", "")),
             "" if cpu is None else f"{cpu:.0f}", _bytes(row.get("rss_bytes")))
 
@@ -293,13 +298,13 @@ def sections(snap, ascii=False, failures=5):
     c = snap["controller"]
     clock = time.strftime("%H:%M:%S", time.localtime(snap["time"]))
     head = [
-        f"minipar top - controller pid {c['pid']} on {c['host']}, up "
-        f"{_duration(c['uptime_s'])}  ({c['url']})  {clock}",
+        f"minipar top {clock}   controller pid {c['pid']} on {c['host']}, up "
+        f"{_duration(c['uptime_s'])}, {c['url']}",
         f"engines: {snap['engines_alive']} alive, {snap['engines_lost']} lost"
         + (f", {snap['engines_stopped']} stopped" if snap["engines_stopped"] else "")
         + f"   tasks: {snap['queued']} queued, {snap['running']} running, "
         f"{snap['done']} done, {snap['failed']} failed",
-        f"rate {snap['rate']:.1f}/s |{sparkline(snap['per_second'], ascii)}| last {WINDOW_S} s",
+        f"rate {snap['rate']:.1f}/s  {WINDOW_S}s |{sparkline(snap['per_second'], ascii)}|",
         "",
     ]
     columns = _line([name for name, _ in _COLUMNS])
