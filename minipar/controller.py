@@ -1051,7 +1051,7 @@ class Controller:
             self._post(sock, (client,), frames)
         self.db.finish(rec)
         # for rc.status: one dict update per request (failures are rare: a bit more)
-        self.tally.finished[int(rec["completed"]), status] += 1
+        self.tally.finished[int(rec["completed"]), status == OK] += 1
         if status != OK:
             self.tally.failed(rec, header)
         recovers = rec.get("recovers")

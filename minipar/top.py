@@ -115,16 +115,17 @@ def _number(v):
 class Tally:
     """What the controller counts for ``status`` (executes in the hub loop).
 
-    ``finished[(second, status)]`` counts the requests finished in each second: the hub
-    adds one per request, nothing else per task. ``prune(now)`` (each heartbeat) folds
+    ``finished[(second, ok)]`` counts the requests finished in each second, ok or not
+    (a bool: any status an engine sends is a valid key): the hub adds one per request,
+    nothing else per task. ``prune(now)`` (each heartbeat) folds
     the counts older than WINDOW_S into ``totals``. ``failed(rec, header)`` (failures
     only) keeps the last RECENT_FAILURES; ``lost`` the engines gone, by id.
     """
 
     def __init__(self, now):
         self.started = now
-        self.finished = collections.defaultdict(int)   # (int second, status) -> requests
-        self.totals = collections.Counter()           # status -> requests, before those
+        self.finished = collections.defaultdict(int)   # (int second, ok) -> requests
+        self.totals = collections.Counter()           # ok -> requests, before those
         self.failures = collections.deque(maxlen=RECENT_FAILURES)
         self.failed_by_engine = collections.Counter()  # engine id -> requests failed there
         self.lost = {}                                # engine id -> its last row, oldest first
@@ -160,10 +161,11 @@ class Tally:
             counts[second] += n
         return [counts[s] for s in range(end - WINDOW_S, end)]
 
-    def by_status(self):
+    def outcomes(self):
+        """{True: requests finished ok, False: the others} since the controller started."""
         counts = collections.Counter(self.totals)
-        for (_, status), n in self.finished.items():
-            counts[status] += n
+        for (_, ok), n in self.finished.items():
+            counts[ok] += n
         return counts
 
 
@@ -218,7 +220,7 @@ def snapshot(controller, now):
                          "rss_bytes": None, "report_age_s": None,
                          "lost_s": now - gone["at"]})
     rows.sort(key=lambda r: r["id"])
-    counts = tally.by_status()
+    counts = tally.outcomes()
     per_second = tally.per_second(now)
     states = collections.Counter(r["state"] for r in rows)
     return {"time": now,
@@ -227,7 +229,7 @@ def snapshot(controller, now):
                            "uptime_s": now - tally.started},
             "engines_alive": len(c.engines), "engines_lost": states[LOST],
             "engines_stopped": states[STOPPED], "queued": queued, "running": running,
-            "done": counts["ok"], "failed": sum(counts.values()) - counts["ok"],
+            "done": counts[True], "failed": counts[False],
             "rate": sum(per_second[-RATE_WINDOW_S:]) / RATE_WINDOW_S,
             "per_second": per_second, "engines": rows, "failures": list(tally.failures)}
 

@@ -65,6 +65,49 @@ def _snapshot(cluster):
     return json.loads(out.stdout)
 
 
+def test_tally_keeps_a_minute_of_seconds_and_totals_the_rest():
+    from minipar import top
+
+    tally = top.Tally(now=1000.0)
+    tally.finished[1005, True] += 3
+    tally.finished[1100, False] += 1
+    tally.finished[1129, True] += 2
+    tally.prune(1130.5)   # 1005 is older than a minute: folded into the totals
+    assert dict(tally.finished) == {(1100, False): 1, (1129, True): 2}
+    assert tally.outcomes() == {True: 5, False: 1}
+    per_second = tally.per_second(1130.5)
+    assert len(per_second) == top.WINDOW_S and per_second[-1] == 2 and sum(per_second) == 3
+
+
+def test_text_and_html_show_every_state():
+    from minipar import top
+
+    row = {"host": "node7", "pid": 4242, "task": None, "msg_id": None, "running_s": None,
+           "queued": 0, "done": 3, "failed": 1, "cpu_percent": None, "rss_bytes": None,
+           "report_age_s": 0.4}
+    snap = top.Status({
+        "time": 0.0, "controller": {"host": "head", "pid": 1, "url": "tcp://h:1",
+                                    "uptime_s": 3725.0},
+        "engines_alive": 2, "engines_lost": 1, "engines_stopped": 0, "queued": 5,
+        "running": 2, "done": 7, "failed": 1, "rate": 2.5, "per_second": [0] * 59 + [9],
+        "engines": [dict(row, id=0, state="busy", task="fit", running_s=75.0,
+                         cpu_percent=99.6, rss_bytes=3 << 30),
+                    dict(row, id=1, state="busy", task="fit"),
+                    dict(row, id=2, state="lost", lost_s=4.0, report_age_s=None)],
+        "failures": [{"msg_id": "m1", "engine": 2, "ename": "EngineError",
+                      "evalue": "engine 2 died <x>", "completed": 0.0}]})
+    text = repr(snap)
+    assert "up 1h02m" in text and "2 alive, 1 lost" in text and "5 queued" in text
+    assert re.search(r"^\s*0 node7\s+4242 busy\s+fit\s+1m15s\s.*\b100\s+3\.0G$", text, re.M)
+    assert re.search(r"^\s*1 node7\s+4242 busy\s+fit\s+<0\.4s\s", text, re.M)
+    assert re.search(r"^\s*2 node7\s+4242 lost\s+-\s", text, re.M)
+    assert "m1  engine 2  EngineError: engine 2 died <x>" in text
+    assert all(len(line) <= 80 for line in text.splitlines()[1:7])
+    assert top.sparkline([0, 1, 8]) == "▁▁█" and top.sparkline([0, 8], ascii=True) == "_#"
+    html = snap._repr_html_()
+    assert html.count("<tr>") == 4 and "died &lt;x&gt;" in html and "<x>" not in html
+
+
 def test_status_shows_what_each_engine_runs(rc):
     """Each busy engine's row names the function it runs, for how long, its CPU and
     memory; the repr is the monitor's text and the HTML repr a table."""
