@@ -765,7 +765,11 @@ class Engine:
             raise
         except Exception as e:
             raise self._unpickling_error(e) from None
-        self._name = (header["msg_id"], getattr(f, "__name__", None) or type(f).__name__)
+        try:   # what rc.status shows it runs; never a reason for the task to fail
+            self._name = (header["msg_id"], str(getattr(f, "__name__", None) or
+                                                type(f).__name__))
+        except Exception:
+            self._name = (header["msg_id"], type(f).__name__)
         f = self._bind(f)
         if header.get("map"):  # a chunk of a map: f element-wise over the sequences
             return list(map(f, *args))
