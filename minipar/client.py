@@ -923,6 +923,14 @@ class Client:
             status["stats"] = reply.get("stats", {})
         return status
 
+    def status(self, timeout=None):
+        """What the cluster does now, as ``python -m minipar.top`` shows it: a dict
+        (engines and what each runs, tasks queued / running / done / failed, recent
+        failures; keys in minipar.top's docstring) with a text repr and an HTML table."""
+        from .top import Status
+
+        return Status(self._query(protocol.STATUS, timeout=timeout)["snapshot"])
+
     def engine_stats(self, targets="all", timeout=None):
         """Each engine's counters, {id: {'requests', 'dropped', 'dropped_reasons', ...}}:
         requests it ran and messages it dropped (refused, malformed, too large)."""

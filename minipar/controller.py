@@ -40,6 +40,7 @@ import zmq
 from . import errors, protocol
 from . import scheduler as _scheduler
 from .records import ERROR, OK, PENDING, RECORD_BYTES, RECORD_LIMIT, _header, open_db
+from . import top as _top
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ class Controller:
         self._next_beat = 0.0
         self._stop = False
         self.stats = collections.Counter()
+        self.tally = _top.Tally(time.time())   # what rc.status / minipar.top report
 
     # ------------------------------------------------------------ setup
 
@@ -288,6 +290,7 @@ class Controller:
         self._beat += 1
         self._next_beat = now + self.heartbeat_period
         self.sockets["ping"].send(b"%d" % self._beat)
+        self.tally.prune(now)
         # Liveness counts beats, not seconds: a controller that was itself stalled (a
         # loaded machine) sent fewer beats and so declares nobody dead for its own delay.
         limit = self._beat - self.heartbeat_liveness
@@ -364,6 +367,8 @@ class Controller:
             return self._abort_heard(eid, header.get("parent"))
         if kind == protocol.STARTED:
             return self._on_started(eid, header)
+        if kind == protocol.USAGE:
+            return _top.on_usage(self.engines[eid], header, time.time())
         if kind == protocol.PROPERTIES + "_update":
             properties = self.engines[eid]["properties"] = header.get("properties", {})
             return self._act(self.scheduler.set_properties(eid, properties, time.time()))
@@ -417,6 +422,7 @@ class Controller:
         }
         self._by_ident[ident] = eid
         self._by_ident[work_ident] = eid
+        self.tally.lost.pop(eid, None)
         engine = self.engines[eid]
         self._send(self.sockets["engine"], [ident], protocol.reply_kind(protocol.REGISTER),
                    parent=header["msg_id"], id=eid, heartbeat_period=self.heartbeat_period,
@@ -439,6 +445,7 @@ class Controller:
             if len(self._epitaphs) > 100:   # bounded: the oldest go
                 del self._epitaphs[next(iter(self._epitaphs))]
         timed_out = set()
+        self.tally.engine_lost(engine, died, now)
         for msg_id in list(engine["outstanding"]):
             rec = self.db.get(msg_id)
             if rec is None:
@@ -677,6 +684,10 @@ class Controller:
         for client in [rec["client"], *(rec.get("watchers") or ())]:
             self._post(sock, (client,), frames)
         self.db.finish(rec)
+        # for rc.status: one dict update per request (failures are rare: a bit more)
+        self.tally.finished[int(rec["completed"]), status == OK] += 1
+        if status != OK:
+            self.tally.failed(rec, header)
         recovers = rec.get("recovers")
         if recovers:
             owner = self.db.get(recovers)
@@ -741,6 +752,11 @@ class Controller:
                                     for k, v in self.session.dropped.items()})
         self._reply(idents, header, status="ok", engines=per,
                     unassigned=status["unassigned"], records=len(self.db), stats=stats)
+
+    def _status(self, idents, header, parts):
+        """What the cluster does now, for rc.status and python -m minipar.top: made from
+        what the hub tracks anyway (see minipar.top for the snapshot's keys)."""
+        self._reply(idents, header, status="ok", snapshot=_top.snapshot(self, time.time()))
 
     def _result_request(self, idents, header, parts):
         # status_only (rc.result_status): the lists only; no results sent, no watching
@@ -885,6 +901,7 @@ class Controller:
     _client_handlers = {
         protocol.CONNECT: _connect,
         protocol.QUEUE_STATUS: _queue_status,
+        protocol.STATUS: _status,
         protocol.RESULT_REQUEST: _result_request,
         protocol.PURGE: _purge,
         protocol.ABORT: _abort,

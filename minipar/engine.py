@@ -16,6 +16,8 @@ abort is acknowledged once its requests are marked, so the controller answers th
 only when a queued request it aborted can no longer start.
 What a running request prints is collected by ``_Streamer`` and sent by the receiver
 as ``stream`` messages every STREAM_INTERVAL_S, so the client sees it as it happens.
+Every USAGE_PERIOD_S the receiver also sends a ``usage`` message (CPU time, resident
+memory, the running request and its function's name) for rc.status and minipar.top.
 
 A task that holds the GIL past its time_limit plus TIME_LIMIT_GRACE_S (one long C call,
 which no interrupt reaches) ends the engine by SIGALRM, with faulthandler's traceback in
@@ -49,6 +51,7 @@ import cloudpickle
 import zmq
 
 from . import dependency, errors, protocol
+from .top import process_usage
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,10 @@ STREAM_CHUNK_CHARS = 64 * 1024   # most text in one stream message (a larger one
 # default action needs no thread of ours to run) and faulthandler leaves the traceback
 # in its log. Time for `finally` blocks to run; 1..60 is reasonable.
 TIME_LIMIT_GRACE_S = 5.0
+# How often the engine tells the controller its CPU time, memory and what it runs (for
+# rc.status and python -m minipar.top): one small message per period, none per task.
+# 0.5..10 is reasonable; the monitor's figures are this old at most.
+USAGE_PERIOD_S = 1.0
 
 REPLY_SUFFIX = b".r"  # the identity of the main thread's socket: engine ident + this
 _MISSING = object()
@@ -206,7 +213,8 @@ class Engine:
         self._wake_r, self._wake_w = os.pipe()
         self._announce = False
         self._aborted = set()       # msg_ids to refuse when they come up
-        self._current = None        # (msg_id, deadline) of the running request
+        self._current = None        # (msg_id, deadline, started, kind) of the running request
+        self._name = (None, None)   # (msg_id, function name) of the last apply unpickled
         self._held = None           # replies kept to send with the rest of their batch
         self._held_at = 0.0         # when the first of them was
         self._held_lock = threading.Lock()
@@ -356,9 +364,9 @@ class Engine:
         poller.register(self._pings, zmq.POLLIN)
         last_ping = time.monotonic()
         silence = self.heartbeat_period * self.max_missed_heartbeats
-        next_stream = 0.0
+        next_stream = next_usage = 0.0
         while True:
-            timeout = self.heartbeat_period
+            timeout = min(self.heartbeat_period, max(0.0, next_usage - time.monotonic()))
             cur = self._current
             if cur is not None and cur[1] is not None:
                 timeout = min(timeout, max(0.0, cur[1] - time.monotonic()))
@@ -382,6 +390,10 @@ class Engine:
             if now >= next_stream:
                 next_stream = now + STREAM_INTERVAL_S
                 self._send_stream(dealer)
+            if now >= next_usage:
+                next_usage = now + USAGE_PERIOD_S
+                if self._registering is None:   # an unknown engine is told to register
+                    self._send_usage(dealer)
             if self._held and now - self._held_at > HOLD_S:   # behind a long request
                 self._send_held(dealer)
             cur = self._current
@@ -420,6 +432,17 @@ class Engine:
                 _, frames = self.session.msg(protocol.STREAM, parent=parent, engine=self.id,
                                              name=name, text=text[i:i + size])
                 dealer.send_multipart(frames)
+
+    def _send_usage(self, dealer):
+        # executes in the receiver thread: CPU time, resident memory and the running
+        # request (its msg_id, function name and start), for rc.status / minipar.top
+        fields = process_usage()
+        cur = self._current
+        if cur is not None:
+            name = self._name[1] if self._name[0] == cur[0] else cur[3]
+            fields.update(task=cur[0], name=name, since=cur[2])
+        _, frames = self.session.msg(protocol.USAGE, **fields)
+        dealer.send_multipart(frames)
 
     def _checked(self, frames):
         """(idents, header, parts) of a message from the controller, or None for a
@@ -652,7 +675,8 @@ class Engine:
         sys.stdout, sys.stderr = out, err
         try:
             self.session.check_body(header, parts)
-            self._current = (msg_id, time.monotonic() + limit if limit else None)
+            self._current = (msg_id, time.monotonic() + limit if limit else None, started,
+                             header["kind"])
             try:
                 if limit:   # inside the try: an interrupt may land from here on
                     self._outbox.send(b"t")   # the receiver's next wait ends at the deadline
@@ -765,6 +789,11 @@ class Engine:
             raise
         except Exception as e:
             raise self._unpickling_error(e) from None
+        try:   # what rc.status shows it runs; never a reason for the task to fail
+            self._name = (header["msg_id"], str(getattr(f, "__name__", None) or
+                                                type(f).__name__))
+        except Exception:
+            self._name = (header["msg_id"], type(f).__name__)
         f = self._bind(f)
         if header.get("map"):  # a chunk of a map: f element-wise over the sequences
             return list(map(f, *args))

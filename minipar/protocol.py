@@ -116,6 +116,9 @@ STREAM = "stream"                # stdout/stderr of a running task, sent while i
 STATS = "stats"                  # an engine's counters (messages dropped, requests run)
 STARTED = "started"              # an engine started a request with a time_limit: header
                                  # `parent`, `started` (so its death past the limit is a timeout)
+STATUS = "status"                # what the cluster does now (rc.status, python -m minipar.top)
+USAGE = "usage"                  # an engine's CPU time, memory and running request, sent
+                                 # every engine.USAGE_PERIOD_S (see minipar.top)
 BATCH = "batch"                  # several messages under one signature: header `items`
                                  # (their header bytes) and `nparts`; see Session.pack
 # notifications, published by the controller

@@ -58,13 +58,15 @@ NOT_STR = [w for w in WEIRD if not isinstance(w, str)]
 FIELDS = ["engine", "targets", "after", "follow", "timeout", "retries", "recovery",
           "time_limit", "msg_ids", "names", "code", "counts", "op", "keys", "lb", "query",
           "keys_", "hub", "id", "properties", "pid", "python", "reason", "parent", "name",
-          "text", "dormant", "map", "session", "verbose"]
+          "text", "dormant", "map", "session", "verbose", "cpu_s", "rss", "clock_s", "task",
+          "since"]
 # Kinds a signed fuzzer may send without stopping what it fuzzes (shutdown would, by design).
 KINDS = [k for k in (protocol.APPLY, protocol.EXECUTE, protocol.PUSH, protocol.PULL,
                      protocol.KEYS, protocol.CLEAR, protocol.PROPERTIES, protocol.ABORT,
                      protocol.INTERRUPT, protocol.CONNECT, protocol.QUEUE_STATUS,
                      protocol.RESULT_REQUEST, protocol.PURGE, protocol.RESUBMIT,
-                     protocol.DB_QUERY, protocol.STREAM, protocol.STATS,
+                     protocol.DB_QUERY, protocol.STREAM, protocol.STATS, protocol.STATUS,
+                     protocol.USAGE,
                      "no_such_kind", "apply_reply", "register_reply", "")]
 
 

@@ -1,0 +1,539 @@
+"""See the cluster while it works: ``python -m minipar.top``, ``rc.status()``.
+
+A monitor in the spirit of htop, for a terminal over plain ssh (stdlib ``curses``, no new
+dependency). It is a client of the controller like any other; everything it shows comes
+from one ``status`` query per refresh, answered from what the hub tracks anyway::
+
+    engine receiver thread ── "usage" every USAGE_PERIOD_S ──▶ controller hub loop
+      (CPU time, resident memory,                              engines, records, Tally
+       running msg_id, name, start)                                  │
+                                                       "status" query │ snapshot (a header)
+    python -m minipar.top / rc.status() ◀─────────────────────────────┘
+
+What each side does, and what it costs:
+
+- an engine sends a ``usage`` message every ``engine.USAGE_PERIOD_S`` from its receiver
+  thread (``process_usage()``: ``os.times`` and ``/proc/self/statm``, or ``resource``),
+  with the request it runs now (msg_id, the function's ``__name__`` or the request kind,
+  and when it started). Nothing is sent per task.
+- the controller keeps the last report in the engine's dict (``on_usage``: the CPU % is
+  the CPU time used between two reports over the time between them) and counts finished
+  requests in a ``Tally``: one dict update per request, keyed by (second, status); a
+  failure also goes into a short ring with its ename and evalue. ``snapshot(controller,
+  now)`` builds the answer to a ``status`` query.
+- ``rc.status()`` returns the snapshot as a ``Status`` (a dict with a text ``repr`` and
+  an HTML table for Jupyter); ``python -m minipar.top`` shows it, full screen, every
+  ``--interval`` seconds (``q`` quits; arrows / PgUp / PgDn scroll the engines), or
+  prints it once with ``--once`` (``--once --json``: as JSON, for scripts).
+
+The snapshot (``--once --json`` prints exactly this)::
+
+    time            the controller's clock when it answered (seconds since the epoch)
+    controller      {"host", "pid", "url", "uptime_s"}
+    engines_alive   engines registered now
+    engines_lost    engines declared dead (missed heartbeats) and not back since
+    engines_stopped engines that unregistered (shut down) and are not back since
+    queued          requests waiting: in the scheduler, or sent to a busy engine and
+                    queued there behind the one it runs
+    running         requests running now (one per busy engine)
+    done            requests finished ok since the controller started
+    failed          requests finished otherwise (error, aborted, timeout, engine lost...)
+    rate            requests finished per second over the last RATE_WINDOW_S (10) s
+    per_second      requests finished in each of the last WINDOW_S (60) whole seconds,
+                    oldest first (the sparkline)
+    engines         one row per engine, by id:
+                      id, host, pid,
+                      state        "idle", "busy", "lost" or "stopped"
+                      task         what it runs: the function's name, or the request kind
+                                   ("execute", "push"...); None when idle or not known yet
+                      msg_id       the request it runs (None when idle or not known yet)
+                      running_s    for how long it has run it (None when it started after
+                                   the engine's last report: then less than report_age_s)
+                      queued       requests sent to it, waiting behind the running one
+                      done         requests it answered (failures included)
+                      failed       requests that ended in an error on it
+                      cpu_percent  CPU used over the last report period (100 = one core)
+                      rss_bytes    resident memory
+                      report_age_s how old its last usage report is (None: none yet)
+                      lost_s       (lost / stopped rows) how long ago it went
+    failures        the last RECENT_FAILURES failures, oldest first:
+                      msg_id, engine, ename, evalue (its first line), completed (time)
+
+The monitor survives a controller restart: the Client reconnects by itself when the
+controller comes back on the same address (``--reuse``), and a controller started anew
+(another pid in the connection file) gets a new Client. It exits with a clear message when
+the connection file is removed (the controller stopped) or after ``--wait`` seconds (60)
+without an answer.
+"""
+
+import argparse
+import collections
+import html
+import json
+import os
+import sys
+import time
+
+from . import errors, protocol
+
+WINDOW_S = 60          # the sparkline's span, and how long per-second counts are kept
+RATE_WINDOW_S = 10     # the span of `rate`; 5..30 is reasonable
+RECENT_FAILURES = 20   # failures the controller keeps for the monitor
+LOST_KEPT = 256        # lost / stopped engines remembered (oldest forgotten first)
+WAIT_S = 60.0          # how long the monitor waits for a silent controller; as the Client's
+                       # RECONNECT_TIMEOUT_S, 10..300 is reasonable
+
+IDLE, BUSY, LOST, STOPPED = "idle", "busy", "lost", "stopped"
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+# ---------------------------------------------------------------- engine side
+
+def process_usage():
+    """This process's CPU time (user + system, all threads), resident memory (bytes) and
+    a monotonic clock to measure the CPU % against: {"cpu_s", "rss", "clock_s"}."""
+    t = os.times()
+    usage = {"cpu_s": t.user + t.system, "clock_s": t.elapsed}
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            usage["rss"] = int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):   # not Linux: the peak, the best stdlib has
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        usage["rss"] = peak if sys.platform == "darwin" else peak * 1024
+    return usage
+
+
+# ---------------------------------------------------------------- controller side
+
+def _number(v):
+    return type(v) in (int, float)
+
+
+class Tally:
+    """What the controller counts for ``status`` (executes in the hub loop).
+
+    ``finished[(second, ok)]`` counts the requests finished in each second, ok or not
+    (a bool: any status an engine sends is a valid key): the hub adds one per request,
+    nothing else per task. ``prune(now)`` (each heartbeat) folds
+    the counts older than WINDOW_S into ``totals``. ``failed(rec, header)`` (failures
+    only) keeps the last RECENT_FAILURES; ``lost`` the engines gone, by id.
+    """
+
+    def __init__(self, now):
+        self.started = now
+        self.finished = collections.defaultdict(int)   # (int second, ok) -> requests
+        self.totals = collections.Counter()           # ok -> requests, before those
+        self.failures = collections.deque(maxlen=RECENT_FAILURES)
+        self.failed_by_engine = collections.Counter()  # engine id -> requests failed there
+        self.lost = {}                                # engine id -> its last row, oldest first
+
+    def prune(self, now):
+        oldest = int(now) - WINDOW_S
+        for key in [k for k in self.finished if k[0] < oldest]:
+            self.totals[key[1]] += self.finished.pop(key)
+
+    def failed(self, rec, header):
+        eid = rec.get("engine")
+        self.failed_by_engine[eid] += 1
+        evalue = str(header.get("evalue") or "").strip().splitlines()
+        self.failures.append({"msg_id": rec["msg_id"], "engine": eid,
+                              "ename": str(header.get("ename") or rec.get("status")),
+                              "evalue": evalue[0][:200] if evalue else "",
+                              "completed": rec.get("completed")})
+
+    def engine_lost(self, engine, died, now):
+        eid = engine["id"]
+        self.lost.pop(eid, None)
+        self.lost[eid] = {"id": eid, "host": engine.get("host"), "pid": engine.get("pid"),
+                          "state": LOST if died else STOPPED, "at": now,
+                          "done": engine.get("completed", 0)}
+        while len(self.lost) > LOST_KEPT:
+            del self.lost[next(iter(self.lost))]
+
+    def per_second(self, now):
+        """Requests finished in each of the last WINDOW_S whole seconds, oldest first."""
+        end = int(now)
+        counts = collections.Counter()
+        for (second, _), n in self.finished.items():
+            counts[second] += n
+        return [counts[s] for s in range(end - WINDOW_S, end)]
+
+    def outcomes(self):
+        """{True: requests finished ok, False: the others} since the controller started."""
+        counts = collections.Counter(self.totals)
+        for (_, ok), n in self.finished.items():
+            counts[ok] += n
+        return counts
+
+
+def on_usage(engine, header, now):
+    """Keep an engine's usage report in its dict (hub loop); a malformed one is ignored."""
+    cpu, rss, clock = header.get("cpu_s"), header.get("rss"), header.get("clock_s")
+    if not (_number(cpu) and _number(rss) and _number(clock)):
+        return
+    last = engine.get("usage") or {}
+    percent = last.get("cpu_percent")
+    if _number(last.get("clock_s")) and clock > last["clock_s"]:
+        percent = max(0.0, 100.0 * (cpu - last["cpu_s"]) / (clock - last["clock_s"]))
+    task, name, since = header.get("task"), header.get("name"), header.get("since")
+    running = isinstance(task, str) and _number(since)
+    name = str(name)[:80] if running and name is not None else None
+    engine["usage"] = {"at": now, "cpu_s": cpu, "clock_s": clock, "rss": rss,
+                       "cpu_percent": percent, "task": task if running else None,
+                       "name": name, "since": since if running else None,
+                       "last_name": name or last.get("last_name")}
+
+
+def snapshot(controller, now):
+    """The answer to a ``status`` query, from the controller's state (hub loop): plain
+    data, as the module docstring lists it."""
+    c, tally = controller, controller.tally
+    rows = []
+    queued, running = c.scheduler.status()["unassigned"], 0
+    for eid, e in sorted(c.engines.items()):
+        outstanding = e["outstanding"]
+        usage = e.get("usage") or {}
+        row = {"id": eid, "host": e.get("host"), "pid": e.get("pid"), "state": IDLE,
+               "task": None, "msg_id": None, "running_s": None, "queued": 0,
+               "done": e["completed"], "failed": tally.failed_by_engine[eid],
+               "cpu_percent": usage.get("cpu_percent"), "rss_bytes": usage.get("rss"),
+               "report_age_s": now - usage["at"] if usage else None}
+        if outstanding:
+            running += 1
+            queued += len(outstanding) - 1
+            row.update(state=BUSY, queued=len(outstanding) - 1)
+            if usage.get("task") in outstanding:
+                row.update(task=usage["name"], msg_id=usage["task"],
+                           running_s=max(0.0, now - usage["since"]))
+            else:   # it started another since its last report: most often the same function
+                row["task"] = usage.get("last_name")
+        rows.append(row)
+    for eid, gone in tally.lost.items():
+        if eid not in c.engines:
+            rows.append({"id": eid, "host": gone["host"], "pid": gone["pid"],
+                         "state": gone["state"], "task": None, "msg_id": None,
+                         "running_s": None, "queued": 0, "done": gone["done"],
+                         "failed": tally.failed_by_engine[eid], "cpu_percent": None,
+                         "rss_bytes": None, "report_age_s": None,
+                         "lost_s": now - gone["at"]})
+    rows.sort(key=lambda r: r["id"])
+    counts = tally.outcomes()
+    per_second = tally.per_second(now)
+    states = collections.Counter(r["state"] for r in rows)
+    return {"time": now,
+            "controller": {"host": c.info["host"], "pid": os.getpid(),
+                           "url": protocol.url(c.info, "client"),
+                           "uptime_s": now - tally.started},
+            "engines_alive": len(c.engines), "engines_lost": states[LOST],
+            "engines_stopped": states[STOPPED], "queued": queued, "running": running,
+            "done": counts[True], "failed": counts[False],
+            "rate": sum(per_second[-RATE_WINDOW_S:]) / RATE_WINDOW_S,
+            "per_second": per_second, "engines": rows, "failures": list(tally.failures)}
+
+
+# ---------------------------------------------------------------- the snapshot, shown
+
+_SPARKS = "▁▂▃▄▅▆▇█"
+_SPARKS_ASCII = "_.-:=+*#"
+# (name, width): 78 columns in all, for an 80-column terminal
+_COLUMNS = (("ID", 3), ("HOST", 10), ("PID", 7), ("STATE", 7), ("TASK", 12), ("FOR", 6),
+            ("Q", 3), ("DONE", 6), ("FAIL", 4), ("CPU%", 4), ("MEM", 6))
+
+
+def sparkline(values, ascii=False):
+    ramp = _SPARKS_ASCII if ascii else _SPARKS
+    top = max(values, default=0)
+    if not top:
+        return ramp[0] * len(values)
+    return "".join(ramp[min(len(ramp) - 1, v * len(ramp) // (top + 1))] if v else ramp[0]
+                   for v in values)
+
+
+def _duration(s):
+    if s is None:
+        return ""
+    if s < 10:
+        return f"{s:.1f}s"
+    s = int(s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s // 60 % 60:02d}m"
+
+
+def _bytes(n):
+    if n is None:
+        return ""
+    for unit in ("", "K", "M", "G", "T"):
+        if n < 1024 or unit == "T":
+            return f"{n:.0f}{unit}" if not unit else f"{n:.1f}{unit}"
+        n /= 1024
+
+
+def _cells(row):
+    cpu = row.get("cpu_percent")
+    ran = _duration(row.get("running_s"))
+    if not ran and row["state"] == BUSY and row.get("report_age_s") is not None:
+        # it started what it runs after its last report: less than that report's age
+        ran = "<" + _duration(row["report_age_s"])
+    return (str(row["id"]), str(row.get("host") or "?"), str(row.get("pid") or "?"),
+            row["state"], str(row.get("task") or "-"), ran,
+            str(row.get("queued") or ""), str(row.get("done", "")), str(row.get("failed", "")),
+            "" if cpu is None else f"{cpu:.0f}", _bytes(row.get("rss_bytes")))
+
+
+def _line(cells):
+    out = []
+    for (name, width), cell in zip(_COLUMNS, cells):
+        cell = cell if len(cell) <= width else cell[:width - 1] + "~"
+        # names left, figures right, as top does
+        out.append(cell.ljust(width) if name in ("HOST", "STATE", "TASK") else cell.rjust(width))
+    return " ".join(out)
+
+
+def sections(snap, ascii=False, failures=5):
+    """(head lines, the table's column line, one line per engine, tail lines)."""
+    c = snap["controller"]
+    clock = time.strftime("%H:%M:%S", time.localtime(snap["time"]))
+    head = [
+        f"minipar top {clock}   controller pid {c['pid']} on {c['host']}, up "
+        f"{_duration(c['uptime_s'])}, {c['url']}",
+        f"engines: {snap['engines_alive']} alive, {snap['engines_lost']} lost"
+        + (f", {snap['engines_stopped']} stopped" if snap["engines_stopped"] else "")
+        + f"   tasks: {snap['queued']} queued, {snap['running']} running, "
+        f"{snap['done']} done, {snap['failed']} failed",
+        f"rate {snap['rate']:.1f}/s  {WINDOW_S}s |{sparkline(snap['per_second'], ascii)}|",
+        "",
+    ]
+    columns = _line([name for name, _ in _COLUMNS])
+    rows = [_line(_cells(r)) for r in snap["engines"]]
+    tail = []
+    if snap["failures"] and failures:
+        tail = ["", "recent failures:"]
+        for f in snap["failures"][-failures:]:
+            tail.append(f"  {f['msg_id']}  engine {f['engine']}  {f['ename']}: {f['evalue']}")
+    return head, columns, rows, tail
+
+
+def text(snap, ascii=False, failures=5):
+    head, columns, rows, tail = sections(snap, ascii, failures)
+    return "\n".join([*head, columns, *rows, *tail])
+
+
+class Status(dict):
+    """``rc.status()``: the snapshot (keys in this module's docstring), shown as
+    ``python -m minipar.top --once`` shows it, and as an HTML table in Jupyter."""
+
+    def __repr__(self):
+        return text(self)
+
+    def _repr_html_(self):
+        head, _, _, _ = sections(self, failures=0)
+        e = html.escape
+        cells = "".join(f"<th>{e(name)}</th>" for name, _ in _COLUMNS)
+        body = "".join("<tr>" + "".join(f"<td>{e(v)}</td>" for v in _cells(r)) + "</tr>"
+                       for r in self["engines"])
+        fails = "".join(f"<li><code>{e(f['msg_id'])}</code> engine {e(str(f['engine']))}: "
+                        f"<b>{e(f['ename'])}</b>: {e(f['evalue'])}</li>"
+                        for f in self["failures"][-5:])
+        return ("<div>" + "<br>".join(e(line) for line in head if line)
+                + f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
+                + (f"<p>recent failures:</p><ul>{fails}</ul>" if fails else "") + "</div>")
+
+
+# ---------------------------------------------------------------- the monitor
+
+class Gone(errors.MiniparError):
+    """The controller went away for good (the monitor exits saying so)."""
+
+
+class Monitor:
+    """Asks the controller for a snapshot; finds it again after a restart.
+
+    ``poll()`` returns a Status, or None when the controller did not answer (``note``
+    says why, for the view); it raises ``Gone`` when the connection file was removed
+    (the controller stopped) or nothing answered for `wait_s` seconds.
+    """
+
+    def __init__(self, url_file, timeout=2.0, wait_s=WAIT_S):
+        self.url_file = url_file
+        self.timeout = timeout
+        self.wait_s = wait_s
+        self.rc = None
+        self.note = ""
+        self._pid = None
+        self._last_ok = time.monotonic()
+
+    def connect(self):
+        from .client import Client   # here: an engine imports this module too
+
+        self.rc = Client(self.url_file, timeout=self.timeout, reconnect_timeout=self.wait_s)
+        self._pid = self.rc.info.get("pid")
+
+    def close(self):
+        if self.rc is not None:
+            self.rc.close()
+            self.rc = None
+
+    def poll(self):
+        now = time.monotonic()
+        try:
+            if self.rc is None:
+                self.connect()
+            snap = self.rc.status()
+        except (errors.MiniparError, OSError) as e:   # TimeoutError is an OSError
+            return self._missed(now, e)
+        self._last_ok = now
+        self.note = ""
+        return snap
+
+    def _missed(self, now, error):
+        if not os.path.exists(self.url_file):
+            raise Gone(f"the controller stopped: its connection file {self.url_file} is gone")
+        try:
+            info = protocol.read_connection_file(self.url_file)
+        except errors.MiniparError:
+            info = {}
+        pid = info.get("pid")
+        if self.rc is not None and pid is not None and pid != self._pid:
+            # another controller (not started with --reuse: maybe other ports and key)
+            self.close()
+        silent = now - self._last_ok
+        where = protocol.url(info, "client") if info.get("ports") else self.url_file
+        if silent > self.wait_s:
+            raise Gone(f"the controller at {where} has not answered for {silent:.0f} s: it "
+                       "is gone; restart it (with --reuse to keep its address) and run "
+                       "this again")
+        self.note = (f"no answer from the controller at {where} for {silent:.0f} s "
+                     f"(waiting up to {self.wait_s:.0f} s): {error}")
+        return None
+
+
+def _view(stdscr, monitor, interval, ascii):
+    """The full-screen view (curses.wrapper restores the terminal however it ends)."""
+    import curses
+
+    try:
+        curses.curs_set(0)
+        curses.use_default_colors()
+    except curses.error:
+        pass
+    snap, offset, next_poll = None, 0, 0.0
+    while True:
+        if time.monotonic() >= next_poll:
+            snap = monitor.poll() or snap
+            next_poll = time.monotonic() + interval
+        height, width = stdscr.getmaxyx()
+        lines = _screen(snap, monitor.note, height, offset, ascii)
+        stdscr.erase()
+        for y, (line, bold) in enumerate(lines[:height]):
+            try:
+                stdscr.addnstr(y, 0, line, max(1, width - 1),
+                               curses.A_REVERSE if bold else curses.A_NORMAL)
+            except curses.error:
+                pass
+        stdscr.refresh()
+        stdscr.timeout(max(10, int((next_poll - time.monotonic()) * 1000)))
+        key = stdscr.getch()
+        if key in (ord("q"), ord("Q")):
+            return
+        step = {curses.KEY_DOWN: 1, ord("j"): 1, curses.KEY_UP: -1, ord("k"): -1,
+                curses.KEY_NPAGE: height // 2, curses.KEY_PPAGE: -(height // 2)}.get(key, 0)
+        rows = len(snap["engines"]) if snap else 0
+        offset = max(0, min(rows - 1, offset + step))
+
+
+def _screen(snap, note, height, offset, ascii):
+    """[(line, highlighted)] for a screen of `height` lines, engines from `offset`."""
+    if snap is None:
+        return [("minipar top - waiting for the controller...", False), (note, False)]
+    head, columns, rows, tail = sections(snap, ascii)
+    if note:
+        head[-1] = "! " + note
+    room = max(1, height - len(head) - 1 - len(tail) - 1)
+    shown = rows[offset:offset + room]
+    more = len(rows) - offset - len(shown)
+    footer = (f"q quits   arrows/PgUp/PgDn scroll   engines {offset + 1}-"
+              f"{offset + len(shown)} of {len(rows)}" + (f" ({more} more below)" if more else ""))
+    return ([(line, False) for line in head] + [(columns, True)]
+            + [(line, False) for line in shown] + [(line, False) for line in tail]
+            + [(footer, False)])
+
+
+class _Note:
+    """Where the Client's log lines go while the screen is curses'."""
+
+    def __init__(self, monitor):
+        import logging
+
+        self.handler = logging.Handler(logging.WARNING)
+        self.handler.emit = lambda record: setattr(monitor, "note", record.getMessage())
+        self.logger = logging.getLogger(__package__)
+
+    def __enter__(self):
+        self.logger.addHandler(self.handler)
+        self.propagate, self.logger.propagate = self.logger.propagate, False
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+        self.logger.propagate = self.propagate
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name if __spec__ else 'top'}",
+        description="Watch a minipar cluster at work, as htop does a machine: engines, "
+                    "what each runs, tasks queued / running / done / failed. q quits.")
+    p.add_argument("--file", help="the controller's minipar-client.json")
+    p.add_argument("--profile", help="profile name (~/.minipar/profile_NAME)")
+    p.add_argument("--profile-dir", help="profile folder (overrides --profile)")
+    p.add_argument("--interval", type=float, default=1.0, metavar="S",
+                   help="seconds between refreshes (default 1)")
+    p.add_argument("--once", action="store_true", help="print one snapshot as text and exit")
+    p.add_argument("--json", action="store_true",
+                   help="with --once: print it as JSON (fields: see the module docstring)")
+    p.add_argument("--wait", type=float, default=WAIT_S, metavar="S",
+                   help="seconds to wait for a controller that stopped answering before "
+                        f"exiting (default {WAIT_S:.0f})")
+    args = p.parse_args(argv)
+    if args.interval <= 0:
+        p.error("--interval must be positive")
+    url_file = args.file or os.path.join(protocol.profile_dir(args.profile, args.profile_dir),
+                                         "security", protocol.CLIENT_FILE)
+    once = args.once or args.json
+    if not once and not (sys.stdout.isatty() and sys.stdin.isatty()):
+        p.error("the live view needs a terminal; use --once (or --once --json) otherwise")
+    monitor = Monitor(url_file, timeout=max(1.0, min(args.interval, 5.0)), wait_s=args.wait)
+    try:
+        monitor.connect()
+        if once:
+            snap = monitor.rc.status()
+            print(json.dumps(snap, indent=2) if args.json else text(snap, ascii=_ascii()))
+            return 0
+        import curses
+        import locale
+
+        locale.setlocale(locale.LC_ALL, "")   # curses draws UTF-8 only with the locale set
+        with _Note(monitor):
+            curses.wrapper(_view, monitor, args.interval, _ascii())
+        return 0
+    except (errors.MiniparError, OSError) as e:
+        print(f"{p.prog}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        monitor.close()
+
+
+def _ascii():
+    encoding = (getattr(sys.stdout, "encoding", None) or "ascii").lower().replace("-", "")
+    return encoding != "utf8"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

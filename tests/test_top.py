@@ -1,0 +1,304 @@
+"""python -m minipar.top and rc.status(): against a real cluster, in a real terminal.
+
+The live view runs in tmux (a private server, ``tmux -L``, killed at the end whatever
+happens): its screen is captured while a workload runs and after it, and ``q`` must give
+the shell back. ``--once --json`` is checked for exact counts, and for an engine killed
+with SIGKILL showing as lost.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from .conftest import ROOT, START_TIMEOUT_S, LocalCluster, _env
+
+TIMEOUT = 120
+pytestmark = pytest.mark.timeout(TIMEOUT)
+
+PROMPT = "top-test$ "
+
+
+def slow(seconds):
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def square(x):
+    return x * x
+
+
+def fail(x):
+    raise ValueError(f"bad input {x}\nmore detail on a second line")
+
+
+def _until(check, timeout, what):
+    """Poll `check()` until it returns something true; that value, or fail saying `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} within {timeout} s")
+        time.sleep(0.1)
+
+
+def _top(cluster, *args, timeout=30):
+    return subprocess.run([sys.executable, "-m", "minipar.top", "--file", cluster.client_file,
+                           *args], capture_output=True, text=True, env=_env(), cwd=ROOT,
+                          timeout=timeout)
+
+
+def _snapshot(cluster):
+    out = _top(cluster, "--once", "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_tally_keeps_a_minute_of_seconds_and_totals_the_rest():
+    from minipar import top
+
+    tally = top.Tally(now=1000.0)
+    tally.finished[1005, True] += 3
+    tally.finished[1100, False] += 1
+    tally.finished[1129, True] += 2
+    tally.prune(1130.5)   # 1005 is older than a minute: folded into the totals
+    assert dict(tally.finished) == {(1100, False): 1, (1129, True): 2}
+    assert tally.outcomes() == {True: 5, False: 1}
+    per_second = tally.per_second(1130.5)
+    assert len(per_second) == top.WINDOW_S and per_second[-1] == 2 and sum(per_second) == 3
+
+
+def test_text_and_html_show_every_state():
+    from minipar import top
+
+    row = {"host": "node7", "pid": 4242, "task": None, "msg_id": None, "running_s": None,
+           "queued": 0, "done": 3, "failed": 1, "cpu_percent": None, "rss_bytes": None,
+           "report_age_s": 0.4}
+    snap = top.Status({
+        "time": 0.0, "controller": {"host": "head", "pid": 1, "url": "tcp://h:1",
+                                    "uptime_s": 3725.0},
+        "engines_alive": 2, "engines_lost": 1, "engines_stopped": 0, "queued": 5,
+        "running": 2, "done": 7, "failed": 1, "rate": 2.5, "per_second": [0] * 59 + [9],
+        "engines": [dict(row, id=0, state="busy", task="fit", running_s=75.0,
+                         cpu_percent=99.6, rss_bytes=3 << 30),
+                    dict(row, id=1, state="busy", task="fit"),
+                    dict(row, id=2, state="lost", lost_s=4.0, report_age_s=None)],
+        "failures": [{"msg_id": "m1", "engine": 2, "ename": "EngineError",
+                      "evalue": "engine 2 died <x>", "completed": 0.0}]})
+    text = repr(snap)
+    assert "up 1h02m" in text and "2 alive, 1 lost" in text and "5 queued" in text
+    assert re.search(r"^\s*0 node7\s+4242 busy\s+fit\s+1m15s\s.*\b100\s+3\.0G$", text, re.M)
+    assert re.search(r"^\s*1 node7\s+4242 busy\s+fit\s+<0\.4s\s", text, re.M)
+    assert re.search(r"^\s*2 node7\s+4242 lost\s+-\s", text, re.M)
+    assert "m1  engine 2  EngineError: engine 2 died <x>" in text
+    assert all(len(line) <= 80 for line in text.splitlines()[1:7])
+    assert top.sparkline([0, 1, 8]) == "▁▁█" and top.sparkline([0, 8], ascii=True) == "_#"
+    html = snap._repr_html_()
+    assert html.count("<tr>") == 4 and "died &lt;x&gt;" in html and "<x>" not in html
+
+
+def test_status_shows_what_each_engine_runs(rc):
+    """Each busy engine's row names the function it runs, for how long, its CPU and
+    memory; the repr is the monitor's text and the HTML repr a table."""
+    ar = rc.load_balanced_view().map_async(slow, [3] * 4)
+
+    def all_busy():
+        s = rc.status()
+        rows = s["engines"]
+        return s if (len(rows) == 4 and all(r["state"] == "busy" and r["task"] == "slow"
+                                            and r["running_s"] is not None
+                                            and r["rss_bytes"] for r in rows)) else None
+
+    s = _until(all_busy, 15, "four engines busy running `slow`, with their memory")
+    assert s["running"] == 4 and s["engines_alive"] == 4
+    assert all(r["running_s"] < 10 for r in s["engines"])
+    assert "slow" in repr(s) and "busy" in repr(s)
+    html = s._repr_html_()
+    assert "<table>" in html and html.count("<tr>") == 5
+    ar.get(30)
+    s = _until(lambda: (lambda s: s if s["done"] == 4 else None)(rc.status()), 10,
+               "the four tasks counted as done")
+    assert s["running"] == 0 and {r["state"] for r in s["engines"]} == {"idle"}
+
+
+def test_once_json_counts_and_a_killed_engine(cluster):
+    rc = cluster.rc
+    view = rc.load_balanced_view()
+    good = [view.apply_async(square, i) for i in range(20)]
+    bad = [view.apply_async(fail, i) for i in range(5)]
+    assert [a.get(30) for a in good] == [i * i for i in range(20)]
+    for a in bad:
+        with pytest.raises(Exception):
+            a.get(30)
+    snap = _snapshot(cluster)
+    assert (snap["done"], snap["failed"], snap["queued"], snap["running"]) == (20, 5, 0, 0)
+    assert snap["engines_alive"] == 4 and snap["engines_lost"] == 0
+    rows = snap["engines"]
+    assert [r["id"] for r in rows] == sorted(rc.ids)
+    assert sum(r["done"] for r in rows) == 25 and sum(r["failed"] for r in rows) == 5
+    assert {r["pid"] for r in rows} == {p.pid for p in cluster.engines}
+    assert sorted(f["evalue"] for f in snap["failures"]) == [f"bad input {i}" for i in range(5)]
+    assert {f["ename"] for f in snap["failures"]} == {"ValueError"}
+    # per_second has whole seconds only: this one's may still be counting
+    assert sum(snap["per_second"]) <= 25 and snap["controller"]["pid"] == cluster.controller.pid
+    text = _top(cluster, "--once")
+    assert text.returncode == 0, text.stderr
+    assert "4 alive, 0 lost" in text.stdout and "20 done, 5 failed" in text.stdout
+    assert "ValueError: bad input" in text.stdout
+
+    victim = cluster.engines[0]
+    eid = next(r["id"] for r in rows if r["pid"] == victim.pid)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    _until(lambda: rc.status()["engines_lost"] == 1, 20, "the killed engine declared lost")
+    snap = _snapshot(cluster)
+    assert snap["engines_alive"] == 3 and snap["engines_lost"] == 1
+    row = next(r for r in snap["engines"] if r["id"] == eid)
+    assert row["state"] == "lost" and row["pid"] == victim.pid and row["lost_s"] >= 0
+    assert (snap["done"], snap["failed"]) == (20, 5)
+    assert sum(snap["per_second"]) == 25   # seconds later: all in whole seconds
+    assert re.search(rf"^\s*{eid}\s.*\blost\b", _top(cluster, "--once").stdout, re.M)
+
+
+def test_once_says_clearly_when_there_is_no_controller(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "minipar.top", "--once", "--profile-dir",
+                          str(tmp_path / "nothing")], capture_output=True, text=True,
+                         env=_env(), cwd=ROOT, timeout=30)
+    assert out.returncode == 1 and "no connection file" in out.stderr
+
+
+# ---------------------------------------------------------------- the live view
+
+
+@pytest.fixture
+def tmux(tmp_path):
+    """run(*args) for a private tmux server with one 100x40 pane running a plain shell."""
+    if shutil.which("tmux") is None:
+        if os.environ.get("MINIPAR_CI"):
+            pytest.fail("tmux is missing: .ci/setup_tmux.sh should have installed it")
+        pytest.skip("tmux is not installed (apt-get install tmux); CI installs it")
+    name = f"minipar-top-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    env = dict(_env(), TERM="xterm", LANG="C.UTF-8", LC_ALL="C.UTF-8")
+    env.pop("TMUX", None)
+    rcfile = tmp_path / "bashrc"
+    rcfile.write_text(f"PS1='{PROMPT}'\n")   # bash takes no PS1 from its environment
+
+    def run(*args):
+        return subprocess.run(["tmux", "-L", name, *args], capture_output=True, text=True,
+                              env=env, timeout=10, check=True).stdout
+
+    try:
+        run("-f", "/dev/null", "new-session", "-d", "-x", "100", "-y", "40", "-s", "t",
+            f"bash --noprofile --rcfile {rcfile}")
+        _until(lambda: PROMPT.strip() in run("capture-pane", "-p", "-t", "t"), 10,
+               "a shell prompt in the tmux pane")
+        yield run
+    finally:
+        subprocess.run(["tmux", "-L", name, "kill-server"], capture_output=True, timeout=10)
+
+
+def _done_failed(screen):
+    m = re.search(r"(\d+) done, (\d+) failed", screen)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def test_live_view_in_a_terminal(cluster, tmux):
+    rc = cluster.rc
+
+    def screen():
+        return tmux("capture-pane", "-p", "-t", "t")
+
+    tmux("send-keys", "-t", "t", f"cd {ROOT} && {sys.executable} -m minipar.top --file "
+         f"{cluster.client_file} --interval 0.3; echo top exited $?", "Enter")
+    _until(lambda: "4 alive, 0 lost" in screen(), 30, "the view's header")
+
+    view = rc.load_balanced_view()
+    good = [view.apply_async(slow, 0.4) for _ in range(24)]   # a map would send chunks
+    bad = [view.apply_async(fail, i) for i in range(3)]
+
+    def busy_rows():
+        s = screen()
+        rows = [line for line in s.splitlines() if re.match(r"^\s*\d+\s", line)]
+        busy = [line for line in rows if " busy " in line and "slow" in line]
+        return s if len(rows) == 4 and len(busy) >= 3 else None
+
+    first = _until(busy_rows, 30, "engine rows busy running `slow`")
+    assert {0, 1, 2, 3} == {int(line.split()[0]) for line in first.splitlines()
+                            if re.match(r"^\s*\d+\s", line)}
+    counts = _done_failed(first)
+    assert counts is not None and counts[0] < 24
+    _until(lambda: (_done_failed(screen()) or (0, 0))[0] > counts[0], 30,
+           "the done count growing")
+    assert [a.get(60) for a in good] == [0.4] * 24
+    for a in bad:
+        with pytest.raises(Exception):
+            a.get(30)
+
+    # after the workload, its exact totals, every engine idle, the failures listed
+    last = _until(lambda: (lambda s: s if _done_failed(s) == (24, 3) else None)(screen()),
+                  30, "the totals 24 done, 3 failed")
+    last = _until(lambda: (lambda s: s if s.count(" idle ") == 4 else None)(screen()), 10,
+                  "four idle engines")
+    assert "ValueError: bad input" in last and "0 queued, 0 running" in last
+
+    tmux("send-keys", "-t", "t", "q")
+    after = _until(lambda: (lambda s: s if "top exited 0" in s else None)(screen()), 15,
+                   "the view ended by q, with status 0")
+    assert after.rstrip().splitlines()[-1].strip() == PROMPT.strip()
+    assert "4 alive" not in after   # the terminal's own screen is back
+    assert tmux("display-message", "-p", "-t", "t", "#{pane_current_command}").strip() == "bash"
+
+
+# ---------------------------------------------------------------- losing the controller
+
+
+def test_monitor_follows_a_restart_then_says_the_controller_is_gone(tmp_path):
+    """The monitor finds a controller restarted with --reuse (engines back, a new pid);
+    killed for good, it gives up after its wait with a message saying so."""
+    from minipar import top
+
+    from .test_restart import ENGINE_ARGS, _restart_controller
+
+    cluster = LocalCluster(tmp_path, controller_args=["--reuse"])
+    monitor = top.Monitor(cluster.client_file, timeout=1.0, wait_s=4)
+    try:
+        cluster.start_engines(2, ENGINE_ARGS)
+        cluster.client().wait_for_engines(2, START_TIMEOUT_S)
+        assert monitor.poll()["engines_alive"] == 2
+        _restart_controller(cluster, ["--reuse"], "controller2")
+        snap = _until(lambda: (lambda s: s if s and s["engines_alive"] == 2 else None)(
+            monitor.poll()), 60, "the monitor seeing the restarted controller's engines")
+        assert snap["controller"]["pid"] == cluster.controller.pid and snap["done"] == 0
+        cluster.controller.send_signal(signal.SIGKILL)
+        cluster.controller.wait(10)
+        assert monitor.poll() is None and "no answer from the controller" in monitor.note
+        with pytest.raises(top.Gone, match="has not answered for"):
+            _until(monitor.poll, 20, "the monitor giving up")
+    finally:
+        monitor.close()
+        cluster.stop()
+
+
+def test_monitor_says_the_controller_stopped_when_its_file_goes(local_cluster):
+    from minipar import top
+
+    monitor = top.Monitor(local_cluster.client_file, timeout=1.0, wait_s=30)
+    try:
+        assert monitor.poll()["engines_alive"] == 0
+        local_cluster.controller.terminate()   # it removes its files (no --reuse)
+        local_cluster.controller.wait(10)
+        with pytest.raises(top.Gone, match="connection file .* is gone"):
+            _until(monitor.poll, 10, "the monitor noticing the controller stopped")
+    finally:
+        monitor.close()
