@@ -929,7 +929,7 @@ class Client:
         failures; keys in minipar.top's docstring) with a text repr and an HTML table."""
         from .top import Status
 
-        return Status(self._query(protocol.STATUS, timeout=timeout)["snapshot"])
+        return Status(self.query(protocol.STATUS, timeout=timeout)["snapshot"])
 
     def engine_stats(self, targets="all", timeout=None):
         """Each engine's counters, {id: {'requests', 'dropped', 'dropped_reasons', ...}}:
