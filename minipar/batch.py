@@ -1,3 +1,34 @@
+"""Batch-system launchers: a controller or a set of engines as one job of Slurm, PBS, SGE
+or LSF, described as data (commands, a job-id pattern, a status parser, a template).
+
+The launcher contract (states, ``to_dict`` / ``from_dict``, ``stop()``) is launcher.py's;
+this module only says how to submit, watch, signal and delete a job. Found by short name
+("slurm", "pbs", "sge", "lsf") through ``launcher.find_launcher_class``.
+
+Map of the module::
+
+    BatchSystemLauncher              submit / delete / signal / status commands + a template
+      BatchControllerLauncher          one task: python -m <pkg>.controller
+      BatchEngineSetLauncher           n tasks (a job array, or srun's tasks) of <pkg>.engine
+      SlurmLauncher                  sbatch / scancel / squeue; engines are srun's tasks
+      PBSLauncher                    qsub / qdel / qsig / qstat; engines a job array (-t)
+      SGELauncher                    qsub / qdel / qstat (no signal); engines a job array
+      LSFLauncher                    bsub < script / bkill / bjobs; engines a job array
+        each with <Kind>ControllerLauncher and <Kind>EngineSetLauncher
+    _rows(output, header_prefix)     the data rows of a status command's table
+
+How a job is followed::
+
+    start(): the template rendered -> <log_dir>/<kind>-<role>-<cluster_id>-<hex>.sh
+             -> the submit command -> job id (job_id_regexp) -> running; a watcher
+             thread asks the status command every poll_interval until it says 'done'
+    stop():  the delete command, then the status until 'done' (the batch system's own
+             SIGTERM-then-SIGKILL grace), bounded by max(stop_timeout, 30 s)
+
+launcher.py imports nothing from here at import time (it forwards these names on first
+use), so this module may import launcher.py at its top.
+"""
+
 import logging
 import os
 import re
@@ -7,14 +38,14 @@ import subprocess
 import threading
 import time
 
-from .launcher import (BATCH_POLL_INTERVAL_S, BEFORE, RUNNING, BaseLauncher,
-                       ControllerLauncher, EngineLauncher, LauncherError, NotRunning,
-                       _read_text)
+from .launcher import (BEFORE, RUNNING, BaseLauncher, ControllerLauncher, EngineLauncher,
+                       LauncherError, NotRunning, _read_text)
 
 log = logging.getLogger(__name__)
 
-
-# ---------------------------------------------------------------- batch systems
+# How often a watcher asks the status command about its job: each ask is a process (and a
+# request to the batch server), and a job's end is noticed this much later. 1..30 s.
+BATCH_POLL_INTERVAL_S = 1.0
 
 
 class BatchSystemLauncher(BaseLauncher):

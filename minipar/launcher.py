@@ -23,8 +23,7 @@ Map of the module::
           SSHEngineLauncher, SSHControllerLauncher (connection files fetched with scp)
       LocalEngineSetLauncher         n LocalEngineLaunchers
       SSHEngineSetLauncher           {host: n} of SSHEngineLaunchers, connection file by scp/env
-      BatchSystemLauncher            submit / delete / signal / status commands + a template
-        Slurm*, PBS*, SGE*, LSF* (ControllerLauncher and EngineSetLauncher each)
+    (batch.py: BatchSystemLauncher and Slurm*, PBS*, SGE*, LSF*, found here by name)
     find_launcher_class(name, kind)  short name, class name, import path or entry point
     Cluster                          one controller + engine sets + Clients; a cluster file
     main()                           python -m <pkg>.launcher start|engines|stop|list|clean
@@ -76,9 +75,8 @@ STOP_TIMEOUT_S = 10.0
 # How long a Cluster waits for the controller's connection file and for engines to
 # register. Pessimistic: a loaded 2-core box takes 1-3 s to import and bind.
 START_TIMEOUT_S = 60.0
-# How often watchers poll what they cannot wait on (a pid not our child, a batch job).
+# How often watchers poll a pid that is not our child (batch.py polls its jobs more slowly).
 POLL_INTERVAL_S = 0.2
-BATCH_POLL_INTERVAL_S = 1.0
 
 CLUSTER_FILE = "cluster-{cluster_id}.json"
 
@@ -212,11 +210,9 @@ def _read_text(path, limit=20000):
 
 
 def _class_path(cls):
-    """Import path of `cls`; ours by package name even when run as ``python -m``."""
-    module = cls.__module__
-    if module == "__main__" and getattr(sys.modules[__name__], cls.__qualname__, None) is cls:
-        module = f"{_PKG}.launcher"
-    return f"{module}.{cls.__qualname__}"
+    """Import path of `cls` (``python -m <pkg>.launcher`` runs the package's module, whose
+    classes are named by package, never ``__main__``)."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _unique_id():
