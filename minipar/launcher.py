@@ -123,6 +123,22 @@ def _same_process(pid, start_time):
     return start_time is None or _pid_start_time(pid) in (None, start_time)
 
 
+def _runs_controller(pid):
+    """Whether `pid` runs a controller (``python -m <pkg>.controller`` or a
+    ``*-controller`` script), not a program that got the pid after the controller died."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return True  # no /proc (macOS): the pid is all there is to go on
+    for arg in argv:
+        if arg.startswith("--"):  # the controller's own options: the program came before
+            break
+        if arg.rpartition(".")[2] == "controller" or arg.endswith("-controller"):
+            return True
+    return False
+
+
 def _descendants(pids):
     """Every living descendant of `pids` (Linux /proc; elsewhere none are known)."""
     children = {}
@@ -1217,17 +1233,9 @@ class Cluster:
         return self.controller
 
     def _check_no_live_controller(self):
-        try:
-            with open(self.client_file) as f:
-                info = json.load(f)
-        except (OSError, ValueError):
-            return
-        if info.get("host") == socket.gethostname() and info.get("pid") \
-                and protocol.pid_alive(info["pid"]):
-            raise LauncherError(
-                f"a controller (pid {info['pid']}) is already running with profile dir "
-                f"{self.profile_dir}: stop it with `python -m {_PKG}.launcher stop "
-                f"--profile-dir {self.profile_dir}`, or use another profile")
+        info = live_controller(self.profile_dir)
+        if info is not None:
+            raise LauncherError(held_profile_message(info, self.profile_dir))
 
     def _wait_for_connection_file(self, started):
         # the file is written atomically (rename), so a complete JSON document means ready;
@@ -1473,6 +1481,51 @@ def find_cluster_file(profile=None, profile_dir=None, cluster_id=None):
                             f"--cluster-id or --profile-dir; see `python -m {_PKG}.launcher "
                             "list`")
     return candidates[0]
+
+
+def live_controller(profile_dir):
+    """The connection-file info of the controller that holds `profile_dir`, or None.
+
+    None when there is no readable file, when it was written on another host (its pid
+    cannot be checked from here), or when it is stale: its pid is gone, or now belongs to
+    a program that is not a controller (pids are reused).
+    """
+    path = os.path.join(profile_dir, "security", protocol.CLIENT_FILE)
+    try:
+        info = protocol.read_connection_file(path)  # raises for a missing or stale file
+    except MiniparError:
+        return None
+    pid = info.get("pid")
+    if info.get("host") != socket.gethostname() or not isinstance(pid, int) \
+            or pid == os.getpid() or not _runs_controller(pid):
+        return None
+    return info
+
+
+def _stop_command(info, profile_dir):
+    """The shell command that stops the controller `info` describes: `launcher stop` where
+    a cluster file records it (its engines stop too), else `kill PID` (SIGTERM: the
+    controller stops cleanly and removes its connection files)."""
+    for path in cluster_files(profile_dir=profile_dir):
+        try:
+            with open(path) as f:
+                d = json.load(f)
+            if (d.get("controller") or {}).get("state", {}).get("pid") == info["pid"]:
+                return (f"python -m {_PKG}.launcher stop --profile-dir "
+                        f"{shlex.quote(profile_dir)} --cluster-id "
+                        f"{shlex.quote(d['cluster']['cluster_id'])}")
+        except (OSError, ValueError, KeyError, AttributeError):
+            continue
+    return f"kill {info['pid']}"
+
+
+def held_profile_message(info, profile_dir):
+    """Why a second controller may not start on `profile_dir`, and how to free it."""
+    return (f"a controller (pid {info['pid']} on host {info.get('host')}) is already running "
+            f"with profile dir {profile_dir}; a second one would overwrite its connection "
+            "files and, when stopped, delete them, leaving it unreachable. Stop it with "
+            f"`{_stop_command(info, profile_dir)}`, or use another profile (--profile or "
+            "--profile-dir)")
 
 
 # ---------------------------------------------------------------- python -m <pkg>.launcher

@@ -8,7 +8,9 @@ checks, after the test, that none of them is left, killing any that is (by pid).
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -195,6 +197,142 @@ def test_second_cluster_in_a_busy_profile_is_refused(pids, tmp_path):
         pids.add_cluster(cluster, rc)
         with pytest.raises(launcher.LauncherError, match="already running"):
             Cluster(n=1, profile_dir=prof).start_controller()
+
+
+
+# ---------------------------------------------------------------- one controller per profile
+
+
+def _env():
+    # `python` on PATH is this Python, so a command printed for a shell runs as printed
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    return dict(os.environ, PATH=path,
+                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def _controller(prof, *args, wait=True):
+    """`python -m minipar.controller` started by hand; with `wait`, once its files name it."""
+    p = subprocess.Popen([sys.executable, "-m", "minipar.controller", "--profile-dir", prof,
+                          *args], env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    path = os.path.join(prof, "security", protocol.CLIENT_FILE)
+    deadline = time.monotonic() + 60
+    while wait:
+        try:
+            with open(path) as f:
+                if json.load(f).get("pid") == p.pid:
+                    break
+        except (OSError, ValueError):
+            pass
+        assert p.poll() is None and time.monotonic() < deadline, "the controller did not start"
+        time.sleep(0.05)
+    return p
+
+
+def _second_controller(prof, *args):
+    return subprocess.run([sys.executable, "-m", "minipar.controller", "--profile-dir", prof,
+                           *args], env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=60)
+
+
+def _run_printed_fix(message):
+    """Run the command a refusal says to run (between backquotes), exactly as printed."""
+    m = re.search(r"Stop it with `([^`]+)`", message)
+    assert m, message
+    done = subprocess.run(m.group(1), shell=True, env=_env(), cwd=ROOT, capture_output=True,
+                          text=True, timeout=90, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, f"{m.group(1)}: {done.stdout}{done.stderr}"
+    return m.group(1)
+
+
+def test_second_controller_on_a_held_profile_is_refused(pids, tmp_path):
+    from minipar import Client
+
+    prof = str(tmp_path / "p")
+    first = _controller(prof)
+    pids.add(first.pid)
+    sec = os.path.join(prof, "security")
+    names = (protocol.CLIENT_FILE, protocol.ENGINE_FILE)
+    before = {n: open(os.path.join(sec, n), "rb").read() for n in names}
+    for extra in ([], ["--reuse"]):  # --reuse too: it would bind the first one's ports
+        started = time.monotonic()
+        out = _second_controller(prof, *extra)
+        assert out.returncode != 0, out.stderr
+        assert time.monotonic() - started < 30
+        assert f"pid {first.pid} on host {socket.gethostname()}" in out.stderr, out.stderr
+        assert f"`kill {first.pid}`" in out.stderr, out.stderr
+    assert {n: open(os.path.join(sec, n), "rb").read() for n in names} == before
+    assert first.poll() is None
+    rc = Client(os.path.join(sec, protocol.CLIENT_FILE), timeout=30)
+    try:
+        assert rc.queue_status()["unassigned"] == 0
+    finally:
+        rc.close()
+    _run_printed_fix(out.stderr)
+    assert first.wait(30) == 0  # SIGTERM: a clean stop, which removes its files
+    assert not os.path.exists(os.path.join(sec, protocol.CLIENT_FILE))
+
+
+def test_a_stale_connection_file_does_not_hold_the_profile(pids, tmp_path):
+    prof = str(tmp_path / "p")
+    sec = protocol.security_dir(prof)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    # a pid the kernel gave to another program after the controller died
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    pids.add(other.pid)
+    try:
+        for pid in (dead.pid, other.pid):
+            info = {"key": "0" * 64, "ports": {}, "location": "127.0.0.1", "pid": pid,
+                    "host": socket.gethostname()}
+            for name in (protocol.CLIENT_FILE, protocol.ENGINE_FILE):
+                protocol.write_connection_file(os.path.join(sec, name), info)
+            ctl = _controller(prof)
+            pids.add(ctl.pid)
+            ctl.terminate()
+            assert ctl.wait(30) == 0
+        # the launcher's check is the same: a reused pid does not hold the profile
+        for name in (protocol.CLIENT_FILE, protocol.ENGINE_FILE):
+            protocol.write_connection_file(os.path.join(sec, name), info)
+        cluster = Cluster(n=0, profile_dir=prof, controller_args=CTL_ARGS)
+        try:
+            cluster.start_controller()
+            pids.add_cluster(cluster)
+        finally:
+            cluster.stop_cluster_sync()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_launcher_start_on_a_hand_started_controller_prints_a_fix_that_works(pids, tmp_path):
+    prof = str(tmp_path / "p")
+    first = _controller(prof)
+    pids.add(first.pid)
+    out = cli("start", "-n", "1", "--profile-dir", prof, "--daemonize", timeout=60)
+    try:
+        assert out.returncode == 1 and "already running" in out.stderr, out.stderr
+        assert _run_printed_fix(out.stderr) == f"kill {first.pid}"
+        assert first.wait(30) == 0
+    finally:
+        if out.returncode == 0:
+            cli("stop", "--all", "--profile-dir", prof)
+
+
+def test_hand_started_controller_on_a_launcher_cluster_prints_a_fix_that_works(pids, tmp_path):
+    prof = str(tmp_path / "p")
+    out = cli("start", "-n", "0", "--profile-dir", prof, "--cluster-id", "held",
+              "--controller-args", " ".join(CTL_ARGS), "--daemonize")
+    assert out.returncode == 0, out.stderr
+    cluster = Cluster.from_file(profile_dir=prof)
+    pids.add_cluster(cluster)
+    try:
+        second = _second_controller(prof)
+        assert second.returncode != 0 and "--cluster-id held" in second.stderr, second.stderr
+        _run_printed_fix(second.stderr)
+        assert not [p for p in pids.pids if alive(p)]
+    finally:
+        cli("stop", "--all", "--profile-dir", prof)
 
 
 # ---------------------------------------------------------------- the launcher contract
