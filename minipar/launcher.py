@@ -123,6 +123,14 @@ def _same_process(pid, start_time):
     return start_time is None or _pid_start_time(pid) in (None, start_time)
 
 
+def _check_n(n):
+    """`n` engines: a whole number >= 0 (None, the CPU count, is the caller's to handle)."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise ValueError(f"n={n!r}: the number of engines is a whole number >= 0, or None "
+                         "for the CPU count")
+    return n
+
+
 def _runs_controller(pid):
     """Whether `pid` runs a controller (``python -m <pkg>.controller`` or a
     ``*-controller`` script), not a program that got the pid after the controller died."""
@@ -418,7 +426,7 @@ class EngineLauncher(BaseLauncher):
 
     @staticmethod
     def _default_n(n):
-        return n if n is not None else (os.cpu_count() or 1)
+        return _check_n(n) if n is not None else (os.cpu_count() or 1)
 
 
 # ---------------------------------------------------------------- local processes
@@ -1121,7 +1129,7 @@ class Cluster:
         if self._owns_profile_dir:
             profile_dir = os.path.join(protocol.base_dir(), f"cluster_{self.cluster_id}")
         self.profile_dir = protocol.profile_dir(profile, profile_dir)
-        self.n = n
+        self.n = _check_n(n)
         self.engine_kind = engines
         self.controller_kind = controller
         self.controller_args = list(controller_args)
@@ -1266,7 +1274,7 @@ class Cluster:
 
     def start_engines(self, n=None, engines=None, **options):
         """Start a set of `n` engines (kind `engines`, default the cluster's); its id."""
-        n = n if n is not None else self.n
+        n = _check_n(n) if n is not None else self.n
         cls = find_launcher_class(engines or self.engine_kind, "engine")
         opts = self.engine_options if engines is None else {}
         if self.engine_restart and issubclass(cls, EngineSetLauncher):
@@ -1546,6 +1554,14 @@ def _selected(args):
                               cluster_id=args.cluster_id)]
 
 
+def _engine_count(text):
+    try:
+        return _check_n(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of engines (a whole number >= 0)") from None
+
+
 def _json_option(text):
     try:
         value = json.loads(text)
@@ -1648,7 +1664,7 @@ def main(argv=None):
 
     p = sub.add_parser("start", help="start a controller and engines")
     selection(p)
-    p.add_argument("-n", type=int, help="number of engines (default: CPU count)")
+    p.add_argument("-n", type=_engine_count, help="number of engines (default: CPU count)")
     p.add_argument("--engines", default="local", help="engine launcher kind")
     p.add_argument("--controller", default="local", help="controller launcher kind")
     p.add_argument("--controller-args", default="", help="extra controller arguments")
@@ -1663,7 +1679,7 @@ def main(argv=None):
     p.set_defaults(func=_cmd_start)
     p = sub.add_parser("engines", help="add engines to a running cluster")
     selection(p)
-    p.add_argument("-n", type=int, help="number of engines (default: CPU count)")
+    p.add_argument("-n", type=_engine_count, help="number of engines (default: CPU count)")
     p.add_argument("--engines", default=None, help="engine launcher kind")
     p.set_defaults(func=_cmd_engines)
     p = sub.add_parser("stop", help="stop a cluster")

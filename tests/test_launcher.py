@@ -335,6 +335,24 @@ def test_hand_started_controller_on_a_launcher_cluster_prints_a_fix_that_works(p
         cli("stop", "--all", "--profile-dir", prof)
 
 
+# ---------------------------------------------------------------- first-hour surprises
+
+
+def test_negative_engine_counts_are_refused(pids, tmp_path):
+    with pytest.raises(ValueError, match="n=-1"):
+        Cluster(n=-1)
+    with pytest.raises(ValueError, match="n=-2"):
+        Cluster(n=1, profile_dir=str(tmp_path / "q")).start_engines(-2)
+    prof = str(tmp_path / "p")
+    out = cli("start", "-n", "-3", "--profile-dir", prof, "--daemonize", timeout=60)
+    try:
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "argument -n: '-3' is not a number of engines" in out.stderr, out.stderr
+    finally:
+        if out.returncode == 0:
+            cli("stop", "--all", "--profile-dir", prof)
+
+
 # ---------------------------------------------------------------- the launcher contract
 
 
