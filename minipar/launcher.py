@@ -471,10 +471,28 @@ class LocalProcessLauncher(BaseLauncher):
         # executes in the watcher thread until the process ends
         def run():
             code = waiter()
+            if code is not None:
+                self._log_end(code)
             self.notify_stop({"exit_code": code, "pid": self.pid})
         self._watcher = threading.Thread(target=run, daemon=True,
                                          name=f"minipar-watch-{self.role}-{self.pid}")
         self._watcher.start()
+
+    def _log_end(self, code):
+        # the last line of the process's log: a crash that prints nothing (os._exit, a
+        # SIGKILL, a segfault without faulthandler) is still told where its output is
+        if code < 0:
+            try:
+                how = f"killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"killed by signal {-code}"
+        else:
+            how = f"exit code {code}"
+        try:
+            with open(self.output_file, "a") as f:
+                f.write(f"[{_PKG}.launcher] {self.role} pid {self.pid} ended: {how}\n")
+        except OSError as e:  # its folder removed already (a Cluster's own profile dir)
+            log.debug("%s pid %s ended (%s); its log: %s", self.role, self.pid, how, e)
 
     def _poll_pid(self):
         while _same_process(self.pid, self.pid_start):

@@ -353,6 +353,23 @@ def test_negative_engine_counts_are_refused(pids, tmp_path):
             cli("stop", "--all", "--profile-dir", prof)
 
 
+def test_a_crashed_engine_leaves_its_last_words_in_its_log(pids, tmp_path):
+    cluster = Cluster(n=2, profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS)
+    with cluster as rc:
+        pids.add_cluster(cluster, rc)
+        (engines,) = cluster.engines.values()
+        by_pid = {child.pid: child for child in engines._children}
+        segv, exit3 = (by_pid[pid] for pid in rc[:2].apply_sync(os.getpid))
+        rc[0].apply_async(lambda: __import__("ctypes").string_at(0))
+        rc[1].apply_async(lambda: __import__("os")._exit(3))
+        assert segv.wait(30) and exit3.wait(30)
+        text = segv.get_output()
+        assert "Fatal Python error: Segmentation fault" in text, text
+        assert "ended: killed by signal SIGSEGV" in text, text
+        text = exit3.get_output()
+        assert f"engine pid {exit3.pid} ended: exit code 3" in text, text
+
+
 # ---------------------------------------------------------------- the launcher contract
 
 
