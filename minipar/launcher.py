@@ -19,11 +19,10 @@ Map of the module::
         LocalEngineLauncher            python -m <pkg>.engine
         MPIEngineSetLauncher           mpiexec -n N python -m <pkg>.engine (one process tree)
         MPIControllerLauncher
-        SSHLauncher                    ssh HOST 'python -m <pkg>.X & echo pid; wait'
-          SSHEngineLauncher, SSHControllerLauncher (connection files fetched with scp)
-      LocalEngineSetLauncher         n LocalEngineLaunchers
-      SSHEngineSetLauncher           {host: n} of SSHEngineLaunchers, connection file by scp/env
-    (batch.py: BatchSystemLauncher and Slurm*, PBS*, SGE*, LSF*, found here by name)
+      EngineSetLauncher              engines as child launchers, restarted on failure
+        LocalEngineSetLauncher         n LocalEngineLaunchers
+    (ssh.py: SSHLauncher, SSHEngineLauncher, SSHControllerLauncher, SSHEngineSetLauncher;
+     batch.py: BatchSystemLauncher and Slurm*, PBS*, SGE*, LSF*; both found here by name)
     find_launcher_class(name, kind)  short name, class name, import path or entry point
     Cluster                          one controller + engine sets + Clients; a cluster file
     main()                           python -m <pkg>.launcher start|engines|stop|list|clean
@@ -800,8 +799,9 @@ def find_launcher_class(name, role):
                         f"{_ENTRY_POINT_GROUPS[role]}")
 
 
-# batch-system launchers live in batch.py, which imports this module; their names are
-# still found here (short names, cluster files written before the move) on first use
+# ssh and batch-system launchers live in ssh.py and batch.py, which import this module;
+# their names are still found here (short names, cluster files written before the move)
+# on first use, so importing this module never imports them
 _BATCH_NAMES = frozenset({
     "BatchSystemLauncher", "BatchControllerLauncher", "BatchEngineSetLauncher",
     "SlurmLauncher", "SlurmControllerLauncher", "SlurmEngineSetLauncher",

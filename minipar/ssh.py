@@ -1,3 +1,27 @@
+"""SSH launchers: a controller or engines on other hosts, each through a local ``ssh``.
+
+The launcher contract is launcher.py's; these are LocalProcessLaunchers whose process is
+``ssh``. Found by short name ("ssh") through ``launcher.find_launcher_class``.
+
+Map of the module::
+
+    SSHLauncher                      ssh HOST 'python -m <pkg>.X & echo pid; wait'
+      SSHEngineLauncher              one engine; its engine file already on the host
+      SSHControllerLauncher          the controller; its connection files fetched with scp
+    SSHEngineSetLauncher             {host: n} of SSHEngineLaunchers; the engine file sent
+                                     with scp, or given in the environment
+
+Who talks to whom::
+
+    this process --ssh HOST--> remote shell --> python -m <pkg>.engine|controller
+        |  (the local ssh ends when the remote program does: the watcher notices)
+        +--ssh HOST 'kill -SIG pid'--> the remote program (stop / signal)
+        +--scp--> engine file to HOST; controller's files from HOST
+
+launcher.py imports nothing from here at import time (it forwards these names on first
+use), so this module may import launcher.py at its top.
+"""
+
 import json
 import logging
 import os
@@ -16,9 +40,6 @@ from .launcher import (_PKG, BEFORE, RUNNING, START_TIMEOUT_S, ControllerLaunche
                        LauncherError, LocalProcessLauncher, _python_path)
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------- ssh
 
 
 class SSHLauncher(LocalProcessLauncher):
