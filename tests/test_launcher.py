@@ -468,6 +468,31 @@ def test_find_launcher_class_by_every_name(tmp_path, monkeypatch):
     assert find_launcher_class("mine", "engine").__name__ == "Mine"
 
 
+
+def test_moved_launchers_keep_their_old_names_without_an_import_cycle():
+    from minipar import batch, ssh
+
+    for module, name in ((batch, "SlurmEngineSetLauncher"), (batch, "LSFLauncher"),
+                         (ssh, "SSHEngineSetLauncher")):
+        assert getattr(launcher, name) is getattr(module, name)
+        # the class path in a cluster file written before the move
+        assert find_launcher_class(f"minipar.launcher.{name}", "engine") is getattr(module, name)
+    assert find_launcher_class("ssh", "controller") is ssh.SSHControllerLauncher
+    assert launcher._class_path(batch.PBSEngineSetLauncher) == "minipar.batch.PBSEngineSetLauncher"
+    # importing the launcher imports neither (they import it), and either imports first
+    for first in ("minipar.launcher", "minipar.batch", "minipar.ssh"):
+        out = subprocess.run(
+            [sys.executable, "-c", f"import sys, {first}; from minipar import launcher; "
+             "print(sorted(m for m in sys.modules if m in ('minipar.batch', 'minipar.ssh')), "
+             "launcher.find_launcher_class('sge', 'engine').__module__, sep='|')"],
+            capture_output=True, text=True, cwd=ROOT, timeout=60,
+            env=dict(os.environ, PYTHONPATH=ROOT))
+        assert out.returncode == 0, out.stderr
+        loaded = {"minipar.launcher": "[]", "minipar.batch": "['minipar.batch']",
+                  "minipar.ssh": "['minipar.ssh']"}[first]
+        assert out.stdout == f"{loaded}|minipar.batch\n", out.stdout
+
+
 # ---------------------------------------------------------------- cluster file and CLI
 
 
