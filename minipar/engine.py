@@ -961,6 +961,7 @@ def main(argv=None):
                         "that went silent to come back (then register again) before exiting")
     p.add_argument("--log-level", default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"))
     args = p.parse_args(argv)
+    faulthandler.enable()  # a crash (segfault, abort) leaves its Python traceback in the log
     # The receiver thread and the main thread hand the GIL back and forth on every
     # message; with work queued both want it, and the default 5 ms switch interval
     # would cap an engine near 200 tasks/s. 0.1..1 ms is reasonable.

@@ -19,12 +19,10 @@ Map of the module::
         LocalEngineLauncher            python -m <pkg>.engine
         MPIEngineSetLauncher           mpiexec -n N python -m <pkg>.engine (one process tree)
         MPIControllerLauncher
-        SSHLauncher                    ssh HOST 'python -m <pkg>.X & echo pid; wait'
-          SSHEngineLauncher, SSHControllerLauncher (connection files fetched with scp)
-      LocalEngineSetLauncher         n LocalEngineLaunchers
-      SSHEngineSetLauncher           {host: n} of SSHEngineLaunchers, connection file by scp/env
-      BatchSystemLauncher            submit / delete / signal / status commands + a template
-        Slurm*, PBS*, SGE*, LSF* (ControllerLauncher and EngineSetLauncher each)
+      EngineSetLauncher              engines as child launchers, restarted on failure
+        LocalEngineSetLauncher         n LocalEngineLaunchers
+    (ssh.py: SSHLauncher, SSHEngineLauncher, SSHControllerLauncher, SSHEngineSetLauncher;
+     batch.py: BatchSystemLauncher and Slurm*, PBS*, SGE*, LSF*; both found here by name)
     find_launcher_class(name, kind)  short name, class name, import path or entry point
     Cluster                          one controller + engine sets + Clients; a cluster file
     main()                           python -m <pkg>.launcher start|engines|stop|list|clean
@@ -48,7 +46,6 @@ import importlib
 import json
 import logging
 import os
-import re
 import secrets
 import shlex
 import shutil
@@ -76,9 +73,8 @@ STOP_TIMEOUT_S = 10.0
 # How long a Cluster waits for the controller's connection file and for engines to
 # register. Pessimistic: a loaded 2-core box takes 1-3 s to import and bind.
 START_TIMEOUT_S = 60.0
-# How often watchers poll what they cannot wait on (a pid not our child, a batch job).
+# How often watchers poll a pid that is not our child (batch.py polls its jobs more slowly).
 POLL_INTERVAL_S = 0.2
-BATCH_POLL_INTERVAL_S = 1.0
 
 CLUSTER_FILE = "cluster-{cluster_id}.json"
 
@@ -123,6 +119,30 @@ def _same_process(pid, start_time):
     if not pid or not protocol.pid_alive(pid):
         return False
     return start_time is None or _pid_start_time(pid) in (None, start_time)
+
+
+def _check_n(n):
+    """`n` engines: a whole number >= 0 (None, the CPU count, is the caller's to handle)."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise ValueError(f"n={n!r}: the number of engines is a whole number >= 0, or None "
+                         "for the CPU count")
+    return n
+
+
+def _runs_controller(pid):
+    """Whether `pid` runs a controller (``python -m <pkg>.controller`` or a
+    ``*-controller`` script), not a program that got the pid after the controller died."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return True  # no /proc (macOS): the pid is all there is to go on
+    for arg in argv:
+        if arg.startswith("--"):  # the controller's own options: the program came before
+            break
+        if arg.rpartition(".")[2] == "controller" or arg.endswith("-controller"):
+            return True
+    return False
 
 
 def _descendants(pids):
@@ -212,11 +232,9 @@ def _read_text(path, limit=20000):
 
 
 def _class_path(cls):
-    """Import path of `cls`; ours by package name even when run as ``python -m``."""
-    module = cls.__module__
-    if module == "__main__" and getattr(sys.modules[__name__], cls.__qualname__, None) is cls:
-        module = f"{_PKG}.launcher"
-    return f"{module}.{cls.__qualname__}"
+    """Import path of `cls` (``python -m <pkg>.launcher`` runs the package's module, whose
+    classes are named by package, never ``__main__``)."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _unique_id():
@@ -406,7 +424,7 @@ class EngineLauncher(BaseLauncher):
 
     @staticmethod
     def _default_n(n):
-        return n if n is not None else (os.cpu_count() or 1)
+        return _check_n(n) if n is not None else (os.cpu_count() or 1)
 
 
 # ---------------------------------------------------------------- local processes
@@ -451,10 +469,28 @@ class LocalProcessLauncher(BaseLauncher):
         # executes in the watcher thread until the process ends
         def run():
             code = waiter()
+            if code is not None:
+                self._log_end(code)
             self.notify_stop({"exit_code": code, "pid": self.pid})
         self._watcher = threading.Thread(target=run, daemon=True,
                                          name=f"minipar-watch-{self.role}-{self.pid}")
         self._watcher.start()
+
+    def _log_end(self, code):
+        # the last line of the process's log: a crash that prints nothing (os._exit, a
+        # SIGKILL, a segfault without faulthandler) is still told where its output is
+        if code < 0:
+            try:
+                how = f"killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"killed by signal {-code}"
+        else:
+            how = f"exit code {code}"
+        try:
+            with open(self.output_file, "a") as f:
+                f.write(f"[{_PKG}.launcher] {self.role} pid {self.pid} ended: {how}\n")
+        except OSError as e:  # its folder removed already (a Cluster's own profile dir)
+            log.debug("%s pid %s ended (%s); its log: %s", self.role, self.pid, how, e)
 
     def _poll_pid(self):
         while _same_process(self.pid, self.pid_start):
@@ -708,687 +744,6 @@ class MPIEngineSetLauncher(MPILauncher, EngineLauncher):
         super().start()
 
 
-# ---------------------------------------------------------------- ssh
-
-
-class SSHLauncher(LocalProcessLauncher):
-    """One program on `hostname`, through a local ``ssh`` that lives as long as it does.
-
-    The remote shell starts the program in the background, prints its pid and waits for
-    it, so the local ssh ends exactly when the program does (the watcher notices) and its
-    output is the program's. Killing the local ssh would leave the program running (no
-    tty), so stop() and signal() run ``kill`` on the host instead. The remote profile dir
-    is created when missing; `remote_python` defaults to this interpreter's path (the same
-    installation on every host, or a shared file system).
-    """
-
-    kind = "ssh"
-    module = ""  # the program: python -m <pkg>.<module>
-    _options = ("hostname", "ssh_cmd", "ssh_args", "remote_python", "remote_profile_dir",
-                "remote_env")
-    _state = ("remote_pid",)
-
-    def __init__(self, hostname="localhost", ssh_cmd=("ssh",), ssh_args=(),
-                 remote_python=sys.executable, remote_profile_dir=None, remote_env=None,
-                 **kwargs):
-        super().__init__(**kwargs)
-        self.hostname = hostname
-        self.ssh_cmd = [str(a) for a in ssh_cmd]
-        self.ssh_args = [str(a) for a in ssh_args]
-        self.remote_python = remote_python
-        self.remote_profile_dir = remote_profile_dir or self.profile_dir
-        self.remote_env = dict(remote_env) if remote_env is not None else {
-            "PYTHONPATH": _python_path()}
-        self.remote_pid = None
-
-    def ssh(self, command):
-        return [*self.ssh_cmd, *self.ssh_args, self.hostname, command]
-
-    def remote_args(self):
-        return [self.remote_python, "-m", f"{_PKG}.{self.module}", "--profile-dir",
-                self.remote_profile_dir, *self.program_args]
-
-    def remote_command(self, prepare=""):
-        env = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in self.remote_env.items())
-        return (f"{prepare}mkdir -p {shlex.quote(self.remote_profile_dir)}; {env} "
-                f"{shlex.join(self.remote_args())} </dev/null & "
-                "echo minipar-remote-pid $!; wait $!")
-
-    def find_args(self):
-        return self.ssh(self.remote_command())
-
-    def start(self):
-        LocalProcessLauncher.start(self)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while self.remote_pid is None and self.state == RUNNING:
-            m = re.search(r"minipar-remote-pid (\d+)", self.get_output())
-            if m:
-                self.remote_pid = int(m.group(1))
-            elif time.monotonic() > deadline:
-                break
-            else:
-                time.sleep(0.05)
-        if self.remote_pid is None:
-            out = self.get_output()
-            self.stop()
-            raise LauncherError(f"ssh to {self.hostname} did not start {self.module}; its "
-                                f"output:\n{out}")
-
-    def remote_kill(self, sig):
-        """``kill -SIG pid`` on the host (bounded: ssh's ConnectTimeout and ours)."""
-        if self.remote_pid is None:
-            return
-        cmd = self.ssh(f"kill -{signal.Signals(sig).name[3:]} {self.remote_pid} 2>/dev/null; true")
-        try:
-            subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
-                           timeout=30, env=self._child_env())
-        except subprocess.TimeoutExpired:
-            log.warning("ssh %s: kill timed out", self.hostname)
-
-    def signal(self, sig):
-        self._check_state(RUNNING, "signal")
-        self.remote_kill(sig)
-
-    def stop(self):
-        if self.state == BEFORE:
-            return None
-        if self.state == RUNNING:
-            self.remote_kill(signal.SIGTERM)
-            if not self.wait(self.stop_timeout):
-                log.warning("%s on %s (pid %s) ignored SIGTERM; sending SIGKILL",
-                            self.module, self.hostname, self.remote_pid)
-                self.remote_kill(signal.SIGKILL)
-                self.wait(self.stop_timeout)
-        # the local ssh ends with the remote program; terminate_pids is for a stuck one
-        return super().stop()
-
-
-class SSHEngineLauncher(SSHLauncher, EngineLauncher):
-    """One engine on a host; `connection_file` is its copy of the engine file there."""
-
-    role = "engine"
-    module = "engine"
-    _options = ("connection_file",)
-
-    def __init__(self, connection_file=None, **kwargs):
-        super().__init__(**kwargs)
-        self.connection_file = connection_file
-
-    def remote_args(self):
-        extra = ["--file", self.connection_file] if self.connection_file else []
-        return [*super().remote_args(), *extra]
-
-    def remote_command(self, prepare=""):
-        if self.connection_file and "MINIPAR_CONNECTION_INFO" in self.env:
-            # "env" mode: the connection info arrived as an environment variable
-            path = shlex.quote(self.connection_file)
-            prepare = (f"umask 077; mkdir -p {shlex.quote(os.path.dirname(self.connection_file))}"
-                       f" && printf '%s' \"$MINIPAR_CONNECTION_INFO\" > {path} || exit 1; ")
-        return super().remote_command(prepare)
-
-    def start(self, n=1):
-        self.n = 1
-        super().start()
-
-
-class SSHControllerLauncher(SSHLauncher, ControllerLauncher):
-    """The controller on `hostname`; its connection files are fetched back with scp.
-
-    Engines and clients on other hosts need it to listen beyond loopback: pass
-    ``controller_args=["--ip", "*"]`` (or the host's address) and maybe ``--location``.
-    """
-
-    role = "controller"
-    module = "controller"
-    _options = ("scp_cmd",)
-
-    def __init__(self, scp_cmd=("scp",), **kwargs):
-        super().__init__(**kwargs)
-        self.scp_cmd = [str(a) for a in scp_cmd]
-
-    def start(self):
-        super().start()
-        try:
-            self.fetch_connection_files()
-        except BaseException:
-            self.stop()
-            raise
-
-    def fetch_connection_files(self, timeout=START_TIMEOUT_S):
-        """Copy the controller's files here once it has written them (its pid inside)."""
-        rsec = os.path.join(self.remote_profile_dir, "security")
-        lsec = protocol.security_dir(self.profile_dir)
-        deadline = time.monotonic() + timeout
-        for name in (protocol.CLIENT_FILE, protocol.ENGINE_FILE):
-            local = os.path.join(lsec, name)
-            tmp = f"{local}.fetch-{secrets.token_hex(3)}"  # never scp onto the file itself
-            cmd = [*self.scp_cmd, *self.ssh_args, "-q", f"{self.hostname}:{rsec}/{name}", tmp]
-            while True:
-                r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
-                                   text=True, timeout=60, env=self._child_env())
-                try:
-                    if r.returncode == 0:
-                        with open(tmp) as f:
-                            if json.load(f).get("pid") == self.remote_pid:
-                                os.chmod(tmp, 0o600)
-                                os.replace(tmp, local)
-                                break
-                except (OSError, ValueError):
-                    pass
-                if self.state != RUNNING or time.monotonic() > deadline:
-                    raise ControllerStartError(
-                        f"no {name} from the controller on {self.hostname} "
-                        f"({r.stderr.strip()}); its output:\n{self.get_output()}")
-                time.sleep(0.2)
-            if os.path.exists(tmp):
-                os.remove(tmp)
-
-
-class SSHEngineSetLauncher(EngineSetLauncher):
-    """Engines on several hosts: ``engines={host: n}`` or ``{host: (n, [engine args])}``.
-
-    The controller's engine file goes to each host before its engines start:
-    ``connection="scp"`` copies it to ``<remote_profile_dir>/security/`` under a name of
-    its own (so a shared file system never has the original overwritten), ``"env"``
-    passes it in the variable MINIPAR_CONNECTION_INFO (the server must AcceptEnv it),
-    ``"shared"`` sends nothing (a shared file system). ``start(n)`` with a plain ``n``
-    and no `engines` starts n engines on localhost.
-    """
-
-    kind = "ssh"
-    _options = ("engines", "ssh_cmd", "ssh_args", "scp_cmd", "remote_python",
-                "remote_profile_dir", "remote_env", "connection")
-    _state = ("sent_files",)
-
-    def __init__(self, engines=None, ssh_cmd=("ssh",), ssh_args=(), scp_cmd=("scp",),
-                 remote_python=sys.executable, remote_profile_dir=None, remote_env=None,
-                 connection="scp", **kwargs):
-        super().__init__(**kwargs)
-        if connection not in ("scp", "env", "shared"):
-            raise ValueError(f"connection must be 'scp', 'env' or 'shared', not {connection!r}")
-        self.engines = dict(engines or {})
-        self.ssh_cmd = list(ssh_cmd)
-        self.ssh_args = list(ssh_args)
-        self.scp_cmd = list(scp_cmd)
-        self.remote_python = remote_python
-        self.remote_profile_dir = remote_profile_dir
-        self.remote_env = remote_env
-        self.connection = connection
-        self.sent_files = {}  # host -> path of its copy of the engine file
-
-    def _hosts(self, n):
-        if not self.engines:
-            return {"localhost": (self._default_n(n), [])}
-        hosts = {}
-        for host, spec in self.engines.items():
-            count, args = (spec, []) if isinstance(spec, int) else (spec[0], list(spec[1]))
-            hosts[host] = (count, args)
-        return hosts
-
-    def _child(self, host, args, connection_file, env):
-        return SSHEngineLauncher(
-            hostname=host, ssh_cmd=self.ssh_cmd, ssh_args=self.ssh_args,
-            remote_python=self.remote_python, remote_profile_dir=self.remote_profile_dir,
-            remote_env=self.remote_env, connection_file=connection_file,
-            profile_dir=self.profile_dir, cluster_id=self.cluster_id,
-            program_args=[*self.program_args, *args], env=env, stop_timeout=self.stop_timeout)
-
-    def _send(self, host):
-        """Copy the engine file to `host`; its remote path."""
-        rdir = os.path.join(self.remote_profile_dir or self.profile_dir, "security")
-        remote = os.path.join(rdir, f"minipar-engine-{self.cluster_id or 'default'}-"
-                                    f"{secrets.token_hex(3)}.json")
-        local = os.path.join(self.profile_dir, "security", protocol.ENGINE_FILE)
-        env = {**os.environ, **self.env}
-        mkdir = f"umask 077; mkdir -p {shlex.quote(rdir)}"
-        for cmd in ([*self.ssh_cmd, *self.ssh_args, host, mkdir],
-                    [*self.scp_cmd, *self.ssh_args, "-q", local, f"{host}:{remote}"]):
-            r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                               timeout=60, env=env)
-            if r.returncode:
-                raise LauncherError(f"sending the engine file to {host} failed: "
-                                    f"{shlex.join(cmd)}: {r.stderr.strip()}")
-        return remote
-
-    def start(self, n=None):
-        self._check_state(BEFORE, "start")
-        hosts = self._hosts(n)
-        self.n = sum(count for count, _ in hosts.values())
-        try:
-            for host, (count, args) in hosts.items():
-                env, file = dict(self.env), None
-                if self.connection == "scp":
-                    file = self.sent_files[host] = self._send(host)
-                elif self.connection == "env":
-                    path = os.path.join(self.profile_dir, "security", protocol.ENGINE_FILE)
-                    with open(path) as f:
-                        env["MINIPAR_CONNECTION_INFO"] = f.read()
-                    rdir = os.path.join(self.remote_profile_dir or self.profile_dir, "security")
-                    file = os.path.join(rdir, f"minipar-engine-{self.cluster_id or 'default'}-"
-                                              f"{secrets.token_hex(3)}.json")
-                    self.sent_files[host] = file
-                for _ in range(count):
-                    child = self._child(host, args, file, env)
-                    if self.connection == "env":
-                        child.ssh_args = [*child.ssh_args, "-o", "SendEnv=MINIPAR_CONNECTION_INFO"]
-                    child.start()
-                    self._children.append(child)
-        except BaseException:
-            self._stop_children()
-            raise
-        self.notify_start({"hosts": {h: c for h, (c, _) in hosts.items()}})
-        self._watch_children()
-
-    def _stop_children(self):
-        # SIGTERM everywhere first, then wait: hosts stop in parallel
-        threads = [threading.Thread(target=c.stop) for c in self._children]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        for host, path in self.sent_files.items():
-            cmd = [*self.ssh_cmd, *self.ssh_args, host, f"rm -f {shlex.quote(path)}"]
-            try:
-                subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
-                               env={**os.environ, **self.env})
-            except subprocess.TimeoutExpired:
-                log.warning("ssh %s: removing %s timed out", host, path)
-
-
-# ---------------------------------------------------------------- batch systems
-
-
-class BatchSystemLauncher(BaseLauncher):
-    """A job for a batch system, described as data.
-
-    A class gives the commands (each a list; the job id or the script path is appended,
-    ``{sig}`` is replaced by the signal's name), a regular expression that finds the
-    job id in the submit command's output (its group 1 if it has one), a status command
-    with ``parse_status``, and a default template. Templates are ``str.format`` text
-    with ``{n}``, ``{queue}``, ``{profile_dir}``, ``{cluster_id}``,
-    ``{program_and_args}``, ``{output_file}`` and ``{log_dir}``; give your own as
-    `batch_template` (a string) or `batch_template_file`. A `queue` adds
-    ``queue_template`` to a template that does not mention ``{queue}`` itself.
-    Every command can be replaced per launcher (``submit_command=["/opt/pbs/bin/qsub"]``).
-    """
-
-    submit_command = ()
-    submit_stdin = False  # True: the script goes to the submit command's stdin (bsub < job)
-    delete_command = ()
-    signal_command = None  # None: the batch system cannot signal a job
-    status_command = ()
-    job_id_regexp = r"\d+"
-    queue_template = ""
-    default_template = ""
-    script_suffix = ".sh"
-
-    _options = ("queue", "batch_template", "batch_template_file", "submit_command",
-                "delete_command", "signal_command", "status_command", "job_id_regexp",
-                "poll_interval")
-    _state = ("job_id", "batch_file")
-
-    def __init__(self, queue="", batch_template=None, batch_template_file=None,
-                 submit_command=None, delete_command=None, signal_command=None,
-                 status_command=None, job_id_regexp=None, poll_interval=BATCH_POLL_INTERVAL_S,
-                 **kwargs):
-        super().__init__(**kwargs)
-        self.queue = queue
-        self.batch_template = batch_template
-        self.batch_template_file = batch_template_file
-        cls = type(self)
-        self.submit_command = list(submit_command or cls.submit_command)
-        self.delete_command = list(delete_command or cls.delete_command)
-        sc = signal_command or cls.signal_command
-        self.signal_command = list(sc) if sc else None
-        self.status_command = list(status_command or cls.status_command)
-        self.job_id_regexp = job_id_regexp or cls.job_id_regexp
-        self.poll_interval = poll_interval
-        self.job_id = None
-        self.batch_file = None
-        self._watcher = None
-
-    # -- the script
-
-    def template(self):
-        if self.batch_template is not None:
-            return self.batch_template
-        if self.batch_template_file:
-            with open(self.batch_template_file) as f:
-                return f.read()
-        return self.default_template
-
-    def context(self):
-        return {"n": self.n, "queue": self.queue, "profile_dir": self.profile_dir,
-                "cluster_id": self.cluster_id or "default", "output_file": self.output_file,
-                "log_dir": self.log_dir, "program_and_args": shlex.join(self.program_and_args)}
-
-    def render(self):
-        """The job script for the current settings."""
-        text = self.template()
-        if self.queue and "{queue}" not in text and self.queue_template:
-            first, _, rest = text.partition("\n")
-            if first.startswith("#!"):
-                text = f"{first}\n{self.queue_template}\n{rest}"
-            else:
-                text = f"{self.queue_template}\n{text}"
-        return text.format(**self.context())
-
-    # -- commands
-
-    def _run(self, cmd, stdin=None):
-        r = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60,
-                           cwd=self.log_dir, env=self._child_env())
-        log.debug("%s -> %s %r %r", shlex.join(cmd), r.returncode, r.stdout, r.stderr)
-        return r
-
-    def parse_job_id(self, output):
-        m = re.search(self.job_id_regexp, output)
-        if not m:
-            raise LauncherError(f"no job id (pattern {self.job_id_regexp!r}) in the output "
-                                f"of {shlex.join(self.submit_command)}: {output!r}")
-        return m.group(1) if m.groups() else m.group(0)
-
-    @staticmethod
-    def parse_status(returncode, output, job_id):
-        """'pending', 'running' or 'done' from the status command's result."""
-        raise NotImplementedError
-
-    def job_status(self):
-        r = self._run([*self.status_command, self.job_id])
-        return self.parse_status(r.returncode, r.stdout, self.job_id)
-
-    def start(self, n=1):
-        self._check_state(BEFORE, "start")
-        self.n = n
-        self.output_file = self._output_path(f"{self.kind}-{self.role}")
-        script = self.render()
-        self.batch_file = self.output_file[:-len(".log")] + self.script_suffix
-        with open(self.batch_file, "w") as f:
-            f.write(script)
-        os.chmod(self.batch_file, 0o700)
-        if self.submit_stdin:
-            r = self._run(self.submit_command, stdin=script)
-        else:
-            r = self._run([*self.submit_command, self.batch_file])
-        if r.returncode:
-            raise LauncherError(f"{shlex.join(self.submit_command)} {self.batch_file} failed "
-                                f"({r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
-        self.job_id = self.parse_job_id(r.stdout + r.stderr)
-        self.notify_start({"job_id": self.job_id})
-        self._watch()
-
-    def _watch(self):
-        # executes in the watcher thread: the job has ended when the status says so
-        def run():
-            while self.state == RUNNING:
-                try:
-                    if self.job_status() == "done":
-                        break
-                except (OSError, subprocess.SubprocessError) as e:
-                    log.warning("%s: status of job %s: %s", self.kind, self.job_id, e)
-                self._stopped.wait(self.poll_interval)
-            self.notify_stop({"job_id": self.job_id})
-        self._watcher = threading.Thread(target=run, daemon=True,
-                                         name=f"minipar-watch-{self.kind}-{self.job_id}")
-        self._watcher.start()
-
-    def _reconstruct(self):
-        if self.job_status() == "done":
-            raise NotRunning(f"{self.kind} job {self.job_id} has ended")
-        self._watch()
-
-    def signal(self, sig):
-        self._check_state(RUNNING, "signal")
-        if not self.signal_command:
-            raise LauncherError(f"{self.kind} has no command to signal a job; stop() it instead")
-        name = signal.Signals(sig).name[3:]
-        r = self._run([a.replace("{sig}", name) for a in self.signal_command] + [self.job_id])
-        if r.returncode:
-            raise LauncherError(f"signalling {self.kind} job {self.job_id} failed: "
-                                f"{r.stderr.strip()}")
-
-    def stop(self):
-        """Delete the job and wait until the batch system says it has ended."""
-        if self.state != RUNNING:
-            return self.stop_data
-        r = self._run([*self.delete_command, self.job_id])
-        if r.returncode:
-            log.info("%s %s: %s", shlex.join(self.delete_command), self.job_id, r.stderr.strip())
-        # the batch system sends SIGTERM, then SIGKILL after its own grace (Slurm's KillWait)
-        deadline = time.monotonic() + max(self.stop_timeout, 30.0)
-        while time.monotonic() < deadline:
-            if self.job_status() == "done":
-                break
-            time.sleep(0.2)
-        else:
-            log.error("%s job %s still listed %.0f s after %s", self.kind, self.job_id,
-                      max(self.stop_timeout, 30.0), shlex.join(self.delete_command))
-        self.notify_stop({"job_id": self.job_id})
-        if self._watcher is not None:
-            self._watcher.join(self.poll_interval + 60)
-        return self.stop_data
-
-    def get_output(self, remove=False):
-        # some systems ignore the script's output path (Slurm's qsub: <script>.o<job id>)
-        paths = [self.output_file] if self.output_file else []
-        if self.batch_file and self.job_id:
-            base = os.path.basename(self.batch_file)
-            job = self.job_id.split(".")[0].split("[")[0]
-            paths += sorted(os.path.join(self.log_dir, n) for n in os.listdir(self.log_dir)
-                            if n.startswith(base + ".") and job in n)
-        text = "".join(_read_text(p) for p in paths)
-        if remove:
-            for p in paths:
-                try:
-                    os.remove(p)
-                except OSError:
-                    pass
-        return text
-
-
-class BatchControllerLauncher(BatchSystemLauncher, ControllerLauncher):
-    role = "controller"
-
-    def start(self):
-        super().start(1)
-
-
-class BatchEngineSetLauncher(BatchSystemLauncher, EngineLauncher):
-    role = "engines"
-
-    def start(self, n=None):
-        super().start(self._default_n(n))
-
-
-def _rows(output, header_prefix):
-    """The data rows of a table printed by a status command (after its header lines)."""
-    lines = output.splitlines()
-    for i, line in enumerate(lines):
-        if line.startswith(header_prefix):
-            rows = lines[i + 1:]
-            return [r.split() for r in rows if r.strip() and not set(r.strip()) <= {"-", " "}]
-    return []
-
-
-class SlurmLauncher(BatchSystemLauncher):
-    """Slurm: sbatch / scancel / squeue. Engines run as the tasks of one srun."""
-
-    kind = "slurm"
-    submit_command = ("sbatch", "--parsable")
-    delete_command = ("scancel",)
-    signal_command = ("scancel", "--signal={sig}")  # reaches the srun steps: the engines
-    status_command = ("squeue", "--noheader", "--format=%T", "--jobs")
-    job_id_regexp = r"^(\d+)"
-    queue_template = "#SBATCH --partition={queue}"
-
-    @staticmethod
-    def parse_status(returncode, output, job_id):
-        states = output.split()
-        if returncode or not states:  # squeue forgets a job soon after it ends
-            return "done"
-        if any(s in ("RUNNING", "COMPLETING", "SUSPENDED", "STOPPED") for s in states):
-            return "running"
-        if any(s in ("PENDING", "CONFIGURING", "REQUEUED", "RESIZING") for s in states):
-            return "pending"
-        return "done"
-
-
-class SlurmControllerLauncher(SlurmLauncher, BatchControllerLauncher):
-    default_template = """#!/bin/sh
-#SBATCH --job-name=minipar-controller-{cluster_id}
-#SBATCH --ntasks=1
-#SBATCH --output={output_file}
-srun {program_and_args}
-"""
-
-
-class SlurmEngineSetLauncher(SlurmLauncher, BatchEngineSetLauncher):
-    default_template = """#!/bin/sh
-#SBATCH --job-name=minipar-engines-{cluster_id}
-#SBATCH --ntasks={n}
-#SBATCH --output={output_file}
-srun {program_and_args}
-"""
-
-
-class PBSLauncher(BatchSystemLauncher):
-    """PBS / Torque: qsub / qdel / qsig / qstat. Engines are a job array (-t 1-n)."""
-
-    kind = "pbs"
-    submit_command = ("qsub",)
-    delete_command = ("qdel",)
-    signal_command = ("qsig", "-s", "{sig}")
-    status_command = ("qstat",)
-    job_id_regexp = r"\d+(?:\[\])?(?:\.[\w.-]+)?"
-    queue_template = "#PBS -q {queue}"
-
-    @staticmethod
-    def parse_status(returncode, output, job_id):
-        # Job id  Name  User  Time Use  S  Queue: S is Q/H/W/T queued, R/E running, C/F done
-        if returncode:
-            return "done"
-        short = job_id.split(".")[0]
-        states = [r[4] for r in _rows(output, "Job") if len(r) >= 6 and
-                  r[0].split(".")[0].replace("[]", "") == short.replace("[]", "")]
-        if any(s in ("R", "E", "S") for s in states):
-            return "running"
-        if any(s in ("Q", "H", "W", "T") for s in states):
-            return "pending"
-        return "done"
-
-
-class PBSControllerLauncher(PBSLauncher, BatchControllerLauncher):
-    default_template = """#!/bin/sh
-#PBS -N minipar-ctrl
-#PBS -V
-#PBS -j oe
-#PBS -o {output_file}
-{program_and_args}
-"""
-
-
-class PBSEngineSetLauncher(PBSLauncher, BatchEngineSetLauncher):
-    default_template = """#!/bin/sh
-#PBS -N minipar-engines
-#PBS -V
-#PBS -j oe
-#PBS -o {output_file}
-#PBS -t 1-{n}
-{program_and_args}
-"""
-
-
-class SGELauncher(BatchSystemLauncher):
-    """Son of / Sun Grid Engine: qsub / qdel / qstat. Engines are a job array (-t 1-n).
-
-    SGE has no command to signal a job (no qsig). For qdel to send SIGTERM before
-    SIGKILL, the queue needs ``terminate_method SIGTERM``.
-    """
-
-    kind = "sge"
-    submit_command = ("qsub",)
-    delete_command = ("qdel",)
-    status_command = ("qstat",)
-    job_id_regexp = r"job(?:-array)? (\d+)"
-    queue_template = "#$ -q {queue}"
-
-    def job_status(self):
-        r = self._run(list(self.status_command))  # qstat lists every task of the user's jobs
-        return self.parse_status(r.returncode, r.stdout, self.job_id)
-
-    @staticmethod
-    def parse_status(returncode, output, job_id):
-        # job-ID prior name user state submit/start-at queue slots ja-task-ID
-        if returncode:
-            return "done"
-        states = [r[4] for r in _rows(output, "job-ID") if len(r) >= 5 and r[0] == job_id]
-        if any(set(s) & set("rtRsSTh") and "qw" not in s for s in states):
-            return "running"
-        return "pending" if states else "done"
-
-
-class SGEControllerLauncher(SGELauncher, BatchControllerLauncher):
-    default_template = """#!/bin/sh
-#$ -N minipar-controller
-#$ -V
-#$ -S /bin/sh
-#$ -j y
-#$ -o {output_file}
-{program_and_args}
-"""
-
-
-class SGEEngineSetLauncher(SGELauncher, BatchEngineSetLauncher):
-    default_template = """#!/bin/sh
-#$ -N minipar-engines
-#$ -V
-#$ -S /bin/sh
-#$ -j y
-#$ -o {output_file}
-#$ -t 1-{n}
-{program_and_args}
-"""
-
-
-class LSFLauncher(BatchSystemLauncher):
-    """IBM Spectrum LSF: bsub (script on stdin) / bkill / bjobs. Engines are a job array."""
-
-    kind = "lsf"
-    submit_command = ("bsub",)
-    submit_stdin = True  # bsub reads #BSUB lines only from a script given on stdin
-    delete_command = ("bkill",)
-    signal_command = ("bkill", "-s", "{sig}")
-    status_command = ("bjobs",)
-    job_id_regexp = r"Job <(\d+)>"
-    queue_template = "#BSUB -q {queue}"
-
-    @staticmethod
-    def parse_status(returncode, output, job_id):
-        # JOBID USER STAT QUEUE FROM_HOST EXEC_HOST JOB_NAME SUBMIT_TIME; "Job <N> is not found"
-        states = [r[2] for r in _rows(output, "JOBID") if len(r) >= 3 and r[0] == job_id]
-        if any(s in ("RUN", "USUSP", "SSUSP") for s in states):
-            return "running"
-        if any(s in ("PEND", "PSUSP", "WAIT") for s in states):
-            return "pending"
-        return "done"
-
-
-class LSFControllerLauncher(LSFLauncher, BatchControllerLauncher):
-    default_template = """#!/bin/sh
-#BSUB -J minipar-controller-{cluster_id}
-#BSUB -o {output_file}
-{program_and_args}
-"""
-
-
-class LSFEngineSetLauncher(LSFLauncher, BatchEngineSetLauncher):
-    default_template = """#!/bin/sh
-#BSUB -J minipar-engines-{cluster_id}[1-{n}]
-#BSUB -o {output_file}
-{program_and_args}
-"""
-
-
 # ---------------------------------------------------------------- finding launchers
 
 # short name -> (controller launcher, engine set launcher); None where a kind has no such role
@@ -1444,6 +799,30 @@ def find_launcher_class(name, role):
                         f"{_ENTRY_POINT_GROUPS[role]}")
 
 
+# ssh and batch-system launchers live in ssh.py and batch.py, which import this module;
+# their names are still found here (short names, cluster files written before the move)
+# on first use, so importing this module never imports them
+_BATCH_NAMES = frozenset({
+    "BatchSystemLauncher", "BatchControllerLauncher", "BatchEngineSetLauncher",
+    "SlurmLauncher", "SlurmControllerLauncher", "SlurmEngineSetLauncher",
+    "PBSLauncher", "PBSControllerLauncher", "PBSEngineSetLauncher",
+    "SGELauncher", "SGEControllerLauncher", "SGEEngineSetLauncher",
+    "LSFLauncher", "LSFControllerLauncher", "LSFEngineSetLauncher",
+})
+_SSH_NAMES = frozenset({"SSHLauncher", "SSHEngineLauncher", "SSHControllerLauncher",
+                        "SSHEngineSetLauncher"})
+
+
+def __getattr__(name):
+    if name in _BATCH_NAMES:
+        from . import batch
+        return getattr(batch, name)
+    if name in _SSH_NAMES:
+        from . import ssh
+        return getattr(ssh, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def launcher_from_dict(d):
     """Rebuild a launcher saved with ``to_dict()`` (raises NotRunning if it is gone)."""
     module, _, attr = d["class"].rpartition(".")
@@ -1485,7 +864,7 @@ class Cluster:
         if self._owns_profile_dir:
             profile_dir = os.path.join(protocol.base_dir(), f"cluster_{self.cluster_id}")
         self.profile_dir = protocol.profile_dir(profile, profile_dir)
-        self.n = n
+        self.n = _check_n(n)
         self.engine_kind = engines
         self.controller_kind = controller
         self.controller_args = list(controller_args)
@@ -1597,17 +976,9 @@ class Cluster:
         return self.controller
 
     def _check_no_live_controller(self):
-        try:
-            with open(self.client_file) as f:
-                info = json.load(f)
-        except (OSError, ValueError):
-            return
-        if info.get("host") == socket.gethostname() and info.get("pid") \
-                and protocol.pid_alive(info["pid"]):
-            raise LauncherError(
-                f"a controller (pid {info['pid']}) is already running with profile dir "
-                f"{self.profile_dir}: stop it with `python -m {_PKG}.launcher stop "
-                f"--profile-dir {self.profile_dir}`, or use another profile")
+        info = live_controller(self.profile_dir)
+        if info is not None:
+            raise LauncherError(held_profile_message(info, self.profile_dir))
 
     def _wait_for_connection_file(self, started):
         # the file is written atomically (rename), so a complete JSON document means ready;
@@ -1638,7 +1009,7 @@ class Cluster:
 
     def start_engines(self, n=None, engines=None, **options):
         """Start a set of `n` engines (kind `engines`, default the cluster's); its id."""
-        n = n if n is not None else self.n
+        n = _check_n(n) if n is not None else self.n
         cls = find_launcher_class(engines or self.engine_kind, "engine")
         opts = self.engine_options if engines is None else {}
         if self.engine_restart and issubclass(cls, EngineSetLauncher):
@@ -1855,6 +1226,51 @@ def find_cluster_file(profile=None, profile_dir=None, cluster_id=None):
     return candidates[0]
 
 
+def live_controller(profile_dir):
+    """The connection-file info of the controller that holds `profile_dir`, or None.
+
+    None when there is no readable file, when it was written on another host (its pid
+    cannot be checked from here), or when it is stale: its pid is gone, or now belongs to
+    a program that is not a controller (pids are reused).
+    """
+    path = os.path.join(profile_dir, "security", protocol.CLIENT_FILE)
+    try:
+        info = protocol.read_connection_file(path)  # raises for a missing or stale file
+    except MiniparError:
+        return None
+    pid = info.get("pid")
+    if info.get("host") != socket.gethostname() or not isinstance(pid, int) \
+            or pid == os.getpid() or not _runs_controller(pid):
+        return None
+    return info
+
+
+def _stop_command(info, profile_dir):
+    """The shell command that stops the controller `info` describes: `launcher stop` where
+    a cluster file records it (its engines stop too), else `kill PID` (SIGTERM: the
+    controller stops cleanly and removes its connection files)."""
+    for path in cluster_files(profile_dir=profile_dir):
+        try:
+            with open(path) as f:
+                d = json.load(f)
+            if (d.get("controller") or {}).get("state", {}).get("pid") == info["pid"]:
+                return (f"python -m {_PKG}.launcher stop --profile-dir "
+                        f"{shlex.quote(profile_dir)} --cluster-id "
+                        f"{shlex.quote(d['cluster']['cluster_id'])}")
+        except (OSError, ValueError, KeyError, AttributeError):
+            continue
+    return f"kill {info['pid']}"
+
+
+def held_profile_message(info, profile_dir):
+    """Why a second controller may not start on `profile_dir`, and how to free it."""
+    return (f"a controller (pid {info['pid']} on host {info.get('host')}) is already running "
+            f"with profile dir {profile_dir}; a second one would overwrite its connection "
+            "files and, when stopped, delete them, leaving it unreachable. Stop it with "
+            f"`{_stop_command(info, profile_dir)}`, or use another profile (--profile or "
+            "--profile-dir)")
+
+
 # ---------------------------------------------------------------- python -m <pkg>.launcher
 
 
@@ -1871,6 +1287,14 @@ def _selected(args):
         return [Cluster.from_file(p) for p in cluster_files(args.profile, args.profile_dir)]
     return [Cluster.from_file(profile=args.profile, profile_dir=args.profile_dir,
                               cluster_id=args.cluster_id)]
+
+
+def _engine_count(text):
+    try:
+        return _check_n(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of engines (a whole number >= 0)") from None
 
 
 def _json_option(text):
@@ -1975,7 +1399,7 @@ def main(argv=None):
 
     p = sub.add_parser("start", help="start a controller and engines")
     selection(p)
-    p.add_argument("-n", type=int, help="number of engines (default: CPU count)")
+    p.add_argument("-n", type=_engine_count, help="number of engines (default: CPU count)")
     p.add_argument("--engines", default="local", help="engine launcher kind")
     p.add_argument("--controller", default="local", help="controller launcher kind")
     p.add_argument("--controller-args", default="", help="extra controller arguments")
@@ -1990,7 +1414,7 @@ def main(argv=None):
     p.set_defaults(func=_cmd_start)
     p = sub.add_parser("engines", help="add engines to a running cluster")
     selection(p)
-    p.add_argument("-n", type=int, help="number of engines (default: CPU count)")
+    p.add_argument("-n", type=_engine_count, help="number of engines (default: CPU count)")
     p.add_argument("--engines", default=None, help="engine launcher kind")
     p.set_defaults(func=_cmd_engines)
     p = sub.add_parser("stop", help="stop a cluster")
@@ -2016,4 +1440,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run main() of the package's module, not of this __main__ copy: batch.py's classes
+    # derive from that module's classes and raise its LauncherError, which main() catches
+    from . import launcher
+    sys.exit(launcher.main())

@@ -8,7 +8,9 @@ checks, after the test, that none of them is left, killing any that is (by pid).
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -197,6 +199,177 @@ def test_second_cluster_in_a_busy_profile_is_refused(pids, tmp_path):
             Cluster(n=1, profile_dir=prof).start_controller()
 
 
+
+# ---------------------------------------------------------------- one controller per profile
+
+
+def _env():
+    # `python` on PATH is this Python, so a command printed for a shell runs as printed
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    return dict(os.environ, PATH=path,
+                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def _controller(prof, *args, wait=True):
+    """`python -m minipar.controller` started by hand; with `wait`, once its files name it."""
+    p = subprocess.Popen([sys.executable, "-m", "minipar.controller", "--profile-dir", prof,
+                          *args], env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    path = os.path.join(prof, "security", protocol.CLIENT_FILE)
+    deadline = time.monotonic() + 60
+    while wait:
+        try:
+            with open(path) as f:
+                if json.load(f).get("pid") == p.pid:
+                    break
+        except (OSError, ValueError):
+            pass
+        assert p.poll() is None and time.monotonic() < deadline, "the controller did not start"
+        time.sleep(0.05)
+    return p
+
+
+def _second_controller(prof, *args):
+    return subprocess.run([sys.executable, "-m", "minipar.controller", "--profile-dir", prof,
+                           *args], env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=60)
+
+
+def _run_printed_fix(message):
+    """Run the command a refusal says to run (between backquotes), exactly as printed."""
+    m = re.search(r"Stop it with `([^`]+)`", message)
+    assert m, message
+    done = subprocess.run(m.group(1), shell=True, env=_env(), cwd=ROOT, capture_output=True,
+                          text=True, timeout=90, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, f"{m.group(1)}: {done.stdout}{done.stderr}"
+    return m.group(1)
+
+
+def test_second_controller_on_a_held_profile_is_refused(pids, tmp_path):
+    from minipar import Client
+
+    prof = str(tmp_path / "p")
+    first = _controller(prof)
+    pids.add(first.pid)
+    sec = os.path.join(prof, "security")
+    names = (protocol.CLIENT_FILE, protocol.ENGINE_FILE)
+    before = {n: open(os.path.join(sec, n), "rb").read() for n in names}
+    for extra in ([], ["--reuse"]):  # --reuse too: it would bind the first one's ports
+        started = time.monotonic()
+        out = _second_controller(prof, *extra)
+        assert out.returncode != 0, out.stderr
+        assert time.monotonic() - started < 30
+        assert f"pid {first.pid} on host {socket.gethostname()}" in out.stderr, out.stderr
+        assert f"`kill {first.pid}`" in out.stderr, out.stderr
+    assert {n: open(os.path.join(sec, n), "rb").read() for n in names} == before
+    assert first.poll() is None
+    rc = Client(os.path.join(sec, protocol.CLIENT_FILE), timeout=30)
+    try:
+        assert rc.queue_status()["unassigned"] == 0
+    finally:
+        rc.close()
+    _run_printed_fix(out.stderr)
+    assert first.wait(30) == 0  # SIGTERM: a clean stop, which removes its files
+    assert not os.path.exists(os.path.join(sec, protocol.CLIENT_FILE))
+
+
+def test_a_stale_connection_file_does_not_hold_the_profile(pids, tmp_path):
+    prof = str(tmp_path / "p")
+    sec = protocol.security_dir(prof)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    # a pid the kernel gave to another program after the controller died
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    pids.add(other.pid)
+    try:
+        for pid in (dead.pid, other.pid):
+            info = {"key": "0" * 64, "ports": {}, "location": "127.0.0.1", "pid": pid,
+                    "host": socket.gethostname()}
+            for name in (protocol.CLIENT_FILE, protocol.ENGINE_FILE):
+                protocol.write_connection_file(os.path.join(sec, name), info)
+            ctl = _controller(prof)
+            pids.add(ctl.pid)
+            ctl.terminate()
+            assert ctl.wait(30) == 0
+        # the launcher's check is the same: a reused pid does not hold the profile
+        for name in (protocol.CLIENT_FILE, protocol.ENGINE_FILE):
+            protocol.write_connection_file(os.path.join(sec, name), info)
+        cluster = Cluster(n=0, profile_dir=prof, controller_args=CTL_ARGS)
+        try:
+            cluster.start_controller()
+            pids.add_cluster(cluster)
+        finally:
+            cluster.stop_cluster_sync()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_launcher_start_on_a_hand_started_controller_prints_a_fix_that_works(pids, tmp_path):
+    prof = str(tmp_path / "p")
+    first = _controller(prof)
+    pids.add(first.pid)
+    out = cli("start", "-n", "1", "--profile-dir", prof, "--daemonize", timeout=60)
+    try:
+        assert out.returncode == 1 and "already running" in out.stderr, out.stderr
+        assert _run_printed_fix(out.stderr) == f"kill {first.pid}"
+        assert first.wait(30) == 0
+    finally:
+        if out.returncode == 0:
+            cli("stop", "--all", "--profile-dir", prof)
+
+
+def test_hand_started_controller_on_a_launcher_cluster_prints_a_fix_that_works(pids, tmp_path):
+    prof = str(tmp_path / "p")
+    out = cli("start", "-n", "0", "--profile-dir", prof, "--cluster-id", "held",
+              "--controller-args", " ".join(CTL_ARGS), "--daemonize")
+    assert out.returncode == 0, out.stderr
+    cluster = Cluster.from_file(profile_dir=prof)
+    pids.add_cluster(cluster)
+    try:
+        second = _second_controller(prof)
+        assert second.returncode != 0 and "--cluster-id held" in second.stderr, second.stderr
+        _run_printed_fix(second.stderr)
+        assert not [p for p in pids.pids if alive(p)]
+    finally:
+        cli("stop", "--all", "--profile-dir", prof)
+
+
+# ---------------------------------------------------------------- first-hour surprises
+
+
+def test_negative_engine_counts_are_refused(pids, tmp_path):
+    with pytest.raises(ValueError, match="n=-1"):
+        Cluster(n=-1)
+    with pytest.raises(ValueError, match="n=-2"):
+        Cluster(n=1, profile_dir=str(tmp_path / "q")).start_engines(-2)
+    prof = str(tmp_path / "p")
+    out = cli("start", "-n", "-3", "--profile-dir", prof, "--daemonize", timeout=60)
+    try:
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "argument -n: '-3' is not a number of engines" in out.stderr, out.stderr
+    finally:
+        if out.returncode == 0:
+            cli("stop", "--all", "--profile-dir", prof)
+
+
+def test_a_crashed_engine_leaves_its_last_words_in_its_log(pids, tmp_path):
+    cluster = Cluster(n=2, profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS)
+    with cluster as rc:
+        pids.add_cluster(cluster, rc)
+        (engines,) = cluster.engines.values()
+        by_pid = {child.pid: child for child in engines._children}
+        segv, exit3 = (by_pid[pid] for pid in rc[:2].apply_sync(os.getpid))
+        rc[0].apply_async(lambda: __import__("ctypes").string_at(0))
+        rc[1].apply_async(lambda: __import__("os")._exit(3))
+        assert segv.wait(30) and exit3.wait(30)
+        text = segv.get_output()
+        assert "Fatal Python error: Segmentation fault" in text, text
+        assert "ended: killed by signal SIGSEGV" in text, text
+        text = exit3.get_output()
+        assert f"engine pid {exit3.pid} ended: exit code 3" in text, text
+
+
 # ---------------------------------------------------------------- the launcher contract
 
 
@@ -293,6 +466,31 @@ def test_find_launcher_class_by_every_name(tmp_path, monkeypatch):
     (dist / "entry_points.txt").write_text("[minipar.engine_launchers]\nmine = mylaunch:Mine\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert find_launcher_class("mine", "engine").__name__ == "Mine"
+
+
+
+def test_moved_launchers_keep_their_old_names_without_an_import_cycle():
+    from minipar import batch, ssh
+
+    for module, name in ((batch, "SlurmEngineSetLauncher"), (batch, "LSFLauncher"),
+                         (ssh, "SSHEngineSetLauncher")):
+        assert getattr(launcher, name) is getattr(module, name)
+        # the class path in a cluster file written before the move
+        assert find_launcher_class(f"minipar.launcher.{name}", "engine") is getattr(module, name)
+    assert find_launcher_class("ssh", "controller") is ssh.SSHControllerLauncher
+    assert launcher._class_path(batch.PBSEngineSetLauncher) == "minipar.batch.PBSEngineSetLauncher"
+    # importing the launcher imports neither (they import it), and either imports first
+    for first in ("minipar.launcher", "minipar.batch", "minipar.ssh"):
+        out = subprocess.run(
+            [sys.executable, "-c", f"import sys, {first}; from minipar import launcher; "
+             "print(sorted(m for m in sys.modules if m in ('minipar.batch', 'minipar.ssh')), "
+             "launcher.find_launcher_class('sge', 'engine').__module__, sep='|')"],
+            capture_output=True, text=True, cwd=ROOT, timeout=60,
+            env=dict(os.environ, PYTHONPATH=ROOT))
+        assert out.returncode == 0, out.stderr
+        loaded = {"minipar.launcher": "[]", "minipar.batch": "['minipar.batch']",
+                  "minipar.ssh": "['minipar.ssh']"}[first]
+        assert out.stdout == f"{loaded}|minipar.batch\n", out.stdout
 
 
 # ---------------------------------------------------------------- cluster file and CLI

@@ -1,0 +1,326 @@
+"""SSH launchers: a controller or engines on other hosts, each through a local ``ssh``.
+
+The launcher contract is launcher.py's; these are LocalProcessLaunchers whose process is
+``ssh``. Found by short name ("ssh") through ``launcher.find_launcher_class``.
+
+Map of the module::
+
+    SSHLauncher                      ssh HOST 'python -m <pkg>.X & echo pid; wait'
+      SSHEngineLauncher              one engine; its engine file already on the host
+      SSHControllerLauncher          the controller; its connection files fetched with scp
+    SSHEngineSetLauncher             {host: n} of SSHEngineLaunchers; the engine file sent
+                                     with scp, or given in the environment
+
+Who talks to whom::
+
+    this process --ssh HOST--> remote shell --> python -m <pkg>.engine|controller
+        |  (the local ssh ends when the remote program does: the watcher notices)
+        +--ssh HOST 'kill -SIG pid'--> the remote program (stop / signal)
+        +--scp--> engine file to HOST; controller's files from HOST
+
+launcher.py imports nothing from here at import time (it forwards these names on first
+use), so this module may import launcher.py at its top.
+"""
+
+import json
+import logging
+import os
+import re
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from . import protocol
+from .launcher import (_PKG, BEFORE, RUNNING, START_TIMEOUT_S, ControllerLauncher,
+                       ControllerStartError, EngineLauncher, EngineSetLauncher,
+                       LauncherError, LocalProcessLauncher, _python_path)
+
+log = logging.getLogger(__name__)
+
+
+class SSHLauncher(LocalProcessLauncher):
+    """One program on `hostname`, through a local ``ssh`` that lives as long as it does.
+
+    The remote shell starts the program in the background, prints its pid and waits for
+    it, so the local ssh ends exactly when the program does (the watcher notices) and its
+    output is the program's. Killing the local ssh would leave the program running (no
+    tty), so stop() and signal() run ``kill`` on the host instead. The remote profile dir
+    is created when missing; `remote_python` defaults to this interpreter's path (the same
+    installation on every host, or a shared file system).
+    """
+
+    kind = "ssh"
+    module = ""  # the program: python -m <pkg>.<module>
+    _options = ("hostname", "ssh_cmd", "ssh_args", "remote_python", "remote_profile_dir",
+                "remote_env")
+    _state = ("remote_pid",)
+
+    def __init__(self, hostname="localhost", ssh_cmd=("ssh",), ssh_args=(),
+                 remote_python=sys.executable, remote_profile_dir=None, remote_env=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.hostname = hostname
+        self.ssh_cmd = [str(a) for a in ssh_cmd]
+        self.ssh_args = [str(a) for a in ssh_args]
+        self.remote_python = remote_python
+        self.remote_profile_dir = remote_profile_dir or self.profile_dir
+        self.remote_env = dict(remote_env) if remote_env is not None else {
+            "PYTHONPATH": _python_path()}
+        self.remote_pid = None
+
+    def ssh(self, command):
+        return [*self.ssh_cmd, *self.ssh_args, self.hostname, command]
+
+    def remote_args(self):
+        return [self.remote_python, "-m", f"{_PKG}.{self.module}", "--profile-dir",
+                self.remote_profile_dir, *self.program_args]
+
+    def remote_command(self, prepare=""):
+        env = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in self.remote_env.items())
+        return (f"{prepare}mkdir -p {shlex.quote(self.remote_profile_dir)}; {env} "
+                f"{shlex.join(self.remote_args())} </dev/null & "
+                "echo minipar-remote-pid $!; wait $!")
+
+    def find_args(self):
+        return self.ssh(self.remote_command())
+
+    def start(self):
+        LocalProcessLauncher.start(self)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while self.remote_pid is None and self.state == RUNNING:
+            m = re.search(r"minipar-remote-pid (\d+)", self.get_output())
+            if m:
+                self.remote_pid = int(m.group(1))
+            elif time.monotonic() > deadline:
+                break
+            else:
+                time.sleep(0.05)
+        if self.remote_pid is None:
+            out = self.get_output()
+            self.stop()
+            raise LauncherError(f"ssh to {self.hostname} did not start {self.module}; its "
+                                f"output:\n{out}")
+
+    def remote_kill(self, sig):
+        """``kill -SIG pid`` on the host (bounded: ssh's ConnectTimeout and ours)."""
+        if self.remote_pid is None:
+            return
+        cmd = self.ssh(f"kill -{signal.Signals(sig).name[3:]} {self.remote_pid} 2>/dev/null; true")
+        try:
+            subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                           timeout=30, env=self._child_env())
+        except subprocess.TimeoutExpired:
+            log.warning("ssh %s: kill timed out", self.hostname)
+
+    def signal(self, sig):
+        self._check_state(RUNNING, "signal")
+        self.remote_kill(sig)
+
+    def stop(self):
+        if self.state == BEFORE:
+            return None
+        if self.state == RUNNING:
+            self.remote_kill(signal.SIGTERM)
+            if not self.wait(self.stop_timeout):
+                log.warning("%s on %s (pid %s) ignored SIGTERM; sending SIGKILL",
+                            self.module, self.hostname, self.remote_pid)
+                self.remote_kill(signal.SIGKILL)
+                self.wait(self.stop_timeout)
+        # the local ssh ends with the remote program; terminate_pids is for a stuck one
+        return super().stop()
+
+
+class SSHEngineLauncher(SSHLauncher, EngineLauncher):
+    """One engine on a host; `connection_file` is its copy of the engine file there."""
+
+    role = "engine"
+    module = "engine"
+    _options = ("connection_file",)
+
+    def __init__(self, connection_file=None, **kwargs):
+        super().__init__(**kwargs)
+        self.connection_file = connection_file
+
+    def remote_args(self):
+        extra = ["--file", self.connection_file] if self.connection_file else []
+        return [*super().remote_args(), *extra]
+
+    def remote_command(self, prepare=""):
+        if self.connection_file and "MINIPAR_CONNECTION_INFO" in self.env:
+            # "env" mode: the connection info arrived as an environment variable
+            path = shlex.quote(self.connection_file)
+            prepare = (f"umask 077; mkdir -p {shlex.quote(os.path.dirname(self.connection_file))}"
+                       f" && printf '%s' \"$MINIPAR_CONNECTION_INFO\" > {path} || exit 1; ")
+        return super().remote_command(prepare)
+
+    def start(self, n=1):
+        self.n = 1
+        super().start()
+
+
+class SSHControllerLauncher(SSHLauncher, ControllerLauncher):
+    """The controller on `hostname`; its connection files are fetched back with scp.
+
+    Engines and clients on other hosts need it to listen beyond loopback: pass
+    ``controller_args=["--ip", "*"]`` (or the host's address) and maybe ``--location``.
+    """
+
+    role = "controller"
+    module = "controller"
+    _options = ("scp_cmd",)
+
+    def __init__(self, scp_cmd=("scp",), **kwargs):
+        super().__init__(**kwargs)
+        self.scp_cmd = [str(a) for a in scp_cmd]
+
+    def start(self):
+        super().start()
+        try:
+            self.fetch_connection_files()
+        except BaseException:
+            self.stop()
+            raise
+
+    def fetch_connection_files(self, timeout=START_TIMEOUT_S):
+        """Copy the controller's files here once it has written them (its pid inside)."""
+        rsec = os.path.join(self.remote_profile_dir, "security")
+        lsec = protocol.security_dir(self.profile_dir)
+        deadline = time.monotonic() + timeout
+        for name in (protocol.CLIENT_FILE, protocol.ENGINE_FILE):
+            local = os.path.join(lsec, name)
+            tmp = f"{local}.fetch-{secrets.token_hex(3)}"  # never scp onto the file itself
+            cmd = [*self.scp_cmd, *self.ssh_args, "-q", f"{self.hostname}:{rsec}/{name}", tmp]
+            while True:
+                r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                                   text=True, timeout=60, env=self._child_env())
+                try:
+                    if r.returncode == 0:
+                        with open(tmp) as f:
+                            if json.load(f).get("pid") == self.remote_pid:
+                                os.chmod(tmp, 0o600)
+                                os.replace(tmp, local)
+                                break
+                except (OSError, ValueError):
+                    pass
+                if self.state != RUNNING or time.monotonic() > deadline:
+                    raise ControllerStartError(
+                        f"no {name} from the controller on {self.hostname} "
+                        f"({r.stderr.strip()}); its output:\n{self.get_output()}")
+                time.sleep(0.2)
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+class SSHEngineSetLauncher(EngineSetLauncher):
+    """Engines on several hosts: ``engines={host: n}`` or ``{host: (n, [engine args])}``.
+
+    The controller's engine file goes to each host before its engines start:
+    ``connection="scp"`` copies it to ``<remote_profile_dir>/security/`` under a name of
+    its own (so a shared file system never has the original overwritten), ``"env"``
+    passes it in the variable MINIPAR_CONNECTION_INFO (the server must AcceptEnv it),
+    ``"shared"`` sends nothing (a shared file system). ``start(n)`` with a plain ``n``
+    and no `engines` starts n engines on localhost.
+    """
+
+    kind = "ssh"
+    _options = ("engines", "ssh_cmd", "ssh_args", "scp_cmd", "remote_python",
+                "remote_profile_dir", "remote_env", "connection")
+    _state = ("sent_files",)
+
+    def __init__(self, engines=None, ssh_cmd=("ssh",), ssh_args=(), scp_cmd=("scp",),
+                 remote_python=sys.executable, remote_profile_dir=None, remote_env=None,
+                 connection="scp", **kwargs):
+        super().__init__(**kwargs)
+        if connection not in ("scp", "env", "shared"):
+            raise ValueError(f"connection must be 'scp', 'env' or 'shared', not {connection!r}")
+        self.engines = dict(engines or {})
+        self.ssh_cmd = list(ssh_cmd)
+        self.ssh_args = list(ssh_args)
+        self.scp_cmd = list(scp_cmd)
+        self.remote_python = remote_python
+        self.remote_profile_dir = remote_profile_dir
+        self.remote_env = remote_env
+        self.connection = connection
+        self.sent_files = {}  # host -> path of its copy of the engine file
+
+    def _hosts(self, n):
+        if not self.engines:
+            return {"localhost": (self._default_n(n), [])}
+        hosts = {}
+        for host, spec in self.engines.items():
+            count, args = (spec, []) if isinstance(spec, int) else (spec[0], list(spec[1]))
+            hosts[host] = (count, args)
+        return hosts
+
+    def _child(self, host, args, connection_file, env):
+        return SSHEngineLauncher(
+            hostname=host, ssh_cmd=self.ssh_cmd, ssh_args=self.ssh_args,
+            remote_python=self.remote_python, remote_profile_dir=self.remote_profile_dir,
+            remote_env=self.remote_env, connection_file=connection_file,
+            profile_dir=self.profile_dir, cluster_id=self.cluster_id,
+            program_args=[*self.program_args, *args], env=env, stop_timeout=self.stop_timeout)
+
+    def _send(self, host):
+        """Copy the engine file to `host`; its remote path."""
+        rdir = os.path.join(self.remote_profile_dir or self.profile_dir, "security")
+        remote = os.path.join(rdir, f"minipar-engine-{self.cluster_id or 'default'}-"
+                                    f"{secrets.token_hex(3)}.json")
+        local = os.path.join(self.profile_dir, "security", protocol.ENGINE_FILE)
+        env = {**os.environ, **self.env}
+        mkdir = f"umask 077; mkdir -p {shlex.quote(rdir)}"
+        for cmd in ([*self.ssh_cmd, *self.ssh_args, host, mkdir],
+                    [*self.scp_cmd, *self.ssh_args, "-q", local, f"{host}:{remote}"]):
+            r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                               timeout=60, env=env)
+            if r.returncode:
+                raise LauncherError(f"sending the engine file to {host} failed: "
+                                    f"{shlex.join(cmd)}: {r.stderr.strip()}")
+        return remote
+
+    def start(self, n=None):
+        self._check_state(BEFORE, "start")
+        hosts = self._hosts(n)
+        self.n = sum(count for count, _ in hosts.values())
+        try:
+            for host, (count, args) in hosts.items():
+                env, file = dict(self.env), None
+                if self.connection == "scp":
+                    file = self.sent_files[host] = self._send(host)
+                elif self.connection == "env":
+                    path = os.path.join(self.profile_dir, "security", protocol.ENGINE_FILE)
+                    with open(path) as f:
+                        env["MINIPAR_CONNECTION_INFO"] = f.read()
+                    rdir = os.path.join(self.remote_profile_dir or self.profile_dir, "security")
+                    file = os.path.join(rdir, f"minipar-engine-{self.cluster_id or 'default'}-"
+                                              f"{secrets.token_hex(3)}.json")
+                    self.sent_files[host] = file
+                for _ in range(count):
+                    child = self._child(host, args, file, env)
+                    if self.connection == "env":
+                        child.ssh_args = [*child.ssh_args, "-o", "SendEnv=MINIPAR_CONNECTION_INFO"]
+                    child.start()
+                    self._children.append(child)
+        except BaseException:
+            self._stop_children()
+            raise
+        self.notify_start({"hosts": {h: c for h, (c, _) in hosts.items()}})
+        self._watch_children()
+
+    def _stop_children(self):
+        # SIGTERM everywhere first, then wait: hosts stop in parallel
+        threads = [threading.Thread(target=c.stop) for c in self._children]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for host, path in self.sent_files.items():
+            cmd = [*self.ssh_cmd, *self.ssh_args, host, f"rm -f {shlex.quote(path)}"]
+            try:
+                subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
+                               env={**os.environ, **self.env})
+            except subprocess.TimeoutExpired:
+                log.warning("ssh %s: removing %s timed out", host, path)
