@@ -261,9 +261,7 @@ class Engine:
         self._send_ready()
         self._main_ident = threading.get_ident()
         signal.signal(signal.SIGINT, self._on_sigint)
-        # a crash leaves its traceback in the log (the controller quotes it in EngineError),
-        # and so does the time-limit watchdog (TIME_LIMIT_GRACE_S) before its default action
-        faulthandler.enable()
+        # the time-limit watchdog (TIME_LIMIT_GRACE_S): the traceback, then the default action
         faulthandler.register(signal.SIGALRM, all_threads=True, chain=True)
         t = threading.Thread(target=self._receiver, args=(dealer, outbox_in),
                              name="minipar-receiver", daemon=True)
@@ -961,7 +959,7 @@ def main(argv=None):
                         "that went silent to come back (then register again) before exiting")
     p.add_argument("--log-level", default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"))
     args = p.parse_args(argv)
-    faulthandler.enable()  # a crash (segfault, abort) leaves its Python traceback in the log
+    faulthandler.enable()  # a crash leaves its traceback in the log (quoted in EngineError)
     # The receiver thread and the main thread hand the GIL back and forth on every
     # message; with work queued both want it, and the default 5 ms switch interval
     # would cap an engine near 200 tasks/s. 0.1..1 ms is reasonable.
