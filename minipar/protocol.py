@@ -51,6 +51,7 @@ import logging
 import marshal
 import os
 import pickle
+import re
 import struct
 import threading
 import time
@@ -163,7 +164,7 @@ def unpack_header(data):
     A signed header is still bounded before marshal reads it: marshal allocates a list
     or tuple for the count it is told before reading a single item, so a few signed bytes
     claiming 2**31 items would stall the reader for seconds (``_counts_fit``)."""
-    if len(data.translate(None, _COUNTED)) != len(data) and not _counts_fit(data):
+    if _LARGE_COUNT.search(data) and not _counts_fit(data):
         raise ValueError("a header whose containers claim more items than it has bytes")
     header = marshal.loads(data)
     if type(header) is not dict or type(header.get("kind")) is not str \
@@ -175,6 +176,13 @@ def unpack_header(data):
 # marshal's type codes (with and without its FLAG_REF bit, 0x80) for the containers it
 # allocates by their count before reading their items: tuple, list, set, frozenset.
 _COUNTED = b"([<>\xa8\xdb\xbc\xbe"
+# One of those bytes followed by a count of 256 or more: where a header has none, every
+# container it may hold claims under 256 items, so marshal can waste at most that many
+# pointers for each container still open when the data runs out (and marshal stops
+# nesting at a depth of 2,000): a few MB at worst. A match is often a float's or a
+# string's bytes, not a container, and then ``_counts_fit`` walks the header to be sure.
+# Most headers (a request's `counts` list is [1, 1]) never need the walk.
+_LARGE_COUNT = re.compile(rb"[(\[<>\xa8\xdb\xbc\xbe].(?!\x00\x00\x00)", re.S)
 # How many bytes follow each other type code that may appear in plain data: a fixed
 # size, or SIZE1 / SIZE4 (a string of that many bytes follows a 1- or 4-byte length).
 # Codes absent here (code objects, the old text floats) are refused.
@@ -193,7 +201,7 @@ def _counts_fit(data):
     fits makes marshal allocate at most a few pointers per byte it reads. marshal's
     values follow one another with no closing marks (but a dict's, a code of its own),
     so one pass over the type codes finds every count: no recursion, linear time. Only
-    headers that hold a container code's byte anywhere come here."""
+    headers that _LARGE_COUNT matches come here."""
     n, i, budget = len(data), 0, len(data)
     follows, counted, unpack = _FOLLOWS, frozenset(_COUNTED), _INT32.unpack_from
     while i < n:
