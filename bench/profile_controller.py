@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import pstats
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,7 +192,8 @@ def main():
     if len(sys.argv) > 2 and sys.argv[1] == "--serve":
         return serve(sys.argv[2], sys.argv[3:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("modes", nargs="*", choices=["lb", "dv"], default=["lb", "dv"])
+    p.add_argument("modes", nargs="*", metavar="lb|dv",
+                   help="workloads (default: lb dv)")
     p.add_argument("-n", type=int, default=2, help="engines (default 2)")
     p.add_argument("--tasks", type=int, default=50_000,
                    help="tasks per run (default 50,000; a fifth under cProfile)")
@@ -199,12 +201,19 @@ def main():
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--keep", metavar="DIR", help="keep the .prof files in DIR")
     args = p.parse_args()
+    args.modes = args.modes or ["lb", "dv"]
+    if set(args.modes) - {"lb", "dv"}:
+        p.error("workloads are lb and dv")
     folder = args.keep or tempfile.mkdtemp(prefix="minipar-prof-")
     os.makedirs(folder, exist_ok=True)
     out = {}
-    for mode in args.modes:
-        path, figures = profile(mode, args.n, args.tasks, args.tasks // 5, folder)
-        out[mode] = report(mode, path, args.tasks, args.tasks // 5, figures, args.top)
+    try:
+        for mode in args.modes:
+            path, figures = profile(mode, args.n, args.tasks, args.tasks // 5, folder)
+            out[mode] = report(mode, path, args.tasks, args.tasks // 5, figures, args.top)
+    finally:
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
