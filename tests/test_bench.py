@@ -80,3 +80,61 @@ def test_the_quick_suite_measures_every_figure_and_leaves_nothing_running(tmp_pa
             assert row["met"] in ("NO", "?"), row
         assert row["figure"] in run.stdout   # the printed table has its line
     assert "met?" in run.stdout and str(out) in run.stdout
+
+
+def test_the_quick_scaling_run_has_every_figure_and_leaves_nothing_running(tmp_path):
+    """``python bench/scale.py --quick 1 2``: every figure of the table, the controller's
+    CPU per task and the anchors is a number (ipyparallel and dask hidden: "n/a"), and no
+    process it started outlives it. No timing is asserted."""
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    for name in ("ipyparallel", "dask"):
+        (hidden / f"{name}.py").write_text("raise ImportError('hidden by test_bench')\n")
+    token = f"MINIPAR_TEST_BENCH_{uuid.uuid4().hex}"
+    env = _env()
+    env["PYTHONPATH"] = os.pathsep.join([str(hidden), ROOT, env.get("PYTHONPATH", "")])
+    env[token] = "1"
+    out = tmp_path / "scale.json"
+    try:
+        run = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "scale.py"),
+                              "--quick", "1", "2", "--json", str(out)], env=env,
+                             cwd=str(tmp_path), capture_output=True, text=True,
+                             timeout=TIMEOUT - 30)
+    finally:
+        left = _processes_with(token)
+        for pid in left:
+            os.kill(pid, 9)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert not left, f"processes left running by bench/scale.py: {left}"
+    assert "ERR" not in run.stdout, run.stdout
+
+    report = json.loads(out.read_text())
+    number = lambda v: isinstance(v, (int, float)) and v > 0  # noqa: E731
+    assert [r["n"] for r in report["rows"]] == [1, 2]
+    for row in report["rows"]:
+        for key in ("minipar_tasks_per_s", "pool_tasks_per_s", "minipar_efficiency",
+                    "pool_efficiency", "minipar_over_pool", "minipar_dv_tasks_per_s"):
+            assert number(row[key]), (key, row)
+        for key in ("ipyparallel_tasks_per_s", "dask_tasks_per_s"):
+            assert row[key] is None, (key, row)
+    for row in report["controller_cpu"]:
+        for key in ("ctrl_lb_cpu_us", "ctrl_dv_cpu_us", "lb_over_relay", "dv_over_relay"):
+            assert number(row[key]), (key, row)
+        assert row["lb_met"] in ("met", "NO") and row["dv_met"] in ("met", "NO"), row
+        assert f"controller CPU per task, n={row['n']}:" in run.stdout
+    for key in ("apply_rtt_us", "push_mb_s", "pull_mb_s"):
+        anchor = report["anchors"][key]
+        assert number(anchor["minipar"]) and number(anchor["relay"]), (key, anchor)
+        assert anchor["met"] in ("met", "NO"), (key, anchor)
+    for key in ("rtt_us", "pipelined_per_s", "broker_cpu_us", "bulk_mb_s"):
+        assert number(report["relay"][key]), (key, report["relay"])
+
+    lines = run.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("n | minipar/s"))
+    for n, line in zip((1, 2), lines[header + 2:header + 4]):
+        cells = [c.strip() for c in line.split("|")]
+        assert cells[0] == str(n) and "n/a" in cells and "ERR" not in cells, line
+    for text in ("relay broker CPU per round trip", "apply_sync round trip, 1 engine",
+                 "push 100 MB", "pull 100 MB", "ipyparallel: not available",
+                 "dask: not available", str(out)):
+        assert text in run.stdout, text
