@@ -395,6 +395,13 @@ class Controller:
             return self._send(self.sockets["engine"], [ident], protocol.UNREGISTER,
                               reason=f"registration refused: {problem}", fatal=True)
         want = header.get("id")
+        held = self.engines.get(want) if isinstance(want, int) else None
+        if held is not None and held["host"] == socket.gethostname() \
+                and isinstance(held["pid"], int) and not protocol.pid_alive(held["pid"]):
+            # its replacement (a restarted engine asks for the id it replaces) comes before
+            # the heartbeats declare it dead: its process is gone, so it is dead now
+            log.warning("engine %d: its process (pid %d) is gone", want, held["pid"])
+            self._remove_engine(want, died=True)
         if isinstance(want, int) and want >= 0 and want not in self.engines:
             eid = want
         else:

@@ -46,6 +46,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -607,6 +608,8 @@ class EngineSetLauncher(EngineLauncher):
 
     def _should_restart(self, data):
         code = (data or {}).get("exit_code")
+        if code == -signal.SIGALRM and not self._stopping:
+            return True   # its own watchdog ended it for a task's time_limit: ours to replace
         # None: the exit code is unknown (not our child); 0: it was told to stop
         return self.restart == "on_failure" and code not in (None, 0) and not self._stopping
 
@@ -631,6 +634,9 @@ class EngineSetLauncher(EngineLauncher):
                 return
             try:
                 new = self._new_child()
+                eid = re.findall(r"registered (?:again )?as engine (\d+)", old.get_output())
+                if eid:   # the replacement asks for the id it replaces
+                    new.env = dict(new.env, MINIPAR_ENGINE_ID=eid[-1])
                 new.start()
             except Exception as e:
                 log.error("engine pid %s ended (%s) and could not be restarted: %s",

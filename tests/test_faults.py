@@ -375,3 +375,26 @@ def test_a_crashed_engine_leaves_its_last_words_in_the_engine_error(local_cluste
     lview = rc.load_balanced_view()
     with pytest.raises(errors.RemoteError, match=r"died while running(.|\n)*end of its log"):
         lview.apply_async(os._exit, 3).get(START_TIMEOUT_S)
+
+
+def test_an_engine_ended_for_a_time_limit_is_replaced_with_its_id(tmp_path):
+    """An engine set minipar launched replaces the engine a time limit ended (whatever
+    its restart policy: minipar ended it), and the replacement gets the same id."""
+    cluster = Cluster(n=2, profile_dir=str(tmp_path / "profile"), shutdown_atexit=False,
+                      controller_args=["--heartbeat-period", str(HEARTBEAT_S)])
+    try:
+        rc = cluster.start_and_connect()
+        (launcher,) = cluster.engines.values()
+        ids = rc.ids
+        view = rc.load_balanced_view()
+        with view.temp_flags(time_limit=1):
+            ar = view.apply_async(_hold_the_gil, 60)
+        with pytest.raises(errors.TaskTimeout, match="holding the GIL"):
+            ar.get(45)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while launcher.restarts < 1 or rc.ids != ids or len(launcher.pids()) != 2:
+            assert time.monotonic() < deadline, (launcher.restarts, rc.ids, ids)
+            time.sleep(0.05)
+        assert rc[ar.engine_id].apply_sync(_hold_the_gil, 0) == 0
+    finally:
+        cluster.stop_cluster()
