@@ -804,6 +804,8 @@ class Controller:
                        if r["status"] != PENDING and r["engine"] in targets]
         kept = [m for m in msg_ids if not self.db.drop(m)]
         self._reply(idents, header, status="ok", purged=len(msg_ids) - len(kept), pending=kept)
+        if len(msg_ids) - len(kept) >= 1000:
+            _give_back_memory()
 
     def _abort(self, idents, header, parts):
         """Tell each engine holding one of the requests; the client hears back once they
@@ -923,6 +925,20 @@ class Controller:
 # A header's signature proves who sent it, not that its fields make sense. A field of the
 # wrong type would fail deep in the scheduler, after a record was half made; these checks
 # turn it into an error result for that request (or a refused registration) instead.
+
+def _give_back_memory():
+    """After a large purge: hand the freed memory back to the system, as far as CPython
+    allows (what the C allocator keeps of freed blocks; pymalloc returns an arena only
+    when every object in it is gone)."""
+    import ctypes   # here, not at import: purges are rare
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)   # glibc's; elsewhere there is none to call
+    except (OSError, AttributeError):
+        pass
+
 
 EPITAPH_LINES = 12   # the end of a dead engine's log quoted in its EngineErrors (or from
                      # faulthandler's "Fatal Python error", up to 40 lines)
