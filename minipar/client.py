@@ -729,8 +729,11 @@ class Client:
         """Send a request of protocol kind `kind` (frames `parts`, header `fields`) to
         engine `engine_id` or the scheduler; returns its future, registered before it
         leaves: `future` when given (an AsyncResult that is its own request's future),
-        else a new one with ``msg_id`` and ``metadata``. Internal interface."""
+        else a new one with ``msg_id`` and ``metadata``. `engine_id` a list: one message
+        for those engines (see BroadcastView), and their futures. Internal interface."""
         self._check_usable()
+        if type(engine_id) is list:
+            return self._broadcast(kind, parts, engine_id, fields)
         header, frames = self.session.msg(kind, parts, signed=False, **fields)
         protocol.check_size(frames, self.session.max_message_size, f"this {kind} request")
         if future is None:
@@ -850,6 +853,9 @@ class Client:
 
     def __getitem__(self, key):
         if isinstance(key, int):
+            if key < 0:   # as a list's: rc[-1] is the last engine
+                ids = self.ids
+                key = ids[key] if -key <= len(ids) else key
             if key not in self._engines:
                 raise IndexError(f"engine {key} is not registered; registered: {self.ids}")
             return DirectView(self, key)
@@ -861,6 +867,9 @@ class Client:
 
     def direct_view(self, targets="all"):
         return DirectView(self, targets)
+
+    def broadcast_view(self, targets="all", is_coalescing=False):
+        return BroadcastView(self, targets, is_coalescing=is_coalescing)
 
     def load_balanced_view(self, targets=None):
         return LoadBalancedView(self, targets)
@@ -921,6 +930,57 @@ class Client:
         if verbose:
             status["stats"] = reply.get("stats", {})
         return status
+
+    # ---- ipyparallel's Client API beyond the above
+
+    def spin(self):
+        """Nothing to do: the I/O thread receives results and notifications as they come
+        (ipyparallel's client needs this called to flush them)."""
+
+    def wait_interactive(self, jobs=None, interval=1.0, timeout=-1):
+        """``wait`` (default: for all outstanding) drawing a progress bar every `interval`
+        s; `timeout` < 0 or None: no limit. Returns whether all are done."""
+        from .integrations import _wait_with_bar
+
+        futures = [self._futures[m] for m in self._msg_ids(jobs) if m in self._futures]
+        return _wait_with_bar(AsyncResult(self, futures, fname="wait"), "tasks", interval,
+                              None if timeout is None or timeout < 0 else timeout)
+
+    def send_signal(self, sig, targets=None, block=None):
+        """Send signal `sig` (a number or a name, 'SIGINT') to the target engines'
+        processes. SIGINT interrupts the request each is running (which fails with
+        KeyboardInterrupt, also in a C call such as time.sleep) and is ignored by an idle
+        engine; others reach the process as from ``kill``. Returns once the controller has
+        passed it on (or, with block=False, a finished AsyncResult, one None per engine)."""
+        import signal
+
+        sig = int(getattr(signal, sig) if isinstance(sig, str) else sig)
+        ids = self.resolve_targets(targets)
+        reply = self.query(protocol.SIGNAL, sig=sig, targets=ids)
+        if block is False:
+            futures = [_MsgFuture(reply["msg_id"], e) for e in reply["targets"]]
+            for f in futures:
+                f.set_result(None)
+            return AsyncResult(self, futures, fname="send_signal")
+
+    def hub_history(self):
+        """The msg_ids of every request the controller has a record of (of all clients),
+        in submission order."""
+        records = self.db_query({}, keys=["submitted"])
+        return [r["msg_id"] for r in sorted(records, key=lambda r: r["submitted"])]
+
+    def _broadcast(self, kind, parts, engine_ids, fields):
+        """One `kind` request for engines `engine_ids`, as one message: the controller
+        makes a copy for each under the msg_ids chosen here. Their futures, in order."""
+        futures = [_MsgFuture(protocol.new_id(), e) for e in engine_ids]
+        for f in futures:
+            self._futures[f.msg_id] = f
+        fields.pop("engine", None)
+        f = self.send_request(protocol.BROADCAST, parts, request=kind, targets=engine_ids,
+                              msg_ids=[f.msg_id for f in futures], **fields)
+        self._futures.pop(f.msg_id, None)   # nothing answers the broadcast itself
+        f.set_result(None)
+        return futures
 
     def engine_stats(self, targets="all", timeout=None):
         """Each engine's counters, {id: {'requests', 'dropped', 'dropped_reasons', ...}}:
@@ -1419,6 +1479,29 @@ class DirectView(_View):
     def shutdown(self, targets=None, hub=False, block=True):
         t = self.targets if targets is None else targets
         return self.client.shutdown(t, hub, block)
+
+
+class BroadcastView(DirectView):
+    """A DirectView whose requests leave the client once (``rc.broadcast_view()``): the
+    controller sends a copy to each target engine, so a push of large data costs the
+    client one send, not one per engine. Results are DirectView's, one per engine. map,
+    scatter and gather send each engine its own part, as DirectView does (ipyparallel's
+    BroadcastView has no map). Replies reach the client batched in any case, so
+    `is_coalescing` is kept only as a flag."""
+
+    def __init__(self, client, targets="all", block=False, is_coalescing=False):
+        super().__init__(client, targets, block)
+        self.is_coalescing = is_coalescing
+
+    def __repr__(self):
+        return f"<BroadcastView {self.targets}>"
+
+    def _each(self, targets, send, fname):
+        targets = self.targets if targets is None else targets
+        if isinstance(targets, int):
+            return super()._each(targets, send, fname)
+        return AsyncResult(self.client, send(self.client.resolve_targets(targets), None),
+                           fname=fname)
 
 
 class _Derived(AsyncResult):

@@ -118,6 +118,9 @@ STARTED = "started"              # an engine started a request with a time_limit
                                  # `parent`, `started` (so its death past the limit is a timeout)
 BATCH = "batch"                  # several messages under one signature: header `items`
                                  # (their header bytes) and `nparts`; see Session.pack
+BROADCAST = "broadcast"          # one request for several engines (a BroadcastView's): header
+                                 # `request` (its kind), `targets` and one `msg_ids` each
+SIGNAL = "signal"                # send a signal to engines' processes: header `sig`, `targets`
 # notifications, published by the controller
 ENGINE_REGISTERED = "engine_registered"
 ENGINE_UNREGISTERED = "engine_unregistered"
