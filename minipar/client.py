@@ -853,9 +853,8 @@ class Client:
 
     def __getitem__(self, key):
         if isinstance(key, int):
-            if key < 0:   # as a list's: rc[-1] is the last engine
-                ids = self.ids
-                key = ids[key] if -key <= len(ids) else key
+            if 0 < -key <= len(self._engines):   # as a list's: rc[-1] is the last engine
+                key = self.ids[key]
             if key not in self._engines:
                 raise IndexError(f"engine {key} is not registered; registered: {self.ids}")
             return DirectView(self, key)
@@ -931,55 +930,38 @@ class Client:
             status["stats"] = reply.get("stats", {})
         return status
 
-    # ---- ipyparallel's Client API beyond the above
+    # ---- ipyparallel's spin, wait_interactive, send_signal, hub_history; broadcasting
 
     def spin(self):
-        """Nothing to do: the I/O thread receives results and notifications as they come
-        (ipyparallel's client needs this called to flush them)."""
+        """Nothing to do: the I/O thread takes in replies as they come."""
 
     def wait_interactive(self, jobs=None, interval=1.0, timeout=-1):
-        """``wait`` (default: for all outstanding) drawing a progress bar every `interval`
-        s; `timeout` < 0 or None: no limit. Returns whether all are done."""
-        from .integrations import _wait_with_bar
+        from .integrations import _wait_interactive
 
-        futures = [self._futures[m] for m in self._msg_ids(jobs) if m in self._futures]
-        return _wait_with_bar(AsyncResult(self, futures, fname="wait"), "tasks", interval,
-                              None if timeout is None or timeout < 0 else timeout)
+        return _wait_interactive(self, jobs, interval, timeout)
 
     def send_signal(self, sig, targets=None, block=None):
-        """Send signal `sig` (a number or a name, 'SIGINT') to the target engines'
-        processes. SIGINT interrupts the request each is running (which fails with
-        KeyboardInterrupt, also in a C call such as time.sleep) and is ignored by an idle
-        engine; others reach the process as from ``kill``. Returns once the controller has
-        passed it on (or, with block=False, a finished AsyncResult, one None per engine)."""
+        """Send signal `sig` (number or name) to the target engines' processes. SIGINT
+        interrupts the request each runs (KeyboardInterrupt, in a C call too); an idle
+        engine ignores it. Returns once the controller has passed it on."""
         import signal
 
         sig = int(getattr(signal, sig) if isinstance(sig, str) else sig)
-        ids = self.resolve_targets(targets)
-        reply = self.query(protocol.SIGNAL, sig=sig, targets=ids)
-        if block is False:
-            futures = [_MsgFuture(reply["msg_id"], e) for e in reply["targets"]]
-            for f in futures:
-                f.set_result(None)
-            return AsyncResult(self, futures, fname="send_signal")
+        self.query(protocol.SIGNAL, sig=sig, targets=self.resolve_targets(targets))
 
     def hub_history(self):
-        """The msg_ids of every request the controller has a record of (of all clients),
-        in submission order."""
+        """The msg_ids of all requests the controller has records of, in submission order."""
         records = self.db_query({}, keys=["submitted"])
         return [r["msg_id"] for r in sorted(records, key=lambda r: r["submitted"])]
 
     def _broadcast(self, kind, parts, engine_ids, fields):
-        """One `kind` request for engines `engine_ids`, as one message: the controller
-        makes a copy for each under the msg_ids chosen here. Their futures, in order."""
+        # one message, which the controller copies to each engine under these msg_ids
         futures = [_MsgFuture(protocol.new_id(), e) for e in engine_ids]
-        for f in futures:
-            self._futures[f.msg_id] = f
+        self._futures.update((f.msg_id, f) for f in futures)
         fields.pop("engine", None)
         f = self.send_request(protocol.BROADCAST, parts, request=kind, targets=engine_ids,
                               msg_ids=[f.msg_id for f in futures], **fields)
-        self._futures.pop(f.msg_id, None)   # nothing answers the broadcast itself
-        f.set_result(None)
+        self._futures.pop(f.msg_id).set_result(None)   # nothing answers it but the copies
         return futures
 
     def engine_stats(self, targets="all", timeout=None):
@@ -1042,13 +1024,8 @@ class Client:
 
     def wait(self, jobs=None, timeout=None):
         """Wait for jobs (default: all outstanding) at most `timeout` s; True if all done."""
-        futures = []
-        for m in self._msg_ids(jobs):
-            f = self._futures.get(m)
-            if f is not None:
-                futures.append(f)
-        done, pending = concurrent.futures.wait(futures, timeout)
-        return not pending
+        futures = [f for f in map(self._futures.get, self._msg_ids(jobs)) if f is not None]
+        return not concurrent.futures.wait(futures, timeout).not_done
 
     def abort(self, jobs=None):
         """Abort jobs (msg_ids or AsyncResults; None or 'all': every unfinished request
@@ -1482,12 +1459,10 @@ class DirectView(_View):
 
 
 class BroadcastView(DirectView):
-    """A DirectView whose requests leave the client once (``rc.broadcast_view()``): the
-    controller sends a copy to each target engine, so a push of large data costs the
-    client one send, not one per engine. Results are DirectView's, one per engine. map,
-    scatter and gather send each engine its own part, as DirectView does (ipyparallel's
-    BroadcastView has no map). Replies reach the client batched in any case, so
-    `is_coalescing` is kept only as a flag."""
+    """A DirectView whose requests leave the client once; the controller sends a copy to
+    each engine (a large push costs the client one send). Results as DirectView's; map,
+    scatter and gather send each engine its own part. `is_coalescing` is only kept:
+    replies come batched anyway."""
 
     def __init__(self, client, targets="all", block=False, is_coalescing=False):
         super().__init__(client, targets, block)
