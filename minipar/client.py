@@ -1002,10 +1002,8 @@ class Client:
     def get_result(self, msg_ids, owner=False):
         """An AsyncResult for msg_ids, also ones another client submitted."""
         single = isinstance(msg_ids, str)
-        ids = self._msg_ids(msg_ids)
-        futures = []
-        ask = []
-        for m in ids:
+        futures, ask = [], []
+        for m in self._msg_ids(msg_ids):
             f = self._futures.get(m)
             if f is None:
                 f = _MsgFuture(m)
@@ -1032,10 +1030,8 @@ class Client:
         of this client): queued ones fail with TaskAborted, running ones are interrupted.
         Warns when there was nothing left to abort."""
         self._check_usable()
-        if jobs is None or jobs == "all":
-            ids = [f.msg_id for f in self.pending_requests() if not f.done()]
-        else:
-            ids = self._msg_ids(jobs)
+        ids = ([f.msg_id for f in self.pending_requests() if not f.done()]
+               if jobs is None or jobs == "all" else self._msg_ids(jobs))
         pending = self._abort(ids)
         if not pending:
             warnings.warn(f"nothing to abort: none of the {len(ids)} requests named is "
@@ -1069,11 +1065,9 @@ class Client:
         old = self._msg_ids(jobs)
         if not old:
             raise ValueError("resubmit needs at least one msg_id or AsyncResult")
-        futures = []
-        for _ in old:   # registered before the request leaves: results may come at once
-            f = _MsgFuture(protocol.new_id())
-            self._futures[f.msg_id] = f
-            futures.append(f)
+        # registered before the request leaves: results may come at once
+        futures = [_MsgFuture(protocol.new_id()) for _ in old]
+        self._futures.update((f.msg_id, f) for f in futures)
         try:
             self.query(protocol.RESUBMIT, msg_ids=old, new_ids=[f.msg_id for f in futures])
         except BaseException:
