@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 import importlib
 
-from .dependency import Dependency, depend, dependent, require
+from .dependency import Dependency, Reference, depend, dependent, require
 from .errors import (CompositeError, DependencyTimeout, EngineError, ImpossibleDependency,
                      InvalidDependency, MiniparError, NoEnginesRegistered, RemoteError,
                      SerializationError, TaskAborted, TaskTimeout, TimeoutError,
@@ -18,8 +18,9 @@ from .errors import (CompositeError, DependencyTimeout, EngineError, ImpossibleD
 # The client side is imported on first use, from the module that holds it: every engine
 # imports this package (``python -m minipar.engine``) and needs none of it.
 _LAZY = {
-    "AsyncResult": "client", "Client": "client", "DirectView": "client",
-    "LoadBalancedView": "client", "ViewExecutor": "client", "interactive": "client",
+    "AsyncResult": "client", "BroadcastView": "client", "Client": "client",
+    "DirectView": "client", "LoadBalancedView": "client", "ViewExecutor": "client",
+    "interactive": "client",
     "plot_timeline": "integrations", "register_joblib_backend": "integrations",
     "MapTask": "classic", "MultiEngineClient": "classic", "PendingResult": "classic",
     "StringTask": "classic", "Task": "classic", "TaskClient": "classic",
@@ -41,11 +42,12 @@ def __dir__():
 
 
 __all__ = sorted([
-    "AsyncResult", "Client", "Cluster", "CompositeError", "Dependency", "DependencyTimeout",
-    "DirectView", "EngineError", "ImpossibleDependency", "InvalidDependency", "LoadBalancedView",
-    "MiniparError", "NoEnginesRegistered", "RemoteError", "SerializationError", "TaskAborted",
-    "TaskTimeout", "TimeoutError", "UnmetDependency", "depend", "dependent", "interactive",
-    "require", "__version__",
+    "AsyncResult", "BroadcastView", "Client", "Cluster", "CompositeError", "Dependency",
+    "DependencyTimeout", "DirectView", "EngineError", "ImpossibleDependency",
+    "InvalidDependency", "LoadBalancedView", "MiniparError", "NoEnginesRegistered",
+    "Reference", "RemoteError", "SerializationError", "TaskAborted", "TaskTimeout",
+    "TimeoutError", "UnmetDependency", "depend", "dependent", "interactive", "require",
+    "__version__",
     "ViewExecutor", "plot_timeline", "register_joblib_backend",                   # ecosystem
     "MapTask", "MultiEngineClient", "PendingResult", "StringTask", "Task", "TaskClient",
     "TaskResult",                                                                  # classic

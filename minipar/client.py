@@ -730,8 +730,11 @@ class Client:
         """Send a request of protocol kind `kind` (frames `parts`, header `fields`) to
         engine `engine_id` or the scheduler; returns its future, registered before it
         leaves: `future` when given (an AsyncResult that is its own request's future),
-        else a new one with ``msg_id`` and ``metadata``. Internal interface."""
+        else a new one with ``msg_id`` and ``metadata``. `engine_id` a list: one message
+        for those engines (see BroadcastView), and their futures. Internal interface."""
         self._check_usable()
+        if type(engine_id) is list:
+            return self._broadcast(kind, parts, engine_id, fields)
         header, frames = self.session.msg(kind, parts, signed=False, **fields)
         protocol.check_size(frames, self.session.max_message_size, f"this {kind} request")
         if future is None:
@@ -851,6 +854,8 @@ class Client:
 
     def __getitem__(self, key):
         if isinstance(key, int):
+            if 0 < -key <= len(self._engines):   # as a list's: rc[-1] is the last engine
+                key = self.ids[key]
             if key not in self._engines:
                 raise IndexError(f"engine {key} is not registered; registered: {self.ids}")
             return DirectView(self, key)
@@ -862,6 +867,9 @@ class Client:
 
     def direct_view(self, targets="all"):
         return DirectView(self, targets)
+
+    def broadcast_view(self, targets="all", is_coalescing=False):
+        return BroadcastView(self, targets, is_coalescing=is_coalescing)
 
     def load_balanced_view(self, targets=None):
         return LoadBalancedView(self, targets)
@@ -931,6 +939,40 @@ class Client:
 
         return Status(self.query(protocol.STATUS, timeout=timeout)["snapshot"])
 
+    # ---- ipyparallel's spin, wait_interactive, send_signal, hub_history; broadcasting
+
+    def spin(self):
+        """Nothing to do: the I/O thread takes in replies as they come."""
+
+    def wait_interactive(self, jobs=None, interval=1.0, timeout=-1):
+        from .integrations import _wait_interactive
+
+        return _wait_interactive(self, jobs, interval, timeout)
+
+    def send_signal(self, sig, targets=None, block=None):
+        """Send signal `sig` (number or name) to the target engines' processes. SIGINT
+        interrupts the request each runs (KeyboardInterrupt, in a C call too); an idle
+        engine ignores it. Returns once the controller has passed it on."""
+        import signal
+
+        sig = int(getattr(signal, sig) if isinstance(sig, str) else sig)
+        self.query(protocol.SIGNAL, sig=sig, targets=self.resolve_targets(targets))
+
+    def hub_history(self):
+        """The msg_ids of all requests the controller has records of, in submission order."""
+        records = self.db_query({}, keys=["submitted"])
+        return [r["msg_id"] for r in sorted(records, key=lambda r: r["submitted"])]
+
+    def _broadcast(self, kind, parts, engine_ids, fields):
+        # one message, which the controller copies to each engine under these msg_ids
+        futures = [_MsgFuture(protocol.new_id(), e) for e in engine_ids]
+        self._futures.update((f.msg_id, f) for f in futures)
+        fields.pop("engine", None)
+        f = self.send_request(protocol.BROADCAST, parts, request=kind, targets=engine_ids,
+                              msg_ids=[f.msg_id for f in futures], **fields)
+        self._futures.pop(f.msg_id).set_result(None)   # nothing answers it but the copies
+        return futures
+
     def engine_stats(self, targets="all", timeout=None):
         """Each engine's counters, {id: {'requests', 'dropped', 'dropped_reasons', ...}}:
         requests it ran and messages it dropped (refused, malformed, too large)."""
@@ -969,10 +1011,8 @@ class Client:
     def get_result(self, msg_ids, owner=False):
         """An AsyncResult for msg_ids, also ones another client submitted."""
         single = isinstance(msg_ids, str)
-        ids = self._msg_ids(msg_ids)
-        futures = []
-        ask = []
-        for m in ids:
+        futures, ask = [], []
+        for m in self._msg_ids(msg_ids):
             f = self._futures.get(m)
             if f is None:
                 f = _MsgFuture(m)
@@ -991,23 +1031,16 @@ class Client:
 
     def wait(self, jobs=None, timeout=None):
         """Wait for jobs (default: all outstanding) at most `timeout` s; True if all done."""
-        futures = []
-        for m in self._msg_ids(jobs):
-            f = self._futures.get(m)
-            if f is not None:
-                futures.append(f)
-        done, pending = concurrent.futures.wait(futures, timeout)
-        return not pending
+        futures = [f for f in map(self._futures.get, self._msg_ids(jobs)) if f is not None]
+        return not concurrent.futures.wait(futures, timeout).not_done
 
     def abort(self, jobs=None):
         """Abort jobs (msg_ids or AsyncResults; None or 'all': every unfinished request
         of this client): queued ones fail with TaskAborted, running ones are interrupted.
         Warns when there was nothing left to abort."""
         self._check_usable()
-        if jobs is None or jobs == "all":
-            ids = [f.msg_id for f in self.pending_requests() if not f.done()]
-        else:
-            ids = self._msg_ids(jobs)
+        ids = ([f.msg_id for f in self.pending_requests() if not f.done()]
+               if jobs is None or jobs == "all" else self._msg_ids(jobs))
         pending = self._abort(ids)
         if not pending:
             warnings.warn(f"nothing to abort: none of the {len(ids)} requests named is "
@@ -1041,11 +1074,9 @@ class Client:
         old = self._msg_ids(jobs)
         if not old:
             raise ValueError("resubmit needs at least one msg_id or AsyncResult")
-        futures = []
-        for _ in old:   # registered before the request leaves: results may come at once
-            f = _MsgFuture(protocol.new_id())
-            self._futures[f.msg_id] = f
-            futures.append(f)
+        # registered before the request leaves: results may come at once
+        futures = [_MsgFuture(protocol.new_id()) for _ in old]
+        self._futures.update((f.msg_id, f) for f in futures)
         try:
             self.query(protocol.RESUBMIT, msg_ids=old, new_ids=[f.msg_id for f in futures])
         except BaseException:
@@ -1433,6 +1464,27 @@ class DirectView(_View):
     def shutdown(self, targets=None, hub=False, block=True):
         t = self.targets if targets is None else targets
         return self.client.shutdown(t, hub, block)
+
+
+class BroadcastView(DirectView):
+    """A DirectView whose requests leave the client once; the controller sends a copy to
+    each engine (a large push costs the client one send). Results as DirectView's; map,
+    scatter and gather send each engine its own part. `is_coalescing` is only kept:
+    replies come batched anyway."""
+
+    def __init__(self, client, targets="all", block=False, is_coalescing=False):
+        super().__init__(client, targets, block)
+        self.is_coalescing = is_coalescing
+
+    def __repr__(self):
+        return f"<BroadcastView {self.targets}>"
+
+    def _each(self, targets, send, fname):
+        targets = self.targets if targets is None else targets
+        if isinstance(targets, int):
+            return super()._each(targets, send, fname)
+        return AsyncResult(self.client, send(self.client.resolve_targets(targets), None),
+                           fname=fname)
 
 
 class _Derived(AsyncResult):

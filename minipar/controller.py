@@ -859,6 +859,39 @@ class Controller:
             log.info("shutdown requested by a client")
             self._stop = True
 
+    def _signal(self, idents, header, parts):
+        """rc.send_signal: tell each target engine's receiver, which signals its process."""
+        sig, targets = header.get("sig"), header.get("targets")
+        if not _is_int(sig) or not (targets is None or isinstance(targets, list)):
+            return self._reply(idents, header, status="error", error=(
+                "ValueError", "send_signal needs a signal number and a list of engine ids"))
+        targets = sorted(self.engines) if targets is None else targets
+        sent = [eid for eid in targets if eid in self.engines]
+        for eid in sent:
+            self._send(self.sockets["engine"], [self.engines[eid]["ident"]],
+                       protocol.SIGNAL, sig=sig)
+        self._reply(idents, header, status="ok", targets=sent)
+
+    def _broadcast(self, idents, header, parts):
+        """A BroadcastView's request: one message from the client, a record and a copy for
+        each target engine under the msg_ids the client chose (its futures wait on them),
+        so each reply comes back as a direct request's. Costs a signature per engine."""
+        kind, targets, ids = header.get("request"), header.get("targets"), header.get("msg_ids")
+        if kind not in _DIRECT or not isinstance(targets, list) or not isinstance(ids, list) \
+                or len(targets) != len(ids) or not all(isinstance(m, str) for m in ids):
+            self.stats["dropped"] += 1
+            return log.warning("dropped a malformed broadcast request %s", header["msg_id"])
+        self.stats["broadcast"] += 1
+        parts = protocol.keep([protocol.DELIM, b"", b"", *parts])[3:]   # copied once
+        base = {k: v for k, v in header.items() if k not in ("request", "targets", "msg_ids")}
+        for eid, msg_id in zip(targets, ids):
+            h = dict(base, kind=kind, msg_id=msg_id, engine=eid)
+            try:
+                self._submit(idents[0], h, parts, self.session.resign(h, parts))
+            except ValueError as e:   # a msg_id in use: that copy only
+                self.stats["dropped"] += 1
+                log.warning("dropped part of broadcast %s: %s", header["msg_id"], e)
+
     def _properties(self, idents, header, parts):
         eid = header.get("engine")
         if eid not in self.engines:
@@ -917,6 +950,8 @@ class Controller:
         protocol.SHUTDOWN: _shutdown,
         protocol.RESUBMIT: _resubmit,
         protocol.DB_QUERY: _db_query,
+        protocol.SIGNAL: _signal,
+        protocol.BROADCAST: _broadcast,
     }
 
 

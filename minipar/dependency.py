@@ -16,8 +16,11 @@ Graph dependencies (``Dependency``) are checked by the scheduler, never on an en
 client sends them in the task's header as a plain dict ``{"ids", "all", "success",
 "failure"}`` (``Dependency.as_dict``), which is the shape ``scheduler.py`` reads.
 
-This module imports only ``errors``: an engine unpickling a ``dependent`` imports it and
-nothing of the client's.
+``Reference(name)`` is here too: like a ``dependent``, an argument the engine unpickles
+and turns into something of its own (the object `name` names in its namespace).
+
+This module imports only ``errors``: an engine unpickling a ``dependent`` or a
+``Reference`` imports it and nothing of the client's.
 """
 
 import importlib
@@ -219,3 +222,36 @@ def msg_ids(jobs):
         else:
             raise TypeError(f"expected msg_ids or AsyncResults, not {type(j).__name__}")
     return out
+
+
+# ---------------------------------------------------------------- references
+
+class Reference:
+    """An argument standing for the object `name` names in the engine's namespace when the
+    request runs: ``view.apply(f, Reference('a'))`` calls ``f(a)`` with the engine's
+    ``a``, which never travels. An argument of apply or a keyword argument's value, not
+    one nested deeper (as in ipyparallel). `name` is evaluated there, so ``'a.shape'``
+    or ``'a[0]'`` work too; a name not defined there fails the request with NameError.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name):
+        if not isinstance(name, str):
+            raise TypeError(f"Reference takes the name of an engine's variable (a str), "
+                            f"not {type(name).__name__}")
+        self.name = name
+
+    def __repr__(self):
+        return f"<Reference: {self.name!r}>"
+
+    def __reduce__(self):
+        return Reference, (self.name,)
+
+    def get_object(self, ns):
+        """The object `name` names in namespace `ns` (on the engine)."""
+        try:
+            return eval(self.name, ns)
+        except NameError as e:
+            raise NameError(f"{self!r}: {e} in the engine's namespace; push it first, "
+                            "or define it with execute") from None

@@ -83,6 +83,7 @@ USAGE_PERIOD_S = 1.0
 
 REPLY_SUFFIX = b".r"  # the identity of the main thread's socket: engine ident + this
 _MISSING = object()
+_REFERENCE = dependency.Reference
 # Requests queued at shutdown that are answered as aborted; the controller fails or
 # retries any beyond these when the engine unregisters.
 REQUESTS_ABORTED_AT_STOP = 10_000
@@ -470,10 +471,18 @@ class Engine:
             parent = header.get("parent")
             if isinstance(parent, str):   # the controller waits for this to answer its client
                 protocol.send(self._dealer, self.session.msg(protocol.ABORTED, parent=parent)[1])
-        elif kind == protocol.INTERRUPT:
+        elif kind == protocol.INTERRUPT or kind == protocol.SIGNAL \
+                and header.get("sig") == signal.SIGINT:
+            # SIGINT (rc.send_signal) interrupts the running request, as a signal sent to
+            # this process would (KeyboardInterrupt, also in a C call such as time.sleep),
+            # but never the engine itself: ignored while idle, like a kernel's Ctrl-C
             cur = self._current
             if cur is not None:
                 self._interrupt_main(cur[0], "interrupt")
+        elif kind == protocol.SIGNAL:
+            # any other signal: to this process, through the main thread so that a Python
+            # handler runs at once (even in time.sleep) and a default action ends it all
+            signal.pthread_kill(self._main_ident, header["sig"])
         elif kind == protocol.SHUTDOWN:
             log.info("shutdown requested")
             self._stop()
@@ -795,6 +804,11 @@ class Engine:
         f = self._bind(f)
         if header.get("map"):  # a chunk of a map: f element-wise over the sequences
             return list(map(f, *args))
+        if _REFERENCE in map(type, args) or kwargs and _REFERENCE in map(type, kwargs.values()):
+            ns = self.user_ns
+            args = [a.get_object(ns) if type(a) is _REFERENCE else a for a in args]
+            kwargs = {k: v.get_object(ns) if type(v) is _REFERENCE else v
+                      for k, v in kwargs.items()}
         return f(*args, **kwargs)
 
     def _bind(self, f):

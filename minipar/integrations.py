@@ -2,9 +2,9 @@
 
 Each imports its library (tqdm, joblib, matplotlib) when first used: none is a
 dependency, and a missing one is said clearly. client.py imports this module inside the
-methods that use it (``ar.wait_interactive()``, ``rc.wait_for_engines()``,
-``ar.timeline()``, ``view.register_joblib_backend()``); ``minipar.plot_timeline`` and
-``minipar.register_joblib_backend`` are its public names.
+methods that use it (``ar.wait_interactive()``, ``rc.wait_interactive()``,
+``rc.wait_for_engines()``, ``ar.timeline()``, ``view.register_joblib_backend()``);
+``minipar.plot_timeline`` and ``minipar.register_joblib_backend`` are its public names.
 """
 
 import collections
@@ -13,7 +13,7 @@ import functools
 import sys
 import time
 
-from .client import Client, LoadBalancedView, _abort_quietly
+from .client import AsyncResult, Client, LoadBalancedView, _abort_quietly
 
 # -- progress bars
 
@@ -54,6 +54,16 @@ def _wait_with_bar(ar, desc, interval, timeout):
         bar.update(ar.progress - bar.n)
         bar.close()
     return ar.done()
+
+
+def _wait_interactive(client, jobs, interval, timeout):
+    """``rc.wait_interactive()``: ``rc.wait(jobs)`` (default: all outstanding) with a bar,
+    at most `timeout` s (< 0 or None: no limit); whether all are done."""
+    ar = AsyncResult(client, [f for f in map(client._futures.get, client._msg_ids(jobs))
+                              if f is not None])
+    return _wait_with_bar(ar, "tasks", interval,
+                          None if timeout is None or timeout < 0 else timeout)
+
 
 class _TextBar:
     """A progress bar in plain text on stderr, in tqdm's shape (``n``, ``update(k)``,

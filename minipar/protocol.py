@@ -122,6 +122,9 @@ USAGE = "usage"                  # an engine's CPU time, memory and running requ
                                  # every engine.USAGE_PERIOD_S (see minipar.top)
 BATCH = "batch"                  # several messages under one signature: header `items`
                                  # (their header bytes) and `nparts`; see Session.pack
+BROADCAST = "broadcast"          # one request for several engines (a BroadcastView's): header
+                                 # `request` (its kind), `targets` and one `msg_ids` each
+SIGNAL = "signal"                # send a signal to engines' processes: header `sig`, `targets`
 # notifications, published by the controller
 ENGINE_REGISTERED = "engine_registered"
 ENGINE_UNREGISTERED = "engine_unregistered"

@@ -1,0 +1,218 @@
+"""ipyparallel's Client-level API, end to end: Reference, list-style indexing,
+send_signal, hub_history, broadcast_view, wait_interactive and spin."""
+
+import signal
+import time
+
+import pytest
+
+import minipar
+from minipar import Reference, RemoteError
+
+TIMEOUT = 30
+
+
+def _wait_started(ar, text="started", timeout=TIMEOUT):
+    """Wait until every request of `ar` printed `text` (streamed while it runs)."""
+    deadline = time.monotonic() + timeout
+    while not all(text in f.metadata["stdout"] for f in ar.futures):
+        assert time.monotonic() < deadline, "the request did not start"
+        time.sleep(0.02)
+
+
+# ---------------------------------------------------------------- Reference
+
+def test_reference_resolves_on_the_engine(cluster):
+    rc = cluster.rc
+    dv = rc[:]
+    dv.execute("import os; a = os.getpid(); b = [1, 2, 3]", block=True)
+    pids = dv.apply_sync(lambda x: x, Reference("a"))
+    assert pids == dv.pull("a", block=True)
+    assert len(set(pids)) == 4
+    # keyword arguments too, and an expression; the other arguments are left alone
+    assert rc[0].apply_sync(lambda x, n=0, y=None: (x, n, y), Reference("b"), n=5,
+                            y=Reference("b[1:]")) == ([1, 2, 3], 5, [2, 3])
+    lview = rc.load_balanced_view()
+    assert lview.apply_sync(len, Reference("b")) == 3
+
+
+def test_reference_to_a_missing_name_is_a_name_error(cluster):
+    with pytest.raises(NameError, match="nothing_here") as info:
+        cluster.rc[0].apply_sync(lambda x: x, Reference("nothing_here"))
+    assert isinstance(info.value, RemoteError) and info.value.ename == "NameError"
+
+
+def test_reference_needs_a_name():
+    with pytest.raises(TypeError):
+        Reference(3)
+    assert repr(Reference("a")) == "<Reference: 'a'>"
+
+
+def test_reference_is_importable_without_the_client():
+    import subprocess
+    import sys
+
+    code = ("import sys, pickle, minipar; from minipar import Reference; "
+            "r = pickle.loads(pickle.dumps(Reference('x'))); assert r.name == 'x'; "
+            "assert 'minipar.client' not in sys.modules, 'client loaded'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=TIMEOUT)
+
+
+# ---------------------------------------------------------------- indexing
+
+def test_indexing_as_a_list(cluster):
+    rc = cluster.rc
+    ids = rc.ids
+    assert rc[-1].targets == ids[-1]
+    assert rc[-1].apply_sync(lambda: 1) == 1
+    assert rc[-2:].targets == ids[-2:]
+    assert rc[::2].targets == ids[::2]
+    assert rc[-len(ids)].targets == ids[0]
+    for bad in (10, len(ids), -len(ids) - 1):
+        with pytest.raises(IndexError):
+            rc[bad]
+
+
+# ---------------------------------------------------------------- send_signal
+
+def _sleep_long():
+    import time
+    print("started", flush=True)
+    time.sleep(60)       # in C, the GIL released
+
+
+def _spin_long():
+    import time
+    print("started", flush=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:   # pure Python
+        pass
+
+
+@pytest.mark.parametrize("work", [_sleep_long, _spin_long])
+def test_send_signal_sigint_interrupts_the_running_task(cluster, work):
+    rc = cluster.rc
+    ar = rc[0].apply_async(work)
+    _wait_started(ar)
+    t0 = time.monotonic()
+    assert rc.send_signal(signal.SIGINT, targets=[0], block=True) is None
+    with pytest.raises(RemoteError) as info:
+        ar.get(TIMEOUT)
+    assert info.value.ename == "KeyboardInterrupt"
+    assert time.monotonic() - t0 < 10
+    # the engine goes on serving, and an idle one ignores SIGINT
+    rc.send_signal("SIGINT", targets=0)
+    assert rc[0].apply_sync(lambda: "alive") == "alive"
+    assert len(rc.ids) == 4
+
+
+def test_send_signal_to_several_engines_and_other_signals(cluster):
+    rc = cluster.rc
+    dv = rc[:]
+    ar = dv.apply_async(_sleep_long)
+    _wait_started(ar)
+    rc.send_signal(signal.SIGINT, block=False)   # every engine
+    with pytest.raises(minipar.CompositeError) as info:
+        ar.get(TIMEOUT)
+    assert [e.ename for e in info.value.elist] == ["KeyboardInterrupt"] * 4
+    # a signal with a Python handler runs it in the engine's process
+    dv.execute("import signal\nhits = []\n"
+               "signal.signal(signal.SIGUSR1, lambda *a: hits.append(1))", block=True)
+    rc.send_signal(signal.SIGUSR1, targets=[1, 2])
+    deadline = time.monotonic() + TIMEOUT
+    while rc[1].apply_sync(len, Reference("hits")) == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert rc[2].pull("hits", block=True) == [1]
+    assert rc[0].pull("hits", block=True) == []
+
+
+def test_send_signal_to_an_unknown_engine(cluster):
+    with pytest.raises(IndexError):
+        cluster.rc.send_signal(signal.SIGINT, targets=[9])
+
+
+# ---------------------------------------------------------------- hub_history
+
+def test_hub_history_lists_submitted_msg_ids_in_order(cluster):
+    rc = cluster.rc
+    dv, lview = rc[:], rc.load_balanced_view()
+    ids = []
+    for i in range(3):
+        ids += dv.apply_async(lambda: 1).msg_ids
+        ids += lview.apply_async(lambda x: x, i).msg_ids
+    ids += dv.push({"a": 1}).msg_ids
+    rc.wait(timeout=TIMEOUT)
+    history = rc.hub_history()
+    assert [m for m in history if m in set(ids)] == ids
+    # other clients' requests are in it too
+    other = cluster.client()
+    mine = other[0].apply_async(lambda: 2)
+    mine.get(TIMEOUT)
+    assert rc.hub_history()[-1] == mine.msg_ids[0]
+
+
+# ---------------------------------------------------------------- broadcast_view
+
+def _broadcasts(rc):
+    return rc.queue_status(verbose=True)["stats"].get("broadcast", 0)
+
+
+def test_broadcast_view_results_are_direct_views(cluster):
+    rc = cluster.rc
+    bview = rc.broadcast_view()
+    assert isinstance(bview, minipar.DirectView) and "BroadcastView" in repr(bview)
+    dview = rc[:]
+    before = _broadcasts(rc)
+    ar = bview.apply_async(lambda x: x * 2, 21)
+    assert ar.get(TIMEOUT) == [42] * 4
+    assert sorted(ar.get_dict()) == rc.ids
+    assert _broadcasts(rc) == before + 1     # one message from the client
+    records = rc.db_query({"msg_id": {"$in": ar.msg_ids}}, keys=["engine"])
+    assert sorted(r["engine"] for r in records) == rc.ids   # a record per engine
+
+    import os
+    assert bview.apply_sync(os.getpid) == dview.apply_sync(os.getpid)
+    assert bview.push({"a": 5, "big": b"x" * 200_000}, block=True) == [None] * 4
+    assert bview.pull("a", block=True) == [5] * 4
+    assert bview.pull(["a", "big"], block=True)[2][1] == b"x" * 200_000
+    assert bview.execute("b = a + 1", block=True) == dview.execute("c = 1", block=True)
+    assert bview["b"] == [6] * 4
+    assert sorted(bview.keys(block=True)[0]) == ["a", "b", "big", "c"]
+    assert bview.map_sync(lambda x: x + 1, range(10)) == list(range(1, 11))
+    assert bview.apply_sync(lambda x: x, Reference("a")) == [5] * 4
+    assert _broadcasts(rc) == before + 9      # map sends each engine its own part
+
+
+def test_broadcast_view_targets_and_errors(cluster):
+    rc = cluster.rc
+    bview = rc.broadcast_view(targets=[1, 3], is_coalescing=True)
+    assert bview.is_coalescing
+    assert bview.apply_sync(lambda: 1) == [1, 1]
+    assert bview.apply_async(lambda: 1).get_dict(TIMEOUT) == {1: 1, 3: 1}
+    assert rc.broadcast_view(targets=2).apply_sync(lambda: 7) == 7    # one engine: a value
+    with pytest.raises(minipar.CompositeError) as info:
+        bview.apply_sync(lambda: 1 / 0)
+    assert [e.ename for e in info.value.elist] == ["ZeroDivisionError"] * 2
+    with pytest.raises(IndexError):
+        rc.broadcast_view(targets=[0, 9]).apply_sync(lambda: 1)
+    ar = bview.apply_async(lambda: 1)
+    ar.get(TIMEOUT)
+    again = rc.resubmit(ar)          # the copies are ordinary records
+    assert again.get(TIMEOUT) == [1, 1]
+
+
+# ---------------------------------------------------------------- wait_interactive, spin
+
+def test_wait_interactive_returns_when_done(cluster, capsys):
+    rc = cluster.rc
+    lview = rc.load_balanced_view()
+    ars = [lview.apply_async(time.sleep, 0.2) for _ in range(8)]
+    assert rc.wait_interactive(interval=0.05) is True
+    assert all(ar.ready() for ar in ars)
+    assert "8/8" in capsys.readouterr().err
+    assert rc.wait_interactive(ars[0], interval=0.05, timeout=-1) is True
+    slow = rc[0].apply_async(time.sleep, 5)
+    assert rc.wait_interactive(slow, interval=0.05, timeout=0.3) is False
+    slow.abort()
+    assert rc.spin() is None
