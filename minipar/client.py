@@ -647,7 +647,7 @@ class Client:
             return
         md = f.metadata
         if md.get("query"):
-            if header.get("status") == "error":
+            if header.get("status") == protocol.ERROR:
                 ename, evalue = header.get("error", ("MiniparError", "request failed"))
                 return f.set_exception(errors.error(ename, evalue))
             return f.set_result(header)
@@ -665,7 +665,7 @@ class Client:
                 f"could not unpickle the result of {f.msg_id}: {type(e).__name__}: {e}; is "
                 "the module that defines it importable here?"
                 f"{self._version_skew(md['engine_id'], ' ')}"))
-        if header.get("status") == "ok":
+        if header.get("status") == protocol.OK:
             f.set_result(value)
         elif header.get("ename") == "SerializationError" and self._version_skew(md["engine_id"]):
             # the engine could not unpickle the request: say why that is likely

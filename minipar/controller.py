@@ -39,14 +39,14 @@ import zmq
 
 from . import errors, protocol
 from . import scheduler as _scheduler
-from .records import ERROR, OK, PENDING, RECORD_BYTES, RECORD_LIMIT, _header, open_db
+from .protocol import ERROR, OK
+from .records import PENDING, RECORD_BYTES, RECORD_LIMIT, _header, open_db
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_PERIOD_S = 1.0   # 0.1..5 is reasonable; tests use 0.1
 HEARTBEAT_LIVENESS = 5     # missed beats before an engine is dead; 3..10 is reasonable
 PORT_NAMES = ("client", "notify", "engine", "ping", "pong")
-REPLY_SUFFIX = b".r"  # as engine.REPLY_SUFFIX: an engine's second socket, for requests
 
 # Parts held once however many queued requests have them (see _submit): at most this
 # many, of at most this size (a few MB in all).
@@ -341,8 +341,8 @@ class Controller:
             # an engine we declared dead (frozen, then resumed) or from before a restart:
             # drop its message and tell it to register again; stale results are never delivered
             self.stats["stale"] += 1
-            if ident.endswith(REPLY_SUFFIX):  # tell the engine's receiving socket
-                ident = ident[:-len(REPLY_SUFFIX)]
+            if ident.endswith(protocol.REPLY_SUFFIX):  # tell the engine's receiving socket
+                ident = ident[:-len(protocol.REPLY_SUFFIX)]
             self._send(self.sockets["engine"], [ident], protocol.UNREGISTER,
                        reason="this engine is not registered (declared dead?)")
             return
@@ -359,11 +359,11 @@ class Controller:
             return self._on_stream(header, wire)
         if kind == protocol.READY:
             return self._on_ready(self.engines[eid], header)
-        if kind == protocol.ABORTED:
+        if kind == protocol.ABORT_MARKED:
             return self._abort_heard(eid, header.get("parent"))
         if kind == protocol.STARTED:
             return self._on_started(eid, header)
-        if kind == protocol.PROPERTIES + "_update":
+        if kind == protocol.PROPERTIES_UPDATE:
             properties = self.engines[eid]["properties"] = header.get("properties", {})
             return self._act(self.scheduler.set_properties(eid, properties, time.time()))
         self._on_reply(eid, header, parts, wire)
@@ -379,7 +379,7 @@ class Controller:
             if engine["work_ident"] != ident:
                 engine["backlog"] = engine["backlog"] or []
             return self._send(self.sockets["engine"], [ident],
-                              protocol.reply_kind(protocol.REGISTER), parent=header["msg_id"],
+                              protocol.REGISTER_REPLY, parent=header["msg_id"],
                               id=eid, heartbeat_period=self.heartbeat_period,
                               heartbeat_liveness=self.heartbeat_liveness)
         problem = _register_problem(header)
@@ -416,7 +416,7 @@ class Controller:
         self._by_ident[ident] = eid
         self._by_ident[work_ident] = eid
         engine = self.engines[eid]
-        self._send(self.sockets["engine"], [ident], protocol.reply_kind(protocol.REGISTER),
+        self._send(self.sockets["engine"], [ident], protocol.REGISTER_REPLY,
                    parent=header["msg_id"], id=eid, heartbeat_period=self.heartbeat_period,
                    heartbeat_liveness=self.heartbeat_liveness)
         log.info("engine %d registered (pid %s on %s)", eid, engine["pid"], engine["host"])
@@ -484,12 +484,13 @@ class Controller:
             n = self.stats["unknown_kind"]
             if n <= 10 or not n & (n - 1):   # not a log line per message of a flood
                 log.warning("unknown request kind %r from a client (%d so far)", kind, n)
-            return self._reply(idents, header, status="error",
+            return self._reply(idents, header, status=ERROR,
                                error=("ValueError", f"unknown request kind {kind!r}"))
         handler(self, idents, header, parts)
 
     def _reply(self, idents, header, **fields):
-        self._send(self.sockets["client"], idents, protocol.reply_kind(header["kind"]),
+        self._send(self.sockets["client"], idents,
+                   protocol.REPLY.get(header["kind"], protocol.UNKNOWN_REPLY),
                    parent=header["msg_id"], **fields)
 
     def _post(self, sock, idents, wire):
@@ -531,7 +532,7 @@ class Controller:
         self.sockets["notify"].send_multipart([kind.encode(), *frames])
 
     def _connect(self, idents, header, parts):
-        self._reply(idents, header, status="ok",
+        self._reply(idents, header, status=OK,
                     engines={eid: self._engine_info(e) for eid, e in self.engines.items()})
 
     def _submit(self, client, header, parts, wire):
@@ -683,7 +684,8 @@ class Controller:
 
     def _fail(self, rec, ename, evalue):
         err = errors.error(ename, evalue, {"msg_id": rec["msg_id"], "engine_id": rec["engine"]})
-        rec["result_header"] = {"msg_id": protocol.new_id(), "kind": protocol.reply_kind(rec["kind"]),
+        rec["result_header"] = {"msg_id": protocol.new_id(),
+                                "kind": protocol.REPLY.get(rec["kind"], protocol.UNKNOWN_REPLY),
                                 "status": ERROR, "ename": ename, "evalue": evalue,
                                 "engine": rec["engine"], "counts": [1]}
         rec["result_parts"] = protocol.serialize(err)
@@ -713,7 +715,7 @@ class Controller:
         rec = self.db.get(msg_id)
         if rec is None or rec["status"] == PENDING:
             return None
-        return ("ok" if rec["status"] == OK else "error", rec["engine"])
+        return (OK if rec["status"] == OK else ERROR, rec["engine"])
 
     # ------------------------------------------------------------ queries
 
@@ -731,7 +733,7 @@ class Controller:
             per = {eid: v for eid, v in per.items() if eid in targets}
         stats = dict(self.stats, **{"dropped_" + k.replace(" ", "_"): v
                                     for k, v in self.session.dropped.items()})
-        self._reply(idents, header, status="ok", engines=per,
+        self._reply(idents, header, status=OK, engines=per,
                     unassigned=status["unassigned"], records=len(self.db), stats=stats)
 
     def _result_request(self, idents, header, parts):
@@ -755,7 +757,7 @@ class Controller:
                     rec["watchers"] = (rec.get("watchers") or []) + [idents[0]]
             else:
                 done.append(msg_id)
-        self._reply(idents, header, status="ok", pending=pending, completed=done, unknown=unknown,
+        self._reply(idents, header, status=OK, pending=pending, completed=done, unknown=unknown,
                     running=running, culled=culled)
         for msg_id in () if status_only else done:  # then the results, as ordinary replies
             rec = self.db.get(msg_id)
@@ -772,7 +774,7 @@ class Controller:
             msg_ids = [r["msg_id"] for r in self.db.records()
                        if r["status"] != PENDING and r["engine"] in targets]
         kept = [m for m in msg_ids if not self.db.drop(m)]
-        self._reply(idents, header, status="ok", purged=len(msg_ids) - len(kept), pending=kept)
+        self._reply(idents, header, status=OK, purged=len(msg_ids) - len(kept), pending=kept)
 
     def _abort(self, idents, header, parts):
         """Tell each engine holding one of the requests; the client hears back once they
@@ -802,7 +804,7 @@ class Controller:
         if asked:
             self._aborting[header["msg_id"]] = [idents, header, set(asked), pending]
         else:
-            self._reply(idents, header, status="ok", pending=pending)
+            self._reply(idents, header, status=OK, pending=pending)
 
     def _abort_heard(self, eid, parent):
         """Engine `eid` marked the requests of the client's abort `parent`, or is gone."""
@@ -812,7 +814,7 @@ class Controller:
         waiting[2].discard(eid)
         if not waiting[2]:
             del self._aborting[parent]
-            self._reply(waiting[0], waiting[1], status="ok", pending=waiting[3])
+            self._reply(waiting[0], waiting[1], status=OK, pending=waiting[3])
 
     def _shutdown(self, idents, header, parts):
         targets = header.get("targets")
@@ -821,7 +823,7 @@ class Controller:
             if eid in self.engines:
                 self._send(self.sockets["engine"], [self.engines[eid]["ident"]],
                            protocol.SHUTDOWN)
-        self._reply(idents, header, status="ok")
+        self._reply(idents, header, status=OK)
         if header.get("hub"):
             log.info("shutdown requested by a client")
             self._stop = True
@@ -829,9 +831,9 @@ class Controller:
     def _properties(self, idents, header, parts):
         eid = header.get("engine")
         if eid not in self.engines:
-            return self._reply(idents, header, status="error",
+            return self._reply(idents, header, status=ERROR,
                                error=("EngineError", f"engine {eid} is not registered"))
-        self._reply(idents, header, status="ok", properties=self.engines[eid]["properties"])
+        self._reply(idents, header, status=OK, properties=self.engines[eid]["properties"])
 
     # ------------------------------------------------------------ resubmit, db_query
 
@@ -858,21 +860,21 @@ class Controller:
                 problem = ("ValueError", f"msg_id {n} is already in use")
                 break
         if problem:
-            return self._reply(idents, header, status="error", error=problem)
+            return self._reply(idents, header, status=ERROR, error=problem)
         for rec, n in zip(recs, new):
             # the original request, under a new msg_id; its recovery was used or discarded
             h = dict(_header(rec), msg_id=n, date=time.time(), resubmitted=rec["msg_id"])
             h.pop("recovery", None)
             h.pop("dormant", None)
             self._submit(idents[0], h, (), self.session.resign(h, list(rec["wire"][3:])))
-        self._reply(idents, header, status="ok")
+        self._reply(idents, header, status=OK)
 
     def _db_query(self, idents, header, parts):
         try:
             records = self.db.find_records(header.get("query") or {}, header.get("keys"))
         except ValueError as e:
-            return self._reply(idents, header, status="error", error=("ValueError", str(e)))
-        self._reply(idents, header, status="ok", records=records)
+            return self._reply(idents, header, status=ERROR, error=("ValueError", str(e)))
+        self._reply(idents, header, status=OK, records=records)
 
     _client_handlers = {
         protocol.CONNECT: _connect,

@@ -74,7 +74,6 @@ STREAM_CHUNK_CHARS = 64 * 1024   # most text in one stream message (a larger one
 # in its log. Time for `finally` blocks to run; 1..60 is reasonable.
 TIME_LIMIT_GRACE_S = 5.0
 
-REPLY_SUFFIX = b".r"  # the identity of the main thread's socket: engine ident + this
 _MISSING = object()
 # Requests queued at shutdown that are answered as aborted; the controller fails or
 # retries any beyond these when the engine unregisters.
@@ -245,7 +244,7 @@ class Engine:
         # (the controller knows it as this engine's too): no hand-off between threads on
         # a request's way in or out. The receiver thread has the control messages.
         self._sock = self.ctx.socket(zmq.DEALER)
-        self._sock.identity = self.ident + REPLY_SUFFIX
+        self._sock.identity = self.ident + protocol.REPLY_SUFFIX
         self._sock.linger = 1000
         protocol.connect(self._sock, self.info, "engine")
         self._start_heart()
@@ -316,7 +315,7 @@ class Engine:
             if header["kind"] == protocol.UNREGISTER and header.get("fatal"):
                 raise errors.MiniparError(f"the controller refused this engine: "
                                           f"{header.get('reason')}")
-            if header["kind"] == protocol.reply_kind(protocol.REGISTER) \
+            if header["kind"] == protocol.REGISTER_REPLY \
                     and header.get("parent") == msg_id:
                 break
             # else a notice that crossed the registration (the heart beat first): answered
@@ -331,7 +330,7 @@ class Engine:
         header, frames = self.session.msg(
             protocol.REGISTER, uuid=self.ident.decode(), pid=os.getpid(),
             host=socket.gethostname(), python=python, cloudpickle=cloudpickle_version,
-            properties=props, reply_ident=(self.ident + REPLY_SUFFIX).decode(), id=want)
+            properties=props, reply_ident=(self.ident + protocol.REPLY_SUFFIX).decode(), id=want)
         return header["msg_id"], frames
 
     def _run_startup(self):
@@ -445,7 +444,8 @@ class Engine:
                     self._interrupt_main(msg_id, "abort")
             parent = header.get("parent")
             if isinstance(parent, str):   # the controller waits for this to answer its client
-                protocol.send(self._dealer, self.session.msg(protocol.ABORTED, parent=parent)[1])
+                _, frames = self.session.msg(protocol.ABORT_MARKED, parent=parent)
+                protocol.send(self._dealer, frames)
         elif kind == protocol.INTERRUPT:
             cur = self._current
             if cur is not None:
@@ -455,7 +455,7 @@ class Engine:
             self._stop()
         elif kind == protocol.UNREGISTER:
             self._on_unregister(header)
-        elif kind == protocol.reply_kind(protocol.REGISTER):
+        elif kind == protocol.REGISTER_REPLY:
             self._on_registered(header)
         else:
             self._dropped(f"a {kind!r} request on the control socket")
@@ -627,7 +627,7 @@ class Engine:
             return ()
         if self._stopping:
             for header, _ in requests:
-                self._send_reply(header, "aborted", [], ename="TaskAborted",
+                self._send_reply(header, protocol.ABORTED, [], ename="TaskAborted",
                                  evalue="the engine shut down before running this task")
             return ()
         return requests
@@ -638,13 +638,13 @@ class Engine:
         if msg_id in self._aborted:
             self._aborted.discard(msg_id)
             return self._reply_error(header, errors.TaskAborted(
-                "aborted before it started"), status="aborted", started=time.time())
+                "aborted before it started"), status=protocol.ABORTED, started=time.time())
         limit = header.get("time_limit")
         handler = self._handlers.get(header["kind"])
         self._streamer.start(msg_id)
         out, err = _Capture("stdout", self._streamer), _Capture("stderr", self._streamer)
         started = time.time()
-        status = "ok"
+        status = protocol.OK
         result = None
         sys.stdout, sys.stderr = out, err
         try:
@@ -674,18 +674,18 @@ class Engine:
         except _Interrupt as e:
             reason = e.args[0]
             if reason == "timeout":
-                status, result = "timeout", errors.TaskTimeout(
+                status, result = protocol.TIMEOUT, errors.TaskTimeout(
                     f"the task ran longer than its time_limit of {limit} s and was "
                     "interrupted; raise time_limit or split the work")
             elif reason == "abort":
                 self._aborted.discard(msg_id)
-                status, result = "aborted", errors.TaskAborted("aborted while running")
+                status, result = protocol.ABORTED, errors.TaskAborted("aborted while running")
             else:
-                status, result = "error", KeyboardInterrupt("interrupted")
+                status, result = protocol.ERROR, KeyboardInterrupt("interrupted")
         except errors.UnmetDependency as e:
-            status, result = "unmet", e
+            status, result = protocol.UNMET, e
         except BaseException as e:
-            status, result = "error", e
+            status, result = protocol.ERROR, e
         finally:
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
             self._streamer.stop()  # the reply carries the whole output
@@ -696,15 +696,15 @@ class Engine:
         completed = time.time()
         meta = {"started": started, "completed": completed, "stdout": out.getvalue(),
                 "stderr": err.getvalue(), "execution_count": self.execution_count}
-        if status != "ok":
+        if status != protocol.OK:
             return self._reply_error(header, result, status=status, **meta)
         try:
             result_parts = protocol.serialize(result)
         except errors.SerializationError as e:
-            return self._reply_error(header, e, status="error", **meta)
-        self._send_reply(header, "ok", result_parts, **meta)
+            return self._reply_error(header, e, status=protocol.ERROR, **meta)
+        self._send_reply(header, protocol.OK, result_parts, **meta)
 
-    def _reply_error(self, header, exc, status="error", **meta):
+    def _reply_error(self, header, exc, status=protocol.ERROR, **meta):
         info = {"engine_id": self.id, "msg_id": header["msg_id"], "kind": header["kind"]}
         tb = exc.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
@@ -715,7 +715,7 @@ class Engine:
                          ename=remote.ename, evalue=remote.evalue, **meta)
 
     def _send_reply(self, header, status, parts, **fields):
-        kind = protocol.reply_kind(header["kind"])
+        kind = protocol.REPLY.get(header["kind"], protocol.UNKNOWN_REPLY)
         # `attempt` tells the controller which try of a retried task this answers
         fields.update(parent=header["msg_id"], status=status, engine=self.id,
                       attempt=header.get("attempt", 0))
@@ -732,7 +732,7 @@ class Engine:
                                        "kind": header["kind"]})
             for name in ("stdout", "stderr"):   # keep the tail of what it printed
                 fields[name] = (fields.get(name) or "")[-10_000:]
-            fields.update(status="error", ename=remote.ename, evalue=remote.evalue)
+            fields.update(status=protocol.ERROR, ename=remote.ename, evalue=remote.evalue)
             _, frames = self.session.msg(kind, protocol.serialize(remote), signed=False,
                                          **fields)
         with self._held_lock:
@@ -860,7 +860,7 @@ class Engine:
             log.warning("properties %s are not plain data (str, numbers, lists, dicts): "
                         "kept on the engine, not sent to the controller",
                         sorted(map(repr, properties.keys() - plain.keys())))
-        self._send(protocol.PROPERTIES + "_update", properties=plain)
+        self._send(protocol.PROPERTIES_UPDATE, properties=plain)
 
     def _stats(self, header, parts):
         """This engine's counters: requests run, messages dropped (with reasons)."""

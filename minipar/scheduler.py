@@ -84,6 +84,8 @@ import logging
 import math
 import random
 
+from .protocol import ERROR, OK, STATUSES, TIMEOUT, UNMET  # finished()'s statuses
+
 log = logging.getLogger(__name__)
 
 
@@ -120,12 +122,6 @@ _TRANSITIONS = {
     RECOVERING: {DONE},
 }
 
-# finished() statuses
-OK = "ok"
-ERROR = "error"
-UNMET = "unmet"        # a functional dependency (@require, @depend) failed on that engine
-ABORTED = "aborted"
-TIMEOUT = "timeout"    # the run-time limit interrupted it
 
 # What the owner of a discarded recovery task did instead of needing it, by error name.
 _ENDED = {"ImpossibleDependency": "could never run", "InvalidDependency": "could never run",
@@ -372,7 +368,7 @@ class Scheduler:
                 engine["cap"] = AUTO_HWM                    # ran dry: start over
             elif runtime is not None:
                 engine["cap"] = AUTO_HWM_QUICK if runtime < QUICK_TASK_S else AUTO_HWM
-        if status not in (OK, ERROR, UNMET, ABORTED, TIMEOUT):
+        if status not in STATUSES:
             log.warning("task %s: unknown status %r from engine %s, taken as an error",
                         msg_id, status, engine_id)
             status = ERROR
