@@ -352,21 +352,20 @@ class Controller:
             self._on_engine_message(eid, header, parts, wire)
 
     def _on_engine_message(self, eid, header, parts, wire):
-        kind = header["kind"]
-        if kind == protocol.UNREGISTER:
-            return self._remove_engine(eid, died=False)
-        if kind == protocol.STREAM:
-            return self._on_stream(header, wire)
-        if kind == protocol.READY:
-            return self._on_ready(self.engines[eid], header)
-        if kind == protocol.ABORT_MARKED:
-            return self._abort_heard(eid, header.get("parent"))
-        if kind == protocol.STARTED:
-            return self._on_started(eid, header)
-        if kind == protocol.PROPERTIES_UPDATE:
-            properties = self.engines[eid]["properties"] = header.get("properties", {})
-            return self._act(self.scheduler.set_properties(eid, properties, time.time()))
-        self._on_reply(eid, header, parts, wire)
+        handler = self._engine_handlers.get(header["kind"])
+        if handler is None:   # the common case: a reply to a request
+            return self._on_reply(eid, header, parts, wire)
+        handler(self, eid, header, parts, wire)
+
+    def _on_unregister(self, eid, header, parts, wire):
+        self._remove_engine(eid, died=False)
+
+    def _on_abort_marked(self, eid, header, parts, wire):
+        self._abort_heard(eid, header.get("parent"))
+
+    def _on_properties_update(self, eid, header, parts, wire):
+        properties = self.engines[eid]["properties"] = header.get("properties", {})
+        self._act(self.scheduler.set_properties(eid, properties, time.time()))
 
     def _register(self, ident, header):
         if ident in self._by_ident:
@@ -589,10 +588,11 @@ class Controller:
         else:   # until its request socket is connected
             engine["backlog"].append((route, wire))
 
-    def _on_ready(self, engine, header):
+    def _on_ready(self, eid, header, parts, wire):
         """The engine's request socket is connected (a message came from it): send what
         waited for it. A ROUTER drops a message to a peer not yet connected, so until this
         arrives, requests wait here."""
+        engine = self.engines[eid]
         if str(header.get("reg")).encode() != engine["reg"] or engine["backlog"] is None:
             return   # for an earlier registration
         backlog, engine["backlog"] = engine["backlog"], None
@@ -630,7 +630,7 @@ class Controller:
         runtime = completed - started if started and completed else None
         self._act(self.scheduler.finished(msg_id, eid, status, time.time(), runtime))
 
-    def _on_started(self, eid, header):
+    def _on_started(self, eid, header, parts, wire):
         """A request with a time_limit started: if its engine dies past the limit (code
         that held the GIL, which only ending the engine stops), it timed out."""
         rec = self.db.get(header.get("parent"))
@@ -644,10 +644,20 @@ class Controller:
         limit, started = _header(rec).get("time_limit"), rec.get("started")
         return _is_number(limit) and _is_number(started) and now - started >= limit
 
-    def _on_stream(self, header, wire):
+    def _on_stream(self, eid, header, parts, wire):
         rec = self.db.get(header.get("parent"))
         if rec is not None and rec["status"] == PENDING:
             self._post(self.sockets["client"], (rec["client"],), wire)
+
+    # what an engine sends besides replies (and REGISTER, see _on_engine), by kind
+    _engine_handlers = {
+        protocol.UNREGISTER: _on_unregister,
+        protocol.STREAM: _on_stream,
+        protocol.READY: _on_ready,
+        protocol.ABORT_MARKED: _on_abort_marked,
+        protocol.STARTED: _on_started,
+        protocol.PROPERTIES_UPDATE: _on_properties_update,
+    }
 
     # ------------------------------------------------------------ final states
 

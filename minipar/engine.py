@@ -435,30 +435,33 @@ class Engine:
         if checked is None:
             return
         _, header, _ = checked
-        kind = header["kind"]
-        if kind == protocol.ABORT:
-            for msg_id in header.get("msg_ids", ()):
-                self._aborted.add(msg_id)
-                cur = self._current
-                if cur is not None and cur[0] == msg_id:
-                    self._interrupt_main(msg_id, "abort")
-            parent = header.get("parent")
-            if isinstance(parent, str):   # the controller waits for this to answer its client
-                _, frames = self.session.msg(protocol.ABORT_MARKED, parent=parent)
-                protocol.send(self._dealer, frames)
-        elif kind == protocol.INTERRUPT:
+        handler = self._control_handlers.get(header["kind"])
+        if handler is None:
+            return self._dropped(f"a {header['kind']!r} request on the control socket")
+        handler(self, header)
+
+    def _on_abort(self, header):
+        # executes in the receiver thread
+        for msg_id in header.get("msg_ids", ()):
+            self._aborted.add(msg_id)
             cur = self._current
-            if cur is not None:
-                self._interrupt_main(cur[0], "interrupt")
-        elif kind == protocol.SHUTDOWN:
-            log.info("shutdown requested")
-            self._stop()
-        elif kind == protocol.UNREGISTER:
-            self._on_unregister(header)
-        elif kind == protocol.REGISTER_REPLY:
-            self._on_registered(header)
-        else:
-            self._dropped(f"a {kind!r} request on the control socket")
+            if cur is not None and cur[0] == msg_id:
+                self._interrupt_main(msg_id, "abort")
+        parent = header.get("parent")
+        if isinstance(parent, str):   # the controller waits for this to answer its client
+            _, frames = self.session.msg(protocol.ABORT_MARKED, parent=parent)
+            protocol.send(self._dealer, frames)
+
+    def _on_interrupt(self, header):
+        # executes in the receiver thread
+        cur = self._current
+        if cur is not None:
+            self._interrupt_main(cur[0], "interrupt")
+
+    def _on_shutdown(self, header):
+        # executes in the receiver thread
+        log.info("shutdown requested")
+        self._stop()
 
     # -- registering again: the controller declared this engine dead (it was frozen, or
     # its heartbeats were lost) or restarted without knowing it. Its heart tells us: the
@@ -504,6 +507,15 @@ class Engine:
         self._registering = None
         self._announce = True   # the main thread sends `ready` for this registration
         os.write(self._wake_w, b"r")
+
+    # control messages, handled in the receiver thread at once (they overtake queued work)
+    _control_handlers = {
+        protocol.ABORT: _on_abort,
+        protocol.INTERRUPT: _on_interrupt,
+        protocol.SHUTDOWN: _on_shutdown,
+        protocol.UNREGISTER: _on_unregister,
+        protocol.REGISTER_REPLY: _on_registered,
+    }
 
     def _abort_current(self):
         cur = self._current
