@@ -52,6 +52,11 @@ PORT_NAMES = ("client", "notify", "engine", "ping", "pong")
 # many, of at most this size (a few MB in all).
 SHARED_PARTS, SHARED_PART_MAX = 256, 8192
 
+# A client's abort waiting for engines to mark its requests (see _abort): the client's
+# routing ids and request header, the engines not heard from yet (a set, emptied as they
+# answer or go), and how many of its requests were pending (its reply says so).
+_Aborting = collections.namedtuple("_Aborting", "idents header engines pending")
+
 _DIRECT = {protocol.APPLY, protocol.EXECUTE, protocol.PUSH, protocol.PULL, protocol.KEYS,
            protocol.CLEAR, protocol.PROPERTIES, protocol.STATS}
 
@@ -98,7 +103,7 @@ class Controller:
         self._shared = {}         # a small part -> the one copy queued requests hold
         self._out = {}            # (socket, routing ids) -> what this pass sends there
         self._direct = False      # handling the first message of a drain: send at once
-        self._aborting = {}       # a client's abort msg_id -> [idents, header, engines to hear]
+        self._aborting = {}       # a client's abort msg_id -> _Aborting
         self._next_id = 0
         self._beat = 0
         self._next_beat = 0.0
@@ -704,22 +709,23 @@ class Controller:
         self._finish(rec, ERROR)
 
     def _act(self, decisions):
-        """Carry out the scheduler's decisions."""
+        """Carry out the scheduler's decisions (named tuples: see scheduler's docstring).
+        ABORT ones are _abort's to carry out."""
         for d in decisions:
-            rec = self.db.get(d[1])
+            rec = self.db.get(d.msg_id)
             if rec is None:
                 continue
-            what = d[0]
-            if what == "run":
-                self._assign(rec, d[2])
-            elif what == "done":
+            action = d.action
+            if action == _scheduler.RUN:
+                self._assign(rec, d.engine)
+            elif action == _scheduler.DONE:
                 self._finish(rec, rec["result_header"].get("status", ERROR))
-            elif what == "fail":
-                self._fail(rec, d[2], d[3])
-            elif what == "recover":
-                recovery = self.db.get(d[2])
+            elif action == _scheduler.FAIL:
+                self._fail(rec, d.ename, d.evalue)
+            elif action == _scheduler.RECOVER:
+                recovery = self.db.get(d.recovery)
                 if recovery is not None:
-                    recovery["recovers"] = d[1]
+                    recovery["recovers"] = d.msg_id
 
     def _lookup(self, msg_id):
         rec = self.db.get(msg_id)
@@ -804,15 +810,15 @@ class Controller:
             elif rec["engine"] in self.engines:
                 asked[rec["engine"]].append(msg_id)
         decisions = self.scheduler.abort(lb, now)
-        for what, msg_id, *rest in decisions:
-            if what == "abort" and rest[0] in self.engines:
-                asked[rest[0]].append(msg_id)
-        self._act(d for d in decisions if d[0] != "abort")
+        for d in decisions:
+            if d.action == _scheduler.ABORT and d.engine in self.engines:
+                asked[d.engine].append(d.msg_id)
+        self._act(d for d in decisions if d.action != _scheduler.ABORT)
         for eid, ids in asked.items():
             self._send(self.sockets["engine"], [self.engines[eid]["ident"]], protocol.ABORT,
                        msg_ids=ids, parent=header["msg_id"])
         if asked:
-            self._aborting[header["msg_id"]] = [idents, header, set(asked), pending]
+            self._aborting[header["msg_id"]] = _Aborting(idents, header, set(asked), pending)
         else:
             self._reply(idents, header, status=OK, pending=pending)
 
@@ -821,10 +827,10 @@ class Controller:
         waiting = self._aborting.get(parent) if isinstance(parent, str) else None
         if waiting is None:
             return
-        waiting[2].discard(eid)
-        if not waiting[2]:
+        waiting.engines.discard(eid)
+        if not waiting.engines:
             del self._aborting[parent]
-            self._reply(waiting[0], waiting[1], status=OK, pending=waiting[3])
+            self._reply(waiting.idents, waiting.header, status=OK, pending=waiting.pending)
 
     def _shutdown(self, idents, header, parts):
         targets = header.get("targets")

@@ -118,6 +118,17 @@ class _Interrupt(BaseException):
     """Raised in the main thread by the SIGINT handler; becomes the right error below."""
 
 
+# The running request: its msg_id, and the time.monotonic() deadline of its time_limit
+# (None: no limit). Set by the main thread, read by the receiver.
+_Running = collections.namedtuple("_Running", "msg_id deadline")
+# What the next SIGINT is for: the request to stop, and why ("abort", "timeout",
+# "interrupt"), which decides the error it ends with.
+_Interruption = collections.namedtuple("_Interruption", "msg_id reason")
+# A registration sent again (see _on_unregister): its msg_id, and since when
+# (time.monotonic()) it waits for its answer.
+_Registration = collections.namedtuple("_Registration", "msg_id since")
+
+
 class _Capture(io.TextIOBase):
     """A request's stdout or stderr: kept whole for the reply, and handed to the
     `streamer` (if any) so the client sees it while the request runs."""
@@ -205,18 +216,18 @@ class Engine:
         self._wake_r, self._wake_w = os.pipe()
         self._announce = False
         self._aborted = set()       # msg_ids to refuse when they come up
-        self._current = None        # (msg_id, deadline) of the running request
+        self._current = None        # _Running: the running request
         self._held = None           # replies kept to send with the rest of their batch
         self._held_at = 0.0         # when the first of them was
         self._held_lock = threading.Lock()
-        self._interrupt = None      # (msg_id, reason) the next SIGINT is for
+        self._interrupt = None      # _Interruption: what the next SIGINT is for
         self._sigints_sent = 0      # SIGINTs sent by _interrupt_main, not yet handled
         # Re-entrant: the SIGINT handler takes it in the main thread, which may hold it
         # already (the signal lands between any two bytecodes); a Lock would deadlock.
         self._lock = threading.RLock()
         self._stopping = False
         self._streamer = _Streamer()
-        self._registering = None    # (msg_id, when) while registering again: receiver thread
+        self._registering = None    # _Registration while registering again: receiver thread
         self.exit_code = 0          # 1: it lost (or was refused by) the controller
 
     # ------------------------------------------------------------ start
@@ -356,8 +367,8 @@ class Engine:
         while True:
             timeout = self.heartbeat_period
             cur = self._current
-            if cur is not None and cur[1] is not None:
-                timeout = min(timeout, max(0.0, cur[1] - time.monotonic()))
+            if cur is not None and cur.deadline is not None:
+                timeout = min(timeout, max(0.0, cur.deadline - time.monotonic()))
             if self._streamer.parent is not None:
                 timeout = min(timeout, STREAM_INTERVAL_S)
             events = dict(poller.poll(timeout * 1000))
@@ -381,8 +392,8 @@ class Engine:
             if self._held and now - self._held_at > HOLD_S:   # behind a long request
                 self._send_held(dealer)
             cur = self._current
-            if cur is not None and cur[1] is not None and now >= cur[1]:
-                self._interrupt_main(cur[0], "timeout")
+            if cur is not None and cur.deadline is not None and now >= cur.deadline:
+                self._interrupt_main(cur.msg_id, "timeout")
             if now - last_ping > silence and self._pings.poll(0):
                 last_ping = now   # beats queued while the main thread held the GIL, after
                                   # a poll that ended before it: the controller is there
@@ -393,7 +404,7 @@ class Engine:
                 self._abort_current()   # its result could go nowhere
                 self._stop()
             reg = self._registering
-            if reg is not None and now - reg[1] > self.registration_timeout \
+            if reg is not None and now - reg.since > self.registration_timeout \
                     and not self._stopping:
                 log.error("the controller did not answer this engine's registration within "
                           "%.0f s: exiting", self.registration_timeout)
@@ -445,7 +456,7 @@ class Engine:
         for msg_id in header.get("msg_ids", ()):
             self._aborted.add(msg_id)
             cur = self._current
-            if cur is not None and cur[0] == msg_id:
+            if cur is not None and cur.msg_id == msg_id:
                 self._interrupt_main(msg_id, "abort")
         parent = header.get("parent")
         if isinstance(parent, str):   # the controller waits for this to answer its client
@@ -456,7 +467,7 @@ class Engine:
         # executes in the receiver thread
         cur = self._current
         if cur is not None:
-            self._interrupt_main(cur[0], "interrupt")
+            self._interrupt_main(cur.msg_id, "interrupt")
 
     def _on_shutdown(self, header):
         # executes in the receiver thread
@@ -490,14 +501,14 @@ class Engine:
         self._abort_current()
         msg_id, frames = self._registration(self.id)
         self._reg = msg_id.encode()
-        self._registering = (msg_id, time.monotonic())
+        self._registering = _Registration(msg_id, time.monotonic())
         self._dealer.send_multipart(frames)
 
     def _on_registered(self, header):
         # executes in the receiver thread
         reg = self._registering
         eid = header.get("id")
-        if reg is None or header.get("parent") != reg[0] or not isinstance(eid, int):
+        if reg is None or header.get("parent") != reg.msg_id or not isinstance(eid, int):
             return self._dropped("an answer to no registration of ours")
         if eid != self.id:
             log.warning("registered again with id %d (engine %s is taken)", eid, self.id)
@@ -520,7 +531,7 @@ class Engine:
     def _abort_current(self):
         cur = self._current
         if cur is not None:
-            self._interrupt_main(cur[0], "abort")
+            self._interrupt_main(cur.msg_id, "abort")
 
     def _dropped(self, why):
         # log the first few, then at powers of two, so a flood of bad messages cannot
@@ -536,7 +547,7 @@ class Engine:
         with self._lock:
             if self._interrupt is not None:
                 return
-            self._interrupt = (msg_id, reason)
+            self._interrupt = _Interruption(msg_id, reason)
             self._sigints_sent += 1
         signal.pthread_kill(self._main_ident, signal.SIGINT)
 
@@ -565,8 +576,8 @@ class Engine:
             if ours:   # sent for a request that ended before the signal landed: nothing to do
                 return
             raise KeyboardInterrupt
-        if cur is not None and cur[0] == target[0]:
-            raise _Interrupt(target[1])
+        if cur is not None and cur.msg_id == target.msg_id:
+            raise _Interrupt(target.reason)
 
     def serve(self):
         """Run requests until stopped. Main thread: they arrive on its own socket."""
@@ -661,7 +672,7 @@ class Engine:
         sys.stdout, sys.stderr = out, err
         try:
             self.session.check_body(header, parts)
-            self._current = (msg_id, time.monotonic() + limit if limit else None)
+            self._current = _Running(msg_id, time.monotonic() + limit if limit else None)
             try:
                 if limit:   # inside the try: an interrupt may land from here on
                     self._outbox.send(b"t")   # the receiver's next wait ends at the deadline
