@@ -16,7 +16,9 @@ searches them), and every record reaches a final state: the engine's
 reply, or an error the hub makes itself (engine died, aborted, impossible dependency).
 
 Timers (heartbeat, scheduler deadlines) are deadlines checked after each poll, not threads.
-``loop_once(now)`` is one pass; tests may call it by hand.
+``loop_once(now)`` is one pass; tests may call it by hand. Deadlines and the scheduler's
+`now` are ``time.monotonic()`` (a wall-clock jump neither stops heartbeats nor fires
+timeouts); ``time.time()`` only stamps records (submitted, completed, ...) for users.
 
 Robustness: a message that fails its check is refused, counted by reason (queue_status
 ``stats``) and logged sparingly; a signed header with fields of the wrong type becomes an
@@ -145,13 +147,13 @@ class Controller:
             self.poller.register(s[name], zmq.POLLIN)
         self._handlers = {s["client"]: self._on_client, s["engine"]: self._on_engine,
                           s["pong"]: self._on_pong}
-        self._recover(time.time())
+        self._recover(time.monotonic())
         self._write_connection_files()
         log.info("minipar controller ready: %s", protocol.url(self.info, "client"))
 
     # ------------------------------------------------------------ restart (--db sqlite)
 
-    def _recover(self, now):
+    def _recover(self, now):   # now: time.monotonic(), for the scheduler
         """Take up what a previous controller left pending in the DB (--reuse --db sqlite).
 
         Each request may have been queued or running when it died; what became of a run
@@ -171,7 +173,7 @@ class Controller:
                 self._clients.setdefault(session, rec["client"])
             rec.update(engine=None, watchers=None, attempts=[*(rec.get("attempts") or ()), {
                 "engine": None, "status": "controller_restart", "started": None,
-                "completed": now, "ename": "EngineError"}])
+                "completed": time.time(), "ename": "EngineError"}])
             self.db.add(rec)   # live again: the next attempt is re-signed, as a retry is
             retries = _header(rec).get("retries") or 0
             if rec["lb"] and retries > 0 and not _request_problem(_header(rec)):
@@ -226,7 +228,7 @@ class Controller:
         self.bind()
         try:
             while not self._stop:
-                self.loop_once(time.time())
+                self.loop_once(time.monotonic())
         finally:
             self.close()
         log.info("controller stopped")
@@ -241,7 +243,7 @@ class Controller:
                 self._act(self.scheduler.tick(now))
             deadline = min(deadline, max(sd, now))
         if timeout is None:
-            timeout = max(0.0, deadline - time.time())
+            timeout = max(0.0, deadline - time.monotonic())
         self._flush()
         for sock, _ in self.poller.poll(timeout * 1000):
             handler = self._handlers[sock]
@@ -370,7 +372,7 @@ class Controller:
 
     def _on_properties_update(self, eid, header, parts, wire):
         properties = self.engines[eid]["properties"] = header.get("properties", {})
-        self._act(self.scheduler.set_properties(eid, properties, time.time()))
+        self._act(self.scheduler.set_properties(eid, properties, time.monotonic()))
 
     def _register(self, ident, header):
         if ident in self._by_ident:
@@ -425,7 +427,7 @@ class Controller:
                    heartbeat_liveness=self.heartbeat_liveness)
         log.info("engine %d registered (pid %s on %s)", eid, engine["pid"], engine["host"])
         self._notify(protocol.ENGINE_REGISTERED, id=eid, info=self._engine_info(engine))
-        self._act(self.scheduler.engine_added(eid, time.time(), engine["properties"]))
+        self._act(self.scheduler.engine_added(eid, time.monotonic(), engine["properties"]))
 
     def _engine_info(self, e):
         return {k: e[k] for k in ("id", "pid", "host", "python", "cloudpickle", "registered")}
@@ -434,7 +436,7 @@ class Controller:
         engine = self.engines.pop(eid)
         self._by_ident.pop(engine["ident"], None)
         self._by_ident.pop(engine["work_ident"], None)
-        now = time.time()
+        now = time.time()   # the engine's `started` stamps are wall-clock too
         what = "died" if died else "unregistered"
         timed_out = set()
         for msg_id in list(engine["outstanding"]):
@@ -460,8 +462,8 @@ class Controller:
         if died:
             self._send(self.sockets["engine"], [engine["ident"]], protocol.UNREGISTER,
                        reason="declared dead: missed heartbeats")
-        self._act(self.scheduler.engine_removed(
-            eid, now, {m: _ended_for_time_limit(self.db.get(m), eid) for m in timed_out}))
+        why = {m: _ended_for_time_limit(self.db.get(m), eid) for m in timed_out}
+        self._act(self.scheduler.engine_removed(eid, time.monotonic(), why))
 
     # ------------------------------------------------------------ clients
 
@@ -540,7 +542,7 @@ class Controller:
                     engines={eid: self._engine_info(e) for eid, e in self.engines.items()})
 
     def _submit(self, client, header, parts, wire):
-        now = time.time()
+        now = time.time()   # the record's `submitted`
         msg_id = header["msg_id"]
         if msg_id in self.db:
             raise ValueError(f"duplicate msg_id {msg_id}")
@@ -566,7 +568,7 @@ class Controller:
                 task = _task(header)
             except errors.InvalidDependency as e:
                 return self._fail(rec, "InvalidDependency", str(e))
-            self._act(self.scheduler.submit(task, now))
+            self._act(self.scheduler.submit(task, time.monotonic()))
             return
         eid = header.get("engine")
         if eid not in self.engines:
@@ -633,7 +635,7 @@ class Controller:
             "engine": eid, "status": status, "started": started, "completed": completed,
             "ename": header.get("ename")}]
         runtime = completed - started if started and completed else None
-        self._act(self.scheduler.finished(msg_id, eid, status, time.time(), runtime))
+        self._act(self.scheduler.finished(msg_id, eid, status, time.monotonic(), runtime))
 
     def _on_started(self, eid, header, parts, wire):
         """A request with a time_limit started: if its engine dies past the limit (code
@@ -796,7 +798,7 @@ class Controller:
         """Tell each engine holding one of the requests; the client hears back once they
         have all marked them, so a queued request it aborted can no longer start."""
         msg_ids = list(header.get("msg_ids", ()))
-        now = time.time()
+        now = time.monotonic()
         asked = collections.defaultdict(list)
         lb = []
         pending = 0

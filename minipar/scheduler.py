@@ -3,7 +3,8 @@
 A plain object with no sockets, no threads and no clock. The controller's hub loop (its
 only caller, one thread) turns task requests, replies and engine events into method
 calls, and carries out the decisions each call returns. Time comes in as ``now`` (float
-seconds), so tests step it by hand::
+seconds on a clock that never jumps: the controller passes ``time.monotonic()``; only
+dependency timeouts use it, as deadlines), so tests step it by hand::
 
     hub loop event        call                        returns decisions, in order:
     task request          submit(task, now)           Run(RUN, msg_id, engine)
