@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_PERIOD_S = 1.0   # 0.1..5 is reasonable; tests use 0.1
 HEARTBEAT_LIVENESS = 5     # missed beats before an engine is dead; 3..10 is reasonable
-PORT_NAMES = ("client", "notify", "engine", "ping", "pong")
 
 # Parts held once however many queued requests have them (see _submit): at most this
 # many, of at most this size (a few MB in all).
@@ -583,6 +582,7 @@ class Controller:
         engine = self.engines[eid]
         wire = rec["wire"]
         if rec["attempts"]:
+            # `date`: each header signed anew is unique, so no receiver takes it for a replay
             header = dict(_header(rec), attempt=len(rec["attempts"]), date=time.time())
             wire = self.session.resign(header, wire[3:])
         rec["engine"] = eid

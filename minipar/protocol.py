@@ -53,7 +53,6 @@ import os
 import pickle
 import struct
 import threading
-import time
 import types
 import weakref
 
@@ -314,8 +313,7 @@ class Session:
         is quicker to sign and read, and to hold for each queued task. Not `signed`: for
         a message that may go in a batch, which is signed as a whole (see pack); one sent
         on its own goes through ``signed``."""
-        header = {"msg_id": new_id(), "kind": kind, "session": self.session,
-                  "date": time.time()}
+        header = {"msg_id": new_id(), "kind": kind, "session": self.session}
         if parent is not None:
             header["parent"] = parent
         for k, v in fields.items():
@@ -750,7 +748,7 @@ def write_connection_file(path, info):
     os.replace(tmp, path)
 
 
-def read_connection_file(path, role="client"):
+def read_connection_file(path):
     """Read a connection file, with an error that says how to get one."""
     from .errors import ConnectionFileError
 

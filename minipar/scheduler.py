@@ -92,6 +92,7 @@ import logging
 import math
 import random
 
+from .dependency import is_met, is_unreachable
 from .protocol import ERROR, OK, STATUSES, TIMEOUT, UNMET  # finished()'s statuses
 
 log = logging.getLogger(__name__)
@@ -559,7 +560,7 @@ class Scheduler:
         why = self._impossible(t)
         if why:
             self._fail(t, "ImpossibleDependency", why, out)
-        elif _met(t["after"]) and self._follow_met(t["follow"]):
+        elif (t["after"] is None or is_met(t["after"])) and self._follow_met(t["follow"]):
             self._ready(t, out)
         elif t["state"] is not WAITING:
             self._set_state(t, WAITING)
@@ -698,7 +699,7 @@ class Scheduler:
         msg_id = t["msg_id"]
         for key in ("after", "follow"):
             dep = t[key]
-            if dep is not None and _unreachable(dep):
+            if dep is not None and is_unreachable(dep):
                 return _unreachable_reason(msg_id, key, dep)
         live = self._engines
         follow = t["follow"]
@@ -726,7 +727,7 @@ class Scheduler:
         if follow is None:
             return True
         if follow["all"]:
-            return not follow["pending"] and not follow["bad"]
+            return is_met(follow)
         return any(e in self._engines for e in follow["engines"])
 
     def _targets_gone(self, targets):
@@ -898,20 +899,6 @@ class Scheduler:
 
 
 # ---------------------------------------------------------------------- helpers
-
-def _met(dep):
-    if dep is None:
-        return True
-    if dep["all"]:
-        return not dep["pending"] and not dep["bad"]
-    return dep["good"] > 0
-
-
-def _unreachable(dep):
-    if dep["all"]:
-        return dep["bad"] > 0
-    return not dep["pending"] and not dep["good"]
-
 
 def _unreachable_reason(msg_id, key, dep):
     if dep["success"] and not dep["failure"]:
