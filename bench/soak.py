@@ -239,7 +239,7 @@ def simulated_engines(engine_file, n):
                 continue
             _, header, parts = session.check(frames)
             kind = header["kind"]
-            if kind == protocol.reply_kind(protocol.REGISTER):
+            if kind == protocol.REGISTER_REPLY:
                 e["id"] = header["id"]
             elif kind == protocol.UNREGISTER:
                 _, frames = session.msg(protocol.REGISTER, uuid=e["ident"].decode(),
@@ -249,7 +249,7 @@ def simulated_engines(engine_file, n):
                 session.check_body(header, parts)
                 f, (args, kwargs) = protocol.deserialize_many(parts, header["counts"])
                 result = protocol.serialize(f(*args, **kwargs))
-                _, frames = session.msg(protocol.reply_kind(kind), result,
+                _, frames = session.msg(protocol.APPLY_REPLY, result,
                                         parent=header["msg_id"], status="ok", engine=e["id"],
                                         attempt=header.get("attempt", 0))
                 e["dealer"].send_multipart(frames)

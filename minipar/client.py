@@ -634,22 +634,16 @@ class Client:
 
     def _on_message(self, header, parts):
         # executes in the I/O thread: one reply or stream message (a batch carries several)
-        kind = header["kind"]
-        if kind == protocol.STREAM:
-            # output of a running request; its final reply replaces it (no duplicates)
-            f = self._futures.get(header.get("parent"))
-            name = header.get("name")
-            if f is not None and not f.done() and name in ("stdout", "stderr"):
-                f.metadata[name] += header.get("text", "")
-                if f.metadata["engine_id"] is None:
-                    f.metadata["engine_id"] = header.get("engine")
-            return
+        handler = self._message_handlers.get(header["kind"])
+        if handler is not None:
+            return handler(self, header)
+        # the common case: a reply
         f = self._futures.pop(header.get("parent"), None)
         if f is None or f.done():
             return
         md = f.metadata
         if md.get("query"):
-            if header.get("status") == "error":
+            if header.get("status") == protocol.ERROR:
                 ename, evalue = header.get("error", ("MiniparError", "request failed"))
                 return f.set_exception(errors.error(ename, evalue))
             return f.set_result(header)
@@ -667,7 +661,7 @@ class Client:
                 f"could not unpickle the result of {f.msg_id}: {type(e).__name__}: {e}; is "
                 "the module that defines it importable here?"
                 f"{self._version_skew(md['engine_id'], ' ')}"))
-        if header.get("status") == "ok":
+        if header.get("status") == protocol.OK:
             f.set_result(value)
         elif header.get("ename") == "SerializationError" and self._version_skew(md["engine_id"]):
             # the engine could not unpickle the request: say why that is likely
@@ -679,6 +673,19 @@ class Client:
         else:
             f.set_exception(value if isinstance(value, BaseException) else errors.error(
                 header.get("ename", "MiniparError"), header.get("evalue", "")))
+
+    def _on_stream(self, header):
+        # executes in the I/O thread: output of a running request; its final reply
+        # replaces it (no duplicates)
+        f = self._futures.get(header.get("parent"))
+        name = header.get("name")
+        if f is not None and not f.done() and name in ("stdout", "stderr"):
+            f.metadata[name] += header.get("text", "")
+            if f.metadata["engine_id"] is None:
+                f.metadata["engine_id"] = header.get("engine")
+
+    # what the controller sends besides replies, by kind
+    _message_handlers = {protocol.STREAM: _on_stream}
 
     # ---- version skew: engines report their Python and cloudpickle versions when they
     # register; one that differs from this client's is warned about at once, and named
@@ -714,15 +721,27 @@ class Client:
     def _on_notification(self, frames):
         # executes in the I/O thread
         _, header, _ = self.session.check(frames)
-        kind = header["kind"]
+        handler = self._notification_handlers.get(header["kind"])
         with self._engines_changed:
-            if kind == protocol.ENGINE_REGISTERED:
-                self._engines[header["id"]] = header.get("info", {})
-                # before waiters wake; the I/O thread only logs (warnings are the user's)
-                self._check_versions([header["id"]], warn=False)
-            elif kind in (protocol.ENGINE_UNREGISTERED, protocol.ENGINE_DIED):
-                self._engines.pop(header["id"], None)
+            if handler is not None:
+                handler(self, header)
             self._engines_changed.notify_all()
+
+    def _on_engine_registered(self, header):
+        # executes in the I/O thread, holding _engines_changed
+        self._engines[header["id"]] = header.get("info", {})
+        # before waiters wake; the I/O thread only logs (warnings are the user's)
+        self._check_versions([header["id"]], warn=False)
+
+    def _on_engine_gone(self, header):
+        # executes in the I/O thread, holding _engines_changed
+        self._engines.pop(header["id"], None)
+
+    _notification_handlers = {
+        protocol.ENGINE_REGISTERED: _on_engine_registered,
+        protocol.ENGINE_UNREGISTERED: _on_engine_gone,
+        protocol.ENGINE_DIED: _on_engine_gone,
+    }
 
     # ------------------------------------------------------------ sending
 

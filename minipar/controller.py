@@ -16,7 +16,9 @@ searches them), and every record reaches a final state: the engine's
 reply, or an error the hub makes itself (engine died, aborted, impossible dependency).
 
 Timers (heartbeat, scheduler deadlines) are deadlines checked after each poll, not threads.
-``loop_once(now)`` is one pass; tests may call it by hand.
+``loop_once(now)`` is one pass; tests may call it by hand. Deadlines and the scheduler's
+`now` are ``time.monotonic()`` (a wall-clock jump neither stops heartbeats nor fires
+timeouts); ``time.time()`` only stamps records (submitted, completed, ...) for users.
 
 Robustness: a message that fails its check is refused, counted by reason (queue_status
 ``stats``) and logged sparingly; a signed header with fields of the wrong type becomes an
@@ -39,19 +41,23 @@ import zmq
 
 from . import errors, protocol
 from . import scheduler as _scheduler
-from .records import ERROR, OK, PENDING, RECORD_BYTES, RECORD_LIMIT, _header, open_db
 from . import top as _top
+from .protocol import ERROR, OK
+from .records import PENDING, RECORD_BYTES, RECORD_LIMIT, _header, open_db
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_PERIOD_S = 1.0   # 0.1..5 is reasonable; tests use 0.1
 HEARTBEAT_LIVENESS = 5     # missed beats before an engine is dead; 3..10 is reasonable
-PORT_NAMES = ("client", "notify", "engine", "ping", "pong")
-REPLY_SUFFIX = b".r"  # as engine.REPLY_SUFFIX: an engine's second socket, for requests
 
 # Parts held once however many queued requests have them (see _submit): at most this
 # many, of at most this size (a few MB in all).
 SHARED_PARTS, SHARED_PART_MAX = 256, 8192
+
+# A client's abort waiting for engines to mark its requests (see _abort): the client's
+# routing ids and request header, the engines not heard from yet (a set, emptied as they
+# answer or go), and how many of its requests were pending (its reply says so).
+_Aborting = collections.namedtuple("_Aborting", "idents header engines pending")
 
 _DIRECT = {protocol.APPLY, protocol.EXECUTE, protocol.PUSH, protocol.PULL, protocol.KEYS,
            protocol.CLEAR, protocol.PROPERTIES, protocol.STATS}
@@ -99,7 +105,7 @@ class Controller:
         self._shared = {}         # a small part -> the one copy queued requests hold
         self._out = {}            # (socket, routing ids) -> what this pass sends there
         self._direct = False      # handling the first message of a drain: send at once
-        self._aborting = {}       # a client's abort msg_id -> [idents, header, engines to hear]
+        self._aborting = {}       # a client's abort msg_id -> _Aborting
         self._epitaphs = {}       # dead engine id -> where it ran and its log's last lines
         self._next_id = 0
         self._beat = 0
@@ -143,13 +149,13 @@ class Controller:
             self.poller.register(s[name], zmq.POLLIN)
         self._handlers = {s["client"]: self._on_client, s["engine"]: self._on_engine,
                           s["pong"]: self._on_pong}
-        self._recover(time.time())
+        self._recover(time.monotonic())
         self._write_connection_files()
         log.info("minipar controller ready: %s", protocol.url(self.info, "client"))
 
     # ------------------------------------------------------------ restart (--db sqlite)
 
-    def _recover(self, now):
+    def _recover(self, now):   # now: time.monotonic(), for the scheduler
         """Take up what a previous controller left pending in the DB (--reuse --db sqlite).
 
         Each request may have been queued or running when it died; what became of a run
@@ -169,7 +175,7 @@ class Controller:
                 self._clients.setdefault(session, rec["client"])
             rec.update(engine=None, watchers=None, attempts=[*(rec.get("attempts") or ()), {
                 "engine": None, "status": "controller_restart", "started": None,
-                "completed": now, "ename": "EngineError"}])
+                "completed": time.time(), "ename": "EngineError"}])
             self.db.add(rec)   # live again: the next attempt is re-signed, as a retry is
             retries = _header(rec).get("retries") or 0
             if rec["lb"] and retries > 0 and not _request_problem(_header(rec)):
@@ -224,7 +230,7 @@ class Controller:
         self.bind()
         try:
             while not self._stop:
-                self.loop_once(time.time())
+                self.loop_once(time.monotonic())
         finally:
             self.close()
         log.info("controller stopped")
@@ -239,7 +245,7 @@ class Controller:
                 self._act(self.scheduler.tick(now))
             deadline = min(deadline, max(sd, now))
         if timeout is None:
-            timeout = max(0.0, deadline - time.time())
+            timeout = max(0.0, deadline - time.monotonic())
         self._flush()
         for sock, _ in self.poller.poll(timeout * 1000):
             handler = self._handlers[sock]
@@ -345,8 +351,8 @@ class Controller:
             # an engine we declared dead (frozen, then resumed) or from before a restart:
             # drop its message and tell it to register again; stale results are never delivered
             self.stats["stale"] += 1
-            if ident.endswith(REPLY_SUFFIX):  # tell the engine's receiving socket
-                ident = ident[:-len(REPLY_SUFFIX)]
+            if ident.endswith(protocol.REPLY_SUFFIX):  # tell the engine's receiving socket
+                ident = ident[:-len(protocol.REPLY_SUFFIX)]
             self._send(self.sockets["engine"], [ident], protocol.UNREGISTER,
                        reason="this engine is not registered (declared dead?)")
             return
@@ -356,23 +362,23 @@ class Controller:
             self._on_engine_message(eid, header, parts, wire)
 
     def _on_engine_message(self, eid, header, parts, wire):
-        kind = header["kind"]
-        if kind == protocol.UNREGISTER:
-            return self._remove_engine(eid, died=False)
-        if kind == protocol.STREAM:
-            return self._on_stream(header, wire)
-        if kind == protocol.READY:
-            return self._on_ready(self.engines[eid], header)
-        if kind == protocol.ABORTED:
-            return self._abort_heard(eid, header.get("parent"))
-        if kind == protocol.STARTED:
-            return self._on_started(eid, header)
-        if kind == protocol.USAGE:
-            return _top.on_usage(self.engines[eid], header, time.time())
-        if kind == protocol.PROPERTIES + "_update":
-            properties = self.engines[eid]["properties"] = header.get("properties", {})
-            return self._act(self.scheduler.set_properties(eid, properties, time.time()))
-        self._on_reply(eid, header, parts, wire)
+        handler = self._engine_handlers.get(header["kind"])
+        if handler is None:   # the common case: a reply to a request
+            return self._on_reply(eid, header, parts, wire)
+        handler(self, eid, header, parts, wire)
+
+    def _on_unregister(self, eid, header, parts, wire):
+        self._remove_engine(eid, died=False)
+
+    def _on_abort_marked(self, eid, header, parts, wire):
+        self._abort_heard(eid, header.get("parent"))
+
+    def _on_usage(self, eid, header, parts, wire):
+        _top.on_usage(self.engines[eid], header, time.time())
+
+    def _on_properties_update(self, eid, header, parts, wire):
+        properties = self.engines[eid]["properties"] = header.get("properties", {})
+        self._act(self.scheduler.set_properties(eid, properties, time.monotonic()))
 
     def _register(self, ident, header):
         if ident in self._by_ident:
@@ -385,7 +391,7 @@ class Controller:
             if engine["work_ident"] != ident:
                 engine["backlog"] = engine["backlog"] or []
             return self._send(self.sockets["engine"], [ident],
-                              protocol.reply_kind(protocol.REGISTER), parent=header["msg_id"],
+                              protocol.REGISTER_REPLY, parent=header["msg_id"],
                               id=eid, heartbeat_period=self.heartbeat_period,
                               heartbeat_liveness=self.heartbeat_liveness)
         problem = _register_problem(header)
@@ -431,12 +437,12 @@ class Controller:
         self._by_ident[work_ident] = eid
         self.tally.lost.pop(eid, None)
         engine = self.engines[eid]
-        self._send(self.sockets["engine"], [ident], protocol.reply_kind(protocol.REGISTER),
+        self._send(self.sockets["engine"], [ident], protocol.REGISTER_REPLY,
                    parent=header["msg_id"], id=eid, heartbeat_period=self.heartbeat_period,
                    heartbeat_liveness=self.heartbeat_liveness)
         log.info("engine %d registered (pid %s on %s)", eid, engine["pid"], engine["host"])
         self._notify(protocol.ENGINE_REGISTERED, id=eid, info=self._engine_info(engine))
-        self._act(self.scheduler.engine_added(eid, time.time(), engine["properties"]))
+        self._act(self.scheduler.engine_added(eid, time.monotonic(), engine["properties"]))
 
     def _engine_info(self, e):
         return {k: e[k] for k in ("id", "pid", "host", "python", "cloudpickle", "registered")}
@@ -445,7 +451,7 @@ class Controller:
         engine = self.engines.pop(eid)
         self._by_ident.pop(engine["ident"], None)
         self._by_ident.pop(engine["work_ident"], None)
-        now = time.time()
+        now = time.time()   # the engine's `started` stamps are wall-clock too
         what = "died" if died else "unregistered"
         if died:
             self._epitaphs[eid] = _epitaph(engine)
@@ -476,8 +482,8 @@ class Controller:
         if died:
             self._send(self.sockets["engine"], [engine["ident"]], protocol.UNREGISTER,
                        reason="declared dead: missed heartbeats")
-        self._act(self.scheduler.engine_removed(
-            eid, now, {m: _ended_for_time_limit(self.db.get(m), eid) for m in timed_out}))
+        why = {m: _ended_for_time_limit(self.db.get(m), eid) for m in timed_out}
+        self._act(self.scheduler.engine_removed(eid, time.monotonic(), why))
 
     # ------------------------------------------------------------ clients
 
@@ -504,12 +510,13 @@ class Controller:
             n = self.stats["unknown_kind"]
             if n <= 10 or not n & (n - 1):   # not a log line per message of a flood
                 log.warning("unknown request kind %r from a client (%d so far)", kind, n)
-            return self._reply(idents, header, status="error",
+            return self._reply(idents, header, status=ERROR,
                                error=("ValueError", f"unknown request kind {kind!r}"))
         handler(self, idents, header, parts)
 
     def _reply(self, idents, header, **fields):
-        self._send(self.sockets["client"], idents, protocol.reply_kind(header["kind"]),
+        self._send(self.sockets["client"], idents,
+                   protocol.REPLY.get(header["kind"], protocol.UNKNOWN_REPLY),
                    parent=header["msg_id"], **fields)
 
     def _post(self, sock, idents, wire):
@@ -551,11 +558,11 @@ class Controller:
         self.sockets["notify"].send_multipart([kind.encode(), *frames])
 
     def _connect(self, idents, header, parts):
-        self._reply(idents, header, status="ok",
+        self._reply(idents, header, status=OK,
                     engines={eid: self._engine_info(e) for eid, e in self.engines.items()})
 
     def _submit(self, client, header, parts, wire):
-        now = time.time()
+        now = time.time()   # the record's `submitted`
         msg_id = header["msg_id"]
         if msg_id in self.db:
             raise ValueError(f"duplicate msg_id {msg_id}")
@@ -581,7 +588,7 @@ class Controller:
                 task = _task(header)
             except errors.InvalidDependency as e:
                 return self._fail(rec, "InvalidDependency", str(e))
-            self._act(self.scheduler.submit(task, now))
+            self._act(self.scheduler.submit(task, time.monotonic()))
             return
         eid = header.get("engine")
         if eid not in self.engines:
@@ -596,6 +603,7 @@ class Controller:
         engine = self.engines[eid]
         wire = rec["wire"]
         if rec["attempts"]:
+            # `date`: each header signed anew is unique, so no receiver takes it for a replay
             header = dict(_header(rec), attempt=len(rec["attempts"]), date=time.time())
             wire = self.session.resign(header, wire[3:])
         rec["engine"] = eid
@@ -608,10 +616,11 @@ class Controller:
         else:   # until its request socket is connected
             engine["backlog"].append((route, wire))
 
-    def _on_ready(self, engine, header):
+    def _on_ready(self, eid, header, parts, wire):
         """The engine's request socket is connected (a message came from it): send what
         waited for it. A ROUTER drops a message to a peer not yet connected, so until this
         arrives, requests wait here."""
+        engine = self.engines[eid]
         if str(header.get("reg")).encode() != engine["reg"] or engine["backlog"] is None:
             return   # for an earlier registration
         backlog, engine["backlog"] = engine["backlog"], None
@@ -647,9 +656,9 @@ class Controller:
             "engine": eid, "status": status, "started": started, "completed": completed,
             "ename": header.get("ename")}]
         runtime = completed - started if started and completed else None
-        self._act(self.scheduler.finished(msg_id, eid, status, time.time(), runtime))
+        self._act(self.scheduler.finished(msg_id, eid, status, time.monotonic(), runtime))
 
-    def _on_started(self, eid, header):
+    def _on_started(self, eid, header, parts, wire):
         """A request with a time_limit started: if its engine dies past the limit (code
         that held the GIL, which only ending the engine stops), it timed out."""
         rec = self.db.get(header.get("parent"))
@@ -663,10 +672,21 @@ class Controller:
         limit, started = _header(rec).get("time_limit"), rec.get("started")
         return _is_number(limit) and _is_number(started) and now - started >= limit
 
-    def _on_stream(self, header, wire):
+    def _on_stream(self, eid, header, parts, wire):
         rec = self.db.get(header.get("parent"))
         if rec is not None and rec["status"] == PENDING:
             self._post(self.sockets["client"], (rec["client"],), wire)
+
+    # what an engine sends besides replies (and REGISTER, see _on_engine), by kind
+    _engine_handlers = {
+        protocol.UNREGISTER: _on_unregister,
+        protocol.STREAM: _on_stream,
+        protocol.READY: _on_ready,
+        protocol.ABORT_MARKED: _on_abort_marked,
+        protocol.STARTED: _on_started,
+        protocol.PROPERTIES_UPDATE: _on_properties_update,
+        protocol.USAGE: _on_usage,
+    }
 
     # ------------------------------------------------------------ final states
 
@@ -709,7 +729,8 @@ class Controller:
         if ename == "EngineError" and rec["engine"] in self._epitaphs:
             evalue += self._epitaphs[rec["engine"]]
         err = errors.error(ename, evalue, {"msg_id": rec["msg_id"], "engine_id": rec["engine"]})
-        rec["result_header"] = {"msg_id": protocol.new_id(), "kind": protocol.reply_kind(rec["kind"]),
+        rec["result_header"] = {"msg_id": protocol.new_id(),
+                                "kind": protocol.REPLY.get(rec["kind"], protocol.UNKNOWN_REPLY),
                                 "status": ERROR, "ename": ename, "evalue": evalue,
                                 "engine": rec["engine"], "counts": [1]}
         rec["result_parts"] = protocol.serialize(err)
@@ -718,28 +739,29 @@ class Controller:
         self._finish(rec, ERROR)
 
     def _act(self, decisions):
-        """Carry out the scheduler's decisions."""
+        """Carry out the scheduler's decisions (named tuples: see scheduler's docstring).
+        ABORT ones are _abort's to carry out."""
         for d in decisions:
-            rec = self.db.get(d[1])
+            rec = self.db.get(d.msg_id)
             if rec is None:
                 continue
-            what = d[0]
-            if what == "run":
-                self._assign(rec, d[2])
-            elif what == "done":
+            action = d.action
+            if action == _scheduler.RUN:
+                self._assign(rec, d.engine)
+            elif action == _scheduler.DONE:
                 self._finish(rec, rec["result_header"].get("status", ERROR))
-            elif what == "fail":
-                self._fail(rec, d[2], d[3])
-            elif what == "recover":
-                recovery = self.db.get(d[2])
+            elif action == _scheduler.FAIL:
+                self._fail(rec, d.ename, d.evalue)
+            elif action == _scheduler.RECOVER:
+                recovery = self.db.get(d.recovery)
                 if recovery is not None:
-                    recovery["recovers"] = d[1]
+                    recovery["recovers"] = d.msg_id
 
     def _lookup(self, msg_id):
         rec = self.db.get(msg_id)
         if rec is None or rec["status"] == PENDING:
             return None
-        return ("ok" if rec["status"] == OK else "error", rec["engine"])
+        return (OK if rec["status"] == OK else ERROR, rec["engine"])
 
     # ------------------------------------------------------------ queries
 
@@ -757,13 +779,13 @@ class Controller:
             per = {eid: v for eid, v in per.items() if eid in targets}
         stats = dict(self.stats, **{"dropped_" + k.replace(" ", "_"): v
                                     for k, v in self.session.dropped.items()})
-        self._reply(idents, header, status="ok", engines=per,
+        self._reply(idents, header, status=OK, engines=per,
                     unassigned=status["unassigned"], records=len(self.db), stats=stats)
 
     def _status(self, idents, header, parts):
         """What the cluster does now, for rc.status and python -m minipar.top: made from
         what the hub tracks anyway (see minipar.top for the snapshot's keys)."""
-        self._reply(idents, header, status="ok", snapshot=_top.snapshot(self, time.time()))
+        self._reply(idents, header, status=OK, snapshot=_top.snapshot(self, time.time()))
 
     def _result_request(self, idents, header, parts):
         # status_only (rc.result_status): the lists only; no results sent, no watching
@@ -786,7 +808,7 @@ class Controller:
                     rec["watchers"] = (rec.get("watchers") or []) + [idents[0]]
             else:
                 done.append(msg_id)
-        self._reply(idents, header, status="ok", pending=pending, completed=done, unknown=unknown,
+        self._reply(idents, header, status=OK, pending=pending, completed=done, unknown=unknown,
                     running=running, culled=culled)
         for msg_id in () if status_only else done:  # then the results, as ordinary replies
             rec = self.db.get(msg_id)
@@ -803,7 +825,7 @@ class Controller:
             msg_ids = [r["msg_id"] for r in self.db.records()
                        if r["status"] != PENDING and r["engine"] in targets]
         kept = [m for m in msg_ids if not self.db.drop(m)]
-        self._reply(idents, header, status="ok", purged=len(msg_ids) - len(kept), pending=kept)
+        self._reply(idents, header, status=OK, purged=len(msg_ids) - len(kept), pending=kept)
         if len(msg_ids) - len(kept) >= 1000:
             _give_back_memory()
 
@@ -811,7 +833,7 @@ class Controller:
         """Tell each engine holding one of the requests; the client hears back once they
         have all marked them, so a queued request it aborted can no longer start."""
         msg_ids = list(header.get("msg_ids", ()))
-        now = time.time()
+        now = time.monotonic()
         asked = collections.defaultdict(list)
         lb = []
         pending = 0
@@ -825,27 +847,27 @@ class Controller:
             elif rec["engine"] in self.engines:
                 asked[rec["engine"]].append(msg_id)
         decisions = self.scheduler.abort(lb, now)
-        for what, msg_id, *rest in decisions:
-            if what == "abort" and rest[0] in self.engines:
-                asked[rest[0]].append(msg_id)
-        self._act(d for d in decisions if d[0] != "abort")
+        for d in decisions:
+            if d.action == _scheduler.ABORT and d.engine in self.engines:
+                asked[d.engine].append(d.msg_id)
+        self._act(d for d in decisions if d.action != _scheduler.ABORT)
         for eid, ids in asked.items():
             self._send(self.sockets["engine"], [self.engines[eid]["ident"]], protocol.ABORT,
                        msg_ids=ids, parent=header["msg_id"])
         if asked:
-            self._aborting[header["msg_id"]] = [idents, header, set(asked), pending]
+            self._aborting[header["msg_id"]] = _Aborting(idents, header, set(asked), pending)
         else:
-            self._reply(idents, header, status="ok", pending=pending)
+            self._reply(idents, header, status=OK, pending=pending)
 
     def _abort_heard(self, eid, parent):
         """Engine `eid` marked the requests of the client's abort `parent`, or is gone."""
         waiting = self._aborting.get(parent) if isinstance(parent, str) else None
         if waiting is None:
             return
-        waiting[2].discard(eid)
-        if not waiting[2]:
+        waiting.engines.discard(eid)
+        if not waiting.engines:
             del self._aborting[parent]
-            self._reply(waiting[0], waiting[1], status="ok", pending=waiting[3])
+            self._reply(waiting.idents, waiting.header, status=OK, pending=waiting.pending)
 
     def _shutdown(self, idents, header, parts):
         targets = header.get("targets")
@@ -854,7 +876,7 @@ class Controller:
             if eid in self.engines:
                 self._send(self.sockets["engine"], [self.engines[eid]["ident"]],
                            protocol.SHUTDOWN)
-        self._reply(idents, header, status="ok")
+        self._reply(idents, header, status=OK)
         if header.get("hub"):
             log.info("shutdown requested by a client")
             self._stop = True
@@ -863,14 +885,14 @@ class Controller:
         """rc.send_signal: tell each target engine's receiver, which signals its process."""
         sig, targets = header.get("sig"), header.get("targets")
         if not _is_int(sig) or not (targets is None or isinstance(targets, list)):
-            return self._reply(idents, header, status="error", error=(
+            return self._reply(idents, header, status=ERROR, error=(
                 "ValueError", "send_signal needs a signal number and a list of engine ids"))
         targets = sorted(self.engines) if targets is None else targets
         sent = [eid for eid in targets if eid in self.engines]
         for eid in sent:
             self._send(self.sockets["engine"], [self.engines[eid]["ident"]],
                        protocol.SIGNAL, sig=sig)
-        self._reply(idents, header, status="ok", targets=sent)
+        self._reply(idents, header, status=OK, targets=sent)
 
     def _broadcast(self, idents, header, parts):
         """A BroadcastView's request: one message from the client, a record and a copy for
@@ -895,9 +917,9 @@ class Controller:
     def _properties(self, idents, header, parts):
         eid = header.get("engine")
         if eid not in self.engines:
-            return self._reply(idents, header, status="error",
+            return self._reply(idents, header, status=ERROR,
                                error=("EngineError", f"engine {eid} is not registered"))
-        self._reply(idents, header, status="ok", properties=self.engines[eid]["properties"])
+        self._reply(idents, header, status=OK, properties=self.engines[eid]["properties"])
 
     # ------------------------------------------------------------ resubmit, db_query
 
@@ -924,21 +946,21 @@ class Controller:
                 problem = ("ValueError", f"msg_id {n} is already in use")
                 break
         if problem:
-            return self._reply(idents, header, status="error", error=problem)
+            return self._reply(idents, header, status=ERROR, error=problem)
         for rec, n in zip(recs, new):
             # the original request, under a new msg_id; its recovery was used or discarded
             h = dict(_header(rec), msg_id=n, date=time.time(), resubmitted=rec["msg_id"])
             h.pop("recovery", None)
             h.pop("dormant", None)
             self._submit(idents[0], h, (), self.session.resign(h, list(rec["wire"][3:])))
-        self._reply(idents, header, status="ok")
+        self._reply(idents, header, status=OK)
 
     def _db_query(self, idents, header, parts):
         try:
             records = self.db.find_records(header.get("query") or {}, header.get("keys"))
         except ValueError as e:
-            return self._reply(idents, header, status="error", error=("ValueError", str(e)))
-        self._reply(idents, header, status="ok", records=records)
+            return self._reply(idents, header, status=ERROR, error=("ValueError", str(e)))
+        self._reply(idents, header, status=OK, records=records)
 
     _client_handlers = {
         protocol.CONNECT: _connect,

@@ -14,7 +14,10 @@ decorators that make a ``dependent``.
 
 Graph dependencies (``Dependency``) are checked by the scheduler, never on an engine: the
 client sends them in the task's header as a plain dict ``{"ids", "all", "success",
-"failure"}`` (``Dependency.as_dict``), which is the shape ``scheduler.py`` reads.
+"failure"}`` (``Dependency.as_dict``), which is the shape ``scheduler.py`` reads. Whether
+one is met or can never be met is decided in one place, ``is_met`` / ``is_unreachable``:
+the scheduler calls them on the counts it keeps per task, ``Dependency.check`` /
+``unreachable`` on counts made from sets of outcomes.
 
 ``Reference(name)`` is here too: like a ``dependent``, an argument the engine unpickles
 and turns into something of its own (the object `name` names in its namespace).
@@ -167,29 +170,20 @@ class Dependency(set):
 
     def check(self, completed, failed=()):
         """Whether the dependency is met, given the ids that succeeded and that failed."""
-        if not self:
-            return True
-        done = self._counting(completed, failed)
-        return self <= done if self.all else not self.isdisjoint(done)
+        return not self or is_met(self._tracker(completed, failed))
 
     def unreachable(self, completed, failed=()):
         """Whether it can never be met, given the ids that succeeded and that failed."""
-        if not self:
-            return False
-        against = set()
-        if not self.success:
-            against |= set(completed)
-        if not self.failure:
-            against |= set(failed)
-        return not self.isdisjoint(against) if self.all else self <= against
+        return bool(self) and is_unreachable(self._tracker(completed, failed))
 
-    def _counting(self, completed, failed):
-        done = set()
-        if self.success:
-            done |= set(completed)
-        if self.failure:
-            done |= set(failed)
-        return done
+    def _tracker(self, completed, failed):
+        """The counts `is_met` and `is_unreachable` read, for these outcomes."""
+        completed, failed = set(completed), set(failed)
+        finished = completed | failed
+        counted = (completed if self.success else set()) | (failed if self.failure else set())
+        good = len(self & counted)
+        return {"all": self.all, "pending": len(self - finished), "good": good,
+                "bad": len(self & finished) - good}
 
     def as_dict(self):
         """The plain dict sent in a task's header (what the scheduler reads)."""
@@ -202,6 +196,24 @@ class Dependency(set):
 
     def __reduce__(self):
         return Dependency, (sorted(self), self.all, self.success, self.failure)
+
+
+def is_met(dep):
+    """Whether a dependency is met, from a tracker: a mapping with `all` and, of its ids,
+    those not final (`pending`: a count or a collection) and the counts of final ones
+    that count (`good`: success or failure as the dependency asks) or do not (`bad`).
+    The scheduler keeps one per waiting task and updates it as tasks end (so a check
+    costs nothing however many ids); ``Dependency.check`` makes one from sets."""
+    if dep["all"]:
+        return not dep["pending"] and not dep["bad"]
+    return dep["good"] > 0
+
+
+def is_unreachable(dep):
+    """Whether a dependency can never be met, from a tracker (see ``is_met``)."""
+    if dep["all"]:
+        return dep["bad"] > 0
+    return not dep["pending"] and not dep["good"]
 
 
 def msg_ids(jobs):

@@ -81,7 +81,6 @@ TIME_LIMIT_GRACE_S = 5.0
 # 0.5..10 is reasonable; the monitor's figures are this old at most.
 USAGE_PERIOD_S = 1.0
 
-REPLY_SUFFIX = b".r"  # the identity of the main thread's socket: engine ident + this
 _MISSING = object()
 _REFERENCE = dependency.Reference
 # Requests queued at shutdown that are answered as aborted; the controller fails or
@@ -125,6 +124,18 @@ properties = _Properties()
 
 class _Interrupt(BaseException):
     """Raised in the main thread by the SIGINT handler; becomes the right error below."""
+
+
+# The running request: its msg_id, the time.monotonic() deadline of its time_limit
+# (None: no limit), when it started (time.time()) and its kind. Set by the main thread,
+# read by the receiver.
+_Running = collections.namedtuple("_Running", "msg_id deadline started kind")
+# What the next SIGINT is for: the request to stop, and why ("abort", "timeout",
+# "interrupt"), which decides the error it ends with.
+_Interruption = collections.namedtuple("_Interruption", "msg_id reason")
+# A registration sent again (see _on_unregister): its msg_id, and since when
+# (time.monotonic()) it waits for its answer.
+_Registration = collections.namedtuple("_Registration", "msg_id since")
 
 
 class _Capture(io.TextIOBase):
@@ -214,19 +225,19 @@ class Engine:
         self._wake_r, self._wake_w = os.pipe()
         self._announce = False
         self._aborted = set()       # msg_ids to refuse when they come up
-        self._current = None        # (msg_id, deadline, started, kind) of the running request
+        self._current = None        # _Running: the running request
         self._name = (None, None)   # (msg_id, function name) of the last apply unpickled
         self._held = None           # replies kept to send with the rest of their batch
         self._held_at = 0.0         # when the first of them was
         self._held_lock = threading.Lock()
-        self._interrupt = None      # (msg_id, reason) the next SIGINT is for
+        self._interrupt = None      # _Interruption: what the next SIGINT is for
         self._sigints_sent = 0      # SIGINTs sent by _interrupt_main, not yet handled
         # Re-entrant: the SIGINT handler takes it in the main thread, which may hold it
         # already (the signal lands between any two bytecodes); a Lock would deadlock.
         self._lock = threading.RLock()
         self._stopping = False
         self._streamer = _Streamer()
-        self._registering = None    # (msg_id, when) while registering again: receiver thread
+        self._registering = None    # _Registration while registering again: receiver thread
         self.exit_code = 0          # 1: it lost (or was refused by) the controller
 
     # ------------------------------------------------------------ start
@@ -254,7 +265,7 @@ class Engine:
         # (the controller knows it as this engine's too): no hand-off between threads on
         # a request's way in or out. The receiver thread has the control messages.
         self._sock = self.ctx.socket(zmq.DEALER)
-        self._sock.identity = self.ident + REPLY_SUFFIX
+        self._sock.identity = self.ident + protocol.REPLY_SUFFIX
         self._sock.linger = 1000
         protocol.connect(self._sock, self.info, "engine")
         self._start_heart()
@@ -325,7 +336,7 @@ class Engine:
             if header["kind"] == protocol.UNREGISTER and header.get("fatal"):
                 raise errors.MiniparError(f"the controller refused this engine: "
                                           f"{header.get('reason')}")
-            if header["kind"] == protocol.reply_kind(protocol.REGISTER) \
+            if header["kind"] == protocol.REGISTER_REPLY \
                     and header.get("parent") == msg_id:
                 break
             # else a notice that crossed the registration (the heart beat first): answered
@@ -340,7 +351,7 @@ class Engine:
         header, frames = self.session.msg(
             protocol.REGISTER, uuid=self.ident.decode(), pid=os.getpid(),
             host=socket.gethostname(), python=python, cloudpickle=cloudpickle_version,
-            properties=props, reply_ident=(self.ident + REPLY_SUFFIX).decode(), id=want,
+            properties=props, reply_ident=(self.ident + protocol.REPLY_SUFFIX).decode(), id=want,
             log=_log_file())
         return header["msg_id"], frames
 
@@ -367,8 +378,8 @@ class Engine:
         while True:
             timeout = min(self.heartbeat_period, max(0.0, next_usage - time.monotonic()))
             cur = self._current
-            if cur is not None and cur[1] is not None:
-                timeout = min(timeout, max(0.0, cur[1] - time.monotonic()))
+            if cur is not None and cur.deadline is not None:
+                timeout = min(timeout, max(0.0, cur.deadline - time.monotonic()))
             if self._streamer.parent is not None:
                 timeout = min(timeout, STREAM_INTERVAL_S)
             events = dict(poller.poll(timeout * 1000))
@@ -396,8 +407,8 @@ class Engine:
             if self._held and now - self._held_at > HOLD_S:   # behind a long request
                 self._send_held(dealer)
             cur = self._current
-            if cur is not None and cur[1] is not None and now >= cur[1]:
-                self._interrupt_main(cur[0], "timeout")
+            if cur is not None and cur.deadline is not None and now >= cur.deadline:
+                self._interrupt_main(cur.msg_id, "timeout")
             if now - last_ping > silence and self._pings.poll(0):
                 last_ping = now   # beats queued while the main thread held the GIL, after
                                   # a poll that ended before it: the controller is there
@@ -408,7 +419,7 @@ class Engine:
                 self._abort_current()   # its result could go nowhere
                 self._stop()
             reg = self._registering
-            if reg is not None and now - reg[1] > self.registration_timeout \
+            if reg is not None and now - reg.since > self.registration_timeout \
                     and not self._stopping:
                 log.error("the controller did not answer this engine's registration within "
                           "%.0f s: exiting", self.registration_timeout)
@@ -438,8 +449,8 @@ class Engine:
         fields = process_usage()
         cur = self._current
         if cur is not None:
-            name = self._name[1] if self._name[0] == cur[0] else cur[3]
-            fields.update(task=cur[0], name=name, since=cur[2])
+            name = self._name[1] if self._name[0] == cur.msg_id else cur.kind
+            fields.update(task=cur.msg_id, name=name, since=cur.started)
         _, frames = self.session.msg(protocol.USAGE, **fields)
         dealer.send_multipart(frames)
 
@@ -461,37 +472,43 @@ class Engine:
         if checked is None:
             return
         _, header, _ = checked
-        kind = header["kind"]
-        if kind == protocol.ABORT:
-            for msg_id in header.get("msg_ids", ()):
-                self._aborted.add(msg_id)
-                cur = self._current
-                if cur is not None and cur[0] == msg_id:
-                    self._interrupt_main(msg_id, "abort")
-            parent = header.get("parent")
-            if isinstance(parent, str):   # the controller waits for this to answer its client
-                protocol.send(self._dealer, self.session.msg(protocol.ABORTED, parent=parent)[1])
-        elif kind == protocol.INTERRUPT or kind == protocol.SIGNAL \
-                and header.get("sig") == signal.SIGINT:
-            # SIGINT (rc.send_signal) interrupts the running request, as a signal sent to
-            # this process would (KeyboardInterrupt, also in a C call such as time.sleep),
-            # but never the engine itself: ignored while idle, like a kernel's Ctrl-C
+        handler = self._control_handlers.get(header["kind"])
+        if handler is None:
+            return self._dropped(f"a {header['kind']!r} request on the control socket")
+        handler(self, header)
+
+    def _on_abort(self, header):
+        # executes in the receiver thread
+        for msg_id in header.get("msg_ids", ()):
+            self._aborted.add(msg_id)
             cur = self._current
-            if cur is not None:
-                self._interrupt_main(cur[0], "interrupt")
-        elif kind == protocol.SIGNAL:
-            # any other signal: to this process, through the main thread so that a Python
-            # handler runs at once (even in time.sleep) and a default action ends it all
-            signal.pthread_kill(self._main_ident, header["sig"])
-        elif kind == protocol.SHUTDOWN:
-            log.info("shutdown requested")
-            self._stop()
-        elif kind == protocol.UNREGISTER:
-            self._on_unregister(header)
-        elif kind == protocol.reply_kind(protocol.REGISTER):
-            self._on_registered(header)
-        else:
-            self._dropped(f"a {kind!r} request on the control socket")
+            if cur is not None and cur.msg_id == msg_id:
+                self._interrupt_main(msg_id, "abort")
+        parent = header.get("parent")
+        if isinstance(parent, str):   # the controller waits for this to answer its client
+            _, frames = self.session.msg(protocol.ABORT_MARKED, parent=parent)
+            protocol.send(self._dealer, frames)
+
+    def _on_interrupt(self, header):
+        # executes in the receiver thread
+        cur = self._current
+        if cur is not None:
+            self._interrupt_main(cur.msg_id, "interrupt")
+
+    def _on_signal(self, header):
+        # executes in the receiver thread. SIGINT (rc.send_signal) interrupts the running
+        # request, as a signal sent to this process would (KeyboardInterrupt, also in a C
+        # call such as time.sleep), but never the engine itself: ignored while idle, like
+        # a kernel's Ctrl-C. Any other signal goes to this process through the main
+        # thread, so a Python handler runs at once and a default action ends it all.
+        if header.get("sig") == signal.SIGINT:
+            return self._on_interrupt(header)
+        signal.pthread_kill(self._main_ident, header["sig"])
+
+    def _on_shutdown(self, header):
+        # executes in the receiver thread
+        log.info("shutdown requested")
+        self._stop()
 
     # -- registering again: the controller declared this engine dead (it was frozen, or
     # its heartbeats were lost) or restarted without knowing it. Its heart tells us: the
@@ -520,14 +537,14 @@ class Engine:
         self._abort_current()
         msg_id, frames = self._registration(self.id)
         self._reg = msg_id.encode()
-        self._registering = (msg_id, time.monotonic())
+        self._registering = _Registration(msg_id, time.monotonic())
         self._dealer.send_multipart(frames)
 
     def _on_registered(self, header):
         # executes in the receiver thread
         reg = self._registering
         eid = header.get("id")
-        if reg is None or header.get("parent") != reg[0] or not isinstance(eid, int):
+        if reg is None or header.get("parent") != reg.msg_id or not isinstance(eid, int):
             return self._dropped("an answer to no registration of ours")
         if eid != self.id:
             log.warning("registered again with id %d (engine %s is taken)", eid, self.id)
@@ -538,10 +555,20 @@ class Engine:
         self._announce = True   # the main thread sends `ready` for this registration
         os.write(self._wake_w, b"r")
 
+    # control messages, handled in the receiver thread at once (they overtake queued work)
+    _control_handlers = {
+        protocol.ABORT: _on_abort,
+        protocol.INTERRUPT: _on_interrupt,
+        protocol.SIGNAL: _on_signal,
+        protocol.SHUTDOWN: _on_shutdown,
+        protocol.UNREGISTER: _on_unregister,
+        protocol.REGISTER_REPLY: _on_registered,
+    }
+
     def _abort_current(self):
         cur = self._current
         if cur is not None:
-            self._interrupt_main(cur[0], "abort")
+            self._interrupt_main(cur.msg_id, "abort")
 
     def _dropped(self, why):
         # log the first few, then at powers of two, so a flood of bad messages cannot
@@ -557,7 +584,7 @@ class Engine:
         with self._lock:
             if self._interrupt is not None:
                 return
-            self._interrupt = (msg_id, reason)
+            self._interrupt = _Interruption(msg_id, reason)
             self._sigints_sent += 1
         signal.pthread_kill(self._main_ident, signal.SIGINT)
 
@@ -586,8 +613,8 @@ class Engine:
             if ours:   # sent for a request that ended before the signal landed: nothing to do
                 return
             raise KeyboardInterrupt
-        if cur is not None and cur[0] == target[0]:
-            raise _Interrupt(target[1])
+        if cur is not None and cur.msg_id == target.msg_id:
+            raise _Interrupt(target.reason)
 
     def serve(self):
         """Run requests until stopped. Main thread: they arrive on its own socket."""
@@ -660,7 +687,7 @@ class Engine:
             return ()
         if self._stopping:
             for header, _ in requests:
-                self._send_reply(header, "aborted", [], ename="TaskAborted",
+                self._send_reply(header, protocol.ABORTED, [], ename="TaskAborted",
                                  evalue="the engine shut down before running this task")
             return ()
         return requests
@@ -671,19 +698,19 @@ class Engine:
         if msg_id in self._aborted:
             self._aborted.discard(msg_id)
             return self._reply_error(header, errors.TaskAborted(
-                "aborted before it started"), status="aborted", started=time.time())
+                "aborted before it started"), status=protocol.ABORTED, started=time.time())
         limit = header.get("time_limit")
         handler = self._handlers.get(header["kind"])
         self._streamer.start(msg_id)
         out, err = _Capture("stdout", self._streamer), _Capture("stderr", self._streamer)
         started = time.time()
-        status = "ok"
+        status = protocol.OK
         result = None
         sys.stdout, sys.stderr = out, err
         try:
             self.session.check_body(header, parts)
-            self._current = (msg_id, time.monotonic() + limit if limit else None, started,
-                             header["kind"])
+            self._current = _Running(msg_id, time.monotonic() + limit if limit else None,
+                                     started, header["kind"])
             try:
                 if limit:   # inside the try: an interrupt may land from here on
                     self._outbox.send(b"t")   # the receiver's next wait ends at the deadline
@@ -708,18 +735,18 @@ class Engine:
         except _Interrupt as e:
             reason = e.args[0]
             if reason == "timeout":
-                status, result = "timeout", errors.TaskTimeout(
+                status, result = protocol.TIMEOUT, errors.TaskTimeout(
                     f"the task ran longer than its time_limit of {limit} s and was "
                     "interrupted; raise time_limit or split the work")
             elif reason == "abort":
                 self._aborted.discard(msg_id)
-                status, result = "aborted", errors.TaskAborted("aborted while running")
+                status, result = protocol.ABORTED, errors.TaskAborted("aborted while running")
             else:
-                status, result = "error", KeyboardInterrupt("interrupted")
+                status, result = protocol.ERROR, KeyboardInterrupt("interrupted")
         except errors.UnmetDependency as e:
-            status, result = "unmet", e
+            status, result = protocol.UNMET, e
         except BaseException as e:
-            status, result = "error", e
+            status, result = protocol.ERROR, e
         finally:
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
             self._streamer.stop()  # the reply carries the whole output
@@ -730,15 +757,15 @@ class Engine:
         completed = time.time()
         meta = {"started": started, "completed": completed, "stdout": out.getvalue(),
                 "stderr": err.getvalue(), "execution_count": self.execution_count}
-        if status != "ok":
+        if status != protocol.OK:
             return self._reply_error(header, result, status=status, **meta)
         try:
             result_parts = protocol.serialize(result)
         except errors.SerializationError as e:
-            return self._reply_error(header, e, status="error", **meta)
-        self._send_reply(header, "ok", result_parts, **meta)
+            return self._reply_error(header, e, status=protocol.ERROR, **meta)
+        self._send_reply(header, protocol.OK, result_parts, **meta)
 
-    def _reply_error(self, header, exc, status="error", **meta):
+    def _reply_error(self, header, exc, status=protocol.ERROR, **meta):
         info = {"engine_id": self.id, "msg_id": header["msg_id"], "kind": header["kind"]}
         tb = exc.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
@@ -749,7 +776,7 @@ class Engine:
                          ename=remote.ename, evalue=remote.evalue, **meta)
 
     def _send_reply(self, header, status, parts, **fields):
-        kind = protocol.reply_kind(header["kind"])
+        kind = protocol.REPLY.get(header["kind"], protocol.UNKNOWN_REPLY)
         # `attempt` tells the controller which try of a retried task this answers
         fields.update(parent=header["msg_id"], status=status, engine=self.id,
                       attempt=header.get("attempt", 0))
@@ -766,7 +793,7 @@ class Engine:
                                        "kind": header["kind"]})
             for name in ("stdout", "stderr"):   # keep the tail of what it printed
                 fields[name] = (fields.get(name) or "")[-10_000:]
-            fields.update(status="error", ename=remote.ename, evalue=remote.evalue)
+            fields.update(status=protocol.ERROR, ename=remote.ename, evalue=remote.evalue)
             _, frames = self.session.msg(kind, protocol.serialize(remote), signed=False,
                                          **fields)
         with self._held_lock:
@@ -909,7 +936,7 @@ class Engine:
             log.warning("properties %s are not plain data (str, numbers, lists, dicts): "
                         "kept on the engine, not sent to the controller",
                         sorted(map(repr, properties.keys() - plain.keys())))
-        self._send(protocol.PROPERTIES + "_update", properties=plain)
+        self._send(protocol.PROPERTIES_UPDATE, properties=plain)
 
     def _stats(self, header, parts):
         """This engine's counters: requests run, messages dropped (with reasons)."""

@@ -54,7 +54,6 @@ import pickle
 import re
 import struct
 import threading
-import time
 import types
 import weakref
 
@@ -92,7 +91,7 @@ BATCH_BYTES = 1 << 20
 # --max-message-size sets it for the whole cluster through the connection files.
 MAX_MESSAGE_SIZE = 2**31
 
-# Message kinds. A request `x` is answered by `x_reply`.
+# Message kinds. A request `x` is answered by `x_reply` (REPLY[x]).
 APPLY = "apply"                  # call a function: parts = function, (args, kwargs)
 EXECUTE = "execute"              # run a code string: parts = code
 PUSH = "push"                    # update the namespace: parts = dict
@@ -100,8 +99,9 @@ PULL = "pull"                    # read names: header `names`
 KEYS = "keys"
 CLEAR = "clear"
 PROPERTIES = "properties"        # engine properties: header `op` get/set/has/del/clear
+PROPERTIES_UPDATE = "properties_update"  # an engine's properties changed: header `properties`
 ABORT = "abort"
-ABORTED = "aborted"              # an engine has marked the requests of an abort: header `parent`
+ABORT_MARKED = "aborted"         # an engine has marked the requests of an abort: header `parent`
 INTERRUPT = "interrupt"
 SHUTDOWN = "shutdown"
 REGISTER = "register"
@@ -130,9 +130,48 @@ ENGINE_REGISTERED = "engine_registered"
 ENGINE_UNREGISTERED = "engine_unregistered"
 ENGINE_DIED = "engine_died"
 
+# Replies: written out, so no kind is built per message.
+APPLY_REPLY = "apply_reply"
+EXECUTE_REPLY = "execute_reply"
+PUSH_REPLY = "push_reply"
+PULL_REPLY = "pull_reply"
+KEYS_REPLY = "keys_reply"
+CLEAR_REPLY = "clear_reply"
+PROPERTIES_REPLY = "properties_reply"
+STATS_REPLY = "stats_reply"
+ABORT_REPLY = "abort_reply"
+SHUTDOWN_REPLY = "shutdown_reply"
+REGISTER_REPLY = "register_reply"
+CONNECT_REPLY = "connect_reply"
+QUEUE_STATUS_REPLY = "queue_status_reply"
+RESULT_REQUEST_REPLY = "result_request_reply"
+PURGE_REPLY = "purge_reply"
+RESUBMIT_REPLY = "resubmit_reply"
+DB_QUERY_REPLY = "db_query_reply"
+UNKNOWN_REPLY = "unknown_reply"  # the error answering a request of a kind nobody knows
 
-def reply_kind(kind):
-    return kind + "_reply"
+# request kind -> its reply's kind (REPLY.get(kind, UNKNOWN_REPLY) for any kind received)
+REPLY = {
+    APPLY: APPLY_REPLY, EXECUTE: EXECUTE_REPLY, PUSH: PUSH_REPLY, PULL: PULL_REPLY,
+    KEYS: KEYS_REPLY, CLEAR: CLEAR_REPLY, PROPERTIES: PROPERTIES_REPLY, STATS: STATS_REPLY,
+    ABORT: ABORT_REPLY, SHUTDOWN: SHUTDOWN_REPLY, REGISTER: REGISTER_REPLY,
+    CONNECT: CONNECT_REPLY, QUEUE_STATUS: QUEUE_STATUS_REPLY,
+    RESULT_REQUEST: RESULT_REQUEST_REPLY, PURGE: PURGE_REPLY, RESUBMIT: RESUBMIT_REPLY,
+    DB_QUERY: DB_QUERY_REPLY,
+}
+
+# A reply's `status` (and a finished record's). A request's error has its `ename` and
+# `evalue` in the header too, and the exception in its parts.
+OK = "ok"
+ERROR = "error"
+UNMET = "unmet"          # a functional dependency (@require, @depend) failed on that engine
+ABORTED = "aborted"      # aborted before or while it ran (TaskAborted)
+TIMEOUT = "timeout"      # its run-time limit interrupted it (TaskTimeout)
+STATUSES = (OK, ERROR, UNMET, ABORTED, TIMEOUT)
+
+# The routing-id suffix of an engine's second socket, its main thread's (requests in,
+# replies out): the controller knows both identities as that engine's.
+REPLY_SUFFIX = b".r"
 
 
 def new_id():
@@ -288,8 +327,7 @@ class Session:
         is quicker to sign and read, and to hold for each queued task. Not `signed`: for
         a message that may go in a batch, which is signed as a whole (see pack); one sent
         on its own goes through ``signed``."""
-        header = {"msg_id": new_id(), "kind": kind, "session": self.session,
-                  "date": time.time()}
+        header = {"msg_id": new_id(), "kind": kind, "session": self.session}
         if parent is not None:
             header["parent"] = parent
         for k, v in fields.items():

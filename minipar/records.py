@@ -32,7 +32,7 @@ is 190 B; db_query answers every key, None for those missing)::
         "submitted": float,         # time.time() seconds, set by the controller
         "started": float,           # when an engine began it
         "completed": float,         # when it reached its final state
-        "status": PENDING | OK | ERROR | the engine's status word ("aborted", ...),
+        "status": PENDING | OK | ERROR | the engine's status (protocol.STATUSES),
         "header": dict,             # the request's header, read from `wire` when first
                                     # asked for (``_header``): not a second copy
         "wire": [frames],           # the request's frames from the delimiter on
@@ -71,7 +71,9 @@ RECORD_BYTES = 512 << 20
 CULLED_RUNS = 100_000
 
 # Record states. A record changes state only through Controller._finish / _assign.
-PENDING, OK, ERROR = "pending", "ok", "error"
+# Final ones are the reply's status (protocol.STATUSES: OK, ERROR, ABORTED, ...).
+PENDING = "pending"
+OK, ERROR = protocol.OK, protocol.ERROR
 
 
 # ---------------------------------------------------------------- storage

@@ -3,15 +3,23 @@
 A plain object with no sockets, no threads and no clock. The controller's hub loop (its
 only caller, one thread) turns task requests, replies and engine events into method
 calls, and carries out the decisions each call returns. Time comes in as ``now`` (float
-seconds), so tests step it by hand::
+seconds on a clock that never jumps: the controller passes ``time.monotonic()``; only
+dependency timeouts use it, as deadlines), so tests step it by hand::
 
     hub loop event        call                        returns decisions, in order:
-    task request          submit(task, now)           ("run", id, e)
-    task reply            finished(id, e, status)     ("done", id)
-    engine (un)register   engine_added / _removed     ("fail", id, ename, evalue)
-    properties change     set_properties              ("recover", id, rid)
-    client abort          abort(ids)                  ("abort", id, e)
+    task request          submit(task, now)           Run(RUN, msg_id, engine)
+    task reply            finished(id, e, status)     Done(DONE, msg_id)
+    engine (un)register   engine_added / _removed     Fail(FAIL, msg_id, ename, evalue)
+    properties change     set_properties              Recover(RECOVER, msg_id, recovery)
+    client abort          abort(ids)                  Abort(ABORT, msg_id, engine)
     poll timeout          tick(now)
+
+A decision is a named tuple whose first field, `action`, says what to do with task
+`msg_id`: RUN it on `engine`; it is DONE (final, with the reply its engine sent); FAIL
+it with error `ename`: `evalue` (final); its retries are exhausted and its dormant
+task `recovery` now runs to RECOVER it (its outcome becomes msg_id's); ABORT it, asking
+`engine`, where it runs, to stop it (only ``abort`` returns these). Being tuples, they
+compare equal to plain ones: ``Done(DONE, "t") == ("done", "t")``.
 
 A task's life::
 
@@ -84,6 +92,9 @@ import logging
 import math
 import random
 
+from .dependency import is_met, is_unreachable
+from .protocol import ERROR, OK, STATUSES, TIMEOUT, UNMET  # finished()'s statuses
+
 log = logging.getLogger(__name__)
 
 
@@ -120,12 +131,14 @@ _TRANSITIONS = {
     RECOVERING: {DONE},
 }
 
-# finished() statuses
-OK = "ok"
-ERROR = "error"
-UNMET = "unmet"        # a functional dependency (@require, @depend) failed on that engine
-ABORTED = "aborted"
-TIMEOUT = "timeout"    # the run-time limit interrupted it
+
+# Decisions (see the module docstring): the action, then its task and arguments.
+RUN, DONE, FAIL, RECOVER, ABORT = "run", "done", "fail", "recover", "abort"
+Run = collections.namedtuple("Run", "action msg_id engine")
+Done = collections.namedtuple("Done", "action msg_id")
+Fail = collections.namedtuple("Fail", "action msg_id ename evalue")
+Recover = collections.namedtuple("Recover", "action msg_id recovery")
+Abort = collections.namedtuple("Abort", "action msg_id engine")
 
 # What the owner of a discarded recovery task did instead of needing it, by error name.
 _ENDED = {"ImpossibleDependency": "could never run", "InvalidDependency": "could never run",
@@ -372,14 +385,14 @@ class Scheduler:
                 engine["cap"] = AUTO_HWM                    # ran dry: start over
             elif runtime is not None:
                 engine["cap"] = AUTO_HWM_QUICK if runtime < QUICK_TASK_S else AUTO_HWM
-        if status not in (OK, ERROR, UNMET, ABORTED, TIMEOUT):
+        if status not in STATUSES:
             log.warning("task %s: unknown status %r from engine %s, taken as an error",
                         msg_id, status, engine_id)
             status = ERROR
         if status != UNMET:
             engine["completed"] += 1
         if status == OK:
-            out.append(("done", msg_id))
+            out.append(Done(DONE, msg_id))
             self._finalize(t, True, engine_id, out, "succeeded")
         elif status == UNMET and t["aborting"]:
             self._fail(t, "TaskAborted", f"task {msg_id} was aborted before it started", out)
@@ -393,7 +406,7 @@ class Scheduler:
         elif status == ERROR and not t["aborting"]:
             self._exhausted(t, now, out, engine_id)
         else:  # aborted, timed out, or an error after the client asked to abort: no retry
-            out.append(("done", msg_id))
+            out.append(Done(DONE, msg_id))
             self._finalize(t, False, engine_id, out,
                            "hit its time limit" if status == TIMEOUT else "was aborted")
         self._settle(out)
@@ -417,7 +430,7 @@ class Scheduler:
             if t["state"] is ASSIGNED:
                 if not t["aborting"]:
                     t["aborting"] = True
-                    out.append(("abort", t["msg_id"], t["engine"]))
+                    out.append(Abort(ABORT, t["msg_id"], t["engine"]))
             else:
                 self._fail(t, "TaskAborted",
                            f"task {t['msg_id']} was aborted before it started", out)
@@ -547,7 +560,7 @@ class Scheduler:
         why = self._impossible(t)
         if why:
             self._fail(t, "ImpossibleDependency", why, out)
-        elif _met(t["after"]) and self._follow_met(t["follow"]):
+        elif (t["after"] is None or is_met(t["after"])) and self._follow_met(t["follow"]):
             self._ready(t, out)
         elif t["state"] is not WAITING:
             self._set_state(t, WAITING)
@@ -570,7 +583,7 @@ class Scheduler:
             t["engine"] = None
             self._claims.pop(rid, None)
             self._set_state(t, RECOVERING)
-            out.append(("recover", msg_id, rid))
+            out.append(Recover(RECOVER, msg_id, rid))
             r["owner"] = msg_id
             self._admit(r, now, out)
         elif died:
@@ -581,11 +594,11 @@ class Scheduler:
             if rid is not None:
                 log.warning("task %s: recovery task %s is not held dormant here; "
                             "its failure stands", msg_id, rid)
-            out.append(("done", msg_id))
+            out.append(Done(DONE, msg_id))
             self._finalize(t, False, engine_id, out, "failed")
 
     def _fail(self, t, ename, evalue, out, engine=None):
-        out.append(("fail", t["msg_id"], ename, evalue))
+        out.append(Fail(FAIL, t["msg_id"], ename, evalue))
         self._finalize(t, False, engine, out, _ENDED.get(ename, "failed"))
 
     def _finalize(self, t, success, engine, out, ended):
@@ -612,7 +625,7 @@ class Scheduler:
         r = self._tasks.get(rid)
         if r is not None:
             if r["state"] is DORMANT:
-                out.append(("fail", rid, "TaskAborted", evalue))
+                out.append(Fail(FAIL, rid, "TaskAborted", evalue))
                 self._finalize(r, False, None, out, "was not needed either")
         elif rid not in self._done:  # it is still to come in the same batch
             self._unneeded[rid] = evalue
@@ -686,7 +699,7 @@ class Scheduler:
         msg_id = t["msg_id"]
         for key in ("after", "follow"):
             dep = t[key]
-            if dep is not None and _unreachable(dep):
+            if dep is not None and is_unreachable(dep):
                 return _unreachable_reason(msg_id, key, dep)
         live = self._engines
         follow = t["follow"]
@@ -714,7 +727,7 @@ class Scheduler:
         if follow is None:
             return True
         if follow["all"]:
-            return not follow["pending"] and not follow["bad"]
+            return is_met(follow)
         return any(e in self._engines for e in follow["engines"])
 
     def _targets_gone(self, targets):
@@ -869,7 +882,7 @@ class Scheduler:
         self._engines[engine_id]["tasks"][t["msg_id"]] = None
         self._order.remove(engine_id)
         self._order.append(engine_id)
-        out.append(("run", t["msg_id"], engine_id))
+        out.append(Run(RUN, t["msg_id"], engine_id))
 
     def _clear_deadline(self, t):
         """A deadline bounds the wait only: it ends once the task is assigned or final."""
@@ -886,20 +899,6 @@ class Scheduler:
 
 
 # ---------------------------------------------------------------------- helpers
-
-def _met(dep):
-    if dep is None:
-        return True
-    if dep["all"]:
-        return not dep["pending"] and not dep["bad"]
-    return dep["good"] > 0
-
-
-def _unreachable(dep):
-    if dep["all"]:
-        return dep["bad"] > 0
-    return not dep["pending"] and not dep["good"]
-
 
 def _unreachable_reason(msg_id, key, dep):
     if dep["success"] and not dep["failure"]:

@@ -127,7 +127,7 @@ class FakeHub:
             if header["kind"] == protocol.REGISTER:
                 break
         ident = idents[0]
-        self.send_engine(ident, protocol.reply_kind(protocol.REGISTER), parent=header["msg_id"],
+        self.send_engine(ident, protocol.REGISTER_REPLY, parent=header["msg_id"],
                          id=engine_id, heartbeat_period=self.heartbeat_period,
                          heartbeat_liveness=5)
         self.registration = header

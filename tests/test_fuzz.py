@@ -505,7 +505,7 @@ def test_client_survives_fuzzing_and_never_unpickles_unverified_data(hub, tmp_pa
         # executes in a helper thread: answer connect, then fuzz the client
         idents, header, _ = hub.session.check(router.recv_multipart(), replay=False)
         ident = idents[0]
-        _, frames = hub.session.msg(protocol.reply_kind(protocol.CONNECT),
+        _, frames = hub.session.msg(protocol.CONNECT_REPLY,
                                     parent=header["msg_id"], status="ok", engines={})
         router.send_multipart([ident, *frames])
         answered.set()

@@ -288,7 +288,7 @@ def test_a_burst_travels_as_one_batch_each_way(tmp_path):
         for h, p in requests:
             session.check_body(h, p)
             f, (args, kwargs) = protocol.deserialize_many(p, h["counts"])
-            replies.append(session.msg(protocol.reply_kind(h["kind"]),
+            replies.append(session.msg(protocol.REPLY[h["kind"]],
                                        protocol.serialize(f(*args, **kwargs)),
                                        parent=h["msg_id"], status="ok", engine=eid)[1])
         [batch] = list(session.pack(replies))
