@@ -1068,6 +1068,9 @@ class _ParallelMagics:
                     return lines
                 return [f"get_ipython().run_cell_magic({name!r}, '', {code!r})\n"]
 
+            # IPython's is-the-input-complete check skips it: an unfinished block (a
+            # line ending in ':') still asks for more lines at the terminal
+            to_px.has_side_effects = True
             self._autopx = to_px
             cleanups.append(to_px)
             if self.classic:

@@ -13,7 +13,6 @@ import pytest
 
 pytest.importorskip("IPython")
 
-import minipar  # noqa: E402
 from minipar.errors import RemoteError  # noqa: E402
 
 from .conftest import ROOT, START_TIMEOUT_S, _env  # noqa: E402
@@ -149,6 +148,9 @@ def test_engines_with_ipython_run_its_syntax(shell, ip_rc):
     out = run(shell, "%px %timeit -n1 -r1 x = a")
     assert out.count("per loop") == 4 and "[stdout:3] " in out
     assert run(shell, "%px !echo hi") == "".join(f"[stdout:{i}] hi\n" for i in range(4))
+    out = run(shell, "%%px --targets 0\n%%timeit -n1 -r1\nx = a")
+    assert out.startswith("[stdout:0] ") and "per loop" in out
+    assert "UsageError" in run(shell, "%px %nosuchmagic", ok=False)
     ar = dv.execute("%%timeit -n1 -r1\ny = a + 1")
     ar.get(TIMEOUT)
     assert all("per loop" in text for text in ar.stdout)
