@@ -928,8 +928,8 @@ class _ParallelMagics:
         self.view = view
         self.suffix = suffix
         self.classic = not isinstance(view, DirectView)   # a MultiEngineClient
-        # a MultiEngineClient's history, so %result is its get_result()
-        self.history = getattr(view, "_history", None) or _History()
+        # a MultiEngineClient's history, so its %result is its get_result()
+        self.history = getattr(view, "_history", None) if self.classic else None
         self.verbose = False
         self.last_result = None   # the AsyncResult of the last %px, for %pxresult
         self._autopx = None       # the input transformer while %autopx is on
