@@ -1,5 +1,6 @@
 """The classic IPython.kernel API (MultiEngineClient, TaskClient, StringTask, MapTask,
-TaskResult, PendingResult) and the IPython magics (%px, %%px, %autopx, %result).
+TaskResult, PendingResult) and the IPython magics (%px, %%px, %autopx, %pxresult,
+%pxconfig), which a Client made inside IPython registers itself, as ipyparallel's does.
 
 Scripts written for `from IPython.kernel import client` run with `from minipar import
 client` (in Python 3 syntax); ``minipar.MultiEngineClient`` etc. are the same classes.
@@ -11,7 +12,9 @@ API and the internal interface its docstring names (``send_request``, ``send_app
         block=True: the value                 block=False: PendingResult(AsyncResult)
     TaskClient.run(StringTask/MapTask)  ──▶ client.send_apply(lb=True, depend=, recovery=,
         int task id ──▶ get_task_result ──▶ TaskResult        dormant=, clear_before=...)
-    %px, %%px, %autopx, %result         ──▶ _execute, as MultiEngineClient.execute
+    %px, %%px, %autopx, %pxresult       ──▶ DirectView.execute, outputs printed as
+                                            ipyparallel's ([stdout:0] ...); for a
+                                            MultiEngineClient, _execute and <Results List>
 
 Where minipar differs from IPython.kernel, on purpose:
 - get_result(i) reads a history kept by this client (the last EXECUTE_HISTORY execute
@@ -32,12 +35,13 @@ import concurrent.futures
 import functools
 import itertools
 import re
+import sys
 import threading
 import types
 
 from . import protocol
 from .client import AsyncResult, Client, DirectView, interactive
-from .errors import CompositeError
+from .errors import CompositeError, RemoteError
 
 # Execute results kept per engine for get_result / %result; each holds the command's
 # output text, so 10..1000 is reasonable.
@@ -844,11 +848,53 @@ class TaskClient(_ClassicClient):
 
 
 # ---------------------------------------------------------------- IPython magics
+#
+# Two flavours share one class: a DirectView's magics (those a Client registers itself
+# inside IPython, rc.activate(), view.activate()) print as ipyparallel's do; a
+# MultiEngineClient's return the classic <Results List> and keep %result's history.
+# Where the DirectView's differ from ipyparallel's, on purpose or for want of the parts:
+# - a final expression's value is not shown as Out[0:n] (execute replies carry what the
+#   code prints, not display data): print it; --group-outputs=order is type, which
+#   differs in ipyparallel only for rich display outputs;
+# - a blocking %px prints the outputs when every engine is done (no --stream), and an
+#   error shows the engines' plain Python tracebacks under [0:execute]:;
+# - a line %px also reads long options before its code (%px --targets 1 print(a)), and
+#   %%px --verbose prints the "Parallel execution on engine(s)" line for its cell.
+
+NO_LAST_RESULT = "%pxresult recalls the last %px result, and there is none yet"
+
+# Options: name -> (what it sets, its value, or None when the next word is the value).
+_EXEC_OPTIONS = {"--targets": ("targets", None), "-t": ("targets", None),
+                 "--block": ("block", True), "-b": ("block", True),
+                 "--noblock": ("block", False), "-a": ("block", False),
+                 "--local": ("local", True), "--verbose": ("verbose", True),
+                 "--no-verbose": ("verbose", False)}
+_OUTPUT_OPTIONS = {"--group-outputs": ("groupby", None), "-e": ("groupby", "engine"),
+                   "-r": ("groupby", "order"), "--out": ("out", None), "-o": ("out", None)}
+_GROUPS = ("engine", "order", "type")
+
+
+def _in_ipython(client):
+    """What Client() does inside IPython, as ipyparallel's does: register the magics for
+    a blocking view of all engines (evaluated at each call). client.py calls this only
+    when IPython is imported already, so a plain script never pays its import."""
+    import IPython
+
+    if IPython.get_ipython() is None:   # imported, but no shell is running
+        return
+    try:
+        _activate_magics(DirectView(client, "all", block=True))
+    except Exception as e:   # the client works without its magics: never fail for them
+        import logging
+
+        logging.getLogger(__name__).warning("the parallel magics were not registered: %s", e)
+
 
 def _activate_magics(view, suffix=""):
-    """Register %px, %%px, %autopx and %pxresult (and %result without a suffix) for
-    `view`, a DirectView or a MultiEngineClient (both have client, targets and block),
-    in the running IPython. IPython is imported here only: it stays optional."""
+    """Register %px, %%px, %autopx, %pxresult and %pxconfig, each with `suffix` (and
+    %result without one) for `view`, a DirectView or a MultiEngineClient (both have
+    client, targets and block), in the running IPython. IPython is imported here only:
+    it stays optional."""
     try:
         from IPython import get_ipython
     except ImportError:
@@ -861,63 +907,139 @@ def _activate_magics(view, suffix=""):
     shell.register_magic_function(magics.px, "line_cell", "px" + suffix)
     shell.register_magic_function(magics.autopx, "line", "autopx" + suffix)
     shell.register_magic_function(magics.result, "line", "pxresult" + suffix)
+    shell.register_magic_function(magics.pxconfig, "line", "pxconfig" + suffix)
     if not suffix:
         shell.register_magic_function(magics.result, "line", "result")
 
 
+def _usage(message):
+    from IPython.core.error import UsageError  # only magics call this: IPython is there
+
+    return UsageError(message)
+
+
 class _ParallelMagics:
-    """The magics of one view. Its targets and block are read at each call, so changing
-    them later counts; ``%%px --targets 0,2 --noblock`` overrides them for one cell."""
+    """The magics of one view. Its targets and block are read at each call (%pxconfig
+    sets them), so changing them later counts; ``%%px --targets 0,2 --noblock``
+    overrides them for one cell."""
 
     def __init__(self, shell, view, suffix):
         self.shell = shell
         self.view = view
         self.suffix = suffix
-        # a MultiEngineClient's history, so %result is its get_result()
-        self.history = getattr(view, "_history", None) or _History()
-        self._autopx = None   # the input transformer while %autopx is on
-        self._autopx_off = re.compile(r"run_line_magic\(['\"]autopx" + re.escape(suffix) +
-                                      r"['\"]")
+        self.classic = not isinstance(view, DirectView)   # a MultiEngineClient
+        # a MultiEngineClient's history, so its %result is its get_result()
+        self.history = getattr(view, "_history", None) if self.classic else None
+        self.verbose = False
+        self.last_result = None   # the AsyncResult of the last %px, for %pxresult
+        self._autopx = None       # the input transformer while %autopx is on
+        self._autopx_off = re.compile(r"^\s*%autopx" + re.escape(suffix) + r"\b", re.M)
 
     def px(self, line, cell=None):
-        """%px CODE / %%px [--targets T] [--block|--noblock]: execute on the engines."""
+        """%px CODE, or %%px [options] over a cell: run the code on the engines.
+
+        Options (of %%px; %px takes the long ones before its code): --targets T (all,
+        3, 0,2, [0,2], 1:3), --block / --noblock, --local (run the cell here too),
+        --verbose, --group-outputs engine|order|type (-e, -r), --out NAME (-o: keep
+        the AsyncResult in NAME). A blocking %px prints each engine's output as
+        ``[stdout:0] ...``; a non-blocking one returns its AsyncResult (see %pxresult).
+        """
         if cell is None:
-            options, code = self._options(line)
+            options, code = self._options(line, {**_EXEC_OPTIONS, **_OUTPUT_OPTIONS},
+                                          long_only=True)
         else:
-            options, rest = self._options(line)
+            options, rest = self._options(line, {**_EXEC_OPTIONS, **_OUTPUT_OPTIONS})
             if rest.strip():
-                raise ValueError(f"%%px takes only options on its first line, not {rest!r}")
+                raise _usage(f"%%px takes only options on its first line, not {rest!r}")
             code = cell
         if not code.strip():
-            raise ValueError("nothing to execute: %px CODE, or %%px with the code below")
+            raise _usage("nothing to execute: %px CODE, or %%px with the code below")
         targets = options.get("targets", self.view.targets)
         block = options.get("block", self.view.block)
-        ar, results = _execute(self.view.client, code,
-                               self.view.client.resolve_targets(targets), self.history)
-        pr = PendingResult(ar, results, "execute")
-        return pr.get_result() if block else pr
+        if options.get("verbose", self.verbose):
+            print(f"{'Parallel' if block else 'Async parallel'} execution on engine(s): "
+                  f"{_shown_targets(targets)}")
+        if self.classic:
+            ar, results = _execute(self.view.client, code,
+                                   self.view.client.resolve_targets(targets), self.history)
+            if options.get("local"):
+                self.shell.run_cell(code)
+            pr = PendingResult(ar, results, "execute")
+            return pr.get_result() if block else pr
+        ar = self.view.execute(code, targets=targets, block=False)
+        self.last_result = ar
+        if options.get("out"):
+            self.shell.user_ns[options["out"]] = ar
+        if options.get("local"):   # after sending: the engines and this shell run together
+            self.shell.run_cell(code)
+        if not block:
+            return ar
+        _show(ar, options.get("groupby", "type"))
 
-    def _options(self, line):
-        """Leading --targets T (all, 3, 0,2, 1:3), --block, --noblock; returns
-        ({targets, block}, the rest of the line)."""
+    def pxconfig(self, line=""):
+        """%pxconfig [--targets T] [--block|--noblock] [--verbose|--no-verbose]: the
+        defaults of the %px magics (the view's targets and block)."""
+        options, rest = self._options(line, {k: v for k, v in _EXEC_OPTIONS.items()
+                                             if v[0] != "local"})
+        if rest.strip():
+            raise _usage(f"%pxconfig takes only options, not {rest!r}")
+        if "targets" in options:
+            self.view.targets = options["targets"]
+        if "block" in options:
+            self.view.block = options["block"]
+        if "verbose" in options:
+            self.verbose = options["verbose"]
+
+    def result(self, line=""):
+        """%pxresult [--group-outputs engine|order|type] [-e] [-r] [-o NAME]: wait for the
+        last %px (a non-blocking one, typically) and print its outputs as a blocking %px
+        does. A MultiEngineClient's %result [i] / %pxresult [i] returns its classic
+        results: the last (or i-th, see get_result) execute result per engine."""
+        if self.classic:
+            i = int(line) if line.strip() else None
+            return self.history.get(self.view.client.resolve_targets(self.view.targets), i)
+        options, rest = self._options(line, _OUTPUT_OPTIONS)
+        if rest.strip():
+            raise _usage(f"%pxresult takes only options, not {rest!r}")
+        if self.last_result is None:
+            raise _usage(NO_LAST_RESULT)
+        if options.get("out"):
+            self.shell.user_ns[options["out"]] = self.last_result
+        _show(self.last_result, options.get("groupby", "type"))
+
+    def _options(self, line, known, long_only=False):
+        """The leading options of `line` among `known`; returns ({what: value}, the
+        rest). With `long_only` (the code of a line %px follows) only known --long
+        options are read, so code such as ``-x`` is left alone."""
         options = {}
         rest = line.lstrip()
-        while rest.startswith("--"):
-            word, _, rest = rest.partition(" ")
+        while rest.startswith("-"):
+            word, _, after = rest.partition(" ")
             name, eq, value = word.partition("=")
-            if name == "--block":
-                options["block"] = True
-            elif name == "--noblock":
-                options["block"] = False
-            elif name == "--targets":
+            if name not in known or (long_only and not name.startswith("--")):
+                if long_only:
+                    break
+                raise _usage(f"unknown option {name}; the options here are "
+                             f"{', '.join(sorted(known))}")
+            what, constant = known[name]
+            rest = after
+            if constant is None:
                 if not eq:
                     value, _, rest = rest.lstrip().partition(" ")
-                options["targets"] = self._targets(value)
+                if not value:
+                    raise _usage(f"{name} needs a value")
+                options[what] = self._value(what, value)
             else:
-                raise ValueError(f"unknown option {name}; %px takes --targets T, --block, "
-                                 "--noblock")
+                options[what] = constant
             rest = rest.lstrip()
         return options, rest
+
+    def _value(self, what, text):
+        if what == "targets":
+            return self._targets(text)
+        if what == "groupby" and text not in _GROUPS:
+            raise _usage(f"--group-outputs {text!r}: give one of {', '.join(_GROUPS)}")
+        return text
 
     def _targets(self, text):
         text = text.strip().strip("[]()")
@@ -929,31 +1051,97 @@ class _ParallelMagics:
                                                     for p in text.split(":")))]
             return [int(t) for t in text.split(",") if t.strip()]
         except (TypeError, ValueError):
-            raise ValueError(f"--targets {text!r}: give all, an id, ids like 0,2 or a slice "
-                             "like 1:3") from None
+            raise _usage(f"--targets {text!r}: give all, an id, ids like 0,2 or a slice "
+                         "like 1:3") from None
 
     def autopx(self, line=""):
         """%autopx: run every following cell on the engines, until the next %autopx."""
-        posts = self.shell.input_transformers_post
+        cleanups = self.shell.input_transformers_cleanup
         if self._autopx is None:
             name = "px" + self.suffix
 
+            # among the first transformers, so the engines get the cell as typed (its
+            # %magics and !commands are theirs to run)
             def to_px(lines):
                 code = "".join(lines)
                 if self._autopx_off.search(code):
                     return lines
                 return [f"get_ipython().run_cell_magic({name!r}, '', {code!r})\n"]
 
+            # IPython's is-the-input-complete check skips it: an unfinished block (a
+            # line ending in ':') still asks for more lines at the terminal
+            to_px.has_side_effects = True
             self._autopx = to_px
-            posts.append(to_px)
-            print(f"Auto Parallel Enabled\nType %autopx{self.suffix} to disable")
+            cleanups.append(to_px)
+            if self.classic:
+                print(f"Auto Parallel Enabled\nType %autopx{self.suffix} to disable")
+            else:
+                print(f"%autopx{self.suffix} enabled")
         else:
-            if self._autopx in posts:
-                posts.remove(self._autopx)
+            if self._autopx in cleanups:
+                cleanups.remove(self._autopx)
             self._autopx = None
-            print("Auto Parallel Disabled")
+            print("Auto Parallel Disabled" if self.classic else
+                  f"%autopx{self.suffix} disabled")
 
-    def result(self, line=""):
-        """%result [i]: the last (or i-th, see get_result) execute result per engine."""
-        i = int(line) if line.strip() else None
-        return self.history.get(self.view.client.resolve_targets(self.view.targets), i)
+
+def _shown_targets(targets):
+    """Targets as ipyparallel's verbose line shows them: a long list shortened."""
+    if isinstance(targets, list) and len(targets) > 10:
+        return str(targets[:4])[:-1] + ", ..., " + str(targets[-4:])[1:]
+    return str(targets)
+
+
+def _show(ar, groupby):
+    """Wait for `ar` and print its outputs as ipyparallel's magics do; its engines'
+    errors then raise, shown as ipyparallel shows them (``[0:execute]:`` and each
+    engine's traceback)."""
+    try:
+        ar.get()
+        error = None
+    except RemoteError as e:   # a Ctrl-C or a lost controller raises as it is
+        error = e
+    _display_outputs(ar, groupby)
+    if error is not None:
+        # IPython shows an exception with _render_traceback_ as these lines alone
+        error._render_traceback_ = functools.partial(_render_errors, error)
+        raise error
+
+
+def _display_outputs(ar, groupby="type"):
+    """Each engine's stdout and stderr, ``[stdout:0] ...`` (stderr to sys.stderr):
+    grouped by type (all stdout, then all stderr) or by engine. `order` is `type` here:
+    it differs in ipyparallel only for rich display outputs, which minipar has not."""
+    md = ar.metadata
+    rows = [(m["engine_id"], m["stdout"], m["stderr"])
+            for m in ([md] if isinstance(md, dict) else md)]
+    if groupby == "engine":
+        for eid, out, err in rows:
+            _display_stream(out, f"[stdout:{eid}] ", sys.stdout)
+            _display_stream(err, f"[stderr:{eid}] ", sys.stderr)
+        return
+    for eid, out, _ in rows:
+        _display_stream(out, f"[stdout:{eid}] ", sys.stdout)
+    for eid, _, err in rows:
+        _display_stream(err, f"[stderr:{eid}] ", sys.stderr)
+
+
+def _display_stream(text, prefix, file):
+    # as ipyparallel: one line follows its prefix, several start on the next line
+    if not text:
+        return
+    text = text.replace("\r\n", "\n")   # !commands run under a pty (pexpect) end lines so
+    if text.count("\n") > int(text.endswith("\n")) and not text.startswith("\n"):
+        prefix += "\n"
+    print(prefix + text, file=file, end="" if text.endswith("\n") else "\n")
+    file.flush()
+
+
+def _render_errors(error):
+    lines = []
+    for e in getattr(error, "elist", None) or [error]:
+        info = e.engine_info or {}
+        lines.append(f"[{info.get('engine_id', '?')}:{info.get('kind', 'execute')}]: ")
+        lines.extend((e.traceback or f"{e.ename}: {e.evalue}").splitlines())
+        lines.append("")
+    return lines

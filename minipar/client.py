@@ -462,6 +462,9 @@ class Client:
         with self._engines_changed:
             self._engines.update({int(k): v for k, v in reply["engines"].items()})
         self._check_versions(self._engines)
+        if "IPython" in sys.modules:   # %px etc. inside IPython, as ipyparallel (classic.py)
+            from .classic import _in_ipython
+            _in_ipython(self)
 
     # ------------------------------------------------------------ I/O thread
 
@@ -889,6 +892,13 @@ class Client:
 
     def broadcast_view(self, targets="all", is_coalescing=False):
         return BroadcastView(self, targets, is_coalescing=is_coalescing)
+
+    def activate(self, targets="all", suffix=""):
+        """Register %px{suffix} and the other IPython magics for a blocking view of
+        `targets` (see classic.py); returns the view."""
+        view = DirectView(self, targets, block=True)
+        view.activate(suffix)
+        return view
 
     def load_balanced_view(self, targets=None):
         return LoadBalancedView(self, targets)
@@ -1346,8 +1356,8 @@ class DirectView(_View):
         return len(self.client.resolve_targets(self.targets))
 
     def activate(self, suffix=""):
-        """Make this view the one IPython's %px, %%px, %autopx and %pxresult use (see
-        classic.py)."""
+        """Make this view the one IPython's %px{suffix}, %%px, %autopx, %pxresult and
+        %pxconfig use (see classic.py)."""
         from .classic import _activate_magics
 
         return _activate_magics(self, suffix)

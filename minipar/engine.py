@@ -39,6 +39,7 @@ import io
 import linecache
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -86,6 +87,10 @@ _REFERENCE = dependency.Reference
 # Requests queued at shutdown that are answered as aborted; the controller fails or
 # retries any beyond these when the engine unregisters.
 REQUESTS_ABORTED_AT_STOP = 10_000
+
+# A line of IPython syntax: %magic, %%cell_magic, !command, x = !command, x = %magic, x?
+_IPYTHON_SYNTAX = re.compile(r"^[ \t]*(?:[\w.]+[ \t]*=[ \t]*)?"
+                             r"(%%?\w+|!!?[^\s=]*|[\w.]+\?\??[ \t]*$)", re.MULTILINE)
 
 # The names every fresh namespace starts with.
 _NS_BASE = {"__name__": "__main__", "__builtins__": builtins}
@@ -216,6 +221,7 @@ class Engine:
         self.user_ns = dict(_NS_BASE)
         self._injected = {}         # name -> value a function's captured globals put in user_ns
         self.execution_count = 0
+        self._ipython = None        # the InteractiveShell IPython syntax runs through: lazy
         self.work_dir = work_dir
         self.startup_script = startup_script
         self.startup_command = startup_command
@@ -868,7 +874,60 @@ class Engine:
         name = f"<minipar-execute-{self.execution_count}>"
         # so tracebacks show the failing line, as IPython does for cells
         linecache.cache[name] = (len(code), None, code.splitlines(True), name)
-        exec(compile(code, name, "exec"), self.user_ns)
+        try:
+            compiled = compile(code, name, "exec")
+        except SyntaxError as e:   # plain Python never gets here, so it pays nothing new
+            error = e
+        else:
+            exec(compiled, self.user_ns)
+            return
+        # outside the except: the SyntaxError is no context of what the IPython path raises
+        self._execute_ipython(code, name, error)
+
+    def _execute_ipython(self, code, name, error):
+        """Code that is not Python: IPython syntax (%timeit, %%timeit cells, !ls, x = !ls,
+        x?) runs through IPython's own transformer and shell where IPython is installed,
+        as on an ipyparallel engine; anything else raises its SyntaxError."""
+        try:
+            from IPython.core.inputtransformer2 import TransformerManager
+        except ImportError:
+            use = _IPYTHON_SYNTAX.search(code)
+            if use:
+                raise SyntaxError(f"this code uses IPython syntax ({use.group(1)}), which "
+                                  "needs IPython on the engine: install IPython on the "
+                                  "engines (pip install ipython), or send plain Python") \
+                    from None
+            raise error
+        python = TransformerManager().transform_cell(code)
+        try:
+            compiled = compile(python, name, "exec")
+        except SyntaxError:
+            if python.rstrip() == code.rstrip():   # nothing of IPython's: a plain error
+                raise error from None
+            raise
+        if "get_ipython" not in python:   # only prompts (>>> ) stripped: no shell needed
+            exec(compiled, self.user_ns)
+            return
+        shell = self._shell()
+        with shell.builtin_trap:   # get_ipython() in builtins while the code runs
+            exec(compiled, self.user_ns)
+
+    def _shell(self):
+        """The engine's InteractiveShell, made at the first IPython syntax (about 0.1 s
+        once IPython is imported), working on the engine's namespace."""
+        if self._ipython is None:
+            from IPython.core.interactiveshell import InteractiveShell
+            from traitlets.config import Config
+
+            config = Config()
+            config.HistoryManager.enabled = False   # engines write no history.sqlite
+            main = sys.modules.get("__main__")
+            self._ipython = InteractiveShell.instance(config=config)
+            sys.modules["__main__"] = main   # the shell puts its own module there
+        # %timeit, %who and !cmd $var read and write the shell's user_ns: the engine's
+        # (the same dict for good: clear() empties it in place)
+        self._ipython.user_ns = self.user_ns
+        return self._ipython
 
     def _unpickling_error(self, e):
         """A request that does not unpickle here, named as such (with this engine's

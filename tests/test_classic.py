@@ -469,8 +469,9 @@ def test_magics_with_direct_view(cluster):
         view.block = True
         view.activate()
         """, ["%px a = 5", "%px print(a)", "%px --targets 1 print(a + 1)"])
+    # a DirectView's magics print as ipyparallel's (see test_magics.py)
     px_print = out.split("### %px print(a)")[1].split("### %px --targets")[0]
     for eid in range(4):
-        assert f"[{eid}] Out[2]: 5" in px_print
+        assert f"[stdout:{eid}] 5\n" in px_print
     last = out.split("### %px --targets")[1]
-    assert "[1] Out[3]: 6" in last and "[0]" not in last
+    assert "[stdout:1] 6" in last and "[stdout:0]" not in last

@@ -1,0 +1,200 @@
+"""The IPython magics as ipyparallel's (%px, %%px, %autopx, %pxresult, %pxconfig), in a
+real IPython InteractiveShell in this process against a real cluster; and IPython syntax
+(%timeit, !echo) run by engines with IPython, and refused clearly by engines without."""
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("IPython")
+
+from minipar.errors import RemoteError  # noqa: E402
+
+from .conftest import ROOT, START_TIMEOUT_S, _env  # noqa: E402
+
+TIMEOUT = 120
+
+
+@pytest.fixture
+def shell():
+    """IPython's InteractiveShell, cleared afterwards so later tests see no IPython."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    main = sys.modules["__main__"]
+    shell = InteractiveShell.instance(config=config)
+    try:
+        yield shell
+    finally:
+        InteractiveShell.clear_instance()
+        sys.modules["__main__"] = main
+
+
+@pytest.fixture
+def ip_rc(shell, cluster):
+    """A Client made inside the shell, as a user would: ``rc``."""
+    run(shell, f"import minipar\nrc = minipar.Client({cluster.client_file!r})")
+    rc = shell.user_ns["rc"]
+    try:
+        yield rc
+    finally:
+        rc.close()
+
+
+def run(shell, cell, ok=True):
+    """Run `cell` in the shell; what it printed (stdout and stderr together, in order)."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        result = shell.run_cell(cell, store_history=True)
+    out = buf.getvalue()
+    assert result.success == ok, out
+    return out
+
+
+def test_client_in_ipython_registers_the_magics(shell, ip_rc):
+    for name in ("px", "autopx", "pxresult", "pxconfig", "result"):
+        assert shell.find_line_magic(name) is not None, name
+    assert shell.find_cell_magic("px") is not None
+    assert run(shell, "%px a = 5") == ""
+    out = run(shell, "%px print(a)")
+    assert out == "".join(f"[stdout:{i}] 5\n" for i in range(4))
+    # several lines: the prefix on its own line, as ipyparallel
+    out = run(shell, "%px print(1); print(2)")
+    assert "[stdout:0] \n1\n2\n" in out
+    # errors as ipyparallel shows them: [engine:execute]: then the engine's traceback
+    out = run(shell, "%px 1/0", ok=False)
+    for i in range(4):
+        assert f"[{i}:execute]: \n" in out
+    assert out.count("ZeroDivisionError: division by zero") == 4
+    assert "<minipar-execute" in out   # the remote traceback, not this process's
+
+
+def test_px_cell_options(shell, ip_rc):
+    # --noblock: the AsyncResult at once, the outputs at %pxresult
+    out = run(shell, "%%px --targets 0 --noblock\nimport time\ntime.sleep(0.3)\nprint('late')")
+    assert "AsyncResult" in out and "[stdout" not in out
+    assert run(shell, "%pxresult") == "[stdout:0] late\n"
+    assert run(shell, "%pxresult -o saved") == "[stdout:0] late\n"
+    assert shell.user_ns["saved"].get() == [None]
+    # --group-outputs: by type (default, and order), or by engine
+    cell = "import sys\nprint('out')\nprint('err', file=sys.stderr)"
+    by_type = ("[stdout:0] out\n[stdout:1] out\n[stderr:0] err\n[stderr:1] err\n")
+    assert run(shell, f"%%px --targets 0,1\n{cell}") == by_type
+    assert run(shell, f"%%px --targets [0,1] --group-outputs=order\n{cell}") == by_type
+    assert run(shell, f"%%px -t 0:2 --group-outputs engine\n{cell}") == \
+        "[stdout:0] out\n[stderr:0] err\n[stdout:1] out\n[stderr:1] err\n"
+    assert run(shell, f"%%px -t 0,1 -e\n{cell}") == \
+        "[stdout:0] out\n[stderr:0] err\n[stdout:1] out\n[stderr:1] err\n"
+    # --local: here too, and the engines' outputs after
+    out = run(shell, "%%px --local --targets 1 --verbose\nboth = 7\nprint('ran')")
+    assert out == "Parallel execution on engine(s): [1]\nran\n[stdout:1] ran\n"
+    assert shell.user_ns["both"] == 7 and ip_rc[1].pull("both", block=True) == 7
+    # a line %px takes the long options before its code
+    assert run(shell, "%px --targets 2 print(-both if 'both' in dir() else 'no')") == \
+        "[stdout:2] no\n"
+    assert "unknown option --nope" in run(shell, "%%px --nope\npass", ok=False)
+    assert "--group-outputs 'x'" in run(shell, "%%px --group-outputs x\npass", ok=False)
+
+
+def test_pxconfig_and_autopx(shell, ip_rc):
+    assert "there is none yet" in run(shell, "%pxresult", ok=False)
+    run(shell, "%pxconfig --noblock")
+    out = run(shell, "%px print('async')")
+    assert "AsyncResult" in out and "[stdout" not in out
+    assert run(shell, "%pxresult -e") == "".join(f"[stdout:{i}] async\n" for i in range(4))
+    run(shell, "%pxconfig --block --targets 1,3 --verbose")
+    assert run(shell, "%px print('x')") == \
+        "Parallel execution on engine(s): [1, 3]\n[stdout:1] x\n[stdout:3] x\n"
+    run(shell, "%pxconfig --no-verbose --targets all")
+    assert run(shell, "%autopx") == "%autopx enabled\n"
+    assert run(shell, "q = 3\nprint(q * 2)") == "".join(f"[stdout:{i}] 6\n" for i in range(4))
+    assert "q" not in shell.user_ns
+    # the cell goes as typed: its IPython syntax is the engines' to run
+    out = run(shell, "!echo from-the-engines")
+    assert out == "".join(f"[stdout:{i}] from-the-engines\n" for i in range(4))
+    assert run(shell, "%autopx") == "%autopx disabled\n"
+    assert run(shell, "print('here')") == "here\n"
+
+
+def test_activate_with_a_suffix(shell, ip_rc):
+    view = ip_rc.activate(targets=[0], suffix="_a")
+    assert view.block and view.targets == [0]
+    for name in ("px_a", "autopx_a", "pxresult_a", "pxconfig_a"):
+        assert shell.find_line_magic(name) is not None, name
+    assert run(shell, "%px_a print('a')") == "[stdout:0] a\n"
+    dv = ip_rc[[2, 3]]
+    dv.block = True
+    dv.activate("_v")
+    assert run(shell, "%%px_v\nprint('v')") == "[stdout:2] v\n[stdout:3] v\n"
+    run(shell, "%pxconfig_v --targets 3")
+    assert dv.targets == [3]
+    assert run(shell, "%px_v print('v')") == "[stdout:3] v\n"
+    # the plain ones still work on all engines
+    assert run(shell, "%px print('all')") == "".join(f"[stdout:{i}] all\n" for i in range(4))
+
+
+def test_engines_with_ipython_run_its_syntax(shell, ip_rc):
+    dv = ip_rc[:]
+    # plain code does not load IPython on the engines
+    dv.execute("a = 1", block=True)
+    assert dv.apply_sync(lambda: __import__("sys").modules.get("IPython") is None) == [True] * 4
+    out = run(shell, "%px %timeit -n1 -r1 x = a")
+    assert out.count("per loop") == 4 and "[stdout:3] " in out
+    assert run(shell, "%px !echo hi") == "".join(f"[stdout:{i}] hi\n" for i in range(4))
+    out = run(shell, "%%px --targets 0\n%%timeit -n1 -r1\nx = a")
+    assert out.startswith("[stdout:0] ") and "per loop" in out
+    assert "UsageError" in run(shell, "%px %nosuchmagic", ok=False)
+    ar = dv.execute("%%timeit -n1 -r1\ny = a + 1")
+    ar.get(TIMEOUT)
+    assert all("per loop" in text for text in ar.stdout)
+    dv.execute("b = 2\nfiles = !echo x y\nprint(b)", block=True)
+    assert dv.pull("files", block=True)[0] == ["x y"]
+    # a plain SyntaxError stays one
+    with pytest.raises(RemoteError) as e:
+        ip_rc[0].execute("1 +", block=True)
+    assert e.value.ename == "SyntaxError"
+
+
+def test_engine_without_ipython(local_cluster, tmp_path):
+    shim = tmp_path / "no-ipython" / "IPython"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('no IPython here (test shim)')\n")
+    env = _env()
+    env["PYTHONPATH"] = str(shim.parent) + os.pathsep + env["PYTHONPATH"]
+    local_cluster.start_engines(1, env=env)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    e0 = rc[0]
+    ar = e0.execute("a = 1\nprint(a + 1)")
+    ar.get(TIMEOUT)
+    assert ar.stdout == "2\n"
+    for code, syntax in (("%timeit x = 1", "%timeit"), ("a = 1\n!ls", "!ls"),
+                         ("%%timeit\nx = 1", "%%timeit"), ("files = !ls", "!ls")):
+        with pytest.raises(RemoteError) as e:
+            e0.execute(code, block=True)
+        assert e.value.ename == "SyntaxError"
+        assert f"this code uses IPython syntax ({syntax})" in e.value.evalue
+        assert "install IPython on the engines" in e.value.evalue
+    with pytest.raises(RemoteError) as e:
+        e0.execute("1 +", block=True)
+    assert e.value.ename == "SyntaxError" and "IPython" not in e.value.evalue
+    ar = e0.execute("print(a)")
+    ar.get(TIMEOUT)
+    assert ar.stdout == "1\n"
+    # outside IPython a Client registers nothing and never imports IPython
+    script = textwrap.dedent(f"""\
+        import sys, minipar
+        rc = minipar.Client({local_cluster.client_file!r})
+        print("IPython" in sys.modules)
+        rc.close()
+        """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=TIMEOUT / 2, env=_env(), cwd=ROOT)
+    assert done.stdout == "False\n", done.stdout + done.stderr
