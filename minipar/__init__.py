@@ -19,7 +19,7 @@ from .errors import (CompositeError, DependencyTimeout, EngineError, ImpossibleD
 # imports this package (``python -m minipar.engine``) and needs none of it.
 _LAZY = {
     "AsyncResult": "client", "BroadcastView": "client", "Client": "client",
-    "DirectView": "client", "LoadBalancedView": "client", "ViewExecutor": "client",
+    "DirectView": "client", "LoadBalancedView": "client", "ViewExecutor": "integrations",
     "interactive": "client",
     "plot_timeline": "integrations", "register_joblib_backend": "integrations",
     "MapTask": "classic", "MultiEngineClient": "classic", "PendingResult": "classic",

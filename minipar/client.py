@@ -44,6 +44,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 
 import cloudpickle
 import zmq
@@ -51,6 +52,7 @@ import zmq
 from . import errors, protocol
 from .dependency import Dependency, dependent, msg_ids
 from .errors import CompositeError, NoEnginesRegistered, TimeoutError
+from .watching import Watched
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,12 @@ class _Future(concurrent.futures.Future):
         super()._invoke_callbacks()
         self._done_callbacks = []
 
+    def _started(self):
+        # executes in the I/O thread: an engine said it started this request
+        with self._condition:
+            if not (self.done() or self.running()):
+                self.set_running_or_notify_cancel()
+
 
 class _MsgFuture(_Future):
     """The future of one message; ``metadata`` is filled in by the I/O thread."""
@@ -104,20 +112,29 @@ class _MsgFuture(_Future):
         self.msg_id = msg_id
         self._md = {"msg_id": msg_id, "engine_id": engine_id, "submitted": time.time(),
                     "started": None, "completed": None, "received": None,
-                    "stdout": "", "stderr": "", "status": None, "attempts": []}
+                    "stdout": "", "stderr": "", "status": None, "attempts": [],
+                    "data": {}, "label": None}
 
     @property
     def metadata(self):
         return self._md
 
 
-class AsyncResult(_Future):
+class AsyncResult(Watched, _Future):
     """The result of one or more requests: a ``concurrent.futures.Future``.
 
     ``get(timeout)`` returns the result (or raises the remote error), ``wait``,
     ``ready``, ``successful``, ``get_dict``, ``.r``, ``msg_ids``, ``metadata``,
-    ``elapsed``; iterating yields the results as they arrive (in order).
+    ``elapsed``, ``data``; iterating yields the results as they arrive (in order).
+    ``running()`` once an engine has started one of its requests (it says so for one
+    still running after its STREAM_INTERVAL_S, or in the reply); ``cancel()`` stops
+    only what has not started (``abort()`` interrupts running requests too).
+    ``len()`` and ``progress`` count a map's items. ``await ar``, progress bars,
+    printed output, timings and timelines: ``watching.Watched``.
     """
+
+    _sizes = None                 # a map's items per request (len, progress)
+    _return_exceptions = False    # get()'s default: map(..., return_exceptions=True)
 
     def __init__(self, client, futures, fname="", single=False, mapping=False, ordered=True):
         super().__init__()
@@ -166,13 +183,25 @@ class AsyncResult(_Future):
         with ``msg_id`` and ``metadata`` (a request's own result, engine and output)."""
         return list(self._children)
 
-    def get(self, timeout=None):
-        """The result; raises TimeoutError if not ready within `timeout` seconds."""
+    def get(self, timeout=None, return_exceptions=None):
+        """The result; raises TimeoutError if not ready within `timeout` seconds. With
+        `return_exceptions` (default: False, or the map's flag) a failed request's
+        error is returned in place of its result (of each item of a failed map chunk)."""
         try:
             return self.result(timeout)
-        except concurrent.futures.TimeoutError:
-            raise TimeoutError(f"result not ready after {timeout} s ({self._left} of "
-                               f"{len(self._children)} requests outstanding)") from None
+        except Exception:
+            if not self.done():
+                raise TimeoutError(f"result not ready after {timeout} s ({self._left} of "
+                                   f"{len(self._children)} requests outstanding)") from None
+            if self.cancelled() or not (self._return_exceptions if return_exceptions is None
+                                        else return_exceptions):
+                raise
+        values = [f.exception() or f.result() for f in self._children]
+        if self._mapping:
+            values = list(itertools.chain.from_iterable(
+                [v] * n if isinstance(v, BaseException) else v
+                for v, n in zip(values, self._sizes or [1] * len(values))))
+        return values[0] if self._single else values
 
     @property
     def r(self):
@@ -201,25 +230,16 @@ class AsyncResult(_Future):
             raise ValueError("get_dict needs one request per engine")
         return dict(zip(ids, results))
 
-    @property
-    def metadata(self):
-        md = [f.metadata for f in self._children]
+    def _md_of(self, key):
+        md = [f.metadata if key is None else f.metadata[key] for f in self._children]
         return md[0] if self._single else md
 
-    @property
-    def stdout(self):
-        md = [f.metadata["stdout"] for f in self._children]
-        return md[0] if self._single else md
-
-    @property
-    def stderr(self):
-        md = [f.metadata["stderr"] for f in self._children]
-        return md[0] if self._single else md
-
-    @property
-    def engine_id(self):
-        ids = [f.metadata["engine_id"] for f in self._children]
-        return ids[0] if self._single else ids
+    metadata = property(lambda self: self._md_of(None))
+    stdout = property(lambda self: self._md_of("stdout"))
+    stderr = property(lambda self: self._md_of("stderr"))
+    engine_id = property(lambda self: self._md_of("engine_id"))
+    data = property(lambda self: self._md_of("data"),
+                    doc="What the requests published (datapub.publish_data) so far: a dict")
 
     @property
     def elapsed(self):
@@ -230,10 +250,14 @@ class AsyncResult(_Future):
 
     @property
     def progress(self):
-        return sum(f.done() for f in self._children)
+        return sum(n for f, n in zip(self._children, self._sizes or itertools.repeat(1))
+                   if f.done())
 
     def __len__(self):
-        return len(self._children)
+        return sum(self._sizes) if self._sizes else len(self._children)
+
+    def running(self):
+        return not self.done() and any(f.running() or f.done() for f in self._children)
 
     def __iter__(self):
         """Yield results as they arrive; raises the first remote error met."""
@@ -250,100 +274,25 @@ class AsyncResult(_Future):
         """Abort the requests not yet finished (queued ones fail with TaskAborted)."""
         self._client.abort(self)
 
-    # ---- ecosystem: cancel, asyncio, progress, output, timeline (in integrations.py)
-
     def cancel(self):
-        """Cancel, as a concurrent.futures.Future: the requests not finished yet are
-        aborted (queued ones never run, running ones are interrupted). False when the
-        result is already in."""
+        """Cancel, as a concurrent.futures.Future: False once it is running() or done;
+        else its requests are aborted (they never run) and True. ``abort()`` also
+        interrupts running requests."""
         if not self._cancel_local():
-            return False
+            return self.cancelled()   # True again for a cancelled one
         _abort_quietly(self._client, [self])
         return True
 
     def _cancel_local(self):
         # under the lock _child_done takes: the last reply cannot settle it meanwhile
         with self._condition:
-            if not (self._left > 0 and super().cancel()):
+            if not (self._left > 0 and not self.running() and super().cancel()):
                 return False
         # what an executor's worker does with a cancelled future: without it,
         # concurrent.futures.wait and as_completed never count it as done
         self.set_running_or_notify_cancel()
         return True
 
-    def __await__(self):
-        """``await ar`` in a coroutine: the result, without blocking the event loop."""
-        import asyncio  # here, not at the top: it doubles the time of `import minipar`
-
-        return asyncio.wrap_future(self).__await__()
-
-    @property
-    def serial_time(self):
-        """Seconds of computation: the sum of the finished requests' run times."""
-        return sum(md["completed"] - md["started"] for md in (f.metadata for f in self._children)
-                   if md["started"] is not None and md["completed"] is not None)
-
-    @property
-    def wall_time(self):
-        """Seconds from the first submission to the last result received (so far)."""
-        received = [f.metadata["received"] for f in self._children
-                    if f.metadata["received"] is not None]
-        return max(received) - self._submitted if received else 0.0
-
-    def wait_interactive(self, interval=0.1, timeout=None):
-        """Wait (at most `timeout` s), drawing a progress bar on stderr every `interval`
-        s: requests done/total, rate and time left (tqdm's bar when it is installed).
-        Returns whether all are done."""
-        from .integrations import _wait_with_bar
-
-        return _wait_with_bar(self, self._fname or "tasks", interval, timeout)
-
-    def stream_output(self, interval=0.1, timeout=None, file=None):
-        """Print what the requests print, as the engines print it, each line prefixed
-        with its stream and engine (``[stdout:0] ...``, stderr to sys.stderr), until
-        all are done (or `timeout` s). Returns whether all are done."""
-        shown = {}
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = interval if deadline is None else min(interval, deadline - time.monotonic())
-            done = self.wait(max(0.0, left))
-            self._show_outputs(shown, file)
-            if done or left <= 0:
-                return done
-
-    def display_outputs(self, file=None):
-        """Print each request's stdout and stderr so far, prefixed like ``[stdout:0]``."""
-        self._show_outputs({}, file, partial=True)
-
-    def _show_outputs(self, shown, file, partial=False):
-        # `shown` maps (request index, stream) to the text printed already. While a
-        # request runs only whole lines are printed; its final output replaces what was
-        # streamed, and starts afresh if a retry ran it again.
-        for i, f in enumerate(self._children):
-            finished = f.done()   # first: once done, the metadata below is final
-            md = f.metadata
-            eid = "?" if md["engine_id"] is None else md["engine_id"]
-            for name, out in (("stdout", file or sys.stdout), ("stderr", file or sys.stderr)):
-                text = md[name]
-                old = shown.get((i, name), "")
-                if not text.startswith(old):
-                    old = ""
-                new = text[len(old):]
-                if not (finished or partial):
-                    new = new[:new.rfind("\n") + 1]
-                if not new:
-                    continue
-                shown[(i, name)] = old + new
-                out.write("".join(f"[{name}:{eid}] {line}\n" for line in new.splitlines()))
-                out.flush()
-
-    def timeline(self, filename=None, title=None):
-        """A Gantt chart of the requests, per engine: see ``plot_timeline``."""
-        from .integrations import plot_timeline
-
-        return plot_timeline(self, filename, title)
-
-    # ---- end of ecosystem
 
     def __repr__(self):
         state = "finished" if self.done() else "pending"
@@ -358,6 +307,7 @@ class _OneRequest(AsyncResult):
 
     _request = _MsgFuture._request   # called by Client.send_request, which knows the msg_id
     metadata = _MsgFuture.metadata
+    running = concurrent.futures.Future.running
     _single, _mapping, _ordered = True, False, True
 
     def __init__(self, client, fname):
@@ -429,7 +379,8 @@ class Client:
         self._send_lock = threading.Lock()
         self._local = threading.local()   # .held: this thread's requests kept to send together
         self._held = []                   # requests held to leave together: under _send_lock
-        self._last = (float("-inf"), None)  # (when, future) of the last request sent or held
+        self._last = (float("-inf"), type(None))  # (when, weakref to the future) of the
+        # last request sent or held: weak, so a finished result the user drops is freed
         self._sender = self.ctx.socket(zmq.DEALER)
         self._sender.linger = 1000
         self._sender.sndhwm = 0   # queued while the controller is away: the I/O thread,
@@ -639,7 +590,7 @@ class Client:
         # executes in the I/O thread: one reply or stream message (a batch carries several)
         handler = self._message_handlers.get(header["kind"])
         if handler is not None:
-            return handler(self, header)
+            return handler(self, header, parts)
         # the common case: a reply
         f = self._futures.pop(header.get("parent"), None)
         if f is None or f.done():
@@ -658,6 +609,9 @@ class Client:
         md["engine_id"] = header.get("engine", md["engine_id"])
         try:
             self.session.check_body(header, parts)
+            nd = header.get("ndata")
+            if nd:   # what the request published, after the result's frames
+                md["data"], parts = protocol.deserialize(parts[-nd:]), parts[:-nd]
             value = protocol.deserialize(parts) if parts else None
         except Exception as e:
             return f.set_exception(errors.SerializationError(
@@ -677,18 +631,26 @@ class Client:
             f.set_exception(value if isinstance(value, BaseException) else errors.error(
                 header.get("ename", "MiniparError"), header.get("evalue", "")))
 
-    def _on_stream(self, header):
-        # executes in the I/O thread: output of a running request; its final reply
-        # replaces it (no duplicates)
+    def _on_running(self, header, parts):
+        # executes in the I/O thread: output, published data or the start of a running
+        # request; its final reply replaces them (no duplicates)
         f = self._futures.get(header.get("parent"))
-        name = header.get("name")
-        if f is not None and not f.done() and name in ("stdout", "stderr"):
-            f.metadata[name] += header.get("text", "")
-            if f.metadata["engine_id"] is None:
-                f.metadata["engine_id"] = header.get("engine")
+        if f is None or f.done() or f.metadata.get("query"):
+            return
+        md, name = f.metadata, header.get("name")
+        if md["engine_id"] is None:
+            md["engine_id"] = header.get("engine")
+        if header["kind"] == protocol.STARTED:
+            md["started"] = header.get("started")
+            f._started()
+        elif name == "data":
+            self.session.check_body(header, parts)
+            md["data"].update(protocol.deserialize(parts))
+        elif name in ("stdout", "stderr"):
+            md[name] += header.get("text", "")
 
     # what the controller sends besides replies, by kind
-    _message_handlers = {protocol.STREAM: _on_stream}
+    _message_handlers = {protocol.STREAM: _on_running, protocol.STARTED: _on_running}
 
     # ---- version skew: engines report their Python and cloudpickle versions when they
     # register; one that differs from this client's is warned about at once, and named
@@ -765,6 +727,8 @@ class Client:
             f = future
             f._request(header["msg_id"], engine_id)
         self._futures[f.msg_id] = f
+        if "label" in fields:
+            f.metadata["label"] = fields["label"]
         held = getattr(self._local, "held", None)
         if held is not None:
             held.append(frames)
@@ -773,8 +737,10 @@ class Client:
             return f
         now = time.monotonic()
         with self._send_lock:
-            (then, last), self._last = self._last, (now, f)
-            if self._held or (now - then < HOLD_AFTER_S and not last.done()):
+            (then, last), self._last = self._last, (now, weakref.ref(f))
+            last = last()
+            if self._held or (now - then < HOLD_AFTER_S and last is not None
+                              and not last.done()):
                 # one of a burst: the I/O thread sends what is held when it next runs,
                 # which is when this thread blocks, sends, or has run for the GIL's
                 # switch interval (5 ms); requests and replies then go in batches
@@ -905,7 +871,14 @@ class Client:
 
     def executor(self, targets=None):
         """A concurrent.futures.Executor running calls as load-balanced tasks."""
+        from .integrations import ViewExecutor
+
         return ViewExecutor(self.load_balanced_view(targets))
+
+    # use_cloudpickle(), use_dill(), use_pickle(): a view's (_View._use), on every engine
+    use_cloudpickle, use_dill, use_pickle = (functools.partialmethod(
+        lambda self, name: self.direct_view()._use(name), name)
+        for name in ("cloudpickle", "dill", "pickle"))
 
     def wait_for_engines(self, n, timeout=None, progress=None):
         """Wait until at least `n` engines are registered; TimeoutError after `timeout` s.
@@ -1195,12 +1168,31 @@ class Client:
 # ---------------------------------------------------------------- views
 
 class _View:
-    _flag_names = ("block",)
+    _flag_names = ("block", "label")
 
     def __init__(self, client, targets, block=False):
         self.client = client
         self.targets = targets
         self.block = block
+        self.label = None   # kept in the task records: ar.metadata['label'], db_query
+
+    def _label(self):
+        """The `label` flag as header fields (none when None)."""
+        if self.label is not None and not isinstance(self.label, str):
+            raise TypeError(f"label must be a str or None, not {type(self.label).__name__}")
+        return {} if self.label is None else {"label": self.label}
+
+    def _use(self, name):
+        """use_cloudpickle() (the default), use_dill() or use_pickle() (nothing by value:
+        functions by reference only), here and on this view's engines: see
+        protocol.use_serializer. Returns as apply does."""
+        protocol.use_serializer(name)
+        return self._finish(DirectView(self.client, self.targets).apply_async(
+            protocol.use_serializer, name), None)
+
+    use_cloudpickle = functools.partialmethod(_use, "cloudpickle")
+    use_dill = functools.partialmethod(_use, "dill")
+    use_pickle = functools.partialmethod(_use, "pickle")
 
     def set_flags(self, **flags):
         for k, v in flags.items():
@@ -1266,6 +1258,8 @@ class _View:
     def executor(self):
         """A concurrent.futures.Executor over this view's engines: each call is one
         load-balanced task (also on a DirectView, whose targets it keeps)."""
+        from .integrations import ViewExecutor
+
         if isinstance(self, LoadBalancedView):
             return ViewExecutor(self)
         return ViewExecutor(LoadBalancedView(self.client, self.targets))
@@ -1362,6 +1356,13 @@ class DirectView(_View):
 
         return _activate_magics(self, suffix)
 
+    def sync_imports(self, local=True, quiet=False):
+        """``with dv.sync_imports(): import numpy``: the block's imports run here and on
+        the engines (names bound in their namespaces); see integrations.sync_imports."""
+        from .integrations import sync_imports
+
+        return sync_imports(self, local, quiet)
+
     def _each(self, targets, send, fname):
         """`send(engine_id, future)` makes one target's request (see Client.send_request)."""
         targets = self.targets if targets is None else targets
@@ -1379,14 +1380,16 @@ class DirectView(_View):
 
     def _apply(self, f, args, kwargs, targets=None):
         fparts = protocol.serialize_function(f)
+        label = self._label()
         return self._each(targets, lambda e, future: self.client.send_apply(
-            f, args, kwargs, engine_id=e, fparts=fparts, future=future),
+            f, args, kwargs, engine_id=e, fparts=fparts, future=future, **label),
             getattr(f, "__name__", "apply"))
 
     def execute(self, code, targets=None, block=None):
         """Run a code string in each target's namespace."""
         ar = self._each(targets, lambda e, future: self.client.send_request(
-            protocol.EXECUTE, engine_id=e, future=future, engine=e, code=code), "execute")
+            protocol.EXECUTE, engine_id=e, future=future, engine=e, code=code,
+            **self._label()), "execute")
         return self._finish(ar, block)
 
     def run(self, filename, targets=None, block=None):
@@ -1469,9 +1472,12 @@ class DirectView(_View):
             [p if isinstance(p, (list, tuple)) or hasattr(p, "ndim") else [p] for p in parts]))
         return self._finish(ar, block)
 
-    def map(self, f, *sequences, block=None):
-        """Apply `f` element-wise, each target taking one contiguous block."""
-        return self._finish(self._map(f, sequences), block)
+    def map(self, f, *sequences, block=None, return_exceptions=False):
+        """Apply `f` element-wise, each target taking one contiguous block.
+        `return_exceptions`: a failed block's error stands in for each of its items."""
+        ar = self._map(f, sequences)
+        ar._return_exceptions = return_exceptions
+        return self._finish(ar, block)
 
     def _map(self, f, sequences, elementwise=True):
         if not sequences:
@@ -1480,15 +1486,19 @@ class DirectView(_View):
         n = min(len(s) for s in seqs)
         ids = self.client.resolve_targets(self.targets)
         fparts = protocol.serialize_function(f)
-        futures = []
+        futures, sizes = [], []
         for i, eid in enumerate(ids):
             chunks = [_partition(s[:n] if len(s) != n else s, len(ids), i) for s in seqs]
             if not len(chunks[0]):
                 continue
+            sizes.append(len(chunks[0]))
             futures.append(self.client.send_apply(f, tuple(chunks), {}, engine_id=eid,
-                                                  fparts=fparts, map=elementwise))
-        return AsyncResult(self.client, futures, fname=getattr(f, "__name__", "map"),
-                           mapping=True)
+                                                  fparts=fparts, map=elementwise,
+                                                  **self._label()))
+        ar = AsyncResult(self.client, futures, fname=getattr(f, "__name__", "map"),
+                         mapping=True)
+        ar._sizes = sizes if elementwise else None
+        return ar
 
     def shutdown(self, targets=None, hub=False, block=True):
         t = self.targets if targets is None else targets
@@ -1563,7 +1573,8 @@ class LoadBalancedView(_View):
     ``TaskAborted`` without running.
     """
 
-    _flag_names = ("block", "after", "follow", "timeout", "retries", "recovery", "time_limit")
+    _flag_names = ("block", "label", "after", "follow", "timeout", "retries", "recovery",
+                   "time_limit")
 
     def __init__(self, client, targets=None, block=False):
         super().__init__(client, targets, block)
@@ -1598,7 +1609,8 @@ class LoadBalancedView(_View):
             targets = None
         return {"lb": True, "targets": targets, "after": self._dep(self.after),
                 "follow": self._dep(self.follow), "timeout": self.timeout,
-                "retries": self.retries or None, "time_limit": self.time_limit}
+                "retries": self.retries or None, "time_limit": self.time_limit,
+                **self._label()}
 
     # ------------------------------------------------------------ submission
 
@@ -1662,11 +1674,14 @@ class LoadBalancedView(_View):
 
     # ------------------------------------------------------------ map
 
-    def map(self, f, *sequences, block=None, chunksize=None, ordered=True):
+    def map(self, f, *sequences, block=None, chunksize=None, ordered=True,
+            return_exceptions=False):
         """Apply `f` element-wise as tasks of `chunksize` elements (default: about 4
         chunks per engine). The result is in input order; `ordered=False` makes
-        iterating over the AsyncResult yield chunks as they finish."""
+        iterating over the AsyncResult yield chunks as they finish. `return_exceptions`:
+        a failed chunk's error stands in for each of its items, instead of raising."""
         ar = self._map(f, sequences, chunksize=chunksize, ordered=ordered)
+        ar._return_exceptions = return_exceptions
         return self._finish(ar, block)
 
     def _map(self, f, sequences, elementwise=True, chunksize=None, ordered=True):
@@ -1691,8 +1706,11 @@ class LoadBalancedView(_View):
                                s[lo:lo + chunksize] for s in seqs)
                 futures.append(self._send(f, chunks, {}, fparts, fields, chain,
                                           map=elementwise))
-        return AsyncResult(self.client, futures, fname=getattr(f, "__name__", "map"),
-                           mapping=True, ordered=ordered)
+        ar = AsyncResult(self.client, futures, fname=getattr(f, "__name__", "map"),
+                         mapping=True, ordered=ordered)
+        if elementwise:
+            ar._sizes = [min(chunksize, n - lo) for lo in range(0, n, chunksize)]
+        return ar
 
     def imap(self, f, *iterables, ordered=True, max_outstanding="auto"):
         """Lazy map: an iterator over ``f(*items)``, one task per item.
@@ -1740,69 +1758,6 @@ class LoadBalancedView(_View):
         return value
 
 
-# ---- ecosystem: the executor (joblib, progress bars and timelines: integrations.py)
-
-class ViewExecutor(concurrent.futures.Executor):
-    """A ``concurrent.futures.Executor`` whose calls run as tasks of a LoadBalancedView
-    (``view.executor``, ``rc.executor(targets)``).
-
-    Its futures are AsyncResults: ``concurrent.futures.wait``, ``as_completed`` and
-    ``await`` take them, and the view's flags (retries, time_limit, after...) apply.
-    ``shutdown(cancel_futures=True)`` aborts the calls not finished; shutdown never
-    closes the Client, which the executor does not own.
-    """
-
-    def __init__(self, view):
-        self.view = view
-        self._pending = set()   # AsyncResults not done; discarded by their done callback
-        self._shutdown_lock = threading.Lock()
-        self._shutdown = False
-
-    def submit(self, fn, /, *args, **kwargs):
-        with self._shutdown_lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            ar = self.view._apply(fn, args, kwargs)   # so no user keyword collides
-            self._pending.add(ar)
-        # runs in the client's I/O thread: set.discard needs no lock under the GIL
-        ar.add_done_callback(self._pending.discard)
-        return ar
-
-    def map(self, fn, *iterables, timeout=None, chunksize=1):
-        """``Executor.map``: results in order, `timeout` counted from this call;
-        `chunksize` calls travel as one task (fewer messages for short calls)."""
-        if chunksize < 1:
-            raise ValueError(f"chunksize={chunksize}: give a positive number of calls")
-        if chunksize == 1:
-            return super().map(fn, *iterables, timeout=timeout)
-        results = super().map(functools.partial(_apply_chunk, fn),
-                              _chunks(zip(*iterables), chunksize), timeout=timeout)
-        return itertools.chain.from_iterable(results)
-
-    def shutdown(self, wait=True, *, cancel_futures=False):
-        with self._shutdown_lock:
-            self._shutdown = True
-        pending = [ar for ar in list(self._pending) if not ar.done()]
-        if cancel_futures:
-            _abort_quietly(self.view.client, [ar for ar in pending if ar._cancel_local()])
-        if wait:
-            concurrent.futures.wait(pending)
-
-
-def _apply_chunk(fn, chunk):
-    # runs on an engine: one task for `chunksize` calls of ViewExecutor.map
-    return [fn(*args) for args in chunk]
-
-
-def _chunks(items, size):
-    it = iter(items)
-    while True:
-        chunk = list(itertools.islice(it, size))
-        if not chunk:
-            return
-        yield chunk
-
-
 def _abort_quietly(client, ars):
     """Abort the requests of AsyncResults `ars` still waiting for their replies (a
     cancelled _OneRequest is done, but its request is not), in one round trip. A failure
@@ -1826,5 +1781,9 @@ def __getattr__(name):
         from . import classic
 
         return getattr(classic, name)
+    if name == "ViewExecutor":   # moved to integrations.py
+        from .integrations import ViewExecutor
+
+        return ViewExecutor
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

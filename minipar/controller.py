@@ -578,6 +578,8 @@ class Controller:
         rec = {"msg_id": msg_id, "kind": header["kind"], "client": client, "engine": None,
                "lb": bool(header.get("lb")), "submitted": now, "status": PENDING,
                "wire": wire, "attempts": ()}
+        if "label" in header:   # a view's label flag, for db_query
+            rec["label"] = header["label"]
         self.db.add(rec)
         problem = _request_problem(header)
         if problem:
@@ -659,13 +661,16 @@ class Controller:
         self._act(self.scheduler.finished(msg_id, eid, status, time.monotonic(), runtime))
 
     def _on_started(self, eid, header, parts, wire):
-        """A request with a time_limit started: if its engine dies past the limit (code
-        that held the GIL, which only ending the engine stops), it timed out."""
+        """A request started (one with a time_limit at once, others still running after
+        the engine's STREAM_INTERVAL_S): its client's future is running. If its engine
+        dies past a time_limit (code that held the GIL, which only ending the engine
+        stops), it timed out."""
         rec = self.db.get(header.get("parent"))
         started = header.get("started")
         if rec is not None and rec["status"] == PENDING and rec["engine"] == eid \
                 and _is_number(started):
             rec["started"] = started
+            self._post(self.sockets["client"], (rec["client"],), wire)
 
     def _timed_out(self, rec, now):
         """Whether pending `rec`, on an engine that just died, had run past its time_limit."""

@@ -14,8 +14,11 @@ interrupts it (SIGINT to the main thread) to abort a running task or to enforce 
 `time_limit`. Control messages (abort, interrupt, shutdown) overtake queued work; an
 abort is acknowledged once its requests are marked, so the controller answers the client
 only when a queued request it aborted can no longer start.
-What a running request prints is collected by ``_Streamer`` and sent by the receiver
-as ``stream`` messages every STREAM_INTERVAL_S, so the client sees it as it happens.
+What a running request prints, and the data it publishes (``datapub.publish_data``), is
+collected by ``_Streamer`` and sent by the receiver as ``stream`` messages every
+STREAM_INTERVAL_S, so the client sees it as it happens; the reply carries it all again.
+A request still running after STREAM_INTERVAL_S gets a ``started`` message from the
+receiver (so the client's future is running()); a quicker one's reply says when it started.
 Every USAGE_PERIOD_S the receiver also sends a ``usage`` message (CPU time, resident
 memory, the running request and its function's name) for rc.status and minipar.top.
 
@@ -51,7 +54,7 @@ import uuid
 import cloudpickle
 import zmq
 
-from . import dependency, errors, protocol
+from . import datapub, dependency, errors, protocol
 from .top import process_usage
 
 log = logging.getLogger(__name__)
@@ -179,14 +182,36 @@ class _Streamer:
         self._lock = threading.Lock()
         self.parent = None      # msg_id of the request whose output this is
         self._pending = []      # [(name, text)] not yet sent
+        self.data = {}          # what the request published (datapub), all of it
+        self._new_data = {}     # ... and the part not yet sent
 
     def start(self, parent):
         with self._lock:
             self.parent, self._pending = parent, []
 
     def stop(self):
+        """End the request's streaming; returns all the data it published."""
         with self._lock:
             self.parent, self._pending = None, []
+            data, self.data, self._new_data = self.data, {}, {}
+        return data
+
+    def publish_data(self, data):
+        # any thread of the running request (datapub.publish_data)
+        with self._lock:
+            if self.parent is None:
+                raise RuntimeError("publish_data was called while no task runs on this "
+                                   "engine: call it from inside a task")
+            self.data.update(data)
+            self._new_data.update(data)
+
+    def take_data(self):
+        """(parent, data published since the last call), or None."""
+        with self._lock:
+            if not self._new_data:
+                return None
+            data, self._new_data = self._new_data, {}
+            return self.parent, data
 
     def add(self, name, text):
         with self._lock:
@@ -243,6 +268,8 @@ class Engine:
         self._lock = threading.RLock()
         self._stopping = False
         self._streamer = _Streamer()
+        datapub._publish = self._streamer.publish_data
+        self._told_started = None   # the running request the receiver sent `started` for
         self._registering = None    # _Registration while registering again: receiver thread
         self.exit_code = 0          # 1: it lost (or was refused by) the controller
 
@@ -406,6 +433,7 @@ class Engine:
             if now >= next_stream:
                 next_stream = now + STREAM_INTERVAL_S
                 self._send_stream(dealer)
+                self._tell_started(dealer)
             if now >= next_usage:
                 next_usage = now + USAGE_PERIOD_S
                 if self._registering is None:   # an unknown engine is told to register
@@ -436,10 +464,7 @@ class Engine:
     def _send_stream(self, dealer):
         # executes in the receiver thread: the running request's new output, one
         # message per stream; the controller forwards it to the submitting client
-        taken = self._streamer.take()
-        if taken is None:
-            return
-        parent, texts = taken
+        parent, texts = self._streamer.take() or (None, {})
         # well under the cluster's max_message_size, which would cost the engine its
         # connection (a character is at most 4 bytes in UTF-8)
         size = max(1, min(STREAM_CHUNK_CHARS, self.session.max_message_size // 8))
@@ -448,6 +473,28 @@ class Engine:
                 _, frames = self.session.msg(protocol.STREAM, parent=parent, engine=self.id,
                                              name=name, text=text[i:i + size])
                 dealer.send_multipart(frames)
+        taken = self._streamer.take_data()
+        if taken is not None:
+            try:
+                parts = protocol.serialize(taken[1])
+            except errors.SerializationError as e:
+                return log.warning("published data not sent: %s", e)
+            _, frames = self.session.msg(protocol.STREAM, parts, parent=taken[0],
+                                         engine=self.id, name="data")
+            dealer.send_multipart(frames)
+
+    def _tell_started(self, dealer):
+        # executes in the receiver thread: a request running for STREAM_INTERVAL_S gets
+        # a `started` message (one with a time_limit sent its own); a quicker one's
+        # reply says when it started, so quick tasks cost no message more
+        cur = self._current
+        if cur is None or cur[1] is not None or cur[0] == self._told_started \
+                or time.time() - cur[2] < STREAM_INTERVAL_S:
+            return
+        self._told_started = cur[0]
+        _, frames = self.session.msg(protocol.STARTED, parent=cur[0], engine=self.id,
+                                     started=cur[2])
+        dealer.send_multipart(frames)
 
     def _send_usage(self, dealer):
         # executes in the receiver thread: CPU time, resident memory and the running
@@ -755,14 +802,15 @@ class Engine:
             status, result = protocol.ERROR, e
         finally:
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
-            self._streamer.stop()  # the reply carries the whole output
+            data = self._streamer.stop()  # the reply carries the whole output and data
             with self._lock:
                 self._interrupt = None
         if properties.changed:  # before the reply: the controller knows them when it arrives
             self._send_properties()
         completed = time.time()
         meta = {"started": started, "completed": completed, "stdout": out.getvalue(),
-                "stderr": err.getvalue(), "execution_count": self.execution_count}
+                "stderr": err.getvalue(), "execution_count": self.execution_count,
+                "data": data}
         if status != protocol.OK:
             return self._reply_error(header, result, status=status, **meta)
         try:
@@ -781,8 +829,14 @@ class Engine:
         self._send_reply(header, status, protocol.serialize(remote),
                          ename=remote.ename, evalue=remote.evalue, **meta)
 
-    def _send_reply(self, header, status, parts, **fields):
+    def _send_reply(self, header, status, parts, data=None, **fields):
         kind = protocol.REPLY.get(header["kind"], protocol.UNKNOWN_REPLY)
+        if data:   # what the request published, after the result's frames
+            try:
+                dparts = protocol.serialize(data)
+                parts, fields["ndata"] = [*parts, *dparts], len(dparts)
+            except errors.SerializationError as e:
+                log.warning("published data not sent with the reply: %s", e)
         # `attempt` tells the controller which try of a retried task this answers
         fields.update(parent=header["msg_id"], status=status, engine=self.id,
                       attempt=header.get("attempt", 0))
@@ -799,6 +853,7 @@ class Engine:
                                        "kind": header["kind"]})
             for name in ("stdout", "stderr"):   # keep the tail of what it printed
                 fields[name] = (fields.get(name) or "")[-10_000:]
+            fields.pop("ndata", None)   # the data is left out with the result
             fields.update(status=protocol.ERROR, ename=remote.ename, evalue=remote.evalue)
             _, frames = self.session.msg(kind, protocol.serialize(remote), signed=False,
                                          **fields)

@@ -1,19 +1,90 @@
-"""Ecosystem integrations: progress bars, the joblib backend, timeline plots.
+"""Ecosystem integrations: the concurrent.futures executor, progress bars, the joblib
+backend, timeline plots, printed output, sync_imports.
 
 Each imports its library (tqdm, joblib, matplotlib) when first used: none is a
 dependency, and a missing one is said clearly. client.py imports this module inside the
 methods that use it (``ar.wait_interactive()``, ``rc.wait_interactive()``,
-``rc.wait_for_engines()``, ``ar.timeline()``, ``view.register_joblib_backend()``);
-``minipar.plot_timeline`` and ``minipar.register_joblib_backend`` are its public names.
+``rc.wait_for_engines()``, ``ar.timeline()``, ``view.register_joblib_backend()``,
+``ar.stream_output()``, ``dv.sync_imports()``); ``minipar.plot_timeline`` and
+``minipar.register_joblib_backend`` are its public names.
 """
 
+import builtins
 import collections
 import concurrent.futures
+import contextlib
 import functools
+import itertools
 import sys
+import threading
 import time
+import types
 
-from .client import AsyncResult, Client, LoadBalancedView, _abort_quietly
+from .client import AsyncResult, Client, LoadBalancedView, _abort_quietly, interactive
+
+# -- the executor
+
+class ViewExecutor(concurrent.futures.Executor):
+    """A ``concurrent.futures.Executor`` whose calls run as tasks of a LoadBalancedView
+    (``view.executor``, ``rc.executor(targets)``).
+
+    Its futures are AsyncResults: ``concurrent.futures.wait``, ``as_completed`` and
+    ``await`` take them, and the view's flags (retries, time_limit, after...) apply.
+    ``shutdown(cancel_futures=True)`` cancels the calls not started (running ones
+    finish; ``abort()`` them to stop them); shutdown never closes the Client, which the
+    executor does not own.
+    """
+
+    def __init__(self, view):
+        self.view = view
+        self._pending = set()   # AsyncResults not done; discarded by their done callback
+        self._shutdown_lock = threading.Lock()
+        self._shutdown = False
+
+    def submit(self, fn, /, *args, **kwargs):
+        with self._shutdown_lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            ar = self.view._apply(fn, args, kwargs)   # so no user keyword collides
+            self._pending.add(ar)
+        # runs in the client's I/O thread: set.discard needs no lock under the GIL
+        ar.add_done_callback(self._pending.discard)
+        return ar
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1):
+        """``Executor.map``: results in order, `timeout` counted from this call;
+        `chunksize` calls travel as one task (fewer messages for short calls)."""
+        if chunksize < 1:
+            raise ValueError(f"chunksize={chunksize}: give a positive number of calls")
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        results = super().map(functools.partial(_apply_chunk, fn),
+                              _chunks(zip(*iterables), chunksize), timeout=timeout)
+        return itertools.chain.from_iterable(results)
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        with self._shutdown_lock:
+            self._shutdown = True
+        pending = [ar for ar in list(self._pending) if not ar.done()]
+        if cancel_futures:
+            _abort_quietly(self.view.client, [ar for ar in pending if ar._cancel_local()])
+        if wait:
+            concurrent.futures.wait(pending)
+
+
+def _apply_chunk(fn, chunk):
+    # runs on an engine: one task for `chunksize` calls of ViewExecutor.map
+    return [fn(*args) for args in chunk]
+
+
+def _chunks(items, size):
+    it = iter(items)
+    while True:
+        chunk = list(itertools.islice(it, size))
+        if not chunk:
+            return
+        yield chunk
+
 
 # -- progress bars
 
@@ -292,3 +363,95 @@ def _timeline_bars(ars):
                     bars.append((att["engine"], att["started"], att["completed"],
                                  att.get("status")))
     return bars
+
+
+# -- sync_imports
+
+@contextlib.contextmanager
+def sync_imports(view, local=True, quiet=False):
+    """DirectView.sync_imports, as ipyparallel's: each import statement this thread runs
+    in the block also runs on the view's engines, binding the module (or the names of
+    a ``from`` import) in their namespaces, and prints ``importing numpy on engine(s)``
+    unless `quiet`. Imports those imports make are left alone. An engine's ImportError
+    is raised when the block ends. ``local=False``: not imported here (ipyparallel
+    raises NotImplementedError): the names are bound to empty placeholder modules."""
+    real_import, owner, results = builtins.__import__, threading.get_ident(), []
+
+    def view_import(name, globals=None, locals=None, fromlist=(), level=0):
+        if threading.get_ident() != owner or level:   # another thread's, or relative
+            return real_import(name, globals, locals, fromlist, level)
+        builtins.__import__ = real_import   # nested imports stay local
+        try:
+            if local:
+                mod = real_import(name, globals, locals, fromlist, level)
+            else:
+                mod = types.ModuleType(name)
+                for key in fromlist or ():
+                    setattr(mod, key, types.ModuleType(f"{name}.{key}"))
+            if not quiet:
+                print(f"from {name} import {', '.join(fromlist)} on engine(s)" if fromlist
+                      else f"importing {name} on engine(s)")
+            results.append(view.apply_async(_remote_import, name, list(fromlist or ())))
+            return mod
+        finally:
+            builtins.__import__ = view_import
+
+    builtins.__import__ = view_import
+    try:
+        yield
+    finally:
+        builtins.__import__ = real_import
+    for ar in results:
+        ar.get()   # an engine's ImportError is raised here
+
+
+@interactive
+def _remote_import(name, fromlist):
+    # runs on an engine, its namespace as globals (see interactive)
+    import importlib
+
+    mod = importlib.import_module(name)
+    ns = globals()
+    if fromlist:
+        for key in fromlist:
+            ns[key] = getattr(mod, key) if hasattr(mod, key) else \
+                importlib.import_module(f"{name}.{key}")
+    else:
+        top = name.partition(".")[0]   # `import a.b` binds `a`
+        ns[top] = importlib.import_module(top)
+
+
+# -- printed output
+
+def _stream_output(ar, interval, timeout, file):
+    """AsyncResult.stream_output."""
+    shown = {}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = interval if deadline is None else min(interval, deadline - time.monotonic())
+        done = ar.wait(max(0.0, left))
+        _show_outputs(ar, shown, file)
+        if done or left <= 0:
+            return done
+
+def _show_outputs(ar, shown, file, partial=False):
+    # `shown` maps (request index, stream) to the text printed already. While a
+    # request runs only whole lines are printed; its final output replaces what was
+    # streamed, and starts afresh if a retry ran it again.
+    for i, f in enumerate(ar._children):
+        finished = f.done()   # first: once done, the metadata below is final
+        md = f.metadata
+        eid = "?" if md["engine_id"] is None else md["engine_id"]
+        for name, out in (("stdout", file or sys.stdout), ("stderr", file or sys.stderr)):
+            text = md[name]
+            old = shown.get((i, name), "")
+            if not text.startswith(old):
+                old = ""
+            new = text[len(old):]
+            if not (finished or partial):
+                new = new[:new.rfind("\n") + 1]
+            if not new:
+                continue
+            shown[(i, name)] = old + new
+            out.write("".join(f"[{name}:{eid}] {line}\n" for line in new.splitlines()))
+            out.flush()

@@ -113,10 +113,11 @@ RESULT_REQUEST = "result_request"
 PURGE = "purge"
 RESUBMIT = "resubmit"
 DB_QUERY = "db_query"
-STREAM = "stream"                # stdout/stderr of a running task, sent while it runs
+STREAM = "stream"                # stdout/stderr (header `text`) or published data (`name`
+                                 # "data", the dict in the parts) of a running task
 STATS = "stats"                  # an engine's counters (messages dropped, requests run)
-STARTED = "started"              # an engine started a request with a time_limit: header
-                                 # `parent`, `started` (so its death past the limit is a timeout)
+STARTED = "started"              # an engine started a request (with a time_limit, or still
+                                 # running after STREAM_INTERVAL_S): header `parent`, `started`
 STATUS = "status"                # what the cluster does now (rc.status, python -m minipar.top)
 USAGE = "usage"                  # an engine's CPU time, memory and running request, sent
                                  # every engine.USAGE_PERIOD_S (see minipar.top)
@@ -626,16 +627,48 @@ def _dumps(obj, buffers, by_value):
     obj = _wrap_large_bytes(obj)
     if getattr(obj, "__module__", None) == "__main__":
         by_value = True  # a function or class of the client's script: pickle would fail
-    if not by_value:
+    if not by_value or _by_value is None:
         try:
             data = pickle.dumps(obj, protocol=5, buffer_callback=keep)
             # A reference into __main__ would not resolve on an engine: send by value.
             if b"__main__" not in data:
                 return data
         except Exception:
-            pass
+            if _by_value is None:
+                raise
+        if _by_value is None:
+            raise pickle.PicklingError(
+                "it refers to __main__, which engines cannot import, and use_pickle() sends "
+                "nothing by value: define it in a module the engines import, or use_cloudpickle()")
         del buffers[:]
+    if _by_value is not cloudpickle:   # dill: buffers in band
+        return _by_value.dumps(obj, protocol=5)
     return cloudpickle.dumps(obj, protocol=5, buffer_callback=keep)
+
+
+_by_value = cloudpickle   # what pickles what must travel by value: see use_serializer
+
+
+def use_serializer(name):
+    """How this process pickles what must travel by value (functions of __main__,
+    lambdas, closures, data that refers to them): 'cloudpickle' (the default), 'dill'
+    (when installed, here and on the engines), or 'pickle': nothing by value, so
+    functions travel by reference only (module and name, which the engines import) and
+    one that cannot is refused when sent. The views' and Client's use_cloudpickle(),
+    use_dill() and use_pickle() set it here and on their engines."""
+    global _by_value
+    if name == "dill":
+        try:
+            import dill
+        except ImportError:
+            raise ImportError("use_dill() needs dill, which is not installed here: "
+                              "pip install dill (on the engines' hosts too)") from None
+        _by_value = dill
+    elif name in ("cloudpickle", "pickle"):
+        _by_value = cloudpickle if name == "cloudpickle" else None
+    else:
+        raise ValueError(f"unknown serializer {name!r}: use 'cloudpickle', 'dill' or 'pickle'")
+    _function_cache.clear()   # pickles made the other way
 
 
 def serialize(obj, by_value=False):

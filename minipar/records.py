@@ -42,6 +42,7 @@ is 190 B; db_query answers every key, None for those missing)::
         "attempts": [{"engine", "status", "started", "completed", "ename"}],
         "watchers": [bytes],        # other clients to deliver the result to
         "recovers": str,            # a recovery task: the task it recovers
+        "label": str,               # the view's label flag, when it had one
     }
 
 ``find_records`` also answers ``stdout``, ``stderr``, ``ename`` and ``evalue``, taken from
@@ -457,7 +458,7 @@ def _load_row(data, wire, result_parts):
 # for one yet); records hold only those they have a value for.
 RECORD_KEYS = ("msg_id", "kind", "client", "engine", "lb", "submitted", "started",
                "completed", "status", "header", "wire", "result_header", "result_parts",
-               "attempts", "watchers")
+               "attempts", "watchers", "label")
 _FRAME_KEYS = ("wire", "result_parts")
 _FROM_RESULT = ("stdout", "stderr", "ename", "evalue")   # answered from the result header
 
