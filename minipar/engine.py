@@ -1124,7 +1124,7 @@ def main(argv=None):
     path = args.file or os.path.join(protocol.profile_dir(args.profile, args.profile_dir),
                                      "security", protocol.ENGINE_FILE)
     try:
-        info = protocol.read_connection_file(path)
+        info = protocol.read_connection_file(path, protocol.ENGINE_PORTS)
         engine = Engine(info, work_dir=args.work_dir, startup_script=args.startup_script,
                         startup_command=args.startup_command, registration_timeout=args.timeout,
                         max_missed_heartbeats=args.max_missed_heartbeats)

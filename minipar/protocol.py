@@ -765,6 +765,8 @@ def _describe(obj):
 
 # ---------------------------------------------------------------- connection files
 
+CLIENT_PORTS = ("client", "notify")        # what a client connects to
+ENGINE_PORTS = ("engine", "ping", "pong")  # and an engine
 CLIENT_FILE = "minipar-client.json"
 ENGINE_FILE = "minipar-engine.json"
 
@@ -795,8 +797,9 @@ def write_connection_file(path, info):
     os.replace(tmp, path)
 
 
-def read_connection_file(path):
-    """Read a connection file, with an error that says how to get one."""
+def read_connection_file(path, ports=CLIENT_PORTS):
+    """Read a connection file, with an error that says how to get one; it must name the
+    `ports` its reader connects to (a client's: CLIENT_PORTS; an engine's: ENGINE_PORTS)."""
     from .errors import ConnectionFileError
 
     try:
@@ -815,7 +818,7 @@ def read_connection_file(path):
             raise ConnectionFileError(
                 f"connection file {path} is stale: controller pid {info['pid']} is not "
                 f"running; start a controller with `python -m {__package__}.controller`")
-    problem = _connection_problem(info)
+    problem = _connection_problem(info, ports)
     if problem:
         raise ConnectionFileError(f"connection file {path} {problem}: it was not written by a "
                                   f"minipar controller, or was changed since; start one with "
@@ -823,10 +826,7 @@ def read_connection_file(path):
     return info
 
 
-CONNECTION_PORTS = ("client", "notify", "engine", "ping", "pong")
-
-
-def _connection_problem(info):
+def _connection_problem(info, needed):
     """What is wrong with a connection file's contents (None: nothing)."""
     if type(info) is not dict:
         return "is not a JSON object"
@@ -839,8 +839,9 @@ def _connection_problem(info):
     except (TypeError, ValueError):
         return "has no valid `key` (a hex string)"
     ports = info["ports"]
-    bad = [n for n in CONNECTION_PORTS if type(ports) is not dict
-           or type(ports.get(n)) is not int or not 0 < ports[n] < 65536]
+    bad = [n for n in (needed if type(ports) is not dict else {*needed, *ports})
+           if type(ports) is not dict or type(ports.get(n)) is not int
+           or not 0 < ports[n] < 65536]
     if bad:
         return f"has no valid port for {', '.join(bad)} in `ports`"
     if not isinstance(info["location"], str) or not info["location"]:

@@ -167,7 +167,7 @@ def test_missing_and_stale_connection_files_say_what_to_do(tmp_path):
 
 def test_malformed_connection_files_say_what_is_wrong(tmp_path):
     path = str(tmp_path / "bad.json")
-    ports = dict.fromkeys(protocol.CONNECTION_PORTS, 5555)
+    ports = dict.fromkeys(protocol.CLIENT_PORTS + protocol.ENGINE_PORTS, 5555)
     good = {"key": KEY, "ports": ports, "location": "127.0.0.1"}
     protocol.write_connection_file(path, good)
     assert protocol.read_connection_file(path) == good
