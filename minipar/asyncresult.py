@@ -1,0 +1,315 @@
+"""AsyncResult: the result of one or more requests, a ``concurrent.futures.Future``.
+
+The client registers a ``_MsgFuture`` per request under its msg_id; its I/O thread
+completes it when the reply comes (``set_result`` / ``set_exception``) and fills in its
+``metadata``. An ``AsyncResult`` is a Future over one or more of those (a map's chunks, a
+DirectView's engines); a single request's result is its own future (``_OneRequest``), and
+gather's concatenation is computed from another's (``_Derived``). ipyparallel keeps these
+in its own module too (``ipyparallel.client.asyncresult``).
+"""
+
+import concurrent.futures
+import itertools
+import logging
+import time
+
+from . import errors
+from .errors import CompositeError, TimeoutError
+from .watching import Watched
+
+log = logging.getLogger(__name__)
+
+
+class _Future(concurrent.futures.Future):
+    """A Future that drops its callbacks once they have run. An AsyncResult's callback on
+    each of its requests' futures refers back to it, so without this every finished
+    result is garbage in a cycle, left for the garbage collector to find: a tenth of the
+    client's CPU for quick tasks. This way it is freed as soon as it is dropped."""
+
+    def _invoke_callbacks(self):
+        super()._invoke_callbacks()
+        self._done_callbacks = []
+
+    def _started(self):
+        # executes in the I/O thread: an engine said it started this request
+        with self._condition:
+            if not (self.done() or self.running()):
+                self.set_running_or_notify_cancel()
+
+
+class _MsgFuture(_Future):
+    """The future of one message; ``metadata`` is filled in by the I/O thread."""
+
+    def __init__(self, msg_id, engine_id=None):
+        super().__init__()
+        self._request(msg_id, engine_id)
+
+    def _request(self, msg_id, engine_id):
+        self.msg_id = msg_id
+        self._md = {"msg_id": msg_id, "engine_id": engine_id, "submitted": time.time(),
+                    "started": None, "completed": None, "received": None,
+                    "stdout": "", "stderr": "", "status": None, "attempts": [],
+                    "data": {}, "label": None}
+
+    @property
+    def metadata(self):
+        return self._md
+
+
+class AsyncResult(Watched, _Future):
+    """The result of one or more requests: a ``concurrent.futures.Future``.
+
+    ``get(timeout)`` returns the result (or raises the remote error), ``wait``,
+    ``ready``, ``successful``, ``get_dict``, ``.r``, ``msg_ids``, ``metadata``,
+    ``elapsed``, ``data``; iterating yields the results as they arrive (in order).
+    ``running()`` once an engine has started one of its requests (it says so for one
+    still running after its STREAM_INTERVAL_S, or in the reply); ``cancel()`` stops
+    only what has not started (``abort()`` interrupts running requests too).
+    ``len()`` and ``progress`` count a map's items. ``await ar``, progress bars,
+    printed output, timings and timelines: ``watching.Watched``.
+    """
+
+    _sizes = None                 # a map's items per request (len, progress)
+    _return_exceptions = False    # get()'s default: map(..., return_exceptions=True)
+
+    def __init__(self, client, futures, fname="", single=False, mapping=False, ordered=True):
+        super().__init__()
+        self._client = client
+        self._children = list(futures)
+        self._fname = fname
+        self._single = single       # one request whose value is the result (not a list)
+        self._mapping = mapping     # each child returns a list: the result is their concatenation
+        self._ordered = ordered
+        self._left = len(self._children)
+        # the first request's: they are made in order
+        self._submitted = self._children[0].metadata["submitted"] if self._children else time.time()
+        if not self._children:
+            self.set_result([])
+        for f in self._children:
+            f.add_done_callback(self._child_done)
+
+    def _child_done(self, _):
+        with self._condition:   # the Future's own (reentrant) lock
+            self._left -= 1
+            if self._left or self.cancelled():  # cancel() settles it under this lock
+                return
+        errs = [f.exception() for f in self._children if f.exception() is not None]
+        if errs:
+            if self._single:
+                self.set_exception(errs[0])
+            else:
+                self.set_exception(CompositeError(
+                    f"one or more exceptions raised in {self._fname or 'the request'}",
+                    [e if isinstance(e, errors.RemoteError) else errors.wrap(e) for e in errs]))
+            return
+        values = [f.result() for f in self._children]
+        if self._mapping:
+            values = list(itertools.chain.from_iterable(values))
+        elif self._single:
+            values = values[0]
+        self.set_result(values)
+
+    @property
+    def msg_ids(self):
+        return [f.msg_id for f in self._children]
+
+    @property
+    def futures(self):
+        """One future per request, in the order sent: each a concurrent.futures.Future
+        with ``msg_id`` and ``metadata`` (a request's own result, engine and output)."""
+        return list(self._children)
+
+    def get(self, timeout=None, return_exceptions=None):
+        """The result; raises TimeoutError if not ready within `timeout` seconds. With
+        `return_exceptions` (default: False, or the map's flag) a failed request's
+        error is returned in place of its result (of each item of a failed map chunk)."""
+        try:
+            return self.result(timeout)
+        except Exception:
+            if not self.done():
+                raise TimeoutError(f"result not ready after {timeout} s ({self._left} of "
+                                   f"{len(self._children)} requests outstanding)") from None
+            if self.cancelled() or not (self._return_exceptions if return_exceptions is None
+                                        else return_exceptions):
+                raise
+        values = [f.exception() or f.result() for f in self._children]
+        if self._mapping:
+            values = list(itertools.chain.from_iterable(
+                [v] * n if isinstance(v, BaseException) else v
+                for v, n in zip(values, self._sizes or [1] * len(values))))
+        return values[0] if self._single else values
+
+    @property
+    def r(self):
+        return self.get()
+
+    def wait(self, timeout=None):
+        """Wait until done (at most `timeout` seconds); return whether it is."""
+        concurrent.futures.wait([self], timeout)
+        return self.done()
+
+    def ready(self):
+        return self.done()
+
+    def successful(self):
+        if not self.done():
+            raise ValueError("the result is not ready yet: wait() for it first")
+        return self.exception() is None
+
+    def get_dict(self, timeout=None):
+        """The results as {engine_id: result}: one request per engine."""
+        results = self.get(timeout)
+        if self._single:
+            results = [results]
+        ids = [f.metadata["engine_id"] for f in self._children]
+        if len(set(ids)) != len(ids):
+            raise ValueError("get_dict needs one request per engine")
+        return dict(zip(ids, results))
+
+    def _md_of(self, key):
+        md = [f.metadata if key is None else f.metadata[key] for f in self._children]
+        return md[0] if self._single else md
+
+    metadata = property(lambda self: self._md_of(None))
+    stdout = property(lambda self: self._md_of("stdout"))
+    stderr = property(lambda self: self._md_of("stderr"))
+    engine_id = property(lambda self: self._md_of("engine_id"))
+    data = property(lambda self: self._md_of("data"),
+                    doc="What the requests published (datapub.publish_data) so far: a dict")
+
+    @property
+    def elapsed(self):
+        """Seconds from submission to the last result (or to now, while running)."""
+        ends = [f.metadata["received"] for f in self._children]
+        end = max(ends) if ends and None not in ends else time.time()
+        return end - self._submitted
+
+    @property
+    def progress(self):
+        return sum(n for f, n in zip(self._children, self._sizes or itertools.repeat(1))
+                   if f.done())
+
+    def __len__(self):
+        return sum(self._sizes) if self._sizes else len(self._children)
+
+    def running(self):
+        return not self.done() and any(f.running() or f.done() for f in self._children)
+
+    def __iter__(self):
+        """Yield results as they arrive; raises the first remote error met."""
+        children = self._children if self._ordered else \
+            concurrent.futures.as_completed(self._children)
+        for f in children:
+            value = f.result()
+            if self._mapping:
+                yield from value
+            else:
+                yield value
+
+    def abort(self):
+        """Abort the requests not yet finished (queued ones fail with TaskAborted)."""
+        self._client.abort(self)
+
+    def cancel(self):
+        """Cancel, as a concurrent.futures.Future: False once it is running() or done;
+        else its requests are aborted (they never run) and True. ``abort()`` also
+        interrupts running requests."""
+        if not self._cancel_local():
+            return self.cancelled()   # True again for a cancelled one
+        _abort_quietly(self._client, [self])
+        return True
+
+    def _cancel_local(self):
+        # under the lock _child_done takes: the last reply cannot settle it meanwhile
+        with self._condition:
+            if not (self._left > 0 and not self.running() and super().cancel()):
+                return False
+        # what an executor's worker does with a cancelled future: without it,
+        # concurrent.futures.wait and as_completed never count it as done
+        self.set_running_or_notify_cancel()
+        return True
+
+
+    def __repr__(self):
+        state = "finished" if self.done() else "pending"
+        return f"<AsyncResult({self._fname}): {state}>"
+
+
+class _OneRequest(AsyncResult):
+    """The result of one request whose value is the result (an apply to one engine, a
+    load-balanced task), which is also that request's future: the I/O thread settles it
+    directly. Two futures joined by a callback cost a fifth of the client's CPU for a
+    quick task."""
+
+    _request = _MsgFuture._request   # called by Client.send_request, which knows the msg_id
+    metadata = _MsgFuture.metadata
+    running = concurrent.futures.Future.running
+    _single, _mapping, _ordered = True, False, True
+
+    def __init__(self, client, fname):
+        _Future.__init__(self)
+        self._client = client
+        self._fname = fname
+
+    @property
+    def _children(self):
+        return (self,)
+
+    @property
+    def _left(self):
+        return 0 if self.done() else 1
+
+    @property
+    def _submitted(self):
+        return self._md["submitted"]
+
+    def set_result(self, result):
+        self._settle(super().set_result, result)
+
+    def set_exception(self, exception):
+        self._settle(super().set_exception, exception)
+
+    def _settle(self, setter, value):
+        # a reply can arrive just as the result is cancelled: it is no longer wanted
+        try:
+            setter(value)
+        except concurrent.futures.InvalidStateError:
+            if not self.cancelled():
+                raise
+
+
+class _Derived(AsyncResult):
+    """An AsyncResult whose value is computed from another's (gather's concatenation)."""
+
+    def __init__(self, client, base, transform):
+        concurrent.futures.Future.__init__(self)
+        self._client, self._base, self._transform = client, base, transform
+        self._children = base._children
+        self._single = False
+        self._mapping = False
+        self._ordered = True
+        self._left = 0
+        self._fname = base._fname
+        self._submitted = base._submitted
+        base.add_done_callback(self._base_done)
+
+    def _base_done(self, base):
+        if base.exception() is not None:
+            self.set_exception(base.exception())
+        else:
+            try:
+                self.set_result(self._transform(base.result()))
+            except Exception as e:
+                self.set_exception(e)
+
+
+def _abort_quietly(client, ars):
+    """Abort the requests of AsyncResults `ars` still waiting for their replies (a
+    cancelled _OneRequest is done, but its request is not), in one round trip. A failure
+    is logged, not raised: cancel() must work while the controller is gone."""
+    ids = [f.msg_id for ar in ars for f in ar._children if f.msg_id in client._futures]
+    if ids and not client._closed:
+        try:
+            client._abort(ids)
+        except Exception as e:
+            log.warning("could not abort %d requests: %s: %s", len(ids), type(e).__name__, e)
