@@ -405,7 +405,7 @@ class Engine:
         poller.register(dealer, zmq.POLLIN)
         poller.register(outbox_in, zmq.POLLIN)
         poller.register(self._pings, zmq.POLLIN)
-        last_ping = time.monotonic()
+        last_ping = last_pass = time.monotonic()
         silence = self.heartbeat_period * self.max_missed_heartbeats
         next_stream = next_usage = 0.0
         while True:
@@ -417,6 +417,12 @@ class Engine:
                 timeout = min(timeout, STREAM_INTERVAL_S)
             events = dict(poller.poll(timeout * 1000))
             now = time.monotonic()
+            # Silence counts only while this thread listened: a pass that comes long after
+            # the last (the process was stopped, starved, or its main thread held the GIL)
+            # does not count against the controller, whose beats may still be on their way.
+            if now - last_pass > 2 * self.heartbeat_period:
+                last_ping += now - last_pass
+            last_pass = now
             if self._pings in events:
                 while self._pings.poll(0):
                     self._pings.recv_multipart()
@@ -443,9 +449,6 @@ class Engine:
             cur = self._current
             if cur is not None and cur.deadline is not None and now >= cur.deadline:
                 self._interrupt_main(cur.msg_id, "timeout")
-            if now - last_ping > silence and self._pings.poll(0):
-                last_ping = now   # beats queued while the main thread held the GIL, after
-                                  # a poll that ended before it: the controller is there
             if now - last_ping > silence and not self._stopping:
                 log.error("the controller has been silent for %d heartbeats: exiting",
                           self.max_missed_heartbeats)
