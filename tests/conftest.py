@@ -19,6 +19,8 @@ sys.path.insert(0, ROOT)
 import minipar  # noqa: E402
 from minipar import protocol  # noqa: E402
 
+from .helpers import wait_until  # noqa: E402
+
 HEARTBEAT_S = 0.2
 HEARTBEAT_LIVENESS = 10  # 2 s of silence: quick to notice a death, patient with a loaded CI box
 START_TIMEOUT_S = 30
@@ -45,11 +47,14 @@ class LocalCluster:
                            *controller_args])
         self.client_file = os.path.join(self.profile_dir, "security", protocol.CLIENT_FILE)
         self.engine_file = os.path.join(self.profile_dir, "security", protocol.ENGINE_FILE)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not os.path.exists(self.engine_file):
-            if self.controller.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("controller did not start:\n" + self.output("controller"))
-            time.sleep(0.02)
+        try:   # ready, or ended: whichever comes first
+            wait_until(lambda: self.controller.poll() is not None
+                       or os.path.exists(self.engine_file), START_TIMEOUT_S,
+                       "the controller's connection files")
+        except AssertionError:
+            pass   # reported below, with the controller's output
+        if not os.path.exists(self.engine_file):
+            raise RuntimeError("controller did not start:\n" + self.output("controller"))
 
     def _spawn(self, role, args, name=None, env=None):
         name = name or role

@@ -14,6 +14,8 @@ import pytest
 import minipar
 from minipar import protocol
 
+from .helpers import wait_until
+
 TIMEOUT = 60
 pytestmark = pytest.mark.timeout(TIMEOUT)
 
@@ -85,14 +87,13 @@ def test_killed_engine_disappears_and_its_requests_fail(cluster):
     pid_of = dict(zip(ids, rc[:].apply_sync(os.getpid)))
     eid = next(e for e, p in pid_of.items() if p == victim.pid)
     ar = rc[eid].apply_async(time.sleep, 30)
-    time.sleep(0.3)
+    wait_until(lambda: rc.queue_status()[eid]["queue"] == 1, TIMEOUT,
+               "the request to reach the engine")
     victim.send_signal(signal.SIGKILL)
     with pytest.raises(minipar.EngineError, match=f"engine {eid} died"):
         ar.get(20)
-    deadline = time.monotonic() + 10
-    while eid in rc.ids and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert eid not in rc.ids and len(rc.ids) == 3
+    wait_until(lambda: eid not in rc.ids, 10, f"engine {eid} gone from rc.ids")
+    assert len(rc.ids) == 3
     with pytest.raises(IndexError, match="not registered"):
         rc[eid]
     assert sorted(rc[:].apply_sync(os.getpid)) == sorted(p for e, p in pid_of.items() if e != eid)
@@ -147,6 +148,7 @@ def test_held_requests_leave_while_the_caller_never_blocks(rc):
     view = rc.load_balanced_view()
     ars = [view.apply_async(abs, -i) for i in range(5)]
     deadline = time.monotonic() + 20
+    # not wait_until: its sleeps would let the I/O thread run; this loop never blocks
     while not all(ar.done() for ar in ars):
         assert time.monotonic() < deadline, "held requests never left"
     assert [ar.get(0) for ar in ars] == [0, 1, 2, 3, 4]

@@ -20,6 +20,7 @@ import minipar
 from minipar import client as client_module
 from minipar.launcher import Cluster
 
+from .helpers import wait_until
 from .test_launcher import CTL_ARGS, minipar_dir, pids  # noqa: F401 (fixtures)
 
 TIMEOUT = 120
@@ -97,10 +98,8 @@ def test_executor_map_in_order_with_chunks_and_timeout(rc):
 def test_executor_shutdown_cancels_futures_and_frees_the_engines(rc, tmp_path):
     ex = rc.executor()
     running = [ex.submit(mark_then_sleep, str(tmp_path), i) for i in range(4)]
-    deadline = time.monotonic() + WAIT_S
-    while len(os.listdir(tmp_path)) < 4:   # each engine is in the middle of one
-        assert time.monotonic() < deadline, os.listdir(tmp_path)
-        time.sleep(0.02)
+    # each engine is in the middle of one
+    wait_until(lambda: len(os.listdir(tmp_path)) == 4, WAIT_S, "a task running on each engine")
     queued = [ex.submit(sleep_then, 60, i) for i in range(20)]
     ex.shutdown(wait=True, cancel_futures=True)   # returns: nothing is left to wait for
     assert all(f.cancelled() for f in running + queued)
@@ -235,9 +234,7 @@ def chatty(flag):
     print("first line")   # no flush: the engine streams on its own
     print(LONG)
     print("to stderr", file=sys.stderr)
-    deadline = time.time() + 60
-    while not os.path.exists(flag) and time.time() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: os.path.exists(flag), 60, "the test's go flag")   # on the engine
     print("last line")
     return "done"
 
@@ -245,12 +242,13 @@ def chatty(flag):
 def test_output_streams_while_the_task_runs_and_is_not_duplicated(rc, tmp_path):
     flag = tmp_path / "go"
     ar = rc.load_balanced_view().apply_async(chatty, str(flag))
-    deadline = time.monotonic() + WAIT_S
-    # the task ends only when the flag exists, which is written once the output is seen
-    while LONG not in ar.stdout or "to stderr" not in ar.stderr:
+
+    def streamed():
+        # the task ends only when the flag exists, which is written once the output is seen
         assert not ar.done(), ar.get()
-        assert time.monotonic() < deadline, "no output streamed"
-        time.sleep(0.02)
+        return LONG in ar.stdout and "to stderr" in ar.stderr
+
+    wait_until(streamed, WAIT_S, "the output streamed while the task runs")
     assert ar.engine_id in rc.ids   # known from the stream, before the reply
     flag.write_text("")
     assert ar.get(WAIT_S) == "done"

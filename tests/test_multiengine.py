@@ -12,6 +12,7 @@ import minipar
 from minipar import protocol
 
 from .conftest import LocalCluster
+from .helpers import wait_until
 
 TIMEOUT = 60
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -257,10 +258,8 @@ def test_a_burst_travels_as_one_batch_each_way(tmp_path):
         rc.wait_for_engines(1, 10)
         ars = [rc[eid].apply_async(pow, 2, i) for i in range(5)]
         # the controller holds them until the engine's request socket says it is ready
-        deadline = time.monotonic() + 10
-        while rc.queue_status()[eid]["queue"] < 5:
-            assert time.monotonic() < deadline, "the requests never reached the controller"
-            time.sleep(0.05)
+        wait_until(lambda: rc.queue_status()[eid]["queue"] == 5, 10,
+                   "the requests to reach the controller")
         work.send_multipart(session.msg(protocol.READY, reg=reg["msg_id"])[1])
         assert work.poll(10_000)
         _, header, parts = session.check(work.recv_multipart())
