@@ -3,6 +3,8 @@
 ``cluster`` starts a controller (fast heartbeat) and four engines with ``python -m``
 in a temporary profile folder and yields a ``LocalCluster`` with a connected client;
 every process it started is stopped by pid afterwards, also when the test failed.
+
+``--burn-cpu`` (or ``MINIPAR_BURN=1``) keeps every core busy for the session.
 """
 
 import os
@@ -100,6 +102,33 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(5)
+
+
+# ---------------------------------------------------------------- a busy machine
+
+def pytest_addoption(parser):
+    parser.addoption("--burn-cpu", action="store_true", default=False,
+                     help="keep every core busy with spinning processes for the whole "
+                     "session (as MINIPAR_BURN=1 does): the reliability tests under load")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def burn_cpu(request):
+    """With ``--burn-cpu`` or ``MINIPAR_BURN=1``: one spinning process per core, started
+    before the first test and stopped by pid after the last, so heartbeats, timeouts
+    and retries are tested on a machine as busy as a loaded CI box."""
+    if not (request.config.getoption("--burn-cpu") or os.environ.get("MINIPAR_BURN") == "1"):
+        yield []
+        return
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                                stdin=subprocess.DEVNULL) for _ in range(os.cpu_count() or 1)]
+    try:
+        yield burners
+    finally:
+        for p in burners:
+            p.kill()
+        for p in burners:
+            p.wait(10)
 
 
 @pytest.fixture
