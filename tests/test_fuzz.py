@@ -520,7 +520,9 @@ def test_client_survives_fuzzing_and_never_unpickles_unverified_data(hub, tmp_pa
     t.start()
     rc = minipar.Client(hub.client_file, timeout=30)
     try:
-        assert answered.is_set()
+        # the client can have the reply before the helper thread, preempted between its
+        # send and set() on a busy machine, sets the event
+        assert answered.wait(30)
         f1 = rc._apply(lambda: 1, (), {}, engine_id=0)
         f2 = rc._apply(lambda: 7, (), {}, engine_id=0)
         with pytest.raises(errors.SerializationError, match="digest"):
