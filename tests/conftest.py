@@ -141,14 +141,31 @@ def local_cluster(tmp_path):
         c.stop()
 
 
+def _with_four_engines(c):
+    c.start_engines(4)
+    c.rc = c.client()
+    c.rc.wait_for_engines(4, START_TIMEOUT_S)
+    return c
+
+
 @pytest.fixture
 def cluster(local_cluster):
-    """A controller, four engines and a connected client (``cluster.rc``)."""
-    local_cluster.start_engines(4)
-    rc = local_cluster.client()
-    rc.wait_for_engines(4, START_TIMEOUT_S)
-    local_cluster.rc = rc
-    yield local_cluster
+    """A controller, four engines and a connected client (``cluster.rc``), for one test:
+    the test may kill, freeze or stop engines and change settings."""
+    yield _with_four_engines(local_cluster)
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory):
+    """As ``cluster``, but one for all the tests of a module that leave it as they found
+    it: no engine killed, frozen or stopped, no setting changed, nothing left running.
+    A module opts in by overriding ``rc`` with ``shared_cluster.rc`` (test_multiengine);
+    its tests that do dirty a cluster take ``cluster``, their own."""
+    c = LocalCluster(tmp_path_factory.mktemp("shared_cluster"))
+    try:
+        yield _with_four_engines(c)
+    finally:
+        c.stop()
 
 
 @pytest.fixture

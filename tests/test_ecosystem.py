@@ -2,8 +2,8 @@
 concurrent.futures Executor, asyncio, progress bars (tqdm and the plain one), output
 streamed while tasks run, timelines (matplotlib) and the joblib backend.
 
-The cluster is the conftest's: a controller and four engines started with ``python -m``,
-stopped by pid after each test. ``async with Cluster`` starts its own, and records its
+The cluster is the conftest's ``shared_cluster``: a controller and four engines started
+with ``python -m`` once for the module, stopped by pid after its last test. ``async with Cluster`` starts its own, and records its
 pids with test_launcher's ``pids`` fixture, which kills any left behind.
 """
 
@@ -26,6 +26,13 @@ from .test_launcher import CTL_ARGS, minipar_dir, pids  # noqa: F401 (fixtures)
 TIMEOUT = 120
 pytestmark = pytest.mark.timeout(TIMEOUT)
 WAIT_S = 60   # bound on any single wait below; the module TIMEOUT bounds the test
+
+
+@pytest.fixture
+def rc(shared_cluster):
+    """The module's cluster: no test here kills, stops or reconfigures an engine, and
+    what one leaves running it cancels (aborted on the engine)."""
+    return shared_cluster.rc
 
 
 def sleep_then(seconds, value):

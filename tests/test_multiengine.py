@@ -18,6 +18,12 @@ TIMEOUT = 60
 pytestmark = pytest.mark.timeout(TIMEOUT)
 
 
+@pytest.fixture
+def rc(shared_cluster):
+    """The module's cluster: no test here kills, stops or reconfigures an engine."""
+    return shared_cluster.rc
+
+
 def test_ids_and_views(rc):
     assert rc.ids == [0, 1, 2, 3]
     assert len(rc) == 4
@@ -199,10 +205,10 @@ def test_flags_and_temp_flags(rc):
         dv.set_flags(nonsense=1)
 
 
-def test_results_of_another_client(cluster, rc):
+def test_results_of_another_client(shared_cluster, rc):
     ar = rc[1].apply_async(lambda: "shared")
     ar.get(TIMEOUT)
-    other = cluster.client()
+    other = shared_cluster.client()
     assert other.get_result(ar.msg_ids[0]).get(TIMEOUT) == "shared"
     slow = rc[2].apply_async(time.sleep, 0.5)
     # the other client's question may reach the controller before rc's request (two
