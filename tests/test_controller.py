@@ -75,9 +75,11 @@ def hub(tmp_path):
         c.notices = Peer(c.test_ctx, c, "notify", zmq.SUB)
         # a PUB drops what it sends before a subscription has arrived: publish probes on
         # the controller's own socket (this thread owns it) until one is heard
-        notify = c.sockets["notify"]
-        wait_until(lambda: notify.send_multipart([b"probe", *c.session.msg("probe")[1]])
-                   or c.notices.sock.poll(10), TIMEOUT, "the fake client's subscription")
+        def heard():
+            c.sockets["notify"].send_multipart([b"probe", *c.session.msg("probe")[1]])
+            return c.notices.sock.poll(10)
+
+        wait_until(heard, TIMEOUT, "the fake client's subscription")
         step(c, timeout=0)   # the first beat
         yield c
     finally:

@@ -3,8 +3,9 @@ concurrent.futures Executor, asyncio, progress bars (tqdm and the plain one), ou
 streamed while tasks run, timelines (matplotlib) and the joblib backend.
 
 The cluster is the conftest's ``shared_cluster``: a controller and four engines started
-with ``python -m`` once for the module, stopped by pid after its last test. ``async with Cluster`` starts its own, and records its
-pids with test_launcher's ``pids`` fixture, which kills any left behind.
+with ``python -m`` once for the module, stopped by pid after its last test. ``async with
+Cluster`` starts its own, and records its pids with test_launcher's ``pids`` fixture,
+which kills any left behind.
 """
 
 import asyncio
