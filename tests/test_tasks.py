@@ -26,6 +26,13 @@ from .helpers import wait_until
 TIMEOUT = 120
 pytestmark = pytest.mark.timeout(TIMEOUT)
 
+
+@pytest.fixture
+def rc(shared_cluster):
+    """The module's cluster, for the tests that leave it as they found it (each waits
+    for or aborts what it started); the one that kills an engine takes ``cluster``."""
+    return shared_cluster.rc
+
 ROOT = str(pathlib.Path(__file__).resolve().parent.parent)
 
 
