@@ -3,6 +3,8 @@
 ``cluster`` starts a controller (fast heartbeat) and four engines with ``python -m``
 in a temporary profile folder and yields a ``LocalCluster`` with a connected client;
 every process it started is stopped by pid afterwards, also when the test failed.
+
+``--burn-cpu`` (or ``MINIPAR_BURN=1``) keeps every core busy for the session.
 """
 
 import os
@@ -18,6 +20,8 @@ sys.path.insert(0, ROOT)
 
 import minipar  # noqa: E402
 from minipar import protocol  # noqa: E402
+
+from .helpers import wait_until  # noqa: E402
 
 HEARTBEAT_S = 0.2
 HEARTBEAT_LIVENESS = 10  # 2 s of silence: quick to notice a death, patient with a loaded CI box
@@ -45,11 +49,14 @@ class LocalCluster:
                            *controller_args])
         self.client_file = os.path.join(self.profile_dir, "security", protocol.CLIENT_FILE)
         self.engine_file = os.path.join(self.profile_dir, "security", protocol.ENGINE_FILE)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not os.path.exists(self.engine_file):
-            if self.controller.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("controller did not start:\n" + self.output("controller"))
-            time.sleep(0.02)
+        try:   # ready, or ended: whichever comes first
+            wait_until(lambda: self.controller.poll() is not None
+                       or os.path.exists(self.engine_file), START_TIMEOUT_S,
+                       "the controller's connection files")
+        except AssertionError:
+            pass   # reported below, with the controller's output
+        if not os.path.exists(self.engine_file):
+            raise RuntimeError("controller did not start:\n" + self.output("controller"))
 
     def _spawn(self, role, args, name=None, env=None):
         name = name or role
@@ -97,6 +104,33 @@ class LocalCluster:
                 p.wait(5)
 
 
+# ---------------------------------------------------------------- a busy machine
+
+def pytest_addoption(parser):
+    parser.addoption("--burn-cpu", action="store_true", default=False,
+                     help="keep every core busy with spinning processes for the whole "
+                     "session (as MINIPAR_BURN=1 does): the reliability tests under load")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def burn_cpu(request):
+    """With ``--burn-cpu`` or ``MINIPAR_BURN=1``: one spinning process per core, started
+    before the first test and stopped by pid after the last, so heartbeats, timeouts
+    and retries are tested on a machine as busy as a loaded CI box."""
+    if not (request.config.getoption("--burn-cpu") or os.environ.get("MINIPAR_BURN") == "1"):
+        yield []
+        return
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                                stdin=subprocess.DEVNULL) for _ in range(os.cpu_count() or 1)]
+    try:
+        yield burners
+    finally:
+        for p in burners:
+            p.kill()
+        for p in burners:
+            p.wait(10)
+
+
 @pytest.fixture
 def local_cluster(tmp_path):
     """A controller with no engines yet; the test starts what it needs."""
@@ -107,14 +141,31 @@ def local_cluster(tmp_path):
         c.stop()
 
 
+def _with_four_engines(c):
+    c.start_engines(4)
+    c.rc = c.client()
+    c.rc.wait_for_engines(4, START_TIMEOUT_S)
+    return c
+
+
 @pytest.fixture
 def cluster(local_cluster):
-    """A controller, four engines and a connected client (``cluster.rc``)."""
-    local_cluster.start_engines(4)
-    rc = local_cluster.client()
-    rc.wait_for_engines(4, START_TIMEOUT_S)
-    local_cluster.rc = rc
-    yield local_cluster
+    """A controller, four engines and a connected client (``cluster.rc``), for one test:
+    the test may kill, freeze or stop engines and change settings."""
+    yield _with_four_engines(local_cluster)
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory):
+    """As ``cluster``, but one for all the tests of a module that leave it as they found
+    it: no engine killed, frozen or stopped, no setting changed, nothing left running.
+    A module opts in by overriding ``rc`` with ``shared_cluster.rc`` (test_multiengine);
+    its tests that do dirty a cluster take ``cluster``, their own."""
+    c = LocalCluster(tmp_path_factory.mktemp("shared_cluster"))
+    try:
+        yield _with_four_engines(c)
+    finally:
+        c.stop()
 
 
 @pytest.fixture

@@ -14,8 +14,17 @@ import pytest
 import minipar
 from minipar import protocol
 
+from .helpers import wait_until
+
 TIMEOUT = 60
 pytestmark = pytest.mark.timeout(TIMEOUT)
+
+
+@pytest.fixture
+def rc(shared_cluster):
+    """The module's cluster, for the tests that leave it as they found it; the one that
+    kills an engine takes ``cluster``, its own."""
+    return shared_cluster.rc
 
 
 def test_wrong_key_is_refused_and_others_still_served(cluster, tmp_path):
@@ -85,14 +94,13 @@ def test_killed_engine_disappears_and_its_requests_fail(cluster):
     pid_of = dict(zip(ids, rc[:].apply_sync(os.getpid)))
     eid = next(e for e, p in pid_of.items() if p == victim.pid)
     ar = rc[eid].apply_async(time.sleep, 30)
-    time.sleep(0.3)
+    wait_until(lambda: rc.queue_status()[eid]["queue"] == 1, TIMEOUT,
+               "the request to reach the engine")
     victim.send_signal(signal.SIGKILL)
     with pytest.raises(minipar.EngineError, match=f"engine {eid} died"):
         ar.get(20)
-    deadline = time.monotonic() + 10
-    while eid in rc.ids and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert eid not in rc.ids and len(rc.ids) == 3
+    wait_until(lambda: eid not in rc.ids, 10, f"engine {eid} gone from rc.ids")
+    assert len(rc.ids) == 3
     with pytest.raises(IndexError, match="not registered"):
         rc[eid]
     assert sorted(rc[:].apply_sync(os.getpid)) == sorted(p for e, p in pid_of.items() if e != eid)
@@ -124,6 +132,7 @@ def test_a_burst_runs_once_each_in_order_with_queries_after_it(rc):
     """Requests made back to back are held and leave together; to one engine they still
     run once each in the order made, from several threads at once, and a query made
     after them leaves after them."""
+    before = rc.queue_status(0)[0]   # the module's earlier tests ran on engine 0 too
     rc[:].execute("seen = []", block=True)
 
     def burst(i):
@@ -135,7 +144,8 @@ def test_a_burst_runs_once_each_in_order_with_queries_after_it(rc):
         t.start()
     burst(0)
     status = rc.queue_status(0)   # the controller has had every request made before it
-    assert status[0]["queue"] + status[0]["completed"] == 151
+    assert status[0]["queue"] + status[0]["completed"] == \
+        before["queue"] + before["completed"] + 151
     for t in threads:
         t.join(TIMEOUT)
     assert rc[:].pull("seen", block=True) == [list(range(150))] * 4
@@ -147,6 +157,7 @@ def test_held_requests_leave_while_the_caller_never_blocks(rc):
     view = rc.load_balanced_view()
     ars = [view.apply_async(abs, -i) for i in range(5)]
     deadline = time.monotonic() + 20
+    # not wait_until: its sleeps would let the I/O thread run; this loop never blocks
     while not all(ar.done() for ar in ars):
         assert time.monotonic() < deadline, "held requests never left"
     assert [ar.get(0) for ar in ars] == [0, 1, 2, 3, 4]

@@ -2,9 +2,10 @@
 concurrent.futures Executor, asyncio, progress bars (tqdm and the plain one), output
 streamed while tasks run, timelines (matplotlib) and the joblib backend.
 
-The cluster is the conftest's: a controller and four engines started with ``python -m``,
-stopped by pid after each test. ``async with Cluster`` starts its own, and records its
-pids with test_launcher's ``pids`` fixture, which kills any left behind.
+The cluster is the conftest's ``shared_cluster``: a controller and four engines started
+with ``python -m`` once for the module, stopped by pid after its last test. ``async with
+Cluster`` starts its own, and records its pids with test_launcher's ``pids`` fixture,
+which kills any left behind.
 """
 
 import asyncio
@@ -20,11 +21,19 @@ import minipar
 from minipar import integrations
 from minipar.launcher import Cluster
 
+from .helpers import wait_until
 from .test_launcher import CTL_ARGS, minipar_dir, pids  # noqa: F401 (fixtures)
 
 TIMEOUT = 120
 pytestmark = pytest.mark.timeout(TIMEOUT)
 WAIT_S = 60   # bound on any single wait below; the module TIMEOUT bounds the test
+
+
+@pytest.fixture
+def rc(shared_cluster):
+    """The module's cluster: no test here kills, stops or reconfigures an engine, and
+    what one leaves running it cancels (aborted on the engine)."""
+    return shared_cluster.rc
 
 
 def sleep_then(seconds, value):
@@ -97,13 +106,9 @@ def test_executor_map_in_order_with_chunks_and_timeout(rc):
 def test_executor_shutdown_cancels_futures_and_frees_the_engines(rc, tmp_path):
     ex = rc.executor()
     running = [ex.submit(mark_then_sleep, str(tmp_path), i) for i in range(4)]
-    deadline = time.monotonic() + WAIT_S
-    while len(os.listdir(tmp_path)) < 4:   # each engine is in the middle of one
-        assert time.monotonic() < deadline, os.listdir(tmp_path)
-        time.sleep(0.02)
-    while not all(f.running() for f in running):   # the engines said so
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    # each engine is in the middle of one, and said so
+    wait_until(lambda: len(os.listdir(tmp_path)) == 4, WAIT_S, "a task running on each engine")
+    wait_until(lambda: all(f.running() for f in running), WAIT_S, "the engines said they started")
     queued = [ex.submit(sleep_then, 60, i) for i in range(20)]
     # as concurrent.futures documents it: only what has not started is cancelled
     ex.shutdown(wait=False, cancel_futures=True)
@@ -242,9 +247,7 @@ def chatty(flag):
     print("first line")   # no flush: the engine streams on its own
     print(LONG)
     print("to stderr", file=sys.stderr)
-    deadline = time.time() + 60
-    while not os.path.exists(flag) and time.time() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: os.path.exists(flag), 60, "the test's go flag")   # on the engine
     print("last line")
     return "done"
 
@@ -252,12 +255,13 @@ def chatty(flag):
 def test_output_streams_while_the_task_runs_and_is_not_duplicated(rc, tmp_path):
     flag = tmp_path / "go"
     ar = rc.load_balanced_view().apply_async(chatty, str(flag))
-    deadline = time.monotonic() + WAIT_S
-    # the task ends only when the flag exists, which is written once the output is seen
-    while LONG not in ar.stdout or "to stderr" not in ar.stderr:
+
+    def streamed():
+        # the task ends only when the flag exists, which is written once the output is seen
         assert not ar.done(), ar.get()
-        assert time.monotonic() < deadline, "no output streamed"
-        time.sleep(0.02)
+        return LONG in ar.stdout and "to stderr" in ar.stderr
+
+    wait_until(streamed, WAIT_S, "the output streamed while the task runs")
     assert ar.engine_id in rc.ids   # known from the stream, before the reply
     flag.write_text("")
     assert ar.get(WAIT_S) == "done"

@@ -23,6 +23,7 @@ from minipar import errors
 from minipar.launcher import Cluster
 
 from .conftest import HEARTBEAT_S, START_TIMEOUT_S
+from .helpers import wait_until
 
 TIMEOUT = 300
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -130,10 +131,8 @@ def test_ten_thousand_tasks_survive_kills_a_freeze_and_crashing_tasks(chaos_clus
     ars = [view.apply_async(task, kind, i) for i, kind in enumerate(kinds)]
     chaos.start()
     try:
-        deadline = time.monotonic() + TIMEOUT - 60
-        for ar in ars:
-            assert ar.wait(max(0.0, deadline - time.monotonic())), \
-                f"{sum(not a.done() for a in ars)} of {N_TASKS} tasks never finished"
+        wait_until(lambda: all(ar.done() for ar in ars), TIMEOUT - 60,
+                   f"all {N_TASKS} tasks to finish")
     finally:
         stop.set()
         chaos.join(10)
@@ -158,10 +157,8 @@ def test_ten_thousand_tasks_survive_kills_a_freeze_and_crashing_tasks(chaos_clus
     restarts = sum(getattr(s, "restarts", 0) for s in cluster.engines.values())
     assert restarts >= 3 * (N_EXIT + N_SEGFAULT)
     rc.wait_for_engines(N_ENGINES, START_TIMEOUT_S)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while len(_engine_pids(cluster)) != N_ENGINES or len(rc.ids) != N_ENGINES:
-        assert time.monotonic() < deadline, (rc.ids, _engine_pids(cluster), chaos_log)
-        time.sleep(0.1)
+    wait_until(lambda: len(_engine_pids(cluster)) == len(rc.ids) == N_ENGINES, START_TIMEOUT_S,
+               f"{N_ENGINES} engines running and registered (chaos: {chaos_log})")
     frozen = next(pid for what, pid in chaos_log if what == "stop")
     if frozen in _engine_pids(cluster):   # it lived on (not SIGKILLed later): it came back
         output = cluster.engines[next(iter(cluster.engines))].get_output()
@@ -190,18 +187,18 @@ def test_a_frozen_engine_is_declared_dead_and_its_late_result_is_refused(local_c
     view = rc.load_balanced_view()
     view.retries = 1
     ar = view.apply_async(_sleep_then, 2.0, "done")
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while "started" not in ar.stdout:   # running, not just sent: its output streams back
-        assert time.monotonic() < deadline and not ar.done()
-        time.sleep(0.02)
+
+    def started():   # running, not just sent: its output streams back
+        assert not ar.done(), ar.get()
+        return "started" in ar.stdout
+
+    wait_until(started, START_TIMEOUT_S, "the task to start")
     first = ar.engine_id
     pid = rc._engines[first]["pid"]
     os.kill(pid, signal.SIGSTOP)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while first in rc.ids:           # declared dead after 5 missed beats
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(lambda: first not in rc.ids, START_TIMEOUT_S,   # after 5 missed beats
+                   f"the frozen engine {first} to be declared dead")
         assert ar.get(START_TIMEOUT_S) == "done"   # retried on the other engine
         assert ar.engine_id != first
     finally:
@@ -209,10 +206,8 @@ def test_a_frozen_engine_is_declared_dead_and_its_late_result_is_refused(local_c
     # back: it registers again with its id, and its stale result is refused
     rc.wait_for_engines(2, START_TIMEOUT_S)
     assert first in rc.ids
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not rc.queue_status(verbose=True)["stats"].get("stale"):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: rc.queue_status(verbose=True)["stats"].get("stale"), START_TIMEOUT_S,
+               "the controller to refuse the late result as stale")
     assert replies[ar.msg_ids[0]] == 1
     assert rc[first].apply_sync(os.getpid) == pid
     out = local_cluster.output(f"engine{[e.pid for e in local_cluster.engines].index(pid)}")
@@ -229,14 +224,18 @@ def test_cluster_restarts_engines_that_fail_but_not_those_told_to_stop(tmp_path)
         victim = launcher.pids()[0]
         old_ids = set(rc.ids)
         os.kill(victim, signal.SIGKILL)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while launcher.restarts < 1 or len(rc.ids) != 2 or set(rc.ids) == old_ids:
-            assert time.monotonic() < deadline, (launcher.restarts, rc.ids)
-            time.sleep(0.05)
+        wait_until(lambda: launcher.restarts >= 1 and len(rc.ids) == 2
+                   and set(rc.ids) != old_ids, START_TIMEOUT_S,
+                   "the killed engine replaced and registered")
         assert victim not in launcher.pids() and len(launcher.pids()) == 2
         # an engine told to stop exits 0: it is not replaced
-        rc.shutdown(targets=[rc.ids[0]], block=True)
-        time.sleep(1.0)
+        eid = rc.ids[0]
+        child = next(c for c in launcher._children if c.pid == rc._engines[eid]["pid"])
+        rc.shutdown(targets=[eid], block=True)
+        # the set decides in the child's watcher thread, on the exit: once that thread
+        # has ended, a restart would have been made
+        assert child.wait(START_TIMEOUT_S)
+        child._watcher.join(START_TIMEOUT_S)
         assert launcher.restarts == 1 and len(launcher.pids()) == 1
         assert launcher.to_dict()["options"]["restart"] == "on_failure"
     finally:
@@ -258,16 +257,17 @@ def test_an_engine_holding_the_gil_in_c_code_is_not_declared_dead(local_cluster)
         import time
 
         ticks = []
-        stop = threading.Event()
+        stop, ticking = threading.Event(), threading.Event()
 
         def tick():
             while not stop.is_set():
                 ticks.append(time.monotonic())
-                time.sleep(0.01)
+                ticking.set()
+                time.sleep(0.01)   # a tick every 10 ms while this thread gets the GIL
 
         t = threading.Thread(target=tick)
         t.start()
-        time.sleep(0.1)
+        assert ticking.wait(10)
         before = len(ticks)
         start = time.monotonic()
         ctypes.PyDLL(None).sleep(seconds)     # PyDLL: the GIL stays held during the call

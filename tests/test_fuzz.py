@@ -32,6 +32,7 @@ from minipar import errors, protocol
 
 from .conftest import LocalCluster
 from .fakes import FakeHub
+from .helpers import wait_until
 
 TIMEOUT = 180
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -162,17 +163,6 @@ class Fuzzer:
         return self._count("signed", frames)
 
 
-def wait_for(predicate, timeout=30, interval=0.1, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s (last: {value!r})")
-        time.sleep(interval)
-
-
 def check_serves(rc, n_engines):
     """A well-formed client gets correct answers from every engine and through the LB view."""
     rc.wait_for_engines(n_engines, 30)
@@ -263,8 +253,8 @@ def test_controller_survives_fuzzing_and_counts_what_it_dropped(fuzz_cluster, tm
         def stats():
             return rc.queue_status(verbose=True)["stats"]
 
-        wait_for(lambda: all(stats().get("dropped_" + k.replace(" ", "_"), 0) >= n
-                             for k, n in expected.items()), what=f"drop counts {expected}")
+        wait_until(lambda: all(stats().get("dropped_" + k.replace(" ", "_"), 0) >= n
+                               for k, n in expected.items()), 30, what=f"drop counts {expected}")
         # one frame over the limit: zmq drops that connection; the controller carries on
         socks["client"].send_multipart([b"\0" * (MAX_MESSAGE_SIZE + 1)])
         s = stats()
@@ -303,9 +293,9 @@ def test_nothing_is_unpickled_before_it_is_verified_end_to_end(fuzz_cluster, tmp
         evil_parts = [pickle.dumps(Evil(control))]
         bad = session.msg(protocol.PUSH, evil_parts, engine=0)[1]
         sock.send_multipart(bad)
-        wait_for(control.exists, what="the positive control's marker")
-        stats = wait_for(lambda: rc.engine_stats([0])[0]["dropped_reasons"].get("bad digest"),
-                         what="the engine's bad-digest count")
+        wait_until(control.exists, 30, what="the positive control's marker")
+        stats = wait_until(lambda: rc.engine_stats([0])[0]["dropped_reasons"].get("bad digest"),
+                           30, what="the engine's bad-digest count")
         assert stats >= 1
         assert not never.exists()
     finally:
@@ -389,14 +379,12 @@ def test_engine_survives_fuzzing_and_counts_what_it_dropped(hub, tmp_path):
         """The engine's stats once its drop counts reach `want` (or the timeout): its
         receiver and main threads drain their sockets independently, so the answer to a
         request can overtake what the other thread has still to count."""
-        deadline = time.monotonic() + timeout
-        while True:
+        def reached():
             stats = hub.request(ident, protocol.STATS)[1]
             reasons = stats["dropped_reasons"]
-            if all(reasons.get(r, 0) >= n for r, n in want.items()) \
-                    or time.monotonic() > deadline:
-                return stats
-            time.sleep(0.1)
+            return stats if all(reasons.get(r, 0) >= n for r, n in want.items()) else None
+
+        return wait_until(reached, timeout, f"the engine's drop counts to reach {want}")
 
     stats = stats_reaching(expected)
     reasons = stats["dropped_reasons"]
@@ -413,7 +401,7 @@ def test_engine_survives_fuzzing_and_counts_what_it_dropped(hub, tmp_path):
     assert value == "still here"
     after = stats_reaching({"too large": reasons["too large"] + 1})
     assert after["dropped_reasons"]["too large"] == reasons["too large"] + 1
-    wait_for(lambda: hub.pongs[ident] > beats + 5, what="the engine's heart beating")
+    wait_until(lambda: hub.pongs[ident] > beats + 5, 30, what="the engine's heart beating")
     assert engine.poll() is None
     assert not evil.exists(), "the engine unpickled data that failed its check"
     log = (tmp_path / "engine.log").read_text()
@@ -511,9 +499,10 @@ def test_client_survives_fuzzing_and_never_unpickles_unverified_data(hub, tmp_pa
         answered.set()
         pending = []   # the apply requests the client sends later
         while len(pending) < 2:
-            if router.poll(30_000):
-                _, h, _ = hub.session.check(router.recv_multipart(), replay=False)
-                pending.append(h["msg_id"])
+            if not router.poll(30_000):
+                return   # the client sent nothing: the test's own bounded waits fail
+            _, h, _ = hub.session.check(router.recv_multipart(), replay=False)
+            pending.append(h["msg_id"])
         for i in range(2000):
             r = fz.rng.random()
             frames = (fz.malformed() if r < 0.3 else fz.bad_signature() if r < 0.6 else
@@ -533,7 +522,9 @@ def test_client_survives_fuzzing_and_never_unpickles_unverified_data(hub, tmp_pa
     t.start()
     rc = minipar.Client(hub.client_file, timeout=30)
     try:
-        assert answered.is_set()
+        # the client can have the reply before the helper thread, preempted between its
+        # send and set() on a busy machine, sets the event
+        assert answered.wait(30)
         f1 = rc.send_apply(lambda: 1, (), {}, engine_id=0)
         f2 = rc.send_apply(lambda: 7, (), {}, engine_id=0)
         with pytest.raises(errors.SerializationError, match="digest"):

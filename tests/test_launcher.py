@@ -22,6 +22,8 @@ from minipar import launcher, protocol
 from minipar.launcher import (AFTER, BEFORE, RUNNING, Cluster, ControllerStartError,
                               LocalEngineSetLauncher, NotRunning, find_launcher_class)
 
+from .helpers import wait_until
+
 TIMEOUT = 120
 pytestmark = pytest.mark.timeout(TIMEOUT)
 
@@ -53,9 +55,12 @@ class Pids:
             self.add(*rc[:].apply_sync(os.getpid))
 
     def wait_gone(self, timeout=10):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(alive(p) for p in self.pids):
-            time.sleep(0.05)
+        """The pids still alive after at most `timeout` s: [] once all have ended."""
+        try:
+            wait_until(lambda: not any(alive(p) for p in self.pids), timeout,
+                       "the processes to end")
+        except AssertionError:
+            pass   # the callers assert on what is left, which names the pids
         return [p for p in self.pids if alive(p)]
 
 
@@ -141,10 +146,8 @@ def test_engine_sets_start_stop_restart_and_signal(pids, tmp_path):
         assert new_id in cluster.engines and first not in cluster.engines
         pids.add(*cluster.engines[new_id].pids())
         # engine ids are never reused: wait for the restarted one to register
-        deadline = time.monotonic() + 60
-        while len(rc.ids) != 1 or rc.ids[0] == 0:
-            assert time.monotonic() < deadline, rc.ids
-            time.sleep(0.1)
+        wait_until(lambda: len(rc.ids) == 1 and rc.ids[0] != 0, 60,
+                   "the restarted engine registered under a new id")
         cluster.signal_engines(signal.SIGKILL)
         assert cluster.engines[new_id].wait(30)
         assert cluster.engines[new_id].state == AFTER
@@ -432,10 +435,7 @@ def test_stop_escalates_to_sigkill_and_reaps_descendants(pids, tmp_path):
     p = Stubborn(profile_dir=str(tmp_path), stop_timeout=1)
     p.start()
     pids.add(p.pid)
-    deadline = time.monotonic() + 30
-    while "child" not in p.get_output():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: "child" in p.get_output(), 30, "the stubborn process's child pid")
     child = int(p.get_output().split()[1])
     pids.add(child)
     p.stop()

@@ -28,6 +28,7 @@ import pytest
 
 from minipar import launcher, protocol
 
+from .helpers import wait_until
 from .test_launcher import CTL_ARGS, ROOT, Pids
 
 TIMEOUT = 180
@@ -133,10 +134,12 @@ def test_controller_engines_and_client_on_separate_hosts(hosts, tmp_path):
         ctl = run_in("ctl", [sys.executable, "-m", "minipar.controller", "--ip", ctl_ip,
                              "--profile-dir", str(prof), *CTL_ARGS], "controller")
         engine_file = prof / "security" / "minipar-engine.json"
-        deadline = time.monotonic() + 60
-        while not engine_file.exists():
-            assert ctl.poll() is None and time.monotonic() < deadline, output("controller")
-            time.sleep(0.05)
+
+        def started():
+            assert ctl.poll() is None, output("controller")
+            return engine_file.exists()
+
+        wait_until(started, 60, "the controller's engine file")
         info = json.loads(engine_file.read_text())
         assert info["ip"] == ctl_ip and info["location"] == ctl_ip
         for host in ("e1", "e2"):  # each "host" gets its own copy of the engine file

@@ -22,6 +22,7 @@ import pytest
 from minipar import launcher
 from minipar.launcher import Cluster
 
+from .helpers import wait_until
 from .test_launcher import CTL_ARGS, Pids, alive, cli, minipar_dir, pids  # noqa: F401 (fixtures)
 
 TIMEOUT = 300
@@ -114,13 +115,6 @@ def _signal_marks(rc, tmp_path):
     return lambda: [f for f in os.listdir(tmp_path) if f.startswith("usr1-")]
 
 
-def _wait_for(predicate, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 @needs_mpi
 def test_mpi_signal_engines_reaches_every_rank(pids, tmp_path):
     cluster = Cluster(n=2, engines="mpi", profile_dir=str(tmp_path / "p"),
@@ -130,7 +124,7 @@ def test_mpi_signal_engines_reaches_every_rank(pids, tmp_path):
         pids.add_cluster(cluster, rc)
         marks = _signal_marks(rc, tmp_path)
         cluster.signal_engines(signal.SIGUSR1)  # mpiexec passes SIGUSR1 on unchanged
-        _wait_for(lambda: len(marks()) == 2)
+        wait_until(lambda: len(marks()) == 2, 30, "SIGUSR1 noted by both engines")
         assert rc[:].apply_sync(lambda: 1) == [1, 1]  # and the engines carry on
 
 
@@ -248,7 +242,7 @@ def test_slurm_signal_engines(pids, tmp_path, slurm_env):
         pids.add_cluster(cluster, rc)
         marks = _signal_marks(rc, tmp_path)
         cluster.signal_engines(signal.SIGUSR1)  # scancel --signal reaches the srun tasks
-        _wait_for(lambda: len(marks()) == 2)
+        wait_until(lambda: len(marks()) == 2, 30, "SIGUSR1 noted by both engines")
         assert rc[:].apply_sync(lambda: 1) == [1, 1]
     assert pids.wait_gone(20) == []
 

@@ -12,9 +12,16 @@ import minipar
 from minipar import protocol
 
 from .conftest import LocalCluster
+from .helpers import wait_until
 
 TIMEOUT = 60
 pytestmark = pytest.mark.timeout(TIMEOUT)
+
+
+@pytest.fixture
+def rc(shared_cluster):
+    """The module's cluster: no test here kills, stops or reconfigures an engine."""
+    return shared_cluster.rc
 
 
 def test_ids_and_views(rc):
@@ -212,10 +219,10 @@ def test_flags_and_temp_flags(rc):
         dv.set_flags(nonsense=1)
 
 
-def test_results_of_another_client(cluster, rc):
+def test_results_of_another_client(shared_cluster, rc):
     ar = rc[1].apply_async(lambda: "shared")
     ar.get(TIMEOUT)
-    other = cluster.client()
+    other = shared_cluster.client()
     assert other.get_result(ar.msg_ids[0]).get(TIMEOUT) == "shared"
     slow = rc[2].apply_async(time.sleep, 0.5)
     # the other client's question may reach the controller before rc's request (two
@@ -271,10 +278,8 @@ def test_a_burst_travels_as_one_batch_each_way(tmp_path):
         rc.wait_for_engines(1, 10)
         ars = [rc[eid].apply_async(pow, 2, i) for i in range(5)]
         # the controller holds them until the engine's request socket says it is ready
-        deadline = time.monotonic() + 10
-        while rc.queue_status()[eid]["queue"] < 5:
-            assert time.monotonic() < deadline, "the requests never reached the controller"
-            time.sleep(0.05)
+        wait_until(lambda: rc.queue_status()[eid]["queue"] == 5, 10,
+                   "the requests to reach the controller")
         work.send_multipart(session.msg(protocol.READY, reg=reg["msg_id"])[1])
         assert work.poll(10_000)
         _, header, parts = session.check(work.recv_multipart())

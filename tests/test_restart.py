@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import sqlite3
-import time
 
 import pytest
 
@@ -21,6 +20,7 @@ import minipar
 from minipar import errors
 
 from .conftest import START_TIMEOUT_S, LocalCluster
+from .helpers import wait_until
 
 TIMEOUT = 180
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -48,17 +48,16 @@ def _restart_controller(cluster, args, name):
     cluster.controller = cluster._spawn(
         "controller", ["--profile-dir", cluster.profile_dir, "--heartbeat-period", "0.2",
                        *args], name=name)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:   # --reuse leaves the old files: wait for the new controller's pid in them
+
+    def serving():   # --reuse leaves the old files: wait for the new controller's pid in them
+        assert cluster.controller.poll() is None, cluster.output(name)
         try:
             with open(cluster.client_file) as f:
-                if json.load(f).get("pid") == cluster.controller.pid:
-                    return
+                return json.load(f).get("pid") == cluster.controller.pid
         except (OSError, ValueError):
-            pass
-        assert cluster.controller.poll() is None, cluster.output(name)
-        assert time.monotonic() < deadline, cluster.output(name)
-        time.sleep(0.05)
+            return False
+
+    wait_until(serving, START_TIMEOUT_S, f"the new controller ({name}) serving")
 
 
 def _on_disk(cluster, msg_ids, finished=False):
@@ -85,13 +84,6 @@ def sqlite_cluster(tmp_path):
         c.stop()
 
 
-def _wait(predicate, what, timeout=START_TIMEOUT_S):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-
-
 def test_controller_restart_with_sqlite_loses_nothing(sqlite_cluster):
     c = sqlite_cluster
     c.start_engines(2, args=ENGINE_ARGS)
@@ -108,17 +100,17 @@ def test_controller_restart_with_sqlite_loses_nothing(sqlite_cluster):
         retried = [view.apply_async(slow, 2.0, f"retried-{i}") for i in range(4)]
     without_retries = [view.apply_async(slow, 0.5, "no-retries") for i in range(4)]
     direct = rc[ids[0]].apply_async(slow, 0.5, "direct")
-    _wait(lambda: sum(rc.queue_status()[e]["tasks"] for e in ids) >= 2,
-          "the tasks reached the engines")
+    wait_until(lambda: sum(rc.queue_status()[e]["tasks"] for e in ids) >= 2, START_TIMEOUT_S,
+               "the tasks reached the engines")
     # every request on disk (the controller answers before it commits: a request it
     # had not committed when killed is lost, and its client is told so)
     msg_ids = [m for ar in [*retried, *without_retries, direct] for m in ar.msg_ids]
-    _wait(lambda: _on_disk(c, msg_ids) and _on_disk(c, done.msg_ids, finished=True),
-          "the requests were committed to the DB")
+    wait_until(lambda: _on_disk(c, msg_ids) and _on_disk(c, done.msg_ids, finished=True),
+               START_TIMEOUT_S, "the requests were committed to the DB")
     _restart_controller(c, ["--reuse", "--db", "sqlite"], "controller2")
 
     # the engines come back with their ids (the same processes), the client by itself
-    _wait(lambda: sorted(rc.ids) == ids, f"engines {ids} registered again, not {rc.ids}")
+    wait_until(lambda: sorted(rc.ids) == ids, START_TIMEOUT_S, f"engines {ids} registered again")
     assert {e: rc._engines[e]["pid"] for e in ids} == pids
     for ar in retried:
         assert ar.get(START_TIMEOUT_S).startswith("retried-")
@@ -150,7 +142,8 @@ def test_controller_restart_without_records_fails_what_was_outstanding(tmp_path)
         rc = c.client(reconnect_timeout=120)
         rc.wait_for_engines(1, START_TIMEOUT_S)
         ar = rc.load_balanced_view().apply_async(slow, 3.0, "lost")
-        _wait(lambda: rc.queue_status()[rc.ids[0]]["tasks"], "the task reached the engine")
+        wait_until(lambda: rc.queue_status()[rc.ids[0]]["tasks"], START_TIMEOUT_S,
+                   "the task reached the engine")
         _restart_controller(c, ["--reuse"], "controller2")
         with pytest.raises(errors.MiniparError, match="no record of request"):
             ar.get(START_TIMEOUT_S)
@@ -166,7 +159,8 @@ def test_clients_and_engines_give_up_on_a_controller_that_stays_away(local_clust
     rc = c.client(reconnect_timeout=2)
     rc.wait_for_engines(1, START_TIMEOUT_S)
     ar = rc.load_balanced_view().apply_async(slow, 30, "never")
-    _wait(lambda: rc.queue_status()[rc.ids[0]]["tasks"], "the task reached the engine")
+    wait_until(lambda: rc.queue_status()[rc.ids[0]]["tasks"], START_TIMEOUT_S,
+               "the task reached the engine")
     c.controller.send_signal(signal.SIGKILL)
     with pytest.raises(errors.MiniparError, match="did not come back within 2 s"):
         ar.get(START_TIMEOUT_S)
@@ -189,7 +183,8 @@ def test_a_new_client_finds_results_of_a_previous_controller(sqlite_cluster):
     ar = rc[:].apply_async(square, 12)
     assert ar.get(START_TIMEOUT_S) == [144]
     rc.close()
-    _wait(lambda: _on_disk(c, ar.msg_ids, finished=True), "the result was committed")
+    wait_until(lambda: _on_disk(c, ar.msg_ids, finished=True), START_TIMEOUT_S,
+               "the result was committed")
     _restart_controller(c, ["--reuse", "--db", "sqlite"], "controller2")
     rc2 = minipar.Client(c.client_file, timeout=START_TIMEOUT_S)
     c.clients.append(rc2)

@@ -20,9 +20,17 @@ from minipar import errors, protocol, records
 from minipar.dependency import Dependency
 
 from .conftest import START_TIMEOUT_S, LocalCluster
+from .helpers import wait_until
 
 TIMEOUT = 120
 pytestmark = pytest.mark.timeout(TIMEOUT)
+
+
+@pytest.fixture
+def rc(shared_cluster):
+    """The module's cluster, for the tests that leave it as they found it (each waits
+    for or aborts what it started); the one that kills an engine takes ``cluster``."""
+    return shared_cluster.rc
 
 ROOT = str(pathlib.Path(__file__).resolve().parent.parent)
 
@@ -170,10 +178,8 @@ def test_a_maps_tasks_leave_a_hundred_to_a_message(lview, monkeypatch, tmp_path)
     marks.mkdir()
     with pytest.raises(minipar.SerializationError):
         lview.map_sync(touch, [marks] * 3, [1, 2, threading.Lock()], chunksize=1)
-    deadline = time.monotonic() + TIMEOUT
-    while sorted(p.name for p in marks.iterdir()) != ["1", "2"]:
-        assert time.monotonic() < deadline, "the tasks made before the bad one did not run"
-        time.sleep(0.05)
+    wait_until(lambda: sorted(p.name for p in marks.iterdir()) == ["1", "2"], TIMEOUT,
+               "the tasks made before the bad one to run")
 
 
 def test_flags_are_not_keywords_of_apply(lview):
@@ -412,17 +418,13 @@ def test_killed_engine_loses_none_of_2000_tasks_with_retries(cluster):
     lview = rc.load_balanced_view()
     with lview.temp_flags(retries=1):
         ar = lview.map_async(nap, range(2000), [0.004] * 2000, chunksize=1)
-    deadline = time.monotonic() + TIMEOUT / 2
-    while ar.progress < 400 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: ar.progress >= 400, TIMEOUT / 2, "400 of the 2000 tasks done")
     assert not ar.done()
     victim = cluster.engines[1]
     victim.send_signal(signal.SIGKILL)
     assert ar.get(TIMEOUT) == list(range(2000))
     victim.wait(10)
-    deadline = time.monotonic() + TIMEOUT / 4
-    while len(rc.ids) > 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len(rc.ids) <= 3, TIMEOUT / 4, "the killed engine gone from rc.ids")
     assert len(rc.ids) == 3
     # the tasks caught on the dead engine ran again elsewhere
     retried = [md["attempts"] for md in ar.metadata if len(md["attempts"]) > 1]

@@ -1,0 +1,192 @@
+"""The controller in-process, stepped by hand: no thread runs its loop and nothing sleeps.
+
+A ``Controller`` is bound on loopback; the test holds plain zmq sockets that speak the
+protocol with the controller's own key, and calls ``loop_once(now, timeout)`` itself::
+
+    fake engine DEALER ──▶ ROUTER "engine" ┐
+    fake heart  DEALER ──▶ ROUTER "pong"   ├─ Controller.loop_once, called by the test
+    fake client DEALER ──▶ ROUTER "client" │
+    fake client SUB    ◀── PUB "notify"    ┘
+
+`now` is the test's clock, so heartbeats are counted in steps the test chooses; the
+`timeout` of a step only bounds the wait for a message already on its way over loopback
+(``STEP_S`` when one is expected, 0 when the step is only a tick of the clock).
+"""
+
+import pytest
+import zmq
+
+from minipar import errors, protocol
+from minipar.controller import Controller
+
+from .helpers import wait_until
+
+TIMEOUT = 30
+pytestmark = pytest.mark.timeout(TIMEOUT)
+
+PERIOD_S = 1.0   # the heartbeat period on the test's clock: no real second passes
+LIVENESS = 3
+STEP_S = 5       # bound on one step's wait for a message in flight on loopback
+
+
+class Peer:
+    """A plain zmq socket of the test's, signing and checking with the controller's key."""
+
+    def __init__(self, ctx, hub, port, kind=zmq.DEALER, identity=None):
+        self.session = protocol.Session(hub.session.key)
+        self.sock = ctx.socket(kind)
+        self.sock.linger = 0
+        if identity:
+            self.sock.identity = identity
+        if kind == zmq.SUB:
+            self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sock.connect(f"tcp://127.0.0.1:{hub.ports[port]}")
+
+    def send(self, kind, parts=(), **fields):
+        header, frames = self.session.msg(kind, parts, **fields)
+        self.sock.send_multipart(frames)
+        return header
+
+    def recv(self, timeout=STEP_S):
+        """(routing ids, header, parts) of the next message, within `timeout` s."""
+        assert self.sock.poll(timeout * 1000), "nothing arrived"
+        idents, header, parts = self.session.check(self.sock.recv_multipart(), replay=False)
+        return [bytes(i) for i in idents], header, [bytes(p) for p in parts]
+
+    def recv_notice(self):
+        """The next notification, skipping the probes of ``hub_of``."""
+        while True:
+            idents, header, _ = self.recv()
+            if idents != [b"probe"]:
+                return idents[0].decode(), header
+
+
+@pytest.fixture
+def hub(tmp_path):
+    """A bound Controller with a fake client (``hub.client``, ``hub.notices``) and
+    ``hub.clock``, the `now` of its next step."""
+    c = Controller(profile_dir=str(tmp_path / "profile"), heartbeat_period=PERIOD_S,
+                   heartbeat_liveness=LIVENESS)
+    c.bind()
+    c.test_ctx = zmq.Context()
+    c.clock = 1000.0
+    try:
+        c.client = Peer(c.test_ctx, c, "client")
+        c.notices = Peer(c.test_ctx, c, "notify", zmq.SUB)
+        # a PUB drops what it sends before a subscription has arrived: publish probes on
+        # the controller's own socket (this thread owns it) until one is heard
+        def heard():
+            c.sockets["notify"].send_multipart([b"probe", *c.session.msg("probe")[1]])
+            return c.notices.sock.poll(10)
+
+        wait_until(heard, TIMEOUT, "the fake client's subscription")
+        step(c, timeout=0)   # the first beat
+        yield c
+    finally:
+        c.close()
+        c.test_ctx.destroy(linger=0)
+
+
+def step(hub, timeout=STEP_S, beat=False):
+    """One pass of the controller's loop; `beat`: the clock moves on one heartbeat period
+    first, so this pass sends a ping and counts who missed the last one."""
+    if beat:
+        hub.clock += PERIOD_S
+    hub.loop_once(hub.clock, timeout)
+
+
+def register(hub, name, **fields):
+    """A fake engine registered through the controller: (its socket, its id)."""
+    engine = Peer(hub.test_ctx, hub, "engine", identity=name)
+    reg = engine.send(protocol.REGISTER, pid=1234, host="fake", **fields)
+    step(hub)
+    _, reply, _ = engine.recv()
+    assert reply["kind"] == protocol.reply_kind(protocol.REGISTER)
+    assert reply["parent"] == reg["msg_id"]
+    return engine, reply["id"]
+
+
+def test_an_engine_registers_gets_its_id_and_clients_are_told(hub):
+    engine, eid = register(hub, b"engine-a")
+    assert eid == 0 and list(hub.engines) == [0]
+    assert hub.engines[0]["ident"] == b"engine-a" and hub.engines[0]["pid"] == 1234
+    kind, notice = hub.notices.recv_notice()
+    assert kind == notice["kind"] == protocol.ENGINE_REGISTERED
+    assert notice["id"] == 0 and notice["info"]["host"] == "fake"
+    # the next gets the next id; one asking for a free id gets it
+    _, second = register(hub, b"engine-b")
+    _, wanted = register(hub, b"engine-c", id=7)
+    assert (second, wanted) == (1, 7)
+    assert [hub.notices.recv_notice()[1]["id"] for _ in range(2)] == [1, 7]
+    # a client connecting now is told of all three
+    connect = hub.client.send(protocol.CONNECT)
+    step(hub)
+    _, reply, _ = hub.client.recv()
+    assert reply["parent"] == connect["msg_id"] and reply["status"] == "ok"
+    assert sorted(reply["engines"]) == [0, 1, 7]
+
+
+def test_a_registration_with_fields_of_the_wrong_type_is_refused(hub):
+    engine = Peer(hub.test_ctx, hub, "engine", identity=b"liar")
+    engine.send(protocol.REGISTER, pid="not a pid")
+    step(hub)
+    _, reply, _ = engine.recv()
+    assert reply["kind"] == protocol.UNREGISTER and reply["fatal"]
+    assert "registration refused" in reply["reason"]
+    assert hub.engines == {}
+
+
+def test_a_direct_request_reaches_its_engine_and_the_reply_its_client(hub):
+    engines = dict(register(hub, name)[::-1] for name in (b"engine-a", b"engine-b"))
+    request = hub.client.send(protocol.APPLY, [b"function", b"arguments"], engine=1,
+                              counts=[1, 1])
+    step(hub)
+    idents, header, parts = engines[1].recv()
+    assert header["msg_id"] == request["msg_id"] and parts == [b"function", b"arguments"]
+    assert idents == [hub.engines[1]["reg"]]   # under the engine's current registration
+    assert not engines[0].sock.poll(0)
+    assert hub.db.get(request["msg_id"])["engine"] == 1
+    engines[1].send(protocol.reply_kind(protocol.APPLY), [b"result"],
+                    parent=request["msg_id"], status="ok", engine=1)
+    step(hub)
+    _, reply, parts = hub.client.recv()
+    assert reply["parent"] == request["msg_id"] and reply["status"] == "ok"
+    assert parts == [b"result"]
+    assert hub.db.get(request["msg_id"])["status"] == "ok"
+    assert hub.engines[1]["outstanding"] == set()
+
+
+def test_a_request_for_an_unknown_engine_fails_at_once(hub):
+    register(hub, b"engine-a")
+    request = hub.client.send(protocol.APPLY, [b"f"], engine=5, counts=[1])
+    step(hub)
+    _, reply, parts = hub.client.recv()
+    assert reply["parent"] == request["msg_id"] and reply["ename"] == "EngineError"
+    assert "engine 5 is not registered" in reply["evalue"]
+
+
+def test_an_engine_that_misses_heartbeats_is_declared_dead_and_its_request_fails(hub):
+    silent, dead = register(hub, b"silent")
+    heart = Peer(hub.test_ctx, hub, "pong", identity=b"beating")   # the other's heart
+    beating, alive = register(hub, b"beating")
+    request = hub.client.send(protocol.APPLY, [b"f"], engine=dead, counts=[1])
+    step(hub)
+    assert silent.recv()[1]["msg_id"] == request["msg_id"]   # it has it, and never answers
+    for n in range(LIVENESS):
+        heart.sock.send(b"%d" % hub._beat)   # a pong: the beat number, unsigned
+        step(hub)                            # the pong arrives
+        step(hub, timeout=0, beat=True)
+        assert dead in hub.engines, f"declared dead after {n + 1} missed beats"
+    heart.sock.send(b"%d" % hub._beat)
+    step(hub)
+    step(hub, timeout=0, beat=True)   # one more missed beat than the liveness allows
+    assert dead not in hub.engines and alive in hub.engines
+    _, reply, parts = hub.client.recv()
+    assert reply["parent"] == request["msg_id"] and reply["status"] == "error"
+    assert reply["ename"] == "EngineError"
+    err = protocol.deserialize(parts)
+    assert isinstance(err, errors.EngineError) and f"engine {dead} died" in str(err)
+    kinds = [hub.notices.recv_notice()[0] for _ in range(3)]
+    assert kinds == [protocol.ENGINE_REGISTERED] * 2 + [protocol.ENGINE_DIED]
+    _, notice, _ = silent.recv()
+    assert notice["kind"] == protocol.UNREGISTER and "missed heartbeats" in notice["reason"]
