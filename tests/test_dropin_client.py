@@ -8,16 +8,15 @@ import pytest
 
 import minipar
 from minipar import Reference, RemoteError
+from .helpers import wait_until
 
 TIMEOUT = 30
 
 
 def _wait_started(ar, text="started", timeout=TIMEOUT):
     """Wait until every request of `ar` printed `text` (streamed while it runs)."""
-    deadline = time.monotonic() + timeout
-    while not all(text in f.metadata["stdout"] for f in ar.futures):
-        assert time.monotonic() < deadline, "the request did not start"
-        time.sleep(0.02)
+    wait_until(lambda: all(text in f.metadata["stdout"] for f in ar.futures), timeout,
+               "the request to start")
 
 
 # ---------------------------------------------------------------- Reference
@@ -119,10 +118,7 @@ def test_send_signal_to_several_engines_and_other_signals(cluster):
     dv.execute("import signal\nhits = []\n"
                "signal.signal(signal.SIGUSR1, lambda *a: hits.append(1))", block=True)
     rc.send_signal(signal.SIGUSR1, targets=[1, 2])
-    deadline = time.monotonic() + TIMEOUT
-    while rc[1].apply_sync(len, Reference("hits")) == 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: rc[1].apply_sync(len, Reference("hits")), TIMEOUT, "the handler to run")
     assert rc[2].pull("hits", block=True) == [1]
     assert rc[0].pull("hits", block=True) == []
 

@@ -15,6 +15,8 @@ import weakref
 
 import pytest
 
+from .helpers import wait_until
+
 
 TIMEOUT = 120
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -54,13 +56,6 @@ def marks(tmp_path):
     folder = tmp_path / "marks"
     folder.mkdir()
     return str(folder)
-
-
-def wait_until(predicate, what):
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
 
 
 # ---------------------------------------------------------------- views
@@ -167,7 +162,7 @@ def test_return_exceptions_for_map_and_get(rc):
 
 def test_publish_data_updates_ar_data_while_it_runs(rc):
     ar = rc.load_balanced_view().apply_async(publish_steps, 20, 0.1)
-    wait_until(lambda: ar.data.get("step", -1) >= 1 or ar.done(), "no data while running")
+    wait_until(lambda: ar.data.get("step", -1) >= 1 or ar.done(), WAIT_S, "no data while running")
     assert not ar.done(), "the data came only with the result"
     assert ar.data["of"] == 20
     assert ar.get(WAIT_S) == 20
@@ -197,14 +192,14 @@ def test_running_once_an_engine_started_it(rc):
     lv = rc.load_balanced_view()
     ar = lv.apply_async(sleep_then, 1.5, "slow")
     assert not ar.done()
-    wait_until(ar.running, "never running")
+    wait_until(ar.running, WAIT_S, "never running")
     assert ar.metadata["started"] is not None
     assert not ar.cancel(), "a running task cannot be cancelled"
     assert ar.get(WAIT_S) == "slow"
     assert not ar.running() and ar.done() and not ar.cancelled()
     # a map is running once one of its tasks is
     m = lv.map_async(sleep_then, [1.5] * 4, range(4), chunksize=1)
-    wait_until(m.running, "the map never running")
+    wait_until(m.running, WAIT_S, "the map never running")
     assert not m.cancel()
     assert m.get(WAIT_S) == [0, 1, 2, 3]
     quick = rc[0].apply_async(abs, -1)   # its reply says it started
@@ -218,7 +213,7 @@ def test_cancel_false_when_finished_true_when_queued(rc, marks):
     assert done.get(WAIT_S) == 1
     assert not done.cancel() and not done.cancelled()
     blockers = [rc[e].apply_async(mark_then_sleep, marks, e, 2) for e in rc.ids]
-    wait_until(lambda: len(os.listdir(marks)) == 4, "the engines did not start")
+    wait_until(lambda: len(os.listdir(marks)) == 4, WAIT_S, "the engines did not start")
     queued = lv.apply_async(sleep_then, 0, "never")
     assert not queued.running()
     assert queued.cancel() and queued.cancelled() and queued.done()
@@ -233,8 +228,8 @@ def test_cancel_false_when_finished_true_when_queued(rc, marks):
 def test_shutdown_cancel_futures_cancels_only_what_has_not_started(rc, marks):
     ex = rc.executor()
     running = [ex.submit(mark_then_sleep, marks, i, 1.5) for i in range(4)]
-    wait_until(lambda: len(os.listdir(marks)) == 4, "the engines did not start")
-    wait_until(lambda: all(f.running() for f in running), "not running")
+    wait_until(lambda: len(os.listdir(marks)) == 4, WAIT_S, "the engines did not start")
+    wait_until(lambda: all(f.running() for f in running), WAIT_S, "not running")
     queued = [ex.submit(sleep_then, 60, i) for i in range(8)]
     ex.shutdown(wait=True, cancel_futures=True)
     assert all(f.cancelled() for f in queued)
@@ -243,7 +238,7 @@ def test_shutdown_cancel_futures_cancels_only_what_has_not_started(rc, marks):
 
 def test_abort_still_interrupts_a_running_task(rc):
     ar = rc.load_balanced_view().apply_async(sleep_then, 60, None)
-    wait_until(ar.running, "never running")
+    wait_until(ar.running, WAIT_S, "never running")
     ar.abort()
     with pytest.raises(Exception, match="abort"):
         ar.get(WAIT_S)

@@ -22,11 +22,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
-from minipar import launcher, protocol
+from minipar import protocol
 
 from .helpers import wait_until
 from .test_launcher import CTL_ARGS, ROOT, Pids

@@ -13,12 +13,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
 
 from .conftest import ROOT, START_TIMEOUT_S, LocalCluster, _env
+from .helpers import wait_until
 
 TIMEOUT = 120
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -39,18 +39,6 @@ def square(x):
 
 def fail(x):
     raise ValueError(f"bad input {x}\nmore detail on a second line")
-
-
-def _until(check, timeout, what):
-    """Poll `check()` until it returns something true; that value, or fail saying `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} within {timeout} s")
-        time.sleep(0.1)
 
 
 def _top(cluster, *args, timeout=30):
@@ -120,14 +108,14 @@ def test_status_shows_what_each_engine_runs(rc):
                                             and r["running_s"] is not None
                                             and r["rss_bytes"] for r in rows)) else None
 
-    s = _until(all_busy, 15, "four engines busy running `slow`, with their memory")
+    s = wait_until(all_busy, 15, "four engines busy running `slow`, with their memory")
     assert s["running"] == 4 and s["engines_alive"] == 4
     assert all(r["running_s"] < 10 for r in s["engines"])
     assert "slow" in repr(s) and "busy" in repr(s)
     html = s._repr_html_()
     assert "<table>" in html and html.count("<tr>") == 5
     ar.get(30)
-    s = _until(lambda: (lambda s: s if s["done"] == 4 else None)(rc.status()), 10,
+    s = wait_until(lambda: (lambda s: s if s["done"] == 4 else None)(rc.status()), 10,
                "the four tasks counted as done")
     assert s["running"] == 0 and {r["state"] for r in s["engines"]} == {"idle"}
 
@@ -161,7 +149,7 @@ def test_once_json_counts_and_a_killed_engine(cluster):
     eid = next(r["id"] for r in rows if r["pid"] == victim.pid)
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
-    _until(lambda: rc.status()["engines_lost"] == 1, 20, "the killed engine declared lost")
+    wait_until(lambda: rc.status()["engines_lost"] == 1, 20, "the killed engine declared lost")
     snap = _snapshot(cluster)
     assert snap["engines_alive"] == 3 and snap["engines_lost"] == 1
     row = next(r for r in snap["engines"] if r["id"] == eid)
@@ -201,7 +189,7 @@ def tmux(tmp_path):
     try:
         run("-f", "/dev/null", "new-session", "-d", "-x", "100", "-y", "40", "-s", "t",
             f"bash --noprofile --rcfile {rcfile}")
-        _until(lambda: PROMPT.strip() in run("capture-pane", "-p", "-t", "t"), 10,
+        wait_until(lambda: PROMPT.strip() in run("capture-pane", "-p", "-t", "t"), 10,
                "a shell prompt in the tmux pane")
         yield run
     finally:
@@ -221,7 +209,7 @@ def test_live_view_in_a_terminal(cluster, tmux):
 
     tmux("send-keys", "-t", "t", f"cd {ROOT} && {sys.executable} -m minipar.top --file "
          f"{cluster.client_file} --interval 0.3; echo top exited $?", "Enter")
-    _until(lambda: "4 alive, 0 lost" in screen(), 30, "the view's header")
+    wait_until(lambda: "4 alive, 0 lost" in screen(), 30, "the view's header")
 
     view = rc.load_balanced_view()
     good = [view.apply_async(slow, 0.4) for _ in range(24)]   # a map would send chunks
@@ -233,12 +221,12 @@ def test_live_view_in_a_terminal(cluster, tmux):
         busy = [line for line in rows if " busy " in line and "slow" in line]
         return s if len(rows) == 4 and len(busy) >= 3 else None
 
-    first = _until(busy_rows, 30, "engine rows busy running `slow`")
+    first = wait_until(busy_rows, 30, "engine rows busy running `slow`")
     assert {0, 1, 2, 3} == {int(line.split()[0]) for line in first.splitlines()
                             if re.match(r"^\s*\d+\s", line)}
     counts = _done_failed(first)
     assert counts is not None and counts[0] < 24
-    _until(lambda: (_done_failed(screen()) or (0, 0))[0] > counts[0], 30,
+    wait_until(lambda: (_done_failed(screen()) or (0, 0))[0] > counts[0], 30,
            "the done count growing")
     assert [a.get(60) for a in good] == [0.4] * 24
     for a in bad:
@@ -246,14 +234,14 @@ def test_live_view_in_a_terminal(cluster, tmux):
             a.get(30)
 
     # after the workload, its exact totals, every engine idle, the failures listed
-    last = _until(lambda: (lambda s: s if _done_failed(s) == (24, 3) else None)(screen()),
+    last = wait_until(lambda: (lambda s: s if _done_failed(s) == (24, 3) else None)(screen()),
                   30, "the totals 24 done, 3 failed")
-    last = _until(lambda: (lambda s: s if s.count(" idle ") == 4 else None)(screen()), 10,
+    last = wait_until(lambda: (lambda s: s if s.count(" idle ") == 4 else None)(screen()), 10,
                   "four idle engines")
     assert "ValueError: bad input" in last and "0 queued, 0 running" in last
 
     tmux("send-keys", "-t", "t", "q")
-    after = _until(lambda: (lambda s: s if "top exited 0" in s else None)(screen()), 15,
+    after = wait_until(lambda: (lambda s: s if "top exited 0" in s else None)(screen()), 15,
                    "the view ended by q, with status 0")
     assert after.rstrip().splitlines()[-1].strip() == PROMPT.strip()
     assert "4 alive" not in after   # the terminal's own screen is back
@@ -277,14 +265,14 @@ def test_monitor_follows_a_restart_then_says_the_controller_is_gone(tmp_path):
         cluster.client().wait_for_engines(2, START_TIMEOUT_S)
         assert monitor.poll()["engines_alive"] == 2
         _restart_controller(cluster, ["--reuse"], "controller2")
-        snap = _until(lambda: (lambda s: s if s and s["engines_alive"] == 2 else None)(
+        snap = wait_until(lambda: (lambda s: s if s and s["engines_alive"] == 2 else None)(
             monitor.poll()), 60, "the monitor seeing the restarted controller's engines")
         assert snap["controller"]["pid"] == cluster.controller.pid and snap["done"] == 0
         cluster.controller.send_signal(signal.SIGKILL)
         cluster.controller.wait(10)
         assert monitor.poll() is None and "no answer from the controller" in monitor.note
         with pytest.raises(top.Gone, match="has not answered for"):
-            _until(monitor.poll, 20, "the monitor giving up")
+            wait_until(monitor.poll, 20, "the monitor giving up")
     finally:
         monitor.close()
         cluster.stop()
@@ -299,6 +287,6 @@ def test_monitor_says_the_controller_stopped_when_its_file_goes(local_cluster):
         local_cluster.controller.terminate()   # it removes its files (no --reuse)
         local_cluster.controller.wait(10)
         with pytest.raises(top.Gone, match="connection file .* is gone"):
-            _until(monitor.poll, 10, "the monitor noticing the controller stopped")
+            wait_until(monitor.poll, 10, "the monitor noticing the controller stopped")
     finally:
         monitor.close()
