@@ -959,16 +959,20 @@ class Cluster:
             self._atexit = False
 
     @classmethod
-    def from_file(cls, path=None, *, profile=None, profile_dir=None, cluster_id=None):
-        """The Cluster saved at `path` (or in a profile), its launchers reconnected.
+    def from_file(cls, cluster_file=None, *, profile=None, profile_dir=None, cluster_id=None):
+        """The Cluster saved in `cluster_file`, or in a profile, its launchers reconnected.
 
+        Without `cluster_file`: cluster `cluster_id` of the profile, or, without
+        `cluster_id`, the one running cluster there (an error names them if there are
+        several). Without `profile` and `profile_dir`, every folder in $MINIPAR_DIR is
+        searched (ipyparallel: the default profile), so ``Cluster(n=2)`` is found too.
         Launchers whose resources are gone are dropped (`controller` becomes None).
         The returned Cluster does not stop anything when this process exits.
         """
-        if path is None:
-            path = find_cluster_file(profile=profile, profile_dir=profile_dir,
-                                     cluster_id=cluster_id)
-        with open(path) as f:
+        if cluster_file is None:
+            cluster_file = find_cluster_file(profile=profile, profile_dir=profile_dir,
+                                             cluster_id=cluster_id)
+        with open(cluster_file) as f:
             d = json.load(f)
         c = d["cluster"]
         self = cls(n=c["n"], engines=c["engines"], controller=c["controller"],
@@ -1245,16 +1249,22 @@ def _kind_name(kind):
     return _class_path(kind) if isinstance(kind, type) else kind
 
 
+def _all_profile_dirs():
+    """Every folder in $MINIPAR_DIR: named profiles and the folders of Cluster()s."""
+    base = protocol.base_dir()
+    try:
+        return sorted(p for p in (os.path.join(base, f) for f in os.listdir(base))
+                      if os.path.isdir(p))
+    except OSError:
+        return []
+
+
 def cluster_files(profile=None, profile_dir=None):
     """Cluster files of one profile, or of every profile under $MINIPAR_DIR; newest first."""
     if profile is not None or profile_dir is not None:
         folders = [protocol.profile_dir(profile, profile_dir)]
     else:
-        base = protocol.base_dir()
-        try:
-            folders = [os.path.join(base, f) for f in os.listdir(base)]
-        except OSError:
-            folders = []
+        folders = _all_profile_dirs()
     found = []
     for folder in folders:
         sec = os.path.join(folder, "security")
@@ -1267,19 +1277,34 @@ def cluster_files(profile=None, profile_dir=None):
     return sorted(found, key=lambda p: -os.path.getmtime(p))
 
 
+def _running(path):
+    try:
+        return Cluster.from_file(path)._is_running()
+    except (OSError, ValueError, KeyError):
+        return False  # unreadable: `list` warns about it
+
+
 def find_cluster_file(profile=None, profile_dir=None, cluster_id=None):
-    """The one cluster file that matches; an error saying how to choose otherwise."""
-    candidates = cluster_files(profile, profile_dir)
+    """The file of cluster `cluster_id`, or else of the one running cluster; an error
+    naming the choices when there are none or several."""
+    paths = cluster_files(profile, profile_dir)
     if cluster_id is not None:
         name = CLUSTER_FILE.format(cluster_id=cluster_id)
-        candidates = [p for p in candidates if os.path.basename(p) == name]
-    if len(candidates) != 1:
-        where = profile_dir or (f"profile {profile}" if profile else protocol.base_dir())
-        what = "no cluster" if not candidates else f"{len(candidates)} clusters"
-        raise LauncherError(f"{what} found in {where} (cluster id {cluster_id}): give "
-                            f"--cluster-id or --profile-dir; see `python -m {_PKG}.launcher "
-                            "list`")
-    return candidates[0]
+        paths = [p for p in paths if os.path.basename(p) == name]
+        what = f"cluster {cluster_id!r}"
+    else:
+        paths = [p for p in paths if _running(p)]
+        what = "running cluster"
+    if len(paths) == 1:
+        return paths[0]
+    where = profile_dir or (f"profile {profile}" if profile else protocol.base_dir())
+    see = f"see `python -m {_PKG}.launcher list`"
+    if not paths:
+        raise LauncherError(f"no {what} found in {where}; {see}")
+    found = ", ".join(f"{os.path.basename(p)[8:-5]} ({os.path.dirname(os.path.dirname(p))})"
+                      for p in paths)
+    raise LauncherError(f"{len(paths)} {what}s found in {where}: {found}; choose one with "
+                        f"cluster_id= (--cluster-id) or profile_dir= (--profile-dir); {see}")
 
 
 def live_controller(profile_dir):
