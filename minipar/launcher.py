@@ -25,6 +25,7 @@ Map of the module::
      batch.py: BatchSystemLauncher and Slurm*, PBS*, SGE*, LSF*; both found here by name)
     find_launcher_class(name, kind)  short name, class name, import path or entry point
     Cluster                          one controller + engine sets + Clients; a cluster file
+    ClusterManager                   the clusters of profiles, read from their cluster files
     main()                           python -m <pkg>.launcher start|engines|stop|list|clean
 
 Who talks to whom::
@@ -1305,6 +1306,73 @@ def find_cluster_file(profile=None, profile_dir=None, cluster_id=None):
                       for p in paths)
     raise LauncherError(f"{len(paths)} {what}s found in {where}: {found}; choose one with "
                         f"cluster_id= (--cluster-id) or profile_dir= (--profile-dir); {see}")
+
+
+class ClusterManager:
+    """The clusters of some profiles, by key ``"<profile>:<cluster_id>"`` (a profile's name,
+    or its folder outside $MINIPAR_DIR), as ipyparallel's. ``load_clusters()`` reads the
+    cluster files of the profiles (default: those given here, else every folder in
+    $MINIPAR_DIR); ``get_cluster(key).stop_cluster_sync()`` stops one."""
+
+    def __init__(self, profile=None, profile_dir=None):
+        self.profile, self.profile_dir = profile, profile_dir
+        self.clusters = {}  # key -> Cluster
+
+    @staticmethod
+    def _cluster_key(cluster):
+        pdir = cluster.profile_dir
+        folder, name = os.path.split(pdir)
+        if folder == os.path.abspath(protocol.base_dir()) and name.startswith("profile_"):
+            pdir = name[len("profile_"):]
+        return f"{pdir}:{cluster.cluster_id}"
+
+    def load_clusters(self, *, profile_dirs=None, profile_dir=None, profiles=None,
+                      profile=None, init_default_clusters=False):
+        """Add the clusters found on disk, drop those that stopped; `clusters`.
+        `init_default_clusters`: a Cluster with id "" for a profile without any."""
+        for key, cluster in list(self.clusters.items()):
+            if cluster.controller is not None and not cluster._is_running():
+                del self.clusters[key]   # stopped; a new one not yet started stays
+        if profile_dirs is None:  # the first given: profile_dir(s), profile(s), all
+            profile_dir, profile = profile_dir or self.profile_dir, profile or self.profile
+            profiles = profiles or ([profile] if profile else None)
+            profile_dirs = ([profile_dir] if profile_dir else [
+                protocol.profile_dir(p) for p in profiles] if profiles else _all_profile_dirs())
+        loaded = {os.path.join(c.profile_dir, "security", CLUSTER_FILE.format(
+            cluster_id=c.cluster_id)) for c in self.clusters.values()}  # makes no folder
+        for pdir in profile_dirs:
+            paths = cluster_files(profile_dir=pdir)
+            if init_default_clusters and not paths:
+                cluster = Cluster(profile_dir=pdir, cluster_id="")
+                self.clusters.setdefault(self._cluster_key(cluster), cluster)
+            for path in paths:
+                if path in loaded:
+                    continue
+                try:
+                    cluster = Cluster.from_file(path)
+                except (OSError, ValueError, KeyError) as e:
+                    log.warning("unreadable cluster file %s: %s", path, e)
+                    continue
+                self.clusters[self._cluster_key(cluster)] = cluster
+        return self.clusters
+
+    def list_clusters(self):
+        return list(self.clusters)  # the keys (minipar's: ipyparallel 9 has only `clusters`)
+
+    def new_cluster(self, **kwargs):
+        """A new, not yet started Cluster(**kwargs), kept here; (key, cluster)."""
+        cluster = Cluster(**kwargs)
+        key = self._cluster_key(cluster)
+        if key in self.clusters:
+            raise KeyError(f"cluster {key} already exists")
+        self.clusters[key] = cluster
+        return key, cluster
+
+    def get_cluster(self, cluster_id):
+        return self.clusters[cluster_id]  # a key from list_clusters()
+
+    def remove_cluster(self, cluster_id):
+        del self.clusters[cluster_id]  # forget it; as in ipyparallel, it is not stopped
 
 
 def live_controller(profile_dir):
