@@ -109,7 +109,7 @@ def phase_tasks(n_tasks, n_engines, folder):
     """`n_tasks` no-op tasks submitted at once; all must come back right."""
     cluster = _cluster(n_engines, folder)
     try:
-        rc = cluster.start_and_connect()
+        rc = cluster.start_and_connect_sync()
         pid = cluster.controller.pid
         sampler = RSSSampler(pid)
         view = rc.load_balanced_view()
@@ -122,14 +122,14 @@ def phase_tasks(n_tasks, n_engines, folder):
                       f"  (submitting took {submitted_s:.1f} s; "
                       f"{n_tasks / seconds:,.0f} tasks/s)")
     finally:
-        cluster.stop_cluster()
+        cluster.stop_cluster_sync()
 
 
 def phase_map(n_items, n_engines, folder, chunksize=50):
     """`n_items` map items through the load-balanced view; RSS before, during, after."""
     cluster = _cluster(n_engines, folder)
     try:
-        rc = cluster.start_and_connect()
+        rc = cluster.start_and_connect_sync()
         pid = cluster.controller.pid
         before = rss_mb(pid)
         sampler = RSSSampler(pid)
@@ -158,7 +158,7 @@ def phase_map(n_items, n_engines, folder, chunksize=50):
                       f"{before:.1f} MB, peak {peak:.1f}, after {after:.1f}, after "
                       f"purge {purged:.1f})")
     finally:
-        cluster.stop_cluster()
+        cluster.stop_cluster_sync()
 
 
 def phase_engines(n_engines, folder, per_process=50):
@@ -167,8 +167,8 @@ def phase_engines(n_engines, folder, per_process=50):
                       controller_args=["--heartbeat-liveness", "10"], shutdown_atexit=True)
     procs = []
     try:
-        cluster.start_controller()
-        rc = cluster.connect_client()
+        cluster.start_controller_sync()
+        rc = cluster.connect_client_sync()
         pid = cluster.controller.pid
         sampler = RSSSampler(pid)
         t0 = time.monotonic()
@@ -196,7 +196,7 @@ def phase_engines(n_engines, folder, per_process=50):
         for p in procs:   # by pid: SIGKILL, they hold no state worth a clean stop
             p.send_signal(signal.SIGKILL)
             p.wait(10)
-        cluster.stop_cluster()
+        cluster.stop_cluster_sync()
 
 
 # ---------------------------------------------------------------- simulated engines

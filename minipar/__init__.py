@@ -25,7 +25,7 @@ _LAZY = {
     "MapTask": "classic", "MultiEngineClient": "classic", "PendingResult": "classic",
     "StringTask": "classic", "Task": "classic", "TaskClient": "classic",
     "TaskResult": "classic",
-    "Cluster": "launcher",
+    "Cluster": "launcher", "ClusterManager": "launcher",
 }
 
 
@@ -42,8 +42,8 @@ def __dir__():
 
 
 __all__ = sorted([
-    "AsyncResult", "BroadcastView", "Client", "Cluster", "CompositeError", "Dependency",
-    "DependencyTimeout", "DirectView", "EngineError", "ImpossibleDependency",
+    "AsyncResult", "BroadcastView", "Client", "Cluster", "ClusterManager", "CompositeError",
+    "Dependency", "DependencyTimeout", "DirectView", "EngineError", "ImpossibleDependency",
     "InvalidDependency", "LoadBalancedView", "MiniparError", "NoEnginesRegistered",
     "Reference", "RemoteError", "SerializationError", "TaskAborted", "TaskTimeout",
     "TimeoutError", "UnmetDependency", "depend", "dependent", "interactive", "require",

@@ -25,6 +25,7 @@ Map of the module::
      batch.py: BatchSystemLauncher and Slurm*, PBS*, SGE*, LSF*; both found here by name)
     find_launcher_class(name, kind)  short name, class name, import path or entry point
     Cluster                          one controller + engine sets + Clients; a cluster file
+    ClusterManager                   the clusters of profiles, read from their cluster files
     main()                           python -m <pkg>.launcher start|engines|stop|list|clean
 
 Who talks to whom::
@@ -42,6 +43,7 @@ process that started them, which then stops them in order (engines first).
 import argparse
 import asyncio
 import atexit
+import functools
 import importlib
 import json
 import logging
@@ -843,22 +845,37 @@ def launcher_from_dict(d):
 # ---------------------------------------------------------------- Cluster
 
 
+def _coroutine_twin(sync):
+    """The coroutine method beside the blocking Cluster method `sync` ("x" beside "x_sync"),
+    as ipyparallel names them. It runs `sync` in the event loop's default thread pool, so
+    other coroutines go on meanwhile; cancelling the await does not stop that call."""
+    @functools.wraps(sync)
+    async def method(self, *args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(sync, self, *args, **kwargs))
+
+    method.__name__ = sync.__name__[:-len("_sync")]
+    method.__qualname__ = sync.__qualname__[:-len("_sync")]
+    return method
+
+
 class Cluster:
     """A controller and sets of engines, started, watched and stopped together.
 
     ``with Cluster(n=4) as rc:`` starts a local controller and 4 local engines, waits
     until they have registered and gives a connected Client; leaving the block (also by
-    an exception) closes the client and stops every process. Without ``with``:
-    ``rc = cluster.start_and_connect_sync()`` ... ``cluster.stop_cluster_sync()``.
+    an exception) closes the client and stops every process; ``async with`` too. As in
+    ipyparallel, each step is a coroutine with a blocking twin that holds the code:
+    ``rc = await cluster.start_and_connect()`` or ``cluster.start_and_connect_sync()``.
 
     Without `profile` or `profile_dir`, each cluster gets its own folder
     ``$MINIPAR_DIR/cluster_<cluster_id>`` (removed when the cluster stops), so clusters
     started side by side never share connection files. The cluster's state is saved in
-    ``<profile_dir>/security/cluster-<cluster_id>.json`` for ``Cluster.from_file``.
-    `controller_options` / `engine_options` are keyword arguments for the launchers
-    (``engine_options={"mpi_args": ["--oversubscribe"]}``, ``{"engines": {host: n}}``).
-    ``restart_engines="on_failure"`` replaces engines that crash or are killed (local
-    engine sets), so a long run keeps its engine count.
+    ``<profile_dir>/security/cluster-<cluster_id>.json`` for ``Cluster.from_file`` while
+    anything of it runs. `controller_options` / `engine_options` are keyword arguments for
+    the launchers (``engine_options={"mpi_args": ["--oversubscribe"]}``,
+    ``{"engines": {host: n}}``). ``restart_engines="on_failure"`` replaces engines that
+    crash or are killed (local engine sets), so a long run keeps its engine count.
     """
 
     def __init__(self, n=None, engines="local", controller="local", profile=None,
@@ -928,17 +945,35 @@ class Cluster:
     def _write_cluster_file(self):
         protocol.write_connection_file(self.cluster_file, self.to_dict())
 
-    @classmethod
-    def from_file(cls, path=None, *, profile=None, profile_dir=None, cluster_id=None):
-        """The Cluster saved at `path` (or in a profile), its launchers reconnected.
+    def _is_running(self):
+        """Whether the controller or an engine set of this cluster still runs."""
+        return (self.controller is not None and self.controller.state != AFTER) or \
+            any(e.state != AFTER for e in self.engines.values())
 
+    def _update_cluster_file(self):
+        # the file describes a running cluster; once nothing runs, it goes (as ipyparallel)
+        if self._is_running():
+            return self._write_cluster_file()
+        self._remove_files()
+        if self._atexit:
+            atexit.unregister(self.stop_cluster_sync)
+            self._atexit = False
+
+    @classmethod
+    def from_file(cls, cluster_file=None, *, profile=None, profile_dir=None, cluster_id=None):
+        """The Cluster saved in `cluster_file`, or in a profile, its launchers reconnected.
+
+        Without `cluster_file`: cluster `cluster_id` of the profile, or, without
+        `cluster_id`, the one running cluster there (an error names them if there are
+        several). Without `profile` and `profile_dir`, every folder in $MINIPAR_DIR is
+        searched (ipyparallel: the default profile), so ``Cluster(n=2)`` is found too.
         Launchers whose resources are gone are dropped (`controller` becomes None).
         The returned Cluster does not stop anything when this process exits.
         """
-        if path is None:
-            path = find_cluster_file(profile=profile, profile_dir=profile_dir,
-                                     cluster_id=cluster_id)
-        with open(path) as f:
+        if cluster_file is None:
+            cluster_file = find_cluster_file(profile=profile, profile_dir=profile_dir,
+                                             cluster_id=cluster_id)
+        with open(cluster_file) as f:
             d = json.load(f)
         c = d["cluster"]
         self = cls(n=c["n"], engines=c["engines"], controller=c["controller"],
@@ -962,14 +997,16 @@ class Cluster:
 
     # -- controller
 
-    def start_controller(self):
-        """Start the controller and wait until it has written its connection file."""
+    def start_controller_sync(self, **options):
+        """Start the controller, wait for its connection file; the launcher. `options`:
+        keyword arguments for the launcher, over `controller_options`."""
         if self.controller is not None and self.controller.running:
             raise LauncherError(f"{self!r} already has a running controller")
         self._check_no_live_controller()
         cls = find_launcher_class(self.controller_kind, "controller")
         self.controller = cls(profile_dir=self.profile_dir, cluster_id=self.cluster_id,
-                              program_args=self.controller_args, **self.controller_options)
+                              program_args=self.controller_args,
+                              **{**self.controller_options, **options})
         self._register_atexit()
         started = time.time()
         self.controller.start()
@@ -978,8 +1015,11 @@ class Cluster:
             self._wait_for_connection_file(started)
         except BaseException:
             self.controller.stop()
+            self._update_cluster_file()
             raise
         return self.controller
+
+    start_controller = _coroutine_twin(start_controller_sync)
 
     def _check_no_live_controller(self):
         info = live_controller(self.profile_dir)
@@ -1013,23 +1053,27 @@ class Cluster:
 
     # -- engines
 
-    def start_engines(self, n=None, engines=None, **options):
-        """Start a set of `n` engines (kind `engines`, default the cluster's); its id."""
+    def start_engines_sync(self, n=None, engine_set_id=None, *, engines=None, **options):
+        """Start a set of `n` engines (default ``self.n``) of kind `engines` (default the
+        cluster's), `options` for its launcher; its engine set id (new, or one not in use)."""
         n = _check_n(n) if n is not None else self.n
+        if engine_set_id in self.engines:
+            raise LauncherError(f"engine set {engine_set_id!r} is in use; stop it first")
         cls = find_launcher_class(engines or self.engine_kind, "engine")
         opts = self.engine_options if engines is None else {}
         if self.engine_restart and issubclass(cls, EngineSetLauncher):
             options.setdefault("restart", self.engine_restart)
         launcher = cls(profile_dir=self.profile_dir, cluster_id=self.cluster_id,
                        program_args=self.engine_args, **{**opts, **options})
-        set_id = _unique_id()
-        while set_id in self.engines:
-            set_id = _unique_id()
+        while engine_set_id is None or engine_set_id in self.engines:
+            engine_set_id = _unique_id()
         self._register_atexit()
         launcher.start(n)
-        self.engines[set_id] = launcher
-        self._write_cluster_file()
-        return set_id
+        self.engines[engine_set_id] = launcher
+        self._update_cluster_file()
+        return engine_set_id
+
+    start_engines = _coroutine_twin(start_engines_sync)
 
     def _engine_output(self):
         return "\n".join(f"=== engine set {k} ({type(v).__name__}, {v.state}) ===\n"
@@ -1040,7 +1084,7 @@ class Cluster:
         if n is None:
             n = sum(e.n for e in self.engines.values())
         timeout = self.timeout if timeout is None else timeout
-        rc = client or (self._clients[-1] if self._clients else self.connect_client())
+        rc = client or (self._clients[-1] if self._clients else self.connect_client_sync())
         deadline = time.monotonic() + timeout
         while len(rc.ids) < n:
             if self.controller is not None and self.controller.state == AFTER:
@@ -1062,35 +1106,39 @@ class Cluster:
                 pass
         return rc
 
-    def stop_engines(self, engine_set_id=None):
+    def stop_engines_sync(self, engine_set_id=None):
         """Stop one engine set (default: all); returns when its processes are gone."""
         ids = [engine_set_id] if engine_set_id is not None else list(self.engines)
         for set_id in ids:
-            launcher = self.engines.pop(set_id)
-            launcher.stop()
-        self._write_cluster_file()
+            self.engines.pop(set_id).stop()
+        self._update_cluster_file()
 
-    def restart_engines(self, engine_set_id=None):
-        """Stop engine sets and start each again with the same kind and size; new ids."""
+    stop_engines = _coroutine_twin(stop_engines_sync)
+
+    def restart_engines_sync(self, engine_set_id=None):
+        """Stop engine sets, start each again with the same kind, size and id; the ids."""
         ids = [engine_set_id] if engine_set_id is not None else list(self.engines)
-        new = []
         for set_id in ids:
             old = self.engines[set_id]
-            self.stop_engines(set_id)
+            self.stop_engines_sync(set_id)
             options = {k: getattr(old, k) for k in type(old)._names("_options")
                        if k not in ("profile_dir", "cluster_id", "program_args")}
-            new.append(self.start_engines(old.n, engines=type(old), **options))
-        return new
+            self.start_engines_sync(old.n, set_id, engines=type(old), **options)
+        return ids
 
-    def signal_engines(self, sig, engine_set_id=None):
-        """Send signal `sig` to every engine (of one set)."""
+    restart_engines = _coroutine_twin(restart_engines_sync)
+
+    def signal_engines_sync(self, signum, engine_set_id=None):
+        """Send signal `signum` to every engine (of one set)."""
         ids = [engine_set_id] if engine_set_id is not None else list(self.engines)
         for set_id in ids:
-            self.engines[set_id].signal(sig)
+            self.engines[set_id].signal(signum)
+
+    signal_engines = _coroutine_twin(signal_engines_sync)
 
     # -- clients
 
-    def connect_client(self, **kwargs):
+    def connect_client_sync(self, **kwargs):
         """A new Client connected to this cluster's controller."""
         from .client import Client  # the client imports nothing from here: no cycle
 
@@ -1099,34 +1147,48 @@ class Cluster:
         self._clients.append(rc)
         return rc
 
-    connect_client_sync = connect_client
+    connect_client = _coroutine_twin(connect_client_sync)
 
-    def start_cluster(self, n=None):
-        """Start the controller and one set of `n` engines (default ``self.n``)."""
-        self.start_controller()
+    # -- the whole cluster
+
+    def start_cluster_sync(self, n=None):
+        """Start the controller (unless it runs) and one set of `n` engines; self."""
+        if self.controller is None or not self.controller.running:
+            self.start_controller_sync()
         try:
-            self.start_engines(n)
+            self.start_engines_sync(n)
         except BaseException:
-            self.stop_cluster()
+            self.stop_cluster_sync()
             raise
         return self
 
-    start_cluster_sync = start_cluster
+    start_cluster = _coroutine_twin(start_cluster_sync)
 
-    def start_and_connect(self, n=None):
-        """Start everything, wait for every engine to register, return a Client."""
-        self.start_cluster(n)
+    def start_and_connect_sync(self, n=None, activate=False):
+        """Start everything, wait for every engine to register, return a Client;
+        `activate`: make a blocking DirectView on all engines the target of ``%px``."""
+        self.start_cluster_sync(n)
         try:
-            rc = self.connect_client()
+            rc = self.connect_client_sync()
             self.wait_for_engines(client=rc)
+            if activate:
+                rc.activate()  # a blocking DirectView on all engines, for %px
         except BaseException:
-            self.stop_cluster()
+            self.stop_cluster_sync()
             raise
         return rc
 
-    start_and_connect_sync = start_and_connect
+    start_and_connect = _coroutine_twin(start_and_connect_sync)
 
-    def stop_cluster(self):
+    def stop_controller_sync(self):
+        """Stop the controller; its launcher stays in `controller` (state "after")."""
+        if self.controller is not None:
+            self.controller.stop()
+        self._update_cluster_file()
+
+    stop_controller = _coroutine_twin(stop_controller_sync)
+
+    def stop_cluster_sync(self):
         """Stop every engine, then the controller; close the Clients made here."""
         for rc in self._clients:
             try:
@@ -1137,20 +1199,16 @@ class Cluster:
         errors = []
         for set_id in list(self.engines):
             try:
-                self.stop_engines(set_id)
+                self.stop_engines_sync(set_id)
             except Exception as e:
                 errors.append(e)
                 log.exception("stopping engine set %s", set_id)
-        if self.controller is not None:
-            self.controller.stop()
-        self._remove_files()
-        if self._atexit:
-            atexit.unregister(self.stop_cluster)
-            self._atexit = False
+        self.stop_controller_sync()
+        self._remove_files()  # also after an engine set that would not stop
         if errors:
             raise errors[0]
 
-    stop_cluster_sync = stop_cluster
+    stop_cluster = _coroutine_twin(stop_cluster_sync)
 
     def _remove_files(self):
         try:
@@ -1162,23 +1220,20 @@ class Cluster:
 
     def _register_atexit(self):
         if self.shutdown_atexit and not self._atexit:
-            atexit.register(self.stop_cluster)
+            atexit.register(self.stop_cluster_sync)
             self._atexit = True
 
     def __enter__(self):
-        return self.start_and_connect()
+        return self.start_and_connect_sync()
 
     def __exit__(self, *exc):
-        self.stop_cluster()
-
-    # ---- ecosystem: ``async with Cluster(n=4) as rc:``; the blocking start and stop
-    # run in the event loop's default thread pool, so other coroutines go on meanwhile
+        self.stop_cluster_sync()
 
     async def __aenter__(self):
-        return await asyncio.get_running_loop().run_in_executor(None, self.start_and_connect)
+        return await self.start_and_connect()
 
     async def __aexit__(self, *exc):
-        await asyncio.get_running_loop().run_in_executor(None, self.stop_cluster)
+        await self.stop_cluster()
 
 
 def _start_error(output):
@@ -1195,16 +1250,22 @@ def _kind_name(kind):
     return _class_path(kind) if isinstance(kind, type) else kind
 
 
+def _all_profile_dirs():
+    """Every folder in $MINIPAR_DIR: named profiles and the folders of Cluster()s."""
+    base = protocol.base_dir()
+    try:
+        return sorted(p for p in (os.path.join(base, f) for f in os.listdir(base))
+                      if os.path.isdir(p))
+    except OSError:
+        return []
+
+
 def cluster_files(profile=None, profile_dir=None):
     """Cluster files of one profile, or of every profile under $MINIPAR_DIR; newest first."""
     if profile is not None or profile_dir is not None:
         folders = [protocol.profile_dir(profile, profile_dir)]
     else:
-        base = protocol.base_dir()
-        try:
-            folders = [os.path.join(base, f) for f in os.listdir(base)]
-        except OSError:
-            folders = []
+        folders = _all_profile_dirs()
     found = []
     for folder in folders:
         sec = os.path.join(folder, "security")
@@ -1217,19 +1278,101 @@ def cluster_files(profile=None, profile_dir=None):
     return sorted(found, key=lambda p: -os.path.getmtime(p))
 
 
+def _running(path):
+    try:
+        return Cluster.from_file(path)._is_running()
+    except (OSError, ValueError, KeyError):
+        return False  # unreadable: `list` warns about it
+
+
 def find_cluster_file(profile=None, profile_dir=None, cluster_id=None):
-    """The one cluster file that matches; an error saying how to choose otherwise."""
-    candidates = cluster_files(profile, profile_dir)
+    """The file of cluster `cluster_id`, or else of the one running cluster; an error
+    naming the choices when there are none or several."""
+    paths = cluster_files(profile, profile_dir)
     if cluster_id is not None:
         name = CLUSTER_FILE.format(cluster_id=cluster_id)
-        candidates = [p for p in candidates if os.path.basename(p) == name]
-    if len(candidates) != 1:
-        where = profile_dir or (f"profile {profile}" if profile else protocol.base_dir())
-        what = "no cluster" if not candidates else f"{len(candidates)} clusters"
-        raise LauncherError(f"{what} found in {where} (cluster id {cluster_id}): give "
-                            f"--cluster-id or --profile-dir; see `python -m {_PKG}.launcher "
-                            "list`")
-    return candidates[0]
+        paths = [p for p in paths if os.path.basename(p) == name]
+        what = f"cluster {cluster_id!r}"
+    else:
+        paths = [p for p in paths if _running(p)]
+        what = "running cluster"
+    if len(paths) == 1:
+        return paths[0]
+    where = profile_dir or (f"profile {profile}" if profile else protocol.base_dir())
+    see = f"see `python -m {_PKG}.launcher list`"
+    if not paths:
+        raise LauncherError(f"no {what} found in {where}; {see}")
+    found = ", ".join(f"{os.path.basename(p)[8:-5]} ({os.path.dirname(os.path.dirname(p))})"
+                      for p in paths)
+    raise LauncherError(f"{len(paths)} {what}s found in {where}: {found}; choose one with "
+                        f"cluster_id= (--cluster-id) or profile_dir= (--profile-dir); {see}")
+
+
+class ClusterManager:
+    """The clusters of some profiles, by key ``"<profile>:<cluster_id>"`` (a profile's name,
+    or its folder outside $MINIPAR_DIR), as ipyparallel's. ``load_clusters()`` reads the
+    cluster files of the profiles (default: those given here, else every folder in
+    $MINIPAR_DIR); ``get_cluster(key).stop_cluster_sync()`` stops one."""
+
+    def __init__(self, profile=None, profile_dir=None):
+        self.profile, self.profile_dir = profile, profile_dir
+        self.clusters = {}  # key -> Cluster
+
+    @staticmethod
+    def _cluster_key(cluster):
+        pdir = cluster.profile_dir
+        folder, name = os.path.split(pdir)
+        if folder == os.path.abspath(protocol.base_dir()) and name.startswith("profile_"):
+            pdir = name[len("profile_"):]
+        return f"{pdir}:{cluster.cluster_id}"
+
+    def load_clusters(self, *, profile_dirs=None, profile_dir=None, profiles=None,
+                      profile=None, init_default_clusters=False):
+        """Add the clusters found on disk, drop those that stopped; `clusters`.
+        `init_default_clusters`: a Cluster with id "" for a profile without any."""
+        for key, cluster in list(self.clusters.items()):
+            if cluster.controller is not None and not cluster._is_running():
+                del self.clusters[key]   # stopped; a new one not yet started stays
+        if profile_dirs is None:  # the first given: profile_dir(s), profile(s), all
+            profile_dir, profile = profile_dir or self.profile_dir, profile or self.profile
+            profiles = profiles or ([profile] if profile else None)
+            profile_dirs = ([profile_dir] if profile_dir else [
+                protocol.profile_dir(p) for p in profiles] if profiles else _all_profile_dirs())
+        loaded = {os.path.join(c.profile_dir, "security", CLUSTER_FILE.format(
+            cluster_id=c.cluster_id)) for c in self.clusters.values()}  # makes no folder
+        for pdir in profile_dirs:
+            paths = cluster_files(profile_dir=pdir)
+            if init_default_clusters and not paths:
+                cluster = Cluster(profile_dir=pdir, cluster_id="")
+                self.clusters.setdefault(self._cluster_key(cluster), cluster)
+            for path in paths:
+                if path in loaded:
+                    continue
+                try:
+                    cluster = Cluster.from_file(path)
+                except (OSError, ValueError, KeyError) as e:
+                    log.warning("unreadable cluster file %s: %s", path, e)
+                    continue
+                self.clusters[self._cluster_key(cluster)] = cluster
+        return self.clusters
+
+    def list_clusters(self):
+        return list(self.clusters)  # the keys (minipar's: ipyparallel 9 has only `clusters`)
+
+    def new_cluster(self, **kwargs):
+        """A new, not yet started Cluster(**kwargs), kept here; (key, cluster)."""
+        cluster = Cluster(**kwargs)
+        key = self._cluster_key(cluster)
+        if key in self.clusters:
+            raise KeyError(f"cluster {key} already exists")
+        self.clusters[key] = cluster
+        return key, cluster
+
+    def get_cluster(self, cluster_id):
+        return self.clusters[cluster_id]  # a key from list_clusters()
+
+    def remove_cluster(self, cluster_id):
+        del self.clusters[cluster_id]  # forget it; as in ipyparallel, it is not stopped
 
 
 def live_controller(profile_dir):
@@ -1323,7 +1466,7 @@ def _cmd_start(args):
                       controller_options=_json_option(args.controller_options),
                       engine_options=_json_option(args.engine_options),
                       shutdown_atexit=not args.daemonize)
-    rc = cluster.start_and_connect()
+    rc = cluster.start_and_connect_sync()
     done = threading.Event()
     if not args.daemonize:
         # foreground, as ipcluster: run until Ctrl-C / SIGTERM, or until the controller
@@ -1341,7 +1484,7 @@ def _cmd_start(args):
     while not done.wait(1.0):
         pass
     print(f"stopping cluster {cluster.cluster_id}", flush=True)
-    cluster.stop_cluster()
+    cluster.stop_cluster_sync()
     return 0
 
 
@@ -1350,9 +1493,9 @@ def _cmd_engines(args):
                                 cluster_id=args.cluster_id)
     if cluster.controller is None:
         raise LauncherError(f"cluster {cluster.cluster_id} has no running controller")
-    rc = cluster.connect_client()
+    rc = cluster.connect_client_sync()
     before = len(rc.ids)
-    cluster.start_engines(args.n, engines=args.engines)
+    cluster.start_engines_sync(args.n, engines=args.engines)
     n = args.n if args.n is not None else (os.cpu_count() or 1)
     cluster.wait_for_engines(before + n, client=rc)
     print(f"cluster {cluster.cluster_id}: {len(rc.ids)} engines", flush=True)
@@ -1363,7 +1506,7 @@ def _cmd_engines(args):
 
 def _cmd_stop(args):
     for cluster in _selected(args):
-        cluster.stop_cluster()
+        cluster.stop_cluster_sync()
         print(f"stopped cluster {cluster.cluster_id}", flush=True)
     return 0
 

@@ -183,7 +183,7 @@ def test_cluster_async_with(pids):  # noqa: F811 - the fixture
     try:
         assert asyncio.run(main()) == [2, 2]
     finally:
-        cluster.stop_cluster()
+        cluster.stop_cluster_sync()
     assert pids.wait_gone(20) == []
 
 

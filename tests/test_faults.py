@@ -111,10 +111,10 @@ def chaos_cluster(tmp_path):
                                        "--heartbeat-liveness", "5", "--hwm", "1"],
                       restart_engines="on_failure", shutdown_atexit=False)
     try:
-        cluster.rc = cluster.start_and_connect()
+        cluster.rc = cluster.start_and_connect_sync()
         yield cluster
     finally:
-        cluster.stop_cluster()
+        cluster.stop_cluster_sync()
 
 
 def test_ten_thousand_tasks_survive_kills_a_freeze_and_crashing_tasks(chaos_cluster):
@@ -219,7 +219,7 @@ def test_cluster_restarts_engines_that_fail_but_not_those_told_to_stop(tmp_path)
                       controller_args=["--heartbeat-period", str(HEARTBEAT_S)],
                       shutdown_atexit=False)
     try:
-        rc = cluster.start_and_connect()
+        rc = cluster.start_and_connect_sync()
         (launcher,) = cluster.engines.values()
         victim = launcher.pids()[0]
         old_ids = set(rc.ids)
@@ -239,7 +239,7 @@ def test_cluster_restarts_engines_that_fail_but_not_those_told_to_stop(tmp_path)
         assert launcher.restarts == 1 and len(launcher.pids()) == 1
         assert launcher.to_dict()["options"]["restart"] == "on_failure"
     finally:
-        cluster.stop_cluster()
+        cluster.stop_cluster_sync()
     assert launcher.pids() == []
 
 
@@ -381,7 +381,7 @@ def test_an_engine_ended_for_a_time_limit_is_replaced_with_its_id(tmp_path):
     cluster = Cluster(n=2, profile_dir=str(tmp_path / "profile"), shutdown_atexit=False,
                       controller_args=["--heartbeat-period", str(HEARTBEAT_S)])
     try:
-        rc = cluster.start_and_connect()
+        rc = cluster.start_and_connect_sync()
         (launcher,) = cluster.engines.values()
         ids = rc.ids
         view = rc.load_balanced_view()
@@ -393,4 +393,4 @@ def test_an_engine_ended_for_a_time_limit_is_replaced_with_its_id(tmp_path):
                    and len(launcher.pids()) == 2, START_TIMEOUT_S, f"engines {ids} again")
         assert rc[ar.engine_id].apply_sync(_hold_the_gil, 0) == 0
     finally:
-        cluster.stop_cluster()
+        cluster.stop_cluster_sync()

@@ -136,31 +136,33 @@ def test_engine_sets_start_stop_restart_and_signal(pids, tmp_path):
     try:
         rc = cluster.start_and_connect_sync()
         first = next(iter(cluster.engines))
-        second = cluster.start_engines(2)
+        second = cluster.start_engines_sync(2)
         cluster.wait_for_engines(3, timeout=60)
         pids.add_cluster(cluster, rc)
         old = set(cluster.engines[second].pids())
-        cluster.stop_engines(second)
+        cluster.stop_engines_sync(second)
         assert len(old) == 2 and not any(alive(p) for p in old)
-        (new_id,) = cluster.restart_engines(first)
-        assert new_id in cluster.engines and first not in cluster.engines
+        old = set(cluster.engines[first].pids())
+        assert cluster.restart_engines_sync(first) == [first]  # the same id, as ipyparallel
+        new_id = first
+        assert set(cluster.engines[new_id].pids()).isdisjoint(old)
         pids.add(*cluster.engines[new_id].pids())
         # engine ids are never reused: wait for the restarted one to register
         wait_until(lambda: len(rc.ids) == 1 and rc.ids[0] != 0, 60,
                    "the restarted engine registered under a new id")
-        cluster.signal_engines(signal.SIGKILL)
+        cluster.signal_engines_sync(signal.SIGKILL)
         assert cluster.engines[new_id].wait(30)
         assert cluster.engines[new_id].state == AFTER
         assert cluster.engines[new_id].stop_data["exit_codes"] == [-signal.SIGKILL]
     finally:
-        cluster.stop_cluster()
+        cluster.stop_cluster_sync()
     assert os.path.isdir(tmp_path / "p")  # a folder the user gave is kept
 
 
 def test_controller_that_exits_raises_with_its_output(pids):
     cluster = Cluster(n=1, controller_args=["--no-such-flag"], timeout=30)
     with pytest.raises(ControllerStartError) as e:
-        cluster.start_controller()
+        cluster.start_controller_sync()
     pids.add(cluster.controller.pid)
     assert "--no-such-flag" in str(e.value)  # argparse's message, from the controller's output
     assert cluster.controller.state == AFTER
@@ -177,7 +179,7 @@ class SilentController(launcher.LocalControllerLauncher):
 def test_controller_start_timeout_raises_with_output_and_stops_it(pids):
     cluster = Cluster(n=1, controller=SilentController, timeout=3)
     with pytest.raises(ControllerStartError) as e:
-        cluster.start_controller()
+        cluster.start_controller_sync()
     pids.add(cluster.controller.pid)
     assert "within 3 s" in str(e.value)
     assert "hello from the stuck controller" in str(e.value)
@@ -199,7 +201,7 @@ def test_second_cluster_in_a_busy_profile_is_refused(pids, tmp_path):
     with cluster as rc:
         pids.add_cluster(cluster, rc)
         with pytest.raises(launcher.LauncherError, match="already running"):
-            Cluster(n=1, profile_dir=prof).start_controller()
+            Cluster(n=1, profile_dir=prof).start_controller_sync()
 
 
 
@@ -299,7 +301,7 @@ def test_a_stale_connection_file_does_not_hold_the_profile(pids, tmp_path):
             protocol.write_connection_file(os.path.join(sec, name), info)
         cluster = Cluster(n=0, profile_dir=prof, controller_args=CTL_ARGS)
         try:
-            cluster.start_controller()
+            cluster.start_controller_sync()
             pids.add_cluster(cluster)
         finally:
             cluster.stop_cluster_sync()
@@ -345,7 +347,7 @@ def test_negative_engine_counts_are_refused(pids, tmp_path):
     with pytest.raises(ValueError, match="n=-1"):
         Cluster(n=-1)
     with pytest.raises(ValueError, match="n=-2"):
-        Cluster(n=1, profile_dir=str(tmp_path / "q")).start_engines(-2)
+        Cluster(n=1, profile_dir=str(tmp_path / "q")).start_engines_sync(-2)
     prof = str(tmp_path / "p")
     out = cli("start", "-n", "-3", "--profile-dir", prof, "--daemonize", timeout=60)
     try:
@@ -514,7 +516,7 @@ def test_cluster_file_from_file_and_cli_list_stop(pids):
         assert cluster.controller.wait(10)  # this process's watcher saw it end
         assert cluster.cluster_id not in cli("list").stdout
     finally:
-        cluster.stop_cluster()
+        cluster.stop_cluster_sync()
 
 
 def test_cli_start_daemonize_engines_stop(pids, tmp_path):
@@ -573,7 +575,7 @@ def test_cli_clean_removes_files_of_dead_clusters(pids, minipar_dir):
     out = cli("clean")
     assert out.returncode == 0, out.stderr
     assert not os.path.exists(path)
-    cluster.stop_cluster()
+    cluster.stop_cluster_sync()
 
 
 # ---------------------------------------------------------------- LSF (no free install)
@@ -683,13 +685,13 @@ def test_controller_ports_range_list_in_use_and_none_left(pids, tmp_path):
         taken = used["engine"]
         c2 = Cluster(n=1, profile_dir=str(tmp_path / "b"), controller_args=["--ports", str(taken)])
         with pytest.raises(PortInUseError, match=str(taken)):
-            c2.start_controller()
+            c2.start_controller_sync()
         pids.add(c2.controller.pid)
         # a list whose ports are all taken: NoPortsLeftError
         busy = ",".join(str(p) for p in list(used.values())[:3])
         c3 = Cluster(n=1, profile_dir=str(tmp_path / "c"), controller_args=["--ports", busy])
         with pytest.raises(NoPortsLeftError, match="wider --ports"):
-            c3.start_controller()
+            c3.start_controller_sync()
         pids.add(c3.controller.pid)
 
 

@@ -59,7 +59,7 @@ def run_cluster_through_cli(pids, cluster, n, check=None):
         for e in cluster.engines.values():
             assert e.wait(60), f"{e!r}: its watcher did not notice the end"
     finally:
-        cluster.stop_cluster()
+        cluster.stop_cluster_sync()
 
 
 # ---------------------------------------------------------------- mpiexec
@@ -103,7 +103,7 @@ def test_mpi_stop_kills_ranks_even_if_mpiexec_is_stuck(pids, tmp_path):
         launcher.stop()
         assert not [p for p in ranks + [launcher.pid] if alive(p)]
     finally:
-        cluster.stop_cluster()
+        cluster.stop_cluster_sync()
 
 
 def _signal_marks(rc, tmp_path):
@@ -122,7 +122,7 @@ def test_mpi_signal_engines_reaches_every_rank(pids, tmp_path):
     with cluster as rc:
         pids.add_cluster(cluster, rc)
         marks = _signal_marks(rc, tmp_path)
-        cluster.signal_engines(signal.SIGUSR1)  # mpiexec passes SIGUSR1 on unchanged
+        cluster.signal_engines_sync(signal.SIGUSR1)  # mpiexec passes SIGUSR1 on unchanged
         wait_until(lambda: len(marks()) == 2, 30, "SIGUSR1 noted by both engines")
         assert rc[:].apply_sync(lambda: 1) == [1, 1]  # and the engines carry on
 
@@ -240,7 +240,7 @@ def test_slurm_signal_engines(pids, tmp_path, slurm_env):
     with cluster as rc:
         pids.add_cluster(cluster, rc)
         marks = _signal_marks(rc, tmp_path)
-        cluster.signal_engines(signal.SIGUSR1)  # scancel --signal reaches the srun tasks
+        cluster.signal_engines_sync(signal.SIGUSR1)  # scancel --signal reaches the srun tasks
         wait_until(lambda: len(marks()) == 2, 30, "SIGUSR1 noted by both engines")
         assert rc[:].apply_sync(lambda: 1) == [1, 1]
     assert pids.wait_gone(20) == []

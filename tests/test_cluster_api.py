@@ -1,0 +1,174 @@
+"""Cluster's API as ipyparallel 9 documents it, with real processes: the coroutines and their
+``_sync`` twins, ``Cluster.from_file`` finding the one running cluster, ``ClusterManager``.
+
+Every test records the pids it caused; the ``pids`` fixture (test_launcher.py) kills any
+left after the test and fails it. ``minipar_dir`` gives each test its own $MINIPAR_DIR.
+"""
+
+import asyncio
+import json
+import os
+
+import pytest
+
+import minipar
+from minipar.launcher import AFTER, Cluster, ClusterManager, LauncherError
+
+from .test_launcher import CTL_ARGS, cli, minipar_dir, pids  # noqa: F401 - fixtures
+
+TIMEOUT = 180
+pytestmark = pytest.mark.timeout(TIMEOUT)
+
+
+def test_coroutines_start_connect_run_and_stop(pids):  # noqa: F811 - the fixture
+    cluster = Cluster(n=2, controller_args=CTL_ARGS)
+    ticks = []
+
+    async def ticker():
+        while True:
+            ticks.append(1)
+            await asyncio.sleep(0.01)
+
+    async def main():
+        task = asyncio.create_task(ticker())
+        await cluster.start_controller()
+        assert len(ticks) > 2, "start_controller blocked the event loop"
+        set_id = await cluster.start_engines(2)
+        assert list(cluster.engines) == [set_id]
+        rc = await cluster.connect_client()
+        cluster.wait_for_engines(2, client=rc)
+        pids.add_cluster(cluster, rc)
+        doubled = await rc[:].apply_async(lambda x: 2 * x, 21)
+        path = cluster.cluster_file
+        await cluster.stop_engines(set_id)
+        assert not cluster.engines and os.path.exists(path)  # the controller still runs
+        await cluster.stop_cluster()
+        task.cancel()
+        return doubled, path
+
+    try:
+        doubled, path = asyncio.run(main())
+    finally:
+        cluster.stop_cluster_sync()
+    assert doubled == [42, 42]
+    assert pids.wait_gone(20) == []
+    assert cluster.controller.state == AFTER
+    assert not os.path.exists(path) and not os.path.exists(cluster.profile_dir)
+
+
+def test_start_and_connect_coroutine_and_async_with(pids):  # noqa: F811
+    cluster = Cluster(n=1, controller_args=CTL_ARGS)
+    second = Cluster(n=1, controller_args=CTL_ARGS)
+
+    async def main():
+        rc = await cluster.start_and_connect(n=2)  # n overrides the cluster's
+        pids.add_cluster(cluster, rc)
+        assert len(rc.ids) == 2
+        await cluster.stop_cluster()
+        async with second as rc2:
+            pids.add_cluster(second, rc2)
+            return await rc2[:].apply_async(abs, -1)
+
+    try:
+        assert asyncio.run(main()) == [1]
+    finally:
+        cluster.stop_cluster_sync()
+        second.stop_cluster_sync()
+    assert pids.wait_gone(20) == []
+
+
+def test_sync_twins(pids, tmp_path):  # noqa: F811
+    cluster = Cluster(n=1, profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS)
+    try:
+        assert cluster.start_cluster_sync() is cluster
+        first = next(iter(cluster.engines))
+        assert cluster.start_engines_sync(1, engine_set_id="extra") == "extra"
+        with pytest.raises(LauncherError, match="'extra' is in use"):
+            cluster.start_engines_sync(1, "extra")
+        rc = cluster.connect_client_sync()
+        cluster.wait_for_engines(2, client=rc)
+        pids.add_cluster(cluster, rc)
+        assert rc[:].apply_sync(abs, -5) == [5, 5]
+        path = cluster.cluster_file
+        cluster.stop_engines_sync("extra")
+        assert list(cluster.engines) == [first]
+        cluster.stop_controller_sync()
+        assert cluster.controller.state == AFTER
+        assert os.path.exists(path)  # an engine set still runs
+        cluster.stop_engines_sync()
+        assert not os.path.exists(path)  # nothing runs: the file goes, as in ipyparallel
+        assert pids.wait_gone(20) == []
+        # a stopped controller is started again by start_cluster
+        rc = cluster.start_and_connect_sync()
+        pids.add_cluster(cluster, rc)
+        assert len(rc.ids) == 1
+    finally:
+        cluster.stop_cluster_sync()
+    assert pids.wait_gone(20) == []
+    assert os.path.isdir(tmp_path / "p")  # a folder the user gave is kept
+
+
+def test_from_file_finds_the_one_running_cluster(pids, minipar_dir):  # noqa: F811
+    out = cli("start", "-n", "1", "--profile", "x", "--cluster-id", "daemon",
+              "--controller-args", " ".join(CTL_ARGS), "--daemonize")
+    other = Cluster(n=0, controller_args=CTL_ARGS)
+    try:
+        assert out.returncode == 0, out.stderr
+        for found in (Cluster.from_file(), Cluster.from_file(profile="x")):
+            pids.add_cluster(found)
+            assert found.cluster_id == "daemon" and found.controller.running
+            assert sum(e.n for e in found.engines.values()) == 1
+        # a stopped cluster's file beside it does not count, unless asked for by id
+        sec = minipar_dir / "profile_x" / "security"
+        d = json.loads((sec / "cluster-daemon.json").read_text())
+        d["cluster"]["cluster_id"], d["controller"], d["engines"] = "old", None, {}
+        (sec / "cluster-old.json").write_text(json.dumps(d))
+        assert Cluster.from_file(profile="x").cluster_id == "daemon"
+        assert Cluster.from_file(profile="x", cluster_id="old").controller is None
+        with pytest.raises(LauncherError, match="no running cluster found in profile y"):
+            Cluster.from_file(profile="y")
+        with pytest.raises(LauncherError, match="no cluster 'nope' found"):
+            Cluster.from_file(profile="x", cluster_id="nope")
+        other.start_cluster_sync()
+        pids.add_cluster(other)
+        with pytest.raises(LauncherError, match="2 running clusters found") as e:
+            Cluster.from_file()
+        assert "daemon (" in str(e.value) and f"{other.cluster_id} (" in str(e.value)
+        assert Cluster.from_file(cluster_id=other.cluster_id).controller.running
+    finally:
+        other.stop_cluster_sync()
+        stopped = cli("stop", "--profile", "x", "--cluster-id", "daemon")
+    assert stopped.returncode == 0, stopped.stderr
+    assert pids.wait_gone(20) == []
+
+
+def test_cluster_manager_lists_loads_and_stops_clusters(pids, minipar_dir):  # noqa: F811
+    assert minipar.ClusterManager is ClusterManager
+    cm = ClusterManager()
+    assert cm.load_clusters() == {}
+    key, cluster = cm.new_cluster(n=1, profile="m", cluster_id="a", controller_args=CTL_ARGS)
+    assert key == "m:a" and cm.list_clusters() == ["m:a"] and cm.get_cluster(key) is cluster
+    with pytest.raises(KeyError):
+        cm.new_cluster(profile="m", cluster_id="a")
+    try:
+        pids.add_cluster(cluster, cluster.start_and_connect_sync())
+        # another manager (as in another process) loads it from its cluster file
+        other = ClusterManager(profile="m")
+        assert list(other.load_clusters()) == ["m:a"]
+        assert list(ClusterManager().load_clusters()) == ["m:a"]   # every profile
+        loaded = other.get_cluster("m:a")
+        assert loaded.controller.pid == cluster.controller.pid
+        loaded.stop_cluster_sync()
+        assert pids.wait_gone(20) == []
+        assert other.load_clusters() == {}   # stopped clusters are dropped
+        assert cluster.controller.wait(10)
+        assert all(e.wait(10) for e in cluster.engines.values())
+        assert cm.load_clusters() == {}
+        # a profile without clusters gets a default one (cluster id "") when asked
+        (key, default), = cm.load_clusters(profile="m", init_default_clusters=True).items()
+        assert key == "m:" and default.cluster_id == "" and default.controller is None
+        cm.remove_cluster(key)
+        assert cm.list_clusters() == []
+    finally:
+        cluster.stop_cluster_sync()
+    assert pids.wait_gone(20) == []
