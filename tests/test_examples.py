@@ -52,7 +52,7 @@ def run_example(name, tmp_path, *args, env=None):
 
 def test_every_example_has_a_test():
     tested = {"quickstart.py", "monte_carlo_pi.py", "param_sweep.py", "dag.py",
-              "mpi_engines.py", "classic_kernel.py", "timeline.py"}
+              "mpi_engines.py", "classic_kernel.py", "timeline.py", "from_ipyparallel.py"}
     assert {f for f in os.listdir(EXAMPLES) if f.endswith(".py")} == tested
 
 
@@ -105,3 +105,11 @@ def test_timeline_writes_a_chart(tmp_path):
     png = tmp_path / "run.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "200 tasks on 4 engines" in out
+
+
+def test_ipyparallel_doc_examples_run_with_the_import_changed(tmp_path):
+    out, _ = run_example("from_ipyparallel.py", tmp_path)
+    for part in ("front page", "direct interface", "task interface", "asyncresult",
+                 "futures", "asyncio", "outputs and progress", "async with Cluster"):
+        assert part + ":" in out, out
+    assert "every example ran" in out
