@@ -53,7 +53,8 @@ import zmq
 from . import errors, protocol
 from .asyncresult import AsyncResult, _Derived, _MsgFuture, _OneRequest, _abort_quietly
 from .dependency import Dependency, dependent, msg_ids
-from .errors import NoEnginesRegistered, TimeoutError
+# CompositeError too: classic scripts catch `client.CompositeError`
+from .errors import CompositeError, NoEnginesRegistered, TimeoutError
 
 log = logging.getLogger(__name__)
 

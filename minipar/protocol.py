@@ -839,7 +839,8 @@ def _connection_problem(info, needed):
     except (TypeError, ValueError):
         return "has no valid `key` (a hex string)"
     ports = info["ports"]
-    bad = [n for n in (needed if type(ports) is not dict else {*needed, *ports})
+    bad = [n for n in (needed if type(ports) is not dict
+                       else [*needed, *(n for n in ports if n not in needed)])
            if type(ports) is not dict or type(ports.get(n)) is not int
            or not 0 < ports[n] < 65536]
     if bad:

@@ -163,7 +163,8 @@ class FakeHub:
                 raise TimeoutError(f"no reply to {msg_id} within {timeout} s")
             _, header, parts = self.recv("engine", left)
             for header, parts in self.session.unbatch(header, parts):
-                if header.get("parent") is not None and header["kind"] != protocol.STREAM:
+                if header.get("parent") is not None and header["kind"] not in (
+                        protocol.STREAM, protocol.STARTED, protocol.USAGE):
                     self.replies[header["parent"]] = header, parts
         header, parts = self.replies.pop(msg_id)
         self.session.check_body(header, parts)

@@ -101,7 +101,7 @@ def register(hub, name, **fields):
     reg = engine.send(protocol.REGISTER, pid=1234, host="fake", **fields)
     step(hub)
     _, reply, _ = engine.recv()
-    assert reply["kind"] == protocol.reply_kind(protocol.REGISTER)
+    assert reply["kind"] == protocol.REGISTER_REPLY
     assert reply["parent"] == reg["msg_id"]
     return engine, reply["id"]
 
@@ -146,7 +146,7 @@ def test_a_direct_request_reaches_its_engine_and_the_reply_its_client(hub):
     assert idents == [hub.engines[1]["reg"]]   # under the engine's current registration
     assert not engines[0].sock.poll(0)
     assert hub.db.get(request["msg_id"])["engine"] == 1
-    engines[1].send(protocol.reply_kind(protocol.APPLY), [b"result"],
+    engines[1].send(protocol.APPLY_REPLY, [b"result"],
                     parent=request["msg_id"], status="ok", engine=1)
     step(hub)
     _, reply, parts = hub.client.recv()

@@ -222,11 +222,12 @@ def test_cluster_restarts_engines_that_fail_but_not_those_told_to_stop(tmp_path)
         rc = cluster.start_and_connect_sync()
         (launcher,) = cluster.engines.values()
         victim = launcher.pids()[0]
-        old_ids = set(rc.ids)
+        old_ids = rc.ids
         os.kill(victim, signal.SIGKILL)
-        wait_until(lambda: launcher.restarts >= 1 and len(rc.ids) == 2
-                   and set(rc.ids) != old_ids, START_TIMEOUT_S,
-                   "the killed engine replaced and registered")
+        # the replacement asks for the id it replaces (its process is gone, so it is free)
+        wait_until(lambda: launcher.restarts >= 1 and rc.ids == old_ids
+                   and victim not in [rc._engines[e]["pid"] for e in rc.ids],
+                   START_TIMEOUT_S, "the killed engine replaced under its id")
         assert victim not in launcher.pids() and len(launcher.pids()) == 2
         # an engine told to stop exits 0: it is not replaced
         eid = rc.ids[0]
