@@ -9,8 +9,7 @@ replaced by ``import minipar as ipp`` and nothing else changed, except where a c
 says so: the tutorial pages assume a cluster started beforehand with ``ipcluster start``
 and connect with ``rc = ipp.Client()``; here they receive the ``rc`` of a cluster this
 script starts, with two engines (the documentation asks for four). docs/ipyparallel.rst
-lists the examples that do not run unchanged, and why (``rc = await
-cluster.start_and_connect()``: minipar's Cluster methods are not coroutines yet; joblib's
+lists the one example that does not run unchanged, and why (joblib's
 ``parallel_backend("ipyparallel")`` after ``view.register_joblib_backend()``: minipar
 registers the name ``"minipar"``).
 """
@@ -246,6 +245,22 @@ def async_with_cluster():
     print("async with Cluster: ok")
 
 
+def await_start_and_connect():
+    """The Cluster API from a coroutine: ``rc = await cluster.start_and_connect()``, then
+    ``await cluster.stop_cluster()``."""
+    async def main():
+        cluster = ipp.Cluster(n=2)   # the docs: ipp.Cluster(n=4)
+        rc = await cluster.start_and_connect()
+        try:
+            return await rc[:].apply_async(os.getpid)
+        finally:
+            await cluster.stop_cluster()
+
+    pids = asyncio.run(main())
+    assert len(pids) == 2 and os.getpid() not in pids
+    print("await start_and_connect: ok")
+
+
 def output_and_progress(rc):
     """Tutorial: output of execute as it happens, and wait_interactive's progress bar."""
     ar = rc[:].execute("print('hello from', 1 + 1)", block=False)
@@ -271,6 +286,7 @@ def main():
     finally:
         cluster.stop_cluster_sync()
     async_with_cluster()
+    await_start_and_connect()
     print("every example ran")
 
 

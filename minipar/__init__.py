@@ -26,6 +26,7 @@ _LAZY = {
     "StringTask": "classic", "Task": "classic", "TaskClient": "classic",
     "TaskResult": "classic",
     "Cluster": "launcher", "ClusterManager": "launcher",
+    "use_cloudpickle": "client", "use_dill": "client", "use_pickle": "client",
 }
 
 
@@ -47,7 +48,7 @@ __all__ = sorted([
     "InvalidDependency", "LoadBalancedView", "MiniparError", "NoEnginesRegistered",
     "Reference", "RemoteError", "SerializationError", "TaskAborted", "TaskTimeout",
     "TimeoutError", "UnmetDependency", "depend", "dependent", "interactive", "require",
-    "__version__",
+    "use_cloudpickle", "use_dill", "use_pickle", "__version__",
     "ViewExecutor", "plot_timeline", "register_joblib_backend",                   # ecosystem
     "MapTask", "MultiEngineClient", "PendingResult", "StringTask", "Task", "TaskClient",
     "TaskResult",                                                                  # classic

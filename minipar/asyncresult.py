@@ -165,6 +165,10 @@ class AsyncResult(_Future):
             raise ValueError("get_dict needs one request per engine")
         return dict(zip(ids, results))
 
+    @property
+    def result_dict(self):   # ipyparallel's name for get_dict()
+        return self.get_dict()
+
     def _md_of(self, key):
         md = [f.metadata if key is None else f.metadata[key] for f in self._children]
         return md[0] if self._single else md

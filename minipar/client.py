@@ -84,6 +84,23 @@ def interactive(f):
     return f
 
 
+# ipyparallel's module-level use_*(): the serializer of this process only (a view's or
+# the Client's use_*() sets it on their engines too); see protocol.use_serializer
+def use_cloudpickle():
+    """Send functions and what refers to __main__ by value with cloudpickle (the default)."""
+    protocol.use_serializer("cloudpickle")
+
+
+def use_dill():
+    """Send by value with dill (installed here and on the engines)."""
+    protocol.use_serializer("dill")
+
+
+def use_pickle():
+    """Send nothing by value: functions by reference only (__main__'s are refused)."""
+    protocol.use_serializer("pickle")
+
+
 # ---------------------------------------------------------------- client
 
 class Client:
@@ -688,6 +705,10 @@ class Client:
     def spin(self):
         """Nothing to do: the I/O thread takes in replies as they come."""
 
+    def clear(self, targets=None, block=None):
+        """Empty the target engines' namespaces: ``rc[targets].clear()``."""
+        return self.direct_view("all" if targets is None else targets).clear(block=block)
+
     def wait_interactive(self, jobs=None, interval=1.0, timeout=-1):
         from .integrations import _wait_interactive
 
@@ -803,6 +824,10 @@ class Client:
         msg_ids = "all" if jobs == "all" else (None if jobs is None else self._msg_ids(jobs))
         t = None if targets is None else self.resolve_targets(targets)
         return self.query(protocol.PURGE, msg_ids=msg_ids, targets=t)["purged"]
+
+    def purge_everything(self):
+        """``purge_results('all')``: the client keeps no history of its own to clear."""
+        return self.purge_results("all")
 
     # ------------------------------------------------------------ tasks: resubmit, status, db
 
@@ -996,6 +1021,33 @@ class _View:
     def abort(self, jobs=None):
         return self.client.abort(jobs)
 
+    # handed to the client, as ipyparallel's views do (views keep no msg_id history)
+    def spin(self):
+        self.client.spin()
+
+    @property
+    def outstanding(self):
+        """The client's outstanding msg_ids: every view's, not this view's alone."""
+        return self.client.outstanding
+
+    def get_result(self, indices_or_msg_ids=None, block=None, owner=False):
+        """``rc.get_result(msg_ids, owner)``, waited for if `block`: msg_ids or
+        AsyncResults only (there is no history to index)."""
+        if indices_or_msg_ids is None or isinstance(indices_or_msg_ids, int):
+            raise TypeError("get_result takes msg_ids or AsyncResults: views keep no history")
+        ar = self.client.get_result(indices_or_msg_ids, owner=owner)
+        if self._block(block):
+            ar.wait()
+        return ar
+
+    def purge_results(self, jobs=(), targets=()):
+        """``rc.purge_results``; `targets` None or 'all': this view's engines."""
+        if targets is None or targets == "all":
+            targets = self.targets
+        jobs, targets = (None if isinstance(x, (list, tuple)) and not x else x
+                         for x in (jobs, targets))
+        return self.client.purge_results(jobs, targets)
+
     @property
     def executor(self):
         """A concurrent.futures.Executor over this view's engines: each call is one
@@ -1139,8 +1191,9 @@ class DirectView(_View):
         with open(filename) as f:
             return self.execute(f.read(), targets, block)
 
-    def push(self, ns, targets=None, block=None):
-        """Update each target's namespace with the dict `ns`."""
+    def push(self, ns, targets=None, block=None, track=None):
+        """Update each target's namespace with the dict `ns`. `track`: ignored (see
+        docs/ipyparallel.rst: a large buffer must not change until the push is done)."""
         if not isinstance(ns, dict):
             raise TypeError(f"push takes a dict of names to values, not {type(ns).__name__}")
         bad = [k for k in ns if not (isinstance(k, str) and k.isidentifier())
@@ -1184,8 +1237,10 @@ class DirectView(_View):
             protocol.CLEAR, engine_id=e, future=future, engine=e), "clear")
         return self._finish(ar, block)
 
-    def scatter(self, key, seq, dist="b", flatten=False, targets=None, block=None):
-        """Split `seq` into contiguous blocks, one per target, pushed as `key`."""
+    def scatter(self, key, seq, dist="b", flatten=False, targets=None, block=None,
+                track=None):
+        """Split `seq` into contiguous blocks, one per target, pushed as `key` (`track`:
+        ignored, as push's)."""
         if dist != "b":
             raise ValueError(f"unknown distribution {dist!r}: only 'b' (blocks) is supported")
         targets = self.targets if targets is None else targets
@@ -1214,10 +1269,13 @@ class DirectView(_View):
             [p if isinstance(p, (list, tuple)) or hasattr(p, "ndim") else [p] for p in parts]))
         return self._finish(ar, block)
 
-    def map(self, f, *sequences, block=None, return_exceptions=False):
+    def map(self, f, *sequences, block=None, track=False, return_exceptions=False,
+            label=None):
         """Apply `f` element-wise, each target taking one contiguous block.
-        `return_exceptions`: a failed block's error stands in for each of its items."""
-        ar = self._map(f, sequences)
+        `return_exceptions`: a failed block's error stands in for each of its items.
+        `label`: the label flag for this call; `track`: ignored, as push's."""
+        with self.temp_flags(**({} if label is None else {"label": label})):
+            ar = self._map(f, sequences)
         ar._return_exceptions = return_exceptions
         return self._finish(ar, block)
 
@@ -1392,12 +1450,14 @@ class LoadBalancedView(_View):
     # ------------------------------------------------------------ map
 
     def map(self, f, *sequences, block=None, chunksize=None, ordered=True,
-            return_exceptions=False):
+            return_exceptions=False, label=None):
         """Apply `f` element-wise as tasks of `chunksize` elements (default: about 4
         chunks per engine). The result is in input order; `ordered=False` makes
         iterating over the AsyncResult yield chunks as they finish. `return_exceptions`:
-        a failed chunk's error stands in for each of its items, instead of raising."""
-        ar = self._map(f, sequences, chunksize=chunksize, ordered=ordered)
+        a failed chunk's error stands in for each of its items, instead of raising.
+        `label`: the label flag for this call."""
+        with self.temp_flags(**({} if label is None else {"label": label})):
+            ar = self._map(f, sequences, chunksize=chunksize, ordered=ordered)
         ar._return_exceptions = return_exceptions
         return self._finish(ar, block)
 

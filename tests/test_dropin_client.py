@@ -212,3 +212,55 @@ def test_wait_interactive_returns_when_done(cluster, capsys):
     assert rc.wait_interactive(slow, interval=0.05, timeout=0.3) is False
     slow.abort()
     assert rc.spin() is None
+
+
+# ---------------------------------------------------------------- names handed to the client
+
+def test_views_get_result_purge_spin_outstanding_and_client_clear(cluster):
+    """ipyparallel's views hand get_result, purge_results, spin and outstanding to the
+    client; Client.clear and purge_everything; ar.result_dict; track= (accepted,
+    ignored) and label= on push, scatter, map."""
+    rc = cluster.rc
+    dv, lview = rc[:], rc.load_balanced_view()
+    assert dv.spin() is None and lview.spin() is None
+    slow = rc[0].apply_async(time.sleep, 10)
+    assert slow.msg_ids[0] in dv.outstanding and slow.msg_ids[0] in lview.outstanding
+    slow.abort()
+    wait_until(lambda: slow.msg_ids[0] not in lview.outstanding, TIMEOUT, "the abort")
+
+    ar = lview.apply_async(pow, 2, 5)
+    assert ar.get(TIMEOUT) == 32
+    again = lview.get_result(ar.msg_ids[0], block=True)   # from the controller's records
+    assert again is not ar and again.ready() and again.get() == 32
+    assert dv.get_result([ar], block=False).get(TIMEOUT) == [32]
+    with pytest.raises(TypeError, match="no history"):
+        dv.get_result()          # ipyparallel: the last of the view's history
+
+    each = dv.apply_async(lambda: 7)
+    assert each.result_dict == {i: 7 for i in rc.ids}
+    pair = rc[[0, 1]]
+    mine = pair.apply_async(lambda: 8)
+    mine.get(TIMEOUT)
+    assert pair.purge_results(targets="all") >= 2      # the view's engines: 0 and 1
+    with pytest.raises(KeyError):
+        rc.get_result(mine.msg_ids[1]).get(TIMEOUT)
+    assert rc.get_result(each.msg_ids[2]).get(TIMEOUT) == 7   # engine 2's is kept
+    rc.purge_everything()
+    with pytest.raises(KeyError):
+        rc.get_result(each.msg_ids[2]).get(TIMEOUT)
+
+    dv.push({"a": 1}, track=True, block=True)
+    dv.scatter("s", list(range(8)), track=False, block=True)
+    assert dv.pull("s", block=True) == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    names = minipar.interactive(lambda: sorted(k for k in ("a", "s") if k in globals()))
+    rc.clear(targets=[0], block=True)
+    assert dv.apply_sync(names) == [[], ["a", "s"], ["a", "s"], ["a", "s"]]
+    rc.clear().get(TIMEOUT)      # every engine; not blocking: an AsyncResult
+    assert dv.apply_sync(names) == [[]] * 4
+
+    mapped = dv.map(abs, [-1, -2, -3, -4], track=False, label="mapped", block=False)
+    assert mapped.get(TIMEOUT) == [1, 2, 3, 4] and dv.label is None
+    assert {md["label"] for md in mapped.metadata} == {"mapped"}
+    tasks = lview.map(abs, [-1, -2], label="tasks", block=False)
+    assert tasks.get(TIMEOUT) == [1, 2] and lview.label is None
+    assert {md["label"] for md in tasks.metadata} == {"tasks"}

@@ -268,3 +268,23 @@ def test_map_len_and_progress_count_items(rc, monkeypatch, capsys):
     direct = rc[:].map_async(abs, range(50))
     direct.get(WAIT_S)
     assert len(direct) == 50 and direct.progress == 50
+
+
+def test_module_level_use_pickle_changes_this_process_only(rc, monkeypatch):
+    import minipar
+
+    dv = rc[:]
+    engines_serializer = "__import__('minipar.protocol').protocol._by_value.__name__"
+    try:
+        assert minipar.use_pickle() is None
+        with pytest.raises(Exception, match="use_pickle"):
+            dv.apply_sync(lambda: 1)     # refused here, before it leaves
+        # eval travels by reference; the engines still send by value with cloudpickle
+        assert dv.apply_sync(eval, engines_serializer) == ["cloudpickle"] * 4
+    finally:
+        minipar.use_cloudpickle()
+    assert dv.apply_sync(lambda: 1) == [1] * 4
+    monkeypatch.setitem(sys.modules, "dill", None)   # hidden: import dill fails
+    with pytest.raises(ImportError, match="pip install dill"):
+        minipar.use_dill()
+    assert dv.apply_sync(lambda: 2) == [2] * 4      # nothing changed

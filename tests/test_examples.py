@@ -110,6 +110,7 @@ def test_timeline_writes_a_chart(tmp_path):
 def test_ipyparallel_doc_examples_run_with_the_import_changed(tmp_path):
     out, _ = run_example("from_ipyparallel.py", tmp_path)
     for part in ("front page", "direct interface", "task interface", "asyncresult",
-                 "futures", "asyncio", "outputs and progress", "async with Cluster"):
+                 "futures", "asyncio", "outputs and progress", "async with Cluster",
+                 "await start_and_connect"):
         assert part + ":" in out, out
     assert "every example ran" in out
