@@ -30,6 +30,9 @@ A task's life::
       └─▶ DORMANT ──woken by its owner──▶ as submit       RECOVERING ──▶ final
           (a recovery task)                               (its recovery task's outcome)
 
+A plain task (no targets, dependencies, timeout, retries or recovery) submitted while
+nothing is queued and an engine has room goes from submit straight to ASSIGNED.
+
 Routing schemes are plain functions over a list of loads (outstanding tasks per engine,
 least recently used engine first) returning an index: ``leastload`` (default), ``lru``,
 ``twobin``, ``weighted``, ``plainrandom``. ``hwm`` caps the outstanding tasks per engine
