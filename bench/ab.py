@@ -7,8 +7,8 @@ any name) and gets a cluster of 2 engines, driven from a client process of its o
 process holding both would share one garbage collector, so one side's garbage would be
 collected on the other's time); then the figures run in turns, a block for A, a block
 for B, so a noisy spell of this VM falls on both. Prints the medians and B/A, with the
-CPU per task of the client, controller and engines together (``*_cpu_us``) and of the
-client alone (``*_client_us``).
+CPU per task of the client, controller and engines together (``*_cpu_us``), of the
+client alone (``*_client_us``) and of the controller alone (``*_ctl_us``).
 Single runs swing by ±30% here; a change is real when B/A holds across repeated runs.
 """
 import argparse
@@ -38,7 +38,8 @@ def _cpu_s(pids):
 def _rates(rc, f, n, pids):
     """Round trip, task rates, and the CPU per task of client, controller and engines
     together (on two busy cores the rates follow the CPU, which swings less), and of the
-    client alone (its caller and I/O thread share a GIL: it often sets the rate)."""
+    client alone (its caller and I/O thread share a GIL: it often sets the rate), and of
+    the controller alone (what the scaling pass measures)."""
     lb = rc.load_balanced_view()
     views = [rc[i] for i in rc.ids]
     out = {"rtt_us": _common.median_time_us(lambda: views[0].apply_sync(f), 300)}
@@ -47,11 +48,13 @@ def _rates(rc, f, n, pids):
                 [views[i % len(views)].apply_async(f) for i in range(n)], 60),
             "map1": lambda: lb.map_async(f, range(n), chunksize=1).get(60)}
     for name, run in runs.items():
-        cpu, client, t0 = _cpu_s(pids), _cpu_s(pids[:1]), time.perf_counter()
+        cpu, client, ctl = _cpu_s(pids), _cpu_s(pids[:1]), _cpu_s(pids[1:2])
+        t0 = time.perf_counter()
         run()
         out[name + "_per_s"] = n / (time.perf_counter() - t0)
         out[name + "_cpu_us"] = (_cpu_s(pids) - cpu) / n * 1e6
         out[name + "_client_us"] = (_cpu_s(pids[:1]) - client) / n * 1e6
+        out[name + "_ctl_us"] = (_cpu_s(pids[1:2]) - ctl) / n * 1e6
     return out
 
 

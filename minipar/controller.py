@@ -590,7 +590,7 @@ class Controller:
                 task = _task(header)
             except errors.InvalidDependency as e:
                 return self._fail(rec, "InvalidDependency", str(e))
-            self._act(self.scheduler.submit(task, time.monotonic()))
+            self._act(self.scheduler.submit(task, time.monotonic()), rec)
             return
         eid = header.get("engine")
         if eid not in self.engines:
@@ -658,7 +658,7 @@ class Controller:
             "engine": eid, "status": status, "started": started, "completed": completed,
             "ename": header.get("ename")}]
         runtime = completed - started if started and completed else None
-        self._act(self.scheduler.finished(msg_id, eid, status, time.monotonic(), runtime))
+        self._act(self.scheduler.finished(msg_id, eid, status, time.monotonic(), runtime), rec)
 
     def _on_started(self, eid, header, parts, wire):
         """A request started (one with a time_limit at once, others still running after
@@ -743,13 +743,17 @@ class Controller:
         rec.pop("reply_wire", None)
         self._finish(rec, ERROR)
 
-    def _act(self, decisions):
+    def _act(self, decisions, known=None):
         """Carry out the scheduler's decisions (named tuples: see scheduler's docstring).
-        ABORT ones are _abort's to carry out."""
+        ABORT ones are _abort's to carry out. `known`: the record the caller holds (of the
+        task just submitted or replied to, most decisions' task), not looked up again."""
         for d in decisions:
-            rec = self.db.get(d.msg_id)
-            if rec is None:
-                continue
+            if known is not None and d.msg_id == known["msg_id"]:
+                rec = known
+            else:
+                rec = self.db.get(d.msg_id)
+                if rec is None:
+                    continue
             action = d.action
             if action == _scheduler.RUN:
                 self._assign(rec, d.engine)

@@ -404,9 +404,10 @@ class Session:
         limit = min(BATCH_BYTES, self.max_message_size // 2)
         i = 0
         while i < len(wires):
-            j, size = i + 1, message_size(wires[i])
+            # sum(map(len, ...)): message_size inline, as this runs for every item
+            j, size = i + 1, sum(map(len, wires[i]))
             while j < len(wires):
-                size += message_size(wires[j])
+                size += sum(map(len, wires[j]))
                 if size > limit:
                     break
                 j += 1

@@ -115,14 +115,21 @@ class DictDB:
         return len(self._records)
 
     def finish(self, rec):
-        """A record reached its final state: it may be culled from now on."""
-        size = self.RECORD_OVERHEAD + _nbytes(rec.get("wire")) + _nbytes(rec.get("result_parts"))
-        self._bytes += size - self._finished.pop(rec["msg_id"], 0)
-        self._finished[rec["msg_id"]] = size
-        while self._finished and (len(self._records) > self.record_limit
-                                  or self._bytes > self.record_bytes):
-            self._cull(next(iter(self._finished)),
-                       "count" if len(self._records) > self.record_limit else "bytes")
+        """A record reached its final state: it may be culled from now on. Called once
+        per task, so it does no more than count the bytes (inline, not message_size)."""
+        msg_id, wire, parts = rec["msg_id"], rec.get("wire"), rec.get("result_parts")
+        size = (self.RECORD_OVERHEAD + (sum(map(len, wire)) if wire else 0)
+                + (sum(map(len, parts)) if parts else 0))
+        finished = self._finished
+        if msg_id in finished:   # finished again (a recovered owner): counted once
+            self._bytes -= finished.pop(msg_id)
+        finished[msg_id] = size
+        self._bytes += size
+        if len(self._records) > self.record_limit or self._bytes > self.record_bytes:
+            while finished and (len(self._records) > self.record_limit
+                                or self._bytes > self.record_bytes):
+                self._cull(next(iter(finished)),
+                           "count" if len(self._records) > self.record_limit else "bytes")
 
     def _cull(self, msg_id, by):
         if not self._culled[by]:   # this limit's first cull
@@ -411,10 +418,6 @@ class _IdSet:
 
     def __len__(self):
         return self._size
-
-
-def _nbytes(frames):
-    return protocol.message_size(frames) if frames else 0
 
 
 class _PlainUnpickler(pickle.Unpickler):

@@ -30,6 +30,9 @@ A task's life::
       └─▶ DORMANT ──woken by its owner──▶ as submit       RECOVERING ──▶ final
           (a recovery task)                               (its recovery task's outcome)
 
+A plain task (no targets, dependencies, timeout, retries or recovery) submitted while
+nothing is queued and an engine has room goes from submit straight to ASSIGNED.
+
 Routing schemes are plain functions over a list of loads (outstanding tasks per engine,
 least recently used engine first) returning an index: ``leastload`` (default), ``lru``,
 ``twobin``, ``weighted``, ``plainrandom``. ``hwm`` caps the outstanding tasks per engine
@@ -123,13 +126,14 @@ RECOVERING = "recovering"  # retries exhausted: its outcome will be its recovery
 DONE = "done"
 
 _TRANSITIONS = {
-    None: {DORMANT, WAITING, READY, DONE},
+    None: {DORMANT, WAITING, READY, ASSIGNED, DONE},   # ASSIGNED: a plain task, an engine free
     DORMANT: {WAITING, READY, DONE},        # woken, or discarded
     WAITING: {READY, DONE},
     READY: {ASSIGNED, DONE},
     ASSIGNED: {READY, RECOVERING, DONE},    # READY again: a retry or an unmet dependency
     RECOVERING: {DONE},
 }
+
 
 
 # Decisions (see the module docstring): the action, then its task and arguments.
@@ -341,6 +345,8 @@ class Scheduler:
             raise ValueError(f"task {msg_id!r} is already scheduled; "
                              "give each submission its own msg_id")
         self._done.pop(msg_id, None)
+        if len(task) == 1 or _is_plain(task):
+            return self._submit_plain(msg_id, out)
         targets = task.get("targets")
         if isinstance(targets, int):
             targets = [targets]
@@ -365,6 +371,27 @@ class Scheduler:
                 self._admit(t, now, out)
         self._settle(out)
         self._schedule(out)
+        return out
+
+    def _submit_plain(self, msg_id, out):
+        """submit() of a task with nothing to wait for and nowhere it must run (the common
+        case): the same decisions as the general path, without its resolving of
+        dependencies, targets and recovery. While nothing is queued, an engine with room
+        takes it at once; else it is queued behind the others, as any task is."""
+        t = _Task(msg_id, next(self._seq), None, None, None, None, None, 0, None)
+        self._tasks[msg_id] = t
+        engines = self._engines
+        free = [e for e in self._order if len(engines[e]["tasks"]) < engines[e]["cap"]]
+        if free and not self._queue and not self._late:
+            # nothing any engine could take is queued (the state every call leaves), so
+            # a free engine is this task's without overtaking anyone
+            self._set_state(t, ASSIGNED)
+            self._place(t, free, out)
+            return out
+        self._set_state(t, READY)
+        self._enqueue(t)
+        if free:   # else no engine has room for anything queued: nothing to schedule
+            self._schedule(out)
         return out
 
     def finished(self, msg_id, engine_id, status, now, runtime=None):
@@ -409,7 +436,8 @@ class Scheduler:
             out.append(Done(DONE, msg_id))
             self._finalize(t, False, engine_id, out,
                            "hit its time limit" if status == TIMEOUT else "was aborted")
-        self._settle(out)
+        if self._released:
+            self._settle(out)
         if self._n_readied == readied:
             self._fill(engine_id, out)
         else:
@@ -608,9 +636,11 @@ class Scheduler:
         self._clear_deadline(t)
         self._set_state(t, DONE)
         del self._tasks[msg_id]
-        self._claims.pop(msg_id, None)
+        if self._claims:
+            self._claims.pop(msg_id, None)
         self._remember(msg_id, success, engine)
-        self._released.append((msg_id, success, engine))
+        if msg_id in self._graph:   # only waiters need telling (see _settle)
+            self._released.append((msg_id, success, engine))
         if t["recovery"] is not None and not t["woke"]:
             self._discard(t["recovery"], msg_id, "succeeded" if success else ended, out)
         owner = self._tasks.get(t["owner"]) if t["owner"] is not None else None
@@ -871,13 +901,17 @@ class Scheduler:
             self._assign(self._tasks[best[2]], [engine_id], out)
 
     def _assign(self, t, candidates, out):
+        self._set_state(t, ASSIGNED)
+        self._clear_deadline(t)
+        self._place(t, candidates, out)
+
+    def _place(self, t, candidates, out):
+        """Put ASSIGNED `t` on one of `candidates` (engines with room), chosen by the scheme."""
         if len(candidates) == 1:
             engine_id = candidates[0]
         else:
             loads = [len(self._engines[e]["tasks"]) for e in candidates]
             engine_id = candidates[self._choose(loads)]
-        self._set_state(t, ASSIGNED)
-        self._clear_deadline(t)
         t["engine"] = engine_id
         self._engines[engine_id]["tasks"][t["msg_id"]] = None
         self._order.remove(engine_id)
@@ -915,6 +949,14 @@ def _unreachable_reason(msg_id, key, dep):
 def _targets_reason(msg_id, targets):
     return (f"task {msg_id} may only run on engines {sorted(targets)} and none of them is "
             "registered; resubmit it with targets among the live engines")
+
+
+def _is_plain(task):
+    """No targets, dependencies, timeout, retries or recovery: see _submit_plain."""
+    get = task.get
+    return (get("targets") is None and get("depend") is None and get("recovery") is None
+            and not (get("after") or get("follow") or get("timeout") or get("retries")
+                     or get("dormant")))
 
 
 def _accepts(depend, properties):
