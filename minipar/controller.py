@@ -401,6 +401,8 @@ class Controller:
             return self._send(self.sockets["engine"], [ident], protocol.UNREGISTER,
                               reason=f"registration refused: {problem}", fatal=True)
         want = header.get("id")
+        if header.get("replaces") is not None:   # a launcher's replacement for a dead engine
+            want = self._id_of_process(header["replaces"], header.get("host"))
         held = self.engines.get(want) if isinstance(want, int) else None
         if held is not None and held["host"] == socket.gethostname() \
                 and isinstance(held["pid"], int) and not protocol.pid_alive(held["pid"]):
@@ -443,6 +445,16 @@ class Controller:
         log.info("engine %d registered (pid %s on %s)", eid, engine["pid"], engine["host"])
         self._notify(protocol.ENGINE_REGISTERED, id=eid, info=self._engine_info(engine))
         self._act(self.scheduler.engine_added(eid, time.monotonic(), engine["properties"]))
+
+    def _id_of_process(self, pid, host):
+        """The id of the engine that was process `pid` on `host` (registered, or lost
+        lately), or None. A replacement names the process it replaces, which its launcher
+        always knows, rather than that engine's id, which the engine may not have heard
+        or logged before it was killed."""
+        for engine in [*self.engines.values(), *self.tally.lost.values()]:
+            if engine["pid"] == pid and engine["host"] == host:
+                return engine["id"]
+        return None
 
     def _engine_info(self, e):
         return {k: e[k] for k in ("id", "pid", "host", "python", "cloudpickle", "registered")}
@@ -1090,7 +1102,7 @@ def _request_problem(header):
 
 def _register_problem(header):
     """What is wrong with a registration's fields, or None."""
-    types = {"id": int, "pid": int, "host": str, "python": list, "cloudpickle": str,
+    types = {"id": int, "replaces": int, "pid": int, "host": str, "python": list, "cloudpickle": str,
              "properties": dict, "reply_ident": str, "log": str}
     for name, kind in types.items():
         value = header.get(name)

@@ -348,8 +348,8 @@ class Engine:
             if var in os.environ:
                 properties.setdefault("mpi_rank", int(os.environ[var]))
                 break
-        want = os.environ.get("MINIPAR_ENGINE_ID")
-        msg_id, frames = self._registration(int(want) if want else None)
+        replaces = os.environ.get("MINIPAR_ENGINE_REPLACES")   # see launcher._restart
+        msg_id, frames = self._registration(None, int(replaces) if replaces else None)
         self._reg = msg_id.encode()
         dealer.send_multipart(frames)
         deadline = time.monotonic() + self.registration_timeout
@@ -376,15 +376,16 @@ class Engine:
         log.info("registered as engine %d", header["id"])
         return header["id"], header.get("heartbeat_period", 1.0)
 
-    def _registration(self, want):
+    def _registration(self, want, replaces=None):
         """(msg_id, frames) of a REGISTER: who this engine is, and the id it asks for (the
-        one it had, when it registers again). Only plain properties can go in a header."""
+        one it had, when it registers again) or the pid of the engine process it replaces
+        (whose id it then takes). Only plain properties can go in a header."""
         props = {k: v for k, v in properties.items() if _plain(k) and _plain(v)}
         python, cloudpickle_version = _versions()
         header, frames = self.session.msg(
             protocol.REGISTER, uuid=self.ident.decode(), pid=os.getpid(),
             host=socket.gethostname(), python=python, cloudpickle=cloudpickle_version,
-            properties=props, reply_ident=(self.ident + protocol.REPLY_SUFFIX).decode(), id=want,
+            properties=props, reply_ident=(self.ident + protocol.REPLY_SUFFIX).decode(), id=want, replaces=replaces,
             log=_log_file())
         return header["msg_id"], frames
 

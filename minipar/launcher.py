@@ -48,7 +48,6 @@ import importlib
 import json
 import logging
 import os
-import re
 import secrets
 import shlex
 import shutil
@@ -636,9 +635,9 @@ class EngineSetLauncher(EngineLauncher):
                 return
             try:
                 new = self._new_child()
-                eid = re.findall(r"registered (?:again )?as engine (\d+)", old.get_output())
-                if eid:   # the replacement asks for the id it replaces
-                    new.env = dict(new.env, MINIPAR_ENGINE_ID=eid[-1])
+                if getattr(old, "pid", None):   # the replacement takes the id of the one
+                    # it replaces, found by its pid: it may die before it logs its id
+                    new.env = dict(new.env, MINIPAR_ENGINE_REPLACES=str(old.pid))
                 new.start()
             except Exception as e:
                 log.error("engine pid %s ended (%s) and could not be restarted: %s",
