@@ -161,6 +161,8 @@ class Client:
         sub.linger = 0
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         protocol.connect(sub, self.info, "notify")
+        self._sub_monitor = sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self._roster = None         # (controller session, number) of the engine list held
         self._io = threading.Thread(target=self._io_loop, args=(dealer, sub, outbox_in),
                                     name="minipar-client-io", daemon=True)
         self._io.start()
@@ -170,7 +172,7 @@ class Client:
             self.close()
             raise
         with self._engines_changed:
-            self._engines.update({int(k): v for k, v in reply["engines"].items()})
+            self._take_engines(reply)
         self._check_versions(self._engines)
         if "IPython" in sys.modules:   # %px etc. inside IPython, as ipyparallel (classic.py)
             from .classic import _in_ipython
@@ -181,8 +183,8 @@ class Client:
     def _io_loop(self, dealer, sub, outbox_in):
         # executes in the I/O thread: owns dealer, sub and outbox_in
         poller = zmq.Poller()
-        monitor = self._monitor
-        for s in (dealer, sub, outbox_in, monitor):
+        monitor, sub_monitor = self._monitor, self._sub_monitor
+        for s in (dealer, sub, outbox_in, monitor, sub_monitor):
             poller.register(s, zmq.POLLIN)
         while True:
             for sock, _ in poller.poll(self._run_timers()):
@@ -194,7 +196,8 @@ class Client:
                             continue
                         if len(frames) == 1:  # close() marker
                             dealer.disable_monitor()
-                            for s in (dealer, sub, outbox_in, monitor):
+                            sub.disable_monitor()
+                            for s in (dealer, sub, outbox_in, monitor, sub_monitor):
                                 s.close(linger=0)
                             return
                         try:   # never wait here: with no connection (a peer that fails
@@ -206,11 +209,14 @@ class Client:
                     if sock is monitor:
                         self._on_connection_event(dealer, frames)
                         continue
+                    if sock is sub_monitor:   # notifications may have been missed
+                        self._ask_engines(dealer)
+                        continue
                     try:
                         if sock is dealer:
                             self._on_reply(frames)
                         else:
-                            self._on_notification(frames[1:])
+                            self._on_notification(dealer, frames[1:])
                     except Exception as e:
                         log.warning("dropped a message from the controller: %s: %s",
                                     type(e).__name__, e)
@@ -262,9 +268,7 @@ class Client:
         log.error("%s", err)
 
     def _on_reconnected(self, dealer, header):
-        with self._engines_changed:
-            self._engines = {int(k): v for k, v in header.get("engines", {}).items()}
-            self._engines_changed.notify_all()
+        self._on_engines(dealer, header)
         self._ask_outstanding(dealer, None, 0)
 
     def _ask_outstanding(self, dealer, msg_ids, attempt):
@@ -303,7 +307,7 @@ class Client:
             if f.exception() is None:
                 on_reply(dealer, f.result())
             else:
-                log.warning("%s after reconnecting failed: %s", kind, f.exception())
+                log.warning("%s from the I/O thread failed: %s", kind, f.exception())
 
         f.add_done_callback(done)
         dealer.send_multipart(frames)
@@ -442,14 +446,46 @@ class Client:
 
     # ---- end of version skew
 
-    def _on_notification(self, frames):
-        # executes in the I/O thread
+    # ---- the engine list (I/O thread)
+    #
+    # The controller numbers the changes to its engine list (`roster`, in each notification
+    # and in its answer to `connect`). Notifications come on a socket of their own, so one
+    # can overtake an older answer, or be lost while that socket connects again after a
+    # controller restart. A notification out of sequence, an answer older than what was
+    # heard since, or the notification socket connecting (again) asks for the whole list.
+
+    def _take_engines(self, header):
+        # holding _engines_changed: whether `header` (connect's answer) was the newer list
+        seq = (header.get("session"), header.get("roster", 0))
+        if self._roster and seq[0] == self._roster[0] and seq[1] < self._roster[1]:
+            return False
+        self._engines = {int(k): v for k, v in header.get("engines", {}).items()}
+        self._roster = seq
+        return True
+
+    def _ask_engines(self, dealer):
+        self._io_query(dealer, protocol.CONNECT, self._on_engines)
+
+    def _on_engines(self, dealer, header):
+        with self._engines_changed:
+            current = self._take_engines(header)
+            self._engines_changed.notify_all()
+        if not current:
+            self._ask_engines(dealer)
+
+    def _on_notification(self, dealer, frames):
         _, header, _ = self.session.check(frames)
         handler = self._notification_handlers.get(header["kind"])
+        seq, known = (header.get("session"), header.get("roster")), self._roster
+        if known and seq[0] == known[0] and isinstance(seq[1], int) and seq[1] <= known[1]:
+            return   # the list held has it already
         with self._engines_changed:
             if handler is not None:
                 handler(self, header)
+            self._roster = seq
             self._engines_changed.notify_all()
+        if not known or seq != (known[0], known[1] + 1):
+            self._ask_engines(dealer)
 
     def _on_engine_registered(self, header):
         # executes in the I/O thread, holding _engines_changed

@@ -99,6 +99,7 @@ class Controller:
         log.info("tasks: scheme %s, hwm %s, records in %s", getattr(scheme, "__name__", scheme),
                  "auto" if hwm is None else hwm or "unlimited", type(self.db).__name__)
         self.engines = {}        # id -> engine dict (see _register)
+        self._roster = 0         # changes made to `engines`, numbered for clients (_notify)
         self._by_ident = {}      # engine routing id (bytes) -> id
         self._clients = {}       # client session -> the routing id its replies go to
         self._pong_notified = {}  # unknown heart identity -> beat it was last told to register
@@ -566,11 +567,13 @@ class Controller:
         protocol.send(sock, frames, idents)
 
     def _notify(self, kind, **fields):
-        _, frames = self.session.msg(kind, **fields)
+        """Publish a change to the engine list, numbered (see client._take_engines)."""
+        self._roster += 1
+        _, frames = self.session.msg(kind, roster=self._roster, **fields)
         self.sockets["notify"].send_multipart([kind.encode(), *frames])
 
     def _connect(self, idents, header, parts):
-        self._reply(idents, header, status=OK,
+        self._reply(idents, header, status=OK, roster=self._roster,
                     engines={eid: self._engine_info(e) for eid, e in self.engines.items()})
 
     def _submit(self, client, header, parts, wire):

@@ -129,6 +129,10 @@ def test_controller_restart_with_sqlite_loses_nothing(sqlite_cluster):
     assert rc2.get_result(retried[0].msg_ids[0]).get(START_TIMEOUT_S) == "retried-0"
     # and the cluster works as before
     assert view.map_sync(square, range(50)) == [x * x for x in range(50)]
+    # the client's engine list is the new controller's, even if the wait above passed on
+    # the old list (before the client saw the restart) and the notifications of the
+    # engines' registration came while its notification socket was reconnecting
+    wait_until(lambda: sorted(rc.ids) == ids, START_TIMEOUT_S, "the client's engine list")
     assert rc[:].apply_sync(os.getpid) == [pids[e] for e in ids]
     for i in range(2):
         assert "registering again as engine" in c.output(f"engine{i}")
