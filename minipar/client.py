@@ -310,7 +310,10 @@ class Client:
                 log.warning("%s from the I/O thread failed: %s", kind, f.exception())
 
         f.add_done_callback(done)
-        dealer.send_multipart(frames)
+        try:   # never block the I/O thread: one that cannot leave is asked on reconnecting
+            dealer.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            self._futures.pop(f.msg_id, None)
 
     def _at(self, deadline, function):
         import heapq  # here, not at import (as in _run_timers): timers are rare
