@@ -7,6 +7,7 @@ every process it started is stopped by pid afterwards, also when the test failed
 ``--burn-cpu`` (or ``MINIPAR_BURN=1``) keeps every core busy for the session.
 """
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -112,14 +113,9 @@ def pytest_addoption(parser):
                      "session (as MINIPAR_BURN=1 does): the reliability tests under load")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def burn_cpu(request):
-    """With ``--burn-cpu`` or ``MINIPAR_BURN=1``: one spinning process per core, started
-    before the first test and stopped by pid after the last, so heartbeats, timeouts
-    and retries are tested on a machine as busy as a loaded CI box."""
-    if not (request.config.getoption("--burn-cpu") or os.environ.get("MINIPAR_BURN") == "1"):
-        yield []
-        return
+@contextlib.contextmanager
+def _spinning():
+    """One spinning process per core while the block runs, stopped by pid after it."""
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"],
                                 stdin=subprocess.DEVNULL) for _ in range(os.cpu_count() or 1)]
     try:
@@ -129,6 +125,29 @@ def burn_cpu(request):
             p.kill()
         for p in burners:
             p.wait(10)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def burn_cpu(request):
+    """With ``--burn-cpu`` or ``MINIPAR_BURN=1``: every core busy from before the first
+    test to after the last, so heartbeats, timeouts and retries are tested on a machine
+    as busy as a loaded CI box."""
+    if not (request.config.getoption("--burn-cpu") or os.environ.get("MINIPAR_BURN") == "1"):
+        yield []
+        return
+    with _spinning() as burners:
+        yield burners
+
+
+@pytest.fixture
+def busy_cores(burn_cpu):
+    """Every core busy for one test (as it is already under ``--burn-cpu``): for the
+    tests whose point is that something holds on a loaded machine, in every run."""
+    if burn_cpu:
+        yield burn_cpu
+        return
+    with _spinning() as burners:
+        yield burners
 
 
 @pytest.fixture

@@ -196,7 +196,10 @@ def _dealer(ctx, info, name):
     return s
 
 
-def test_controller_survives_fuzzing_and_counts_what_it_dropped(fuzz_cluster, tmp_path):
+def test_controller_survives_fuzzing_and_counts_what_it_dropped(fuzz_cluster, tmp_path,
+                                                                busy_cores):
+    """On a machine with every core busy: a header that stalled the controller's loop
+    for seconds (so that its engines, hearing no heartbeat, left) shows here."""
     c = fuzz_cluster
     info = protocol.read_connection_file(c.client_file)
     fz = Fuzzer(info["key"])
@@ -329,7 +332,7 @@ def hub(tmp_path):
         h.close()
 
 
-def test_engine_survives_fuzzing_and_counts_what_it_dropped(hub, tmp_path):
+def test_engine_survives_fuzzing_and_counts_what_it_dropped(hub, tmp_path, busy_cores):
     engine = hub.start_engine(tmp_path / "engine.log")
     ident = hub.register()
     evil = tmp_path / "engine-unpickled-something"
