@@ -493,19 +493,21 @@ def test_client_survives_fuzzing_and_never_unpickles_unverified_data(hub, tmp_pa
     answered = threading.Event()
 
     def serve():
-        # executes in a helper thread: answer connect, then fuzz the client
-        idents, header, _ = hub.session.check(router.recv_multipart(), replay=False)
-        ident = idents[0]
-        _, frames = hub.session.msg(protocol.CONNECT_REPLY,
-                                    parent=header["msg_id"], status="ok", engines={})
-        router.send_multipart([ident, *frames])
-        answered.set()
-        pending = []   # the apply requests the client sends later
+        # executes in a helper thread: answer connect (asked again when the client's
+        # notification socket connects), then fuzz the client
+        pending = []   # the apply requests the client sends
         while len(pending) < 2:
             if not router.poll(30_000):
                 return   # the client sent nothing: the test's own bounded waits fail
-            _, h, _ = hub.session.check(router.recv_multipart(), replay=False)
-            pending.append(h["msg_id"])
+            idents, h, _ = hub.session.check(router.recv_multipart(), replay=False)
+            if h["kind"] != protocol.CONNECT:
+                pending.append(h["msg_id"])
+                continue
+            ident = idents[0]
+            _, frames = hub.session.msg(protocol.CONNECT_REPLY,
+                                        parent=h["msg_id"], status="ok", engines={})
+            router.send_multipart([ident, *frames])
+            answered.set()
         for i in range(2000):
             r = fz.rng.random()
             frames = (fz.malformed() if r < 0.3 else fz.bad_signature() if r < 0.6 else
