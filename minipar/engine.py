@@ -61,6 +61,10 @@ log = logging.getLogger(__name__)
 
 SWITCH_INTERVAL_S = 0.0005
 REGISTRATION_TIMEOUT_S = 30.0   # how long to wait for the controller to answer registration
+# An engine started beside its controller (`controller & engine`) may look for the
+# connection file before the controller has written it: it waits this long (at most its
+# --timeout) before saying there is none. 2..30 is reasonable.
+CONNECTION_FILE_WAIT_S = 10.0
 # Controller silence (in its heartbeats) before the engine exits: how long it waits for a
 # lost controller to come back (it registers again when it does). Generous, because a
 # loaded machine can starve the receiver thread; 10..100 is reasonable.
@@ -1101,6 +1105,17 @@ def _plain(value):
     return False
 
 
+def _connection_info(path, wait):
+    """The engine's connection file, waited for up to `wait` s while it does not exist."""
+    if not os.path.exists(path):
+        log.info("no connection file at %s yet: waiting up to %.0f s for a controller to "
+                 "write it", path, wait)
+        deadline = time.monotonic() + wait
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    return protocol.read_connection_file(path, protocol.ENGINE_PORTS)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog=f"python -m {__spec__.name if __spec__ else 'engine'}",
                                 description="Start a minipar engine.")
@@ -1112,7 +1127,9 @@ def main(argv=None):
     p.add_argument("-s", "--startup-script", help="Python file to run at startup")
     p.add_argument("-c", "--startup-command", help="Python code to run at startup")
     p.add_argument("--timeout", type=float, default=REGISTRATION_TIMEOUT_S,
-                   help="seconds to wait for the controller at registration")
+                   help="seconds to wait for the controller: for its connection file "
+                        f"(at most {CONNECTION_FILE_WAIT_S:.0f}), then for its answer to "
+                        "registration")
     p.add_argument("--max-missed-heartbeats", type=int, default=MAX_MISSED_HEARTBEATS,
                    help="how long (in the controller's heartbeats) to wait for a controller "
                         "that went silent to come back (then register again) before exiting")
@@ -1128,7 +1145,7 @@ def main(argv=None):
     path = args.file or os.path.join(protocol.profile_dir(args.profile, args.profile_dir),
                                      "security", protocol.ENGINE_FILE)
     try:
-        info = protocol.read_connection_file(path, protocol.ENGINE_PORTS)
+        info = _connection_info(path, min(args.timeout, CONNECTION_FILE_WAIT_S))
         engine = Engine(info, work_dir=args.work_dir, startup_script=args.startup_script,
                         startup_command=args.startup_command, registration_timeout=args.timeout,
                         max_missed_heartbeats=args.max_missed_heartbeats)

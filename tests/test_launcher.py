@@ -278,6 +278,38 @@ def test_second_controller_on_a_held_profile_is_refused(pids, tmp_path):
     assert not os.path.exists(os.path.join(sec, protocol.CLIENT_FILE))
 
 
+def test_an_engine_started_before_its_controller_waits_for_it(pids, tmp_path):
+    """`python -m minipar.controller & python -m minipar.engine`: the engine may look
+    before the controller has written its file; it waits for it (and, when none comes
+    within its --timeout, says so and exits)."""
+    from minipar import Client
+
+    prof, log = str(tmp_path / "p"), tmp_path / "engine.log"
+    with open(log, "wb") as out:
+        engine = subprocess.Popen([sys.executable, "-m", "minipar.engine", "--profile-dir",
+                                   prof], env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+                                  stdout=out, stderr=subprocess.STDOUT)
+    pids.add(engine.pid)
+    wait_until(lambda: "waiting up to 10 s" in log.read_text(), 60, "the engine waiting")
+    first = _controller(prof)
+    pids.add(first.pid)
+    rc = Client(os.path.join(prof, "security", protocol.CLIENT_FILE), timeout=30)
+    try:
+        rc.wait_for_engines(1, 60)
+        assert rc[:].apply_sync(os.getpid) == [engine.pid]
+    finally:
+        rc.close()
+    for p in (engine, first):
+        p.terminate()
+        p.wait(30)
+    lonely = subprocess.run([sys.executable, "-m", "minipar.engine", "--profile-dir",
+                             str(tmp_path / "none"), "--timeout", "1"], env=_env(), cwd=ROOT,
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            timeout=60)
+    assert lonely.returncode == 1
+    assert "waiting up to 1 s" in lonely.stderr and "no connection file" in lonely.stderr
+
+
 def test_a_stale_connection_file_does_not_hold_the_profile(pids, tmp_path):
     prof = str(tmp_path / "p")
     sec = protocol.security_dir(prof)
