@@ -189,3 +189,59 @@ def test_an_engine_never_loads_the_client_side(rc):
     for modules in loaded:
         assert "minipar.engine" in modules
         assert not {"minipar.client", "minipar.classic", "minipar.integrations"} & set(modules)
+
+
+def test_a_missed_engine_notification_makes_the_client_ask_for_the_whole_list(tmp_path):
+    """Notifications of engines coming and going travel on their own socket, and one can be
+    lost (sent while that socket reconnects after a controller restart). They are
+    numbered: a gap makes the client ask the controller for its whole list."""
+    from .fakes import FakeHub
+
+    hub = FakeHub(tmp_path)
+    state = {"roster": 3, "engines": {}, "connects": 0}
+    lock, stop = threading.Lock(), threading.Event()
+
+    def serve():
+        # executes in a helper thread: owns the hub's client socket; answers connect
+        router = hub.sockets["client"]
+        while not stop.is_set():
+            if not router.poll(50):
+                continue
+            idents, header, _ = hub.session.check(router.recv_multipart(), replay=False)
+            if header["kind"] == protocol.CONNECT:
+                with lock:
+                    state["connects"] += 1
+                    _, frames = hub.session.msg(
+                        protocol.CONNECT_REPLY, parent=header["msg_id"], status="ok",
+                        roster=state["roster"], engines=dict(state["engines"]))
+                router.send_multipart([*idents, *frames])
+
+    def publish(kind, roster, eid):
+        with lock:
+            state["roster"] = roster
+            if kind == protocol.ENGINE_REGISTERED:
+                state["engines"][eid] = {"id": eid}
+            _, frames = hub.session.msg(kind, roster=roster, id=eid, info={"id": eid})
+        hub.sockets["notify"].send_multipart([kind.encode(), *frames])
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    rc = minipar.Client(hub.client_file, timeout=30)
+    try:
+        # once its notification socket is connected, the client asks again (a second
+        # connect): from then on it hears what is published
+        wait_until(lambda: state["connects"] >= 2, 30, "the client's second connect")
+        publish(protocol.ENGINE_REGISTERED, 4, 0)
+        wait_until(lambda: rc.ids == [0], 30, "engine 0 in the client's list")
+        # engine 1's notification (5) is lost; engine 2's (6) shows the gap
+        with lock:
+            state["engines"][1] = {"id": 1}
+        publish(protocol.ENGINE_REGISTERED, 6, 2)
+        wait_until(lambda: rc.ids == [0, 1, 2], 30, "the whole list asked for again")
+        publish(protocol.ENGINE_DIED, 7, 1)
+        wait_until(lambda: rc.ids == [0, 2], 30, "engine 1 gone")
+    finally:
+        rc.close()
+        stop.set()
+        t.join(5)
+        hub.close()
