@@ -43,6 +43,7 @@ process that started them, which then stops them in order (engines first).
 import argparse
 import asyncio
 import atexit
+import contextlib
 import functools
 import importlib
 import json
@@ -108,11 +109,12 @@ class EngineStartError(LauncherError):
 # ---------------------------------------------------------------- process helpers
 
 
-def _pid_start_time(pid):
-    """The process's start time in clock ticks (Linux), to tell a reused pid apart."""
+def _proc_stat(pid, field):
+    """Field `field` of /proc/PID/stat after the command name (Linux), or None: 1 is the
+    parent's pid, 19 the start time in clock ticks (it tells a reused pid apart)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
+            return int(f.read().rsplit(")", 1)[1].split()[field])
     except (OSError, IndexError, ValueError):
         return None
 
@@ -120,7 +122,7 @@ def _pid_start_time(pid):
 def _same_process(pid, start_time):
     if not pid or not protocol.pid_alive(pid):
         return False
-    return start_time is None or _pid_start_time(pid) in (None, start_time)
+    return start_time is None or _proc_stat(pid, 19) in (None, start_time)
 
 
 def _check_n(n):
@@ -151,18 +153,13 @@ def _descendants(pids):
     """Every living descendant of `pids` (Linux /proc; elsewhere none are known)."""
     children = {}
     try:
-        entries = os.listdir("/proc")
+        procs = [int(e) for e in os.listdir("/proc") if e.isdigit()]
     except OSError:
         return []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
+    for pid in procs:
+        ppid = _proc_stat(pid, 1)
+        if ppid is not None:
+            children.setdefault(ppid, []).append(pid)
     found, todo = [], list(pids)
     while todo:
         for child in children.get(todo.pop(), ()):
@@ -172,10 +169,8 @@ def _descendants(pids):
 
 
 def _kill(pid, sig):
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _wait_pids(pids, deadline):
@@ -279,12 +274,8 @@ class BaseLauncher:
 
     @classmethod
     def _names(cls, attr):
-        names = []
-        for klass in reversed(cls.__mro__):
-            for name in vars(klass).get(attr, ()):
-                if name not in names:
-                    names.append(name)
-        return names
+        return list(dict.fromkeys(name for klass in reversed(cls.__mro__)
+                                  for name in vars(klass).get(attr, ())))
 
     def to_dict(self):
         """What `from_dict` needs to find this launcher's resource again (JSON-able)."""
@@ -371,10 +362,8 @@ class BaseLauncher:
         """The output (stdout and stderr) of the launched program(s) so far."""
         text = _read_text(self.output_file) if self.output_file else ""
         if remove and self.output_file:
-            try:
+            with contextlib.suppress(OSError):
                 os.remove(self.output_file)
-            except OSError:
-                pass
         return text
 
     # -- shared helpers
@@ -390,10 +379,7 @@ class BaseLauncher:
         return os.path.join(self.log_dir, name)
 
     def _child_env(self):
-        env = dict(os.environ)
-        env["PYTHONPATH"] = _python_path()
-        env.update(self.env)
-        return env
+        return {**os.environ, "PYTHONPATH": _python_path(), **self.env}
 
 
 class ControllerLauncher(BaseLauncher):
@@ -449,7 +435,8 @@ class LocalProcessLauncher(BaseLauncher):
     def find_args(self):
         raise NotImplementedError
 
-    def _popen(self):
+    def start(self):
+        self._check_state(BEFORE, "start")
         self.args = [str(a) for a in self.find_args()]
         self.output_file = self._output_path(self.role)
         with open(self.output_file, "ab") as out:
@@ -458,12 +445,8 @@ class LocalProcessLauncher(BaseLauncher):
                                             stderr=subprocess.STDOUT, env=self._child_env(),
                                             start_new_session=True)
         self.pid = self.process.pid
-        self.pid_start = _pid_start_time(self.pid)
+        self.pid_start = _proc_stat(self.pid, 19)
         log.debug("started %s (pid %s): %s", self.role, self.pid, shlex.join(self.args))
-
-    def start(self):
-        self._check_state(BEFORE, "start")
-        self._popen()
         self.notify_start({"pid": self.pid})
         self._watch(self.process.wait)
 
@@ -582,10 +565,8 @@ class EngineSetLauncher(EngineLauncher):
     def launchers(self, dicts):
         self._children = []
         for d in dicts:
-            try:
+            with contextlib.suppress(NotRunning):
                 self._children.append(launcher_from_dict(d))
-            except NotRunning:
-                pass
 
     def _reconstruct(self):
         if not self._children:
@@ -693,15 +674,15 @@ class LocalEngineSetLauncher(EngineSetLauncher):
     kind = "local"
 
     def _new_child(self):
-        return LocalEngineLauncher(**{k: getattr(self, k) for k in BaseLauncher._names("_options")})
+        opts = {k: getattr(self, k) for k in BaseLauncher._names("_options")}
+        return LocalEngineLauncher(**opts)
 
     def start(self, n=None):
         self._check_state(BEFORE, "start")
         self.n = self._default_n(n)
-        opts = {k: getattr(self, k) for k in BaseLauncher._names("_options")}
         try:
             for _ in range(self.n):
-                child = LocalEngineLauncher(**opts)
+                child = self._new_child()
                 child.start()
                 self._children.append(child)
         except BaseException:
@@ -753,16 +734,9 @@ class MPIEngineSetLauncher(MPILauncher, EngineLauncher):
 
 # ---------------------------------------------------------------- finding launchers
 
-# short name -> (controller launcher, engine set launcher); None where a kind has no such role
-_BUILTIN = {
-    "local": ("LocalControllerLauncher", "LocalEngineSetLauncher"),
-    "mpi": ("MPIControllerLauncher", "MPIEngineSetLauncher"),
-    "ssh": ("SSHControllerLauncher", "SSHEngineSetLauncher"),
-    "slurm": ("SlurmControllerLauncher", "SlurmEngineSetLauncher"),
-    "pbs": ("PBSControllerLauncher", "PBSEngineSetLauncher"),
-    "sge": ("SGEControllerLauncher", "SGEEngineSetLauncher"),
-    "lsf": ("LSFControllerLauncher", "LSFEngineSetLauncher"),
-}
+# short name -> its classes' prefix ("mpi": MPIControllerLauncher, MPIEngineSetLauncher)
+_BUILTIN = {"local": "Local", "mpi": "MPI", "ssh": "SSH", "slurm": "Slurm", "pbs": "PBS",
+            "sge": "SGE", "lsf": "LSF"}
 
 # the groups keep minipar's name in vendored copies too: third parties register against it
 _ENTRY_POINT_GROUPS = {"controller": "minipar.controller_launchers",
@@ -781,12 +755,10 @@ def find_launcher_class(name, role):
         return name
     if role not in _ENTRY_POINT_GROUPS:
         raise ValueError(f"role must be 'controller' or 'engine', not {role!r}")
-    index = 0 if role == "controller" else 1
     suffix = "ControllerLauncher" if role == "controller" else "EngineSetLauncher"
     here = sys.modules[__name__]
-    short = _BUILTIN.get(name.lower())
-    if short and short[index]:
-        return getattr(here, short[index])
+    if name.lower() in _BUILTIN:
+        return getattr(here, _BUILTIN[name.lower()] + suffix)
     for candidate in (name, name + suffix):
         cls = getattr(here, candidate, None)
         if isinstance(cls, type) and issubclass(cls, BaseLauncher):
@@ -800,44 +772,38 @@ def find_launcher_class(name, role):
             return getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as e:
             raise LauncherError(f"cannot import launcher {name!r}: {e}") from None
-    known = sorted(k for k, v in _BUILTIN.items() if v[index])
-    raise LauncherError(f"unknown {role} launcher {name!r}: use one of {known}, a class "
-                        f"name, an import path or an entry point in "
+    raise LauncherError(f"unknown {role} launcher {name!r}: use one of {sorted(_BUILTIN)}, "
+                        f"a class name, an import path or an entry point in "
                         f"{_ENTRY_POINT_GROUPS[role]}")
 
 
 # ssh and batch-system launchers live in ssh.py and batch.py, which import this module;
 # their names are still found here (short names, cluster files written before the move)
 # on first use, so importing this module never imports them
-_BATCH_NAMES = frozenset({
-    "BatchSystemLauncher", "BatchControllerLauncher", "BatchEngineSetLauncher",
-    "SlurmLauncher", "SlurmControllerLauncher", "SlurmEngineSetLauncher",
-    "PBSLauncher", "PBSControllerLauncher", "PBSEngineSetLauncher",
-    "SGELauncher", "SGEControllerLauncher", "SGEEngineSetLauncher",
-    "LSFLauncher", "LSFControllerLauncher", "LSFEngineSetLauncher",
-})
-_SSH_NAMES = frozenset({"SSHLauncher", "SSHEngineLauncher", "SSHControllerLauncher",
-                        "SSHEngineSetLauncher"})
+_MOVED = {
+    "batch": ("BatchSystemLauncher", "BatchControllerLauncher", "BatchEngineSetLauncher",
+              "SlurmLauncher", "SlurmControllerLauncher", "SlurmEngineSetLauncher",
+              "PBSLauncher", "PBSControllerLauncher", "PBSEngineSetLauncher",
+              "SGELauncher", "SGEControllerLauncher", "SGEEngineSetLauncher",
+              "LSFLauncher", "LSFControllerLauncher", "LSFEngineSetLauncher"),
+    "ssh": ("SSHLauncher", "SSHEngineLauncher", "SSHControllerLauncher",
+            "SSHEngineSetLauncher"),
+}
 
 
 def __getattr__(name):
-    if name in _BATCH_NAMES:
-        from . import batch
-        return getattr(batch, name)
-    if name in _SSH_NAMES:
-        from . import ssh
-        return getattr(ssh, name)
+    for module, names in _MOVED.items():
+        if name in names:
+            return getattr(importlib.import_module(f"{_PKG}.{module}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def launcher_from_dict(d):
     """Rebuild a launcher saved with ``to_dict()`` (raises NotRunning if it is gone)."""
     module, _, attr = d["class"].rpartition(".")
-    if module.rpartition(".")[2] == "launcher":  # our own classes, whatever the package is called
-        cls = getattr(sys.modules[__name__], attr, None) or getattr(
-            importlib.import_module(module), attr)
-    else:
-        cls = getattr(importlib.import_module(module), attr)
+    # our own classes are found here, whatever the package is called
+    here = sys.modules[__name__] if module.rpartition(".")[2] == "launcher" else None
+    cls = getattr(here, attr, None) or getattr(importlib.import_module(module), attr)
     return cls.from_dict(d)
 
 
