@@ -45,7 +45,8 @@ import asyncio
 import atexit
 import contextlib
 import functools
-import importlib
+import importlib.metadata
+import itertools
 import json
 import logging
 import os
@@ -58,7 +59,6 @@ import subprocess
 import sys
 import threading
 import time
-from importlib import metadata
 
 from . import protocol
 from .errors import MiniparError, TimeoutError
@@ -141,12 +141,9 @@ def _runs_controller(pid):
             argv = f.read().decode(errors="replace").split("\0")
     except OSError:
         return True  # no /proc (macOS): the pid is all there is to go on
-    for arg in argv:
-        if arg.startswith("--"):  # the controller's own options: the program came before
-            break
-        if arg.rpartition(".")[2] == "controller" or arg.endswith("-controller"):
-            return True
-    return False
+    program = itertools.takewhile(lambda a: not a.startswith("--"), argv)  # before options
+    return any(a.rpartition(".")[2] == "controller" or a.endswith("-controller")
+               for a in program)
 
 
 def _descendants(pids):
@@ -401,10 +398,7 @@ class EngineLauncher(BaseLauncher):
 
     program = (sys.executable, "-m", f"{_PKG}.engine")
     _state = ("n",)
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.n = 0
+    n = 0  # how many engines start() started
 
     @property
     def program_and_args(self):
@@ -763,7 +757,7 @@ def find_launcher_class(name, role):
         cls = getattr(here, candidate, None)
         if isinstance(cls, type) and issubclass(cls, BaseLauncher):
             return cls
-    for ep in metadata.entry_points(group=_ENTRY_POINT_GROUPS[role]):
+    for ep in importlib.metadata.entry_points(group=_ENTRY_POINT_GROUPS[role]):
         if ep.name == name:
             return ep.load()
     if "." in name:
@@ -810,20 +804,27 @@ def launcher_from_dict(d):
 # ---------------------------------------------------------------- Cluster
 
 
-def _coroutine_twin(sync):
-    """The coroutine method beside the blocking Cluster method `sync` ("x" beside "x_sync"),
-    as ipyparallel names them. It runs `sync` in the event loop's default thread pool, so
-    other coroutines go on meanwhile; cancelling the await does not stop that call."""
-    @functools.wraps(sync)
-    async def method(self, *args, **kwargs):
-        return await asyncio.get_running_loop().run_in_executor(
-            None, functools.partial(sync, self, *args, **kwargs))
+def _coroutine_twins(cls):
+    """Give each blocking method "x_sync" of `cls` a coroutine twin "x", as ipyparallel
+    names them. A twin runs its method in the event loop's default thread pool, so other
+    coroutines go on meanwhile; cancelling the await does not stop that call."""
+    def twin(sync):
+        @functools.wraps(sync)
+        async def method(self, *args, **kwargs):
+            return await asyncio.get_running_loop().run_in_executor(
+                None, functools.partial(sync, self, *args, **kwargs))
 
-    method.__name__ = sync.__name__[:-len("_sync")]
-    method.__qualname__ = sync.__qualname__[:-len("_sync")]
-    return method
+        method.__name__ = sync.__name__[:-len("_sync")]
+        method.__qualname__ = sync.__qualname__[:-len("_sync")]
+        return method
+
+    for name, sync in list(vars(cls).items()):
+        if name.endswith("_sync"):
+            setattr(cls, name[:-len("_sync")], twin(sync))
+    return cls
 
 
+@_coroutine_twins
 class Cluster:
     """A controller and sets of engines, started, watched and stopped together.
 
@@ -967,7 +968,9 @@ class Cluster:
         keyword arguments for the launcher, over `controller_options`."""
         if self.controller is not None and self.controller.running:
             raise LauncherError(f"{self!r} already has a running controller")
-        self._check_no_live_controller()
+        info = live_controller(self.profile_dir)
+        if info is not None:
+            raise LauncherError(held_profile_message(info, self.profile_dir))
         cls = find_launcher_class(self.controller_kind, "controller")
         self.controller = cls(profile_dir=self.profile_dir, cluster_id=self.cluster_id,
                               program_args=self.controller_args,
@@ -984,27 +987,18 @@ class Cluster:
             raise
         return self.controller
 
-    start_controller = _coroutine_twin(start_controller_sync)
-
-    def _check_no_live_controller(self):
-        info = live_controller(self.profile_dir)
-        if info is not None:
-            raise LauncherError(held_profile_message(info, self.profile_dir))
-
     def _wait_for_connection_file(self, started):
         # the file is written atomically (rename), so a complete JSON document means ready;
         # a file older than this start is a leftover (--reuse keeps files) and does not count
         deadline = time.monotonic() + self.timeout
         pid = getattr(self.controller, "pid", None)
         while True:
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 with open(self.client_file) as f:
                     info = json.load(f)
                 fresh = os.stat(self.client_file).st_mtime >= started - 1.0
                 if info.get("pid") == pid or fresh:
                     return info
-            except (OSError, ValueError):
-                pass
             if self.controller.state == AFTER:
                 output = self.controller.get_output()
                 raise _start_error(output)(
@@ -1038,8 +1032,6 @@ class Cluster:
         self._update_cluster_file()
         return engine_set_id
 
-    start_engines = _coroutine_twin(start_engines_sync)
-
     def _engine_output(self):
         return "\n".join(f"=== engine set {k} ({type(v).__name__}, {v.state}) ===\n"
                          f"{v.get_output()}" for k, v in self.engines.items())
@@ -1065,10 +1057,8 @@ class Cluster:
                 raise TimeoutError(
                     f"{len(rc.ids)} of {n} engines registered within {timeout} s. "
                     f"Engine output:\n{self._engine_output()}")
-            try:
+            with contextlib.suppress(TimeoutError):
                 rc.wait_for_engines(n, timeout=min(0.5, remaining), progress=False)
-            except TimeoutError:
-                pass
         return rc
 
     def stop_engines_sync(self, engine_set_id=None):
@@ -1077,8 +1067,6 @@ class Cluster:
         for set_id in ids:
             self.engines.pop(set_id).stop()
         self._update_cluster_file()
-
-    stop_engines = _coroutine_twin(stop_engines_sync)
 
     def restart_engines_sync(self, engine_set_id=None):
         """Stop engine sets, start each again with the same kind, size and id; the ids."""
@@ -1091,15 +1079,11 @@ class Cluster:
             self.start_engines_sync(old.n, set_id, engines=type(old), **options)
         return ids
 
-    restart_engines = _coroutine_twin(restart_engines_sync)
-
     def signal_engines_sync(self, signum, engine_set_id=None):
         """Send signal `signum` to every engine (of one set)."""
         ids = [engine_set_id] if engine_set_id is not None else list(self.engines)
         for set_id in ids:
             self.engines[set_id].signal(signum)
-
-    signal_engines = _coroutine_twin(signal_engines_sync)
 
     # -- clients
 
@@ -1111,8 +1095,6 @@ class Cluster:
         rc = Client(url_file=self.client_file, **kwargs)
         self._clients.append(rc)
         return rc
-
-    connect_client = _coroutine_twin(connect_client_sync)
 
     # -- the whole cluster
 
@@ -1126,8 +1108,6 @@ class Cluster:
             self.stop_cluster_sync()
             raise
         return self
-
-    start_cluster = _coroutine_twin(start_cluster_sync)
 
     def start_and_connect_sync(self, n=None, activate=False):
         """Start everything, wait for every engine to register, return a Client;
@@ -1143,15 +1123,11 @@ class Cluster:
             raise
         return rc
 
-    start_and_connect = _coroutine_twin(start_and_connect_sync)
-
     def stop_controller_sync(self):
         """Stop the controller; its launcher stays in `controller` (state "after")."""
         if self.controller is not None:
             self.controller.stop()
         self._update_cluster_file()
-
-    stop_controller = _coroutine_twin(stop_controller_sync)
 
     def stop_cluster_sync(self):
         """Stop every engine, then the controller; close the Clients made here."""
@@ -1173,13 +1149,9 @@ class Cluster:
         if errors:
             raise errors[0]
 
-    stop_cluster = _coroutine_twin(stop_cluster_sync)
-
     def _remove_files(self):
-        try:
+        with contextlib.suppress(OSError):
             os.remove(self.cluster_file)
-        except OSError:
-            pass
         if self._owns_profile_dir:
             shutil.rmtree(self.profile_dir, ignore_errors=True)
 
@@ -1227,10 +1199,8 @@ def _all_profile_dirs():
 
 def cluster_files(profile=None, profile_dir=None):
     """Cluster files of one profile, or of every profile under $MINIPAR_DIR; newest first."""
-    if profile is not None or profile_dir is not None:
-        folders = [protocol.profile_dir(profile, profile_dir)]
-    else:
-        folders = _all_profile_dirs()
+    folders = ([protocol.profile_dir(profile, profile_dir)]
+               if profile is not None or profile_dir is not None else _all_profile_dirs())
     found = []
     for folder in folders:
         sec = os.path.join(folder, "security")
@@ -1364,15 +1334,13 @@ def _stop_command(info, profile_dir):
     a cluster file records it (its engines stop too), else `kill PID` (SIGTERM: the
     controller stops cleanly and removes its connection files)."""
     for path in cluster_files(profile_dir=profile_dir):
-        try:
+        with contextlib.suppress(OSError, ValueError, KeyError, AttributeError):
             with open(path) as f:
                 d = json.load(f)
             if (d.get("controller") or {}).get("state", {}).get("pid") == info["pid"]:
                 return (f"python -m {_PKG}.launcher stop --profile-dir "
                         f"{shlex.quote(profile_dir)} --cluster-id "
                         f"{shlex.quote(d['cluster']['cluster_id'])}")
-        except (OSError, ValueError, KeyError, AttributeError):
-            continue
     return f"kill {info['pid']}"
 
 
@@ -1394,13 +1362,6 @@ def _describe(cluster):
         ctl.state if ctl is not None else "stopped")
     n = sum(e.n for e in cluster.engines.values())
     return f"{cluster.cluster_id}\t{ctl}\t{n}\t{cluster.profile_dir}"
-
-
-def _selected(args):
-    if args.all:
-        return [Cluster.from_file(p) for p in cluster_files(args.profile, args.profile_dir)]
-    return [Cluster.from_file(profile=args.profile, profile_dir=args.profile_dir,
-                              cluster_id=args.cluster_id)]
 
 
 def _engine_count(text):
@@ -1470,7 +1431,9 @@ def _cmd_engines(args):
 
 
 def _cmd_stop(args):
-    for cluster in _selected(args):
+    paths = (cluster_files(args.profile, args.profile_dir) if args.all else
+             [find_cluster_file(args.profile, args.profile_dir, args.cluster_id)])
+    for cluster in [Cluster.from_file(p) for p in paths]:
         cluster.stop_cluster_sync()
         print(f"stopped cluster {cluster.cluster_id}", flush=True)
     return 0
