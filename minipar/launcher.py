@@ -547,7 +547,7 @@ class EngineSetLauncher(EngineLauncher):
         self.restart = restart
         self.restarts = 0
         self._children = []
-        self._stopping = False          # set by stop(): from then on nothing is restarted
+        self._stopping = threading.Event()  # set by stop(): from then on nothing restarts
         self._restart_lock = threading.Lock()
         self._failed_starts = 0         # engines in a row that ended before registering
 
@@ -584,10 +584,11 @@ class EngineSetLauncher(EngineLauncher):
 
     def _should_restart(self, data):
         code = (data or {}).get("exit_code")
-        if code == -signal.SIGALRM and not self._stopping:
+        if code == -signal.SIGALRM and not self._stopping.is_set():
             return True   # its own watchdog ended it for a task's time_limit: ours to replace
         # None: the exit code is unknown (not our child); 0: it was told to stop
-        return self.restart == "on_failure" and code not in (None, 0) and not self._stopping
+        return (self.restart == "on_failure" and code not in (None, 0)
+                and not self._stopping.is_set())
 
     def _new_child(self):
         """A new, not yet started, child launcher like the others (for restarts)."""
@@ -603,10 +604,10 @@ class EngineSetLauncher(EngineLauncher):
         self._failed_starts = 0 if registered else self._failed_starts + 1
         delay = min(RESTART_MAX_DELAY_S, 0.1 * 2 ** self._failed_starts) \
             if self._failed_starts > RESTART_FAILED_STARTS else 0.0
-        if delay and self._stopped_or_wait(delay):
+        if delay and self._stopping.wait(delay):
             return
         with self._restart_lock:   # stop() takes it too: no engine starts behind its back
-            if self._stopping:
+            if self._stopping.is_set():
                 return
             try:
                 new = self._new_child()
@@ -623,14 +624,6 @@ class EngineSetLauncher(EngineLauncher):
         log.warning("engine pid %s ended (%s): restarted as pid %s (%d restarts)",
                     getattr(old, "pid", "?"), data, getattr(new, "pid", "?"), self.restarts)
         self._watch_children([new])
-
-    def _stopped_or_wait(self, delay):
-        deadline = time.monotonic() + delay
-        while time.monotonic() < deadline:
-            if self._stopping:
-                return True
-            time.sleep(min(0.1, deadline - time.monotonic()))
-        return self._stopping
 
     def pids(self):
         return [p for c in self._children for p in c.pids()]
@@ -651,7 +644,7 @@ class EngineSetLauncher(EngineLauncher):
         if self.state == BEFORE:
             return None
         with self._restart_lock:
-            self._stopping = True
+            self._stopping.set()
         self._stop_children()
         if self.state != AFTER:
             self.notify_stop(self._stop_data())
