@@ -11,18 +11,17 @@ descendants included, because ``mpiexec``'s ranks outlive a killed ``mpiexec``).
 ``to_dict()`` saves what is needed to find the resource again from another process;
 ``from_dict()`` rebuilds a live launcher or raises ``NotRunning``.
 
-Map of the module::
+Map of the module (ssh.py and batch.py hold the SSH* and Slurm*, PBS*, SGE*, LSF*
+launchers, found here by name too)::
 
     BaseLauncher                     the contract; options and state as plain attributes
       LocalProcessLauncher           one subprocess, output in a log file, a watcher thread
         LocalControllerLauncher        python -m <pkg>.controller
         LocalEngineLauncher            python -m <pkg>.engine
-        MPIEngineSetLauncher           mpiexec -n N python -m <pkg>.engine (one process tree)
-        MPIControllerLauncher
+        MPIEngineSetLauncher           mpiexec -n N python -m <pkg>.engine (one tree),
+        MPIControllerLauncher            and the controller under mpiexec -n 1
       EngineSetLauncher              engines as child launchers, restarted on failure
         LocalEngineSetLauncher         n LocalEngineLaunchers
-    (ssh.py: SSHLauncher, SSHEngineLauncher, SSHControllerLauncher, SSHEngineSetLauncher;
-     batch.py: BatchSystemLauncher and Slurm*, PBS*, SGE*, LSF*; both found here by name)
     find_launcher_class(name, kind)  short name, class name, import path or entry point
     Cluster                          one controller + engine sets + Clients; a cluster file
     ClusterManager                   the clusters of profiles, read from their cluster files
