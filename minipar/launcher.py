@@ -531,9 +531,8 @@ class EngineSetLauncher(EngineLauncher):
 
     Subclasses implement ``start(n)``, filling ``self._children``; the set has stopped
     when its last child has. With ``restart="on_failure"`` an engine that exits with an
-    error or is killed by a signal is replaced at once (see ``_restart``), so the set
-    keeps its size through crashes; sets that can make a new child implement
-    ``_new_child()``.
+    error or is killed by a signal is replaced (see ``_restart``), so the set keeps its
+    size through crashes; sets that can make a new child implement ``_new_child()``.
     """
 
     _options = ("restart",)
