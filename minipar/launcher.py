@@ -44,6 +44,7 @@ import asyncio
 import atexit
 import contextlib
 import functools
+import glob
 import importlib.metadata
 import itertools
 import json
@@ -1192,15 +1193,8 @@ def cluster_files(profile=None, profile_dir=None):
     """Cluster files of one profile, or of every profile under $MINIPAR_DIR; newest first."""
     folders = ([protocol.profile_dir(profile, profile_dir)]
                if profile is not None or profile_dir is not None else _all_profile_dirs())
-    found = []
-    for folder in folders:
-        sec = os.path.join(folder, "security")
-        try:
-            names = os.listdir(sec)
-        except OSError:
-            continue
-        found += [os.path.join(sec, n) for n in names
-                  if n.startswith("cluster-") and n.endswith(".json")]
+    found = [p for folder in folders for p in glob.glob(
+        os.path.join(glob.escape(folder), "security", "cluster-*.json"))]
     return sorted(found, key=lambda p: -os.path.getmtime(p))
 
 
