@@ -9,13 +9,13 @@ Map of the module::
 
     BatchSystemLauncher              submit / delete / signal / status commands + a template
       BatchControllerLauncher          one task: python -m <pkg>.controller
-      BatchEngineSetLauncher           n tasks (a job array, or srun's tasks) of <pkg>.engine
+      BatchEngineSetLauncher           n tasks (a job array, or srun's) of <pkg>.engine
       SlurmLauncher                  sbatch / scancel / squeue; engines are srun's tasks
       PBSLauncher                    qsub / qdel / qsig / qstat; engines a job array (-t)
       SGELauncher                    qsub / qdel / qstat (no signal); engines a job array
       LSFLauncher                    bsub < script / bkill / bjobs; engines a job array
         each with <Kind>ControllerLauncher and <Kind>EngineSetLauncher
-    _rows(output, header_prefix)     the data rows of a status command's table
+    _rows, _classify, _script        a status table's rows and states; a default template
 
 How a job is followed::
 
@@ -29,6 +29,7 @@ launcher.py imports nothing from here at import time (it forwards these names on
 use), so this module may import launcher.py at its top.
 """
 
+import contextlib
 import logging
 import os
 import re
@@ -156,10 +157,8 @@ class BatchSystemLauncher(BaseLauncher):
         with open(self.batch_file, "w") as f:
             f.write(script)
         os.chmod(self.batch_file, 0o700)
-        if self.submit_stdin:
-            r = self._run(self.submit_command, stdin=script)
-        else:
-            r = self._run([*self.submit_command, self.batch_file])
+        r = (self._run(self.submit_command, stdin=script) if self.submit_stdin
+             else self._run([*self.submit_command, self.batch_file]))
         if r.returncode:
             raise LauncherError(f"{shlex.join(self.submit_command)} {self.batch_file} failed "
                                 f"({r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
@@ -229,10 +228,8 @@ class BatchSystemLauncher(BaseLauncher):
         text = "".join(_read_text(p) for p in paths)
         if remove:
             for p in paths:
-                try:
+                with contextlib.suppress(OSError):
                     os.remove(p)
-                except OSError:
-                    pass
         return text
 
 
@@ -255,9 +252,22 @@ def _rows(output, header_prefix):
     lines = output.splitlines()
     for i, line in enumerate(lines):
         if line.startswith(header_prefix):
-            rows = lines[i + 1:]
-            return [r.split() for r in rows if r.strip() and not set(r.strip()) <= {"-", " "}]
+            return [r.split() for r in lines[i + 1:]
+                    if r.strip() and not set(r.strip()) <= {"-", " "}]
     return []
+
+
+def _classify(states, running, pending):
+    """'running' if one of `states` is in `running`, else 'pending' if one is in `pending`,
+    else 'done'."""
+    if any(s in running for s in states):
+        return "running"
+    return "pending" if any(s in pending for s in states) else "done"
+
+
+def _script(prefix, *options, run="{program_and_args}"):
+    """A default template: ``#!/bin/sh``, `prefix` and each option on a line, `run`."""
+    return "\n".join(["#!/bin/sh", *(f"{prefix} {o}" for o in options), run, ""])
 
 
 class SlurmLauncher(BatchSystemLauncher):
@@ -273,32 +283,22 @@ class SlurmLauncher(BatchSystemLauncher):
 
     @staticmethod
     def parse_status(returncode, output, job_id):
-        states = output.split()
-        if returncode or not states:  # squeue forgets a job soon after it ends
+        if returncode:  # squeue forgets a job soon after it ends (an error, or no line)
             return "done"
-        if any(s in ("RUNNING", "COMPLETING", "SUSPENDED", "STOPPED") for s in states):
-            return "running"
-        if any(s in ("PENDING", "CONFIGURING", "REQUEUED", "RESIZING") for s in states):
-            return "pending"
-        return "done"
+        return _classify(output.split(), ("RUNNING", "COMPLETING", "SUSPENDED", "STOPPED"),
+                         ("PENDING", "CONFIGURING", "REQUEUED", "RESIZING"))
 
 
 class SlurmControllerLauncher(SlurmLauncher, BatchControllerLauncher):
-    default_template = """#!/bin/sh
-#SBATCH --job-name=minipar-controller-{cluster_id}
-#SBATCH --ntasks=1
-#SBATCH --output={output_file}
-srun {program_and_args}
-"""
+    default_template = _script("#SBATCH", "--job-name=minipar-controller-{cluster_id}",
+                               "--ntasks=1", "--output={output_file}",
+                               run="srun {program_and_args}")
 
 
 class SlurmEngineSetLauncher(SlurmLauncher, BatchEngineSetLauncher):
-    default_template = """#!/bin/sh
-#SBATCH --job-name=minipar-engines-{cluster_id}
-#SBATCH --ntasks={n}
-#SBATCH --output={output_file}
-srun {program_and_args}
-"""
+    default_template = _script("#SBATCH", "--job-name=minipar-engines-{cluster_id}",
+                               "--ntasks={n}", "--output={output_file}",
+                               run="srun {program_and_args}")
 
 
 class PBSLauncher(BatchSystemLauncher):
@@ -317,35 +317,19 @@ class PBSLauncher(BatchSystemLauncher):
         # Job id  Name  User  Time Use  S  Queue: S is Q/H/W/T queued, R/E running, C/F done
         if returncode:
             return "done"
-        short = job_id.split(".")[0]
+        short = job_id.split(".")[0].replace("[]", "")
         states = [r[4] for r in _rows(output, "Job") if len(r) >= 6 and
-                  r[0].split(".")[0].replace("[]", "") == short.replace("[]", "")]
-        if any(s in ("R", "E", "S") for s in states):
-            return "running"
-        if any(s in ("Q", "H", "W", "T") for s in states):
-            return "pending"
-        return "done"
+                  r[0].split(".")[0].replace("[]", "") == short]
+        return _classify(states, ("R", "E", "S"), ("Q", "H", "W", "T"))
 
 
 class PBSControllerLauncher(PBSLauncher, BatchControllerLauncher):
-    default_template = """#!/bin/sh
-#PBS -N minipar-ctrl
-#PBS -V
-#PBS -j oe
-#PBS -o {output_file}
-{program_and_args}
-"""
+    default_template = _script("#PBS", "-N minipar-ctrl", "-V", "-j oe", "-o {output_file}")
 
 
 class PBSEngineSetLauncher(PBSLauncher, BatchEngineSetLauncher):
-    default_template = """#!/bin/sh
-#PBS -N minipar-engines
-#PBS -V
-#PBS -j oe
-#PBS -o {output_file}
-#PBS -t 1-{n}
-{program_and_args}
-"""
+    default_template = _script("#PBS", "-N minipar-engines", "-V", "-j oe",
+                               "-o {output_file}", "-t 1-{n}")
 
 
 class SGELauncher(BatchSystemLauncher):
@@ -378,26 +362,13 @@ class SGELauncher(BatchSystemLauncher):
 
 
 class SGEControllerLauncher(SGELauncher, BatchControllerLauncher):
-    default_template = """#!/bin/sh
-#$ -N minipar-controller
-#$ -V
-#$ -S /bin/sh
-#$ -j y
-#$ -o {output_file}
-{program_and_args}
-"""
+    default_template = _script("#$", "-N minipar-controller", "-V", "-S /bin/sh", "-j y",
+                               "-o {output_file}")
 
 
 class SGEEngineSetLauncher(SGELauncher, BatchEngineSetLauncher):
-    default_template = """#!/bin/sh
-#$ -N minipar-engines
-#$ -V
-#$ -S /bin/sh
-#$ -j y
-#$ -o {output_file}
-#$ -t 1-{n}
-{program_and_args}
-"""
+    default_template = _script("#$", "-N minipar-engines", "-V", "-S /bin/sh", "-j y",
+                               "-o {output_file}", "-t 1-{n}")
 
 
 class LSFLauncher(BatchSystemLauncher):
@@ -416,24 +387,14 @@ class LSFLauncher(BatchSystemLauncher):
     def parse_status(returncode, output, job_id):
         # JOBID USER STAT QUEUE FROM_HOST EXEC_HOST JOB_NAME SUBMIT_TIME; "Job <N> is not found"
         states = [r[2] for r in _rows(output, "JOBID") if len(r) >= 3 and r[0] == job_id]
-        if any(s in ("RUN", "USUSP", "SSUSP") for s in states):
-            return "running"
-        if any(s in ("PEND", "PSUSP", "WAIT") for s in states):
-            return "pending"
-        return "done"
+        return _classify(states, ("RUN", "USUSP", "SSUSP"), ("PEND", "PSUSP", "WAIT"))
 
 
 class LSFControllerLauncher(LSFLauncher, BatchControllerLauncher):
-    default_template = """#!/bin/sh
-#BSUB -J minipar-controller-{cluster_id}
-#BSUB -o {output_file}
-{program_and_args}
-"""
+    default_template = _script("#BSUB", "-J minipar-controller-{cluster_id}",
+                               "-o {output_file}")
 
 
 class LSFEngineSetLauncher(LSFLauncher, BatchEngineSetLauncher):
-    default_template = """#!/bin/sh
-#BSUB -J minipar-engines-{cluster_id}[1-{n}]
-#BSUB -o {output_file}
-{program_and_args}
-"""
+    default_template = _script("#BSUB", "-J minipar-engines-{cluster_id}[1-{n}]",
+                               "-o {output_file}")

@@ -11,18 +11,17 @@ descendants included, because ``mpiexec``'s ranks outlive a killed ``mpiexec``).
 ``to_dict()`` saves what is needed to find the resource again from another process;
 ``from_dict()`` rebuilds a live launcher or raises ``NotRunning``.
 
-Map of the module::
+Map of the module (ssh.py and batch.py hold the SSH* and Slurm*, PBS*, SGE*, LSF*
+launchers, found here by name too)::
 
     BaseLauncher                     the contract; options and state as plain attributes
       LocalProcessLauncher           one subprocess, output in a log file, a watcher thread
         LocalControllerLauncher        python -m <pkg>.controller
         LocalEngineLauncher            python -m <pkg>.engine
-        MPIEngineSetLauncher           mpiexec -n N python -m <pkg>.engine (one process tree)
-        MPIControllerLauncher
+        MPIEngineSetLauncher           mpiexec -n N python -m <pkg>.engine (one tree),
+        MPIControllerLauncher            and the controller under mpiexec -n 1
       EngineSetLauncher              engines as child launchers, restarted on failure
         LocalEngineSetLauncher         n LocalEngineLaunchers
-    (ssh.py: SSHLauncher, SSHEngineLauncher, SSHControllerLauncher, SSHEngineSetLauncher;
-     batch.py: BatchSystemLauncher and Slurm*, PBS*, SGE*, LSF*; both found here by name)
     find_launcher_class(name, kind)  short name, class name, import path or entry point
     Cluster                          one controller + engine sets + Clients; a cluster file
     ClusterManager                   the clusters of profiles, read from their cluster files
@@ -43,8 +42,11 @@ process that started them, which then stops them in order (engines first).
 import argparse
 import asyncio
 import atexit
+import contextlib
 import functools
-import importlib
+import glob
+import importlib.metadata
+import itertools
 import json
 import logging
 import os
@@ -57,7 +59,6 @@ import subprocess
 import sys
 import threading
 import time
-from importlib import metadata
 
 from . import protocol
 from .errors import MiniparError, TimeoutError
@@ -108,11 +109,12 @@ class EngineStartError(LauncherError):
 # ---------------------------------------------------------------- process helpers
 
 
-def _pid_start_time(pid):
-    """The process's start time in clock ticks (Linux), to tell a reused pid apart."""
+def _proc_stat(pid, field):
+    """Field `field` of /proc/PID/stat after the command name (Linux), or None: 1 is the
+    parent's pid, 19 the start time in clock ticks (it tells a reused pid apart)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
+            return int(f.read().rsplit(")", 1)[1].split()[field])
     except (OSError, IndexError, ValueError):
         return None
 
@@ -120,7 +122,7 @@ def _pid_start_time(pid):
 def _same_process(pid, start_time):
     if not pid or not protocol.pid_alive(pid):
         return False
-    return start_time is None or _pid_start_time(pid) in (None, start_time)
+    return start_time is None or _proc_stat(pid, 19) in (None, start_time)
 
 
 def _check_n(n):
@@ -139,30 +141,22 @@ def _runs_controller(pid):
             argv = f.read().decode(errors="replace").split("\0")
     except OSError:
         return True  # no /proc (macOS): the pid is all there is to go on
-    for arg in argv:
-        if arg.startswith("--"):  # the controller's own options: the program came before
-            break
-        if arg.rpartition(".")[2] == "controller" or arg.endswith("-controller"):
-            return True
-    return False
+    program = itertools.takewhile(lambda a: not a.startswith("--"), argv)  # before options
+    return any(a.rpartition(".")[2] == "controller" or a.endswith("-controller")
+               for a in program)
 
 
 def _descendants(pids):
     """Every living descendant of `pids` (Linux /proc; elsewhere none are known)."""
     children = {}
     try:
-        entries = os.listdir("/proc")
+        procs = [int(e) for e in os.listdir("/proc") if e.isdigit()]
     except OSError:
         return []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
+    for pid in procs:
+        ppid = _proc_stat(pid, 1)
+        if ppid is not None:
+            children.setdefault(ppid, []).append(pid)
     found, todo = [], list(pids)
     while todo:
         for child in children.get(todo.pop(), ()):
@@ -172,10 +166,8 @@ def _descendants(pids):
 
 
 def _kill(pid, sig):
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _wait_pids(pids, deadline):
@@ -279,12 +271,8 @@ class BaseLauncher:
 
     @classmethod
     def _names(cls, attr):
-        names = []
-        for klass in reversed(cls.__mro__):
-            for name in vars(klass).get(attr, ()):
-                if name not in names:
-                    names.append(name)
-        return names
+        return list(dict.fromkeys(name for klass in reversed(cls.__mro__)
+                                  for name in vars(klass).get(attr, ())))
 
     def to_dict(self):
         """What `from_dict` needs to find this launcher's resource again (JSON-able)."""
@@ -371,10 +359,8 @@ class BaseLauncher:
         """The output (stdout and stderr) of the launched program(s) so far."""
         text = _read_text(self.output_file) if self.output_file else ""
         if remove and self.output_file:
-            try:
+            with contextlib.suppress(OSError):
                 os.remove(self.output_file)
-            except OSError:
-                pass
         return text
 
     # -- shared helpers
@@ -390,10 +376,7 @@ class BaseLauncher:
         return os.path.join(self.log_dir, name)
 
     def _child_env(self):
-        env = dict(os.environ)
-        env["PYTHONPATH"] = _python_path()
-        env.update(self.env)
-        return env
+        return {**os.environ, "PYTHONPATH": _python_path(), **self.env}
 
 
 class ControllerLauncher(BaseLauncher):
@@ -415,10 +398,7 @@ class EngineLauncher(BaseLauncher):
 
     program = (sys.executable, "-m", f"{_PKG}.engine")
     _state = ("n",)
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.n = 0
+    n = 0  # how many engines start() started
 
     @property
     def program_and_args(self):
@@ -449,7 +429,8 @@ class LocalProcessLauncher(BaseLauncher):
     def find_args(self):
         raise NotImplementedError
 
-    def _popen(self):
+    def start(self):
+        self._check_state(BEFORE, "start")
         self.args = [str(a) for a in self.find_args()]
         self.output_file = self._output_path(self.role)
         with open(self.output_file, "ab") as out:
@@ -458,12 +439,8 @@ class LocalProcessLauncher(BaseLauncher):
                                             stderr=subprocess.STDOUT, env=self._child_env(),
                                             start_new_session=True)
         self.pid = self.process.pid
-        self.pid_start = _pid_start_time(self.pid)
+        self.pid_start = _proc_stat(self.pid, 19)
         log.debug("started %s (pid %s): %s", self.role, self.pid, shlex.join(self.args))
-
-    def start(self):
-        self._check_state(BEFORE, "start")
-        self._popen()
         self.notify_start({"pid": self.pid})
         self._watch(self.process.wait)
 
@@ -555,9 +532,8 @@ class EngineSetLauncher(EngineLauncher):
 
     Subclasses implement ``start(n)``, filling ``self._children``; the set has stopped
     when its last child has. With ``restart="on_failure"`` an engine that exits with an
-    error or is killed by a signal is replaced at once (see ``_restart``), so the set
-    keeps its size through crashes; sets that can make a new child implement
-    ``_new_child()``.
+    error or is killed by a signal is replaced (see ``_restart``), so the set keeps its
+    size through crashes; sets that can make a new child implement ``_new_child()``.
     """
 
     _options = ("restart",)
@@ -570,7 +546,7 @@ class EngineSetLauncher(EngineLauncher):
         self.restart = restart
         self.restarts = 0
         self._children = []
-        self._stopping = False          # set by stop(): from then on nothing is restarted
+        self._stopping = threading.Event()  # set by stop(): from then on nothing restarts
         self._restart_lock = threading.Lock()
         self._failed_starts = 0         # engines in a row that ended before registering
 
@@ -582,10 +558,8 @@ class EngineSetLauncher(EngineLauncher):
     def launchers(self, dicts):
         self._children = []
         for d in dicts:
-            try:
+            with contextlib.suppress(NotRunning):
                 self._children.append(launcher_from_dict(d))
-            except NotRunning:
-                pass
 
     def _reconstruct(self):
         if not self._children:
@@ -609,10 +583,11 @@ class EngineSetLauncher(EngineLauncher):
 
     def _should_restart(self, data):
         code = (data or {}).get("exit_code")
-        if code == -signal.SIGALRM and not self._stopping:
+        if code == -signal.SIGALRM and not self._stopping.is_set():
             return True   # its own watchdog ended it for a task's time_limit: ours to replace
         # None: the exit code is unknown (not our child); 0: it was told to stop
-        return self.restart == "on_failure" and code not in (None, 0) and not self._stopping
+        return (self.restart == "on_failure" and code not in (None, 0)
+                and not self._stopping.is_set())
 
     def _new_child(self):
         """A new, not yet started, child launcher like the others (for restarts)."""
@@ -628,10 +603,10 @@ class EngineSetLauncher(EngineLauncher):
         self._failed_starts = 0 if registered else self._failed_starts + 1
         delay = min(RESTART_MAX_DELAY_S, 0.1 * 2 ** self._failed_starts) \
             if self._failed_starts > RESTART_FAILED_STARTS else 0.0
-        if delay and self._stopped_or_wait(delay):
+        if delay and self._stopping.wait(delay):
             return
         with self._restart_lock:   # stop() takes it too: no engine starts behind its back
-            if self._stopping:
+            if self._stopping.is_set():
                 return
             try:
                 new = self._new_child()
@@ -648,14 +623,6 @@ class EngineSetLauncher(EngineLauncher):
         log.warning("engine pid %s ended (%s): restarted as pid %s (%d restarts)",
                     getattr(old, "pid", "?"), data, getattr(new, "pid", "?"), self.restarts)
         self._watch_children([new])
-
-    def _stopped_or_wait(self, delay):
-        deadline = time.monotonic() + delay
-        while time.monotonic() < deadline:
-            if self._stopping:
-                return True
-            time.sleep(min(0.1, deadline - time.monotonic()))
-        return self._stopping
 
     def pids(self):
         return [p for c in self._children for p in c.pids()]
@@ -676,7 +643,7 @@ class EngineSetLauncher(EngineLauncher):
         if self.state == BEFORE:
             return None
         with self._restart_lock:
-            self._stopping = True
+            self._stopping.set()
         self._stop_children()
         if self.state != AFTER:
             self.notify_stop(self._stop_data())
@@ -693,15 +660,15 @@ class LocalEngineSetLauncher(EngineSetLauncher):
     kind = "local"
 
     def _new_child(self):
-        return LocalEngineLauncher(**{k: getattr(self, k) for k in BaseLauncher._names("_options")})
+        opts = {k: getattr(self, k) for k in BaseLauncher._names("_options")}
+        return LocalEngineLauncher(**opts)
 
     def start(self, n=None):
         self._check_state(BEFORE, "start")
         self.n = self._default_n(n)
-        opts = {k: getattr(self, k) for k in BaseLauncher._names("_options")}
         try:
             for _ in range(self.n):
-                child = LocalEngineLauncher(**opts)
+                child = self._new_child()
                 child.start()
                 self._children.append(child)
         except BaseException:
@@ -753,16 +720,9 @@ class MPIEngineSetLauncher(MPILauncher, EngineLauncher):
 
 # ---------------------------------------------------------------- finding launchers
 
-# short name -> (controller launcher, engine set launcher); None where a kind has no such role
-_BUILTIN = {
-    "local": ("LocalControllerLauncher", "LocalEngineSetLauncher"),
-    "mpi": ("MPIControllerLauncher", "MPIEngineSetLauncher"),
-    "ssh": ("SSHControllerLauncher", "SSHEngineSetLauncher"),
-    "slurm": ("SlurmControllerLauncher", "SlurmEngineSetLauncher"),
-    "pbs": ("PBSControllerLauncher", "PBSEngineSetLauncher"),
-    "sge": ("SGEControllerLauncher", "SGEEngineSetLauncher"),
-    "lsf": ("LSFControllerLauncher", "LSFEngineSetLauncher"),
-}
+# short name -> its classes' prefix ("mpi": MPIControllerLauncher, MPIEngineSetLauncher)
+_BUILTIN = {"local": "Local", "mpi": "MPI", "ssh": "SSH", "slurm": "Slurm", "pbs": "PBS",
+            "sge": "SGE", "lsf": "LSF"}
 
 # the groups keep minipar's name in vendored copies too: third parties register against it
 _ENTRY_POINT_GROUPS = {"controller": "minipar.controller_launchers",
@@ -781,17 +741,15 @@ def find_launcher_class(name, role):
         return name
     if role not in _ENTRY_POINT_GROUPS:
         raise ValueError(f"role must be 'controller' or 'engine', not {role!r}")
-    index = 0 if role == "controller" else 1
     suffix = "ControllerLauncher" if role == "controller" else "EngineSetLauncher"
     here = sys.modules[__name__]
-    short = _BUILTIN.get(name.lower())
-    if short and short[index]:
-        return getattr(here, short[index])
+    if name.lower() in _BUILTIN:
+        return getattr(here, _BUILTIN[name.lower()] + suffix)
     for candidate in (name, name + suffix):
         cls = getattr(here, candidate, None)
         if isinstance(cls, type) and issubclass(cls, BaseLauncher):
             return cls
-    for ep in metadata.entry_points(group=_ENTRY_POINT_GROUPS[role]):
+    for ep in importlib.metadata.entry_points(group=_ENTRY_POINT_GROUPS[role]):
         if ep.name == name:
             return ep.load()
     if "." in name:
@@ -800,64 +758,65 @@ def find_launcher_class(name, role):
             return getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as e:
             raise LauncherError(f"cannot import launcher {name!r}: {e}") from None
-    known = sorted(k for k, v in _BUILTIN.items() if v[index])
-    raise LauncherError(f"unknown {role} launcher {name!r}: use one of {known}, a class "
-                        f"name, an import path or an entry point in "
+    raise LauncherError(f"unknown {role} launcher {name!r}: use one of {sorted(_BUILTIN)}, "
+                        f"a class name, an import path or an entry point in "
                         f"{_ENTRY_POINT_GROUPS[role]}")
 
 
 # ssh and batch-system launchers live in ssh.py and batch.py, which import this module;
 # their names are still found here (short names, cluster files written before the move)
 # on first use, so importing this module never imports them
-_BATCH_NAMES = frozenset({
-    "BatchSystemLauncher", "BatchControllerLauncher", "BatchEngineSetLauncher",
-    "SlurmLauncher", "SlurmControllerLauncher", "SlurmEngineSetLauncher",
-    "PBSLauncher", "PBSControllerLauncher", "PBSEngineSetLauncher",
-    "SGELauncher", "SGEControllerLauncher", "SGEEngineSetLauncher",
-    "LSFLauncher", "LSFControllerLauncher", "LSFEngineSetLauncher",
-})
-_SSH_NAMES = frozenset({"SSHLauncher", "SSHEngineLauncher", "SSHControllerLauncher",
-                        "SSHEngineSetLauncher"})
+_MOVED = {
+    "batch": ("BatchSystemLauncher", "BatchControllerLauncher", "BatchEngineSetLauncher",
+              "SlurmLauncher", "SlurmControllerLauncher", "SlurmEngineSetLauncher",
+              "PBSLauncher", "PBSControllerLauncher", "PBSEngineSetLauncher",
+              "SGELauncher", "SGEControllerLauncher", "SGEEngineSetLauncher",
+              "LSFLauncher", "LSFControllerLauncher", "LSFEngineSetLauncher"),
+    "ssh": ("SSHLauncher", "SSHEngineLauncher", "SSHControllerLauncher",
+            "SSHEngineSetLauncher"),
+}
 
 
 def __getattr__(name):
-    if name in _BATCH_NAMES:
-        from . import batch
-        return getattr(batch, name)
-    if name in _SSH_NAMES:
-        from . import ssh
-        return getattr(ssh, name)
+    for module, names in _MOVED.items():
+        if name in names:
+            return getattr(importlib.import_module(f"{_PKG}.{module}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def launcher_from_dict(d):
     """Rebuild a launcher saved with ``to_dict()`` (raises NotRunning if it is gone)."""
     module, _, attr = d["class"].rpartition(".")
-    if module.rpartition(".")[2] == "launcher":  # our own classes, whatever the package is called
-        cls = getattr(sys.modules[__name__], attr, None) or getattr(
-            importlib.import_module(module), attr)
-    else:
-        cls = getattr(importlib.import_module(module), attr)
+    # our own classes are found here, whatever the package is called
+    here = sys.modules[__name__] if module.rpartition(".")[2] == "launcher" else None
+    cls = getattr(here, attr, None) or getattr(importlib.import_module(module), attr)
     return cls.from_dict(d)
 
 
 # ---------------------------------------------------------------- Cluster
 
 
-def _coroutine_twin(sync):
-    """The coroutine method beside the blocking Cluster method `sync` ("x" beside "x_sync"),
-    as ipyparallel names them. It runs `sync` in the event loop's default thread pool, so
-    other coroutines go on meanwhile; cancelling the await does not stop that call."""
-    @functools.wraps(sync)
-    async def method(self, *args, **kwargs):
-        return await asyncio.get_running_loop().run_in_executor(
-            None, functools.partial(sync, self, *args, **kwargs))
+def _coroutine_twins(cls):
+    """Give each blocking method "x_sync" of `cls` a coroutine twin "x", as ipyparallel
+    names them. A twin runs its method in the event loop's default thread pool, so other
+    coroutines go on meanwhile; cancelling the await does not stop that call."""
+    def twin(sync):
+        @functools.wraps(sync)
+        async def method(self, *args, **kwargs):
+            return await asyncio.get_running_loop().run_in_executor(
+                None, functools.partial(sync, self, *args, **kwargs))
 
-    method.__name__ = sync.__name__[:-len("_sync")]
-    method.__qualname__ = sync.__qualname__[:-len("_sync")]
-    return method
+        method.__name__ = sync.__name__[:-len("_sync")]
+        method.__qualname__ = sync.__qualname__[:-len("_sync")]
+        return method
+
+    for name, sync in list(vars(cls).items()):
+        if name.endswith("_sync"):
+            setattr(cls, name[:-len("_sync")], twin(sync))
+    return cls
 
 
+@_coroutine_twins
 class Cluster:
     """A controller and sets of engines, started, watched and stopped together.
 
@@ -1001,7 +960,9 @@ class Cluster:
         keyword arguments for the launcher, over `controller_options`."""
         if self.controller is not None and self.controller.running:
             raise LauncherError(f"{self!r} already has a running controller")
-        self._check_no_live_controller()
+        info = live_controller(self.profile_dir)
+        if info is not None:
+            raise LauncherError(held_profile_message(info, self.profile_dir))
         cls = find_launcher_class(self.controller_kind, "controller")
         self.controller = cls(profile_dir=self.profile_dir, cluster_id=self.cluster_id,
                               program_args=self.controller_args,
@@ -1018,27 +979,18 @@ class Cluster:
             raise
         return self.controller
 
-    start_controller = _coroutine_twin(start_controller_sync)
-
-    def _check_no_live_controller(self):
-        info = live_controller(self.profile_dir)
-        if info is not None:
-            raise LauncherError(held_profile_message(info, self.profile_dir))
-
     def _wait_for_connection_file(self, started):
         # the file is written atomically (rename), so a complete JSON document means ready;
         # a file older than this start is a leftover (--reuse keeps files) and does not count
         deadline = time.monotonic() + self.timeout
         pid = getattr(self.controller, "pid", None)
         while True:
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 with open(self.client_file) as f:
                     info = json.load(f)
                 fresh = os.stat(self.client_file).st_mtime >= started - 1.0
                 if info.get("pid") == pid or fresh:
                     return info
-            except (OSError, ValueError):
-                pass
             if self.controller.state == AFTER:
                 output = self.controller.get_output()
                 raise _start_error(output)(
@@ -1072,8 +1024,6 @@ class Cluster:
         self._update_cluster_file()
         return engine_set_id
 
-    start_engines = _coroutine_twin(start_engines_sync)
-
     def _engine_output(self):
         return "\n".join(f"=== engine set {k} ({type(v).__name__}, {v.state}) ===\n"
                          f"{v.get_output()}" for k, v in self.engines.items())
@@ -1099,10 +1049,8 @@ class Cluster:
                 raise TimeoutError(
                     f"{len(rc.ids)} of {n} engines registered within {timeout} s. "
                     f"Engine output:\n{self._engine_output()}")
-            try:
+            with contextlib.suppress(TimeoutError):
                 rc.wait_for_engines(n, timeout=min(0.5, remaining), progress=False)
-            except TimeoutError:
-                pass
         return rc
 
     def stop_engines_sync(self, engine_set_id=None):
@@ -1111,8 +1059,6 @@ class Cluster:
         for set_id in ids:
             self.engines.pop(set_id).stop()
         self._update_cluster_file()
-
-    stop_engines = _coroutine_twin(stop_engines_sync)
 
     def restart_engines_sync(self, engine_set_id=None):
         """Stop engine sets, start each again with the same kind, size and id; the ids."""
@@ -1125,15 +1071,11 @@ class Cluster:
             self.start_engines_sync(old.n, set_id, engines=type(old), **options)
         return ids
 
-    restart_engines = _coroutine_twin(restart_engines_sync)
-
     def signal_engines_sync(self, signum, engine_set_id=None):
         """Send signal `signum` to every engine (of one set)."""
         ids = [engine_set_id] if engine_set_id is not None else list(self.engines)
         for set_id in ids:
             self.engines[set_id].signal(signum)
-
-    signal_engines = _coroutine_twin(signal_engines_sync)
 
     # -- clients
 
@@ -1145,8 +1087,6 @@ class Cluster:
         rc = Client(url_file=self.client_file, **kwargs)
         self._clients.append(rc)
         return rc
-
-    connect_client = _coroutine_twin(connect_client_sync)
 
     # -- the whole cluster
 
@@ -1160,8 +1100,6 @@ class Cluster:
             self.stop_cluster_sync()
             raise
         return self
-
-    start_cluster = _coroutine_twin(start_cluster_sync)
 
     def start_and_connect_sync(self, n=None, activate=False):
         """Start everything, wait for every engine to register, return a Client;
@@ -1177,15 +1115,11 @@ class Cluster:
             raise
         return rc
 
-    start_and_connect = _coroutine_twin(start_and_connect_sync)
-
     def stop_controller_sync(self):
         """Stop the controller; its launcher stays in `controller` (state "after")."""
         if self.controller is not None:
             self.controller.stop()
         self._update_cluster_file()
-
-    stop_controller = _coroutine_twin(stop_controller_sync)
 
     def stop_cluster_sync(self):
         """Stop every engine, then the controller; close the Clients made here."""
@@ -1207,13 +1141,9 @@ class Cluster:
         if errors:
             raise errors[0]
 
-    stop_cluster = _coroutine_twin(stop_cluster_sync)
-
     def _remove_files(self):
-        try:
+        with contextlib.suppress(OSError):
             os.remove(self.cluster_file)
-        except OSError:
-            pass
         if self._owns_profile_dir:
             shutil.rmtree(self.profile_dir, ignore_errors=True)
 
@@ -1261,19 +1191,10 @@ def _all_profile_dirs():
 
 def cluster_files(profile=None, profile_dir=None):
     """Cluster files of one profile, or of every profile under $MINIPAR_DIR; newest first."""
-    if profile is not None or profile_dir is not None:
-        folders = [protocol.profile_dir(profile, profile_dir)]
-    else:
-        folders = _all_profile_dirs()
-    found = []
-    for folder in folders:
-        sec = os.path.join(folder, "security")
-        try:
-            names = os.listdir(sec)
-        except OSError:
-            continue
-        found += [os.path.join(sec, n) for n in names
-                  if n.startswith("cluster-") and n.endswith(".json")]
+    folders = ([protocol.profile_dir(profile, profile_dir)]
+               if profile is not None or profile_dir is not None else _all_profile_dirs())
+    found = [p for folder in folders for p in glob.glob(
+        os.path.join(glob.escape(folder), "security", "cluster-*.json"))]
     return sorted(found, key=lambda p: -os.path.getmtime(p))
 
 
@@ -1398,15 +1319,13 @@ def _stop_command(info, profile_dir):
     a cluster file records it (its engines stop too), else `kill PID` (SIGTERM: the
     controller stops cleanly and removes its connection files)."""
     for path in cluster_files(profile_dir=profile_dir):
-        try:
+        with contextlib.suppress(OSError, ValueError, KeyError, AttributeError):
             with open(path) as f:
                 d = json.load(f)
             if (d.get("controller") or {}).get("state", {}).get("pid") == info["pid"]:
                 return (f"python -m {_PKG}.launcher stop --profile-dir "
                         f"{shlex.quote(profile_dir)} --cluster-id "
                         f"{shlex.quote(d['cluster']['cluster_id'])}")
-        except (OSError, ValueError, KeyError, AttributeError):
-            continue
     return f"kill {info['pid']}"
 
 
@@ -1428,13 +1347,6 @@ def _describe(cluster):
         ctl.state if ctl is not None else "stopped")
     n = sum(e.n for e in cluster.engines.values())
     return f"{cluster.cluster_id}\t{ctl}\t{n}\t{cluster.profile_dir}"
-
-
-def _selected(args):
-    if args.all:
-        return [Cluster.from_file(p) for p in cluster_files(args.profile, args.profile_dir)]
-    return [Cluster.from_file(profile=args.profile, profile_dir=args.profile_dir,
-                              cluster_id=args.cluster_id)]
 
 
 def _engine_count(text):
@@ -1504,7 +1416,9 @@ def _cmd_engines(args):
 
 
 def _cmd_stop(args):
-    for cluster in _selected(args):
+    paths = (cluster_files(args.profile, args.profile_dir) if args.all else
+             [find_cluster_file(args.profile, args.profile_dir, args.cluster_id)])
+    for cluster in [Cluster.from_file(p) for p in paths]:
         cluster.stop_cluster_sync()
         print(f"stopped cluster {cluster.cluster_id}", flush=True)
     return 0

@@ -22,6 +22,7 @@ launcher.py imports nothing from here at import time (it forwards these names on
 use), so this module may import launcher.py at its top.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -197,22 +198,18 @@ class SSHControllerLauncher(SSHLauncher, ControllerLauncher):
             while True:
                 r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
                                    text=True, timeout=60, env=self._child_env())
-                try:
+                with contextlib.suppress(OSError, ValueError):
                     if r.returncode == 0:
                         with open(tmp) as f:
                             if json.load(f).get("pid") == self.remote_pid:
                                 os.chmod(tmp, 0o600)
                                 os.replace(tmp, local)
                                 break
-                except (OSError, ValueError):
-                    pass
                 if self.state != RUNNING or time.monotonic() > deadline:
                     raise ControllerStartError(
                         f"no {name} from the controller on {self.hostname} "
                         f"({r.stderr.strip()}); its output:\n{self.get_output()}")
                 time.sleep(0.2)
-            if os.path.exists(tmp):
-                os.remove(tmp)
 
 
 class SSHEngineSetLauncher(EngineSetLauncher):
@@ -250,11 +247,8 @@ class SSHEngineSetLauncher(EngineSetLauncher):
     def _hosts(self, n):
         if not self.engines:
             return {"localhost": (self._default_n(n), [])}
-        hosts = {}
-        for host, spec in self.engines.items():
-            count, args = (spec, []) if isinstance(spec, int) else (spec[0], list(spec[1]))
-            hosts[host] = (count, args)
-        return hosts
+        return {host: (spec, []) if isinstance(spec, int) else (spec[0], list(spec[1]))
+                for host, spec in self.engines.items()}
 
     def _child(self, host, args, connection_file, env):
         return SSHEngineLauncher(
@@ -264,14 +258,18 @@ class SSHEngineSetLauncher(EngineSetLauncher):
             profile_dir=self.profile_dir, cluster_id=self.cluster_id,
             program_args=[*self.program_args, *args], env=env, stop_timeout=self.stop_timeout)
 
+    def _remote_file(self):
+        """A new path for the engine file in the host's security folder."""
+        rdir = os.path.join(self.remote_profile_dir or self.profile_dir, "security")
+        return os.path.join(rdir, f"minipar-engine-{self.cluster_id or 'default'}-"
+                                  f"{secrets.token_hex(3)}.json")
+
     def _send(self, host):
         """Copy the engine file to `host`; its remote path."""
-        rdir = os.path.join(self.remote_profile_dir or self.profile_dir, "security")
-        remote = os.path.join(rdir, f"minipar-engine-{self.cluster_id or 'default'}-"
-                                    f"{secrets.token_hex(3)}.json")
+        remote = self._remote_file()
         local = os.path.join(self.profile_dir, "security", protocol.ENGINE_FILE)
         env = {**os.environ, **self.env}
-        mkdir = f"umask 077; mkdir -p {shlex.quote(rdir)}"
+        mkdir = f"umask 077; mkdir -p {shlex.quote(os.path.dirname(remote))}"
         for cmd in ([*self.ssh_cmd, *self.ssh_args, host, mkdir],
                     [*self.scp_cmd, *self.ssh_args, "-q", local, f"{host}:{remote}"]):
             r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -294,10 +292,7 @@ class SSHEngineSetLauncher(EngineSetLauncher):
                     path = os.path.join(self.profile_dir, "security", protocol.ENGINE_FILE)
                     with open(path) as f:
                         env["MINIPAR_CONNECTION_INFO"] = f.read()
-                    rdir = os.path.join(self.remote_profile_dir or self.profile_dir, "security")
-                    file = os.path.join(rdir, f"minipar-engine-{self.cluster_id or 'default'}-"
-                                              f"{secrets.token_hex(3)}.json")
-                    self.sent_files[host] = file
+                    file = self.sent_files[host] = self._remote_file()
                 for _ in range(count):
                     child = self._child(host, args, file, env)
                     if self.connection == "env":
