@@ -115,11 +115,11 @@ def _number(v):
 class Tally:
     """What the controller counts for ``status`` (executes in the hub loop).
 
-    ``finished[(second, ok)]`` counts the requests finished in each second, ok or not
-    (a bool: any status an engine sends is a valid key): the hub adds one per request,
-    nothing else per task. ``prune(now)`` (each heartbeat) folds
-    the counts older than WINDOW_S into ``totals``. ``failed(rec, header)`` (failures
-    only) keeps the last RECENT_FAILURES; ``lost`` the engines gone, by id.
+    ``finished[(second, ok)]`` counts the requests finished in each second, ok or not (a
+    bool, so any status an engine sends is a valid key): the hub's only work per request.
+    ``prune(now)`` (each heartbeat) folds the counts older than WINDOW_S into ``totals``.
+    ``failed(rec, header)`` (failures only) keeps the last RECENT_FAILURES; ``lost`` the
+    engines gone, by id.
     """
 
     def __init__(self, now):
@@ -191,16 +191,20 @@ def snapshot(controller, now):
     """The answer to a ``status`` query, from the controller's state (hub loop): plain
     data, as the module docstring lists it."""
     c, tally = controller, controller.tally
+
+    def new_row(eid, engine, state, done, usage):
+        return {"id": eid, "host": engine.get("host"), "pid": engine.get("pid"),
+                "state": state, "task": None, "msg_id": None, "running_s": None,
+                "queued": 0, "done": done, "failed": tally.failed_by_engine[eid],
+                "cpu_percent": usage.get("cpu_percent"), "rss_bytes": usage.get("rss"),
+                "report_age_s": now - usage["at"] if usage else None}
+
     rows = []
     queued, running = c.scheduler.status()["unassigned"], 0
     for eid, e in sorted(c.engines.items()):
         outstanding = e["outstanding"]
         usage = e.get("usage") or {}
-        row = {"id": eid, "host": e.get("host"), "pid": e.get("pid"), "state": IDLE,
-               "task": None, "msg_id": None, "running_s": None, "queued": 0,
-               "done": e["completed"], "failed": tally.failed_by_engine[eid],
-               "cpu_percent": usage.get("cpu_percent"), "rss_bytes": usage.get("rss"),
-               "report_age_s": now - usage["at"] if usage else None}
+        row = new_row(eid, e, IDLE, e["completed"], usage)
         if outstanding:
             running += 1
             queued += len(outstanding) - 1
@@ -213,12 +217,8 @@ def snapshot(controller, now):
         rows.append(row)
     for eid, gone in tally.lost.items():
         if eid not in c.engines:
-            rows.append({"id": eid, "host": gone["host"], "pid": gone["pid"],
-                         "state": gone["state"], "task": None, "msg_id": None,
-                         "running_s": None, "queued": 0, "done": gone["done"],
-                         "failed": tally.failed_by_engine[eid], "cpu_percent": None,
-                         "rss_bytes": None, "report_age_s": None,
-                         "lost_s": now - gone["at"]})
+            rows.append(dict(new_row(eid, gone, gone["state"], gone["done"], {}),
+                             lost_s=now - gone["at"]))
     rows.sort(key=lambda r: r["id"])
     counts = tally.outcomes()
     per_second = tally.per_second(now)
@@ -460,8 +460,7 @@ def _screen(snap, note, height, offset, ascii):
     footer = (f"q quits   arrows/PgUp/PgDn scroll   engines {offset + 1}-"
               f"{offset + len(shown)} of {len(rows)}" + (f" ({more} more below)" if more else ""))
     return ([(line, False) for line in head] + [(columns, True)]
-            + [(line, False) for line in shown] + [(line, False) for line in tail]
-            + [(footer, False)])
+            + [(line, False) for line in [*shown, *tail, footer]])
 
 
 class _Note:
