@@ -125,11 +125,10 @@ class DictDB:
             self._bytes -= finished.pop(msg_id)
         finished[msg_id] = size
         self._bytes += size
-        if len(self._records) > self.record_limit or self._bytes > self.record_bytes:
-            while finished and (len(self._records) > self.record_limit
-                                or self._bytes > self.record_bytes):
-                self._cull(next(iter(finished)),
-                           "count" if len(self._records) > self.record_limit else "bytes")
+        while (len(self._records) > self.record_limit
+               or self._bytes > self.record_bytes) and finished:
+            self._cull(next(iter(finished)),
+                       "count" if len(self._records) > self.record_limit else "bytes")
 
     def _cull(self, msg_id, by):
         if not self._culled[by]:   # this limit's first cull
@@ -509,8 +508,7 @@ def check_query(query):
 
 
 def _match(rec, query):
-    """Whether `rec` meets every condition of `query`: {key: value} (equal) or
-    {key: {op: value, ...}} with ``$in $nin $eq $ne $gt $gte $lt $lte``."""
+    """Whether `rec` meets every condition of `query` (the module docstring's language)."""
     for key, cond in query.items():
         value = _field(rec, key)
         if _is_condition(cond):
