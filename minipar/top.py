@@ -12,19 +12,15 @@ from one ``status`` query per refresh, answered from what the hub tracks anyway:
 
 What each side does, and what it costs:
 
-- an engine sends a ``usage`` message every ``engine.USAGE_PERIOD_S`` from its receiver
-  thread (``process_usage()``: ``os.times`` and ``/proc/self/statm``, or ``resource``),
-  with the request it runs now (msg_id, the function's ``__name__`` or the request kind,
-  and when it started). Nothing is sent per task.
-- the controller keeps the last report in the engine's dict (``on_usage``: the CPU % is
-  the CPU time used between two reports over the time between them) and counts finished
-  requests in a ``Tally``: one dict update per request, keyed by (second, status); a
-  failure also goes into a short ring with its ename and evalue. ``snapshot(controller,
-  now)`` builds the answer to a ``status`` query.
+- an engine's receiver thread sends ``usage`` (``process_usage()``) every
+  ``engine.USAGE_PERIOD_S``, with the request it runs now (msg_id, the function's
+  ``__name__`` or the request kind, and when it started). Nothing is sent per task.
+- the controller keeps the last report in the engine's dict (``on_usage``) and counts
+  finished requests in a ``Tally``: one dict update per request, and failures in a short
+  ring. ``snapshot(controller, now)`` builds the answer to a ``status`` query.
 - ``rc.status()`` returns the snapshot as a ``Status`` (a dict with a text ``repr`` and
   an HTML table for Jupyter); ``python -m minipar.top`` shows it, full screen, every
-  ``--interval`` seconds (``q`` quits; arrows / PgUp / PgDn scroll the engines), or
-  prints it once with ``--once`` (``--once --json``: as JSON, for scripts).
+  ``--interval`` seconds, or prints it once with ``--once`` (``--json``: as JSON).
 
 The snapshot (``--once --json`` prints exactly this)::
 
@@ -59,11 +55,9 @@ The snapshot (``--once --json`` prints exactly this)::
     failures        the last RECENT_FAILURES failures, oldest first:
                       msg_id, engine, ename, evalue (its first line), completed (time)
 
-The monitor survives a controller restart: the Client reconnects by itself when the
-controller comes back on the same address (``--reuse``), and a controller started anew
-(another pid in the connection file) gets a new Client. It exits with a clear message when
-the connection file is removed (the controller stopped) or after ``--wait`` seconds (60)
-without an answer.
+The monitor survives a controller restart (``Monitor``): the Client reconnects by itself
+to one started with ``--reuse``, and one started anew (another pid in the connection file)
+gets a new Client.
 """
 
 import argparse
