@@ -128,8 +128,8 @@ def _execute_entry(f, code):
 
 
 class _History:
-    """The execute results of one MultiEngineClient (or one view's magics) per engine,
-    for get_result and %result. A get_result waits for the executes still outstanding on
+    """The execute results of one MultiEngineClient per engine, for its get_result and
+    %result. A get_result waits for the executes still outstanding on
     its engines, as the engines' own queues made a classic get_result wait."""
 
     def __init__(self):
@@ -284,11 +284,10 @@ class _ClassicClient:
 class MultiEngineClient(_ClassicClient):
     """The classic multiengine interface: every engine addressed explicitly.
 
-    ``MultiEngineClient(url_file=None, profile=None, profile_dir=None, timeout=10,
-    client=None)`` connects as ``Client`` does (or shares `client`). The attributes
-    ``targets`` ('all', an id or a list of ids) and ``block`` (default True) are the
-    defaults of every method's ``targets=`` and ``block=`` keywords. Results are lists with
-    one item per target engine; with block=False methods return a PendingResult.
+    It connects as ``Client`` does (or shares `client`). The attributes ``targets``
+    ('all', an id or a list of ids) and ``block`` (default True) are the defaults of every
+    method's ``targets=`` and ``block=``. Results are lists with one item per target
+    engine; with block=False methods return a PendingResult.
     """
 
     def __init__(self, url_file=None, profile=None, profile_dir=None, timeout=10,
@@ -655,10 +654,9 @@ def _datetime(seconds):
 class TaskClient(_ClassicClient):
     """The classic task interface: tasks load-balanced over the engines.
 
-    ``TaskClient(url_file=None, profile=None, profile_dir=None, timeout=10,
-    client=None)``. ``run(task)`` returns an integer task id; ``get_task_result(id)``,
-    ``barrier(ids)``, ``queue_status()``, ``abort(id)``, ``clear()``; ``map``, ``mapper``
-    and ``parallel`` run one MapTask per element.
+    It connects as ``Client`` does (or shares `client`). ``run(task)`` returns an integer
+    task id, for ``get_task_result``, ``barrier``, ``abort`` and ``clear``; ``map``,
+    ``mapper`` and ``parallel`` run one MapTask per element.
     """
 
     def __init__(self, url_file=None, profile=None, profile_dir=None, timeout=10,
@@ -842,8 +840,7 @@ class TaskClient(_ClassicClient):
 # MultiEngineClient's return the classic <Results List> and keep %result's history.
 # Where the DirectView's differ from ipyparallel's, on purpose or for want of the parts:
 # - a final expression's value is not shown as Out[0:n] (execute replies carry what the
-#   code prints, not display data): print it; --group-outputs=order is type, which
-#   differs in ipyparallel only for rich display outputs;
+#   code prints, not display data): print it; --group-outputs=order is type;
 # - a blocking %px prints the outputs when every engine is done (no --stream), and an
 #   error shows the engines' plain Python tracebacks under [0:execute]:;
 # - a line %px also reads long options before its code (%px --targets 1 print(a)), and
