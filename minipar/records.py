@@ -300,7 +300,6 @@ class SQLiteDB:
             rows = self._db.execute(f"SELECT {cols} FROM records").fetchall()
         else:
             rows = []
-            ids = list(ids)
             for i in range(0, len(ids), 500):   # SQLite caps the parameters of one query
                 part = ids[i:i + 500]
                 rows += self._db.execute(f"SELECT {cols} FROM records WHERE msg_id IN "
