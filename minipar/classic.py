@@ -359,8 +359,7 @@ class MultiEngineClient(_ClassicClient):
                             "(use push for data)")
         return self.push(namespace, targets, block)
 
-    def pull_function(self, keys, targets=None, block=None):
-        return self.pull(keys, targets, block)
+    pull_function = pull
 
     def push_serialized(self, namespace, targets=None, block=None):
         """push values already pickled ({name: bytes}, as pull_serialized gives them):
@@ -379,14 +378,13 @@ class MultiEngineClient(_ClassicClient):
     def __getitem__(self, key):
         return self.pull(key, block=True)
 
+    get = __getitem__
+
     def __len__(self):
         return len(self._ids(None))
 
     def update(self, namespace):
         self.push(namespace, block=True)
-
-    def get(self, key):
-        return self.pull(key, block=True)
 
     def keys(self, targets=None, block=None):
         """The names defined in each target's namespace."""
@@ -511,16 +509,16 @@ class MultiEngineClient(_ClassicClient):
         def best(f):
             return min(timeit.repeat(f, repeat=3, number=10)) / 10
 
-        results = {
-            "single_engine_latency": (1000 * best(lambda: one.execute("pass", block=True)),
-                                      "msec"),
-            "all_engine_latency": (1000 * best(lambda: every.execute("pass", block=True)),
-                                   "msec"),
-            "single_engine_push": (8e-6 * push_size / best(
-                lambda: one.push({"_minipar_benchmark": data}, block=True)), "MB/sec"),
-            "all_engine_push": (8e-6 * push_size / best(
-                lambda: every.push({"_minipar_benchmark": data}, block=True)), "MB/sec"),
-        }
+        def latency(view):
+            return 1000 * best(lambda: view.execute("pass", block=True)), "msec"
+
+        def rate(view):
+            ns = {"_minipar_benchmark": data}
+            return 8e-6 * push_size / best(lambda: view.push(ns, block=True)), "MB/sec"
+
+        results = {"single_engine_latency": latency(one),
+                   "all_engine_latency": latency(every),
+                   "single_engine_push": rate(one), "all_engine_push": rate(every)}
         every.execute("del _minipar_benchmark", block=True)
         return results
 
