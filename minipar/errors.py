@@ -59,11 +59,8 @@ class InvalidDependency(ImpossibleDependency):
 
 
 class RemoteError(MiniparError):
-    """An exception raised on an engine.
-
-    ``ename``, ``evalue`` and ``traceback`` describe it; ``engine_info`` says where
-    (``engine_id``, ``msg_id``).
-    """
+    """An exception raised on an engine: ``ename``, ``evalue`` and ``traceback`` describe
+    it; ``engine_info`` says where (``engine_id``, ``msg_id``)."""
 
     def __init__(self, ename, evalue, traceback="", engine_info=None):
         super().__init__(ename, evalue, traceback, engine_info)

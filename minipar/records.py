@@ -447,10 +447,8 @@ def _load_frames(blob):
 
 
 def _load_row(data, wire, result_parts):
-    rec = _load(data)
-    rec["wire"] = _load_frames(wire)
-    rec["result_parts"] = _load_frames(result_parts)
-    return rec
+    return dict(_load(data), wire=_load_frames(wire),
+                result_parts=_load_frames(result_parts))
 
 
 # ---------------------------------------------------------------- db_query
