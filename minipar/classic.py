@@ -974,7 +974,7 @@ class _ParallelMagics:
         last %px (a non-blocking one, typically) and print its outputs as a blocking %px
         does. A MultiEngineClient's %result [i] / %pxresult [i] returns its classic
         results: the last (or i-th, see get_result) execute result per engine."""
-        if self.classic:   # its get_result, blocking
+        if self.classic:
             return self.view.get_result(int(line) if line.strip() else None, block=True)
         options, rest = self._options(line, _OUTPUT_OPTIONS)
         if rest.strip():

@@ -453,8 +453,7 @@ def _load_row(data, wire, result_parts):
 
 # ---------------------------------------------------------------- db_query
 
-# A record's keys, all of them in what db_query answers (None when a record has no value
-# for one yet); records hold only those they have a value for.
+# A record's keys (see the module docstring: db_query answers them all).
 RECORD_KEYS = ("msg_id", "kind", "client", "engine", "lb", "submitted", "started",
                "completed", "status", "header", "wire", "result_header", "result_parts",
                "attempts", "watchers", "label")
