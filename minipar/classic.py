@@ -3,10 +3,9 @@ TaskResult, PendingResult) and the IPython magics (%px, %%px, %autopx, %pxresult
 %pxconfig), which a Client made inside IPython registers itself, as ipyparallel's does.
 
 Scripts written for `from IPython.kernel import client` run with `from minipar import
-client` (in Python 3 syntax); ``minipar.MultiEngineClient`` etc. are the same classes.
-Everything here is a facade over the Client and the views of client.py, on their public
-API and the internal interface its docstring names (``send_request``, ``send_apply``,
-``query``), with the classic names, defaults and printed forms:
+client` (in Python 3 syntax). Everything here is a facade over client.py's Client and
+views (their public API, plus ``send_request``, ``send_apply`` and ``query``), with the
+classic names, defaults and printed forms:
 
     MultiEngineClient.execute/push/...  ──▶ DirectView(client, ids)  ──▶ AsyncResult
         block=True: the value                 block=False: PendingResult(AsyncResult)
@@ -14,20 +13,19 @@ API and the internal interface its docstring names (``send_request``, ``send_app
         int task id ──▶ get_task_result ──▶ TaskResult        dormant=, clear_before=...)
     %px, %%px, %autopx, %pxresult       ──▶ DirectView.execute, outputs printed as
                                             ipyparallel's ([stdout:0] ...); for a
-                                            MultiEngineClient, _execute and <Results List>
+                                            MultiEngineClient, its execute: <Results List>
 
 Where minipar differs from IPython.kernel, on purpose:
-- get_result(i) reads a history kept by this client (the last EXECUTE_HISTORY execute
-  results per engine, those made through it or its magics): i=None or a negative i counts
-  back from the last, i >= 0 is the command number (the `number` shown as In [n]).
+- get_result(i) reads this client's history (the last EXECUTE_HISTORY execute results
+  per engine made through it or its magics): i=None or i < 0 counts back from the last,
+  i >= 0 is the command number (the `number` shown as In [n]).
 - Task ids are small integers counted per TaskClient, not per controller.
 - get_task_result of a failed StringTask returns a TaskResult whose `failure` is set (its
   `ns`, `tr[key]` and `raise_exception()` raise it); a failed MapTask's result raises.
 - A task's `depend(properties)` runs in the controller (the scheduler calls it for each
-  engine), so it must be quick and picklable by value (a function of the script, a lambda);
-  one the controller cannot unpickle makes the task fail with InvalidDependency. A task
-  waiting for a matching engine starts when an engine's properties change: spin() is a
-  plain round trip.
+  engine), so it must be quick and picklable by value; one the controller cannot unpickle
+  fails the task with InvalidDependency. A task waiting for a matching engine starts when
+  an engine's properties change: spin() is a plain round trip.
 """
 
 import collections
@@ -118,14 +116,6 @@ def _pending(value):
     return PendingResult(f, method="get_result")
 
 
-def _execute(client, code, ids, history):
-    """Execute `code` on engines `ids`, recorded in `history`. Returns the AsyncResult
-    and the function making its ResultList."""
-    ar = DirectView(client, ids).execute(code, block=False)
-    history.track(ar.futures, code)
-    return ar, lambda _: ResultList(_execute_entry(f, code) for f in ar.futures)
-
-
 def _execute_entry(f, code):
     md = f.metadata
     entry = {"id": md["engine_id"], "number": md.get("execution_count"),
@@ -138,8 +128,8 @@ def _execute_entry(f, code):
 
 
 class _History:
-    """The execute results of one MultiEngineClient (or one view's magics) per engine,
-    for get_result and %result. A get_result waits for the executes still outstanding on
+    """The execute results of one MultiEngineClient per engine, for its get_result and
+    %result. A get_result waits for the executes still outstanding on
     its engines, as the engines' own queues made a classic get_result wait."""
 
     def __init__(self):
@@ -266,6 +256,10 @@ def _names(keys):
     return None if keys is None else [keys] if isinstance(keys, str) else list(keys)
 
 
+def _task_ids(taskids):
+    return [taskids] if isinstance(taskids, int) else list(taskids)
+
+
 class _ClassicClient:
     """What MultiEngineClient and TaskClient share: a Client of their own, or `client`."""
 
@@ -290,11 +284,10 @@ class _ClassicClient:
 class MultiEngineClient(_ClassicClient):
     """The classic multiengine interface: every engine addressed explicitly.
 
-    ``MultiEngineClient(url_file=None, profile=None, profile_dir=None, timeout=10,
-    client=None)`` connects as ``Client`` does (or shares `client`). The attributes
-    ``targets`` ('all', an id or a list of ids) and ``block`` (default True) are the
-    defaults of every method's ``targets=`` and ``block=`` keywords. Results are lists with
-    one item per target engine; with block=False methods return a PendingResult.
+    It connects as ``Client`` does (or shares `client`). The attributes ``targets``
+    ('all', an id or a list of ids) and ``block`` (default True) are the defaults of every
+    method's ``targets=`` and ``block=``. Results are lists with one item per target
+    engine; with block=False methods return a PendingResult.
     """
 
     def __init__(self, url_file=None, profile=None, profile_dir=None, timeout=10,
@@ -307,7 +300,6 @@ class MultiEngineClient(_ClassicClient):
     def __repr__(self):
         return f"<MultiEngineClient targets={self.targets!r} block={self.block}>"
 
-
     # ------------------------------------------------------------ plumbing
 
     def _ids(self, targets):
@@ -316,9 +308,12 @@ class MultiEngineClient(_ClassicClient):
     def _view(self, targets):
         return DirectView(self.client, self._ids(targets))
 
+    def _block(self, block):
+        return self.block if block is None else block
+
     def _finish(self, future, block, method, transform=None):
         pr = PendingResult(future, transform, method)
-        return pr.get_result() if (self.block if block is None else block) else pr
+        return pr.get_result() if self._block(block) else pr
 
     # ------------------------------------------------------------ code and namespaces
 
@@ -328,8 +323,10 @@ class MultiEngineClient(_ClassicClient):
 
     def execute(self, lines, targets=None, block=None):
         """Run the code string `lines` on the targets: a ResultList (see ResultList)."""
-        ar, results = _execute(self.client, lines, self._ids(targets), self._history)
-        return self._finish(ar, block, "execute", results)
+        ar = self._view(targets).execute(lines, block=False)
+        self._history.track(ar.futures, lines)
+        return self._finish(ar, block, "execute", lambda _: ResultList(
+            _execute_entry(f, lines) for f in ar.futures))
 
     def run(self, filename, targets=None, block=None):
         """Execute the Python file `filename` (read here) on the targets."""
@@ -339,17 +336,15 @@ class MultiEngineClient(_ClassicClient):
     def get_result(self, i=None, targets=None, block=None):
         """The ResultList of an earlier execute on each target: the last (i=None), the
         i-th from last (i<0) or command number i (i>=0), from this client's history."""
-        return self._history.get(self._ids(targets), i, self.block if block is None else block)
+        return self._history.get(self._ids(targets), i, self._block(block))
 
     def push(self, namespace, targets=None, block=None):
         """Update each target's namespace with the dict `namespace`."""
-        return self._finish(self._view(targets).push(namespace, block=False), block,
-                            method="push")
+        return self._finish(self._view(targets).push(namespace, block=False), block, "push")
 
     def pull(self, keys, targets=None, block=None):
         """A name's value (or a list of names' values) from each target."""
-        return self._finish(self._view(targets).pull(keys, block=False), block,
-                            method="pull")
+        return self._finish(self._view(targets).pull(keys, block=False), block, "pull")
 
     def zip_pull(self, keys, targets=None, block=None):
         """pull, regrouped by name: one tuple of the targets' values per key."""
@@ -364,19 +359,18 @@ class MultiEngineClient(_ClassicClient):
                             "(use push for data)")
         return self.push(namespace, targets, block)
 
-    def pull_function(self, keys, targets=None, block=None):
-        return self.pull(keys, targets, block)
+    pull_function = pull
 
     def push_serialized(self, namespace, targets=None, block=None):
         """push values already pickled ({name: bytes}, as pull_serialized gives them):
         they are unpickled on the engines only."""
         ar = self._view(targets).apply_async(_unpickle_into_namespace, dict(namespace))
-        return self._finish(ar, block, method="push_serialized")
+        return self._finish(ar, block, "push_serialized")
 
     def pull_serialized(self, keys, targets=None, block=None):
         """pull without unpickling here: each value as its pickled bytes."""
         ar = self._view(targets).apply_async(_pickled, keys)
-        return self._finish(ar, block, method="pull_serialized")
+        return self._finish(ar, block, "pull_serialized")
 
     def __setitem__(self, key, value):
         self.push({key: value}, block=True)
@@ -384,46 +378,43 @@ class MultiEngineClient(_ClassicClient):
     def __getitem__(self, key):
         return self.pull(key, block=True)
 
+    get = __getitem__
+
     def __len__(self):
         return len(self._ids(None))
 
     def update(self, namespace):
         self.push(namespace, block=True)
 
-    def get(self, key):
-        return self.pull(key, block=True)
-
     def keys(self, targets=None, block=None):
         """The names defined in each target's namespace."""
-        return self._finish(self._view(targets).keys(block=False), block, method="keys")
+        return self._finish(self._view(targets).keys(block=False), block, "keys")
 
     def reset(self, targets=None, block=None):
         """Empty each target's namespace."""
-        return self._finish(self._view(targets).clear(block=False), block, method="reset")
+        return self._finish(self._view(targets).clear(block=False), block, "reset")
 
     # ------------------------------------------------------------ sequences
 
     def scatter(self, key, seq, dist="b", flatten=False, targets=None, block=None):
         """Push contiguous blocks of `seq` as `key`, one block per target."""
         ar = self._view(targets).scatter(key, seq, dist, flatten, block=False)
-        return self._finish(ar, block, method="scatter")
+        return self._finish(ar, block, "scatter")
 
     def gather(self, key, dist="b", targets=None, block=None):
         """Pull `key` from the targets and concatenate the blocks (inverse of scatter)."""
         ar = self._view(targets).gather(key, dist, block=False)
-        return self._finish(ar, block, method="gather")
+        return self._finish(ar, block, "gather")
 
     def map(self, func, *sequences, targets=None, block=None):
         """Parallel ``map``: each target applies `func` to one block of the sequences
         (no load balancing: see TaskClient.map for that)."""
         ar = self._view(targets).map(func, *sequences, block=False)
-        return self._finish(ar, block, method="map")
+        return self._finish(ar, block, "map")
 
     def raw_map(self, func, seqs, dist="b", targets=None, block=None):
         """``raw_map(func, [s1, s2])`` is ``map(func, s1, s2)``."""
-        if dist != "b":
-            raise ValueError(f"unknown distribution {dist!r}: only 'b' (blocks) is supported")
-        return self.map(func, *seqs, targets=targets, block=block)
+        return self.mapper(dist, targets, block).map(func, *seqs)
 
     def mapper(self, dist="b", targets=None, block=None):
         """An object whose ``map(func, *sequences)`` uses these options."""
@@ -441,7 +432,7 @@ class MultiEngineClient(_ClassicClient):
         futures = [self.client.send_request(protocol.PROPERTIES, parts, engine_id=e, engine=e,
                                             op=op, keys=keys) for e in self._ids(targets)]
         return self._finish(AsyncResult(self.client, futures, fname=f"{op}_properties"),
-                            block, method=f"{op}_properties")
+                            block, f"{op}_properties")
 
     def set_properties(self, properties, targets=None, block=None):
         """Update each target's properties dict (plain data reaches the scheduler, for
@@ -475,7 +466,7 @@ class MultiEngineClient(_ClassicClient):
         'completed'}), ...] for the targets."""
         status = self.client.queue_status(None)
         found = [(e, status[e]) for e in self._ids(targets) if e in status]
-        return found if (self.block if block is None else block) else _pending(found)
+        return found if self._block(block) else _pending(found)
 
     def clear_queue(self, targets=None, block=None):
         """Abort this client's requests queued on the targets (they fail with
@@ -500,7 +491,7 @@ class MultiEngineClient(_ClassicClient):
     def kill(self, controller=False, targets=None, block=None):
         """Stop the target engines, and with controller=True the controller as well."""
         self.client.shutdown(self.targets if targets is None else targets, hub=controller,
-                             block=self.block if block is None else block)
+                             block=self._block(block))
 
     def benchmark(self, push_size=10000):
         """Latency of ``execute('pass')`` and throughput of pushing `push_size` float64
@@ -518,16 +509,16 @@ class MultiEngineClient(_ClassicClient):
         def best(f):
             return min(timeit.repeat(f, repeat=3, number=10)) / 10
 
-        results = {
-            "single_engine_latency": (1000 * best(lambda: one.execute("pass", block=True)),
-                                      "msec"),
-            "all_engine_latency": (1000 * best(lambda: every.execute("pass", block=True)),
-                                   "msec"),
-            "single_engine_push": (8e-6 * push_size / best(
-                lambda: one.push({"_minipar_benchmark": data}, block=True)), "MB/sec"),
-            "all_engine_push": (8e-6 * push_size / best(
-                lambda: every.push({"_minipar_benchmark": data}, block=True)), "MB/sec"),
-        }
+        def latency(view):
+            return 1000 * best(lambda: view.execute("pass", block=True)), "msec"
+
+        def rate(view):
+            ns = {"_minipar_benchmark": data}
+            return 8e-6 * push_size / best(lambda: view.push(ns, block=True)), "MB/sec"
+
+        results = {"single_engine_latency": latency(one),
+                   "all_engine_latency": latency(every),
+                   "single_engine_push": rate(one), "all_engine_push": rate(every)}
         every.execute("del _minipar_benchmark", block=True)
         return results
 
@@ -661,10 +652,9 @@ def _datetime(seconds):
 class TaskClient(_ClassicClient):
     """The classic task interface: tasks load-balanced over the engines.
 
-    ``TaskClient(url_file=None, profile=None, profile_dir=None, timeout=10,
-    client=None)``. ``run(task)`` returns an integer task id; ``get_task_result(id)``,
-    ``barrier(ids)``, ``queue_status()``, ``abort(id)``, ``clear()``; ``map``, ``mapper``
-    and ``parallel`` run one MapTask per element.
+    It connects as ``Client`` does (or shares `client`). ``run(task)`` returns an integer
+    task id, for ``get_task_result``, ``barrier``, ``abort`` and ``clear``; ``map``,
+    ``mapper`` and ``parallel`` run one MapTask per element.
     """
 
     def __init__(self, url_file=None, profile=None, profile_dir=None, timeout=10,
@@ -676,7 +666,6 @@ class TaskClient(_ClassicClient):
 
     def __repr__(self):
         return f"<TaskClient: {len(self._tasks)} tasks>"
-
 
     def _entry(self, taskid):
         try:
@@ -725,10 +714,9 @@ class TaskClient(_ClassicClient):
                   "dormant": dormant}
         if task.depend is not None:   # pickled into the header, for the controller
             fields["depend"] = [bytes(b) for b in protocol.serialize(task.depend)]
-        if task.clear_before:
-            fields["clear_before"] = True
-        if task.clear_after:
-            fields["clear_after"] = True
+        for flag in ("clear_before", "clear_after"):
+            if getattr(task, flag):
+                fields[flag] = True
         return self.client.send_apply(f, args, kwargs, fparts=fparts, **fields)
 
     # ------------------------------------------------------------ results
@@ -762,8 +750,7 @@ class TaskClient(_ClassicClient):
 
     def barrier(self, taskids):
         """Wait until the task(s) are done (failures are not raised here)."""
-        ids = [taskids] if isinstance(taskids, int) else list(taskids)
-        concurrent.futures.wait([self._entry(t)["ar"] for t in ids])
+        concurrent.futures.wait([self._entry(t)["ar"] for t in _task_ids(taskids)])
 
     def queue_status(self, verbose=False):
         """{'scheduled': not sent to an engine yet, 'pending': sent to one (running or
@@ -803,10 +790,7 @@ class TaskClient(_ClassicClient):
     def clear(self, taskids=None):
         """Forget finished tasks (all, or those of `taskids`), here and in the controller;
         unfinished ones are kept."""
-        if taskids is None:
-            ids = list(self._tasks)
-        else:
-            ids = [taskids] if isinstance(taskids, int) else list(taskids)
+        ids = list(self._tasks) if taskids is None else _task_ids(taskids)
         done = [t for t in ids if self._entry(t)["ar"].done()]
         msg_ids = []
         for t in done:
@@ -854,8 +838,7 @@ class TaskClient(_ClassicClient):
 # MultiEngineClient's return the classic <Results List> and keep %result's history.
 # Where the DirectView's differ from ipyparallel's, on purpose or for want of the parts:
 # - a final expression's value is not shown as Out[0:n] (execute replies carry what the
-#   code prints, not display data): print it; --group-outputs=order is type, which
-#   differs in ipyparallel only for rich display outputs;
+#   code prints, not display data): print it; --group-outputs=order is type;
 # - a blocking %px prints the outputs when every engine is done (no --stream), and an
 #   error shows the engines' plain Python tracebacks under [0:execute]:;
 # - a line %px also reads long options before its code (%px --targets 1 print(a)), and
@@ -871,6 +854,8 @@ _EXEC_OPTIONS = {"--targets": ("targets", None), "-t": ("targets", None),
                  "--no-verbose": ("verbose", False)}
 _OUTPUT_OPTIONS = {"--group-outputs": ("groupby", None), "-e": ("groupby", "engine"),
                    "-r": ("groupby", "order"), "--out": ("out", None), "-o": ("out", None)}
+_PX_OPTIONS = {**_EXEC_OPTIONS, **_OUTPUT_OPTIONS}
+_CONFIG_OPTIONS = {k: v for k, v in _EXEC_OPTIONS.items() if v[0] != "local"}
 _GROUPS = ("engine", "order", "type")
 
 
@@ -928,8 +913,6 @@ class _ParallelMagics:
         self.view = view
         self.suffix = suffix
         self.classic = not isinstance(view, DirectView)   # a MultiEngineClient
-        # a MultiEngineClient's history, so its %result is its get_result()
-        self.history = getattr(view, "_history", None) if self.classic else None
         self.verbose = False
         self.last_result = None   # the AsyncResult of the last %px, for %pxresult
         self._autopx = None       # the input transformer while %autopx is on
@@ -945,10 +928,9 @@ class _ParallelMagics:
         ``[stdout:0] ...``; a non-blocking one returns its AsyncResult (see %pxresult).
         """
         if cell is None:
-            options, code = self._options(line, {**_EXEC_OPTIONS, **_OUTPUT_OPTIONS},
-                                          long_only=True)
+            options, code = self._options(line, _PX_OPTIONS, long_only=True)
         else:
-            options, rest = self._options(line, {**_EXEC_OPTIONS, **_OUTPUT_OPTIONS})
+            options, rest = self._options(line, _PX_OPTIONS)
             if rest.strip():
                 raise _usage(f"%%px takes only options on its first line, not {rest!r}")
             code = cell
@@ -960,11 +942,9 @@ class _ParallelMagics:
             print(f"{'Parallel' if block else 'Async parallel'} execution on engine(s): "
                   f"{_shown_targets(targets)}")
         if self.classic:
-            ar, results = _execute(self.view.client, code,
-                                   self.view.client.resolve_targets(targets), self.history)
+            pr = self.view.execute(code, targets, block=False)
             if options.get("local"):
                 self.shell.run_cell(code)
-            pr = PendingResult(ar, results, "execute")
             return pr.get_result() if block else pr
         ar = self.view.execute(code, targets=targets, block=False)
         self.last_result = ar
@@ -979,8 +959,7 @@ class _ParallelMagics:
     def pxconfig(self, line=""):
         """%pxconfig [--targets T] [--block|--noblock] [--verbose|--no-verbose]: the
         defaults of the %px magics (the view's targets and block)."""
-        options, rest = self._options(line, {k: v for k, v in _EXEC_OPTIONS.items()
-                                             if v[0] != "local"})
+        options, rest = self._options(line, _CONFIG_OPTIONS)
         if rest.strip():
             raise _usage(f"%pxconfig takes only options, not {rest!r}")
         if "targets" in options:
@@ -996,8 +975,7 @@ class _ParallelMagics:
         does. A MultiEngineClient's %result [i] / %pxresult [i] returns its classic
         results: the last (or i-th, see get_result) execute result per engine."""
         if self.classic:
-            i = int(line) if line.strip() else None
-            return self.history.get(self.view.client.resolve_targets(self.view.targets), i)
+            return self.view.get_result(int(line) if line.strip() else None, block=True)
         options, rest = self._options(line, _OUTPUT_OPTIONS)
         if rest.strip():
             raise _usage(f"%pxresult takes only options, not {rest!r}")
@@ -1113,17 +1091,12 @@ def _display_outputs(ar, groupby="type"):
     grouped by type (all stdout, then all stderr) or by engine. `order` is `type` here:
     it differs in ipyparallel only for rich display outputs, which minipar has not."""
     md = ar.metadata
-    rows = [(m["engine_id"], m["stdout"], m["stderr"])
-            for m in ([md] if isinstance(md, dict) else md)]
-    if groupby == "engine":
-        for eid, out, err in rows:
-            _display_stream(out, f"[stdout:{eid}] ", sys.stdout)
-            _display_stream(err, f"[stderr:{eid}] ", sys.stderr)
-        return
-    for eid, out, _ in rows:
-        _display_stream(out, f"[stdout:{eid}] ", sys.stdout)
-    for eid, _, err in rows:
-        _display_stream(err, f"[stderr:{eid}] ", sys.stderr)
+    rows = [md] if isinstance(md, dict) else md
+    outputs = [(m["engine_id"], s, m[s]) for m in rows for s in ("stdout", "stderr")]
+    if groupby != "engine":   # by type: every stdout, then every stderr (a stable sort)
+        outputs.sort(key=lambda o: o[1] == "stderr")
+    for eid, stream, text in outputs:
+        _display_stream(text, f"[{stream}:{eid}] ", getattr(sys, stream))
 
 
 def _display_stream(text, prefix, file):

@@ -202,8 +202,8 @@ def is_met(dep):
     """Whether a dependency is met, from a tracker: a mapping with `all` and, of its ids,
     those not final (`pending`: a count or a collection) and the counts of final ones
     that count (`good`: success or failure as the dependency asks) or do not (`bad`).
-    The scheduler keeps one per waiting task and updates it as tasks end (so a check
-    costs nothing however many ids); ``Dependency.check`` makes one from sets."""
+    The scheduler keeps one per waiting task and updates it as tasks end, so a check
+    costs nothing however many ids."""
     if dep["all"]:
         return not dep["pending"] and not dep["bad"]
     return dep["good"] > 0

@@ -59,11 +59,8 @@ class InvalidDependency(ImpossibleDependency):
 
 
 class RemoteError(MiniparError):
-    """An exception raised on an engine.
-
-    ``ename``, ``evalue`` and ``traceback`` describe it; ``engine_info`` says where
-    (``engine_id``, ``msg_id``).
-    """
+    """An exception raised on an engine: ``ename``, ``evalue`` and ``traceback`` describe
+    it; ``engine_info`` says where (``engine_id``, ``msg_id``)."""
 
     def __init__(self, ename, evalue, traceback="", engine_info=None):
         super().__init__(ename, evalue, traceback, engine_info)
@@ -107,7 +104,9 @@ def _rebuild(ename, evalue, tb, engine_info):
         cls = _types.get(ename)
         if cls is None:
             try:
-                cls = _remote_variant(base)
+                cls = type(base.__name__, (RemoteError, base), {
+                    "__module__": __name__, "__init__": RemoteError.__init__,
+                    "__str__": RemoteError.__str__})
             except TypeError:  # a base with its own instance layout cannot be mixed in
                 cls = RemoteError
             _types[ename] = cls
@@ -118,12 +117,6 @@ def _rebuild(ename, evalue, tb, engine_info):
     if tb:
         err.__cause__ = _RemoteTraceback(tb)
     return err
-
-
-def _remote_variant(base):
-    return type(base.__name__, (RemoteError, base), {"__module__": __name__,
-                                                     "__init__": RemoteError.__init__,
-                                                     "__str__": RemoteError.__str__})
 
 
 # minipar's own errors raised remotely keep their type too (TaskTimeout, UnmetDependency...)
@@ -155,20 +148,16 @@ class CompositeError(RemoteError):
     def __init__(self, message, elist):
         self.message = message
         self.elist = list(elist)
-        first = self.elist[0] if self.elist else None
-        super().__init__(first.ename if first else "CompositeError",
-                         first.evalue if first else message,
-                         first.traceback if first else "")
+        first = self.elist[0] if self.elist else RemoteError("CompositeError", message)
+        super().__init__(first.ename, first.evalue, first.traceback)
         self.args = (message, self.elist)
 
     def __reduce__(self):
         return CompositeError, (self.message, self.elist)
 
     def __str__(self):
-        lines = [self.message]
-        lines += [f"[{e.engine_info.get('engine_id', '?')}:{e.engine_info.get('kind', 'apply')}]: "
-                  f"{e.ename}: {e.evalue}" for e in self.elist]
-        return "\n".join(lines)
+        lines = [f"{_where(e)}{e.ename}: {e.evalue}" for e in self.elist]
+        return "\n".join([self.message, *lines])
 
     def raise_exception(self, excid=0):
         """Raise the `excid`-th engine's error, with its remote traceback."""
@@ -182,5 +171,10 @@ class CompositeError(RemoteError):
     def print_tracebacks(self, excid=None):
         for i, e in enumerate(self.elist):
             if excid is None or i == excid:
-                print(f"[{e.engine_info.get('engine_id', '?')}:{e.engine_info.get('kind', 'apply')}]: ")
+                print(_where(e))
                 print(e.traceback or f"{e.ename}: {e.evalue}")
+
+
+def _where(e):
+    """``[engine_id:kind]: ``, what CompositeError shows before each engine's error."""
+    return f"[{e.engine_info.get('engine_id', '?')}:{e.engine_info.get('kind', 'apply')}]: "

@@ -125,11 +125,10 @@ class DictDB:
             self._bytes -= finished.pop(msg_id)
         finished[msg_id] = size
         self._bytes += size
-        if len(self._records) > self.record_limit or self._bytes > self.record_bytes:
-            while finished and (len(self._records) > self.record_limit
-                                or self._bytes > self.record_bytes):
-                self._cull(next(iter(finished)),
-                           "count" if len(self._records) > self.record_limit else "bytes")
+        while (len(self._records) > self.record_limit
+               or self._bytes > self.record_bytes) and finished:
+            self._cull(next(iter(finished)),
+                       "count" if len(self._records) > self.record_limit else "bytes")
 
     def _cull(self, msg_id, by):
         if not self._culled[by]:   # this limit's first cull
@@ -301,7 +300,6 @@ class SQLiteDB:
             rows = self._db.execute(f"SELECT {cols} FROM records").fetchall()
         else:
             rows = []
-            ids = list(ids)
             for i in range(0, len(ids), 500):   # SQLite caps the parameters of one query
                 part = ids[i:i + 500]
                 rows += self._db.execute(f"SELECT {cols} FROM records WHERE msg_id IN "
@@ -449,16 +447,13 @@ def _load_frames(blob):
 
 
 def _load_row(data, wire, result_parts):
-    rec = _load(data)
-    rec["wire"] = _load_frames(wire)
-    rec["result_parts"] = _load_frames(result_parts)
-    return rec
+    return dict(_load(data), wire=_load_frames(wire),
+                result_parts=_load_frames(result_parts))
 
 
 # ---------------------------------------------------------------- db_query
 
-# A record's keys, all of them in what db_query answers (None when a record has no value
-# for one yet); records hold only those they have a value for.
+# A record's keys (see the module docstring: db_query answers them all).
 RECORD_KEYS = ("msg_id", "kind", "client", "engine", "lb", "submitted", "started",
                "completed", "status", "header", "wire", "result_header", "result_parts",
                "attempts", "watchers", "label")
@@ -509,8 +504,7 @@ def check_query(query):
 
 
 def _match(rec, query):
-    """Whether `rec` meets every condition of `query`: {key: value} (equal) or
-    {key: {op: value, ...}} with ``$in $nin $eq $ne $gt $gte $lt $lte``."""
+    """Whether `rec` meets every condition of `query` (the module docstring's language)."""
     for key, cond in query.items():
         value = _field(rec, key)
         if _is_condition(cond):

@@ -12,19 +12,15 @@ from one ``status`` query per refresh, answered from what the hub tracks anyway:
 
 What each side does, and what it costs:
 
-- an engine sends a ``usage`` message every ``engine.USAGE_PERIOD_S`` from its receiver
-  thread (``process_usage()``: ``os.times`` and ``/proc/self/statm``, or ``resource``),
-  with the request it runs now (msg_id, the function's ``__name__`` or the request kind,
-  and when it started). Nothing is sent per task.
-- the controller keeps the last report in the engine's dict (``on_usage``: the CPU % is
-  the CPU time used between two reports over the time between them) and counts finished
-  requests in a ``Tally``: one dict update per request, keyed by (second, status); a
-  failure also goes into a short ring with its ename and evalue. ``snapshot(controller,
-  now)`` builds the answer to a ``status`` query.
+- an engine's receiver thread sends ``usage`` (``process_usage()``) every
+  ``engine.USAGE_PERIOD_S``, with the request it runs now (msg_id, the function's
+  ``__name__`` or the request kind, and when it started). Nothing is sent per task.
+- the controller keeps the last report in the engine's dict (``on_usage``) and counts
+  finished requests in a ``Tally``: one dict update per request, and failures in a short
+  ring. ``snapshot(controller, now)`` builds the answer to a ``status`` query.
 - ``rc.status()`` returns the snapshot as a ``Status`` (a dict with a text ``repr`` and
   an HTML table for Jupyter); ``python -m minipar.top`` shows it, full screen, every
-  ``--interval`` seconds (``q`` quits; arrows / PgUp / PgDn scroll the engines), or
-  prints it once with ``--once`` (``--once --json``: as JSON, for scripts).
+  ``--interval`` seconds, or prints it once with ``--once`` (``--json``: as JSON).
 
 The snapshot (``--once --json`` prints exactly this)::
 
@@ -59,11 +55,9 @@ The snapshot (``--once --json`` prints exactly this)::
     failures        the last RECENT_FAILURES failures, oldest first:
                       msg_id, engine, ename, evalue (its first line), completed (time)
 
-The monitor survives a controller restart: the Client reconnects by itself when the
-controller comes back on the same address (``--reuse``), and a controller started anew
-(another pid in the connection file) gets a new Client. It exits with a clear message when
-the connection file is removed (the controller stopped) or after ``--wait`` seconds (60)
-without an answer.
+The monitor survives a controller restart (``Monitor``): the Client reconnects by itself
+to one started with ``--reuse``, and one started anew (another pid in the connection file)
+gets a new Client.
 """
 
 import argparse
@@ -115,11 +109,11 @@ def _number(v):
 class Tally:
     """What the controller counts for ``status`` (executes in the hub loop).
 
-    ``finished[(second, ok)]`` counts the requests finished in each second, ok or not
-    (a bool: any status an engine sends is a valid key): the hub adds one per request,
-    nothing else per task. ``prune(now)`` (each heartbeat) folds
-    the counts older than WINDOW_S into ``totals``. ``failed(rec, header)`` (failures
-    only) keeps the last RECENT_FAILURES; ``lost`` the engines gone, by id.
+    ``finished[(second, ok)]`` counts the requests finished in each second, ok or not (a
+    bool, so any status an engine sends is a valid key): the hub's only work per request.
+    ``prune(now)`` (each heartbeat) folds the counts older than WINDOW_S into ``totals``.
+    ``failed(rec, header)`` (failures only) keeps the last RECENT_FAILURES; ``lost`` the
+    engines gone, by id.
     """
 
     def __init__(self, now):
@@ -191,16 +185,20 @@ def snapshot(controller, now):
     """The answer to a ``status`` query, from the controller's state (hub loop): plain
     data, as the module docstring lists it."""
     c, tally = controller, controller.tally
+
+    def new_row(eid, engine, state, done, usage):
+        return {"id": eid, "host": engine.get("host"), "pid": engine.get("pid"),
+                "state": state, "task": None, "msg_id": None, "running_s": None,
+                "queued": 0, "done": done, "failed": tally.failed_by_engine[eid],
+                "cpu_percent": usage.get("cpu_percent"), "rss_bytes": usage.get("rss"),
+                "report_age_s": now - usage["at"] if usage else None}
+
     rows = []
     queued, running = c.scheduler.status()["unassigned"], 0
     for eid, e in sorted(c.engines.items()):
         outstanding = e["outstanding"]
         usage = e.get("usage") or {}
-        row = {"id": eid, "host": e.get("host"), "pid": e.get("pid"), "state": IDLE,
-               "task": None, "msg_id": None, "running_s": None, "queued": 0,
-               "done": e["completed"], "failed": tally.failed_by_engine[eid],
-               "cpu_percent": usage.get("cpu_percent"), "rss_bytes": usage.get("rss"),
-               "report_age_s": now - usage["at"] if usage else None}
+        row = new_row(eid, e, IDLE, e["completed"], usage)
         if outstanding:
             running += 1
             queued += len(outstanding) - 1
@@ -213,12 +211,8 @@ def snapshot(controller, now):
         rows.append(row)
     for eid, gone in tally.lost.items():
         if eid not in c.engines:
-            rows.append({"id": eid, "host": gone["host"], "pid": gone["pid"],
-                         "state": gone["state"], "task": None, "msg_id": None,
-                         "running_s": None, "queued": 0, "done": gone["done"],
-                         "failed": tally.failed_by_engine[eid], "cpu_percent": None,
-                         "rss_bytes": None, "report_age_s": None,
-                         "lost_s": now - gone["at"]})
+            rows.append(dict(new_row(eid, gone, gone["state"], gone["done"], {}),
+                             lost_s=now - gone["at"]))
     rows.sort(key=lambda r: r["id"])
     counts = tally.outcomes()
     per_second = tally.per_second(now)
@@ -460,8 +454,7 @@ def _screen(snap, note, height, offset, ascii):
     footer = (f"q quits   arrows/PgUp/PgDn scroll   engines {offset + 1}-"
               f"{offset + len(shown)} of {len(rows)}" + (f" ({more} more below)" if more else ""))
     return ([(line, False) for line in head] + [(columns, True)]
-            + [(line, False) for line in shown] + [(line, False) for line in tail]
-            + [(footer, False)])
+            + [(line, False) for line in [*shown, *tail, footer]])
 
 
 class _Note:
