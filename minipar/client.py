@@ -12,22 +12,14 @@ User threads send; one I/O thread receives. Any user thread may call the Client:
     futures ◀── set_result / set_exception (I/O thread)
 
 A request is serialized in the caller's thread (so a bad argument raises at the call),
-registered as a ``_MsgFuture`` under its msg_id, and sent at once, or held when it is
-one of a burst (see ``Client.send_request``) to leave with the rest as a batch. Replies are
-verified and unpickled in the I/O thread, which completes the future; an
-``AsyncResult`` is a ``concurrent.futures.Future`` over one or more of those.
+registered as a ``_MsgFuture`` under its msg_id and sent at once, or held to leave with
+the rest of a burst (see ``Client.send_request``). The I/O thread verifies and unpickles
+the replies and completes the futures; it also waits out a controller restart (see
+"losing the controller") and warns about engines on another Python or cloudpickle.
 
-The I/O socket's monitor tells when the controller goes away and comes back (restarted
-with --reuse): the client then connects again and asks for what is outstanding, or
-after ``reconnect_timeout`` fails it with a clear error, and so does every call after
-it, at once, until the controller is back. Engines on another Python or
-cloudpickle version are warned about, and named in unpickling errors.
-
-Besides user code, ``classic.py`` (the IPython.kernel API, the %px magics) and
-``integrations.py`` (progress bars, joblib, timelines) use this module; it imports them
-only inside the methods that need them, so ``import minipar`` stays fast, and forwards
-``client.TaskClient`` and the other classic names (``__getattr__``, at the end). They use
-the public API and this internal interface, in the wire's terms (not for user code):
+``classic.py`` and ``integrations.py`` use this module, which imports them only where
+needed (``import minipar`` stays fast) and forwards the classic names (``__getattr__``, at
+the end). Besides the public API they use this internal interface, in the wire's terms:
 ``Client.send_request(kind, parts, engine_id, **fields)`` (one request: its future),
 ``send_apply(f, args, kwargs, fparts, **fields)`` (one apply request, a task's header
 fields among `fields`) and ``query(kind, **fields)`` (the controller's reply header).
@@ -104,13 +96,10 @@ def use_pickle():
 # ---------------------------------------------------------------- client
 
 class Client:
-    """A connection to a controller.
-
-    ``Client(url_file=None, profile=None, profile_dir=None, timeout=10)``: reads the
-    controller's ``minipar-client.json`` (from `url_file`, or the profile's security
-    folder) and connects; raises a clear error when the file is missing or stale, the
-    key is refused, or the controller does not answer within `timeout` seconds.
-    """
+    """A connection to a controller: reads its ``minipar-client.json`` (`url_file`, or
+    the profile's security folder) and connects; raises a clear error when the file is
+    missing or stale, the key is refused, or the controller does not answer within
+    `timeout` seconds."""
 
     def __init__(self, url_file=None, profile=None, profile_dir=None, timeout=10,
                  reconnect_timeout=RECONNECT_TIMEOUT_S, **kwargs):
@@ -224,7 +213,8 @@ class Client:
     # ---- losing the controller, and finding it again (I/O thread)
     #
     # The I/O socket's monitor says when the connection goes and comes back. Gone for
-    # longer than `reconnect_timeout`: everything outstanding fails with a clear error.
+    # longer than `reconnect_timeout`: everything outstanding fails with a clear error,
+    # and so does every call after it, at once, until the controller is back.
     # Back (the controller restarted with --reuse, or the network healed): connect again
     # (the controller learns where replies go, and we learn its engines), then ask for
     # the results of everything outstanding. The finished ones are sent again, pending
@@ -330,8 +320,6 @@ class Client:
         if not self._timers:
             return None
         return max(0.0, (self._timers[0][0] - time.monotonic()) * 1000)
-
-    # ---- end of losing the controller
 
     def _on_reply(self, frames):
         # executes in the I/O thread
@@ -443,8 +431,6 @@ class Client:
                 log.warning("%s", skew)
                 if warn:
                     warnings.warn(skew, RuntimeWarning, stacklevel=3)
-
-    # ---- end of version skew
 
     # ---- the engine list (I/O thread)
     #
