@@ -288,10 +288,7 @@ class Client:
 
     def _io_query(self, dealer, kind, on_reply, **fields):
         """A query sent from the I/O thread; `on_reply(dealer, header)` runs in it too."""
-        header, frames = self.session.msg(kind, **fields)
-        f = _MsgFuture(header["msg_id"])
-        f.metadata["query"] = True
-        self._futures[f.msg_id] = f
+        f, frames = self._query_future(kind, fields)
 
         def done(f):
             if f.exception() is None:
@@ -578,10 +575,7 @@ class Client:
         interface."""
         if kind != protocol.CONNECT:
             self._check_usable()
-        header, frames = self.session.msg(kind, **fields)
-        f = _MsgFuture(header["msg_id"])
-        f.metadata["query"] = True
-        self._futures[f.msg_id] = f
+        f, frames = self._query_future(kind, fields)
         with self._send_lock:
             self._flush()   # after the requests made before it
             # connect goes through the I/O thread's socket: its identity is where the
@@ -595,6 +589,14 @@ class Client:
             raise TimeoutError(
                 f"the controller at {protocol.url(self.info, 'client')} did not answer {kind} "
                 f"within {timeout} s: is it running? (connection file {self.url_file})") from None
+
+    def _query_future(self, kind, fields):
+        """A query's frames, and its future, registered (the I/O thread settles it)."""
+        header, frames = self.session.msg(kind, **fields)
+        f = _MsgFuture(header["msg_id"])
+        f.metadata["query"] = True
+        self._futures[f.msg_id] = f
+        return f, frames
 
     def send_apply(self, f, args, kwargs, engine_id=None, fparts=None, future=None,
                    **fields):
@@ -769,21 +771,11 @@ class Client:
         return dict(zip(ids, ar.get(self.timeout if timeout is None else timeout)))
 
     def _msg_ids(self, jobs):
+        """dependency.msg_ids(jobs); None: every outstanding request's."""
         if jobs is None:
             return [f.msg_id for f in self.pending_requests()]
-        if isinstance(jobs, (str, AsyncResult, concurrent.futures.Future)):
-            jobs = [jobs]
-        out = []
-        for j in jobs:
-            if isinstance(j, AsyncResult):
-                out.extend(j.msg_ids)
-            elif isinstance(j, _MsgFuture):
-                out.append(j.msg_id)
-            elif isinstance(j, str):
-                out.append(j)
-            else:
-                raise TypeError(f"expected msg_ids or AsyncResults, not {type(j).__name__}")
-        return out
+        # a Future is one job, not an iterable (a plain one: the TypeError names it)
+        return msg_ids([jobs] if isinstance(jobs, concurrent.futures.Future) else jobs)
 
     @property
     def outstanding(self):
@@ -1201,12 +1193,15 @@ class DirectView(_View):
             f, args, kwargs, engine_id=e, fparts=fparts, future=future, **label),
             getattr(f, "__name__", "apply"))
 
+    def _send_each(self, kind, targets, block, parts=(), **fields):
+        """The same `kind` request to each target (see _each), finished as `block` says."""
+        ar = self._each(targets, lambda e, future: self.client.send_request(
+            kind, parts, engine_id=e, future=future, engine=e, **fields), kind)
+        return self._finish(ar, block)
+
     def execute(self, code, targets=None, block=None):
         """Run a code string in each target's namespace."""
-        ar = self._each(targets, lambda e, future: self.client.send_request(
-            protocol.EXECUTE, engine_id=e, future=future, engine=e, code=code,
-            **self._label()), "execute")
-        return self._finish(ar, block)
+        return self._send_each(protocol.EXECUTE, targets, block, code=code, **self._label())
 
     def run(self, filename, targets=None, block=None):
         """Run a Python file's code in each target's namespace."""
@@ -1223,16 +1218,11 @@ class DirectView(_View):
         if bad:
             raise ValueError(f"push: {bad[0]!r} is not a Python name, so code on the engines "
                              "could never refer to it; use identifiers as keys")
-        parts = protocol.serialize(ns)
-        ar = self._each(targets, lambda e, future: self.client.send_request(
-            protocol.PUSH, parts, engine_id=e, future=future, engine=e), "push")
-        return self._finish(ar, block)
+        return self._send_each(protocol.PUSH, targets, block, protocol.serialize(ns))
 
     def pull(self, names, targets=None, block=None):
         """Read a name (or a list of names) from each target's namespace."""
-        ar = self._each(targets, lambda e, future: self.client.send_request(
-            protocol.PULL, engine_id=e, future=future, engine=e, names=names), "pull")
-        return self._finish(ar, block)
+        return self._send_each(protocol.PULL, targets, block, names=names)
 
     def __setitem__(self, key, value):
         self.push({key: value}, block=True)
@@ -1249,15 +1239,11 @@ class DirectView(_View):
         return self.pull(key, block=True)
 
     def keys(self, targets=None, block=None):
-        ar = self._each(targets, lambda e, future: self.client.send_request(
-            protocol.KEYS, engine_id=e, future=future, engine=e), "keys")
-        return self._finish(ar, block)
+        return self._send_each(protocol.KEYS, targets, block)
 
     def clear(self, targets=None, block=None):
         """Empty each target's namespace."""
-        ar = self._each(targets, lambda e, future: self.client.send_request(
-            protocol.CLEAR, engine_id=e, future=future, engine=e), "clear")
-        return self._finish(ar, block)
+        return self._send_each(protocol.CLEAR, targets, block)
 
     def scatter(self, key, seq, dist="b", flatten=False, targets=None, block=None,
                 track=None):
@@ -1265,8 +1251,7 @@ class DirectView(_View):
         ignored, as push's)."""
         if dist != "b":
             raise ValueError(f"unknown distribution {dist!r}: only 'b' (blocks) is supported")
-        targets = self.targets if targets is None else targets
-        ids = self.client.resolve_targets(targets)
+        ids = self.client.resolve_targets(self.targets if targets is None else targets)
         seq = _sequence(seq)
         futures = []
         for i, eid in enumerate(ids):
@@ -1282,8 +1267,7 @@ class DirectView(_View):
         """Pull `key` from each target and concatenate the parts (inverse of scatter)."""
         if dist != "b":
             raise ValueError(f"unknown distribution {dist!r}: only 'b' (blocks) is supported")
-        targets = self.targets if targets is None else targets
-        ids = self.client.resolve_targets(targets)
+        ids = self.client.resolve_targets(self.targets if targets is None else targets)
         futures = [self.client.send_request(protocol.PULL, engine_id=e, engine=e, names=key)
                    for e in ids]
         pulled = AsyncResult(self.client, futures, fname="gather")
@@ -1399,11 +1383,9 @@ class LoadBalancedView(_View):
         return {"ids": ids, "all": True, "success": True, "failure": False} if ids else None
 
     def _task_fields(self):
-        targets = self.targets
-        if targets is not None and targets != "all":
+        targets = self._target_list()
+        if targets is not None:
             targets = [targets] if isinstance(targets, int) else list(targets)
-        else:
-            targets = None
         return {"lb": True, "targets": targets, "after": self._dep(self.after),
                 "follow": self._dep(self.follow), "timeout": self.timeout,
                 "retries": self.retries or None, "time_limit": self.time_limit,
@@ -1438,7 +1420,8 @@ class LoadBalancedView(_View):
                                       **fields, **extra)
 
     def _send_recovery(self, chain, args, kwargs, fields, extra):
-        if isinstance(chain, str):
+        """Submit `chain`'s dormant tasks; the msg_id of its first (None: no chain)."""
+        if chain is None or isinstance(chain, str):
             return chain
         rid = None
         for g, gparts in reversed(chain):   # the last of the chain first: others name it
@@ -1463,8 +1446,7 @@ class LoadBalancedView(_View):
         TaskAborted, unrun, if it succeeds). Its own ``recovery`` flag makes a chain.
         Returns its AsyncResult."""
         fields = self._task_fields()
-        chain = self._recovery_chain()
-        rid = None if chain is None else self._send_recovery(chain, args, kwargs, fields, {})
+        rid = self._send_recovery(self._recovery_chain(), args, kwargs, fields, {})
         fut = self._send_dormant(f, args, kwargs, None, fields, rid, {})
         return AsyncResult(self.client, [fut], fname=getattr(f, "__name__", "recovery"),
                            single=True)
