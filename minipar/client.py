@@ -524,10 +524,9 @@ class Client:
                 # switch interval (5 ms); requests and replies then go in batches
                 self._held.append(frames)
                 if len(self._held) == 1:
-                    try:
+                    # zmq.Again: the I/O thread has markers enough still to read
+                    with contextlib.suppress(zmq.Again):
                         self._outbox.send(_FLUSH, zmq.NOBLOCK)
-                    except zmq.Again:
-                        pass   # the I/O thread has markers enough still to read
                 elif len(self._held) >= TOGETHER:
                     self._flush()
             else:
@@ -940,10 +939,8 @@ class Client:
 
     def __del__(self):
         if not getattr(self, "_closed", True):
-            try:
+            with contextlib.suppress(Exception):
                 self.close()
-            except Exception:
-                pass
 
 
 # ---------------------------------------------------------------- views
@@ -1019,15 +1016,11 @@ class _View:
 
     def remote(self, block=None, **flags):
         """Decorator: calling the function runs it through this view's apply."""
-        def wrap(f):
-            return RemoteFunction(self, f, block=block, **flags)
-        return wrap
+        return lambda f: RemoteFunction(self, f, block=block, **flags)
 
     def parallel(self, dist="b", block=None, **flags):
         """Decorator: the function is applied to parts of its arguments in parallel."""
-        def wrap(f):
-            return ParallelFunction(self, f, dist=dist, block=block, **flags)
-        return wrap
+        return lambda f: ParallelFunction(self, f, dist=dist, block=block, **flags)
 
     def wait(self, jobs=None, timeout=None):
         return self.client.wait(jobs, timeout)
@@ -1068,9 +1061,8 @@ class _View:
         load-balanced task (also on a DirectView, whose targets it keeps)."""
         from .integrations import ViewExecutor
 
-        if isinstance(self, LoadBalancedView):
-            return ViewExecutor(self)
-        return ViewExecutor(LoadBalancedView(self.client, self.targets))
+        lb = isinstance(self, LoadBalancedView)
+        return ViewExecutor(self if lb else LoadBalancedView(self.client, self.targets))
 
     def register_joblib_backend(self, name="minipar", make_default=False):
         """Make ``joblib.parallel_backend(name)`` run joblib's work on this view."""
@@ -1119,10 +1111,7 @@ class ParallelFunction(RemoteFunction):
 
 def _partition(seq, n, i):
     """The i-th of n nearly equal contiguous blocks of `seq` (the block distribution)."""
-    size = len(seq)
-    lo = i * size // n
-    hi = (i + 1) * size // n
-    part = seq[lo:hi]
+    part = seq[i * len(seq) // n:(i + 1) * len(seq) // n]
     return list(part) if isinstance(part, range) else part
 
 
@@ -1131,10 +1120,7 @@ def _concat(parts):
         import numpy
 
         return numpy.concatenate(parts)
-    out = []
-    for p in parts:
-        out.extend(p)
-    return out
+    return list(itertools.chain.from_iterable(parts))
 
 
 def _sequence(s):
@@ -1359,12 +1345,8 @@ class LoadBalancedView(_View):
 
     def __init__(self, client, targets=None, block=False):
         super().__init__(client, targets, block)
-        self.after = None
-        self.follow = None
-        self.timeout = None
+        self.after = self.follow = self.timeout = self.recovery = self.time_limit = None
         self.retries = 0
-        self.recovery = None
-        self.time_limit = None
 
     def __repr__(self):
         return f"<LoadBalancedView {self.targets}>"
