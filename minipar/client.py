@@ -569,9 +569,8 @@ class Client:
             raise self._gone
 
     def query(self, kind, timeout=None, **fields):
-        """A request of protocol kind `kind` to the controller itself; waits `timeout`
-        s at most (default: the Client's) and returns the reply header. Internal
-        interface."""
+        """A request of protocol kind `kind` to the controller itself: its reply header,
+        waited for `timeout` s at most (default: the Client's). Internal interface."""
         if kind != protocol.CONNECT:
             self._check_usable()
         f, frames = self._query_future(kind, fields)
@@ -1128,11 +1127,9 @@ def _sequence(s):
 
 
 class DirectView(_View):
-    """Requests addressed to engines directly (the MultiEngine interface).
-
-    ``targets`` is 'all', one engine id (results are plain values) or a list of ids
-    (results are lists, one per engine). Flags: ``block``, ``targets``.
-    """
+    """Requests addressed to engines directly (the MultiEngine interface). ``targets``
+    is 'all', one engine id (results are plain values) or a list of ids (results are
+    lists, one per engine). Flags: ``block``, ``targets``."""
 
     def __init__(self, client, targets="all", block=False):
         super().__init__(client, targets, block)
