@@ -50,9 +50,7 @@ class _MsgFuture(_Future):
                     "stdout": "", "stderr": "", "status": None, "attempts": [],
                     "data": {}, "label": None}
 
-    @property
-    def metadata(self):
-        return self._md
+    metadata = property(lambda self: self._md)
 
 
 class AsyncResult(_Future):
@@ -204,10 +202,7 @@ class AsyncResult(_Future):
             concurrent.futures.as_completed(self._children)
         for f in children:
             value = f.result()
-            if self._mapping:
-                yield from value
-            else:
-                yield value
+            yield from value if self._mapping else (value,)
 
     def abort(self):
         """Abort the requests not yet finished (queued ones fail with TaskAborted)."""
@@ -231,7 +226,6 @@ class AsyncResult(_Future):
         # concurrent.futures.wait and as_completed never count it as done
         self.set_running_or_notify_cancel()
         return True
-
 
     def __repr__(self):
         state = "finished" if self.done() else "pending"
@@ -333,14 +327,12 @@ class _OneRequest(AsyncResult):
 class _Derived(AsyncResult):
     """An AsyncResult whose value is computed from another's (gather's concatenation)."""
 
+    _single, _mapping, _ordered, _left = False, False, True, 0
+
     def __init__(self, client, base, transform):
         concurrent.futures.Future.__init__(self)
-        self._client, self._base, self._transform = client, base, transform
+        self._client, self._transform = client, transform
         self._children = base._children
-        self._single = False
-        self._mapping = False
-        self._ordered = True
-        self._left = 0
         self._fname = base._fname
         self._submitted = base._submitted
         base.add_done_callback(self._base_done)

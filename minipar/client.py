@@ -12,22 +12,14 @@ User threads send; one I/O thread receives. Any user thread may call the Client:
     futures ◀── set_result / set_exception (I/O thread)
 
 A request is serialized in the caller's thread (so a bad argument raises at the call),
-registered as a ``_MsgFuture`` under its msg_id, and sent at once, or held when it is
-one of a burst (see ``Client.send_request``) to leave with the rest as a batch. Replies are
-verified and unpickled in the I/O thread, which completes the future; an
-``AsyncResult`` is a ``concurrent.futures.Future`` over one or more of those.
+registered as a ``_MsgFuture`` under its msg_id and sent at once, or held to leave with
+the rest of a burst (see ``Client.send_request``). The I/O thread verifies and unpickles
+the replies and completes the futures; it also waits out a controller restart (see
+"losing the controller") and warns about engines on another Python or cloudpickle.
 
-The I/O socket's monitor tells when the controller goes away and comes back (restarted
-with --reuse): the client then connects again and asks for what is outstanding, or
-after ``reconnect_timeout`` fails it with a clear error, and so does every call after
-it, at once, until the controller is back. Engines on another Python or
-cloudpickle version are warned about, and named in unpickling errors.
-
-Besides user code, ``classic.py`` (the IPython.kernel API, the %px magics) and
-``integrations.py`` (progress bars, joblib, timelines) use this module; it imports them
-only inside the methods that need them, so ``import minipar`` stays fast, and forwards
-``client.TaskClient`` and the other classic names (``__getattr__``, at the end). They use
-the public API and this internal interface, in the wire's terms (not for user code):
+``classic.py`` and ``integrations.py`` use this module, which imports them only where
+needed (``import minipar`` stays fast) and forwards the classic names (``__getattr__``, at
+the end). Besides the public API they use this internal interface, in the wire's terms:
 ``Client.send_request(kind, parts, engine_id, **fields)`` (one request: its future),
 ``send_apply(f, args, kwargs, fparts, **fields)`` (one apply request, a task's header
 fields among `fields`) and ``query(kind, **fields)`` (the controller's reply header).
@@ -104,13 +96,10 @@ def use_pickle():
 # ---------------------------------------------------------------- client
 
 class Client:
-    """A connection to a controller.
-
-    ``Client(url_file=None, profile=None, profile_dir=None, timeout=10)``: reads the
-    controller's ``minipar-client.json`` (from `url_file`, or the profile's security
-    folder) and connects; raises a clear error when the file is missing or stale, the
-    key is refused, or the controller does not answer within `timeout` seconds.
-    """
+    """A connection to a controller: reads its ``minipar-client.json`` (`url_file`, or
+    the profile's security folder) and connects; raises a clear error when the file is
+    missing or stale, the key is refused, or the controller does not answer within
+    `timeout` seconds."""
 
     def __init__(self, url_file=None, profile=None, profile_dir=None, timeout=10,
                  reconnect_timeout=RECONNECT_TIMEOUT_S, **kwargs):
@@ -224,7 +213,8 @@ class Client:
     # ---- losing the controller, and finding it again (I/O thread)
     #
     # The I/O socket's monitor says when the connection goes and comes back. Gone for
-    # longer than `reconnect_timeout`: everything outstanding fails with a clear error.
+    # longer than `reconnect_timeout`: everything outstanding fails with a clear error,
+    # and so does every call after it, at once, until the controller is back.
     # Back (the controller restarted with --reuse, or the network healed): connect again
     # (the controller learns where replies go, and we learn its engines), then ask for
     # the results of everything outstanding. The finished ones are sent again, pending
@@ -298,10 +288,7 @@ class Client:
 
     def _io_query(self, dealer, kind, on_reply, **fields):
         """A query sent from the I/O thread; `on_reply(dealer, header)` runs in it too."""
-        header, frames = self.session.msg(kind, **fields)
-        f = _MsgFuture(header["msg_id"])
-        f.metadata["query"] = True
-        self._futures[f.msg_id] = f
+        f, frames = self._query_future(kind, fields)
 
         def done(f):
             if f.exception() is None:
@@ -333,8 +320,6 @@ class Client:
         if not self._timers:
             return None
         return max(0.0, (self._timers[0][0] - time.monotonic()) * 1000)
-
-    # ---- end of losing the controller
 
     def _on_reply(self, frames):
         # executes in the I/O thread
@@ -447,8 +432,6 @@ class Client:
                 if warn:
                     warnings.warn(skew, RuntimeWarning, stacklevel=3)
 
-    # ---- end of version skew
-
     # ---- the engine list (I/O thread)
     #
     # The controller numbers the changes to its engine list (`roster`, in each notification
@@ -544,10 +527,9 @@ class Client:
                 # switch interval (5 ms); requests and replies then go in batches
                 self._held.append(frames)
                 if len(self._held) == 1:
-                    try:
+                    # zmq.Again: the I/O thread has markers enough still to read
+                    with contextlib.suppress(zmq.Again):
                         self._outbox.send(_FLUSH, zmq.NOBLOCK)
-                    except zmq.Again:
-                        pass   # the I/O thread has markers enough still to read
                 elif len(self._held) >= TOGETHER:
                     self._flush()
             else:
@@ -590,15 +572,11 @@ class Client:
             raise self._gone
 
     def query(self, kind, timeout=None, **fields):
-        """A request of protocol kind `kind` to the controller itself; waits `timeout`
-        s at most (default: the Client's) and returns the reply header. Internal
-        interface."""
+        """A request of protocol kind `kind` to the controller itself: its reply header,
+        waited for `timeout` s at most (default: the Client's). Internal interface."""
         if kind != protocol.CONNECT:
             self._check_usable()
-        header, frames = self.session.msg(kind, **fields)
-        f = _MsgFuture(header["msg_id"])
-        f.metadata["query"] = True
-        self._futures[f.msg_id] = f
+        f, frames = self._query_future(kind, fields)
         with self._send_lock:
             self._flush()   # after the requests made before it
             # connect goes through the I/O thread's socket: its identity is where the
@@ -612,6 +590,14 @@ class Client:
             raise TimeoutError(
                 f"the controller at {protocol.url(self.info, 'client')} did not answer {kind} "
                 f"within {timeout} s: is it running? (connection file {self.url_file})") from None
+
+    def _query_future(self, kind, fields):
+        """A query's frames, and its future, registered (the I/O thread settles it)."""
+        header, frames = self.session.msg(kind, **fields)
+        f = _MsgFuture(header["msg_id"])
+        f.metadata["query"] = True
+        self._futures[f.msg_id] = f
+        return f, frames
 
     def send_apply(self, f, args, kwargs, engine_id=None, fparts=None, future=None,
                    **fields):
@@ -786,21 +772,11 @@ class Client:
         return dict(zip(ids, ar.get(self.timeout if timeout is None else timeout)))
 
     def _msg_ids(self, jobs):
+        """dependency.msg_ids(jobs); None: every outstanding request's."""
         if jobs is None:
             return [f.msg_id for f in self.pending_requests()]
-        if isinstance(jobs, (str, AsyncResult, concurrent.futures.Future)):
-            jobs = [jobs]
-        out = []
-        for j in jobs:
-            if isinstance(j, AsyncResult):
-                out.extend(j.msg_ids)
-            elif isinstance(j, _MsgFuture):
-                out.append(j.msg_id)
-            elif isinstance(j, str):
-                out.append(j)
-            else:
-                raise TypeError(f"expected msg_ids or AsyncResults, not {type(j).__name__}")
-        return out
+        # a Future is one job, not an iterable (a plain one: the TypeError names it)
+        return msg_ids([jobs] if isinstance(jobs, concurrent.futures.Future) else jobs)
 
     @property
     def outstanding(self):
@@ -965,10 +941,8 @@ class Client:
 
     def __del__(self):
         if not getattr(self, "_closed", True):
-            try:
+            with contextlib.suppress(Exception):
                 self.close()
-            except Exception:
-                pass
 
 
 # ---------------------------------------------------------------- views
@@ -1044,15 +1018,11 @@ class _View:
 
     def remote(self, block=None, **flags):
         """Decorator: calling the function runs it through this view's apply."""
-        def wrap(f):
-            return RemoteFunction(self, f, block=block, **flags)
-        return wrap
+        return lambda f: RemoteFunction(self, f, block=block, **flags)
 
     def parallel(self, dist="b", block=None, **flags):
         """Decorator: the function is applied to parts of its arguments in parallel."""
-        def wrap(f):
-            return ParallelFunction(self, f, dist=dist, block=block, **flags)
-        return wrap
+        return lambda f: ParallelFunction(self, f, dist=dist, block=block, **flags)
 
     def wait(self, jobs=None, timeout=None):
         return self.client.wait(jobs, timeout)
@@ -1093,9 +1063,8 @@ class _View:
         load-balanced task (also on a DirectView, whose targets it keeps)."""
         from .integrations import ViewExecutor
 
-        if isinstance(self, LoadBalancedView):
-            return ViewExecutor(self)
-        return ViewExecutor(LoadBalancedView(self.client, self.targets))
+        lb = isinstance(self, LoadBalancedView)
+        return ViewExecutor(self if lb else LoadBalancedView(self.client, self.targets))
 
     def register_joblib_backend(self, name="minipar", make_default=False):
         """Make ``joblib.parallel_backend(name)`` run joblib's work on this view."""
@@ -1144,10 +1113,7 @@ class ParallelFunction(RemoteFunction):
 
 def _partition(seq, n, i):
     """The i-th of n nearly equal contiguous blocks of `seq` (the block distribution)."""
-    size = len(seq)
-    lo = i * size // n
-    hi = (i + 1) * size // n
-    part = seq[lo:hi]
+    part = seq[i * len(seq) // n:(i + 1) * len(seq) // n]
     return list(part) if isinstance(part, range) else part
 
 
@@ -1156,10 +1122,7 @@ def _concat(parts):
         import numpy
 
         return numpy.concatenate(parts)
-    out = []
-    for p in parts:
-        out.extend(p)
-    return out
+    return list(itertools.chain.from_iterable(parts))
 
 
 def _sequence(s):
@@ -1167,11 +1130,9 @@ def _sequence(s):
 
 
 class DirectView(_View):
-    """Requests addressed to engines directly (the MultiEngine interface).
-
-    ``targets`` is 'all', one engine id (results are plain values) or a list of ids
-    (results are lists, one per engine). Flags: ``block``, ``targets``.
-    """
+    """Requests addressed to engines directly (the MultiEngine interface). ``targets``
+    is 'all', one engine id (results are plain values) or a list of ids (results are
+    lists, one per engine). Flags: ``block``, ``targets``."""
 
     def __init__(self, client, targets="all", block=False):
         super().__init__(client, targets, block)
@@ -1218,12 +1179,15 @@ class DirectView(_View):
             f, args, kwargs, engine_id=e, fparts=fparts, future=future, **label),
             getattr(f, "__name__", "apply"))
 
+    def _send_each(self, kind, targets, block, parts=(), **fields):
+        """The same `kind` request to each target (see _each), finished as `block` says."""
+        ar = self._each(targets, lambda e, future: self.client.send_request(
+            kind, parts, engine_id=e, future=future, engine=e, **fields), kind)
+        return self._finish(ar, block)
+
     def execute(self, code, targets=None, block=None):
         """Run a code string in each target's namespace."""
-        ar = self._each(targets, lambda e, future: self.client.send_request(
-            protocol.EXECUTE, engine_id=e, future=future, engine=e, code=code,
-            **self._label()), "execute")
-        return self._finish(ar, block)
+        return self._send_each(protocol.EXECUTE, targets, block, code=code, **self._label())
 
     def run(self, filename, targets=None, block=None):
         """Run a Python file's code in each target's namespace."""
@@ -1240,16 +1204,11 @@ class DirectView(_View):
         if bad:
             raise ValueError(f"push: {bad[0]!r} is not a Python name, so code on the engines "
                              "could never refer to it; use identifiers as keys")
-        parts = protocol.serialize(ns)
-        ar = self._each(targets, lambda e, future: self.client.send_request(
-            protocol.PUSH, parts, engine_id=e, future=future, engine=e), "push")
-        return self._finish(ar, block)
+        return self._send_each(protocol.PUSH, targets, block, protocol.serialize(ns))
 
     def pull(self, names, targets=None, block=None):
         """Read a name (or a list of names) from each target's namespace."""
-        ar = self._each(targets, lambda e, future: self.client.send_request(
-            protocol.PULL, engine_id=e, future=future, engine=e, names=names), "pull")
-        return self._finish(ar, block)
+        return self._send_each(protocol.PULL, targets, block, names=names)
 
     def __setitem__(self, key, value):
         self.push({key: value}, block=True)
@@ -1266,15 +1225,11 @@ class DirectView(_View):
         return self.pull(key, block=True)
 
     def keys(self, targets=None, block=None):
-        ar = self._each(targets, lambda e, future: self.client.send_request(
-            protocol.KEYS, engine_id=e, future=future, engine=e), "keys")
-        return self._finish(ar, block)
+        return self._send_each(protocol.KEYS, targets, block)
 
     def clear(self, targets=None, block=None):
         """Empty each target's namespace."""
-        ar = self._each(targets, lambda e, future: self.client.send_request(
-            protocol.CLEAR, engine_id=e, future=future, engine=e), "clear")
-        return self._finish(ar, block)
+        return self._send_each(protocol.CLEAR, targets, block)
 
     def scatter(self, key, seq, dist="b", flatten=False, targets=None, block=None,
                 track=None):
@@ -1282,8 +1237,7 @@ class DirectView(_View):
         ignored, as push's)."""
         if dist != "b":
             raise ValueError(f"unknown distribution {dist!r}: only 'b' (blocks) is supported")
-        targets = self.targets if targets is None else targets
-        ids = self.client.resolve_targets(targets)
+        ids = self.client.resolve_targets(self.targets if targets is None else targets)
         seq = _sequence(seq)
         futures = []
         for i, eid in enumerate(ids):
@@ -1299,8 +1253,7 @@ class DirectView(_View):
         """Pull `key` from each target and concatenate the parts (inverse of scatter)."""
         if dist != "b":
             raise ValueError(f"unknown distribution {dist!r}: only 'b' (blocks) is supported")
-        targets = self.targets if targets is None else targets
-        ids = self.client.resolve_targets(targets)
+        ids = self.client.resolve_targets(self.targets if targets is None else targets)
         futures = [self.client.send_request(protocol.PULL, engine_id=e, engine=e, names=key)
                    for e in ids]
         pulled = AsyncResult(self.client, futures, fname="gather")
@@ -1392,12 +1345,8 @@ class LoadBalancedView(_View):
 
     def __init__(self, client, targets=None, block=False):
         super().__init__(client, targets, block)
-        self.after = None
-        self.follow = None
-        self.timeout = None
+        self.after = self.follow = self.timeout = self.recovery = self.time_limit = None
         self.retries = 0
-        self.recovery = None
-        self.time_limit = None
 
     def __repr__(self):
         return f"<LoadBalancedView {self.targets}>"
@@ -1416,11 +1365,9 @@ class LoadBalancedView(_View):
         return {"ids": ids, "all": True, "success": True, "failure": False} if ids else None
 
     def _task_fields(self):
-        targets = self.targets
-        if targets is not None and targets != "all":
+        targets = self._target_list()
+        if targets is not None:
             targets = [targets] if isinstance(targets, int) else list(targets)
-        else:
-            targets = None
         return {"lb": True, "targets": targets, "after": self._dep(self.after),
                 "follow": self._dep(self.follow), "timeout": self.timeout,
                 "retries": self.retries or None, "time_limit": self.time_limit,
@@ -1455,7 +1402,8 @@ class LoadBalancedView(_View):
                                       **fields, **extra)
 
     def _send_recovery(self, chain, args, kwargs, fields, extra):
-        if isinstance(chain, str):
+        """Submit `chain`'s dormant tasks; the msg_id of its first (None: no chain)."""
+        if chain is None or isinstance(chain, str):
             return chain
         rid = None
         for g, gparts in reversed(chain):   # the last of the chain first: others name it
@@ -1480,8 +1428,7 @@ class LoadBalancedView(_View):
         TaskAborted, unrun, if it succeeds). Its own ``recovery`` flag makes a chain.
         Returns its AsyncResult."""
         fields = self._task_fields()
-        chain = self._recovery_chain()
-        rid = None if chain is None else self._send_recovery(chain, args, kwargs, fields, {})
+        rid = self._send_recovery(self._recovery_chain(), args, kwargs, fields, {})
         fut = self._send_dormant(f, args, kwargs, None, fields, rid, {})
         return AsyncResult(self.client, [fut], fname=getattr(f, "__name__", "recovery"),
                            single=True)

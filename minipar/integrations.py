@@ -79,22 +79,17 @@ def _apply_chunk(fn, chunk):
 
 def _chunks(items, size):
     it = iter(items)
-    while True:
-        chunk = list(itertools.islice(it, size))
-        if not chunk:
-            return
-        yield chunk
+    return iter(lambda: list(itertools.islice(it, size)), [])
 
 
 # -- progress bars
 
 def _interactive():
     """Whether someone is probably watching: stderr is a terminal, or this is IPython."""
-    try:
+    # stderr may be replaced by an object without isatty(), or closed
+    with contextlib.suppress(AttributeError, ValueError):
         if sys.stderr.isatty():
             return True
-    except (AttributeError, ValueError):  # stderr replaced by an object without it, or closed
-        pass
     ipython = sys.modules.get("IPython")
     return ipython is not None and ipython.get_ipython() is not None
 
@@ -106,7 +101,6 @@ def _progress_bar(total, desc, unit, initial=0):
     except ImportError:
         return _TextBar(total, desc, unit, initial)
     return tqdm(total=total, desc=desc, unit=unit, initial=initial)
-
 
 
 def _wait_with_bar(ar, desc, interval, timeout):
@@ -251,11 +245,10 @@ def _joblib_backend_class():
 
         @staticmethod
         def _call_later(callbacks, callback, future):
-            # executes in the client's I/O thread
-            try:
+            # executes in the client's I/O thread; RuntimeError: terminated, the Parallel
+            # call is over and nothing waits
+            with contextlib.suppress(RuntimeError):
                 callbacks.submit(callback, future)
-            except RuntimeError:   # terminated: the Parallel call is over, nothing waits
-                pass
 
         apply_async = submit   # the name joblib < 1.3 calls
 
@@ -433,6 +426,7 @@ def _stream_output(ar, interval, timeout, file):
         _show_outputs(ar, shown, file)
         if done or left <= 0:
             return done
+
 
 def _show_outputs(ar, shown, file, partial=False):
     # `shown` maps (request index, stream) to the text printed already. While a
