@@ -9,12 +9,9 @@ minipar's except ``errors``. A message is a list of ZeroMQ frames::
                               |              the SHA-256 of the parts (see body_digest)
                               +-- HMAC-SHA256(key, header)
 
-A message of at most PACK_MAX bytes (most of them: requests and replies of small data)
-travels as one frame after its routing ids: PACKED, the count and lengths of the frames
-after the delimiter, then their bytes (see ``send``); ``recv`` and ``Session.split``
-give back the frames above. Each frame costs a send, a receive and a GIL hand-off on
-both sides, so this is the cheaper form; a larger message goes frame by frame, buffers
-uncopied.
+A message of at most PACK_MAX bytes (most requests and replies of small data) travels
+as one frame after its routing ids (see ``send``): each frame costs a send, a receive
+and a GIL hand-off on both sides. A larger message goes frame by frame, buffers uncopied.
 
 The controller reads headers only: it checks the signature over the header and never
 touches the parts, so forwarding a 100 MB push costs it no hashing. The receiver of
@@ -23,17 +20,15 @@ any of them. Every pickle is covered by the digest; an out-of-band buffer (an ar
 raw memory, listed in the header's `raw`) by its length only, as Jupyter's protocol
 leaves buffers unsigned: hashing 100 MB would halve the bulk rate, and a buffer is
 never parsed, so changing one alters data but cannot run code (``--curve`` encrypts and
-authenticates everything). Nothing is unpickled before its signature is verified, and a
-header is plain data (lists, dicts, str, bytes, numbers) in ``marshal``'s format, which
-cannot name a class or function (reading it runs nothing); it too is read only once
-verified.
+authenticates everything). Nothing is unpickled before its signature is verified; a
+header, read only once verified too, is plain data in ``marshal``'s format, which
+cannot name a class or function (reading it runs nothing).
 A refused message is counted under one of DROP_REASONS; messages above the cluster's
 max_message_size are refused on receipt and never sent.
 
 A batch (kind BATCH, made by ``Session.pack``) carries several messages to one peer under
-one signature: its header lists each message's header bytes and part count, and their
-parts follow in order; each keeps its own `body` digest. The controller sends what one
-pass makes for an engine or a client this way, and a client a map's tasks.
+one signature, each with its own header and `body` digest. The controller sends what
+one pass makes for an engine or a client this way, and a client a map's tasks.
 
 ``connect`` adds CurveZMQ encryption when the controller's files ask for it.
 
@@ -47,7 +42,6 @@ pickle as frames of their own, sent with ``copy=False``.
 import collections
 import itertools
 import json
-import logging
 import marshal
 import os
 import pickle
@@ -61,8 +55,6 @@ import cloudpickle
 import zmq
 
 from .errors import SerializationError
-
-log = logging.getLogger(__name__)
 
 DELIM = b"<MINIPAR>"
 REFUSED = b"refused"  # an unsigned notice sent back for a message that failed its check
@@ -243,8 +235,7 @@ def _counts_fit(data):
     Each item takes at least one byte, so a well-formed header always fits; one that
     fits makes marshal allocate at most a few pointers per byte it reads. marshal's
     values follow one another with no closing marks (but a dict's, a code of its own),
-    so one pass over the type codes finds every count: no recursion, linear time. Only
-    headers that _LARGE_COUNT matches come here."""
+    so one pass over the type codes finds every count: no recursion, linear time."""
     n, i, budget = len(data), 0, len(data)
     follows, counted, unpack = _FOLLOWS, frozenset(_COUNTED), _INT32.unpack_from
     while i < n:
@@ -278,9 +269,8 @@ def _counts_fit(data):
 # ---------------------------------------------------------------- signing
 
 def body_digest(parts, raw=()):
-    """SHA-256 of the parts; of a raw buffer (an array's memory, not parsed by anything),
-    only its length: hashing 100 MB costs more than sending it, and a changed buffer can
-    alter data but never run code. Use --curve where the data must not be altered."""
+    """SHA-256 of the parts; of a raw buffer (index in `raw`), only its length: see the
+    module's docstring for why, and --curve where the data must not be altered."""
     import hashlib  # here, not at import: OpenSSL's binding is a third of `import minipar`
 
     h = hashlib.sha256()
@@ -513,11 +503,10 @@ _MORE = int(zmq.SNDMORE)
 def send(sock, wire, idents=()):
     """Send a message: routing `idents`, then `wire` (its frames from the delimiter).
 
-    A small message (all of `wire` at most PACK_MAX bytes, the common case) leaves as one
-    frame, PACKED and the frames' lengths before their bytes, instead of one per part:
-    every frame costs a send, a receive and a GIL hand-off on each side. ``recv`` gives
-    the frames back. Larger ones go frame by frame, buffers without a copy. Without
-    pyzmq's ``send_multipart``, whose per-frame flag arithmetic is most of a small send."""
+    A message of at most PACK_MAX bytes leaves as one frame: PACKED, the count and
+    lengths of the frames after the delimiter, then their bytes (``recv`` gives the
+    frames back). Larger ones go frame by frame, buffers without a copy. Not pyzmq's
+    ``send_multipart``, whose per-frame flag arithmetic is most of a small send."""
     s = sock.send
     for i in idents:
         s(i, _MORE, copy=False)
@@ -726,11 +715,8 @@ def deserialize(frames):
 
 
 def deserialize_many(frames, counts):
-    out, i = [], 0
-    for n in counts:
-        out.append(deserialize(frames[i:i + n]))
-        i += n
-    return out
+    starts = itertools.accumulate(counts, initial=0)
+    return [deserialize(frames[i:i + n]) for i, n in zip(starts, counts)]
 
 
 _loaded_functions = {}   # pickle -> function: see deserialize_function
@@ -882,8 +868,6 @@ def connect(sock, info, name):
     """
     server_key = info.get("curve_serverkey")
     if server_key:
-        import zmq
-
         public, secret = zmq.curve_keypair()
         sock.curve_serverkey = server_key.encode()
         sock.curve_publickey = public
