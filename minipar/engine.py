@@ -14,13 +14,10 @@ interrupts it (SIGINT to the main thread) to abort a running task or to enforce 
 `time_limit`. Control messages (abort, interrupt, shutdown) overtake queued work; an
 abort is acknowledged once its requests are marked, so the controller answers the client
 only when a queued request it aborted can no longer start.
-What a running request prints, and the data it publishes (``datapub.publish_data``), is
-collected by ``_Streamer`` and sent by the receiver as ``stream`` messages every
-STREAM_INTERVAL_S, so the client sees it as it happens; the reply carries it all again.
-A request still running after STREAM_INTERVAL_S gets a ``started`` message from the
-receiver (so the client's future is running()); a quicker one's reply says when it started.
-Every USAGE_PERIOD_S the receiver also sends a ``usage`` message (CPU time, resident
-memory, the running request and its function's name) for rc.status and minipar.top.
+Every STREAM_INTERVAL_S the receiver sends what the running request printed or published
+(``datapub.publish_data``) as ``stream`` messages (see ``_Streamer``), and ``started``
+for one still running (so the client's future is running()). Every USAGE_PERIOD_S it
+sends ``usage`` (CPU time, memory, the running request) for rc.status and minipar.top.
 
 A task that holds the GIL past its time_limit plus TIME_LIMIT_GRACE_S (one long C call,
 which no interrupt reaches) ends the engine by SIGALRM, with faulthandler's traceback in
@@ -59,6 +56,9 @@ from .top import process_usage
 
 log = logging.getLogger(__name__)
 
+# The receiver and main threads hand the GIL back and forth on every message; with work
+# queued both want it, and the default 5 ms switch interval would cap an engine near
+# 200 tasks/s. 0.1..1 ms is reasonable.
 SWITCH_INTERVAL_S = 0.0005
 REGISTRATION_TIMEOUT_S = 30.0   # how long to wait for the controller to answer registration
 # Controller silence (in its heartbeats) before the engine exits: how long it waits for a
@@ -74,11 +74,10 @@ STREAM_INTERVAL_S = 0.1
 # a request that arrives alone is answered at once whatever this is.
 HOLD_S = 0.003
 STREAM_CHUNK_CHARS = 64 * 1024   # most text in one stream message (a larger one is split)
-# A task past its time_limit is interrupted (SIGINT, a KeyboardInterrupt between two
-# bytecodes); code that never returns to the interpreter (one long C call holding the GIL)
-# cannot be, so after this much longer the kernel ends the engine (SIGALRM, whose
-# default action needs no thread of ours to run) and faulthandler leaves the traceback
-# in its log. Time for `finally` blocks to run; 1..60 is reasonable.
+# A task past its time_limit gets SIGINT (a KeyboardInterrupt between two bytecodes);
+# one that no interrupt reaches (one long C call holding the GIL) gets this much longer
+# before SIGALRM, whose default action needs no thread of ours, ends the engine. Time
+# for `finally` blocks to run; 1..60 is reasonable.
 TIME_LIMIT_GRACE_S = 5.0
 # How often the engine tells the controller its CPU time, memory and what it runs (for
 # rc.status and python -m minipar.top): one small message per period, none per task.
@@ -134,23 +133,20 @@ class _Interrupt(BaseException):
     """Raised in the main thread by the SIGINT handler; becomes the right error below."""
 
 
-# The running request: its msg_id, the time.monotonic() deadline of its time_limit
-# (None: no limit), when it started (time.time()) and its kind. Set by the main thread,
-# read by the receiver.
+# The running request, set by the main thread and read by the receiver. deadline: the
+# time.monotonic() its time_limit ends (None: no limit); started: time.time().
 _Running = collections.namedtuple("_Running", "msg_id deadline started kind")
-# What the next SIGINT is for: the request to stop, and why ("abort", "timeout",
-# "interrupt"), which decides the error it ends with.
+# What the next SIGINT is for; `reason` ("abort", "timeout", "interrupt") picks the error.
 _Interruption = collections.namedtuple("_Interruption", "msg_id reason")
-# A registration sent again (see _on_unregister): its msg_id, and since when
-# (time.monotonic()) it waits for its answer.
+# A registration sent again (see _on_unregister); since: its time.monotonic().
 _Registration = collections.namedtuple("_Registration", "msg_id since")
 
 
 class _Capture(io.TextIOBase):
     """A request's stdout or stderr: kept whole for the reply, and handed to the
-    `streamer` (if any) so the client sees it while the request runs."""
+    `streamer` so the client sees it while the request runs."""
 
-    def __init__(self, name="stdout", streamer=None):
+    def __init__(self, name, streamer):
         self.name = name
         self.parts = []
         self._streamer = streamer
@@ -160,7 +156,7 @@ class _Capture(io.TextIOBase):
 
     def write(self, s):
         self.parts.append(s)
-        if self._streamer is not None and s:
+        if s:
             self._streamer.add(self.name, s)
         return len(s)
 
@@ -172,11 +168,9 @@ class _Streamer:
     """The running request's new output, collected from whatever thread prints it and
     sent by the receiver thread as ``stream`` messages every STREAM_INTERVAL_S.
 
-    The receiver sends, not the printing thread: the main thread is busy in user code
-    (a task that prints, then computes for a minute, still shows its line), and other
-    threads may print too. The final reply carries the whole output anyway, so text
-    still pending when the request ends is dropped, not sent after the reply.
-    """
+    The receiver sends, not the printing thread: the main thread may compute for a
+    minute after printing a line, and other threads print too. The reply carries the
+    whole output anyway, so text pending when the request ends is dropped, not sent."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -282,25 +276,15 @@ class Engine:
             os.chdir(self.work_dir)
         self.ctx = zmq.Context()
         self._outbox_addr = f"inproc://outbox-{id(self)}"
-        dealer = self.ctx.socket(zmq.DEALER)
-        dealer.identity = self.ident
-        dealer.linger = 1000
-        # No ZMQ_MAXMSGSIZE here: on a connecting socket a frame over it ends the connection
-        # for good (libzmq does not reconnect after a protocol error). The controller
-        # forwards nothing over the cluster's limit, and Session.check refuses it anyway.
-        protocol.connect(dealer, self.info, "engine")
+        dealer = self._new_dealer(self.ident, "engine")
         outbox_in = self.ctx.socket(zmq.PULL)
         outbox_in.bind(self._outbox_addr)
         # main thread: wakes the receiver (b"t": a time limit started; b"": stop)
         self._outbox = self.ctx.socket(zmq.PUSH)
         self._outbox.connect(self._outbox_addr)
-        # Requests arrive on, and replies leave from, a socket of the main thread's own
-        # (the controller knows it as this engine's too): no hand-off between threads on
-        # a request's way in or out. The receiver thread has the control messages.
-        self._sock = self.ctx.socket(zmq.DEALER)
-        self._sock.identity = self.ident + protocol.REPLY_SUFFIX
-        self._sock.linger = 1000
-        protocol.connect(self._sock, self.info, "engine")
+        # the main thread's own socket (see the map above): no hand-off between threads
+        # on a request's way in or out
+        self._sock = self._new_dealer(self.ident + protocol.REPLY_SUFFIX, "engine")
         self._start_heart()
         self.id, self.heartbeat_period = self._register(dealer)
         self._send_ready()
@@ -308,20 +292,25 @@ class Engine:
         signal.signal(signal.SIGINT, self._on_sigint)
         # the time-limit watchdog (TIME_LIMIT_GRACE_S): the traceback, then the default action
         faulthandler.register(signal.SIGALRM, all_threads=True, chain=True)
-        t = threading.Thread(target=self._receiver, args=(dealer, outbox_in),
-                             name="minipar-receiver", daemon=True)
-        t.start()
+        threading.Thread(target=self._receiver, args=(dealer, outbox_in),
+                         name="minipar-receiver", daemon=True).start()
         self._run_startup()
         self._send_properties()
+
+    def _new_dealer(self, identity, name, linger=1000):
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.identity = identity
+        sock.linger = linger
+        # No ZMQ_MAXMSGSIZE here: on a connecting socket a frame over it ends the connection
+        # for good (libzmq does not reconnect after a protocol error). The controller
+        # forwards nothing over the cluster's limit, and Session.check refuses it anyway.
+        return protocol.connect(sock, self.info, name)
 
     def _start_heart(self):
         sub = self.ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         protocol.connect(sub, self.info, "ping")
-        pong = self.ctx.socket(zmq.DEALER)
-        pong.identity = self.ident
-        pong.linger = 0
-        protocol.connect(pong, self.info, "pong")
+        pong = self._new_dealer(self.ident, "pong", linger=0)
         capture = self.ctx.socket(zmq.PUB)
         capture.bind(f"inproc://heart-{id(self)}")
         self._pings = self.ctx.socket(zmq.SUB)   # owned by the receiver thread
@@ -385,8 +374,8 @@ class Engine:
         header, frames = self.session.msg(
             protocol.REGISTER, uuid=self.ident.decode(), pid=os.getpid(),
             host=socket.gethostname(), python=python, cloudpickle=cloudpickle_version,
-            properties=props, reply_ident=(self.ident + protocol.REPLY_SUFFIX).decode(), id=want, replaces=replaces,
-            log=_log_file())
+            properties=props, reply_ident=(self.ident + protocol.REPLY_SUFFIX).decode(), id=want,
+            replaces=replaces, log=_log_file())
         return header["msg_id"], frames
 
     def _run_startup(self):
@@ -451,19 +440,20 @@ class Engine:
             if cur is not None and cur.deadline is not None and now >= cur.deadline:
                 self._interrupt_main(cur.msg_id, "timeout")
             if now - last_ping > silence and not self._stopping:
-                log.error("the controller has been silent for %d heartbeats: exiting",
-                          self.max_missed_heartbeats)
-                self.exit_code = 1
-                self._abort_current()   # its result could go nowhere
-                self._stop()
+                self._exit("the controller has been silent for %d heartbeats: exiting",
+                           self.max_missed_heartbeats)
             reg = self._registering
             if reg is not None and now - reg.since > self.registration_timeout \
                     and not self._stopping:
-                log.error("the controller did not answer this engine's registration within "
-                          "%.0f s: exiting", self.registration_timeout)
-                self.exit_code = 1
-                self._abort_current()
-                self._stop()
+                self._exit("the controller did not answer this engine's registration "
+                           "within %.0f s: exiting", self.registration_timeout)
+
+    def _exit(self, why, *args):
+        # executes in the receiver thread: the controller is lost, or refused this engine
+        log.error(why, *args)
+        self.exit_code = 1
+        self._interrupt_current("abort")   # its result could go nowhere
+        self._stop()
 
     def _send_stream(self, dealer):
         # executes in the receiver thread: the running request's new output, one
@@ -492,12 +482,12 @@ class Engine:
         # a `started` message (one with a time_limit sent its own); a quicker one's
         # reply says when it started, so quick tasks cost no message more
         cur = self._current
-        if cur is None or cur[1] is not None or cur[0] == self._told_started \
-                or time.time() - cur[2] < STREAM_INTERVAL_S:
+        if cur is None or cur.deadline is not None or cur.msg_id == self._told_started \
+                or time.time() - cur.started < STREAM_INTERVAL_S:
             return
-        self._told_started = cur[0]
-        _, frames = self.session.msg(protocol.STARTED, parent=cur[0], engine=self.id,
-                                     started=cur[2])
+        self._told_started = cur.msg_id
+        _, frames = self.session.msg(protocol.STARTED, parent=cur.msg_id, engine=self.id,
+                                     started=cur.started)
         dealer.send_multipart(frames)
 
     def _send_usage(self, dealer):
@@ -548,9 +538,7 @@ class Engine:
 
     def _on_interrupt(self, header):
         # executes in the receiver thread
-        cur = self._current
-        if cur is not None:
-            self._interrupt_main(cur.msg_id, "interrupt")
+        self._interrupt_current("interrupt")
 
     def _on_signal(self, header):
         # executes in the receiver thread. SIGINT (rc.send_signal) interrupts the running
@@ -577,10 +565,7 @@ class Engine:
         if self._stopping:
             return
         if header.get("fatal"):
-            log.error("the controller refused this engine (%s): exiting", reason)
-            self._abort_current()
-            self.exit_code = 1
-            return self._stop()
+            return self._exit("the controller refused this engine (%s): exiting", reason)
         if self._registering is not None:
             # sent before the controller saw our registration; all such notices arrive
             # before its answer (one connection, in order), so this one is answered
@@ -591,7 +576,7 @@ class Engine:
         # The controller moved (or failed) everything it had sent here: the main thread
         # drops the queued requests (they carry the old registration), and the running
         # one stops. Their results would be refused as stale.
-        self._abort_current()
+        self._interrupt_current("abort")
         msg_id, frames = self._registration(self.id)
         self._reg = msg_id.encode()
         self._registering = _Registration(msg_id, time.monotonic())
@@ -622,10 +607,11 @@ class Engine:
         protocol.REGISTER_REPLY: _on_registered,
     }
 
-    def _abort_current(self):
+    def _interrupt_current(self, reason):
+        # executes in the receiver thread
         cur = self._current
         if cur is not None:
-            self._interrupt_main(cur.msg_id, "abort")
+            self._interrupt_main(cur.msg_id, reason)
 
     def _dropped(self, why):
         # log the first few, then at powers of two, so a flood of bad messages cannot
@@ -1119,11 +1105,9 @@ def main(argv=None):
     p.add_argument("--log-level", default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"))
     args = p.parse_args(argv)
     faulthandler.enable()  # a crash leaves its traceback in the log (quoted in EngineError)
-    # The receiver thread and the main thread hand the GIL back and forth on every
-    # message; with work queued both want it, and the default 5 ms switch interval
-    # would cap an engine near 200 tasks/s. 0.1..1 ms is reasonable.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    logging.basicConfig(level="DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level.upper(),
+    level = "DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level.upper()
+    logging.basicConfig(level=level,
                         format=f"%(asctime)s engine[{os.getpid()}] %(levelname)s %(message)s")
     path = args.file or os.path.join(protocol.profile_dir(args.profile, args.profile_dir),
                                      "security", protocol.ENGINE_FILE)
