@@ -61,17 +61,15 @@ log = logging.getLogger(__name__)
 # 200 tasks/s. 0.1..1 ms is reasonable.
 SWITCH_INTERVAL_S = 0.0005
 REGISTRATION_TIMEOUT_S = 30.0   # how long to wait for the controller to answer registration
-# Controller silence (in its heartbeats) before the engine exits: how long it waits for a
-# lost controller to come back (it registers again when it does). Generous, because a
-# loaded machine can starve the receiver thread; 10..100 is reasonable.
+# Controller silence, in its heartbeats, before the engine exits (it registers again with
+# one back sooner). Generous, as load can starve the receiver; 10..100 is reasonable.
 MAX_MISSED_HEARTBEATS = 30
 # How often a running task's new stdout/stderr is sent to its client. Lower is livelier,
 # higher sends fewer messages for chatty tasks; 0.05..1 is reasonable.
 STREAM_INTERVAL_S = 0.1
-# A reply to one of a batch's requests waits this long for the next ones to send with
-# them (see Engine._run_batch); behind a long request, up to STREAM_INTERVAL_S. 3 ms
-# rather than 1: 5-15% less CPU per quick task (fewer, larger batches to the controller);
-# a request that arrives alone is answered at once whatever this is.
+# A reply to one of a batch's requests waits this long for the next ones (behind a long
+# request, up to STREAM_INTERVAL_S; see Engine._run_batch); one arriving alone goes at
+# once. 3 ms rather than 1: 5-15% less CPU per quick task (fewer, larger batches).
 HOLD_S = 0.003
 STREAM_CHUNK_CHARS = 64 * 1024   # most text in one stream message (a larger one is split)
 # A task past its time_limit gets SIGINT (a KeyboardInterrupt between two bytecodes);
@@ -79,9 +77,8 @@ STREAM_CHUNK_CHARS = 64 * 1024   # most text in one stream message (a larger one
 # before SIGALRM, whose default action needs no thread of ours, ends the engine. Time
 # for `finally` blocks to run; 1..60 is reasonable.
 TIME_LIMIT_GRACE_S = 5.0
-# How often the engine tells the controller its CPU time, memory and what it runs (for
-# rc.status and python -m minipar.top): one small message per period, none per task.
-# 0.5..10 is reasonable; the monitor's figures are this old at most.
+# How often the engine sends its CPU time, memory and running request for rc.status and
+# minipar.top: one message, none per task; figures this old at most. 0.5..10 is reasonable.
 USAGE_PERIOD_S = 1.0
 
 _MISSING = object()
@@ -99,9 +96,8 @@ _NS_BASE = {"__name__": "__main__", "__builtins__": builtins}
 
 
 class _Properties(dict):
-    """A dict that notes its changes, so the engine can tell the controller after the
-    request that made them (the scheduler matches classic ``Task(depend=f)`` against
-    them). Only assignments to the dict itself are noticed, not changes inside a value."""
+    """A dict that notes its changes, sent to the controller after the request that made
+    them (for classic ``Task(depend=f)``). Changes inside a value go unnoticed."""
 
     changed = False
 
@@ -123,9 +119,8 @@ class _Properties(dict):
     del _changed
 
 
-# The properties of this engine, readable and settable by code running on it
-# (`from minipar.engine import properties`); changes are sent to the controller after
-# each request. Values must be plain data (str, numbers, lists, dicts...) to reach it.
+# This engine's properties, for code running on it (`from minipar.engine import
+# properties`). Only plain data (str, numbers, lists, dicts...) reaches the controller.
 properties = _Properties()
 
 
@@ -245,8 +240,7 @@ class Engine:
         self.startup_script = startup_script
         self.startup_command = startup_command
         self._reg = None            # msg_id (bytes) of the registration requests must carry
-        # wakes the main thread to stop or to send `ready` (kept open: the receiver may
-        # write to it until the process ends)
+        # wakes the main thread to stop or send `ready`; never closed (the receiver writes)
         self._wake_r, self._wake_w = os.pipe()
         self._announce = False
         self._aborted = set()       # msg_ids to refuse when they come up
@@ -374,8 +368,8 @@ class Engine:
         header, frames = self.session.msg(
             protocol.REGISTER, uuid=self.ident.decode(), pid=os.getpid(),
             host=socket.gethostname(), python=python, cloudpickle=cloudpickle_version,
-            properties=props, reply_ident=(self.ident + protocol.REPLY_SUFFIX).decode(), id=want,
-            replaces=replaces, log=_log_file())
+            properties=props, reply_ident=(self.ident + protocol.REPLY_SUFFIX).decode(),
+            id=want, replaces=replaces, log=_log_file())
         return header["msg_id"], frames
 
     def _run_startup(self):
@@ -407,9 +401,8 @@ class Engine:
                 timeout = min(timeout, STREAM_INTERVAL_S)
             events = dict(poller.poll(timeout * 1000))
             now = time.monotonic()
-            # Silence counts only while this thread listened: a pass that comes long after
-            # the last (the process was stopped, starved, or its main thread held the GIL)
-            # does not count against the controller, whose beats may still be on their way.
+            # Silence counts only while this thread listened: a pass long after the last
+            # (process stopped or starved, GIL held) is not the controller's silence.
             if now - last_pass > 2 * self.heartbeat_period:
                 last_ping += now - last_pass
             last_pass = now
@@ -456,8 +449,7 @@ class Engine:
         self._stop()
 
     def _send_stream(self, dealer):
-        # executes in the receiver thread: the running request's new output, one
-        # message per stream; the controller forwards it to the submitting client
+        # executes in the receiver thread: the running request's new output and data
         parent, texts = self._streamer.take() or (None, {})
         # well under the cluster's max_message_size, which would cost the engine its
         # connection (a character is at most 4 bytes in UTF-8)
@@ -478,9 +470,8 @@ class Engine:
             dealer.send_multipart(frames)
 
     def _tell_started(self, dealer):
-        # executes in the receiver thread: a request running for STREAM_INTERVAL_S gets
-        # a `started` message (one with a time_limit sent its own); a quicker one's
-        # reply says when it started, so quick tasks cost no message more
+        # executes in the receiver thread: `started` for a request running STREAM_INTERVAL_S
+        # (one with a time_limit sent its own); a quicker one's reply says when it started
         cur = self._current
         if cur is None or cur.deadline is not None or cur.msg_id == self._told_started \
                 or time.time() - cur.started < STREAM_INTERVAL_S:
@@ -491,8 +482,7 @@ class Engine:
         dealer.send_multipart(frames)
 
     def _send_usage(self, dealer):
-        # executes in the receiver thread: CPU time, resident memory and the running
-        # request (its msg_id, function name and start), for rc.status / minipar.top
+        # executes in the receiver thread
         fields = process_usage()
         cur = self._current
         if cur is not None:
@@ -502,9 +492,8 @@ class Engine:
         dealer.send_multipart(frames)
 
     def _checked(self, frames):
-        """(idents, header, parts) of a message from the controller, or None for a
-        refusal notice or a message that fails its check (logged and counted). Both
-        threads use it."""
+        """(idents, header, parts) of a message from the controller (either thread), or
+        None for a refusal notice or a message that fails its check (logged, counted)."""
         if protocol.is_refusal(frames):
             log.error("the controller refused a message: %s", frames[2].bytes.decode())
             return None
@@ -542,10 +531,9 @@ class Engine:
 
     def _on_signal(self, header):
         # executes in the receiver thread. SIGINT (rc.send_signal) interrupts the running
-        # request, as a signal sent to this process would (KeyboardInterrupt, also in a C
-        # call such as time.sleep), but never the engine itself: ignored while idle, like
-        # a kernel's Ctrl-C. Any other signal goes to this process through the main
-        # thread, so a Python handler runs at once and a default action ends it all.
+        # request (KeyboardInterrupt, even in a C call such as time.sleep), never the
+        # engine: ignored while idle, like a kernel's Ctrl-C. Any other signal goes to the
+        # main thread, so a Python handler runs at once and a default action ends it all.
         if header.get("sig") == signal.SIGINT:
             return self._on_interrupt(header)
         signal.pthread_kill(self._main_ident, header["sig"])
@@ -573,9 +561,8 @@ class Engine:
         log.warning("the controller does not know this engine (%s): registering again as "
                     "engine %s", reason, self.id)
         self.stats["registered_again"] += 1
-        # The controller moved (or failed) everything it had sent here: the main thread
-        # drops the queued requests (they carry the old registration), and the running
-        # one stops. Their results would be refused as stale.
+        # The controller moved or failed all it had sent here: the queued requests (of the
+        # old registration) are dropped, the running one stops; their results are stale.
         self._interrupt_current("abort")
         msg_id, frames = self._registration(self.id)
         self._reg = msg_id.encode()
@@ -614,8 +601,7 @@ class Engine:
             self._interrupt_main(cur.msg_id, reason)
 
     def _dropped(self, why):
-        # log the first few, then at powers of two, so a flood of bad messages cannot
-        # flood the log as well
+        # logs the first ten, then at powers of two: a flood of bad messages floods no log
         with self._lock:   # both threads drop messages; += on a Counter is not atomic
             self.stats["dropped"] += 1
             n = self.stats["dropped"]
@@ -685,9 +671,8 @@ class Engine:
         self._outbox.close(linger=1000)
 
     def _run_batch(self, requests):
-        """Run a batch's requests, their replies sent together as batches: the controller
-        reads one message instead of each. A reply waits at most HOLD_S and the request
-        after it; if that one runs long, the receiver thread sends it (_send_held)."""
+        """Run a batch's requests, their replies sent together as batches. A reply waits
+        at most HOLD_S and the next request; behind a long one, the receiver sends it."""
         with self._held_lock:
             self._held = []
         try:
@@ -713,9 +698,8 @@ class Engine:
 
     def _requests(self, frames):
         """The (header, parts) of each request to run in a message (a batch carries
-        several); none if it was refused, sent under an earlier registration (the
-        controller has moved or failed them since), or arrived after shutdown (each is
-        answered as aborted)."""
+        several); none if it was refused, sent under an earlier registration (moved or
+        failed since), or arrived after shutdown (each is answered as aborted)."""
         checked = self._checked(frames)
         if checked is None:
             return ()
@@ -747,8 +731,7 @@ class Engine:
         self._streamer.start(msg_id)
         out, err = _Capture("stdout", self._streamer), _Capture("stderr", self._streamer)
         started = time.time()
-        status = protocol.OK
-        result = None
+        status, result = protocol.OK, None
         sys.stdout, sys.stderr = out, err
         try:
             self.session.check_body(header, parts)
@@ -797,8 +780,7 @@ class Engine:
                 self._interrupt = None
         if properties.changed:  # before the reply: the controller knows them when it arrives
             self._send_properties()
-        completed = time.time()
-        meta = {"started": started, "completed": completed, "stdout": out.getvalue(),
+        meta = {"started": started, "completed": time.time(), "stdout": out.getvalue(),
                 "stderr": err.getvalue(), "execution_count": self.execution_count,
                 "data": data}
         if status != protocol.OK:
@@ -814,8 +796,7 @@ class Engine:
         tb = exc.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
             tb = tb.tb_next  # the user's frames only: the engine's own say nothing to them
-        exc = exc.with_traceback(tb)
-        remote = errors.wrap(exc, info)
+        remote = errors.wrap(exc.with_traceback(tb), info)
         self._send_reply(header, status, protocol.serialize(remote),
                          ename=remote.ename, evalue=remote.evalue, **meta)
 
@@ -894,8 +875,7 @@ class Engine:
 
         The names it uses that cloudpickle captured from the client (modules, constants)
         are added where the namespace lacks them, and refreshed on later calls as long
-        as nothing on the engine (a push, executed code) has replaced them since.
-        """
+        as nothing on the engine (a push, executed code) has replaced them since."""
         if isinstance(f, dependency.dependent):  # @require/@depend: bind what it wraps
             return f._rebind(self._bind)
         if not (isinstance(f, types.FunctionType) and f.__module__ == "__main__"
@@ -924,8 +904,7 @@ class Engine:
         except SyntaxError as e:   # plain Python never gets here, so it pays nothing new
             error = e
         else:
-            exec(compiled, self.user_ns)
-            return
+            return exec(compiled, self.user_ns)
         # outside the except: the SyntaxError is no context of what the IPython path raises
         self._execute_ipython(code, name, error)
 
@@ -951,10 +930,8 @@ class Engine:
                 raise error from None
             raise
         if "get_ipython" not in python:   # only prompts (>>> ) stripped: no shell needed
-            exec(compiled, self.user_ns)
-            return
-        shell = self._shell()
-        with shell.builtin_trap:   # get_ipython() in builtins while the code runs
+            return exec(compiled, self.user_ns)
+        with self._shell().builtin_trap:   # get_ipython() in builtins while the code runs
             exec(compiled, self.user_ns)
 
     def _shell(self):
@@ -1070,9 +1047,8 @@ def _log_file():
 
 
 def _versions():
-    """(Python version as [major, minor, micro], cloudpickle's version): sent at
-    registration, so clients can tell when theirs differ (functions sent by value do
-    not unpickle across Python minor versions)."""
+    """(Python version as [major, minor, micro], cloudpickle's version), sent at
+    registration: functions sent by value do not unpickle across Python minor versions."""
     return list(sys.version_info[:3]), cloudpickle.__version__
 
 

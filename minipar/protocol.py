@@ -77,10 +77,9 @@ REPLAY_HISTORY = 2**16
 # A batch (several messages sent as one, see Session.pack) holds at most this many bytes.
 BATCH_BYTES = 1 << 20
 
-# Largest message accepted by default (bytes), all frames together. Receivers drop larger
-# ones (``Session.check``) and zmq disconnects a peer sending a larger single frame
-# (ZMQ_MAXMSGSIZE); senders refuse to send them (``check_size``). The controller's
-# --max-message-size sets it for the whole cluster through the connection files.
+# Largest message accepted by default (bytes, all frames together): receivers drop larger
+# ones (Session.check), zmq disconnects a peer sending a larger frame (ZMQ_MAXMSGSIZE),
+# senders refuse them (check_size). The controller's --max-message-size sets it for all.
 MAX_MESSAGE_SIZE = 2**31
 
 # Message kinds. A request `x` is answered by `x_reply` (REPLY[x]).
@@ -211,12 +210,11 @@ def unpack_header(data):
 # marshal's type codes (with and without its FLAG_REF bit, 0x80) for the containers it
 # allocates by their count before reading their items: tuple, list, set, frozenset.
 _COUNTED = b"([<>\xa8\xdb\xbc\xbe"
-# One of those bytes followed by a count of 256 or more: where a header has none, every
-# container it may hold claims under 256 items, so marshal can waste at most that many
-# pointers for each container still open when the data runs out (and marshal stops
-# nesting at a depth of 2,000): a few MB at worst. A match is often a float's or a
-# string's bytes, not a container, and then ``_counts_fit`` walks the header to be sure.
-# Most headers (a request's `counts` list is [1, 1]) never need the walk.
+# One of those bytes followed by a count of 256 or more. Where a header has none, marshal
+# can waste at most 255 pointers per container still open when the data runs out (and it
+# stops nesting at a depth of 2,000): a few MB at worst. A match is often a float's or a
+# string's bytes, and then ``_counts_fit`` walks the header to be sure; most headers (a
+# request's `counts` is [1, 1]) never need the walk.
 _LARGE_COUNT = re.compile(rb"[(\[<>\xa8\xdb\xbc\xbe].(?!\x00\x00\x00)", re.S)
 # How many bytes follow each other type code that may appear in plain data: a fixed
 # size, or SIZE1 / SIZE4 (a string of that many bytes follows a 1- or 4-byte length).
@@ -280,11 +278,8 @@ def body_digest(parts, raw=()):
 
 
 class Session:
-    """Signs, verifies and (de)composes messages for one process.
-
-    Each receiving socket keeps its own replay history; one Session per process is
-    enough because signatures are unique per message (each header has a new msg_id).
-    """
+    """Signs, verifies and (de)composes messages. One per process serves every socket's
+    replay history: each header has a new msg_id, so signatures never repeat."""
 
     def __init__(self, key, max_message_size=MAX_MESSAGE_SIZE):
         import hashlib  # see body_digest
@@ -315,9 +310,8 @@ class Session:
     def msg(self, kind, parts=(), parent=None, signed=True, **fields):
         """Build the frames of a new message (without routing ids). Returns (header, frames).
         Fields that are None are left out (readers use ``header.get``): a smaller header
-        is quicker to sign and read, and to hold for each queued task. Not `signed`: for
-        a message that may go in a batch, which is signed as a whole (see pack); one sent
-        on its own goes through ``signed``."""
+        is quicker to sign, read and hold. Not `signed`: for a message that may go in a
+        batch, signed as a whole (see pack); one sent alone goes through ``signed``."""
         header = {"msg_id": new_id(), "kind": kind, "session": self.session}
         if parent is not None:
             header["parent"] = parent
@@ -357,8 +351,7 @@ class Session:
 
         Only the header is verified here (cheap, what a router needs); a receiver that
         will unpickle the parts calls ``check_body`` as well. A refused message is counted
-        in ``dropped`` under one of DROP_REASONS.
-        """
+        in ``dropped`` under one of DROP_REASONS."""
         try:
             return self._check(frames, replay)
         except Exception as e:
@@ -387,10 +380,9 @@ class Session:
     def pack(self, wires):
         """Messages (lists of frames) for `wires`, each a message's frames from the
         delimiter, in order: consecutive ones together as a batch of at most BATCH_BYTES
-        (or half of max_message_size) under one signature. A burst of small messages to
-        one peer then costs once what each would cost (a send and a receive per frame, a
-        signature, a wake-up). Each keeps its own header, and so its own `body` digest.
-        One alone goes as it is, signed here if it came out of a batch (no signature)."""
+        (or half of max_message_size) under one signature, so a burst to one peer costs
+        one send, receive, signature and wake-up. Each keeps its own header and `body`
+        digest. One alone goes as it is, signed here if it was built unsigned."""
         limit = min(BATCH_BYTES, self.max_message_size // 2)
         i = 0
         while i < len(wires):
@@ -524,9 +516,8 @@ def send(sock, wire, idents=()):
 def unpack(frames):
     """`frames` as sent (routing ids, delimiter, signature, header, parts) if their last
     frame is a packed message (see send), else as they are. Packed means at most one
-    routing id before it, which no unpacked message has: it has at least a delimiter,
-    signature and header. A packed frame that does not add up is left as it is, and
-    fails its check as having no delimiter."""
+    routing id before it (an unpacked message has at least three frames). One that does
+    not add up is left as it is, and fails its check as having no delimiter."""
     if len(frames) > 2:
         return frames
     data = _bytes(frames[-1])
@@ -563,9 +554,8 @@ def drain(sock, limit=256):
 def keep(wire, small=1 << 16):
     """A message's frames from the delimiter (`wire`), to hold after handling it: the one
     DELIM, and small frames copied (a zero-copy frame of a small message pins the whole
-    receive batch, 8 KB, libzmq decoded it from). A tuple, which the garbage collector
-    stops tracking once it holds only bytes (held lists it goes through in every pass:
-    90,000 quick tasks, 955 ms in the controller's collector, against 584)."""
+    8 KB receive batch libzmq decoded it from). A tuple, which the garbage collector stops
+    tracking once it holds only bytes (as lists: 955 ms of GC for 90,000 tasks, not 584)."""
     return (DELIM, *[f.bytes if type(f) is zmq.Frame and len(f) < small else f
                      for f in wire[1:]])
 
@@ -642,10 +632,9 @@ _by_value = cloudpickle   # what pickles what must travel by value: see use_seri
 def use_serializer(name):
     """How this process pickles what must travel by value (functions of __main__,
     lambdas, closures, data that refers to them): 'cloudpickle' (the default), 'dill'
-    (when installed, here and on the engines), or 'pickle': nothing by value, so
-    functions travel by reference only (module and name, which the engines import) and
-    one that cannot is refused when sent. The views' and Client's use_cloudpickle(),
-    use_dill() and use_pickle() set it here and on their engines."""
+    (installed here and on the engines), or 'pickle': nothing by value, so a function
+    travels by reference (module and name, which the engines import) or is refused.
+    The views' and Client's use_cloudpickle() etc. set it here and on their engines."""
     global _by_value
     if name == "dill":
         try:
@@ -682,8 +671,7 @@ def serialize_function(f):
     cloudpickle sends a script's function by value, with the globals it uses; that is
     most of a small task's cost. The pickle is reused while the function has no closure,
     every global it names is a module or absent (modules travel by reference), and its
-    code, defaults and those globals are the same objects as when it was cached.
-    """
+    code, defaults and those globals are the same objects as when it was cached."""
     if not isinstance(f, types.FunctionType):
         return serialize(f)
     g = f.__globals__
@@ -727,10 +715,9 @@ _CONSTANT_TYPES = (type(None), bool, int, float, complex, str, bytes)
 def deserialize_function(frames):
     """``deserialize(frames)`` for a function, the one unpickled before reused when the
     same pickle comes again and nothing in it can change between calls: no closure, no
-    attributes, constant defaults, and no global but modules (as ``serialize_function``
-    sends by reference). Unpickling a function by value is most of a small task's cost
-    on an engine; a function with state (a list default, a captured dict) is made anew
-    for each call, as before."""
+    attributes, constant defaults, and no global but modules. Unpickling a function by
+    value is most of a small task's cost on an engine; one with state (a list default,
+    a captured dict) is made anew for each call."""
     if len(frames) != 1:
         return deserialize(frames)
     data = _bytes(frames[0])
@@ -864,8 +851,7 @@ def connect(sock, info, name):
 
     Each socket gets a fresh key pair of its own: the controller does not authenticate
     Curve keys (the cluster key does that, in every message's signature), so Curve
-    only makes the traffic unreadable and untamperable on an untrusted network.
-    """
+    only makes the traffic unreadable and untamperable on an untrusted network."""
     server_key = info.get("curve_serverkey")
     if server_key:
         public, secret = zmq.curve_keypair()
