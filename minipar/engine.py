@@ -543,9 +543,8 @@ class Engine:
         log.info("shutdown requested")
         self._stop()
 
-    # -- registering again: the controller declared this engine dead (it was frozen, or
-    # its heartbeats were lost) or restarted without knowing it. Its heart tells us: the
-    # controller answers a beat from a heart it does not know with an `unregister` notice.
+    # -- registering again: the controller declared this engine dead or restarted without
+    # knowing it, and answered a beat from its heart with an `unregister` notice.
 
     def _on_unregister(self, header):
         # executes in the receiver thread
