@@ -212,8 +212,7 @@ class _Streamer:
         with self._lock:
             if not self._pending:
                 return None
-            pending, self._pending = self._pending, []
-            parent = self.parent
+            pending, parent, self._pending = self._pending, self.parent, []
         texts = {}
         for name, text in pending:
             texts[name] = texts.get(name, "") + text
@@ -352,8 +351,7 @@ class Engine:
             if header["kind"] == protocol.UNREGISTER and header.get("fatal"):
                 raise errors.MiniparError(f"the controller refused this engine: "
                                           f"{header.get('reason')}")
-            if header["kind"] == protocol.REGISTER_REPLY \
-                    and header.get("parent") == msg_id:
+            if header["kind"] == protocol.REGISTER_REPLY and header.get("parent") == msg_id:
                 break
             # else a notice that crossed the registration (the heart beat first): answered
         log.info("registered as engine %d", header["id"])
@@ -585,12 +583,9 @@ class Engine:
 
     # control messages, handled in the receiver thread at once (they overtake queued work)
     _control_handlers = {
-        protocol.ABORT: _on_abort,
-        protocol.INTERRUPT: _on_interrupt,
-        protocol.SIGNAL: _on_signal,
-        protocol.SHUTDOWN: _on_shutdown,
-        protocol.UNREGISTER: _on_unregister,
-        protocol.REGISTER_REPLY: _on_registered,
+        protocol.ABORT: _on_abort, protocol.INTERRUPT: _on_interrupt,
+        protocol.SIGNAL: _on_signal, protocol.SHUTDOWN: _on_shutdown,
+        protocol.UNREGISTER: _on_unregister, protocol.REGISTER_REPLY: _on_registered,
     }
 
     def _interrupt_current(self, reason):
@@ -1024,14 +1019,9 @@ class Engine:
                 "dropped_reasons": dict(self.session.dropped)}
 
     _handlers = {
-        protocol.STATS: _stats,
-        protocol.APPLY: _apply,
-        protocol.EXECUTE: _execute,
-        protocol.PUSH: _push,
-        protocol.PULL: _pull,
-        protocol.KEYS: _keys,
-        protocol.CLEAR: _clear,
-        protocol.PROPERTIES: _properties,
+        protocol.STATS: _stats, protocol.APPLY: _apply, protocol.EXECUTE: _execute,
+        protocol.PUSH: _push, protocol.PULL: _pull, protocol.KEYS: _keys,
+        protocol.CLEAR: _clear, protocol.PROPERTIES: _properties,
     }
 
 
