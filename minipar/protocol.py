@@ -374,8 +374,7 @@ class Session:
             self._seen_order.append(sig)
             if len(self._seen_order) > REPLAY_HISTORY:
                 self._seen.discard(self._seen_order.popleft())
-        header = unpack_header(hb)
-        return idents, header, parts
+        return idents, unpack_header(hb), parts
 
     def pack(self, wires):
         """Messages (lists of frames) for `wires`, each a message's frames from the
@@ -404,14 +403,12 @@ class Session:
                 yield [DELIM, self.sign(hb), hb, *[p for w in batch for p in w[3:]]]
 
     def signed(self, wire):
-        """`wire`, signed if it has no signature of its own (an item of a batch, or a
-        message built unsigned)."""
+        """`wire`, signed if it has no signature (an item of a batch, or built unsigned)."""
         return wire if wire[1] else [DELIM, self.sign(_bytes(wire[2])), *wire[2:]]
 
     def unbatch(self, header, parts):
-        """The (header, parts) of each message a checked message carries: the items of a
-        batch (see pack), else the message itself. Raises ValueError (counted) for a
-        malformed batch."""
+        """The (header, parts) of each message a checked message carries: a batch's items
+        (see pack), else the message itself. Raises ValueError (counted) if malformed."""
         if header["kind"] != BATCH:
             return [(header, parts)]
         hbs, counts = header.get("items"), header.get("nparts")
