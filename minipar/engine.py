@@ -14,13 +14,10 @@ interrupts it (SIGINT to the main thread) to abort a running task or to enforce 
 `time_limit`. Control messages (abort, interrupt, shutdown) overtake queued work; an
 abort is acknowledged once its requests are marked, so the controller answers the client
 only when a queued request it aborted can no longer start.
-What a running request prints, and the data it publishes (``datapub.publish_data``), is
-collected by ``_Streamer`` and sent by the receiver as ``stream`` messages every
-STREAM_INTERVAL_S, so the client sees it as it happens; the reply carries it all again.
-A request still running after STREAM_INTERVAL_S gets a ``started`` message from the
-receiver (so the client's future is running()); a quicker one's reply says when it started.
-Every USAGE_PERIOD_S the receiver also sends a ``usage`` message (CPU time, resident
-memory, the running request and its function's name) for rc.status and minipar.top.
+Every STREAM_INTERVAL_S the receiver sends what the running request printed or published
+(``datapub.publish_data``) as ``stream`` messages (see ``_Streamer``), and ``started``
+for one still running (so the client's future is running()). Every USAGE_PERIOD_S it
+sends ``usage`` (CPU time, memory, the running request) for rc.status and minipar.top.
 
 A task that holds the GIL past its time_limit plus TIME_LIMIT_GRACE_S (one long C call,
 which no interrupt reaches) ends the engine by SIGALRM, with faulthandler's traceback in
@@ -59,34 +56,33 @@ from .top import process_usage
 
 log = logging.getLogger(__name__)
 
+# The receiver and main threads hand the GIL back and forth on every message; with work
+# queued both want it, and the default 5 ms switch interval would cap an engine near
+# 200 tasks/s. 0.1..1 ms is reasonable.
 SWITCH_INTERVAL_S = 0.0005
 REGISTRATION_TIMEOUT_S = 30.0   # how long to wait for the controller to answer registration
 # An engine started beside its controller (`controller & engine`) may look for the
 # connection file before the controller has written it: it waits this long (at most its
 # --timeout) before saying there is none. 2..30 is reasonable.
 CONNECTION_FILE_WAIT_S = 10.0
-# Controller silence (in its heartbeats) before the engine exits: how long it waits for a
-# lost controller to come back (it registers again when it does). Generous, because a
-# loaded machine can starve the receiver thread; 10..100 is reasonable.
+# Controller silence, in its heartbeats, before the engine exits (it registers again with
+# one back sooner). Generous, as load can starve the receiver; 10..100 is reasonable.
 MAX_MISSED_HEARTBEATS = 30
 # How often a running task's new stdout/stderr is sent to its client. Lower is livelier,
 # higher sends fewer messages for chatty tasks; 0.05..1 is reasonable.
 STREAM_INTERVAL_S = 0.1
-# A reply to one of a batch's requests waits this long for the next ones to send with
-# them (see Engine._run_batch); behind a long request, up to STREAM_INTERVAL_S. 3 ms
-# rather than 1: 5-15% less CPU per quick task (fewer, larger batches to the controller);
-# a request that arrives alone is answered at once whatever this is.
+# A reply to one of a batch's requests waits this long for the next ones (behind a long
+# request, up to STREAM_INTERVAL_S; see Engine._run_batch); one arriving alone goes at
+# once. 3 ms rather than 1: 5-15% less CPU per quick task (fewer, larger batches).
 HOLD_S = 0.003
 STREAM_CHUNK_CHARS = 64 * 1024   # most text in one stream message (a larger one is split)
-# A task past its time_limit is interrupted (SIGINT, a KeyboardInterrupt between two
-# bytecodes); code that never returns to the interpreter (one long C call holding the GIL)
-# cannot be, so after this much longer the kernel ends the engine (SIGALRM, whose
-# default action needs no thread of ours to run) and faulthandler leaves the traceback
-# in its log. Time for `finally` blocks to run; 1..60 is reasonable.
+# A task past its time_limit gets SIGINT (a KeyboardInterrupt between two bytecodes);
+# one that no interrupt reaches (one long C call holding the GIL) gets this much longer
+# before SIGALRM, whose default action needs no thread of ours, ends the engine. Time
+# for `finally` blocks to run; 1..60 is reasonable.
 TIME_LIMIT_GRACE_S = 5.0
-# How often the engine tells the controller its CPU time, memory and what it runs (for
-# rc.status and python -m minipar.top): one small message per period, none per task.
-# 0.5..10 is reasonable; the monitor's figures are this old at most.
+# How often the engine sends its CPU time, memory and running request for rc.status and
+# minipar.top: one message, none per task; figures this old at most. 0.5..10 is reasonable.
 USAGE_PERIOD_S = 1.0
 
 _MISSING = object()
@@ -104,9 +100,8 @@ _NS_BASE = {"__name__": "__main__", "__builtins__": builtins}
 
 
 class _Properties(dict):
-    """A dict that notes its changes, so the engine can tell the controller after the
-    request that made them (the scheduler matches classic ``Task(depend=f)`` against
-    them). Only assignments to the dict itself are noticed, not changes inside a value."""
+    """A dict that notes its changes, sent to the controller after the request that made
+    them (for classic ``Task(depend=f)``). Changes inside a value go unnoticed."""
 
     changed = False
 
@@ -128,9 +123,8 @@ class _Properties(dict):
     del _changed
 
 
-# The properties of this engine, readable and settable by code running on it
-# (`from minipar.engine import properties`); changes are sent to the controller after
-# each request. Values must be plain data (str, numbers, lists, dicts...) to reach it.
+# This engine's properties, for code running on it (`from minipar.engine import
+# properties`). Only plain data (str, numbers, lists, dicts...) reaches the controller.
 properties = _Properties()
 
 
@@ -138,23 +132,20 @@ class _Interrupt(BaseException):
     """Raised in the main thread by the SIGINT handler; becomes the right error below."""
 
 
-# The running request: its msg_id, the time.monotonic() deadline of its time_limit
-# (None: no limit), when it started (time.time()) and its kind. Set by the main thread,
-# read by the receiver.
+# The running request, set by the main thread and read by the receiver. deadline: the
+# time.monotonic() its time_limit ends (None: no limit); started: time.time().
 _Running = collections.namedtuple("_Running", "msg_id deadline started kind")
-# What the next SIGINT is for: the request to stop, and why ("abort", "timeout",
-# "interrupt"), which decides the error it ends with.
+# What the next SIGINT is for; `reason` ("abort", "timeout", "interrupt") picks the error.
 _Interruption = collections.namedtuple("_Interruption", "msg_id reason")
-# A registration sent again (see _on_unregister): its msg_id, and since when
-# (time.monotonic()) it waits for its answer.
+# A registration sent again (see _on_unregister); since: its time.monotonic().
 _Registration = collections.namedtuple("_Registration", "msg_id since")
 
 
 class _Capture(io.TextIOBase):
     """A request's stdout or stderr: kept whole for the reply, and handed to the
-    `streamer` (if any) so the client sees it while the request runs."""
+    `streamer` so the client sees it while the request runs."""
 
-    def __init__(self, name="stdout", streamer=None):
+    def __init__(self, name, streamer):
         self.name = name
         self.parts = []
         self._streamer = streamer
@@ -164,7 +155,7 @@ class _Capture(io.TextIOBase):
 
     def write(self, s):
         self.parts.append(s)
-        if self._streamer is not None and s:
+        if s:
             self._streamer.add(self.name, s)
         return len(s)
 
@@ -176,11 +167,9 @@ class _Streamer:
     """The running request's new output, collected from whatever thread prints it and
     sent by the receiver thread as ``stream`` messages every STREAM_INTERVAL_S.
 
-    The receiver sends, not the printing thread: the main thread is busy in user code
-    (a task that prints, then computes for a minute, still shows its line), and other
-    threads may print too. The final reply carries the whole output anyway, so text
-    still pending when the request ends is dropped, not sent after the reply.
-    """
+    The receiver sends, not the printing thread: the main thread may compute for a
+    minute after printing a line, and other threads print too. The reply carries the
+    whole output anyway, so text pending when the request ends is dropped, not sent."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -227,8 +216,7 @@ class _Streamer:
         with self._lock:
             if not self._pending:
                 return None
-            pending, self._pending = self._pending, []
-            parent = self.parent
+            pending, parent, self._pending = self._pending, self.parent, []
         texts = {}
         for name, text in pending:
             texts[name] = texts.get(name, "") + text
@@ -255,8 +243,7 @@ class Engine:
         self.startup_script = startup_script
         self.startup_command = startup_command
         self._reg = None            # msg_id (bytes) of the registration requests must carry
-        # wakes the main thread to stop or to send `ready` (kept open: the receiver may
-        # write to it until the process ends)
+        # wakes the main thread to stop or send `ready`; never closed (the receiver writes)
         self._wake_r, self._wake_w = os.pipe()
         self._announce = False
         self._aborted = set()       # msg_ids to refuse when they come up
@@ -286,25 +273,15 @@ class Engine:
             os.chdir(self.work_dir)
         self.ctx = zmq.Context()
         self._outbox_addr = f"inproc://outbox-{id(self)}"
-        dealer = self.ctx.socket(zmq.DEALER)
-        dealer.identity = self.ident
-        dealer.linger = 1000
-        # No ZMQ_MAXMSGSIZE here: on a connecting socket a frame over it ends the connection
-        # for good (libzmq does not reconnect after a protocol error). The controller
-        # forwards nothing over the cluster's limit, and Session.check refuses it anyway.
-        protocol.connect(dealer, self.info, "engine")
+        dealer = self._new_dealer(self.ident, "engine")
         outbox_in = self.ctx.socket(zmq.PULL)
         outbox_in.bind(self._outbox_addr)
         # main thread: wakes the receiver (b"t": a time limit started; b"": stop)
         self._outbox = self.ctx.socket(zmq.PUSH)
         self._outbox.connect(self._outbox_addr)
-        # Requests arrive on, and replies leave from, a socket of the main thread's own
-        # (the controller knows it as this engine's too): no hand-off between threads on
-        # a request's way in or out. The receiver thread has the control messages.
-        self._sock = self.ctx.socket(zmq.DEALER)
-        self._sock.identity = self.ident + protocol.REPLY_SUFFIX
-        self._sock.linger = 1000
-        protocol.connect(self._sock, self.info, "engine")
+        # the main thread's own socket (see the map above): no hand-off between threads
+        # on a request's way in or out
+        self._sock = self._new_dealer(self.ident + protocol.REPLY_SUFFIX, "engine")
         self._start_heart()
         self.id, self.heartbeat_period = self._register(dealer)
         self._send_ready()
@@ -312,20 +289,25 @@ class Engine:
         signal.signal(signal.SIGINT, self._on_sigint)
         # the time-limit watchdog (TIME_LIMIT_GRACE_S): the traceback, then the default action
         faulthandler.register(signal.SIGALRM, all_threads=True, chain=True)
-        t = threading.Thread(target=self._receiver, args=(dealer, outbox_in),
-                             name="minipar-receiver", daemon=True)
-        t.start()
+        threading.Thread(target=self._receiver, args=(dealer, outbox_in),
+                         name="minipar-receiver", daemon=True).start()
         self._run_startup()
         self._send_properties()
+
+    def _new_dealer(self, identity, name, linger=1000):
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.identity = identity
+        sock.linger = linger
+        # No ZMQ_MAXMSGSIZE here: on a connecting socket a frame over it ends the connection
+        # for good (libzmq does not reconnect after a protocol error). The controller
+        # forwards nothing over the cluster's limit, and Session.check refuses it anyway.
+        return protocol.connect(sock, self.info, name)
 
     def _start_heart(self):
         sub = self.ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         protocol.connect(sub, self.info, "ping")
-        pong = self.ctx.socket(zmq.DEALER)
-        pong.identity = self.ident
-        pong.linger = 0
-        protocol.connect(pong, self.info, "pong")
+        pong = self._new_dealer(self.ident, "pong", linger=0)
         capture = self.ctx.socket(zmq.PUB)
         capture.bind(f"inproc://heart-{id(self)}")
         self._pings = self.ctx.socket(zmq.SUB)   # owned by the receiver thread
@@ -373,8 +355,7 @@ class Engine:
             if header["kind"] == protocol.UNREGISTER and header.get("fatal"):
                 raise errors.MiniparError(f"the controller refused this engine: "
                                           f"{header.get('reason')}")
-            if header["kind"] == protocol.REGISTER_REPLY \
-                    and header.get("parent") == msg_id:
+            if header["kind"] == protocol.REGISTER_REPLY and header.get("parent") == msg_id:
                 break
             # else a notice that crossed the registration (the heart beat first): answered
         log.info("registered as engine %d", header["id"])
@@ -389,8 +370,8 @@ class Engine:
         header, frames = self.session.msg(
             protocol.REGISTER, uuid=self.ident.decode(), pid=os.getpid(),
             host=socket.gethostname(), python=python, cloudpickle=cloudpickle_version,
-            properties=props, reply_ident=(self.ident + protocol.REPLY_SUFFIX).decode(), id=want, replaces=replaces,
-            log=_log_file())
+            properties=props, reply_ident=(self.ident + protocol.REPLY_SUFFIX).decode(),
+            id=want, replaces=replaces, log=_log_file())
         return header["msg_id"], frames
 
     def _run_startup(self):
@@ -422,9 +403,8 @@ class Engine:
                 timeout = min(timeout, STREAM_INTERVAL_S)
             events = dict(poller.poll(timeout * 1000))
             now = time.monotonic()
-            # Silence counts only while this thread listened: a pass that comes long after
-            # the last (the process was stopped, starved, or its main thread held the GIL)
-            # does not count against the controller, whose beats may still be on their way.
+            # Silence counts only while this thread listened: a pass long after the last
+            # (process stopped or starved, GIL held) is not the controller's silence.
             if now - last_pass > 2 * self.heartbeat_period:
                 last_ping += now - last_pass
             last_pass = now
@@ -455,23 +435,23 @@ class Engine:
             if cur is not None and cur.deadline is not None and now >= cur.deadline:
                 self._interrupt_main(cur.msg_id, "timeout")
             if now - last_ping > silence and not self._stopping:
-                log.error("the controller has been silent for %d heartbeats: exiting",
-                          self.max_missed_heartbeats)
-                self.exit_code = 1
-                self._abort_current()   # its result could go nowhere
-                self._stop()
+                self._exit("the controller has been silent for %d heartbeats: exiting",
+                           self.max_missed_heartbeats)
             reg = self._registering
             if reg is not None and now - reg.since > self.registration_timeout \
                     and not self._stopping:
-                log.error("the controller did not answer this engine's registration within "
-                          "%.0f s: exiting", self.registration_timeout)
-                self.exit_code = 1
-                self._abort_current()
-                self._stop()
+                self._exit("the controller did not answer this engine's registration "
+                           "within %.0f s: exiting", self.registration_timeout)
+
+    def _exit(self, why, *args):
+        # executes in the receiver thread: the controller is lost, or refused this engine
+        log.error(why, *args)
+        self.exit_code = 1
+        self._interrupt_current("abort")   # its result could go nowhere
+        self._stop()
 
     def _send_stream(self, dealer):
-        # executes in the receiver thread: the running request's new output, one
-        # message per stream; the controller forwards it to the submitting client
+        # executes in the receiver thread: the running request's new output and data
         parent, texts = self._streamer.take() or (None, {})
         # well under the cluster's max_message_size, which would cost the engine its
         # connection (a character is at most 4 bytes in UTF-8)
@@ -492,21 +472,19 @@ class Engine:
             dealer.send_multipart(frames)
 
     def _tell_started(self, dealer):
-        # executes in the receiver thread: a request running for STREAM_INTERVAL_S gets
-        # a `started` message (one with a time_limit sent its own); a quicker one's
-        # reply says when it started, so quick tasks cost no message more
+        # executes in the receiver thread: `started` for a request running STREAM_INTERVAL_S
+        # (one with a time_limit sent its own); a quicker one's reply says when it started
         cur = self._current
-        if cur is None or cur[1] is not None or cur[0] == self._told_started \
-                or time.time() - cur[2] < STREAM_INTERVAL_S:
+        if cur is None or cur.deadline is not None or cur.msg_id == self._told_started \
+                or time.time() - cur.started < STREAM_INTERVAL_S:
             return
-        self._told_started = cur[0]
-        _, frames = self.session.msg(protocol.STARTED, parent=cur[0], engine=self.id,
-                                     started=cur[2])
+        self._told_started = cur.msg_id
+        _, frames = self.session.msg(protocol.STARTED, parent=cur.msg_id, engine=self.id,
+                                     started=cur.started)
         dealer.send_multipart(frames)
 
     def _send_usage(self, dealer):
-        # executes in the receiver thread: CPU time, resident memory and the running
-        # request (its msg_id, function name and start), for rc.status / minipar.top
+        # executes in the receiver thread
         fields = process_usage()
         cur = self._current
         if cur is not None:
@@ -516,9 +494,8 @@ class Engine:
         dealer.send_multipart(frames)
 
     def _checked(self, frames):
-        """(idents, header, parts) of a message from the controller, or None for a
-        refusal notice or a message that fails its check (logged and counted). Both
-        threads use it."""
+        """(idents, header, parts) of a message from the controller (either thread), or
+        None for a refusal notice or a message that fails its check (logged, counted)."""
         if protocol.is_refusal(frames):
             log.error("the controller refused a message: %s", frames[2].bytes.decode())
             return None
@@ -552,16 +529,13 @@ class Engine:
 
     def _on_interrupt(self, header):
         # executes in the receiver thread
-        cur = self._current
-        if cur is not None:
-            self._interrupt_main(cur.msg_id, "interrupt")
+        self._interrupt_current("interrupt")
 
     def _on_signal(self, header):
         # executes in the receiver thread. SIGINT (rc.send_signal) interrupts the running
-        # request, as a signal sent to this process would (KeyboardInterrupt, also in a C
-        # call such as time.sleep), but never the engine itself: ignored while idle, like
-        # a kernel's Ctrl-C. Any other signal goes to this process through the main
-        # thread, so a Python handler runs at once and a default action ends it all.
+        # request (KeyboardInterrupt, even in a C call such as time.sleep), never the
+        # engine: ignored while idle, like a kernel's Ctrl-C. Any other signal goes to the
+        # main thread, so a Python handler runs at once and a default action ends it all.
         if header.get("sig") == signal.SIGINT:
             return self._on_interrupt(header)
         signal.pthread_kill(self._main_ident, header["sig"])
@@ -571,9 +545,8 @@ class Engine:
         log.info("shutdown requested")
         self._stop()
 
-    # -- registering again: the controller declared this engine dead (it was frozen, or
-    # its heartbeats were lost) or restarted without knowing it. Its heart tells us: the
-    # controller answers a beat from a heart it does not know with an `unregister` notice.
+    # -- registering again: the controller declared this engine dead or restarted without
+    # knowing it, and answered a beat from its heart with an `unregister` notice.
 
     def _on_unregister(self, header):
         # executes in the receiver thread
@@ -581,10 +554,7 @@ class Engine:
         if self._stopping:
             return
         if header.get("fatal"):
-            log.error("the controller refused this engine (%s): exiting", reason)
-            self._abort_current()
-            self.exit_code = 1
-            return self._stop()
+            return self._exit("the controller refused this engine (%s): exiting", reason)
         if self._registering is not None:
             # sent before the controller saw our registration; all such notices arrive
             # before its answer (one connection, in order), so this one is answered
@@ -592,10 +562,9 @@ class Engine:
         log.warning("the controller does not know this engine (%s): registering again as "
                     "engine %s", reason, self.id)
         self.stats["registered_again"] += 1
-        # The controller moved (or failed) everything it had sent here: the main thread
-        # drops the queued requests (they carry the old registration), and the running
-        # one stops. Their results would be refused as stale.
-        self._abort_current()
+        # The controller moved or failed all it had sent here: the queued requests (of the
+        # old registration) are dropped, the running one stops; their results are stale.
+        self._interrupt_current("abort")
         msg_id, frames = self._registration(self.id)
         self._reg = msg_id.encode()
         self._registering = _Registration(msg_id, time.monotonic())
@@ -618,22 +587,19 @@ class Engine:
 
     # control messages, handled in the receiver thread at once (they overtake queued work)
     _control_handlers = {
-        protocol.ABORT: _on_abort,
-        protocol.INTERRUPT: _on_interrupt,
-        protocol.SIGNAL: _on_signal,
-        protocol.SHUTDOWN: _on_shutdown,
-        protocol.UNREGISTER: _on_unregister,
-        protocol.REGISTER_REPLY: _on_registered,
+        protocol.ABORT: _on_abort, protocol.INTERRUPT: _on_interrupt,
+        protocol.SIGNAL: _on_signal, protocol.SHUTDOWN: _on_shutdown,
+        protocol.UNREGISTER: _on_unregister, protocol.REGISTER_REPLY: _on_registered,
     }
 
-    def _abort_current(self):
+    def _interrupt_current(self, reason):
+        # executes in the receiver thread
         cur = self._current
         if cur is not None:
-            self._interrupt_main(cur.msg_id, "abort")
+            self._interrupt_main(cur.msg_id, reason)
 
     def _dropped(self, why):
-        # log the first few, then at powers of two, so a flood of bad messages cannot
-        # flood the log as well
+        # logs the first ten, then at powers of two: a flood of bad messages floods no log
         with self._lock:   # both threads drop messages; += on a Counter is not atomic
             self.stats["dropped"] += 1
             n = self.stats["dropped"]
@@ -703,9 +669,8 @@ class Engine:
         self._outbox.close(linger=1000)
 
     def _run_batch(self, requests):
-        """Run a batch's requests, their replies sent together as batches: the controller
-        reads one message instead of each. A reply waits at most HOLD_S and the request
-        after it; if that one runs long, the receiver thread sends it (_send_held)."""
+        """Run a batch's requests, their replies sent together as batches. A reply waits
+        at most HOLD_S and the next request; behind a long one, the receiver sends it."""
         with self._held_lock:
             self._held = []
         try:
@@ -731,9 +696,8 @@ class Engine:
 
     def _requests(self, frames):
         """The (header, parts) of each request to run in a message (a batch carries
-        several); none if it was refused, sent under an earlier registration (the
-        controller has moved or failed them since), or arrived after shutdown (each is
-        answered as aborted)."""
+        several); none if it was refused, sent under an earlier registration (moved or
+        failed since), or arrived after shutdown (each is answered as aborted)."""
         checked = self._checked(frames)
         if checked is None:
             return ()
@@ -765,8 +729,7 @@ class Engine:
         self._streamer.start(msg_id)
         out, err = _Capture("stdout", self._streamer), _Capture("stderr", self._streamer)
         started = time.time()
-        status = protocol.OK
-        result = None
+        status, result = protocol.OK, None
         sys.stdout, sys.stderr = out, err
         try:
             self.session.check_body(header, parts)
@@ -815,8 +778,7 @@ class Engine:
                 self._interrupt = None
         if properties.changed:  # before the reply: the controller knows them when it arrives
             self._send_properties()
-        completed = time.time()
-        meta = {"started": started, "completed": completed, "stdout": out.getvalue(),
+        meta = {"started": started, "completed": time.time(), "stdout": out.getvalue(),
                 "stderr": err.getvalue(), "execution_count": self.execution_count,
                 "data": data}
         if status != protocol.OK:
@@ -832,8 +794,7 @@ class Engine:
         tb = exc.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
             tb = tb.tb_next  # the user's frames only: the engine's own say nothing to them
-        exc = exc.with_traceback(tb)
-        remote = errors.wrap(exc, info)
+        remote = errors.wrap(exc.with_traceback(tb), info)
         self._send_reply(header, status, protocol.serialize(remote),
                          ename=remote.ename, evalue=remote.evalue, **meta)
 
@@ -912,8 +873,7 @@ class Engine:
 
         The names it uses that cloudpickle captured from the client (modules, constants)
         are added where the namespace lacks them, and refreshed on later calls as long
-        as nothing on the engine (a push, executed code) has replaced them since.
-        """
+        as nothing on the engine (a push, executed code) has replaced them since."""
         if isinstance(f, dependency.dependent):  # @require/@depend: bind what it wraps
             return f._rebind(self._bind)
         if not (isinstance(f, types.FunctionType) and f.__module__ == "__main__"
@@ -942,8 +902,7 @@ class Engine:
         except SyntaxError as e:   # plain Python never gets here, so it pays nothing new
             error = e
         else:
-            exec(compiled, self.user_ns)
-            return
+            return exec(compiled, self.user_ns)
         # outside the except: the SyntaxError is no context of what the IPython path raises
         self._execute_ipython(code, name, error)
 
@@ -969,10 +928,8 @@ class Engine:
                 raise error from None
             raise
         if "get_ipython" not in python:   # only prompts (>>> ) stripped: no shell needed
-            exec(compiled, self.user_ns)
-            return
-        shell = self._shell()
-        with shell.builtin_trap:   # get_ipython() in builtins while the code runs
+            return exec(compiled, self.user_ns)
+        with self._shell().builtin_trap:   # get_ipython() in builtins while the code runs
             exec(compiled, self.user_ns)
 
     def _shell(self):
@@ -1066,14 +1023,9 @@ class Engine:
                 "dropped_reasons": dict(self.session.dropped)}
 
     _handlers = {
-        protocol.STATS: _stats,
-        protocol.APPLY: _apply,
-        protocol.EXECUTE: _execute,
-        protocol.PUSH: _push,
-        protocol.PULL: _pull,
-        protocol.KEYS: _keys,
-        protocol.CLEAR: _clear,
-        protocol.PROPERTIES: _properties,
+        protocol.STATS: _stats, protocol.APPLY: _apply, protocol.EXECUTE: _execute,
+        protocol.PUSH: _push, protocol.PULL: _pull, protocol.KEYS: _keys,
+        protocol.CLEAR: _clear, protocol.PROPERTIES: _properties,
     }
 
 
@@ -1088,9 +1040,8 @@ def _log_file():
 
 
 def _versions():
-    """(Python version as [major, minor, micro], cloudpickle's version): sent at
-    registration, so clients can tell when theirs differ (functions sent by value do
-    not unpickle across Python minor versions)."""
+    """(Python version as [major, minor, micro], cloudpickle's version), sent at
+    registration: functions sent by value do not unpickle across Python minor versions."""
     return list(sys.version_info[:3]), cloudpickle.__version__
 
 
@@ -1136,11 +1087,9 @@ def main(argv=None):
     p.add_argument("--log-level", default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"))
     args = p.parse_args(argv)
     faulthandler.enable()  # a crash leaves its traceback in the log (quoted in EngineError)
-    # The receiver thread and the main thread hand the GIL back and forth on every
-    # message; with work queued both want it, and the default 5 ms switch interval
-    # would cap an engine near 200 tasks/s. 0.1..1 ms is reasonable.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    logging.basicConfig(level="DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level.upper(),
+    level = "DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level.upper()
+    logging.basicConfig(level=level,
                         format=f"%(asctime)s engine[{os.getpid()}] %(levelname)s %(message)s")
     path = args.file or os.path.join(protocol.profile_dir(args.profile, args.profile_dir),
                                      "security", protocol.ENGINE_FILE)

@@ -9,12 +9,9 @@ minipar's except ``errors``. A message is a list of ZeroMQ frames::
                               |              the SHA-256 of the parts (see body_digest)
                               +-- HMAC-SHA256(key, header)
 
-A message of at most PACK_MAX bytes (most of them: requests and replies of small data)
-travels as one frame after its routing ids: PACKED, the count and lengths of the frames
-after the delimiter, then their bytes (see ``send``); ``recv`` and ``Session.split``
-give back the frames above. Each frame costs a send, a receive and a GIL hand-off on
-both sides, so this is the cheaper form; a larger message goes frame by frame, buffers
-uncopied.
+A message of at most PACK_MAX bytes (most requests and replies of small data) travels
+as one frame after its routing ids (see ``send``): each frame costs a send, a receive
+and a GIL hand-off on both sides. A larger message goes frame by frame, buffers uncopied.
 
 The controller reads headers only: it checks the signature over the header and never
 touches the parts, so forwarding a 100 MB push costs it no hashing. The receiver of
@@ -23,17 +20,15 @@ any of them. Every pickle is covered by the digest; an out-of-band buffer (an ar
 raw memory, listed in the header's `raw`) by its length only, as Jupyter's protocol
 leaves buffers unsigned: hashing 100 MB would halve the bulk rate, and a buffer is
 never parsed, so changing one alters data but cannot run code (``--curve`` encrypts and
-authenticates everything). Nothing is unpickled before its signature is verified, and a
-header is plain data (lists, dicts, str, bytes, numbers) in ``marshal``'s format, which
-cannot name a class or function (reading it runs nothing); it too is read only once
-verified.
+authenticates everything). Nothing is unpickled before its signature is verified; a
+header, read only once verified too, is plain data in ``marshal``'s format, which
+cannot name a class or function (reading it runs nothing).
 A refused message is counted under one of DROP_REASONS; messages above the cluster's
 max_message_size are refused on receipt and never sent.
 
 A batch (kind BATCH, made by ``Session.pack``) carries several messages to one peer under
-one signature: its header lists each message's header bytes and part count, and their
-parts follow in order; each keeps its own `body` digest. The controller sends what one
-pass makes for an engine or a client this way, and a client a map's tasks.
+one signature, each with its own header and `body` digest. The controller sends what
+one pass makes for an engine or a client this way, and a client a map's tasks.
 
 ``connect`` adds CurveZMQ encryption when the controller's files ask for it.
 
@@ -47,7 +42,6 @@ pickle as frames of their own, sent with ``copy=False``.
 import collections
 import itertools
 import json
-import logging
 import marshal
 import os
 import pickle
@@ -61,8 +55,6 @@ import cloudpickle
 import zmq
 
 from .errors import SerializationError
-
-log = logging.getLogger(__name__)
 
 DELIM = b"<MINIPAR>"
 REFUSED = b"refused"  # an unsigned notice sent back for a message that failed its check
@@ -85,10 +77,9 @@ REPLAY_HISTORY = 2**16
 # A batch (several messages sent as one, see Session.pack) holds at most this many bytes.
 BATCH_BYTES = 1 << 20
 
-# Largest message accepted by default (bytes), all frames together. Receivers drop larger
-# ones (``Session.check``) and zmq disconnects a peer sending a larger single frame
-# (ZMQ_MAXMSGSIZE); senders refuse to send them (``check_size``). The controller's
-# --max-message-size sets it for the whole cluster through the connection files.
+# Largest message accepted by default (bytes, all frames together): receivers drop larger
+# ones (Session.check), zmq disconnects a peer sending a larger frame (ZMQ_MAXMSGSIZE),
+# senders refuse them (check_size). The controller's --max-message-size sets it for all.
 MAX_MESSAGE_SIZE = 2**31
 
 # Message kinds. A request `x` is answered by `x_reply` (REPLY[x]).
@@ -219,12 +210,11 @@ def unpack_header(data):
 # marshal's type codes (with and without its FLAG_REF bit, 0x80) for the containers it
 # allocates by their count before reading their items: tuple, list, set, frozenset.
 _COUNTED = b"([<>\xa8\xdb\xbc\xbe"
-# One of those bytes followed by a count of 256 or more: where a header has none, every
-# container it may hold claims under 256 items, so marshal can waste at most that many
-# pointers for each container still open when the data runs out (and marshal stops
-# nesting at a depth of 2,000): a few MB at worst. A match is often a float's or a
-# string's bytes, not a container, and then ``_counts_fit`` walks the header to be sure.
-# Most headers (a request's `counts` list is [1, 1]) never need the walk.
+# One of those bytes followed by a count of 256 or more. Where a header has none, marshal
+# can waste at most 255 pointers per container still open when the data runs out (and it
+# stops nesting at a depth of 2,000): a few MB at worst. A match is often a float's or a
+# string's bytes, and then ``_counts_fit`` walks the header to be sure; most headers (a
+# request's `counts` is [1, 1]) never need the walk.
 _LARGE_COUNT = re.compile(rb"[(\[<>\xa8\xdb\xbc\xbe].(?!\x00\x00\x00)", re.S)
 # How many bytes follow each other type code that may appear in plain data: a fixed
 # size, or SIZE1 / SIZE4 (a string of that many bytes follows a 1- or 4-byte length).
@@ -243,8 +233,7 @@ def _counts_fit(data):
     Each item takes at least one byte, so a well-formed header always fits; one that
     fits makes marshal allocate at most a few pointers per byte it reads. marshal's
     values follow one another with no closing marks (but a dict's, a code of its own),
-    so one pass over the type codes finds every count: no recursion, linear time. Only
-    headers that _LARGE_COUNT matches come here."""
+    so one pass over the type codes finds every count: no recursion, linear time."""
     n, i, budget = len(data), 0, len(data)
     follows, counted, unpack = _FOLLOWS, frozenset(_COUNTED), _INT32.unpack_from
     while i < n:
@@ -278,9 +267,8 @@ def _counts_fit(data):
 # ---------------------------------------------------------------- signing
 
 def body_digest(parts, raw=()):
-    """SHA-256 of the parts; of a raw buffer (an array's memory, not parsed by anything),
-    only its length: hashing 100 MB costs more than sending it, and a changed buffer can
-    alter data but never run code. Use --curve where the data must not be altered."""
+    """SHA-256 of the parts; of a raw buffer (index in `raw`), only its length: see the
+    module's docstring for why, and --curve where the data must not be altered."""
     import hashlib  # here, not at import: OpenSSL's binding is a third of `import minipar`
 
     h = hashlib.sha256()
@@ -290,11 +278,8 @@ def body_digest(parts, raw=()):
 
 
 class Session:
-    """Signs, verifies and (de)composes messages for one process.
-
-    Each receiving socket keeps its own replay history; one Session per process is
-    enough because signatures are unique per message (each header has a new msg_id).
-    """
+    """Signs, verifies and (de)composes messages. One per process serves every socket's
+    replay history: each header has a new msg_id, so signatures never repeat."""
 
     def __init__(self, key, max_message_size=MAX_MESSAGE_SIZE):
         import hashlib  # see body_digest
@@ -325,9 +310,8 @@ class Session:
     def msg(self, kind, parts=(), parent=None, signed=True, **fields):
         """Build the frames of a new message (without routing ids). Returns (header, frames).
         Fields that are None are left out (readers use ``header.get``): a smaller header
-        is quicker to sign and read, and to hold for each queued task. Not `signed`: for
-        a message that may go in a batch, which is signed as a whole (see pack); one sent
-        on its own goes through ``signed``."""
+        is quicker to sign, read and hold. Not `signed`: for a message that may go in a
+        batch, signed as a whole (see pack); one sent alone goes through ``signed``."""
         header = {"msg_id": new_id(), "kind": kind, "session": self.session}
         if parent is not None:
             header["parent"] = parent
@@ -367,8 +351,7 @@ class Session:
 
         Only the header is verified here (cheap, what a router needs); a receiver that
         will unpickle the parts calls ``check_body`` as well. A refused message is counted
-        in ``dropped`` under one of DROP_REASONS.
-        """
+        in ``dropped`` under one of DROP_REASONS."""
         try:
             return self._check(frames, replay)
         except Exception as e:
@@ -391,16 +374,14 @@ class Session:
             self._seen_order.append(sig)
             if len(self._seen_order) > REPLAY_HISTORY:
                 self._seen.discard(self._seen_order.popleft())
-        header = unpack_header(hb)
-        return idents, header, parts
+        return idents, unpack_header(hb), parts
 
     def pack(self, wires):
         """Messages (lists of frames) for `wires`, each a message's frames from the
         delimiter, in order: consecutive ones together as a batch of at most BATCH_BYTES
-        (or half of max_message_size) under one signature. A burst of small messages to
-        one peer then costs once what each would cost (a send and a receive per frame, a
-        signature, a wake-up). Each keeps its own header, and so its own `body` digest.
-        One alone goes as it is, signed here if it came out of a batch (no signature)."""
+        (or half of max_message_size) under one signature, so a burst to one peer costs
+        one send, receive, signature and wake-up. Each keeps its own header and `body`
+        digest. One alone goes as it is, signed here if it was built unsigned."""
         limit = min(BATCH_BYTES, self.max_message_size // 2)
         i = 0
         while i < len(wires):
@@ -422,14 +403,12 @@ class Session:
                 yield [DELIM, self.sign(hb), hb, *[p for w in batch for p in w[3:]]]
 
     def signed(self, wire):
-        """`wire`, signed if it has no signature of its own (an item of a batch, or a
-        message built unsigned)."""
+        """`wire`, signed if it has no signature (an item of a batch, or built unsigned)."""
         return wire if wire[1] else [DELIM, self.sign(_bytes(wire[2])), *wire[2:]]
 
     def unbatch(self, header, parts):
-        """The (header, parts) of each message a checked message carries: the items of a
-        batch (see pack), else the message itself. Raises ValueError (counted) for a
-        malformed batch."""
+        """The (header, parts) of each message a checked message carries: a batch's items
+        (see pack), else the message itself. Raises ValueError (counted) if malformed."""
         if header["kind"] != BATCH:
             return [(header, parts)]
         hbs, counts = header.get("items"), header.get("nparts")
@@ -513,11 +492,10 @@ _MORE = int(zmq.SNDMORE)
 def send(sock, wire, idents=()):
     """Send a message: routing `idents`, then `wire` (its frames from the delimiter).
 
-    A small message (all of `wire` at most PACK_MAX bytes, the common case) leaves as one
-    frame, PACKED and the frames' lengths before their bytes, instead of one per part:
-    every frame costs a send, a receive and a GIL hand-off on each side. ``recv`` gives
-    the frames back. Larger ones go frame by frame, buffers without a copy. Without
-    pyzmq's ``send_multipart``, whose per-frame flag arithmetic is most of a small send."""
+    A message of at most PACK_MAX bytes leaves as one frame: PACKED, the count and
+    lengths of the frames after the delimiter, then their bytes (``recv`` gives the
+    frames back). Larger ones go frame by frame, buffers without a copy. Not pyzmq's
+    ``send_multipart``, whose per-frame flag arithmetic is most of a small send."""
     s = sock.send
     for i in idents:
         s(i, _MORE, copy=False)
@@ -535,9 +513,8 @@ def send(sock, wire, idents=()):
 def unpack(frames):
     """`frames` as sent (routing ids, delimiter, signature, header, parts) if their last
     frame is a packed message (see send), else as they are. Packed means at most one
-    routing id before it, which no unpacked message has: it has at least a delimiter,
-    signature and header. A packed frame that does not add up is left as it is, and
-    fails its check as having no delimiter."""
+    routing id before it (an unpacked message has at least three frames). One that does
+    not add up is left as it is, and fails its check as having no delimiter."""
     if len(frames) > 2:
         return frames
     data = _bytes(frames[-1])
@@ -574,9 +551,8 @@ def drain(sock, limit=256):
 def keep(wire, small=1 << 16):
     """A message's frames from the delimiter (`wire`), to hold after handling it: the one
     DELIM, and small frames copied (a zero-copy frame of a small message pins the whole
-    receive batch, 8 KB, libzmq decoded it from). A tuple, which the garbage collector
-    stops tracking once it holds only bytes (held lists it goes through in every pass:
-    90,000 quick tasks, 955 ms in the controller's collector, against 584)."""
+    8 KB receive batch libzmq decoded it from). A tuple, which the garbage collector stops
+    tracking once it holds only bytes (as lists: 955 ms of GC for 90,000 tasks, not 584)."""
     return (DELIM, *[f.bytes if type(f) is zmq.Frame and len(f) < small else f
                      for f in wire[1:]])
 
@@ -653,10 +629,9 @@ _by_value = cloudpickle   # what pickles what must travel by value: see use_seri
 def use_serializer(name):
     """How this process pickles what must travel by value (functions of __main__,
     lambdas, closures, data that refers to them): 'cloudpickle' (the default), 'dill'
-    (when installed, here and on the engines), or 'pickle': nothing by value, so
-    functions travel by reference only (module and name, which the engines import) and
-    one that cannot is refused when sent. The views' and Client's use_cloudpickle(),
-    use_dill() and use_pickle() set it here and on their engines."""
+    (installed here and on the engines), or 'pickle': nothing by value, so a function
+    travels by reference (module and name, which the engines import) or is refused.
+    The views' and Client's use_cloudpickle() etc. set it here and on their engines."""
     global _by_value
     if name == "dill":
         try:
@@ -693,8 +668,7 @@ def serialize_function(f):
     cloudpickle sends a script's function by value, with the globals it uses; that is
     most of a small task's cost. The pickle is reused while the function has no closure,
     every global it names is a module or absent (modules travel by reference), and its
-    code, defaults and those globals are the same objects as when it was cached.
-    """
+    code, defaults and those globals are the same objects as when it was cached."""
     if not isinstance(f, types.FunctionType):
         return serialize(f)
     g = f.__globals__
@@ -726,11 +700,8 @@ def deserialize(frames):
 
 
 def deserialize_many(frames, counts):
-    out, i = [], 0
-    for n in counts:
-        out.append(deserialize(frames[i:i + n]))
-        i += n
-    return out
+    starts = itertools.accumulate(counts, initial=0)
+    return [deserialize(frames[i:i + n]) for i, n in zip(starts, counts)]
 
 
 _loaded_functions = {}   # pickle -> function: see deserialize_function
@@ -741,10 +712,9 @@ _CONSTANT_TYPES = (type(None), bool, int, float, complex, str, bytes)
 def deserialize_function(frames):
     """``deserialize(frames)`` for a function, the one unpickled before reused when the
     same pickle comes again and nothing in it can change between calls: no closure, no
-    attributes, constant defaults, and no global but modules (as ``serialize_function``
-    sends by reference). Unpickling a function by value is most of a small task's cost
-    on an engine; a function with state (a list default, a captured dict) is made anew
-    for each call, as before."""
+    attributes, constant defaults, and no global but modules. Unpickling a function by
+    value is most of a small task's cost on an engine; one with state (a list default,
+    a captured dict) is made anew for each call."""
     if len(frames) != 1:
         return deserialize(frames)
     data = _bytes(frames[0])
@@ -878,12 +848,9 @@ def connect(sock, info, name):
 
     Each socket gets a fresh key pair of its own: the controller does not authenticate
     Curve keys (the cluster key does that, in every message's signature), so Curve
-    only makes the traffic unreadable and untamperable on an untrusted network.
-    """
+    only makes the traffic unreadable and untamperable on an untrusted network."""
     server_key = info.get("curve_serverkey")
     if server_key:
-        import zmq
-
         public, secret = zmq.curve_keypair()
         sock.curve_serverkey = server_key.encode()
         sock.curve_publickey = public
