@@ -938,13 +938,6 @@ class Controller:
                 self.stats["dropped"] += 1
                 log.warning("dropped part of broadcast %s: %s", header["msg_id"], e)
 
-    def _properties(self, idents, header, parts):
-        eid = header.get("engine")
-        if eid not in self.engines:
-            return self._reply(idents, header, status=ERROR,
-                               error=("EngineError", f"engine {eid} is not registered"))
-        self._reply(idents, header, status=OK, properties=self.engines[eid]["properties"])
-
     # ------------------------------------------------------------ resubmit, db_query
 
     def _resubmit(self, idents, header, parts):
