@@ -151,8 +151,10 @@ class Controller:
         self._handlers = {s["client"]: self._on_client, s["engine"]: self._on_engine,
                           s["pong"]: self._on_pong}
         self._recover(time.monotonic())
-        self._write_connection_files()
-        log.info("minipar controller ready: %s", protocol.url(self.info, "client"))
+        info = self.info
+        for path in (self.client_file, self.engine_file):
+            protocol.write_connection_file(path, info)
+        log.info("minipar controller ready: %s", protocol.url(info, "client"))
 
     # ------------------------------------------------------------ restart (--db sqlite)
 
@@ -206,11 +208,6 @@ class Controller:
         if self.curve:
             info["curve_serverkey"] = self.curve[0].decode()
         return info
-
-    def _write_connection_files(self):
-        info = self.info
-        protocol.write_connection_file(self.client_file, info)
-        protocol.write_connection_file(self.engine_file, info)
 
     def close(self):
         self.db.close()
@@ -277,9 +274,10 @@ class Controller:
             # powers of two, so a flood of bad messages cannot flood the log as well
             n = self.session.dropped[protocol.drop_reason(e)]
             if n <= 10 or not n & (n - 1) or log.isEnabledFor(logging.DEBUG):
+                name = next((k for k, s in self.sockets.items() if s is sock), "?")
                 log.warning("refused a message on the %s socket: %s (a peer with the wrong "
                             "key, or a corrupt message; %d refused for this reason so far)",
-                            self._name(sock), reason, n)
+                            name, reason, n)
             try:
                 idents, *_ = self.session.split(frames)
             except ValueError:
@@ -287,9 +285,6 @@ class Controller:
             if sock.type == zmq.ROUTER and idents:
                 sock.send_multipart(protocol.refusal(idents[:1], reason), zmq.NOBLOCK)
             return None
-
-    def _name(self, sock):
-        return next((n for n, s in self.sockets.items() if s is sock), "?")
 
     # ------------------------------------------------------------ heartbeat
 
@@ -357,16 +352,13 @@ class Controller:
             self._send(self.sockets["engine"], [ident], protocol.UNREGISTER,
                        reason="this engine is not registered (declared dead?)")
             return
-        engine = self.engines[eid]
-        engine["last_beat"] = self._beat  # any message is a sign of life
+        self.engines[eid]["last_beat"] = self._beat  # any message is a sign of life
         for header, parts, wire in self._items(header, parts, frames[len(idents):]):
-            self._on_engine_message(eid, header, parts, wire)
-
-    def _on_engine_message(self, eid, header, parts, wire):
-        handler = self._engine_handlers.get(header["kind"])
-        if handler is None:   # the common case: a reply to a request
-            return self._on_reply(eid, header, parts, wire)
-        handler(self, eid, header, parts, wire)
+            handler = self._engine_handlers.get(header["kind"])
+            if handler is None:   # the common case: a reply to a request
+                self._on_reply(eid, header, parts, wire)
+            else:
+                handler(self, eid, header, parts, wire)
 
     def _on_unregister(self, eid, header, parts, wire):
         self._remove_engine(eid, died=False)
