@@ -30,6 +30,8 @@ previous controller left pending. ``--curve`` encrypts every socket with CurveZM
 
 import argparse
 import collections
+import contextlib
+import json
 import logging
 import os
 import signal
@@ -84,7 +86,8 @@ class Controller:
         self.engine_file = os.path.join(sec, protocol.ENGINE_FILE)
         key = None
         if reuse and os.path.exists(self.client_file):
-            old = _load_json(self.client_file)
+            with open(self.client_file) as f:
+                old = json.load(f)
             key = old.get("key")
             for name, p in old.get("ports", {}).items():
                 self.ports.setdefault(name, p)
@@ -213,10 +216,8 @@ class Controller:
         self.db.close()
         if not self.reuse:
             for f in (self.client_file, self.engine_file, self.curve_file):
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(f)
-                except FileNotFoundError:
-                    pass
         for sock in self.sockets.values():
             sock.close(linger=0)
         self.ctx.term()
@@ -1000,10 +1001,8 @@ def _give_back_memory():
     import gc
 
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).malloc_trim(0)   # glibc's; elsewhere there is none to call
-    except (OSError, AttributeError):
-        pass
 
 
 EPITAPH_LINES = 12   # the end of a dead engine's log quoted in its EngineErrors (or from
@@ -1132,13 +1131,6 @@ def _depend(header):
     return f
 
 
-def _load_json(path):
-    import json
-
-    with open(path) as f:
-        return json.load(f)
-
-
 CURVE_FILE = "minipar-curve.json"   # the controller's own Curve key pair, 0600, for --reuse
 
 
@@ -1149,7 +1141,8 @@ def _curve_keys(path, reuse):
         raise errors.MiniparError("--curve needs a libzmq built with CurveZMQ (libsodium), "
                                   "and this pyzmq's has none: install pyzmq's wheel")
     if reuse and os.path.exists(path):
-        keys = _load_json(path)
+        with open(path) as f:
+            keys = json.load(f)
         return keys["public"].encode(), keys["secret"].encode()
     public, secret = zmq.curve_keypair()
     protocol.write_connection_file(path, {"public": public.decode(), "secret": secret.decode()})
