@@ -411,13 +411,12 @@ class Controller:
                 self._next_id += 1
             eid = self._next_id
         self._next_id = max(self._next_id, eid + 1)
-        now = time.time()
         # requests go to the engine's main thread's socket, if it has one of its own
         work_ident = str(header.get("reply_ident") or "").encode() or ident
-        self.engines[eid] = {
+        engine = self.engines[eid] = {
             "id": eid, "ident": ident, "pid": header.get("pid"),
             "host": header.get("host"), "python": header.get("python"),
-            "cloudpickle": header.get("cloudpickle"), "registered": now,
+            "cloudpickle": header.get("cloudpickle"), "registered": time.time(),
             "log": header.get("log"),
             # a new engine has full liveness from its registration's beat
             "last_beat": self._beat,
@@ -432,7 +431,6 @@ class Controller:
         self._by_ident[ident] = eid
         self._by_ident[work_ident] = eid
         self.tally.lost.pop(eid, None)
-        engine = self.engines[eid]
         self._send(self.sockets["engine"], [ident], protocol.REGISTER_REPLY,
                    parent=header["msg_id"], id=eid, heartbeat_period=self.heartbeat_period,
                    heartbeat_liveness=self.heartbeat_liveness)
@@ -463,16 +461,16 @@ class Controller:
             self._epitaphs[eid] = _epitaph(engine)
             if len(self._epitaphs) > 100:   # bounded: the oldest go
                 del self._epitaphs[next(iter(self._epitaphs))]
-        timed_out = set()
+        timed_out = {}   # msg_id -> why, for the ones past their time_limit
         self.tally.engine_lost(engine, died, now)
         for msg_id in list(engine["outstanding"]):
             rec = self.db.get(msg_id)
             if rec is None:
                 continue
             if died and rec["status"] == PENDING and self._timed_out(rec, now):
-                timed_out.add(msg_id)
+                timed_out[msg_id] = _ended_for_time_limit(rec, eid)
                 if not rec["lb"]:
-                    self._fail(rec, "TaskTimeout", _ended_for_time_limit(rec, eid))
+                    self._fail(rec, "TaskTimeout", timed_out[msg_id])
                     continue
             if rec["lb"]:
                 rec["attempts"] = [*rec["attempts"], {
@@ -488,8 +486,7 @@ class Controller:
         if died:
             self._send(self.sockets["engine"], [engine["ident"]], protocol.UNREGISTER,
                        reason="declared dead: missed heartbeats")
-        why = {m: _ended_for_time_limit(self.db.get(m), eid) for m in timed_out}
-        self._act(self.scheduler.engine_removed(eid, time.monotonic(), why))
+        self._act(self.scheduler.engine_removed(eid, time.monotonic(), timed_out))
 
     # ------------------------------------------------------------ clients
 
