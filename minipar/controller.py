@@ -176,17 +176,18 @@ class Controller:
             return
         again = 0
         for rec in left:
-            session = _header(rec).get("session")
+            header = _header(rec)
+            session = header.get("session")
             if session and rec.get("client"):
                 self._clients.setdefault(session, rec["client"])
             rec.update(engine=None, watchers=None, attempts=[*(rec.get("attempts") or ()), {
                 "engine": None, "status": "controller_restart", "started": None,
                 "completed": time.time(), "ename": "EngineError"}])
             self.db.add(rec)   # live again: the next attempt is re-signed, as a retry is
-            retries = _header(rec).get("retries") or 0
-            if rec["lb"] and retries > 0 and not _request_problem(_header(rec)):
+            retries = header.get("retries") or 0
+            if rec["lb"] and retries > 0 and not _request_problem(header):
                 try:
-                    task = dict(_task(_header(rec)), retries=retries - 1)
+                    task = dict(_task(header), retries=retries - 1)
                 except errors.InvalidDependency as e:
                     self._fail(rec, "InvalidDependency", str(e))
                     continue
@@ -783,9 +784,8 @@ class Controller:
         status = self.scheduler.status()
         per = {}
         for eid, e in self.engines.items():
-            sched = status["engines"].get(eid, {})
             # as ipyparallel: queue = direct requests, tasks = load-balanced ones on it
-            tasks = sched.get("queue", 0)
+            tasks = status["engines"].get(eid, {}).get("queue", 0)
             per[eid] = {"queue": max(0, len(e["outstanding"]) - tasks), "tasks": tasks,
                         "completed": e["completed"]}
         targets = header.get("targets")
@@ -839,8 +839,9 @@ class Controller:
             msg_ids = [r["msg_id"] for r in self.db.records()
                        if r["status"] != PENDING and r["engine"] in targets]
         kept = [m for m in msg_ids if not self.db.drop(m)]
-        self._reply(idents, header, status=OK, purged=len(msg_ids) - len(kept), pending=kept)
-        if len(msg_ids) - len(kept) >= 1000:
+        purged = len(msg_ids) - len(kept)
+        self._reply(idents, header, status=OK, purged=purged, pending=kept)
+        if purged >= 1000:
             _give_back_memory()
 
     def _abort(self, idents, header, parts):
@@ -885,8 +886,7 @@ class Controller:
 
     def _shutdown(self, idents, header, parts):
         targets = header.get("targets")
-        targets = sorted(self.engines) if targets is None else targets
-        for eid in targets:
+        for eid in sorted(self.engines) if targets is None else targets:
             if eid in self.engines:
                 self._send(self.sockets["engine"], [self.engines[eid]["ident"]],
                            protocol.SHUTDOWN)
