@@ -11,9 +11,9 @@ The hub reads headers only (``protocol.Session.check``); request and result part
 through untouched. Direct requests name their engine in the header (`engine`);
 load-balanced ones (`lb`) go to the ``scheduler.Scheduler``, whose decisions the hub
 carries out in ``_act``. Every request gets a record in the DB (``--db``: ``DictDB``,
-``SQLiteDB`` or ``NoDB``, in ``records``, whose docstring has the record's keys; ``db_query``
-searches them), and every record reaches a final state: the engine's
-reply, or an error the hub makes itself (engine died, aborted, impossible dependency).
+``SQLiteDB`` or ``NoDB``, in ``records``, whose docstring has the record's keys;
+``db_query`` searches them), and every record reaches a final state: the engine's reply,
+or an error the hub makes itself (engine died, aborted, impossible dependency).
 
 Timers (heartbeat, scheduler deadlines) are deadlines checked after each poll, not threads.
 ``loop_once(now)`` is one pass; tests may call it by hand. Deadlines and the scheduler's
@@ -55,6 +55,8 @@ HEARTBEAT_LIVENESS = 5     # missed beats before an engine is dead; 3..10 is rea
 # Parts held once however many queued requests have them (see _submit): at most this
 # many, of at most this size (a few MB in all).
 SHARED_PARTS, SHARED_PART_MAX = 256, 8192
+
+CURVE_FILE = "minipar-curve.json"   # the controller's own Curve key pair, 0600, for --reuse
 
 # A client's abort waiting for engines to mark its requests (see _abort): the client's
 # routing ids and request header, the engines not heard from yet (a set, emptied as they
@@ -984,12 +986,6 @@ class Controller:
     }
 
 
-# ---------------------------------------------------------------- header checks
-#
-# A header's signature proves who sent it, not that its fields make sense. A field of the
-# wrong type would fail deep in the scheduler, after a record was half made; these checks
-# turn it into an error result for that request (or a refused registration) instead.
-
 def _give_back_memory():
     """After a large purge: hand the freed memory back to the system, as far as CPython
     allows (what the C allocator keeps of freed blocks; pymalloc returns an arena only
@@ -1032,6 +1028,12 @@ def _ended_for_time_limit(rec, eid):
             "code that an interrupt cannot stop (a long call in C holding the GIL), so "
             f"engine {eid} was ended; raise time_limit or split the work")
 
+
+# ---------------------------------------------------------------- header checks
+#
+# A header's signature proves who sent it, not that its fields make sense. A field of the
+# wrong type would fail deep in the scheduler, after a record was half made; these checks
+# turn it into an error result for that request (or a refused registration) instead.
 
 def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
@@ -1126,9 +1128,6 @@ def _depend(header):
             f"task {header['msg_id']}: depend must be a function of the engine's properties, "
             f"not {type(f).__name__}")
     return f
-
-
-CURVE_FILE = "minipar-curve.json"   # the controller's own Curve key pair, 0600, for --reuse
 
 
 def _curve_keys(path, reuse):
