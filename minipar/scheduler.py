@@ -135,7 +135,6 @@ _TRANSITIONS = {
 }
 
 
-
 # Decisions (see the module docstring): the action, then its task and arguments.
 RUN, DONE, FAIL, RECOVER, ABORT = "run", "done", "fail", "recover", "abort"
 Run = collections.namedtuple("Run", "action msg_id engine")
@@ -195,11 +194,10 @@ def _spec(raw):
     """A dependency as given (a dict with "ids", or a plain list of ids) -> spec or None."""
     if not raw:
         return None
-    if isinstance(raw, dict):
-        spec = {"ids": frozenset(raw.get("ids") or ()), "all": raw.get("all", True),
-                "success": raw.get("success", True), "failure": raw.get("failure", False)}
-    else:
-        spec = {"ids": frozenset(raw), "all": True, "success": True, "failure": False}
+    if not isinstance(raw, dict):
+        raw = {"ids": raw}
+    spec = {"ids": frozenset(raw.get("ids") or ()), "all": raw.get("all", True),
+            "success": raw.get("success", True), "failure": raw.get("failure", False)}
     return spec if spec["ids"] else None
 
 
@@ -275,9 +273,9 @@ class Scheduler:
 
     def engine_added(self, engine_id, now, properties=None):
         """A new engine: at the head of the line, and tasks waiting for it may run."""
-        out = []
         if engine_id in self._engines:
             return self.set_properties(engine_id, properties or {}, now)
+        out = []
         cap = AUTO_HWM if self.hwm is None else self.hwm or math.inf
         self._engines[engine_id] = {"tasks": {}, "completed": 0, "cap": cap,
                                     "properties": dict(properties or {})}
