@@ -202,9 +202,8 @@ def _spec(raw):
 
 
 class _Task:
-    """A task's state, read and written as ``t["key"]`` like the plain dicts it stands
-    for (`_tasks` in the module docstring): slots, because thousands may be queued and a
-    dict of its 19 keys costs twice as much."""
+    """A task's state (`_tasks` in the module docstring), read and written as ``t["key"]``;
+    slots, because thousands may be queued and a dict of 19 keys costs twice as much."""
 
     __slots__ = ("msg_id", "seq", "state", "gen", "targets", "depend", "after", "follow",
                  "timeout", "deadline", "retries", "failed_on", "unmet", "recovery", "woke",
@@ -373,9 +372,8 @@ class Scheduler:
 
     def _submit_plain(self, msg_id, out):
         """submit() of a task with nothing to wait for and nowhere it must run (the common
-        case): the same decisions as the general path, without its resolving of
-        dependencies, targets and recovery. While nothing is queued, an engine with room
-        takes it at once; else it is queued behind the others, as any task is."""
+        case): the general path's decisions, without resolving dependencies, targets and
+        recovery."""
         t = _Task(msg_id, next(self._seq), None, None, None, None, None, 0, None)
         self._tasks[msg_id] = t
         engines = self._engines
