@@ -1191,16 +1191,6 @@ def pick_ports(ip, candidates):
         "give a wider --ports range, or stop what uses them")
 
 
-def _profile_holder(profile, profile_dir):
-    """Why this controller may not start: another one, alive, holds the profile (with
-    --reuse too: it would bind the same ports). Checked before anything is written."""
-    from .launcher import held_profile_message, live_controller  # only here, at startup
-
-    pdir = protocol.profile_dir(profile, profile_dir)
-    info = live_controller(pdir)
-    return held_profile_message(info, pdir) if info else None
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(prog=f"python -m {__spec__.name if __spec__ else 'controller'}",
                                 description="Start a minipar controller.")
@@ -1245,9 +1235,13 @@ def main(argv=None):
     args = p.parse_args(argv)
     logging.basicConfig(level="DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level.upper(),
                         format="%(asctime)s controller %(levelname)s %(message)s")
-    held = _profile_holder(args.profile, args.profile_dir)
-    if held:
-        log.error("%s", held)
+    # another live controller holding the profile stops this one (with --reuse too: it
+    # would bind the same ports), before anything is written
+    from .launcher import held_profile_message, live_controller  # only here, at startup
+    pdir = protocol.profile_dir(args.profile, args.profile_dir)
+    holder = live_controller(pdir)
+    if holder:
+        log.error("%s", held_profile_message(holder, pdir))
         return 1
     try:
         ports = pick_ports(args.ip, parse_ports(args.ports)) if args.ports else None
