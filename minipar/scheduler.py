@@ -68,7 +68,7 @@ State (dicts, and `_Task`s read like dicts; every state change goes through ``_s
 Policies where the seeds leave a choice:
 
 - A retry waits for a live engine where the task has not failed, even a busy one; only
-  when every engine it may use has failed it does it go back to one of those.
+  when every engine it may use has failed does it go back to one of those.
 - An unmet functional dependency excludes that engine for good; once every live engine
   it may use is excluded, ImpossibleDependency. With no engine at all, tasks just wait.
 - Targets that are all gone (or, with engines present, none registered) fail the task.
@@ -81,10 +81,6 @@ Queue entries are never searched for or removed in the middle: an entry whose ta
 READY, or whose ``gen`` is old, is dropped when it reaches the head. So submit and finished
 cost O(engines) plus heap operations, whatever the number of waiting tasks; only engine
 arrival, departure and property changes re-examine the tasks restricted to some engines.
-
-Memory: a final task leaves ``_tasks``; dependents still need its outcome, so the last
-``history`` outcomes stay in ``_done`` and older ones are asked of ``lookup`` (the
-controller's database).
 """
 
 import collections
