@@ -11,9 +11,9 @@ The hub reads headers only (``protocol.Session.check``); request and result part
 through untouched. Direct requests name their engine in the header (`engine`);
 load-balanced ones (`lb`) go to the ``scheduler.Scheduler``, whose decisions the hub
 carries out in ``_act``. Every request gets a record in the DB (``--db``: ``DictDB``,
-``SQLiteDB`` or ``NoDB``, in ``records``, whose docstring has the record's keys; ``db_query``
-searches them), and every record reaches a final state: the engine's
-reply, or an error the hub makes itself (engine died, aborted, impossible dependency).
+``SQLiteDB`` or ``NoDB``, in ``records``, whose docstring has the record's keys;
+``db_query`` searches them), and every record reaches a final state: the engine's reply,
+or an error the hub makes itself (engine died, aborted, impossible dependency).
 
 Timers (heartbeat, scheduler deadlines) are deadlines checked after each poll, not threads.
 ``loop_once(now)`` is one pass; tests may call it by hand. Deadlines and the scheduler's
@@ -30,6 +30,8 @@ previous controller left pending. ``--curve`` encrypts every socket with CurveZM
 
 import argparse
 import collections
+import contextlib
+import json
 import logging
 import os
 import signal
@@ -53,6 +55,8 @@ HEARTBEAT_LIVENESS = 5     # missed beats before an engine is dead; 3..10 is rea
 # Parts held once however many queued requests have them (see _submit): at most this
 # many, of at most this size (a few MB in all).
 SHARED_PARTS, SHARED_PART_MAX = 256, 8192
+
+CURVE_FILE = "minipar-curve.json"   # the controller's own Curve key pair, 0600, for --reuse
 
 # A client's abort waiting for engines to mark its requests (see _abort): the client's
 # routing ids and request header, the engines not heard from yet (a set, emptied as they
@@ -84,7 +88,8 @@ class Controller:
         self.engine_file = os.path.join(sec, protocol.ENGINE_FILE)
         key = None
         if reuse and os.path.exists(self.client_file):
-            old = _load_json(self.client_file)
+            with open(self.client_file) as f:
+                old = json.load(f)
             key = old.get("key")
             for name, p in old.get("ports", {}).items():
                 self.ports.setdefault(name, p)
@@ -151,8 +156,10 @@ class Controller:
         self._handlers = {s["client"]: self._on_client, s["engine"]: self._on_engine,
                           s["pong"]: self._on_pong}
         self._recover(time.monotonic())
-        self._write_connection_files()
-        log.info("minipar controller ready: %s", protocol.url(self.info, "client"))
+        info = self.info
+        for path in (self.client_file, self.engine_file):
+            protocol.write_connection_file(path, info)
+        log.info("minipar controller ready: %s", protocol.url(info, "client"))
 
     # ------------------------------------------------------------ restart (--db sqlite)
 
@@ -171,17 +178,18 @@ class Controller:
             return
         again = 0
         for rec in left:
-            session = _header(rec).get("session")
+            header = _header(rec)
+            session = header.get("session")
             if session and rec.get("client"):
                 self._clients.setdefault(session, rec["client"])
             rec.update(engine=None, watchers=None, attempts=[*(rec.get("attempts") or ()), {
                 "engine": None, "status": "controller_restart", "started": None,
                 "completed": time.time(), "ename": "EngineError"}])
             self.db.add(rec)   # live again: the next attempt is re-signed, as a retry is
-            retries = _header(rec).get("retries") or 0
-            if rec["lb"] and retries > 0 and not _request_problem(_header(rec)):
+            retries = header.get("retries") or 0
+            if rec["lb"] and retries > 0 and not _request_problem(header):
                 try:
-                    task = dict(_task(_header(rec)), retries=retries - 1)
+                    task = dict(_task(header), retries=retries - 1)
                 except errors.InvalidDependency as e:
                     self._fail(rec, "InvalidDependency", str(e))
                     continue
@@ -207,19 +215,12 @@ class Controller:
             info["curve_serverkey"] = self.curve[0].decode()
         return info
 
-    def _write_connection_files(self):
-        info = self.info
-        protocol.write_connection_file(self.client_file, info)
-        protocol.write_connection_file(self.engine_file, info)
-
     def close(self):
         self.db.close()
         if not self.reuse:
             for f in (self.client_file, self.engine_file, self.curve_file):
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(f)
-                except FileNotFoundError:
-                    pass
         for sock in self.sockets.values():
             sock.close(linger=0)
         self.ctx.term()
@@ -277,9 +278,10 @@ class Controller:
             # powers of two, so a flood of bad messages cannot flood the log as well
             n = self.session.dropped[protocol.drop_reason(e)]
             if n <= 10 or not n & (n - 1) or log.isEnabledFor(logging.DEBUG):
+                name = next((k for k, s in self.sockets.items() if s is sock), "?")
                 log.warning("refused a message on the %s socket: %s (a peer with the wrong "
                             "key, or a corrupt message; %d refused for this reason so far)",
-                            self._name(sock), reason, n)
+                            name, reason, n)
             try:
                 idents, *_ = self.session.split(frames)
             except ValueError:
@@ -287,9 +289,6 @@ class Controller:
             if sock.type == zmq.ROUTER and idents:
                 sock.send_multipart(protocol.refusal(idents[:1], reason), zmq.NOBLOCK)
             return None
-
-    def _name(self, sock):
-        return next((n for n, s in self.sockets.items() if s is sock), "?")
 
     # ------------------------------------------------------------ heartbeat
 
@@ -357,16 +356,13 @@ class Controller:
             self._send(self.sockets["engine"], [ident], protocol.UNREGISTER,
                        reason="this engine is not registered (declared dead?)")
             return
-        engine = self.engines[eid]
-        engine["last_beat"] = self._beat  # any message is a sign of life
+        self.engines[eid]["last_beat"] = self._beat  # any message is a sign of life
         for header, parts, wire in self._items(header, parts, frames[len(idents):]):
-            self._on_engine_message(eid, header, parts, wire)
-
-    def _on_engine_message(self, eid, header, parts, wire):
-        handler = self._engine_handlers.get(header["kind"])
-        if handler is None:   # the common case: a reply to a request
-            return self._on_reply(eid, header, parts, wire)
-        handler(self, eid, header, parts, wire)
+            handler = self._engine_handlers.get(header["kind"])
+            if handler is None:   # the common case: a reply to a request
+                self._on_reply(eid, header, parts, wire)
+            else:
+                handler(self, eid, header, parts, wire)
 
     def _on_unregister(self, eid, header, parts, wire):
         self._remove_engine(eid, died=False)
@@ -418,13 +414,12 @@ class Controller:
                 self._next_id += 1
             eid = self._next_id
         self._next_id = max(self._next_id, eid + 1)
-        now = time.time()
         # requests go to the engine's main thread's socket, if it has one of its own
         work_ident = str(header.get("reply_ident") or "").encode() or ident
-        self.engines[eid] = {
+        engine = self.engines[eid] = {
             "id": eid, "ident": ident, "pid": header.get("pid"),
             "host": header.get("host"), "python": header.get("python"),
-            "cloudpickle": header.get("cloudpickle"), "registered": now,
+            "cloudpickle": header.get("cloudpickle"), "registered": time.time(),
             "log": header.get("log"),
             # a new engine has full liveness from its registration's beat
             "last_beat": self._beat,
@@ -439,7 +434,6 @@ class Controller:
         self._by_ident[ident] = eid
         self._by_ident[work_ident] = eid
         self.tally.lost.pop(eid, None)
-        engine = self.engines[eid]
         self._send(self.sockets["engine"], [ident], protocol.REGISTER_REPLY,
                    parent=header["msg_id"], id=eid, heartbeat_period=self.heartbeat_period,
                    heartbeat_liveness=self.heartbeat_liveness)
@@ -470,16 +464,16 @@ class Controller:
             self._epitaphs[eid] = _epitaph(engine)
             if len(self._epitaphs) > 100:   # bounded: the oldest go
                 del self._epitaphs[next(iter(self._epitaphs))]
-        timed_out = set()
+        timed_out = {}   # msg_id -> why, for the ones past their time_limit
         self.tally.engine_lost(engine, died, now)
         for msg_id in list(engine["outstanding"]):
             rec = self.db.get(msg_id)
             if rec is None:
                 continue
             if died and rec["status"] == PENDING and self._timed_out(rec, now):
-                timed_out.add(msg_id)
+                timed_out[msg_id] = _ended_for_time_limit(rec, eid)
                 if not rec["lb"]:
-                    self._fail(rec, "TaskTimeout", _ended_for_time_limit(rec, eid))
+                    self._fail(rec, "TaskTimeout", timed_out[msg_id])
                     continue
             if rec["lb"]:
                 rec["attempts"] = [*rec["attempts"], {
@@ -495,8 +489,7 @@ class Controller:
         if died:
             self._send(self.sockets["engine"], [engine["ident"]], protocol.UNREGISTER,
                        reason="declared dead: missed heartbeats")
-        why = {m: _ended_for_time_limit(self.db.get(m), eid) for m in timed_out}
-        self._act(self.scheduler.engine_removed(eid, time.monotonic(), why))
+        self._act(self.scheduler.engine_removed(eid, time.monotonic(), timed_out))
 
     # ------------------------------------------------------------ clients
 
@@ -793,9 +786,8 @@ class Controller:
         status = self.scheduler.status()
         per = {}
         for eid, e in self.engines.items():
-            sched = status["engines"].get(eid, {})
             # as ipyparallel: queue = direct requests, tasks = load-balanced ones on it
-            tasks = sched.get("queue", 0)
+            tasks = status["engines"].get(eid, {}).get("queue", 0)
             per[eid] = {"queue": max(0, len(e["outstanding"]) - tasks), "tasks": tasks,
                         "completed": e["completed"]}
         targets = header.get("targets")
@@ -849,8 +841,9 @@ class Controller:
             msg_ids = [r["msg_id"] for r in self.db.records()
                        if r["status"] != PENDING and r["engine"] in targets]
         kept = [m for m in msg_ids if not self.db.drop(m)]
-        self._reply(idents, header, status=OK, purged=len(msg_ids) - len(kept), pending=kept)
-        if len(msg_ids) - len(kept) >= 1000:
+        purged = len(msg_ids) - len(kept)
+        self._reply(idents, header, status=OK, purged=purged, pending=kept)
+        if purged >= 1000:
             _give_back_memory()
 
     def _abort(self, idents, header, parts):
@@ -895,8 +888,7 @@ class Controller:
 
     def _shutdown(self, idents, header, parts):
         targets = header.get("targets")
-        targets = sorted(self.engines) if targets is None else targets
-        for eid in targets:
+        for eid in sorted(self.engines) if targets is None else targets:
             if eid in self.engines:
                 self._send(self.sockets["engine"], [self.engines[eid]["ident"]],
                            protocol.SHUTDOWN)
@@ -937,13 +929,6 @@ class Controller:
             except ValueError as e:   # a msg_id in use: that copy only
                 self.stats["dropped"] += 1
                 log.warning("dropped part of broadcast %s: %s", header["msg_id"], e)
-
-    def _properties(self, idents, header, parts):
-        eid = header.get("engine")
-        if eid not in self.engines:
-            return self._reply(idents, header, status=ERROR,
-                               error=("EngineError", f"engine {eid} is not registered"))
-        self._reply(idents, header, status=OK, properties=self.engines[eid]["properties"])
 
     # ------------------------------------------------------------ resubmit, db_query
 
@@ -1001,12 +986,6 @@ class Controller:
     }
 
 
-# ---------------------------------------------------------------- header checks
-#
-# A header's signature proves who sent it, not that its fields make sense. A field of the
-# wrong type would fail deep in the scheduler, after a record was half made; these checks
-# turn it into an error result for that request (or a refused registration) instead.
-
 def _give_back_memory():
     """After a large purge: hand the freed memory back to the system, as far as CPython
     allows (what the C allocator keeps of freed blocks; pymalloc returns an arena only
@@ -1015,10 +994,8 @@ def _give_back_memory():
     import gc
 
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).malloc_trim(0)   # glibc's; elsewhere there is none to call
-    except (OSError, AttributeError):
-        pass
 
 
 EPITAPH_LINES = 12   # the end of a dead engine's log quoted in its EngineErrors (or from
@@ -1051,6 +1028,12 @@ def _ended_for_time_limit(rec, eid):
             "code that an interrupt cannot stop (a long call in C holding the GIL), so "
             f"engine {eid} was ended; raise time_limit or split the work")
 
+
+# ---------------------------------------------------------------- header checks
+#
+# A header's signature proves who sent it, not that its fields make sense. A field of the
+# wrong type would fail deep in the scheduler, after a record was half made; these checks
+# turn it into an error result for that request (or a refused registration) instead.
 
 def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
@@ -1147,16 +1130,6 @@ def _depend(header):
     return f
 
 
-def _load_json(path):
-    import json
-
-    with open(path) as f:
-        return json.load(f)
-
-
-CURVE_FILE = "minipar-curve.json"   # the controller's own Curve key pair, 0600, for --reuse
-
-
 def _curve_keys(path, reuse):
     """The controller's CurveZMQ key pair, kept in `path` (owner-only, like the connection
     files) so that a controller restarted with --reuse keeps the key everyone knows."""
@@ -1164,7 +1137,8 @@ def _curve_keys(path, reuse):
         raise errors.MiniparError("--curve needs a libzmq built with CurveZMQ (libsodium), "
                                   "and this pyzmq's has none: install pyzmq's wheel")
     if reuse and os.path.exists(path):
-        keys = _load_json(path)
+        with open(path) as f:
+            keys = json.load(f)
         return keys["public"].encode(), keys["secret"].encode()
     public, secret = zmq.curve_keypair()
     protocol.write_connection_file(path, {"public": public.decode(), "secret": secret.decode()})
@@ -1217,16 +1191,6 @@ def pick_ports(ip, candidates):
         "give a wider --ports range, or stop what uses them")
 
 
-def _profile_holder(profile, profile_dir):
-    """Why this controller may not start: another one, alive, holds the profile (with
-    --reuse too: it would bind the same ports). Checked before anything is written."""
-    from .launcher import held_profile_message, live_controller  # only here, at startup
-
-    pdir = protocol.profile_dir(profile, profile_dir)
-    info = live_controller(pdir)
-    return held_profile_message(info, pdir) if info else None
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(prog=f"python -m {__spec__.name if __spec__ else 'controller'}",
                                 description="Start a minipar controller.")
@@ -1271,9 +1235,13 @@ def main(argv=None):
     args = p.parse_args(argv)
     logging.basicConfig(level="DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level.upper(),
                         format="%(asctime)s controller %(levelname)s %(message)s")
-    held = _profile_holder(args.profile, args.profile_dir)
-    if held:
-        log.error("%s", held)
+    # another live controller holding the profile stops this one (with --reuse too: it
+    # would bind the same ports), before anything is written
+    from .launcher import held_profile_message, live_controller  # only here, at startup
+    pdir = protocol.profile_dir(args.profile, args.profile_dir)
+    holder = live_controller(pdir)
+    if holder:
+        log.error("%s", held_profile_message(holder, pdir))
         return 1
     try:
         ports = pick_ports(args.ip, parse_ports(args.ports)) if args.ports else None

@@ -68,7 +68,7 @@ State (dicts, and `_Task`s read like dicts; every state change goes through ``_s
 Policies where the seeds leave a choice:
 
 - A retry waits for a live engine where the task has not failed, even a busy one; only
-  when every engine it may use has failed it does it go back to one of those.
+  when every engine it may use has failed does it go back to one of those.
 - An unmet functional dependency excludes that engine for good; once every live engine
   it may use is excluded, ImpossibleDependency. With no engine at all, tasks just wait.
 - Targets that are all gone (or, with engines present, none registered) fail the task.
@@ -81,10 +81,6 @@ Queue entries are never searched for or removed in the middle: an entry whose ta
 READY, or whose ``gen`` is old, is dropped when it reaches the head. So submit and finished
 cost O(engines) plus heap operations, whatever the number of waiting tasks; only engine
 arrival, departure and property changes re-examine the tasks restricted to some engines.
-
-Memory: a final task leaves ``_tasks``; dependents still need its outcome, so the last
-``history`` outcomes stay in ``_done`` and older ones are asked of ``lookup`` (the
-controller's database).
 """
 
 import collections
@@ -133,7 +129,6 @@ _TRANSITIONS = {
     ASSIGNED: {READY, RECOVERING, DONE},    # READY again: a retry or an unmet dependency
     RECOVERING: {DONE},
 }
-
 
 
 # Decisions (see the module docstring): the action, then its task and arguments.
@@ -195,18 +190,16 @@ def _spec(raw):
     """A dependency as given (a dict with "ids", or a plain list of ids) -> spec or None."""
     if not raw:
         return None
-    if isinstance(raw, dict):
-        spec = {"ids": frozenset(raw.get("ids") or ()), "all": raw.get("all", True),
-                "success": raw.get("success", True), "failure": raw.get("failure", False)}
-    else:
-        spec = {"ids": frozenset(raw), "all": True, "success": True, "failure": False}
+    if not isinstance(raw, dict):
+        raw = {"ids": raw}
+    spec = {"ids": frozenset(raw.get("ids") or ()), "all": raw.get("all", True),
+            "success": raw.get("success", True), "failure": raw.get("failure", False)}
     return spec if spec["ids"] else None
 
 
 class _Task:
-    """A task's state, read and written as ``t["key"]`` like the plain dicts it stands
-    for (`_tasks` in the module docstring): slots, because thousands may be queued and a
-    dict of its 19 keys costs twice as much."""
+    """A task's state (`_tasks` in the module docstring), read and written as ``t["key"]``;
+    slots, because thousands may be queued and a dict of 19 keys costs twice as much."""
 
     __slots__ = ("msg_id", "seq", "state", "gen", "targets", "depend", "after", "follow",
                  "timeout", "deadline", "retries", "failed_on", "unmet", "recovery", "woke",
@@ -275,9 +268,9 @@ class Scheduler:
 
     def engine_added(self, engine_id, now, properties=None):
         """A new engine: at the head of the line, and tasks waiting for it may run."""
-        out = []
         if engine_id in self._engines:
             return self.set_properties(engine_id, properties or {}, now)
+        out = []
         cap = AUTO_HWM if self.hwm is None else self.hwm or math.inf
         self._engines[engine_id] = {"tasks": {}, "completed": 0, "cap": cap,
                                     "properties": dict(properties or {})}
@@ -375,9 +368,8 @@ class Scheduler:
 
     def _submit_plain(self, msg_id, out):
         """submit() of a task with nothing to wait for and nowhere it must run (the common
-        case): the same decisions as the general path, without its resolving of
-        dependencies, targets and recovery. While nothing is queued, an engine with room
-        takes it at once; else it is queued behind the others, as any task is."""
+        case): the general path's decisions, without resolving dependencies, targets and
+        recovery."""
         t = _Task(msg_id, next(self._seq), None, None, None, None, None, 0, None)
         self._tasks[msg_id] = t
         engines = self._engines
