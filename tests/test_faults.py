@@ -22,7 +22,7 @@ import pytest
 from minipar import errors
 from minipar.launcher import Cluster
 
-from .conftest import HEARTBEAT_S, START_TIMEOUT_S
+from .conftest import HEARTBEAT_S, START_TIMEOUT_S, LocalCluster
 from .helpers import wait_until
 
 TIMEOUT = 300
@@ -345,6 +345,28 @@ def test_a_time_limit_holds_for_code_that_holds_the_gil(local_cluster):
     assert rc[survivor].apply_sync(_hold_the_gil, 0) == 0
     logs = [local_cluster.output(f"engine{i}") for i in range(2)]
     assert any("_hold_the_gil" in log and "most recent call first" in log for log in logs)
+
+
+def test_a_direct_request_past_its_time_limit_with_no_records_kept(tmp_path):
+    """A direct request with a time_limit (the internal interface's `time_limit` field)
+    on an engine that SIGALRM then ends, under --db none: the controller fails it with
+    TaskTimeout as it forgets the record, and serves on (it once looked the forgotten
+    record up again and crashed)."""
+    c = LocalCluster(tmp_path, controller_args=["--db", "none"])
+    try:
+        c.start_engines(2)
+        rc = c.client()
+        rc.wait_for_engines(2, START_TIMEOUT_S)
+        victim, survivor = rc.ids
+        f = rc.send_apply(_hold_the_gil, (60,), {}, engine_id=victim, time_limit=1)
+        with pytest.raises(errors.TaskTimeout, match="time_limit of 1 s"):
+            f.result(45)
+        wait_until(lambda: victim not in rc.ids, START_TIMEOUT_S, "the engine's death")
+        assert rc[survivor].apply_sync(_hold_the_gil, 0) == 0
+        assert c.controller.poll() is None
+        assert "Traceback" not in c.output("controller")
+    finally:
+        c.stop()
 
 
 def test_an_engine_busy_in_c_code_does_not_take_the_controller_for_silent(local_cluster):
