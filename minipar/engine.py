@@ -68,6 +68,7 @@ CONNECTION_FILE_WAIT_S = 10.0
 # Controller silence, in its heartbeats, before the engine exits (it registers again with
 # one back sooner). Generous, as load can starve the receiver; 10..100 is reasonable.
 MAX_MISSED_HEARTBEATS = 30
+SILENCE_WARN_BEATS = 5   # silence logged after this many beats: more than a busy spell
 # How often a running task's new stdout/stderr is sent to its client. Lower is livelier,
 # higher sends fewer messages for chatty tasks; 0.05..1 is reasonable.
 STREAM_INTERVAL_S = 0.1
@@ -393,6 +394,7 @@ class Engine:
         poller.register(self._pings, zmq.POLLIN)
         last_ping = last_pass = time.monotonic()
         silence = self.heartbeat_period * self.max_missed_heartbeats
+        warned = False   # said that the controller went silent, and has not been heard since
         next_stream = next_usage = 0.0
         while True:
             timeout = min(self.heartbeat_period, max(0.0, next_usage - time.monotonic()))
@@ -411,6 +413,9 @@ class Engine:
             if self._pings in events:
                 while self._pings.poll(0):
                     self._pings.recv_multipart()
+                if warned:
+                    log.warning("the controller is heard again after %.1f s", now - last_ping)
+                    warned = False
                 last_ping = now
             if outbox_in in events:
                 if b"" in [f.bytes for fs in protocol.drain(outbox_in) for f in fs]:
@@ -437,6 +442,11 @@ class Engine:
             if now - last_ping > silence and not self._stopping:
                 self._exit("the controller has been silent for %d heartbeats: exiting",
                            self.max_missed_heartbeats)
+            elif now - last_ping > SILENCE_WARN_BEATS * self.heartbeat_period and not warned:
+                warned = True
+                log.warning("the controller has been silent for %.1f s (stopped, or "
+                            "restarting?): waiting up to %.0f s more for it to come back",
+                            now - last_ping, silence - (now - last_ping))
             reg = self._registering
             if reg is not None and now - reg.since > self.registration_timeout \
                     and not self._stopping:

@@ -11,6 +11,7 @@ after the time they were told to wait.
 
 import json
 import os
+import re
 import signal
 import sqlite3
 
@@ -169,7 +170,10 @@ def test_clients_and_engines_give_up_on_a_controller_that_stays_away(local_clust
     with pytest.raises(errors.MiniparError, match="did not come back within 2 s"):
         ar.get(START_TIMEOUT_S)
     assert engine.wait(START_TIMEOUT_S) == 1
-    assert "silent for 10 heartbeats" in c.output("engine0")
+    # it said it was waiting (after 5 beats) before it gave up (after 10)
+    out = c.output("engine0")
+    assert re.search(r"silent for [\d.]+ s \(stopped, or restarting\?\): waiting up to", out)
+    assert out.index("waiting up to") < out.index("silent for 10 heartbeats: exiting")
     # every later call says so at once, rather than waiting for a controller that is gone
     view = rc.load_balanced_view()
     for call in (lambda: view.map_async(square, range(8)), lambda: view.apply_async(square, 2),
