@@ -171,6 +171,18 @@ class Client:
 
     def _io_loop(self, dealer, sub, outbox_in):
         # executes in the I/O thread: owns dealer, sub and outbox_in
+        try:
+            self._io_serve(dealer, sub, outbox_in)
+        except BaseException as e:   # a bug: fail what waits on this thread, and say so
+            log.exception("the client's I/O thread failed")
+            self._gone = errors.MiniparError(
+                f"this Client's I/O thread failed ({type(e).__name__}: {e}); make a new "
+                "Client")
+            for f in list(self._futures.values()):
+                if not f.done():
+                    f.set_exception(self._gone)
+
+    def _io_serve(self, dealer, sub, outbox_in):
         poller = zmq.Poller()
         monitor, sub_monitor = self._monitor, self._sub_monitor
         for s in (dealer, sub, outbox_in, monitor, sub_monitor):
@@ -195,20 +207,19 @@ class Client:
                         except zmq.Again:
                             log.debug("no connection to send a query on: it will time out")
                         continue
-                    if sock is monitor:
-                        self._on_connection_event(dealer, frames)
-                        continue
-                    if sock is sub_monitor:   # notifications may have been missed
-                        self._ask_engines(dealer)
-                        continue
-                    try:
-                        if sock is dealer:
+                    try:   # nothing a message does may end this thread: every
+                        # request of this client waits on it
+                        if sock is monitor:
+                            self._on_connection_event(dealer, frames)
+                        elif sock is sub_monitor:   # notifications may have been missed
+                            self._ask_engines(dealer)
+                        elif sock is dealer:
                             self._on_reply(frames)
                         else:
                             self._on_notification(dealer, frames[1:])
                     except Exception as e:
                         log.warning("dropped a message from the controller: %s: %s",
-                                    type(e).__name__, e)
+                                    type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
 
     # ---- losing the controller, and finding it again (I/O thread)
     #
@@ -931,7 +942,8 @@ class Client:
             self._outbox.send(b"")
             self._outbox.close(linger=1000)
         self._io.join(5)
-        self.ctx.term()
+        if not self._io.is_alive():   # else stuck, or frozen at interpreter exit: its
+            self.ctx.destroy(linger=0)   # sockets would hold term() forever
 
     def __enter__(self):
         return self

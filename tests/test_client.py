@@ -245,3 +245,26 @@ def test_a_missed_engine_notification_makes_the_client_ask_for_the_whole_list(tm
         stop.set()
         t.join(5)
         hub.close()
+
+
+def test_a_failed_io_thread_fails_what_waits_and_close_still_returns(shared_cluster):
+    """Every reply reaches a client through its I/O thread. Should that thread ever end
+    by a bug, what waits on it fails saying so, later calls too, and close() returns
+    (its sockets, which that thread owned, would otherwise hold the context forever)."""
+    client = minipar.Client(shared_cluster.client_file)
+
+    def broken(frames):
+        raise SystemExit("a bug in the I/O thread")   # not an Exception: ends the thread
+
+    client._on_reply = broken
+    try:
+        f = client[0].apply_async(time.sleep, 0)
+        with pytest.raises(minipar.MiniparError, match="I/O thread failed.*make a new"):
+            f.get(30)
+        with pytest.raises(minipar.MiniparError, match="I/O thread failed"):
+            client[0].apply_async(time.sleep, 0)
+    finally:
+        done = threading.Thread(target=client.close, daemon=True)
+        done.start()
+        done.join(30)
+        assert not done.is_alive(), "close() hung"

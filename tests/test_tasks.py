@@ -646,7 +646,8 @@ def test_ctrl_c_in_a_blocking_map_aborts_what_it_started(local_cluster, tmp_path
     rc.wait_for_engines(2, 30)
     script = tmp_path / "user.py"
     script.write_text(textwrap.dedent(f"""
-        import time, minipar
+        import faulthandler, signal, time, minipar
+        faulthandler.register(signal.SIGUSR1, all_threads=True)   # stacks, if it hangs
         rc = minipar.Client({local_cluster.client_file!r})
         print("mapping", flush=True)
         rc.load_balanced_view().map_sync(time.sleep, [30] * 8)
@@ -658,7 +659,15 @@ def test_ctrl_c_in_a_blocking_map_aborts_what_it_started(local_cluster, tmp_path
         wait_until(lambda: sum(s["tasks"] for s in rc.queue_status().values()
                                if isinstance(s, dict)) >= 2, 30, "the user's tasks to start")
         user.send_signal(signal.SIGINT)
-        out, _ = user.communicate(timeout=30)
+        try:
+            out, _ = user.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            user.send_signal(signal.SIGUSR1)
+            try:
+                out, _ = user.communicate(timeout=5)
+            except subprocess.TimeoutExpired as e:
+                out = e.output or ""
+            pytest.fail(f"the user script did not end after Ctrl-C; its threads:\n{out}")
         assert "KeyboardInterrupt" in out
     finally:
         if user.poll() is None:
