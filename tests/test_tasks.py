@@ -652,8 +652,11 @@ def test_ctrl_c_in_a_blocking_map_aborts_what_it_started(local_cluster, tmp_path
         print("mapping", flush=True)
         rc.load_balanced_view().map_sync(time.sleep, [30] * 8)
     """))
+    # as at a terminal: a test run in the background (`ci &`) hands its children SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler at all
     user = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert user.stdout.readline() == "mapping\n"
         wait_until(lambda: sum(s["tasks"] for s in rc.queue_status().values()
