@@ -453,7 +453,8 @@ class Client:
 
     def _take_engines(self, header):
         # holding _engines_changed: whether `header` (connect's answer) was the newer list
-        seq = (header.get("session"), header.get("roster", 0))
+        roster = header.get("roster")
+        seq = (header.get("session"), roster if type(roster) is int else 0)
         if self._roster and seq[0] == self._roster[0] and seq[1] < self._roster[1]:
             return False
         self._engines = {int(k): v for k, v in header.get("engines", {}).items()}
@@ -474,14 +475,16 @@ class Client:
         _, header, _ = self.session.check(frames)
         handler = self._notification_handlers.get(header["kind"])
         seq, known = (header.get("session"), header.get("roster")), self._roster
-        if known and seq[0] == known[0] and isinstance(seq[1], int) and seq[1] <= known[1]:
+        numbered = type(seq[1]) is int   # a controller older than the numbers: none
+        if numbered and known and seq[0] == known[0] and seq[1] <= known[1]:
             return   # the list held has it already
         with self._engines_changed:
             if handler is not None:
                 handler(self, header)
-            self._roster = seq
+            if numbered:
+                self._roster = seq
             self._engines_changed.notify_all()
-        if not known or seq != (known[0], known[1] + 1):
+        if numbered and (not known or seq != (known[0], known[1] + 1)):
             self._ask_engines(dealer)
 
     def _on_engine_registered(self, header):
