@@ -217,9 +217,10 @@ class Client:
                             self._on_reply(frames)
                         else:
                             self._on_notification(dealer, frames[1:])
-                    except Exception as e:
+                    except Exception as e:   # its traceback too with MINIPAR_DEBUG=1
                         log.warning("dropped a message from the controller: %s: %s",
-                                    type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
+                                    type(e).__name__, e,
+                                    exc_info=log.isEnabledFor(logging.DEBUG))
 
     # ---- losing the controller, and finding it again (I/O thread)
     #

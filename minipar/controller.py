@@ -1088,8 +1088,8 @@ def _request_problem(header):
 
 def _register_problem(header):
     """What is wrong with a registration's fields, or None."""
-    types = {"id": int, "replaces": int, "pid": int, "host": str, "python": list, "cloudpickle": str,
-             "properties": dict, "reply_ident": str, "log": str}
+    types = {"id": int, "replaces": int, "pid": int, "host": str, "python": list,
+             "cloudpickle": str, "properties": dict, "reply_ident": str, "log": str}
     for name, kind in types.items():
         value = header.get(name)
         if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
