@@ -57,8 +57,9 @@ State (dicts, and `_Task`s read like dicts; every state change goes through ``_s
         "where": None (any engine) | set (the engines it may use now; empty: it waits),
         "engine": int|None, "aborting": bool}
     _engines[eid] = {"tasks": {msg_id: None}, "completed": int, "cap": int|inf (of tasks),
-                     "properties": dict}
-    _order = [eid, ...]             # least recently assigned first: the order of `loads`
+                     "properties": dict, "stamp": int}  # stamp: orders _order, see _place
+    _order = {eid: None}            # least recently assigned first: the order of `loads`
+    _rooms  heap                    # (load, stamp, eid) of engines with room, leastload's
     _queue  deque / _late heap      # (seq, gen, msg_id) READY tasks that may run anywhere
     _heaps[eid]  heap               # (seq, gen, msg_id) READY tasks restricted to some engines
     _graph[dep_id] = {msg_id, ...}  # WAITING tasks to re-check when dep_id becomes final
@@ -78,8 +79,10 @@ Policies where the seeds leave a choice:
 - Dependency timeouts bound the wait until a task is first assigned, not its retries.
 
 Queue entries are never searched for or removed in the middle: an entry whose task has left
-READY, or whose ``gen`` is old, is dropped when it reaches the head. So submit and finished
-cost O(engines) plus heap operations, whatever the number of waiting tasks; only engine
+READY, or whose ``gen`` is old, is dropped when it reaches the head; `_rooms` likewise holds
+an engine's entry from before its load changed until it surfaces. So a plain task's submit
+and finished cost heap operations only, whatever the number of engines (with leastload;
+the other schemes look at every engine with room) and of waiting tasks; only engine
 arrival, departure and property changes re-examine the tasks restricted to some engines.
 """
 
@@ -246,7 +249,10 @@ class Scheduler:
         self._seq = itertools.count()
         self._tasks = {}
         self._engines = {}
-        self._order = []
+        self._order = {}
+        self._front = 0                 # the stamp of the engine added last (see _place)
+        self._stamps = itertools.count(1)
+        self._rooms = [] if self._choose is leastload else None
         self._removed = set()           # engines gone: targets/follow naming them can't be met
         self._queue = collections.deque()
         self._tail = -1                 # seq of the last entry appended to _queue
@@ -272,9 +278,11 @@ class Scheduler:
             return self.set_properties(engine_id, properties or {}, now)
         out = []
         cap = AUTO_HWM if self.hwm is None else self.hwm or math.inf
+        self._front -= 1
         self._engines[engine_id] = {"tasks": {}, "completed": 0, "cap": cap,
-                                    "properties": dict(properties or {})}
-        self._order.insert(0, engine_id)
+                                    "properties": dict(properties or {}), "stamp": self._front}
+        self._order = {engine_id: None, **self._order}
+        self._has_room(engine_id)
         self._removed.discard(engine_id)
         self._recheck(out, waiting=False)
         self._schedule(out)
@@ -288,7 +296,7 @@ class Scheduler:
         engine = self._engines.pop(engine_id, None)
         if engine is None:
             return out
-        self._order.remove(engine_id)
+        del self._order[engine_id]
         self._removed.add(engine_id)
         self._heaps.pop(engine_id, None)
         for i, msg_id in enumerate(engine["tasks"]):
@@ -372,18 +380,16 @@ class Scheduler:
         recovery."""
         t = _Task(msg_id, next(self._seq), None, None, None, None, None, 0, None)
         self._tasks[msg_id] = t
-        engines = self._engines
-        free = [e for e in self._order if len(engines[e]["tasks"]) < engines[e]["cap"]]
-        if free and not self._queue and not self._late:
-            # nothing any engine could take is queued (the state every call leaves), so
-            # a free engine is this task's without overtaking anyone
+        # Every call leaves a task queued only where no engine it may use has room. So
+        # with a task queued that may run anywhere, no engine has room; with none, a free
+        # engine is this task's without overtaking anyone.
+        engine_id = None if self._any_head() else self._free_engine()
+        if engine_id is None:
+            self._set_state(t, READY)
+            self._enqueue(t)
+        else:
             self._set_state(t, ASSIGNED)
-            self._place(t, free, out)
-            return out
-        self._set_state(t, READY)
-        self._enqueue(t)
-        if free:   # else no engine has room for anything queued: nothing to schedule
-            self._schedule(out)
+            self._place(t, engine_id, out)
         return out
 
     def finished(self, msg_id, engine_id, status, now, runtime=None):
@@ -434,6 +440,7 @@ class Scheduler:
             self._fill(engine_id, out)
         else:
             self._schedule(out)
+        self._has_room(engine_id)   # its load and cap changed; after _fill, often full again
         return out
 
     def abort(self, msg_ids, now):
@@ -893,22 +900,58 @@ class Scheduler:
             self._assign(self._tasks[best[2]], [engine_id], out)
 
     def _assign(self, t, candidates, out):
+        """Put `t` on one of `candidates` (engines with room), chosen by the scheme."""
         self._set_state(t, ASSIGNED)
         self._clear_deadline(t)
-        self._place(t, candidates, out)
+        self._place(t, self._pick(candidates), out)
 
-    def _place(self, t, candidates, out):
-        """Put ASSIGNED `t` on one of `candidates` (engines with room), chosen by the scheme."""
+    def _pick(self, candidates):
         if len(candidates) == 1:
-            engine_id = candidates[0]
-        else:
-            loads = [len(self._engines[e]["tasks"]) for e in candidates]
-            engine_id = candidates[self._choose(loads)]
+            return candidates[0]
+        return candidates[self._choose([len(self._engines[e]["tasks"]) for e in candidates])]
+
+    def _free_engine(self):
+        """The engine with room the scheme chooses for a task that may run anywhere, or
+        None. leastload's is the head of `_rooms`: the lowest (load, stamp), which is the
+        first lowest load in `_order`, as leastload(loads) picks it."""
+        engines, rooms = self._engines, self._rooms
+        if rooms is None:
+            free = [e for e in self._order if len(engines[e]["tasks"]) < engines[e]["cap"]]
+            return self._pick(free) if free else None
+        while rooms:
+            load, stamp, engine_id = rooms[0]
+            engine = engines.get(engine_id)
+            if engine is not None and engine["stamp"] == stamp \
+                    and len(engine["tasks"]) == load < engine["cap"]:
+                return engine_id
+            heapq.heappop(rooms)   # from before its load or stamp changed, or gone
+        return None
+
+    def _place(self, t, engine_id, out):
+        """Put ASSIGNED `t` on `engine_id`, now the most recently used: the end of
+        `_order`, and the highest stamp (an engine added goes to the front, the lowest)."""
         t["engine"] = engine_id
-        self._engines[engine_id]["tasks"][t["msg_id"]] = None
-        self._order.remove(engine_id)
-        self._order.append(engine_id)
+        engine = self._engines[engine_id]
+        engine["tasks"][t["msg_id"]] = None
+        engine["stamp"] = next(self._stamps)
+        del self._order[engine_id]
+        self._order[engine_id] = None
+        self._has_room(engine_id)
         out.append(Run(RUN, t["msg_id"], engine_id))
+
+    def _has_room(self, engine_id):
+        """After `engine_id`'s load, cap or stamp changed: its entry in `_rooms` if it has
+        room (every engine with room has a current one). Stale entries are dropped at the
+        head; should they pile up deeper, the heap is rebuilt, which is O(1) a call
+        amortized."""
+        rooms, engine = self._rooms, self._engines[engine_id]
+        if rooms is None or len(engine["tasks"]) >= engine["cap"]:
+            return
+        heapq.heappush(rooms, (len(engine["tasks"]), engine["stamp"], engine_id))
+        if len(rooms) > 2 * len(self._engines) + 64:
+            self._rooms = [(len(e["tasks"]), e["stamp"], eid) for eid, e in self._engines.items()
+                           if len(e["tasks"]) < e["cap"]]
+            heapq.heapify(self._rooms)
 
     def _clear_deadline(self, t):
         """A deadline bounds the wait only: it ends once the task is assigned or final."""

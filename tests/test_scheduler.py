@@ -1,5 +1,6 @@
 """Tests of minipar.scheduler: a plain object stepped with `now`, no sockets, no sleeps."""
 
+import collections
 import random
 
 import pytest
@@ -309,6 +310,53 @@ def test_random_dag_runs_every_task_after_its_dependencies():
         now += 1.0
         pending += runs(s.finished(mid, e, "ok", now))
     assert len(done) == 300
+
+
+@pytest.mark.parametrize("hwm", [None, 0, 1, 3])
+def test_leastload_decides_as_the_scan_over_every_engine_it_replaces(hwm):
+    """leastload keeps the engines with room in a heap; a scheme function of the same rule
+    takes the scan over every engine (the other schemes' path). Over random submits,
+    replies of quick and slow tasks (the automatic hwm moving), retries, and engines
+    coming and going, both make the same decisions, and a plain task is queued only
+    while every engine is full."""
+    rng = random.Random(hwm)
+    heap = make(4, hwm=hwm)
+    scan = make(4, hwm=hwm, scheme=lambda loads: loads.index(min(loads)))
+    assert heap._rooms is not None and scan._rooms is None
+    running, engines, queued, seen = {}, set(range(4)), 0, collections.Counter()
+    for i in range(3000):
+        roll, now = rng.random(), float(i)
+        if roll < 0.5:
+            call = ("submit", task(f"t{i}", retries=1) if roll < 0.05 else task(f"t{i}"), now)
+        elif roll < 0.93 and running:
+            msg_id = rng.choice(sorted(running))
+            call = ("finished", msg_id, running[msg_id], "error" if roll > 0.9 else "ok", now,
+                    rng.choice([None, 1e-4, 0.01]))
+        elif roll < 0.965 and len(engines) > 1:
+            call = ("engine_removed", rng.choice(sorted(engines)), now)
+        else:
+            call = ("engine_added", max(engines) + 1, now)
+        decisions = getattr(heap, call[0])(*call[1:])
+        assert decisions == getattr(scan, call[0])(*call[1:]), (i, call)
+        seen[call[0]] += 1
+        if call[0] == "engine_removed":
+            engines.discard(call[1])
+            running = {m: e for m, e in running.items() if e != call[1]}
+        elif call[0] == "engine_added":
+            engines.add(call[1])
+        elif call[0] == "finished":
+            running.pop(call[1], None)
+        for d in decisions:
+            if d[0] == "run":
+                running[d[1]] = d[2]
+            elif d[1] in running:
+                running.pop(d[1])
+        status = heap.status()
+        queued = max(queued, status["unassigned"])
+        if status["unassigned"] and hwm:
+            assert all(e["queue"] >= hwm for e in status["engines"].values()), (i, status)
+    assert seen["engine_added"] > 50 and seen["engine_removed"] > 50
+    assert (queued > 0) == (hwm != 0)   # hwm 0: no limit, nothing ever waits
 
 
 def test_follow_runs_where_the_dependency_ran():
