@@ -13,7 +13,9 @@ it measures, each library in a process of its own (no shared GIL or garbage coll
   efficiency = ideal time (20 x 10 ms) / measured wall time. On a machine with fewer
   cores than N it cannot exceed cores / N;
 - minipar's controller CPU per task (utime + stime from /proc/<pid>/stat over the run)
-  for the load-balanced run and for a direct one (round robin over `rc[i]`).
+  for the load-balanced run and for a direct one (round robin over `rc[i]`), and for the
+  load-balanced run the client's (this process, both its threads) and the engines' (all
+  together): where a no-op task's CPU goes, which with few cores bounds the rate.
 
 Once, as anchors: the raw pyzmq relay (bench/relay.py) broker's CPU per pipelined round
 trip (one recv_multipart / send_multipart per message each way), its one-at-a-time round
@@ -115,10 +117,14 @@ def measure_cluster(kind, n, opts):
         wait([v.apply_async(busy_f, 0.001) for v in views])   # the function reaches every engine
 
         cpu0 = pid and cpu_s(pid)
+        engines = [e for e in _common.descendants() if e != pid] if pid else []
+        client0, engines0 = time.process_time(), sum(map(cpu_s, engines))
         out["tasks_per_s"] = tasks / _timed(lambda: wait([lb.apply_async(noop)
                                                            for _ in range(tasks)]))
         if pid:
             out["ctrl_lb_cpu_us"] = (cpu_s(pid) - cpu0) / tasks * 1e6
+            out["client_lb_cpu_us"] = (time.process_time() - client0) / tasks * 1e6
+            out["engines_lb_cpu_us"] = (sum(map(cpu_s, engines)) - engines0) / tasks * 1e6
             cpu0 = cpu_s(pid)
             out["dv_tasks_per_s"] = tasks / _timed(lambda: wait(
                 [views[i % n].apply_async(noop) for i in range(tasks)]))
@@ -271,6 +277,8 @@ def build_report(ns, raw, opts):
         lb_ratio = _ratio(lb, relay.get("broker_cpu_us"))
         dv_ratio = _ratio(dv, relay.get("broker_cpu_us"))
         cpu_rows.append({"n": n, "ctrl_lb_cpu_us": lb, "ctrl_dv_cpu_us": dv,
+                         "client_lb_cpu_us": value("minipar", "client_lb_cpu_us"),
+                         "engines_lb_cpu_us": value("minipar", "engines_lb_cpu_us"),
                          "lb_over_relay": lb_ratio, "dv_over_relay": dv_ratio,
                          "lb_goal": f"<= {GOAL_LB}x", "dv_goal": f"<= {GOAL_DV}x",
                          "lb_met": _verdict(lb_ratio, "<=", GOAL_LB),
@@ -334,6 +342,9 @@ def print_report(ns, raw, rows, cpu_rows, anchors, out=sys.stdout):
               f"(goal {c['lb_goal']}: {c['lb_met']}); direct {_fmt(c['ctrl_dv_cpu_us'], 1)} µs"
               f" = {_fmt(c['dv_over_relay'])}x relay (goal {c['dv_goal']}: {c['dv_met']})",
               file=out)
+        print(f"  CPU per load-balanced task, n={c['n']}: client {_fmt(c['client_lb_cpu_us'], 1)}"
+              f" µs, controller {_fmt(c['ctrl_lb_cpu_us'], 1)} µs, engines together "
+              f"{_fmt(c['engines_lb_cpu_us'], 1)} µs", file=out)
     labels = {"apply_rtt_us": ("apply_sync round trip, 1 engine", "µs", 1),
               "push_mb_s": ("push 100 MB to 1 engine", "MB/s", None),
               "pull_mb_s": ("pull 100 MB from 1 engine", "MB/s", None)}
