@@ -87,6 +87,25 @@ def test_unanswered_connect_times_out_with_advice(tmp_path):
         minipar.Client(str(path), timeout=1)
 
 
+def test_after_shutting_the_controller_down_the_client_says_so_at_once(local_cluster):
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, 30)
+    ar = rc[:].apply_async(time.sleep, 30)
+    rc.shutdown(hub=True)
+    local_cluster.controller.wait(10)
+    # what it still waited for, and every call after, fail now: not after the 60 s a
+    # client waits for a controller that went away on its own to come back
+    t0 = time.monotonic()
+    with pytest.raises(minipar.MiniparError, match=r"shut down the controller.*before this "
+                                                   r"request finished"):
+        ar.get(10)
+    with pytest.raises(minipar.MiniparError, match=r"shut down the controller.*new Client"):
+        rc.load_balanced_view().apply_async(os.getpid)
+    rc.shutdown(hub=True)   # done already: nothing to do, as a second close()
+    assert time.monotonic() - t0 < 5
+
+
 def test_killed_engine_disappears_and_its_requests_fail(cluster):
     rc = cluster.rc
     victim = cluster.engines[0]
