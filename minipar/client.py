@@ -726,6 +726,9 @@ class Client:
         ids = self.ids
         if targets is None or targets == "all":
             targets = ids
+        elif isinstance(targets, str):   # list("0") would be ["0"], not engine 0
+            raise TypeError(f"targets={targets!r}: give 'all', an engine id (an int) or a "
+                            "list of them")
         targets = [targets] if isinstance(targets, int) else list(targets)
         if not targets:
             raise NoEnginesRegistered(
@@ -733,7 +736,7 @@ class Client:
                 f"{__package__}.engine` or Cluster(n=...), or rc.wait_for_engines(n)")
         bad = [t for t in targets if t not in ids]
         if bad:
-            raise IndexError(f"engine {bad[0]} is not registered; registered: {ids}")
+            raise IndexError(f"engine {bad[0]!r} is not registered; registered: {ids}")
         return targets
 
     # ------------------------------------------------------------ queries and control

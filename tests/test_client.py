@@ -125,6 +125,14 @@ def test_killed_engine_disappears_and_its_requests_fail(cluster):
     assert sorted(rc[:].apply_sync(os.getpid)) == sorted(p for e, p in pid_of.items() if e != eid)
 
 
+def test_an_engine_id_given_as_a_string_is_refused_as_such(rc):
+    # not "engine 0 is not registered; registered: [0, 1, 2, 3]"
+    with pytest.raises(TypeError, match=r"targets='0'.*an engine id \(an int\)"):
+        rc.direct_view(targets="0").apply_sync(os.getpid)
+    with pytest.raises(IndexError, match=r"engine '1' is not registered"):
+        rc[["1"]].apply_sync(os.getpid)
+
+
 def test_no_engines_is_a_clear_error(local_cluster):
     rc = local_cluster.client()
     with pytest.raises(minipar.NoEnginesRegistered, match="no engines are registered"):
