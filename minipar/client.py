@@ -392,11 +392,14 @@ class Client:
             if nd:   # what the request published, after the result's frames
                 md["data"], parts = protocol.deserialize(parts[-nd:]), parts[:-nd]
             value = protocol.deserialize(parts) if parts else None
-        except Exception as e:
-            return f.set_exception(errors.SerializationError(
+        except Exception as e:   # where, as an engine's own error says it
+            kind = {reply: kind for kind, reply in protocol.REPLY.items()}.get(header.get("kind"))
+            return f.set_exception(errors.error(
+                "SerializationError",
                 f"could not unpickle the result of {f.msg_id}: {type(e).__name__}: {e}; is "
                 "the module that defines it importable here?"
-                f"{self._version_skew(md['engine_id'], ' ')}"))
+                f"{self._version_skew(md['engine_id'], ' ')}",
+                {"engine_id": md["engine_id"], "msg_id": f.msg_id, "kind": kind}))
         if header.get("status") == protocol.OK:
             f.set_result(value)
         elif header.get("ename") == "SerializationError" and self._version_skew(md["engine_id"]):

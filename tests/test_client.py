@@ -58,6 +58,22 @@ def test_unpicklable_result_is_a_clear_remote_error(rc):
         rc[0].apply_sync(make_lock)
 
 
+def test_a_result_that_cannot_be_unpickled_here_names_its_engine(rc):
+    def unreadable():   # as an object of a class that only the engine can import
+        class Unreadable:
+            def __reduce__(self):
+                return int, ("not a number",)   # unpickling it raises ValueError
+
+        return Unreadable()
+
+    with pytest.raises(minipar.CompositeError) as info:
+        rc[:2].apply_sync(unreadable)
+    assert sorted(e.engine_info["engine_id"] for e in info.value.elist) == rc.ids[:2]
+    assert f"[{rc.ids[0]}:apply]: SerializationError: could not unpickle" in str(info.value)
+    with pytest.raises(minipar.SerializationError, match=r"^\[engine \d+\] .*could not unpickle"):
+        rc.load_balanced_view().apply_sync(unreadable)
+
+
 def test_missing_connection_file_names_it_and_how_to_start(tmp_path):
     path = tmp_path / "security" / "minipar-client.json"
     with pytest.raises(FileNotFoundError, match=r"no connection file at .*minipar-client.json"
