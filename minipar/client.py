@@ -143,6 +143,7 @@ class Client:
             zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self._lost_at = None        # when the connection to the controller went: I/O thread
         self._gone = None           # the error every call raises once it did not come back
+        self._stopped_hub = False   # this client shut the controller down: nothing to wait for
         self._warned_skew = set()   # engines whose other Python/cloudpickle was warned about
         self._timers = []           # heap of (deadline, seq, function): I/O thread
         protocol.connect(dealer, self.info, "client")
@@ -232,6 +233,8 @@ class Client:
     # the results of everything outstanding. The finished ones are sent again, pending
     # ones arrive when done; ones it has no record of are asked for again a few times
     # (a request sent during the outage can arrive after the question), then fail.
+    # A controller this client shut down (shutdown(hub=True)) is not waited for: what is
+    # outstanding fails when the connection goes.
 
     def _on_connection_event(self, dealer, frames):
         from zmq.utils.monitor import parse_monitor_message
@@ -240,6 +243,9 @@ class Client:
         now = time.monotonic()
         if event == zmq.EVENT_DISCONNECTED and self._lost_at is None:
             self._lost_at = lost = now
+            if self._stopped_hub:
+                self._give_up(lost)
+                return
             log.warning("lost the connection to the controller at %s: waiting up to %s s for "
                         "it to come back", protocol.url(self.info, "client"),
                         self.reconnect_timeout)
@@ -248,11 +254,18 @@ class Client:
             log.warning("connected to the controller again after %.1f s: asking for what is "
                         "outstanding", now - self._lost_at)
             self._lost_at = self._gone = None
+            self._stopped_hub = False
             self._io_query(dealer, protocol.CONNECT, self._on_reconnected)
 
     def _give_up(self, lost):
         if self._lost_at != lost:
             return   # it came back in time
+        if self._stopped_hub:
+            self._fail_outstanding(errors.MiniparError(
+                f"this Client shut down the controller at {protocol.url(self.info, 'client')} "
+                "(shutdown(hub=True)) before this request finished, so its outcome is "
+                "unknown; start a controller and submit the work again"))
+            return
         err = errors.MiniparError(
             f"lost the controller at {protocol.url(self.info, 'client')}: it did not come "
             f"back within {self.reconnect_timeout} s (reconnect_timeout), so the outcome of "
@@ -263,11 +276,14 @@ class Client:
             f"back within {self.reconnect_timeout} s (reconnect_timeout). Restart it with "
             "--reuse (same address and key) and this client reconnects by itself, or start "
             "a new controller and make a new Client")
+        self._fail_outstanding(err)
+        log.error("%s", err)
+
+    def _fail_outstanding(self, err):
         for msg_id, f in list(self._futures.items()):
             if not f.done():
                 self._futures.pop(msg_id, None)
                 f.set_exception(err)
-        log.error("%s", err)
 
     def _on_reconnected(self, dealer, header):
         self._on_engines(dealer, header)
@@ -376,11 +392,14 @@ class Client:
             if nd:   # what the request published, after the result's frames
                 md["data"], parts = protocol.deserialize(parts[-nd:]), parts[:-nd]
             value = protocol.deserialize(parts) if parts else None
-        except Exception as e:
-            return f.set_exception(errors.SerializationError(
+        except Exception as e:   # where, as an engine's own error says it
+            kind = {reply: kind for kind, reply in protocol.REPLY.items()}.get(header.get("kind"))
+            return f.set_exception(errors.error(
+                "SerializationError",
                 f"could not unpickle the result of {f.msg_id}: {type(e).__name__}: {e}; is "
                 "the module that defines it importable here?"
-                f"{self._version_skew(md['engine_id'], ' ')}"))
+                f"{self._version_skew(md['engine_id'], ' ')}",
+                {"engine_id": md["engine_id"], "msg_id": f.msg_id, "kind": kind}))
         if header.get("status") == protocol.OK:
             f.set_result(value)
         elif header.get("ename") == "SerializationError" and self._version_skew(md["engine_id"]):
@@ -710,6 +729,9 @@ class Client:
         ids = self.ids
         if targets is None or targets == "all":
             targets = ids
+        elif isinstance(targets, str):   # list("0") would be ["0"], not engine 0
+            raise TypeError(f"targets={targets!r}: give 'all', an engine id (an int) or a "
+                            "list of them")
         targets = [targets] if isinstance(targets, int) else list(targets)
         if not targets:
             raise NoEnginesRegistered(
@@ -717,7 +739,7 @@ class Client:
                 f"{__package__}.engine` or Cluster(n=...), or rc.wait_for_engines(n)")
         bad = [t for t in targets if t not in ids]
         if bad:
-            raise IndexError(f"engine {bad[0]} is not registered; registered: {ids}")
+            raise IndexError(f"engine {bad[0]!r} is not registered; registered: {ids}")
         return targets
 
     # ------------------------------------------------------------ queries and control
@@ -926,10 +948,25 @@ class Client:
                           keys=None if keys is None else list(keys))["records"]
 
     def shutdown(self, targets="all", hub=False, block=True):
-        """Stop engines (and the controller with hub=True)."""
+        """Stop engines (and the controller with hub=True: what this Client still waits
+        for then fails at once, as does every call after; a second one does nothing)."""
+        if hub and self._stopped_hub:
+            return
         t = None if targets in (None, "all") else self.resolve_targets(targets)
-        self.query(protocol.SHUTDOWN, targets=t, hub=hub)
-        if block and not hub:
+        if hub:
+            # before the request: the controller may be gone before its reply is read
+            self._stopped_hub = True
+            try:
+                self.query(protocol.SHUTDOWN, targets=t, hub=True)
+            except BaseException:
+                self._stopped_hub = False
+                raise
+            self._gone = errors.MiniparError(
+                f"this Client shut down the controller at {protocol.url(self.info, 'client')} "
+                "(shutdown(hub=True)); start a controller and make a new Client")
+            return
+        self.query(protocol.SHUTDOWN, targets=t, hub=False)
+        if block:
             deadline = time.monotonic() + self.timeout
             with self._engines_changed:
                 while any(e in self._engines for e in (t or list(self._engines))) \

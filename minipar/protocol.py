@@ -780,8 +780,11 @@ def read_connection_file(path, ports=CLIENT_PORTS):
         raise ConnectionFileError(
             f"no connection file at {path}: start a controller with `python -m "
             f"{__package__}.controller` (same profile), or pass the file's path") from None
-    except (OSError, ValueError) as e:
+    except OSError as e:
         raise ConnectionFileError(f"cannot read connection file {path}: {e}") from None
+    except ValueError as e:   # cut short (a full disk, a copy interrupted), or not JSON
+        raise ConnectionFileError(_not_written_by_a_controller(
+            path, f"is not valid JSON ({e})")) from None
     if type(info) is dict and type(info.get("pid")) is int and info.get("host"):
         import socket   # here, not at import: `import minipar` stays quick
 
@@ -791,10 +794,14 @@ def read_connection_file(path, ports=CLIENT_PORTS):
                 f"running; start a controller with `python -m {__package__}.controller`")
     problem = _connection_problem(info, ports)
     if problem:
-        raise ConnectionFileError(f"connection file {path} {problem}: it was not written by a "
-                                  f"minipar controller, or was changed since; start one with "
-                                  f"`python -m {__package__}.controller` to write it again")
+        raise ConnectionFileError(_not_written_by_a_controller(path, problem))
     return info
+
+
+def _not_written_by_a_controller(path, problem):
+    return (f"connection file {path} {problem}: it was not written by a minipar controller, "
+            f"or was changed since; start one with `python -m {__package__}.controller` to "
+            "write it again")
 
 
 def _connection_problem(info, needed):

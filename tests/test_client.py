@@ -58,6 +58,22 @@ def test_unpicklable_result_is_a_clear_remote_error(rc):
         rc[0].apply_sync(make_lock)
 
 
+def test_a_result_that_cannot_be_unpickled_here_names_its_engine(rc):
+    def unreadable():   # as an object of a class that only the engine can import
+        class Unreadable:
+            def __reduce__(self):
+                return int, ("not a number",)   # unpickling it raises ValueError
+
+        return Unreadable()
+
+    with pytest.raises(minipar.CompositeError) as info:
+        rc[:2].apply_sync(unreadable)
+    assert sorted(e.engine_info["engine_id"] for e in info.value.elist) == rc.ids[:2]
+    assert f"[{rc.ids[0]}:apply]: SerializationError: could not unpickle" in str(info.value)
+    with pytest.raises(minipar.SerializationError, match=r"^\[engine \d+\] .*could not unpickle"):
+        rc.load_balanced_view().apply_sync(unreadable)
+
+
 def test_missing_connection_file_names_it_and_how_to_start(tmp_path):
     path = tmp_path / "security" / "minipar-client.json"
     with pytest.raises(FileNotFoundError, match=r"no connection file at .*minipar-client.json"
@@ -87,6 +103,25 @@ def test_unanswered_connect_times_out_with_advice(tmp_path):
         minipar.Client(str(path), timeout=1)
 
 
+def test_after_shutting_the_controller_down_the_client_says_so_at_once(local_cluster):
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, 30)
+    ar = rc[:].apply_async(time.sleep, 30)
+    rc.shutdown(hub=True)
+    local_cluster.controller.wait(10)
+    # what it still waited for, and every call after, fail now: not after the 60 s a
+    # client waits for a controller that went away on its own to come back
+    t0 = time.monotonic()
+    with pytest.raises(minipar.MiniparError, match=r"shut down the controller.*before this "
+                                                   r"request finished"):
+        ar.get(10)
+    with pytest.raises(minipar.MiniparError, match=r"shut down the controller.*new Client"):
+        rc.load_balanced_view().apply_async(os.getpid)
+    rc.shutdown(hub=True)   # done already: nothing to do, as a second close()
+    assert time.monotonic() - t0 < 5
+
+
 def test_killed_engine_disappears_and_its_requests_fail(cluster):
     rc = cluster.rc
     victim = cluster.engines[0]
@@ -104,6 +139,14 @@ def test_killed_engine_disappears_and_its_requests_fail(cluster):
     with pytest.raises(IndexError, match="not registered"):
         rc[eid]
     assert sorted(rc[:].apply_sync(os.getpid)) == sorted(p for e, p in pid_of.items() if e != eid)
+
+
+def test_an_engine_id_given_as_a_string_is_refused_as_such(rc):
+    # not "engine 0 is not registered; registered: [0, 1, 2, 3]"
+    with pytest.raises(TypeError, match=r"targets='0'.*an engine id \(an int\)"):
+        rc.direct_view(targets="0").apply_sync(os.getpid)
+    with pytest.raises(IndexError, match=r"engine '1' is not registered"):
+        rc[["1"]].apply_sync(os.getpid)
 
 
 def test_no_engines_is_a_clear_error(local_cluster):

@@ -185,10 +185,12 @@ def test_malformed_connection_files_say_what_is_wrong(tmp_path):
             continue
         with pytest.raises(errors.ConnectionFileError, match=why):
             protocol.read_connection_file(path)
-    with open(path, "w") as f:
-        f.write("{not json")
-    with pytest.raises(errors.ConnectionFileError, match="cannot read"):
-        protocol.read_connection_file(path)
+    for text in ['{"key": "ab', "{not json", "\xff\xfe"]:   # cut short by a full disk, or
+        with open(path, "w", encoding="latin-1") as f:   # not a connection file at all
+            f.write(text)
+        with pytest.raises(errors.ConnectionFileError,
+                           match=r"is not valid JSON .*python -m minipar.controller"):
+            protocol.read_connection_file(path)
 
 
 def test_function_pickles_are_reused_only_while_they_cannot_change():
