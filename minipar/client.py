@@ -804,24 +804,27 @@ class Client:
         return [f for f in list(self._futures.values()) if not f.metadata.get("query")]
 
     def get_result(self, msg_ids, owner=False):
-        """An AsyncResult for msg_ids, also ones another client submitted."""
+        """An AsyncResult for msg_ids, also ones another client submitted. Those already
+        finished are finished in it, with their metadata (engine_id, stdout...)."""
         single = isinstance(msg_ids, str)
-        futures, ask = [], []
+        futures, asked = [], {}
         for m in self._msg_ids(msg_ids):
             f = self._futures.get(m)
             if f is None:
-                f = _MsgFuture(m)
+                f = asked[m] = _MsgFuture(m)
                 self._futures[m] = f
-                ask.append(m)
             futures.append(f)
-        if ask:
-            reply = self.query(protocol.RESULT_REQUEST, msg_ids=ask)
+        if asked:
+            reply = self.query(protocol.RESULT_REQUEST, msg_ids=list(asked))
             culled = reply.get("culled") or {}   # why, for ids the controller culled
             for m in reply["unknown"]:
                 f = self._futures.pop(m, None)
                 if f is not None and not f.done():
                     f.set_exception(KeyError(culled.get(m)
                                              or f"no record of {m}: unknown or purged msg_id"))
+            # the controller sends the finished ones' results right after its reply: wait
+            # for them, as ipyparallel's client, which keeps finished results, needs not
+            concurrent.futures.wait([asked[m] for m in reply["completed"]], self.timeout)
         return AsyncResult(self, futures, fname="get_result", single=single)
 
     def wait(self, jobs=None, timeout=None):
