@@ -28,6 +28,7 @@ fields among `fields`) and ``query(kind, **fields)`` (the controller's reply hea
 import collections
 import concurrent.futures
 import contextlib
+import datetime
 import functools
 import itertools
 import keyword
@@ -921,11 +922,12 @@ class Client:
         ``{'engine': {'$in': [0, 1]}}``). `keys` lists the record keys to return
         (``msg_id`` always is); by default all but the request's and result's frames
         (``wire``, ``result_parts``), which come only when named. See the controller's
-        ``DictDB`` for the record's keys.
+        ``DictDB`` for the record's keys. Times are ``time.time()`` seconds; a
+        ``datetime`` in `query` (ipyparallel's timestamps) is turned into those.
         """
         if isinstance(keys, str):
             keys = [keys]
-        return self.query(protocol.DB_QUERY, query=query,
+        return self.query(protocol.DB_QUERY, query=_seconds(query),
                           keys=None if keys is None else list(keys))["records"]
 
     def shutdown(self, targets="all", hub=False, block=True):
@@ -1128,6 +1130,18 @@ class ParallelFunction(RemoteFunction):
     def map(self, *sequences):
         with self.view.temp_flags(**self.flags):
             return self.view._finish(self.view._map(self.func, sequences), self.block)
+
+
+def _seconds(query):
+    """`query` with each datetime in it as time.time() seconds, as records keep times (a
+    naive one is local time, as ``datetime.now()`` gives)."""
+    if isinstance(query, datetime.datetime):
+        return query.timestamp()
+    if isinstance(query, dict):
+        return {k: _seconds(v) for k, v in query.items()}
+    if isinstance(query, (list, tuple, set, frozenset)):
+        return [_seconds(v) for v in query]
+    return query
 
 
 def _partition(seq, n, i):
