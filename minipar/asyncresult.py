@@ -36,6 +36,17 @@ class _Future(concurrent.futures.Future):
                 self.set_running_or_notify_cancel()
 
 
+class Metadata(dict):
+    """A request's metadata: a dict whose keys read as attributes too
+    (``ar.metadata.engine_id``), as ipyparallel's ``Metadata``."""
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"no metadata {key!r}; there are: {', '.join(self)}") from None
+
+
 class _MsgFuture(_Future):
     """The future of one message; ``metadata`` is filled in by the I/O thread."""
 
@@ -45,10 +56,10 @@ class _MsgFuture(_Future):
 
     def _request(self, msg_id, engine_id):
         self.msg_id = msg_id
-        self._md = {"msg_id": msg_id, "engine_id": engine_id, "submitted": time.time(),
-                    "started": None, "completed": None, "received": None,
-                    "stdout": "", "stderr": "", "status": None, "attempts": [],
-                    "data": {}, "label": None}
+        self._md = Metadata(msg_id=msg_id, engine_id=engine_id, submitted=time.time(),
+                            started=None, completed=None, received=None,
+                            stdout="", stderr="", status=None, attempts=[],
+                            data={}, label=None)
 
     metadata = property(lambda self: self._md)
 

@@ -28,6 +28,7 @@ fields among `fields`) and ``query(kind, **fields)`` (the controller's reply hea
 import collections
 import concurrent.futures
 import contextlib
+import datetime
 import functools
 import itertools
 import keyword
@@ -826,24 +827,27 @@ class Client:
         return [f for f in list(self._futures.values()) if not f.metadata.get("query")]
 
     def get_result(self, msg_ids, owner=False):
-        """An AsyncResult for msg_ids, also ones another client submitted."""
+        """An AsyncResult for msg_ids, also ones another client submitted. Those already
+        finished are finished in it, with their metadata (engine_id, stdout...)."""
         single = isinstance(msg_ids, str)
-        futures, ask = [], []
+        futures, asked = [], {}
         for m in self._msg_ids(msg_ids):
             f = self._futures.get(m)
             if f is None:
-                f = _MsgFuture(m)
+                f = asked[m] = _MsgFuture(m)
                 self._futures[m] = f
-                ask.append(m)
             futures.append(f)
-        if ask:
-            reply = self.query(protocol.RESULT_REQUEST, msg_ids=ask)
+        if asked:
+            reply = self.query(protocol.RESULT_REQUEST, msg_ids=list(asked))
             culled = reply.get("culled") or {}   # why, for ids the controller culled
             for m in reply["unknown"]:
                 f = self._futures.pop(m, None)
                 if f is not None and not f.done():
                     f.set_exception(KeyError(culled.get(m)
                                              or f"no record of {m}: unknown or purged msg_id"))
+            # the controller sends the finished ones' results right after its reply: wait
+            # for them, as ipyparallel's client, which keeps finished results, needs not
+            concurrent.futures.wait([asked[m] for m in reply["completed"]], self.timeout)
         return AsyncResult(self, futures, fname="get_result", single=single)
 
     def wait(self, jobs=None, timeout=None):
@@ -940,11 +944,12 @@ class Client:
         ``{'engine': {'$in': [0, 1]}}``). `keys` lists the record keys to return
         (``msg_id`` always is); by default all but the request's and result's frames
         (``wire``, ``result_parts``), which come only when named. See the controller's
-        ``DictDB`` for the record's keys.
+        ``DictDB`` for the record's keys. Times are ``time.time()`` seconds; a
+        ``datetime`` in `query` (ipyparallel's timestamps) is turned into those.
         """
         if isinstance(keys, str):
             keys = [keys]
-        return self.query(protocol.DB_QUERY, query=query,
+        return self.query(protocol.DB_QUERY, query=_seconds(query),
                           keys=None if keys is None else list(keys))["records"]
 
     def shutdown(self, targets="all", hub=False, block=True):
@@ -1162,6 +1167,18 @@ class ParallelFunction(RemoteFunction):
     def map(self, *sequences):
         with self.view.temp_flags(**self.flags):
             return self.view._finish(self.view._map(self.func, sequences), self.block)
+
+
+def _seconds(query):
+    """`query` with each datetime in it as time.time() seconds, as records keep times (a
+    naive one is local time, as ``datetime.now()`` gives)."""
+    if isinstance(query, datetime.datetime):
+        return query.timestamp()
+    if isinstance(query, dict):
+        return {k: _seconds(v) for k, v in query.items()}
+    if isinstance(query, (list, tuple, set, frozenset)):
+        return [_seconds(v) for v in query]
+    return query
 
 
 def _partition(seq, n, i):

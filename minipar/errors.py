@@ -80,6 +80,10 @@ class RemoteError(MiniparError):
     def render_traceback(self):
         return self.traceback.splitlines()
 
+    def print_traceback(self, excid=None):
+        """Print the remote traceback (`excid` is CompositeError's: which engine's)."""
+        print("\n".join(self.render_traceback()))
+
 
 class _RemoteTraceback(Exception):
     """Carries the remote traceback text as the ``__cause__`` of a RemoteError."""
@@ -143,7 +147,10 @@ def error(ename, evalue, engine_info=None):
 
 
 class CompositeError(RemoteError):
-    """Errors from several engines: ``elist`` holds one RemoteError each."""
+    """Errors from several engines: ``elist`` holds one RemoteError each. Its text and
+    ``render_traceback()`` show the first ``tb_limit`` of them, as ipyparallel's."""
+
+    tb_limit = 4   # ipyparallel's: a typo on 100 engines is not 100 tracebacks
 
     def __init__(self, message, elist):
         self.message = message
@@ -156,23 +163,48 @@ class CompositeError(RemoteError):
         return CompositeError, (self.message, self.elist)
 
     def __str__(self):
-        lines = [f"{_where(e)}{e.ename}: {e.evalue}" for e in self.elist]
-        return "\n".join([self.message, *lines])
+        lines = [f"{_where(e)}{e.ename}: {e.evalue}" for e in self.elist[:self.tb_limit]]
+        return "\n".join([self.message, *lines, *self._more()])
+
+    def _more(self):
+        more = len(self.elist) - self.tb_limit
+        return [f"... {more} more exceptions ..."] if more > 0 else []
 
     def raise_exception(self, excid=0):
         """Raise the `excid`-th engine's error, with its remote traceback."""
+        raise self._error(excid)
+
+    def _error(self, excid):
         try:
-            err = self.elist[excid]
+            return self.elist[excid]
         except IndexError:
             raise IndexError(f"an error with id {excid} does not exist; there are "
                              f"{len(self.elist)}") from None
-        raise err
+
+    def render_traceback(self, excid=None):
+        """The `excid`-th engine's traceback as lines, after its ``[0:execute]:``; with
+        no `excid`, the first ``tb_limit`` engines' one after another."""
+        if excid is not None:
+            return _traceback_lines(self._error(excid))
+        lines = []
+        for e in self.elist[:self.tb_limit]:
+            lines += [*_traceback_lines(e), ""]
+        return lines + self._more()
+
+    def print_traceback(self, excid=None):
+        """Print ``render_traceback(excid)`` (ipyparallel's name)."""
+        print("\n".join(self.render_traceback(excid)))
 
     def print_tracebacks(self, excid=None):
+        """Print every engine's traceback, or the `excid`-th (IPython.kernel's name)."""
         for i, e in enumerate(self.elist):
             if excid is None or i == excid:
                 print(_where(e))
                 print(e.traceback or f"{e.ename}: {e.evalue}")
+
+
+def _traceback_lines(e):
+    return [_where(e).rstrip(" "), *(e.traceback or f"{e.ename}: {e.evalue}").splitlines()]
 
 
 def _where(e):

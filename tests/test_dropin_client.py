@@ -264,3 +264,24 @@ def test_views_get_result_purge_spin_outstanding_and_client_clear(cluster):
     tasks = lview.map(abs, [-1, -2], label="tasks", block=False)
     assert tasks.get(TIMEOUT) == [1, 2] and lview.label is None
     assert {md["label"] for md in tasks.metadata} == {"tasks"}
+
+
+def test_get_result_of_a_finished_request_has_its_metadata_at_once(cluster):
+    """ipyparallel's examples/customresults.py: wait on msg_ids, then for each one
+    finished, ``ar = rc.get_result(msg_id)`` and read ``ar.engine_id`` and ``ar.stdout``
+    at once ("we know these are done, so don't worry about blocking")."""
+    rc = cluster.rc
+    lview = rc.load_balanced_view()
+
+    def hello(i):
+        print("hi", i)
+        return i
+
+    amr = lview.map(hello, range(16), chunksize=1)
+    amr.get(TIMEOUT)
+    assert rc.wait(amr.msg_ids, TIMEOUT) and not set(amr.msg_ids) & rc.outstanding
+    for i, (msg_id, f) in enumerate(zip(amr.msg_ids, amr.futures)):
+        ar = rc.get_result(msg_id)   # no longer held by this client: the controller's
+        assert ar.ready(), f"request {i} not ready"
+        assert ar.engine_id == f.metadata["engine_id"] in rc.ids
+        assert ar.stdout == f"hi {i}\n" and ar.get() == [i]

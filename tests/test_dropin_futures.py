@@ -137,6 +137,20 @@ def test_label_flag_in_metadata_and_db_query(rc):
             lv.apply_async(abs, 1)
 
 
+def test_metadata_keys_read_as_attributes(rc):
+    """ipyparallel's metadata is "a dictionary (with attribute access)": md.engine_id."""
+    ar = rc.load_balanced_view().apply_async(print, "hi")
+    ar.get(WAIT_S)
+    md = ar.metadata
+    assert md.engine_id == md["engine_id"] in rc.ids and md.stdout == "hi\n"
+    assert md.status == "ok" and md.completed >= md.started
+    each = rc[:].apply_async(abs, 1)
+    each.get(WAIT_S)
+    assert [m.engine_id for m in each.metadata] == rc.ids
+    with pytest.raises(AttributeError, match="no metadata 'nope'"):
+        md.nope
+
+
 def test_return_exceptions_for_map_and_get(rc):
     lv = rc.load_balanced_view()
     results = lv.map(fail_on_odd, range(6), chunksize=1, return_exceptions=True, block=True)

@@ -153,6 +153,32 @@ def test_execute_error_is_composite_with_the_engines_traceback(rc):
     assert z.value.engine_info["engine_id"] == 0
 
 
+def test_composite_error_tracebacks_as_ipyparallel_shows_them(rc, monkeypatch, capsys):
+    """The direct interface tutorial's "Parallel exceptions": ``e.print_traceback(1)``,
+    and ``ipp.CompositeError.tb_limit`` bounding what is shown."""
+    assert minipar.CompositeError.tb_limit == 4
+    monkeypatch.setattr(minipar.CompositeError, "tb_limit", 2)
+    with pytest.raises(minipar.CompositeError) as info:
+        rc[:].execute("x = z", block=True)
+    err = info.value
+    assert str(err).splitlines()[1:] == ["[0:execute]: NameError: name 'z' is not defined",
+                                         "[1:execute]: NameError: name 'z' is not defined",
+                                         "... 2 more exceptions ..."]
+    err.print_traceback(3)
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[0] == "[3:execute]:" and shown[-1] == "NameError: name 'z' is not defined"
+    err.print_traceback()
+    shown = capsys.readouterr().out
+    assert shown.count("Traceback (most recent call last)") == 2
+    assert shown.startswith("[0:execute]:\n") and shown.endswith("... 2 more exceptions ...\n")
+    with pytest.raises(IndexError):
+        err.render_traceback(4)
+    with pytest.raises(NameError) as one:
+        rc[2].execute("x = z", block=True)
+    one.value.print_traceback()
+    assert "NameError: name 'z' is not defined" in capsys.readouterr().out
+
+
 def test_single_engine_error_is_raised_directly(rc):
     def fail():
         raise KeyError("missing")

@@ -12,6 +12,7 @@ import random
 import signal
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -573,6 +574,22 @@ def test_db_query_operators_and_keys(rc, lview):
     assert protocol.deserialize(rec["result_parts"]) == 0
     with pytest.raises(ValueError):
         rc.db_query({"engine": {"$near": 1}})
+
+
+def test_db_query_takes_datetimes_as_ipyparallel_does(rc, lview):
+    """The task database docs: ``hourago = datetime.now() - timedelta(1./24)``, then
+    ``rc.db_query({'started': {'$gte': hourago}})``; the records keep seconds."""
+    hourago = datetime.now() - timedelta(1. / 24)
+    ars = [lview.apply_async(square, i) for i in range(3)]
+    rc.wait(ars, TIMEOUT)
+    ids = [ar.msg_ids[0] for ar in ars]
+
+    def found(**query):
+        return {r["msg_id"] for r in rc.db_query(dict(msg_id={"$in": ids}, **query))}
+
+    assert found(started={"$gte": hourago}) == set(ids)
+    assert found(started={"$lt": hourago}) == set()
+    assert found(completed={"$lte": datetime.now(timezone.utc)}) == set(ids)   # aware too
 
 
 def test_scheme_and_hwm_flags_reach_the_scheduler(make_cluster):
