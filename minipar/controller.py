@@ -460,6 +460,8 @@ class Controller:
         self._by_ident.pop(engine["work_ident"], None)
         now = time.time()   # the engine's `started` stamps are wall-clock too
         what = "died" if died else "unregistered"
+        if not died:   # a death is logged where it is found
+            log.info("engine %d unregistered", eid)
         if died:
             self._epitaphs[eid] = _epitaph(engine)
             if len(self._epitaphs) > 100:   # bounded: the oldest go

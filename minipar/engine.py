@@ -654,23 +654,30 @@ class Engine:
             raise _Interrupt(target.reason)
 
     def serve(self):
-        """Run requests until stopped. Main thread: they arrive on its own socket."""
+        """Run requests until stopped: by a shutdown request, or by Ctrl-C between
+        requests (one while a request runs interrupts that request only). Either way it
+        unregisters, so the controller sends it nothing more. Main thread: requests
+        arrive on its own socket."""
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        while not self._stopping:
-            if self._wake_r in dict(poller.poll()):
-                os.read(self._wake_r, 4096)
-            if self._announce:
-                self._announce = False
-                self._send_ready()
-            for frames in protocol.drain(self._sock):
-                requests = self._requests(frames)
-                if len(requests) > 1:
-                    self._run_batch(requests)
-                else:
-                    for header, parts in requests:
-                        self._run(header, parts)
+        try:
+            while not self._stopping:
+                if self._wake_r in dict(poller.poll()):
+                    os.read(self._wake_r, 4096)
+                if self._announce:
+                    self._announce = False
+                    self._send_ready()
+                for frames in protocol.drain(self._sock):
+                    requests = self._requests(frames)
+                    if len(requests) > 1:
+                        self._run_batch(requests)
+                    else:
+                        for header, parts in requests:
+                            self._run(header, parts)
+        except KeyboardInterrupt:   # SIGINT from a terminal, not rc.send_signal (see _on_signal)
+            log.info("interrupted: unregistering")
+            self._stop()
         for frames in protocol.drain(self._sock, limit=REQUESTS_ABORTED_AT_STOP):
             self._requests(frames)   # each answered as aborted
         self._send(protocol.UNREGISTER)

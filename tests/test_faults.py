@@ -400,6 +400,22 @@ def test_a_crashed_engine_leaves_its_last_words_in_the_engine_error(local_cluste
         lview.apply_async(os._exit, 3).get(START_TIMEOUT_S)
 
 
+def test_ctrl_c_to_an_idle_engine_unregisters_it_at_once(local_cluster):
+    """Ctrl-C in an engine's terminal ends it cleanly: the controller hears it leave, not
+    heartbeats later as a death (with tasks sent to it in between)."""
+    engines = local_cluster.start_engines(2)
+    rc = local_cluster.client()
+    rc.wait_for_engines(2, START_TIMEOUT_S)
+    eid_of = {pid: eid for eid, pid in zip(rc.ids, rc[:].apply_sync(os.getpid))}
+    engines[0].send_signal(signal.SIGINT)
+    assert engines[0].wait(10) == 0
+    eid = eid_of[engines[0].pid]
+    wait_until(lambda: eid not in rc.ids, 10, f"engine {eid} gone from rc.ids")
+    log = local_cluster.output("controller")
+    assert f"engine {eid} unregistered" in log and "declared dead" not in log
+    assert rc.load_balanced_view().apply_sync(os.getpid) == engines[1].pid
+
+
 def test_an_engine_ended_for_a_time_limit_is_replaced_with_its_id(tmp_path):
     """An engine set minipar launched replaces the engine a time limit ended (whatever
     its restart policy: minipar ended it), and the replacement gets the same id."""
