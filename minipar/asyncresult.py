@@ -111,10 +111,13 @@ class AsyncResult(_Future):
                     [e if isinstance(e, errors.RemoteError) else errors.wrap(e) for e in errs]))
             return
         values = [f.result() for f in self._children]
-        if self._mapping:
-            values = list(itertools.chain.from_iterable(values))
-        elif self._single:
-            values = values[0]
+        try:
+            if self._mapping:
+                values = _concat(values)
+            elif self._single:
+                values = values[0]
+        except Exception as e:   # in the I/O thread: unsettled, every wait on it would hang
+            return self.set_exception(e)
         self.set_result(values)
 
     @property
@@ -356,6 +359,19 @@ class _Derived(AsyncResult):
                 self.set_result(self._transform(base.result()))
             except Exception as e:
                 self.set_exception(e)
+
+
+def _concat(parts):
+    """The parts of a map, a parallel function's call or a gather joined as ipyparallel
+    joins them: lists and tuples into one list, numpy arrays into one array; other
+    values (the sum each engine made of its part, say) listed as they are."""
+    if all(isinstance(p, (list, tuple)) for p in parts):
+        return list(itertools.chain.from_iterable(parts))
+    if all(type(p).__module__ == "numpy" and getattr(p, "ndim", 0) > 0 for p in parts):
+        import numpy
+
+        return numpy.concatenate(parts)
+    return list(parts)
 
 
 def _abort_quietly(client, ars):

@@ -44,7 +44,8 @@ import cloudpickle
 import zmq
 
 from . import errors, protocol
-from .asyncresult import AsyncResult, _Derived, _MsgFuture, _OneRequest, _abort_quietly
+from .asyncresult import (AsyncResult, _concat, _Derived, _MsgFuture, _OneRequest,
+                          _abort_quietly)
 from .dependency import Dependency, dependent, msg_ids
 # CompositeError too: classic scripts catch `client.CompositeError`
 from .errors import CompositeError, NoEnginesRegistered, TimeoutError
@@ -1185,14 +1186,6 @@ def _partition(seq, n, i):
     """The i-th of n nearly equal contiguous blocks of `seq` (the block distribution)."""
     part = seq[i * len(seq) // n:(i + 1) * len(seq) // n]
     return list(part) if isinstance(part, range) else part
-
-
-def _concat(parts):
-    if parts and all(type(p).__module__ == "numpy" and hasattr(p, "ndim") for p in parts):
-        import numpy
-
-        return numpy.concatenate(parts)
-    return list(itertools.chain.from_iterable(parts))
 
 
 def _sequence(s):

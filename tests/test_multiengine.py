@@ -127,6 +127,34 @@ def test_parallel_and_remote_decorators(rc):
     assert isinstance(getpid(), int)
 
 
+def test_parallel_function_results_joined_as_ipyparallel_joins_them(rc):
+    """The direct interface tutorial's ``@dview.parallel`` ``pmul(A, B)`` on numpy
+    arrays is an array; a function that returns one value per part (a sum) gives the
+    list of them, and a join that fails raises instead of leaving the call waiting."""
+    dv = rc[:]
+    A, B = np.arange(24.0).reshape(8, 3), np.ones((8, 3)) * 2
+
+    @dv.parallel(block=True)
+    def pmul(A, B):
+        return A * B
+
+    C = pmul(A, B)
+    assert isinstance(C, np.ndarray) and (C == A * B).all()
+
+    @dv.parallel(block=True)
+    def psum(x):
+        return sum(x)
+
+    assert psum(range(16)) == [6, 22, 38, 54]
+
+    @dv.parallel(block=False)
+    def ragged(x):   # arrays of different widths: numpy cannot join them
+        return np.zeros((1, len(x) + x[0]))
+
+    with pytest.raises(ValueError):
+        ragged(list(range(8))).get(TIMEOUT)
+
+
 def test_non_blocking_results_polled_and_waited(rc):
     ar = rc[:].apply_async(time.sleep, 0.5)
     assert not ar.ready()
