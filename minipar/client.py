@@ -145,7 +145,7 @@ class Client:
             zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self._lost_at = None        # when the connection to the controller went: I/O thread
         self._gone = None           # the error every call raises once it did not come back
-        self._stopped_hub = False   # this client shut the controller down: nothing to wait for
+        self._stopped_hub = None    # the error once this client shut the controller down
         self._warned_skew = set()   # engines whose other Python/cloudpickle was warned about
         self._timers = []           # heap of (deadline, seq, function): I/O thread
         protocol.connect(dealer, self.info, "client")
@@ -246,8 +246,7 @@ class Client:
         if event == zmq.EVENT_DISCONNECTED and self._lost_at is None:
             self._lost_at = lost = now
             if self._stopped_hub:
-                self._give_up(lost)
-                return
+                return self._give_up(lost)
             log.warning("lost the connection to the controller at %s: waiting up to %s s for "
                         "it to come back", protocol.url(self.info, "client"),
                         self.reconnect_timeout)
@@ -256,18 +255,14 @@ class Client:
             log.warning("connected to the controller again after %.1f s: asking for what is "
                         "outstanding", now - self._lost_at)
             self._lost_at = self._gone = None
-            self._stopped_hub = False
+            self._stopped_hub = None
             self._io_query(dealer, protocol.CONNECT, self._on_reconnected)
 
     def _give_up(self, lost):
         if self._lost_at != lost:
             return   # it came back in time
         if self._stopped_hub:
-            self._fail_outstanding(errors.MiniparError(
-                f"this Client shut down the controller at {protocol.url(self.info, 'client')} "
-                "(shutdown(hub=True)) before this request finished, so its outcome is "
-                "unknown; start a controller and submit the work again"))
-            return
+            return self._fail_outstanding(self._stopped_hub)
         err = errors.MiniparError(
             f"lost the controller at {protocol.url(self.info, 'client')}: it did not come "
             f"back within {self.reconnect_timeout} s (reconnect_timeout), so the outcome of "
@@ -961,15 +956,16 @@ class Client:
         t = None if targets in (None, "all") else self.resolve_targets(targets)
         if hub:
             # before the request: the controller may be gone before its reply is read
-            self._stopped_hub = True
+            self._stopped_hub = errors.MiniparError(
+                f"this Client shut down the controller at {protocol.url(self.info, 'client')} "
+                "(shutdown(hub=True)) before this request finished or was made; start a "
+                "controller, make a new Client and submit the work again")
             try:
                 self.query(protocol.SHUTDOWN, targets=t, hub=True)
             except BaseException:
-                self._stopped_hub = False
+                self._stopped_hub = None
                 raise
-            self._gone = errors.MiniparError(
-                f"this Client shut down the controller at {protocol.url(self.info, 'client')} "
-                "(shutdown(hub=True)); start a controller and make a new Client")
+            self._gone = self._stopped_hub
             return
         self.query(protocol.SHUTDOWN, targets=t, hub=False)
         if block:

@@ -871,7 +871,7 @@ class Scheduler:
             best = self._any_head()
             if best is None and not self._heaps:
                 return   # nothing queued
-            free = [e for e in self._order if len(engines[e]["tasks"]) < engines[e]["cap"]]
+            free = self._free()
             if not free:
                 return   # no engine has room
             for e, heap in self._heaps.items():   # only engines some task is restricted to
@@ -905,6 +905,11 @@ class Scheduler:
         self._clear_deadline(t)
         self._place(t, self._pick(candidates), out)
 
+    def _free(self):
+        """The engines with room, least recently used first."""
+        engines = self._engines
+        return [e for e in self._order if len(engines[e]["tasks"]) < engines[e]["cap"]]
+
     def _pick(self, candidates):
         if len(candidates) == 1:
             return candidates[0]
@@ -916,7 +921,7 @@ class Scheduler:
         first lowest load in `_order`, as leastload(loads) picks it."""
         engines, rooms = self._engines, self._rooms
         if rooms is None:
-            free = [e for e in self._order if len(engines[e]["tasks"]) < engines[e]["cap"]]
+            free = self._free()
             return self._pick(free) if free else None
         while rooms:
             load, stamp, engine_id = rooms[0]
