@@ -45,7 +45,6 @@ import json
 import marshal
 import os
 import pickle
-import re
 import struct
 import threading
 import types
@@ -198,7 +197,7 @@ def unpack_header(data):
     A signed header is still bounded before marshal reads it: marshal allocates a list
     or tuple for the count it is told before reading a single item, so a few signed bytes
     claiming 2**31 items would stall the reader for seconds (``_counts_fit``)."""
-    if _LARGE_COUNT.search(data) and not _counts_fit(data):
+    if _large_count(data) and not _counts_fit(data):
         raise ValueError("a header whose containers claim more items than it has bytes")
     header = marshal.loads(data)
     if type(header) is not dict or type(header.get("kind")) is not str \
@@ -210,12 +209,26 @@ def unpack_header(data):
 # marshal's type codes (with and without its FLAG_REF bit, 0x80) for the containers it
 # allocates by their count before reading their items: tuple, list, set, frozenset.
 _COUNTED = b"([<>\xa8\xdb\xbc\xbe"
-# One of those bytes followed by a count of 256 or more. Where a header has none, marshal
-# can waste at most 255 pointers per container still open when the data runs out (and it
-# stops nesting at a depth of 2,000): a few MB at worst. A match is often a float's or a
-# string's bytes, and then ``_counts_fit`` walks the header to be sure; most headers (a
-# request's `counts` is [1, 1]) never need the walk.
-_LARGE_COUNT = re.compile(rb"[(\[<>\xa8\xdb\xbc\xbe].(?!\x00\x00\x00)", re.S)
+# Those bytes marked 1, every other 0 (for bytes.translate).
+_COUNTED_MARKS = bytes(b in _COUNTED for b in range(256))
+
+
+def _large_count(data):
+    """Whether one of those bytes is followed by a count of 256 or more. Where a header
+    has none, marshal can waste at most 255 pointers per container still open when the
+    data runs out (and it stops nesting at a depth of 2,000): a few MB at worst. A match
+    is often a float's or a string's bytes, and then ``_counts_fit`` walks the header to
+    be sure; most headers (a request's `counts` is [1, 1]) never need the walk. One
+    translate and a find per marked byte: a third of a regex's time on a header."""
+    marks = data.translate(_COUNTED_MARKS)
+    i = marks.find(1)
+    while i >= 0:
+        if data[i + 2:i + 5] != b"\0\0\0":
+            return True
+        i = marks.find(1, i + 1)
+    return False
+
+
 # How many bytes follow each other type code that may appear in plain data: a fixed
 # size, or SIZE1 / SIZE4 (a string of that many bytes follows a 1- or 4-byte length).
 # Codes absent here (code objects, the old text floats) are refused.
