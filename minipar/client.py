@@ -117,7 +117,7 @@ class Client:
         self._engines = {}
         self._futures = {}
         self._engines_changed = threading.Condition()
-        self._closed = False
+        self._closed = None         # the error every call raises once close()d
         self.ctx = zmq.Context()
         self._outbox_addr = f"inproc://client-outbox-{id(self)}"
         outbox_in = self.ctx.socket(zmq.PULL)
@@ -598,7 +598,7 @@ class Client:
 
     def _check_usable(self):
         if self._closed:
-            raise errors.MiniparError("this Client is closed; make a new one")
+            raise self._closed.with_traceback(None)   # not the traceback of the last raise
         if self._gone is not None:
             raise self._gone
 
@@ -650,22 +650,23 @@ class Client:
     def ids(self):
         """The registered engines' ids, sorted."""
         with self._engines_changed:
+            if self._closed:   # else a list of engines it no longer hears of
+                raise self._closed.with_traceback(None)
             return sorted(self._engines)
 
     def __len__(self):
         return len(self.ids)
 
     def __getitem__(self, key):
+        ids = self.ids
         if isinstance(key, int):
-            if 0 < -key <= len(self._engines):   # as a list's: rc[-1] is the last engine
-                key = self.ids[key]
-            if key not in self._engines:
-                raise IndexError(f"engine {key} is not registered; registered: {self.ids}")
+            if 0 < -key <= len(ids):   # as a list's: rc[-1] is the last engine
+                key = ids[key]
+            if key not in ids:
+                raise IndexError(f"engine {key} is not registered; registered: {ids}")
             return DirectView(self, key)
-        if isinstance(key, slice):
-            return DirectView(self, self.ids[key])
-        if isinstance(key, (list, tuple)):
-            return DirectView(self, list(key))
+        if isinstance(key, (slice, list, tuple)):
+            return DirectView(self, ids[key] if isinstance(key, slice) else list(key))
         raise TypeError(f"index a Client with an int, a slice or a list, not {type(key).__name__}")
 
     def direct_view(self, targets="all"):
@@ -701,12 +702,11 @@ class Client:
         from .integrations import _interactive, _progress_bar
 
         deadline = None if timeout is None else time.monotonic() + timeout
-        bar = None
-        if len(self._engines) < n and (_interactive() if progress is None else progress):
-            bar = _progress_bar(n, "engines", "engines", initial=len(self._engines))
+        show = len(self) < n and (_interactive() if progress is None else progress)
+        bar = _progress_bar(n, "engines", "engines", initial=len(self)) if show else None
         try:
             with self._engines_changed:
-                while len(self._engines) < n:
+                while len(self) < n:   # raises once the client is closed (close() wakes it)
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         raise TimeoutError(f"{len(self._engines)} engines registered after "
@@ -978,7 +978,9 @@ class Client:
     def close(self):
         if self._closed:
             return
-        self._closed = True
+        with self._engines_changed:   # wakes wait_for_engines, to raise it
+            self._closed = RuntimeError("this Client is closed; make a new Client")
+            self._engines_changed.notify_all()
         with self._send_lock:
             self._flush()
             self._sender.close(linger=1000)
@@ -995,9 +997,8 @@ class Client:
         self.close()
 
     def __del__(self):
-        if not getattr(self, "_closed", True):
-            with contextlib.suppress(Exception):
-                self.close()
+        with contextlib.suppress(Exception):   # AttributeError: __init__ failed early on
+            self.close()
 
 
 # ---------------------------------------------------------------- views
