@@ -45,7 +45,7 @@ import zmq
 
 from . import errors, protocol
 from .asyncresult import (AsyncResult, _concat, _Derived, _MsgFuture, _OneRequest,
-                          _abort_quietly)
+                          _abort_quietly, _timeout_s)
 from .dependency import Dependency, dependent, msg_ids
 # CompositeError too: classic scripts catch `client.CompositeError`
 from .errors import CompositeError, NoEnginesRegistered, TimeoutError
@@ -849,7 +849,7 @@ class Client:
     def wait(self, jobs=None, timeout=None):
         """Wait for jobs (default: all outstanding) at most `timeout` s; True if all done."""
         futures = [f for f in map(self._futures.get, self._msg_ids(jobs)) if f is not None]
-        return not concurrent.futures.wait(futures, timeout).not_done
+        return not concurrent.futures.wait(futures, _timeout_s(timeout)).not_done
 
     def abort(self, jobs=None):
         """Abort jobs (msg_ids or AsyncResults; None or 'all': every unfinished request
