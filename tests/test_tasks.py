@@ -523,6 +523,13 @@ def test_resubmit_and_result_status(rc, lview):
     assert rc.result_status(ar, status_only=False)[ar.msg_ids[0]] == 81
     with pytest.raises(KeyError):
         rc.result_status("no-such-msg-id")
+    with pytest.raises(ValueError):
+        rc.resubmit(slow)            # still pending
+    # done with: it would keep its engine, any of them, busy for a minute, and the
+    # direct request below waits behind it there
+    slow.abort()
+    with pytest.raises(minipar.TaskAborted):
+        slow.get(TIMEOUT)
 
     again = rc.resubmit(ar)
     assert again.get(TIMEOUT) == 81 and again.msg_ids != ar.msg_ids
@@ -534,11 +541,8 @@ def test_resubmit_and_result_status(rc, lview):
     direct.get(TIMEOUT)
     redo = rc.resubmit(direct.msg_ids[0])
     assert redo.get(TIMEOUT) == direct.get(TIMEOUT)   # direct: the same engine again
-    with pytest.raises(ValueError):
-        rc.resubmit(slow)            # still pending
     with pytest.raises(KeyError):
         rc.resubmit("no-such-msg-id")
-    slow.abort()
 
 
 def test_db_query_operators_and_keys(rc, lview):
