@@ -1006,11 +1006,12 @@ class Client:
 class _View:
     _flag_names = ("block", "label")
 
-    def __init__(self, client, targets, block=False):
-        self.client = client
-        self.targets = targets
-        self.block = block
+    def __init__(self, client, targets="all", block=False):
+        self.client, self.targets, self.block = client, targets, block
         self.label = None   # kept in the task records: ar.metadata['label'], db_query
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.targets}>"
 
     def _label(self):
         """The `label` flag as header fields (none when None)."""
@@ -1039,8 +1040,8 @@ class _View:
     @contextlib.contextmanager
     def temp_flags(self, **flags):
         saved = {k: getattr(self, k) for k in flags}
-        self.set_flags(**flags)
-        try:
+        try:   # a flag refused leaves none changed, not those set before it
+            self.set_flags(**flags)
             yield
         finally:
             self.set_flags(**saved)
@@ -1193,12 +1194,6 @@ class DirectView(_View):
     """Requests addressed to engines directly (the MultiEngine interface). ``targets``
     is 'all', one engine id (results are plain values) or a list of ids (results are
     lists, one per engine). Flags: ``block``, ``targets``."""
-
-    def __init__(self, client, targets="all", block=False):
-        super().__init__(client, targets, block)
-
-    def __repr__(self):
-        return f"<DirectView {self.targets}>"
 
     def __len__(self):
         return len(self.client.resolve_targets(self.targets))
@@ -1367,9 +1362,6 @@ class BroadcastView(DirectView):
         super().__init__(client, targets, block)
         self.is_coalescing = is_coalescing
 
-    def __repr__(self):
-        return f"<BroadcastView {self.targets}>"
-
     def _each(self, targets, send, fname):
         targets = self.targets if targets is None else targets
         if isinstance(targets, int):
@@ -1385,7 +1377,7 @@ class LoadBalancedView(_View):
     of ``apply``, which are the function's own): ``block``, ``targets`` (engines the
     tasks may use), ``after`` (start only when these tasks are done), ``follow`` (run
     on the engine where these ran), each a ``Dependency``, msg_ids or AsyncResults;
-    ``timeout`` (seconds a task may wait for its dependencies: ``DependencyTimeout``),
+    ``timeout`` (seconds a task may wait for its dependencies: ``DependencyTimeout``; 0: none),
     ``retries`` (times a failed task is run again, elsewhere if possible),
     ``recovery`` (what runs when retries are exhausted, see below) and ``time_limit``
     (seconds a task may run before it is interrupted: ``TaskTimeout``).
@@ -1408,8 +1400,13 @@ class LoadBalancedView(_View):
         self.after = self.follow = self.timeout = self.recovery = self.time_limit = None
         self.retries = 0
 
-    def __repr__(self):
-        return f"<LoadBalancedView {self.targets}>"
+    def _set_timeout(self, timeout):   # the `timeout` flag, however it is set
+        if _timeout_s(timeout) is not None and not timeout >= 0:   # not a number: TypeError
+            raise ValueError(f"timeout={timeout}: give the seconds a task may wait for its "
+                             "dependencies, or None (or 0) for no limit")
+        self._timeout = timeout
+
+    timeout = property(lambda self: self._timeout, _set_timeout)
 
     # ------------------------------------------------------------ header fields
 
