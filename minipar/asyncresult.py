@@ -134,6 +134,7 @@ class AsyncResult(_Future):
         """The result; raises TimeoutError if not ready within `timeout` seconds. With
         `return_exceptions` (default: False, or the map's flag) a failed request's
         error is returned in place of its result (of each item of a failed map chunk)."""
+        timeout = _timeout_s(timeout)   # before the try: it would take a TypeError for a timeout
         try:
             return self.result(timeout)
         except Exception:
@@ -156,7 +157,7 @@ class AsyncResult(_Future):
 
     def wait(self, timeout=None):
         """Wait until done (at most `timeout` seconds); return whether it is."""
-        concurrent.futures.wait([self], timeout)
+        concurrent.futures.wait([self], _timeout_s(timeout))
         return self.done()
 
     def ready(self):
@@ -272,7 +273,7 @@ class AsyncResult(_Future):
         Returns whether all are done."""
         from .integrations import _wait_with_bar
 
-        return _wait_with_bar(self, self._fname or "tasks", interval, timeout)
+        return _wait_with_bar(self, self._fname or "tasks", interval, _timeout_s(timeout))
 
     def stream_output(self, interval=0.1, timeout=None, file=None):
         """Print what the requests print, as the engines print it, each line prefixed
@@ -280,7 +281,7 @@ class AsyncResult(_Future):
         all are done (or `timeout` s). Returns whether all are done."""
         from .integrations import _stream_output
 
-        return _stream_output(self, interval, timeout, file)
+        return _stream_output(self, interval, _timeout_s(timeout), file)
 
     def display_outputs(self, file=None):
         """Print each request's stdout and stderr so far, prefixed like ``[stdout:0]``."""
@@ -372,6 +373,20 @@ def _concat(parts):
 
         return numpy.concatenate(parts)
     return list(parts)
+
+
+def _timeout_s(timeout):
+    """The seconds a wait's `timeout` allows: None (no limit), or a number, a negative one
+    (or NaN) being no wait at all, as 0. Anything else (a str, a list, a bool) is a
+    TypeError at once, not a wait that fails late, or at once and saying nothing of it."""
+    if timeout is None:
+        return None
+    import numbers   # here, not at import: only a wait with a timeout pays for it
+
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be a number of seconds or None, not "
+                        f"{type(timeout).__name__} {timeout!r:.40}")
+    return timeout if timeout >= 0 else 0
 
 
 def _abort_quietly(client, ars):

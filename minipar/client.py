@@ -45,7 +45,7 @@ import zmq
 
 from . import errors, protocol
 from .asyncresult import (AsyncResult, _concat, _Derived, _MsgFuture, _OneRequest,
-                          _abort_quietly)
+                          _abort_quietly, _timeout_s)
 from .dependency import Dependency, dependent, msg_ids
 # CompositeError too: classic scripts catch `client.CompositeError`
 from .errors import CompositeError, NoEnginesRegistered, TimeoutError
@@ -117,7 +117,7 @@ class Client:
         self._engines = {}
         self._futures = {}
         self._engines_changed = threading.Condition()
-        self._closed = False
+        self._closed = None         # the error every call raises once close()d
         self.ctx = zmq.Context()
         self._outbox_addr = f"inproc://client-outbox-{id(self)}"
         outbox_in = self.ctx.socket(zmq.PULL)
@@ -598,7 +598,7 @@ class Client:
 
     def _check_usable(self):
         if self._closed:
-            raise errors.MiniparError("this Client is closed; make a new one")
+            raise self._closed.with_traceback(None)   # not the traceback of the last raise
         if self._gone is not None:
             raise self._gone
 
@@ -650,22 +650,23 @@ class Client:
     def ids(self):
         """The registered engines' ids, sorted."""
         with self._engines_changed:
+            if self._closed:   # else a list of engines it no longer hears of
+                raise self._closed.with_traceback(None)
             return sorted(self._engines)
 
     def __len__(self):
         return len(self.ids)
 
     def __getitem__(self, key):
+        ids = self.ids
         if isinstance(key, int):
-            if 0 < -key <= len(self._engines):   # as a list's: rc[-1] is the last engine
-                key = self.ids[key]
-            if key not in self._engines:
-                raise IndexError(f"engine {key} is not registered; registered: {self.ids}")
+            if 0 < -key <= len(ids):   # as a list's: rc[-1] is the last engine
+                key = ids[key]
+            if key not in ids:
+                raise IndexError(f"engine {key} is not registered; registered: {ids}")
             return DirectView(self, key)
-        if isinstance(key, slice):
-            return DirectView(self, self.ids[key])
-        if isinstance(key, (list, tuple)):
-            return DirectView(self, list(key))
+        if isinstance(key, (slice, list, tuple)):
+            return DirectView(self, ids[key] if isinstance(key, slice) else list(key))
         raise TypeError(f"index a Client with an int, a slice or a list, not {type(key).__name__}")
 
     def direct_view(self, targets="all"):
@@ -701,12 +702,11 @@ class Client:
         from .integrations import _interactive, _progress_bar
 
         deadline = None if timeout is None else time.monotonic() + timeout
-        bar = None
-        if len(self._engines) < n and (_interactive() if progress is None else progress):
-            bar = _progress_bar(n, "engines", "engines", initial=len(self._engines))
+        show = len(self) < n and (_interactive() if progress is None else progress)
+        bar = _progress_bar(n, "engines", "engines", initial=len(self)) if show else None
         try:
             with self._engines_changed:
-                while len(self._engines) < n:
+                while len(self) < n:   # raises once the client is closed (close() wakes it)
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         raise TimeoutError(f"{len(self._engines)} engines registered after "
@@ -849,7 +849,7 @@ class Client:
     def wait(self, jobs=None, timeout=None):
         """Wait for jobs (default: all outstanding) at most `timeout` s; True if all done."""
         futures = [f for f in map(self._futures.get, self._msg_ids(jobs)) if f is not None]
-        return not concurrent.futures.wait(futures, timeout).not_done
+        return not concurrent.futures.wait(futures, _timeout_s(timeout)).not_done
 
     def abort(self, jobs=None):
         """Abort jobs (msg_ids or AsyncResults; None or 'all': every unfinished request
@@ -978,7 +978,9 @@ class Client:
     def close(self):
         if self._closed:
             return
-        self._closed = True
+        with self._engines_changed:   # wakes wait_for_engines, to raise it
+            self._closed = RuntimeError("this Client is closed; make a new Client")
+            self._engines_changed.notify_all()
         with self._send_lock:
             self._flush()
             self._sender.close(linger=1000)
@@ -995,9 +997,8 @@ class Client:
         self.close()
 
     def __del__(self):
-        if not getattr(self, "_closed", True):
-            with contextlib.suppress(Exception):
-                self.close()
+        with contextlib.suppress(Exception):   # AttributeError: __init__ failed early on
+            self.close()
 
 
 # ---------------------------------------------------------------- views
@@ -1005,11 +1006,12 @@ class Client:
 class _View:
     _flag_names = ("block", "label")
 
-    def __init__(self, client, targets, block=False):
-        self.client = client
-        self.targets = targets
-        self.block = block
+    def __init__(self, client, targets="all", block=False):
+        self.client, self.targets, self.block = client, targets, block
         self.label = None   # kept in the task records: ar.metadata['label'], db_query
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.targets}>"
 
     def _label(self):
         """The `label` flag as header fields (none when None)."""
@@ -1038,8 +1040,8 @@ class _View:
     @contextlib.contextmanager
     def temp_flags(self, **flags):
         saved = {k: getattr(self, k) for k in flags}
-        self.set_flags(**flags)
-        try:
+        try:   # a flag refused leaves none changed, not those set before it
+            self.set_flags(**flags)
             yield
         finally:
             self.set_flags(**saved)
@@ -1192,12 +1194,6 @@ class DirectView(_View):
     """Requests addressed to engines directly (the MultiEngine interface). ``targets``
     is 'all', one engine id (results are plain values) or a list of ids (results are
     lists, one per engine). Flags: ``block``, ``targets``."""
-
-    def __init__(self, client, targets="all", block=False):
-        super().__init__(client, targets, block)
-
-    def __repr__(self):
-        return f"<DirectView {self.targets}>"
 
     def __len__(self):
         return len(self.client.resolve_targets(self.targets))
@@ -1366,9 +1362,6 @@ class BroadcastView(DirectView):
         super().__init__(client, targets, block)
         self.is_coalescing = is_coalescing
 
-    def __repr__(self):
-        return f"<BroadcastView {self.targets}>"
-
     def _each(self, targets, send, fname):
         targets = self.targets if targets is None else targets
         if isinstance(targets, int):
@@ -1384,7 +1377,7 @@ class LoadBalancedView(_View):
     of ``apply``, which are the function's own): ``block``, ``targets`` (engines the
     tasks may use), ``after`` (start only when these tasks are done), ``follow`` (run
     on the engine where these ran), each a ``Dependency``, msg_ids or AsyncResults;
-    ``timeout`` (seconds a task may wait for its dependencies: ``DependencyTimeout``),
+    ``timeout`` (seconds a task may wait for its dependencies: ``DependencyTimeout``; 0: none),
     ``retries`` (times a failed task is run again, elsewhere if possible),
     ``recovery`` (what runs when retries are exhausted, see below) and ``time_limit``
     (seconds a task may run before it is interrupted: ``TaskTimeout``).
@@ -1407,8 +1400,13 @@ class LoadBalancedView(_View):
         self.after = self.follow = self.timeout = self.recovery = self.time_limit = None
         self.retries = 0
 
-    def __repr__(self):
-        return f"<LoadBalancedView {self.targets}>"
+    def _set_timeout(self, timeout):   # the `timeout` flag, however it is set
+        if _timeout_s(timeout) is not None and not timeout >= 0:   # not a number: TypeError
+            raise ValueError(f"timeout={timeout}: give the seconds a task may wait for its "
+                             "dependencies, or None (or 0) for no limit")
+        self._timeout = timeout
+
+    timeout = property(lambda self: self._timeout, _set_timeout)
 
     # ------------------------------------------------------------ header fields
 

@@ -48,6 +48,7 @@ import pickle
 import struct
 import threading
 import types
+import warnings
 import weakref
 
 import cloudpickle
@@ -783,11 +784,13 @@ def write_connection_file(path, info):
 
 def read_connection_file(path, ports=CLIENT_PORTS):
     """Read a connection file, with an error that says how to get one; it must name the
-    `ports` its reader connects to (a client's: CLIENT_PORTS; an engine's: ENGINE_PORTS)."""
+    `ports` its reader connects to (a client's: CLIENT_PORTS; an engine's: ENGINE_PORTS).
+    One that group or others may read or write is still used, with a RuntimeWarning."""
     from .errors import ConnectionFileError
 
     try:
         with open(path) as f:
+            mode = os.fstat(f.fileno()).st_mode & 0o777   # of the file read, not a later one
             info = json.load(f)
     except FileNotFoundError:
         raise ConnectionFileError(
@@ -808,6 +811,11 @@ def read_connection_file(path, ports=CLIENT_PORTS):
     problem = _connection_problem(info, ports)
     if problem:
         raise ConnectionFileError(_not_written_by_a_controller(path, problem))
+    if mode & 0o077:   # copied without its mode, say: a controller writes it 0600
+        warnings.warn(f"connection file {path} is readable or writable by group or others "
+                      f"(mode {mode:04o}), yet it holds the key that signs messages: whoever "
+                      f"reads it can run code on the engines; `chmod 600 {path}`",
+                      RuntimeWarning, stacklevel=2)
     return info
 
 

@@ -290,6 +290,34 @@ def test_a_missed_engine_notification_makes_the_client_ask_for_the_whole_list(tm
         hub.close()
 
 
+def test_a_closed_client_says_so_rather_than_list_engines_it_no_longer_hears_of(
+        shared_cluster):
+    client = minipar.Client(shared_cluster.client_file)
+    assert len(client.ids) == 4
+    dv = client[:]
+    waited = []
+
+    def wait_for_more():   # another thread, waiting when the client is closed (or just after)
+        try:
+            client.wait_for_engines(5, timeout=TIMEOUT / 2)
+        except Exception as e:
+            waited.append(e)
+
+    waiter = threading.Thread(target=wait_for_more)
+    waiter.start()
+    client.close()
+    closed = r"this Client is closed; make a new Client"
+    for call in (lambda: client.ids, lambda: len(client), lambda: client[:],
+                 lambda: client[-1], lambda: client[0], lambda: dv.apply_async(os.getpid),
+                 lambda: client.wait_for_engines(5, timeout=TIMEOUT / 2)):
+        with pytest.raises(RuntimeError, match=closed):
+            call()
+    waiter.join(TIMEOUT)
+    assert len(waited) == 1 and isinstance(waited[0], RuntimeError), waited
+    client.close()   # a second close() does nothing
+    assert shared_cluster.rc[:].apply_sync(abs, -1) == [1] * 4   # other clients go on
+
+
 def test_a_failed_io_thread_fails_what_waits_and_close_still_returns(shared_cluster):
     """Every reply reaches a client through its I/O thread. Should that thread ever end
     by a bug, what waits on it fails saying so, later calls too, and close() returns

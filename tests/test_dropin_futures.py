@@ -8,6 +8,7 @@ the ``label`` flag, ``return_exceptions``, ``datapub.publish_data`` and ``ar.dat
 
 import concurrent.futures as cf
 import gc
+import io
 import os
 import sys
 import time
@@ -256,6 +257,38 @@ def test_abort_still_interrupts_a_running_task(rc):
     ar.abort()
     with pytest.raises(Exception, match="abort"):
         ar.get(WAIT_S)
+
+
+def test_a_timeout_not_a_number_is_a_type_error_and_a_negative_one_waits_not_at_all(rc):
+    lv = rc.load_balanced_view()
+    done = rc[:].apply_async(abs, -1)
+    assert done.get(None) == [1] * 4   # None: no limit, as before
+    pending = lv.apply_async(sleep_then, 60, None)   # after: it keeps an engine busy
+    out = io.StringIO()
+
+    def waits(ar, timeout):   # every wait that takes a timeout, with what each returns
+        return [lambda: ar.get(timeout), lambda: ar.wait(timeout),
+                lambda: ar.get_dict(timeout), lambda: ar.stream_output(0.01, timeout, out),
+                lambda: ar.wait_interactive(0.01, timeout), lambda: rc.wait(ar, timeout),
+                lambda: lv.wait(ar, timeout=timeout)]
+
+    for bad in ("5", [5], True):
+        for ar in (pending, done):   # also where there is nothing to wait for
+            for call in waits(ar, bad):
+                with pytest.raises(TypeError, match=r"timeout must be a number of seconds "
+                                                    r"or None, not (str|list|bool)"):
+                    call()
+    for never in (-1, -0.5, float("nan")):   # as 0: no wait, not an error, not forever
+        get, wait, get_dict, stream, bar, rc_wait, view_wait = waits(pending, never)
+        for call in (get, get_dict):
+            with pytest.raises(TimeoutError):
+                call()
+        assert [call() for call in (wait, stream, bar, rc_wait, view_wait)] == [False] * 5
+        assert [call() for call in waits(done, never)[1:]] == \
+            [True, {e: 1 for e in rc.ids}, True, True, True, True]
+        assert done.get(never) == [1] * 4
+    assert not pending.done()
+    pending.abort()
 
 
 def test_a_dropped_finished_result_is_freed(rc):

@@ -65,6 +65,17 @@ def test_connection_files_and_their_folder_are_private(curve_cluster):
     assert info["curve_serverkey"] and secret not in json.dumps(info)
 
 
+def test_a_connection_file_others_can_read_is_used_with_a_warning(local_cluster):
+    local_cluster.start_engines(1)
+    os.chmod(local_cluster.client_file, 0o644)   # copied without its mode, say
+    with pytest.warns(RuntimeWarning, match=r"minipar-client.json is readable .* by group or "
+                                            r"others \(mode 0644\).*key that signs messages"
+                                            r".*chmod 600"):
+        rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    assert rc[:].apply_sync(os.getpid) == [local_cluster.engines[0].pid]
+
+
 def _listening(port):
     """Local addresses listening on TCP `port`, from /proc/net/tcp and tcp6."""
     found = []

@@ -318,6 +318,30 @@ def test_dependency_timeout(lview):
         slow.get(TIMEOUT)
 
 
+def test_a_negative_dependency_timeout_is_refused_at_once(rc, lview):
+    for never in (-1, -0.5, float("nan")):
+        for set_it in (lambda: setattr(lview, "timeout", never),
+                       lambda: lview.set_flags(timeout=never),
+                       lambda: lview.temp_flags(retries=3, timeout=never).__enter__()):
+            with pytest.raises(ValueError, match=r"timeout=(-1|-0.5|nan): give the seconds"):
+                set_it()
+            assert lview.timeout is None and lview.retries == 0   # nothing left changed
+    with pytest.raises(TypeError, match="timeout must be a number of seconds or None"):
+        lview.timeout = "5"
+    for no_limit in (0, None):   # as before: no timeout
+        with lview.temp_flags(timeout=no_limit):
+            assert lview.apply_sync(square, 2) == 4
+    # a client that skips the check: the controller refuses the task, with a final state
+    for never in (-1, float("nan")):
+        lview._timeout = never
+        ar = lview.apply_async(square, 3)
+        with pytest.raises(ValueError, match=r"refused: `timeout` .* must be >= 0"):
+            ar.get(TIMEOUT)
+        assert rc.db_query({"msg_id": ar.msg_ids[0]}, ["status"])[0]["status"] == "error"
+    lview._timeout = None
+    assert lview.apply_sync(square, 4) == 16   # and it goes on serving
+
+
 def test_dependency_set_semantics():
     d = Dependency(["a", "b"])
     assert d.as_dict() == {"ids": ["a", "b"], "all": True, "success": True, "failure": False}
@@ -523,6 +547,13 @@ def test_resubmit_and_result_status(rc, lview):
     assert rc.result_status(ar, status_only=False)[ar.msg_ids[0]] == 81
     with pytest.raises(KeyError):
         rc.result_status("no-such-msg-id")
+    with pytest.raises(ValueError):
+        rc.resubmit(slow)            # still pending
+    # done with: it would keep its engine, any of them, busy for a minute, and the
+    # direct request below waits behind it there
+    slow.abort()
+    with pytest.raises(minipar.TaskAborted):
+        slow.get(TIMEOUT)
 
     again = rc.resubmit(ar)
     assert again.get(TIMEOUT) == 81 and again.msg_ids != ar.msg_ids
@@ -534,11 +565,8 @@ def test_resubmit_and_result_status(rc, lview):
     direct.get(TIMEOUT)
     redo = rc.resubmit(direct.msg_ids[0])
     assert redo.get(TIMEOUT) == direct.get(TIMEOUT)   # direct: the same engine again
-    with pytest.raises(ValueError):
-        rc.resubmit(slow)            # still pending
     with pytest.raises(KeyError):
         rc.resubmit("no-such-msg-id")
-    slow.abort()
 
 
 def test_db_query_operators_and_keys(rc, lview):
