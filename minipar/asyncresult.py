@@ -376,9 +376,9 @@ def _concat(parts):
 
 
 def _timeout_s(timeout):
-    """The seconds a wait's `timeout` allows: None (no limit), or a number, a negative one
-    (or NaN) being no wait at all, as 0. Anything else (a str, a list, a bool) is a
-    TypeError at once, not a wait that fails late, or at once and saying nothing of it."""
+    """The seconds a wait's `timeout` allows: a number, or None for no limit. A negative
+    one is no limit too (ipyparallel's ``timeout=-1``); NaN is a ValueError, and anything
+    else (a str, a list, a bool) a TypeError at once, not a wait that fails late."""
     if timeout is None:
         return None
     import numbers   # here, not at import: only a wait with a timeout pays for it
@@ -386,7 +386,9 @@ def _timeout_s(timeout):
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
         raise TypeError(f"timeout must be a number of seconds or None, not "
                         f"{type(timeout).__name__} {timeout!r:.40}")
-    return timeout if timeout >= 0 else 0
+    if timeout != timeout:
+        raise ValueError("timeout=nan: give a number of seconds, or None for no limit")
+    return timeout if timeout >= 0 else None
 
 
 def _abort_quietly(client, ars):

@@ -1400,8 +1400,9 @@ class LoadBalancedView(_View):
         self.after = self.follow = self.timeout = self.recovery = self.time_limit = None
         self.retries = 0
 
-    def _set_timeout(self, timeout):   # the `timeout` flag, however it is set
-        if _timeout_s(timeout) is not None and not timeout >= 0:   # not a number: TypeError
+    def _set_timeout(self, timeout):   # the `timeout` flag, however it is set; a wait's
+        # no-limit (negative) and NaN are refused here, what is not a number by _timeout_s
+        if timeout is not None and not (timeout == timeout and _timeout_s(timeout) is not None):
             raise ValueError(f"timeout={timeout}: give the seconds a task may wait for its "
                              "dependencies, or None (or 0) for no limit")
         self._timeout = timeout

@@ -259,16 +259,16 @@ def test_abort_still_interrupts_a_running_task(rc):
         ar.get(WAIT_S)
 
 
-def test_a_timeout_not_a_number_is_a_type_error_and_a_negative_one_waits_not_at_all(rc):
+def test_a_timeout_not_a_number_is_a_type_error_and_a_negative_one_is_no_limit(rc):
     lv = rc.load_balanced_view()
     done = rc[:].apply_async(abs, -1)
     assert done.get(None) == [1] * 4   # None: no limit, as before
     pending = lv.apply_async(sleep_then, 60, None)   # after: it keeps an engine busy
     out = io.StringIO()
 
-    def waits(ar, timeout):   # every wait that takes a timeout, with what each returns
-        return [lambda: ar.get(timeout), lambda: ar.wait(timeout),
-                lambda: ar.get_dict(timeout), lambda: ar.stream_output(0.01, timeout, out),
+    def waits(ar, timeout):   # every wait that takes a timeout
+        return [lambda: ar.get(timeout), lambda: ar.get_dict(timeout), lambda: ar.wait(timeout),
+                lambda: ar.stream_output(0.01, timeout, out),
                 lambda: ar.wait_interactive(0.01, timeout), lambda: rc.wait(ar, timeout),
                 lambda: lv.wait(ar, timeout=timeout)]
 
@@ -278,17 +278,19 @@ def test_a_timeout_not_a_number_is_a_type_error_and_a_negative_one_waits_not_at_
                 with pytest.raises(TypeError, match=r"timeout must be a number of seconds "
                                                     r"or None, not (str|list|bool)"):
                     call()
-    for never in (-1, -0.5, float("nan")):   # as 0: no wait, not an error, not forever
-        get, wait, get_dict, stream, bar, rc_wait, view_wait = waits(pending, never)
-        for call in (get, get_dict):
-            with pytest.raises(TimeoutError):
-                call()
-        assert [call() for call in (wait, stream, bar, rc_wait, view_wait)] == [False] * 5
-        assert [call() for call in waits(done, never)[1:]] == \
-            [True, {e: 1 for e in rc.ids}, True, True, True, True]
-        assert done.get(never) == [1] * 4
-    assert not pending.done()
-    pending.abort()
+    for call in waits(pending, float("nan")):
+        with pytest.raises(ValueError, match="timeout=nan"):
+            call()
+    for forever in (-1, -0.5):   # ipyparallel's timeout=-1: no limit, as None
+        assert [call() for call in waits(done, forever)] == \
+            [[1] * 4, {e: 1 for e in rc.ids}, True, True, True, True, True]
+    with cf.ThreadPoolExecutor(7) as pool:
+        waiting = [pool.submit(call) for call in waits(pending, -1)]
+        assert len(cf.wait(waiting, timeout=0.5).not_done) == 7   # none gave up at once
+        pending.abort()
+        assert not cf.wait(waiting, timeout=WAIT_S).not_done
+    assert [type(w.exception()).__name__ for w in waiting[:2]] == ["TaskAborted"] * 2
+    assert [w.result() for w in waiting[2:]] == [True] * 5
 
 
 def test_a_dropped_finished_result_is_freed(rc):
