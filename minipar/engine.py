@@ -19,6 +19,10 @@ Every STREAM_INTERVAL_S the receiver sends what the running request printed or p
 for one still running (so the client's future is running()). Every USAGE_PERIOD_S it
 sends ``usage`` (CPU time, memory, the running request) for rc.status and minipar.top.
 
+Signals: SIGTERM (`kill PID`, a batch system ending its job) stops an idle engine as a
+shutdown request does (it unregisters, exits 0); one running a request dies of it, as
+processes do, and the controller fails or retries that request.
+
 A task that holds the GIL past its time_limit plus TIME_LIMIT_GRACE_S (one long C call,
 which no interrupt reaches) ends the engine by SIGALRM, with faulthandler's traceback in
 its log; the controller, told when the task started, fails it with TaskTimeout.
@@ -288,6 +292,7 @@ class Engine:
         self._send_ready()
         self._main_ident = threading.get_ident()
         signal.signal(signal.SIGINT, self._on_sigint)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
         # the time-limit watchdog (TIME_LIMIT_GRACE_S): the traceback, then the default action
         faulthandler.register(signal.SIGALRM, all_threads=True, chain=True)
         threading.Thread(target=self._receiver, args=(dealer, outbox_in),
@@ -653,11 +658,25 @@ class Engine:
         if cur is not None and cur.msg_id == target.msg_id:
             raise _Interrupt(target.reason)
 
+    def _on_sigterm(self, signum, frame):
+        # executes in the main thread, between bytecodes of whatever runs. `kill PID` (a
+        # user, a batch system ending its job) to an idle engine stops it as a shutdown
+        # request does: it unregisters (rc.ids drops it now, not heartbeats later) and
+        # exits 0, so restart="on_failure" leaves it stopped. While a request runs, the
+        # default action ends the engine at once, as it always has: the request gets its
+        # engine's death (or its retry), and no `finally` of user code delays the exit.
+        if self._current is None:
+            log.info("SIGTERM while idle: unregistering")
+            return self._stop()
+        log.warning("SIGTERM while running %s: exiting at once", self._current.msg_id)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
+
     def serve(self):
-        """Run requests until stopped: by a shutdown request, or by Ctrl-C between
-        requests (one while a request runs interrupts that request only). Either way it
-        unregisters, so the controller sends it nothing more. Main thread: requests
-        arrive on its own socket."""
+        """Run requests until stopped: by a shutdown request, by SIGTERM or by Ctrl-C
+        between requests (one while a request runs interrupts that request only; SIGTERM
+        then ends the engine). Stopped, it unregisters, so the controller sends it nothing
+        more. Main thread: requests arrive on its own socket."""
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)

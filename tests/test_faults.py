@@ -240,6 +240,12 @@ def test_cluster_restarts_engines_that_fail_but_not_those_told_to_stop(tmp_path)
         assert child.wait(START_TIMEOUT_S)
         child._watcher.join(START_TIMEOUT_S)
         assert launcher.restarts == 1 and len(launcher.pids()) == 1
+        # so does an idle engine stopped on purpose by `kill PID` (SIGTERM)
+        (last,) = [c for c in launcher._children if c.running]
+        os.kill(last.pid, signal.SIGTERM)
+        assert last.wait(START_TIMEOUT_S) and last.stop_data["exit_code"] == 0
+        last._watcher.join(START_TIMEOUT_S)
+        assert launcher.restarts == 1 and launcher.pids() == []
         assert launcher.to_dict()["options"]["restart"] == "on_failure"
     finally:
         cluster.stop_cluster_sync()
@@ -414,6 +420,29 @@ def test_ctrl_c_to_an_idle_engine_unregisters_it_at_once(local_cluster):
     log = local_cluster.output("controller")
     assert f"engine {eid} unregistered" in log and "declared dead" not in log
     assert rc.load_balanced_view().apply_sync(os.getpid) == engines[1].pid
+
+
+def test_sigterm_to_an_idle_engine_unregisters_it_at_once(local_cluster):
+    """`kill PID` (a user, a batch system ending its job) stops an idle engine as a
+    shutdown does: it leaves at once and exits 0. An engine running a task dies of it as
+    before, and its task fails with the engine's death."""
+    engines = local_cluster.start_engines(2)
+    rc = local_cluster.client()
+    rc.wait_for_engines(2, START_TIMEOUT_S)
+    eid_of = {pid: eid for eid, pid in zip(rc.ids, rc[:].apply_sync(os.getpid))}
+    idle, busy = engines
+    idle.terminate()
+    assert idle.wait(10) == 0
+    eid = eid_of[idle.pid]
+    wait_until(lambda: eid not in rc.ids, 10, f"engine {eid} gone from rc.ids")
+    log = local_cluster.output("controller")
+    assert f"engine {eid} unregistered" in log and "declared dead" not in log
+    ar = rc[eid_of[busy.pid]].apply_async(_sleep_then, 60, "never")
+    wait_until(lambda: "started" in ar.stdout, START_TIMEOUT_S, "the task to start")
+    busy.terminate()
+    assert busy.wait(10) == -signal.SIGTERM
+    with pytest.raises(errors.RemoteError, match=r"EngineError: engine \d+ died"):
+        ar.get(START_TIMEOUT_S)
 
 
 def test_an_engine_ended_for_a_time_limit_is_replaced_with_its_id(tmp_path):
