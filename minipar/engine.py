@@ -20,8 +20,14 @@ for one still running (so the client's future is running()). Every USAGE_PERIOD_
 sends ``usage`` (CPU time, memory, the running request) for rc.status and minipar.top.
 
 Signals: SIGTERM (`kill PID`, a batch system ending its job) stops an idle engine as a
-shutdown request does (it unregisters, exits 0); one running a request dies of it, as
-processes do, and the controller fails or retries that request.
+shutdown request does (it unregisters, exits 0); one running a request dies of it, and
+the controller fails or retries that request. SIGINT interrupts the running request
+(KeyboardInterrupt). An idle engine ignores SIGINT, as an IPython kernel does (so a
+`Cluster.signal_engines_sync(SIGINT)` meant for a task never ends one that just
+finished), unless it runs in its terminal's foreground: there a SIGINT may be its
+user's Ctrl-C (a process cannot tell one from a `kill -INT`), and it stops as on
+SIGTERM. An engine started by a launcher (its own session), in the background (`&`),
+by `ssh` without -t or by a batch job is never in a terminal's foreground.
 
 A task that holds the GIL past its time_limit plus TIME_LIMIT_GRACE_S (one long C call,
 which no interrupt reaches) ends the engine by SIGALRM, with faulthandler's traceback in
@@ -654,6 +660,9 @@ class Engine:
         if target is None:
             if ours:   # sent for a request that ended before the signal landed: nothing to do
                 return
+            if cur is None and not _in_foreground():   # see the module docstring
+                log.warning("SIGINT while idle: ignored (an engine is stopped with SIGTERM)")
+                return
             raise KeyboardInterrupt
         if cur is not None and cur.msg_id == target.msg_id:
             raise _Interrupt(target.reason)
@@ -673,10 +682,10 @@ class Engine:
         signal.raise_signal(signal.SIGTERM)
 
     def serve(self):
-        """Run requests until stopped: by a shutdown request, by SIGTERM or by Ctrl-C
-        between requests (one while a request runs interrupts that request only; SIGTERM
-        then ends the engine). Stopped, it unregisters, so the controller sends it nothing
-        more. Main thread: requests arrive on its own socket."""
+        """Run requests until stopped: by a shutdown request, by SIGTERM or by Ctrl-C in
+        its terminal between requests (one while a request runs interrupts that request
+        only; SIGTERM then ends the engine). Stopped, it unregisters, so the controller
+        sends it nothing more. Main thread: requests arrive on its own socket."""
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
@@ -694,7 +703,7 @@ class Engine:
                     else:
                         for header, parts in requests:
                             self._run(header, parts)
-        except KeyboardInterrupt:   # SIGINT from a terminal, not rc.send_signal (see _on_signal)
+        except KeyboardInterrupt:   # Ctrl-C in its terminal, not rc.send_signal (_on_signal)
             log.info("interrupted: unregistering")
             self._stop()
         for frames in protocol.drain(self._sock, limit=REQUESTS_ABORTED_AT_STOP):
@@ -1092,6 +1101,21 @@ def _plain(value):
     return False
 
 
+def _in_foreground():
+    """Whether this process's group is its terminal's foreground one, which a Ctrl-C
+    typed there reaches. False with no controlling terminal (opening /dev/tty fails)."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+    except OSError:
+        return False
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def _connection_info(path, wait):
     """The engine's connection file, waited for up to `wait` s while it does not exist."""
     if not os.path.exists(path):
@@ -1104,8 +1128,13 @@ def _connection_info(path, wait):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog=f"python -m {__spec__.name if __spec__ else 'engine'}",
-                                description="Start a minipar engine.")
+    p = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name if __spec__ else 'engine'}",
+        description="Start a minipar engine.",
+        epilog="Stop an engine with SIGTERM (kill PID): idle, it unregisters and exits 0. "
+               "SIGINT interrupts the running task; idle, the engine ignores it (as an "
+               "IPython kernel does) unless it runs in its terminal's foreground, where "
+               "Ctrl-C stops it.")
     p.add_argument("--file", default=os.environ.get("MINIPAR_ENGINE_FILE"),
                    help="the controller's minipar-engine.json")
     p.add_argument("--profile", help="profile name (~/.minipar/profile_NAME)")
