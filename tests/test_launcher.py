@@ -195,6 +195,24 @@ def test_engines_that_exit_raise_with_their_output(pids):
     assert not alive(cluster.controller.pid)
 
 
+def test_unknown_launcher_options_are_named_at_once(pids, tmp_path):
+    with pytest.raises(ValueError, match=r"^engine_options: LocalEngineSetLauncher takes no "
+                                         r"option 'mpi_args'; its options are env, "
+                                         r"stop_timeout, restart$"):
+        Cluster(n=1, engine_options={"mpi_args": ["--oversubscribe"]})
+    with pytest.raises(ValueError, match=r"controller_options: LocalControllerLauncher takes "
+                                         r"no option 'bogus', 'cluster_id'; .*Cluster's own"):
+        Cluster(n=1, controller_options={"bogus": 1, "cluster_id": "x", "env": {}})
+    # options given to one start: named before anything starts
+    cluster = Cluster(n=1, profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS,
+                      engine_options={"env": {}}, shutdown_atexit=False)
+    with pytest.raises(ValueError, match="controller options: .* 'hostname'"):
+        cluster.start_controller_sync(hostname="h1")
+    with pytest.raises(ValueError, match="engine options: MPIEngineSetLauncher .* 'restart'"):
+        cluster.start_engines_sync(1, engines="mpi", restart="on_failure")
+    assert cluster.controller is None and cluster.engines == {}
+
+
 def test_second_cluster_in_a_busy_profile_is_refused(pids, tmp_path):
     prof = str(tmp_path / "p")
     cluster = Cluster(n=1, profile_dir=prof, controller_args=CTL_ARGS)
