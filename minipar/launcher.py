@@ -1477,6 +1477,19 @@ def _cmd_clean(args):
     return 0
 
 
+def _joined_args(argv):
+    """`argv` with ``--controller-args X`` and ``--engine-args X`` as ``--...-args=X``:
+    argparse takes no value starting with '-' after a space (``--controller-args
+    --reuse`` is an error), and these values, command lines of their own, mostly do."""
+    joined, words = [], iter(argv)
+    for word in words:
+        if word in ("--controller-args", "--engine-args"):
+            value = next(words, None)
+            word = word if value is None else f"{word}={value}"
+        joined.append(word)
+    return joined
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog=f"python -m {_PKG}.launcher",
@@ -1493,8 +1506,10 @@ def main(argv=None):
     p.add_argument("-n", type=_engine_count, help="number of engines (default: CPU count)")
     p.add_argument("--engines", default="local", help="engine launcher kind")
     p.add_argument("--controller", default="local", help="controller launcher kind")
-    p.add_argument("--controller-args", default="", help="extra controller arguments")
-    p.add_argument("--engine-args", default="", help="extra engine arguments")
+    p.add_argument("--controller-args", default="", metavar="ARGS",
+                   help="extra controller arguments, one string: '--ip 0.0.0.0 --reuse'")
+    p.add_argument("--engine-args", default="", metavar="ARGS",
+                   help="extra engine arguments, one string: '--log-level DEBUG'")
     p.add_argument("--controller-options", default="{}", metavar="JSON",
                    help='controller launcher options, e.g. \'{"hostname": "h1"}\'')
     p.add_argument("--engine-options", default="{}", metavar="JSON",
@@ -1520,7 +1535,7 @@ def main(argv=None):
         p.add_argument("--profile-dir", help="profile folder")
         p.set_defaults(func=func)
     parser.add_argument("--log-level", default=os.environ.get("MINIPAR_LOG_LEVEL", "WARNING"))
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_joined_args(sys.argv[1:] if argv is None else argv))
     level = "DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s launcher %(levelname)s %(message)s")
     try:

@@ -592,6 +592,17 @@ def test_cli_start_daemonize_engines_stop(pids, tmp_path):
     assert "cli1" not in cli("list", "--profile-dir", prof).stdout
 
 
+def test_cli_args_for_the_controller_and_engines_may_follow_a_space(pids, tmp_path):
+    # argparse alone refuses `--controller-args --x` (a value starting with '-'): the
+    # value must reach the controller, whose own argparse names it
+    out = cli("start", "-n", "0", "--profile-dir", str(tmp_path / "p"), "--timeout", "30",
+              "--engine-args", "--log-level=DEBUG", "--controller-args", "--no-such-flag",
+              "--daemonize")
+    assert out.returncode == 1, out.stderr
+    assert "the controller exited" in out.stderr
+    assert "unrecognized arguments: --no-such-flag" in out.stderr
+
+
 def test_cli_foreground_start_stops_on_sigint(pids, tmp_path):
     prof = str(tmp_path / "p")
     env = dict(os.environ, PYTHONPATH=ROOT)
