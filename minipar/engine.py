@@ -279,6 +279,10 @@ class Engine:
 
     def start(self):
         """Connect, register and start the receiver and heart threads. Main thread."""
+        # before registering: a signal sent once the controller lists this engine (it may
+        # do so before its answer arrives here) must meet these handlers, not the defaults
+        signal.signal(signal.SIGINT, self._on_sigint)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
         if self.work_dir:
             os.makedirs(self.work_dir, exist_ok=True)
             os.chdir(self.work_dir)
@@ -297,8 +301,6 @@ class Engine:
         self.id, self.heartbeat_period = self._register(dealer)
         self._send_ready()
         self._main_ident = threading.get_ident()
-        signal.signal(signal.SIGINT, self._on_sigint)
-        signal.signal(signal.SIGTERM, self._on_sigterm)
         # the time-limit watchdog (TIME_LIMIT_GRACE_S): the traceback, then the default action
         faulthandler.register(signal.SIGALRM, all_threads=True, chain=True)
         threading.Thread(target=self._receiver, args=(dealer, outbox_in),
@@ -674,10 +676,12 @@ class Engine:
         # exits 0, so restart="on_failure" leaves it stopped. While a request runs, the
         # default action ends the engine at once, as it always has: the request gets its
         # engine's death (or its retry), and no `finally` of user code delays the exit.
-        if self._current is None:
+        # Before it has registered there is nothing to undo, nor a wait worth finishing.
+        if self._current is None and self.id is not None:
             log.info("SIGTERM while idle: unregistering")
             return self._stop()
-        log.warning("SIGTERM while running %s: exiting at once", self._current.msg_id)
+        log.warning("SIGTERM %s: exiting at once", "before registering" if self._current
+                    is None else f"while running {self._current.msg_id}")
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.raise_signal(signal.SIGTERM)
 
