@@ -38,6 +38,7 @@ import threading
 import types
 
 from . import protocol
+from .asyncresult import _abort_quietly
 from .client import AsyncResult, Client, DirectView, interactive
 from .errors import CompositeError, RemoteError
 
@@ -941,20 +942,23 @@ class _ParallelMagics:
         if options.get("verbose", self.verbose):
             print(f"{'Parallel' if block else 'Async parallel'} execution on engine(s): "
                   f"{_shown_targets(targets)}")
-        if self.classic:
-            pr = self.view.execute(code, targets, block=False)
-            if options.get("local"):
-                self.shell.run_cell(code)
-            return pr.get_result() if block else pr
-        ar = self.view.execute(code, targets=targets, block=False)
-        self.last_result = ar
-        if options.get("out"):
-            self.shell.user_ns[options["out"]] = ar
+        pr = self.view.execute(code, targets=targets, block=False)
+        ar = pr.future if self.classic else pr   # a PendingResult's AsyncResult, or it
+        if not self.classic:
+            self.last_result = ar
+            if options.get("out"):
+                self.shell.user_ns[options["out"]] = ar
         if options.get("local"):   # after sending: the engines and this shell run together
             self.shell.run_cell(code)
         if not block:
-            return ar
-        _show(ar, options.get("groupby", "type"))
+            return pr
+        try:
+            if self.classic:
+                return pr.get_result()
+            _show(ar, options.get("groupby", "type"))
+        except KeyboardInterrupt:   # Ctrl-C: the work this %px started stops too
+            _abort_quietly(self.view.client, [ar])
+            raise
 
     def pxconfig(self, line=""):
         """%pxconfig [--targets T] [--block|--noblock] [--verbose|--no-verbose]: the

@@ -19,6 +19,16 @@ Every STREAM_INTERVAL_S the receiver sends what the running request printed or p
 for one still running (so the client's future is running()). Every USAGE_PERIOD_S it
 sends ``usage`` (CPU time, memory, the running request) for rc.status and minipar.top.
 
+Signals: SIGTERM (`kill PID`, a batch system ending its job) stops an idle engine as a
+shutdown request does (it unregisters, exits 0); one running a request dies of it, and
+the controller fails or retries that request. SIGINT interrupts the running request
+(KeyboardInterrupt). An idle engine ignores SIGINT, as an IPython kernel does (so a
+`Cluster.signal_engines_sync(SIGINT)` meant for a task never ends one that just
+finished), unless it runs in its terminal's foreground: there a SIGINT may be its
+user's Ctrl-C (a process cannot tell one from a `kill -INT`), and it stops as on
+SIGTERM. An engine started by a launcher (its own session), in the background (`&`),
+by `ssh` without -t or by a batch job is never in a terminal's foreground.
+
 A task that holds the GIL past its time_limit plus TIME_LIMIT_GRACE_S (one long C call,
 which no interrupt reaches) ends the engine by SIGALRM, with faulthandler's traceback in
 its log; the controller, told when the task started, fails it with TaskTimeout.
@@ -269,6 +279,10 @@ class Engine:
 
     def start(self):
         """Connect, register and start the receiver and heart threads. Main thread."""
+        # before registering: a signal sent once the controller lists this engine (it may
+        # do so before its answer arrives here) must meet these handlers, not the defaults
+        signal.signal(signal.SIGINT, self._on_sigint)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
         if self.work_dir:
             os.makedirs(self.work_dir, exist_ok=True)
             os.chdir(self.work_dir)
@@ -287,7 +301,6 @@ class Engine:
         self.id, self.heartbeat_period = self._register(dealer)
         self._send_ready()
         self._main_ident = threading.get_ident()
-        signal.signal(signal.SIGINT, self._on_sigint)
         # the time-limit watchdog (TIME_LIMIT_GRACE_S): the traceback, then the default action
         faulthandler.register(signal.SIGALRM, all_threads=True, chain=True)
         threading.Thread(target=self._receiver, args=(dealer, outbox_in),
@@ -649,15 +662,34 @@ class Engine:
         if target is None:
             if ours:   # sent for a request that ended before the signal landed: nothing to do
                 return
+            if cur is None and not _in_foreground():   # see the module docstring
+                log.warning("SIGINT while idle: ignored (an engine is stopped with SIGTERM)")
+                return
             raise KeyboardInterrupt
         if cur is not None and cur.msg_id == target.msg_id:
             raise _Interrupt(target.reason)
 
+    def _on_sigterm(self, signum, frame):
+        # executes in the main thread, between bytecodes of whatever runs. `kill PID` (a
+        # user, a batch system ending its job) to an idle engine stops it as a shutdown
+        # request does: it unregisters (rc.ids drops it now, not heartbeats later) and
+        # exits 0, so restart="on_failure" leaves it stopped. While a request runs, the
+        # default action ends the engine at once, as it always has: the request gets its
+        # engine's death (or its retry), and no `finally` of user code delays the exit.
+        # Before it has registered there is nothing to undo, nor a wait worth finishing.
+        if self._current is None and self.id is not None:
+            log.info("SIGTERM while idle: unregistering")
+            return self._stop()
+        log.warning("SIGTERM %s: exiting at once", "before registering" if self._current
+                    is None else f"while running {self._current.msg_id}")
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
+
     def serve(self):
-        """Run requests until stopped: by a shutdown request, or by Ctrl-C between
-        requests (one while a request runs interrupts that request only). Either way it
-        unregisters, so the controller sends it nothing more. Main thread: requests
-        arrive on its own socket."""
+        """Run requests until stopped: by a shutdown request, by SIGTERM or by Ctrl-C in
+        its terminal between requests (one while a request runs interrupts that request
+        only; SIGTERM then ends the engine). Stopped, it unregisters, so the controller
+        sends it nothing more. Main thread: requests arrive on its own socket."""
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
@@ -675,7 +707,7 @@ class Engine:
                     else:
                         for header, parts in requests:
                             self._run(header, parts)
-        except KeyboardInterrupt:   # SIGINT from a terminal, not rc.send_signal (see _on_signal)
+        except KeyboardInterrupt:   # Ctrl-C in its terminal, not rc.send_signal (_on_signal)
             log.info("interrupted: unregistering")
             self._stop()
         for frames in protocol.drain(self._sock, limit=REQUESTS_ABORTED_AT_STOP):
@@ -1073,6 +1105,21 @@ def _plain(value):
     return False
 
 
+def _in_foreground():
+    """Whether this process's group is its terminal's foreground one, which a Ctrl-C
+    typed there reaches. False with no controlling terminal (opening /dev/tty fails)."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+    except OSError:
+        return False
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def _connection_info(path, wait):
     """The engine's connection file, waited for up to `wait` s while it does not exist."""
     if not os.path.exists(path):
@@ -1085,8 +1132,13 @@ def _connection_info(path, wait):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog=f"python -m {__spec__.name if __spec__ else 'engine'}",
-                                description="Start a minipar engine.")
+    p = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name if __spec__ else 'engine'}",
+        description="Start a minipar engine.",
+        epilog="Stop an engine with SIGTERM (kill PID): idle, it unregisters and exits 0. "
+               "SIGINT interrupts the running task; idle, the engine ignores it (as an "
+               "IPython kernel does) unless it runs in its terminal's foreground, where "
+               "Ctrl-C stops it.")
     p.add_argument("--file", default=os.environ.get("MINIPAR_ENGINE_FILE"),
                    help="the controller's minipar-engine.json")
     p.add_argument("--profile", help="profile name (~/.minipar/profile_NAME)")

@@ -231,6 +231,27 @@ def _class_path(cls):
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+# Launcher options a Cluster sets from its own arguments, never from its
+# controller_options / engine_options.
+_SET_BY_CLUSTER = ("profile_dir", "cluster_id", "program_args")
+
+
+def _check_options(cls, options, what):
+    """Refuse at once, by name, an option launcher class `cls` does not take: not as a
+    TypeError from inside a start, once the controller runs. A class of another shape
+    (no BaseLauncher) declares no options, so its own constructor is the judge."""
+    if not (isinstance(cls, type) and issubclass(cls, BaseLauncher)):
+        return
+    accepted = [k for k in cls._names("_options") if k not in _SET_BY_CLUSTER]
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        own = (" (profile_dir, cluster_id and program_args come from the Cluster's own "
+               "arguments)" if set(unknown) & set(_SET_BY_CLUSTER) else "")
+        raise ValueError(f"{what}: {cls.__name__} takes no option "
+                         f"{', '.join(map(repr, unknown))}; its options are "
+                         f"{', '.join(accepted)}{own}")
+
+
 def _unique_id():
     return f"{int(time.time())}-{secrets.token_hex(2)}"
 
@@ -832,7 +853,8 @@ class Cluster:
     ``<profile_dir>/security/cluster-<cluster_id>.json`` for ``Cluster.from_file`` while
     anything of it runs. `controller_options` / `engine_options` are keyword arguments for
     the launchers (``engine_options={"mpi_args": ["--oversubscribe"]}``,
-    ``{"engines": {host: n}}``). ``restart_engines="on_failure"`` replaces engines that
+    ``{"engines": {host: n}}``); one a launcher does not take is a ValueError at once,
+    naming those it does. ``restart_engines="on_failure"`` replaces engines that
     crash or are killed (local engine sets), so a long run keeps its engine count.
     """
 
@@ -853,6 +875,10 @@ class Cluster:
         self.timeout = timeout
         self.controller_options = dict(controller_options or {})
         self.engine_options = dict(engine_options or {})
+        for role, kind, options in (("controller", controller, self.controller_options),
+                                    ("engine", engines, self.engine_options)):
+            if options:   # a typo is named now, not once the controller has started
+                _check_options(find_launcher_class(kind, role), options, f"{role}_options")
         self.shutdown_atexit = shutdown_atexit
         # "on_failure": engine sets replace engines that crash (EngineSetLauncher._restart)
         if restart_engines not in RESTART_POLICIES:
@@ -964,9 +990,10 @@ class Cluster:
         if info is not None:
             raise LauncherError(held_profile_message(info, self.profile_dir))
         cls = find_launcher_class(self.controller_kind, "controller")
+        options = {**self.controller_options, **options}
+        _check_options(cls, options, "controller options")
         self.controller = cls(profile_dir=self.profile_dir, cluster_id=self.cluster_id,
-                              program_args=self.controller_args,
-                              **{**self.controller_options, **options})
+                              program_args=self.controller_args, **options)
         self._register_atexit()
         started = time.time()
         self.controller.start()
@@ -1014,8 +1041,10 @@ class Cluster:
         opts = self.engine_options if engines is None else {}
         if self.engine_restart and issubclass(cls, EngineSetLauncher):
             options.setdefault("restart", self.engine_restart)
+        options = {**opts, **options}
+        _check_options(cls, options, "engine options")
         launcher = cls(profile_dir=self.profile_dir, cluster_id=self.cluster_id,
-                       program_args=self.engine_args, **{**opts, **options})
+                       program_args=self.engine_args, **options)
         while engine_set_id is None or engine_set_id in self.engines:
             engine_set_id = _unique_id()
         self._register_atexit()
@@ -1448,6 +1477,19 @@ def _cmd_clean(args):
     return 0
 
 
+def _joined_args(argv):
+    """`argv` with ``--controller-args X`` and ``--engine-args X`` as ``--...-args=X``:
+    argparse takes no value starting with '-' after a space (``--controller-args
+    --reuse`` is an error), and these values, command lines of their own, mostly do."""
+    joined, words = [], iter(argv)
+    for word in words:
+        if word in ("--controller-args", "--engine-args"):
+            value = next(words, None)
+            word = word if value is None else f"{word}={value}"
+        joined.append(word)
+    return joined
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog=f"python -m {_PKG}.launcher",
@@ -1464,8 +1506,10 @@ def main(argv=None):
     p.add_argument("-n", type=_engine_count, help="number of engines (default: CPU count)")
     p.add_argument("--engines", default="local", help="engine launcher kind")
     p.add_argument("--controller", default="local", help="controller launcher kind")
-    p.add_argument("--controller-args", default="", help="extra controller arguments")
-    p.add_argument("--engine-args", default="", help="extra engine arguments")
+    p.add_argument("--controller-args", default="", metavar="ARGS",
+                   help="extra controller arguments, one string: '--ip 0.0.0.0 --reuse'")
+    p.add_argument("--engine-args", default="", metavar="ARGS",
+                   help="extra engine arguments, one string: '--log-level DEBUG'")
     p.add_argument("--controller-options", default="{}", metavar="JSON",
                    help='controller launcher options, e.g. \'{"hostname": "h1"}\'')
     p.add_argument("--engine-options", default="{}", metavar="JSON",
@@ -1491,7 +1535,7 @@ def main(argv=None):
         p.add_argument("--profile-dir", help="profile folder")
         p.set_defaults(func=func)
     parser.add_argument("--log-level", default=os.environ.get("MINIPAR_LOG_LEVEL", "WARNING"))
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_joined_args(sys.argv[1:] if argv is None else argv))
     level = "DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s launcher %(levelname)s %(message)s")
     try:

@@ -14,6 +14,8 @@ import ctypes
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -22,7 +24,7 @@ import pytest
 from minipar import errors
 from minipar.launcher import Cluster
 
-from .conftest import HEARTBEAT_S, START_TIMEOUT_S, LocalCluster
+from .conftest import HEARTBEAT_S, ROOT, START_TIMEOUT_S, LocalCluster, _env
 from .helpers import wait_until
 
 TIMEOUT = 300
@@ -240,6 +242,12 @@ def test_cluster_restarts_engines_that_fail_but_not_those_told_to_stop(tmp_path)
         assert child.wait(START_TIMEOUT_S)
         child._watcher.join(START_TIMEOUT_S)
         assert launcher.restarts == 1 and len(launcher.pids()) == 1
+        # so does an idle engine stopped on purpose by `kill PID` (SIGTERM)
+        (last,) = [c for c in launcher._children if c.running]
+        os.kill(last.pid, signal.SIGTERM)
+        assert last.wait(START_TIMEOUT_S) and last.stop_data["exit_code"] == 0
+        last._watcher.join(START_TIMEOUT_S)
+        assert launcher.restarts == 1 and launcher.pids() == []
         assert launcher.to_dict()["options"]["restart"] == "on_failure"
     finally:
         cluster.stop_cluster_sync()
@@ -400,20 +408,94 @@ def test_a_crashed_engine_leaves_its_last_words_in_the_engine_error(local_cluste
         lview.apply_async(os._exit, 3).get(START_TIMEOUT_S)
 
 
+# `python -m minipar.engine` typed at a shell: the engine leads a session whose controlling
+# terminal is a pty, its process group in the foreground; ^C written to the pty's master
+# is its user's Ctrl-C (the terminal sends SIGINT to that group)
+_AT_A_TERMINAL = ("import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+                  "os.execv(sys.executable, [sys.executable, '-m', 'minipar.engine', "
+                  "*sys.argv[1:]])")
+
+
+def _engine_at_a_terminal(cluster):
+    """An engine run at a terminal (stopped with the cluster); (its Popen, the pty's
+    master fd, which the caller closes)."""
+    master, slave = os.openpty()
+    with open(cluster.log_dir / "terminal-engine.log", "wb") as log:
+        p = subprocess.Popen([sys.executable, "-c", _AT_A_TERMINAL, "--file",
+                              cluster.engine_file], stdin=slave, stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True, env=_env(),
+                             cwd=ROOT)
+    os.close(slave)
+    cluster.procs.append(p)
+    return p, master
+
+
 def test_ctrl_c_to_an_idle_engine_unregisters_it_at_once(local_cluster):
     """Ctrl-C in an engine's terminal ends it cleanly: the controller hears it leave, not
     heartbeats later as a death (with tasks sent to it in between)."""
+    engine, terminal = _engine_at_a_terminal(local_cluster)
+    try:
+        (other,) = local_cluster.start_engines(1)
+        rc = local_cluster.client()
+        rc.wait_for_engines(2, START_TIMEOUT_S)
+        eid_of = {pid: eid for eid, pid in zip(rc.ids, rc[:].apply_sync(os.getpid))}
+        os.write(terminal, b"\x03")   # ^C
+        assert engine.wait(10) == 0
+    finally:
+        os.close(terminal)
+    eid = eid_of[engine.pid]
+    wait_until(lambda: eid not in rc.ids, 10, f"engine {eid} gone from rc.ids")
+    log = local_cluster.output("controller")
+    assert f"engine {eid} unregistered" in log and "declared dead" not in log
+    assert rc.load_balanced_view().apply_sync(os.getpid) == other.pid
+
+
+def test_sigint_to_an_idle_engine_outside_a_terminal_is_ignored(tmp_path):
+    """As ipyparallel's engines: SIGINT to engines (Cluster.signal_engines_sync) interrupts
+    the tasks that run, and idle engines stay registered and usable."""
+    cluster = Cluster(n=2, profile_dir=str(tmp_path / "profile"), shutdown_atexit=False,
+                      controller_args=["--heartbeat-period", str(HEARTBEAT_S)])
+    try:
+        rc = cluster.start_and_connect_sync()
+        (launcher,) = cluster.engines.values()
+        ids = rc.ids
+        cluster.signal_engines_sync(signal.SIGINT)
+        wait_until(lambda: launcher.get_output().count("SIGINT while idle: ignored") == 2,
+                   START_TIMEOUT_S, "both idle engines to ignore SIGINT")
+        ar = rc[ids[0]].apply_async(_sleep_then, 60, "never")
+        wait_until(lambda: "started" in ar.stdout, START_TIMEOUT_S, "the task to start")
+        cluster.signal_engines_sync(signal.SIGINT)
+        with pytest.raises(errors.RemoteError) as e:
+            ar.get(START_TIMEOUT_S)
+        assert e.value.ename == "KeyboardInterrupt"
+        assert rc[:].apply_sync(lambda: "alive") == ["alive", "alive"]
+        assert rc.ids == ids and len(launcher.pids()) == 2
+        assert launcher.get_output().count("SIGINT while idle: ignored") == 3
+    finally:
+        cluster.stop_cluster_sync()
+
+
+def test_sigterm_to_an_idle_engine_unregisters_it_at_once(local_cluster):
+    """`kill PID` (a user, a batch system ending its job) stops an idle engine as a
+    shutdown does: it leaves at once and exits 0. An engine running a task dies of it as
+    before, and its task fails with the engine's death."""
     engines = local_cluster.start_engines(2)
     rc = local_cluster.client()
     rc.wait_for_engines(2, START_TIMEOUT_S)
     eid_of = {pid: eid for eid, pid in zip(rc.ids, rc[:].apply_sync(os.getpid))}
-    engines[0].send_signal(signal.SIGINT)
-    assert engines[0].wait(10) == 0
-    eid = eid_of[engines[0].pid]
+    idle, busy = engines
+    idle.terminate()
+    assert idle.wait(10) == 0
+    eid = eid_of[idle.pid]
     wait_until(lambda: eid not in rc.ids, 10, f"engine {eid} gone from rc.ids")
     log = local_cluster.output("controller")
     assert f"engine {eid} unregistered" in log and "declared dead" not in log
-    assert rc.load_balanced_view().apply_sync(os.getpid) == engines[1].pid
+    ar = rc[eid_of[busy.pid]].apply_async(_sleep_then, 60, "never")
+    wait_until(lambda: "started" in ar.stdout, START_TIMEOUT_S, "the task to start")
+    busy.terminate()
+    assert busy.wait(10) == -signal.SIGTERM
+    with pytest.raises(errors.RemoteError, match=r"EngineError: engine \d+ died"):
+        ar.get(START_TIMEOUT_S)
 
 
 def test_an_engine_ended_for_a_time_limit_is_replaced_with_its_id(tmp_path):

@@ -195,6 +195,24 @@ def test_engines_that_exit_raise_with_their_output(pids):
     assert not alive(cluster.controller.pid)
 
 
+def test_unknown_launcher_options_are_named_at_once(pids, tmp_path):
+    with pytest.raises(ValueError, match=r"^engine_options: LocalEngineSetLauncher takes no "
+                                         r"option 'mpi_args'; its options are env, "
+                                         r"stop_timeout, restart$"):
+        Cluster(n=1, engine_options={"mpi_args": ["--oversubscribe"]})
+    with pytest.raises(ValueError, match=r"controller_options: LocalControllerLauncher takes "
+                                         r"no option 'bogus', 'cluster_id'; .*Cluster's own"):
+        Cluster(n=1, controller_options={"bogus": 1, "cluster_id": "x", "env": {}})
+    # options given to one start: named before anything starts
+    cluster = Cluster(n=1, profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS,
+                      engine_options={"env": {}}, shutdown_atexit=False)
+    with pytest.raises(ValueError, match="controller options: .* 'hostname'"):
+        cluster.start_controller_sync(hostname="h1")
+    with pytest.raises(ValueError, match="engine options: MPIEngineSetLauncher .* 'restart'"):
+        cluster.start_engines_sync(1, engines="mpi", restart="on_failure")
+    assert cluster.controller is None and cluster.engines == {}
+
+
 def test_second_cluster_in_a_busy_profile_is_refused(pids, tmp_path):
     prof = str(tmp_path / "p")
     cluster = Cluster(n=1, profile_dir=prof, controller_args=CTL_ARGS)
@@ -572,6 +590,17 @@ def test_cli_start_daemonize_engines_stop(pids, tmp_path):
     assert out.returncode == 0, out.stderr
     assert not [p for p in pids.pids if alive(p)]
     assert "cli1" not in cli("list", "--profile-dir", prof).stdout
+
+
+def test_cli_args_for_the_controller_and_engines_may_follow_a_space(pids, tmp_path):
+    # argparse alone refuses `--controller-args --x` (a value starting with '-'): the
+    # value must reach the controller, whose own argparse names it
+    out = cli("start", "-n", "0", "--profile-dir", str(tmp_path / "p"), "--timeout", "30",
+              "--engine-args", "--log-level=DEBUG", "--controller-args", "--no-such-flag",
+              "--daemonize")
+    assert out.returncode == 1, out.stderr
+    assert "the controller exited" in out.stderr
+    assert "unrecognized arguments: --no-such-flag" in out.stderr
 
 
 def test_cli_foreground_start_stops_on_sigint(pids, tmp_path):

@@ -5,17 +5,20 @@ real IPython InteractiveShell in this process against a real cluster; and IPytho
 import contextlib
 import io
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
 pytest.importorskip("IPython")
 
-from minipar.errors import RemoteError  # noqa: E402
+from minipar.errors import CompositeError, RemoteError  # noqa: E402
 
 from .conftest import ROOT, START_TIMEOUT_S, _env  # noqa: E402
+from .helpers import wait_until  # noqa: E402
 
 TIMEOUT = 120
 
@@ -138,6 +141,35 @@ def test_activate_with_a_suffix(shell, ip_rc):
     assert run(shell, "%px_v print('v')") == "[stdout:3] v\n"
     # the plain ones still work on all engines
     assert run(shell, "%px print('all')") == "".join(f"[stdout:{i}] all\n" for i in range(4))
+
+
+def test_ctrl_c_in_a_blocking_px_stops_its_work(shell, ip_rc):
+    """Ctrl-C in a blocking %px aborts the code it started on the engines, as in a
+    blocking view call: they are free for the next cell, not busy for five minutes."""
+    magics = shell.find_line_magic("px").__self__
+    main = threading.get_ident()
+    # as at a terminal: a run in the background (`ci &`) has SIGINT ignored
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def press_ctrl_c():   # once the code runs on every engine (its output streams back)
+        wait_until(lambda: magics.last_result is not None and
+                   all("started" in text for text in magics.last_result.stdout),
+                   START_TIMEOUT_S, "the %px to start on every engine")
+        signal.pthread_kill(main, signal.SIGINT)
+
+    ctrl_c = threading.Thread(target=press_ctrl_c)
+    ctrl_c.start()
+    try:
+        out = run(shell, "%px print('started', flush=True); import time; time.sleep(300)",
+                  ok=False)
+    finally:
+        ctrl_c.join(START_TIMEOUT_S)
+        signal.signal(signal.SIGINT, handler)
+    assert "KeyboardInterrupt" in out
+    with pytest.raises(CompositeError) as e:
+        magics.last_result.get(START_TIMEOUT_S)
+    assert [x.ename for x in e.value.elist] == ["TaskAborted"] * 4
+    assert run(shell, "%px print('free')") == "".join(f"[stdout:{i}] free\n" for i in range(4))
 
 
 def test_engines_with_ipython_run_its_syntax(shell, ip_rc):
