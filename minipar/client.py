@@ -1065,7 +1065,7 @@ class _View:
         return self._apply(f, args, kwargs)
 
     def apply_sync(self, f, *args, **kwargs):
-        return self._apply(f, args, kwargs).get()
+        return self._finish(self._apply(f, args, kwargs), True)
 
     def map_async(self, f, *sequences, **kwargs):
         return self.map(f, *sequences, block=False, **kwargs)

@@ -677,8 +677,11 @@ def test_a_culled_result_says_which_limit_culled_it(make_cluster):
     assert c.output("controller").count("culling the oldest finished task records") == 1
 
 
-def test_ctrl_c_in_a_blocking_map_aborts_what_it_started(local_cluster, tmp_path):
-    """A user presses Ctrl-C in map_sync: its tasks must not run on for nobody (the next
+@pytest.mark.parametrize("call, started", [("map_sync(time.sleep, [30] * 8)", 2),
+                                           ("apply_sync(time.sleep, 30)", 1)])
+def test_ctrl_c_in_a_blocking_call_aborts_what_it_started(local_cluster, tmp_path, call,
+                                                          started):
+    """A user presses Ctrl-C in map_sync or apply_sync: its tasks must not run on for nobody (the next
     user's short map would wait behind them), and rc.abort('all') aborts every unfinished
     task of a client; an abort of nothing says so."""
     import signal
@@ -695,7 +698,16 @@ def test_ctrl_c_in_a_blocking_map_aborts_what_it_started(local_cluster, tmp_path
         faulthandler.register(signal.SIGUSR1, all_threads=True)   # stacks, if it hangs
         rc = minipar.Client({local_cluster.client_file!r})
         print("mapping", flush=True)
-        rc.load_balanced_view().map_sync(time.sleep, [30] * 8)
+        try:
+            rc.load_balanced_view().{call}
+        except KeyboardInterrupt:   # back at the prompt, the client still open
+            print("KeyboardInterrupt", flush=True)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and (running := sum(
+                    s["queue"] + s["tasks"] for s in rc.queue_status().values()
+                    if isinstance(s, dict))):
+                time.sleep(0.1)
+            print("left running:", running)
     """))
     # as at a terminal: a test run in the background (`ci &`) hands its children SIGINT
     # ignored, and Python then installs no KeyboardInterrupt handler at all
@@ -705,7 +717,8 @@ def test_ctrl_c_in_a_blocking_map_aborts_what_it_started(local_cluster, tmp_path
     try:
         assert user.stdout.readline() == "mapping\n"
         wait_until(lambda: sum(s["tasks"] for s in rc.queue_status().values()
-                               if isinstance(s, dict)) >= 2, 30, "the user's tasks to start")
+                               if isinstance(s, dict)) >= started, 30,
+                   "the user's tasks to start")
         user.send_signal(signal.SIGINT)
         try:
             out, _ = user.communicate(timeout=30)
@@ -716,7 +729,7 @@ def test_ctrl_c_in_a_blocking_map_aborts_what_it_started(local_cluster, tmp_path
             except subprocess.TimeoutExpired as e:
                 out = e.output or ""
             pytest.fail(f"the user script did not end after Ctrl-C; its threads:\n{out}")
-        assert "KeyboardInterrupt" in out
+        assert "KeyboardInterrupt\nleft running: 0" in out
     finally:
         if user.poll() is None:
             user.kill()
