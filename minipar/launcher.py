@@ -1540,7 +1540,7 @@ def main(argv=None):
     logging.basicConfig(level=level, format="%(asctime)s launcher %(levelname)s %(message)s")
     try:
         return args.func(args)
-    except (LauncherError, TimeoutError) as e:
+    except (LauncherError, TimeoutError, ValueError) as e:   # ValueError: bad options
         print(f"error: {e}", file=sys.stderr)
         return 1
 

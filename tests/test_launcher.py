@@ -211,6 +211,12 @@ def test_unknown_launcher_options_are_named_at_once(pids, tmp_path):
     with pytest.raises(ValueError, match="engine options: MPIEngineSetLauncher .* 'restart'"):
         cluster.start_engines_sync(1, engines="mpi", restart="on_failure")
     assert cluster.controller is None and cluster.engines == {}
+    for options, says in (('{"bogus": 1}', "no option 'bogus'; its options are"),
+                          ("{bogus", "Expecting property name")):   # from the command line
+        out = cli("start", "-n", "1", "--profile-dir", str(tmp_path / "q"),
+                  "--engine-options", options)
+        assert out.returncode == 1 and out.stderr.startswith("error: ") and \
+            says in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
 def test_second_cluster_in_a_busy_profile_is_refused(pids, tmp_path):
