@@ -989,6 +989,8 @@ class Client:
         self._io.join(5)
         if not self._io.is_alive():   # else stuck, or frozen at interpreter exit: its
             self.ctx.destroy(linger=0)   # sockets would hold term() forever
+        self._fail_outstanding(RuntimeError("this Client was closed before the reply came; "
+                                            "it may still run: get_result from a new Client"))
 
     def __enter__(self):
         return self

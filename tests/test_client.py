@@ -305,7 +305,10 @@ def test_a_closed_client_says_so_rather_than_list_engines_it_no_longer_hears_of(
 
     waiter = threading.Thread(target=wait_for_more)
     waiter.start()
+    outstanding = dv.apply_async(time.sleep, 30)
     client.close()
+    with pytest.raises(minipar.errors.CompositeError, match="closed before the reply came"):
+        outstanding.get(TIMEOUT)   # failed by close(), not waiting for a reply forever
     closed = r"this Client is closed; make a new Client"
     for call in (lambda: client.ids, lambda: len(client), lambda: client[:],
                  lambda: client[-1], lambda: client[0], lambda: dv.apply_async(os.getpid),
@@ -315,6 +318,7 @@ def test_a_closed_client_says_so_rather_than_list_engines_it_no_longer_hears_of(
     waiter.join(TIMEOUT)
     assert len(waited) == 1 and isinstance(waited[0], RuntimeError), waited
     client.close()   # a second close() does nothing
+    shared_cluster.rc.abort(outstanding.msg_ids)
     assert shared_cluster.rc[:].apply_sync(abs, -1) == [1] * 4   # other clients go on
 
 
