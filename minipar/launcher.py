@@ -1062,7 +1062,8 @@ class Cluster:
         if n is None:
             n = sum(e.n for e in self.engines.values())
         timeout = self.timeout if timeout is None else timeout
-        rc = client or (self._clients[-1] if self._clients else self.connect_client_sync())
+        rc = client if client is not None else (
+            self._clients[-1] if self._clients else self.connect_client_sync())
         deadline = time.monotonic() + timeout
         while len(rc.ids) < n:
             if self.controller is not None and self.controller.state == AFTER:

@@ -77,6 +77,21 @@ def test_start_and_connect_coroutine_and_async_with(pids):  # noqa: F811
     assert pids.wait_gone(20) == []
 
 
+def test_wait_for_engines_waits_on_the_client_it_is_given(pids, tmp_path):  # noqa: F811
+    cluster = Cluster(n=1, profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS)
+    try:
+        cluster.start_controller_sync()
+        cluster.connect_client_sync().close()   # the cluster's own, closed by its user
+        mine = minipar.Client(cluster.client_file)
+        cluster.start_engines_sync(1)
+        pids.add_cluster(cluster)
+        cluster.wait_for_engines(1, client=mine)   # no engines yet is still a Client given
+        assert len(mine.ids) == 1
+        mine.close()
+    finally:
+        cluster.stop_cluster_sync()
+
+
 def test_sync_twins(pids, tmp_path):  # noqa: F811
     cluster = Cluster(n=1, profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS)
     try:
