@@ -108,14 +108,11 @@ class Client:
         if url_file is None:
             url_file = os.path.join(protocol.profile_dir(profile, profile_dir), "security",
                                     protocol.CLIENT_FILE)
-        self.reconnect_timeout = reconnect_timeout
-        self.url_file = url_file
+        self.url_file, self.timeout, self.reconnect_timeout = url_file, timeout, reconnect_timeout
         self.info = protocol.read_connection_file(url_file)
         self.session = protocol.Session(self.info["key"], self.info.get(
             "max_message_size", protocol.MAX_MESSAGE_SIZE))
-        self.timeout = timeout
-        self._engines = {}
-        self._futures = {}
+        self._engines, self._futures = {}, {}
         self._engines_changed = threading.Condition()
         self._closed = None         # the error every call raises once close()d
         self.ctx = zmq.Context()
@@ -597,10 +594,8 @@ class Client:
             self._held = []
 
     def _check_usable(self):
-        if self._closed:
-            raise self._closed.with_traceback(None)   # not the traceback of the last raise
-        if self._gone is not None:
-            raise self._gone
+        if self._closed or self._gone:   # raised afresh: not with the traceback of its last raise
+            raise (self._closed or self._gone).with_traceback(None)
 
     def query(self, kind, timeout=None, **fields):
         """A request of protocol kind `kind` to the controller itself: its reply header,
@@ -1034,16 +1029,23 @@ class _View:
     use_pickle = functools.partialmethod(_use, "pickle")
 
     def set_flags(self, **flags):
-        for k, v in flags.items():
-            if k not in self._flag_names and k != "targets":
-                raise KeyError(f"unknown flag {k!r}; flags are {sorted(self._flag_names)}")
-            setattr(self, k, v)
+        """Set the view's flags, all or (one refused) none."""
+        for k in sorted(set(flags) - set(self._flag_names) - {"targets"}):
+            raise KeyError(f"unknown flag {k!r}; flags are {sorted(self._flag_names)}")
+        saved = {k: getattr(self, k) for k in flags}
+        try:
+            for k, v in flags.items():
+                setattr(self, k, v)
+        except BaseException:
+            for k, v in saved.items():
+                setattr(self, k, v)
+            raise
 
     @contextlib.contextmanager
     def temp_flags(self, **flags):
-        saved = {k: getattr(self, k) for k in flags}
-        try:   # a flag refused leaves none changed, not those set before it
-            self.set_flags(**flags)
+        saved = {k: getattr(self, k, None) for k in flags}
+        self.set_flags(**flags)
+        try:
             yield
         finally:
             self.set_flags(**saved)
@@ -1083,15 +1085,10 @@ class _View:
         """Decorator: the function is applied to parts of its arguments in parallel."""
         return lambda f: ParallelFunction(self, f, dist=dist, block=block, **flags)
 
-    def wait(self, jobs=None, timeout=None):
-        return self.client.wait(jobs, timeout)
-
-    def abort(self, jobs=None):
-        return self.client.abort(jobs)
-
     # handed to the client, as ipyparallel's views do (views keep no msg_id history)
-    def spin(self):
-        self.client.spin()
+    wait = property(lambda self: self.client.wait)
+    abort = property(lambda self: self.client.abort)
+    spin = property(lambda self: self.client.spin)
 
     @property
     def outstanding(self):

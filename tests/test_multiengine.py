@@ -269,8 +269,11 @@ def test_flags_and_temp_flags(rc):
     assert dv.block is False and dv.targets == [0, 1, 2, 3]
     dv.set_flags(block=True)
     assert dv.apply(lambda: 1) == [1, 1, 1, 1]
-    with pytest.raises(KeyError, match="unknown flag"):
-        dv.set_flags(nonsense=1)
+    for refused in (lambda: dv.set_flags(block=False, nonsense=1),
+                    lambda: dv.temp_flags(block=False, nonsense=1).__enter__()):
+        with pytest.raises(KeyError, match="unknown flag 'nonsense'"):
+            refused()
+        assert dv.block is True   # none set: not those before the unknown one
 
 
 def test_results_of_another_client(shared_cluster, rc):

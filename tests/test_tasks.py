@@ -321,7 +321,7 @@ def test_dependency_timeout(lview):
 def test_a_negative_dependency_timeout_is_refused_at_once(rc, lview):
     for never in (-1, -0.5, float("nan")):
         for set_it in (lambda: setattr(lview, "timeout", never),
-                       lambda: lview.set_flags(timeout=never),
+                       lambda: lview.set_flags(retries=3, timeout=never),
                        lambda: lview.temp_flags(retries=3, timeout=never).__enter__()):
             with pytest.raises(ValueError, match=r"timeout=(-1|-0.5|nan): give the seconds"):
                 set_it()
