@@ -229,7 +229,7 @@ class AsyncResult(_Future):
         interrupts running requests."""
         if not self._cancel_local():
             return self.cancelled()   # True again for a cancelled one
-        _abort_quietly(self._client, [self])
+        _abort_quietly(self._client, [self], queued_only=True)
         return True
 
     def _cancel_local(self):
@@ -391,13 +391,15 @@ def _timeout_s(timeout):
     return timeout if timeout >= 0 else None
 
 
-def _abort_quietly(client, ars):
+def _abort_quietly(client, ars, queued_only=False):
     """Abort the requests of AsyncResults `ars` still waiting for their replies (a
-    cancelled _OneRequest is done, but its request is not), in one round trip. A failure
-    is logged, not raised: cancel() must work while the controller is gone."""
+    cancelled _OneRequest is done, but its request is not), in one round trip; with
+    `queued_only`, those that have not started (one that started since its engine last
+    said so runs to its end, its reply dropped). A failure is logged, not raised:
+    cancel() must work while the controller is gone."""
     ids = [f.msg_id for ar in ars for f in ar._children if f.msg_id in client._futures]
     if ids and not client._closed:
         try:
-            client._abort(ids)
+            client._abort(ids, queued_only)
         except Exception as e:
             log.warning("could not abort %d requests: %s: %s", len(ids), type(e).__name__, e)

@@ -860,9 +860,11 @@ class Client:
                           RuntimeWarning, stacklevel=2)
         return pending
 
-    def _abort(self, msg_ids):
-        """Abort `msg_ids`; returns how many of them were still pending."""
-        return self.query(protocol.ABORT, msg_ids=msg_ids).get("pending", 0) if msg_ids else 0
+    def _abort(self, msg_ids, queued_only=False):
+        """Abort `msg_ids` (not those running, if `queued_only`); returns how many of them
+        were still pending."""
+        return self.query(protocol.ABORT, msg_ids=msg_ids, queued_only=queued_only).get(
+            "pending", 0) if msg_ids else 0
 
     def purge_results(self, jobs=None, targets=None):
         """Forget finished results in the controller: jobs, 'all', or those of targets."""

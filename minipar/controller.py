@@ -872,7 +872,7 @@ class Controller:
         self._act(d for d in decisions if d.action != _scheduler.ABORT)
         for eid, ids in asked.items():
             self._send(self.sockets["engine"], [self.engines[eid]["ident"]], protocol.ABORT,
-                       msg_ids=ids, parent=header["msg_id"])
+                       msg_ids=ids, parent=header["msg_id"], queued_only=header.get("queued_only"))
         if asked:
             self._aborting[header["msg_id"]] = _Aborting(idents, header, set(asked), pending)
         else:

@@ -410,12 +410,12 @@ class Engine:
         warned = False   # said that the controller went silent, and has not been heard since
         next_stream = next_usage = 0.0
         while True:
-            timeout = min(self.heartbeat_period, max(0.0, next_usage - time.monotonic()))
+            # every STREAM_INTERVAL_S at least: a request the main thread started meanwhile
+            # (it does not wake this thread) is told `started` without waiting for a ping
+            timeout = min(STREAM_INTERVAL_S, max(0.0, next_usage - time.monotonic()))
             cur = self._current
             if cur is not None and cur.deadline is not None:
                 timeout = min(timeout, max(0.0, cur.deadline - time.monotonic()))
-            if self._streamer.parent is not None:
-                timeout = min(timeout, STREAM_INTERVAL_S)
             events = dict(poller.poll(timeout * 1000))
             now = time.monotonic()
             # Silence counts only while this thread listened: a pass long after the last
@@ -541,9 +541,11 @@ class Engine:
     def _on_abort(self, header):
         # executes in the receiver thread
         for msg_id in header.get("msg_ids", ()):
-            self._aborted.add(msg_id)
             cur = self._current
-            if cur is not None and cur.msg_id == msg_id:
+            if cur is None or cur.msg_id != msg_id:
+                self._aborted.add(msg_id)   # refused when it comes up
+            elif not header.get("queued_only"):   # a cancel() lets it run to its end
+                self._aborted.add(msg_id)
                 self._interrupt_main(msg_id, "abort")
         parent = header.get("parent")
         if isinstance(parent, str):   # the controller waits for this to answer its client

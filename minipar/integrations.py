@@ -67,7 +67,8 @@ class ViewExecutor(concurrent.futures.Executor):
             self._shutdown = True
         pending = [ar for ar in list(self._pending) if not ar.done()]
         if cancel_futures:
-            _abort_quietly(self.view.client, [ar for ar in pending if ar._cancel_local()])
+            _abort_quietly(self.view.client, [ar for ar in pending if ar._cancel_local()],
+                           queued_only=True)
         if wait:
             concurrent.futures.wait(pending)
 

@@ -259,6 +259,24 @@ def test_abort_still_interrupts_a_running_task(rc):
         ar.get(WAIT_S)
 
 
+def test_what_cancel_asks_never_interrupts_a_request_that_started(rc, marks):
+    """cancel() aborts with queued_only: a request its engine started before the client
+    heard so (running() still False for up to STREAM_INTERVAL_S) runs to its end, while
+    the one queued behind it never starts. abort() interrupts both."""
+    from minipar.asyncresult import _abort_quietly
+
+    for queued_only, outcome in ((True, "ok"), (False, "aborted")):
+        started = rc[0].apply_async(mark_then_sleep, marks, queued_only, 1)
+        behind = rc[0].apply_async(sleep_then, 0, "never")
+        wait_until(lambda: str(queued_only) in os.listdir(marks), WAIT_S, "never started")
+        _abort_quietly(rc, [started, behind], queued_only)
+        assert rc.wait([started, behind], WAIT_S)
+        records = rc.db_query({"msg_id": {"$in": started.msg_ids + behind.msg_ids}},
+                              ["msg_id", "status"])
+        assert {r["msg_id"]: r["status"] for r in records} == \
+            {started.msg_ids[0]: outcome, behind.msg_ids[0]: "aborted"}
+
+
 def test_a_timeout_not_a_number_is_a_type_error_and_a_negative_one_is_no_limit(rc):
     lv = rc.load_balanced_view()
     done = rc[:].apply_async(abs, -1)
