@@ -312,9 +312,15 @@ class MultiEngineClient(_ClassicClient):
     def _block(self, block):
         return self.block if block is None else block
 
-    def _finish(self, future, block, method, transform=None):
-        pr = PendingResult(future, transform, method)
-        return pr.get_result() if self._block(block) else pr
+    def _finish(self, ar, block, method, transform=None):
+        pr = PendingResult(ar, transform, method)
+        if not self._block(block):
+            return pr
+        try:
+            return pr.get_result()
+        except KeyboardInterrupt:   # Ctrl-C: the work this call started stops too
+            _abort_quietly(self.client, [ar])
+            raise
 
     # ------------------------------------------------------------ code and namespaces
 

@@ -677,11 +677,13 @@ def test_a_culled_result_says_which_limit_culled_it(make_cluster):
     assert c.output("controller").count("culling the oldest finished task records") == 1
 
 
-@pytest.mark.parametrize("call, started", [("map_sync(time.sleep, [30] * 8)", 2),
-                                           ("apply_sync(time.sleep, 30)", 1)])
+@pytest.mark.parametrize("call, started", [
+    ("rc.load_balanced_view().map_sync(time.sleep, [30] * 8)", 2),
+    ("rc.load_balanced_view().apply_sync(time.sleep, 30)", 1),
+    ("minipar.MultiEngineClient(rc.url_file).execute('import time; time.sleep(30)', block=True)", 2)])
 def test_ctrl_c_in_a_blocking_call_aborts_what_it_started(local_cluster, tmp_path, call,
                                                           started):
-    """A user presses Ctrl-C in map_sync or apply_sync: its tasks must not run on for nobody (the next
+    """A user presses Ctrl-C in map_sync, apply_sync or a classic blocking call: its tasks must not run on for nobody (the next
     user's short map would wait behind them), and rc.abort('all') aborts every unfinished
     task of a client; an abort of nothing says so."""
     import signal
@@ -699,7 +701,7 @@ def test_ctrl_c_in_a_blocking_call_aborts_what_it_started(local_cluster, tmp_pat
         rc = minipar.Client({local_cluster.client_file!r})
         print("mapping", flush=True)
         try:
-            rc.load_balanced_view().{call}
+            {call}
         except KeyboardInterrupt:   # back at the prompt, the client still open
             print("KeyboardInterrupt", flush=True)
             deadline = time.monotonic() + 20
@@ -716,7 +718,7 @@ def test_ctrl_c_in_a_blocking_call_aborts_what_it_started(local_cluster, tmp_pat
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert user.stdout.readline() == "mapping\n"
-        wait_until(lambda: sum(s["tasks"] for s in rc.queue_status().values()
+        wait_until(lambda: sum(s["queue"] + s["tasks"] for s in rc.queue_status().values()
                                if isinstance(s, dict)) >= started, 30,
                    "the user's tasks to start")
         user.send_signal(signal.SIGINT)
