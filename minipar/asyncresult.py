@@ -225,8 +225,9 @@ class AsyncResult(_Future):
 
     def cancel(self):
         """Cancel, as a concurrent.futures.Future: False once it is running() or done;
-        else its requests are aborted (they never run) and True. ``abort()`` also
-        interrupts running requests."""
+        else its requests are aborted and True. What has not started never runs; one that
+        started before its engine said so runs to its end, never interrupted (its result
+        is dropped). ``abort()`` interrupts running requests."""
         if not self._cancel_local():
             return self.cancelled()   # True again for a cancelled one
         _abort_quietly(self._client, [self], queued_only=True)
