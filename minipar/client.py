@@ -645,8 +645,7 @@ class Client:
     def ids(self):
         """The registered engines' ids, sorted."""
         with self._engines_changed:
-            if self._closed:   # else a list of engines it no longer hears of
-                raise self._closed.with_traceback(None)
+            self._check_usable()   # closed, or its controller gone: never a stale list
             return sorted(self._engines)
 
     def __len__(self):

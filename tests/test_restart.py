@@ -177,7 +177,7 @@ def test_clients_and_engines_give_up_on_a_controller_that_stays_away(local_clust
     # every later call says so at once, rather than waiting for a controller that is gone
     view = rc.load_balanced_view()
     for call in (lambda: view.map_async(square, range(8)), lambda: view.apply_async(square, 2),
-                 rc.queue_status, lambda: rc.abort("all")):
+                 rc.queue_status, lambda: rc.abort("all"), lambda: rc.ids):
         with pytest.raises(errors.MiniparError, match="is gone.*--reuse.*new Client"):
             call()
 
