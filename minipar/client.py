@@ -860,8 +860,7 @@ class Client:
         return pending
 
     def _abort(self, msg_ids, queued_only=False):
-        """Abort `msg_ids` (not those running, if `queued_only`); returns how many of them
-        were still pending."""
+        """Abort `msg_ids` (not running ones if `queued_only`); how many were pending."""
         return self.query(protocol.ABORT, msg_ids=msg_ids, queued_only=queued_only).get(
             "pending", 0) if msg_ids else 0
 
@@ -1400,14 +1399,17 @@ class LoadBalancedView(_View):
         self.after = self.follow = self.timeout = self.recovery = self.time_limit = None
         self.retries = 0
 
-    def _set_timeout(self, timeout):   # the `timeout` flag, however it is set; a wait's
-        # no-limit (negative) and NaN are refused here, what is not a number by _timeout_s
-        if timeout is not None and not (timeout == timeout and _timeout_s(timeout) is not None):
-            raise ValueError(f"timeout={timeout}: give the seconds a task may wait for its "
-                             "dependencies, or None (or 0) for no limit")
-        self._timeout = timeout
+    def _seconds_flag(name, what):   # seconds, None or 0 for no limit; < 0 and NaN refused
+        def set_it(self, value):   # (and what is not a number, by _timeout_s)
+            if value is not None and not (value == value and _timeout_s(value) is not None):
+                raise ValueError(f"{name}={value}: give the seconds {what}, or None (or 0) "
+                                 "for no limit")
+            setattr(self, "_" + name, value)
+        return property(lambda self: getattr(self, "_" + name), set_it)
 
-    timeout = property(lambda self: self._timeout, _set_timeout)
+    timeout = _seconds_flag("timeout", "a task may wait for its dependencies")
+    time_limit = _seconds_flag("time_limit", "a task may run")
+    del _seconds_flag
 
     # ------------------------------------------------------------ header fields
 

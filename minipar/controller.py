@@ -1080,9 +1080,9 @@ def _request_problem(header):
     for name in ("timeout", "time_limit"):
         if header.get(name) is not None and not _is_number(header[name]):
             return f"`{name}` must be None or a number of seconds, not {header[name]!r:.80}"
-    if header.get("timeout") is not None and not header["timeout"] >= 0:   # NaN too
-        return (f"`timeout` (seconds to wait for dependencies) must be >= 0, or None or 0 "
-                f"for no limit, not {header['timeout']!r}")
+    for name in ("timeout", "time_limit"):
+        if header.get(name) is not None and not header[name] >= 0:   # NaN too
+            return f"`{name}` must be >= 0, or None or 0 for no limit, not {header[name]!r}"
     retries = header.get("retries")
     if retries is not None and not (_is_int(retries) and retries >= 0):
         return f"`retries` must be a count (int >= 0), not {retries!r:.80}"

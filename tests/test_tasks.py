@@ -318,27 +318,28 @@ def test_dependency_timeout(lview):
         slow.get(TIMEOUT)
 
 
-def test_a_negative_dependency_timeout_is_refused_at_once(rc, lview):
+@pytest.mark.parametrize("flag", ["timeout", "time_limit"])
+def test_a_negative_timeout_or_time_limit_is_refused_at_once(rc, lview, flag):
     for never in (-1, -0.5, float("nan")):
-        for set_it in (lambda: setattr(lview, "timeout", never),
-                       lambda: lview.set_flags(retries=3, timeout=never),
-                       lambda: lview.temp_flags(retries=3, timeout=never).__enter__()):
-            with pytest.raises(ValueError, match=r"timeout=(-1|-0.5|nan): give the seconds"):
+        for set_it in (lambda: setattr(lview, flag, never),
+                       lambda: lview.set_flags(retries=3, **{flag: never}),
+                       lambda: lview.temp_flags(retries=3, **{flag: never}).__enter__()):
+            with pytest.raises(ValueError, match=rf"{flag}=(-1|-0.5|nan): give the seconds"):
                 set_it()
-            assert lview.timeout is None and lview.retries == 0   # nothing left changed
+            assert getattr(lview, flag) is None and lview.retries == 0   # none left changed
     with pytest.raises(TypeError, match="timeout must be a number of seconds or None"):
-        lview.timeout = "5"
-    for no_limit in (0, None):   # as before: no timeout
-        with lview.temp_flags(timeout=no_limit):
+        setattr(lview, flag, "5")
+    for no_limit in (0, None):   # as before: no limit
+        with lview.temp_flags(**{flag: no_limit}):
             assert lview.apply_sync(square, 2) == 4
     # a client that skips the check: the controller refuses the task, with a final state
     for never in (-1, float("nan")):
-        lview._timeout = never
+        setattr(lview, "_" + flag, never)
         ar = lview.apply_async(square, 3)
-        with pytest.raises(ValueError, match=r"refused: `timeout` .* must be >= 0"):
+        with pytest.raises(ValueError, match=rf"refused: `{flag}` must be >= 0"):
             ar.get(TIMEOUT)
         assert rc.db_query({"msg_id": ar.msg_ids[0]}, ["status"])[0]["status"] == "error"
-    lview._timeout = None
+    setattr(lview, "_" + flag, None)
     assert lview.apply_sync(square, 4) == 16   # and it goes on serving
 
 
