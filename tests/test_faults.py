@@ -10,6 +10,7 @@ right; the run ends with as many engines as it started with.
 """
 
 import collections
+import contextlib
 import ctypes
 import os
 import random
@@ -81,14 +82,16 @@ def _chaos(cluster, rng, stop, log):
         pids = [p for p in _engine_pids(cluster) if p != frozen]
         now = time.monotonic()
         if frozen is None and thaw is None and pids:   # first: freeze one, while all are busy
-            frozen = rng.choice(pids)
-            os.kill(frozen, signal.SIGSTOP)
-            thaw = now + FREEZE_S
-            log.append(("stop", frozen))
+            victim = rng.choice(pids)
+            with contextlib.suppress(ProcessLookupError):   # else it just died: next round
+                os.kill(victim, signal.SIGSTOP)
+                frozen, thaw = victim, now + FREEZE_S
+                log.append(("stop", frozen))
         elif thaw is not None and frozen is not None and now >= thaw:
-            os.kill(frozen, signal.SIGCONT)
-            log.append(("cont", frozen))
-            frozen = None
+            if _thaw(frozen, log):
+                frozen = None
+            else:   # it died of its own crashing task as it was stopped: freeze another
+                frozen = thaw = None
         elif kills < N_KILLS and pids:
             victim = rng.choice(pids)
             try:
@@ -98,8 +101,17 @@ def _chaos(cluster, rng, stop, log):
             except ProcessLookupError:
                 pass
     if frozen is not None:
-        os.kill(frozen, signal.SIGCONT)
-        log.append(("cont", frozen))
+        _thaw(frozen, log)
+
+
+def _thaw(pid, log):
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        log.append(("gone", pid))
+        return False
+    log.append(("cont", pid))
+    return True
 
 
 @pytest.fixture
@@ -161,7 +173,7 @@ def test_ten_thousand_tasks_survive_kills_a_freeze_and_crashing_tasks(chaos_clus
     rc.wait_for_engines(N_ENGINES, START_TIMEOUT_S)
     wait_until(lambda: len(_engine_pids(cluster)) == len(rc.ids) == N_ENGINES, START_TIMEOUT_S,
                f"{N_ENGINES} engines running and registered (chaos: {chaos_log})")
-    frozen = next(pid for what, pid in chaos_log if what == "stop")
+    frozen = [pid for what, pid in chaos_log if what == "stop"][-1]
     if frozen in _engine_pids(cluster):   # it lived on (not SIGKILLed later): it came back
         output = cluster.engines[next(iter(cluster.engines))].get_output()
         assert "registering again" in output
