@@ -97,7 +97,7 @@ def use_pickle():
 
 # ---------------------------------------------------------------- client
 
-class Client:
+class Client(errors.SaysWhyAbsent):
     """A connection to a controller: reads its ``minipar-client.json`` (`url_file`, or
     the profile's security folder) and connects; raises a clear error when the file is
     missing or stale, the key is refused, or the controller does not answer within
@@ -992,7 +992,6 @@ class Client:
 
     def __exit__(self, *exc):
         self.close()
-
     def __del__(self):
         with contextlib.suppress(Exception):   # AttributeError: __init__ failed early on
             self.close()
@@ -1000,7 +999,7 @@ class Client:
 
 # ---------------------------------------------------------------- views
 
-class _View:
+class _View(errors.SaysWhyAbsent):
     _flag_names = ("block", "label")
 
     def __init__(self, client, targets="all", block=False):
@@ -1009,7 +1008,6 @@ class _View:
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.targets}>"
-
     def _label(self):
         """The `label` flag as header fields (none when None)."""
         if self.label is not None and not isinstance(self.label, str):

@@ -210,3 +210,33 @@ def _traceback_lines(e):
 def _where(e):
     """``[engine_id:kind]: ``, what CompositeError shows before each engine's error."""
     return f"[{e.engine_info.get('engine_id', '?')}:{e.engine_info.get('kind', 'apply')}]: "
+
+
+# Names of ipyparallel's Client and views that minipar leaves out on purpose, with what to
+# use instead (docs/ipyparallel.rst has them all): asking for one says so.
+IPYPARALLEL_ABSENT = {
+    "history": "no msg_id list is kept (it would grow without end): keep the AsyncResults, "
+               "or ask the controller, rc.hub_history()",
+    "results": "results live in the AsyncResults; rc.get_result(msg_ids) asks the controller",
+    "metadata": "metadata is per AsyncResult: ar.metadata",
+    "block": "blocking is a view's flag: view.block",
+    "spin_thread": "the client always runs an I/O thread",
+    "stop_spin_thread": "the client always runs an I/O thread",
+    "purge_local_results": "nothing is cached beyond the AsyncResults you hold",
+    "purge_hub_results": "use rc.purge_results",
+    "cluster": "a Client does not know its Cluster: keep the Cluster object",
+    "become_dask": "there is no dask integration",
+    "become_distributed": "there is no dask integration",
+    "imap": "imap is a load-balanced view's: rc.load_balanced_view().imap",
+    "importer": "use view.sync_imports()",
+}
+
+
+class SaysWhyAbsent:
+    """A base of Client and the views: a name one lacks is an AttributeError which, for a
+    name ipyparallel has, says what to use instead."""
+
+    def __getattr__(self, name):   # only for a name the object lacks
+        why = IPYPARALLEL_ABSENT.get(name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}"
+                             + (f": minipar leaves ipyparallel's out; {why}" if why else ""))

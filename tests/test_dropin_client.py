@@ -285,3 +285,18 @@ def test_get_result_of_a_finished_request_has_its_metadata_at_once(cluster):
         assert ar.ready(), f"request {i} not ready"
         assert ar.engine_id == f.metadata["engine_id"] in rc.ids
         assert ar.stdout == f"hi {i}\n" and ar.get() == [i]
+
+
+def test_a_name_ipyparallel_has_and_minipar_leaves_out_says_what_to_use(cluster):
+    rc = cluster.rc
+    lview = rc.load_balanced_view()
+    for obj, name, says in ((rc, "history", r"rc.hub_history\(\)"), (rc, "block", "view.block"),
+                            (rc[:], "imap", r"load_balanced_view\(\).imap"),
+                            (lview, "results", "live in the AsyncResults")):
+        with pytest.raises(AttributeError, match=rf"'{type(obj).__name__}' object has no "
+                                                 rf"attribute '{name}': minipar leaves "
+                                                 rf"ipyparallel's out; .*{says}"):
+            getattr(obj, name)
+    with pytest.raises(AttributeError, match=r"no attribute 'nonsense'$"):
+        rc.nonsense   # any other name: the plain error
+    assert not hasattr(lview, "history") and lview.timeout is None   # flags still read
