@@ -9,6 +9,7 @@ in its own module too (``ipyparallel.client.asyncresult``).
 """
 
 import concurrent.futures
+import contextlib
 import itertools
 import logging
 import time
@@ -390,6 +391,16 @@ def _timeout_s(timeout):
     if timeout != timeout:
         raise ValueError("timeout=nan: give a number of seconds, or None for no limit")
     return timeout if timeout >= 0 else None
+
+
+@contextlib.contextmanager
+def _aborted_on_ctrl_c(client, ar):
+    """A blocking call's wait for `ar`: Ctrl-C stops the work the call started too."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _abort_quietly(client, [ar])
+        raise
 
 
 def _abort_quietly(client, ars, queued_only=False):

@@ -38,7 +38,7 @@ import threading
 import types
 
 from . import protocol
-from .asyncresult import _abort_quietly
+from .asyncresult import _aborted_on_ctrl_c
 from .client import AsyncResult, Client, DirectView, interactive
 from .errors import CompositeError, RemoteError
 
@@ -316,11 +316,8 @@ class MultiEngineClient(_ClassicClient):
         pr = PendingResult(ar, transform, method)
         if not self._block(block):
             return pr
-        try:
+        with _aborted_on_ctrl_c(self.client, ar):
             return pr.get_result()
-        except KeyboardInterrupt:   # Ctrl-C: the work this call started stops too
-            _abort_quietly(self.client, [ar])
-            raise
 
     # ------------------------------------------------------------ code and namespaces
 
@@ -958,13 +955,10 @@ class _ParallelMagics:
             self.shell.run_cell(code)
         if not block:
             return pr
-        try:
+        with _aborted_on_ctrl_c(self.view.client, ar):
             if self.classic:
                 return pr.get_result()
             _show(ar, options.get("groupby", "type"))
-        except KeyboardInterrupt:   # Ctrl-C: the work this %px started stops too
-            _abort_quietly(self.view.client, [ar])
-            raise
 
     def pxconfig(self, line=""):
         """%pxconfig [--targets T] [--block|--noblock] [--verbose|--no-verbose]: the

@@ -45,7 +45,7 @@ import zmq
 
 from . import errors, protocol
 from .asyncresult import (AsyncResult, _concat, _Derived, _MsgFuture, _OneRequest,
-                          _abort_quietly, _timeout_s)
+                          _abort_quietly, _aborted_on_ctrl_c, _timeout_s)
 from .dependency import Dependency, dependent, msg_ids
 # CompositeError too: classic scripts catch `client.CompositeError`
 from .errors import CompositeError, NoEnginesRegistered, TimeoutError
@@ -541,6 +541,7 @@ class Client(errors.SaysWhyAbsent):
         held = getattr(self._local, "held", None)
         if held is not None:
             held.append(frames)
+            self._local.made.append(f)
             if len(held) >= TOGETHER:
                 self._send_held(held)
             return f
@@ -573,12 +574,16 @@ class Client(errors.SaysWhyAbsent):
         if getattr(self._local, "held", None) is not None:
             yield   # inside an outer block, which sends them
             return
-        held = self._local.held = []
+        held, made = self._local.held, self._local.made = [], []
         try:
-            yield
-        finally:
-            self._local.held = None
-            self._send_held(held)
+            try:
+                yield
+            finally:
+                self._local.held = self._local.made = None
+                self._send_held(held)
+        except BaseException:   # Ctrl-C or an error: no result is returned to hold these
+            _abort_quietly(self, [AsyncResult(self, made)])   # requests, so none runs on
+            raise
 
     def _send_held(self, held):
         with self._send_lock:
@@ -1052,13 +1057,8 @@ class _View(errors.SaysWhyAbsent):
         return self.block if block is None else block
 
     def _finish(self, ar, block):
-        if not self._block(block):
-            return ar
-        try:
-            return ar.get()
-        except KeyboardInterrupt:   # Ctrl-C: the work this call started stops too
-            _abort_quietly(self.client, [ar])
-            raise
+        with _aborted_on_ctrl_c(self.client, ar):   # returned or waited for, else aborted
+            return ar.get() if self._block(block) else ar
 
     def apply(self, f, *args, **kwargs):
         return self._finish(self._apply(f, args, kwargs), None)

@@ -20,7 +20,8 @@ import threading
 import time
 import types
 
-from .client import AsyncResult, Client, LoadBalancedView, _abort_quietly, interactive
+from .asyncresult import _abort_quietly
+from .client import AsyncResult, Client, LoadBalancedView, interactive
 
 # -- the executor
 

@@ -570,6 +570,20 @@ def test_resubmit_and_result_status(rc, lview):
         rc.resubmit("no-such-msg-id")
 
 
+def test_a_map_that_fails_midway_through_its_submission_leaves_nothing_running(rc, lview):
+    """Its first chunks left (held to go together) before the third failed to serialize:
+    the call returns no AsyncResult to abort them with, so it aborts them itself."""
+    with pytest.raises(errors.SerializationError):
+        lview.map_async(time.sleep, [30, 30, threading.Lock()], chunksize=1)
+
+    def running():
+        status = rc.queue_status()
+        return status["unassigned"] + sum(s["queue"] + s["tasks"] for s in status.values()
+                                          if isinstance(s, dict))
+
+    wait_until(lambda: running() == 0, 20, "the submitted chunks to be aborted")
+
+
 def test_db_query_operators_and_keys(rc, lview):
     t0 = time.time()
     a, b = rc.ids[:2]
