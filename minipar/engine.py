@@ -10,8 +10,8 @@ Three threads, each owning its sockets::
                                         the controller is alive
 
 The main thread runs user code, so signals and KeyboardInterrupt reach it; the receiver
-interrupts it (SIGINT to the main thread) to abort a running task or to enforce a task's
-`time_limit`. Control messages (abort, interrupt, shutdown) overtake queued work; an
+interrupts it (INTERRUPT_SIGNAL to the main thread) to abort a running task or to enforce
+a task's `time_limit`. Control messages (abort, interrupt, shutdown) overtake queued work; an
 abort is acknowledged once its requests are marked, so the controller answers the client
 only when a queued request it aborted can no longer start.
 Every STREAM_INTERVAL_S the receiver sends what the running request printed or published
@@ -87,7 +87,13 @@ STREAM_INTERVAL_S = 0.1
 # once. 3 ms rather than 1: 5-15% less CPU per quick task (fewer, larger batches).
 HOLD_S = 0.003
 STREAM_CHUNK_CHARS = 64 * 1024   # most text in one stream message (a larger one is split)
-# A task past its time_limit gets SIGINT (a KeyboardInterrupt between two bytecodes);
+# The engine's own interrupts (an abort, a time_limit, rc.send_signal's SIGINT) reach the
+# main thread as this signal, never mistaken for a SIGINT from outside. One that lands
+# just before a blocking C call starts (time.sleep) is handled when the call ends: the
+# receiver sends it again every INTERRUPT_AGAIN_S until it is handled.
+INTERRUPT_SIGNAL = signal.SIGUSR2
+INTERRUPT_AGAIN_S = 0.2
+# A task past its time_limit is interrupted (between two bytecodes, or a sleep);
 # one that no interrupt reaches (one long C call holding the GIL) gets this much longer
 # before SIGALRM, whose default action needs no thread of ours, ends the engine. Time
 # for `finally` blocks to run; 1..60 is reasonable.
@@ -140,14 +146,15 @@ properties = _Properties()
 
 
 class _Interrupt(BaseException):
-    """Raised in the main thread by the SIGINT handler; becomes the right error below."""
+    """Raised in the main thread by the INTERRUPT_SIGNAL handler; becomes the right error."""
 
 
 # The running request, set by the main thread and read by the receiver. deadline: the
 # time.monotonic() its time_limit ends (None: no limit); started: time.time().
 _Running = collections.namedtuple("_Running", "msg_id deadline started kind")
-# What the next SIGINT is for; `reason` ("abort", "timeout", "interrupt") picks the error.
-_Interruption = collections.namedtuple("_Interruption", "msg_id reason")
+# What the next INTERRUPT_SIGNAL is for; `reason` ("abort", "timeout", "interrupt") picks
+# the error; sent: its time.monotonic().
+_Interruption = collections.namedtuple("_Interruption", "msg_id reason sent")
 # A registration sent again (see _on_unregister); since: its time.monotonic().
 _Registration = collections.namedtuple("_Registration", "msg_id since")
 
@@ -263,9 +270,8 @@ class Engine:
         self._held = None           # replies kept to send with the rest of their batch
         self._held_at = 0.0         # when the first of them was
         self._held_lock = threading.Lock()
-        self._interrupt = None      # _Interruption: what the next SIGINT is for
-        self._sigints_sent = 0      # SIGINTs sent by _interrupt_main, not yet handled
-        # Re-entrant: the SIGINT handler takes it in the main thread, which may hold it
+        self._interrupt = None      # _Interruption: what the next INTERRUPT_SIGNAL is for
+        # Re-entrant: the INTERRUPT_SIGNAL handler takes it in the main thread, which may hold it
         # already (the signal lands between any two bytecodes); a Lock would deadlock.
         self._lock = threading.RLock()
         self._stopping = False
@@ -283,6 +289,7 @@ class Engine:
         # do so before its answer arrives here) must meet these handlers, not the defaults
         signal.signal(signal.SIGINT, self._on_sigint)
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        signal.signal(INTERRUPT_SIGNAL, self._on_interrupt_signal)
         if self.work_dir:
             os.makedirs(self.work_dir, exist_ok=True)
             os.chdir(self.work_dir)
@@ -452,6 +459,8 @@ class Engine:
             cur = self._current
             if cur is not None and cur.deadline is not None and now >= cur.deadline:
                 self._interrupt_main(cur.msg_id, "timeout")
+            if self._interrupt is not None:
+                self._interrupt_again(now)
             if now - last_ping > silence and not self._stopping:
                 self._exit("the controller has been silent for %d heartbeats: exiting",
                            self.max_missed_heartbeats)
@@ -541,12 +550,13 @@ class Engine:
     def _on_abort(self, header):
         # executes in the receiver thread
         for msg_id in header.get("msg_ids", ()):
-            cur = self._current
-            if cur is None or cur.msg_id != msg_id:
-                self._aborted.add(msg_id)   # refused when it comes up
-            elif not header.get("queued_only"):   # a cancel() lets it run to its end
-                self._aborted.add(msg_id)
-                self._interrupt_main(msg_id, "abort")
+            self._aborted.add(msg_id)   # before reading _current (see _run); refused if it
+            cur = self._current         # comes up
+            if cur is not None and cur.msg_id == msg_id:
+                if header.get("queued_only"):   # a cancel() lets what started run to its end
+                    self._aborted.discard(msg_id)
+                else:
+                    self._interrupt_main(msg_id, "abort")
         parent = header.get("parent")
         if isinstance(parent, str):   # the controller waits for this to answer its client
             _, frames = self.session.msg(protocol.ABORT_MARKED, parent=parent)
@@ -636,9 +646,18 @@ class Engine:
         with self._lock:
             if self._interrupt is not None:
                 return
-            self._interrupt = _Interruption(msg_id, reason)
-            self._sigints_sent += 1
-        signal.pthread_kill(self._main_ident, signal.SIGINT)
+            self._interrupt = _Interruption(msg_id, reason, time.monotonic())
+        signal.pthread_kill(self._main_ident, INTERRUPT_SIGNAL)
+
+    def _interrupt_again(self, now):
+        # executes in the receiver thread: the interrupt is not handled yet (see
+        # INTERRUPT_SIGNAL); one more is harmless, its handler finding nothing to do
+        with self._lock:
+            pending = self._interrupt
+            if pending is None or now - pending.sent < INTERRUPT_AGAIN_S:
+                return
+            self._interrupt = pending._replace(sent=now)
+        signal.pthread_kill(self._main_ident, INTERRUPT_SIGNAL)
 
     def _stop(self):
         self._stopping = True
@@ -654,22 +673,20 @@ class Engine:
 
     # ------------------------------------------------------------ main thread
 
-    def _on_sigint(self, signum, frame):
+    def _on_interrupt_signal(self, signum, frame):
         # executes in the main thread, between bytecodes of whatever runs
         with self._lock:
             target, self._interrupt = self._interrupt, None
-            ours = self._sigints_sent > 0
-            self._sigints_sent -= ours
         cur = self._current
-        if target is None:
-            if ours:   # sent for a request that ended before the signal landed: nothing to do
-                return
-            if cur is None and not _in_foreground():   # see the module docstring
-                log.warning("SIGINT while idle: ignored (an engine is stopped with SIGTERM)")
-                return
-            raise KeyboardInterrupt
-        if cur is not None and cur.msg_id == target.msg_id:
-            raise _Interrupt(target.reason)
+        if target is not None and cur is not None and cur.msg_id == target.msg_id:
+            raise _Interrupt(target.reason)   # else it ended before this landed
+
+    def _on_sigint(self, signum, frame):
+        # executes in the main thread: a SIGINT from outside (a terminal's Ctrl-C, a kill)
+        if self._current is None and not _in_foreground():   # see the module docstring
+            log.warning("SIGINT while idle: ignored (an engine is stopped with SIGTERM)")
+            return
+        raise KeyboardInterrupt
 
     def _on_sigterm(self, signum, frame):
         # executes in the main thread, between bytecodes of whatever runs. `kill PID` (a
