@@ -10,10 +10,10 @@ Three threads, each owning its sockets::
                                         the controller is alive
 
 The main thread runs user code, so signals and KeyboardInterrupt reach it; the receiver
-interrupts it (INTERRUPT_SIGNAL to the main thread) to abort a running task or to enforce
-a task's `time_limit`. Control messages (abort, interrupt, shutdown) overtake queued work; an
-abort is acknowledged once its requests are marked, so the controller answers the client
-only when a queued request it aborted can no longer start.
+interrupts it (INTERRUPT_SIGNAL to the main thread) to abort a running task or to
+enforce a task's `time_limit`. Control messages (abort, interrupt, shutdown) overtake
+queued work; an abort is acknowledged once its requests are marked, so the controller
+answers the client only when a queued request it aborted can no longer start.
 Every STREAM_INTERVAL_S the receiver sends what the running request printed or published
 (``datapub.publish_data``) as ``stream`` messages (see ``_Streamer``), and ``started``
 for one still running (so the client's future is running()). Every USAGE_PERIOD_S it
@@ -271,8 +271,8 @@ class Engine:
         self._held_at = 0.0         # when the first of them was
         self._held_lock = threading.Lock()
         self._interrupt = None      # _Interruption: what the next INTERRUPT_SIGNAL is for
-        # Re-entrant: the INTERRUPT_SIGNAL handler takes it in the main thread, which may hold it
-        # already (the signal lands between any two bytecodes); a Lock would deadlock.
+        # Re-entrant: the INTERRUPT_SIGNAL handler takes it in the main thread, which may
+        # hold it already (the signal lands between any two bytecodes); a Lock would deadlock.
         self._lock = threading.RLock()
         self._stopping = False
         self._streamer = _Streamer()

@@ -695,7 +695,8 @@ def test_a_culled_result_says_which_limit_culled_it(make_cluster):
 @pytest.mark.parametrize("call, started", [
     ("rc.load_balanced_view().map_sync(time.sleep, [30] * 8)", 2),
     ("rc.load_balanced_view().apply_sync(time.sleep, 30)", 1),
-    ("minipar.MultiEngineClient(rc.url_file).execute('import time; time.sleep(30)', block=True)", 2)])
+    ("minipar.MultiEngineClient(rc.url_file).execute('import time; time.sleep(30)', "
+     "block=True)", 2)])
 def test_ctrl_c_in_a_blocking_call_aborts_what_it_started(local_cluster, tmp_path, call,
                                                           started):
     """A user presses Ctrl-C in map_sync, apply_sync or a classic blocking call: its tasks must not run on for nobody (the next
