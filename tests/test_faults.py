@@ -77,8 +77,7 @@ def _chaos(cluster, rng, stop, log):
     kills = 0
     frozen = None
     thaw = None
-    while not stop.is_set():
-        stop.wait(rng.uniform(0.5, 1.5))
+    while not stop.wait(rng.uniform(0.5, 1.5)):   # no kill once stopped: the test goes on
         pids = [p for p in _engine_pids(cluster) if p != frozen]
         now = time.monotonic()
         if frozen is None and thaw is None and pids:   # first: freeze one, while all are busy
@@ -150,6 +149,7 @@ def test_ten_thousand_tasks_survive_kills_a_freeze_and_crashing_tasks(chaos_clus
     finally:
         stop.set()
         chaos.join(10)
+    assert not chaos.is_alive(), "the chaos thread did not stop"
     # exactly one final state each, as it reached the client
     msg_ids = [ar.msg_ids[0] for ar in ars]
     assert [m for m in msg_ids if replies[m] != 1] == []
