@@ -462,29 +462,35 @@ def test_ctrl_c_to_an_idle_engine_unregisters_it_at_once(local_cluster):
     assert rc.load_balanced_view().apply_sync(os.getpid) == other.pid
 
 
-def test_sigint_to_an_idle_engine_outside_a_terminal_is_ignored(tmp_path):
-    """As ipyparallel's engines: SIGINT to engines (Cluster.signal_engines_sync) interrupts
-    the tasks that run, and idle engines stay registered and usable."""
+@pytest.fixture
+def launched(tmp_path):
+    """A Cluster of 2 engines, one engine set minipar launched: (cluster, rc, engine set)."""
     cluster = Cluster(n=2, profile_dir=str(tmp_path / "profile"), shutdown_atexit=False,
                       controller_args=["--heartbeat-period", str(HEARTBEAT_S)])
     try:
         rc = cluster.start_and_connect_sync()
-        (launcher,) = cluster.engines.values()
-        ids = rc.ids
-        cluster.signal_engines_sync(signal.SIGINT)
-        wait_until(lambda: launcher.get_output().count("SIGINT while idle: ignored") == 2,
-                   START_TIMEOUT_S, "both idle engines to ignore SIGINT")
-        ar = rc[ids[0]].apply_async(_sleep_then, 60, "never")
-        wait_until(lambda: "started" in ar.stdout, START_TIMEOUT_S, "the task to start")
-        cluster.signal_engines_sync(signal.SIGINT)
-        with pytest.raises(errors.RemoteError) as e:
-            ar.get(START_TIMEOUT_S)
-        assert e.value.ename == "KeyboardInterrupt"
-        assert rc[:].apply_sync(lambda: "alive") == ["alive", "alive"]
-        assert rc.ids == ids and len(launcher.pids()) == 2
-        assert launcher.get_output().count("SIGINT while idle: ignored") == 3
+        yield cluster, rc, next(iter(cluster.engines.values()))
     finally:
         cluster.stop_cluster_sync()
+
+
+def test_sigint_to_an_idle_engine_outside_a_terminal_is_ignored(launched):
+    """As ipyparallel's engines: SIGINT to engines (Cluster.signal_engines_sync) interrupts
+    the tasks that run, and idle engines stay registered and usable."""
+    cluster, rc, launcher = launched
+    ids = rc.ids
+    cluster.signal_engines_sync(signal.SIGINT)
+    wait_until(lambda: launcher.get_output().count("SIGINT while idle: ignored") == 2,
+               START_TIMEOUT_S, "both idle engines to ignore SIGINT")
+    ar = rc[ids[0]].apply_async(_sleep_then, 60, "never")
+    wait_until(lambda: "started" in ar.stdout, START_TIMEOUT_S, "the task to start")
+    cluster.signal_engines_sync(signal.SIGINT)
+    with pytest.raises(errors.RemoteError) as e:
+        ar.get(START_TIMEOUT_S)
+    assert e.value.ename == "KeyboardInterrupt"
+    assert rc[:].apply_sync(lambda: "alive") == ["alive", "alive"]
+    assert rc.ids == ids and len(launcher.pids()) == 2
+    assert launcher.get_output().count("SIGINT while idle: ignored") == 3
 
 
 def test_sigterm_to_an_idle_engine_unregisters_it_at_once(local_cluster):
@@ -510,22 +516,16 @@ def test_sigterm_to_an_idle_engine_unregisters_it_at_once(local_cluster):
         ar.get(START_TIMEOUT_S)
 
 
-def test_an_engine_ended_for_a_time_limit_is_replaced_with_its_id(tmp_path):
+def test_an_engine_ended_for_a_time_limit_is_replaced_with_its_id(launched):
     """An engine set minipar launched replaces the engine a time limit ended (whatever
     its restart policy: minipar ended it), and the replacement gets the same id."""
-    cluster = Cluster(n=2, profile_dir=str(tmp_path / "profile"), shutdown_atexit=False,
-                      controller_args=["--heartbeat-period", str(HEARTBEAT_S)])
-    try:
-        rc = cluster.start_and_connect_sync()
-        (launcher,) = cluster.engines.values()
-        ids = rc.ids
-        view = rc.load_balanced_view()
-        with view.temp_flags(time_limit=1):
-            ar = view.apply_async(_hold_the_gil, 60)
-        with pytest.raises(errors.TaskTimeout, match="holding the GIL"):
-            ar.get(45)
-        wait_until(lambda: launcher.restarts == 1 and rc.ids == ids
-                   and len(launcher.pids()) == 2, START_TIMEOUT_S, f"engines {ids} again")
-        assert rc[ar.engine_id].apply_sync(_hold_the_gil, 0) == 0
-    finally:
-        cluster.stop_cluster_sync()
+    _, rc, launcher = launched
+    ids = rc.ids
+    view = rc.load_balanced_view()
+    with view.temp_flags(time_limit=1):
+        ar = view.apply_async(_hold_the_gil, 60)
+    with pytest.raises(errors.TaskTimeout, match="holding the GIL"):
+        ar.get(45)
+    wait_until(lambda: launcher.restarts == 1 and rc.ids == ids
+               and len(launcher.pids()) == 2, START_TIMEOUT_S, f"engines {ids} again")
+    assert rc[ar.engine_id].apply_sync(_hold_the_gil, 0) == 0
