@@ -581,7 +581,7 @@ class Client(errors.SaysWhyAbsent):
             finally:
                 self._local.held = self._local.made = None
                 self._send_held(held)
-        except BaseException:   # Ctrl-C or an error: no result is returned to hold these
+        except KeyboardInterrupt:   # Ctrl-C: the call returns nothing to hold these
             _abort_quietly(self, [AsyncResult(self, made)])   # requests, so none runs on
             raise
 

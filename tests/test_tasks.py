@@ -570,11 +570,17 @@ def test_resubmit_and_result_status(rc, lview):
         rc.resubmit("no-such-msg-id")
 
 
-def test_a_map_that_fails_midway_through_its_submission_leaves_nothing_running(rc, lview):
-    """Its first chunks left (held to go together) before the third failed to serialize:
-    the call returns no AsyncResult to abort them with, so it aborts them itself."""
-    with pytest.raises(errors.SerializationError):
-        lview.map_async(time.sleep, [30, 30, threading.Lock()], chunksize=1)
+class _Interrupts:
+    def __reduce__(self):   # Ctrl-C, as it lands while a map is being sent
+        raise KeyboardInterrupt
+
+
+def test_a_map_interrupted_midway_through_its_submission_leaves_nothing_running(rc, lview):
+    """Ctrl-C after its first chunks left (held to go together): the call returns no
+    AsyncResult to abort them with, so it aborts them itself. (An error there, as an
+    unpicklable item, leaves them running: see test_a_maps_tasks_leave_a_hundred...)"""
+    with pytest.raises(KeyboardInterrupt):
+        lview.map_async(time.sleep, [30, 30, _Interrupts()], chunksize=1)
 
     def running():
         status = rc.queue_status()
