@@ -1521,16 +1521,16 @@ class LoadBalancedView(_View):
             raise ValueError("recovery= names one task, which can recover one task only; "
                              "this map makes several: give a function instead")
         futures = []
-        with self.client._together():
+        with self.client._together():   # a Ctrl-C up to its end aborts what it sent
             for lo in range(0, n, chunksize):
                 chunks = tuple(list(s[lo:lo + chunksize]) if isinstance(s, range) else
                                s[lo:lo + chunksize] for s in seqs)
                 futures.append(self._send(f, chunks, {}, fparts, fields, chain,
                                           map=elementwise))
-        ar = AsyncResult(self.client, futures, fname=getattr(f, "__name__", "map"),
-                         mapping=True, ordered=ordered)
-        if elementwise:
-            ar._sizes = [min(chunksize, n - lo) for lo in range(0, n, chunksize)]
+            ar = AsyncResult(self.client, futures, fname=getattr(f, "__name__", "map"),
+                             mapping=True, ordered=ordered)
+            if elementwise:
+                ar._sizes = [min(chunksize, n - lo) for lo in range(0, n, chunksize)]
         return ar
 
     def imap(self, f, *iterables, ordered=True, max_outstanding="auto"):
