@@ -550,8 +550,8 @@ class Engine:
     def _on_abort(self, header):
         # executes in the receiver thread
         for msg_id in header.get("msg_ids", ()):
-            self._aborted.add(msg_id)   # before reading _current (see _run); refused if it
-            cur = self._current         # comes up
+            self._aborted.add(msg_id)   # refused when it comes up; added before _current
+            cur = self._current         # is read, as _run reads them the other way round
             if cur is not None and cur.msg_id == msg_id:
                 if header.get("queued_only"):   # a cancel() lets what started run to its end
                     self._aborted.discard(msg_id)

@@ -20,7 +20,7 @@ import threading
 import time
 import types
 
-from .asyncresult import _abort_quietly
+from .asyncresult import _abort_quietly, _timeout_s
 from .client import AsyncResult, Client, LoadBalancedView, interactive
 
 # -- the executor
@@ -128,8 +128,7 @@ def _wait_interactive(client, jobs, interval, timeout):
     at most `timeout` s (< 0 or None: no limit); whether all are done."""
     ar = AsyncResult(client, [f for f in map(client._futures.get, client._msg_ids(jobs))
                               if f is not None])
-    return _wait_with_bar(ar, "tasks", interval,
-                          None if timeout is None or timeout < 0 else timeout)
+    return _wait_with_bar(ar, "tasks", interval, _timeout_s(timeout))
 
 
 class _TextBar:
