@@ -1,11 +1,12 @@
 """Where the controller's CPU per task goes: cProfile in the controller, over one workload.
 
-    python bench/profile_controller.py [lb|dv ...] [-n ENGINES] [--tasks T] [--top K]
+    python bench/profile_controller.py [lb|dv|rt ...] [-n ENGINES] [--tasks T] [--top K]
 
-For each workload (lb: no-op tasks on a load-balanced view; dv: round robin over `rc[i]`),
-a fresh controller runs inside this file (`--serve`), which wraps `minipar.controller`'s
-main with a cProfile switched on and off by signals, so only the workload is profiled
-(not start-up, registration or shutdown). Engines are plain `python -m minipar.engine`.
+For each workload (lb: no-op tasks on a load-balanced view; dv: round robin over `rc[i]`;
+rt: one `rc[0].apply_sync` at a time, what a lone request costs), a fresh controller runs
+inside this file (`--serve`), which wraps `minipar.controller`'s main with a cProfile
+switched on and off by signals, so only the workload is profiled (not start-up,
+registration or shutdown). Engines are plain `python -m minipar.engine`.
 
 The workload runs three times on the same cluster: unprofiled, to read the controller's
 CPU per task from /proc (the real figure); under a sampler (SIGPROF on the controller's
@@ -124,6 +125,10 @@ def profile(mode, n, tasks, profiled_tasks, folder):
             def workload(tasks):
                 if mode == "lb":
                     results = [lb.apply_async(noop) for _ in range(tasks)]
+                elif mode == "rt":
+                    results = []
+                    for _ in range(tasks):
+                        views[0].apply_sync(noop)
                 else:
                     results = [views[i % n].apply_async(noop) for i in range(tasks)]
                 _common._wait_all(results, 300)
@@ -176,7 +181,7 @@ def report(mode, stats_path, tasks, profiled_tasks, figures, top):
              "inclusive_us": samples["inclusive"].get(k, 0) / total * plain,
              "calls_per_task": calls.get(k)} for k, v in samples["own"].items()]
     rows.sort(key=lambda r: -r["own_us"])
-    title = {"lb": "load-balanced", "dv": "direct"}[mode]
+    title = {"lb": "load-balanced", "dv": "direct", "rt": "one at a time"}[mode]
     print(f"\n{title}: controller CPU per task {plain:.1f} µs unprofiled, "
           f"{figures['sampled_us']:.1f} µs sampled ({total:,} samples), "
           f"{figures['profiled_us']:.1f} µs under cProfile")
@@ -192,7 +197,7 @@ def main():
     if len(sys.argv) > 2 and sys.argv[1] == "--serve":
         return serve(sys.argv[2], sys.argv[3:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("modes", nargs="*", metavar="lb|dv",
+    p.add_argument("modes", nargs="*", metavar="lb|dv|rt",
                    help="workloads (default: lb dv)")
     p.add_argument("-n", type=int, default=2, help="engines (default 2)")
     p.add_argument("--tasks", type=int, default=50_000,
@@ -202,8 +207,8 @@ def main():
     p.add_argument("--keep", metavar="DIR", help="keep the .prof files in DIR")
     args = p.parse_args()
     args.modes = args.modes or ["lb", "dv"]
-    if set(args.modes) - {"lb", "dv"}:
-        p.error("workloads are lb and dv")
+    if set(args.modes) - {"lb", "dv", "rt"}:
+        p.error("workloads are lb, dv and rt")
     folder = args.keep or tempfile.mkdtemp(prefix="minipar-prof-")
     os.makedirs(folder, exist_ok=True)
     out = {}
