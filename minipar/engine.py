@@ -27,7 +27,8 @@ the controller fails or retries that request. SIGINT interrupts the running requ
 finished), unless it runs in its terminal's foreground: there a SIGINT may be its
 user's Ctrl-C (a process cannot tell one from a `kill -INT`), and it stops as on
 SIGTERM. An engine started by a launcher (its own session), in the background (`&`),
-by `ssh` without -t or by a batch job is never in a terminal's foreground.
+by `ssh` without -t or by a batch job is never in a terminal's foreground. One waiting
+for its connection file (started before its controller) does as an idle one.
 
 A task that holds the GIL past its time_limit plus TIME_LIMIT_GRACE_S (one long C call,
 which no interrupt reaches) ends the engine by SIGALRM, with faulthandler's traceback in
@@ -1139,6 +1140,17 @@ def _in_foreground():
         os.close(fd)
 
 
+def _stop_waiting(signum, frame):
+    # executes in the main thread, from main() until Engine.start puts the engine's own
+    # handlers in place (while it waits for the connection file, say): as an idle
+    # engine, it stops at once on SIGTERM and on a Ctrl-C at its terminal (exit status
+    # 0 both), and ignores any other SIGINT (see the module docstring)
+    if signum == signal.SIGINT and not _in_foreground():
+        return log.warning("SIGINT while idle: ignored (an engine is stopped with SIGTERM)")
+    log.info("%s before connecting to the controller: exiting", signal.Signals(signum).name)
+    raise SystemExit(0)
+
+
 def _connection_info(path, wait):
     """The engine's connection file, waited for up to `wait` s while it does not exist."""
     if not os.path.exists(path):
@@ -1181,6 +1193,8 @@ def main(argv=None):
                         format=f"%(asctime)s engine[{os.getpid()}] %(levelname)s %(message)s")
     path = args.file or os.path.join(protocol.profile_dir(args.profile, args.profile_dir),
                                      "security", protocol.ENGINE_FILE)
+    for sig in (signal.SIGINT, signal.SIGTERM):   # not the defaults: a traceback, a kill
+        signal.signal(sig, _stop_waiting)
     try:
         info = _connection_info(path, min(args.timeout, CONNECTION_FILE_WAIT_S))
         engine = Engine(info, work_dir=args.work_dir, startup_script=args.startup_script,

@@ -462,6 +462,56 @@ def test_ctrl_c_to_an_idle_engine_unregisters_it_at_once(local_cluster):
     assert rc.load_balanced_view().apply_sync(os.getpid) == other.pid
 
 
+@pytest.mark.parametrize("sig, at_a_terminal", [(signal.SIGTERM, False), (signal.SIGINT, True),
+                                                 (signal.SIGINT, False)])
+def test_an_engine_waiting_for_its_connection_file_stops_as_an_idle_one(tmp_path, sig,
+                                                                        at_a_terminal):
+    """`python -m minipar.engine` started before its controller waits for the connection
+    file. SIGTERM, or Ctrl-C at its terminal, ends it at once, with one line and status 0
+    as an idle engine (not a KeyboardInterrupt traceback, nor death by the signal); a
+    SIGINT from elsewhere (Cluster.signal_engines_sync) is ignored, as by an idle one."""
+    log = tmp_path / "engine.log"
+    args = ["--profile-dir", str(tmp_path / "profile")]   # which holds no connection file
+    master = None
+    with open(log, "wb") as out:
+        if at_a_terminal:
+            master, slave = os.openpty()
+            engine = subprocess.Popen([sys.executable, "-c", _AT_A_TERMINAL, *args],
+                                      stdin=slave, stdout=out, stderr=subprocess.STDOUT,
+                                      start_new_session=True, env=_env(), cwd=ROOT)
+            os.close(slave)
+        else:   # a session of its own: no terminal, whatever pytest runs in
+            engine = subprocess.Popen([sys.executable, "-m", "minipar.engine", *args],
+                                      stdin=subprocess.DEVNULL, stdout=out,
+                                      stderr=subprocess.STDOUT, start_new_session=True,
+                                      env=_env(), cwd=ROOT)
+    try:
+        wait_until(lambda: "no connection file" in log.read_text(), START_TIMEOUT_S,
+                   "the engine to wait for its connection file")
+        if at_a_terminal:
+            os.write(master, b"\x03")   # ^C
+        else:
+            engine.send_signal(sig)
+        if sig == signal.SIGINT and not at_a_terminal:
+            wait_until(lambda: "SIGINT while idle: ignored" in log.read_text(), 5,
+                       "the engine to ignore SIGINT")
+            assert engine.poll() is None
+            engine.terminate()
+        assert engine.wait(5) == 0
+    finally:
+        if master is not None:
+            os.close(master)
+        if engine.poll() is None:
+            engine.kill()
+            engine.wait()
+    text = log.read_text()
+    after = text[text.index("no connection file"):].splitlines()[1:]   # its last words
+    ignored = sig == signal.SIGINT and not at_a_terminal
+    assert "Traceback" not in text and len(after) == 1 + ignored
+    stopped_by = "SIGINT" if at_a_terminal else "SIGTERM"
+    assert f"{stopped_by} before connecting to the controller: exiting" in after[-1]
+
+
 @pytest.fixture
 def launched(tmp_path):
     """A Cluster of 2 engines, one engine set minipar launched: (cluster, rc, engine set)."""
