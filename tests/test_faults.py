@@ -367,6 +367,61 @@ def test_a_time_limit_holds_for_code_that_holds_the_gil(local_cluster):
     assert any("_hold_the_gil" in log and "most recent call first" in log for log in logs)
 
 
+def _with_its_own_interrupt_handler(handler, seconds):
+    """A task that puts its own handler in place for the engine's INTERRUPT_SIGNAL,
+    SIGUSR2 ("own": one that does nothing; "ignore": SIG_IGN; "default": SIG_DFL), then
+    runs for `seconds`: asleep under its own handler, else busy (SIG_IGN lets no signal
+    end a sleep, SIG_DFL would let one end the engine)."""
+    import signal
+    import time
+
+    signal.signal(signal.SIGUSR2, {"own": lambda *a: None, "ignore": signal.SIG_IGN,
+                                   "default": signal.SIG_DFL}[handler])
+    print("started", flush=True)
+    end = time.monotonic() + seconds
+    if handler == "own":
+        time.sleep(seconds)
+    while time.monotonic() < end:
+        pass
+    return "finished"
+
+
+def _interrupt_handler_name():
+    import signal
+
+    return getattr(signal.getsignal(signal.SIGUSR2), "__name__", None)
+
+
+@pytest.mark.parametrize("handler", ["own", "ignore", "default"])
+def test_a_task_with_its_own_interrupt_handler_is_still_aborted_and_time_limited(
+        local_cluster, handler):
+    """The engine interrupts tasks with SIGUSR2. One that replaces the engine's handler
+    is aborted and time-limited all the same (not left running, nor ended with its
+    engine), and the next task on that engine meets the engine's handler again."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
+    ar = rc[eid].apply_async(_with_its_own_interrupt_handler, handler, 60)
+    wait_until(lambda: "started" in ar.stdout, START_TIMEOUT_S, "the task to start")
+    ar.abort()
+    with pytest.raises(errors.TaskAborted):
+        ar.get(10)
+    assert rc[eid].apply_sync(_interrupt_handler_name) == "_on_interrupt_signal"
+    view = rc.load_balanced_view()
+    with view.temp_flags(time_limit=1):
+        ar = view.apply_async(_with_its_own_interrupt_handler, handler, 60)
+    # interrupted, not ended with its engine TIME_LIMIT_GRACE_S later ("holding the GIL")
+    with pytest.raises(errors.TaskTimeout, match="time_limit of 1 s and was interrupted"):
+        ar.get(10)
+    ar = rc[eid].apply_async(_sleep_then, 60, "never")
+    wait_until(lambda: "started" in ar.stdout, START_TIMEOUT_S, "the next task to start")
+    ar.abort()
+    with pytest.raises(errors.TaskAborted):
+        ar.get(10)
+    assert engine.poll() is None and rc.ids == [eid]
+    assert local_cluster.output("engine0").count("replaced this engine's SIGUSR2") == 1
+
+
 def test_a_direct_request_past_its_time_limit_with_no_records_kept(tmp_path):
     """A direct request with a time_limit (the internal interface's `time_limit` field)
     on an engine that SIGALRM then ends, under --db none: the controller fails it with
