@@ -10,8 +10,10 @@ in its own module too (``ipyparallel.client.asyncresult``).
 
 import concurrent.futures
 import contextlib
+import functools
 import itertools
 import logging
+import threading
 import time
 
 from . import errors
@@ -393,14 +395,48 @@ def _timeout_s(timeout):
     return timeout if timeout >= 0 else None
 
 
+# .sent: {client: [its futures]} of the requests this thread made inside the outermost
+# _aborted_on_ctrl_c block it is in; None outside one
+_guarded = threading.local()
+
+
 @contextlib.contextmanager
-def _aborted_on_ctrl_c(client, ar):
-    """A blocking call's wait for `ar`: Ctrl-C stops the work the call started too."""
-    try:
+def _aborted_on_ctrl_c():
+    """The block of a call that sends requests: a Ctrl-C anywhere in it (as it sends, as
+    it waits, or between the two) aborts those it sent, as the call then returns nothing
+    to abort them with. Blocks nest: the outermost one aborts. Client.send_request notes
+    each request for it (``_sent``) before the request leaves."""
+    if getattr(_guarded, "sent", None) is not None:
+        yield
+        return
+    sent = {}
+    try:   # set inside the try: a Ctrl-C right after it must not leave it set for good
+        _guarded.sent = sent
         yield
     except KeyboardInterrupt:
-        _abort_quietly(client, [ar])
+        for client, futures in sent.items():
+            _abort_quietly(client, [AsyncResult(client, futures)])
         raise
+    finally:
+        _guarded.sent = None
+
+
+def _ctrl_c_aborts(call):
+    """Decorator: `call` runs inside _aborted_on_ctrl_c from its first line, so a Ctrl-C
+    between its send and its wait aborts too. Every view call that sends requests (and
+    may wait for them) has it, but apply_async: the quickest, returning at once."""
+    @functools.wraps(call)
+    def guarded(*args, **kwargs):
+        with _aborted_on_ctrl_c():
+            return call(*args, **kwargs)
+    return guarded
+
+
+def _sent(client, futures):
+    """Note `client`'s requests this thread is about to send, for _aborted_on_ctrl_c."""
+    sent = getattr(_guarded, "sent", None)
+    if sent is not None:
+        sent.setdefault(client, []).extend(futures)
 
 
 def _abort_quietly(client, ars, queued_only=False):

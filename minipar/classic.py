@@ -38,7 +38,7 @@ import threading
 import types
 
 from . import protocol
-from .asyncresult import _aborted_on_ctrl_c
+from .asyncresult import _ctrl_c_aborts
 from .client import AsyncResult, Client, DirectView, interactive
 from .errors import CompositeError, RemoteError
 
@@ -314,10 +314,7 @@ class MultiEngineClient(_ClassicClient):
 
     def _finish(self, ar, block, method, transform=None):
         pr = PendingResult(ar, transform, method)
-        if not self._block(block):
-            return pr
-        with _aborted_on_ctrl_c(self.client, ar):
-            return pr.get_result()
+        return pr.get_result() if self._block(block) else pr
 
     # ------------------------------------------------------------ code and namespaces
 
@@ -325,6 +322,7 @@ class MultiEngineClient(_ClassicClient):
         """The ids of the registered engines."""
         return self.client.ids
 
+    @_ctrl_c_aborts
     def execute(self, lines, targets=None, block=None):
         """Run the code string `lines` on the targets: a ResultList (see ResultList)."""
         ar = self._view(targets).execute(lines, block=False)
@@ -342,14 +340,17 @@ class MultiEngineClient(_ClassicClient):
         i-th from last (i<0) or command number i (i>=0), from this client's history."""
         return self._history.get(self._ids(targets), i, self._block(block))
 
+    @_ctrl_c_aborts
     def push(self, namespace, targets=None, block=None):
         """Update each target's namespace with the dict `namespace`."""
         return self._finish(self._view(targets).push(namespace, block=False), block, "push")
 
+    @_ctrl_c_aborts
     def pull(self, keys, targets=None, block=None):
         """A name's value (or a list of names' values) from each target."""
         return self._finish(self._view(targets).pull(keys, block=False), block, "pull")
 
+    @_ctrl_c_aborts
     def zip_pull(self, keys, targets=None, block=None):
         """pull, regrouped by name: one tuple of the targets' values per key."""
         ar = self._view(targets).pull(_names(keys), block=False)
@@ -365,12 +366,14 @@ class MultiEngineClient(_ClassicClient):
 
     pull_function = pull
 
+    @_ctrl_c_aborts
     def push_serialized(self, namespace, targets=None, block=None):
         """push values already pickled ({name: bytes}, as pull_serialized gives them):
         they are unpickled on the engines only."""
         ar = self._view(targets).apply_async(_unpickle_into_namespace, dict(namespace))
         return self._finish(ar, block, "push_serialized")
 
+    @_ctrl_c_aborts
     def pull_serialized(self, keys, targets=None, block=None):
         """pull without unpickling here: each value as its pickled bytes."""
         ar = self._view(targets).apply_async(_pickled, keys)
@@ -390,26 +393,31 @@ class MultiEngineClient(_ClassicClient):
     def update(self, namespace):
         self.push(namespace, block=True)
 
+    @_ctrl_c_aborts
     def keys(self, targets=None, block=None):
         """The names defined in each target's namespace."""
         return self._finish(self._view(targets).keys(block=False), block, "keys")
 
+    @_ctrl_c_aborts
     def reset(self, targets=None, block=None):
         """Empty each target's namespace."""
         return self._finish(self._view(targets).clear(block=False), block, "reset")
 
     # ------------------------------------------------------------ sequences
 
+    @_ctrl_c_aborts
     def scatter(self, key, seq, dist="b", flatten=False, targets=None, block=None):
         """Push contiguous blocks of `seq` as `key`, one block per target."""
         ar = self._view(targets).scatter(key, seq, dist, flatten, block=False)
         return self._finish(ar, block, "scatter")
 
+    @_ctrl_c_aborts
     def gather(self, key, dist="b", targets=None, block=None):
         """Pull `key` from the targets and concatenate the blocks (inverse of scatter)."""
         ar = self._view(targets).gather(key, dist, block=False)
         return self._finish(ar, block, "gather")
 
+    @_ctrl_c_aborts
     def map(self, func, *sequences, targets=None, block=None):
         """Parallel ``map``: each target applies `func` to one block of the sequences
         (no load balancing: see TaskClient.map for that)."""
@@ -432,6 +440,7 @@ class MultiEngineClient(_ClassicClient):
 
     # ------------------------------------------------------------ engine properties
 
+    @_ctrl_c_aborts
     def _properties(self, op, targets, block, parts=(), keys=None):
         futures = [self.client.send_request(protocol.PROPERTIES, parts, engine_id=e, engine=e,
                                             op=op, keys=keys) for e in self._ids(targets)]
@@ -680,6 +689,7 @@ class TaskClient(_ClassicClient):
 
     # ------------------------------------------------------------ submitting
 
+    @_ctrl_c_aborts
     def run(self, task, block=False):
         """Submit `task` (a StringTask or MapTask); returns its integer id, or with
         block=True waits and returns its result (as get_task_result)."""
@@ -805,6 +815,7 @@ class TaskClient(_ClassicClient):
 
     # ------------------------------------------------------------ map
 
+    @_ctrl_c_aborts
     def _map(self, func, *sequences, block=True, **options):
         fparts = protocol.serialize_function(func)
         ids = [self._run(MapTask(func, args, **options), fparts) for args in zip(*sequences)]
@@ -922,6 +933,7 @@ class _ParallelMagics:
         self._autopx = None       # the input transformer while %autopx is on
         self._autopx_off = re.compile(r"^\s*%autopx" + re.escape(suffix) + r"\b", re.M)
 
+    @_ctrl_c_aborts
     def px(self, line, cell=None):
         """%px CODE, or %%px [options] over a cell: run the code on the engines.
 
@@ -955,10 +967,9 @@ class _ParallelMagics:
             self.shell.run_cell(code)
         if not block:
             return pr
-        with _aborted_on_ctrl_c(self.view.client, ar):
-            if self.classic:
-                return pr.get_result()
-            _show(ar, options.get("groupby", "type"))
+        if self.classic:
+            return pr.get_result()
+        _show(ar, options.get("groupby", "type"))
 
     def pxconfig(self, line=""):
         """%pxconfig [--targets T] [--block|--noblock] [--verbose|--no-verbose]: the

@@ -45,7 +45,7 @@ import zmq
 
 from . import errors, protocol
 from .asyncresult import (AsyncResult, _concat, _Derived, _MsgFuture, _OneRequest,
-                          _abort_quietly, _aborted_on_ctrl_c, _timeout_s)
+                          _aborted_on_ctrl_c, _ctrl_c_aborts, _sent, _timeout_s)
 from .dependency import Dependency, dependent, msg_ids
 # CompositeError too: classic scripts catch `client.CompositeError`
 from .errors import CompositeError, NoEnginesRegistered, TimeoutError
@@ -536,12 +536,12 @@ class Client(errors.SaysWhyAbsent):
             f = future
             f._request(header["msg_id"], engine_id)
         self._futures[f.msg_id] = f
+        _sent(self, (f,))   # before it leaves: a Ctrl-C from here on aborts it
         if "label" in fields:
             f.metadata["label"] = fields["label"]
         held = getattr(self._local, "held", None)
         if held is not None:
             held.append(frames)
-            self._local.made.append(f)
             if len(held) >= TOGETHER:
                 self._send_held(held)
             return f
@@ -574,16 +574,14 @@ class Client(errors.SaysWhyAbsent):
         if getattr(self._local, "held", None) is not None:
             yield   # inside an outer block, which sends them
             return
-        held, made = self._local.held, self._local.made = [], []
-        try:
+        held = []
+        with _aborted_on_ctrl_c():   # sent at the end, also on Ctrl-C: then aborted
             try:
+                self._local.held = held   # in the try: never left set by a Ctrl-C
                 yield
             finally:
-                self._local.held = self._local.made = None
+                self._local.held = None
                 self._send_held(held)
-        except KeyboardInterrupt:   # Ctrl-C: the call returns nothing to hold these
-            _abort_quietly(self, [AsyncResult(self, made)])   # requests, so none runs on
-            raise
 
     def _send_held(self, held):
         with self._send_lock:
@@ -592,11 +590,11 @@ class Client(errors.SaysWhyAbsent):
         del held[:]
 
     def _flush(self):
-        """Send the held requests, in order (the caller holds _send_lock)."""
-        if self._held:
-            for frames in self.session.pack(self._held):
-                protocol.send(self._sender, frames)
-            self._held = []
+        """Send the held requests, in order (the caller holds _send_lock), each once: no
+        longer held as they start to leave, so a Ctrl-C after the send never sends them again."""
+        held, self._held = self._held, []
+        for frames in self.session.pack(held):
+            protocol.send(self._sender, frames)
 
     def _check_usable(self):
         if self._closed or self._gone:   # raised afresh: not with the traceback of its last raise
@@ -790,6 +788,7 @@ class Client(errors.SaysWhyAbsent):
         # one message, which the controller copies to each engine under these msg_ids
         futures = [_MsgFuture(protocol.new_id(), e) for e in engine_ids]
         self._futures.update((f.msg_id, f) for f in futures)
+        _sent(self, futures)
         fields.pop("engine", None)
         f = self.send_request(protocol.BROADCAST, parts, request=kind, targets=engine_ids,
                               msg_ids=[f.msg_id for f in futures], **fields)
@@ -1019,6 +1018,7 @@ class _View(errors.SaysWhyAbsent):
             raise TypeError(f"label must be a str or None, not {type(self.label).__name__}")
         return {} if self.label is None else {"label": self.label}
 
+    @_ctrl_c_aborts
     def _use(self, name):
         """use_cloudpickle() (the default), use_dill() or use_pickle() (nothing by value:
         functions by reference only), here and on this view's engines: see
@@ -1057,15 +1057,16 @@ class _View(errors.SaysWhyAbsent):
         return self.block if block is None else block
 
     def _finish(self, ar, block):
-        with _aborted_on_ctrl_c(self.client, ar):   # returned or waited for, else aborted
-            return ar.get() if self._block(block) else ar
+        return ar.get() if self._block(block) else ar
 
+    @_ctrl_c_aborts
     def apply(self, f, *args, **kwargs):
         return self._finish(self._apply(f, args, kwargs), None)
 
     def apply_async(self, f, *args, **kwargs):
         return self._apply(f, args, kwargs)
 
+    @_ctrl_c_aborts
     def apply_sync(self, f, *args, **kwargs):
         return self._finish(self._apply(f, args, kwargs), True)
 
@@ -1141,10 +1142,10 @@ class RemoteFunction:
         self.__name__ = getattr(f, "__name__", "remote_function")
         self.__doc__ = getattr(f, "__doc__", None)
 
+    @_ctrl_c_aborts
     def __call__(self, *args, **kwargs):
         with self.view.temp_flags(**self.flags):
-            ar = self.view.apply_async(self.func, *args, **kwargs)
-            return self.view._finish(ar, self.block)
+            return self.view._finish(self.view.apply_async(self.func, *args, **kwargs), self.block)
 
 
 class ParallelFunction(RemoteFunction):
@@ -1155,11 +1156,13 @@ class ParallelFunction(RemoteFunction):
         super().__init__(view, f, block, **flags)
         self.dist = dist
 
+    @_ctrl_c_aborts
     def __call__(self, *sequences):
         with self.view.temp_flags(**self.flags):
-            ar = self.view._map(self.func, sequences, elementwise=False)
-            return self.view._finish(ar, self.block)
+            return self.view._finish(self.view._map(self.func, sequences, elementwise=False),
+                                     self.block)
 
+    @_ctrl_c_aborts
     def map(self, *sequences):
         with self.view.temp_flags(**self.flags):
             return self.view._finish(self.view._map(self.func, sequences), self.block)
@@ -1210,13 +1213,11 @@ class DirectView(_View):
         return sync_imports(self, local, quiet)
 
     def _each(self, targets, send, fname):
-        """`send(engine_id, future)` makes one target's request (see Client.send_request)."""
+        """`send(engine_id, future)` makes one target's request, returning its future."""
         targets = self.targets if targets is None else targets
         ids = self.client.resolve_targets(targets)
         if isinstance(targets, int):   # one engine, whose value is the result
-            ar = _OneRequest(self.client, fname)
-            send(ids[0], ar)
-            return ar
+            return send(ids[0], _OneRequest(self.client, fname))
         if len(ids) == 1:
             futures = [send(ids[0], None)]
         else:
@@ -1231,11 +1232,11 @@ class DirectView(_View):
             f, args, kwargs, engine_id=e, fparts=fparts, future=future, **label),
             getattr(f, "__name__", "apply"))
 
+    @_ctrl_c_aborts
     def _send_each(self, kind, targets, block, parts=(), **fields):
         """The same `kind` request to each target (see _each), finished as `block` says."""
-        ar = self._each(targets, lambda e, future: self.client.send_request(
-            kind, parts, engine_id=e, future=future, engine=e, **fields), kind)
-        return self._finish(ar, block)
+        return self._finish(self._each(targets, lambda e, future: self.client.send_request(
+            kind, parts, engine_id=e, future=future, engine=e, **fields), kind), block)
 
     def execute(self, code, targets=None, block=None):
         """Run a code string in each target's namespace."""
@@ -1283,6 +1284,7 @@ class DirectView(_View):
         """Empty each target's namespace."""
         return self._send_each(protocol.CLEAR, targets, block)
 
+    @_ctrl_c_aborts
     def scatter(self, key, seq, dist="b", flatten=False, targets=None, block=None,
                 track=None):
         """Split `seq` into contiguous blocks, one per target, pushed as `key` (`track`:
@@ -1298,9 +1300,9 @@ class DirectView(_View):
                 part = part[0]
             futures.append(self.client.send_request(
                 protocol.PUSH, protocol.serialize({key: part}), engine_id=eid, engine=eid))
-        ar = AsyncResult(self.client, futures, fname="scatter")
-        return self._finish(ar, block)
+        return self._finish(AsyncResult(self.client, futures, fname="scatter"), block)
 
+    @_ctrl_c_aborts
     def gather(self, key, dist="b", targets=None, block=None):
         """Pull `key` from each target and concatenate the parts (inverse of scatter)."""
         if dist != "b":
@@ -1313,6 +1315,7 @@ class DirectView(_View):
             [p if isinstance(p, (list, tuple)) or hasattr(p, "ndim") else [p] for p in parts]))
         return self._finish(ar, block)
 
+    @_ctrl_c_aborts
     def map(self, f, *sequences, block=None, track=False, return_exceptions=False,
             label=None):
         """Apply `f` element-wise, each target taking one contiguous block.
@@ -1439,8 +1442,7 @@ class LoadBalancedView(_View):
         rec = self.recovery
         if rec is None:
             return None
-        if callable(rec):
-            rec = [rec]
+        rec = [rec] if callable(rec) else rec
         if isinstance(rec, (list, tuple)) and rec and all(callable(g) for g in rec):
             return [(g, protocol.serialize(g)) for g in rec]
         ids = msg_ids(rec)
@@ -1452,8 +1454,7 @@ class LoadBalancedView(_View):
     def _send(self, f, args, kwargs, fparts, fields, chain, future=None, **extra):
         """Submit one task (and first its dormant recovery tasks); returns its future."""
         if chain is not None:
-            fields = dict(fields, recovery=self._send_recovery(chain, args, kwargs, fields,
-                                                               extra))
+            fields = dict(fields, recovery=self._send_recovery(chain, args, kwargs, fields, extra))
         if isinstance(f, dependent):
             extra["dependent"] = True   # an ImportError unpickling it means "unmet"
         return self.client.send_apply(f, args, kwargs, fparts=fparts, future=future,
@@ -1493,6 +1494,7 @@ class LoadBalancedView(_View):
 
     # ------------------------------------------------------------ map
 
+    @_ctrl_c_aborts
     def map(self, f, *sequences, block=None, chunksize=None, ordered=True,
             return_exceptions=False, label=None):
         """Apply `f` element-wise as tasks of `chunksize` elements (default: about 4
@@ -1521,7 +1523,7 @@ class LoadBalancedView(_View):
             raise ValueError("recovery= names one task, which can recover one task only; "
                              "this map makes several: give a function instead")
         futures = []
-        with self.client._together():   # a Ctrl-C up to its end aborts what it sent
+        with self.client._together():   # a Ctrl-C in it aborts what it sent
             for lo in range(0, n, chunksize):
                 chunks = tuple(list(s[lo:lo + chunksize]) if isinstance(s, range) else
                                s[lo:lo + chunksize] for s in seqs)

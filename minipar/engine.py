@@ -27,7 +27,8 @@ the controller fails or retries that request. SIGINT interrupts the running requ
 finished), unless it runs in its terminal's foreground: there a SIGINT may be its
 user's Ctrl-C (a process cannot tell one from a `kill -INT`), and it stops as on
 SIGTERM. An engine started by a launcher (its own session), in the background (`&`),
-by `ssh` without -t or by a batch job is never in a terminal's foreground.
+by `ssh` without -t or by a batch job is never in a terminal's foreground. One waiting
+for its connection file (started before its controller) does as an idle one.
 
 A task that holds the GIL past its time_limit plus TIME_LIMIT_GRACE_S (one long C call,
 which no interrupt reaches) ends the engine by SIGALRM, with faulthandler's traceback in
@@ -44,6 +45,7 @@ Bad messages are dropped and counted, never fatal: ``stats`` requests report the
 import argparse
 import builtins
 import collections
+import ctypes
 import faulthandler
 import io
 import linecache
@@ -90,7 +92,9 @@ STREAM_CHUNK_CHARS = 64 * 1024   # most text in one stream message (a larger one
 # The engine's own interrupts (an abort, a time_limit, rc.send_signal's SIGINT) reach the
 # main thread as this signal, never mistaken for a SIGINT from outside. One that lands
 # just before a blocking C call starts (time.sleep) is handled when the call ends: the
-# receiver sends it again every INTERRUPT_AGAIN_S until it is handled.
+# receiver sends it again every INTERRUPT_AGAIN_S until it is handled. A task that puts
+# its own handler in place (or SIG_IGN, SIG_DFL) is interrupted without it (see
+# Engine._send_interrupt), and the engine's handler is back after it.
 INTERRUPT_SIGNAL = signal.SIGUSR2
 INTERRUPT_AGAIN_S = 0.2
 # A task past its time_limit is interrupted (between two bytecodes, or a sleep);
@@ -146,7 +150,15 @@ properties = _Properties()
 
 
 class _Interrupt(BaseException):
-    """Raised in the main thread by the INTERRUPT_SIGNAL handler; becomes the right error."""
+    """Raised in the main thread to interrupt the running request; its `reason` ("abort",
+    "timeout", "interrupt") picks the error. A class per reason (_INTERRUPTS), raised as
+    it is: the receiver can make only a class pending in the main thread (_raise_in)."""
+
+    reason = None
+
+
+_INTERRUPTS = {reason: type(f"_Interrupt_{reason}", (_Interrupt,), {"reason": reason})
+               for reason in ("abort", "timeout", "interrupt")}
 
 
 # The running request, set by the main thread and read by the receiver. deadline: the
@@ -271,6 +283,8 @@ class Engine:
         self._held_at = 0.0         # when the first of them was
         self._held_lock = threading.Lock()
         self._interrupt = None      # _Interruption: what the next INTERRUPT_SIGNAL is for
+        self._raised_in_main = False   # that interruption is pending in the main thread
+        self._told_handler = False  # logged that a task replaced the INTERRUPT_SIGNAL handler
         # Re-entrant: the INTERRUPT_SIGNAL handler takes it in the main thread, which may
         # hold it already (the signal lands between any two bytecodes); a Lock would deadlock.
         self._lock = threading.RLock()
@@ -289,7 +303,8 @@ class Engine:
         # do so before its answer arrives here) must meet these handlers, not the defaults
         signal.signal(signal.SIGINT, self._on_sigint)
         signal.signal(signal.SIGTERM, self._on_sigterm)
-        signal.signal(INTERRUPT_SIGNAL, self._on_interrupt_signal)
+        self._interrupt_handler = self._on_interrupt_signal   # one object, compared with `is`
+        signal.signal(INTERRUPT_SIGNAL, self._interrupt_handler)
         if self.work_dir:
             os.makedirs(self.work_dir, exist_ok=True)
             os.chdir(self.work_dir)
@@ -647,7 +662,7 @@ class Engine:
             if self._interrupt is not None:
                 return
             self._interrupt = _Interruption(msg_id, reason, time.monotonic())
-        signal.pthread_kill(self._main_ident, INTERRUPT_SIGNAL)
+            self._send_interrupt()
 
     def _interrupt_again(self, now):
         # executes in the receiver thread: the interrupt is not handled yet (see
@@ -657,7 +672,24 @@ class Engine:
             if pending is None or now - pending.sent < INTERRUPT_AGAIN_S:
                 return
             self._interrupt = pending._replace(sent=now)
-        signal.pthread_kill(self._main_ident, INTERRUPT_SIGNAL)
+            self._send_interrupt()
+
+    def _send_interrupt(self):
+        # executes in the receiver thread, holding self._lock (under which _run ends what
+        # may be interrupted). INTERRUPT_SIGNAL, whose handler raises the interruption;
+        # but a running task that replaced the handler would never see it (its own runs,
+        # or none): the interruption is then made pending in the main thread, once, and
+        # raised at its next bytecode. The signal still goes to a task's own handler: its
+        # call ends a sleep, so the interruption is raised there too, not after. Not with
+        # SIG_DFL, which would end the engine, nor SIG_IGN: there a sleep runs to its end.
+        handler = signal.getsignal(INTERRUPT_SIGNAL)
+        cur, pending = self._current, self._interrupt
+        if handler is not self._interrupt_handler and not self._raised_in_main \
+                and cur is not None and cur.msg_id == pending.msg_id:
+            self._raised_in_main = True
+            _raise_in(self._main_ident, _INTERRUPTS[pending.reason])
+        if callable(handler):
+            signal.pthread_kill(self._main_ident, INTERRUPT_SIGNAL)
 
     def _stop(self):
         self._stopping = True
@@ -679,7 +711,7 @@ class Engine:
             target, self._interrupt = self._interrupt, None
         cur = self._current
         if target is not None and cur is not None and cur.msg_id == target.msg_id:
-            raise _Interrupt(target.reason)   # else it ended before this landed
+            raise _INTERRUPTS[target.reason]   # else it ended before this landed
 
     def _on_sigint(self, signum, frame):
         # executes in the main thread: a SIGINT from outside (a terminal's Ctrl-C, a kill)
@@ -812,20 +844,22 @@ class Engine:
                 # again now that _current is set: the receiver adds to _aborted before it
                 # reads _current, so an abort arriving around here is seen by one side
                 if msg_id in self._aborted:
-                    raise _Interrupt("abort")
+                    raise _INTERRUPTS["abort"]
                 if handler is None:
                     raise ValueError(f"unknown request kind {header['kind']!r}")
                 if header.get("clear_before"):  # classic Task(clear_before=True)
                     self._clear(header, parts)
                 result = handler(self, header, parts)
             finally:
-                self._current = None
+                self._current = None   # first: nothing interrupts this request from here
+                with self._lock:   # but what the receiver made pending just before is
+                    self._withdraw_raised()   # withdrawn, before it lands out of the try
                 if limit:
                     signal.setitimer(signal.ITIMER_REAL, 0)
                 if header.get("clear_after"):
                     self._clear(header, parts)
         except _Interrupt as e:
-            reason = e.args[0]
+            reason = e.reason
             if reason == "timeout":
                 status, result = protocol.TIMEOUT, errors.TaskTimeout(
                     f"the task ran longer than its time_limit of {limit} s and was "
@@ -840,10 +874,13 @@ class Engine:
         except BaseException as e:
             status, result = protocol.ERROR, e
         finally:
-            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
-            data = self._streamer.stop()  # the reply carries the whole output and data
             with self._lock:
                 self._interrupt = None
+                self._withdraw_raised()   # again, had a signal handler cut the above short
+            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+            data = self._streamer.stop()  # the reply carries the whole output and data
+            if signal.getsignal(INTERRUPT_SIGNAL) is not self._interrupt_handler:
+                self._take_back_interrupt_signal(msg_id)
         if properties.changed:  # before the reply: the controller knows them when it arrives
             self._send_properties()
         meta = {"started": started, "completed": time.time(), "stdout": out.getvalue(),
@@ -856,6 +893,22 @@ class Engine:
         except errors.SerializationError as e:
             return self._reply_error(header, e, status=protocol.ERROR, **meta)
         self._send_reply(header, protocol.OK, result_parts, **meta)
+
+    def _withdraw_raised(self):
+        # executes in the main thread, holding self._lock: see _send_interrupt
+        if self._raised_in_main:
+            self._raised_in_main = False
+            _raise_in(self._main_ident, None)
+
+    def _take_back_interrupt_signal(self, msg_id):
+        """Request `msg_id` replaced the engine's INTERRUPT_SIGNAL handler: put it back, so
+        the next requests are interrupted as usual (said once)."""
+        signal.signal(INTERRUPT_SIGNAL, self._interrupt_handler)
+        if not self._told_handler:
+            self._told_handler = True
+            log.warning("request %s replaced this engine's %s handler, with which it "
+                        "interrupts tasks (aborts, time limits): put back; leave %s to the "
+                        "engine", msg_id, INTERRUPT_SIGNAL.name, INTERRUPT_SIGNAL.name)
 
     def _reply_error(self, header, exc, status=protocol.ERROR, **meta):
         info = {"engine_id": self.id, "msg_id": header["msg_id"], "kind": header["kind"]}
@@ -1124,6 +1177,14 @@ def _plain(value):
     return False
 
 
+def _raise_in(thread_id, exc_class):
+    """Make `exc_class` pending in thread `thread_id`: raised there at its next bytecode
+    (a C call, such as time.sleep, ends first); None withdraws one not raised yet.
+    CPython's PyThreadState_SetAsyncExc, which takes a class, not an instance."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id),
+                                               exc_class and ctypes.py_object(exc_class))
+
+
 def _in_foreground():
     """Whether this process's group is its terminal's foreground one, which a Ctrl-C
     typed there reaches. False with no controlling terminal (opening /dev/tty fails)."""
@@ -1137,6 +1198,17 @@ def _in_foreground():
         return False
     finally:
         os.close(fd)
+
+
+def _stop_waiting(signum, frame):
+    # executes in the main thread, from main() until Engine.start puts the engine's own
+    # handlers in place (while it waits for the connection file, say): as an idle
+    # engine, it stops at once on SIGTERM and on a Ctrl-C at its terminal (exit status
+    # 0 both), and ignores any other SIGINT (see the module docstring)
+    if signum == signal.SIGINT and not _in_foreground():
+        return log.warning("SIGINT while idle: ignored (an engine is stopped with SIGTERM)")
+    log.info("%s before connecting to the controller: exiting", signal.Signals(signum).name)
+    raise SystemExit(0)
 
 
 def _connection_info(path, wait):
@@ -1181,6 +1253,8 @@ def main(argv=None):
                         format=f"%(asctime)s engine[{os.getpid()}] %(levelname)s %(message)s")
     path = args.file or os.path.join(protocol.profile_dir(args.profile, args.profile_dir),
                                      "security", protocol.ENGINE_FILE)
+    for sig in (signal.SIGINT, signal.SIGTERM):   # not the defaults: a traceback, a kill
+        signal.signal(sig, _stop_waiting)
     try:
         info = _connection_info(path, min(args.timeout, CONNECTION_FILE_WAIT_S))
         engine = Engine(info, work_dir=args.work_dir, startup_script=args.startup_script,

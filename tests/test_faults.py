@@ -367,6 +367,61 @@ def test_a_time_limit_holds_for_code_that_holds_the_gil(local_cluster):
     assert any("_hold_the_gil" in log and "most recent call first" in log for log in logs)
 
 
+def _with_its_own_interrupt_handler(handler, seconds):
+    """A task that puts its own handler in place for the engine's INTERRUPT_SIGNAL,
+    SIGUSR2 ("own": one that does nothing; "ignore": SIG_IGN; "default": SIG_DFL), then
+    runs for `seconds`: asleep under its own handler, else busy (SIG_IGN lets no signal
+    end a sleep, SIG_DFL would let one end the engine)."""
+    import signal
+    import time
+
+    signal.signal(signal.SIGUSR2, {"own": lambda *a: None, "ignore": signal.SIG_IGN,
+                                   "default": signal.SIG_DFL}[handler])
+    print("started", flush=True)
+    end = time.monotonic() + seconds
+    if handler == "own":
+        time.sleep(seconds)
+    while time.monotonic() < end:
+        pass
+    return "finished"
+
+
+def _interrupt_handler_name():
+    import signal
+
+    return getattr(signal.getsignal(signal.SIGUSR2), "__name__", None)
+
+
+@pytest.mark.parametrize("handler", ["own", "ignore", "default"])
+def test_a_task_with_its_own_interrupt_handler_is_still_aborted_and_time_limited(
+        local_cluster, handler):
+    """The engine interrupts tasks with SIGUSR2. One that replaces the engine's handler
+    is aborted and time-limited all the same (not left running, nor ended with its
+    engine), and the next task on that engine meets the engine's handler again."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
+    ar = rc[eid].apply_async(_with_its_own_interrupt_handler, handler, 60)
+    wait_until(lambda: "started" in ar.stdout, START_TIMEOUT_S, "the task to start")
+    ar.abort()
+    with pytest.raises(errors.TaskAborted):
+        ar.get(10)
+    assert rc[eid].apply_sync(_interrupt_handler_name) == "_on_interrupt_signal"
+    view = rc.load_balanced_view()
+    with view.temp_flags(time_limit=1):
+        ar = view.apply_async(_with_its_own_interrupt_handler, handler, 60)
+    # interrupted, not ended with its engine TIME_LIMIT_GRACE_S later ("holding the GIL")
+    with pytest.raises(errors.TaskTimeout, match="time_limit of 1 s and was interrupted"):
+        ar.get(10)
+    ar = rc[eid].apply_async(_sleep_then, 60, "never")
+    wait_until(lambda: "started" in ar.stdout, START_TIMEOUT_S, "the next task to start")
+    ar.abort()
+    with pytest.raises(errors.TaskAborted):
+        ar.get(10)
+    assert engine.poll() is None and rc.ids == [eid]
+    assert local_cluster.output("engine0").count("replaced this engine's SIGUSR2") == 1
+
+
 def test_a_direct_request_past_its_time_limit_with_no_records_kept(tmp_path):
     """A direct request with a time_limit (the internal interface's `time_limit` field)
     on an engine that SIGALRM then ends, under --db none: the controller fails it with
@@ -460,6 +515,56 @@ def test_ctrl_c_to_an_idle_engine_unregisters_it_at_once(local_cluster):
     log = local_cluster.output("controller")
     assert f"engine {eid} unregistered" in log and "declared dead" not in log
     assert rc.load_balanced_view().apply_sync(os.getpid) == other.pid
+
+
+@pytest.mark.parametrize("sig, at_a_terminal", [(signal.SIGTERM, False), (signal.SIGINT, True),
+                                                 (signal.SIGINT, False)])
+def test_an_engine_waiting_for_its_connection_file_stops_as_an_idle_one(tmp_path, sig,
+                                                                        at_a_terminal):
+    """`python -m minipar.engine` started before its controller waits for the connection
+    file. SIGTERM, or Ctrl-C at its terminal, ends it at once, with one line and status 0
+    as an idle engine (not a KeyboardInterrupt traceback, nor death by the signal); a
+    SIGINT from elsewhere (Cluster.signal_engines_sync) is ignored, as by an idle one."""
+    log = tmp_path / "engine.log"
+    args = ["--profile-dir", str(tmp_path / "profile")]   # which holds no connection file
+    master = None
+    with open(log, "wb") as out:
+        if at_a_terminal:
+            master, slave = os.openpty()
+            engine = subprocess.Popen([sys.executable, "-c", _AT_A_TERMINAL, *args],
+                                      stdin=slave, stdout=out, stderr=subprocess.STDOUT,
+                                      start_new_session=True, env=_env(), cwd=ROOT)
+            os.close(slave)
+        else:   # a session of its own: no terminal, whatever pytest runs in
+            engine = subprocess.Popen([sys.executable, "-m", "minipar.engine", *args],
+                                      stdin=subprocess.DEVNULL, stdout=out,
+                                      stderr=subprocess.STDOUT, start_new_session=True,
+                                      env=_env(), cwd=ROOT)
+    try:
+        wait_until(lambda: "no connection file" in log.read_text(), START_TIMEOUT_S,
+                   "the engine to wait for its connection file")
+        if at_a_terminal:
+            os.write(master, b"\x03")   # ^C
+        else:
+            engine.send_signal(sig)
+        if sig == signal.SIGINT and not at_a_terminal:
+            wait_until(lambda: "SIGINT while idle: ignored" in log.read_text(), 5,
+                       "the engine to ignore SIGINT")
+            assert engine.poll() is None
+            engine.terminate()
+        assert engine.wait(5) == 0
+    finally:
+        if master is not None:
+            os.close(master)
+        if engine.poll() is None:
+            engine.kill()
+            engine.wait()
+    text = log.read_text()
+    after = text[text.index("no connection file"):].splitlines()[1:]   # its last words
+    ignored = sig == signal.SIGINT and not at_a_terminal
+    assert "Traceback" not in text and len(after) == 1 + ignored
+    stopped_by = "SIGINT" if at_a_terminal else "SIGTERM"
+    assert f"{stopped_by} before connecting to the controller: exiting" in after[-1]
 
 
 @pytest.fixture

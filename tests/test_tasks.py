@@ -6,10 +6,12 @@ Functions sent to engines live at module level here: engines import this module 
 (they run with the project root on their path), except where a test needs them by value.
 """
 
+import itertools
 import os
 import pathlib
 import random
 import signal
+import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -588,6 +590,61 @@ def test_a_map_interrupted_midway_through_its_submission_leaves_nothing_running(
                                           if isinstance(s, dict))
 
     wait_until(lambda: running() == 0, 20, "the submitted chunks to be aborted")
+
+
+def _ctrl_c_after_the_send(n):
+    """A trace function that raises KeyboardInterrupt at the n-th call or return of a
+    function of minipar's after a request left this thread (protocol.send returned): a
+    Ctrl-C landing exactly there, as a signal's handler runs as a function starts or
+    after a call. Not at line events (one at a `with` line's exit skips the __exit__, as
+    no signal can), nor in the standard library (a Ctrl-C inside Condition.wait can
+    break the lock it waits on: CPython's problem, not minipar's)."""
+    package = os.path.dirname(minipar.__file__)
+    sent = False
+
+    def trace(frame, event, arg):
+        nonlocal sent, n
+        if sent and event != "line" and frame.f_code.co_filename.startswith(package):
+            n -= 1
+            if n == 0:
+                raise KeyboardInterrupt   # the trace function is unset as it raises
+        elif event == "return" and frame.f_code is protocol.send.__code__:
+            sent = True
+        return trace
+    return trace
+
+
+@pytest.mark.parametrize("call", [
+    "rc[rc.ids[0]].apply_sync(time.sleep, 5)",
+    "rc.load_balanced_view().apply_sync(time.sleep, 5)",
+    "rc.load_balanced_view().map_sync(time.sleep, [5, 5], chunksize=1)",
+    "minipar.MultiEngineClient(client=rc).execute('import time; time.sleep(5)', "
+    "targets=rc.ids[:2], block=True)"])
+def test_ctrl_c_anywhere_after_a_blocking_calls_send_aborts_what_it_sent(rc, call):
+    """A Ctrl-C that lands after the request left and before the call waits for it (a
+    few bytecodes, where a loaded machine may deschedule the caller), or while it waits:
+    each point in turn, until the call returns. Whatever the call sent is aborted, never
+    left running for nobody (the call returns nothing to abort it with)."""
+    aborted = 0
+    for n in itertools.count(1):
+        before = set(rc.hub_history())
+        sys.settrace(_ctrl_c_after_the_send(n))
+        try:
+            eval(call)
+        except KeyboardInterrupt:
+            pass
+        else:
+            break   # the n-th event never came: the call returned
+        finally:
+            sys.settrace(None)
+        ar = rc.get_result(sorted(set(rc.hub_history()) - before))   # what the call sent
+        if ar.done() and ar.exception() is None:
+            break   # it landed once the results were in: nothing was left to abort
+        for f in ar.futures:
+            assert isinstance(f.exception(TIMEOUT), errors.TaskAborted), \
+                f"a Ctrl-C at event {n} after the send left {f.msg_id} to run to its end"
+        aborted += 1
+    assert aborted >= 5, f"only {aborted} points between the send and the wait"
 
 
 def test_db_query_operators_and_keys(rc, lview):
