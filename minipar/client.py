@@ -996,8 +996,8 @@ class Client(errors.SaysWhyAbsent):
 
     def __exit__(self, *exc):
         self.close()
-    def __del__(self):
-        with contextlib.suppress(Exception):   # AttributeError: __init__ failed early on
+    def __del__(self, _suppress=contextlib.suppress):   # bound now: at interpreter exit,
+        with _suppress(Exception):   # the module's globals are None; __init__ may have failed
             self.close()
 
 

@@ -230,3 +230,26 @@ def test_engine_without_ipython(local_cluster, tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=TIMEOUT / 2, env=_env(), cwd=ROOT)
     assert done.stdout == "False\n", done.stdout + done.stderr
+
+
+def test_activate_outside_ipython_warns_and_the_script_ends_cleanly(tmp_path):
+    # as ipyparallel's: a warning, not an error; and a Client still alive when the
+    # interpreter ends closes without a traceback (its module's globals are None by then)
+    script = textwrap.dedent(f"""
+        import warnings
+        import minipar
+        cluster = minipar.Cluster(n=1, profile_dir={str(tmp_path)!r})
+        rc = cluster.start_and_connect_sync()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rc[:].activate()
+        print("warned:", [str(w.message) for w in caught])
+        print(rc[0].apply_sync(lambda: 7))
+        cluster.stop_cluster_sync()
+    """)
+    out = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True,
+                         text=True, timeout=START_TIMEOUT_S)
+    assert out.returncode == 0, out.stderr
+    assert "work only inside IPython" in out.stdout
+    assert out.stdout.strip().endswith("7")
+    assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr
