@@ -34,6 +34,7 @@ import itertools
 import keyword
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -61,6 +62,9 @@ RECONNECT_TIMEOUT_S = 60.0
 # outage may arrive after the question).
 RESYNC_RETRIES = 3
 RESYNC_DELAY_S = 0.5
+# A controller silent this long (stopped, frozen, its machine gone) is lost, as a closed
+# connection is: ZeroMQ's heartbeat, which its I/O thread answers however busy it is.
+CONTROLLER_SILENCE_S = 10.0
 # Requests a map sends as one message (see Client._together): enough to cost the
 # controller one receive per hundred tasks, few enough that engines start at once.
 TOGETHER = 100
@@ -138,6 +142,7 @@ class Client(errors.SaysWhyAbsent):
         # a fixed identity: the controller's records name it as where results go, also
         # after it restarted (and the connection was made again)
         dealer.identity = b"client-" + self.session.session.encode()
+        dealer.heartbeat_ivl, dealer.heartbeat_timeout = 250, int(CONTROLLER_SILENCE_S * 1000)
         self._monitor = dealer.get_monitor_socket(
             zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self._lost_at = None        # when the connection to the controller went: I/O thread
@@ -567,17 +572,15 @@ class Client(errors.SaysWhyAbsent):
 
     @contextlib.contextmanager
     def _together(self):
-        """Requests this thread makes inside the block leave TOGETHER at a time, as a
-        batch (see protocol.Session.pack): the controller reads a map's tasks a hundred
-        to a message, and the caller sends one message instead of a hundred. Blocks
-        nest: the outermost one sends."""
+        """Requests this thread makes inside the block leave TOGETHER at a time, as a batch
+        (see protocol.Session.pack): the controller reads a map's tasks a hundred to a
+        message, the caller sends one instead of a hundred. The outermost block sends."""
         if getattr(self._local, "held", None) is not None:
             yield   # inside an outer block, which sends them
             return
-        held = []
         with _aborted_on_ctrl_c():   # sent at the end, also on Ctrl-C: then aborted
             try:
-                self._local.held = held   # in the try: never left set by a Ctrl-C
+                held = self._local.held = []   # in the try: never left set by a Ctrl-C
                 yield
             finally:
                 self._local.held = None
@@ -728,7 +731,8 @@ class Client(errors.SaysWhyAbsent):
                             "list of them")
         targets = [targets] if isinstance(targets, int) else list(targets)
         if not targets:
-            raise NoEnginesRegistered(
+            raise NoEnginesRegistered(   # an empty selection, as rc[5:] of 2 engines
+                f"the targets select no engine; registered: {ids}" if ids else
                 "no engines are registered: start some with `python -m "
                 f"{__package__}.engine` or Cluster(n=...), or rc.wait_for_engines(n)")
         bad = [t for t in targets if t not in ids]
@@ -774,8 +778,6 @@ class Client(errors.SaysWhyAbsent):
         """Send signal `sig` (number or name) to the target engines' processes. SIGINT
         interrupts the request each runs (KeyboardInterrupt, in a C call too); an idle
         engine ignores it. Returns once the controller has passed it on."""
-        import signal
-
         sig = int(getattr(signal, sig) if isinstance(sig, str) else sig)
         self.query(protocol.SIGNAL, sig=sig, targets=self.resolve_targets(targets))
 
@@ -889,8 +891,7 @@ class Client(errors.SaysWhyAbsent):
         back to the scheduler with their flags (not their recovery, which was used or
         discarded); direct requests go to the same engine. A pending request cannot be
         resubmitted (ValueError), nor a purged or unknown one (KeyError). Returns an
-        AsyncResult over the new requests, shaped like `jobs` when that is one.
-        """
+        AsyncResult over the new requests, shaped like `jobs` when that is one."""
         old = self._msg_ids(jobs)
         if not old:
             raise ValueError("resubmit needs at least one msg_id or AsyncResult")
@@ -916,9 +917,8 @@ class Client(errors.SaysWhyAbsent):
         """``{'pending': [msg_ids], 'completed': [msg_ids]}`` for msg_ids or AsyncResults.
 
         With ``status_only=False`` the completed ones' results are fetched too, keyed by
-        msg_id (a failure raises, as ``AsyncResult.get`` does). An id the controller has
-        no record of (unknown, purged, culled, or never kept with ``--db none``) raises KeyError.
-        """
+        msg_id (a failure raises, as ``AsyncResult.get`` does). An id the controller has no
+        record of (unknown, purged, culled, never kept with ``--db none``): KeyError."""
         ids = self._msg_ids(jobs)
         reply = self.query(protocol.RESULT_REQUEST, msg_ids=ids, status_only=True)
         if reply["unknown"]:
@@ -940,8 +940,7 @@ class Client(errors.SaysWhyAbsent):
         (``msg_id`` always is); by default all but the request's and result's frames
         (``wire``, ``result_parts``), which come only when named. See the controller's
         ``DictDB`` for the record's keys. Times are ``time.time()`` seconds; a
-        ``datetime`` in `query` (ipyparallel's timestamps) is turned into those.
-        """
+        ``datetime`` in `query` (ipyparallel's timestamps) is turned into those."""
         if isinstance(keys, str):
             keys = [keys]
         return self.query(protocol.DB_QUERY, query=_seconds(query),
@@ -1027,9 +1026,8 @@ class _View(errors.SaysWhyAbsent):
         return self._finish(DirectView(self.client, self.targets).apply_async(
             protocol.use_serializer, name), None)
 
-    use_cloudpickle = functools.partialmethod(_use, "cloudpickle")
-    use_dill = functools.partialmethod(_use, "dill")
-    use_pickle = functools.partialmethod(_use, "pickle")
+    use_cloudpickle, use_dill, use_pickle = map(functools.partial(functools.partialmethod, _use),
+                                                ("cloudpickle", "dill", "pickle"))
 
     def set_flags(self, **flags):
         """Set the view's flags, all or (one refused) none."""
@@ -1181,8 +1179,10 @@ def _seconds(query):
 
 
 def _partition(seq, n, i):
-    """The i-th of n nearly equal contiguous blocks of `seq` (the block distribution)."""
-    part = seq[i * len(seq) // n:(i + 1) * len(seq) // n]
+    """The i-th of n nearly equal contiguous blocks of `seq`, the first len % n one longer
+    (ipyparallel's block distribution: 10 on 4 engines is 3, 3, 2, 2)."""
+    size, more = divmod(len(seq), n)
+    part = seq[i * size + min(i, more):(i + 1) * size + min(i + 1, more)]
     return list(part) if isinstance(part, range) else part
 
 

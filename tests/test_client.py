@@ -147,6 +147,11 @@ def test_an_engine_id_given_as_a_string_is_refused_as_such(rc):
         rc.direct_view(targets="0").apply_sync(os.getpid)
     with pytest.raises(IndexError, match=r"engine '1' is not registered"):
         rc[["1"]].apply_sync(os.getpid)
+    # an empty selection is not "no engines are registered: start some"
+    for view in (rc[5:10], rc[[]]):
+        with pytest.raises(minipar.NoEnginesRegistered,
+                           match=r"select no engine; registered: \[0, 1, 2, 3\]"):
+            view.apply_sync(os.getpid)
 
 
 def test_no_engines_is_a_clear_error(local_cluster):

@@ -96,6 +96,13 @@ def test_scatter_and_gather(rc):
     assert isinstance(back, np.ndarray) and (back == arr).all()
     dv.scatter("one", [7, 8, 9, 10], flatten=True, block=True)
     assert dv["one"] == [7, 8, 9, 10]
+    # blocks laid out as ipyparallel's: the first len % engines are one longer, and with
+    # fewer items than engines the last engines get none
+    dv.scatter("b", range(10), block=True)
+    assert dv["b"] == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
+    dv.scatter("c", [1, 2, 3], block=True)
+    assert dv["c"] == [[1], [2], [3], []]
+    assert dv.map_sync(lambda x: x, range(10)) == list(range(10))
 
 
 def test_map_equals_serial_map(rc):

@@ -197,3 +197,20 @@ def test_a_new_client_finds_results_of_a_previous_controller(sqlite_cluster):
     rc2 = minipar.Client(c.client_file, timeout=START_TIMEOUT_S)
     c.clients.append(rc2)
     assert rc2.get_result(ar.msg_ids).get(START_TIMEOUT_S) == [144]
+
+
+def test_a_frozen_controller_is_lost_as_a_closed_connection_is(local_cluster, monkeypatch):
+    # SIGSTOP keeps the controller's connections open while nothing answers on them:
+    # only the heartbeat on the client's connection tells it is gone
+    monkeypatch.setattr(minipar.client, "CONTROLLER_SILENCE_S", 1.0)
+    c = local_cluster
+    c.start_engines(1)
+    rc = c.client(reconnect_timeout=2)
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    ar = rc.load_balanced_view().apply_async(slow, 30, "never")
+    c.controller.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(errors.MiniparError, match="did not come back within 2 s"):
+            ar.get(START_TIMEOUT_S)
+    finally:
+        c.controller.send_signal(signal.SIGCONT)
