@@ -681,6 +681,8 @@ class Controller:
                 and _is_number(started):
             rec["started"] = started
             self._post(self.sockets["client"], (rec["client"],), wire)
+            if rec["lb"] and header.get("long"):
+                self.scheduler.long(eid, rec["msg_id"])
 
     def _timed_out(self, rec, now):
         """Whether pending `rec`, on an engine that just died, had run past its time_limit."""

@@ -527,7 +527,7 @@ class Engine:
             return
         self._told_started = cur.msg_id
         _, frames = self.session.msg(protocol.STARTED, parent=cur.msg_id, engine=self.id,
-                                     started=cur.started)
+                                     started=cur.started, long=True)   # (see Scheduler.long)
         dealer.send_multipart(frames)
 
     def _send_usage(self, dealer):

@@ -336,6 +336,15 @@ class Scheduler:
         self._schedule(out)
         return out
 
+    def long(self, engine_id, msg_id):
+        """Task `msg_id` still runs on `engine_id` after a while (its engine said so).
+        With automatic prefetch the engine takes no more tasks until it is done, so a
+        quick one does not wait behind it (ipyparallel's hwm of 1, where it matters);
+        its reply sets the cap again. Nothing to carry out: no decisions."""
+        engine = self._engines.get(engine_id)
+        if self.hwm is None and engine is not None and msg_id in engine["tasks"]:
+            engine["cap"] = 1
+
     # ------------------------------------------------------------------ task events
 
     def submit(self, task, now):
@@ -408,8 +417,9 @@ class Scheduler:
         if self.hwm is None:
             if not engine["tasks"]:
                 engine["cap"] = AUTO_HWM                    # ran dry: start over
-            elif runtime is not None:
-                engine["cap"] = AUTO_HWM_QUICK if runtime < QUICK_TASK_S else AUTO_HWM
+            elif runtime is not None or engine["cap"] < AUTO_HWM:   # (1 after long())
+                quick = runtime is not None and runtime < QUICK_TASK_S
+                engine["cap"] = AUTO_HWM_QUICK if quick else AUTO_HWM
         if status not in STATUSES:
             log.warning("task %s: unknown status %r from engine %s, taken as an error",
                         msg_id, status, engine_id)

@@ -186,6 +186,28 @@ def test_default_prefetch_deepens_for_quick_tasks_only():
     assert len(runs(out)) == scheduler.AUTO_HWM    # an engine that ran dry starts over
 
 
+def test_an_engine_running_a_long_task_takes_no_more_until_it_is_done():
+    s = make(2)                                   # no hwm given: 2 each, adaptive
+    [(_, e)] = runs(s.submit(task("long"), 0.0))
+    other = 1 - e
+    s.long(e, "long")                             # its engine: still running after a while
+    out = []
+    for i in range(4):
+        out += s.submit(task(f"q{i}"), 1.0)
+    assert runs(out) == [("q0", other), ("q1", other)]    # none behind the long task
+    assert s.outstanding(e) == ["long"]
+    assert runs(s.finished("q0", other, "ok", 2.0, runtime=0.1)) == [("q2", other)]
+    out = s.finished("long", e, "ok", 3.0)        # run time unknown: back to AUTO_HWM
+    assert runs(out) == [("q3", e)]
+    assert runs(s.submit(task("next"), 4.0)) == [("next", e)]
+    s2 = make(1, hwm=3)                           # an explicit hwm is kept
+    for i in range(3):
+        s2.submit(task(f"t{i}"), 0.0)
+    s2.long(0, "t0")
+    assert runs(s2.finished("t1", 0, "ok", 1.0)) == [] and len(s2.outstanding(0)) == 2
+    assert runs(s2.submit(task("t3"), 2.0)) == [("t3", 0)]
+
+
 def test_an_explicit_hwm_is_strict_however_quick_the_tasks():
     s = make(1, hwm=2)
     for i in range(10):

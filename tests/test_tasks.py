@@ -827,3 +827,21 @@ def test_ctrl_c_in_a_blocking_call_aborts_what_it_started(local_cluster, tmp_pat
             ar.get(30)
     with pytest.warns(RuntimeWarning, match="nothing to abort"):
         assert rc.abort("all") == 0
+
+
+def test_quick_tasks_do_not_queue_behind_a_long_one(rc):
+    # the engine running a long task says so (`started`, after STREAM_INTERVAL_S): with
+    # automatic prefetch it then takes no more, as with ipyparallel's hwm of 1, so the
+    # quick tasks all run on the other engines (before, one in two queued behind it)
+    lview = rc.load_balanced_view()
+    rc.wait(timeout=TIMEOUT)
+    long = lview.apply_async(nap, "long", 60)
+    wait_until(long.running, 30, "the long task running")
+    quick = [lview.apply_async(nap, i, 0.2) for i in range(2 * len(rc.ids) + 2)]
+    try:
+        assert [ar.get(60) for ar in quick] == list(range(len(quick)))
+        assert long.engine_id not in {ar.engine_id for ar in quick}
+    finally:
+        long.abort()
+        with pytest.raises(minipar.TaskAborted):
+            long.get(30)
