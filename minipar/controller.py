@@ -26,11 +26,15 @@ error result, not a half-made record. A reply from an earlier attempt of a task 
 engine declared dead and back) is refused as stale, so each request ends once. Started
 with ``--reuse --db sqlite`` after a crash, ``_recover`` resubmits or fails what the
 previous controller left pending. ``--curve`` encrypts every socket with CurveZMQ.
+With ``--owner PID`` (a Cluster passes its own pid) the controller stops the cluster, as
+a client's ``shutdown(hub=True)`` does, at the first heartbeat after that process ended:
+a script killed by SIGTERM or SIGKILL runs no atexit, and would leave it all running.
 """
 
 import argparse
 import collections
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -72,7 +76,7 @@ class Controller:
                  profile_dir=None, reuse=False, heartbeat_period=HEARTBEAT_PERIOD_S,
                  heartbeat_liveness=HEARTBEAT_LIVENESS, scheme="leastload", hwm=None,
                  db="dict", max_message_size=protocol.MAX_MESSAGE_SIZE, curve=False,
-                 record_limit=RECORD_LIMIT, record_bytes=RECORD_BYTES):
+                 record_limit=RECORD_LIMIT, record_bytes=RECORD_BYTES, owner=None):
         self.ip = ip
         self.location = location or (socket.gethostname() if ip in ("*", "0.0.0.0") else ip)
         self.profile_dir = protocol.profile_dir(profile, profile_dir)
@@ -117,6 +121,13 @@ class Controller:
         self._beat = 0
         self._next_beat = 0.0
         self._stop = False
+        # the process whose end stops the cluster (see _heartbeat): its pid and, read now
+        # while it runs, its start time, so a later process given the same pid is not it
+        self.owner = owner
+        self._owner_alive = None
+        if owner:
+            from .launcher import _proc_stat, _same_process  # only with an owner
+            self._owner_alive = functools.partial(_same_process, owner, _proc_stat(owner, 19))
         self.stats = collections.Counter()
         self.tally = _top.Tally(time.time())   # what rc.status / minipar.top report
 
@@ -293,6 +304,12 @@ class Controller:
     # ------------------------------------------------------------ heartbeat
 
     def _heartbeat(self, now):
+        if self._owner_alive is not None and not self._owner_alive():
+            log.warning("owner process %d is gone: stopping the engines and the controller",
+                        self.owner)
+            self._shutdown_engines(None, abort=True)
+            self._stop = True
+            return
         self._beat += 1
         self._next_beat = now + self.heartbeat_period
         self.sockets["ping"].send(b"%d" % self._beat)
@@ -891,15 +908,19 @@ class Controller:
             self._reply(waiting.idents, waiting.header, status=OK, pending=waiting.pending)
 
     def _shutdown(self, idents, header, parts):
-        targets = header.get("targets")
-        for eid in sorted(self.engines) if targets is None else targets:
-            if eid in self.engines:
-                self._send(self.sockets["engine"], [self.engines[eid]["ident"]],
-                           protocol.SHUTDOWN)
+        self._shutdown_engines(header.get("targets"))
         self._reply(idents, header, status=OK)
         if header.get("hub"):
             log.info("shutdown requested by a client")
             self._stop = True
+
+    def _shutdown_engines(self, targets, abort=False):
+        """Tell each target engine (None: all) to stop: after its running request, or,
+        with `abort`, aborting it."""
+        for eid in sorted(self.engines) if targets is None else targets:
+            if eid in self.engines:
+                self._send(self.sockets["engine"], [self.engines[eid]["ident"]],
+                           protocol.SHUTDOWN, abort=abort)
 
     def _signal(self, idents, header, parts):
         """rc.send_signal: tell each target engine's receiver, which signals its process."""
@@ -1238,6 +1259,9 @@ def main(argv=None):
     p.add_argument("--max-message-size", type=int, default=protocol.MAX_MESSAGE_SIZE,
                    help="largest message in bytes (all frames) that any process of the "
                         "cluster accepts; larger ones are refused and counted")
+    p.add_argument("--owner", type=int, metavar="PID",
+                   help="stop the engines and the controller once process PID has ended "
+                        "(a Cluster passes its own pid unless shutdown_atexit=False)")
     p.add_argument("--log-level", default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"))
     args = p.parse_args(argv)
     logging.basicConfig(level="DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level.upper(),
@@ -1261,7 +1285,7 @@ def main(argv=None):
                    heartbeat_liveness=args.heartbeat_liveness, scheme=args.scheme,
                    hwm=args.hwm, db=args.db, max_message_size=args.max_message_size,
                    curve=args.curve, record_limit=args.record_limit,
-                   record_bytes=args.record_bytes)
+                   record_bytes=args.record_bytes, owner=args.owner)
 
     def stop(signum, frame):
         log.info("signal %d: stopping", signum)

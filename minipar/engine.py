@@ -593,6 +593,8 @@ class Engine:
     def _on_shutdown(self, header):
         # executes in the receiver thread
         log.info("shutdown requested")
+        if header.get("abort"):   # sent when the cluster's owner is gone: no one awaits it
+            self._interrupt_current("abort")
         self._stop()
 
     # -- registering again: the controller declared this engine dead or restarted without

@@ -856,6 +856,11 @@ class Cluster:
     ``{"engines": {host: n}}``); one a launcher does not take is a ValueError at once,
     naming those it does. ``restart_engines="on_failure"`` replaces engines that
     crash or are killed (local engine sets), so a long run keeps its engine count.
+
+    With ``shutdown_atexit=True`` (the default) the cluster is stopped when this process
+    exits, and a local controller also stops it by itself once this process is gone
+    (``--owner``), so a SIGTERM or SIGKILL, which skip atexit, leaves nothing running;
+    ``shutdown_atexit=False`` (``launcher start --daemonize``) leaves it running.
     """
 
     def __init__(self, n=None, engines="local", controller="local", profile=None,
@@ -992,8 +997,13 @@ class Cluster:
         cls = find_launcher_class(self.controller_kind, "controller")
         options = {**self.controller_options, **options}
         _check_options(cls, options, "controller options")
+        args = self.controller_args
+        if self.shutdown_atexit and issubclass(cls, LocalControllerLauncher):
+            # atexit does not run when this process dies by SIGTERM or SIGKILL: the
+            # controller then stops the cluster itself. Only a local one can see our pid.
+            args = [*args, "--owner", os.getpid()]
         self.controller = cls(profile_dir=self.profile_dir, cluster_id=self.cluster_id,
-                              program_args=self.controller_args, **options)
+                              program_args=args, **options)
         self._register_atexit()
         started = time.time()
         self.controller.start()

@@ -232,6 +232,60 @@ def test_second_cluster_in_a_busy_profile_is_refused(pids, tmp_path):
 # ---------------------------------------------------------------- one controller per profile
 
 
+# A script that starts a cluster, prints its pids as JSON, keeps the engines busy and
+# blocks until killed: the tester's `timeout`, `kill`, scancel or a kernel restart.
+_STARTER = """
+import json, os, sys, time
+from minipar import Cluster
+cluster = Cluster(n=2, profile_dir=sys.argv[1], controller_args=%r, shutdown_atexit=%r)
+rc = cluster.start_and_connect_sync()
+engines = rc[:].apply_sync(os.getpid)
+rc[:].apply_async(time.sleep, 600)
+print(json.dumps({"controller": cluster.controller.pid, "engines": engines}), flush=True)
+time.sleep(600)
+"""
+
+
+def _start_and_kill_starter(pids, tmp_path, shutdown_atexit):
+    """Run _STARTER, SIGKILL it once its cluster runs; the cluster's pids."""
+    code = _STARTER % (CTL_ARGS, shutdown_atexit)
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "p")], env=_env(),
+                         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    pids.add(p.pid)
+    try:
+        line = p.stdout.readline()
+        started = json.loads(line) if line.startswith("{") else None
+        assert started, line + p.stdout.read()
+        cluster = [started["controller"], *started["engines"]]
+        pids.add(*cluster)
+        assert len(cluster) == 3 and all(alive(x) for x in cluster)
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
+    return cluster
+
+
+def test_cluster_stops_when_its_starter_is_killed(pids, tmp_path):
+    # SIGKILL (and SIGTERM, unhandled) skip atexit: the controller, told --owner, notices
+    # at its next heartbeat and stops the busy engines too, well before they would miss
+    # heartbeats of a controller that vanished (--heartbeat-liveness 10)
+    cluster = _start_and_kill_starter(pids, tmp_path, shutdown_atexit=True)
+    wait_until(lambda: not any(alive(x) for x in cluster), 30, "the cluster to stop")
+    log = (tmp_path / "p" / "log").glob("*controller*")
+    assert any("owner process" in f.read_text() for f in log)
+
+
+def test_cluster_left_running_survives_its_starter(pids, tmp_path):
+    cluster = _start_and_kill_starter(pids, tmp_path, shutdown_atexit=False)
+    time.sleep(3)   # three heartbeats of the controller (CTL_ARGS: the default 1 s)
+    assert all(alive(x) for x in cluster)
+    for x in cluster:
+        os.kill(x, signal.SIGTERM)
+    assert not pids.wait_gone(30)
+
+
 def _env():
     # `python` on PATH is this Python, so a command printed for a shell runs as printed
     path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
@@ -584,6 +638,7 @@ def test_cli_start_daemonize_engines_stop(pids, tmp_path):
         assert "cluster cli1 ready: 2 engines" in out.stdout
         c = Cluster.from_file(profile_dir=prof)
         pids.add_cluster(c)
+        assert "--owner" not in c.controller.args   # it outlives `start`, which has exited
         out = cli("engines", "-n", "1", "--profile-dir", prof)
         assert out.returncode == 0, out.stderr
         assert "cluster cli1: 3 engines" in out.stdout
