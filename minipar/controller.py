@@ -126,8 +126,8 @@ class Controller:
         self.owner = owner
         self._owner_alive = None
         if owner:
-            from .launcher import _proc_stat, _same_process  # only with an owner
-            self._owner_alive = functools.partial(_same_process, owner, _proc_stat(owner, 19))
+            self._owner_alive = functools.partial(protocol.same_process, owner,
+                                                  protocol.proc_stat(owner, 19))
         self.stats = collections.Counter()
         self.tally = _top.Tally(time.time())   # what rc.status / minipar.top report
 

@@ -109,22 +109,6 @@ class EngineStartError(LauncherError):
 # ---------------------------------------------------------------- process helpers
 
 
-def _proc_stat(pid, field):
-    """Field `field` of /proc/PID/stat after the command name (Linux), or None: 1 is the
-    parent's pid, 19 the start time in clock ticks (it tells a reused pid apart)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[field])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _same_process(pid, start_time):
-    if not pid or not protocol.pid_alive(pid):
-        return False
-    return start_time is None or _proc_stat(pid, 19) in (None, start_time)
-
-
 def _check_n(n):
     """`n` engines: a whole number >= 0 (None, the CPU count, is the caller's to handle)."""
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
@@ -154,7 +138,7 @@ def _descendants(pids):
     except OSError:
         return []
     for pid in procs:
-        ppid = _proc_stat(pid, 1)
+        ppid = protocol.proc_stat(pid, 1)
         if ppid is not None:
             children.setdefault(ppid, []).append(pid)
     found, todo = [], list(pids)
@@ -460,7 +444,7 @@ class LocalProcessLauncher(BaseLauncher):
                                             stderr=subprocess.STDOUT, env=self._child_env(),
                                             start_new_session=True)
         self.pid = self.process.pid
-        self.pid_start = _proc_stat(self.pid, 19)
+        self.pid_start = protocol.proc_stat(self.pid, 19)
         log.debug("started %s (pid %s): %s", self.role, self.pid, shlex.join(self.args))
         self.notify_start({"pid": self.pid})
         self._watch(self.process.wait)
@@ -493,12 +477,12 @@ class LocalProcessLauncher(BaseLauncher):
             log.debug("%s pid %s ended (%s); its log: %s", self.role, self.pid, how, e)
 
     def _poll_pid(self):
-        while _same_process(self.pid, self.pid_start):
+        while protocol.same_process(self.pid, self.pid_start):
             time.sleep(POLL_INTERVAL_S)
         return None  # not our child: its exit code is its parent's to read
 
     def _reconstruct(self):
-        if not _same_process(self.pid, self.pid_start):
+        if not protocol.same_process(self.pid, self.pid_start):
             raise NotRunning(f"{self.role} pid {self.pid} is not running")
         self._watch(self._poll_pid)
 
@@ -520,7 +504,7 @@ class LocalProcessLauncher(BaseLauncher):
     def _join(self):
         if self._watcher is not None:
             self._watcher.join(self.stop_timeout + 10)
-        if self.state != AFTER and not _same_process(self.pid, self.pid_start):
+        if self.state != AFTER and not protocol.same_process(self.pid, self.pid_start):
             self.notify_stop({"exit_code": None, "pid": self.pid})
 
 
@@ -1001,7 +985,7 @@ class Cluster:
         if self.shutdown_atexit and issubclass(cls, LocalControllerLauncher):
             # atexit does not run when this process dies by SIGTERM or SIGKILL: the
             # controller then stops the cluster itself. Only a local one can see our pid.
-            args = [*args, "--owner", os.getpid()]
+            args = [*args, "--owner", str(os.getpid())]
         self.controller = cls(profile_dir=self.profile_dir, cluster_id=self.cluster_id,
                               program_args=args, **options)
         self._register_atexit()

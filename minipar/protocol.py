@@ -849,6 +849,24 @@ def _connection_problem(info, needed):
     return None
 
 
+def proc_stat(pid, field):
+    """Field `field` of /proc/PID/stat after the command name (Linux), or None: 1 is the
+    parent's pid, 19 the start time in clock ticks (it tells a reused pid apart)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[field])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def same_process(pid, start_time):
+    """Whether `pid` is still the process that started at `start_time` (proc_stat's 19;
+    None: any process with that pid)."""
+    if not pid or not pid_alive(pid):
+        return False
+    return start_time is None or proc_stat(pid, 19) in (None, start_time)
+
+
 def pid_alive(pid):
     """True while `pid` runs (a zombie counts as gone: it only awaits its parent's wait)."""
     try:
