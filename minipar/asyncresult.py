@@ -246,6 +246,20 @@ class AsyncResult(_Future):
         self.set_running_or_notify_cancel()
         return True
 
+    def __getitem__(self, key):
+        """As ipyparallel's: ``ar[i]``, ``ar[i:j]`` index the result (TimeoutError while it
+        is not ready); ``ar['started']`` is that metadata (a list, or one value for a
+        single result), as is the attribute ``ar.started`` for any metadata key."""
+        if isinstance(key, str):
+            return self._md_of(key)
+        value = self.get(0)
+        return ([value] if self._single else value)[key]
+
+    def __getattr__(self, key):   # only for names not found otherwise: metadata keys
+        if key.startswith("_") or not self._children or key not in self._children[0].metadata:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+        return self._md_of(key)
+
     def __repr__(self):
         state = "finished" if self.done() else "pending"
         return f"<AsyncResult({self._fname}): {state}>"
@@ -258,15 +272,21 @@ class AsyncResult(_Future):
 
         return asyncio.wrap_future(self).__await__()
 
+    def _ready_for(self, what):
+        if not self.done():   # as ipyparallel's: not a figure that looks measured
+            raise errors.TimeoutError(f"{what}: the result is not ready yet; wait() first")
+
     @property
     def serial_time(self):
-        """Seconds of computation: the sum of the finished requests' run times."""
+        """Seconds of computation: the sum of the requests' run times (once ready)."""
+        self._ready_for("serial_time")
         return sum(md["completed"] - md["started"] for md in (f.metadata for f in self._children)
                    if md["started"] is not None and md["completed"] is not None)
 
     @property
     def wall_time(self):
-        """Seconds from the first submission to the last result received (so far)."""
+        """Seconds from the first submission to the last result received (once ready)."""
+        self._ready_for("wall_time")
         received = [f.metadata["received"] for f in self._children
                     if f.metadata["received"] is not None]
         return max(received) - self._submitted if received else 0.0

@@ -16,6 +16,8 @@ import weakref
 
 import pytest
 
+import minipar
+
 from .helpers import wait_until
 
 
@@ -355,3 +357,23 @@ def test_module_level_use_pickle_changes_this_process_only(rc, monkeypatch):
     with pytest.raises(ImportError, match="pip install dill"):
         minipar.use_dill()
     assert dv.apply_sync(lambda: 2) == [2] * 4      # nothing changed
+
+
+def test_results_and_metadata_by_index_and_attribute_as_ipyparallel(rc):
+    ar = rc[:].apply_async(sleep_then, 0.5, 3)
+    for too_soon in (lambda: ar[0], lambda: ar.wall_time, lambda: ar.serial_time):
+        with pytest.raises(minipar.TimeoutError, match="not ready"):   # not a made-up 0
+            too_soon()
+    assert ar.get(30) == [3, 3, 3, 3]
+    assert ar[0] == 3 and ar[1:3] == [3, 3] and ar[-1] == 3
+    assert ar["engine_id"] == ar.engine_id == [0, 1, 2, 3]
+    assert all(s <= c for s, c in zip(ar.started, ar.completed))
+    assert ar.submitted == ar["submitted"] and len(ar.received) == 4
+    assert ar.wall_time >= ar.serial_time / 4 > 0
+    one = rc[1].apply_async(sleep_then, 0, "x")
+    assert one.get(30) == "x" and one[0] == "x" and one.engine_id == one["engine_id"] == 1
+    assert isinstance(one.completed, float)
+    with pytest.raises(AttributeError, match="no attribute 'nonesuch'"):
+        one.nonesuch
+    mapped = rc.load_balanced_view().map_async(sleep_then, [0] * 6, range(6))
+    assert mapped.get(30) == list(range(6)) and mapped[2:4] == [2, 3]
