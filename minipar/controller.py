@@ -121,6 +121,7 @@ class Controller:
         self._beat = 0
         self._next_beat = 0.0
         self._stop = False
+        self._host, self._pidns = socket.gethostname(), protocol.pid_namespace()
         # the process whose end stops the cluster (see _heartbeat): its pid and, read now
         # while it runs, its start time, so a later process given the same pid is not it
         self.owner = owner
@@ -322,6 +323,16 @@ class Controller:
                 log.warning("engine %d missed %d heartbeats: declared dead", eid,
                             self.heartbeat_liveness)
                 self._remove_engine(eid, died=True)
+            elif self._process_gone(e):   # an engine that exited: dead now, not in 5 beats
+                log.warning("engine %d: its process (pid %d) is gone", eid, e["pid"])
+                self._remove_engine(eid, died=True)
+
+    def _process_gone(self, e):
+        """Whether engine `e` runs here, where its pid can be seen (this host, this pid
+        namespace: not a container's), and its process has ended."""
+        return self._pidns is not None and e.get("pidns") == self._pidns \
+            and e["host"] == self._host and isinstance(e["pid"], int) \
+            and not protocol.pid_alive(e["pid"])
 
     def _on_pong(self, frames):
         # Pongs are unsigned (the heart echoes in C); take only the beat number, and never
@@ -418,8 +429,7 @@ class Controller:
         if header.get("replaces") is not None:   # a launcher's replacement for a dead engine
             want = self._id_of_process(header["replaces"], header.get("host"))
         held = self.engines.get(want) if isinstance(want, int) else None
-        if held is not None and held["host"] == socket.gethostname() \
-                and isinstance(held["pid"], int) and not protocol.pid_alive(held["pid"]):
+        if held is not None and self._process_gone(held):
             # its replacement (a restarted engine asks for the id it replaces) comes before
             # the heartbeats declare it dead: its process is gone, so it is dead now
             log.warning("engine %d: its process (pid %d) is gone", want, held["pid"])
@@ -436,6 +446,7 @@ class Controller:
         engine = self.engines[eid] = {
             "id": eid, "ident": ident, "pid": header.get("pid"),
             "host": header.get("host"), "python": header.get("python"),
+            "pidns": header.get("pidns"),
             "cloudpickle": header.get("cloudpickle"), "registered": time.time(),
             "log": header.get("log"),
             # a new engine has full liveness from its registration's beat

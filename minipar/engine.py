@@ -405,9 +405,10 @@ class Engine:
         python, cloudpickle_version = _versions()
         header, frames = self.session.msg(
             protocol.REGISTER, uuid=self.ident.decode(), pid=os.getpid(),
-            host=socket.gethostname(), python=python, cloudpickle=cloudpickle_version,
-            properties=props, reply_ident=(self.ident + protocol.REPLY_SUFFIX).decode(),
-            id=want, replaces=replaces, log=_log_file())
+            host=socket.gethostname(), pidns=protocol.pid_namespace(), python=python,
+            cloudpickle=cloudpickle_version, properties=props,
+            reply_ident=(self.ident + protocol.REPLY_SUFFIX).decode(), id=want,
+            replaces=replaces, log=_log_file())
         return header["msg_id"], frames
 
     def _run_startup(self):

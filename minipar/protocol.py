@@ -867,6 +867,15 @@ def same_process(pid, start_time):
     return start_time is None or proc_stat(pid, 19) in (None, start_time)
 
 
+def pid_namespace():
+    """This process's pid namespace (Linux; None elsewhere): pids of processes in
+    another one (a container's) mean nothing here."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def pid_alive(pid):
     """True while `pid` runs (a zombie counts as gone: it only awaits its parent's wait)."""
     try:

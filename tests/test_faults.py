@@ -634,3 +634,21 @@ def test_an_engine_ended_for_a_time_limit_is_replaced_with_its_id(launched):
     wait_until(lambda: launcher.restarts == 1 and rc.ids == ids
                and len(launcher.pids()) == 2, START_TIMEOUT_S, f"engines {ids} again")
     assert rc[ar.engine_id].apply_sync(_hold_the_gil, 0) == 0
+
+
+def test_an_engine_process_that_ends_is_dead_at_the_next_beat(tmp_path):
+    # liveness so long that missed heartbeats would take an hour: the controller sees the
+    # process itself is gone (same host, same pid namespace), as a launcher would
+    c = LocalCluster(tmp_path, ["--heartbeat-liveness", "100000"])
+    try:
+        c.start_engines(1)
+        rc = c.client()
+        rc.wait_for_engines(1, START_TIMEOUT_S)
+        ar = rc.load_balanced_view().apply_async(time.sleep, 60)
+        wait_until(ar.running, START_TIMEOUT_S, "the task running")
+        c.engines[0].send_signal(signal.SIGKILL)
+        with pytest.raises(errors.EngineError, match="died"):
+            ar.get(START_TIMEOUT_S)
+        assert rc.ids == [] and "its process (pid" in c.output("controller")
+    finally:
+        c.stop()
