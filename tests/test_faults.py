@@ -649,6 +649,7 @@ def test_an_engine_process_that_ends_is_dead_at_the_next_beat(tmp_path):
         c.engines[0].send_signal(signal.SIGKILL)
         with pytest.raises(errors.EngineError, match="died"):
             ar.get(START_TIMEOUT_S)
-        assert rc.ids == [] and "its process (pid" in c.output("controller")
+        wait_until(lambda: rc.ids == [], START_TIMEOUT_S, "the client told engine 0 is gone")
+        assert "its process (pid" in c.output("controller")
     finally:
         c.stop()
