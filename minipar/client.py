@@ -48,6 +48,7 @@ from . import errors, protocol
 from .asyncresult import (AsyncResult, _concat, _Derived, _MsgFuture, _OneRequest,
                           _aborted_on_ctrl_c, _ctrl_c_aborts, _sent, _timeout_s)
 from .dependency import Dependency, dependent, msg_ids
+from .remotefunction import ParallelFunction, RemoteFunction
 # CompositeError too: classic scripts catch `client.CompositeError`
 from .errors import CompositeError, NoEnginesRegistered, TimeoutError
 
@@ -1130,40 +1131,6 @@ class _View(errors.SaysWhyAbsent):
 
     def _target_list(self):
         return None if self.targets in (None, "all") else self.targets
-
-
-class RemoteFunction:
-    """A function whose calls run remotely through a view (``@view.remote()``)."""
-
-    def __init__(self, view, f, block=None, **flags):
-        self.view, self.func, self.block, self.flags = view, f, block, flags
-        self.__name__ = getattr(f, "__name__", "remote_function")
-        self.__doc__ = getattr(f, "__doc__", None)
-
-    @_ctrl_c_aborts
-    def __call__(self, *args, **kwargs):
-        with self.view.temp_flags(**self.flags):
-            return self.view._finish(self.view.apply_async(self.func, *args, **kwargs), self.block)
-
-
-class ParallelFunction(RemoteFunction):
-    """``@view.parallel()``: calling it splits the sequence arguments across engines and
-    concatenates the results; ``.map(seq)`` applies it element-wise."""
-
-    def __init__(self, view, f, dist="b", block=None, **flags):
-        super().__init__(view, f, block, **flags)
-        self.dist = dist
-
-    @_ctrl_c_aborts
-    def __call__(self, *sequences):
-        with self.view.temp_flags(**self.flags):
-            return self.view._finish(self.view._map(self.func, sequences, elementwise=False),
-                                     self.block)
-
-    @_ctrl_c_aborts
-    def map(self, *sequences):
-        with self.view.temp_flags(**self.flags):
-            return self.view._finish(self.view._map(self.func, sequences), self.block)
 
 
 def _seconds(query):
