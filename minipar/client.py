@@ -47,7 +47,7 @@ import zmq
 from . import errors, protocol
 from .asyncresult import (AsyncResult, _concat, _Derived, _MsgFuture, _OneRequest,
                           _aborted_on_ctrl_c, _ctrl_c_aborts, _sent, _timeout_s)
-from .dependency import Dependency, dependent, msg_ids
+from .dependency import dependency_fields, dependent, msg_ids
 from .remotefunction import ParallelFunction, RemoteFunction
 # CompositeError too: classic scripts catch `client.CompositeError`
 from .errors import CompositeError, NoEnginesRegistered, TimeoutError
@@ -1153,6 +1153,30 @@ def _partition(seq, n, i):
     return list(part) if isinstance(part, range) else part
 
 
+def _seconds_check(what):
+    """A flag's check: seconds (int or float, as the controller takes), None or 0 for no
+    limit; < 0 and NaN are refused."""
+    def check(name, value):
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} takes the seconds {what} (a number), or None for no "
+                            f"limit; not {type(value).__name__} {value!r:.40}")
+        if not value >= 0:
+            raise ValueError(f"{name}={value}: give the seconds {what}, or None (or 0) "
+                             "for no limit")
+    return check
+
+
+def _check_count(name, value):
+    """A flag's check: a count, an int >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} takes a count, an int >= 0; not {type(value).__name__} "
+                        f"{value!r:.40}")
+    if value < 0:
+        raise ValueError(f"{name}={value}: give a count, an int >= 0 (0: none)")
+
+
 def _sequence(s):
     return s if hasattr(s, "__getitem__") and hasattr(s, "__len__") else list(s)
 
@@ -1367,39 +1391,28 @@ class LoadBalancedView(_View):
         self.after = self.follow = self.timeout = self.recovery = self.time_limit = None
         self.retries = 0
 
-    def _seconds_flag(name, what):   # seconds, None or 0 for no limit; < 0 and NaN refused
-        def set_it(self, value):   # (and what is not a number, by _timeout_s)
-            if value is not None and not (value == value and _timeout_s(value) is not None):
-                raise ValueError(f"{name}={value}: give the seconds {what}, or None (or 0) "
-                                 "for no limit")
+    def _checked_flag(name, check):   # checked when set, so set_flags and temp_flags refuse
+        def set_it(self, value):       # a wrong value before anything is sent
+            check(name, value)
             setattr(self, "_" + name, value)
         return property(lambda self: getattr(self, "_" + name), set_it)
 
-    timeout = _seconds_flag("timeout", "a task may wait for its dependencies")
-    time_limit = _seconds_flag("time_limit", "a task may run")
-    del _seconds_flag
+    after = _checked_flag("after", lambda name, v: dependency_fields(**{name: v}))
+    follow = _checked_flag("follow", lambda name, v: dependency_fields(**{name: v}))
+    timeout = _checked_flag("timeout", _seconds_check("a task may wait for its dependencies"))
+    time_limit = _checked_flag("time_limit", _seconds_check("a task may run"))
+    retries = _checked_flag("retries", _check_count)
+    del _checked_flag
 
     # ------------------------------------------------------------ header fields
-
-    def _dep(self, dep):
-        """A Dependency, msg_ids or AsyncResults -> the header's plain dict (or None)."""
-        if dep is None:
-            return None
-        if isinstance(dep, dict):
-            return dep
-        if isinstance(dep, Dependency):
-            return dep.as_dict() if dep else None
-        ids = msg_ids(dep)
-        return {"ids": ids, "all": True, "success": True, "failure": False} if ids else None
 
     def _task_fields(self):
         targets = self._target_list()
         if targets is not None:
             targets = [targets] if isinstance(targets, int) else list(targets)
-        return {"lb": True, "targets": targets, "after": self._dep(self.after),
-                "follow": self._dep(self.follow), "timeout": self.timeout,
-                "retries": self.retries or None, "time_limit": self.time_limit,
-                **self._label()}
+        return {"lb": True, "targets": targets, **dependency_fields(self.after, self.follow),
+                "timeout": self.timeout, "retries": self.retries or None,
+                "time_limit": self.time_limit, **self._label()}
 
     # ------------------------------------------------------------ submission
 

@@ -283,8 +283,8 @@ def test_impossible_dependencies_fail_at_once(rc, lview):
         ({"after": Dependency([failed, good], all=True)}, minipar.ImpossibleDependency),
         ({"after": Dependency([failed], all=False)}, minipar.ImpossibleDependency),
         ({"follow": failed}, minipar.ImpossibleDependency),
-        ({"after": ["no-such-msg-id"]}, minipar.InvalidDependency),
-        ({"follow": "no-such-msg-id"}, minipar.InvalidDependency),
+        ({"after": ["0123456789abcdef-0"]}, minipar.InvalidDependency),   # a msg_id of
+        ({"follow": "0123456789abcdef-0"}, minipar.InvalidDependency),    # no task
     ]
     for flags, error in cases:
         with lview.temp_flags(**flags):
@@ -308,6 +308,42 @@ def test_impossible_dependencies_fail_at_once(rc, lview):
         assert lview.apply_sync(square, 5) == 25
 
 
+@pytest.mark.parametrize("flag", ["after", "follow"])
+def test_a_wrong_after_or_follow_is_refused_when_set(lview, flag):
+    done = lview.apply_async(square, 1)
+    done.get(TIMEOUT)
+    wrong = [(5, TypeError, "not int 5"), (object(), TypeError, "not object"),
+             ({"ids": done.msg_ids}, TypeError, "not dict"),
+             ([done, 5], TypeError, "not int"),
+             ("x", ValueError, "'x' is no msg_id"),
+             (Dependency([done, "not-an-id"]), ValueError, "'not-an-id' is no msg_id")]
+    for value, error, why in wrong:
+        for set_it in (lambda: setattr(lview, flag, value),
+                       lambda: lview.set_flags(retries=3, **{flag: value}),
+                       lambda: lview.temp_flags(retries=3, **{flag: value}).__enter__()):
+            with pytest.raises(error, match=rf"^{flag}\b.*{why}") as e:
+                set_it()
+            if error is TypeError:
+                assert "a Dependency, a msg_id, an AsyncResult" in str(e.value)
+            assert getattr(lview, flag) is None and lview.retries == 0   # none left changed
+    for right in (done, done.msg_ids[0], [done], Dependency([done]), None):
+        with lview.temp_flags(**{flag: right}):
+            assert lview.apply_sync(square, 2) == 4
+
+
+def test_retries_must_be_a_count_when_set(lview):
+    for value, error in ((-1, ValueError), ("2", TypeError), (1.5, TypeError),
+                         (None, TypeError), (True, TypeError)):
+        for set_it in (lambda: setattr(lview, "retries", value),
+                       lambda: lview.set_flags(time_limit=5, retries=value),
+                       lambda: lview.temp_flags(retries=value).__enter__()):
+            with pytest.raises(error, match=r"^retries\b.*an int >= 0"):
+                set_it()
+            assert lview.retries == 0 and lview.time_limit is None   # none left changed
+    with lview.temp_flags(retries=2):
+        assert lview.apply_sync(square, 3) == 9
+
+
 def test_dependency_timeout(lview):
     slow = lview.apply_async(nap, "slow", 60)
     with lview.temp_flags(after=slow, timeout=0.5):
@@ -329,7 +365,7 @@ def test_a_negative_timeout_or_time_limit_is_refused_at_once(rc, lview, flag):
             with pytest.raises(ValueError, match=rf"{flag}=(-1|-0.5|nan): give the seconds"):
                 set_it()
             assert getattr(lview, flag) is None and lview.retries == 0   # none left changed
-    with pytest.raises(TypeError, match="timeout must be a number of seconds or None"):
+    with pytest.raises(TypeError, match=rf"{flag} takes the seconds .* not str '5'"):
         setattr(lview, flag, "5")
     for no_limit in (0, None):   # as before: no limit
         with lview.temp_flags(**{flag: no_limit}):
