@@ -26,6 +26,7 @@ fields among `fields`) and ``query(kind, **fields)`` (the controller's reply hea
 """
 
 import collections
+import collections.abc
 import concurrent.futures
 import contextlib
 import datetime
@@ -1178,6 +1179,14 @@ def _check_count(name, value):
 
 
 def _sequence(s):
+    """`s` to split into contiguous parts (by scatter and map): a sequence as it is, another
+    iterable as a list. A mapping is refused: it would be sliced by key, if at all."""
+    if isinstance(s, collections.abc.Mapping):
+        raise TypeError(f"a {type(s).__name__} is not a sequence to split into parts: give "
+                        "list(d.items()), or list(d) for its keys")
+    if not hasattr(s, "__iter__"):
+        raise TypeError(f"{type(s).__name__} {s!r:.40} is not a sequence to split into parts "
+                        "(a list, tuple, range or array)")
     return s if hasattr(s, "__getitem__") and hasattr(s, "__len__") else list(s)
 
 
@@ -1231,6 +1240,9 @@ class DirectView(_View):
 
     def execute(self, code, targets=None, block=None):
         """Run a code string in each target's namespace."""
+        if not isinstance(code, str):
+            raise TypeError(f"execute takes code as a str, not {type(code).__name__} "
+                            f"{code!r:.40}")
         return self._send_each(protocol.EXECUTE, targets, block, code=code, **self._label())
 
     def run(self, filename, targets=None, block=None):
@@ -1252,6 +1264,9 @@ class DirectView(_View):
 
     def pull(self, names, targets=None, block=None):
         """Read a name (or a list of names) from each target's namespace."""
+        if not (isinstance(names, str) or isinstance(names, (list, tuple))
+                and all(isinstance(n, str) for n in names)):
+            raise TypeError(f"pull takes a name (a str) or a list of names, not {names!r:.60}")
         return self._send_each(protocol.PULL, targets, block, names=names)
 
     def __setitem__(self, key, value):

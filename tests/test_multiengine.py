@@ -76,6 +76,27 @@ def test_push_refuses_names_code_cannot_use_and_pull_evaluates_expressions(rc):
         rc[0].pull("nothere[0]", block=True)
 
 
+def test_wrong_arguments_of_execute_pull_and_scatter_fail_here_before_a_send(rc,
+                                                                            monkeypatch):
+    def send_request(*args, **kwargs):
+        raise AssertionError(f"sent a request: {args[:1]}")
+
+    monkeypatch.setattr(rc, "send_request", send_request)
+    dv = rc[:]
+    calls = [(lambda: dv.execute(5, block=False), r"execute takes code as a str, not int 5"),
+             (lambda: dv.pull(5, block=False), r"pull takes a name \(a str\) or a list of "
+                                                r"names, not 5"),
+             (lambda: rc[0].pull(["a", 5], block=False), r"pull takes .* not \['a', 5\]"),
+             (lambda: dv.scatter("x", {"a": 1, "b": 2}, block=False),
+              r"a dict is not a sequence to split into parts: give list\(d.items\(\)\)"),
+             (lambda: dv.scatter("x", 5, block=False),
+              r"int 5 is not a sequence to split into parts"),
+             (lambda: dv.map(str, {"a": 1}, block=False), r"a dict is not a sequence")]
+    for call, message in calls:
+        with pytest.raises(TypeError, match=message):
+            call()
+
+
 def test_dictionary_interface(rc):
     dv = rc[:]
     dv["x"] = 42
