@@ -5,8 +5,10 @@ import gc
 import json
 import os
 import signal
+import operator
 import threading
 import time
+import traceback
 import weakref
 
 import pytest
@@ -72,6 +74,23 @@ def test_a_result_that_cannot_be_unpickled_here_names_its_engine(rc):
     assert f"[{rc.ids[0]}:apply]: SerializationError: could not unpickle" in str(info.value)
     with pytest.raises(minipar.SerializationError, match=r"^\[engine \d+\] .*could not unpickle"):
         rc.load_balanced_view().apply_sync(unreadable)
+
+
+def test_a_remote_error_names_its_type_once(rc):
+    """A traceback's last line is the class's name, then the error's text, which names
+    the remote type: that type shows once, for an engine's error and the controller's."""
+    eid = rc.ids[0]
+    with pytest.raises(ZeroDivisionError) as info:
+        rc[eid].apply_sync(operator.truediv, 1, 0)
+    assert str(info.value) == f"[engine {eid}] ZeroDivisionError: division by zero"
+    assert traceback.format_exception_only(info.type, info.value) == [
+        f"minipar.errors.RemoteError: [engine {eid}] ZeroDivisionError: division by zero\n"]
+    assert (info.value.ename, info.value.evalue) == ("ZeroDivisionError", "division by zero")
+    with pytest.raises(ValueError) as info:   # the controller's: no engine
+        rc.db_query({"msg_id": {"$nope": 1}})
+    line, = traceback.format_exception_only(info.type, info.value)
+    assert line.startswith("minipar.errors.RemoteError: ValueError: ") and \
+        line.count("ValueError") == 1, line
 
 
 def test_missing_connection_file_names_it_and_how_to_start(tmp_path):
