@@ -1181,13 +1181,23 @@ def _check_count(name, value):
 def _sequence(s):
     """`s` to split into contiguous parts (by scatter and map): a sequence as it is, another
     iterable as a list. A mapping is refused: it would be sliced by key, if at all."""
-    if isinstance(s, collections.abc.Mapping):
-        raise TypeError(f"a {type(s).__name__} is not a sequence to split into parts: give "
-                        "list(d.items()), or list(d) for its keys")
-    if not hasattr(s, "__iter__"):
-        raise TypeError(f"{type(s).__name__} {s!r:.40} is not a sequence to split into parts "
-                        "(a list, tuple, range or array)")
+    if isinstance(s, collections.abc.Mapping) or not hasattr(s, "__iter__"):
+        raise TypeError(f"{type(s).__name__} {s!r:.40} is not a sequence to split into parts: "
+                        "give a list, tuple, range or array (of a dict: list(d.items()))")
     return s if hasattr(s, "__getitem__") and hasattr(s, "__len__") else list(s)
+
+
+def _sequences(sequences, elementwise):
+    """A map's arguments as sequences, and how many items it maps: the shortest's length,
+    as map, zip and ipyparallel's map have it. A parallel function's call hands each
+    engine a part of each sequence, so it refuses unequal lengths (as ipyparallel's)."""
+    if not sequences:
+        raise ValueError("map needs at least one sequence")
+    seqs = [_sequence(s) for s in sequences]
+    lengths = [len(s) for s in seqs]
+    if not elementwise and len(set(lengths)) > 1:
+        raise ValueError(f"all sequences must have equal length, but have {lengths}")
+    return seqs, min(lengths)
 
 
 class DirectView(_View):
@@ -1333,10 +1343,7 @@ class DirectView(_View):
         return self._finish(ar, block)
 
     def _map(self, f, sequences, elementwise=True):
-        if not sequences:
-            raise ValueError("map needs at least one sequence")
-        seqs = [_sequence(s) for s in sequences]
-        n = min(len(s) for s in seqs)
+        seqs, n = _sequences(sequences, elementwise)
         ids = self.client.resolve_targets(self.targets)
         fparts = protocol.serialize_function(f)
         futures, sizes = [], []
@@ -1503,10 +1510,7 @@ class LoadBalancedView(_View):
         return self._finish(ar, block)
 
     def _map(self, f, sequences, elementwise=True, chunksize=None, ordered=True):
-        if not sequences:
-            raise ValueError("map needs at least one sequence")
-        seqs = [_sequence(s) for s in sequences]
-        n = min(len(s) for s in seqs)
+        seqs, n = _sequences(sequences, elementwise)
         if chunksize is None:
             chunksize = max(1, -(-n // (4 * max(1, len(self.client.ids)))))
         elif chunksize < 1:

@@ -5,6 +5,8 @@ They use only the view's public flags and its ``_finish`` / ``_map``; client.py 
 them back, so ``minipar.client.ParallelFunction`` is where ipyparallel scripts look.
 """
 
+import inspect
+
 from .asyncresult import _ctrl_c_aborts
 
 
@@ -24,19 +26,34 @@ class RemoteFunction:
 
 class ParallelFunction(RemoteFunction):
     """``@view.parallel()``: calling it splits the sequence arguments across engines and
-    concatenates the results; ``.map(seq)`` applies it element-wise."""
+    concatenates the results; ``.map(seq)`` applies it element-wise. Besides the view's
+    flags it takes ipyparallel's ``chunksize``, ``ordered`` and ``return_exceptions``
+    where the view's map takes them (a DirectView's: return_exceptions only)."""
+
+    _MAP_OPTIONS = ("chunksize", "ordered", "return_exceptions")
 
     def __init__(self, view, f, dist="b", block=None, **flags):
+        if dist != "b":
+            raise ValueError(f"dist={dist!r}: only 'b' (contiguous blocks) is supported")
+        takes = inspect.signature(view.map).parameters
+        for k in self._MAP_OPTIONS:
+            if k in flags and k not in takes:
+                raise TypeError(f"{type(view).__name__}.map takes no {k}, so its parallel "
+                                "functions take none either (a load-balanced view's map does)")
+        options = {k: flags.pop(k) for k in self._MAP_OPTIONS if k in flags}
         super().__init__(view, f, block, **flags)
-        self.dist = dist
+        self.return_exceptions = options.pop("return_exceptions", False)
+        self.options = options   # of the view's _map: chunksize, ordered
 
-    @_ctrl_c_aborts
     def __call__(self, *sequences):
-        with self.view.temp_flags(**self.flags):
-            return self.view._finish(self.view._map(self.func, sequences, elementwise=False),
-                                     self.block)
+        return self._map(sequences, elementwise=False)
+
+    def map(self, *sequences):
+        return self._map(sequences, elementwise=True)
 
     @_ctrl_c_aborts
-    def map(self, *sequences):
+    def _map(self, sequences, elementwise):
         with self.view.temp_flags(**self.flags):
-            return self.view._finish(self.view._map(self.func, sequences), self.block)
+            ar = self.view._map(self.func, sequences, elementwise, **self.options)
+        ar._return_exceptions = self.return_exceptions
+        return self.view._finish(ar, self.block)

@@ -166,6 +166,25 @@ def test_apply_map_and_decorators(lview):
     assert sum(parallel_len(list(range(40)))) == 40        # blocks of the sequence
 
 
+def test_parallel_takes_the_maps_chunksize_ordered_and_return_exceptions(lview):
+    @lview.parallel(block=True, chunksize=3, ordered=False)
+    def chunk_lens(xs):
+        return [len(xs)]
+
+    assert chunk_lens(list(range(8))) == [3, 3, 2]           # a task per 3 items
+
+    checked = lview.parallel(block=True, chunksize=2, return_exceptions=True)(fails_on_three)
+    out = checked.map(range(6))
+    assert out[:2] + out[4:] == [0, 1, 4, 5]
+    assert [type(e).__name__ for e in out[2:4]] == ["ValueError"] * 2   # the chunk's error
+    with pytest.raises(ValueError, match=r"dist='c': only 'b' \(contiguous blocks\)"):
+        lview.parallel(dist="c")(square)
+    # a call hands each task a part of each sequence: their lengths must be equal
+    with pytest.raises(ValueError, match=r"equal length, but have \[3, 2\]"):
+        lview.parallel(block=True)(add)([1, 2, 3], [1, 2])
+    assert lview.parallel(block=True)(add).map([1, 2, 3], [10, 20]) == [11, 22]   # as map
+
+
 def test_a_maps_tasks_leave_a_hundred_to_a_message(lview, monkeypatch, tmp_path):
     """map sends its tasks as batches of client.TOGETHER, not one message each; a task
     that cannot be pickled fails the call, and the ones made before it still run."""
