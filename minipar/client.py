@@ -1156,26 +1156,20 @@ def _partition(seq, n, i):
 
 def _seconds_check(what):
     """A flag's check: seconds (int or float, as the controller takes), None or 0 for no
-    limit; < 0 and NaN are refused."""
+    limit; < 0 and NaN are a ValueError, what is no number a TypeError."""
     def check(name, value):
-        if value is None:
-            return
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name} takes the seconds {what} (a number), or None for no "
-                            f"limit; not {type(value).__name__} {value!r:.40}")
-        if not value >= 0:
-            raise ValueError(f"{name}={value}: give the seconds {what}, or None (or 0) "
-                             "for no limit")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is not None and not (number and value >= 0):
+            raise (ValueError if number else TypeError)(
+                f"{name}={value!r:.40}: give the seconds {what}, or None (or 0) for no limit")
     return check
 
 
 def _check_count(name, value):
-    """A flag's check: a count, an int >= 0."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} takes a count, an int >= 0; not {type(value).__name__} "
-                        f"{value!r:.40}")
-    if value < 0:
-        raise ValueError(f"{name}={value}: give a count, an int >= 0 (0: none)")
+    """A flag's check: a count, an int >= 0 (what is no int: a TypeError)."""
+    if type(value) is not int or value < 0:
+        raise (ValueError if type(value) is int else TypeError)(
+            f"{name}={value!r:.40}: give a count, an int >= 0 (0: none)")
 
 
 def _sequence(s):
