@@ -147,6 +147,7 @@ class Client(errors.SaysWhyAbsent):
         dealer.heartbeat_ivl, dealer.heartbeat_timeout = 250, int(CONTROLLER_SILENCE_S * 1000)
         self._monitor = dealer.get_monitor_socket(
             zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self._connected = False     # a handshake succeeded once (I/O thread): else, no loss
         self._lost_at = None        # when the connection to the controller went: I/O thread
         self._gone = None           # the error every call raises once it did not come back
         self._stopped_hub = None    # the error once this client shut the controller down
@@ -246,6 +247,10 @@ class Client(errors.SaysWhyAbsent):
         from zmq.utils.monitor import parse_monitor_message
 
         event = parse_monitor_message([f.bytes for f in frames])["event"]
+        if not self._connected:   # a peer that closes before the first handshake (no
+            # controller, or one refusing this client's keys) lost nothing: connect times out
+            self._connected = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
+            return
         now = time.monotonic()
         if event == zmq.EVENT_DISCONNECTED and self._lost_at is None:
             self._lost_at = lost = now
