@@ -26,6 +26,7 @@ fields among `fields`) and ``query(kind, **fields)`` (the controller's reply hea
 """
 
 import collections
+import collections.abc
 import concurrent.futures
 import contextlib
 import datetime
@@ -47,7 +48,8 @@ import zmq
 from . import errors, protocol
 from .asyncresult import (AsyncResult, _concat, _Derived, _MsgFuture, _OneRequest,
                           _aborted_on_ctrl_c, _ctrl_c_aborts, _sent, _timeout_s)
-from .dependency import Dependency, dependent, msg_ids
+from .dependency import dependency_fields, dependent, msg_ids
+from .remotefunction import ParallelFunction, RemoteFunction
 # CompositeError too: classic scripts catch `client.CompositeError`
 from .errors import CompositeError, NoEnginesRegistered, TimeoutError
 
@@ -145,6 +147,7 @@ class Client(errors.SaysWhyAbsent):
         dealer.heartbeat_ivl, dealer.heartbeat_timeout = 250, int(CONTROLLER_SILENCE_S * 1000)
         self._monitor = dealer.get_monitor_socket(
             zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self._connected = False     # a handshake succeeded once (I/O thread): else, no loss
         self._lost_at = None        # when the connection to the controller went: I/O thread
         self._gone = None           # the error every call raises once it did not come back
         self._stopped_hub = None    # the error once this client shut the controller down
@@ -244,6 +247,10 @@ class Client(errors.SaysWhyAbsent):
         from zmq.utils.monitor import parse_monitor_message
 
         event = parse_monitor_message([f.bytes for f in frames])["event"]
+        if not self._connected:   # a peer that closes before the first handshake (no
+            # controller, or one refusing this client's keys) lost nothing: connect times out
+            self._connected = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
+            return
         now = time.monotonic()
         if event == zmq.EVENT_DISCONNECTED and self._lost_at is None:
             self._lost_at = lost = now
@@ -1132,40 +1139,6 @@ class _View(errors.SaysWhyAbsent):
         return None if self.targets in (None, "all") else self.targets
 
 
-class RemoteFunction:
-    """A function whose calls run remotely through a view (``@view.remote()``)."""
-
-    def __init__(self, view, f, block=None, **flags):
-        self.view, self.func, self.block, self.flags = view, f, block, flags
-        self.__name__ = getattr(f, "__name__", "remote_function")
-        self.__doc__ = getattr(f, "__doc__", None)
-
-    @_ctrl_c_aborts
-    def __call__(self, *args, **kwargs):
-        with self.view.temp_flags(**self.flags):
-            return self.view._finish(self.view.apply_async(self.func, *args, **kwargs), self.block)
-
-
-class ParallelFunction(RemoteFunction):
-    """``@view.parallel()``: calling it splits the sequence arguments across engines and
-    concatenates the results; ``.map(seq)`` applies it element-wise."""
-
-    def __init__(self, view, f, dist="b", block=None, **flags):
-        super().__init__(view, f, block, **flags)
-        self.dist = dist
-
-    @_ctrl_c_aborts
-    def __call__(self, *sequences):
-        with self.view.temp_flags(**self.flags):
-            return self.view._finish(self.view._map(self.func, sequences, elementwise=False),
-                                     self.block)
-
-    @_ctrl_c_aborts
-    def map(self, *sequences):
-        with self.view.temp_flags(**self.flags):
-            return self.view._finish(self.view._map(self.func, sequences), self.block)
-
-
 def _seconds(query):
     """`query` with each datetime in it as time.time() seconds, as records keep times (a
     naive one is local time, as ``datetime.now()`` gives)."""
@@ -1186,8 +1159,44 @@ def _partition(seq, n, i):
     return list(part) if isinstance(part, range) else part
 
 
+def _seconds_check(what):
+    """A flag's check: seconds (int or float, as the controller takes), None or 0 for no
+    limit; < 0 and NaN are a ValueError, what is no number a TypeError."""
+    def check(name, value):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is not None and not (number and value >= 0):
+            raise (ValueError if number else TypeError)(
+                f"{name}={value!r:.40}: give the seconds {what}, or None (or 0) for no limit")
+    return check
+
+
+def _check_count(name, value):
+    """A flag's check: a count, an int >= 0 (what is no int: a TypeError)."""
+    if type(value) is not int or value < 0:
+        raise (ValueError if type(value) is int else TypeError)(
+            f"{name}={value!r:.40}: give a count, an int >= 0 (0: none)")
+
+
 def _sequence(s):
+    """`s` to split into contiguous parts (by scatter and map): a sequence as it is, another
+    iterable as a list. A mapping is refused: it would be sliced by key, if at all."""
+    if isinstance(s, collections.abc.Mapping) or not hasattr(s, "__iter__"):
+        raise TypeError(f"{type(s).__name__} {s!r:.40} is not a sequence to split into parts: "
+                        "give a list, tuple, range or array (of a dict: list(d.items()))")
     return s if hasattr(s, "__getitem__") and hasattr(s, "__len__") else list(s)
+
+
+def _sequences(sequences, elementwise):
+    """A map's arguments as sequences, and how many items it maps: the shortest's length,
+    as map, zip and ipyparallel's map have it. A parallel function's call hands each
+    engine a part of each sequence, so it refuses unequal lengths (as ipyparallel's)."""
+    if not sequences:
+        raise ValueError("map needs at least one sequence")
+    seqs = [_sequence(s) for s in sequences]
+    lengths = [len(s) for s in seqs]
+    if not elementwise and len(set(lengths)) > 1:
+        raise ValueError(f"all sequences must have equal length, but have {lengths}")
+    return seqs, min(lengths)
 
 
 class DirectView(_View):
@@ -1240,6 +1249,9 @@ class DirectView(_View):
 
     def execute(self, code, targets=None, block=None):
         """Run a code string in each target's namespace."""
+        if not isinstance(code, str):
+            raise TypeError(f"execute takes code as a str, not {type(code).__name__} "
+                            f"{code!r:.40}")
         return self._send_each(protocol.EXECUTE, targets, block, code=code, **self._label())
 
     def run(self, filename, targets=None, block=None):
@@ -1261,6 +1273,9 @@ class DirectView(_View):
 
     def pull(self, names, targets=None, block=None):
         """Read a name (or a list of names) from each target's namespace."""
+        if not (isinstance(names, str) or isinstance(names, (list, tuple))
+                and all(isinstance(n, str) for n in names)):
+            raise TypeError(f"pull takes a name (a str) or a list of names, not {names!r:.60}")
         return self._send_each(protocol.PULL, targets, block, names=names)
 
     def __setitem__(self, key, value):
@@ -1327,10 +1342,7 @@ class DirectView(_View):
         return self._finish(ar, block)
 
     def _map(self, f, sequences, elementwise=True):
-        if not sequences:
-            raise ValueError("map needs at least one sequence")
-        seqs = [_sequence(s) for s in sequences]
-        n = min(len(s) for s in seqs)
+        seqs, n = _sequences(sequences, elementwise)
         ids = self.client.resolve_targets(self.targets)
         fparts = protocol.serialize_function(f)
         futures, sizes = [], []
@@ -1400,39 +1412,28 @@ class LoadBalancedView(_View):
         self.after = self.follow = self.timeout = self.recovery = self.time_limit = None
         self.retries = 0
 
-    def _seconds_flag(name, what):   # seconds, None or 0 for no limit; < 0 and NaN refused
-        def set_it(self, value):   # (and what is not a number, by _timeout_s)
-            if value is not None and not (value == value and _timeout_s(value) is not None):
-                raise ValueError(f"{name}={value}: give the seconds {what}, or None (or 0) "
-                                 "for no limit")
+    def _checked_flag(name, check):   # checked when set, so set_flags and temp_flags refuse
+        def set_it(self, value):       # a wrong value before anything is sent
+            check(name, value)
             setattr(self, "_" + name, value)
         return property(lambda self: getattr(self, "_" + name), set_it)
 
-    timeout = _seconds_flag("timeout", "a task may wait for its dependencies")
-    time_limit = _seconds_flag("time_limit", "a task may run")
-    del _seconds_flag
+    after = _checked_flag("after", lambda name, v: dependency_fields(**{name: v}))
+    follow = _checked_flag("follow", lambda name, v: dependency_fields(**{name: v}))
+    timeout = _checked_flag("timeout", _seconds_check("a task may wait for its dependencies"))
+    time_limit = _checked_flag("time_limit", _seconds_check("a task may run"))
+    retries = _checked_flag("retries", _check_count)
+    del _checked_flag
 
     # ------------------------------------------------------------ header fields
-
-    def _dep(self, dep):
-        """A Dependency, msg_ids or AsyncResults -> the header's plain dict (or None)."""
-        if dep is None:
-            return None
-        if isinstance(dep, dict):
-            return dep
-        if isinstance(dep, Dependency):
-            return dep.as_dict() if dep else None
-        ids = msg_ids(dep)
-        return {"ids": ids, "all": True, "success": True, "failure": False} if ids else None
 
     def _task_fields(self):
         targets = self._target_list()
         if targets is not None:
             targets = [targets] if isinstance(targets, int) else list(targets)
-        return {"lb": True, "targets": targets, "after": self._dep(self.after),
-                "follow": self._dep(self.follow), "timeout": self.timeout,
-                "retries": self.retries or None, "time_limit": self.time_limit,
-                **self._label()}
+        return {"lb": True, "targets": targets, **dependency_fields(self.after, self.follow),
+                "timeout": self.timeout, "retries": self.retries or None,
+                "time_limit": self.time_limit, **self._label()}
 
     # ------------------------------------------------------------ submission
 
@@ -1508,10 +1509,7 @@ class LoadBalancedView(_View):
         return self._finish(ar, block)
 
     def _map(self, f, sequences, elementwise=True, chunksize=None, ordered=True):
-        if not sequences:
-            raise ValueError("map needs at least one sequence")
-        seqs = [_sequence(s) for s in sequences]
-        n = min(len(s) for s in seqs)
+        seqs, n = _sequences(sequences, elementwise)
         if chunksize is None:
             chunksize = max(1, -(-n // (4 * max(1, len(self.client.ids)))))
         elif chunksize < 1:

@@ -17,7 +17,8 @@ client sends them in the task's header as a plain dict ``{"ids", "all", "success
 "failure"}`` (``Dependency.as_dict``), which is the shape ``scheduler.py`` reads. Whether
 one is met or can never be met is decided in one place, ``is_met`` / ``is_unreachable``:
 the scheduler calls them on the counts it keeps per task, ``Dependency.check`` /
-``unreachable`` on counts made from sets of outcomes.
+``unreachable`` on counts made from sets of outcomes. ``dependency_fields`` turns a
+view's ``after`` / ``follow`` flags into those dicts, and refuses what is not one.
 
 ``Reference(name)`` is here too: like a ``dependent``, an argument the engine unpickles
 and turns into something of its own (the object `name` names in its namespace).
@@ -27,6 +28,7 @@ This module imports only ``errors``: an engine unpickling a ``dependent`` or a
 """
 
 import importlib
+import re
 import sys
 
 from .errors import UnmetDependency
@@ -214,6 +216,43 @@ def is_unreachable(dep):
     if dep["all"]:
         return dep["bad"] > 0
     return not dep["pending"] and not dep["good"]
+
+
+# The shape of protocol.new_id's msg_ids (a prefix and a count, hex) and of the plain hex
+# ones minipar made before: a str of another shape can name no task.
+_MSG_ID = re.compile(r"[0-9a-f]+(-[0-9a-f]+)?")
+_DEPENDENCY_FORMS = ("a Dependency, a msg_id, an AsyncResult, a list of msg_ids and "
+                     "AsyncResults, or None")
+
+
+def dependency_fields(after=None, follow=None):
+    """A task's ``after`` and ``follow`` flags as its header's fields: each None or
+    ``Dependency.as_dict()``'s dict (a list of ids: all must succeed). What is not one of
+    ``_DEPENDENCY_FORMS`` is a TypeError, and a str that is no msg_id a ValueError, each
+    naming the flag; whether a msg_id names a task is for the scheduler to say
+    (InvalidDependency)."""
+    return {"after": _dependency_dict("after", after),
+            "follow": _dependency_dict("follow", follow)}
+
+
+def _dependency_dict(flag, dep):
+    if dep is None:
+        return None
+    if not (isinstance(dep, (str, list, tuple, set, frozenset)) or hasattr(dep, "msg_ids")
+            or hasattr(dep, "msg_id")):
+        raise TypeError(f"{flag} takes {_DEPENDENCY_FORMS}; not {type(dep).__name__} "
+                        f"{dep!r:.60}")
+    try:
+        ids = msg_ids(dep)
+    except TypeError as e:   # an item of the list is neither
+        raise TypeError(f"{flag}: {e} (it takes {_DEPENDENCY_FORMS})") from None
+    for i in ids:
+        if not _MSG_ID.fullmatch(i):
+            raise ValueError(f"{flag}: {i!r:.60} is no msg_id (msg_ids are hex, as an "
+                             "AsyncResult's msg_ids hold them)")
+    if isinstance(dep, Dependency):
+        return dep.as_dict() if dep else None
+    return {"ids": ids, "all": True, "success": True, "failure": False} if ids else None
 
 
 def msg_ids(jobs):

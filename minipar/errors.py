@@ -108,9 +108,11 @@ def _rebuild(ename, evalue, tb, engine_info):
         cls = _types.get(ename)
         if cls is None:
             try:
+                # shown as RemoteError where a traceback names the class: its text names
+                # the remote type already ("[engine 0] ZeroDivisionError: ..."), once
                 cls = type(base.__name__, (RemoteError, base), {
-                    "__module__": __name__, "__init__": RemoteError.__init__,
-                    "__str__": RemoteError.__str__})
+                    "__module__": __name__, "__qualname__": RemoteError.__qualname__,
+                    "__init__": RemoteError.__init__, "__str__": RemoteError.__str__})
             except TypeError:  # a base with its own instance layout cannot be mixed in
                 cls = RemoteError
             _types[ename] = cls

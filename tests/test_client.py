@@ -3,10 +3,14 @@ keeps serving everyone else."""
 
 import gc
 import json
+import logging
 import os
 import signal
+import socket
+import operator
 import threading
 import time
+import traceback
 import weakref
 
 import pytest
@@ -74,6 +78,23 @@ def test_a_result_that_cannot_be_unpickled_here_names_its_engine(rc):
         rc.load_balanced_view().apply_sync(unreadable)
 
 
+def test_a_remote_error_names_its_type_once(rc):
+    """A traceback's last line is the class's name, then the error's text, which names
+    the remote type: that type shows once, for an engine's error and the controller's."""
+    eid = rc.ids[0]
+    with pytest.raises(ZeroDivisionError) as info:
+        rc[eid].apply_sync(operator.truediv, 1, 0)
+    assert str(info.value) == f"[engine {eid}] ZeroDivisionError: division by zero"
+    assert traceback.format_exception_only(info.type, info.value) == [
+        f"minipar.errors.RemoteError: [engine {eid}] ZeroDivisionError: division by zero\n"]
+    assert (info.value.ename, info.value.evalue) == ("ZeroDivisionError", "division by zero")
+    with pytest.raises(ValueError) as info:   # the controller's: no engine
+        rc.db_query({"msg_id": {"$nope": 1}})
+    line, = traceback.format_exception_only(info.type, info.value)
+    assert line.startswith("minipar.errors.RemoteError: ValueError: ") and \
+        line.count("ValueError") == 1, line
+
+
 def test_missing_connection_file_names_it_and_how_to_start(tmp_path):
     path = tmp_path / "security" / "minipar-client.json"
     with pytest.raises(FileNotFoundError, match=r"no connection file at .*minipar-client.json"
@@ -101,6 +122,38 @@ def test_unanswered_connect_times_out_with_advice(tmp_path):
     protocol.write_connection_file(str(path), info)
     with pytest.raises(TimeoutError, match="did not answer.*is it running"):
         minipar.Client(str(path), timeout=1)
+
+
+def test_a_connect_that_never_succeeds_logs_no_lost_controller(tmp_path, caplog):
+    """Something at the controller's address that closes every connection (another
+    program on a reused port; a controller refusing this client's keys): the client
+    never had a controller to lose, so it raises connect's TimeoutError and says nothing
+    of waiting for one to come back."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def close_each():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:   # closed: the test is over
+                return
+            accepted.append(1)
+            conn.close()
+
+    threading.Thread(target=close_each, daemon=True).start()
+    port = listener.getsockname()[1]
+    info = {"key": "00" * 32, "ports": {"client": port, "notify": port},
+            "location": "127.0.0.1"}
+    path = tmp_path / "c.json"
+    protocol.write_connection_file(str(path), info)
+    try:
+        with pytest.raises(TimeoutError, match="did not answer connect.*is it running"):
+            minipar.Client(str(path), timeout=2)
+    finally:
+        listener.close()
+    assert accepted   # it did connect, and was closed on
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
 def test_after_shutting_the_controller_down_the_client_says_so_at_once(local_cluster):

@@ -76,6 +76,28 @@ def test_push_refuses_names_code_cannot_use_and_pull_evaluates_expressions(rc):
         rc[0].pull("nothere[0]", block=True)
 
 
+def test_wrong_arguments_of_execute_pull_and_scatter_fail_here_before_a_send(rc,
+                                                                            monkeypatch):
+    def send_request(*args, **kwargs):
+        raise AssertionError(f"sent a request: {args[:1]}")
+
+    monkeypatch.setattr(rc, "send_request", send_request)
+    dv = rc[:]
+    calls = [(lambda: dv.execute(5, block=False), r"execute takes code as a str, not int 5"),
+             (lambda: dv.pull(5, block=False), r"pull takes a name \(a str\) or a list of "
+                                                r"names, not 5"),
+             (lambda: rc[0].pull(["a", 5], block=False), r"pull takes .* not \['a', 5\]"),
+             (lambda: dv.scatter("x", {"a": 1, "b": 2}, block=False),
+              r"dict \{'a': 1, 'b': 2\} is not a sequence to split into parts: give a "
+              r"list, tuple, range or array \(of a dict: list\(d.items\(\)\)\)"),
+             (lambda: dv.scatter("x", 5, block=False),
+              r"int 5 is not a sequence to split into parts"),
+             (lambda: dv.map(str, {"a": 1}, block=False), r"dict .* is not a sequence")]
+    for call, message in calls:
+        with pytest.raises(TypeError, match=message):
+            call()
+
+
 def test_dictionary_interface(rc):
     dv = rc[:]
     dv["x"] = 42
@@ -160,6 +182,26 @@ def test_parallel_function_results_joined_as_ipyparallel_joins_them(rc):
 
     with pytest.raises(ValueError):
         ragged(list(range(8))).get(TIMEOUT)
+
+
+def test_parallel_takes_what_the_direct_views_map_takes(rc):
+    dv = rc[:]
+
+    @dv.parallel(block=True, return_exceptions=True)
+    def inverse(x):
+        return 1 / x
+
+    out = inverse.map([1, 0, 2, 4, 5, 8, 10, 20])   # one block per engine: [1, 0] fails
+    assert [type(e).__name__ for e in out[:2]] == ["ZeroDivisionError"] * 2
+    assert out[2:] == [0.5, 0.25, 0.2, 0.125, 0.1, 0.05]
+    for option in ("chunksize", "ordered"):   # a load-balanced view's map takes them
+        with pytest.raises(TypeError, match=rf"DirectView.map takes no {option}"):
+            dv.parallel(**{option: 2})(inverse)
+    with pytest.raises(ValueError, match=r"dist='c': only 'b' \(contiguous blocks\)"):
+        dv.parallel(dist="c")(inverse)
+    with pytest.raises(ValueError, match=r"equal length, but have \[4, 3\]"):
+        dv.parallel(block=True)(np.add)(range(4), range(3))
+    assert dv.map_sync(np.add, range(4), range(3)) == [0, 2, 4]   # map: the shortest's length
 
 
 def test_non_blocking_results_polled_and_waited(rc):

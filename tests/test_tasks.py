@@ -166,6 +166,25 @@ def test_apply_map_and_decorators(lview):
     assert sum(parallel_len(list(range(40)))) == 40        # blocks of the sequence
 
 
+def test_parallel_takes_the_maps_chunksize_ordered_and_return_exceptions(lview):
+    @lview.parallel(block=True, chunksize=3, ordered=False)
+    def chunk_lens(xs):
+        return [len(xs)]
+
+    assert chunk_lens(list(range(8))) == [3, 3, 2]           # a task per 3 items
+
+    checked = lview.parallel(block=True, chunksize=2, return_exceptions=True)(fails_on_three)
+    out = checked.map(range(6))
+    assert out[:2] + out[4:] == [0, 1, 4, 5]
+    assert [type(e).__name__ for e in out[2:4]] == ["ValueError"] * 2   # the chunk's error
+    with pytest.raises(ValueError, match=r"dist='c': only 'b' \(contiguous blocks\)"):
+        lview.parallel(dist="c")(square)
+    # a call hands each task a part of each sequence: their lengths must be equal
+    with pytest.raises(ValueError, match=r"equal length, but have \[3, 2\]"):
+        lview.parallel(block=True)(add)([1, 2, 3], [1, 2])
+    assert lview.parallel(block=True)(add).map([1, 2, 3], [10, 20]) == [11, 22]   # as map
+
+
 def test_a_maps_tasks_leave_a_hundred_to_a_message(lview, monkeypatch, tmp_path):
     """map sends its tasks as batches of client.TOGETHER, not one message each; a task
     that cannot be pickled fails the call, and the ones made before it still run."""
@@ -283,8 +302,8 @@ def test_impossible_dependencies_fail_at_once(rc, lview):
         ({"after": Dependency([failed, good], all=True)}, minipar.ImpossibleDependency),
         ({"after": Dependency([failed], all=False)}, minipar.ImpossibleDependency),
         ({"follow": failed}, minipar.ImpossibleDependency),
-        ({"after": ["no-such-msg-id"]}, minipar.InvalidDependency),
-        ({"follow": "no-such-msg-id"}, minipar.InvalidDependency),
+        ({"after": ["0123456789abcdef-0"]}, minipar.InvalidDependency),   # a msg_id of
+        ({"follow": "0123456789abcdef-0"}, minipar.InvalidDependency),    # no task
     ]
     for flags, error in cases:
         with lview.temp_flags(**flags):
@@ -308,6 +327,42 @@ def test_impossible_dependencies_fail_at_once(rc, lview):
         assert lview.apply_sync(square, 5) == 25
 
 
+@pytest.mark.parametrize("flag", ["after", "follow"])
+def test_a_wrong_after_or_follow_is_refused_when_set(lview, flag):
+    done = lview.apply_async(square, 1)
+    done.get(TIMEOUT)
+    wrong = [(5, TypeError, "not int 5"), (object(), TypeError, "not object"),
+             ({"ids": done.msg_ids}, TypeError, "not dict"),
+             ([done, 5], TypeError, "not int"),
+             ("x", ValueError, "'x' is no msg_id"),
+             (Dependency([done, "not-an-id"]), ValueError, "'not-an-id' is no msg_id")]
+    for value, error, why in wrong:
+        for set_it in (lambda: setattr(lview, flag, value),
+                       lambda: lview.set_flags(retries=3, **{flag: value}),
+                       lambda: lview.temp_flags(retries=3, **{flag: value}).__enter__()):
+            with pytest.raises(error, match=rf"^{flag}\b.*{why}") as e:
+                set_it()
+            if error is TypeError:
+                assert "a Dependency, a msg_id, an AsyncResult" in str(e.value)
+            assert getattr(lview, flag) is None and lview.retries == 0   # none left changed
+    for right in (done, done.msg_ids[0], [done], Dependency([done]), None):
+        with lview.temp_flags(**{flag: right}):
+            assert lview.apply_sync(square, 2) == 4
+
+
+def test_retries_must_be_a_count_when_set(lview):
+    for value, error in ((-1, ValueError), ("2", TypeError), (1.5, TypeError),
+                         (None, TypeError), (True, TypeError)):
+        for set_it in (lambda: setattr(lview, "retries", value),
+                       lambda: lview.set_flags(time_limit=5, retries=value),
+                       lambda: lview.temp_flags(retries=value).__enter__()):
+            with pytest.raises(error, match=r"^retries=.*: give a count, an int >= 0"):
+                set_it()
+            assert lview.retries == 0 and lview.time_limit is None   # none left changed
+    with lview.temp_flags(retries=2):
+        assert lview.apply_sync(square, 3) == 9
+
+
 def test_dependency_timeout(lview):
     slow = lview.apply_async(nap, "slow", 60)
     with lview.temp_flags(after=slow, timeout=0.5):
@@ -329,7 +384,7 @@ def test_a_negative_timeout_or_time_limit_is_refused_at_once(rc, lview, flag):
             with pytest.raises(ValueError, match=rf"{flag}=(-1|-0.5|nan): give the seconds"):
                 set_it()
             assert getattr(lview, flag) is None and lview.retries == 0   # none left changed
-    with pytest.raises(TypeError, match="timeout must be a number of seconds or None"):
+    with pytest.raises(TypeError, match=rf"{flag}='5': give the seconds"):
         setattr(lview, flag, "5")
     for no_limit in (0, None):   # as before: no limit
         with lview.temp_flags(**{flag: no_limit}):

@@ -1,0 +1,59 @@
+"""What a view's ``@view.remote()`` and ``@view.parallel()`` decorators make: functions
+whose calls run through the view (its apply, or its map over parts of the arguments).
+
+They use only the view's public flags and its ``_finish`` / ``_map``; client.py imports
+them back, so ``minipar.client.ParallelFunction`` is where ipyparallel scripts look.
+"""
+
+import inspect
+
+from .asyncresult import _ctrl_c_aborts
+
+
+class RemoteFunction:
+    """A function whose calls run remotely through a view (``@view.remote()``)."""
+
+    def __init__(self, view, f, block=None, **flags):
+        self.view, self.func, self.block, self.flags = view, f, block, flags
+        self.__name__ = getattr(f, "__name__", "remote_function")
+        self.__doc__ = getattr(f, "__doc__", None)
+
+    @_ctrl_c_aborts
+    def __call__(self, *args, **kwargs):
+        with self.view.temp_flags(**self.flags):
+            return self.view._finish(self.view.apply_async(self.func, *args, **kwargs), self.block)
+
+
+class ParallelFunction(RemoteFunction):
+    """``@view.parallel()``: calling it splits the sequence arguments across engines and
+    concatenates the results; ``.map(seq)`` applies it element-wise. Besides the view's
+    flags it takes ipyparallel's ``chunksize``, ``ordered`` and ``return_exceptions``
+    where the view's map takes them (a DirectView's: return_exceptions only)."""
+
+    _MAP_OPTIONS = ("chunksize", "ordered", "return_exceptions")
+
+    def __init__(self, view, f, dist="b", block=None, **flags):
+        if dist != "b":
+            raise ValueError(f"dist={dist!r}: only 'b' (contiguous blocks) is supported")
+        takes = inspect.signature(view.map).parameters
+        for k in self._MAP_OPTIONS:
+            if k in flags and k not in takes:
+                raise TypeError(f"{type(view).__name__}.map takes no {k}, so its parallel "
+                                "functions take none either (a load-balanced view's map does)")
+        options = {k: flags.pop(k) for k in self._MAP_OPTIONS if k in flags}
+        super().__init__(view, f, block, **flags)
+        self.return_exceptions = options.pop("return_exceptions", False)
+        self.options = options   # of the view's _map: chunksize, ordered
+
+    def __call__(self, *sequences):
+        return self._map(sequences, elementwise=False)
+
+    def map(self, *sequences):
+        return self._map(sequences, elementwise=True)
+
+    @_ctrl_c_aborts
+    def _map(self, sequences, elementwise):
+        with self.view.temp_flags(**self.flags):
+            ar = self.view._map(self.func, sequences, elementwise, **self.options)
+        ar._return_exceptions = self.return_exceptions
+        return self.view._finish(ar, self.block)
