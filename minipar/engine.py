@@ -40,6 +40,12 @@ controller send one); it drops its queued work, aborts the running request (thei
 results would be refused as stale) and registers again asking for its old id. A
 controller silent for ``max_missed_heartbeats`` beats makes it exit with status 1.
 Bad messages are dropped and counted, never fatal: ``stats`` requests report the counts.
+
+A task may fork (os.fork, multiprocessing's fork start method). The child has the
+engine's memory but only the forking thread, and zmq sockets that libzmq's threads in
+the parent serve: one that returns (or raises) into the engine's code exits at once
+with os._exit (see Engine._leave_if_forked), sending nothing and touching no socket,
+rather than carry on as a second engine on the parent's connections.
 """
 
 import argparse
@@ -294,6 +300,8 @@ class Engine:
         self._told_started = None   # the running request the receiver sent `started` for
         self._registering = None    # _Registration while registering again: receiver thread
         self.exit_code = 0          # 1: it lost (or was refused by) the controller
+        self._pid = os.getpid()     # a process with another runs the engine's code only
+                                    # as a task's forked child (see _leave_if_forked)
 
     # ------------------------------------------------------------ start
 
@@ -305,6 +313,7 @@ class Engine:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         self._interrupt_handler = self._on_interrupt_signal   # one object, compared with `is`
         signal.signal(INTERRUPT_SIGNAL, self._interrupt_handler)
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
         if self.work_dir:
             os.makedirs(self.work_dir, exist_ok=True)
             os.chdir(self.work_dir)
@@ -327,7 +336,12 @@ class Engine:
         faulthandler.register(signal.SIGALRM, all_threads=True, chain=True)
         threading.Thread(target=self._receiver, args=(dealer, outbox_in),
                          name="minipar-receiver", daemon=True).start()
-        self._run_startup()
+        try:
+            self._run_startup()
+        except BaseException as e:
+            self._leave_if_forked("the startup script", e)
+            raise
+        self._leave_if_forked("the startup script")
         self._send_properties()
 
     def _new_dealer(self, identity, name, linger=1000):
@@ -739,6 +753,20 @@ class Engine:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.raise_signal(signal.SIGTERM)
 
+    def _after_fork_in_child(self):
+        # executes in a child that a task forked, in its only thread. The engine's signal
+        # handlers would act for the engine there (a SIGTERM, from a multiprocessing
+        # Pool's terminate() say, would log as the engine's, or wake the parent's main
+        # loop through the shared pipe): the child gets Python's own, but keeps any the
+        # task put in place. Only Python's os.fork calls this; Engine._leave_if_forked
+        # compares pids, so it holds for any fork.
+        for sig, engine_handler, default in (
+                (signal.SIGINT, self._on_sigint, signal.default_int_handler),
+                (signal.SIGTERM, self._on_sigterm, signal.SIG_DFL),
+                (INTERRUPT_SIGNAL, self._interrupt_handler, signal.SIG_DFL)):
+            if signal.getsignal(sig) == engine_handler:
+                signal.signal(sig, default)
+
     def serve(self):
         """Run requests until stopped: by a shutdown request, by SIGTERM or by Ctrl-C in
         its terminal between requests (one while a request runs interrupts that request
@@ -852,7 +880,12 @@ class Engine:
                     raise ValueError(f"unknown request kind {header['kind']!r}")
                 if header.get("clear_before"):  # classic Task(clear_before=True)
                     self._clear(header, parts)
-                result = handler(self, header, parts)
+                try:
+                    result = handler(self, header, parts)
+                except BaseException as e:
+                    self._leave_if_forked(f"request {msg_id}", e)
+                    raise
+                self._leave_if_forked(f"request {msg_id}")
             finally:
                 self._current = None   # first: nothing interrupts this request from here
                 with self._lock:   # but what the receiver made pending just before is
@@ -896,6 +929,28 @@ class Engine:
         except errors.SerializationError as e:
             return self._reply_error(header, e, status=protocol.ERROR, **meta)
         self._send_reply(header, protocol.OK, result_parts, **meta)
+
+    def _leave_if_forked(self, forker, exc=None):
+        """In a process that `forker` (a request, the startup script) forked and that
+        came back into the engine's code, having returned or raised `exc`: exit at once,
+        as multiprocessing's forked children do. Its parent goes on as the engine; this
+        process must not, as its sockets are the parent's and libzmq's threads serving
+        them do not exist here (a send or poll would spin, and a reply go nowhere). No
+        lock of the engine's is taken (another thread may have held it at the fork;
+        logging's are made anew in a child) nor anything flushed (the parent's buffered
+        output would be written twice). The status is a
+        sys.exit()'s, else 1 after an exception, else 0."""
+        if os.getpid() == self._pid:
+            return
+        if isinstance(exc, SystemExit):
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        else:
+            code = 0 if exc is None else 1
+        log.warning("process %d, forked by %s of engine %s (pid %d), came back into the "
+                    "engine's code: it exits (status %d) rather than act as a second engine; "
+                    "end a forked child with os._exit", os.getpid(), forker, self.id,
+                    self._pid, code)
+        os._exit(code)
 
     def _withdraw_raised(self):
         # executes in the main thread, holding self._lock: see _send_interrupt
