@@ -38,7 +38,10 @@ Losing the controller: an engine declared dead (frozen, starved) or unknown to a
 restarted controller gets an ``unregister`` notice (its heart's beats make the
 controller send one); it drops its queued work, aborts the running request (their
 results would be refused as stale) and registers again asking for its old id. A
-controller silent for ``max_missed_heartbeats`` beats makes it exit with status 1.
+controller silent for ``max_missed_heartbeats`` beats makes it exit with status 1: it
+stops the running request and answers none, and its ``unregister`` says why (ZeroMQ
+keeps it for a controller that was only stopped), so the controller fails them with
+that reason rather than as an engine's death.
 Bad messages are dropped and counted, never fatal: ``stats`` requests report the counts.
 
 A task may fork (os.fork, multiprocessing's fork start method). The child has the
@@ -157,21 +160,22 @@ properties = _Properties()
 
 class _Interrupt(BaseException):
     """Raised in the main thread to interrupt the running request; its `reason` ("abort",
-    "timeout", "interrupt") picks the error. A class per reason (_INTERRUPTS), raised as
-    it is: the receiver can make only a class pending in the main thread (_raise_in)."""
+    "timeout", "interrupt"; "lost": no reply, see Engine._exit) picks the error. A class
+    per reason (_INTERRUPTS), raised as it is: the receiver can make only a class pending
+    in the main thread (_raise_in)."""
 
     reason = None
 
 
 _INTERRUPTS = {reason: type(f"_Interrupt_{reason}", (_Interrupt,), {"reason": reason})
-               for reason in ("abort", "timeout", "interrupt")}
+               for reason in ("abort", "timeout", "interrupt", "lost")}
 
 
 # The running request, set by the main thread and read by the receiver. deadline: the
 # time.monotonic() its time_limit ends (None: no limit); started: time.time().
 _Running = collections.namedtuple("_Running", "msg_id deadline started kind")
-# What the next INTERRUPT_SIGNAL is for; `reason` ("abort", "timeout", "interrupt") picks
-# the error; sent: its time.monotonic().
+# What the next INTERRUPT_SIGNAL is for; `reason` (a key of _INTERRUPTS) picks the
+# error; sent: its time.monotonic().
 _Interruption = collections.namedtuple("_Interruption", "msg_id reason sent")
 # A registration sent again (see _on_unregister); since: its time.monotonic().
 _Registration = collections.namedtuple("_Registration", "msg_id since")
@@ -300,6 +304,7 @@ class Engine:
         self._told_started = None   # the running request the receiver sent `started` for
         self._registering = None    # _Registration while registering again: receiver thread
         self.exit_code = 0          # 1: it lost (or was refused by) the controller
+        self._lost = None           # ... and why, for its unregister (see _exit)
         self._pid = os.getpid()     # a process with another runs the engine's code only
                                     # as a task's forked child (see _leave_if_forked)
 
@@ -492,8 +497,9 @@ class Engine:
             if self._interrupt is not None:
                 self._interrupt_again(now)
             if now - last_ping > silence and not self._stopping:
-                self._exit("the controller has been silent for %d heartbeats: exiting",
-                           self.max_missed_heartbeats)
+                self._exit(f"the controller was silent for {now - last_ping:.1f} s "
+                           f"({self.max_missed_heartbeats} heartbeats of "
+                           f"{self.heartbeat_period:g} s)")
             elif now - last_ping > SILENCE_WARN_BEATS * self.heartbeat_period and not warned:
                 warned = True
                 log.warning("the controller has been silent for %.1f s (stopped, or "
@@ -502,14 +508,20 @@ class Engine:
             reg = self._registering
             if reg is not None and now - reg.since > self.registration_timeout \
                     and not self._stopping:
-                self._exit("the controller did not answer this engine's registration "
-                           "within %.0f s: exiting", self.registration_timeout)
+                self._exit(f"the controller did not answer this engine's registration "
+                           f"within {self.registration_timeout:.0f} s")
 
-    def _exit(self, why, *args):
-        # executes in the receiver thread: the controller is lost, or refused this engine
-        log.error(why, *args)
+    def _exit(self, reason):
+        # executes in the receiver thread: the controller is lost, or refused this engine.
+        # The running request stops, and neither it nor any queued one is answered: their
+        # results would go nowhere, or (to a controller that was only stopped, SIGSTOP)
+        # say "aborted" when the engine left; the unregister names `reason`, for the
+        # controller to fail or retry them with (set before _stopping, which _requests
+        # reads first).
+        log.error("%s: exiting", reason)
         self.exit_code = 1
-        self._interrupt_current("abort")   # its result could go nowhere
+        self._lost = reason
+        self._interrupt_current("lost")
         self._stop()
 
     def _send_stream(self, dealer):
@@ -621,7 +633,7 @@ class Engine:
         if self._stopping:
             return
         if header.get("fatal"):
-            return self._exit("the controller refused this engine (%s): exiting", reason)
+            return self._exit(f"the controller refused this engine ({reason})")
         if self._registering is not None:
             # sent before the controller saw our registration; all such notices arrive
             # before its answer (one connection, in order), so this one is answered
@@ -793,8 +805,8 @@ class Engine:
             log.info("interrupted: unregistering")
             self._stop()
         for frames in protocol.drain(self._sock, limit=REQUESTS_ABORTED_AT_STOP):
-            self._requests(frames)   # each answered as aborted
-        self._send(protocol.UNREGISTER)
+            self._requests(frames)   # each answered as aborted (see _not_run)
+        self._send(protocol.UNREGISTER, reason=self._lost)
         self._sock.close(linger=1000)
         self._outbox.send(b"")
         self._outbox.close(linger=1000)
@@ -805,7 +817,9 @@ class Engine:
         with self._held_lock:
             self._held = []
         try:
-            for header, parts in requests:
+            for i, (header, parts) in enumerate(requests):
+                if self._stopping:   # the rest end as queued requests do
+                    return self._not_run(requests[i:])
                 self._run(header, parts)
                 if self._held and time.monotonic() - self._held_at > HOLD_S:
                     self._send_held(self._sock)
@@ -842,11 +856,17 @@ class Engine:
             self._dropped(e)
             return ()
         if self._stopping:
+            return self._not_run(requests)
+        return requests
+
+    def _not_run(self, requests):
+        """Requests that will not run, as the engine stops: each answered as aborted, or
+        none when it lost its controller (see _exit). Returns ()."""
+        if self._lost is None:
             for header, _ in requests:
                 self._send_reply(header, protocol.ABORTED, [], ename="TaskAborted",
                                  evalue="the engine shut down before running this task")
-            return ()
-        return requests
+        return ()
 
     def _run(self, header, parts):
         msg_id = header["msg_id"]
@@ -896,6 +916,8 @@ class Engine:
                     self._clear(header, parts)
         except _Interrupt as e:
             reason = e.reason
+            if reason == "lost":   # no reply (see _exit)
+                return
             if reason == "timeout":
                 status, result = protocol.TIMEOUT, errors.TaskTimeout(
                     f"the task ran longer than its time_limit of {limit} s and was "
