@@ -311,6 +311,10 @@ class Controller:
             self._shutdown_engines(None, abort=True)
             self._stop = True
             return
+        # A beat a period late or more: this controller was stopped (SIGSTOP) or starved.
+        # What its engines sent meanwhile is read before any is judged gone by its pid:
+        # one that gave up on it said why in its unregister, which its death would hide.
+        late = now - self._next_beat > self.heartbeat_period
         self._beat += 1
         self._next_beat = now + self.heartbeat_period
         self.sockets["ping"].send(b"%d" % self._beat)
@@ -323,7 +327,7 @@ class Controller:
                 log.warning("engine %d missed %d heartbeats: declared dead", eid,
                             self.heartbeat_liveness)
                 self._remove_engine(eid, died=True)
-            elif self._process_gone(e):   # an engine that exited: dead now, not in 5 beats
+            elif not late and self._process_gone(e):   # exited: dead now, not in 5 beats
                 log.warning("engine %d: its process (pid %d) is gone", eid, e["pid"])
                 self._remove_engine(eid, died=True)
 
@@ -393,7 +397,8 @@ class Controller:
                 handler(self, eid, header, parts, wire)
 
     def _on_unregister(self, eid, header, parts, wire):
-        self._remove_engine(eid, died=False)
+        reason = header.get("reason")   # why it left, if not told to (see protocol)
+        self._remove_engine(eid, died=False, why=reason if isinstance(reason, str) else None)
 
     def _on_abort_marked(self, eid, header, parts, wire):
         self._abort_heard(eid, header.get("parent"))
@@ -482,13 +487,17 @@ class Controller:
     def _engine_info(self, e):
         return {k: e[k] for k in ("id", "pid", "host", "python", "cloudpickle", "registered")}
 
-    def _remove_engine(self, eid, died):
+    def _remove_engine(self, eid, died, why=None):
+        """Remove engine `eid`: it died, or unregistered (having stopped because `why`,
+        when it said)."""
         engine = self.engines.pop(eid)
         self._by_ident.pop(engine["ident"], None)
         self._by_ident.pop(engine["work_ident"], None)
         now = time.time()   # the engine's `started` stamps are wall-clock too
-        what = "died" if died else "unregistered"
-        if not died:   # a death is logged where it is found
+        what = "died" if died else f"stopped because {why}," if why else "unregistered"
+        if why:
+            log.warning("engine %d unregistered: it stopped because %s", eid, why)
+        elif not died:   # a death is logged where it is found
             log.info("engine %d unregistered", eid)
         if died:
             self._epitaphs[eid] = _epitaph(engine)
@@ -519,7 +528,7 @@ class Controller:
         if died:
             self._send(self.sockets["engine"], [engine["ident"]], protocol.UNREGISTER,
                        reason="declared dead: missed heartbeats")
-        self._act(self.scheduler.engine_removed(eid, time.monotonic(), timed_out))
+        self._act(self.scheduler.engine_removed(eid, time.monotonic(), timed_out, why))
 
     # ------------------------------------------------------------ clients
 

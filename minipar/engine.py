@@ -38,8 +38,17 @@ Losing the controller: an engine declared dead (frozen, starved) or unknown to a
 restarted controller gets an ``unregister`` notice (its heart's beats make the
 controller send one); it drops its queued work, aborts the running request (their
 results would be refused as stale) and registers again asking for its old id. A
-controller silent for ``max_missed_heartbeats`` beats makes it exit with status 1.
+controller silent for ``max_missed_heartbeats`` beats makes it exit with status 1: it
+stops the running request and answers none, and its ``unregister`` says why (ZeroMQ
+keeps it for a controller that was only stopped), so the controller fails them with
+that reason rather than as an engine's death.
 Bad messages are dropped and counted, never fatal: ``stats`` requests report the counts.
+
+A task may fork (os.fork, multiprocessing's fork start method). The child has the
+engine's memory but only the forking thread, and zmq sockets that libzmq's threads in
+the parent serve: one that returns (or raises) into the engine's code exits at once
+with os._exit (see Engine._leave_if_forked), sending nothing and touching no socket,
+rather than carry on as a second engine on the parent's connections.
 """
 
 import argparse
@@ -151,21 +160,22 @@ properties = _Properties()
 
 class _Interrupt(BaseException):
     """Raised in the main thread to interrupt the running request; its `reason` ("abort",
-    "timeout", "interrupt") picks the error. A class per reason (_INTERRUPTS), raised as
-    it is: the receiver can make only a class pending in the main thread (_raise_in)."""
+    "timeout", "interrupt"; "lost": no reply, see Engine._exit) picks the error. A class
+    per reason (_INTERRUPTS), raised as it is: the receiver can make only a class pending
+    in the main thread (_raise_in)."""
 
     reason = None
 
 
 _INTERRUPTS = {reason: type(f"_Interrupt_{reason}", (_Interrupt,), {"reason": reason})
-               for reason in ("abort", "timeout", "interrupt")}
+               for reason in ("abort", "timeout", "interrupt", "lost")}
 
 
 # The running request, set by the main thread and read by the receiver. deadline: the
 # time.monotonic() its time_limit ends (None: no limit); started: time.time().
 _Running = collections.namedtuple("_Running", "msg_id deadline started kind")
-# What the next INTERRUPT_SIGNAL is for; `reason` ("abort", "timeout", "interrupt") picks
-# the error; sent: its time.monotonic().
+# What the next INTERRUPT_SIGNAL is for; `reason` (a key of _INTERRUPTS) picks the
+# error; sent: its time.monotonic().
 _Interruption = collections.namedtuple("_Interruption", "msg_id reason sent")
 # A registration sent again (see _on_unregister); since: its time.monotonic().
 _Registration = collections.namedtuple("_Registration", "msg_id since")
@@ -294,6 +304,9 @@ class Engine:
         self._told_started = None   # the running request the receiver sent `started` for
         self._registering = None    # _Registration while registering again: receiver thread
         self.exit_code = 0          # 1: it lost (or was refused by) the controller
+        self._lost = None           # ... and why, for its unregister (see _exit)
+        self._pid = os.getpid()     # a process with another runs the engine's code only
+                                    # as a task's forked child (see _leave_if_forked)
 
     # ------------------------------------------------------------ start
 
@@ -305,6 +318,7 @@ class Engine:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         self._interrupt_handler = self._on_interrupt_signal   # one object, compared with `is`
         signal.signal(INTERRUPT_SIGNAL, self._interrupt_handler)
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
         if self.work_dir:
             os.makedirs(self.work_dir, exist_ok=True)
             os.chdir(self.work_dir)
@@ -327,7 +341,12 @@ class Engine:
         faulthandler.register(signal.SIGALRM, all_threads=True, chain=True)
         threading.Thread(target=self._receiver, args=(dealer, outbox_in),
                          name="minipar-receiver", daemon=True).start()
-        self._run_startup()
+        try:
+            self._run_startup()
+        except BaseException as e:
+            self._leave_if_forked("the startup script", e)
+            raise
+        self._leave_if_forked("the startup script")
         self._send_properties()
 
     def _new_dealer(self, identity, name, linger=1000):
@@ -478,8 +497,9 @@ class Engine:
             if self._interrupt is not None:
                 self._interrupt_again(now)
             if now - last_ping > silence and not self._stopping:
-                self._exit("the controller has been silent for %d heartbeats: exiting",
-                           self.max_missed_heartbeats)
+                self._exit(f"the controller was silent for {now - last_ping:.1f} s "
+                           f"({self.max_missed_heartbeats} heartbeats of "
+                           f"{self.heartbeat_period:g} s)")
             elif now - last_ping > SILENCE_WARN_BEATS * self.heartbeat_period and not warned:
                 warned = True
                 log.warning("the controller has been silent for %.1f s (stopped, or "
@@ -488,14 +508,20 @@ class Engine:
             reg = self._registering
             if reg is not None and now - reg.since > self.registration_timeout \
                     and not self._stopping:
-                self._exit("the controller did not answer this engine's registration "
-                           "within %.0f s: exiting", self.registration_timeout)
+                self._exit(f"the controller did not answer this engine's registration "
+                           f"within {self.registration_timeout:.0f} s")
 
-    def _exit(self, why, *args):
-        # executes in the receiver thread: the controller is lost, or refused this engine
-        log.error(why, *args)
+    def _exit(self, reason):
+        # executes in the receiver thread: the controller is lost, or refused this engine.
+        # The running request stops, and neither it nor any queued one is answered: their
+        # results would go nowhere, or (to a controller that was only stopped, SIGSTOP)
+        # say "aborted" when the engine left; the unregister names `reason`, for the
+        # controller to fail or retry them with (set before _stopping, which _requests
+        # reads first).
+        log.error("%s: exiting", reason)
         self.exit_code = 1
-        self._interrupt_current("abort")   # its result could go nowhere
+        self._lost = reason
+        self._interrupt_current("lost")
         self._stop()
 
     def _send_stream(self, dealer):
@@ -607,7 +633,7 @@ class Engine:
         if self._stopping:
             return
         if header.get("fatal"):
-            return self._exit("the controller refused this engine (%s): exiting", reason)
+            return self._exit(f"the controller refused this engine ({reason})")
         if self._registering is not None:
             # sent before the controller saw our registration; all such notices arrive
             # before its answer (one connection, in order), so this one is answered
@@ -739,6 +765,20 @@ class Engine:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.raise_signal(signal.SIGTERM)
 
+    def _after_fork_in_child(self):
+        # executes in a child that a task forked, in its only thread. The engine's signal
+        # handlers would act for the engine there (a SIGTERM, from a multiprocessing
+        # Pool's terminate() say, would log as the engine's, or wake the parent's main
+        # loop through the shared pipe): the child gets Python's own, but keeps any the
+        # task put in place. Only Python's os.fork calls this; Engine._leave_if_forked
+        # compares pids, so it holds for any fork.
+        for sig, engine_handler, default in (
+                (signal.SIGINT, self._on_sigint, signal.default_int_handler),
+                (signal.SIGTERM, self._on_sigterm, signal.SIG_DFL),
+                (INTERRUPT_SIGNAL, self._interrupt_handler, signal.SIG_DFL)):
+            if signal.getsignal(sig) == engine_handler:
+                signal.signal(sig, default)
+
     def serve(self):
         """Run requests until stopped: by a shutdown request, by SIGTERM or by Ctrl-C in
         its terminal between requests (one while a request runs interrupts that request
@@ -765,8 +805,8 @@ class Engine:
             log.info("interrupted: unregistering")
             self._stop()
         for frames in protocol.drain(self._sock, limit=REQUESTS_ABORTED_AT_STOP):
-            self._requests(frames)   # each answered as aborted
-        self._send(protocol.UNREGISTER)
+            self._requests(frames)   # each answered as aborted (see _not_run)
+        self._send(protocol.UNREGISTER, reason=self._lost)
         self._sock.close(linger=1000)
         self._outbox.send(b"")
         self._outbox.close(linger=1000)
@@ -777,7 +817,9 @@ class Engine:
         with self._held_lock:
             self._held = []
         try:
-            for header, parts in requests:
+            for i, (header, parts) in enumerate(requests):
+                if self._stopping:   # the rest end as queued requests do
+                    return self._not_run(requests[i:])
                 self._run(header, parts)
                 if self._held and time.monotonic() - self._held_at > HOLD_S:
                     self._send_held(self._sock)
@@ -814,11 +856,17 @@ class Engine:
             self._dropped(e)
             return ()
         if self._stopping:
+            return self._not_run(requests)
+        return requests
+
+    def _not_run(self, requests):
+        """Requests that will not run, as the engine stops: each answered as aborted, or
+        none when it lost its controller (see _exit). Returns ()."""
+        if self._lost is None:
             for header, _ in requests:
                 self._send_reply(header, protocol.ABORTED, [], ename="TaskAborted",
                                  evalue="the engine shut down before running this task")
-            return ()
-        return requests
+        return ()
 
     def _run(self, header, parts):
         msg_id = header["msg_id"]
@@ -852,7 +900,12 @@ class Engine:
                     raise ValueError(f"unknown request kind {header['kind']!r}")
                 if header.get("clear_before"):  # classic Task(clear_before=True)
                     self._clear(header, parts)
-                result = handler(self, header, parts)
+                try:
+                    result = handler(self, header, parts)
+                except BaseException as e:
+                    self._leave_if_forked(f"request {msg_id}", e)
+                    raise
+                self._leave_if_forked(f"request {msg_id}")
             finally:
                 self._current = None   # first: nothing interrupts this request from here
                 with self._lock:   # but what the receiver made pending just before is
@@ -863,6 +916,8 @@ class Engine:
                     self._clear(header, parts)
         except _Interrupt as e:
             reason = e.reason
+            if reason == "lost":   # no reply (see _exit)
+                return
             if reason == "timeout":
                 status, result = protocol.TIMEOUT, errors.TaskTimeout(
                     f"the task ran longer than its time_limit of {limit} s and was "
@@ -896,6 +951,28 @@ class Engine:
         except errors.SerializationError as e:
             return self._reply_error(header, e, status=protocol.ERROR, **meta)
         self._send_reply(header, protocol.OK, result_parts, **meta)
+
+    def _leave_if_forked(self, forker, exc=None):
+        """In a process that `forker` (a request, the startup script) forked and that
+        came back into the engine's code, having returned or raised `exc`: exit at once,
+        as multiprocessing's forked children do. Its parent goes on as the engine; this
+        process must not, as its sockets are the parent's and libzmq's threads serving
+        them do not exist here (a send or poll would spin, and a reply go nowhere). No
+        lock of the engine's is taken (another thread may have held it at the fork;
+        logging's are made anew in a child) nor anything flushed (the parent's buffered
+        output would be written twice). The status is a
+        sys.exit()'s, else 1 after an exception, else 0."""
+        if os.getpid() == self._pid:
+            return
+        if isinstance(exc, SystemExit):
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        else:
+            code = 0 if exc is None else 1
+        log.warning("process %d, forked by %s of engine %s (pid %d), came back into the "
+                    "engine's code: it exits (status %d) rather than act as a second engine; "
+                    "end a forked child with os._exit", os.getpid(), forker, self.id,
+                    self._pid, code)
+        os._exit(code)
 
     def _withdraw_raised(self):
         # executes in the main thread, holding self._lock: see _send_interrupt

@@ -97,7 +97,9 @@ INTERRUPT = "interrupt"
 SHUTDOWN = "shutdown"            # to engines: header `abort` ends the running request too
 REGISTER = "register"
 READY = "ready"                  # an engine's request socket is connected: header `reg`
-UNREGISTER = "unregister"
+UNREGISTER = "unregister"        # header `reason`: to an engine, why it must register again
+                                 # (`fatal`: it may not); from one, why it stopped, if it was
+                                 # not told to (it gave up on a silent controller)
 CONNECT = "connect"
 QUEUE_STATUS = "queue_status"
 RESULT_REQUEST = "result_request"

@@ -288,10 +288,11 @@ class Scheduler:
         self._schedule(out)
         return out
 
-    def engine_removed(self, engine_id, now, timed_out=None):
+    def engine_removed(self, engine_id, now, timed_out=None, why=None):
         """An engine is gone: retry its tasks elsewhere, or fail / recover them.
         `timed_out` maps the ones that ran past their time_limit (the engine was ended for
-        it) to why: those fail with TaskTimeout, as a timed-out reply would."""
+        it) to why: those fail with TaskTimeout, as a timed-out reply would. `why`: why
+        the engine stopped, when it said (it gave up on a silent controller); else it died."""
         out = []
         engine = self._engines.pop(engine_id, None)
         if engine is None:
@@ -318,7 +319,7 @@ class Scheduler:
                     t["failed_on"] = (t["failed_on"] or frozenset()) | {engine_id}
                 self._ready(t, out)
             else:
-                self._exhausted(t, now, out, engine_id, died=True)
+                self._exhausted(t, now, out, engine_id, died=True, why=why)
         self._recheck(out, waiting=True)
         self._settle(out)
         self._schedule(out)
@@ -611,7 +612,7 @@ class Scheduler:
         self._set_state(t, READY)
         self._enqueue(t)
 
-    def _exhausted(self, t, now, out, engine_id, died=False):
+    def _exhausted(self, t, now, out, engine_id, died=False, why=None):
         """`t` failed with no retries left: wake its recovery task, or end it."""
         msg_id, rid = t["msg_id"], t["recovery"]
         r = self._tasks.get(rid) if rid is not None else None
@@ -624,7 +625,8 @@ class Scheduler:
             r["owner"] = msg_id
             self._admit(r, now, out)
         elif died:
-            self._fail(t, "EngineError", f"engine {engine_id} died while running task "
+            how = f"stopped because {why}," if why else "died"
+            self._fail(t, "EngineError", f"engine {engine_id} {how} while running task "
                        f"{msg_id}; resubmit it or use retries= to retry it elsewhere",
                        out, engine_id)
         else:

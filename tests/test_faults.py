@@ -653,3 +653,49 @@ def test_an_engine_process_that_ends_is_dead_at_the_next_beat(tmp_path):
         assert "its process (pid" in c.output("controller")
     finally:
         c.stop()
+
+
+def _fork(child_exit):
+    """Fork; the child comes back into the engine's code: it returns 0 (with `child_exit`
+    None) or calls sys.exit(child_exit). The parent returns the child's pid."""
+    pid = os.fork()
+    if pid == 0 and child_exit is not None:
+        sys.exit(child_exit)
+    return pid
+
+
+def _exit_status(pid):
+    """The exit status of this engine's child `pid`, once it has ended."""
+    def ended():
+        done, status = os.waitpid(pid, os.WNOHANG)
+        return done and [os.waitstatus_to_exitcode(status)]   # a list: status 0 is falsy
+
+    return wait_until(ended, START_TIMEOUT_S, f"the forked child {pid} to exit")[0]
+
+
+def _pool_map(xs):
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        return pool.map(abs, xs)
+
+
+def test_a_forked_child_that_comes_back_into_the_engine_exits(local_cluster):
+    """A task's forked child that returns (or calls sys.exit) into the engine's code
+    exits at once with that status, sending nothing: the client gets the parent's
+    result and the engine stays one. Before, the child carried on as a second engine on
+    the parent's sockets (spinning), until the cluster's stop killed it 10 s late.
+    multiprocessing's fork start method, whose children never come back, still works."""
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    view = rc.load_balanced_view()
+    for child_exit, status in [(None, 0), (3, 3)]:
+        child = view.apply_sync(_fork, child_exit)
+        assert child > 0   # the parent's result, never the child's 0
+        assert view.apply_sync(_exit_status, child) == status
+    assert view.apply_sync(_pool_map, [-1, -2, -3]) == [1, 2, 3]
+    log = local_cluster.output("engine0")
+    assert log.count("came back into the engine's code") == 2 and "Traceback" not in log
+    assert "SIGTERM" not in log   # the Pool's workers met Python's handler, not the engine's
+    assert len(rc.ids) == 1

@@ -173,13 +173,38 @@ def test_clients_and_engines_give_up_on_a_controller_that_stays_away(local_clust
     # it said it was waiting (after 5 beats) before it gave up (after 10)
     out = c.output("engine0")
     assert re.search(r"silent for [\d.]+ s \(stopped, or restarting\?\): waiting up to", out)
-    assert out.index("waiting up to") < out.index("silent for 10 heartbeats: exiting")
+    assert out.index("waiting up to") < out.index("(10 heartbeats of 0.2 s): exiting")
     # every later call says so at once, rather than waiting for a controller that is gone
     view = rc.load_balanced_view()
     for call in (lambda: view.map_async(square, range(8)), lambda: view.apply_async(square, 2),
                  rc.queue_status, lambda: rc.abort("all"), lambda: rc.ids):
         with pytest.raises(errors.MiniparError, match="is gone.*--reuse.*new Client"):
             call()
+
+
+def test_engines_that_give_up_on_a_frozen_controller_say_why(local_cluster, monkeypatch):
+    """Engines leave a controller silent past their --max-missed-heartbeats (SIGSTOP
+    here). They did not crash: their unregister, which waits in ZeroMQ's buffers for the
+    controller, says why, and when it resumes their tasks (running, and queued behind)
+    fail with that reason rather than as an engine's death or an abort."""
+    monkeypatch.setattr(minipar.client, "CONTROLLER_SILENCE_S", START_TIMEOUT_S)  # waits it out
+    c = local_cluster
+    (engine,) = c.start_engines(1, args=["--max-missed-heartbeats", "10"])   # 2 s
+    rc = c.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    running = rc.load_balanced_view().apply_async(slow, 60, "never")
+    queued = rc[rc.ids[0]].apply_async(slow, 60, "never")
+    wait_until(running.running, START_TIMEOUT_S, "the task running")
+    c.controller.send_signal(signal.SIGSTOP)
+    try:
+        assert engine.wait(START_TIMEOUT_S) == 1
+    finally:
+        c.controller.send_signal(signal.SIGCONT)
+    for ar in (running, queued):
+        with pytest.raises(errors.EngineError, match=r"engine \d+ stopped because the "
+                           r"controller was silent for [\d.]+ s \(10 heartbeats of 0.2 s\)"):
+            ar.get(START_TIMEOUT_S)
+    assert "unregistered: it stopped because" in c.output("controller")
 
 
 def test_a_new_client_finds_results_of_a_previous_controller(sqlite_cluster):
