@@ -257,10 +257,13 @@ class _Streamer:
             if not self._pending:
                 return None
             pending, parent, self._pending = self._pending, self.parent, []
-        texts = {}
+        # joined once: adding each write to a string copies the text so far each time, which
+        # for a task printing 100,000 lines held this thread (and with it streaming, aborts,
+        # time limits and shutdown) for minutes
+        pieces = {}
         for name, text in pending:
-            texts[name] = texts.get(name, "") + text
-        return parent, texts
+            pieces.setdefault(name, []).append(text)
+        return parent, {name: "".join(texts) for name, texts in pieces.items()}
 
 
 class Engine:
