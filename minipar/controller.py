@@ -77,6 +77,14 @@ class Controller:
                  heartbeat_liveness=HEARTBEAT_LIVENESS, scheme="leastload", hwm=None,
                  db="dict", max_message_size=protocol.MAX_MESSAGE_SIZE, curve=False,
                  record_limit=RECORD_LIMIT, record_bytes=RECORD_BYTES, owner=None):
+        # a period of 0 spins the hub loop, and a liveness of 0 declares every engine dead
+        # at each beat: both ran without a word, with engines registering over and over
+        if not heartbeat_period > 0:
+            raise ValueError(f"heartbeat period must be above 0 s (0.1..5 is reasonable), "
+                             f"not {heartbeat_period}")
+        if not heartbeat_liveness >= 1:
+            raise ValueError(f"heartbeat liveness must be 1 or more missed beats (3..10 is "
+                             f"reasonable), not {heartbeat_liveness}")
         self.ip = ip
         self.location = location or (socket.gethostname() if ip in ("*", "0.0.0.0") else ip)
         self.profile_dir = protocol.profile_dir(profile, profile_dir)
@@ -1299,13 +1307,16 @@ def main(argv=None):
     except NoPortsLeftError as e:
         log.error("NoPortsLeftError: %s", e)
         return 1
-    c = Controller(ip=args.ip, port=args.port, ports=ports, location=args.location,
-                   profile=args.profile, profile_dir=args.profile_dir, reuse=args.reuse,
-                   heartbeat_period=args.heartbeat_period,
-                   heartbeat_liveness=args.heartbeat_liveness, scheme=args.scheme,
-                   hwm=args.hwm, db=args.db, max_message_size=args.max_message_size,
-                   curve=args.curve, record_limit=args.record_limit,
-                   record_bytes=args.record_bytes, owner=args.owner)
+    try:
+        c = Controller(ip=args.ip, port=args.port, ports=ports, location=args.location,
+                       profile=args.profile, profile_dir=args.profile_dir, reuse=args.reuse,
+                       heartbeat_period=args.heartbeat_period,
+                       heartbeat_liveness=args.heartbeat_liveness, scheme=args.scheme,
+                       hwm=args.hwm, db=args.db, max_message_size=args.max_message_size,
+                       curve=args.curve, record_limit=args.record_limit,
+                       record_bytes=args.record_bytes, owner=args.owner)
+    except ValueError as e:
+        p.error(str(e))
 
     def stop(signum, frame):
         log.info("signal %d: stopping", signum)
