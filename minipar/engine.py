@@ -951,7 +951,8 @@ class Engine:
             return self._reply_error(header, result, status=status, **meta)
         try:
             result_parts = protocol.serialize(result)
-        except errors.SerializationError as e:
+        except errors.SerializationError as e:   # the task ran: its result is what failed
+            e = errors.SerializationError(f"the result could not be sent back: {e}")
             return self._reply_error(header, e, status=protocol.ERROR, **meta)
         self._send_reply(header, protocol.OK, result_parts, **meta)
 

@@ -671,7 +671,8 @@ def serialize(obj, by_value=False):
     except Exception as e:
         raise SerializationError(
             f"could not serialize {_describe(obj)}: {type(e).__name__}: {e}; only picklable "
-            "objects (or functions cloudpickle can send) can go to engines") from e
+            "objects (or functions cloudpickle can send) travel between client and engines"
+        ) from e
     return [data, *buffers]
 
 

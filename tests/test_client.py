@@ -62,6 +62,16 @@ def test_unpicklable_result_is_a_clear_remote_error(rc):
         rc[0].apply_sync(make_lock)
 
 
+def test_a_result_that_cannot_be_pickled_says_it_could_not_come_back(rc):
+    def numbers():
+        return (i for i in range(3))   # a generator: the task ran, its result cannot travel
+
+    with pytest.raises(minipar.SerializationError,
+                       match=r"the result could not be sent back: could not serialize "
+                             r"<generator .* between client and engines"):
+        rc.load_balanced_view().apply_sync(numbers)
+
+
 def test_a_result_that_cannot_be_unpickled_here_names_its_engine(rc):
     def unreadable():   # as an object of a class that only the engine can import
         class Unreadable:
