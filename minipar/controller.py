@@ -67,6 +67,10 @@ CURVE_FILE = "minipar-curve.json"   # the controller's own Curve key pair, 0600,
 # answer or go), and how many of its requests were pending (its reply says so).
 _Aborting = collections.namedtuple("_Aborting", "idents header engines pending")
 
+# The status of a failure the controller makes, as an engine would report it: a task
+# aborted or timed out before an engine had it reads as one aborted or timed out there.
+_STATUS_OF = {"TaskAborted": protocol.ABORTED, "TaskTimeout": protocol.TIMEOUT}
+
 _DIRECT = {protocol.APPLY, protocol.EXECUTE, protocol.PUSH, protocol.PULL, protocol.KEYS,
            protocol.CLEAR, protocol.PROPERTIES, protocol.STATS}
 
@@ -791,14 +795,15 @@ class Controller:
         if ename == "EngineError" and rec["engine"] in self._epitaphs:
             evalue += self._epitaphs[rec["engine"]]
         err = errors.error(ename, evalue, {"msg_id": rec["msg_id"], "engine_id": rec["engine"]})
+        status = _STATUS_OF.get(ename, ERROR)
         rec["result_header"] = {"msg_id": protocol.new_id(),
                                 "kind": protocol.REPLY.get(rec["kind"], protocol.UNKNOWN_REPLY),
-                                "status": ERROR, "ename": ename, "evalue": evalue,
+                                "status": status, "ename": ename, "evalue": evalue,
                                 "engine": rec["engine"], "counts": [1]}
         rec["result_parts"] = protocol.serialize(err)
         rec["result_header"]["body"] = protocol.body_digest(rec["result_parts"])
         rec.pop("reply_wire", None)
-        self._finish(rec, ERROR)
+        self._finish(rec, status)
 
     def _act(self, decisions, known=None):
         """Carry out the scheduler's decisions (named tuples: see scheduler's docstring).
