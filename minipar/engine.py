@@ -1330,6 +1330,11 @@ def main(argv=None):
                         "that went silent to come back (then register again) before exiting")
     p.add_argument("--log-level", default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"))
     args = p.parse_args(argv)
+    # either at 0 made the engine give up at once, blaming the controller
+    if not args.timeout > 0:
+        p.error(f"--timeout must be above 0 s, not {args.timeout:g}")
+    if args.max_missed_heartbeats < 1:
+        p.error(f"--max-missed-heartbeats must be 1 or more, not {args.max_missed_heartbeats}")
     faulthandler.enable()  # a crash leaves its traceback in the log (quoted in EngineError)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     level = "DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level.upper()

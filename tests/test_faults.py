@@ -567,6 +567,18 @@ def test_an_engine_waiting_for_its_connection_file_stops_as_an_idle_one(tmp_path
     assert f"{stopped_by} before connecting to the controller: exiting" in after[-1]
 
 
+@pytest.mark.parametrize("bad", [["--timeout", "0"], ["--timeout", "-1"],
+                                 ["--max-missed-heartbeats", "0"]])
+def test_an_engine_refuses_a_wait_that_cannot_work(tmp_path, bad):
+    """Either at 0 made the engine give up at once, saying the controller did not answer
+    registration "within 0 s" or "was silent for 0.0 s": a usage error it is."""
+    done = subprocess.run([sys.executable, "-m", "minipar.engine", "--profile-dir",
+                           str(tmp_path), *bad], env=_env(), cwd=ROOT, capture_output=True,
+                          text=True, timeout=START_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2, done.stderr
+    assert f"error: {bad[0]} must be" in done.stderr
+
+
 @pytest.fixture
 def launched(tmp_path):
     """A Cluster of 2 engines, one engine set minipar launched: (cluster, rc, engine set)."""
