@@ -796,9 +796,12 @@ def read_connection_file(path, ports=CLIENT_PORTS):
             mode = os.fstat(f.fileno()).st_mode & 0o777   # of the file read, not a later one
             info = json.load(f)
     except FileNotFoundError:
+        # a Cluster of a script keeps its files in a folder of its own, not in a profile's
         raise ConnectionFileError(
             f"no connection file at {path}: start a controller with `python -m "
-            f"{__package__}.controller` (same profile), or pass the file's path") from None
+            f"{__package__}.controller` (same profile), or pass the file's path or profile "
+            f"folder (`python -m {__package__}.launcher list` names those of the running "
+            "clusters)") from None
     except OSError as e:
         raise ConnectionFileError(f"cannot read connection file {path}: {e}") from None
     except ValueError as e:   # cut short (a full disk, a copy interrupted), or not JSON

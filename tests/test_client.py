@@ -108,7 +108,8 @@ def test_a_remote_error_names_its_type_once(rc):
 def test_missing_connection_file_names_it_and_how_to_start(tmp_path):
     path = tmp_path / "security" / "minipar-client.json"
     with pytest.raises(FileNotFoundError, match=r"no connection file at .*minipar-client.json"
-                                                r".*python -m minipar.controller"):
+                                                r".*python -m minipar.controller.*"
+                                                r"`python -m minipar.launcher list`"):
         minipar.Client(str(path))
     with pytest.raises(minipar.MiniparError, match="no connection file"):
         minipar.Client(profile_dir=str(tmp_path))
