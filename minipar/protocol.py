@@ -814,6 +814,13 @@ def read_connection_file(path, ports=CLIENT_PORTS):
             raise ConnectionFileError(
                 f"connection file {path} is stale: controller pid {info['pid']} is not "
                 f"running; start a controller with `python -m {__package__}.controller`")
+    if type(info) is dict and "cluster" in info and "key" not in info:
+        # a Cluster's own file, which lies beside the connection files: an easy mix-up
+        wanted = ENGINE_FILE if ports == ENGINE_PORTS else CLIENT_FILE
+        raise ConnectionFileError(
+            f"{path} is a Cluster's file (for Cluster.from_file and python -m "
+            f"{__package__}.launcher), not a connection file: use "
+            f"{os.path.join(os.path.dirname(path), wanted)}")
     problem = _connection_problem(info, ports)
     if problem:
         raise ConnectionFileError(_not_written_by_a_controller(path, problem))
