@@ -34,6 +34,7 @@ a script killed by SIGTERM or SIGKILL runs no atexit, and would leave it all run
 import argparse
 import collections
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -163,15 +164,20 @@ class Controller:
                 sock.rcvhwm = sock.sndhwm = 0  # the hub never drops: tasks are bounded by the DB
             port = self.ports.get(name)
             addr = f"tcp://{self.ip}"
-            if port:
-                try:
+            try:
+                if port:
                     sock.bind(f"{addr}:{port}")
-                except zmq.ZMQError as e:
+                else:
+                    port = sock.bind_to_random_port(addr)
+            except zmq.ZMQError as e:
+                if port and e.errno != errno.EADDRNOTAVAIL:
                     raise PortInUseError(f"cannot listen on {self.ip}:{port} for the {name} "
                                          f"socket: {e}; choose another --port or stop the "
                                          "process using it") from None
-            else:
-                port = sock.bind_to_random_port(addr)
+                raise errors.MiniparError(
+                    f"cannot listen on {self.ip} for the {name} socket: {e}; give --ip an "
+                    "address of this machine, or '*' for all of them (--location sets the "
+                    "one engines and clients use)") from None
             self.ports[name] = port
             s[name] = sock
         self.poller = zmq.Poller()
@@ -1331,8 +1337,8 @@ def main(argv=None):
     signal.signal(signal.SIGINT, stop)
     try:
         c.run()
-    except PortInUseError as e:
-        log.error("PortInUseError: %s", e)
+    except errors.MiniparError as e:   # PortInUseError: a Cluster reads the class's name
+        log.error("%s: %s", type(e).__name__, e)
         return 1
     return 0
 

@@ -817,6 +817,16 @@ def test_controller_ports_range_list_in_use_and_none_left(pids, tmp_path):
         pids.add(c3.controller.pid)
 
 
+def test_controller_on_an_address_not_of_this_machine_says_so(tmp_path):
+    # 192.0.2.1 is TEST-NET-1 (RFC 5737): never an address of the machine under test
+    for port in ([], ["--port", str(_free_ports(1)[0])]):
+        out = _second_controller(str(tmp_path / "p"), "--ip", "192.0.2.1", *port)
+        assert out.returncode == 1, out.stderr
+        assert "Traceback" not in out.stderr and "choose another --port" not in out.stderr
+        assert "cannot listen on 192.0.2.1" in out.stderr
+        assert "give --ip an address of this machine" in out.stderr
+
+
 # ---------------------------------------------------------------- many engines
 
 
