@@ -195,6 +195,20 @@ def test_engines_that_exit_raise_with_their_output(pids):
     assert not alive(cluster.controller.pid)
 
 
+@pytest.mark.parametrize("kind, options", [
+    ("mpi", {"mpi_cmd": ["minipar-no-such-mpiexec"]}),
+    ("slurm", {"submit_command": ["minipar-no-such-sbatch"]})])
+def test_engines_whose_program_is_not_installed_say_so(pids, kind, options):
+    # was a bare FileNotFoundError: [Errno 2] No such file or directory: 'mpiexec'
+    program = next(iter(options.values()))[0]
+    cluster = Cluster(n=1, engines=kind, engine_options=options, controller_args=CTL_ARGS)
+    with pytest.raises(launcher.LauncherError,
+                       match=rf"cannot run '{program}': it is not on this machine's PATH"):
+        cluster.start_and_connect_sync()
+    pids.add(cluster.controller.pid)
+    assert not alive(cluster.controller.pid)
+
+
 def test_unknown_launcher_options_are_named_at_once(pids, tmp_path):
     with pytest.raises(ValueError, match=r"^engine_options: LocalEngineSetLauncher takes no "
                                          r"option 'mpi_args'; its options are env, "
