@@ -1335,6 +1335,10 @@ def main(argv=None):
         p.error(f"--timeout must be above 0 s, not {args.timeout:g}")
     if args.max_missed_heartbeats < 1:
         p.error(f"--max-missed-heartbeats must be 1 or more, not {args.max_missed_heartbeats}")
+    if args.startup_script:   # found from here: the engine runs it from --work-dir
+        args.startup_script = os.path.abspath(args.startup_script)
+        if not os.path.isfile(args.startup_script):
+            p.error(f"--startup-script {args.startup_script}: no such file")
     faulthandler.enable()  # a crash leaves its traceback in the log (quoted in EngineError)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     level = "DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level.upper()
