@@ -1548,6 +1548,9 @@ def main(argv=None):
     except (LauncherError, TimeoutError, ValueError) as e:   # ValueError: bad options
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:   # before `start` is ready: what it started stops at exit
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -186,6 +186,38 @@ def test_controller_start_timeout_raises_with_output_and_stops_it(pids):
     assert not alive(cluster.controller.pid)
 
 
+class StuckController(launcher.LocalControllerLauncher):
+    """A 'controller' that says its pid and then never writes a connection file."""
+
+    def find_args(self):
+        return [sys.executable, "-c", "import os, time; print('stuck controller pid', "
+                                      "os.getpid(), flush=True); time.sleep(600)"]
+
+
+def test_ctrl_c_before_start_is_ready_stops_what_it_started_without_a_traceback(
+        pids, minipar_dir):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    start = subprocess.Popen([sys.executable, "-m", "minipar.launcher", "start", "-n", "1",
+                              "--controller", "tests.test_launcher.StuckController"],
+                             env=env, cwd=ROOT, stdin=subprocess.DEVNULL, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pids.add(start.pid)
+    logs = minipar_dir / "profile_default" / "log"
+
+    def controller_pid():
+        for log in logs.glob("controller-*.log"):
+            m = re.search(r"stuck controller pid (\d+)", log.read_text())
+            if m:
+                return int(m.group(1))
+
+    pid = wait_until(controller_pid, 60, "the stuck controller to start")
+    pids.add(pid)
+    start.send_signal(signal.SIGINT)   # Ctrl-C, while start waits for it to be ready
+    out, err = start.communicate(timeout=60)
+    assert start.returncode == 130 and err == "interrupted\n", err
+    wait_until(lambda: not alive(pid), 30, "the stuck controller to be stopped")
+
+
 def test_engines_that_exit_raise_with_their_output(pids):
     cluster = Cluster(n=2, engine_args=["--no-such-flag"], controller_args=CTL_ARGS)
     with pytest.raises(launcher.EngineStartError) as e:
