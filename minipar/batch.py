@@ -40,7 +40,7 @@ import threading
 import time
 
 from .launcher import (BEFORE, RUNNING, BaseLauncher, ControllerLauncher, EngineLauncher,
-                       LauncherError, NotRunning, _read_text)
+                       LauncherError, NotRunning, _read_text, _not_installed)
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,11 @@ class BatchSystemLauncher(BaseLauncher):
     # -- commands
 
     def _run(self, cmd, stdin=None):
-        r = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60,
-                           cwd=self.log_dir, env=self._child_env())
+        try:
+            r = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60,
+                               cwd=self.log_dir, env=self._child_env())
+        except FileNotFoundError:
+            raise LauncherError(_not_installed(self, cmd[0])) from None
         log.debug("%s -> %s %r %r", shlex.join(cmd), r.returncode, r.stdout, r.stderr)
         return r
 

@@ -327,7 +327,7 @@ class Client(errors.SaysWhyAbsent):
         def done(f):
             if f.exception() is None:
                 on_reply(dealer, f.result())
-            else:
+            elif self._closed is None:   # close() failing it is no failure to report
                 log.warning("%s from the I/O thread failed: %s", kind, f.exception())
 
         f.add_done_callback(done)

@@ -34,6 +34,7 @@ a script killed by SIGTERM or SIGKILL runs no atexit, and would leave it all run
 import argparse
 import collections
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -67,6 +68,10 @@ CURVE_FILE = "minipar-curve.json"   # the controller's own Curve key pair, 0600,
 # answer or go), and how many of its requests were pending (its reply says so).
 _Aborting = collections.namedtuple("_Aborting", "idents header engines pending")
 
+# The status of a failure the controller makes, as an engine would report it: a task
+# aborted or timed out before an engine had it reads as one aborted or timed out there.
+_STATUS_OF = {"TaskAborted": protocol.ABORTED, "TaskTimeout": protocol.TIMEOUT}
+
 _DIRECT = {protocol.APPLY, protocol.EXECUTE, protocol.PUSH, protocol.PULL, protocol.KEYS,
            protocol.CLEAR, protocol.PROPERTIES, protocol.STATS}
 
@@ -77,6 +82,14 @@ class Controller:
                  heartbeat_liveness=HEARTBEAT_LIVENESS, scheme="leastload", hwm=None,
                  db="dict", max_message_size=protocol.MAX_MESSAGE_SIZE, curve=False,
                  record_limit=RECORD_LIMIT, record_bytes=RECORD_BYTES, owner=None):
+        # a period of 0 spins the hub loop, and a liveness of 0 declares every engine dead
+        # at each beat: both ran without a word, with engines registering over and over
+        if not heartbeat_period > 0:
+            raise ValueError(f"heartbeat period must be above 0 s (0.1..5 is reasonable), "
+                             f"not {heartbeat_period}")
+        if not heartbeat_liveness >= 1:
+            raise ValueError(f"heartbeat liveness must be 1 or more missed beats (3..10 is "
+                             f"reasonable), not {heartbeat_liveness}")
         self.ip = ip
         self.location = location or (socket.gethostname() if ip in ("*", "0.0.0.0") else ip)
         self.profile_dir = protocol.profile_dir(profile, profile_dir)
@@ -151,15 +164,20 @@ class Controller:
                 sock.rcvhwm = sock.sndhwm = 0  # the hub never drops: tasks are bounded by the DB
             port = self.ports.get(name)
             addr = f"tcp://{self.ip}"
-            if port:
-                try:
+            try:
+                if port:
                     sock.bind(f"{addr}:{port}")
-                except zmq.ZMQError as e:
+                else:
+                    port = sock.bind_to_random_port(addr)
+            except zmq.ZMQError as e:
+                if port and e.errno != errno.EADDRNOTAVAIL:
                     raise PortInUseError(f"cannot listen on {self.ip}:{port} for the {name} "
                                          f"socket: {e}; choose another --port or stop the "
                                          "process using it") from None
-            else:
-                port = sock.bind_to_random_port(addr)
+                raise errors.MiniparError(
+                    f"cannot listen on {self.ip} for the {name} socket: {e}; give --ip an "
+                    "address of this machine, or '*' for all of them (--location sets the "
+                    "one engines and clients use)") from None
             self.ports[name] = port
             s[name] = sock
         self.poller = zmq.Poller()
@@ -783,14 +801,15 @@ class Controller:
         if ename == "EngineError" and rec["engine"] in self._epitaphs:
             evalue += self._epitaphs[rec["engine"]]
         err = errors.error(ename, evalue, {"msg_id": rec["msg_id"], "engine_id": rec["engine"]})
+        status = _STATUS_OF.get(ename, ERROR)
         rec["result_header"] = {"msg_id": protocol.new_id(),
                                 "kind": protocol.REPLY.get(rec["kind"], protocol.UNKNOWN_REPLY),
-                                "status": ERROR, "ename": ename, "evalue": evalue,
+                                "status": status, "ename": ename, "evalue": evalue,
                                 "engine": rec["engine"], "counts": [1]}
         rec["result_parts"] = protocol.serialize(err)
         rec["result_header"]["body"] = protocol.body_digest(rec["result_parts"])
         rec.pop("reply_wire", None)
-        self._finish(rec, ERROR)
+        self._finish(rec, status)
 
     def _act(self, decisions, known=None):
         """Carry out the scheduler's decisions (named tuples: see scheduler's docstring).
@@ -1299,13 +1318,16 @@ def main(argv=None):
     except NoPortsLeftError as e:
         log.error("NoPortsLeftError: %s", e)
         return 1
-    c = Controller(ip=args.ip, port=args.port, ports=ports, location=args.location,
-                   profile=args.profile, profile_dir=args.profile_dir, reuse=args.reuse,
-                   heartbeat_period=args.heartbeat_period,
-                   heartbeat_liveness=args.heartbeat_liveness, scheme=args.scheme,
-                   hwm=args.hwm, db=args.db, max_message_size=args.max_message_size,
-                   curve=args.curve, record_limit=args.record_limit,
-                   record_bytes=args.record_bytes, owner=args.owner)
+    try:
+        c = Controller(ip=args.ip, port=args.port, ports=ports, location=args.location,
+                       profile=args.profile, profile_dir=args.profile_dir, reuse=args.reuse,
+                       heartbeat_period=args.heartbeat_period,
+                       heartbeat_liveness=args.heartbeat_liveness, scheme=args.scheme,
+                       hwm=args.hwm, db=args.db, max_message_size=args.max_message_size,
+                       curve=args.curve, record_limit=args.record_limit,
+                       record_bytes=args.record_bytes, owner=args.owner)
+    except ValueError as e:
+        p.error(str(e))
 
     def stop(signum, frame):
         log.info("signal %d: stopping", signum)
@@ -1315,8 +1337,8 @@ def main(argv=None):
     signal.signal(signal.SIGINT, stop)
     try:
         c.run()
-    except PortInUseError as e:
-        log.error("PortInUseError: %s", e)
+    except errors.MiniparError as e:   # PortInUseError: a Cluster reads the class's name
+        log.error("%s: %s", type(e).__name__, e)
         return 1
     return 0
 

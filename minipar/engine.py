@@ -257,10 +257,13 @@ class _Streamer:
             if not self._pending:
                 return None
             pending, parent, self._pending = self._pending, self.parent, []
-        texts = {}
+        # joined once: adding each write to a string copies the text so far each time, which
+        # for a task printing 100,000 lines held this thread (and with it streaming, aborts,
+        # time limits and shutdown) for minutes
+        pieces = {}
         for name, text in pending:
-            texts[name] = texts.get(name, "") + text
-        return parent, texts
+            pieces.setdefault(name, []).append(text)
+        return parent, {name: "".join(texts) for name, texts in pieces.items()}
 
 
 class Engine:
@@ -948,7 +951,8 @@ class Engine:
             return self._reply_error(header, result, status=status, **meta)
         try:
             result_parts = protocol.serialize(result)
-        except errors.SerializationError as e:
+        except errors.SerializationError as e:   # the task ran: its result is what failed
+            e = errors.SerializationError(f"the result could not be sent back: {e}")
             return self._reply_error(header, e, status=protocol.ERROR, **meta)
         self._send_reply(header, protocol.OK, result_parts, **meta)
 
@@ -1326,6 +1330,15 @@ def main(argv=None):
                         "that went silent to come back (then register again) before exiting")
     p.add_argument("--log-level", default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"))
     args = p.parse_args(argv)
+    # either at 0 made the engine give up at once, blaming the controller
+    if not args.timeout > 0:
+        p.error(f"--timeout must be above 0 s, not {args.timeout:g}")
+    if args.max_missed_heartbeats < 1:
+        p.error(f"--max-missed-heartbeats must be 1 or more, not {args.max_missed_heartbeats}")
+    if args.startup_script:   # found from here: the engine runs it from --work-dir
+        args.startup_script = os.path.abspath(args.startup_script)
+        if not os.path.isfile(args.startup_script):
+            p.error(f"--startup-script {args.startup_script}: no such file")
     faulthandler.enable()  # a crash leaves its traceback in the log (quoted in EngineError)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     level = "DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level.upper()

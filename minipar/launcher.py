@@ -94,6 +94,13 @@ class LauncherError(MiniparError):
     """A launcher could not start, signal or stop what it manages."""
 
 
+def _not_installed(launcher, program):
+    """Why `launcher` cannot run `program`: not found (mpiexec, sbatch... not installed)."""
+    return (f"{type(launcher).__name__} cannot run {program!r}: it is not on this machine's "
+            "PATH; install it, give its full path in the launcher's options, or use another "
+            "launcher kind")
+
+
 class NotRunning(LauncherError):
     """The resource a saved launcher described is gone (raised by ``from_dict``)."""
 
@@ -440,9 +447,12 @@ class LocalProcessLauncher(BaseLauncher):
         self.output_file = self._output_path(self.role)
         with open(self.output_file, "ab") as out:
             # own session: the user's Ctrl-C goes to the user's process, which stops us in order
-            self.process = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=out,
-                                            stderr=subprocess.STDOUT, env=self._child_env(),
-                                            start_new_session=True)
+            try:
+                self.process = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=out,
+                                                stderr=subprocess.STDOUT, env=self._child_env(),
+                                                start_new_session=True)
+            except FileNotFoundError:
+                raise LauncherError(_not_installed(self, self.args[0])) from None
         self.pid = self.process.pid
         self.pid_start = protocol.proc_stat(self.pid, 19)
         log.debug("started %s (pid %s): %s", self.role, self.pid, shlex.join(self.args))
@@ -1538,6 +1548,9 @@ def main(argv=None):
     except (LauncherError, TimeoutError, ValueError) as e:   # ValueError: bad options
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:   # before `start` is ready: what it started stops at exit
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -671,7 +671,8 @@ def serialize(obj, by_value=False):
     except Exception as e:
         raise SerializationError(
             f"could not serialize {_describe(obj)}: {type(e).__name__}: {e}; only picklable "
-            "objects (or functions cloudpickle can send) can go to engines") from e
+            "objects (or functions cloudpickle can send) travel between client and engines"
+        ) from e
     return [data, *buffers]
 
 
@@ -795,9 +796,12 @@ def read_connection_file(path, ports=CLIENT_PORTS):
             mode = os.fstat(f.fileno()).st_mode & 0o777   # of the file read, not a later one
             info = json.load(f)
     except FileNotFoundError:
+        # a Cluster of a script keeps its files in a folder of its own, not in a profile's
         raise ConnectionFileError(
             f"no connection file at {path}: start a controller with `python -m "
-            f"{__package__}.controller` (same profile), or pass the file's path") from None
+            f"{__package__}.controller` (same profile), or pass the file's path or profile "
+            f"folder (`python -m {__package__}.launcher list` names those of the running "
+            "clusters)") from None
     except OSError as e:
         raise ConnectionFileError(f"cannot read connection file {path}: {e}") from None
     except ValueError as e:   # cut short (a full disk, a copy interrupted), or not JSON
@@ -810,6 +814,13 @@ def read_connection_file(path, ports=CLIENT_PORTS):
             raise ConnectionFileError(
                 f"connection file {path} is stale: controller pid {info['pid']} is not "
                 f"running; start a controller with `python -m {__package__}.controller`")
+    if type(info) is dict and "cluster" in info and "key" not in info:
+        # a Cluster's own file, which lies beside the connection files: an easy mix-up
+        wanted = ENGINE_FILE if ports == ENGINE_PORTS else CLIENT_FILE
+        raise ConnectionFileError(
+            f"{path} is a Cluster's file (for Cluster.from_file and python -m "
+            f"{__package__}.launcher), not a connection file: use "
+            f"{os.path.join(os.path.dirname(path), wanted)}")
     problem = _connection_problem(info, ports)
     if problem:
         raise ConnectionFileError(_not_written_by_a_controller(path, problem))

@@ -62,6 +62,16 @@ def test_unpicklable_result_is_a_clear_remote_error(rc):
         rc[0].apply_sync(make_lock)
 
 
+def test_a_result_that_cannot_be_pickled_says_it_could_not_come_back(rc):
+    def numbers():
+        return (i for i in range(3))   # a generator: the task ran, its result cannot travel
+
+    with pytest.raises(minipar.SerializationError,
+                       match=r"the result could not be sent back: could not serialize "
+                             r"<generator .* between client and engines"):
+        rc.load_balanced_view().apply_sync(numbers)
+
+
 def test_a_result_that_cannot_be_unpickled_here_names_its_engine(rc):
     def unreadable():   # as an object of a class that only the engine can import
         class Unreadable:
@@ -98,7 +108,8 @@ def test_a_remote_error_names_its_type_once(rc):
 def test_missing_connection_file_names_it_and_how_to_start(tmp_path):
     path = tmp_path / "security" / "minipar-client.json"
     with pytest.raises(FileNotFoundError, match=r"no connection file at .*minipar-client.json"
-                                                r".*python -m minipar.controller"):
+                                                r".*python -m minipar.controller.*"
+                                                r"`python -m minipar.launcher list`"):
         minipar.Client(str(path))
     with pytest.raises(minipar.MiniparError, match="no connection file"):
         minipar.Client(profile_dir=str(tmp_path))
@@ -153,6 +164,16 @@ def test_a_connect_that_never_succeeds_logs_no_lost_controller(tmp_path, caplog)
     finally:
         listener.close()
     assert accepted   # it did connect, and was closed on
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+def test_a_client_closed_at_once_logs_no_failure(rc, caplog):
+    """A new Client asks for the engine list again once its notification socket connects
+    (notifications may have been missed); closed before that answer came, it logged
+    "connect from the I/O thread failed: this Client was closed before the reply came; it
+    may still run", as `python -m minipar.launcher stop` often printed."""
+    for _ in range(100):
+        minipar.Client(rc.url_file).close()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 

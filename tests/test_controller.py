@@ -190,3 +190,11 @@ def test_an_engine_that_misses_heartbeats_is_declared_dead_and_its_request_fails
     assert kinds == [protocol.ENGINE_REGISTERED] * 2 + [protocol.ENGINE_DIED]
     _, notice, _ = silent.recv()
     assert notice["kind"] == protocol.UNREGISTER and "missed heartbeats" in notice["reason"]
+
+
+@pytest.mark.parametrize("beat", [{"heartbeat_period": 0}, {"heartbeat_period": -1},
+                                  {"heartbeat_liveness": 0}])
+def test_a_heartbeat_that_cannot_work_is_refused(tmp_path, beat):
+    # a period of 0 spun the hub loop; a liveness of 0 declared each engine dead at each beat
+    with pytest.raises(ValueError, match="heartbeat (period|liveness) must be"):
+        Controller(profile_dir=str(tmp_path), **beat)

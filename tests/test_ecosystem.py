@@ -270,6 +270,26 @@ def test_output_streams_while_the_task_runs_and_is_not_duplicated(rc, tmp_path):
     assert ar.stderr == "to stderr\n"
 
 
+MANY_LINES = 100_000   # 200,000 writes: a string added to at each cost the engine minutes
+
+
+def prolix(flag):
+    for _ in range(MANY_LINES):
+        print("y" * 99)
+    wait_until(lambda: os.path.exists(flag), 60, "the test's go flag")   # on the engine
+    return "done"
+
+
+def test_many_small_writes_stream_promptly(rc, tmp_path):
+    flag = tmp_path / "go"
+    ar = rc.load_balanced_view().apply_async(prolix, str(flag))
+    # 100 characters a line: all of it streamed while the task waits for the flag
+    wait_until(lambda: len(ar.stdout) == 100 * MANY_LINES, WAIT_S,
+               "the output of 100,000 prints streamed while the task runs")
+    flag.write_text("")
+    assert ar.get(WAIT_S) == "done"
+
+
 def talk(n):
     for i in range(n):
         print(f"line {i}")

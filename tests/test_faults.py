@@ -567,6 +567,36 @@ def test_an_engine_waiting_for_its_connection_file_stops_as_an_idle_one(tmp_path
     assert f"{stopped_by} before connecting to the controller: exiting" in after[-1]
 
 
+@pytest.mark.parametrize("bad", [["--timeout", "0"], ["--timeout", "-1"],
+                                 ["--max-missed-heartbeats", "0"]])
+def test_an_engine_refuses_a_wait_that_cannot_work(tmp_path, bad):
+    """Either at 0 made the engine give up at once, saying the controller did not answer
+    registration "within 0 s" or "was silent for 0.0 s": a usage error it is."""
+    done = subprocess.run([sys.executable, "-m", "minipar.engine", "--profile-dir",
+                           str(tmp_path), *bad], env=_env(), cwd=ROOT, capture_output=True,
+                          text=True, timeout=START_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2, done.stderr
+    assert f"error: {bad[0]} must be" in done.stderr
+
+
+def test_a_relative_startup_script_is_found_from_where_the_engine_started(local_cluster,
+                                                                          tmp_path):
+    """`-s setup.py --work-dir W` ran W/setup.py (the engine moves to W first), a
+    FileNotFoundError traceback; a script that is nowhere is a usage error."""
+    script = tmp_path / "setup_engine.py"
+    script.write_text("ready = 'set by the startup script'\n")
+    local_cluster.start_engines(1, args=["--work-dir", str(tmp_path / "work"),
+                                         "-s", os.path.relpath(script, ROOT)])
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    assert rc[:].pull("ready", block=True) == ["set by the startup script"]
+    done = subprocess.run([sys.executable, "-m", "minipar.engine", "--file",
+                           local_cluster.engine_file, "-s", str(tmp_path / "nowhere.py")],
+                          env=_env(), cwd=ROOT, capture_output=True, text=True,
+                          timeout=START_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2 and "nowhere.py: no such file" in done.stderr, done.stderr
+
+
 @pytest.fixture
 def launched(tmp_path):
     """A Cluster of 2 engines, one engine set minipar launched: (cluster, rc, engine set)."""

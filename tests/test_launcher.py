@@ -186,12 +186,58 @@ def test_controller_start_timeout_raises_with_output_and_stops_it(pids):
     assert not alive(cluster.controller.pid)
 
 
+class StuckController(launcher.LocalControllerLauncher):
+    """A 'controller' that says its pid and then never writes a connection file."""
+
+    def find_args(self):
+        return [sys.executable, "-c", "import os, time; print('stuck controller pid', "
+                                      "os.getpid(), flush=True); time.sleep(600)"]
+
+
+def test_ctrl_c_before_start_is_ready_stops_what_it_started_without_a_traceback(
+        pids, minipar_dir):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    start = subprocess.Popen([sys.executable, "-m", "minipar.launcher", "start", "-n", "1",
+                              "--controller", "tests.test_launcher.StuckController"],
+                             env=env, cwd=ROOT, stdin=subprocess.DEVNULL, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pids.add(start.pid)
+    logs = minipar_dir / "profile_default" / "log"
+
+    def controller_pid():
+        for log in logs.glob("controller-*.log"):
+            m = re.search(r"stuck controller pid (\d+)", log.read_text())
+            if m:
+                return int(m.group(1))
+
+    pid = wait_until(controller_pid, 60, "the stuck controller to start")
+    pids.add(pid)
+    start.send_signal(signal.SIGINT)   # Ctrl-C, while start waits for it to be ready
+    out, err = start.communicate(timeout=60)
+    assert start.returncode == 130 and err == "interrupted\n", err
+    wait_until(lambda: not alive(pid), 30, "the stuck controller to be stopped")
+
+
 def test_engines_that_exit_raise_with_their_output(pids):
     cluster = Cluster(n=2, engine_args=["--no-such-flag"], controller_args=CTL_ARGS)
     with pytest.raises(launcher.EngineStartError) as e:
         cluster.start_and_connect_sync()
     pids.add(cluster.controller.pid)
     assert "--no-such-flag" in str(e.value)
+    assert not alive(cluster.controller.pid)
+
+
+@pytest.mark.parametrize("kind, options", [
+    ("mpi", {"mpi_cmd": ["minipar-no-such-mpiexec"]}),
+    ("slurm", {"submit_command": ["minipar-no-such-sbatch"]})])
+def test_engines_whose_program_is_not_installed_say_so(pids, kind, options):
+    # was a bare FileNotFoundError: [Errno 2] No such file or directory: 'mpiexec'
+    program = next(iter(options.values()))[0]
+    cluster = Cluster(n=1, engines=kind, engine_options=options, controller_args=CTL_ARGS)
+    with pytest.raises(launcher.LauncherError,
+                       match=rf"cannot run '{program}': it is not on this machine's PATH"):
+        cluster.start_and_connect_sync()
+    pids.add(cluster.controller.pid)
     assert not alive(cluster.controller.pid)
 
 
@@ -815,6 +861,16 @@ def test_controller_ports_range_list_in_use_and_none_left(pids, tmp_path):
         with pytest.raises(NoPortsLeftError, match="wider --ports"):
             c3.start_controller_sync()
         pids.add(c3.controller.pid)
+
+
+def test_controller_on_an_address_not_of_this_machine_says_so(tmp_path):
+    # 192.0.2.1 is TEST-NET-1 (RFC 5737): never an address of the machine under test
+    for port in ([], ["--port", str(_free_ports(1)[0])]):
+        out = _second_controller(str(tmp_path / "p"), "--ip", "192.0.2.1", *port)
+        assert out.returncode == 1, out.stderr
+        assert "Traceback" not in out.stderr and "choose another --port" not in out.stderr
+        assert "cannot listen on 192.0.2.1" in out.stderr
+        assert "give --ip an address of this machine" in out.stderr
 
 
 # ---------------------------------------------------------------- many engines

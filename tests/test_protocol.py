@@ -191,6 +191,12 @@ def test_malformed_connection_files_say_what_is_wrong(tmp_path):
         with pytest.raises(errors.ConnectionFileError,
                            match=r"is not valid JSON .*python -m minipar.controller"):
             protocol.read_connection_file(path)
+    protocol.write_connection_file(path, {"cluster": {"cluster_id": "1"}, "controller": {}})
+    for ports, wanted in [(protocol.CLIENT_PORTS, protocol.CLIENT_FILE),
+                          (protocol.ENGINE_PORTS, protocol.ENGINE_FILE)]:
+        with pytest.raises(errors.ConnectionFileError,
+                           match=rf"is a Cluster's file .*not a connection file: use .*{wanted}"):
+            protocol.read_connection_file(path, ports)
 
 
 def test_function_pickles_are_reused_only_while_they_cannot_change():

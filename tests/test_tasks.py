@@ -577,6 +577,10 @@ def test_abort_queued_and_running_tasks(rc):
             ar.get(TIMEOUT)
     assert lview.apply_sync(square, 4) == 16
     assert rc.queue_status()[eid]["tasks"] == 0
+    # aborted in the scheduler's queue or on the engine, each reads as aborted
+    recs = rc.db_query({"msg_id": {"$in": [ar.msg_ids[0] for ar in ars]}}, keys=["status"])
+    assert [r["status"] for r in recs] == ["aborted"] * 4
+    assert [ar.metadata["status"] for ar in ars] == ["aborted"] * 4
 
 
 def test_queue_status_counts_direct_and_load_balanced_work(rc):
