@@ -170,7 +170,7 @@ class DictDB:
 
     def find_records(self, query, keys=None):
         """Records matching `query` (see ``_match``), as new plain dicts with `keys`."""
-        check_query(query)
+        check_query(query, keys)
         ids = _queried_ids(query)
         found = (self._records.values() if ids is None else
                  filter(None, (self._records.get(m) for m in ids)))
@@ -292,7 +292,7 @@ class SQLiteDB:
         return out
 
     def find_records(self, query, keys=None):
-        check_query(query)
+        check_query(query, keys)
         frames = [k for k in _FRAME_KEYS if keys is not None and k in keys]
         cols = ", ".join(["data", *frames])
         ids = _queried_ids(query)
@@ -456,9 +456,13 @@ def _load_row(data, wire, result_parts):
 # A record's keys (see the module docstring: db_query answers them all).
 RECORD_KEYS = ("msg_id", "kind", "client", "engine", "lb", "submitted", "started",
                "completed", "status", "header", "wire", "result_header", "result_parts",
-               "attempts", "watchers", "label")
+               "attempts", "watchers", "recovers", "label")
 _FRAME_KEYS = ("wire", "result_parts")
 _FROM_RESULT = ("stdout", "stderr", "ename", "evalue")   # answered from the result header
+# ipyparallel's names for a record's keys, named in the error that refuses them
+_IPYPARALLEL_KEYS = {"engine_uuid": "engine", "client_uuid": "client", "content": "header",
+                     "result_content": "result_header", "buffers": "wire",
+                     "result_buffers": "result_parts"}
 
 
 def _compare(op):
@@ -487,11 +491,18 @@ def _is_condition(cond):
         isinstance(k, str) and k.startswith("$") for k in cond)
 
 
-def check_query(query):
-    """Raise ValueError for a query ``_match`` cannot answer."""
+def check_query(query, keys=None):
+    """Raise ValueError for a query ``_match`` cannot answer, or a key (in `query` or
+    `keys`) no record has: a misspelt one would match nothing, or answer None, unsaid."""
     if not isinstance(query, dict):
         raise ValueError(f"a query is a dict of record keys to values or conditions, not "
                          f"{type(query).__name__}")
+    for key in (*query, *(keys or ())):
+        if key not in RECORD_KEYS and key not in _FROM_RESULT:
+            ipp = _IPYPARALLEL_KEYS.get(key)
+            raise ValueError(f"no record key {key!r}" + (f" (ipyparallel's {key} is "
+                             f"minipar's {ipp!r})" if ipp else "") + "; the keys are "
+                             + ", ".join((*RECORD_KEYS, *_FROM_RESULT)))
     for key, cond in query.items():
         if not _is_condition(cond):
             continue

@@ -103,6 +103,8 @@ def test_a_remote_error_names_its_type_once(rc):
     line, = traceback.format_exception_only(info.type, info.value)
     assert line.startswith("minipar.errors.RemoteError: ValueError: ") and \
         line.count("ValueError") == 1, line
+    with pytest.raises(ValueError, match="no record key 'msg_idd'"):   # a typo: not []
+        rc.db_query({"msg_idd": "x"})
 
 
 def test_missing_connection_file_names_it_and_how_to_start(tmp_path):

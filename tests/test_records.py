@@ -251,7 +251,7 @@ REC = {"msg_id": "q", "engine": 2, "status": "ok", "completed": 10.0, "started":
     ({"started": {"$lt": 1e12}}, False),                 # None never compares
     ({"started": {"$gt": 0}}, False),
     ({"started": None}, True),
-    ({"missing": None}, True),                           # a missing key is None
+    ({"label": None}, True),                             # a key it lacks is None
     ({"status": {"$gt": 1}}, False),                     # str against int: no match
     ({"stdout": "hi"}, True),                            # from the result header
     ({"stdout": {"$in": ["ho"]}}, False),
@@ -266,6 +266,7 @@ def test_match_operators(query, matches):
     ({"engine": {"$near": 1}}, "unknown query operator '\\$near'"),
     ({"engine": {"$in": 1}}, "\\$in for 'engine' takes a list"),
     ({"engine": {"$nin": "ab"}}, "\\$nin for 'engine' takes a list"),
+    ({"msg_idd": "k"}, "no record key 'msg_idd'; the keys are msg_id, kind"),
 ])
 def test_check_query_refuses_what_match_cannot_answer(query, error):
     with pytest.raises(ValueError, match=error):
@@ -292,6 +293,8 @@ def test_key_selection():
     framed = db.find_records({"msg_id": "k"}, keys=["wire"])[0]
     assert framed == {"msg_id": "k", "wire": [b"x" * 10]}
     assert framed["wire"] is not rec["wire"]          # a copy: the caller may keep it
+    with pytest.raises(ValueError, match="ipyparallel's engine_uuid is minipar's 'engine'"):
+        db.find_records({"msg_id": "k"}, keys=["engine_uuid"])
 
 
 @pytest.mark.parametrize("query, ids", [
