@@ -663,6 +663,13 @@ def test_an_engine_ended_for_a_time_limit_is_replaced_with_its_id(launched):
         ar.get(45)
     wait_until(lambda: launcher.restarts == 1 and rc.ids == ids
                and len(launcher.pids()) == 2, START_TIMEOUT_S, f"engines {ids} again")
+
+    def replaced():   # rc.ids may still list the ended engine, until its death is seen
+        try:
+            return rc[ar.engine_id].apply_sync(os.getpid) in launcher.pids()
+        except (errors.EngineError, IndexError):   # IndexError: not registered yet
+            return False
+    wait_until(replaced, START_TIMEOUT_S, f"engine {ar.engine_id} replaced")
     assert rc[ar.engine_id].apply_sync(_hold_the_gil, 0) == 0
 
 
