@@ -26,6 +26,8 @@ error result, not a half-made record. A reply from an earlier attempt of a task 
 engine declared dead and back) is refused as stale, so each request ends once. Started
 with ``--reuse --db sqlite`` after a crash, ``_recover`` resubmits or fails what the
 previous controller left pending. ``--curve`` encrypts every socket with CurveZMQ.
+Stopping without ``--reuse`` (its key and ports go with it), it first fails every
+request it holds and stops its engines (``_end_everything``): none could wait for it.
 With ``--owner PID`` (a Cluster passes its own pid) the controller stops the cluster, as
 a client's ``shutdown(hub=True)`` does, at the first heartbeat after that process ended:
 a script killed by SIGTERM or SIGKILL runs no atexit, and would leave it all running.
@@ -60,6 +62,8 @@ HEARTBEAT_LIVENESS = 5     # missed beats before an engine is dead; 3..10 is rea
 # Parts held once however many queued requests have them (see _submit): at most this
 # many, of at most this size (a few MB in all).
 SHARED_PARTS, SHARED_PART_MAX = 256, 8192
+
+LINGER_MS = 1000   # at close, for replies and shutdowns still to leave (see close)
 
 CURVE_FILE = "minipar-curve.json"   # the controller's own Curve key pair, 0600, for --reuse
 
@@ -134,6 +138,7 @@ class Controller:
         self._beat = 0
         self._next_beat = 0.0
         self._stop = False
+        self._stopped_by = None   # the client whose shutdown(hub=True) stopped it
         self._host, self._pidns = socket.gethostname(), protocol.pid_namespace()
         # the process whose end stops the cluster (see _heartbeat): its pid and, read now
         # while it runs, its start time, so a later process given the same pid is not it
@@ -251,8 +256,8 @@ class Controller:
             for f in (self.client_file, self.engine_file, self.curve_file):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(f)
-        for sock in self.sockets.values():
-            sock.close(linger=0)
+        for name, sock in self.sockets.items():   # what _end_everything sent may leave
+            sock.close(linger=LINGER_MS if name in ("client", "engine") else 0)
         self.ctx.term()
 
     # ------------------------------------------------------------ loop
@@ -263,9 +268,25 @@ class Controller:
         try:
             while not self._stop:
                 self.loop_once(time.monotonic())
+            if not self.reuse:
+                self._end_everything()
         finally:
             self.close()
         log.info("controller stopped")
+
+    def _end_everything(self):
+        """A controller stopping without --reuse takes its key and ports with it: no engine
+        or client could wait for it to come back. Each request it holds fails now, and its
+        engines stop, rather than wait their max_missed_heartbeats and reconnect_timeout
+        (close() gives these messages a second to leave)."""
+        for rec in self.db.pending():
+            if rec["submitted"] < self.tally.started or rec["client"] == self._stopped_by:
+                continue   # a crashed controller's (left for --reuse), or the stopper's
+            self._fail(rec, "TaskAborted", f"the controller stopped before request "
+                       f"{rec['msg_id']} ended; it was not started with --reuse, so it does "
+                       "not come back: start a new one and submit the work again")
+        self._shutdown_engines(None, abort=True)
+        self._flush()
 
     def loop_once(self, now, timeout=None):
         if now >= self._next_beat:
@@ -951,7 +972,7 @@ class Controller:
         self._reply(idents, header, status=OK)
         if header.get("hub"):
             log.info("shutdown requested by a client")
-            self._stop = True
+            self._stop, self._stopped_by = True, idents[0]   # it fails its own requests
 
     def _shutdown_engines(self, targets, abort=False):
         """Tell each target engine (None: all) to stop: after its running request, or,

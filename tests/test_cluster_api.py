@@ -93,7 +93,9 @@ def test_wait_for_engines_waits_on_the_client_it_is_given(pids, tmp_path):  # no
 
 
 def test_sync_twins(pids, tmp_path):  # noqa: F811
-    cluster = Cluster(n=1, profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS)
+    # --reuse: its engines wait for a stopped controller (one without it ends them)
+    cluster = Cluster(n=1, profile_dir=str(tmp_path / "p"),
+                      controller_args=[*CTL_ARGS, "--reuse"])
     try:
         assert cluster.start_cluster_sync() is cluster
         first = next(iter(cluster.engines))

@@ -239,3 +239,22 @@ def test_a_frozen_controller_is_lost_as_a_closed_connection_is(local_cluster, mo
             ar.get(START_TIMEOUT_S)
     finally:
         c.controller.send_signal(signal.SIGCONT)
+
+
+def test_a_controller_stopped_without_reuse_ends_its_requests_and_engines(local_cluster):
+    """Stopped without --reuse, a controller's key and ports go with it: its engines stop
+    and what its clients wait for fails at once, rather than after max_missed_heartbeats
+    (an hour here) and reconnect_timeout (ten minutes here)."""
+    c = local_cluster
+    (engine,) = c.start_engines(1, args=["--max-missed-heartbeats", "18000"])
+    rc = c.client(reconnect_timeout=600)
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    running = rc.load_balanced_view().apply_async(slow, 60, "never")
+    queued = rc[rc.ids[0]].apply_async(slow, 60, "never")
+    wait_until(running.running, START_TIMEOUT_S, "the task running")
+    c.controller.send_signal(signal.SIGTERM)
+    for ar in (running, queued):
+        with pytest.raises(errors.TaskAborted, match="controller stopped.*--reuse"):
+            ar.get(START_TIMEOUT_S)
+    assert engine.wait(START_TIMEOUT_S) == 0
+    assert c.controller.wait(START_TIMEOUT_S) == 0
