@@ -423,9 +423,9 @@ class Client(errors.SaysWhyAbsent):
         # executes in the I/O thread: output, published data or the start of a running
         # request; its final reply replaces them (no duplicates)
         f = self._futures.get(header.get("parent"))
-        if f is None or f.done() or f.metadata.get("query"):
+        if f is None or f.done() or f._md.get("query"):   # _md: what the reader joins waits
             return
-        md, name = f.metadata, header.get("name")
+        md, name = f._md, header.get("name")
         if md["engine_id"] is None:
             md["engine_id"] = header.get("engine")
         if header["kind"] == protocol.STARTED:
@@ -435,7 +435,7 @@ class Client(errors.SaysWhyAbsent):
             self.session.check_body(header, parts)
             md["data"].update(protocol.deserialize(parts))
         elif name in ("stdout", "stderr"):
-            md[name] += header.get("text", "")
+            f._streamed(name, header.get("text", ""))
 
     # what the controller sends besides replies, by kind
     _message_handlers = {protocol.STREAM: _on_running, protocol.STARTED: _on_running}
