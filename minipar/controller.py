@@ -1296,7 +1296,9 @@ def main(argv=None):
     p.add_argument("--heartbeat-liveness", type=int, default=HEARTBEAT_LIVENESS,
                    help="missed heartbeats before an engine is declared dead")
     p.add_argument("--scheme", default="leastload",
-                   choices=["leastload", "lru", "twobin", "weighted", "plainrandom"])
+                   choices=["leastload", "lru", "twobin", "weighted", "plainrandom"],
+                   help="how load-balanced tasks pick an engine (default: leastload, the "
+                        "engine with the fewest outstanding tasks)")
     p.add_argument("--hwm", type=int, default=None,
                    help=f"outstanding tasks per engine, 0: no limit (default: "
                         f"{_scheduler.AUTO_HWM}, and {_scheduler.AUTO_HWM_QUICK} while an "
@@ -1322,7 +1324,8 @@ def main(argv=None):
     p.add_argument("--owner", type=int, metavar="PID",
                    help="stop the engines and the controller once process PID has ended "
                         "(a Cluster passes its own pid unless shutdown_atexit=False)")
-    p.add_argument("--log-level", default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"))
+    p.add_argument("--log-level", default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"),
+                   help="DEBUG, INFO (default, or $MINIPAR_LOG_LEVEL), WARNING or ERROR")
     args = p.parse_args(argv)
     logging.basicConfig(level="DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level.upper(),
                         format="%(asctime)s controller %(levelname)s %(message)s")

@@ -1328,7 +1328,8 @@ def main(argv=None):
     p.add_argument("--max-missed-heartbeats", type=int, default=MAX_MISSED_HEARTBEATS,
                    help="how long (in the controller's heartbeats) to wait for a controller "
                         "that went silent to come back (then register again) before exiting")
-    p.add_argument("--log-level", default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"))
+    p.add_argument("--log-level", default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"),
+                   help="DEBUG, INFO (default, or $MINIPAR_LOG_LEVEL), WARNING or ERROR")
     args = p.parse_args(argv)
     # either at 0 made the engine give up at once, blaming the controller
     if not args.timeout > 0:

@@ -1509,8 +1509,10 @@ def main(argv=None):
     p = sub.add_parser("start", help="start a controller and engines")
     selection(p)
     p.add_argument("-n", type=_engine_count, help="number of engines (default: CPU count)")
-    p.add_argument("--engines", default="local", help="engine launcher kind")
-    p.add_argument("--controller", default="local", help="controller launcher kind")
+    p.add_argument("--engines", default="local",
+                   help=f"engine launcher kind: {', '.join(_BUILTIN)} (default local)")
+    p.add_argument("--controller", default="local",
+                   help=f"controller launcher kind: {', '.join(_BUILTIN)} (default local)")
     p.add_argument("--controller-args", default="", metavar="ARGS",
                    help="extra controller arguments, one string: '--ip 0.0.0.0 --reuse'")
     p.add_argument("--engine-args", default="", metavar="ARGS",
@@ -1519,14 +1521,17 @@ def main(argv=None):
                    help='controller launcher options, e.g. \'{"hostname": "h1"}\'')
     p.add_argument("--engine-options", default="{}", metavar="JSON",
                    help='engine launcher options, e.g. \'{"mpi_args": ["--oversubscribe"]}\'')
-    p.add_argument("--timeout", type=float, default=START_TIMEOUT_S)
+    p.add_argument("--timeout", type=float, default=START_TIMEOUT_S, metavar="S",
+                   help="seconds to wait for the controller and engines to be ready "
+                        f"(default {START_TIMEOUT_S:g})")
     p.add_argument("--daemonize", action="store_true",
                    help="leave the cluster running and return once it is ready")
     p.set_defaults(func=_cmd_start)
     p = sub.add_parser("engines", help="add engines to a running cluster")
     selection(p)
     p.add_argument("-n", type=_engine_count, help="number of engines (default: CPU count)")
-    p.add_argument("--engines", default=None, help="engine launcher kind")
+    p.add_argument("--engines", default=None,
+                   help=f"engine launcher kind: {', '.join(_BUILTIN)} (default: the cluster's)")
     p.set_defaults(func=_cmd_engines)
     p = sub.add_parser("stop", help="stop a cluster")
     selection(p)
@@ -1539,7 +1544,8 @@ def main(argv=None):
         p.add_argument("--profile", help="profile name")
         p.add_argument("--profile-dir", help="profile folder")
         p.set_defaults(func=func)
-    parser.add_argument("--log-level", default=os.environ.get("MINIPAR_LOG_LEVEL", "WARNING"))
+    parser.add_argument("--log-level", default=os.environ.get("MINIPAR_LOG_LEVEL", "WARNING"),
+                        help="DEBUG, INFO, WARNING (default, or $MINIPAR_LOG_LEVEL) or ERROR")
     args = parser.parse_args(_joined_args(sys.argv[1:] if argv is None else argv))
     level = "DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s launcher %(levelname)s %(message)s")

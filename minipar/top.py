@@ -488,7 +488,8 @@ def main(argv=None):
                    help="seconds between refreshes (default 1)")
     p.add_argument("--once", action="store_true", help="print one snapshot as text and exit")
     p.add_argument("--json", action="store_true",
-                   help="with --once: print it as JSON (fields: see the module docstring)")
+                   help="print one snapshot as JSON and exit (implies --once; fields: see "
+                        "the module docstring)")
     p.add_argument("--wait", type=float, default=WAIT_S, metavar="S",
                    help="seconds to wait for a controller that stopped answering before "
                         f"exiting (default {WAIT_S:.0f})")
