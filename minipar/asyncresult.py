@@ -78,9 +78,9 @@ class _MsgFuture(_Future):
     def metadata(self):
         if self._pieces:
             with self._condition:
-                pieces, self._pieces = self._pieces, None
+                pieces, self._pieces = self._pieces or (), None   # () if another joined them
                 for name in ("stdout", "stderr"):
-                    self._md[name] += "".join(t for n, t in pieces or () if n == name)
+                    self._md[name] += "".join(t for n, t in pieces if n == name)
         return self._md
 
 

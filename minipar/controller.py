@@ -533,7 +533,8 @@ class Controller:
         self._by_ident.pop(engine["ident"], None)
         self._by_ident.pop(engine["work_ident"], None)
         now = time.time()   # the engine's `started` stamps are wall-clock too
-        what = "died" if died else f"stopped because {why}," if why else "unregistered"
+        how = f"stopped because {why}," if why else None   # the scheduler's words too
+        what = how or ("died" if died else "unregistered")
         if why:
             log.warning("engine %d unregistered: it stopped because %s", eid, why)
         elif not died:   # a death is logged where it is found
@@ -567,7 +568,7 @@ class Controller:
         if died:
             self._send(self.sockets["engine"], [engine["ident"]], protocol.UNREGISTER,
                        reason="declared dead: missed heartbeats")
-        self._act(self.scheduler.engine_removed(eid, time.monotonic(), timed_out, why))
+        self._act(self.scheduler.engine_removed(eid, time.monotonic(), timed_out, how))
 
     # ------------------------------------------------------------ clients
 

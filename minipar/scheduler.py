@@ -288,11 +288,12 @@ class Scheduler:
         self._schedule(out)
         return out
 
-    def engine_removed(self, engine_id, now, timed_out=None, why=None):
+    def engine_removed(self, engine_id, now, timed_out=None, how=None):
         """An engine is gone: retry its tasks elsewhere, or fail / recover them.
         `timed_out` maps the ones that ran past their time_limit (the engine was ended for
-        it) to why: those fail with TaskTimeout, as a timed-out reply would. `why`: why
-        the engine stopped, when it said (it gave up on a silent controller); else it died."""
+        it) to why: those fail with TaskTimeout, as a timed-out reply would. `how` it went,
+        in words, when it said ("stopped because ...,": it gave up on a silent
+        controller); else it "died"."""
         out = []
         engine = self._engines.pop(engine_id, None)
         if engine is None:
@@ -319,7 +320,7 @@ class Scheduler:
                     t["failed_on"] = (t["failed_on"] or frozenset()) | {engine_id}
                 self._ready(t, out)
             else:
-                self._exhausted(t, now, out, engine_id, died=True, why=why)
+                self._exhausted(t, now, out, engine_id, died=True, how=how)
         self._recheck(out, waiting=True)
         self._settle(out)
         self._schedule(out)
@@ -612,7 +613,7 @@ class Scheduler:
         self._set_state(t, READY)
         self._enqueue(t)
 
-    def _exhausted(self, t, now, out, engine_id, died=False, why=None):
+    def _exhausted(self, t, now, out, engine_id, died=False, how=None):
         """`t` failed with no retries left: wake its recovery task, or end it."""
         msg_id, rid = t["msg_id"], t["recovery"]
         r = self._tasks.get(rid) if rid is not None else None
@@ -625,8 +626,7 @@ class Scheduler:
             r["owner"] = msg_id
             self._admit(r, now, out)
         elif died:
-            how = f"stopped because {why}," if why else "died"
-            self._fail(t, "EngineError", f"engine {engine_id} {how} while running task "
+            self._fail(t, "EngineError", f"engine {engine_id} {how or 'died'} while running task "
                        f"{msg_id}; resubmit it or use retries= to retry it elsewhere",
                        out, engine_id)
         else:
