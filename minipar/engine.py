@@ -344,12 +344,7 @@ class Engine:
         faulthandler.register(signal.SIGALRM, all_threads=True, chain=True)
         threading.Thread(target=self._receiver, args=(dealer, outbox_in),
                          name="minipar-receiver", daemon=True).start()
-        try:
-            self._run_startup()
-        except BaseException as e:
-            self._leave_if_forked("the startup script", e)
-            raise
-        self._leave_if_forked("the startup script")
+        self._call_leaving_if_forked("the startup script", self._run_startup)
         self._send_properties()
 
     def _new_dealer(self, identity, name, linger=1000):
@@ -903,12 +898,8 @@ class Engine:
                     raise ValueError(f"unknown request kind {header['kind']!r}")
                 if header.get("clear_before"):  # classic Task(clear_before=True)
                     self._clear(header, parts)
-                try:
-                    result = handler(self, header, parts)
-                except BaseException as e:
-                    self._leave_if_forked(f"request {msg_id}", e)
-                    raise
-                self._leave_if_forked(f"request {msg_id}")
+                result = self._call_leaving_if_forked(f"request {msg_id}", handler, self,
+                                                      header, parts)
             finally:
                 self._current = None   # first: nothing interrupts this request from here
                 with self._lock:   # but what the receiver made pending just before is
@@ -955,6 +946,17 @@ class Engine:
             e = errors.SerializationError(f"the result could not be sent back: {e}")
             return self._reply_error(header, e, status=protocol.ERROR, **meta)
         self._send_reply(header, protocol.OK, result_parts, **meta)
+
+    def _call_leaving_if_forked(self, forker, fn, *args):
+        """fn(*args), which may fork; `forker` names it (a request, the startup script)
+        for _leave_if_forked, which ends a forked process that returns or raises here."""
+        try:
+            result = fn(*args)
+        except BaseException as e:
+            self._leave_if_forked(forker, e)
+            raise
+        self._leave_if_forked(forker)
+        return result
 
     def _leave_if_forked(self, forker, exc=None):
         """In a process that `forker` (a request, the startup script) forked and that
