@@ -1321,17 +1321,6 @@ def _stop_waiting(signum, frame):
     raise SystemExit(0)
 
 
-def _connection_info(path, wait):
-    """The engine's connection file, waited for up to `wait` s while it does not exist."""
-    if not os.path.exists(path):
-        log.info("no connection file at %s yet: waiting up to %.0f s for a controller to "
-                 "write it", path, wait)
-        deadline = time.monotonic() + wait
-        while not os.path.exists(path) and time.monotonic() < deadline:
-            time.sleep(0.1)
-    return protocol.read_connection_file(path, protocol.ENGINE_PORTS)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(
         prog=f"python -m {__spec__.name if __spec__ else 'engine'}",
@@ -1376,7 +1365,8 @@ def main(argv=None):
     for sig in (signal.SIGINT, signal.SIGTERM):   # not the defaults: a traceback, a kill
         signal.signal(sig, _stop_waiting)
     try:
-        info = _connection_info(path, min(args.timeout, CONNECTION_FILE_WAIT_S))
+        protocol.wait_for_file(path, min(args.timeout, CONNECTION_FILE_WAIT_S), log.info)
+        info = protocol.read_connection_file(path, protocol.ENGINE_PORTS)
         engine = Engine(info, work_dir=args.work_dir, startup_script=args.startup_script,
                         startup_command=args.startup_command, registration_timeout=args.timeout,
                         max_missed_heartbeats=args.max_missed_heartbeats)
