@@ -1239,6 +1239,11 @@ def _running(path):
         return False  # unreadable: `list` warns about it
 
 
+def _searched(profile, profile_dir):
+    """Where cluster_files(profile, profile_dir) looks, in words."""
+    return profile_dir or (f"profile {profile}" if profile else protocol.base_dir())
+
+
 def find_cluster_file(profile=None, profile_dir=None, cluster_id=None):
     """The file of cluster `cluster_id`, or else of the one running cluster; an error
     naming the choices when there are none or several."""
@@ -1252,7 +1257,7 @@ def find_cluster_file(profile=None, profile_dir=None, cluster_id=None):
         what = "running cluster"
     if len(paths) == 1:
         return paths[0]
-    where = profile_dir or (f"profile {profile}" if profile else protocol.base_dir())
+    where = _searched(profile, profile_dir)
     see = f"see `python -m {_PKG}.launcher list`"
     if not paths:
         raise LauncherError(f"no {what} found in {where}; {see}")
@@ -1470,15 +1475,22 @@ def _cmd_list(args):
 
 def _cmd_clean(args):
     """Remove the files of clusters that are no longer running."""
+    removed = 0
     for path in cluster_files(args.profile, args.profile_dir):
         try:
             cluster = Cluster.from_file(path)
         except (OSError, ValueError, KeyError):
             os.remove(path)
+            print(f"removed unreadable cluster file {path}")
+            removed += 1
             continue
         if cluster.controller is None and not cluster.engines:
             cluster._remove_files()
             print(f"removed cluster {cluster.cluster_id} ({path})")
+            removed += 1
+    if not removed:
+        print("nothing to clean: no files of stopped clusters in "
+              f"{_searched(args.profile, args.profile_dir)}")
     return 0
 
 

@@ -746,6 +746,14 @@ def test_cli_clean_removes_files_of_dead_clusters(pids, minipar_dir):
     cluster.stop_cluster_sync()
 
 
+def test_cli_clean_says_when_there_is_nothing_to_clean(minipar_dir, tmp_path):
+    prof = str(tmp_path / "p")
+    for where, args in ((str(minipar_dir), []), (prof, ["--profile-dir", prof])):
+        out = cli("clean", *args)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == f"nothing to clean: no files of stopped clusters in {where}\n"
+
+
 # ---------------------------------------------------------------- LSF (no free install)
 
 BJOBS_RUNNING = """\
