@@ -1380,10 +1380,16 @@ def held_profile_message(info, profile_dir):
 # ---------------------------------------------------------------- python -m <pkg>.launcher
 
 
+def _stale(cluster):
+    """Nothing of `cluster` (from Cluster.from_file) runs any more, yet its file is there:
+    the process that owned it was killed, say, and its controller stopped it (--owner)."""
+    return cluster.controller is None and not cluster.engines
+
+
 def _describe(cluster):
     ctl = cluster.controller
     ctl = f"pid {ctl.pid}" if ctl is not None and getattr(ctl, "pid", None) else (
-        ctl.state if ctl is not None else "stopped")
+        ctl.state if ctl is not None else "stale" if _stale(cluster) else "stopped")
     n = sum(e.n for e in cluster.engines.values())
     return f"{cluster.cluster_id}\t{ctl}\t{n}\t{cluster.profile_dir}"
 
@@ -1465,11 +1471,19 @@ def _cmd_stop(args):
 
 def _cmd_list(args):
     print("cluster_id\tcontroller\tengines\tprofile_dir")
+    stale = 0
     for path in cluster_files(args.profile, args.profile_dir):
         try:
-            print(_describe(Cluster.from_file(path)))
+            cluster = Cluster.from_file(path)
         except (OSError, ValueError, KeyError) as e:
             log.warning("unreadable cluster file %s: %s", path, e)
+            continue
+        stale += _stale(cluster)
+        print(_describe(cluster))
+    if stale:
+        print(f"{stale} stale cluster(s): nothing of them runs (the process that started "
+              "them was killed, say), yet their files are left; `python -m "
+              f"{_PKG}.launcher clean` removes them", file=sys.stderr)
     return 0
 
 
@@ -1484,7 +1498,7 @@ def _cmd_clean(args):
             print(f"removed unreadable cluster file {path}")
             removed += 1
             continue
-        if cluster.controller is None and not cluster.engines:
+        if _stale(cluster):
             cluster._remove_files()
             print(f"removed cluster {cluster.cluster_id} ({path})")
             removed += 1

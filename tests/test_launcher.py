@@ -323,6 +323,20 @@ def test_cluster_stops_when_its_starter_is_killed(pids, tmp_path):
     assert any("owner process" in f.read_text() for f in log)
 
 
+def test_a_cluster_whose_starter_was_killed_is_listed_as_stale_until_cleaned(pids, tmp_path):
+    # the controller stopped it (--owner), but nobody was left to remove its cluster file
+    cluster = _start_and_kill_starter(pids, tmp_path, shutdown_atexit=True)
+    wait_until(lambda: not any(alive(x) for x in cluster), 30, "the cluster to stop")
+    prof = str(tmp_path / "p")
+    out = cli("list", "--profile-dir", prof)
+    assert out.returncode == 0, out.stderr
+    assert re.search(rf"^\S+\tstale\t0\t{re.escape(prof)}$", out.stdout, re.M), out.stdout
+    assert "1 stale cluster(s)" in out.stderr and "launcher clean` removes them" in out.stderr
+    assert "removed cluster" in cli("clean", "--profile-dir", prof).stdout
+    out = cli("list", "--profile-dir", prof)
+    assert out.stdout == "cluster_id\tcontroller\tengines\tprofile_dir\n" and not out.stderr
+
+
 def test_cluster_left_running_survives_its_starter(pids, tmp_path):
     cluster = _start_and_kill_starter(pids, tmp_path, shutdown_atexit=False)
     time.sleep(3)   # three heartbeats of the controller (CTL_ARGS: the default 1 s)
