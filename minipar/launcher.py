@@ -1223,11 +1223,15 @@ def _all_profile_dirs():
         return []
 
 
+def _profile_dirs(profile=None, profile_dir=None):
+    """One profile's folder, or (neither given) every folder in $MINIPAR_DIR."""
+    return ([protocol.profile_dir(profile, profile_dir)]
+            if profile is not None or profile_dir is not None else _all_profile_dirs())
+
+
 def cluster_files(profile=None, profile_dir=None):
     """Cluster files of one profile, or of every profile under $MINIPAR_DIR; newest first."""
-    folders = ([protocol.profile_dir(profile, profile_dir)]
-               if profile is not None or profile_dir is not None else _all_profile_dirs())
-    found = [p for folder in folders for p in glob.glob(
+    found = [p for folder in _profile_dirs(profile, profile_dir) for p in glob.glob(
         os.path.join(glob.escape(folder), "security", "cluster-*.json"))]
     return sorted(found, key=lambda p: -os.path.getmtime(p))
 
@@ -1381,8 +1385,8 @@ def held_profile_message(info, profile_dir):
 
 
 def _stale(cluster):
-    """Nothing of `cluster` (from Cluster.from_file) runs any more, yet its file is there:
-    the process that owned it was killed, say, and its controller stopped it (--owner)."""
+    """Nothing of `cluster` (from Cluster.from_file) runs, yet its file is left (its owner
+    was killed, say, and its controller stopped it: --owner)."""
     return cluster.controller is None and not cluster.engines
 
 
@@ -1471,7 +1475,7 @@ def _cmd_stop(args):
 
 def _cmd_list(args):
     print("cluster_id\tcontroller\tengines\tprofile_dir")
-    stale = 0
+    stale, held = 0, set()
     for path in cluster_files(args.profile, args.profile_dir):
         try:
             cluster = Cluster.from_file(path)
@@ -1479,32 +1483,35 @@ def _cmd_list(args):
             log.warning("unreadable cluster file %s: %s", path, e)
             continue
         stale += _stale(cluster)
+        if cluster.controller is not None:   # a profile holds one controller: this one
+            held.add(os.path.abspath(cluster.profile_dir))
         print(_describe(cluster))
+    # controllers started by hand write no cluster file: found by their connection files
+    for pdir in _profile_dirs(args.profile, args.profile_dir):
+        info = None if os.path.abspath(pdir) in held else live_controller(pdir)
+        if info is not None:
+            print(f"-\tpid {info['pid']} (by hand)\t?\t{pdir}")
     if stale:
-        print(f"{stale} stale cluster(s): nothing of them runs (the process that started "
-              "them was killed, say), yet their files are left; `python -m "
-              f"{_PKG}.launcher clean` removes them", file=sys.stderr)
+        print(f"{stale} stale cluster(s): nothing of them runs (their starter was killed, "
+              f"say); `python -m {_PKG}.launcher clean` removes their files", file=sys.stderr)
     return 0
 
 
 def _cmd_clean(args):
     """Remove the files of clusters that are no longer running."""
-    removed = 0
+    said = []
     for path in cluster_files(args.profile, args.profile_dir):
         try:
             cluster = Cluster.from_file(path)
         except (OSError, ValueError, KeyError):
             os.remove(path)
-            print(f"removed unreadable cluster file {path}")
-            removed += 1
+            said.append(f"removed unreadable cluster file {path}")
             continue
         if _stale(cluster):
             cluster._remove_files()
-            print(f"removed cluster {cluster.cluster_id} ({path})")
-            removed += 1
-    if not removed:
-        print("nothing to clean: no files of stopped clusters in "
-              f"{_searched(args.profile, args.profile_dir)}")
+            said.append(f"removed cluster {cluster.cluster_id} ({path})")
+    print("\n".join(said) or "nothing to clean: no files of stopped clusters in "
+          f"{_searched(args.profile, args.profile_dir)}")
     return 0
 
 

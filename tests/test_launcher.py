@@ -331,7 +331,8 @@ def test_a_cluster_whose_starter_was_killed_is_listed_as_stale_until_cleaned(pid
     out = cli("list", "--profile-dir", prof)
     assert out.returncode == 0, out.stderr
     assert re.search(rf"^\S+\tstale\t0\t{re.escape(prof)}$", out.stdout, re.M), out.stdout
-    assert "1 stale cluster(s)" in out.stderr and "launcher clean` removes them" in out.stderr
+    assert "1 stale cluster(s)" in out.stderr, out.stderr
+    assert "launcher clean` removes their files" in out.stderr
     assert "removed cluster" in cli("clean", "--profile-dir", prof).stdout
     out = cli("list", "--profile-dir", prof)
     assert out.stdout == "cluster_id\tcontroller\tengines\tprofile_dir\n" and not out.stderr
@@ -492,6 +493,22 @@ def test_launcher_start_on_a_hand_started_controller_prints_a_fix_that_works(pid
     finally:
         if out.returncode == 0:
             cli("stop", "--all", "--profile-dir", prof)
+
+
+def test_list_shows_controllers_started_by_hand(pids, minipar_dir):
+    """`python -m minipar.controller` (default profile, in $MINIPAR_DIR) writes no cluster
+    file; `list` finds it by its connection file, marked as started by hand."""
+    prof = str(minipar_dir / "profile_default")
+    first = _controller(prof)
+    pids.add(first.pid)
+    try:
+        out = cli("list")
+        assert out.returncode == 0, out.stderr
+        assert f"-\tpid {first.pid} (by hand)\t?\t{prof}\n" in out.stdout, out.stdout
+    finally:
+        first.terminate()
+        first.wait(30)
+    assert f"pid {first.pid}" not in cli("list").stdout
 
 
 def test_hand_started_controller_on_a_launcher_cluster_prints_a_fix_that_works(pids, tmp_path):
@@ -680,6 +697,7 @@ def test_cluster_file_from_file_and_cli_list_stop(pids):
         out = cli("list")
         assert out.returncode == 0, out.stderr
         assert cluster.cluster_id in out.stdout and f"pid {cluster.controller.pid}" in out.stdout
+        assert "(by hand)" not in out.stdout   # its controller is the cluster's, listed once
         out = cli("stop", "--cluster-id", cluster.cluster_id)
         assert out.returncode == 0, out.stderr
         assert not [p for p in pids.pids if alive(p)]
