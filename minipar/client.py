@@ -104,16 +104,16 @@ def use_pickle():
 # ---------------------------------------------------------------- client
 
 class Client(errors.SaysWhyAbsent):
-    """A connection to a controller: reads its ``minipar-client.json`` (`url_file`, or
-    the profile's security folder) and connects; raises a clear error when the file is
-    missing or stale, the key is refused, or the controller does not answer within
-    `timeout` seconds."""
+    """A connection to a controller: reads its ``minipar-client.json`` (`url_file`, or the
+    profile's, which it waits for up to `timeout` s) and connects; raises a clear error when
+    the file is missing or stale, the key is refused, or the controller does not answer
+    within `timeout` seconds."""
 
     def __init__(self, url_file=None, profile=None, profile_dir=None, timeout=10,
                  reconnect_timeout=RECONNECT_TIMEOUT_S, **kwargs):
-        if url_file is None:
-            url_file = os.path.join(protocol.profile_dir(profile, profile_dir), "security",
-                                    protocol.CLIENT_FILE)
+        if url_file is None:   # as ipyparallel's Client: one named is not waited for
+            url_file = protocol.wait_for_file(os.path.join(protocol.profile_dir(
+                profile, profile_dir), "security", protocol.CLIENT_FILE), timeout, log.warning)
         self.url_file, self.timeout, self.reconnect_timeout = url_file, timeout, reconnect_timeout
         self.info = protocol.read_connection_file(url_file)
         self.session = protocol.Session(self.info["key"], self.info.get(

@@ -19,6 +19,10 @@ Every STREAM_INTERVAL_S the receiver sends what the running request printed or p
 for one still running (so the client's future is running()). Every USAGE_PERIOD_S it
 sends ``usage`` (CPU time, memory, the running request) for rc.status and minipar.top.
 
+Startup: --startup-script, then --startup-command, run before the engine connects; one
+that raises ends it (status 1, one line naming it, its exception and line) before the
+controller knows of it, so no work is ever sent to an engine that failed to start.
+
 Signals: SIGTERM (`kill PID`, a batch system ending its job) stops an idle engine as a
 shutdown request does (it unregisters, exits 0); one running a request dies of it, and
 the controller fails or retries that request. SIGINT interrupts the running request
@@ -66,6 +70,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 import types
 import uuid
 
@@ -314,7 +319,8 @@ class Engine:
     # ------------------------------------------------------------ start
 
     def start(self):
-        """Connect, register and start the receiver and heart threads. Main thread."""
+        """Run the startup code, then connect, register and start the receiver and heart
+        threads. Main thread."""
         # before registering: a signal sent once the controller lists this engine (it may
         # do so before its answer arrives here) must meet these handlers, not the defaults
         signal.signal(signal.SIGINT, self._on_sigint)
@@ -325,6 +331,14 @@ class Engine:
         if self.work_dir:
             os.makedirs(self.work_dir, exist_ok=True)
             os.chdir(self.work_dir)
+        # the MPI rank, for the startup code as for the scheduler's depend functions
+        for var in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"):
+            if var in os.environ:
+                properties.setdefault("mpi_rank", int(os.environ[var]))
+                break
+        # before any socket: the controller never lists (nor sends work to) an engine
+        # whose startup fails, and what the script sets in `properties` is registered
+        self._call_leaving_if_forked("the startup script", self._run_startup)
         self.ctx = zmq.Context()
         self._outbox_addr = f"inproc://outbox-{id(self)}"
         dealer = self._new_dealer(self.ident, "engine")
@@ -344,12 +358,6 @@ class Engine:
         faulthandler.register(signal.SIGALRM, all_threads=True, chain=True)
         threading.Thread(target=self._receiver, args=(dealer, outbox_in),
                          name="minipar-receiver", daemon=True).start()
-        try:
-            self._run_startup()
-        except BaseException as e:
-            self._leave_if_forked("the startup script", e)
-            raise
-        self._leave_if_forked("the startup script")
         self._send_properties()
 
     def _new_dealer(self, identity, name, linger=1000):
@@ -388,10 +396,6 @@ class Engine:
 
     def _register(self, dealer):
         """Register at start (main thread, before the receiver runs): (id, heartbeat)."""
-        for var in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"):
-            if var in os.environ:
-                properties.setdefault("mpi_rank", int(os.environ[var]))
-                break
         replaces = os.environ.get("MINIPAR_ENGINE_REPLACES")   # see launcher._restart
         msg_id, frames = self._registration(None, int(replaces) if replaces else None)
         self._reg = msg_id.encode()
@@ -434,12 +438,27 @@ class Engine:
         return header["msg_id"], frames
 
     def _run_startup(self):
+        """Run --startup-script, then --startup-command, in the user's namespace; one that
+        raises is a MiniparError of one line: which one, what it raised, at which line."""
+        steps = []
         if self.startup_script:
-            with open(self.startup_script) as f:
-                code = f.read()
-            exec(compile(code, self.startup_script, "exec"), self.user_ns)
+            steps.append((f"the startup script {self.startup_script}", self.startup_script,
+                          None))
         if self.startup_command:
-            exec(compile(self.startup_command, "<startup-command>", "exec"), self.user_ns)
+            steps.append(("the startup command", "<startup-command>", self.startup_command))
+        for what, filename, code in steps:
+            try:
+                if code is None:
+                    with open(filename) as f:
+                        code = f.read()
+                exec(compile(code, filename, "exec"), self.user_ns)
+            except Exception as e:
+                lines = [f.lineno for f in traceback.extract_tb(e.__traceback__)
+                         if f.filename == filename]
+                at = f" at line {lines[-1]}" if lines else ""
+                first = (str(e).strip().splitlines() or [""])[0]
+                raise errors.MiniparError(f"{what} raised {type(e).__name__}: {first}{at}; "
+                                          "fix it and start the engine again") from None
 
     # ------------------------------------------------------------ receiver thread
 
@@ -903,12 +922,8 @@ class Engine:
                     raise ValueError(f"unknown request kind {header['kind']!r}")
                 if header.get("clear_before"):  # classic Task(clear_before=True)
                     self._clear(header, parts)
-                try:
-                    result = handler(self, header, parts)
-                except BaseException as e:
-                    self._leave_if_forked(f"request {msg_id}", e)
-                    raise
-                self._leave_if_forked(f"request {msg_id}")
+                result = self._call_leaving_if_forked(f"request {msg_id}", handler, self,
+                                                      header, parts)
             finally:
                 self._current = None   # first: nothing interrupts this request from here
                 with self._lock:   # but what the receiver made pending just before is
@@ -955,6 +970,17 @@ class Engine:
             e = errors.SerializationError(f"the result could not be sent back: {e}")
             return self._reply_error(header, e, status=protocol.ERROR, **meta)
         self._send_reply(header, protocol.OK, result_parts, **meta)
+
+    def _call_leaving_if_forked(self, forker, fn, *args):
+        """fn(*args), which may fork; `forker` names it (a request, the startup script)
+        for _leave_if_forked, which ends a forked process that returns or raises here."""
+        try:
+            result = fn(*args)
+        except BaseException as e:
+            self._leave_if_forked(forker, e)
+            raise
+        self._leave_if_forked(forker)
+        return result
 
     def _leave_if_forked(self, forker, exc=None):
         """In a process that `forker` (a request, the startup script) forked and that
@@ -1295,17 +1321,6 @@ def _stop_waiting(signum, frame):
     raise SystemExit(0)
 
 
-def _connection_info(path, wait):
-    """The engine's connection file, waited for up to `wait` s while it does not exist."""
-    if not os.path.exists(path):
-        log.info("no connection file at %s yet: waiting up to %.0f s for a controller to "
-                 "write it", path, wait)
-        deadline = time.monotonic() + wait
-        while not os.path.exists(path) and time.monotonic() < deadline:
-            time.sleep(0.1)
-    return protocol.read_connection_file(path, protocol.ENGINE_PORTS)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(
         prog=f"python -m {__spec__.name if __spec__ else 'engine'}",
@@ -1350,7 +1365,8 @@ def main(argv=None):
     for sig in (signal.SIGINT, signal.SIGTERM):   # not the defaults: a traceback, a kill
         signal.signal(sig, _stop_waiting)
     try:
-        info = _connection_info(path, min(args.timeout, CONNECTION_FILE_WAIT_S))
+        protocol.wait_for_file(path, min(args.timeout, CONNECTION_FILE_WAIT_S), log.info)
+        info = protocol.read_connection_file(path, protocol.ENGINE_PORTS)
         engine = Engine(info, work_dir=args.work_dir, startup_script=args.startup_script,
                         startup_command=args.startup_command, registration_timeout=args.timeout,
                         max_missed_heartbeats=args.max_missed_heartbeats)

@@ -1223,11 +1223,15 @@ def _all_profile_dirs():
         return []
 
 
+def _profile_dirs(profile=None, profile_dir=None):
+    """One profile's folder, or (neither given) every folder in $MINIPAR_DIR."""
+    return ([protocol.profile_dir(profile, profile_dir)]
+            if profile is not None or profile_dir is not None else _all_profile_dirs())
+
+
 def cluster_files(profile=None, profile_dir=None):
     """Cluster files of one profile, or of every profile under $MINIPAR_DIR; newest first."""
-    folders = ([protocol.profile_dir(profile, profile_dir)]
-               if profile is not None or profile_dir is not None else _all_profile_dirs())
-    found = [p for folder in folders for p in glob.glob(
+    found = [p for folder in _profile_dirs(profile, profile_dir) for p in glob.glob(
         os.path.join(glob.escape(folder), "security", "cluster-*.json"))]
     return sorted(found, key=lambda p: -os.path.getmtime(p))
 
@@ -1237,6 +1241,11 @@ def _running(path):
         return Cluster.from_file(path)._is_running()
     except (OSError, ValueError, KeyError):
         return False  # unreadable: `list` warns about it
+
+
+def _searched(profile, profile_dir):
+    """Where cluster_files(profile, profile_dir) looks, in words."""
+    return profile_dir or (f"profile {profile}" if profile else protocol.base_dir())
 
 
 def find_cluster_file(profile=None, profile_dir=None, cluster_id=None):
@@ -1252,7 +1261,7 @@ def find_cluster_file(profile=None, profile_dir=None, cluster_id=None):
         what = "running cluster"
     if len(paths) == 1:
         return paths[0]
-    where = profile_dir or (f"profile {profile}" if profile else protocol.base_dir())
+    where = _searched(profile, profile_dir)
     see = f"see `python -m {_PKG}.launcher list`"
     if not paths:
         raise LauncherError(f"no {what} found in {where}; {see}")
@@ -1375,10 +1384,16 @@ def held_profile_message(info, profile_dir):
 # ---------------------------------------------------------------- python -m <pkg>.launcher
 
 
+def _stale(cluster):
+    """Nothing of `cluster` (from Cluster.from_file) runs, yet its file is left (its owner
+    was killed, say, and its controller stopped it: --owner)."""
+    return cluster.controller is None and not cluster.engines
+
+
 def _describe(cluster):
     ctl = cluster.controller
     ctl = f"pid {ctl.pid}" if ctl is not None and getattr(ctl, "pid", None) else (
-        ctl.state if ctl is not None else "stopped")
+        ctl.state if ctl is not None else "stale" if _stale(cluster) else "stopped")
     n = sum(e.n for e in cluster.engines.values())
     return f"{cluster.cluster_id}\t{ctl}\t{n}\t{cluster.profile_dir}"
 
@@ -1460,25 +1475,43 @@ def _cmd_stop(args):
 
 def _cmd_list(args):
     print("cluster_id\tcontroller\tengines\tprofile_dir")
+    stale, held = 0, set()
     for path in cluster_files(args.profile, args.profile_dir):
         try:
-            print(_describe(Cluster.from_file(path)))
+            cluster = Cluster.from_file(path)
         except (OSError, ValueError, KeyError) as e:
             log.warning("unreadable cluster file %s: %s", path, e)
+            continue
+        stale += _stale(cluster)
+        if cluster.controller is not None:   # a profile holds one controller: this one
+            held.add(os.path.abspath(cluster.profile_dir))
+        print(_describe(cluster))
+    # controllers started by hand write no cluster file: found by their connection files
+    for pdir in _profile_dirs(args.profile, args.profile_dir):
+        info = None if os.path.abspath(pdir) in held else live_controller(pdir)
+        if info is not None:
+            print(f"-\tpid {info['pid']} (by hand)\t?\t{pdir}")
+    if stale:
+        print(f"{stale} stale cluster(s): nothing of them runs (their starter was killed, "
+              f"say); `python -m {_PKG}.launcher clean` removes their files", file=sys.stderr)
     return 0
 
 
 def _cmd_clean(args):
     """Remove the files of clusters that are no longer running."""
+    said = []
     for path in cluster_files(args.profile, args.profile_dir):
         try:
             cluster = Cluster.from_file(path)
         except (OSError, ValueError, KeyError):
             os.remove(path)
+            said.append(f"removed unreadable cluster file {path}")
             continue
-        if cluster.controller is None and not cluster.engines:
+        if _stale(cluster):
             cluster._remove_files()
-            print(f"removed cluster {cluster.cluster_id} ({path})")
+            said.append(f"removed cluster {cluster.cluster_id} ({path})")
+    print("\n".join(said) or "nothing to clean: no files of stopped clusters in "
+          f"{_searched(args.profile, args.profile_dir)}")
     return 0
 
 

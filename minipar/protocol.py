@@ -43,10 +43,12 @@ import collections
 import itertools
 import json
 import marshal
+import math
 import os
 import pickle
 import struct
 import threading
+import time
 import types
 import warnings
 import weakref
@@ -783,6 +785,19 @@ def write_connection_file(path, info):
     with os.fdopen(fd, "w") as f:
         json.dump(info, f, indent=1)
     os.replace(tmp, path)
+
+
+def wait_for_file(path, wait_s, say):
+    """`path`, once it exists or after `wait_s` seconds (None: no bound), said once with
+    `say` (a logging method): a controller started along with its reader (`controller &
+    engine`) may not have written its connection file yet. The reader says if it has not."""
+    if not os.path.exists(path):
+        bound = "" if wait_s is None else f" up to {wait_s:g} s"
+        say("no connection file at %s yet: waiting%s for a controller to write it", path, bound)
+        deadline = math.inf if wait_s is None else time.monotonic() + wait_s
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    return path
 
 
 def read_connection_file(path, ports=CLIENT_PORTS):

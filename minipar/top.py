@@ -64,11 +64,14 @@ import argparse
 import collections
 import html
 import json
+import logging
 import os
 import sys
 import time
 
 from . import errors, protocol
+
+log = logging.getLogger(__name__)
 
 WINDOW_S = 60          # the sparkline's span, and how long per-second counts are kept
 RATE_WINDOW_S = 10     # the span of `rate`; 5..30 is reasonable
@@ -362,10 +365,12 @@ class Monitor:
         self._pid = None
         self._last_ok = time.monotonic()
 
-    def connect(self):
+    def connect(self, timeout=None):
+        """Connect a Client, waiting `timeout` s (default: the monitor's) for the answer."""
         from .client import Client   # here: an engine imports this module too
 
-        self.rc = Client(self.url_file, timeout=self.timeout, reconnect_timeout=self.wait_s)
+        self.rc = Client(self.url_file, timeout=self.timeout if timeout is None else timeout,
+                         reconnect_timeout=self.wait_s)
         self._pid = self.rc.info.get("pid")
 
     def close(self):
@@ -461,8 +466,6 @@ class _Note:
     """Where the Client's log lines go while the screen is curses'."""
 
     def __init__(self, monitor):
-        import logging
-
         self.handler = logging.Handler(logging.WARNING)
         self.handler.emit = lambda record: setattr(monitor, "note", record.getMessage())
         self.logger = logging.getLogger(__package__)
@@ -490,9 +493,10 @@ def main(argv=None):
     p.add_argument("--json", action="store_true",
                    help="print one snapshot as JSON and exit (implies --once; fields: see "
                         "the module docstring)")
-    p.add_argument("--wait", type=float, default=WAIT_S, metavar="S",
-                   help="seconds to wait for a controller that stopped answering before "
-                        f"exiting (default {WAIT_S:.0f})")
+    p.add_argument("--wait", type=float, metavar="S",
+                   help="seconds to wait for the controller before exiting: with --once, for "
+                        "its connection file and its answer (default: --interval, 1 to 5); "
+                        f"live, for one that stopped answering (default {WAIT_S:.0f})")
     args = p.parse_args(argv)
     if args.interval <= 0:
         p.error("--interval must be positive")
@@ -501,13 +505,18 @@ def main(argv=None):
     once = args.once or args.json
     if not once and not (sys.stdout.isatty() and sys.stdin.isatty()):
         p.error("the live view needs a terminal; use --once (or --once --json) otherwise")
-    monitor = Monitor(url_file, timeout=max(1.0, min(args.interval, 5.0)), wait_s=args.wait)
+    monitor = Monitor(url_file, timeout=max(1.0, min(args.interval, 5.0)),
+                      wait_s=WAIT_S if args.wait is None else args.wait)
     try:
-        monitor.connect()
-        if once:
-            snap = monitor.rc.status()
+        if once:   # --wait bounds it all: the connection file, the connection, the answer
+            wait_s = monitor.timeout if args.wait is None else args.wait
+            deadline = time.monotonic() + wait_s
+            protocol.wait_for_file(url_file, wait_s, log.info)
+            monitor.connect(timeout=round(max(0.1, deadline - time.monotonic()), 1))
+            snap = monitor.rc.status(timeout=round(max(0.1, deadline - time.monotonic()), 1))
             print(json.dumps(snap, indent=2) if args.json else text(snap, ascii=_ascii()))
             return 0
+        monitor.connect()
         import curses
         import locale
 

@@ -114,7 +114,34 @@ def test_missing_connection_file_names_it_and_how_to_start(tmp_path):
                                                 r"`python -m minipar.launcher list`"):
         minipar.Client(str(path))
     with pytest.raises(minipar.MiniparError, match="no connection file"):
-        minipar.Client(profile_dir=str(tmp_path))
+        minipar.Client(profile_dir=str(tmp_path), timeout=0.5)   # after waiting 0.5 s
+
+
+def test_a_profile_client_waits_for_its_controller_to_start(tmp_path, caplog):
+    """Client() / Client(profile_dir=...) waits up to its `timeout` for the profile's
+    connection file, as ipyparallel's does: `controller & python script.py` works. A file
+    named explicitly is not waited for (nor is it in ipyparallel): that error is at once."""
+    from .conftest import LocalCluster
+
+    profile_dir = tmp_path / "profile"
+    named = profile_dir / "security" / "minipar-client.json"
+    started = []
+    starter = threading.Timer(1.0, lambda: started.append(LocalCluster(tmp_path)))
+    t0 = time.monotonic()
+    with pytest.raises(FileNotFoundError, match="no connection file"):
+        minipar.Client(str(named), timeout=60)
+    assert time.monotonic() - t0 < 30   # at once (a generous bound): not its 60 s timeout
+    starter.start()
+    try:
+        assert not named.exists()
+        with caplog.at_level(logging.WARNING, logger="minipar.client"):
+            rc = minipar.Client(profile_dir=str(profile_dir), timeout=60)
+        assert rc.ids == [] and "waiting up to 60 s for a controller" in caplog.text
+        rc.close()
+    finally:
+        starter.join(60)
+        for c in started:
+            c.stop()
 
 
 def test_stale_connection_file_says_the_controller_is_gone(local_cluster):

@@ -597,6 +597,25 @@ def test_a_relative_startup_script_is_found_from_where_the_engine_started(local_
     assert done.returncode == 2 and "nowhere.py: no such file" in done.stderr, done.stderr
 
 
+def test_an_engine_whose_startup_script_raises_never_gets_work(local_cluster, tmp_path):
+    """A startup script that raises ends its engine (status 1, one line naming the
+    script, the exception and its line) before it registers, so a task waiting for an
+    engine goes to the next one that did start. Before, the engine registered first,
+    took the task while its script ran, died with a traceback and failed the task."""
+    rc = local_cluster.client()
+    ar = rc.load_balanced_view().apply_async(os.getpid)
+    script = tmp_path / "bad_startup.py"
+    script.write_text("import time\ntime.sleep(1)\nx = 1 / 0\n")
+    bad, = local_cluster.start_engines(1, args=["-s", str(script)])
+    assert bad.wait(START_TIMEOUT_S) == 1
+    log = local_cluster.output("engine0")
+    assert f"ERROR the startup script {script} raised ZeroDivisionError: division by zero " \
+        "at line 3; fix it" in log and "Traceback" not in log, log
+    assert rc.ids == [] and not ar.done()
+    good, = local_cluster.start_engines(1)
+    assert ar.get(START_TIMEOUT_S) == good.pid
+
+
 @pytest.fixture
 def launched(tmp_path):
     """A Cluster of 2 engines, one engine set minipar launched: (cluster, rc, engine set)."""

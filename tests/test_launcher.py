@@ -323,6 +323,21 @@ def test_cluster_stops_when_its_starter_is_killed(pids, tmp_path):
     assert any("owner process" in f.read_text() for f in log)
 
 
+def test_a_cluster_whose_starter_was_killed_is_listed_as_stale_until_cleaned(pids, tmp_path):
+    # the controller stopped it (--owner), but nobody was left to remove its cluster file
+    cluster = _start_and_kill_starter(pids, tmp_path, shutdown_atexit=True)
+    wait_until(lambda: not any(alive(x) for x in cluster), 30, "the cluster to stop")
+    prof = str(tmp_path / "p")
+    out = cli("list", "--profile-dir", prof)
+    assert out.returncode == 0, out.stderr
+    assert re.search(rf"^\S+\tstale\t0\t{re.escape(prof)}$", out.stdout, re.M), out.stdout
+    assert "1 stale cluster(s)" in out.stderr, out.stderr
+    assert "launcher clean` removes their files" in out.stderr
+    assert "removed cluster" in cli("clean", "--profile-dir", prof).stdout
+    out = cli("list", "--profile-dir", prof)
+    assert out.stdout == "cluster_id\tcontroller\tengines\tprofile_dir\n" and not out.stderr
+
+
 def test_cluster_left_running_survives_its_starter(pids, tmp_path):
     cluster = _start_and_kill_starter(pids, tmp_path, shutdown_atexit=False)
     time.sleep(3)   # three heartbeats of the controller (CTL_ARGS: the default 1 s)
@@ -478,6 +493,22 @@ def test_launcher_start_on_a_hand_started_controller_prints_a_fix_that_works(pid
     finally:
         if out.returncode == 0:
             cli("stop", "--all", "--profile-dir", prof)
+
+
+def test_list_shows_controllers_started_by_hand(pids, minipar_dir):
+    """`python -m minipar.controller` (default profile, in $MINIPAR_DIR) writes no cluster
+    file; `list` finds it by its connection file, marked as started by hand."""
+    prof = str(minipar_dir / "profile_default")
+    first = _controller(prof)
+    pids.add(first.pid)
+    try:
+        out = cli("list")
+        assert out.returncode == 0, out.stderr
+        assert f"-\tpid {first.pid} (by hand)\t?\t{prof}\n" in out.stdout, out.stdout
+    finally:
+        first.terminate()
+        first.wait(30)
+    assert f"pid {first.pid}" not in cli("list").stdout
 
 
 def test_hand_started_controller_on_a_launcher_cluster_prints_a_fix_that_works(pids, tmp_path):
@@ -666,6 +697,7 @@ def test_cluster_file_from_file_and_cli_list_stop(pids):
         out = cli("list")
         assert out.returncode == 0, out.stderr
         assert cluster.cluster_id in out.stdout and f"pid {cluster.controller.pid}" in out.stdout
+        assert "(by hand)" not in out.stdout   # its controller is the cluster's, listed once
         out = cli("stop", "--cluster-id", cluster.cluster_id)
         assert out.returncode == 0, out.stderr
         assert not [p for p in pids.pids if alive(p)]
@@ -744,6 +776,14 @@ def test_cli_clean_removes_files_of_dead_clusters(pids, minipar_dir):
     assert out.returncode == 0, out.stderr
     assert not os.path.exists(path)
     cluster.stop_cluster_sync()
+
+
+def test_cli_clean_says_when_there_is_nothing_to_clean(minipar_dir, tmp_path):
+    prof = str(tmp_path / "p")
+    for where, args in ((str(minipar_dir), []), (prof, ["--profile-dir", prof])):
+        out = cli("clean", *args)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == f"nothing to clean: no files of stopped clusters in {where}\n"
 
 
 # ---------------------------------------------------------------- LSF (no free install)

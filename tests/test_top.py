@@ -168,6 +168,49 @@ def test_once_says_clearly_when_there_is_no_controller(tmp_path):
     assert out.returncode == 1 and "no connection file" in out.stderr
 
 
+def test_once_waits_up_to_wait_for_the_controller(tmp_path):
+    """--once --wait N waits up to N s in all for the controller: for a frozen one to
+    answer, and for one not yet started to write its connection file. Before, --once
+    gave up after the refresh interval (1 s), whatever --wait said."""
+    def top(profile_dir):
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "minipar.top", "--once", "--json", "--wait", "60",
+             "--profile-dir", str(profile_dir)], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT))
+        return procs[-1]
+
+    def snapshot(p):
+        out, err = p.communicate(timeout=90)
+        assert p.returncode == 0, err
+        return json.loads(out)
+
+    clusters, procs = [], []
+    for name in ("frozen", "late"):
+        (tmp_path / name).mkdir()
+    try:
+        frozen = LocalCluster(tmp_path / "frozen")
+        clusters.append(frozen)
+        frozen.controller.send_signal(signal.SIGSTOP)
+        waiting = top(frozen.profile_dir)
+        with pytest.raises(subprocess.TimeoutExpired):   # still waiting 3 s on
+            waiting.wait(3)
+        frozen.controller.send_signal(signal.SIGCONT)
+        assert snapshot(waiting)["controller"]["pid"] == frozen.controller.pid
+        waiting = top(tmp_path / "late" / "profile")
+        with pytest.raises(subprocess.TimeoutExpired):   # no connection file yet: it waits
+            waiting.wait(2)
+        late = LocalCluster(tmp_path / "late")
+        clusters.append(late)
+        assert snapshot(waiting)["controller"]["pid"] == late.controller.pid
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate(timeout=10)
+        for c in clusters:
+            c.stop()
+
+
 # ---------------------------------------------------------------- the live view
 
 
