@@ -84,23 +84,6 @@ def interactive(f):
     return f
 
 
-# ipyparallel's module-level use_*(): the serializer of this process only (a view's or
-# the Client's use_*() sets it on their engines too); see protocol.use_serializer
-def use_cloudpickle():
-    """Send functions and what refers to __main__ by value with cloudpickle (the default)."""
-    protocol.use_serializer("cloudpickle")
-
-
-def use_dill():
-    """Send by value with dill (installed here and on the engines)."""
-    protocol.use_serializer("dill")
-
-
-def use_pickle():
-    """Send nothing by value: functions by reference only (__main__'s are refused)."""
-    protocol.use_serializer("pickle")
-
-
 # ---------------------------------------------------------------- client
 
 class Client(errors.SaysWhyAbsent):

@@ -663,6 +663,23 @@ def use_serializer(name):
     _function_cache.clear()   # pickles made the other way
 
 
+# ipyparallel's module-level use_*(): the serializer of this process only (a view's or
+# the Client's use_*() sets it on their engines too)
+def use_cloudpickle():
+    """Send functions and what refers to __main__ by value with cloudpickle (the default)."""
+    use_serializer("cloudpickle")
+
+
+def use_dill():
+    """Send by value with dill (installed here and on the engines)."""
+    use_serializer("dill")
+
+
+def use_pickle():
+    """Send nothing by value: functions by reference only (__main__'s are refused)."""
+    use_serializer("pickle")
+
+
 def serialize(obj, by_value=False):
     """Pickle `obj` into a list of frames: the pickle, then its out-of-band buffers."""
     buffers = []
