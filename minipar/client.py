@@ -77,6 +77,17 @@ _FLUSH = b"flush"   # the outbox's marker: send what is held (and b"": close)
 _TIMER_SEQ = itertools.count()
 
 
+def _forked(client_ref):
+    # executes in a forked child (multiprocessing's fork), in its only thread: no lock is
+    # taken (another thread may have held it at the fork) and no socket touched; the
+    # parent's requests it waits on are not failed here (their locks, too)
+    client = client_ref()
+    if client is not None and not client._closed:
+        client._closed = errors.MiniparError(
+            f"this Client was made in process {os.getppid()}, which forked this one "
+            f"({os.getpid()}): its I/O thread runs there only. Make a new Client here")
+
+
 def interactive(f):
     """Make `f` behave like a function defined in ``__main__``: it is sent by value and
     runs on the engine with the engine's namespace as its globals."""
@@ -104,6 +115,8 @@ class Client(errors.SaysWhyAbsent):
         self._engines, self._futures = {}, {}
         self._engines_changed = threading.Condition()
         self._closed = None         # the error every call raises once close()d
+        # a forked child has this Client's memory but not its I/O thread: there, it is closed
+        os.register_at_fork(after_in_child=functools.partial(_forked, weakref.ref(self)))
         self.ctx = zmq.Context()
         self._outbox_addr = f"inproc://client-outbox-{id(self)}"
         outbox_in = self.ctx.socket(zmq.PULL)
