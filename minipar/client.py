@@ -519,10 +519,14 @@ class Client(errors.SaysWhyAbsent):
         # executes in the I/O thread, holding _engines_changed
         self._engines.pop(header["id"], None)
 
+    def _on_controller_stopped(self, header):   # I/O thread: it never comes back
+        self._gone = self._stopped_hub = self._stopped_hub or errors.MiniparError(header["why"])
+
     _notification_handlers = {
         protocol.ENGINE_REGISTERED: _on_engine_registered,
         protocol.ENGINE_UNREGISTERED: _on_engine_gone,
         protocol.ENGINE_DIED: _on_engine_gone,
+        protocol.CONTROLLER_STOPPED: _on_controller_stopped,
     }
 
     # ------------------------------------------------------------ sending

@@ -123,6 +123,7 @@ SIGNAL = "signal"                # send a signal to engines' processes: header `
 ENGINE_REGISTERED = "engine_registered"
 ENGINE_UNREGISTERED = "engine_unregistered"
 ENGINE_DIED = "engine_died"
+CONTROLLER_STOPPED = "controller_stopped"   # stopped without --reuse: header `why`
 
 # Replies: written out, so no kind is built per message.
 APPLY_REPLY = "apply_reply"
