@@ -26,7 +26,7 @@ _LAZY = {
     "StringTask": "classic", "Task": "classic", "TaskClient": "classic",
     "TaskResult": "classic",
     "Cluster": "launcher", "ClusterManager": "launcher",
-    "use_cloudpickle": "client", "use_dill": "client", "use_pickle": "client",
+    "use_cloudpickle": "protocol", "use_dill": "protocol", "use_pickle": "protocol",
 }
 
 

@@ -77,28 +77,22 @@ _FLUSH = b"flush"   # the outbox's marker: send what is held (and b"": close)
 _TIMER_SEQ = itertools.count()
 
 
+def _forked(client_ref):
+    # executes in a forked child (multiprocessing's fork), in its only thread: no lock is
+    # taken (another thread may have held it at the fork) and no socket touched; the
+    # parent's requests it waits on are not failed here (their locks, too)
+    client = client_ref()
+    if client is not None and not client._closed:
+        client._closed = errors.MiniparError(
+            f"this Client was made in process {os.getppid()}, which forked this one "
+            f"({os.getpid()}): its I/O thread runs there only. Make a new Client here")
+
+
 def interactive(f):
     """Make `f` behave like a function defined in ``__main__``: it is sent by value and
     runs on the engine with the engine's namespace as its globals."""
     f.__module__ = "__main__"
     return f
-
-
-# ipyparallel's module-level use_*(): the serializer of this process only (a view's or
-# the Client's use_*() sets it on their engines too); see protocol.use_serializer
-def use_cloudpickle():
-    """Send functions and what refers to __main__ by value with cloudpickle (the default)."""
-    protocol.use_serializer("cloudpickle")
-
-
-def use_dill():
-    """Send by value with dill (installed here and on the engines)."""
-    protocol.use_serializer("dill")
-
-
-def use_pickle():
-    """Send nothing by value: functions by reference only (__main__'s are refused)."""
-    protocol.use_serializer("pickle")
 
 
 # ---------------------------------------------------------------- client
@@ -121,6 +115,8 @@ class Client(errors.SaysWhyAbsent):
         self._engines, self._futures = {}, {}
         self._engines_changed = threading.Condition()
         self._closed = None         # the error every call raises once close()d
+        # a forked child has this Client's memory but not its I/O thread: there, it is closed
+        os.register_at_fork(after_in_child=functools.partial(_forked, weakref.ref(self)))
         self.ctx = zmq.Context()
         self._outbox_addr = f"inproc://client-outbox-{id(self)}"
         outbox_in = self.ctx.socket(zmq.PULL)
@@ -523,10 +519,14 @@ class Client(errors.SaysWhyAbsent):
         # executes in the I/O thread, holding _engines_changed
         self._engines.pop(header["id"], None)
 
+    def _on_controller_stopped(self, header):   # I/O thread: it never comes back
+        self._gone = self._stopped_hub = self._stopped_hub or errors.MiniparError(header["why"])
+
     _notification_handlers = {
         protocol.ENGINE_REGISTERED: _on_engine_registered,
         protocol.ENGINE_UNREGISTERED: _on_engine_gone,
         protocol.ENGINE_DIED: _on_engine_gone,
+        protocol.CONTROLLER_STOPPED: _on_controller_stopped,
     }
 
     # ------------------------------------------------------------ sending

@@ -257,7 +257,7 @@ class Controller:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(f)
         for name, sock in self.sockets.items():   # what _end_everything sent may leave
-            sock.close(linger=LINGER_MS if name in ("client", "engine") else 0)
+            sock.close(linger=LINGER_MS if name in ("client", "engine", "notify") else 0)
         self.ctx.term()
 
     # ------------------------------------------------------------ loop
@@ -286,6 +286,9 @@ class Controller:
                        f"{rec['msg_id']} ended; it was not started with --reuse, so it does "
                        "not come back: start a new one and submit the work again")
         self._shutdown_engines(None, abort=True)
+        self._notify(protocol.CONTROLLER_STOPPED, why=(  # so a client's next call fails at once
+            f"the controller (pid {os.getpid()}) stopped; it was not started with --reuse, so it "
+            "does not come back: start a new one and make a new Client"))
         self._flush()
 
     def loop_once(self, now, timeout=None):

@@ -439,7 +439,8 @@ class LocalProcessLauncher(BaseLauncher):
         self._watcher = None
 
     def find_args(self):
-        raise NotImplementedError
+        """The command line: the role's program (mpiexec and ssh launchers wrap it)."""
+        return self.program_and_args
 
     def start(self):
         self._check_state(BEFORE, "start")
@@ -524,18 +525,12 @@ class LocalControllerLauncher(LocalProcessLauncher, ControllerLauncher):
     kind = "local"
     role = "controller"
 
-    def find_args(self):
-        return self.program_and_args
-
 
 class LocalEngineLauncher(LocalProcessLauncher, EngineLauncher):
     """One engine as a local subprocess."""
 
     kind = "local"
     role = "engine"
-
-    def find_args(self):
-        return self.program_and_args
 
     def start(self, n=1):
         self.n = 1
@@ -985,6 +980,9 @@ class Cluster:
         keyword arguments for the launcher, over `controller_options`."""
         if self.controller is not None and self.controller.running:
             raise LauncherError(f"{self!r} already has a running controller")
+        # without --reuse, a new key and ports: Clients of one that ended can never reach it
+        if "--reuse" not in self.controller_args:
+            self._close_clients()
         info = live_controller(self.profile_dir)
         if info is not None:
             raise LauncherError(held_profile_message(info, self.profile_dir))
@@ -1100,9 +1098,8 @@ class Cluster:
         for set_id in ids:
             old = self.engines[set_id]
             self.stop_engines_sync(set_id)
-            options = {k: getattr(old, k) for k in type(old)._names("_options")
-                       if k not in ("profile_dir", "cluster_id", "program_args")}
-            self.start_engines_sync(old.n, set_id, engines=type(old), **options)
+            opts = {k: getattr(old, k) for k in old._names("_options") if k not in _SET_BY_CLUSTER}
+            self.start_engines_sync(old.n, set_id, engines=type(old), **opts)
         return ids
 
     def signal_engines_sync(self, signum, engine_set_id=None):
@@ -1153,16 +1150,21 @@ class Cluster:
         """Stop the controller; its launcher stays in `controller` (state "after")."""
         if self.controller is not None:
             self.controller.stop()
+        if "--reuse" not in self.controller_args:   # it never comes back (see above)
+            self._close_clients()
         self._update_cluster_file()
 
-    def stop_cluster_sync(self):
-        """Stop every engine, then the controller; close the Clients made here."""
-        for rc in self._clients:
+    def _close_clients(self):
+        clients, self._clients = self._clients, []
+        for rc in clients:
             try:
                 rc.close()
             except Exception:
                 log.exception("closing %r", rc)
-        self._clients = []
+
+    def stop_cluster_sync(self):
+        """Stop every engine, then the controller; close the Clients made here."""
+        self._close_clients()
         errors = []
         for set_id in list(self.engines):
             try:
@@ -1436,8 +1438,7 @@ def _cmd_start(args):
             signal.signal(sig, lambda *_: done.set())
     print(f"cluster {cluster.cluster_id} ready: {len(rc.ids)} engines; profile dir "
           f"{cluster.profile_dir}", flush=True)
-    rc.close()
-    cluster._clients = []
+    cluster._close_clients()
     if args.daemonize:
         return 0
     cluster.controller.on_stop(lambda _data: done.set())
@@ -1459,8 +1460,7 @@ def _cmd_engines(args):
     n = args.n if args.n is not None else (os.cpu_count() or 1)
     cluster.wait_for_engines(before + n, client=rc)
     print(f"cluster {cluster.cluster_id}: {len(rc.ids)} engines", flush=True)
-    rc.close()
-    cluster._clients = []
+    cluster._close_clients()
     return 0
 
 

@@ -125,6 +125,7 @@ SIGNAL = "signal"                # send a signal to engines' processes: header `
 ENGINE_REGISTERED = "engine_registered"
 ENGINE_UNREGISTERED = "engine_unregistered"
 ENGINE_DIED = "engine_died"
+CONTROLLER_STOPPED = "controller_stopped"   # stopped without --reuse: header `why`
 
 # Replies: written out, so no kind is built per message.
 APPLY_REPLY = "apply_reply"
@@ -663,6 +664,23 @@ def use_serializer(name):
     else:
         raise ValueError(f"unknown serializer {name!r}: use 'cloudpickle', 'dill' or 'pickle'")
     _function_cache.clear()   # pickles made the other way
+
+
+# ipyparallel's module-level use_*(): the serializer of this process only (a view's or
+# the Client's use_*() sets it on their engines too)
+def use_cloudpickle():
+    """Send functions and what refers to __main__ by value with cloudpickle (the default)."""
+    use_serializer("cloudpickle")
+
+
+def use_dill():
+    """Send by value with dill (installed here and on the engines)."""
+    use_serializer("dill")
+
+
+def use_pickle():
+    """Send nothing by value: functions by reference only (__main__'s are refused)."""
+    use_serializer("pickle")
 
 
 def serialize(obj, by_value=False):

@@ -1,6 +1,7 @@
 """Bad input at the client: each gives a clear error, never a hang, and the controller
 keeps serving everyone else."""
 
+import contextlib
 import gc
 import json
 import logging
@@ -451,3 +452,40 @@ def test_a_failed_io_thread_fails_what_waits_and_close_still_returns(shared_clus
         done.start()
         done.join(30)
         assert not done.is_alive(), "close() hung"
+
+
+def test_a_forked_child_is_told_to_make_its_own_client(rc):
+    """A forked child (multiprocessing's fork) has the parent's Client but not its I/O
+    thread: using it there fails at once saying so, where a request used to wait for a
+    reply that no thread would ever read; a new Client there works, and the parent's
+    goes on, also after the child closed its copy (as atexit would)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the child: report, and leave without running pytest's code
+        try:
+            try:
+                rc[:].apply_async(os.getpid)
+                said = "no error"
+            except minipar.MiniparError as e:
+                said = str(e)
+            with minipar.Client(rc.url_file) as own:
+                said += f"|{own[:].apply_async(abs, -2).get(TIMEOUT / 4)}"
+            rc.close()
+        except BaseException as e:
+            said = f"failed: {e!r}"
+        os.write(w, said.encode())
+        os._exit(0)
+    os.close(w)
+    try:
+        _, status = wait_until(lambda: [x for x in [os.waitpid(pid, os.WNOHANG)] if x[0]],
+                               TIMEOUT / 2, "the forked child to exit")[0]
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    said = os.read(r, 4096).decode()
+    os.close(r)
+    assert status == 0 and f"made in process {os.getpid()}, which forked this one " \
+        f"({pid})" in said and "Make a new Client here" in said, said
+    assert said.endswith(f"|{[2] * len(rc.ids)}"), said
+    assert rc[:].apply_sync(abs, -1) == [1] * len(rc.ids)

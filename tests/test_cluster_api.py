@@ -125,6 +125,28 @@ def test_sync_twins(pids, tmp_path):  # noqa: F811
     assert os.path.isdir(tmp_path / "p")  # a folder the user gave is kept
 
 
+
+def test_a_controller_started_again_without_reuse_gets_new_clients(pids, tmp_path):  # noqa: F811
+    """Without --reuse a controller started again has a new key and ports: a Client made
+    for the old one can never reach it. Stopping it closes the Clients made here, so a
+    call says so at once (rather than wait reconnect_timeout, 60 s, for it), and
+    wait_for_engines connects anew rather than read the old Client's engine list."""
+    cluster = Cluster(n=1, profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS)
+    try:
+        rc = cluster.start_and_connect_sync()
+        pids.add_cluster(cluster, rc)
+        cluster.stop_controller_sync()
+        with pytest.raises(RuntimeError, match="this Client is closed"):
+            rc[:].apply_async(abs, -1)
+        cluster.start_controller_sync()
+        cluster.restart_engines_sync()   # the old controller stopped its engines
+        rc2 = cluster.wait_for_engines()
+        pids.add_cluster(cluster, rc2)
+        assert rc2 is not rc and rc2[:].apply_sync(abs, -2) == [2]
+    finally:
+        cluster.stop_cluster_sync()
+    assert pids.wait_gone(20) == []
+
 def test_from_file_finds_the_one_running_cluster(pids, minipar_dir):  # noqa: F811
     out = cli("start", "-n", "1", "--profile", "x", "--cluster-id", "daemon",
               "--controller-args", " ".join(CTL_ARGS), "--daemonize")

@@ -258,3 +258,15 @@ def test_a_controller_stopped_without_reuse_ends_its_requests_and_engines(local_
             ar.get(START_TIMEOUT_S)
     assert engine.wait(START_TIMEOUT_S) == 0
     assert c.controller.wait(START_TIMEOUT_S) == 0
+    # it said so to its clients: a later call fails at once, not after reconnect_timeout
+
+    def refused():
+        try:
+            rc.load_balanced_view().apply_async(abs, -1)
+        except minipar.MiniparError as e:
+            return str(e)
+
+    said = wait_until(refused, 10, "a call refused at once")
+    assert re.search(r"controller .*stopped.*--reuse.*does not come back", said), said
+    with pytest.raises(minipar.MiniparError, match="does not come back"):
+        rc.ids
