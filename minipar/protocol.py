@@ -892,6 +892,8 @@ def _connection_problem(info, needed):
         return f"has no valid port for {', '.join(bad)} in `ports`"
     if not isinstance(info["location"], str) or not info["location"]:
         return "has no valid `location` (the controller's address)"
+    if info.get("transport", "tcp") != "tcp":
+        return f"has `transport` {info['transport']!r}: a controller listens on tcp only"
     return None
 
 
