@@ -150,11 +150,23 @@ class AsyncResult(_Future):
         with ``msg_id`` and ``metadata`` (a request's own result, engine and output)."""
         return list(self._children)
 
+    def result(self, timeout=None):
+        self._reachable()
+        return super().result(timeout)
+
+    def _reachable(self):
+        # raise at once where no reply can come: its Client is closed (in a forked child,
+        # made so at the fork: the I/O thread that would read the reply is the parent's)
+        closed = self._client is not None and self._client._closed
+        if closed and not self.done():
+            raise closed
+
     def get(self, timeout=None, return_exceptions=None):
         """The result; raises TimeoutError if not ready within `timeout` seconds. With
         `return_exceptions` (default: False, or the map's flag) a failed request's
         error is returned in place of its result (of each item of a failed map chunk)."""
         timeout = _timeout_s(timeout)   # before the try: it would take a TypeError for a timeout
+        self._reachable()               # (and a closed Client's error)
         try:
             return self.result(timeout)
         except Exception:
@@ -177,6 +189,7 @@ class AsyncResult(_Future):
 
     def wait(self, timeout=None):
         """Wait until done (at most `timeout` seconds); return whether it is."""
+        self._reachable()
         concurrent.futures.wait([self], _timeout_s(timeout))
         return self.done()
 
@@ -233,6 +246,7 @@ class AsyncResult(_Future):
 
     def __iter__(self):
         """Yield results as they arrive; raises the first remote error met."""
+        self._reachable()
         children = self._children if self._ordered else \
             concurrent.futures.as_completed(self._children)
         for f in children:

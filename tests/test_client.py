@@ -458,16 +458,21 @@ def test_a_forked_child_is_told_to_make_its_own_client(rc):
     """A forked child (multiprocessing's fork) has the parent's Client but not its I/O
     thread: using it there fails at once saying so, where a request used to wait for a
     reply that no thread would ever read; a new Client there works, and the parent's
-    goes on, also after the child closed its copy (as atexit would)."""
+    goes on, also after the child closed its copy (as atexit would). A result the parent
+    waits for fails at once in the child too, where it waited forever."""
+    pending = rc[:].apply_async(time.sleep, 5)
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:   # the child: report, and leave without running pytest's code
         try:
-            try:
-                rc[:].apply_async(os.getpid)
-                said = "no error"
-            except minipar.MiniparError as e:
-                said = str(e)
+            said = ""
+            for use in (lambda: pending.get(TIMEOUT), lambda: pending.wait(TIMEOUT),
+                        lambda: list(pending), lambda: rc[:].apply_async(os.getpid)):
+                try:
+                    use()
+                    said += "no error;"
+                except minipar.MiniparError as e:
+                    said += f"{e};"
             with minipar.Client(rc.url_file) as own:
                 said += f"|{own[:].apply_async(abs, -2).get(TIMEOUT / 4)}"
             rc.close()
@@ -485,7 +490,9 @@ def test_a_forked_child_is_told_to_make_its_own_client(rc):
             os.waitpid(pid, 0)
     said = os.read(r, 4096).decode()
     os.close(r)
-    assert status == 0 and f"made in process {os.getpid()}, which forked this one " \
-        f"({pid})" in said and "Make a new Client here" in said, said
+    assert status == 0 and said.count(f"made in process {os.getpid()}, which forked this "
+                                      f"one ({pid})") == 4, said
+    assert said.count("Make a new Client here") == 4 and "no error" not in said, said
     assert said.endswith(f"|{[2] * len(rc.ids)}"), said
+    assert pending.get(TIMEOUT) == [None] * len(rc.ids)
     assert rc[:].apply_sync(abs, -1) == [1] * len(rc.ids)
