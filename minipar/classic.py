@@ -40,7 +40,7 @@ import types
 from . import protocol
 from .asyncresult import _ctrl_c_aborts
 from .client import AsyncResult, Client, DirectView, interactive
-from .errors import CompositeError, RemoteError
+from .errors import CompositeError, NoEnginesRegistered, RemoteError
 
 # Execute results kept per engine for get_result / %result; each holds the command's
 # output text, so 10..1000 is reasonable.
@@ -959,7 +959,10 @@ class _ParallelMagics:
         if options.get("verbose", self.verbose):
             print(f"{'Parallel' if block else 'Async parallel'} execution on engine(s): "
                   f"{_shown_targets(targets)}")
-        pr = self.view.execute(code, targets=targets, block=False)
+        try:
+            pr = self.view.execute(code, targets=targets, block=False)
+        except (IndexError, NoEnginesRegistered) as e:   # one line, not our stack
+            raise _usage(str(e)) from None
         ar = pr.future if self.classic else pr   # a PendingResult's AsyncResult, or it
         if not self.classic:
             self.last_result = ar

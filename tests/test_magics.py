@@ -103,6 +103,10 @@ def test_px_cell_options(shell, ip_rc):
     assert run(shell, "%px --targets 2 print(-both if 'both' in dir() else 'no')") == \
         "[stdout:2] no\n"
     assert "unknown option --nope" in run(shell, "%%px --nope\npass", ok=False)
+    for line in ("%px --targets 99 1", "%px --targets 5:9 1"):   # one line, not minipar's stack
+        out = run(shell, line, ok=False)
+        assert out.startswith("UsageError: ") and "registered: [0, 1, 2, 3]" in out \
+            and "Traceback" not in out, out
     assert "--group-outputs 'x'" in run(shell, "%%px --group-outputs x\npass", ok=False)
 
 
