@@ -1065,14 +1065,14 @@ class _View(errors.SaysWhyAbsent):
         return ar.get() if self._block(block) else ar
 
     @_ctrl_c_aborts
-    def apply(self, f, *args, **kwargs):
+    def apply(self, f, /, *args, **kwargs):
         return self._finish(self._apply(f, args, kwargs), None)
 
-    def apply_async(self, f, *args, **kwargs):
+    def apply_async(self, f, /, *args, **kwargs):
         return self._apply(f, args, kwargs)
 
     @_ctrl_c_aborts
-    def apply_sync(self, f, *args, **kwargs):
+    def apply_sync(self, f, /, *args, **kwargs):
         return self._finish(self._apply(f, args, kwargs), True)
 
     def map_async(self, f, *sequences, **kwargs):
@@ -1482,7 +1482,7 @@ class LoadBalancedView(_View):
         self._send(f, args, kwargs, fparts, fields, self._recovery_chain(), future=ar, **extra)
         return ar
 
-    def recovery_task(self, f, *args, **kwargs):
+    def recovery_task(self, f, /, *args, **kwargs):
         """Submit ``f(*args, **kwargs)`` as a dormant task, to be named by another task's
         ``recovery=``: it runs only if that task fails for good (and ends with
         TaskAborted, unrun, if it succeeds). Its own ``recovery`` flag makes a chain.

@@ -19,7 +19,7 @@ class RemoteFunction:
         self.__doc__ = getattr(f, "__doc__", None)
 
     @_ctrl_c_aborts
-    def __call__(self, *args, **kwargs):
+    def __call__(self, /, *args, **kwargs):
         with self.view.temp_flags(**self.flags):
             return self.view._finish(self.view.apply_async(self.func, *args, **kwargs), self.block)
 
