@@ -26,7 +26,6 @@ fields among `fields`) and ``query(kind, **fields)`` (the controller's reply hea
 """
 
 import collections
-import collections.abc
 import concurrent.futures
 import contextlib
 import datetime
@@ -49,7 +48,8 @@ from . import errors, protocol
 from .asyncresult import (AsyncResult, _concat, _Derived, _MsgFuture, _OneRequest,
                           _aborted_on_ctrl_c, _ctrl_c_aborts, _sent, _timeout_s)
 from .dependency import dependency_fields, dependent, msg_ids
-from .remotefunction import ParallelFunction, RemoteFunction
+from .remotefunction import (ParallelFunction, RemoteFunction, _partition, _sequence,
+                             _sequences)
 # CompositeError too: classic scripts catch `client.CompositeError`
 from .errors import CompositeError, NoEnginesRegistered, TimeoutError
 
@@ -1151,14 +1151,6 @@ def _seconds(query):
     return query
 
 
-def _partition(seq, n, i):
-    """The i-th of n nearly equal contiguous blocks of `seq`, the first len % n one longer
-    (ipyparallel's block distribution: 10 on 4 engines is 3, 3, 2, 2)."""
-    size, more = divmod(len(seq), n)
-    part = seq[i * size + min(i, more):(i + 1) * size + min(i + 1, more)]
-    return list(part) if isinstance(part, range) else part
-
-
 def _seconds_check(what):
     """A flag's check: seconds (int or float, as the controller takes), None or 0 for no
     limit; < 0 and NaN are a ValueError, what is no number a TypeError."""
@@ -1175,28 +1167,6 @@ def _check_count(name, value):
     if type(value) is not int or value < 0:
         raise (ValueError if type(value) is int else TypeError)(
             f"{name}={value!r:.40}: give a count, an int >= 0 (0: none)")
-
-
-def _sequence(s):
-    """`s` to split into contiguous parts (by scatter and map): a sequence as it is, another
-    iterable as a list. A mapping is refused: it would be sliced by key, if at all."""
-    if isinstance(s, collections.abc.Mapping) or not hasattr(s, "__iter__"):
-        raise TypeError(f"{type(s).__name__} {s!r:.40} is not a sequence to split into parts: "
-                        "give a list, tuple, range or array (of a dict: list(d.items()))")
-    return s if hasattr(s, "__getitem__") and hasattr(s, "__len__") else list(s)
-
-
-def _sequences(sequences, elementwise):
-    """A map's arguments as sequences, and how many items it maps: the shortest's length,
-    as map, zip and ipyparallel's map have it. A parallel function's call hands each
-    engine a part of each sequence, so it refuses unequal lengths (as ipyparallel's)."""
-    if not sequences:
-        raise ValueError("map needs at least one sequence")
-    seqs = [_sequence(s) for s in sequences]
-    lengths = [len(s) for s in seqs]
-    if not elementwise and len(set(lengths)) > 1:
-        raise ValueError(f"all sequences must have equal length, but have {lengths}")
-    return seqs, min(lengths)
 
 
 class DirectView(_View):
