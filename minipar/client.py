@@ -676,11 +676,12 @@ class Client(errors.SaysWhyAbsent):
             return DirectView(self, ids[key] if isinstance(key, slice) else list(key))
         raise TypeError(f"index a Client with an int, a slice or a list, not {type(key).__name__}")
 
-    def direct_view(self, targets="all"):
-        return DirectView(self, targets)
+    # a view's flags (block, label, retries...) may be given when it is made, as ipyparallel's
+    def direct_view(self, targets="all", **flags):
+        return DirectView(self, targets, **flags)
 
-    def broadcast_view(self, targets="all", is_coalescing=False):
-        return BroadcastView(self, targets, is_coalescing=is_coalescing)
+    def broadcast_view(self, targets="all", is_coalescing=False, **flags):
+        return BroadcastView(self, targets, is_coalescing=is_coalescing, **flags)
 
     def activate(self, targets="all", suffix=""):
         """Register %px{suffix} and the other IPython magics for a blocking view of
@@ -689,8 +690,8 @@ class Client(errors.SaysWhyAbsent):
         view.activate(suffix)
         return view
 
-    def load_balanced_view(self, targets=None):
-        return LoadBalancedView(self, targets)
+    def load_balanced_view(self, targets=None, **flags):
+        return LoadBalancedView(self, targets, **flags)
 
     def executor(self, targets=None):
         """A concurrent.futures.Executor running calls as load-balanced tasks."""
@@ -1012,12 +1013,16 @@ class Client(errors.SaysWhyAbsent):
 class _View(errors.SaysWhyAbsent):
     _flag_names = ("block", "label")
 
-    def __init__(self, client, targets="all", block=False):
+    def __init__(self, client, targets="all", block=False, **flags):
         self.client, self.targets, self.block = client, targets, block
         self.label = None   # kept in the task records: ar.metadata['label'], db_query
+        self.set_flags(**flags)
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.targets}>"
+
+    def __len__(self):   # the engines it may use: its targets', or all registered
+        return len(self.client.resolve_targets(self.targets))
     def _label(self):
         """The `label` flag as header fields (none when None)."""
         if self.label is not None and not isinstance(self.label, str):
@@ -1173,9 +1178,6 @@ class DirectView(_View):
     """Requests addressed to engines directly (the MultiEngine interface). ``targets``
     is 'all', one engine id (results are plain values) or a list of ids (results are
     lists, one per engine). Flags: ``block``, ``targets``."""
-
-    def __len__(self):
-        return len(self.client.resolve_targets(self.targets))
 
     def activate(self, suffix=""):
         """Make this view the one IPython's %px{suffix}, %%px, %autopx, %pxresult and
@@ -1340,8 +1342,8 @@ class BroadcastView(DirectView):
     scatter and gather send each engine its own part. `is_coalescing` is only kept:
     replies come batched anyway."""
 
-    def __init__(self, client, targets="all", block=False, is_coalescing=False):
-        super().__init__(client, targets, block)
+    def __init__(self, client, targets="all", block=False, is_coalescing=False, **flags):
+        super().__init__(client, targets, block, **flags)
         self.is_coalescing = is_coalescing
 
     def _each(self, targets, send, fname):
@@ -1377,10 +1379,10 @@ class LoadBalancedView(_View):
     _flag_names = ("block", "label", "after", "follow", "timeout", "retries", "recovery",
                    "time_limit")
 
-    def __init__(self, client, targets=None, block=False):
-        super().__init__(client, targets, block)
+    def __init__(self, client, targets=None, block=False, **flags):
         self.after = self.follow = self.timeout = self.recovery = self.time_limit = None
         self.retries = 0
+        super().__init__(client, targets, block, **flags)   # then the flags given
 
     def _checked_flag(name, check):   # checked when set, so set_flags and temp_flags refuse
         def set_it(self, value):       # a wrong value before anything is sent

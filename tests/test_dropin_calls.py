@@ -29,3 +29,26 @@ def test_apply_passes_keywords_named_f_and_self_to_the_function(rc):
     assert lview.apply_sync(keywords, f=1, self=2) == expected
     assert rc.broadcast_view().apply_sync(keywords, f=1) == [[("f", 1)]] * 4
     assert dv.remote(block=True)(keywords)(f=1, self=2) == [expected] * 4
+
+
+def test_views_take_their_flags_when_made_and_have_a_length(rc):
+    """``rc.load_balanced_view(targets, **flags)`` and ``rc.direct_view(targets, **flags)``
+    set the view's flags, as ipyparallel's (``View.__init__`` calls ``set_flags``); any
+    view's len() is the number of engines it may use."""
+    lview = rc.load_balanced_view(block=True, retries=2, label="made")
+    assert (lview.block, lview.retries, lview.label) == (True, 2, "made")
+    assert lview.apply(abs, -3) == 3            # blocking: a value, not an AsyncResult
+    assert rc.load_balanced_view([1, 2], block=True).apply(abs, -4) == 4
+    assert rc.direct_view(block=True).apply(abs, -5) == [5] * 4
+    assert rc.direct_view(0, block=True).apply(abs, -6) == 6
+    assert rc.broadcast_view(block=True, is_coalescing=True).apply(abs, -7) == [7] * 4
+    assert rc.direct_view().block is False      # the default is unchanged
+    with pytest.raises(KeyError, match="unknown flag 'nonsense'"):
+        rc.load_balanced_view(nonsense=1)
+    with pytest.raises(TypeError):
+        rc.load_balanced_view(retries="two")    # checked as set_flags checks it
+    assert len(rc.load_balanced_view()) == len(rc[:]) == len(rc.direct_view()) == 4
+    assert len(rc.load_balanced_view([0, 3])) == 2 and len(rc[1]) == 1
+    chunks = len(rc.load_balanced_view())        # as scripts size their chunks
+    assert rc.load_balanced_view().map_sync(abs, range(-8, 0), chunksize=8 // chunks) \
+        == list(range(8, 0, -1))
