@@ -1011,11 +1011,12 @@ class Client(errors.SaysWhyAbsent):
 # ---------------------------------------------------------------- views
 
 class _View(errors.SaysWhyAbsent):
-    _flag_names = ("block", "label")
+    _flag_names = ("block", "label", "track")
 
     def __init__(self, client, targets="all", block=False, **flags):
         self.client, self.targets, self.block = client, targets, block
         self.label = None   # kept in the task records: ar.metadata['label'], db_query
+        self.track = False  # accepted and ignored, as push's track= (docs/ipyparallel.rst)
         self.set_flags(**flags)
 
     def __repr__(self):
@@ -1376,8 +1377,8 @@ class LoadBalancedView(_View):
     ``TaskAborted`` without running.
     """
 
-    _flag_names = ("block", "label", "after", "follow", "timeout", "retries", "recovery",
-                   "time_limit")
+    _flag_names = ("block", "label", "track", "after", "follow", "timeout", "retries",
+                   "recovery", "time_limit")
 
     def __init__(self, client, targets=None, block=False, **flags):
         self.after = self.follow = self.timeout = self.recovery = self.time_limit = None

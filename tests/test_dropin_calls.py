@@ -52,3 +52,18 @@ def test_views_take_their_flags_when_made_and_have_a_length(rc):
     chunks = len(rc.load_balanced_view())        # as scripts size their chunks
     assert rc.load_balanced_view().map_sync(abs, range(-8, 0), chunksize=8 // chunks) \
         == list(range(8, 0, -1))
+
+
+def test_track_is_a_flag_accepted_and_ignored(rc):
+    """ipyparallel's ``track`` flag (its docs' temp_flags example is
+    ``with view.temp_flags(track=True)``): every view has it, False by default; minipar
+    has no send tracking, so it changes nothing (as push's ``track=``)."""
+    dv, lview = rc[:], rc.load_balanced_view()
+    assert dv.track is False and lview.track is False and rc.broadcast_view().track is False
+    with dv.temp_flags(track=True, block=True):
+        assert dv.track is True
+        assert dv.apply(abs, -1) == [1] * 4
+    assert dv.track is False
+    lview.set_flags(track=True)
+    assert lview.apply_async(abs, -2).get(TIMEOUT) == 2
+    assert rc.load_balanced_view(track=True).track is True
