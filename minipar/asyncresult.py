@@ -338,11 +338,23 @@ class AsyncResult(_Future):
 
         return _stream_output(self, interval, _timeout_s(timeout), file)
 
-    def display_outputs(self, file=None):
-        """Print each request's stdout and stderr so far, prefixed like ``[stdout:0]``."""
-        from .integrations import _show_outputs
+    def wait_for_output(self, timeout=-1):
+        """Wait until all the requests' output is in (at most `timeout` s; -1 or None: no
+        limit); return whether it is. Output comes with each reply: this is ``wait``."""
+        return self.wait(timeout)
 
-        _show_outputs(self, {}, file, partial=True)
+    def display_outputs(self, groupby="type", result_only=False, file=None):
+        """Wait for the requests, then print their stdout and stderr as ipyparallel does
+        (``[stdout:0] ...``, stderr to sys.stderr; both to `file` if given), grouped by
+        'type' (all stdout, then all stderr; 'order' is the same: minipar has no rich
+        display outputs) or by 'engine'. With `result_only` there is nothing to print."""
+        if groupby not in ("type", "engine", "order"):
+            raise ValueError(f"groupby must be 'type', 'engine' or 'order', not {groupby!r}")
+        self.wait_for_output()
+        if not result_only:
+            from .classic import _display_outputs
+
+            _display_outputs(self, groupby, file)
 
     def timeline(self, filename=None, title=None):
         """A Gantt chart of the requests, per engine: see ``plot_timeline``."""

@@ -1106,17 +1106,18 @@ def _show(ar, groupby):
         raise error
 
 
-def _display_outputs(ar, groupby="type"):
-    """Each engine's stdout and stderr, ``[stdout:0] ...`` (stderr to sys.stderr):
-    grouped by type (all stdout, then all stderr) or by engine. `order` is `type` here:
-    it differs in ipyparallel only for rich display outputs, which minipar has not."""
+def _display_outputs(ar, groupby="type", file=None):
+    """Each engine's stdout and stderr, ``[stdout:0] ...`` (stderr to sys.stderr, both to
+    `file` if given): grouped by type (all stdout, then all stderr) or by engine. `order`
+    is `type` here: it differs in ipyparallel only for rich display outputs, which
+    minipar has not."""
     md = ar.metadata
     rows = [md] if isinstance(md, dict) else md
     outputs = [(m["engine_id"], s, m[s]) for m in rows for s in ("stdout", "stderr")]
     if groupby != "engine":   # by type: every stdout, then every stderr (a stable sort)
         outputs.sort(key=lambda o: o[1] == "stderr")
     for eid, stream, text in outputs:
-        _display_stream(text, f"[{stream}:{eid}] ", getattr(sys, stream))
+        _display_stream(text, f"[{stream}:{eid}] ", file or getattr(sys, stream))
 
 
 def _display_stream(text, prefix, file):

@@ -2,6 +2,8 @@
 and defaults (read from its source: ``client/view.py``, ``client/client.py``,
 ``client/asyncresult.py``), against one controller and four engines for the module."""
 
+import io
+
 import pytest
 
 TIMEOUT = 60
@@ -67,3 +69,26 @@ def test_track_is_a_flag_accepted_and_ignored(rc):
     lview.set_flags(track=True)
     assert lview.apply_async(abs, -2).get(TIMEOUT) == 2
     assert rc.load_balanced_view(track=True).track is True
+
+
+def test_display_outputs_groups_as_asked_once_the_output_is_in(rc, capsys):
+    """``ar.display_outputs(groupby='type'|'engine'|'order', result_only=False)`` waits
+    for the output (``ar.wait_for_output()``) and prints it as ipyparallel does."""
+    code = "import sys, time; time.sleep(0.3); print('out'); print('err', file=sys.stderr)"
+    ar = rc[[0, 1]].execute(code, block=False)
+    assert ar.wait_for_output(TIMEOUT) is True and ar.wait_for_output() is True
+    shown = io.StringIO()
+    ar.display_outputs(groupby="engine", file=shown)
+    assert shown.getvalue().splitlines() == [
+        "[stdout:0] out", "[stderr:0] err", "[stdout:1] out", "[stderr:1] err"]
+    late = rc[[0, 1]].execute(code, block=False)
+    late.display_outputs()              # not waited for first: it waits, all is shown
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["[stdout:0] out", "[stdout:1] out"]
+    assert err.splitlines() == ["[stderr:0] err", "[stderr:1] err"]
+    rc[0].execute(code, block=False).display_outputs("order")    # positional, one engine
+    assert capsys.readouterr() == ("[stdout:0] out\n", "[stderr:0] err\n")
+    ar.display_outputs(result_only=True)   # no execute results to show in minipar
+    assert capsys.readouterr() == ("", "")
+    with pytest.raises(ValueError, match="groupby must be"):
+        ar.display_outputs("nonsense")
