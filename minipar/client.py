@@ -1220,8 +1220,9 @@ class DirectView(_View):
         return self._finish(self._each(targets, lambda e, future: self.client.send_request(
             kind, parts, engine_id=e, future=future, engine=e, **fields), kind), block)
 
-    def execute(self, code, targets=None, block=None):
-        """Run a code string in each target's namespace."""
+    def execute(self, code, silent=True, targets=None, block=None):
+        """Run a code string in each target's namespace. `silent`: ipyparallel's, accepted
+        and ignored (minipar shows no execution's result as ``Out[n]``)."""
         if not isinstance(code, str):
             raise TypeError(f"execute takes code as a str, not {type(code).__name__} "
                             f"{code!r:.40}")
@@ -1230,7 +1231,7 @@ class DirectView(_View):
     def run(self, filename, targets=None, block=None):
         """Run a Python file's code in each target's namespace."""
         with open(filename) as f:
-            return self.execute(f.read(), targets, block)
+            return self.execute(f.read(), targets=targets, block=block)
 
     def push(self, ns, targets=None, block=None, track=None):
         """Update each target's namespace with the dict `ns`. `track`: ignored (see

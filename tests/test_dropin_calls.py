@@ -92,3 +92,14 @@ def test_display_outputs_groups_as_asked_once_the_output_is_in(rc, capsys):
     assert capsys.readouterr() == ("", "")
     with pytest.raises(ValueError, match="groupby must be"):
         ar.display_outputs("nonsense")
+
+
+def test_execute_takes_silent_before_targets_as_ipyparallel(rc):
+    """ipyparallel's ``execute(code, silent=True, targets=None, block=None)``: `silent`
+    is accepted (minipar shows no ``Out[n]`` either way), by keyword or in its place."""
+    dv = rc[:]
+    assert dv.execute("s = 1", silent=False, block=True) == [None] * 4
+    dv.execute("s = 2", True, [0, 1], True)          # silent, targets, block by position
+    assert dv.pull("s", block=True) == [2, 2, 1, 1]
+    assert rc[3].execute("s = 3", silent=True).get(TIMEOUT) is None
+    assert rc[3]["s"] == 3
