@@ -830,9 +830,10 @@ class Client(errors.SaysWhyAbsent):
         ``engine_id`` is the engine it went to (None: not known yet)."""
         return [f for f in list(self._futures.values()) if not f.metadata.get("query")]
 
-    def get_result(self, msg_ids, owner=False):
+    def get_result(self, msg_ids, block=None, owner=False):
         """An AsyncResult for msg_ids, also ones another client submitted. Those already
-        finished are finished in it, with their metadata (engine_id, stdout...)."""
+        finished are finished in it, with their metadata (engine_id, stdout...). With
+        `block`, returned once all are done (as ipyparallel's: an AsyncResult still)."""
         single = isinstance(msg_ids, str)
         futures, asked = [], {}
         for m in self._msg_ids(msg_ids):
@@ -852,7 +853,10 @@ class Client(errors.SaysWhyAbsent):
             # the controller sends the finished ones' results right after its reply: wait
             # for them, as ipyparallel's client, which keeps finished results, needs not
             concurrent.futures.wait([asked[m] for m in reply["completed"]], self.timeout)
-        return AsyncResult(self, futures, fname="get_result", single=single)
+        ar = AsyncResult(self, futures, fname="get_result", single=single)
+        if block:
+            ar.wait()
+        return ar
 
     def wait(self, jobs=None, timeout=None):
         """Wait for jobs (default: all outstanding) at most `timeout` s; True if all done."""
@@ -1110,10 +1114,7 @@ class _View(errors.SaysWhyAbsent):
         AsyncResults only (there is no history to index)."""
         if indices_or_msg_ids is None or isinstance(indices_or_msg_ids, int):
             raise TypeError("get_result takes msg_ids or AsyncResults: views keep no history")
-        ar = self.client.get_result(indices_or_msg_ids, owner=owner)
-        if self._block(block):
-            ar.wait()
-        return ar
+        return self.client.get_result(indices_or_msg_ids, self._block(block), owner)
 
     def purge_results(self, jobs=(), targets=()):
         """``rc.purge_results``; `targets` None or 'all': this view's engines."""

@@ -20,6 +20,13 @@ def keywords(**kwargs):
     return sorted(kwargs.items())
 
 
+def sleep_then(seconds, value):
+    import time
+
+    time.sleep(seconds)
+    return value
+
+
 def test_apply_passes_keywords_named_f_and_self_to_the_function(rc):
     """ipyparallel's apply takes its function positionally (``__ipp_f``), so every
     keyword, ``f=`` and ``self=`` too, is the function's own."""
@@ -103,3 +110,15 @@ def test_execute_takes_silent_before_targets_as_ipyparallel(rc):
     assert dv.pull("s", block=True) == [2, 2, 1, 1]
     assert rc[3].execute("s = 3", silent=True).get(TIMEOUT) is None
     assert rc[3]["s"] == 3
+
+
+def test_client_get_result_takes_block_as_ipyparallel(rc):
+    """``rc.get_result(msg_ids, block=None, owner=True)``: with ``block=True`` it returns
+    once the requests are done, an AsyncResult still; ``block`` is its second argument."""
+    lview = rc.load_balanced_view()
+    ar = lview.apply_async(sleep_then, 0.3, "late")
+    again = rc.get_result(ar.msg_ids, block=True)
+    assert again.ready() and again.get() == ["late"]
+    assert rc.get_result(ar.msg_ids[0], True).get() == "late"       # block by position
+    assert rc.get_result(ar.msg_ids[0], block=False, owner=True).get(TIMEOUT) == "late"
+    assert lview.get_result(ar, block=True).ready()                  # the view's, as before
