@@ -704,11 +704,17 @@ class Client(errors.SaysWhyAbsent):
         lambda self, name: self.direct_view()._use(name), name)
         for name in ("cloudpickle", "dill", "pickle"))
 
-    def wait_for_engines(self, n, timeout=None, progress=None):
-        """Wait until at least `n` engines are registered; TimeoutError after `timeout` s.
-        `progress` draws a bar of the engines registered (default: when interactive)."""
-        from .integrations import _interactive, _progress_bar
+    def wait_for_engines(self, n, timeout=None, progress=None, *, block=True,
+                         interactive=None, widget=None):
+        """Wait until at least `n` engines are registered; TimeoutError after `timeout` s
+        (None or negative, ipyparallel's -1: no limit). `progress` (ipyparallel's
+        `interactive`; `widget` is ignored) draws a bar of the engines registered (default:
+        when interactive). Returns their ids; with ``block=False`` a Future of them, at once."""
+        from .integrations import _in_thread, _interactive, _progress_bar
 
+        progress, timeout = interactive if progress is None else progress, _timeout_s(timeout)
+        if not block:
+            return _in_thread(self.wait_for_engines, n, timeout, progress)
         deadline = None if timeout is None else time.monotonic() + timeout
         show = len(self) < n and (_interactive() if progress is None else progress)
         bar = _progress_bar(n, "engines", "engines", initial=len(self)) if show else None

@@ -84,6 +84,22 @@ def _chunks(items, size):
     return iter(lambda: list(itertools.islice(it, size)), [])
 
 
+def _in_thread(fn, /, *args, **kwargs):
+    """A Future of ``fn(*args, **kwargs)``, called in a daemon thread of its own (a
+    blocking call made non-blocking: ``rc.wait_for_engines(n, block=False)``)."""
+    future = concurrent.futures.Future()
+
+    def run():
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as e:
+                future.set_exception(e)
+
+    threading.Thread(target=run, name=f"minipar-{fn.__name__}", daemon=True).start()
+    return future
+
+
 # -- progress bars
 
 def _interactive():

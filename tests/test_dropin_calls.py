@@ -122,3 +122,22 @@ def test_client_get_result_takes_block_as_ipyparallel(rc):
     assert rc.get_result(ar.msg_ids[0], True).get() == "late"       # block by position
     assert rc.get_result(ar.msg_ids[0], block=False, owner=True).get(TIMEOUT) == "late"
     assert lview.get_result(ar, block=True).ready()                  # the view's, as before
+
+
+def test_wait_for_engines_as_ipyparallel(local_cluster):
+    """``rc.wait_for_engines(n, timeout=-1, block=True, interactive=None, widget=None)``:
+    -1 (its default) is no limit, and ``block=False`` returns a Future at once."""
+    rc = local_cluster.client()
+    one = rc.wait_for_engines(1, block=False)
+    two = rc.wait_for_engines(2, timeout=-1, block=False)
+    assert not one.done() and not two.done()
+    local_cluster.start_engines(1)
+    assert one.result(TIMEOUT) == [0]
+    assert not two.done()                     # waits on, not timed out at once
+    local_cluster.start_engines(1)
+    assert two.result(TIMEOUT) == [0, 1]
+    assert rc.wait_for_engines(2, timeout=-1, interactive=False, widget=False) == [0, 1]
+    with pytest.raises(TimeoutError, match="wanted 3"):
+        rc.wait_for_engines(3, timeout=0.1)
+    with pytest.raises(TimeoutError, match="wanted 3"):
+        rc.wait_for_engines(3, timeout=0.1, block=False).result(TIMEOUT)
