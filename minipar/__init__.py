@@ -31,6 +31,8 @@ _LAZY = {
 
 
 def __getattr__(name):
+    if name == "error":   # ipyparallel's module of exceptions: ``except ipp.error.RemoteError``
+        return importlib.import_module(".errors", __name__)
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module("." + _LAZY[name], __name__), name)
@@ -39,7 +41,7 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | {"error"})
 
 
 __all__ = sorted([

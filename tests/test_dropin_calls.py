@@ -6,6 +6,8 @@ import io
 
 import pytest
 
+import minipar as ipp
+
 TIMEOUT = 60
 pytestmark = pytest.mark.timeout(TIMEOUT)
 
@@ -141,3 +143,23 @@ def test_wait_for_engines_as_ipyparallel(local_cluster):
         rc.wait_for_engines(3, timeout=0.1)
     with pytest.raises(TimeoutError, match="wanted 3"):
         rc.wait_for_engines(3, timeout=0.1, block=False).result(TIMEOUT)
+
+
+def test_ipp_error_is_the_module_of_exceptions(rc):
+    """``except ipp.error.CompositeError as e: e.raise_exception()``, as ipyparallel's
+    docs write it: ``ipp.error`` is minipar.errors, and ``from minipar import error``."""
+    from minipar import error
+
+    assert error is ipp.error and "error" in dir(ipp)
+    assert (ipp.error.CompositeError, ipp.error.RemoteError, ipp.error.TaskAborted) == \
+        (ipp.CompositeError, ipp.RemoteError, ipp.TaskAborted)
+    dv = rc[:]
+    dv.block = True
+    with pytest.raises(ipp.error.RemoteError) as info:
+        try:
+            dv.execute("1/0")
+        except ipp.error.CompositeError as e:
+            e.raise_exception()
+    assert info.value.ename == "ZeroDivisionError"
+    with pytest.raises(AttributeError, match="no attribute 'errorz'"):
+        ipp.errorz
