@@ -869,12 +869,15 @@ class Client(errors.SaysWhyAbsent):
         futures = [f for f in map(self._futures.get, self._msg_ids(jobs)) if f is not None]
         return not concurrent.futures.wait(futures, _timeout_s(timeout)).not_done
 
-    def abort(self, jobs=None):
+    def abort(self, jobs=None, targets=None, block=None):
         """Abort jobs (msg_ids or AsyncResults; None or 'all': every unfinished request
-        of this client): queued ones fail with TaskAborted, running ones are interrupted.
-        Warns when there was nothing left to abort."""
+        of this client, or with `targets` those sent to these engines): queued ones fail
+        with TaskAborted, running ones are interrupted. Done when it returns (`block` is
+        ipyparallel's, accepted). Warns when there was nothing left to abort."""
         self._check_usable()
-        ids = ([f.msg_id for f in self.pending_requests() if not f.done()]
+        on = None if targets is None else self.resolve_targets(targets)
+        ids = ([f.msg_id for f in self.pending_requests() if not f.done()
+                and (on is None or f.metadata["engine_id"] in on)]
                if jobs is None or jobs == "all" else self._msg_ids(jobs))
         pending = self._abort(ids)
         if not pending:

@@ -163,3 +163,21 @@ def test_ipp_error_is_the_module_of_exceptions(rc):
     assert info.value.ename == "ZeroDivisionError"
     with pytest.raises(AttributeError, match="no attribute 'errorz'"):
         ipp.errorz
+
+
+def test_abort_takes_targets_and_block_as_ipyparallel(rc):
+    """``rc.abort(jobs=None, targets=None, block=None)``: with `targets` and no jobs,
+    what this client sent to those engines; `block` is accepted (done on return)."""
+    on_zero = [rc[0].apply_async(sleep_then, 30, "long"), rc[0].apply_async(sleep_then, 0, 0)]
+    on_one = rc[1].apply_async(sleep_then, 0.2, "one")
+    assert rc.abort(targets=0, block=True) == 2
+    for ar in on_zero:
+        with pytest.raises(Exception, match="abort"):
+            ar.get(TIMEOUT)
+    assert on_one.get(TIMEOUT) == "one"
+    task = rc.load_balanced_view().apply_async(sleep_then, 30, None)
+    assert rc.abort(task, targets=None, block=False) == 1
+    with pytest.raises(Exception, match="abort"):
+        task.get(TIMEOUT)
+    with pytest.raises(IndexError):
+        rc.abort(targets=99)
