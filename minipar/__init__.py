@@ -8,6 +8,7 @@ and a ``Client`` that drives them directly (``rc[:]``, a DirectView) or load-bal
 __version__ = "0.1.0"
 
 import importlib
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION  # ipp's names
 
 from .dependency import Dependency, Reference, depend, dependent, require
 from .errors import (CompositeError, DependencyTimeout, EngineError, ImpossibleDependency,
@@ -52,6 +53,7 @@ __all__ = sorted([
     "TimeoutError", "UnmetDependency", "depend", "dependent", "interactive", "require",
     "use_cloudpickle", "use_dill", "use_pickle", "__version__",
     "ViewExecutor", "plot_timeline", "register_joblib_backend",                   # ecosystem
+    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",                        # futures
     "MapTask", "MultiEngineClient", "PendingResult", "StringTask", "Task", "TaskClient",
     "TaskResult",                                                                  # classic
 ])

@@ -161,12 +161,23 @@ class AsyncResult(_Future):
         if closed and not self.done():
             raise closed
 
-    def get(self, timeout=None, return_exceptions=None):
+    def get(self, timeout=None, return_exceptions=None, return_when=None):
         """The result; raises TimeoutError if not ready within `timeout` seconds. With
         `return_exceptions` (default: False, or the map's flag) a failed request's
-        error is returned in place of its result (of each item of a failed map chunk)."""
+        error is returned in place of its result (of each item of a failed map chunk).
+        ``return_when=FIRST_EXCEPTION`` (ipyparallel's): raise the first request's error
+        as soon as it fails, not once all are done (FIRST_COMPLETED: as ALL_COMPLETED)."""
         timeout = _timeout_s(timeout)   # before the try: it would take a TypeError for a timeout
         self._reachable()               # (and a closed Client's error)
+        if return_when == concurrent.futures.FIRST_EXCEPTION and not (
+                self._return_exceptions if return_exceptions is None else return_exceptions):
+            began = time.monotonic()
+            done, pending = concurrent.futures.wait(self._children, timeout, return_when)
+            failed = [f for f in self._children if f in done and f.exception() is not None]
+            if failed and not self.done():
+                raise failed[0].exception()
+            if timeout is not None:   # what is left of it (all done: this settles at once)
+                timeout = max(0.0, timeout - (time.monotonic() - began)) if pending else None
         try:
             return self.result(timeout)
         except Exception:
@@ -187,11 +198,29 @@ class AsyncResult(_Future):
     def r(self):
         return self.get()
 
-    def wait(self, timeout=None):
-        """Wait until done (at most `timeout` seconds); return whether it is."""
+    def wait(self, timeout=None, return_when=None):
+        """Wait until done (at most `timeout` seconds); return whether it is. With
+        `return_when` (FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED), as ipyparallel's:
+        wait as ``concurrent.futures.wait`` does on the parts of ``split()``, and return
+        its (done, pending) sets of them."""
         self._reachable()
+        if return_when is not None:
+            return concurrent.futures.wait(self.split(), _timeout_s(timeout), return_when)
         concurrent.futures.wait([self], _timeout_s(timeout))
         return self.done()
+
+    def split(self):
+        """One AsyncResult per request: each engine's result, or each map chunk's list."""
+        if len(self._children) == 1:
+            return (self,)
+        parts = []
+        for i, f in enumerate(self._children):
+            part = AsyncResult(self._client, [f], self._fname, single=not self._mapping,
+                               mapping=self._mapping)
+            part._return_exceptions = self._return_exceptions
+            part._sizes = self._sizes and self._sizes[i:i + 1]
+            parts.append(part)
+        return tuple(parts)
 
     def ready(self):
         return self.done()

@@ -181,3 +181,45 @@ def test_abort_takes_targets_and_block_as_ipyparallel(rc):
         task.get(TIMEOUT)
     with pytest.raises(IndexError):
         rc.abort(targets=99)
+
+
+def fail_fast_or_sleep(x):
+    import time
+
+    if x == 0:
+        raise ValueError("first")
+    time.sleep(30)
+    return x
+
+
+def test_return_when_as_ipyparallel_8(rc):
+    """``ar.get(return_when=ipp.FIRST_EXCEPTION)`` raises as soon as one request fails;
+    ``ar.wait(return_when=...)`` returns (done, pending) sets of ``ar.split()``'s parts."""
+    import concurrent.futures as cf
+    import time
+
+    assert (ipp.FIRST_COMPLETED, ipp.FIRST_EXCEPTION, ipp.ALL_COMPLETED) == \
+        (cf.FIRST_COMPLETED, cf.FIRST_EXCEPTION, cf.ALL_COMPLETED)
+    lview = rc.load_balanced_view()
+    ar = lview.map_async(fail_fast_or_sleep, range(4), chunksize=1)
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match="first"):
+        ar.get(TIMEOUT, return_when=ipp.FIRST_EXCEPTION)
+    assert time.monotonic() - t0 < 20 and not ar.done()
+    done, pending = ar.wait(TIMEOUT, return_when=ipp.FIRST_EXCEPTION)
+    assert len(done) == 1 and len(pending) == 3
+    assert next(iter(done)).msg_ids == ar.msg_ids[:1]
+    ar.abort()
+    each = rc[:].apply_async(sleep_then, 0, "x")
+    parts = each.split()
+    assert [p.get(TIMEOUT) for p in parts] == ["x"] * 4 and len(parts) == 4
+    done, pending = each.wait(TIMEOUT, return_when=ipp.ALL_COMPLETED)
+    assert len(done) == 4 and not pending
+    assert each.get(TIMEOUT, return_when=ipp.FIRST_EXCEPTION) == ["x"] * 4
+    assert each.wait(TIMEOUT) is True              # without return_when: a bool, as before
+    chunks = lview.map_async(abs, range(-6, 0), chunksize=3)
+    assert [p.get(TIMEOUT) for p in chunks.split()] == [[6, 5, 4], [3, 2, 1]]
+    slow = rc[0].apply_async(sleep_then, 30, None)
+    with pytest.raises(ipp.TimeoutError):
+        slow.get(0.2, return_when=ipp.FIRST_EXCEPTION)
+    slow.abort()
