@@ -1517,14 +1517,14 @@ class LoadBalancedView(_View):
                 ar._sizes = [min(chunksize, n - lo) for lo in range(0, n, chunksize)]
         return ar
 
-    def imap(self, f, *iterables, ordered=True, max_outstanding="auto"):
+    def imap(self, f, *iterables, ordered=True, max_outstanding="auto", return_exceptions=False):
         """Lazy map: an iterator over ``f(*items)``, one task per item.
 
         The inputs are read only as results are consumed: at most `max_outstanding`
         tasks are in flight ('auto': four per engine, enough to keep every engine's
         queue full while a result travels back). `ordered=False` yields results as
-        they finish. A failed task raises its error; stopping early aborts the tasks
-        still in flight.
+        they finish. A failed task raises its error (`return_exceptions`: yields it);
+        stopping early aborts the tasks still in flight.
         """
         if not iterables:
             raise ValueError("imap needs at least one iterable")
@@ -1534,31 +1534,32 @@ class LoadBalancedView(_View):
             raise ValueError(f"max_outstanding={max_outstanding}: give a positive number")
         # flags are read now, as map reads them, not when the first item is asked for
         return self._imap(f, zip(*iterables), protocol.serialize_function(f), self._task_fields(),
-                          self._recovery_chain(), ordered, max_outstanding)
+                          self._recovery_chain(), ordered, max_outstanding, return_exceptions)
 
-    def _imap(self, f, items, fparts, fields, chain, ordered, max_outstanding):
+    def _imap(self, f, items, fparts, fields, chain, ordered, max_outstanding, return_exceptions):
         outstanding = collections.deque()
         try:
             for args in items:
                 outstanding.append(self._send(f, args, {}, fparts, fields, chain))
                 while len(outstanding) >= max_outstanding:
-                    yield self._next_result(outstanding, ordered)
+                    yield self._next_result(outstanding, ordered, return_exceptions)
             while outstanding:
-                yield self._next_result(outstanding, ordered)
+                yield self._next_result(outstanding, ordered, return_exceptions)
         finally:
             left = [fut for fut in outstanding if not fut.done()]
             if left and not self.client._closed:
                 self.client._abort(self.client._msg_ids(left))
 
     @staticmethod
-    def _next_result(outstanding, ordered):
+    def _next_result(outstanding, ordered, return_exceptions):
         if ordered:
             fut = outstanding[0]
         else:
             done, _ = concurrent.futures.wait(outstanding,
                                               return_when=concurrent.futures.FIRST_COMPLETED)
             fut = next(f for f in outstanding if f in done)
-        value = fut.result()
+        concurrent.futures.wait([fut])
+        value = fut.exception() if return_exceptions and fut.exception() else fut.result()
         outstanding.remove(fut)
         return value
 

@@ -223,3 +223,19 @@ def test_return_when_as_ipyparallel_8(rc):
     with pytest.raises(ipp.TimeoutError):
         slow.get(0.2, return_when=ipp.FIRST_EXCEPTION)
     slow.abort()
+
+
+def test_imap_return_exceptions_yields_the_errors(rc):
+    """``lview.imap(f, *seqs, ordered=True, max_outstanding='auto',
+    return_exceptions=False)``: with return_exceptions a failed task's error is yielded
+    in its place and the iteration goes on."""
+    lview = rc.load_balanced_view()
+    results = list(lview.imap(lambda x: 1 / x, [1, 0, 2, 0, 4], return_exceptions=True))
+    assert [r for r in results if not isinstance(r, BaseException)] == [1.0, 0.5, 0.25]
+    assert all(isinstance(r, ipp.RemoteError) and r.ename == "ZeroDivisionError"
+               for r in results[1::2])
+    unordered = list(lview.imap(lambda x: 1 / x, [0, 1], ordered=False, max_outstanding=1,
+                                return_exceptions=True))
+    assert len(unordered) == 2 and 1.0 in unordered
+    with pytest.raises(ZeroDivisionError):
+        list(lview.imap(lambda x: 1 / x, [1, 0, 2]))        # the default: raised
