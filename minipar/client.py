@@ -967,9 +967,14 @@ class Client(errors.SaysWhyAbsent):
         return self.query(protocol.DB_QUERY, query=_seconds(query),
                           keys=None if keys is None else list(keys))["records"]
 
-    def shutdown(self, targets="all", hub=False, block=True):
+    def shutdown(self, targets="all", restart=False, hub=False, block=True):
         """Stop engines (and the controller with hub=True: what this Client still waits
-        for then fails at once, as does every call after; a second one does nothing)."""
+        for then fails at once, as does every call after; a second one does nothing).
+        ipyparallel's `restart` needs its engines' nannies: minipar refuses it."""
+        if restart:
+            raise ValueError("shutdown(restart=True): minipar's engines have no nanny to "
+                             "restart them; use cluster.restart_engines_sync() or Cluster("
+                             "restart_engines='on_failure'), or start new ones after shutdown")
         if hub and self._stopped_hub:
             return
         t = None if targets in (None, "all") else self.resolve_targets(targets)
@@ -1343,9 +1348,9 @@ class DirectView(_View):
         ar._sizes = sizes if elementwise else None
         return ar
 
-    def shutdown(self, targets=None, hub=False, block=True):
-        t = self.targets if targets is None else targets
-        return self.client.shutdown(t, hub, block)
+    def shutdown(self, targets=None, restart=False, hub=False, block=True):
+        t = self.targets if targets is None or targets == "all" else targets
+        return self.client.shutdown(t, restart, hub, block)
 
 
 class BroadcastView(DirectView):

@@ -239,3 +239,21 @@ def test_imap_return_exceptions_yields_the_errors(rc):
     assert len(unordered) == 2 and 1.0 in unordered
     with pytest.raises(ZeroDivisionError):
         list(lview.imap(lambda x: 1 / x, [1, 0, 2]))        # the default: raised
+
+
+def test_shutdown_takes_restart_second_as_ipyparallel(cluster):
+    """``rc.shutdown(targets='all', restart=False, hub=False, block=None)`` and
+    ``dview.shutdown(targets=None, restart=False, hub=False, block=None)``: restart=True
+    needs ipyparallel's nannies, and is refused saying what to do instead."""
+    rc = cluster.rc
+    with pytest.raises(ValueError, match="no nanny.*restart_engines"):
+        rc.shutdown(restart=True)
+    with pytest.raises(ValueError, match="no nanny"):
+        rc[0].shutdown(restart=True)
+    assert rc.ids == [0, 1, 2, 3]                  # refused before anything was sent
+    rc.shutdown([3], False, False, True)           # targets, restart, hub, block
+    assert rc.ids == [0, 1, 2]
+    rc[2].shutdown(restart=False, block=True)
+    assert rc.ids == [0, 1]
+    rc[[0, 1]].shutdown("all", False)              # 'all': the view's engines
+    assert rc.ids == []
