@@ -1153,8 +1153,9 @@ class _View(errors.SaysWhyAbsent):
 
         register_joblib_backend(name, self, make_default)
 
-    def queue_status(self, verbose=False):
-        return self.client.queue_status(self._target_list(), verbose)
+    def queue_status(self, targets=None, verbose=False):   # targets: the view's by default
+        return self.client.queue_status(self._target_list() if targets is None else targets,
+                                        verbose)
 
     def _target_list(self):
         return None if self.targets in (None, "all") else self.targets

@@ -257,3 +257,15 @@ def test_shutdown_takes_restart_second_as_ipyparallel(cluster):
     assert rc.ids == [0, 1]
     rc[[0, 1]].shutdown("all", False)              # 'all': the view's engines
     assert rc.ids == []
+
+
+def test_a_views_queue_status_takes_targets_first(rc):
+    """``view.queue_status(targets=None, verbose=False)``: the view's engines unless
+    `targets` says otherwise, which comes first, as in ipyparallel."""
+    pair = rc[[0, 1]]
+    assert sorted(k for k in pair.queue_status() if k != "unassigned") == [0, 1]
+    assert sorted(k for k in pair.queue_status(2) if k != "unassigned") == [2]
+    assert sorted(k for k in pair.queue_status([1, 3], False) if k != "unassigned") == [1, 3]
+    assert "stats" in rc.load_balanced_view().queue_status(verbose=True)
+    assert sorted(k for k in rc.load_balanced_view([3]).queue_status()
+                  if k != "unassigned") == [3]
