@@ -105,6 +105,11 @@ class Client(errors.SaysWhyAbsent):
 
     def __init__(self, url_file=None, profile=None, profile_dir=None, timeout=10,
                  reconnect_timeout=RECONNECT_TIMEOUT_S, **kwargs):
+        tunnel = sorted(set(kwargs) & {"sshserver", "sshkey", "password", "paramiko"})
+        if tunnel:   # not ignored as ipyparallel's other options: it would end in a timeout
+            raise TypeError(f"Client({tunnel[0]}=...): minipar's Client makes no ssh tunnel; "
+                            "run it where the controller's ip (in its connection file) is "
+                            "reachable, or forward its ports with ssh -L and set ip 127.0.0.1")
         if url_file is None:   # as ipyparallel's Client: one named is not waited for
             url_file = protocol.wait_for_file(os.path.join(protocol.profile_dir(
                 profile, profile_dir), "security", protocol.CLIENT_FILE), timeout, log.warning)

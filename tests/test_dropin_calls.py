@@ -269,3 +269,17 @@ def test_a_views_queue_status_takes_targets_first(rc):
     assert "stats" in rc.load_balanced_view().queue_status(verbose=True)
     assert sorted(k for k in rc.load_balanced_view([3]).queue_status()
                   if k != "unassigned") == [3]
+
+
+def test_client_refuses_an_ssh_tunnel_saying_what_to_do(shared_cluster):
+    """ipyparallel's ``Client(url_file, sshserver=...)`` tunnels through ssh; minipar's
+    does not, and says so at once, not with a connection timeout later."""
+    for option in ("sshserver", "sshkey", "password", "paramiko"):
+        with pytest.raises(TypeError, match=rf"Client\({option}=...\): minipar's Client makes "
+                                            r"no ssh tunnel; .*ssh -L"):
+            ipp.Client(shared_cluster.client_file, **{option: "user@host"}, timeout=1)
+    rc = ipp.Client(shared_cluster.client_file, debug=False)    # other options: accepted
+    try:
+        assert rc.ids == [0, 1, 2, 3]
+    finally:
+        rc.close()
