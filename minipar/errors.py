@@ -77,6 +77,14 @@ class RemoteError(MiniparError):
     def __reduce__(self):
         return _rebuild, (self.ename, self.evalue, self.traceback, self.engine_info)
 
+    # ipyparallel's CompositeError.elist holds (ename, evalue, traceback, engine_info)
+    # tuples: each RemoteError in minipar's unpacks and indexes as one
+    def __iter__(self):
+        return iter((self.ename, self.evalue, self.traceback, self.engine_info))
+
+    def __getitem__(self, index):
+        return tuple(self)[index]
+
     def render_traceback(self):
         return self.traceback.splitlines()
 

@@ -283,3 +283,18 @@ def test_client_refuses_an_ssh_tunnel_saying_what_to_do(shared_cluster):
         assert rc.ids == [0, 1, 2, 3]
     finally:
         rc.close()
+
+
+def test_composite_error_elist_entries_unpack_as_ipyparallel_tuples(rc):
+    """ipyparallel's ``CompositeError.elist`` is a list of (ename, evalue, traceback,
+    engine_info) tuples, which scripts unpack; minipar's RemoteErrors do so too."""
+    with pytest.raises(ipp.CompositeError) as info:
+        rc[[1, 2]].apply_sync(lambda: 1 / 0)
+    seen = []
+    for ename, evalue, tb, engine_info in info.value.elist:
+        seen.append((ename, engine_info["engine_id"]))
+        assert "division by zero" in str(evalue) and "ZeroDivisionError" in tb
+    assert seen == [("ZeroDivisionError", 1), ("ZeroDivisionError", 2)]
+    first = info.value.elist[0]
+    assert first[0] == first.ename == "ZeroDivisionError" and first[-1]["engine_id"] == 1
+    assert tuple(first)[:2] == (first.ename, first.evalue)
