@@ -242,6 +242,30 @@ IPYPARALLEL_ABSENT = {
 }
 
 
+# ipyparallel Cluster's traitlets options that minipar's Cluster has no argument for
+CLUSTER_ABSENT = {
+    "controller_ip": 'pass controller_args=["--ip", ip] ("*": every interface)',
+    "controller_location": 'pass controller_args=["--location", host]',
+    "engine_launcher_class": 'pass engines="local", "mpi", "ssh", "slurm"... (names)',
+    "controller_launcher_class": 'pass controller="local", "ssh"... (names)',
+    "engine_timeout": "pass timeout=, the seconds the whole start may take",
+    "delay": "leave it out: engines start once the controller's connection file exists",
+    "log_level": "leave it out: the processes log to their output (MINIPAR_DEBUG=1: more)",
+    "send_engines_connection_env": "leave it out: engines read the connection file",
+    "load_profile": "leave it out: there is no traitlets configuration to load",
+    "cluster_file": "leave it out: the file is <profile_dir>/security/cluster-<id>.json",
+}
+
+
+def refuse_absent(owner, given, absent):
+    """The TypeError for keyword arguments `given` that `owner` lacks, saying what to do
+    instead for one in `absent` (name -> advice)."""
+    for name in sorted(given, key=lambda k: k not in absent):
+        why = absent.get(name)
+        raise TypeError(f"{owner}() got an unexpected keyword argument {name!r}"
+                        + (f": minipar leaves ipyparallel's out; {why}" if why else ""))
+
+
 class SaysWhyAbsent:
     """A base of Client and the views: a name one lacks is an AttributeError which, for a
     name ipyparallel has, says what to use instead."""

@@ -298,3 +298,18 @@ def test_composite_error_elist_entries_unpack_as_ipyparallel_tuples(rc):
     first = info.value.elist[0]
     assert first[0] == first.ename == "ZeroDivisionError" and first[-1]["engine_id"] == 1
     assert tuple(first)[:2] == (first.ename, first.evalue)
+
+
+def test_cluster_says_what_to_pass_for_ipyparallel_options():
+    """ipyparallel's Cluster takes traitlets options (``controller_ip``, ``engine_timeout``,
+    ``log_level``...); minipar's refuses each at once, saying what to pass instead."""
+    for option, says in (("controller_ip", r'controller_args=\["--ip", ip\]'),
+                         ("controller_location", "--location"), ("engine_timeout", "timeout="),
+                         ("engine_launcher_class", 'engines="local"'), ("delay", "leave it out"),
+                         ("log_level", "MINIPAR_DEBUG")):
+        with pytest.raises(TypeError, match=rf"Cluster\(\) got an unexpected keyword argument "
+                                            rf"'{option}': minipar leaves ipyparallel's out; "
+                                            rf".*{says}"):
+            ipp.Cluster(n=1, **{option: "*"})
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'nonsense'$"):
+        ipp.Cluster(n=1, nonsense=1)
