@@ -118,6 +118,7 @@ class Client(errors.SaysWhyAbsent):
         self.session = protocol.Session(self.info["key"], self.info.get(
             "max_message_size", protocol.MAX_MESSAGE_SIZE))
         self._engines, self._futures = {}, {}
+        self.block = False   # the block flag of each view made from now on, as ipyparallel's
         self._engines_changed = threading.Condition()
         self._closed = None         # the error every call raises once close()d
         # a forked child has this Client's memory but not its I/O thread: there, it is closed
@@ -1036,8 +1037,9 @@ class Client(errors.SaysWhyAbsent):
 class _View(errors.SaysWhyAbsent):
     _flag_names = ("block", "label", "track")
 
-    def __init__(self, client, targets="all", block=False, **flags):
-        self.client, self.targets, self.block = client, targets, block
+    def __init__(self, client, targets="all", block=None, **flags):   # None: rc.block
+        self.client, self.targets = client, targets
+        self.block = client.block if block is None else block
         self.label = None   # kept in the task records: ar.metadata['label'], db_query
         self.track = False  # accepted and ignored, as push's track= (docs/ipyparallel.rst)
         self.set_flags(**flags)
@@ -1365,7 +1367,7 @@ class BroadcastView(DirectView):
     scatter and gather send each engine its own part. `is_coalescing` is only kept:
     replies come batched anyway."""
 
-    def __init__(self, client, targets="all", block=False, is_coalescing=False, **flags):
+    def __init__(self, client, targets="all", block=None, is_coalescing=False, **flags):
         super().__init__(client, targets, block, **flags)
         self.is_coalescing = is_coalescing
 
@@ -1402,7 +1404,7 @@ class LoadBalancedView(_View):
     _flag_names = ("block", "label", "track", "after", "follow", "timeout", "retries",
                    "recovery", "time_limit")
 
-    def __init__(self, client, targets=None, block=False, **flags):
+    def __init__(self, client, targets=None, block=None, **flags):
         self.after = self.follow = self.timeout = self.recovery = self.time_limit = None
         self.retries = 0
         super().__init__(client, targets, block, **flags)   # then the flags given

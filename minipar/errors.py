@@ -229,7 +229,6 @@ IPYPARALLEL_ABSENT = {
                "or ask the controller, rc.hub_history()",
     "results": "results live in the AsyncResults; rc.get_result(msg_ids) asks the controller",
     "metadata": "metadata is per AsyncResult: ar.metadata",
-    "block": "blocking is a view's flag: view.block",
     "spin_thread": "the client always runs an I/O thread",
     "stop_spin_thread": "the client always runs an I/O thread",
     "purge_local_results": "nothing is cached beyond the AsyncResults you hold",

@@ -313,3 +313,20 @@ def test_cluster_says_what_to_pass_for_ipyparallel_options():
             ipp.Cluster(n=1, **{option: "*"})
     with pytest.raises(TypeError, match=r"unexpected keyword argument 'nonsense'$"):
         ipp.Cluster(n=1, nonsense=1)
+
+
+def test_client_block_is_the_default_of_the_views_made_after_it(rc):
+    """ipyparallel's ``rc.block = True`` (its older tutorials' first step): each view made
+    afterwards blocks by default (``View.__init__``: ``self.block = client.block``)."""
+    assert rc.block is False and rc[:].block is False
+    try:
+        rc.block = True
+        assert rc[0].apply(abs, -1) == 1                        # a value: it blocked
+        assert rc[:].apply(abs, -2) == [2] * 4
+        assert rc.load_balanced_view().apply(abs, -3) == 3
+        assert rc.direct_view().block and rc.broadcast_view().block
+        assert rc.load_balanced_view(block=False).block is False   # a flag given wins
+    finally:
+        rc.block = False
+    assert rc[:].block is False
+    assert rc[0].apply(abs, -1).get(TIMEOUT) == 1
