@@ -262,6 +262,16 @@ class AsyncResult(_Future):
         end = max(ends) if ends and None not in ends else time.time()
         return end - self._submitted
 
+    # ipyparallel's send tracking (the `track` flag): minipar tracks no sends, and a buffer
+    # of 64 KiB or more leaves without a copy, so it is safe to change once done
+    sent = property(lambda self: self.done(),
+                    doc="Whether the requests' buffers may be changed again: once done")
+
+    def wait_for_send(self, timeout=-1):
+        """Wait until the requests' buffers may be changed again (see `sent`); whether
+        they may. Without send tracking that is when the requests are done."""
+        return self.wait(timeout)
+
     @property
     def progress(self):
         return sum(n for f, n in zip(self._children, self._sizes or itertools.repeat(1))

@@ -330,3 +330,19 @@ def test_client_block_is_the_default_of_the_views_made_after_it(rc):
         rc.block = False
     assert rc[:].block is False
     assert rc[0].apply(abs, -1).get(TIMEOUT) == 1
+
+
+def test_sent_and_wait_for_send_for_code_that_tracks_sends(rc):
+    """``with view.temp_flags(track=True): ar = view.apply(f, big); ar.wait_for_send()``
+    then change `big`: without send tracking minipar says sent once it is safe, when the
+    request is done (a buffer of 64 KiB or more leaves without a copy)."""
+    big = bytearray(200_000)
+    lview = rc.load_balanced_view()
+    with lview.temp_flags(track=True):
+        ar = lview.apply_async(sleep_then, 0.3, big)
+    assert ar.wait_for_send(TIMEOUT) is True and ar.sent is True and ar.done()
+    big[0] = 1                              # safe now: the engine has what was sent
+    assert ar.get()[0] == 0
+    slow = rc[0].apply_async(sleep_then, 30, None)
+    assert slow.sent is False and slow.wait_for_send(0.1) is False
+    slow.abort()
