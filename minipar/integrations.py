@@ -206,11 +206,13 @@ def register_joblib_backend(name="minipar", view=None, make_default=False):
     ``with joblib.parallel_backend(name):`` joblib's work (and scikit-learn's
     ``n_jobs``) runs on the engines of `view` (default: a Client of the default
     profile, connected when joblib first needs it, closed after each Parallel call).
-    Each batch of calls is one load-balanced task."""
+    Each batch of calls is one load-balanced task. The default name registers
+    ipyparallel's too, so its scripts' ``parallel_backend("ipyparallel")`` runs here."""
     from joblib.parallel import register_parallel_backend
 
-    register_parallel_backend(name, functools.partial(_joblib_backend_class(), view=view),
-                              make_default=make_default)
+    for each in (name, "ipyparallel") if name == "minipar" else (name,):
+        register_parallel_backend(each, functools.partial(_joblib_backend_class(), view=view),
+                                  make_default=make_default)
 
 
 @functools.lru_cache(maxsize=None)

@@ -346,3 +346,18 @@ def test_sent_and_wait_for_send_for_code_that_tracks_sends(rc):
     slow = rc[0].apply_async(sleep_then, 30, None)
     assert slow.sent is False and slow.wait_for_send(0.1) is False
     slow.abort()
+
+
+def test_joblib_backend_answers_to_ipyparallels_name_too(rc):
+    """ipyparallel's docs: ``view.register_joblib_backend()`` then
+    ``with parallel_backend("ipyparallel"):``; minipar registers that name with its own."""
+    joblib = pytest.importorskip("joblib")
+    import os
+
+    lview = rc.load_balanced_view([2, 3])
+    lview.register_joblib_backend()
+    for name in ("ipyparallel", "minipar"):
+        with joblib.parallel_backend(name):
+            assert joblib.effective_n_jobs() == 2
+            pids = joblib.Parallel()(joblib.delayed(os.getpid)() for _ in range(8))
+        assert set(pids) <= set(rc[[2, 3]].apply_sync(os.getpid))
