@@ -361,13 +361,16 @@ class AsyncResult(_Future):
                     if f.metadata["received"] is not None]
         return max(received) - self._submitted if received else 0.0
 
-    def wait_interactive(self, interval=0.1, timeout=None):
+    def wait_interactive(self, interval=0.1, timeout=None, widget=None, return_when=None):
         """Wait (at most `timeout` s), drawing a progress bar on stderr every `interval`
-        s: requests done/total, rate and time left (tqdm's bar when it is installed).
+        s: requests done/total, rate and time left (tqdm's bar when it is installed; in
+        Jupyter a widget, whatever ipyparallel's `widget` says). `return_when`
+        FIRST_COMPLETED or FIRST_EXCEPTION stops at the first request done, or failed.
         Returns whether all are done."""
         from .integrations import _wait_with_bar
 
-        return _wait_with_bar(self, self._fname or "tasks", interval, _timeout_s(timeout))
+        return _wait_with_bar(self, self._fname or "tasks", interval, _timeout_s(timeout),
+                              return_when)
 
     def stream_output(self, interval=0.1, timeout=None, file=None):
         """Print what the requests print, as the engines print it, each line prefixed

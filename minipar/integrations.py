@@ -121,13 +121,21 @@ def _progress_bar(total, desc, unit, initial=0):
     return tqdm(total=total, desc=desc, unit=unit, initial=initial)
 
 
-def _wait_with_bar(ar, desc, interval, timeout):
+def _wait_with_bar(ar, desc, interval, timeout, return_when=None):
     """``ar.wait_interactive()``: wait for AsyncResult `ar` (at most `timeout` s), redrawing
-    a bar of its requests done every `interval` s; whether it is done."""
+    a bar of its requests done every `interval` s; whether it is done. `return_when`
+    FIRST_COMPLETED or FIRST_EXCEPTION (ipyparallel's) ends the wait once one request is
+    done, or has failed."""
+    if return_when not in (None, concurrent.futures.ALL_COMPLETED,
+                           concurrent.futures.FIRST_COMPLETED, concurrent.futures.FIRST_EXCEPTION):
+        raise ValueError(f"return_when={return_when!r}: give ALL_COMPLETED, FIRST_COMPLETED or "
+                         "FIRST_EXCEPTION (concurrent.futures')")
+    ends_it = {concurrent.futures.FIRST_COMPLETED: concurrent.futures.Future.done,
+               concurrent.futures.FIRST_EXCEPTION: _failed}.get(return_when, lambda f: False)
     bar = _progress_bar(len(ar), desc, "tasks")
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        while not ar.done():
+        while not ar.done() and not any(map(ends_it, ar._children)):
             left = interval if deadline is None else min(interval, deadline - time.monotonic())
             if left <= 0:
                 break
@@ -137,6 +145,10 @@ def _wait_with_bar(ar, desc, interval, timeout):
         bar.update(ar.progress - bar.n)
         bar.close()
     return ar.done()
+
+
+def _failed(future):
+    return future.done() and not future.cancelled() and future.exception() is not None
 
 
 def _wait_interactive(client, jobs, interval, timeout):

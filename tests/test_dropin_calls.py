@@ -361,3 +361,23 @@ def test_joblib_backend_answers_to_ipyparallels_name_too(rc):
             assert joblib.effective_n_jobs() == 2
             pids = joblib.Parallel()(joblib.delayed(os.getpid)() for _ in range(8))
         assert set(pids) <= set(rc[[2, 3]].apply_sync(os.getpid))
+
+
+def test_wait_interactive_takes_widget_and_return_when(rc, capsys):
+    """``ar.wait_interactive(interval=0.1, timeout=-1, widget=None,
+    return_when=ALL_COMPLETED)``: FIRST_EXCEPTION stops at the first failure."""
+    import time
+
+    lview = rc.load_balanced_view()
+    ar = lview.map_async(fail_fast_or_sleep, range(4), chunksize=1)
+    t0 = time.monotonic()
+    assert ar.wait_interactive(interval=0.05, widget=False,
+                               return_when=ipp.FIRST_EXCEPTION) is False
+    assert time.monotonic() - t0 < 20 and not ar.done()
+    assert ar.wait_interactive(0.05, 0.1, None, ipp.FIRST_COMPLETED) is False   # one is done
+    ar.abort()
+    ok = lview.map_async(abs, range(-8, 0), chunksize=1)
+    assert ok.wait_interactive(0.05, -1, widget=True, return_when=ipp.ALL_COMPLETED) is True
+    assert "8/8" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="return_when="):
+        ok.wait_interactive(return_when="sometimes")
