@@ -8,10 +8,7 @@ the "futures" and "asyncio" usage, the Cluster API) with ``import ipyparallel as
 replaced by ``import minipar as ipp`` and nothing else changed, except where a comment
 says so: the tutorial pages assume a cluster started beforehand with ``ipcluster start``
 and connect with ``rc = ipp.Client()``; here they receive the ``rc`` of a cluster this
-script starts, with two engines (the documentation asks for four). docs/ipyparallel.rst
-lists the one example that does not run unchanged, and why (joblib's
-``parallel_backend("ipyparallel")`` after ``view.register_joblib_backend()``: minipar
-registers the name ``"minipar"``).
+script starts, with two engines (the documentation asks for four).
 """
 
 import asyncio

@@ -8,6 +8,7 @@ and a ``Client`` that drives them directly (``rc[:]``, a DirectView) or load-bal
 __version__ = "0.1.0"
 
 import importlib
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION  # ipp's names
 
 from .dependency import Dependency, Reference, depend, dependent, require
 from .errors import (CompositeError, DependencyTimeout, EngineError, ImpossibleDependency,
@@ -31,6 +32,8 @@ _LAZY = {
 
 
 def __getattr__(name):
+    if name == "error":   # ipyparallel's module of exceptions: ``except ipp.error.RemoteError``
+        return importlib.import_module(".errors", __name__)
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module("." + _LAZY[name], __name__), name)
@@ -39,7 +42,7 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | {"error"})
 
 
 __all__ = sorted([
@@ -50,6 +53,7 @@ __all__ = sorted([
     "TimeoutError", "UnmetDependency", "depend", "dependent", "interactive", "require",
     "use_cloudpickle", "use_dill", "use_pickle", "__version__",
     "ViewExecutor", "plot_timeline", "register_joblib_backend",                   # ecosystem
+    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",                        # futures
     "MapTask", "MultiEngineClient", "PendingResult", "StringTask", "Task", "TaskClient",
     "TaskResult",                                                                  # classic
 ])

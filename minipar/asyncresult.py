@@ -161,12 +161,23 @@ class AsyncResult(_Future):
         if closed and not self.done():
             raise closed
 
-    def get(self, timeout=None, return_exceptions=None):
+    def get(self, timeout=None, return_exceptions=None, return_when=None):
         """The result; raises TimeoutError if not ready within `timeout` seconds. With
         `return_exceptions` (default: False, or the map's flag) a failed request's
-        error is returned in place of its result (of each item of a failed map chunk)."""
+        error is returned in place of its result (of each item of a failed map chunk).
+        ``return_when=FIRST_EXCEPTION`` (ipyparallel's): raise the first request's error
+        as soon as it fails, not once all are done (FIRST_COMPLETED: as ALL_COMPLETED)."""
         timeout = _timeout_s(timeout)   # before the try: it would take a TypeError for a timeout
         self._reachable()               # (and a closed Client's error)
+        if return_when == concurrent.futures.FIRST_EXCEPTION and not (
+                self._return_exceptions if return_exceptions is None else return_exceptions):
+            began = time.monotonic()
+            done, pending = concurrent.futures.wait(self._children, timeout, return_when)
+            failed = [f for f in self._children if f in done and f.exception() is not None]
+            if failed and not self.done():
+                raise failed[0].exception()
+            if timeout is not None:   # what is left of it (all done: this settles at once)
+                timeout = max(0.0, timeout - (time.monotonic() - began)) if pending else None
         try:
             return self.result(timeout)
         except Exception:
@@ -187,11 +198,29 @@ class AsyncResult(_Future):
     def r(self):
         return self.get()
 
-    def wait(self, timeout=None):
-        """Wait until done (at most `timeout` seconds); return whether it is."""
+    def wait(self, timeout=None, return_when=None):
+        """Wait until done (at most `timeout` seconds); return whether it is. With
+        `return_when` (FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED), as ipyparallel's:
+        wait as ``concurrent.futures.wait`` does on the parts of ``split()``, and return
+        its (done, pending) sets of them."""
         self._reachable()
+        if return_when is not None:
+            return concurrent.futures.wait(self.split(), _timeout_s(timeout), return_when)
         concurrent.futures.wait([self], _timeout_s(timeout))
         return self.done()
+
+    def split(self):
+        """One AsyncResult per request: each engine's result, or each map chunk's list."""
+        if len(self._children) == 1:
+            return (self,)
+        parts = []
+        for i, f in enumerate(self._children):
+            part = AsyncResult(self._client, [f], self._fname, single=not self._mapping,
+                               mapping=self._mapping)
+            part._return_exceptions = self._return_exceptions
+            part._sizes = self._sizes and self._sizes[i:i + 1]
+            parts.append(part)
+        return tuple(parts)
 
     def ready(self):
         return self.done()
@@ -232,6 +261,16 @@ class AsyncResult(_Future):
         ends = [f.metadata["received"] for f in self._children]
         end = max(ends) if ends and None not in ends else time.time()
         return end - self._submitted
+
+    # ipyparallel's send tracking (the `track` flag): minipar tracks no sends, and a buffer
+    # of 64 KiB or more leaves without a copy, so it is safe to change once done
+    sent = property(lambda self: self.done(),
+                    doc="Whether the requests' buffers may be changed again: once done")
+
+    def wait_for_send(self, timeout=-1):
+        """Wait until the requests' buffers may be changed again (see `sent`); whether
+        they may. Without send tracking that is when the requests are done."""
+        return self.wait(timeout)
 
     @property
     def progress(self):
@@ -322,13 +361,16 @@ class AsyncResult(_Future):
                     if f.metadata["received"] is not None]
         return max(received) - self._submitted if received else 0.0
 
-    def wait_interactive(self, interval=0.1, timeout=None):
+    def wait_interactive(self, interval=0.1, timeout=None, widget=None, return_when=None):
         """Wait (at most `timeout` s), drawing a progress bar on stderr every `interval`
-        s: requests done/total, rate and time left (tqdm's bar when it is installed).
+        s: requests done/total, rate and time left (tqdm's bar when it is installed; in
+        Jupyter a widget, whatever ipyparallel's `widget` says). `return_when`
+        FIRST_COMPLETED or FIRST_EXCEPTION stops at the first request done, or failed.
         Returns whether all are done."""
         from .integrations import _wait_with_bar
 
-        return _wait_with_bar(self, self._fname or "tasks", interval, _timeout_s(timeout))
+        return _wait_with_bar(self, self._fname or "tasks", interval, _timeout_s(timeout),
+                              return_when)
 
     def stream_output(self, interval=0.1, timeout=None, file=None):
         """Print what the requests print, as the engines print it, each line prefixed
@@ -338,11 +380,23 @@ class AsyncResult(_Future):
 
         return _stream_output(self, interval, _timeout_s(timeout), file)
 
-    def display_outputs(self, file=None):
-        """Print each request's stdout and stderr so far, prefixed like ``[stdout:0]``."""
-        from .integrations import _show_outputs
+    def wait_for_output(self, timeout=-1):
+        """Wait until all the requests' output is in (at most `timeout` s; -1 or None: no
+        limit); return whether it is. Output comes with each reply: this is ``wait``."""
+        return self.wait(timeout)
 
-        _show_outputs(self, {}, file, partial=True)
+    def display_outputs(self, groupby="type", result_only=False, file=None):
+        """Wait for the requests, then print their stdout and stderr as ipyparallel does
+        (``[stdout:0] ...``, stderr to sys.stderr; both to `file` if given), grouped by
+        'type' (all stdout, then all stderr; 'order' is the same: minipar has no rich
+        display outputs) or by 'engine'. With `result_only` there is nothing to print."""
+        if groupby not in ("type", "engine", "order"):
+            raise ValueError(f"groupby must be 'type', 'engine' or 'order', not {groupby!r}")
+        self.wait_for_output()
+        if not result_only:
+            from .classic import _display_outputs
+
+            _display_outputs(self, groupby, file)
 
     def timeline(self, filename=None, title=None):
         """A Gantt chart of the requests, per engine: see ``plot_timeline``."""

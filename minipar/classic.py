@@ -854,8 +854,11 @@ class TaskClient(_ClassicClient):
 # Where the DirectView's differ from ipyparallel's, on purpose or for want of the parts:
 # - a final expression's value is not shown as Out[0:n] (execute replies carry what the
 #   code prints, not display data): print it; --group-outputs=order is type;
-# - a blocking %px prints the outputs when every engine is done (no --stream), and an
-#   error shows the engines' plain Python tracebacks under [0:execute]:;
+# - a blocking %px prints the outputs when every engine is done unless --stream is given
+#   (ipyparallel streams by default inside IPython); streamed, each line has its prefix;
+#   --progress-after and --signal-on-interrupt are accepted and do nothing (no progress
+#   bar; Ctrl-C aborts the cell's work); an error shows the engines' plain Python
+#   tracebacks under [0:execute]:;
 # - a line %px also reads long options before its code (%px --targets 1 print(a)), and
 #   %%px --verbose prints the "Parallel execution on engine(s)" line for its cell.
 
@@ -866,7 +869,9 @@ _EXEC_OPTIONS = {"--targets": ("targets", None), "-t": ("targets", None),
                  "--block": ("block", True), "-b": ("block", True),
                  "--noblock": ("block", False), "-a": ("block", False),
                  "--local": ("local", True), "--verbose": ("verbose", True),
-                 "--no-verbose": ("verbose", False)}
+                 "--no-verbose": ("verbose", False), "--stream": ("stream", True),
+                 "--no-stream": ("stream", False), "--progress-after": ("progress_after", None),
+                 "--signal-on-interrupt": ("signal_on_interrupt", None)}
 _OUTPUT_OPTIONS = {"--group-outputs": ("groupby", None), "-e": ("groupby", "engine"),
                    "-r": ("groupby", "order"), "--out": ("out", None), "-o": ("out", None)}
 _PX_OPTIONS = {**_EXEC_OPTIONS, **_OUTPUT_OPTIONS}
@@ -930,7 +935,7 @@ class _ParallelMagics:
         self.view = view
         self.suffix = suffix
         self.classic = not isinstance(view, DirectView)   # a MultiEngineClient
-        self.verbose = False
+        self.verbose = self.stream = False
         self.last_result = None   # the AsyncResult of the last %px, for %pxresult
         self._autopx = None       # the input transformer while %autopx is on
         self._autopx_off = re.compile(r"^\s*%autopx" + re.escape(suffix) + r"\b", re.M)
@@ -941,9 +946,10 @@ class _ParallelMagics:
 
         Options (of %%px; %px takes the long ones before its code): --targets T (all,
         3, 0,2, [0,2], 1:3), --block / --noblock, --local (run the cell here too),
-        --verbose, --group-outputs engine|order|type (-e, -r), --out NAME (-o: keep
-        the AsyncResult in NAME). A blocking %px prints each engine's output as
-        ``[stdout:0] ...``; a non-blocking one returns its AsyncResult (see %pxresult).
+        --verbose, --stream / --no-stream, --group-outputs engine|order|type (-e, -r),
+        --out NAME (-o: keep the AsyncResult in NAME). A blocking %px prints each
+        engine's output as ``[stdout:0] ...`` (as it comes, with --stream); a
+        non-blocking one returns its AsyncResult (see %pxresult).
         """
         if cell is None:
             options, code = self._options(line, _PX_OPTIONS, long_only=True)
@@ -974,11 +980,12 @@ class _ParallelMagics:
             return pr
         if self.classic:
             return pr.get_result()
-        _show(ar, options.get("groupby", "type"))
+        _show(ar, options.get("groupby", "type"), options.get("stream", self.stream))
 
     def pxconfig(self, line=""):
-        """%pxconfig [--targets T] [--block|--noblock] [--verbose|--no-verbose]: the
-        defaults of the %px magics (the view's targets and block)."""
+        """%pxconfig [--targets T] [--block|--noblock] [--verbose|--no-verbose]
+        [--stream|--no-stream]: the defaults of the %px magics (the view's targets and
+        block)."""
         options, rest = self._options(line, _CONFIG_OPTIONS)
         if rest.strip():
             raise _usage(f"%pxconfig takes only options, not {rest!r}")
@@ -988,6 +995,8 @@ class _ParallelMagics:
             self.view.block = options["block"]
         if "verbose" in options:
             self.verbose = options["verbose"]
+        if "stream" in options:
+            self.stream = options["stream"]
 
     def result(self, line=""):
         """%pxresult [--group-outputs engine|order|type] [-e] [-r] [-o NAME]: wait for the
@@ -1037,6 +1046,11 @@ class _ParallelMagics:
             return self._targets(text)
         if what == "groupby" and text not in _GROUPS:
             raise _usage(f"--group-outputs {text!r}: give one of {', '.join(_GROUPS)}")
+        if what == "progress_after":
+            try:
+                return float(text)
+            except ValueError:
+                raise _usage(f"--progress-after {text!r}: give seconds") from None
         return text
 
     def _targets(self, text):
@@ -1090,33 +1104,39 @@ def _shown_targets(targets):
     return str(targets)
 
 
-def _show(ar, groupby):
-    """Wait for `ar` and print its outputs as ipyparallel's magics do; its engines'
-    errors then raise, shown as ipyparallel shows them (``[0:execute]:`` and each
-    engine's traceback)."""
+def _show(ar, groupby, stream=False):
+    """Wait for `ar` and print its outputs as ipyparallel's magics do (`stream`: as they
+    come); its engines' errors then raise, shown as ipyparallel shows them
+    (``[0:execute]:`` and each engine's traceback)."""
+    if stream:
+        from .integrations import _stream_output
+
+        _stream_output(ar, 0.1, None, None)
     try:
         ar.get()
         error = None
     except RemoteError as e:   # a Ctrl-C or a lost controller raises as it is
         error = e
-    _display_outputs(ar, groupby)
+    if not stream:
+        _display_outputs(ar, groupby)
     if error is not None:
         # IPython shows an exception with _render_traceback_ as these lines alone
         error._render_traceback_ = functools.partial(_render_errors, error)
         raise error
 
 
-def _display_outputs(ar, groupby="type"):
-    """Each engine's stdout and stderr, ``[stdout:0] ...`` (stderr to sys.stderr):
-    grouped by type (all stdout, then all stderr) or by engine. `order` is `type` here:
-    it differs in ipyparallel only for rich display outputs, which minipar has not."""
+def _display_outputs(ar, groupby="type", file=None):
+    """Each engine's stdout and stderr, ``[stdout:0] ...`` (stderr to sys.stderr, both to
+    `file` if given): grouped by type (all stdout, then all stderr) or by engine. `order`
+    is `type` here: it differs in ipyparallel only for rich display outputs, which
+    minipar has not."""
     md = ar.metadata
     rows = [md] if isinstance(md, dict) else md
     outputs = [(m["engine_id"], s, m[s]) for m in rows for s in ("stdout", "stderr")]
     if groupby != "engine":   # by type: every stdout, then every stderr (a stable sort)
         outputs.sort(key=lambda o: o[1] == "stderr")
     for eid, stream, text in outputs:
-        _display_stream(text, f"[{stream}:{eid}] ", getattr(sys, stream))
+        _display_stream(text, f"[{stream}:{eid}] ", file or getattr(sys, stream))
 
 
 def _display_stream(text, prefix, file):

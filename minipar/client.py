@@ -26,7 +26,6 @@ fields among `fields`) and ``query(kind, **fields)`` (the controller's reply hea
 """
 
 import collections
-import collections.abc
 import concurrent.futures
 import contextlib
 import datetime
@@ -49,7 +48,8 @@ from . import errors, protocol
 from .asyncresult import (AsyncResult, _concat, _Derived, _MsgFuture, _OneRequest,
                           _aborted_on_ctrl_c, _ctrl_c_aborts, _sent, _timeout_s)
 from .dependency import dependency_fields, dependent, msg_ids
-from .remotefunction import ParallelFunction, RemoteFunction
+from .remotefunction import (ParallelFunction, RemoteFunction, _partition, _sequence,
+                             _sequences)
 # CompositeError too: classic scripts catch `client.CompositeError`
 from .errors import CompositeError, NoEnginesRegistered, TimeoutError
 
@@ -105,6 +105,11 @@ class Client(errors.SaysWhyAbsent):
 
     def __init__(self, url_file=None, profile=None, profile_dir=None, timeout=10,
                  reconnect_timeout=RECONNECT_TIMEOUT_S, **kwargs):
+        tunnel = sorted(set(kwargs) & {"sshserver", "sshkey", "password", "paramiko"})
+        if tunnel:   # not ignored as ipyparallel's other options: it would end in a timeout
+            raise TypeError(f"Client({tunnel[0]}=...): minipar's Client makes no ssh tunnel; "
+                            "run it where the controller's ip (in its connection file) is "
+                            "reachable, or forward its ports with ssh -L and set ip 127.0.0.1")
         if url_file is None:   # as ipyparallel's Client: one named is not waited for
             url_file = protocol.wait_for_file(os.path.join(protocol.profile_dir(
                 profile, profile_dir), "security", protocol.CLIENT_FILE), timeout, log.warning)
@@ -113,6 +118,7 @@ class Client(errors.SaysWhyAbsent):
         self.session = protocol.Session(self.info["key"], self.info.get(
             "max_message_size", protocol.MAX_MESSAGE_SIZE))
         self._engines, self._futures = {}, {}
+        self.block = False   # the block flag of each view made from now on, as ipyparallel's
         self._engines_changed = threading.Condition()
         self._closed = None         # the error every call raises once close()d
         # a forked child has this Client's memory but not its I/O thread: there, it is closed
@@ -676,11 +682,12 @@ class Client(errors.SaysWhyAbsent):
             return DirectView(self, ids[key] if isinstance(key, slice) else list(key))
         raise TypeError(f"index a Client with an int, a slice or a list, not {type(key).__name__}")
 
-    def direct_view(self, targets="all"):
-        return DirectView(self, targets)
+    # a view's flags (block, label, retries...) may be given when it is made, as ipyparallel's
+    def direct_view(self, targets="all", **flags):
+        return DirectView(self, targets, **flags)
 
-    def broadcast_view(self, targets="all", is_coalescing=False):
-        return BroadcastView(self, targets, is_coalescing=is_coalescing)
+    def broadcast_view(self, targets="all", is_coalescing=False, **flags):
+        return BroadcastView(self, targets, is_coalescing=is_coalescing, **flags)
 
     def activate(self, targets="all", suffix=""):
         """Register %px{suffix} and the other IPython magics for a blocking view of
@@ -689,8 +696,8 @@ class Client(errors.SaysWhyAbsent):
         view.activate(suffix)
         return view
 
-    def load_balanced_view(self, targets=None):
-        return LoadBalancedView(self, targets)
+    def load_balanced_view(self, targets=None, **flags):
+        return LoadBalancedView(self, targets, **flags)
 
     def executor(self, targets=None):
         """A concurrent.futures.Executor running calls as load-balanced tasks."""
@@ -703,11 +710,17 @@ class Client(errors.SaysWhyAbsent):
         lambda self, name: self.direct_view()._use(name), name)
         for name in ("cloudpickle", "dill", "pickle"))
 
-    def wait_for_engines(self, n, timeout=None, progress=None):
-        """Wait until at least `n` engines are registered; TimeoutError after `timeout` s.
-        `progress` draws a bar of the engines registered (default: when interactive)."""
-        from .integrations import _interactive, _progress_bar
+    def wait_for_engines(self, n, timeout=None, progress=None, *, block=True,
+                         interactive=None, widget=None):
+        """Wait until at least `n` engines are registered; TimeoutError after `timeout` s
+        (None or negative, ipyparallel's -1: no limit). `progress` (ipyparallel's
+        `interactive`; `widget` is ignored) draws a bar of the engines registered (default:
+        when interactive). Returns their ids; with ``block=False`` a Future of them, at once."""
+        from .integrations import _in_thread, _interactive, _progress_bar
 
+        progress, timeout = interactive if progress is None else progress, _timeout_s(timeout)
+        if not block:
+            return _in_thread(self.wait_for_engines, n, timeout, progress)
         deadline = None if timeout is None else time.monotonic() + timeout
         show = len(self) < n and (_interactive() if progress is None else progress)
         bar = _progress_bar(n, "engines", "engines", initial=len(self)) if show else None
@@ -829,9 +842,10 @@ class Client(errors.SaysWhyAbsent):
         ``engine_id`` is the engine it went to (None: not known yet)."""
         return [f for f in list(self._futures.values()) if not f.metadata.get("query")]
 
-    def get_result(self, msg_ids, owner=False):
+    def get_result(self, msg_ids, block=None, owner=False):
         """An AsyncResult for msg_ids, also ones another client submitted. Those already
-        finished are finished in it, with their metadata (engine_id, stdout...)."""
+        finished are finished in it, with their metadata (engine_id, stdout...). With
+        `block`, returned once all are done (as ipyparallel's: an AsyncResult still)."""
         single = isinstance(msg_ids, str)
         futures, asked = [], {}
         for m in self._msg_ids(msg_ids):
@@ -851,19 +865,25 @@ class Client(errors.SaysWhyAbsent):
             # the controller sends the finished ones' results right after its reply: wait
             # for them, as ipyparallel's client, which keeps finished results, needs not
             concurrent.futures.wait([asked[m] for m in reply["completed"]], self.timeout)
-        return AsyncResult(self, futures, fname="get_result", single=single)
+        ar = AsyncResult(self, futures, fname="get_result", single=single)
+        if block:
+            ar.wait()
+        return ar
 
     def wait(self, jobs=None, timeout=None):
         """Wait for jobs (default: all outstanding) at most `timeout` s; True if all done."""
         futures = [f for f in map(self._futures.get, self._msg_ids(jobs)) if f is not None]
         return not concurrent.futures.wait(futures, _timeout_s(timeout)).not_done
 
-    def abort(self, jobs=None):
+    def abort(self, jobs=None, targets=None, block=None):
         """Abort jobs (msg_ids or AsyncResults; None or 'all': every unfinished request
-        of this client): queued ones fail with TaskAborted, running ones are interrupted.
-        Warns when there was nothing left to abort."""
+        of this client, or with `targets` those sent to these engines): queued ones fail
+        with TaskAborted, running ones are interrupted. Done when it returns (`block` is
+        ipyparallel's, accepted). Warns when there was nothing left to abort."""
         self._check_usable()
-        ids = ([f.msg_id for f in self.pending_requests() if not f.done()]
+        on = None if targets is None else self.resolve_targets(targets)
+        ids = ([f.msg_id for f in self.pending_requests() if not f.done()
+                and (on is None or f.metadata["engine_id"] in on)]
                if jobs is None or jobs == "all" else self._msg_ids(jobs))
         pending = self._abort(ids)
         if not pending:
@@ -953,9 +973,14 @@ class Client(errors.SaysWhyAbsent):
         return self.query(protocol.DB_QUERY, query=_seconds(query),
                           keys=None if keys is None else list(keys))["records"]
 
-    def shutdown(self, targets="all", hub=False, block=True):
+    def shutdown(self, targets="all", restart=False, hub=False, block=True):
         """Stop engines (and the controller with hub=True: what this Client still waits
-        for then fails at once, as does every call after; a second one does nothing)."""
+        for then fails at once, as does every call after; a second one does nothing).
+        ipyparallel's `restart` needs its engines' nannies: minipar refuses it."""
+        if restart:
+            raise ValueError("shutdown(restart=True): minipar's engines have no nanny to "
+                             "restart them; use cluster.restart_engines_sync() or Cluster("
+                             "restart_engines='on_failure'), or start new ones after shutdown")
         if hub and self._stopped_hub:
             return
         t = None if targets in (None, "all") else self.resolve_targets(targets)
@@ -1010,14 +1035,20 @@ class Client(errors.SaysWhyAbsent):
 # ---------------------------------------------------------------- views
 
 class _View(errors.SaysWhyAbsent):
-    _flag_names = ("block", "label")
+    _flag_names = ("block", "label", "track")
 
-    def __init__(self, client, targets="all", block=False):
-        self.client, self.targets, self.block = client, targets, block
+    def __init__(self, client, targets="all", block=None, **flags):   # None: rc.block
+        self.client, self.targets = client, targets
+        self.block = client.block if block is None else block
         self.label = None   # kept in the task records: ar.metadata['label'], db_query
+        self.track = False  # accepted and ignored, as push's track= (docs/ipyparallel.rst)
+        self.set_flags(**flags)
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.targets}>"
+
+    def __len__(self):   # the engines it may use: its targets', or all registered
+        return len(self.client.resolve_targets(self.targets))
     def _label(self):
         """The `label` flag as header fields (none when None)."""
         if self.label is not None and not isinstance(self.label, str):
@@ -1065,14 +1096,14 @@ class _View(errors.SaysWhyAbsent):
         return ar.get() if self._block(block) else ar
 
     @_ctrl_c_aborts
-    def apply(self, f, *args, **kwargs):
+    def apply(self, f, /, *args, **kwargs):
         return self._finish(self._apply(f, args, kwargs), None)
 
-    def apply_async(self, f, *args, **kwargs):
+    def apply_async(self, f, /, *args, **kwargs):
         return self._apply(f, args, kwargs)
 
     @_ctrl_c_aborts
-    def apply_sync(self, f, *args, **kwargs):
+    def apply_sync(self, f, /, *args, **kwargs):
         return self._finish(self._apply(f, args, kwargs), True)
 
     def map_async(self, f, *sequences, **kwargs):
@@ -1104,10 +1135,7 @@ class _View(errors.SaysWhyAbsent):
         AsyncResults only (there is no history to index)."""
         if indices_or_msg_ids is None or isinstance(indices_or_msg_ids, int):
             raise TypeError("get_result takes msg_ids or AsyncResults: views keep no history")
-        ar = self.client.get_result(indices_or_msg_ids, owner=owner)
-        if self._block(block):
-            ar.wait()
-        return ar
+        return self.client.get_result(indices_or_msg_ids, self._block(block), owner)
 
     def purge_results(self, jobs=(), targets=()):
         """``rc.purge_results``; `targets` None or 'all': this view's engines."""
@@ -1132,8 +1160,9 @@ class _View(errors.SaysWhyAbsent):
 
         register_joblib_backend(name, self, make_default)
 
-    def queue_status(self, verbose=False):
-        return self.client.queue_status(self._target_list(), verbose)
+    def queue_status(self, targets=None, verbose=False):   # targets: the view's by default
+        return self.client.queue_status(self._target_list() if targets is None else targets,
+                                        verbose)
 
     def _target_list(self):
         return None if self.targets in (None, "all") else self.targets
@@ -1149,14 +1178,6 @@ def _seconds(query):
     if isinstance(query, (list, tuple, set, frozenset)):
         return [_seconds(v) for v in query]
     return query
-
-
-def _partition(seq, n, i):
-    """The i-th of n nearly equal contiguous blocks of `seq`, the first len % n one longer
-    (ipyparallel's block distribution: 10 on 4 engines is 3, 3, 2, 2)."""
-    size, more = divmod(len(seq), n)
-    part = seq[i * size + min(i, more):(i + 1) * size + min(i + 1, more)]
-    return list(part) if isinstance(part, range) else part
 
 
 def _seconds_check(what):
@@ -1177,35 +1198,10 @@ def _check_count(name, value):
             f"{name}={value!r:.40}: give a count, an int >= 0 (0: none)")
 
 
-def _sequence(s):
-    """`s` to split into contiguous parts (by scatter and map): a sequence as it is, another
-    iterable as a list. A mapping is refused: it would be sliced by key, if at all."""
-    if isinstance(s, collections.abc.Mapping) or not hasattr(s, "__iter__"):
-        raise TypeError(f"{type(s).__name__} {s!r:.40} is not a sequence to split into parts: "
-                        "give a list, tuple, range or array (of a dict: list(d.items()))")
-    return s if hasattr(s, "__getitem__") and hasattr(s, "__len__") else list(s)
-
-
-def _sequences(sequences, elementwise):
-    """A map's arguments as sequences, and how many items it maps: the shortest's length,
-    as map, zip and ipyparallel's map have it. A parallel function's call hands each
-    engine a part of each sequence, so it refuses unequal lengths (as ipyparallel's)."""
-    if not sequences:
-        raise ValueError("map needs at least one sequence")
-    seqs = [_sequence(s) for s in sequences]
-    lengths = [len(s) for s in seqs]
-    if not elementwise and len(set(lengths)) > 1:
-        raise ValueError(f"all sequences must have equal length, but have {lengths}")
-    return seqs, min(lengths)
-
-
 class DirectView(_View):
     """Requests addressed to engines directly (the MultiEngine interface). ``targets``
     is 'all', one engine id (results are plain values) or a list of ids (results are
     lists, one per engine). Flags: ``block``, ``targets``."""
-
-    def __len__(self):
-        return len(self.client.resolve_targets(self.targets))
 
     def activate(self, suffix=""):
         """Make this view the one IPython's %px{suffix}, %%px, %autopx, %pxresult and
@@ -1247,8 +1243,9 @@ class DirectView(_View):
         return self._finish(self._each(targets, lambda e, future: self.client.send_request(
             kind, parts, engine_id=e, future=future, engine=e, **fields), kind), block)
 
-    def execute(self, code, targets=None, block=None):
-        """Run a code string in each target's namespace."""
+    def execute(self, code, silent=True, targets=None, block=None):
+        """Run a code string in each target's namespace. `silent`: ipyparallel's, accepted
+        and ignored (minipar shows no execution's result as ``Out[n]``)."""
         if not isinstance(code, str):
             raise TypeError(f"execute takes code as a str, not {type(code).__name__} "
                             f"{code!r:.40}")
@@ -1257,7 +1254,7 @@ class DirectView(_View):
     def run(self, filename, targets=None, block=None):
         """Run a Python file's code in each target's namespace."""
         with open(filename) as f:
-            return self.execute(f.read(), targets, block)
+            return self.execute(f.read(), targets=targets, block=block)
 
     def push(self, ns, targets=None, block=None, track=None):
         """Update each target's namespace with the dict `ns`. `track`: ignored (see
@@ -1359,9 +1356,9 @@ class DirectView(_View):
         ar._sizes = sizes if elementwise else None
         return ar
 
-    def shutdown(self, targets=None, hub=False, block=True):
-        t = self.targets if targets is None else targets
-        return self.client.shutdown(t, hub, block)
+    def shutdown(self, targets=None, restart=False, hub=False, block=True):
+        t = self.targets if targets is None or targets == "all" else targets
+        return self.client.shutdown(t, restart, hub, block)
 
 
 class BroadcastView(DirectView):
@@ -1370,8 +1367,8 @@ class BroadcastView(DirectView):
     scatter and gather send each engine its own part. `is_coalescing` is only kept:
     replies come batched anyway."""
 
-    def __init__(self, client, targets="all", block=False, is_coalescing=False):
-        super().__init__(client, targets, block)
+    def __init__(self, client, targets="all", block=None, is_coalescing=False, **flags):
+        super().__init__(client, targets, block, **flags)
         self.is_coalescing = is_coalescing
 
     def _each(self, targets, send, fname):
@@ -1404,13 +1401,13 @@ class LoadBalancedView(_View):
     ``TaskAborted`` without running.
     """
 
-    _flag_names = ("block", "label", "after", "follow", "timeout", "retries", "recovery",
-                   "time_limit")
+    _flag_names = ("block", "label", "track", "after", "follow", "timeout", "retries",
+                   "recovery", "time_limit")
 
-    def __init__(self, client, targets=None, block=False):
-        super().__init__(client, targets, block)
+    def __init__(self, client, targets=None, block=None, **flags):
         self.after = self.follow = self.timeout = self.recovery = self.time_limit = None
         self.retries = 0
+        super().__init__(client, targets, block, **flags)   # then the flags given
 
     def _checked_flag(name, check):   # checked when set, so set_flags and temp_flags refuse
         def set_it(self, value):       # a wrong value before anything is sent
@@ -1482,7 +1479,7 @@ class LoadBalancedView(_View):
         self._send(f, args, kwargs, fparts, fields, self._recovery_chain(), future=ar, **extra)
         return ar
 
-    def recovery_task(self, f, *args, **kwargs):
+    def recovery_task(self, f, /, *args, **kwargs):
         """Submit ``f(*args, **kwargs)`` as a dormant task, to be named by another task's
         ``recovery=``: it runs only if that task fails for good (and ends with
         TaskAborted, unrun, if it succeeds). Its own ``recovery`` flag makes a chain.
@@ -1533,14 +1530,14 @@ class LoadBalancedView(_View):
                 ar._sizes = [min(chunksize, n - lo) for lo in range(0, n, chunksize)]
         return ar
 
-    def imap(self, f, *iterables, ordered=True, max_outstanding="auto"):
+    def imap(self, f, *iterables, ordered=True, max_outstanding="auto", return_exceptions=False):
         """Lazy map: an iterator over ``f(*items)``, one task per item.
 
         The inputs are read only as results are consumed: at most `max_outstanding`
         tasks are in flight ('auto': four per engine, enough to keep every engine's
         queue full while a result travels back). `ordered=False` yields results as
-        they finish. A failed task raises its error; stopping early aborts the tasks
-        still in flight.
+        they finish. A failed task raises its error (`return_exceptions`: yields it);
+        stopping early aborts the tasks still in flight.
         """
         if not iterables:
             raise ValueError("imap needs at least one iterable")
@@ -1550,31 +1547,32 @@ class LoadBalancedView(_View):
             raise ValueError(f"max_outstanding={max_outstanding}: give a positive number")
         # flags are read now, as map reads them, not when the first item is asked for
         return self._imap(f, zip(*iterables), protocol.serialize_function(f), self._task_fields(),
-                          self._recovery_chain(), ordered, max_outstanding)
+                          self._recovery_chain(), ordered, max_outstanding, return_exceptions)
 
-    def _imap(self, f, items, fparts, fields, chain, ordered, max_outstanding):
+    def _imap(self, f, items, fparts, fields, chain, ordered, max_outstanding, return_exceptions):
         outstanding = collections.deque()
         try:
             for args in items:
                 outstanding.append(self._send(f, args, {}, fparts, fields, chain))
                 while len(outstanding) >= max_outstanding:
-                    yield self._next_result(outstanding, ordered)
+                    yield self._next_result(outstanding, ordered, return_exceptions)
             while outstanding:
-                yield self._next_result(outstanding, ordered)
+                yield self._next_result(outstanding, ordered, return_exceptions)
         finally:
             left = [fut for fut in outstanding if not fut.done()]
             if left and not self.client._closed:
                 self.client._abort(self.client._msg_ids(left))
 
     @staticmethod
-    def _next_result(outstanding, ordered):
+    def _next_result(outstanding, ordered, return_exceptions):
         if ordered:
             fut = outstanding[0]
         else:
             done, _ = concurrent.futures.wait(outstanding,
                                               return_when=concurrent.futures.FIRST_COMPLETED)
             fut = next(f for f in outstanding if f in done)
-        value = fut.result()
+        concurrent.futures.wait([fut])
+        value = fut.exception() if return_exceptions and fut.exception() else fut.result()
         outstanding.remove(fut)
         return value
 

@@ -77,6 +77,14 @@ class RemoteError(MiniparError):
     def __reduce__(self):
         return _rebuild, (self.ename, self.evalue, self.traceback, self.engine_info)
 
+    # ipyparallel's CompositeError.elist holds (ename, evalue, traceback, engine_info)
+    # tuples: each RemoteError in minipar's unpacks and indexes as one
+    def __iter__(self):
+        return iter((self.ename, self.evalue, self.traceback, self.engine_info))
+
+    def __getitem__(self, index):
+        return tuple(self)[index]
+
     def render_traceback(self):
         return self.traceback.splitlines()
 
@@ -221,7 +229,6 @@ IPYPARALLEL_ABSENT = {
                "or ask the controller, rc.hub_history()",
     "results": "results live in the AsyncResults; rc.get_result(msg_ids) asks the controller",
     "metadata": "metadata is per AsyncResult: ar.metadata",
-    "block": "blocking is a view's flag: view.block",
     "spin_thread": "the client always runs an I/O thread",
     "stop_spin_thread": "the client always runs an I/O thread",
     "purge_local_results": "nothing is cached beyond the AsyncResults you hold",
@@ -232,6 +239,30 @@ IPYPARALLEL_ABSENT = {
     "imap": "imap is a load-balanced view's: rc.load_balanced_view().imap",
     "importer": "use view.sync_imports()",
 }
+
+
+# ipyparallel Cluster's traitlets options that minipar's Cluster has no argument for
+CLUSTER_ABSENT = {
+    "controller_ip": 'pass controller_args=["--ip", ip] ("*": every interface)',
+    "controller_location": 'pass controller_args=["--location", host]',
+    "engine_launcher_class": 'pass engines="local", "mpi", "ssh", "slurm"... (names)',
+    "controller_launcher_class": 'pass controller="local", "ssh"... (names)',
+    "engine_timeout": "pass timeout=, the seconds the whole start may take",
+    "delay": "leave it out: engines start once the controller's connection file exists",
+    "log_level": "leave it out: the processes log to their output (MINIPAR_DEBUG=1: more)",
+    "send_engines_connection_env": "leave it out: engines read the connection file",
+    "load_profile": "leave it out: there is no traitlets configuration to load",
+    "cluster_file": "leave it out: the file is <profile_dir>/security/cluster-<id>.json",
+}
+
+
+def refuse_absent(owner, given, absent):
+    """The TypeError for keyword arguments `given` that `owner` lacks, saying what to do
+    instead for one in `absent` (name -> advice)."""
+    for name in sorted(given, key=lambda k: k not in absent):
+        why = absent.get(name)
+        raise TypeError(f"{owner}() got an unexpected keyword argument {name!r}"
+                        + (f": minipar leaves ipyparallel's out; {why}" if why else ""))
 
 
 class SaysWhyAbsent:

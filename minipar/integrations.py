@@ -84,6 +84,22 @@ def _chunks(items, size):
     return iter(lambda: list(itertools.islice(it, size)), [])
 
 
+def _in_thread(fn, /, *args, **kwargs):
+    """A Future of ``fn(*args, **kwargs)``, called in a daemon thread of its own (a
+    blocking call made non-blocking: ``rc.wait_for_engines(n, block=False)``)."""
+    future = concurrent.futures.Future()
+
+    def run():
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as e:
+                future.set_exception(e)
+
+    threading.Thread(target=run, name=f"minipar-{fn.__name__}", daemon=True).start()
+    return future
+
+
 # -- progress bars
 
 def _interactive():
@@ -105,13 +121,21 @@ def _progress_bar(total, desc, unit, initial=0):
     return tqdm(total=total, desc=desc, unit=unit, initial=initial)
 
 
-def _wait_with_bar(ar, desc, interval, timeout):
+def _wait_with_bar(ar, desc, interval, timeout, return_when=None):
     """``ar.wait_interactive()``: wait for AsyncResult `ar` (at most `timeout` s), redrawing
-    a bar of its requests done every `interval` s; whether it is done."""
+    a bar of its requests done every `interval` s; whether it is done. `return_when`
+    FIRST_COMPLETED or FIRST_EXCEPTION (ipyparallel's) ends the wait once one request is
+    done, or has failed."""
+    if return_when not in (None, concurrent.futures.ALL_COMPLETED,
+                           concurrent.futures.FIRST_COMPLETED, concurrent.futures.FIRST_EXCEPTION):
+        raise ValueError(f"return_when={return_when!r}: give ALL_COMPLETED, FIRST_COMPLETED or "
+                         "FIRST_EXCEPTION (concurrent.futures')")
+    ends_it = {concurrent.futures.FIRST_COMPLETED: concurrent.futures.Future.done,
+               concurrent.futures.FIRST_EXCEPTION: _failed}.get(return_when, lambda f: False)
     bar = _progress_bar(len(ar), desc, "tasks")
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        while not ar.done():
+        while not ar.done() and not any(map(ends_it, ar._children)):
             left = interval if deadline is None else min(interval, deadline - time.monotonic())
             if left <= 0:
                 break
@@ -121,6 +145,10 @@ def _wait_with_bar(ar, desc, interval, timeout):
         bar.update(ar.progress - bar.n)
         bar.close()
     return ar.done()
+
+
+def _failed(future):
+    return future.done() and not future.cancelled() and future.exception() is not None
 
 
 def _wait_interactive(client, jobs, interval, timeout):
@@ -190,11 +218,13 @@ def register_joblib_backend(name="minipar", view=None, make_default=False):
     ``with joblib.parallel_backend(name):`` joblib's work (and scikit-learn's
     ``n_jobs``) runs on the engines of `view` (default: a Client of the default
     profile, connected when joblib first needs it, closed after each Parallel call).
-    Each batch of calls is one load-balanced task."""
+    Each batch of calls is one load-balanced task. The default name registers
+    ipyparallel's too, so its scripts' ``parallel_backend("ipyparallel")`` runs here."""
     from joblib.parallel import register_parallel_backend
 
-    register_parallel_backend(name, functools.partial(_joblib_backend_class(), view=view),
-                              make_default=make_default)
+    for each in (name, "ipyparallel") if name == "minipar" else (name,):
+        register_parallel_backend(each, functools.partial(_joblib_backend_class(), view=view),
+                                  make_default=make_default)
 
 
 @functools.lru_cache(maxsize=None)

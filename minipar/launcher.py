@@ -61,7 +61,7 @@ import threading
 import time
 
 from . import protocol
-from .errors import MiniparError, TimeoutError
+from .errors import CLUSTER_ABSENT, MiniparError, TimeoutError, refuse_absent
 
 log = logging.getLogger(__name__)
 
@@ -855,7 +855,8 @@ class Cluster:
     def __init__(self, n=None, engines="local", controller="local", profile=None,
                  profile_dir=None, cluster_id=None, controller_args=(), engine_args=(),
                  timeout=START_TIMEOUT_S, controller_options=None, engine_options=None,
-                 shutdown_atexit=True, restart_engines=None):
+                 shutdown_atexit=True, restart_engines=None, **ipyparallel_options):
+        refuse_absent("Cluster", ipyparallel_options, CLUSTER_ABSENT)
         self.cluster_id = cluster_id if cluster_id is not None else _unique_id()
         self._owns_profile_dir = profile is None and profile_dir is None
         if self._owns_profile_dir:
@@ -876,8 +877,7 @@ class Cluster:
         self.shutdown_atexit = shutdown_atexit
         # "on_failure": engine sets replace engines that crash (EngineSetLauncher._restart)
         if restart_engines not in RESTART_POLICIES:
-            raise ValueError(f"restart_engines={restart_engines!r}: use one of "
-                             f"{RESTART_POLICIES}")
+            raise ValueError(f"restart_engines={restart_engines!r}: use one of {RESTART_POLICIES}")
         self.engine_restart = restart_engines
         self.controller = None
         self.engines = {}  # engine set id -> launcher

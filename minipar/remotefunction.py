@@ -3,8 +3,11 @@ whose calls run through the view (its apply, or its map over parts of the argume
 
 They use only the view's public flags and its ``_finish`` / ``_map``; client.py imports
 them back, so ``minipar.client.ParallelFunction`` is where ipyparallel scripts look.
+How sequences are split into one contiguous part per engine (ipyparallel's ``dist='b'``)
+is here too: a view's map and scatter split with the same functions.
 """
 
+import collections.abc
 import inspect
 
 from .asyncresult import _ctrl_c_aborts
@@ -19,7 +22,7 @@ class RemoteFunction:
         self.__doc__ = getattr(f, "__doc__", None)
 
     @_ctrl_c_aborts
-    def __call__(self, *args, **kwargs):
+    def __call__(self, /, *args, **kwargs):
         with self.view.temp_flags(**self.flags):
             return self.view._finish(self.view.apply_async(self.func, *args, **kwargs), self.block)
 
@@ -57,3 +60,33 @@ class ParallelFunction(RemoteFunction):
             ar = self.view._map(self.func, sequences, elementwise, **self.options)
         ar._return_exceptions = self.return_exceptions
         return self.view._finish(ar, self.block)
+
+
+def _partition(seq, n, i):
+    """The i-th of n nearly equal contiguous blocks of `seq`, the first len % n one longer
+    (ipyparallel's block distribution: 10 on 4 engines is 3, 3, 2, 2)."""
+    size, more = divmod(len(seq), n)
+    part = seq[i * size + min(i, more):(i + 1) * size + min(i + 1, more)]
+    return list(part) if isinstance(part, range) else part
+
+
+def _sequence(s):
+    """`s` to split into contiguous parts (by scatter and map): a sequence as it is, another
+    iterable as a list. A mapping is refused: it would be sliced by key, if at all."""
+    if isinstance(s, collections.abc.Mapping) or not hasattr(s, "__iter__"):
+        raise TypeError(f"{type(s).__name__} {s!r:.40} is not a sequence to split into parts: "
+                        "give a list, tuple, range or array (of a dict: list(d.items()))")
+    return s if hasattr(s, "__getitem__") and hasattr(s, "__len__") else list(s)
+
+
+def _sequences(sequences, elementwise):
+    """A map's arguments as sequences, and how many items it maps: the shortest's length,
+    as map, zip and ipyparallel's map have it. A parallel function's call hands each
+    engine a part of each sequence, so it refuses unequal lengths (as ipyparallel's)."""
+    if not sequences:
+        raise ValueError("map needs at least one sequence")
+    seqs = [_sequence(s) for s in sequences]
+    lengths = [len(s) for s in seqs]
+    if not elementwise and len(set(lengths)) > 1:
+        raise ValueError(f"all sequences must have equal length, but have {lengths}")
+    return seqs, min(lengths)

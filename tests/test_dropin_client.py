@@ -290,7 +290,7 @@ def test_get_result_of_a_finished_request_has_its_metadata_at_once(cluster):
 def test_a_name_ipyparallel_has_and_minipar_leaves_out_says_what_to_use(cluster):
     rc = cluster.rc
     lview = rc.load_balanced_view()
-    for obj, name, says in ((rc, "history", r"rc.hub_history\(\)"), (rc, "block", "view.block"),
+    for obj, name, says in ((rc, "history", r"rc.hub_history\(\)"),
                             (rc[:], "imap", r"load_balanced_view\(\).imap"),
                             (lview, "results", "live in the AsyncResults")):
         with pytest.raises(AttributeError, match=rf"'{type(obj).__name__}' object has no "

@@ -110,6 +110,24 @@ def test_px_cell_options(shell, ip_rc):
     assert "--group-outputs 'x'" in run(shell, "%%px --group-outputs x\npass", ok=False)
 
 
+def test_px_takes_ipyparallels_stream_progress_and_signal_options(shell, ip_rc):
+    """ipyparallel 7's %%px and %pxconfig options: --stream prints each engine's lines as
+    they come, --no-stream when all are done (minipar's default); --progress-after and
+    --signal-on-interrupt are accepted."""
+    cell = "import time\nprint('first', flush=True)\ntime.sleep(0.3)\nprint('second')"
+    assert run(shell, "%%px --targets 0 --stream --progress-after 1 --signal-on-interrupt "
+                      f"SIGINT\n{cell}") == "[stdout:0] first\n[stdout:0] second\n"
+    both = "import sys\nprint('out')\nprint('err', file=sys.stderr)"
+    assert run(shell, f"%%px --targets 0,1 --no-stream\n{both}") == \
+        "[stdout:0] out\n[stdout:1] out\n[stderr:0] err\n[stderr:1] err\n"
+    out = run(shell, "%%px --targets 2 --stream\nprint('before')\n1/0", ok=False)
+    assert out.startswith("[stdout:2] before\n") and "ZeroDivisionError" in out
+    run(shell, "%pxconfig --stream --progress-after 0")
+    assert run(shell, "%px --targets 1 print('s')") == "[stdout:1] s\n"
+    run(shell, "%pxconfig --no-stream")
+    assert "--progress-after 'soon'" in run(shell, "%%px --progress-after soon\npass", ok=False)
+
+
 def test_pxconfig_and_autopx(shell, ip_rc):
     assert "there is none yet" in run(shell, "%pxresult", ok=False)
     run(shell, "%pxconfig --noblock")

@@ -1,0 +1,383 @@
+"""ipyparallel 9 calls that real scripts make, each with ipyparallel's own parameter names
+and defaults (read from its source: ``client/view.py``, ``client/client.py``,
+``client/asyncresult.py``), against one controller and four engines for the module."""
+
+import io
+
+import pytest
+
+import minipar as ipp
+
+TIMEOUT = 60
+pytestmark = pytest.mark.timeout(TIMEOUT)
+
+
+@pytest.fixture
+def rc(shared_cluster):
+    """The module's cluster: no test here kills, stops or reconfigures an engine."""
+    return shared_cluster.rc
+
+
+def keywords(**kwargs):
+    return sorted(kwargs.items())
+
+
+def sleep_then(seconds, value):
+    import time
+
+    time.sleep(seconds)
+    return value
+
+
+def test_apply_passes_keywords_named_f_and_self_to_the_function(rc):
+    """ipyparallel's apply takes its function positionally (``__ipp_f``), so every
+    keyword, ``f=`` and ``self=`` too, is the function's own."""
+    dv, lview = rc[:], rc.load_balanced_view()
+    expected = [("f", 1), ("self", 2)]
+    assert dv.apply_sync(keywords, f=1, self=2) == [expected] * 4
+    assert rc[0].apply(keywords, f=1, self=2).get(TIMEOUT) == expected
+    assert lview.apply_async(keywords, f=1, self=2).get(TIMEOUT) == expected
+    assert lview.apply_sync(keywords, f=1, self=2) == expected
+    assert rc.broadcast_view().apply_sync(keywords, f=1) == [[("f", 1)]] * 4
+    assert dv.remote(block=True)(keywords)(f=1, self=2) == [expected] * 4
+
+
+def test_views_take_their_flags_when_made_and_have_a_length(rc):
+    """``rc.load_balanced_view(targets, **flags)`` and ``rc.direct_view(targets, **flags)``
+    set the view's flags, as ipyparallel's (``View.__init__`` calls ``set_flags``); any
+    view's len() is the number of engines it may use."""
+    lview = rc.load_balanced_view(block=True, retries=2, label="made")
+    assert (lview.block, lview.retries, lview.label) == (True, 2, "made")
+    assert lview.apply(abs, -3) == 3            # blocking: a value, not an AsyncResult
+    assert rc.load_balanced_view([1, 2], block=True).apply(abs, -4) == 4
+    assert rc.direct_view(block=True).apply(abs, -5) == [5] * 4
+    assert rc.direct_view(0, block=True).apply(abs, -6) == 6
+    assert rc.broadcast_view(block=True, is_coalescing=True).apply(abs, -7) == [7] * 4
+    assert rc.direct_view().block is False      # the default is unchanged
+    with pytest.raises(KeyError, match="unknown flag 'nonsense'"):
+        rc.load_balanced_view(nonsense=1)
+    with pytest.raises(TypeError):
+        rc.load_balanced_view(retries="two")    # checked as set_flags checks it
+    assert len(rc.load_balanced_view()) == len(rc[:]) == len(rc.direct_view()) == 4
+    assert len(rc.load_balanced_view([0, 3])) == 2 and len(rc[1]) == 1
+    chunks = len(rc.load_balanced_view())        # as scripts size their chunks
+    assert rc.load_balanced_view().map_sync(abs, range(-8, 0), chunksize=8 // chunks) \
+        == list(range(8, 0, -1))
+
+
+def test_track_is_a_flag_accepted_and_ignored(rc):
+    """ipyparallel's ``track`` flag (its docs' temp_flags example is
+    ``with view.temp_flags(track=True)``): every view has it, False by default; minipar
+    has no send tracking, so it changes nothing (as push's ``track=``)."""
+    dv, lview = rc[:], rc.load_balanced_view()
+    assert dv.track is False and lview.track is False and rc.broadcast_view().track is False
+    with dv.temp_flags(track=True, block=True):
+        assert dv.track is True
+        assert dv.apply(abs, -1) == [1] * 4
+    assert dv.track is False
+    lview.set_flags(track=True)
+    assert lview.apply_async(abs, -2).get(TIMEOUT) == 2
+    assert rc.load_balanced_view(track=True).track is True
+
+
+def test_display_outputs_groups_as_asked_once_the_output_is_in(rc, capsys):
+    """``ar.display_outputs(groupby='type'|'engine'|'order', result_only=False)`` waits
+    for the output (``ar.wait_for_output()``) and prints it as ipyparallel does."""
+    code = "import sys, time; time.sleep(0.3); print('out'); print('err', file=sys.stderr)"
+    ar = rc[[0, 1]].execute(code, block=False)
+    assert ar.wait_for_output(TIMEOUT) is True and ar.wait_for_output() is True
+    shown = io.StringIO()
+    ar.display_outputs(groupby="engine", file=shown)
+    assert shown.getvalue().splitlines() == [
+        "[stdout:0] out", "[stderr:0] err", "[stdout:1] out", "[stderr:1] err"]
+    late = rc[[0, 1]].execute(code, block=False)
+    late.display_outputs()              # not waited for first: it waits, all is shown
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["[stdout:0] out", "[stdout:1] out"]
+    assert err.splitlines() == ["[stderr:0] err", "[stderr:1] err"]
+    rc[0].execute(code, block=False).display_outputs("order")    # positional, one engine
+    assert capsys.readouterr() == ("[stdout:0] out\n", "[stderr:0] err\n")
+    ar.display_outputs(result_only=True)   # no execute results to show in minipar
+    assert capsys.readouterr() == ("", "")
+    with pytest.raises(ValueError, match="groupby must be"):
+        ar.display_outputs("nonsense")
+
+
+def test_execute_takes_silent_before_targets_as_ipyparallel(rc):
+    """ipyparallel's ``execute(code, silent=True, targets=None, block=None)``: `silent`
+    is accepted (minipar shows no ``Out[n]`` either way), by keyword or in its place."""
+    dv = rc[:]
+    assert dv.execute("s = 1", silent=False, block=True) == [None] * 4
+    dv.execute("s = 2", True, [0, 1], True)          # silent, targets, block by position
+    assert dv.pull("s", block=True) == [2, 2, 1, 1]
+    assert rc[3].execute("s = 3", silent=True).get(TIMEOUT) is None
+    assert rc[3]["s"] == 3
+
+
+def test_client_get_result_takes_block_as_ipyparallel(rc):
+    """``rc.get_result(msg_ids, block=None, owner=True)``: with ``block=True`` it returns
+    once the requests are done, an AsyncResult still; ``block`` is its second argument."""
+    lview = rc.load_balanced_view()
+    ar = lview.apply_async(sleep_then, 0.3, "late")
+    again = rc.get_result(ar.msg_ids, block=True)
+    assert again.ready() and again.get() == ["late"]
+    assert rc.get_result(ar.msg_ids[0], True).get() == "late"       # block by position
+    assert rc.get_result(ar.msg_ids[0], block=False, owner=True).get(TIMEOUT) == "late"
+    assert lview.get_result(ar, block=True).ready()                  # the view's, as before
+
+
+def test_wait_for_engines_as_ipyparallel(local_cluster):
+    """``rc.wait_for_engines(n, timeout=-1, block=True, interactive=None, widget=None)``:
+    -1 (its default) is no limit, and ``block=False`` returns a Future at once."""
+    rc = local_cluster.client()
+    one = rc.wait_for_engines(1, block=False)
+    two = rc.wait_for_engines(2, timeout=-1, block=False)
+    assert not one.done() and not two.done()
+    local_cluster.start_engines(1)
+    assert one.result(TIMEOUT) == [0]
+    assert not two.done()                     # waits on, not timed out at once
+    local_cluster.start_engines(1)
+    assert two.result(TIMEOUT) == [0, 1]
+    assert rc.wait_for_engines(2, timeout=-1, interactive=False, widget=False) == [0, 1]
+    with pytest.raises(TimeoutError, match="wanted 3"):
+        rc.wait_for_engines(3, timeout=0.1)
+    with pytest.raises(TimeoutError, match="wanted 3"):
+        rc.wait_for_engines(3, timeout=0.1, block=False).result(TIMEOUT)
+
+
+def test_ipp_error_is_the_module_of_exceptions(rc):
+    """``except ipp.error.CompositeError as e: e.raise_exception()``, as ipyparallel's
+    docs write it: ``ipp.error`` is minipar.errors, and ``from minipar import error``."""
+    from minipar import error
+
+    assert error is ipp.error and "error" in dir(ipp)
+    assert (ipp.error.CompositeError, ipp.error.RemoteError, ipp.error.TaskAborted) == \
+        (ipp.CompositeError, ipp.RemoteError, ipp.TaskAborted)
+    dv = rc[:]
+    dv.block = True
+    with pytest.raises(ipp.error.RemoteError) as info:
+        try:
+            dv.execute("1/0")
+        except ipp.error.CompositeError as e:
+            e.raise_exception()
+    assert info.value.ename == "ZeroDivisionError"
+    with pytest.raises(AttributeError, match="no attribute 'errorz'"):
+        ipp.errorz
+
+
+def test_abort_takes_targets_and_block_as_ipyparallel(rc):
+    """``rc.abort(jobs=None, targets=None, block=None)``: with `targets` and no jobs,
+    what this client sent to those engines; `block` is accepted (done on return)."""
+    on_zero = [rc[0].apply_async(sleep_then, 30, "long"), rc[0].apply_async(sleep_then, 0, 0)]
+    on_one = rc[1].apply_async(sleep_then, 0.2, "one")
+    assert rc.abort(targets=0, block=True) == 2
+    for ar in on_zero:
+        with pytest.raises(Exception, match="abort"):
+            ar.get(TIMEOUT)
+    assert on_one.get(TIMEOUT) == "one"
+    task = rc.load_balanced_view().apply_async(sleep_then, 30, None)
+    assert rc.abort(task, targets=None, block=False) == 1
+    with pytest.raises(Exception, match="abort"):
+        task.get(TIMEOUT)
+    with pytest.raises(IndexError):
+        rc.abort(targets=99)
+
+
+def fail_fast_or_sleep(x):
+    import time
+
+    if x == 0:
+        raise ValueError("first")
+    time.sleep(30)
+    return x
+
+
+def test_return_when_as_ipyparallel_8(rc):
+    """``ar.get(return_when=ipp.FIRST_EXCEPTION)`` raises as soon as one request fails;
+    ``ar.wait(return_when=...)`` returns (done, pending) sets of ``ar.split()``'s parts."""
+    import concurrent.futures as cf
+    import time
+
+    assert (ipp.FIRST_COMPLETED, ipp.FIRST_EXCEPTION, ipp.ALL_COMPLETED) == \
+        (cf.FIRST_COMPLETED, cf.FIRST_EXCEPTION, cf.ALL_COMPLETED)
+    lview = rc.load_balanced_view()
+    ar = lview.map_async(fail_fast_or_sleep, range(4), chunksize=1)
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match="first"):
+        ar.get(TIMEOUT, return_when=ipp.FIRST_EXCEPTION)
+    assert time.monotonic() - t0 < 20 and not ar.done()
+    done, pending = ar.wait(TIMEOUT, return_when=ipp.FIRST_EXCEPTION)
+    assert len(done) == 1 and len(pending) == 3
+    assert next(iter(done)).msg_ids == ar.msg_ids[:1]
+    ar.abort()
+    each = rc[:].apply_async(sleep_then, 0, "x")
+    parts = each.split()
+    assert [p.get(TIMEOUT) for p in parts] == ["x"] * 4 and len(parts) == 4
+    done, pending = each.wait(TIMEOUT, return_when=ipp.ALL_COMPLETED)
+    assert len(done) == 4 and not pending
+    assert each.get(TIMEOUT, return_when=ipp.FIRST_EXCEPTION) == ["x"] * 4
+    assert each.wait(TIMEOUT) is True              # without return_when: a bool, as before
+    chunks = lview.map_async(abs, range(-6, 0), chunksize=3)
+    assert [p.get(TIMEOUT) for p in chunks.split()] == [[6, 5, 4], [3, 2, 1]]
+    slow = rc[0].apply_async(sleep_then, 30, None)
+    with pytest.raises(ipp.TimeoutError):
+        slow.get(0.2, return_when=ipp.FIRST_EXCEPTION)
+    slow.abort()
+
+
+def test_imap_return_exceptions_yields_the_errors(rc):
+    """``lview.imap(f, *seqs, ordered=True, max_outstanding='auto',
+    return_exceptions=False)``: with return_exceptions a failed task's error is yielded
+    in its place and the iteration goes on."""
+    lview = rc.load_balanced_view()
+    results = list(lview.imap(lambda x: 1 / x, [1, 0, 2, 0, 4], return_exceptions=True))
+    assert [r for r in results if not isinstance(r, BaseException)] == [1.0, 0.5, 0.25]
+    assert all(isinstance(r, ipp.RemoteError) and r.ename == "ZeroDivisionError"
+               for r in results[1::2])
+    unordered = list(lview.imap(lambda x: 1 / x, [0, 1], ordered=False, max_outstanding=1,
+                                return_exceptions=True))
+    assert len(unordered) == 2 and 1.0 in unordered
+    with pytest.raises(ZeroDivisionError):
+        list(lview.imap(lambda x: 1 / x, [1, 0, 2]))        # the default: raised
+
+
+def test_shutdown_takes_restart_second_as_ipyparallel(cluster):
+    """``rc.shutdown(targets='all', restart=False, hub=False, block=None)`` and
+    ``dview.shutdown(targets=None, restart=False, hub=False, block=None)``: restart=True
+    needs ipyparallel's nannies, and is refused saying what to do instead."""
+    rc = cluster.rc
+    with pytest.raises(ValueError, match="no nanny.*restart_engines"):
+        rc.shutdown(restart=True)
+    with pytest.raises(ValueError, match="no nanny"):
+        rc[0].shutdown(restart=True)
+    assert rc.ids == [0, 1, 2, 3]                  # refused before anything was sent
+    rc.shutdown([3], False, False, True)           # targets, restart, hub, block
+    assert rc.ids == [0, 1, 2]
+    rc[2].shutdown(restart=False, block=True)
+    assert rc.ids == [0, 1]
+    rc[[0, 1]].shutdown("all", False)              # 'all': the view's engines
+    assert rc.ids == []
+
+
+def test_a_views_queue_status_takes_targets_first(rc):
+    """``view.queue_status(targets=None, verbose=False)``: the view's engines unless
+    `targets` says otherwise, which comes first, as in ipyparallel."""
+    pair = rc[[0, 1]]
+    assert sorted(k for k in pair.queue_status() if k != "unassigned") == [0, 1]
+    assert sorted(k for k in pair.queue_status(2) if k != "unassigned") == [2]
+    assert sorted(k for k in pair.queue_status([1, 3], False) if k != "unassigned") == [1, 3]
+    assert "stats" in rc.load_balanced_view().queue_status(verbose=True)
+    assert sorted(k for k in rc.load_balanced_view([3]).queue_status()
+                  if k != "unassigned") == [3]
+
+
+def test_client_refuses_an_ssh_tunnel_saying_what_to_do(shared_cluster):
+    """ipyparallel's ``Client(url_file, sshserver=...)`` tunnels through ssh; minipar's
+    does not, and says so at once, not with a connection timeout later."""
+    for option in ("sshserver", "sshkey", "password", "paramiko"):
+        with pytest.raises(TypeError, match=rf"Client\({option}=...\): minipar's Client makes "
+                                            r"no ssh tunnel; .*ssh -L"):
+            ipp.Client(shared_cluster.client_file, **{option: "user@host"}, timeout=1)
+    rc = ipp.Client(shared_cluster.client_file, debug=False)    # other options: accepted
+    try:
+        assert rc.ids == [0, 1, 2, 3]
+    finally:
+        rc.close()
+
+
+def test_composite_error_elist_entries_unpack_as_ipyparallel_tuples(rc):
+    """ipyparallel's ``CompositeError.elist`` is a list of (ename, evalue, traceback,
+    engine_info) tuples, which scripts unpack; minipar's RemoteErrors do so too."""
+    with pytest.raises(ipp.CompositeError) as info:
+        rc[[1, 2]].apply_sync(lambda: 1 / 0)
+    seen = []
+    for ename, evalue, tb, engine_info in info.value.elist:
+        seen.append((ename, engine_info["engine_id"]))
+        assert "division by zero" in str(evalue) and "ZeroDivisionError" in tb
+    assert seen == [("ZeroDivisionError", 1), ("ZeroDivisionError", 2)]
+    first = info.value.elist[0]
+    assert first[0] == first.ename == "ZeroDivisionError" and first[-1]["engine_id"] == 1
+    assert tuple(first)[:2] == (first.ename, first.evalue)
+
+
+def test_cluster_says_what_to_pass_for_ipyparallel_options():
+    """ipyparallel's Cluster takes traitlets options (``controller_ip``, ``engine_timeout``,
+    ``log_level``...); minipar's refuses each at once, saying what to pass instead."""
+    for option, says in (("controller_ip", r'controller_args=\["--ip", ip\]'),
+                         ("controller_location", "--location"), ("engine_timeout", "timeout="),
+                         ("engine_launcher_class", 'engines="local"'), ("delay", "leave it out"),
+                         ("log_level", "MINIPAR_DEBUG")):
+        with pytest.raises(TypeError, match=rf"Cluster\(\) got an unexpected keyword argument "
+                                            rf"'{option}': minipar leaves ipyparallel's out; "
+                                            rf".*{says}"):
+            ipp.Cluster(n=1, **{option: "*"})
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'nonsense'$"):
+        ipp.Cluster(n=1, nonsense=1)
+
+
+def test_client_block_is_the_default_of_the_views_made_after_it(rc):
+    """ipyparallel's ``rc.block = True`` (its older tutorials' first step): each view made
+    afterwards blocks by default (``View.__init__``: ``self.block = client.block``)."""
+    assert rc.block is False and rc[:].block is False
+    try:
+        rc.block = True
+        assert rc[0].apply(abs, -1) == 1                        # a value: it blocked
+        assert rc[:].apply(abs, -2) == [2] * 4
+        assert rc.load_balanced_view().apply(abs, -3) == 3
+        assert rc.direct_view().block and rc.broadcast_view().block
+        assert rc.load_balanced_view(block=False).block is False   # a flag given wins
+    finally:
+        rc.block = False
+    assert rc[:].block is False
+    assert rc[0].apply(abs, -1).get(TIMEOUT) == 1
+
+
+def test_sent_and_wait_for_send_for_code_that_tracks_sends(rc):
+    """``with view.temp_flags(track=True): ar = view.apply(f, big); ar.wait_for_send()``
+    then change `big`: without send tracking minipar says sent once it is safe, when the
+    request is done (a buffer of 64 KiB or more leaves without a copy)."""
+    big = bytearray(200_000)
+    lview = rc.load_balanced_view()
+    with lview.temp_flags(track=True):
+        ar = lview.apply_async(sleep_then, 0.3, big)
+    assert ar.wait_for_send(TIMEOUT) is True and ar.sent is True and ar.done()
+    big[0] = 1                              # safe now: the engine has what was sent
+    assert ar.get()[0] == 0
+    slow = rc[0].apply_async(sleep_then, 30, None)
+    assert slow.sent is False and slow.wait_for_send(0.1) is False
+    slow.abort()
+
+
+def test_joblib_backend_answers_to_ipyparallels_name_too(rc):
+    """ipyparallel's docs: ``view.register_joblib_backend()`` then
+    ``with parallel_backend("ipyparallel"):``; minipar registers that name with its own."""
+    joblib = pytest.importorskip("joblib")
+    import os
+
+    lview = rc.load_balanced_view([2, 3])
+    lview.register_joblib_backend()
+    for name in ("ipyparallel", "minipar"):
+        with joblib.parallel_backend(name):
+            assert joblib.effective_n_jobs() == 2
+            pids = joblib.Parallel()(joblib.delayed(os.getpid)() for _ in range(8))
+        assert set(pids) <= set(rc[[2, 3]].apply_sync(os.getpid))
+
+
+def test_wait_interactive_takes_widget_and_return_when(rc, capsys):
+    """``ar.wait_interactive(interval=0.1, timeout=-1, widget=None,
+    return_when=ALL_COMPLETED)``: FIRST_EXCEPTION stops at the first failure."""
+    import time
+
+    lview = rc.load_balanced_view()
+    ar = lview.map_async(fail_fast_or_sleep, range(4), chunksize=1)
+    t0 = time.monotonic()
+    assert ar.wait_interactive(interval=0.05, widget=False,
+                               return_when=ipp.FIRST_EXCEPTION) is False
+    assert time.monotonic() - t0 < 20 and not ar.done()
+    assert ar.wait_interactive(0.05, 0.1, None, ipp.FIRST_COMPLETED) is False   # one is done
+    ar.abort()
+    ok = lview.map_async(abs, range(-8, 0), chunksize=1)
+    assert ok.wait_interactive(0.05, -1, widget=True, return_when=ipp.ALL_COMPLETED) is True
+    assert "8/8" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="return_when="):
+        ok.wait_interactive(return_when="sometimes")
