@@ -1571,7 +1571,6 @@ class LoadBalancedView(_View):
             done, _ = concurrent.futures.wait(outstanding,
                                               return_when=concurrent.futures.FIRST_COMPLETED)
             fut = next(f for f in outstanding if f in done)
-        concurrent.futures.wait([fut])
         value = fut.exception() if return_exceptions and fut.exception() else fut.result()
         outstanding.remove(fut)
         return value
