@@ -119,6 +119,9 @@ TIME_LIMIT_GRACE_S = 5.0
 # How often the engine sends its CPU time, memory and running request for rc.status and
 # minipar.top: one message, none per task; figures this old at most. 0.5..10 is reasonable.
 USAGE_PERIOD_S = 1.0
+# How long a stopped engine waits for threads that tasks started (not daemon) to end
+# before it exits without them; 0.5..10 is reasonable.
+THREADS_GRACE_S = 2.0
 
 _MISSING = object()
 _REFERENCE = dependency.Reference
@@ -1378,7 +1381,37 @@ def main(argv=None):
         engine.serve()
     except KeyboardInterrupt:
         log.info("interrupted: exiting")
+    _leave_threads_behind(engine)
     return engine.exit_code
+
+
+def _leave_threads_behind(engine):
+    # Python's exit joins every non-daemon thread, so one a task started and left running
+    # (threading.Thread(target=serve_forever).start()) kept a stopped engine alive for
+    # ever, unregistered, until someone found and killed it. Such threads get
+    # THREADS_GRACE_S to end; then the engine exits without them (and without running
+    # atexit handlers, which would come after that join), once its sockets have sent
+    # what they hold (its unregister) or a second has passed.
+    deadline = time.monotonic() + THREADS_GRACE_S
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and not t.daemon:
+            t.join(max(0.0, deadline - time.monotonic()))
+    left = [t.name for t in threading.enumerate()
+            if t is not threading.current_thread() and not t.daemon and t.is_alive()]
+    if left:
+        log.warning("threads a task started still run %.0f s after the engine stopped "
+                    "(%s): exiting without them (make them daemon=True, or end them)",
+                    THREADS_GRACE_S, ", ".join(left))
+        closing = threading.Thread(target=engine.ctx.term, daemon=True)
+        closing.start()
+        closing.join(1.0)
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (AttributeError, OSError, ValueError):   # closed or replaced by a task
+                pass
+        os._exit(engine.exit_code)
 
 
 if __name__ == "__main__":

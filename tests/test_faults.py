@@ -755,3 +755,33 @@ def test_a_forked_child_that_comes_back_into_the_engine_exits(local_cluster):
     assert log.count("came back into the engine's code") == 2 and "Traceback" not in log
     assert "SIGTERM" not in log   # the Pool's workers met Python's handler, not the engine's
     assert len(rc.ids) == 1
+
+
+def _leave_a_thread_running():
+    import threading
+    import time
+
+    threading.Thread(target=time.sleep, args=(3600,), name="left-running").start()
+    return "started"
+
+
+@pytest.mark.parametrize("stop", ["shutdown", "sigterm"])
+def test_a_stopped_engine_exits_though_a_task_left_a_thread_running(local_cluster, stop):
+    """A task that starts a thread (not daemon) and returns left its engine unable to
+    exit: stopped by rc.shutdown or SIGTERM, it unregistered, then Python's exit waited
+    on the thread for ever, a process no one would find. It now exits after a grace,
+    naming the thread, with the status it would have had, and unregistered."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    (eid,) = rc.ids
+    assert rc[eid].apply_sync(_leave_a_thread_running) == "started"
+    if stop == "shutdown":
+        rc.shutdown(eid, block=True)
+    else:
+        engine.terminate()
+    assert engine.wait(20) == 0
+    log = local_cluster.output("engine0")
+    assert "threads a task started still run" in log and "left-running" in log
+    wait_until(lambda: eid not in rc.ids, 10, f"engine {eid} gone from rc.ids")
+    assert "declared dead" not in local_cluster.output("controller")
