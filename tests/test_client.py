@@ -2,6 +2,7 @@
 keeps serving everyone else."""
 
 import contextlib
+import copy
 import gc
 import json
 import logging
@@ -71,6 +72,22 @@ def test_a_result_that_cannot_be_pickled_says_it_could_not_come_back(rc):
                        match=r"the result could not be sent back: could not serialize "
                              r"<generator .* between client and engines"):
         rc.load_balanced_view().apply_sync(numbers)
+
+
+def test_a_task_that_refers_to_the_client_or_a_view_says_so(rc):
+    """A function using `rc` or a view (a global, a closure), or one passed as an
+    argument, cannot travel: the error names the Client or view and says what to do,
+    where pickle failed on a hash object inside the Client, naming neither."""
+    lview = rc.load_balanced_view()
+    for send in (lambda: lview.apply_sync(lambda: rc.ids),
+                 lambda: lview.map_sync(lambda x: lview, [1]),
+                 lambda: rc[:].apply_sync(len, rc[:])):
+        with pytest.raises(minipar.SerializationError,
+                           match=r"a minipar (Client|LoadBalancedView|DirectView) cannot be "
+                                 r"sent to the engines .* use it on the client side only"):
+            send()
+    copied = copy.copy(lview)   # a shallow copy, as before
+    assert copied is not lview and copied.apply_sync(operator.neg, 1) == -1
 
 
 def test_a_result_that_cannot_be_unpickled_here_names_its_engine(rc):
