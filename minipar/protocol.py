@@ -835,6 +835,14 @@ def read_connection_file(path, ports=CLIENT_PORTS):
             f"{__package__}.controller` (same profile), or pass the file's path or profile "
             f"folder (`python -m {__package__}.launcher list` names those of the running "
             "clusters)") from None
+    except IsADirectoryError:   # a profile folder, or its security folder
+        wanted = ENGINE_FILE if ports == ENGINE_PORTS else CLIENT_FILE
+        inside = [os.path.join(path, "security", wanted), os.path.join(path, wanted)]
+        found = [f for f in inside if os.path.isfile(f)]
+        raise ConnectionFileError(
+            f"{path} is a folder, not a connection file: pass the file "
+            f"({found[0] if found else inside[0]}), or a profile folder as profile_dir= "
+            "(--profile-dir)") from None
     except OSError as e:
         raise ConnectionFileError(f"cannot read connection file {path}: {e}") from None
     except ValueError as e:   # cut short (a full disk, a copy interrupted), or not JSON

@@ -7,6 +7,7 @@ import gc
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import operator
@@ -18,8 +19,9 @@ import weakref
 import pytest
 
 import minipar
-from minipar import protocol
+from minipar import errors, protocol
 
+from .conftest import START_TIMEOUT_S
 from .helpers import wait_until
 
 TIMEOUT = 60
@@ -88,6 +90,23 @@ def test_a_task_that_refers_to_the_client_or_a_view_says_so(rc):
             send()
     copied = copy.copy(lview)   # a shallow copy, as before
     assert copied is not lview and copied.apply_sync(operator.neg, 1) == -1
+
+
+def test_a_folder_given_as_connection_file_names_the_file_to_pass(local_cluster):
+    """A profile folder (or its security folder) passed where the connection file goes,
+    to a Client or an engine's --file, said only '[Errno 21] Is a directory'; the error
+    now names the file in it to pass, or profile_dir= for the folder."""
+    security = os.path.dirname(local_cluster.client_file)
+    for folder in (local_cluster.profile_dir, security):
+        with pytest.raises(errors.ConnectionFileError, match=re.escape(
+                f"{folder} is a folder, not a connection file: pass the file "
+                f"({local_cluster.client_file}), or a profile folder as profile_dir=")):
+            minipar.Client(folder)
+    (engine,) = local_cluster.start_engines(1, ["--file", local_cluster.profile_dir])
+    assert engine.wait(START_TIMEOUT_S) == 1
+    assert f"pass the file ({local_cluster.engine_file})" in local_cluster.output("engine0")
+    rc = local_cluster.client()   # the file itself still serves, and nothing registered
+    assert rc.ids == []
 
 
 def test_a_result_that_cannot_be_unpickled_here_names_its_engine(rc):
