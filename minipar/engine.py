@@ -202,6 +202,9 @@ class _Capture(io.TextIOBase):
         return True
 
     def write(self, s):
+        if not isinstance(s, str):   # as a real text stream: this task's error, raised here,
+            # not a TypeError later in the engine's own join, which ended the engine
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
         self.parts.append(s)
         if s:
             self._streamer.add(self.name, s)

@@ -785,3 +785,30 @@ def test_a_stopped_engine_exits_though_a_task_left_a_thread_running(local_cluste
     assert "threads a task started still run" in log and "left-running" in log
     wait_until(lambda: eid not in rc.ids, 10, f"engine {eid} gone from rc.ids")
     assert "declared dead" not in local_cluster.output("controller")
+
+
+def _write_to(stream, what):
+    import sys
+
+    print("before", file=getattr(sys, stream))
+    getattr(sys, stream).write(what)
+
+
+@pytest.mark.parametrize("stream, what", [("stdout", b"bytes"), ("stderr", 5)])
+def test_a_task_writing_what_is_not_text_gets_a_typeerror_and_its_engine_lives(
+        local_cluster, stream, what):
+    """sys.stdout.write(b"...") in a task (meant for sys.stdout.buffer) was taken by the
+    engine's capture, whose join of the output then raised in the engine's own code and
+    ended the engine: the task, and any queued behind it, died with it. The write now
+    raises TypeError in the task, as a real text stream's does."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    view = rc.load_balanced_view()
+    ar = view.apply_async(_write_to, stream, what)
+    with pytest.raises(errors.RemoteError, match="TypeError: write.. argument must be str, "
+                                                 f"not {type(what).__name__}") as e:
+        ar.get(START_TIMEOUT_S)
+    assert e.value.ename == "TypeError"
+    assert getattr(ar, stream) == "before\n"
+    assert view.apply_sync(os.getpid) == engine.pid and engine.poll() is None
