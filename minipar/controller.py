@@ -1356,6 +1356,9 @@ def main(argv=None):
                        record_bytes=args.record_bytes, owner=args.owner)
     except ValueError as e:
         p.error(str(e))
+    except errors.MiniparError as e:   # a profile folder it cannot write
+        log.error("%s", e)
+        return 1
 
     def stop(signum, frame):
         log.info("signal %d: stopping", signum)

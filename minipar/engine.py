@@ -335,8 +335,13 @@ class Engine:
         signal.signal(INTERRUPT_SIGNAL, self._interrupt_handler)
         os.register_at_fork(after_in_child=self._after_fork_in_child)
         if self.work_dir:
-            os.makedirs(self.work_dir, exist_ok=True)
-            os.chdir(self.work_dir)
+            try:
+                os.makedirs(self.work_dir, exist_ok=True)
+                os.chdir(self.work_dir)
+            except OSError as e:
+                raise errors.MiniparError(f"cannot work in --work-dir {self.work_dir} "
+                                          f"({e.strerror}): give a folder this engine can "
+                                          "make or enter") from None
         # the MPI rank, for the startup code as for the scheduler's depend functions
         for var in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"):
             if var in os.environ:

@@ -1584,7 +1584,7 @@ def main(argv=None):
     logging.basicConfig(level=level, format="%(asctime)s launcher %(levelname)s %(message)s")
     try:
         return args.func(args)
-    except (LauncherError, TimeoutError, ValueError) as e:   # ValueError: bad options
+    except (LauncherError, OSError, ValueError) as e:   # OSError: a folder it cannot make
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:   # before `start` is ready: what it started stops at exit

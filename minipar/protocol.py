@@ -790,9 +790,15 @@ def profile_dir(profile=None, profile_dir=None):
 
 
 def security_dir(pdir):
+    from .errors import ConnectionFileError
+
     d = os.path.join(pdir, "security")
-    os.makedirs(d, mode=0o700, exist_ok=True)
-    os.chmod(d, 0o700)
+    try:
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        os.chmod(d, 0o700)
+    except OSError as e:   # a file in its path, no permission, a read-only disk
+        raise ConnectionFileError(f"cannot make {d} for the connection files ({e.strerror}): "
+                                  "give a profile folder you can write (--profile-dir)") from None
     return d
 
 

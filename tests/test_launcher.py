@@ -449,6 +449,32 @@ def test_an_engine_started_before_its_controller_waits_for_it(pids, tmp_path):
     assert "waiting up to 1 s" in lonely.stderr and "no connection file" in lonely.stderr
 
 
+def test_a_folder_that_cannot_be_made_is_one_line_not_a_traceback(pids, tmp_path):
+    """A profile folder or engine --work-dir under a file (or without permission, on a
+    read-only disk) ended the controller, the launcher and the engine with a traceback
+    through minipar's internals; each now says in one line which folder and why."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    prof = str(blocker / "profile")
+    out = _second_controller(prof)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"cannot make {prof}/security for the connection files (Not a directory)" \
+        in out.stderr
+    out = cli("start", "-n", "1", "--profile-dir", prof, "--daemonize")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith("error: ") and prof in out.stderr
+    first = _controller(str(tmp_path / "p"))
+    pids.add(first.pid)
+    out = subprocess.run([sys.executable, "-m", "minipar.engine", "--profile-dir",
+                          str(tmp_path / "p"), "--work-dir", str(blocker / "work")],
+                         env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"cannot work in --work-dir {blocker / 'work'} (Not a directory)" in out.stderr
+    first.terminate()
+    assert first.wait(30) == 0
+
+
 def test_a_stale_connection_file_does_not_hold_the_profile(pids, tmp_path):
     prof = str(tmp_path / "p")
     sec = protocol.security_dir(prof)
