@@ -32,7 +32,9 @@ finished), unless it runs in its terminal's foreground: there a SIGINT may be it
 user's Ctrl-C (a process cannot tell one from a `kill -INT`), and it stops as on
 SIGTERM. An engine started by a launcher (its own session), in the background (`&`),
 by `ssh` without -t or by a batch job is never in a terminal's foreground. One waiting
-for its connection file (started before its controller) does as an idle one.
+for its connection file (started before its controller) does as an idle one. A task
+that puts its own handler in place for either (itself, or a library it imports) keeps it
+while it runs; the engine's is back after it.
 
 A task that holds the GIL past its time_limit plus TIME_LIMIT_GRACE_S (one long C call,
 which no interrupt reaches) ends the engine by SIGALRM, with faulthandler's traceback in
@@ -308,7 +310,7 @@ class Engine:
         self._held_lock = threading.Lock()
         self._interrupt = None      # _Interruption: what the next INTERRUPT_SIGNAL is for
         self._raised_in_main = False   # that interruption is pending in the main thread
-        self._told_handler = False  # logged that a task replaced the INTERRUPT_SIGNAL handler
+        self._told_handler = set()  # signals whose handler a task replaced, as logged
         # Re-entrant: the INTERRUPT_SIGNAL handler takes it in the main thread, which may
         # hold it already (the signal lands between any two bytecodes); a Lock would deadlock.
         self._lock = threading.RLock()
@@ -329,10 +331,11 @@ class Engine:
         threads. Main thread."""
         # before registering: a signal sent once the controller lists this engine (it may
         # do so before its answer arrives here) must meet these handlers, not the defaults
-        signal.signal(signal.SIGINT, self._on_sigint)
-        signal.signal(signal.SIGTERM, self._on_sigterm)
         self._interrupt_handler = self._on_interrupt_signal   # one object, compared with `is`
-        signal.signal(INTERRUPT_SIGNAL, self._interrupt_handler)
+        self._own_handlers = {signal.SIGINT: self._on_sigint, signal.SIGTERM: self._on_sigterm,
+                              INTERRUPT_SIGNAL: self._interrupt_handler}
+        for sig, handler in self._own_handlers.items():
+            signal.signal(sig, handler)
         os.register_at_fork(after_in_child=self._after_fork_in_child)
         if self.work_dir:
             try:
@@ -966,8 +969,7 @@ class Engine:
                 self._withdraw_raised()   # again, had a signal handler cut the above short
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
             data = self._streamer.stop()  # the reply carries the whole output and data
-            if signal.getsignal(INTERRUPT_SIGNAL) is not self._interrupt_handler:
-                self._take_back_interrupt_signal(msg_id)
+            self._take_back_signals(msg_id)
         if properties.changed:  # before the reply: the controller knows them when it arrives
             self._send_properties()
         meta = {"started": started, "completed": time.time(), "stdout": out.getvalue(),
@@ -1021,15 +1023,21 @@ class Engine:
             self._raised_in_main = False
             _raise_in(self._main_ident, None)
 
-    def _take_back_interrupt_signal(self, msg_id):
-        """Request `msg_id` replaced the engine's INTERRUPT_SIGNAL handler: put it back, so
-        the next requests are interrupted as usual (said once)."""
-        signal.signal(INTERRUPT_SIGNAL, self._interrupt_handler)
-        if not self._told_handler:
-            self._told_handler = True
-            log.warning("request %s replaced this engine's %s handler, with which it "
-                        "interrupts tasks (aborts, time limits): put back; leave %s to the "
-                        "engine", msg_id, INTERRUPT_SIGNAL.name, INTERRUPT_SIGNAL.name)
+    def _take_back_signals(self, msg_id):
+        """Put back the engine's handlers that request `msg_id` replaced (itself, or a
+        library it imported: some set SIGTERM's or SIGINT's), so the next requests are
+        interrupted (INTERRUPT_SIGNAL: aborts, time limits) and an idle engine is
+        stopped (SIGTERM, SIGINT: see the module docstring) as usual; said once each."""
+        for sig, handler in self._own_handlers.items():
+            if signal.getsignal(sig) == handler:
+                continue
+            signal.signal(sig, handler)
+            if sig not in self._told_handler:
+                self._told_handler.add(sig)
+                log.warning("request %s replaced this engine's %s handler: put back; leave "
+                            "%s to the engine (%s)", msg_id, sig.name, sig.name,
+                            "it interrupts tasks with it" if sig == INTERRUPT_SIGNAL else
+                            "it stops with it when idle")
 
     def _reply_error(self, header, exc, status=protocol.ERROR, **meta):
         info = {"engine_id": self.id, "msg_id": header["msg_id"], "kind": header["kind"]}

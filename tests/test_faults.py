@@ -812,3 +812,33 @@ def test_a_task_writing_what_is_not_text_gets_a_typeerror_and_its_engine_lives(
     assert e.value.ename == "TypeError"
     assert getattr(ar, stream) == "before\n"
     assert view.apply_sync(os.getpid) == engine.pid and engine.poll() is None
+
+
+def _take_sigterm(how):
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, {"ignore": signal.SIG_IGN,   # as some libraries on import
+                                   "exit": lambda *a: sys.exit(0)}[how])
+    return "taken"
+
+
+@pytest.mark.parametrize("how", ["ignore", "exit"])
+def test_an_engine_whose_task_took_sigterm_is_still_stopped_by_it(local_cluster, how):
+    """A task (or a library it imports) that set its own SIGTERM handler kept it after
+    the task: `kill PID` then did nothing to the idle engine (SIG_IGN), or ended it
+    without unregistering (a handler calling sys.exit). The engine puts its handler
+    back after each request, says so once, and stops on SIGTERM as an idle engine does."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    (eid,) = rc.ids
+    assert rc[eid].apply_sync(_take_sigterm, how) == "taken"
+    assert rc[eid].apply_sync(_take_sigterm, how) == "taken"
+    engine.terminate()
+    assert engine.wait(10) == 0
+    log = local_cluster.output("engine0")
+    assert log.count("replaced this engine's SIGTERM handler: put back") == 1, log
+    assert "SIGTERM while idle: unregistering" in log
+    wait_until(lambda: eid not in rc.ids, 10, f"engine {eid} gone from rc.ids")
+    assert f"engine {eid} unregistered" in local_cluster.output("controller")
