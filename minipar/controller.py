@@ -109,8 +109,7 @@ class Controller:
         self.engine_file = os.path.join(sec, protocol.ENGINE_FILE)
         key = None
         if reuse and os.path.exists(self.client_file):
-            with open(self.client_file) as f:
-                old = json.load(f)
+            old = _reusable(self.client_file)
             key = old.get("key")
             for name, p in old.get("ports", {}).items():
                 self.ports.setdefault(name, p)
@@ -1220,6 +1219,23 @@ def _depend(header):
             f"task {header['msg_id']}: depend must be a function of the engine's properties, "
             f"not {type(f).__name__}")
     return f
+
+
+def _reusable(path):
+    """The connection file that --reuse takes the ports and key from, or {} when it is
+    damaged (cut short by a crash or a full disk, edited): the controller then starts
+    with new ones, as without --reuse, and says so, rather than end in a traceback."""
+    try:
+        with open(path) as f:
+            info = json.load(f)
+        problem = protocol._connection_problem(info, protocol.CLIENT_PORTS)
+    except (OSError, ValueError) as e:
+        problem = f"cannot be read ({e})"
+    if problem is None:
+        return info
+    log.warning("--reuse: %s %s, so its ports and key cannot be reused: this controller "
+                "writes new ones; engines and clients need the new file", path, problem)
+    return {}
 
 
 def _curve_keys(path, reuse):

@@ -54,7 +54,8 @@ def _restart_controller(cluster, args, name):
         assert cluster.controller.poll() is None, cluster.output(name)
         try:
             with open(cluster.client_file) as f:
-                return json.load(f).get("pid") == cluster.controller.pid
+                info = json.load(f)
+            return isinstance(info, dict) and info.get("pid") == cluster.controller.pid
         except (OSError, ValueError):
             return False
 
@@ -270,3 +271,28 @@ def test_a_controller_stopped_without_reuse_ends_its_requests_and_engines(local_
     assert re.search(r"controller .*stopped.*--reuse.*does not come back", said), said
     with pytest.raises(minipar.MiniparError, match="does not come back"):
         rc.ids
+
+
+@pytest.mark.parametrize("damage", ["cut short", "not an object"])
+def test_reuse_over_a_damaged_connection_file_starts_with_new_ports(tmp_path, damage):
+    """A controller restarted with --reuse over a connection file cut short (its crash
+    mid-write, a full disk) or edited into something else ended in a traceback (or a
+    usage error naming no file). It now warns that it cannot reuse that file, starts as
+    without --reuse, and engines and clients work with the file it writes."""
+    c = LocalCluster(tmp_path, controller_args=["--reuse"])
+    try:
+        good = open(c.client_file).read()
+        c.controller.send_signal(signal.SIGKILL)
+        c.controller.wait(10)
+        with open(c.client_file, "w") as f:
+            f.write(good[:20] if damage == "cut short" else "[1, 2]")
+        _restart_controller(c, ["--reuse"], "controller2")
+        log = c.output("controller2")
+        assert f"--reuse: {c.client_file} " in log and "cannot be reused" in log, log
+        assert "Traceback" not in log
+        c.start_engines(1, ENGINE_ARGS)
+        rc = c.client()
+        rc.wait_for_engines(1, START_TIMEOUT_S)
+        assert rc.load_balanced_view().apply_sync(square, 3) == 9
+    finally:
+        c.stop()
