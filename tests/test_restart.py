@@ -296,3 +296,30 @@ def test_reuse_over_a_damaged_connection_file_starts_with_new_ports(tmp_path, da
         assert rc.load_balanced_view().apply_sync(square, 3) == 9
     finally:
         c.stop()
+
+
+@pytest.mark.parametrize("content", ["garbage", "another table"])
+def test_a_task_database_that_is_not_ours_is_one_line_not_a_traceback(tmp_path, content):
+    """--db sqlite over a tasks.db that is not a database (or is damaged, or another
+    program's, with a `records` table of its own) ended the controller in a traceback
+    from sqlite3, and another program's table passed until the first task was stored.
+    The controller now says which file and what to do, in one line, and exits 1."""
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    path = profile / "tasks.db"
+    if content == "garbage":
+        path.write_bytes(b"not a database\n" * 100)
+    else:
+        db = sqlite3.connect(path)
+        db.execute("CREATE TABLE records (msg_id TEXT, status TEXT)")
+        db.commit()
+        db.close()
+    started = None
+    try:
+        with pytest.raises(RuntimeError, match="controller did not start") as e:
+            started = LocalCluster(tmp_path, controller_args=["--db", "sqlite"])
+    finally:
+        if started is not None:
+            started.stop()
+    assert f"cannot keep task records in {path}" in str(e.value)
+    assert "move it away" in str(e.value) and "Traceback" not in str(e.value)
