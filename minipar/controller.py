@@ -1245,9 +1245,17 @@ def _curve_keys(path, reuse):
         raise errors.MiniparError("--curve needs a libzmq built with CurveZMQ (libsodium), "
                                   "and this pyzmq's has none: install pyzmq's wheel")
     if reuse and os.path.exists(path):
-        with open(path) as f:
-            keys = json.load(f)
-        return keys["public"].encode(), keys["secret"].encode()
+        try:   # as _reusable: a damaged file gets a new pair, said, not a traceback
+            with open(path) as f:
+                keys = json.load(f)
+            public, secret = keys["public"].encode(), keys["secret"].encode()
+            if len(public) == len(secret) == 40:   # Z85 text of 32-byte keys
+                return public, secret
+            raise ValueError("keys are not 40 characters of Z85")
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+            log.warning("--reuse: %s cannot be read (%s: %s): this controller makes a new "
+                        "key pair; clients need the new connection file", path,
+                        type(e).__name__, e)
     public, secret = zmq.curve_keypair()
     protocol.write_connection_file(path, {"public": public.decode(), "secret": secret.decode()})
     return public, secret

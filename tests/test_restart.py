@@ -323,3 +323,26 @@ def test_a_task_database_that_is_not_ours_is_one_line_not_a_traceback(tmp_path, 
             started.stop()
     assert f"cannot keep task records in {path}" in str(e.value)
     assert "move it away" in str(e.value) and "Traceback" not in str(e.value)
+
+
+@pytest.mark.skipif(not __import__("zmq").has("curve"), reason="libzmq without CurveZMQ")
+def test_reuse_over_a_damaged_curve_key_file_starts_with_a_new_pair(tmp_path):
+    """As a damaged connection file: --reuse --curve over a key file cut short ended the
+    controller in a traceback; it now says so and makes a new key pair."""
+    c = LocalCluster(tmp_path, controller_args=["--reuse", "--curve"])
+    try:
+        keys = os.path.join(os.path.dirname(c.client_file), "minipar-curve.json")
+        good = open(keys).read()
+        c.controller.send_signal(signal.SIGKILL)
+        c.controller.wait(10)
+        with open(keys, "w") as f:
+            f.write(good[:30])
+        _restart_controller(c, ["--reuse", "--curve"], "controller2")
+        log = c.output("controller2")
+        assert f"--reuse: {keys} cannot be read" in log and "Traceback" not in log, log
+        c.start_engines(1, ENGINE_ARGS)
+        rc = c.client()
+        rc.wait_for_engines(1, START_TIMEOUT_S)
+        assert rc.load_balanced_view().apply_sync(square, 4) == 16
+    finally:
+        c.stop()
