@@ -804,6 +804,32 @@ def test_cli_clean_removes_files_of_dead_clusters(pids, minipar_dir):
     cluster.stop_cluster_sync()
 
 
+@pytest.mark.parametrize("content", ["[]", '{"cluster": 5}'])
+def test_a_cluster_file_of_another_shape_is_warned_about_not_a_traceback(pids, minipar_dir,
+                                                                        content):
+    """A cluster file that is JSON but not of a cluster's shape (edited, or another
+    tool's in the security folder) ended list, stop and clean in a TypeError or KeyError
+    traceback; as one cut short, it is now named as unreadable, and clean removes it."""
+    cluster = Cluster(n=0, controller_args=CTL_ARGS, shutdown_atexit=False)
+    cluster.start_cluster_sync()
+    try:
+        pids.add_cluster(cluster)
+        good = open(cluster.cluster_file).read()
+        with open(cluster.cluster_file, "w") as f:
+            f.write(content)
+        for command in ("list", "stop"):
+            out = cli(command)
+            assert "Traceback" not in out.stderr, out.stderr
+        assert f"unreadable cluster file {cluster.cluster_file}" in cli("list").stderr
+        out = cli("clean")
+        assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+        assert f"removed unreadable cluster file {cluster.cluster_file}" in out.stdout
+        with open(cluster.cluster_file, "w") as f:
+            f.write(good)
+    finally:
+        cluster.stop_cluster_sync()
+
+
 def test_cli_clean_says_when_there_is_nothing_to_clean(minipar_dir, tmp_path):
     prof = str(tmp_path / "p")
     for where, args in ((str(minipar_dir), []), (prof, ["--profile-dir", prof])):
