@@ -1221,6 +1221,22 @@ def _depend(header):
     return f
 
 
+def _lock_profile(pdir):
+    """An open descriptor of `pdir`'s security folder that this process holds an exclusive
+    flock on, or None when another controller holds it. The check of the connection file
+    (live_controller) misses a controller started at the same moment, which has not
+    written its file yet: both started, and one was left unreachable."""
+    import fcntl   # POSIX, as the signals the engines use
+
+    fd = os.open(protocol.security_dir(pdir), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def _reusable(path):
     """The connection file that --reuse takes the ports and key from, or {} when it is
     damaged (cut short by a crash or a full disk, edited): the controller then starts
@@ -1364,6 +1380,17 @@ def main(argv=None):
     holder = live_controller(pdir)
     if holder:
         log.error("%s", held_profile_message(holder, pdir))
+        return 1
+    try:   # held until this process ends, however it ends
+        lock = _lock_profile(pdir)
+    except errors.MiniparError as e:   # a profile folder it cannot write
+        log.error("%s", e)
+        return 1
+    if lock is None:
+        log.error("another controller is starting with profile dir %s at this moment (it "
+                  "holds %s): a second one would overwrite its connection files. See "
+                  "`python -m %s.launcher list`, or use another profile (--profile or "
+                  "--profile-dir)", pdir, protocol.security_dir(pdir), __package__)
         return 1
     try:
         ports = pick_ports(args.ip, parse_ports(args.ports)) if args.ports else None

@@ -417,6 +417,35 @@ def test_second_controller_on_a_held_profile_is_refused(pids, tmp_path):
     assert not os.path.exists(os.path.join(sec, protocol.CLIENT_FILE))
 
 
+def test_a_controller_starting_at_the_same_moment_holds_the_profile(pids, tmp_path):
+    """Two controllers started together on one profile both passed the check of its
+    connection file (neither had written it yet): both ran, one overwrote the other's
+    files and was left unreachable. A controller now holds a lock on the profile's
+    security folder for its lifetime; one that finds it held (here by this test, as by
+    a controller still starting) exits 1 saying so, and writes nothing."""
+    import fcntl
+
+    prof = str(tmp_path / "p")
+    sec = protocol.security_dir(prof)
+    fd = os.open(sec, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        out = _second_controller(prof)
+    finally:
+        os.close(fd)   # releases the lock
+    if out.returncode == 0:
+        pids.add(json.load(open(os.path.join(sec, protocol.CLIENT_FILE))).get("pid"))
+    assert out.returncode == 1, out.stderr
+    assert f"another controller is starting with profile dir {prof}" in out.stderr
+    assert os.listdir(sec) == []
+    first = _controller(prof)   # the lock is free again, and held by the new one
+    pids.add(first.pid)
+    out = _second_controller(prof)
+    assert out.returncode == 1 and "already running" in out.stderr, out.stderr
+    first.terminate()
+    assert first.wait(30) == 0
+
+
 def test_an_engine_started_before_its_controller_waits_for_it(pids, tmp_path):
     """`python -m minipar.controller & python -m minipar.engine`: the engine may look
     before the controller has written its file; it waits for it (and, when none comes
