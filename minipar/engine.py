@@ -1100,7 +1100,7 @@ class Engine:
             if header.get("dependent"):  # @require/@depend: what it needs is missing here
                 raise errors.UnmetDependency(f"the task cannot be unpickled on this engine: "
                                              f"{type(e).__name__}: {e}") from None
-            raise
+            raise _not_importable_here(e) from None
         except Exception as e:
             raise self._unpickling_error(e) from None
         try:   # what rc.status shows it runs; never a reason for the task to fail
@@ -1211,8 +1211,8 @@ class Engine:
     def _push(self, header, parts):
         try:
             ns = protocol.deserialize(parts)
-        except ImportError:   # a module missing here: clear as it is
-            raise
+        except ImportError as e:
+            raise _not_importable_here(e) from None
         except Exception as e:
             raise self._unpickling_error(e) from None
         self.user_ns.update({k: self._bind(v) for k, v in ns.items()})
@@ -1304,6 +1304,21 @@ def _plain(value):
     if type(value) is dict:
         return all(_plain(k) and _plain(v) for k, v in value.items())
     return False
+
+
+def _not_importable_here(e):
+    """ImportError `e`, raised unpickling a request, with what to do about it: a function
+    or class of a module travels by name, and the client's script or folder may hold a
+    module this engine cannot import (the most common first failure, said only as
+    "No module named 'x'")."""
+    if not isinstance(e, ModuleNotFoundError) or not e.name:
+        return e
+    top = e.name.partition(".")[0]
+    return ModuleNotFoundError(
+        f"{e}: the request uses a function or class of module {e.name!r}, sent by name, "
+        f"and this engine (in {os.getcwd()}) cannot import it; install it where the "
+        "engines run, start them in its folder (--work-dir), or send it by value with "
+        f"cloudpickle.register_pickle_by_value({top}) on the client", name=e.name)
 
 
 def _raise_in(thread_id, exc_class):

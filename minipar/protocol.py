@@ -626,8 +626,11 @@ def _dumps(obj, buffers, by_value):
     if not by_value or _by_value is None:
         try:
             data = pickle.dumps(obj, protocol=5, buffer_callback=keep)
-            # A reference into __main__ would not resolve on an engine: send by value.
-            if b"__main__" not in data:
+            # A reference into __main__ would not resolve on an engine, nor one into a module
+            # the user asked to send by value (cloudpickle.register_pickle_by_value, which
+            # is how to send a module the engines lack): send by value.
+            if b"__main__" not in data and not any(
+                    m.encode() in data for m in cloudpickle.list_registry_pickle_by_value()):
                 return data
         except Exception:
             if _by_value is None:
@@ -714,7 +717,9 @@ def serialize_function(f):
             g.get(n) is v for n, v in hit[2]):
         return hit[3]
     frames = serialize(f)
-    if _stateless(f):
+    # only a script's functions, sent by value: one of a module is a short pickle by name,
+    # which cloudpickle.register_pickle_by_value may turn into one by value later
+    if f.__module__ == "__main__" and _stateless(f):
         used = tuple((n, g.get(n)) for n in f.__code__.co_names)
         _function_cache[f] = (f.__code__, f.__defaults__, used, frames)
     return frames

@@ -109,6 +109,35 @@ def test_a_folder_given_as_connection_file_names_the_file_to_pass(local_cluster)
     assert rc.ids == []
 
 
+def test_a_function_of_a_module_only_the_client_has_says_what_to_do(local_cluster, tmp_path,
+                                                                    monkeypatch):
+    """A function (or argument, or pushed value) from a module beside the client's script
+    travels by name; the engine said only "No module named 'x'". It now says why and
+    what to do, and the way it names (register_pickle_by_value) works."""
+    import cloudpickle
+
+    (tmp_path / "only_here.py").write_text("def plus_one(x):\n    return x + 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import only_here
+
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    hint = (r"No module named 'only_here': the request uses a function or class of module "
+            r"'only_here', sent by name, and this engine \(in .*\) cannot import it; .*"
+            r"cloudpickle.register_pickle_by_value\(only_here\) on the client")
+    for send in (lambda: rc.load_balanced_view().apply_sync(only_here.plus_one, 1),
+                 lambda: rc[:].push({"f": only_here.plus_one}, block=True)):
+        with pytest.raises(minipar.RemoteError, match=hint) as e:
+            send()
+        assert "ModuleNotFoundError" in str(e.value)
+    cloudpickle.register_pickle_by_value(only_here)
+    try:
+        assert rc.load_balanced_view().apply_sync(only_here.plus_one, 1) == 2
+    finally:
+        cloudpickle.unregister_pickle_by_value(only_here)
+
+
 def test_a_result_that_cannot_be_unpickled_here_names_its_engine(rc):
     def unreadable():   # as an object of a class that only the engine can import
         class Unreadable:
