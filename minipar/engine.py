@@ -1419,30 +1419,24 @@ def main(argv=None):
 def _leave_threads_behind(engine):
     # Python's exit joins every non-daemon thread, so one a task started and left running
     # (threading.Thread(target=serve_forever).start()) kept a stopped engine alive for
-    # ever, unregistered, until someone found and killed it. Such threads get
-    # THREADS_GRACE_S to end; then the engine exits without them (and without running
-    # atexit handlers, which would come after that join), once its sockets have sent
-    # what they hold (its unregister) or a second has passed.
-    deadline = time.monotonic() + THREADS_GRACE_S
-    for t in threading.enumerate():
-        if t is not threading.current_thread() and not t.daemon:
-            t.join(max(0.0, deadline - time.monotonic()))
-    left = [t.name for t in threading.enumerate()
-            if t is not threading.current_thread() and not t.daemon and t.is_alive()]
-    if left:
+    # ever, unregistered, until someone found and killed it. A watchdog gives the exit
+    # THREADS_GRACE_S (threads that end when told, as an idle ThreadPoolExecutor's at
+    # exit, end as before, and atexit handlers run), then ends the process without them.
+    def watchdog():
+        time.sleep(THREADS_GRACE_S)
+        left = [t.name for t in threading.enumerate() if not t.daemon and t.is_alive()
+                and t is not threading.main_thread()]
         log.warning("threads a task started still run %.0f s after the engine stopped "
                     "(%s): exiting without them (make them daemon=True, or end them)",
                     THREADS_GRACE_S, ", ".join(left))
-        closing = threading.Thread(target=engine.ctx.term, daemon=True)
-        closing.start()
-        closing.join(1.0)
-        logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except (AttributeError, OSError, ValueError):   # closed or replaced by a task
                 pass
         os._exit(engine.exit_code)
+
+    threading.Thread(target=watchdog, name="minipar-exit-watchdog", daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -765,6 +765,27 @@ def _leave_a_thread_running():
     return "started"
 
 
+_POOLS = []
+
+
+def _leave_an_idle_pool():
+    from concurrent.futures import ThreadPoolExecutor
+
+    _POOLS.append(ThreadPoolExecutor(2))   # kept, never shut down: Python's exit ends
+    return _POOLS[-1].submit(sum, [1, 2]).result()   # its idle threads
+
+
+def test_a_stopped_engine_still_ends_an_idle_pool_a_task_left_as_python_does(local_cluster):
+    """The bound on threads left running must not cut short those that end at exit."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    assert rc[:].apply_sync(_leave_an_idle_pool) == [3]
+    engine.terminate()
+    assert engine.wait(20) == 0
+    assert "threads a task started" not in local_cluster.output("engine0")
+
+
 @pytest.mark.parametrize("stop", ["shutdown", "sigterm"])
 def test_a_stopped_engine_exits_though_a_task_left_a_thread_running(local_cluster, stop):
     """A task that starts a thread (not daemon) and returns left its engine unable to
