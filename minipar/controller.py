@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_PERIOD_S = 1.0   # 0.1..5 is reasonable; tests use 0.1
 HEARTBEAT_LIVENESS = 5     # missed beats before an engine is dead; 3..10 is reasonable
+# The smallest --max-message-size: below it registration and connect replies (engine
+# lists, the roster) do not fit, and the cluster cannot start. Data needs far more.
+MIN_MESSAGE_SIZE = 64 * 1024
 
 # Parts held once however many queued requests have them (see _submit): at most this
 # many, of at most this size (a few MB in all).
@@ -94,6 +97,14 @@ class Controller:
         if not heartbeat_liveness >= 1:
             raise ValueError(f"heartbeat liveness must be 1 or more missed beats (3..10 is "
                              f"reasonable), not {heartbeat_liveness}")
+        # a port past 65535 was dropped for a random one, and a tiny message size let no
+        # engine register nor client connect, both without a word
+        if port and not 0 < port < 65536:
+            raise ValueError(f"port {port} is not a TCP port (1..65535), or 0 for any free one")
+        if max_message_size < MIN_MESSAGE_SIZE:
+            raise ValueError(f"max message size {max_message_size} is too small: the "
+                             f"cluster's own messages need {MIN_MESSAGE_SIZE} bytes or more "
+                             "(it is in bytes: 100000000 is 100 MB)")
         self.ip = ip
         self.location = location or (socket.gethostname() if ip in ("*", "0.0.0.0") else ip)
         self.profile_dir = protocol.profile_dir(profile, profile_dir)
@@ -1290,11 +1301,19 @@ _PORT_NAMES = ("engine", "client", "notify", "ping", "pong")
 
 
 def parse_ports(spec):
-    """'10101-10120', '10101,10105,10110-10112' or '10101' as a list of ports."""
+    """'10101-10120', '10101,10105,10110-10112' or '10101' as a list of ports; ValueError
+    naming the part that is not a port or a range of them (low-high, within 1..65535)."""
     ports = []
     for part in str(spec).split(","):
         lo, _, hi = part.strip().partition("-")
-        ports += range(int(lo), int(hi or lo) + 1)
+        try:
+            span = range(int(lo), int(hi or lo) + 1)
+        except ValueError:
+            span = range(0)
+        if not span or span[0] < 1 or span[-1] > 65535:
+            raise ValueError(f"--ports {spec}: {part.strip()!r} is not a port or a range of "
+                             "ports within 1..65535 (10101, or 10101-10120)")
+        ports += span
     return ports
 
 
@@ -1397,6 +1416,8 @@ def main(argv=None):
     except NoPortsLeftError as e:
         log.error("NoPortsLeftError: %s", e)
         return 1
+    except ValueError as e:
+        p.error(str(e))
     try:
         c = Controller(ip=args.ip, port=args.port, ports=ports, location=args.location,
                        profile=args.profile, profile_dir=args.profile_dir, reuse=args.reuse,

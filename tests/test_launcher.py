@@ -984,6 +984,23 @@ def test_controller_ports_range_list_in_use_and_none_left(pids, tmp_path):
         pids.add(c3.controller.pid)
 
 
+@pytest.mark.parametrize("args, says", [
+    (["--port", "99999"], "port 99999 is not a TCP port"),
+    (["--ports", "99999"], "'99999' is not a port or a range of ports within 1..65535"),
+    (["--ports", "abc"], "'abc' is not a port or a range of ports"),
+    (["--ports", "10110-10101"], "'10110-10101' is not a port or a range of ports"),
+    (["--max-message-size", "10"], "max message size 10 is too small")])
+def test_controller_options_out_of_range_are_refused_in_one_line(pids, tmp_path, args, says):
+    """A port past 65535 was dropped for a random one and a tiny --max-message-size let
+    no engine register nor client connect, both without a word; a --ports that is not
+    ports ended in a ValueError or IndexError traceback. Each is now a usage error."""
+    out = _second_controller(str(tmp_path / "p"), *args)
+    if out.returncode == 0 or out.returncode is None:
+        pids.add(json.load(open(tmp_path / "p" / "security" / protocol.CLIENT_FILE))["pid"])
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "python -m minipar.controller: error: " in out.stderr and says in out.stderr
+
+
 def test_controller_on_an_address_not_of_this_machine_says_so(tmp_path):
     # 192.0.2.1 is TEST-NET-1 (RFC 5737): never an address of the machine under test
     for port in ([], ["--port", str(_free_ports(1)[0])]):
