@@ -1239,12 +1239,16 @@ def _lock_profile(pdir):
     written its file yet: both started, and one was left unreachable."""
     import fcntl   # POSIX, as the signals the engines use
 
-    fd = os.open(protocol.security_dir(pdir), os.O_RDONLY)
+    path = protocol.security_dir(pdir)
+    fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
+    except OSError as e:   # a file system without locks (some NFS): the file's check alone
+        log.info("cannot lock %s (%s): a controller started at the same moment is not "
+                 "refused", path, e.strerror)
     return fd
 
 
