@@ -689,9 +689,9 @@ def use_pickle():
 def serialize(obj, by_value=False):
     """Pickle `obj` into a list of frames: the pickle, then its out-of-band buffers."""
     buffers = []
-    try:
+    try:   # SystemExit too: a __reduce__ calling sys.exit must not end the engine pickling it
         data = _dumps(obj, buffers, by_value)
-    except Exception as e:
+    except (Exception, SystemExit) as e:
         raise SerializationError(
             f"could not serialize {_describe(obj)}: {type(e).__name__}: {e}; only picklable "
             "objects (or functions cloudpickle can send) travel between client and engines"

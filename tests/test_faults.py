@@ -863,3 +863,26 @@ def test_an_engine_whose_task_took_sigterm_is_still_stopped_by_it(local_cluster,
     assert "SIGTERM while idle: unregistering" in log
     wait_until(lambda: eid not in rc.ids, 10, f"engine {eid} gone from rc.ids")
     assert f"engine {eid} unregistered" in local_cluster.output("controller")
+
+
+def _result_whose_pickling_exits():
+    class Exits:
+        def __reduce__(self):
+            raise SystemExit(3)
+
+    return Exits()
+
+
+def test_a_result_whose_pickling_calls_sys_exit_fails_its_task_not_the_engine(local_cluster):
+    """A result whose __reduce__ raised SystemExit (an object wrapping a resource that
+    exits on misuse, say) escaped the engine's serialization check and ended the engine:
+    the task failed as an engine death. It now fails as a result that cannot travel."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    view = rc.load_balanced_view()
+    with pytest.raises(errors.RemoteError, match="the result could not be sent back: could "
+                                                 "not serialize .*SystemExit: 3") as e:
+        view.apply_sync(_result_whose_pickling_exits)
+    assert e.value.ename == "SerializationError"
+    assert view.apply_sync(os.getpid) == engine.pid and engine.poll() is None
