@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_PERIOD_S = 1.0   # 0.1..5 is reasonable; tests use 0.1
 HEARTBEAT_LIVENESS = 5     # missed beats before an engine is dead; 3..10 is reasonable
+# The smallest --max-message-size: below it registration and connect replies (engine
+# lists, the roster) do not fit, and the cluster cannot start. Data needs far more.
+MIN_MESSAGE_SIZE = 64 * 1024
 
 # Parts held once however many queued requests have them (see _submit): at most this
 # many, of at most this size (a few MB in all).
@@ -94,6 +97,14 @@ class Controller:
         if not heartbeat_liveness >= 1:
             raise ValueError(f"heartbeat liveness must be 1 or more missed beats (3..10 is "
                              f"reasonable), not {heartbeat_liveness}")
+        # a port past 65535 was dropped for a random one, and a tiny message size let no
+        # engine register nor client connect, both without a word
+        if port and not 0 < port < 65536:
+            raise ValueError(f"port {port} is not a TCP port (1..65535), or 0 for any free one")
+        if max_message_size < MIN_MESSAGE_SIZE:
+            raise ValueError(f"max message size {max_message_size} is too small: the "
+                             f"cluster's own messages need {MIN_MESSAGE_SIZE} bytes or more "
+                             "(it is in bytes: 100000000 is 100 MB)")
         self.ip = ip
         self.location = location or (socket.gethostname() if ip in ("*", "0.0.0.0") else ip)
         self.profile_dir = protocol.profile_dir(profile, profile_dir)
@@ -109,8 +120,7 @@ class Controller:
         self.engine_file = os.path.join(sec, protocol.ENGINE_FILE)
         key = None
         if reuse and os.path.exists(self.client_file):
-            with open(self.client_file) as f:
-                old = json.load(f)
+            old = _reusable(self.client_file)
             key = old.get("key")
             for name, p in old.get("ports", {}).items():
                 self.ports.setdefault(name, p)
@@ -1222,6 +1232,43 @@ def _depend(header):
     return f
 
 
+def _lock_profile(pdir):
+    """An open descriptor of `pdir`'s security folder that this process holds an exclusive
+    flock on, or None when another controller holds it. The check of the connection file
+    (live_controller) misses a controller started at the same moment, which has not
+    written its file yet: both started, and one was left unreachable."""
+    import fcntl   # POSIX, as the signals the engines use
+
+    path = protocol.security_dir(pdir)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except OSError as e:   # a file system without locks (some NFS): the file's check alone
+        log.info("cannot lock %s (%s): a controller started at the same moment is not "
+                 "refused", path, e.strerror)
+    return fd
+
+
+def _reusable(path):
+    """The connection file that --reuse takes the ports and key from, or {} when it is
+    damaged (cut short by a crash or a full disk, edited): the controller then starts
+    with new ones, as without --reuse, and says so, rather than end in a traceback."""
+    try:
+        with open(path) as f:
+            info = json.load(f)
+        problem = protocol._connection_problem(info, protocol.CLIENT_PORTS)
+    except (OSError, ValueError) as e:
+        problem = f"cannot be read ({e})"
+    if problem is None:
+        return info
+    log.warning("--reuse: %s %s, so its ports and key cannot be reused: this controller "
+                "writes new ones; engines and clients need the new file", path, problem)
+    return {}
+
+
 def _curve_keys(path, reuse):
     """The controller's CurveZMQ key pair, kept in `path` (owner-only, like the connection
     files) so that a controller restarted with --reuse keeps the key everyone knows."""
@@ -1229,9 +1276,17 @@ def _curve_keys(path, reuse):
         raise errors.MiniparError("--curve needs a libzmq built with CurveZMQ (libsodium), "
                                   "and this pyzmq's has none: install pyzmq's wheel")
     if reuse and os.path.exists(path):
-        with open(path) as f:
-            keys = json.load(f)
-        return keys["public"].encode(), keys["secret"].encode()
+        try:   # as _reusable: a damaged file gets a new pair, said, not a traceback
+            with open(path) as f:
+                keys = json.load(f)
+            public, secret = keys["public"].encode(), keys["secret"].encode()
+            if len(public) == len(secret) == 40:   # Z85 text of 32-byte keys
+                return public, secret
+            raise ValueError("keys are not 40 characters of Z85")
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+            log.warning("--reuse: %s cannot be read (%s: %s): this controller makes a new "
+                        "key pair; clients need the new connection file", path,
+                        type(e).__name__, e)
     public, secret = zmq.curve_keypair()
     protocol.write_connection_file(path, {"public": public.decode(), "secret": secret.decode()})
     return public, secret
@@ -1250,11 +1305,19 @@ _PORT_NAMES = ("engine", "client", "notify", "ping", "pong")
 
 
 def parse_ports(spec):
-    """'10101-10120', '10101,10105,10110-10112' or '10101' as a list of ports."""
+    """'10101-10120', '10101,10105,10110-10112' or '10101' as a list of ports; ValueError
+    naming the part that is not a port or a range of them (low-high, within 1..65535)."""
     ports = []
     for part in str(spec).split(","):
         lo, _, hi = part.strip().partition("-")
-        ports += range(int(lo), int(hi or lo) + 1)
+        try:
+            span = range(int(lo), int(hi or lo) + 1)
+        except ValueError:
+            span = range(0)
+        if not span or span[0] < 1 or span[-1] > 65535:
+            raise ValueError(f"--ports {spec}: {part.strip()!r} is not a port or a range of "
+                             "ports within 1..65535 (10101, or 10101-10120)")
+        ports += span
     return ports
 
 
@@ -1341,11 +1404,24 @@ def main(argv=None):
     if holder:
         log.error("%s", held_profile_message(holder, pdir))
         return 1
+    try:   # held until this process ends, however it ends
+        lock = _lock_profile(pdir)
+    except errors.MiniparError as e:   # a profile folder it cannot write
+        log.error("%s", e)
+        return 1
+    if lock is None:
+        log.error("another controller is starting with profile dir %s at this moment (it "
+                  "holds %s): a second one would overwrite its connection files. See "
+                  "`python -m %s.launcher list`, or use another profile (--profile or "
+                  "--profile-dir)", pdir, protocol.security_dir(pdir), __package__)
+        return 1
     try:
         ports = pick_ports(args.ip, parse_ports(args.ports)) if args.ports else None
     except NoPortsLeftError as e:
         log.error("NoPortsLeftError: %s", e)
         return 1
+    except ValueError as e:
+        p.error(str(e))
     try:
         c = Controller(ip=args.ip, port=args.port, ports=ports, location=args.location,
                        profile=args.profile, profile_dir=args.profile_dir, reuse=args.reuse,
@@ -1356,6 +1432,9 @@ def main(argv=None):
                        record_bytes=args.record_bytes, owner=args.owner)
     except ValueError as e:
         p.error(str(e))
+    except errors.MiniparError as e:   # a profile folder it cannot write
+        log.error("%s", e)
+        return 1
 
     def stop(signum, frame):
         log.info("signal %d: stopping", signum)

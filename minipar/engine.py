@@ -32,7 +32,9 @@ finished), unless it runs in its terminal's foreground: there a SIGINT may be it
 user's Ctrl-C (a process cannot tell one from a `kill -INT`), and it stops as on
 SIGTERM. An engine started by a launcher (its own session), in the background (`&`),
 by `ssh` without -t or by a batch job is never in a terminal's foreground. One waiting
-for its connection file (started before its controller) does as an idle one.
+for its connection file (started before its controller) does as an idle one. A task
+that puts its own handler in place for either (itself, or a library it imports) keeps it
+while it runs; the engine's is back after it.
 
 A task that holds the GIL past its time_limit plus TIME_LIMIT_GRACE_S (one long C call,
 which no interrupt reaches) ends the engine by SIGALRM, with faulthandler's traceback in
@@ -119,6 +121,9 @@ TIME_LIMIT_GRACE_S = 5.0
 # How often the engine sends its CPU time, memory and running request for rc.status and
 # minipar.top: one message, none per task; figures this old at most. 0.5..10 is reasonable.
 USAGE_PERIOD_S = 1.0
+# How long a stopped engine waits for threads that tasks started (not daemon) to end
+# before it exits without them; 0.5..10 is reasonable.
+THREADS_GRACE_S = 2.0
 
 _MISSING = object()
 _REFERENCE = dependency.Reference
@@ -199,6 +204,9 @@ class _Capture(io.TextIOBase):
         return True
 
     def write(self, s):
+        if not isinstance(s, str):   # as a real text stream: this task's error, raised here,
+            # not a TypeError later in the engine's own join, which ended the engine
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
         self.parts.append(s)
         if s:
             self._streamer.add(self.name, s)
@@ -302,7 +310,7 @@ class Engine:
         self._held_lock = threading.Lock()
         self._interrupt = None      # _Interruption: what the next INTERRUPT_SIGNAL is for
         self._raised_in_main = False   # that interruption is pending in the main thread
-        self._told_handler = False  # logged that a task replaced the INTERRUPT_SIGNAL handler
+        self._told_handler = set()  # signals whose handler a task replaced, as logged
         # Re-entrant: the INTERRUPT_SIGNAL handler takes it in the main thread, which may
         # hold it already (the signal lands between any two bytecodes); a Lock would deadlock.
         self._lock = threading.RLock()
@@ -323,14 +331,20 @@ class Engine:
         threads. Main thread."""
         # before registering: a signal sent once the controller lists this engine (it may
         # do so before its answer arrives here) must meet these handlers, not the defaults
-        signal.signal(signal.SIGINT, self._on_sigint)
-        signal.signal(signal.SIGTERM, self._on_sigterm)
         self._interrupt_handler = self._on_interrupt_signal   # one object, compared with `is`
-        signal.signal(INTERRUPT_SIGNAL, self._interrupt_handler)
+        self._own_handlers = {signal.SIGINT: self._on_sigint, signal.SIGTERM: self._on_sigterm,
+                              INTERRUPT_SIGNAL: self._interrupt_handler}
+        for sig, handler in self._own_handlers.items():
+            signal.signal(sig, handler)
         os.register_at_fork(after_in_child=self._after_fork_in_child)
         if self.work_dir:
-            os.makedirs(self.work_dir, exist_ok=True)
-            os.chdir(self.work_dir)
+            try:
+                os.makedirs(self.work_dir, exist_ok=True)
+                os.chdir(self.work_dir)
+            except OSError as e:
+                raise errors.MiniparError(f"cannot work in --work-dir {self.work_dir} "
+                                          f"({e.strerror}): give a folder this engine can "
+                                          "make or enter") from None
         # the MPI rank, for the startup code as for the scheduler's depend functions
         for var in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"):
             if var in os.environ:
@@ -955,8 +969,7 @@ class Engine:
                 self._withdraw_raised()   # again, had a signal handler cut the above short
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
             data = self._streamer.stop()  # the reply carries the whole output and data
-            if signal.getsignal(INTERRUPT_SIGNAL) is not self._interrupt_handler:
-                self._take_back_interrupt_signal(msg_id)
+            self._take_back_signals(msg_id)
         if properties.changed:  # before the reply: the controller knows them when it arrives
             self._send_properties()
         meta = {"started": started, "completed": time.time(), "stdout": out.getvalue(),
@@ -1010,15 +1023,21 @@ class Engine:
             self._raised_in_main = False
             _raise_in(self._main_ident, None)
 
-    def _take_back_interrupt_signal(self, msg_id):
-        """Request `msg_id` replaced the engine's INTERRUPT_SIGNAL handler: put it back, so
-        the next requests are interrupted as usual (said once)."""
-        signal.signal(INTERRUPT_SIGNAL, self._interrupt_handler)
-        if not self._told_handler:
-            self._told_handler = True
-            log.warning("request %s replaced this engine's %s handler, with which it "
-                        "interrupts tasks (aborts, time limits): put back; leave %s to the "
-                        "engine", msg_id, INTERRUPT_SIGNAL.name, INTERRUPT_SIGNAL.name)
+    def _take_back_signals(self, msg_id):
+        """Put back the engine's handlers that request `msg_id` replaced (itself, or a
+        library it imported: some set SIGTERM's or SIGINT's), so the next requests are
+        interrupted (INTERRUPT_SIGNAL: aborts, time limits) and an idle engine is
+        stopped (SIGTERM, SIGINT: see the module docstring) as usual; said once each."""
+        for sig, handler in self._own_handlers.items():
+            if signal.getsignal(sig) == handler:
+                continue
+            signal.signal(sig, handler)
+            if sig not in self._told_handler:
+                self._told_handler.add(sig)
+                log.warning("request %s replaced this engine's %s handler: put back; leave "
+                            "%s to the engine (%s)", msg_id, sig.name, sig.name,
+                            "it interrupts tasks with it" if sig == INTERRUPT_SIGNAL else
+                            "it stops with it when idle")
 
     def _reply_error(self, header, exc, status=protocol.ERROR, **meta):
         info = {"engine_id": self.id, "msg_id": header["msg_id"], "kind": header["kind"]}
@@ -1081,7 +1100,7 @@ class Engine:
             if header.get("dependent"):  # @require/@depend: what it needs is missing here
                 raise errors.UnmetDependency(f"the task cannot be unpickled on this engine: "
                                              f"{type(e).__name__}: {e}") from None
-            raise
+            raise _not_importable_here(e) from None
         except Exception as e:
             raise self._unpickling_error(e) from None
         try:   # what rc.status shows it runs; never a reason for the task to fail
@@ -1192,8 +1211,8 @@ class Engine:
     def _push(self, header, parts):
         try:
             ns = protocol.deserialize(parts)
-        except ImportError:   # a module missing here: clear as it is
-            raise
+        except ImportError as e:
+            raise _not_importable_here(e) from None
         except Exception as e:
             raise self._unpickling_error(e) from None
         self.user_ns.update({k: self._bind(v) for k, v in ns.items()})
@@ -1287,6 +1306,21 @@ def _plain(value):
     return False
 
 
+def _not_importable_here(e):
+    """ImportError `e`, raised unpickling a request, with what to do about it: a function
+    or class of a module travels by name, and the client's script or folder may hold a
+    module this engine cannot import (the most common first failure, said only as
+    "No module named 'x'")."""
+    if not isinstance(e, ModuleNotFoundError) or not e.name:
+        return e
+    top = e.name.partition(".")[0]
+    return ModuleNotFoundError(
+        f"{e}: the request uses a function or class of module {e.name!r}, sent by name, "
+        f"and this engine (in {os.getcwd()}) cannot import it; install it where the "
+        "engines run, start them in its folder (--work-dir), or send it by value with "
+        f"cloudpickle.register_pickle_by_value({top}) on the client", name=e.name)
+
+
 def _raise_in(thread_id, exc_class):
     """Make `exc_class` pending in thread `thread_id`: raised there at its next bytecode
     (a C call, such as time.sleep, ends first); None withdraws one not raised yet.
@@ -1378,7 +1412,31 @@ def main(argv=None):
         engine.serve()
     except KeyboardInterrupt:
         log.info("interrupted: exiting")
+    _leave_threads_behind(engine)
     return engine.exit_code
+
+
+def _leave_threads_behind(engine):
+    # Python's exit joins every non-daemon thread, so one a task started and left running
+    # (threading.Thread(target=serve_forever).start()) kept a stopped engine alive for
+    # ever, unregistered, until someone found and killed it. A watchdog gives the exit
+    # THREADS_GRACE_S (threads that end when told, as an idle ThreadPoolExecutor's at
+    # exit, end as before, and atexit handlers run), then ends the process without them.
+    def watchdog():
+        time.sleep(THREADS_GRACE_S)
+        left = [t.name for t in threading.enumerate() if not t.daemon and t.is_alive()
+                and t is not threading.main_thread()]
+        log.warning("threads a task started still run %.0f s after the engine stopped "
+                    "(%s): exiting without them (make them daemon=True, or end them)",
+                    THREADS_GRACE_S, ", ".join(left))
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (AttributeError, OSError, ValueError):   # closed or replaced by a task
+                pass
+        os._exit(engine.exit_code)
+
+    threading.Thread(target=watchdog, name="minipar-exit-watchdog", daemon=True).start()
 
 
 if __name__ == "__main__":

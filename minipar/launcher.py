@@ -80,6 +80,7 @@ START_TIMEOUT_S = 60.0
 POLL_INTERVAL_S = 0.2
 
 CLUSTER_FILE = "cluster-{cluster_id}.json"
+_UNREADABLE = (OSError, ValueError, LookupError, TypeError, AttributeError)  # a bad cluster file
 
 # Engine sets may restart engines that fail: restart=None (never) or "on_failure" (an
 # exit code other than 0, or a signal). After RESTART_FAILED_STARTS engines in a row
@@ -1241,7 +1242,7 @@ def cluster_files(profile=None, profile_dir=None):
 def _running(path):
     try:
         return Cluster.from_file(path)._is_running()
-    except (OSError, ValueError, KeyError):
+    except _UNREADABLE:
         return False  # unreadable: `list` warns about it
 
 
@@ -1315,7 +1316,7 @@ class ClusterManager:
                     continue
                 try:
                     cluster = Cluster.from_file(path)
-                except (OSError, ValueError, KeyError) as e:
+                except _UNREADABLE as e:
                     log.warning("unreadable cluster file %s: %s", path, e)
                     continue
                 self.clusters[self._cluster_key(cluster)] = cluster
@@ -1479,7 +1480,7 @@ def _cmd_list(args):
     for path in cluster_files(args.profile, args.profile_dir):
         try:
             cluster = Cluster.from_file(path)
-        except (OSError, ValueError, KeyError) as e:
+        except _UNREADABLE as e:
             log.warning("unreadable cluster file %s: %s", path, e)
             continue
         stale += _stale(cluster)
@@ -1503,7 +1504,7 @@ def _cmd_clean(args):
     for path in cluster_files(args.profile, args.profile_dir):
         try:
             cluster = Cluster.from_file(path)
-        except (OSError, ValueError, KeyError):
+        except _UNREADABLE:
             os.remove(path)
             said.append(f"removed unreadable cluster file {path}")
             continue
@@ -1529,9 +1530,8 @@ def _joined_args(argv):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog=f"python -m {_PKG}.launcher",
-        description="Start, list and stop minipar clusters (controller + engines).")
+    parser = argparse.ArgumentParser(prog=f"python -m {_PKG}.launcher", description=(
+        "Start, list and stop minipar clusters (controller + engines)."))
     sub = parser.add_subparsers(dest="command", required=True)
 
     def selection(p):
@@ -1584,7 +1584,7 @@ def main(argv=None):
     logging.basicConfig(level=level, format="%(asctime)s launcher %(levelname)s %(message)s")
     try:
         return args.func(args)
-    except (LauncherError, TimeoutError, ValueError) as e:   # ValueError: bad options
+    except (LauncherError, OSError, ValueError) as e:   # OSError: a folder it cannot make
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:   # before `start` is ready: what it started stops at exit

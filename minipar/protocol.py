@@ -626,8 +626,11 @@ def _dumps(obj, buffers, by_value):
     if not by_value or _by_value is None:
         try:
             data = pickle.dumps(obj, protocol=5, buffer_callback=keep)
-            # A reference into __main__ would not resolve on an engine: send by value.
-            if b"__main__" not in data:
+            # A reference into __main__ would not resolve on an engine, nor one into a module
+            # the user asked to send by value (cloudpickle.register_pickle_by_value, which
+            # is how to send a module the engines lack): send by value.
+            if b"__main__" not in data and not any(
+                    m.encode() in data for m in cloudpickle.list_registry_pickle_by_value()):
                 return data
         except Exception:
             if _by_value is None:
@@ -686,9 +689,9 @@ def use_pickle():
 def serialize(obj, by_value=False):
     """Pickle `obj` into a list of frames: the pickle, then its out-of-band buffers."""
     buffers = []
-    try:
+    try:   # SystemExit too: a __reduce__ calling sys.exit must not end the engine pickling it
         data = _dumps(obj, buffers, by_value)
-    except Exception as e:
+    except (Exception, SystemExit) as e:
         raise SerializationError(
             f"could not serialize {_describe(obj)}: {type(e).__name__}: {e}; only picklable "
             "objects (or functions cloudpickle can send) travel between client and engines"
@@ -714,7 +717,9 @@ def serialize_function(f):
             g.get(n) is v for n, v in hit[2]):
         return hit[3]
     frames = serialize(f)
-    if _stateless(f):
+    # only a script's functions, sent by value: one of a module is a short pickle by name,
+    # which cloudpickle.register_pickle_by_value may turn into one by value later
+    if f.__module__ == "__main__" and _stateless(f):
         used = tuple((n, g.get(n)) for n in f.__code__.co_names)
         _function_cache[f] = (f.__code__, f.__defaults__, used, frames)
     return frames
@@ -790,9 +795,15 @@ def profile_dir(profile=None, profile_dir=None):
 
 
 def security_dir(pdir):
+    from .errors import ConnectionFileError
+
     d = os.path.join(pdir, "security")
-    os.makedirs(d, mode=0o700, exist_ok=True)
-    os.chmod(d, 0o700)
+    try:
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        os.chmod(d, 0o700)
+    except OSError as e:   # a file in its path, no permission, a read-only disk
+        raise ConnectionFileError(f"cannot make {d} for the connection files ({e.strerror}): "
+                                  "give a profile folder you can write (--profile-dir)") from None
     return d
 
 
@@ -835,6 +846,14 @@ def read_connection_file(path, ports=CLIENT_PORTS):
             f"{__package__}.controller` (same profile), or pass the file's path or profile "
             f"folder (`python -m {__package__}.launcher list` names those of the running "
             "clusters)") from None
+    except IsADirectoryError:   # a profile folder, or its security folder
+        wanted = ENGINE_FILE if ports == ENGINE_PORTS else CLIENT_FILE
+        inside = [os.path.join(path, "security", wanted), os.path.join(path, wanted)]
+        found = [f for f in inside if os.path.isfile(f)]
+        raise ConnectionFileError(
+            f"{path} is a folder, not a connection file: pass the file "
+            f"({found[0] if found else inside[0]}), or a profile folder as profile_dir= "
+            "(--profile-dir)") from None
     except OSError as e:
         raise ConnectionFileError(f"cannot read connection file {path}: {e}") from None
     except ValueError as e:   # cut short (a full disk, a copy interrupted), or not JSON

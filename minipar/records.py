@@ -59,7 +59,7 @@ import operator
 import os
 import pickle
 
-from . import protocol
+from . import errors, protocol
 
 log = logging.getLogger(__name__)
 
@@ -213,13 +213,21 @@ class SQLiteDB:
 
         self.path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS records (msg_id TEXT PRIMARY KEY, "
-                         "status TEXT, submitted REAL, completed REAL, engine INTEGER, "
-                         "data BLOB, wire BLOB, result_parts BLOB)")
-        self._db.execute("CREATE INDEX IF NOT EXISTS records_status ON records (status)")
+        try:   # a file that is no database, a damaged one, or another program's
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS records (msg_id TEXT PRIMARY KEY, "
+                             "status TEXT, submitted REAL, completed REAL, engine INTEGER, "
+                             "data BLOB, wire BLOB, result_parts BLOB)")
+            self._db.execute("CREATE INDEX IF NOT EXISTS records_status ON records (status)")
+            self._db.execute("SELECT msg_id, status, submitted, completed, engine, data, wire, "
+                             "result_parts FROM records LIMIT 0")
+        except sqlite3.Error as e:
+            raise errors.MiniparError(
+                f"cannot keep task records in {path} ({type(e).__name__}: {e}): it is not "
+                "a minipar task database, or is damaged; move it away (its records are "
+                "lost to the new controller) or use another --db") from None
         self._live = {}    # msg_id -> the pending record the controller holds
         self._dirty = False   # a transaction is open: flush() commits it
 

@@ -2,10 +2,12 @@
 keeps serving everyone else."""
 
 import contextlib
+import copy
 import gc
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import operator
@@ -17,8 +19,9 @@ import weakref
 import pytest
 
 import minipar
-from minipar import protocol
+from minipar import errors, protocol
 
+from .conftest import START_TIMEOUT_S
 from .helpers import wait_until
 
 TIMEOUT = 60
@@ -71,6 +74,68 @@ def test_a_result_that_cannot_be_pickled_says_it_could_not_come_back(rc):
                        match=r"the result could not be sent back: could not serialize "
                              r"<generator .* between client and engines"):
         rc.load_balanced_view().apply_sync(numbers)
+
+
+def test_a_task_that_refers_to_the_client_or_a_view_says_so(rc):
+    """A function using `rc` or a view (a global, a closure), or one passed as an
+    argument, cannot travel: the error names the Client or view and says what to do,
+    where pickle failed on a hash object inside the Client, naming neither."""
+    lview = rc.load_balanced_view()
+    for send in (lambda: lview.apply_sync(lambda: rc.ids),
+                 lambda: lview.map_sync(lambda x: lview, [1]),
+                 lambda: rc[:].apply_sync(len, rc[:])):
+        with pytest.raises(minipar.SerializationError,
+                           match=r"a minipar (Client|LoadBalancedView|DirectView) cannot be "
+                                 r"sent to the engines .* use it on the client side only"):
+            send()
+    copied = copy.copy(lview)   # a shallow copy, as before
+    assert copied is not lview and copied.apply_sync(operator.neg, 1) == -1
+
+
+def test_a_folder_given_as_connection_file_names_the_file_to_pass(local_cluster):
+    """A profile folder (or its security folder) passed where the connection file goes,
+    to a Client or an engine's --file, said only '[Errno 21] Is a directory'; the error
+    now names the file in it to pass, or profile_dir= for the folder."""
+    security = os.path.dirname(local_cluster.client_file)
+    for folder in (local_cluster.profile_dir, security):
+        with pytest.raises(errors.ConnectionFileError, match=re.escape(
+                f"{folder} is a folder, not a connection file: pass the file "
+                f"({local_cluster.client_file}), or a profile folder as profile_dir=")):
+            minipar.Client(folder)
+    (engine,) = local_cluster.start_engines(1, ["--file", local_cluster.profile_dir])
+    assert engine.wait(START_TIMEOUT_S) == 1
+    assert f"pass the file ({local_cluster.engine_file})" in local_cluster.output("engine0")
+    rc = local_cluster.client()   # the file itself still serves, and nothing registered
+    assert rc.ids == []
+
+
+def test_a_function_of_a_module_only_the_client_has_says_what_to_do(local_cluster, tmp_path,
+                                                                    monkeypatch):
+    """A function (or argument, or pushed value) from a module beside the client's script
+    travels by name; the engine said only "No module named 'x'". It now says why and
+    what to do, and the way it names (register_pickle_by_value) works."""
+    import cloudpickle
+
+    (tmp_path / "only_here.py").write_text("def plus_one(x):\n    return x + 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import only_here
+
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    hint = (r"No module named 'only_here': the request uses a function or class of module "
+            r"'only_here', sent by name, and this engine \(in .*\) cannot import it; .*"
+            r"cloudpickle.register_pickle_by_value\(only_here\) on the client")
+    for send in (lambda: rc.load_balanced_view().apply_sync(only_here.plus_one, 1),
+                 lambda: rc[:].push({"f": only_here.plus_one}, block=True)):
+        with pytest.raises(minipar.RemoteError, match=hint) as e:
+            send()
+        assert "ModuleNotFoundError" in str(e.value)
+    cloudpickle.register_pickle_by_value(only_here)
+    try:
+        assert rc.load_balanced_view().apply_sync(only_here.plus_one, 1) == 2
+    finally:
+        cloudpickle.unregister_pickle_by_value(only_here)
 
 
 def test_a_result_that_cannot_be_unpickled_here_names_its_engine(rc):

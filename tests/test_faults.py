@@ -755,3 +755,134 @@ def test_a_forked_child_that_comes_back_into_the_engine_exits(local_cluster):
     assert log.count("came back into the engine's code") == 2 and "Traceback" not in log
     assert "SIGTERM" not in log   # the Pool's workers met Python's handler, not the engine's
     assert len(rc.ids) == 1
+
+
+def _leave_a_thread_running():
+    import threading
+    import time
+
+    threading.Thread(target=time.sleep, args=(3600,), name="left-running").start()
+    return "started"
+
+
+_POOLS = []
+
+
+def _leave_an_idle_pool():
+    from concurrent.futures import ThreadPoolExecutor
+
+    _POOLS.append(ThreadPoolExecutor(2))   # kept, never shut down: Python's exit ends
+    return _POOLS[-1].submit(sum, [1, 2]).result()   # its idle threads
+
+
+def test_a_stopped_engine_still_ends_an_idle_pool_a_task_left_as_python_does(local_cluster):
+    """The bound on threads left running must not cut short those that end at exit."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    assert rc[:].apply_sync(_leave_an_idle_pool) == [3]
+    engine.terminate()
+    assert engine.wait(20) == 0
+    assert "threads a task started" not in local_cluster.output("engine0")
+
+
+@pytest.mark.parametrize("stop", ["shutdown", "sigterm"])
+def test_a_stopped_engine_exits_though_a_task_left_a_thread_running(local_cluster, stop):
+    """A task that starts a thread (not daemon) and returns left its engine unable to
+    exit: stopped by rc.shutdown or SIGTERM, it unregistered, then Python's exit waited
+    on the thread for ever, a process no one would find. It now exits after a grace,
+    naming the thread, with the status it would have had, and unregistered."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    (eid,) = rc.ids
+    assert rc[eid].apply_sync(_leave_a_thread_running) == "started"
+    if stop == "shutdown":
+        rc.shutdown(eid, block=True)
+    else:
+        engine.terminate()
+    assert engine.wait(20) == 0
+    log = local_cluster.output("engine0")
+    assert "threads a task started still run" in log and "left-running" in log
+    wait_until(lambda: eid not in rc.ids, 10, f"engine {eid} gone from rc.ids")
+    assert "declared dead" not in local_cluster.output("controller")
+
+
+def _write_to(stream, what):
+    import sys
+
+    print("before", file=getattr(sys, stream))
+    getattr(sys, stream).write(what)
+
+
+@pytest.mark.parametrize("stream, what", [("stdout", b"bytes"), ("stderr", 5)])
+def test_a_task_writing_what_is_not_text_gets_a_typeerror_and_its_engine_lives(
+        local_cluster, stream, what):
+    """sys.stdout.write(b"...") in a task (meant for sys.stdout.buffer) was taken by the
+    engine's capture, whose join of the output then raised in the engine's own code and
+    ended the engine: the task, and any queued behind it, died with it. The write now
+    raises TypeError in the task, as a real text stream's does."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    view = rc.load_balanced_view()
+    ar = view.apply_async(_write_to, stream, what)
+    with pytest.raises(errors.RemoteError, match="TypeError: write.. argument must be str, "
+                                                 f"not {type(what).__name__}") as e:
+        ar.get(START_TIMEOUT_S)
+    assert e.value.ename == "TypeError"
+    assert getattr(ar, stream) == "before\n"
+    assert view.apply_sync(os.getpid) == engine.pid and engine.poll() is None
+
+
+def _take_sigterm(how):
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, {"ignore": signal.SIG_IGN,   # as some libraries on import
+                                   "exit": lambda *a: sys.exit(0)}[how])
+    return "taken"
+
+
+@pytest.mark.parametrize("how", ["ignore", "exit"])
+def test_an_engine_whose_task_took_sigterm_is_still_stopped_by_it(local_cluster, how):
+    """A task (or a library it imports) that set its own SIGTERM handler kept it after
+    the task: `kill PID` then did nothing to the idle engine (SIG_IGN), or ended it
+    without unregistering (a handler calling sys.exit). The engine puts its handler
+    back after each request, says so once, and stops on SIGTERM as an idle engine does."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    (eid,) = rc.ids
+    assert rc[eid].apply_sync(_take_sigterm, how) == "taken"
+    assert rc[eid].apply_sync(_take_sigterm, how) == "taken"
+    engine.terminate()
+    assert engine.wait(10) == 0
+    log = local_cluster.output("engine0")
+    assert log.count("replaced this engine's SIGTERM handler: put back") == 1, log
+    assert "SIGTERM while idle: unregistering" in log
+    wait_until(lambda: eid not in rc.ids, 10, f"engine {eid} gone from rc.ids")
+    assert f"engine {eid} unregistered" in local_cluster.output("controller")
+
+
+def _result_whose_pickling_exits():
+    class Exits:
+        def __reduce__(self):
+            raise SystemExit(3)
+
+    return Exits()
+
+
+def test_a_result_whose_pickling_calls_sys_exit_fails_its_task_not_the_engine(local_cluster):
+    """A result whose __reduce__ raised SystemExit (an object wrapping a resource that
+    exits on misuse, say) escaped the engine's serialization check and ended the engine:
+    the task failed as an engine death. It now fails as a result that cannot travel."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    view = rc.load_balanced_view()
+    with pytest.raises(errors.RemoteError, match="the result could not be sent back: could "
+                                                 "not serialize .*SystemExit: 3") as e:
+        view.apply_sync(_result_whose_pickling_exits)
+    assert e.value.ename == "SerializationError"
+    assert view.apply_sync(os.getpid) == engine.pid and engine.poll() is None

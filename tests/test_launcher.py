@@ -417,6 +417,35 @@ def test_second_controller_on_a_held_profile_is_refused(pids, tmp_path):
     assert not os.path.exists(os.path.join(sec, protocol.CLIENT_FILE))
 
 
+def test_a_controller_starting_at_the_same_moment_holds_the_profile(pids, tmp_path):
+    """Two controllers started together on one profile both passed the check of its
+    connection file (neither had written it yet): both ran, one overwrote the other's
+    files and was left unreachable. A controller now holds a lock on the profile's
+    security folder for its lifetime; one that finds it held (here by this test, as by
+    a controller still starting) exits 1 saying so, and writes nothing."""
+    import fcntl
+
+    prof = str(tmp_path / "p")
+    sec = protocol.security_dir(prof)
+    fd = os.open(sec, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        out = _second_controller(prof)
+    finally:
+        os.close(fd)   # releases the lock
+    if out.returncode == 0:
+        pids.add(json.load(open(os.path.join(sec, protocol.CLIENT_FILE))).get("pid"))
+    assert out.returncode == 1, out.stderr
+    assert f"another controller is starting with profile dir {prof}" in out.stderr
+    assert os.listdir(sec) == []
+    first = _controller(prof)   # the lock is free again, and held by the new one
+    pids.add(first.pid)
+    out = _second_controller(prof)
+    assert out.returncode == 1 and "already running" in out.stderr, out.stderr
+    first.terminate()
+    assert first.wait(30) == 0
+
+
 def test_an_engine_started_before_its_controller_waits_for_it(pids, tmp_path):
     """`python -m minipar.controller & python -m minipar.engine`: the engine may look
     before the controller has written its file; it waits for it (and, when none comes
@@ -447,6 +476,32 @@ def test_an_engine_started_before_its_controller_waits_for_it(pids, tmp_path):
                             timeout=60)
     assert lonely.returncode == 1
     assert "waiting up to 1 s" in lonely.stderr and "no connection file" in lonely.stderr
+
+
+def test_a_folder_that_cannot_be_made_is_one_line_not_a_traceback(pids, tmp_path):
+    """A profile folder or engine --work-dir under a file (or without permission, on a
+    read-only disk) ended the controller, the launcher and the engine with a traceback
+    through minipar's internals; each now says in one line which folder and why."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    prof = str(blocker / "profile")
+    out = _second_controller(prof)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"cannot make {prof}/security for the connection files (Not a directory)" \
+        in out.stderr
+    out = cli("start", "-n", "1", "--profile-dir", prof, "--daemonize")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith("error: ") and prof in out.stderr
+    first = _controller(str(tmp_path / "p"))
+    pids.add(first.pid)
+    out = subprocess.run([sys.executable, "-m", "minipar.engine", "--profile-dir",
+                          str(tmp_path / "p"), "--work-dir", str(blocker / "work")],
+                         env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"cannot work in --work-dir {blocker / 'work'} (Not a directory)" in out.stderr
+    first.terminate()
+    assert first.wait(30) == 0
 
 
 def test_a_stale_connection_file_does_not_hold_the_profile(pids, tmp_path):
@@ -778,6 +833,32 @@ def test_cli_clean_removes_files_of_dead_clusters(pids, minipar_dir):
     cluster.stop_cluster_sync()
 
 
+@pytest.mark.parametrize("content", ["[]", '{"cluster": 5}'])
+def test_a_cluster_file_of_another_shape_is_warned_about_not_a_traceback(pids, minipar_dir,
+                                                                        content):
+    """A cluster file that is JSON but not of a cluster's shape (edited, or another
+    tool's in the security folder) ended list, stop and clean in a TypeError or KeyError
+    traceback; as one cut short, it is now named as unreadable, and clean removes it."""
+    cluster = Cluster(n=0, controller_args=CTL_ARGS, shutdown_atexit=False)
+    cluster.start_cluster_sync()
+    try:
+        pids.add_cluster(cluster)
+        good = open(cluster.cluster_file).read()
+        with open(cluster.cluster_file, "w") as f:
+            f.write(content)
+        for command in ("list", "stop"):
+            out = cli(command)
+            assert "Traceback" not in out.stderr, out.stderr
+        assert f"unreadable cluster file {cluster.cluster_file}" in cli("list").stderr
+        out = cli("clean")
+        assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+        assert f"removed unreadable cluster file {cluster.cluster_file}" in out.stdout
+        with open(cluster.cluster_file, "w") as f:
+            f.write(good)
+    finally:
+        cluster.stop_cluster_sync()
+
+
 def test_cli_clean_says_when_there_is_nothing_to_clean(minipar_dir, tmp_path):
     prof = str(tmp_path / "p")
     for where, args in ((str(minipar_dir), []), (prof, ["--profile-dir", prof])):
@@ -901,6 +982,23 @@ def test_controller_ports_range_list_in_use_and_none_left(pids, tmp_path):
         with pytest.raises(NoPortsLeftError, match="wider --ports"):
             c3.start_controller_sync()
         pids.add(c3.controller.pid)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--port", "99999"], "port 99999 is not a TCP port"),
+    (["--ports", "99999"], "'99999' is not a port or a range of ports within 1..65535"),
+    (["--ports", "abc"], "'abc' is not a port or a range of ports"),
+    (["--ports", "10110-10101"], "'10110-10101' is not a port or a range of ports"),
+    (["--max-message-size", "10"], "max message size 10 is too small")])
+def test_controller_options_out_of_range_are_refused_in_one_line(pids, tmp_path, args, says):
+    """A port past 65535 was dropped for a random one and a tiny --max-message-size let
+    no engine register nor client connect, both without a word; a --ports that is not
+    ports ended in a ValueError or IndexError traceback. Each is now a usage error."""
+    out = _second_controller(str(tmp_path / "p"), *args)
+    if out.returncode == 0 or out.returncode is None:
+        pids.add(json.load(open(tmp_path / "p" / "security" / protocol.CLIENT_FILE))["pid"])
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "python -m minipar.controller: error: " in out.stderr and says in out.stderr
 
 
 def test_controller_on_an_address_not_of_this_machine_says_so(tmp_path):

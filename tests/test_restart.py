@@ -54,7 +54,8 @@ def _restart_controller(cluster, args, name):
         assert cluster.controller.poll() is None, cluster.output(name)
         try:
             with open(cluster.client_file) as f:
-                return json.load(f).get("pid") == cluster.controller.pid
+                info = json.load(f)
+            return isinstance(info, dict) and info.get("pid") == cluster.controller.pid
         except (OSError, ValueError):
             return False
 
@@ -270,3 +271,78 @@ def test_a_controller_stopped_without_reuse_ends_its_requests_and_engines(local_
     assert re.search(r"controller .*stopped.*--reuse.*does not come back", said), said
     with pytest.raises(minipar.MiniparError, match="does not come back"):
         rc.ids
+
+
+@pytest.mark.parametrize("damage", ["cut short", "not an object"])
+def test_reuse_over_a_damaged_connection_file_starts_with_new_ports(tmp_path, damage):
+    """A controller restarted with --reuse over a connection file cut short (its crash
+    mid-write, a full disk) or edited into something else ended in a traceback (or a
+    usage error naming no file). It now warns that it cannot reuse that file, starts as
+    without --reuse, and engines and clients work with the file it writes."""
+    c = LocalCluster(tmp_path, controller_args=["--reuse"])
+    try:
+        good = open(c.client_file).read()
+        c.controller.send_signal(signal.SIGKILL)
+        c.controller.wait(10)
+        with open(c.client_file, "w") as f:
+            f.write(good[:20] if damage == "cut short" else "[1, 2]")
+        _restart_controller(c, ["--reuse"], "controller2")
+        log = c.output("controller2")
+        assert f"--reuse: {c.client_file} " in log and "cannot be reused" in log, log
+        assert "Traceback" not in log
+        c.start_engines(1, ENGINE_ARGS)
+        rc = c.client()
+        rc.wait_for_engines(1, START_TIMEOUT_S)
+        assert rc.load_balanced_view().apply_sync(square, 3) == 9
+    finally:
+        c.stop()
+
+
+@pytest.mark.parametrize("content", ["garbage", "another table"])
+def test_a_task_database_that_is_not_ours_is_one_line_not_a_traceback(tmp_path, content):
+    """--db sqlite over a tasks.db that is not a database (or is damaged, or another
+    program's, with a `records` table of its own) ended the controller in a traceback
+    from sqlite3, and another program's table passed until the first task was stored.
+    The controller now says which file and what to do, in one line, and exits 1."""
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    path = profile / "tasks.db"
+    if content == "garbage":
+        path.write_bytes(b"not a database\n" * 100)
+    else:
+        db = sqlite3.connect(path)
+        db.execute("CREATE TABLE records (msg_id TEXT, status TEXT)")
+        db.commit()
+        db.close()
+    started = None
+    try:
+        with pytest.raises(RuntimeError, match="controller did not start") as e:
+            started = LocalCluster(tmp_path, controller_args=["--db", "sqlite"])
+    finally:
+        if started is not None:
+            started.stop()
+    assert f"cannot keep task records in {path}" in str(e.value)
+    assert "move it away" in str(e.value) and "Traceback" not in str(e.value)
+
+
+@pytest.mark.skipif(not __import__("zmq").has("curve"), reason="libzmq without CurveZMQ")
+def test_reuse_over_a_damaged_curve_key_file_starts_with_a_new_pair(tmp_path):
+    """As a damaged connection file: --reuse --curve over a key file cut short ended the
+    controller in a traceback; it now says so and makes a new key pair."""
+    c = LocalCluster(tmp_path, controller_args=["--reuse", "--curve"])
+    try:
+        keys = os.path.join(os.path.dirname(c.client_file), "minipar-curve.json")
+        good = open(keys).read()
+        c.controller.send_signal(signal.SIGKILL)
+        c.controller.wait(10)
+        with open(keys, "w") as f:
+            f.write(good[:30])
+        _restart_controller(c, ["--reuse", "--curve"], "controller2")
+        log = c.output("controller2")
+        assert f"--reuse: {keys} cannot be read" in log and "Traceback" not in log, log
+        c.start_engines(1, ENGINE_ARGS)
+        rc = c.client()
+        rc.wait_for_engines(1, START_TIMEOUT_S)
+        assert rc.load_balanced_view().apply_sync(square, 4) == 16
+    finally:
+        c.stop()
