@@ -1426,9 +1426,10 @@ def _leave_threads_behind(engine):
         time.sleep(THREADS_GRACE_S)
         left = [t.name for t in threading.enumerate() if not t.daemon and t.is_alive()
                 and t is not threading.main_thread()]
-        log.warning("threads a task started still run %.0f s after the engine stopped "
-                    "(%s): exiting without them (make them daemon=True, or end them)",
-                    THREADS_GRACE_S, ", ".join(left))
+        if left:   # else what held the exit was not a task's thread (an atexit handler)
+            log.warning("threads a task started still run %.0f s after the engine stopped "
+                        "(%s): exiting without them (make them daemon=True, or end them)",
+                        THREADS_GRACE_S, ", ".join(left))
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
