@@ -718,6 +718,7 @@ class Client(errors.SaysWhyAbsent):
         when interactive). Returns their ids; with ``block=False`` a Future of them, at once."""
         from .integrations import _in_thread, _interactive, _progress_bar
 
+        _check_count("n", n)   # wait_for_engines("2"): said here, not as a failed comparison
         progress, timeout = interactive if progress is None else progress, _timeout_s(timeout)
         if not block:
             return _in_thread(self.wait_for_engines, n, timeout, progress)

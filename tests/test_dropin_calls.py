@@ -143,6 +143,9 @@ def test_wait_for_engines_as_ipyparallel(local_cluster):
         rc.wait_for_engines(3, timeout=0.1)
     with pytest.raises(TimeoutError, match="wanted 3"):
         rc.wait_for_engines(3, timeout=0.1, block=False).result(TIMEOUT)
+    for wrong, error in [("2", TypeError), (None, TypeError), (-1, ValueError)]:
+        with pytest.raises(error, match=rf"n={wrong!r}: give a count"):
+            rc.wait_for_engines(wrong)
 
 
 def test_ipp_error_is_the_module_of_exceptions(rc):
