@@ -696,7 +696,7 @@ class Controller:
         if eid not in self.engines:
             return self._fail(rec, "EngineError",
                               f"engine {eid} is not registered (registered: "
-                              f"{sorted(self.engines)}); use rc.ids for the live engines")
+                              f"{sorted(self.engines)}); use rc.ids for the live engines", eid)
         self._assign(rec, eid)
 
     def _assign(self, rec, eid):
@@ -832,10 +832,14 @@ class Controller:
                 owner["engine"] = rec["engine"]
                 self._finish(owner, status)
 
-    def _fail(self, rec, ename, evalue):
+    def _fail(self, rec, ename, evalue, engine=None):
+        """Finish `rec` with error `ename`; `engine`: the one a direct request was sent to,
+        which never took it (else rec's), for the error's ``[engine:kind]`` label."""
         if ename == "EngineError" and rec["engine"] in self._epitaphs:
             evalue += self._epitaphs[rec["engine"]]
-        err = errors.error(ename, evalue, {"msg_id": rec["msg_id"], "engine_id": rec["engine"]})
+        info = {"msg_id": rec["msg_id"], "kind": rec["kind"],
+                "engine_id": rec["engine"] if engine is None else engine}
+        err = errors.error(ename, evalue, info)
         status = _STATUS_OF.get(ename, ERROR)
         rec["result_header"] = {"msg_id": protocol.new_id(),
                                 "kind": protocol.REPLY.get(rec["kind"], protocol.UNKNOWN_REPLY),

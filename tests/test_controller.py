@@ -163,6 +163,8 @@ def test_a_request_for_an_unknown_engine_fails_at_once(hub):
     _, reply, parts = hub.client.recv()
     assert reply["parent"] == request["msg_id"] and reply["ename"] == "EngineError"
     assert "engine 5 is not registered" in reply["evalue"]
+    error = protocol.deserialize(parts)   # labelled as CompositeError shows it: [5:apply]
+    assert error.engine_info == {"msg_id": request["msg_id"], "kind": "apply", "engine_id": 5}
 
 
 def test_an_engine_that_misses_heartbeats_is_declared_dead_and_its_request_fails(hub):
