@@ -48,6 +48,10 @@ EXECUTE_HISTORY = 100
 
 _NOTHING = object()
 
+# The classic scripts' `TaskClient(client.default_task_address)`: a client finds the
+# controller through its connection file, and None means the default profile's.
+default_address = default_task_address = None
+
 
 class ResultList(list):
     """The results of ``execute``: one dict per engine (``id``, ``number``, ``input``,
@@ -266,6 +270,13 @@ class _ClassicClient:
 
     def __init__(self, url_file=None, profile=None, profile_dir=None, timeout=10,
                  client=None):
+        if isinstance(url_file, (tuple, list)):   # IPython.kernel's (host, port)
+            raise TypeError(
+                f"{type(self).__name__}({tuple(url_file)!r}): minipar connects through the "
+                "controller's connection file, not an address: pass that file's path (the "
+                "controller writes minipar-client.json in its profile's security folder; copy "
+                "it to another machine, with the controller started with --ip '*' --location "
+                "HOST), a profile=, or nothing for the default profile")
         self._own_client = client is None
         self.client = Client(url_file, profile, profile_dir, timeout) if client is None \
             else client

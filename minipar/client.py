@@ -1577,8 +1577,8 @@ class LoadBalancedView(_View):
         return value
 
 
-_CLASSIC = ("BaseTask", "MapTask", "MultiEngineClient", "PendingResult", "ResultList",
-            "StringTask", "Task", "TaskClient", "TaskResult")
+_CLASSIC = ("BaseTask", "MapTask", "MultiEngineClient", "PendingResult", "ResultList", "Task",
+            "StringTask", "TaskClient", "TaskResult", "default_address", "default_task_address")
 
 
 def __getattr__(name):
