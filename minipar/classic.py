@@ -16,6 +16,8 @@ classic names, defaults and printed forms:
                                             MultiEngineClient, its execute: <Results List>
 
 Where minipar differs from IPython.kernel, on purpose:
+- ``with mec:`` closes mec at the block's end, unless the block calls client.remote()
+  first (then the rest of it runs on mec's targets, read back from its file or cell).
 - get_result(i) reads this client's history (the last EXECUTE_HISTORY execute results
   per engine made through it or its magics): i=None or i < 0 counts back from the last,
   i >= 0 is the command number (the `number` shown as In [n]).
@@ -32,8 +34,10 @@ import collections
 import concurrent.futures
 import functools
 import itertools
+import linecache
 import re
 import sys
+import textwrap
 import threading
 import types
 
@@ -312,6 +316,18 @@ class MultiEngineClient(_ClassicClient):
     def __repr__(self):
         return f"<MultiEngineClient targets={self.targets!r} block={self.block}>"
 
+    def __enter__(self):
+        _with_blocks.__dict__.setdefault("open", []).append([self, False])
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        """Close the client, unless the block called client.remote(): the block ran on
+        the engines and the client goes on (mec.get_result() shows what it did)."""
+        _, ran_remote = _with_blocks.open.pop()
+        if not ran_remote:
+            self.close()
+        return exc_type is _RemoteBlock
+
     # ------------------------------------------------------------ plumbing
 
     def _ids(self, targets):
@@ -549,6 +565,43 @@ class MultiEngineClient(_ClassicClient):
     def activate(self, suffix=""):
         """Make this client the one IPython's %px, %%px, %autopx and %result use."""
         return _activate_magics(self, suffix)
+
+
+_with_blocks = threading.local()   # .open: [MultiEngineClient, remote() called] per `with`
+
+
+class _RemoteBlock(Exception):
+    """Raised by remote() to skip the rest of a `with mec:` block here; mec's __exit__
+    takes it."""
+
+
+def _indent(line):
+    return len(line) - len(line.lstrip())
+
+
+def remote():
+    """Called first in a ``with mec:`` block: run the rest of the block on mec's targets
+    (``mec.execute`` of its lines) instead of here, as IPython.kernel did. The lines are
+    read back from the file or IPython cell the block is in, so the block must be in one:
+    at a plain ``python`` prompt use mec.execute(code)."""
+    blocks = getattr(_with_blocks, "open", None)
+    if not blocks:
+        raise RuntimeError("client.remote() runs the rest of a `with mec:` block on mec's "
+                           "engines: call it first inside one, or use mec.execute(code)")
+    caller = sys._getframe(1)
+    lines = linecache.getlines(caller.f_code.co_filename, caller.f_globals)
+    here = caller.f_lineno   # lines[here - 1] calls remote(); the block goes on below it
+    if len(lines) < here or "remote(" not in lines[here - 1]:
+        raise NotImplementedError(
+            f"client.remote() cannot read the block's lines from {caller.f_code.co_filename} "
+            "(typed at a plain python prompt?): put the code in mec.execute(code), or in a "
+            "%%px cell after mec.activate() in IPython")
+    indent = _indent(lines[here - 1])
+    block = itertools.takewhile(lambda line: not line.strip() or _indent(line) >= indent,
+                                lines[here:])
+    blocks[-1][1] = True
+    blocks[-1][0].execute(textwrap.dedent("".join(block)).strip("\n") + "\n")
+    raise _RemoteBlock
 
 
 # ---------------------------------------------------------------- tasks

@@ -363,6 +363,26 @@ def test_multiengine_session(cluster, mec, tmp_path):
     assert mec.get_ids() == [0, 1, 2]
 
 
+def test_a_with_block_after_remote_runs_on_the_engines(mec):
+    mec.targets = [1, 3]
+    with mec:
+        client.remote()   # Required so the following code is not run locally
+        a = 10
+        b = 30
+
+        c = a + b
+    assert "c" not in locals()
+    assert mec.pull("c") == [40, 40]   # the client goes on after the block
+    r = mec.get_result()
+    assert [x["id"] for x in r] == [1, 3]
+    assert r[0]["input"]["raw"] == "a = 10\nb = 30\n\nc = a + b\n"
+    with pytest.raises(RuntimeError, match=r"inside one, or use mec.execute"):
+        client.remote()
+    with pytest.raises(NotImplementedError, match=r"<string>.*mec.execute\(code\)"):
+        with mec:
+            exec("client.remote()\nd = 1\n")
+
+
 def test_clear_queue_aborts_queued_requests_only(mec, tmp_path):
     flag = tmp_path / "go"
     running = mec.execute(_wait_for(flag), targets=0, block=False)
