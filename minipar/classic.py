@@ -95,9 +95,12 @@ class PendingResult:
             if self._value is _NOTHING:
                 try:
                     value = self.future.result()
-                except CompositeError as e:
-                    raise CompositeError("one or more exceptions from call to method: "
-                                         f"{self._method}", e.elist) from None
+                except CompositeError as error:
+                    # named e, a plain local that outlives the except clause: %debug
+                    # opens in this frame, where the classic documents inspect e.elist
+                    e = CompositeError("one or more exceptions from call to method: "
+                                       f"{self._method}", error.elist)
+                    raise e from None
                 self._value = value if self._transform is None else self._transform(value)
             while self._callbacks:  # each runs once, on the result of the one before
                 f, args, kwargs = self._callbacks.pop(0)

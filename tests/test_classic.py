@@ -4,7 +4,9 @@ with `from minipar import client` in place of `from IPython.kernel import client
 
 A controller and four engines are started per test with ``python -m`` (see conftest)."""
 
+import io
 import os
+import pdb
 import re
 import signal
 import subprocess
@@ -381,6 +383,22 @@ def test_a_with_block_after_remote_runs_on_the_engines(mec):
     with pytest.raises(NotImplementedError, match=r"<string>.*mec.execute\(code\)"):
         with mec:
             exec("client.remote()\nd = 1\n")
+
+
+def test_debug_after_a_composite_error_finds_it_as_e(mec):
+    with pytest.raises(client.CompositeError) as info:
+        mec.execute("1/0", targets=[0, 2])
+    # what %debug does: the debugger at the frame that raised, the document's commands
+    out = io.StringIO()
+    debugger = pdb.Pdb(stdin=io.StringIO("e.print_tracebacks()\np [x.ename for x in "
+                                         "e.elist]\nq\n"), stdout=out)
+    debugger.use_rawinput = False
+    debugger.reset()
+    debugger.interaction(None, info.value.__traceback__)
+    assert "['ZeroDivisionError', 'ZeroDivisionError']" in out.getvalue()
+    shown = out.getvalue()   # the debugger prints what its commands print too
+    assert "NameError" not in shown
+    assert "[0:execute]:" in shown and "[2:execute]:" in shown and "1/0" in shown
 
 
 def test_clear_queue_aborts_queued_requests_only(mec, tmp_path):
