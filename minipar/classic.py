@@ -531,6 +531,8 @@ class MultiEngineClient(_ClassicClient):
         (their results are delivered already; this frees the controller's memory)."""
         self.client.purge_results(targets=self._ids(None))
 
+    clear_pending_results = flush   # IPython.kernel's other name for it
+
     def kill(self, controller=False, targets=None, block=None):
         """Stop the target engines, and with controller=True the controller as well."""
         self.client.shutdown(self.targets if targets is None else targets, hub=controller,

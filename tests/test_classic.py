@@ -357,6 +357,10 @@ def test_multiengine_session(cluster, mec, tmp_path):
     assert mec.keys(targets=[0]) == [[]]
     assert [eid for eid, _ in mec.queue_status()] == [0, 1, 2, 3]
     mec.flush()
+    done = mec.pull("a", targets=1, block=False)   # a was scattered: [4, 5, 6, 7]
+    mec.barrier(done)
+    mec.clear_pending_results()   # IPython.kernel's name for flush
+    assert done.r == [[4, 5, 6, 7]]   # delivered before: still here
     bench = mec.benchmark(push_size=1000)
     assert set(bench) == {"single_engine_latency", "all_engine_latency",
                           "single_engine_push", "all_engine_push"}
