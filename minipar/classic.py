@@ -836,23 +836,19 @@ class TaskClient(_ClassicClient):
         concurrent.futures.wait([self._entry(t)["ar"] for t in _task_ids(taskids)])
 
     def queue_status(self, verbose=False):
-        """{'scheduled': not sent to an engine yet, 'pending': sent to one (running or
-        queued there), 'succeeded', 'failed'}: counts, or lists of ids with verbose=True."""
+        """{'scheduled': submitted and not running yet (waiting in the controller or queued
+        on an engine behind another task), 'pending': running on an engine, 'succeeded',
+        'failed'}: counts, or lists of ids with verbose=True. A task counts as running once
+        its engine reports it (after the engine's STREAM_INTERVAL_S, 0.1 s): one that ends
+        sooner goes from scheduled to done."""
         status = {"scheduled": [], "pending": [], "succeeded": [], "failed": []}
-        waiting = {}
         for taskid, entry in list(self._tasks.items()):
             ar = entry["ar"]
             if ar.done():
-                status["succeeded" if ar.exception() is None else "failed"].append(taskid)
+                state = "succeeded" if ar.exception() is None else "failed"
             else:
-                waiting[ar.msg_ids[0]] = taskid
-        if waiting:
-            reply = self.client.query(protocol.RESULT_REQUEST, msg_ids=list(waiting),
-                                      status_only=True)
-            # finished in the controller but not arrived here yet: still "pending"
-            scheduled = set(reply["pending"]) - set(reply.get("running", ()))
-            for msg_id, taskid in waiting.items():
-                status["scheduled" if msg_id in scheduled else "pending"].append(taskid)
+                state = "pending" if ar.running() else "scheduled"
+            status[state].append(taskid)
         for ids in status.values():
             ids.sort()
         return status if verbose else {k: len(v) for k, v in status.items()}

@@ -19,6 +19,7 @@ import pytest
 from minipar import client
 
 from .conftest import ROOT, START_TIMEOUT_S, LocalCluster, _env
+from .helpers import wait_until
 
 TIMEOUT = 120
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -90,9 +91,15 @@ def test_queue_status_lists_states_and_abort(tc, tmp_path):
     flag = tmp_path / "go"
     blocked = [tc.run(client.Task(_wait_for(flag))) for _ in range(12)]
     assert tc.get_task_result(blocked[-1]) is None
-    status = tc.queue_status(verbose=True)
+    # as the document says: 'pending' are running (one per engine), 'scheduled' wait,
+    # also those the scheduler already queued on an engine behind a running one
+    def one_running_per_engine():
+        status = tc.queue_status(verbose=True)
+        return status if len(status["pending"]) == 4 else None
+
+    status = wait_until(one_running_per_engine, 10, "a task running on each of 4 engines")
     assert status["succeeded"] == [ok] and status["failed"] == [bad]
-    assert status["pending"] and status["scheduled"]   # 4 engines x hwm: some wait here
+    assert len(status["scheduled"]) == 8
     assert sorted(status["pending"] + status["scheduled"]) == blocked
     counts = tc.queue_status()
     assert counts["succeeded"] == 1 and counts["failed"] == 1
