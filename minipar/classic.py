@@ -325,7 +325,8 @@ class MultiEngineClient(_ClassicClient):
 
     def __exit__(self, exc_type, exc, tb):
         """Close the client, unless the block called client.remote(): the block ran on
-        the engines and the client goes on (mec.get_result() shows what it did)."""
+        the engines (or could not be read) and the client goes on (mec.get_result() shows
+        what it did)."""
         _, ran_remote = _with_blocks.open.pop()
         if not ran_remote:
             self.close()
@@ -593,6 +594,7 @@ def remote():
     if not blocks:
         raise RuntimeError("client.remote() runs the rest of a `with mec:` block on mec's "
                            "engines: call it first inside one, or use mec.execute(code)")
+    blocks[-1][1] = True   # mec stays open: for the block's run, or the mec.execute advised
     caller = sys._getframe(1)
     lines = linecache.getlines(caller.f_code.co_filename, caller.f_globals)
     here = caller.f_lineno   # lines[here - 1] calls remote(); the block goes on below it
@@ -604,7 +606,6 @@ def remote():
     indent = _indent(lines[here - 1])
     block = itertools.takewhile(lambda line: not line.strip() or _indent(line) >= indent,
                                 lines[here:])
-    blocks[-1][1] = True
     blocks[-1][0].execute(textwrap.dedent("".join(block)).strip("\n") + "\n")
     raise _RemoteBlock
 

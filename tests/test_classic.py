@@ -394,6 +394,7 @@ def test_a_with_block_after_remote_runs_on_the_engines(mec):
     with pytest.raises(NotImplementedError, match=r"<string>.*mec.execute\(code\)"):
         with mec:
             exec("client.remote()\nd = 1\n")
+    assert mec.pull("c") == [40, 40]   # still open, for the mec.execute it advises
 
 
 def test_debug_after_a_composite_error_finds_it_as_e(mec):
