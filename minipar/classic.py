@@ -16,6 +16,8 @@ classic names, defaults and printed forms:
                                             MultiEngineClient, its execute: <Results List>
 
 Where minipar differs from IPython.kernel, on purpose:
+- ``with mec:`` closes mec at the block's end, unless the block calls client.remote()
+  first (then the rest of it runs on mec's targets, read back from its file or cell).
 - get_result(i) reads this client's history (the last EXECUTE_HISTORY execute results
   per engine made through it or its magics): i=None or i < 0 counts back from the last,
   i >= 0 is the command number (the `number` shown as In [n]).
@@ -32,8 +34,10 @@ import collections
 import concurrent.futures
 import functools
 import itertools
+import linecache
 import re
 import sys
+import textwrap
 import threading
 import types
 
@@ -47,6 +51,10 @@ from .errors import CompositeError, NoEnginesRegistered, RemoteError
 EXECUTE_HISTORY = 100
 
 _NOTHING = object()
+
+# The classic scripts' `TaskClient(client.default_task_address)`: a client finds the
+# controller through its connection file, and None means the default profile's.
+default_address = default_task_address = None
 
 
 class ResultList(list):
@@ -87,9 +95,12 @@ class PendingResult:
             if self._value is _NOTHING:
                 try:
                     value = self.future.result()
-                except CompositeError as e:
-                    raise CompositeError("one or more exceptions from call to method: "
-                                         f"{self._method}", e.elist) from None
+                except CompositeError as error:
+                    # named e, a plain local that outlives the except clause: %debug
+                    # opens in this frame, where the classic documents inspect e.elist
+                    e = CompositeError("one or more exceptions from call to method: "
+                                       f"{self._method}", error.elist)
+                    raise e from None
                 self._value = value if self._transform is None else self._transform(value)
             while self._callbacks:  # each runs once, on the result of the one before
                 f, args, kwargs = self._callbacks.pop(0)
@@ -266,6 +277,13 @@ class _ClassicClient:
 
     def __init__(self, url_file=None, profile=None, profile_dir=None, timeout=10,
                  client=None):
+        if isinstance(url_file, (tuple, list)):   # IPython.kernel's (host, port)
+            raise TypeError(
+                f"{type(self).__name__}({tuple(url_file)!r}): minipar connects through the "
+                "controller's connection file, not an address: pass that file's path (the "
+                "controller writes minipar-client.json in its profile's security folder; copy "
+                "it to another machine, with the controller started with --ip '*' --location "
+                "HOST), a profile=, or nothing for the default profile")
         self._own_client = client is None
         self.client = Client(url_file, profile, profile_dir, timeout) if client is None \
             else client
@@ -300,6 +318,19 @@ class MultiEngineClient(_ClassicClient):
 
     def __repr__(self):
         return f"<MultiEngineClient targets={self.targets!r} block={self.block}>"
+
+    def __enter__(self):
+        _with_blocks.__dict__.setdefault("open", []).append([self, False])
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        """Close the client, unless the block called client.remote(): the block ran on
+        the engines (or could not be read) and the client goes on (mec.get_result() shows
+        what it did)."""
+        _, ran_remote = _with_blocks.open.pop()
+        if not ran_remote:
+            self.close()
+        return exc_type is _RemoteBlock
 
     # ------------------------------------------------------------ plumbing
 
@@ -501,6 +532,8 @@ class MultiEngineClient(_ClassicClient):
         (their results are delivered already; this frees the controller's memory)."""
         self.client.purge_results(targets=self._ids(None))
 
+    clear_pending_results = flush   # IPython.kernel's other name for it
+
     def kill(self, controller=False, targets=None, block=None):
         """Stop the target engines, and with controller=True the controller as well."""
         self.client.shutdown(self.targets if targets is None else targets, hub=controller,
@@ -538,6 +571,43 @@ class MultiEngineClient(_ClassicClient):
     def activate(self, suffix=""):
         """Make this client the one IPython's %px, %%px, %autopx and %result use."""
         return _activate_magics(self, suffix)
+
+
+_with_blocks = threading.local()   # .open: [MultiEngineClient, remote() called] per `with`
+
+
+class _RemoteBlock(Exception):
+    """Raised by remote() to skip the rest of a `with mec:` block here; mec's __exit__
+    takes it."""
+
+
+def _indent(line):
+    return len(line) - len(line.lstrip())
+
+
+def remote():
+    """Called first in a ``with mec:`` block: run the rest of the block on mec's targets
+    (``mec.execute`` of its lines) instead of here, as IPython.kernel did. The lines are
+    read back from the file or IPython cell the block is in, so the block must be in one:
+    at a plain ``python`` prompt use mec.execute(code)."""
+    blocks = getattr(_with_blocks, "open", None)
+    if not blocks:
+        raise RuntimeError("client.remote() runs the rest of a `with mec:` block on mec's "
+                           "engines: call it first inside one, or use mec.execute(code)")
+    blocks[-1][1] = True   # mec stays open: for the block's run, or the mec.execute advised
+    caller = sys._getframe(1)
+    lines = linecache.getlines(caller.f_code.co_filename, caller.f_globals)
+    here = caller.f_lineno   # lines[here - 1] calls remote(); the block goes on below it
+    if len(lines) < here or "remote(" not in lines[here - 1]:
+        raise NotImplementedError(
+            f"client.remote() cannot read the block's lines from {caller.f_code.co_filename} "
+            "(typed at a plain python prompt?): put the code in mec.execute(code), or in a "
+            "%%px cell after mec.activate() in IPython")
+    indent = _indent(lines[here - 1])
+    block = itertools.takewhile(lambda line: not line.strip() or _indent(line) >= indent,
+                                lines[here:])
+    blocks[-1][0].execute(textwrap.dedent("".join(block)).strip("\n") + "\n")
+    raise _RemoteBlock
 
 
 # ---------------------------------------------------------------- tasks
@@ -767,23 +837,19 @@ class TaskClient(_ClassicClient):
         concurrent.futures.wait([self._entry(t)["ar"] for t in _task_ids(taskids)])
 
     def queue_status(self, verbose=False):
-        """{'scheduled': not sent to an engine yet, 'pending': sent to one (running or
-        queued there), 'succeeded', 'failed'}: counts, or lists of ids with verbose=True."""
+        """{'scheduled': submitted and not running yet (waiting in the controller or queued
+        on an engine behind another task), 'pending': running on an engine, 'succeeded',
+        'failed'}: counts, or lists of ids with verbose=True. A task counts as running once
+        its engine reports it (after the engine's STREAM_INTERVAL_S, 0.1 s): one that ends
+        sooner goes from scheduled to done."""
         status = {"scheduled": [], "pending": [], "succeeded": [], "failed": []}
-        waiting = {}
         for taskid, entry in list(self._tasks.items()):
             ar = entry["ar"]
             if ar.done():
-                status["succeeded" if ar.exception() is None else "failed"].append(taskid)
+                state = "succeeded" if ar.exception() is None else "failed"
             else:
-                waiting[ar.msg_ids[0]] = taskid
-        if waiting:
-            reply = self.client.query(protocol.RESULT_REQUEST, msg_ids=list(waiting),
-                                      status_only=True)
-            # finished in the controller but not arrived here yet: still "pending"
-            scheduled = set(reply["pending"]) - set(reply.get("running", ()))
-            for msg_id, taskid in waiting.items():
-                status["scheduled" if msg_id in scheduled else "pending"].append(taskid)
+                state = "pending" if ar.running() else "scheduled"
+            status[state].append(taskid)
         for ids in status.values():
             ids.sort()
         return status if verbose else {k: len(v) for k, v in status.items()}

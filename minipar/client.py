@@ -1577,20 +1577,18 @@ class LoadBalancedView(_View):
         return value
 
 
-_CLASSIC = ("BaseTask", "MapTask", "MultiEngineClient", "PendingResult", "ResultList",
-            "StringTask", "Task", "TaskClient", "TaskResult")
+_MOVED = {**dict.fromkeys(("BaseTask", "MapTask", "MultiEngineClient", "PendingResult",
+                           "ResultList", "StringTask", "Task", "TaskClient", "TaskResult",
+                           "default_address", "default_task_address", "remote"), "classic"),
+          "ViewExecutor": "integrations"}
 
 
 def __getattr__(name):
-    # the classic API moved to classic.py; `from minipar import client` scripts still
-    # find it here (imported on first use: classic.py imports this module)
-    if name in _CLASSIC:
-        from . import classic
+    # the classic API moved to classic.py and ViewExecutor to integrations.py; `from
+    # minipar import client` scripts still find them here (imported on first use: those
+    # modules import this one)
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-        return getattr(classic, name)
-    if name == "ViewExecutor":   # moved to integrations.py
-        from .integrations import ViewExecutor
-
-        return ViewExecutor
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+    return getattr(importlib.import_module("." + _MOVED[name], __package__), name)

@@ -4,7 +4,9 @@ with `from minipar import client` in place of `from IPython.kernel import client
 
 A controller and four engines are started per test with ``python -m`` (see conftest)."""
 
+import io
 import os
+import pdb
 import re
 import signal
 import subprocess
@@ -17,6 +19,7 @@ import pytest
 from minipar import client
 
 from .conftest import ROOT, START_TIMEOUT_S, LocalCluster, _env
+from .helpers import wait_until
 
 TIMEOUT = 120
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -65,6 +68,19 @@ def test_task_quickstart_as_written(cluster, tc):
         tc.get_task_result(taskids[0])
 
 
+def test_task_client_made_as_the_document_shows(cluster, tmp_path, monkeypatch):
+    os.symlink(cluster.profile_dir, tmp_path / "profile_default")
+    monkeypatch.setenv("MINIPAR_DIR", str(tmp_path))   # the default profile is the cluster's
+    tc = client.TaskClient(client.default_task_address)
+    cluster.clients.append(tc.client)
+    assert tc.run(client.Task("a = 1", pull="a"), block=True).ns.a == 1
+    mec = client.MultiEngineClient(client.default_address)
+    cluster.clients.append(mec.client)
+    assert mec.get_ids() == [0, 1, 2, 3]
+    with pytest.raises(TypeError, match=r"\('192.168.1.1', 10113\).*connection file.*path"):
+        client.TaskClient(("192.168.1.1", 10113))
+
+
 def test_queue_status_lists_states_and_abort(tc, tmp_path):
     ok = tc.run(client.Task("x = 1", pull="x"))
     bad = tc.run(client.Task("1/0"))
@@ -75,9 +91,15 @@ def test_queue_status_lists_states_and_abort(tc, tmp_path):
     flag = tmp_path / "go"
     blocked = [tc.run(client.Task(_wait_for(flag))) for _ in range(12)]
     assert tc.get_task_result(blocked[-1]) is None
-    status = tc.queue_status(verbose=True)
+    # as the document says: 'pending' are running (one per engine), 'scheduled' wait,
+    # also those the scheduler already queued on an engine behind a running one
+    def one_running_per_engine():
+        status = tc.queue_status(verbose=True)
+        return status if len(status["pending"]) == 4 else None
+
+    status = wait_until(one_running_per_engine, 10, "a task running on each of 4 engines")
     assert status["succeeded"] == [ok] and status["failed"] == [bad]
-    assert status["pending"] and status["scheduled"]   # 4 engines x hwm: some wait here
+    assert len(status["scheduled"]) == 8
     assert sorted(status["pending"] + status["scheduled"]) == blocked
     counts = tc.queue_status()
     assert counts["succeeded"] == 1 and counts["failed"] == 1
@@ -342,12 +364,53 @@ def test_multiengine_session(cluster, mec, tmp_path):
     assert mec.keys(targets=[0]) == [[]]
     assert [eid for eid, _ in mec.queue_status()] == [0, 1, 2, 3]
     mec.flush()
+    done = mec.pull("a", targets=1, block=False)   # a was scattered: [4, 5, 6, 7]
+    mec.barrier(done)
+    mec.clear_pending_results()   # IPython.kernel's name for flush
+    assert done.r == [[4, 5, 6, 7]]   # delivered before: still here
     bench = mec.benchmark(push_size=1000)
     assert set(bench) == {"single_engine_latency", "all_engine_latency",
                           "single_engine_push", "all_engine_push"}
     assert all(value > 0 for value, unit in bench.values())
     mec.kill(targets=[3])
     assert mec.get_ids() == [0, 1, 2]
+
+
+def test_a_with_block_after_remote_runs_on_the_engines(mec):
+    mec.targets = [1, 3]
+    with mec:
+        client.remote()   # Required so the following code is not run locally
+        a = 10
+        b = 30
+
+        c = a + b
+    assert "c" not in locals()
+    assert mec.pull("c") == [40, 40]   # the client goes on after the block
+    r = mec.get_result()
+    assert [x["id"] for x in r] == [1, 3]
+    assert r[0]["input"]["raw"] == "a = 10\nb = 30\n\nc = a + b\n"
+    with pytest.raises(RuntimeError, match=r"inside one, or use mec.execute"):
+        client.remote()
+    with pytest.raises(NotImplementedError, match=r"<string>.*mec.execute\(code\)"):
+        with mec:
+            exec("client.remote()\nd = 1\n")
+    assert mec.pull("c") == [40, 40]   # still open, for the mec.execute it advises
+
+
+def test_debug_after_a_composite_error_finds_it_as_e(mec):
+    with pytest.raises(client.CompositeError) as info:
+        mec.execute("1/0", targets=[0, 2])
+    # what %debug does: the debugger at the frame that raised, the document's commands
+    out = io.StringIO()
+    debugger = pdb.Pdb(stdin=io.StringIO("e.print_tracebacks()\np [x.ename for x in "
+                                         "e.elist]\nq\n"), stdout=out)
+    debugger.use_rawinput = False
+    debugger.reset()
+    debugger.interaction(None, info.value.__traceback__)
+    assert "['ZeroDivisionError', 'ZeroDivisionError']" in out.getvalue()
+    shown = out.getvalue()   # the debugger prints what its commands print too
+    assert "NameError" not in shown
+    assert "[0:execute]:" in shown and "[2:execute]:" in shown and "1/0" in shown
 
 
 def test_clear_queue_aborts_queued_requests_only(mec, tmp_path):
