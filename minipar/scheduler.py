@@ -626,8 +626,11 @@ class Scheduler:
             r["owner"] = msg_id
             self._admit(r, now, out)
         elif died:
+            tried = sorted(t["failed_on"] or ())   # its retries were spent there
             self._fail(t, "EngineError", f"engine {engine_id} {how or 'died'} while running task "
-                       f"{msg_id}; resubmit it or use retries= to retry it elsewhere",
+                       f"{msg_id}; " + (f"its retries are spent (it failed on engines {tried} "
+                                        "before): resubmit it" if tried else
+                                        "resubmit it or use retries= to retry it elsewhere"),
                        out, engine_id)
         else:
             if rid is not None:

@@ -628,6 +628,16 @@ def test_engine_death_retries_or_fails_with_engine_error():
     assert s.finished("keep", 1 - e, "error", 2.0) == [("done", "keep")]   # retry used up
 
 
+def test_engine_death_after_the_retries_are_spent_says_so():
+    s = make(2, hwm=0)
+    e = run_on(s, "t", retries=1)
+    (moved,) = runs(s.engine_removed(e, 1.0))
+    out = s.engine_removed(moved[1], 2.0)
+    assert fails(out) == {"t": "EngineError"}
+    assert f"retries are spent (it failed on engines [{e}] before)" in out[0][3]
+    assert "use retries=" not in out[0][3]
+
+
 def test_stale_reply_from_removed_engine_is_ignored():
     s = make(2, hwm=0)
     e = run_on(s, "t", retries=1)
