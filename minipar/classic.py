@@ -720,9 +720,10 @@ class TaskResult:
             raise self.failure
 
     def __repr__(self):
-        if self.failure is not None:
-            return f"TaskResult[ID:{self.taskid!r}]:<{type(self.failure).__name__}: " \
-                   f"{self.failure}>"
+        if self.failure is not None:   # a remote error's text names its type already
+            named = isinstance(self.failure, RemoteError)
+            return f"TaskResult[ID:{self.taskid!r}]:<" \
+                   f"{'' if named else type(self.failure).__name__ + ': '}{self.failure}>"
         return f"TaskResult[ID:{self.taskid!r}]:{self.results!r}"
 
 

@@ -86,6 +86,8 @@ def test_queue_status_lists_states_and_abort(tc, tmp_path):
     bad = tc.run(client.Task("1/0"))
     tc.barrier([ok, bad])
     assert tc.get_task_result(bad).failure.ename == "ZeroDivisionError"
+    assert re.fullmatch(rf"TaskResult\[ID:{bad}\]:<\[engine \d\] ZeroDivisionError: "
+                        r"division by zero>", repr(tc.get_task_result(bad)))
     with pytest.raises(ZeroDivisionError):
         tc.get_task_result(bad).raise_exception()
     flag = tmp_path / "go"
