@@ -875,8 +875,8 @@ class Controller:
 
     def _lookup(self, msg_id):
         rec = self.db.get(msg_id)
-        if rec is None or rec["status"] == PENDING:
-            return None
+        if rec is None or rec["status"] == PENDING or not rec["lb"]:
+            return None   # a direct request is no dependency, running or finished
         return (OK if rec["status"] == OK else ERROR, rec["engine"])
 
     # ------------------------------------------------------------ queries

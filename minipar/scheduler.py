@@ -583,8 +583,9 @@ class Scheduler:
             t[key] = dep
         if unknown:
             return self._fail(t, "InvalidDependency", f"task {msg_id} depends on unknown task "
-                              f"id(s) {sorted(unknown)}; pass msg_ids of tasks submitted to "
-                              "this cluster", out)
+                              f"id(s) {sorted(unknown)}; pass msg_ids of load-balanced tasks "
+                              "submitted to this cluster (dependencies work only among those, "
+                              "not on direct requests)", out)
         if t["timeout"] is not None:
             t["deadline"] = now + t["timeout"]
             heapq.heappush(self._deadlines, (t["deadline"], msg_id))

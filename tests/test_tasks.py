@@ -328,6 +328,25 @@ def test_impossible_dependencies_fail_at_once(rc, lview):
 
 
 @pytest.mark.parametrize("flag", ["after", "follow"])
+def test_a_direct_request_is_no_dependency_whether_running_or_finished(rc, lview, flag):
+    # as the docs say, dependencies work only among load-balanced tasks; a direct
+    # request's msg_id is refused alike while it runs and once it has finished (the
+    # outcome no longer depends on how quickly it ran), naming what it is
+    eid = rc.ids[0]
+    done = rc[eid].apply_async(square, 2)
+    done.get(TIMEOUT)
+    running = rc[eid].apply_async(nap, 1, 30)
+    try:
+        for direct in (done, running):
+            with lview.temp_flags(**{flag: direct}):
+                ar = lview.apply_async(square, 3)
+            with pytest.raises(minipar.InvalidDependency, match="load-balanced"):
+                ar.get(TIMEOUT)
+    finally:
+        running.abort()
+
+
+@pytest.mark.parametrize("flag", ["after", "follow"])
 def test_a_wrong_after_or_follow_is_refused_when_set(lview, flag):
     done = lview.apply_async(square, 1)
     done.get(TIMEOUT)
@@ -780,14 +799,20 @@ def test_sqlite_records_survive_a_controller_restart(make_cluster):
     first.stop()
     assert os.path.exists(os.path.join(first.profile_dir, records.SQLITE_FILE))
 
-    second = make_cluster(["--db", "sqlite"], sub="c")   # the same profile folder
-    rc = second.client()
+    second = make_cluster(["--db", "sqlite"], engines=1, sub="c")   # the same profile folder
+    rc = second.rc
     by_id = {r["msg_id"]: r for r in rc.db_query({"msg_id": {"$in": ids}})}
     assert {m: r["status"] for m, r in by_id.items()} == {ids[0]: "ok", ids[1]: "error"}
     assert rc.result_status(ids)["completed"] == ids
     assert rc.get_result(ids[0]).get(TIMEOUT) == 144
     with pytest.raises(ValueError):
         rc.get_result(ids[1]).get(TIMEOUT)
+    # tasks of the first controller's life are dependencies as good as any
+    view = rc.load_balanced_view()
+    with view.temp_flags(after=ok.msg_ids):
+        assert view.apply_sync(square, 3) == 9
+    with view.temp_flags(after=bad.msg_ids), pytest.raises(minipar.ImpossibleDependency):
+        view.apply_sync(square, 3)
 
 
 def test_a_culled_result_says_which_limit_culled_it(make_cluster):
