@@ -612,6 +612,8 @@ def test_queue_status_counts_direct_and_load_balanced_work(rc):
     assert status["unassigned"] == 1
     assert set(status) == set(rc.ids) | {"unassigned"}
     assert rc.queue_status(targets=[eid]).keys() == {eid, "unassigned"}
+    # one engine's id, as ipyparallel: that engine's counts (a view on it asks so too)
+    assert rc.queue_status(eid) == rc[eid].queue_status() == status[eid]
     rc.abort([direct, *tasks])
     for ar in [direct, *tasks]:
         with pytest.raises(minipar.TaskAborted):
