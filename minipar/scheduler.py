@@ -513,6 +513,10 @@ class Scheduler:
                 "engines": {eid: {"queue": len(e["tasks"]), "completed": e["completed"]}
                             for eid, e in self._engines.items()}}
 
+    def unassigned(self):
+        """The msg_ids of the tasks held here (waiting or queued, not dormant), oldest first."""
+        return [m for m, t in self._tasks.items() if t["state"] in (WAITING, READY)]
+
     def outstanding(self, engine_id):
         """The msg_ids assigned to `engine_id` and not replied to, oldest first."""
         engine = self._engines.get(engine_id)

@@ -604,6 +604,8 @@ def test_abort_queued_and_running_tasks(rc):
 
 def test_queue_status_counts_direct_and_load_balanced_work(rc):
     eid = rc.ids[0]
+    finished = rc[eid].apply_async(square, 2)
+    finished.get(TIMEOUT)
     direct = rc[eid].apply_async(nap, "direct", 60)
     lview = rc.load_balanced_view(targets=[eid])
     tasks = [lview.apply_async(nap, i, 60) for i in range(3)]
@@ -614,6 +616,13 @@ def test_queue_status_counts_direct_and_load_balanced_work(rc):
     assert rc.queue_status(targets=[eid]).keys() == {eid, "unassigned"}
     # one engine's id, as ipyparallel: that engine's counts (a view on it asks so too)
     assert rc.queue_status(eid) == rc[eid].queue_status() == status[eid]
+    # verbose, as ipyparallel: the msg_ids themselves, oldest task first
+    ids = rc.queue_status(eid, verbose=True)
+    assert ids["queue"] == direct.msg_ids
+    assert ids["tasks"] == tasks[0].msg_ids + tasks[1].msg_ids
+    assert rc.queue_status(verbose=True)["unassigned"] == tasks[2].msg_ids
+    assert finished.msg_ids[0] in ids["completed"]
+    assert len(ids["completed"]) <= status[eid]["completed"]
     rc.abort([direct, *tasks])
     for ar in [direct, *tasks]:
         with pytest.raises(minipar.TaskAborted):
