@@ -327,6 +327,21 @@ def test_impossible_dependencies_fail_at_once(rc, lview):
         assert lview.apply_sync(square, 5) == 25
 
 
+def test_a_dependency_on_another_clients_task_just_submitted_holds(rc, lview):
+    # each client sends on its own socket, so a task of one client can reach the
+    # controller after another client's dependent naming it: that was InvalidDependency
+    # about one time in four
+    other = minipar.Client(rc.url_file)
+    try:
+        view = other.load_balanced_view()
+        for i in range(100):
+            first = lview.apply_async(square, i)
+            with view.temp_flags(after=first):
+                assert view.apply_sync(add, i, 1) == i + 1
+    finally:
+        other.close()
+
+
 @pytest.mark.parametrize("flag", ["after", "follow"])
 def test_a_direct_request_is_no_dependency_whether_running_or_finished(rc, lview, flag):
     # as the docs say, dependencies work only among load-balanced tasks; a direct
