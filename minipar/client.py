@@ -764,14 +764,14 @@ class Client(errors.SaysWhyAbsent):
     # ------------------------------------------------------------ queries and control
 
     def queue_status(self, targets=None, verbose=False):
-        """Per-engine queue lengths ({id: {'queue', 'tasks', 'completed'}}) and 'unassigned'."""
+        """{id: {'queue', 'tasks', 'completed'}, 'unassigned'}; for one int id, its own."""
         t = None if targets in (None, "all") else self.resolve_targets(targets)
         reply = self.query(protocol.QUEUE_STATUS, targets=t, verbose=verbose)
         status = {int(k): v for k, v in reply["engines"].items()}
         status["unassigned"] = reply["unassigned"]
         if verbose:
             status["stats"] = reply.get("stats", {})
-        return status
+        return status[t[0]] if isinstance(targets, int) else status
 
     def status(self, timeout=None):
         """What the cluster does now, as ``python -m minipar.top`` shows it: a dict

@@ -65,6 +65,8 @@ State (dicts, and `_Task`s read like dicts; every state change goes through ``_s
     _graph[dep_id] = {msg_id, ...}  # WAITING tasks to re-check when dep_id becomes final
     _done  OrderedDict              # msg_id -> (success, engine) of the last `history` finals
     _deadlines  heap                # (deadline, msg_id) for tick()
+    _unknown  heap                  # (end of grace, msg_id): tasks that named ids not seen
+                                    # yet (kept "pending"), checked by tick()
 
 Policies where the seeds leave a choice:
 
@@ -77,6 +79,8 @@ Policies where the seeds leave a choice:
   A task that ends otherwise (success, aborted, time limit, dependency failure) has its
   dormant recovery chain discarded with TaskAborted, so every task gets a final state.
 - Dependency timeouts bound the wait until a task is first assigned, not its retries.
+- An after/follow id not seen yet is waited for UNKNOWN_GRACE_S (another client's task may
+  arrive after its dependent), then the task fails with InvalidDependency.
 
 Queue entries are never searched for or removed in the middle: an entry whose task has left
 READY, or whose ``gen`` is old, is dropped when it reaches the head; `_rooms` likewise holds
@@ -115,6 +119,13 @@ QUICK_TASK_S = 0.001
 # Outcomes of final tasks kept for dependents submitted later; older ones come from
 # `lookup`. Each costs ~150 bytes; 1,000..100,000 is reasonable.
 FINISHED_HISTORY = 10_000
+
+# How long a dependency on an id not seen yet waits for that task to be submitted before
+# the dependent fails with InvalidDependency. Another client's task may reach the
+# controller after a dependent naming it (each client holds a burst's requests for a few
+# ms and sends them on its own socket), so failing at once made such dependencies fail
+# now and then; an id that never comes costs this much delay. 0.5..10 s is reasonable.
+UNKNOWN_GRACE_S = 2.0
 
 # Task states. A final task leaves the scheduler; DONE only marks its last record.
 DORMANT = "dormant"        # a recovery task, held until the task it recovers needs it
@@ -263,6 +274,7 @@ class Scheduler:
         self._graph = {}
         self._deadlines = []
         self._n_deadlines = 0           # live entries in _deadlines, to know when to compact
+        self._unknown = []
         self._done = collections.OrderedDict()
         self._released = collections.deque()   # (msg_id, success, engine) not yet propagated
         self._claims = {}               # recovery msg_id -> the task it recovers
@@ -489,6 +501,14 @@ class Scheduler:
                            f"task {msg_id} waited {t['timeout']:g} s without its dependencies "
                            "being met or an engine it may use being free; raise timeout= or "
                            "check the tasks it depends on", out)
+        while self._unknown and self._unknown[0][0] <= now:
+            t = self._tasks.get(heapq.heappop(self._unknown)[1])
+            missing = self._never_submitted(t) if t is not None else None
+            if missing:
+                self._fail(t, "InvalidDependency", f"task {t['msg_id']} depends on unknown "
+                           f"task id(s) {missing}, none submitted within {UNKNOWN_GRACE_S:g} s; "
+                           "pass msg_ids of load-balanced tasks submitted to this cluster "
+                           "(dependencies work only among those, not on direct requests)", out)
         self._settle(out)
         self._schedule(out)
         return out
@@ -500,9 +520,19 @@ class Scheduler:
             deadline, msg_id = heap[0]
             t = self._tasks.get(msg_id)
             if t is not None and t["deadline"] == deadline:
-                return deadline
+                break
             heapq.heappop(heap)
-        return None
+        first = heap[0][0] if heap else None
+        if self._unknown and (first is None or self._unknown[0][0] < first):
+            return self._unknown[0][0]
+        return first
+
+    def _never_submitted(self, t):
+        """The ids `t` still waits for that were never submitted here (sorted), if it waits."""
+        if t["state"] is not WAITING:
+            return []
+        return sorted(d for dep in (t["after"], t["follow"]) if dep is not None
+                      for d in dep["pending"] if d not in self._tasks)
 
     # ------------------------------------------------------------------ queries
 
@@ -512,6 +542,10 @@ class Scheduler:
         return {"unassigned": self._n_unassigned,
                 "engines": {eid: {"queue": len(e["tasks"]), "completed": e["completed"]}
                             for eid, e in self._engines.items()}}
+
+    def unassigned(self):
+        """The msg_ids of the tasks held here (waiting or queued, not dormant), oldest first."""
+        return [m for m, t in self._tasks.items() if t["state"] in (WAITING, READY)]
 
     def outstanding(self, engine_id):
         """The msg_ids assigned to `engine_id` and not replied to, oldest first."""
@@ -576,15 +610,14 @@ class Scheduler:
                     dep["pending"].add(dep_id)
                     continue
                 known = self._outcome(dep_id)
-                if known is None:
+                if known is None:   # not submitted yet, perhaps: waited for, see tick()
                     unknown.add(dep_id)
+                    dep["pending"].add(dep_id)
                 else:
                     self._count(dep, *known)
             t[key] = dep
         if unknown:
-            return self._fail(t, "InvalidDependency", f"task {msg_id} depends on unknown task "
-                              f"id(s) {sorted(unknown)}; pass msg_ids of tasks submitted to "
-                              "this cluster", out)
+            heapq.heappush(self._unknown, (now + UNKNOWN_GRACE_S, msg_id))
         if t["timeout"] is not None:
             t["deadline"] = now + t["timeout"]
             heapq.heappush(self._deadlines, (t["deadline"], msg_id))

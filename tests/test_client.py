@@ -349,7 +349,7 @@ def test_a_burst_runs_once_each_in_order_with_queries_after_it(rc):
     """Requests made back to back are held and leave together; to one engine they still
     run once each in the order made, from several threads at once, and a query made
     after them leaves after them."""
-    before = rc.queue_status(0)[0]   # the module's earlier tests ran on engine 0 too
+    before = rc.queue_status(0)   # the module's earlier tests ran on engine 0 too
     rc[:].execute("seen = []", block=True)
 
     def burst(i):
@@ -361,7 +361,7 @@ def test_a_burst_runs_once_each_in_order_with_queries_after_it(rc):
         t.start()
     burst(0)
     status = rc.queue_status(0)   # the controller has had every request made before it
-    assert status[0]["queue"] + status[0]["completed"] == \
+    assert status["queue"] + status["completed"] == \
         before["queue"] + before["completed"] + 151
     for t in threads:
         t.join(TIMEOUT)

@@ -267,7 +267,7 @@ def test_a_views_queue_status_takes_targets_first(rc):
     `targets` says otherwise, which comes first, as in ipyparallel."""
     pair = rc[[0, 1]]
     assert sorted(k for k in pair.queue_status() if k != "unassigned") == [0, 1]
-    assert sorted(k for k in pair.queue_status(2) if k != "unassigned") == [2]
+    assert pair.queue_status(2).keys() == {"queue", "tasks", "completed"}   # one engine's
     assert sorted(k for k in pair.queue_status([1, 3], False) if k != "unassigned") == [1, 3]
     assert "stats" in rc.load_balanced_view().queue_status(verbose=True)
     assert sorted(k for k in rc.load_balanced_view([3]).queue_status()

@@ -433,10 +433,27 @@ def test_follow_to_a_dead_engine_is_impossible():
 
 def test_unknown_or_self_dependency_is_invalid():
     s = make(1)
-    out = s.submit(task("b", after=dep("nope")), 0.0)
+    assert s.submit(task("b", after=dep("nope")), 0.0) == []   # may still come: see below
+    assert s.next_deadline() == scheduler.UNKNOWN_GRACE_S
+    assert s.tick(scheduler.UNKNOWN_GRACE_S - 0.1) == []
+    out = s.tick(scheduler.UNKNOWN_GRACE_S)
     assert fails(out) == {"b": "InvalidDependency"}
     assert "nope" in out[0][3]
+    assert s.next_deadline() is None
     assert fails(s.submit(task("c", follow=dep("c")), 0.0)) == {"c": "InvalidDependency"}
+
+
+def test_a_dependency_submitted_just_after_its_dependent_is_waited_for():
+    # another client's task can reach the controller after a dependent naming it
+    s = make(2, hwm=0)
+    assert s.submit(task("b", after=dep("a")), 0.0) == []
+    assert s.submit(task("f", follow=dep("a"), timeout=60), 0.0) == []
+    e = run_on(s, "a", 0.5)
+    assert s.tick(scheduler.UNKNOWN_GRACE_S + 1) == []      # "a" came: no longer unknown
+    ran = dict(runs(s.finished("a", e, "ok", 3.0)))
+    assert ran.keys() == {"b", "f"} and ran["f"] == e
+    assert s.submit(task("c", after=dep("a", "never")), 4.0) == []
+    assert fails(s.tick(4.0 + scheduler.UNKNOWN_GRACE_S)) == {"c": "InvalidDependency"}
 
 
 # --------------------------------------------------------------------------- timeouts
@@ -827,8 +844,9 @@ def test_lookup_answers_for_ids_no_longer_in_memory():
     assert len(s._done) == 2
     assert runs(s.submit(task("y2", after=dep("t4")), 2.0))   # still in memory: no lookup
     assert asked == []
-    out = s.submit(task("x", after=dep("t0")), 2.0)
+    assert s.submit(task("x", after=dep("t0")), 2.0) == []
     assert "t0" in asked
+    out = s.tick(2.0 + scheduler.UNKNOWN_GRACE_S)
     assert fails(out) == {"x": "InvalidDependency"}      # evicted and unknown to the DB
     assert run_on(s, "y", follow=dep("old_ok")) == 1
     assert fails(s.submit(task("z", after=dep("old_err")), 3.0)) == {"z": "ImpossibleDependency"}

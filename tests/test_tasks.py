@@ -327,6 +327,40 @@ def test_impossible_dependencies_fail_at_once(rc, lview):
         assert lview.apply_sync(square, 5) == 25
 
 
+def test_a_dependency_on_another_clients_task_just_submitted_holds(rc, lview):
+    # each client sends on its own socket, so a task of one client can reach the
+    # controller after another client's dependent naming it: that was InvalidDependency
+    # about one time in four
+    other = minipar.Client(rc.url_file)
+    try:
+        view = other.load_balanced_view()
+        for i in range(100):
+            first = lview.apply_async(square, i)
+            with view.temp_flags(after=first):
+                assert view.apply_sync(add, i, 1) == i + 1
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("flag", ["after", "follow"])
+def test_a_direct_request_is_no_dependency_whether_running_or_finished(rc, lview, flag):
+    # as the docs say, dependencies work only among load-balanced tasks; a direct
+    # request's msg_id is refused alike while it runs and once it has finished (the
+    # outcome no longer depends on how quickly it ran), naming what it is
+    eid = rc.ids[0]
+    done = rc[eid].apply_async(square, 2)
+    done.get(TIMEOUT)
+    running = rc[eid].apply_async(nap, 1, 30)
+    try:
+        for direct in (done, running):
+            with lview.temp_flags(**{flag: direct}):
+                ar = lview.apply_async(square, 3)
+            with pytest.raises(minipar.InvalidDependency, match="load-balanced"):
+                ar.get(TIMEOUT)
+    finally:
+        running.abort()
+
+
 @pytest.mark.parametrize("flag", ["after", "follow"])
 def test_a_wrong_after_or_follow_is_refused_when_set(lview, flag):
     done = lview.apply_async(square, 1)
@@ -585,6 +619,8 @@ def test_abort_queued_and_running_tasks(rc):
 
 def test_queue_status_counts_direct_and_load_balanced_work(rc):
     eid = rc.ids[0]
+    finished = rc[eid].apply_async(square, 2)
+    finished.get(TIMEOUT)
     direct = rc[eid].apply_async(nap, "direct", 60)
     lview = rc.load_balanced_view(targets=[eid])
     tasks = [lview.apply_async(nap, i, 60) for i in range(3)]
@@ -593,6 +629,15 @@ def test_queue_status_counts_direct_and_load_balanced_work(rc):
     assert status["unassigned"] == 1
     assert set(status) == set(rc.ids) | {"unassigned"}
     assert rc.queue_status(targets=[eid]).keys() == {eid, "unassigned"}
+    # one engine's id, as ipyparallel: that engine's counts (a view on it asks so too)
+    assert rc.queue_status(eid) == rc[eid].queue_status() == status[eid]
+    # verbose, as ipyparallel: the msg_ids themselves, oldest task first
+    ids = rc.queue_status(eid, verbose=True)
+    assert ids["queue"] == direct.msg_ids
+    assert ids["tasks"] == tasks[0].msg_ids + tasks[1].msg_ids
+    assert rc.queue_status(verbose=True)["unassigned"] == tasks[2].msg_ids
+    assert finished.msg_ids[0] in ids["completed"]
+    assert len(ids["completed"]) <= status[eid]["completed"]
     rc.abort([direct, *tasks])
     for ar in [direct, *tasks]:
         with pytest.raises(minipar.TaskAborted):
@@ -780,14 +825,20 @@ def test_sqlite_records_survive_a_controller_restart(make_cluster):
     first.stop()
     assert os.path.exists(os.path.join(first.profile_dir, records.SQLITE_FILE))
 
-    second = make_cluster(["--db", "sqlite"], sub="c")   # the same profile folder
-    rc = second.client()
+    second = make_cluster(["--db", "sqlite"], engines=1, sub="c")   # the same profile folder
+    rc = second.rc
     by_id = {r["msg_id"]: r for r in rc.db_query({"msg_id": {"$in": ids}})}
     assert {m: r["status"] for m, r in by_id.items()} == {ids[0]: "ok", ids[1]: "error"}
     assert rc.result_status(ids)["completed"] == ids
     assert rc.get_result(ids[0]).get(TIMEOUT) == 144
     with pytest.raises(ValueError):
         rc.get_result(ids[1]).get(TIMEOUT)
+    # tasks of the first controller's life are dependencies as good as any
+    view = rc.load_balanced_view()
+    with view.temp_flags(after=ok.msg_ids):
+        assert view.apply_sync(square, 3) == 9
+    with view.temp_flags(after=bad.msg_ids), pytest.raises(minipar.ImpossibleDependency):
+        view.apply_sync(square, 3)
 
 
 def test_a_culled_result_says_which_limit_culled_it(make_cluster):
