@@ -629,8 +629,9 @@ def _dumps(obj, buffers, by_value):
             # A reference into __main__ would not resolve on an engine, nor one into a module
             # the user asked to send by value (cloudpickle.register_pickle_by_value, which
             # is how to send a module the engines lack): send by value.
-            if b"__main__" not in data and not any(
-                    m.encode() in data for m in cloudpickle.list_registry_pickle_by_value()):
+            registered = cloudpickle.list_registry_pickle_by_value()   # usually empty:
+            if b"__main__" not in data and not (registered and any(   # skip the generator
+                    m.encode() in data for m in registered)):
                 return data
         except Exception:
             if _by_value is None:
