@@ -1257,9 +1257,10 @@ def _depend(header):
 
 def _lock_profile(pdir):
     """An open descriptor of `pdir`'s security folder that this process holds an exclusive
-    flock on, or None when another controller holds it. The check of the connection file
-    (live_controller) misses a controller started at the same moment, which has not
-    written its file yet: both started, and one was left unreachable."""
+    flock on; MiniparError when another controller holds it (or the folder cannot be
+    made). The check of the connection file (live_controller) misses a controller started
+    at the same moment, which has not written its file yet: both started, and one was
+    left unreachable."""
     import fcntl   # POSIX, as the signals the engines use
 
     path = protocol.security_dir(pdir)
@@ -1268,7 +1269,11 @@ def _lock_profile(pdir):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        return None
+        raise errors.MiniparError(
+            f"another controller is starting with profile dir {pdir} at this moment (it "
+            f"holds {path}): a second one would overwrite its connection files. See `python "
+            f"-m {__package__}.launcher list`, or use another profile (--profile or "
+            "--profile-dir)") from None
     except OSError as e:   # a file system without locks (some NFS): the file's check alone
         log.info("cannot lock %s (%s): a controller started at the same moment is not "
                  "refused", path, e.strerror)
@@ -1428,15 +1433,9 @@ def main(argv=None):
         log.error("%s", held_profile_message(holder, pdir))
         return 1
     try:   # held until this process ends, however it ends
-        lock = _lock_profile(pdir)
-    except errors.MiniparError as e:   # a profile folder it cannot write
+        _lock_profile(pdir)   # its descriptor stays open: the lock
+    except errors.MiniparError as e:   # held by another, or a profile folder it cannot write
         log.error("%s", e)
-        return 1
-    if lock is None:
-        log.error("another controller is starting with profile dir %s at this moment (it "
-                  "holds %s): a second one would overwrite its connection files. See "
-                  "`python -m %s.launcher list`, or use another profile (--profile or "
-                  "--profile-dir)", pdir, protocol.security_dir(pdir), __package__)
         return 1
     try:
         ports = pick_ports(args.ip, parse_ports(args.ports)) if args.ports else None
