@@ -836,6 +836,7 @@ def read_connection_file(path, ports=CLIENT_PORTS):
     One that group or others may read or write is still used, with a RuntimeWarning."""
     from .errors import ConnectionFileError
 
+    wanted = ENGINE_FILE if ports == ENGINE_PORTS else CLIENT_FILE   # named when mixed up
     try:
         with open(path) as f:
             mode = os.fstat(f.fileno()).st_mode & 0o777   # of the file read, not a later one
@@ -848,7 +849,6 @@ def read_connection_file(path, ports=CLIENT_PORTS):
             f"folder (`python -m {__package__}.launcher list` names those of the running "
             "clusters)") from None
     except IsADirectoryError:   # a profile folder, or its security folder
-        wanted = ENGINE_FILE if ports == ENGINE_PORTS else CLIENT_FILE
         inside = [os.path.join(path, "security", wanted), os.path.join(path, wanted)]
         found = [f for f in inside if os.path.isfile(f)]
         raise ConnectionFileError(
@@ -869,7 +869,6 @@ def read_connection_file(path, ports=CLIENT_PORTS):
                 f"running; start a controller with `python -m {__package__}.controller`")
     if type(info) is dict and "cluster" in info and "key" not in info:
         # a Cluster's own file, which lies beside the connection files: an easy mix-up
-        wanted = ENGINE_FILE if ports == ENGINE_PORTS else CLIENT_FILE
         raise ConnectionFileError(
             f"{path} is a Cluster's file (for Cluster.from_file and python -m "
             f"{__package__}.launcher), not a connection file: use "
