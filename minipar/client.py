@@ -1244,16 +1244,21 @@ class DirectView(_View):
         return self._finish(self._each(targets, lambda e, future: self.client.send_request(
             kind, parts, engine_id=e, future=future, engine=e, **fields), kind), block)
 
+    @_ctrl_c_aborts
     def execute(self, code, silent=True, targets=None, block=None):
-        """Run a code string in each target's namespace. `silent`: ipyparallel's, accepted
-        and ignored (minipar shows no execution's result as ``Out[n]``)."""
+        """Run a code string in each target's namespace. An AsyncResult with `block` too,
+        as ipyparallel's (waited for, errors raised: ``ar.stdout`` follows). `silent`:
+        ignored (minipar shows no execution's result as ``Out[n]``)."""
         if not isinstance(code, str):
             raise TypeError(f"execute takes code as a str, not {type(code).__name__} "
                             f"{code!r:.40}")
-        return self._send_each(protocol.EXECUTE, targets, block, code=code, **self._label())
+        ar = self._send_each(protocol.EXECUTE, targets, False, code=code, **self._label())
+        if self._block(block):
+            ar.get()   # output comes with each reply: nothing else to wait for
+        return ar
 
     def run(self, filename, targets=None, block=None):
-        """Run a Python file's code in each target's namespace."""
+        """Run a Python file's code in each target's namespace (see execute)."""
         with open(filename) as f:
             return self.execute(f.read(), targets=targets, block=block)
 

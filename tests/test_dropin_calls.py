@@ -103,11 +103,32 @@ def test_display_outputs_groups_as_asked_once_the_output_is_in(rc, capsys):
         ar.display_outputs("nonsense")
 
 
+def test_a_blocking_execute_returns_its_async_result_as_ipyparallel(rc, capsys, tmp_path):
+    """ipyparallel's ``execute(code, block=True)`` (and ``run``) waits, raises an engine's
+    error and returns the AsyncResult, done, whose output scripts then read."""
+    ar = rc[:].execute("print('hi', end='')", block=True)
+    assert isinstance(ar, ipp.AsyncResult) and ar.ready() and ar.get(0) == [None] * 4
+    assert ar.stdout == ["hi"] * 4
+    ar.display_outputs()
+    assert capsys.readouterr().out.splitlines() == [f"[stdout:{e}] hi" for e in rc.ids]
+    one = rc[1].execute("print('one')", block=True)   # one int target: its own value
+    assert one.ready() and one.get(0) is None and one.stdout == "one\n"
+    script = tmp_path / "script.py"
+    script.write_text("print('ran')\n")
+    ran = rc.direct_view([0, 2]).run(str(script), block=True)
+    assert ran.ready() and ran.stdout == ["ran\n"] * 2
+    with pytest.raises(ipp.CompositeError, match="ZeroDivisionError"):
+        rc[:].execute("1/0", block=True)
+    with pytest.raises(ipp.RemoteError, match="ZeroDivisionError"):
+        rc[0].execute("1/0", block=True)
+    assert rc.broadcast_view().execute("b = 1", block=True).get(0) == [None] * 4
+
+
 def test_execute_takes_silent_before_targets_as_ipyparallel(rc):
     """ipyparallel's ``execute(code, silent=True, targets=None, block=None)``: `silent`
     is accepted (minipar shows no ``Out[n]`` either way), by keyword or in its place."""
     dv = rc[:]
-    assert dv.execute("s = 1", silent=False, block=True) == [None] * 4
+    assert dv.execute("s = 1", silent=False, block=True).get(0) == [None] * 4
     dv.execute("s = 2", True, [0, 1], True)          # silent, targets, block by position
     assert dv.pull("s", block=True) == [2, 2, 1, 1]
     assert rc[3].execute("s = 3", silent=True).get(TIMEOUT) is None
