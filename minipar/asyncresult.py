@@ -374,11 +374,14 @@ class AsyncResult(_Future):
 
     def stream_output(self, interval=0.1, timeout=None, file=None):
         """Print what the requests print, as the engines print it, each line prefixed
-        with its stream and engine (``[stdout:0] ...``, stderr to sys.stderr), until
-        all are done (or `timeout` s). Returns whether all are done."""
-        from .integrations import _stream_output
+        with its stream and engine (``[stdout:0] ...``, stderr to sys.stderr), from a
+        thread of its own, from now until all are done (or `timeout` s). As ipyparallel's,
+        a context manager: ``with ar.stream_output(): ar.get()`` streams while inside, and
+        stops at the block's end. ``.wait()`` (or ``bool()``) waits until it stops and
+        says whether all are done."""
+        from .integrations import _OutputStream
 
-        return _stream_output(self, interval, _timeout_s(timeout), file)
+        return _OutputStream(self, interval, _timeout_s(timeout), file)
 
     def wait_for_output(self, timeout=-1):
         """Wait until all the requests' output is in (at most `timeout` s; -1 or None: no

@@ -1176,9 +1176,7 @@ def _show(ar, groupby, stream=False):
     come); its engines' errors then raise, shown as ipyparallel shows them
     (``[0:execute]:`` and each engine's traceback)."""
     if stream:
-        from .integrations import _stream_output
-
-        _stream_output(ar, 0.1, None, None)
+        ar.stream_output().wait()
     try:
         ar.get()
         error = None

@@ -7,6 +7,7 @@ import io
 import pytest
 
 import minipar as ipp
+from .helpers import wait_until
 
 TIMEOUT = 60
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -122,6 +123,38 @@ def test_a_blocking_execute_returns_its_async_result_as_ipyparallel(rc, capsys, 
     with pytest.raises(ipp.RemoteError, match="ZeroDivisionError"):
         rc[0].execute("1/0", block=True)
     assert rc.broadcast_view().execute("b = 1", block=True).get(0) == [None] * 4
+
+
+def print_then_wait_for(path):
+    import os
+    import time
+
+    print("first", flush=True)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print("second")
+
+
+def test_stream_output_is_a_context_manager_streaming_while_inside(rc, capsys, tmp_path):
+    """ipyparallel's form, ``with ar.stream_output(): ar.get()``: output is printed as it
+    comes while inside (here before the task ends), and no more once the block is left."""
+    go = tmp_path / "go"
+    ar = rc[0].apply_async(print_then_wait_for, str(go))
+    with ar.stream_output():
+        wait_until(lambda: "[stdout:0] first" in capsys.readouterr().out, TIMEOUT,
+                   "no output streamed while the task runs")
+        go.touch()
+        assert ar.get(TIMEOUT) is None
+    assert capsys.readouterr().out == "[stdout:0] second\n"
+    late = rc[1].apply_async(print_then_wait_for, str(tmp_path / "late"))
+    with late.stream_output(interval=0.01):
+        pass   # left before anything was printed: nothing is printed after
+    (tmp_path / "late").touch()
+    late.get(TIMEOUT)
+    assert capsys.readouterr().out == ""
+    assert late.stream_output().wait() and capsys.readouterr().out == \
+        "[stdout:1] first\n[stdout:1] second\n"   # minipar's blocking form, as before
 
 
 def test_execute_takes_silent_before_targets_as_ipyparallel(rc):

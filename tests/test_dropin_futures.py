@@ -290,7 +290,7 @@ def test_a_timeout_not_a_number_is_a_type_error_and_a_negative_one_is_no_limit(r
 
     def waits(ar, timeout):   # every wait that takes a timeout
         return [lambda: ar.get(timeout), lambda: ar.get_dict(timeout), lambda: ar.wait(timeout),
-                lambda: ar.stream_output(0.01, timeout, out),
+                lambda: ar.stream_output(0.01, timeout, out).wait(),
                 lambda: ar.wait_interactive(0.01, timeout), lambda: rc.wait(ar, timeout),
                 lambda: lv.wait(ar, timeout=timeout)]
 
