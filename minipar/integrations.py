@@ -326,7 +326,8 @@ def plot_timeline(ar, filename=None, title=None):
     bars = _timeline_bars(ars)
     engines = sorted({b[0] for b in bars})
     row = {e: i for i, e in enumerate(engines)}
-    t0 = min((f.metadata["submitted"] for a in ars for f in a.futures), default=0.0)
+    t0 = min((f.metadata["submitted"].timestamp() for a in ars for f in a.futures),
+             default=0.0)
     size = (10, 1.2 + 0.45 * max(len(engines), 3))
     if filename is None:
         import matplotlib.pyplot as plt
@@ -373,7 +374,8 @@ def plot_timeline(ar, filename=None, title=None):
 
 
 def _timeline_bars(ars):
-    """[(engine, started, completed, status)] of every attempt of every request."""
+    """[(engine, started, completed, status)] of every attempt of every request, its
+    times as time.time() seconds."""
     bars = []
     for a in ars:
         for f in a.futures:
@@ -384,8 +386,8 @@ def _timeline_bars(ars):
                                                "completed": md["completed"]}]
             for att in attempts:
                 if None not in (att.get("engine"), att.get("started"), att.get("completed")):
-                    bars.append((att["engine"], att["started"], att["completed"],
-                                 att.get("status")))
+                    bars.append((att["engine"], att["started"].timestamp(),
+                                 att["completed"].timestamp(), att.get("status")))
     return bars
 
 

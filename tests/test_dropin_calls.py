@@ -2,6 +2,7 @@
 and defaults (read from its source: ``client/view.py``, ``client/client.py``,
 ``client/asyncresult.py``), against one controller and four engines for the module."""
 
+import datetime
 import io
 
 import pytest
@@ -155,6 +156,43 @@ def test_stream_output_is_a_context_manager_streaming_while_inside(rc, capsys, t
     assert capsys.readouterr().out == ""
     assert late.stream_output().wait() and capsys.readouterr().out == \
         "[stdout:1] first\n[stdout:1] second\n"   # minipar's blocking form, as before
+
+
+def test_timestamps_are_aware_utc_datetimes_as_ipyparallels(rc):
+    """ipyparallel's ``ar.metadata`` times and its task records' are datetimes (aware, in
+    UTC: ``util.utcnow``), so scripts take ``(md['completed'] - md['started'])``; a
+    query takes datetimes or seconds."""
+    before = datetime.datetime.now(datetime.timezone.utc)
+    lview = rc.load_balanced_view()
+    ar = lview.apply_async(sleep_then, 0.2, "slept")
+    kept = ar.metadata   # kept from before the reply: its times still come as datetimes
+    assert ar.get(TIMEOUT) == "slept"
+    assert isinstance(kept["completed"], datetime.datetime) and kept.received == kept["received"]
+    md = ar.metadata
+    assert md is kept
+    for key in ("submitted", "started", "completed", "received"):
+        assert isinstance(md[key], datetime.datetime), key
+        assert md[key].utcoffset() == datetime.timedelta(0), key
+    assert before <= md["submitted"] <= md["started"] <= md["completed"] <= md["received"]
+    assert (md["completed"] - md["started"]).total_seconds() >= 0.2
+    assert all(isinstance(a[k], datetime.datetime) for a in md["attempts"]
+               for k in ("started", "completed"))
+    assert ar.serial_time >= 0.2 and ar.wall_time >= ar.serial_time and ar.elapsed > 0
+    dv = rc[:].apply_async(abs, -1)
+    dv.get(TIMEOUT)
+    assert all(isinstance(t, datetime.datetime) for t in dv["completed"] + dv.received)
+    assert isinstance(dv.metadata[0].started, datetime.datetime)
+    again = rc.get_result(ar.msg_ids[0], block=True).metadata
+    assert isinstance(again["started"], datetime.datetime)
+    [rec] = rc.db_query({"msg_id": ar.msg_ids[0]})
+    assert {k: type(rec[k]) for k in ("submitted", "started", "completed")} == \
+        dict.fromkeys(("submitted", "started", "completed"), datetime.datetime)
+    assert rec["started"] == md["started"] and rec["completed"].tzinfo is not None
+    mine = {"msg_id": ar.msg_ids[0]}
+    for t in (before, before.timestamp(), before.astimezone().replace(tzinfo=None)):
+        assert rc.db_query(dict(mine, started={"$gte": t}), keys=["started"]) == \
+            [{"msg_id": ar.msg_ids[0], "started": md["started"]}], t
+        assert rc.db_query(dict(mine, completed={"$lt": t})) == []
 
 
 def test_execute_takes_silent_before_targets_as_ipyparallel(rc):
