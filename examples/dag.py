@@ -83,8 +83,9 @@ def main():
         print(f"\n{'step':<8} {'engine':>6} {'start':>7} {'end':>7}   after")
         for name, ar in submitted.items():
             md = ar.metadata
-            print(f"{name:<8} {md['engine_id']:>6} {md['started'] - t0:>7.3f} "
-                  f"{md['completed'] - t0:>7.3f}   {', '.join(GRAPH[name][1]) or '-'}")
+            start, end = ((md[k] - t0).total_seconds() for k in ("started", "completed"))
+            print(f"{name:<8} {md['engine_id']:>6} {start:>7.3f} {end:>7.3f}   "
+                  f"{', '.join(GRAPH[name][1]) or '-'}")
             for parent in GRAPH[name][1]:   # the scheduler kept the order
                 assert md["started"] >= submitted[parent].metadata["completed"]
 

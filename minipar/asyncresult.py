@@ -10,6 +10,7 @@ in its own module too (``ipyparallel.client.asyncresult``).
 
 import concurrent.futures
 import contextlib
+import datetime
 import functools
 import itertools
 import logging
@@ -39,9 +40,39 @@ class _Future(concurrent.futures.Future):
                 self.set_running_or_notify_cancel()
 
 
+# the times of a request's metadata and of a task record (each of its attempts' too)
+_TIMES = ("submitted", "started", "completed", "received")
+
+
+def _utc(seconds):
+    """A ``time.time()`` stamp as ipyparallel gives its times: an aware datetime in UTC."""
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+
+
+def _dated(record):
+    """`record` (a request's metadata, a task record) with its times made datetimes, in
+    place, and returned. The controller and the I/O thread keep ``time.time()`` floats,
+    cheaper to stamp and to send; they are made what ipyparallel's are once read, so
+    that a reply costs no conversion that nobody asks for."""
+    for key in _TIMES:
+        seconds = record.get(key)   # get: Metadata's [] comes here
+        if isinstance(seconds, float):
+            record[key] = _utc(seconds)
+    for attempt in record.get("attempts") or ():
+        _dated(attempt)
+    return record
+
+
 class Metadata(dict):
     """A request's metadata: a dict whose keys read as attributes too
-    (``ar.metadata.engine_id``), as ipyparallel's ``Metadata``."""
+    (``ar.metadata.engine_id``), as ipyparallel's ``Metadata``. Its times are datetimes
+    (see _dated); one the I/O thread stored after this dict was read is made one as it
+    is read, for a caller that kept the dict (``md = ar.metadata; ar.wait()``)."""
+
+    def __getitem__(self, key):
+        if key in _TIMES or key == "attempts":
+            _dated(self)
+        return super().__getitem__(key)
 
     def __getattr__(self, key):
         try:
@@ -74,14 +105,19 @@ class _MsgFuture(_Future):
             self._pieces = self._pieces or []
             self._pieces.append((name, text))
 
-    @property
-    def metadata(self):
+    def _joined(self):
+        # the metadata with the output streamed in so far, its times floats still (the
+        # I/O thread's view: it stores a reply's over them)
         if self._pieces:
             with self._condition:
                 pieces, self._pieces = self._pieces or (), None   # () if another joined them
                 for name in ("stdout", "stderr"):
                     self._md[name] += "".join(t for n, t in pieces if n == name)
         return self._md
+
+    @property
+    def metadata(self):
+        return _dated(self._joined())
 
 
 class AsyncResult(_Future):
@@ -109,8 +145,6 @@ class AsyncResult(_Future):
         self._mapping = mapping     # each child returns a list: the result is their concatenation
         self._ordered = ordered
         self._left = len(self._children)
-        # the first request's: they are made in order
-        self._submitted = self._children[0].metadata["submitted"] if self._children else time.time()
         if not self._children:
             self.set_result([])
         for f in self._children:
@@ -256,11 +290,17 @@ class AsyncResult(_Future):
                     doc="What the requests published (datapub.publish_data) so far: a dict")
 
     @property
+    def _submitted(self):   # the first request's: they are made in order
+        return self._children[0].metadata["submitted"]
+
+    @property
     def elapsed(self):
         """Seconds from submission to the last result (or to now, while running)."""
+        if not self._children:   # nothing to wait for: done when made
+            return 0.0
         ends = [f.metadata["received"] for f in self._children]
-        end = max(ends) if ends and None not in ends else time.time()
-        return end - self._submitted
+        end = max(ends) if None not in ends else _utc(time.time())
+        return (end - self._submitted).total_seconds()
 
     # ipyparallel's send tracking (the `track` flag): minipar tracks no sends, and a buffer
     # of 64 KiB or more leaves without a copy, so it is safe to change once done
@@ -350,7 +390,8 @@ class AsyncResult(_Future):
     def serial_time(self):
         """Seconds of computation: the sum of the requests' run times (once ready)."""
         self._ready_for("serial_time")
-        return sum(md["completed"] - md["started"] for md in (f.metadata for f in self._children)
+        return sum((md["completed"] - md["started"]).total_seconds()
+                   for md in (f.metadata for f in self._children)
                    if md["started"] is not None and md["completed"] is not None)
 
     @property
@@ -359,7 +400,7 @@ class AsyncResult(_Future):
         self._ready_for("wall_time")
         received = [f.metadata["received"] for f in self._children
                     if f.metadata["received"] is not None]
-        return max(received) - self._submitted if received else 0.0
+        return (max(received) - self._submitted).total_seconds() if received else 0.0
 
     def wait_interactive(self, interval=0.1, timeout=None, widget=None, return_when=None):
         """Wait (at most `timeout` s), drawing a progress bar on stderr every `interval`
@@ -374,11 +415,14 @@ class AsyncResult(_Future):
 
     def stream_output(self, interval=0.1, timeout=None, file=None):
         """Print what the requests print, as the engines print it, each line prefixed
-        with its stream and engine (``[stdout:0] ...``, stderr to sys.stderr), until
-        all are done (or `timeout` s). Returns whether all are done."""
-        from .integrations import _stream_output
+        with its stream and engine (``[stdout:0] ...``, stderr to sys.stderr), from a
+        thread of its own, from now until all are done (or `timeout` s). As ipyparallel's,
+        a context manager: ``with ar.stream_output(): ar.get()`` streams while inside, and
+        stops at the block's end. ``.wait()`` (or ``bool()``) waits until it stops and
+        says whether all are done."""
+        from .integrations import _OutputStream
 
-        return _stream_output(self, interval, _timeout_s(timeout), file)
+        return _OutputStream(self, interval, _timeout_s(timeout), file)
 
     def wait_for_output(self, timeout=-1):
         """Wait until all the requests' output is in (at most `timeout` s; -1 or None: no
@@ -412,7 +456,8 @@ class _OneRequest(AsyncResult):
     quick task."""
 
     _request = _MsgFuture._request   # called by Client.send_request, which knows the msg_id
-    metadata, _streamed, _pieces = _MsgFuture.metadata, _MsgFuture._streamed, None
+    metadata, _joined, _streamed, _pieces = (_MsgFuture.metadata, _MsgFuture._joined,
+                                             _MsgFuture._streamed, None)
     running = concurrent.futures.Future.running
     _single, _mapping, _ordered = True, False, True
 
@@ -428,10 +473,6 @@ class _OneRequest(AsyncResult):
     @property
     def _left(self):
         return 0 if self.done() else 1
-
-    @property
-    def _submitted(self):
-        return self._md["submitted"]
 
     def set_result(self, result):
         self._settle(super().set_result, result)
@@ -458,7 +499,6 @@ class _Derived(AsyncResult):
         self._client, self._transform = client, transform
         self._children = base._children
         self._fname = base._fname
-        self._submitted = base._submitted
         base.add_done_callback(self._base_done)
 
     def _base_done(self, base):

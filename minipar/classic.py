@@ -727,10 +727,9 @@ class TaskResult:
         return f"TaskResult[ID:{self.taskid!r}]:{self.results!r}"
 
 
-def _datetime(seconds):
-    import datetime   # here: most programs never ask, and `import minipar` stays quick
-
-    return None if seconds is None else datetime.datetime.fromtimestamp(seconds)
+def _datetime(utc):
+    # as the old TaskResult's: local time, naive (ipyparallel's metadata: aware, in UTC)
+    return None if utc is None else utc.astimezone().replace(tzinfo=None)
 
 
 class TaskClient(_ClassicClient):
@@ -829,7 +828,8 @@ class TaskClient(_ClassicClient):
         if failure is None and not isinstance(value, dict):
             value = {"result": value}   # a MapTask recovered this StringTask
         started, completed = md.get("started"), md.get("completed") or md.get("received")
-        duration = max(0.0, completed - started) if started and completed else 0.0
+        duration = max(0.0, (completed - started).total_seconds()) if started and completed \
+            else 0.0
         return TaskResult(value, md["engine_id"], taskid, _datetime(md["submitted"]),
                           _datetime(completed), duration, failure)
 
@@ -1176,9 +1176,7 @@ def _show(ar, groupby, stream=False):
     come); its engines' errors then raise, shown as ipyparallel shows them
     (``[0:execute]:`` and each engine's traceback)."""
     if stream:
-        from .integrations import _stream_output
-
-        _stream_output(ar, 0.1, None, None)
+        ar.stream_output().wait()
     try:
         ar.get()
         error = None

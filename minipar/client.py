@@ -45,7 +45,7 @@ import cloudpickle
 import zmq
 
 from . import errors, protocol
-from .asyncresult import (AsyncResult, _concat, _Derived, _MsgFuture, _OneRequest,
+from .asyncresult import (AsyncResult, _concat, _dated, _Derived, _MsgFuture, _OneRequest,
                           _aborted_on_ctrl_c, _ctrl_c_aborts, _sent, _timeout_s)
 from .dependency import dependency_fields, dependent, msg_ids
 from .remotefunction import (ParallelFunction, RemoteFunction, _partition, _sequence,
@@ -300,7 +300,7 @@ class Client(errors.SaysWhyAbsent):
     def _ask_outstanding(self, dealer, msg_ids, attempt):
         if msg_ids is None:
             msg_ids = [m for m, f in list(self._futures.items())
-                       if not f.metadata.get("query") and not f.done()]
+                       if not f._md.get("query") and not f.done()]
         if msg_ids:
             self._io_query(dealer, protocol.RESULT_REQUEST,
                            lambda d, h: self._on_outstanding(d, h, attempt), msg_ids=msg_ids)
@@ -365,7 +365,7 @@ class Client(errors.SaysWhyAbsent):
                 f"the controller refused a request ({reason}): the key in {self.url_file} "
                 "does not match the controller's; use the file the running controller wrote")
             for f in list(self._futures.values()):
-                if not f.done() and f.metadata.get("query"):
+                if not f.done() and f._md.get("query"):
                     f.set_exception(err)
             log.error("%s", err)
             return
@@ -382,7 +382,7 @@ class Client(errors.SaysWhyAbsent):
         f = self._futures.pop(header.get("parent"), None)
         if f is None or f.done():
             return
-        md = f.metadata
+        md = f._joined()   # its times stay floats: made datetimes when read (_dated)
         if md.get("query"):
             if header.get("status") == protocol.ERROR:
                 ename, evalue = header.get("error", ("MiniparError", "request failed"))
@@ -393,7 +393,7 @@ class Client(errors.SaysWhyAbsent):
                   "execution_count", "recovered_by", "resubmitted"):
             if k in header:
                 md[k] = header[k]
-        md["engine_id"] = header.get("engine", md["engine_id"])
+        md["engine_id"] = header.get("engine", md.get("engine_id"))   # dict's get: quicker
         try:
             self.session.check_body(header, parts)
             nd = header.get("ndata")
@@ -556,7 +556,7 @@ class Client(errors.SaysWhyAbsent):
         self._futures[f.msg_id] = f
         _sent(self, (f,))   # before it leaves: a Ctrl-C from here on aborts it
         if "label" in fields:
-            f.metadata["label"] = fields["label"]
+            f._md["label"] = fields["label"]
         held = getattr(self._local, "held", None)
         if held is not None:
             held.append(frames)
@@ -640,7 +640,7 @@ class Client(errors.SaysWhyAbsent):
         """A query's frames, and its future, registered (the I/O thread settles it)."""
         header, frames = self.session.msg(kind, **fields)
         f = _MsgFuture(header["msg_id"])
-        f.metadata["query"] = True
+        f._md["query"] = True
         self._futures[f.msg_id] = f
         return f, frames
 
@@ -841,7 +841,7 @@ class Client(errors.SaysWhyAbsent):
         """The futures of this client's requests not answered yet, oldest first (queries
         to the controller left out); each has ``msg_id`` and ``metadata``, whose
         ``engine_id`` is the engine it went to (None: not known yet)."""
-        return [f for f in list(self._futures.values()) if not f.metadata.get("query")]
+        return [f for f in list(self._futures.values()) if not f._md.get("query")]
 
     def get_result(self, msg_ids, block=None, owner=False):
         """An AsyncResult for msg_ids, also ones another client submitted. Those already
@@ -884,7 +884,7 @@ class Client(errors.SaysWhyAbsent):
         self._check_usable()
         on = None if targets is None else self.resolve_targets(targets)
         ids = ([f.msg_id for f in self.pending_requests() if not f.done()
-                and (on is None or f.metadata["engine_id"] in on)]
+                and (on is None or f._md["engine_id"] in on)]
                if jobs is None or jobs == "all" else self._msg_ids(jobs))
         pending = self._abort(ids)
         if not pending:
@@ -967,12 +967,13 @@ class Client(errors.SaysWhyAbsent):
         ``{'engine': {'$in': [0, 1]}}``). `keys` lists the record keys to return
         (``msg_id`` always is); by default all but the request's and result's frames
         (``wire``, ``result_parts``), which come only when named. See the controller's
-        ``DictDB`` for the record's keys. Times are ``time.time()`` seconds; a
-        ``datetime`` in `query` (ipyparallel's timestamps) is turned into those."""
+        ``DictDB`` for the record's keys. Times are datetimes (aware, UTC), as
+        ipyparallel's; a query takes them, or ``time.time()`` seconds."""
         if isinstance(keys, str):
             keys = [keys]
-        return self.query(protocol.DB_QUERY, query=_seconds(query),
-                          keys=None if keys is None else list(keys))["records"]
+        records = self.query(protocol.DB_QUERY, query=_seconds(query),
+                             keys=None if keys is None else list(keys))["records"]
+        return [_dated(r) for r in records]
 
     def shutdown(self, targets="all", restart=False, hub=False, block=True):
         """Stop engines (and the controller with hub=True: what this Client still waits
@@ -1244,16 +1245,21 @@ class DirectView(_View):
         return self._finish(self._each(targets, lambda e, future: self.client.send_request(
             kind, parts, engine_id=e, future=future, engine=e, **fields), kind), block)
 
+    @_ctrl_c_aborts
     def execute(self, code, silent=True, targets=None, block=None):
-        """Run a code string in each target's namespace. `silent`: ipyparallel's, accepted
-        and ignored (minipar shows no execution's result as ``Out[n]``)."""
+        """Run a code string in each target's namespace. An AsyncResult with `block` too,
+        as ipyparallel's (waited for, errors raised: ``ar.stdout`` follows). `silent`:
+        ignored (minipar shows no execution's result as ``Out[n]``)."""
         if not isinstance(code, str):
             raise TypeError(f"execute takes code as a str, not {type(code).__name__} "
                             f"{code!r:.40}")
-        return self._send_each(protocol.EXECUTE, targets, block, code=code, **self._label())
+        ar = self._send_each(protocol.EXECUTE, targets, False, code=code, **self._label())
+        if self._block(block):
+            ar.get()   # output comes with each reply: nothing else to wait for
+        return ar
 
     def run(self, filename, targets=None, block=None):
-        """Run a Python file's code in each target's namespace."""
+        """Run a Python file's code in each target's namespace (see execute)."""
         with open(filename) as f:
             return self.execute(f.read(), targets=targets, block=block)
 

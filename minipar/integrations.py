@@ -326,7 +326,8 @@ def plot_timeline(ar, filename=None, title=None):
     bars = _timeline_bars(ars)
     engines = sorted({b[0] for b in bars})
     row = {e: i for i, e in enumerate(engines)}
-    t0 = min((f.metadata["submitted"] for a in ars for f in a.futures), default=0.0)
+    t0 = min((f.metadata["submitted"].timestamp() for a in ars for f in a.futures),
+             default=0.0)
     size = (10, 1.2 + 0.45 * max(len(engines), 3))
     if filename is None:
         import matplotlib.pyplot as plt
@@ -373,7 +374,8 @@ def plot_timeline(ar, filename=None, title=None):
 
 
 def _timeline_bars(ars):
-    """[(engine, started, completed, status)] of every attempt of every request."""
+    """[(engine, started, completed, status)] of every attempt of every request, its
+    times as time.time() seconds."""
     bars = []
     for a in ars:
         for f in a.futures:
@@ -384,8 +386,8 @@ def _timeline_bars(ars):
                                                "completed": md["completed"]}]
             for att in attempts:
                 if None not in (att.get("engine"), att.get("started"), att.get("completed")):
-                    bars.append((att["engine"], att["started"], att["completed"],
-                                 att.get("status")))
+                    bars.append((att["engine"], att["started"].timestamp(),
+                                 att["completed"].timestamp(), att.get("status")))
     return bars
 
 
@@ -447,16 +449,63 @@ def _remote_import(name, fromlist):
 
 # -- printed output
 
-def _stream_output(ar, interval, timeout, file):
-    """AsyncResult.stream_output."""
-    shown = {}
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        left = interval if deadline is None else min(interval, deadline - time.monotonic())
-        done = ar.wait(max(0.0, left))
-        _show_outputs(ar, shown, file)
-        if done or left <= 0:
-            return done
+class _OutputStream:
+    """AsyncResult.stream_output: prints the requests' output as it comes, from its own
+    thread, from the call on until the result is done, `timeout` s pass, or the ``with``
+    block it opens ends (ipyparallel's form: ``with ar.stream_output(): ar.get()``).
+    ``wait()`` (or ``bool()``, minipar's older form) waits for the end and says whether
+    the result is done.
+
+        caller's thread                         the stream's thread
+        stream_output() ──starts, returns──▶    every `interval` s: print the new lines;
+                                                the result done (its callback wakes it) or
+                                                the timeout passed: a last pass, and end
+        __exit__, wait() ──_leave, _wake──▶     a last pass (lines not ended too), end;
+                         ◀──joined──
+    """
+
+    def __init__(self, ar, interval, timeout, file):
+        self._ar, self._file = ar, file
+        self._leave = False             # set by __exit__ (then _wake): stop, the block is over
+        self._wake = threading.Event()  # set when the result is done, or by __exit__
+        self._thread = threading.Thread(target=self._run, args=(interval, timeout),
+                                        name="minipar-stream-output", daemon=True)
+        self._thread.start()
+        ar.add_done_callback(lambda _: self._wake.set())
+
+    def _run(self, interval, timeout):
+        # executes in the stream's thread, the only one printing for it (`shown` is its own)
+        shown = {}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = interval if deadline is None else min(interval, deadline - time.monotonic())
+            self._wake.wait(max(0.0, left))   # once set it stays: this pass is the last
+            leaving = self._leave   # the block is over: a line not ended yet is printed too
+            _show_outputs(self._ar, shown, self._file, partial=leaving)
+            if self._ar.done() or leaving or left <= 0:
+                return
+
+    def wait(self):
+        """Wait until the streaming ends (done, or the timeout passed); whether it is done.
+        A Ctrl-C while waiting stops the streaming too."""
+        try:
+            self._thread.join()
+        finally:
+            self._stop()
+        return self._ar.done()
+
+    __bool__ = wait
+
+    def _stop(self):
+        self._leave = True
+        self._wake.set()
+        self._thread.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._stop()
 
 
 def _show_outputs(ar, shown, file, partial=False):

@@ -29,7 +29,8 @@ is 190 B; db_query answers every key, None for those missing)::
         "client": bytes,            # the routing id its reply goes to
         "engine": int | None,       # where it ran (or runs, or must run)
         "lb": bool,                 # load-balanced (went through the scheduler)
-        "submitted": float,         # time.time() seconds, set by the controller
+        "submitted": float,         # time.time() seconds, set by the controller (the
+                                    # client's db_query makes them UTC datetimes)
         "started": float,           # when an engine began it
         "completed": float,         # when it reached its final state
         "status": PENDING | OK | ERROR | the engine's status (protocol.STATUSES),

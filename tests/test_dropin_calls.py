@@ -2,11 +2,13 @@
 and defaults (read from its source: ``client/view.py``, ``client/client.py``,
 ``client/asyncresult.py``), against one controller and four engines for the module."""
 
+import datetime
 import io
 
 import pytest
 
 import minipar as ipp
+from .helpers import wait_until
 
 TIMEOUT = 60
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -103,11 +105,101 @@ def test_display_outputs_groups_as_asked_once_the_output_is_in(rc, capsys):
         ar.display_outputs("nonsense")
 
 
+def test_a_blocking_execute_returns_its_async_result_as_ipyparallel(rc, capsys, tmp_path):
+    """ipyparallel's ``execute(code, block=True)`` (and ``run``) waits, raises an engine's
+    error and returns the AsyncResult, done, whose output scripts then read."""
+    ar = rc[:].execute("print('hi', end='')", block=True)
+    assert isinstance(ar, ipp.AsyncResult) and ar.ready() and ar.get(0) == [None] * 4
+    assert ar.stdout == ["hi"] * 4
+    ar.display_outputs()
+    assert capsys.readouterr().out.splitlines() == [f"[stdout:{e}] hi" for e in rc.ids]
+    one = rc[1].execute("print('one')", block=True)   # one int target: its own value
+    assert one.ready() and one.get(0) is None and one.stdout == "one\n"
+    script = tmp_path / "script.py"
+    script.write_text("print('ran')\n")
+    ran = rc.direct_view([0, 2]).run(str(script), block=True)
+    assert ran.ready() and ran.stdout == ["ran\n"] * 2
+    with pytest.raises(ipp.CompositeError, match="ZeroDivisionError"):
+        rc[:].execute("1/0", block=True)
+    with pytest.raises(ipp.RemoteError, match="ZeroDivisionError"):
+        rc[0].execute("1/0", block=True)
+    assert rc.broadcast_view().execute("b = 1", block=True).get(0) == [None] * 4
+
+
+def print_then_wait_for(path):
+    import os
+    import time
+
+    print("first", flush=True)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print("second")
+
+
+def test_stream_output_is_a_context_manager_streaming_while_inside(rc, capsys, tmp_path):
+    """ipyparallel's form, ``with ar.stream_output(): ar.get()``: output is printed as it
+    comes while inside (here before the task ends), and no more once the block is left."""
+    go = tmp_path / "go"
+    ar = rc[0].apply_async(print_then_wait_for, str(go))
+    with ar.stream_output():
+        wait_until(lambda: "[stdout:0] first" in capsys.readouterr().out, TIMEOUT,
+                   "no output streamed while the task runs")
+        go.touch()
+        assert ar.get(TIMEOUT) is None
+    assert capsys.readouterr().out == "[stdout:0] second\n"
+    late = rc[1].apply_async(print_then_wait_for, str(tmp_path / "late"))
+    with late.stream_output(interval=0.01):
+        pass   # left before anything was printed: nothing is printed after
+    (tmp_path / "late").touch()
+    late.get(TIMEOUT)
+    assert capsys.readouterr().out == ""
+    assert late.stream_output().wait() and capsys.readouterr().out == \
+        "[stdout:1] first\n[stdout:1] second\n"   # minipar's blocking form, as before
+
+
+def test_timestamps_are_aware_utc_datetimes_as_ipyparallels(rc):
+    """ipyparallel's ``ar.metadata`` times and its task records' are datetimes (aware, in
+    UTC: ``util.utcnow``), so scripts take ``(md['completed'] - md['started'])``; a
+    query takes datetimes or seconds."""
+    before = datetime.datetime.now(datetime.timezone.utc)
+    lview = rc.load_balanced_view()
+    ar = lview.apply_async(sleep_then, 0.2, "slept")
+    kept = ar.metadata   # kept from before the reply: its times still come as datetimes
+    assert ar.get(TIMEOUT) == "slept"
+    assert isinstance(kept["completed"], datetime.datetime) and kept.received == kept["received"]
+    md = ar.metadata
+    assert md is kept
+    for key in ("submitted", "started", "completed", "received"):
+        assert isinstance(md[key], datetime.datetime), key
+        assert md[key].utcoffset() == datetime.timedelta(0), key
+    assert before <= md["submitted"] <= md["started"] <= md["completed"] <= md["received"]
+    assert (md["completed"] - md["started"]).total_seconds() >= 0.2
+    assert all(isinstance(a[k], datetime.datetime) for a in md["attempts"]
+               for k in ("started", "completed"))
+    assert ar.serial_time >= 0.2 and ar.wall_time >= ar.serial_time and ar.elapsed > 0
+    dv = rc[:].apply_async(abs, -1)
+    dv.get(TIMEOUT)
+    assert all(isinstance(t, datetime.datetime) for t in dv["completed"] + dv.received)
+    assert isinstance(dv.metadata[0].started, datetime.datetime)
+    again = rc.get_result(ar.msg_ids[0], block=True).metadata
+    assert isinstance(again["started"], datetime.datetime)
+    [rec] = rc.db_query({"msg_id": ar.msg_ids[0]})
+    assert {k: type(rec[k]) for k in ("submitted", "started", "completed")} == \
+        dict.fromkeys(("submitted", "started", "completed"), datetime.datetime)
+    assert rec["started"] == md["started"] and rec["completed"].tzinfo is not None
+    mine = {"msg_id": ar.msg_ids[0]}
+    for t in (before, before.timestamp(), before.astimezone().replace(tzinfo=None)):
+        assert rc.db_query(dict(mine, started={"$gte": t}), keys=["started"]) == \
+            [{"msg_id": ar.msg_ids[0], "started": md["started"]}], t
+        assert rc.db_query(dict(mine, completed={"$lt": t})) == []
+
+
 def test_execute_takes_silent_before_targets_as_ipyparallel(rc):
     """ipyparallel's ``execute(code, silent=True, targets=None, block=None)``: `silent`
     is accepted (minipar shows no ``Out[n]`` either way), by keyword or in its place."""
     dv = rc[:]
-    assert dv.execute("s = 1", silent=False, block=True) == [None] * 4
+    assert dv.execute("s = 1", silent=False, block=True).get(0) == [None] * 4
     dv.execute("s = 2", True, [0, 1], True)          # silent, targets, block by position
     assert dv.pull("s", block=True) == [2, 2, 1, 1]
     assert rc[3].execute("s = 3", silent=True).get(TIMEOUT) is None

@@ -7,6 +7,7 @@ the ``label`` flag, ``return_exceptions``, ``datapub.publish_data`` and ``ar.dat
 """
 
 import concurrent.futures as cf
+import datetime
 import gc
 import io
 import os
@@ -290,7 +291,7 @@ def test_a_timeout_not_a_number_is_a_type_error_and_a_negative_one_is_no_limit(r
 
     def waits(ar, timeout):   # every wait that takes a timeout
         return [lambda: ar.get(timeout), lambda: ar.get_dict(timeout), lambda: ar.wait(timeout),
-                lambda: ar.stream_output(0.01, timeout, out),
+                lambda: ar.stream_output(0.01, timeout, out).wait(),
                 lambda: ar.wait_interactive(0.01, timeout), lambda: rc.wait(ar, timeout),
                 lambda: lv.wait(ar, timeout=timeout)]
 
@@ -374,7 +375,7 @@ def test_results_and_metadata_by_index_and_attribute_as_ipyparallel(rc):
     assert ar.wall_time >= ar.serial_time / 4 > 0
     one = rc[1].apply_async(sleep_then, 0, "x")
     assert one.get(30) == "x" and one[0] == "x" and one.engine_id == one["engine_id"] == 1
-    assert isinstance(one.completed, float)
+    assert isinstance(one.completed, datetime.datetime)   # as ipyparallel's
     with pytest.raises(AttributeError, match="no attribute 'nonesuch'"):
         one.nonesuch
     mapped = rc.load_balanced_view().map_async(sleep_then, [0] * 6, range(6))

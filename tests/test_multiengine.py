@@ -38,7 +38,7 @@ def test_execute_on_all_and_some_with_persistent_namespaces(rc):
     dv.execute("a = 5", block=True)
     dv.execute("b = 10", targets=[0, 2], block=True)
     assert dv.pull("a", block=True) == [5, 5, 5, 5]
-    assert dv.execute("c = a * 2", block=True) == [None] * 4
+    assert dv.execute("c = a * 2", block=True).get(0) == [None] * 4   # done: an AsyncResult
     assert dv.pull("c", block=True) == [10, 10, 10, 10]
     assert dv.pull("b", targets=[0, 2], block=True) == [10, 10]
     with pytest.raises(minipar.CompositeError) as e:
