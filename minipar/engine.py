@@ -946,7 +946,7 @@ class Engine:
 
     def _run(self, header, parts):
         msg_id = header["msg_id"]
-        if self._was_taken(msg_id):
+        if self._taken and self._was_taken(msg_id):
             return
         self.stats["requests"] += 1
         if msg_id in self._aborted:
