@@ -987,3 +987,24 @@ def test_slow_tasks_sent_deep_behind_quick_ones_are_taken_back(rc):
     behind = [ar.get() for ar in shorts if ar.engine_id == long.engine_id
               and ar.metadata["started"] >= long.metadata["started"]]
     assert behind == []   # any short one on its engine ran before it, none after
+
+
+def nap_and_note(folder, i, seconds):
+    with open(folder / str(i), "a") as f:   # one line per run: a task run twice shows
+        f.write("ran\n")
+    time.sleep(seconds)
+    return i
+
+
+def test_tasks_taken_back_around_their_long_ones_end_run_once_each(rc, tmp_path):
+    # tasks just over and under the 0.1 s that makes one long, so take-backs race with
+    # the long tasks ending and the queued ones starting: each runs once, one result each
+    lview = rc.load_balanced_view()
+    rc.wait(timeout=TIMEOUT)
+    rng = random.Random(7)
+    seconds = [rng.choice((0.0, 0.05, 0.12, 0.2, 0.35)) for _ in range(80)]
+    ars = [lview.apply_async(nap_and_note, tmp_path, i, s) for i, s in enumerate(seconds)]
+    assert [ar.get(60) for ar in ars] == list(range(len(seconds)))
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == \
+        {str(i): "ran\n" for i in range(len(seconds))}
+    assert [ar.metadata["attempts"] for ar in ars] == [[]] * len(seconds)
