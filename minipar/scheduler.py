@@ -51,7 +51,9 @@ ones that engine may run are taken back: TAKE decisions, which the controller se
 one take-back. The engine answers with those it had not started (all of them, or none
 if the long task had ended by then), and ``taken_back`` queues them again as they were
 (same place in the line, no retry spent); the others run there and reply as usual. An
-explicit ``hwm`` is ipyparallel's: what is sent stays where it was sent.
+explicit ``hwm`` keeps ipyparallel's meaning, what is sent stays where it was sent: its
+engines keep their cap while a task runs long, so a task taken back could be sent
+straight back, and ``hwm=1`` queues nothing behind a running task anyway.
 
 State (dicts, and `_Task`s read like dicts; every state change goes through ``_set_state``)::
 
