@@ -143,6 +143,7 @@ class Controller:
         self._out = {}            # (socket, routing ids) -> what this pass sends there
         self._direct = False      # handling the first message of a drain: send at once
         self._aborting = {}       # a client's abort msg_id -> _Aborting
+        self._taking = {}         # a take-back's msg_id -> the engine asked (see _take_back)
         self._epitaphs = {}       # dead engine id -> where it ran and its log's last lines
         self._next_id = 0
         self._beat = 0
@@ -453,7 +454,11 @@ class Controller:
         self._remove_engine(eid, died=False, why=reason if isinstance(reason, str) else None)
 
     def _on_abort_marked(self, eid, header, parts, wire):
-        self._abort_heard(eid, header.get("parent"))
+        parent = header.get("parent")
+        if isinstance(parent, str) and self._taking.get(parent) == eid:
+            del self._taking[parent]
+            return self._took_back(eid, header.get("taken"))
+        self._abort_heard(eid, parent)
 
     def _on_usage(self, eid, header, parts, wire):
         _top.on_usage(self.engines[eid], header, time.time())
@@ -578,6 +583,8 @@ class Controller:
         self._notify(protocol.ENGINE_DIED if died else protocol.ENGINE_UNREGISTERED, id=eid)
         for parent in list(self._aborting):
             self._abort_heard(eid, parent)
+        for parent in [p for p, asked in self._taking.items() if asked == eid]:
+            del self._taking[parent]   # what it held is moved or failed below
         if died:
             self._send(self.sockets["engine"], [engine["ident"]], protocol.UNREGISTER,
                        reason="declared dead: missed heartbeats")
@@ -772,7 +779,7 @@ class Controller:
             rec["started"] = started
             self._post(self.sockets["client"], (rec["client"],), wire)
             if rec["lb"] and header.get("long"):
-                self.scheduler.long(eid, rec["msg_id"])
+                self._act(self.scheduler.long(eid, rec["msg_id"]))
 
     def _timed_out(self, rec, now):
         """Whether pending `rec`, on an engine that just died, had run past its time_limit."""
@@ -852,8 +859,10 @@ class Controller:
 
     def _act(self, decisions, known=None):
         """Carry out the scheduler's decisions (named tuples: see scheduler's docstring).
-        ABORT ones are _abort's to carry out. `known`: the record the caller holds (of the
-        task just submitted or replied to, most decisions' task), not looked up again."""
+        ABORT ones are _abort's to carry out; TAKE ones go to each engine as one take-back.
+        `known`: the record the caller holds (of the task just submitted or replied to,
+        most decisions' task), not looked up again."""
+        takes = None
         for d in decisions:
             if known is not None and d.msg_id == known["msg_id"]:
                 rec = known
@@ -872,6 +881,39 @@ class Controller:
                 recovery = self.db.get(d.recovery)
                 if recovery is not None:
                     recovery["recovers"] = d.msg_id
+            elif action == _scheduler.TAKE:
+                if takes is None:
+                    takes = collections.defaultdict(list)
+                takes[d.engine, d.running].append(d.msg_id)
+        if takes:
+            self._take_back(takes)
+
+    def _take_back(self, takes):
+        """Ask engines for the tasks queued behind a long one, {(engine, running): [msg_id]}:
+        an abort naming the running task, which the engine answers with those it had not
+        started, or none if `running` has ended (see engine._take_back, _took_back)."""
+        for (eid, running), msg_ids in takes.items():
+            parent = protocol.new_id()
+            self._taking[parent] = eid
+            self._send(self.sockets["engine"], [self.engines[eid]["ident"]], protocol.ABORT,
+                       msg_ids=msg_ids, parent=parent, running=running)
+
+    def _took_back(self, eid, msg_ids):
+        """Engine `eid` will never run `msg_ids`: the scheduler queues them again. Each is
+        signed anew (its next engine, maybe this one, must not take it for a replay), and
+        gets no attempt: it never started."""
+        taken = []
+        engine = self.engines[eid]
+        for msg_id in msg_ids if isinstance(msg_ids, list) else ():
+            rec = self.db.get(msg_id) if isinstance(msg_id, str) else None
+            if rec is None or rec["status"] != PENDING or rec["engine"] != eid:
+                continue
+            engine["outstanding"].discard(msg_id)
+            rec["engine"] = None
+            rec["header"] = header = dict(_header(rec), date=time.time())
+            rec["wire"] = self.session.resign(header, rec["wire"][3:])
+            taken.append(msg_id)
+        self._act(self.scheduler.taken_back(eid, taken, time.monotonic()))
 
     def _lookup(self, msg_id):
         rec = self.db.get(msg_id)

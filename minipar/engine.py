@@ -13,7 +13,12 @@ The main thread runs user code, so signals and KeyboardInterrupt reach it; the r
 interrupts it (INTERRUPT_SIGNAL to the main thread) to abort a running task or to
 enforce a task's `time_limit`. Control messages (abort, interrupt, shutdown) overtake
 queued work; an abort is acknowledged once its requests are marked, so the controller
-answers the client only when a queued request it aborted can no longer start.
+answers the client only when a queued request it aborted can no longer start. A
+take-back is such an abort from the controller, for the load-balanced tasks queued
+behind one that runs long (``running``): the engine marks them, keeps the marks only if
+that task still runs (requests run in the order sent, so none of them has started),
+and answers with those it kept (``taken``; all or none). A request taken back is dropped
+unanswered when it comes up; the controller has queued it again, for another engine.
 Every STREAM_INTERVAL_S the receiver sends what the running request printed or published
 (``datapub.publish_data``) as ``stream`` messages (see ``_Streamer``), and ``started``
 for one still running (so the client's future is running()). Every USAGE_PERIOD_S it
@@ -303,6 +308,7 @@ class Engine:
         self._wake_r, self._wake_w = os.pipe()
         self._announce = False
         self._aborted = set()       # msg_ids to refuse when they come up
+        self._taken = set()         # msg_ids taken back: dropped, unanswered, when they come up
         self._current = None        # _Running: the running request
         self._name = (None, None)   # (msg_id, function name) of the last apply unpickled
         self._held = None           # replies kept to send with the rest of their batch
@@ -627,6 +633,8 @@ class Engine:
 
     def _on_abort(self, header):
         # executes in the receiver thread
+        if header.get("running") is not None:
+            return self._take_back(header)
         for msg_id in header.get("msg_ids", ()):
             self._aborted.add(msg_id)   # refused when it comes up; added before _current
             cur = self._current         # is read, as _run reads them the other way round
@@ -639,6 +647,34 @@ class Engine:
         if isinstance(parent, str):   # the controller waits for this to answer its client
             _, frames = self.session.msg(protocol.ABORT_MARKED, parent=parent)
             protocol.send(self._dealer, frames)
+
+    def _take_back(self, header):
+        # executes in the receiver thread. Marked first, then `running` looked for: a
+        # request behind it starts only after `running` has ended and checks its mark under
+        # the lock (see _was_taken), so with `running` still current none of them can have
+        # started, and otherwise the marks go before any is seen.
+        msg_ids = [m for m in header.get("msg_ids", ()) if isinstance(m, str)]
+        with self._lock:
+            self._taken.update(msg_ids)
+            cur = self._current
+            if cur is None or cur.msg_id != header["running"]:
+                self._taken.difference_update(msg_ids)
+                msg_ids = []   # it ended: some may have started, so none is given back
+        _, frames = self.session.msg(protocol.ABORT_MARKED, parent=header.get("parent"),
+                                     taken=msg_ids)
+        protocol.send(self._dealer, frames)
+
+    def _was_taken(self, msg_id):
+        """Whether request `msg_id` was taken back (see _take_back): then it is not run
+        and not answered. Either thread; a set's truth is all it costs otherwise."""
+        if not self._taken:
+            return False
+        with self._lock:
+            if msg_id not in self._taken:
+                return False
+            self._taken.discard(msg_id)
+        self._aborted.discard(msg_id)   # an abort that came after: the controller ends it
+        return True
 
     def _on_interrupt(self, header):
         # executes in the receiver thread
@@ -679,7 +715,9 @@ class Engine:
         self.stats["registered_again"] += 1
         # The controller moved or failed all it had sent here: the queued requests (of the
         # old registration) are dropped, the running one stops; their results are stale.
+        # So are its take-backs: a request sent again under the new one must run.
         self._interrupt_current("abort")
+        self._taken.clear()
         msg_id, frames = self._registration(self.id)
         self._reg = msg_id.encode()
         self._registering = _Registration(msg_id, time.monotonic())
@@ -900,12 +938,16 @@ class Engine:
         none when it lost its controller (see _exit). Returns ()."""
         if self._lost is None:
             for header, _ in requests:
+                if self._was_taken(header["msg_id"]):
+                    continue
                 self._send_reply(header, protocol.ABORTED, [], ename="TaskAborted",
                                  evalue="the engine shut down before running this task")
         return ()
 
     def _run(self, header, parts):
         msg_id = header["msg_id"]
+        if self._taken and self._was_taken(msg_id):
+            return
         self.stats["requests"] += 1
         if msg_id in self._aborted:
             self._aborted.discard(msg_id)

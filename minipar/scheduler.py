@@ -12,13 +12,16 @@ dependency timeouts use it, as deadlines), so tests step it by hand::
     engine (un)register   engine_added / _removed     Fail(FAIL, msg_id, ename, evalue)
     properties change     set_properties              Recover(RECOVER, msg_id, recovery)
     client abort          abort(ids)                  Abort(ABORT, msg_id, engine)
-    poll timeout          tick(now)
+    poll timeout          tick(now)                   Take(TAKE, msg_id, engine, running)
+    task runs long        long(engine, id)
+    take-back answered    taken_back(engine, ids)
 
 A decision is a named tuple whose first field, `action`, says what to do with task
 `msg_id`: RUN it on `engine`; it is DONE (final, with the reply its engine sent); FAIL
 it with error `ename`: `evalue` (final); its retries are exhausted and its dormant
 task `recovery` now runs to RECOVER it (its outcome becomes msg_id's); ABORT it, asking
-`engine`, where it runs, to stop it (only ``abort`` returns these). Being tuples, they
+`engine`, where it runs, to stop it (only ``abort`` returns these); TAKE it back from
+`engine`, where it waits behind the long task `running` (see below). Being tuples, they
 compare equal to plain ones: ``Done(DONE, "t") == ("done", "t")``.
 
 A task's life::
@@ -40,6 +43,18 @@ least recently used engine first) returning an index: ``leastload`` (default), `
 tasks beyond it wait here, and a freed slot goes to the oldest runnable task (submission
 order) that may use that engine.
 
+Taking back (automatic prefetch only): an engine whose task runs long (``long``: its
+engine said so after 0.1 s) takes no more tasks, and the tasks queued behind that one
+would wait for it while other engines idle. So once another engine has room (at once, or
+at a later reply or registration; nothing waits for an engine with room), the queued
+ones that engine may run are taken back: TAKE decisions, which the controller sends as
+one take-back. The engine answers with those it had not started (all of them, or none
+if the long task had ended by then), and ``taken_back`` queues them again as they were
+(same place in the line, no retry spent); the others run there and reply as usual. An
+explicit ``hwm`` keeps ipyparallel's meaning, what is sent stays where it was sent: its
+engines keep their cap while a task runs long, so a task taken back could be sent
+straight back, and ``hwm=1`` queues nothing behind a running task anyway.
+
 State (dicts, and `_Task`s read like dicts; every state change goes through ``_set_state``)::
 
     _tasks[msg_id] = {              # every task not final yet
@@ -56,6 +71,8 @@ State (dicts, and `_Task`s read like dicts; every state change goes through ``_s
         "recovery": str|None, "woke": bool, "owner": str|None,  # owner: the task it recovers
         "where": None (any engine) | set (the engines it may use now; empty: it waits),
         "engine": int|None, "aborting": bool}
+    _long = {eid: msg_id}           # engines whose task msg_id runs long, with tasks queued
+                                    # behind it, not yet asked back (auto prefetch only)
     _engines[eid] = {"tasks": {msg_id: None}, "completed": int, "cap": int|inf (of tasks),
                      "properties": dict, "stamp": int}  # stamp: orders _order, see _place
     _order = {eid: None}            # least recently assigned first: the order of `loads`
@@ -109,6 +126,10 @@ log = logging.getLogger(__name__)
 # costs less than a round trip through the controller, so without a queue of them the
 # engine would wait on the wire; a deeper queue of longer tasks would only keep them from
 # engines that free up. Back at AUTO_HWM when a longer task finishes or the engine runs dry.
+# A task still running after 0.1 s (Scheduler.long) sets the engine's cap to 1 until it
+# ends, and the tasks already queued behind it are taken back once another engine has room
+# (see "Taking back" in the module docstring), so no task waits behind a long one while an
+# engine idles, as with ipyparallel's hwm of 1, and quick tasks still go 64 deep.
 # 64 rather than 16: the controller and the engines then send tasks and replies in larger
 # batches (map with chunksize 1: +20% items/s, -13% CPU per item); an engine holds at most
 # 64 ms of such work that another engine could have taken.
@@ -146,12 +167,13 @@ _TRANSITIONS = {
 
 
 # Decisions (see the module docstring): the action, then its task and arguments.
-RUN, DONE, FAIL, RECOVER, ABORT = "run", "done", "fail", "recover", "abort"
+RUN, DONE, FAIL, RECOVER, ABORT, TAKE = "run", "done", "fail", "recover", "abort", "take"
 Run = collections.namedtuple("Run", "action msg_id engine")
 Done = collections.namedtuple("Done", "action msg_id")
 Fail = collections.namedtuple("Fail", "action msg_id ename evalue")
 Recover = collections.namedtuple("Recover", "action msg_id recovery")
 Abort = collections.namedtuple("Abort", "action msg_id engine")
+Take = collections.namedtuple("Take", "action msg_id engine running")
 
 # What the owner of a discarded recovery task did instead of needing it, by error name.
 _ENDED = {"ImpossibleDependency": "could never run", "InvalidDependency": "could never run",
@@ -281,6 +303,7 @@ class Scheduler:
         self._unneeded = collections.OrderedDict()  # recovery discarded before it arrived
         self._n_unassigned = 0
         self._n_readied = 0             # tasks ever made READY: finished() checks for news
+        self._long = {}                 # engine id -> its long task, tasks queued behind it
 
     # ------------------------------------------------------------------ engine events
 
@@ -298,6 +321,8 @@ class Scheduler:
         self._removed.discard(engine_id)
         self._recheck(out, waiting=False)
         self._schedule(out)
+        if self._long:
+            self._take_back(out)
         return out
 
     def engine_removed(self, engine_id, now, timed_out=None, how=None):
@@ -311,6 +336,7 @@ class Scheduler:
         if engine is None:
             return out
         del self._order[engine_id]
+        self._long.pop(engine_id, None)   # its queued tasks go back below, as they always did
         self._removed.add(engine_id)
         self._heaps.pop(engine_id, None)
         for i, msg_id in enumerate(engine["tasks"]):
@@ -354,10 +380,59 @@ class Scheduler:
         """Task `msg_id` still runs on `engine_id` after a while (its engine said so).
         With automatic prefetch the engine takes no more tasks until it is done, so a
         quick one does not wait behind it (ipyparallel's hwm of 1, where it matters);
-        its reply sets the cap again. Nothing to carry out: no decisions."""
+        its reply sets the cap again. The tasks already queued behind it are taken back
+        (TAKE decisions) now if another engine has room, else when one has."""
+        out = []
         engine = self._engines.get(engine_id)
         if self.hwm is None and engine is not None and msg_id in engine["tasks"]:
             engine["cap"] = 1
+            if next(reversed(engine["tasks"])) != msg_id:   # something queued behind it
+                self._long[engine_id] = msg_id
+                self._take_back(out)
+        return out
+
+    def taken_back(self, engine_id, msg_ids, now):
+        """`engine_id` answered a take-back: `msg_ids`, those it had not started, will
+        never run there (the others asked for run there and reply as usual). They are
+        queued again where they were in the line, no retry spent; one aborted meanwhile
+        ends as aborted before it started."""
+        out = []
+        engine = self._engines.get(engine_id)
+        for msg_id in msg_ids if engine is not None else ():
+            t = self._tasks.get(msg_id)
+            if t is None or t["state"] is not ASSIGNED or t["engine"] != engine_id:
+                continue   # a stale answer: the task moved on (its engine died meanwhile)
+            del engine["tasks"][msg_id]
+            t["engine"] = None
+            if t["aborting"]:
+                self._fail(t, "TaskAborted", f"task {msg_id} was aborted before it started", out)
+            else:
+                self._ready(t, out)
+        if engine is not None:
+            if self.hwm is None and not engine["tasks"]:
+                engine["cap"] = AUTO_HWM   # its long task ended too: start over
+            self._has_room(engine_id)
+        self._settle(out)
+        self._schedule(out)
+        return out
+
+    def _take_back(self, out):
+        """For each engine in `_long`, once another engine has room: TAKE decisions for
+        the tasks queued behind its long task that some engine with room may run (any
+        other stays: only its own engine will do). Each engine is asked once per long
+        task: with a cap of 1 it gets nothing new to queue."""
+        tasks = self._tasks
+        for engine_id, running in list(self._long.items()):
+            free = set(self._free())
+            free.discard(engine_id)
+            if not free:
+                return
+            del self._long[engine_id]
+            queued = list(self._engines[engine_id]["tasks"])
+            for msg_id in queued[queued.index(running) + 1:]:
+                t = tasks[msg_id]
+                if not t["aborting"] and (t["where"] is None or t["where"] & free):
+                    out.append(Take(TAKE, msg_id, engine_id, running))
 
     # ------------------------------------------------------------------ task events
 
@@ -428,6 +503,8 @@ class Scheduler:
             return out
         engine = self._engines[engine_id]
         del engine["tasks"][msg_id]
+        if self._long and self._long.get(engine_id) == msg_id:
+            del self._long[engine_id]   # its long task ended before any engine had room
         if self.hwm is None:
             if not engine["tasks"]:
                 engine["cap"] = AUTO_HWM                    # ran dry: start over
@@ -465,6 +542,8 @@ class Scheduler:
         else:
             self._schedule(out)
         self._has_room(engine_id)   # its load and cap changed; after _fill, often full again
+        if self._long and len(engine["tasks"]) < engine["cap"]:
+            self._take_back(out)    # it has room and nothing here to run
         return out
 
     def abort(self, msg_ids, now):

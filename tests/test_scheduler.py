@@ -208,6 +208,89 @@ def test_an_engine_running_a_long_task_takes_no_more_until_it_is_done():
     assert runs(s2.submit(task("t3"), 2.0)) == [("t3", 0)]
 
 
+def takes(decisions):
+    return [(d.msg_id, d.engine, d.running) for d in decisions if d.action == scheduler.TAKE]
+
+
+def deep(s):
+    """Start "long" on the engine of one-engine `s`, taking AUTO_HWM_QUICK tasks as one
+    that just ran a quick one (before "long") does."""
+    e = run_on(s, "quick")
+    run_on(s, "long")
+    s.finished("quick", e, "ok", 0.0, runtime=scheduler.QUICK_TASK_S / 10)
+
+
+def test_tasks_queued_behind_a_long_one_are_taken_back_once_another_engine_has_room():
+    s = make(2)
+    e = run_on(s, "long")
+    other = 1 - e
+    assert run_on(s, "x") == other and run_on(s, "b", retries=1) == e  # both engines full
+    assert run_on(s, "y") == other
+    assert s.long(e, "long") == []           # no engine has room: nothing to give b to
+    out = s.finished("x", other, "ok", 1.0, runtime=0.5)
+    assert takes(out) == [("b", e, "long")]  # now one has, and nothing waits for it
+    assert takes(s.finished("y", other, "ok", 1.0)) == []   # asked once
+    assert s.outstanding(e) == ["long", "b"]  # b stays there until the engine answers
+    out = s.taken_back(e, ["b"], 2.0)
+    assert runs(out) == [("b", other)] and s.outstanding(e) == ["long"]
+    out = s.finished("b", other, "error", 3.0)   # taking back spent no retry: one is left
+    assert runs(out) == [("b", e)] or s.status()["unassigned"] == 1
+    assert fails(out) == {} and [d for d in out if d[0] == "done"] == []
+
+
+def test_a_take_back_is_asked_at_once_when_an_engine_is_free_and_not_with_a_given_hwm():
+    s = make(1)
+    deep(s)                                      # 64 deep: all go to engine 0
+    for m in ("b", "c", "d"):
+        run_on(s, m)
+    s.engine_added(1, 0.0)
+    assert takes(s.long(0, "long")) == [("b", 0, "long"), ("c", 0, "long"), ("d", 0, "long")]
+    for hwm in (1, 3):     # 1: nothing is queued behind it; 3: given, so kept where it went
+        s = make(1, hwm=hwm)
+        for i in range(hwm):
+            s.submit(task(f"t{i}"), 0.0)
+        s.engine_added(1, 0.0)
+        assert s.long(0, "t0") == []
+
+
+def test_a_take_back_gets_only_what_the_engine_had_not_started():
+    s = make(1)
+    deep(s)
+    for m in ("b", "c", "d"):
+        run_on(s, m)
+    assert s.long(0, "long") == []               # no other engine: wait for one
+    assert len(takes(s.engine_added(1, 1.0))) == 3
+    # the race: "long" ended and "b" started before the take-back came, so the engine
+    # gives back c and d only (this engine answers all or none; the scheduler takes either)
+    out = s.taken_back(0, ["c", "d"], 2.0)
+    assert runs(out) == [("c", 1), ("d", 1)] and s.outstanding(0) == ["long", "b"]
+    assert [d[1] for d in s.finished("long", 0, "ok", 3.0) if d[0] == "done"] == ["long"]
+    assert [d[1] for d in s.finished("b", 0, "ok", 3.0) if d[0] == "done"] == ["b"]
+    assert s.taken_back(0, ["b"], 4.0) == []     # late or repeated answers change nothing
+
+
+def test_take_backs_with_aborts_deaths_and_dependencies():
+    s = make(1)
+    deep(s)
+    run_on(s, "b")
+    run_on(s, "c", retries=1)
+    run_on(s, "f", follow=dep("quick"))          # must stay on 0, where "quick" ran
+    run_on(s, "g")
+    assert s.submit(task("h", after=dep("g")), 0.0) == []   # waits for g
+    s.long(0, "long")
+    assert takes(s.engine_added(1, 1.0)) == [("b", 0, "long"), ("c", 0, "long"),
+                                             ("g", 0, "long")]
+    assert s.abort(["b"], 1.5) == [("abort", "b", 0)]   # asked of the engine, as it holds b
+    out = s.taken_back(0, ["b", "g"], 2.0)
+    assert fails(out) == {"b": "TaskAborted"} and runs(out) == [("g", 1)]
+    assert runs(s.finished("g", 1, "ok", 2.5)) == [("h", 1)]   # its dependent as before
+    out = s.engine_removed(0, 3.0)               # dies before answering for c
+    assert runs(out) == [("c", 1)]               # queued behind: back, no retry spent
+    assert fails(out) == {"long": "EngineError", "f": "EngineError"}   # no retries: as before
+    assert s.taken_back(0, ["c"], 4.0) == []     # an answer from the dead engine: ignored
+    assert s.outstanding(1) == ["h", "c"]
+
+
 def test_an_explicit_hwm_is_strict_however_quick_the_tasks():
     s = make(1, hwm=2)
     for i in range(10):

@@ -955,3 +955,56 @@ def test_quick_tasks_do_not_queue_behind_a_long_one(rc):
         long.abort()
         with pytest.raises(minipar.TaskAborted):
             long.get(30)
+
+
+def test_quick_tasks_queued_behind_long_ones_are_taken_back(rc):
+    # 4 engines, prefetch 2: the first four tasks take an engine each, and the last two
+    # short ones queued behind the long ones (the least recently used engines), waiting
+    # for them although two engines were idle. The engines say the long ones run long and
+    # the controller takes the short ones back, for the idle engines.
+    lview = rc.load_balanced_view()
+    rc.wait(timeout=TIMEOUT)
+    assert len(rc.ids) == 4
+    longs = [lview.apply_async(nap, f"long{i}", 5) for i in range(2)]
+    shorts = [lview.apply_async(nap, i, 0.2) for i in range(4)]
+    assert [ar.get(60) for ar in shorts] == list(range(4))
+    assert [ar.get(60) for ar in longs] == ["long0", "long1"]
+    assert {ar.engine_id for ar in shorts}.isdisjoint({ar.engine_id for ar in longs})
+    assert [ar.metadata["attempts"] for ar in shorts] == [[]] * 4   # taking back is no attempt
+
+
+def test_slow_tasks_sent_deep_behind_quick_ones_are_taken_back(rc):
+    # quick tasks make engines take 64 at a time; slow ones submitted meanwhile queue up
+    # deep on an engine, behind the long one, and were not run elsewhere until it ended
+    lview = rc.load_balanced_view()
+    rc.wait(timeout=TIMEOUT)
+    quick = lview.map_async(square, range(5000), chunksize=1)
+    long = lview.apply_async(nap, "long", 5)
+    shorts = [lview.apply_async(nap, i, 0.2) for i in range(8)]
+    assert quick.get(60) == [x * x for x in range(5000)]
+    assert [ar.get(60) for ar in shorts] == list(range(8))
+    assert long.get(60) == "long"
+    behind = [ar.get() for ar in shorts if ar.engine_id == long.engine_id
+              and ar.metadata["started"] >= long.metadata["started"]]
+    assert behind == []   # any short one on its engine ran before it, none after
+
+
+def nap_and_note(folder, i, seconds):
+    with open(folder / str(i), "a") as f:   # one line per run: a task run twice shows
+        f.write("ran\n")
+    time.sleep(seconds)
+    return i
+
+
+def test_tasks_taken_back_around_their_long_ones_end_run_once_each(rc, tmp_path):
+    # tasks just over and under the 0.1 s that makes one long, so take-backs race with
+    # the long tasks ending and the queued ones starting: each runs once, one result each
+    lview = rc.load_balanced_view()
+    rc.wait(timeout=TIMEOUT)
+    rng = random.Random(7)
+    seconds = [rng.choice((0.0, 0.05, 0.12, 0.2, 0.35)) for _ in range(80)]
+    ars = [lview.apply_async(nap_and_note, tmp_path, i, s) for i, s in enumerate(seconds)]
+    assert [ar.get(60) for ar in ars] == list(range(len(seconds)))
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == \
+        {str(i): "ran\n" for i in range(len(seconds))}
+    assert [ar.metadata["attempts"] for ar in ars] == [[]] * len(seconds)
