@@ -315,6 +315,8 @@ class Controller:
             timeout = max(0.0, deadline - time.monotonic())
         self._flush()
         for sock, _ in self.poller.poll(timeout * 1000):
+            if self._stop:   # stopped by a message just handled: what an engine said since
+                break        # (it unregistered at the shutdown) must not fail requests
             handler = self._handlers[sock]
             # What the first message of a drain makes goes out at once (`_direct`): a lone
             # request must not wait (sending even a few µs later, after the next receive

@@ -200,3 +200,25 @@ def test_a_heartbeat_that_cannot_work_is_refused(tmp_path, beat):
     # a period of 0 spun the hub loop; a liveness of 0 declared each engine dead at each beat
     with pytest.raises(ValueError, match="heartbeat (period|liveness) must be"):
         Controller(profile_dir=str(tmp_path), **beat)
+
+
+def test_an_engine_gone_in_the_pass_that_stopped_the_controller_fails_no_request(hub):
+    """A client's shutdown(hub=True) tells the engines to stop; one that unregisters at
+    once could be heard in the same pass of the loop, after the controller had stopped,
+    and its request failed as EngineError ("unregistered before answering") rather than
+    left to the client, which fails it as shut down with the controller (seen as a flaky
+    test_client::test_after_shutting_the_controller_down_the_client_says_so_at_once)."""
+    engine, eid = register(hub, b"engine-a")
+    request = hub.client.send(protocol.APPLY, [b"f"], engine=eid, counts=[1])
+    step(hub)
+    assert engine.recv()[1]["msg_id"] == request["msg_id"]
+    shutdown = hub.client.send(protocol.SHUTDOWN, hub=True)
+    engine.send(protocol.UNREGISTER, reason="shutdown requested")
+    wait_until(lambda: all(hub.sockets[s].poll(0) for s in ("client", "engine")), STEP_S,
+               "the shutdown and the unregister at the controller")
+    step(hub)   # the client's socket is polled first: the shutdown, then the unregister
+    assert hub._stop
+    _, reply, _ = hub.client.recv()
+    assert reply["parent"] == shutdown["msg_id"] and reply["status"] == "ok"
+    assert not hub.client.sock.poll(500), "a reply for the request the stopper waits on"
+    assert hub.db.get(request["msg_id"])["status"] == "pending"
