@@ -43,7 +43,9 @@ while it runs; the engine's is back after it.
 
 A task that holds the GIL past its time_limit plus TIME_LIMIT_GRACE_S (one long C call,
 which no interrupt reaches) ends the engine by SIGALRM, with faulthandler's traceback in
-its log; the controller, told when the task started, fails it with TaskTimeout.
+its log; the controller, told when the task started, fails it with TaskTimeout. A task
+that sets its own SIGALRM handler (a timeout decorator's signal.alarm) has it while it
+runs, without that watchdog; after it the engine's is back and the task's alarm cancelled.
 
 Losing the controller: an engine declared dead (frozen, starved) or unknown to a
 restarted controller gets an ``unregister`` notice (its heart's beats make the
@@ -123,6 +125,9 @@ INTERRUPT_AGAIN_S = 0.2
 # before SIGALRM, whose default action needs no thread of ours, ends the engine. Time
 # for `finally` blocks to run; 1..60 is reasonable.
 TIME_LIMIT_GRACE_S = 5.0
+# Why the engine takes back a handler that a task replaced (see Engine._take_back_signals)
+_HANDLER_USE = {INTERRUPT_SIGNAL: "it interrupts tasks with it",
+                signal.SIGALRM: "it ends a task past its time_limit with it"}
 # How often the engine sends its CPU time, memory and running request for rc.status and
 # minipar.top: one message, none per task; figures this old at most. 0.5..10 is reasonable.
 USAGE_PERIOD_S = 1.0
@@ -338,8 +343,10 @@ class Engine:
         # before registering: a signal sent once the controller lists this engine (it may
         # do so before its answer arrives here) must meet these handlers, not the defaults
         self._interrupt_handler = self._on_interrupt_signal   # one object, compared with `is`
+        # SIGALRM's is faulthandler's (registered below), which Python reports as SIG_DFL
         self._own_handlers = {signal.SIGINT: self._on_sigint, signal.SIGTERM: self._on_sigterm,
-                              INTERRUPT_SIGNAL: self._interrupt_handler}
+                              INTERRUPT_SIGNAL: self._interrupt_handler,
+                              signal.SIGALRM: signal.SIG_DFL}
         for sig, handler in self._own_handlers.items():
             signal.signal(sig, handler)
         os.register_at_fork(after_in_child=self._after_fork_in_child)
@@ -1068,18 +1075,22 @@ class Engine:
     def _take_back_signals(self, msg_id):
         """Put back the engine's handlers that request `msg_id` replaced (itself, or a
         library it imported: some set SIGTERM's or SIGINT's), so the next requests are
-        interrupted (INTERRUPT_SIGNAL: aborts, time limits) and an idle engine is
-        stopped (SIGTERM, SIGINT: see the module docstring) as usual; said once each."""
+        interrupted (INTERRUPT_SIGNAL: aborts, time limits), held to their time_limit
+        (SIGALRM) and an idle engine is stopped (SIGTERM, SIGINT: see the module
+        docstring) as usual; said once each."""
         for sig, handler in self._own_handlers.items():
             if signal.getsignal(sig) == handler:
                 continue
             signal.signal(sig, handler)
+            if sig == signal.SIGALRM:   # the task's alarm, if left, would fire into the
+                signal.setitimer(signal.ITIMER_REAL, 0)   # engine: it is the task's, ended
+                faulthandler.unregister(sig)   # register again, or it stays replaced
+                faulthandler.register(sig, all_threads=True, chain=True)
             if sig not in self._told_handler:
                 self._told_handler.add(sig)
                 log.warning("request %s replaced this engine's %s handler: put back; leave "
                             "%s to the engine (%s)", msg_id, sig.name, sig.name,
-                            "it interrupts tasks with it" if sig == INTERRUPT_SIGNAL else
-                            "it stops with it when idle")
+                            _HANDLER_USE.get(sig, "it stops with it when idle"))
 
     def _reply_error(self, header, exc, status=protocol.ERROR, **meta):
         info = {"engine_id": self.id, "msg_id": header["msg_id"], "kind": header["kind"]}
