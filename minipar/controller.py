@@ -1463,10 +1463,11 @@ def main(argv=None):
     p.add_argument("--owner", type=int, metavar="PID",
                    help="stop the engines and the controller once process PID has ended "
                         "(a Cluster passes its own pid unless shutdown_atexit=False)")
-    p.add_argument("--log-level", default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"),
+    p.add_argument("--log-level", type=protocol.log_level,
+                   default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"),
                    help="DEBUG, INFO (default, or $MINIPAR_LOG_LEVEL), WARNING or ERROR")
     args = p.parse_args(argv)
-    logging.basicConfig(level="DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level.upper(),
+    logging.basicConfig(level="DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level,
                         format="%(asctime)s controller %(levelname)s %(message)s")
     # another live controller holding the profile stops this one (with --reuse too: it
     # would bind the same ports), before anything is written

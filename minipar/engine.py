@@ -1430,7 +1430,8 @@ def main(argv=None):
     p.add_argument("--max-missed-heartbeats", type=int, default=MAX_MISSED_HEARTBEATS,
                    help="how long (in the controller's heartbeats) to wait for a controller "
                         "that went silent to come back (then register again) before exiting")
-    p.add_argument("--log-level", default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"),
+    p.add_argument("--log-level", type=protocol.log_level,
+                   default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"),
                    help="DEBUG, INFO (default, or $MINIPAR_LOG_LEVEL), WARNING or ERROR")
     args = p.parse_args(argv)
     # either at 0 made the engine give up at once, blaming the controller
@@ -1444,7 +1445,7 @@ def main(argv=None):
             p.error(f"--startup-script {args.startup_script}: no such file")
     faulthandler.enable()  # a crash leaves its traceback in the log (quoted in EngineError)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    level = "DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level.upper()
+    level = "DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level
     logging.basicConfig(level=level,
                         format=f"%(asctime)s engine[{os.getpid()}] %(levelname)s %(message)s")
     path = args.file or os.path.join(protocol.profile_dir(args.profile, args.profile_dir),
