@@ -89,7 +89,8 @@ import zmq
 from . import datapub, dependency, errors, protocol
 from .top import process_usage
 
-log = logging.getLogger(__name__)
+# minipar.engine under -m too: "__main__" is the tasks' (a script's getLogger(__name__))
+log = logging.getLogger(__spec__.name if __spec__ else __name__)
 
 # The receiver and main threads hand the GIL back and forth on every message; with work
 # queued both want it, and the default 5 ms switch interval would cap an engine near
@@ -202,12 +203,16 @@ _Registration = collections.namedtuple("_Registration", "msg_id since")
 
 
 class _Capture(io.TextIOBase):
-    """A request's stdout or stderr: kept whole for the reply, and handed to the
-    `streamer` so the client sees it while the request runs."""
+    """The engine's stdout or stderr for requests: one object each for the engine's life,
+    as an IPython kernel's, so what holds on to it (the handler of a task's
+    logging.basicConfig, a thread a task left) writes to the request running at the
+    time. While one runs, what is written is kept whole for its reply and handed to the
+    `streamer` so the client sees it meanwhile; between requests it goes to the engine's
+    own stream (its log)."""
 
     def __init__(self, name, streamer):
         self.name = name
-        self.parts = []
+        self.parts = None   # the running request's, else None
         self._streamer = streamer
 
     def writable(self):
@@ -217,13 +222,21 @@ class _Capture(io.TextIOBase):
         if not isinstance(s, str):   # as a real text stream: this task's error, raised here,
             # not a TypeError later in the engine's own join, which ended the engine
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
-        self.parts.append(s)
+        parts = self.parts
+        if parts is None:
+            return getattr(sys, f"__{self.name}__").write(s)
+        parts.append(s)
         if s:
             self._streamer.add(self.name, s)
         return len(s)
 
-    def getvalue(self):
-        return "".join(self.parts)
+    def start(self):
+        self.parts = []
+
+    def stop(self):
+        """End the request's capture; returns all it wrote."""
+        parts, self.parts = self.parts, None
+        return "".join(parts)
 
 
 class _Streamer:
@@ -327,6 +340,8 @@ class Engine:
         self._lock = threading.RLock()
         self._stopping = False
         self._streamer = _Streamer()
+        self._stdout, self._stderr = _Capture("stdout", self._streamer), _Capture(
+            "stderr", self._streamer)
         datapub._publish = self._streamer.publish_data
         self._told_started = None   # the running request the receiver sent `started` for
         self._registering = None    # _Registration while registering again: receiver thread
@@ -963,10 +978,11 @@ class Engine:
         limit = header.get("time_limit")
         handler = self._handlers.get(header["kind"])
         self._streamer.start(msg_id)
-        out, err = _Capture("stdout", self._streamer), _Capture("stderr", self._streamer)
+        self._stdout.start()
+        self._stderr.start()
         started = time.time()
         status, result = protocol.OK, None
-        sys.stdout, sys.stderr = out, err
+        sys.stdout, sys.stderr = self._stdout, self._stderr
         try:
             self.session.check_body(header, parts)
             self._current = _Running(msg_id, time.monotonic() + limit if limit else None,
@@ -1017,12 +1033,13 @@ class Engine:
                 self._interrupt = None
                 self._withdraw_raised()   # again, had a signal handler cut the above short
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+            stdout, stderr = self._stdout.stop(), self._stderr.stop()
             data = self._streamer.stop()  # the reply carries the whole output and data
             self._take_back_signals(msg_id)
         if properties.changed:  # before the reply: the controller knows them when it arrives
             self._send_properties()
-        meta = {"started": started, "completed": time.time(), "stdout": out.getvalue(),
-                "stderr": err.getvalue(), "execution_count": self.execution_count,
+        meta = {"started": started, "completed": time.time(), "stdout": stdout,
+                "stderr": stderr, "execution_count": self.execution_count,
                 "data": data}
         if status != protocol.OK:
             return self._reply_error(header, result, status=status, **meta)
@@ -1445,9 +1462,15 @@ def main(argv=None):
             p.error(f"--startup-script {args.startup_script}: no such file")
     faulthandler.enable()  # a crash leaves its traceback in the log (quoted in EngineError)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    level = "DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level
-    logging.basicConfig(level=level,
-                        format=f"%(asctime)s engine[{os.getpid()}] %(levelname)s %(message)s")
+    # the engine's lines go to its log through its package's logger, not the root one:
+    # that is the tasks', whose records go to their stderr (logging's last resort, or a
+    # handler a task sets up) as in ipyparallel and IPython
+    own = logging.getLogger(__package__)
+    own.setLevel("DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level)
+    own.propagate = False
+    own.addHandler(logging.StreamHandler())
+    own.handlers[-1].setFormatter(logging.Formatter(
+        f"%(asctime)s engine[{os.getpid()}] %(levelname)s %(message)s"))
     path = args.file or os.path.join(protocol.profile_dir(args.profile, args.profile_dir),
                                      "security", protocol.ENGINE_FILE)
     for sig in (signal.SIGINT, signal.SIGTERM):   # not the defaults: a traceback, a kill
