@@ -26,7 +26,8 @@ sends ``usage`` (CPU time, memory, the running request) for rc.status and minipa
 
 Startup: --startup-script, then --startup-command, run before the engine connects; one
 that raises ends it (status 1, one line naming it, its exception and line) before the
-controller knows of it, so no work is ever sent to an engine that failed to start.
+controller knows of it, so no work is ever sent to an engine that failed to start; one
+that calls sys.exit ends it with that status, saying so.
 
 Signals: SIGTERM (`kill PID`, a batch system ending its job) stops an idle engine as a
 shutdown request does (it unregisters, exits 0); one running a request dies of it, and
@@ -481,7 +482,8 @@ class Engine:
 
     def _run_startup(self):
         """Run --startup-script, then --startup-command, in the user's namespace; one that
-        raises is a MiniparError of one line: which one, what it raised, at which line."""
+        raises is a MiniparError of one line: which one, what it raised, at which line.
+        One that calls sys.exit ends the engine so, with a line in its log."""
         steps = []
         if self.startup_script:
             steps.append((f"the startup script {self.startup_script}", self.startup_script,
@@ -494,10 +496,14 @@ class Engine:
                     with open(filename) as f:
                         code = f.read()
                 exec(compile(code, filename, "exec"), self.user_ns)
-            except Exception as e:
+            except (Exception, SystemExit) as e:
                 lines = [f.lineno for f in traceback.extract_tb(e.__traceback__)
                          if f.filename == filename]
                 at = f" at line {lines[-1]}" if lines else ""
+                if isinstance(e, SystemExit):   # ends the engine as asked, not silently
+                    log.warning("%s called sys.exit(%r)%s: the engine exits without "
+                                "registering", what, e.code, at)
+                    raise
                 first = (str(e).strip().splitlines() or [""])[0]
                 raise errors.MiniparError(f"{what} raised {type(e).__name__}: {first}{at}; "
                                           "fix it and start the engine again") from None

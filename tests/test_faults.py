@@ -649,6 +649,16 @@ def test_an_engine_whose_startup_script_raises_never_gets_work(local_cluster, tm
     assert ar.get(START_TIMEOUT_S) == good.pid
 
 
+def test_an_engine_whose_startup_code_calls_sys_exit_says_so(local_cluster):
+    """A startup command (or script) that calls sys.exit ends its engine with that status
+    before it registers, as asked, and now says so in its log, where it ended silently."""
+    engine, = local_cluster.start_engines(1, args=["-c", "import sys\nsys.exit(3)"])
+    assert engine.wait(START_TIMEOUT_S) == 3
+    log = local_cluster.output("engine0")
+    assert "the startup command called sys.exit(3) at line 2: the engine exits without " \
+        "registering" in log and "Traceback" not in log, log
+
+
 @pytest.fixture
 def launched(tmp_path):
     """A Cluster of 2 engines, one engine set minipar launched: (cluster, rc, engine set)."""
