@@ -382,6 +382,7 @@ class Engine:
         # before any socket: the controller never lists (nor sends work to) an engine
         # whose startup fails, and what the script sets in `properties` is registered
         self._call_leaving_if_forked("the startup script", self._run_startup)
+        builtins.input = _no_input   # for the requests, from here on
         self.ctx = zmq.Context()
         self._outbox_addr = f"inproc://outbox-{id(self)}"
         dealer = self._new_dealer(self.ident, "engine")
@@ -1403,6 +1404,14 @@ def _raise_in(thread_id, exc_class):
     CPython's PyThreadState_SetAsyncExc, which takes a class, not an instance."""
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id),
                                                exc_class and ctypes.py_object(exc_class))
+
+
+def _no_input(prompt=""):
+    """A request's input(): no one can answer it. It read the engine's own stdin, empty
+    under a launcher, or in a terminal waited silently (its prompt went to the client)
+    for a line typed there. It fails at once, as on ipyparallel's engines."""
+    raise EOFError(f"input({prompt!r}) on an engine: no one can answer it (a task's stdin "
+                   "is not its client's); pass what the task needs as an argument")
 
 
 def _in_foreground():

@@ -649,6 +649,26 @@ def test_an_engine_whose_startup_script_raises_never_gets_work(local_cluster, tm
     assert ar.get(START_TIMEOUT_S) == good.pid
 
 
+def test_input_in_a_task_fails_at_once_rather_than_wait_for_the_engines_terminal(
+        local_cluster):
+    """input() in a task read the engine's own stdin: under a launcher (empty) an EOFError
+    saying nothing more, but in a terminal (here a pipe kept open) it waited, silently
+    (its prompt went to the client), for a line typed there. As ipyparallel's engines, it
+    now fails at once, saying why, and the engine serves on."""
+    engine = subprocess.Popen([sys.executable, "-m", "minipar.engine", "--file",
+                               local_cluster.engine_file], stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=_env(), cwd=ROOT)
+    local_cluster.procs.append(engine)
+    rc = local_cluster.client()
+    (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
+    with pytest.raises(errors.RemoteError, match=r"EOFError: input\('name\? '\) on an "
+                       "engine: no one can answer it.*pass what the task needs as an "
+                       "argument"):
+        rc[eid].apply_async(input, "name? ").get(10)
+    assert rc[eid].apply_sync(abs, -1) == 1 and engine.poll() is None
+
+
 def test_an_engine_whose_startup_code_calls_sys_exit_says_so(local_cluster):
     """A startup command (or script) that calls sys.exit ends its engine with that status
     before it registers, as asked, and now says so in its log, where it ended silently."""
