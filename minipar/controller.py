@@ -105,6 +105,11 @@ class Controller:
             raise ValueError(f"max message size {max_message_size} is too small: the "
                              f"cluster's own messages need {MIN_MESSAGE_SIZE} bytes or more "
                              "(it is in bytes: 100000000 is 100 MB)")
+        # a negative bound (-1 meant as no limit) culled every record as it finished
+        for what, bound in (("record limit", record_limit), ("record bytes", record_bytes)):
+            if bound < 0:
+                raise ValueError(f"{what} {bound} is negative: give how many to keep (0 keeps "
+                                 "no finished task's record); --db sqlite keeps them all")
         self.ip = ip
         self.location = location or (socket.gethostname() if ip in ("*", "0.0.0.0") else ip)
         self.profile_dir = protocol.profile_dir(profile, profile_dir)

@@ -989,11 +989,15 @@ def test_controller_ports_range_list_in_use_and_none_left(pids, tmp_path):
     (["--ports", "99999"], "'99999' is not a port or a range of ports within 1..65535"),
     (["--ports", "abc"], "'abc' is not a port or a range of ports"),
     (["--ports", "10110-10101"], "'10110-10101' is not a port or a range of ports"),
-    (["--max-message-size", "10"], "max message size 10 is too small")])
+    (["--max-message-size", "10"], "max message size 10 is too small"),
+    (["--record-limit", "-1"], "record limit -1 is negative: give how many to keep"),
+    (["--record-bytes", "-1"], "record bytes -1 is negative: give how many to keep")])
 def test_controller_options_out_of_range_are_refused_in_one_line(pids, tmp_path, args, says):
     """A port past 65535 was dropped for a random one and a tiny --max-message-size let
     no engine register nor client connect, both without a word; a --ports that is not
-    ports ended in a ValueError or IndexError traceback. Each is now a usage error."""
+    ports ended in a ValueError or IndexError traceback; a negative --record-limit or
+    --record-bytes (-1 taken for no limit) culled every record as it finished, so
+    get_result of any finished task failed. Each is now a usage error."""
     out = _second_controller(str(tmp_path / "p"), *args)
     if out.returncode == 0 or out.returncode is None:
         pids.add(json.load(open(tmp_path / "p" / "security" / protocol.CLIENT_FILE))["pid"])
