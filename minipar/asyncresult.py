@@ -63,6 +63,23 @@ def _dated(record):
     return record
 
 
+def _fail_in_forked_child(futures, error):
+    """Fail `futures` (a Client's pending requests) and the AsyncResults waiting on them
+    with `error`, in a forked child, in its only thread: no reply can come there, and
+    concurrent.futures.wait and as_completed, which read a future's state and not our
+    methods, would wait forever. Their locks may have been held at the fork by a thread
+    the child does not have, so each gets a new one, unheld; no callback runs (they are
+    the parent's). Runs only at a fork: nothing on the normal path."""
+    todo = list(futures)
+    while todo:
+        f = todo.pop()
+        if f._state in (concurrent.futures._base.PENDING, concurrent.futures._base.RUNNING):
+            f._condition = threading.Condition()
+            f._state, f._exception = concurrent.futures._base.FINISHED, error
+            todo.extend(cb.__self__ for cb in f._done_callbacks
+                        if isinstance(getattr(cb, "__self__", None), concurrent.futures.Future))
+
+
 class Metadata(dict):
     """A request's metadata: a dict whose keys read as attributes too
     (``ar.metadata.engine_id``), as ipyparallel's ``Metadata``. Its times are datetimes
@@ -190,9 +207,10 @@ class AsyncResult(_Future):
 
     def _reachable(self):
         # raise at once where no reply can come: its Client is closed (in a forked child,
-        # made so at the fork: the I/O thread that would read the reply is the parent's)
+        # made so at the fork: the I/O thread that would read the reply is the parent's;
+        # there it is also the error of what was pending, see _fail_in_forked_child)
         closed = self._client is not None and self._client._closed
-        if closed and not self.done():
+        if closed and (self._exception is closed or not self.done()):
             raise closed
 
     def get(self, timeout=None, return_exceptions=None, return_when=None):

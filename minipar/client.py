@@ -45,8 +45,9 @@ import cloudpickle
 import zmq
 
 from . import errors, protocol
-from .asyncresult import (AsyncResult, _concat, _dated, _Derived, _MsgFuture, _OneRequest,
-                          _aborted_on_ctrl_c, _ctrl_c_aborts, _sent, _timeout_s)
+from .asyncresult import (AsyncResult, _concat, _dated, _Derived, _fail_in_forked_child,
+                          _MsgFuture, _OneRequest, _aborted_on_ctrl_c, _ctrl_c_aborts, _sent,
+                          _timeout_s)
 from .dependency import dependency_fields, dependent, msg_ids
 from .remotefunction import (ParallelFunction, RemoteFunction, _partition, _sequence,
                              _sequences)
@@ -78,14 +79,14 @@ _TIMER_SEQ = itertools.count()
 
 
 def _forked(client_ref):
-    # executes in a forked child (multiprocessing's fork), in its only thread: no lock is
-    # taken (another thread may have held it at the fork) and no socket touched; the
-    # parent's requests it waits on are not failed here (their locks, too)
+    # executes in a forked child (multiprocessing's fork), in its only thread: no lock
+    # taken, no socket touched; the parent's requests fail here too (see the function)
     client = client_ref()
     if client is not None and not client._closed:
         client._closed = errors.MiniparError(
             f"this Client was made in process {os.getppid()}, which forked this one "
             f"({os.getpid()}): its I/O thread runs there only. Make a new Client here")
+        _fail_in_forked_child(list(client._futures.values()), client._closed)
 
 
 def interactive(f):
@@ -1544,8 +1545,7 @@ class LoadBalancedView(_View):
         tasks are in flight ('auto': four per engine, enough to keep every engine's
         queue full while a result travels back). `ordered=False` yields results as
         they finish. A failed task raises its error (`return_exceptions`: yields it);
-        stopping early aborts the tasks still in flight.
-        """
+        stopping early aborts the tasks still in flight."""
         if not iterables:
             raise ValueError("imap needs at least one iterable")
         if max_outstanding == "auto":

@@ -105,6 +105,11 @@ class Controller:
             raise ValueError(f"max message size {max_message_size} is too small: the "
                              f"cluster's own messages need {MIN_MESSAGE_SIZE} bytes or more "
                              "(it is in bytes: 100000000 is 100 MB)")
+        # a negative bound (-1 meant as no limit) culled every record as it finished
+        for what, bound in (("record limit", record_limit), ("record bytes", record_bytes)):
+            if bound < 0:
+                raise ValueError(f"{what} {bound} is negative: give how many to keep (0 keeps "
+                                 "no finished task's record); --db sqlite keeps them all")
         self.ip = ip
         self.location = location or (socket.gethostname() if ip in ("*", "0.0.0.0") else ip)
         self.profile_dir = protocol.profile_dir(profile, profile_dir)
@@ -1463,10 +1468,11 @@ def main(argv=None):
     p.add_argument("--owner", type=int, metavar="PID",
                    help="stop the engines and the controller once process PID has ended "
                         "(a Cluster passes its own pid unless shutdown_atexit=False)")
-    p.add_argument("--log-level", default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"),
+    p.add_argument("--log-level", type=protocol.log_level,
+                   default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"),
                    help="DEBUG, INFO (default, or $MINIPAR_LOG_LEVEL), WARNING or ERROR")
     args = p.parse_args(argv)
-    logging.basicConfig(level="DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level.upper(),
+    logging.basicConfig(level="DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level,
                         format="%(asctime)s controller %(levelname)s %(message)s")
     # another live controller holding the profile stops this one (with --reuse too: it
     # would bind the same ports), before anything is written

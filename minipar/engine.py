@@ -26,7 +26,8 @@ sends ``usage`` (CPU time, memory, the running request) for rc.status and minipa
 
 Startup: --startup-script, then --startup-command, run before the engine connects; one
 that raises ends it (status 1, one line naming it, its exception and line) before the
-controller knows of it, so no work is ever sent to an engine that failed to start.
+controller knows of it, so no work is ever sent to an engine that failed to start; one
+that calls sys.exit ends it with that status, saying so.
 
 Signals: SIGTERM (`kill PID`, a batch system ending its job) stops an idle engine as a
 shutdown request does (it unregisters, exits 0); one running a request dies of it, and
@@ -43,7 +44,9 @@ while it runs; the engine's is back after it.
 
 A task that holds the GIL past its time_limit plus TIME_LIMIT_GRACE_S (one long C call,
 which no interrupt reaches) ends the engine by SIGALRM, with faulthandler's traceback in
-its log; the controller, told when the task started, fails it with TaskTimeout.
+its log; the controller, told when the task started, fails it with TaskTimeout. A task
+that sets its own SIGALRM handler (a timeout decorator's signal.alarm) has it while it
+runs, without that watchdog; after it the engine's is back and the task's alarm cancelled.
 
 Losing the controller: an engine declared dead (frozen, starved) or unknown to a
 restarted controller gets an ``unregister`` notice (its heart's beats make the
@@ -87,7 +90,8 @@ import zmq
 from . import datapub, dependency, errors, protocol
 from .top import process_usage
 
-log = logging.getLogger(__name__)
+# minipar.engine under -m too: "__main__" is the tasks' (a script's getLogger(__name__))
+log = logging.getLogger(__spec__.name if __spec__ else __name__)
 
 # The receiver and main threads hand the GIL back and forth on every message; with work
 # queued both want it, and the default 5 ms switch interval would cap an engine near
@@ -123,6 +127,9 @@ INTERRUPT_AGAIN_S = 0.2
 # before SIGALRM, whose default action needs no thread of ours, ends the engine. Time
 # for `finally` blocks to run; 1..60 is reasonable.
 TIME_LIMIT_GRACE_S = 5.0
+# Why the engine takes back a handler that a task replaced (see Engine._take_back_signals)
+_HANDLER_USE = {INTERRUPT_SIGNAL: "it interrupts tasks with it",
+                signal.SIGALRM: "it ends a task past its time_limit with it"}
 # How often the engine sends its CPU time, memory and running request for rc.status and
 # minipar.top: one message, none per task; figures this old at most. 0.5..10 is reasonable.
 USAGE_PERIOD_S = 1.0
@@ -197,12 +204,16 @@ _Registration = collections.namedtuple("_Registration", "msg_id since")
 
 
 class _Capture(io.TextIOBase):
-    """A request's stdout or stderr: kept whole for the reply, and handed to the
-    `streamer` so the client sees it while the request runs."""
+    """The engine's stdout or stderr for requests: one object each for the engine's life,
+    as an IPython kernel's, so what holds on to it (the handler of a task's
+    logging.basicConfig, a thread a task left) writes to the request running at the
+    time. While one runs, what is written is kept whole for its reply and handed to the
+    `streamer` so the client sees it meanwhile; between requests it goes to the engine's
+    own stream (its log)."""
 
     def __init__(self, name, streamer):
         self.name = name
-        self.parts = []
+        self.parts = None   # the running request's, else None
         self._streamer = streamer
 
     def writable(self):
@@ -212,13 +223,21 @@ class _Capture(io.TextIOBase):
         if not isinstance(s, str):   # as a real text stream: this task's error, raised here,
             # not a TypeError later in the engine's own join, which ended the engine
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
-        self.parts.append(s)
+        parts = self.parts
+        if parts is None:
+            return getattr(sys, f"__{self.name}__").write(s)
+        parts.append(s)
         if s:
             self._streamer.add(self.name, s)
         return len(s)
 
-    def getvalue(self):
-        return "".join(self.parts)
+    def start(self):
+        self.parts = []
+
+    def stop(self):
+        """End the request's capture; returns all it wrote."""
+        parts, self.parts = self.parts, None
+        return "".join(parts)
 
 
 class _Streamer:
@@ -322,6 +341,8 @@ class Engine:
         self._lock = threading.RLock()
         self._stopping = False
         self._streamer = _Streamer()
+        self._stdout, self._stderr = _Capture("stdout", self._streamer), _Capture(
+            "stderr", self._streamer)
         datapub._publish = self._streamer.publish_data
         self._told_started = None   # the running request the receiver sent `started` for
         self._registering = None    # _Registration while registering again: receiver thread
@@ -338,8 +359,10 @@ class Engine:
         # before registering: a signal sent once the controller lists this engine (it may
         # do so before its answer arrives here) must meet these handlers, not the defaults
         self._interrupt_handler = self._on_interrupt_signal   # one object, compared with `is`
+        # SIGALRM's is faulthandler's (registered below), which Python reports as SIG_DFL
         self._own_handlers = {signal.SIGINT: self._on_sigint, signal.SIGTERM: self._on_sigterm,
-                              INTERRUPT_SIGNAL: self._interrupt_handler}
+                              INTERRUPT_SIGNAL: self._interrupt_handler,
+                              signal.SIGALRM: signal.SIG_DFL}
         for sig, handler in self._own_handlers.items():
             signal.signal(sig, handler)
         os.register_at_fork(after_in_child=self._after_fork_in_child)
@@ -359,6 +382,7 @@ class Engine:
         # before any socket: the controller never lists (nor sends work to) an engine
         # whose startup fails, and what the script sets in `properties` is registered
         self._call_leaving_if_forked("the startup script", self._run_startup)
+        builtins.input = _no_input   # for the requests, from here on
         self.ctx = zmq.Context()
         self._outbox_addr = f"inproc://outbox-{id(self)}"
         dealer = self._new_dealer(self.ident, "engine")
@@ -459,7 +483,8 @@ class Engine:
 
     def _run_startup(self):
         """Run --startup-script, then --startup-command, in the user's namespace; one that
-        raises is a MiniparError of one line: which one, what it raised, at which line."""
+        raises is a MiniparError of one line: which one, what it raised, at which line.
+        One that calls sys.exit ends the engine so, with a line in its log."""
         steps = []
         if self.startup_script:
             steps.append((f"the startup script {self.startup_script}", self.startup_script,
@@ -472,10 +497,14 @@ class Engine:
                     with open(filename) as f:
                         code = f.read()
                 exec(compile(code, filename, "exec"), self.user_ns)
-            except Exception as e:
+            except (Exception, SystemExit) as e:
                 lines = [f.lineno for f in traceback.extract_tb(e.__traceback__)
                          if f.filename == filename]
                 at = f" at line {lines[-1]}" if lines else ""
+                if isinstance(e, SystemExit):   # ends the engine as asked, not silently
+                    log.warning("%s called sys.exit(%r)%s: the engine exits without "
+                                "registering", what, e.code, at)
+                    raise
                 first = (str(e).strip().splitlines() or [""])[0]
                 raise errors.MiniparError(f"{what} raised {type(e).__name__}: {first}{at}; "
                                           "fix it and start the engine again") from None
@@ -956,10 +985,11 @@ class Engine:
         limit = header.get("time_limit")
         handler = self._handlers.get(header["kind"])
         self._streamer.start(msg_id)
-        out, err = _Capture("stdout", self._streamer), _Capture("stderr", self._streamer)
+        self._stdout.start()
+        self._stderr.start()
         started = time.time()
         status, result = protocol.OK, None
-        sys.stdout, sys.stderr = out, err
+        sys.stdout, sys.stderr = self._stdout, self._stderr
         try:
             self.session.check_body(header, parts)
             self._current = _Running(msg_id, time.monotonic() + limit if limit else None,
@@ -1010,12 +1040,13 @@ class Engine:
                 self._interrupt = None
                 self._withdraw_raised()   # again, had a signal handler cut the above short
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+            stdout, stderr = self._stdout.stop(), self._stderr.stop()
             data = self._streamer.stop()  # the reply carries the whole output and data
             self._take_back_signals(msg_id)
         if properties.changed:  # before the reply: the controller knows them when it arrives
             self._send_properties()
-        meta = {"started": started, "completed": time.time(), "stdout": out.getvalue(),
-                "stderr": err.getvalue(), "execution_count": self.execution_count,
+        meta = {"started": started, "completed": time.time(), "stdout": stdout,
+                "stderr": stderr, "execution_count": self.execution_count,
                 "data": data}
         if status != protocol.OK:
             return self._reply_error(header, result, status=status, **meta)
@@ -1068,18 +1099,22 @@ class Engine:
     def _take_back_signals(self, msg_id):
         """Put back the engine's handlers that request `msg_id` replaced (itself, or a
         library it imported: some set SIGTERM's or SIGINT's), so the next requests are
-        interrupted (INTERRUPT_SIGNAL: aborts, time limits) and an idle engine is
-        stopped (SIGTERM, SIGINT: see the module docstring) as usual; said once each."""
+        interrupted (INTERRUPT_SIGNAL: aborts, time limits), held to their time_limit
+        (SIGALRM) and an idle engine is stopped (SIGTERM, SIGINT: see the module
+        docstring) as usual; said once each."""
         for sig, handler in self._own_handlers.items():
             if signal.getsignal(sig) == handler:
                 continue
             signal.signal(sig, handler)
+            if sig == signal.SIGALRM:   # the task's alarm, if left, would fire into the
+                signal.setitimer(signal.ITIMER_REAL, 0)   # engine: it is the task's, ended
+                faulthandler.unregister(sig)   # register again, or it stays replaced
+                faulthandler.register(sig, all_threads=True, chain=True)
             if sig not in self._told_handler:
                 self._told_handler.add(sig)
                 log.warning("request %s replaced this engine's %s handler: put back; leave "
                             "%s to the engine (%s)", msg_id, sig.name, sig.name,
-                            "it interrupts tasks with it" if sig == INTERRUPT_SIGNAL else
-                            "it stops with it when idle")
+                            _HANDLER_USE.get(sig, "it stops with it when idle"))
 
     def _reply_error(self, header, exc, status=protocol.ERROR, **meta):
         info = {"engine_id": self.id, "msg_id": header["msg_id"], "kind": header["kind"]}
@@ -1371,6 +1406,14 @@ def _raise_in(thread_id, exc_class):
                                                exc_class and ctypes.py_object(exc_class))
 
 
+def _no_input(prompt=""):
+    """A request's input(): no one can answer it. It read the engine's own stdin, empty
+    under a launcher, or in a terminal waited silently (its prompt went to the client)
+    for a line typed there. It fails at once, as on ipyparallel's engines."""
+    raise EOFError(f"input({prompt!r}) on an engine: no one can answer it (a task's stdin "
+                   "is not its client's); pass what the task needs as an argument")
+
+
 def _in_foreground():
     """Whether this process's group is its terminal's foreground one, which a Ctrl-C
     typed there reaches. False with no controlling terminal (opening /dev/tty fails)."""
@@ -1419,7 +1462,8 @@ def main(argv=None):
     p.add_argument("--max-missed-heartbeats", type=int, default=MAX_MISSED_HEARTBEATS,
                    help="how long (in the controller's heartbeats) to wait for a controller "
                         "that went silent to come back (then register again) before exiting")
-    p.add_argument("--log-level", default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"),
+    p.add_argument("--log-level", type=protocol.log_level,
+                   default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"),
                    help="DEBUG, INFO (default, or $MINIPAR_LOG_LEVEL), WARNING or ERROR")
     args = p.parse_args(argv)
     # either at 0 made the engine give up at once, blaming the controller
@@ -1433,9 +1477,15 @@ def main(argv=None):
             p.error(f"--startup-script {args.startup_script}: no such file")
     faulthandler.enable()  # a crash leaves its traceback in the log (quoted in EngineError)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    level = "DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level.upper()
-    logging.basicConfig(level=level,
-                        format=f"%(asctime)s engine[{os.getpid()}] %(levelname)s %(message)s")
+    # the engine's lines go to its log through its package's logger, not the root one:
+    # that is the tasks', whose records go to their stderr (logging's last resort, or a
+    # handler a task sets up) as in ipyparallel and IPython
+    own = logging.getLogger(__package__)
+    own.setLevel("DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level)
+    own.propagate = False
+    own.addHandler(logging.StreamHandler())
+    own.handlers[-1].setFormatter(logging.Formatter(
+        f"%(asctime)s engine[{os.getpid()}] %(levelname)s %(message)s"))
     path = args.file or os.path.join(protocol.profile_dir(args.profile, args.profile_dir),
                                      "security", protocol.ENGINE_FILE)
     for sig in (signal.SIGINT, signal.SIGTERM):   # not the defaults: a traceback, a kill

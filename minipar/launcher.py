@@ -175,8 +175,7 @@ def terminate_pids(pids, timeout=STOP_TIMEOUT_S, sig=signal.SIGTERM, what="proce
 
     Descendants are collected before the first signal, because a killed parent's children
     are re-parented and could not be found afterwards. Returns the pids still alive
-    (none, unless a process is stuck in the kernel).
-    """
+    (none, unless a process is stuck in the kernel)."""
     pids = [p for p in pids if p]
     everything = pids + _descendants(pids)
     for pid in pids:
@@ -1578,9 +1577,10 @@ def main(argv=None):
         p.add_argument("--profile-dir", help="profile folder")
         p.set_defaults(func=func)
     parser.add_argument("--log-level", default=os.environ.get("MINIPAR_LOG_LEVEL", "WARNING"),
+                        type=protocol.log_level,
                         help="DEBUG, INFO, WARNING (default, or $MINIPAR_LOG_LEVEL) or ERROR")
     args = parser.parse_args(_joined_args(sys.argv[1:] if argv is None else argv))
-    level = "DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level.upper()
+    level = "DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level
     logging.basicConfig(level=level, format="%(asctime)s launcher %(levelname)s %(message)s")
     try:
         return args.func(args)

@@ -787,6 +787,18 @@ CLIENT_FILE = "minipar-client.json"
 ENGINE_FILE = "minipar-engine.json"
 
 
+def log_level(text):
+    """argparse type of each entry point's --log-level, whose default ($MINIPAR_LOG_LEVEL)
+    argparse checks too: a name that is no level, given or from the environment, is a
+    usage error naming the levels, where logging.basicConfig ended in a traceback."""
+    import argparse   # only the entry points, which have both already, parse options
+    import logging
+    if not isinstance(logging.getLevelName(text.upper()), int):   # WARN, in any case, too
+        raise argparse.ArgumentTypeError(f"{text!r} is not a log level: give DEBUG, INFO, "
+                                         "WARNING, ERROR or CRITICAL")
+    return text.upper()
+
+
 def base_dir():
     return os.environ.get("MINIPAR_DIR") or os.path.join(os.path.expanduser("~"), ".minipar")
 

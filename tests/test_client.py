@@ -1,6 +1,7 @@
 """Bad input at the client: each gives a clear error, never a hang, and the controller
 keeps serving everyone else."""
 
+import concurrent.futures
 import contextlib
 import copy
 import gc
@@ -524,7 +525,8 @@ def test_a_forked_child_is_told_to_make_its_own_client(rc):
     thread: using it there fails at once saying so, where a request used to wait for a
     reply that no thread would ever read; a new Client there works, and the parent's
     goes on, also after the child closed its copy (as atexit would). A result the parent
-    waits for fails at once in the child too, where it waited forever."""
+    waits for fails at once in the child too, where it waited forever, also when waited
+    on through concurrent.futures (wait, as_completed), which reads no method of ours."""
     pending = rc[:].apply_async(time.sleep, 5)
     r, w = os.pipe()
     pid = os.fork()
@@ -538,6 +540,10 @@ def test_a_forked_child_is_told_to_make_its_own_client(rc):
                     said += "no error;"
                 except minipar.MiniparError as e:
                     said += f"{e};"
+            done = concurrent.futures.wait([pending], TIMEOUT).done
+            said += "".join(f"{f.exception()};" for f in done)
+            for f in concurrent.futures.as_completed([pending.futures[0]], TIMEOUT):
+                said += f"{f.exception()};"
             with minipar.Client(rc.url_file) as own:
                 said += f"|{own[:].apply_async(abs, -2).get(TIMEOUT / 4)}"
             rc.close()
@@ -556,8 +562,8 @@ def test_a_forked_child_is_told_to_make_its_own_client(rc):
     said = os.read(r, 4096).decode()
     os.close(r)
     assert status == 0 and said.count(f"made in process {os.getpid()}, which forked this "
-                                      f"one ({pid})") == 4, said
-    assert said.count("Make a new Client here") == 4 and "no error" not in said, said
+                                      f"one ({pid})") == 6, said
+    assert said.count("Make a new Client here") == 6 and "no error" not in said, said
     assert said.endswith(f"|{[2] * len(rc.ids)}"), said
     assert pending.get(TIMEOUT) == [None] * len(rc.ids)
     assert rc[:].apply_sync(abs, -1) == [1] * len(rc.ids)

@@ -330,6 +330,35 @@ def test_stream_output_prefixes_each_line_once(rc):
     assert len(lines) == 10
 
 
+def logs(configure):
+    import logging
+
+    if configure:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(message)s")
+    logging.getLogger("mylib").warning("careful")
+    logging.getLogger("__main__").warning("from a script")   # its getLogger(__name__)
+    logging.getLogger("mylib").info("detail")
+    return "done"
+
+
+def test_what_a_task_logs_reaches_its_stderr_as_in_ipyparallel(local_cluster):
+    """What a task logged (a library's warnings, say) went to the engine's log file, not
+    to the client: the engine had set up the root logger for its own lines. As in
+    ipyparallel and a notebook, it now reaches the task's stderr: by logging's last
+    resort (WARNING and above) until a task sets logging up, then as that set it, in
+    later tasks too; the engine's own lines stay in its log."""
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    (eid,) = rc.wait_for_engines(1, WAIT_S)
+    first, configured, later = (rc[eid].apply_async(logs, c) for c in (False, True, False))
+    assert [ar.get(WAIT_S) for ar in (first, configured, later)] == ["done"] * 3
+    assert first.stderr == "careful\nfrom a script\n"
+    assert configured.stderr == later.stderr == (
+        "WARNING:mylib:careful\nWARNING:__main__:from a script\nINFO:mylib:detail\n")
+    log = local_cluster.output("engine0")
+    assert "registered as engine" in log and "careful" not in log and "script" not in log
+
+
 def test_display_outputs(rc, capsys):
     ar = rc[:].execute("print('hi'); import sys; print('warn', file=sys.stderr)")
     ar.wait(WAIT_S)

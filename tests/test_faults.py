@@ -367,6 +367,39 @@ def test_a_time_limit_holds_for_code_that_holds_the_gil(local_cluster):
     assert any("_hold_the_gil" in log and "most recent call first" in log for log in logs)
 
 
+def _set_an_alarm_handler(handler):
+    """A task that puts its own SIGALRM handler in place (as timeout decorators do) and
+    leaves it, with an alarm still set ("ignore": SIG_IGN, "own": one that does nothing)."""
+    import signal
+
+    signal.signal(signal.SIGALRM, {"own": lambda *a: None, "ignore": signal.SIG_IGN}[handler])
+    signal.alarm(3)
+    return "set"
+
+
+@pytest.mark.parametrize("handler", ["own", "ignore"])
+def test_a_tasks_alarm_handler_does_not_disable_the_time_limit_watchdog(
+        local_cluster, handler):
+    """The engine ends a task that holds the GIL past its time_limit by SIGALRM. A task
+    that left its own SIGALRM handler (and an alarm) in place is said once in the log and
+    the engine's is put back: the alarm left does not fire into the engine, and a later
+    task holding the GIL still ends its engine, not runs on for a minute."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
+    assert rc[eid].apply_sync(_set_an_alarm_handler, handler) == "set"
+    assert rc[eid].apply_sync(_hold_the_gil, 4) == 4   # past the alarm the task left
+    view = rc.load_balanced_view()
+    with view.temp_flags(time_limit=1):
+        lb = view.apply_async(_hold_the_gil, 60)
+    with pytest.raises(errors.TaskTimeout, match="time_limit of 1 s"):
+        lb.get(45)
+    wait_until(lambda: engine.poll() is not None, START_TIMEOUT_S, "the engine to end")
+    log = local_cluster.output("engine0")
+    assert log.count("replaced this engine's SIGALRM") == 1
+    assert "_hold_the_gil" in log and "most recent call first" in log
+
+
 def _with_its_own_interrupt_handler(handler, seconds):
     """A task that puts its own handler in place for the engine's INTERRUPT_SIGNAL,
     SIGUSR2 ("own": one that does nothing; "ignore": SIG_IGN; "default": SIG_DFL), then
@@ -614,6 +647,36 @@ def test_an_engine_whose_startup_script_raises_never_gets_work(local_cluster, tm
     assert rc.ids == [] and not ar.done()
     good, = local_cluster.start_engines(1)
     assert ar.get(START_TIMEOUT_S) == good.pid
+
+
+def test_input_in_a_task_fails_at_once_rather_than_wait_for_the_engines_terminal(
+        local_cluster):
+    """input() in a task read the engine's own stdin: under a launcher (empty) an EOFError
+    saying nothing more, but in a terminal (here a pipe kept open) it waited, silently
+    (its prompt went to the client), for a line typed there. As ipyparallel's engines, it
+    now fails at once, saying why, and the engine serves on."""
+    engine = subprocess.Popen([sys.executable, "-m", "minipar.engine", "--file",
+                               local_cluster.engine_file], stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=_env(), cwd=ROOT)
+    local_cluster.procs.append(engine)
+    rc = local_cluster.client()
+    (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
+    with pytest.raises(errors.RemoteError, match=r"EOFError: input\('name\? '\) on an "
+                       "engine: no one can answer it.*pass what the task needs as an "
+                       "argument"):
+        rc[eid].apply_async(input, "name? ").get(10)
+    assert rc[eid].apply_sync(abs, -1) == 1 and engine.poll() is None
+
+
+def test_an_engine_whose_startup_code_calls_sys_exit_says_so(local_cluster):
+    """A startup command (or script) that calls sys.exit ends its engine with that status
+    before it registers, as asked, and now says so in its log, where it ended silently."""
+    engine, = local_cluster.start_engines(1, args=["-c", "import sys\nsys.exit(3)"])
+    assert engine.wait(START_TIMEOUT_S) == 3
+    log = local_cluster.output("engine0")
+    assert "the startup command called sys.exit(3) at line 2: the engine exits without " \
+        "registering" in log and "Traceback" not in log, log
 
 
 @pytest.fixture

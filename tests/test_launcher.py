@@ -989,11 +989,15 @@ def test_controller_ports_range_list_in_use_and_none_left(pids, tmp_path):
     (["--ports", "99999"], "'99999' is not a port or a range of ports within 1..65535"),
     (["--ports", "abc"], "'abc' is not a port or a range of ports"),
     (["--ports", "10110-10101"], "'10110-10101' is not a port or a range of ports"),
-    (["--max-message-size", "10"], "max message size 10 is too small")])
+    (["--max-message-size", "10"], "max message size 10 is too small"),
+    (["--record-limit", "-1"], "record limit -1 is negative: give how many to keep"),
+    (["--record-bytes", "-1"], "record bytes -1 is negative: give how many to keep")])
 def test_controller_options_out_of_range_are_refused_in_one_line(pids, tmp_path, args, says):
     """A port past 65535 was dropped for a random one and a tiny --max-message-size let
     no engine register nor client connect, both without a word; a --ports that is not
-    ports ended in a ValueError or IndexError traceback. Each is now a usage error."""
+    ports ended in a ValueError or IndexError traceback; a negative --record-limit or
+    --record-bytes (-1 taken for no limit) culled every record as it finished, so
+    get_result of any finished task failed. Each is now a usage error."""
     out = _second_controller(str(tmp_path / "p"), *args)
     if out.returncode == 0 or out.returncode is None:
         pids.add(json.load(open(tmp_path / "p" / "security" / protocol.CLIENT_FILE))["pid"])
@@ -1025,3 +1029,24 @@ def test_fifty_local_engines_all_register(pids):
         print(f"50 engines ready in {ready:.1f} s")
     assert len(pids.pids) == 51
     assert not [p for p in pids.pids if alive(p)]
+
+
+@pytest.mark.parametrize("role, args", [("controller", ["--profile-dir", "p"]),
+                                        ("engine", ["--profile-dir", "p"]),
+                                        ("launcher", ["list", "--profile-dir", "p"])])
+def test_a_log_level_that_is_not_one_is_a_usage_error(tmp_path, role, args):
+    """--log-level bogus (or MINIPAR_LOG_LEVEL=bogus, each entry point's default) ended
+    the controller, an engine and the launcher in a traceback from logging; it is now a
+    usage error naming the levels, and a level in lower case is taken as before."""
+    for given, env in ((["--log-level", "bogus"], {}), ([], {"MINIPAR_LOG_LEVEL": "bogus"})):
+        out = subprocess.run([sys.executable, "-m", f"minipar.{role}", *given, *args],
+                             env={**_env(), "MINIPAR_DIR": str(tmp_path), **env},
+                             cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert "'bogus' is not a log level: give DEBUG, INFO, WARNING, ERROR or " \
+               "CRITICAL" in out.stderr, out.stderr
+    out = subprocess.run([sys.executable, "-m", "minipar.launcher", "--log-level", "debug",
+                          "list", "--profile-dir", "p"], env=_env(), cwd=tmp_path,
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
