@@ -476,3 +476,31 @@ def test_wait_interactive_takes_widget_and_return_when(rc, capsys):
     assert "8/8" in capsys.readouterr().err
     with pytest.raises(ValueError, match="return_when="):
         ok.wait_interactive(return_when="sometimes")
+
+
+def next_of_an_engine_iterator(view, name):
+    """docs/source/examples/nwmerge.py's remote_iterator, its except clause unchanged."""
+    from minipar.error import RemoteError
+
+    view.execute(f"it{name} = iter({name})", block=True)
+    while True:
+        try:
+            result = view.apply_sync(next, ipp.Reference("it" + name))
+        except RemoteError as e:
+            if e.ename == "StopIteration":
+                return
+            raise
+        yield result
+
+
+def test_ipp_error_imports_by_path_as_ipyparallels(rc):
+    """``from ipyparallel.error import RemoteError`` (the nwmerge example) and
+    ``import ipyparallel.error``: minipar.error is the module ``ipp.error`` names."""
+    import minipar.error
+    from minipar.error import CompositeError, RemoteError
+
+    assert minipar.error is ipp.error
+    assert (RemoteError, CompositeError) == (ipp.RemoteError, ipp.CompositeError)
+    rc[0]["a"] = range(3)
+    assert list(next_of_an_engine_iterator(rc[0], "a")) == [0, 1, 2]
+
