@@ -14,9 +14,9 @@ from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION  
 from . import errors as error
 from .dependency import Dependency, Reference, depend, dependent, require
 from .errors import (CompositeError, DependencyTimeout, EngineError, ImpossibleDependency,
-                     InvalidDependency, MiniparError, NoEnginesRegistered, RemoteError,
-                     SerializationError, TaskAborted, TaskTimeout, TimeoutError,
-                     UnmetDependency)
+                     InvalidDependency, IPythonError, KernelError, MiniparError,
+                     NoEnginesRegistered, RemoteError, SerializationError, TaskAborted,
+                     TaskTimeout, TimeoutError, UnmetDependency)
 
 # ipyparallel's module of exceptions is ``ipyparallel.error``; minipar's ``errors`` goes by
 # that name too, so ``except ipp.error.RemoteError`` and ``from ipyparallel.error import
@@ -53,10 +53,10 @@ def __dir__():
 __all__ = sorted([
     "AsyncResult", "BroadcastView", "Client", "Cluster", "ClusterManager", "CompositeError",
     "Dependency", "DependencyTimeout", "DirectView", "EngineError", "ImpossibleDependency",
-    "InvalidDependency", "LoadBalancedView", "MiniparError", "NoEnginesRegistered",
-    "Reference", "RemoteError", "SerializationError", "TaskAborted", "TaskTimeout",
-    "TimeoutError", "UnmetDependency", "depend", "dependent", "interactive", "require",
-    "use_cloudpickle", "use_dill", "use_pickle", "__version__",
+    "InvalidDependency", "IPythonError", "KernelError", "LoadBalancedView", "MiniparError",
+    "NoEnginesRegistered", "Reference", "RemoteError", "SerializationError", "TaskAborted",
+    "TaskTimeout", "TimeoutError", "UnmetDependency", "depend", "dependent", "interactive",
+    "require", "use_cloudpickle", "use_dill", "use_pickle", "__version__",
     "ViewExecutor", "plot_timeline", "register_joblib_backend",                   # ecosystem
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",                        # futures
     "MapTask", "MultiEngineClient", "PendingResult", "StringTask", "Task", "TaskClient",

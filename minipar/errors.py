@@ -18,6 +18,11 @@ class MiniparError(Exception):
     """Base class of minipar's errors."""
 
 
+# ipyparallel's names for the base of its errors, so its ``except ipp.error.KernelError``
+# (the dependencies example's, for an impossible dependency) catches what it caught there.
+KernelError = IPythonError = MiniparError
+
+
 class ConnectionFileError(MiniparError, FileNotFoundError):
     """A connection file is missing, unreadable or stale."""
 

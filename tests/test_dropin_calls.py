@@ -504,3 +504,27 @@ def test_ipp_error_imports_by_path_as_ipyparallels(rc):
     rc[0]["a"] = range(3)
     assert list(next_of_an_engine_iterator(rc[0], "a")) == [0, 1, 2]
 
+
+
+def wait_and_fail(t):
+    import time
+
+    time.sleep(t)
+    return 1 / 0
+
+
+def test_kernel_error_is_the_base_of_the_errors_as_ipyparallels(rc):
+    """ipyparallel's errors derive from ``KernelError`` (itself an ``IPythonError``): its
+    dependencies example catches an impossible dependency with
+    ``except ipp.error.KernelError``."""
+    assert ipp.KernelError is ipp.error.KernelError and ipp.IPythonError is ipp.KernelError
+    for error in (ipp.RemoteError, ipp.CompositeError, ipp.EngineError, ipp.TaskAborted,
+                  ipp.TaskTimeout, ipp.UnmetDependency, ipp.ImpossibleDependency,
+                  ipp.NoEnginesRegistered, ipp.DependencyTimeout):
+        assert issubclass(error, ipp.error.KernelError), error
+    lview = rc.load_balanced_view()
+    failure = lview.apply_async(wait_and_fail, 0.05)
+    with lview.temp_flags(after=ipp.Dependency(failure.msg_ids, all=False)):
+        never = lview.apply_async(abs, -1)
+    with pytest.raises(ipp.error.KernelError, match="ImpossibleDependency"):
+        never.get(TIMEOUT)
