@@ -1257,7 +1257,10 @@ class Engine:
             raise _not_importable_here(e) from None
         except Exception as e:
             raise self._unpickling_error(e) from None
-        self.user_ns.update({k: self._bind(v) for k, v in ns.items()})
+        # A Reference is the engine's variable, read before any is set, as ipyparallel's
+        # push (an apply of its dict as keywords) resolves it.
+        self.user_ns.update({k: v.get_object(self.user_ns) if type(v) is _REFERENCE
+                             else self._bind(v) for k, v in ns.items()})
 
     def _pull(self, header, parts):
         names = header["names"]

@@ -528,3 +528,15 @@ def test_kernel_error_is_the_base_of_the_errors_as_ipyparallels(rc):
         never = lview.apply_async(abs, -1)
     with pytest.raises(ipp.error.KernelError, match="ImpossibleDependency"):
         never.get(TIMEOUT)
+
+
+def test_push_resolves_a_reference_on_each_engine_as_ipyparallel(rc):
+    """ipyparallel's push sends its dict as the keywords of an apply, so a ``Reference``
+    value is the engine's own variable, read before the push: ``dv.push({'b':
+    ipp.Reference('a')})`` sets each engine's b to its a."""
+    dv = rc[:]
+    dv.scatter("a", rc.ids, flatten=True, block=True)
+    dv.push({"b": ipp.Reference("a"), "a": "new", "c": 3}, block=True)
+    assert dv.pull(("a", "b", "c"), block=True) == [["new", e, 3] for e in rc.ids]
+    with pytest.raises(ipp.CompositeError, match="NameError"):
+        dv.push({"d": ipp.Reference("never_defined")}, block=True)
