@@ -11,7 +11,7 @@ import importlib
 import sys
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION  # ipp's names
 
-from . import errors as error
+from . import errors
 from .dependency import Dependency, Reference, depend, dependent, require
 from .errors import (CompositeError, DependencyTimeout, EngineError, ImpossibleDependency,
                      InvalidDependency, IPythonError, KernelError, MiniparError,
@@ -21,7 +21,7 @@ from .errors import (CompositeError, DependencyTimeout, EngineError, ImpossibleD
 # ipyparallel's module of exceptions is ``ipyparallel.error``; minipar's ``errors`` goes by
 # that name too, so ``except ipp.error.RemoteError`` and ``from ipyparallel.error import
 # RemoteError`` (its nwmerge example) work with only the package name changed.
-sys.modules[__name__ + ".error"] = error
+error = sys.modules[__name__ + ".error"] = errors
 
 # The client side is imported on first use, from the module that holds it: every engine
 # imports this package (``python -m minipar.engine``) and needs none of it.
@@ -40,7 +40,9 @@ _LAZY = {
 
 def __getattr__(name):
     if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        why = errors.MODULE_ABSENT.get(name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}"
+                             + (f": minipar leaves ipyparallel's out; {why}" if why else ""))
     value = getattr(importlib.import_module("." + _LAZY[name], __name__), name)
     globals()[name] = value   # found directly from now on
     return value

@@ -4,6 +4,7 @@ and defaults (read from its source: ``client/view.py``, ``client/client.py``,
 
 import datetime
 import io
+import re
 
 import pytest
 
@@ -540,3 +541,20 @@ def test_push_resolves_a_reference_on_each_engine_as_ipyparallel(rc):
     assert dv.pull(("a", "b", "c"), block=True) == [["new", e, 3] for e in rc.ids]
     with pytest.raises(ipp.CompositeError, match="NameError"):
         dv.push({"d": ipp.Reference("never_defined")}, block=True)
+
+
+def test_a_module_name_minipar_leaves_out_says_what_to_use(rc):
+    """ipyparallel's magics page runs ``%px import ipyparallel as ipp; ipp.bind_kernel()``
+    on the engines: each name of ipyparallel's module that minipar leaves out on purpose
+    is an AttributeError saying so in one line, there and here."""
+    with pytest.raises(ipp.CompositeError, match="engines are not IPython kernels"):
+        rc[:].execute("import minipar as ipp; ipp.bind_kernel()", block=True)
+    for name, advice in [("AsyncMapResult", "ipp.AsyncResult"),
+                         ("remote", "@view.remote()"), ("version_info", "__version__"),
+                         ("can", "cloudpickle"), ("TaskRejectError", "ImpossibleDependency")]:
+        with pytest.raises(AttributeError, match=rf"no attribute '{name}': minipar leaves "
+                                                 rf"ipyparallel's out; .*{re.escape(advice)}"):
+            getattr(ipp, name)
+        assert not hasattr(ipp, name) and name not in dir(ipp)
+    with pytest.raises(AttributeError, match=r"no attribute 'nonsense'$"):
+        ipp.nonsense
