@@ -1434,6 +1434,9 @@ def main(argv=None):
         args.startup_script = os.path.abspath(args.startup_script)
         if not os.path.isfile(args.startup_script):
             p.error(f"--startup-script {args.startup_script}: no such file")
+    # The folder the engine is in (--work-dir, or os.chdir in a task) is importable, as on
+    # ipyparallel's engines: a function of a module there travels by name.
+    sys.path.insert(0, "")
     faulthandler.enable()  # a crash leaves its traceback in the log (quoted in EngineError)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     level = "DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level.upper()

@@ -558,3 +558,24 @@ def test_a_module_name_minipar_leaves_out_says_what_to_use(rc):
         assert not hasattr(ipp, name) and name not in dir(ipp)
     with pytest.raises(AttributeError, match=r"no attribute 'nonsense'$"):
         ipp.nonsense
+
+
+def test_an_engine_imports_from_the_folder_it_is_in_as_ipyparallels(rc, tmp_path,
+                                                                     monkeypatch):
+    """ipyparallel's engines put '' on sys.path, so its word count example moves them to
+    the client's folder (``view.apply_sync(os.chdir, os.getcwd())``) and applies a function
+    of a module there (``from wordfreq import wordfreq``), which travels by name."""
+    import os
+
+    (tmp_path / "beside_the_script.py").write_text("def twice(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import beside_the_script
+
+    dv = rc[:]
+    before = dv.apply_sync(os.getcwd)
+    try:
+        dv.apply_sync(os.chdir, str(tmp_path))
+        assert dv.apply_sync(beside_the_script.twice, 4) == [8] * 4
+    finally:   # the module's engines are shared: each goes back where it was
+        for engine_id, folder in zip(rc.ids, before):
+            rc[engine_id].apply_sync(os.chdir, folder)
