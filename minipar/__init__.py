@@ -8,13 +8,20 @@ and a ``Client`` that drives them directly (``rc[:]``, a DirectView) or load-bal
 __version__ = "0.1.0"
 
 import importlib
+import sys
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION  # ipp's names
 
+from . import errors
 from .dependency import Dependency, Reference, depend, dependent, require
 from .errors import (CompositeError, DependencyTimeout, EngineError, ImpossibleDependency,
-                     InvalidDependency, MiniparError, NoEnginesRegistered, RemoteError,
-                     SerializationError, TaskAborted, TaskTimeout, TimeoutError,
-                     UnmetDependency)
+                     InvalidDependency, IPythonError, KernelError, MiniparError,
+                     NoEnginesRegistered, RemoteError, SerializationError, TaskAborted,
+                     TaskTimeout, TimeoutError, UnmetDependency)
+
+# ipyparallel's module of exceptions is ``ipyparallel.error``; minipar's ``errors`` goes by
+# that name too, so ``except ipp.error.RemoteError`` and ``from ipyparallel.error import
+# RemoteError`` (its nwmerge example) work with only the package name changed.
+error = sys.modules[__name__ + ".error"] = errors
 
 # The client side is imported on first use, from the module that holds it: every engine
 # imports this package (``python -m minipar.engine``) and needs none of it.
@@ -32,26 +39,26 @@ _LAZY = {
 
 
 def __getattr__(name):
-    if name == "error":   # ipyparallel's module of exceptions: ``except ipp.error.RemoteError``
-        return importlib.import_module(".errors", __name__)
     if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        why = errors.MODULE_ABSENT.get(name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}"
+                             + (f": minipar leaves ipyparallel's out; {why}" if why else ""))
     value = getattr(importlib.import_module("." + _LAZY[name], __name__), name)
     globals()[name] = value   # found directly from now on
     return value
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY) | {"error"})
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = sorted([
     "AsyncResult", "BroadcastView", "Client", "Cluster", "ClusterManager", "CompositeError",
     "Dependency", "DependencyTimeout", "DirectView", "EngineError", "ImpossibleDependency",
-    "InvalidDependency", "LoadBalancedView", "MiniparError", "NoEnginesRegistered",
-    "Reference", "RemoteError", "SerializationError", "TaskAborted", "TaskTimeout",
-    "TimeoutError", "UnmetDependency", "depend", "dependent", "interactive", "require",
-    "use_cloudpickle", "use_dill", "use_pickle", "__version__",
+    "InvalidDependency", "IPythonError", "KernelError", "LoadBalancedView", "MiniparError",
+    "NoEnginesRegistered", "Reference", "RemoteError", "SerializationError", "TaskAborted",
+    "TaskTimeout", "TimeoutError", "UnmetDependency", "depend", "dependent", "interactive",
+    "require", "use_cloudpickle", "use_dill", "use_pickle", "__version__",
     "ViewExecutor", "plot_timeline", "register_joblib_backend",                   # ecosystem
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",                        # futures
     "MapTask", "MultiEngineClient", "PendingResult", "StringTask", "Task", "TaskClient",

@@ -1292,7 +1292,10 @@ class Engine:
             raise _not_importable_here(e) from None
         except Exception as e:
             raise self._unpickling_error(e) from None
-        self.user_ns.update({k: self._bind(v) for k, v in ns.items()})
+        # A Reference is the engine's variable, read before any is set, as ipyparallel's
+        # push (an apply of its dict as keywords) resolves it.
+        self.user_ns.update({k: v.get_object(self.user_ns) if type(v) is _REFERENCE
+                             else self._bind(v) for k, v in ns.items()})
 
     def _pull(self, header, parts):
         names = header["names"]
@@ -1475,6 +1478,9 @@ def main(argv=None):
         args.startup_script = os.path.abspath(args.startup_script)
         if not os.path.isfile(args.startup_script):
             p.error(f"--startup-script {args.startup_script}: no such file")
+    # The folder the engine is in (--work-dir, or os.chdir in a task) is importable, as on
+    # ipyparallel's engines: a function of a module there travels by name.
+    sys.path.insert(0, "")
     faulthandler.enable()  # a crash leaves its traceback in the log (quoted in EngineError)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     # the engine's lines go to its log through its package's logger, not the root one:

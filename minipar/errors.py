@@ -18,6 +18,11 @@ class MiniparError(Exception):
     """Base class of minipar's errors."""
 
 
+# ipyparallel's names for the base of its errors, so its ``except ipp.error.KernelError``
+# (the dependencies example's, for an impossible dependency) catches what it caught there.
+KernelError = IPythonError = MiniparError
+
+
 class ConnectionFileError(MiniparError, FileNotFoundError):
     """A connection file is missing, unreadable or stale."""
 
@@ -240,6 +245,26 @@ IPYPARALLEL_ABSENT = {
     "importer": "use view.sync_imports()",
 }
 
+# Names of ipyparallel's module that minipar leaves out on purpose (``ipp.bind_kernel()``).
+_WIRE = "ipyparallel's serialization internals: minipar pickles with cloudpickle"
+MODULE_ABSENT = dict.fromkeys(
+    ("can", "uncan", "can_map", "uncan_map", "PrePickled", "serialize_object",
+     "deserialize_object", "pack_apply_message", "unpack_apply_message", "wrap_exception",
+     "unwrap_exception"), _WIRE) | {
+    "bind_kernel": "engines are not IPython kernels (no %qtconsole or %connect_info there)",
+    "AsyncHubResult": "rc.get_result returns an ipp.AsyncResult",
+    "AsyncMapResult": "a map returns an ipp.AsyncResult (iterable, ordered=...)",
+    "ParallelFunction": "use @view.parallel(); its class is not exported",
+    "RemoteFunction": "use @view.remote(); its class is not exported",
+    "parallel": "a view's decorator only: @view.parallel()",
+    "remote": "a view's decorator only: @view.remote()",
+    "TaskRejectError": "no task is rejected; one that can never run raises ImpossibleDependency",
+    "version_info": "use minipar.__version__",
+    "collect_exceptions": "views raise CompositeError themselves",
+    "AlreadyDisplayedError": "there is no Jupyter display machinery",
+    "MultipleInstanceError": "there is no traitlets singleton machinery",
+    "load_jupyter_server_extension": "there is no Jupyter server extension",
+}
 
 # ipyparallel Cluster's traitlets options that minipar's Cluster has no argument for
 CLUSTER_ABSENT = {

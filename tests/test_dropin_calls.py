@@ -4,6 +4,7 @@ and defaults (read from its source: ``client/view.py``, ``client/client.py``,
 
 import datetime
 import io
+import re
 
 import pytest
 
@@ -476,3 +477,105 @@ def test_wait_interactive_takes_widget_and_return_when(rc, capsys):
     assert "8/8" in capsys.readouterr().err
     with pytest.raises(ValueError, match="return_when="):
         ok.wait_interactive(return_when="sometimes")
+
+
+def next_of_an_engine_iterator(view, name):
+    """docs/source/examples/nwmerge.py's remote_iterator, its except clause unchanged."""
+    from minipar.error import RemoteError
+
+    view.execute(f"it{name} = iter({name})", block=True)
+    while True:
+        try:
+            result = view.apply_sync(next, ipp.Reference("it" + name))
+        except RemoteError as e:
+            if e.ename == "StopIteration":
+                return
+            raise
+        yield result
+
+
+def test_ipp_error_imports_by_path_as_ipyparallels(rc):
+    """``from ipyparallel.error import RemoteError`` (the nwmerge example) and
+    ``import ipyparallel.error``: minipar.error is the module ``ipp.error`` names."""
+    import minipar.error
+    from minipar.error import CompositeError, RemoteError
+
+    assert minipar.error is ipp.error
+    assert (RemoteError, CompositeError) == (ipp.RemoteError, ipp.CompositeError)
+    rc[0]["a"] = range(3)
+    assert list(next_of_an_engine_iterator(rc[0], "a")) == [0, 1, 2]
+
+
+
+def wait_and_fail(t):
+    import time
+
+    time.sleep(t)
+    return 1 / 0
+
+
+def test_kernel_error_is_the_base_of_the_errors_as_ipyparallels(rc):
+    """ipyparallel's errors derive from ``KernelError`` (itself an ``IPythonError``): its
+    dependencies example catches an impossible dependency with
+    ``except ipp.error.KernelError``."""
+    assert ipp.KernelError is ipp.error.KernelError and ipp.IPythonError is ipp.KernelError
+    for error in (ipp.RemoteError, ipp.CompositeError, ipp.EngineError, ipp.TaskAborted,
+                  ipp.TaskTimeout, ipp.UnmetDependency, ipp.ImpossibleDependency,
+                  ipp.NoEnginesRegistered, ipp.DependencyTimeout):
+        assert issubclass(error, ipp.error.KernelError), error
+    lview = rc.load_balanced_view()
+    failure = lview.apply_async(wait_and_fail, 0.05)
+    with lview.temp_flags(after=ipp.Dependency(failure.msg_ids, all=False)):
+        never = lview.apply_async(abs, -1)
+    with pytest.raises(ipp.error.KernelError, match="ImpossibleDependency"):
+        never.get(TIMEOUT)
+
+
+def test_push_resolves_a_reference_on_each_engine_as_ipyparallel(rc):
+    """ipyparallel's push sends its dict as the keywords of an apply, so a ``Reference``
+    value is the engine's own variable, read before the push: ``dv.push({'b':
+    ipp.Reference('a')})`` sets each engine's b to its a."""
+    dv = rc[:]
+    dv.scatter("a", rc.ids, flatten=True, block=True)
+    dv.push({"b": ipp.Reference("a"), "a": "new", "c": 3}, block=True)
+    assert dv.pull(("a", "b", "c"), block=True) == [["new", e, 3] for e in rc.ids]
+    with pytest.raises(ipp.CompositeError, match="NameError"):
+        dv.push({"d": ipp.Reference("never_defined")}, block=True)
+
+
+def test_a_module_name_minipar_leaves_out_says_what_to_use(rc):
+    """ipyparallel's magics page runs ``%px import ipyparallel as ipp; ipp.bind_kernel()``
+    on the engines: each name of ipyparallel's module that minipar leaves out on purpose
+    is an AttributeError saying so in one line, there and here."""
+    with pytest.raises(ipp.CompositeError, match="engines are not IPython kernels"):
+        rc[:].execute("import minipar as ipp; ipp.bind_kernel()", block=True)
+    for name, advice in [("AsyncMapResult", "ipp.AsyncResult"),
+                         ("remote", "@view.remote()"), ("version_info", "__version__"),
+                         ("can", "cloudpickle"), ("TaskRejectError", "ImpossibleDependency")]:
+        with pytest.raises(AttributeError, match=rf"no attribute '{name}': minipar leaves "
+                                                 rf"ipyparallel's out; .*{re.escape(advice)}"):
+            getattr(ipp, name)
+        assert not hasattr(ipp, name) and name not in dir(ipp)
+    with pytest.raises(AttributeError, match=r"no attribute 'nonsense'$"):
+        ipp.nonsense
+
+
+def test_an_engine_imports_from_the_folder_it_is_in_as_ipyparallels(rc, tmp_path,
+                                                                     monkeypatch):
+    """ipyparallel's engines put '' on sys.path, so its word count example moves them to
+    the client's folder (``view.apply_sync(os.chdir, os.getcwd())``) and applies a function
+    of a module there (``from wordfreq import wordfreq``), which travels by name."""
+    import os
+
+    (tmp_path / "beside_the_script.py").write_text("def twice(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import beside_the_script
+
+    dv = rc[:]
+    before = dv.apply_sync(os.getcwd)
+    try:
+        dv.apply_sync(os.chdir, str(tmp_path))
+        assert dv.apply_sync(beside_the_script.twice, 4) == [8] * 4
+    finally:   # the module's engines are shared: each goes back where it was
+        for engine_id, folder in zip(rc.ids, before):
+            rc[engine_id].apply_sync(os.chdir, folder)
