@@ -281,8 +281,9 @@ class Reference:
     """An argument standing for the object `name` names in the engine's namespace when the
     request runs: ``view.apply(f, Reference('a'))`` calls ``f(a)`` with the engine's
     ``a``, which never travels. An argument of apply, a keyword argument's value or a
-    value pushed (``push({'b': Reference('a')})`` sets b to a), not one nested deeper. `name` is evaluated there, so ``'a.shape'``
-    or ``'a[0]'`` work too; a name not defined there fails the request with NameError.
+    value pushed (``push({'b': Reference('a')})`` sets b to a), not one nested deeper.
+    `name` is evaluated there, so ``'a.shape'`` or ``'a[0]'`` work too; a name not
+    defined there fails the request with NameError.
     """
 
     __slots__ = ("name",)
