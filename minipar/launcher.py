@@ -778,12 +778,9 @@ def find_launcher_class(name, role):
 # on first use, so importing this module never imports them
 _MOVED = {
     "batch": ("BatchSystemLauncher", "BatchControllerLauncher", "BatchEngineSetLauncher",
-              "SlurmLauncher", "SlurmControllerLauncher", "SlurmEngineSetLauncher",
-              "PBSLauncher", "PBSControllerLauncher", "PBSEngineSetLauncher",
-              "SGELauncher", "SGEControllerLauncher", "SGEEngineSetLauncher",
-              "LSFLauncher", "LSFControllerLauncher", "LSFEngineSetLauncher"),
-    "ssh": ("SSHLauncher", "SSHEngineLauncher", "SSHControllerLauncher",
-            "SSHEngineSetLauncher"),
+              *(f"{system}{role}Launcher" for system in ("Slurm", "PBS", "SGE", "LSF")
+                for role in ("", "Controller", "EngineSet"))),
+    "ssh": ("SSHLauncher", "SSHEngineLauncher", "SSHControllerLauncher", "SSHEngineSetLauncher"),
 }
 
 
@@ -1078,8 +1075,7 @@ class Cluster:
                     f"{self._engine_output()}")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(
-                    f"{len(rc.ids)} of {n} engines registered within {timeout} s. "
+                raise TimeoutError(f"{len(rc.ids)} of {n} engines registered within {timeout} s. "
                     f"Engine output:\n{self._engine_output()}")
             with contextlib.suppress(TimeoutError):
                 rc.wait_for_engines(n, timeout=min(0.5, remaining), progress=False)
