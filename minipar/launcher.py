@@ -61,7 +61,7 @@ import threading
 import time
 
 from . import protocol
-from .errors import CLUSTER_ABSENT, MiniparError, TimeoutError, refuse_absent
+from .errors import CLUSTER_ABSENT, ConnectionFileError, MiniparError, TimeoutError, refuse_absent
 
 log = logging.getLogger(__name__)
 
@@ -1111,6 +1111,10 @@ class Cluster:
         from .client import Client  # the client imports nothing from here: no cycle
 
         kwargs.setdefault("timeout", self.timeout)
+        if not os.path.exists(self.client_file) and not getattr(self.controller, "running", False):
+            raise ConnectionFileError(  # not `python -m minipar.controller`: the Cluster starts it
+                f"this Cluster's controller is not running (no {self.client_file}): start the "
+                "cluster first, with cluster.start_cluster_sync() or `with Cluster(...) as rc:`")
         rc = Client(url_file=self.client_file, **kwargs)
         self._clients.append(rc)
         return rc
