@@ -122,7 +122,15 @@ class BatchSystemLauncher(BaseLauncher):
                 text = f"{first}\n{self.queue_template}\n{rest}"
             else:
                 text = f"{self.queue_template}\n{text}"
-        return text.format(**self.context())
+        context = self.context()
+        try:
+            return text.format(**context)
+        except (KeyError, IndexError, ValueError) as e:   # found here, before a job is submitted
+            what = f"{{{e.args[0]}}} is not a name it knows" if isinstance(e, KeyError) else e
+            raise LauncherError(
+                f"{self.kind} {self.role} batch template: {what}; its names are "
+                f"{', '.join('{%s}' % k for k in context)}, and a brace meant for the script "
+                "itself is written twice ({{ and }})") from None
 
     # -- commands
 

@@ -1061,3 +1061,18 @@ def test_a_client_of_a_cluster_not_started_says_to_start_the_cluster(pids, tmp_p
         assert "start_cluster_sync()" in str(e.value) and "minipar.controller" not in str(e.value)
         with cluster as rc:
             pids.add_cluster(cluster, rc)
+
+
+@pytest.mark.parametrize("typo, says", [("{nn}", "{nn}"), ("{queue", "expected '}'"),
+                                        ("${HOME}", "{HOME}")])
+def test_a_batch_template_with_a_typo_names_it_and_the_names_it_may_use(pids, tmp_path, typo,
+                                                                       says):
+    """Found before anything is submitted, so no batch system is needed."""
+    cluster = Cluster(n=1, engines="slurm", profile_dir=str(tmp_path / "p"),
+                      controller_args=CTL_ARGS,
+                      engine_options={"batch_template": f"#!/bin/sh\n#SBATCH -n {typo}\n"})
+    with pytest.raises(launcher.LauncherError) as e:
+        cluster.start_cluster_sync()
+    pids.add_cluster(cluster)
+    assert says in str(e.value) and "{program_and_args}" in str(e.value), str(e.value)
+    assert cluster.controller.state == AFTER
