@@ -159,6 +159,10 @@ class BatchSystemLauncher(BaseLauncher):
         r = self._run([*self.status_command, self.job_id])
         return self.parse_status(r.returncode, r.stdout, self.job_id)
 
+    def _pending(self):
+        with contextlib.suppress(OSError, subprocess.SubprocessError, LauncherError):
+            return self.job_status() == "pending"
+
     def start(self, n=1):
         self._check_state(BEFORE, "start")
         self.n = n
@@ -237,6 +241,10 @@ class BatchSystemLauncher(BaseLauncher):
             paths += sorted(os.path.join(self.log_dir, n) for n in os.listdir(self.log_dir)
                             if n.startswith(base + ".") and job in n)
         text = "".join(_read_text(p) for p in paths)
+        if self.state == RUNNING and not text and self._pending():   # why nothing is there yet
+            text = (f"{self.kind} job {self.job_id} is still pending: the batch system has not "
+                    f"started it ({self.status_command[0]} lists it with the reason); ask for "
+                    "fewer engines or another queue (queue=), or wait longer (timeout=)\n")
         if remove:
             for p in paths:
                 with contextlib.suppress(OSError):

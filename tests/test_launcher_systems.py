@@ -12,6 +12,7 @@ In every case the engines register and do work, the cluster is listed and stoppe
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -294,3 +295,18 @@ def test_sge_engines(pids, tmp_path, monkeypatch):
 
     run_cluster_through_cli(pids, cluster, 2, array)
 
+
+
+@needs_slurm
+def test_slurm_job_left_pending_says_so_and_is_deleted(pids, tmp_path, slurm_env):
+    """More engines than the machine has CPUs: the job waits in the queue for good."""
+    cluster = Cluster(n=500, engines="slurm", profile_dir=str(tmp_path / "p"),
+                      controller_args=CTL_ARGS, timeout=5)
+    with pytest.raises(launcher.TimeoutError) as e:
+        cluster.start_and_connect_sync()
+    pids.add_cluster(cluster)
+    job = re.search(r"slurm job (\d+) is still pending", str(e.value))
+    assert job and "squeue" in str(e.value), str(e.value)
+    out = subprocess.run(["squeue", "--noheader", "--format=%i"], capture_output=True,
+                         text=True, timeout=20)
+    assert job[1] not in out.stdout.split(), "the job was left in the queue"
