@@ -311,8 +311,7 @@ class BaseLauncher:
 
     def _check_state(self, expected, action):
         if self.state != expected:
-            raise LauncherError(f"cannot {action} {self!r}: it is {self.state}, "
-                                f"not {expected}")
+            raise LauncherError(f"cannot {action} {self!r}: it is {self.state}, not {expected}")
 
     def notify_start(self, data=None):
         """Called once the resource is requested: before -> running."""
@@ -1083,8 +1082,7 @@ class Cluster:
 
     def stop_engines_sync(self, engine_set_id=None):
         """Stop one engine set (default: all); returns when its processes are gone."""
-        ids = [engine_set_id] if engine_set_id is not None else list(self.engines)
-        for set_id in ids:
+        for set_id in [engine_set_id] if engine_set_id is not None else list(self.engines):
             self.engines.pop(set_id).stop()
         self._update_cluster_file()
 
@@ -1100,8 +1098,7 @@ class Cluster:
 
     def signal_engines_sync(self, signum, engine_set_id=None):
         """Send signal `signum` to every engine (of one set)."""
-        ids = [engine_set_id] if engine_set_id is not None else list(self.engines)
-        for set_id in ids:
+        for set_id in [engine_set_id] if engine_set_id is not None else list(self.engines):
             self.engines[set_id].signal(signum)
 
     # -- clients
