@@ -1425,6 +1425,9 @@ def _cmd_start(args):
                       controller_options=_json_option(args.controller_options),
                       engine_options=_json_option(args.engine_options),
                       shutdown_atexit=not args.daemonize)
+    # SIGTERM while starting stops what was started, as Ctrl-C does: a batch job still
+    # pending would outlive this process in the queue (only a local controller sees it end)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     rc = cluster.start_and_connect_sync()
     done = threading.Event()
     if not args.daemonize:

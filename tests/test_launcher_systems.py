@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -23,7 +24,8 @@ from minipar import launcher
 from minipar.launcher import Cluster
 
 from .helpers import wait_until
-from .test_launcher import CTL_ARGS, Pids, alive, cli, minipar_dir, pids  # noqa: F401 (fixtures)
+from .test_launcher import (CTL_ARGS, ROOT, Pids, alive, cli, minipar_dir,  # noqa: F401 (fixtures)
+                           pids)
 
 TIMEOUT = 300
 pytestmark = [pytest.mark.timeout(TIMEOUT), pytest.mark.slow]
@@ -310,3 +312,23 @@ def test_slurm_job_left_pending_says_so_and_is_deleted(pids, tmp_path, slurm_env
     out = subprocess.run(["squeue", "--noheader", "--format=%i"], capture_output=True,
                          text=True, timeout=20)
     assert job[1] not in out.stdout.split(), "the job was left in the queue"
+
+
+@needs_slurm
+def test_slurm_sigterm_while_cli_start_waits_deletes_the_job(pids, tmp_path, slurm_env):
+    """`kill` of a start whose job waits in the queue: the job would outlive it there."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.Popen([sys.executable, "-m", "minipar.launcher", "start", "-n", "500",
+                          "--engines", "slurm", "--profile-dir", str(tmp_path / "p")],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pids.add(p.pid)
+
+    def queued():
+        out = subprocess.run(["squeue", "--noheader", "--format=%i %o"], capture_output=True,
+                             text=True, timeout=20).stdout
+        return [line.split()[0] for line in out.splitlines() if str(tmp_path) in line]
+
+    wait_until(queued, 60, "the engines' job in the queue")
+    p.terminate()
+    p.communicate(timeout=60)
+    assert queued() == [], "the job was left in the queue"
