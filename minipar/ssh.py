@@ -106,6 +106,16 @@ class SSHLauncher(LocalProcessLauncher):
             raise LauncherError(f"ssh to {self.hostname} did not start {self.module}; its "
                                 f"output:\n{out}")
 
+    def get_output(self, remove=False):
+        text = super().get_output(remove)
+        if re.search(rf"No module named '|{re.escape(self.remote_python)}: No such file", text):
+            # said by the host's shell or Python: what to set here is not in their words
+            text += (f"[{_PKG}] {self.remote_python} on {self.hostname} cannot run "
+                     f"{_PKG}.{self.module}: give remote_python= a Python there that has "
+                     f"{_PKG}, pyzmq and cloudpickle, or remote_env={{'PYTHONPATH': <the folder "
+                     f"holding {_PKG} there>}} (now {self.remote_env})\n")
+        return text
+
     def remote_kill(self, sig):
         """``kill -SIG pid`` on the host (bounded: ssh's ConnectTimeout and ours)."""
         if self.remote_pid is None:

@@ -201,6 +201,20 @@ def test_ssh_controller_and_engines(pids, tmp_path):
     run_cluster_through_cli(pids, cluster, 1, fetched)
 
 
+@needs_ssh
+@pytest.mark.parametrize("remote", [{"remote_python": "/nonexistent/python3"},
+                                    {"remote_env": {"PYTHONPATH": "/nonexistent"}}])
+def test_ssh_engines_whose_python_cannot_run_minipar_say_what_to_set(pids, tmp_path, remote):
+    cluster = Cluster(n=1, engines="ssh", profile_dir=str(tmp_path / "p"),
+                      controller_args=CTL_ARGS, timeout=60,
+                      engine_options={"engines": {"127.0.0.1": 1}, "ssh_args": ["-F", SSH_CONFIG],
+                                      "remote_python": "/usr/bin/python3", **remote})
+    with pytest.raises(launcher.LauncherError) as e:
+        cluster.start_and_connect_sync()
+    pids.add_cluster(cluster)
+    assert "remote_python=" in str(e.value) and "PYTHONPATH" in str(e.value), str(e.value)
+
+
 # ---------------------------------------------------------------- Slurm
 
 SLURM_CONF = os.environ.get("SLURM_CONF") or os.path.join(CI_DIR, "slurm", "slurm.conf")
