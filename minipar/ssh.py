@@ -42,6 +42,10 @@ from .launcher import (_PKG, BEFORE, RUNNING, START_TIMEOUT_S, ControllerLaunche
 
 log = logging.getLogger(__name__)
 
+# How long sending the engine file to a host may take: a few seconds where the host is up,
+# forever behind a dead route when the user's ssh has no ConnectTimeout of its own
+SEND_TIMEOUT_S = 20.0
+
 
 class SSHLauncher(LocalProcessLauncher):
     """One program on `hostname`, through a local ``ssh`` that lives as long as it does.
@@ -282,8 +286,15 @@ class SSHEngineSetLauncher(EngineSetLauncher):
         mkdir = f"umask 077; mkdir -p {shlex.quote(os.path.dirname(remote))}"
         for cmd in ([*self.ssh_cmd, *self.ssh_args, host, mkdir],
                     [*self.scp_cmd, *self.ssh_args, "-q", local, f"{host}:{remote}"]):
-            r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                               timeout=60, env=env)
+            try:
+                r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                   timeout=SEND_TIMEOUT_S, env=env)
+            except subprocess.TimeoutExpired:
+                raise LauncherError(
+                    f"sending the engine file to {host}: no answer within {SEND_TIMEOUT_S:g} s "
+                    f"from {shlex.join(cmd)}; check that the host is up and reachable (`"
+                    f"{shlex.join([*self.ssh_cmd, *self.ssh_args, host, 'true'])}`), and give "
+                    "ssh_args=['-o', 'ConnectTimeout=10'] to have ssh say why sooner") from None
             if r.returncode:
                 raise LauncherError(f"sending the engine file to {host} failed: "
                                     f"{shlex.join(cmd)}: {r.stderr.strip()}")
