@@ -122,7 +122,15 @@ class BatchSystemLauncher(BaseLauncher):
                 text = f"{first}\n{self.queue_template}\n{rest}"
             else:
                 text = f"{self.queue_template}\n{text}"
-        return text.format(**self.context())
+        context = self.context()
+        try:
+            return text.format(**context)
+        except (KeyError, IndexError, ValueError) as e:   # found here, before a job is submitted
+            what = f"{{{e.args[0]}}} is not a name it knows" if isinstance(e, KeyError) else e
+            raise LauncherError(
+                f"{self.kind} {self.role} batch template: {what}; its names are "
+                f"{', '.join('{%s}' % k for k in context)}, and a brace meant for the script "
+                "itself is written twice ({{ and }})") from None
 
     # -- commands
 
@@ -150,6 +158,10 @@ class BatchSystemLauncher(BaseLauncher):
     def job_status(self):
         r = self._run([*self.status_command, self.job_id])
         return self.parse_status(r.returncode, r.stdout, self.job_id)
+
+    def _pending(self):
+        with contextlib.suppress(OSError, subprocess.SubprocessError, LauncherError):
+            return self.job_status() == "pending"
 
     def start(self, n=1):
         self._check_state(BEFORE, "start")
@@ -229,6 +241,10 @@ class BatchSystemLauncher(BaseLauncher):
             paths += sorted(os.path.join(self.log_dir, n) for n in os.listdir(self.log_dir)
                             if n.startswith(base + ".") and job in n)
         text = "".join(_read_text(p) for p in paths)
+        if self.state == RUNNING and not text and self._pending():   # why nothing is there yet
+            text = (f"{self.kind} job {self.job_id} is still pending: the batch system has not "
+                    f"started it ({self.status_command[0]} lists it with the reason); ask for "
+                    "fewer engines or another queue (queue=), or wait longer (timeout=)\n")
         if remove:
             for p in paths:
                 with contextlib.suppress(OSError):

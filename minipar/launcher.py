@@ -61,7 +61,7 @@ import threading
 import time
 
 from . import protocol
-from .errors import CLUSTER_ABSENT, MiniparError, TimeoutError, refuse_absent
+from .errors import CLUSTER_ABSENT, ConnectionFileError, MiniparError, TimeoutError, refuse_absent
 
 log = logging.getLogger(__name__)
 
@@ -311,8 +311,7 @@ class BaseLauncher:
 
     def _check_state(self, expected, action):
         if self.state != expected:
-            raise LauncherError(f"cannot {action} {self!r}: it is {self.state}, "
-                                f"not {expected}")
+            raise LauncherError(f"cannot {action} {self!r}: it is {self.state}, not {expected}")
 
     def notify_start(self, data=None):
         """Called once the resource is requested: before -> running."""
@@ -778,12 +777,9 @@ def find_launcher_class(name, role):
 # on first use, so importing this module never imports them
 _MOVED = {
     "batch": ("BatchSystemLauncher", "BatchControllerLauncher", "BatchEngineSetLauncher",
-              "SlurmLauncher", "SlurmControllerLauncher", "SlurmEngineSetLauncher",
-              "PBSLauncher", "PBSControllerLauncher", "PBSEngineSetLauncher",
-              "SGELauncher", "SGEControllerLauncher", "SGEEngineSetLauncher",
-              "LSFLauncher", "LSFControllerLauncher", "LSFEngineSetLauncher"),
-    "ssh": ("SSHLauncher", "SSHEngineLauncher", "SSHControllerLauncher",
-            "SSHEngineSetLauncher"),
+              *(f"{system}{role}Launcher" for system in ("Slurm", "PBS", "SGE", "LSF")
+                for role in ("", "Controller", "EngineSet"))),
+    "ssh": ("SSHLauncher", "SSHEngineLauncher", "SSHControllerLauncher", "SSHEngineSetLauncher"),
 }
 
 
@@ -1078,8 +1074,7 @@ class Cluster:
                     f"{self._engine_output()}")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(
-                    f"{len(rc.ids)} of {n} engines registered within {timeout} s. "
+                raise TimeoutError(f"{len(rc.ids)} of {n} engines registered within {timeout} s. "
                     f"Engine output:\n{self._engine_output()}")
             with contextlib.suppress(TimeoutError):
                 rc.wait_for_engines(n, timeout=min(0.5, remaining), progress=False)
@@ -1087,8 +1082,7 @@ class Cluster:
 
     def stop_engines_sync(self, engine_set_id=None):
         """Stop one engine set (default: all); returns when its processes are gone."""
-        ids = [engine_set_id] if engine_set_id is not None else list(self.engines)
-        for set_id in ids:
+        for set_id in [engine_set_id] if engine_set_id is not None else list(self.engines):
             self.engines.pop(set_id).stop()
         self._update_cluster_file()
 
@@ -1104,8 +1098,7 @@ class Cluster:
 
     def signal_engines_sync(self, signum, engine_set_id=None):
         """Send signal `signum` to every engine (of one set)."""
-        ids = [engine_set_id] if engine_set_id is not None else list(self.engines)
-        for set_id in ids:
+        for set_id in [engine_set_id] if engine_set_id is not None else list(self.engines):
             self.engines[set_id].signal(signum)
 
     # -- clients
@@ -1115,6 +1108,10 @@ class Cluster:
         from .client import Client  # the client imports nothing from here: no cycle
 
         kwargs.setdefault("timeout", self.timeout)
+        if not os.path.exists(self.client_file) and not getattr(self.controller, "running", False):
+            raise ConnectionFileError(  # not `python -m minipar.controller`: the Cluster starts it
+                f"this Cluster's controller is not running (no {self.client_file}): start the "
+                "cluster first, with cluster.start_cluster_sync() or `with Cluster(...) as rc:`")
         rc = Client(url_file=self.client_file, **kwargs)
         self._clients.append(rc)
         return rc
@@ -1428,6 +1425,9 @@ def _cmd_start(args):
                       controller_options=_json_option(args.controller_options),
                       engine_options=_json_option(args.engine_options),
                       shutdown_atexit=not args.daemonize)
+    # SIGTERM while starting stops what was started, as Ctrl-C does: a batch job still
+    # pending would outlive this process in the queue (only a local controller sees it end)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     rc = cluster.start_and_connect_sync()
     done = threading.Event()
     if not args.daemonize:

@@ -42,6 +42,10 @@ from .launcher import (_PKG, BEFORE, RUNNING, START_TIMEOUT_S, ControllerLaunche
 
 log = logging.getLogger(__name__)
 
+# How long sending the engine file to a host may take: a few seconds where the host is up,
+# forever behind a dead route when the user's ssh has no ConnectTimeout of its own
+SEND_TIMEOUT_S = 20.0
+
 
 class SSHLauncher(LocalProcessLauncher):
     """One program on `hostname`, through a local ``ssh`` that lives as long as it does.
@@ -105,6 +109,16 @@ class SSHLauncher(LocalProcessLauncher):
             self.stop()
             raise LauncherError(f"ssh to {self.hostname} did not start {self.module}; its "
                                 f"output:\n{out}")
+
+    def get_output(self, remove=False):
+        text = super().get_output(remove)
+        if re.search(rf"No module named '|{re.escape(self.remote_python)}: No such file", text):
+            # said by the host's shell or Python: what to set here is not in their words
+            text += (f"[{_PKG}] {self.remote_python} on {self.hostname} cannot run "
+                     f"{_PKG}.{self.module}: give remote_python= a Python there that has "
+                     f"{_PKG}, pyzmq and cloudpickle, or remote_env={{'PYTHONPATH': <the folder "
+                     f"holding {_PKG} there>}} (now {self.remote_env})\n")
+        return text
 
     def remote_kill(self, sig):
         """``kill -SIG pid`` on the host (bounded: ssh's ConnectTimeout and ours)."""
@@ -272,8 +286,15 @@ class SSHEngineSetLauncher(EngineSetLauncher):
         mkdir = f"umask 077; mkdir -p {shlex.quote(os.path.dirname(remote))}"
         for cmd in ([*self.ssh_cmd, *self.ssh_args, host, mkdir],
                     [*self.scp_cmd, *self.ssh_args, "-q", local, f"{host}:{remote}"]):
-            r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                               timeout=60, env=env)
+            try:
+                r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                   timeout=SEND_TIMEOUT_S, env=env)
+            except subprocess.TimeoutExpired:
+                raise LauncherError(
+                    f"sending the engine file to {host}: no answer within {SEND_TIMEOUT_S:g} s "
+                    f"from {shlex.join(cmd)}; check that the host is up and reachable (`"
+                    f"{shlex.join([*self.ssh_cmd, *self.ssh_args, host, 'true'])}`), and give "
+                    "ssh_args=['-o', 'ConnectTimeout=10'] to have ssh say why sooner") from None
             if r.returncode:
                 raise LauncherError(f"sending the engine file to {host} failed: "
                                     f"{shlex.join(cmd)}: {r.stderr.strip()}")

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from minipar import launcher, protocol
+from minipar import errors, launcher, protocol
 from minipar.launcher import (AFTER, BEFORE, RUNNING, Cluster, ControllerStartError,
                               LocalEngineSetLauncher, NotRunning, find_launcher_class)
 
@@ -1050,3 +1050,29 @@ def test_a_log_level_that_is_not_one_is_a_usage_error(tmp_path, role, args):
                           "list", "--profile-dir", "p"], env=_env(), cwd=tmp_path,
                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def test_a_client_of_a_cluster_not_started_says_to_start_the_cluster(pids, tmp_path):
+    """Not `python -m minipar.controller`, which a Cluster user has no use for."""
+    cluster = Cluster(n=1, profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS)
+    for _ in range(2):   # before the start, then once stopped
+        with pytest.raises(errors.ConnectionFileError) as e:
+            cluster.connect_client_sync()
+        assert "start_cluster_sync()" in str(e.value) and "minipar.controller" not in str(e.value)
+        with cluster as rc:
+            pids.add_cluster(cluster, rc)
+
+
+@pytest.mark.parametrize("typo, says", [("{nn}", "{nn}"), ("{queue", "expected '}'"),
+                                        ("${HOME}", "{HOME}")])
+def test_a_batch_template_with_a_typo_names_it_and_the_names_it_may_use(pids, tmp_path, typo,
+                                                                       says):
+    """Found before anything is submitted, so no batch system is needed."""
+    cluster = Cluster(n=1, engines="slurm", profile_dir=str(tmp_path / "p"),
+                      controller_args=CTL_ARGS,
+                      engine_options={"batch_template": f"#!/bin/sh\n#SBATCH -n {typo}\n"})
+    with pytest.raises(launcher.LauncherError) as e:
+        cluster.start_cluster_sync()
+    pids.add_cluster(cluster)
+    assert says in str(e.value) and "{program_and_args}" in str(e.value), str(e.value)
+    assert cluster.controller.state == AFTER

@@ -12,9 +12,12 @@ In every case the engines register and do work, the cluster is listed and stoppe
 
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 
 import pytest
 
@@ -22,7 +25,8 @@ from minipar import launcher
 from minipar.launcher import Cluster
 
 from .helpers import wait_until
-from .test_launcher import CTL_ARGS, Pids, alive, cli, minipar_dir, pids  # noqa: F401 (fixtures)
+from .test_launcher import (CTL_ARGS, ROOT, Pids, alive, cli, minipar_dir,  # noqa: F401 (fixtures)
+                           pids)
 
 TIMEOUT = 300
 pytestmark = [pytest.mark.timeout(TIMEOUT), pytest.mark.slow]
@@ -198,6 +202,37 @@ def test_ssh_controller_and_engines(pids, tmp_path):
     run_cluster_through_cli(pids, cluster, 1, fetched)
 
 
+@needs_ssh
+@pytest.mark.parametrize("remote", [{"remote_python": "/nonexistent/python3"},
+                                    {"remote_env": {"PYTHONPATH": "/nonexistent"}}])
+def test_ssh_engines_whose_python_cannot_run_minipar_say_what_to_set(pids, tmp_path, remote):
+    cluster = Cluster(n=1, engines="ssh", profile_dir=str(tmp_path / "p"),
+                      controller_args=CTL_ARGS, timeout=60,
+                      engine_options={"engines": {"127.0.0.1": 1}, "ssh_args": ["-F", SSH_CONFIG],
+                                      "remote_python": "/usr/bin/python3", **remote})
+    with pytest.raises(launcher.LauncherError) as e:
+        cluster.start_and_connect_sync()
+    pids.add_cluster(cluster)
+    assert "remote_python=" in str(e.value) and "PYTHONPATH" in str(e.value), str(e.value)
+
+
+@needs_ssh
+def test_ssh_host_that_never_answers_is_an_error_saying_so(pids, tmp_path):
+    """A port that takes the connection and says nothing, as a host behind a dead route
+    does when the user's ssh waits without a ConnectTimeout of its own."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    port = str(silent.getsockname()[1])
+    cluster = Cluster(n=1, engines="ssh", profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS,
+                      engine_options={"engines": {"127.0.0.1": 1}, "ssh_args": [
+                          "-F", SSH_CONFIG, "-p", port, "-o", "ConnectTimeout=600"]})
+    with silent, pytest.raises(launcher.LauncherError) as e:
+        cluster.start_cluster_sync()
+    pids.add_cluster(cluster)
+    assert "no answer" in str(e.value) and "ConnectTimeout" in str(e.value), str(e.value)
+
+
 # ---------------------------------------------------------------- Slurm
 
 SLURM_CONF = os.environ.get("SLURM_CONF") or os.path.join(CI_DIR, "slurm", "slurm.conf")
@@ -294,3 +329,38 @@ def test_sge_engines(pids, tmp_path, monkeypatch):
 
     run_cluster_through_cli(pids, cluster, 2, array)
 
+
+
+@needs_slurm
+def test_slurm_job_left_pending_says_so_and_is_deleted(pids, tmp_path, slurm_env):
+    """More engines than the machine has CPUs: the job waits in the queue for good."""
+    cluster = Cluster(n=500, engines="slurm", profile_dir=str(tmp_path / "p"),
+                      controller_args=CTL_ARGS, timeout=5)
+    with pytest.raises(launcher.TimeoutError) as e:
+        cluster.start_and_connect_sync()
+    pids.add_cluster(cluster)
+    job = re.search(r"slurm job (\d+) is still pending", str(e.value))
+    assert job and "squeue" in str(e.value), str(e.value)
+    out = subprocess.run(["squeue", "--noheader", "--format=%i"], capture_output=True,
+                         text=True, timeout=20)
+    assert job[1] not in out.stdout.split(), "the job was left in the queue"
+
+
+@needs_slurm
+def test_slurm_sigterm_while_cli_start_waits_deletes_the_job(pids, tmp_path, slurm_env):
+    """`kill` of a start whose job waits in the queue: the job would outlive it there."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.Popen([sys.executable, "-m", "minipar.launcher", "start", "-n", "500",
+                          "--engines", "slurm", "--profile-dir", str(tmp_path / "p")],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pids.add(p.pid)
+
+    def queued():
+        out = subprocess.run(["squeue", "--noheader", "--format=%i %o"], capture_output=True,
+                             text=True, timeout=20).stdout
+        return [line.split()[0] for line in out.splitlines() if str(tmp_path) in line]
+
+    wait_until(queued, 60, "the engines' job in the queue")
+    p.terminate()
+    p.communicate(timeout=60)
+    assert queued() == [], "the job was left in the queue"
