@@ -330,7 +330,6 @@ def test_sge_engines(pids, tmp_path, monkeypatch):
     run_cluster_through_cli(pids, cluster, 2, array)
 
 
-
 @needs_slurm
 def test_slurm_job_left_pending_says_so_and_is_deleted(pids, tmp_path, slurm_env):
     """More engines than the machine has CPUs: the job waits in the queue for good."""
