@@ -521,6 +521,8 @@ class Controller:
             # a new engine has full liveness from its registration's beat
             "last_beat": self._beat,
             "properties": header.get("properties") or {},
+            # it answers a take-back (see _take_back); an older engine reads one as an abort
+            "take_back": header.get("take_back") is True,
             "outstanding": set(), "completed": 0,
             # with the msg_id of this registration before them (see engine._request)
             "reg": header["msg_id"].encode(), "work_ident": work_ident,
@@ -898,8 +900,12 @@ class Controller:
     def _take_back(self, takes):
         """Ask engines for the tasks queued behind a long one, {(engine, running): [msg_id]}:
         an abort naming the running task, which the engine answers with those it had not
-        started, or none if `running` has ended (see engine._take_back, _took_back)."""
+        started, or none if `running` has ended (see engine._take_back, _took_back). An
+        engine that did not register saying it can is not asked: it would abort them; they
+        run there after `running`, as before take-backs."""
         for (eid, running), msg_ids in takes.items():
+            if not self.engines[eid]["take_back"]:
+                continue
             parent = protocol.new_id()
             self._taking[parent] = eid
             self._send(self.sockets["engine"], [self.engines[eid]["ident"]], protocol.ABORT,

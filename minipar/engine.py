@@ -19,6 +19,8 @@ behind one that runs long (``running``): the engine marks them, keeps the marks 
 that task still runs (requests run in the order sent, so none of them has started),
 and answers with those it kept (``taken``; all or none). A request taken back is dropped
 unanswered when it comes up; the controller has queued it again, for another engine.
+The engine registers with ``take_back``: an older one, which would read a take-back as
+an abort, is never sent one.
 Every STREAM_INTERVAL_S the receiver sends what the running request printed or published
 (``datapub.publish_data``) as ``stream`` messages (see ``_Streamer``), and ``started``
 for one still running (so the client's future is running()). Every USAGE_PERIOD_S it
@@ -478,7 +480,7 @@ class Engine:
             host=socket.gethostname(), pidns=protocol.pid_namespace(), python=python,
             cloudpickle=cloudpickle_version, properties=props,
             reply_ident=(self.ident + protocol.REPLY_SUFFIX).decode(), id=want,
-            replaces=replaces, log=_log_file())
+            replaces=replaces, log=_log_file(), take_back=True)
         return header["msg_id"], frames
 
     def _run_startup(self):
