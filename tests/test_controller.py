@@ -271,3 +271,14 @@ def test_only_an_engine_that_registered_saying_it_takes_back_is_asked_to(hub, ta
     else:
         assert controls == []
         assert hub.db.get(queued)["engine"] == eid
+
+
+def test_a_take_back_answer_naming_tasks_not_asked_for_moves_only_those_asked(hub):
+    """An engine's answer is trusted only for the tasks its take-back named: one naming
+    its running task too (a bad engine) must not have it run a second time elsewhere."""
+    engine, eid, running, queued = _queued_behind_a_long_task(hub, take_back=True)
+    (ask,) = _controls_before_a_probe(hub, engine, eid)
+    engine.send(protocol.ABORT_MARKED, parent=ask["parent"], taken=[running, queued])
+    step(hub)
+    assert hub.db.get(running)["engine"] == eid
+    assert hub.db.get(queued)["engine"] != eid
