@@ -400,8 +400,7 @@ class Engine:
         self.id, self.heartbeat_period = self._register(dealer)
         self._send_ready()
         self._main_ident = threading.get_ident()
-        # the time-limit watchdog (TIME_LIMIT_GRACE_S): the traceback, then the default action
-        faulthandler.register(signal.SIGALRM, all_threads=True, chain=True)
+        _watch_alarm()
         threading.Thread(target=self._receiver, args=(dealer, outbox_in),
                          name="minipar-receiver", daemon=True).start()
         self._send_properties()
@@ -999,6 +998,7 @@ class Engine:
             try:
                 if limit:   # inside the try: an interrupt may land from here on
                     self._outbox.send(b"t")   # the receiver's next wait ends at the deadline
+                    _watch_alarm()
                     signal.setitimer(signal.ITIMER_REAL, limit + TIME_LIMIT_GRACE_S)
                     self._send(protocol.STARTED, parent=msg_id, engine=self.id,
                                started=started)
@@ -1110,8 +1110,7 @@ class Engine:
             signal.signal(sig, handler)
             if sig == signal.SIGALRM:   # the task's alarm, if left, would fire into the
                 signal.setitimer(signal.ITIMER_REAL, 0)   # engine: it is the task's, ended
-                faulthandler.unregister(sig)   # register again, or it stays replaced
-                faulthandler.register(sig, all_threads=True, chain=True)
+                _watch_alarm()
             if sig not in self._told_handler:
                 self._told_handler.add(sig)
                 log.warning("request %s replaced this engine's %s handler: put back; leave "
@@ -1409,6 +1408,16 @@ def _raise_in(thread_id, exc_class):
     CPython's PyThreadState_SetAsyncExc, which takes a class, not an instance."""
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id),
                                                exc_class and ctypes.py_object(exc_class))
+
+
+def _watch_alarm():
+    """SIGALRM to faulthandler: the time-limit watchdog's (TIME_LIMIT_GRACE_S) traceback,
+    then the default action. Registered anew before each time-limited request too: Python
+    reports faulthandler's handler as SIG_DFL, so a task that put back the SIG_DFL it read
+    (a timeout decorator's `finally`) removed it without a sign, and only this restores it
+    (two sigaction calls, for time-limited requests only)."""
+    faulthandler.unregister(signal.SIGALRM)
+    faulthandler.register(signal.SIGALRM, file=sys.__stderr__, all_threads=True, chain=True)
 
 
 def _no_input(prompt=""):
