@@ -55,10 +55,10 @@ def _dated(record):
     cheaper to stamp and to send; they are made what ipyparallel's are once read, so
     that a reply costs no conversion that nobody asks for."""
     for key in _TIMES:
-        seconds = record.get(key)   # get: Metadata's [] comes here
+        seconds = dict.get(record, key)   # dict's: Metadata's [] and get come here
         if isinstance(seconds, float):
             record[key] = _utc(seconds)
-    for attempt in record.get("attempts") or ():
+    for attempt in dict.get(record, "attempts") or ():
         _dated(attempt)
     return record
 
@@ -90,6 +90,11 @@ class Metadata(dict):
         if key in _TIMES or key == "attempts":
             _dated(self)
         return super().__getitem__(key)
+
+    def get(self, key, default=None):   # a read by key too: its times as []'s
+        if key in _TIMES or key == "attempts":
+            _dated(self)
+        return dict.get(self, key, default)
 
     def __getattr__(self, key):
         try:

@@ -384,7 +384,7 @@ class Client(errors.SaysWhyAbsent):
         if f is None or f.done():
             return
         md = f._joined()   # its times stay floats: made datetimes when read (_dated)
-        if md.get("query"):
+        if dict.get(md, "query"):   # dict's get: quicker, this is the I/O thread
             if header.get("status") == protocol.ERROR:
                 ename, evalue = header.get("error", ("MiniparError", "request failed"))
                 return f.set_exception(errors.error(ename, evalue))
@@ -394,7 +394,7 @@ class Client(errors.SaysWhyAbsent):
                   "execution_count", "recovered_by", "resubmitted"):
             if k in header:
                 md[k] = header[k]
-        md["engine_id"] = header.get("engine", md.get("engine_id"))   # dict's get: quicker
+        md["engine_id"] = header.get("engine", dict.get(md, "engine_id"))
         try:
             self.session.check_body(header, parts)
             nd = header.get("ndata")
@@ -426,7 +426,7 @@ class Client(errors.SaysWhyAbsent):
         # executes in the I/O thread: output, published data or the start of a running
         # request; its final reply replaces them (no duplicates)
         f = self._futures.get(header.get("parent"))
-        if f is None or f.done() or f._md.get("query"):   # _md: what the reader joins waits
+        if f is None or f.done() or dict.get(f._md, "query"):   # _md: what the reader joins waits
             return
         md, name = f._md, header.get("name")
         if md["engine_id"] is None:

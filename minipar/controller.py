@@ -148,7 +148,7 @@ class Controller:
         self._out = {}            # (socket, routing ids) -> what this pass sends there
         self._direct = False      # handling the first message of a drain: send at once
         self._aborting = {}       # a client's abort msg_id -> _Aborting
-        self._taking = {}         # a take-back's msg_id -> the engine asked (see _take_back)
+        self._taking = {}         # a take-back's msg_id -> (the engine asked, the msg_ids)
         self._epitaphs = {}       # dead engine id -> where it ran and its log's last lines
         self._next_id = 0
         self._beat = 0
@@ -462,9 +462,10 @@ class Controller:
 
     def _on_abort_marked(self, eid, header, parts, wire):
         parent = header.get("parent")
-        if isinstance(parent, str) and self._taking.get(parent) == eid:
+        asked = self._taking.get(parent) if isinstance(parent, str) else None
+        if asked is not None and asked[0] == eid:
             del self._taking[parent]
-            return self._took_back(eid, header.get("taken"))
+            return self._took_back(eid, asked[1], header.get("taken"))
         self._abort_heard(eid, parent)
 
     def _on_usage(self, eid, header, parts, wire):
@@ -521,6 +522,8 @@ class Controller:
             # a new engine has full liveness from its registration's beat
             "last_beat": self._beat,
             "properties": header.get("properties") or {},
+            # it answers a take-back (see _take_back); an older engine reads one as an abort
+            "take_back": header.get("take_back") is True,
             "outstanding": set(), "completed": 0,
             # with the msg_id of this registration before them (see engine._request)
             "reg": header["msg_id"].encode(), "work_ident": work_ident,
@@ -590,7 +593,7 @@ class Controller:
         self._notify(protocol.ENGINE_DIED if died else protocol.ENGINE_UNREGISTERED, id=eid)
         for parent in list(self._aborting):
             self._abort_heard(eid, parent)
-        for parent in [p for p, asked in self._taking.items() if asked == eid]:
+        for parent in [p for p, asked in self._taking.items() if asked[0] == eid]:
             del self._taking[parent]   # what it held is moved or failed below
         if died:
             self._send(self.sockets["engine"], [engine["ident"]], protocol.UNREGISTER,
@@ -898,21 +901,26 @@ class Controller:
     def _take_back(self, takes):
         """Ask engines for the tasks queued behind a long one, {(engine, running): [msg_id]}:
         an abort naming the running task, which the engine answers with those it had not
-        started, or none if `running` has ended (see engine._take_back, _took_back)."""
+        started, or none if `running` has ended (see engine._take_back, _took_back). An
+        engine that did not register saying it can is not asked: it would abort them; they
+        run there after `running`, as before take-backs."""
         for (eid, running), msg_ids in takes.items():
+            if not self.engines[eid]["take_back"]:
+                continue
             parent = protocol.new_id()
-            self._taking[parent] = eid
+            self._taking[parent] = (eid, frozenset(msg_ids))
             self._send(self.sockets["engine"], [self.engines[eid]["ident"]], protocol.ABORT,
                        msg_ids=msg_ids, parent=parent, running=running)
 
-    def _took_back(self, eid, msg_ids):
-        """Engine `eid` will never run `msg_ids`: the scheduler queues them again. Each is
-        signed anew (its next engine, maybe this one, must not take it for a replay), and
-        gets no attempt: it never started."""
+    def _took_back(self, eid, asked, msg_ids):
+        """Engine `eid` will never run `msg_ids`, of the `asked` ones: the scheduler queues
+        them again. Each is signed anew (its next engine, maybe this one, must not take it
+        for a replay), and gets no attempt: it never started. One not asked for (a bad
+        engine's answer: its running task) stays, or it would run twice."""
         taken = []
         engine = self.engines[eid]
         for msg_id in msg_ids if isinstance(msg_ids, list) else ():
-            rec = self.db.get(msg_id) if isinstance(msg_id, str) else None
+            rec = self.db.get(msg_id) if isinstance(msg_id, str) and msg_id in asked else None
             if rec is None or rec["status"] != PENDING or rec["engine"] != eid:
                 continue
             engine["outstanding"].discard(msg_id)

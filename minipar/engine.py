@@ -19,6 +19,8 @@ behind one that runs long (``running``): the engine marks them, keeps the marks 
 that task still runs (requests run in the order sent, so none of them has started),
 and answers with those it kept (``taken``; all or none). A request taken back is dropped
 unanswered when it comes up; the controller has queued it again, for another engine.
+The engine registers with ``take_back``: an older one, which would read a take-back as
+an abort, is never sent one.
 Every STREAM_INTERVAL_S the receiver sends what the running request printed or published
 (``datapub.publish_data``) as ``stream`` messages (see ``_Streamer``), and ``started``
 for one still running (so the client's future is running()). Every USAGE_PERIOD_S it
@@ -398,8 +400,7 @@ class Engine:
         self.id, self.heartbeat_period = self._register(dealer)
         self._send_ready()
         self._main_ident = threading.get_ident()
-        # the time-limit watchdog (TIME_LIMIT_GRACE_S): the traceback, then the default action
-        faulthandler.register(signal.SIGALRM, all_threads=True, chain=True)
+        _watch_alarm()
         threading.Thread(target=self._receiver, args=(dealer, outbox_in),
                          name="minipar-receiver", daemon=True).start()
         self._send_properties()
@@ -478,7 +479,7 @@ class Engine:
             host=socket.gethostname(), pidns=protocol.pid_namespace(), python=python,
             cloudpickle=cloudpickle_version, properties=props,
             reply_ident=(self.ident + protocol.REPLY_SUFFIX).decode(), id=want,
-            replaces=replaces, log=_log_file())
+            replaces=replaces, log=_log_file(), take_back=True)
         return header["msg_id"], frames
 
     def _run_startup(self):
@@ -997,6 +998,7 @@ class Engine:
             try:
                 if limit:   # inside the try: an interrupt may land from here on
                     self._outbox.send(b"t")   # the receiver's next wait ends at the deadline
+                    _watch_alarm()
                     signal.setitimer(signal.ITIMER_REAL, limit + TIME_LIMIT_GRACE_S)
                     self._send(protocol.STARTED, parent=msg_id, engine=self.id,
                                started=started)
@@ -1108,8 +1110,7 @@ class Engine:
             signal.signal(sig, handler)
             if sig == signal.SIGALRM:   # the task's alarm, if left, would fire into the
                 signal.setitimer(signal.ITIMER_REAL, 0)   # engine: it is the task's, ended
-                faulthandler.unregister(sig)   # register again, or it stays replaced
-                faulthandler.register(sig, all_threads=True, chain=True)
+                _watch_alarm()
             if sig not in self._told_handler:
                 self._told_handler.add(sig)
                 log.warning("request %s replaced this engine's %s handler: put back; leave "
@@ -1407,6 +1408,16 @@ def _raise_in(thread_id, exc_class):
     CPython's PyThreadState_SetAsyncExc, which takes a class, not an instance."""
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id),
                                                exc_class and ctypes.py_object(exc_class))
+
+
+def _watch_alarm():
+    """SIGALRM to faulthandler: the time-limit watchdog's (TIME_LIMIT_GRACE_S) traceback,
+    then the default action. Registered anew before each time-limited request too: Python
+    reports faulthandler's handler as SIG_DFL, so a task that put back the SIG_DFL it read
+    (a timeout decorator's `finally`) removed it without a sign, and only this restores it
+    (two sigaction calls, for time-limited requests only)."""
+    faulthandler.unregister(signal.SIGALRM)
+    faulthandler.register(signal.SIGALRM, file=sys.__stderr__, all_threads=True, chain=True)
 
 
 def _no_input(prompt=""):

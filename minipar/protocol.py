@@ -99,7 +99,7 @@ ABORT_MARKED = "aborted"         # an engine has marked the requests of an abort
                                  # `parent`; `taken`: the ones a take-back got back
 INTERRUPT = "interrupt"
 SHUTDOWN = "shutdown"            # to engines: header `abort` ends the running request too
-REGISTER = "register"
+REGISTER = "register"            # header `take_back`: it answers take-backs (see ABORT)
 READY = "ready"                  # an engine's request socket is connected: header `reg`
 UNREGISTER = "unregister"        # header `reason`: to an engine, why it must register again
                                  # (`fatal`: it may not); from one, why it stopped, if it was

@@ -13,6 +13,8 @@ protocol with the controller's own key, and calls ``loop_once(now, timeout)`` it
 (``STEP_S`` when one is expected, 0 when the step is only a tick of the clock).
 """
 
+import time
+
 import pytest
 import zmq
 
@@ -222,3 +224,61 @@ def test_an_engine_gone_in_the_pass_that_stopped_the_controller_fails_no_request
     assert reply["parent"] == shutdown["msg_id"] and reply["status"] == "ok"
     assert not hub.client.sock.poll(500), "a reply for the request the stopper waits on"
     assert hub.db.get(request["msg_id"])["status"] == "pending"
+
+
+
+def _queued_behind_a_long_task(hub, take_back):
+    """Fake engine A (registered with `take_back`, or without the field as an engine of
+    an older minipar) holds load-balanced tasks R and U; engine B comes with room, and A
+    says R runs long. Returns (A's socket, A's id, R's msg_id, U's msg_id)."""
+    fields = {} if take_back is None else {"take_back": take_back}
+    engine, eid = register(hub, b"engine-a", **fields)
+    ids = [hub.client.send(protocol.APPLY, [b"f"], lb=True, counts=[1])["msg_id"]
+           for _ in range(2)]
+    wait_until(lambda: step(hub) or all(hub.db.get(m) and hub.db.get(m)["engine"] == eid
+                                        for m in ids), TIMEOUT, "both tasks sent to A")
+    register(hub, b"engine-b", take_back=True)
+    engine.send(protocol.STARTED, parent=ids[0], engine=eid, started=time.time(), long=True)
+    step(hub)
+    return engine, eid, ids[0], ids[1]
+
+
+def _controls_before_a_probe(hub, engine, eid):
+    """The control messages `engine` receives before a direct request sent now (one
+    connection, in order: all the controller sent it so far)."""
+    probe = hub.client.send(protocol.APPLY, [b"f"], engine=eid, counts=[1])["msg_id"]
+    step(hub)
+    seen = []
+    while True:
+        _, header, _ = engine.recv()
+        if header.get("msg_id") == probe:
+            return seen
+        if header["kind"] not in (protocol.APPLY, protocol.BATCH):
+            seen.append(header)
+
+
+@pytest.mark.parametrize("take_back", [None, True])
+def test_only_an_engine_that_registered_saying_it_takes_back_is_asked_to(hub, take_back):
+    """An engine of a minipar from before take-backs reads one as an abort of the tasks it
+    names: they would fail as TaskAborted though nobody aborted them. So an engine that
+    did not register with `take_back` is not asked; it runs what waits behind its long
+    task, as before."""
+    engine, eid, running, queued = _queued_behind_a_long_task(hub, take_back)
+    controls = _controls_before_a_probe(hub, engine, eid)
+    if take_back:
+        assert [(h["kind"], h["running"], h["msg_ids"]) for h in controls] == [
+            (protocol.ABORT, running, [queued])]
+    else:
+        assert controls == []
+        assert hub.db.get(queued)["engine"] == eid
+
+
+def test_a_take_back_answer_naming_tasks_not_asked_for_moves_only_those_asked(hub):
+    """An engine's answer is trusted only for the tasks its take-back named: one naming
+    its running task too (a bad engine) must not have it run a second time elsewhere."""
+    engine, eid, running, queued = _queued_behind_a_long_task(hub, take_back=True)
+    (ask,) = _controls_before_a_probe(hub, engine, eid)
+    engine.send(protocol.ABORT_MARKED, parent=ask["parent"], taken=[running, queued])
+    step(hub)
+    assert hub.db.get(running)["engine"] == eid
+    assert hub.db.get(queued)["engine"] != eid

@@ -196,6 +196,19 @@ def test_timestamps_are_aware_utc_datetimes_as_ipyparallels(rc):
         assert rc.db_query(dict(mine, completed={"$lt": t})) == []
 
 
+
+def test_metadata_kept_from_before_the_reply_gives_datetimes_through_get_too(rc):
+    """``md.get('completed')`` is a read by key as ``md['completed']`` is: a dict kept from
+    before the reply gave the reply's float there while ``[]`` gave a datetime."""
+    ar = rc.load_balanced_view().apply_async(sleep_then, 0.2, "slept")
+    kept = ar.metadata
+    assert kept["completed"] is None   # read before the reply
+    assert ar.get(TIMEOUT) == "slept"
+    for key in ("submitted", "started", "completed", "received"):
+        assert isinstance(kept.get(key), datetime.datetime), key
+    assert all(isinstance(a[k], datetime.datetime) for a in kept.get("attempts")
+               for k in ("started", "completed"))
+
 def test_execute_takes_silent_before_targets_as_ipyparallel(rc):
     """ipyparallel's ``execute(code, silent=True, targets=None, block=None)``: `silent`
     is accepted (minipar shows no ``Out[n]`` either way), by keyword or in its place."""

@@ -369,21 +369,33 @@ def test_a_time_limit_holds_for_code_that_holds_the_gil(local_cluster):
 
 def _set_an_alarm_handler(handler):
     """A task that puts its own SIGALRM handler in place (as timeout decorators do) and
-    leaves it, with an alarm still set ("ignore": SIG_IGN, "own": one that does nothing)."""
+    leaves it, with an alarm still set ("ignore": SIG_IGN, "own": one that does nothing),
+    or ("restored") undoes both in a `finally`, the handler it read put back: SIG_DFL, as
+    Python reports faulthandler's."""
     import signal
 
+    if handler == "restored":
+        previous = signal.signal(signal.SIGALRM, lambda *a: None)
+        try:
+            signal.alarm(30)
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+        return "set"
     signal.signal(signal.SIGALRM, {"own": lambda *a: None, "ignore": signal.SIG_IGN}[handler])
     signal.alarm(3)
     return "set"
 
 
-@pytest.mark.parametrize("handler", ["own", "ignore"])
+@pytest.mark.parametrize("handler", ["own", "ignore", "restored"])
 def test_a_tasks_alarm_handler_does_not_disable_the_time_limit_watchdog(
         local_cluster, handler):
     """The engine ends a task that holds the GIL past its time_limit by SIGALRM. A task
     that left its own SIGALRM handler (and an alarm) in place is said once in the log and
     the engine's is put back: the alarm left does not fire into the engine, and a later
-    task holding the GIL still ends its engine, not runs on for a minute."""
+    task holding the GIL still ends its engine, not runs on for a minute. One that put
+    back the SIG_DFL it read had removed faulthandler's handler without a sign: the
+    engine then ended with no traceback in its log."""
     (engine,) = local_cluster.start_engines(1)
     rc = local_cluster.client()
     (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
@@ -396,8 +408,9 @@ def test_a_tasks_alarm_handler_does_not_disable_the_time_limit_watchdog(
         lb.get(45)
     wait_until(lambda: engine.poll() is not None, START_TIMEOUT_S, "the engine to end")
     log = local_cluster.output("engine0")
-    assert log.count("replaced this engine's SIGALRM") == 1
+    assert log.count("replaced this engine's SIGALRM") == (handler != "restored")
     assert "_hold_the_gil" in log and "most recent call first" in log
+
 
 
 def _with_its_own_interrupt_handler(handler, seconds):
