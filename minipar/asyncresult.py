@@ -87,14 +87,21 @@ class Metadata(dict):
     is read, for a caller that kept the dict (``md = ar.metadata; ar.wait()``)."""
 
     def __getitem__(self, key):
-        if key in _TIMES or key == "attempts":
-            _dated(self)
-        return super().__getitem__(key)
+        return self._read(key, super().__getitem__(key))
 
     def get(self, key, default=None):   # a read by key too: its times as []'s
+        return self._read(key, dict.get(self, key, default))
+
+    def _read(self, key, value):
+        # all its times made datetimes in place, and `value` too: the I/O thread may have
+        # stored a reply's float (or attempts) over the one read since
         if key in _TIMES or key == "attempts":
             _dated(self)
-        return dict.get(self, key, default)
+            if isinstance(value, float):
+                return _utc(value)
+            for attempt in value if key == "attempts" and value else ():
+                _dated(attempt)
+        return value
 
     def __getattr__(self, key):
         try:

@@ -49,8 +49,7 @@ from .asyncresult import (AsyncResult, _concat, _dated, _Derived, _fail_in_forke
                           _MsgFuture, _OneRequest, _aborted_on_ctrl_c, _ctrl_c_aborts, _sent,
                           _timeout_s)
 from .dependency import dependency_fields, dependent, msg_ids
-from .remotefunction import (ParallelFunction, RemoteFunction, _partition, _sequence,
-                             _sequences)
+from .remotefunction import ParallelFunction, RemoteFunction, _partition, _sequence, _sequences
 # CompositeError too: classic scripts catch `client.CompositeError`
 from .errors import CompositeError, NoEnginesRegistered, TimeoutError
 
@@ -389,11 +388,12 @@ class Client(errors.SaysWhyAbsent):
                 ename, evalue = header.get("error", ("MiniparError", "request failed"))
                 return f.set_exception(errors.error(ename, evalue))
             return f.set_result(header)
-        md["received"] = time.time()
-        for k in ("started", "completed", "stdout", "stderr", "status", "attempts",
-                  "execution_count", "recovered_by", "resubmitted"):
-            if k in header:
-                md[k] = header[k]
+        with f._condition:   # a reader joining streamed output (_joined) must not put
+            md["received"] = time.time()   # its partial text back over the whole
+            for k in ("started", "completed", "stdout", "stderr", "status", "attempts",
+                      "execution_count", "recovered_by", "resubmitted"):
+                if k in header:
+                    md[k] = header[k]
         md["engine_id"] = header.get("engine", dict.get(md, "engine_id"))
         try:
             self.session.check_body(header, parts)
