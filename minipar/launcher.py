@@ -1202,10 +1202,8 @@ def _start_error(output):
     """The controller's own error class when its output names one (ports), else ours."""
     from . import controller  # only on this error path: it imports the scheduler
 
-    for cls in (controller.PortInUseError, controller.NoPortsLeftError):
-        if f"{cls.__name__}: " in output:
-            return cls
-    return ControllerStartError
+    return next((cls for cls in (controller.PortInUseError, controller.NoPortsLeftError)
+                 if f"{cls.__name__}: " in output), ControllerStartError)
 
 
 def _kind_name(kind):
@@ -1356,28 +1354,28 @@ def live_controller(profile_dir):
     return info
 
 
-def _stop_command(info, profile_dir):
-    """The shell command that stops the controller `info` describes: `launcher stop` where
-    a cluster file records it (its engines stop too), else `kill PID` (SIGTERM: the
-    controller stops cleanly and removes its connection files)."""
+def cluster_stop_args(pid, profile_dir):
+    """The arguments of ``python -m <pkg>.launcher`` that stop the cluster whose file in
+    `profile_dir` records controller `pid`, its engines too; None where none does."""
     for path in cluster_files(profile_dir=profile_dir):
         with contextlib.suppress(OSError, ValueError, KeyError, AttributeError):
             with open(path) as f:
                 d = json.load(f)
-            if (d.get("controller") or {}).get("state", {}).get("pid") == info["pid"]:
-                return (f"python -m {_PKG}.launcher stop --profile-dir "
-                        f"{shlex.quote(profile_dir)} --cluster-id "
-                        f"{shlex.quote(d['cluster']['cluster_id'])}")
-    return f"kill {info['pid']}"
+            if (d.get("controller") or {}).get("state", {}).get("pid") == pid:
+                return ["stop", "--profile-dir", profile_dir, "--cluster-id",
+                        d["cluster"]["cluster_id"]]
+    return None
 
 
 def held_profile_message(info, profile_dir):
-    """Why a second controller may not start on `profile_dir`, and how to free it."""
+    """Why a second controller may not start on `profile_dir`, and how to free it: `launcher
+    stop`, else SIGTERM (the controller stops cleanly and removes its connection files)."""
+    args = cluster_stop_args(info["pid"], profile_dir)
+    stop = f"python -m {_PKG}.launcher {shlex.join(args)}" if args else f"kill {info['pid']}"
     return (f"a controller (pid {info['pid']} on host {info.get('host')}) is already running "
             f"with profile dir {profile_dir}; a second one would overwrite its connection "
             "files and, when stopped, delete them, leaving it unreachable. Stop it with "
-            f"`{_stop_command(info, profile_dir)}`, or use another profile (--profile or "
-            "--profile-dir)")
+            f"`{stop}`, or use another profile (--profile or --profile-dir)")
 
 
 # ---------------------------------------------------------------- python -m <pkg>.launcher
