@@ -844,7 +844,9 @@ class Cluster:
 
     With ``shutdown_atexit=True`` (the default) the cluster is stopped when this process
     exits, and a local controller also stops it by itself once this process is gone
-    (``--owner``), so a SIGTERM or SIGKILL, which skip atexit, leaves nothing running;
+    (``--owner``), with `launcher stop` for its batch jobs and ssh engines, so a SIGTERM or
+    SIGKILL, which skip atexit, leaves nothing running (a controller that is a batch job or
+    on another host cannot see this process: `launcher stop` it, then `launcher clean`);
     ``shutdown_atexit=False`` (``launcher start --daemonize``) leaves it running.
     """
 

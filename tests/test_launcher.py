@@ -324,8 +324,11 @@ def test_cluster_stops_when_its_starter_is_killed(pids, tmp_path):
 
 
 def test_a_cluster_whose_starter_was_killed_is_listed_as_stale_until_cleaned(pids, tmp_path):
-    # the controller stopped it (--owner), but nobody was left to remove its cluster file
-    cluster = _start_and_kill_starter(pids, tmp_path, shutdown_atexit=True)
+    # its processes killed too (kill -9 of them all, a reboot): nobody was left to remove
+    # its cluster file (a controller told --owner removes it, by `launcher stop`)
+    cluster = _start_and_kill_starter(pids, tmp_path, shutdown_atexit=False)
+    for x in cluster:
+        os.kill(x, signal.SIGKILL)
     wait_until(lambda: not any(alive(x) for x in cluster), 30, "the cluster to stop")
     prof = str(tmp_path / "p")
     out = cli("list", "--profile-dir", prof)

@@ -363,3 +363,31 @@ def test_slurm_sigterm_while_cli_start_waits_deletes_the_job(pids, tmp_path, slu
     p.terminate()
     p.communicate(timeout=60)
     assert queued() == [], "the job was left in the queue"
+
+
+@needs_slurm
+def test_slurm_job_of_a_script_killed_by_sigkill_is_deleted(pids, tmp_path, slurm_env):
+    """`kill -9` of a script in ``with Cluster(engines="slurm")``: no atexit runs, and its
+    engines' job, still pending, gets no shutdown message; the controller (--owner) sees
+    the script gone and has the cluster's launchers stop it (scancel)."""
+    prof = tmp_path / "p"
+    script = (f"from minipar.launcher import Cluster\n"
+              f"with Cluster(n=500, engines='slurm', profile_dir={str(prof)!r}, "
+              f"controller_args={CTL_ARGS!r}, timeout=120) as rc:\n    pass\n")
+    p = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=ROOT),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pids.add(p.pid)
+
+    def queued():
+        out = subprocess.run(["squeue", "--noheader", "--format=%i %o"], capture_output=True,
+                             text=True, timeout=20).stdout
+        return [line.split()[0] for line in out.splitlines() if str(tmp_path) in line]
+
+    wait_until(queued, 60, "the engines' job in the queue")
+    pids.add(json.load(open(prof / "security" / "minipar-client.json"))["pid"])
+    p.kill()
+    p.wait(20)
+    wait_until(lambda: not queued(), 60, "the job deleted once the script was killed")
+    wait_until(lambda: not [f for f in os.listdir(prof / "security") if f.startswith("cluster-")],
+               30, "the cluster file removed")
+    assert pids.wait_gone(20) == []
