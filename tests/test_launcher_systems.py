@@ -217,16 +217,19 @@ def test_ssh_engines_whose_python_cannot_run_minipar_say_what_to_set(pids, tmp_p
 
 
 @needs_ssh
-def test_ssh_host_that_never_answers_is_an_error_saying_so(pids, tmp_path):
+@pytest.mark.parametrize("connection", ["scp", "shared", "env"])
+def test_ssh_host_that_never_answers_is_an_error_saying_so(pids, tmp_path, connection):
     """A port that takes the connection and says nothing, as a host behind a dead route
-    does when the user's ssh waits without a ConnectTimeout of its own."""
+    does when the user's ssh waits without a ConnectTimeout of its own; "shared" and
+    "env" send no file first, and wait for the engine's own ssh."""
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen()
     port = str(silent.getsockname()[1])
     cluster = Cluster(n=1, engines="ssh", profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS,
                       engine_options={"engines": {"127.0.0.1": 1}, "ssh_args": [
-                          "-F", SSH_CONFIG, "-p", port, "-o", "ConnectTimeout=600"]})
+                          "-F", SSH_CONFIG, "-p", port, "-o", "ConnectTimeout=600"],
+                          "connection": connection})
     with silent, pytest.raises(launcher.LauncherError) as e:
         cluster.start_cluster_sync()
     pids.add_cluster(cluster)
