@@ -149,12 +149,10 @@ def _descendants(pids):
         ppid = protocol.proc_stat(pid, 1)
         if ppid is not None:
             children.setdefault(ppid, []).append(pid)
-    found, todo = [], list(pids)
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            found.append(child)
-            todo.append(child)
-    return found
+    found = list(pids)
+    for pid in found:   # the list grows as it is read: children's children are looked up too
+        found.extend(children.get(pid, ()))
+    return found[len(pids):]
 
 
 def _kill(pid, sig):
