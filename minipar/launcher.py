@@ -1248,20 +1248,22 @@ def _searched(profile, profile_dir):
 def find_cluster_file(profile=None, profile_dir=None, cluster_id=None):
     """The file of cluster `cluster_id`, or else of the one running cluster; an error
     naming the choices when there are none or several."""
-    paths = cluster_files(profile, profile_dir)
+    paths, left = cluster_files(profile, profile_dir), 0
     if cluster_id is not None:
         name = CLUSTER_FILE.format(cluster_id=cluster_id)
         paths = [p for p in paths if os.path.basename(p) == name]
         what = f"cluster {cluster_id!r}"
     else:
-        paths = [p for p in paths if _running(p)]
+        left, paths = len(paths), [p for p in paths if _running(p)]
         what = "running cluster"
     if len(paths) == 1:
         return paths[0]
     where = _searched(profile, profile_dir)
     see = f"see `python -m {_PKG}.launcher list`"
-    if not paths:
-        raise LauncherError(f"no {what} found in {where}; {see}")
+    if not paths:   # files left only by clusters that stopped: they go with `clean`
+        raise LauncherError(f"no {what} found in {where}; " + (see if not left else (
+            f"{left} cluster file(s) there of clusters that stopped (their starter killed, "
+            f"say): `python -m {_PKG}.launcher clean` (same --profile-dir) removes them")))
     found = ", ".join(f"{os.path.basename(p)[8:-5]} ({os.path.dirname(os.path.dirname(p))})"
                       for p in paths)
     raise LauncherError(f"{len(paths)} {what}s found in {where}: {found}; choose one with "

@@ -336,6 +336,8 @@ def test_a_cluster_whose_starter_was_killed_is_listed_as_stale_until_cleaned(pid
     assert re.search(rf"^\S+\tstale\t0\t{re.escape(prof)}$", out.stdout, re.M), out.stdout
     assert "1 stale cluster(s)" in out.stderr, out.stderr
     assert "launcher clean` removes their files" in out.stderr
+    out = cli("stop", "--profile-dir", prof)   # nothing to stop: what removes the file
+    assert out.returncode == 1 and "launcher clean` (same --profile-dir)" in out.stderr, out.stderr
     assert "removed cluster" in cli("clean", "--profile-dir", prof).stdout
     out = cli("list", "--profile-dir", prof)
     assert out.stdout == "cluster_id\tcontroller\tengines\tprofile_dir\n" and not out.stderr
