@@ -29,8 +29,9 @@ previous controller left pending. ``--curve`` encrypts every socket with CurveZM
 Stopping without ``--reuse`` (its key and ports go with it), it first fails every
 request it holds and stops its engines (``_end_everything``): none could wait for it.
 With ``--owner PID`` (a Cluster passes its own pid) the controller stops the cluster, as
-a client's ``shutdown(hub=True)`` does, at the first heartbeat after that process ended:
-a script killed by SIGTERM or SIGKILL runs no atexit, and would leave it all running.
+a client's ``shutdown(hub=True)`` does, at the first heartbeat after that process ended,
+and runs ``launcher stop`` of the cluster for what no message reaches (a batch job still
+pending): a script killed by SIGTERM or SIGKILL runs no atexit, and would leave it all running.
 """
 
 import argparse
@@ -43,6 +44,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -370,6 +372,14 @@ class Controller:
                         self.owner)
             self._shutdown_engines(None, abort=True)
             self._stop = True
+            # a batch job still pending, an ssh engine not yet registered: no message
+            # reaches them, their launchers stop them (scancel, ssh kill), as the cluster
+            # file says; in a process of its own, as this one is about to end
+            from .launcher import cluster_stop_args   # only here: its owner is gone
+            args = cluster_stop_args(os.getpid(), self.profile_dir)
+            if args:
+                subprocess.Popen([sys.executable, "-m", f"{__package__}.launcher", *args],
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
             return
         # A beat a period late or more: this controller was stopped (SIGSTOP) or starved.
         # What its engines sent meanwhile is read before any is judged gone by its pid:

@@ -149,12 +149,10 @@ def _descendants(pids):
         ppid = protocol.proc_stat(pid, 1)
         if ppid is not None:
             children.setdefault(ppid, []).append(pid)
-    found, todo = [], list(pids)
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            found.append(child)
-            todo.append(child)
-    return found
+    found = list(pids)
+    for pid in found:   # the list grows as it is read: children's children are looked up too
+        found.extend(children.get(pid, ()))
+    return found[len(pids):]
 
 
 def _kill(pid, sig):
@@ -844,7 +842,9 @@ class Cluster:
 
     With ``shutdown_atexit=True`` (the default) the cluster is stopped when this process
     exits, and a local controller also stops it by itself once this process is gone
-    (``--owner``), so a SIGTERM or SIGKILL, which skip atexit, leaves nothing running;
+    (``--owner``), with `launcher stop` for its batch jobs and ssh engines, so a SIGTERM or
+    SIGKILL, which skip atexit, leaves nothing running (a controller that is a batch job or
+    on another host cannot see this process: `launcher stop` it, then `launcher clean`);
     ``shutdown_atexit=False`` (``launcher start --daemonize``) leaves it running.
     """
 
@@ -1202,10 +1202,8 @@ def _start_error(output):
     """The controller's own error class when its output names one (ports), else ours."""
     from . import controller  # only on this error path: it imports the scheduler
 
-    for cls in (controller.PortInUseError, controller.NoPortsLeftError):
-        if f"{cls.__name__}: " in output:
-            return cls
-    return ControllerStartError
+    return next((cls for cls in (controller.PortInUseError, controller.NoPortsLeftError)
+                 if f"{cls.__name__}: " in output), ControllerStartError)
 
 
 def _kind_name(kind):
@@ -1250,20 +1248,22 @@ def _searched(profile, profile_dir):
 def find_cluster_file(profile=None, profile_dir=None, cluster_id=None):
     """The file of cluster `cluster_id`, or else of the one running cluster; an error
     naming the choices when there are none or several."""
-    paths = cluster_files(profile, profile_dir)
+    paths, left = cluster_files(profile, profile_dir), 0
     if cluster_id is not None:
         name = CLUSTER_FILE.format(cluster_id=cluster_id)
         paths = [p for p in paths if os.path.basename(p) == name]
         what = f"cluster {cluster_id!r}"
     else:
-        paths = [p for p in paths if _running(p)]
+        left, paths = len(paths), [p for p in paths if _running(p)]
         what = "running cluster"
     if len(paths) == 1:
         return paths[0]
     where = _searched(profile, profile_dir)
     see = f"see `python -m {_PKG}.launcher list`"
-    if not paths:
-        raise LauncherError(f"no {what} found in {where}; {see}")
+    if not paths:   # files left only by clusters that stopped: they go with `clean`
+        raise LauncherError(f"no {what} found in {where}; " + (see if not left else (
+            f"{left} cluster file(s) there of clusters that stopped (their starter killed, "
+            f"say): `python -m {_PKG}.launcher clean` (same --profile-dir) removes them")))
     found = ", ".join(f"{os.path.basename(p)[8:-5]} ({os.path.dirname(os.path.dirname(p))})"
                       for p in paths)
     raise LauncherError(f"{len(paths)} {what}s found in {where}: {found}; choose one with "
@@ -1356,28 +1356,28 @@ def live_controller(profile_dir):
     return info
 
 
-def _stop_command(info, profile_dir):
-    """The shell command that stops the controller `info` describes: `launcher stop` where
-    a cluster file records it (its engines stop too), else `kill PID` (SIGTERM: the
-    controller stops cleanly and removes its connection files)."""
+def cluster_stop_args(pid, profile_dir):
+    """The arguments of ``python -m <pkg>.launcher`` that stop the cluster whose file in
+    `profile_dir` records controller `pid`, its engines too; None where none does."""
     for path in cluster_files(profile_dir=profile_dir):
         with contextlib.suppress(OSError, ValueError, KeyError, AttributeError):
             with open(path) as f:
                 d = json.load(f)
-            if (d.get("controller") or {}).get("state", {}).get("pid") == info["pid"]:
-                return (f"python -m {_PKG}.launcher stop --profile-dir "
-                        f"{shlex.quote(profile_dir)} --cluster-id "
-                        f"{shlex.quote(d['cluster']['cluster_id'])}")
-    return f"kill {info['pid']}"
+            if (d.get("controller") or {}).get("state", {}).get("pid") == pid:
+                return ["stop", "--profile-dir", profile_dir, "--cluster-id",
+                        d["cluster"]["cluster_id"]]
+    return None
 
 
 def held_profile_message(info, profile_dir):
-    """Why a second controller may not start on `profile_dir`, and how to free it."""
+    """Why a second controller may not start on `profile_dir`, and how to free it: `launcher
+    stop`, else SIGTERM (the controller stops cleanly and removes its connection files)."""
+    args = cluster_stop_args(info["pid"], profile_dir)
+    stop = f"python -m {_PKG}.launcher {shlex.join(args)}" if args else f"kill {info['pid']}"
     return (f"a controller (pid {info['pid']} on host {info.get('host')}) is already running "
             f"with profile dir {profile_dir}; a second one would overwrite its connection "
             "files and, when stopped, delete them, leaving it unreachable. Stop it with "
-            f"`{_stop_command(info, profile_dir)}`, or use another profile (--profile or "
-            "--profile-dir)")
+            f"`{stop}`, or use another profile (--profile or --profile-dir)")
 
 
 # ---------------------------------------------------------------- python -m <pkg>.launcher

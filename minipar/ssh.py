@@ -42,9 +42,18 @@ from .launcher import (_PKG, BEFORE, RUNNING, START_TIMEOUT_S, ControllerLaunche
 
 log = logging.getLogger(__name__)
 
-# How long sending the engine file to a host may take: a few seconds where the host is up,
-# forever behind a dead route when the user's ssh has no ConnectTimeout of its own
+# How long sending the engine file to a host, or the remote pid's line from a started
+# program, may take: a few seconds where the host is up, forever behind a dead route when
+# the user's ssh has no ConnectTimeout of its own
 SEND_TIMEOUT_S = 20.0
+
+
+def _no_answer(what, cmd, ssh, host):
+    """The error for a host that said nothing within SEND_TIMEOUT_S: what to check."""
+    return LauncherError(
+        f"{what}: no answer within {SEND_TIMEOUT_S:g} s from {shlex.join(cmd)}; check that "
+        f"the host is up and reachable (`{shlex.join([*ssh, host, 'true'])}`), and give "
+        "ssh_args=['-o', 'ConnectTimeout=10'] to have ssh say why sooner")
 
 
 class SSHLauncher(LocalProcessLauncher):
@@ -95,7 +104,7 @@ class SSHLauncher(LocalProcessLauncher):
 
     def start(self):
         LocalProcessLauncher.start(self)
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + SEND_TIMEOUT_S  # the pid comes before the program runs
         while self.remote_pid is None and self.state == RUNNING:
             m = re.search(r"minipar-remote-pid (\d+)", self.get_output())
             if m:
@@ -105,8 +114,11 @@ class SSHLauncher(LocalProcessLauncher):
             else:
                 time.sleep(0.05)
         if self.remote_pid is None:
-            out = self.get_output()
+            out, silent = self.get_output(), self.state == RUNNING
             self.stop()
+            if silent and not out.strip():   # ssh still waiting for the host
+                raise _no_answer(f"starting {self.module} on {self.hostname}", self.args,
+                                 [*self.ssh_cmd, *self.ssh_args], self.hostname)
             raise LauncherError(f"ssh to {self.hostname} did not start {self.module}; its "
                                 f"output:\n{out}")
 
@@ -138,7 +150,7 @@ class SSHLauncher(LocalProcessLauncher):
     def stop(self):
         if self.state == BEFORE:
             return None
-        if self.state == RUNNING:
+        if self.state == RUNNING and self.remote_pid is not None:   # else only the local ssh
             self.remote_kill(signal.SIGTERM)
             if not self.wait(self.stop_timeout):
                 log.warning("%s on %s (pid %s) ignored SIGTERM; sending SIGKILL",
@@ -290,11 +302,8 @@ class SSHEngineSetLauncher(EngineSetLauncher):
                 r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                    timeout=SEND_TIMEOUT_S, env=env)
             except subprocess.TimeoutExpired:
-                raise LauncherError(
-                    f"sending the engine file to {host}: no answer within {SEND_TIMEOUT_S:g} s "
-                    f"from {shlex.join(cmd)}; check that the host is up and reachable (`"
-                    f"{shlex.join([*self.ssh_cmd, *self.ssh_args, host, 'true'])}`), and give "
-                    "ssh_args=['-o', 'ConnectTimeout=10'] to have ssh say why sooner") from None
+                raise _no_answer(f"sending the engine file to {host}", cmd,
+                                 [*self.ssh_cmd, *self.ssh_args], host) from None
             if r.returncode:
                 raise LauncherError(f"sending the engine file to {host} failed: "
                                     f"{shlex.join(cmd)}: {r.stderr.strip()}")
@@ -313,13 +322,15 @@ class SSHEngineSetLauncher(EngineSetLauncher):
                     path = os.path.join(self.profile_dir, "security", protocol.ENGINE_FILE)
                     with open(path) as f:
                         env["MINIPAR_CONNECTION_INFO"] = f.read()
-                    file = self.sent_files[host] = self._remote_file()
+                    file = self._remote_file()
                 for _ in range(count):
                     child = self._child(host, args, file, env)
                     if self.connection == "env":
                         child.ssh_args = [*child.ssh_args, "-o", "SendEnv=MINIPAR_CONNECTION_INFO"]
                     child.start()
                     self._children.append(child)
+                    if self.connection == "env":   # written there by the engine's shell now
+                        self.sent_files[host] = file
         except BaseException:
             self._stop_children()
             raise

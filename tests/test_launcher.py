@@ -324,8 +324,11 @@ def test_cluster_stops_when_its_starter_is_killed(pids, tmp_path):
 
 
 def test_a_cluster_whose_starter_was_killed_is_listed_as_stale_until_cleaned(pids, tmp_path):
-    # the controller stopped it (--owner), but nobody was left to remove its cluster file
-    cluster = _start_and_kill_starter(pids, tmp_path, shutdown_atexit=True)
+    # its processes killed too (kill -9 of them all, a reboot): nobody was left to remove
+    # its cluster file (a controller told --owner removes it, by `launcher stop`)
+    cluster = _start_and_kill_starter(pids, tmp_path, shutdown_atexit=False)
+    for x in cluster:
+        os.kill(x, signal.SIGKILL)
     wait_until(lambda: not any(alive(x) for x in cluster), 30, "the cluster to stop")
     prof = str(tmp_path / "p")
     out = cli("list", "--profile-dir", prof)
@@ -333,6 +336,8 @@ def test_a_cluster_whose_starter_was_killed_is_listed_as_stale_until_cleaned(pid
     assert re.search(rf"^\S+\tstale\t0\t{re.escape(prof)}$", out.stdout, re.M), out.stdout
     assert "1 stale cluster(s)" in out.stderr, out.stderr
     assert "launcher clean` removes their files" in out.stderr
+    out = cli("stop", "--profile-dir", prof)   # nothing to stop: what removes the file
+    assert out.returncode == 1 and "launcher clean` (same --profile-dir)" in out.stderr, out.stderr
     assert "removed cluster" in cli("clean", "--profile-dir", prof).stdout
     out = cli("list", "--profile-dir", prof)
     assert out.stdout == "cluster_id\tcontroller\tengines\tprofile_dir\n" and not out.stderr

@@ -217,16 +217,19 @@ def test_ssh_engines_whose_python_cannot_run_minipar_say_what_to_set(pids, tmp_p
 
 
 @needs_ssh
-def test_ssh_host_that_never_answers_is_an_error_saying_so(pids, tmp_path):
+@pytest.mark.parametrize("connection", ["scp", "shared", "env"])
+def test_ssh_host_that_never_answers_is_an_error_saying_so(pids, tmp_path, connection):
     """A port that takes the connection and says nothing, as a host behind a dead route
-    does when the user's ssh waits without a ConnectTimeout of its own."""
+    does when the user's ssh waits without a ConnectTimeout of its own; "shared" and
+    "env" send no file first, and wait for the engine's own ssh."""
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen()
     port = str(silent.getsockname()[1])
     cluster = Cluster(n=1, engines="ssh", profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS,
                       engine_options={"engines": {"127.0.0.1": 1}, "ssh_args": [
-                          "-F", SSH_CONFIG, "-p", port, "-o", "ConnectTimeout=600"]})
+                          "-F", SSH_CONFIG, "-p", port, "-o", "ConnectTimeout=600"],
+                          "connection": connection})
     with silent, pytest.raises(launcher.LauncherError) as e:
         cluster.start_cluster_sync()
     pids.add_cluster(cluster)
@@ -363,3 +366,31 @@ def test_slurm_sigterm_while_cli_start_waits_deletes_the_job(pids, tmp_path, slu
     p.terminate()
     p.communicate(timeout=60)
     assert queued() == [], "the job was left in the queue"
+
+
+@needs_slurm
+def test_slurm_job_of_a_script_killed_by_sigkill_is_deleted(pids, tmp_path, slurm_env):
+    """`kill -9` of a script in ``with Cluster(engines="slurm")``: no atexit runs, and its
+    engines' job, still pending, gets no shutdown message; the controller (--owner) sees
+    the script gone and has the cluster's launchers stop it (scancel)."""
+    prof = tmp_path / "p"
+    script = (f"from minipar.launcher import Cluster\n"
+              f"with Cluster(n=500, engines='slurm', profile_dir={str(prof)!r}, "
+              f"controller_args={CTL_ARGS!r}, timeout=120) as rc:\n    pass\n")
+    p = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=ROOT),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pids.add(p.pid)
+
+    def queued():
+        out = subprocess.run(["squeue", "--noheader", "--format=%i %o"], capture_output=True,
+                             text=True, timeout=20).stdout
+        return [line.split()[0] for line in out.splitlines() if str(tmp_path) in line]
+
+    wait_until(queued, 60, "the engines' job in the queue")
+    pids.add(json.load(open(prof / "security" / "minipar-client.json"))["pid"])
+    p.kill()
+    p.wait(20)
+    wait_until(lambda: not queued(), 60, "the job deleted once the script was killed")
+    wait_until(lambda: not [f for f in os.listdir(prof / "security") if f.startswith("cluster-")],
+               30, "the cluster file removed")
+    assert pids.wait_gone(20) == []
