@@ -514,7 +514,12 @@ def main(argv=None):
             protocol.wait_for_file(url_file, wait_s, log.info)
             monitor.connect(timeout=round(max(0.1, deadline - time.monotonic()), 1))
             snap = monitor.rc.status(timeout=round(max(0.1, deadline - time.monotonic()), 1))
-            print(json.dumps(snap, indent=2) if args.json else text(snap, ascii=_ascii()))
+            try:
+                print(json.dumps(snap, indent=2) if args.json else text(snap, ascii=_ascii()))
+                sys.stdout.flush()
+            except BrokenPipeError:   # `top --once | head -1`: the reader has what it wanted;
+                # what is left goes nowhere, or Python's flush at exit would fail again
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
         monitor.connect()
         import curses

@@ -168,6 +168,20 @@ def test_once_says_clearly_when_there_is_no_controller(tmp_path):
     assert out.returncode == 1 and "no connection file" in out.stderr
 
 
+def test_once_into_a_closed_pipe_is_quiet(local_cluster):
+    """`top --once | head -1`: the reader closing the pipe is no error of the monitor's.
+    Before, it said "[Errno 32] Broken pipe" and exited 1 (failing a pipefail script)."""
+    r, w = os.pipe()
+    os.close(r)   # a reader gone before the first write: EPIPE whatever the timing
+    try:
+        out = subprocess.run([sys.executable, "-m", "minipar.top", "--once", "--file",
+                              local_cluster.client_file], stdout=w, stderr=subprocess.PIPE,
+                             text=True, env=_env(), cwd=ROOT, timeout=30)
+    finally:
+        os.close(w)
+    assert (out.returncode, out.stderr) == (0, "")
+
+
 def test_once_waits_up_to_wait_for_the_controller(tmp_path):
     """--once --wait N waits up to N s in all for the controller: for a frozen one to
     answer, and for one not yet started to write its connection file. Before, --once
