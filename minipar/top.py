@@ -64,6 +64,7 @@ import argparse
 import collections
 import html
 import json
+import locale
 import logging
 import os
 import sys
@@ -503,6 +504,10 @@ def main(argv=None):
     url_file = args.file or os.path.join(protocol.profile_dir(args.profile, args.profile_dir),
                                          "security", protocol.CLIENT_FILE)
     once = args.once or args.json
+    try:   # the terminal's, for _ascii(); curses draws UTF-8 only with the locale set
+        locale.setlocale(locale.LC_ALL, "")
+    except locale.Error:   # LANG names a locale not installed here: C's, in ASCII
+        pass
     if not once and not (sys.stdout.isatty() and sys.stdin.isatty()):
         p.error("the live view needs a terminal; use --once (or --once --json) otherwise")
     monitor = Monitor(url_file, timeout=max(1.0, min(args.interval, 5.0)),
@@ -523,9 +528,7 @@ def main(argv=None):
             return 0
         monitor.connect()
         import curses
-        import locale
 
-        locale.setlocale(locale.LC_ALL, "")   # curses draws UTF-8 only with the locale set
         with _Note(monitor):
             curses.wrapper(_view, monitor, args.interval, _ascii())
         return 0
@@ -539,8 +542,15 @@ def main(argv=None):
 
 
 def _ascii():
-    encoding = (getattr(sys.stdout, "encoding", None) or "ascii").lower().replace("-", "")
-    return encoding != "utf8"
+    """Whether to draw in ASCII only: stdout, or the terminal as the locale (set by main())
+    names its encoding, takes no UTF-8. The locale too, as in the C locale Python writes
+    UTF-8 anyway (its UTF-8 mode), which a terminal set so may not show nor curses draw."""
+    try:
+        codeset = locale.nl_langinfo(locale.CODESET)
+    except AttributeError:   # Windows: no nl_langinfo (and no curses)
+        codeset = "utf-8"
+    encodings = (getattr(sys.stdout, "encoding", None) or "ascii", codeset)
+    return any(e.lower().replace("-", "") != "utf8" for e in encodings)
 
 
 if __name__ == "__main__":

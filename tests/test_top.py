@@ -307,6 +307,36 @@ def test_live_view_in_a_terminal(cluster, tmux):
     assert tmux("display-message", "-p", "-t", "t", "#{pane_current_command}").strip() == "bash"
 
 
+def test_the_c_locale_gets_ascii(local_cluster, tmux):
+    """LANG=C / LC_ALL=C (a terminal that is not UTF-8): the sparkline in ASCII, printed
+    and live. Before, Python's UTF-8 mode (on in the C locale) made the monitor think the
+    terminal took UTF-8: --once printed block characters, and curses, in the C locale,
+    drew the sparkline as blanks. And a LANG naming a locale not installed stopped the
+    live view with a locale.Error traceback."""
+    env = dict(_env(), LANG="C", LC_ALL="C")
+    out = subprocess.run([sys.executable, "-m", "minipar.top", "--once", "--file",
+                          local_cluster.client_file], capture_output=True, env=env, cwd=ROOT,
+                         timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert b"|" + b"_" * 60 + b"|" in out.stdout and out.stdout.isascii()
+
+    def screen():
+        return tmux("capture-pane", "-p", "-t", "t")
+
+    tmux("send-keys", "-t", "t", f"cd {ROOT} && LANG=C LC_ALL=C {sys.executable} -m "
+         f"minipar.top --file {local_cluster.client_file} --interval 0.3", "Enter")
+    wait_until(lambda: "|" + "_" * 60 + "|" in screen(), 30,
+               "the live view's sparkline in ASCII")
+    tmux("send-keys", "-t", "t", "q")
+    wait_until(lambda: "0 alive" not in screen(), 15, "the view ended by q")
+    # a locale not installed here: the view, in the C locale (before: locale.Error)
+    tmux("send-keys", "-t", "t", f"env -u LC_ALL LANG=xx_YY.UTF-8 {sys.executable} -m "
+         f"minipar.top --file {local_cluster.client_file} --interval 0.3", "Enter")
+    wait_until(lambda: "0 alive, 0 lost" in screen(), 30,
+               "the live view with LANG naming a locale not installed")
+    tmux("send-keys", "-t", "t", "q")
+
+
 # ---------------------------------------------------------------- losing the controller
 
 
