@@ -354,7 +354,8 @@ class Monitor:
 
     ``poll()`` returns a Status, or None when the controller did not answer (``note``
     says why, for the view); it raises ``Gone`` when the connection file was removed
-    (the controller stopped) or nothing answered for `wait_s` seconds.
+    (the controller stopped) or nothing answered for `wait_s` seconds. Until a first
+    answer, a missing connection file is a controller not started yet: waited for.
     """
 
     def __init__(self, url_file, timeout=2.0, wait_s=WAIT_S):
@@ -392,7 +393,7 @@ class Monitor:
         return snap
 
     def _missed(self, now, error):
-        if not os.path.exists(self.url_file):
+        if not os.path.exists(self.url_file) and self._pid is not None:
             raise Gone(f"the controller stopped: its connection file {self.url_file} is gone")
         try:
             info = protocol.read_connection_file(self.url_file)
@@ -404,12 +405,18 @@ class Monitor:
             self.close()
         silent = now - self._last_ok
         where = protocol.url(info, "client") if info.get("ports") else self.url_file
+        if silent > self.wait_s and self._pid is None:   # none ever answered: say why
+            raise Gone(f"{error} (waited {silent:.0f} s)")
         if silent > self.wait_s:
             raise Gone(f"the controller at {where} has not answered for {silent:.0f} s: it "
                        "is gone; restart it (with --reuse to keep its address) and run "
                        "this again")
-        self.note = (f"no answer from the controller at {where} for {silent:.0f} s "
-                     f"(waiting up to {self.wait_s:.0f} s): {error}")
+        if self._pid is None and not os.path.exists(self.url_file):
+            self.note = (f"no connection file yet (waiting up to {self.wait_s:.0f} s for a "
+                         f"controller to write it): {self.url_file}")
+        else:
+            self.note = (f"no answer from the controller at {where} for {silent:.0f} s "
+                         f"(waiting up to {self.wait_s:.0f} s): {error}")
         return None
 
 
@@ -497,7 +504,8 @@ def main(argv=None):
     p.add_argument("--wait", type=float, metavar="S",
                    help="seconds to wait for the controller before exiting: with --once, for "
                         "its connection file and its answer (default: --interval, 1 to 5); "
-                        f"live, for one that stopped answering (default {WAIT_S:.0f})")
+                        f"live, for one not started yet or that stopped answering (default "
+                        f"{WAIT_S:.0f})")
     args = p.parse_args(argv)
     if args.interval <= 0:
         p.error("--interval must be positive")
@@ -526,7 +534,8 @@ def main(argv=None):
                 # what is left goes nowhere, or Python's flush at exit would fail again
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
-        monitor.connect()
+        if os.path.exists(url_file):   # else the view waits for it (up to --wait)
+            monitor.connect()
         import curses
 
         with _Note(monitor):

@@ -337,6 +337,31 @@ def test_the_c_locale_gets_ascii(local_cluster, tmux):
     tmux("send-keys", "-t", "t", "q")
 
 
+def test_live_view_started_before_the_controller_waits_for_it(tmp_path, tmux):
+    """The live view started first (as htop, then the cluster) says it waits for the
+    connection file, and shows the controller once it is up. Before, it exited at once
+    with 'no connection file', though its screen has a 'waiting' state and --wait says
+    how long it waits."""
+    (tmp_path / "late").mkdir()
+    profile_dir = tmp_path / "late" / "profile"
+
+    def screen():
+        return tmux("capture-pane", "-p", "-t", "t")
+
+    tmux("send-keys", "-t", "t", f"cd {ROOT} && {sys.executable} -m minipar.top "
+         f"--profile-dir {profile_dir} --interval 0.3; echo top exited $?", "Enter")
+    wait_until(lambda: "waiting for the controller" in screen(), 30, "the waiting screen")
+    assert "no connection file" in screen() and "top exited" not in screen()
+    late = LocalCluster(tmp_path / "late")
+    try:
+        wait_until(lambda: "0 alive, 0 lost" in screen(), 30, "the controller's header")
+        assert f"pid {late.controller.pid} " in screen()
+        tmux("send-keys", "-t", "t", "q")
+        wait_until(lambda: "top exited 0" in screen(), 15, "the view ended by q")
+    finally:
+        late.stop()
+
+
 # ---------------------------------------------------------------- losing the controller
 
 
