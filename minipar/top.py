@@ -66,6 +66,7 @@ import html
 import json
 import locale
 import logging
+import math
 import os
 import sys
 import time
@@ -495,20 +496,20 @@ def main(argv=None):
     p.add_argument("--file", help="the controller's minipar-client.json")
     p.add_argument("--profile", help="profile name (~/.minipar/profile_NAME)")
     p.add_argument("--profile-dir", help="profile folder (overrides --profile)")
-    p.add_argument("--interval", type=float, default=1.0, metavar="S",
+    p.add_argument("--interval", type=_seconds, default=1.0, metavar="S",
                    help="seconds between refreshes (default 1)")
     p.add_argument("--once", action="store_true", help="print one snapshot as text and exit")
     p.add_argument("--json", action="store_true",
                    help="print one snapshot as JSON and exit (implies --once; fields: see "
                         "the module docstring)")
-    p.add_argument("--wait", type=float, metavar="S",
+    p.add_argument("--wait", type=_seconds, metavar="S",
                    help="seconds to wait for the controller before exiting: with --once, for "
                         "its connection file and its answer (default: --interval, 1 to 5); "
                         f"live, for one not started yet or that stopped answering (default "
                         f"{WAIT_S:.0f})")
     args = p.parse_args(argv)
-    if args.interval <= 0:
-        p.error("--interval must be positive")
+    if args.interval == 0:
+        p.error("argument --interval: give more than 0 seconds between refreshes")
     url_file = args.file or os.path.join(protocol.profile_dir(args.profile, args.profile_dir),
                                          "security", protocol.CLIENT_FILE)
     once = args.once or args.json
@@ -548,6 +549,19 @@ def main(argv=None):
         return 0
     finally:
         monitor.close()
+
+
+def _seconds(text):
+    """argparse's type for --interval and --wait: finite, 0 or more (NaN or infinity,
+    taken by float(), would stop the live view with a traceback, or wait for ever)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (finite, "
+                                         "0 or more)")
+    return value
 
 
 def _ascii():

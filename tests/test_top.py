@@ -182,6 +182,19 @@ def test_once_into_a_closed_pipe_is_quiet(local_cluster):
     assert (out.returncode, out.stderr) == (0, "")
 
 
+@pytest.mark.parametrize("flag", ["--interval", "--wait"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_seconds_that_are_no_seconds_are_refused(tmp_path, flag, value):
+    """--interval and --wait take a finite number of seconds, said at once. Before, NaN
+    and infinity were taken: the live view then stopped with a ValueError or
+    OverflowError traceback (--interval), or never gave up on a silent controller
+    (--wait nan); --once printed a snapshot as if they meant something."""
+    out = subprocess.run([sys.executable, "-m", "minipar.top", "--once", "--profile-dir",
+                          str(tmp_path), flag, value], capture_output=True, text=True,
+                         env=_env(), cwd=ROOT, timeout=30)
+    assert out.returncode == 2 and f"{flag}: {value!r} is not a number of seconds" in out.stderr
+
+
 def test_once_waits_up_to_wait_for_the_controller(tmp_path):
     """--once --wait N waits up to N s in all for the controller: for a frozen one to
     answer, and for one not yet started to write its connection file. Before, --once
