@@ -47,7 +47,8 @@ The snapshot (``--once --json`` prints exactly this)::
                                    the engine's last report: then less than report_age_s)
                       queued       requests sent to it, waiting behind the running one
                       done         requests it answered (failures included)
-                      failed       requests that ended in an error on it
+                      failed       requests that ended in an error on it (both kept for
+                                   its id: an engine back after being lost goes on)
                       cpu_percent  CPU used over the last report period (100 = one core)
                       rss_bytes    resident memory
                       report_age_s how old its last usage report is (None: none yet)

@@ -161,6 +161,31 @@ def test_once_json_counts_and_a_killed_engine(cluster):
     assert re.search(rf"^\s*{eid}\s.*\blost\b", _top(cluster, "--once").stdout, re.M)
 
 
+def test_an_engine_back_after_a_freeze_keeps_its_counts(local_cluster):
+    """An engine declared lost (frozen past its heartbeats) that registers again, as the
+    same id, keeps its row's counts: DONE as FAIL did already. Before, DONE started
+    again from 0 while FAIL, counted by id, did not."""
+    engine, = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    view = rc.load_balanced_view()
+    assert [view.apply_async(square, i).get(30) for i in range(6)] == [i * i for i in range(6)]
+    with pytest.raises(Exception):
+        view.apply_async(fail, 0).get(30)
+    row, = rc.status()["engines"]
+    assert (row["done"], row["failed"]) == (7, 1)
+    engine.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: rc.status()["engines_lost"] == 1, 20, "the frozen engine lost")
+    finally:
+        engine.send_signal(signal.SIGCONT)
+    back = wait_until(lambda: (lambda s: s if s["engines_alive"] == 1 else None)(
+        rc.status()), 30, "the engine registered again")
+    row, = back["engines"]
+    assert (row["id"], row["pid"], row["state"]) == (0, engine.pid, "idle")
+    assert (row["done"], row["failed"]) == (7, 1)
+
+
 def test_once_says_clearly_when_there_is_no_controller(tmp_path):
     out = subprocess.run([sys.executable, "-m", "minipar.top", "--once", "--profile-dir",
                           str(tmp_path / "nothing")], capture_output=True, text=True,
