@@ -238,9 +238,21 @@ def snapshot(controller, now):
 
 _SPARKS = "▁▂▃▄▅▆▇█"
 _SPARKS_ASCII = "_.-:=+*#"
-# (name, width): 78 columns in all, for an 80-column terminal
-_COLUMNS = (("ID", 3), ("HOST", 10), ("PID", 7), ("STATE", 7), ("TASK", 12), ("FOR", 6),
-            ("Q", 3), ("DONE", 6), ("FAIL", 4), ("CPU%", 4), ("MEM", 6))
+# (name, width, what it shows: for --help and the HTML table's tooltips): 78 columns in
+# all, for an 80-column terminal
+_COLUMNS = (
+    ("ID", 3, "the engine's id"),
+    ("HOST", 10, "the machine it runs on"),
+    ("PID", 7, "its process id"),
+    ("STATE", 7, "idle, busy, lost (missed its heartbeats) or stopped (shut down)"),
+    ("TASK", 12, "what it runs: the function's name, or the request kind (execute...)"),
+    ("FOR", 6, "how long it has run its task (<N: under N, its last report's age)"),
+    ("Q", 3, "requests queued on it, behind the one it runs"),
+    ("DONE", 6, "requests it answered, failures included (the header's done: those ok)"),
+    ("FAIL", 4, "requests that ended in an error on it"),
+    ("CPU%", 4, "its CPU use over its last report, about a second (100 = one core)"),
+    ("RSS", 6, "its resident memory (K, M, G: 1024, 1024^2, 1024^3 bytes)"),
+)
 
 
 def sparkline(values, ascii=False):
@@ -288,7 +300,7 @@ def _cells(row):
 
 def _line(cells):
     out = []
-    for (name, width), cell in zip(_COLUMNS, cells):
+    for (name, width, _), cell in zip(_COLUMNS, cells):
         cell = cell if len(cell) <= width else cell[:width - 1] + "~"
         # names left, figures right, as top does
         out.append(cell.ljust(width) if name in ("HOST", "STATE", "TASK") else cell.rjust(width))
@@ -309,7 +321,7 @@ def sections(snap, ascii=False, failures=5):
         f"rate {snap['rate']:.1f}/s  {WINDOW_S}s |{sparkline(snap['per_second'], ascii)}|",
         "",
     ]
-    columns = _line([name for name, _ in _COLUMNS])
+    columns = _line([name for name, _, _ in _COLUMNS])
     rows = [_line(_cells(r)) for r in snap["engines"]]
     tail = []
     if snap["failures"] and failures:
@@ -334,7 +346,7 @@ class Status(dict):
     def _repr_html_(self):
         head, _, _, _ = sections(self, failures=0)
         e = html.escape
-        cells = "".join(f"<th>{e(name)}</th>" for name, _ in _COLUMNS)
+        cells = "".join(f'<th title="{e(what)}">{e(name)}</th>' for name, _, what in _COLUMNS)
         body = "".join("<tr>" + "".join(f"<td>{e(v)}</td>" for v in _cells(r)) + "</tr>"
                        for r in self["engines"])
         fails = "".join(f"<li><code>{e(f['msg_id'])}</code> engine {e(str(f['engine']))}: "
@@ -492,8 +504,10 @@ class _Note:
 def main(argv=None):
     p = argparse.ArgumentParser(
         prog=f"python -m {__spec__.name if __spec__ else 'top'}",
-        description="Watch a minipar cluster at work, as htop does a machine: engines, "
-                    "what each runs, tasks queued / running / done / failed. q quits.")
+        description="Watch a minipar cluster at work, as htop does a machine: engines,\n"
+                    "what each runs, tasks queued / running / done / failed. q quits.",
+        epilog="columns:\n" + "\n".join(f"  {name:<6} {what}" for name, _, what in _COLUMNS),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--file", help="the controller's minipar-client.json")
     p.add_argument("--profile", help="profile name (~/.minipar/profile_NAME)")
     p.add_argument("--profile-dir", help="profile folder (overrides --profile)")

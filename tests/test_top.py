@@ -186,6 +186,27 @@ def test_an_engine_back_after_a_freeze_keeps_its_counts(local_cluster):
     assert (row["done"], row["failed"]) == (7, 1)
 
 
+def test_help_says_what_each_column_counts(local_cluster):
+    """--help (and, in Jupyter, each heading's tooltip) says what each column counts and
+    in which unit; MEM is named RSS, the memory it shows. Before, nothing said that FOR
+    is how long the task has run, Q the requests queued on the engine, or that DONE
+    counts failures too (the header's "done" does not)."""
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    out = _top(local_cluster, "--help")
+    assert out.returncode == 0, out.stderr
+    legend = {line.split()[0]: line for line in out.stdout.splitlines()[-12:] if line.strip()}
+    assert list(legend) == ["columns:", "ID", "HOST", "PID", "STATE", "TASK", "FOR", "Q",
+                            "DONE", "FAIL", "CPU%", "RSS"]
+    assert "how long" in legend["FOR"] and "queued" in legend["Q"]
+    assert "failures included" in legend["DONE"] and "100 = one core" in legend["CPU%"]
+    assert "resident memory" in legend["RSS"]
+    once = _top(local_cluster, "--once").stdout
+    assert re.search(r"^ ID HOST .* CPU%\s+RSS$", once, re.M)
+    assert '<th title="how long it has run its task' in rc.status()._repr_html_()
+
+
 def test_once_says_clearly_when_there_is_no_controller(tmp_path):
     out = subprocess.run([sys.executable, "-m", "minipar.top", "--once", "--profile-dir",
                           str(tmp_path / "nothing")], capture_output=True, text=True,
