@@ -479,7 +479,8 @@ def _screen(snap, note, height, offset, ascii):
     shown = rows[offset:offset + room]
     more = len(rows) - offset - len(shown)
     footer = (f"q quits   arrows/PgUp/PgDn scroll   engines {offset + 1}-"
-              f"{offset + len(shown)} of {len(rows)}" + (f" ({more} more below)" if more else ""))
+              f"{offset + len(shown)} of {len(rows)}" + (f" ({more} more below)" if more else "")
+              if rows else "q quits   no engines registered")
     return ([(line, False) for line in head] + [(columns, True)]
             + [(line, False) for line in [*shown, *tail, footer]])
 

@@ -207,6 +207,20 @@ def test_help_says_what_each_column_counts(local_cluster):
     assert '<th title="how long it has run its task' in rc.status()._repr_html_()
 
 
+def test_live_footer_with_no_engines(local_cluster):
+    """The live view's last line, for a controller with no engine yet, says so. Before,
+    it read "engines 1-0 of 0"."""
+    from minipar import top
+
+    rc = local_cluster.client()
+    footer, _ = top._screen(rc.status(), "", 40, 0, False)[-1]
+    assert footer == "q quits   no engines registered"
+    local_cluster.start_engines(1)
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    footer, _ = top._screen(rc.status(), "", 40, 0, False)[-1]
+    assert footer.endswith("engines 1-1 of 1")
+
+
 def test_once_says_clearly_when_there_is_no_controller(tmp_path):
     out = subprocess.run([sys.executable, "-m", "minipar.top", "--once", "--profile-dir",
                           str(tmp_path / "nothing")], capture_output=True, text=True,
