@@ -561,8 +561,11 @@ def main(argv=None):
     except (errors.MiniparError, OSError) as e:
         print(f"{p.prog}: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 0
+    except KeyboardInterrupt:   # live, it quits as q does; --once got nothing: a script stops
+        if not once:
+            return 0
+        print("interrupted", file=sys.stderr)
+        return 130
     finally:
         monitor.close()
 

@@ -255,6 +255,27 @@ def test_seconds_that_are_no_seconds_are_refused(tmp_path, flag, value):
     assert out.returncode == 2 and f"{flag}: {value!r} is not a number of seconds" in out.stderr
 
 
+def test_once_interrupted_while_waiting_exits_130(local_cluster):
+    """Ctrl-C in `top --once --wait 60`, still waiting for a (frozen) controller, exits
+    130 (as the launcher does), so a script does not go on as if it had its snapshot.
+    Before, it exited 0 with nothing printed."""
+    local_cluster.controller.send_signal(signal.SIGSTOP)   # stop() sends SIGCONT
+    p = subprocess.Popen([sys.executable, "-m", "minipar.top", "--once", "--wait", "60",
+                          "--file", local_cluster.client_file], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):   # waiting for its answer
+            p.wait(2)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate(timeout=10)
+    assert (p.returncode, out) == (130, "") and "interrupted" in err
+    assert "Traceback" not in err
+
+
 def test_once_waits_up_to_wait_for_the_controller(tmp_path):
     """--once --wait N waits up to N s in all for the controller: for a frozen one to
     answer, and for one not yet started to write its connection file. Before, --once
