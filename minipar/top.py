@@ -70,6 +70,7 @@ import logging
 import math
 import os
 import sys
+import textwrap
 import time
 
 from . import errors, protocol
@@ -411,8 +412,8 @@ class Monitor:
             raise Gone(f"the controller stopped: its connection file {self.url_file} is gone")
         try:
             info = protocol.read_connection_file(self.url_file)
-        except errors.MiniparError:
-            info = {}
+        except errors.MiniparError as e:   # most often stale: its controller is not running
+            info, error = {}, e
         pid = info.get("pid")
         if self.rc is not None and pid is not None and pid != self._pid:
             # another controller (not started with --reuse: maybe other ports and key)
@@ -449,7 +450,7 @@ def _view(stdscr, monitor, interval, ascii):
             snap = monitor.poll() or snap
             next_poll = time.monotonic() + interval
         height, width = stdscr.getmaxyx()
-        lines = _screen(snap, monitor.note, height, offset, ascii)
+        lines = _screen(snap, monitor.note, height, width, offset, ascii)
         stdscr.erase()
         for y, (line, bold) in enumerate(lines[:height]):
             try:
@@ -468,13 +469,17 @@ def _view(stdscr, monitor, interval, ascii):
         offset = max(0, min(rows - 1, offset + step))
 
 
-def _screen(snap, note, height, offset, ascii):
-    """[(line, highlighted)] for a screen of `height` lines, engines from `offset`."""
+def _screen(snap, note, height, width, offset, ascii):
+    """[(line, highlighted)] for a screen of `height` lines, engines from `offset`. The
+    note (why the controller does not answer) is wrapped to `width`: its end says why."""
+    note = textwrap.wrap(note, max(20, width - 3), initial_indent="! ",
+                         subsequent_indent="  ")
     if snap is None:
-        return [("minipar top - waiting for the controller...", False), (note, False)]
+        return [("minipar top - waiting for the controller...", False),
+                *[(line, False) for line in note]]
     head, columns, rows, tail = sections(snap, ascii)
     if note:
-        head[-1] = "! " + note
+        head[-1:] = note
     room = max(1, height - len(head) - 1 - len(tail) - 1)
     shown = rows[offset:offset + room]
     more = len(rows) - offset - len(shown)

@@ -213,11 +213,11 @@ def test_live_footer_with_no_engines(local_cluster):
     from minipar import top
 
     rc = local_cluster.client()
-    footer, _ = top._screen(rc.status(), "", 40, 0, False)[-1]
+    footer, _ = top._screen(rc.status(), "", 40, 100, 0, False)[-1]
     assert footer == "q quits   no engines registered"
     local_cluster.start_engines(1)
     rc.wait_for_engines(1, START_TIMEOUT_S)
-    footer, _ = top._screen(rc.status(), "", 40, 0, False)[-1]
+    footer, _ = top._screen(rc.status(), "", 40, 100, 0, False)[-1]
     assert footer.endswith("engines 1-1 of 1")
 
 
@@ -484,6 +484,30 @@ def test_monitor_follows_a_restart_then_says_the_controller_is_gone(tmp_path):
     finally:
         monitor.close()
         cluster.stop()
+
+
+def test_monitor_says_a_killed_controller_is_not_running(local_cluster):
+    """Killed (-9), the controller leaves its connection file: the view says at once that
+    its pid is not running, on as many lines as the note takes, while it waits for one to
+    start again. Before, it said "is it running?", cut at the terminal's width."""
+    from minipar import top
+
+    monitor = top.Monitor(local_cluster.client_file, timeout=1.0, wait_s=30)
+    try:
+        snap = monitor.poll()
+        local_cluster.controller.send_signal(signal.SIGKILL)
+        local_cluster.controller.wait(10)
+        assert monitor.poll() is None
+        gone = f"controller pid {local_cluster.controller.pid} is not running"
+        assert gone in monitor.note
+        lines = top._screen(snap, monitor.note, 40, 60, 0, False)
+        first = next(i for i, (line, _) in enumerate(lines) if line.startswith("! "))
+        columns = next(i for i, (_, heading) in enumerate(lines) if heading)
+        note = [line for line, _ in lines[first:columns]]
+        assert len(note) > 1 and all(len(line) < 60 for line in note)
+        assert gone in " ".join(line[2:] for line in note)
+    finally:
+        monitor.close()
 
 
 def test_monitor_says_the_controller_stopped_when_its_file_goes(local_cluster):
