@@ -247,7 +247,7 @@ _COLUMNS = (
     ("PID", 7, "its process id"),
     ("STATE", 7, "idle, busy, lost (missed its heartbeats) or stopped (shut down)"),
     ("TASK", 12, "what it runs: the function's name, or the request kind (execute...)"),
-    ("FOR", 6, "how long it has run its task (<N: under N, its last report's age)"),
+    ("FOR", 6, "how long it has run its task, or has been lost or stopped (<N: under N)"),
     ("Q", 3, "requests queued on it, behind the one it runs"),
     ("DONE", 6, "requests it answered, failures included (the header's done: those ok)"),
     ("FAIL", 4, "requests that ended in an error on it"),
@@ -289,7 +289,8 @@ def _bytes(n):
 
 def _cells(row):
     cpu = row.get("cpu_percent")
-    ran = _duration(row.get("running_s"))
+    gone = row.get("lost_s")   # a lost or stopped row: since when
+    ran = _duration(row.get("running_s") if gone is None else gone)
     if not ran and row["state"] == BUSY and row.get("report_age_s") is not None:
         # it started what it runs after its last report: less than that report's age
         ran = "<" + _duration(row["report_age_s"])

@@ -221,6 +221,20 @@ def test_live_footer_with_no_engines(local_cluster):
     assert footer.endswith("engines 1-1 of 1")
 
 
+def test_a_lost_engine_row_says_since_when(local_cluster):
+    """A lost engine's row shows, under FOR, how long ago it went (the snapshot's lost_s).
+    Before, nothing in the text said when."""
+    engine, = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    engine.send_signal(signal.SIGKILL)
+    engine.wait(10)
+    wait_until(lambda: rc.status()["engines_lost"] == 1, 20, "the killed engine lost")
+    out = _top(local_cluster, "--once")
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"^\s*0 \S+\s+\d+ lost\s+-\s+\d+(\.\d)?s\s", out.stdout, re.M), out.stdout
+
+
 def test_once_says_clearly_when_there_is_no_controller(tmp_path):
     out = subprocess.run([sys.executable, "-m", "minipar.top", "--once", "--profile-dir",
                           str(tmp_path / "nothing")], capture_output=True, text=True,
