@@ -523,6 +523,9 @@ class Controller:
         self._next_id = max(self._next_id, eid + 1)
         # requests go to the engine's main thread's socket, if it has one of its own
         work_ident = str(header.get("reply_ident") or "").encode() or ident
+        # an engine back as the same id (declared dead, or replaced) goes on counting what
+        # it answered, as Tally counts its failures by id: one row in the monitor
+        gone = self.tally.lost.pop(eid, None)
         engine = self.engines[eid] = {
             "id": eid, "ident": ident, "pid": header.get("pid"),
             "host": header.get("host"), "python": header.get("python"),
@@ -534,7 +537,7 @@ class Controller:
             "properties": header.get("properties") or {},
             # it answers a take-back (see _take_back); an older engine reads one as an abort
             "take_back": header.get("take_back") is True,
-            "outstanding": set(), "completed": 0,
+            "outstanding": set(), "completed": gone["done"] if gone else 0,
             # with the msg_id of this registration before them (see engine._request)
             "reg": header["msg_id"].encode(), "work_ident": work_ident,
             # requests waiting for the engine's `ready`; None once it came (at once for an
@@ -543,7 +546,6 @@ class Controller:
         }
         self._by_ident[ident] = eid
         self._by_ident[work_ident] = eid
-        self.tally.lost.pop(eid, None)
         self._send(self.sockets["engine"], [ident], protocol.REGISTER_REPLY,
                    parent=header["msg_id"], id=eid, heartbeat_period=self.heartbeat_period,
                    heartbeat_liveness=self.heartbeat_liveness)

@@ -47,7 +47,8 @@ The snapshot (``--once --json`` prints exactly this)::
                                    the engine's last report: then less than report_age_s)
                       queued       requests sent to it, waiting behind the running one
                       done         requests it answered (failures included)
-                      failed       requests that ended in an error on it
+                      failed       requests that ended in an error on it (both kept for
+                                   its id: an engine back after being lost goes on)
                       cpu_percent  CPU used over the last report period (100 = one core)
                       rss_bytes    resident memory
                       report_age_s how old its last usage report is (None: none yet)
@@ -64,9 +65,12 @@ import argparse
 import collections
 import html
 import json
+import locale
 import logging
+import math
 import os
 import sys
+import textwrap
 import time
 
 from . import errors, protocol
@@ -235,9 +239,21 @@ def snapshot(controller, now):
 
 _SPARKS = "▁▂▃▄▅▆▇█"
 _SPARKS_ASCII = "_.-:=+*#"
-# (name, width): 78 columns in all, for an 80-column terminal
-_COLUMNS = (("ID", 3), ("HOST", 10), ("PID", 7), ("STATE", 7), ("TASK", 12), ("FOR", 6),
-            ("Q", 3), ("DONE", 6), ("FAIL", 4), ("CPU%", 4), ("MEM", 6))
+# (name, width, what it shows: for --help and the HTML table's tooltips): 78 columns in
+# all, for an 80-column terminal
+_COLUMNS = (
+    ("ID", 3, "the engine's id"),
+    ("HOST", 10, "the machine it runs on"),
+    ("PID", 7, "its process id"),
+    ("STATE", 7, "idle, busy, lost (missed its heartbeats) or stopped (shut down)"),
+    ("TASK", 12, "what it runs: the function's name, or the request kind (execute...)"),
+    ("FOR", 6, "how long it has run its task, or has been lost or stopped (<N: under N)"),
+    ("Q", 3, "requests queued on it, behind the one it runs"),
+    ("DONE", 6, "requests it answered, failures included (the header's done: those ok)"),
+    ("FAIL", 4, "requests that ended in an error on it"),
+    ("CPU%", 4, "its CPU use over its last report, about a second (100 = one core)"),
+    ("RSS", 6, "its resident memory (K, M, G: 1024, 1024^2, 1024^3 bytes)"),
+)
 
 
 def sparkline(values, ascii=False):
@@ -273,7 +289,8 @@ def _bytes(n):
 
 def _cells(row):
     cpu = row.get("cpu_percent")
-    ran = _duration(row.get("running_s"))
+    gone = row.get("lost_s")   # a lost or stopped row: since when
+    ran = _duration(row.get("running_s") if gone is None else gone)
     if not ran and row["state"] == BUSY and row.get("report_age_s") is not None:
         # it started what it runs after its last report: less than that report's age
         ran = "<" + _duration(row["report_age_s"])
@@ -285,7 +302,7 @@ def _cells(row):
 
 def _line(cells):
     out = []
-    for (name, width), cell in zip(_COLUMNS, cells):
+    for (name, width, _), cell in zip(_COLUMNS, cells):
         cell = cell if len(cell) <= width else cell[:width - 1] + "~"
         # names left, figures right, as top does
         out.append(cell.ljust(width) if name in ("HOST", "STATE", "TASK") else cell.rjust(width))
@@ -306,7 +323,7 @@ def sections(snap, ascii=False, failures=5):
         f"rate {snap['rate']:.1f}/s  {WINDOW_S}s |{sparkline(snap['per_second'], ascii)}|",
         "",
     ]
-    columns = _line([name for name, _ in _COLUMNS])
+    columns = _line([name for name, _, _ in _COLUMNS])
     rows = [_line(_cells(r)) for r in snap["engines"]]
     tail = []
     if snap["failures"] and failures:
@@ -331,7 +348,7 @@ class Status(dict):
     def _repr_html_(self):
         head, _, _, _ = sections(self, failures=0)
         e = html.escape
-        cells = "".join(f"<th>{e(name)}</th>" for name, _ in _COLUMNS)
+        cells = "".join(f'<th title="{e(what)}">{e(name)}</th>' for name, _, what in _COLUMNS)
         body = "".join("<tr>" + "".join(f"<td>{e(v)}</td>" for v in _cells(r)) + "</tr>"
                        for r in self["engines"])
         fails = "".join(f"<li><code>{e(f['msg_id'])}</code> engine {e(str(f['engine']))}: "
@@ -353,7 +370,8 @@ class Monitor:
 
     ``poll()`` returns a Status, or None when the controller did not answer (``note``
     says why, for the view); it raises ``Gone`` when the connection file was removed
-    (the controller stopped) or nothing answered for `wait_s` seconds.
+    (the controller stopped) or nothing answered for `wait_s` seconds. Until a first
+    answer, a missing connection file is a controller not started yet: waited for.
     """
 
     def __init__(self, url_file, timeout=2.0, wait_s=WAIT_S):
@@ -391,24 +409,30 @@ class Monitor:
         return snap
 
     def _missed(self, now, error):
-        if not os.path.exists(self.url_file):
+        if not os.path.exists(self.url_file) and self._pid is not None:
             raise Gone(f"the controller stopped: its connection file {self.url_file} is gone")
         try:
             info = protocol.read_connection_file(self.url_file)
-        except errors.MiniparError:
-            info = {}
+        except errors.MiniparError as e:   # most often stale: its controller is not running
+            info, error = {}, e
         pid = info.get("pid")
         if self.rc is not None and pid is not None and pid != self._pid:
             # another controller (not started with --reuse: maybe other ports and key)
             self.close()
         silent = now - self._last_ok
         where = protocol.url(info, "client") if info.get("ports") else self.url_file
+        if silent > self.wait_s and self._pid is None:   # none ever answered: say why
+            raise Gone(f"{error} (waited {silent:.0f} s)")
         if silent > self.wait_s:
             raise Gone(f"the controller at {where} has not answered for {silent:.0f} s: it "
                        "is gone; restart it (with --reuse to keep its address) and run "
                        "this again")
-        self.note = (f"no answer from the controller at {where} for {silent:.0f} s "
-                     f"(waiting up to {self.wait_s:.0f} s): {error}")
+        if self._pid is None and not os.path.exists(self.url_file):
+            self.note = (f"no connection file yet (waiting up to {self.wait_s:.0f} s for a "
+                         f"controller to write it): {self.url_file}")
+        else:
+            self.note = (f"no answer from the controller at {where} for {silent:.0f} s "
+                         f"(waiting up to {self.wait_s:.0f} s): {error}")
         return None
 
 
@@ -427,7 +451,7 @@ def _view(stdscr, monitor, interval, ascii):
             snap = monitor.poll() or snap
             next_poll = time.monotonic() + interval
         height, width = stdscr.getmaxyx()
-        lines = _screen(snap, monitor.note, height, offset, ascii)
+        lines = _screen(snap, monitor.note, height, width, offset, ascii)
         stdscr.erase()
         for y, (line, bold) in enumerate(lines[:height]):
             try:
@@ -446,18 +470,23 @@ def _view(stdscr, monitor, interval, ascii):
         offset = max(0, min(rows - 1, offset + step))
 
 
-def _screen(snap, note, height, offset, ascii):
-    """[(line, highlighted)] for a screen of `height` lines, engines from `offset`."""
+def _screen(snap, note, height, width, offset, ascii):
+    """[(line, highlighted)] for a screen of `height` lines, engines from `offset`. The
+    note (why the controller does not answer) is wrapped to `width`: its end says why."""
+    note = textwrap.wrap(note, max(20, width - 3), initial_indent="! ",
+                         subsequent_indent="  ")
     if snap is None:
-        return [("minipar top - waiting for the controller...", False), (note, False)]
+        return [("minipar top - waiting for the controller...", False),
+                *[(line, False) for line in note]]
     head, columns, rows, tail = sections(snap, ascii)
     if note:
-        head[-1] = "! " + note
+        head[-1:] = note
     room = max(1, height - len(head) - 1 - len(tail) - 1)
     shown = rows[offset:offset + room]
     more = len(rows) - offset - len(shown)
     footer = (f"q quits   arrows/PgUp/PgDn scroll   engines {offset + 1}-"
-              f"{offset + len(shown)} of {len(rows)}" + (f" ({more} more below)" if more else ""))
+              f"{offset + len(shown)} of {len(rows)}" + (f" ({more} more below)" if more else "")
+              if rows else "q quits   no engines registered")
     return ([(line, False) for line in head] + [(columns, True)]
             + [(line, False) for line in [*shown, *tail, footer]])
 
@@ -482,27 +511,34 @@ class _Note:
 def main(argv=None):
     p = argparse.ArgumentParser(
         prog=f"python -m {__spec__.name if __spec__ else 'top'}",
-        description="Watch a minipar cluster at work, as htop does a machine: engines, "
-                    "what each runs, tasks queued / running / done / failed. q quits.")
+        description="Watch a minipar cluster at work, as htop does a machine: engines,\n"
+                    "what each runs, tasks queued / running / done / failed. q quits.",
+        epilog="columns:\n" + "\n".join(f"  {name:<6} {what}" for name, _, what in _COLUMNS),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--file", help="the controller's minipar-client.json")
     p.add_argument("--profile", help="profile name (~/.minipar/profile_NAME)")
     p.add_argument("--profile-dir", help="profile folder (overrides --profile)")
-    p.add_argument("--interval", type=float, default=1.0, metavar="S",
+    p.add_argument("--interval", type=_seconds, default=1.0, metavar="S",
                    help="seconds between refreshes (default 1)")
     p.add_argument("--once", action="store_true", help="print one snapshot as text and exit")
     p.add_argument("--json", action="store_true",
                    help="print one snapshot as JSON and exit (implies --once; fields: see "
                         "the module docstring)")
-    p.add_argument("--wait", type=float, metavar="S",
+    p.add_argument("--wait", type=_seconds, metavar="S",
                    help="seconds to wait for the controller before exiting: with --once, for "
                         "its connection file and its answer (default: --interval, 1 to 5); "
-                        f"live, for one that stopped answering (default {WAIT_S:.0f})")
+                        f"live, for one not started yet or that stopped answering (default "
+                        f"{WAIT_S:.0f})")
     args = p.parse_args(argv)
-    if args.interval <= 0:
-        p.error("--interval must be positive")
+    if args.interval == 0:
+        p.error("argument --interval: give more than 0 seconds between refreshes")
     url_file = args.file or os.path.join(protocol.profile_dir(args.profile, args.profile_dir),
                                          "security", protocol.CLIENT_FILE)
     once = args.once or args.json
+    try:   # the terminal's, for _ascii(); curses draws UTF-8 only with the locale set
+        locale.setlocale(locale.LC_ALL, "")
+    except locale.Error:   # LANG names a locale not installed here: C's, in ASCII
+        pass
     if not once and not (sys.stdout.isatty() and sys.stdin.isatty()):
         p.error("the live view needs a terminal; use --once (or --once --json) otherwise")
     monitor = Monitor(url_file, timeout=max(1.0, min(args.interval, 5.0)),
@@ -514,28 +550,55 @@ def main(argv=None):
             protocol.wait_for_file(url_file, wait_s, log.info)
             monitor.connect(timeout=round(max(0.1, deadline - time.monotonic()), 1))
             snap = monitor.rc.status(timeout=round(max(0.1, deadline - time.monotonic()), 1))
-            print(json.dumps(snap, indent=2) if args.json else text(snap, ascii=_ascii()))
+            try:
+                print(json.dumps(snap, indent=2) if args.json else text(snap, ascii=_ascii()))
+                sys.stdout.flush()
+            except BrokenPipeError:   # `top --once | head -1`: the reader has what it wanted;
+                # what is left goes nowhere, or Python's flush at exit would fail again
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
-        monitor.connect()
+        if os.path.exists(url_file):   # else the view waits for it (up to --wait)
+            monitor.connect()
         import curses
-        import locale
 
-        locale.setlocale(locale.LC_ALL, "")   # curses draws UTF-8 only with the locale set
         with _Note(monitor):
             curses.wrapper(_view, monitor, args.interval, _ascii())
         return 0
     except (errors.MiniparError, OSError) as e:
         print(f"{p.prog}: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 0
+    except KeyboardInterrupt:   # live, it quits as q does; --once got nothing: a script stops
+        if not once:
+            return 0
+        print("interrupted", file=sys.stderr)
+        return 130
     finally:
         monitor.close()
 
 
+def _seconds(text):
+    """argparse's type for --interval and --wait: finite, 0 or more (NaN or infinity,
+    taken by float(), would stop the live view with a traceback, or wait for ever)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (finite, "
+                                         "0 or more)")
+    return value
+
+
 def _ascii():
-    encoding = (getattr(sys.stdout, "encoding", None) or "ascii").lower().replace("-", "")
-    return encoding != "utf8"
+    """Whether to draw in ASCII only: stdout, or the terminal as the locale (set by main())
+    names its encoding, takes no UTF-8. The locale too, as in the C locale Python writes
+    UTF-8 anyway (its UTF-8 mode), which a terminal set so may not show nor curses draw."""
+    try:
+        codeset = locale.nl_langinfo(locale.CODESET)
+    except AttributeError:   # Windows: no nl_langinfo (and no curses)
+        codeset = "utf-8"
+    encodings = (getattr(sys.stdout, "encoding", None) or "ascii", codeset)
+    return any(e.lower().replace("-", "") != "utf8" for e in encodings)
 
 
 if __name__ == "__main__":

@@ -161,11 +161,133 @@ def test_once_json_counts_and_a_killed_engine(cluster):
     assert re.search(rf"^\s*{eid}\s.*\blost\b", _top(cluster, "--once").stdout, re.M)
 
 
+def test_an_engine_back_after_a_freeze_keeps_its_counts(local_cluster):
+    """An engine declared lost (frozen past its heartbeats) that registers again, as the
+    same id, keeps its row's counts: DONE as FAIL did already. Before, DONE started
+    again from 0 while FAIL, counted by id, did not."""
+    engine, = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    view = rc.load_balanced_view()
+    assert [view.apply_async(square, i).get(30) for i in range(6)] == [i * i for i in range(6)]
+    with pytest.raises(Exception):
+        view.apply_async(fail, 0).get(30)
+    row, = rc.status()["engines"]
+    assert (row["done"], row["failed"]) == (7, 1)
+    engine.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: rc.status()["engines_lost"] == 1, 20, "the frozen engine lost")
+    finally:
+        engine.send_signal(signal.SIGCONT)
+    back = wait_until(lambda: (lambda s: s if s["engines_alive"] == 1 else None)(
+        rc.status()), 30, "the engine registered again")
+    row, = back["engines"]
+    assert (row["id"], row["pid"], row["state"]) == (0, engine.pid, "idle")
+    assert (row["done"], row["failed"]) == (7, 1)
+
+
+def test_help_says_what_each_column_counts(local_cluster):
+    """--help (and, in Jupyter, each heading's tooltip) says what each column counts and
+    in which unit; MEM is named RSS, the memory it shows. Before, nothing said that FOR
+    is how long the task has run, Q the requests queued on the engine, or that DONE
+    counts failures too (the header's "done" does not)."""
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    out = _top(local_cluster, "--help")
+    assert out.returncode == 0, out.stderr
+    legend = {line.split()[0]: line for line in out.stdout.splitlines()[-12:] if line.strip()}
+    assert list(legend) == ["columns:", "ID", "HOST", "PID", "STATE", "TASK", "FOR", "Q",
+                            "DONE", "FAIL", "CPU%", "RSS"]
+    assert "how long" in legend["FOR"] and "queued" in legend["Q"]
+    assert "failures included" in legend["DONE"] and "100 = one core" in legend["CPU%"]
+    assert "resident memory" in legend["RSS"]
+    once = _top(local_cluster, "--once").stdout
+    assert re.search(r"^ ID HOST .* CPU%\s+RSS$", once, re.M)
+    assert '<th title="how long it has run its task' in rc.status()._repr_html_()
+
+
+def test_live_footer_with_no_engines(local_cluster):
+    """The live view's last line, for a controller with no engine yet, says so. Before,
+    it read "engines 1-0 of 0"."""
+    from minipar import top
+
+    rc = local_cluster.client()
+    footer, _ = top._screen(rc.status(), "", 40, 100, 0, False)[-1]
+    assert footer == "q quits   no engines registered"
+    local_cluster.start_engines(1)
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    footer, _ = top._screen(rc.status(), "", 40, 100, 0, False)[-1]
+    assert footer.endswith("engines 1-1 of 1")
+
+
+def test_a_lost_engine_row_says_since_when(local_cluster):
+    """A lost engine's row shows, under FOR, how long ago it went (the snapshot's lost_s).
+    Before, nothing in the text said when."""
+    engine, = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    engine.send_signal(signal.SIGKILL)
+    engine.wait(10)
+    wait_until(lambda: rc.status()["engines_lost"] == 1, 20, "the killed engine lost")
+    out = _top(local_cluster, "--once")
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"^\s*0 \S+\s+\d+ lost\s+-\s+\d+(\.\d)?s\s", out.stdout, re.M), out.stdout
+
+
 def test_once_says_clearly_when_there_is_no_controller(tmp_path):
     out = subprocess.run([sys.executable, "-m", "minipar.top", "--once", "--profile-dir",
                           str(tmp_path / "nothing")], capture_output=True, text=True,
                          env=_env(), cwd=ROOT, timeout=30)
     assert out.returncode == 1 and "no connection file" in out.stderr
+
+
+def test_once_into_a_closed_pipe_is_quiet(local_cluster):
+    """`top --once | head -1`: the reader closing the pipe is no error of the monitor's.
+    Before, it said "[Errno 32] Broken pipe" and exited 1 (failing a pipefail script)."""
+    r, w = os.pipe()
+    os.close(r)   # a reader gone before the first write: EPIPE whatever the timing
+    try:
+        out = subprocess.run([sys.executable, "-m", "minipar.top", "--once", "--file",
+                              local_cluster.client_file], stdout=w, stderr=subprocess.PIPE,
+                             text=True, env=_env(), cwd=ROOT, timeout=30)
+    finally:
+        os.close(w)
+    assert (out.returncode, out.stderr) == (0, "")
+
+
+@pytest.mark.parametrize("flag", ["--interval", "--wait"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_seconds_that_are_no_seconds_are_refused(tmp_path, flag, value):
+    """--interval and --wait take a finite number of seconds, said at once. Before, NaN
+    and infinity were taken: the live view then stopped with a ValueError or
+    OverflowError traceback (--interval), or never gave up on a silent controller
+    (--wait nan); --once printed a snapshot as if they meant something."""
+    out = subprocess.run([sys.executable, "-m", "minipar.top", "--once", "--profile-dir",
+                          str(tmp_path), flag, value], capture_output=True, text=True,
+                         env=_env(), cwd=ROOT, timeout=30)
+    assert out.returncode == 2 and f"{flag}: {value!r} is not a number of seconds" in out.stderr
+
+
+def test_once_interrupted_while_waiting_exits_130(local_cluster):
+    """Ctrl-C in `top --once --wait 60`, still waiting for a (frozen) controller, exits
+    130 (as the launcher does), so a script does not go on as if it had its snapshot.
+    Before, it exited 0 with nothing printed."""
+    local_cluster.controller.send_signal(signal.SIGSTOP)   # stop() sends SIGCONT
+    p = subprocess.Popen([sys.executable, "-m", "minipar.top", "--once", "--wait", "60",
+                          "--file", local_cluster.client_file], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):   # waiting for its answer
+            p.wait(2)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate(timeout=10)
+    assert (p.returncode, out) == (130, "") and "interrupted" in err
+    assert "Traceback" not in err
 
 
 def test_once_waits_up_to_wait_for_the_controller(tmp_path):
@@ -293,6 +415,61 @@ def test_live_view_in_a_terminal(cluster, tmux):
     assert tmux("display-message", "-p", "-t", "t", "#{pane_current_command}").strip() == "bash"
 
 
+def test_the_c_locale_gets_ascii(local_cluster, tmux):
+    """LANG=C / LC_ALL=C (a terminal that is not UTF-8): the sparkline in ASCII, printed
+    and live. Before, Python's UTF-8 mode (on in the C locale) made the monitor think the
+    terminal took UTF-8: --once printed block characters, and curses, in the C locale,
+    drew the sparkline as blanks. And a LANG naming a locale not installed stopped the
+    live view with a locale.Error traceback."""
+    env = dict(_env(), LANG="C", LC_ALL="C")
+    out = subprocess.run([sys.executable, "-m", "minipar.top", "--once", "--file",
+                          local_cluster.client_file], capture_output=True, env=env, cwd=ROOT,
+                         timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert b"|" + b"_" * 60 + b"|" in out.stdout and out.stdout.isascii()
+
+    def screen():
+        return tmux("capture-pane", "-p", "-t", "t")
+
+    tmux("send-keys", "-t", "t", f"cd {ROOT} && LANG=C LC_ALL=C {sys.executable} -m "
+         f"minipar.top --file {local_cluster.client_file} --interval 0.3", "Enter")
+    wait_until(lambda: "|" + "_" * 60 + "|" in screen(), 30,
+               "the live view's sparkline in ASCII")
+    tmux("send-keys", "-t", "t", "q")
+    wait_until(lambda: "0 alive" not in screen(), 15, "the view ended by q")
+    # a locale not installed here: the view, in the C locale (before: locale.Error)
+    tmux("send-keys", "-t", "t", f"env -u LC_ALL LANG=xx_YY.UTF-8 {sys.executable} -m "
+         f"minipar.top --file {local_cluster.client_file} --interval 0.3", "Enter")
+    wait_until(lambda: "0 alive, 0 lost" in screen(), 30,
+               "the live view with LANG naming a locale not installed")
+    tmux("send-keys", "-t", "t", "q")
+
+
+def test_live_view_started_before_the_controller_waits_for_it(tmp_path, tmux):
+    """The live view started first (as htop, then the cluster) says it waits for the
+    connection file, and shows the controller once it is up. Before, it exited at once
+    with 'no connection file', though its screen has a 'waiting' state and --wait says
+    how long it waits."""
+    (tmp_path / "late").mkdir()
+    profile_dir = tmp_path / "late" / "profile"
+
+    def screen():
+        return tmux("capture-pane", "-p", "-t", "t")
+
+    tmux("send-keys", "-t", "t", f"cd {ROOT} && {sys.executable} -m minipar.top "
+         f"--profile-dir {profile_dir} --interval 0.3; echo top exited $?", "Enter")
+    wait_until(lambda: "waiting for the controller" in screen(), 30, "the waiting screen")
+    assert "no connection file" in screen() and "top exited" not in screen()
+    late = LocalCluster(tmp_path / "late")
+    try:
+        wait_until(lambda: "0 alive, 0 lost" in screen(), 30, "the controller's header")
+        assert f"pid {late.controller.pid} " in screen()
+        tmux("send-keys", "-t", "t", "q")
+        wait_until(lambda: "top exited 0" in screen(), 15, "the view ended by q")
+    finally:
+        late.stop()
+
+
 # ---------------------------------------------------------------- losing the controller
 
 
@@ -321,6 +498,30 @@ def test_monitor_follows_a_restart_then_says_the_controller_is_gone(tmp_path):
     finally:
         monitor.close()
         cluster.stop()
+
+
+def test_monitor_says_a_killed_controller_is_not_running(local_cluster):
+    """Killed (-9), the controller leaves its connection file: the view says at once that
+    its pid is not running, on as many lines as the note takes, while it waits for one to
+    start again. Before, it said "is it running?", cut at the terminal's width."""
+    from minipar import top
+
+    monitor = top.Monitor(local_cluster.client_file, timeout=1.0, wait_s=30)
+    try:
+        snap = monitor.poll()
+        local_cluster.controller.send_signal(signal.SIGKILL)
+        local_cluster.controller.wait(10)
+        assert monitor.poll() is None
+        gone = f"controller pid {local_cluster.controller.pid} is not running"
+        assert gone in monitor.note
+        lines = top._screen(snap, monitor.note, 40, 60, 0, False)
+        first = next(i for i, (line, _) in enumerate(lines) if line.startswith("! "))
+        columns = next(i for i, (_, heading) in enumerate(lines) if heading)
+        note = [line for line, _ in lines[first:columns]]
+        assert len(note) > 1 and all(len(line) < 60 for line in note)
+        assert gone in " ".join(line[2:] for line in note)
+    finally:
+        monitor.close()
 
 
 def test_monitor_says_the_controller_stopped_when_its_file_goes(local_cluster):
