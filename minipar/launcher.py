@@ -741,10 +741,9 @@ _ENTRY_POINT_GROUPS = {"controller": "minipar.controller_launchers",
 def find_launcher_class(name, role):
     """The launcher class for `name`, for `role` "controller" or "engine".
 
-    `name` may be a class, a short name ("mpi"), a class name ("MPIEngineSetLauncher"),
-    a class-name prefix ("MPI"), a full import path ("pkg.mod.Class"), or a name
-    registered in the entry-point group ``minipar.controller_launchers`` /
-    ``minipar.engine_launchers``.
+    `name` may be a class, a short name ("mpi"), a class name ("MPIEngineSetLauncher"), a class-name
+    prefix ("MPI"), a full import path ("pkg.mod.Class"), or a name registered in the entry-point
+    group ``minipar.controller_launchers`` / ``minipar.engine_launchers``.
     """
     if isinstance(name, type):
         return name
@@ -1005,16 +1004,18 @@ class Cluster:
         return self.controller
 
     def _wait_for_connection_file(self, started):
-        # the file is written atomically (rename), so a complete JSON document means ready;
-        # a file older than this start is a leftover (--reuse keeps files) and does not count
+        # Written atomically (rename), a complete JSON document means ready, unless older than
+        # this start (a leftover: --reuse keeps files) or, for a local controller, of another pid
+        # (another Cluster's, started on this profile at once, whose engines ours would join).
         deadline = time.monotonic() + self.timeout
         pid = getattr(self.controller, "pid", None)
+        local = isinstance(self.controller, LocalControllerLauncher)
         while True:
             with contextlib.suppress(OSError, ValueError):
                 with open(self.client_file) as f:
                     info = json.load(f)
                 fresh = os.stat(self.client_file).st_mtime >= started - 1.0
-                if info.get("pid") == pid or fresh:
+                if info.get("pid") == pid or (fresh and not local):
                     return info
             if self.controller.state == AFTER:
                 output = self.controller.get_output()
