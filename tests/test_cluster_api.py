@@ -6,6 +6,7 @@ left after the test and fails it. ``minipar_dir`` gives each test its own $MINIP
 """
 
 import asyncio
+import gc
 import json
 import os
 import re
@@ -16,7 +17,8 @@ import pytest
 import minipar
 from minipar.launcher import AFTER, Cluster, ClusterManager, LauncherError
 
-from .test_launcher import CTL_ARGS, cli, minipar_dir, pids  # noqa: F401 - fixtures
+from .helpers import wait_until
+from .test_launcher import CTL_ARGS, alive, cli, minipar_dir, pids  # noqa: F401 - fixtures
 
 TIMEOUT = 180
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -166,6 +168,37 @@ def test_two_clusters_started_at_once_on_a_profile_one_says_why(pids, tmp_path):
             for c in clusters:
                 c.stop_cluster_sync()
         assert pids.wait_gone(20) == []
+
+
+def test_a_cluster_nothing_refers_to_is_stopped_as_ipyparallels(pids):  # noqa: F811
+    """A notebook cell run twice, 'cluster = Cluster(n=1); rc = cluster.start_and_connect_sync()',
+    left the first run's controller and engines running until the kernel ended: atexit held
+    every Cluster. As ipyparallel's, a Cluster nothing refers to any more (nor a Client it
+    made) is stopped when collected; one whose Client is kept runs on."""
+    def cell():
+        return Cluster(n=1, controller_args=CTL_ARGS)
+
+    cluster = cell()
+    rc = cluster.start_and_connect_sync()
+    pids.add_cluster(cluster, rc)
+    first = set(pids.pids)
+    cluster = cell()
+    rc = cluster.start_and_connect_sync()   # the cell run again
+    pids.add_cluster(cluster, rc)
+    kept = cell().start_and_connect_sync()  # only its Client is kept
+    pids.add(kept.info["pid"], *kept[:].apply_sync(os.getpid))
+    try:
+        gc.collect()
+        wait_until(lambda: not any(alive(p) for p in first), 30,
+                   "the first run's processes to end")
+        assert rc[:].apply_sync(abs, -2) == [2]
+        assert kept[:].apply_sync(abs, -3) == [3]
+    finally:
+        cluster.stop_cluster_sync()
+        kept.close()
+        del kept
+        gc.collect()
+    assert pids.wait_gone(20) == []
 
 
 def test_a_controller_started_again_without_reuse_gets_new_clients(pids, tmp_path):  # noqa: F811
