@@ -14,6 +14,7 @@ import datetime
 import functools
 import itertools
 import logging
+import os
 import threading
 import time
 
@@ -78,6 +79,17 @@ def _fail_in_forked_child(futures, error):
             f._state, f._exception = concurrent.futures._base.FINISHED, error
             todo.extend(cb.__self__ for cb in f._done_callbacks
                         if isinstance(getattr(cb, "__self__", None), concurrent.futures.Future))
+
+
+def _forked(client_ref):
+    # executes in a forked child (multiprocessing's fork), in its only thread: no lock
+    # taken, no socket touched; the parent's requests fail here too (see above)
+    client = client_ref()
+    if client is not None and not client._closed:
+        client._closed = errors.MiniparError(
+            f"this Client was made in process {os.getppid()}, which forked this one "
+            f"({os.getpid()}): its I/O thread runs there only. Make a new Client here")
+        _fail_in_forked_child(list(client._futures.values()), client._closed)
 
 
 class Metadata(dict):

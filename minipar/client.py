@@ -45,11 +45,11 @@ import cloudpickle
 import zmq
 
 from . import errors, protocol
-from .asyncresult import (AsyncResult, _concat, _dated, _Derived, _fail_in_forked_child,
-                          _MsgFuture, _OneRequest, _aborted_on_ctrl_c, _ctrl_c_aborts, _sent,
-                          _timeout_s)
+from .asyncresult import (AsyncResult, _concat, _dated, _Derived, _forked, _MsgFuture,
+                          _OneRequest, _aborted_on_ctrl_c, _ctrl_c_aborts, _sent, _timeout_s)
 from .dependency import dependency_fields, dependent, msg_ids
-from .remotefunction import ParallelFunction, RemoteFunction, _partition, _sequence, _sequences
+from .remotefunction import (ParallelFunction, RemoteFunction, _partition, _sequence, _sequences,
+                             interactive)
 # CompositeError too: classic scripts catch `client.CompositeError`
 from .errors import CompositeError, NoEnginesRegistered, TimeoutError
 
@@ -74,25 +74,40 @@ TOGETHER = 100
 # held and sent with those after it (see Client.send_request); a lone request leaves at once.
 HOLD_AFTER_S = 0.002
 _FLUSH = b"flush"   # the outbox's marker: send what is held (and b"": close)
+_CLOSED = object()  # what an I/O pass returns at close()'s marker
 _TIMER_SEQ = itertools.count()
 
 
-def _forked(client_ref):
-    # executes in a forked child (multiprocessing's fork), in its only thread: no lock
-    # taken, no socket touched; the parent's requests fail here too (see the function)
+def _io_thread(client_ref, ctx, ends_ctx, dealer, sub, outbox_in):
+    # executes in the I/O thread: owns dealer, sub, outbox_in and the monitors. It holds its
+    # Client only during a pass, so one no longer referred to is collected and closed, as a
+    # file is: a loop making Clients without close() kept a thread and 17 descriptors for
+    # each till the process ended ('Too many open files' after about 60, at 1,024).
     client = client_ref()
-    if client is not None and not client._closed:
-        client._closed = errors.MiniparError(
-            f"this Client was made in process {os.getppid()}, which forked this one "
-            f"({os.getpid()}): its I/O thread runs there only. Make a new Client here")
-        _fail_in_forked_child(list(client._futures.values()), client._closed)
-
-
-def interactive(f):
-    """Make `f` behave like a function defined in ``__main__``: it is sent by value and
-    runs on the engine with the engine's namespace as its globals."""
-    f.__module__ = "__main__"
-    return f
+    sockets = (dealer, sub, outbox_in, client._monitor, client._sub_monitor)
+    poller = zmq.Poller()
+    for s in sockets:
+        poller.register(s, zmq.POLLIN)
+    events = []
+    while client is not None:
+        try:
+            timeout = client._io_pass(events, dealer, sub, outbox_in)
+        except BaseException as e:   # a bug: fail what waits on this thread, and say so
+            log.exception("the client's I/O thread failed")
+            client._gone = errors.MiniparError(
+                f"this Client's I/O thread failed ({type(e).__name__}: {e}); make a new Client")
+            return client._fail_outstanding(client._gone)
+        del client   # were it the last reference, close() runs here: see ends_ctx
+        if timeout is _CLOSED:
+            break
+        events = poller.poll(timeout)
+        client = client_ref()
+    dealer.disable_monitor()
+    sub.disable_monitor()
+    for s in sockets:
+        s.close(linger=0)
+    if ends_ctx.is_set():   # close() ran in this thread, so could not wait for the sockets
+        ctx.destroy(linger=0)
 
 
 # ---------------------------------------------------------------- client
@@ -162,8 +177,10 @@ class Client(errors.SaysWhyAbsent):
         protocol.connect(sub, self.info, "notify")
         self._sub_monitor = sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self._roster = None         # (controller session, number) of the engine list held
-        self._io = threading.Thread(target=self._io_loop, args=(dealer, sub, outbox_in),
-                                    name="minipar-client-io", daemon=True)
+        self._io_ends_ctx = threading.Event()   # set by close() run in the I/O thread
+        self._io = threading.Thread(target=_io_thread, name="minipar-client-io", daemon=True,
+                                    args=(weakref.ref(self), self.ctx, self._io_ends_ctx,
+                                          dealer, sub, outbox_in))
         self._io.start()
         try:
             reply = self.query(protocol.CONNECT, timeout=timeout)
@@ -179,58 +196,39 @@ class Client(errors.SaysWhyAbsent):
 
     # ------------------------------------------------------------ I/O thread
 
-    def _io_loop(self, dealer, sub, outbox_in):
-        # executes in the I/O thread: owns dealer, sub and outbox_in
-        try:
-            self._io_serve(dealer, sub, outbox_in)
-        except BaseException as e:   # a bug: fail what waits on this thread, and say so
-            log.exception("the client's I/O thread failed")
-            self._gone = errors.MiniparError(
-                f"this Client's I/O thread failed ({type(e).__name__}: {e}); make a new "
-                "Client")
-            for f in list(self._futures.values()):
-                if not f.done():
-                    f.set_exception(self._gone)
-
-    def _io_serve(self, dealer, sub, outbox_in):
-        poller = zmq.Poller()
-        monitor, sub_monitor = self._monitor, self._sub_monitor
-        for s in (dealer, sub, outbox_in, monitor, sub_monitor):
-            poller.register(s, zmq.POLLIN)
-        while True:
-            for sock, _ in poller.poll(self._run_timers()):
-                for frames in protocol.drain(sock):
-                    if sock is outbox_in:
-                        if len(frames) == 1 and frames[0].bytes == _FLUSH:
-                            with self._send_lock:
-                                self._flush()
-                            continue
-                        if len(frames) == 1:  # close() marker
-                            dealer.disable_monitor()
-                            sub.disable_monitor()
-                            for s in (dealer, sub, outbox_in, monitor, sub_monitor):
-                                s.close(linger=0)
-                            return
-                        try:   # never wait here: with no connection (a peer that fails
-                            # the handshake has none) the query times out, saying so
-                            dealer.send_multipart(frames, zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            log.debug("no connection to send a query on: it will time out")
+    def _io_pass(self, events, dealer, sub, outbox_in):
+        # executes in the I/O thread (see _io_thread): handles what one poll read, runs the
+        # timers due; the next poll's timeout, or _CLOSED at close()'s marker
+        for sock, _ in events:
+            for frames in protocol.drain(sock):
+                if sock is outbox_in:
+                    if len(frames) == 1 and frames[0].bytes == _FLUSH:
+                        with self._send_lock:
+                            self._flush()
                         continue
-                    try:   # nothing a message does may end this thread: every
-                        # request of this client waits on it
-                        if sock is monitor:
-                            self._on_connection_event(dealer, frames)
-                        elif sock is sub_monitor:   # notifications may have been missed
-                            self._ask_engines(dealer)
-                        elif sock is dealer:
-                            self._on_reply(frames)
-                        else:
-                            self._on_notification(dealer, frames[1:])
-                    except Exception as e:   # its traceback too with MINIPAR_DEBUG=1
-                        log.warning("dropped a message from the controller: %s: %s",
-                                    type(e).__name__, e,
-                                    exc_info=log.isEnabledFor(logging.DEBUG))
+                    if len(frames) == 1:  # close() marker
+                        return _CLOSED
+                    try:   # never wait here: with no connection (a peer that fails
+                        # the handshake has none) the query times out, saying so
+                        dealer.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        log.debug("no connection to send a query on: it will time out")
+                    continue
+                try:   # nothing a message does may end this thread: every
+                    # request of this client waits on it
+                    if sock is self._monitor:
+                        self._on_connection_event(dealer, frames)
+                    elif sock is self._sub_monitor:   # notifications may have been missed
+                        self._ask_engines(dealer)
+                    elif sock is dealer:
+                        self._on_reply(frames)
+                    else:
+                        self._on_notification(dealer, frames[1:])
+                except Exception as e:   # its traceback too with MINIPAR_DEBUG=1
+                    log.warning("dropped a message from the controller: %s: %s",
+                                type(e).__name__, e,
+                                exc_info=log.isEnabledFor(logging.DEBUG))
+        return self._run_timers()
 
     # ---- losing the controller, and finding it again (I/O thread)
     #
@@ -1017,11 +1015,15 @@ class Client(errors.SaysWhyAbsent):
         with self._send_lock:
             self._flush()
             self._sender.close(linger=1000)
-            self._outbox.send(b"")
+            with contextlib.suppress(zmq.Again):   # an I/O thread that saw us collected is gone
+                self._outbox.send(b"", zmq.NOBLOCK)
             self._outbox.close(linger=1000)
-        self._io.join(5)
-        if not self._io.is_alive():   # else stuck, or frozen at interpreter exit: its
-            self.ctx.destroy(linger=0)   # sockets would hold term() forever
+        if threading.current_thread() is self._io:   # collected there (see _io_thread)
+            self._io_ends_ctx.set()
+        else:
+            self._io.join(5)
+            if not self._io.is_alive():   # else stuck, or frozen at interpreter exit: its
+                self.ctx.destroy(linger=0)   # sockets would hold term() forever
         self._fail_outstanding(RuntimeError("this Client was closed before the reply came; "
                                             "it may still run: get_result from a new Client"))
 
@@ -1370,10 +1372,9 @@ class DirectView(_View):
 
 
 class BroadcastView(DirectView):
-    """A DirectView whose requests leave the client once; the controller sends a copy to
-    each engine (a large push costs the client one send). Results as DirectView's; map,
-    scatter and gather send each engine its own part. `is_coalescing` is only kept:
-    replies come batched anyway."""
+    """A DirectView whose requests leave the client once; the controller sends a copy to each
+    engine (a large push costs the client one send). Results as DirectView's; map, scatter and
+    gather send each engine its own part. `is_coalescing` is only kept: replies come batched."""
 
     def __init__(self, client, targets="all", block=None, is_coalescing=False, **flags):
         super().__init__(client, targets, block, **flags)
@@ -1590,9 +1591,8 @@ _MOVED = {**dict.fromkeys(("BaseTask", "MapTask", "MultiEngineClient", "PendingR
 
 
 def __getattr__(name):
-    # the classic API moved to classic.py and ViewExecutor to integrations.py; `from
-    # minipar import client` scripts still find them here (imported on first use: those
-    # modules import this one)
+    # the classic API moved to classic.py and ViewExecutor to integrations.py; `from minipar
+    # import client` scripts still find them here (imported on first use: they import this one)
     if name not in _MOVED:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib

@@ -59,6 +59,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 
 from . import protocol
 from .errors import CLUSTER_ABSENT, ConnectionFileError, MiniparError, TimeoutError, refuse_absent
@@ -243,6 +244,12 @@ def _check_options(cls, options, what):
 
 def _unique_id():
     return f"{int(time.time())}-{secrets.token_hex(2)}"
+
+
+# Clusters held weakly, as ipyparallel's: one nothing refers to any more is stopped when collected
+# (Cluster.__del__), so a notebook cell run again stops the first run's engines, not the exit.
+_STOP_AT_EXIT = weakref.WeakSet()
+atexit.register(lambda: [c.stop_cluster_sync() for c in list(_STOP_AT_EXIT) if c.shutdown_atexit])
 
 
 # ---------------------------------------------------------------- the contract
@@ -739,10 +746,9 @@ _ENTRY_POINT_GROUPS = {"controller": "minipar.controller_launchers",
 def find_launcher_class(name, role):
     """The launcher class for `name`, for `role` "controller" or "engine".
 
-    `name` may be a class, a short name ("mpi"), a class name ("MPIEngineSetLauncher"),
-    a class-name prefix ("MPI"), a full import path ("pkg.mod.Class"), or a name
-    registered in the entry-point group ``minipar.controller_launchers`` /
-    ``minipar.engine_launchers``.
+    `name` may be a class, a short name ("mpi"), a class name ("MPIEngineSetLauncher"), a class-name
+    prefix ("MPI"), a full import path ("pkg.mod.Class"), or a name registered in the entry-point
+    group ``minipar.controller_launchers`` / ``minipar.engine_launchers``.
     """
     if isinstance(name, type):
         return name
@@ -840,11 +846,11 @@ class Cluster:
     naming those it does. ``restart_engines="on_failure"`` replaces engines that
     crash or are killed (local engine sets), so a long run keeps its engine count.
 
-    With ``shutdown_atexit=True`` (the default) the cluster is stopped when this process
-    exits, and a local controller also stops it by itself once this process is gone
-    (``--owner``), with `launcher stop` for its batch jobs and ssh engines, so a SIGTERM or
-    SIGKILL, which skip atexit, leaves nothing running (a controller that is a batch job or
-    on another host cannot see this process: `launcher stop` it, then `launcher clean`);
+    With ``shutdown_atexit=True`` (the default) the cluster is stopped when this process exits or
+    nothing refers to it or its Clients any more (as ipyparallel's), and a local controller stops
+    it once this process is gone (``--owner``: SIGTERM and SIGKILL skip atexit), with `launcher
+    stop` for its batch jobs and ssh engines (a controller that is a batch job or on another
+    host cannot see this process: `launcher stop` it, then `launcher clean`);
     ``shutdown_atexit=False`` (``launcher start --daemonize``) leaves it running.
     """
 
@@ -870,15 +876,13 @@ class Cluster:
                                     ("engine", engines, self.engine_options)):
             if options:   # a typo is named now, not once the controller has started
                 _check_options(find_launcher_class(kind, role), options, f"{role}_options")
-        self.shutdown_atexit = shutdown_atexit
+        self.shutdown_atexit = shutdown_atexit   # read at exit or collection (_STOP_AT_EXIT)
         # "on_failure": engine sets replace engines that crash (EngineSetLauncher._restart)
         if restart_engines not in RESTART_POLICIES:
             raise ValueError(f"restart_engines={restart_engines!r}: use one of {RESTART_POLICIES}")
         self.engine_restart = restart_engines
-        self.controller = None
-        self.engines = {}  # engine set id -> launcher
-        self._clients = []
-        self._atexit = False
+        self.controller, self.engines, self._clients = None, {}, []   # engines: set id -> launcher
+        _STOP_AT_EXIT.add(self)
 
     def __repr__(self):
         ctl = self.controller.state if self.controller else "none"
@@ -929,9 +933,6 @@ class Cluster:
         if self._is_running():
             return self._write_cluster_file()
         self._remove_files()
-        if self._atexit:
-            atexit.unregister(self.stop_cluster_sync)
-            self._atexit = False
 
     @classmethod
     def from_file(cls, cluster_file=None, *, profile=None, profile_dir=None, cluster_id=None):
@@ -992,7 +993,6 @@ class Cluster:
             args = [*args, "--owner", str(os.getpid())]
         self.controller = cls(profile_dir=self.profile_dir, cluster_id=self.cluster_id,
                               program_args=args, **options)
-        self._register_atexit()
         started = time.time()
         self.controller.start()
         self._write_cluster_file()
@@ -1005,16 +1005,17 @@ class Cluster:
         return self.controller
 
     def _wait_for_connection_file(self, started):
-        # the file is written atomically (rename), so a complete JSON document means ready;
-        # a file older than this start is a leftover (--reuse keeps files) and does not count
+        # Written atomically (rename): a complete document means ready, unless older than this
+        # start (--reuse keeps files) or, from a local controller, another pid's (another Cluster).
         deadline = time.monotonic() + self.timeout
         pid = getattr(self.controller, "pid", None)
+        local = isinstance(self.controller, LocalControllerLauncher)
         while True:
             with contextlib.suppress(OSError, ValueError):
                 with open(self.client_file) as f:
                     info = json.load(f)
                 fresh = os.stat(self.client_file).st_mtime >= started - 1.0
-                if info.get("pid") == pid or fresh:
+                if info.get("pid") == pid or (fresh and not local):
                     return info
             if self.controller.state == AFTER:
                 output = self.controller.get_output()
@@ -1045,7 +1046,6 @@ class Cluster:
                        program_args=self.engine_args, **options)
         while engine_set_id is None or engine_set_id in self.engines:
             engine_set_id = _unique_id()
-        self._register_atexit()
         launcher.start(n)
         self.engines[engine_set_id] = launcher
         self._update_cluster_file()
@@ -1113,6 +1113,7 @@ class Cluster:
                 f"this Cluster's controller is not running (no {self.client_file}): start the "
                 "cluster first, with cluster.start_cluster_sync() or `with Cluster(...) as rc:`")
         rc = Client(url_file=self.client_file, **kwargs)
+        rc._cluster = self   # alive while its Client is (rc = Cluster().start_and_connect_sync())
         self._clients.append(rc)
         return rc
 
@@ -1180,10 +1181,10 @@ class Cluster:
         if self._owns_profile_dir:
             shutil.rmtree(self.profile_dir, ignore_errors=True)
 
-    def _register_atexit(self):
-        if self.shutdown_atexit and not self._atexit:
-            atexit.register(self.stop_cluster_sync)
-            self._atexit = True
+    def __del__(self, _suppress=contextlib.suppress):   # bound now, for interpreter exit
+        with _suppress(Exception):   # AttributeError: __init__ raised
+            if self.shutdown_atexit and self._is_running():
+                self.stop_cluster_sync()
 
     def __enter__(self):
         return self.start_and_connect_sync()
@@ -1417,10 +1418,9 @@ def _json_option(text):
 
 def _cmd_start(args):
     profile = args.profile if args.profile or args.profile_dir else "default"
-    cluster = Cluster(n=args.n, engines=args.engines, controller=args.controller,
-                      profile=profile, profile_dir=args.profile_dir,
-                      cluster_id=args.cluster_id, timeout=args.timeout,
-                      controller_args=shlex.split(args.controller_args),
+    cluster = Cluster(n=args.n, engines=args.engines, controller=args.controller, profile=profile,
+                      profile_dir=args.profile_dir, cluster_id=args.cluster_id,
+                      timeout=args.timeout, controller_args=shlex.split(args.controller_args),
                       engine_args=shlex.split(args.engine_args),
                       controller_options=_json_option(args.controller_options),
                       engine_options=_json_option(args.engine_options),

@@ -4,13 +4,21 @@ whose calls run through the view (its apply, or its map over parts of the argume
 They use only the view's public flags and its ``_finish`` / ``_map``; client.py imports
 them back, so ``minipar.client.ParallelFunction`` is where ipyparallel scripts look.
 How sequences are split into one contiguous part per engine (ipyparallel's ``dist='b'``)
-is here too: a view's map and scatter split with the same functions.
+is here too: a view's map and scatter split with the same functions; and ``interactive``,
+which makes a function one sent by value.
 """
 
 import collections.abc
 import inspect
 
 from .asyncresult import _ctrl_c_aborts
+
+
+def interactive(f):
+    """Make `f` behave like a function defined in ``__main__``: it is sent by value and
+    runs on the engine with the engine's namespace as its globals."""
+    f.__module__ = "__main__"
+    return f
 
 
 class RemoteFunction:

@@ -6,15 +6,19 @@ left after the test and fails it. ``minipar_dir`` gives each test its own $MINIP
 """
 
 import asyncio
+import gc
 import json
 import os
+import re
+import threading
 
 import pytest
 
 import minipar
 from minipar.launcher import AFTER, Cluster, ClusterManager, LauncherError
 
-from .test_launcher import CTL_ARGS, cli, minipar_dir, pids  # noqa: F401 - fixtures
+from .helpers import wait_until
+from .test_launcher import CTL_ARGS, alive, cli, minipar_dir, pids  # noqa: F401 - fixtures
 
 TIMEOUT = 180
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -124,6 +128,77 @@ def test_sync_twins(pids, tmp_path):  # noqa: F811
     assert pids.wait_gone(20) == []
     assert os.path.isdir(tmp_path / "p")  # a folder the user gave is kept
 
+
+
+def test_two_clusters_started_at_once_on_a_profile_one_says_why(pids, tmp_path):  # noqa: F811
+    """Two Clusters given the same profile and started at the same moment (two notebooks,
+    two scripts): the controller that loses the profile exits saying another runs there.
+    Its Cluster took the winner's fresh connection file for its own controller's, so its
+    engines joined the winner's controller and its client was the winner's: both 'started',
+    and the loser's exit stopped engines the winner was using. Now the loser fails."""
+    profile_dir = str(tmp_path / "p")
+    for _ in range(3):   # the race goes either way; once is often won by one before the other
+        clusters = [Cluster(n=2, profile_dir=profile_dir, controller_args=CTL_ARGS, timeout=60)
+                    for _ in range(2)]
+        barrier, results = threading.Barrier(2), {}
+
+        def start(cluster):
+            barrier.wait(timeout=30)
+            try:
+                results[cluster] = cluster.start_and_connect_sync()
+            except LauncherError as e:
+                results[cluster] = e
+
+        threads = [threading.Thread(target=start, args=(c,)) for c in clusters]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(TIMEOUT / 4)
+            won = [c for c in clusters if isinstance(results.get(c), minipar.Client)]
+            for c in clusters:
+                pids.add_cluster(c)
+            assert len(won) == 1, f"not exactly one Cluster started: {results}"
+            lost, = set(clusters) - set(won)
+            assert re.search("(already running|is starting) with profile dir", str(results[lost]))
+            rc = results[won[0]]
+            mine = {p for e in won[0].engines.values() for p in e.pids()}
+            assert set(rc[:].apply_sync(os.getpid)) == mine   # its own two engines only
+        finally:
+            for c in clusters:
+                c.stop_cluster_sync()
+        assert pids.wait_gone(20) == []
+
+
+def test_a_cluster_nothing_refers_to_is_stopped_as_ipyparallels(pids):  # noqa: F811
+    """A notebook cell run twice, 'cluster = Cluster(n=1); rc = cluster.start_and_connect_sync()',
+    left the first run's controller and engines running until the kernel ended: atexit held
+    every Cluster. As ipyparallel's, a Cluster nothing refers to any more (nor a Client it
+    made) is stopped when collected; one whose Client is kept runs on."""
+    def cell():
+        return Cluster(n=1, controller_args=CTL_ARGS)
+
+    cluster = cell()
+    rc = cluster.start_and_connect_sync()
+    pids.add_cluster(cluster, rc)
+    first = set(pids.pids)
+    cluster = cell()
+    rc = cluster.start_and_connect_sync()   # the cell run again
+    pids.add_cluster(cluster, rc)
+    kept = cell().start_and_connect_sync()  # only its Client is kept
+    pids.add(kept.info["pid"], *kept[:].apply_sync(os.getpid))
+    try:
+        gc.collect()
+        wait_until(lambda: not any(alive(p) for p in first), 30,
+                   "the first run's processes to end")
+        assert rc[:].apply_sync(abs, -2) == [2]
+        assert kept[:].apply_sync(abs, -3) == [3]
+    finally:
+        cluster.stop_cluster_sync()
+        kept.close()
+        del kept
+        gc.collect()
+    assert pids.wait_gone(20) == []
 
 
 def test_a_controller_started_again_without_reuse_gets_new_clients(pids, tmp_path):  # noqa: F811
