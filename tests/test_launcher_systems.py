@@ -348,6 +348,13 @@ def test_slurm_job_left_pending_says_so_and_is_deleted(pids, tmp_path, slurm_env
     assert job[1] not in out.stdout.split(), "the job was left in the queue"
 
 
+def _slurm_jobs_under(folder):
+    """The ids of the Slurm jobs whose command lies under `folder`."""
+    out = subprocess.run(["squeue", "--noheader", "--format=%i %o"], capture_output=True,
+                         text=True, timeout=20).stdout
+    return [line.split()[0] for line in out.splitlines() if str(folder) in line]
+
+
 @needs_slurm
 def test_slurm_sigterm_while_cli_start_waits_deletes_the_job(pids, tmp_path, slurm_env):
     """`kill` of a start whose job waits in the queue: the job would outlive it there."""
@@ -358,9 +365,7 @@ def test_slurm_sigterm_while_cli_start_waits_deletes_the_job(pids, tmp_path, slu
     pids.add(p.pid)
 
     def queued():
-        out = subprocess.run(["squeue", "--noheader", "--format=%i %o"], capture_output=True,
-                             text=True, timeout=20).stdout
-        return [line.split()[0] for line in out.splitlines() if str(tmp_path) in line]
+        return _slurm_jobs_under(tmp_path)
 
     wait_until(queued, 60, "the engines' job in the queue")
     p.terminate()
@@ -382,9 +387,7 @@ def test_slurm_job_of_a_script_killed_by_sigkill_is_deleted(pids, tmp_path, slur
     pids.add(p.pid)
 
     def queued():
-        out = subprocess.run(["squeue", "--noheader", "--format=%i %o"], capture_output=True,
-                             text=True, timeout=20).stdout
-        return [line.split()[0] for line in out.splitlines() if str(tmp_path) in line]
+        return _slurm_jobs_under(tmp_path)
 
     wait_until(queued, 60, "the engines' job in the queue")
     pids.add(json.load(open(prof / "security" / "minipar-client.json"))["pid"])
