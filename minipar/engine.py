@@ -619,9 +619,10 @@ class Engine:
 
     def _tell_started(self, dealer):
         # executes in the receiver thread: `started` for a request running STREAM_INTERVAL_S
-        # (one with a time_limit sent its own); a quicker one's reply says when it started
+        # (one with a time_limit sent one at its start, without `long`: this one says it
+        # runs long too, for take-backs); a quicker one's reply says when it started
         cur = self._current
-        if cur is None or cur.deadline is not None or cur.msg_id == self._told_started \
+        if cur is None or cur.msg_id == self._told_started \
                 or time.time() - cur.started < STREAM_INTERVAL_S:
             return
         self._told_started = cur.msg_id

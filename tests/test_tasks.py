@@ -957,12 +957,14 @@ def test_quick_tasks_do_not_queue_behind_a_long_one(rc):
             long.get(30)
 
 
-def test_quick_tasks_queued_behind_long_ones_are_taken_back(rc):
+@pytest.mark.parametrize("time_limit", [None, 30])
+def test_quick_tasks_queued_behind_long_ones_are_taken_back(rc, time_limit):
     # 4 engines, prefetch 2: the first four tasks take an engine each, and the last two
     # short ones queued behind the long ones (the least recently used engines), waiting
     # for them although two engines were idle. The engines say the long ones run long and
-    # the controller takes the short ones back, for the idle engines.
-    lview = rc.load_balanced_view()
+    # the controller takes the short ones back, for the idle engines. A task with a
+    # time_limit says when it starts; it must still say it runs long.
+    lview = rc.load_balanced_view(time_limit=time_limit)
     rc.wait(timeout=TIMEOUT)
     assert len(rc.ids) == 4
     longs = [lview.apply_async(nap, f"long{i}", 5) for i in range(2)]
