@@ -15,10 +15,10 @@ carries out in ``_act``. Every request gets a record in the DB (``--db``: ``Dict
 ``db_query`` searches them), and every record reaches a final state: the engine's reply,
 or an error the hub makes itself (engine died, aborted, impossible dependency).
 
-Timers (heartbeat, scheduler deadlines) are deadlines checked after each poll, not threads.
-``loop_once(now)`` is one pass; tests may call it by hand. Deadlines and the scheduler's
-`now` are ``time.monotonic()`` (a wall-clock jump neither stops heartbeats nor fires
-timeouts); ``time.time()`` only stamps records (submitted, completed, ...) for users.
+Timers (heartbeat, scheduler deadlines, a waiting query's grace: _park) are deadlines
+checked after each poll, not threads. ``loop_once(now)`` is one pass; tests may call it by
+hand. Deadlines and the scheduler's `now` are ``time.monotonic()`` (a wall-clock jump
+neither stops heartbeats nor fires timeouts); ``time.time()`` only stamps records for users.
 
 Robustness: a message that fails its check is refused, counted by reason (queue_status
 ``stats``) and logged sparingly; a signed header with fields of the wrong type becomes an
@@ -988,6 +988,7 @@ class Controller:
             except Exception as e:   # as in loop_once: never stops the hub
                 self.stats["dropped"] += 1
                 log.warning("dropped a query that waited: %s: %s", type(e).__name__, e)
+        self._flush()   # what its handlers posted (a watched result, an abort's failures)
 
     def _queue_status(self, idents, header, parts):
         status = self.scheduler.status()
@@ -1205,12 +1206,11 @@ class Controller:
         self._reply(idents, header, status=OK)
 
     def _db_query(self, idents, header, parts):
-        query = header.get("query") or {}
         try:
-            records = self.db.find_records(query, header.get("keys"))
+            records = self.db.find_records(header.get("query") or {}, header.get("keys"))
         except ValueError as e:
             return self._reply(idents, header, status=ERROR, error=("ValueError", str(e)))
-        ids = _queried_ids(query) or ()   # one naming its msg_ids waits for them as others
+        ids = _queried_ids(header.get("query") or {}) or ()   # named msg_ids are waited for
         missing = [m for m in ids if protocol.is_new_id(m) and m not in self.db]
         if missing and self._park(idents, header, parts, missing, len(ids)):
             return

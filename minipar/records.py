@@ -20,6 +20,9 @@ gone, or None: what get_result of that id answers).
     NoDB      in memory, only while in flight: a finished record is dropped at once
     SQLiteDB  PROFILE_DIR/tasks.db; survives the controller; culls nothing
 
+``Parked`` holds the controller's queries that wait for msg_ids not here yet (another
+client's request may come after the question about it; see Controller._park).
+
 A record is a plain dict holding only the RECORD_KEYS it has a value for (a dict of 9 keys
 is 190 B; db_query answers every key, None for those missing)::
 

@@ -287,7 +287,7 @@ def test_a_take_back_answer_naming_tasks_not_asked_for_moves_only_those_asked(hu
 def test_a_query_overtaking_another_clients_request_waits_for_it(hub):
     """Each client sends on its own connection, so client 2's question about a request
     client 1 just made can come first: it waits for the request rather than call it
-    unknown, and so do an abort and a db_query naming it."""
+    unknown, and so does a db_query naming it."""
     _, eid = register(hub, b"engine-a")
     other = Peer(hub.test_ctx, hub, "client")
     header, frames = hub.client.session.msg(protocol.APPLY, [b"f"], engine=eid, counts=[1])
@@ -306,6 +306,23 @@ def test_a_query_overtaking_another_clients_request_waits_for_it(hub):
         assert (reply["pending"], reply["unknown"]) == ([msg_id], [])
     assert replies[asks[2]["msg_id"]]["records"] == [{"msg_id": msg_id, "engine": eid}]
     assert len(hub.db.get(msg_id)["watchers"]) == 1   # get_result's, not again as it waited
+
+
+def test_an_abort_overtaking_the_request_it_names_aborts_it(hub):
+    """Another client's abort of a task that has not come yet waits for it, so the task
+    is aborted rather than run (it once found nothing to abort)."""
+    other = Peer(hub.test_ctx, hub, "client")
+    header, frames = hub.client.session.msg(protocol.APPLY, [b"f"], lb=True, counts=[1])
+    abort = other.send(protocol.ABORT, msg_ids=[header["msg_id"]])
+    wait_until(lambda: step(hub, timeout=0.1) or hub.stats["parked"] or other.sock.poll(0),
+               TIMEOUT, "the abort read, before the task")
+    assert not other.sock.poll(0), "answered before the task came"
+    hub.client.sock.send_multipart(frames)
+    step(hub)
+    _, reply, _ = other.recv()
+    assert reply["parent"] == abort["msg_id"] and reply["pending"] == 1
+    _, failed, _ = hub.client.recv()
+    assert failed["parent"] == header["msg_id"] and failed["ename"] == "TaskAborted"
 
 
 def test_an_id_that_never_comes_is_unknown_after_the_grace_and_others_at_once(hub):
