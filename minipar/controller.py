@@ -15,10 +15,10 @@ carries out in ``_act``. Every request gets a record in the DB (``--db``: ``Dict
 ``db_query`` searches them), and every record reaches a final state: the engine's reply,
 or an error the hub makes itself (engine died, aborted, impossible dependency).
 
-Timers (heartbeat, scheduler deadlines) are deadlines checked after each poll, not threads.
-``loop_once(now)`` is one pass; tests may call it by hand. Deadlines and the scheduler's
-`now` are ``time.monotonic()`` (a wall-clock jump neither stops heartbeats nor fires
-timeouts); ``time.time()`` only stamps records (submitted, completed, ...) for users.
+Timers (heartbeat, scheduler deadlines, a waiting query's grace: _park) are deadlines
+checked after each poll, not threads. ``loop_once(now)`` is one pass; tests may call it by
+hand. Deadlines and the scheduler's `now` are ``time.monotonic()`` (a wall-clock jump
+neither stops heartbeats nor fires timeouts); ``time.time()`` only stamps records for users.
 
 Robustness: a message that fails its check is refused, counted by reason (queue_status
 ``stats``) and logged sparingly; a signed header with fields of the wrong type becomes an
@@ -54,7 +54,8 @@ from . import errors, protocol
 from . import scheduler as _scheduler
 from . import top as _top
 from .protocol import ERROR, OK
-from .records import PENDING, RECORD_BYTES, RECORD_LIMIT, _header, open_db
+from .records import (PENDING, RECORD_BYTES, RECORD_LIMIT, Parked, _header, _IdSet,
+                      _queried_ids, open_db)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,10 @@ MIN_MESSAGE_SIZE = 64 * 1024
 # Parts held once however many queued requests have them (see _submit): at most this
 # many, of at most this size (a few MB in all).
 SHARED_PARTS, SHARED_PART_MAX = 256, 8192
+
+# How long a query waits for an id not here yet (see _park; 0.5..5 s, under a client's 10 s
+# timeout), and how many ids the waiting queries name in all (past it: answered at once).
+UNKNOWN_GRACE_S, PARKED_IDS = 1.0, 100_000
 
 LINGER_MS = 1000   # at close, for replies and shutdowns still to leave (see close)
 
@@ -152,6 +157,9 @@ class Controller:
         self._aborting = {}       # a client's abort msg_id -> _Aborting
         self._taking = {}         # a take-back's msg_id -> (the engine asked, the msg_ids)
         self._epitaphs = {}       # dead engine id -> where it ran and its log's last lines
+        self._parked = Parked(PARKED_IDS)   # queries waiting for their ids (see _park)
+        self._purged = _IdSet()   # ids purged here: "unknown" at once, never waited for
+        self._now = 0.0           # the pass's `now` (loop_once), for parked deadlines
         self._next_id = 0
         self._beat = 0
         self._next_beat = 0.0
@@ -286,6 +294,7 @@ class Controller:
         try:
             while not self._stop:
                 self.loop_once(time.monotonic())
+            self._unpark(None)   # stopped by a signal after the pass's own check
             if not self.reuse:
                 self._end_everything()
         finally:
@@ -310,9 +319,10 @@ class Controller:
         self._flush()
 
     def loop_once(self, now, timeout=None):
+        self._now = now
         if now >= self._next_beat:
             self._heartbeat(now)
-        deadline = self._next_beat
+        deadline = min(self._next_beat, self._parked.next_deadline() or self._next_beat)
         sd = self.scheduler.next_deadline()
         if sd is not None:
             if sd <= now:
@@ -339,6 +349,8 @@ class Controller:
                                 type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
             self._direct = False
             self._flush()
+        if self._parked.queries:   # after all was read: the ids they wait for may be in
+            self._unpark(None if self._stop else now)
         self.db.flush()  # one commit per pass, not per record
 
     def _check(self, sock, frames):
@@ -710,6 +722,8 @@ class Controller:
         if "label" in header:   # a view's label flag, for db_query
             rec["label"] = header["label"]
         self.db.add(rec)
+        if self._parked.queries:
+            self._parked.arrived(msg_id)
         problem = _request_problem(header)
         if problem:
             self.stats["bad_request"] += 1
@@ -950,6 +964,32 @@ class Controller:
 
     # ------------------------------------------------------------ queries
 
+    def _park(self, idents, header, parts, unknown, weight):
+        """Whether a query that would call `unknown` ids unknown waits for them: each client
+        sends on its own connection, so another's request made just before may not be here
+        yet. Only ids of protocol.new_id's shape, not culled nor purged, UNKNOWN_GRACE_S at
+        most; its handler answers it again (_unpark) once they came, the grace ended or
+        the controller stops. Other queries are answered meanwhile as ever."""
+        if header.get("waited"):   # answered again by _unpark: it waits no more
+            return False
+        ids = [m for m in unknown if protocol.is_new_id(m) and m not in self._purged
+               and not self.db.culled(m)]
+        parked = self._parked.park(header["msg_id"], ids, weight,
+                                   self._now + UNKNOWN_GRACE_S, (idents, header, parts))
+        self.stats["parked"] += parked
+        return parked
+
+    def _unpark(self, now):
+        """Answer the parked queries due by `now` (None: all), as they would be now."""
+        for idents, header, parts in self._parked.due(now):
+            try:
+                self._client_handlers[header["kind"]](self, idents, dict(header, waited=True),
+                                                      parts)
+            except Exception as e:   # as in loop_once: never stops the hub
+                self.stats["dropped"] += 1
+                log.warning("dropped a query that waited: %s: %s", type(e).__name__, e)
+        self._flush()   # what its handlers posted (a watched result, an abort's failures)
+
     def _queue_status(self, idents, header, parts):
         status = self.scheduler.status()
         per = {}
@@ -993,9 +1033,10 @@ class Controller:
     def _result_request(self, idents, header, parts):
         # status_only (rc.result_status): the lists only; no results sent, no watching
         status_only = header.get("status_only", False)
-        pending, done, unknown, running = [], [], [], []
+        pending, done, unknown, running, watched = [], [], [], [], []
         culled = {}   # unknown ids the DB culled -> why (in `unknown` too, as before)
-        for msg_id in header.get("msg_ids", ()):
+        msg_ids = header.get("msg_ids", ())
+        for msg_id in msg_ids:
             rec = self.db.get(msg_id)
             if rec is None:
                 unknown.append(msg_id)
@@ -1008,9 +1049,13 @@ class Controller:
                 if engine is not None and msg_id in engine["outstanding"]:
                     running.append(msg_id)  # sent to an engine (maybe queued behind another)
                 if rec["client"] != idents[0] and not status_only:
-                    rec["watchers"] = (rec.get("watchers") or []) + [idents[0]]
+                    watched.append(rec)
             else:
                 done.append(msg_id)
+        if unknown and self._park(idents, header, parts, unknown, len(msg_ids)):
+            return
+        for rec in watched:   # once the query is answered: not again if it waits
+            rec["watchers"] = (rec.get("watchers") or []) + [idents[0]]
         self._reply(idents, header, status=OK, pending=pending, completed=done, unknown=unknown,
                     running=running, culled=culled)
         for msg_id in () if status_only else done:  # then the results, as ordinary replies
@@ -1027,7 +1072,8 @@ class Controller:
         elif msg_ids is None:
             msg_ids = [r["msg_id"] for r in self.db.records()
                        if r["status"] != PENDING and r["engine"] in targets]
-        kept = [m for m in msg_ids if not self.db.drop(m)]
+        # those dropped are remembered (add returns None), so a query says "unknown" at once
+        kept = [m for m in msg_ids if not self.db.drop(m) or self._purged.add(m)]
         purged = len(msg_ids) - len(kept)
         self._reply(idents, header, status=OK, purged=purged, pending=kept)
         if purged >= 1000:
@@ -1039,10 +1085,12 @@ class Controller:
         msg_ids = list(header.get("msg_ids", ()))
         now = time.monotonic()
         asked = collections.defaultdict(list)
-        lb = []
+        lb, unknown = [], []
         pending = 0
         for msg_id in msg_ids:
             rec = self.db.get(msg_id)
+            if rec is None:
+                unknown.append(msg_id)
             if rec is None or rec["status"] != PENDING:
                 continue
             pending += 1
@@ -1050,6 +1098,8 @@ class Controller:
                 lb.append(msg_id)
             elif rec["engine"] in self.engines:
                 asked[rec["engine"]].append(msg_id)
+        if unknown and self._park(idents, header, parts, unknown, len(msg_ids)):
+            return
         decisions = self.scheduler.abort(lb, now)
         for d in decisions:
             if d.action == _scheduler.ABORT and d.engine in self.engines:
@@ -1160,6 +1210,10 @@ class Controller:
             records = self.db.find_records(header.get("query") or {}, header.get("keys"))
         except ValueError as e:
             return self._reply(idents, header, status=ERROR, error=("ValueError", str(e)))
+        ids = _queried_ids(header.get("query") or {}) or ()   # named msg_ids are waited for
+        missing = [m for m in ids if protocol.is_new_id(m) and m not in self.db]
+        if missing and self._park(idents, header, parts, missing, len(ids)):
+            return
         self._reply(idents, header, status=OK, records=records)
 
     _client_handlers = {

@@ -46,6 +46,7 @@ import marshal
 import math
 import os
 import pickle
+import re
 import struct
 import threading
 import time
@@ -178,6 +179,15 @@ def new_id():
     and no system call: os.urandom's releases the GIL, which a thread busy beside the
     caller (the client's I/O thread, an engine's receiver) then holds for a while."""
     return _id_prefix + format(next(_id_count), "x")
+
+
+def is_new_id(msg_id):
+    """Whether `msg_id` has new_id's shape (a prefix of 16 hex digits, '-', a hex count):
+    what the controller's queries may wait for (see Controller._park)."""
+    return isinstance(msg_id, str) and _NEW_ID.fullmatch(msg_id) is not None
+
+
+_NEW_ID = re.compile(r"[0-9a-f]{16}-(?:0|[1-9a-f][0-9a-f]*)")
 
 
 def _new_id_prefix():

@@ -20,6 +20,9 @@ gone, or None: what get_result of that id answers).
     NoDB      in memory, only while in flight: a finished record is dropped at once
     SQLiteDB  PROFILE_DIR/tasks.db; survives the controller; culls nothing
 
+``Parked`` holds the controller's queries that wait for msg_ids not here yet (another
+client's request may come after the question about it; see Controller._park).
+
 A record is a plain dict holding only the RECORD_KEYS it has a value for (a dict of 9 keys
 is 190 B; db_query answers every key, None for those missing)::
 
@@ -425,6 +428,69 @@ class _IdSet:
 
     def __len__(self):
         return self._size
+
+
+class Parked:
+    """Queries waiting for msg_ids that are no record yet (see Controller._park): each
+    client sends on its own connection, so one's query can overtake the request another
+    made just before. A query waits until all its ids have arrived or its deadline has
+    passed; ``due`` then hands its item back, to be answered as if it came now.
+
+    ``queries``: {query msg_id: (deadline, item, {ids not arrived}, weight)}, oldest (so
+    soonest deadline) first; ``_waiting``: {id: {query msg_ids}}. Queries whose weights
+    (the ids they name) add up past `limit` are refused (``park`` returns False), so a
+    client asking for 100,000 bogus ids cannot grow it without bound.
+    """
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.queries = {}
+        self._waiting = {}
+        self._ready = []    # queries whose ids have all arrived
+        self._weight = 0
+
+    def park(self, query_id, ids, weight, deadline, item):
+        if not ids or query_id in self.queries or self._weight + weight > self.limit:
+            return False
+        self._weight += weight
+        self.queries[query_id] = (deadline, item, set(ids), weight)
+        for m in ids:
+            self._waiting.setdefault(m, set()).add(query_id)
+        return True
+
+    def arrived(self, msg_id):
+        """A record of `msg_id` now exists."""
+        for q in self._waiting.pop(msg_id, ()):
+            missing = self.queries[q][2]
+            missing.discard(msg_id)
+            if not missing:
+                self._ready.append(q)
+
+    def next_deadline(self):
+        return next(iter(self.queries.values()))[0] if self.queries else None
+
+    def due(self, now):
+        """The items of the queries to answer now, taken out: those whose ids all arrived,
+        and those whose deadline is `now` or before (`now` None: every one)."""
+        due, self._ready = self._ready, []
+        for q, (deadline, *_) in self.queries.items():
+            if now is not None and deadline > now:
+                break
+            due.append(q)
+        items = []
+        for q in due:
+            entry = self.queries.pop(q, None)
+            if entry is None:   # ready and past its deadline: listed twice
+                continue
+            _, item, missing, weight = entry
+            self._weight -= weight
+            for m in missing:
+                waiting = self._waiting[m]
+                waiting.discard(q)
+                if not waiting:
+                    del self._waiting[m]
+            items.append(item)
+        return items
 
 
 class _PlainUnpickler(pickle.Unpickler):

@@ -19,7 +19,7 @@ import pytest
 import zmq
 
 from minipar import errors, protocol
-from minipar.controller import Controller
+from minipar.controller import PARKED_IDS, UNKNOWN_GRACE_S, Controller
 
 from .helpers import wait_until
 
@@ -282,3 +282,82 @@ def test_a_take_back_answer_naming_tasks_not_asked_for_moves_only_those_asked(hu
     step(hub)
     assert hub.db.get(running)["engine"] == eid
     assert hub.db.get(queued)["engine"] != eid
+
+
+def test_a_query_overtaking_another_clients_request_waits_for_it(hub):
+    """Each client sends on its own connection, so client 2's question about a request
+    client 1 just made can come first: it waits for the request rather than call it
+    unknown, and so does a db_query naming it."""
+    _, eid = register(hub, b"engine-a")
+    other = Peer(hub.test_ctx, hub, "client")
+    header, frames = hub.client.session.msg(protocol.APPLY, [b"f"], engine=eid, counts=[1])
+    msg_id = header["msg_id"]   # handed to the other client before its request left
+    asks = [other.send(protocol.RESULT_REQUEST, msg_ids=[msg_id]),
+            other.send(protocol.RESULT_REQUEST, msg_ids=[msg_id], status_only=True),
+            other.send(protocol.DB_QUERY, query={"msg_id": msg_id}, keys=["engine"])]
+    wait_until(lambda: step(hub, timeout=0.1) or hub.stats["parked"] == 3
+               or other.sock.poll(0), TIMEOUT, "the questions read, before the request")
+    assert not other.sock.poll(0), "answered before the request came"
+    hub.client.sock.send_multipart(frames)
+    step(hub)
+    replies = {h["parent"]: h for _, h, _ in (other.recv() for _ in asks)}
+    for ask in asks[:2]:
+        reply = replies[ask["msg_id"]]
+        assert (reply["pending"], reply["unknown"]) == ([msg_id], [])
+    assert replies[asks[2]["msg_id"]]["records"] == [{"msg_id": msg_id, "engine": eid}]
+    assert len(hub.db.get(msg_id)["watchers"]) == 1   # get_result's, not again as it waited
+
+
+def test_an_abort_overtaking_the_request_it_names_aborts_it(hub):
+    """Another client's abort of a task that has not come yet waits for it, so the task
+    is aborted rather than run (it once found nothing to abort)."""
+    other = Peer(hub.test_ctx, hub, "client")
+    header, frames = hub.client.session.msg(protocol.APPLY, [b"f"], lb=True, counts=[1])
+    abort = other.send(protocol.ABORT, msg_ids=[header["msg_id"]])
+    wait_until(lambda: step(hub, timeout=0.1) or hub.stats["parked"] or other.sock.poll(0),
+               TIMEOUT, "the abort read, before the task")
+    assert not other.sock.poll(0), "answered before the task came"
+    hub.client.sock.send_multipart(frames)
+    step(hub)
+    _, reply, _ = other.recv()
+    assert reply["parent"] == abort["msg_id"] and reply["pending"] == 1
+    _, failed, _ = hub.client.recv()
+    assert failed["parent"] == header["msg_id"] and failed["ename"] == "TaskAborted"
+
+
+def test_an_id_that_never_comes_is_unknown_after_the_grace_and_others_at_once(hub):
+    """A query naming an id of minipar's shape that never comes says "unknown" after
+    UNKNOWN_GRACE_S; one of another shape, one purged, or one past the bound on what
+    waits is answered at once, and waiting queries are answered as the controller stops."""
+    other = Peer(hub.test_ctx, hub, "client")
+    never = protocol.new_id()
+    waits = other.send(protocol.RESULT_REQUEST, msg_ids=[never, "no-such-id"])
+    foreign = other.send(protocol.RESULT_REQUEST, msg_ids=["no-such-id"])
+    too_many = other.send(protocol.RESULT_REQUEST,
+                          msg_ids=[protocol.new_id() for _ in range(PARKED_IDS)])
+    answered = []
+    wait_until(lambda: step(hub, timeout=0.1) or other.sock.poll(0) and answered.append(
+        other.recv()) or len(answered) == 2, TIMEOUT, "the answers of those not waiting")
+    assert sorted(h["parent"] for _, h, _ in answered) == sorted(
+        [foreign["msg_id"], too_many["msg_id"]])
+    assert hub.stats["parked"] == 1 and not other.sock.poll(0)
+    hub.clock += UNKNOWN_GRACE_S
+    step(hub, timeout=0)
+    _, reply, _ = other.recv()
+    assert reply["parent"] == waits["msg_id"] and reply["unknown"] == [never, "no-such-id"]
+    # a purged id is known to be gone: no wait
+    hub.client.send(protocol.PURGE, msg_ids=[never])
+    step(hub)
+    hub.client.recv()
+    purged = other.send(protocol.RESULT_REQUEST, msg_ids=[never])
+    step(hub)
+    _, reply, _ = other.recv()
+    assert reply["parent"] == purged["msg_id"] and reply["unknown"] == [never]
+    # one still waiting as a client stops the controller is answered then
+    waits = other.send(protocol.RESULT_REQUEST, msg_ids=[protocol.new_id()])
+    wait_until(lambda: step(hub, timeout=0.1) or hub.stats["parked"] == 2, TIMEOUT,
+               "the question read")
+    hub.client.send(protocol.SHUTDOWN, hub=True)
+    wait_until(lambda: step(hub, timeout=0.1) or hub._stop, TIMEOUT, "the shutdown read")
+    _, reply, _ = other.recv()
+    assert reply["parent"] == waits["msg_id"] and len(reply["unknown"]) == 1
