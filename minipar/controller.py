@@ -69,9 +69,9 @@ MIN_MESSAGE_SIZE = 64 * 1024
 # many, of at most this size (a few MB in all).
 SHARED_PARTS, SHARED_PART_MAX = 256, 8192
 
-# How long a query waits for an id not here yet (see _park; 0.5..5 s, under a client's 10 s
-# timeout), and how many ids the waiting queries name in all (past it: answered at once).
-UNKNOWN_GRACE_S, PARKED_IDS = 1.0, 100_000
+# How many ids the queries waiting for ids not here yet name in all (see _park; past it:
+# answered at once). They wait the scheduler's UNKNOWN_GRACE_S, as a dependency does.
+PARKED_IDS = 100_000
 
 LINGER_MS = 1000   # at close, for replies and shutdowns still to leave (see close)
 
@@ -967,15 +967,15 @@ class Controller:
     def _park(self, idents, header, parts, unknown, weight):
         """Whether a query that would call `unknown` ids unknown waits for them: each client
         sends on its own connection, so another's request made just before may not be here
-        yet. Only ids of protocol.new_id's shape, not culled nor purged, UNKNOWN_GRACE_S at
-        most; its handler answers it again (_unpark) once they came, the grace ended or
-        the controller stops. Other queries are answered meanwhile as ever."""
+        yet. Only ids of protocol.new_id's shape, not culled nor purged, the scheduler's
+        UNKNOWN_GRACE_S at most, as for a dependency; its handler answers it again (_unpark)
+        once they came, the grace ended or the controller stops. Others go on meanwhile."""
         if header.get("waited"):   # answered again by _unpark: it waits no more
             return False
         ids = [m for m in unknown if protocol.is_new_id(m) and m not in self._purged
                and not self.db.culled(m)]
         parked = self._parked.park(header["msg_id"], ids, weight,
-                                   self._now + UNKNOWN_GRACE_S, (idents, header, parts))
+                                   self._now + _scheduler.UNKNOWN_GRACE_S, (idents, header, parts))
         self.stats["parked"] += parked
         return parked
 

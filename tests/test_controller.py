@@ -19,7 +19,8 @@ import pytest
 import zmq
 
 from minipar import errors, protocol
-from minipar.controller import PARKED_IDS, UNKNOWN_GRACE_S, Controller
+from minipar.controller import PARKED_IDS, Controller
+from minipar.scheduler import UNKNOWN_GRACE_S
 
 from .helpers import wait_until
 
