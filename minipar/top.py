@@ -32,7 +32,8 @@ The snapshot (``--once --json`` prints exactly this)::
     queued          requests waiting: in the scheduler, or sent to a busy engine and
                     queued there behind the one it runs
     running         requests running now (one per busy engine)
-    done            requests finished ok since the controller started
+    done            requests finished ok since the controller started (the text's "ok":
+                    an engine row's done counts failures too)
     failed          requests finished otherwise (error, aborted, timeout, engine lost...)
     rate            requests finished per second over the last RATE_WINDOW_S (10) s
     per_second      requests finished in each of the last WINDOW_S (60) whole seconds,
@@ -249,11 +250,20 @@ _COLUMNS = (
     ("TASK", 12, "what it runs: the function's name, or the request kind (execute...)"),
     ("FOR", 6, "how long it has run its task, or has been lost or stopped (<N: under N)"),
     ("Q", 3, "requests queued on it, behind the one it runs"),
-    ("DONE", 6, "requests it answered, failures included (the header's done: those ok)"),
+    ("DONE", 6, "requests it answered, failures included (and each try of a retried one)"),
     ("FAIL", 4, "requests that ended in an error on it"),
     ("CPU%", 4, "its CPU use over its last report, about a second (100 = one core)"),
     ("RSS", 6, "its resident memory (K, M, G: 1024, 1024^2, 1024^3 bytes)"),
 )
+
+
+# What the header's counts are, for --help: its "ok" is not the rows' DONE
+_HEADER_LEGEND = (
+    "header:\n"
+    "  tasks  requests queued (in the scheduler, or behind an engine's running one),\n"
+    "         running, ok (finished without error) and failed (an error, an abort, a time\n"
+    "         limit, a lost engine...), each once however often it was tried: ok is not\n"
+    "         the rows' DONE, which counts failures and every try\n\n")
 
 
 def sparkline(values, ascii=False):
@@ -319,7 +329,7 @@ def sections(snap, ascii=False, failures=5):
         f"engines: {snap['engines_alive']} alive, {snap['engines_lost']} lost"
         + (f", {snap['engines_stopped']} stopped" if snap["engines_stopped"] else "")
         + f"   tasks: {snap['queued']} queued, {snap['running']} running, "
-        f"{snap['done']} done, {snap['failed']} failed",
+        f"{snap['done']} ok, {snap['failed']} failed",
         f"rate {snap['rate']:.1f}/s  {WINDOW_S}s |{sparkline(snap['per_second'], ascii)}|",
         "",
     ]
@@ -512,8 +522,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(
         prog=f"python -m {__spec__.name if __spec__ else 'top'}",
         description="Watch a minipar cluster at work, as htop does a machine: engines,\n"
-                    "what each runs, tasks queued / running / done / failed. q quits.",
-        epilog="columns:\n" + "\n".join(f"  {name:<6} {what}" for name, _, what in _COLUMNS),
+                    "what each runs, tasks queued / running / ok / failed. q quits.",
+        epilog=_HEADER_LEGEND + "columns:\n" + "\n".join(f"  {name:<6} {what}" for name, _, what in _COLUMNS),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--file", help="the controller's minipar-client.json")
     p.add_argument("--profile", help="profile name (~/.minipar/profile_NAME)")

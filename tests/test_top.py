@@ -142,7 +142,7 @@ def test_once_json_counts_and_a_killed_engine(cluster):
     assert sum(snap["per_second"]) <= 25 and snap["controller"]["pid"] == cluster.controller.pid
     text = _top(cluster, "--once")
     assert text.returncode == 0, text.stderr
-    assert "4 alive, 0 lost" in text.stdout and "20 done, 5 failed" in text.stdout
+    assert "4 alive, 0 lost" in text.stdout and "20 ok, 5 failed" in text.stdout
     assert "ValueError: bad input" in text.stdout
 
     victim = cluster.engines[0]
@@ -190,7 +190,7 @@ def test_help_says_what_each_column_counts(local_cluster):
     """--help (and, in Jupyter, each heading's tooltip) says what each column counts and
     in which unit; MEM is named RSS, the memory it shows. Before, nothing said that FOR
     is how long the task has run, Q the requests queued on the engine, or that DONE
-    counts failures too (the header's "done" does not)."""
+    counts failures too (the header's "ok" does not)."""
     local_cluster.start_engines(1)
     rc = local_cluster.client()
     rc.wait_for_engines(1, START_TIMEOUT_S)
@@ -205,6 +205,29 @@ def test_help_says_what_each_column_counts(local_cluster):
     once = _top(local_cluster, "--once").stdout
     assert re.search(r"^ ID HOST .* CPU%\s+RSS$", once, re.M)
     assert '<th title="how long it has run its task' in rc.status()._repr_html_()
+
+
+def test_the_header_counts_ok_where_a_row_counts_answers(local_cluster):
+    """The header's count of requests that succeeded is named "ok", not "done": a row's
+    DONE counts every answer, failures included, and --help says how the two differ.
+    Before, the header's "3 done" stood over a row's DONE of 5 for the same requests."""
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    view = rc.load_balanced_view()
+    assert [view.apply_async(square, i).get(30) for i in range(3)] == [0, 1, 4]
+    for i in range(2):
+        with pytest.raises(Exception):
+            view.apply_async(fail, i).get(30)
+    out = _top(local_cluster, "--once")
+    assert out.returncode == 0, out.stderr
+    assert "tasks: 0 queued, 0 running, 3 ok, 2 failed" in out.stdout
+    assert " done" not in out.stdout.split("\n ID ")[0]   # nowhere in the header
+    assert re.search(r"^\s*0\s.*\bidle\s+-\s+5\s+2\b", out.stdout, re.M), out.stdout  # DONE, FAIL
+    assert "3 ok, 2 failed" in repr(rc.status()) and "3 ok" in rc.status()._repr_html_()
+    legend = _top(local_cluster, "--help").stdout
+    header = legend[legend.index("header:"):legend.index("columns:")]
+    assert "ok (finished without error)" in header and "DONE" in header
 
 
 def test_live_footer_with_no_engines(local_cluster):
@@ -363,8 +386,8 @@ def tmux(tmp_path):
         subprocess.run(["tmux", "-L", name, "kill-server"], capture_output=True, timeout=10)
 
 
-def _done_failed(screen):
-    m = re.search(r"(\d+) done, (\d+) failed", screen)
+def _ok_failed(screen):
+    m = re.search(r"(\d+) ok, (\d+) failed", screen)
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
@@ -391,9 +414,9 @@ def test_live_view_in_a_terminal(cluster, tmux):
     first = wait_until(busy_rows, 30, "engine rows busy running `slow`")
     assert {0, 1, 2, 3} == {int(line.split()[0]) for line in first.splitlines()
                             if re.match(r"^\s*\d+\s", line)}
-    counts = _done_failed(first)
+    counts = _ok_failed(first)
     assert counts is not None and counts[0] < 24
-    wait_until(lambda: (_done_failed(screen()) or (0, 0))[0] > counts[0], 30,
+    wait_until(lambda: (_ok_failed(screen()) or (0, 0))[0] > counts[0], 30,
            "the done count growing")
     assert [a.get(60) for a in good] == [0.4] * 24
     for a in bad:
@@ -401,8 +424,8 @@ def test_live_view_in_a_terminal(cluster, tmux):
             a.get(30)
 
     # after the workload, its exact totals, every engine idle, the failures listed
-    last = wait_until(lambda: (lambda s: s if _done_failed(s) == (24, 3) else None)(screen()),
-                  30, "the totals 24 done, 3 failed")
+    last = wait_until(lambda: (lambda s: s if _ok_failed(s) == (24, 3) else None)(screen()),
+                  30, "the totals 24 ok, 3 failed")
     last = wait_until(lambda: (lambda s: s if s.count(" idle ") == 4 else None)(screen()), 10,
                   "four idle engines")
     assert "ValueError: bad input" in last and "0 queued, 0 running" in last
