@@ -482,23 +482,34 @@ def _view(stdscr, monitor, interval, ascii):
 
 def _screen(snap, note, height, width, offset, ascii):
     """[(line, highlighted)] for a screen of `height` lines, engines from `offset`. The
+    last is the footer ("q quits..."), there at any height: above it, the header, the
+    column names, the engines and the failures. On a short screen the failures give way
+    first, then the header's blank line, the engines but one, and the header's end. The
     note (why the controller does not answer) is wrapped to `width`: its end says why."""
     note = textwrap.wrap(note, max(20, width - 3), initial_indent="! ",
                          subsequent_indent="  ")
+    room = max(0, height - 1)   # above the footer
     if snap is None:
-        return [("minipar top - waiting for the controller...", False),
-                *[(line, False) for line in note]]
+        lines = ["minipar top - waiting for the controller...", *note]
+        return [(line, False) for line in lines[:room]] + [("q quits", False)]
     head, columns, rows, tail = sections(snap, ascii)
     if note:
         head[-1:] = note
-    room = max(1, height - len(head) - 1 - len(tail) - 1)
-    shown = rows[offset:offset + room]
+    elif len(head) + 1 + bool(rows) > room:   # the blank line, for an engine's
+        head.pop()
+    above = ([(line, False) for line in head] + [(columns, True)])[:room]
+    fit = room - len(above)
+    shown = rows[offset:offset + max(min(fit, 1), fit - len(tail))]
     more = len(rows) - offset - len(shown)
-    footer = (f"q quits   arrows/PgUp/PgDn scroll   engines {offset + 1}-"
-              f"{offset + len(shown)} of {len(rows)}" + (f" ({more} more below)" if more else "")
-              if rows else "q quits   no engines registered")
-    return ([(line, False) for line in head] + [(columns, True)]
-            + [(line, False) for line in [*shown, *tail, footer]])
+    if not rows:
+        footer = "q quits   no engines registered"
+    elif not shown:
+        footer = f"q quits   {len(rows)} engines: a taller terminal shows them"
+    else:
+        footer = (f"q quits   arrows/PgUp/PgDn scroll   engines {offset + 1}-"
+                  f"{offset + len(shown)} of {len(rows)}"
+                  + (f" ({more} more below)" if more else ""))
+    return above + [(line, False) for line in [*shown, *tail[:fit - len(shown)], footer]]
 
 
 class _Note:

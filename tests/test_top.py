@@ -244,6 +244,40 @@ def test_live_footer_with_no_engines(local_cluster):
     assert footer.endswith("engines 1-1 of 1")
 
 
+def test_a_short_terminal_keeps_the_footer(local_cluster, tmux):
+    """On a terminal of a few lines the live view's last line still says that q quits,
+    and which engines it shows; the failures give way first, then engines. Before, the
+    footer was the first line cut: a 6-line terminal never said how to quit."""
+    from minipar import top
+
+    local_cluster.start_engines(2)
+    rc = local_cluster.client()
+    rc.wait_for_engines(2, START_TIMEOUT_S)
+    with pytest.raises(Exception):
+        rc.load_balanced_view().apply_async(fail, 0).get(30)
+    snap = wait_until(lambda: (lambda s: s if s["failures"] else None)(rc.status()), 10,
+                      "the failure in the snapshot")
+    for height in range(1, 20):
+        lines = top._screen(snap, "", height, 80, 0, False)
+        assert len(lines) <= height and lines[-1][0].startswith("q quits"), (height, lines)
+        rows = [line for line, _ in lines if re.match(r"^\s*\d+\s", line)]
+        shown = re.search(r"engines 1-(\d+) of 2", lines[-1][0])
+        assert (int(shown.group(1)) if shown else 0) == len(rows), (height, lines)
+    assert top._screen(snap, "", 6, 80, 0, False)[-1][0].endswith("(1 more below)")
+    assert top._screen(None, "", 1, 80, 0, False) == [("q quits", False)]
+
+    def screen():
+        return tmux("capture-pane", "-p", "-t", "t")
+
+    tmux("resize-window", "-t", "t", "-y", "6")
+    tmux("send-keys", "-t", "t", f"clear; cd {ROOT} && {sys.executable} -m minipar.top --file "
+         f"{local_cluster.client_file} --interval 0.3; echo top exited $?", "Enter")
+    wait_until(lambda: "2 alive" in screen() and "q quits" in screen(), 30,
+               "the footer on a 6-line terminal")
+    tmux("send-keys", "-t", "t", "q")
+    wait_until(lambda: "top exited 0" in screen(), 15, "the view ended by q")
+
+
 def test_a_lost_engine_row_says_since_when(local_cluster):
     """A lost engine's row shows, under FOR, how long ago it went (the snapshot's lost_s).
     Before, nothing in the text said when."""
