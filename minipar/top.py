@@ -340,6 +340,9 @@ def sections(snap, ascii=False, failures=5):
         tail = ["", "recent failures:"]
         for f in snap["failures"][-failures:]:
             tail.append(f"  {f['msg_id']}  engine {f['engine']}  {f['ename']}: {f['evalue']}")
+    if ascii:   # a host, a task's name or an error's text may hold any character: escaped
+        head, rows, tail = ([line.encode("ascii", "backslashreplace").decode("ascii")
+                             for line in lines] for lines in (head, rows, tail))
     return head, columns, rows, tail
 
 
@@ -350,10 +353,11 @@ def text(snap, ascii=False, failures=5):
 
 class Status(dict):
     """``rc.status()``: the snapshot (keys in this module's docstring), shown as
-    ``python -m minipar.top --once`` shows it, and as an HTML table in Jupyter."""
+    ``python -m minipar.top --once`` shows it (in ASCII where stdout or the locale takes
+    no UTF-8, as there), and as an HTML table in Jupyter."""
 
     def __repr__(self):
-        return text(self)
+        return text(self, ascii=_ascii())
 
     def _repr_html_(self):
         head, _, _, _ = sections(self, failures=0)
@@ -611,9 +615,10 @@ def _seconds(text):
 
 
 def _ascii():
-    """Whether to draw in ASCII only: stdout, or the terminal as the locale (set by main())
-    names its encoding, takes no UTF-8. The locale too, as in the C locale Python writes
-    UTF-8 anyway (its UTF-8 mode), which a terminal set so may not show nor curses draw."""
+    """Whether to draw in ASCII only: stdout, or the terminal as the locale (set by main(),
+    else Python's LC_CTYPE from the environment) names its encoding, takes no UTF-8. The
+    locale too, as in the C locale Python writes UTF-8 anyway (its UTF-8 mode), which a
+    terminal set so may not show nor curses draw."""
     try:
         codeset = locale.nl_langinfo(locale.CODESET)
     except AttributeError:   # Windows: no nl_langinfo (and no curses)

@@ -502,6 +502,29 @@ def test_the_c_locale_gets_ascii(local_cluster, tmux):
     tmux("send-keys", "-t", "t", "q")
 
 
+def test_status_prints_in_the_c_locale_and_to_an_ascii_stdout(local_cluster):
+    """``print(rc.status())`` in a script run with LC_ALL=C, or with PYTHONIOENCODING=ascii,
+    prints ASCII, as ``--once`` does there: the sparkline's ASCII ramp, and the characters
+    of names and errors escaped. Before, the C locale got block characters (Python's UTF-8
+    mode) and an ASCII stdout a UnicodeEncodeError."""
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    with pytest.raises(Exception, match="caf"):
+        rc[0].execute("raise ValueError('caf\u00e9 \u2603')", block=True)
+    wait_until(lambda: rc.status()["failures"], 10, "the failure in the snapshot")
+    script = (f"import minipar\nrc = minipar.Client({local_cluster.client_file!r})\n"
+              "print(rc.status())\nrc.close()\n")
+    for extra in ({"LANG": "C", "LC_ALL": "C"},
+                  {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "ascii"}):
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, cwd=ROOT,
+                             env={**_env(), **extra}, timeout=30)
+        assert out.returncode == 0, (extra, out.stderr.decode(errors="replace"))
+        assert out.stdout.isascii(), (extra, out.stdout)
+        assert b"|" + b"_" * 60 + b"|" in out.stdout and b"1 failed" in out.stdout, extra
+        assert b"ValueError: caf\\xe9 \\u2603" in out.stdout, (extra, out.stdout)
+
+
 def test_live_view_started_before_the_controller_waits_for_it(tmp_path, tmux):
     """The live view started first (as htop, then the cluster) says it waits for the
     connection file, and shows the controller once it is up. Before, it exited at once
