@@ -38,9 +38,32 @@ _LAZY = {
 }
 
 
+class _AbsentSubmodules:
+    """The finder of sys.meta_path that makes ``import minipar.util`` (ipyparallel's
+    ``ipyparallel.util``, renamed) an ImportError saying what to use instead
+    (errors.SUBMODULE_ABSENT). It is the last finder, so it is asked only about a module
+    no other found: an import that works, here or in any other package, never reaches it."""
+
+    @staticmethod
+    def find_spec(fullname, path=None, target=None):
+        package, _, name = fullname.rpartition(".")
+        why = errors.SUBMODULE_ABSENT.get(name) if package == __name__ else None
+        if why:
+            # no `name=`: with one, `from minipar import util` would swallow this error
+            # (importlib's rule for a fromlist's missing module) and say less
+            raise ModuleNotFoundError(f"No module named {fullname!r}: minipar leaves "
+                                      f"ipyparallel's {name} out on purpose: {why}")
+        return None
+
+
+# one such finder, even if this module is loaded again (importlib.reload)
+sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, "__module__", None) != __name__]
+sys.meta_path.append(_AbsentSubmodules)
+
+
 def __getattr__(name):
     if name not in _LAZY:
-        why = errors.MODULE_ABSENT.get(name)
+        why = errors.MODULE_ABSENT.get(name) or errors.SUBMODULE_ABSENT.get(name)
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}"
                              + (f": minipar leaves ipyparallel's out; {why}" if why else ""))
     value = getattr(importlib.import_module("." + _LAZY[name], __name__), name)

@@ -231,16 +231,37 @@ def _unpickle_into_namespace(namespace):
 
 
 @interactive
-def _string_task(expression, push, pull):
-    """Runs on an engine for a StringTask: push, execute, and return {name: value} of pull."""
+def _string_task(expression, push, pull, _engine_module=__package__ + ".engine"):
+    """Runs on an engine for a StringTask: push, execute, and return {name: value} of pull.
+
+    While it runs, `id` is the engine's number (pulled as a plain int), as IPython.kernel's
+    engines had it: the task document's ``Task("a = str(id)", pull=["a", "id"])``. It is
+    the builtin's, for the task only, so the namespace holds no more names than before (a
+    pushed or assigned `id` wins), and callable as the builtin too, so the task's code may
+    still call ``id(obj)``; later requests have the engine's builtins. (`_engine_module` is
+    a default, not a global: an interactive function's globals join the namespace.)"""
+    import builtins
+    import importlib
+
+    class EngineNumber(int):
+        __call__ = staticmethod(builtins.id)
+
     ns = globals()
     ns.update(push)
-    exec(compile(expression, "<StringTask>", "exec"), ns)
-    missing = [k for k in pull if k not in ns]
-    if missing:
-        raise NameError(f"name {missing[0]!r} is not defined: the task's pull names a "
-                        "variable its expression did not set")
-    return {k: ns[k] for k in pull}
+    eid = importlib.import_module(_engine_module).engine_id()
+    engine_builtins = ns["__builtins__"]
+    if eid is not None:
+        ns["__builtins__"] = dict(vars(builtins), id=EngineNumber(eid))
+    try:
+        exec(compile(expression, "<StringTask>", "exec"), ns)
+        missing = [k for k in pull if k not in ns and (k != "id" or eid is None)]
+        if missing:
+            raise NameError(f"name {missing[0]!r} is not defined: the task's pull names a "
+                            "variable its expression did not set")
+        values = {k: ns[k] if k in ns else eid for k in pull}
+        return {k: int(v) if type(v) is EngineNumber else v for k, v in values.items()}
+    finally:
+        ns["__builtins__"] = engine_builtins
 
 
 class _Mapper:

@@ -181,6 +181,15 @@ class _Properties(dict):
 # properties`). Only plain data (str, numbers, lists, dicts...) reaches the controller.
 properties = _Properties()
 
+# The engine this process runs (set by main()), for code running on it to ask its id.
+_engine = None
+
+
+def engine_id():
+    """The id of the engine running this code (None outside an engine, or before it has
+    registered): code sent to it learns where it runs, as the classic Task's ``id``."""
+    return None if _engine is None else _engine.id
+
 
 class _Interrupt(BaseException):
     """Raised in the main thread to interrupt the running request; its `reason` ("abort",
@@ -1456,6 +1465,7 @@ def _stop_waiting(signum, frame):
 
 
 def main(argv=None):
+    global _engine
     p = argparse.ArgumentParser(
         prog=f"python -m {__spec__.name if __spec__ else 'engine'}",
         description="Start a minipar engine.",
@@ -1511,9 +1521,10 @@ def main(argv=None):
     try:
         protocol.wait_for_file(path, min(args.timeout, CONNECTION_FILE_WAIT_S), log.info)
         info = protocol.read_connection_file(path, protocol.ENGINE_PORTS)
-        engine = Engine(info, work_dir=args.work_dir, startup_script=args.startup_script,
-                        startup_command=args.startup_command, registration_timeout=args.timeout,
-                        max_missed_heartbeats=args.max_missed_heartbeats)
+        engine = _engine = Engine(
+            info, work_dir=args.work_dir, startup_script=args.startup_script,
+            startup_command=args.startup_command, registration_timeout=args.timeout,
+            max_missed_heartbeats=args.max_missed_heartbeats)
         engine.start()
     except errors.MiniparError as e:
         log.error("%s", e)

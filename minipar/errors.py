@@ -266,6 +266,29 @@ MODULE_ABSENT = dict.fromkeys(
     "load_jupyter_server_extension": "there is no Jupyter server extension",
 }
 
+# ipyparallel's submodules that minipar has no module for, on purpose: their helper scripts
+# import them by path (``from ipyparallel.util import interactive``), which with the package
+# renamed is an ImportError saying what to use instead (the finder in minipar/__init__.py).
+SUBMODULE_ABSENT = {
+    "util": "its helpers are internal; util.interactive is minipar.interactive (from minipar "
+            "import interactive), and the others (disambiguate_url, utcnow...) have no "
+            "public counterpart",
+    "serialize": "minipar pickles with cloudpickle (minipar.use_pickle, use_dill and "
+                 "use_cloudpickle choose); can, uncan and serialize_object are wire "
+                 "internals (minipar.protocol)",
+    "cluster": "Cluster and ClusterManager are minipar.Cluster and minipar.ClusterManager "
+               "(in minipar.launcher); ipcluster is python -m minipar.launcher",
+    "apps": "ipcontroller, ipengine and ipcluster are python -m minipar.controller, "
+            "minipar.engine and minipar.launcher",
+    "joblib": "register the backend with view.register_joblib_backend() or "
+              "minipar.register_joblib_backend(); its class is not exported",
+    "traitlets": "minipar configures with plain keyword arguments, not traitlets",
+    "nbextension": "there is no Jupyter server extension",
+    "shellcmd": "the ssh launchers run their commands themselves (minipar.ssh)",
+    "logger": "there is no iplogger: the controller and engines log to their output "
+              "(MINIPAR_DEBUG=1: more)",
+}
+
 # ipyparallel Cluster's traitlets options that minipar's Cluster has no argument for
 CLUSTER_ABSENT = {
     "controller_ip": 'pass controller_args=["--ip", ip] ("*": every interface)',

@@ -32,7 +32,8 @@ The snapshot (``--once --json`` prints exactly this)::
     queued          requests waiting: in the scheduler, or sent to a busy engine and
                     queued there behind the one it runs
     running         requests running now (one per busy engine)
-    done            requests finished ok since the controller started
+    done            requests finished ok since the controller started (the text's "ok":
+                    an engine row's done counts failures too)
     failed          requests finished otherwise (error, aborted, timeout, engine lost...)
     rate            requests finished per second over the last RATE_WINDOW_S (10) s
     per_second      requests finished in each of the last WINDOW_S (60) whole seconds,
@@ -249,11 +250,20 @@ _COLUMNS = (
     ("TASK", 12, "what it runs: the function's name, or the request kind (execute...)"),
     ("FOR", 6, "how long it has run its task, or has been lost or stopped (<N: under N)"),
     ("Q", 3, "requests queued on it, behind the one it runs"),
-    ("DONE", 6, "requests it answered, failures included (the header's done: those ok)"),
+    ("DONE", 6, "requests it answered, failures included (and each try of a retried one)"),
     ("FAIL", 4, "requests that ended in an error on it"),
     ("CPU%", 4, "its CPU use over its last report, about a second (100 = one core)"),
     ("RSS", 6, "its resident memory (K, M, G: 1024, 1024^2, 1024^3 bytes)"),
 )
+
+
+# What the header's counts are, for --help: its "ok" is not the rows' DONE
+_HEADER_LEGEND = (
+    "header:\n"
+    "  tasks  requests queued (in the scheduler, or behind an engine's running one),\n"
+    "         running, ok (finished without error) and failed (an error, an abort, a time\n"
+    "         limit, a lost engine...), each once however often it was tried: ok is not\n"
+    "         the rows' DONE, which counts failures and every try\n\n")
 
 
 def sparkline(values, ascii=False):
@@ -319,7 +329,7 @@ def sections(snap, ascii=False, failures=5):
         f"engines: {snap['engines_alive']} alive, {snap['engines_lost']} lost"
         + (f", {snap['engines_stopped']} stopped" if snap["engines_stopped"] else "")
         + f"   tasks: {snap['queued']} queued, {snap['running']} running, "
-        f"{snap['done']} done, {snap['failed']} failed",
+        f"{snap['done']} ok, {snap['failed']} failed",
         f"rate {snap['rate']:.1f}/s  {WINDOW_S}s |{sparkline(snap['per_second'], ascii)}|",
         "",
     ]
@@ -330,6 +340,9 @@ def sections(snap, ascii=False, failures=5):
         tail = ["", "recent failures:"]
         for f in snap["failures"][-failures:]:
             tail.append(f"  {f['msg_id']}  engine {f['engine']}  {f['ename']}: {f['evalue']}")
+    if ascii:   # a host, a task's name or an error's text may hold any character: escaped
+        head, rows, tail = ([line.encode("ascii", "backslashreplace").decode("ascii")
+                             for line in lines] for lines in (head, rows, tail))
     return head, columns, rows, tail
 
 
@@ -340,10 +353,11 @@ def text(snap, ascii=False, failures=5):
 
 class Status(dict):
     """``rc.status()``: the snapshot (keys in this module's docstring), shown as
-    ``python -m minipar.top --once`` shows it, and as an HTML table in Jupyter."""
+    ``python -m minipar.top --once`` shows it (in ASCII where stdout or the locale takes
+    no UTF-8, as there), and as an HTML table in Jupyter."""
 
     def __repr__(self):
-        return text(self)
+        return text(self, ascii=_ascii())
 
     def _repr_html_(self):
         head, _, _, _ = sections(self, failures=0)
@@ -472,23 +486,34 @@ def _view(stdscr, monitor, interval, ascii):
 
 def _screen(snap, note, height, width, offset, ascii):
     """[(line, highlighted)] for a screen of `height` lines, engines from `offset`. The
+    last is the footer ("q quits..."), there at any height: above it, the header, the
+    column names, the engines and the failures. On a short screen the failures give way
+    first, then the header's blank line, the engines but one, and the header's end. The
     note (why the controller does not answer) is wrapped to `width`: its end says why."""
     note = textwrap.wrap(note, max(20, width - 3), initial_indent="! ",
                          subsequent_indent="  ")
+    room = max(0, height - 1)   # above the footer
     if snap is None:
-        return [("minipar top - waiting for the controller...", False),
-                *[(line, False) for line in note]]
+        lines = ["minipar top - waiting for the controller...", *note]
+        return [(line, False) for line in lines[:room]] + [("q quits", False)]
     head, columns, rows, tail = sections(snap, ascii)
     if note:
         head[-1:] = note
-    room = max(1, height - len(head) - 1 - len(tail) - 1)
-    shown = rows[offset:offset + room]
+    elif len(head) + 1 + bool(rows) > room:   # the blank line, for an engine's
+        head.pop()
+    above = ([(line, False) for line in head] + [(columns, True)])[:room]
+    fit = room - len(above)
+    shown = rows[offset:offset + max(min(fit, 1), fit - len(tail))]
     more = len(rows) - offset - len(shown)
-    footer = (f"q quits   arrows/PgUp/PgDn scroll   engines {offset + 1}-"
-              f"{offset + len(shown)} of {len(rows)}" + (f" ({more} more below)" if more else "")
-              if rows else "q quits   no engines registered")
-    return ([(line, False) for line in head] + [(columns, True)]
-            + [(line, False) for line in [*shown, *tail, footer]])
+    if not rows:
+        footer = "q quits   no engines registered"
+    elif not shown:
+        footer = f"q quits   {len(rows)} engines: a taller terminal shows them"
+    else:
+        footer = (f"q quits   arrows/PgUp/PgDn scroll   engines {offset + 1}-"
+                  f"{offset + len(shown)} of {len(rows)}"
+                  + (f" ({more} more below)" if more else ""))
+    return above + [(line, False) for line in [*shown, *tail[:fit - len(shown)], footer]]
 
 
 class _Note:
@@ -512,8 +537,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(
         prog=f"python -m {__spec__.name if __spec__ else 'top'}",
         description="Watch a minipar cluster at work, as htop does a machine: engines,\n"
-                    "what each runs, tasks queued / running / done / failed. q quits.",
-        epilog="columns:\n" + "\n".join(f"  {name:<6} {what}" for name, _, what in _COLUMNS),
+                    "what each runs, tasks queued / running / ok / failed. q quits.",
+        epilog=_HEADER_LEGEND + "columns:\n" + "\n".join(f"  {name:<6} {what}" for name, _, what in _COLUMNS),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--file", help="the controller's minipar-client.json")
     p.add_argument("--profile", help="profile name (~/.minipar/profile_NAME)")
@@ -590,9 +615,10 @@ def _seconds(text):
 
 
 def _ascii():
-    """Whether to draw in ASCII only: stdout, or the terminal as the locale (set by main())
-    names its encoding, takes no UTF-8. The locale too, as in the C locale Python writes
-    UTF-8 anyway (its UTF-8 mode), which a terminal set so may not show nor curses draw."""
+    """Whether to draw in ASCII only: stdout, or the terminal as the locale (set by main(),
+    else Python's LC_CTYPE from the environment) names its encoding, takes no UTF-8. The
+    locale too, as in the C locale Python writes UTF-8 anyway (its UTF-8 mode), which a
+    terminal set so may not show nor curses draw."""
     try:
         codeset = locale.nl_langinfo(locale.CODESET)
     except AttributeError:   # Windows: no nl_langinfo (and no curses)

@@ -229,6 +229,31 @@ def test_clear_before_and_after_and_push(mec, tc):
     assert mec.keys(targets=tr.engineid) == [[]]
 
 
+def test_a_tasks_id_is_its_engines_number_as_the_task_document_has_it(mec, tc):
+    """The task document's ``Task("a = str(id)", pull=["a", "id"])``: IPython.kernel's
+    engines had their number in the namespace as `id`. Before, `id` was the builtin
+    function: ``a`` was "<built-in function id>". The builtin is still what modern code
+    on the same engines calls, during the task too, and after it; the namespace gains no
+    name."""
+    ids = [tc.run(client.Task("a = str(id)", pull=["a", "id"])) for _ in range(12)]
+    tc.barrier(ids)
+    for tr in map(tc.get_task_result, ids):
+        assert tr.results == {"a": str(tr.engineid), "id": tr.engineid}, tr
+        assert type(tr["id"]) is int
+    tr = tc.run(client.Task("x = []\nsame = id(x) == id(x) and int(id) == id\nn = id + 1",
+                            pull=["same", "n"]), block=True)
+    assert tr.results == {"same": True, "n": tr.engineid + 1}
+    tr = tc.run(client.Task("names = list(globals())", pull="names", clear_before=True),
+                block=True)
+    assert [k for k in tr.ns.names if not k.startswith("__")] == []
+    # after the tasks, no `id` is left in the namespaces: code there calls the builtin
+    mec.execute("import builtins\nok = 'id' not in globals() and id is builtins.id")
+    assert mec.pull("ok") == [True] * 4
+    # one the task pushes is its own, as any pushed name
+    assert tc.run(client.Task("a = id", push={"id": "pushed"}, pull="a"), block=True).ns.a \
+        == "pushed"
+
+
 def test_map_tasks_map_and_parallel(tc):
     assert tc.run(client.MapTask(pow, args=(2, 10)), block=True) == 1024
     assert tc.run(client.MapTask(sorted, args=([3, 1, 2],), kwargs={"reverse": True}),

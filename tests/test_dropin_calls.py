@@ -573,6 +573,48 @@ def test_a_module_name_minipar_leaves_out_says_what_to_use(rc):
         ipp.nonsense
 
 
+def test_a_submodule_minipar_leaves_out_says_what_to_use(rc, tmp_path, monkeypatch):
+    """ipyparallel's helper modules import its submodules by path (``from ipyparallel.util
+    import interactive``): with the package renamed, one minipar leaves out on purpose is
+    an ImportError saying what to use instead, here and on the engines, in each form of
+    import. Before, it was a bare "No module named 'minipar.util'"."""
+    import sys
+
+    (tmp_path / "ipp_style_helpers.py").write_text(
+        "from minipar.util import interactive\n\n@interactive\ndef where():\n"
+        "    return __name__\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    advice = r"minipar leaves ipyparallel's util out on purpose: .*minipar\.interactive"
+    with pytest.raises(ModuleNotFoundError, match=advice):
+        import ipp_style_helpers   # noqa: F401
+    for statement in ("import minipar.util", "from minipar import util",
+                      "import minipar.util.more"):
+        with pytest.raises(ImportError, match=advice):
+            exec(statement, {})
+    with pytest.raises(ipp.CompositeError, match="minipar.interactive"):
+        rc[:].execute("from minipar.util import interactive", block=True)
+    with pytest.raises(ModuleNotFoundError, match=r"serialize out on purpose: .*cloudpickle"):
+        import minipar.serialize   # noqa: F401
+    with pytest.raises(AttributeError, match=r"no attribute 'util': .*minipar\.interactive"):
+        ipp.util
+    # the helper as the message says, which runs on the engines as ipyparallel's
+    (tmp_path / "ipp_style_helpers.py").write_text(
+        "from minipar import interactive\n\n@interactive\ndef where():\n"
+        "    return __name__\n")
+    sys.modules.pop("ipp_style_helpers", None)
+    import ipp_style_helpers
+
+    assert rc[:].apply_sync(ipp_style_helpers.where) == ["__main__"] * 4
+    # any other missing module, of minipar or not, is the plain error it was
+    for statement, text in (("import minipar.nonsense", "No module named 'minipar.nonsense'"),
+                            ("import no_such_module_here", "No module named "
+                                                           "'no_such_module_here'")):
+        with pytest.raises(ModuleNotFoundError) as info:
+            exec(statement, {})
+        assert str(info.value) == text
+    assert sys.meta_path[-1].__module__ == "minipar"   # asked only once all others failed
+
+
 def test_an_engine_imports_from_the_folder_it_is_in_as_ipyparallels(rc, tmp_path,
                                                                      monkeypatch):
     """ipyparallel's engines put '' on sys.path, so its word count example moves them to

@@ -142,7 +142,7 @@ def test_once_json_counts_and_a_killed_engine(cluster):
     assert sum(snap["per_second"]) <= 25 and snap["controller"]["pid"] == cluster.controller.pid
     text = _top(cluster, "--once")
     assert text.returncode == 0, text.stderr
-    assert "4 alive, 0 lost" in text.stdout and "20 done, 5 failed" in text.stdout
+    assert "4 alive, 0 lost" in text.stdout and "20 ok, 5 failed" in text.stdout
     assert "ValueError: bad input" in text.stdout
 
     victim = cluster.engines[0]
@@ -190,7 +190,7 @@ def test_help_says_what_each_column_counts(local_cluster):
     """--help (and, in Jupyter, each heading's tooltip) says what each column counts and
     in which unit; MEM is named RSS, the memory it shows. Before, nothing said that FOR
     is how long the task has run, Q the requests queued on the engine, or that DONE
-    counts failures too (the header's "done" does not)."""
+    counts failures too (the header's "ok" does not)."""
     local_cluster.start_engines(1)
     rc = local_cluster.client()
     rc.wait_for_engines(1, START_TIMEOUT_S)
@@ -207,6 +207,29 @@ def test_help_says_what_each_column_counts(local_cluster):
     assert '<th title="how long it has run its task' in rc.status()._repr_html_()
 
 
+def test_the_header_counts_ok_where_a_row_counts_answers(local_cluster):
+    """The header's count of requests that succeeded is named "ok", not "done": a row's
+    DONE counts every answer, failures included, and --help says how the two differ.
+    Before, the header's "3 done" stood over a row's DONE of 5 for the same requests."""
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    view = rc.load_balanced_view()
+    assert [view.apply_async(square, i).get(30) for i in range(3)] == [0, 1, 4]
+    for i in range(2):
+        with pytest.raises(Exception):
+            view.apply_async(fail, i).get(30)
+    out = _top(local_cluster, "--once")
+    assert out.returncode == 0, out.stderr
+    assert "tasks: 0 queued, 0 running, 3 ok, 2 failed" in out.stdout
+    assert " done" not in out.stdout.split("\n ID ")[0]   # nowhere in the header
+    assert re.search(r"^\s*0\s.*\bidle\s+-\s+5\s+2\b", out.stdout, re.M), out.stdout  # DONE, FAIL
+    assert "3 ok, 2 failed" in repr(rc.status()) and "3 ok" in rc.status()._repr_html_()
+    legend = _top(local_cluster, "--help").stdout
+    header = legend[legend.index("header:"):legend.index("columns:")]
+    assert "ok (finished without error)" in header and "DONE" in header
+
+
 def test_live_footer_with_no_engines(local_cluster):
     """The live view's last line, for a controller with no engine yet, says so. Before,
     it read "engines 1-0 of 0"."""
@@ -219,6 +242,40 @@ def test_live_footer_with_no_engines(local_cluster):
     rc.wait_for_engines(1, START_TIMEOUT_S)
     footer, _ = top._screen(rc.status(), "", 40, 100, 0, False)[-1]
     assert footer.endswith("engines 1-1 of 1")
+
+
+def test_a_short_terminal_keeps_the_footer(local_cluster, tmux):
+    """On a terminal of a few lines the live view's last line still says that q quits,
+    and which engines it shows; the failures give way first, then engines. Before, the
+    footer was the first line cut: a 6-line terminal never said how to quit."""
+    from minipar import top
+
+    local_cluster.start_engines(2)
+    rc = local_cluster.client()
+    rc.wait_for_engines(2, START_TIMEOUT_S)
+    with pytest.raises(Exception):
+        rc.load_balanced_view().apply_async(fail, 0).get(30)
+    snap = wait_until(lambda: (lambda s: s if s["failures"] else None)(rc.status()), 10,
+                      "the failure in the snapshot")
+    for height in range(1, 20):
+        lines = top._screen(snap, "", height, 80, 0, False)
+        assert len(lines) <= height and lines[-1][0].startswith("q quits"), (height, lines)
+        rows = [line for line, _ in lines if re.match(r"^\s*\d+\s", line)]
+        shown = re.search(r"engines 1-(\d+) of 2", lines[-1][0])
+        assert (int(shown.group(1)) if shown else 0) == len(rows), (height, lines)
+    assert top._screen(snap, "", 6, 80, 0, False)[-1][0].endswith("(1 more below)")
+    assert top._screen(None, "", 1, 80, 0, False) == [("q quits", False)]
+
+    def screen():
+        return tmux("capture-pane", "-p", "-t", "t")
+
+    tmux("resize-window", "-t", "t", "-y", "6")
+    tmux("send-keys", "-t", "t", f"clear; cd {ROOT} && {sys.executable} -m minipar.top --file "
+         f"{local_cluster.client_file} --interval 0.3; echo top exited $?", "Enter")
+    wait_until(lambda: "2 alive" in screen() and "q quits" in screen(), 30,
+               "the footer on a 6-line terminal")
+    tmux("send-keys", "-t", "t", "q")
+    wait_until(lambda: "top exited 0" in screen(), 15, "the view ended by q")
 
 
 def test_a_lost_engine_row_says_since_when(local_cluster):
@@ -363,8 +420,8 @@ def tmux(tmp_path):
         subprocess.run(["tmux", "-L", name, "kill-server"], capture_output=True, timeout=10)
 
 
-def _done_failed(screen):
-    m = re.search(r"(\d+) done, (\d+) failed", screen)
+def _ok_failed(screen):
+    m = re.search(r"(\d+) ok, (\d+) failed", screen)
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
@@ -391,9 +448,9 @@ def test_live_view_in_a_terminal(cluster, tmux):
     first = wait_until(busy_rows, 30, "engine rows busy running `slow`")
     assert {0, 1, 2, 3} == {int(line.split()[0]) for line in first.splitlines()
                             if re.match(r"^\s*\d+\s", line)}
-    counts = _done_failed(first)
+    counts = _ok_failed(first)
     assert counts is not None and counts[0] < 24
-    wait_until(lambda: (_done_failed(screen()) or (0, 0))[0] > counts[0], 30,
+    wait_until(lambda: (_ok_failed(screen()) or (0, 0))[0] > counts[0], 30,
            "the done count growing")
     assert [a.get(60) for a in good] == [0.4] * 24
     for a in bad:
@@ -401,8 +458,8 @@ def test_live_view_in_a_terminal(cluster, tmux):
             a.get(30)
 
     # after the workload, its exact totals, every engine idle, the failures listed
-    last = wait_until(lambda: (lambda s: s if _done_failed(s) == (24, 3) else None)(screen()),
-                  30, "the totals 24 done, 3 failed")
+    last = wait_until(lambda: (lambda s: s if _ok_failed(s) == (24, 3) else None)(screen()),
+                  30, "the totals 24 ok, 3 failed")
     last = wait_until(lambda: (lambda s: s if s.count(" idle ") == 4 else None)(screen()), 10,
                   "four idle engines")
     assert "ValueError: bad input" in last and "0 queued, 0 running" in last
@@ -443,6 +500,29 @@ def test_the_c_locale_gets_ascii(local_cluster, tmux):
     wait_until(lambda: "0 alive, 0 lost" in screen(), 30,
                "the live view with LANG naming a locale not installed")
     tmux("send-keys", "-t", "t", "q")
+
+
+def test_status_prints_in_the_c_locale_and_to_an_ascii_stdout(local_cluster):
+    """``print(rc.status())`` in a script run with LC_ALL=C, or with PYTHONIOENCODING=ascii,
+    prints ASCII, as ``--once`` does there: the sparkline's ASCII ramp, and the characters
+    of names and errors escaped. Before, the C locale got block characters (Python's UTF-8
+    mode) and an ASCII stdout a UnicodeEncodeError."""
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    with pytest.raises(Exception, match="caf"):
+        rc[0].execute("raise ValueError('caf\u00e9 \u2603')", block=True)
+    wait_until(lambda: rc.status()["failures"], 10, "the failure in the snapshot")
+    script = (f"import minipar\nrc = minipar.Client({local_cluster.client_file!r})\n"
+              "print(rc.status())\nrc.close()\n")
+    for extra in ({"LANG": "C", "LC_ALL": "C"},
+                  {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "ascii"}):
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, cwd=ROOT,
+                             env={**_env(), **extra}, timeout=30)
+        assert out.returncode == 0, (extra, out.stderr.decode(errors="replace"))
+        assert out.stdout.isascii(), (extra, out.stdout)
+        assert b"|" + b"_" * 60 + b"|" in out.stdout and b"1 failed" in out.stdout, extra
+        assert b"ValueError: caf\\xe9 \\u2603" in out.stdout, (extra, out.stdout)
 
 
 def test_live_view_started_before_the_controller_waits_for_it(tmp_path, tmux):
