@@ -538,7 +538,8 @@ def main(argv=None):
         prog=f"python -m {__spec__.name if __spec__ else 'top'}",
         description="Watch a minipar cluster at work, as htop does a machine: engines,\n"
                     "what each runs, tasks queued / running / ok / failed. q quits.",
-        epilog=_HEADER_LEGEND + "columns:\n" + "\n".join(f"  {name:<6} {what}" for name, _, what in _COLUMNS),
+        epilog=_HEADER_LEGEND + "columns:\n"
+        + "\n".join(f"  {name:<6} {what}" for name, _, what in _COLUMNS),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--file", help="the controller's minipar-client.json")
     p.add_argument("--profile", help="profile name (~/.minipar/profile_NAME)")
