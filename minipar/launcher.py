@@ -945,9 +945,9 @@ class Cluster:
         `cluster_id`, the one running cluster there (an error names them if there are
         several). Without `profile` and `profile_dir`, every folder in $MINIPAR_DIR is
         searched (ipyparallel: the default profile), so ``Cluster(n=2)`` is found too.
-        Launchers whose resources are gone are dropped (`controller` becomes None).
-        The returned Cluster does not stop anything when this process exits.
-        """
+        Launchers whose resources are gone are dropped (`controller` becomes None), but an
+        ssh set that left files on hosts is kept, ended, for stop(). The returned Cluster
+        does not stop anything when this process exits."""
         if cluster_file is None:
             cluster_file = find_cluster_file(profile=profile, profile_dir=profile_dir,
                                              cluster_id=cluster_id)
@@ -1395,7 +1395,7 @@ def _describe(cluster):
     ctl = cluster.controller
     ctl = f"pid {ctl.pid}" if ctl is not None and getattr(ctl, "pid", None) else (
         ctl.state if ctl is not None else "stale" if not cluster._is_running() else "stopped")
-    n = sum(e.n for e in cluster.engines.values())
+    n = sum(e.n for e in cluster.engines.values() if e.running)
     return f"{cluster.cluster_id}\t{ctl}\t{n}\t{cluster.profile_dir}"
 
 
@@ -1508,8 +1508,8 @@ def _cmd_clean(args):
             os.remove(path)
             said.append(f"removed unreadable cluster file {path}")
             continue
-        if not cluster._is_running():
-            cluster._remove_files()
+        if not cluster._is_running():   # stopped: what an ended set left on hosts goes too
+            cluster.stop_cluster_sync()
             said.append(f"removed cluster {cluster.cluster_id} ({path})")
     print("\n".join(said) or "nothing to clean: no files of stopped clusters in "
           f"{_searched(args.profile, args.profile_dir)}")

@@ -339,6 +339,14 @@ class SSHEngineSetLauncher(EngineSetLauncher):
         self.notify_start({"hosts": {h: c for h, (c, _) in hosts.items()}})
         self._watch_children()
 
+    def _reconstruct(self):
+        # Its engines gone, their engine files still on the hosts (its owner was killed, and
+        # the controller stopped the engines): an ended set, not none, so that stop() (the
+        # controller's `launcher stop`, or `launcher clean`) still removes those files.
+        if self._children or not self.sent_files:
+            return super()._reconstruct()
+        self.notify_stop(self._stop_data())
+
     def _stop_children(self):
         # SIGTERM everywhere first, then wait: hosts stop in parallel
         threads = [threading.Thread(target=c.stop) for c in self._children]
