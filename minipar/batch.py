@@ -40,7 +40,8 @@ import threading
 import time
 
 from .launcher import (BEFORE, RUNNING, BaseLauncher, ControllerLauncher, EngineLauncher,
-                       LauncherError, NotRunning, _read_text, _not_installed)
+                       LauncherError, NotRunning, _not_installed, _read_text,
+                       _signals_deferred)
 
 log = logging.getLogger(__name__)
 
@@ -172,14 +173,17 @@ class BatchSystemLauncher(BaseLauncher):
         with open(self.batch_file, "w") as f:
             f.write(script)
         os.chmod(self.batch_file, 0o700)
-        r = (self._run(self.submit_command, stdin=script) if self.submit_stdin
-             else self._run([*self.submit_command, self.batch_file]))
-        if r.returncode:
-            raise LauncherError(f"{shlex.join(self.submit_command)} {self.batch_file} failed "
-                                f"({r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
-        self.job_id = self.parse_job_id(r.stdout + r.stderr)
-        self.notify_start({"job_id": self.job_id})
-        self._watch()
+        # A Ctrl-C would kill the submit command once the job may be queued, its id unread:
+        # it waits until this launcher runs (at most the submit's timeout), so stop() deletes it
+        with _signals_deferred():
+            r = (self._run(self.submit_command, stdin=script) if self.submit_stdin
+                 else self._run([*self.submit_command, self.batch_file]))
+            if r.returncode:
+                raise LauncherError(f"{shlex.join(self.submit_command)} {self.batch_file} failed "
+                                    f"({r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
+            self.job_id = self.parse_job_id(r.stdout + r.stderr)
+            self.notify_start({"job_id": self.job_id})
+            self._watch()
 
     def _watch(self):
         # executes in the watcher thread: the job has ended when the status says so

@@ -161,6 +161,24 @@ def _kill(pid, sig):
         os.kill(pid, sig)
 
 
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold a Ctrl-C (SIGINT; SIGTERM where Python handles it) until the block ends, then raise
+    it: one inside subprocess.Popen, after the fork, would lose the pid of a child that runs."""
+    main = threading.current_thread() is threading.main_thread()   # the one running handlers
+    held, handlers = [], {}
+    for sig in (signal.SIGINT, signal.SIGTERM) if main else ():
+        if callable(signal.getsignal(sig)):   # not SIG_DFL or SIG_IGN: Python code
+            handlers[sig] = signal.signal(sig, lambda *args: held.append(args))
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        if held:
+            handlers[held[0][0]](*held[0])
+
+
 def _wait_pids(pids, deadline):
     while True:
         alive = [p for p in pids if protocol.pid_alive(p)]
@@ -195,8 +213,7 @@ def _python_path():
     """PYTHONPATH that lets a child `python -m <pkg>.engine` import this very package.
 
     The folder holding the top-level package comes first, so a vendored copy
-    (``myproject._vendor.minipar``) is found even when the child's cwd differs.
-    """
+    (``myproject._vendor.minipar``) is found even when the child's cwd differs."""
     root = os.path.dirname(os.path.abspath(__file__))
     for _ in _PKG.split("."):
         root = os.path.dirname(root)
@@ -274,9 +291,7 @@ class BaseLauncher:
         self.program_args = [str(a) for a in program_args]
         self.env = dict(env or {})
         self.stop_timeout = stop_timeout
-        self.state = BEFORE
-        self.stop_data = None
-        self.output_file = None
+        self.state, self.stop_data, self.output_file = BEFORE, None, None
         self._stop_callbacks = []
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -382,6 +397,10 @@ class BaseLauncher:
     # -- shared helpers
 
     @property
+    def program_and_args(self):   # `program`: the role's (controller, engine)
+        return [*self.program, "--profile-dir", self.profile_dir, *self.program_args]
+
+    @property
     def log_dir(self):
         d = os.path.join(self.profile_dir, "log")
         os.makedirs(d, exist_ok=True)
@@ -401,10 +420,6 @@ class ControllerLauncher(BaseLauncher):
     program = (sys.executable, "-m", f"{_PKG}.controller")
 
     @property
-    def program_and_args(self):
-        return [*self.program, "--profile-dir", self.profile_dir, *self.program_args]
-
-    @property
     def connection_file(self):
         return os.path.join(self.profile_dir, "security", protocol.CLIENT_FILE)
 
@@ -415,10 +430,6 @@ class EngineLauncher(BaseLauncher):
     program = (sys.executable, "-m", f"{_PKG}.engine")
     _state = ("n",)
     n = 0  # how many engines start() started
-
-    @property
-    def program_and_args(self):
-        return [*self.program, "--profile-dir", self.profile_dir, *self.program_args]
 
     @staticmethod
     def _default_n(n):
@@ -436,11 +447,8 @@ class LocalProcessLauncher(BaseLauncher):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.pid = None
-        self.pid_start = None
+        self.pid = self.pid_start = self.process = self._watcher = None
         self.args = []
-        self.process = None
-        self._watcher = None
 
     def find_args(self):
         """The command line: the role's program (mpiexec and ssh launchers wrap it)."""
@@ -450,19 +458,20 @@ class LocalProcessLauncher(BaseLauncher):
         self._check_state(BEFORE, "start")
         self.args = [str(a) for a in self.find_args()]
         self.output_file = self._output_path(self.role)
-        with open(self.output_file, "ab") as out:
-            # own session: the user's Ctrl-C goes to the user's process, which stops us in order
+        # own session: the user's Ctrl-C goes to the user's process, which stops us in order;
+        # it comes once this launcher runs, watched (not inside Popen), so stop() finds us
+        with _signals_deferred(), open(self.output_file, "ab") as out:
             try:
                 self.process = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=out,
                                                 stderr=subprocess.STDOUT, env=self._child_env(),
                                                 start_new_session=True)
             except FileNotFoundError:
                 raise LauncherError(_not_installed(self, self.args[0])) from None
-        self.pid = self.process.pid
-        self.pid_start = protocol.proc_stat(self.pid, 19)
-        log.debug("started %s (pid %s): %s", self.role, self.pid, shlex.join(self.args))
-        self.notify_start({"pid": self.pid})
-        self._watch(self.process.wait)
+            self.pid = self.process.pid
+            self.pid_start = protocol.proc_stat(self.pid, 19)
+            log.debug("started %s (pid %s): %s", self.role, self.pid, shlex.join(self.args))
+            self.notify_start({"pid": self.pid})
+            self._watch(self.process.wait)
 
     def _watch(self, waiter):
         # executes in the watcher thread until the process ends
@@ -558,8 +567,7 @@ class EngineSetLauncher(EngineLauncher):
         if restart not in RESTART_POLICIES:
             raise ValueError(f"restart={restart!r}: use one of {RESTART_POLICIES}")
         self.restart = restart
-        self.restarts = 0
-        self._children = []
+        self.restarts, self._children = 0, []
         self._stopping = threading.Event()  # set by stop(): from then on nothing restarts
         self._restart_lock = threading.Lock()
         self._failed_starts = 0         # engines in a row that ended before registering
@@ -654,7 +662,7 @@ class EngineSetLauncher(EngineLauncher):
             c._join()
 
     def stop(self):
-        if self.state == BEFORE:
+        if self.state == BEFORE and not self._children:   # children: start() was interrupted
             return None
         with self._restart_lock:
             self._stopping.set()
@@ -682,9 +690,8 @@ class LocalEngineSetLauncher(EngineSetLauncher):
         self.n = self._default_n(n)
         try:
             for _ in range(self.n):
-                child = self._new_child()
-                child.start()
-                self._children.append(child)
+                self._children.append(self._new_child())   # first: a Ctrl-C in start() finds it
+                self._children[-1].start()
         except BaseException:
             self._stop_children()
             raise
@@ -700,8 +707,7 @@ class MPILauncher(LocalProcessLauncher):
 
     Signals to mpiexec reach every rank (OpenMPI turns SIGINT into SIGTERM). Ranks may
     run in their own process groups and survive a SIGKILLed mpiexec, which is why stop()
-    finds them as mpiexec's descendants before signalling (see terminate_pids).
-    """
+    finds them as mpiexec's descendants before signalling (see terminate_pids)."""
 
     kind = "mpi"
     _options = ("mpi_cmd", "mpi_args")
@@ -779,12 +785,10 @@ def find_launcher_class(name, role):
 # ssh and batch-system launchers live in ssh.py and batch.py, which import this module;
 # their names are still found here (short names, cluster files written before the move)
 # on first use, so importing this module never imports them
-_MOVED = {
-    "batch": ("BatchSystemLauncher", "BatchControllerLauncher", "BatchEngineSetLauncher",
-              *(f"{system}{role}Launcher" for system in ("Slurm", "PBS", "SGE", "LSF")
-                for role in ("", "Controller", "EngineSet"))),
-    "ssh": ("SSHLauncher", "SSHEngineLauncher", "SSHControllerLauncher", "SSHEngineSetLauncher"),
-}
+_MOVED = {"batch": ("BatchSystemLauncher", "BatchControllerLauncher", "BatchEngineSetLauncher",
+                    *(f"{system}{role}Launcher" for system in ("Slurm", "PBS", "SGE", "LSF")
+                      for role in ("", "Controller", "EngineSet"))),
+          "ssh": tuple(f"SSH{role}Launcher" for role in ("", "Engine", "Controller", "EngineSet"))}
 
 
 def __getattr__(name):
@@ -925,8 +929,7 @@ class Cluster:
 
     def _is_running(self):
         """Whether the controller or an engine set of this cluster still runs."""
-        return (self.controller is not None and self.controller.state != AFTER) or \
-            any(e.state != AFTER for e in self.engines.values())
+        return any(x.running for x in [self.controller, *self.engines.values()] if x is not None)
 
     def _update_cluster_file(self):
         # the file describes a running cluster; once nothing runs, it goes (as ipyparallel)
@@ -942,9 +945,9 @@ class Cluster:
         `cluster_id`, the one running cluster there (an error names them if there are
         several). Without `profile` and `profile_dir`, every folder in $MINIPAR_DIR is
         searched (ipyparallel: the default profile), so ``Cluster(n=2)`` is found too.
-        Launchers whose resources are gone are dropped (`controller` becomes None).
-        The returned Cluster does not stop anything when this process exits.
-        """
+        Launchers whose resources are gone are dropped (`controller` becomes None), but an
+        ssh set that left files on hosts is kept, ended, for stop(). The returned Cluster
+        does not stop anything when this process exits."""
         if cluster_file is None:
             cluster_file = find_cluster_file(profile=profile, profile_dir=profile_dir,
                                              cluster_id=cluster_id)
@@ -994,9 +997,9 @@ class Cluster:
         self.controller = cls(profile_dir=self.profile_dir, cluster_id=self.cluster_id,
                               program_args=args, **options)
         started = time.time()
-        self.controller.start()
-        self._write_cluster_file()
         try:
+            self.controller.start()
+            self._write_cluster_file()
             self._wait_for_connection_file(started)
         except BaseException:
             self.controller.stop()
@@ -1046,8 +1049,12 @@ class Cluster:
                        program_args=self.engine_args, **options)
         while engine_set_id is None or engine_set_id in self.engines:
             engine_set_id = _unique_id()
-        launcher.start(n)
-        self.engines[engine_set_id] = launcher
+        self.engines[engine_set_id] = launcher   # first: a Ctrl-C in start() finds it
+        try:
+            launcher.start(n)
+        except BaseException:
+            self.stop_engines_sync(engine_set_id)
+            raise
         self._update_cluster_file()
         return engine_set_id
 
@@ -1384,17 +1391,11 @@ def held_profile_message(info, profile_dir):
 # ---------------------------------------------------------------- python -m <pkg>.launcher
 
 
-def _stale(cluster):
-    """Nothing of `cluster` (from Cluster.from_file) runs, yet its file is left (its owner
-    was killed, say, and its controller stopped it: --owner)."""
-    return cluster.controller is None and not cluster.engines
-
-
 def _describe(cluster):
     ctl = cluster.controller
     ctl = f"pid {ctl.pid}" if ctl is not None and getattr(ctl, "pid", None) else (
-        ctl.state if ctl is not None else "stale" if _stale(cluster) else "stopped")
-    n = sum(e.n for e in cluster.engines.values())
+        ctl.state if ctl is not None else "stale" if not cluster._is_running() else "stopped")
+    n = sum(e.n for e in cluster.engines.values() if e.running)
     return f"{cluster.cluster_id}\t{ctl}\t{n}\t{cluster.profile_dir}"
 
 
@@ -1482,7 +1483,7 @@ def _cmd_list(args):
         except _UNREADABLE as e:
             log.warning("unreadable cluster file %s: %s", path, e)
             continue
-        stale += _stale(cluster)
+        stale += not cluster._is_running()   # its owner was killed, say (and --owner)
         if cluster.controller is not None:   # a profile holds one controller: this one
             held.add(os.path.abspath(cluster.profile_dir))
         print(_describe(cluster))
@@ -1507,8 +1508,8 @@ def _cmd_clean(args):
             os.remove(path)
             said.append(f"removed unreadable cluster file {path}")
             continue
-        if _stale(cluster):
-            cluster._remove_files()
+        if not cluster._is_running():   # stopped: what an ended set left on hosts goes too
+            cluster.stop_cluster_sync()
             said.append(f"removed cluster {cluster.cluster_id} ({path})")
     print("\n".join(said) or "nothing to clean: no files of stopped clusters in "
           f"{_searched(args.profile, args.profile_dir)}")

@@ -102,17 +102,18 @@ class SSHLauncher(LocalProcessLauncher):
     def find_args(self):
         return self.ssh(self.remote_command())
 
+    def _read_remote_pid(self):
+        m = re.search(r"minipar-remote-pid (\d+)", self.get_output())
+        if m:
+            self.remote_pid = int(m.group(1))
+        return self.remote_pid
+
     def start(self):
         LocalProcessLauncher.start(self)
         deadline = time.monotonic() + SEND_TIMEOUT_S  # the pid comes before the program runs
-        while self.remote_pid is None and self.state == RUNNING:
-            m = re.search(r"minipar-remote-pid (\d+)", self.get_output())
-            if m:
-                self.remote_pid = int(m.group(1))
-            elif time.monotonic() > deadline:
-                break
-            else:
-                time.sleep(0.05)
+        while (self._read_remote_pid() is None and self.state == RUNNING
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
         if self.remote_pid is None:
             out, silent = self.get_output(), self.state == RUNNING
             self.stop()
@@ -150,7 +151,9 @@ class SSHLauncher(LocalProcessLauncher):
     def stop(self):
         if self.state == BEFORE:
             return None
-        if self.state == RUNNING and self.remote_pid is not None:   # else only the local ssh
+        # the pid may have come after a Ctrl-C ended start()'s wait for it; without it,
+        # only the local ssh can be stopped
+        if self.state == RUNNING and self._read_remote_pid() is not None:
             self.remote_kill(signal.SIGTERM)
             if not self.wait(self.stop_timeout):
                 log.warning("%s on %s (pid %s) ignored SIGTERM; sending SIGKILL",
@@ -290,9 +293,8 @@ class SSHEngineSetLauncher(EngineSetLauncher):
         return os.path.join(rdir, f"minipar-engine-{self.cluster_id or 'default'}-"
                                   f"{secrets.token_hex(3)}.json")
 
-    def _send(self, host):
-        """Copy the engine file to `host`; its remote path."""
-        remote = self._remote_file()
+    def _send(self, host, remote):
+        """Copy the engine file to `host`, at `remote`."""
         local = os.path.join(self.profile_dir, "security", protocol.ENGINE_FILE)
         env = {**os.environ, **self.env}
         mkdir = f"umask 077; mkdir -p {shlex.quote(os.path.dirname(remote))}"
@@ -307,7 +309,6 @@ class SSHEngineSetLauncher(EngineSetLauncher):
             if r.returncode:
                 raise LauncherError(f"sending the engine file to {host} failed: "
                                     f"{shlex.join(cmd)}: {r.stderr.strip()}")
-        return remote
 
     def start(self, n=None):
         self._check_state(BEFORE, "start")
@@ -316,8 +317,9 @@ class SSHEngineSetLauncher(EngineSetLauncher):
         try:
             for host, (count, args) in hosts.items():
                 env, file = dict(self.env), None
-                if self.connection == "scp":
-                    file = self.sent_files[host] = self._send(host)
+                if self.connection == "scp":   # recorded first: a Ctrl-C in scp leaves no file
+                    file = self.sent_files[host] = self._remote_file()
+                    self._send(host, file)
                 elif self.connection == "env":
                     path = os.path.join(self.profile_dir, "security", protocol.ENGINE_FILE)
                     with open(path) as f:
@@ -327,8 +329,8 @@ class SSHEngineSetLauncher(EngineSetLauncher):
                     child = self._child(host, args, file, env)
                     if self.connection == "env":
                         child.ssh_args = [*child.ssh_args, "-o", "SendEnv=MINIPAR_CONNECTION_INFO"]
+                    self._children.append(child)   # first: a Ctrl-C in start() finds it
                     child.start()
-                    self._children.append(child)
                     if self.connection == "env":   # written there by the engine's shell now
                         self.sent_files[host] = file
         except BaseException:
@@ -336,6 +338,14 @@ class SSHEngineSetLauncher(EngineSetLauncher):
             raise
         self.notify_start({"hosts": {h: c for h, (c, _) in hosts.items()}})
         self._watch_children()
+
+    def _reconstruct(self):
+        # Its engines gone, their engine files still on the hosts (its owner was killed, and
+        # the controller stopped the engines): an ended set, not none, so that stop() (the
+        # controller's `launcher stop`, or `launcher clean`) still removes those files.
+        if self._children or not self.sent_files:
+            return super()._reconstruct()
+        self.notify_stop(self._stop_data())
 
     def _stop_children(self):
         # SIGTERM everywhere first, then wait: hosts stop in parallel

@@ -218,6 +218,64 @@ def test_ctrl_c_before_start_is_ready_stops_what_it_started_without_a_traceback(
     wait_until(lambda: not alive(pid), 30, "the stuck controller to be stopped")
 
 
+# A script whose Ctrl-C lands inside subprocess.Popen, right after the fork of its process
+# number argv[2] (1: the controller, 5: the 4th of 8 engines), where Popen has not yet
+# returned the pid; it stops the cluster and prints whether the KeyboardInterrupt came.
+_CTRL_C_IN_POPEN = """
+import json, os, signal, sys
+from minipar import Cluster
+forks = 0
+
+def ctrl_c_after_fork(frame, event, arg):
+    global forks
+    if event == "c_return" and getattr(arg, "__name__", "") == "fork_exec":
+        forks += 1
+        if forks == int(sys.argv[2]):
+            sys.setprofile(None)
+            os.kill(os.getpid(), signal.SIGINT)
+
+cluster = Cluster(n=8, profile_dir=sys.argv[1], controller_args=%r)
+sys.setprofile(ctrl_c_after_fork)
+try:
+    cluster.start_cluster_sync()
+    interrupted = False
+except KeyboardInterrupt:
+    interrupted = True
+sys.setprofile(None)
+cluster.stop_cluster_sync()
+print(json.dumps({"interrupted": interrupted, "forks": forks}), flush=True)
+"""
+
+
+def _processes_naming(text):
+    """The pids of the processes whose command line holds `text`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if entry.isdigit() and text in f.read().decode(errors="replace"):
+                    found.append(int(entry))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("fork", [1, 5])
+def test_ctrl_c_while_processes_start_leaves_none_running(pids, tmp_path, fork):
+    # was: the pid of the process being started was lost inside Popen, so stop() missed it
+    # and it ran on (an engine until it gave up on its controller; the controller until
+    # it saw its owner gone)
+    prof = str(tmp_path / "p")
+    out = subprocess.run([sys.executable, "-c", _CTRL_C_IN_POPEN % (CTL_ARGS,), prof, str(fork)],
+                         env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True,
+                         text=True, timeout=90)
+    left = _processes_naming(prof)
+    pids.add(*left)
+    assert out.stdout.startswith("{"), out.stdout + out.stderr
+    assert json.loads(out.stdout) == {"interrupted": True, "forks": fork}, out.stdout
+    assert left == [], f"processes of the cluster left running: {left}"
+
+
 def test_engines_that_exit_raise_with_their_output(pids):
     cluster = Cluster(n=2, engine_args=["--no-such-flag"], controller_args=CTL_ARGS)
     with pytest.raises(launcher.EngineStartError) as e:

@@ -202,6 +202,69 @@ def test_ssh_controller_and_engines(pids, tmp_path):
     run_cluster_through_cli(pids, cluster, 1, fetched)
 
 
+def _kill_ssh_starter(pids, tmp_path, connection, shutdown_atexit=True):
+    """Start a script in ``with Cluster(engines="ssh")``, SIGKILL it once its engine runs;
+    the engine file sent to the "host" is checked to be there. The pids of the cluster."""
+    prof, remote = tmp_path / "p", tmp_path / "remote-profile"
+    options = {"engines": {"127.0.0.1": 1}, "ssh_args": ["-F", SSH_CONFIG],
+               "remote_profile_dir": str(remote), "connection": connection}
+    script = (f"import json, os, time\nfrom minipar.launcher import Cluster\n"
+              f"with Cluster(n=1, engines='ssh', profile_dir={str(prof)!r}, "
+              f"controller_args={CTL_ARGS!r}, engine_options={options!r}, "
+              f"shutdown_atexit={shutdown_atexit!r}) as rc:\n"
+              f"    print(json.dumps(rc[:].apply_sync(os.getpid)), flush=True)\n"
+              f"    time.sleep(600)\n")
+    p = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=ROOT),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pids.add(p.pid)
+    try:
+        line = p.stdout.readline()
+        assert line.startswith("["), line + p.stdout.read()
+        info = json.load(open(prof / "security" / "minipar-client.json"))
+        pids.add(*json.loads(line), info["pid"])
+        assert _engine_files(remote)
+    finally:
+        p.kill()
+        p.wait(20)
+        p.stdout.close()
+    return [*json.loads(line), info["pid"]]
+
+
+def _engine_files(profile_dir):
+    return [f for f in os.listdir(profile_dir / "security") if f.endswith(".json")]
+
+
+@needs_ssh
+@pytest.mark.parametrize("connection", ["scp", "env"])
+def test_ssh_engine_file_of_a_script_killed_by_sigkill_is_removed(pids, tmp_path, connection):
+    """`kill -9` of the script: the controller (--owner) stops the engines and has
+    `launcher stop` stop the cluster, which finds the engines gone and still removes the
+    engine file it sent to the host (was: left there)."""
+    _kill_ssh_starter(pids, tmp_path, connection)
+    wait_until(lambda: not [f for f in os.listdir(tmp_path / "p" / "security")
+                            if f.startswith("cluster-")],
+               60, "the cluster file removed by `launcher stop`")
+    assert pids.wait_gone(20) == []
+    assert _engine_files(tmp_path / "remote-profile") == []
+
+
+@needs_ssh
+def test_ssh_engine_file_of_a_cluster_killed_outright_goes_with_clean(pids, tmp_path):
+    """The script, its controller and engine killed (a reboot): nothing runs `launcher
+    stop`; the cluster is listed as stale, and `launcher clean` removes the engine file on
+    the host too (was: only the cluster file here)."""
+    for pid in _kill_ssh_starter(pids, tmp_path, "scp", shutdown_atexit=False):
+        os.kill(pid, signal.SIGKILL)
+    assert pids.wait_gone(20) == []
+    prof = str(tmp_path / "p")
+    out = cli("list", "--profile-dir", prof)
+    assert re.search(r"\tstale\t0\t", out.stdout) and "1 stale" in out.stderr, \
+        out.stdout + out.stderr
+    out = cli("clean", "--profile-dir", prof)
+    assert "removed cluster" in out.stdout, out.stdout + out.stderr
+    assert _engine_files(tmp_path / "remote-profile") == []
+
+
 @needs_ssh
 @pytest.mark.parametrize("remote", [{"remote_python": "/nonexistent/python3"},
                                     {"remote_env": {"PYTHONPATH": "/nonexistent"}}])
