@@ -159,10 +159,8 @@ class Controller:
         self._epitaphs = {}       # dead engine id -> where it ran and its log's last lines
         self._parked = Parked(PARKED_IDS)   # queries waiting for their ids (see _park)
         self._purged = _IdSet()   # ids purged here: "unknown" at once, never waited for
-        self._now = 0.0           # the pass's `now` (loop_once), for parked deadlines
-        self._next_id = 0
-        self._beat = 0
-        self._next_beat = 0.0
+        self._now = 0.0           # the pass's `now` once its poll returned, for _park
+        self._next_id, self._beat, self._next_beat = 0, 0, 0.0
         self._stop = False
         self._stopped_by = None   # the client whose shutdown(hub=True) stopped it
         self._host, self._pidns = socket.gethostname(), protocol.pid_namespace()
@@ -319,7 +317,6 @@ class Controller:
         self._flush()
 
     def loop_once(self, now, timeout=None):
-        self._now = now
         if now >= self._next_beat:
             self._heartbeat(now)
         deadline = min(self._next_beat, self._parked.next_deadline() or self._next_beat)
@@ -331,7 +328,9 @@ class Controller:
         if timeout is None:
             timeout = max(0.0, deadline - time.monotonic())
         self._flush()
-        for sock, _ in self.poller.poll(timeout * 1000):
+        polled, ready = time.monotonic(), self.poller.poll(timeout * 1000)
+        now = self._now = now + time.monotonic() - polled   # on by the poll's wait: see _park
+        for sock, _ in ready:
             if self._stop:   # stopped by a message just handled: what an engine said since
                 break        # (it unregistered at the shutdown) must not fail requests
             handler = self._handlers[sock]
@@ -967,9 +966,9 @@ class Controller:
     def _park(self, idents, header, parts, unknown, weight):
         """Whether a query that would call `unknown` ids unknown waits for them: each client
         sends on its own connection, so another's request made just before may not be here
-        yet. Only ids of protocol.new_id's shape, not culled nor purged, the scheduler's
-        UNKNOWN_GRACE_S at most, as for a dependency; its handler answers it again (_unpark)
-        once they came, the grace ended or the controller stops. Others go on meanwhile."""
+        yet. Only ids of protocol.new_id's shape, not culled nor purged, UNKNOWN_GRACE_S at
+        most from when it came (`_now`: a quiet pass polls up to a heartbeat period), as for
+        a dependency; _unpark answers it once they came, the grace ended or the hub stops."""
         if header.get("waited"):   # answered again by _unpark: it waits no more
             return False
         ids = [m for m in unknown if protocol.is_new_id(m) and m not in self._purged

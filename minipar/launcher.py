@@ -287,14 +287,10 @@ class BaseLauncher:
     def __init__(self, profile_dir=None, cluster_id="", program_args=(), env=None,
                  stop_timeout=STOP_TIMEOUT_S):
         self.profile_dir = protocol.profile_dir(profile_dir=profile_dir)
-        self.cluster_id = cluster_id or ""
-        self.program_args = [str(a) for a in program_args]
-        self.env = dict(env or {})
-        self.stop_timeout = stop_timeout
+        self.cluster_id, self.program_args = cluster_id or "", [str(a) for a in program_args]
+        self.env, self.stop_timeout = dict(env or {}), stop_timeout
         self.state, self.stop_data, self.output_file = BEFORE, None, None
-        self._stop_callbacks = []
-        self._lock = threading.Lock()
-        self._stopped = threading.Event()
+        self._stop_callbacks, self._lock, self._stopped = [], threading.Lock(), threading.Event()
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.state}>"
@@ -714,8 +710,7 @@ class MPILauncher(LocalProcessLauncher):
 
     def __init__(self, mpi_cmd=("mpiexec",), mpi_args=(), **kwargs):
         super().__init__(**kwargs)
-        self.mpi_cmd = [str(a) for a in mpi_cmd]
-        self.mpi_args = [str(a) for a in mpi_args]
+        self.mpi_cmd, self.mpi_args = [str(a) for a in mpi_cmd], [str(a) for a in mpi_args]
 
     def find_args(self):
         return [*self.mpi_cmd, "-n", str(self.n), *self.mpi_args, *self.program_and_args]
@@ -868,12 +863,9 @@ class Cluster:
         if self._owns_profile_dir:
             profile_dir = os.path.join(protocol.base_dir(), f"cluster_{self.cluster_id}")
         self.profile_dir = protocol.profile_dir(profile, profile_dir)
-        self.n = _check_n(n)
-        self.engine_kind = engines
-        self.controller_kind = controller
-        self.controller_args = list(controller_args)
-        self.engine_args = list(engine_args)
-        self.timeout = timeout
+        self.n, self.timeout = _check_n(n), timeout
+        self.engine_kind, self.controller_kind = engines, controller
+        self.controller_args, self.engine_args = list(controller_args), list(engine_args)
         self.controller_options = dict(controller_options or {})
         self.engine_options = dict(engine_options or {})
         for role, kind, options in (("controller", controller, self.controller_options),
@@ -920,9 +912,11 @@ class Cluster:
                             "engine_args": self.engine_args, "timeout": self.timeout,
                             "controller_options": self.controller_options,
                             "engine_options": self.engine_options,
-                            "restart_engines": self.engine_restart},
+                            "restart_engines": self.engine_restart, "host": socket.gethostname()},
                 "controller": self.controller.to_dict() if self.controller else None,
                 "engines": {k: v.to_dict() for k, v in self.engines.items()}}
+
+    _elsewhere = None   # the other host whose Cluster wrote the file read (from_file)
 
     def _write_cluster_file(self):
         protocol.write_connection_file(self.cluster_file, self.to_dict())
@@ -961,6 +955,8 @@ class Cluster:
                    engine_options=c["engine_options"], shutdown_atexit=False,
                    restart_engines=c.get("restart_engines"))
         self._owns_profile_dir = c["owns_profile_dir"]
+        # a profile folder shared between hosts (NFS): another's pids mean nothing here
+        self._elsewhere = c.get("host") if c.get("host") != socket.gethostname() else None
         if d["controller"]:
             try:
                 self.controller = launcher_from_dict(d["controller"])
@@ -1394,7 +1390,8 @@ def held_profile_message(info, profile_dir):
 def _describe(cluster):
     ctl = cluster.controller
     ctl = f"pid {ctl.pid}" if ctl is not None and getattr(ctl, "pid", None) else (
-        ctl.state if ctl is not None else "stale" if not cluster._is_running() else "stopped")
+        ctl.state if ctl is not None else f"on {cluster._elsewhere}" if cluster._elsewhere
+        else "stale" if not cluster._is_running() else "stopped")
     n = sum(e.n for e in cluster.engines.values() if e.running)
     return f"{cluster.cluster_id}\t{ctl}\t{n}\t{cluster.profile_dir}"
 
@@ -1483,7 +1480,7 @@ def _cmd_list(args):
         except _UNREADABLE as e:
             log.warning("unreadable cluster file %s: %s", path, e)
             continue
-        stale += not cluster._is_running()   # its owner was killed, say (and --owner)
+        stale += not (cluster._is_running() or cluster._elsewhere)   # its owner was killed, say
         if cluster.controller is not None:   # a profile holds one controller: this one
             held.add(os.path.abspath(cluster.profile_dir))
         print(_describe(cluster))
@@ -1499,7 +1496,7 @@ def _cmd_list(args):
 
 
 def _cmd_clean(args):
-    """Remove the files of clusters that are no longer running."""
+    """Remove the files of clusters started on this host that are no longer running."""
     said = []
     for path in cluster_files(args.profile, args.profile_dir):
         try:
@@ -1508,7 +1505,10 @@ def _cmd_clean(args):
             os.remove(path)
             said.append(f"removed unreadable cluster file {path}")
             continue
-        if not cluster._is_running():   # stopped: what an ended set left on hosts goes too
+        if cluster._elsewhere:   # its pids cannot be checked here, nor what runs stopped
+            said.append(f"left cluster {cluster.cluster_id} ({path}): started on host "
+                        f"{cluster._elsewhere}, whose processes it names; run clean there")
+        elif not cluster._is_running():   # stopped: what an ended set left on hosts goes too
             cluster.stop_cluster_sync()
             said.append(f"removed cluster {cluster.cluster_id} ({path})")
     print("\n".join(said) or "nothing to clean: no files of stopped clusters in "

@@ -17,7 +17,8 @@ gone, or None: what get_result of that id answers).
 
     DictDB    in memory (default); bounded (--record-limit, --record-bytes): the oldest
               finished records are culled, and their ids remembered as culled
-    NoDB      in memory, only while in flight: a finished record is dropped at once
+    NoDB      in memory, only while in flight: a finished record is dropped at once, its
+              id remembered (culled says so)
     SQLiteDB  PROFILE_DIR/tasks.db; survives the controller; culls nothing
 
 ``Parked`` holds the controller's queries that wait for msg_ids not here yet (another
@@ -188,10 +189,24 @@ class DictDB:
 
 
 class NoDB(DictDB):
-    """Keeps only what is in flight: a finished record is dropped at once."""
+    """Keeps only what is in flight: a finished record is dropped at once. Its id is
+    remembered (as DictDB's culled ones, in little memory), so a question about it says why
+    at once rather than wait for it as for another client's request not here yet."""
+
+    def __init__(self):
+        super().__init__()
+        self._dropped = _IdSet()
 
     def finish(self, rec):
         self._records.pop(rec["msg_id"], None)
+        self._dropped.add(rec["msg_id"])
+
+    def culled(self, msg_id):
+        if msg_id not in self._dropped:
+            return None
+        return (f"the record of {msg_id} was dropped when it finished: the controller runs "
+                "with --db none, which keeps no finished record; start it with --db dict "
+                "(the default) or --db sqlite to ask for results later")
 
 
 class SQLiteDB:

@@ -22,7 +22,7 @@ import pytest
 import minipar
 from minipar import errors, protocol
 
-from .conftest import START_TIMEOUT_S
+from .conftest import START_TIMEOUT_S, LocalCluster
 from .helpers import wait_until
 
 TIMEOUT = 60
@@ -393,6 +393,31 @@ def test_another_client_finds_a_request_made_just_before_its_question(shared_clu
         assert other.db_query({"msg_id": protocol.new_id()}) == []
     finally:
         other.close()
+
+
+def test_under_db_none_a_finished_request_is_said_so_at_once(tmp_path):
+    """Under --db none the controller keeps no finished record, but it remembers the ids
+    it dropped: a question about one says so at once, as about a culled one, rather than
+    wait UNKNOWN_GRACE_S for it as for a request not here yet (every get_result,
+    result_status and abort naming a finished request once stalled 2 s, then said
+    "unknown or purged")."""
+    c = LocalCluster(tmp_path, controller_args=["--db", "none"])
+    try:
+        c.start_engines(1)
+        rc = c.client()
+        rc.wait_for_engines(1, START_TIMEOUT_S)
+        ar = rc[:].apply_async(abs, -1)
+        assert ar.get(TIMEOUT) == [1]
+        other = c.client()
+        with pytest.raises(KeyError, match="--db none, which keeps no finished record"):
+            other.get_result(ar.msg_ids[0]).get(TIMEOUT)
+        with pytest.raises(KeyError, match="--db none, which keeps no finished record"):
+            rc.result_status(ar)
+        with pytest.warns(RuntimeWarning, match="nothing to abort"):
+            rc.abort(ar)
+        assert rc.queue_status(verbose=True)["stats"].get("parked", 0) == 0
+    finally:
+        c.stop()
 
 
 def test_held_requests_leave_while_the_caller_never_blocks(rc):

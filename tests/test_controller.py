@@ -13,6 +13,7 @@ protocol with the controller's own key, and calls ``loop_once(now, timeout)`` it
 (``STEP_S`` when one is expected, 0 when the step is only a tick of the clock).
 """
 
+import threading
 import time
 
 import pytest
@@ -342,7 +343,7 @@ def test_an_id_that_never_comes_is_unknown_after_the_grace_and_others_at_once(hu
     assert sorted(h["parent"] for _, h, _ in answered) == sorted(
         [foreign["msg_id"], too_many["msg_id"]])
     assert hub.stats["parked"] == 1 and not other.sock.poll(0)
-    hub.clock += UNKNOWN_GRACE_S
+    hub.clock += UNKNOWN_GRACE_S + STEP_S   # from when it was read: a step's wait after
     step(hub, timeout=0)
     _, reply, _ = other.recv()
     assert reply["parent"] == waits["msg_id"] and reply["unknown"] == [never, "no-such-id"]
@@ -362,3 +363,26 @@ def test_an_id_that_never_comes_is_unknown_after_the_grace_and_others_at_once(hu
     wait_until(lambda: step(hub, timeout=0.1) or hub._stop, TIMEOUT, "the shutdown read")
     _, reply, _ = other.recv()
     assert reply["parent"] == waits["msg_id"] and len(reply["unknown"]) == 1
+
+
+def test_a_question_read_late_in_a_quiet_pass_waits_its_whole_grace(hub):
+    """A quiet controller's pass waits up to a heartbeat period (0.1..5 s) for a message;
+    a question read late in it still waits UNKNOWN_GRACE_S from when it came for the
+    request it names (it once counted from the pass's start: after a wait that long, no
+    grace at all, and "unknown" for a request a moment behind it)."""
+    other = Peer(hub.test_ctx, hub, "client")
+    header, frames = hub.client.session.msg(protocol.APPLY, [b"f"], lb=True, counts=[1])
+    asked = []   # the question comes this late in the pass, sent by a timer's thread
+    timer = threading.Timer(UNKNOWN_GRACE_S + 0.5, lambda: asked.append(other.send(
+        protocol.RESULT_REQUEST, msg_ids=[header["msg_id"]], status_only=True)))
+    timer.start()
+    hub.loop_once(time.monotonic(), UNKNOWN_GRACE_S + STEP_S)   # as run() calls it
+    timer.join()
+    assert hub.stats["parked"] == 1
+    hub.loop_once(time.monotonic(), 0)   # the next pass, at once
+    hub.client.sock.send_multipart(frames)   # the request, a moment behind the question
+    wait_until(lambda: hub.loop_once(time.monotonic(), 0.1) or other.sock.poll(0), TIMEOUT,
+               "the answer")
+    _, reply, _ = other.recv()
+    assert reply["parent"] == asked[0]["msg_id"]
+    assert (reply["pending"], reply["unknown"]) == ([header["msg_id"]], [])

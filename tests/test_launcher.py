@@ -1139,3 +1139,24 @@ def test_a_batch_template_with_a_typo_names_it_and_the_names_it_may_use(pids, tm
     pids.add_cluster(cluster)
     assert says in str(e.value) and "{program_and_args}" in str(e.value), str(e.value)
     assert cluster.controller.state == AFTER
+
+
+def test_cli_clean_leaves_a_cluster_started_on_another_host(pids, minipar_dir):
+    """A profile folder shared between hosts (an NFS home): the file of a cluster started
+    on another host names that host's pids, which read as gone here. clean leaves it, and
+    its profile folder, saying where to run it, and list does not call it stale (both once
+    removed it, and clean now stops what is left: the engine files its ssh sets sent)."""
+    cluster = Cluster(n=1, controller_args=CTL_ARGS, shutdown_atexit=False)
+    cluster.start_cluster_sync()
+    pids.add_cluster(cluster)
+    d, path = cluster.to_dict(), cluster.cluster_file
+    cluster.stop_cluster_sync()   # its pids gone: as another host's read here
+    assert not pids.wait_gone()
+    d["cluster"]["host"] = "another-host"
+    os.makedirs(os.path.dirname(path))
+    protocol.write_connection_file(path, d)   # as the Cluster on that host wrote it
+    out = cli("list")
+    assert "stale" not in out.stdout + out.stderr and "on another-host" in out.stdout, out
+    out = cli("clean")
+    assert out.returncode == 0 and os.path.exists(path), out
+    assert f"left cluster {cluster.cluster_id}" in out.stdout and "another-host" in out.stdout
