@@ -876,14 +876,14 @@ class Client(errors.SaysWhyAbsent):
         return not concurrent.futures.wait(futures, _timeout_s(timeout)).not_done
 
     def abort(self, jobs=None, targets=None, block=None):
-        """Abort jobs (msg_ids or AsyncResults; None or 'all': every unfinished request
-        of this client, or with `targets` those sent to these engines): queued ones fail
-        with TaskAborted, running ones are interrupted. Done when it returns (`block` is
-        ipyparallel's, accepted). Warns when there was nothing left to abort."""
+        """Abort jobs (msg_ids or AsyncResults; None or 'all': every request of this client
+        not answered yet, a cancelled one its engine runs on too, or with `targets` those sent
+        to these engines): queued ones fail with TaskAborted, running ones are interrupted.
+        Done when it returns (`block`: ipyparallel's, accepted); warns if none was left."""
         self._check_usable()
         on = None if targets is None else self.resolve_targets(targets)
-        ids = ([f.msg_id for f in self.pending_requests() if not f.done()
-                and (on is None or f._md["engine_id"] in on)]
+        ids = ([f.msg_id for f in self.pending_requests()
+                if on is None or f._md["engine_id"] in on]
                if jobs is None or jobs == "all" else self._msg_ids(jobs))
         pending = self._abort(ids)
         if not pending:

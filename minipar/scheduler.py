@@ -557,10 +557,9 @@ class Scheduler:
                 t = self._tasks.get(t["recovery"])   # its outcome is its recovery task's
             if t is None:
                 continue
-            if t["state"] is ASSIGNED:
-                if not t["aborting"]:
-                    t["aborting"] = True
-                    out.append(Abort(ABORT, t["msg_id"], t["engine"]))
+            if t["state"] is ASSIGNED:   # asked again too: a cancel() lets what started run
+                t["aborting"] = True        # on, an abort() after it interrupts it
+                out.append(Abort(ABORT, t["msg_id"], t["engine"]))
             else:
                 self._fail(t, "TaskAborted",
                            f"task {t['msg_id']} was aborted before it started", out)

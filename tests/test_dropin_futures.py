@@ -380,3 +380,30 @@ def test_results_and_metadata_by_index_and_attribute_as_ipyparallel(rc):
         one.nonesuch
     mapped = rc.load_balanced_view().map_async(sleep_then, [0] * 6, range(6))
     assert mapped.get(30) == list(range(6)) and mapped[2:4] == [2, 3]
+
+
+def test_abort_of_all_reaches_a_cancelled_request_its_engine_runs_on(rc, marks):
+    """What cancel() leaves when the engine started the request before cancel's abort
+    came (made here by cancelling only locally, with no abort sent): the future is
+    cancelled and the request runs on. ``rc.abort()``, every unfinished request of this
+    client, interrupts it too: its reply has not come."""
+    ar = rc[0].apply_async(mark_then_sleep, marks, 0, WAIT_S)
+    assert ar._cancel_local() and ar.cancelled()
+    wait_until(lambda: os.listdir(marks), WAIT_S, "the request started")
+    assert rc.abort() == 1
+    assert rc[0].apply_async(abs, -1).get(WAIT_S / 6) == 1   # not when the sleep ends
+
+
+def test_abort_after_a_cancel_interrupts_what_the_cancel_let_run(rc, marks):
+    """cancel() asks the engine to drop the request only if it has not started (sent here
+    by hand once it has, as when the engine started it before saying so); ar.abort()
+    afterwards interrupts it, load-balanced as direct: the scheduler asks the engine again."""
+    from minipar.asyncresult import _abort_quietly
+
+    for i, view in enumerate((rc.load_balanced_view(), rc[0])):
+        ar = view.apply_async(mark_then_sleep, marks, i, WAIT_S)
+        wait_until(lambda: str(i) in os.listdir(marks), WAIT_S, "the request started")
+        _abort_quietly(rc, [ar], queued_only=True)
+        ar.abort()
+        with pytest.raises(minipar.RemoteError, match="TaskAborted|abort"):
+            ar.get(WAIT_S / 6)   # not when the sleep ends

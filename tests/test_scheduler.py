@@ -872,6 +872,16 @@ def test_abort_queued_and_running():
     assert s.status()["unassigned"] == 0
 
 
+def test_a_task_aborted_again_is_asked_of_its_engine_again():
+    """A cancel()'s abort lets a request that started run on (the engine applies it to what
+    has not started); an abort() after it must still reach the engine to interrupt it."""
+    s = make(1, hwm=0)
+    run_on(s, "t")
+    assert s.abort(["t"], 1.0) == [("abort", "t", 0)]
+    assert s.abort(["t"], 2.0) == [("abort", "t", 0)]
+    assert s.finished("t", 0, "aborted", 3.0) == [("done", "t")]
+
+
 def test_error_after_abort_request_is_not_retried():
     s = make(1, hwm=0)
     run_on(s, "t", retries=3)
