@@ -59,11 +59,6 @@ log = logging.getLogger(__name__)
 # up by itself) before failing what is outstanding. 10..300 s is reasonable: a controller
 # restarted with --reuse is back in about a second.
 RECONNECT_TIMEOUT_S = 60.0
-# After reconnecting, requests the controller has no record of are asked for again this
-# many times, RESYNC_DELAY_S apart and doubling, before they fail (one sent during the
-# outage may arrive after the question).
-RESYNC_RETRIES = 3
-RESYNC_DELAY_S = 0.5
 # A controller silent this long (stopped, frozen, its machine gone) is lost, as a closed
 # connection is: ZeroMQ's heartbeat, which its I/O thread answers however busy it is.
 CONTROLLER_SILENCE_S = 10.0
@@ -292,27 +287,18 @@ class Client(errors.SaysWhyAbsent):
                 f.set_exception(err)
 
     def _on_reconnected(self, dealer, header):
+        """Ask what became of the requests outstanding. One sent during the outage may
+        arrive after the question: the controller waits a moment for an id not here yet
+        before it calls it unknown (its _park), so one question is enough."""
         self._on_engines(dealer, header)
-        self._ask_outstanding(dealer, None, 0)
-
-    def _ask_outstanding(self, dealer, msg_ids, attempt):
-        if msg_ids is None:
-            msg_ids = [m for m, f in list(self._futures.items())
-                       if not f._md.get("query") and not f.done()]
+        msg_ids = [m for m, f in list(self._futures.items())
+                   if not f._md.get("query") and not f.done()]
         if msg_ids:
-            self._io_query(dealer, protocol.RESULT_REQUEST,
-                           lambda d, h: self._on_outstanding(d, h, attempt), msg_ids=msg_ids)
+            self._io_query(dealer, protocol.RESULT_REQUEST, self._on_outstanding,
+                           msg_ids=msg_ids)
 
-    def _on_outstanding(self, dealer, header, attempt):
-        unknown = [m for m in header.get("unknown", ())
-                   if m in self._futures and not self._futures[m].done()]
-        if not unknown:
-            return
-        if attempt < RESYNC_RETRIES:
-            self._at(time.monotonic() + RESYNC_DELAY_S * 2 ** attempt,
-                     lambda: self._ask_outstanding(dealer, unknown, attempt + 1))
-            return
-        for m in unknown:
+    def _on_outstanding(self, dealer, header):
+        for m in header.get("unknown", ()):
             f = self._futures.pop(m, None)
             if f is not None and not f.done():
                 f.set_exception(errors.MiniparError(
