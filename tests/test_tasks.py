@@ -346,7 +346,9 @@ def test_a_dependency_on_another_clients_task_just_submitted_holds(rc, lview):
 def test_a_direct_request_is_no_dependency_whether_running_or_finished(rc, lview, flag):
     # as the docs say, dependencies work only among load-balanced tasks; a direct
     # request's msg_id is refused alike while it runs and once it has finished (the
-    # outcome no longer depends on how quickly it ran), naming what it is
+    # outcome no longer depends on how quickly it ran), naming what it is. The controller
+    # knows it, so it says so, where it called it unknown after waiting UNKNOWN_GRACE_S
+    # for a task of that id to come
     eid = rc.ids[0]
     done = rc[eid].apply_async(square, 2)
     done.get(TIMEOUT)
@@ -355,7 +357,8 @@ def test_a_direct_request_is_no_dependency_whether_running_or_finished(rc, lview
         for direct in (done, running):
             with lview.temp_flags(**{flag: direct}):
                 ar = lview.apply_async(square, 3)
-            with pytest.raises(minipar.InvalidDependency, match="load-balanced"):
+            with pytest.raises(minipar.InvalidDependency, match=rf"depends on direct "
+                               rf"request\(s\) \['{direct.msg_ids[0]}'\].*load-balanced"):
                 ar.get(TIMEOUT)
     finally:
         running.abort()
