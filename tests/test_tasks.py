@@ -305,9 +305,11 @@ def test_impossible_dependencies_fail_at_once(rc, lview):
         ({"after": ["0123456789abcdef-0"]}, minipar.InvalidDependency),   # a msg_id of
         ({"follow": "0123456789abcdef-0"}, minipar.InvalidDependency),    # no task
     ]
-    for flags, error in cases:
+    ars = []
+    for flags, _ in cases:   # all sent first: the unknown ids' UNKNOWN_GRACE_S runs once
         with lview.temp_flags(**flags):
-            ar = lview.apply_async(square, 3)
+            ars.append(lview.apply_async(square, 3))
+    for ar, (_, error) in zip(ars, cases):
         with pytest.raises(error):
             ar.get(TIMEOUT)
     # follow, all=True, over tasks that ran on two different engines
