@@ -834,8 +834,7 @@ class Controller:
         protocol.ABORT_MARKED: _on_abort_marked,
         protocol.STARTED: _on_started,
         protocol.PROPERTIES_UPDATE: _on_properties_update,
-        protocol.USAGE: _on_usage,
-    }
+        protocol.USAGE: _on_usage}
 
     # ------------------------------------------------------------ final states
 
@@ -957,8 +956,10 @@ class Controller:
 
     def _lookup(self, msg_id):
         rec = self.db.get(msg_id)
-        if rec is None or rec["status"] == PENDING or not rec["lb"]:
-            return None   # a direct request is no dependency, running or finished
+        if rec is not None and not rec["lb"]:
+            return _scheduler.DIRECT   # no dependency, running or finished: said at once
+        if rec is None or rec["status"] == PENDING:
+            return None
         return (OK if rec["status"] == OK else ERROR, rec["engine"])
 
     # ------------------------------------------------------------ queries
@@ -1226,8 +1227,7 @@ class Controller:
         protocol.RESUBMIT: _resubmit,
         protocol.DB_QUERY: _db_query,
         protocol.SIGNAL: _signal,
-        protocol.BROADCAST: _broadcast,
-    }
+        protocol.BROADCAST: _broadcast}
 
 
 def _give_back_memory():

@@ -60,7 +60,7 @@ class ImpossibleDependency(UnmetDependency):
 
 
 class InvalidDependency(ImpossibleDependency):
-    """A task depends on ids that do not exist."""
+    """A task depends on ids that do not exist, or on a direct request's (no dependency)."""
 
 
 class RemoteError(MiniparError):

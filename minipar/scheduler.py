@@ -97,7 +97,8 @@ Policies where the seeds leave a choice:
   dormant recovery chain discarded with TaskAborted, so every task gets a final state.
 - Dependency timeouts bound the wait until a task is first assigned, not its retries.
 - An after/follow id not seen yet is waited for UNKNOWN_GRACE_S (another client's task may
-  arrive after its dependent), then the task fails with InvalidDependency.
+  arrive after its dependent), then the task fails with InvalidDependency. One that the
+  controller knows as a direct request's (`lookup` says DIRECT) fails it at once.
 
 Queue entries are never searched for or removed in the middle: an entry whose task has left
 READY, or whose ``gen`` is old, is dropped when it reaches the head; `_rooms` likewise holds
@@ -147,6 +148,8 @@ FINISHED_HISTORY = 10_000
 # ms and sends them on its own socket), so failing at once made such dependencies fail
 # now and then; an id that never comes costs this much delay. 0.5..10 s is reasonable.
 UNKNOWN_GRACE_S = 2.0
+# `lookup`'s answer for a direct request's id: no dependency, whether it runs or finished
+DIRECT = "direct"
 
 # Task states. A final task leaves the scheduler; DONE only marks its last record.
 DORMANT = "dormant"        # a recovery task, held until the task it recovers needs it
@@ -261,8 +264,8 @@ class Scheduler:
         """`scheme`: a name from SCHEMES or a function of the loads returning an index.
         `hwm`: most outstanding tasks per engine, 0 for no limit; 1..4 keeps engines busy
         while leaving work to engines that free up; None: AUTO_HWM, deeper for quick
-        tasks. `lookup(msg_id)`: None or (status, engine) of a final task no longer in
-        memory. `seed`: for random schemes. `history`: final outcomes kept in memory for
+        tasks. `lookup(msg_id)`: None, DIRECT, or (status, engine) of a final task no longer
+        in memory. `seed`: for random schemes. `history`: final outcomes kept in memory for
         dependents."""
         if hwm is not None and hwm < 0:
             raise ValueError(f"hwm={hwm} is negative; use 0 for no limit or a positive count")
@@ -674,7 +677,7 @@ class Scheduler:
         while owner is not None:  # depending on the task it recovers would wait forever
             forbidden.add(owner)
             owner = self._tasks[owner]["owner"] if owner in self._tasks else None
-        unknown = set()
+        unknown, direct = set(), set()
         for key in ("after", "follow"):
             spec = t[key]
             if spec is None:
@@ -688,12 +691,19 @@ class Scheduler:
                     dep["pending"].add(dep_id)
                     continue
                 known = self._outcome(dep_id)
-                if known is None:   # not submitted yet, perhaps: waited for, see tick()
+                if known is DIRECT:
+                    direct.add(dep_id)
+                elif known is None:   # not submitted yet, perhaps: waited for, see tick()
                     unknown.add(dep_id)
                     dep["pending"].add(dep_id)
                 else:
                     self._count(dep, *known)
             t[key] = dep
+        if direct:
+            return self._fail(t, "InvalidDependency", f"task {msg_id} depends on direct "
+                              f"request(s) {sorted(direct)}; dependencies work only among "
+                              "load-balanced tasks: submit those through a load-balanced "
+                              "view, or wait for the direct ones before submitting", out)
         if unknown:
             heapq.heappush(self._unknown, (now + UNKNOWN_GRACE_S, msg_id))
         if t["timeout"] is not None:
@@ -835,10 +845,13 @@ class Scheduler:
             dep["bad"] += 1
 
     def _outcome(self, msg_id):
-        """(success, engine) of a final task, from memory or the controller; None if unknown."""
+        """(success, engine) of a final task, from memory or the controller; DIRECT for a
+        direct request's id; None if unknown."""
         known = self._done.get(msg_id)
         if known is None and self._lookup is not None:
             found = self._lookup(msg_id)
+            if found is DIRECT:
+                return DIRECT
             if found is not None:
                 known = (found[0] == OK, found[1])
                 self._remember(msg_id, *known)

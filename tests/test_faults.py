@@ -383,7 +383,7 @@ def _set_an_alarm_handler(handler):
             signal.signal(signal.SIGALRM, previous)
         return "set"
     signal.signal(signal.SIGALRM, {"own": lambda *a: None, "ignore": signal.SIG_IGN}[handler])
-    signal.alarm(3)
+    signal.alarm(1)
     return "set"
 
 
@@ -400,7 +400,7 @@ def test_a_tasks_alarm_handler_does_not_disable_the_time_limit_watchdog(
     rc = local_cluster.client()
     (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
     assert rc[eid].apply_sync(_set_an_alarm_handler, handler) == "set"
-    assert rc[eid].apply_sync(_hold_the_gil, 4) == 4   # past the alarm the task left
+    assert rc[eid].apply_sync(_hold_the_gil, 1.5) == 1.5   # past the alarm the task left
     view = rc.load_balanced_view()
     with view.temp_flags(time_limit=1):
         lb = view.apply_async(_hold_the_gil, 60)
