@@ -393,8 +393,8 @@ class Controller:
                                  stdin=subprocess.DEVNULL, start_new_session=True)
             return
         # A beat a period late or more: this controller was stopped (SIGSTOP) or starved.
-        # What its engines sent meanwhile is read before any is judged gone by its pid:
-        # one that gave up on it said why in its unregister, which its death would hide.
+        # An engine is judged gone by its pid (not in 5 beats) only at two beats on time:
+        # what it sent before it ended (why it gave up, its death would hide) is read first.
         late = now - self._next_beat > self.heartbeat_period
         self._beat += 1
         self._next_beat = now + self.heartbeat_period
@@ -408,7 +408,9 @@ class Controller:
                 log.warning("engine %d missed %d heartbeats: declared dead", eid,
                             self.heartbeat_liveness)
                 self._remove_engine(eid, died=True)
-            elif not late and self._process_gone(e):   # exited: dead now, not in 5 beats
+            elif late or not self._process_gone(e):
+                e.pop("gone_at", None)
+            elif e.setdefault("gone_at", self._beat) < self._beat:
                 log.warning("engine %d: its process (pid %d) is gone", eid, e["pid"])
                 self._remove_engine(eid, died=True)
 
@@ -553,10 +555,8 @@ class Controller:
             "reg": header["msg_id"].encode(), "work_ident": work_ident,
             # requests waiting for the engine's `ready`; None once it came (at once for an
             # engine with one socket: it is connected already)
-            "backlog": None if work_ident == ident else [],
-        }
-        self._by_ident[ident] = eid
-        self._by_ident[work_ident] = eid
+            "backlog": None if work_ident == ident else []}
+        self._by_ident[ident] = self._by_ident[work_ident] = eid
         self._send(self.sockets["engine"], [ident], protocol.REGISTER_REPLY,
                    parent=header["msg_id"], id=eid, heartbeat_period=self.heartbeat_period,
                    heartbeat_liveness=self.heartbeat_liveness)

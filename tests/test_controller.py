@@ -13,6 +13,8 @@ protocol with the controller's own key, and calls ``loop_once(now, timeout)`` it
 (``STEP_S`` when one is expected, 0 when the step is only a tick of the clock).
 """
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -196,6 +198,41 @@ def test_an_engine_that_misses_heartbeats_is_declared_dead_and_its_request_fails
     assert kinds == [protocol.ENGINE_REGISTERED] * 2 + [protocol.ENGINE_DIED]
     _, notice, _ = silent.recv()
     assert notice["kind"] == protocol.UNREGISTER and "missed heartbeats" in notice["reason"]
+
+
+def test_an_engine_whose_process_ended_is_heard_out_before_it_is_declared_dead(hub):
+    """An engine seen gone by its pid is declared dead only at the next beat still gone:
+    its unregister, sent just before it ended (why it gave up on a frozen controller),
+    may still be on its way. Before, the first beat on time that saw its pid gone failed
+    its request as a death, hiding that reason (test_restart's frozen-controller test
+    failed so once under load)."""
+    ended = subprocess.Popen([sys.executable, "-c", ""])
+    ended.wait()
+    heart = Peer(hub.test_ctx, hub, "pong", identity=b"e")
+    engine = Peer(hub.test_ctx, hub, "engine", identity=b"e")
+    engine.send(protocol.REGISTER, pid=ended.pid, host=hub._host, pidns=hub._pidns)
+    step(hub)
+    eid = engine.recv()[1]["id"]
+    request = hub.client.send(protocol.APPLY, [b"f"], engine=eid, counts=[1])
+    step(hub)
+    assert engine.recv()[1]["msg_id"] == request["msg_id"]
+    heart.sock.send(b"%d" % hub._beat)
+    step(hub)
+    step(hub, timeout=0, beat=True)   # its pid is gone: at the first beat, kept
+    assert eid in hub.engines
+    engine.send(protocol.UNREGISTER, reason="it stopped because the controller was silent")
+    step(hub)
+    _, reply, parts = hub.client.recv()
+    assert reply["parent"] == request["msg_id"] and reply["ename"] == "EngineError"
+    assert "the controller was silent" in str(protocol.deserialize(parts))
+    again = Peer(hub.test_ctx, hub, "engine", identity=b"again")   # one that says nothing
+    again.send(protocol.REGISTER, pid=ended.pid, host=hub._host, pidns=hub._pidns)
+    step(hub)
+    second = again.recv()[1]["id"]
+    step(hub, timeout=0, beat=True)
+    assert second in hub.engines
+    step(hub, timeout=0, beat=True)   # still gone a beat later: dead
+    assert second not in hub.engines
 
 
 @pytest.mark.parametrize("beat", [{"heartbeat_period": 0}, {"heartbeat_period": -1},
