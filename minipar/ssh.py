@@ -303,7 +303,8 @@ class SSHEngineSetLauncher(EngineSetLauncher):
             try:
                 r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                    timeout=SEND_TIMEOUT_S, env=env)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired:   # not asked to remove it either (stop)
+                self.sent_files.pop(host, None)
                 raise _no_answer(f"sending the engine file to {host}", cmd,
                                  [*self.ssh_cmd, *self.ssh_args], host) from None
             if r.returncode:
@@ -357,7 +358,7 @@ class SSHEngineSetLauncher(EngineSetLauncher):
         for host, path in self.sent_files.items():
             cmd = [*self.ssh_cmd, *self.ssh_args, host, f"rm -f {shlex.quote(path)}"]
             try:
-                subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
-                               env={**os.environ, **self.env})
+                subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                               timeout=SEND_TIMEOUT_S, env={**os.environ, **self.env})
             except subprocess.TimeoutExpired:
                 log.warning("ssh %s: removing %s timed out", host, path)

@@ -21,7 +21,7 @@ import sys
 
 import pytest
 
-from minipar import launcher
+from minipar import launcher, ssh
 from minipar.launcher import Cluster
 
 from .helpers import wait_until
@@ -281,10 +281,13 @@ def test_ssh_engines_whose_python_cannot_run_minipar_say_what_to_set(pids, tmp_p
 
 @needs_ssh
 @pytest.mark.parametrize("connection", ["scp", "shared", "env"])
-def test_ssh_host_that_never_answers_is_an_error_saying_so(pids, tmp_path, connection):
+def test_ssh_host_that_never_answers_is_an_error_saying_so(pids, tmp_path, connection,
+                                                           monkeypatch):
     """A port that takes the connection and says nothing, as a host behind a dead route
     does when the user's ssh waits without a ConnectTimeout of its own; "shared" and
-    "env" send no file first, and wait for the engine's own ssh."""
+    "env" send no file first, and wait for the engine's own ssh. (The bound is 3 s here,
+    not SEND_TIMEOUT_S's 20: nothing will ever answer.)"""
+    monkeypatch.setattr(ssh, "SEND_TIMEOUT_S", 3.0)
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen()
