@@ -9,6 +9,12 @@ __version__ = "0.1.0"
 
 import importlib
 import sys
+
+# pip reads requires-python; a vendored copy on an older Python is told here, in a
+# sentence, rather than by a TypeError from the first newer syntax it meets.
+if sys.version_info < (3, 9):
+    raise ImportError("minipar needs Python 3.9 or newer; this is Python "
+                      + ".".join(map(str, sys.version_info[:3])))
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION  # ipp's names
 
 from . import errors

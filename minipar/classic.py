@@ -249,9 +249,12 @@ def _string_task(expression, push, pull, _engine_module=__package__ + ".engine")
     ns = globals()
     ns.update(push)
     eid = importlib.import_module(_engine_module).engine_id()
-    engine_builtins = ns["__builtins__"]
+    # In the builtins module itself, not a copy set as the namespace's __builtins__:
+    # Python 3.9 runs exec'd code with the builtins of the frame calling exec when both
+    # share globals, as here. Other threads calling id() meanwhile get the builtin's answer.
+    builtin_id = builtins.id
     if eid is not None:
-        ns["__builtins__"] = dict(vars(builtins), id=EngineNumber(eid))
+        builtins.id = EngineNumber(eid)
     try:
         exec(compile(expression, "<StringTask>", "exec"), ns)
         missing = [k for k in pull if k not in ns and (k != "id" or eid is None)]
@@ -261,7 +264,7 @@ def _string_task(expression, push, pull, _engine_module=__package__ + ".engine")
         values = {k: ns[k] if k in ns else eid for k in pull}
         return {k: int(v) if type(v) is EngineNumber else v for k, v in values.items()}
     finally:
-        ns["__builtins__"] = engine_builtins
+        builtins.id = builtin_id
 
 
 class _Mapper:

@@ -763,8 +763,9 @@ def find_launcher_class(name, role):
         cls = getattr(here, candidate, None)
         if isinstance(cls, type) and issubclass(cls, BaseLauncher):
             return cls
-    for ep in importlib.metadata.entry_points(group=_ENTRY_POINT_GROUPS[role]):
-        if ep.name == name:
+    group = _ENTRY_POINT_GROUPS[role]   # each distribution's list: entry_points(group=) is 3.10's
+    for ep in (ep for dist in importlib.metadata.distributions() for ep in dist.entry_points):
+        if ep.group == group and ep.name == name:
             return ep.load()
     if "." in name:
         module, _, attr = name.rpartition(".")
@@ -773,8 +774,7 @@ def find_launcher_class(name, role):
         except (ImportError, AttributeError) as e:
             raise LauncherError(f"cannot import launcher {name!r}: {e}") from None
     raise LauncherError(f"unknown {role} launcher {name!r}: use one of {sorted(_BUILTIN)}, "
-                        f"a class name, an import path or an entry point in "
-                        f"{_ENTRY_POINT_GROUPS[role]}")
+                        f"a class name, an import path or an entry point in {group}")
 
 
 # ssh and batch-system launchers live in ssh.py and batch.py, which import this module;

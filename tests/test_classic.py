@@ -505,6 +505,7 @@ def test_an_abort_waiting_on_an_engine_that_dies_is_answered(local_cluster, tmp_
 
 def _ipython(cluster, setup, cells):
     """Run `cells` in a real IPython InteractiveShell in a child process; its output."""
+    pytest.importorskip("IPython")   # the child runs this Python
     script = textwrap.dedent("""\
         import sys
         from traitlets.config import Config

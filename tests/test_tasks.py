@@ -706,14 +706,16 @@ def _ctrl_c_after_the_send(n):
     function of minipar's after a request left this thread (protocol.send returned): a
     Ctrl-C landing exactly there, as a signal's handler runs as a function starts or
     after a call. Not at line events (one at a `with` line's exit skips the __exit__, as
-    no signal can), nor in the standard library (a Ctrl-C inside Condition.wait can
-    break the lock it waits on: CPython's problem, not minipar's)."""
+    no signal can), nor at exception events (Python 3.9 has one as a for loop's generator
+    ends, and drops what its trace function raises there), nor in the standard library (a
+    Ctrl-C inside Condition.wait can break the lock it waits on: CPython's problem, not
+    minipar's)."""
     package = os.path.dirname(minipar.__file__)
     sent = False
 
     def trace(frame, event, arg):
         nonlocal sent, n
-        if sent and event != "line" and frame.f_code.co_filename.startswith(package):
+        if sent and event in ("call", "return") and frame.f_code.co_filename.startswith(package):
             n -= 1
             if n == 0:
                 raise KeyboardInterrupt   # the trace function is unset as it raises

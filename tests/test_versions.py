@@ -79,3 +79,16 @@ def test_a_skewed_engine_gives_a_clear_error_not_an_unpickling_one(local_cluster
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert rc[honest].apply_sync(lambda: 1) == 1
+
+
+@pytest.mark.parametrize("start", ["import minipar",
+                                   "runpy.run_module('minipar.engine', run_name='__main__')"])
+def test_an_older_python_is_told_the_version_minipar_needs(start):
+    # Python 3.8 meeting a vendored copy (pip would refuse to install it): the check reads
+    # only sys.version_info, so this Python can stand in for 3.8
+    fake = f"import runpy, sys; sys.version_info = (3, 8, 18, 'final', 0); {start}"
+    p = subprocess.run([sys.executable, "-c", fake], capture_output=True, text=True,
+                       env=_env(), timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines()[-1] == \
+        "ImportError: minipar needs Python 3.9 or newer; this is Python 3.8.18"
