@@ -233,8 +233,8 @@ class Client(errors.SaysWhyAbsent):
     # Back (the controller restarted with --reuse, or the network healed): connect again
     # (the controller learns where replies go, and we learn its engines), then ask for
     # the results of everything outstanding. The finished ones are sent again, pending
-    # ones arrive when done; ones it has no record of are asked for again a few times
-    # (a request sent during the outage can arrive after the question), then fail.
+    # ones arrive when done; ones it has no record of fail (one sent during the outage
+    # may arrive after the question: the controller waits a moment for it, see _park).
     # A controller this client shut down (shutdown(hub=True)) is not waited for: what is
     # outstanding fails when the connection goes.
 
