@@ -233,8 +233,8 @@ class Client(errors.SaysWhyAbsent):
     # Back (the controller restarted with --reuse, or the network healed): connect again
     # (the controller learns where replies go, and we learn its engines), then ask for
     # the results of everything outstanding. The finished ones are sent again, pending
-    # ones arrive when done; ones it has no record of are asked for again a few times
-    # (a request sent during the outage can arrive after the question), then fail.
+    # ones arrive when done; ones it has no record of fail (one sent during the outage
+    # may arrive after the question: the controller waits a moment for it, see _park).
     # A controller this client shut down (shutdown(hub=True)) is not waited for: what is
     # outstanding fails when the connection goes.
 
@@ -289,10 +289,10 @@ class Client(errors.SaysWhyAbsent):
     def _on_reconnected(self, dealer, header):
         """Ask what became of the requests outstanding. One sent during the outage may
         arrive after the question: the controller waits a moment for an id not here yet
-        before it calls it unknown (its _park), so one question is enough."""
+        before it calls it unknown (its _park), so one question is enough. A cancelled one
+        its engine runs on is asked too: one the controller lost is never answered."""
         self._on_engines(dealer, header)
-        msg_ids = [m for m, f in list(self._futures.items())
-                   if not f._md.get("query") and not f.done()]
+        msg_ids = [m for m, f in list(self._futures.items()) if not f._md.get("query")]
         if msg_ids:
             self._io_query(dealer, protocol.RESULT_REQUEST, self._on_outstanding,
                            msg_ids=msg_ids)

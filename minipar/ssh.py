@@ -298,13 +298,14 @@ class SSHEngineSetLauncher(EngineSetLauncher):
         local = os.path.join(self.profile_dir, "security", protocol.ENGINE_FILE)
         env = {**os.environ, **self.env}
         mkdir = f"umask 077; mkdir -p {shlex.quote(os.path.dirname(remote))}"
-        for cmd in ([*self.ssh_cmd, *self.ssh_args, host, mkdir],
-                    [*self.scp_cmd, *self.ssh_args, "-q", local, f"{host}:{remote}"]):
+        mkdir_cmd = [*self.ssh_cmd, *self.ssh_args, host, mkdir]
+        for cmd in (mkdir_cmd, [*self.scp_cmd, *self.ssh_args, "-q", local, f"{host}:{remote}"]):
             try:
                 r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                    timeout=SEND_TIMEOUT_S, env=env)
-            except subprocess.TimeoutExpired:   # not asked to remove it either (stop)
-                self.sent_files.pop(host, None)
+            except subprocess.TimeoutExpired:   # a host that never answered is not asked
+                if cmd is mkdir_cmd:            # to remove it (stop); scp may have written it
+                    self.sent_files.pop(host, None)
                 raise _no_answer(f"sending the engine file to {host}", cmd,
                                  [*self.ssh_cmd, *self.ssh_args], host) from None
             if r.returncode:

@@ -302,6 +302,25 @@ def test_ssh_host_that_never_answers_is_an_error_saying_so(pids, tmp_path, conne
     assert "no answer" in str(e.value) and "ConnectTimeout" in str(e.value), str(e.value)
 
 
+@needs_ssh
+def test_ssh_engine_file_sent_by_an_scp_that_then_hangs_is_removed(pids, tmp_path, monkeypatch):
+    """The host answered (its mkdir did) and scp wrote the file, then hung past
+    SEND_TIMEOUT_S (3 s here): the start fails saying so, and undoing it removes the
+    file, which holds the cluster's key. Only a host that never answered is not asked."""
+    monkeypatch.setattr(ssh, "SEND_TIMEOUT_S", 3.0)
+    hang = tmp_path / "scp-then-hang"
+    hang.write_text('#!/bin/sh\nscp "$@" && exec sleep 600\n')
+    hang.chmod(0o755)
+    remote = tmp_path / "remote-profile"
+    cluster = Cluster(n=1, engines="ssh", profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS,
+                      engine_options={"engines": {"127.0.0.1": 1}, "ssh_args": ["-F", SSH_CONFIG],
+                                      "scp_cmd": [str(hang)], "remote_profile_dir": str(remote)})
+    with pytest.raises(launcher.LauncherError, match="no answer"):
+        cluster.start_cluster_sync()
+    pids.add_cluster(cluster)
+    assert not [f for f in os.listdir(remote / "security") if f.endswith(".json")]
+
+
 # ---------------------------------------------------------------- Slurm
 
 SLURM_CONF = os.environ.get("SLURM_CONF") or os.path.join(CI_DIR, "slurm", "slurm.conf")

@@ -159,6 +159,28 @@ def test_controller_restart_without_records_fails_what_was_outstanding(tmp_path)
         c.stop()
 
 
+def test_a_cancelled_request_lost_with_the_controller_is_no_longer_pending(tmp_path):
+    """cancel() lets a request its engine started run on, its future cancelled and still
+    waiting for the reply (made here by cancelling only locally). A controller restarted
+    without records will never send that reply: the client, asking after reconnecting,
+    forgets the request, where rc.pending_requests() listed it and every rc.abort()
+    named it (waiting out the controller's grace for an id not here yet) for good."""
+    c = LocalCluster(tmp_path, controller_args=["--reuse"])
+    try:
+        c.start_engines(1, args=ENGINE_ARGS)
+        rc = c.client(reconnect_timeout=120)
+        rc.wait_for_engines(1, START_TIMEOUT_S)
+        ar = rc[rc.ids[0]].apply_async(slow, 30, "cancelled")
+        assert ar._cancel_local() and ar.cancelled()
+        wait_until(lambda: rc.queue_status()[rc.ids[0]]["queue"], START_TIMEOUT_S,
+                   "the request reached the engine")
+        _restart_controller(c, ["--reuse"], "controller2")
+        wait_until(lambda: not rc.pending_requests(), START_TIMEOUT_S,
+                   "the cancelled request forgotten after reconnecting")
+    finally:
+        c.stop()
+
+
 def test_clients_and_engines_give_up_on_a_controller_that_stays_away(local_cluster):
     c = local_cluster
     (engine,) = c.start_engines(1, args=["--max-missed-heartbeats", "10"])   # 2 s
