@@ -169,8 +169,9 @@ class Client(errors.SaysWhyAbsent):
         sub = self.ctx.socket(zmq.SUB)
         sub.linger = 0
         sub.setsockopt(zmq.SUBSCRIBE, b"")
-        protocol.connect(sub, self.info, "notify")
+        # monitored before it connects, as the dealer: a handshake done first is unheard
         self._sub_monitor = sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        protocol.connect(sub, self.info, "notify")
         self._roster = None         # (controller session, number) of the engine list held
         self._io_ends_ctx = threading.Event()   # set by close() run in the I/O thread
         self._io = threading.Thread(target=_io_thread, name="minipar-client-io", daemon=True,
