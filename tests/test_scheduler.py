@@ -209,7 +209,7 @@ def test_an_engine_running_a_long_task_takes_no_more_until_it_is_done():
 
 
 def takes(decisions):
-    return [(d.msg_id, d.engine, d.running) for d in decisions if d.action == scheduler.TAKE]
+    return [d[1:] for d in decisions if d[0] == scheduler.TAKE]
 
 
 def deep(s):
