@@ -892,33 +892,33 @@ class Controller:
         self._finish(rec, status)
 
     def _act(self, decisions, known=None):
-        """Carry out the scheduler's decisions ((action, msg_id, arguments): see scheduler's
-        docstring). ABORT ones are _abort's to carry out; TAKE ones go to each engine as
-        one take-back. `known`: the record the caller holds (of the task just submitted or
-        replied to, most decisions' task), not looked up again."""
+        """Carry out the scheduler's decisions (named tuples: see scheduler's docstring).
+        ABORT ones are _abort's to carry out; TAKE ones go to each engine as one take-back.
+        `known`: the record the caller holds (of the task just submitted or replied to,
+        most decisions' task), not looked up again."""
         takes = None
         for d in decisions:
-            action, msg_id = d[0], d[1]
-            if known is not None and msg_id == known["msg_id"]:
+            if known is not None and d.msg_id == known["msg_id"]:
                 rec = known
             else:
-                rec = self.db.get(msg_id)
+                rec = self.db.get(d.msg_id)
                 if rec is None:
                     continue
+            action = d.action
             if action == _scheduler.RUN:
-                self._assign(rec, d[2])
+                self._assign(rec, d.engine)
             elif action == _scheduler.DONE:
                 self._finish(rec, rec["result_header"].get("status", ERROR))
             elif action == _scheduler.FAIL:
-                self._fail(rec, d[2], d[3])
+                self._fail(rec, d.ename, d.evalue)
             elif action == _scheduler.RECOVER:
-                recovery = self.db.get(d[2])
+                recovery = self.db.get(d.recovery)
                 if recovery is not None:
-                    recovery["recovers"] = msg_id
+                    recovery["recovers"] = d.msg_id
             elif action == _scheduler.TAKE:
                 if takes is None:
                     takes = collections.defaultdict(list)
-                takes[d[2], d[3]].append(msg_id)
+                takes[d.engine, d.running].append(d.msg_id)
         if takes:
             self._take_back(takes)
 
@@ -1101,10 +1101,10 @@ class Controller:
         if unknown and self._park(idents, header, parts, unknown, len(msg_ids)):
             return
         decisions = self.scheduler.abort(lb, now)
-        for d in decisions:   # (ABORT, msg_id, engine)
-            if d[0] == _scheduler.ABORT and d[2] in self.engines:
-                asked[d[2]].append(d[1])
-        self._act(d for d in decisions if d[0] != _scheduler.ABORT)
+        for d in decisions:
+            if d.action == _scheduler.ABORT and d.engine in self.engines:
+                asked[d.engine].append(d.msg_id)
+        self._act(d for d in decisions if d.action != _scheduler.ABORT)
         for eid, ids in asked.items():
             self._send(self.sockets["engine"], [self.engines[eid]["ident"]], protocol.ABORT,
                        msg_ids=ids, parent=header["msg_id"], queued_only=header.get("queued_only"))
