@@ -14,7 +14,8 @@ Three phases, each on a fresh local cluster::
                 the time until all are registered, then one request to each
 
 Each phase prints `submitted, completed, failed, lost` (lost: no final state within
-the timeout; it must be 0) and the controller's peak RSS. The exit status is 1 when
+the timeout; it must be 0) and the controller's peak RSS; the tasks and map phases also
+the RSS of this process (the client) and of each engine at their end. The exit status is 1 when
 anything was lost or failed. ``tests/test_soak.py`` runs a reduced variant.
 
 Every process is stopped by pid at the end of its phase (the cluster's own stop, then
@@ -76,6 +77,14 @@ class RSSSampler:
         return self.peak
 
 
+def others_rss(cluster):
+    """The client's (this process's) and each engine's RSS now, as report's extra text:
+    the controller is not the only process a long run could grow."""
+    engines = [rss_mb(pid) or 0.0 for e in cluster.engines.values() for pid in e.pids()]
+    return (f"; client RSS {rss_mb(os.getpid()):.1f} MB, engines "
+            + ", ".join(f"{mb:.1f}" for mb in engines) + " MB")
+
+
 def report(name, submitted, completed, failed, lost, seconds, peak_mb, extra=""):
     print(f"{name:8s} submitted {submitted:>9,}  completed {completed:>9,}  failed "
           f"{failed:>5,}  lost {lost:>5,}  in {seconds:7.1f} s  peak controller RSS "
@@ -120,7 +129,7 @@ def phase_tasks(n_tasks, n_engines, folder):
         seconds = time.monotonic() - t0
         return report("tasks", n_tasks, completed, failed, lost, seconds, sampler.stop(),
                       f"  (submitting took {submitted_s:.1f} s; "
-                      f"{n_tasks / seconds:,.0f} tasks/s)")
+                      f"{n_tasks / seconds:,.0f} tasks/s{others_rss(cluster)})")
     finally:
         cluster.stop_cluster_sync()
 
@@ -156,7 +165,7 @@ def phase_map(n_items, n_engines, folder, chunksize=50):
         return report("map", n_items, completed, failed, lost, seconds, peak,
                       f"  ({len(ar):,} tasks of {chunksize}; controller RSS before "
                       f"{before:.1f} MB, peak {peak:.1f}, after {after:.1f}, after "
-                      f"purge {purged:.1f})")
+                      f"purge {purged:.1f}{others_rss(cluster)})")
     finally:
         cluster.stop_cluster_sync()
 

@@ -144,6 +144,10 @@ _REFERENCE = dependency.Reference
 # Requests queued at shutdown that are answered as aborted; the controller fails or
 # retries any beyond these when the engine unregisters.
 REQUESTS_ABORTED_AT_STOP = 10_000
+# How many execute()d sources stay in linecache, for the tracebacks of functions they
+# defined: one cached per execute made a loop of rc[:].execute(...) grow the engine
+# without bound. Older ones show no source line; 100..10,000 is reasonable.
+EXECUTE_SOURCES_KEPT = 1000
 
 # A line of IPython syntax: %magic, %%cell_magic, !command, x = !command, x = %magic, x?
 _IPYTHON_SYNTAX = re.compile(r"^[ \t]*(?:[\w.]+[ \t]*=[ \t]*)?"
@@ -329,6 +333,7 @@ class Engine:
         self.user_ns = dict(_NS_BASE)
         self._injected = {}         # name -> value a function's captured globals put in user_ns
         self.execution_count = 0
+        self._sources = collections.deque()   # linecache names of the latest executes
         self._ipython = None        # the InteractiveShell IPython syntax runs through: lazy
         self.work_dir = work_dir
         self.startup_script = startup_script
@@ -1235,6 +1240,9 @@ class Engine:
         name = f"<minipar-execute-{self.execution_count}>"
         # so tracebacks show the failing line, as IPython does for cells
         linecache.cache[name] = (len(code), None, code.splitlines(True), name)
+        self._sources.append(name)
+        if len(self._sources) > EXECUTE_SOURCES_KEPT:
+            linecache.cache.pop(self._sources.popleft(), None)
         try:
             compiled = compile(code, name, "exec")
         except SyntaxError as e:   # plain Python never gets here, so it pays nothing new

@@ -230,6 +230,27 @@ def test_execute_error_is_composite_with_the_engines_traceback(rc):
     assert z.value.engine_info["engine_id"] == 0
 
 
+def _execute_sources():
+    import linecache
+    return sum(name.startswith("<minipar-execute-") for name in linecache.cache)
+
+
+def test_a_loop_of_executes_keeps_a_bounded_number_of_sources(rc):
+    """Each execute's source goes into the engine's linecache (for its tracebacks): only
+    the latest EXECUTE_SOURCES_KEPT stay, else a loop of executes grows the engine for
+    good. The latest still gives a failing line's text."""
+    from minipar.engine import EXECUTE_SOURCES_KEPT
+
+    view = rc[0]
+    ars = [view.execute(f"k = {i}", block=False) for i in range(EXECUTE_SOURCES_KEPT + 500)]
+    for ar in ars:
+        ar.get(TIMEOUT)
+    assert view.apply_sync(_execute_sources) <= EXECUTE_SOURCES_KEPT
+    with pytest.raises(ZeroDivisionError) as z:
+        view.execute("k = 1/0", block=True)
+    assert "k = 1/0" in z.value.traceback
+
+
 def test_composite_error_tracebacks_as_ipyparallel_shows_them(rc, monkeypatch, capsys):
     """The direct interface tutorial's "Parallel exceptions": ``e.print_traceback(1)``,
     and ``ipp.CompositeError.tb_limit`` bounding what is shown."""
