@@ -1072,8 +1072,9 @@ class Controller:
         elif msg_ids is None:
             msg_ids = [r["msg_id"] for r in self.db.records()
                        if r["status"] != PENDING and r["engine"] in targets]
-        # those dropped are remembered (add returns None), so a query says "unknown" at once
-        kept = [m for m in msg_ids if not self.db.drop(m) or self._purged.add(m)]
+        kept = [m for m in msg_ids if not self.db.drop(m)]
+        for m in set(msg_ids).difference(kept):   # remembered: a query says "unknown" at once
+            self._purged.add(m)
         purged = len(msg_ids) - len(kept)
         self._reply(idents, header, status=OK, purged=purged, pending=kept)
         if purged >= 1000:
