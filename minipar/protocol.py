@@ -217,22 +217,28 @@ def unpack_header(data):
     claiming 2**31 items would stall the reader for seconds (``_counts_fit``)."""
     if _large_count(data) and not _counts_fit(data):
         raise ValueError("a header whose containers claim more items than it has bytes")
-    header = marshal.loads(data)
+    try:
+        header = marshal.loads(data)
+    except (EOFError, TypeError) as e:   # cut short, or a code marshal does not know
+        raise ValueError(f"a header that is not plain data ({type(e).__name__})") from None
     if type(header) is not dict or type(header.get("kind")) is not str \
             or type(header.get("msg_id")) is not str:
         raise ValueError("a header must be a dict with `kind` and `msg_id` strings")
     return header
 
 
-# marshal's type codes (with and without its FLAG_REF bit, 0x80) for the containers it
-# allocates by their count before reading their items: tuple, list, set, frozenset.
-_COUNTED = b"([<>\xa8\xdb\xbc\xbe"
-# Those bytes marked 1, every other 0 (for bytes.translate).
-_COUNTED_MARKS = bytes(b in _COUNTED for b in range(256))
+# marshal's type codes (with and without its FLAG_REF bit, 0x80) for the containers
+# whose count precedes their items: tuple and list, which marshal allocates by that count
+# before reading an item, then set and frozenset, which it grows item by item (a false
+# count costs them nothing, so they are no reason to walk a header).
+_PREALLOCATED = b"([\xa8\xdb"
+_COUNTED = _PREALLOCATED + b"<>\xbc\xbe"
+# The preallocated codes marked 1, every other byte 0 (for bytes.translate).
+_COUNTED_MARKS = bytes(b in _PREALLOCATED for b in range(256))
 
 
 def _large_count(data):
-    """Whether one of those bytes is followed by a count of 256 or more. Where a header
+    """Whether a tuple's or list's code is followed by a count of 256 or more. Where a header
     has none, marshal can waste at most 255 pointers per container still open when the
     data runs out (and it stops nesting at a depth of 2,000): a few MB at worst. A match
     is often a float's or a string's bytes, and then ``_counts_fit`` walks the header to
