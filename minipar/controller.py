@@ -39,6 +39,7 @@ import collections
 import contextlib
 import errno
 import functools
+import gc
 import json
 import logging
 import os
@@ -74,6 +75,7 @@ SHARED_PARTS, SHARED_PART_MAX = 256, 8192
 PARKED_IDS = 100_000
 
 LINGER_MS = 1000   # at close, for replies and shutdowns still to leave (see close)
+GC_YOUNG_THRESHOLD = 10_000   # new objects between the collector's young passes (see main)
 
 CURVE_FILE = "minipar-curve.json"   # the controller's own Curve key pair, 0600, for --reuse
 
@@ -1218,16 +1220,11 @@ class Controller:
         self._reply(idents, header, status=OK, records=records)
 
     _client_handlers = {
-        protocol.CONNECT: _connect,
-        protocol.QUEUE_STATUS: _queue_status,
-        protocol.STATUS: _status,
-        protocol.RESULT_REQUEST: _result_request,
-        protocol.PURGE: _purge,
-        protocol.ABORT: _abort,
-        protocol.SHUTDOWN: _shutdown,
-        protocol.RESUBMIT: _resubmit,
-        protocol.DB_QUERY: _db_query,
-        protocol.SIGNAL: _signal,
+        protocol.CONNECT: _connect, protocol.QUEUE_STATUS: _queue_status,
+        protocol.STATUS: _status, protocol.RESULT_REQUEST: _result_request,
+        protocol.PURGE: _purge, protocol.ABORT: _abort,
+        protocol.SHUTDOWN: _shutdown, protocol.RESUBMIT: _resubmit,
+        protocol.DB_QUERY: _db_query, protocol.SIGNAL: _signal,
         protocol.BROADCAST: _broadcast}
 
 
@@ -1236,7 +1233,6 @@ def _give_back_memory():
     allows (what the C allocator keeps of freed blocks; pymalloc returns an arena only
     when every object in it is gone)."""
     import ctypes   # here, not at import: purges are rare
-    import gc
 
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
@@ -1588,6 +1584,9 @@ def main(argv=None):
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # a young collection every 700 new objects (the default) walked the records in flight
+    # every 100 tasks: 2.4 µs of a load-balanced task, 1.9 of a direct one; 1.2 and 0.5 so
+    gc.set_threshold(GC_YOUNG_THRESHOLD)
     try:
         c.run()
     except errors.MiniparError as e:   # PortInUseError: a Cluster reads the class's name
