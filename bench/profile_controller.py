@@ -13,7 +13,9 @@ CPU per task from /proc (the real figure); under a sampler (SIGPROF on the contr
 CPU time, see `serve`), for where that CPU goes; under cProfile, for calls per task only
 (its times are inflated unevenly), over a fifth of the tasks. It prints the top
 functions by own CPU per task (their share of the samples times the unprofiled figure),
-with their inclusive CPU per task (them and what they call) and calls per task.
+with their inclusive CPU per task (them and what they call) and calls per task, after
+the garbage collector's CPU per task in the sampled run (`gc.callbacks`; the collector's
+time also shows in the samples, under whichever function allocated when it ran).
 The sampler's clock ticks at the kernel's rate (every 4 ms of CPU here, whatever
 SAMPLE_S asks), hence the default of 50,000 tasks: about 1,000 samples a workload.
 """
@@ -46,6 +48,7 @@ def serve(path, argv):
     """
     import cProfile
     import collections
+    import gc
     import runpy
     prof = cProfile.Profile(time.thread_time)
     own, inclusive = collections.Counter(), collections.Counter()
@@ -66,13 +69,24 @@ def serve(path, argv):
                 inclusive[k] += 1
             frame = frame.f_back
 
+    collector = {"s": 0.0, "passes": [0, 0, 0], "start": 0.0}
+
+    def collecting(phase, info):   # the garbage collector's CPU, by pass
+        if phase == "start":
+            collector["start"] = time.thread_time()
+        else:
+            collector["s"] += time.thread_time() - collector["start"]
+            collector["passes"][info["generation"]] += 1
+
     def sampler_start(*_):
+        collector.update(s=0.0, passes=[0, 0, 0])
         signal.setitimer(signal.ITIMER_PROF, SAMPLE_S, SAMPLE_S)
 
     def sampler_stop(*_):
         signal.setitimer(signal.ITIMER_PROF, 0, 0)
         with open(path + ".samples.tmp", "w") as f:
-            json.dump({"own": own, "inclusive": inclusive}, f)
+            json.dump({"own": own, "inclusive": inclusive, "gc_s": collector["s"],
+                       "gc_passes": collector["passes"]}, f)
         os.replace(path + ".samples.tmp", path + ".samples.json")
 
     def profile_stop(*_):
@@ -80,6 +94,7 @@ def serve(path, argv):
         prof.dump_stats(path + ".tmp")
         os.replace(path + ".tmp", path)
 
+    gc.callbacks.append(collecting)
     signal.signal(signal.SIGPROF, sample)
     signal.signal(signal.SIGUSR1, sampler_start)
     signal.signal(signal.SIGUSR2, sampler_stop)
@@ -185,12 +200,16 @@ def report(mode, stats_path, tasks, profiled_tasks, figures, top):
     print(f"\n{title}: controller CPU per task {plain:.1f} µs unprofiled, "
           f"{figures['sampled_us']:.1f} µs sampled ({total:,} samples), "
           f"{figures['profiled_us']:.1f} µs under cProfile")
+    young, middle, full = samples["gc_passes"]
+    print(f"the garbage collector, in the sampled run: {samples['gc_s'] / tasks * 1e6:.2f} µs "
+          f"per task ({young} young, {middle} middle, {full} full passes)")
     print(f"{'own µs':>7} {'incl µs':>7} {'calls':>6}  function")
     for r in rows[:top]:
         c = r["calls_per_task"]
         print(f"{r['own_us']:7.2f} {r['inclusive_us']:7.1f} "
               f"{'-' if c is None else f'{c:.2f}':>6}  {r['function']}")
-    return {**figures, "samples": total, "top": rows[:top]}
+    return {**figures, "samples": total, "gc_us": samples["gc_s"] / tasks * 1e6,
+            "gc_passes": samples["gc_passes"], "top": rows[:top]}
 
 
 def main():
