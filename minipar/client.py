@@ -1006,7 +1006,11 @@ class Client(errors.SaysWhyAbsent):
             self._engines_changed.notify_all()
         with self._send_lock:
             self._flush()
-            self._sender.close(linger=1000)
+            # what is queued (a request just made) has a second to leave, but none while
+            # the controller is gone (the I/O thread saw the connection lost): nothing can
+            # reach it, and ending the context (term) would wait out that second
+            lost = self._lost_at is not None or self._gone is not None
+            self._sender.close(linger=0 if lost else 1000)
             with contextlib.suppress(zmq.Again):   # an I/O thread that saw us collected is gone
                 self._outbox.send(b"", zmq.NOBLOCK)
             self._outbox.close(linger=1000)
