@@ -54,6 +54,7 @@ from .remotefunction import (ParallelFunction, RemoteFunction, _partition, _sequ
 from .errors import CompositeError, NoEnginesRegistered, TimeoutError
 
 log = logging.getLogger(__name__)
+__path__ = []   # so ipyparallel's paths into it are explained: errors.SUBMODULE_MOVED
 
 # How long a Client waits for a controller that went away to come back (then it catches
 # up by itself) before failing what is outstanding. 10..300 s is reasonable: a controller
