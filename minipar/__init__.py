@@ -47,18 +47,27 @@ _LAZY = {
 class _AbsentSubmodules:
     """The finder of sys.meta_path that makes ``import minipar.util`` (ipyparallel's
     ``ipyparallel.util``, renamed) an ImportError saying what to use instead
-    (errors.SUBMODULE_ABSENT). It is the last finder, so it is asked only about a module
-    no other found: an import that works, here or in any other package, never reaches it."""
+    (errors.SUBMODULE_ABSENT), and ``from minipar.client.view import DirectView`` one
+    saying where the name is (errors.SUBMODULE_MOVED). It is the last finder, so it is
+    asked only about a module no other found: an import that works, here or in any
+    other package, never reaches it."""
 
     @staticmethod
     def find_spec(fullname, path=None, target=None):
-        package, _, name = fullname.rpartition(".")
-        why = errors.SUBMODULE_ABSENT.get(name) if package == __name__ else None
+        package, _, name = fullname.partition(".")
+        if package != __name__:
+            return None
+        # no `name=` below: with one, `from minipar import util` would swallow the error
+        # (importlib's rule for a fromlist's missing module) and say less
+        why = errors.SUBMODULE_ABSENT.get(name)
         if why:
-            # no `name=`: with one, `from minipar import util` would swallow this error
-            # (importlib's rule for a fromlist's missing module) and say less
             raise ModuleNotFoundError(f"No module named {fullname!r}: minipar leaves "
                                       f"ipyparallel's {name} out on purpose: {why}")
+        why = errors.SUBMODULE_MOVED.get(name)
+        if why:
+            module = name.partition(".")[0]
+            raise ModuleNotFoundError(f"No module named {fullname!r}: minipar.{module} is one "
+                                      f"module, not a package as ipyparallel.{module} is: {why}")
         return None
 
 

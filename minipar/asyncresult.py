@@ -126,6 +126,7 @@ class _MsgFuture(_Future):
     """The future of one message; ``metadata`` is filled in by the I/O thread."""
 
     _pieces = None   # output streamed in (I/O thread) and not yet in metadata: see below
+    _watched = False   # another client's request, followed through get_result: not ours
 
     def __init__(self, msg_id, engine_id=None):
         super().__init__()
@@ -498,8 +499,8 @@ class _OneRequest(AsyncResult):
     quick task."""
 
     _request = _MsgFuture._request   # called by Client.send_request, which knows the msg_id
-    metadata, _joined, _streamed, _pieces = (_MsgFuture.metadata, _MsgFuture._joined,
-                                             _MsgFuture._streamed, None)
+    metadata, _joined, _streamed, _pieces, _watched = (_MsgFuture.metadata, _MsgFuture._joined,
+                                                       _MsgFuture._streamed, None, False)
     running = concurrent.futures.Future.running
     _single, _mapping, _ordered = True, False, True
 

@@ -54,6 +54,7 @@ from .remotefunction import (ParallelFunction, RemoteFunction, _partition, _sequ
 from .errors import CompositeError, NoEnginesRegistered, TimeoutError
 
 log = logging.getLogger(__name__)
+__path__ = []   # so ipyparallel's paths into it are explained: errors.SUBMODULE_MOVED
 
 # How long a Client waits for a controller that went away to come back (then it catches
 # up by itself) before failing what is outstanding. 10..300 s is reasonable: a controller
@@ -825,9 +826,12 @@ class Client(errors.SaysWhyAbsent):
 
     def pending_requests(self):
         """The futures of this client's requests not answered yet, oldest first (queries
-        to the controller left out); each has ``msg_id`` and ``metadata``, whose
-        ``engine_id`` is the engine it went to (None: not known yet)."""
-        return [f for f in list(self._futures.values()) if not f._md.get("query")]
+        to the controller, and other clients' requests it follows through get_result, left
+        out: as ipyparallel's ``outstanding``, what abort() and wait() take by default);
+        each has ``msg_id`` and ``metadata``, whose ``engine_id`` is the engine it went to
+        (None: not known yet)."""
+        return [f for f in list(self._futures.values())
+                if not f._md.get("query") and not f._watched]
 
     def get_result(self, msg_ids, block=None, owner=False):
         """An AsyncResult for msg_ids, also ones another client submitted. Those already
@@ -839,6 +843,7 @@ class Client(errors.SaysWhyAbsent):
             f = self._futures.get(m)
             if f is None:
                 f = asked[m] = _MsgFuture(m)
+                f._watched = True   # another client's, or one of ours already answered
                 self._futures[m] = f
             futures.append(f)
         if asked:
@@ -863,9 +868,10 @@ class Client(errors.SaysWhyAbsent):
         return not concurrent.futures.wait(futures, _timeout_s(timeout)).not_done
 
     def abort(self, jobs=None, targets=None, block=None):
-        """Abort jobs (msg_ids or AsyncResults; None or 'all': every request of this client
-        not answered yet, a cancelled one its engine runs on too, or with `targets` those sent
-        to these engines): queued ones fail with TaskAborted, running ones are interrupted.
+        """Abort jobs (msg_ids or AsyncResults; None or 'all': every request this client
+        made and has no answer to, a cancelled one its engine runs on too but not another
+        client's it follows through get_result, or with `targets` those sent to these
+        engines): queued ones fail with TaskAborted, running ones are interrupted.
         Done when it returns (`block`: ipyparallel's, accepted); warns if none was left."""
         self._check_usable()
         on = None if targets is None else self.resolve_targets(targets)
@@ -1001,7 +1007,11 @@ class Client(errors.SaysWhyAbsent):
             self._engines_changed.notify_all()
         with self._send_lock:
             self._flush()
-            self._sender.close(linger=1000)
+            # what is queued (a request just made) has a second to leave, but none while
+            # the controller is gone (the I/O thread saw the connection lost): nothing can
+            # reach it, and ending the context (term) would wait out that second
+            lost = self._lost_at is not None or self._gone is not None
+            self._sender.close(linger=0 if lost else 1000)
             with contextlib.suppress(zmq.Again):   # an I/O thread that saw us collected is gone
                 self._outbox.send(b"", zmq.NOBLOCK)
             self._outbox.close(linger=1000)

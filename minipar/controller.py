@@ -52,13 +52,13 @@ import time
 import zmq
 
 from . import errors, protocol
-from . import scheduler as _scheduler
-from . import top as _top
+from . import scheduler as _scheduler, top as _top
 from .protocol import ERROR, OK
 from .records import (PENDING, RECORD_BYTES, RECORD_LIMIT, Parked, _header, _IdSet,
                       _queried_ids, open_db)
 
 log = logging.getLogger(__name__)
+__path__ = []   # so ipyparallel's paths into it are explained: errors.SUBMODULE_MOVED
 
 HEARTBEAT_PERIOD_S = 1.0   # 0.1..5 is reasonable; tests use 0.1
 HEARTBEAT_LIVENESS = 5     # missed beats before an engine is dead; 3..10 is reasonable

@@ -94,6 +94,7 @@ from .top import process_usage
 
 # minipar.engine under -m too: "__main__" is the tasks' (a script's getLogger(__name__))
 log = logging.getLogger(__spec__.name if __spec__ else __name__)
+__path__ = []   # so ipyparallel's paths into it are explained: errors.SUBMODULE_MOVED
 
 # The receiver and main threads hand the GIL back and forth on every message; with work
 # queued both want it, and the default 5 ms switch interval would cap an engine near

@@ -289,6 +289,37 @@ SUBMODULE_ABSENT = {
               "(MINIPAR_DEBUG=1: more)",
 }
 
+# ipyparallel's packages that minipar has as one module each (client.py, controller.py,
+# engine.py), by ipyparallel's dotted path: an import by that path with the package renamed
+# (``from minipar.client.view import DirectView``) is an ImportError saying where the names
+# are (the finder in minipar/__init__.py), not Python's "'minipar.client' is not a
+# package". Those modules have an empty ``__path__``, without which Python says that
+# before it asks any finder; a path not here stays the plain "No module named".
+_RUN = "run python -m minipar.{0} (its parts are internal to minipar.{0})"
+SUBMODULE_MOVED = {
+    "client.client": "Client is minipar's: from minipar import Client",
+    "client.view": "DirectView, LoadBalancedView, BroadcastView and ViewExecutor are "
+                   "minipar's: from minipar import DirectView",
+    "client.asyncresult": "AsyncResult is minipar's (AsyncMapResult and AsyncHubResult are "
+                          "AsyncResults too): from minipar import AsyncResult",
+    "client.remotefunction": "use the decorators @view.remote() and @view.parallel(); "
+                             "RemoteFunction and ParallelFunction are not exported",
+    "client.magics": "%px and the other magics come with rc.activate(), or at once for a "
+                     "Client made inside IPython",
+    "client.futures": "every AsyncResult is a concurrent.futures.Future",
+    "client.map": "scatter and map split sequences in blocks (dist='b') by themselves",
+    "controller.dependency": "Dependency, depend, dependent and require are minipar's: from "
+                             "minipar import Dependency",
+    "controller.dictdb": "the task records are in minipar.records; query them with "
+                         "rc.db_query",
+    "controller.sqlitedb": "the task records are in minipar.records (python -m "
+                           "minipar.controller --db sqlite); query them with rc.db_query",
+    "engine.datapub": "from minipar.datapub import publish_data",
+    **{f"controller.{m}": _RUN.format("controller") for m in (
+        "app", "hub", "scheduler", "task_scheduler", "broadcast_scheduler", "heartmonitor")},
+    **{f"engine.{m}": _RUN.format("engine") for m in ("app", "engine", "kernel", "nanny")},
+}
+
 # ipyparallel Cluster's traitlets options that minipar's Cluster has no argument for
 CLUSTER_ABSENT = {
     "controller_ip": 'pass controller_args=["--ip", ip] ("*": every interface)',

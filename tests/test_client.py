@@ -395,6 +395,32 @@ def test_another_client_finds_a_request_made_just_before_its_question(shared_clu
         other.close()
 
 
+def test_abort_of_all_leaves_another_clients_request_it_follows(shared_cluster, rc):
+    """rc.abort() with no jobs aborts the requests this client made and has no answer
+    to, as ipyparallel's (its ``outstanding``): a request of another client that this one
+    only follows through get_result runs on (it was aborted, with every unfinished
+    request of the cluster this client had asked about)."""
+    from minipar.asyncresult import _abort_quietly
+
+    other = shared_cluster.client()
+    theirs = rc[0].apply_async(time.sleep, TIMEOUT / 2)
+    try:
+        followed = other.get_result(theirs.msg_ids[0])
+        mine = other[1].apply_async(time.sleep, TIMEOUT / 2)
+        assert other.outstanding == set(mine.msg_ids)
+        assert other.abort() == 1
+        with pytest.raises(minipar.RemoteError, match="TaskAborted"):
+            mine.get(TIMEOUT)
+        assert not theirs.done() and not followed.done()
+        assert rc.result_status(theirs)["pending"] == theirs.msg_ids
+        rc.abort(theirs)   # its own client may; the follower hears of it too
+        with pytest.raises(minipar.RemoteError, match="TaskAborted"):
+            followed.get(TIMEOUT)
+    finally:
+        _abort_quietly(rc, [theirs])   # never left running on the module's cluster
+        other.close()
+
+
 def test_under_db_none_a_finished_request_is_said_so_at_once(tmp_path):
     """Under --db none the controller keeps no finished record, but it remembers the ids
     it dropped: a question about one says so at once, as about a culled one, rather than

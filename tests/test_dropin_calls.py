@@ -615,6 +615,39 @@ def test_a_submodule_minipar_leaves_out_says_what_to_use(rc, tmp_path, monkeypat
     assert sys.meta_path[-1].__module__ == "minipar"   # asked only once all others failed
 
 
+def test_a_path_into_an_ipyparallel_package_minipar_has_as_a_module_says_where_to_look(rc):
+    """ipyparallel's client, controller and engine are packages (``from
+    ipyparallel.client.view import DirectView``); minipar's are modules, so with the
+    package renamed such an import was Python's "No module named 'minipar.client.view';
+    'minipar.client' is not a package". It is an ImportError saying where the name is,
+    here and on the engines, in each form of import; what those modules have still
+    imports from them, and a name they lack is the plain error it was."""
+    for statement, advice in (
+            ("from minipar.client.view import DirectView", "from minipar import DirectView"),
+            ("import minipar.client.view", "from minipar import DirectView"),
+            ("from minipar.client import view", "from minipar import DirectView"),
+            ("from minipar.client.asyncresult import AsyncResult",
+             "from minipar import AsyncResult"),
+            ("from minipar.client.client import Client", "from minipar import Client"),
+            ("from minipar.controller.dependency import require",
+             "from minipar import Dependency"),
+            ("from minipar.engine.datapub import publish_data",
+             "from minipar.datapub import publish_data")):
+        with pytest.raises(ModuleNotFoundError, match=r"minipar\.(\w+) is one module, not a "
+                           r"package as ipyparallel\.\1 is: .*" + re.escape(advice)):
+            exec(statement, {})
+    with pytest.raises(ipp.CompositeError, match=re.escape("from minipar import DirectView")):
+        rc[:].execute("from minipar.client.view import DirectView", block=True)
+    exec("from minipar.client import Client, DirectView\n"
+         "from minipar.asyncresult import AsyncResult", {})
+    with pytest.raises(ImportError, match=r"^cannot import name 'nonsense' from "
+                                          r"'minipar\.client'"):
+        exec("from minipar.client import nonsense", {})
+    with pytest.raises(ModuleNotFoundError) as info:
+        exec("import minipar.client.nonsense", {})
+    assert str(info.value) == "No module named 'minipar.client.nonsense'"
+
+
 def test_an_engine_imports_from_the_folder_it_is_in_as_ipyparallels(rc, tmp_path,
                                                                      monkeypatch):
     """ipyparallel's engines put '' on sys.path, so its word count example moves them to

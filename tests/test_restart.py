@@ -181,6 +181,28 @@ def test_a_cancelled_request_lost_with_the_controller_is_no_longer_pending(tmp_p
         c.stop()
 
 
+def test_close_sends_what_it_queued_but_waits_for_no_controller_that_is_gone(local_cluster):
+    """close() gives what is still queued a second to leave while the controller is
+    there: requests made just before it all arrive. Once the connection is lost (the
+    controller killed here), nothing can reach it and close() waits for nothing, where it
+    waited out that second: only its time shows that, which no test asserts, so this one
+    checks that such a close() still fails what was outstanding."""
+    local_cluster.start_engines(1)
+    closing, watcher = local_cluster.client(), local_cluster.client()
+    watcher.wait_for_engines(1, START_TIMEOUT_S)
+    view = closing.load_balanced_view()
+    ids = [view.apply_async(slow, 0, i).msg_ids[0] for i in range(20)]
+    closing.close()
+    status = watcher.result_status(ids)   # a KeyError for one that never arrived
+    assert sorted(status["pending"] + status["completed"]) == sorted(ids)
+    local_cluster.controller.kill()
+    wait_until(lambda: watcher._lost_at is not None, TIMEOUT, "the controller's loss seen")
+    ar = watcher.load_balanced_view().apply_async(slow, 0, 1)   # queued: it cannot leave
+    watcher.close()
+    with pytest.raises(RuntimeError, match="closed before the reply came"):
+        ar.get(0)
+
+
 def test_clients_and_engines_give_up_on_a_controller_that_stays_away(local_cluster):
     c = local_cluster
     (engine,) = c.start_engines(1, args=["--max-missed-heartbeats", "10"])   # 2 s
