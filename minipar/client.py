@@ -664,9 +664,14 @@ class Client(errors.SaysWhyAbsent):
             if key not in ids:
                 raise IndexError(f"engine {key} is not registered; registered: {ids}")
             return DirectView(self, key)
-        if isinstance(key, (slice, list, tuple)):
+        if isinstance(key, (slice, list, tuple, range)):
             return DirectView(self, ids[key] if isinstance(key, slice) else list(key))
         raise TypeError(f"index a Client with an int, a slice or a list, not {type(key).__name__}")
+
+    def __iter__(self):
+        # one view per registered engine, as ipyparallel's: without it Python would index
+        # 0, 1, 2... and stop at the first id not registered (an engine gone)
+        return (DirectView(self, e) for e in self.ids)
 
     # a view's flags (block, label, retries...) may be given when it is made, as ipyparallel's
     def direct_view(self, targets="all", **flags):
