@@ -543,6 +543,11 @@ class Client(errors.SaysWhyAbsent):
         _sent(self, (f,))   # before it leaves: a Ctrl-C from here on aborts it
         if "label" in fields:
             f._md["label"] = fields["label"]
+        for key in ("after", "follow"):   # ipyparallel's metadata: the msg_ids it waited on
+            if fields.get(key):
+                f._md[key] = fields[key]["ids"]
+        if "code" in fields:
+            f._md["execute_input"] = fields["code"]
         held = getattr(self._local, "held", None)
         if held is not None:
             held.append(frames)
