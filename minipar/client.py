@@ -854,6 +854,8 @@ class Client(errors.SaysWhyAbsent):
         if asked:
             reply = self.query(protocol.RESULT_REQUEST, msg_ids=list(asked))
             culled = reply.get("culled") or {}   # why, for ids the controller culled
+            for m, t in (reply.get("submitted") or {}).items():   # not when it was asked for
+                asked[m]._md["submitted"] = t or asked[m]._md["submitted"]
             for m in reply["unknown"]:
                 f = self._futures.pop(m, None)
                 if f is not None and not f.done():
