@@ -134,10 +134,18 @@ class _MsgFuture(_Future):
 
     def _request(self, msg_id, engine_id):
         self.msg_id, self._pieces = msg_id, None
+        # ipyparallel's keys all there, so code reading them finds them: engine_uuid
+        # stays None (an engine is named by its id), execute_result too (no Out[n])
         self._md = Metadata(msg_id=msg_id, engine_id=engine_id, submitted=time.time(),
                             started=None, completed=None, received=None,
                             stdout="", stderr="", status=None, attempts=[],
-                            data={}, label=None)
+                            data={}, label=None, engine_uuid=None, after=[], follow=[],
+                            execute_input=None, execute_result=None, error=None,
+                            outputs=[])
+
+    def set_exception(self, exception):
+        self._md["error"] = exception   # ipyparallel's metadata['error']
+        super().set_exception(exception)
 
     def _streamed(self, name, text):
         # executes in the I/O thread: a request's output, kept to be joined once read
@@ -521,6 +529,7 @@ class _OneRequest(AsyncResult):
         self._settle(super().set_result, result)
 
     def set_exception(self, exception):
+        self._md["error"] = exception   # ipyparallel's metadata['error']
         self._settle(super().set_exception, exception)
 
     def _settle(self, setter, value):

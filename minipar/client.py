@@ -544,6 +544,11 @@ class Client(errors.SaysWhyAbsent):
         _sent(self, (f,))   # before it leaves: a Ctrl-C from here on aborts it
         if "label" in fields:
             f._md["label"] = fields["label"]
+        for key in ("after", "follow"):   # ipyparallel's metadata: the msg_ids it waited on
+            if fields.get(key):
+                f._md[key] = fields[key]["ids"]
+        if "code" in fields:
+            f._md["execute_input"] = fields["code"]
         held = getattr(self._local, "held", None)
         if held is not None:
             held.append(frames)
@@ -665,9 +670,14 @@ class Client(errors.SaysWhyAbsent):
             if key not in ids:
                 raise IndexError(f"engine {key} is not registered; registered: {ids}")
             return DirectView(self, key)
-        if isinstance(key, (slice, list, tuple)):
+        if isinstance(key, (slice, list, tuple, range)):
             return DirectView(self, ids[key] if isinstance(key, slice) else list(key))
         raise TypeError(f"index a Client with an int, a slice or a list, not {type(key).__name__}")
+
+    def __iter__(self):
+        # one view per registered engine, as ipyparallel's: without it Python would index
+        # 0, 1, 2... and stop at the first id not registered (an engine gone)
+        return (DirectView(self, e) for e in self.ids)
 
     # a view's flags (block, label, retries...) may be given when it is made, as ipyparallel's
     def direct_view(self, targets="all", **flags):
@@ -849,6 +859,8 @@ class Client(errors.SaysWhyAbsent):
         if asked:
             reply = self.query(protocol.RESULT_REQUEST, msg_ids=list(asked))
             culled = reply.get("culled") or {}   # why, for ids the controller culled
+            for m, t in (reply.get("submitted") or {}).items():   # not when it was asked for
+                asked[m]._md["submitted"] = t or asked[m]._md["submitted"]
             for m in reply["unknown"]:
                 f = self._futures.pop(m, None)
                 if f is not None and not f.done():

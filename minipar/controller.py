@@ -709,14 +709,12 @@ class Controller:
         if msg_id in self.db:
             raise ValueError(f"duplicate msg_id {msg_id}")
         wire = protocol.keep(wire)
-        # what many queued requests have in common, held once: the first part (the
-        # function of an apply, sent again with every call)
+        # held once, what many queued requests share: their first part (an apply's function)
         if len(wire) > 3 and len(wire[3]) <= SHARED_PART_MAX:
             if len(self._shared) >= SHARED_PARTS:
                 self._shared.clear()
             wire = (*wire[:3], self._shared.setdefault(wire[3], wire[3]), *wire[4:])
-        # the other RECORD_KEYS come when they have a value: a dict of 9 keys is 190 B
-        # smaller than one of 15, for each queued task
+        # the other RECORD_KEYS come once set: 9 keys take 190 B less than 15, per queued task
         rec = {"msg_id": msg_id, "kind": header["kind"], "client": client, "engine": None,
                "lb": bool(header.get("lb")), "submitted": now, "status": PENDING,
                "wire": wire, "attempts": ()}
@@ -1037,9 +1035,11 @@ class Controller:
         status_only = header.get("status_only", False)
         pending, done, unknown, running, watched = [], [], [], [], []
         culled = {}   # unknown ids the DB culled -> why (in `unknown` too, as before)
+        submitted = {}   # id -> when this controller got it: the metadata of one asked for
         msg_ids = header.get("msg_ids", ())
         for msg_id in msg_ids:
             rec = self.db.get(msg_id)
+            submitted[msg_id] = rec and rec["submitted"]
             if rec is None:
                 unknown.append(msg_id)
                 why = self.db.culled(msg_id)
@@ -1059,7 +1059,7 @@ class Controller:
         for rec in watched:   # once the query is answered: not again if it waits
             rec["watchers"] = (rec.get("watchers") or []) + [idents[0]]
         self._reply(idents, header, status=OK, pending=pending, completed=done, unknown=unknown,
-                    running=running, culled=culled)
+                    running=running, culled=culled, submitted=submitted)
         for msg_id in () if status_only else done:  # then the results, as ordinary replies
             rec = self.db.get(msg_id)
             rh = dict(rec["result_header"], date=time.time(), resent=True)

@@ -935,10 +935,10 @@ class Cluster:
     def from_file(cls, cluster_file=None, *, profile=None, profile_dir=None, cluster_id=None):
         """The Cluster saved in `cluster_file`, or in a profile, its launchers reconnected.
 
-        Without `cluster_file`: cluster `cluster_id` of the profile, or, without
-        `cluster_id`, the one running cluster there (an error names them if there are
-        several). Without `profile` and `profile_dir`, every folder in $MINIPAR_DIR is
-        searched (ipyparallel: the default profile), so ``Cluster(n=2)`` is found too.
+        Without `cluster_file`: cluster `cluster_id` of the profile, or, without it (or
+        with "", `ipcluster start`'s id), the one running cluster there (an error names
+        them if several). Without `profile` and `profile_dir`: every folder in $MINIPAR_DIR
+        (ipyparallel: the default profile), so ``Cluster(n=2)`` is found too.
         Launchers whose resources are gone are dropped (`controller` becomes None), but an
         ssh set that left files on hosts is kept, ended, for stop(). The returned Cluster
         does not stop anything when this process exits."""
@@ -1250,13 +1250,13 @@ def _searched(profile, profile_dir):
 
 
 def find_cluster_file(profile=None, profile_dir=None, cluster_id=None):
-    """The file of cluster `cluster_id`, or else of the one running cluster; an error
-    naming the choices when there are none or several."""
+    """The file of cluster `cluster_id`, or else (also for "", ipcluster's default id, if
+    no cluster has it) of the one running cluster; an error naming none or several."""
     paths, left = cluster_files(profile, profile_dir), 0
-    if cluster_id is not None:
-        name = CLUSTER_FILE.format(cluster_id=cluster_id)
-        paths = [p for p in paths if os.path.basename(p) == name]
-        what = f"cluster {cluster_id!r}"
+    name = None if cluster_id is None else CLUSTER_FILE.format(cluster_id=cluster_id)
+    named = [p for p in paths if os.path.basename(p) == name]
+    if named or cluster_id:
+        paths, what = named, f"cluster {cluster_id!r}"
     else:
         left, paths = len(paths), [p for p in paths if _running(p)]
         what = "running cluster"

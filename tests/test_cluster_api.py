@@ -256,6 +256,32 @@ def test_from_file_finds_the_one_running_cluster(pids, minipar_dir):  # noqa: F8
     assert pids.wait_gone(20) == []
 
 
+def test_from_file_with_ipclusters_empty_id(pids, minipar_dir):  # noqa: F811
+    """ipyparallel's Cluster API notebook connects to what ``ipcluster start`` started with
+    ``ipp.Cluster.from_file(profile="default", cluster_id="")`` (its default id); a
+    cluster started from minipar's shell command has an id of its own, so "" finds the
+    one running cluster of the profile, unless a cluster does have the id ""."""
+    empty = Cluster(n=0, profile_dir=str(minipar_dir / "empty"), cluster_id="",
+                    controller_args=CTL_ARGS)
+    out = cli("start", "-n", "1", "--controller-args", " ".join(CTL_ARGS), "--daemonize")
+    try:
+        assert out.returncode == 0, out.stderr
+        cluster = minipar.Cluster.from_file(profile="default", cluster_id="")
+        assert cluster.controller.running and cluster.cluster_id != ""
+        rc = cluster.connect_client_sync()
+        assert rc.wait_for_engines(1, timeout=60) == [0] and rc[:].apply_sync(abs, -1) == [1]
+        pids.add_cluster(cluster, rc)
+        empty.start_cluster_sync()
+        pids.add_cluster(empty)
+        found = Cluster.from_file(profile_dir=empty.profile_dir, cluster_id="")
+        assert found.cluster_id == "" and found.controller.running
+    finally:
+        empty.stop_cluster_sync()
+        stopped = cli("stop", "--profile", "default")
+    assert stopped.returncode == 0, stopped.stderr
+    assert pids.wait_gone(20) == []
+
+
 def test_cluster_manager_lists_loads_and_stops_clusters(pids, minipar_dir):  # noqa: F811
     assert minipar.ClusterManager is ClusterManager
     cm = ClusterManager()

@@ -232,6 +232,28 @@ def test_client_get_result_takes_block_as_ipyparallel(rc):
     assert lview.get_result(ar, block=True).ready()                  # the view's, as before
 
 
+def test_get_result_of_another_clients_request_keeps_when_it_was_submitted(shared_cluster):
+    """Another client's ``get_result`` (ipyparallel: the hub's record) gives the request's
+    own ``submitted`` time, not the time it asked, so ``started - submitted`` (as the
+    docs' visualizing-tasks notebook computes it) is never negative; also when it asked
+    while the request still ran."""
+    rc = shared_cluster.rc
+    ar = rc.load_balanced_view().apply_async(sleep_then, 0.5, "x")
+    asked_early, asked_late = shared_cluster.client(), shared_cluster.client()
+    try:
+        early = asked_early.get_result(ar.msg_ids)
+        assert ar.get(TIMEOUT) == "x"
+        late = asked_late.get_result(ar.msg_ids, block=True)
+        record, = rc.db_query({"msg_id": ar.msg_ids[0]}, keys=["submitted"])
+        for got in (early, late):
+            assert got.get(TIMEOUT) == ["x"]
+            md = got.metadata[0]
+            assert md["submitted"] == record["submitted"] <= md["started"] <= md["completed"]
+    finally:
+        asked_early.close()
+        asked_late.close()
+
+
 def test_wait_for_engines_as_ipyparallel(local_cluster):
     """``rc.wait_for_engines(n, timeout=-1, block=True, interactive=None, widget=None)``:
     -1 (its default) is no limit, and ``block=False`` returns a Future at once."""

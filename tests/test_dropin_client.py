@@ -72,6 +72,21 @@ def test_indexing_as_a_list(cluster):
             rc[bad]
 
 
+def test_a_client_iterates_its_engines_and_takes_a_range_as_ipyparallels(cluster):
+    """ipyparallel's ``for view in rc`` gives one DirectView per registered engine, also
+    once an engine is gone (ids 0, 2, 3), and ``rc[range(...)]`` is a list of ids."""
+    rc = cluster.rc
+    rc.shutdown(targets=[1], block=True)
+    wait_until(lambda: rc.ids == [0, 2, 3], TIMEOUT, "engine 1 to be gone")
+    views = [view for view in rc]
+    assert [v.targets for v in views] == [0, 2, 3]
+    assert [v.apply_sync(lambda x: x * 2, 21) for v in views] == [42] * 3
+    assert rc[range(2, 4)].targets == [2, 3]
+    assert rc[range(2, 4)].apply_sync(lambda: 1) == [1, 1]
+    with pytest.raises(IndexError, match="engine 1 is not registered"):
+        rc[range(2)].apply_sync(lambda: 1)
+
+
 # ---------------------------------------------------------------- send_signal
 
 def _sleep_long():

@@ -155,6 +155,33 @@ def test_metadata_keys_read_as_attributes(rc):
         md.nope
 
 
+def test_metadata_has_ipyparallels_keys(rc):
+    """ipyparallel's Metadata always holds its keys ("Metadata keys" in its docs:
+    error, execute_input, after, follow, engine_uuid, outputs...): code reading them
+    must not get a KeyError. `error` is the request's RemoteError, `after` and `follow`
+    the msg_ids its dependencies named, `execute_input` an execute's code."""
+    lv = rc.load_balanced_view()
+    first = lv.apply_async(abs, -1)
+    first.get(WAIT_S)
+    with lv.temp_flags(after=[first], follow=minipar.Dependency(first.msg_ids)):
+        then = lv.apply_async(abs, -2)
+    failed = rc[0].apply_async(lambda: 1 / 0)
+    ran = rc[:2].execute("x = 1", block=True)
+    assert then.get(WAIT_S) == 2 and ran.get(WAIT_S) == [None, None]
+    with pytest.raises(minipar.RemoteError):
+        failed.get(WAIT_S)
+    md = then.metadata
+    assert md["after"] == md.follow == first.msg_ids and md["error"] is None
+    assert md["engine_uuid"] is None and md["execute_input"] is None
+    assert md["execute_result"] is None and md["outputs"] == []
+    assert first.metadata["after"] == first.metadata["follow"] == []
+    assert isinstance(failed.metadata["error"], minipar.RemoteError)
+    assert failed.metadata.error.ename == "ZeroDivisionError"
+    assert failed.error is failed.metadata["error"]   # an AsyncResult reads metadata keys too
+    assert [m["execute_input"] for m in ran.metadata] == ["x = 1"] * 2
+    assert all(m["error"] is None for m in ran.metadata)
+
+
 def test_return_exceptions_for_map_and_get(rc):
     lv = rc.load_balanced_view()
     results = lv.map(fail_on_odd, range(6), chunksize=1, return_exceptions=True, block=True)
