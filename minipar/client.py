@@ -223,8 +223,7 @@ class Client(errors.SaysWhyAbsent):
                         self._on_notification(dealer, frames[1:])
                 except Exception as e:   # its traceback too with MINIPAR_DEBUG=1
                     log.warning("dropped a message from the controller: %s: %s",
-                                type(e).__name__, e,
-                                exc_info=log.isEnabledFor(logging.DEBUG))
+                                type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
         return self._run_timers()
 
     # ---- losing the controller, and finding it again (I/O thread)
@@ -296,8 +295,7 @@ class Client(errors.SaysWhyAbsent):
         self._on_engines(dealer, header)
         msg_ids = [m for m, f in list(self._futures.items()) if not f._md.get("query")]
         if msg_ids:
-            self._io_query(dealer, protocol.RESULT_REQUEST, self._on_outstanding,
-                           msg_ids=msg_ids)
+            self._io_query(dealer, protocol.RESULT_REQUEST, self._on_outstanding, msg_ids=msg_ids)
 
     def _on_outstanding(self, dealer, header):
         for m in header.get("unknown", ()):
@@ -517,10 +515,8 @@ class Client(errors.SaysWhyAbsent):
 
     _notification_handlers = {
         protocol.ENGINE_REGISTERED: _on_engine_registered,
-        protocol.ENGINE_UNREGISTERED: _on_engine_gone,
-        protocol.ENGINE_DIED: _on_engine_gone,
-        protocol.CONTROLLER_STOPPED: _on_controller_stopped,
-    }
+        protocol.ENGINE_UNREGISTERED: _on_engine_gone, protocol.ENGINE_DIED: _on_engine_gone,
+        protocol.CONTROLLER_STOPPED: _on_controller_stopped}
 
     # ------------------------------------------------------------ sending
 
@@ -636,8 +632,7 @@ class Client(errors.SaysWhyAbsent):
         self._futures[f.msg_id] = f
         return f, frames
 
-    def send_apply(self, f, args, kwargs, engine_id=None, fparts=None, future=None,
-                   **fields):
+    def send_apply(self, f, args, kwargs, engine_id=None, fparts=None, future=None, **fields):
         """Send ``f(*args, **kwargs)`` as one apply request, as send_request does; `fparts`
         is `f` already serialized (a map sends one function many times). `fields` are
         the header's: for a task, ``lb=True`` and the scheduler's fields (``targets``,
@@ -1316,8 +1311,7 @@ class DirectView(_View):
         return self._send_each(protocol.CLEAR, targets, block)
 
     @_ctrl_c_aborts
-    def scatter(self, key, seq, dist="b", flatten=False, targets=None, block=None,
-                track=None):
+    def scatter(self, key, seq, dist="b", flatten=False, targets=None, block=None, track=None):
         """Split `seq` into contiguous blocks, one per target, pushed as `key` (`track`:
         ignored, as push's)."""
         if dist != "b":
@@ -1347,8 +1341,7 @@ class DirectView(_View):
         return self._finish(ar, block)
 
     @_ctrl_c_aborts
-    def map(self, f, *sequences, block=None, track=False, return_exceptions=False,
-            label=None):
+    def map(self, f, *sequences, block=None, track=False, return_exceptions=False, label=None):
         """Apply `f` element-wise, each target taking one contiguous block.
         `return_exceptions`: a failed block's error stands in for each of its items.
         `label`: the label flag for this call; `track`: ignored, as push's."""
@@ -1370,8 +1363,7 @@ class DirectView(_View):
             futures.append(self.client.send_apply(f, tuple(chunks), {}, engine_id=eid,
                                                   fparts=fparts, map=elementwise,
                                                   **self._label()))
-        ar = AsyncResult(self.client, futures, fname=getattr(f, "__name__", "map"),
-                         mapping=True)
+        ar = AsyncResult(self.client, futures, fname=getattr(f, "__name__", "map"), mapping=True)
         ar._sizes = sizes if elementwise else None
         return ar
 
@@ -1540,8 +1532,7 @@ class LoadBalancedView(_View):
             for lo in range(0, n, chunksize):
                 chunks = tuple(list(s[lo:lo + chunksize]) if isinstance(s, range) else
                                s[lo:lo + chunksize] for s in seqs)
-                futures.append(self._send(f, chunks, {}, fparts, fields, chain,
-                                          map=elementwise))
+                futures.append(self._send(f, chunks, {}, fparts, fields, chain, map=elementwise))
             ar = AsyncResult(self.client, futures, fname=getattr(f, "__name__", "map"),
                              mapping=True, ordered=ordered)
             if elementwise:
