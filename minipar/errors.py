@@ -258,7 +258,8 @@ MODULE_ABSENT = dict.fromkeys(
     "RemoteFunction": "use @view.remote(); its class is not exported",
     "parallel": "a view's decorator only: @view.parallel()",
     "remote": "a view's decorator only: @view.remote()",
-    "TaskRejectError": "no task is rejected; one that can never run raises ImpossibleDependency",
+    "TaskRejectError": "a task that cannot run on its engine raises UnmetDependency to run "
+                       "on another (ImpossibleDependency: on none)",
     "version_info": "use minipar.__version__",
     "collect_exceptions": "views raise CompositeError themselves",
     "AlreadyDisplayedError": "there is no Jupyter display machinery",
@@ -333,6 +334,17 @@ CLUSTER_ABSENT = {
     "load_profile": "leave it out: there is no traitlets configuration to load",
     "cluster_file": "leave it out: the file is <profile_dir>/security/cluster-<id>.json",
 }
+
+
+# ipyparallel.error's names that minipar's errors (ipp.error) lacks: asking for one says why
+_ERROR_ABSENT = ("TaskRejectError", "AlreadyDisplayedError", "collect_exceptions",
+                 "wrap_exception", "unwrap_exception")
+
+
+def __getattr__(name):   # only for a name the module lacks: ``ipp.error.TaskRejectError``
+    why = MODULE_ABSENT[name] if name in _ERROR_ABSENT else None
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}"
+                         + (f": minipar leaves ipyparallel's out; {why}" if why else ""))
 
 
 def refuse_absent(owner, given, absent):

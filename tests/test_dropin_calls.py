@@ -595,6 +595,24 @@ def test_a_module_name_minipar_leaves_out_says_what_to_use(rc):
         ipp.nonsense
 
 
+def test_a_name_of_ipyparallels_error_module_minipar_leaves_out_says_what_to_use(rc):
+    """ipyparallel's task code raises ``ipp.error.TaskRejectError`` to be run on another
+    engine: in the ``error`` module, as at the package's top, a name minipar leaves out is
+    an AttributeError saying what to use (UnmetDependency), there and here."""
+    with pytest.raises(ipp.CompositeError, match="raises UnmetDependency to run on another"):
+        rc[:].execute("import minipar as ipp\nraise ipp.error.TaskRejectError('not here')",
+                      block=True)
+    for name, advice in [("TaskRejectError", "UnmetDependency"),
+                         ("AlreadyDisplayedError", "display"),
+                         ("collect_exceptions", "CompositeError")]:
+        with pytest.raises(AttributeError, match=rf"no attribute '{name}': minipar leaves "
+                                                 rf"ipyparallel's out; .*{re.escape(advice)}"):
+            getattr(ipp.error, name)
+        assert not hasattr(ipp.error, name)
+    with pytest.raises(AttributeError, match=r"no attribute 'nonsense'$"):
+        ipp.error.nonsense
+
+
 def test_a_submodule_minipar_leaves_out_says_what_to_use(rc, tmp_path, monkeypatch):
     """ipyparallel's helper modules import its submodules by path (``from ipyparallel.util
     import interactive``): with the package renamed, one minipar leaves out on purpose is
