@@ -32,6 +32,19 @@ def sleep_then(seconds, value):
     return value
 
 
+def wait_for_file(path, seconds=TIMEOUT / 2):
+    """Run on an engine: return True once `path` exists, False after `seconds`."""
+    import os
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def test_apply_passes_keywords_named_f_and_self_to_the_function(rc):
     """ipyparallel's apply takes its function positionally (``__ipp_f``), so every
     keyword, ``f=`` and ``self=`` too, is the function's own."""
@@ -707,3 +720,14 @@ def test_an_engine_imports_from_the_folder_it_is_in_as_ipyparallels(rc, tmp_path
     finally:   # the module's engines are shared: each goes back where it was
         for engine_id, folder in zip(rc.ids, before):
             rc[engine_id].apply_sync(os.chdir, folder)
+
+
+def test_successful_before_the_result_is_done_is_a_runtime_error(rc, tmp_path):
+    """ipyparallel's ``ar.successful()`` raises RuntimeError while the result is not ready
+    (multiprocessing's, ValueError): ``except RuntimeError`` around it catches minipar's."""
+    go = tmp_path / "go"
+    ar = rc[0].apply_async(wait_for_file, str(go))
+    with pytest.raises(RuntimeError, match="not ready"):
+        ar.successful()
+    go.touch()
+    assert ar.get(TIMEOUT) is True and ar.successful()
