@@ -731,3 +731,25 @@ def test_successful_before_the_result_is_done_is_a_runtime_error(rc, tmp_path):
         ar.successful()
     go.touch()
     assert ar.get(TIMEOUT) is True and ar.successful()
+
+
+def test_composite_and_remote_errors_have_ipyparallels_args_msg_and_repr(rc):
+    """ipyparallel's CompositeError has ``msg``, the engines' error names as ``args`` and
+    the repr ``CompositeError(n)``; its RemoteError's ``args`` are ``(ename, evalue)`` and
+    its repr ``<RemoteError[0]:ZeroDivisionError(division by zero)>``. minipar's text
+    stays the readable one: the message, then each engine's error."""
+    with pytest.raises(ipp.CompositeError) as info:
+        rc[:].apply_sync(lambda: 1 / 0)
+    e = info.value
+    assert e.args == ("ZeroDivisionError",) * 4 and repr(e) == "CompositeError(4)"
+    assert e.msg.startswith("one or more exceptions raised in")
+    assert str(e).splitlines()[:2] == [e.msg, "[0:apply]: ZeroDivisionError: division by zero"]
+    with pytest.raises(ipp.RemoteError) as info:
+        rc[1].apply_sync(lambda: 1 / 0)
+    ename, evalue = info.value.args
+    assert (ename, evalue) == ("ZeroDivisionError", "division by zero")
+    assert repr(info.value) == "<RemoteError[1]:ZeroDivisionError(division by zero)>"
+    assert str(info.value) == "[engine 1] ZeroDivisionError: division by zero"
+    with pytest.raises(SyntaxError) as info:   # a builtin base taking its own arguments
+        rc[2].execute("x = (", block=True)
+    assert info.value.args[0] == "SyntaxError" and isinstance(info.value, ipp.RemoteError)
