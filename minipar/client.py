@@ -918,7 +918,8 @@ class Client(errors.SaysWhyAbsent):
         back to the scheduler with their flags (not their recovery, which was used or
         discarded); direct requests go to the same engine. A pending request cannot be
         resubmitted (ValueError), nor a purged or unknown one (KeyError). Returns an
-        AsyncResult over the new requests, shaped like `jobs` when that is one."""
+        AsyncResult over the new requests whose result is a list, one per request (a map's:
+        one per chunk), as ipyparallel's AsyncHubResult, whatever `jobs` was."""
         old = self._msg_ids(jobs)
         if not old:
             raise ValueError("resubmit needs at least one msg_id or AsyncResult")
@@ -931,11 +932,7 @@ class Client(errors.SaysWhyAbsent):
             for f in futures:
                 self._futures.pop(f.msg_id, None)
             raise
-        like = jobs if isinstance(jobs, AsyncResult) else None
-        ar = AsyncResult(self, futures, fname=like._fname if like else "resubmit",
-                         single=like._single if like else isinstance(jobs, str),
-                         mapping=like._mapping if like else False,
-                         ordered=like._ordered if like else True)
+        ar = AsyncResult(self, futures, fname="resubmit")
         if block:
             ar.wait()
         return ar

@@ -753,3 +753,18 @@ def test_composite_and_remote_errors_have_ipyparallels_args_msg_and_repr(rc):
     with pytest.raises(SyntaxError) as info:   # a builtin base taking its own arguments
         rc[2].execute("x = (", block=True)
     assert info.value.args[0] == "SyntaxError" and isinstance(info.value, ipp.RemoteError)
+
+
+def test_resubmit_gives_a_list_whatever_it_resubmits(rc):
+    """ipyparallel's ``rc.resubmit`` returns an AsyncHubResult over a list of msg_ids, so
+    its result is a list, one per request, for one msg_id or one AsyncResult too."""
+    one = rc[0].apply_async(abs, -2)
+    assert one.get(TIMEOUT) == 2
+    assert rc.resubmit(one).get(TIMEOUT) == [2]
+    assert rc.resubmit(one.msg_ids[0]).get(TIMEOUT) == [2]
+    task = rc.load_balanced_view().apply_async(abs, -3)
+    assert task.get(TIMEOUT) == 3
+    assert rc.resubmit(task, block=True).get(0) == [3]
+    mapped = rc.load_balanced_view().map_async(abs, [-1, -2, -3, -4], chunksize=2)
+    assert mapped.get(TIMEOUT) == [1, 2, 3, 4]
+    assert rc.resubmit(mapped).get(TIMEOUT) == [[1, 2], [3, 4]]   # one list per chunk
