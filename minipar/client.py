@@ -789,10 +789,13 @@ class Client(errors.SaysWhyAbsent):
 
     def send_signal(self, sig, targets=None, block=None):
         """Send signal `sig` (number or name) to the target engines' processes. SIGINT
-        interrupts the request each runs (KeyboardInterrupt, in a C call too); an idle
-        engine ignores it. Returns once the controller has passed it on."""
+        interrupts the request each runs (KeyboardInterrupt, in a C call too); an idle engine
+        ignores it. Once passed on: None, or a done Future (not `block`, ipyparallel's way)."""
         sig = int(getattr(signal, sig) if isinstance(sig, str) else sig)
         self.query(protocol.SIGNAL, sig=sig, targets=self.resolve_targets(targets))
+        if not (self.block if block is None else block):
+            (future := concurrent.futures.Future()).set_result(None)
+            return future
 
     def hub_history(self):
         """The msg_ids of all requests the controller has records of, in submission order."""

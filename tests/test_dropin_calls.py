@@ -768,3 +768,16 @@ def test_resubmit_gives_a_list_whatever_it_resubmits(rc):
     mapped = rc.load_balanced_view().map_async(abs, [-1, -2, -3, -4], chunksize=2)
     assert mapped.get(TIMEOUT) == [1, 2, 3, 4]
     assert rc.resubmit(mapped).get(TIMEOUT) == [[1, 2], [3, 4]]   # one list per chunk
+
+
+def test_send_signal_returns_a_future_unless_blocking(rc):
+    """ipyparallel's ``rc.send_signal(sig)`` returns a Future (``block`` is False by
+    default), and None with ``block=True``; an idle engine ignores SIGINT."""
+    import concurrent.futures
+    import signal
+
+    future = rc.send_signal("SIGINT", targets=[0])
+    assert isinstance(future, concurrent.futures.Future)
+    assert future.result(TIMEOUT) is None
+    assert rc.send_signal(signal.SIGINT, targets=0, block=True) is None
+    assert rc[0].apply_sync(abs, -1) == 1
