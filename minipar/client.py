@@ -156,7 +156,7 @@ class Client(errors.SaysWhyAbsent):
         dealer.linger = 0
         # a fixed identity: the controller's records name it as where results go, also
         # after it restarted (and the connection was made again)
-        dealer.identity = b"client-" + self.session.session.encode()
+        dealer.identity = protocol.client_identity(self.session.session)
         dealer.heartbeat_ivl, dealer.heartbeat_timeout = 250, int(CONTROLLER_SILENCE_S * 1000)
         self._monitor = dealer.get_monitor_socket(
             zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)

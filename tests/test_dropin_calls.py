@@ -781,3 +781,28 @@ def test_send_signal_returns_a_future_unless_blocking(rc):
     assert future.result(TIMEOUT) is None
     assert rc.send_signal(signal.SIGINT, targets=0, block=True) is None
     assert rc[0].apply_sync(abs, -1) == 1
+
+
+def test_db_query_finds_a_clients_records_by_its_session(rc, shared_cluster):
+    """ipyparallel's docs query ``{'client_uuid': rc.session.session}``; minipar names that
+    key 'client' (and says so), so the session, what a user has, must match the records of
+    that client's requests, and only those; a value no record's key can have is said."""
+    other = ipp.Client(shared_cluster.client_file)
+    try:
+        theirs = other[0].apply_async(abs, -6)
+        assert theirs.get(TIMEOUT) == 6
+        mine = rc[0].apply_async(abs, -5)
+        assert mine.get(TIMEOUT) == 5
+        with pytest.raises(ValueError, match="ipyparallel's client_uuid is minipar's 'client'"):
+            rc.db_query({"client_uuid": rc.session.session})
+        found = [r["msg_id"] for r in rc.db_query({"client": rc.session.session}, ["engine"])]
+        assert mine.msg_ids[0] in found and theirs.msg_ids[0] not in found
+        sessions = [rc.session.session, other.session.session]
+        found = rc.db_query({"client": {"$in": sessions}, "engine": rc.ids[0]}, ["client"])
+        assert {theirs.msg_ids[0], mine.msg_ids[0]} <= {r["msg_id"] for r in found}
+        assert rc.db_query({"client": "no-such-session"}) == []
+        with pytest.raises(ValueError, match="'0' for 'engine' would match no record: a "
+                                             r"record's 'engine' is an int, the engine's id"):
+            rc.db_query({"engine": "0"})
+    finally:
+        other.close()
