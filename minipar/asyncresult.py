@@ -311,8 +311,9 @@ class AsyncResult(_Future):
         return self.done()
 
     def successful(self):
+        # ipyparallel's RuntimeError, where multiprocessing's AsyncResult raises ValueError
         if not self.done():
-            raise ValueError("the result is not ready yet: wait() for it first")
+            raise RuntimeError("the result is not ready yet: wait() for it first")
         return self.exception() is None
 
     def get_dict(self, timeout=None):

@@ -156,7 +156,7 @@ class Client(errors.SaysWhyAbsent):
         dealer.linger = 0
         # a fixed identity: the controller's records name it as where results go, also
         # after it restarted (and the connection was made again)
-        dealer.identity = b"client-" + self.session.session.encode()
+        dealer.identity = protocol.client_identity(self.session.session)
         dealer.heartbeat_ivl, dealer.heartbeat_timeout = 250, int(CONTROLLER_SILENCE_S * 1000)
         self._monitor = dealer.get_monitor_socket(
             zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
@@ -789,10 +789,13 @@ class Client(errors.SaysWhyAbsent):
 
     def send_signal(self, sig, targets=None, block=None):
         """Send signal `sig` (number or name) to the target engines' processes. SIGINT
-        interrupts the request each runs (KeyboardInterrupt, in a C call too); an idle
-        engine ignores it. Returns once the controller has passed it on."""
+        interrupts the request each runs (KeyboardInterrupt, in a C call too); an idle engine
+        ignores it. Once passed on: None, or a done Future (not `block`, ipyparallel's way)."""
         sig = int(getattr(signal, sig) if isinstance(sig, str) else sig)
         self.query(protocol.SIGNAL, sig=sig, targets=self.resolve_targets(targets))
+        if not (self.block if block is None else block):
+            (future := concurrent.futures.Future()).set_result(None)
+            return future
 
     def hub_history(self):
         """The msg_ids of all requests the controller has records of, in submission order."""
@@ -918,7 +921,8 @@ class Client(errors.SaysWhyAbsent):
         back to the scheduler with their flags (not their recovery, which was used or
         discarded); direct requests go to the same engine. A pending request cannot be
         resubmitted (ValueError), nor a purged or unknown one (KeyError). Returns an
-        AsyncResult over the new requests, shaped like `jobs` when that is one."""
+        AsyncResult over the new requests whose result is a list, one per request (a map's:
+        one per chunk), as ipyparallel's AsyncHubResult, whatever `jobs` was."""
         old = self._msg_ids(jobs)
         if not old:
             raise ValueError("resubmit needs at least one msg_id or AsyncResult")
@@ -931,11 +935,7 @@ class Client(errors.SaysWhyAbsent):
             for f in futures:
                 self._futures.pop(f.msg_id, None)
             raise
-        like = jobs if isinstance(jobs, AsyncResult) else None
-        ar = AsyncResult(self, futures, fname=like._fname if like else "resubmit",
-                         single=like._single if like else isinstance(jobs, str),
-                         mapping=like._mapping if like else False,
-                         ordered=like._ordered if like else True)
+        ar = AsyncResult(self, futures, fname="resubmit")
         if block:
             ar.wait()
         return ar

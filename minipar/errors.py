@@ -68,11 +68,17 @@ class RemoteError(MiniparError):
     it; ``engine_info`` says where (``engine_id``, ``msg_id``)."""
 
     def __init__(self, ename, evalue, traceback="", engine_info=None):
+        # four arguments, which a builtin base (SyntaxError) takes where it refuses two
         super().__init__(ename, evalue, traceback, engine_info)
+        self.args = (ename, evalue)   # ipyparallel's: code may unpack them
         self.ename = ename
         self.evalue = evalue
         self.traceback = traceback
         self.engine_info = dict(engine_info or {})
+
+    def __repr__(self):   # ipyparallel's: <RemoteError[0]:ZeroDivisionError(division by zero)>
+        return (f"<{type(self).__qualname__}[{self.engine_info.get('engine_id', ' ')}]:"
+                f"{self.ename}({self.evalue})>")
 
     def __str__(self):
         where = self.engine_info.get("engine_id")
@@ -163,23 +169,27 @@ def error(ename, evalue, engine_info=None):
 
 class CompositeError(RemoteError):
     """Errors from several engines: ``elist`` holds one RemoteError each. Its text and
-    ``render_traceback()`` show the first ``tb_limit`` of them, as ipyparallel's."""
+    ``render_traceback()`` show the first ``tb_limit`` of them, as ipyparallel's; its
+    ``args`` are their names, ``msg`` the message (``message``, IPython.kernel's name)."""
 
     tb_limit = 4   # ipyparallel's: a typo on 100 engines is not 100 tracebacks
 
     def __init__(self, message, elist):
-        self.message = message
+        self.msg = self.message = message
         self.elist = list(elist)
         first = self.elist[0] if self.elist else RemoteError("CompositeError", message)
         super().__init__(first.ename, first.evalue, first.traceback)
-        self.args = (message, self.elist)
+        self.args = tuple(e.ename for e in self.elist)
 
     def __reduce__(self):
-        return CompositeError, (self.message, self.elist)
+        return CompositeError, (self.msg, self.elist)
+
+    def __repr__(self):
+        return f"CompositeError({len(self.elist)})"
 
     def __str__(self):
         lines = [f"{_where(e)}{e.ename}: {e.evalue}" for e in self.elist[:self.tb_limit]]
-        return "\n".join([self.message, *lines, *self._more()])
+        return "\n".join([self.msg, *lines, *self._more()])
 
     def _more(self):
         more = len(self.elist) - self.tb_limit
@@ -258,7 +268,8 @@ MODULE_ABSENT = dict.fromkeys(
     "RemoteFunction": "use @view.remote(); its class is not exported",
     "parallel": "a view's decorator only: @view.parallel()",
     "remote": "a view's decorator only: @view.remote()",
-    "TaskRejectError": "no task is rejected; one that can never run raises ImpossibleDependency",
+    "TaskRejectError": "a task that cannot run on its engine raises UnmetDependency to run "
+                       "on another (ImpossibleDependency: on none)",
     "version_info": "use minipar.__version__",
     "collect_exceptions": "views raise CompositeError themselves",
     "AlreadyDisplayedError": "there is no Jupyter display machinery",
@@ -333,6 +344,17 @@ CLUSTER_ABSENT = {
     "load_profile": "leave it out: there is no traitlets configuration to load",
     "cluster_file": "leave it out: the file is <profile_dir>/security/cluster-<id>.json",
 }
+
+
+# ipyparallel.error's names that minipar's errors (ipp.error) lacks: asking for one says why
+_ERROR_ABSENT = ("TaskRejectError", "AlreadyDisplayedError", "collect_exceptions",
+                 "wrap_exception", "unwrap_exception")
+
+
+def __getattr__(name):   # only for a name the module lacks: ``ipp.error.TaskRejectError``
+    why = MODULE_ABSENT[name] if name in _ERROR_ABSENT else None
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}"
+                         + (f": minipar leaves ipyparallel's out; {why}" if why else ""))
 
 
 def refuse_absent(owner, given, absent):

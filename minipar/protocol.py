@@ -174,6 +174,12 @@ STATUSES = (OK, ERROR, UNMET, ABORTED, TIMEOUT)
 REPLY_SUFFIX = b".r"
 
 
+def client_identity(session):
+    """A client's routing id, made of its session (``rc.session.session``): fixed, so the
+    controller's records name where results go also after either end restarted."""
+    return b"client-" + session.encode()
+
+
 def new_id():
     """A new message id: this process's random prefix and a count. Unique like uuid4's,
     and no system call: os.urandom's releases the GIL, which a thread busy beside the

@@ -30,7 +30,8 @@ is 190 B; db_query answers every key, None for those missing)::
     rec = {
         "msg_id": str,
         "kind": str,                # the request's kind: apply, execute, push, ...
-        "client": bytes,            # the routing id its reply goes to
+        "client": bytes,            # the routing id its reply goes to (a query may name
+                                    # it by the client's session: rc.session.session)
         "engine": int | None,       # where it ran (or runs, or must run)
         "lb": bool,                 # load-balanced (went through the scheduler)
         "submitted": float,         # time.time() seconds, set by the controller (the
@@ -60,6 +61,7 @@ import bisect
 import collections
 import io
 import logging
+import numbers
 import operator
 import os
 import pickle
@@ -175,7 +177,7 @@ class DictDB:
 
     def find_records(self, query, keys=None):
         """Records matching `query` (see ``_match``), as new plain dicts with `keys`."""
-        check_query(query, keys)
+        query = check_query(query, keys)
         ids = _queried_ids(query)
         found = (self._records.values() if ids is None else
                  filter(None, (self._records.get(m) for m in ids)))
@@ -319,7 +321,7 @@ class SQLiteDB:
         return out
 
     def find_records(self, query, keys=None):
-        check_query(query, keys)
+        query = check_query(query, keys)
         frames = [k for k in _FRAME_KEYS if keys is not None and k in keys]
         cols = ", ".join(["data", *frames])
         ids = _queried_ids(query)
@@ -581,9 +583,21 @@ def _is_condition(cond):
         isinstance(k, str) and k.startswith("$") for k in cond)
 
 
+# The type of a record's values, by key (None, for a value it lacks, besides): a query
+# value of another type could never match, and is refused as a misspelt key is
+_KEY_TYPES = dict.fromkeys(("msg_id", "kind", "status", "label", "recovers", *_FROM_RESULT), str)
+_KEY_TYPES.update(client=bytes, engine=numbers.Integral, lb=numbers.Integral,
+                  submitted=numbers.Real, started=numbers.Real, completed=numbers.Real)
+_WHAT = {"client": "bytes, the client's routing id, or the str of its session "
+                   "(rc.session.session)", "engine": "an int, the engine's id (rc.ids)",
+         "lb": "a bool", str: "a str", numbers.Real: "a time: time.time() seconds or a datetime"}
+
+
 def check_query(query, keys=None):
-    """Raise ValueError for a query ``_match`` cannot answer, or a key (in `query` or
-    `keys`) no record has: a misspelt one would match nothing, or answer None, unsaid."""
+    """`query` as ``_match`` answers it, a client named by its session (what its user has:
+    ``rc.session.session``) by its routing id. Raise ValueError for a query it cannot
+    answer, a key (in `query` or `keys`) no record has, or a value no record's key can
+    have: a misspelt key, a str engine id, would match nothing, or answer None, unsaid."""
     if not isinstance(query, dict):
         raise ValueError(f"a query is a dict of record keys to values or conditions, not "
                          f"{type(query).__name__}")
@@ -602,6 +616,20 @@ def check_query(query, keys=None):
                                  f"{', '.join(_OPS)}")
             if op in ("$in", "$nin") and not isinstance(arg, (list, tuple, set, frozenset)):
                 raise ValueError(f"{op} for {key!r} takes a list, not {type(arg).__name__}")
+    return {key: {op: [_value(key, v) for v in arg] if op in ("$in", "$nin")
+                  else _value(key, arg) for op, arg in cond.items()}
+            if _is_condition(cond) else _value(key, cond) for key, cond in query.items()}
+
+
+def _value(key, value):
+    """A query's `value` for `key` as records hold it, or ValueError if none can."""
+    if key == "client" and isinstance(value, str):
+        value = protocol.client_identity(value)
+    kind = _KEY_TYPES.get(key)
+    if value is None or kind is None or isinstance(value, kind):
+        return value
+    raise ValueError(f"{value!r:.60} for {key!r} would match no record: a record's {key!r} "
+                     f"is {_WHAT.get(key) or _WHAT[kind]}")
 
 
 def _match(rec, query):

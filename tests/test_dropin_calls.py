@@ -32,6 +32,19 @@ def sleep_then(seconds, value):
     return value
 
 
+def wait_for_file(path, seconds=TIMEOUT / 2):
+    """Run on an engine: return True once `path` exists, False after `seconds`."""
+    import os
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def test_apply_passes_keywords_named_f_and_self_to_the_function(rc):
     """ipyparallel's apply takes its function positionally (``__ipp_f``), so every
     keyword, ``f=`` and ``self=`` too, is the function's own."""
@@ -595,6 +608,24 @@ def test_a_module_name_minipar_leaves_out_says_what_to_use(rc):
         ipp.nonsense
 
 
+def test_a_name_of_ipyparallels_error_module_minipar_leaves_out_says_what_to_use(rc):
+    """ipyparallel's task code raises ``ipp.error.TaskRejectError`` to be run on another
+    engine: in the ``error`` module, as at the package's top, a name minipar leaves out is
+    an AttributeError saying what to use (UnmetDependency), there and here."""
+    with pytest.raises(ipp.CompositeError, match="raises UnmetDependency to run on another"):
+        rc[:].execute("import minipar as ipp\nraise ipp.error.TaskRejectError('not here')",
+                      block=True)
+    for name, advice in [("TaskRejectError", "UnmetDependency"),
+                         ("AlreadyDisplayedError", "display"),
+                         ("collect_exceptions", "CompositeError")]:
+        with pytest.raises(AttributeError, match=rf"no attribute '{name}': minipar leaves "
+                                                 rf"ipyparallel's out; .*{re.escape(advice)}"):
+            getattr(ipp.error, name)
+        assert not hasattr(ipp.error, name)
+    with pytest.raises(AttributeError, match=r"no attribute 'nonsense'$"):
+        ipp.error.nonsense
+
+
 def test_a_submodule_minipar_leaves_out_says_what_to_use(rc, tmp_path, monkeypatch):
     """ipyparallel's helper modules import its submodules by path (``from ipyparallel.util
     import interactive``): with the package renamed, one minipar leaves out on purpose is
@@ -689,3 +720,89 @@ def test_an_engine_imports_from_the_folder_it_is_in_as_ipyparallels(rc, tmp_path
     finally:   # the module's engines are shared: each goes back where it was
         for engine_id, folder in zip(rc.ids, before):
             rc[engine_id].apply_sync(os.chdir, folder)
+
+
+def test_successful_before_the_result_is_done_is_a_runtime_error(rc, tmp_path):
+    """ipyparallel's ``ar.successful()`` raises RuntimeError while the result is not ready
+    (multiprocessing's, ValueError): ``except RuntimeError`` around it catches minipar's."""
+    go = tmp_path / "go"
+    ar = rc[0].apply_async(wait_for_file, str(go))
+    with pytest.raises(RuntimeError, match="not ready"):
+        ar.successful()
+    go.touch()
+    assert ar.get(TIMEOUT) is True and ar.successful()
+
+
+def test_composite_and_remote_errors_have_ipyparallels_args_msg_and_repr(rc):
+    """ipyparallel's CompositeError has ``msg``, the engines' error names as ``args`` and
+    the repr ``CompositeError(n)``; its RemoteError's ``args`` are ``(ename, evalue)`` and
+    its repr ``<RemoteError[0]:ZeroDivisionError(division by zero)>``. minipar's text
+    stays the readable one: the message, then each engine's error."""
+    with pytest.raises(ipp.CompositeError) as info:
+        rc[:].apply_sync(lambda: 1 / 0)
+    e = info.value
+    assert e.args == ("ZeroDivisionError",) * 4 and repr(e) == "CompositeError(4)"
+    assert e.msg.startswith("one or more exceptions raised in")
+    assert str(e).splitlines()[:2] == [e.msg, "[0:apply]: ZeroDivisionError: division by zero"]
+    with pytest.raises(ipp.RemoteError) as info:
+        rc[1].apply_sync(lambda: 1 / 0)
+    ename, evalue = info.value.args
+    assert (ename, evalue) == ("ZeroDivisionError", "division by zero")
+    assert repr(info.value) == "<RemoteError[1]:ZeroDivisionError(division by zero)>"
+    assert str(info.value) == "[engine 1] ZeroDivisionError: division by zero"
+    with pytest.raises(SyntaxError) as info:   # a builtin base taking its own arguments
+        rc[2].execute("x = (", block=True)
+    assert info.value.args[0] == "SyntaxError" and isinstance(info.value, ipp.RemoteError)
+
+
+def test_resubmit_gives_a_list_whatever_it_resubmits(rc):
+    """ipyparallel's ``rc.resubmit`` returns an AsyncHubResult over a list of msg_ids, so
+    its result is a list, one per request, for one msg_id or one AsyncResult too."""
+    one = rc[0].apply_async(abs, -2)
+    assert one.get(TIMEOUT) == 2
+    assert rc.resubmit(one).get(TIMEOUT) == [2]
+    assert rc.resubmit(one.msg_ids[0]).get(TIMEOUT) == [2]
+    task = rc.load_balanced_view().apply_async(abs, -3)
+    assert task.get(TIMEOUT) == 3
+    assert rc.resubmit(task, block=True).get(0) == [3]
+    mapped = rc.load_balanced_view().map_async(abs, [-1, -2, -3, -4], chunksize=2)
+    assert mapped.get(TIMEOUT) == [1, 2, 3, 4]
+    assert rc.resubmit(mapped).get(TIMEOUT) == [[1, 2], [3, 4]]   # one list per chunk
+
+
+def test_send_signal_returns_a_future_unless_blocking(rc):
+    """ipyparallel's ``rc.send_signal(sig)`` returns a Future (``block`` is False by
+    default), and None with ``block=True``; an idle engine ignores SIGINT."""
+    import concurrent.futures
+    import signal
+
+    future = rc.send_signal("SIGINT", targets=[0])
+    assert isinstance(future, concurrent.futures.Future)
+    assert future.result(TIMEOUT) is None
+    assert rc.send_signal(signal.SIGINT, targets=0, block=True) is None
+    assert rc[0].apply_sync(abs, -1) == 1
+
+
+def test_db_query_finds_a_clients_records_by_its_session(rc, shared_cluster):
+    """ipyparallel's docs query ``{'client_uuid': rc.session.session}``; minipar names that
+    key 'client' (and says so), so the session, what a user has, must match the records of
+    that client's requests, and only those; a value no record's key can have is said."""
+    other = ipp.Client(shared_cluster.client_file)
+    try:
+        theirs = other[0].apply_async(abs, -6)
+        assert theirs.get(TIMEOUT) == 6
+        mine = rc[0].apply_async(abs, -5)
+        assert mine.get(TIMEOUT) == 5
+        with pytest.raises(ValueError, match="ipyparallel's client_uuid is minipar's 'client'"):
+            rc.db_query({"client_uuid": rc.session.session})
+        found = [r["msg_id"] for r in rc.db_query({"client": rc.session.session}, ["engine"])]
+        assert mine.msg_ids[0] in found and theirs.msg_ids[0] not in found
+        sessions = [rc.session.session, other.session.session]
+        found = rc.db_query({"client": {"$in": sessions}, "engine": rc.ids[0]}, ["client"])
+        assert {theirs.msg_ids[0], mine.msg_ids[0]} <= {r["msg_id"] for r in found}
+        assert rc.db_query({"client": "no-such-session"}) == []
+        with pytest.raises(ValueError, match="'0' for 'engine' would match no record: a "
+                                             r"record's 'engine' is an int, the engine's id"):
+            rc.db_query({"engine": "0"})
+    finally:
+        other.close()

@@ -252,7 +252,6 @@ REC = {"msg_id": "q", "engine": 2, "status": "ok", "completed": 10.0, "started":
     ({"started": {"$gt": 0}}, False),
     ({"started": None}, True),
     ({"label": None}, True),                             # a key it lacks is None
-    ({"status": {"$gt": 1}}, False),                     # str against int: no match
     ({"stdout": "hi"}, True),                            # from the result header
     ({"stdout": {"$in": ["ho"]}}, False),
 ])
@@ -267,6 +266,12 @@ def test_match_operators(query, matches):
     ({"engine": {"$in": 1}}, "\\$in for 'engine' takes a list"),
     ({"engine": {"$nin": "ab"}}, "\\$nin for 'engine' takes a list"),
     ({"msg_idd": "k"}, "no record key 'msg_idd'; the keys are msg_id, kind"),
+    # a value of a type the key never has would match nothing: said, not answered with []
+    ({"status": {"$gt": 1}}, "1 for 'status' would match no record: a record's 'status' is a str"),
+    ({"engine": "4f1c-uuid"}, "'4f1c-uuid' for 'engine' would match no record: .* an int"),
+    ({"engine": {"$in": [0, "1"]}}, "'1' for 'engine' would match no record"),
+    ({"client": 3}, "a record's 'client' is bytes, .* its session \\(rc.session.session\\)"),
+    ({"completed": {"$gt": "yesterday"}}, "'completed' is a time"),
 ])
 def test_check_query_refuses_what_match_cannot_answer(query, error):
     with pytest.raises(ValueError, match=error):

@@ -668,15 +668,16 @@ def test_resubmit_and_result_status(rc, lview):
         slow.get(TIMEOUT)
 
     again = rc.resubmit(ar)
-    assert again.get(TIMEOUT) == 81 and again.msg_ids != ar.msg_ids
+    assert again.get(TIMEOUT) == [81] and again.msg_ids != ar.msg_ids   # a list, as ipp's
     rec, = rc.db_query({"msg_id": again.msg_ids[0]}, keys=["header", "lb"])
     assert rec["header"]["resubmitted"] == ar.msg_ids[0] and rec["lb"]
     mapped = lview.map_async(square, range(6), chunksize=2)
-    assert rc.resubmit(mapped.get(TIMEOUT) and mapped).get(TIMEOUT) == mapped.get()
+    assert rc.resubmit(mapped.get(TIMEOUT) and mapped).get(TIMEOUT) == [[0, 1], [4, 9],
+                                                                         [16, 25]]
     direct = rc[rc.ids[-1]].apply_async(pid)
     direct.get(TIMEOUT)
     redo = rc.resubmit(direct.msg_ids[0])
-    assert redo.get(TIMEOUT) == direct.get(TIMEOUT)   # direct: the same engine again
+    assert redo.get(TIMEOUT) == [direct.get(TIMEOUT)]   # direct: the same engine again
     with pytest.raises(KeyError):
         rc.resubmit("no-such-msg-id")
 
