@@ -39,7 +39,9 @@ the controller fails or retries that request. SIGINT interrupts the running requ
 finished), unless it runs in its terminal's foreground: there a SIGINT may be its
 user's Ctrl-C (a process cannot tell one from a `kill -INT`), and it stops as on
 SIGTERM. An engine started by a launcher (its own session), in the background (`&`),
-by `ssh` without -t or by a batch job is never in a terminal's foreground. One waiting
+by `ssh` without -t or by a batch job is never in a terminal's foreground. In the
+foreground, a Ctrl-C while a request runs interrupts it and says that the next Ctrl-C stops the engine
+(then interrupting the one running, and answering those queued as aborted). One waiting
 for its connection file (started before its controller) does as an idle one. A task
 that puts its own handler in place for either (itself, or a library it imports) keeps it
 while it runs; the engine's is back after it.
@@ -356,6 +358,7 @@ class Engine:
         # hold it already (the signal lands between any two bytecodes); a Lock would deadlock.
         self._lock = threading.RLock()
         self._stopping = False
+        self._ctrl_c = False        # a Ctrl-C at its terminal interrupted a request
         self._streamer = _Streamer()
         self._stdout, self._stderr = _Capture("stdout", self._streamer), _Capture(
             "stderr", self._streamer)
@@ -863,10 +866,26 @@ class Engine:
 
     def _on_sigint(self, signum, frame):
         # executes in the main thread: a SIGINT from outside (a terminal's Ctrl-C, a kill)
-        if self._current is None and not _in_foreground():   # see the module docstring
+        at_terminal = _in_foreground()   # see the module docstring
+        if self._current is None and not at_terminal:
             log.warning("SIGINT while idle: ignored (an engine is stopped with SIGTERM)")
             return
-        raise KeyboardInterrupt
+        if self._current is None or not at_terminal:
+            raise KeyboardInterrupt
+        # Ctrl-C typed at a busy engine's terminal, most often to stop it: the first only
+        # interrupted the request, silently, and the engine went on to the next one queued,
+        # so each Ctrl-C failed one more task and none stopped it. The first still only
+        # interrupts, and says so; the next one stops the engine too.
+        if self._ctrl_c:
+            log.warning("Ctrl-C again: interrupting request %s and stopping (the requests "
+                        "queued here are answered as aborted)", self._current.msg_id)
+            self._stop()
+        else:
+            self._ctrl_c = True
+            log.warning("Ctrl-C: interrupting request %s (it fails with KeyboardInterrupt); "
+                        "the engine goes on with the next one: Ctrl-C again stops it",
+                        self._current.msg_id)
+        raise KeyboardInterrupt(f"Ctrl-C at the terminal of engine {self.id}")
 
     def _on_sigterm(self, signum, frame):
         # executes in the main thread, between bytecodes of whatever runs. `kill PID` (a
@@ -901,7 +920,7 @@ class Engine:
     def serve(self):
         """Run requests until stopped: by a shutdown request, by SIGTERM or by Ctrl-C in
         its terminal between requests (one while a request runs interrupts that request
-        only; SIGTERM then ends the engine). Stopped, it unregisters, so the controller
+        only, the next one stops the engine too; SIGTERM then ends the engine). Stopped, it unregisters, so the controller
         sends it nothing more. Main thread: requests arrive on its own socket."""
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
@@ -1480,7 +1499,7 @@ def main(argv=None):
         epilog="Stop an engine with SIGTERM (kill PID): idle, it unregisters and exits 0. "
                "SIGINT interrupts the running task; idle, the engine ignores it (as an "
                "IPython kernel does) unless it runs in its terminal's foreground, where "
-               "Ctrl-C stops it.")
+               "Ctrl-C stops it (while a task runs: a second Ctrl-C).")
     p.add_argument("--file", default=os.environ.get("MINIPAR_ENGINE_FILE"),
                    help="the controller's minipar-engine.json")
     p.add_argument("--profile", help="profile name (~/.minipar/profile_NAME)")
