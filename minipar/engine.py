@@ -1502,7 +1502,8 @@ def main(argv=None):
                "Ctrl-C stops it (while a task runs: a second Ctrl-C).")
     p.add_argument("--file", default=os.environ.get("MINIPAR_ENGINE_FILE"),
                    help="the controller's minipar-engine.json")
-    p.add_argument("--profile", help="profile name (~/.minipar/profile_NAME)")
+    p.add_argument("--profile", type=protocol.profile_name,
+                   help="profile name (~/.minipar/profile_NAME)")
     p.add_argument("--profile-dir", help="profile folder (overrides --profile)")
     p.add_argument("--work-dir", help="folder to run in")
     p.add_argument("-s", "--startup-script", help="Python file to run at startup")

@@ -814,9 +814,28 @@ def base_dir():
 
 
 def profile_dir(profile=None, profile_dir=None):
+    """The profile folder: `profile_dir`, else profile_NAME in base_dir(). A name that is a
+    path (--profile /data/run1 meant as --profile-dir) is a ValueError saying so: it made
+    the folder profile_/data/run1 there, which no engine given that path looked in."""
     if profile_dir:
         return os.path.abspath(profile_dir)
+    if profile and (os.sep in profile or profile in (".", "..")):
+        raise ValueError(f"profile {profile!r} is a path, not a name: pass a folder as "
+                         f"--profile-dir (profile_dir=), or a name for {base_dir()}"
+                         f"{os.sep}profile_NAME as --profile (profile=)")
     return os.path.join(base_dir(), "profile_" + (profile or "default"))
+
+
+def profile_name(text):
+    """argparse type of each entry point's --profile: a path is a usage error saying to
+    use --profile-dir (see profile_dir), before anything is started or written."""
+    import argparse   # only the entry points, which have it already, parse options
+
+    try:
+        profile_dir(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def security_dir(pdir):
