@@ -876,6 +876,20 @@ def wait_for_file(path, wait_s, say):
     return path
 
 
+def replacement(path, info):
+    """What connection file `path` holds if it names another controller than `info` does
+    (other ports or key: one started without --reuse), else None (the same, or a file
+    that cannot be read, being replaced say)."""
+    try:
+        with open(path) as f:
+            new = json.load(f)
+        if (new["key"], new["ports"]) != (info["key"], info["ports"]):
+            return new
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    return None
+
+
 def _missing_or_stale(path):
     """What keeps `path` from being a live controller's connection file, as words for a
     log line ("" when nothing does, or when only reading it can tell)."""
