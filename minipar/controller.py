@@ -1503,7 +1503,7 @@ def main(argv=None):
                    "10101,10105 or one port (registration; PortInUseError if taken)")
     p.add_argument("--location", help="host name or address that engines and clients use")
     p.add_argument("--reuse", action="store_true", help="keep ports and key across restarts")
-    p.add_argument("--profile", help="profile name (~/.minipar/profile_NAME)")
+    p.add_argument("--profile", type=protocol.profile_name, help="name: ~/.minipar/profile_NAME")
     p.add_argument("--profile-dir", help="profile folder (overrides --profile)")
     p.add_argument("--heartbeat-period", type=float, default=HEARTBEAT_PERIOD_S,
                    help="seconds between heartbeats")

@@ -38,11 +38,12 @@ the controller fails or retries that request. SIGINT interrupts the running requ
 `Cluster.signal_engines_sync(SIGINT)` meant for a task never ends one that just
 finished), unless it runs in its terminal's foreground: there a SIGINT may be its
 user's Ctrl-C (a process cannot tell one from a `kill -INT`), and it stops as on
-SIGTERM. An engine started by a launcher (its own session), in the background (`&`),
-by `ssh` without -t or by a batch job is never in a terminal's foreground. One waiting
-for its connection file (started before its controller) does as an idle one. A task
-that puts its own handler in place for either (itself, or a library it imports) keeps it
-while it runs; the engine's is back after it.
+SIGTERM; busy, it interrupts the request and says the next Ctrl-C stops it too (the
+requests queued are then answered as aborted). An engine started by a launcher (its own
+session), in the background (`&`), by `ssh` without -t or by a batch job is never in a
+terminal's foreground. One waiting for its connection file (started before its
+controller) does as an idle one. A task that puts its own handler in place for either
+(itself, or a library it imports) keeps it while it runs; the engine's is back after it.
 
 A task that holds the GIL past its time_limit plus TIME_LIMIT_GRACE_S (one long C call,
 which no interrupt reaches) ends the engine by SIGALRM, with faulthandler's traceback in
@@ -322,8 +323,9 @@ class _Streamer:
 class Engine:
     def __init__(self, info, work_dir=None, startup_script=None, startup_command=None,
                  registration_timeout=REGISTRATION_TIMEOUT_S,
-                 max_missed_heartbeats=MAX_MISSED_HEARTBEATS):
+                 max_missed_heartbeats=MAX_MISSED_HEARTBEATS, connection_file=None):
         self.info = info
+        self.connection_file, self._file_read_at = connection_file, 0.0   # `info`'s source
         self.session = protocol.Session(info["key"], info.get("max_message_size",
                                                               protocol.MAX_MESSAGE_SIZE))
         self.stats = collections.Counter()  # requests run, messages dropped: see _stats
@@ -357,6 +359,7 @@ class Engine:
         # hold it already (the signal lands between any two bytecodes); a Lock would deadlock.
         self._lock = threading.RLock()
         self._stopping = False
+        self._ctrl_c = False        # a Ctrl-C at its terminal interrupted a request
         self._streamer = _Streamer()
         self._stdout, self._stderr = _Capture("stdout", self._streamer), _Capture(
             "stderr", self._streamer)
@@ -503,8 +506,7 @@ class Engine:
         One that calls sys.exit ends the engine so, with a line in its log."""
         steps = []
         if self.startup_script:
-            steps.append((f"the startup script {self.startup_script}", self.startup_script,
-                          None))
+            steps.append((f"the startup script {self.startup_script}", self.startup_script, None))
         if self.startup_command:
             steps.append(("the startup command", "<startup-command>", self.startup_command))
         for what, filename, code in steps:
@@ -587,16 +589,30 @@ class Engine:
                 self._exit(f"the controller was silent for {now - last_ping:.1f} s "
                            f"({self.max_missed_heartbeats} heartbeats of "
                            f"{self.heartbeat_period:g} s)")
-            elif now - last_ping > SILENCE_WARN_BEATS * self.heartbeat_period and not warned:
-                warned = True
-                log.warning("the controller has been silent for %.1f s (stopped, or "
-                            "restarting?): waiting up to %.0f s more for it to come back",
-                            now - last_ping, silence - (now - last_ping))
+            elif now - last_ping > SILENCE_WARN_BEATS * self.heartbeat_period \
+                    and not self._stopping:
+                if not warned:
+                    warned = True
+                    log.warning("the controller has been silent for %.1f s (stopped, or "
+                                "restarting?): waiting up to %.0f s more for it to come "
+                                "back", now - last_ping, silence - (now - last_ping))
+                self._exit_if_replaced(now)
             reg = self._registering
             if reg is not None and now - reg.since > self.registration_timeout \
                     and not self._stopping:
                 self._exit(f"the controller did not answer this engine's registration "
                            f"within {self.registration_timeout:.0f} s")
+
+    def _exit_if_replaced(self, now):
+        # executes in the receiver thread, while the controller is silent: one started
+        # without --reuse over it holds the profile, so it cannot come back (read once a beat)
+        if self.connection_file and now - self._file_read_at >= self.heartbeat_period:
+            self._file_read_at = now
+            new = protocol.replacement(self.connection_file, self.info)
+            if new is not None:
+                self._exit(f"{self.connection_file} now names another controller (pid "
+                           f"{new.get('pid')}), started without --reuse, so this engine's "
+                           "cannot come back: start engines for the new one")
 
     def _exit(self, reason):
         # executes in the receiver thread: the controller is lost, or refused this engine.
@@ -785,11 +801,10 @@ class Engine:
         os.write(self._wake_w, b"r")
 
     # control messages, handled in the receiver thread at once (they overtake queued work)
-    _control_handlers = {
-        protocol.ABORT: _on_abort, protocol.INTERRUPT: _on_interrupt,
-        protocol.SIGNAL: _on_signal, protocol.SHUTDOWN: _on_shutdown,
-        protocol.UNREGISTER: _on_unregister, protocol.REGISTER_REPLY: _on_registered,
-    }
+    _control_handlers = {protocol.ABORT: _on_abort, protocol.INTERRUPT: _on_interrupt,
+                         protocol.SIGNAL: _on_signal, protocol.SHUTDOWN: _on_shutdown,
+                         protocol.UNREGISTER: _on_unregister,
+                         protocol.REGISTER_REPLY: _on_registered}
 
     def _interrupt_current(self, reason):
         # executes in the receiver thread
@@ -864,10 +879,22 @@ class Engine:
 
     def _on_sigint(self, signum, frame):
         # executes in the main thread: a SIGINT from outside (a terminal's Ctrl-C, a kill)
-        if self._current is None and not _in_foreground():   # see the module docstring
+        at_terminal = _in_foreground()   # see the module docstring
+        if self._current is None and not at_terminal:
             log.warning("SIGINT while idle: ignored (an engine is stopped with SIGTERM)")
             return
-        raise KeyboardInterrupt
+        if self._current is None or not at_terminal:
+            raise KeyboardInterrupt
+        # Ctrl-C at a busy engine's terminal, most often meant to stop it: silent, each one
+        # failed a task and the engine went on to the next. The next one stops it too.
+        again, self._ctrl_c = self._ctrl_c, True
+        log.warning("Ctrl-C%s: interrupting request %s %s", " again" if again else "",
+                    self._current.msg_id, "and stopping (the requests queued here are answered "
+                    "as aborted)" if again else "(it fails with KeyboardInterrupt); the engine "
+                    "goes on: Ctrl-C again stops it")
+        if again:
+            self._stop()
+        raise KeyboardInterrupt(f"Ctrl-C at the terminal of engine {self.id}")
 
     def _on_sigterm(self, signum, frame):
         # executes in the main thread, between bytecodes of whatever runs. `kill PID` (a
@@ -901,9 +928,10 @@ class Engine:
 
     def serve(self):
         """Run requests until stopped: by a shutdown request, by SIGTERM or by Ctrl-C in
-        its terminal between requests (one while a request runs interrupts that request
-        only; SIGTERM then ends the engine). Stopped, it unregisters, so the controller
-        sends it nothing more. Main thread: requests arrive on its own socket."""
+        its terminal between requests (one while a request runs interrupts that request,
+        the next stops the engine too; SIGTERM then ends the engine). Stopped, it
+        unregisters, so the controller sends it nothing more. Main thread: requests arrive
+        on its own socket."""
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
@@ -1016,8 +1044,7 @@ class Engine:
                     self._outbox.send(b"t")   # the receiver's next wait ends at the deadline
                     _watch_alarm()
                     signal.setitimer(signal.ITIMER_REAL, limit + TIME_LIMIT_GRACE_S)
-                    self._send(protocol.STARTED, parent=msg_id, engine=self.id,
-                               started=started)
+                    self._send(protocol.STARTED, parent=msg_id, engine=self.id, started=started)
                 # again now that _current is set: the receiver adds to _aborted before it
                 # reads _current, so an abort arriving around here is seen by one side
                 if msg_id in self._aborted:
@@ -1064,8 +1091,7 @@ class Engine:
         if properties.changed:  # before the reply: the controller knows them when it arrives
             self._send_properties()
         meta = {"started": started, "completed": time.time(), "stdout": stdout,
-                "stderr": stderr, "execution_count": self.execution_count,
-                "data": data}
+                "stderr": stderr, "execution_count": self.execution_count, "data": data}
         if status != protocol.OK:
             return self._reply_error(header, result, status=status, **meta)
         try:
@@ -1168,8 +1194,7 @@ class Engine:
                 fields[name] = (fields.get(name) or "")[-10_000:]
             fields.pop("ndata", None)   # the data is left out with the result
             fields.update(status=protocol.ERROR, ename=remote.ename, evalue=remote.evalue)
-            _, frames = self.session.msg(kind, protocol.serialize(remote), signed=False,
-                                         **fields)
+            _, frames = self.session.msg(kind, protocol.serialize(remote), signed=False, **fields)
         with self._held_lock:
             if self._held is not None:
                 if not self._held:
@@ -1198,8 +1223,7 @@ class Engine:
         except Exception as e:
             raise self._unpickling_error(e) from None
         try:   # what rc.status shows it runs; never a reason for the task to fail
-            self._name = (header["msg_id"], str(getattr(f, "__name__", None) or
-                                                type(f).__name__))
+            self._name = (header["msg_id"], str(getattr(f, "__name__", None) or type(f).__name__))
         except Exception:
             self._name = (header["msg_id"], type(f).__name__)
         f = self._bind(f)
@@ -1372,11 +1396,9 @@ class Engine:
         return {"engine_id": self.id, "pid": os.getpid(), **self.stats,
                 "dropped_reasons": dict(self.session.dropped)}
 
-    _handlers = {
-        protocol.STATS: _stats, protocol.APPLY: _apply, protocol.EXECUTE: _execute,
-        protocol.PUSH: _push, protocol.PULL: _pull, protocol.KEYS: _keys,
-        protocol.CLEAR: _clear, protocol.PROPERTIES: _properties,
-    }
+    _handlers = {protocol.STATS: _stats, protocol.APPLY: _apply, protocol.EXECUTE: _execute,
+                 protocol.PUSH: _push, protocol.PULL: _pull, protocol.KEYS: _keys,
+                 protocol.CLEAR: _clear, protocol.PROPERTIES: _properties}
 
 
 def _log_file():
@@ -1475,16 +1497,16 @@ def _stop_waiting(signum, frame):
 
 def main(argv=None):
     global _engine
-    p = argparse.ArgumentParser(
-        prog=f"python -m {__spec__.name if __spec__ else 'engine'}",
+    p = argparse.ArgumentParser(prog=f"python -m {__spec__.name if __spec__ else 'engine'}",
         description="Start a minipar engine.",
         epilog="Stop an engine with SIGTERM (kill PID): idle, it unregisters and exits 0. "
                "SIGINT interrupts the running task; idle, the engine ignores it (as an "
                "IPython kernel does) unless it runs in its terminal's foreground, where "
-               "Ctrl-C stops it.")
+               "Ctrl-C stops it (while a task runs: a second Ctrl-C).")
     p.add_argument("--file", default=os.environ.get("MINIPAR_ENGINE_FILE"),
                    help="the controller's minipar-engine.json")
-    p.add_argument("--profile", help="profile name (~/.minipar/profile_NAME)")
+    p.add_argument("--profile", type=protocol.profile_name,
+                   help="profile name (~/.minipar/profile_NAME)")
     p.add_argument("--profile-dir", help="profile folder (overrides --profile)")
     p.add_argument("--work-dir", help="folder to run in")
     p.add_argument("-s", "--startup-script", help="Python file to run at startup")
@@ -1530,10 +1552,10 @@ def main(argv=None):
     try:
         protocol.wait_for_file(path, min(args.timeout, CONNECTION_FILE_WAIT_S), log.info)
         info = protocol.read_connection_file(path, protocol.ENGINE_PORTS)
-        engine = _engine = Engine(
-            info, work_dir=args.work_dir, startup_script=args.startup_script,
-            startup_command=args.startup_command, registration_timeout=args.timeout,
-            max_missed_heartbeats=args.max_missed_heartbeats)
+        engine = _engine = Engine(info, work_dir=args.work_dir, startup_script=args.startup_script,
+                                  startup_command=args.startup_command, connection_file=path,
+                                  registration_timeout=args.timeout,
+                                  max_missed_heartbeats=args.max_missed_heartbeats)
         engine.start()
     except errors.MiniparError as e:
         log.error("%s", e)

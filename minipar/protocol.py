@@ -826,9 +826,28 @@ def base_dir():
 
 
 def profile_dir(profile=None, profile_dir=None):
+    """The profile folder: `profile_dir`, else profile_NAME in base_dir(). A name that is a
+    path (--profile /data/run1 meant as --profile-dir) is a ValueError saying so: it made
+    the folder profile_/data/run1 there, which no engine given that path looked in."""
     if profile_dir:
         return os.path.abspath(profile_dir)
+    if profile and (os.sep in profile or profile in (".", "..")):
+        raise ValueError(f"profile {profile!r} is a path, not a name: pass a folder as "
+                         f"--profile-dir (profile_dir=), or a name for {base_dir()}"
+                         f"{os.sep}profile_NAME as --profile (profile=)")
     return os.path.join(base_dir(), "profile_" + (profile or "default"))
+
+
+def profile_name(text):
+    """argparse type of each entry point's --profile: a path is a usage error saying to
+    use --profile-dir (see profile_dir), before anything is started or written."""
+    import argparse   # only the entry points, which have it already, parse options
+
+    try:
+        profile_dir(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def security_dir(pdir):
@@ -854,16 +873,59 @@ def write_connection_file(path, info):
 
 
 def wait_for_file(path, wait_s, say):
-    """`path`, once it exists or after `wait_s` seconds (None: no bound), said once with
-    `say` (a logging method): a controller started along with its reader (`controller &
-    engine`) may not have written its connection file yet. The reader says if it has not."""
-    if not os.path.exists(path):
+    """`path`, once it exists and is not stale, or after `wait_s` seconds (None: no bound),
+    said once with `say` (a logging method): a controller started along with its reader
+    (`controller & engine`) may not have written its connection file yet, and one started
+    after a controller was killed (kill -9, a crash) has not yet replaced the file that one
+    left, whose pid is gone. The reader says which it waits for."""
+    missing = _missing_or_stale(path)
+    if missing:
         bound = "" if wait_s is None else f" up to {wait_s:g} s"
-        say("no connection file at %s yet: waiting%s for a controller to write it", path, bound)
+        say("%s: waiting%s for a controller to write it", missing, bound)
         deadline = math.inf if wait_s is None else time.monotonic() + wait_s
-        while not os.path.exists(path) and time.monotonic() < deadline:
+        while _missing_or_stale(path) and time.monotonic() < deadline:
             time.sleep(0.1)
     return path
+
+
+def replacement(path, info):
+    """What connection file `path` holds if it names another controller than `info` does
+    (other ports or key: one started without --reuse), else None (the same, or a file
+    that cannot be read, being replaced say)."""
+    try:
+        with open(path) as f:
+            new = json.load(f)
+        if (new["key"], new["ports"]) != (info["key"], info["ports"]):
+            return new
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    return None
+
+
+def _missing_or_stale(path):
+    """What keeps `path` from being a live controller's connection file, as words for a
+    log line ("" when nothing does, or when only reading it can tell)."""
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        return f"no connection file at {path} yet"
+    except (OSError, ValueError):   # read_connection_file names what is wrong with it
+        return ""
+    pid = _dead_controller(info)
+    return f"connection file {path} is stale (controller pid {pid} is not running)" if pid \
+        else ""
+
+
+def _dead_controller(info):
+    """The pid of the controller that wrote `info` if it ran on this host and has ended,
+    else None (a pid of another host cannot be checked from here)."""
+    if type(info) is dict and type(info.get("pid")) is int and info.get("host"):
+        import socket   # here, not at import: `import minipar` stays quick
+
+        if info["host"] == socket.gethostname() and not pid_alive(info["pid"]):
+            return info["pid"]
+    return None
 
 
 def read_connection_file(path, ports=CLIENT_PORTS):
@@ -896,13 +958,10 @@ def read_connection_file(path, ports=CLIENT_PORTS):
     except ValueError as e:   # cut short (a full disk, a copy interrupted), or not JSON
         raise ConnectionFileError(_not_written_by_a_controller(
             path, f"is not valid JSON ({e})")) from None
-    if type(info) is dict and type(info.get("pid")) is int and info.get("host"):
-        import socket   # here, not at import: `import minipar` stays quick
-
-        if info["host"] == socket.gethostname() and not pid_alive(info["pid"]):
-            raise ConnectionFileError(
-                f"connection file {path} is stale: controller pid {info['pid']} is not "
-                f"running; start a controller with `python -m {__package__}.controller`")
+    if _dead_controller(info):
+        raise ConnectionFileError(
+            f"connection file {path} is stale: controller pid {info['pid']} is not "
+            f"running; start a controller with `python -m {__package__}.controller`")
     if type(info) is dict and "cluster" in info and "key" not in info:
         # a Cluster's own file, which lies beside the connection files: an easy mix-up
         raise ConnectionFileError(

@@ -542,7 +542,8 @@ def main(argv=None):
         + "\n".join(f"  {name:<6} {what}" for name, _, what in _COLUMNS),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--file", help="the controller's minipar-client.json")
-    p.add_argument("--profile", help="profile name (~/.minipar/profile_NAME)")
+    p.add_argument("--profile", type=protocol.profile_name,
+                   help="profile name (~/.minipar/profile_NAME)")
     p.add_argument("--profile-dir", help="profile folder (overrides --profile)")
     p.add_argument("--interval", type=_seconds, default=1.0, metavar="S",
                    help="seconds between refreshes (default 1)")

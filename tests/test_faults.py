@@ -563,6 +563,38 @@ def test_ctrl_c_to_an_idle_engine_unregisters_it_at_once(local_cluster):
     assert rc.load_balanced_view().apply_sync(os.getpid) == other.pid
 
 
+def test_ctrl_c_twice_stops_a_busy_engine_at_a_terminal(local_cluster):
+    """Ctrl-C at a busy engine's terminal interrupted its task and nothing more, without a
+    word in its log: the engine went on with the next task queued, so a user pressing it
+    to stop the engine failed one task per press and never stopped it. The first still
+    interrupts only, and says that the next one stops the engine, which it does."""
+    engine, terminal = _engine_at_a_terminal(local_cluster)
+    try:
+        rc = local_cluster.client()
+        rc.wait_for_engines(1, START_TIMEOUT_S)
+        lview = rc.load_balanced_view()
+        ars = [lview.apply_async(_sleep_then, 60, i) for i in range(3)]
+        wait_until(ars[0].running, START_TIMEOUT_S, "the first task to run")
+        os.write(terminal, b"\x03")   # ^C
+        with pytest.raises(errors.RemoteError, match="KeyboardInterrupt.*Ctrl-C at the "
+                                                     "terminal of engine"):
+            ars[0].get(START_TIMEOUT_S)
+        wait_until(ars[1].running, START_TIMEOUT_S, "the engine to go on with the next task")
+        log = local_cluster.output("terminal-engine")
+        assert f"Ctrl-C: interrupting request {ars[0].msg_ids[0]}" in log, log
+        assert "Ctrl-C again stops it" in log and engine.poll() is None
+        os.write(terminal, b"\x03")   # ^C
+        assert engine.wait(10) == 0
+    finally:
+        os.close(terminal)
+    log = local_cluster.output("terminal-engine")
+    assert f"Ctrl-C again: interrupting request {ars[1].msg_ids[0]} and stopping" in log, log
+    with pytest.raises(errors.RemoteError, match="KeyboardInterrupt"):
+        ars[1].get(START_TIMEOUT_S)
+    wait_until(lambda: not rc.ids, 10, "the engine gone from rc.ids")
+    assert "declared dead" not in local_cluster.output("controller")
+
+
 @pytest.mark.parametrize("sig, at_a_terminal", [(signal.SIGTERM, False), (signal.SIGINT, True),
                                                  (signal.SIGINT, False)])
 def test_an_engine_waiting_for_its_connection_file_stops_as_an_idle_one(tmp_path, sig,

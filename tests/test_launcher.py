@@ -567,6 +567,49 @@ def test_a_folder_that_cannot_be_made_is_one_line_not_a_traceback(pids, tmp_path
     assert first.wait(30) == 0
 
 
+def test_a_profile_name_that_is_a_path_says_to_use_profile_dir(pids, tmp_path, minipar_dir):
+    """`--profile /data/run1` (meant as --profile-dir) started a controller in
+    $MINIPAR_DIR/profile_/data/run1, and an engine given --profile-dir /data/run1 waited
+    for a file that never came there. Each entry point now says to use --profile-dir
+    before starting anything; the same folder as --profile-dir works."""
+    from minipar import Client
+
+    prof = str(tmp_path / "run1")
+    for argv in (["controller"], ["engine"], ["top", "--once"], ["launcher", "start", "-n",
+                                                                 "1", "--daemonize"]):
+        p = subprocess.Popen([sys.executable, "-m", f"minipar.{argv[0]}", *argv[1:],
+                              "--profile", prof], env=_env(), cwd=ROOT, text=True,
+                             stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL)
+        pids.add(p.pid)
+        try:
+            err = p.communicate(timeout=30)[1]
+        except subprocess.TimeoutExpired:   # the old code's controller ran on
+            p.kill()
+            err = p.communicate()[1]
+        assert p.returncode == (1 if argv[0] == "launcher" else 2), (argv, err)
+        assert f"profile {prof!r} is a path, not a name: pass a folder as --profile-dir" \
+            in err and "Traceback" not in err, (argv, err)
+    assert not minipar_dir.exists() or not os.listdir(minipar_dir)
+    with pytest.raises(ValueError, match="is a path, not a name"):
+        Client(profile=prof)
+    first = _controller(prof)
+    pids.add(first.pid)
+    engine = subprocess.Popen([sys.executable, "-m", "minipar.engine", "--profile-dir", prof],
+                              env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pids.add(engine.pid)
+    rc = Client(profile_dir=prof, timeout=30)
+    try:
+        rc.wait_for_engines(1, 60)
+        assert rc[:].apply_sync(os.getpid) == [engine.pid]
+    finally:
+        rc.close()
+    for p in (engine, first):
+        p.terminate()
+        p.wait(30)
+
+
 def test_a_stale_connection_file_does_not_hold_the_profile(pids, tmp_path):
     prof = str(tmp_path / "p")
     sec = protocol.security_dir(prof)

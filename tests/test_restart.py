@@ -227,6 +227,49 @@ def test_clients_and_engines_give_up_on_a_controller_that_stays_away(local_clust
             call()
 
 
+def test_an_engine_started_before_the_next_controller_waits_for_it(local_cluster):
+    """After a controller was killed (kill -9, a crash) its connection file stays, naming
+    a pid that is gone. An engine started then, before the next controller (the wrong
+    order, which the engine waits 10 s for when there is no file at all), exited at once
+    calling the file stale; it waits for the new controller's file as for a missing one."""
+    c = local_cluster
+    c.controller.send_signal(signal.SIGKILL)
+    c.controller.wait(10)
+    (engine,) = c.start_engines(1)
+    wait_until(lambda: "is stale" in c.output("engine0") or engine.poll() is not None,
+               START_TIMEOUT_S, "the engine to read the stale file")
+    assert engine.poll() is None, c.output("engine0")
+    assert re.search(r"connection file \S+ is stale \(controller pid \d+ is not running\): "
+                     r"waiting up to 10 s for a controller to write it", c.output("engine0"))
+    _restart_controller(c, [], "controller2")
+    rc = c.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    assert rc[:].apply_sync(os.getpid) == [engine.pid]
+
+
+def test_an_engine_whose_controller_was_replaced_without_reuse_exits_saying_so(
+        local_cluster):
+    """A controller killed and started again without --reuse has new ports and key: its
+    engines cannot come back to it, yet they waited out all their missed heartbeats
+    saying "restarting?", then blamed the silence. Each reads its connection file while
+    the controller is silent and, finding another controller there, exits saying so."""
+    c = local_cluster
+    (engine,) = c.start_engines(1, args=["--max-missed-heartbeats", "100000"])   # 5.5 h
+    rc = c.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    rc.close()
+    _restart_controller(c, [], "controller2")
+    assert engine.wait(START_TIMEOUT_S) == 1
+    out = c.output("engine0")
+    assert re.search(rf"{re.escape(c.engine_file)} now names another controller \(pid "
+                     rf"{c.controller.pid}\), started without --reuse, so this engine's "
+                     r"cannot come back: start engines for the new one: exiting", out), out
+    (again,) = c.start_engines(1)
+    rc = c.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    assert rc[:].apply_sync(os.getpid) == [again.pid]
+
+
 def test_engines_that_give_up_on_a_frozen_controller_say_why(local_cluster, monkeypatch):
     """Engines leave a controller silent past their --max-missed-heartbeats (SIGSTOP
     here). They did not crash: their unregister, which waits in ZeroMQ's buffers for the
