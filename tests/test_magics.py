@@ -79,6 +79,23 @@ def test_client_in_ipython_registers_the_magics(shell, ip_rc):
     assert "<minipar-execute" in out   # the remote traceback, not this process's
 
 
+def test_view_call_errors_show_the_engines_tracebacks(shell, ip_rc):
+    """As ipyparallel's errors (their _render_traceback_), an engine's error raised by a
+    view call shows in IPython as the engines' tracebacks, each after its [engine:kind]:,
+    not as this process's stack down to ar.get()."""
+    run(shell, "def fail(x):\n    return 1 / x")
+    out = run(shell, "rc[:].apply_sync(fail, 0)", ok=False)
+    assert [f"[{i}:apply]:" in out for i in range(4)] == [True] * 4, out
+    assert out.count(", in fail") == 4 and out.count("ZeroDivisionError: division by") == 4
+    assert "asyncresult.py" not in out and "Traceback (most recent call last)" in out
+    out = run(shell, "rc[1].apply_sync(fail, 0)", ok=False)
+    assert ", in fail" in out and "ZeroDivisionError: division by zero" in out
+    assert "asyncresult.py" not in out, out
+    # one made without a traceback (the controller's, for a lost engine) says what it is
+    out = run(shell, "raise minipar.errors.error('EngineError', 'engine 2 died')", ok=False)
+    assert out.strip() == "EngineError: engine 2 died", out
+
+
 def test_px_cell_options(shell, ip_rc):
     # --noblock: the AsyncResult at once, the outputs at %pxresult
     out = run(shell, "%%px --targets 0 --noblock\nimport time\ntime.sleep(0.3)\nprint('late')")
