@@ -972,11 +972,18 @@ _GROUPS = ("engine", "order", "type")
 
 def _in_ipython(client):
     """What Client() does inside IPython, as ipyparallel's does: register the magics for
-    a blocking view of all engines (evaluated at each call). client.py calls this only
-    when IPython is imported already, so a plain script never pays its import."""
+    a blocking view of all engines (evaluated at each call), unless %px is registered
+    already, so a second Client (a helper, another cluster's) leaves it where it was; it
+    takes the magics over from a closed Client. client.py calls this only when IPython
+    is imported already, so a plain script never pays its import."""
     import IPython
 
-    if IPython.get_ipython() is None:   # imported, but no shell is running
+    shell = IPython.get_ipython()
+    if shell is None:   # imported, but no shell is running
+        return
+    px = shell.find_line_magic("px")
+    mine = getattr(px, "__self__", None)
+    if px is not None and not (isinstance(mine, _ParallelMagics) and mine.view.client._closed):
         return
     try:
         _activate_magics(DirectView(client, "all", block=True))
@@ -1051,6 +1058,9 @@ class _ParallelMagics:
             code = cell
         if not code.strip():
             raise _usage("nothing to execute: %px CODE, or %%px with the code below")
+        if self.view.client._closed:
+            raise _usage(f"the Client of %px{self.suffix} is closed: make a new Client (it "
+                         "takes the magics over), or call activate() on an open one's view")
         targets = options.get("targets", self.view.targets)
         block = options.get("block", self.view.block)
         if options.get("verbose", self.verbose):

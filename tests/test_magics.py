@@ -41,8 +41,9 @@ def shell():
 
 
 @pytest.fixture
-def ip_rc(shell, cluster):
-    """A Client made inside the shell, as a user would: ``rc``."""
+def ip_rc(cluster, shell):
+    """A Client made inside the shell, as a user would: ``rc``, the first there (the
+    cluster's own client is made before the shell), so it has the magics."""
     run(shell, f"import minipar\nrc = minipar.Client({cluster.client_file!r})")
     rc = shell.user_ns["rc"]
     try:
@@ -163,6 +164,25 @@ def test_pxconfig_and_autopx(shell, ip_rc):
     assert out == "".join(f"[stdout:{i}] from-the-engines\n" for i in range(4))
     assert run(shell, "%autopx") == "%autopx disabled\n"
     assert run(shell, "print('here')") == "here\n"
+
+
+def test_a_second_client_leaves_the_magics_to_the_first(cluster, shell, ip_rc):
+    """As ipyparallel's: the first Client made in IPython registers %px; a later one (a
+    helper, another cluster's) leaves it there, so closing that one breaks nothing. Once
+    the magics' Client is closed, %px says so in one line, and a new Client takes over."""
+    run(shell, f"helper = minipar.Client({cluster.client_file!r}, timeout=1)")
+    assert shell.find_line_magic("px").__self__.view.client is ip_rc
+    run(shell, "helper.close()")
+    assert run(shell, "%px print('still')") == "".join(f"[stdout:{i}] still\n" for i in range(4))
+    run(shell, "rc.close()")
+    out = run(shell, "%px print('closed')", ok=False)
+    assert out.startswith("UsageError: the Client of %px is closed: make a new Client") \
+        and "Traceback" not in out, out
+    run(shell, f"rc2 = minipar.Client({cluster.client_file!r})")
+    try:
+        assert run(shell, "%px print('new')") == "".join(f"[stdout:{i}] new\n" for i in range(4))
+    finally:
+        shell.user_ns["rc2"].close()
 
 
 def test_activate_with_a_suffix(shell, ip_rc):
