@@ -253,6 +253,18 @@ def test_engines_with_ipython_run_its_syntax(shell, ip_rc):
     assert e.value.ename == "SyntaxError"
 
 
+def test_px_matplotlib_inline_on_the_engines(shell, ip_rc):
+    """ipyparallel's docs start plotting with %px %matplotlib inline: engines with
+    IPython take it (an engine has no GUI loop to start), and then plot."""
+    pytest.importorskip("matplotlib_inline")
+    assert run(shell, "%px %matplotlib inline") == ""
+    out = run(shell, "%px import matplotlib; print(matplotlib.get_backend())")
+    assert out.count("backend_inline") == 4, out
+    out = run(shell, "%%px --targets 0\nimport matplotlib.pyplot as plt\n"
+                     "fig = plt.figure()\nprint(len(plt.plot([1, 2])))")
+    assert out == "[stdout:0] 1\n"
+
+
 def test_engine_without_ipython(local_cluster, tmp_path):
     shim = tmp_path / "no-ipython" / "IPython"
     shim.mkdir(parents=True)
