@@ -128,6 +128,24 @@ def test_px_cell_options(shell, ip_rc):
     assert "--group-outputs 'x'" in run(shell, "%%px --group-outputs x\npass", ok=False)
 
 
+def test_px_targets_as_ipyparallel_reads_them(shell, ip_rc):
+    """ipyparallel's magics split their options as IPython does (a quoted value may hold
+    spaces) and evaluate --targets, so -1 is the last engine, as in rc[-1]."""
+    assert run(shell, "%%px --targets -1\nprint('last')") == "[stdout:3] last\n"
+    assert run(shell, "%%px -t -2,0\nprint('x')") == "[stdout:2] x\n[stdout:0] x\n"
+    assert run(shell, "%px --targets \"[0, 2]\" print('q')") == "[stdout:0] q\n[stdout:2] q\n"
+    assert run(shell, "%%px --targets='1, 3' --group-outputs 'engine'\nprint('e')") == \
+        "[stdout:1] e\n[stdout:3] e\n"
+    run(shell, "%pxconfig --targets \"(0, -1)\"")
+    assert run(shell, "%px print('c')") == "[stdout:0] c\n[stdout:3] c\n"
+    run(shell, "%pxconfig --targets all")
+    out = run(shell, "%%px --targets -5\npass", ok=False)
+    assert out.startswith("UsageError: --targets '-5': there is no such engine; registered: "
+                          "[0, 1, 2, 3]"), out
+    out = run(shell, "%%px --targets \"0, 1\npass", ok=False)
+    assert out.startswith("UsageError: no closing quote in"), out
+
+
 def test_px_takes_ipyparallels_stream_progress_and_signal_options(shell, ip_rc):
     """ipyparallel 7's %%px and %pxconfig options: --stream prints each engine's lines as
     they come, --no-stream when all are done (minipar's default); --progress-after and
