@@ -36,6 +36,7 @@ import functools
 import itertools
 import linecache
 import re
+import shlex
 import sys
 import textwrap
 import threading
@@ -972,11 +973,18 @@ _GROUPS = ("engine", "order", "type")
 
 def _in_ipython(client):
     """What Client() does inside IPython, as ipyparallel's does: register the magics for
-    a blocking view of all engines (evaluated at each call). client.py calls this only
-    when IPython is imported already, so a plain script never pays its import."""
+    a blocking view of all engines (evaluated at each call), unless %px is registered
+    already, so a second Client (a helper, another cluster's) leaves it where it was; it
+    takes the magics over from a closed Client. client.py calls this only when IPython
+    is imported already, so a plain script never pays its import."""
     import IPython
 
-    if IPython.get_ipython() is None:   # imported, but no shell is running
+    shell = IPython.get_ipython()
+    if shell is None:   # imported, but no shell is running
+        return
+    px = shell.find_line_magic("px")
+    mine = getattr(px, "__self__", None)
+    if px is not None and not (isinstance(mine, _ParallelMagics) and mine.view.client._closed):
         return
     try:
         _activate_magics(DirectView(client, "all", block=True))
@@ -1036,7 +1044,7 @@ class _ParallelMagics:
         """%px CODE, or %%px [options] over a cell: run the code on the engines.
 
         Options (of %%px; %px takes the long ones before its code): --targets T (all,
-        3, 0,2, [0,2], 1:3), --block / --noblock, --local (run the cell here too),
+        3, -1, 0,2, "[0, 2]", 1:3), --block / --noblock, --local (run the cell here too),
         --verbose, --stream / --no-stream, --group-outputs engine|order|type (-e, -r),
         --out NAME (-o: keep the AsyncResult in NAME). A blocking %px prints each
         engine's output as ``[stdout:0] ...`` (as it comes, with --stream); a
@@ -1051,6 +1059,9 @@ class _ParallelMagics:
             code = cell
         if not code.strip():
             raise _usage("nothing to execute: %px CODE, or %%px with the code below")
+        if self.view.client._closed:
+            raise _usage(f"the Client of %px{self.suffix} is closed: make a new Client (it "
+                         "takes the magics over), or call activate() on an open one's view")
         targets = options.get("targets", self.view.targets)
         block = options.get("block", self.view.block)
         if options.get("verbose", self.verbose):
@@ -1112,7 +1123,7 @@ class _ParallelMagics:
         options = {}
         rest = line.lstrip()
         while rest.startswith("-"):
-            word, _, after = rest.partition(" ")
+            word, after = _next_word(rest)
             name, eq, value = word.partition("=")
             if name not in known or (long_only and not name.startswith("--")):
                 if long_only:
@@ -1123,7 +1134,7 @@ class _ParallelMagics:
             rest = after
             if constant is None:
                 if not eq:
-                    value, _, rest = rest.lstrip().partition(" ")
+                    value, rest = _next_word(rest)
                 if not value:
                     raise _usage(f"{name} needs a value")
                 options[what] = self._value(what, value)
@@ -1152,10 +1163,16 @@ class _ParallelMagics:
             if ":" in text:
                 return self.view.client.ids[slice(*(int(p) if p else None
                                                     for p in text.split(":")))]
-            return [int(t) for t in text.split(",") if t.strip()]
+            ids = [int(t) for t in text.split(",") if t.strip()]
+            # a negative id counts from the last engine, as in rc[-1] (and in ipyparallel's
+            # magics, which evaluate the text)
+            return [self.view.client.ids[i] if i < 0 else i for i in ids]
         except (TypeError, ValueError):
             raise _usage(f"--targets {text!r}: give all, an id, ids like 0,2 or a slice "
                          "like 1:3") from None
+        except IndexError:
+            raise _usage(f"--targets {text!r}: there is no such engine; registered: "
+                         f"{self.view.client.ids}") from None
 
     def autopx(self, line=""):
         """%autopx: run every following cell on the engines, until the next %autopx."""
@@ -1186,6 +1203,22 @@ class _ParallelMagics:
             self._autopx = None
             print("Auto Parallel Disabled" if self.classic else
                   f"%autopx{self.suffix} disabled")
+
+
+# A word of a magic's options: one in quotes may hold spaces, as IPython's argument
+# splitting reads ipyparallel's (--targets "[0, 2]", --targets='1, 3')
+_WORD = re.compile(r"""(?:"[^"]*"|'[^']*'|[^\s"']+)+""")
+
+
+def _next_word(text):
+    """The first word of `text`, its quotes dropped, and the text after it."""
+    text = text.lstrip()
+    match = _WORD.match(text)
+    if match is None:
+        if text:
+            raise _usage(f"no closing quote in {text!r}")
+        return "", ""
+    return shlex.split(match.group())[0], text[match.end():]
 
 
 def _shown_targets(targets):

@@ -1315,6 +1315,10 @@ class Engine:
             main = sys.modules.get("__main__")
             self._ipython = InteractiveShell.instance(config=config)
             sys.modules["__main__"] = main   # the shell puts its own module there
+            # %matplotlib inline (%px %matplotlib inline, as ipyparallel's docs start a
+            # plotting session) then runs a GUI's event loop: an engine has none to run,
+            # and the base shell raises NotImplementedError for any
+            self._ipython.enable_gui = lambda gui=None: None
         # %timeit, %who and !cmd $var read and write the shell's user_ns: the engine's
         # (the same dict for good: clear() empties it in place)
         self._ipython.user_ns = self.user_ns

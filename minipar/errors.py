@@ -99,6 +99,12 @@ class RemoteError(MiniparError):
     def render_traceback(self):
         return self.traceback.splitlines()
 
+    def _render_traceback_(self):
+        # IPython shows an exception with this method as these lines alone, as ipyparallel's
+        # errors have it: the engines' tracebacks, where this process's stack down to
+        # ar.get() says nothing of the cause. One made without a traceback says what it is.
+        return self.render_traceback() or [str(self)]
+
     def print_traceback(self, excid=None):
         """Print the remote traceback (`excid` is CompositeError's: which engine's)."""
         print("\n".join(self.render_traceback()))

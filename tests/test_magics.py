@@ -41,8 +41,9 @@ def shell():
 
 
 @pytest.fixture
-def ip_rc(shell, cluster):
-    """A Client made inside the shell, as a user would: ``rc``."""
+def ip_rc(cluster, shell):
+    """A Client made inside the shell, as a user would: ``rc``, the first there (the
+    cluster's own client is made before the shell), so it has the magics."""
     run(shell, f"import minipar\nrc = minipar.Client({cluster.client_file!r})")
     rc = shell.user_ns["rc"]
     try:
@@ -79,6 +80,23 @@ def test_client_in_ipython_registers_the_magics(shell, ip_rc):
     assert "<minipar-execute" in out   # the remote traceback, not this process's
 
 
+def test_view_call_errors_show_the_engines_tracebacks(shell, ip_rc):
+    """As ipyparallel's errors (their _render_traceback_), an engine's error raised by a
+    view call shows in IPython as the engines' tracebacks, each after its [engine:kind]:,
+    not as this process's stack down to ar.get()."""
+    run(shell, "def fail(x):\n    return 1 / x")
+    out = run(shell, "rc[:].apply_sync(fail, 0)", ok=False)
+    assert [f"[{i}:apply]:" in out for i in range(4)] == [True] * 4, out
+    assert out.count(", in fail") == 4 and out.count("ZeroDivisionError: division by") == 4
+    assert "asyncresult.py" not in out and "Traceback (most recent call last)" in out
+    out = run(shell, "rc[1].apply_sync(fail, 0)", ok=False)
+    assert ", in fail" in out and "ZeroDivisionError: division by zero" in out
+    assert "asyncresult.py" not in out, out
+    # one made without a traceback (the controller's, for a lost engine) says what it is
+    out = run(shell, "raise minipar.errors.error('EngineError', 'engine 2 died')", ok=False)
+    assert out.strip() == "EngineError: engine 2 died", out
+
+
 def test_px_cell_options(shell, ip_rc):
     # --noblock: the AsyncResult at once, the outputs at %pxresult
     out = run(shell, "%%px --targets 0 --noblock\nimport time\ntime.sleep(0.3)\nprint('late')")
@@ -108,6 +126,24 @@ def test_px_cell_options(shell, ip_rc):
         assert out.startswith("UsageError: ") and "registered: [0, 1, 2, 3]" in out \
             and "Traceback" not in out, out
     assert "--group-outputs 'x'" in run(shell, "%%px --group-outputs x\npass", ok=False)
+
+
+def test_px_targets_as_ipyparallel_reads_them(shell, ip_rc):
+    """ipyparallel's magics split their options as IPython does (a quoted value may hold
+    spaces) and evaluate --targets, so -1 is the last engine, as in rc[-1]."""
+    assert run(shell, "%%px --targets -1\nprint('last')") == "[stdout:3] last\n"
+    assert run(shell, "%%px -t -2,0\nprint('x')") == "[stdout:2] x\n[stdout:0] x\n"
+    assert run(shell, "%px --targets \"[0, 2]\" print('q')") == "[stdout:0] q\n[stdout:2] q\n"
+    assert run(shell, "%%px --targets='1, 3' --group-outputs 'engine'\nprint('e')") == \
+        "[stdout:1] e\n[stdout:3] e\n"
+    run(shell, "%pxconfig --targets \"(0, -1)\"")
+    assert run(shell, "%px print('c')") == "[stdout:0] c\n[stdout:3] c\n"
+    run(shell, "%pxconfig --targets all")
+    out = run(shell, "%%px --targets -5\npass", ok=False)
+    assert out.startswith("UsageError: --targets '-5': there is no such engine; registered: "
+                          "[0, 1, 2, 3]"), out
+    out = run(shell, "%%px --targets \"0, 1\npass", ok=False)
+    assert out.startswith("UsageError: no closing quote in"), out
 
 
 def test_px_takes_ipyparallels_stream_progress_and_signal_options(shell, ip_rc):
@@ -146,6 +182,25 @@ def test_pxconfig_and_autopx(shell, ip_rc):
     assert out == "".join(f"[stdout:{i}] from-the-engines\n" for i in range(4))
     assert run(shell, "%autopx") == "%autopx disabled\n"
     assert run(shell, "print('here')") == "here\n"
+
+
+def test_a_second_client_leaves_the_magics_to_the_first(cluster, shell, ip_rc):
+    """As ipyparallel's: the first Client made in IPython registers %px; a later one (a
+    helper, another cluster's) leaves it there, so closing that one breaks nothing. Once
+    the magics' Client is closed, %px says so in one line, and a new Client takes over."""
+    run(shell, f"helper = minipar.Client({cluster.client_file!r}, timeout=1)")
+    assert shell.find_line_magic("px").__self__.view.client is ip_rc
+    run(shell, "helper.close()")
+    assert run(shell, "%px print('still')") == "".join(f"[stdout:{i}] still\n" for i in range(4))
+    run(shell, "rc.close()")
+    out = run(shell, "%px print('closed')", ok=False)
+    assert out.startswith("UsageError: the Client of %px is closed: make a new Client") \
+        and "Traceback" not in out, out
+    run(shell, f"rc2 = minipar.Client({cluster.client_file!r})")
+    try:
+        assert run(shell, "%px print('new')") == "".join(f"[stdout:{i}] new\n" for i in range(4))
+    finally:
+        shell.user_ns["rc2"].close()
 
 
 def test_activate_with_a_suffix(shell, ip_rc):
@@ -214,6 +269,18 @@ def test_engines_with_ipython_run_its_syntax(shell, ip_rc):
     with pytest.raises(RemoteError) as e:
         ip_rc[0].execute("1 +", block=True)
     assert e.value.ename == "SyntaxError"
+
+
+def test_px_matplotlib_inline_on_the_engines(shell, ip_rc):
+    """ipyparallel's docs start plotting with %px %matplotlib inline: engines with
+    IPython take it (an engine has no GUI loop to start), and then plot."""
+    pytest.importorskip("matplotlib_inline")
+    assert run(shell, "%px %matplotlib inline") == ""
+    out = run(shell, "%px import matplotlib; print(matplotlib.get_backend())")
+    assert out.count("backend_inline") == 4, out
+    out = run(shell, "%%px --targets 0\nimport matplotlib.pyplot as plt\n"
+                     "fig = plt.figure()\nprint(len(plt.plot([1, 2])))")
+    assert out == "[stdout:0] 1\n"
 
 
 def test_engine_without_ipython(local_cluster, tmp_path):
