@@ -493,10 +493,9 @@ class Engine:
         props = {k: v for k, v in properties.items() if _plain(k) and _plain(v)}
         python, cloudpickle_version = _versions()
         header, frames = self.session.msg(
-            protocol.REGISTER, uuid=self.ident.decode(), pid=os.getpid(),
-            host=socket.gethostname(), pidns=protocol.pid_namespace(), python=python,
-            cloudpickle=cloudpickle_version, properties=props,
-            reply_ident=(self.ident + protocol.REPLY_SUFFIX).decode(), id=want,
+            protocol.REGISTER, uuid=self.ident.decode(), pid=os.getpid(), host=socket.gethostname(),
+            pidns=protocol.pid_namespace(), python=python, cloudpickle=cloudpickle_version,
+            properties=props, reply_ident=(self.ident + protocol.REPLY_SUFFIX).decode(), id=want,
             replaces=replaces, log=_log_file(), take_back=True)
         return header["msg_id"], frames
 
@@ -617,10 +616,9 @@ class Engine:
     def _exit(self, reason):
         # executes in the receiver thread: the controller is lost, or refused this engine.
         # The running request stops, and neither it nor any queued one is answered: their
-        # results would go nowhere, or (to a controller that was only stopped, SIGSTOP)
-        # say "aborted" when the engine left; the unregister names `reason`, for the
-        # controller to fail or retry them with (set before _stopping, which _requests
-        # reads first).
+        # results would go nowhere, or (to a controller only stopped, SIGSTOP) say
+        # "aborted" when the engine left; the unregister names `reason`, for the controller
+        # to fail or retry them with (set before _stopping, which _requests reads first).
         log.error("%s: exiting", reason)
         self.exit_code = 1
         self._lost = reason
@@ -1286,10 +1284,9 @@ class Engine:
         except ImportError:
             use = _IPYTHON_SYNTAX.search(code)
             if use:
-                raise SyntaxError(f"this code uses IPython syntax ({use.group(1)}), which "
-                                  "needs IPython on the engine: install IPython on the "
-                                  "engines (pip install ipython), or send plain Python") \
-                    from None
+                raise SyntaxError(f"this code uses IPython syntax ({use.group(1)}), which needs "
+                                  "IPython on the engine: install IPython on the engines (pip "
+                                  "install ipython), or send plain Python") from None
             raise error
         python = TransformerManager().transform_cell(code)
         try:
@@ -1315,9 +1312,8 @@ class Engine:
             main = sys.modules.get("__main__")
             self._ipython = InteractiveShell.instance(config=config)
             sys.modules["__main__"] = main   # the shell puts its own module there
-            # %matplotlib inline (%px %matplotlib inline, as ipyparallel's docs start a
-            # plotting session) then runs a GUI's event loop: an engine has none to run,
-            # and the base shell raises NotImplementedError for any
+            # %matplotlib inline (ipyparallel's docs start plotting with %px so) enables a GUI
+            # loop: an engine runs none, and the base shell raises NotImplementedError
             self._ipython.enable_gui = lambda gui=None: None
         # %timeit, %who and !cmd $var read and write the shell's user_ns: the engine's
         # (the same dict for good: clear() empties it in place)
@@ -1501,7 +1497,8 @@ def _stop_waiting(signum, frame):
 
 def main(argv=None):
     global _engine
-    p = argparse.ArgumentParser(prog=f"python -m {__spec__.name if __spec__ else 'engine'}",
+    p = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name if __spec__ else 'engine'}",
         description="Start a minipar engine.",
         epilog="Stop an engine with SIGTERM (kill PID): idle, it unregisters and exits 0. "
                "SIGINT interrupts the running task; idle, the engine ignores it (as an "
@@ -1509,8 +1506,7 @@ def main(argv=None):
                "Ctrl-C stops it (while a task runs: a second Ctrl-C).")
     p.add_argument("--file", default=os.environ.get("MINIPAR_ENGINE_FILE"),
                    help="the controller's minipar-engine.json")
-    p.add_argument("--profile", type=protocol.profile_name,
-                   help="profile name (~/.minipar/profile_NAME)")
+    p.add_argument("--profile", type=protocol.profile_name, help="name: ~/.minipar/profile_NAME")
     p.add_argument("--profile-dir", help="profile folder (overrides --profile)")
     p.add_argument("--work-dir", help="folder to run in")
     p.add_argument("-s", "--startup-script", help="Python file to run at startup")
