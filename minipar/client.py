@@ -41,7 +41,6 @@ import time
 import warnings
 import weakref
 
-import cloudpickle
 import zmq
 
 from . import errors, protocol
@@ -391,14 +390,14 @@ class Client(errors.SaysWhyAbsent):
                 "SerializationError",
                 f"could not unpickle the result of {f.msg_id}: {type(e).__name__}: {e}; is "
                 "the module that defines it importable here?"
-                f"{self._version_skew(md['engine_id'], ' ')}",
+                f"{protocol.version_skew(md['engine_id'], self._engines, ' ')}",
                 {"engine_id": md["engine_id"], "msg_id": f.msg_id, "kind": kind}))
         if header.get("status") == protocol.OK:
             f.set_result(value)
-        elif header.get("ename") == "SerializationError" and self._version_skew(md["engine_id"]):
+        elif header.get("ename") == "SerializationError" and (
+                skew := protocol.version_skew(md["engine_id"], self._engines)):
             # the engine could not unpickle the request: say why that is likely
-            err = errors.error("SerializationError", f"{header.get('evalue', '')}; "
-                               f"{self._version_skew(md['engine_id'])}",
+            err = errors.error("SerializationError", f"{header.get('evalue', '')}; {skew}",
                                getattr(value, "engine_info", None))
             err.__cause__ = value if isinstance(value, BaseException) else None
             f.set_exception(err)
@@ -427,29 +426,12 @@ class Client(errors.SaysWhyAbsent):
     # what the controller sends besides replies, by kind
     _message_handlers = {protocol.STREAM: _on_running, protocol.STARTED: _on_running}
 
-    # ---- version skew: engines report their Python and cloudpickle versions when they
-    # register; one that differs from this client's is warned about at once, and named
-    # in the error when something fails to unpickle (by-value functions do not unpickle
-    # across Python minor versions, nor always across cloudpickle versions).
-
-    def _version_skew(self, engine_id, prefix=""):
-        """What differs between engine `engine_id` and this client ("" if nothing)."""
-        info = self._engines.get(engine_id) or {}
-        python, theirs = info.get("python"), info.get("cloudpickle")
-        same_python = not python or list(python[:2]) == list(sys.version_info[:2])
-        if same_python and (not theirs or theirs == cloudpickle.__version__):
-            return ""
-        return (f"{prefix}engine {engine_id} runs Python {'.'.join(map(str, python or ['?']))} "
-                f"with cloudpickle {theirs}, but this client runs Python "
-                f"{'.'.join(map(str, sys.version_info[:3]))} with cloudpickle "
-                f"{cloudpickle.__version__}: functions sent by value (lambdas, closures, "
-                "functions defined in __main__) may not unpickle across them; run the same "
-                "Python minor version and cloudpickle everywhere")
+    # ---- version skew (see protocol.version_skew): warned about once per engine
 
     def _check_versions(self, engines, warn=True):
         """Log (and with `warn`, in the user's thread, warn) each skewed engine once."""
         for eid in engines:
-            skew = self._version_skew(eid)
+            skew = protocol.version_skew(eid, self._engines)
             if skew and eid not in self._warned_skew:
                 self._warned_skew.add(eid)
                 log.warning("%s", skew)

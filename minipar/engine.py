@@ -87,7 +87,6 @@ import traceback
 import types
 import uuid
 
-import cloudpickle
 import zmq
 
 from . import datapub, dependency, errors, protocol
@@ -491,7 +490,7 @@ class Engine:
         one it had, when it registers again) or the pid of the engine process it replaces
         (whose id it then takes). Only plain properties can go in a header."""
         props = {k: v for k, v in properties.items() if _plain(k) and _plain(v)}
-        python, cloudpickle_version = _versions()
+        python, cloudpickle_version = protocol.versions()
         header, frames = self.session.msg(
             protocol.REGISTER, uuid=self.ident.decode(), pid=os.getpid(), host=socket.gethostname(),
             pidns=protocol.pid_namespace(), python=python, cloudpickle=cloudpickle_version,
@@ -1323,7 +1322,7 @@ class Engine:
     def _unpickling_error(self, e):
         """A request that does not unpickle here, named as such (with this engine's
         versions: a client on another Python or cloudpickle is the usual cause)."""
-        python, cloudpickle_version = _versions()
+        python, cloudpickle_version = protocol.versions()
         return errors.SerializationError(
             f"engine {self.id} could not unpickle the request (it runs Python "
             f"{'.'.join(map(str, python))} with cloudpickle {cloudpickle_version}): "
@@ -1409,12 +1408,6 @@ def _log_file():
     except OSError:
         return None
     return path if os.path.isfile(path) else None
-
-
-def _versions():
-    """(Python version as [major, minor, micro], cloudpickle's version), sent at
-    registration: functions sent by value do not unpickle across Python minor versions."""
-    return list(sys.version_info[:3]), cloudpickle.__version__
 
 
 def _plain(value):

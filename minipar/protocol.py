@@ -48,6 +48,7 @@ import os
 import pickle
 import re
 import struct
+import sys
 import threading
 import time
 import types
@@ -709,6 +710,32 @@ def use_dill():
 def use_pickle():
     """Send nothing by value: functions by reference only (__main__'s are refused)."""
     use_serializer("pickle")
+
+
+# Version skew: engines report their Python and cloudpickle versions when they register;
+# a client warns about one that differs from its own, and names it when something fails
+# to unpickle (by-value functions do not unpickle across Python minor versions, nor
+# always across cloudpickle versions).
+
+def versions():
+    """(Python version as [major, minor, micro], cloudpickle's version) of this process."""
+    return list(sys.version_info[:3]), cloudpickle.__version__
+
+
+def version_skew(engine_id, engines, prefix=""):
+    """What differs between engine `engine_id` (its registration info in `engines`) and
+    this process ("" if nothing), with `prefix` before it."""
+    info = engines.get(engine_id) or {}
+    python, theirs = info.get("python"), info.get("cloudpickle")
+    same_python = not python or list(python[:2]) == list(sys.version_info[:2])
+    if same_python and (not theirs or theirs == cloudpickle.__version__):
+        return ""
+    return (f"{prefix}engine {engine_id} runs Python {'.'.join(map(str, python or ['?']))} "
+            f"with cloudpickle {theirs}, but this client runs Python "
+            f"{'.'.join(map(str, sys.version_info[:3]))} with cloudpickle "
+            f"{cloudpickle.__version__}: functions sent by value (lambdas, closures, "
+            "functions defined in __main__) may not unpickle across them; run the same "
+            "Python minor version and cloudpickle everywhere")
 
 
 def serialize(obj, by_value=False):
