@@ -589,14 +589,7 @@ class Client(errors.SaysWhyAbsent):
     def query(self, kind, timeout=None, **fields):
         """A request of protocol kind `kind` to the controller itself: its reply header,
         waited for `timeout` s at most (default: the Client's). Internal interface."""
-        if kind != protocol.CONNECT:
-            self._check_usable()
-        f, frames = self._query_future(kind, fields)
-        with self._send_lock:
-            self._flush()   # after the requests made before it
-            # connect goes through the I/O thread's socket: its identity is where the
-            # controller will send every reply
-            (self._outbox if kind == protocol.CONNECT else self._sender).send_multipart(frames)
+        f = self._send_query(kind, fields)
         timeout = self.timeout if timeout is None else timeout
         try:
             return f.result(timeout)
@@ -605,6 +598,18 @@ class Client(errors.SaysWhyAbsent):
             raise TimeoutError(
                 f"the controller at {protocol.url(self.info, 'client')} did not answer {kind} "
                 f"within {timeout} s: is it running? (connection file {self.url_file})") from None
+
+    def _send_query(self, kind, fields):
+        """Send a query from the caller's thread; its future, which the I/O thread settles."""
+        if kind != protocol.CONNECT:
+            self._check_usable()
+        f, frames = self._query_future(kind, fields)
+        with self._send_lock:
+            self._flush()   # after the requests made before it
+            # connect goes through the I/O thread's socket: its identity is where the
+            # controller will send every reply
+            (self._outbox if kind == protocol.CONNECT else self._sender).send_multipart(frames)
+        return f
 
     def _query_future(self, kind, fields):
         """A query's frames, and its future, registered (the I/O thread settles it)."""
