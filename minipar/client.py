@@ -255,6 +255,7 @@ class Client(errors.SaysWhyAbsent):
                         "it to come back", protocol.url(self.info, "client"),
                         self.reconnect_timeout)
             self._at(now + self.reconnect_timeout, lambda: self._give_up(lost))
+            self._check_replaced(lost)
         elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._lost_at is not None:
             log.warning("connected to the controller again after %.1f s: asking for what is "
                         "outstanding", now - self._lost_at)
@@ -262,21 +263,33 @@ class Client(errors.SaysWhyAbsent):
             self._stopped_hub = None
             self._io_query(dealer, protocol.CONNECT, self._on_reconnected)
 
-    def _give_up(self, lost):
+    def _check_replaced(self, lost):
+        # once a second (a file read) while the controller is lost: one started without
+        # --reuse over it holds the profile, so it cannot come back (engines check it too)
+        if self._lost_at == lost and self._gone is None:
+            new = protocol.replacement(self.url_file, self.info)
+            if new is not None:
+                return self._give_up(lost, new)
+            self._at(time.monotonic() + 1.0, lambda: self._check_replaced(lost))
+
+    def _give_up(self, lost, new=None):
+        # the controller did not come back in time, or `new` (its file's content) replaced it
         if self._lost_at != lost:
             return   # it came back in time
         if self._stopped_hub:
             return self._fail_outstanding(self._stopped_hub)
-        err = errors.MiniparError(
-            f"lost the controller at {protocol.url(self.info, 'client')}: it did not come "
-            f"back within {self.reconnect_timeout} s (reconnect_timeout), so the outcome of "
-            "this request is unknown; restart the controller (with --reuse to keep its "
-            "address and key) and submit the work again")
-        self._gone = errors.MiniparError(
-            f"the controller at {protocol.url(self.info, 'client')} is gone: it did not come "
-            f"back within {self.reconnect_timeout} s (reconnect_timeout). Restart it with "
-            "--reuse (same address and key) and this client reconnects by itself, or start "
-            "a new controller and make a new Client")
+        if self._gone is not None:
+            return   # given up already: the file named another controller
+        why, then = (f"it did not come back within {self.reconnect_timeout} s (reconnect_timeout)",
+                     "Restart it with --reuse (same address and key) and this client reconnects "
+                     "by itself, or start a new controller and make a new Client") if new is None \
+            else (f"a new controller (pid {new.get('pid')}) replaced it, started without --reuse "
+                  f"(other ports and key in {self.url_file})", "Make a new Client of the same "
+                  "profile (or of that file) to use the new controller")
+        url = protocol.url(self.info, "client")
+        err = errors.MiniparError(f"lost the controller at {url}: {why}, so the outcome of this "
+                                  f"request is unknown (submit it again). {then}")
+        self._gone = errors.MiniparError(f"the controller at {url} is gone: {why}. {then}")
         self._fail_outstanding(err)
         log.error("%s", err)
 

@@ -273,6 +273,35 @@ def test_an_engine_whose_controller_was_replaced_without_reuse_exits_saying_so(
     assert rc[:].apply_sync(os.getpid) == [again.pid]
 
 
+def test_a_client_whose_controller_was_replaced_without_reuse_fails_at_once_saying_so(
+        local_cluster):
+    """A client whose controller was killed and replaced by one started without --reuse
+    (other ports and key) waited its whole reconnect_timeout (60 s by default), then
+    advised a restart with --reuse, though the new controller already held the profile.
+    As its engines, it reads the connection file while the controller is lost and, finding
+    another controller there, fails what was outstanding at once saying how to use it."""
+    c = local_cluster
+    c.start_engines(1)
+    rc = c.client()   # reconnect_timeout: 60 s, longer than every wait below
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    ar = rc.load_balanced_view().apply_async(slow, 60, "lost")
+    wait_until(lambda: rc.queue_status()[rc.ids[0]]["tasks"], START_TIMEOUT_S,
+               "the task reached the engine")
+    _restart_controller(c, [], "controller2")
+    replaced = (rf"a new controller \(pid {c.controller.pid}\) replaced it, started without "
+                rf"--reuse \(other ports and key in {re.escape(c.client_file)}\)")
+    with pytest.raises(errors.MiniparError, match=rf"{replaced}, so the outcome of this "
+                       r"request is unknown \(submit it again\)\. Make a new Client of the "
+                       r"same profile"):
+        ar.get(START_TIMEOUT_S)
+    with pytest.raises(errors.MiniparError, match=rf"is gone: {replaced}\. Make a new Client"):
+        rc.ids
+    (again,) = c.start_engines(1)
+    rc = c.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    assert rc[:].apply_sync(os.getpid) == [again.pid]
+
+
 def test_engines_that_give_up_on_a_frozen_controller_say_why(local_cluster, monkeypatch):
     """Engines leave a controller silent past their --max-missed-heartbeats (SIGSTOP
     here). They did not crash: their unregister, which waits in ZeroMQ's buffers for the
