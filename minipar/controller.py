@@ -1546,9 +1546,9 @@ def main(argv=None):
                         format="%(asctime)s controller %(levelname)s %(message)s")
     # another live controller holding the profile stops this one (with --reuse too: it
     # would bind the same ports), before anything is written
-    from .launcher import held_profile_message, live_controller  # only here, at startup
+    from .launcher import held_profile_message  # only here, at startup
     pdir = protocol.profile_dir(args.profile, args.profile_dir)
-    holder = live_controller(pdir)
+    holder = protocol.live_controller(pdir)
     if holder:
         log.error("%s", held_profile_message(holder, pdir))
         return 1

@@ -46,7 +46,6 @@ import contextlib
 import functools
 import glob
 import importlib.metadata
-import itertools
 import json
 import logging
 import os
@@ -124,19 +123,6 @@ def _check_n(n):
         raise ValueError(f"n={n!r}: the number of engines is a whole number >= 0, or None "
                          "for the CPU count")
     return n
-
-
-def _runs_controller(pid):
-    """Whether `pid` runs a controller (``python -m <pkg>.controller`` or a
-    ``*-controller`` script), not a program that got the pid after the controller died."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().decode(errors="replace").split("\0")
-    except OSError:
-        return True  # no /proc (macOS): the pid is all there is to go on
-    program = itertools.takewhile(lambda a: not a.startswith("--"), argv)  # before options
-    return any(a.rpartition(".")[2] == "controller" or a.endswith("-controller")
-               for a in program)
 
 
 def _descendants(pids):
@@ -979,7 +965,7 @@ class Cluster:
         # without --reuse, a new key and ports: Clients of one that ended can never reach it
         if "--reuse" not in self.controller_args:
             self._close_clients()
-        info = live_controller(self.profile_dir)
+        info = protocol.live_controller(self.profile_dir)
         if info is not None:
             raise LauncherError(held_profile_message(info, self.profile_dir))
         cls = find_launcher_class(self.controller_kind, "controller")
@@ -1341,25 +1327,6 @@ class ClusterManager:
         del self.clusters[cluster_id]  # forget it; as in ipyparallel, it is not stopped
 
 
-def live_controller(profile_dir):
-    """The connection-file info of the controller that holds `profile_dir`, or None.
-
-    None when there is no readable file, when it was written on another host (its pid
-    cannot be checked from here), or when it is stale: its pid is gone, or now belongs to
-    a program that is not a controller (pids are reused).
-    """
-    path = os.path.join(profile_dir, "security", protocol.CLIENT_FILE)
-    try:
-        info = protocol.read_connection_file(path)  # raises for a missing or stale file
-    except MiniparError:
-        return None
-    pid = info.get("pid")
-    if info.get("host") != socket.gethostname() or not isinstance(pid, int) \
-            or pid == os.getpid() or not _runs_controller(pid):
-        return None
-    return info
-
-
 def cluster_stop_args(pid, profile_dir):
     """The arguments of ``python -m <pkg>.launcher`` that stop the cluster whose file in
     `profile_dir` records controller `pid`, its engines too; None where none does."""
@@ -1486,7 +1453,7 @@ def _cmd_list(args):
         print(_describe(cluster))
     # controllers started by hand write no cluster file: found by their connection files
     for pdir in _profile_dirs(args.profile, args.profile_dir):
-        info = None if os.path.abspath(pdir) in held else live_controller(pdir)
+        info = None if os.path.abspath(pdir) in held else protocol.live_controller(pdir)
         if info is not None:
             print(f"-\tpid {info['pid']} (by hand)\t?\t{pdir}")
     if stale:

@@ -955,6 +955,42 @@ def _dead_controller(info):
     return None
 
 
+def live_controller(profile_dir):
+    """The connection-file info of the controller that holds `profile_dir`, or None.
+
+    None when there is no readable file, when it was written on another host (its pid
+    cannot be checked from here), or when it is stale: its pid is gone, or now belongs to
+    a program that is not a controller (pids are reused).
+    """
+    import socket   # here, not at import: `import minipar` stays quick
+
+    from .errors import ConnectionFileError
+
+    path = os.path.join(profile_dir, "security", CLIENT_FILE)
+    try:
+        info = read_connection_file(path)  # raises for a missing or stale file
+    except ConnectionFileError:
+        return None
+    pid = info.get("pid")
+    if info.get("host") != socket.gethostname() or not isinstance(pid, int) \
+            or pid == os.getpid() or not _runs_controller(pid):
+        return None
+    return info
+
+
+def _runs_controller(pid):
+    """Whether `pid` runs a controller (``python -m <pkg>.controller`` or a
+    ``*-controller`` script), not a program that got the pid after the controller died."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return True  # no /proc (macOS): the pid is all there is to go on
+    program = itertools.takewhile(lambda a: not a.startswith("--"), argv)  # before options
+    return any(a.rpartition(".")[2] == "controller" or a.endswith("-controller")
+               for a in program)
+
+
 def read_connection_file(path, ports=CLIENT_PORTS):
     """Read a connection file, with an error that says how to get one; it must name the
     `ports` its reader connects to (a client's: CLIENT_PORTS; an engine's: ENGINE_PORTS).
