@@ -1250,6 +1250,16 @@ def find_cluster_file(profile=None, profile_dir=None, cluster_id=None):
         return paths[0]
     where = _searched(profile, profile_dir)
     see = f"see `python -m {_PKG}.launcher list`"
+    for pdir in _profile_dirs(profile, profile_dir) if not paths and cluster_id is None else ():
+        info = protocol.live_controller(pdir)   # one started by hand writes no cluster file
+        if info is not None:
+            raise LauncherError(
+                f"no cluster found in {where}, but a controller started by hand (pid "
+                f"{info['pid']}, `python -m {_PKG}.controller`) holds {pdir}: the launcher "
+                "did not start it, so it can neither add engines to it nor stop it. Start "
+                f"engines with `python -m {_PKG}.engine "
+                f"{f'--profile {profile}' if profile else f'--profile-dir {shlex.quote(pdir)}'}"
+                f"`; stop it with `kill {info['pid']}`")
     if not paths:   # files left only by clusters that stopped: they go with `clean`
         raise LauncherError(f"no {what} found in {where}; " + (see if not left else (
             f"{left} cluster file(s) there of clusters that stopped (their starter killed, "

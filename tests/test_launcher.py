@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+import minipar
 from minipar import errors, launcher, protocol
 from minipar.launcher import (AFTER, BEFORE, RUNNING, Cluster, ControllerStartError,
                               LocalEngineSetLauncher, NotRunning, find_launcher_class)
@@ -670,6 +671,38 @@ def test_list_shows_controllers_started_by_hand(pids, minipar_dir):
         first.terminate()
         first.wait(30)
     assert f"pid {first.pid}" not in cli("list").stdout
+
+
+def test_engines_and_stop_on_a_hand_started_controller_print_fixes_that_work(pids,
+                                                                            minipar_dir):
+    """`launcher engines` and `launcher stop` of a profile whose controller was started by
+    hand said "no running cluster found in profile lx", while `list` showed it. They say
+    it was started by hand and what to run instead; each fix, run as printed, works."""
+    first = _controller(str(minipar_dir / "profile_lx"))
+    pids.add(first.pid)
+    try:
+        out = cli("engines", "-n", "1", "--profile", "lx")
+        assert out.returncode == 1 and f"started by hand (pid {first.pid}" in out.stderr, \
+            out.stderr
+        m = re.search(r"Start engines with `python (-m minipar.engine --profile lx)`",
+                      out.stderr)
+        assert m, out.stderr
+        engine = subprocess.Popen([sys.executable, *m.group(1).split()], env=_env(), cwd=ROOT,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        pids.add(engine.pid)
+        with minipar.Client(profile="lx") as rc:
+            rc.wait_for_engines(1, 60)
+            assert rc[:].apply_sync(os.getpid) == [engine.pid]
+        out = cli("stop", "--profile", "lx")
+        assert out.returncode == 1 and f"stop it with `kill {first.pid}`" in out.stderr, \
+            out.stderr
+        subprocess.run(["kill", str(first.pid)], check=True, timeout=30)
+        assert first.wait(30) == 0 and engine.wait(30) == 0
+    finally:
+        if first.poll() is None:
+            first.terminate()
+            first.wait(30)
 
 
 def test_hand_started_controller_on_a_launcher_cluster_prints_a_fix_that_works(pids, tmp_path):
