@@ -86,6 +86,7 @@ import time
 import traceback
 import types
 import uuid
+import warnings
 
 import zmq
 
@@ -1544,7 +1545,11 @@ def main(argv=None):
         signal.signal(sig, _stop_waiting)
     try:
         protocol.wait_for_file(path, min(args.timeout, CONNECTION_FILE_WAIT_S), log.info)
-        info = protocol.read_connection_file(path, protocol.ENGINE_PORTS)
+        with warnings.catch_warnings(record=True) as said:   # a group-readable file, say:
+            warnings.simplefilter("always")   # logged in the log's format, not warnings'
+            info = protocol.read_connection_file(path, protocol.ENGINE_PORTS)
+        for w in said:
+            log.warning("%s", w.message)
         engine = _engine = Engine(info, work_dir=args.work_dir, startup_script=args.startup_script,
                                   startup_command=args.startup_command, connection_file=path,
                                   registration_timeout=args.timeout,

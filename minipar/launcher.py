@@ -1411,8 +1411,12 @@ def _cmd_start(args):
         # from before "ready" is printed, so a Ctrl-C right after it stops cleanly too
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: done.set())
-    print(f"cluster {cluster.cluster_id} ready: {len(rc.ids)} engines; profile dir "
-          f"{cluster.profile_dir}", flush=True)
+    n, pdir = len(rc.ids), cluster.profile_dir
+    stop = f"python -m {_PKG}.launcher " + shlex.join(
+        ["stop", "--profile-dir", pdir, "--cluster-id", cluster.cluster_id])
+    print(f"cluster {cluster.cluster_id} ready: {n} engine{'s' * (n != 1)}; profile dir {pdir}"
+          f"\nconnect with {_PKG}.Client(profile_dir={pdir!r}); stop it with "
+          + (f"`{stop}`" if args.daemonize else f"Ctrl-C (or `{stop}`)"), flush=True)
     cluster._close_clients()
     if args.daemonize:
         return 0
@@ -1449,9 +1453,10 @@ def _cmd_stop(args):
 
 
 def _cmd_list(args):
+    paths = cluster_files(args.profile, args.profile_dir)   # a bad --profile: no header first
     print("cluster_id\tcontroller\tengines\tprofile_dir")
     stale, held = 0, set()
-    for path in cluster_files(args.profile, args.profile_dir):
+    for path in paths:
         try:
             cluster = Cluster.from_file(path)
         except _UNREADABLE as e:

@@ -1005,10 +1005,9 @@ def read_connection_file(path, ports=CLIENT_PORTS):
     except FileNotFoundError:
         # a Cluster of a script keeps its files in a folder of its own, not in a profile's
         raise ConnectionFileError(
-            f"no connection file at {path}: start a controller with `python -m "
-            f"{__package__}.controller` (same profile), or pass the file's path or profile "
-            f"folder (`python -m {__package__}.launcher list` names those of the running "
-            "clusters)") from None
+            f"no connection file at {path}: start a controller with `{_start_command(path)}`"
+            f", or pass the file's path or profile folder (`python -m {__package__}.launcher "
+            "list` names those of the running clusters)") from None
     except IsADirectoryError:   # a profile folder, or its security folder
         inside = [os.path.join(path, "security", wanted), os.path.join(path, wanted)]
         found = [f for f in inside if os.path.isfile(f)]
@@ -1016,6 +1015,12 @@ def read_connection_file(path, ports=CLIENT_PORTS):
             f"{path} is a folder, not a connection file: pass the file "
             f"({found[0] if found else inside[0]}), or a profile folder as profile_dir= "
             "(--profile-dir)") from None
+    except PermissionError as e:   # 0600, in a 0700 folder: it holds the cluster's key
+        raise ConnectionFileError(
+            f"cannot read connection file {path}: {e.strerror}; a controller makes it readable "
+            "by its own user only (it holds the key that runs code on the engines): run this "
+            "as the user who started the controller, or have them copy the file to you "
+            "(keeping it private: chmod 600)") from None
     except OSError as e:
         raise ConnectionFileError(f"cannot read connection file {path}: {e}") from None
     except ValueError as e:   # cut short (a full disk, a copy interrupted), or not JSON
@@ -1024,7 +1029,7 @@ def read_connection_file(path, ports=CLIENT_PORTS):
     if _dead_controller(info):
         raise ConnectionFileError(
             f"connection file {path} is stale: controller pid {info['pid']} is not "
-            f"running; start a controller with `python -m {__package__}.controller`")
+            f"running; start a controller with `{_start_command(path)}`")
     if type(info) is dict and "cluster" in info and "key" not in info:
         # a Cluster's own file, which lies beside the connection files: an easy mix-up
         raise ConnectionFileError(
@@ -1044,8 +1049,23 @@ def read_connection_file(path, ports=CLIENT_PORTS):
 
 def _not_written_by_a_controller(path, problem):
     return (f"connection file {path} {problem}: it was not written by a minipar controller, "
-            f"or was changed since; start one with `python -m {__package__}.controller` to "
-            "write it again")
+            f"or was changed since; start one with `{_start_command(path)}` to write it again")
+
+
+def _start_command(path):
+    """The command that starts a controller writing connection file `path`, with the
+    profile that names its folder (none for the default one)."""
+    import shlex   # here, not at import: only an error message needs it
+
+    security = os.path.dirname(os.path.abspath(path))
+    pdir, base = os.path.dirname(security), os.path.abspath(base_dir())
+    if os.path.basename(security) != "security" or pdir == os.path.join(base, "profile_default"):
+        where = ""   # the default profile, or a file copied out of any profile
+    elif os.path.dirname(pdir) == base and os.path.basename(pdir).startswith("profile_"):
+        where = f" --profile {shlex.quote(os.path.basename(pdir)[len('profile_'):])}"
+    else:
+        where = f" --profile-dir {shlex.quote(pdir)}"
+    return f"python -m {__package__}.controller{where}"
 
 
 def _connection_problem(info, needed):
