@@ -18,7 +18,7 @@ import os
 import threading
 import time
 
-from . import errors
+from . import errors, protocol
 from .errors import CompositeError, TimeoutError
 
 log = logging.getLogger(__name__)
@@ -642,10 +642,19 @@ def _abort_quietly(client, ars, queued_only=False):
     cancelled _OneRequest is done, but its request is not), in one round trip; with
     `queued_only`, those that have not started (one that started since its engine last
     said so runs to its end, its reply dropped). A failure is logged, not raised:
-    cancel() must work while the controller is gone."""
+    cancel() must work while the controller is gone. While the connection is lost no
+    answer can come: the abort waits in the client's queue for the controller to come
+    back (with --reuse), and is not waited for."""
     ids = [f.msg_id for ar in ars for f in ar._children if f.msg_id in client._futures]
     if ids and not client._closed:
         try:
-            client._abort(ids, queued_only)
+            lost = client._lost_at
+            if lost is None:
+                return client._abort(ids, queued_only)
+            client._send_query(protocol.ABORT, dict(msg_ids=ids, queued_only=queued_only))
+            log.warning("the controller is unreachable (lost %.1f s ago): the %d request(s) "
+                        "stopped here are aborted (or failed) when it comes back, or fail if "
+                        "it is not back within %s s of its loss (reconnect_timeout)",
+                        time.monotonic() - lost, len(ids), client.reconnect_timeout)
         except Exception as e:
             log.warning("could not abort %d requests: %s: %s", len(ids), type(e).__name__, e)

@@ -41,7 +41,6 @@ import time
 import warnings
 import weakref
 
-import cloudpickle
 import zmq
 
 from . import errors, protocol
@@ -256,6 +255,7 @@ class Client(errors.SaysWhyAbsent):
                         "it to come back", protocol.url(self.info, "client"),
                         self.reconnect_timeout)
             self._at(now + self.reconnect_timeout, lambda: self._give_up(lost))
+            self._check_replaced(lost)
         elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._lost_at is not None:
             log.warning("connected to the controller again after %.1f s: asking for what is "
                         "outstanding", now - self._lost_at)
@@ -263,21 +263,33 @@ class Client(errors.SaysWhyAbsent):
             self._stopped_hub = None
             self._io_query(dealer, protocol.CONNECT, self._on_reconnected)
 
-    def _give_up(self, lost):
+    def _check_replaced(self, lost):
+        # once a second (a file read) while the controller is lost: one started without
+        # --reuse over it holds the profile, so it cannot come back (engines check it too)
+        if self._lost_at == lost and self._gone is None:
+            new = protocol.replacement(self.url_file, self.info)
+            if new is not None:
+                return self._give_up(lost, new)
+            self._at(time.monotonic() + 1.0, lambda: self._check_replaced(lost))
+
+    def _give_up(self, lost, new=None):
+        # the controller did not come back in time, or `new` (its file's content) replaced it
         if self._lost_at != lost:
             return   # it came back in time
         if self._stopped_hub:
             return self._fail_outstanding(self._stopped_hub)
-        err = errors.MiniparError(
-            f"lost the controller at {protocol.url(self.info, 'client')}: it did not come "
-            f"back within {self.reconnect_timeout} s (reconnect_timeout), so the outcome of "
-            "this request is unknown; restart the controller (with --reuse to keep its "
-            "address and key) and submit the work again")
-        self._gone = errors.MiniparError(
-            f"the controller at {protocol.url(self.info, 'client')} is gone: it did not come "
-            f"back within {self.reconnect_timeout} s (reconnect_timeout). Restart it with "
-            "--reuse (same address and key) and this client reconnects by itself, or start "
-            "a new controller and make a new Client")
+        if self._gone is not None:
+            return   # given up already: the file named another controller
+        why, then = (f"it did not come back within {self.reconnect_timeout} s (reconnect_timeout)",
+                     "Restart it with --reuse (same address and key) and this client reconnects "
+                     "by itself, or start a new controller and make a new Client") if new is None \
+            else (f"a new controller (pid {new.get('pid')}) replaced it, started without --reuse "
+                  f"(other ports and key in {self.url_file})", "Make a new Client of the same "
+                  "profile (or of that file) to use the new controller")
+        url = protocol.url(self.info, "client")
+        err = errors.MiniparError(f"lost the controller at {url}: {why}, so the outcome of this "
+                                  f"request is unknown (submit it again). {then}")
+        self._gone = errors.MiniparError(f"the controller at {url} is gone: {why}. {then}")
         self._fail_outstanding(err)
         log.error("%s", err)
 
@@ -391,14 +403,14 @@ class Client(errors.SaysWhyAbsent):
                 "SerializationError",
                 f"could not unpickle the result of {f.msg_id}: {type(e).__name__}: {e}; is "
                 "the module that defines it importable here?"
-                f"{self._version_skew(md['engine_id'], ' ')}",
+                f"{protocol.version_skew(md['engine_id'], self._engines, ' ')}",
                 {"engine_id": md["engine_id"], "msg_id": f.msg_id, "kind": kind}))
         if header.get("status") == protocol.OK:
             f.set_result(value)
-        elif header.get("ename") == "SerializationError" and self._version_skew(md["engine_id"]):
+        elif header.get("ename") == "SerializationError" and (
+                skew := protocol.version_skew(md["engine_id"], self._engines)):
             # the engine could not unpickle the request: say why that is likely
-            err = errors.error("SerializationError", f"{header.get('evalue', '')}; "
-                               f"{self._version_skew(md['engine_id'])}",
+            err = errors.error("SerializationError", f"{header.get('evalue', '')}; {skew}",
                                getattr(value, "engine_info", None))
             err.__cause__ = value if isinstance(value, BaseException) else None
             f.set_exception(err)
@@ -427,29 +439,12 @@ class Client(errors.SaysWhyAbsent):
     # what the controller sends besides replies, by kind
     _message_handlers = {protocol.STREAM: _on_running, protocol.STARTED: _on_running}
 
-    # ---- version skew: engines report their Python and cloudpickle versions when they
-    # register; one that differs from this client's is warned about at once, and named
-    # in the error when something fails to unpickle (by-value functions do not unpickle
-    # across Python minor versions, nor always across cloudpickle versions).
-
-    def _version_skew(self, engine_id, prefix=""):
-        """What differs between engine `engine_id` and this client ("" if nothing)."""
-        info = self._engines.get(engine_id) or {}
-        python, theirs = info.get("python"), info.get("cloudpickle")
-        same_python = not python or list(python[:2]) == list(sys.version_info[:2])
-        if same_python and (not theirs or theirs == cloudpickle.__version__):
-            return ""
-        return (f"{prefix}engine {engine_id} runs Python {'.'.join(map(str, python or ['?']))} "
-                f"with cloudpickle {theirs}, but this client runs Python "
-                f"{'.'.join(map(str, sys.version_info[:3]))} with cloudpickle "
-                f"{cloudpickle.__version__}: functions sent by value (lambdas, closures, "
-                "functions defined in __main__) may not unpickle across them; run the same "
-                "Python minor version and cloudpickle everywhere")
+    # ---- version skew (see protocol.version_skew): warned about once per engine
 
     def _check_versions(self, engines, warn=True):
         """Log (and with `warn`, in the user's thread, warn) each skewed engine once."""
         for eid in engines:
-            skew = self._version_skew(eid)
+            skew = protocol.version_skew(eid, self._engines)
             if skew and eid not in self._warned_skew:
                 self._warned_skew.add(eid)
                 log.warning("%s", skew)
@@ -607,14 +602,7 @@ class Client(errors.SaysWhyAbsent):
     def query(self, kind, timeout=None, **fields):
         """A request of protocol kind `kind` to the controller itself: its reply header,
         waited for `timeout` s at most (default: the Client's). Internal interface."""
-        if kind != protocol.CONNECT:
-            self._check_usable()
-        f, frames = self._query_future(kind, fields)
-        with self._send_lock:
-            self._flush()   # after the requests made before it
-            # connect goes through the I/O thread's socket: its identity is where the
-            # controller will send every reply
-            (self._outbox if kind == protocol.CONNECT else self._sender).send_multipart(frames)
+        f = self._send_query(kind, fields)
         timeout = self.timeout if timeout is None else timeout
         try:
             return f.result(timeout)
@@ -623,6 +611,18 @@ class Client(errors.SaysWhyAbsent):
             raise TimeoutError(
                 f"the controller at {protocol.url(self.info, 'client')} did not answer {kind} "
                 f"within {timeout} s: is it running? (connection file {self.url_file})") from None
+
+    def _send_query(self, kind, fields):
+        """Send a query from the caller's thread; its future, which the I/O thread settles."""
+        if kind != protocol.CONNECT:
+            self._check_usable()
+        f, frames = self._query_future(kind, fields)
+        with self._send_lock:
+            self._flush()   # after the requests made before it
+            # connect goes through the I/O thread's socket: its identity is where the
+            # controller will send every reply
+            (self._outbox if kind == protocol.CONNECT else self._sender).send_multipart(frames)
+        return f
 
     def _query_future(self, kind, fields):
         """A query's frames, and its future, registered (the I/O thread settles it)."""

@@ -220,7 +220,8 @@ class Controller:
         info = self.info
         for path in (self.client_file, self.engine_file):
             protocol.write_connection_file(path, info)
-        log.info("minipar controller ready: %s", protocol.url(info, "client"))
+        log.info("minipar controller ready: %s; connection files in %s",
+                 protocol.url(info, "client"), os.path.dirname(self.client_file))
 
     # ------------------------------------------------------------ restart (--db sqlite)
 
@@ -828,12 +829,9 @@ class Controller:
 
     # what an engine sends besides replies (and REGISTER, see _on_engine), by kind
     _engine_handlers = {
-        protocol.UNREGISTER: _on_unregister,
-        protocol.STREAM: _on_stream,
-        protocol.READY: _on_ready,
-        protocol.ABORT_MARKED: _on_abort_marked,
-        protocol.STARTED: _on_started,
-        protocol.PROPERTIES_UPDATE: _on_properties_update,
+        protocol.UNREGISTER: _on_unregister, protocol.STREAM: _on_stream,
+        protocol.READY: _on_ready, protocol.ABORT_MARKED: _on_abort_marked,
+        protocol.STARTED: _on_started, protocol.PROPERTIES_UPDATE: _on_properties_update,
         protocol.USAGE: _on_usage}
 
     # ------------------------------------------------------------ final states
@@ -1224,8 +1222,7 @@ class Controller:
         protocol.STATUS: _status, protocol.RESULT_REQUEST: _result_request,
         protocol.PURGE: _purge, protocol.ABORT: _abort,
         protocol.SHUTDOWN: _shutdown, protocol.RESUBMIT: _resubmit,
-        protocol.DB_QUERY: _db_query, protocol.SIGNAL: _signal,
-        protocol.BROADCAST: _broadcast}
+        protocol.DB_QUERY: _db_query, protocol.SIGNAL: _signal, protocol.BROADCAST: _broadcast}
 
 
 def _give_back_memory():
@@ -1495,7 +1492,11 @@ def pick_ports(ip, candidates):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog=f"python -m {__spec__.name if __spec__ else 'controller'}",
-                                description="Start a minipar controller.")
+                                description=(
+        "Start a minipar controller. It writes its connection files to "
+        f"{os.path.join(protocol.base_dir(), 'profile_NAME', 'security')} (--profile NAME, "
+        "default: default; or --profile-dir), where clients and engines of that profile find "
+        "them. Stop it with Ctrl-C or `kill PID` (SIGTERM), which removes them."))
     p.add_argument("--ip", default="127.0.0.1",
                    help="interface to listen on (default loopback; '*' for all)")
     p.add_argument("--port", type=int, default=0, help="registration port (others random)")
@@ -1546,9 +1547,9 @@ def main(argv=None):
                         format="%(asctime)s controller %(levelname)s %(message)s")
     # another live controller holding the profile stops this one (with --reuse too: it
     # would bind the same ports), before anything is written
-    from .launcher import held_profile_message, live_controller  # only here, at startup
+    from .launcher import held_profile_message  # only here, at startup
     pdir = protocol.profile_dir(args.profile, args.profile_dir)
-    holder = live_controller(pdir)
+    holder = protocol.live_controller(pdir)
     if holder:
         log.error("%s", held_profile_message(holder, pdir))
         return 1

@@ -86,8 +86,8 @@ import time
 import traceback
 import types
 import uuid
+import warnings
 
-import cloudpickle
 import zmq
 
 from . import datapub, dependency, errors, protocol
@@ -491,7 +491,7 @@ class Engine:
         one it had, when it registers again) or the pid of the engine process it replaces
         (whose id it then takes). Only plain properties can go in a header."""
         props = {k: v for k, v in properties.items() if _plain(k) and _plain(v)}
-        python, cloudpickle_version = _versions()
+        python, cloudpickle_version = protocol.versions()
         header, frames = self.session.msg(
             protocol.REGISTER, uuid=self.ident.decode(), pid=os.getpid(), host=socket.gethostname(),
             pidns=protocol.pid_namespace(), python=python, cloudpickle=cloudpickle_version,
@@ -1323,7 +1323,7 @@ class Engine:
     def _unpickling_error(self, e):
         """A request that does not unpickle here, named as such (with this engine's
         versions: a client on another Python or cloudpickle is the usual cause)."""
-        python, cloudpickle_version = _versions()
+        python, cloudpickle_version = protocol.versions()
         return errors.SerializationError(
             f"engine {self.id} could not unpickle the request (it runs Python "
             f"{'.'.join(map(str, python))} with cloudpickle {cloudpickle_version}): "
@@ -1409,12 +1409,6 @@ def _log_file():
     except OSError:
         return None
     return path if os.path.isfile(path) else None
-
-
-def _versions():
-    """(Python version as [major, minor, micro], cloudpickle's version), sent at
-    registration: functions sent by value do not unpickle across Python minor versions."""
-    return list(sys.version_info[:3]), cloudpickle.__version__
 
 
 def _plain(value):
@@ -1551,7 +1545,11 @@ def main(argv=None):
         signal.signal(sig, _stop_waiting)
     try:
         protocol.wait_for_file(path, min(args.timeout, CONNECTION_FILE_WAIT_S), log.info)
-        info = protocol.read_connection_file(path, protocol.ENGINE_PORTS)
+        with warnings.catch_warnings(record=True) as said:   # a group-readable file, say:
+            warnings.simplefilter("always")   # logged in the log's format, not warnings'
+            info = protocol.read_connection_file(path, protocol.ENGINE_PORTS)
+        for w in said:
+            log.warning("%s", w.message)
         engine = _engine = Engine(info, work_dir=args.work_dir, startup_script=args.startup_script,
                                   startup_command=args.startup_command, connection_file=path,
                                   registration_timeout=args.timeout,

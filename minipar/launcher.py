@@ -46,7 +46,6 @@ import contextlib
 import functools
 import glob
 import importlib.metadata
-import itertools
 import json
 import logging
 import os
@@ -124,19 +123,6 @@ def _check_n(n):
         raise ValueError(f"n={n!r}: the number of engines is a whole number >= 0, or None "
                          "for the CPU count")
     return n
-
-
-def _runs_controller(pid):
-    """Whether `pid` runs a controller (``python -m <pkg>.controller`` or a
-    ``*-controller`` script), not a program that got the pid after the controller died."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().decode(errors="replace").split("\0")
-    except OSError:
-        return True  # no /proc (macOS): the pid is all there is to go on
-    program = itertools.takewhile(lambda a: not a.startswith("--"), argv)  # before options
-    return any(a.rpartition(".")[2] == "controller" or a.endswith("-controller")
-               for a in program)
 
 
 def _descendants(pids):
@@ -979,7 +965,7 @@ class Cluster:
         # without --reuse, a new key and ports: Clients of one that ended can never reach it
         if "--reuse" not in self.controller_args:
             self._close_clients()
-        info = live_controller(self.profile_dir)
+        info = protocol.live_controller(self.profile_dir)
         if info is not None:
             raise LauncherError(held_profile_message(info, self.profile_dir))
         cls = find_launcher_class(self.controller_kind, "controller")
@@ -1264,6 +1250,16 @@ def find_cluster_file(profile=None, profile_dir=None, cluster_id=None):
         return paths[0]
     where = _searched(profile, profile_dir)
     see = f"see `python -m {_PKG}.launcher list`"
+    for pdir in _profile_dirs(profile, profile_dir) if not paths and cluster_id is None else ():
+        info = protocol.live_controller(pdir)   # one started by hand writes no cluster file
+        if info is not None:
+            raise LauncherError(
+                f"no cluster found in {where}, but a controller started by hand (pid "
+                f"{info['pid']}, `python -m {_PKG}.controller`) holds {pdir}: the launcher "
+                "did not start it, so it can neither add engines to it nor stop it. Start "
+                f"engines with `python -m {_PKG}.engine "
+                f"{f'--profile {profile}' if profile else f'--profile-dir {shlex.quote(pdir)}'}"
+                f"`; stop it with `kill {info['pid']}`")
     if not paths:   # files left only by clusters that stopped: they go with `clean`
         raise LauncherError(f"no {what} found in {where}; " + (see if not left else (
             f"{left} cluster file(s) there of clusters that stopped (their starter killed, "
@@ -1341,25 +1337,6 @@ class ClusterManager:
         del self.clusters[cluster_id]  # forget it; as in ipyparallel, it is not stopped
 
 
-def live_controller(profile_dir):
-    """The connection-file info of the controller that holds `profile_dir`, or None.
-
-    None when there is no readable file, when it was written on another host (its pid
-    cannot be checked from here), or when it is stale: its pid is gone, or now belongs to
-    a program that is not a controller (pids are reused).
-    """
-    path = os.path.join(profile_dir, "security", protocol.CLIENT_FILE)
-    try:
-        info = protocol.read_connection_file(path)  # raises for a missing or stale file
-    except MiniparError:
-        return None
-    pid = info.get("pid")
-    if info.get("host") != socket.gethostname() or not isinstance(pid, int) \
-            or pid == os.getpid() or not _runs_controller(pid):
-        return None
-    return info
-
-
 def cluster_stop_args(pid, profile_dir):
     """The arguments of ``python -m <pkg>.launcher`` that stop the cluster whose file in
     `profile_dir` records controller `pid`, its engines too; None where none does."""
@@ -1434,8 +1411,12 @@ def _cmd_start(args):
         # from before "ready" is printed, so a Ctrl-C right after it stops cleanly too
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: done.set())
-    print(f"cluster {cluster.cluster_id} ready: {len(rc.ids)} engines; profile dir "
-          f"{cluster.profile_dir}", flush=True)
+    n, pdir = len(rc.ids), cluster.profile_dir
+    stop = f"python -m {_PKG}.launcher " + shlex.join(
+        ["stop", "--profile-dir", pdir, "--cluster-id", cluster.cluster_id])
+    print(f"cluster {cluster.cluster_id} ready: {n} engine{'s' * (n != 1)}; profile dir {pdir}"
+          f"\nconnect with {_PKG}.Client(profile_dir={pdir!r}); stop it with "
+          + (f"`{stop}`" if args.daemonize else f"Ctrl-C (or `{stop}`)"), flush=True)
     cluster._close_clients()
     if args.daemonize:
         return 0
@@ -1472,9 +1453,10 @@ def _cmd_stop(args):
 
 
 def _cmd_list(args):
+    paths = cluster_files(args.profile, args.profile_dir)   # a bad --profile: no header first
     print("cluster_id\tcontroller\tengines\tprofile_dir")
     stale, held = 0, set()
-    for path in cluster_files(args.profile, args.profile_dir):
+    for path in paths:
         try:
             cluster = Cluster.from_file(path)
         except _UNREADABLE as e:
@@ -1486,7 +1468,7 @@ def _cmd_list(args):
         print(_describe(cluster))
     # controllers started by hand write no cluster file: found by their connection files
     for pdir in _profile_dirs(args.profile, args.profile_dir):
-        info = None if os.path.abspath(pdir) in held else live_controller(pdir)
+        info = None if os.path.abspath(pdir) in held else protocol.live_controller(pdir)
         if info is not None:
             print(f"-\tpid {info['pid']} (by hand)\t?\t{pdir}")
     if stale:

@@ -48,6 +48,7 @@ import os
 import pickle
 import re
 import struct
+import sys
 import threading
 import time
 import types
@@ -711,6 +712,32 @@ def use_pickle():
     use_serializer("pickle")
 
 
+# Version skew: engines report their Python and cloudpickle versions when they register;
+# a client warns about one that differs from its own, and names it when something fails
+# to unpickle (by-value functions do not unpickle across Python minor versions, nor
+# always across cloudpickle versions).
+
+def versions():
+    """(Python version as [major, minor, micro], cloudpickle's version) of this process."""
+    return list(sys.version_info[:3]), cloudpickle.__version__
+
+
+def version_skew(engine_id, engines, prefix=""):
+    """What differs between engine `engine_id` (its registration info in `engines`) and
+    this process ("" if nothing), with `prefix` before it."""
+    info = engines.get(engine_id) or {}
+    python, theirs = info.get("python"), info.get("cloudpickle")
+    same_python = not python or list(python[:2]) == list(sys.version_info[:2])
+    if same_python and (not theirs or theirs == cloudpickle.__version__):
+        return ""
+    return (f"{prefix}engine {engine_id} runs Python {'.'.join(map(str, python or ['?']))} "
+            f"with cloudpickle {theirs}, but this client runs Python "
+            f"{'.'.join(map(str, sys.version_info[:3]))} with cloudpickle "
+            f"{cloudpickle.__version__}: functions sent by value (lambdas, closures, "
+            "functions defined in __main__) may not unpickle across them; run the same "
+            "Python minor version and cloudpickle everywhere")
+
+
 def serialize(obj, by_value=False):
     """Pickle `obj` into a list of frames: the pickle, then its out-of-band buffers."""
     buffers = []
@@ -928,6 +955,42 @@ def _dead_controller(info):
     return None
 
 
+def live_controller(profile_dir):
+    """The connection-file info of the controller that holds `profile_dir`, or None.
+
+    None when there is no readable file, when it was written on another host (its pid
+    cannot be checked from here), or when it is stale: its pid is gone, or now belongs to
+    a program that is not a controller (pids are reused).
+    """
+    import socket   # here, not at import: `import minipar` stays quick
+
+    from .errors import ConnectionFileError
+
+    path = os.path.join(profile_dir, "security", CLIENT_FILE)
+    try:
+        info = read_connection_file(path)  # raises for a missing or stale file
+    except ConnectionFileError:
+        return None
+    pid = info.get("pid")
+    if info.get("host") != socket.gethostname() or not isinstance(pid, int) \
+            or pid == os.getpid() or not _runs_controller(pid):
+        return None
+    return info
+
+
+def _runs_controller(pid):
+    """Whether `pid` runs a controller (``python -m <pkg>.controller`` or a
+    ``*-controller`` script), not a program that got the pid after the controller died."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return True  # no /proc (macOS): the pid is all there is to go on
+    program = itertools.takewhile(lambda a: not a.startswith("--"), argv)  # before options
+    return any(a.rpartition(".")[2] == "controller" or a.endswith("-controller")
+               for a in program)
+
+
 def read_connection_file(path, ports=CLIENT_PORTS):
     """Read a connection file, with an error that says how to get one; it must name the
     `ports` its reader connects to (a client's: CLIENT_PORTS; an engine's: ENGINE_PORTS).
@@ -942,10 +1005,9 @@ def read_connection_file(path, ports=CLIENT_PORTS):
     except FileNotFoundError:
         # a Cluster of a script keeps its files in a folder of its own, not in a profile's
         raise ConnectionFileError(
-            f"no connection file at {path}: start a controller with `python -m "
-            f"{__package__}.controller` (same profile), or pass the file's path or profile "
-            f"folder (`python -m {__package__}.launcher list` names those of the running "
-            "clusters)") from None
+            f"no connection file at {path}: start a controller with `{_start_command(path)}`"
+            f", or pass the file's path or profile folder (`python -m {__package__}.launcher "
+            "list` names those of the running clusters)") from None
     except IsADirectoryError:   # a profile folder, or its security folder
         inside = [os.path.join(path, "security", wanted), os.path.join(path, wanted)]
         found = [f for f in inside if os.path.isfile(f)]
@@ -953,6 +1015,12 @@ def read_connection_file(path, ports=CLIENT_PORTS):
             f"{path} is a folder, not a connection file: pass the file "
             f"({found[0] if found else inside[0]}), or a profile folder as profile_dir= "
             "(--profile-dir)") from None
+    except PermissionError as e:   # 0600, in a 0700 folder: it holds the cluster's key
+        raise ConnectionFileError(
+            f"cannot read connection file {path}: {e.strerror}; a controller makes it readable "
+            "by its own user only (it holds the key that runs code on the engines): run this "
+            "as the user who started the controller, or have them copy the file to you "
+            "(keeping it private: chmod 600)") from None
     except OSError as e:
         raise ConnectionFileError(f"cannot read connection file {path}: {e}") from None
     except ValueError as e:   # cut short (a full disk, a copy interrupted), or not JSON
@@ -961,7 +1029,7 @@ def read_connection_file(path, ports=CLIENT_PORTS):
     if _dead_controller(info):
         raise ConnectionFileError(
             f"connection file {path} is stale: controller pid {info['pid']} is not "
-            f"running; start a controller with `python -m {__package__}.controller`")
+            f"running; start a controller with `{_start_command(path)}`")
     if type(info) is dict and "cluster" in info and "key" not in info:
         # a Cluster's own file, which lies beside the connection files: an easy mix-up
         raise ConnectionFileError(
@@ -981,8 +1049,23 @@ def read_connection_file(path, ports=CLIENT_PORTS):
 
 def _not_written_by_a_controller(path, problem):
     return (f"connection file {path} {problem}: it was not written by a minipar controller, "
-            f"or was changed since; start one with `python -m {__package__}.controller` to "
-            "write it again")
+            f"or was changed since; start one with `{_start_command(path)}` to write it again")
+
+
+def _start_command(path):
+    """The command that starts a controller writing connection file `path`, with the
+    profile that names its folder (none for the default one)."""
+    import shlex   # here, not at import: only an error message needs it
+
+    security = os.path.dirname(os.path.abspath(path))
+    pdir, base = os.path.dirname(security), os.path.abspath(base_dir())
+    if os.path.basename(security) != "security" or pdir == os.path.join(base, "profile_default"):
+        where = ""   # the default profile, or a file copied out of any profile
+    elif os.path.dirname(pdir) == base and os.path.basename(pdir).startswith("profile_"):
+        where = f" --profile {shlex.quote(os.path.basename(pdir)[len('profile_'):])}"
+    else:
+        where = f" --profile-dir {shlex.quote(pdir)}"
+    return f"python -m {__package__}.controller{where}"
 
 
 def _connection_problem(info, needed):

@@ -9,6 +9,7 @@ checks, after the test, that none of them is left, killing any that is (by pid).
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import time
 
 import pytest
 
+import minipar
 from minipar import errors, launcher, protocol
 from minipar.launcher import (AFTER, BEFORE, RUNNING, Cluster, ControllerStartError,
                               LocalEngineSetLauncher, NotRunning, find_launcher_class)
@@ -593,6 +595,8 @@ def test_a_profile_name_that_is_a_path_says_to_use_profile_dir(pids, tmp_path, m
     assert not minipar_dir.exists() or not os.listdir(minipar_dir)
     with pytest.raises(ValueError, match="is a path, not a name"):
         Client(profile=prof)
+    out = cli("list", "--profile", prof)   # the error alone: no table header before it
+    assert out.returncode == 1 and out.stdout == "" and "is a path" in out.stderr, out
     first = _controller(prof)
     pids.add(first.pid)
     engine = subprocess.Popen([sys.executable, "-m", "minipar.engine", "--profile-dir", prof],
@@ -672,6 +676,38 @@ def test_list_shows_controllers_started_by_hand(pids, minipar_dir):
     assert f"pid {first.pid}" not in cli("list").stdout
 
 
+def test_engines_and_stop_on_a_hand_started_controller_print_fixes_that_work(pids,
+                                                                            minipar_dir):
+    """`launcher engines` and `launcher stop` of a profile whose controller was started by
+    hand said "no running cluster found in profile lx", while `list` showed it. They say
+    it was started by hand and what to run instead; each fix, run as printed, works."""
+    first = _controller(str(minipar_dir / "profile_lx"))
+    pids.add(first.pid)
+    try:
+        out = cli("engines", "-n", "1", "--profile", "lx")
+        assert out.returncode == 1 and f"started by hand (pid {first.pid}" in out.stderr, \
+            out.stderr
+        m = re.search(r"Start engines with `python (-m minipar.engine --profile lx)`",
+                      out.stderr)
+        assert m, out.stderr
+        engine = subprocess.Popen([sys.executable, *m.group(1).split()], env=_env(), cwd=ROOT,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        pids.add(engine.pid)
+        with minipar.Client(profile="lx") as rc:
+            rc.wait_for_engines(1, 60)
+            assert rc[:].apply_sync(os.getpid) == [engine.pid]
+        out = cli("stop", "--profile", "lx")
+        assert out.returncode == 1 and f"stop it with `kill {first.pid}`" in out.stderr, \
+            out.stderr
+        subprocess.run(["kill", str(first.pid)], check=True, timeout=30)
+        assert first.wait(30) == 0 and engine.wait(30) == 0
+    finally:
+        if first.poll() is None:
+            first.terminate()
+            first.wait(30)
+
+
 def test_hand_started_controller_on_a_launcher_cluster_prints_a_fix_that_works(pids, tmp_path):
     prof = str(tmp_path / "p")
     out = cli("start", "-n", "0", "--profile-dir", prof, "--cluster-id", "held",
@@ -689,6 +725,35 @@ def test_hand_started_controller_on_a_launcher_cluster_prints_a_fix_that_works(p
 
 
 # ---------------------------------------------------------------- first-hour surprises
+
+
+def test_the_controller_says_where_its_connection_files_go_and_how_to_stop_it(pids, tmp_path,
+                                                                              minipar_dir):
+    """`controller --help` said neither where the connection files go nor how to stop it,
+    and its "ready" line did not name the folder; a stale file's error suggested `python -m
+    minipar.controller` without the --profile-dir that was used, so it wrote elsewhere."""
+    help_text = subprocess.run(   # unwrapped: argparse breaks lines at hyphens too
+        [sys.executable, "-m", "minipar.controller", "--help"], env=dict(_env(), COLUMNS="500"),
+        cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+    assert f"connection files to {minipar_dir}/profile_NAME/security" in help_text, help_text
+    assert "Stop it with Ctrl-C or `kill PID`" in help_text, help_text
+    prof = tmp_path / "p"
+    log = open(tmp_path / "controller.log", "wb")
+    first = subprocess.Popen([sys.executable, "-m", "minipar.controller", "--profile-dir",
+                              str(prof)], env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+                             stdout=log, stderr=subprocess.STDOUT)
+    pids.add(first.pid)
+    try:
+        wait_until(lambda: "ready" in (tmp_path / "controller.log").read_text()
+                   or first.poll() is not None, 60, "the controller ready")
+        assert f"connection files in {prof / 'security'}\n" in \
+            (tmp_path / "controller.log").read_text()
+    finally:
+        first.kill()   # as kill -9: its connection files stay, stale
+        first.wait(30)
+    with pytest.raises(errors.ConnectionFileError, match=re.escape(
+            f"start a controller with `python -m minipar.controller --profile-dir {prof}`")):
+        minipar.Client(profile_dir=str(prof), timeout=0.1)
 
 
 def test_negative_engine_counts_are_refused(pids, tmp_path):
@@ -875,6 +940,9 @@ def test_cli_start_daemonize_engines_stop(pids, tmp_path):
     try:
         assert out.returncode == 0, out.stderr
         assert "cluster cli1 ready: 2 engines" in out.stdout
+        stop = re.search(r"stop it with `python (-m minipar.launcher stop [^`]+)`", out.stdout)
+        assert stop and f"connect with minipar.Client(profile_dir={prof!r})" in out.stdout, \
+            out.stdout
         c = Cluster.from_file(profile_dir=prof)
         pids.add_cluster(c)
         assert "--owner" not in c.controller.args   # it outlives `start`, which has exited
@@ -885,6 +953,10 @@ def test_cli_start_daemonize_engines_stop(pids, tmp_path):
         pids.add_cluster(c)
         assert len(pids.pids) == 4
         assert "cli1" in cli("list", "--profile-dir", prof).stdout
+        stopped = subprocess.run([sys.executable, *shlex.split(stop.group(1))], env=_env(),
+                                 cwd=ROOT, capture_output=True, text=True, timeout=90)
+        assert stopped.returncode == 0, stopped.stderr   # the printed fix stops it all
+        assert not pids.wait_gone()
     finally:
         out = cli("stop", "--all", "--profile-dir", prof)
     assert out.returncode == 0, out.stderr
@@ -913,7 +985,10 @@ def test_cli_foreground_start_stops_on_sigint(pids, tmp_path):
     pids.add(p.pid)
     try:
         line = p.stdout.readline()
-        assert "ready: 1 engines" in line, line + p.stdout.read()
+        assert "ready: 1 engine;" in line, line + p.stdout.read()   # not "1 engines"
+        line = p.stdout.readline()
+        assert f"connect with minipar.Client(profile_dir={prof!r}); stop it with Ctrl-C" \
+            in line, line
         pids.add_cluster(Cluster.from_file(profile_dir=prof))
         p.send_signal(signal.SIGINT)
         assert p.wait(60) == 0

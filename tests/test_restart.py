@@ -14,6 +14,9 @@ import os
 import re
 import signal
 import sqlite3
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -270,6 +273,35 @@ def test_an_engine_whose_controller_was_replaced_without_reuse_exits_saying_so(
     assert rc[:].apply_sync(os.getpid) == [again.pid]
 
 
+def test_a_client_whose_controller_was_replaced_without_reuse_fails_at_once_saying_so(
+        local_cluster):
+    """A client whose controller was killed and replaced by one started without --reuse
+    (other ports and key) waited its whole reconnect_timeout (60 s by default), then
+    advised a restart with --reuse, though the new controller already held the profile.
+    As its engines, it reads the connection file while the controller is lost and, finding
+    another controller there, fails what was outstanding at once saying how to use it."""
+    c = local_cluster
+    c.start_engines(1)
+    rc = c.client()   # reconnect_timeout: 60 s, longer than every wait below
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    ar = rc.load_balanced_view().apply_async(slow, 60, "lost")
+    wait_until(lambda: rc.queue_status()[rc.ids[0]]["tasks"], START_TIMEOUT_S,
+               "the task reached the engine")
+    _restart_controller(c, [], "controller2")
+    replaced = (rf"a new controller \(pid {c.controller.pid}\) replaced it, started without "
+                rf"--reuse \(other ports and key in {re.escape(c.client_file)}\)")
+    with pytest.raises(errors.MiniparError, match=rf"{replaced}, so the outcome of this "
+                       r"request is unknown \(submit it again\)\. Make a new Client of the "
+                       r"same profile"):
+        ar.get(START_TIMEOUT_S)
+    with pytest.raises(errors.MiniparError, match=rf"is gone: {replaced}\. Make a new Client"):
+        rc.ids
+    (again,) = c.start_engines(1)
+    rc = c.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    assert rc[:].apply_sync(os.getpid) == [again.pid]
+
+
 def test_engines_that_give_up_on_a_frozen_controller_say_why(local_cluster, monkeypatch):
     """Engines leave a controller silent past their --max-missed-heartbeats (SIGSTOP
     here). They did not crash: their unregister, which waits in ZeroMQ's buffers for the
@@ -417,3 +449,58 @@ def test_a_task_database_that_is_not_ours_is_one_line_not_a_traceback(tmp_path, 
             started.stop()
     assert f"cannot keep task records in {path}" in str(e.value)
     assert "move it away" in str(e.value) and "Traceback" not in str(e.value)
+
+
+def test_ctrl_c_while_the_controller_is_lost_returns_at_once_saying_what_follows(
+        sqlite_cluster, tmp_path):
+    """Ctrl-C in a blocking call while the client has lost its controller aborted what
+    the call sent by asking the controller, which cannot answer: it hung 10 s and then
+    said "could not abort 1 requests: TimeoutError". The client knows the connection is
+    gone: the abort waits in its queue for the controller, the call returns at once
+    saying so, and the request is aborted once the controller is back."""
+    c = sqlite_cluster
+    c.start_engines(1, args=ENGINE_ARGS)
+    rc = c.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    script, out = tmp_path / "user.py", tmp_path / "user.log"
+    script.write_text(textwrap.dedent(f"""
+        import minipar
+        rc = minipar.Client({c.client_file!r}, reconnect_timeout=120)
+        print("running", flush=True)
+        try:
+            # with retries: a restarted controller runs it again, unless aborted
+            rc.load_balanced_view(retries=1).apply_sync(exec, "import time; time.sleep(60)")
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt", flush=True)
+            for f in rc.pending_requests():
+                print("then:", repr(f.exception(60)), flush=True)
+    """))
+    with open(out, "wb") as log:   # as at a terminal: SIGINT raises KeyboardInterrupt
+        user = subprocess.Popen([sys.executable, str(script)], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        wait_until(lambda: rc.queue_status()[rc.ids[0]]["tasks"], START_TIMEOUT_S,
+                   "the user's task to start")
+        wait_until(lambda: _on_disk(c, rc.hub_history()), START_TIMEOUT_S,
+                   "the task committed to the DB")
+        c.controller.send_signal(signal.SIGKILL)
+        wait_until(lambda: "lost the connection" in out.read_text(), START_TIMEOUT_S,
+                   "the user's client to see the controller lost")
+        user.send_signal(signal.SIGINT)
+        wait_until(lambda: "KeyboardInterrupt" in out.read_text(), START_TIMEOUT_S,
+                   "the Ctrl-C to return")
+        text = out.read_text()
+        assert re.search(r"the controller is unreachable \(lost [\d.]+ s ago\): the 1 "
+                         r"request\(s\) stopped here are aborted \(or failed\) when it comes "
+                         r"back, or fail if it is not back within 120 s of its loss "
+                         r"\(reconnect_timeout\)", text), text
+        assert "could not abort" not in text
+        _restart_controller(c, ["--reuse", "--db", "sqlite"], "controller2")
+        assert user.wait(START_TIMEOUT_S) == 0
+        text = out.read_text()
+        assert re.search(r"then: .*TaskAborted", text), text
+    finally:
+        if user.poll() is None:
+            user.kill()
+            user.wait()

@@ -10,6 +10,7 @@ without it and never with it.
 import json
 import logging
 import os
+import re
 import socket
 import stat
 import threading
@@ -74,6 +75,18 @@ def test_a_connection_file_others_can_read_is_used_with_a_warning(local_cluster)
         rc = local_cluster.client()
     rc.wait_for_engines(1, START_TIMEOUT_S)
     assert rc[:].apply_sync(os.getpid) == [local_cluster.engines[0].pid]
+
+
+def test_an_engine_logs_a_group_readable_connection_file_in_its_log_format(local_cluster):
+    """An engine's warning about a connection file others may read came in Python's
+    warnings format, with a line of minipar's source after it, amid the engine's log."""
+    os.chmod(local_cluster.engine_file, 0o640)
+    local_cluster.start_engines(1)
+    local_cluster.client().wait_for_engines(1, START_TIMEOUT_S)
+    out = local_cluster.output("engine0")
+    assert re.search(r"engine\[\d+\] WARNING connection file \S+minipar-engine.json is "
+                     r"readable or writable by group or others \(mode 0640\)", out), out
+    assert "RuntimeWarning" not in out and "warnings.warn" not in out, out
 
 
 def _listening(port):

@@ -25,7 +25,7 @@ LYING_ENGINE = """
 import sys
 from minipar import engine, protocol
 
-engine._versions = lambda: ([3, 99, 0], "0.0.1")
+protocol.versions = lambda: ([3, 99, 0], "0.0.1")
 
 def deserialize_function(frames):   # what unpickling across Python versions looks like
     raise TypeError("code expected at most 16 arguments, got 18")
