@@ -633,11 +633,10 @@ class Client(errors.SaysWhyAbsent):
         return f, frames
 
     def send_apply(self, f, args, kwargs, engine_id=None, fparts=None, future=None, **fields):
-        """Send ``f(*args, **kwargs)`` as one apply request, as send_request does; `fparts`
-        is `f` already serialized (a map sends one function many times). `fields` are
-        the header's: for a task, ``lb=True`` and the scheduler's fields (``targets``,
-        ``retries``, ``recovery``, ``dormant``, ``depend``, ``clear_before``...).
-        Internal interface."""
+        """Send ``f(*args, **kwargs)`` as one apply request, as send_request does; `fparts` is
+        `f` already serialized (a map sends one function many times). `fields` are the header's:
+        for a task, ``lb=True`` and the scheduler's fields (``targets``, ``retries``,
+        ``recovery``, ``dormant``, ``depend``, ``clear_before``...). Internal interface."""
         if fparts is None:
             fparts = protocol.serialize_function(f)
         aparts = protocol.serialize((args, kwargs))
@@ -1401,15 +1400,13 @@ class LoadBalancedView(_View):
     ``recovery`` (what runs when retries are exhausted, see below) and ``time_limit``
     (seconds a task may run before it is interrupted: ``TaskTimeout``).
 
-    ``recovery`` is a function, called with the task's own arguments, or a list of
-    functions (a chain: each recovers the one before), or the AsyncResult / msg_id of a
-    task made with ``recovery_task``. The recovery call is sent with the task, as a
-    dormant task that runs only if the task fails for good; its result becomes the
-    task's result, and the task's ``metadata['attempts']`` lists the failed attempts.
-    A recovery task has the view's ``targets`` and ``time_limit``, no dependencies and
-    no retries of its own. If the task succeeds, its dormant recovery ends with
-    ``TaskAborted`` without running.
-    """
+    ``recovery`` is a function, called with the task's own arguments, or a list of functions
+    (a chain: each recovers the one before), or the AsyncResult / msg_id of a task made with
+    ``recovery_task``. The recovery call is sent with the task, as a dormant task that runs
+    only if the task fails for good; its result becomes the task's result, and the task's
+    ``metadata['attempts']`` lists the failed attempts. A recovery task has the view's
+    ``targets`` and ``time_limit``, no dependencies and no retries of its own. If the task
+    succeeds, its dormant recovery ends with ``TaskAborted`` without running."""
 
     _flag_names = ("block", "label", "track", "after", "follow", "timeout", "retries",
                    "recovery", "time_limit")

@@ -10,21 +10,20 @@ Three threads, each owning its sockets::
                                         the controller is alive
 
 The main thread runs user code, so signals and KeyboardInterrupt reach it; the receiver
-interrupts it (INTERRUPT_SIGNAL to the main thread) to abort a running task or to
-enforce a task's `time_limit`. Control messages (abort, interrupt, shutdown) overtake
-queued work; an abort is acknowledged once its requests are marked, so the controller
-answers the client only when a queued request it aborted can no longer start. A
-take-back is such an abort from the controller, for the load-balanced tasks queued
-behind one that runs long (``running``): the engine marks them, keeps the marks only if
-that task still runs (requests run in the order sent, so none of them has started),
-and answers with those it kept (``taken``; all or none). A request taken back is dropped
-unanswered when it comes up; the controller has queued it again, for another engine.
-The engine registers with ``take_back``: an older one, which would read a take-back as
-an abort, is never sent one.
+interrupts it (INTERRUPT_SIGNAL to the main thread) to abort a running task or to enforce a
+task's `time_limit`. Control messages (abort, interrupt, shutdown) overtake queued work; an
+abort is acknowledged once its requests are marked, so the controller answers the client
+only when a queued request it aborted can no longer start. A take-back is such an abort from
+the controller, for the load-balanced tasks queued behind one that runs long (``running``):
+the engine marks them, keeps the marks only if that task still runs (requests run in the
+order sent, so none of them has started), and answers with those it kept (``taken``; all or
+none). A request taken back is dropped unanswered when it comes up; the controller has
+queued it again, for another engine. The engine registers with ``take_back``: an older one,
+which would read a take-back as an abort, is never sent one.
 Every STREAM_INTERVAL_S the receiver sends what the running request printed or published
-(``datapub.publish_data``) as ``stream`` messages (see ``_Streamer``), and ``started``
-for one still running (so the client's future is running()). Every USAGE_PERIOD_S it
-sends ``usage`` (CPU time, memory, the running request) for rc.status and minipar.top.
+(``datapub.publish_data``) as ``stream`` messages (see ``_Streamer``), and ``started`` for
+one still running (so the client's future is running()). Every USAGE_PERIOD_S it sends
+``usage`` (CPU time, memory, the running request) for rc.status and minipar.top.
 
 Startup: --startup-script, then --startup-command, run before the engine connects; one
 that raises ends it (status 1, one line naming it, its exception and line) before the
@@ -51,14 +50,13 @@ its log; the controller, told when the task started, fails it with TaskTimeout. 
 that sets its own SIGALRM handler (a timeout decorator's signal.alarm) has it while it
 runs, without that watchdog; after it the engine's is back and the task's alarm cancelled.
 
-Losing the controller: an engine declared dead (frozen, starved) or unknown to a
-restarted controller gets an ``unregister`` notice (its heart's beats make the
-controller send one); it drops its queued work, aborts the running request (their
-results would be refused as stale) and registers again asking for its old id. A
-controller silent for ``max_missed_heartbeats`` beats makes it exit with status 1: it
-stops the running request and answers none, and its ``unregister`` says why (ZeroMQ
-keeps it for a controller that was only stopped), so the controller fails them with
-that reason rather than as an engine's death.
+Losing the controller: an engine declared dead (frozen, starved) or unknown to a restarted
+controller gets an ``unregister`` notice (its heart's beats make the controller send one); it
+drops its queued work, aborts the running request (their results would be refused as stale)
+and registers again asking for its old id. A controller silent for ``max_missed_heartbeats``
+beats makes it exit with status 1: it stops the running request and answers none, and its
+``unregister`` says why (ZeroMQ keeps it for a controller that was only stopped), so the
+controller fails them with that reason rather than as an engine's death.
 Bad messages are dropped and counted, never fatal: ``stats`` requests report the counts.
 
 A task may fork (os.fork, multiprocessing's fork start method). The child has the
@@ -221,12 +219,11 @@ _Registration = collections.namedtuple("_Registration", "msg_id since")
 
 
 class _Capture(io.TextIOBase):
-    """The engine's stdout or stderr for requests: one object each for the engine's life,
-    as an IPython kernel's, so what holds on to it (the handler of a task's
-    logging.basicConfig, a thread a task left) writes to the request running at the
-    time. While one runs, what is written is kept whole for its reply and handed to the
-    `streamer` so the client sees it meanwhile; between requests it goes to the engine's
-    own stream (its log)."""
+    """The engine's stdout or stderr for requests: one object each for the engine's life, as an
+    IPython kernel's, so what holds on to it (the handler of a task's logging.basicConfig, a
+    thread a task left) writes to the request running at the time. While one runs, what is
+    written is kept whole for its reply and handed to the `streamer` so the client sees it
+    meanwhile; between requests it goes to the engine's own stream (its log)."""
 
     def __init__(self, name, streamer):
         self.name = name
@@ -925,11 +922,10 @@ class Engine:
                 signal.signal(sig, default)
 
     def serve(self):
-        """Run requests until stopped: by a shutdown request, by SIGTERM or by Ctrl-C in
-        its terminal between requests (one while a request runs interrupts that request,
-        the next stops the engine too; SIGTERM then ends the engine). Stopped, it
-        unregisters, so the controller sends it nothing more. Main thread: requests arrive
-        on its own socket."""
+        """Run requests until stopped: by a shutdown request, by SIGTERM or by Ctrl-C in its
+        terminal between requests (one while a request runs interrupts that request, the next
+        stops the engine too; SIGTERM then ends the engine). Stopped, it unregisters, so the
+        controller sends it nothing more. Main thread: requests arrive on its own socket."""
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
@@ -1111,15 +1107,14 @@ class Engine:
         return result
 
     def _leave_if_forked(self, forker, exc=None):
-        """In a process that `forker` (a request, the startup script) forked and that
-        came back into the engine's code, having returned or raised `exc`: exit at once,
-        as multiprocessing's forked children do. Its parent goes on as the engine; this
-        process must not, as its sockets are the parent's and libzmq's threads serving
-        them do not exist here (a send or poll would spin, and a reply go nowhere). No
-        lock of the engine's is taken (another thread may have held it at the fork;
-        logging's are made anew in a child) nor anything flushed (the parent's buffered
-        output would be written twice). The status is a
-        sys.exit()'s, else 1 after an exception, else 0."""
+        """In a process that `forker` (a request, the startup script) forked and that came
+        back into the engine's code, having returned or raised `exc`: exit at once, as
+        multiprocessing's forked children do. Its parent goes on as the engine; this process
+        must not, as its sockets are the parent's and libzmq's threads serving them do not
+        exist here (a send or poll would spin, and a reply go nowhere). No lock of the
+        engine's is taken (another thread may have held it at the fork; logging's are made
+        anew in a child) nor anything flushed (the parent's buffered output would be written
+        twice). The status is a sys.exit()'s, else 1 after an exception, else 0."""
         if os.getpid() == self._pid:
             return
         if isinstance(exc, SystemExit):
@@ -1429,10 +1424,9 @@ def _plain(value):
 
 
 def _not_importable_here(e):
-    """ImportError `e`, raised unpickling a request, with what to do about it: a function
-    or class of a module travels by name, and the client's script or folder may hold a
-    module this engine cannot import (the most common first failure, said only as
-    "No module named 'x'")."""
+    """ImportError `e`, raised unpickling a request, with what to do about it: a function or
+    class of a module travels by name, and the client's script or folder may hold a module this
+    engine cannot import (the most common first failure, said only as "No module named 'x'")."""
     if not isinstance(e, ModuleNotFoundError) or not e.name:
         return e
     top = e.name.partition(".")[0]
