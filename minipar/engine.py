@@ -636,7 +636,7 @@ class Engine:
         taken = self._streamer.take_data()
         if taken is not None:
             try:
-                parts = protocol.serialize(taken[1])
+                parts = protocol.serialize_from_task(taken[1])
             except errors.SerializationError as e:
                 return log.warning("published data not sent: %s", e)
             _, frames = self.session.msg(protocol.STREAM, parts, parent=taken[0],
@@ -1089,7 +1089,7 @@ class Engine:
         if status != protocol.OK:
             return self._reply_error(header, result, status=status, **meta)
         try:
-            result_parts = protocol.serialize(result)
+            result_parts = protocol.serialize_from_task(result)
         except errors.SerializationError as e:   # the task ran: its result is what failed
             e = errors.SerializationError(f"the result could not be sent back: {e}")
             return self._reply_error(header, e, status=protocol.ERROR, **meta)
@@ -1165,7 +1165,7 @@ class Engine:
         kind = protocol.REPLY.get(header["kind"], protocol.UNKNOWN_REPLY)
         if data:   # what the request published, after the result's frames
             try:
-                dparts = protocol.serialize(data)
+                dparts = protocol.serialize_from_task(data)
                 parts, fields["ndata"] = [*parts, *dparts], len(dparts)
             except errors.SerializationError as e:
                 log.warning("published data not sent with the reply: %s", e)
