@@ -383,8 +383,8 @@ class Client(errors.SaysWhyAbsent):
             self.session.check_body(header, parts)
             nd = header.get("ndata")
             if nd:   # what the request published, after the result's frames
-                md["data"], parts = protocol.deserialize(parts[-nd:]), parts[:-nd]
-            value = protocol.deserialize(parts) if parts else None
+                md["data"], parts = protocol.deserialize_from_task(parts[-nd:]), parts[:-nd]
+            value = protocol.deserialize_from_task(parts) if parts else None
         except Exception as e:   # where, as an engine's own error says it
             kind = {reply: kind for kind, reply in protocol.REPLY.items()}.get(header.get("kind"))
             return f.set_exception(errors.error(
@@ -420,7 +420,7 @@ class Client(errors.SaysWhyAbsent):
             f._started()
         elif name == "data":
             self.session.check_body(header, parts)
-            md["data"].update(protocol.deserialize(parts))
+            md["data"].update(protocol.deserialize_from_task(parts))
         elif name in ("stdout", "stderr"):
             f._streamed(name, header.get("text", ""))
 

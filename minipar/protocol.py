@@ -781,6 +781,19 @@ def deserialize(frames):
     return pickle.loads(data, buffers=buffers)
 
 
+def deserialize_from_task(frames):
+    """deserialize() for what a task made (a client reads its result, its published data):
+    unpickling runs the task's code (a __reduce__'s callable), and a SystemExit or
+    KeyboardInterrupt it raises (never a signal's: a client unpickles in its I/O thread) is
+    a SerializationError too, never the end of the thread all its requests wait on."""
+    try:
+        return deserialize(frames)
+    except Exception:
+        raise
+    except BaseException as e:
+        raise SerializationError(f"unpickling it raised {type(e).__name__}") from None
+
+
 def deserialize_many(frames, counts):
     starts = itertools.accumulate(counts, initial=0)
     return [deserialize(frames[i:i + n]) for i, n in zip(starts, counts)]
