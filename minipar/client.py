@@ -974,9 +974,10 @@ class Client(errors.SaysWhyAbsent):
         return [_dated(r) for r in records]
 
     def shutdown(self, targets="all", restart=False, hub=False, block=True):
-        """Stop engines (and the controller with hub=True: what this Client still waits
-        for then fails at once, as does every call after; a second one does nothing).
-        ipyparallel's `restart` needs its engines' nannies: minipar refuses it."""
+        """Stop engines, each once its running request ends (block: wait `timeout` s, then
+        TimeoutError), and with hub=True the controller: what this Client waits for fails at
+        once, as does every call after; a second one does nothing. ipyparallel's `restart`
+        needs its engines' nannies: minipar refuses it."""
         if restart:
             raise ValueError("shutdown(restart=True): minipar's engines have no nanny to "
                              "restart them; use cluster.restart_engines_sync() or Cluster("
@@ -998,12 +999,14 @@ class Client(errors.SaysWhyAbsent):
             self._gone = self._stopped_hub
             return
         self.query(protocol.SHUTDOWN, targets=t, hub=False)
-        if block:
-            deadline = time.monotonic() + self.timeout
-            with self._engines_changed:
-                while any(e in self._engines for e in (t or list(self._engines))) \
-                        and time.monotonic() < deadline:
-                    self._engines_changed.wait(deadline - time.monotonic())
+        t, deadline = t or list(self._engines), time.monotonic() + self.timeout
+        with self._engines_changed:
+            while block and any(e in self._engines for e in t) and time.monotonic() < deadline:
+                self._engines_changed.wait(deadline - time.monotonic())
+        if block and any(e in self._engines for e in t):   # said, not returned as if gone
+            raise TimeoutError(f"engines {[e for e in t if e in self._engines]} had not stopped "
+                               f"{self.timeout} s after shutdown: each stops once its running "
+                               "request ends; rc.abort() it, or end it by rc.send_signal(SIGTERM)")
 
     def close(self):
         if self._closed:

@@ -303,6 +303,26 @@ def test_a_connect_that_never_succeeds_logs_no_lost_controller(tmp_path, caplog)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
+def test_a_shutdown_that_waits_for_a_busy_engine_says_it_has_not_stopped(local_cluster):
+    """An engine stops once its running request ends. shutdown(block=True) waits for that
+    up to the client's timeout, and then returned as though the engine were gone, while
+    it went on running a long task. It now raises TimeoutError saying how to end the
+    task or the engine; aborted, the task ends as aborted and the engine then stops."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    eid, = rc.wait_for_engines(1, START_TIMEOUT_S)
+    rc.timeout = 3   # how long shutdown waits
+    ar = rc[eid].apply_async(time.sleep, 60)
+    wait_until(ar.running, START_TIMEOUT_S, "the task to start")
+    with pytest.raises(minipar.TimeoutError, match=rf"engines \[{eid}\] had not stopped 3 "
+                                                   r"s after shutdown: .*rc\.abort"):
+        rc.shutdown(targets=[eid], block=True)
+    rc.abort(ar)
+    with pytest.raises(minipar.TaskAborted):
+        ar.get(START_TIMEOUT_S)
+    wait_until(lambda: engine.poll() is not None, START_TIMEOUT_S, "the engine to stop")
+
+
 def test_a_client_closed_at_once_logs_no_failure(rc, caplog):
     """A new Client asks for the engine list again once its notification socket connects
     (notifications may have been missed); closed before that answer came, it logged
