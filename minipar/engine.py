@@ -351,7 +351,7 @@ class Engine:
         self._held_lock = threading.Lock()
         self._interrupt = None      # _Interruption: what the next INTERRUPT_SIGNAL is for
         self._raised_in_main = False   # that interruption is pending in the main thread
-        self._told_handler = set()  # signals whose handler a task replaced, as logged
+        self._told_handler = set()  # signals a task blocked or gave a handler, as logged
         # Re-entrant: the INTERRUPT_SIGNAL handler takes it in the main thread, which may
         # hold it already (the signal lands between any two bytecodes); a Lock would deadlock.
         self._lock = threading.RLock()
@@ -382,6 +382,7 @@ class Engine:
                               signal.SIGALRM: signal.SIG_DFL}
         for sig, handler in self._own_handlers.items():
             signal.signal(sig, handler)
+        self._own_mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())   # what it blocks
         os.register_at_fork(after_in_child=self._after_fork_in_child)
         if self.work_dir:
             try:
@@ -1134,11 +1135,16 @@ class Engine:
             _raise_in(self._main_ident, None)
 
     def _take_back_signals(self, msg_id):
-        """Put back the engine's handlers that request `msg_id` replaced (itself, or a
-        library it imported: some set SIGTERM's or SIGINT's), so the next requests are
-        interrupted (INTERRUPT_SIGNAL: aborts, time limits), held to their time_limit
-        (SIGALRM) and an idle engine is stopped (SIGTERM, SIGINT: see the module
-        docstring) as usual; said once each."""
+        """Put back the engine's handlers that request `msg_id` replaced (itself, or a library
+        it imported: some set SIGTERM's or SIGINT's) and unblock the signals it left blocked
+        (signal.pthread_sigmask), so the next requests are interrupted (INTERRUPT_SIGNAL:
+        aborts, time limits), held to their time_limit (SIGALRM) and an idle engine is stopped
+        (SIGTERM, SIGINT: see the module docstring) as usual; said once each."""
+        blocked = signal.pthread_sigmask(signal.SIG_SETMASK, self._own_mask) - self._own_mask
+        if blocked - self._told_handler:
+            self._told_handler |= blocked
+            log.warning("request %s left %s blocked in the engine's main thread: unblocked",
+                        msg_id, [getattr(s, "name", s) for s in sorted(blocked)])
         for sig, handler in self._own_handlers.items():
             if signal.getsignal(sig) == handler:
                 continue

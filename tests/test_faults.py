@@ -23,6 +23,7 @@ import time
 import pytest
 
 from minipar import errors
+from minipar.engine import INTERRUPT_SIGNAL
 from minipar.launcher import Cluster
 
 from .conftest import HEARTBEAT_S, ROOT, START_TIMEOUT_S, LocalCluster, _env
@@ -971,6 +972,33 @@ def test_an_engine_whose_task_took_sigterm_is_still_stopped_by_it(local_cluster,
     assert "SIGTERM while idle: unregistering" in log
     wait_until(lambda: eid not in rc.ids, 10, f"engine {eid} gone from rc.ids")
     assert f"engine {eid} unregistered" in local_cluster.output("controller")
+
+
+def _block_the_engines_signals():
+    """Leave signals blocked in the engine's main thread, as a library's critical section
+    that unblocks them on one path only does."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, [INTERRUPT_SIGNAL, signal.SIGINT, signal.SIGTERM])
+
+
+def test_signals_a_task_left_blocked_are_unblocked_for_the_tasks_after_it(local_cluster):
+    """The engine is reached by signals: an abort or a time limit interrupts the running
+    task with INTERRUPT_SIGNAL, SIGTERM stops it when idle. A task that left them blocked
+    in the main thread (signal.pthread_sigmask) made every later task unabortable (the
+    abort answered, the task ran on with no end) and an idle engine deaf to SIGTERM. The
+    engine now unblocks them after each request, saying so, as it puts back handlers."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    eid, = rc.wait_for_engines(1, START_TIMEOUT_S)
+    rc[eid].apply_async(_block_the_engines_signals).get(START_TIMEOUT_S)
+    ar = rc.load_balanced_view().apply_async(time.sleep, 60)
+    wait_until(ar.running, START_TIMEOUT_S, "the task to start")
+    ar.abort()
+    with pytest.raises(errors.TaskAborted, match="aborted while running"):
+        ar.get(START_TIMEOUT_S)
+    assert "left ['SIGINT', 'SIGUSR2', 'SIGTERM'] blocked in the engine's main thread: " \
+           "unblocked" in local_cluster.output("engine0")
+    engine.terminate()   # idle: it unregisters and exits 0 at once
+    assert engine.wait(START_TIMEOUT_S) == 0
 
 
 def _result_whose_pickling_exits():
