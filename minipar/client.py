@@ -395,8 +395,8 @@ class Client(errors.SaysWhyAbsent):
             self.session.check_body(header, parts)
             nd = header.get("ndata")
             if nd:   # what the request published, after the result's frames
-                md["data"], parts = protocol.deserialize(parts[-nd:]), parts[:-nd]
-            value = protocol.deserialize(parts) if parts else None
+                md["data"], parts = protocol.deserialize_from_task(parts[-nd:]), parts[:-nd]
+            value = protocol.deserialize_from_task(parts) if parts else None
         except Exception as e:   # where, as an engine's own error says it
             kind = {reply: kind for kind, reply in protocol.REPLY.items()}.get(header.get("kind"))
             return f.set_exception(errors.error(
@@ -432,7 +432,7 @@ class Client(errors.SaysWhyAbsent):
             f._started()
         elif name == "data":
             self.session.check_body(header, parts)
-            md["data"].update(protocol.deserialize(parts))
+            md["data"].update(protocol.deserialize_from_task(parts))
         elif name in ("stdout", "stderr"):
             f._streamed(name, header.get("text", ""))
 
@@ -633,11 +633,10 @@ class Client(errors.SaysWhyAbsent):
         return f, frames
 
     def send_apply(self, f, args, kwargs, engine_id=None, fparts=None, future=None, **fields):
-        """Send ``f(*args, **kwargs)`` as one apply request, as send_request does; `fparts`
-        is `f` already serialized (a map sends one function many times). `fields` are
-        the header's: for a task, ``lb=True`` and the scheduler's fields (``targets``,
-        ``retries``, ``recovery``, ``dormant``, ``depend``, ``clear_before``...).
-        Internal interface."""
+        """Send ``f(*args, **kwargs)`` as one apply request, as send_request does; `fparts` is
+        `f` already serialized (a map sends one function many times). `fields` are the header's:
+        for a task, ``lb=True`` and the scheduler's fields (``targets``, ``retries``,
+        ``recovery``, ``dormant``, ``depend``, ``clear_before``...). Internal interface."""
         if fparts is None:
             fparts = protocol.serialize_function(f)
         aparts = protocol.serialize((args, kwargs))
@@ -975,9 +974,10 @@ class Client(errors.SaysWhyAbsent):
         return [_dated(r) for r in records]
 
     def shutdown(self, targets="all", restart=False, hub=False, block=True):
-        """Stop engines (and the controller with hub=True: what this Client still waits
-        for then fails at once, as does every call after; a second one does nothing).
-        ipyparallel's `restart` needs its engines' nannies: minipar refuses it."""
+        """Stop engines, each once its running request ends (block: wait `timeout` s, then
+        TimeoutError), and with hub=True the controller: what this Client waits for fails at
+        once, as does every call after; a second one does nothing. ipyparallel's `restart`
+        needs its engines' nannies: minipar refuses it."""
         if restart:
             raise ValueError("shutdown(restart=True): minipar's engines have no nanny to "
                              "restart them; use cluster.restart_engines_sync() or Cluster("
@@ -999,12 +999,14 @@ class Client(errors.SaysWhyAbsent):
             self._gone = self._stopped_hub
             return
         self.query(protocol.SHUTDOWN, targets=t, hub=False)
-        if block:
-            deadline = time.monotonic() + self.timeout
-            with self._engines_changed:
-                while any(e in self._engines for e in (t or list(self._engines))) \
-                        and time.monotonic() < deadline:
-                    self._engines_changed.wait(deadline - time.monotonic())
+        t, deadline = t or list(self._engines), time.monotonic() + self.timeout
+        with self._engines_changed:
+            while block and any(e in self._engines for e in t) and time.monotonic() < deadline:
+                self._engines_changed.wait(deadline - time.monotonic())
+        if block and any(e in self._engines for e in t):   # said, not returned as if gone
+            raise TimeoutError(f"engines {[e for e in t if e in self._engines]} had not stopped "
+                               f"{self.timeout} s after shutdown: each stops once its running "
+                               "request ends; rc.abort() it, or end it by rc.send_signal(SIGTERM)")
 
     def close(self):
         if self._closed:
@@ -1401,15 +1403,13 @@ class LoadBalancedView(_View):
     ``recovery`` (what runs when retries are exhausted, see below) and ``time_limit``
     (seconds a task may run before it is interrupted: ``TaskTimeout``).
 
-    ``recovery`` is a function, called with the task's own arguments, or a list of
-    functions (a chain: each recovers the one before), or the AsyncResult / msg_id of a
-    task made with ``recovery_task``. The recovery call is sent with the task, as a
-    dormant task that runs only if the task fails for good; its result becomes the
-    task's result, and the task's ``metadata['attempts']`` lists the failed attempts.
-    A recovery task has the view's ``targets`` and ``time_limit``, no dependencies and
-    no retries of its own. If the task succeeds, its dormant recovery ends with
-    ``TaskAborted`` without running.
-    """
+    ``recovery`` is a function, called with the task's own arguments, or a list of functions
+    (a chain: each recovers the one before), or the AsyncResult / msg_id of a task made with
+    ``recovery_task``. The recovery call is sent with the task, as a dormant task that runs
+    only if the task fails for good; its result becomes the task's result, and the task's
+    ``metadata['attempts']`` lists the failed attempts. A recovery task has the view's
+    ``targets`` and ``time_limit``, no dependencies and no retries of its own. If the task
+    succeeds, its dormant recovery ends with ``TaskAborted`` without running."""
 
     _flag_names = ("block", "label", "track", "after", "follow", "timeout", "retries",
                    "recovery", "time_limit")

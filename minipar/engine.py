@@ -10,21 +10,20 @@ Three threads, each owning its sockets::
                                         the controller is alive
 
 The main thread runs user code, so signals and KeyboardInterrupt reach it; the receiver
-interrupts it (INTERRUPT_SIGNAL to the main thread) to abort a running task or to
-enforce a task's `time_limit`. Control messages (abort, interrupt, shutdown) overtake
-queued work; an abort is acknowledged once its requests are marked, so the controller
-answers the client only when a queued request it aborted can no longer start. A
-take-back is such an abort from the controller, for the load-balanced tasks queued
-behind one that runs long (``running``): the engine marks them, keeps the marks only if
-that task still runs (requests run in the order sent, so none of them has started),
-and answers with those it kept (``taken``; all or none). A request taken back is dropped
-unanswered when it comes up; the controller has queued it again, for another engine.
-The engine registers with ``take_back``: an older one, which would read a take-back as
-an abort, is never sent one.
+interrupts it (INTERRUPT_SIGNAL to the main thread) to abort a running task or to enforce a
+task's `time_limit`. Control messages (abort, interrupt, shutdown) overtake queued work; an
+abort is acknowledged once its requests are marked, so the controller answers the client
+only when a queued request it aborted can no longer start. A take-back is such an abort from
+the controller, for the load-balanced tasks queued behind one that runs long (``running``):
+the engine marks them, keeps the marks only if that task still runs (requests run in the
+order sent, so none of them has started), and answers with those it kept (``taken``; all or
+none). A request taken back is dropped unanswered when it comes up; the controller has
+queued it again, for another engine. The engine registers with ``take_back``: an older one,
+which would read a take-back as an abort, is never sent one.
 Every STREAM_INTERVAL_S the receiver sends what the running request printed or published
-(``datapub.publish_data``) as ``stream`` messages (see ``_Streamer``), and ``started``
-for one still running (so the client's future is running()). Every USAGE_PERIOD_S it
-sends ``usage`` (CPU time, memory, the running request) for rc.status and minipar.top.
+(``datapub.publish_data``) as ``stream`` messages (see ``_Streamer``), and ``started`` for
+one still running (so the client's future is running()). Every USAGE_PERIOD_S it sends
+``usage`` (CPU time, memory, the running request) for rc.status and minipar.top.
 
 Startup: --startup-script, then --startup-command, run before the engine connects; one
 that raises ends it (status 1, one line naming it, its exception and line) before the
@@ -51,14 +50,13 @@ its log; the controller, told when the task started, fails it with TaskTimeout. 
 that sets its own SIGALRM handler (a timeout decorator's signal.alarm) has it while it
 runs, without that watchdog; after it the engine's is back and the task's alarm cancelled.
 
-Losing the controller: an engine declared dead (frozen, starved) or unknown to a
-restarted controller gets an ``unregister`` notice (its heart's beats make the
-controller send one); it drops its queued work, aborts the running request (their
-results would be refused as stale) and registers again asking for its old id. A
-controller silent for ``max_missed_heartbeats`` beats makes it exit with status 1: it
-stops the running request and answers none, and its ``unregister`` says why (ZeroMQ
-keeps it for a controller that was only stopped), so the controller fails them with
-that reason rather than as an engine's death.
+Losing the controller: an engine declared dead (frozen, starved) or unknown to a restarted
+controller gets an ``unregister`` notice (its heart's beats make the controller send one); it
+drops its queued work, aborts the running request (their results would be refused as stale)
+and registers again asking for its old id. A controller silent for ``max_missed_heartbeats``
+beats makes it exit with status 1: it stops the running request and answers none, and its
+``unregister`` says why (ZeroMQ keeps it for a controller that was only stopped), so the
+controller fails them with that reason rather than as an engine's death.
 Bad messages are dropped and counted, never fatal: ``stats`` requests report the counts.
 
 A task may fork (os.fork, multiprocessing's fork start method). The child has the
@@ -221,12 +219,11 @@ _Registration = collections.namedtuple("_Registration", "msg_id since")
 
 
 class _Capture(io.TextIOBase):
-    """The engine's stdout or stderr for requests: one object each for the engine's life,
-    as an IPython kernel's, so what holds on to it (the handler of a task's
-    logging.basicConfig, a thread a task left) writes to the request running at the
-    time. While one runs, what is written is kept whole for its reply and handed to the
-    `streamer` so the client sees it meanwhile; between requests it goes to the engine's
-    own stream (its log)."""
+    """The engine's stdout or stderr for requests: one object each for the engine's life, as an
+    IPython kernel's, so what holds on to it (the handler of a task's logging.basicConfig, a
+    thread a task left) writes to the request running at the time. While one runs, what is
+    written is kept whole for its reply and handed to the `streamer` so the client sees it
+    meanwhile; between requests it goes to the engine's own stream (its log)."""
 
     def __init__(self, name, streamer):
         self.name = name
@@ -354,7 +351,7 @@ class Engine:
         self._held_lock = threading.Lock()
         self._interrupt = None      # _Interruption: what the next INTERRUPT_SIGNAL is for
         self._raised_in_main = False   # that interruption is pending in the main thread
-        self._told_handler = set()  # signals whose handler a task replaced, as logged
+        self._told_handler = set()  # signals a task blocked or gave a handler, as logged
         # Re-entrant: the INTERRUPT_SIGNAL handler takes it in the main thread, which may
         # hold it already (the signal lands between any two bytecodes); a Lock would deadlock.
         self._lock = threading.RLock()
@@ -385,6 +382,7 @@ class Engine:
                               signal.SIGALRM: signal.SIG_DFL}
         for sig, handler in self._own_handlers.items():
             signal.signal(sig, handler)
+        self._own_mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())   # what it blocks
         os.register_at_fork(after_in_child=self._after_fork_in_child)
         if self.work_dir:
             try:
@@ -639,7 +637,7 @@ class Engine:
         taken = self._streamer.take_data()
         if taken is not None:
             try:
-                parts = protocol.serialize(taken[1])
+                parts = protocol.serialize_from_task(taken[1])
             except errors.SerializationError as e:
                 return log.warning("published data not sent: %s", e)
             _, frames = self.session.msg(protocol.STREAM, parts, parent=taken[0],
@@ -925,11 +923,10 @@ class Engine:
                 signal.signal(sig, default)
 
     def serve(self):
-        """Run requests until stopped: by a shutdown request, by SIGTERM or by Ctrl-C in
-        its terminal between requests (one while a request runs interrupts that request,
-        the next stops the engine too; SIGTERM then ends the engine). Stopped, it
-        unregisters, so the controller sends it nothing more. Main thread: requests arrive
-        on its own socket."""
+        """Run requests until stopped: by a shutdown request, by SIGTERM or by Ctrl-C in its
+        terminal between requests (one while a request runs interrupts that request, the next
+        stops the engine too; SIGTERM then ends the engine). Stopped, it unregisters, so the
+        controller sends it nothing more. Main thread: requests arrive on its own socket."""
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
@@ -1093,7 +1090,7 @@ class Engine:
         if status != protocol.OK:
             return self._reply_error(header, result, status=status, **meta)
         try:
-            result_parts = protocol.serialize(result)
+            result_parts = protocol.serialize_from_task(result)
         except errors.SerializationError as e:   # the task ran: its result is what failed
             e = errors.SerializationError(f"the result could not be sent back: {e}")
             return self._reply_error(header, e, status=protocol.ERROR, **meta)
@@ -1111,15 +1108,14 @@ class Engine:
         return result
 
     def _leave_if_forked(self, forker, exc=None):
-        """In a process that `forker` (a request, the startup script) forked and that
-        came back into the engine's code, having returned or raised `exc`: exit at once,
-        as multiprocessing's forked children do. Its parent goes on as the engine; this
-        process must not, as its sockets are the parent's and libzmq's threads serving
-        them do not exist here (a send or poll would spin, and a reply go nowhere). No
-        lock of the engine's is taken (another thread may have held it at the fork;
-        logging's are made anew in a child) nor anything flushed (the parent's buffered
-        output would be written twice). The status is a
-        sys.exit()'s, else 1 after an exception, else 0."""
+        """In a process that `forker` (a request, the startup script) forked and that came
+        back into the engine's code, having returned or raised `exc`: exit at once, as
+        multiprocessing's forked children do. Its parent goes on as the engine; this process
+        must not, as its sockets are the parent's and libzmq's threads serving them do not
+        exist here (a send or poll would spin, and a reply go nowhere). No lock of the
+        engine's is taken (another thread may have held it at the fork; logging's are made
+        anew in a child) nor anything flushed (the parent's buffered output would be written
+        twice). The status is a sys.exit()'s, else 1 after an exception, else 0."""
         if os.getpid() == self._pid:
             return
         if isinstance(exc, SystemExit):
@@ -1139,11 +1135,16 @@ class Engine:
             _raise_in(self._main_ident, None)
 
     def _take_back_signals(self, msg_id):
-        """Put back the engine's handlers that request `msg_id` replaced (itself, or a
-        library it imported: some set SIGTERM's or SIGINT's), so the next requests are
-        interrupted (INTERRUPT_SIGNAL: aborts, time limits), held to their time_limit
-        (SIGALRM) and an idle engine is stopped (SIGTERM, SIGINT: see the module
-        docstring) as usual; said once each."""
+        """Put back the engine's handlers that request `msg_id` replaced (itself, or a library
+        it imported: some set SIGTERM's or SIGINT's) and unblock the signals it left blocked
+        (signal.pthread_sigmask), so the next requests are interrupted (INTERRUPT_SIGNAL:
+        aborts, time limits), held to their time_limit (SIGALRM) and an idle engine is stopped
+        (SIGTERM, SIGINT: see the module docstring) as usual; said once each."""
+        blocked = signal.pthread_sigmask(signal.SIG_SETMASK, self._own_mask) - self._own_mask
+        if blocked - self._told_handler:
+            self._told_handler |= blocked
+            log.warning("request %s left %s blocked in the engine's main thread: unblocked",
+                        msg_id, [getattr(s, "name", s) for s in sorted(blocked)])
         for sig, handler in self._own_handlers.items():
             if signal.getsignal(sig) == handler:
                 continue
@@ -1170,7 +1171,7 @@ class Engine:
         kind = protocol.REPLY.get(header["kind"], protocol.UNKNOWN_REPLY)
         if data:   # what the request published, after the result's frames
             try:
-                dparts = protocol.serialize(data)
+                dparts = protocol.serialize_from_task(data)
                 parts, fields["ndata"] = [*parts, *dparts], len(dparts)
             except errors.SerializationError as e:
                 log.warning("published data not sent with the reply: %s", e)
@@ -1423,10 +1424,9 @@ def _plain(value):
 
 
 def _not_importable_here(e):
-    """ImportError `e`, raised unpickling a request, with what to do about it: a function
-    or class of a module travels by name, and the client's script or folder may hold a
-    module this engine cannot import (the most common first failure, said only as
-    "No module named 'x'")."""
+    """ImportError `e`, raised unpickling a request, with what to do about it: a function or
+    class of a module travels by name, and the client's script or folder may hold a module this
+    engine cannot import (the most common first failure, said only as "No module named 'x'")."""
     if not isinstance(e, ModuleNotFoundError) or not e.name:
         return e
     top = e.name.partition(".")[0]

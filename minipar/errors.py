@@ -157,14 +157,21 @@ _MINIPAR_ERRORS = {c.__name__: c for c in (
 
 
 def wrap(exc, engine_info=None):
-    """The RemoteError describing `exc` (called on the engine, in its except block)."""
+    """The RemoteError describing `exc` (called on the engine, in its except block). An
+    exception whose __str__ raises, even SystemExit or KeyboardInterrupt, which traceback
+    lets through, is described without its text: what a task raised must not end the
+    engine that reports it."""
     if isinstance(exc, RemoteError):
         return exc
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
         evalue = str(exc)
-    except Exception:
+    except BaseException:
         evalue = "<unprintable>"
+    try:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except BaseException:
+        tb = "".join(["Traceback (most recent call last):\n",
+                      *traceback.format_tb(exc.__traceback__), f"{type(exc).__name__}: {evalue}\n"])
     return _rebuild(type(exc).__name__, evalue, tb, engine_info)
 
 

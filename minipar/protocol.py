@@ -47,6 +47,7 @@ import math
 import os
 import pickle
 import re
+import reprlib
 import struct
 import sys
 import threading
@@ -751,6 +752,20 @@ def serialize(obj, by_value=False):
     return [data, *buffers]
 
 
+def serialize_from_task(obj):
+    """serialize() for what a task made (an engine sends its result, its published data):
+    pickling runs the task's code (a __reduce__, a __repr__ for the error), and whatever
+    that raises, KeyboardInterrupt too, is a SerializationError failing the task, never an
+    end of the engine. (Elsewhere a KeyboardInterrupt is its user's Ctrl-C.)"""
+    try:
+        return serialize(obj)
+    except SerializationError:
+        raise
+    except BaseException as e:
+        raise SerializationError(f"could not serialize a {type(obj).__name__} object: "
+                                 f"pickling it raised {type(e).__name__}") from None
+
+
 _function_cache = weakref.WeakKeyDictionary()   # function -> (code, defaults, globals used, frames)
 
 
@@ -793,6 +808,19 @@ def deserialize(frames):
     return pickle.loads(data, buffers=buffers)
 
 
+def deserialize_from_task(frames):
+    """deserialize() for what a task made (a client reads its result, its published data):
+    unpickling runs the task's code (a __reduce__'s callable), and a SystemExit or
+    KeyboardInterrupt it raises (never a signal's: a client unpickles in its I/O thread) is
+    a SerializationError too, never the end of the thread all its requests wait on."""
+    try:
+        return deserialize(frames)
+    except Exception:
+        raise
+    except BaseException as e:
+        raise SerializationError(f"unpickling it raised {type(e).__name__}") from None
+
+
 def deserialize_many(frames, counts):
     starts = itertools.accumulate(counts, initial=0)
     return [deserialize(frames[i:i + n]) for i, n in zip(starts, counts)]
@@ -823,8 +851,15 @@ def deserialize_function(frames):
     return f
 
 
+# What names an object in an error: reprlib bounds the depth and size of what it shows,
+# and shows an object whose __repr__ raises (or recurses too deep) by its type and address:
+# a deep linked structure that cannot be pickled must not end the engine that names it.
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 77
+
+
 def _describe(obj):
-    r = repr(obj)
+    r = _repr.repr(obj)
     return r if len(r) < 80 else r[:77] + "..."
 
 

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import operator
 import threading
 import time
@@ -75,6 +76,45 @@ def test_a_result_that_cannot_be_pickled_says_it_could_not_come_back(rc):
                        match=r"the result could not be sent back: could not serialize "
                              r"<generator .* between client and engines"):
         rc.load_balanced_view().apply_sync(numbers)
+
+
+@pytest.mark.parametrize("call", [(sys.exit, (3,)), (signal.default_int_handler,
+                                                     (signal.SIGINT, None))],
+                         ids=["SystemExit", "KeyboardInterrupt"])
+def test_a_result_whose_unpickling_raises_systemexit_fails_its_task_not_the_client(
+        shared_cluster, call):
+    """Unpickling a result runs the task's code on the client, in its I/O thread: a
+    SystemExit or KeyboardInterrupt raised there (never a signal: none reaches that
+    thread) ended the thread, and with it the client ("this Client's I/O thread
+    failed"), and the request whose reply did it never finished (get() timed out). The
+    task now fails saying its result (or what it published) could not be unpickled, and
+    the client serves on."""
+    def unpickled_as(call, publish):   # sent by value: the engines never import this module
+        """A result (or, with `publish`, published data) that unpickles as the call
+        `call`, a (function, args) pair: made on the engine, called where unpickled."""
+        from minipar import datapub
+
+        class Made:
+            def __reduce__(self):
+                return call
+
+        if publish:   # sent while the task runs (the receiver's next beat), then with the reply
+            datapub.publish_data({"made": Made()})
+            time.sleep(0.3)
+            return None
+        return Made()
+
+    client = minipar.Client(shared_cluster.client_file)
+    name = "SystemExit" if call[0] is sys.exit else "KeyboardInterrupt"
+    try:
+        for view in (client.load_balanced_view(), client[0]):
+            for publish in (False, True):
+                with pytest.raises(minipar.SerializationError, match="could not unpickle the "
+                                   f"result of .*: unpickling it raised {name}"):
+                    view.apply_async(unpickled_as, call, publish).get(30)
+        assert client[0].apply_async(operator.add, 1, 2).get(30) == 3
+    finally:
+        client.close()
 
 
 def test_a_task_that_refers_to_the_client_or_a_view_says_so(rc):
@@ -261,6 +301,26 @@ def test_a_connect_that_never_succeeds_logs_no_lost_controller(tmp_path, caplog)
         listener.close()
     assert accepted   # it did connect, and was closed on
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+def test_a_shutdown_that_waits_for_a_busy_engine_says_it_has_not_stopped(local_cluster):
+    """An engine stops once its running request ends. shutdown(block=True) waits for that
+    up to the client's timeout, and then returned as though the engine were gone, while
+    it went on running a long task. It now raises TimeoutError saying how to end the
+    task or the engine; aborted, the task ends as aborted and the engine then stops."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    eid, = rc.wait_for_engines(1, START_TIMEOUT_S)
+    rc.timeout = 3   # how long shutdown waits
+    ar = rc[eid].apply_async(time.sleep, 60)
+    wait_until(ar.running, START_TIMEOUT_S, "the task to start")
+    with pytest.raises(minipar.TimeoutError, match=rf"engines \[{eid}\] had not stopped 3 "
+                                                   r"s after shutdown: .*rc\.abort"):
+        rc.shutdown(targets=[eid], block=True)
+    rc.abort(ar)
+    with pytest.raises(minipar.TaskAborted):
+        ar.get(START_TIMEOUT_S)
+    wait_until(lambda: engine.poll() is not None, START_TIMEOUT_S, "the engine to stop")
 
 
 def test_a_client_closed_at_once_logs_no_failure(rc, caplog):

@@ -23,6 +23,7 @@ import time
 import pytest
 
 from minipar import errors
+from minipar.engine import INTERRUPT_SIGNAL
 from minipar.launcher import Cluster
 
 from .conftest import HEARTBEAT_S, ROOT, START_TIMEOUT_S, LocalCluster, _env
@@ -973,6 +974,33 @@ def test_an_engine_whose_task_took_sigterm_is_still_stopped_by_it(local_cluster,
     assert f"engine {eid} unregistered" in local_cluster.output("controller")
 
 
+def _block_the_engines_signals():
+    """Leave signals blocked in the engine's main thread, as a library's critical section
+    that unblocks them on one path only does."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, [INTERRUPT_SIGNAL, signal.SIGINT, signal.SIGTERM])
+
+
+def test_signals_a_task_left_blocked_are_unblocked_for_the_tasks_after_it(local_cluster):
+    """The engine is reached by signals: an abort or a time limit interrupts the running
+    task with INTERRUPT_SIGNAL, SIGTERM stops it when idle. A task that left them blocked
+    in the main thread (signal.pthread_sigmask) made every later task unabortable (the
+    abort answered, the task ran on with no end) and an idle engine deaf to SIGTERM. The
+    engine now unblocks them after each request, saying so, as it puts back handlers."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    eid, = rc.wait_for_engines(1, START_TIMEOUT_S)
+    rc[eid].apply_async(_block_the_engines_signals).get(START_TIMEOUT_S)
+    ar = rc.load_balanced_view().apply_async(time.sleep, 60)
+    wait_until(ar.running, START_TIMEOUT_S, "the task to start")
+    ar.abort()
+    with pytest.raises(errors.TaskAborted, match="aborted while running"):
+        ar.get(START_TIMEOUT_S)
+    assert "left ['SIGINT', 'SIGUSR2', 'SIGTERM'] blocked in the engine's main thread: " \
+           "unblocked" in local_cluster.output("engine0")
+    engine.terminate()   # idle: it unregisters and exits 0 at once
+    assert engine.wait(START_TIMEOUT_S) == 0
+
+
 def _result_whose_pickling_exits():
     class Exits:
         def __reduce__(self):
@@ -994,3 +1022,55 @@ def test_a_result_whose_pickling_calls_sys_exit_fails_its_task_not_the_engine(lo
         view.apply_sync(_result_whose_pickling_exits)
     assert e.value.ename == "SerializationError"
     assert view.apply_sync(os.getpid) == engine.pid and engine.poll() is None
+
+
+def _misbehaving(how):
+    """What a task makes that misbehaves as its engine reports it (runs on the engine)."""
+    from minipar import datapub
+
+    class Interrupts:   # a result whose pickling raises KeyboardInterrupt
+        def __reduce__(self):
+            raise KeyboardInterrupt
+
+    class Exits(Exception):   # an exception whose text ends the process
+        def __str__(self):
+            raise SystemExit(4)
+
+    if how == "result":
+        return Interrupts()
+    if how == "deep":   # a long linked structure: too deep to pickle, or to repr
+        deep = []
+        for _ in range(100_000):
+            deep = [deep]
+        return deep
+    if how == "exception":
+        raise Exits()
+    datapub.publish_data({"x": Interrupts()})   # sent while it runs, and with the reply
+    time.sleep(0.3)
+    return "published"
+
+
+@pytest.mark.parametrize("how, error", [
+    ("result", "could not serialize a Interrupts object: pickling it raised KeyboardInterrupt"),
+    ("deep", r"could not serialize \[\[\[\[\[\[\[\.\.\.\]\]\]\]\]\]\]: "),
+    ("exception", "<unprintable>"),
+    ("data", None)], ids=["result", "deep", "exception", "data"])
+def test_what_a_task_makes_that_misbehaves_when_reported_fails_the_task_not_the_engine(
+        local_cluster, how, error):
+    """Reporting a task's outcome runs the task's code: its result's __reduce__, its
+    exception's __str__, the __repr__ naming what cannot be pickled. What that raised
+    past the engine's checks ended the engine (a KeyboardInterrupt taken for a Ctrl-C, a
+    SystemExit from __str__, a RecursionError from the repr of a deep list), and the
+    task failed as an engine death; published data did so while the task still ran. The
+    task now fails with what it made (or its data is left out) and its engine serves on,
+    through either view."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    eid, = rc.wait_for_engines(1, START_TIMEOUT_S)
+    for view in (rc.load_balanced_view(), rc[eid]):
+        if error is None:
+            assert view.apply_async(_misbehaving, how).get(START_TIMEOUT_S) == "published"
+        else:
+            with pytest.raises(errors.RemoteError, match=error):
+                view.apply_async(_misbehaving, how).get(START_TIMEOUT_S)
+        assert view.apply_async(os.getpid).get(START_TIMEOUT_S) == engine.pid
