@@ -375,6 +375,9 @@ def test_a_held_result_leaves_the_collector_few_objects(rc):
     assert not cf.wait([pending], timeout=0.01).done and pending.get(WAIT_S) == "late"
     assert called == [pending] and list(cf.as_completed([pending], WAIT_S)) == [pending]
     assert pending.metadata["attempts"] == pending.metadata.outputs == [] == held[0].after
+    # every attribute concurrent.futures reads, on the Pythons to come too (its callbacks'
+    # list is a class attribute until the first is added)
+    assert set(vars(cf.Future())) <= set(vars(held[0])) | {"_done_callbacks"}
 
 
 def test_map_len_and_progress_count_items(rc, monkeypatch, capsys):
