@@ -399,8 +399,7 @@ class Client(errors.SaysWhyAbsent):
             value = protocol.deserialize_from_task(parts) if parts else None
         except Exception as e:   # where, as an engine's own error says it
             kind = {reply: kind for kind, reply in protocol.REPLY.items()}.get(header.get("kind"))
-            return f.set_exception(errors.error(
-                "SerializationError",
+            return f.set_exception(errors.error("SerializationError",
                 f"could not unpickle the result of {f.msg_id}: {type(e).__name__}: {e}; is "
                 "the module that defines it importable here?"
                 f"{protocol.version_skew(md['engine_id'], self._engines, ' ')}",
@@ -1363,8 +1362,7 @@ class DirectView(_View):
                 continue
             sizes.append(len(chunks[0]))
             futures.append(self.client.send_apply(f, tuple(chunks), {}, engine_id=eid,
-                                                  fparts=fparts, map=elementwise,
-                                                  **self._label()))
+                                                  fparts=fparts, map=elementwise, **self._label()))
         ar = AsyncResult(self.client, futures, fname=getattr(f, "__name__", "map"), mapping=True)
         ar._sizes = sizes if elementwise else None
         return ar
@@ -1434,13 +1432,15 @@ class LoadBalancedView(_View):
 
     # ------------------------------------------------------------ header fields
 
-    def _task_fields(self):
-        targets = self._target_list()
+    def _task_fields(self):   # the flags set only: a plain task hands down 1 keyword, not 9
+        fields, targets = {"lb": True, **self._label()}, self._target_list()
         if targets is not None:
-            targets = [targets] if isinstance(targets, int) else list(targets)
-        return {"lb": True, "targets": targets, **dependency_fields(self.after, self.follow),
-                "timeout": self.timeout, "retries": self.retries or None,
-                "time_limit": self.time_limit, **self._label()}
+            fields["targets"] = [targets] if isinstance(targets, int) else list(targets)
+        if self._after is not None or self._follow is not None:
+            fields.update(dependency_fields(self._after, self._follow))
+        fields.update(timeout=self._timeout, retries=self._retries or None,
+                      time_limit=self._time_limit)
+        return {k: v for k, v in fields.items() if v is not None}
 
     # ------------------------------------------------------------ submission
 
@@ -1479,8 +1479,8 @@ class LoadBalancedView(_View):
 
     def _send_dormant(self, g, args, kwargs, gparts, fields, rid, extra):
         return self.client.send_apply(
-            g, args, kwargs, fparts=gparts, lb=True, dormant=True, targets=fields["targets"],
-            time_limit=fields["time_limit"], recovery=rid,
+            g, args, kwargs, fparts=gparts, lb=True, dormant=True, targets=fields.get("targets"),
+            time_limit=fields.get("time_limit"), recovery=rid,
             **dict(extra, **({"dependent": True} if isinstance(g, dependent) else {})))
 
     def _apply(self, f, args, kwargs, fparts=None, fields=None, **extra):
