@@ -22,6 +22,7 @@ import sys
 import pytest
 
 from minipar import launcher, ssh
+from minipar.batch import PBSEngineSetLauncher, SGEEngineSetLauncher
 from minipar.launcher import Cluster
 
 from .helpers import wait_until
@@ -377,12 +378,14 @@ needs_pbs = pytest.mark.skipif(
     reason="no PBS qsub over a running Slurm (run .ci/setup_slurm.sh and .ci/setup_pbs.sh)")
 
 
+PBS_COMMANDS = {f"{what}_command": [os.path.join(PBS_BIN, prog)]
+                for what, prog in (("submit", "qsub"), ("delete", "qdel"), ("status", "qstat"))}
+
+
 @needs_pbs
 def test_pbs_engines(pids, tmp_path, slurm_env):
-    commands = {f"{what}_command": [os.path.join(PBS_BIN, prog)]
-                for what, prog in (("submit", "qsub"), ("delete", "qdel"), ("status", "qstat"))}
     cluster = Cluster(n=2, engines="pbs", profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS,
-                      shutdown_atexit=False, timeout=120, engine_options=commands)
+                      shutdown_atexit=False, timeout=120, engine_options=PBS_COMMANDS)
 
     def script(rc):
         (launcher,) = cluster.engines.values()
@@ -401,15 +404,21 @@ needs_sge = pytest.mark.skipif(
     reason="no Grid Engine qmaster answering (run .ci/setup_sge.sh)")
 
 
-@needs_sge
-def test_sge_engines(pids, tmp_path, monkeypatch):
+# SGE's own qsub, even where the PBS wrappers are also on PATH
+SGE_COMMANDS = {"submit_command": ["/usr/bin/qsub"], "delete_command": ["/usr/bin/qdel"],
+                "status_command": ["/usr/bin/qstat"]}
+
+
+@pytest.fixture
+def sge_env(monkeypatch):
     for k, v in SGE_ENV.items():
         monkeypatch.setenv(k, v)
-    # SGE's own qsub, even where the PBS wrappers are also on PATH
-    commands = {"submit_command": ["/usr/bin/qsub"], "delete_command": ["/usr/bin/qdel"],
-                "status_command": ["/usr/bin/qstat"]}
+
+
+@needs_sge
+def test_sge_engines(pids, tmp_path, sge_env):
     cluster = Cluster(n=2, engines="sge", profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS,
-                      shutdown_atexit=False, timeout=120, engine_options=commands)
+                      shutdown_atexit=False, timeout=120, engine_options=SGE_COMMANDS)
 
     def array(rc):
         tasks = rc[:].apply_sync(lambda: __import__("os").environ.get("SGE_TASK_ID"))
@@ -458,27 +467,60 @@ def test_slurm_sigterm_while_cli_start_waits_deletes_the_job(pids, tmp_path, slu
     assert queued() == [], "the job was left in the queue"
 
 
-@needs_slurm
-def test_slurm_job_of_a_script_killed_by_sigkill_is_deleted(pids, tmp_path, slurm_env):
-    """`kill -9` of a script in ``with Cluster(engines="slurm")``: no atexit runs, and its
-    engines' job, still pending, gets no shutdown message; the controller (--owner) sees
-    the script gone and has the cluster's launchers stop it (scancel)."""
+def _kill_batch_starter(pids, tmp_path, engines, queued, n=500, **options):
+    """`kill -9` of a script in ``with Cluster(engines=...)`` whose engines' job waits in
+    the queue: no atexit runs, and the job gets no shutdown message; the controller
+    (--owner) sees the script gone and has the cluster's launchers delete it. `queued()`:
+    the job's ids still in the queue, given the job id the cluster file records."""
     prof = tmp_path / "p"
     script = (f"from minipar.launcher import Cluster\n"
-              f"with Cluster(n=500, engines='slurm', profile_dir={str(prof)!r}, "
-              f"controller_args={CTL_ARGS!r}, timeout=120) as rc:\n    pass\n")
+              f"with Cluster(n={n}, engines={engines!r}, profile_dir={str(prof)!r}, "
+              f"controller_args={CTL_ARGS!r}, timeout=120, engine_options={options!r}) as rc:\n"
+              f"    pass\n")
     p = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=ROOT),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pids.add(p.pid)
 
-    def queued():
-        return _slurm_jobs_under(tmp_path)
+    def job_id():
+        for name in os.listdir(prof / "security") if os.path.isdir(prof / "security") else ():
+            if name.startswith("cluster-"):
+                with open(prof / "security" / name) as f:
+                    for e in json.load(f)["engines"].values():
+                        return e["state"].get("job_id")
 
-    wait_until(queued, 60, "the engines' job in the queue")
+    wait_until(lambda: job_id() and queued(job_id()), 60, "the engines' job in the queue")
+    job = job_id()
     pids.add(json.load(open(prof / "security" / "minipar-client.json"))["pid"])
     p.kill()
     p.wait(20)
-    wait_until(lambda: not queued(), 60, "the job deleted once the script was killed")
+    wait_until(lambda: not queued(job), 60, "the job deleted once the script was killed")
     wait_until(lambda: not [f for f in os.listdir(prof / "security") if f.startswith("cluster-")],
                30, "the cluster file removed")
     assert pids.wait_gone(20) == []
+
+
+@needs_slurm
+def test_slurm_job_of_a_script_killed_by_sigkill_is_deleted(pids, tmp_path, slurm_env):
+    """More engines than CPUs keep the job pending."""
+    _kill_batch_starter(pids, tmp_path, "slurm", lambda job: _slurm_jobs_under(tmp_path))
+
+
+@needs_pbs
+def test_pbs_job_of_a_script_killed_by_sigkill_is_deleted(pids, tmp_path, slurm_env):
+    """A held job (#PBS -h) stays queued: a job array of more tasks than CPUs would start
+    some of them."""
+    template = PBSEngineSetLauncher.default_template.replace("#PBS -V", "#PBS -V\n#PBS -h")
+    _kill_batch_starter(pids, tmp_path, "pbs", lambda job: _slurm_jobs_under(tmp_path), n=2,
+                        batch_template=template, **PBS_COMMANDS)
+
+
+@needs_sge
+def test_sge_job_of_a_script_killed_by_sigkill_is_deleted(pids, tmp_path, sge_env):
+    """A held job (#$ -h) stays queued (qw) for good."""
+    template = SGEEngineSetLauncher.default_template.replace("#$ -V", "#$ -V\n#$ -h")
+
+    def queued(job):
+        return _works(["/usr/bin/qstat", "-j", job], SGE_ENV)
+
+    _kill_batch_starter(pids, tmp_path, "sge", queued, n=2, batch_template=template,
+                        **SGE_COMMANDS)
