@@ -121,8 +121,7 @@ class EngineStartError(LauncherError):
 def _check_n(n):
     """`n` engines: a whole number >= 0 (None, the CPU count, is the caller's to handle)."""
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
-        raise ValueError(f"n={n!r}: the number of engines is a whole number >= 0, or None "
-                         "for the CPU count")
+        raise ValueError(f"n={n!r}: give a whole number of engines >= 0, or None for the CPU count")
     return n
 
 
@@ -439,6 +438,7 @@ class LocalProcessLauncher(BaseLauncher):
     """One local subprocess; its stdout and stderr go to a log file under the profile."""
 
     role = "process"
+    stdin = subprocess.DEVNULL  # ssh's is a pipe (ssh.py)
     _state = ("pid", "pid_start", "args")
 
     def __init__(self, **kwargs):
@@ -458,7 +458,7 @@ class LocalProcessLauncher(BaseLauncher):
         # it comes once this launcher runs, watched (not inside Popen), so stop() finds us
         with _signals_deferred(), open(self.output_file, "ab") as out:
             try:
-                self.process = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=out,
+                self.process = subprocess.Popen(self.args, stdin=self.stdin, stdout=out,
                                                 stderr=subprocess.STDOUT, env=self._child_env(),
                                                 start_new_session=True)
             except FileNotFoundError:

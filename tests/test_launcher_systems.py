@@ -322,6 +322,43 @@ def test_ssh_engine_file_sent_by_an_scp_that_then_hangs_is_removed(pids, tmp_pat
     assert not [f for f in os.listdir(remote / "security") if f.endswith(".json")]
 
 
+@needs_ssh
+def test_ssh_ctrl_c_before_the_remote_pid_came_ends_the_engine(pids, tmp_path):
+    """A Ctrl-C while start() waits for the remote shell's pid line (held back here, as by a
+    slow link, after the engine started): stop() has no pid to kill, and the engine ran on
+    for as long as its controller did. Now its shell kills it when ssh's stdin closes."""
+    slow = tmp_path / "slow-ssh"
+    slow.write_text('#!/bin/sh\ncase "$*" in\n'
+                    '*minipar-remote-pid*) ssh "$@" | { sleep 600; cat; } ;;\n'
+                    '*) exec ssh "$@" ;;\nesac\n')
+    slow.chmod(0o755)
+    prof = str(tmp_path / "p")
+    cluster = Cluster(n=0, profile_dir=prof, controller_args=CTL_ARGS)
+    cluster.start_controller_sync()
+    try:
+        rc = cluster.connect_client_sync()
+        pids.add_cluster(cluster)
+        options = {"engines": {"127.0.0.1": 1}, "ssh_cmd": [str(slow)],
+                   "ssh_args": ["-F", SSH_CONFIG], "remote_profile_dir": str(tmp_path / "r")}
+        script = (f"from minipar.ssh import SSHEngineSetLauncher\n"
+                  f"SSHEngineSetLauncher(profile_dir={prof!r}, **{options!r}).start()\n")
+        p = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=ROOT),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        pids.add(p.pid)
+        wait_until(lambda: rc.ids, 60, "the engine registered")
+        (engine,) = rc[:].apply_sync(os.getpid)
+        pids.add(engine)
+        p.send_signal(signal.SIGINT)
+        out = p.communicate(timeout=60)[0]
+        assert "KeyboardInterrupt" in out, out
+        wait_until(lambda: not alive(engine), 30, "the engine ended by its remote shell")
+    finally:
+        cluster.stop_cluster_sync()
+    assert pids.wait_gone(20) == []
+    with pytest.raises(ValueError, match="leave out -n"):   # no stdin for the remote shell
+        Cluster(n=1, engines="ssh", engine_options={"ssh_args": ["-n"]}).start_engines_sync()
+
+
 # ---------------------------------------------------------------- Slurm
 
 SLURM_CONF = os.environ.get("SLURM_CONF") or os.path.join(CI_DIR, "slurm", "slurm.conf")
