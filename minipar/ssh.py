@@ -66,6 +66,28 @@ def _ssh_args(args):
     return args
 
 
+def _host_specs(engines):
+    """{host: (n, [engine args])} from an SSHEngineSetLauncher's `engines`, or a ValueError
+    showing the shapes it takes (a list of hosts, or "2" from a JSON string, are not)."""
+    def count(n):
+        return isinstance(n, int) and not isinstance(n, bool) and n >= 0
+
+    def spec_of(spec):
+        if count(spec):
+            return spec, []
+        if (isinstance(spec, (list, tuple)) and len(spec) == 2 and count(spec[0])
+                and isinstance(spec[1], (list, tuple))):
+            return spec[0], [str(a) for a in spec[1]]
+        return None
+    specs = ({host: spec_of(spec) for host, spec in engines.items()}
+             if isinstance(engines, dict) else {None: None})
+    if None in specs.values():
+        raise ValueError(f"engines={engines!r}: give {{host: number of engines}} or "
+                         "{host: [n, [engine args]]}, e.g. {'node1': 4, 'node2': "
+                         "[2, ['--log-level', 'DEBUG']]}")
+    return specs
+
+
 class SSHLauncher(LocalProcessLauncher):
     """One program on `hostname`, through a local ``ssh`` that lives as long as it does.
 
@@ -290,7 +312,8 @@ class SSHEngineSetLauncher(EngineSetLauncher):
         super().__init__(**kwargs)
         if connection not in ("scp", "env", "shared"):
             raise ValueError(f"connection must be 'scp', 'env' or 'shared', not {connection!r}")
-        self.engines = dict(engines or {})
+        self.engines = engines or {}
+        self._specs = _host_specs(self.engines)   # refused now, not from inside start()
         self.ssh_cmd = list(ssh_cmd)
         self.ssh_args = _ssh_args(ssh_args)
         self.scp_cmd = list(scp_cmd)
@@ -301,10 +324,7 @@ class SSHEngineSetLauncher(EngineSetLauncher):
         self.sent_files = {}  # host -> path of its copy of the engine file
 
     def _hosts(self, n):
-        if not self.engines:
-            return {"localhost": (self._default_n(n), [])}
-        return {host: (spec, []) if isinstance(spec, int) else (spec[0], list(spec[1]))
-                for host, spec in self.engines.items()}
+        return self._specs or {"localhost": (self._default_n(n), [])}
 
     def _child(self, host, args, connection_file, env):
         return SSHEngineLauncher(

@@ -299,6 +299,22 @@ def test_engines_whose_program_is_not_installed_say_so(pids, kind, options):
     assert not alive(cluster.controller.pid)
 
 
+@pytest.mark.parametrize("engines", [["node1", "node2"], {"node1": "2"}, {"node1": [2]}, "node1"])
+def test_ssh_engines_in_a_shape_it_does_not_take_say_which_it_does(pids, tmp_path, engines):
+    # was: "dictionary update sequence element #0 has length 9; 2 is required", or an
+    # IndexError's traceback from inside start(), with the controller started
+    cluster = Cluster(n=2, engines="ssh", engine_options={"engines": engines},
+                      profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS)
+    with pytest.raises(ValueError, match=r"give \{host: number of engines\} or "):
+        cluster.start_and_connect_sync()
+    pids.add(cluster.controller.pid)
+    assert not alive(cluster.controller.pid)
+    out = cli("start", "-n", "2", "--engines", "ssh", "--profile-dir", str(tmp_path / "q"),
+              "--engine-options", json.dumps({"engines": engines}))
+    assert out.returncode == 1 and "{'node1': 4, 'node2': [2, " in out.stderr and \
+        "Traceback" not in out.stderr, out.stderr
+
+
 def test_unknown_launcher_options_are_named_at_once(pids, tmp_path):
     with pytest.raises(ValueError, match=r"^engine_options: LocalEngineSetLauncher takes no "
                                          r"option 'mpi_args'; its options are env, "
