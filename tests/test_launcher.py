@@ -1059,6 +1059,7 @@ def test_documented_status_output_of_pbs_sge_slurm():
     assert launcher.SGELauncher.parse_status(0, qstat_sge, "3") == "done"
     assert launcher.SGELauncher.parse_status(
         0, qstat_sge.replace(" r  ", " qw "), "2") == "pending"
+    assert launcher.SGELauncher.parse_status(0, qstat_sge.replace(" qw ", " Eqw"), "2") == "error"
     assert launcher.SGELauncher().parse_job_id(
         'Your job-array 2.1-2:1 ("mt") has been submitted') == "2"
     assert launcher.SlurmLauncher.parse_status(0, "RUNNING\nPENDING\n", "1") == "running"

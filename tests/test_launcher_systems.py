@@ -464,6 +464,25 @@ def test_sge_engines(pids, tmp_path, sge_env):
     run_cluster_through_cli(pids, cluster, 2, array)
 
 
+@needs_sge
+def test_sge_job_in_an_error_state_fails_the_start_saying_why(pids, tmp_path, sge_env):
+    """An output path the execution host cannot write (a profile dir on no shared file
+    system, say) puts the job in Eqw, where it stays: the start waited its whole timeout
+    and called the job pending. Now it fails at once with SGE's reason; the job is deleted."""
+    template = SGEEngineSetLauncher.default_template.replace("{output_file}",
+                                                             "/nonexistent/minipar/out")
+    cluster = Cluster(n=2, engines="sge", profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS,
+                      timeout=60, engine_options={"batch_template": template, **SGE_COMMANDS})
+    with pytest.raises(launcher.EngineStartError) as e:
+        cluster.start_and_connect_sync()
+    pids.add_cluster(cluster)
+    assert "error state" in str(e.value) and "can't open output file" in str(e.value), \
+        str(e.value)
+    job = re.search(r"sge job (\d+)", str(e.value))[1]
+    wait_until(lambda: not _works(["/usr/bin/qstat", "-j", job], SGE_ENV), 30, "the job deleted")
+    assert pids.wait_gone(20) == []
+
+
 @needs_slurm
 def test_slurm_job_left_pending_says_so_and_is_deleted(pids, tmp_path, slurm_env):
     """More engines than the machine has CPUs: the job waits in the queue for good."""
