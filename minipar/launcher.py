@@ -145,9 +145,9 @@ def _descendants(pids):
         procs = [int(e) for e in os.listdir("/proc") if e.isdigit()]
     except OSError:
         return []
-    for pid in procs:
+    for pid in procs:   # never this process: the `launcher stop` a controller starts is its child
         ppid = protocol.proc_stat(pid, 1)
-        if ppid is not None:
+        if ppid is not None and pid != os.getpid():
             children.setdefault(ppid, []).append(pid)
     found = list(pids)
     for pid in found:   # the list grows as it is read: children's children are looked up too
