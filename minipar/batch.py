@@ -21,7 +21,8 @@ How a job is followed::
 
     start(): the template rendered -> <log_dir>/<kind>-<role>-<cluster_id>-<hex>.sh
              -> the submit command -> job id (job_id_regexp) -> running; a watcher
-             thread asks the status command every poll_interval until it says 'done'
+             thread asks the status command every poll_interval until it says 'done',
+             or 'error' (a job that will never run: deleted, why in its output)
     stop():  the delete command, then the status until 'done' (the batch system's own
              SIGTERM-then-SIGKILL grace), bounded by max(stop_timeout, 30 s)
 
@@ -153,8 +154,13 @@ class BatchSystemLauncher(BaseLauncher):
 
     @staticmethod
     def parse_status(returncode, output, job_id):
-        """'pending', 'running' or 'done' from the status command's result."""
+        """'pending', 'running' or 'done' from the status command's result; 'error' for a
+        job the batch system will not run until someone acts (SGE's Eqw)."""
         raise NotImplementedError
+
+    def error_reason(self):
+        """Why the batch system put the job in an error state, in its own words."""
+        return ""
 
     def job_status(self):
         r = self._run([*self.status_command, self.job_id])
@@ -190,7 +196,10 @@ class BatchSystemLauncher(BaseLauncher):
         def run():
             while self.state == RUNNING:
                 try:
-                    if self.job_status() == "done":
+                    status = self.job_status()
+                    if status == "error":   # else the start waits its whole timeout
+                        self._drop_failed_job()
+                    if status in ("done", "error"):
                         break
                 except (OSError, subprocess.SubprocessError) as e:
                     log.warning("%s: status of job %s: %s", self.kind, self.job_id, e)
@@ -199,6 +208,16 @@ class BatchSystemLauncher(BaseLauncher):
         self._watcher = threading.Thread(target=run, daemon=True,
                                          name=f"minipar-watch-{self.kind}-{self.job_id}")
         self._watcher.start()
+
+    def _drop_failed_job(self):
+        # executes in the watcher thread: the reason goes where get_output() reads
+        reason = self.error_reason()
+        with contextlib.suppress(OSError):
+            with open(self.output_file, "a") as f:
+                f.write(f"{self.kind} job {self.job_id} is in an error state, in which it will "
+                        f"never start; deleted it ({shlex.join(self.delete_command)}). "
+                        f"{reason or 'The status command did not say why.'}\n")
+        self._run([*self.delete_command, self.job_id])
 
     def _reconstruct(self):
         if self.job_status() == "done":
@@ -373,12 +392,21 @@ class SGELauncher(BatchSystemLauncher):
         r = self._run(list(self.status_command))  # qstat lists every task of the user's jobs
         return self.parse_status(r.returncode, r.stdout, self.job_id)
 
+    def error_reason(self):
+        # "error reason    1:  12/07/2026 01:18:52 [0:14858]: error: can't open output file"
+        cmd = [*self.status_command, "-j", self.job_id]
+        lines = [line.split(None, 2)[2] for line in self._run(cmd).stdout.splitlines()
+                 if line.startswith("error reason") and len(line.split(None, 2)) == 3]
+        return f"{shlex.join(cmd)} says:\n" + "\n".join(lines) if lines else ""
+
     @staticmethod
     def parse_status(returncode, output, job_id):
         # job-ID prior name user state submit/start-at queue slots ja-task-ID
         if returncode:
             return "done"
         states = [r[4] for r in _rows(output, "job-ID") if len(r) >= 5 and r[0] == job_id]
+        if any("E" in s for s in states):   # Eqw: it failed to start (a path, a shell)
+            return "error"
         if any(set(s) & set("rtRsSTh") and "qw" not in s for s in states):
             return "running"
         return "pending" if states else "done"

@@ -120,8 +120,7 @@ class EngineStartError(LauncherError):
 def _check_n(n):
     """`n` engines: a whole number >= 0 (None, the CPU count, is the caller's to handle)."""
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
-        raise ValueError(f"n={n!r}: the number of engines is a whole number >= 0, or None "
-                         "for the CPU count")
+        raise ValueError(f"n={n!r}: give a whole number of engines >= 0, or None for the CPU count")
     return n
 
 
@@ -132,9 +131,9 @@ def _descendants(pids):
         procs = [int(e) for e in os.listdir("/proc") if e.isdigit()]
     except OSError:
         return []
-    for pid in procs:
+    for pid in procs:   # never this process: the `launcher stop` a controller starts is its child
         ppid = protocol.proc_stat(pid, 1)
-        if ppid is not None:
+        if ppid is not None and pid != os.getpid():
             children.setdefault(ppid, []).append(pid)
     found = list(pids)
     for pid in found:   # the list grows as it is read: children's children are looked up too
@@ -425,6 +424,7 @@ class LocalProcessLauncher(BaseLauncher):
     """One local subprocess; its stdout and stderr go to a log file under the profile."""
 
     role = "process"
+    stdin = subprocess.DEVNULL  # ssh's is a pipe (ssh.py)
     _state = ("pid", "pid_start", "args")
 
     def __init__(self, **kwargs):
@@ -444,7 +444,7 @@ class LocalProcessLauncher(BaseLauncher):
         # it comes once this launcher runs, watched (not inside Popen), so stop() finds us
         with _signals_deferred(), open(self.output_file, "ab") as out:
             try:
-                self.process = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=out,
+                self.process = subprocess.Popen(self.args, stdin=self.stdin, stdout=out,
                                                 stderr=subprocess.STDOUT, env=self._child_env(),
                                                 start_new_session=True)
             except FileNotFoundError:

@@ -5,7 +5,7 @@ The launcher contract is launcher.py's; these are LocalProcessLaunchers whose pr
 
 Map of the module::
 
-    SSHLauncher                      ssh HOST 'python -m <pkg>.X & echo pid; wait'
+    SSHLauncher                      ssh HOST 'python -m <pkg>.X & echo pid; read || kill; wait'
       SSHEngineLauncher              one engine; its engine file already on the host
       SSHControllerLauncher          the controller; its connection files fetched with scp
     SSHEngineSetLauncher             {host: n} of SSHEngineLaunchers; the engine file sent
@@ -15,6 +15,8 @@ Who talks to whom::
 
     this process --ssh HOST--> remote shell --> python -m <pkg>.engine|controller
         |  (the local ssh ends when the remote program does: the watcher notices)
+        +--a newline on ssh's stdin, once the pid is read: "keep it"; EOF before it
+        |  (a Ctrl-C, this process or its ssh killed) has the remote shell kill it
         +--ssh HOST 'kill -SIG pid'--> the remote program (stop / signal)
         +--scp--> engine file to HOST; controller's files from HOST
 
@@ -56,19 +58,54 @@ def _no_answer(what, cmd, ssh, host):
         "ssh_args=['-o', 'ConnectTimeout=10'] to have ssh say why sooner")
 
 
+def _ssh_args(args):
+    args = [str(a) for a in args]
+    if "-n" in args:
+        raise ValueError(f"ssh_args {args}: leave out -n; the remote shell reads ssh's stdin "
+                         "and ends the program if it closes before the launcher has its pid")
+    return args
+
+
+def _host_specs(engines):
+    """{host: (n, [engine args])} from an SSHEngineSetLauncher's `engines`, or a ValueError
+    showing the shapes it takes (a list of hosts, or "2" from a JSON string, are not)."""
+    def count(n):
+        return isinstance(n, int) and not isinstance(n, bool) and n >= 0
+
+    def spec_of(spec):
+        if count(spec):
+            return spec, []
+        if (isinstance(spec, (list, tuple)) and len(spec) == 2 and count(spec[0])
+                and isinstance(spec[1], (list, tuple))):
+            return spec[0], [str(a) for a in spec[1]]
+        return None
+    specs = ({host: spec_of(spec) for host, spec in engines.items()}
+             if isinstance(engines, dict) else {None: None})
+    if None in specs.values():
+        raise ValueError(f"engines={engines!r}: give {{host: number of engines}} or "
+                         "{host: [n, [engine args]]}, e.g. {'node1': 4, 'node2': "
+                         "[2, ['--log-level', 'DEBUG']]}")
+    return specs
+
+
 class SSHLauncher(LocalProcessLauncher):
     """One program on `hostname`, through a local ``ssh`` that lives as long as it does.
 
     The remote shell starts the program in the background, prints its pid and waits for
     it, so the local ssh ends exactly when the program does (the watcher notices) and its
     output is the program's. Killing the local ssh would leave the program running (no
-    tty), so stop() and signal() run ``kill`` on the host instead. The remote profile dir
-    is created when missing; `remote_python` defaults to this interpreter's path (the same
-    installation on every host, or a shared file system).
+    tty), so stop() and signal() run ``kill`` on the host instead. Before the pid is read
+    here there is none to kill: the remote shell waits for a newline on its stdin (ssh's, a
+    pipe from here), sent once the pid is read, and kills the program if the pipe closes
+    first, so a Ctrl-C during start() or the death of this process ends it (hence no ``-n``
+    in `ssh_args`). The remote profile dir is created when missing; `remote_python`
+    defaults to this interpreter's path (the same installation on every host, or a shared
+    file system).
     """
 
     kind = "ssh"
     module = ""  # the program: python -m <pkg>.<module>
+    stdin = subprocess.PIPE  # closed with no newline: the remote shell kills the program
     _options = ("hostname", "ssh_cmd", "ssh_args", "remote_python", "remote_profile_dir",
                 "remote_env")
     _state = ("remote_pid",)
@@ -79,7 +116,7 @@ class SSHLauncher(LocalProcessLauncher):
         super().__init__(**kwargs)
         self.hostname = hostname
         self.ssh_cmd = [str(a) for a in ssh_cmd]
-        self.ssh_args = [str(a) for a in ssh_args]
+        self.ssh_args = _ssh_args(ssh_args)
         self.remote_python = remote_python
         self.remote_profile_dir = remote_profile_dir or self.profile_dir
         self.remote_env = dict(remote_env) if remote_env is not None else {
@@ -96,8 +133,8 @@ class SSHLauncher(LocalProcessLauncher):
     def remote_command(self, prepare=""):
         env = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in self.remote_env.items())
         return (f"{prepare}mkdir -p {shlex.quote(self.remote_profile_dir)}; {env} "
-                f"{shlex.join(self.remote_args())} </dev/null & "
-                "echo minipar-remote-pid $!; wait $!")
+                f"{shlex.join(self.remote_args())} </dev/null & trap '' PIPE; "
+                "echo minipar-remote-pid $!; read -r keep || kill $!; wait $!")
 
     def find_args(self):
         return self.ssh(self.remote_command())
@@ -114,7 +151,9 @@ class SSHLauncher(LocalProcessLauncher):
         while (self._read_remote_pid() is None and self.state == RUNNING
                and time.monotonic() < deadline):
             time.sleep(0.05)
-        if self.remote_pid is None:
+        if self.remote_pid is not None:
+            self._close_stdin(b"\n")   # keep the program: stop() kills it by its pid now
+        else:
             out, silent = self.get_output(), self.state == RUNNING
             self.stop()
             if silent and not out.strip():   # ssh still waiting for the host
@@ -132,6 +171,15 @@ class SSHLauncher(LocalProcessLauncher):
                      f"{_PKG}, pyzmq and cloudpickle, or remote_env={{'PYTHONPATH': <the folder "
                      f"holding {_PKG} there>}} (now {self.remote_env})\n")
         return text
+
+    def _close_stdin(self, data=b""):
+        # once: EOF with no newline before it tells the remote shell to kill the program
+        if self.process is not None and not self.process.stdin.closed:
+            with contextlib.suppress(OSError):   # ssh gone already: so is its remote shell
+                self.process.stdin.write(data)
+                self.process.stdin.flush()
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
 
     def remote_kill(self, sig):
         """``kill -SIG pid`` on the host (bounded: ssh's ConnectTimeout and ours)."""
@@ -151,8 +199,9 @@ class SSHLauncher(LocalProcessLauncher):
     def stop(self):
         if self.state == BEFORE:
             return None
-        # the pid may have come after a Ctrl-C ended start()'s wait for it; without it,
-        # only the local ssh can be stopped
+        # a Ctrl-C may have ended start()'s wait for the pid: EOF with no newline has the
+        # remote shell kill the program, whether the pid came here meanwhile or not
+        self._close_stdin()
         if self.state == RUNNING and self._read_remote_pid() is not None:
             self.remote_kill(signal.SIGTERM)
             if not self.wait(self.stop_timeout):
@@ -263,9 +312,10 @@ class SSHEngineSetLauncher(EngineSetLauncher):
         super().__init__(**kwargs)
         if connection not in ("scp", "env", "shared"):
             raise ValueError(f"connection must be 'scp', 'env' or 'shared', not {connection!r}")
-        self.engines = dict(engines or {})
+        self.engines = engines or {}
+        self._specs = _host_specs(self.engines)   # refused now, not from inside start()
         self.ssh_cmd = list(ssh_cmd)
-        self.ssh_args = list(ssh_args)
+        self.ssh_args = _ssh_args(ssh_args)
         self.scp_cmd = list(scp_cmd)
         self.remote_python = remote_python
         self.remote_profile_dir = remote_profile_dir
@@ -274,10 +324,7 @@ class SSHEngineSetLauncher(EngineSetLauncher):
         self.sent_files = {}  # host -> path of its copy of the engine file
 
     def _hosts(self, n):
-        if not self.engines:
-            return {"localhost": (self._default_n(n), [])}
-        return {host: (spec, []) if isinstance(spec, int) else (spec[0], list(spec[1]))
-                for host, spec in self.engines.items()}
+        return self._specs or {"localhost": (self._default_n(n), [])}
 
     def _child(self, host, args, connection_file, env):
         return SSHEngineLauncher(

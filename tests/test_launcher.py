@@ -301,6 +301,22 @@ def test_engines_whose_program_is_not_installed_say_so(pids, kind, options):
     assert not alive(cluster.controller.pid)
 
 
+@pytest.mark.parametrize("engines", [["node1", "node2"], {"node1": "2"}, {"node1": [2]}, "node1"])
+def test_ssh_engines_in_a_shape_it_does_not_take_say_which_it_does(pids, tmp_path, engines):
+    # was: "dictionary update sequence element #0 has length 9; 2 is required", or an
+    # IndexError's traceback from inside start(), with the controller started
+    cluster = Cluster(n=2, engines="ssh", engine_options={"engines": engines},
+                      profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS)
+    with pytest.raises(ValueError, match=r"give \{host: number of engines\} or "):
+        cluster.start_and_connect_sync()
+    pids.add(cluster.controller.pid)
+    assert not alive(cluster.controller.pid)
+    out = cli("start", "-n", "2", "--engines", "ssh", "--profile-dir", str(tmp_path / "q"),
+              "--engine-options", json.dumps({"engines": engines}))
+    assert out.returncode == 1 and "{'node1': 4, 'node2': [2, " in out.stderr and \
+        "Traceback" not in out.stderr, out.stderr
+
+
 def test_unknown_launcher_options_are_named_at_once(pids, tmp_path):
     with pytest.raises(ValueError, match=r"^engine_options: LocalEngineSetLauncher takes no "
                                          r"option 'mpi_args'; its options are env, "
@@ -381,6 +397,35 @@ def test_cluster_stops_when_its_starter_is_killed(pids, tmp_path):
     wait_until(lambda: not any(alive(x) for x in cluster), 30, "the cluster to stop")
     log = (tmp_path / "p" / "log").glob("*controller*")
     assert any("owner process" in f.read_text() for f in log)
+
+
+def _run_launcher_stop(root, profile_dir, out):
+    # a task: `launcher stop` as a child of this engine, output in `out`; its pid
+    import os, subprocess, sys
+    with open(out, "w") as f:
+        return subprocess.Popen([sys.executable, "-m", "minipar.launcher", "stop", "--profile-dir",
+                                 profile_dir], stdout=f, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, PYTHONPATH=root), start_new_session=True).pid
+
+
+def test_launcher_stop_started_by_a_process_it_stops_does_not_kill_itself(pids, tmp_path):
+    """The `launcher stop` that a controller whose owner is gone starts is its child until
+    the controller has ended, which on a loaded machine can be after the stop has gathered
+    the controller's descendants: it took itself for one, and SIGKILLed itself after
+    stop_timeout, leaving the cluster file (the ssh kill -9 test failed so, now and then).
+    A task that stops its own cluster is a child of an engine the same way, for good."""
+    prof = str(tmp_path / "p")
+    cluster = Cluster(n=1, profile_dir=prof, controller_args=CTL_ARGS, shutdown_atexit=False)
+    rc = cluster.start_and_connect_sync()
+    try:
+        pids.add_cluster(cluster, rc)
+        out = tmp_path / "stop.out"
+        pids.add(rc[0].apply_sync(_run_launcher_stop, ROOT, prof, str(out)))
+        wait_until(lambda: "stopped cluster" in out.read_text(), 60, "`launcher stop` done")
+        assert pids.wait_gone(20) == []
+        assert not os.path.exists(cluster.cluster_file)
+    finally:
+        cluster.stop_cluster_sync()
 
 
 def test_a_cluster_whose_starter_was_killed_is_listed_as_stale_until_cleaned(pids, tmp_path):
@@ -1118,6 +1163,7 @@ def test_documented_status_output_of_pbs_sge_slurm():
     assert launcher.SGELauncher.parse_status(0, qstat_sge, "3") == "done"
     assert launcher.SGELauncher.parse_status(
         0, qstat_sge.replace(" r  ", " qw "), "2") == "pending"
+    assert launcher.SGELauncher.parse_status(0, qstat_sge.replace(" qw ", " Eqw"), "2") == "error"
     assert launcher.SGELauncher().parse_job_id(
         'Your job-array 2.1-2:1 ("mt") has been submitted') == "2"
     assert launcher.SlurmLauncher.parse_status(0, "RUNNING\nPENDING\n", "1") == "running"

@@ -22,6 +22,7 @@ import sys
 import pytest
 
 from minipar import launcher, ssh
+from minipar.batch import PBSEngineSetLauncher, SGEEngineSetLauncher
 from minipar.launcher import Cluster
 
 from .helpers import wait_until
@@ -321,6 +322,43 @@ def test_ssh_engine_file_sent_by_an_scp_that_then_hangs_is_removed(pids, tmp_pat
     assert not [f for f in os.listdir(remote / "security") if f.endswith(".json")]
 
 
+@needs_ssh
+def test_ssh_ctrl_c_before_the_remote_pid_came_ends_the_engine(pids, tmp_path):
+    """A Ctrl-C while start() waits for the remote shell's pid line (held back here, as by a
+    slow link, after the engine started): stop() has no pid to kill, and the engine ran on
+    for as long as its controller did. Now its shell kills it when ssh's stdin closes."""
+    slow = tmp_path / "slow-ssh"
+    slow.write_text('#!/bin/sh\ncase "$*" in\n'
+                    '*minipar-remote-pid*) ssh "$@" | { sleep 600; cat; } ;;\n'
+                    '*) exec ssh "$@" ;;\nesac\n')
+    slow.chmod(0o755)
+    prof = str(tmp_path / "p")
+    cluster = Cluster(n=0, profile_dir=prof, controller_args=CTL_ARGS)
+    cluster.start_controller_sync()
+    try:
+        rc = cluster.connect_client_sync()
+        pids.add_cluster(cluster)
+        options = {"engines": {"127.0.0.1": 1}, "ssh_cmd": [str(slow)],
+                   "ssh_args": ["-F", SSH_CONFIG], "remote_profile_dir": str(tmp_path / "r")}
+        script = (f"from minipar.ssh import SSHEngineSetLauncher\n"
+                  f"SSHEngineSetLauncher(profile_dir={prof!r}, **{options!r}).start()\n")
+        p = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=ROOT),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        pids.add(p.pid)
+        wait_until(lambda: rc.ids, 60, "the engine registered")
+        (engine,) = rc[:].apply_sync(os.getpid)
+        pids.add(engine)
+        p.send_signal(signal.SIGINT)
+        out = p.communicate(timeout=60)[0]
+        assert "KeyboardInterrupt" in out, out
+        wait_until(lambda: not alive(engine), 30, "the engine ended by its remote shell")
+    finally:
+        cluster.stop_cluster_sync()
+    assert pids.wait_gone(20) == []
+    with pytest.raises(ValueError, match="leave out -n"):   # no stdin for the remote shell
+        Cluster(n=1, engines="ssh", engine_options={"ssh_args": ["-n"]}).start_engines_sync()
+
+
 # ---------------------------------------------------------------- Slurm
 
 SLURM_CONF = os.environ.get("SLURM_CONF") or os.path.join(CI_DIR, "slurm", "slurm.conf")
@@ -377,12 +415,14 @@ needs_pbs = pytest.mark.skipif(
     reason="no PBS qsub over a running Slurm (run .ci/setup_slurm.sh and .ci/setup_pbs.sh)")
 
 
+PBS_COMMANDS = {f"{what}_command": [os.path.join(PBS_BIN, prog)]
+                for what, prog in (("submit", "qsub"), ("delete", "qdel"), ("status", "qstat"))}
+
+
 @needs_pbs
 def test_pbs_engines(pids, tmp_path, slurm_env):
-    commands = {f"{what}_command": [os.path.join(PBS_BIN, prog)]
-                for what, prog in (("submit", "qsub"), ("delete", "qdel"), ("status", "qstat"))}
     cluster = Cluster(n=2, engines="pbs", profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS,
-                      shutdown_atexit=False, timeout=120, engine_options=commands)
+                      shutdown_atexit=False, timeout=120, engine_options=PBS_COMMANDS)
 
     def script(rc):
         (launcher,) = cluster.engines.values()
@@ -401,21 +441,46 @@ needs_sge = pytest.mark.skipif(
     reason="no Grid Engine qmaster answering (run .ci/setup_sge.sh)")
 
 
-@needs_sge
-def test_sge_engines(pids, tmp_path, monkeypatch):
+# SGE's own qsub, even where the PBS wrappers are also on PATH
+SGE_COMMANDS = {"submit_command": ["/usr/bin/qsub"], "delete_command": ["/usr/bin/qdel"],
+                "status_command": ["/usr/bin/qstat"]}
+
+
+@pytest.fixture
+def sge_env(monkeypatch):
     for k, v in SGE_ENV.items():
         monkeypatch.setenv(k, v)
-    # SGE's own qsub, even where the PBS wrappers are also on PATH
-    commands = {"submit_command": ["/usr/bin/qsub"], "delete_command": ["/usr/bin/qdel"],
-                "status_command": ["/usr/bin/qstat"]}
+
+
+@needs_sge
+def test_sge_engines(pids, tmp_path, sge_env):
     cluster = Cluster(n=2, engines="sge", profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS,
-                      shutdown_atexit=False, timeout=120, engine_options=commands)
+                      shutdown_atexit=False, timeout=120, engine_options=SGE_COMMANDS)
 
     def array(rc):
         tasks = rc[:].apply_sync(lambda: __import__("os").environ.get("SGE_TASK_ID"))
         assert sorted(tasks) == ["1", "2"]
 
     run_cluster_through_cli(pids, cluster, 2, array)
+
+
+@needs_sge
+def test_sge_job_in_an_error_state_fails_the_start_saying_why(pids, tmp_path, sge_env):
+    """An output path the execution host cannot write (a profile dir on no shared file
+    system, say) puts the job in Eqw, where it stays: the start waited its whole timeout
+    and called the job pending. Now it fails at once with SGE's reason; the job is deleted."""
+    template = SGEEngineSetLauncher.default_template.replace("{output_file}",
+                                                             "/nonexistent/minipar/out")
+    cluster = Cluster(n=2, engines="sge", profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS,
+                      timeout=60, engine_options={"batch_template": template, **SGE_COMMANDS})
+    with pytest.raises(launcher.EngineStartError) as e:
+        cluster.start_and_connect_sync()
+    pids.add_cluster(cluster)
+    assert "error state" in str(e.value) and "can't open output file" in str(e.value), \
+        str(e.value)
+    job = re.search(r"sge job (\d+)", str(e.value))[1]
+    wait_until(lambda: not _works(["/usr/bin/qstat", "-j", job], SGE_ENV), 30, "the job deleted")
+    assert pids.wait_gone(20) == []
 
 
 @needs_slurm
@@ -458,27 +523,60 @@ def test_slurm_sigterm_while_cli_start_waits_deletes_the_job(pids, tmp_path, slu
     assert queued() == [], "the job was left in the queue"
 
 
-@needs_slurm
-def test_slurm_job_of_a_script_killed_by_sigkill_is_deleted(pids, tmp_path, slurm_env):
-    """`kill -9` of a script in ``with Cluster(engines="slurm")``: no atexit runs, and its
-    engines' job, still pending, gets no shutdown message; the controller (--owner) sees
-    the script gone and has the cluster's launchers stop it (scancel)."""
+def _kill_batch_starter(pids, tmp_path, engines, queued, n=500, **options):
+    """`kill -9` of a script in ``with Cluster(engines=...)`` whose engines' job waits in
+    the queue: no atexit runs, and the job gets no shutdown message; the controller
+    (--owner) sees the script gone and has the cluster's launchers delete it. `queued()`:
+    the job's ids still in the queue, given the job id the cluster file records."""
     prof = tmp_path / "p"
     script = (f"from minipar.launcher import Cluster\n"
-              f"with Cluster(n=500, engines='slurm', profile_dir={str(prof)!r}, "
-              f"controller_args={CTL_ARGS!r}, timeout=120) as rc:\n    pass\n")
+              f"with Cluster(n={n}, engines={engines!r}, profile_dir={str(prof)!r}, "
+              f"controller_args={CTL_ARGS!r}, timeout=120, engine_options={options!r}) as rc:\n"
+              f"    pass\n")
     p = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=ROOT),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pids.add(p.pid)
 
-    def queued():
-        return _slurm_jobs_under(tmp_path)
+    def job_id():
+        for name in os.listdir(prof / "security") if os.path.isdir(prof / "security") else ():
+            if name.startswith("cluster-"):
+                with open(prof / "security" / name) as f:
+                    for e in json.load(f)["engines"].values():
+                        return e["state"].get("job_id")
 
-    wait_until(queued, 60, "the engines' job in the queue")
+    wait_until(lambda: job_id() and queued(job_id()), 60, "the engines' job in the queue")
+    job = job_id()
     pids.add(json.load(open(prof / "security" / "minipar-client.json"))["pid"])
     p.kill()
     p.wait(20)
-    wait_until(lambda: not queued(), 60, "the job deleted once the script was killed")
+    wait_until(lambda: not queued(job), 60, "the job deleted once the script was killed")
     wait_until(lambda: not [f for f in os.listdir(prof / "security") if f.startswith("cluster-")],
                30, "the cluster file removed")
     assert pids.wait_gone(20) == []
+
+
+@needs_slurm
+def test_slurm_job_of_a_script_killed_by_sigkill_is_deleted(pids, tmp_path, slurm_env):
+    """More engines than CPUs keep the job pending."""
+    _kill_batch_starter(pids, tmp_path, "slurm", lambda job: _slurm_jobs_under(tmp_path))
+
+
+@needs_pbs
+def test_pbs_job_of_a_script_killed_by_sigkill_is_deleted(pids, tmp_path, slurm_env):
+    """A held job (#PBS -h) stays queued: a job array of more tasks than CPUs would start
+    some of them."""
+    template = PBSEngineSetLauncher.default_template.replace("#PBS -V", "#PBS -V\n#PBS -h")
+    _kill_batch_starter(pids, tmp_path, "pbs", lambda job: _slurm_jobs_under(tmp_path), n=2,
+                        batch_template=template, **PBS_COMMANDS)
+
+
+@needs_sge
+def test_sge_job_of_a_script_killed_by_sigkill_is_deleted(pids, tmp_path, sge_env):
+    """A held job (#$ -h) stays queued (qw) for good."""
+    template = SGEEngineSetLauncher.default_template.replace("#$ -V", "#$ -V\n#$ -h")
+
+    def queued(job):
+        return _works(["/usr/bin/qstat", "-j", job], SGE_ENV)
+
+    _kill_batch_starter(pids, tmp_path, "sge", queued, n=2, batch_template=template,
+                        **SGE_COMMANDS)
