@@ -950,7 +950,7 @@ class TaskClient(_ClassicClient):
 #   (ipyparallel streams by default inside IPython); streamed, each line has its prefix;
 #   --progress-after and --signal-on-interrupt are accepted and do nothing (no progress
 #   bar; Ctrl-C aborts the cell's work); an error shows the engines' plain Python
-#   tracebacks under [0:execute]:;
+#   tracebacks under [0:execute]: (the first CompositeError.tb_limit, as ipyparallel);
 # - a line %px also reads long options before its code (%px --targets 1 print(a)), and
 #   %%px --verbose prints the "Parallel execution on engine(s)" line for its cell.
 
@@ -1273,10 +1273,13 @@ def _display_stream(text, prefix, file):
 
 
 def _render_errors(error):
+    """The first ``tb_limit`` engines' tracebacks and how many more failed, as
+    ipyparallel's magics show a CompositeError: a typo on 100 engines is not 100."""
     lines = []
-    for e in getattr(error, "elist", None) or [error]:
+    composite = isinstance(error, CompositeError) and error.elist
+    for e in error.elist[:error.tb_limit] if composite else [error]:
         info = e.engine_info or {}
         lines.append(f"[{info.get('engine_id', '?')}:{info.get('kind', 'execute')}]: ")
         lines.extend((e.traceback or f"{e.ename}: {e.evalue}").splitlines())
         lines.append("")
-    return lines
+    return lines + (error._more() if composite else [])

@@ -80,6 +80,21 @@ def test_client_in_ipython_registers_the_magics(shell, ip_rc):
     assert "<minipar-execute" in out   # the remote traceback, not this process's
 
 
+def test_px_error_on_many_engines_shows_four_tracebacks(local_cluster, shell):
+    """As ipyparallel's magics (CompositeError.tb_limit): a %px that fails on six engines
+    shows the first four tracebacks and then how many more there are."""
+    local_cluster.start_engines(6)
+    local_cluster.client().wait_for_engines(6, START_TIMEOUT_S)
+    run(shell, f"import minipar\nrc = minipar.Client({local_cluster.client_file!r})")
+    try:
+        out = run(shell, "%px 1/0", ok=False)
+    finally:
+        shell.user_ns["rc"].close()
+    assert [f"[{i}:execute]: " in out for i in range(6)] == [True] * 4 + [False] * 2, out
+    assert out.count("ZeroDivisionError: division by zero") == 4
+    assert out.rstrip().endswith("... 2 more exceptions ...")
+
+
 def test_view_call_errors_show_the_engines_tracebacks(shell, ip_rc):
     """As ipyparallel's errors (their _render_traceback_), an engine's error raised by a
     view call shows in IPython as the engines' tracebacks, each after its [engine:kind]:,
