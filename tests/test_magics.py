@@ -5,6 +5,7 @@ real IPython InteractiveShell in this process against a real cluster; and IPytho
 import contextlib
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -110,6 +111,20 @@ def test_view_call_errors_show_the_engines_tracebacks(shell, ip_rc):
     # one made without a traceback (the controller's, for a lost engine) says what it is
     out = run(shell, "raise minipar.errors.error('EngineError', 'engine 2 died')", ok=False)
     assert out.strip() == "EngineError: engine 2 died", out
+
+
+def test_wait_interactive_in_ipython(shell, ip_rc):
+    """As ipyparallel's: rc.wait_interactive() returns None (no Out[n]) and, with nothing
+    outstanding, draws no bar; a bar's rate counts only the work done while it waits."""
+    assert run(shell, "rc.wait_interactive()") == ""
+    run(shell, "ar = rc[:].apply_async(abs, -1)\nar.get()")
+    out = run(shell, "rc.wait_interactive(ar)")
+    assert out == "", out
+    # done before the wait: 4/4 at once, at no rate (tqdm's '?', or the text bar's 0.00)
+    out = run(shell, "ar.wait_interactive()")
+    assert re.search(r"4/4 \[\d\d:\d\d<\?, (\?|0\.00 )tasks/s\]", out), out
+    out = run(shell, "import time\nrc[:].apply_async(time.sleep, 0.5)\nrc.wait_interactive()")
+    assert "4/4" in out and "Out[" not in out, out
 
 
 def test_px_cell_options(shell, ip_rc):
