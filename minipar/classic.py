@@ -1180,13 +1180,18 @@ class _ParallelMagics:
         if self._autopx is None:
             name = "px" + self.suffix
 
+            # ipyparallel's %autopx shows no Out[n] for a cell, not even a non-blocking
+            # one's AsyncResult (%pxresult shows it): IPython's ';' silences it. The
+            # classic one shows its <Results List>, as IPython.kernel's printed it.
+            quiet = "" if self.classic else ";"
+
             # among the first transformers, so the engines get the cell as typed (its
             # %magics and !commands are theirs to run)
             def to_px(lines):
                 code = "".join(lines)
                 if self._autopx_off.search(code):
                     return lines
-                return [f"get_ipython().run_cell_magic({name!r}, '', {code!r})\n"]
+                return [f"get_ipython().run_cell_magic({name!r}, '', {code!r}){quiet}\n"]
 
             # IPython's is-the-input-complete check skips it: an unfinished block (a
             # line ending in ':') still asks for more lines at the terminal

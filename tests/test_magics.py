@@ -214,6 +214,18 @@ def test_pxconfig_and_autopx(shell, ip_rc):
     assert run(shell, "print('here')") == "here\n"
 
 
+def test_autopx_noblock_shows_no_out(shell, ip_rc):
+    """As ipyparallel's %autopx: a non-blocking cell shows nothing (no Out[n] with its
+    AsyncResult); %pxresult shows its outputs."""
+    run(shell, "%pxconfig --noblock")
+    assert run(shell, "%autopx") == "%autopx enabled\n"
+    assert run(shell, "print('later')") == ""
+    assert run(shell, "%autopx") == "%autopx disabled\n"
+    assert run(shell, "%pxresult") == "".join(f"[stdout:{i}] later\n" for i in range(4))
+    out = run(shell, "%px print('async')")
+    assert out.startswith("Out[") and "AsyncResult" in out   # a plain %px still shows it
+
+
 def test_a_second_client_leaves_the_magics_to_the_first(cluster, shell, ip_rc):
     """As ipyparallel's: the first Client made in IPython registers %px; a later one (a
     helper, another cluster's) leaves it there, so closing that one breaks nothing. Once
