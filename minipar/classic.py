@@ -949,8 +949,9 @@ class TaskClient(_ClassicClient):
 # - a blocking %px prints the outputs when every engine is done unless --stream is given
 #   (ipyparallel streams by default inside IPython); streamed, each line has its prefix;
 #   --progress-after and --signal-on-interrupt are accepted and do nothing (no progress
-#   bar; Ctrl-C aborts the cell's work); an error shows the engines' plain Python
-#   tracebacks under [0:execute]: (the first CompositeError.tb_limit, as ipyparallel);
+#   bar; Ctrl-C aborts the cell's work and says so in one line); an error shows the
+#   engines' plain Python tracebacks under [0:execute]: (the first
+#   CompositeError.tb_limit, as ipyparallel);
 # - a line %px also reads long options before its code (%px --targets 1 print(a)), and
 #   %%px --verbose prints the "Parallel execution on engine(s)" line for its cell.
 
@@ -1080,9 +1081,21 @@ class _ParallelMagics:
             self.shell.run_cell(code)
         if not block:
             return pr
-        if self.classic:
-            return pr.get_result()
-        _show(ar, options.get("groupby", "type"), options.get("stream", self.stream))
+        groupby, stream = options.get("groupby", "type"), options.get("stream", self.stream)
+        try:
+            if self.classic:
+                return pr.get_result()
+            _show(ar, groupby, stream)
+        except KeyboardInterrupt as e:
+            # as ipyparallel's %px: what the engines printed so far, then the interrupt;
+            # but in one line saying what it aborts (the decorator does, on the way out),
+            # not a traceback through minipar's wait down to threading's lock
+            running = [f.metadata["engine_id"] for f in ar._children if not f.done()]
+            if not (self.classic or stream):
+                _display_outputs(ar, groupby)
+            said = f": %px{self.suffix} aborted its code on engine(s) {running}" if running else ""
+            e._render_traceback_ = lambda: ["KeyboardInterrupt" + said]
+            raise
 
     def pxconfig(self, line=""):
         """%pxconfig [--targets T] [--block|--noblock] [--verbose|--no-verbose]

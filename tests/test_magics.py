@@ -262,9 +262,12 @@ def test_activate_with_a_suffix(shell, ip_rc):
     assert run(shell, "%px print('all')") == "".join(f"[stdout:{i}] all\n" for i in range(4))
 
 
-def test_ctrl_c_in_a_blocking_px_stops_its_work(shell, ip_rc):
-    """Ctrl-C in a blocking %px aborts the code it started on the engines, as in a
-    blocking view call: they are free for the next cell, not busy for five minutes."""
+@pytest.mark.parametrize("magic", ["px", "autopx"])
+def test_ctrl_c_in_a_blocking_px_stops_its_work_and_says_so(shell, ip_rc, magic):
+    """Ctrl-C in a blocking %px (or an %autopx cell) aborts the code it started on the
+    engines, as in a blocking view call: they are free for the next cell, not busy for
+    five minutes. As ipyparallel's, it shows what the engines printed so far; then one
+    line saying what it aborted, not a traceback through minipar down to threading."""
     magics = shell.find_line_magic("px").__self__
     main = threading.get_ident()
     # as at a terminal: a run in the background (`ci &`) has SIGINT ignored
@@ -276,15 +279,20 @@ def test_ctrl_c_in_a_blocking_px_stops_its_work(shell, ip_rc):
                    START_TIMEOUT_S, "the %px to start on every engine")
         signal.pthread_kill(main, signal.SIGINT)
 
+    code = "print('started', flush=True); import time; time.sleep(300)"
+    if magic == "autopx":
+        run(shell, "%autopx")
     ctrl_c = threading.Thread(target=press_ctrl_c)
     ctrl_c.start()
     try:
-        out = run(shell, "%px print('started', flush=True); import time; time.sleep(300)",
-                  ok=False)
+        out = run(shell, code if magic == "autopx" else f"%px {code}", ok=False)
     finally:
         ctrl_c.join(START_TIMEOUT_S)
         signal.signal(signal.SIGINT, handler)
-    assert "KeyboardInterrupt" in out
+        if magic == "autopx":
+            run(shell, "%autopx")
+    assert out == "".join(f"[stdout:{i}] started\n" for i in range(4)) + \
+        "KeyboardInterrupt: %px aborted its code on engine(s) [0, 1, 2, 3]\n", out
     with pytest.raises(CompositeError) as e:
         magics.last_result.get(START_TIMEOUT_S)
     assert [x.ename for x in e.value.elist] == ["TaskAborted"] * 4
