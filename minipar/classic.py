@@ -945,7 +945,8 @@ class TaskClient(_ClassicClient):
 # MultiEngineClient's return the classic <Results List> and keep %result's history.
 # Where the DirectView's differ from ipyparallel's, on purpose or for want of the parts:
 # - a final expression's value is not shown as Out[0:n] (execute replies carry what the
-#   code prints, not display data): print it; --group-outputs=order is type;
+#   code prints, not display data): print it; display(x) on an engine prints x's
+#   text/plain ([stdout:0] 'hi', not [output:0]); --group-outputs=order is type;
 # - a blocking %px prints the outputs when every engine is done unless --stream is given
 #   (ipyparallel streams by default inside IPython); streamed, each line has its prefix;
 #   --progress-after and --signal-on-interrupt are accepted and do nothing (no progress

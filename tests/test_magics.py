@@ -299,6 +299,21 @@ def test_ctrl_c_in_a_blocking_px_stops_its_work_and_says_so(shell, ip_rc, magic)
     assert run(shell, "%px print('free')") == "".join(f"[stdout:{i}] free\n" for i in range(4))
 
 
+def test_px_display_shows_the_plain_text(shell, ip_rc):
+    """display() is a builtin on the engines, as on ipyparallel's (IPython kernels), and
+    shows an object's text/plain: 'hi' for the string, as ipyparallel's [output:0] does
+    (minipar prints it, so it comes as stdout). The same before and after the engine's
+    IPython shell exists (made by the first IPython syntax), and from an apply."""
+    assert run(shell, "%px display('hi')") == "".join(f"[stdout:{i}] 'hi'\n" for i in range(4))
+    out = run(shell, "%px --targets 0 from IPython.display import display; display('a', 1)")
+    assert out == "[stdout:0] \n'a'\n1\n"
+    run(shell, "%px !true")
+    assert run(shell, "%px --targets 1 display('hi')") == "[stdout:1] 'hi'\n"
+    ar = ip_rc[2].apply_async(lambda: display({"k": "v"}))   # noqa: F821 - the engine's
+    ar.get(TIMEOUT)
+    assert ar.stdout == "{'k': 'v'}\n"
+
+
 def test_engines_with_ipython_run_its_syntax(shell, ip_rc):
     dv = ip_rc[:]
     # plain code does not load IPython on the engines
@@ -356,9 +371,9 @@ def test_engine_without_ipython(local_cluster, tmp_path):
     with pytest.raises(RemoteError) as e:
         e0.execute("1 +", block=True)
     assert e.value.ename == "SyntaxError" and "IPython" not in e.value.evalue
-    ar = e0.execute("print(a)")
+    ar = e0.execute("print(a)\ndisplay('hi')")   # its display() prints the repr
     ar.get(TIMEOUT)
-    assert ar.stdout == "1\n"
+    assert ar.stdout == "1\n'hi'\n"
     # outside IPython a Client registers nothing and never imports IPython
     script = textwrap.dedent(f"""\
         import sys, minipar
