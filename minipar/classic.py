@@ -945,12 +945,14 @@ class TaskClient(_ClassicClient):
 # MultiEngineClient's return the classic <Results List> and keep %result's history.
 # Where the DirectView's differ from ipyparallel's, on purpose or for want of the parts:
 # - a final expression's value is not shown as Out[0:n] (execute replies carry what the
-#   code prints, not display data): print it; --group-outputs=order is type;
+#   code prints, not display data): print it; display(x) on an engine prints x's
+#   text/plain ([stdout:0] 'hi', not [output:0]); --group-outputs=order is type;
 # - a blocking %px prints the outputs when every engine is done unless --stream is given
 #   (ipyparallel streams by default inside IPython); streamed, each line has its prefix;
 #   --progress-after and --signal-on-interrupt are accepted and do nothing (no progress
-#   bar; Ctrl-C aborts the cell's work); an error shows the engines' plain Python
-#   tracebacks under [0:execute]:;
+#   bar; Ctrl-C aborts the cell's work and says so in one line); an error shows the
+#   engines' plain Python tracebacks under [0:execute]: (the first
+#   CompositeError.tb_limit, as ipyparallel);
 # - a line %px also reads long options before its code (%px --targets 1 print(a)), and
 #   %%px --verbose prints the "Parallel execution on engine(s)" line for its cell.
 
@@ -1080,9 +1082,21 @@ class _ParallelMagics:
             self.shell.run_cell(code)
         if not block:
             return pr
-        if self.classic:
-            return pr.get_result()
-        _show(ar, options.get("groupby", "type"), options.get("stream", self.stream))
+        groupby, stream = options.get("groupby", "type"), options.get("stream", self.stream)
+        try:
+            if self.classic:
+                return pr.get_result()
+            _show(ar, groupby, stream)
+        except KeyboardInterrupt as e:
+            # as ipyparallel's %px: what the engines printed so far, then the interrupt;
+            # but in one line saying what it aborts (the decorator does, on the way out),
+            # not a traceback through minipar's wait down to threading's lock
+            running = [f.metadata["engine_id"] for f in ar._children if not f.done()]
+            if not (self.classic or stream):
+                _display_outputs(ar, groupby)
+            said = f": %px{self.suffix} aborted its code on engine(s) {running}" if running else ""
+            e._render_traceback_ = lambda: ["KeyboardInterrupt" + said]
+            raise
 
     def pxconfig(self, line=""):
         """%pxconfig [--targets T] [--block|--noblock] [--verbose|--no-verbose]
@@ -1180,13 +1194,18 @@ class _ParallelMagics:
         if self._autopx is None:
             name = "px" + self.suffix
 
+            # ipyparallel's %autopx shows no Out[n] for a cell, not even a non-blocking
+            # one's AsyncResult (%pxresult shows it): IPython's ';' silences it. The
+            # classic one shows its <Results List>, as IPython.kernel's printed it.
+            quiet = "" if self.classic else ";"
+
             # among the first transformers, so the engines get the cell as typed (its
             # %magics and !commands are theirs to run)
             def to_px(lines):
                 code = "".join(lines)
                 if self._autopx_off.search(code):
                     return lines
-                return [f"get_ipython().run_cell_magic({name!r}, '', {code!r})\n"]
+                return [f"get_ipython().run_cell_magic({name!r}, '', {code!r}){quiet}\n"]
 
             # IPython's is-the-input-complete check skips it: an unfinished block (a
             # line ending in ':') still asks for more lines at the terminal
@@ -1273,10 +1292,13 @@ def _display_stream(text, prefix, file):
 
 
 def _render_errors(error):
+    """The first ``tb_limit`` engines' tracebacks and how many more failed, as
+    ipyparallel's magics show a CompositeError: a typo on 100 engines is not 100."""
     lines = []
-    for e in getattr(error, "elist", None) or [error]:
+    composite = isinstance(error, CompositeError) and error.elist
+    for e in error.elist[:error.tb_limit] if composite else [error]:
         info = e.engine_info or {}
         lines.append(f"[{info.get('engine_id', '?')}:{info.get('kind', 'execute')}]: ")
         lines.extend((e.traceback or f"{e.ename}: {e.evalue}").splitlines())
         lines.append("")
-    return lines
+    return lines + (error._more() if composite else [])

@@ -7,10 +7,12 @@
 
 The reply carries everything the task published, so ``ar.data`` is complete once the
 result is in, also for a client that asks for the result later. The engine imports this
-module (it imports nothing from the client) and sets ``_publish``.
+module (it imports nothing from the client), sets ``_publish`` and ``_shell``, and makes
+``display`` a builtin, as on ipyparallel's engines (IPython kernels).
 """
 
 _publish = None   # set by the engine: its _Streamer.publish_data
+_shell = None     # set by the engine: its InteractiveShell, made at the first call
 
 
 def publish_data(data):
@@ -21,3 +23,18 @@ def publish_data(data):
     if _publish is None:
         raise RuntimeError("publish_data works only inside a task running on an engine")
     _publish(dict(data))
+
+
+def display(*objs, **kwargs):
+    """IPython's display() in a task on an engine. minipar sends no rich display data:
+    each object's plain text (IPython's text/plain, ``'hi'`` for the string) is printed,
+    so %px shows it as ``[stdout:0] 'hi'`` (ipyparallel: ``[output:0]`` then ``'hi'``).
+    Without IPython on the engine: each object's repr."""
+    if _shell is None:
+        raise RuntimeError("this display works only inside a task running on an engine")
+    try:
+        from IPython.display import display
+    except ImportError:
+        return print(*map(repr, objs), sep="\n")
+    _shell()   # without a shell, IPython's display prints str(x): hi, not 'hi'
+    display(*objs, **kwargs)

@@ -361,6 +361,7 @@ class Engine:
         self._stdout, self._stderr = _Capture("stdout", self._streamer), _Capture(
             "stderr", self._streamer)
         datapub._publish = self._streamer.publish_data
+        datapub._shell = self._shell
         self._told_started = None   # the running request the receiver sent `started` for
         self._registering = None    # _Registration while registering again: receiver thread
         self.exit_code = 0          # 1: it lost (or was refused by) the controller
@@ -401,6 +402,7 @@ class Engine:
         # whose startup fails, and what the script sets in `properties` is registered
         self._call_leaving_if_forked("the startup script", self._run_startup)
         builtins.input = _no_input   # for the requests, from here on
+        builtins.display = datapub.display   # as an IPython kernel's
         self.ctx = zmq.Context()
         self._outbox_addr = f"inproc://outbox-{id(self)}"
         dealer = self._new_dealer(self.ident, "engine")

@@ -132,7 +132,8 @@ def _wait_with_bar(ar, desc, interval, timeout, return_when=None):
                          "FIRST_EXCEPTION (concurrent.futures')")
     ends_it = {concurrent.futures.FIRST_COMPLETED: concurrent.futures.Future.done,
                concurrent.futures.FIRST_EXCEPTION: _failed}.get(return_when, lambda f: False)
-    bar = _progress_bar(len(ar), desc, "tasks")
+    # the bar starts at what is done already, so its rate is of the work done in this wait
+    bar = _progress_bar(len(ar), desc, "tasks", initial=ar.progress)
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while not ar.done() and not any(map(ends_it, ar._children)):
@@ -153,10 +154,12 @@ def _failed(future):
 
 def _wait_interactive(client, jobs, interval, timeout):
     """``rc.wait_interactive()``: ``rc.wait(jobs)`` (default: all outstanding) with a bar,
-    at most `timeout` s (< 0 or None: no limit); whether all are done."""
+    at most `timeout` s (< 0 or None: no limit). Returns None, as ipyparallel's (so a
+    notebook shows no Out[n]); with nothing to wait for it draws no bar either."""
     ar = AsyncResult(client, [f for f in map(client._futures.get, client._msg_ids(jobs))
                               if f is not None])
-    return _wait_with_bar(ar, "tasks", interval, _timeout_s(timeout))
+    if len(ar):
+        _wait_with_bar(ar, "tasks", interval, _timeout_s(timeout))
 
 
 class _TextBar:

@@ -220,12 +220,13 @@ def test_wait_interactive_returns_when_done(cluster, capsys):
     rc = cluster.rc
     lview = rc.load_balanced_view()
     ars = [lview.apply_async(time.sleep, 0.2) for _ in range(8)]
-    assert rc.wait_interactive(interval=0.05) is True
+    assert rc.wait_interactive(interval=0.05) is None   # as ipyparallel's
     assert all(ar.ready() for ar in ars)
     assert "8/8" in capsys.readouterr().err
-    assert rc.wait_interactive(ars[0], interval=0.05, timeout=-1) is True
+    assert rc.wait_interactive(ars[0], interval=0.05, timeout=-1) is None
     slow = rc[0].apply_async(time.sleep, 5)
-    assert rc.wait_interactive(slow, interval=0.05, timeout=0.3) is False
+    rc.wait_interactive(slow, interval=0.05, timeout=0.3)
+    assert not slow.ready()
     slow.abort()
     assert rc.spin() is None
 

@@ -5,6 +5,7 @@ real IPython InteractiveShell in this process against a real cluster; and IPytho
 import contextlib
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,6 +81,21 @@ def test_client_in_ipython_registers_the_magics(shell, ip_rc):
     assert "<minipar-execute" in out   # the remote traceback, not this process's
 
 
+def test_px_error_on_many_engines_shows_four_tracebacks(local_cluster, shell):
+    """As ipyparallel's magics (CompositeError.tb_limit): a %px that fails on six engines
+    shows the first four tracebacks and then how many more there are."""
+    local_cluster.start_engines(6)
+    local_cluster.client().wait_for_engines(6, START_TIMEOUT_S)
+    run(shell, f"import minipar\nrc = minipar.Client({local_cluster.client_file!r})")
+    try:
+        out = run(shell, "%px 1/0", ok=False)
+    finally:
+        shell.user_ns["rc"].close()
+    assert [f"[{i}:execute]: " in out for i in range(6)] == [True] * 4 + [False] * 2, out
+    assert out.count("ZeroDivisionError: division by zero") == 4
+    assert out.rstrip().endswith("... 2 more exceptions ...")
+
+
 def test_view_call_errors_show_the_engines_tracebacks(shell, ip_rc):
     """As ipyparallel's errors (their _render_traceback_), an engine's error raised by a
     view call shows in IPython as the engines' tracebacks, each after its [engine:kind]:,
@@ -95,6 +111,20 @@ def test_view_call_errors_show_the_engines_tracebacks(shell, ip_rc):
     # one made without a traceback (the controller's, for a lost engine) says what it is
     out = run(shell, "raise minipar.errors.error('EngineError', 'engine 2 died')", ok=False)
     assert out.strip() == "EngineError: engine 2 died", out
+
+
+def test_wait_interactive_in_ipython(shell, ip_rc):
+    """As ipyparallel's: rc.wait_interactive() returns None (no Out[n]) and, with nothing
+    outstanding, draws no bar; a bar's rate counts only the work done while it waits."""
+    assert run(shell, "rc.wait_interactive()") == ""
+    run(shell, "ar = rc[:].apply_async(abs, -1)\nar.get()")
+    out = run(shell, "rc.wait_interactive(ar)")
+    assert out == "", out
+    # done before the wait: 4/4 at once, at no rate (tqdm's '?', or the text bar's 0.00)
+    out = run(shell, "ar.wait_interactive()")
+    assert re.search(r"4/4 \[\d\d:\d\d<\?, (\?|0\.00 )tasks/s\]", out), out
+    out = run(shell, "import time\nrc[:].apply_async(time.sleep, 0.5)\nrc.wait_interactive()")
+    assert "4/4" in out and "Out[" not in out, out
 
 
 def test_px_cell_options(shell, ip_rc):
@@ -184,6 +214,18 @@ def test_pxconfig_and_autopx(shell, ip_rc):
     assert run(shell, "print('here')") == "here\n"
 
 
+def test_autopx_noblock_shows_no_out(shell, ip_rc):
+    """As ipyparallel's %autopx: a non-blocking cell shows nothing (no Out[n] with its
+    AsyncResult); %pxresult shows its outputs."""
+    run(shell, "%pxconfig --noblock")
+    assert run(shell, "%autopx") == "%autopx enabled\n"
+    assert run(shell, "print('later')") == ""
+    assert run(shell, "%autopx") == "%autopx disabled\n"
+    assert run(shell, "%pxresult") == "".join(f"[stdout:{i}] later\n" for i in range(4))
+    out = run(shell, "%px print('async')")
+    assert out.startswith("Out[") and "AsyncResult" in out   # a plain %px still shows it
+
+
 def test_a_second_client_leaves_the_magics_to_the_first(cluster, shell, ip_rc):
     """As ipyparallel's: the first Client made in IPython registers %px; a later one (a
     helper, another cluster's) leaves it there, so closing that one breaks nothing. Once
@@ -220,9 +262,12 @@ def test_activate_with_a_suffix(shell, ip_rc):
     assert run(shell, "%px print('all')") == "".join(f"[stdout:{i}] all\n" for i in range(4))
 
 
-def test_ctrl_c_in_a_blocking_px_stops_its_work(shell, ip_rc):
-    """Ctrl-C in a blocking %px aborts the code it started on the engines, as in a
-    blocking view call: they are free for the next cell, not busy for five minutes."""
+@pytest.mark.parametrize("magic", ["px", "autopx"])
+def test_ctrl_c_in_a_blocking_px_stops_its_work_and_says_so(shell, ip_rc, magic):
+    """Ctrl-C in a blocking %px (or an %autopx cell) aborts the code it started on the
+    engines, as in a blocking view call: they are free for the next cell, not busy for
+    five minutes. As ipyparallel's, it shows what the engines printed so far; then one
+    line saying what it aborted, not a traceback through minipar down to threading."""
     magics = shell.find_line_magic("px").__self__
     main = threading.get_ident()
     # as at a terminal: a run in the background (`ci &`) has SIGINT ignored
@@ -234,19 +279,39 @@ def test_ctrl_c_in_a_blocking_px_stops_its_work(shell, ip_rc):
                    START_TIMEOUT_S, "the %px to start on every engine")
         signal.pthread_kill(main, signal.SIGINT)
 
+    code = "print('started', flush=True); import time; time.sleep(300)"
+    if magic == "autopx":
+        run(shell, "%autopx")
     ctrl_c = threading.Thread(target=press_ctrl_c)
     ctrl_c.start()
     try:
-        out = run(shell, "%px print('started', flush=True); import time; time.sleep(300)",
-                  ok=False)
+        out = run(shell, code if magic == "autopx" else f"%px {code}", ok=False)
     finally:
         ctrl_c.join(START_TIMEOUT_S)
         signal.signal(signal.SIGINT, handler)
-    assert "KeyboardInterrupt" in out
+        if magic == "autopx":
+            run(shell, "%autopx")
+    assert out == "".join(f"[stdout:{i}] started\n" for i in range(4)) + \
+        "KeyboardInterrupt: %px aborted its code on engine(s) [0, 1, 2, 3]\n", out
     with pytest.raises(CompositeError) as e:
         magics.last_result.get(START_TIMEOUT_S)
     assert [x.ename for x in e.value.elist] == ["TaskAborted"] * 4
     assert run(shell, "%px print('free')") == "".join(f"[stdout:{i}] free\n" for i in range(4))
+
+
+def test_px_display_shows_the_plain_text(shell, ip_rc):
+    """display() is a builtin on the engines, as on ipyparallel's (IPython kernels), and
+    shows an object's text/plain: 'hi' for the string, as ipyparallel's [output:0] does
+    (minipar prints it, so it comes as stdout). The same before and after the engine's
+    IPython shell exists (made by the first IPython syntax), and from an apply."""
+    assert run(shell, "%px display('hi')") == "".join(f"[stdout:{i}] 'hi'\n" for i in range(4))
+    out = run(shell, "%px --targets 0 from IPython.display import display; display('a', 1)")
+    assert out == "[stdout:0] \n'a'\n1\n"
+    run(shell, "%px !true")
+    assert run(shell, "%px --targets 1 display('hi')") == "[stdout:1] 'hi'\n"
+    ar = ip_rc[2].apply_async(lambda: display({"k": "v"}))   # noqa: F821 - the engine's
+    ar.get(TIMEOUT)
+    assert ar.stdout == "{'k': 'v'}\n"
 
 
 def test_engines_with_ipython_run_its_syntax(shell, ip_rc):
@@ -306,9 +371,9 @@ def test_engine_without_ipython(local_cluster, tmp_path):
     with pytest.raises(RemoteError) as e:
         e0.execute("1 +", block=True)
     assert e.value.ename == "SyntaxError" and "IPython" not in e.value.evalue
-    ar = e0.execute("print(a)")
+    ar = e0.execute("print(a)\ndisplay('hi')")   # its display() prints the repr
     ar.get(TIMEOUT)
-    assert ar.stdout == "1\n"
+    assert ar.stdout == "1\n'hi'\n"
     # outside IPython a Client registers nothing and never imports IPython
     script = textwrap.dedent(f"""\
         import sys, minipar
