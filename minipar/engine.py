@@ -209,8 +209,8 @@ _INTERRUPTS = {reason: type(f"_Interrupt_{reason}", (_Interrupt,), {"reason": re
 
 
 # The running request, set by the main thread and read by the receiver. deadline: the
-# time.monotonic() its time_limit ends (None: no limit); started: time.time().
-_Running = collections.namedtuple("_Running", "msg_id deadline started kind")
+# time.monotonic() its time_limit ends (None: no limit); started: time.time(); reg: see _run.
+_Running = collections.namedtuple("_Running", "msg_id deadline started kind reg")
 # What the next INTERRUPT_SIGNAL is for: `reason` (of _INTERRUPTS) picks the error; sent: when
 _Interruption = collections.namedtuple("_Interruption", "msg_id reason sent")
 # A registration sent again (see _on_unregister); since: its time.monotonic().
@@ -697,10 +697,10 @@ class Engine:
             self._aborted.add(msg_id)   # refused when it comes up; added before _current
             cur = self._current         # is read, as _run reads them the other way round
             if cur is not None and cur.msg_id == msg_id:
-                if header.get("queued_only"):   # a cancel() lets what started run to its end
-                    self._aborted.discard(msg_id)
-                else:
+                if not header.get("queued_only"):
                     self._interrupt_main(msg_id, "abort")
+                elif cur.reg == self._reg:   # a cancel() lets what started run to its end,
+                    self._aborted.discard(msg_id)   # but a copy sent again must find its mark
         parent = header.get("parent")
         if isinstance(parent, str):   # the controller waits for this to answer its client
             _, frames = self.session.msg(protocol.ABORT_MARKED, parent=parent)
@@ -1034,7 +1034,7 @@ class Engine:
         try:
             self.session.check_body(header, parts)
             self._current = _Running(msg_id, time.monotonic() + limit if limit else None,
-                                     started, header["kind"])
+                                     started, header["kind"], reg)
             try:
                 if limit:   # inside the try: an interrupt may land from here on
                     self._outbox.send(b"t")   # the receiver's next wait ends at the deadline

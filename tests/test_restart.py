@@ -194,8 +194,59 @@ def test_a_restarted_controller_has_one_copy_of_each_task_run_and_aborted(sqlite
         with pytest.raises(errors.TaskAborted):
             rc.get_result(msg_id).get(START_TIMEOUT_S)
     # the engine runs in order: what it still held has started by the time this ran
+    rc.wait_for_engines(1, START_TIMEOUT_S)
     assert rc[0].apply_sync(square, 3) == 9
     assert open(started).read().split() == ["t0", "t0"]
+
+
+def stubborn(path, label, release):
+    """Note in `path` that this copy of `label` started; run until file `release` exists
+    (at most 120 s), swallowing every interrupt (an abort) meanwhile."""
+    import time
+
+    with open(path, "a") as f:
+        f.write(f"{label}\n")
+    deadline = time.monotonic() + 120
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        try:
+            time.sleep(0.05)
+        except BaseException:
+            pass
+    return label
+
+
+def test_a_cancel_while_the_old_copy_runs_on_still_reaches_the_copy_sent_again(
+        sqlite_cluster):
+    """The old copy of a task that runs on after the engine registered again (it swallowed
+    the abort) shares its msg_id with the copy the restarted controller sends again: a
+    cancel (abort of what has not started, as AsyncResult.cancel sends) that finds the old
+    copy running let it run on, and took the mark the new copy needed, which then ran."""
+    c = sqlite_cluster
+    started = os.path.join(c.profile_dir, "started.txt")
+    release = os.path.join(c.profile_dir, "release")
+    c.start_engines(1, args=ENGINE_ARGS)
+    rc = c.client(reconnect_timeout=120)
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    view = rc.load_balanced_view()
+    with view.temp_flags(retries=2):
+        ar = view.map_async(stubborn, [started] * 2, ["t0", "t1"], [release] * 2)
+    wait_until(lambda: os.path.exists(started), START_TIMEOUT_S, "the first task started")
+    wait_until(lambda: _on_disk(c, ar.msg_ids), START_TIMEOUT_S, "the requests committed")
+    _restart_controller(c, ["--reuse", "--db", "sqlite"], "controller2")
+    # the engine is back, and both tasks are sent to it again (held for its `ready`,
+    # which it sends once the old copy ends)
+    wait_until(lambda: "registered again as engine 0" in c.output("engine0"), START_TIMEOUT_S,
+               "the engine registered again")
+    wait_until(lambda: rc.queue_status().get(0, {}).get("tasks") == 2, START_TIMEOUT_S,
+               "the tasks sent again")
+    assert rc._abort(ar.msg_ids, queued_only=True) == 2
+    open(release, "w").close()
+    for msg_id in ar.msg_ids:
+        with pytest.raises(errors.TaskAborted):
+            rc.get_result(msg_id).get(START_TIMEOUT_S)
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    assert rc[0].apply_sync(square, 3) == 9
+    assert open(started).read().split() == ["t0"]
 
 
 @pytest.mark.parametrize("db_args, direct", [([], False), ([], True), (["--db", "sqlite"], True)],
