@@ -209,10 +209,9 @@ _INTERRUPTS = {reason: type(f"_Interrupt_{reason}", (_Interrupt,), {"reason": re
 
 
 # The running request, set by the main thread and read by the receiver. deadline: the
-# time.monotonic() its time_limit ends (None: no limit); started: time.time().
-_Running = collections.namedtuple("_Running", "msg_id deadline started kind")
-# What the next INTERRUPT_SIGNAL is for; `reason` (a key of _INTERRUPTS) picks the
-# error; sent: its time.monotonic().
+# time.monotonic() its time_limit ends (None: no limit); started: time.time(); reg: see _run.
+_Running = collections.namedtuple("_Running", "msg_id deadline started kind reg")
+# What the next INTERRUPT_SIGNAL is for: `reason` (of _INTERRUPTS) picks the error; sent: when
 _Interruption = collections.namedtuple("_Interruption", "msg_id reason sent")
 # A registration sent again (see _on_unregister); since: its time.monotonic().
 _Registration = collections.namedtuple("_Registration", "msg_id since")
@@ -258,9 +257,9 @@ class _Streamer:
     """The running request's new output, collected from whatever thread prints it and
     sent by the receiver thread as ``stream`` messages every STREAM_INTERVAL_S.
 
-    The receiver sends, not the printing thread: the main thread may compute for a
-    minute after printing a line, and other threads print too. The reply carries the
-    whole output anyway, so text pending when the request ends is dropped, not sent."""
+    The receiver sends, not the printing thread: the main thread may compute for a minute
+    after printing a line, and other threads print too. The reply carries the whole
+    output anyway, so text pending when the request ends is dropped, not sent."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -372,8 +371,7 @@ class Engine:
     # ------------------------------------------------------------ start
 
     def start(self):
-        """Run the startup code, then connect, register and start the receiver and heart
-        threads. Main thread."""
+        """Run the startup code; connect, register, start the receiver and heart. Main thread."""
         # before registering: a signal sent once the controller lists this engine (it may
         # do so before its answer arrives here) must meet these handlers, not the defaults
         self._interrupt_handler = self._on_interrupt_signal   # one object, compared with `is`
@@ -699,10 +697,10 @@ class Engine:
             self._aborted.add(msg_id)   # refused when it comes up; added before _current
             cur = self._current         # is read, as _run reads them the other way round
             if cur is not None and cur.msg_id == msg_id:
-                if header.get("queued_only"):   # a cancel() lets what started run to its end
-                    self._aborted.discard(msg_id)
-                else:
+                if not header.get("queued_only"):
                     self._interrupt_main(msg_id, "abort")
+                elif cur.reg == self._reg:   # a cancel() lets what started run to its end,
+                    self._aborted.discard(msg_id)   # but a copy sent again must find its mark
         parent = header.get("parent")
         if isinstance(parent, str):   # the controller waits for this to answer its client
             _, frames = self.session.msg(protocol.ABORT_MARKED, parent=parent)
@@ -773,13 +771,12 @@ class Engine:
         log.warning("the controller does not know this engine (%s): registering again as "
                     "engine %s", reason, self.id)
         self.stats["registered_again"] += 1
-        # The controller moved or failed all it had sent here: the queued requests (of the
-        # old registration) are dropped, the running one stops; their results are stale.
-        # So are its take-backs: a request sent again under the new one must run.
+        # The controller moved or failed all it had sent here: queued requests are dropped (see
+        # _run), the running one stops, take-backs are forgotten (a copy sent again must run).
+        msg_id, frames = self._registration(self.id)
+        self._reg = msg_id.encode()   # before _current is read (see _run)
         self._interrupt_current("abort")
         self._taken.clear()
-        msg_id, frames = self._registration(self.id)
-        self._reg = msg_id.encode()
         self._registering = _Registration(msg_id, time.monotonic())
         self._dealer.send_multipart(frames)
 
@@ -944,8 +941,8 @@ class Engine:
                     if len(requests) > 1:
                         self._run_batch(requests)
                     else:
-                        for header, parts in requests:
-                            self._run(header, parts)
+                        for request in requests:
+                            self._run(*request)
         except KeyboardInterrupt:   # Ctrl-C in its terminal, not rc.send_signal (_on_signal)
             log.info("interrupted: unregistering")
             self._stop()
@@ -962,18 +959,17 @@ class Engine:
         with self._held_lock:
             self._held = []
         try:
-            for i, (header, parts) in enumerate(requests):
+            for i, request in enumerate(requests):
                 if self._stopping:   # the rest end as queued requests do
                     return self._not_run(requests[i:])
-                self._run(header, parts)
+                self._run(*request)
                 if self._held and time.monotonic() - self._held_at > HOLD_S:
                     self._send_held(self._sock)
         finally:
             self._send_held(self._sock, stop=True)
 
     def _send_held(self, sock, stop=False):
-        """Send the replies held back (see _run_batch) on `sock`: the main thread's socket,
-        or the receiver's. With `stop`, hold no more."""
+        """Send the replies held back (see _run_batch) on `sock`; with `stop`, hold no more."""
         with self._held_lock:
             held, self._held = self._held, None if stop else []
         for frames in self.session.pack(held or ()):
@@ -985,9 +981,9 @@ class Engine:
         self._send(protocol.READY, reg=self._reg.decode())
 
     def _requests(self, frames):
-        """The (header, parts) of each request to run in a message (a batch carries
-        several); none if it was refused, sent under an earlier registration (moved or
-        failed since), or arrived after shutdown (each is answered as aborted)."""
+        """The (header, parts, registration) of each request to run in a message (a batch
+        carries several); none if it was refused, sent under an earlier registration (moved
+        or failed since), or arrived after shutdown (each is answered as aborted)."""
         checked = self._checked(frames)
         if checked is None:
             return ()
@@ -995,8 +991,8 @@ class Engine:
         if not idents or idents[0].bytes != self._reg:
             self.stats["stale"] += 1
             return ()
-        try:
-            requests = self.session.unbatch(header, parts)
+        try:   # with the registration they came under: it may change before they run
+            requests = [(h, p, idents[0].bytes) for h, p in self.session.unbatch(header, parts)]
         except ValueError as e:
             self._dropped(e)
             return ()
@@ -1008,15 +1004,18 @@ class Engine:
         """Requests that will not run, as the engine stops: each answered as aborted, or
         none when it lost its controller (see _exit). Returns ()."""
         if self._lost is None:
-            for header, _ in requests:
+            for header, *_ in requests:
                 if self._was_taken(header["msg_id"]):
                     continue
                 self._send_reply(header, protocol.ABORTED, [], ename="TaskAborted",
                                  evalue="the engine shut down before running this task")
         return ()
 
-    def _run(self, header, parts):
+    def _run(self, header, parts, reg):
         msg_id = header["msg_id"]
+        if reg != self._reg:   # sent before it registered again (the rest of a batch): the
+            self.stats["stale"] += 1   # controller sends it again, and an abort of it must
+            return                     # find that copy, not this one or take its mark
         if self._taken and self._was_taken(msg_id):
             return
         self.stats["requests"] += 1
@@ -1035,16 +1034,16 @@ class Engine:
         try:
             self.session.check_body(header, parts)
             self._current = _Running(msg_id, time.monotonic() + limit if limit else None,
-                                     started, header["kind"])
+                                     started, header["kind"], reg)
             try:
                 if limit:   # inside the try: an interrupt may land from here on
                     self._outbox.send(b"t")   # the receiver's next wait ends at the deadline
                     _watch_alarm()
                     signal.setitimer(signal.ITIMER_REAL, limit + TIME_LIMIT_GRACE_S)
                     self._send(protocol.STARTED, parent=msg_id, engine=self.id, started=started)
-                # again now that _current is set: the receiver adds to _aborted before it
-                # reads _current, so an abort arriving around here is seen by one side
-                if msg_id in self._aborted:
+                # again now that _current is set: the receiver changes _reg and adds to
+                # _aborted before it reads _current, so what arrives here is seen by one side
+                if reg != self._reg or msg_id in self._aborted:
                     raise _INTERRUPTS["abort"]
                 if handler is None:
                     raise ValueError(f"unknown request kind {header['kind']!r}")
@@ -1069,7 +1068,8 @@ class Engine:
                     f"the task ran longer than its time_limit of {limit} s and was "
                     "interrupted; raise time_limit or split the work")
             elif reason == "abort":
-                self._aborted.discard(msg_id)
+                if reg == self._reg:   # else its mark is an abort of its copy sent again
+                    self._aborted.discard(msg_id)
                 status, result = protocol.ABORTED, errors.TaskAborted("aborted while running")
             else:
                 status, result = protocol.ERROR, KeyboardInterrupt("interrupted")
@@ -1240,9 +1240,9 @@ class Engine:
     def _bind(self, f):
         """A function sent from the client's __main__ runs with the namespace as globals.
 
-        The names it uses that cloudpickle captured from the client (modules, constants)
-        are added where the namespace lacks them, and refreshed on later calls as long
-        as nothing on the engine (a push, executed code) has replaced them since."""
+        The names it uses that cloudpickle captured from the client (modules, constants) are
+        added where the namespace lacks them, and refreshed on later calls as long as
+        nothing on the engine (a push, executed code) has replaced them since."""
         if isinstance(f, dependency.dependent):  # @require/@depend: bind what it wraps
             return f._rebind(self._bind)
         if not (isinstance(f, types.FunctionType) and f.__module__ == "__main__"

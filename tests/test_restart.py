@@ -144,6 +144,133 @@ def test_controller_restart_with_sqlite_loses_nothing(sqlite_cluster):
     assert "took up" in c.output("controller2")
 
 
+def logged(path, label, seconds):
+    """Note in `path` that this copy of task `label` started, then sleep `seconds`."""
+    import time
+
+    with open(path, "a") as f:
+        f.write(f"{label}\n")
+    time.sleep(seconds)
+    return label
+
+
+def _restarted_with_copies_held(c, db_args, direct=False):
+    """One engine holding two requests as the controller restarts with `db_args`: the
+    first running, the second queued behind it (sent as one batch): a load-balanced map's
+    tasks with retries, or (`direct`) two direct requests. Returns (client, their
+    AsyncResults, the file of their starts)."""
+    started = os.path.join(c.profile_dir, "started.txt")
+    c.start_engines(1, args=ENGINE_ARGS)
+    rc = c.client(reconnect_timeout=120)
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    if direct:
+        with rc._together():   # one message, as a map's tasks are
+            ars = [rc[rc.ids[0]].apply_async(logged, started, t, 60) for t in ("t0", "t1")]
+    else:
+        view = rc.load_balanced_view()
+        with view.temp_flags(retries=2):
+            ars = [view.map_async(logged, [started] * 2, ["t0", "t1"], [60] * 2)]
+    wait_until(lambda: os.path.exists(started), START_TIMEOUT_S, "the first task started")
+    if "sqlite" in db_args:
+        wait_until(lambda: _on_disk(c, [m for ar in ars for m in ar.msg_ids]),
+                   START_TIMEOUT_S, "the requests committed")
+    _restart_controller(c, ["--reuse", *db_args], "controller2")
+    return rc, ars, started
+
+
+def test_a_restarted_controller_has_one_copy_of_each_task_run_and_aborted(sqlite_cluster):
+    """The engine drops what it was sent before it registered again, the not yet started
+    rest of a batch included: the restarted controller sends the tasks with retries again,
+    so the old copy of one that it still ran would run twice, and an abort reached only
+    one copy (the other ran on and ended the task as successful)."""
+    c = sqlite_cluster
+    rc, [ar], started = _restarted_with_copies_held(c, ["--db", "sqlite"])
+    # a copy starts after the restart: the retry of t0 (t1 waits behind it), or before
+    # the fix, the old copy of t1, with both new copies queued behind it
+    wait_until(lambda: open(started).read().count("\n") >= 2, START_TIMEOUT_S,
+               "a task started after the restart")
+    rc.abort(ar.msg_ids)
+    for msg_id in ar.msg_ids:
+        with pytest.raises(errors.TaskAborted):
+            rc.get_result(msg_id).get(START_TIMEOUT_S)
+    # the engine runs in order: what it still held has started by the time this ran
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    assert rc[0].apply_sync(square, 3) == 9
+    assert open(started).read().split() == ["t0", "t0"]
+
+
+def stubborn(path, label, release):
+    """Note in `path` that this copy of `label` started; run until file `release` exists
+    (at most 120 s), swallowing every interrupt (an abort) meanwhile."""
+    import time
+
+    with open(path, "a") as f:
+        f.write(f"{label}\n")
+    deadline = time.monotonic() + 120
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        try:
+            time.sleep(0.05)
+        except BaseException:
+            pass
+    return label
+
+
+def test_a_cancel_while_the_old_copy_runs_on_still_reaches_the_copy_sent_again(
+        sqlite_cluster):
+    """The old copy of a task that runs on after the engine registered again (it swallowed
+    the abort) shares its msg_id with the copy the restarted controller sends again: a
+    cancel (abort of what has not started, as AsyncResult.cancel sends) that finds the old
+    copy running let it run on, and took the mark the new copy needed, which then ran."""
+    c = sqlite_cluster
+    started = os.path.join(c.profile_dir, "started.txt")
+    release = os.path.join(c.profile_dir, "release")
+    c.start_engines(1, args=ENGINE_ARGS)
+    rc = c.client(reconnect_timeout=120)
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    view = rc.load_balanced_view()
+    with view.temp_flags(retries=2):
+        ar = view.map_async(stubborn, [started] * 2, ["t0", "t1"], [release] * 2)
+    wait_until(lambda: os.path.exists(started), START_TIMEOUT_S, "the first task started")
+    wait_until(lambda: _on_disk(c, ar.msg_ids), START_TIMEOUT_S, "the requests committed")
+    _restart_controller(c, ["--reuse", "--db", "sqlite"], "controller2")
+    # the engine is back, and both tasks are sent to it again (held for its `ready`,
+    # which it sends once the old copy ends)
+    wait_until(lambda: "registered again as engine 0" in c.output("engine0"), START_TIMEOUT_S,
+               "the engine registered again")
+    wait_until(lambda: rc.queue_status().get(0, {}).get("tasks") == 2, START_TIMEOUT_S,
+               "the tasks sent again")
+    assert rc._abort(ar.msg_ids, queued_only=True) == 2
+    open(release, "w").close()
+    for msg_id in ar.msg_ids:
+        with pytest.raises(errors.TaskAborted):
+            rc.get_result(msg_id).get(START_TIMEOUT_S)
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    assert rc[0].apply_sync(square, 3) == 9
+    assert open(started).read().split() == ["t0"]
+
+
+@pytest.mark.parametrize("db_args, direct", [([], False), ([], True), (["--db", "sqlite"], True)],
+                         ids=["dictdb-lb", "dictdb-direct", "sqlite-direct"])
+def test_what_an_engine_held_before_a_restart_that_fails_it_never_runs(tmp_path, db_args,
+                                                                        direct):
+    """Requests that the restarted controller fails (it has no record of them, or they
+    are direct: whether they ran is unknown) are dropped by the engine too, the rest of
+    a batch included: the old copy of the second ran after its client was told it failed."""
+    c = LocalCluster(tmp_path, controller_args=["--reuse", *db_args])
+    try:
+        rc, ars, started = _restarted_with_copies_held(c, db_args, direct)
+        for ar in ars:
+            with pytest.raises(errors.MiniparError, match="no record of request|controller "
+                               "restarted while request"):
+                ar.get(START_TIMEOUT_S)
+        rc.wait_for_engines(1, START_TIMEOUT_S)
+        # the engine runs in order: what it still held has started by the time this ran
+        assert rc[0].apply_sync(square, 3) == 9
+        assert open(started).read().split() == ["t0"]
+    finally:
+        c.stop()
+
+
 def test_controller_restart_without_records_fails_what_was_outstanding(tmp_path):
     c = LocalCluster(tmp_path, controller_args=["--reuse"])
     try:
