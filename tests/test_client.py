@@ -731,3 +731,50 @@ def test_a_forked_child_is_told_to_make_its_own_client(rc):
     pending.abort()
     assert all(isinstance(f.exception(TIMEOUT), errors.TaskAborted) for f in pending.futures)
     assert rc[:].apply_sync(abs, -1) == [1] * len(rc.ids)
+
+
+def test_a_reply_the_client_cannot_handle_fails_its_request(tmp_path):
+    """A signed reply whose header has a field of the wrong type (here from a rogue engine
+    holding the cluster's key: an error name that is not a string, which the controller
+    forwards as it came) fails its request, saying so, rather than leaving it waiting for
+    ever; the client goes on serving the next reply."""
+    import zmq
+
+    c = LocalCluster(tmp_path, controller_args=["--heartbeat-liveness", "10000"])
+    ctx = zmq.Context()
+    try:
+        info = protocol.read_connection_file(c.engine_file)
+        session = protocol.Session(info["key"])
+        control, work = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+        control.identity, work.identity = b"rogue", b"rogue.r"
+        for s in (control, work):
+            s.linger = 0
+            s.connect(protocol.url(info, "engine"))
+        reg, frames = session.msg(protocol.REGISTER, reply_ident="rogue.r")
+        control.send_multipart(frames)
+        assert control.poll(10_000)
+        eid = session.check(control.recv_multipart())[1]["id"]
+        work.send_multipart(session.msg(protocol.READY, reg=reg["msg_id"])[1])
+        rc = c.client(timeout=20)
+        rc.wait_for_engines(1, 10)
+        bad, good = rc[eid].apply_async(pow, 2, 3), rc[eid].apply_async(pow, 2, 4)
+        requests = []
+        while len(requests) < 2:
+            assert work.poll(10_000), "the requests did not reach the rogue engine"
+            _, header, parts = session.check(work.recv_multipart())
+            requests += session.unbatch(header, parts)
+        (h1, _), (h2, p2) = requests
+        work.send_multipart(session.msg(protocol.REPLY[h1["kind"]], parent=h1["msg_id"],
+                                        status="error", ename=5, engine=eid)[1])
+        f, (args, kwargs) = protocol.deserialize_many(p2, h2["counts"])
+        work.send_multipart(session.msg(protocol.REPLY[h2["kind"]],
+                                        protocol.serialize(f(*args, **kwargs)),
+                                        parent=h2["msg_id"], status="ok", engine=eid)[1])
+        with pytest.raises(errors.RemoteError, match=f"reply to request {bad.msg_ids[0]} "
+                           "could not be handled .*TypeError"):
+            bad.get(20)
+        assert good.get(20) == 16
+        assert rc._io.is_alive()
+    finally:
+        ctx.destroy(linger=0)
+        c.stop()
