@@ -833,6 +833,44 @@ def test_a_crashed_engine_leaves_its_last_words_in_its_log(pids, tmp_path):
         assert f"engine pid {exit3.pid} ended: exit code 3" in text, text
 
 
+def _fork_a_sleeper(marker):
+    """A careless task: it forks a child that sleeps for ever, and returns the child's pid.
+    The child writes `marker` if SIGTERM ends it (`marker`.ready once it would)."""
+    pid = os.fork()
+    if pid == 0:
+        def stopped(*_):
+            open(marker, "w").close()
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, stopped)
+        open(marker + ".ready", "w").close()
+        while True:
+            time.sleep(1000)
+    return pid
+
+
+def test_what_a_task_forked_is_stopped_with_its_engines(pids, tmp_path):
+    """A child that a task forked and left running outlived the cluster when its engine
+    had stopped first (rc.shutdown), and otherwise waited out the grace period and got
+    SIGKILL. A Cluster stopping its local engines now sends SIGTERM to what is left in
+    each engine's session (its own: see LocalProcessLauncher.start) with the engines."""
+    cluster = Cluster(n=2, controller_args=CTL_ARGS)
+    markers = [str(tmp_path / f"child{i}") for i in range(2)]
+    with cluster as rc:
+        pids.add_cluster(cluster, rc)
+        engines = dict(zip(rc.ids, rc[:].apply_sync(os.getpid)))
+        children = [rc[eid].apply_sync(_fork_a_sleeper, m) for eid, m in zip(engines, markers)]
+        pids.add(*children)
+        wait_until(lambda: all(os.path.exists(m + ".ready") for m in markers), 30,
+                   "the forked children to start")
+        first = next(iter(engines))   # children[0] is its
+        rc.shutdown(targets=first, block=True)   # its child is left behind, orphaned
+        wait_until(lambda: not alive(engines[first]), 30, "the first engine to stop")
+        assert alive(children[0])
+    assert not [c for c in children if alive(c)], "a forked child outlived the cluster"
+    assert all(os.path.exists(m) for m in markers), "SIGKILL, not SIGTERM, ended a child"
+
+
 # ---------------------------------------------------------------- the launcher contract
 
 
