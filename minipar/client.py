@@ -366,7 +366,10 @@ class Client(errors.SaysWhyAbsent):
             return
         _, header, parts = self.session.check(frames)
         for header, parts in self.session.unbatch(header, parts):
-            self._on_message(header, parts)
+            try:   # one that cannot be handled is dropped alone, not the rest of its batch
+                self._on_message(header, parts)
+            except Exception as e:
+                log.warning("dropped a message from the controller: %s: %s", type(e).__name__, e)
 
     def _on_message(self, header, parts):
         # executes in the I/O thread: one reply or stream message (a batch carries several)

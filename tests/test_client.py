@@ -737,7 +737,8 @@ def test_a_reply_the_client_cannot_handle_fails_its_request(tmp_path):
     """A signed reply whose header has a field of the wrong type (here from a rogue engine
     holding the cluster's key: an error name that is not a string, which the controller
     forwards as it came) fails its request, saying so, rather than leaving it waiting for
-    ever; the client goes on serving the next reply."""
+    ever; a message of a batch that cannot be handled (published data that is no pickle)
+    is dropped alone, and the replies after it in the batch are still read."""
     import zmq
 
     c = LocalCluster(tmp_path, controller_args=["--heartbeat-liveness", "10000"])
@@ -757,23 +758,32 @@ def test_a_reply_the_client_cannot_handle_fails_its_request(tmp_path):
         work.send_multipart(session.msg(protocol.READY, reg=reg["msg_id"])[1])
         rc = c.client(timeout=20)
         rc.wait_for_engines(1, 10)
-        bad, good = rc[eid].apply_async(pow, 2, 3), rc[eid].apply_async(pow, 2, 4)
+        ars = [rc[eid].apply_async(pow, 2, i) for i in range(4)]
         requests = []
-        while len(requests) < 2:
+        while len(requests) < 4:
             assert work.poll(10_000), "the requests did not reach the rogue engine"
             _, header, parts = session.check(work.recv_multipart())
             requests += session.unbatch(header, parts)
-        (h1, _), (h2, p2) = requests
-        work.send_multipart(session.msg(protocol.REPLY[h1["kind"]], parent=h1["msg_id"],
-                                        status="error", ename=5, engine=eid)[1])
-        f, (args, kwargs) = protocol.deserialize_many(p2, h2["counts"])
-        work.send_multipart(session.msg(protocol.REPLY[h2["kind"]],
-                                        protocol.serialize(f(*args, **kwargs)),
-                                        parent=h2["msg_id"], status="ok", engine=eid)[1])
-        with pytest.raises(errors.RemoteError, match=f"reply to request {bad.msg_ids[0]} "
+
+        def reply(h, parts):
+            f, (args, kwargs) = protocol.deserialize_many(parts, h["counts"])
+            return session.msg(protocol.REPLY[h["kind"]], protocol.serialize(f(*args, **kwargs)),
+                               parent=h["msg_id"], status="ok", engine=eid)[1]
+
+        (h0, p0), (h1, p1), (h2, p2), (h3, p3) = requests
+        bad_data = session.msg(protocol.STREAM, [b"not a pickle"], parent=h2["msg_id"],
+                               name="data", engine=eid)[1]
+        bad_reply = session.msg(protocol.REPLY[h1["kind"]], parent=h1["msg_id"],
+                                status="error", ename=5, engine=eid)[1]
+        # one batch, forwarded to the client as it came (the first: alone, at once)
+        [batch] = list(session.pack([reply(h0, p0), bad_data, bad_reply, reply(h2, p2),
+                                     reply(h3, p3)]))
+        work.send_multipart(batch)
+        assert ars[0].get(20) == 1
+        with pytest.raises(errors.RemoteError, match=f"reply to request {ars[1].msg_ids[0]} "
                            "could not be handled .*TypeError"):
-            bad.get(20)
-        assert good.get(20) == 16
+            ars[1].get(20)
+        assert [ars[2].get(20), ars[3].get(20)] == [4, 8]
         assert rc._io.is_alive()
     finally:
         ctx.destroy(linger=0)
