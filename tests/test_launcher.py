@@ -824,8 +824,12 @@ def test_a_crashed_engine_leaves_its_last_words_in_its_log(pids, tmp_path):
         by_pid = {child.pid: child for child in engines._children}
         segv, exit3 = (by_pid[pid] for pid in rc[:2].apply_sync(os.getpid))
         rc[0].apply_async(lambda: __import__("ctypes").string_at(0))
-        rc[1].apply_async(lambda: __import__("os")._exit(3))
+        died = rc[1].apply_async(lambda: __import__("os")._exit(3))
         assert segv.wait(30) and exit3.wait(30)
+        # the launcher, the engine's parent, wrote how it ended: its EngineError quotes it
+        with pytest.raises(errors.EngineError, match=f"(?s)engine pid {exit3.pid} ended: "
+                           "exit code 3"):
+            died.get(30)
         text = segv.get_output()
         assert "Fatal Python error: Segmentation fault" in text, text
         assert "ended: killed by signal SIGSEGV" in text, text
