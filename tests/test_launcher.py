@@ -399,28 +399,33 @@ def test_cluster_stops_when_its_starter_is_killed(pids, tmp_path):
     assert any("owner process" in f.read_text() for f in log)
 
 
-def _run_launcher_stop(root, profile_dir, out):
+def _run_launcher_stop(root, profile_dir, out, new_session):
     # a task: `launcher stop` as a child of this engine, output in `out`; its pid
     import os, subprocess, sys
     with open(out, "w") as f:
         return subprocess.Popen([sys.executable, "-m", "minipar.launcher", "stop", "--profile-dir",
                                  profile_dir], stdout=f, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, PYTHONPATH=root), start_new_session=True).pid
+                                env=dict(os.environ, PYTHONPATH=root),
+                                start_new_session=new_session).pid
 
 
-def test_launcher_stop_started_by_a_process_it_stops_does_not_kill_itself(pids, tmp_path):
+@pytest.mark.parametrize("new_session", [True, False], ids=["own-session", "engine-session"])
+def test_launcher_stop_started_by_a_process_it_stops_does_not_kill_itself(pids, tmp_path,
+                                                                          new_session):
     """The `launcher stop` that a controller whose owner is gone starts is its child until
     the controller has ended, which on a loaded machine can be after the stop has gathered
     the controller's descendants: it took itself for one, and SIGKILLed itself after
     stop_timeout, leaving the cluster file (the ssh kill -9 test failed so, now and then).
-    A task that stops its own cluster is a child of an engine the same way, for good."""
+    A task that stops its own cluster is a child of an engine the same way, for good; in
+    the engine's session, it is also among what the stop ends there (a task's leftovers),
+    and leaves that session alone."""
     prof = str(tmp_path / "p")
     cluster = Cluster(n=1, profile_dir=prof, controller_args=CTL_ARGS, shutdown_atexit=False)
     rc = cluster.start_and_connect_sync()
     try:
         pids.add_cluster(cluster, rc)
         out = tmp_path / "stop.out"
-        pids.add(rc[0].apply_sync(_run_launcher_stop, ROOT, prof, str(out)))
+        pids.add(rc[0].apply_sync(_run_launcher_stop, ROOT, prof, str(out), new_session))
         wait_until(lambda: "stopped cluster" in out.read_text(), 60, "`launcher stop` done")
         assert pids.wait_gone(20) == []
         assert not os.path.exists(cluster.cluster_file)
