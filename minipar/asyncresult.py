@@ -111,6 +111,18 @@ def _dated(record):
     return record
 
 
+def _seconds(query):
+    """`query` (db_query's) with each datetime in it as time.time() seconds, as records
+    keep times, _dated's inverse (a naive one is local time, as ``datetime.now()`` gives)."""
+    if isinstance(query, datetime.datetime):
+        return query.timestamp()
+    if isinstance(query, dict):
+        return {k: _seconds(v) for k, v in query.items()}
+    if isinstance(query, (list, tuple, set, frozenset)):
+        return [_seconds(v) for v in query]
+    return query
+
+
 def _fail_in_forked_child(futures, error):
     """Fail `futures` (a Client's pending requests) and the AsyncResults waiting on them
     with `error`, in a forked child, in its only thread: no reply can come there, and

@@ -28,7 +28,6 @@ fields among `fields`) and ``query(kind, **fields)`` (the controller's reply hea
 import collections
 import concurrent.futures
 import contextlib
-import datetime
 import functools
 import itertools
 import keyword
@@ -44,8 +43,8 @@ import weakref
 import zmq
 
 from . import errors, protocol
-from .asyncresult import (AsyncResult, _concat, _dated, _Derived, _forked, _MsgFuture,
-                          _OneRequest, _aborted_on_ctrl_c, _ctrl_c_aborts, _sent, _timeout_s)
+from .asyncresult import (AsyncResult, _concat, _dated, _Derived, _forked, _MsgFuture, _OneRequest,
+                          _aborted_on_ctrl_c, _ctrl_c_aborts, _seconds, _sent, _timeout_s)
 from .dependency import dependency_fields, dependent, msg_ids
 from .remotefunction import (ParallelFunction, RemoteFunction, _partition, _sequence, _sequences,
                              interactive)
@@ -367,7 +366,10 @@ class Client(errors.SaysWhyAbsent):
             return
         _, header, parts = self.session.check(frames)
         for header, parts in self.session.unbatch(header, parts):
-            self._on_message(header, parts)
+            try:   # one that cannot be handled is dropped alone, not the rest of its batch
+                self._on_message(header, parts)
+            except Exception as e:
+                log.warning("dropped a message from the controller: %s: %s", type(e).__name__, e)
 
     def _on_message(self, header, parts):
         # executes in the I/O thread: one reply or stream message (a batch carries several)
@@ -378,6 +380,16 @@ class Client(errors.SaysWhyAbsent):
         f = self._futures.pop(header.get("parent"), None)
         if f is None or f.done():
             return
+        try:
+            self._on_result(f, header, parts)
+        except Exception as e:   # its request must not wait for ever: it fails, saying why
+            with contextlib.suppress(concurrent.futures.InvalidStateError):   # done already
+                f.set_exception(errors.error("MiniparError", (
+                    f"the reply to request {f.msg_id} could not be handled ({type(e).__name__}: "
+                    f"{e}): a field of its header has the wrong type; is every engine "
+                    "running this same minipar?"), {"msg_id": f.msg_id}))
+
+    def _on_result(self, f, header, parts):
         md = f._joined()   # its times stay floats: made datetimes when read (_dated)
         if dict.get(md, "query"):   # dict's get: quicker, this is the I/O thread
             if header.get("status") == protocol.ERROR:
@@ -1176,18 +1188,6 @@ class _View(errors.SaysWhyAbsent):
 
     def _target_list(self):
         return None if self.targets in (None, "all") else self.targets
-
-
-def _seconds(query):
-    """`query` with each datetime in it as time.time() seconds, as records keep times (a
-    naive one is local time, as ``datetime.now()`` gives)."""
-    if isinstance(query, datetime.datetime):
-        return query.timestamp()
-    if isinstance(query, dict):
-        return {k: _seconds(v) for k, v in query.items()}
-    if isinstance(query, (list, tuple, set, frozenset)):
-        return [_seconds(v) for v in query]
-    return query
 
 
 def _seconds_check(what):

@@ -165,6 +165,10 @@ def wrap(exc, engine_info=None):
         return exc
     try:
         evalue = str(exc)
+        if isinstance(exc, SystemExit):   # its text is its code alone, often none: say what
+            code = "" if exc.code is None else f"{exc.code!r:.80}"   # it was, and what not
+            evalue = (f"the task called sys.exit({code}) (or raised SystemExit): that ends "
+                      "the task, not its engine, which stays up; return from the task instead")
     except BaseException:
         evalue = "<unprintable>"
     try:

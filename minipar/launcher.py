@@ -141,6 +141,22 @@ def _descendants(pids):
     return found[len(pids):]
 
 
+def _left_in_session(leader, start_time):
+    """The processes other than `leader` in the session it leads (a LocalProcessLauncher's
+    process leads its own): what it forked and left, a task's child that outlived its engine.
+    None once the pid is another's (a pid is not reused while a session holds it), nor from
+    this process's own session (a task stopping its cluster). Linux /proc; none elsewhere."""
+    if not leader or os.getsid(0) == leader or protocol.pid_alive(leader) \
+            and not protocol.same_process(leader, start_time):
+        return []
+    try:
+        procs = [int(e) for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return []
+    return [p for p in procs if p != leader and protocol.proc_stat(p, 3) == leader
+            and (protocol.proc_stat(p, 19) or 0) >= (start_time or 0)]   # started since it
+
+
 def _kill(pid, sig):
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
@@ -503,7 +519,8 @@ class LocalProcessLauncher(BaseLauncher):
         """SIGTERM, wait, SIGKILL; returns once the process (and its children) are gone."""
         if self.state == BEFORE:
             return None
-        terminate_pids(self.pids(), self.stop_timeout, what=self.role)
+        terminate_pids(self.pids() + _left_in_session(self.pid, self.pid_start),
+                       self.stop_timeout, what=self.role)
         self._join()
         return self.stop_data
 
@@ -638,8 +655,9 @@ class EngineSetLauncher(EngineLauncher):
                 c.signal(sig)
 
     def _stop_children(self):
-        # every engine gets SIGTERM at once, so n engines take one grace period, not n
-        terminate_pids(self.pids(), self.stop_timeout, what="engines")
+        # SIGTERM to all at once (one grace period, not n): engines, what tasks left in sessions
+        left = [p for c in self._children for p in _left_in_session(c.pid, c.pid_start)]
+        terminate_pids(self.pids() + left, self.stop_timeout, what="engines")
         for c in self._children:
             c._join()
 

@@ -731,3 +731,60 @@ def test_a_forked_child_is_told_to_make_its_own_client(rc):
     pending.abort()
     assert all(isinstance(f.exception(TIMEOUT), errors.TaskAborted) for f in pending.futures)
     assert rc[:].apply_sync(abs, -1) == [1] * len(rc.ids)
+
+
+def test_a_reply_the_client_cannot_handle_fails_its_request(tmp_path):
+    """A signed reply whose header has a field of the wrong type (here from a rogue engine
+    holding the cluster's key: an error name that is not a string, which the controller
+    forwards as it came) fails its request, saying so, rather than leaving it waiting for
+    ever; a message of a batch that cannot be handled (published data that is no pickle)
+    is dropped alone, and the replies after it in the batch are still read."""
+    import zmq
+
+    c = LocalCluster(tmp_path, controller_args=["--heartbeat-liveness", "10000"])
+    ctx = zmq.Context()
+    try:
+        info = protocol.read_connection_file(c.engine_file)
+        session = protocol.Session(info["key"])
+        control, work = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+        control.identity, work.identity = b"rogue", b"rogue.r"
+        for s in (control, work):
+            s.linger = 0
+            s.connect(protocol.url(info, "engine"))
+        reg, frames = session.msg(protocol.REGISTER, reply_ident="rogue.r")
+        control.send_multipart(frames)
+        assert control.poll(10_000)
+        eid = session.check(control.recv_multipart())[1]["id"]
+        work.send_multipart(session.msg(protocol.READY, reg=reg["msg_id"])[1])
+        rc = c.client(timeout=20)
+        rc.wait_for_engines(1, 10)
+        ars = [rc[eid].apply_async(pow, 2, i) for i in range(4)]
+        requests = []
+        while len(requests) < 4:
+            assert work.poll(10_000), "the requests did not reach the rogue engine"
+            _, header, parts = session.check(work.recv_multipart())
+            requests += session.unbatch(header, parts)
+
+        def reply(h, parts):
+            f, (args, kwargs) = protocol.deserialize_many(parts, h["counts"])
+            return session.msg(protocol.REPLY[h["kind"]], protocol.serialize(f(*args, **kwargs)),
+                               parent=h["msg_id"], status="ok", engine=eid)[1]
+
+        (h0, p0), (h1, p1), (h2, p2), (h3, p3) = requests
+        bad_data = session.msg(protocol.STREAM, [b"not a pickle"], parent=h2["msg_id"],
+                               name="data", engine=eid)[1]
+        bad_reply = session.msg(protocol.REPLY[h1["kind"]], parent=h1["msg_id"],
+                                status="error", ename=5, engine=eid)[1]
+        # one batch, forwarded to the client as it came (the first: alone, at once)
+        [batch] = list(session.pack([reply(h0, p0), bad_data, bad_reply, reply(h2, p2),
+                                     reply(h3, p3)]))
+        work.send_multipart(batch)
+        assert ars[0].get(20) == 1
+        with pytest.raises(errors.RemoteError, match=f"reply to request {ars[1].msg_ids[0]} "
+                           "could not be handled .*TypeError"):
+            ars[1].get(20)
+        assert [ars[2].get(20), ars[3].get(20)] == [4, 8]
+        assert rc._io.is_alive()
+    finally:
+        ctx.destroy(linger=0)
+        c.stop()

@@ -715,6 +715,21 @@ def test_input_in_a_task_fails_at_once_rather_than_wait_for_the_engines_terminal
     assert rc[eid].apply_sync(abs, -1) == 1 and engine.poll() is None
 
 
+def test_a_task_that_calls_sys_exit_says_so_and_its_engine_stays_up(local_cluster):
+    """sys.exit in a task was reported as ``SystemExit:`` with no text (its code, often
+    none); its error now says what the task did, keeping ename, and the engine serves on."""
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
+    for args, shown in (((0,), "sys.exit(0)"), ((), "sys.exit()"), (("bye",), "sys.exit('bye')")):
+        with pytest.raises(errors.RemoteError) as e:
+            rc[eid].apply_async(sys.exit, *args).get(START_TIMEOUT_S)
+        assert e.value.ename == "SystemExit"
+        assert f"the task called {shown} (or raised SystemExit): that ends the task, not its " \
+            "engine, which stays up" in str(e.value), str(e.value)
+    assert rc[eid].apply_sync(abs, -1) == 1 and rc.ids == [eid]
+
+
 def test_an_engine_whose_startup_code_calls_sys_exit_says_so(local_cluster):
     """A startup command (or script) that calls sys.exit ends its engine with that status
     before it registers, as asked, and now says so in its log, where it ended silently."""

@@ -399,28 +399,33 @@ def test_cluster_stops_when_its_starter_is_killed(pids, tmp_path):
     assert any("owner process" in f.read_text() for f in log)
 
 
-def _run_launcher_stop(root, profile_dir, out):
+def _run_launcher_stop(root, profile_dir, out, new_session):
     # a task: `launcher stop` as a child of this engine, output in `out`; its pid
     import os, subprocess, sys
     with open(out, "w") as f:
         return subprocess.Popen([sys.executable, "-m", "minipar.launcher", "stop", "--profile-dir",
                                  profile_dir], stdout=f, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, PYTHONPATH=root), start_new_session=True).pid
+                                env=dict(os.environ, PYTHONPATH=root),
+                                start_new_session=new_session).pid
 
 
-def test_launcher_stop_started_by_a_process_it_stops_does_not_kill_itself(pids, tmp_path):
+@pytest.mark.parametrize("new_session", [True, False], ids=["own-session", "engine-session"])
+def test_launcher_stop_started_by_a_process_it_stops_does_not_kill_itself(pids, tmp_path,
+                                                                          new_session):
     """The `launcher stop` that a controller whose owner is gone starts is its child until
     the controller has ended, which on a loaded machine can be after the stop has gathered
     the controller's descendants: it took itself for one, and SIGKILLed itself after
     stop_timeout, leaving the cluster file (the ssh kill -9 test failed so, now and then).
-    A task that stops its own cluster is a child of an engine the same way, for good."""
+    A task that stops its own cluster is a child of an engine the same way, for good; in
+    the engine's session, it is also among what the stop ends there (a task's leftovers),
+    and leaves that session alone."""
     prof = str(tmp_path / "p")
     cluster = Cluster(n=1, profile_dir=prof, controller_args=CTL_ARGS, shutdown_atexit=False)
     rc = cluster.start_and_connect_sync()
     try:
         pids.add_cluster(cluster, rc)
         out = tmp_path / "stop.out"
-        pids.add(rc[0].apply_sync(_run_launcher_stop, ROOT, prof, str(out)))
+        pids.add(rc[0].apply_sync(_run_launcher_stop, ROOT, prof, str(out), new_session))
         wait_until(lambda: "stopped cluster" in out.read_text(), 60, "`launcher stop` done")
         assert pids.wait_gone(20) == []
         assert not os.path.exists(cluster.cluster_file)
@@ -824,13 +829,55 @@ def test_a_crashed_engine_leaves_its_last_words_in_its_log(pids, tmp_path):
         by_pid = {child.pid: child for child in engines._children}
         segv, exit3 = (by_pid[pid] for pid in rc[:2].apply_sync(os.getpid))
         rc[0].apply_async(lambda: __import__("ctypes").string_at(0))
-        rc[1].apply_async(lambda: __import__("os")._exit(3))
+        died = rc[1].apply_async(lambda: __import__("os")._exit(3))
         assert segv.wait(30) and exit3.wait(30)
+        # the launcher, the engine's parent, wrote how it ended: its EngineError quotes it
+        with pytest.raises(errors.EngineError, match=f"(?s)engine pid {exit3.pid} ended: "
+                           "exit code 3"):
+            died.get(30)
         text = segv.get_output()
         assert "Fatal Python error: Segmentation fault" in text, text
         assert "ended: killed by signal SIGSEGV" in text, text
         text = exit3.get_output()
         assert f"engine pid {exit3.pid} ended: exit code 3" in text, text
+
+
+def _fork_a_sleeper(marker):
+    """A careless task: it forks a child that sleeps for ever, and returns the child's pid.
+    The child writes `marker` if SIGTERM ends it (`marker`.ready once it would)."""
+    pid = os.fork()
+    if pid == 0:
+        def stopped(*_):
+            open(marker, "w").close()
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, stopped)
+        open(marker + ".ready", "w").close()
+        while True:
+            time.sleep(1000)
+    return pid
+
+
+def test_what_a_task_forked_is_stopped_with_its_engines(pids, tmp_path):
+    """A child that a task forked and left running outlived the cluster when its engine
+    had stopped first (rc.shutdown), and otherwise waited out the grace period and got
+    SIGKILL. A Cluster stopping its local engines now sends SIGTERM to what is left in
+    each engine's session (its own: see LocalProcessLauncher.start) with the engines."""
+    cluster = Cluster(n=2, controller_args=CTL_ARGS)
+    markers = [str(tmp_path / f"child{i}") for i in range(2)]
+    with cluster as rc:
+        pids.add_cluster(cluster, rc)
+        engines = dict(zip(rc.ids, rc[:].apply_sync(os.getpid)))
+        children = [rc[eid].apply_sync(_fork_a_sleeper, m) for eid, m in zip(engines, markers)]
+        pids.add(*children)
+        wait_until(lambda: all(os.path.exists(m + ".ready") for m in markers), 30,
+                   "the forked children to start")
+        first = next(iter(engines))   # children[0] is its
+        rc.shutdown(targets=first, block=True)   # its child is left behind, orphaned
+        wait_until(lambda: not alive(engines[first]), 30, "the first engine to stop")
+        assert alive(children[0])
+    assert not [c for c in children if alive(c)], "a forked child outlived the cluster"
+    assert all(os.path.exists(m) for m in markers), "SIGKILL, not SIGTERM, ended a child"
 
 
 # ---------------------------------------------------------------- the launcher contract
