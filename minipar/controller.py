@@ -166,13 +166,13 @@ class Controller:
         self._stop = False
         self._stopped_by = None   # the client whose shutdown(hub=True) stopped it
         self._host, self._pidns = socket.gethostname(), protocol.pid_namespace()
-        # the process whose end stops the cluster (see _heartbeat): its pid and, read now
-        # while it runs, its start time, so a later process given the same pid is not it
-        self.owner = owner
-        self._owner_alive = None
-        if owner:
-            self._owner_alive = functools.partial(protocol.same_process, owner,
-                                                  protocol.proc_stat(owner, 19))
+        # the process whose end stops the cluster (see _heartbeat), by pid and start time (not
+        # a later one given its pid); unseen where its pid means nothing: another host, pid ns
+        self.owner, where = owner, protocol.local_process(str(owner)) if owner else None
+        self._owner_alive = where and functools.partial(protocol.same_process, *where)
+        if owner and not where:
+            log.warning("owner %s runs on another host or in another pid namespace: this "
+                        "controller cannot see it end; `launcher stop` the cluster", owner)
         self.stats = collections.Counter()
         self.tally = _top.Tally(time.time())   # what rc.status / minipar.top report
 
@@ -382,7 +382,7 @@ class Controller:
 
     def _heartbeat(self, now):
         if self._owner_alive is not None and not self._owner_alive():
-            log.warning("owner process %d is gone: stopping the engines and the controller",
+            log.warning("owner process %s is gone: stopping the engines and the controller",
                         self.owner)
             self._shutdown_engines(None, abort=True)
             self._stop = True
@@ -390,7 +390,7 @@ class Controller:
             # reaches them, their launchers stop them (scancel, ssh kill), as the cluster
             # file says; in a process of its own, as this one is about to end
             from .launcher import cluster_stop_args   # only here: its owner is gone
-            args = cluster_stop_args(os.getpid(), self.profile_dir)
+            args = cluster_stop_args(os.getpid(), self.profile_dir, self.owner)
             if args:
                 subprocess.Popen([sys.executable, "-m", f"{__package__}.launcher", *args],
                                  stdin=subprocess.DEVNULL, start_new_session=True)
@@ -1536,9 +1536,9 @@ def main(argv=None):
     p.add_argument("--max-message-size", type=int, default=protocol.MAX_MESSAGE_SIZE,
                    help="largest message in bytes (all frames) that any process of the "
                         "cluster accepts; larger ones are refused and counted")
-    p.add_argument("--owner", type=int, metavar="PID",
-                   help="stop the engines and the controller once process PID has ended "
-                        "(a Cluster passes its own pid unless shutdown_atexit=False)")
+    p.add_argument("--owner", metavar="PID",
+                   help="stop the engines and the controller once process PID (or "
+                        "PID/START/HOST/PIDNS) has ended (a Cluster gives its own)")
     p.add_argument("--log-level", type=protocol.log_level,
                    default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"),
                    help="DEBUG, INFO (default, or $MINIPAR_LOG_LEVEL), WARNING or ERROR")

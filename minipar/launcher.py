@@ -832,10 +832,10 @@ class Cluster:
     crash or are killed (local engine sets), so a long run keeps its engine count.
 
     With ``shutdown_atexit=True`` (the default) the cluster is stopped when this process exits or
-    nothing refers to it or its Clients any more (as ipyparallel's), and a local controller stops
+    nothing refers to it or its Clients any more (as ipyparallel's), and the controller stops
     it once this process is gone (``--owner``: SIGTERM and SIGKILL skip atexit), with `launcher
-    stop` for its batch jobs and ssh engines (a controller that is a batch job or on another
-    host cannot see this process: `launcher stop` it, then `launcher clean`);
+    stop` for its batch jobs and ssh engines, where it can see this process (this host and pid
+    namespace: not a batch job on a compute node, whose log says so: `launcher stop` it);
     ``shutdown_atexit=False`` (``launcher start --daemonize``) leaves it running.
     """
 
@@ -972,10 +972,10 @@ class Cluster:
         options = {**self.controller_options, **options}
         _check_options(cls, options, "controller options")
         args = self.controller_args
-        if self.shutdown_atexit and issubclass(cls, LocalControllerLauncher):
-            # atexit does not run when this process dies by SIGTERM or SIGKILL: the
-            # controller then stops the cluster itself. Only a local one can see our pid.
-            args = [*args, "--owner", str(os.getpid())]
+        if self.shutdown_atexit:
+            # atexit does not run when this process dies by SIGTERM or SIGKILL: the controller
+            # then stops the cluster, where it sees us (protocol.local_process: not on another host)
+            args = [*args, f"--owner={protocol.process_key(os.getpid())}"]
         self.controller = cls(profile_dir=self.profile_dir, cluster_id=self.cluster_id,
                               program_args=args, **options)
         started = time.time()
@@ -1337,14 +1337,16 @@ class ClusterManager:
         del self.clusters[cluster_id]  # forget it; as in ipyparallel, it is not stopped
 
 
-def cluster_stop_args(pid, profile_dir):
+def cluster_stop_args(pid, profile_dir, owner=None):
     """The arguments of ``python -m <pkg>.launcher`` that stop the cluster whose file in
-    `profile_dir` records controller `pid`, its engines too; None where none does."""
+    `profile_dir` records controller `pid` (or, not recorded for a batch job or ssh host,
+    ``--owner=OWNER``), its engines too; None where none does."""
     for path in cluster_files(profile_dir=profile_dir):
-        with contextlib.suppress(OSError, ValueError, KeyError, AttributeError):
+        with contextlib.suppress(OSError, ValueError, KeyError, AttributeError, TypeError):
             with open(path) as f:
                 d = json.load(f)
-            if (d.get("controller") or {}).get("state", {}).get("pid") == pid:
+            if d["controller"]["state"].get("pid") == pid or (   # None: a TypeError
+                    f"--owner={owner}" in d["controller"]["options"]["program_args"]):
                 return ["stop", "--profile-dir", profile_dir, "--cluster-id",
                         d["cluster"]["cluster_id"]]
     return None

@@ -1156,6 +1156,33 @@ def pid_namespace():
         return None
 
 
+def process_key(pid):
+    """Process `pid` of this host named so that a process elsewhere (a batch job, an ssh
+    host, a container) can tell whether the pid is one it can see: 'PID/START/HOST/PIDNS',
+    START being its start time (proc_stat's 19)."""
+    import socket   # here, not at import: `import minipar` stays quick
+    start = proc_stat(pid, 19)
+    return f"{pid}/{'' if start is None else start}/{socket.gethostname()}/{pid_namespace() or ''}"
+
+
+def local_process(key):
+    """(pid, start time) of the process `key` names (process_key's, or a bare pid: one of
+    this host, its start time read now), or None where it runs on another host or in
+    another pid namespace: its pid means nothing here, or another process."""
+    import socket
+    parts = key.split("/", 3)
+    try:
+        pid = int(parts[0])
+        if len(parts) == 1:
+            return pid, proc_stat(pid, 19)
+        _, start, host, pidns = parts
+        here = (host, pidns) == (socket.gethostname(), pid_namespace() or "")
+        return (pid, int(start) if start else None) if here else None
+    except ValueError:
+        raise ValueError(f"{key!r} names no process: give a pid, or PID/START/HOST/PIDNS "
+                         "(protocol.process_key)") from None
+
+
 def pid_alive(pid):
     """True while `pid` runs (a zombie counts as gone: it only awaits its parent's wait)."""
     try:

@@ -523,7 +523,7 @@ def test_slurm_sigterm_while_cli_start_waits_deletes_the_job(pids, tmp_path, slu
     assert queued() == [], "the job was left in the queue"
 
 
-def _kill_batch_starter(pids, tmp_path, engines, queued, n=500, **options):
+def _kill_batch_starter(pids, tmp_path, engines, queued, n=500, controller="local", **options):
     """`kill -9` of a script in ``with Cluster(engines=...)`` whose engines' job waits in
     the queue: no atexit runs, and the job gets no shutdown message; the controller
     (--owner) sees the script gone and has the cluster's launchers delete it. `queued()`:
@@ -531,7 +531,8 @@ def _kill_batch_starter(pids, tmp_path, engines, queued, n=500, **options):
     prof = tmp_path / "p"
     script = (f"from minipar.launcher import Cluster\n"
               f"with Cluster(n={n}, engines={engines!r}, profile_dir={str(prof)!r}, "
-              f"controller_args={CTL_ARGS!r}, timeout=120, engine_options={options!r}) as rc:\n"
+              f"controller={controller!r}, controller_args={CTL_ARGS!r}, timeout=120, "
+              f"engine_options={options!r}) as rc:\n"
               f"    pass\n")
     p = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=ROOT),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -559,6 +560,17 @@ def _kill_batch_starter(pids, tmp_path, engines, queued, n=500, **options):
 def test_slurm_job_of_a_script_killed_by_sigkill_is_deleted(pids, tmp_path, slurm_env):
     """More engines than CPUs keep the job pending."""
     _kill_batch_starter(pids, tmp_path, "slurm", lambda job: _slurm_jobs_under(tmp_path))
+
+
+@needs_slurm
+def test_slurm_controller_of_a_script_killed_by_sigkill_stops_the_cluster(pids, tmp_path,
+                                                                          slurm_env):
+    """A controller that is a batch job got no --owner, as it may run on another host:
+    its job and the engines' ran on until their walltime or a `launcher stop`. It now gets
+    its owner's host and pid namespace too, and watches it where they are its own (this
+    single-node Slurm); `queued` sees both jobs."""
+    _kill_batch_starter(pids, tmp_path, "slurm", lambda job: _slurm_jobs_under(tmp_path),
+                        controller="slurm")
 
 
 @needs_pbs
