@@ -96,10 +96,13 @@ class LauncherError(MiniparError):
 
 
 def _not_installed(launcher, program):
-    """Why `launcher` cannot run `program`: not found (mpiexec, sbatch... not installed)."""
+    """Why `launcher` cannot run `program` (mpiexec, sbatch... not installed), naming the
+    options to give its full path in: those that start with it (mpi_cmd, submit_command...)."""
+    named = [k for k in launcher._names("_options") if isinstance(getattr(launcher, k), list)
+             and getattr(launcher, k)[:1] == [program]] or ["the launcher's options"]
     return (f"{type(launcher).__name__} cannot run {program!r}: it is not on this machine's "
-            "PATH; install it, give its full path in the launcher's options, or use another "
-            "launcher kind")
+            f"PATH; install it, give its full path in {' and '.join(named)} (of a Cluster's "
+            f"{launcher.cluster_options}), or use another launcher kind")
 
 
 class NotRunning(LauncherError):
@@ -266,6 +269,7 @@ class BaseLauncher:
 
     kind = ""  # the short name, e.g. "local", "mpi", "slurm"
     role = ""  # what it starts: "controller", "engine(s)"; names its log file
+    cluster_options = "controller_options"   # the Cluster argument holding its options
     _options = ("profile_dir", "cluster_id", "program_args", "env", "stop_timeout")
     _state = ("state", "stop_data", "output_file")
 
@@ -409,6 +413,7 @@ class EngineLauncher(BaseLauncher):
     """Starts engines; ``start(n)``, where None means the host's CPU count."""
 
     program = (sys.executable, "-m", f"{_PKG}.engine")
+    cluster_options = "engine_options"
     _state = ("n",)
     n = 0  # how many engines start() started
 
@@ -693,6 +698,9 @@ class MPILauncher(LocalProcessLauncher):
 
     kind = "mpi"
     _options = ("mpi_cmd", "mpi_args")
+    # what OpenMPI's mpiexec says when it will not start (as root; -n over the cores): the flag
+    refusals = (("attempt to run as root", "--allow-run-as-root"),
+                ("not enough slots available", "--oversubscribe"))
 
     def __init__(self, mpi_cmd=("mpiexec",), mpi_args=(), **kwargs):
         super().__init__(**kwargs)
@@ -700,6 +708,14 @@ class MPILauncher(LocalProcessLauncher):
 
     def find_args(self):
         return [*self.mpi_cmd, "-n", str(self.n), *self.mpi_args, *self.program_and_args]
+
+    def get_output(self, remove=False):
+        text = super().get_output(remove)
+        for said, flag in self.refusals:   # mpiexec's own advice cannot name our option
+            if said in text and flag not in self.mpi_args:
+                text += (f"[{_PKG}] mpiexec refused ({said}): give it mpi_args="
+                         f"{[*self.mpi_args, flag]!r} (of a Cluster's {self.cluster_options})\n")
+        return text
 
 
 class MPIControllerLauncher(MPILauncher, ControllerLauncher):

@@ -40,7 +40,7 @@ import time
 from . import protocol
 from .launcher import (_PKG, BEFORE, RUNNING, START_TIMEOUT_S, ControllerLauncher,
                        ControllerStartError, EngineLauncher, EngineSetLauncher,
-                       LauncherError, LocalProcessLauncher, _python_path)
+                       LauncherError, LocalProcessLauncher, _not_installed, _python_path)
 
 log = logging.getLogger(__name__)
 
@@ -355,6 +355,9 @@ class SSHEngineSetLauncher(EngineSetLauncher):
                     self.sent_files.pop(host, None)
                 raise _no_answer(f"sending the engine file to {host}", cmd,
                                  [*self.ssh_cmd, *self.ssh_args], host) from None
+            except FileNotFoundError:
+                self.sent_files.pop(host, None)   # nothing was sent
+                raise LauncherError(_not_installed(self, cmd[0])) from None
             if r.returncode:
                 raise LauncherError(f"sending the engine file to {host} failed: "
                                     f"{shlex.join(cmd)}: {r.stderr.strip()}")

@@ -289,13 +289,19 @@ def test_engines_that_exit_raise_with_their_output(pids):
 
 @pytest.mark.parametrize("kind, options", [
     ("mpi", {"mpi_cmd": ["minipar-no-such-mpiexec"]}),
-    ("slurm", {"submit_command": ["minipar-no-such-sbatch"]})])
+    ("slurm", {"submit_command": ["minipar-no-such-sbatch"]}),
+    ("ssh", {"ssh_cmd": ["minipar-no-such-ssh"]}),
+    ("ssh", {"scp_cmd": ["minipar-no-such-scp"], "ssh_cmd": ["true"]})])
 def test_engines_whose_program_is_not_installed_say_so(pids, kind, options):
-    # was a bare FileNotFoundError: [Errno 2] No such file or directory: 'mpiexec'
-    program = next(iter(options.values()))[0]
+    # was a bare FileNotFoundError: [Errno 2] No such file or directory: 'mpiexec'; then
+    # "give its full path in the launcher's options", naming none (ssh's engine file: still
+    # a FileNotFoundError)
+    option, (program, *_) = next(iter(options.items()))
     cluster = Cluster(n=1, engines=kind, engine_options=options, controller_args=CTL_ARGS)
     with pytest.raises(launcher.LauncherError,
-                       match=rf"cannot run '{program}': it is not on this machine's PATH"):
+                       match=rf"cannot run '{program}': it is not on this machine's PATH; "
+                             rf"install it, give its full path in {option} \(of a Cluster's "
+                             r"engine_options\)"):
         cluster.start_and_connect_sync()
     pids.add(cluster.controller.pid)
     assert not alive(cluster.controller.pid)

@@ -111,6 +111,30 @@ def test_mpi_stop_kills_ranks_even_if_mpiexec_is_stuck(pids, tmp_path):
         cluster.stop_cluster_sync()
 
 
+@needs_mpi
+@pytest.mark.parametrize("refusal", ["slots", "root", "root-controller"])
+def test_mpiexec_that_refuses_to_start_is_answered_with_the_option_to_set(pids, tmp_path,
+                                                                         refusal, monkeypatch):
+    """mpiexec's text names its own flags (--oversubscribe, --allow-run-as-root), not where
+    to put them: minipar now says which option (mpi_args, in engine_options or
+    controller_options) and with what value."""
+    if refusal != "slots" and os.geteuid() != 0:
+        pytest.skip("mpiexec refuses root only: run as root")
+    for name in (*ROOT_ENV, "OMPI_MCA_rmaps_base_oversubscribe"):
+        monkeypatch.delenv(name, raising=False)
+    mpi = {"mpi_args": ["--bind-to", "none"], "env": ROOT_ENV if refusal == "slots" else {}}
+    where = "controller_options" if refusal == "root-controller" else "engine_options"
+    cluster = Cluster(n=(os.cpu_count() or 1) * 4, engines="mpi", profile_dir=str(tmp_path / "p"),
+                      controller="mpi" if refusal == "root-controller" else "local",
+                      controller_args=CTL_ARGS, timeout=60, **{where: mpi})
+    with pytest.raises(launcher.LauncherError) as e:
+        cluster.start_and_connect_sync()
+    pids.add_cluster(cluster)
+    flag = "--oversubscribe" if refusal == "slots" else "--allow-run-as-root"
+    assert f"mpi_args=['--bind-to', 'none', '{flag}'] (of a Cluster's {where})" in str(e.value), \
+        str(e.value)
+
+
 def _signal_marks(rc, tmp_path):
     """Engines note SIGUSR1 in files; returns a function listing the files so far."""
     rc[:].execute("import os, signal\n"
