@@ -209,6 +209,28 @@ def test_ssh_engines(pids, tmp_path, connection):
 
 
 @needs_ssh
+@pytest.mark.parametrize("extra", [["-tt"], ["-p", "{port}"], ["-S", "none", "-l", "root"]])
+def test_ssh_args_that_scp_spells_otherwise_or_refuses_reach_it_as_it_takes_them(pids, tmp_path,
+                                                                               extra):
+    """ssh_args went to scp unchanged, so ipyparallel's default -tt (scp's -t is its server
+    mode), -p PORT (scp's -P; its -p keeps times) or -S (scp's program to run) broke the
+    copies of the engine file and of the controller's files: scp now gets them in its own
+    spelling, or not at all (-tt)."""
+    port = re.search(r"Port (\d+)", open(SSH_CONFIG).read())[1]
+    args = ["-F", SSH_CONFIG, *(a.format(port=port) for a in extra)]
+    common = {"ssh_args": args, "remote_profile_dir": str(tmp_path / "host")}
+    cluster = Cluster(n=1, engines="ssh", controller="ssh", profile_dir=str(tmp_path / "p"),
+                      controller_args=CTL_ARGS, timeout=60,
+                      controller_options={"hostname": "127.0.0.1", **common},
+                      engine_options={"engines": {"127.0.0.1": 1}, **common})
+    with cluster as rc:
+        pids.add_cluster(cluster, rc)
+        pids.add(cluster.controller.remote_pid, *rc[:].apply_sync(os.getpid))
+        assert rc[:].apply_sync(lambda: 42) == [42]
+    assert pids.wait_gone(20) == []
+
+
+@needs_ssh
 def test_ssh_controller_and_engines(pids, tmp_path):
     """The controller over ssh too: its connection files come back by scp."""
     ssh = {"ssh_args": ["-F", SSH_CONFIG], "hostname": "127.0.0.1",
