@@ -405,6 +405,24 @@ def test_cluster_stops_when_its_starter_is_killed(pids, tmp_path):
     assert any("owner process" in f.read_text() for f in log)
 
 
+def test_controller_whose_owner_runs_on_another_host_runs_on_saying_it_cannot_see_it(
+        pids, tmp_path):
+    """A batch job on a compute node: its owner's pid (here one that has ended) means
+    nothing there. A controller that took it for one of its host's would stop at its first
+    heartbeat; it runs on, and its log says to `launcher stop` the cluster."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, timeout=60).stdout.strip()
+    owner = f"--owner={gone}/1/elsewhere-{socket.gethostname()}/pid:[1]"
+    cluster = Cluster(n=1, profile_dir=str(tmp_path / "p"), shutdown_atexit=False,
+                      controller_args=[*CTL_ARGS, "--heartbeat-period", "0.1", owner])
+    with cluster as rc:
+        pids.add_cluster(cluster, rc)
+        rc[:].apply_sync(time.sleep, 1)   # ten heartbeats
+        assert cluster.controller.running and rc[:].apply_sync(lambda: 1) == [1]
+        assert "cannot see it end; `launcher stop` the cluster" in cluster.controller.get_output()
+    assert pids.wait_gone(20) == []
+
+
 def _run_launcher_stop(root, profile_dir, out):
     # a task: `launcher stop` as a child of this engine, output in `out`; its pid
     import os, subprocess, sys
