@@ -239,13 +239,15 @@ class BatchSystemLauncher(BaseLauncher):
         """Delete the job and wait until the batch system says it has ended."""
         if self.state != RUNNING:
             return self.stop_data
+        # the batch system sends SIGTERM, then SIGKILL after its own grace (Slurm's KillWait),
+        # to this process too where it runs in the job (the `launcher stop` of a controller
+        # whose owner is gone): it finishes within that grace, not waiting for its own end
+        own = os.environ.get(self.job_id_env) == self.job_id
+        if own and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         r = self._run([*self.delete_command, self.job_id])
         if r.returncode:
             log.info("%s %s: %s", shlex.join(self.delete_command), self.job_id, r.stderr.strip())
-        # the batch system sends SIGTERM, then SIGKILL after its own grace (Slurm's KillWait),
-        # to this process too where it runs in the job (the `launcher stop` of a controller
-        # whose owner is gone): it would wait for its own end, listed as ending till then
-        own = os.environ.get(self.job_id_env) == self.job_id
         deadline = time.monotonic() + max(self.stop_timeout, 30.0)
         while not own and self.job_status() != "done":
             if time.monotonic() > deadline:

@@ -13,6 +13,7 @@ In every case the engines register and do work, the cluster is listed and stoppe
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -22,7 +23,7 @@ import sys
 import pytest
 
 from minipar import launcher, ssh
-from minipar.batch import PBSEngineSetLauncher, SGEEngineSetLauncher
+from minipar.batch import PBSEngineSetLauncher, SGEEngineSetLauncher, SlurmControllerLauncher
 from minipar.launcher import Cluster
 
 from .helpers import wait_until
@@ -569,7 +570,8 @@ def test_slurm_sigterm_while_cli_start_waits_deletes_the_job(pids, tmp_path, slu
     assert queued() == [], "the job was left in the queue"
 
 
-def _kill_batch_starter(pids, tmp_path, engines, queued, n=500, controller="local", **options):
+def _kill_batch_starter(pids, tmp_path, engines, queued, n=500, controller="local",
+                        controller_options=None, **options):
     """`kill -9` of a script in ``with Cluster(engines=...)`` whose engines' job waits in
     the queue: no atexit runs, and the job gets no shutdown message; the controller
     (--owner) sees the script gone and has the cluster's launchers delete it. `queued()`:
@@ -578,7 +580,7 @@ def _kill_batch_starter(pids, tmp_path, engines, queued, n=500, controller="loca
     script = (f"from minipar.launcher import Cluster\n"
               f"with Cluster(n={n}, engines={engines!r}, profile_dir={str(prof)!r}, "
               f"controller={controller!r}, controller_args={CTL_ARGS!r}, timeout=120, "
-              f"engine_options={options!r}) as rc:\n"
+              f"controller_options={controller_options!r}, engine_options={options!r}) as rc:\n"
               f"    pass\n")
     p = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=ROOT),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -617,6 +619,37 @@ def test_slurm_controller_of_a_script_killed_by_sigkill_stops_the_cluster(pids, 
     single-node Slurm); `queued` sees both jobs."""
     _kill_batch_starter(pids, tmp_path, "slurm", lambda job: _slurm_jobs_under(tmp_path),
                         controller="slurm")
+
+
+# what a batch system that tracks a job's processes (Slurm's proctrack/cgroup) does when the
+# job's script ends: end every process the job left (here: those of minipar)
+_END_OF_JOB = """import os
+job = f"SLURM_JOB_ID={os.environ['SLURM_JOB_ID']}".encode()
+for p in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        with open(f"/proc/{p}/environ", "rb") as f, open(f"/proc/{p}/cmdline", "rb") as c:
+            if job in f.read().split(b"\\0") and b"minipar" in c.read() and int(p) != os.getpid():
+                os.kill(int(p), 9)
+    except OSError:
+        pass
+"""
+
+
+@needs_slurm
+def test_slurm_controller_whose_job_ends_what_it_left_still_has_the_engines_deleted(
+        pids, tmp_path, slurm_env):
+    """The `launcher stop` that a controller whose owner is gone starts runs in the
+    controller's job: the controller ended at once, so a batch system that ends what a job
+    left (proctrack/cgroup) ended that stop before it deleted the engines' pending job. The
+    controller now runs until the stop ends it. This Slurm (proctrack/linuxproc) lets such
+    a process escape, so the controller's job script ends them itself (_END_OF_JOB) once
+    the controller has (not under srun, which waits for the output the stop inherited)."""
+    end = tmp_path / "end_of_job.py"
+    end.write_text(_END_OF_JOB)
+    template = (SlurmControllerLauncher.default_template.replace("srun {", "{")
+                + f"{shlex.quote(sys.executable)} {shlex.quote(str(end))}\n")
+    _kill_batch_starter(pids, tmp_path, "slurm", lambda job: _slurm_jobs_under(tmp_path / "p"),
+                        controller="slurm", controller_options={"batch_template": template})
 
 
 @needs_pbs
