@@ -71,6 +71,7 @@ class BatchSystemLauncher(BaseLauncher):
     signal_command = None  # None: the batch system cannot signal a job
     status_command = ()
     job_id_regexp = r"\d+"
+    job_id_env = ""   # the variable that holds the job's id in its processes
     queue_template = ""
     default_template = ""
     script_suffix = ".sh"
@@ -238,18 +239,22 @@ class BatchSystemLauncher(BaseLauncher):
         """Delete the job and wait until the batch system says it has ended."""
         if self.state != RUNNING:
             return self.stop_data
+        # the batch system sends SIGTERM, then SIGKILL after its own grace (Slurm's KillWait),
+        # to this process too where it runs in the job (the `launcher stop` of a controller
+        # whose owner is gone): it finishes within that grace, not waiting for its own end
+        own = os.environ.get(self.job_id_env) == self.job_id
+        if own and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         r = self._run([*self.delete_command, self.job_id])
         if r.returncode:
             log.info("%s %s: %s", shlex.join(self.delete_command), self.job_id, r.stderr.strip())
-        # the batch system sends SIGTERM, then SIGKILL after its own grace (Slurm's KillWait)
         deadline = time.monotonic() + max(self.stop_timeout, 30.0)
-        while time.monotonic() < deadline:
-            if self.job_status() == "done":
+        while not own and self.job_status() != "done":
+            if time.monotonic() > deadline:
+                log.error("%s job %s still listed %.0f s after %s", self.kind, self.job_id,
+                          max(self.stop_timeout, 30.0), shlex.join(self.delete_command))
                 break
             time.sleep(0.2)
-        else:
-            log.error("%s job %s still listed %.0f s after %s", self.kind, self.job_id,
-                      max(self.stop_timeout, 30.0), shlex.join(self.delete_command))
         self.notify_stop({"job_id": self.job_id})
         if self._watcher is not None:
             self._watcher.join(self.poll_interval + 60)
@@ -316,6 +321,7 @@ class SlurmLauncher(BatchSystemLauncher):
     """Slurm: sbatch / scancel / squeue. Engines run as the tasks of one srun."""
 
     kind = "slurm"
+    job_id_env = "SLURM_JOB_ID"
     submit_command = ("sbatch", "--parsable")
     delete_command = ("scancel",)
     signal_command = ("scancel", "--signal={sig}")  # reaches the srun steps: the engines
@@ -347,6 +353,7 @@ class PBSLauncher(BatchSystemLauncher):
     """PBS / Torque: qsub / qdel / qsig / qstat. Engines are a job array (-t 1-n)."""
 
     kind = "pbs"
+    job_id_env = "PBS_JOBID"
     submit_command = ("qsub",)
     delete_command = ("qdel",)
     signal_command = ("qsig", "-s", "{sig}")
@@ -382,6 +389,7 @@ class SGELauncher(BatchSystemLauncher):
     """
 
     kind = "sge"
+    job_id_env = "JOB_ID"
     submit_command = ("qsub",)
     delete_command = ("qdel",)
     status_command = ("qstat",)
@@ -426,6 +434,7 @@ class LSFLauncher(BatchSystemLauncher):
     """IBM Spectrum LSF: bsub (script on stdin) / bkill / bjobs. Engines are a job array."""
 
     kind = "lsf"
+    job_id_env = "LSB_JOBID"
     submit_command = ("bsub",)
     submit_stdin = True  # bsub reads #BSUB lines only from a script given on stdin
     delete_command = ("bkill",)

@@ -163,16 +163,16 @@ class Controller:
         self._purged = _IdSet()   # ids purged here: "unknown" at once, never waited for
         self._now = 0.0           # the pass's `now` once its poll returned, for _park
         self._next_id, self._beat, self._next_beat = 0, 0, 0.0
-        self._stop = False
+        self._stop, self._stopper = False, None   # _stopper: a `launcher stop` (_heartbeat)
         self._stopped_by = None   # the client whose shutdown(hub=True) stopped it
         self._host, self._pidns = socket.gethostname(), protocol.pid_namespace()
-        # the process whose end stops the cluster (see _heartbeat): its pid and, read now
-        # while it runs, its start time, so a later process given the same pid is not it
-        self.owner = owner
-        self._owner_alive = None
-        if owner:
-            self._owner_alive = functools.partial(protocol.same_process, owner,
-                                                  protocol.proc_stat(owner, 19))
+        # the process whose end stops the cluster (see _heartbeat), by pid and start time (not
+        # a later one given its pid); unseen where its pid means nothing: another host, pid ns
+        self.owner, where = owner, protocol.local_process(str(owner)) if owner else None
+        self._owner_alive = where and functools.partial(protocol.same_process, *where)
+        if owner and not where:
+            log.warning("owner %s runs on another host or in another pid namespace: this "
+                        "controller cannot see it end; `launcher stop` the cluster", owner)
         self.stats = collections.Counter()
         self.tally = _top.Tally(time.time())   # what rc.status / minipar.top report
 
@@ -381,19 +381,20 @@ class Controller:
     # ------------------------------------------------------------ heartbeat
 
     def _heartbeat(self, now):
+        self._stop |= self._stopper is not None and self._stopper.poll() is not None
         if self._owner_alive is not None and not self._owner_alive():
-            log.warning("owner process %d is gone: stopping the engines and the controller",
-                        self.owner)
+            log.warning("owner process %s is gone: stopping its engines and controller", self.owner)
             self._shutdown_engines(None, abort=True)
-            self._stop = True
-            # a batch job still pending, an ssh engine not yet registered: no message
-            # reaches them, their launchers stop them (scancel, ssh kill), as the cluster
-            # file says; in a process of its own, as this one is about to end
+            self._owner_alive = None
+            # a pending batch job, an unregistered ssh engine: their launchers stop them (as the
+            # cluster file says), then us. Till then (or that stop's end) we run: a batch
+            # system would end that stop with our job
             from .launcher import cluster_stop_args   # only here: its owner is gone
-            args = cluster_stop_args(os.getpid(), self.profile_dir)
-            if args:
-                subprocess.Popen([sys.executable, "-m", f"{__package__}.launcher", *args],
-                                 stdin=subprocess.DEVNULL, start_new_session=True)
+            args = cluster_stop_args(os.getpid(), self.profile_dir, self.owner)
+            self._stop = not args
+            self._stopper = args and subprocess.Popen(
+                [sys.executable, "-m", f"{__package__}.launcher", *args],
+                stdin=subprocess.DEVNULL, start_new_session=True)
             return
         # A beat a period late or more: this controller was stopped (SIGSTOP) or starved.
         # An engine is judged gone by its pid (not in 5 beats) only at two beats on time:
@@ -1429,8 +1430,7 @@ def _curve_keys(path, reuse):
             raise ValueError("keys are not 40 characters of Z85")
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
             log.warning("--reuse: %s cannot be read (%s: %s): this controller makes a new "
-                        "key pair; clients need the new connection file", path,
-                        type(e).__name__, e)
+                        "key pair; clients need the new connection file", path, type(e).__name__, e)
     public, secret = zmq.curve_keypair()
     protocol.write_connection_file(path, {"public": public.decode(), "secret": secret.decode()})
     return public, secret
@@ -1536,9 +1536,9 @@ def main(argv=None):
     p.add_argument("--max-message-size", type=int, default=protocol.MAX_MESSAGE_SIZE,
                    help="largest message in bytes (all frames) that any process of the "
                         "cluster accepts; larger ones are refused and counted")
-    p.add_argument("--owner", type=int, metavar="PID",
-                   help="stop the engines and the controller once process PID has ended "
-                        "(a Cluster passes its own pid unless shutdown_atexit=False)")
+    p.add_argument("--owner", metavar="PID",
+                   help="stop the engines and the controller once process PID (or "
+                        "PID/START/HOST/PIDNS) has ended (a Cluster gives its own)")
     p.add_argument("--log-level", type=protocol.log_level,
                    default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"),
                    help="DEBUG, INFO (default, or $MINIPAR_LOG_LEVEL), WARNING or ERROR")

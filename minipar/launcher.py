@@ -96,10 +96,13 @@ class LauncherError(MiniparError):
 
 
 def _not_installed(launcher, program):
-    """Why `launcher` cannot run `program`: not found (mpiexec, sbatch... not installed)."""
+    """Why `launcher` cannot run `program` (mpiexec, sbatch... not installed), naming the
+    options to give its full path in: those that start with it (mpi_cmd, submit_command...)."""
+    named = [k for k in launcher._names("_options") if isinstance(getattr(launcher, k), list)
+             and getattr(launcher, k)[:1] == [program]] or ["the launcher's options"]
     return (f"{type(launcher).__name__} cannot run {program!r}: it is not on this machine's "
-            "PATH; install it, give its full path in the launcher's options, or use another "
-            "launcher kind")
+            f"PATH; install it, give its full path in {' and '.join(named)} (of a Cluster's "
+            f"{launcher.cluster_options}), or use another launcher kind")
 
 
 class NotRunning(LauncherError):
@@ -122,39 +125,6 @@ def _check_n(n):
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
         raise ValueError(f"n={n!r}: give a whole number of engines >= 0, or None for the CPU count")
     return n
-
-
-def _descendants(pids):
-    """Every living descendant of `pids` (Linux /proc; elsewhere none are known)."""
-    children = {}
-    try:
-        procs = [int(e) for e in os.listdir("/proc") if e.isdigit()]
-    except OSError:
-        return []
-    for pid in procs:   # never this process: the `launcher stop` a controller starts is its child
-        ppid = protocol.proc_stat(pid, 1)
-        if ppid is not None and pid != os.getpid():
-            children.setdefault(ppid, []).append(pid)
-    found = list(pids)
-    for pid in found:   # the list grows as it is read: children's children are looked up too
-        found.extend(children.get(pid, ()))
-    return found[len(pids):]
-
-
-def _left_in_session(leader, start_time):
-    """The processes other than `leader` in the session it leads (a LocalProcessLauncher's
-    process leads its own): what it forked and left, a task's child that outlived its engine.
-    None once the pid is another's (a pid is not reused while a session holds it), nor from
-    this process's own session (a task stopping its cluster). Linux /proc; none elsewhere."""
-    if not leader or os.getsid(0) == leader or protocol.pid_alive(leader) \
-            and not protocol.same_process(leader, start_time):
-        return []
-    try:
-        procs = [int(e) for e in os.listdir("/proc") if e.isdigit()]
-    except OSError:
-        return []
-    return [p for p in procs if p != leader and protocol.proc_stat(p, 3) == leader
-            and (protocol.proc_stat(p, 19) or 0) >= (start_time or 0)]   # started since it
 
 
 def _kill(pid, sig):
@@ -195,14 +165,14 @@ def terminate_pids(pids, timeout=STOP_TIMEOUT_S, sig=signal.SIGTERM, what="proce
     are re-parented and could not be found afterwards. Returns the pids still alive
     (none, unless a process is stuck in the kernel)."""
     pids = [p for p in pids if p]
-    everything = pids + _descendants(pids)
+    everything = pids + protocol.descendants(pids)
     for pid in pids:
         _kill(pid, sig)
     alive = _wait_pids(everything, time.monotonic() + timeout)
     if alive:
         log.warning("%s %s did not exit %.0f s after signal %s; sending SIGKILL",
                     what, alive, timeout, sig)
-        for pid in alive + _descendants(alive):
+        for pid in alive + protocol.descendants(alive):
             _kill(pid, signal.SIGKILL)
         alive = _wait_pids(alive, time.monotonic() + 5.0)
         if alive:
@@ -282,6 +252,7 @@ class BaseLauncher:
 
     kind = ""  # the short name, e.g. "local", "mpi", "slurm"
     role = ""  # what it starts: "controller", "engine(s)"; names its log file
+    cluster_options = "controller_options"   # the Cluster argument holding its options
     _options = ("profile_dir", "cluster_id", "program_args", "env", "stop_timeout")
     _state = ("state", "stop_data", "output_file")
 
@@ -425,6 +396,7 @@ class EngineLauncher(BaseLauncher):
     """Starts engines; ``start(n)``, where None means the host's CPU count."""
 
     program = (sys.executable, "-m", f"{_PKG}.engine")
+    cluster_options = "engine_options"
     _state = ("n",)
     n = 0  # how many engines start() started
 
@@ -519,7 +491,7 @@ class LocalProcessLauncher(BaseLauncher):
         """SIGTERM, wait, SIGKILL; returns once the process (and its children) are gone."""
         if self.state == BEFORE:
             return None
-        terminate_pids(self.pids() + _left_in_session(self.pid, self.pid_start),
+        terminate_pids(self.pids() + protocol.left_in_session(self.pid, self.pid_start),
                        self.stop_timeout, what=self.role)
         self._join()
         return self.stop_data
@@ -656,7 +628,7 @@ class EngineSetLauncher(EngineLauncher):
 
     def _stop_children(self):
         # SIGTERM to all at once (one grace period, not n): engines, what tasks left in sessions
-        left = [p for c in self._children for p in _left_in_session(c.pid, c.pid_start)]
+        left = [p for c in self._children for p in protocol.left_in_session(c.pid, c.pid_start)]
         terminate_pids(self.pids() + left, self.stop_timeout, what="engines")
         for c in self._children:
             c._join()
@@ -711,6 +683,9 @@ class MPILauncher(LocalProcessLauncher):
 
     kind = "mpi"
     _options = ("mpi_cmd", "mpi_args")
+    # what OpenMPI's mpiexec says when it will not start (as root; -n over the cores): the flag
+    refusals = (("attempt to run as root", "--allow-run-as-root"),
+                ("not enough slots available", "--oversubscribe"))
 
     def __init__(self, mpi_cmd=("mpiexec",), mpi_args=(), **kwargs):
         super().__init__(**kwargs)
@@ -718,6 +693,14 @@ class MPILauncher(LocalProcessLauncher):
 
     def find_args(self):
         return [*self.mpi_cmd, "-n", str(self.n), *self.mpi_args, *self.program_and_args]
+
+    def get_output(self, remove=False):
+        text = super().get_output(remove)
+        for said, flag in self.refusals:   # mpiexec's own advice cannot name our option
+            if said in text and flag not in self.mpi_args:
+                text += (f"[{_PKG}] mpiexec refused ({said}): give it mpi_args="
+                         f"{[*self.mpi_args, flag]!r} (of a Cluster's {self.cluster_options})\n")
+        return text
 
 
 class MPIControllerLauncher(MPILauncher, ControllerLauncher):
@@ -850,10 +833,10 @@ class Cluster:
     crash or are killed (local engine sets), so a long run keeps its engine count.
 
     With ``shutdown_atexit=True`` (the default) the cluster is stopped when this process exits or
-    nothing refers to it or its Clients any more (as ipyparallel's), and a local controller stops
+    nothing refers to it or its Clients any more (as ipyparallel's), and the controller stops
     it once this process is gone (``--owner``: SIGTERM and SIGKILL skip atexit), with `launcher
-    stop` for its batch jobs and ssh engines (a controller that is a batch job or on another
-    host cannot see this process: `launcher stop` it, then `launcher clean`);
+    stop` for its batch jobs and ssh engines, where it can see this process (this host and pid
+    namespace: not a batch job on a compute node, whose log says so: `launcher stop` it);
     ``shutdown_atexit=False`` (``launcher start --daemonize``) leaves it running.
     """
 
@@ -990,10 +973,10 @@ class Cluster:
         options = {**self.controller_options, **options}
         _check_options(cls, options, "controller options")
         args = self.controller_args
-        if self.shutdown_atexit and issubclass(cls, LocalControllerLauncher):
-            # atexit does not run when this process dies by SIGTERM or SIGKILL: the
-            # controller then stops the cluster itself. Only a local one can see our pid.
-            args = [*args, "--owner", str(os.getpid())]
+        if self.shutdown_atexit:
+            # atexit does not run when this process dies by SIGTERM or SIGKILL: the controller
+            # then stops the cluster, where it sees us (protocol.local_process: not on another host)
+            args = [*args, f"--owner={protocol.process_key(os.getpid())}"]
         self.controller = cls(profile_dir=self.profile_dir, cluster_id=self.cluster_id,
                               program_args=args, **options)
         started = time.time()
@@ -1355,14 +1338,16 @@ class ClusterManager:
         del self.clusters[cluster_id]  # forget it; as in ipyparallel, it is not stopped
 
 
-def cluster_stop_args(pid, profile_dir):
+def cluster_stop_args(pid, profile_dir, owner=None):
     """The arguments of ``python -m <pkg>.launcher`` that stop the cluster whose file in
-    `profile_dir` records controller `pid`, its engines too; None where none does."""
+    `profile_dir` records controller `pid` (or, not recorded for a batch job or ssh host,
+    ``--owner=OWNER``), its engines too; None where none does."""
     for path in cluster_files(profile_dir=profile_dir):
-        with contextlib.suppress(OSError, ValueError, KeyError, AttributeError):
+        with contextlib.suppress(OSError, ValueError, KeyError, AttributeError, TypeError):
             with open(path) as f:
                 d = json.load(f)
-            if (d.get("controller") or {}).get("state", {}).get("pid") == pid:
+            if d["controller"]["state"].get("pid") == pid or (   # None: a TypeError
+                    f"--owner={owner}" in d["controller"]["options"]["program_args"]):
                 return ["stop", "--profile-dir", profile_dir, "--cluster-id",
                         d["cluster"]["cluster_id"]]
     return None

@@ -1139,6 +1139,40 @@ def proc_stat(pid, field):
         return None
 
 
+def _pids():
+    """Every pid of this host's /proc (Linux; elsewhere none are known)."""
+    try:
+        return [int(e) for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return []
+
+
+def descendants(pids):
+    """Every living descendant of `pids`, never this process (a `launcher stop` that a
+    controller whose owner is gone starts is its child while it stops it)."""
+    children = {}
+    for pid in _pids():
+        ppid = proc_stat(pid, 1)
+        if ppid is not None and pid != os.getpid():
+            children.setdefault(ppid, []).append(pid)
+    found = list(pids)
+    for pid in found:   # the list grows as it is read: children's children are looked up too
+        found.extend(children.get(pid, ()))
+    return found[len(pids):]
+
+
+def left_in_session(leader, start_time):
+    """The processes other than `leader` in the session it leads (a LocalProcessLauncher's
+    process leads its own): what it forked and left, a task's child that outlived its engine.
+    None once the pid is another's (a pid is not reused while a session holds it), nor from
+    this process's own session (a task stopping its cluster)."""
+    if not leader or os.getsid(0) == leader or pid_alive(leader) \
+            and not same_process(leader, start_time):
+        return []
+    return [p for p in _pids() if p != leader and proc_stat(p, 3) == leader
+            and (proc_stat(p, 19) or 0) >= (start_time or 0)]   # started since it
+
+
 def same_process(pid, start_time):
     """Whether `pid` is still the process that started at `start_time` (proc_stat's 19;
     None: any process with that pid)."""
@@ -1154,6 +1188,33 @@ def pid_namespace():
         return os.readlink("/proc/self/ns/pid")
     except OSError:
         return None
+
+
+def process_key(pid):
+    """Process `pid` of this host named so that a process elsewhere (a batch job, an ssh
+    host, a container) can tell whether the pid is one it can see: 'PID/START/HOST/PIDNS',
+    START being its start time (proc_stat's 19)."""
+    import socket   # here, not at import: `import minipar` stays quick
+    start = proc_stat(pid, 19)
+    return f"{pid}/{'' if start is None else start}/{socket.gethostname()}/{pid_namespace() or ''}"
+
+
+def local_process(key):
+    """(pid, start time) of the process `key` names (process_key's, or a bare pid: one of
+    this host, its start time read now), or None where it runs on another host or in
+    another pid namespace: its pid means nothing here, or another process."""
+    import socket
+    parts = key.split("/", 3)
+    try:
+        pid = int(parts[0])
+        if len(parts) == 1:
+            return pid, proc_stat(pid, 19)
+        _, start, host, pidns = parts
+        here = (host, pidns) == (socket.gethostname(), pid_namespace() or "")
+        return (pid, int(start) if start else None) if here else None
+    except ValueError:
+        raise ValueError(f"{key!r} names no process: give a pid, or PID/START/HOST/PIDNS "
+                         "(protocol.process_key)") from None
 
 
 def pid_alive(pid):

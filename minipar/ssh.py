@@ -40,7 +40,7 @@ import time
 from . import protocol
 from .launcher import (_PKG, BEFORE, RUNNING, START_TIMEOUT_S, ControllerLauncher,
                        ControllerStartError, EngineLauncher, EngineSetLauncher,
-                       LauncherError, LocalProcessLauncher, _python_path)
+                       LauncherError, LocalProcessLauncher, _not_installed, _python_path)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,36 @@ def _ssh_args(args):
     if "-n" in args:
         raise ValueError(f"ssh_args {args}: leave out -n; the remote shell reads ssh's stdin "
                          "and ends the program if it closes before the launcher has its pid")
+    return args
+
+
+# ssh's options that take a value (man ssh), and those of all its options that scp takes,
+# as scp spells them: -p 22 is scp's -P 22, -S (ssh's control path) scp's program to run;
+# the rest (-t, -T, -n, -N, -X, forwardings: a session's, not a copy's) scp refuses or misreads
+_SSH_VALUED = "BbcDEeFIiJLlmOoPpQRSWw"
+_FOR_SCP = {"4": "-4", "6": "-6", "C": "-C", "q": "-q", "v": "-v", "A": "-oForwardAgent=yes",
+            "a": "-oForwardAgent=no", "c": "-c", "F": "-F", "i": "-i", "J": "-J", "o": "-o",
+            "p": "-P", "l": "-oUser=", "S": "-oControlPath=", "b": "-oBindAddress=",
+            "B": "-oBindInterface=", "m": "-oMACs=", "I": "-oPKCS11Provider="}
+
+
+def _scp_args(ssh_args):
+    """The options of `ssh_args` that scp takes, in scp's spelling: ipyparallel's default
+    ssh args, -tt, made the engine file's copy fail (scp's -t is its own server mode)."""
+    args, words = [], iter(ssh_args)
+    for word in words:
+        letters = word[1:] if word.startswith("-") and word != "-" else None
+        if letters is None:
+            args.append(word)   # not an option: as given
+        while letters:
+            letter, letters = letters[0], letters[1:]
+            scp = _FOR_SCP.get(letter)
+            if letter not in _SSH_VALUED:
+                args += [scp] if scp else []
+                continue
+            value, letters = letters or next(words, ""), ""   # -p22 or -p 22
+            if scp:
+                args += [scp + value] if scp.endswith("=") else [scp, value]
     return args
 
 
@@ -272,7 +302,8 @@ class SSHControllerLauncher(SSHLauncher, ControllerLauncher):
         for name in (protocol.CLIENT_FILE, protocol.ENGINE_FILE):
             local = os.path.join(lsec, name)
             tmp = f"{local}.fetch-{secrets.token_hex(3)}"  # never scp onto the file itself
-            cmd = [*self.scp_cmd, *self.ssh_args, "-q", f"{self.hostname}:{rsec}/{name}", tmp]
+            cmd = [*self.scp_cmd, *_scp_args(self.ssh_args), "-q",
+                   f"{self.hostname}:{rsec}/{name}", tmp]
             while True:
                 r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
                                    text=True, timeout=60, env=self._child_env())
@@ -298,7 +329,8 @@ class SSHEngineSetLauncher(EngineSetLauncher):
     its own (so a shared file system never has the original overwritten), ``"env"``
     passes it in the variable MINIPAR_CONNECTION_INFO (the server must AcceptEnv it),
     ``"shared"`` sends nothing (a shared file system). ``start(n)`` with a plain ``n``
-    and no `engines` starts n engines on localhost.
+    and no `engines` starts n engines on localhost. scp gets those of `ssh_args` it takes,
+    in its spelling (``-p 22`` as ``-P 22``; not ``-tt``: see _scp_args).
     """
 
     kind = "ssh"
@@ -346,7 +378,8 @@ class SSHEngineSetLauncher(EngineSetLauncher):
         env = {**os.environ, **self.env}
         mkdir = f"umask 077; mkdir -p {shlex.quote(os.path.dirname(remote))}"
         mkdir_cmd = [*self.ssh_cmd, *self.ssh_args, host, mkdir]
-        for cmd in (mkdir_cmd, [*self.scp_cmd, *self.ssh_args, "-q", local, f"{host}:{remote}"]):
+        scp = [*self.scp_cmd, *_scp_args(self.ssh_args), "-q", local, f"{host}:{remote}"]
+        for cmd in (mkdir_cmd, scp):
             try:
                 r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                    timeout=SEND_TIMEOUT_S, env=env)
@@ -355,6 +388,9 @@ class SSHEngineSetLauncher(EngineSetLauncher):
                     self.sent_files.pop(host, None)
                 raise _no_answer(f"sending the engine file to {host}", cmd,
                                  [*self.ssh_cmd, *self.ssh_args], host) from None
+            except FileNotFoundError:
+                self.sent_files.pop(host, None)   # nothing was sent
+                raise LauncherError(_not_installed(self, cmd[0])) from None
             if r.returncode:
                 raise LauncherError(f"sending the engine file to {host} failed: "
                                     f"{shlex.join(cmd)}: {r.stderr.strip()}")

@@ -289,13 +289,19 @@ def test_engines_that_exit_raise_with_their_output(pids):
 
 @pytest.mark.parametrize("kind, options", [
     ("mpi", {"mpi_cmd": ["minipar-no-such-mpiexec"]}),
-    ("slurm", {"submit_command": ["minipar-no-such-sbatch"]})])
+    ("slurm", {"submit_command": ["minipar-no-such-sbatch"]}),
+    ("ssh", {"ssh_cmd": ["minipar-no-such-ssh"]}),
+    ("ssh", {"scp_cmd": ["minipar-no-such-scp"], "ssh_cmd": ["true"]})])
 def test_engines_whose_program_is_not_installed_say_so(pids, kind, options):
-    # was a bare FileNotFoundError: [Errno 2] No such file or directory: 'mpiexec'
-    program = next(iter(options.values()))[0]
+    # was a bare FileNotFoundError: [Errno 2] No such file or directory: 'mpiexec'; then
+    # "give its full path in the launcher's options", naming none (ssh's engine file: still
+    # a FileNotFoundError)
+    option, (program, *_) = next(iter(options.items()))
     cluster = Cluster(n=1, engines=kind, engine_options=options, controller_args=CTL_ARGS)
     with pytest.raises(launcher.LauncherError,
-                       match=rf"cannot run '{program}': it is not on this machine's PATH"):
+                       match=rf"cannot run '{program}': it is not on this machine's PATH; "
+                             rf"install it, give its full path in {option} \(of a Cluster's "
+                             r"engine_options\)"):
         cluster.start_and_connect_sync()
     pids.add(cluster.controller.pid)
     assert not alive(cluster.controller.pid)
@@ -397,6 +403,24 @@ def test_cluster_stops_when_its_starter_is_killed(pids, tmp_path):
     wait_until(lambda: not any(alive(x) for x in cluster), 30, "the cluster to stop")
     log = (tmp_path / "p" / "log").glob("*controller*")
     assert any("owner process" in f.read_text() for f in log)
+
+
+def test_controller_whose_owner_runs_on_another_host_runs_on_saying_it_cannot_see_it(
+        pids, tmp_path):
+    """A batch job on a compute node: its owner's pid (here one that has ended) means
+    nothing there. A controller that took it for one of its host's would stop at its first
+    heartbeat; it runs on, and its log says to `launcher stop` the cluster."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, timeout=60).stdout.strip()
+    owner = f"--owner={gone}/1/elsewhere-{socket.gethostname()}/pid:[1]"
+    cluster = Cluster(n=1, profile_dir=str(tmp_path / "p"), shutdown_atexit=False,
+                      controller_args=[*CTL_ARGS, "--heartbeat-period", "0.1", owner])
+    with cluster as rc:
+        pids.add_cluster(cluster, rc)
+        rc[:].apply_sync(time.sleep, 1)   # ten heartbeats
+        assert cluster.controller.running and rc[:].apply_sync(lambda: 1) == [1]
+        assert "cannot see it end; `launcher stop` the cluster" in cluster.controller.get_output()
+    assert pids.wait_gone(20) == []
 
 
 def _run_launcher_stop(root, profile_dir, out, new_session):
@@ -1037,7 +1061,8 @@ def test_cli_start_daemonize_engines_stop(pids, tmp_path):
             out.stdout
         c = Cluster.from_file(profile_dir=prof)
         pids.add_cluster(c)
-        assert "--owner" not in c.controller.args   # it outlives `start`, which has exited
+        # no --owner: it outlives `start`, which has exited
+        assert not [a for a in c.controller.args if a.startswith("--owner")]
         out = cli("engines", "-n", "1", "--profile-dir", prof)
         assert out.returncode == 0, out.stderr
         assert "cluster cli1: 3 engines" in out.stdout

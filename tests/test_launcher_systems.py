@@ -13,6 +13,7 @@ In every case the engines register and do work, the cluster is listed and stoppe
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -21,8 +22,8 @@ import sys
 
 import pytest
 
-from minipar import launcher, ssh
-from minipar.batch import PBSEngineSetLauncher, SGEEngineSetLauncher
+from minipar import launcher, protocol, ssh
+from minipar.batch import PBSEngineSetLauncher, SGEEngineSetLauncher, SlurmControllerLauncher
 from minipar.launcher import Cluster
 
 from .helpers import wait_until
@@ -111,6 +112,30 @@ def test_mpi_stop_kills_ranks_even_if_mpiexec_is_stuck(pids, tmp_path):
         cluster.stop_cluster_sync()
 
 
+@needs_mpi
+@pytest.mark.parametrize("refusal", ["slots", "root", "root-controller"])
+def test_mpiexec_that_refuses_to_start_is_answered_with_the_option_to_set(pids, tmp_path,
+                                                                         refusal, monkeypatch):
+    """mpiexec's text names its own flags (--oversubscribe, --allow-run-as-root), not where
+    to put them: minipar now says which option (mpi_args, in engine_options or
+    controller_options) and with what value."""
+    if refusal != "slots" and os.geteuid() != 0:
+        pytest.skip("mpiexec refuses root only: run as root")
+    for name in (*ROOT_ENV, "OMPI_MCA_rmaps_base_oversubscribe"):
+        monkeypatch.delenv(name, raising=False)
+    mpi = {"mpi_args": ["--bind-to", "none"], "env": ROOT_ENV if refusal == "slots" else {}}
+    where = "controller_options" if refusal == "root-controller" else "engine_options"
+    cluster = Cluster(n=(os.cpu_count() or 1) * 4, engines="mpi", profile_dir=str(tmp_path / "p"),
+                      controller="mpi" if refusal == "root-controller" else "local",
+                      controller_args=CTL_ARGS, timeout=60, **{where: mpi})
+    with pytest.raises(launcher.LauncherError) as e:
+        cluster.start_and_connect_sync()
+    pids.add_cluster(cluster)
+    flag = "--oversubscribe" if refusal == "slots" else "--allow-run-as-root"
+    assert f"mpi_args=['--bind-to', 'none', '{flag}'] (of a Cluster's {where})" in str(e.value), \
+        str(e.value)
+
+
 def _signal_marks(rc, tmp_path):
     """Engines note SIGUSR1 in files; returns a function listing the files so far."""
     rc[:].execute("import os, signal\n"
@@ -145,7 +170,7 @@ def test_mpi_cluster_from_the_command_line(pids, tmp_path):
         (engines,) = cluster.engines.values()
         assert type(engines).__name__ == "MPIEngineSetLauncher"
         pids.add_cluster(cluster)
-        pids.add(*launcher._descendants([engines.pid]))  # the ranks
+        pids.add(*protocol.descendants([engines.pid]))  # the ranks
         assert len(pids.pids) >= 4
     finally:
         out = cli("stop", "--profile-dir", prof)
@@ -182,6 +207,28 @@ def test_ssh_engines(pids, tmp_path, connection):
 
     run_cluster_through_cli(pids, cluster, n, sent)
     assert not [f for f in os.listdir(remote / "security") if f.endswith(".json")]
+
+
+@needs_ssh
+@pytest.mark.parametrize("extra", [["-tt"], ["-p", "{port}"], ["-S", "none", "-l", "root"]])
+def test_ssh_args_that_scp_spells_otherwise_or_refuses_reach_it_as_it_takes_them(pids, tmp_path,
+                                                                               extra):
+    """ssh_args went to scp unchanged, so ipyparallel's default -tt (scp's -t is its server
+    mode), -p PORT (scp's -P; its -p keeps times) or -S (scp's program to run) broke the
+    copies of the engine file and of the controller's files: scp now gets them in its own
+    spelling, or not at all (-tt)."""
+    port = re.search(r"Port (\d+)", open(SSH_CONFIG).read())[1]
+    args = ["-F", SSH_CONFIG, *(a.format(port=port) for a in extra)]
+    common = {"ssh_args": args, "remote_profile_dir": str(tmp_path / "host")}
+    cluster = Cluster(n=1, engines="ssh", controller="ssh", profile_dir=str(tmp_path / "p"),
+                      controller_args=CTL_ARGS, timeout=60,
+                      controller_options={"hostname": "127.0.0.1", **common},
+                      engine_options={"engines": {"127.0.0.1": 1}, **common})
+    with cluster as rc:
+        pids.add_cluster(cluster, rc)
+        pids.add(cluster.controller.remote_pid, *rc[:].apply_sync(os.getpid))
+        assert rc[:].apply_sync(lambda: 42) == [42]
+    assert pids.wait_gone(20) == []
 
 
 @needs_ssh
@@ -523,7 +570,8 @@ def test_slurm_sigterm_while_cli_start_waits_deletes_the_job(pids, tmp_path, slu
     assert queued() == [], "the job was left in the queue"
 
 
-def _kill_batch_starter(pids, tmp_path, engines, queued, n=500, **options):
+def _kill_batch_starter(pids, tmp_path, engines, queued, n=500, controller="local",
+                        controller_options=None, **options):
     """`kill -9` of a script in ``with Cluster(engines=...)`` whose engines' job waits in
     the queue: no atexit runs, and the job gets no shutdown message; the controller
     (--owner) sees the script gone and has the cluster's launchers delete it. `queued()`:
@@ -531,7 +579,8 @@ def _kill_batch_starter(pids, tmp_path, engines, queued, n=500, **options):
     prof = tmp_path / "p"
     script = (f"from minipar.launcher import Cluster\n"
               f"with Cluster(n={n}, engines={engines!r}, profile_dir={str(prof)!r}, "
-              f"controller_args={CTL_ARGS!r}, timeout=120, engine_options={options!r}) as rc:\n"
+              f"controller={controller!r}, controller_args={CTL_ARGS!r}, timeout=120, "
+              f"controller_options={controller_options!r}, engine_options={options!r}) as rc:\n"
               f"    pass\n")
     p = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=ROOT),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -559,6 +608,48 @@ def _kill_batch_starter(pids, tmp_path, engines, queued, n=500, **options):
 def test_slurm_job_of_a_script_killed_by_sigkill_is_deleted(pids, tmp_path, slurm_env):
     """More engines than CPUs keep the job pending."""
     _kill_batch_starter(pids, tmp_path, "slurm", lambda job: _slurm_jobs_under(tmp_path))
+
+
+@needs_slurm
+def test_slurm_controller_of_a_script_killed_by_sigkill_stops_the_cluster(pids, tmp_path,
+                                                                          slurm_env):
+    """A controller that is a batch job got no --owner, as it may run on another host:
+    its job and the engines' ran on until their walltime or a `launcher stop`. It now gets
+    its owner's host and pid namespace too, and watches it where they are its own (this
+    single-node Slurm); `queued` sees both jobs."""
+    _kill_batch_starter(pids, tmp_path, "slurm", lambda job: _slurm_jobs_under(tmp_path),
+                        controller="slurm")
+
+
+# what a batch system that tracks a job's processes (Slurm's proctrack/cgroup) does when the
+# job's script ends: end every process the job left (here: those of minipar)
+_END_OF_JOB = """import os
+job = f"SLURM_JOB_ID={os.environ['SLURM_JOB_ID']}".encode()
+for p in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        with open(f"/proc/{p}/environ", "rb") as f, open(f"/proc/{p}/cmdline", "rb") as c:
+            if job in f.read().split(b"\\0") and b"minipar" in c.read() and int(p) != os.getpid():
+                os.kill(int(p), 9)
+    except OSError:
+        pass
+"""
+
+
+@needs_slurm
+def test_slurm_controller_whose_job_ends_what_it_left_still_has_the_engines_deleted(
+        pids, tmp_path, slurm_env):
+    """The `launcher stop` that a controller whose owner is gone starts runs in the
+    controller's job: the controller ended at once, so a batch system that ends what a job
+    left (proctrack/cgroup) ended that stop before it deleted the engines' pending job. The
+    controller now runs until the stop ends it. This Slurm (proctrack/linuxproc) lets such
+    a process escape, so the controller's job script ends them itself (_END_OF_JOB) once
+    the controller has (not under srun, which waits for the output the stop inherited)."""
+    end = tmp_path / "end_of_job.py"
+    end.write_text(_END_OF_JOB)
+    template = (SlurmControllerLauncher.default_template.replace("srun {", "{")
+                + f"{shlex.quote(sys.executable)} {shlex.quote(str(end))}\n")
+    _kill_batch_starter(pids, tmp_path, "slurm", lambda job: _slurm_jobs_under(tmp_path / "p"),
+                        controller="slurm", controller_options={"batch_template": template})
 
 
 @needs_pbs
