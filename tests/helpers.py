@@ -1,13 +1,17 @@
 """Helpers for the tests.
 
 ``wait_until`` is the one bounded wait on a state that every test uses instead of a
-deadline loop of its own. ``scaled`` is engine-side: a function that lives in an
-importable module, so engines unpickle it by reference.
+deadline loop of its own. ``raw_engine`` registers two sockets of the test's as an engine,
+to see what the controller sends it or to answer as no real engine would. ``scaled`` is
+engine-side: a function that lives in an importable module, so engines unpickle it by
+reference.
 """
 
 import time
 
-from minipar import interactive
+import zmq
+
+from minipar import interactive, protocol
 
 
 def wait_until(predicate, timeout, what="the condition", interval=0.01):
@@ -28,6 +32,23 @@ def wait_until(predicate, timeout, what="the condition", interval=0.01):
                                  f"(last value: {value!r:.300})")
         time.sleep(min(interval, left))
         interval = min(interval * 2, 0.1)
+
+
+def raw_engine(ctx, engine_file, name):
+    """Register a DEALER pair of `ctx` (its control and work sockets, identities `name` and
+    `name`.r) as an engine of the controller whose engine file this is: (session, control,
+    work, the registration's msg_id, the engine id given). Send READY on `work` to receive."""
+    info = protocol.read_connection_file(engine_file)
+    session = protocol.Session(info["key"])
+    control, work = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+    control.identity, work.identity = name.encode(), f"{name}.r".encode()
+    for s in (control, work):
+        s.linger = 0
+        s.connect(protocol.url(info, "engine"))
+    reg, frames = session.msg(protocol.REGISTER, reply_ident=f"{name}.r")
+    control.send_multipart(frames)
+    assert control.poll(10_000), "no answer to the registration within 10 s"
+    return session, control, work, reg["msg_id"], session.check(control.recv_multipart())[1]["id"]
 
 
 @interactive

@@ -24,7 +24,7 @@ import minipar
 from minipar import errors, protocol
 
 from .conftest import START_TIMEOUT_S, LocalCluster
-from .helpers import wait_until
+from .helpers import raw_engine, wait_until
 
 TIMEOUT = 60
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -744,18 +744,8 @@ def test_a_reply_the_client_cannot_handle_fails_its_request(tmp_path):
     c = LocalCluster(tmp_path, controller_args=["--heartbeat-liveness", "10000"])
     ctx = zmq.Context()
     try:
-        info = protocol.read_connection_file(c.engine_file)
-        session = protocol.Session(info["key"])
-        control, work = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
-        control.identity, work.identity = b"rogue", b"rogue.r"
-        for s in (control, work):
-            s.linger = 0
-            s.connect(protocol.url(info, "engine"))
-        reg, frames = session.msg(protocol.REGISTER, reply_ident="rogue.r")
-        control.send_multipart(frames)
-        assert control.poll(10_000)
-        eid = session.check(control.recv_multipart())[1]["id"]
-        work.send_multipart(session.msg(protocol.READY, reg=reg["msg_id"])[1])
+        session, control, work, reg, eid = raw_engine(ctx, c.engine_file, "rogue")
+        work.send_multipart(session.msg(protocol.READY, reg=reg)[1])
         rc = c.client(timeout=20)
         rc.wait_for_engines(1, 10)
         ars = [rc[eid].apply_async(pow, 2, i) for i in range(4)]

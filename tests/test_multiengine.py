@@ -12,7 +12,7 @@ import minipar
 from minipar import protocol
 
 from .conftest import LocalCluster
-from .helpers import wait_until
+from .helpers import raw_engine, wait_until
 
 TIMEOUT = 60
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -390,24 +390,14 @@ def test_a_burst_travels_as_one_batch_each_way(tmp_path):
     c = LocalCluster(tmp_path, controller_args=["--heartbeat-period", "1"])
     ctx = zmq.Context()
     try:
-        info = protocol.read_connection_file(c.engine_file)
-        session = protocol.Session(info["key"])
-        control, work = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
-        control.identity, work.identity = b"raw", b"raw.r"
-        for s in (control, work):
-            s.linger = 0
-            s.connect(protocol.url(info, "engine"))
-        reg, frames = session.msg(protocol.REGISTER, reply_ident="raw.r")
-        control.send_multipart(frames)
-        assert control.poll(10_000)
-        eid = session.check(control.recv_multipart())[1]["id"]
+        session, control, work, reg, eid = raw_engine(ctx, c.engine_file, "raw")
         rc = c.client()
         rc.wait_for_engines(1, 10)
         ars = [rc[eid].apply_async(pow, 2, i) for i in range(5)]
         # the controller holds them until the engine's request socket says it is ready
         wait_until(lambda: rc.queue_status()[eid]["queue"] == 5, 10,
                    "the requests to reach the controller")
-        work.send_multipart(session.msg(protocol.READY, reg=reg["msg_id"])[1])
+        work.send_multipart(session.msg(protocol.READY, reg=reg)[1])
         assert work.poll(10_000)
         _, header, parts = session.check(work.recv_multipart())
         assert header["kind"] == protocol.BATCH
