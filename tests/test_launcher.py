@@ -585,12 +585,26 @@ def test_a_controller_starting_at_the_same_moment_holds_the_profile(pids, tmp_pa
     assert first.wait(30) == 0
 
 
+def _serves_then_stop(prof, engine, controller):
+    """The hand-started `engine` runs a client's request through `controller` (of profile
+    folder `prof`); then both are stopped."""
+    from minipar import Client
+
+    rc = Client(profile_dir=prof, timeout=30)
+    try:
+        rc.wait_for_engines(1, 60)
+        assert rc[:].apply_sync(os.getpid) == [engine.pid]
+    finally:
+        rc.close()
+    for p in (engine, controller):
+        p.terminate()
+        p.wait(30)
+
+
 def test_an_engine_started_before_its_controller_waits_for_it(pids, tmp_path):
     """`python -m minipar.controller & python -m minipar.engine`: the engine may look
     before the controller has written its file; it waits for it (and, when none comes
     within its --timeout, says so and exits)."""
-    from minipar import Client
-
     prof, log = str(tmp_path / "p"), tmp_path / "engine.log"
     with open(log, "wb") as out:
         engine = subprocess.Popen([sys.executable, "-m", "minipar.engine", "--profile-dir",
@@ -600,15 +614,7 @@ def test_an_engine_started_before_its_controller_waits_for_it(pids, tmp_path):
     wait_until(lambda: "waiting up to 10 s" in log.read_text(), 60, "the engine waiting")
     first = _controller(prof)
     pids.add(first.pid)
-    rc = Client(os.path.join(prof, "security", protocol.CLIENT_FILE), timeout=30)
-    try:
-        rc.wait_for_engines(1, 60)
-        assert rc[:].apply_sync(os.getpid) == [engine.pid]
-    finally:
-        rc.close()
-    for p in (engine, first):
-        p.terminate()
-        p.wait(30)
+    _serves_then_stop(prof, engine, first)
     lonely = subprocess.run([sys.executable, "-m", "minipar.engine", "--profile-dir",
                              str(tmp_path / "none"), "--timeout", "1"], env=_env(), cwd=ROOT,
                             stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -677,15 +683,7 @@ def test_a_profile_name_that_is_a_path_says_to_use_profile_dir(pids, tmp_path, m
                               env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pids.add(engine.pid)
-    rc = Client(profile_dir=prof, timeout=30)
-    try:
-        rc.wait_for_engines(1, 60)
-        assert rc[:].apply_sync(os.getpid) == [engine.pid]
-    finally:
-        rc.close()
-    for p in (engine, first):
-        p.terminate()
-        p.wait(30)
+    _serves_then_stop(prof, engine, first)
 
 
 def test_a_stale_connection_file_does_not_hold_the_profile(pids, tmp_path):
