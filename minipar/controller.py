@@ -684,11 +684,14 @@ class Controller:
 
     def _items(self, header, parts, wire):
         """(header, parts, wire) of each message that arrived as one: the items of a batch
-        (their wires unsigned: Session.signed signs one sent on alone), or the message."""
+        (their wires unsigned: Session.signed signs one sent on alone), or the message.
+        A batch's small frames are copied once for all its items, whose wires are then
+        tuples that protocol.keep holds as they are."""
         if header["kind"] != protocol.BATCH:
             return [(header, parts, wire)]
         self._direct = False   # what its items make goes as batches too
-        return [(h, p, [protocol.DELIM, b"", hb, *p])
+        parts = list(protocol.keep([None, *parts])[1:])
+        return [(h, p, (protocol.DELIM, b"", hb, *p))
                 for (h, p), hb in zip(self.session.unbatch(header, parts), header["items"])]
 
     def _send(self, sock, idents, kind, parts=(), **fields):
@@ -787,7 +790,6 @@ class Controller:
                 engine["outstanding"].discard(msg_id)
             self.stats["stale"] += 1
             return
-        engine["outstanding"].discard(msg_id)
         rec["result_header"] = header
         wire = protocol.keep(wire)  # DELIM, signature, header, parts
         rec["result_parts"] = wire[3:]
@@ -796,7 +798,8 @@ class Controller:
         status = header.get("status", ERROR)
         engine["completed"] += 1   # direct and load-balanced, as queue_status reports it
         if not rec["lb"]:
-            return self._finish(rec, status)
+            return self._finish(rec, status)   # which takes it off the engine's outstanding
+        engine["outstanding"].discard(msg_id)
         started, completed = header.get("started"), header.get("completed")
         rec["attempts"] = [*rec["attempts"], {
             "engine": eid, "status": status, "started": started, "completed": completed,
@@ -855,7 +858,8 @@ class Controller:
             frames = self.session.resign(header, rec["result_parts"] or ())
             rec["result_header"] = header
         sock = self.sockets["client"]
-        for client in [rec["client"], *(rec.get("watchers") or ())]:
+        self._post(sock, (rec["client"],), frames)
+        for client in rec.get("watchers") or ():
             self._post(sock, (client,), frames)
         self.db.finish(rec)
         # for rc.status: one dict update per request (failures are rare: a bit more)
