@@ -233,8 +233,7 @@ class Controller:
         a load-balanced task with retries left is submitted again, spending one; every
         other request fails with a clear EngineError. The clients' reply routes come back
         from the records; the clients reconnect by themselves, and ask for the results
-        of what they still wait for. Nothing is left pending forever.
-        """
+        of what they still wait for. Nothing is left pending forever."""
         left = sorted(self.db.pending(), key=lambda r: r.get("submitted") or 0)
         if not left:
             return
@@ -684,9 +683,8 @@ class Controller:
 
     def _items(self, header, parts, wire):
         """(header, parts, wire) of each message that arrived as one: the items of a batch
-        (their wires unsigned: Session.signed signs one sent on alone), or the message.
-        A batch's small frames are copied once for all its items, whose wires are then
-        tuples that protocol.keep holds as they are."""
+        (wires unsigned, signed by Session.signed if sent on alone; tuples, which
+        protocol.keep holds as they are, of the batch's frames kept once), or the message."""
         if header["kind"] != protocol.BATCH:
             return [(header, parts, wire)]
         self._direct = False   # what its items make goes as batches too
@@ -858,8 +856,7 @@ class Controller:
             frames = self.session.resign(header, rec["result_parts"] or ())
             rec["result_header"] = header
         sock = self.sockets["client"]
-        self._post(sock, (rec["client"],), frames)
-        for client in rec.get("watchers") or ():
+        for client in [rec["client"], *(rec.get("watchers") or ())]:
             self._post(sock, (client,), frames)
         self.db.finish(rec)
         # for rc.status: one dict update per request (failures are rare: a bit more)
@@ -1473,8 +1470,7 @@ def pick_ports(ip, candidates):
     """A free candidate port for each socket; one candidate means 'that port or fail'.
 
     Probed with a plain socket (SO_REUSEADDR, as zmq binds), so a port taken between the
-    probe and the bind still ends in PortInUseError from bind().
-    """
+    probe and the bind still ends in PortInUseError from bind()."""
     if len(candidates) == 1:
         return {_PORT_NAMES[0]: candidates[0]}
     free = []
