@@ -233,8 +233,7 @@ class Controller:
         a load-balanced task with retries left is submitted again, spending one; every
         other request fails with a clear EngineError. The clients' reply routes come back
         from the records; the clients reconnect by themselves, and ask for the results
-        of what they still wait for. Nothing is left pending forever.
-        """
+        of what they still wait for. Nothing is left pending forever."""
         left = sorted(self.db.pending(), key=lambda r: r.get("submitted") or 0)
         if not left:
             return
@@ -684,11 +683,13 @@ class Controller:
 
     def _items(self, header, parts, wire):
         """(header, parts, wire) of each message that arrived as one: the items of a batch
-        (their wires unsigned: Session.signed signs one sent on alone), or the message."""
+        (wires unsigned, signed by Session.signed if sent on alone; tuples, which
+        protocol.keep holds as they are, of the batch's frames kept once), or the message."""
         if header["kind"] != protocol.BATCH:
             return [(header, parts, wire)]
         self._direct = False   # what its items make goes as batches too
-        return [(h, p, [protocol.DELIM, b"", hb, *p])
+        parts = list(protocol.keep([None, *parts])[1:])
+        return [(h, p, (protocol.DELIM, b"", hb, *p))
                 for (h, p), hb in zip(self.session.unbatch(header, parts), header["items"])]
 
     def _send(self, sock, idents, kind, parts=(), **fields):
@@ -787,7 +788,6 @@ class Controller:
                 engine["outstanding"].discard(msg_id)
             self.stats["stale"] += 1
             return
-        engine["outstanding"].discard(msg_id)
         rec["result_header"] = header
         wire = protocol.keep(wire)  # DELIM, signature, header, parts
         rec["result_parts"] = wire[3:]
@@ -796,7 +796,8 @@ class Controller:
         status = header.get("status", ERROR)
         engine["completed"] += 1   # direct and load-balanced, as queue_status reports it
         if not rec["lb"]:
-            return self._finish(rec, status)
+            return self._finish(rec, status)   # which takes it off the engine's outstanding
+        engine["outstanding"].discard(msg_id)
         started, completed = header.get("started"), header.get("completed")
         rec["attempts"] = [*rec["attempts"], {
             "engine": eid, "status": status, "started": started, "completed": completed,
@@ -1469,8 +1470,7 @@ def pick_ports(ip, candidates):
     """A free candidate port for each socket; one candidate means 'that port or fail'.
 
     Probed with a plain socket (SO_REUSEADDR, as zmq binds), so a port taken between the
-    probe and the bind still ends in PortInUseError from bind().
-    """
+    probe and the bind still ends in PortInUseError from bind()."""
     if len(candidates) == 1:
         return {_PORT_NAMES[0]: candidates[0]}
     free = []
