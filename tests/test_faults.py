@@ -596,6 +596,27 @@ def test_ctrl_c_twice_stops_a_busy_engine_at_a_terminal(local_cluster):
     assert "declared dead" not in local_cluster.output("controller")
 
 
+def _sleep_in_exec(seconds):
+    print("started", flush=True)
+    exec(f"import time; time.sleep({seconds})")   # as dataclasses and namedtuples are made
+
+
+def test_an_engine_whose_task_was_interrupted_in_an_exec_still_exits_0(local_cluster):
+    """A SIGINT that interrupted a task in an exec() of a string (the dataclasses of a
+    module it imported, say) had CPython end the engine by SIGINT when it stopped later
+    (-2, not 0, as restart="on_failure" would read it), nothing said in its log."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    ar = rc.load_balanced_view().apply_async(_sleep_in_exec, 60)
+    wait_until(lambda: "started" in ar.stdout, START_TIMEOUT_S, "the task to start")
+    engine.send_signal(signal.SIGINT)   # as `kill -INT PID`: interrupts the running task
+    with pytest.raises(errors.RemoteError, match="KeyboardInterrupt"):
+        ar.get(START_TIMEOUT_S)
+    engine.terminate()   # idle now: it unregisters and exits 0
+    assert engine.wait(10) == 0
+
+
 _SLOW_PACKAGE = """\
 import os, time
 from .part import *   # binds `part` here only where slowpkg.part is imported anew
