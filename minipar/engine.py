@@ -9,40 +9,38 @@ Three threads, each owning its sockets::
     controller ROUTER "pong" ◀─ DEALER ┘ still answers; a capture copy tells the receiver
                                         the controller is alive
 
-The main thread runs user code, so signals and KeyboardInterrupt reach it; the receiver
-interrupts it (INTERRUPT_SIGNAL to the main thread) to abort a running task or to enforce a
-task's `time_limit`. Control messages (abort, interrupt, shutdown) overtake queued work; an
-abort is acknowledged once its requests are marked, so the controller answers the client
-only when a queued request it aborted can no longer start. A take-back is such an abort from
-the controller, for the load-balanced tasks queued behind one that runs long (``running``):
-the engine marks them, keeps the marks only if that task still runs (requests run in the
-order sent, so none of them has started), and answers with those it kept (``taken``; all or
-none). A request taken back is dropped unanswered when it comes up; the controller has
-queued it again, for another engine. The engine registers with ``take_back``: an older one,
-which would read a take-back as an abort, is never sent one.
-Every STREAM_INTERVAL_S the receiver sends what the running request printed or published
-(``datapub.publish_data``) as ``stream`` messages (see ``_Streamer``), and ``started`` for
-one still running (so the client's future is running()). Every USAGE_PERIOD_S it sends
-``usage`` (CPU time, memory, the running request) for rc.status and minipar.top.
+The main thread runs user code, so signals and KeyboardInterrupt reach it; the receiver interrupts
+it (INTERRUPT_SIGNAL to the main thread) to abort a running task or to enforce a task's
+`time_limit`. Control messages (abort, interrupt, shutdown) overtake queued work; an abort is
+acknowledged once its requests are marked, so the controller answers the client only when a queued
+request it aborted can no longer start. A take-back is such an abort from the controller, for the
+load-balanced tasks queued behind one that runs long (``running``): the engine marks them, keeps the
+marks only if that task still runs (requests run in the order sent, so none of them has started),
+and answers with those it kept (``taken``; all or none). A request taken back is dropped unanswered
+when it comes up; the controller has queued it again, for another engine. The engine registers with
+``take_back``: an older one, which would read a take-back as an abort, is never sent one. Every
+STREAM_INTERVAL_S the receiver sends what the running request printed or published
+(``datapub.publish_data``) as ``stream`` messages (see ``_Streamer``), and ``started`` for one still
+running (so the client's future is running()). Every USAGE_PERIOD_S it sends ``usage`` (CPU time,
+memory, the running request) for rc.status and minipar.top.
 
 Startup: --startup-script, then --startup-command, run before the engine connects; one
 that raises ends it (status 1, one line naming it, its exception and line) before the
 controller knows of it, so no work is ever sent to an engine that failed to start; one
 that calls sys.exit ends it with that status, saying so.
 
-Signals: SIGTERM (`kill PID`, a batch system ending its job) stops an idle engine as a
-shutdown request does (it unregisters, exits 0); one running a request dies of it, and
-the controller fails or retries that request. SIGINT interrupts the running request
-(KeyboardInterrupt). An idle engine ignores SIGINT, as an IPython kernel does (so a
-`Cluster.signal_engines_sync(SIGINT)` meant for a task never ends one that just
-finished), unless it runs in its terminal's foreground: there a SIGINT may be its
-user's Ctrl-C (a process cannot tell one from a `kill -INT`), and it stops as on
-SIGTERM; busy, it interrupts the request and says the next Ctrl-C stops it too (the
-requests queued are then answered as aborted). An engine started by a launcher (its own
-session), in the background (`&`), by `ssh` without -t or by a batch job is never in a
-terminal's foreground. One waiting for its connection file (started before its
-controller) does as an idle one. A task that puts its own handler in place for either
-(itself, or a library it imports) keeps it while it runs; the engine's is back after it.
+Signals: SIGTERM (`kill PID`, a batch system ending its job) stops an idle engine as a shutdown
+request does (it unregisters, exits 0); one running a request dies of it, and the controller fails
+or retries that request. SIGINT interrupts the running request (KeyboardInterrupt). An idle engine
+ignores SIGINT, as an IPython kernel does (so a `Cluster.signal_engines_sync(SIGINT)` meant for a
+task never ends one that just finished), unless it runs in its terminal's foreground: there a SIGINT
+may be its user's Ctrl-C (a process cannot tell one from a `kill -INT`), and it stops as on SIGTERM;
+busy, it interrupts the request and says the next Ctrl-C stops it too (the requests queued are then
+answered as aborted). An engine started by a launcher (its own session), in the background (`&`), by
+`ssh` without -t or by a batch job is never in a terminal's foreground. One waiting for its
+connection file (started before its controller) does as an idle one. A task that puts its own
+handler in place for either (itself, or a library it imports) keeps it while it runs; the engine's
+is back after it.
 
 A task that holds the GIL past its time_limit plus TIME_LIMIT_GRACE_S (one long C call,
 which no interrupt reaches) ends the engine by SIGALRM, with faulthandler's traceback in
@@ -908,12 +906,11 @@ class Engine:
         signal.raise_signal(signal.SIGTERM)
 
     def _after_fork_in_child(self):
-        # executes in a child that a task forked, in its only thread. The engine's signal
-        # handlers would act for the engine there (a SIGTERM, from a multiprocessing
-        # Pool's terminate() say, would log as the engine's, or wake the parent's main
-        # loop through the shared pipe): the child gets Python's own, but keeps any the
-        # task put in place. Only Python's os.fork calls this; Engine._leave_if_forked
-        # compares pids, so it holds for any fork.
+        # executes in a child that a task forked, in its only thread. The engine's signal handlers
+        # would act for the engine there (a SIGTERM, from a multiprocessing Pool's terminate() say,
+        # would log as the engine's, or wake the parent's main loop through the shared pipe): the
+        # child gets Python's own, but keeps any the task put in place. Only Python's os.fork calls
+        # this; Engine._leave_if_forked compares pids, so it holds for any fork.
         for sig, engine_handler, default in (
                 (signal.SIGINT, self._on_sigint, signal.default_int_handler),
                 (signal.SIGTERM, self._on_sigterm, signal.SIG_DFL),
@@ -1564,6 +1561,9 @@ def main(argv=None):
         engine.serve()
     except KeyboardInterrupt:
         log.info("interrupted: exiting")
+    # A KeyboardInterrupt out of an exec() or eval() of a string (a dataclass that a task's
+    # import made, say) had CPython end the engine by SIGINT, not this status; a clean one resets it
+    exec("")
     _leave_threads_behind(engine)
     return engine.exit_code
 

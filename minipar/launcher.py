@@ -49,6 +49,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import queue
 import secrets
 import shlex
 import shutil
@@ -1407,13 +1408,16 @@ def _cmd_start(args):
     # pending would outlive this process in the queue (only a local controller sees it end)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     rc = cluster.start_and_connect_sync()
-    done = threading.Event()
+    # A SimpleQueue, whose put() may run in a signal handler: an Event's set() there hung
+    # for good when the signal landed while the main thread held that Event's lock, in
+    # the few bytecodes of each wait() before it sleeps (seen once, at load 7)
+    done = queue.SimpleQueue()
     if not args.daemonize:
         # foreground, as ipcluster: run until Ctrl-C / SIGTERM, or until the controller
         # ends (a client's shutdown(hub=True), or `stop` from another process); handled
         # from before "ready" is printed, so a Ctrl-C right after it stops cleanly too
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: done.set())
+            signal.signal(sig, lambda *_: done.put(None))
     n, pdir = len(rc.ids), cluster.profile_dir
     stop = f"python -m {_PKG}.launcher " + shlex.join(
         ["stop", "--profile-dir", pdir, "--cluster-id", cluster.cluster_id])
@@ -1423,9 +1427,11 @@ def _cmd_start(args):
     cluster._close_clients()
     if args.daemonize:
         return 0
-    cluster.controller.on_stop(lambda _data: done.set())
-    while not done.wait(1.0):
-        pass
+    cluster.controller.on_stop(lambda _data: done.put(None))
+    while True:   # a signal that another thread took wakes no get(): it runs after this one
+        with contextlib.suppress(queue.Empty):
+            done.get(timeout=1.0)
+            break
     print(f"stopping cluster {cluster.cluster_id}", flush=True)
     cluster.stop_cluster_sync()
     return 0

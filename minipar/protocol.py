@@ -812,7 +812,27 @@ def deserialize(frames):
     """Inverse of serialize: frames are bytes or zmq.Frame (buffers used without copy)."""
     data = _bytes(frames[0])
     buffers = [f.buffer if hasattr(f, "buffer") else f for f in frames[1:]]
-    return pickle.loads(data, buffers=buffers)
+    imported = len(sys.modules)
+    try:
+        return pickle.loads(data, buffers=buffers)
+    except Exception:
+        raise
+    except BaseException:
+        # an interrupt (Ctrl-C, an engine's abort or time_limit) may cut an import short; it
+        # lands in the main thread only (in another, new modules may be other threads')
+        if threading.current_thread() is threading.main_thread():
+            _forget_imports_since(imported)
+        raise
+
+
+def _forget_imports_since(n):
+    """Drop the modules imported since sys.modules (a dict: in import order) held `n`. An
+    import that an interrupt cut short (unpickling a task's function imports its module)
+    leaves the submodules that had finished there, and the package imported again lacks
+    them (NameError: name 'coroutines' is not defined, for asyncio): on an engine, every
+    later request that imports it failed to unpickle. Imported afresh, they run again."""
+    for name in list(sys.modules)[n:]:
+        sys.modules.pop(name, None)
 
 
 def deserialize_from_task(frames):

@@ -75,6 +75,7 @@ through ``_set_state``)::
     _long = {eid: msg_id}           # engines whose task msg_id runs long, with tasks queued
                                     # behind it, not yet asked back (auto prefetch only)
     _engines[eid] = {"tasks": {msg_id: None}, "completed": int, "cap": int|inf (of tasks),
+                     "long": msg_id|None,   # its task said to run long, until it ends
                      "properties": dict, "stamp": int}  # stamp: orders _order, see _place
     _order = {eid: None}            # least recently assigned first: the order of `loads`
     _rooms  heap                    # (load, stamp, eid) of engines with room, leastload's
@@ -318,7 +319,7 @@ class Scheduler:
         out = []
         cap = AUTO_HWM if self.hwm is None else self.hwm or math.inf
         self._front -= 1
-        self._engines[engine_id] = {"tasks": {}, "completed": 0, "cap": cap,
+        self._engines[engine_id] = {"tasks": {}, "completed": 0, "cap": cap, "long": None,
                                     "properties": dict(properties or {}), "stamp": self._front}
         self._order = {engine_id: None, **self._order}
         self._has_room(engine_id)
@@ -389,7 +390,7 @@ class Scheduler:
         out = []
         engine = self._engines.get(engine_id)
         if self.hwm is None and engine is not None and msg_id in engine["tasks"]:
-            engine["cap"] = 1
+            engine["cap"], engine["long"] = 1, msg_id
             if next(reversed(engine["tasks"])) != msg_id:   # something queued behind it
                 self._long[engine_id] = msg_id
                 self._take_back(out)
@@ -510,9 +511,15 @@ class Scheduler:
         if self._long and self._long.get(engine_id) == msg_id:
             del self._long[engine_id]   # its long task ended before any engine had room
         if self.hwm is None:
+            if engine["long"] == msg_id:
+                engine["long"] = None
             if not engine["tasks"]:
                 engine["cap"] = AUTO_HWM                    # ran dry: start over
-            elif runtime is not None or engine["cap"] < AUTO_HWM:   # (1 after long())
+            # Not while a later task runs long: replies to those before it may come after
+            # its `started` (on the engine's other socket, or held for their batch), and a
+            # cap set again would queue tasks behind it that its take-back, asked once,
+            # never gets back.
+            elif engine["long"] is None and (runtime is not None or engine["cap"] < AUTO_HWM):
                 quick = runtime is not None and runtime < QUICK_TASK_S
                 engine["cap"] = AUTO_HWM_QUICK if quick else AUTO_HWM
         if status not in STATUSES:

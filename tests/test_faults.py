@@ -596,6 +596,76 @@ def test_ctrl_c_twice_stops_a_busy_engine_at_a_terminal(local_cluster):
     assert "declared dead" not in local_cluster.output("controller")
 
 
+def _sleep_in_exec(seconds):
+    print("started", flush=True)
+    exec(f"import time; time.sleep({seconds})")   # as dataclasses and namedtuples are made
+
+
+def test_an_engine_whose_task_was_interrupted_in_an_exec_still_exits_0(local_cluster):
+    """A SIGINT that interrupted a task in an exec() of a string (the dataclasses of a
+    module it imported, say) had CPython end the engine by SIGINT when it stopped later
+    (-2, not 0, as restart="on_failure" would read it), nothing said in its log."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    ar = rc.load_balanced_view().apply_async(_sleep_in_exec, 60)
+    wait_until(lambda: "started" in ar.stdout, START_TIMEOUT_S, "the task to start")
+    engine.send_signal(signal.SIGINT)   # as `kill -INT PID`: interrupts the running task
+    with pytest.raises(errors.RemoteError, match="KeyboardInterrupt"):
+        ar.get(START_TIMEOUT_S)
+    engine.terminate()   # idle now: it unregisters and exits 0
+    assert engine.wait(10) == 0
+
+
+_SLOW_PACKAGE = """\
+import os, time
+from .part import *   # binds `part` here only where slowpkg.part is imported anew
+here = os.path.dirname(__file__)
+if os.path.exists(os.path.join(here, "slow")):
+    open(os.path.join(here, "importing"), "w").close()
+    time.sleep(60)
+__all__ = part.__all__
+
+
+def pid():
+    return os.getpid()
+"""
+
+
+def test_a_task_interrupted_in_its_modules_import_leaves_it_importable(local_cluster, tmp_path):
+    """Unpickling a task imports its module, and an interrupt there (the first task of a
+    test module, which imports pytest, asyncio..., interrupted as soon as it was running
+    on a busy machine) left the submodules that had finished in sys.modules: every later
+    task of that module failed to unpickle (NameError: name 'part' is not defined)."""
+    pkg = tmp_path / "slowpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(_SLOW_PACKAGE)
+    (pkg / "part.py").write_text("__all__ = ['PART']\nPART = 1\n")
+    env = _env()
+    env["PYTHONPATH"] = str(tmp_path) + os.pathsep + env["PYTHONPATH"]
+    (engine,) = local_cluster.start_engines(1, env=env)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    sys.path.insert(0, str(tmp_path))
+    try:   # here, to send its function by name: the engine imports it to unpickle the task
+        import slowpkg
+    finally:
+        sys.path.remove(str(tmp_path))
+    try:
+        (pkg / "slow").touch()
+        lview = rc.load_balanced_view()
+        ar = lview.apply_async(slowpkg.pid)
+        wait_until((pkg / "importing").exists, START_TIMEOUT_S, "the engine to import slowpkg")
+        rc.send_signal(signal.SIGINT, block=True)
+        with pytest.raises(errors.RemoteError, match="KeyboardInterrupt"):
+            ar.get(START_TIMEOUT_S)
+        (pkg / "slow").unlink()
+        assert lview.apply_async(slowpkg.pid).get(START_TIMEOUT_S) == engine.pid
+    finally:
+        for name in ("slowpkg", "slowpkg.part"):
+            sys.modules.pop(name, None)
+
+
 @pytest.mark.parametrize("sig, at_a_terminal", [(signal.SIGTERM, False), (signal.SIGINT, True),
                                                  (signal.SIGINT, False)])
 def test_an_engine_waiting_for_its_connection_file_stops_as_an_idle_one(tmp_path, sig,

@@ -253,6 +253,29 @@ def test_a_take_back_is_asked_at_once_when_an_engine_is_free_and_not_with_a_give
         assert s.long(0, "t0") == []
 
 
+def test_replies_after_a_long_tasks_started_queue_nothing_behind_it():
+    """Replies to the quick tasks queued before a long one may come after the long one's
+    `started` (on the engine's other socket). They set the engine's cap again, after its
+    take-back had been asked, and the tasks sent behind it then waited for it to end."""
+    s = make(1)
+    e = run_on(s, "warm")
+    run_on(s, "q0")
+    s.finished("warm", e, "ok", 0.0, runtime=scheduler.QUICK_TASK_S / 10)   # 64 deep
+    for m in ("q1", "long", "b"):
+        run_on(s, m)
+    s.engine_added(1, 0.0)
+    assert takes(s.long(e, "long")) == [("b", e, "long")]   # asked at once: 1 has room
+    assert runs(s.taken_back(e, ["b"], 1.0)) == [("b", 1)]
+    out = []
+    for m in ("q0", "q1"):   # quick, and replied to after "long" said it runs long
+        out += s.finished(m, e, "ok", 2.0, runtime=scheduler.QUICK_TASK_S / 10)
+    for i in range(4):
+        out += s.submit(task(f"later{i}"), 3.0)
+    assert s.outstanding(e) == ["long"] and {eid for _, eid in runs(out)} == {1}
+    out = s.finished("long", e, "ok", 4.0, runtime=30.0)     # it ended: the cap is back
+    assert runs(out) == [("later1", e), ("later2", e)]
+
+
 def test_a_take_back_gets_only_what_the_engine_had_not_started():
     s = make(1)
     deep(s)
