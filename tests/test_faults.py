@@ -1016,6 +1016,40 @@ def test_signals_a_task_left_blocked_are_unblocked_for_the_tasks_after_it(local_
     assert engine.wait(START_TIMEOUT_S) == 0
 
 
+def _blocking_every_signal(seconds):
+    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())   # a library's habit
+    print("started", flush=True)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.05)
+    return "ran to its end"
+
+
+@pytest.mark.parametrize("how", ["abort", "sigint", "time_limit"])
+def test_a_task_that_blocks_every_signal_is_still_aborted_and_interrupted(local_cluster, how):
+    """A task that blocked INTERRUPT_SIGNAL while it runs (every signal, as some libraries
+    do around their work) never saw the engine's interrupt: the abort answered at once
+    and the task ran on to its end and its result, as did one past its time_limit (the
+    watchdog's SIGALRM blocked too) and one sent SIGINT. The interrupt not handled, the
+    engine raises it in the main thread, at the task's next bytecode."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    eid, = rc.wait_for_engines(1, START_TIMEOUT_S)
+    view = rc.load_balanced_view()
+    with view.temp_flags(time_limit=1 if how == "time_limit" else None):
+        ar = view.apply_async(_blocking_every_signal, 60)
+    wait_until(lambda: "started" in ar.stdout, START_TIMEOUT_S, "the task to start")
+    if how == "abort":
+        ar.abort()
+    elif how == "sigint":
+        rc.send_signal(signal.SIGINT, targets=[eid])
+    raised = {"abort": errors.TaskAborted, "sigint": errors.RemoteError,
+              "time_limit": errors.TaskTimeout}[how]
+    with pytest.raises(raised, match="aborted while running|KeyboardInterrupt|interrupted"):
+        ar.get(START_TIMEOUT_S)
+    assert rc[eid].apply_sync(os.getpid) == engine.pid   # the same engine serves on
+
+
 def _result_whose_pickling_exits():
     class Exits:
         def __reduce__(self):
