@@ -338,9 +338,11 @@ def test_an_engine_holding_the_gil_in_c_code_is_not_declared_dead(local_cluster)
     assert "declared dead" not in local_cluster.output("controller")
 
 
-def _hold_the_gil(seconds):
+def _hold_the_gil(seconds, mark=None):
     import ctypes
 
+    if mark is not None:   # a file that says the call starts: nothing else can say it
+        open(mark, "w").close()
     ctypes.PyDLL(None).usleep(int(seconds * 1e6))   # PyDLL: the GIL stays held meanwhile
     return seconds
 
@@ -366,6 +368,28 @@ def test_a_time_limit_holds_for_code_that_holds_the_gil(local_cluster):
     assert rc[survivor].apply_sync(_hold_the_gil, 0) == 0
     logs = [local_cluster.output(f"engine{i}") for i in range(2)]
     assert any("_hold_the_gil" in log and "most recent call first" in log for log in logs)
+
+
+def test_an_abort_that_a_task_holding_the_gil_cannot_take_says_so(local_cluster):
+    """A task holding the GIL in one long C call starves the engine's receiver: the abort
+    is not marked until the call returns. The client waited its whole timeout and raised
+    TimeoutError blaming the controller ("is it running?"), which was fine. The controller
+    now answers after ABORT_WAIT_S, and the abort warns naming the engine and the cause;
+    the task still ends once, with its result or aborted, and the engine serves on."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    eid, = rc.wait_for_engines(1, START_TIMEOUT_S)
+    mark = local_cluster.log_dir / "holding"
+    ar = rc.load_balanced_view().apply_async(_hold_the_gil, 15, mark)   # over the client's 10 s
+    wait_until(mark.exists, START_TIMEOUT_S, "the task to hold the GIL")
+    with pytest.warns(RuntimeWarning, match=rf"engine {eid} \(pid {engine.pid} .*holds the GIL"):
+        assert rc.abort(ar) == 1
+    assert not ar.done()   # it runs on: nothing reaches it
+    try:
+        assert ar.get(START_TIMEOUT_S) == 15
+    except errors.TaskAborted:
+        pass
+    assert rc[eid].apply_sync(os.getpid) == engine.pid
 
 
 def _set_an_alarm_handler(handler):
