@@ -408,7 +408,8 @@ class Controller:
         self._next_beat = now + self.heartbeat_period
         self.sockets["ping"].send(b"%d" % self._beat)
         self.tally.prune(now)
-        self._abort_overdue(now)
+        if not late:   # else the marks this controller has not read yet are not overdue
+            self._abort_overdue(now)
         # Liveness counts beats, not seconds: a controller that was itself stalled (a
         # loaded machine) sent fewer beats and so declares nobody dead for its own delay.
         limit = self._beat - self.heartbeat_liveness
@@ -1134,10 +1135,8 @@ class Controller:
     def _abort_overdue(self, now):
         """Answer the aborts past their deadline, saying which engines have not marked
         their requests and why that most likely is: the client's `abort` warns with it."""
-        for parent, waiting in list(self._aborting.items()):
-            if now < waiting.deadline:
-                continue
-            del self._aborting[parent]
+        for parent in [p for p, waiting in self._aborting.items() if now >= waiting.deadline]:
+            waiting = self._aborting.pop(parent)
             late = ", ".join(f"{eid} (pid {self.engines[eid]['pid']} on "
                              f"{self.engines[eid]['host']})" for eid in sorted(waiting.engines))
             self._reply(waiting.idents, waiting.header, status=OK, pending=waiting.pending,
@@ -1145,7 +1144,7 @@ class Controller:
                         "though its heart beats: its task most likely holds the GIL in one long "
                         "C call, which no interrupt reaches until it returns. The abort acts "
                         "then (a request ending first keeps its result); to end it now, kill "
-                        "that engine (SIGKILL: its SIGTERM handler waits for the call too)")
+                        "that engine (SIGKILL if SIGTERM, whose handler waits for it, does not)")
 
     def _shutdown(self, idents, header, parts):
         self._shutdown_engines(header.get("targets"))
