@@ -843,11 +843,10 @@ class Client(errors.SaysWhyAbsent):
         return set(self._msg_ids(None))
 
     def pending_requests(self):
-        """The futures of this client's requests not answered yet, oldest first (queries
-        to the controller, and other clients' requests it follows through get_result, left
-        out: as ipyparallel's ``outstanding``, what abort() and wait() take by default);
-        each has ``msg_id`` and ``metadata``, whose ``engine_id`` is the engine it went to
-        (None: not known yet)."""
+        """The futures of this client's requests not answered yet, oldest first (queries to the
+        controller, and other clients' requests it follows through get_result, left out: as
+        ipyparallel's ``outstanding``, what abort() and wait() take by default); each has ``msg_id``
+        and ``metadata``, whose ``engine_id`` is the engine it went to (None: not known yet)."""
         return [f for f in list(self._futures.values())
                 if not f._md.get("query") and not f._watched]
 
@@ -906,9 +905,12 @@ class Client(errors.SaysWhyAbsent):
         return pending
 
     def _abort(self, msg_ids, queued_only=False):
-        """Abort `msg_ids` (not running ones if `queued_only`); how many were pending."""
-        return self.query(protocol.ABORT, msg_ids=msg_ids, queued_only=queued_only).get(
-            "pending", 0) if msg_ids else 0
+        """Abort `msg_ids` (not running ones if `queued_only`); how many were pending. An
+        engine that did not take it in time (a task holding the GIL) is warned of."""
+        reply = msg_ids and self.query(protocol.ABORT, msg_ids=msg_ids, queued_only=queued_only)
+        if reply and reply.get("unmarked"):
+            warnings.warn(reply["unmarked"], RuntimeWarning, stacklevel=3)
+        return reply.get("pending", 0) if reply else 0
 
     def purge_results(self, jobs=None, targets=None):
         """Forget finished results in the controller: jobs, 'all', or those of targets."""
@@ -1491,9 +1493,8 @@ class LoadBalancedView(_View):
 
     def recovery_task(self, f, /, *args, **kwargs):
         """Submit ``f(*args, **kwargs)`` as a dormant task, to be named by another task's
-        ``recovery=``: it runs only if that task fails for good (and ends with
-        TaskAborted, unrun, if it succeeds). Its own ``recovery`` flag makes a chain.
-        Returns its AsyncResult."""
+        ``recovery=``: it runs only if that task fails for good (and ends with TaskAborted, unrun,
+        if it succeeds). Its own ``recovery`` flag makes a chain. Returns its AsyncResult."""
         fields = self._task_fields()
         rid = self._send_recovery(self._recovery_chain(), args, kwargs, fields, {})
         fut = self._send_dormant(f, args, kwargs, None, fields, rid, {})
@@ -1505,11 +1506,10 @@ class LoadBalancedView(_View):
     @_ctrl_c_aborts
     def map(self, f, *sequences, block=None, chunksize=None, ordered=True,
             return_exceptions=False, label=None):
-        """Apply `f` element-wise as tasks of `chunksize` elements (default: about 4
-        chunks per engine). The result is in input order; `ordered=False` makes
-        iterating over the AsyncResult yield chunks as they finish. `return_exceptions`:
-        a failed chunk's error stands in for each of its items, instead of raising.
-        `label`: the label flag for this call."""
+        """Apply `f` element-wise as tasks of `chunksize` elements (default: about 4 chunks per
+        engine). The result is in input order; `ordered=False` makes iterating over the AsyncResult
+        yield chunks as they finish. `return_exceptions`: a failed chunk's error stands in for each
+        of its items, instead of raising. `label`: the label flag for this call."""
         with self.temp_flags(**({} if label is None else {"label": label})):
             ar = self._map(f, sequences, chunksize=chunksize, ordered=ordered)
         ar._return_exceptions = return_exceptions

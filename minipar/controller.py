@@ -81,8 +81,12 @@ CURVE_FILE = "minipar-curve.json"   # the controller's own Curve key pair, 0600,
 
 # A client's abort waiting for engines to mark its requests (see _abort): the client's
 # routing ids and request header, the engines not heard from yet (a set, emptied as they
-# answer or go), and how many of its requests were pending (its reply says so).
-_Aborting = collections.namedtuple("_Aborting", "idents header engines pending")
+# answer or go), how many of its requests were pending (its reply says so), and the
+# time.monotonic() past which it is answered without the marks still missing: an engine
+# whose task holds the GIL in one long C call marks nothing until the call returns.
+# Under the Client's default timeout of 10 s, over a loaded engine's delay; 2..5 is reasonable.
+_Aborting = collections.namedtuple("_Aborting", "idents header engines pending deadline")
+ABORT_WAIT_S = 4.0
 
 # The status of a failure the controller makes, as an engine would report it: a task
 # aborted or timed out before an engine had it reads as one aborted or timed out there.
@@ -141,7 +145,7 @@ class Controller:
         self.session = protocol.Session(key or os.urandom(32).hex(), max_message_size)
         # (public, secret) CurveZMQ keys with --curve; the public one goes in the files
         self.curve_file = os.path.join(sec, CURVE_FILE)
-        self.curve = _curve_keys(self.curve_file, reuse) if curve else None
+        self.curve = protocol.curve_keys(self.curve_file, reuse, log.warning) if curve else None
         # db="dict" culls its oldest finished records beyond record_limit or record_bytes
         self.db = (open_db(db, self.profile_dir, record_limit, record_bytes)
                    if isinstance(db, str) else db)
@@ -403,6 +407,8 @@ class Controller:
         self._next_beat = now + self.heartbeat_period
         self.sockets["ping"].send(b"%d" % self._beat)
         self.tally.prune(now)
+        if not late:   # else the marks this controller has not read yet are not overdue
+            self._abort_overdue(now)
         # Liveness counts beats, not seconds: a controller that was itself stalled (a
         # loaded machine) sent fewer beats and so declares nobody dead for its own delay.
         limit = self._beat - self.heartbeat_liveness
@@ -1112,7 +1118,8 @@ class Controller:
             self._send(self.sockets["engine"], [self.engines[eid]["ident"]], protocol.ABORT,
                        msg_ids=ids, parent=header["msg_id"], queued_only=header.get("queued_only"))
         if asked:
-            self._aborting[header["msg_id"]] = _Aborting(idents, header, set(asked), pending)
+            self._aborting[header["msg_id"]] = _Aborting(idents, header, set(asked), pending,
+                                                         now + ABORT_WAIT_S)
         else:
             self._reply(idents, header, status=OK, pending=pending)
 
@@ -1125,6 +1132,20 @@ class Controller:
         if not waiting.engines:
             del self._aborting[parent]
             self._reply(waiting.idents, waiting.header, status=OK, pending=waiting.pending)
+
+    def _abort_overdue(self, now):
+        """Answer the aborts past their deadline, saying which engines have not marked
+        their requests and why that most likely is: the client's `abort` warns with it."""
+        for parent in [p for p, waiting in self._aborting.items() if now >= waiting.deadline]:
+            waiting = self._aborting.pop(parent)
+            late = ", ".join(f"{eid} (pid {self.engines[eid]['pid']} on "
+                             f"{self.engines[eid]['host']})" for eid in sorted(waiting.engines))
+            self._reply(waiting.idents, waiting.header, status=OK, pending=waiting.pending,
+                        unmarked=f"engine {late} has not taken the abort in {ABORT_WAIT_S:g} s "
+                        "though its heart beats: its task most likely holds the GIL in one long "
+                        "C call, which no interrupt reaches until it returns. The abort acts "
+                        "then (a request ending first keeps its result); to end it now, kill "
+                        "that engine (SIGKILL if SIGTERM, whose handler waits for it, does not)")
 
     def _shutdown(self, idents, header, parts):
         self._shutdown_engines(header.get("targets"))
@@ -1413,28 +1434,6 @@ def _reusable(path):
     log.warning("--reuse: %s %s, so its ports and key cannot be reused: this controller "
                 "writes new ones; engines and clients need the new file", path, problem)
     return {}
-
-
-def _curve_keys(path, reuse):
-    """The controller's CurveZMQ key pair, kept in `path` (owner-only, like the connection
-    files) so that a controller restarted with --reuse keeps the key everyone knows."""
-    if not zmq.has("curve"):
-        raise errors.MiniparError("--curve needs a libzmq built with CurveZMQ (libsodium), "
-                                  "and this pyzmq's has none: install pyzmq's wheel")
-    if reuse and os.path.exists(path):
-        try:   # as _reusable: a damaged file gets a new pair, said, not a traceback
-            with open(path) as f:
-                keys = json.load(f)
-            public, secret = keys["public"].encode(), keys["secret"].encode()
-            if len(public) == len(secret) == 40:   # Z85 text of 32-byte keys
-                return public, secret
-            raise ValueError("keys are not 40 characters of Z85")
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-            log.warning("--reuse: %s cannot be read (%s: %s): this controller makes a new "
-                        "key pair; clients need the new connection file", path, type(e).__name__, e)
-    public, secret = zmq.curve_keypair()
-    protocol.write_connection_file(path, {"public": public.decode(), "secret": secret.decode()})
-    return public, secret
 
 
 class PortInUseError(errors.MiniparError, OSError):

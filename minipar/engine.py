@@ -829,19 +829,19 @@ class Engine:
             if pending is None or now - pending.sent < INTERRUPT_AGAIN_S:
                 return
             self._interrupt = pending._replace(sent=now)
-            self._send_interrupt()
+            self._send_interrupt(again=True)
 
-    def _send_interrupt(self):
+    def _send_interrupt(self, again=False):
         # executes in the receiver thread, holding self._lock (under which _run ends what
-        # may be interrupted). INTERRUPT_SIGNAL, whose handler raises the interruption;
-        # but a running task that replaced the handler would never see it (its own runs,
-        # or none): the interruption is then made pending in the main thread, once, and
-        # raised at its next bytecode. The signal still goes to a task's own handler: its
-        # call ends a sleep, so the interruption is raised there too, not after. Not with
-        # SIG_DFL, which would end the engine, nor SIG_IGN: there a sleep runs to its end.
+        # may be interrupted). INTERRUPT_SIGNAL, whose handler raises the interruption; but a
+        # task that replaced the handler (its own runs, or none) or blocked the signal (seen
+        # `again`, unhandled) never sees it: the interruption is then made pending in the main
+        # thread, once, and raised at its next bytecode. The signal still goes to a task's own
+        # handler: its call ends a sleep, so the interruption is raised there too, not after.
+        # Not with SIG_DFL, which would end the engine, nor SIG_IGN: a sleep runs to its end.
         handler = signal.getsignal(INTERRUPT_SIGNAL)
         cur, pending = self._current, self._interrupt
-        if handler is not self._interrupt_handler and not self._raised_in_main \
+        if (again or handler is not self._interrupt_handler) and not self._raised_in_main \
                 and cur is not None and cur.msg_id == pending.msg_id:
             self._raised_in_main = True
             _raise_in(self._main_ident, _INTERRUPTS[pending.reason])
@@ -864,8 +864,9 @@ class Engine:
 
     def _on_interrupt_signal(self, signum, frame):
         # executes in the main thread, between bytecodes of whatever runs
-        with self._lock:
+        with self._lock:   # raised here: one made pending too (see _send_interrupt) is not
             target, self._interrupt = self._interrupt, None
+            self._withdraw_raised()
         cur = self._current
         if target is not None and cur is not None and cur.msg_id == target.msg_id:
             raise _INTERRUPTS[target.reason]   # else it ended before this landed

@@ -59,7 +59,7 @@ import weakref
 import cloudpickle
 import zmq
 
-from .errors import SerializationError
+from .errors import MiniparError, SerializationError
 
 DELIM = b"<MINIPAR>"
 REFUSED = b"refused"  # an unsigned notice sent back for a message that failed its check
@@ -1280,3 +1280,26 @@ def connect(sock, info, name):
         sock.curve_secretkey = secret
     sock.connect(url(info, name))
     return sock
+
+
+def curve_keys(path, reuse, warn):
+    """The controller's CurveZMQ key pair, kept in `path` (owner-only, like the connection
+    files) so that a controller restarted with --reuse keeps the key everyone knows; a
+    damaged file gets a new pair, and `warn` (the controller's log) says so."""
+    if not zmq.has("curve"):
+        raise MiniparError("--curve needs a libzmq built with CurveZMQ (libsodium), and "
+                           "this pyzmq's has none: install pyzmq's wheel")
+    if reuse and os.path.exists(path):
+        try:   # as the controller's _reusable: a damaged file gets a new pair, said
+            with open(path) as f:
+                keys = json.load(f)
+            public, secret = keys["public"].encode(), keys["secret"].encode()
+            if len(public) == len(secret) == 40:   # Z85 text of 32-byte keys
+                return public, secret
+            raise ValueError("keys are not 40 characters of Z85")
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+            warn("--reuse: %s cannot be read (%s: %s): this controller makes a new key pair; "
+                 "clients need the new connection file", path, type(e).__name__, e)
+    public, secret = zmq.curve_keypair()
+    write_connection_file(path, {"public": public.decode(), "secret": secret.decode()})
+    return public, secret

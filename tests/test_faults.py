@@ -338,9 +338,11 @@ def test_an_engine_holding_the_gil_in_c_code_is_not_declared_dead(local_cluster)
     assert "declared dead" not in local_cluster.output("controller")
 
 
-def _hold_the_gil(seconds):
+def _hold_the_gil(seconds, mark=None):
     import ctypes
 
+    if mark is not None:   # a file that says the call starts: nothing else can say it
+        open(mark, "w").close()
     ctypes.PyDLL(None).usleep(int(seconds * 1e6))   # PyDLL: the GIL stays held meanwhile
     return seconds
 
@@ -366,6 +368,28 @@ def test_a_time_limit_holds_for_code_that_holds_the_gil(local_cluster):
     assert rc[survivor].apply_sync(_hold_the_gil, 0) == 0
     logs = [local_cluster.output(f"engine{i}") for i in range(2)]
     assert any("_hold_the_gil" in log and "most recent call first" in log for log in logs)
+
+
+def test_an_abort_that_a_task_holding_the_gil_cannot_take_says_so(local_cluster):
+    """A task holding the GIL in one long C call starves the engine's receiver: the abort
+    is not marked until the call returns. The client waited its whole timeout and raised
+    TimeoutError blaming the controller ("is it running?"), which was fine. The controller
+    now answers after ABORT_WAIT_S, and the abort warns naming the engine and the cause;
+    the task still ends once, with its result or aborted, and the engine serves on."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    eid, = rc.wait_for_engines(1, START_TIMEOUT_S)
+    mark = local_cluster.log_dir / "holding"
+    ar = rc.load_balanced_view().apply_async(_hold_the_gil, 15, mark)   # over the client's 10 s
+    wait_until(mark.exists, START_TIMEOUT_S, "the task to hold the GIL")
+    with pytest.warns(RuntimeWarning, match=rf"engine {eid} \(pid {engine.pid} .*holds the GIL"):
+        assert rc.abort(ar) == 1
+    assert not ar.done()   # it runs on: nothing reaches it
+    try:
+        assert ar.get(START_TIMEOUT_S) == 15
+    except errors.TaskAborted:
+        pass
+    assert rc[eid].apply_sync(os.getpid) == engine.pid
 
 
 def _set_an_alarm_handler(handler):
@@ -1084,6 +1108,40 @@ def test_signals_a_task_left_blocked_are_unblocked_for_the_tasks_after_it(local_
            "unblocked" in local_cluster.output("engine0")
     engine.terminate()   # idle: it unregisters and exits 0 at once
     assert engine.wait(START_TIMEOUT_S) == 0
+
+
+def _blocking_every_signal(seconds):
+    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())   # a library's habit
+    print("started", flush=True)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.05)
+    return "ran to its end"
+
+
+@pytest.mark.parametrize("how", ["abort", "sigint", "time_limit"])
+def test_a_task_that_blocks_every_signal_is_still_aborted_and_interrupted(local_cluster, how):
+    """A task that blocked INTERRUPT_SIGNAL while it runs (every signal, as some libraries
+    do around their work) never saw the engine's interrupt: the abort answered at once
+    and the task ran on to its end and its result, as did one past its time_limit (the
+    watchdog's SIGALRM blocked too) and one sent SIGINT. The interrupt not handled, the
+    engine raises it in the main thread, at the task's next bytecode."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    eid, = rc.wait_for_engines(1, START_TIMEOUT_S)
+    view = rc.load_balanced_view()
+    with view.temp_flags(time_limit=1 if how == "time_limit" else None):
+        ar = view.apply_async(_blocking_every_signal, 60)
+    wait_until(lambda: "started" in ar.stdout, START_TIMEOUT_S, "the task to start")
+    if how == "abort":
+        ar.abort()
+    elif how == "sigint":
+        rc.send_signal(signal.SIGINT, targets=[eid])
+    raised = {"abort": errors.TaskAborted, "sigint": errors.RemoteError,
+              "time_limit": errors.TaskTimeout}[how]
+    with pytest.raises(raised, match="aborted while running|KeyboardInterrupt|interrupted"):
+        ar.get(START_TIMEOUT_S)
+    assert rc[eid].apply_sync(os.getpid) == engine.pid   # the same engine serves on
 
 
 def _result_whose_pickling_exits():
