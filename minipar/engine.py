@@ -1491,8 +1491,7 @@ def _stop_waiting(signum, frame):
 
 def main(argv=None):
     global _engine
-    p = argparse.ArgumentParser(
-        prog=f"python -m {__spec__.name if __spec__ else 'engine'}",
+    p = argparse.ArgumentParser(prog=f"python -m {__spec__.name if __spec__ else 'engine'}",
         description="Start a minipar engine.",
         epilog="Stop an engine with SIGTERM (kill PID): idle, it unregisters and exits 0. "
                "SIGINT interrupts the running task; idle, the engine ignores it (as an "
