@@ -44,7 +44,8 @@ import zmq
 
 from . import errors, protocol
 from .asyncresult import (AsyncResult, _concat, _dated, _Derived, _forked, _MsgFuture, _OneRequest,
-                          _aborted_on_ctrl_c, _ctrl_c_aborts, _seconds, _sent, _timeout_s)
+                          _aborted_on_ctrl_c, _check_count, _ctrl_c_aborts, _seconds,
+                          _seconds_check, _sent, _timeout_s)
 from .dependency import dependency_fields, dependent, msg_ids
 from .remotefunction import (ParallelFunction, RemoteFunction, _partition, _sequence, _sequences,
                              interactive)
@@ -1188,24 +1189,6 @@ class _View(errors.SaysWhyAbsent):
 
     def _target_list(self):
         return None if self.targets in (None, "all") else self.targets
-
-
-def _seconds_check(what):
-    """A flag's check: seconds (int or float, as the controller takes), None or 0 for no
-    limit; < 0 and NaN are a ValueError, what is no number a TypeError."""
-    def check(name, value):
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if value is not None and not (number and value >= 0):
-            raise (ValueError if number else TypeError)(
-                f"{name}={value!r:.40}: give the seconds {what}, or None (or 0) for no limit")
-    return check
-
-
-def _check_count(name, value):
-    """A flag's check: a count, an int >= 0 (what is no int: a TypeError)."""
-    if type(value) is not int or value < 0:
-        raise (ValueError if type(value) is int else TypeError)(
-            f"{name}={value!r:.40}: give a count, an int >= 0 (0: none)")
 
 
 class DirectView(_View):
