@@ -10,6 +10,7 @@ after the time they were told to wait.
 """
 
 import json
+import logging
 import os
 import re
 import signal
@@ -17,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -282,6 +284,45 @@ def test_what_an_engine_held_before_a_restart_that_fails_it_never_runs(tmp_path,
         assert rc[0].apply_sync(square, 3) == 9
         assert open(started).read().split() == ["t0"]
     finally:
+        c.stop()
+
+
+def test_a_query_that_reaches_the_restarted_controller_first_is_answered(tmp_path):
+    """A client's queries leave on a send-only socket; the controller answers each on the
+    route `connect` gave it. After a restart that socket could reach the new controller
+    before the reply socket (or the notification socket, which asks for the engines) had
+    connected again and said `connect`: the answer went to no socket of the client's and
+    the query waited out its timeout (1 run in 10 of the restart tests under load). Here
+    the client's I/O thread is held in its log line about the loss, so it says `connect`
+    only once a query, then a task, have left and a second client saw the task arrive."""
+    c = LocalCluster(tmp_path, controller_args=["--reuse"])
+    held, resume = threading.Event(), threading.Event()
+
+    class Hold(logging.Handler):
+        def emit(self, record):
+            if record.msg.startswith("lost the connection to the controller"):
+                held.set()
+                resume.wait(START_TIMEOUT_S)
+
+    hold = Hold()
+    logging.getLogger("minipar.client").addHandler(hold)
+    try:
+        c.start_engines(1, args=ENGINE_ARGS)
+        rc = c.client(reconnect_timeout=120)
+        rc.wait_for_engines(1, START_TIMEOUT_S)
+        _restart_controller(c, ["--reuse"], "controller2")
+        wait_until(held.is_set, START_TIMEOUT_S, "the client to see the controller lost")
+        query = rc._send_query(protocol.QUEUE_STATUS, {})
+        ar = rc.load_balanced_view().apply_async(square, 4)
+        watcher = c.client()
+        wait_until(lambda: watcher.db_query({"msg_id": ar.msg_ids[0]}, keys=["msg_id"]),
+                   START_TIMEOUT_S, "the task, sent after the query, at the controller")
+        resume.set()
+        assert query.result(START_TIMEOUT_S)["status"] == protocol.OK
+        assert ar.get(START_TIMEOUT_S) == 16
+    finally:
+        resume.set()
+        logging.getLogger("minipar.client").removeHandler(hold)
         c.stop()
 
 
