@@ -239,7 +239,7 @@ class Client(errors.SaysWhyAbsent):
     # Queries made from the loss until connect is answered wait here, then leave: the
     # controller answers on the route connect gives it, so one reaching it first (the
     # send-only socket may connect first) was answered to no socket and waited out its
-    # timeout. Requests need not wait: their results go where connect says when done.
+    # timeout. Requests need not wait: the question above fetches their results.
     # A controller this client shut down (shutdown(hub=True)) is not waited for: what is
     # outstanding fails when the connection goes.
 
