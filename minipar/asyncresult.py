@@ -657,6 +657,24 @@ def _timeout_s(timeout):
     return timeout if timeout >= 0 else None
 
 
+def _seconds_check(what):
+    """A flag's check: seconds (int or float, as the controller takes), None or 0 for no
+    limit; < 0 and NaN are a ValueError, what is no number a TypeError."""
+    def check(name, value):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is not None and not (number and value >= 0):
+            raise (ValueError if number else TypeError)(
+                f"{name}={value!r:.40}: give the seconds {what}, or None (or 0) for no limit")
+    return check
+
+
+def _check_count(name, value):
+    """A flag's check: a count, an int >= 0 (what is no int: a TypeError)."""
+    if type(value) is not int or value < 0:
+        raise (ValueError if type(value) is int else TypeError)(
+            f"{name}={value!r:.40}: give a count, an int >= 0 (0: none)")
+
+
 # .sent: {client: [its futures]} of the requests this thread made inside the outermost
 # _aborted_on_ctrl_c block it is in; None outside one
 _guarded = threading.local()

@@ -44,7 +44,8 @@ import zmq
 
 from . import errors, protocol
 from .asyncresult import (AsyncResult, _concat, _dated, _Derived, _forked, _MsgFuture, _OneRequest,
-                          _aborted_on_ctrl_c, _ctrl_c_aborts, _seconds, _sent, _timeout_s)
+                          _aborted_on_ctrl_c, _check_count, _ctrl_c_aborts, _seconds,
+                          _seconds_check, _sent, _timeout_s)
 from .dependency import dependency_fields, dependent, msg_ids
 from .remotefunction import (ParallelFunction, RemoteFunction, _partition, _sequence, _sequences,
                              interactive)
@@ -159,7 +160,8 @@ class Client(errors.SaysWhyAbsent):
         self._monitor = dealer.get_monitor_socket(
             zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self._connected = False     # a handshake succeeded once (I/O thread): else, no loss
-        self._lost_at = None        # when the connection to the controller went: I/O thread
+        self._lost_at = None        # when the connection went, till connect is answered again
+        self._waiting = []          # (future, frames) of queries made meanwhile: _send_lock
         self._gone = None           # the error every call raises once it did not come back
         self._stopped_hub = None    # the error once this client shut the controller down
         self._warned_skew = set()   # engines whose other Python/cloudpickle was warned about
@@ -234,6 +236,10 @@ class Client(errors.SaysWhyAbsent):
     # the results of everything outstanding. The finished ones are sent again, pending
     # ones arrive when done; ones it has no record of fail (one sent during the outage
     # may arrive after the question: the controller waits a moment for it, see _park).
+    # Queries made from the loss until connect is answered wait here, then leave: the
+    # controller answers on the route connect gives it, so one reaching it first (the
+    # send-only socket may connect first) was answered to no socket and waited out its
+    # timeout. Requests need not wait: the question above fetches their results.
     # A controller this client shut down (shutdown(hub=True)) is not waited for: what is
     # outstanding fails when the connection goes.
 
@@ -258,8 +264,7 @@ class Client(errors.SaysWhyAbsent):
         elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._lost_at is not None:
             log.warning("connected to the controller again after %.1f s: asking for what is "
                         "outstanding", now - self._lost_at)
-            self._lost_at = self._gone = None
-            self._stopped_hub = None
+            self._gone = self._stopped_hub = None
             self._io_query(dealer, protocol.CONNECT, self._on_reconnected)
 
     def _check_replaced(self, lost):
@@ -304,6 +309,11 @@ class Client(errors.SaysWhyAbsent):
         before it calls it unknown (its _park), so one question is enough. A cancelled one
         its engine runs on is asked too: one the controller lost is never answered."""
         self._on_engines(dealer, header)
+        with self._send_lock:   # the queries made while it was lost, but for those given up
+            self._lost_at, waiting, self._waiting = None, self._waiting, []
+            for f, frames in waiting:
+                if self._futures.get(f.msg_id) is f:   # not timed out, nor failed
+                    self._sender.send_multipart(frames)
         msg_ids = [m for m, f in list(self._futures.items()) if not f._md.get("query")]
         if msg_ids:
             self._io_query(dealer, protocol.RESULT_REQUEST, self._on_outstanding, msg_ids=msg_ids)
@@ -630,9 +640,12 @@ class Client(errors.SaysWhyAbsent):
         f, frames = self._query_future(kind, fields)
         with self._send_lock:
             self._flush()   # after the requests made before it
-            # connect goes through the I/O thread's socket: its identity is where the
-            # controller will send every reply
-            (self._outbox if kind == protocol.CONNECT else self._sender).send_multipart(frames)
+            if kind == protocol.CONNECT:   # through the I/O thread's socket: its identity
+                self._outbox.send_multipart(frames)   # is where every reply will go
+            elif self._lost_at is None:
+                self._sender.send_multipart(frames)
+            else:   # sent once connect is answered: see "losing the controller"
+                self._waiting.append((f, frames))
         return f
 
     def _query_future(self, kind, fields):
@@ -1190,24 +1203,6 @@ class _View(errors.SaysWhyAbsent):
 
     def _target_list(self):
         return None if self.targets in (None, "all") else self.targets
-
-
-def _seconds_check(what):
-    """A flag's check: seconds (int or float, as the controller takes), None or 0 for no
-    limit; < 0 and NaN are a ValueError, what is no number a TypeError."""
-    def check(name, value):
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if value is not None and not (number and value >= 0):
-            raise (ValueError if number else TypeError)(
-                f"{name}={value!r:.40}: give the seconds {what}, or None (or 0) for no limit")
-    return check
-
-
-def _check_count(name, value):
-    """A flag's check: a count, an int >= 0 (what is no int: a TypeError)."""
-    if type(value) is not int or value < 0:
-        raise (ValueError if type(value) is int else TypeError)(
-            f"{name}={value!r:.40}: give a count, an int >= 0 (0: none)")
 
 
 class DirectView(_View):

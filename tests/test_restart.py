@@ -10,6 +10,7 @@ after the time they were told to wait.
 """
 
 import json
+import logging
 import os
 import re
 import signal
@@ -17,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -175,20 +177,7 @@ def _restarted_with_copies_held(c, db_args, direct=False):
         wait_until(lambda: _on_disk(c, [m for ar in ars for m in ar.msg_ids]),
                    START_TIMEOUT_S, "the requests committed")
     _restart_controller(c, ["--reuse", *db_args], "controller2")
-    _client_back(rc)
     return rc, ars, started
-
-
-def _client_back(rc):
-    """Wait until `rc` has an answer from the restarted controller: a query it sends before
-    its reply socket is connected again is never answered (a defect left open)."""
-    def answered():
-        try:
-            return rc.query(protocol.QUEUE_STATUS, timeout=2) is not None
-        except errors.TimeoutError:
-            return False
-
-    wait_until(answered, START_TIMEOUT_S, "the client connected to the new controller")
 
 
 def test_a_restarted_controller_has_one_copy_of_each_task_run_and_aborted(sqlite_cluster):
@@ -246,7 +235,6 @@ def test_a_cancel_while_the_old_copy_runs_on_still_reaches_the_copy_sent_again(
     wait_until(lambda: os.path.exists(started), START_TIMEOUT_S, "the first task started")
     wait_until(lambda: _on_disk(c, ar.msg_ids), START_TIMEOUT_S, "the requests committed")
     _restart_controller(c, ["--reuse", "--db", "sqlite"], "controller2")
-    _client_back(rc)
     # the engine is back, and both tasks are sent to it again (held for its `ready`,
     # which it sends once the old copy ends)
     wait_until(lambda: "registered again as engine 0" in c.output("engine0"), START_TIMEOUT_S,
@@ -282,6 +270,45 @@ def test_what_an_engine_held_before_a_restart_that_fails_it_never_runs(tmp_path,
         assert rc[0].apply_sync(square, 3) == 9
         assert open(started).read().split() == ["t0"]
     finally:
+        c.stop()
+
+
+def test_a_query_that_reaches_the_restarted_controller_first_is_answered(tmp_path):
+    """A client's queries leave on a send-only socket; the controller answers each on the
+    route `connect` gave it. After a restart that socket could reach the new controller
+    before the reply socket (or the notification socket, which asks for the engines) had
+    connected again and said `connect`: the answer went to no socket of the client's and
+    the query waited out its timeout (1 run in 10 of the restart tests under load). Here
+    the client's I/O thread is held in its log line about the loss, so it says `connect`
+    only once a query, then a task, have left and a second client saw the task arrive."""
+    c = LocalCluster(tmp_path, controller_args=["--reuse"])
+    held, resume = threading.Event(), threading.Event()
+
+    class Hold(logging.Handler):
+        def emit(self, record):
+            if record.msg.startswith("lost the connection to the controller"):
+                held.set()
+                resume.wait(START_TIMEOUT_S)
+
+    hold = Hold()
+    logging.getLogger("minipar.client").addHandler(hold)
+    try:
+        c.start_engines(1, args=ENGINE_ARGS)
+        rc = c.client(reconnect_timeout=120)
+        rc.wait_for_engines(1, START_TIMEOUT_S)
+        _restart_controller(c, ["--reuse"], "controller2")
+        wait_until(held.is_set, START_TIMEOUT_S, "the client to see the controller lost")
+        query = rc._send_query(protocol.QUEUE_STATUS, {})
+        ar = rc.load_balanced_view().apply_async(square, 4)
+        watcher = c.client()
+        wait_until(lambda: watcher.db_query({"msg_id": ar.msg_ids[0]}, keys=["msg_id"]),
+                   START_TIMEOUT_S, "the task, sent after the query, at the controller")
+        resume.set()
+        assert query.result(START_TIMEOUT_S)["status"] == protocol.OK
+        assert ar.get(START_TIMEOUT_S) == 16
+    finally:
+        resume.set()
+        logging.getLogger("minipar.client").removeHandler(hold)
         c.stop()
 
 
