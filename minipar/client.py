@@ -119,6 +119,9 @@ class Client(errors.SaysWhyAbsent):
             raise TypeError(f"Client({tunnel[0]}=...): minipar's Client makes no ssh tunnel; "
                             "run it where the controller's ip (in its connection file) is "
                             "reachable, or forward its ports with ssh -L and set ip 127.0.0.1")
+        if url_file is None and kwargs.get("cluster_id"):   # ipyparallel's: that cluster's
+            from .launcher import cluster_profile_dir   # here: launcher imports this module
+            profile_dir = cluster_profile_dir(profile, profile_dir, kwargs["cluster_id"])
         if url_file is None:   # as ipyparallel's Client: one named is not waited for
             url_file = protocol.wait_for_file(os.path.join(protocol.profile_dir(
                 profile, profile_dir), "security", protocol.CLIENT_FILE), timeout, log.warning)
@@ -895,8 +898,7 @@ class Client(errors.SaysWhyAbsent):
         Done when it returns (`block`: ipyparallel's, accepted); warns if none was left."""
         self._check_usable()
         on = None if targets is None else self.resolve_targets(targets)
-        ids = ([f.msg_id for f in self.pending_requests()
-                if on is None or f._md["engine_id"] in on]
+        ids = ([f.msg_id for f in self.pending_requests() if on is None or f._md["engine_id"] in on]
                if jobs is None or jobs == "all" else self._msg_ids(jobs))
         pending = self._abort(ids)
         if not pending:
@@ -1142,15 +1144,12 @@ class _View(errors.SaysWhyAbsent):
         """Decorator: the function is applied to parts of its arguments in parallel."""
         return lambda f: ParallelFunction(self, f, dist=dist, block=block, **flags)
 
-    # handed to the client, as ipyparallel's views do (views keep no msg_id history)
+    # handed to the client, as ipyparallel's views do (views keep no msg_id history, so
+    # `outstanding` holds every view's msg_ids, not this view's alone)
     wait = property(lambda self: self.client.wait)
     abort = property(lambda self: self.client.abort)
     spin = property(lambda self: self.client.spin)
-
-    @property
-    def outstanding(self):
-        """The client's outstanding msg_ids: every view's, not this view's alone."""
-        return self.client.outstanding
+    outstanding = property(lambda self: self.client.outstanding)
 
     def get_result(self, indices_or_msg_ids=None, block=None, owner=False):
         """``rc.get_result(msg_ids, owner)``, waited for if `block`: msg_ids or

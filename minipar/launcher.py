@@ -1271,6 +1271,14 @@ def find_cluster_file(profile=None, profile_dir=None, cluster_id=None):
                         f"cluster_id= (--cluster-id) or profile_dir= (--profile-dir); {see}")
 
 
+def cluster_profile_dir(profile=None, profile_dir=None, cluster_id=None):
+    """The profile folder of cluster `cluster_id`, found as Cluster.from_file finds it:
+    where ``Client(cluster_id=...)`` connects, as ipyparallel's (whose profile holds a
+    connection file per cluster id), not to a controller that holds the default profile."""
+    with open(find_cluster_file(profile, profile_dir, cluster_id)) as f:
+        return json.load(f)["cluster"]["profile_dir"]
+
+
 class ClusterManager:
     """The clusters of some profiles, by key ``"<profile>:<cluster_id>"`` (a profile's name,
     or its folder outside $MINIPAR_DIR), as ipyparallel's. ``load_clusters()`` reads the

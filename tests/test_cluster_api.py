@@ -282,6 +282,32 @@ def test_from_file_with_ipclusters_empty_id(pids, minipar_dir):  # noqa: F811
     assert pids.wait_gone(20) == []
 
 
+def test_client_cluster_id_connects_to_that_cluster(pids, minipar_dir):  # noqa: F811
+    """``Client(cluster_id=...)``, as ipyparallel's, connects to that cluster (its own
+    folder, a profile's): minipar ignored it and connected to the controller holding the
+    default profile, another cluster without a word. An id no cluster has is an error."""
+    default = Cluster(n=0, profile="default", cluster_id="", controller_args=CTL_ARGS)
+    mine = Cluster(n=1, cluster_id="mine", controller_args=CTL_ARGS)
+    try:
+        default.start_cluster_sync()
+        mine.start_cluster_sync()
+        pids.add_cluster(default)
+        pids.add_cluster(mine)
+        rc = minipar.Client(cluster_id="mine")
+        assert rc.url_file == mine.client_file != default.client_file
+        assert rc.wait_for_engines(1, timeout=60) == [0]
+        rc.close()
+        rc = minipar.Client(cluster_id="")   # ipyparallel's default id: the profile's
+        assert rc.url_file == default.client_file
+        rc.close()
+        with pytest.raises(LauncherError, match="no cluster 'nope' found"):
+            minipar.Client(cluster_id="nope")
+    finally:
+        mine.stop_cluster_sync()
+        default.stop_cluster_sync()
+    assert pids.wait_gone(20) == []
+
+
 def test_cluster_manager_lists_loads_and_stops_clusters(pids, minipar_dir):  # noqa: F811
     assert minipar.ClusterManager is ClusterManager
     cm = ClusterManager()
