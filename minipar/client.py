@@ -671,7 +671,9 @@ class Client(errors.SaysWhyAbsent):
         return len(self.ids)
 
     def __getitem__(self, key):
-        ids = self.ids
+        # none registered: NoEnginesRegistered now, as ipyparallel's (rc[:] made before the
+        # engines joined would select none of them ever after)
+        ids = self.ids or self.resolve_targets(())
         if isinstance(key, int):
             if 0 < -key <= len(ids):   # as a list's: rc[-1] is the last engine
                 key = ids[key]
@@ -706,9 +708,7 @@ class Client(errors.SaysWhyAbsent):
 
     def executor(self, targets=None):
         """A concurrent.futures.Executor running calls as load-balanced tasks."""
-        from .integrations import ViewExecutor
-
-        return ViewExecutor(self.load_balanced_view(targets))
+        return self.load_balanced_view(targets).executor
 
     # use_cloudpickle(), use_dill(), use_pickle(): a view's (_View._use), on every engine
     use_cloudpickle, use_dill, use_pickle = (functools.partialmethod(
