@@ -308,6 +308,28 @@ def test_client_cluster_id_connects_to_that_cluster(pids, minipar_dir):  # noqa:
     assert pids.wait_gone(20) == []
 
 
+def test_a_profile_dir_under_home_is_expanded_as_ipyparallels(pids, tmp_path,  # noqa: F811
+                                                               monkeypatch):
+    """``profile_dir="~/run"`` is the folder run in $HOME, as ipyparallel's (which expands
+    ``~`` and $VARS): it was a folder named "~" made where the script ran."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RUNS", "runs")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    cluster = Cluster(n=1, profile_dir="~/$RUNS/run", controller_args=CTL_ARGS)
+    try:
+        rc = cluster.start_and_connect_sync()
+        pids.add_cluster(cluster, rc)
+        assert cluster.profile_dir == str(tmp_path / "home" / "runs" / "run")
+        mine = minipar.Client(profile_dir="~/runs/run")
+        assert mine.url_file == cluster.client_file and mine.wait_for_engines(1, timeout=60)
+        mine.close()
+    finally:
+        cluster.stop_cluster_sync()
+    assert os.listdir(tmp_path / "cwd") == []
+    assert pids.wait_gone(20) == []
+
+
 def test_cluster_manager_lists_loads_and_stops_clusters(pids, minipar_dir):  # noqa: F811
     assert minipar.ClusterManager is ClusterManager
     cm = ClusterManager()
