@@ -962,7 +962,8 @@ class Cluster:
         """Start the controller, wait for its connection file; the launcher. `options`:
         keyword arguments for the launcher, over `controller_options`."""
         if self.controller is not None and self.controller.running:
-            raise LauncherError(f"{self!r} already has a running controller")
+            raise LauncherError(f"{self!r} already has a running controller: stop_cluster_sync() "
+                                "first, or add engines with start_engines_sync(n)")
         # without --reuse, a new key and ports: Clients of one that ended can never reach it
         if "--reuse" not in self.controller_args:
             self._close_clients()
@@ -1110,9 +1111,10 @@ class Cluster:
     # -- the whole cluster
 
     def start_cluster_sync(self, n=None):
-        """Start the controller (unless it runs) and one set of `n` engines; self."""
-        if self.controller is None or not self.controller.running:
-            self.start_controller_sync()
+        """Start the controller and one set of `n` engines; self. A controller that runs
+        is a LauncherError, as ipyparallel's: a notebook cell starting the cluster, run
+        twice, started a second set of engines."""
+        self.start_controller_sync()
         try:
             self.start_engines_sync(n)
         except BaseException:

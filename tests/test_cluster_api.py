@@ -330,6 +330,24 @@ def test_a_profile_dir_under_home_is_expanded_as_ipyparallels(pids, tmp_path,  #
     assert pids.wait_gone(20) == []
 
 
+def test_starting_a_running_cluster_again_is_refused_as_ipyparallels(pids):  # noqa: F811
+    """A notebook cell ``cluster.start_cluster_sync()`` run twice started a second set of
+    engines (2 where the cell asks for 1); as ipyparallel's, starting a cluster whose
+    controller runs is an error saying what to do, and leaves the cluster as it was."""
+    cluster = Cluster(n=1, controller_args=CTL_ARGS)
+    try:
+        rc = cluster.start_and_connect_sync()
+        pids.add_cluster(cluster, rc)
+        for again in (cluster.start_cluster_sync, cluster.start_and_connect_sync,
+                      cluster.__enter__):
+            with pytest.raises(LauncherError, match="running controller.*start_engines_sync"):
+                again()
+        assert len(cluster.engines) == 1 and rc[:].apply_sync(abs, -1) == [1]
+    finally:
+        cluster.stop_cluster_sync()
+    assert pids.wait_gone(20) == []
+
+
 def test_cluster_manager_lists_loads_and_stops_clusters(pids, minipar_dir):  # noqa: F811
     assert minipar.ClusterManager is ClusterManager
     cm = ClusterManager()
