@@ -119,6 +119,7 @@ class Client(errors.SaysWhyAbsent):
             raise TypeError(f"Client({tunnel[0]}=...): minipar's Client makes no ssh tunnel; "
                             "run it where the controller's ip (in its connection file) is "
                             "reachable, or forward its ports with ssh -L and set ip 127.0.0.1")
+        _timeout_s(timeout)   # a str: a TypeError saying so, not "'>' not supported" in a wait
         if url_file is None and kwargs.get("cluster_id"):   # ipyparallel's: that cluster's
             from .launcher import cluster_profile_dir   # here: launcher imports this module
             profile_dir = cluster_profile_dir(profile, profile_dir, kwargs["cluster_id"])
@@ -671,8 +672,7 @@ class Client(errors.SaysWhyAbsent):
         return len(self.ids)
 
     def __getitem__(self, key):
-        # none registered: NoEnginesRegistered now, as ipyparallel's (rc[:] made before the
-        # engines joined would select none of them ever after)
+        # none registered: NoEnginesRegistered, as ipyparallel's (a view made now stays empty)
         ids = self.ids or self.resolve_targets(())
         if isinstance(key, int):
             if 0 < -key <= len(ids):   # as a list's: rc[-1] is the last engine
@@ -1518,8 +1518,9 @@ class LoadBalancedView(_View):
         seqs, n = _sequences(sequences, elementwise)
         if chunksize is None:
             chunksize = max(1, -(-n // (4 * max(1, len(self.client.ids)))))
-        elif chunksize < 1:
-            raise ValueError(f"chunksize={chunksize}: give a positive number of elements")
+        elif not hasattr(chunksize, "__index__") or chunksize < 1:   # range() takes ints only
+            raise (ValueError if hasattr(chunksize, "__index__") else TypeError)(
+                f"chunksize={chunksize!r:.40}: give a positive number of elements, an int")
         fparts = protocol.serialize_function(f)
         fields = self._task_fields()
         chain = self._recovery_chain()

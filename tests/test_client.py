@@ -406,6 +406,20 @@ def test_a_view_made_before_any_engine_registered_is_refused_as_ipyparallels(loc
     assert rc[:].apply_sync(lambda: 1) == [1] and rc[0].apply_sync(lambda: 2) == 2
 
 
+def test_a_timeout_or_chunksize_of_the_wrong_type_says_so(rc):
+    """``Client(timeout="10")`` failed with "'>' not supported between instances of 'str'
+    and 'int'" from deep in a wait, and ``map(..., chunksize=2.5)`` with "'float' object
+    cannot be interpreted as an integer": each is now a TypeError naming its argument."""
+    with pytest.raises(TypeError, match="timeout must be a number of seconds or None, not str"):
+        minipar.Client(rc.url_file, timeout="10")
+    lv = rc.load_balanced_view()
+    with pytest.raises(TypeError, match=r"chunksize=2\.5: give a positive number of elements"):
+        lv.map(abs, range(4), chunksize=2.5)
+    with pytest.raises(ValueError, match="chunksize=0: give a positive number"):
+        lv.map(abs, range(4), chunksize=0)
+    assert lv.map_sync(abs, range(-3, 0), chunksize=2) == [3, 2, 1]
+
+
 def test_client_is_usable_from_many_threads(rc):
     results = []
 
