@@ -120,6 +120,10 @@ class Client(errors.SaysWhyAbsent):
             raise TypeError(f"Client({tunnel[0]}=...): minipar's Client makes no ssh tunnel; "
                             "run it where the controller's ip (in its connection file) is "
                             "reachable, or forward its ports with ssh -L and set ip 127.0.0.1")
+        _timeout_s(timeout)   # a str: a TypeError saying so, not "'>' not supported" in a wait
+        if url_file is None and kwargs.get("cluster_id"):   # ipyparallel's: that cluster's
+            from .launcher import cluster_profile_dir   # here: launcher imports this module
+            profile_dir = cluster_profile_dir(profile, profile_dir, kwargs["cluster_id"])
         if url_file is None:   # as ipyparallel's Client: one named is not waited for
             url_file = protocol.wait_for_file(os.path.join(protocol.profile_dir(
                 profile, profile_dir), "security", protocol.CLIENT_FILE), timeout, log.warning)
@@ -681,7 +685,8 @@ class Client(errors.SaysWhyAbsent):
         return len(self.ids)
 
     def __getitem__(self, key):
-        ids = self.ids
+        # none registered: NoEnginesRegistered, as ipyparallel's (a view made now stays empty)
+        ids = self.ids or self.resolve_targets(())
         if isinstance(key, int):
             if 0 < -key <= len(ids):   # as a list's: rc[-1] is the last engine
                 key = ids[key]
@@ -716,9 +721,7 @@ class Client(errors.SaysWhyAbsent):
 
     def executor(self, targets=None):
         """A concurrent.futures.Executor running calls as load-balanced tasks."""
-        from .integrations import ViewExecutor
-
-        return ViewExecutor(self.load_balanced_view(targets))
+        return self.load_balanced_view(targets).executor
 
     # use_cloudpickle(), use_dill(), use_pickle(): a view's (_View._use), on every engine
     use_cloudpickle, use_dill, use_pickle = (functools.partialmethod(
@@ -907,8 +910,7 @@ class Client(errors.SaysWhyAbsent):
         Done when it returns (`block`: ipyparallel's, accepted); warns if none was left."""
         self._check_usable()
         on = None if targets is None else self.resolve_targets(targets)
-        ids = ([f.msg_id for f in self.pending_requests()
-                if on is None or f._md["engine_id"] in on]
+        ids = ([f.msg_id for f in self.pending_requests() if on is None or f._md["engine_id"] in on]
                if jobs is None or jobs == "all" else self._msg_ids(jobs))
         pending = self._abort(ids)
         if not pending:
@@ -1157,15 +1159,12 @@ class _View(errors.SaysWhyAbsent):
         """Decorator: the function is applied to parts of its arguments in parallel."""
         return lambda f: ParallelFunction(self, f, dist=dist, block=block, **flags)
 
-    # handed to the client, as ipyparallel's views do (views keep no msg_id history)
+    # handed to the client, as ipyparallel's views do (views keep no msg_id history, so
+    # `outstanding` holds every view's msg_ids, not this view's alone)
     wait = property(lambda self: self.client.wait)
     abort = property(lambda self: self.client.abort)
     spin = property(lambda self: self.client.spin)
-
-    @property
-    def outstanding(self):
-        """The client's outstanding msg_ids: every view's, not this view's alone."""
-        return self.client.outstanding
+    outstanding = property(lambda self: self.client.outstanding)
 
     def get_result(self, indices_or_msg_ids=None, block=None, owner=False):
         """``rc.get_result(msg_ids, owner)``, waited for if `block`: msg_ids or
@@ -1514,8 +1513,9 @@ class LoadBalancedView(_View):
         seqs, n = _sequences(sequences, elementwise)
         if chunksize is None:
             chunksize = max(1, -(-n // (4 * max(1, len(self.client.ids)))))
-        elif chunksize < 1:
-            raise ValueError(f"chunksize={chunksize}: give a positive number of elements")
+        elif not hasattr(chunksize, "__index__") or chunksize < 1:   # range() takes ints only
+            raise (ValueError if hasattr(chunksize, "__index__") else TypeError)(
+                f"chunksize={chunksize!r:.40}: give a positive number of elements, an int")
         fparts = protocol.serialize_function(f)
         fields = self._task_fields()
         chain = self._recovery_chain()

@@ -963,7 +963,8 @@ class Cluster:
         """Start the controller, wait for its connection file; the launcher. `options`:
         keyword arguments for the launcher, over `controller_options`."""
         if self.controller is not None and self.controller.running:
-            raise LauncherError(f"{self!r} already has a running controller")
+            raise LauncherError(f"{self!r} already has a running controller: stop_cluster_sync() "
+                                "first, or add engines with start_engines_sync(n)")
         # without --reuse, a new key and ports: Clients of one that ended can never reach it
         if "--reuse" not in self.controller_args:
             self._close_clients()
@@ -1111,9 +1112,9 @@ class Cluster:
     # -- the whole cluster
 
     def start_cluster_sync(self, n=None):
-        """Start the controller (unless it runs) and one set of `n` engines; self."""
-        if self.controller is None or not self.controller.running:
-            self.start_controller_sync()
+        """Start the controller and one set of `n` engines; self. A running controller is
+        a LauncherError, as ipyparallel's (a notebook cell run twice started more engines)."""
+        self.start_controller_sync()
         try:
             self.start_engines_sync(n)
         except BaseException:
@@ -1270,6 +1271,14 @@ def find_cluster_file(profile=None, profile_dir=None, cluster_id=None):
                       for p in paths)
     raise LauncherError(f"{len(paths)} {what}s found in {where}: {found}; choose one with "
                         f"cluster_id= (--cluster-id) or profile_dir= (--profile-dir); {see}")
+
+
+def cluster_profile_dir(profile=None, profile_dir=None, cluster_id=None):
+    """The profile folder of cluster `cluster_id`, found as Cluster.from_file finds it:
+    where ``Client(cluster_id=...)`` connects, as ipyparallel's (whose profile holds a
+    connection file per cluster id), not to a controller that holds the default profile."""
+    with open(find_cluster_file(profile, profile_dir, cluster_id)) as f:
+        return json.load(f)["cluster"]["profile_dir"]
 
 
 class ClusterManager:

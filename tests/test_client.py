@@ -392,6 +392,34 @@ def test_no_engines_is_a_clear_error(local_cluster):
         rc.wait_for_engines(1, timeout=0.5)
 
 
+def test_a_view_made_before_any_engine_registered_is_refused_as_ipyparallels(local_cluster):
+    """``rc[:]`` right after starting a cluster, before its engines registered, made an empty
+    view, refused only when used and still empty once they had ("the targets select no
+    engine; registered: [0]"); as ipyparallel's, indexing is NoEnginesRegistered at once,
+    saying to wait for them, and a view made after that has the engines."""
+    rc = local_cluster.client()
+    for key in (slice(None), 0, [0]):
+        with pytest.raises(minipar.NoEnginesRegistered, match=r"rc\.wait_for_engines\(n\)"):
+            rc[key]
+    local_cluster.start_engines(1)
+    rc.wait_for_engines(1, timeout=TIMEOUT)
+    assert rc[:].apply_sync(lambda: 1) == [1] and rc[0].apply_sync(lambda: 2) == 2
+
+
+def test_a_timeout_or_chunksize_of_the_wrong_type_says_so(rc):
+    """``Client(timeout="10")`` failed with "'>' not supported between instances of 'str'
+    and 'int'" from deep in a wait, and ``map(..., chunksize=2.5)`` with "'float' object
+    cannot be interpreted as an integer": each is now a TypeError naming its argument."""
+    with pytest.raises(TypeError, match="timeout must be a number of seconds or None, not str"):
+        minipar.Client(rc.url_file, timeout="10")
+    lv = rc.load_balanced_view()
+    with pytest.raises(TypeError, match=r"chunksize=2\.5: give a positive number of elements"):
+        lv.map(abs, range(4), chunksize=2.5)
+    with pytest.raises(ValueError, match="chunksize=0: give a positive number"):
+        lv.map(abs, range(4), chunksize=0)
+    assert lv.map_sync(abs, range(-3, 0), chunksize=2) == [3, 2, 1]
+
+
 def test_client_is_usable_from_many_threads(rc):
     results = []
 

@@ -282,6 +282,72 @@ def test_from_file_with_ipclusters_empty_id(pids, minipar_dir):  # noqa: F811
     assert pids.wait_gone(20) == []
 
 
+def test_client_cluster_id_connects_to_that_cluster(pids, minipar_dir):  # noqa: F811
+    """``Client(cluster_id=...)``, as ipyparallel's, connects to that cluster (its own
+    folder, a profile's): minipar ignored it and connected to the controller holding the
+    default profile, another cluster without a word. An id no cluster has is an error."""
+    default = Cluster(n=0, profile="default", cluster_id="", controller_args=CTL_ARGS)
+    mine = Cluster(n=1, cluster_id="mine", controller_args=CTL_ARGS)
+    try:
+        default.start_cluster_sync()
+        mine.start_cluster_sync()
+        pids.add_cluster(default)
+        pids.add_cluster(mine)
+        rc = minipar.Client(cluster_id="mine")
+        assert rc.url_file == mine.client_file != default.client_file
+        assert rc.wait_for_engines(1, timeout=60) == [0]
+        rc.close()
+        rc = minipar.Client(cluster_id="")   # ipyparallel's default id: the profile's
+        assert rc.url_file == default.client_file
+        rc.close()
+        with pytest.raises(LauncherError, match="no cluster 'nope' found"):
+            minipar.Client(cluster_id="nope")
+    finally:
+        mine.stop_cluster_sync()
+        default.stop_cluster_sync()
+    assert pids.wait_gone(20) == []
+
+
+def test_a_profile_dir_under_home_is_expanded_as_ipyparallels(pids, tmp_path,  # noqa: F811
+                                                               monkeypatch):
+    """``profile_dir="~/run"`` is the folder run in $HOME, as ipyparallel's (which expands
+    ``~`` and $VARS): it was a folder named "~" made where the script ran."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RUNS", "runs")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    cluster = Cluster(n=1, profile_dir="~/$RUNS/run", controller_args=CTL_ARGS)
+    try:
+        rc = cluster.start_and_connect_sync()
+        pids.add_cluster(cluster, rc)
+        assert cluster.profile_dir == str(tmp_path / "home" / "runs" / "run")
+        mine = minipar.Client(profile_dir="~/runs/run")
+        assert mine.url_file == cluster.client_file and mine.wait_for_engines(1, timeout=60)
+        mine.close()
+    finally:
+        cluster.stop_cluster_sync()
+    assert os.listdir(tmp_path / "cwd") == []
+    assert pids.wait_gone(20) == []
+
+
+def test_starting_a_running_cluster_again_is_refused_as_ipyparallels(pids):  # noqa: F811
+    """A notebook cell ``cluster.start_cluster_sync()`` run twice started a second set of
+    engines (2 where the cell asks for 1); as ipyparallel's, starting a cluster whose
+    controller runs is an error saying what to do, and leaves the cluster as it was."""
+    cluster = Cluster(n=1, controller_args=CTL_ARGS)
+    try:
+        rc = cluster.start_and_connect_sync()
+        pids.add_cluster(cluster, rc)
+        for again in (cluster.start_cluster_sync, cluster.start_and_connect_sync,
+                      cluster.__enter__):
+            with pytest.raises(LauncherError, match="running controller.*start_engines_sync"):
+                again()
+        assert len(cluster.engines) == 1 and rc[:].apply_sync(abs, -1) == [1]
+    finally:
+        cluster.stop_cluster_sync()
+    assert pids.wait_gone(20) == []
+
+
 def test_cluster_manager_lists_loads_and_stops_clusters(pids, minipar_dir):  # noqa: F811
     assert minipar.ClusterManager is ClusterManager
     cm = ClusterManager()
