@@ -151,6 +151,17 @@ def print_then_wait_for(path):
     print("second")
 
 
+def wait_for_then_print(path):
+    import os
+    import time
+
+    deadline = time.monotonic() + 20
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print("first", flush=True)
+    print("second")
+
+
 def test_stream_output_is_a_context_manager_streaming_while_inside(rc, capsys, tmp_path):
     """ipyparallel's form, ``with ar.stream_output(): ar.get()``: output is printed as it
     comes while inside (here before the task ends), and no more once the block is left."""
@@ -162,7 +173,9 @@ def test_stream_output_is_a_context_manager_streaming_while_inside(rc, capsys, t
         go.touch()
         assert ar.get(TIMEOUT) is None
     assert capsys.readouterr().out == "[stdout:0] second\n"
-    late = rc[1].apply_async(print_then_wait_for, str(tmp_path / "late"))
+    # printing only once "late" exists: on a busy machine, "first" could arrive before
+    # the block is left, and be printed by its last pass
+    late = rc[1].apply_async(wait_for_then_print, str(tmp_path / "late"))
     with late.stream_output(interval=0.01):
         pass   # left before anything was printed: nothing is printed after
     (tmp_path / "late").touch()
