@@ -5,21 +5,38 @@ after ``pip install .``), MINIPAR_DIR in a temporary folder and a timeout. A scr
 that overruns gets SIGINT first (its ``with Cluster`` block then stops its controller
 and engines), then SIGKILL for its whole process group. Afterwards no cluster folder
 may be left in MINIPAR_DIR: the example stopped what it started.
+
+README.rst's code runs as written too: its Python is in ``.. code-block:: python``
+blocks (a ``::`` literal block that compiles as Python must be one), run in order as one
+script on the controller and four engines that its "by hand" shell commands start, with
+each ``# -> value`` claim checked.
 """
 
+import ast
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
-from .conftest import ROOT, _env
+import minipar
+from minipar import protocol
+
+from .conftest import ROOT, START_TIMEOUT_S, _env
+from .helpers import wait_until
 
 TIMEOUT = 600
 RUN_TIMEOUT_S = 240
+README_RUN_TIMEOUT_S = 60   # a few seconds; slow only on a loaded machine
 pytestmark = pytest.mark.timeout(TIMEOUT)
 EXAMPLES = os.path.join(ROOT, "examples")
+README = os.path.join(ROOT, "README.rst")
+README_ENGINES = 4   # "once per engine (the tour has four)"
+CLAIM = re.compile(r"^(?P<indent>\s*)(?P<expr>\S.*?)\s*# -> (?P<value>.+)$")
 
 
 def run_example(name, tmp_path, *args, env=None):
@@ -114,3 +131,112 @@ def test_ipyparallel_doc_examples_run_with_the_import_changed(tmp_path):
                  "await start_and_connect"):
         assert part + ":" in out, out
     assert "every example ran" in out
+
+
+def readme_blocks():
+    """README.rst's literal blocks in order: (kind, first line number, dedented text), kind
+    "python" for a ``.. code-block:: python`` and "literal" for one after ``::``."""
+    lines = open(README).read().splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        head = lines[i].strip()
+        kind = "python" if head == ".. code-block:: python" else \
+            "literal" if head.endswith("::") and not head.startswith("..") else None
+        i += 1
+        if kind is None:
+            continue
+        while i < len(lines) and not lines[i].strip():
+            i += 1
+        start = i
+        while i < len(lines) and (not lines[i].strip() or lines[i][:1].isspace()):
+            i += 1
+        blocks.append((kind, start + 1, textwrap.dedent("\n".join(lines[start:i])).rstrip()))
+    return blocks
+
+
+def readme_script():
+    """The Python blocks as one script whose line N is README.rst's line N (tracebacks
+    point into the README); a line ending in ``# -> value`` asserts that it returns it."""
+    script = []
+    for kind, first, text in readme_blocks():
+        if kind != "python":
+            continue
+        for n, line in enumerate(text.splitlines(), first):
+            claim = CLAIM.match(line)
+            if claim:
+                value = ast.literal_eval(claim["value"])
+                said = f"README.rst line {n}: {claim['expr']} returns {value!r} there, here "
+                line = f"{claim['indent']}_got = {claim['expr']}; " \
+                       f"assert _got == {value!r}, {said!r} + repr(_got)"
+            script += [""] * (n - 1 - len(script)) + [line]
+    return "\n".join(script) + "\n"
+
+
+def test_readme_python_is_in_python_blocks():
+    literal = [(n, text) for kind, n, text in readme_blocks() if kind == "literal"]
+    assert literal, "found no literal block: has README.rst's layout changed?"
+    for n, text in literal:
+        try:
+            compile(text, "README.rst", "exec")
+        except SyntaxError:
+            continue
+        pytest.fail(f"README.rst line {n}: this block is Python: make it a "
+                    f"'.. code-block:: python' so that test_readme_runs_as_written runs it")
+
+
+def test_readme_runs_as_written(tmp_path):
+    """The three terminals, then every Python block in order, in a session of its own."""
+    env = dict(_env(), MINIPAR_DIR=str(tmp_path / "minipar-dir"))
+    by_hand = next(text for kind, _, text in readme_blocks()
+                   if kind == "literal" and "python -m minipar.controller" in text)
+    controller, engine, client = [shlex.split(line, comments=True)
+                                  for line in by_hand.splitlines() if line.strip()[:1] != "#"]
+    procs = []
+
+    def spawn(argv, name):
+        assert argv[0] == "python", argv
+        with open(tmp_path / f"{name}.log", "wb") as log:
+            procs.append(subprocess.Popen([sys.executable, *argv[1:]], stdout=log, env=env,
+                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          cwd=tmp_path))
+
+    def run(argv, **kwargs):
+        p = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path,
+                           timeout=README_RUN_TIMEOUT_S, **kwargs)
+        if p.returncode:
+            logs = "".join(f"--- {f.name}\n{f.read_text()}" for f in tmp_path.glob("*.log"))
+            pytest.fail(f"{argv[1:2]} exited with {p.returncode}:\n{p.stdout}\n{p.stderr}\n{logs}")
+        return p.stdout
+
+    try:
+        spawn(controller, "controller")
+        for i in range(README_ENGINES):
+            spawn(engine, f"engine{i}")
+        security = tmp_path / "minipar-dir" / "profile_default" / "security"
+        wait_until(lambda: (security / protocol.CLIENT_FILE).exists(), START_TIMEOUT_S,
+                   "the controller's connection file")
+        rc = minipar.Client(str(security / protocol.CLIENT_FILE))
+        try:   # the third terminal is typed after the engines are up
+            rc.wait_for_engines(README_ENGINES, START_TIMEOUT_S)
+        finally:
+            rc.close()
+        assert client[:2] == ["python", "-c"], client
+        assert run([sys.executable, *client[1:]]).strip() == str([42] * README_ENGINES)
+
+        out = run([sys.executable, "-"], input=readme_script())
+        assert str([n ** 2 for n in range(32)]) in out, out   # the quick start's print
+        left = [f for f in os.listdir(tmp_path / "minipar-dir") if f.startswith("cluster_")]
+        assert not left, f"the quick start left clusters behind: {left}"
+
+        procs[0].send_signal(signal.SIGINT)   # "Ctrl-C on the controller stops it and its engines"
+        for p in procs:
+            p.wait(START_TIMEOUT_S)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
