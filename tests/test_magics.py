@@ -133,7 +133,7 @@ def test_px_cell_options(shell, ip_rc):
     assert "AsyncResult" in out and "[stdout" not in out
     assert run(shell, "%pxresult") == "[stdout:0] late\n"
     assert run(shell, "%pxresult -o saved") == "[stdout:0] late\n"
-    assert shell.user_ns["saved"].get() == [None]
+    assert [r.engine_id for r in shell.user_ns["saved"].get()] == [0]   # ExecuteReplies
     # --group-outputs: by type (default, and order), or by engine
     cell = "import sys\nprint('out')\nprint('err', file=sys.stderr)"
     by_type = ("[stdout:0] out\n[stdout:1] out\n[stderr:0] err\n[stderr:1] err\n")
@@ -374,6 +374,9 @@ def test_engine_without_ipython(local_cluster, tmp_path):
     ar = e0.execute("print(a)\ndisplay('hi')")   # its display() prints the repr
     ar.get(TIMEOUT)
     assert ar.stdout == "1\n'hi'\n"
+    value = {"k": list(range(40))}   # the repr, one line, for %px's Out (IPython's: wrapped)
+    ar = e0.execute(f"{value!r}", silent=False, block=True)
+    assert ar.execute_result["data"] == {"text/plain": repr(value)}
     # outside IPython a Client registers nothing and never imports IPython
     script = textwrap.dedent(f"""\
         import sys, minipar
