@@ -591,16 +591,16 @@ class AsyncResult(_Future):
 
     def display_outputs(self, groupby="type", result_only=False, file=None):
         """Wait for the requests, then print their stdout and stderr as ipyparallel does
-        (``[stdout:0] ...``, stderr to sys.stderr; both to `file` if given), grouped by
-        'type' (all stdout, then all stderr; 'order' is the same: minipar has no rich
-        display outputs) or by 'engine'. With `result_only` there is nothing to print."""
+        (``[stdout:0] ...``, stderr to sys.stderr; both to `file` if given), and then an
+        execute's result, ``Out[0:3]: ...``, grouped by 'type' (all stdout, then all
+        stderr, then the results; 'order' is the same: minipar has no rich display
+        outputs) or by 'engine'. With `result_only`, the results alone."""
         if groupby not in ("type", "engine", "order"):
             raise ValueError(f"groupby must be 'type', 'engine' or 'order', not {groupby!r}")
         self.wait_for_output()
-        if not result_only:
-            from .classic import _display_outputs
+        from .classic import _display_outputs
 
-            _display_outputs(self, groupby, file)
+        _display_outputs(self, groupby, file, result_only)
 
     def timeline(self, filename=None, title=None):
         """A Gantt chart of the requests, per engine: see ``plot_timeline``."""

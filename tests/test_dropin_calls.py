@@ -119,6 +119,37 @@ def test_display_outputs_groups_as_asked_once_the_output_is_in(rc, capsys):
         ar.display_outputs("nonsense")
 
 
+def test_an_executes_value_as_ipyparallel_code_reads_and_shows_it(rc, capsys):
+    """ipyparallel's ``execute(code, silent=False)`` (as its %px sends it) brings back the
+    value of the code's last expression: ``ar.execute_result`` and each engine's
+    ``metadata['execute_result']['data']['text/plain']``, ``get()``'s ExecuteReply
+    (``execution_count``, ``['execute_result']``, ``data``, ``Out[0:3]`` for IPython);
+    ``display_outputs`` prints it after the streams (alone with ``result_only``)."""
+    ar = rc[[0, 1]].execute("import sys\nprint('out')\n'v'", silent=False, block=False)
+    replies = ar.get(TIMEOUT)
+    n = [r.execution_count for r in replies]
+    assert [md["execute_result"] for md in ar.metadata] == ar.execute_result == [
+        {"data": {"text/plain": "'v'"}, "execution_count": c, "metadata": {}} for c in n]
+    assert replies[0]["execute_result"]["data"]["text/plain"] == "'v'"
+    assert replies[1].data["text/plain"] == "'v'" and replies[1].metadata["engine_id"] == 1
+    assert repr(replies[0]) == f"<ExecuteReply[{n[0]}]: 'v'>"
+    pretty = pytest.importorskip("IPython.lib.pretty").pretty   # what IPython's display shows
+    assert pretty(replies[1]) == f"Out[1:{n[1]}]: 'v'"
+    shown = io.StringIO()
+    ar.display_outputs(groupby="engine", file=shown)
+    assert shown.getvalue().splitlines() == [
+        "[stdout:0] out", "[output:0]", f"Out[0:{n[0]}]: 'v'",
+        "[stdout:1] out", "[output:1]", f"Out[1:{n[1]}]: 'v'"]
+    ar.display_outputs()
+    assert capsys.readouterr().out.splitlines() == [
+        "[stdout:0] out", "[stdout:1] out", f"Out[0:{n[0]}]: 'v'", f"Out[1:{n[1]}]: 'v'"]
+    ar.display_outputs(result_only=True)
+    assert capsys.readouterr().out == f"Out[0:{n[0]}]: 'v'\nOut[1:{n[1]}]: 'v'\n"
+    one = rc[2].execute("2 ** 10", silent=False, block=True)   # one engine: its own value
+    assert one.execute_result["data"] == {"text/plain": "1024"}
+    assert one.get(0).execution_count == one.execute_result["execution_count"]
+
+
 def test_a_blocking_execute_returns_its_async_result_as_ipyparallel(rc, capsys, tmp_path):
     """ipyparallel's ``execute(code, block=True)`` (and ``run``) waits, raises an engine's
     error and returns the AsyncResult, done, whose output scripts then read."""

@@ -1,6 +1,7 @@
 """The multiengine document's session, against a controller and four engines started by
 hand with ``python -m`` (see conftest), the test process being the client."""
 
+import io
 import os
 import time
 
@@ -74,6 +75,9 @@ def test_execute_not_silent_sends_the_value_of_its_last_expression(rc):
     assert type(r).__name__ == "ExecuteReply" and r.msg_id == ar.msg_ids[1]
     assert r.engine_id == r["engine_id"] == 1 and r.execution_count == counts[1]
     assert r.data == {"text/plain": "6"} and repr(r) == f"<ExecuteReply[{counts[1]}]: 6>"
+    shown = io.StringIO()
+    ar.display_outputs(file=shown)
+    assert shown.getvalue() == f"Out[0:{counts[0]}]: 6\nOut[1:{counts[1]}]: 6\n"
     ar = dv.execute("_ + 1", silent=False, block=True)
     assert [e["data"] for e in ar.execute_result] == [{"text/plain": "7"}] * 2
     for code, silent in (("x * 2", True), ("None", False), ("x * 2;  # quiet", False),
@@ -84,6 +88,9 @@ def test_execute_not_silent_sends_the_value_of_its_last_expression(rc):
     assert task.get(TIMEOUT) == 1 and task.execute_result is None
     ar = rc[0].execute("list(range(30))", silent=False, block=True)
     assert ar.execute_result["data"]["text/plain"] == pretty(list(range(30)))
+    shown = io.StringIO()
+    ar.display_outputs(file=shown)   # several lines: from the next line on
+    assert shown.getvalue() == f"Out[0:{ar.execution_count}]: \n{pretty(list(range(30)))}\n"
     text = rc[0].execute("'x' * 200_000", silent=False, block=True).execute_result["data"]
     assert text["text/plain"].startswith("'xxx") and len(text["text/plain"]) < 100_100
     assert text["text/plain"].endswith("(cut at 100000 of 200002 characters: pull the value, "
