@@ -181,6 +181,49 @@ class Metadata(dict):
             raise AttributeError(f"no metadata {key!r}; there are: {', '.join(self)}") from None
 
 
+class ExecuteReply:
+    """What an execute's ``get()`` gives for each engine, as ipyparallel's: its request's
+    metadata, read as keys or attributes (``r['stdout']``, ``r.engine_id``), its
+    ``execution_count``, and ``data``: the mime bundle of the value its code ended in
+    (``{'text/plain': ...}``), or None for no value or an execute run silent. IPython
+    shows it as %px does, ``Out[engine:n]: text``."""
+
+    def __init__(self, msg_id, metadata):
+        self.msg_id, self.metadata = msg_id, metadata
+        self.execution_count = metadata.get("execution_count")
+
+    @property
+    def data(self):
+        return (self.metadata["execute_result"] or {}).get("data")
+
+    def __getitem__(self, key):
+        return self.metadata[key]
+
+    def __getattr__(self, key):   # only for names not found otherwise: metadata keys
+        md = self.__dict__.get("metadata", {})   # not yet there while unpickled
+        if key.startswith("_") or key not in md:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+        return md[key]
+
+    def __repr__(self):
+        text = (self.data or {}).get("text/plain", "")
+        text = text[:29] + "..." if len(text) > 32 else text
+        return f"<ExecuteReply[{self.execution_count}]: {text}>"
+
+    def _repr_pretty_(self, p, cycle):   # IPython's display(r); the repr where no value
+        md = self.metadata   # (ipyparallel's shows nothing: a list of them read [, ])
+        p.text(_out_prompt(md["engine_id"], md["execute_result"]) or repr(self))
+
+
+def _out_prompt(engine_id, execute_result):
+    """An execute's result as ipyparallel shows it, ``Out[engine:n]: text`` ('' for none):
+    a text of several lines starts on the next line."""
+    text = (execute_result or {}).get("data", {}).get("text/plain", "")
+    if "\n" in text and not text.startswith("\n"):
+        text = "\n" + text
+    return text and f"Out[{engine_id}:{execute_result.get('execution_count')}]: {text}"
+
+
 class _MsgFuture(_Future):
     """The future of one message; ``metadata`` is filled in by the I/O thread."""
 
@@ -194,9 +237,10 @@ class _MsgFuture(_Future):
     def _request(self, msg_id, engine_id):
         self.msg_id, self._pieces = msg_id, None
         # ipyparallel's keys all there once read (see metadata), so code reading them finds
-        # them: engine_uuid stays None (an engine is named by its id), execute_result too
-        # (no Out[n]). Its empty lists are made when it is first read: a result held but
-        # never asked for its metadata leaves four objects fewer for the garbage collector.
+        # them: engine_uuid stays None (an engine is named by its id), execute_result is an
+        # execute's (see ExecuteReply). Its empty lists are made when it is first read: a
+        # result held but never asked for its metadata leaves four objects fewer for the
+        # garbage collector.
         self._md = Metadata(msg_id=msg_id, engine_id=engine_id, submitted=time.time(),
                             started=None, completed=None, received=None,
                             stdout="", stderr="", status=None,
@@ -547,16 +591,16 @@ class AsyncResult(_Future):
 
     def display_outputs(self, groupby="type", result_only=False, file=None):
         """Wait for the requests, then print their stdout and stderr as ipyparallel does
-        (``[stdout:0] ...``, stderr to sys.stderr; both to `file` if given), grouped by
-        'type' (all stdout, then all stderr; 'order' is the same: minipar has no rich
-        display outputs) or by 'engine'. With `result_only` there is nothing to print."""
+        (``[stdout:0] ...``, stderr to sys.stderr; both to `file` if given), and then an
+        execute's result, ``Out[0:3]: ...``, grouped by 'type' (all stdout, then all
+        stderr, then the results; 'order' is the same: minipar has no rich display
+        outputs) or by 'engine'. With `result_only`, the results alone."""
         if groupby not in ("type", "engine", "order"):
             raise ValueError(f"groupby must be 'type', 'engine' or 'order', not {groupby!r}")
         self.wait_for_output()
-        if not result_only:
-            from .classic import _display_outputs
+        from .classic import _display_outputs
 
-            _display_outputs(self, groupby, file)
+        _display_outputs(self, groupby, file, result_only)
 
     def timeline(self, filename=None, title=None):
         """A Gantt chart of the requests, per engine: see ``plot_timeline``."""

@@ -43,7 +43,7 @@ import threading
 import types
 
 from . import protocol
-from .asyncresult import _ctrl_c_aborts
+from .asyncresult import _ctrl_c_aborts, _out_prompt
 from .client import AsyncResult, Client, DirectView, interactive
 from .errors import CompositeError, NoEnginesRegistered, RemoteError
 
@@ -1069,8 +1069,9 @@ class _ParallelMagics:
         if options.get("verbose", self.verbose):
             print(f"{'Parallel' if block else 'Async parallel'} execution on engine(s): "
                   f"{_shown_targets(targets)}")
+        silent = {} if self.classic else {"silent": False}   # its Out[0:3], as ipyparallel's
         try:
-            pr = self.view.execute(code, targets=targets, block=False)
+            pr = self.view.execute(code, targets=targets, block=False, **silent)
         except (IndexError, NoEnginesRegistered) as e:   # one line, not our stack
             raise _usage(str(e)) from None
         ar = pr.future if self.classic else pr   # a PendingResult's AsyncResult, or it
@@ -1258,26 +1259,31 @@ def _show(ar, groupby, stream=False):
         error = None
     except RemoteError as e:   # a Ctrl-C or a lost controller raises as it is
         error = e
-    if not stream:
-        _display_outputs(ar, groupby)
+    _display_outputs(ar, groupby, result_only=stream)
     if error is not None:
         # IPython shows an exception with _render_traceback_ as these lines alone
         error._render_traceback_ = functools.partial(_render_errors, error)
         raise error
 
 
-def _display_outputs(ar, groupby="type", file=None):
+def _display_outputs(ar, groupby="type", file=None, result_only=False):
     """Each engine's stdout and stderr, ``[stdout:0] ...`` (stderr to sys.stderr, both to
-    `file` if given): grouped by type (all stdout, then all stderr) or by engine. `order`
-    is `type` here: it differs in ipyparallel only for rich display outputs, which
-    minipar has not."""
+    `file` if given), then its execute's result, ``Out[0:3]: ...`` (alone with
+    `result_only`): grouped by type (all stdout, then all stderr, then the results) or by
+    engine. `order` is `type` here: it differs in ipyparallel only for rich display
+    outputs, which minipar has not."""
     md = ar.metadata
     rows = [md] if isinstance(md, dict) else md
-    outputs = [(m["engine_id"], s, m[s]) for m in rows for s in ("stdout", "stderr")]
+    kinds = ("execute_result",) if result_only else ("stdout", "stderr", "execute_result")
+    outputs = [(m["engine_id"], k, m[k]) for m in rows for k in kinds]
     if groupby != "engine":   # by type: every stdout, then every stderr (a stable sort)
-        outputs.sort(key=lambda o: o[1] == "stderr")
-    for eid, stream, text in outputs:
-        _display_stream(text, f"[{stream}:{eid}] ", file or getattr(sys, stream))
+        outputs.sort(key=lambda o: kinds.index(o[1]))
+    for eid, kind, output in outputs:
+        if kind != "execute_result":
+            _display_stream(output, f"[{kind}:{eid}] ", file or getattr(sys, kind))
+        elif output and (out := _out_prompt(eid, output)):   # by engine: [output:0] first
+            print(f"[output:{eid}]\n{out}" if groupby == "engine" else out,
+                  file=file or sys.stdout, flush=True)
 
 
 def _display_stream(text, prefix, file):

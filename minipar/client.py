@@ -43,8 +43,8 @@ import weakref
 import zmq
 
 from . import errors, protocol
-from .asyncresult import (AsyncResult, _concat, _dated, _Derived, _forked, _MsgFuture, _OneRequest,
-                          _aborted_on_ctrl_c, _check_count, _ctrl_c_aborts, _seconds,
+from .asyncresult import (AsyncResult, ExecuteReply, _concat, _dated, _Derived, _forked, _MsgFuture,
+                          _OneRequest, _aborted_on_ctrl_c, _check_count, _ctrl_c_aborts, _seconds,
                           _seconds_check, _sent, _timeout_s)
 from .dependency import dependency_fields, dependent, msg_ids
 from .remotefunction import (ParallelFunction, RemoteFunction, _partition, _sequence, _sequences,
@@ -431,6 +431,8 @@ class Client(errors.SaysWhyAbsent):
                 f"{protocol.version_skew(md['engine_id'], self._engines, ' ')}",
                 {"engine_id": md["engine_id"], "msg_id": f.msg_id, "kind": kind}))
         if header.get("status") == protocol.OK:
+            if header.get("kind") == protocol.EXECUTE_REPLY:   # its value: the execute_result
+                md["execute_result"], value = value, ExecuteReply(f.msg_id, md)
             f.set_result(value)
         elif header.get("ename") == "SerializationError" and (
                 skew := protocol.version_skew(md["engine_id"], self._engines)):
@@ -1252,12 +1254,14 @@ class DirectView(_View):
     @_ctrl_c_aborts
     def execute(self, code, silent=True, targets=None, block=None):
         """Run a code string in each target's namespace. An AsyncResult with `block` too,
-        as ipyparallel's (waited for, errors raised: ``ar.stdout`` follows). `silent`:
-        ignored (minipar shows no execution's result as ``Out[n]``)."""
+        as ipyparallel's (waited for, errors raised: ``ar.stdout`` follows); each engine's
+        result is an ExecuteReply. With `silent` False (%px's) the value of a last
+        expression comes back too, as ``ar.execute_result`` (``Out[0:3]: ...``)."""
         if not isinstance(code, str):
             raise TypeError(f"execute takes code as a str, not {type(code).__name__} "
                             f"{code!r:.40}")
-        ar = self._send_each(protocol.EXECUTE, targets, False, code=code, **self._label())
+        ar = self._send_each(protocol.EXECUTE, targets, False, code=code, silent=bool(silent),
+                             **self._label())
         if self._block(block):
             ar.get()   # output comes with each reply: nothing else to wait for
         return ar

@@ -8,11 +8,22 @@
 The reply carries everything the task published, so ``ar.data`` is complete once the
 result is in, also for a client that asks for the result later. The engine imports this
 module (it imports nothing from the client), sets ``_publish`` and ``_shell``, and makes
-``display`` a builtin, as on ipyparallel's engines (IPython kernels).
+``display`` a builtin, as on ipyparallel's engines (IPython kernels). It runs an
+execute's code here too (run_cell), as such a kernel shows a cell: the value of its last
+expression comes back as the reply's execute_result, ``Out[engine:n]`` in %px.
 """
+
+import ast
+import contextlib
+import sys
+
+# An execute's result (%px's Out[engine:n]) is cut to this many characters of text, so its
+# reply stays small whatever the repr; 10,000..1,000,000 is reasonable.
+EXECUTE_RESULT_CHARS = 100_000
 
 _publish = None   # set by the engine: its _Streamer.publish_data
 _shell = None     # set by the engine: its InteractiveShell, made at the first call
+_under = None     # the value run_cell last bound to `_`: a `_` the code bound is kept
 
 
 def publish_data(data):
@@ -38,3 +49,45 @@ def display(*objs, **kwargs):
         return print(*map(repr, objs), sep="\n")
     _shell()   # without a shell, IPython's display prints str(x): hi, not 'hi'
     display(*objs, **kwargs)
+
+
+def compile_cell(code, name, silent):
+    """An execute's code compiled, or (not `silent`, as %px sends it) parsed for run_cell
+    to split off its last expression; a SyntaxError as compile's."""
+    return compile(code, name, "exec", 0 if silent else ast.PyCF_ONLY_AST)
+
+
+def run_cell(compiled, source, name, ns, count, trap=False):
+    """Run compile_cell's `compiled` (from `source`) in the namespace `ns` (with the shell's
+    get_ipython() a builtin if `trap`). Its AST runs as IPython's 'last_expr' does: a last
+    expression statement is evaluated apart and its value, unless None or silenced by a ';'
+    after it, is bound to `_` and returned as ipyparallel's execute_result ({'data':
+    {'text/plain': ...}, 'execution_count': `count`, 'metadata': {}}); else None."""
+    global _under
+    with _shell().builtin_trap if trap else contextlib.nullcontext():
+        if not isinstance(compiled, ast.Module):   # silent: nothing comes back
+            return exec(compiled, ns)
+        body = compiled.body
+        last = body.pop() if body and isinstance(body[-1], ast.Expr) else None
+        exec(compile(compiled, name, "exec"), ns)
+        if last is None:
+            return None
+        value = eval(compile(ast.Expression(last.value), name, "eval"), ns)
+    line = source.splitlines()[last.end_lineno - 1].encode()   # its offsets count utf-8 bytes
+    if value is None or line[last.end_col_offset:].lstrip().startswith(b";"):
+        return None
+    if ns.get("_", _under) is _under:   # as IPython's displayhook, not over the code's own
+        ns["_"] = _under = value        # `_` (gettext's)
+    try:   # IPython's text/plain, as its displayhook shows it (pretty-printed)
+        from IPython.lib.pretty import pretty
+    except ImportError:
+        pretty = repr
+    try:
+        text = pretty(value)
+    except Exception as e:   # as IPython's: said, and no Out
+        print(f"Out[{count}]: its text/plain raised {type(e).__name__}: {e}", file=sys.stderr)
+        return None
+    if len(text) > EXECUTE_RESULT_CHARS:
+        text = (f"{text[:EXECUTE_RESULT_CHARS]}\n... (cut at {EXECUTE_RESULT_CHARS} of "
+                f"{len(text)} characters: pull the value, or print it)")
+    return {"data": {"text/plain": text}, "execution_count": count, "metadata": {}}

@@ -1267,16 +1267,17 @@ class Engine:
         self._sources.append(name)
         if len(self._sources) > EXECUTE_SOURCES_KEPT:
             linecache.cache.pop(self._sources.popleft(), None)
+        silent = header.get("silent", True)   # ipyparallel's default; %px's is False
         try:
-            compiled = compile(code, name, "exec")
+            compiled = datapub.compile_cell(code, name, silent)
         except SyntaxError as e:   # plain Python never gets here, so it pays nothing new
             error = e
         else:
-            return exec(compiled, self.user_ns)
+            return datapub.run_cell(compiled, code, name, self.user_ns, self.execution_count)
         # outside the except: the SyntaxError is no context of what the IPython path raises
-        self._execute_ipython(code, name, error)
+        return self._execute_ipython(code, name, error, silent)
 
-    def _execute_ipython(self, code, name, error):
+    def _execute_ipython(self, code, name, error, silent):
         """Code that is not Python: IPython syntax (%timeit, %%timeit cells, !ls, x = !ls,
         x?) runs through IPython's own transformer and shell where IPython is installed,
         as on an ipyparallel engine; anything else raises its SyntaxError."""
@@ -1291,15 +1292,13 @@ class Engine:
             raise error
         python = TransformerManager().transform_cell(code)
         try:
-            compiled = compile(python, name, "exec")
+            compiled = datapub.compile_cell(python, name, silent)
         except SyntaxError:
             if python.rstrip() == code.rstrip():   # nothing of IPython's: a plain error
                 raise error from None
             raise
-        if "get_ipython" not in python:   # only prompts (>>> ) stripped: no shell needed
-            return exec(compiled, self.user_ns)
-        with self._shell().builtin_trap:   # get_ipython() in builtins while the code runs
-            exec(compiled, self.user_ns)
+        return datapub.run_cell(compiled, python, name, self.user_ns, self.execution_count,
+                                "get_ipython" in python)   # not where only >>> went
 
     def _shell(self):
         """The engine's InteractiveShell, made at the first IPython syntax (about 0.1 s

@@ -119,16 +119,48 @@ def test_display_outputs_groups_as_asked_once_the_output_is_in(rc, capsys):
         ar.display_outputs("nonsense")
 
 
+def test_an_executes_value_as_ipyparallel_code_reads_and_shows_it(rc, capsys):
+    """ipyparallel's ``execute(code, silent=False)`` (as its %px sends it) brings back the
+    value of the code's last expression: ``ar.execute_result`` and each engine's
+    ``metadata['execute_result']['data']['text/plain']``, ``get()``'s ExecuteReply
+    (``execution_count``, ``['execute_result']``, ``data``, ``Out[0:3]`` for IPython);
+    ``display_outputs`` prints it after the streams (alone with ``result_only``)."""
+    ar = rc[[0, 1]].execute("import sys\nprint('out')\n'v'", silent=False, block=False)
+    replies = ar.get(TIMEOUT)
+    n = [r.execution_count for r in replies]
+    assert [md["execute_result"] for md in ar.metadata] == ar.execute_result == [
+        {"data": {"text/plain": "'v'"}, "execution_count": c, "metadata": {}} for c in n]
+    assert replies[0]["execute_result"]["data"]["text/plain"] == "'v'"
+    assert replies[1].data["text/plain"] == "'v'" and replies[1].metadata["engine_id"] == 1
+    assert repr(replies[0]) == f"<ExecuteReply[{n[0]}]: 'v'>"
+    pretty = pytest.importorskip("IPython.lib.pretty").pretty   # what IPython's display shows
+    assert pretty(replies[1]) == f"Out[1:{n[1]}]: 'v'"
+    shown = io.StringIO()
+    ar.display_outputs(groupby="engine", file=shown)
+    assert shown.getvalue().splitlines() == [
+        "[stdout:0] out", "[output:0]", f"Out[0:{n[0]}]: 'v'",
+        "[stdout:1] out", "[output:1]", f"Out[1:{n[1]}]: 'v'"]
+    ar.display_outputs()
+    assert capsys.readouterr().out.splitlines() == [
+        "[stdout:0] out", "[stdout:1] out", f"Out[0:{n[0]}]: 'v'", f"Out[1:{n[1]}]: 'v'"]
+    ar.display_outputs(result_only=True)
+    assert capsys.readouterr().out == f"Out[0:{n[0]}]: 'v'\nOut[1:{n[1]}]: 'v'\n"
+    one = rc[2].execute("2 ** 10", silent=False, block=True)   # one engine: its own value
+    assert one.execute_result["data"] == {"text/plain": "1024"}
+    assert one.get(0).execution_count == one.execute_result["execution_count"]
+
+
 def test_a_blocking_execute_returns_its_async_result_as_ipyparallel(rc, capsys, tmp_path):
     """ipyparallel's ``execute(code, block=True)`` (and ``run``) waits, raises an engine's
     error and returns the AsyncResult, done, whose output scripts then read."""
-    ar = rc[:].execute("print('hi', end='')", block=True)
-    assert isinstance(ar, ipp.AsyncResult) and ar.ready() and ar.get(0) == [None] * 4
+    ar = rc[:].execute("print('hi', end='')", block=True)   # an ExecuteReply per engine
+    assert isinstance(ar, ipp.AsyncResult) and ar.ready()
+    assert [(r.engine_id, r.data, r.stdout) for r in ar.get(0)] == [(e, None, "hi") for e in rc.ids]
     assert ar.stdout == ["hi"] * 4
     ar.display_outputs()
     assert capsys.readouterr().out.splitlines() == [f"[stdout:{e}] hi" for e in rc.ids]
     one = rc[1].execute("print('one')", block=True)   # one int target: its own value
-    assert one.ready() and one.get(0) is None and one.stdout == "one\n"
+    assert one.ready() and one.get(0).engine_id == 1 and one.stdout == "one\n"
     script = tmp_path / "script.py"
     script.write_text("print('ran')\n")
     ran = rc.direct_view([0, 2]).run(str(script), block=True)
@@ -137,7 +169,7 @@ def test_a_blocking_execute_returns_its_async_result_as_ipyparallel(rc, capsys, 
         rc[:].execute("1/0", block=True)
     with pytest.raises(ipp.RemoteError, match="ZeroDivisionError"):
         rc[0].execute("1/0", block=True)
-    assert rc.broadcast_view().execute("b = 1", block=True).get(0) == [None] * 4
+    assert [r.data for r in rc.broadcast_view().execute("b = 1", block=True).get(0)] == [None] * 4
 
 
 def print_then_wait_for(path):
@@ -237,12 +269,13 @@ def test_metadata_kept_from_before_the_reply_gives_datetimes_through_get_too(rc)
 
 def test_execute_takes_silent_before_targets_as_ipyparallel(rc):
     """ipyparallel's ``execute(code, silent=True, targets=None, block=None)``: `silent`
-    is accepted (minipar shows no ``Out[n]`` either way), by keyword or in its place."""
+    by keyword or in its place; False sends the value of a last expression back."""
     dv = rc[:]
-    assert dv.execute("s = 1", silent=False, block=True).get(0) == [None] * 4
+    ar = dv.execute("s = 1\ns", silent=False, block=True)
+    assert [r.data for r in ar.get(0)] == [{"text/plain": "1"}] * 4
     dv.execute("s = 2", True, [0, 1], True)          # silent, targets, block by position
     assert dv.pull("s", block=True) == [2, 2, 1, 1]
-    assert rc[3].execute("s = 3", silent=True).get(TIMEOUT) is None
+    assert rc[3].execute("s = 3\ns", silent=True).get(TIMEOUT).data is None
     assert rc[3]["s"] == 3
 
 

@@ -187,8 +187,8 @@ def test_broadcast_view_results_are_direct_views(cluster):
     assert bview.push({"a": 5, "big": b"x" * 200_000}, block=True) == [None] * 4
     assert bview.pull("a", block=True) == [5] * 4
     assert bview.pull(["a", "big"], block=True)[2][1] == b"x" * 200_000
-    assert bview.execute("b = a + 1", block=True).get(0) == \
-        dview.execute("c = 1", block=True).get(0)
+    assert [(r.engine_id, r.data) for r in bview.execute("b = a + 1", block=True).get(0)] == \
+        [(r.engine_id, r.data) for r in dview.execute("c = 1", block=True).get(0)]
     assert bview["b"] == [6] * 4
     assert sorted(bview.keys(block=True)[0]) == ["a", "b", "big", "c"]
     assert bview.map_sync(lambda x: x + 1, range(10)) == list(range(1, 11))

@@ -167,7 +167,7 @@ def test_metadata_has_ipyparallels_keys(rc):
         then = lv.apply_async(abs, -2)
     failed = rc[0].apply_async(lambda: 1 / 0)
     ran = rc[:2].execute("x = 1", block=True)
-    assert then.get(WAIT_S) == 2 and ran.get(WAIT_S) == [None, None]
+    assert then.get(WAIT_S) == 2 and [r.data for r in ran.get(WAIT_S)] == [None, None]
     with pytest.raises(minipar.RemoteError):
         failed.get(WAIT_S)
     md = then.metadata

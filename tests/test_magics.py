@@ -133,7 +133,7 @@ def test_px_cell_options(shell, ip_rc):
     assert "AsyncResult" in out and "[stdout" not in out
     assert run(shell, "%pxresult") == "[stdout:0] late\n"
     assert run(shell, "%pxresult -o saved") == "[stdout:0] late\n"
-    assert shell.user_ns["saved"].get() == [None]
+    assert [r.engine_id for r in shell.user_ns["saved"].get()] == [0]   # ExecuteReplies
     # --group-outputs: by type (default, and order), or by engine
     cell = "import sys\nprint('out')\nprint('err', file=sys.stderr)"
     by_type = ("[stdout:0] out\n[stdout:1] out\n[stderr:0] err\n[stderr:1] err\n")
@@ -156,6 +156,36 @@ def test_px_cell_options(shell, ip_rc):
         assert out.startswith("UsageError: ") and "registered: [0, 1, 2, 3]" in out \
             and "Traceback" not in out, out
     assert "--group-outputs 'x'" in run(shell, "%%px --group-outputs x\npass", ok=False)
+
+
+def test_px_shows_the_value_of_a_last_expression_as_ipyparallel(shell, ip_rc):
+    """A teacher's first %px: the value of the code's last expression, ``Out[0:3]: ...``
+    per engine as ipyparallel's %px shows it, after the engines' output (by type, or by
+    engine with ipyparallel's [output:0]), also with --stream, from %autopx, %pxresult
+    and IPython syntax (%pwd); none for a statement or after a ';'. `_` is the value."""
+    def shown(cell, *lines):
+        out = run(shell, cell)
+        assert re.fullmatch("".join(lines).replace("N", r"\d+"), out), out
+
+    assert run(shell, "%px a = 5") == ""
+    shown("%px a", *(rf"Out\[{i}:N\]: 5\n" for i in range(4)))
+    assert run(shell, "%px a;") == ""
+    shown("%px --targets 0 import numpy; numpy.arange(3)", r"Out\[0:N\]: array\(\[0, 1, 2\]\)\n")
+    shown("%px --targets 1 print(_ + 1); _ + 2", r"\[stdout:1\] 6\n", r"Out\[1:N\]: 7\n")
+    cell = "print('out')\na"
+    shown(f"%%px --targets 0,1\n{cell}",
+          r"\[stdout:0\] out\n\[stdout:1\] out\nOut\[0:N\]: 5\nOut\[1:N\]: 5\n")
+    shown(f"%%px --targets 0,1 --group-outputs engine\n{cell}",
+          *(rf"\[stdout:{i}\] out\n\[output:{i}\]\nOut\[{i}:N\]: 5\n" for i in (0, 1)))
+    shown(f"%%px --targets 2 --stream\n{cell}", r"\[stdout:2\] out\nOut\[2:N\]: 5\n")
+    shown("%px --targets 3 %pwd", r"Out\[3:N\]: '/.*'\n")
+    assert "AsyncResult" in run(shell, "%px --targets 2 --noblock a * 2")
+    shown("%pxresult", r"Out\[2:N\]: 10\n")
+    assert run(shell, "%pxconfig --targets 0,3") == ""
+    assert run(shell, "%autopx") == "%autopx enabled\n"
+    shown("a + 1", r"Out\[0:N\]: 6\nOut\[3:N\]: 6\n")
+    assert run(shell, "%autopx") == "%autopx disabled\n"
+    run(shell, "%pxconfig --targets all")
 
 
 def test_px_targets_as_ipyparallel_reads_them(shell, ip_rc):
@@ -374,6 +404,9 @@ def test_engine_without_ipython(local_cluster, tmp_path):
     ar = e0.execute("print(a)\ndisplay('hi')")   # its display() prints the repr
     ar.get(TIMEOUT)
     assert ar.stdout == "1\n'hi'\n"
+    value = {"k": list(range(40))}   # the repr, one line, for %px's Out (IPython's: wrapped)
+    ar = e0.execute(f"{value!r}", silent=False, block=True)
+    assert ar.execute_result["data"] == {"text/plain": repr(value)}
     # outside IPython a Client registers nothing and never imports IPython
     script = textwrap.dedent(f"""\
         import sys, minipar

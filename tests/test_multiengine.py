@@ -1,6 +1,7 @@
 """The multiengine document's session, against a controller and four engines started by
 hand with ``python -m`` (see conftest), the test process being the client."""
 
+import io
 import os
 import time
 
@@ -38,7 +39,8 @@ def test_execute_on_all_and_some_with_persistent_namespaces(rc):
     dv.execute("a = 5", block=True)
     dv.execute("b = 10", targets=[0, 2], block=True)
     assert dv.pull("a", block=True) == [5, 5, 5, 5]
-    assert dv.execute("c = a * 2", block=True).get(0) == [None] * 4   # done: an AsyncResult
+    done = dv.execute("c = a * 2", block=True).get(0)   # done: an AsyncResult
+    assert [(r.engine_id, r.data) for r in done] == [(e, None) for e in range(4)]
     assert dv.pull("c", block=True) == [10, 10, 10, 10]
     assert dv.pull("b", targets=[0, 2], block=True) == [10, 10]
     with pytest.raises(minipar.CompositeError) as e:
@@ -52,6 +54,51 @@ def test_execute_captures_stdout_per_engine(rc):
     outs = ar.stdout
     assert len(outs) == 4 and all(o.startswith("hello from") for o in outs)
     assert len(set(outs)) == 4  # four processes
+
+
+def test_execute_not_silent_sends_the_value_of_its_last_expression(rc):
+    """As ipyparallel's: execute(code, silent=False), as %px sends it, evaluates a last
+    expression as IPython does, binds it to `_` and sends its text/plain back as
+    metadata['execute_result'] (``ar.execute_result``). get() gives an ExecuteReply per
+    engine. silent=True (the default) sends none; nor does a None, a ';' after the
+    expression, a statement or an apply. A long text is cut; a failing repr is said."""
+    try:
+        from IPython.lib.pretty import pretty
+    except ImportError:
+        pretty = repr
+    dv = rc[:2]
+    ar = dv.execute("x = 3\nx * 2", silent=False, block=True)
+    counts = ar.execution_count
+    assert ar.execute_result == [{"data": {"text/plain": "6"}, "execution_count": n,
+                                  "metadata": {}} for n in counts]
+    r = ar.get(TIMEOUT)[1]
+    assert type(r).__name__ == "ExecuteReply" and r.msg_id == ar.msg_ids[1]
+    assert r.engine_id == r["engine_id"] == 1 and r.execution_count == counts[1]
+    assert r.data == {"text/plain": "6"} and repr(r) == f"<ExecuteReply[{counts[1]}]: 6>"
+    shown = io.StringIO()
+    ar.display_outputs(file=shown)
+    assert shown.getvalue() == f"Out[0:{counts[0]}]: 6\nOut[1:{counts[1]}]: 6\n"
+    ar = dv.execute("_ + 1", silent=False, block=True)
+    assert [e["data"] for e in ar.execute_result] == [{"text/plain": "7"}] * 2
+    for code, silent in (("x * 2", True), ("None", False), ("x * 2;  # quiet", False),
+                         ("y = x", False), ("print(x)", False)):
+        ar = dv.execute(code, silent=silent, block=True)
+        assert ar.execute_result == [None, None] and ar.get(0)[0].data is None, code
+    task = rc[0].apply_async(lambda: 1)
+    assert task.get(TIMEOUT) == 1 and task.execute_result is None
+    ar = rc[0].execute("list(range(30))", silent=False, block=True)
+    assert ar.execute_result["data"]["text/plain"] == pretty(list(range(30)))
+    shown = io.StringIO()
+    ar.display_outputs(file=shown)   # several lines: from the next line on
+    assert shown.getvalue() == f"Out[0:{ar.execution_count}]: \n{pretty(list(range(30)))}\n"
+    text = rc[0].execute("'x' * 200_000", silent=False, block=True).execute_result["data"]
+    assert text["text/plain"].startswith("'xxx") and len(text["text/plain"]) < 100_100
+    assert text["text/plain"].endswith("(cut at 100000 of 200002 characters: pull the value, "
+                                       "or print it)")
+    bad = "class Bad:\n    def __repr__(self):\n        raise ValueError('no repr')\nBad()"
+    ar = rc[0].execute(bad, silent=False, block=True)
+    assert ar.execute_result is None
+    assert ar.stderr == f"Out[{ar.execution_count}]: its text/plain raised ValueError: no repr\n"
 
 
 def test_push_pull_one_and_several_names(rc):
