@@ -44,8 +44,8 @@ import zmq
 
 from . import errors, protocol
 from .asyncresult import (AsyncResult, _concat, _dated, _Derived, _forked, _MsgFuture, _OneRequest,
-                          _aborted_on_ctrl_c, _check_count, _ctrl_c_aborts, _seconds,
-                          _seconds_check, _sent, _timeout_s)
+                          _aborted_on_ctrl_c, _check_count, _ctrl_c_aborts, _last_engine_gone,
+                          _seconds, _seconds_check, _sent, _timeout_s)
 from .dependency import dependency_fields, dependent, msg_ids
 from .remotefunction import (ParallelFunction, RemoteFunction, _partition, _sequence, _sequences,
                              interactive)
@@ -169,6 +169,7 @@ class Client(errors.SaysWhyAbsent):
         self._gone = None           # the error every call raises once it did not come back
         self._stopped_hub = None    # the error once this client shut the controller down
         self._warned_skew = set()   # engines whose other Python/cloudpickle was warned about
+        self._last_gone = None      # (id, time.time(), why) of the last engine to leave: I/O thread
         self._timers = []           # heap of (deadline, seq, function): I/O thread
         protocol.connect(dealer, self.info, "client")
         sub = self.ctx.socket(zmq.SUB)
@@ -529,6 +530,8 @@ class Client(errors.SaysWhyAbsent):
     def _on_engine_gone(self, header):
         # executes in the I/O thread, holding _engines_changed
         self._engines.pop(header["id"], None)
+        if not self._engines:   # what is outstanding waits: said in a while, if still so
+            self._at(*_last_engine_gone(self, header["id"], header.get("why") or "it left"))
 
     def _on_controller_stopped(self, header):   # I/O thread: it never comes back
         self._gone = self._stopped_hub = self._stopped_hub or errors.MiniparError(header["why"])
