@@ -17,13 +17,19 @@ import functools
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
+import warnings
 
 from . import errors, protocol
 from .errors import CompositeError, TimeoutError
 
 log = logging.getLogger(__name__)
+
+# How long the last engine may be gone before the client warns that its requests wait for
+# one: a launcher restarts a dead engine within seconds, which is no news. 2..30 is reasonable.
+NO_ENGINES_WARN_S = 5.0
 
 
 class _Condition(_thread.RLock):
@@ -344,7 +350,16 @@ class AsyncResult(_Future):
 
     def result(self, timeout=None):
         self._reachable()
-        return super().result(timeout)
+        if timeout is None and not self.done():   # else a timeout says why it waited
+            _warn_if_no_engines(self._client)
+        try:
+            return super().result(timeout)
+        except concurrent.futures.TimeoutError:   # as an Executor.map's: get() says the count
+            why = _no_engines(self._client)
+            if self.done() or not why:
+                raise
+            raise concurrent.futures.TimeoutError(
+                f"result not ready after {timeout:.3g} s: {why}") from None
 
     def _reachable(self):
         # raise at once where no reply can come: its Client is closed (in a forked child,
@@ -373,10 +388,18 @@ class AsyncResult(_Future):
                 timeout = max(0.0, timeout - (time.monotonic() - began)) if pending else None
         try:
             return self.result(timeout)
+        except KeyboardInterrupt as e:   # a wait given up on: a note (Python 3.11+) says why
+            # it waited, unless a view call's block aborts what it sent (_aborted_on_ctrl_c)
+            why = getattr(_guarded, "sent", None) is None and _no_engines(self._client)
+            if why and hasattr(e, "add_note"):
+                e.add_note(why)
+            raise
         except Exception:
             if not self.done():
+                why = _no_engines(self._client)
                 raise TimeoutError(f"result not ready after {timeout} s ({self._left} of "
-                                   f"{len(self._children)} requests outstanding)") from None
+                                   f"{len(self._children)} requests outstanding)"
+                                   f"{': ' if why else ''}{why}") from None
             if self.cancelled() or not (self._return_exceptions if return_exceptions is None
                                         else return_exceptions):
                 raise
@@ -397,9 +420,12 @@ class AsyncResult(_Future):
         wait as ``concurrent.futures.wait`` does on the parts of ``split()``, and return
         its (done, pending) sets of them."""
         self._reachable()
+        timeout = _timeout_s(timeout)
+        if timeout is None and not self.done():
+            _warn_if_no_engines(self._client)
         if return_when is not None:
-            return concurrent.futures.wait(self.split(), _timeout_s(timeout), return_when)
-        concurrent.futures.wait([self], _timeout_s(timeout))
+            return concurrent.futures.wait(self.split(), timeout, return_when)
+        concurrent.futures.wait([self], timeout)
         return self.done()
 
     def split(self):
@@ -717,6 +743,46 @@ def _check_count(name, value):
     if type(value) is not int or value < 0:
         raise (ValueError if type(value) is int else TypeError)(
             f"{name}={value!r:.40}: give a count, an int >= 0 (0: none)")
+
+
+def _no_engines(client):
+    """Why requests wait, where no engine is registered ("" where one is): said by get()'s
+    TimeoutError, by a wait that starts then, and by the client once the last one left
+    (Client._on_engine_gone). Tasks wait for an engine by design; the user must know."""
+    if client is None or client._engines:
+        return ""
+    gone = client._last_gone   # (id, time.time(), why) of the last to leave: I/O thread
+    last = "None was since this client connected." if gone is None else (
+        f"The last one, {gone[0]}, left at {time.strftime('%H:%M:%S', time.localtime(gone[1]))}"
+        f": {gone[2]}")   # last: a death's why ends with its log's last lines
+    return ("no engine is registered; the tasks wait for one: start engines (rc.wait_for_"
+            f"engines(n) waits for them) or abort them (rc.abort()). {last}")
+
+
+def _last_engine_gone(client, eid, why):
+    """Note that engine `eid`, the last, left because `why` (for _no_engines); the client's
+    timer (deadline, function) that logs, if none came back by then, what now waits.
+    Executes in the I/O thread: it logs (warnings are the user's, see _warn_if_no_engines)."""
+    gone = client._last_gone = (eid, time.time(), why)
+
+    def check():
+        n = len(client.pending_requests())
+        if client._last_gone is gone and n and not client._engines:
+            log.warning("%d requests are outstanding, and %s", n, _no_engines(client))
+    return time.monotonic() + NO_ENGINES_WARN_S, check
+
+
+def _warn_if_no_engines(client):
+    """Warn where a wait without a timeout starts with no engine to run what it waits for
+    (else silent, maybe for ever): once per line of the caller, the first outside minipar
+    and concurrent.futures (a map_sync's, an Executor.map's), as warnings are."""
+    why = _no_engines(client)
+    if why:
+        level, frame = 1, sys._getframe()
+        while frame.f_back and frame.f_globals.get("__name__", "").startswith(
+                (__package__ + ".", "concurrent.futures.")):
+            level, frame = level + 1, frame.f_back
+        warnings.warn(why, RuntimeWarning, stacklevel=level)
 
 
 # .sent: {client: [its futures]} of the requests this thread made inside the outermost

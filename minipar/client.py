@@ -44,8 +44,8 @@ import zmq
 
 from . import errors, protocol
 from .asyncresult import (AsyncResult, ExecuteReply, _concat, _dated, _Derived, _forked, _MsgFuture,
-                          _OneRequest, _aborted_on_ctrl_c, _check_count, _ctrl_c_aborts, _seconds,
-                          _seconds_check, _sent, _timeout_s)
+                          _OneRequest, _aborted_on_ctrl_c, _check_count, _ctrl_c_aborts,
+                          _last_engine_gone, _seconds, _seconds_check, _sent, _timeout_s)
 from .dependency import dependency_fields, dependent, msg_ids
 from .remotefunction import (ParallelFunction, RemoteFunction, _partition, _sequence, _sequences,
                              interactive)
@@ -169,6 +169,7 @@ class Client(errors.SaysWhyAbsent):
         self._gone = None           # the error every call raises once it did not come back
         self._stopped_hub = None    # the error once this client shut the controller down
         self._warned_skew = set()   # engines whose other Python/cloudpickle was warned about
+        self._last_gone = None      # (id, time.time(), why) of the last engine to leave: I/O thread
         self._timers = []           # heap of (deadline, seq, function): I/O thread
         protocol.connect(dealer, self.info, "client")
         sub = self.ctx.socket(zmq.SUB)
@@ -240,10 +241,9 @@ class Client(errors.SaysWhyAbsent):
     # the results of everything outstanding. The finished ones are sent again, pending
     # ones arrive when done; ones it has no record of fail (one sent during the outage
     # may arrive after the question: the controller waits a moment for it, see _park).
-    # Queries made from the loss until connect is answered wait here, then leave: the
-    # controller answers on the route connect gives it, so one reaching it first (the
-    # send-only socket may connect first) was answered to no socket and waited out its
-    # timeout. Requests need not wait: the question above fetches their results.
+    # Queries made until connect is answered wait, then leave: the controller answers on
+    # the route connect gives it (one sent before was answered to no socket). Requests
+    # need not wait: the question above fetches their results.
     # A controller this client shut down (shutdown(hub=True)) is not waited for: what is
     # outstanding fails when the connection goes.
 
@@ -531,6 +531,8 @@ class Client(errors.SaysWhyAbsent):
     def _on_engine_gone(self, header):
         # executes in the I/O thread, holding _engines_changed
         self._engines.pop(header["id"], None)
+        if not self._engines:   # what is outstanding waits: said in a while, if still so
+            self._at(*_last_engine_gone(self, header["id"], header.get("why") or "it left"))
 
     def _on_controller_stopped(self, header):   # I/O thread: it never comes back
         self._gone = self._stopped_hub = self._stopped_hub or errors.MiniparError(header["why"])
@@ -990,13 +992,12 @@ class Client(errors.SaysWhyAbsent):
     def db_query(self, query, keys=None):
         """Task records matching `query`, as plain dicts.
 
-        `query` is {key: value} or {key: {op: value}} with ops ``$in $nin $eq $ne $gt
-        $gte $lt $lte``, all conditions to hold (``{'completed': {'$gt': t}}``,
-        ``{'engine': {'$in': [0, 1]}}``). `keys` lists the record keys to return
-        (``msg_id`` always is); by default all but the request's and result's frames
-        (``wire``, ``result_parts``), which come only when named. See the controller's
-        ``DictDB`` for the record's keys. Times are datetimes (aware, UTC), as
-        ipyparallel's; a query takes them, or ``time.time()`` seconds."""
+        `query` is {key: value} or {key: {op: value}} with ops ``$in $nin $eq $ne $gt $gte
+        $lt $lte``, all to hold: ``{'completed': {'$gt': t}}``, ``{'engine': {'$in': [0, 1]}}``.
+        `keys` lists the record keys to return (``msg_id`` always is); by default all but the
+        frames of request and result (``wire``, ``result_parts``), which come only when named
+        (records.DictDB lists the keys). Times are datetimes (aware, UTC), as ipyparallel's; a
+        query takes them, or ``time.time()`` seconds."""
         if isinstance(keys, str):
             keys = [keys]
         records = self.query(protocol.DB_QUERY, query=_seconds(query),

@@ -622,7 +622,8 @@ class Controller:
                 self._fail(rec, "EngineError",
                            f"engine {eid} {what} before answering this request; "
                            "the work is lost: resubmit it to another engine")
-        self._notify(protocol.ENGINE_DIED if died else protocol.ENGINE_UNREGISTERED, id=eid)
+        self._notify(protocol.ENGINE_DIED if died else protocol.ENGINE_UNREGISTERED, id=eid,
+                     why=what.rstrip(",") + (self._epitaphs[eid] if died else ""))
         for parent in list(self._aborting):
             self._abort_heard(eid, parent)
         for parent in [p for p, asked in self._taking.items() if asked[0] == eid]:

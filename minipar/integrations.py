@@ -20,7 +20,7 @@ import threading
 import time
 import types
 
-from .asyncresult import _abort_quietly, _timeout_s
+from .asyncresult import _abort_quietly, _timeout_s, _warn_if_no_engines
 from .client import AsyncResult, Client, LoadBalancedView, interactive
 
 # -- the executor
@@ -71,6 +71,8 @@ class ViewExecutor(concurrent.futures.Executor):
             _abort_quietly(self.view.client, [ar for ar in pending if ar._cancel_local()],
                            queued_only=True)
         if wait:
+            if pending:
+                _warn_if_no_engines(self.view.client)
             concurrent.futures.wait(pending)
 
 

@@ -128,8 +128,8 @@ BROADCAST = "broadcast"          # one request for several engines (a BroadcastV
 SIGNAL = "signal"                # send a signal to engines' processes: header `sig`, `targets`
 # notifications, published by the controller
 ENGINE_REGISTERED = "engine_registered"
-ENGINE_UNREGISTERED = "engine_unregistered"
-ENGINE_DIED = "engine_died"
+ENGINE_UNREGISTERED = "engine_unregistered"   # header `id`, `why`: how it left (a death:
+ENGINE_DIED = "engine_died"                   # its pid, host and its log's last lines)
 CONTROLLER_STOPPED = "controller_stopped"   # stopped without --reuse: header `why`
 
 # Replies: written out, so no kind is built per message.

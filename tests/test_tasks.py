@@ -7,9 +7,11 @@ Functions sent to engines live at module level here: engines import this module 
 """
 
 import itertools
+import logging
 import os
 import pathlib
 import random
+import re
 import signal
 import sys
 import threading
@@ -554,6 +556,65 @@ def test_killed_engine_loses_none_of_2000_tasks_with_retries(cluster):
     for attempts in retried:
         assert [a["status"] for a in attempts] == ["engine_died", "ok"]
         assert attempts[1]["engine"] != attempts[0]["engine"]
+
+
+def test_tasks_left_with_no_engine_say_why_they_wait_and_still_wait(local_cluster, caplog,
+                                                                     monkeypatch):
+    """Every engine killed while tasks are queued: they wait for one, by design, but a
+    get's TimeoutError, a wait without a timeout and the client's log (once the last
+    engine has been gone a while) say so, which engine left last and what to do. Before,
+    a TimeoutError said only how many requests were outstanding, and a wait hung in silence."""
+    monkeypatch.setattr(minipar.asyncresult, "NO_ENGINES_WARN_S", 0.5)
+    engines = local_cluster.start_engines(2)
+    rc = local_cluster.client()
+    rc.wait_for_engines(2, START_TIMEOUT_S)
+    direct = rc[rc.ids[0]].apply_async(nap, 1, 60)   # a direct request still fails
+    ar = rc.load_balanced_view().map_async(nap, range(6), [0.1] * 6)
+    with caplog.at_level(logging.WARNING, logger="minipar.asyncresult"):
+        for p in engines:
+            p.kill()
+            p.wait(10)
+        with pytest.raises(errors.EngineError, match="died before answering"):
+            direct.get(TIMEOUT)
+        wait_until(lambda: rc.ids == [], TIMEOUT / 4, "the killed engines gone from rc.ids")
+        with pytest.raises(TimeoutError, match=r"requests outstanding\): no engine is "
+                           r"registered; the tasks wait for one: start engines .* or abort "
+                           r"them \(rc\.abort\(\)\)\. The last one, [01], left at "
+                           r"\d\d:\d\d:\d\d: died \(engine pid \d+ on "):
+            ar.get(0.1)
+        wait_until(lambda: "requests are outstanding, and no engine is registered; the tasks "
+                   "wait for one" in caplog.text, TIMEOUT / 4, "the client's warning")
+    threading.Timer(0.5, local_cluster.start_engines, [1]).start()
+    with pytest.warns(RuntimeWarning, match="no engine is registered; the tasks wait"):
+        assert ar.wait()   # for the engine started: tasks still wait for one, as before
+    results = ar.get(return_exceptions=True)   # those on the engines killed: EngineError
+    assert any(r == i for i, r in enumerate(results))
+    assert all(r == i or isinstance(r, errors.EngineError) for i, r in enumerate(results))
+
+
+def test_a_wait_with_no_engine_ever_registered_says_so(local_cluster):
+    """No engine started yet: a get's TimeoutError and an Executor.map's, a Ctrl-C in a get
+    and the wait of a ``with`` executor say that none was, and what to do; the tasks still
+    run once one comes. Before, the first said only "1 of 1 requests outstanding", the
+    others nothing: a wait without a timeout hung in silence."""
+    rc = local_cluster.client()
+    ar = rc.load_balanced_view().apply_async(square, 3)
+    why = (r"no engine is registered; the tasks wait for one: start engines \(rc.wait_for_"
+           r"engines\(n\) waits for them\) or abort them \(rc.abort\(\)\)\. None was since "
+           "this client connected")
+    with pytest.raises(TimeoutError, match=r"\(1 of 1 requests outstanding\): " + why):
+        ar.get(0.1)
+    with pytest.raises(TimeoutError, match=why):
+        list(rc.executor().map(square, [4], timeout=0.1))
+    with pytest.warns(RuntimeWarning, match=why), pytest.raises(KeyboardInterrupt) as info:
+        threading.Timer(0.5, os.kill, [os.getpid(), signal.SIGINT]).start()
+        ar.get()   # it warns as it starts, then waits
+    if sys.version_info >= (3, 11):   # exceptions' notes
+        assert re.match(why, info.value.__notes__[0])
+    threading.Timer(0.5, local_cluster.start_engines, [1]).start()
+    with pytest.warns(RuntimeWarning, match=why), rc.executor() as ex:
+        later = ex.submit(square, 5)
+    assert (ar.get(TIMEOUT), later.result(TIMEOUT)) == (9, 25)
 
 
 def test_recovery_runs_when_retries_are_exhausted(lview):
