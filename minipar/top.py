@@ -240,6 +240,9 @@ def snapshot(controller, now):
 
 _SPARKS = "▁▂▃▄▅▆▇█"
 _SPARKS_ASCII = "_.-:=+*#"
+# Control characters (C0, DEL, C1) as \xNN: a task's error text, or a function's or host's
+# name, may hold escape sequences, which would recolour or clear the watching terminal
+_ESCAPED = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
 # (name, width, what it shows: for --help and the HTML table's tooltips): 78 columns in
 # all, for an 80-column terminal
 _COLUMNS = (
@@ -304,8 +307,9 @@ def _cells(row):
     if not ran and row["state"] == BUSY and row.get("report_age_s") is not None:
         # it started what it runs after its last report: less than that report's age
         ran = "<" + _duration(row["report_age_s"])
-    return (str(row["id"]), str(row.get("host") or "?"), str(row.get("pid") or "?"),
-            row["state"], str(row.get("task") or "-"), ran,
+    return (str(row["id"]), str(row.get("host") or "?").translate(_ESCAPED),
+            str(row.get("pid") or "?"), row["state"],
+            str(row.get("task") or "-").translate(_ESCAPED), ran,
             str(row.get("queued") or ""), str(row.get("done", "")), str(row.get("failed", "")),
             "" if cpu is None else f"{cpu:.0f}", _bytes(row.get("rss_bytes")))
 
@@ -325,7 +329,7 @@ def sections(snap, ascii=False, failures=5):
     clock = time.strftime("%H:%M:%S", time.localtime(snap["time"]))
     head = [
         f"minipar top {clock}   controller pid {c['pid']} on {c['host']}, up "
-        f"{_duration(c['uptime_s'])}, {c['url']}",
+        f"{_duration(c['uptime_s'])}, {c['url']}".translate(_ESCAPED),
         f"engines: {snap['engines_alive']} alive, {snap['engines_lost']} lost"
         + (f", {snap['engines_stopped']} stopped" if snap["engines_stopped"] else "")
         + f"   tasks: {snap['queued']} queued, {snap['running']} running, "
@@ -339,11 +343,18 @@ def sections(snap, ascii=False, failures=5):
     if snap["failures"] and failures:
         tail = ["", "recent failures:"]
         for f in snap["failures"][-failures:]:
-            tail.append(f"  {f['msg_id']}  engine {f['engine']}  {f['ename']}: {f['evalue']}")
+            tail.append(f"  {f['msg_id']}  {_where(f)}  {f['ename']}: {f['evalue']}"
+                        .translate(_ESCAPED))
     if ascii:   # a host, a task's name or an error's text may hold any character: escaped
         head, rows, tail = ([line.encode("ascii", "backslashreplace").decode("ascii")
                              for line in lines] for lines in (head, rows, tail))
     return head, columns, rows, tail
+
+
+def _where(failure):
+    """Where a failure happened: its engine, or none (aborted, or its dependencies unmet,
+    before the scheduler gave it to one)."""
+    return "no engine" if failure["engine"] is None else f"engine {failure['engine']}"
 
 
 def text(snap, ascii=False, failures=5):
@@ -365,7 +376,7 @@ class Status(dict):
         cells = "".join(f'<th title="{e(what)}">{e(name)}</th>' for name, _, what in _COLUMNS)
         body = "".join("<tr>" + "".join(f"<td>{e(v)}</td>" for v in _cells(r)) + "</tr>"
                        for r in self["engines"])
-        fails = "".join(f"<li><code>{e(f['msg_id'])}</code> engine {e(str(f['engine']))}: "
+        fails = "".join(f"<li><code>{e(f['msg_id'])}</code> {e(_where(f))}: "
                         f"<b>{e(f['ename'])}</b>: {e(f['evalue'])}</li>"
                         for f in self["failures"][-5:])
         return ("<div>" + "<br>".join(e(line) for line in head if line)
@@ -488,8 +499,9 @@ def _screen(snap, note, height, width, offset, ascii):
     """[(line, highlighted)] for a screen of `height` lines, engines from `offset`. The
     last is the footer ("q quits..."), there at any height: above it, the header, the
     column names, the engines and the failures. On a short screen the failures give way
-    first, then the header's blank line, the engines but one, and the header's end. The
-    note (why the controller does not answer) is wrapped to `width`: its end says why."""
+    first (the oldest first; with no room for one, the heading goes too), then the
+    header's blank line, the engines but one, and the header's end. The note (why the
+    controller does not answer) is wrapped to `width`: its end says why."""
     note = textwrap.wrap(note, max(20, width - 3), initial_indent="! ",
                          subsequent_indent="  ")
     room = max(0, height - 1)   # above the footer
@@ -499,12 +511,14 @@ def _screen(snap, note, height, width, offset, ascii):
     head, columns, rows, tail = sections(snap, ascii)
     if note:
         head[-1:] = note
-    elif len(head) + 1 + bool(rows) > room:   # the blank line, for an engine's
+    elif len(head) + 1 + len(rows) - offset > room:   # the blank line, for an engine's
         head.pop()
     above = ([(line, False) for line in head] + [(columns, True)])[:room]
     fit = room - len(above)
-    shown = rows[offset:offset + max(min(fit, 1), fit - len(tail))]
+    shown = rows[offset:offset + fit]
     more = len(rows) - offset - len(shown)
+    left = fit - len(shown)   # the failures' lines: a blank line, a heading, the newest
+    tail = tail[:2] + tail[2:][max(0, len(tail) - left):] if left > 2 else []
     if not rows:
         footer = "q quits   no engines registered"
     elif not shown:
@@ -513,7 +527,7 @@ def _screen(snap, note, height, width, offset, ascii):
         footer = (f"q quits   arrows/PgUp/PgDn scroll   engines {offset + 1}-"
                   f"{offset + len(shown)} of {len(rows)}"
                   + (f" ({more} more below)" if more else ""))
-    return above + [(line, False) for line in [*shown, *tail[:fit - len(shown)], footer]]
+    return above + [(line, False) for line in [*shown, *tail, footer]]
 
 
 class _Note:

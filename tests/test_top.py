@@ -278,6 +278,46 @@ def test_a_short_terminal_keeps_the_footer(local_cluster, tmux):
     wait_until(lambda: "top exited 0" in screen(), 15, "the view ended by q")
 
 
+def fail_in_colour():
+    raise ValueError("\x1b[2J\x1b[31mscreen cleared\x07")
+
+
+def test_failures_name_no_engine_and_show_no_escapes_and_engines_come_first(local_cluster):
+    """What a class makes: a task whose dependency failed fails before any engine got it,
+    and a student's error may hold escape sequences. The failures list says "no engine"
+    for the first (before, "engine None") and shows the second's control characters as
+    \\xNN, in --once as in rc.status() (before, they reached the terminal: this one
+    cleared the teacher's screen). On a short screen the failures give way to the engines,
+    as _screen's docstring says (before, all the engines but one gave way to them)."""
+    from minipar import top
+
+    local_cluster.start_engines(2)
+    rc = local_cluster.client()
+    rc.wait_for_engines(2, START_TIMEOUT_S)
+    view = rc.load_balanced_view()
+    for f in (fail_in_colour, fail):
+        with pytest.raises(Exception):
+            view.apply_async(f, *([0] if f is fail else [])).get(30)
+    first = view.apply_async(fail, 1)
+    with pytest.raises(Exception):
+        first.get(30)
+    with view.temp_flags(after=[first]), pytest.raises(Exception):
+        view.apply_async(square, 2).get(30)
+    snap = wait_until(lambda: (lambda s: s if len(s["failures"]) == 4 else None)(
+        rc.status()), 10, "the four failures in the snapshot")
+    assert [f["engine"] is None for f in snap["failures"]] == [False, False, False, True]
+    for out in (repr(snap), _top(local_cluster, "--once").stdout):
+        assert "engine None" not in out and "\x1b" not in out and "\x07" not in out, out
+        assert re.search(r"  no engine  \w+", out) and "\\x1b[2J\\x1b[31mscreen" in out, out
+    assert "engine None" not in snap._repr_html_()
+    # four header lines, the columns, two engines, the footer, and three lines over: a
+    # blank line, the heading and the newest failure
+    lines = [line for line, _ in top._screen(snap, "", 11, 80, 0, False)]
+    assert lines[-1].endswith("engines 1-2 of 2"), lines
+    assert len([line for line in lines if re.match(r"^\s*\d+ \S", line)]) == 2, lines
+    assert lines[-3:-1] == ["recent failures:", top.sections(snap)[3][-1]], lines
+
+
 def test_a_lost_engine_row_says_since_when(local_cluster):
     """A lost engine's row shows, under FOR, how long ago it went (the snapshot's lost_s).
     Before, nothing in the text said when."""
