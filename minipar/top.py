@@ -603,7 +603,14 @@ def main(argv=None):
         import curses
 
         with _Note(monitor):
-            curses.wrapper(_view, monitor, args.interval, _ascii())
+            try:
+                curses.wrapper(_view, monitor, args.interval, _ascii())
+            except curses.error as e:   # most often a TERM that terminfo does not know
+                print(f"{p.prog}: the live view cannot drive this terminal (TERM="
+                      f"{os.environ.get('TERM', '')!r}: {e}): set TERM to one this machine "
+                      "knows (`TERM=xterm-256color python -m minipar.top`), or use --once",
+                      file=sys.stderr)
+                return 1
         return 0
     except (errors.MiniparError, OSError) as e:
         print(f"{p.prog}: {e}", file=sys.stderr)

@@ -592,6 +592,23 @@ def test_live_view_started_before_the_controller_waits_for_it(tmp_path, tmux):
         late.stop()
 
 
+
+def test_live_view_in_a_terminal_terminfo_does_not_know(local_cluster, tmux, tmp_path):
+    """Over ssh from a terminal this machine has no terminfo entry for (TERM=xterm-kitty,
+    say, or no TERM), the live view says so, and what to do, and exits 1. Before, it
+    stopped with a curses traceback (setupterm: could not find terminal)."""
+    err = tmp_path / "stderr"
+    tmux("send-keys", "-t", "t", f"clear; cd {ROOT} && TERM=no-such-terminal "
+         f"{sys.executable} -m minipar.top --file {local_cluster.client_file} 2>{err}; "
+         "echo top exited $?", "Enter")
+    out = wait_until(lambda: re.search(r"^top exited (\d+)", tmux(
+        "capture-pane", "-p", "-t", "t"), re.M), 30, "the view to exit")   # not the echo
+    assert out.group(1) == "1", out.string
+    said = err.read_text()
+    assert "Traceback" not in said and "cannot drive this terminal" in said, said
+    assert "'no-such-terminal'" in said and "--once" in said, said
+
+
 # ---------------------------------------------------------------- losing the controller
 
 
