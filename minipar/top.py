@@ -48,8 +48,9 @@ The snapshot (``--once --json`` prints exactly this)::
                                    the engine's last report: then less than report_age_s)
                       queued       requests sent to it, waiting behind the running one
                       done         requests it answered (failures included)
-                      failed       requests that ended in an error on it (both kept for
-                                   its id: an engine back after being lost goes on)
+                      failed       requests that ended in an error on it, and failed
+                                   tries of retried ones (both kept for its id: an
+                                   engine back after being lost goes on)
                       cpu_percent  CPU used over the last report period (100 = one core)
                       rss_bytes    resident memory
                       report_age_s how old its last usage report is (None: none yet)
@@ -120,8 +121,9 @@ class Tally:
     ``finished[(second, ok)]`` counts the requests finished in each second, ok or not (a
     bool, so any status an engine sends is a valid key): the hub's only work per request.
     ``prune(now)`` (each heartbeat) folds the counts older than WINDOW_S into ``totals``.
-    ``failed(rec, header)`` (failures only) keeps the last RECENT_FAILURES; ``lost`` the
-    engines gone, by id.
+    ``failed(rec, header, ok)`` (failures, and requests tried more than once) counts each
+    failed try on its engine and keeps the last RECENT_FAILURES; ``lost`` the engines
+    gone, by id.
     """
 
     def __init__(self, now):
@@ -129,7 +131,7 @@ class Tally:
         self.finished = collections.defaultdict(int)   # (int second, ok) -> requests
         self.totals = collections.Counter()           # ok -> requests, before those
         self.failures = collections.deque(maxlen=RECENT_FAILURES)
-        self.failed_by_engine = collections.Counter()  # engine id -> requests failed there
+        self.failed_by_engine = collections.Counter()  # engine id -> tries failed there
         self.lost = {}                                # engine id -> its last row, oldest first
 
     def prune(self, now):
@@ -137,9 +139,17 @@ class Tally:
         for key in [k for k in self.finished if k[0] < oldest]:
             self.totals[key[1]] += self.finished.pop(key)
 
-    def failed(self, rec, header):
+    def failed(self, rec, header, ok=False):
+        # A load-balanced request lists its tries, an engine's for each: a try that failed
+        # counts on that engine even if a retry then succeeded elsewhere, so an engine that
+        # fails everything it is given (a module missing there) shows it
+        tries = rec.get("attempts") or [{"engine": rec.get("engine"), "status": None}]
+        for t in tries:
+            if t["status"] != protocol.OK and t["engine"] is not None:
+                self.failed_by_engine[t["engine"]] += 1
+        if ok:
+            return
         eid = rec.get("engine")
-        self.failed_by_engine[eid] += 1
         evalue = str(header.get("evalue") or "").strip().splitlines()
         self.failures.append({"msg_id": rec["msg_id"], "engine": eid,
                               "ename": str(header.get("ename") or rec.get("status")),
@@ -254,7 +264,7 @@ _COLUMNS = (
     ("FOR", 6, "how long it has run its task, or has been lost or stopped (<N: under N)"),
     ("Q", 3, "requests queued on it, behind the one it runs"),
     ("DONE", 6, "requests it answered, failures included (and each try of a retried one)"),
-    ("FAIL", 4, "requests that ended in an error on it"),
+    ("FAIL", 4, "requests that ended in an error on it, and failed tries of retried ones"),
     ("CPU%", 4, "its CPU use over its last report, about a second (100 = one core)"),
     ("RSS", 6, "its resident memory (K, M, G: 1024, 1024^2, 1024^3 bytes)"),
 )

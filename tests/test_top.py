@@ -278,6 +278,37 @@ def test_a_short_terminal_keeps_the_footer(local_cluster, tmux):
     wait_until(lambda: "top exited 0" in screen(), 15, "the view ended by q")
 
 
+def fails_on_engine_0(x):
+    import time
+
+    from minipar import engine
+
+    if engine.engine_id() == 0:
+        raise ImportError("No module named 'numpy' (not installed on this engine)")
+    time.sleep(0.1)
+    return x
+
+
+def test_a_try_that_failed_counts_on_its_engine_though_a_retry_succeeded(local_cluster):
+    """An engine that fails every task it is given (a module missing there) shows it in
+    FAIL, though the retries succeed elsewhere and the header counts no failure. Before,
+    its FAIL stayed 0 while its DONE grew: the row looked healthy."""
+    local_cluster.start_engines(2)
+    rc = local_cluster.client()
+    rc.wait_for_engines(2, START_TIMEOUT_S)
+    view = rc.load_balanced_view()
+    with view.temp_flags(retries=1):
+        ars = [view.apply_async(fails_on_engine_0, i) for i in range(8)]
+    assert [ar.get(30) for ar in ars] == list(range(8))
+    assert any(len(ar.metadata.get("attempts") or ()) > 1 for ar in ars)
+    s = wait_until(lambda: (lambda s: s if s["done"] == 8 else None)(rc.status()), 10,
+                   "the eight tasks counted")
+    assert s["failed"] == 0 and not s["failures"]
+    row0, row1 = s["engines"]
+    assert row0["done"] >= 1 and row0["failed"] == row0["done"], s["engines"]
+    assert row1["failed"] == 0 and row0["done"] + row1["done"] == 8 + row0["failed"]
+
+
 def fail_in_colour():
     raise ValueError("\x1b[2J\x1b[31mscreen cleared\x07")
 
