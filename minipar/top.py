@@ -41,8 +41,9 @@ The snapshot (``--once --json`` prints exactly this)::
     engines         one row per engine, by id:
                       id, host, pid,
                       state        "idle", "busy", "lost" or "stopped"
-                      task         what it runs: the function's name, or the request kind
-                                   ("execute", "push"...); None when idle or not known yet
+                      task         what it runs: the function's name, the first line of
+                                   the code an execute runs, or the request kind ("push",
+                                   "execute"...); None when idle or not known yet
                       msg_id       the request it runs (None when idle or not known yet)
                       running_s    for how long it has run it (None when it started after
                                    the engine's last report: then less than report_age_s)
@@ -199,6 +200,20 @@ def on_usage(engine, header, now):
                        "last_name": name or last.get("last_name")}
 
 
+def _running(controller, usage):
+    """What an engine runs, by name: for code sent by ``execute`` its first line, read from
+    the request's header (in a class, the ``while True:`` that holds an engine up shows as
+    such, not as one more "execute"); else the function's name or the request kind."""
+    rec = controller.db.get(usage["task"]) if usage["name"] == protocol.EXECUTE else None
+    if rec is None:
+        return usage["name"]
+    from .records import _header   # here: an engine imports this module too
+
+    code = str(_header(rec).get("code") or "")
+    return next((line.strip()[:80] for line in code.splitlines() if line.strip()),
+                usage["name"])
+
+
 def snapshot(controller, now):
     """The answer to a ``status`` query, from the controller's state (hub loop): plain
     data, as the module docstring lists it."""
@@ -222,7 +237,7 @@ def snapshot(controller, now):
             queued += len(outstanding) - 1
             row.update(state=BUSY, queued=len(outstanding) - 1)
             if usage.get("task") in outstanding:
-                row.update(task=usage["name"], msg_id=usage["task"],
+                row.update(task=_running(c, usage), msg_id=usage["task"],
                            running_s=max(0.0, now - usage["since"]))
             else:   # it started another since its last report: most often the same function
                 row["task"] = usage.get("last_name")
@@ -260,7 +275,7 @@ _COLUMNS = (
     ("HOST", 10, "the machine it runs on"),
     ("PID", 7, "its process id"),
     ("STATE", 7, "idle, busy, lost (missed its heartbeats) or stopped (shut down)"),
-    ("TASK", 12, "what it runs: the function's name, or the request kind (execute...)"),
+    ("TASK", 12, "what it runs: function name, first line of executed code, or request kind"),
     ("FOR", 6, "how long it has run its task, or has been lost or stopped (<N: under N)"),
     ("Q", 3, "requests queued on it, behind the one it runs"),
     ("DONE", 6, "requests it answered, failures included (and each try of a retried one)"),

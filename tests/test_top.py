@@ -309,6 +309,32 @@ def test_a_try_that_failed_counts_on_its_engine_though_a_retry_succeeded(local_c
     assert row1["failed"] == 0 and row0["done"] + row1["done"] == 8 + row0["failed"]
 
 
+def test_code_an_engine_is_stuck_in_shows_and_any_client_stops_it(local_cluster):
+    """A student's execute stuck in a loop: its row's TASK is the code's first line (the
+    teacher sees which code holds the engine up), and its msg_id stops it from the
+    teacher's own client, as the README says. Before, TASK read "execute", as every
+    other student's."""
+    local_cluster.start_engines(2)
+    student, teacher = local_cluster.client(), local_cluster.client()
+    student.wait_for_engines(2, START_TIMEOUT_S)
+    stuck = student[0].execute("\n  while True:   # mine\n    pass\n", block=False)
+    student[1].execute("x = 1", block=True)
+
+    def running():
+        return next((r for r in teacher.status()["engines"] if r["id"] == 0 and r["msg_id"]),
+                    None)
+
+    row = wait_until(running, 15, "engine 0's row naming what it runs")
+    assert (row["task"], row["msg_id"]) == ("while True:   # mine", stuck.msg_ids[0])
+    assert re.search(r"^\s*0 .* busy\s+while True:~", _top(local_cluster, "--once").stdout,
+                     re.M)
+    assert teacher.abort(row["msg_id"]) == 1
+    with pytest.raises(Exception, match="TaskAborted|aborted"):
+        stuck.get(30)
+    wait_until(lambda: {r["state"] for r in teacher.status()["engines"]} == {"idle"}, 15,
+               "both engines idle")
+
+
 def fail_in_colour():
     raise ValueError("\x1b[2J\x1b[31mscreen cleared\x07")
 
