@@ -623,7 +623,9 @@ def main(argv=None):
                 # what is left goes nowhere, or Python's flush at exit would fail again
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
-        if os.path.exists(url_file):   # else the view waits for it (up to --wait)
+        # a file missing, or stale (its controller killed, not started again yet): the view
+        # waits for a controller (up to --wait); a file wrong otherwise stops it here
+        if not protocol._missing_or_stale(url_file):
             monitor.connect()
         import curses
 

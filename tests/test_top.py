@@ -720,6 +720,36 @@ def test_monitor_says_a_killed_controller_is_not_running(local_cluster):
         monitor.close()
 
 
+def test_live_view_started_while_the_controller_is_down_waits_for_it(tmp_path, tmux):
+    """The teacher opens the view before restarting a controller that was killed: its
+    connection file is stale. The view waits, saying so, as for a file not written yet,
+    and shows the controller once it is back (--reuse). Before, it exited at once."""
+    from .test_restart import _restart_controller
+
+    cluster = LocalCluster(tmp_path, controller_args=["--reuse"])
+
+    def screen():
+        return tmux("capture-pane", "-p", "-t", "t")
+
+    try:
+        first = cluster.controller
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        tmux("send-keys", "-t", "t", f"cd {ROOT} && {sys.executable} -m minipar.top --file "
+             f"{cluster.client_file} --interval 0.3; echo top exited $?", "Enter")
+        wait_until(lambda: "! no answer from the controller" in screen(), 30,
+                   "the view waiting, with a note")
+        assert re.search(rf"pid\s+{first.pid}\s+is\s+not\s+running", screen()), screen()
+        assert not re.search(r"^top exited", screen(), re.M), screen()
+        _restart_controller(cluster, ["--reuse"], "controller2")
+        wait_until(lambda: f"controller pid {cluster.controller.pid} " in screen(), 30,
+                   "the restarted controller's header")
+        tmux("send-keys", "-t", "t", "q")
+        wait_until(lambda: re.search(r"^top exited 0", screen(), re.M), 15, "q to end it")
+    finally:
+        cluster.stop()
+
+
 def test_monitor_says_the_controller_stopped_when_its_file_goes(local_cluster):
     from minipar import top
 
