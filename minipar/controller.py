@@ -868,8 +868,8 @@ class Controller:
         self.db.finish(rec)
         # for rc.status: one dict update per request (failures are rare: a bit more)
         self.tally.finished[int(rec["completed"]), status == OK] += 1
-        if status != OK:
-            self.tally.failed(rec, header)
+        if status != OK or len(rec["attempts"]) > 1:   # failed, or tried again
+            self.tally.failed(rec, header, status == OK)
         recovers = rec.get("recovers")
         if recovers:
             owner = self.db.get(recovers)

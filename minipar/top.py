@@ -41,15 +41,17 @@ The snapshot (``--once --json`` prints exactly this)::
     engines         one row per engine, by id:
                       id, host, pid,
                       state        "idle", "busy", "lost" or "stopped"
-                      task         what it runs: the function's name, or the request kind
-                                   ("execute", "push"...); None when idle or not known yet
+                      task         what it runs: the function's name, the first line of
+                                   the code an execute runs, or the request kind ("push",
+                                   "execute"...); None when idle or not known yet
                       msg_id       the request it runs (None when idle or not known yet)
                       running_s    for how long it has run it (None when it started after
                                    the engine's last report: then less than report_age_s)
                       queued       requests sent to it, waiting behind the running one
                       done         requests it answered (failures included)
-                      failed       requests that ended in an error on it (both kept for
-                                   its id: an engine back after being lost goes on)
+                      failed       requests that ended in an error on it, and failed
+                                   tries of retried ones (both kept for its id: an
+                                   engine back after being lost goes on)
                       cpu_percent  CPU used over the last report period (100 = one core)
                       rss_bytes    resident memory
                       report_age_s how old its last usage report is (None: none yet)
@@ -120,8 +122,9 @@ class Tally:
     ``finished[(second, ok)]`` counts the requests finished in each second, ok or not (a
     bool, so any status an engine sends is a valid key): the hub's only work per request.
     ``prune(now)`` (each heartbeat) folds the counts older than WINDOW_S into ``totals``.
-    ``failed(rec, header)`` (failures only) keeps the last RECENT_FAILURES; ``lost`` the
-    engines gone, by id.
+    ``failed(rec, header, ok)`` (failures, and requests tried more than once) counts each
+    failed try on its engine and keeps the last RECENT_FAILURES; ``lost`` the engines
+    gone, by id.
     """
 
     def __init__(self, now):
@@ -129,7 +132,7 @@ class Tally:
         self.finished = collections.defaultdict(int)   # (int second, ok) -> requests
         self.totals = collections.Counter()           # ok -> requests, before those
         self.failures = collections.deque(maxlen=RECENT_FAILURES)
-        self.failed_by_engine = collections.Counter()  # engine id -> requests failed there
+        self.failed_by_engine = collections.Counter()  # engine id -> tries failed there
         self.lost = {}                                # engine id -> its last row, oldest first
 
     def prune(self, now):
@@ -137,9 +140,17 @@ class Tally:
         for key in [k for k in self.finished if k[0] < oldest]:
             self.totals[key[1]] += self.finished.pop(key)
 
-    def failed(self, rec, header):
+    def failed(self, rec, header, ok=False):
+        # A load-balanced request lists its tries, an engine's for each: a try that failed
+        # counts on that engine even if a retry then succeeded elsewhere, so an engine that
+        # fails everything it is given (a module missing there) shows it
+        tries = rec.get("attempts") or [{"engine": rec.get("engine"), "status": None}]
+        for t in tries:
+            if t["status"] != protocol.OK and t["engine"] is not None:
+                self.failed_by_engine[t["engine"]] += 1
+        if ok:
+            return
         eid = rec.get("engine")
-        self.failed_by_engine[eid] += 1
         evalue = str(header.get("evalue") or "").strip().splitlines()
         self.failures.append({"msg_id": rec["msg_id"], "engine": eid,
                               "ename": str(header.get("ename") or rec.get("status")),
@@ -189,6 +200,20 @@ def on_usage(engine, header, now):
                        "last_name": name or last.get("last_name")}
 
 
+def _running(controller, usage):
+    """What an engine runs, by name: for code sent by ``execute`` its first line, read from
+    the request's header (in a class, the ``while True:`` that holds an engine up shows as
+    such, not as one more "execute"); else the function's name or the request kind."""
+    rec = controller.db.get(usage["task"]) if usage["name"] == protocol.EXECUTE else None
+    if rec is None:
+        return usage["name"]
+    from .records import _header   # here: an engine imports this module too
+
+    code = str(_header(rec).get("code") or "")
+    return next((line.strip()[:80] for line in code.splitlines() if line.strip()),
+                usage["name"])
+
+
 def snapshot(controller, now):
     """The answer to a ``status`` query, from the controller's state (hub loop): plain
     data, as the module docstring lists it."""
@@ -212,7 +237,7 @@ def snapshot(controller, now):
             queued += len(outstanding) - 1
             row.update(state=BUSY, queued=len(outstanding) - 1)
             if usage.get("task") in outstanding:
-                row.update(task=usage["name"], msg_id=usage["task"],
+                row.update(task=_running(c, usage), msg_id=usage["task"],
                            running_s=max(0.0, now - usage["since"]))
             else:   # it started another since its last report: most often the same function
                 row["task"] = usage.get("last_name")
@@ -240,6 +265,9 @@ def snapshot(controller, now):
 
 _SPARKS = "▁▂▃▄▅▆▇█"
 _SPARKS_ASCII = "_.-:=+*#"
+# Control characters (C0, DEL, C1) as \xNN: a task's error text, or a function's or host's
+# name, may hold escape sequences, which would recolour or clear the watching terminal
+_ESCAPED = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
 # (name, width, what it shows: for --help and the HTML table's tooltips): 78 columns in
 # all, for an 80-column terminal
 _COLUMNS = (
@@ -247,11 +275,11 @@ _COLUMNS = (
     ("HOST", 10, "the machine it runs on"),
     ("PID", 7, "its process id"),
     ("STATE", 7, "idle, busy, lost (missed its heartbeats) or stopped (shut down)"),
-    ("TASK", 12, "what it runs: the function's name, or the request kind (execute...)"),
+    ("TASK", 12, "what it runs: function name, first line of executed code, or request kind"),
     ("FOR", 6, "how long it has run its task, or has been lost or stopped (<N: under N)"),
     ("Q", 3, "requests queued on it, behind the one it runs"),
     ("DONE", 6, "requests it answered, failures included (and each try of a retried one)"),
-    ("FAIL", 4, "requests that ended in an error on it"),
+    ("FAIL", 4, "requests that ended in an error on it, and failed tries of retried ones"),
     ("CPU%", 4, "its CPU use over its last report, about a second (100 = one core)"),
     ("RSS", 6, "its resident memory (K, M, G: 1024, 1024^2, 1024^3 bytes)"),
 )
@@ -304,8 +332,9 @@ def _cells(row):
     if not ran and row["state"] == BUSY and row.get("report_age_s") is not None:
         # it started what it runs after its last report: less than that report's age
         ran = "<" + _duration(row["report_age_s"])
-    return (str(row["id"]), str(row.get("host") or "?"), str(row.get("pid") or "?"),
-            row["state"], str(row.get("task") or "-"), ran,
+    return (str(row["id"]), str(row.get("host") or "?").translate(_ESCAPED),
+            str(row.get("pid") or "?"), row["state"],
+            str(row.get("task") or "-").translate(_ESCAPED), ran,
             str(row.get("queued") or ""), str(row.get("done", "")), str(row.get("failed", "")),
             "" if cpu is None else f"{cpu:.0f}", _bytes(row.get("rss_bytes")))
 
@@ -325,7 +354,7 @@ def sections(snap, ascii=False, failures=5):
     clock = time.strftime("%H:%M:%S", time.localtime(snap["time"]))
     head = [
         f"minipar top {clock}   controller pid {c['pid']} on {c['host']}, up "
-        f"{_duration(c['uptime_s'])}, {c['url']}",
+        f"{_duration(c['uptime_s'])}, {c['url']}".translate(_ESCAPED),
         f"engines: {snap['engines_alive']} alive, {snap['engines_lost']} lost"
         + (f", {snap['engines_stopped']} stopped" if snap["engines_stopped"] else "")
         + f"   tasks: {snap['queued']} queued, {snap['running']} running, "
@@ -339,11 +368,18 @@ def sections(snap, ascii=False, failures=5):
     if snap["failures"] and failures:
         tail = ["", "recent failures:"]
         for f in snap["failures"][-failures:]:
-            tail.append(f"  {f['msg_id']}  engine {f['engine']}  {f['ename']}: {f['evalue']}")
+            tail.append(f"  {f['msg_id']}  {_where(f)}  {f['ename']}: {f['evalue']}"
+                        .translate(_ESCAPED))
     if ascii:   # a host, a task's name or an error's text may hold any character: escaped
         head, rows, tail = ([line.encode("ascii", "backslashreplace").decode("ascii")
                              for line in lines] for lines in (head, rows, tail))
     return head, columns, rows, tail
+
+
+def _where(failure):
+    """Where a failure happened: its engine, or none (aborted, or its dependencies unmet,
+    before the scheduler gave it to one)."""
+    return "no engine" if failure["engine"] is None else f"engine {failure['engine']}"
 
 
 def text(snap, ascii=False, failures=5):
@@ -365,7 +401,7 @@ class Status(dict):
         cells = "".join(f'<th title="{e(what)}">{e(name)}</th>' for name, _, what in _COLUMNS)
         body = "".join("<tr>" + "".join(f"<td>{e(v)}</td>" for v in _cells(r)) + "</tr>"
                        for r in self["engines"])
-        fails = "".join(f"<li><code>{e(f['msg_id'])}</code> engine {e(str(f['engine']))}: "
+        fails = "".join(f"<li><code>{e(f['msg_id'])}</code> {e(_where(f))}: "
                         f"<b>{e(f['ename'])}</b>: {e(f['evalue'])}</li>"
                         for f in self["failures"][-5:])
         return ("<div>" + "<br>".join(e(line) for line in head if line)
@@ -488,8 +524,9 @@ def _screen(snap, note, height, width, offset, ascii):
     """[(line, highlighted)] for a screen of `height` lines, engines from `offset`. The
     last is the footer ("q quits..."), there at any height: above it, the header, the
     column names, the engines and the failures. On a short screen the failures give way
-    first, then the header's blank line, the engines but one, and the header's end. The
-    note (why the controller does not answer) is wrapped to `width`: its end says why."""
+    first (the oldest first; with no room for one, the heading goes too), then the
+    header's blank line, the engines but one, and the header's end. The note (why the
+    controller does not answer) is wrapped to `width`: its end says why."""
     note = textwrap.wrap(note, max(20, width - 3), initial_indent="! ",
                          subsequent_indent="  ")
     room = max(0, height - 1)   # above the footer
@@ -499,12 +536,14 @@ def _screen(snap, note, height, width, offset, ascii):
     head, columns, rows, tail = sections(snap, ascii)
     if note:
         head[-1:] = note
-    elif len(head) + 1 + bool(rows) > room:   # the blank line, for an engine's
+    elif len(head) + 1 + len(rows) - offset > room:   # the blank line, for an engine's
         head.pop()
     above = ([(line, False) for line in head] + [(columns, True)])[:room]
     fit = room - len(above)
-    shown = rows[offset:offset + max(min(fit, 1), fit - len(tail))]
+    shown = rows[offset:offset + fit]
     more = len(rows) - offset - len(shown)
+    left = fit - len(shown)   # the failures' lines: a blank line, a heading, the newest
+    tail = tail[:2] + tail[2:][max(0, len(tail) - left):] if left > 2 else []
     if not rows:
         footer = "q quits   no engines registered"
     elif not shown:
@@ -513,7 +552,7 @@ def _screen(snap, note, height, width, offset, ascii):
         footer = (f"q quits   arrows/PgUp/PgDn scroll   engines {offset + 1}-"
                   f"{offset + len(shown)} of {len(rows)}"
                   + (f" ({more} more below)" if more else ""))
-    return above + [(line, False) for line in [*shown, *tail[:fit - len(shown)], footer]]
+    return above + [(line, False) for line in [*shown, *tail, footer]]
 
 
 class _Note:
@@ -584,12 +623,21 @@ def main(argv=None):
                 # what is left goes nowhere, or Python's flush at exit would fail again
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
-        if os.path.exists(url_file):   # else the view waits for it (up to --wait)
+        # a file missing, or stale (its controller killed, not started again yet): the view
+        # waits for a controller (up to --wait); a file wrong otherwise stops it here
+        if not protocol._missing_or_stale(url_file):
             monitor.connect()
         import curses
 
         with _Note(monitor):
-            curses.wrapper(_view, monitor, args.interval, _ascii())
+            try:
+                curses.wrapper(_view, monitor, args.interval, _ascii())
+            except curses.error as e:   # most often a TERM that terminfo does not know
+                print(f"{p.prog}: the live view cannot drive this terminal (TERM="
+                      f"{os.environ.get('TERM', '')!r}: {e}): set TERM to one this machine "
+                      "knows (`TERM=xterm-256color python -m minipar.top`), or use --once",
+                      file=sys.stderr)
+                return 1
         return 0
     except (errors.MiniparError, OSError) as e:
         print(f"{p.prog}: {e}", file=sys.stderr)

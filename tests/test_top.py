@@ -278,6 +278,103 @@ def test_a_short_terminal_keeps_the_footer(local_cluster, tmux):
     wait_until(lambda: "top exited 0" in screen(), 15, "the view ended by q")
 
 
+def fails_on_engine_0(x):
+    import time
+
+    from minipar import engine
+
+    if engine.engine_id() == 0:
+        raise ImportError("No module named 'numpy' (not installed on this engine)")
+    time.sleep(0.1)
+    return x
+
+
+def test_a_try_that_failed_counts_on_its_engine_though_a_retry_succeeded(local_cluster):
+    """An engine that fails every task it is given (a module missing there) shows it in
+    FAIL, though the retries succeed elsewhere and the header counts no failure. Before,
+    its FAIL stayed 0 while its DONE grew: the row looked healthy."""
+    local_cluster.start_engines(2)
+    rc = local_cluster.client()
+    rc.wait_for_engines(2, START_TIMEOUT_S)
+    view = rc.load_balanced_view()
+    with view.temp_flags(retries=1):
+        ars = [view.apply_async(fails_on_engine_0, i) for i in range(8)]
+    assert [ar.get(30) for ar in ars] == list(range(8))
+    assert any(len(ar.metadata.get("attempts") or ()) > 1 for ar in ars)
+    s = wait_until(lambda: (lambda s: s if s["done"] == 8 else None)(rc.status()), 10,
+                   "the eight tasks counted")
+    assert s["failed"] == 0 and not s["failures"]
+    row0, row1 = s["engines"]
+    assert row0["done"] >= 1 and row0["failed"] == row0["done"], s["engines"]
+    assert row1["failed"] == 0 and row0["done"] + row1["done"] == 8 + row0["failed"]
+
+
+def test_code_an_engine_is_stuck_in_shows_and_any_client_stops_it(local_cluster):
+    """A student's execute stuck in a loop: its row's TASK is the code's first line (the
+    teacher sees which code holds the engine up), and its msg_id stops it from the
+    teacher's own client, as the README says. Before, TASK read "execute", as every
+    other student's."""
+    local_cluster.start_engines(2)
+    student, teacher = local_cluster.client(), local_cluster.client()
+    student.wait_for_engines(2, START_TIMEOUT_S)
+    stuck = student[0].execute("\n  while True:   # mine\n    pass\n", block=False)
+    student[1].execute("x = 1", block=True)
+
+    def running():
+        return next((r for r in teacher.status()["engines"] if r["id"] == 0 and r["msg_id"]),
+                    None)
+
+    row = wait_until(running, 15, "engine 0's row naming what it runs")
+    assert (row["task"], row["msg_id"]) == ("while True:   # mine", stuck.msg_ids[0])
+    assert re.search(r"^\s*0 .* busy\s+while True:~", _top(local_cluster, "--once").stdout,
+                     re.M)
+    assert teacher.abort(row["msg_id"]) == 1
+    with pytest.raises(Exception, match="TaskAborted|aborted"):
+        stuck.get(30)
+    wait_until(lambda: {r["state"] for r in teacher.status()["engines"]} == {"idle"}, 15,
+               "both engines idle")
+
+
+def fail_in_colour():
+    raise ValueError("\x1b[2J\x1b[31mscreen cleared\x07")
+
+
+def test_failures_name_no_engine_and_show_no_escapes_and_engines_come_first(local_cluster):
+    """What a class makes: a task whose dependency failed fails before any engine got it,
+    and a student's error may hold escape sequences. The failures list says "no engine"
+    for the first (before, "engine None") and shows the second's control characters as
+    \\xNN, in --once as in rc.status() (before, they reached the terminal: this one
+    cleared the teacher's screen). On a short screen the failures give way to the engines,
+    as _screen's docstring says (before, all the engines but one gave way to them)."""
+    from minipar import top
+
+    local_cluster.start_engines(2)
+    rc = local_cluster.client()
+    rc.wait_for_engines(2, START_TIMEOUT_S)
+    view = rc.load_balanced_view()
+    for f in (fail_in_colour, fail):
+        with pytest.raises(Exception):
+            view.apply_async(f, *([0] if f is fail else [])).get(30)
+    first = view.apply_async(fail, 1)
+    with pytest.raises(Exception):
+        first.get(30)
+    with view.temp_flags(after=[first]), pytest.raises(Exception):
+        view.apply_async(square, 2).get(30)
+    snap = wait_until(lambda: (lambda s: s if len(s["failures"]) == 4 else None)(
+        rc.status()), 10, "the four failures in the snapshot")
+    assert [f["engine"] is None for f in snap["failures"]] == [False, False, False, True]
+    for out in (repr(snap), _top(local_cluster, "--once").stdout):
+        assert "engine None" not in out and "\x1b" not in out and "\x07" not in out, out
+        assert re.search(r"  no engine  \w+", out) and "\\x1b[2J\\x1b[31mscreen" in out, out
+    assert "engine None" not in snap._repr_html_()
+    # four header lines, the columns, two engines, the footer, and three lines over: a
+    # blank line, the heading and the newest failure
+    lines = [line for line, _ in top._screen(snap, "", 11, 80, 0, False)]
+    assert lines[-1].endswith("engines 1-2 of 2"), lines
+    assert len([line for line in lines if re.match(r"^\s*\d+ \S", line)]) == 2, lines
+    assert lines[-3:-1] == ["recent failures:", top.sections(snap)[3][-1]], lines
+
+
 def test_a_lost_engine_row_says_since_when(local_cluster):
     """A lost engine's row shows, under FOR, how long ago it went (the snapshot's lost_s).
     Before, nothing in the text said when."""
@@ -552,6 +649,23 @@ def test_live_view_started_before_the_controller_waits_for_it(tmp_path, tmux):
         late.stop()
 
 
+
+def test_live_view_in_a_terminal_terminfo_does_not_know(local_cluster, tmux, tmp_path):
+    """Over ssh from a terminal this machine has no terminfo entry for (TERM=xterm-kitty,
+    say, or no TERM), the live view says so, and what to do, and exits 1. Before, it
+    stopped with a curses traceback (setupterm: could not find terminal)."""
+    err = tmp_path / "stderr"
+    tmux("send-keys", "-t", "t", f"clear; cd {ROOT} && TERM=no-such-terminal "
+         f"{sys.executable} -m minipar.top --file {local_cluster.client_file} 2>{err}; "
+         "echo top exited $?", "Enter")
+    out = wait_until(lambda: re.search(r"^top exited (\d+)", tmux(
+        "capture-pane", "-p", "-t", "t"), re.M), 30, "the view to exit")   # not the echo
+    assert out.group(1) == "1", out.string
+    said = err.read_text()
+    assert "Traceback" not in said and "cannot drive this terminal" in said, said
+    assert "'no-such-terminal'" in said and "--once" in said, said
+
+
 # ---------------------------------------------------------------- losing the controller
 
 
@@ -604,6 +718,36 @@ def test_monitor_says_a_killed_controller_is_not_running(local_cluster):
         assert gone in " ".join(line[2:] for line in note)
     finally:
         monitor.close()
+
+
+def test_live_view_started_while_the_controller_is_down_waits_for_it(tmp_path, tmux):
+    """The teacher opens the view before restarting a controller that was killed: its
+    connection file is stale. The view waits, saying so, as for a file not written yet,
+    and shows the controller once it is back (--reuse). Before, it exited at once."""
+    from .test_restart import _restart_controller
+
+    cluster = LocalCluster(tmp_path, controller_args=["--reuse"])
+
+    def screen():
+        return tmux("capture-pane", "-p", "-t", "t")
+
+    try:
+        first = cluster.controller
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        tmux("send-keys", "-t", "t", f"cd {ROOT} && {sys.executable} -m minipar.top --file "
+             f"{cluster.client_file} --interval 0.3; echo top exited $?", "Enter")
+        wait_until(lambda: "! no answer from the controller" in screen(), 30,
+                   "the view waiting, with a note")
+        assert re.search(rf"pid\s+{first.pid}\s+is\s+not\s+running", screen()), screen()
+        assert not re.search(r"^top exited", screen(), re.M), screen()
+        _restart_controller(cluster, ["--reuse"], "controller2")
+        wait_until(lambda: f"controller pid {cluster.controller.pid} " in screen(), 30,
+                   "the restarted controller's header")
+        tmux("send-keys", "-t", "t", "q")
+        wait_until(lambda: re.search(r"^top exited 0", screen(), re.M), 15, "q to end it")
+    finally:
+        cluster.stop()
 
 
 def test_monitor_says_the_controller_stopped_when_its_file_goes(local_cluster):
