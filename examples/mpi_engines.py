@@ -1,8 +1,8 @@
 """Engines started by ``mpiexec``: ``Cluster(engines="mpi")``.
 
-The controller runs as usual; the engines are the ranks of one ``mpiexec -n 4`` run, so
-each engine knows its MPI rank (the engine property ``mpi_rank``, and the usual
-environment variables). Code on the engines can then use MPI as any MPI program does
+The controller runs as usual; the engines are the ranks of one ``mpiexec -n 4`` run, and
+engine i is MPI rank i, as in ipyparallel (each also has its rank in the engine property
+``mpi_rank`` and the usual environment variables). Code on the engines can then use MPI as any MPI program does
 (with mpi4py: ``from mpi4py import MPI; MPI.COMM_WORLD``) while the client drives them
 interactively. Here each rank integrates its slice of 4 / (1 + x^2) over [0, 1], the
 classic MPI pi example, and the client adds the slices.
@@ -67,7 +67,7 @@ def main():
         ranks = dv.apply_sync(rank_and_size)
         for eid, (rank, size) in zip(rc.ids, ranks):
             print(f"engine {eid} is MPI rank {rank} of {size}")
-        assert sorted(r for r, _ in ranks) == list(range(len(rc.ids)))
+        assert [r for r, _ in ranks] == rc.ids   # engine i is rank i
         pi = sum(dv.apply_sync(integrate_slice, 1_000_000))
         print(f"pi ~ {pi:.10f} (error {abs(pi - math.pi):.1e}) from {len(ranks)} ranks")
 

@@ -456,7 +456,8 @@ class Engine:
     def _register(self, dealer):
         """Register at start (main thread, before the receiver runs): (id, heartbeat)."""
         replaces = os.environ.get("MINIPAR_ENGINE_REPLACES")   # see launcher._restart
-        msg_id, frames = self._registration(None, int(replaces) if replaces else None)
+        rank = properties.get("mpi_rank")   # as its id: rank i is engine i, as in ipyparallel
+        msg_id, frames = self._registration(rank, int(replaces) if replaces else None)
         self._reg = msg_id.encode()
         dealer.send_multipart(frames)
         deadline = time.monotonic() + self.registration_timeout
@@ -483,8 +484,8 @@ class Engine:
         return header["id"], header.get("heartbeat_period", 1.0)
 
     def _registration(self, want, replaces=None):
-        """(msg_id, frames) of a REGISTER: who this engine is, and the id it asks for (the
-        one it had, when it registers again) or the pid of the engine process it replaces
+        """(msg_id, frames) of a REGISTER: who this engine is, and the id it asks for (its MPI
+        rank at start, then the one it had) or the pid of the engine process it replaces
         (whose id it then takes). Only plain properties can go in a header."""
         props = {k: v for k, v in properties.items() if _plain(k) and _plain(v)}
         python, cloudpickle_version = protocol.versions()

@@ -712,7 +712,7 @@ class MPIControllerLauncher(MPILauncher, ControllerLauncher):
 
 
 class MPIEngineSetLauncher(MPILauncher, EngineLauncher):
-    """n engines under one mpiexec; each engine sees its rank in OMPI_COMM_WORLD_RANK."""
+    """n engines under one mpiexec; each registers with its rank (OMPI_COMM_WORLD_RANK) as id."""
 
     role = "engines"
 

@@ -136,6 +136,56 @@ def test_mpiexec_that_refuses_to_start_is_answered_with_the_option_to_set(pids, 
         str(e.value)
 
 
+try:
+    import mpi4py  # noqa: F401 (only whether it imports: mpi4py.MPI would start MPI here)
+    _NO_MPI4PY = None
+except ImportError as e:
+    _NO_MPI4PY = f"mpi4py cannot be imported ({e}): pip install mpi4py (.ci/setup_mpi.sh)"
+needs_mpi4py = pytest.mark.skipif(_NO_MPI4PY is not None, reason=str(_NO_MPI4PY))
+
+# ipyparallel's "Using MPI with IPython" page: psum.py, run on every engine
+PSUM = """from mpi4py import MPI
+import numpy as np
+
+def psum(a):
+    locsum = np.sum(a)
+    rcvBuf = np.array(0.0, 'd')
+    MPI.COMM_WORLD.Allreduce([locsum, MPI.DOUBLE], [rcvBuf, MPI.DOUBLE], op=MPI.SUM)
+    return rcvBuf
+"""
+
+
+@needs_mpi
+@needs_mpi4py
+def test_mpi4py_psum_of_ipyparallels_mpi_page(pids, tmp_path):
+    """ipyparallel's MPI tutorial on mpiexec's engines: psum.py run on each, an array
+    scattered, its sum by MPI's Allreduce (and allreduce) on every engine. Each engine's id
+    is its MPI rank, as ipyparallel's MPI engines ask; the ranks register in reverse order
+    here, so ids handed out in order of arrival (as before) cannot match by chance."""
+    np = pytest.importorskip("numpy")
+    (tmp_path / "psum.py").write_text(PSUM)
+    stagger = ("import os, time; "
+               "time.sleep(0.5 * (3 - int(os.environ['OMPI_COMM_WORLD_RANK'])))")
+    cluster = Cluster(n=4, engines="mpi", profile_dir=str(tmp_path / "p"),
+                      controller_args=CTL_ARGS, engine_args=["--startup-command", stagger],
+                      engine_options={"mpi_args": ["--oversubscribe"], "env": ROOT_ENV})
+    with cluster as rc:
+        pids.add_cluster(cluster, rc)
+        view = rc[:]
+        view.run(str(tmp_path / "psum.py"), block=True)
+        view.scatter("a", np.arange(16, dtype="float"), block=True)
+        assert [list(a) for a in view["a"]] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11],
+                                                [12, 13, 14, 15]]
+        view.execute("totalsum = psum(a)\n"
+                     "total = MPI.COMM_WORLD.allreduce(float(np.sum(a)), op=MPI.SUM)\n"
+                     "rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()",
+                     block=True)
+        assert [float(s) for s in view["totalsum"]] == [120.0] * 4
+        assert view["total"] == [120.0] * 4
+        assert view["size"] == [4] * 4
+        assert dict(zip(rc.ids, view["rank"])) == {0: 0, 1: 1, 2: 2, 3: 3}
+
+
 def _signal_marks(rc, tmp_path):
     """Engines note SIGUSR1 in files; returns a function listing the files so far."""
     rc[:].execute("import os, signal\n"
