@@ -274,7 +274,7 @@ class Controller:
         info = {"key": self.session.key.hex(), "signature_scheme": protocol.SIGNATURE_SCHEME,
                 "transport": "tcp", "ip": self.ip, "location": self.location,
                 "ports": dict(self.ports), "pid": os.getpid(), "host": socket.gethostname(),
-                "heartbeat_period": self.heartbeat_period,
+                "heartbeat_period": self.heartbeat_period, "reuse": self.reuse,  # to restart it
                 "max_message_size": self.max_message_size}
         if self.curve:
             info["curve_serverkey"] = self.curve[0].decode()
