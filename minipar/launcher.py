@@ -248,8 +248,7 @@ class BaseLauncher:
     """The launcher contract (see the module docstring).
 
     Subclasses declare their constructor options in ``_options`` and what ``to_dict``
-    must save about the running resource in ``_state``; both are collected over the MRO.
-    """
+    must save about the running resource in ``_state``; both are collected over the MRO."""
 
     kind = ""  # the short name, e.g. "local", "mpi", "slurm"
     role = ""  # what it starts: "controller", "engine(s)"; names its log file
@@ -858,8 +857,9 @@ class Cluster:
         self.engine_options = dict(engine_options or {})
         for role, kind, options in (("controller", controller, self.controller_options),
                                     ("engine", engines, self.engine_options)):
-            if options:   # a typo is named now, not once the controller has started
-                _check_options(find_launcher_class(kind, role), options, f"{role}_options")
+            # a typo of a name ("mpiexec") or an option is named now, as ipyparallel's
+            # Cluster does, not once the controller has started
+            _check_options(find_launcher_class(kind, role), options, f"{role}_options")
         self.shutdown_atexit = shutdown_atexit   # read at exit or collection (_STOP_AT_EXIT)
         # "on_failure": engine sets replace engines that crash (EngineSetLauncher._restart)
         if restart_engines not in RESTART_POLICIES:

@@ -378,3 +378,22 @@ def test_cluster_manager_lists_loads_and_stops_clusters(pids, minipar_dir):  # n
     finally:
         cluster.stop_cluster_sync()
     assert pids.wait_gone(20) == []
+
+
+def test_an_unknown_launcher_name_is_refused_when_made(pids, minipar_dir):  # noqa: F811
+    """``Cluster(engines="mpiexec")`` (meant: "mpi") was refused only by start_cluster,
+    after the controller had started; as ipyparallel's (whose launcher traits are checked
+    when set), it is refused when made, naming the known names, and nothing is started."""
+    with pytest.raises(LauncherError, match="launcher 'mpiexec': use one of .*'mpi'"):
+        Cluster(n=1, engines="mpiexec", controller_args=CTL_ARGS)
+    with pytest.raises(LauncherError, match="unknown controller launcher 'sshh'"):
+        Cluster(n=1, controller="sshh")
+    assert not minipar_dir.exists()
+    cluster = Cluster(n=1, engines="Local", controller_args=CTL_ARGS)   # a name that is one
+    try:
+        rc = cluster.start_and_connect_sync()
+        pids.add_cluster(cluster, rc)
+        assert rc[:].apply_sync(lambda: 7) == [7]
+    finally:
+        cluster.stop_cluster_sync()
+    assert pids.wait_gone(20) == []
