@@ -914,19 +914,21 @@ def base_dir():
     return os.environ.get("MINIPAR_DIR") or os.path.join(os.path.expanduser("~"), ".minipar")
 
 
-def profile_dir(profile=None, profile_dir=None):
+def profile_dir(profile=None, profile_dir=None, ipython_dir=None):
     """The profile folder: `profile_dir` (``~`` and $VARS expanded, as ipyparallel's: a
     Cluster given "~/run" made a folder named "~" where it ran), else profile_NAME in
-    base_dir(). A name that is a path (--profile /data/run1 meant as --profile-dir) is a
-    ValueError saying so: it made the folder profile_/data/run1 there, which no engine
-    given that path looked in."""
+    `ipython_dir` (a Client's, as ipyparallel's, in place of base_dir()) or base_dir(). A
+    name that is a path (--profile /data/run1 meant as --profile-dir) is a ValueError
+    saying so: it made the folder profile_/data/run1 there, which no engine given that
+    path looked in."""
     if profile_dir:
         return os.path.abspath(os.path.expandvars(os.path.expanduser(profile_dir)))
     if profile and (os.sep in profile or profile in (".", "..")):
         raise ValueError(f"profile {profile!r} is a path, not a name: pass a folder as "
                          f"--profile-dir (profile_dir=), or a name for {base_dir()}"
                          f"{os.sep}profile_NAME as --profile (profile=)")
-    return os.path.join(base_dir(), "profile_" + (profile or "default"))
+    base = os.path.expandvars(os.path.expanduser(ipython_dir)) if ipython_dir else base_dir()
+    return os.path.join(base, "profile_" + (profile or "default"))
 
 
 def profile_name(text):

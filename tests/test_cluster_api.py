@@ -397,3 +397,32 @@ def test_an_unknown_launcher_name_is_refused_when_made(pids, minipar_dir):  # no
     finally:
         cluster.stop_cluster_sync()
     assert pids.wait_gone(20) == []
+
+
+def test_client_ipython_dir_is_the_folder_of_profiles(pids, minipar_dir, tmp_path):  # noqa: F811
+    """``Client(ipython_dir=D)``, as ipyparallel's, connects to the controller of D's
+    profile_<profile> (a cluster id: one of that profile's): minipar ignored it and
+    connected to the default profile of $MINIPAR_DIR, another cluster without a word.
+    A Cluster, which ipyparallel gives no ipython_dir either, refuses it saying what to do."""
+    ipdir = tmp_path / "ipython-dir"
+    theirs = Cluster(n=1, profile_dir=str(ipdir / "profile_default"), cluster_id="a",
+                     controller_args=CTL_ARGS)
+    default = Cluster(n=0, profile="default", controller_args=CTL_ARGS)
+    try:
+        theirs.start_cluster_sync()
+        default.start_cluster_sync()
+        pids.add_cluster(theirs)
+        pids.add_cluster(default)
+        for rc in (minipar.Client(ipython_dir=str(ipdir)),
+                   minipar.Client(ipython_dir=str(ipdir), cluster_id="a")):
+            assert rc.url_file == theirs.client_file != default.client_file
+            assert rc.wait_for_engines(1, timeout=60) == [0]
+            rc.close()
+        with pytest.raises(LauncherError, match="no cluster 'a' found in .*profile_other"):
+            minipar.Client(ipython_dir=str(ipdir), profile="other", cluster_id="a")
+    finally:
+        default.stop_cluster_sync()
+        theirs.stop_cluster_sync()
+    assert pids.wait_gone(20) == []
+    with pytest.raises(TypeError, match=r"'ipython_dir'.*profile_dir=.*\$MINIPAR_DIR"):
+        Cluster(n=1, ipython_dir=str(ipdir))
