@@ -10,6 +10,8 @@ import gc
 import json
 import os
 import re
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -18,7 +20,7 @@ import minipar
 from minipar.launcher import AFTER, Cluster, ClusterManager, LauncherError
 
 from .helpers import wait_until
-from .test_launcher import CTL_ARGS, alive, cli, minipar_dir, pids  # noqa: F401 - fixtures
+from .test_launcher import ROOT, CTL_ARGS, alive, cli, minipar_dir, pids  # noqa: F401 - fixtures
 
 TIMEOUT = 180
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -426,3 +428,38 @@ def test_client_ipython_dir_is_the_folder_of_profiles(pids, minipar_dir, tmp_pat
     assert pids.wait_gone(20) == []
     with pytest.raises(TypeError, match=r"'ipython_dir'.*profile_dir=.*\$MINIPAR_DIR"):
         Cluster(n=1, ipython_dir=str(ipdir))
+
+
+def _cli(role, *args):
+    """``python -m minipar.<role> args``, its output in a pipe."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen([sys.executable, "-m", f"minipar.{role}", *args], env=env, cwd=ROOT,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_an_engine_joins_a_cluster_by_its_id_as_ipengines(pids, minipar_dir):  # noqa: F811
+    """``python -m minipar.engine --cluster-id ID``, as ``ipengine --cluster-id``, joins
+    that cluster (found as Client(cluster_id=) finds it): it was a usage error. An id no
+    cluster has ends the engine saying so. A controller started by hand has no cluster
+    id: ``--cluster-id`` is refused, saying what to do (it was "unrecognized arguments")."""
+    cluster = Cluster(n=0, cluster_id="mine", controller_args=CTL_ARGS)
+    try:
+        cluster.start_cluster_sync()
+        pids.add_cluster(cluster)
+        engine = _cli("engine", "--cluster-id", "mine")
+        pids.add(engine.pid)
+        rc = minipar.Client(cluster_id="mine")
+        assert rc.wait_for_engines(1, timeout=60) == [0], engine.poll()
+        assert rc[0].apply_sync(os.getpid) == engine.pid
+        rc.close()
+        none = _cli("engine", "--cluster-id", "nope")
+        out, _ = none.communicate(timeout=60)
+        assert none.returncode == 1 and "no cluster 'nope' found" in out, out
+    finally:
+        cluster.stop_cluster_sync()
+    engine.communicate(timeout=20)   # it ends with its controller
+    assert pids.wait_gone(20) == []
+    ctl = _cli("controller", "--cluster-id", "mine", "--profile-dir", str(minipar_dir / "p"))
+    out, _ = ctl.communicate(timeout=60)
+    assert ctl.returncode == 2 and "--cluster-id: only a cluster has one" in out, out
