@@ -1499,7 +1499,7 @@ def main(argv=None):
                    help="the controller's minipar-engine.json")
     p.add_argument("--profile", type=protocol.profile_name, help="name: ~/.minipar/profile_NAME")
     p.add_argument("--profile-dir", help="profile folder (overrides --profile)")
-    p.add_argument("--cluster-id", help="that cluster's controller (see launcher list)")
+    p.add_argument("--cluster-id", help="join that cluster (of --profile, else of $MINIPAR_DIR)")
     p.add_argument("--work-dir", help="folder to run in")
     p.add_argument("-s", "--startup-script", help="Python file to run at startup")
     p.add_argument("-c", "--startup-command", help="Python code to run at startup")

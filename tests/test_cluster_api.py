@@ -20,7 +20,7 @@ import minipar
 from minipar.launcher import AFTER, Cluster, ClusterManager, LauncherError
 
 from .helpers import wait_until
-from .test_launcher import ROOT, CTL_ARGS, alive, cli, minipar_dir, pids  # noqa: F401 - fixtures
+from .test_launcher import CTL_ARGS, ROOT, alive, cli, minipar_dir, pids  # noqa: F401 - fixtures
 
 TIMEOUT = 180
 pytestmark = pytest.mark.timeout(TIMEOUT)
