@@ -121,6 +121,8 @@ class Client(errors.SaysWhyAbsent):
                             "run it where the controller's ip (in its connection file) is "
                             "reachable, or forward its ports with ssh -L and set ip 127.0.0.1")
         _timeout_s(timeout)   # a str: a TypeError saying so, not "'>' not supported" in a wait
+        if profile_dir is None and kwargs.get("ipython_dir"):   # ipyparallel's: its profile_NAME
+            profile_dir = protocol.profile_dir(profile, ipython_dir=kwargs["ipython_dir"])
         if url_file is None and kwargs.get("cluster_id"):   # ipyparallel's: that cluster's
             from .launcher import cluster_profile_dir   # here: launcher imports this module
             profile_dir = cluster_profile_dir(profile, profile_dir, kwargs["cluster_id"])
@@ -233,19 +235,18 @@ class Client(errors.SaysWhyAbsent):
 
     # ---- losing the controller, and finding it again (I/O thread)
     #
-    # The I/O socket's monitor says when the connection goes and comes back. Gone for
-    # longer than `reconnect_timeout`: everything outstanding fails with a clear error,
-    # and so does every call after it, at once, until the controller is back.
-    # Back (the controller restarted with --reuse, or the network healed): connect again
-    # (the controller learns where replies go, and we learn its engines), then ask for
-    # the results of everything outstanding. The finished ones are sent again, pending
-    # ones arrive when done; ones it has no record of fail (one sent during the outage
-    # may arrive after the question: the controller waits a moment for it, see _park).
-    # Queries made until connect is answered wait, then leave: the controller answers on
-    # the route connect gives it (one sent before was answered to no socket). Requests
-    # need not wait: the question above fetches their results.
-    # A controller this client shut down (shutdown(hub=True)) is not waited for: what is
-    # outstanding fails when the connection goes.
+    # The I/O socket's monitor says when the connection goes and comes back. Gone for longer than
+    # `reconnect_timeout`: everything outstanding fails with a clear error, and so does every call
+    # after it, at once, until the controller is back.
+    # Back (the controller restarted with --reuse, or the network healed): connect again (the
+    # controller learns where replies go, and we learn its engines), then ask for the results of
+    # everything outstanding. The finished ones are sent again, pending ones arrive when done; ones
+    # it has no record of fail (one sent during the outage may arrive after the question: the
+    # controller waits a moment for it, see _park). Queries made until connect is answered wait,
+    # then leave: the controller answers on the route connect gives it (one sent before was answered
+    # to no socket). Requests need not wait: the question above fetches their results.
+    # A controller this client shut down (shutdown(hub=True)) is not waited for: what is outstanding
+    # fails when the connection goes.
 
     def _on_connection_event(self, dealer, frames):
         from zmq.utils.monitor import parse_monitor_message
@@ -1542,11 +1543,10 @@ class LoadBalancedView(_View):
     def imap(self, f, *iterables, ordered=True, max_outstanding="auto", return_exceptions=False):
         """Lazy map: an iterator over ``f(*items)``, one task per item.
 
-        The inputs are read only as results are consumed: at most `max_outstanding`
-        tasks are in flight ('auto': four per engine, enough to keep every engine's
-        queue full while a result travels back). `ordered=False` yields results as
-        they finish. A failed task raises its error (`return_exceptions`: yields it);
-        stopping early aborts the tasks still in flight."""
+        The inputs are read only as results are consumed: at most `max_outstanding` tasks are
+        in flight ('auto': four per engine, enough to keep every engine's queue full while a
+        result travels back). `ordered=False` yields results as they finish. A failed task
+        raises its error (`return_exceptions`: yields it); stopping early aborts the rest."""
         if not iterables:
             raise ValueError("imap needs at least one iterable")
         if max_outstanding == "auto":

@@ -274,7 +274,7 @@ class Controller:
         info = {"key": self.session.key.hex(), "signature_scheme": protocol.SIGNATURE_SCHEME,
                 "transport": "tcp", "ip": self.ip, "location": self.location,
                 "ports": dict(self.ports), "pid": os.getpid(), "host": socket.gethostname(),
-                "heartbeat_period": self.heartbeat_period,
+                "heartbeat_period": self.heartbeat_period, "reuse": self.reuse,  # to restart it
                 "max_message_size": self.max_message_size}
         if self.curve:
             info["curve_serverkey"] = self.curve[0].decode()
@@ -551,9 +551,8 @@ class Controller:
         engine = self.engines[eid] = {
             "id": eid, "ident": ident, "pid": header.get("pid"),
             "host": header.get("host"), "python": header.get("python"),
-            "pidns": header.get("pidns"),
-            "cloudpickle": header.get("cloudpickle"), "registered": time.time(),
-            "log": header.get("log"),
+            "pidns": header.get("pidns"), "cloudpickle": header.get("cloudpickle"),
+            "registered": time.time(), "log": header.get("log"),
             # a new engine has full liveness from its registration's beat
             "last_beat": self._beat,
             "properties": header.get("properties") or {},
@@ -746,8 +745,7 @@ class Controller:
             return
         eid = header.get("engine")
         if eid not in self.engines:
-            return self._fail(rec, "EngineError",
-                              f"engine {eid} is not registered (registered: "
+            return self._fail(rec, "EngineError", f"engine {eid} is not registered (registered: "
                               f"{sorted(self.engines)}); use rc.ids for the live engines", eid)
         self._assign(rec, eid)
 
@@ -813,10 +811,9 @@ class Controller:
         self._act(self.scheduler.finished(msg_id, eid, status, time.monotonic(), runtime), rec)
 
     def _on_started(self, eid, header, parts, wire):
-        """A request started (one with a time_limit at once, others still running after
-        the engine's STREAM_INTERVAL_S): its client's future is running. If its engine
-        dies past a time_limit (code that held the GIL, which only ending the engine
-        stops), it timed out."""
+        """A request started (one with a time_limit at once, others still running after the
+        engine's STREAM_INTERVAL_S): its client's future is running. If its engine dies past
+        a time_limit (code that held the GIL, which only ending the engine stops), it timed out."""
         rec = self.db.get(header.get("parent"))
         started = header.get("started")
         if rec is not None and rec["status"] == PENDING and rec["engine"] == eid \
@@ -1397,10 +1394,9 @@ def _depend(header):
 
 def _lock_profile(pdir):
     """An open descriptor of `pdir`'s security folder that this process holds an exclusive
-    flock on; MiniparError when another controller holds it (or the folder cannot be
-    made). The check of the connection file (live_controller) misses a controller started
-    at the same moment, which has not written its file yet: both started, and one was
-    left unreachable."""
+    flock on; MiniparError when another controller holds it (or the folder cannot be made).
+    The check of the connection file (live_controller) misses a controller started at the
+    same moment, which has not written its file yet: both started, one left unreachable."""
     import fcntl   # POSIX, as the signals the engines use
 
     path = protocol.security_dir(pdir)
@@ -1506,6 +1502,7 @@ def main(argv=None):
     p.add_argument("--reuse", action="store_true", help="keep ports and key across restarts")
     p.add_argument("--profile", type=protocol.profile_name, help="name: ~/.minipar/profile_NAME")
     p.add_argument("--profile-dir", help="profile folder (overrides --profile)")
+    p.add_argument("--cluster-id", help=argparse.SUPPRESS)   # ipcontroller's: refused, saying why
     p.add_argument("--heartbeat-period", type=float, default=HEARTBEAT_PERIOD_S,
                    help="seconds between heartbeats")
     p.add_argument("--heartbeat-liveness", type=int, default=HEARTBEAT_LIVENESS,
@@ -1543,6 +1540,9 @@ def main(argv=None):
                    default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"),
                    help="DEBUG, INFO (default, or $MINIPAR_LOG_LEVEL), WARNING or ERROR")
     args = p.parse_args(argv)
+    if args.cluster_id is not None:   # one controller per profile folder: its files name no id
+        p.error(f"--cluster-id: only a cluster has one (`python -m {__package__}.launcher start "
+                "--cluster-id ID`); give this controller and its engines a --profile-dir")
     logging.basicConfig(level="DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level,
                         format="%(asctime)s controller %(levelname)s %(message)s")
     # another live controller holding the profile stops this one (with --reuse too: it

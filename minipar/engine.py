@@ -61,12 +61,12 @@ A task may fork (os.fork, multiprocessing's fork start method). The child has th
 engine's memory but only the forking thread, and zmq sockets that libzmq's threads in
 the parent serve: one that returns (or raises) into the engine's code exits at once
 with os._exit (see Engine._leave_if_forked), sending nothing and touching no socket,
-rather than carry on as a second engine on the parent's connections.
-"""
+rather than carry on as a second engine on the parent's connections."""
 
 import argparse
 import builtins
 import collections
+import contextlib
 import ctypes
 import faulthandler
 import io
@@ -444,10 +444,8 @@ class Engine:
         control.connect(f"inproc://heart-control-{id(self)}")
 
         def heart():
-            try:
+            with contextlib.suppress(zmq.ZMQError):
                 zmq.proxy_steerable(sub, pong, capture, control)
-            except zmq.ZMQError:
-                pass
             for s in (sub, pong, capture, control):
                 s.close(linger=0)
 
@@ -1501,6 +1499,7 @@ def main(argv=None):
                    help="the controller's minipar-engine.json")
     p.add_argument("--profile", type=protocol.profile_name, help="name: ~/.minipar/profile_NAME")
     p.add_argument("--profile-dir", help="profile folder (overrides --profile)")
+    p.add_argument("--cluster-id", help="join that cluster (of --profile, else of $MINIPAR_DIR)")
     p.add_argument("--work-dir", help="folder to run in")
     p.add_argument("-s", "--startup-script", help="Python file to run at startup")
     p.add_argument("-c", "--startup-command", help="Python code to run at startup")
@@ -1538,11 +1537,14 @@ def main(argv=None):
     own.addHandler(logging.StreamHandler())
     own.handlers[-1].setFormatter(logging.Formatter(
         f"%(asctime)s engine[{os.getpid()}] %(levelname)s %(message)s"))
-    path = args.file or os.path.join(protocol.profile_dir(args.profile, args.profile_dir),
-                                     "security", protocol.ENGINE_FILE)
     for sig in (signal.SIGINT, signal.SIGTERM):   # not the defaults: a traceback, a kill
         signal.signal(sig, _stop_waiting)
     try:
+        if args.cluster_id and not args.file:   # ipengine's: that cluster's connection file
+            from .launcher import cluster_profile_dir   # only here: it is big
+            args.profile_dir = cluster_profile_dir(args.profile, args.profile_dir, args.cluster_id)
+        path = args.file or os.path.join(protocol.profile_dir(args.profile, args.profile_dir),
+                                         "security", protocol.ENGINE_FILE)
         protocol.wait_for_file(path, min(args.timeout, CONNECTION_FILE_WAIT_S), log.info)
         with warnings.catch_warnings(record=True) as said:   # a group-readable file, say:
             warnings.simplefilter("always")   # logged in the log's format, not warnings'
@@ -1583,10 +1585,8 @@ def _leave_threads_behind(engine):
                         "(%s): exiting without them (make them daemon=True, or end them)",
                         THREADS_GRACE_S, ", ".join(left))
         for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (AttributeError, OSError, ValueError):   # closed or replaced by a task
-                pass
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                stream.flush()   # fails if closed or replaced by a task
         os._exit(engine.exit_code)
 
     threading.Thread(target=watchdog, name="minipar-exit-watchdog", daemon=True).start()

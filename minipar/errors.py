@@ -360,6 +360,9 @@ CLUSTER_ABSENT = {
     "send_engines_connection_env": "leave it out: engines read the connection file",
     "load_profile": "leave it out: there is no traitlets configuration to load",
     "cluster_file": "leave it out: the file is <profile_dir>/security/cluster-<id>.json",
+    # not a Cluster's option in ipyparallel either ($IPYTHONDIR is); Client(ipython_dir=)'s is
+    "ipython_dir": "pass profile_dir=<that folder>/profile_<name>, or set $MINIPAR_DIR to it "
+                   "(the folder of the profiles, as ipython_dir is of ipyparallel's)",
 }
 
 

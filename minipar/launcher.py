@@ -248,8 +248,7 @@ class BaseLauncher:
     """The launcher contract (see the module docstring).
 
     Subclasses declare their constructor options in ``_options`` and what ``to_dict``
-    must save about the running resource in ``_state``; both are collected over the MRO.
-    """
+    must save about the running resource in ``_state``; both are collected over the MRO."""
 
     kind = ""  # the short name, e.g. "local", "mpi", "slurm"
     role = ""  # what it starts: "controller", "engine(s)"; names its log file
@@ -528,8 +527,7 @@ class EngineSetLauncher(EngineLauncher):
     Subclasses implement ``start(n)``, filling ``self._children``; the set has stopped
     when its last child has. With ``restart="on_failure"`` an engine that exits with an
     error or is killed by a signal is replaced (see ``_restart``), so the set keeps its
-    size through crashes; sets that can make a new child implement ``_new_child()``.
-    """
+    size through crashes; sets that can make a new child implement ``_new_child()``."""
 
     _options = ("restart",)
     _state = ("launchers", "restarts")
@@ -737,8 +735,7 @@ def find_launcher_class(name, role):
 
     `name` may be a class, a short name ("mpi"), a class name ("MPIEngineSetLauncher"), a class-name
     prefix ("MPI"), a full import path ("pkg.mod.Class"), or a name registered in the entry-point
-    group ``minipar.controller_launchers`` / ``minipar.engine_launchers``.
-    """
+    group ``minipar.controller_launchers`` / ``minipar.engine_launchers``."""
     if isinstance(name, type):
         return name
     if role not in _ENTRY_POINT_GROUPS:
@@ -844,7 +841,7 @@ class Cluster:
     def __init__(self, n=None, engines="local", controller="local", profile=None,
                  profile_dir=None, cluster_id=None, controller_args=(), engine_args=(),
                  timeout=START_TIMEOUT_S, controller_options=None, engine_options=None,
-                 shutdown_atexit=True, restart_engines=None, **ipyparallel_options):
+                 shutdown_atexit=True, restart_engines=None, _saved=False, **ipyparallel_options):
         refuse_absent("Cluster", ipyparallel_options, CLUSTER_ABSENT)
         self.cluster_id = cluster_id if cluster_id is not None else _unique_id()
         self._owns_profile_dir = profile is None and profile_dir is None
@@ -858,7 +855,9 @@ class Cluster:
         self.engine_options = dict(engine_options or {})
         for role, kind, options in (("controller", controller, self.controller_options),
                                     ("engine", engines, self.engine_options)):
-            if options:   # a typo is named now, not once the controller has started
+            # a typo of a name ("mpiexec") or an option is named now, as ipyparallel's Cluster
+            # does, not once the controller has started (_saved, from_file's: it was, when made)
+            if not _saved:
                 _check_options(find_launcher_class(kind, role), options, f"{role}_options")
         self.shutdown_atexit = shutdown_atexit   # read at exit or collection (_STOP_AT_EXIT)
         # "on_failure": engine sets replace engines that crash (EngineSetLauncher._restart)
@@ -941,7 +940,7 @@ class Cluster:
                    controller_args=c["controller_args"], engine_args=c["engine_args"],
                    timeout=c["timeout"], controller_options=c["controller_options"],
                    engine_options=c["engine_options"], shutdown_atexit=False,
-                   restart_engines=c.get("restart_engines"))
+                   restart_engines=c.get("restart_engines"), _saved=True)
         self._owns_profile_dir = c["owns_profile_dir"]
         # a profile folder shared between hosts (NFS): another's pids mean nothing here
         self._elsewhere = c.get("host") if c.get("host") != socket.gethostname() else None

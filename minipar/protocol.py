@@ -914,19 +914,21 @@ def base_dir():
     return os.environ.get("MINIPAR_DIR") or os.path.join(os.path.expanduser("~"), ".minipar")
 
 
-def profile_dir(profile=None, profile_dir=None):
+def profile_dir(profile=None, profile_dir=None, ipython_dir=None):
     """The profile folder: `profile_dir` (``~`` and $VARS expanded, as ipyparallel's: a
     Cluster given "~/run" made a folder named "~" where it ran), else profile_NAME in
-    base_dir(). A name that is a path (--profile /data/run1 meant as --profile-dir) is a
-    ValueError saying so: it made the folder profile_/data/run1 there, which no engine
-    given that path looked in."""
+    `ipython_dir` (a Client's, as ipyparallel's, in place of base_dir()) or base_dir(). A
+    name that is a path (--profile /data/run1 meant as --profile-dir) is a ValueError
+    saying so: it made the folder profile_/data/run1 there, which no engine given that
+    path looked in."""
     if profile_dir:
         return os.path.abspath(os.path.expandvars(os.path.expanduser(profile_dir)))
     if profile and (os.sep in profile or profile in (".", "..")):
         raise ValueError(f"profile {profile!r} is a path, not a name: pass a folder as "
                          f"--profile-dir (profile_dir=), or a name for {base_dir()}"
                          f"{os.sep}profile_NAME as --profile (profile=)")
-    return os.path.join(base_dir(), "profile_" + (profile or "default"))
+    base = os.path.expandvars(os.path.expanduser(ipython_dir)) if ipython_dir else base_dir()
+    return os.path.join(base, "profile_" + (profile or "default"))
 
 
 def profile_name(text):
@@ -1091,9 +1093,12 @@ def read_connection_file(path, ports=CLIENT_PORTS):
         raise ConnectionFileError(_not_written_by_a_controller(
             path, f"is not valid JSON ({e})")) from None
     if _dead_controller(info):
-        raise ConnectionFileError(
-            f"connection file {path} is stale: controller pid {info['pid']} is not "
-            f"running; start a controller with `{_start_command(path)}`")
+        raise ConnectionFileError(  # --reuse: without it, the engines waiting for it exit
+            f"connection file {path} is stale: controller pid {info['pid']} is not running; "
+            f"start a controller with `{_start_command(path, info.get('reuse'))}`" + (
+                " (--reuse, as it ran: the engines waiting for it keep its ports and key; "
+                "one started without it has new ones, and they exit)" if info.get("reuse")
+                else ""))
     if type(info) is dict and "cluster" in info and "key" not in info:
         # a Cluster's own file, which lies beside the connection files: an easy mix-up
         raise ConnectionFileError(
@@ -1116,9 +1121,9 @@ def _not_written_by_a_controller(path, problem):
             f"or was changed since; start one with `{_start_command(path)}` to write it again")
 
 
-def _start_command(path):
+def _start_command(path, reuse=False):
     """The command that starts a controller writing connection file `path`, with the
-    profile that names its folder (none for the default one)."""
+    profile that names its folder (none for the default one) and --reuse if `reuse`."""
     import shlex   # here, not at import: only an error message needs it
 
     security = os.path.dirname(os.path.abspath(path))
@@ -1129,7 +1134,7 @@ def _start_command(path):
         where = f" --profile {shlex.quote(os.path.basename(pdir)[len('profile_'):])}"
     else:
         where = f" --profile-dir {shlex.quote(pdir)}"
-    return f"python -m {__package__}.controller{where}"
+    return f"python -m {__package__}.controller{where}{' --reuse' if reuse else ''}"
 
 
 def _connection_problem(info, needed):

@@ -263,6 +263,24 @@ def test_stale_connection_file_says_the_controller_is_gone(local_cluster):
         minipar.Client(path)
 
 
+def test_a_stale_file_of_a_reuse_controller_says_to_restart_it_with_reuse(tmp_path):
+    """A controller that ran with --reuse leaves its files when it stops, and its engines
+    wait for it: the advice to start one without --reuse (new ports and key) made them
+    exit. Its file says how it ran, so the advice gives --reuse and says why."""
+    c = LocalCluster(tmp_path, controller_args=["--reuse"])
+    try:
+        c.start_engines(1)
+        c.client().wait_for_engines(1, START_TIMEOUT_S)
+        c.controller.terminate()
+        c.controller.wait(10)
+        with pytest.raises(errors.ConnectionFileError) as e:
+            minipar.Client(c.client_file)
+        assert f"--profile-dir {c.profile_dir} --reuse` (--reuse, as it ran" in str(e.value)
+        assert c.engines[0].poll() is None, "the engine waits for its controller"
+    finally:
+        c.stop()
+
+
 def test_unanswered_connect_times_out_with_advice(tmp_path):
     info = {"key": "00" * 32, "ports": {"client": 9, "notify": 9}, "location": "127.0.0.1"}
     path = tmp_path / "c.json"

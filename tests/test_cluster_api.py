@@ -10,6 +10,8 @@ import gc
 import json
 import os
 import re
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -18,7 +20,7 @@ import minipar
 from minipar.launcher import AFTER, Cluster, ClusterManager, LauncherError
 
 from .helpers import wait_until
-from .test_launcher import CTL_ARGS, alive, cli, minipar_dir, pids  # noqa: F401 - fixtures
+from .test_launcher import CTL_ARGS, ROOT, alive, cli, minipar_dir, pids  # noqa: F401 - fixtures
 
 TIMEOUT = 180
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -378,3 +380,86 @@ def test_cluster_manager_lists_loads_and_stops_clusters(pids, minipar_dir):  # n
     finally:
         cluster.stop_cluster_sync()
     assert pids.wait_gone(20) == []
+
+
+def test_an_unknown_launcher_name_is_refused_when_made(pids, minipar_dir):  # noqa: F811
+    """``Cluster(engines="mpiexec")`` (meant: "mpi") was refused only by start_cluster,
+    after the controller had started; as ipyparallel's (whose launcher traits are checked
+    when set), it is refused when made, naming the known names, and nothing is started."""
+    with pytest.raises(LauncherError, match="launcher 'mpiexec': use one of .*'mpi'"):
+        Cluster(n=1, engines="mpiexec", controller_args=CTL_ARGS)
+    with pytest.raises(LauncherError, match="unknown controller launcher 'sshh'"):
+        Cluster(n=1, controller="sshh")
+    assert not minipar_dir.exists()
+    cluster = Cluster(n=1, engines="Local", controller_args=CTL_ARGS)   # a name that is one
+    try:
+        rc = cluster.start_and_connect_sync()
+        pids.add_cluster(cluster, rc)
+        assert rc[:].apply_sync(lambda: 7) == [7]
+    finally:
+        cluster.stop_cluster_sync()
+    assert pids.wait_gone(20) == []
+
+
+def test_client_ipython_dir_is_the_folder_of_profiles(pids, minipar_dir, tmp_path):  # noqa: F811
+    """``Client(ipython_dir=D)``, as ipyparallel's, connects to the controller of D's
+    profile_<profile> (a cluster id: one of that profile's): minipar ignored it and
+    connected to the default profile of $MINIPAR_DIR, another cluster without a word.
+    A Cluster, which ipyparallel gives no ipython_dir either, refuses it saying what to do."""
+    ipdir = tmp_path / "ipython-dir"
+    theirs = Cluster(n=1, profile_dir=str(ipdir / "profile_default"), cluster_id="a",
+                     controller_args=CTL_ARGS)
+    default = Cluster(n=0, profile="default", controller_args=CTL_ARGS)
+    try:
+        theirs.start_cluster_sync()
+        default.start_cluster_sync()
+        pids.add_cluster(theirs)
+        pids.add_cluster(default)
+        for rc in (minipar.Client(ipython_dir=str(ipdir)),
+                   minipar.Client(ipython_dir=str(ipdir), cluster_id="a")):
+            assert rc.url_file == theirs.client_file != default.client_file
+            assert rc.wait_for_engines(1, timeout=60) == [0]
+            rc.close()
+        with pytest.raises(LauncherError, match="no cluster 'a' found in .*profile_other"):
+            minipar.Client(ipython_dir=str(ipdir), profile="other", cluster_id="a")
+    finally:
+        default.stop_cluster_sync()
+        theirs.stop_cluster_sync()
+    assert pids.wait_gone(20) == []
+    with pytest.raises(TypeError, match=r"'ipython_dir'.*profile_dir=.*\$MINIPAR_DIR"):
+        Cluster(n=1, ipython_dir=str(ipdir))
+
+
+def _cli(role, *args):
+    """``python -m minipar.<role> args``, its output in a pipe."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen([sys.executable, "-m", f"minipar.{role}", *args], env=env, cwd=ROOT,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_an_engine_joins_a_cluster_by_its_id_as_ipengines(pids, minipar_dir):  # noqa: F811
+    """``python -m minipar.engine --cluster-id ID``, as ``ipengine --cluster-id``, joins
+    that cluster (found as Client(cluster_id=) finds it): it was a usage error. An id no
+    cluster has ends the engine saying so. A controller started by hand has no cluster
+    id: ``--cluster-id`` is refused, saying what to do (it was "unrecognized arguments")."""
+    cluster = Cluster(n=0, cluster_id="mine", controller_args=CTL_ARGS)
+    try:
+        cluster.start_cluster_sync()
+        pids.add_cluster(cluster)
+        engine = _cli("engine", "--cluster-id", "mine")
+        pids.add(engine.pid)
+        rc = minipar.Client(cluster_id="mine")
+        assert rc.wait_for_engines(1, timeout=60) == [0], engine.poll()
+        assert rc[0].apply_sync(os.getpid) == engine.pid
+        rc.close()
+        none = _cli("engine", "--cluster-id", "nope")
+        out, _ = none.communicate(timeout=60)
+        assert none.returncode == 1 and "no cluster 'nope' found" in out, out
+    finally:
+        cluster.stop_cluster_sync()
+    engine.communicate(timeout=20)   # it ends with its controller
+    assert pids.wait_gone(20) == []
+    ctl = _cli("controller", "--cluster-id", "mine", "--profile-dir", str(minipar_dir / "p"))
+    out, _ = ctl.communicate(timeout=60)
+    assert ctl.returncode == 2 and "--cluster-id: only a cluster has one" in out, out

@@ -1155,6 +1155,27 @@ def test_a_cluster_file_of_another_shape_is_warned_about_not_a_traceback(pids, m
         cluster.stop_cluster_sync()
 
 
+def test_a_cluster_of_a_scripts_own_launcher_is_listed(pids, minipar_dir):
+    """A Cluster checks its launcher names when made, but not one from_file makes: the
+    launcher class of the script that started it (``__main__.Mine``), which `list` cannot
+    import, ended `list` with "cannot import launcher" instead of listing the cluster."""
+    cluster = Cluster(n=0, controller_args=CTL_ARGS, shutdown_atexit=False)
+    cluster.start_cluster_sync()
+    try:
+        pids.add_cluster(cluster)
+        with open(cluster.cluster_file) as f:
+            d = json.load(f)
+        d["cluster"]["engines"] = "__main__.Mine"
+        with open(cluster.cluster_file, "w") as f:
+            json.dump(d, f)
+        out = cli("list")
+        assert out.returncode == 0 and cluster.cluster_id in out.stdout, out.stderr
+        assert "unreadable" not in out.stderr, out.stderr
+    finally:
+        cluster.stop_cluster_sync()
+    assert pids.wait_gone(20) == []
+
+
 def test_cli_clean_says_when_there_is_nothing_to_clean(minipar_dir, tmp_path):
     prof = str(tmp_path / "p")
     for where, args in ((str(minipar_dir), []), (prof, ["--profile-dir", prof])):
