@@ -198,7 +198,7 @@ def test_return_exceptions_for_map_and_get(rc):
     assert [r for r in results if not isinstance(r, BaseException)] == [0, 2, 4]
     assert [str(r.evalue) for r in results[1::2]] == ["odd 1", "odd 3", "odd 5"]
     ar = lv.map_async(fail_on_odd, range(6), chunksize=1)
-    with pytest.raises(Exception):
+    with pytest.raises(minipar.RemoteError, match="odd 1"):
         ar.get(WAIT_S)
     assert len(ar.get(WAIT_S, return_exceptions=True)) == 6
     # a failed chunk's error stands in for each of its items: the length is the input's
