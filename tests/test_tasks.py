@@ -583,7 +583,8 @@ def test_killed_engine_loses_none_of_2000_tasks_with_retries(cluster):
     assert len(rc.ids) == 3
     # the tasks caught on the dead engine ran again elsewhere
     retried = [md["attempts"] for md in ar.metadata if len(md["attempts"]) > 1]
-    assert len({a[0]["engine"] for a in retried}) <= 1
+    assert retried, "no task was caught on the killed engine, 1,600 tasks before the end"
+    assert len({a[0]["engine"] for a in retried}) == 1
     for attempts in retried:
         assert [a["status"] for a in attempts] == ["engine_died", "ok"]
         assert attempts[1]["engine"] != attempts[0]["engine"]
