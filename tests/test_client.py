@@ -233,7 +233,15 @@ def test_a_profile_client_waits_for_its_controller_to_start(tmp_path, caplog):
     profile_dir = tmp_path / "profile"
     named = profile_dir / "security" / "minipar-client.json"
     started = []
-    starter = threading.Timer(1.0, lambda: started.append(LocalCluster(tmp_path)))
+
+    def start_once_waited_for():   # while the Client waits, where a timer could fire before
+        try:
+            wait_until(lambda: "waiting up to 60 s for a controller" in caplog.text, 30,
+                       "the Client's wait for its controller")
+        finally:   # in any case, so that the Client's wait ends and the test says what failed
+            started.append(LocalCluster(tmp_path))
+
+    starter = threading.Thread(target=start_once_waited_for)
     t0 = time.monotonic()
     with pytest.raises(FileNotFoundError, match="no connection file"):
         minipar.Client(str(named), timeout=60)

@@ -12,6 +12,7 @@ import gc
 import io
 import os
 import sys
+import threading
 import time
 import weakref
 
@@ -51,6 +52,15 @@ def publish_steps(n, pause):
 def mark_then_sleep(folder, i, seconds):
     open(os.path.join(folder, str(i)), "w").close()   # "I am running"
     time.sleep(seconds)
+    return i
+
+
+def mark_then_wait(folder, i, go):
+    """Leave mark `i` in `folder`, then run until the test makes file `go` (at most
+    WAIT_S): still running whenever the test looks, however slow the machine, where a
+    sleep of a second or two could end before a loaded test got there."""
+    open(os.path.join(folder, str(i)), "w").close()   # "I am running"
+    wait_until(lambda: os.path.exists(go), WAIT_S, f"the test's go file {go}")
     return i
 
 
@@ -188,7 +198,7 @@ def test_return_exceptions_for_map_and_get(rc):
     assert [r for r in results if not isinstance(r, BaseException)] == [0, 2, 4]
     assert [str(r.evalue) for r in results[1::2]] == ["odd 1", "odd 3", "odd 5"]
     ar = lv.map_async(fail_on_odd, range(6), chunksize=1)
-    with pytest.raises(Exception):
+    with pytest.raises(minipar.RemoteError, match="odd 1"):
         ar.get(WAIT_S)
     assert len(ar.get(WAIT_S, return_exceptions=True)) == 6
     # a failed chunk's error stands in for each of its items: the length is the input's
@@ -233,31 +243,36 @@ def test_publish_data_outside_a_task_raises():
 
 # ---------------------------------------------------------------- Future contract
 
-def test_running_once_an_engine_started_it(rc):
+def test_running_once_an_engine_started_it(rc, marks, tmp_path):
     lv = rc.load_balanced_view()
-    ar = lv.apply_async(sleep_then, 1.5, "slow")
+    go = tmp_path / "go"
+    ar = lv.apply_async(mark_then_wait, marks, "slow", str(go))
     assert not ar.done()
     wait_until(ar.running, WAIT_S, "never running")
     assert ar.metadata["started"] is not None
     assert not ar.cancel(), "a running task cannot be cancelled"
+    go.touch()
     assert ar.get(WAIT_S) == "slow"
     assert not ar.running() and ar.done() and not ar.cancelled()
     # a map is running once one of its tasks is
-    m = lv.map_async(sleep_then, [1.5] * 4, range(4), chunksize=1)
+    go.unlink()
+    m = lv.map_async(mark_then_wait, [marks] * 4, range(4), [str(go)] * 4, chunksize=1)
     wait_until(m.running, WAIT_S, "the map never running")
     assert not m.cancel()
+    go.touch()
     assert m.get(WAIT_S) == [0, 1, 2, 3]
     quick = rc[0].apply_async(abs, -1)   # its reply says it started
     assert quick.get(WAIT_S) == 1 and quick.metadata["started"] is not None
     assert not quick.running()
 
 
-def test_cancel_false_when_finished_true_when_queued(rc, marks):
+def test_cancel_false_when_finished_true_when_queued(rc, marks, tmp_path):
     lv = rc.load_balanced_view()
     done = lv.apply_async(abs, -1)
     assert done.get(WAIT_S) == 1
     assert not done.cancel() and not done.cancelled()
-    blockers = [rc[e].apply_async(mark_then_sleep, marks, e, 2) for e in rc.ids]
+    go = tmp_path / "go"
+    blockers = [rc[e].apply_async(mark_then_wait, marks, e, str(go)) for e in rc.ids]
     wait_until(lambda: len(os.listdir(marks)) == 4, WAIT_S, "the engines did not start")
     queued = lv.apply_async(sleep_then, 0, "never")
     assert not queued.running()
@@ -265,6 +280,7 @@ def test_cancel_false_when_finished_true_when_queued(rc, marks):
     assert queued.cancel()   # cancel() of a cancelled future is True again
     with pytest.raises(cf.CancelledError):
         queued.result()
+    go.touch()
     assert [b.get(WAIT_S) for b in blockers] == rc.ids   # running ones were left alone
     assert rc.wait(timeout=WAIT_S)
     # queued behind a blocker on an engine, its record ends when that engine has said so
@@ -272,13 +288,24 @@ def test_cancel_false_when_finished_true_when_queued(rc, marks):
                == "aborted", WAIT_S, "the cancelled task's record aborted")
 
 
-def test_shutdown_cancel_futures_cancels_only_what_has_not_started(rc, marks):
+def test_shutdown_cancel_futures_cancels_only_what_has_not_started(rc, marks, tmp_path):
     ex = rc.executor()
-    running = [ex.submit(mark_then_sleep, marks, i, 1.5) for i in range(4)]
+    go = tmp_path / "go"
+    running = [ex.submit(mark_then_wait, marks, i, str(go)) for i in range(4)]
     wait_until(lambda: len(os.listdir(marks)) == 4, WAIT_S, "the engines did not start")
     wait_until(lambda: all(f.running() for f in running), WAIT_S, "not running")
     queued = [ex.submit(sleep_then, 60, i) for i in range(8)]
+
+    def go_once_cancelled():   # shutdown(wait=True) cancels, then waits for the running
+        try:
+            wait_until(lambda: all(f.cancelled() for f in queued), WAIT_S, "the cancel")
+        finally:
+            go.touch()
+
+    releaser = threading.Thread(target=go_once_cancelled)
+    releaser.start()
     ex.shutdown(wait=True, cancel_futures=True)
+    releaser.join(WAIT_S)
     assert all(f.cancelled() for f in queued)
     assert sorted(f.result() for f in running) == [0, 1, 2, 3]
 
@@ -291,17 +318,19 @@ def test_abort_still_interrupts_a_running_task(rc):
         ar.get(WAIT_S)
 
 
-def test_what_cancel_asks_never_interrupts_a_request_that_started(rc, marks):
+def test_what_cancel_asks_never_interrupts_a_request_that_started(rc, marks, tmp_path):
     """cancel() aborts with queued_only: a request its engine started before the client
     heard so (running() still False for up to STREAM_INTERVAL_S) runs to its end, while
     the one queued behind it never starts. abort() interrupts both."""
     from minipar.asyncresult import _abort_quietly
 
     for queued_only, outcome in ((True, "ok"), (False, "aborted")):
-        started = rc[0].apply_async(mark_then_sleep, marks, queued_only, 1)
+        go = tmp_path / f"go-{queued_only}"
+        started = rc[0].apply_async(mark_then_wait, marks, queued_only, str(go))
         behind = rc[0].apply_async(sleep_then, 0, "never")
         wait_until(lambda: str(queued_only) in os.listdir(marks), WAIT_S, "never started")
         _abort_quietly(rc, [started, behind], queued_only)
+        go.touch()   # the abort answered once the engine marked it: `behind` never starts
         assert rc.wait([started, behind], WAIT_S)
         records = rc.db_query({"msg_id": {"$in": started.msg_ids + behind.msg_ids}},
                               ["msg_id", "status"])
@@ -355,7 +384,7 @@ def test_a_dropped_finished_result_is_freed(rc):
         assert ref() is None, gc.get_referrers(ref())
 
 
-def test_a_held_result_leaves_the_collector_few_objects(rc):
+def test_a_held_result_leaves_the_collector_few_objects(rc, marks, tmp_path):
     """A burst of quick tasks holds a result per task, and the garbage collector walks
     every object they keep: a result's objects it tracks must be few (a Future's
     threading.Condition alone was eight, the metadata's empty lists four more). What
@@ -369,10 +398,13 @@ def test_a_held_result_leaves_the_collector_few_objects(rc):
         assert all(ar.get(WAIT_S) == 1 for ar in held)
         gc.collect()
         assert (len(gc.get_objects()) - before) / len(held) < 8
-    pending = lv.apply_async(sleep_then, 0.5, "late")
+    go = tmp_path / "go"
+    pending = lv.apply_async(mark_then_wait, marks, "late", str(go))
     called = []
     pending.add_done_callback(called.append)
-    assert not cf.wait([pending], timeout=0.01).done and pending.get(WAIT_S) == "late"
+    assert not cf.wait([pending], timeout=0.01).done
+    go.touch()
+    assert pending.get(WAIT_S) == "late"
     assert called == [pending] and list(cf.as_completed([pending], WAIT_S)) == [pending]
     assert pending.metadata["attempts"] == pending.metadata.outputs == [] == held[0].after
     # every attribute concurrent.futures reads, on the Pythons to come too (its callbacks'
@@ -414,11 +446,13 @@ def test_module_level_use_pickle_changes_this_process_only(rc, monkeypatch):
     assert dv.apply_sync(lambda: 2) == [2] * 4      # nothing changed
 
 
-def test_results_and_metadata_by_index_and_attribute_as_ipyparallel(rc):
-    ar = rc[:].apply_async(sleep_then, 0.5, 3)
+def test_results_and_metadata_by_index_and_attribute_as_ipyparallel(rc, marks, tmp_path):
+    go = tmp_path / "go"
+    ar = rc[:].apply_async(mark_then_wait, marks, 3, str(go))
     for too_soon in (lambda: ar[0], lambda: ar.wall_time, lambda: ar.serial_time):
         with pytest.raises(minipar.TimeoutError, match="not ready"):   # not a made-up 0
             too_soon()
+    go.touch()
     assert ar.get(30) == [3, 3, 3, 3]
     assert ar[0] == 3 and ar[1:3] == [3, 3] and ar[-1] == 3
     assert ar["engine_id"] == ar.engine_id == [0, 1, 2, 3]

@@ -194,6 +194,12 @@ def _sleep_then(seconds, value):
     return value
 
 
+def _started_then_wait_for(go, value):
+    print("started", flush=True)   # streamed to the client while it runs
+    wait_until(lambda: os.path.exists(go), START_TIMEOUT_S, f"the test's go file {go}")
+    return value
+
+
 def test_a_frozen_engine_is_declared_dead_and_its_late_result_is_refused(local_cluster):
     local_cluster.start_engines(2)
     rc = local_cluster.client()
@@ -201,7 +207,10 @@ def test_a_frozen_engine_is_declared_dead_and_its_late_result_is_refused(local_c
     replies = _count_replies(rc)
     view = rc.load_balanced_view()
     view.retries = 1
-    ar = view.apply_async(_sleep_then, 2.0, "done")
+    # it runs until the first engine is frozen (a 2 s sleep could end before, on a
+    # loaded machine, and its result come from there): the retry ends as soon as it runs
+    go = local_cluster.log_dir / "go"
+    ar = view.apply_async(_started_then_wait_for, str(go), "done")
 
     def started():   # running, not just sent: its output streams back
         assert not ar.done(), ar.get()
@@ -214,6 +223,7 @@ def test_a_frozen_engine_is_declared_dead_and_its_late_result_is_refused(local_c
     try:
         wait_until(lambda: first not in rc.ids, START_TIMEOUT_S,   # after 5 missed beats
                    f"the frozen engine {first} to be declared dead")
+        go.touch()
         assert ar.get(START_TIMEOUT_S) == "done"   # retried on the other engine
         assert ar.engine_id != first
     finally:

@@ -393,17 +393,28 @@ def test_flags_and_temp_flags(rc):
         assert dv.block is True   # none set: not those before the unknown one
 
 
-def test_results_of_another_client(shared_cluster, rc):
+def _wait_for(path):
+    """Run on an engine until file `path` exists (at most TIMEOUT s)."""
+    wait_until(lambda: os.path.exists(path), TIMEOUT, f"the test's file {path}")
+    return "released"
+
+
+def test_results_of_another_client(shared_cluster, rc, tmp_path):
     ar = rc[1].apply_async(lambda: "shared")
     ar.get(TIMEOUT)
     other = shared_cluster.client()
     assert other.get_result(ar.msg_ids[0]).get(TIMEOUT) == "shared"
-    slow = rc[2].apply_async(time.sleep, 0.5)
+    go = tmp_path / "go"   # pending while followed: a 0.5 s sleep could be over by then
+    slow = rc[2].apply_async(_wait_for, str(go))
     # the other client's question may reach the controller before rc's request (two
     # connections, no order between them): rc's own query after it waits for it
     rc.queue_status()
     pending = other.get_result(slow.msg_ids)
-    assert pending.get(TIMEOUT) == [None]
+    try:
+        assert not pending.ready()
+    finally:
+        go.touch()   # the module's engine 2 free again, whatever happened
+    assert pending.get(TIMEOUT) == ["released"]
     with pytest.raises(KeyError, match="unknown or purged"):
         other.get_result("no-such-id").get(TIMEOUT)
     assert rc.purge_results("all") >= 1

@@ -42,6 +42,16 @@ def slow(seconds, value):
     return value
 
 
+def held(release, value):
+    """Run until the test makes file `release` (at most 120 s), then return `value`."""
+    import time
+
+    deadline = time.monotonic() + 120
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
+
+
 def square(x):
     return x * x
 
@@ -102,11 +112,13 @@ def test_controller_restart_with_sqlite_loses_nothing(sqlite_cluster):
     # finished before the crash
     done = view.map_async(square, range(20), chunksize=1)
     assert done.get(START_TIMEOUT_S) == [x * x for x in range(20)]
-    # running (and queued behind them) when the controller dies
+    # running (and queued behind them) when the controller dies, and until it is back:
+    # sleeps of a few seconds could all end first on a loaded machine, failing nothing
+    release = os.path.join(c.profile_dir, "release")
     with view.temp_flags(retries=2):
-        retried = [view.apply_async(slow, 2.0, f"retried-{i}") for i in range(4)]
-    without_retries = [view.apply_async(slow, 0.5, "no-retries") for i in range(4)]
-    direct = rc[ids[0]].apply_async(slow, 0.5, "direct")
+        retried = [view.apply_async(held, release, f"retried-{i}") for i in range(4)]
+    without_retries = [view.apply_async(held, release, "no-retries") for i in range(4)]
+    direct = rc[ids[0]].apply_async(held, release, "direct")
     wait_until(lambda: sum(rc.queue_status()[e]["tasks"] for e in ids) >= 2, START_TIMEOUT_S,
                "the tasks reached the engines")
     # every request on disk (the controller answers before it commits: a request it
@@ -115,6 +127,7 @@ def test_controller_restart_with_sqlite_loses_nothing(sqlite_cluster):
     wait_until(lambda: _on_disk(c, msg_ids) and _on_disk(c, done.msg_ids, finished=True),
                START_TIMEOUT_S, "the requests were committed to the DB")
     _restart_controller(c, ["--reuse", "--db", "sqlite"], "controller2")
+    open(release, "w").close()
 
     # the engines come back with their ids (the same processes), the client by itself
     wait_until(lambda: sorted(rc.ids) == ids, START_TIMEOUT_S, f"engines {ids} registered again")
