@@ -486,8 +486,11 @@ def test_an_abort_waiting_on_an_engine_that_dies_is_answered(local_cluster, tmp_
     m = client.MultiEngineClient(local_cluster.client_file)
     local_cluster.clients.append(m.client)
     m.client.wait_for_engines(1, START_TIMEOUT_S)
-    running = m.execute(_wait_for(tmp_path / "never"), targets=0, block=False)
+    running = m.execute(f"open({str(tmp_path / 'started')!r}, 'w').close()\n"
+                        + _wait_for(tmp_path / "never"), targets=0, block=False)
     queued = m.execute("z = 1", targets=0, block=False)
+    # on the engine, not still with the controller, which could answer the abort itself
+    wait_until(lambda: (tmp_path / "started").exists(), TIMEOUT, "the first execute to start")
     os.kill(local_cluster.engines[0].pid, signal.SIGSTOP)   # it cannot hear the abort
     answered = threading.Event()
     threading.Thread(target=lambda: (m.clear_queue(targets=0), answered.set()),
