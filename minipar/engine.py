@@ -485,7 +485,7 @@ class Engine:
         """(msg_id, frames) of a REGISTER: who this engine is, and the id it asks for (its MPI
         rank at start, then the one it had) or the pid of the engine process it replaces
         (whose id it then takes). Only plain properties can go in a header."""
-        props = {k: v for k, v in properties.items() if _plain(k) and _plain(v)}
+        props = {k: v for k, v in properties.items() if protocol.plain(k) and protocol.plain(v)}
         python, cloudpickle_version = protocol.versions()
         header, frames = self.session.msg(
             protocol.REGISTER, uuid=self.ident.decode(), pid=os.getpid(), host=socket.gethostname(),
@@ -872,7 +872,7 @@ class Engine:
 
     def _on_sigint(self, signum, frame):
         # executes in the main thread: a SIGINT from outside (a terminal's Ctrl-C, a kill)
-        at_terminal = _in_foreground()   # see the module docstring
+        at_terminal = protocol.in_foreground()   # see the module docstring
         if self._current is None and not at_terminal:
             log.warning("SIGINT while idle: ignored (an engine is stopped with SIGTERM)")
             return
@@ -1383,7 +1383,7 @@ class Engine:
         """Send the properties to the controller (for the scheduler's depend functions).
         A header holds plain data only, so other values stay on the engine."""
         properties.changed = False
-        plain = {k: v for k, v in properties.items() if _plain(k) and _plain(v)}
+        plain = {k: v for k, v in properties.items() if protocol.plain(k) and protocol.plain(v)}
         if len(plain) < len(properties):
             log.warning("properties %s are not plain data (str, numbers, lists, dicts): "
                         "kept on the engine, not sent to the controller",
@@ -1408,17 +1408,6 @@ def _log_file():
     except OSError:
         return None
     return path if os.path.isfile(path) else None
-
-
-def _plain(value):
-    """Whether `value` is plain data, which a header may carry."""
-    if type(value) in (type(None), str, bytes, bool, int, float):
-        return True
-    if type(value) in (list, tuple):
-        return all(_plain(v) for v in value)
-    if type(value) is dict:
-        return all(_plain(k) and _plain(v) for k, v in value.items())
-    return False
 
 
 def _not_importable_here(e):
@@ -1461,27 +1450,12 @@ def _no_input(prompt=""):
                    "is not its client's); pass what the task needs as an argument")
 
 
-def _in_foreground():
-    """Whether this process's group is its terminal's foreground one, which a Ctrl-C
-    typed there reaches. False with no controlling terminal (opening /dev/tty fails)."""
-    try:
-        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
-    except OSError:
-        return False
-    try:
-        return os.tcgetpgrp(fd) == os.getpgrp()
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
 def _stop_waiting(signum, frame):
     # executes in the main thread, from main() until Engine.start puts the engine's own
     # handlers in place (while it waits for the connection file, say): as an idle
     # engine, it stops at once on SIGTERM and on a Ctrl-C at its terminal (exit status
     # 0 both), and ignores any other SIGINT (see the module docstring)
-    if signum == signal.SIGINT and not _in_foreground():
+    if signum == signal.SIGINT and not protocol.in_foreground():
         return log.warning("SIGINT while idle: ignored (an engine is stopped with SIGTERM)")
     log.info("%s before connecting to the controller: exiting", signal.Signals(signum).name)
     raise SystemExit(0)

@@ -217,6 +217,17 @@ def pack_header(header):
     return marshal.dumps(header, 4)
 
 
+def plain(value):
+    """Whether `value` is plain data, which a header may carry."""
+    if type(value) in (type(None), str, bytes, bool, int, float):
+        return True
+    if type(value) in (list, tuple):
+        return all(plain(v) for v in value)
+    if type(value) is dict:
+        return all(plain(k) and plain(v) for k, v in value.items())
+    return False
+
+
 def unpack_header(data):
     """The header dict of verified bytes (marshal is not for unverified input).
 
@@ -1161,6 +1172,21 @@ def _connection_problem(info, needed):
     if info.get("transport", "tcp") != "tcp":
         return f"has `transport` {info['transport']!r}: a controller listens on tcp only"
     return None
+
+
+def in_foreground():
+    """Whether this process's group is its terminal's foreground one, which a Ctrl-C
+    typed there reaches. False with no controlling terminal (opening /dev/tty fails)."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+    except OSError:
+        return False
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def proc_stat(pid, field):
