@@ -790,7 +790,7 @@ class Engine:
         self.id = eid
         self._registering = None
         self._announce = True   # the main thread sends `ready` for this registration
-        os.write(self._wake_w, b"r")
+        self._wake(b"r")
 
     # control messages, handled in the receiver thread at once (they overtake queued work)
     _control_handlers = {protocol.ABORT: _on_abort, protocol.INTERRUPT: _on_interrupt,
@@ -849,7 +849,11 @@ class Engine:
 
     def _stop(self):
         self._stopping = True
-        os.write(self._wake_w, b"s")
+        self._wake(b"s")
+
+    def _wake(self, why):   # the main thread's poll; a pipe that is full wakes it anyway
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, why)
 
     def _close(self, dealer, outbox_in):
         # executes in the receiver thread, last
@@ -926,6 +930,10 @@ class Engine:
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        # a signal that lands in another thread (mpiexec passes them on) wakes this poll too,
+        # where Python runs its handler; non-blocking, as set_wakeup_fd needs (see _wake)
+        os.set_blocking(self._wake_w, False)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         try:
             while not self._stopping:
                 if self._wake_r in dict(poller.poll()):

@@ -1227,3 +1227,34 @@ def test_what_a_task_makes_that_misbehaves_when_reported_fails_the_task_not_the_
             with pytest.raises(errors.RemoteError, match=error):
                 view.apply_async(_misbehaving, how).get(START_TIMEOUT_S)
         assert view.apply_async(os.getpid).get(START_TIMEOUT_S) == engine.pid
+
+
+def test_a_signal_that_lands_in_another_thread_of_an_idle_engine_is_handled(local_cluster,
+                                                                            tmp_path):
+    """A signal sent to the engine's process (mpiexec passing one on, a `kill -USR1`) may
+    be delivered to any of its threads. Python runs the handler in the main thread, which
+    an idle engine spends in a poll that such a signal does not wake: the handler ran only
+    when the next request came (sent here to a thread other than the main one, by tgkill,
+    so that where it lands is not left to chance)."""
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    mark = tmp_path / "usr1"
+    pid = rc[:].apply_sync(os.getpid)[0]
+    rc[:].execute("import signal\nsignal.signal(signal.SIGUSR1, lambda *a: open("
+                  f"{str(mark)!r}, 'w').close())", block=True)
+    others = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid
+              and not _blocks(f"/proc/{pid}/task/{t}/status", signal.SIGUSR1)]
+    assert others, "the engine has Python threads besides its main one (libzmq's block all)"
+    libc = ctypes.CDLL(None, use_errno=True)
+    tgkill = 234 if os.uname().machine == "x86_64" else 131   # aarch64's number
+    assert libc.syscall(tgkill, pid, others[0], signal.SIGUSR1) == 0, ctypes.get_errno()
+    wait_until(mark.exists, START_TIMEOUT_S, "the engine's idle main thread to run the handler")
+    assert rc[:].apply_sync(lambda: "alive") == ["alive"]
+
+
+def _blocks(status, sig):
+    """Whether the thread whose /proc status file this is blocks signal `sig`."""
+    with open(status) as f:
+        mask = next(line.split()[1] for line in f if line.startswith("SigBlk:"))
+    return bool(int(mask, 16) >> (sig - 1) & 1)
