@@ -638,7 +638,7 @@ def _kill_batch_starter(pids, tmp_path, engines, queued, n=500, controller="loca
 
     def job_id():
         for name in os.listdir(prof / "security") if os.path.isdir(prof / "security") else ():
-            if name.startswith("cluster-"):
+            if name.startswith("cluster-") and name.endswith(".json"):   # not one being written
                 with open(prof / "security" / name) as f:
                     for e in json.load(f)["engines"].values():
                         return e["state"].get("job_id")
