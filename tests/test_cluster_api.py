@@ -245,8 +245,7 @@ def test_from_file_finds_the_one_running_cluster(pids, minipar_dir):  # noqa: F8
             Cluster.from_file(profile="y")
         with pytest.raises(LauncherError, match="no cluster 'nope' found"):
             Cluster.from_file(profile="x", cluster_id="nope")
-        other.start_cluster_sync()
-        pids.add_cluster(other)
+        pids.start(other)
         with pytest.raises(LauncherError, match="2 running clusters found") as e:
             Cluster.from_file()
         assert "daemon (" in str(e.value) and f"{other.cluster_id} (" in str(e.value)
@@ -273,8 +272,7 @@ def test_from_file_with_ipclusters_empty_id(pids, minipar_dir):  # noqa: F811
         rc = cluster.connect_client_sync()
         assert rc.wait_for_engines(1, timeout=60) == [0] and rc[:].apply_sync(abs, -1) == [1]
         pids.add_cluster(cluster, rc)
-        empty.start_cluster_sync()
-        pids.add_cluster(empty)
+        pids.start(empty)
         found = Cluster.from_file(profile_dir=empty.profile_dir, cluster_id="")
         assert found.cluster_id == "" and found.controller.running
     finally:
@@ -291,10 +289,7 @@ def test_client_cluster_id_connects_to_that_cluster(pids, minipar_dir):  # noqa:
     default = Cluster(n=0, profile="default", cluster_id="", controller_args=CTL_ARGS)
     mine = Cluster(n=1, cluster_id="mine", controller_args=CTL_ARGS)
     try:
-        default.start_cluster_sync()
-        mine.start_cluster_sync()
-        pids.add_cluster(default)
-        pids.add_cluster(mine)
+        pids.start(default, mine)
         rc = minipar.Client(cluster_id="mine")
         assert rc.url_file == mine.client_file != default.client_file
         assert rc.wait_for_engines(1, timeout=60) == [0]
@@ -411,10 +406,7 @@ def test_client_ipython_dir_is_the_folder_of_profiles(pids, minipar_dir, tmp_pat
                      controller_args=CTL_ARGS)
     default = Cluster(n=0, profile="default", controller_args=CTL_ARGS)
     try:
-        theirs.start_cluster_sync()
-        default.start_cluster_sync()
-        pids.add_cluster(theirs)
-        pids.add_cluster(default)
+        pids.start(theirs, default)
         for rc in (minipar.Client(ipython_dir=str(ipdir)),
                    minipar.Client(ipython_dir=str(ipdir), cluster_id="a")):
             assert rc.url_file == theirs.client_file != default.client_file

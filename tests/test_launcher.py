@@ -56,6 +56,12 @@ class Pids:
         if rc is not None:
             self.add(*rc[:].apply_sync(os.getpid))
 
+    def start(self, *clusters):
+        """Start each cluster (start_cluster_sync), its processes added as they start."""
+        for cluster in clusters:
+            cluster.start_cluster_sync()
+            self.add_cluster(cluster)
+
     def wait_gone(self, timeout=10):
         """The pids still alive after at most `timeout` s: [] once all have ended."""
         try:
