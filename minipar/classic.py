@@ -875,9 +875,7 @@ class TaskClient(_ClassicClient):
                 state = "succeeded" if ar.exception() is None else "failed"
             else:
                 state = "pending" if ar.running() else "scheduled"
-            status[state].append(taskid)
-        for ids in status.values():
-            ids.sort()
+            status[state].append(taskid)   # in id order: _tasks is in the order run
         return status if verbose else {k: len(v) for k, v in status.items()}
 
     def abort(self, taskid):
@@ -943,18 +941,9 @@ class TaskClient(_ClassicClient):
 # Two flavours share one class: a DirectView's magics (those a Client registers itself
 # inside IPython, rc.activate(), view.activate()) print as ipyparallel's do; a
 # MultiEngineClient's return the classic <Results List> and keep %result's history.
-# Where the DirectView's differ from ipyparallel's, on purpose or for want of the parts:
-# - a final expression's value is not shown as Out[0:n] (execute replies carry what the
-#   code prints, not display data): print it; display(x) on an engine prints x's
-#   text/plain ([stdout:0] 'hi', not [output:0]); --group-outputs=order is type;
-# - a blocking %px prints the outputs when every engine is done unless --stream is given
-#   (ipyparallel streams by default inside IPython); streamed, each line has its prefix;
-#   --progress-after and --signal-on-interrupt are accepted and do nothing (no progress
-#   bar; Ctrl-C aborts the cell's work and says so in one line); an error shows the
-#   engines' plain Python tracebacks under [0:execute]: (the first
-#   CompositeError.tb_limit, as ipyparallel);
-# - a line %px also reads long options before its code (%px --targets 1 print(a)), and
-#   %%px --verbose prints the "Parallel execution on engine(s)" line for its cell.
+# Where the DirectView's differ from ipyparallel's (no rich display data, --stream not the
+# default, --progress-after and --signal-on-interrupt accepted and ignored...):
+# docs/ipyparallel.rst, which keeps the list.
 
 NO_LAST_RESULT = "%pxresult recalls the last %px result, and there is none yet"
 
@@ -1106,14 +1095,8 @@ class _ParallelMagics:
         options, rest = self._options(line, _CONFIG_OPTIONS)
         if rest.strip():
             raise _usage(f"%pxconfig takes only options, not {rest!r}")
-        if "targets" in options:
-            self.view.targets = options["targets"]
-        if "block" in options:
-            self.view.block = options["block"]
-        if "verbose" in options:
-            self.verbose = options["verbose"]
-        if "stream" in options:
-            self.stream = options["stream"]
+        for what, value in options.items():   # targets and block are the view's
+            setattr(self.view if what in ("targets", "block") else self, what, value)
 
     def result(self, line=""):
         """%pxresult [--group-outputs engine|order|type] [-e] [-r] [-o NAME]: wait for the

@@ -96,7 +96,7 @@ class RemoteError(MiniparError):
     def __getitem__(self, index):
         return tuple(self)[index]
 
-    def render_traceback(self):
+    def render_traceback(self, excid=None):   # excid: CompositeError's (which engine's)
         return self.traceback.splitlines()
 
     def _render_traceback_(self):
@@ -106,19 +106,13 @@ class RemoteError(MiniparError):
         return self.render_traceback() or [str(self)]
 
     def print_traceback(self, excid=None):
-        """Print the remote traceback (`excid` is CompositeError's: which engine's)."""
-        print("\n".join(self.render_traceback()))
+        """Print ``render_traceback(excid)``, the remote traceback (ipyparallel's name)."""
+        print("\n".join(self.render_traceback(excid)))
 
 
 class _RemoteTraceback(Exception):
-    """Carries the remote traceback text as the ``__cause__`` of a RemoteError."""
-
-    def __init__(self, tb):
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self):
-        return self.tb
+    """Carries the remote traceback text (its one argument, so its str) as the
+    ``__cause__`` of a RemoteError."""
 
 
 _types = {}
@@ -232,10 +226,6 @@ class CompositeError(RemoteError):
         for e in self.elist[:self.tb_limit]:
             lines += [*_traceback_lines(e), ""]
         return lines + self._more()
-
-    def print_traceback(self, excid=None):
-        """Print ``render_traceback(excid)`` (ipyparallel's name)."""
-        print("\n".join(self.render_traceback(excid)))
 
     def print_tracebacks(self, excid=None):
         """Print every engine's traceback, or the `excid`-th (IPython.kernel's name)."""

@@ -574,12 +574,11 @@ class EngineSetLauncher(EngineLauncher):
     # -- restarting engines that fail (restart="on_failure")
 
     def _should_restart(self, data):
+        # SIGALRM: its own watchdog ended it for a task's time_limit, ours to replace
+        # whatever the policy; None: the exit code is unknown (not our child); 0: told to stop
         code = (data or {}).get("exit_code")
-        if code == -signal.SIGALRM and not self._stopping.is_set():
-            return True   # its own watchdog ended it for a task's time_limit: ours to replace
-        # None: the exit code is unknown (not our child); 0: it was told to stop
-        return (self.restart == "on_failure" and code not in (None, 0)
-                and not self._stopping.is_set())
+        return not self._stopping.is_set() and (code == -signal.SIGALRM or (
+            self.restart == "on_failure" and code not in (None, 0)))
 
     def _new_child(self):
         """A new, not yet started, child launcher like the others (for restarts)."""
