@@ -284,6 +284,26 @@ def test_views_get_result_purge_spin_outstanding_and_client_clear(cluster):
     assert {md["label"] for md in tasks.metadata} == {"tasks"}
 
 
+def test_purging_a_result_not_done_says_so(cluster):
+    """ipyparallel's hub refuses to purge a pending result ("msg pending"); minipar's
+    purged the finished ones named, kept the other and returned a count, silent about
+    it. It still purges the finished ones, and a ValueError says which one is kept and
+    what to do; 'all' and targets= purge the finished ones alone, as before."""
+    rc = cluster.rc
+    done = rc.load_balanced_view().apply_async(pow, 2, 3)
+    assert done.get(TIMEOUT) == 8
+    slow = rc[0].apply_async(time.sleep, 60)
+    with pytest.raises(ValueError, match=f"1 results named are not done.*{slow.msg_ids[0]}"
+                       ".*wait for them or abort them"):
+        rc.purge_results([done, slow])
+    with pytest.raises(KeyError, match="unknown or purged"):
+        rc.get_result(done.msg_ids[0]).get(TIMEOUT)
+    assert rc.purge_results("all") >= 0 and rc.purge_results(targets=[0]) >= 0
+    slow.abort()
+    wait_until(slow.done, TIMEOUT, "the abort")
+    assert rc[:].purge_results(slow) == 1
+
+
 def test_get_result_of_a_finished_request_has_its_metadata_at_once(cluster):
     """ipyparallel's examples/customresults.py: wait on msg_ids, then for each one
     finished, ``ar = rc.get_result(msg_id)`` and read ``ar.engine_id`` and ``ar.stdout``
