@@ -779,7 +779,8 @@ class Client(errors.SaysWhyAbsent):
                 f"{__package__}.engine` or Cluster(n=...), or rc.wait_for_engines(n)")
         bad = [t for t in targets if t not in ids]
         if bad:
-            raise IndexError(f"engine {bad[0]!r} is not registered; registered: {ids}")
+            raise IndexError(f"engine {bad[0]!r} is not registered; registered: {ids} (a view "
+                             "keeps the engines it was made with: rc.direct_view() follows all)")
         return targets
 
     # ------------------------------------------------------------ queries and control
