@@ -410,9 +410,7 @@ class AsyncResult(_Future):
                 for v, n in zip(values, self._sizes or [1] * len(values))))
         return values[0] if self._single else values
 
-    @property
-    def r(self):
-        return self.get()
+    r = property(lambda self: self.get(), doc="get(): the result, waited for")
 
     def wait(self, timeout=None, return_when=None):
         """Wait until done (at most `timeout` seconds); return whether it is. With
@@ -460,9 +458,7 @@ class AsyncResult(_Future):
             raise ValueError("get_dict needs one request per engine")
         return dict(zip(ids, results))
 
-    @property
-    def result_dict(self):   # ipyparallel's name for get_dict()
-        return self.get_dict()
+    result_dict = property(lambda self: self.get_dict(), doc="ipyparallel's get_dict()")
 
     def _md_of(self, key):
         md = [f.metadata if key is None else f.metadata[key] for f in self._children]
@@ -510,12 +506,15 @@ class AsyncResult(_Future):
         return not self.done() and any(f.running() or f.done() for f in self._children)
 
     def __iter__(self):
-        """Yield results as they arrive; raises the first remote error met."""
+        """Yield results as they arrive; raises the first remote error met (with the map's
+        return_exceptions: yields it in place of each item it failed, as get() returns)."""
         self._reachable()
-        children = self._children if self._ordered else \
-            concurrent.futures.as_completed(self._children)
-        for f in children:
-            value = f.result()
+        sizes = dict(zip(self._children, self._sizes or itertools.repeat(1)))
+        for f in self._children if self._ordered else concurrent.futures.as_completed(sizes):
+            if self._return_exceptions and not f.cancelled() and f.exception() is not None:
+                value = [f.exception()] * sizes[f] if self._mapping else f.exception()
+            else:
+                value = f.result()
             yield from value if self._mapping else (value,)
 
     def abort(self):

@@ -695,9 +695,7 @@ class Client(errors.SaysWhyAbsent):
         if isinstance(key, int):
             if 0 < -key <= len(ids):   # as a list's: rc[-1] is the last engine
                 key = ids[key]
-            if key not in ids:
-                raise IndexError(f"engine {key} is not registered; registered: {ids}")
-            return DirectView(self, key)
+            return DirectView(self, self.resolve_targets(key)[0])
         if isinstance(key, (slice, list, tuple, range)):
             return DirectView(self, ids[key] if isinstance(key, slice) else list(key))
         raise TypeError(f"index a Client with an int, a slice or a list, not {type(key).__name__}")
@@ -781,7 +779,8 @@ class Client(errors.SaysWhyAbsent):
                 f"{__package__}.engine` or Cluster(n=...), or rc.wait_for_engines(n)")
         bad = [t for t in targets if t not in ids]
         if bad:
-            raise IndexError(f"engine {bad[0]!r} is not registered; registered: {ids}")
+            raise IndexError(f"engine {bad[0]!r} is not registered; registered: {ids} (a view "
+                             "keeps the engines it was made with: rc.direct_view() follows all)")
         return targets
 
     # ------------------------------------------------------------ queries and control
@@ -859,9 +858,7 @@ class Client(errors.SaysWhyAbsent):
         # a Future is one job, not an iterable (a plain one: the TypeError names it)
         return msg_ids([jobs] if isinstance(jobs, concurrent.futures.Future) else jobs)
 
-    @property
-    def outstanding(self):
-        return set(self._msg_ids(None))
+    outstanding = property(lambda self: set(self._msg_ids(None)), doc="pending_requests' msg_ids")
 
     def pending_requests(self):
         """The futures of this client's requests not answered yet, oldest first (queries to the
@@ -938,11 +935,14 @@ class Client(errors.SaysWhyAbsent):
             raise ValueError("say which results to purge: jobs=..., jobs='all' or targets=...")
         msg_ids = "all" if jobs == "all" else (None if jobs is None else self._msg_ids(jobs))
         t = None if targets is None else self.resolve_targets(targets)
-        return self.query(protocol.PURGE, msg_ids=msg_ids, targets=t)["purged"]
+        reply = self.query(protocol.PURGE, msg_ids=msg_ids, targets=t)
+        if reply.get("pending"):   # kept, as ipyparallel's hub refuses them ("msg pending")
+            raise ValueError(f"{len(reply['pending'])} results named are not done, so not purged "
+                             f"({reply['pending'][0]}...): wait for them or abort them first")
+        return reply["purged"]
 
-    def purge_everything(self):
-        """``purge_results('all')``: the client keeps no history of its own to clear."""
-        return self.purge_results("all")
+    # purge_results('all'): the client keeps no history of its own to clear
+    purge_everything = functools.partialmethod(purge_results, "all")
 
     # ------------------------------------------------------------ tasks: resubmit, status, db
 

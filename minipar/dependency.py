@@ -45,7 +45,7 @@ class dependent:
     defined interactively; on the engine both see its namespace as their globals.
     """
 
-    def __init__(self, f, df, *dargs, **dkwargs):
+    def __init__(self, f, df, /, *dargs, **dkwargs):
         if not callable(f) or not callable(df):
             raise TypeError("dependent(f, df, *args, **kwargs) takes two callables: the task "
                             "and the function that checks whether it can run")
@@ -84,7 +84,7 @@ class _required(dependent):
         return f"<require {', '.join(self.dargs + tuple(self.dkwargs))} for {self.__name__}>"
 
 
-def depend(f, *args, **kwargs):
+def depend(f, /, *args, **kwargs):
     """Decorator: the task runs only on engines where ``f(*args, **kwargs)`` is not False.
 
     ::
@@ -123,7 +123,7 @@ def require(*objects, **mapping):
     return decorate
 
 
-def _require(ns, *names, **mapping):
+def _require(ns, /, *names, **mapping):
     """The check of ``@require``: import `names` into `ns`, define `mapping` there."""
     for name in names:
         try:

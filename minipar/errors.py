@@ -82,8 +82,7 @@ class RemoteError(MiniparError):
 
     def __str__(self):
         where = self.engine_info.get("engine_id")
-        where = f"[engine {where}] " if where is not None else ""
-        return f"{where}{self.ename}: {self.evalue}"
+        return f"{'' if where is None else f'[engine {where}] '}{self.ename}: {self.evalue}"
 
     def __reduce__(self):
         return _rebuild, (self.ename, self.evalue, self.traceback, self.engine_info)
@@ -246,20 +245,25 @@ def _where(e):
 
 # Names of ipyparallel's Client and views that minipar leaves out on purpose, with what to
 # use instead (docs/ipyparallel.rst has them all): asking for one says so.
-IPYPARALLEL_ABSENT = {
-    "history": "no msg_id list is kept (it would grow without end): keep the AsyncResults, "
-               "or ask the controller, rc.hub_history()",
+IPYPARALLEL_ABSENT = dict.fromkeys(
+    ("become_dask", "become_distributed", "stop_dask", "stop_distributed"),
+    "there is no dask integration") | dict.fromkeys(
+    ("spin_thread", "stop_spin_thread"), "the client always runs an I/O thread") | dict.fromkeys(
+    ("curve_publickey", "curve_secretkey", "curve_serverkey"), "CurveZMQ keys live in the "
+    "connection files (python -m minipar.controller --curve)") | dict.fromkeys(
+    ("create_message_futures", "send_apply_request", "send_execute_request"),
+    "ipyparallel's wire internals: send through a view (apply_async, execute)") | {
+    "history": "no msg_id list is kept: keep the AsyncResults, or ask rc.hub_history()",
     "results": "results live in the AsyncResults; rc.get_result(msg_ids) asks the controller",
     "metadata": "metadata is per AsyncResult: ar.metadata",
-    "spin_thread": "the client always runs an I/O thread",
-    "stop_spin_thread": "the client always runs an I/O thread",
     "purge_local_results": "nothing is cached beyond the AsyncResults you hold",
     "purge_hub_results": "use rc.purge_results",
     "cluster": "a Client does not know its Cluster: keep the Cluster object",
-    "become_dask": "there is no dask integration",
-    "become_distributed": "there is no dask integration",
     "imap": "imap is a load-balanced view's: rc.load_balanced_view().imap",
     "importer": "use view.sync_imports()",
+    "debug": "the controller and engines log to their output (MINIPAR_DEBUG=1: verbose)",
+    "profile": "a Client's constructor argument only (Client(profile=...))",
+    "shutdown": "a load-balanced view has no engines of its own: rc.shutdown()",
 }
 
 # Names of ipyparallel's module that minipar leaves out on purpose (``ipp.bind_kernel()``).

@@ -490,11 +490,12 @@ class _OutputStream:
             if self._ar.done() or leaving or left <= 0:
                 return
 
-    def wait(self):
-        """Wait until the streaming ends (done, or the timeout passed); whether it is done.
-        A Ctrl-C while waiting stops the streaming too."""
+    def wait(self, timeout=None):
+        """Wait until the streaming ends (done, or the timeout passed), at most `timeout`
+        s (as every other wait takes), after which it ends too; whether it is done. A
+        Ctrl-C while waiting stops the streaming too."""
         try:
-            self._thread.join()
+            self._thread.join(_timeout_s(timeout))
         finally:
             self._stop()
         return self._ar.done()

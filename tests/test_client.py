@@ -384,6 +384,7 @@ def test_killed_engine_disappears_and_its_requests_fail(cluster):
     ids = rc.ids
     pid_of = dict(zip(ids, rc[:].apply_sync(os.getpid)))
     eid = next(e for e, p in pid_of.items() if p == victim.pid)
+    before = rc[:]
     ar = rc[eid].apply_async(time.sleep, 30)
     wait_until(lambda: rc.queue_status()[eid]["queue"] == 1, TIMEOUT,
                "the request to reach the engine")
@@ -395,6 +396,12 @@ def test_killed_engine_disappears_and_its_requests_fail(cluster):
     with pytest.raises(IndexError, match="not registered"):
         rc[eid]
     assert sorted(rc[:].apply_sync(os.getpid)) == sorted(p for e, p in pid_of.items() if e != eid)
+    # a view made before keeps the dead engine, as ipyparallel's rc[:]: the error says
+    # what follows the engines registered now
+    with pytest.raises(IndexError, match=rf"engine {eid} is not registered.*a view keeps the "
+                                         r"engines it was made with: rc.direct_view\(\) follows"):
+        before.apply_sync(os.getpid)
+    assert len(rc.direct_view().apply_sync(os.getpid)) == 3
 
 
 def test_an_engine_id_given_as_a_string_is_refused_as_such(rc):

@@ -216,6 +216,16 @@ def test_stream_output_is_a_context_manager_streaming_while_inside(rc, capsys, t
     assert capsys.readouterr().out == ""
     assert late.stream_output().wait() and capsys.readouterr().out == \
         "[stdout:1] first\n[stdout:1] second\n"   # minipar's blocking form, as before
+    # wait takes a timeout, as every wait does (it was a TypeError): past it the
+    # streaming ends, and it says the result is not done
+    go.unlink()
+    stuck = rc[2].apply_async(print_then_wait_for, str(go))
+    stream = stuck.stream_output(interval=0.01)
+    assert stream.wait(0.5) is False and not stuck.done()
+    assert stream.wait(timeout=-1) is False   # ended already: at once, as before
+    go.touch()
+    assert stuck.get(TIMEOUT) is None
+    assert stuck.stream_output().wait(TIMEOUT) is True
 
 
 def test_timestamps_are_aware_utc_datetimes_as_ipyparallels(rc):

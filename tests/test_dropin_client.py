@@ -1,6 +1,8 @@
 """ipyparallel's Client-level API, end to end: Reference, list-style indexing,
 send_signal, hub_history, broadcast_view, wait_interactive and spin."""
 
+import pathlib
+import re
 import signal
 import time
 
@@ -284,6 +286,26 @@ def test_views_get_result_purge_spin_outstanding_and_client_clear(cluster):
     assert {md["label"] for md in tasks.metadata} == {"tasks"}
 
 
+def test_purging_a_result_not_done_says_so(cluster):
+    """ipyparallel's hub refuses to purge a pending result ("msg pending"); minipar's
+    purged the finished ones named, kept the other and returned a count, silent about
+    it. It still purges the finished ones, and a ValueError says which one is kept and
+    what to do; 'all' and targets= purge the finished ones alone, as before."""
+    rc = cluster.rc
+    done = rc.load_balanced_view().apply_async(pow, 2, 3)
+    assert done.get(TIMEOUT) == 8
+    slow = rc[0].apply_async(time.sleep, 60)
+    with pytest.raises(ValueError, match=f"1 results named are not done.*{slow.msg_ids[0]}"
+                       ".*wait for them or abort them"):
+        rc.purge_results([done, slow])
+    with pytest.raises(KeyError, match="unknown or purged"):
+        rc.get_result(done.msg_ids[0]).get(TIMEOUT)
+    assert rc.purge_results("all") >= 0 and rc.purge_results(targets=[0]) >= 0
+    slow.abort()
+    wait_until(slow.done, TIMEOUT, "the abort")
+    assert rc[:].purge_results(slow) == 1
+
+
 def test_get_result_of_a_finished_request_has_its_metadata_at_once(cluster):
     """ipyparallel's examples/customresults.py: wait on msg_ids, then for each one
     finished, ``ar = rc.get_result(msg_id)`` and read ``ar.engine_id`` and ``ar.stdout``
@@ -317,4 +339,18 @@ def test_a_name_ipyparallel_has_and_minipar_leaves_out_says_what_to_use(cluster)
             getattr(obj, name)
     with pytest.raises(AttributeError, match=r"no attribute 'nonsense'$"):
         rc.nonsense   # any other name: the plain error
+    # every name docs/ipyparallel.rst calls absent for the Client and the views says so
+    # (rc.debug, rc.curve_serverkey, rc.send_apply_request, lview.shutdown... did not)
+    docs = pathlib.Path(__file__).resolve().parent.parent / "docs" / "ipyparallel.rst"
+    objs = {"Client": rc, "DirectView": rc[:], "LoadBalancedView": lview,
+            "BroadcastView": rc.broadcast_view()}
+    checked, section = 0, None
+    for m in re.finditer(r"(?m)^``(\w+)``\n-{3,}$|^   \* - ``(\w+)``\n     - absent$",
+                         docs.read_text()):
+        section = m.group(1) or section
+        if m.group(2) and section in objs:
+            with pytest.raises(AttributeError, match=f"'{m.group(2)}': minipar leaves"):
+                getattr(objs[section], m.group(2))
+            checked += 1
+    assert checked >= 30
     assert not hasattr(lview, "history") and lview.timeout is None   # flags still read

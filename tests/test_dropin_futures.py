@@ -213,6 +213,28 @@ def test_return_exceptions_for_map_and_get(rc):
     assert lv.apply_async(fail_on_odd, 2).get(WAIT_S, return_exceptions=True) == 2
 
 
+def test_iterating_a_map_with_return_exceptions_yields_its_errors(rc):
+    """ipyparallel's AsyncMapResult iterates as its get() returns: with the map's
+    return_exceptions a failed item's error is yielded in its place (for each item of a
+    failed chunk) and the iteration goes on, in order or as they finish. It raised the
+    first error instead."""
+    lv = rc.load_balanced_view()
+    for view, kwargs in [(lv, dict(chunksize=1)), (lv, dict(chunksize=2)), (rc[:], {})]:
+        ar = view.map_async(fail_on_odd, range(6), return_exceptions=True, **kwargs)
+        results = list(ar)
+        assert [type(r) for r in results] == [type(r) for r in ar.get(WAIT_S)]
+        assert [r for r in results if not isinstance(r, BaseException)] == \
+            [r for r in ar.get(WAIT_S) if not isinstance(r, BaseException)]
+        assert len(results) == 6 and isinstance(results[1], minipar.RemoteError)
+    unordered = list(lv.map_async(fail_on_odd, range(6), chunksize=1, ordered=False,
+                                  return_exceptions=True))
+    assert sorted(r for r in unordered if not isinstance(r, BaseException)) == [0, 2, 4]
+    assert sorted(str(r.evalue) for r in unordered if isinstance(r, BaseException)) == \
+        ["odd 1", "odd 3", "odd 5"]
+    with pytest.raises(ValueError, match="odd 1"):   # without it: raised, as before
+        list(lv.map_async(fail_on_odd, range(6), chunksize=1))
+
+
 # ---------------------------------------------------------------- data publication
 
 def test_publish_data_updates_ar_data_while_it_runs(rc):

@@ -553,6 +553,38 @@ def test_depend_and_dependent_route_by_the_check(mixed_cluster):
         lview.apply_sync(minipar.dependent(on_any, role_is, "nobody"), 1)
 
 
+def test_require_and_depend_take_functions_and_keywords_named_f_df_or_ns(rc):
+    """Teaching scripts name their functions f: ``@require(f)`` defines f where the
+    task runs, and a check's keywords (``@depend(check, f=...)``, ``dependent(task,
+    check, df=...)``) are the check's own, as ipyparallel's (``_wrapped_f``). They were
+    a TypeError: "got multiple values for argument 'f'"."""
+    lview = rc.load_balanced_view()
+
+    def f():
+        return 1
+
+    def df():
+        return 2
+
+    def ns():
+        return 3
+
+    def uses_them():
+        return f() + df() + ns()
+
+    assert lview.apply_sync(minipar.require(f, df, ns)(uses_them)) == 6
+
+    def check(f, df=0, ns=0):
+        return f + df + ns == 3
+
+    def task(x):
+        return x * 10
+
+    assert lview.apply_sync(minipar.depend(check, f=1, df=2)(task), 4) == 40
+    assert lview.apply_sync(minipar.dependent(task, check, f=1, ns=2), 5) == 50
+    assert lview.apply_sync(minipar.require("math", f=f)(uses_them)) == 6
+
+
 # ---------------------------------------------------------------- time, failure, recovery
 
 def test_time_limit_interrupts_a_task_and_the_engine_serves_the_next(lview):
