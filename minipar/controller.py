@@ -7,8 +7,8 @@ inbound, so only the controller's host needs open ports::
     client SUB    ◀── PUB "notify"    ├─ hub loop ────┤ PUB "ping"      ──▶ SUB  ┐ heart
                                       ┘               └ ROUTER "pong"   ◀── DEALER┘ (zmq.proxy)
 
-The hub reads headers only (``protocol.Session.check``); request and result parts pass
-through untouched. Direct requests name their engine in the header (`engine`);
+The hub reads headers only (a task's by its routing prefix: ``protocol.route_header``);
+request and result parts pass through untouched. A direct request names its engine (`engine`);
 load-balanced ones (`lb`) go to the ``scheduler.Scheduler``, whose decisions the hub
 carries out in ``_act``. Every request gets a record in the DB (``--db``: ``DictDB``,
 ``SQLiteDB`` or ``NoDB``, in ``records``, whose docstring has the record's keys;

@@ -224,13 +224,16 @@ os.register_at_fork(after_in_child=_new_id_prefix)
 # follows it. A field whose value has another type (or is out of range) stays in the rest.
 WIRE_VERSION = 2   # 1: a header wholly marshalled (minipar before the routing prefix)
 _PREFIX = struct.Struct("<BBBBiHddBBB")
-_LB, _PLAIN = 1, 2                  # flags: `lb` is True; the rest holds no ROUTED field
-_STRINGS = (("msg_id", 4), ("parent", 8), ("session", 16))   # and their flags
+# Flags: `lb` is True; the rest holds no ROUTED field; then 4, 8, 16: msg_id, parent,
+# session are in the prefix. Absent: kind and status code 0, engine -2**31, attempt 0xFFFF,
+# times NaN (the sentinels below; `_NAN` is also what pack_header pops for a missing key).
+_LB, _PLAIN = 1, 2
 _NO_ENGINE, _NO_ATTEMPT, _NAN = -2**31, 0xFFFF, float("nan")
 _TASKS = (APPLY, EXECUTE, PUSH, PULL, KEYS, CLEAR, PROPERTIES, STATS)   # sent to one engine
 _CODED = (None, *_TASKS, *[REPLY[k] for k in _TASKS])
 _KIND_CODE = {k: i for i, k in enumerate(_CODED) if k}
 _STATUS_CODE = {s: i for i, s in enumerate(STATUSES, 1)}
+# by code, None for a code no kind or status has (all 256: any byte is looked up safely)
 _CODED, _STATUSES = (*_CODED, *[None] * 256)[:256], (None, *STATUSES, *[None] * 256)[:256]
 # What the controller reads of a task's request or reply: with none of it in the rest (the
 # prefix's _PLAIN flag), the prefix alone stands for the header there (see route_header).
