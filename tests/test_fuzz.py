@@ -328,9 +328,10 @@ def _with_rest(header, rest):
 
 
 def _random_prefix(rng, session):
-    """A signed-looking header: a routing prefix of random fields and lengths (the attempt
-    left unset: a client's request naming one is answered as a stale attempt, by design),
-    then random strings and a rest that is marshal data or not."""
+    """A signed-looking header: a routing prefix of random fields and lengths, then random
+    strings and a rest that is marshal data or not. The attempt is left unset: a request
+    naming one gets a reply the controller takes for another attempt's, and stays pending
+    (as it did before the prefix, when the field was marshalled)."""
     nan = float("nan")
     msg_id = rng.choice([protocol.new_id(), "", "\u00e9" * 3, "x" * 200])
     texts = [t.encode() for t in (msg_id, rng.choice(["", "p", protocol.new_id()]), session)]
