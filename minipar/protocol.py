@@ -21,14 +21,14 @@ touches the parts, so forwarding a 100 MB push costs it no hashing. Of a task's 
 or reply it reads the routing prefix alone, one ``struct.unpack_from`` (``route_header``),
 unless the rest holds a field it routes by (dependencies, targets, a label, an error).
 A header of another wire version (a marshalled dict: a minipar from before the prefix) is
-refused, naming both versions. The receiver of
-the parts (an engine or a client) checks `body` against the parts before unpickling
-any of them. Every pickle is covered by the digest; an out-of-band buffer (an array's
-raw memory, listed in the header's `raw`) by its length only, as Jupyter's protocol
-leaves buffers unsigned: hashing 100 MB would halve the bulk rate, and a buffer is
-never parsed, so changing one alters data but cannot run code (``--curve`` encrypts and
-authenticates everything). Nothing is unpickled before its signature is verified; a
-header, read only once verified too, is plain data in ``marshal``'s format, which
+refused, naming both versions. The receiver of the parts (an engine or a client) checks
+`body` against the parts before unpickling any of them. Every pickle is covered by the
+digest; an out-of-band buffer (an array's raw memory, listed in the header's `raw`) by its
+length only, as Jupyter's protocol leaves buffers unsigned: hashing 100 MB would halve the
+bulk rate, and a buffer is never parsed, so changing one alters data but cannot run code
+(``--curve`` encrypts and authenticates everything). Nothing is unpickled before its
+signature is verified; a header, read only once verified too, is a fixed prefix of
+numbers and ids and plain data in ``marshal``'s format, which
 cannot name a class or function (reading it runs nothing).
 A refused message is counted under one of DROP_REASONS; messages above the cluster's
 max_message_size are refused on receipt and never sent.
