@@ -7,8 +7,8 @@ inbound, so only the controller's host needs open ports::
     client SUB    ◀── PUB "notify"    ├─ hub loop ────┤ PUB "ping"      ──▶ SUB  ┐ heart
                                       ┘               └ ROUTER "pong"   ◀── DEALER┘ (zmq.proxy)
 
-The hub reads headers only (``protocol.Session.check``); request and result parts pass
-through untouched. Direct requests name their engine in the header (`engine`);
+The hub reads headers only (a task's by its routing prefix: ``protocol.route_header``);
+request and result parts pass through untouched. A direct request names its engine (`engine`);
 load-balanced ones (`lb`) go to the ``scheduler.Scheduler``, whose decisions the hub
 carries out in ``_act``. Every request gets a record in the DB (``--db``: ``DictDB``,
 ``SQLiteDB`` or ``NoDB``, in ``records``, whose docstring has the record's keys;
@@ -55,7 +55,7 @@ from . import errors, protocol
 from . import scheduler as _scheduler, top as _top
 from .protocol import ERROR, OK
 from .records import (PENDING, RECORD_BYTES, RECORD_LIMIT, Parked, _header, _IdSet,
-                      _queried_ids, open_db)
+                      _queried_ids, _result_header, open_db)
 
 log = logging.getLogger(__name__)
 __path__ = []   # so ipyparallel's paths into it are explained: errors.SUBMODULE_MOVED
@@ -142,7 +142,7 @@ class Controller:
             key = old.get("key")
             for name, p in old.get("ports", {}).items():
                 self.ports.setdefault(name, p)
-        self.session = protocol.Session(key or os.urandom(32).hex(), max_message_size)
+        self.session = protocol.Session(key or os.urandom(32).hex(), max_message_size, router=True)
         # (public, secret) CurveZMQ keys with --curve; the public one goes in the files
         self.curve_file = os.path.join(sec, CURVE_FILE)
         self.curve = protocol.curve_keys(self.curve_file, reuse, log.warning) if curve else None
@@ -554,8 +554,7 @@ class Controller:
             "pidns": header.get("pidns"), "cloudpickle": header.get("cloudpickle"),
             "registered": time.time(), "log": header.get("log"),
             # a new engine has full liveness from its registration's beat
-            "last_beat": self._beat,
-            "properties": header.get("properties") or {},
+            "last_beat": self._beat, "properties": header.get("properties") or {},
             # it answers a take-back (see _take_back); an older engine reads one as an abort
             "take_back": header.get("take_back") is True,
             "outstanding": set(), "completed": gone["done"] if gone else 0,
@@ -793,8 +792,8 @@ class Controller:
                 engine["outstanding"].discard(msg_id)
             self.stats["stale"] += 1
             return
-        rec["result_header"] = header
         wire = protocol.keep(wire)  # DELIM, signature, header, parts
+        rec["result_header"], rec["result_hb"] = header, wire[2]   # see _result_header
         rec["result_parts"] = wire[3:]
         rec["reply_wire"] = wire
         rec["started"] = header.get("started")
@@ -846,13 +845,13 @@ class Controller:
         """The one place a record becomes final: deliver its result to its client(s)."""
         rec["status"] = status
         rec["completed"] = time.time()
-        header = rec["result_header"]
         if rec["engine"] in self.engines:
             self.engines[rec["engine"]]["outstanding"].discard(rec["msg_id"])
         frames = rec.pop("reply_wire", None)
         if frames is None or len(rec["attempts"]) > 1:
             # made here, retried or recovered: a new header (the common case, an engine's
             # reply on the first attempt, goes on as it came, saving a pickle and an HMAC)
+            header = _result_header(rec)
             header = dict(header, parent=rec["msg_id"], submitted=rec["submitted"],
                           engine=header.get("engine", rec["engine"]))
             if rec["attempts"]:
@@ -866,12 +865,12 @@ class Controller:
         # for rc.status: one dict update per request (failures are rare: a bit more)
         self.tally.finished[int(rec["completed"]), status == OK] += 1
         if status != OK or len(rec["attempts"]) > 1:   # failed, or tried again
-            self.tally.failed(rec, header, status == OK)
+            self.tally.failed(rec, _result_header(rec), status == OK)
         recovers = rec.get("recovers")
         if recovers:
             owner = self.db.get(recovers)
             if owner is not None and owner["status"] == PENDING:
-                owner["result_header"] = dict(header, recovered_by=rec["msg_id"])
+                owner["result_header"] = dict(_result_header(rec), recovered_by=rec["msg_id"])
                 owner["result_parts"] = rec["result_parts"]
                 owner.pop("reply_wire", None)  # its own last failure is not what it ends with
                 owner["engine"] = rec["engine"]
@@ -1066,7 +1065,7 @@ class Controller:
                     running=running, culled=culled, submitted=submitted)
         for msg_id in () if status_only else done:  # then the results, as ordinary replies
             rec = self.db.get(msg_id)
-            rh = dict(rec["result_header"], date=time.time(), resent=True)
+            rh = dict(_result_header(rec), date=time.time(), resent=True)
             self.sockets["client"].send_multipart(
                 [idents[0], *self.session.resign(rh, rec["result_parts"] or ())], copy=False)
 

@@ -5,8 +5,11 @@ minipar's except ``errors``. A message is a list of ZeroMQ frames::
 
     [routing ids ...] DELIM  signature  header  part  part ...
                               ^          ^       ^ pickles and their out-of-band buffers
-                              |          +-- a plain dict, marshalled; carries `body`,
-                              |              the SHA-256 of the parts (see body_digest)
+                              |          +-- a plain dict: a routing prefix of fixed
+                              |              layout (wire version, kind, msg_id, parent,
+                              |              session, lb, engine, status, attempt, times),
+                              |              then the rest marshalled, with `body`, the
+                              |              SHA-256 of the parts (see body_digest)
                               +-- HMAC-SHA256(key, header)
 
 A message of at most PACK_MAX bytes (most requests and replies of small data) travels
@@ -14,14 +17,18 @@ as one frame after its routing ids (see ``send``): each frame costs a send, a re
 and a GIL hand-off on both sides. A larger message goes frame by frame, buffers uncopied.
 
 The controller reads headers only: it checks the signature over the header and never
-touches the parts, so forwarding a 100 MB push costs it no hashing. The receiver of
-the parts (an engine or a client) checks `body` against the parts before unpickling
-any of them. Every pickle is covered by the digest; an out-of-band buffer (an array's
-raw memory, listed in the header's `raw`) by its length only, as Jupyter's protocol
-leaves buffers unsigned: hashing 100 MB would halve the bulk rate, and a buffer is
-never parsed, so changing one alters data but cannot run code (``--curve`` encrypts and
-authenticates everything). Nothing is unpickled before its signature is verified; a
-header, read only once verified too, is plain data in ``marshal``'s format, which
+touches the parts, so forwarding a 100 MB push costs it no hashing. Of a task's request
+or reply it reads the routing prefix alone, one ``struct.unpack_from`` (``route_header``),
+unless the rest holds a field it routes by (dependencies, targets, a label, an error).
+A header of another wire version (a marshalled dict: a minipar from before the prefix) is
+refused, naming both versions. The receiver of the parts (an engine or a client) checks
+`body` against the parts before unpickling any of them. Every pickle is covered by the
+digest; an out-of-band buffer (an array's raw memory, listed in the header's `raw`) by its
+length only, as Jupyter's protocol leaves buffers unsigned: hashing 100 MB would halve the
+bulk rate, and a buffer is never parsed, so changing one alters data but cannot run code
+(``--curve`` encrypts and authenticates everything). Nothing is unpickled before its
+signature is verified; a header, read only once verified too, is a fixed prefix of
+numbers and ids and plain data in ``marshal``'s format, which
 cannot name a class or function (reading it runs nothing).
 A refused message is counted under one of DROP_REASONS; messages above the cluster's
 max_message_size are refused on receipt and never sent.
@@ -210,11 +217,100 @@ os.register_at_fork(after_in_child=_new_id_prefix)
 
 # ---------------------------------------------------------------- headers
 
+# A header's bytes: the routing prefix, then the rest of the header marshalled. The prefix
+# holds what the controller routes a task by and records, at fixed places (one
+# struct.unpack_from): wire version, flags, kind and status as codes, engine, attempt,
+# started, completed, then the byte lengths of msg_id, parent and session, whose UTF-8
+# follows it. A field whose value has another type (or is out of range) stays in the rest.
+WIRE_VERSION = 2   # 1: a header wholly marshalled (minipar before the routing prefix)
+_PREFIX = struct.Struct("<BBBBiHddBBB")
+# Flags: `lb` is True; the rest holds no ROUTED field; then 4, 8, 16: msg_id, parent,
+# session are in the prefix. Absent: kind and status code 0, engine -2**31, attempt 0xFFFF,
+# times NaN (the sentinels below; `_NAN` is also what pack_header pops for a missing key).
+_LB, _PLAIN = 1, 2
+_NO_ENGINE, _NO_ATTEMPT, _NAN = -2**31, 0xFFFF, float("nan")
+_TASKS = (APPLY, EXECUTE, PUSH, PULL, KEYS, CLEAR, PROPERTIES, STATS)   # sent to one engine
+_CODED = (None, *_TASKS, *[REPLY[k] for k in _TASKS])
+_KIND_CODE = {k: i for i, k in enumerate(_CODED) if k}
+_STATUS_CODE = {s: i for i, s in enumerate(STATUSES, 1)}
+# by code, None for a code no kind or status has (all 256: any byte is looked up safely)
+_CODED, _STATUSES = (*_CODED, *[None] * 256)[:256], (None, *STATUSES, *[None] * 256)[:256]
+# What the controller reads of a task's request or reply: with none of it in the rest (the
+# prefix's _PLAIN flag), the prefix alone stands for the header there (see route_header).
+ROUTED = frozenset(("msg_id", "kind", "parent", "session", "lb", "engine", "status",
+                    "attempt", "started", "completed", "targets", "after", "follow",
+                    "timeout", "time_limit", "retries", "recovery", "dormant", "depend",
+                    "label", "ename"))
+
+
 def pack_header(header):
-    """marshal: plain data only, twice as quick to read as a restricted unpickler, and
-    its keys come back interned (shared by every header). Version 4, which every Python
-    since 3.4 reads."""
-    return marshal.dumps(header, 4)
+    """The routing prefix, then the rest in marshal's format: plain data only, twice as
+    quick to read as a restricted unpickler, and its keys come back interned. Version 4,
+    which every Python since 3.4 reads. Written out field by field: the client packs one
+    per task, and the engine one per reply."""
+    rest = header.copy()
+    pop, flags = rest.pop, 0
+    # each popped, `_NAN` if absent; one whose value does not fit goes back in the rest.
+    # At most 4 bytes a character: under 64 characters, the UTF-8 fits its length's byte.
+    msg_id, parent, session = pop("msg_id", _NAN), pop("parent", _NAN), pop("session", _NAN)
+    msg_id = msg_id.encode() if type(msg_id) is str and len(msg_id) < 64 \
+        else _text(msg_id, rest, "msg_id")
+    session = session.encode() if type(session) is str and len(session) < 64 \
+        else _text(session, rest, "session")
+    if parent is not _NAN:
+        parent = _text(parent, rest, "parent")
+    kind = pop("kind", _NAN)
+    code = _KIND_CODE.get(kind, 0) if type(kind) is str else 0
+    if not code and kind is not _NAN:
+        rest["kind"] = kind
+    lb = pop("lb", _NAN)
+    if lb is True:
+        flags = _LB
+    elif lb is not _NAN:
+        rest["lb"] = lb
+    status = pop("status", _NAN)
+    scode = _STATUS_CODE.get(status, 0) if type(status) is str else 0
+    if not scode and status is not _NAN:
+        rest["status"] = status
+    engine = pop("engine", _NO_ENGINE)
+    if engine is not _NO_ENGINE and (type(engine) is not int or not _NO_ENGINE < engine < 2**31):
+        engine, rest["engine"] = _NO_ENGINE, engine
+    attempt = pop("attempt", _NO_ATTEMPT)
+    if attempt is not _NO_ATTEMPT and (type(attempt) is not int or not 0 <= attempt < 0xFFFF):
+        attempt, rest["attempt"] = _NO_ATTEMPT, attempt
+    started, completed = pop("started", _NAN), pop("completed", _NAN)
+    if started is not _NAN and (type(started) is not float or started != started):
+        started, rest["started"] = _NAN, started
+    if completed is not _NAN and (type(completed) is not float or completed != completed):
+        completed, rest["completed"] = _NAN, completed
+    texts = []
+    if msg_id is not _NAN:
+        flags |= 4
+        texts.append(msg_id)
+    if parent is not _NAN:
+        flags |= 8
+        texts.append(parent)
+    if session is not _NAN:
+        flags |= 16
+        texts.append(session)
+    if code and ROUTED.isdisjoint(rest):
+        flags |= _PLAIN
+    return b"".join((_PREFIX.pack(WIRE_VERSION, flags, code, scode, engine, attempt, started,
+                                  completed, len(msg_id) if flags & 4 else 0,
+                                  len(parent) if flags & 8 else 0,
+                                  len(session) if flags & 16 else 0),
+                     *texts, marshal.dumps(rest, 4)))
+
+
+def _text(value, rest, key):
+    """`value`'s UTF-8 for the prefix, or _NAN (put back in `rest` unless absent)."""
+    if type(value) is str:
+        data = value.encode()
+        if len(data) < 256:
+            return data
+    if value is not _NAN:
+        rest[key] = value
+    return _NAN
 
 
 def plain(value):
@@ -228,20 +324,80 @@ def plain(value):
     return False
 
 
+def _prefix(data):
+    """(the fields the routing prefix holds, as a dict; its flags; where the rest starts)."""
+    if len(data) < _PREFIX.size or data[0] != WIRE_VERSION:
+        if data[:1] not in (b"{", b"\xfb"):   # marshal's dict, which version 1 began with
+            raise ValueError(f"a header in no minipar wire format (this process speaks "
+                             f"version {WIRE_VERSION})")
+        raise ValueError(f"a header of minipar's wire version 1, from an older minipar; this "
+                         f"process speaks version {WIRE_VERSION}: run the same minipar on the "
+                         "client, the controller and the engines")
+    _, flags, kind, status, engine, attempt, started, completed, a, b, c = \
+        _PREFIX.unpack_from(data)
+    i = _PREFIX.size
+    j = i + a
+    k = j + b
+    end = k + c
+    fields = {}
+    if flags & 4:
+        fields["msg_id"] = data[i:j].decode()
+    if flags & 8:
+        fields["parent"] = data[j:k].decode()
+    if flags & 16:
+        fields["session"] = data[k:end].decode()
+    if kind:
+        kind = fields["kind"] = _CODED[kind]
+        if kind is None:
+            raise ValueError("a header of an unknown kind code")
+    if flags & _LB:
+        fields["lb"] = True
+    if status:
+        status = fields["status"] = _STATUSES[status]
+        if status is None:
+            raise ValueError("a header of an unknown status code")
+    if engine != _NO_ENGINE:
+        fields["engine"] = engine
+    if attempt != _NO_ATTEMPT:
+        fields["attempt"] = attempt
+    if started == started:
+        fields["started"] = started
+    if completed == completed:
+        fields["completed"] = completed
+    return fields, flags, end
+
+
+def route_header(data):
+    """What the controller reads of verified header bytes: for a task's request or reply
+    whose ROUTED fields are all in the prefix, the prefix's fields alone (the rest, which
+    the engine or client reads, is not parsed); else the whole header (unpack_header)."""
+    fields, flags, i = _prefix(data)
+    if flags & _PLAIN and "msg_id" in fields:
+        return fields
+    return _unpack(data, fields, i)
+
+
 def unpack_header(data):
     """The header dict of verified bytes (marshal is not for unverified input).
 
     A signed header is still bounded before marshal reads it: marshal allocates a list
     or tuple for the count it is told before reading a single item, so a few signed bytes
     claiming 2**31 items would stall the reader for seconds (``_counts_fit``)."""
-    if _large_count(data) and not _counts_fit(data):
+    return _unpack(data, *_prefix(data)[::2])
+
+
+def _unpack(data, fields, i):
+    rest = data[i:]
+    if _large_count(rest) and not _counts_fit(rest):
         raise ValueError("a header whose containers claim more items than it has bytes")
     try:
-        header = marshal.loads(data)
+        header = marshal.loads(rest)
     except (EOFError, TypeError) as e:   # cut short, or a code marshal does not know
         raise ValueError(f"a header that is not plain data ({type(e).__name__})") from None
-    if type(header) is not dict or type(header.get("kind")) is not str \
-            or type(header.get("msg_id")) is not str:
+    if type(header) is not dict:
+        raise ValueError("a header must be a dict with `kind` and `msg_id` strings")
+    header.update(fields)   # the prefix is what the controller routed by: it wins
+    if type(header.get("kind")) is not str or type(header.get("msg_id")) is not str:
         raise ValueError("a header must be a dict with `kind` and `msg_id` strings")
     return header
 
@@ -335,9 +491,10 @@ def body_digest(parts, raw=()):
 
 class Session:
     """Signs, verifies and (de)composes messages. One per process serves every socket's
-    replay history: each header has a new msg_id, so signatures never repeat."""
+    replay history: each header has a new msg_id, so signatures never repeat. A router's
+    (the controller's) reads a task's header by its prefix alone: see route_header."""
 
-    def __init__(self, key, max_message_size=MAX_MESSAGE_SIZE):
+    def __init__(self, key, max_message_size=MAX_MESSAGE_SIZE, router=False):
         import hashlib  # see body_digest
         import hmac
 
@@ -351,6 +508,7 @@ class Session:
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
         self.session = new_id()
         self.max_message_size = max_message_size
+        self._read = route_header if router else unpack_header
         self._seen = set()
         self._seen_order = collections.deque()
         self.dropped = collections.Counter()  # why messages were dropped, for queue_status/stats
@@ -430,7 +588,24 @@ class Session:
             self._seen_order.append(sig)
             if len(self._seen_order) > REPLAY_HISTORY:
                 self._seen.discard(self._seen_order.popleft())
-        return idents, unpack_header(hb), parts
+        return idents, self._header(hb), parts
+
+    def _header(self, hb):
+        """The header of verified bytes (as the router or any other side reads them). A
+        task's request whose prefix reads but whose rest does not (only a holder of the key
+        can sign one) comes as its prefix's fields and `unreadable`, the reason: its engine
+        answers it with that error (check_body), so it still ends once."""
+        try:
+            return self._read(hb)
+        except ValueError as e:
+            try:
+                fields = _prefix(hb)[0]
+            except ValueError:
+                raise e from None
+            if fields.get("kind") not in _TASKS or "msg_id" not in fields:
+                raise
+            self.count_drop("bad header")
+            return dict(fields, unreadable=str(e))
 
     def pack(self, wires):
         """Messages (lists of frames) for `wires`, each a message's frames from the
@@ -477,7 +652,7 @@ class Session:
             for hb, n in zip(hbs, counts):
                 if type(hb) is not bytes:
                     raise ValueError("an item is not header bytes")
-                out.append((unpack_header(hb), parts[i:i + n]))
+                out.append((self._header(hb), parts[i:i + n]))
                 i += n
             return out
         except (ValueError, TypeError, EOFError) as e:
@@ -489,6 +664,9 @@ class Session:
             self.dropped[reason] += 1
 
     def check_body(self, header, parts):
+        if "unreadable" in header:
+            raise ValueError(f"its header could not be read past its routing prefix "
+                             f"({header['unreadable']}): a client that packs headers wrongly")
         if header.get("body", "") != (body_digest(parts, header.get("raw", ())) if parts else ""):
             self.count_drop("bad digest")
             raise ValueError("message parts do not match the signed digest")

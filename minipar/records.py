@@ -43,7 +43,8 @@ is 190 B; db_query answers every key, None for those missing)::
                                     # asked for (``_header``): not a second copy
         "wire": [frames],           # the request's frames from the delimiter on
         "result_header": dict,      # the reply's header: status, ename, evalue,
-                                    # stdout, stderr, started, ...
+                                    # stdout, stderr, started, ... (its routing fields
+                                    # until `result_hb`, its bytes, is read: _result_header)
         "result_parts": [frames],   # the reply's frames (the result, serialized)
         "attempts": [{"engine", "status", "started", "completed", "ename"}],
         "watchers": [bytes],        # other clients to deliver the result to
@@ -660,9 +661,11 @@ def _queried_ids(query):
 
 def _field(rec, key):
     if key in _FROM_RESULT and key not in rec:
-        return (rec.get("result_header") or {}).get(key)
+        return (_result_header(rec) or {}).get(key)
     if key == "header":
         return _header(rec)
+    if key == "result_header":
+        return _result_header(rec)
     return rec.get(key)
 
 
@@ -674,9 +677,24 @@ def _header(rec):
     return rec["header"]
 
 
+def _result_header(rec):
+    """A record's reply header. The controller keeps the routing fields it read (see
+    protocol.route_header) and the header's bytes (`result_hb`), read when first asked for.
+    A whole header (one the controller made, or read whole) has its `body`."""
+    hb = rec.pop("result_hb", None)
+    if hb is not None and "body" not in rec["result_header"]:
+        try:
+            rec["result_header"] = protocol.unpack_header(_frame_bytes(hb))
+        except ValueError as e:   # signed, yet its rest unreadable: what it was routed by
+            rec["result_header"] = dict(rec["result_header"], ename="ValueError",
+                                        evalue=f"its reply's header could not be read: {e}")
+    return rec.get("result_header")
+
+
 def _view(rec, keys):
     """A record as db_query answers it: a new dict of plain data, with frames (as bytes)
     only when `keys` names them; `keys` None means every other key."""
+    _result_header(rec)   # read, so `result_hb` is no key of it
     if keys is None:
         keys = [k for k in dict.fromkeys((*RECORD_KEYS, *rec, *_FROM_RESULT))
                 if k not in _FRAME_KEYS]

@@ -13,6 +13,7 @@ protocol with the controller's own key, and calls ``loop_once(now, timeout)`` it
 (``STEP_S`` when one is expected, 0 when the step is only a tick of the clock).
 """
 
+import marshal
 import subprocess
 import sys
 import threading
@@ -160,6 +161,47 @@ def test_a_direct_request_reaches_its_engine_and_the_reply_its_client(hub):
     assert parts == [b"result"]
     assert hub.db.get(request["msg_id"])["status"] == "ok"
     assert hub.engines[1]["outstanding"] == set()
+
+
+def test_a_reply_routed_by_its_prefix_answers_queries_with_its_whole_header(hub):
+    """The controller reads a task's reply by its routing prefix alone (status, times,
+    parent); the rest of its header (stdout, ename...) is read when a query asks for it."""
+    engines = dict(register(hub, name)[::-1] for name in (b"engine-a",))
+    request = hub.client.send(protocol.APPLY, [b"f"], engine=0, counts=[1])
+    step(hub)
+    engines[0].recv()
+    engines[0].send(protocol.APPLY_REPLY, [b"result"], parent=request["msg_id"],
+                    status="ok", engine=0, started=1.5, completed=2.5, stdout="said so")
+    step(hub)
+    hub.client.recv()
+    rec = hub.db.get(request["msg_id"])
+    assert "stdout" not in rec["result_header"] and rec["result_header"]["status"] == "ok"
+    query = hub.client.send(protocol.DB_QUERY, query={"msg_id": request["msg_id"]},
+                            keys=["stdout", "result_header", "started", "status"])
+    step(hub)
+    _, reply, _ = hub.client.recv()
+    assert reply["parent"] == query["msg_id"]
+    [found] = reply["records"]
+    assert found["stdout"] == "said so" and found["started"] == 1.5
+    assert found["status"] == "ok" and found["result_header"]["completed"] == 2.5
+    assert found["result_header"]["stdout"] == "said so"
+    assert "result_hb" not in hub.db.get(request["msg_id"])
+
+
+def test_a_message_of_an_older_minipar_is_refused_naming_both_wire_versions(hub, caplog):
+    """A client of a minipar before the routing prefix signs a marshalled header with the
+    same key: the controller refuses it, telling it (and its log) both versions."""
+    old = marshal.dumps({"msg_id": protocol.new_id(), "kind": protocol.APPLY, "engine": 0,
+                         "session": hub.client.session.session}, 4)
+    hub.client.sock.send_multipart([protocol.DELIM, hub.client.session.sign(old), old])
+    with caplog.at_level("WARNING", logger="minipar.controller"):
+        step(hub)
+    assert hub.client.sock.poll(STEP_S * 1000)
+    frames = hub.client.sock.recv_multipart()
+    assert protocol.is_refusal(frames)
+    says = "wire version 1, from an older minipar; this process speaks version 2"
+    assert says in frames[2].decode() and says in caplog.text
+    assert hub.session.dropped["bad header"] == 1 and not hub.db.find_records({}, ["msg_id"])
 
 
 def test_a_request_for_an_unknown_engine_fails_at_once(hub):

@@ -18,9 +18,11 @@ correctly signed headers with parts that do not match their digest; unknown kind
 known kinds with fields of every wrong type; requests for unknown msg_ids and engines.
 """
 
+import marshal
 import os
 import pickle
 import random
+import struct
 import threading
 import time
 
@@ -56,6 +58,8 @@ WEIRD = [None, True, -1, 0, 1, 2**70, 1e308, float("inf"), float("nan"), "", "x"
          "all", [], [1, 2], [[1]], ["a", None], {}, {"ids": 5}, {"ids": ["a"], "all": "no"},
          b"bytes", (1, "2"), {"a": {"b": [1, {2: 3}]}}]
 NOT_STR = [w for w in WEIRD if not isinstance(w, str)]
+# A routing prefix naming no field (see protocol.pack_header): the rest is read whole.
+ROUTING = protocol.pack_header({})[:-len(marshal.dumps({}, 4))]
 FIELDS = ["engine", "targets", "after", "follow", "timeout", "retries", "recovery",
           "time_limit", "msg_ids", "names", "code", "counts", "op", "keys", "lb", "query",
           "keys_", "hub", "id", "properties", "pid", "python", "reason", "parent", "name",
@@ -119,20 +123,25 @@ class Fuzzer:
         r = self.rng.random()
         # each unique (a nonce): a repeated header would be refused as a replay first
         nonce = self.rng.random()
+        # after a routing prefix naming nothing (or none: another wire version), what is read
+        head = ROUTING if self.rng.random() < 0.8 else b""
         if r < 0.2:
             hb = self._bytes(16)
         elif r < 0.3:   # marshal would allocate the count it is told: seconds, were it read
             code = self.rng.choice(b"([<>\xa8\xdb")
-            hb = self._bytes(0, 32) + bytes([code]) + self.rng.randbytes(4) + self._bytes(0, 8)
+            hb = head + self._bytes(0, 32) + bytes([code]) + self.rng.randbytes(4) \
+                + self._bytes(0, 8)
         elif r < 0.5:
-            hb = pickle.dumps([self.rng.choice([[1, 2], "kind", 7, None]), nonce])  # no dict
+            hb = head + pickle.dumps([self.rng.choice([[1, 2], "kind", 7, None]), nonce])
         elif r < 0.7:
-            hb = pickle.dumps({"msg_id": self.rng.choice(NOT_STR), "kind": self.rng.choice(WEIRD),
-                               "nonce": nonce})
+            hb = head + pickle.dumps({"msg_id": self.rng.choice(NOT_STR),
+                                      "kind": self.rng.choice(WEIRD), "nonce": nonce})
         elif r < 0.85:
-            hb = pickle.dumps({"msg_id": "x", "kind": "apply", "f": os.system, "nonce": nonce})
-        else:   # a valid header cut short, then signed: the signature is right, the pickle not
-            hb = protocol.pack_header({"msg_id": protocol.new_id(), "kind": "keys"})[:-2]
+            hb = head + pickle.dumps({"msg_id": "x", "kind": "apply", "f": os.system,
+                                      "nonce": nonce})
+        else:   # a valid header cut short, then signed: the signature is right, the rest not
+            # (a task's whose prefix reads is answered by its engine instead: see below)
+            hb = protocol.pack_header({"msg_id": protocol.new_id(), "kind": "connect"})[:-2]
         return self._count("bad header", [protocol.DELIM, self.session.sign(hb), hb])
 
     def replay(self, frames):
@@ -304,6 +313,91 @@ def test_nothing_is_unpickled_before_it_is_verified_end_to_end(fuzz_cluster, tmp
     finally:
         sock.close(linger=0)
         ctx.term()
+
+
+# The routing prefix's layout (see protocol.pack_header): version, flags, kind code, status
+# code, engine, attempt, started, completed, then the byte lengths of msg_id, parent, session.
+PREFIX = struct.Struct("<BBBBiHddBBB")
+
+
+def _with_rest(header, rest):
+    """Header bytes: `header`'s routing prefix (all its fields in it), then `rest`."""
+    hb = protocol.pack_header(header)
+    assert hb.endswith(marshal.dumps({}, 4)), "a field of `header` is not in its prefix"
+    return hb[:-len(marshal.dumps({}, 4))] + rest
+
+
+def _random_prefix(rng, session):
+    """A signed-looking header: a routing prefix of random fields and lengths, then random
+    strings and a rest that is marshal data or not. The attempt is left unset: a request
+    naming one gets a reply the controller takes for another attempt's, and stays pending
+    (as it did before the prefix, when the field was marshalled)."""
+    nan = float("nan")
+    msg_id = rng.choice([protocol.new_id(), "", "\u00e9" * 3, "x" * 200])
+    texts = [t.encode() for t in (msg_id, rng.choice(["", "p", protocol.new_id()]), session)]
+    if rng.random() < 0.2:   # not UTF-8
+        texts[0] = rng.randbytes(rng.randint(1, 20))
+    lengths = [len(t) if rng.random() < 0.8 else rng.randint(0, 255) for t in texts]
+    prefix = PREFIX.pack(
+        2, rng.randrange(256), rng.choice([*range(1, 17), 0, 17, 200, 255]),
+        rng.choice([0, 1, 2, 5, 6, 255]), rng.choice([0, 1, 9, -1, -2**31, 2**31 - 1]),
+        0xFFFF, rng.choice([nan, 1.0, -1e308, float("inf")]), rng.choice([nan, 2.0]), *lengths)
+    rest = rng.choice([b"", marshal.dumps({}, 4), marshal.dumps({"counts": [1, 1]}, 4),
+                       marshal.dumps({"targets": "x", "after": 5}, 4), rng.randbytes(12),
+                       b"[" + struct.pack("<I", 2**31 - 1), marshal.dumps([1], 4)])
+    return prefix + b"".join(texts) + rest
+
+
+def test_fuzzed_routing_prefixes_are_refused_or_end_their_task_once(fuzz_cluster):
+    """The controller reads a task's request by its routing prefix alone (see
+    protocol.route_header): signed headers with random prefix fields, lengths and rests
+    are each refused and counted, or routed as a task that ends once (an engine answers a
+    request whose rest it cannot read with that error, alone or in a batch). Nothing is
+    left queued, and the cluster serves as before."""
+    c = fuzz_cluster
+    rc = c.rc
+    info = protocol.read_connection_file(c.client_file)
+    session = protocol.Session(info["key"])
+    ctx = zmq.Context()
+    sock = _dealer(ctx, info, "client")
+    rng = random.Random(SEED)
+    try:
+        ids = []
+        for lb in ({}, {"lb": True}):   # alone, direct and load-balanced, its rest unreadable
+            ids.append(protocol.new_id())
+            hb = _with_rest({"msg_id": ids[-1], "kind": protocol.APPLY, "engine": 0, **lb,
+                             "session": session.session}, b"\x07not marshal")
+            sock.send_multipart([protocol.DELIM, session.sign(hb), hb, b"f", b"args"])
+        # in a batch, beside a good request
+        ids.append(protocol.new_id())
+        hb = _with_rest({"msg_id": ids[-1], "kind": protocol.KEYS, "engine": 1,
+                         "session": session.session}, b"[" + struct.pack("<I", 2**31 - 1))
+        good, frames = session.msg(protocol.KEYS, engine=1, signed=False)
+        [batch] = session.pack([[protocol.DELIM, b"", hb], frames])
+        protocol.send(sock, batch)
+        for msg_id in ids:
+            with pytest.raises(errors.RemoteError, match="could not be read past its routing"):
+                rc.get_result(msg_id).get(30)
+        assert isinstance(rc.get_result(good["msg_id"]).get(30), list)
+        for _ in range(2000):
+            hb = _random_prefix(rng, session.session)
+            protocol.send(sock, [protocol.DELIM, session.sign(hb), hb,
+                                 *[rng.randbytes(8) for _ in range(rng.randint(0, 2))]])
+
+        def idle():
+            status = rc.queue_status()
+            return status.pop("unassigned") == 0 and all(
+                s["queue"] == 0 for s in status.values())
+
+        wait_until(idle, 60, what="every fuzzed task to end")
+        stats = rc.queue_status(verbose=True)["stats"]
+        assert stats.get("dropped_bad_header", 0) >= 100
+        assert c.controller.poll() is None and all(e.poll() is None for e in c.engines)
+        check_serves(rc, 2)
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+    assert "Traceback" not in c.output("controller")
 
 
 def test_max_message_size_is_enforced_on_every_side(fuzz_cluster):
