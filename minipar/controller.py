@@ -127,8 +127,7 @@ class Controller:
         self.location = location or (socket.gethostname() if ip in ("*", "0.0.0.0") else ip)
         self.profile_dir = protocol.profile_dir(profile, profile_dir)
         self.reuse = reuse
-        self.heartbeat_period = heartbeat_period
-        self.heartbeat_liveness = heartbeat_liveness
+        self.heartbeat_period, self.heartbeat_liveness = heartbeat_period, heartbeat_liveness
         self.max_message_size = max_message_size
         self.ports = dict(ports or {})
         if port:
@@ -1318,6 +1317,8 @@ _TASK_FIELDS = frozenset(("targets", "after", "follow", "timeout", "time_limit",
 
 def _request_problem(header):
     """What is wrong with a request's routing fields, or None."""
+    if "attempt" in header:   # its engine's reply would carry it, and be taken for stale
+        return "`attempt` is the controller's to number a task's tries: leave it out"
     if not header.get("lb"):
         if not _is_int(header.get("engine")):
             return f"`engine` must be an engine id (int), not {header.get('engine')!r:.80}"

@@ -472,6 +472,16 @@ def test_a_negative_timeout_or_time_limit_is_refused_at_once(rc, lview, flag):
     assert lview.apply_sync(square, 4) == 16   # and it goes on serving
 
 
+def test_a_request_naming_its_own_attempt_is_refused_not_left_pending(rc, lview):
+    # the engine's reply echoes a request's attempt, which the controller matches against
+    # the tries it made: a client's own number left the task pending for ever as stale
+    for where in ({"lb": True}, {"engine_id": rc.ids[0]}):
+        f = rc.send_apply(square, (3,), {}, attempt=2, **where)
+        with pytest.raises(ValueError, match="refused: `attempt` is the controller's"):
+            f.result(TIMEOUT)
+    assert lview.apply_sync(square, 4) == 16   # and it goes on serving
+
+
 def test_dependency_set_semantics():
     d = Dependency(["a", "b"])
     assert d.as_dict() == {"ids": ["a", "b"], "all": True, "success": True, "failure": False}
