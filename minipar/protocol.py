@@ -481,14 +481,28 @@ def _counts_fit(data):
 
 # ---------------------------------------------------------------- signing
 
+# An empty SHA-256 from OpenSSL, made at the first body_digest (hashlib is imported there,
+# not at import: OpenSSL's binding is a third of `import minipar`). A copy of it is
+# quicker than a new one, which looks the hash up in OpenSSL every time.
+_sha256 = None
+
+
 def body_digest(parts, raw=()):
     """SHA-256 of the parts; of a raw buffer (index in `raw`), only its length: see the
-    module's docstring for why, and --curve where the data must not be altered."""
-    import hashlib  # here, not at import: OpenSSL's binding is a third of `import minipar`
+    module's docstring for why, and --curve where the data must not be altered. One update
+    per part: joining them would copy a large pickle."""
+    global _sha256
+    if _sha256 is None:
+        import hashlib
 
-    h = hashlib.sha256()
-    for i, p in enumerate(parts):
-        h.update(b"%d:" % len(p) if i in raw else p)
+        _sha256 = hashlib.sha256()
+    h = _sha256.copy()
+    if raw:
+        for i, p in enumerate(parts):
+            h.update(b"%d:" % len(p) if i in raw else p)
+    else:
+        for p in parts:
+            h.update(p)
     return h.hexdigest()
 
 
@@ -498,7 +512,7 @@ class Session:
     (the controller's) reads a task's header by its prefix alone: see route_header."""
 
     def __init__(self, key, max_message_size=MAX_MESSAGE_SIZE, router=False):
-        import hashlib  # see body_digest
+        import hashlib  # here, not at import: see body_digest
         import hmac
 
         self.key = bytes.fromhex(key) if isinstance(key, str) else bytes(key)
