@@ -569,7 +569,7 @@ class Session:
         """Split received frames into (routing ids, signature, header bytes, parts)."""
         frames = unpack(frames)
         for i, f in enumerate(frames):
-            if f.bytes == DELIM if hasattr(f, "bytes") else f == DELIM:
+            if f is DELIM or _bytes(f) == DELIM:   # unpack puts DELIM itself
                 break
         else:
             raise ValueError("no delimiter frame")
@@ -723,6 +723,10 @@ def check_size(frames, limit, what):
 
 
 def _bytes(frame):
+    """`frame` as bytes: itself if it is (a packed message's frames are, see unpack), else
+    copied. The test first: a failed hasattr costs twice the call, raising inside."""
+    if type(frame) is bytes:
+        return frame
     return frame.bytes if hasattr(frame, "bytes") else bytes(frame)
 
 
