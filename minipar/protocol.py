@@ -224,6 +224,7 @@ os.register_at_fork(after_in_child=_new_id_prefix)
 # follows it. A field whose value has another type (or is out of range) stays in the rest.
 WIRE_VERSION = 2   # 1: a header wholly marshalled (minipar before the routing prefix)
 _PREFIX = struct.Struct("<BBBBiHddBBB")
+_read_prefix, _PREFIX_SIZE = _PREFIX.unpack_from, _PREFIX.size
 # Flags: `lb` is True; the rest holds no ROUTED field; then 4, 8, 16: msg_id, parent,
 # session are in the prefix. Absent: kind and status code 0, engine -2**31, attempt 0xFFFF,
 # times NaN (the sentinels below; `_NAN` is also what pack_header pops for a missing key).
@@ -325,56 +326,58 @@ def plain(value):
 
 
 def _prefix(data):
-    """(the fields the routing prefix holds, as a dict; its flags; where the rest starts)."""
-    if len(data) < _PREFIX.size or data[0] != WIRE_VERSION:
+    """The values of the routing prefix of header bytes `data` (as _PREFIX packs them)."""
+    if len(data) < _PREFIX_SIZE or data[0] != WIRE_VERSION:
         if data[:1] not in (b"{", b"\xfb"):   # marshal's dict, which version 1 began with
             raise ValueError(f"a header in no minipar wire format (this process speaks "
                              f"version {WIRE_VERSION})")
         raise ValueError(f"a header of minipar's wire version 1, from an older minipar; this "
                          f"process speaks version {WIRE_VERSION}: run the same minipar on the "
                          "client, the controller and the engines")
-    _, flags, kind, status, engine, attempt, started, completed, a, b, c = \
-        _PREFIX.unpack_from(data)
-    i = _PREFIX.size
-    j = i + a
+    return _read_prefix(data)
+
+
+def _fields(header, data, prefix):
+    """`header` with the fields that `data`'s routing prefix holds (`prefix`, its values)
+    set: into the marshalled rest's dict as it is, so the prefix wins, and no dict more."""
+    _, flags, kind, status, engine, attempt, started, completed, a, b, c = prefix
+    j = _PREFIX_SIZE + a
     k = j + b
-    end = k + c
-    fields = {}
     if flags & 4:
-        fields["msg_id"] = data[i:j].decode()
+        header["msg_id"] = data[_PREFIX_SIZE:j].decode()
     if flags & 8:
-        fields["parent"] = data[j:k].decode()
+        header["parent"] = data[j:k].decode()
     if flags & 16:
-        fields["session"] = data[k:end].decode()
+        header["session"] = data[k:k + c].decode()
     if kind:
-        kind = fields["kind"] = _CODED[kind]
+        kind = header["kind"] = _CODED[kind]
         if kind is None:
             raise ValueError("a header of an unknown kind code")
     if flags & _LB:
-        fields["lb"] = True
+        header["lb"] = True
     if status:
-        status = fields["status"] = _STATUSES[status]
+        status = header["status"] = _STATUSES[status]
         if status is None:
             raise ValueError("a header of an unknown status code")
     if engine != _NO_ENGINE:
-        fields["engine"] = engine
+        header["engine"] = engine
     if attempt != _NO_ATTEMPT:
-        fields["attempt"] = attempt
+        header["attempt"] = attempt
     if started == started:
-        fields["started"] = started
+        header["started"] = started
     if completed == completed:
-        fields["completed"] = completed
-    return fields, flags, end
+        header["completed"] = completed
+    return header
 
 
 def route_header(data):
     """What the controller reads of verified header bytes: for a task's request or reply
     whose ROUTED fields are all in the prefix, the prefix's fields alone (the rest, which
     the engine or client reads, is not parsed); else the whole header (unpack_header)."""
-    fields, flags, i = _prefix(data)
-    if flags & _PLAIN and "msg_id" in fields:
-        return fields
-    return _unpack(data, fields, i)
+    prefix = _prefix(data)
+    if prefix[1] & _PLAIN and prefix[1] & 4:
+        return _fields({}, data, prefix)
+    return _unpack(data, prefix)
 
 
 def unpack_header(data):
@@ -383,11 +386,11 @@ def unpack_header(data):
     A signed header is still bounded before marshal reads it: marshal allocates a list
     or tuple for the count it is told before reading a single item, so a few signed bytes
     claiming 2**31 items would stall the reader for seconds (``_counts_fit``)."""
-    return _unpack(data, *_prefix(data)[::2])
+    return _unpack(data, _prefix(data))
 
 
-def _unpack(data, fields, i):
-    rest = data[i:]
+def _unpack(data, prefix):
+    rest = data[_PREFIX_SIZE + prefix[8] + prefix[9] + prefix[10]:]
     if _large_count(rest) and not _counts_fit(rest):
         raise ValueError("a header whose containers claim more items than it has bytes")
     try:
@@ -396,7 +399,7 @@ def _unpack(data, fields, i):
         raise ValueError(f"a header that is not plain data ({type(e).__name__})") from None
     if type(header) is not dict:
         raise ValueError("a header must be a dict with `kind` and `msg_id` strings")
-    header.update(fields)   # the prefix is what the controller routed by: it wins
+    _fields(header, data, prefix)   # the prefix is what the controller routed by: it wins
     if type(header.get("kind")) is not str or type(header.get("msg_id")) is not str:
         raise ValueError("a header must be a dict with `kind` and `msg_id` strings")
     return header
@@ -478,14 +481,28 @@ def _counts_fit(data):
 
 # ---------------------------------------------------------------- signing
 
+# An empty SHA-256 from OpenSSL, made at the first body_digest (hashlib is imported there,
+# not at import: OpenSSL's binding is a third of `import minipar`). A copy of it is
+# quicker than a new one, which looks the hash up in OpenSSL every time.
+_sha256 = None
+
+
 def body_digest(parts, raw=()):
     """SHA-256 of the parts; of a raw buffer (index in `raw`), only its length: see the
-    module's docstring for why, and --curve where the data must not be altered."""
-    import hashlib  # here, not at import: OpenSSL's binding is a third of `import minipar`
+    module's docstring for why, and --curve where the data must not be altered. One update
+    per part: joining them would copy a large pickle."""
+    global _sha256
+    if _sha256 is None:
+        import hashlib
 
-    h = hashlib.sha256()
-    for i, p in enumerate(parts):
-        h.update(b"%d:" % len(p) if i in raw else p)
+        _sha256 = hashlib.sha256()
+    h = _sha256.copy()
+    if raw:
+        for i, p in enumerate(parts):
+            h.update(b"%d:" % len(p) if i in raw else p)
+    else:
+        for p in parts:
+            h.update(p)
     return h.hexdigest()
 
 
@@ -495,7 +512,7 @@ class Session:
     (the controller's) reads a task's header by its prefix alone: see route_header."""
 
     def __init__(self, key, max_message_size=MAX_MESSAGE_SIZE, router=False):
-        import hashlib  # see body_digest
+        import hashlib  # here, not at import: see body_digest
         import hmac
 
         self.key = bytes.fromhex(key) if isinstance(key, str) else bytes(key)
@@ -552,7 +569,7 @@ class Session:
         """Split received frames into (routing ids, signature, header bytes, parts)."""
         frames = unpack(frames)
         for i, f in enumerate(frames):
-            if f.bytes == DELIM if hasattr(f, "bytes") else f == DELIM:
+            if f is DELIM or _bytes(f) == DELIM:   # unpack puts DELIM itself
                 break
         else:
             raise ValueError("no delimiter frame")
@@ -599,7 +616,7 @@ class Session:
             return self._read(hb)
         except ValueError as e:
             try:
-                fields = _prefix(hb)[0]
+                fields = _fields({}, hb, _prefix(hb))
             except ValueError:
                 raise e from None
             if fields.get("kind") not in _TASKS or "msg_id" not in fields:
@@ -706,6 +723,10 @@ def check_size(frames, limit, what):
 
 
 def _bytes(frame):
+    """`frame` as bytes: itself if it is (a packed message's frames are, see unpack), else
+    copied. The test first: a failed hasattr costs twice the call, raising inside."""
+    if type(frame) is bytes:
+        return frame
     return frame.bytes if hasattr(frame, "bytes") else bytes(frame)
 
 
