@@ -40,7 +40,7 @@ answered as aborted). An engine started by a launcher (its own session), in the 
 `ssh` without -t or by a batch job is never in a terminal's foreground. One waiting for its
 connection file (started before its controller) does as an idle one. A task that puts its own
 handler in place for either (itself, or a library it imports) keeps it while it runs; the engine's
-is back after it.
+is back after it, as is its signal wakeup fd (an asyncio loop that handled a signal takes it).
 
 A task that holds the GIL past its time_limit plus TIME_LIMIT_GRACE_S (one long C call,
 which no interrupt reaches) ends the engine by SIGALRM, with faulthandler's traceback in
@@ -931,11 +931,12 @@ class Engine:
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         # a signal that lands in another thread (mpiexec passes them on) wakes this poll too,
-        # where Python runs its handler; non-blocking, as set_wakeup_fd needs (see _wake)
+        # where Python runs its handler; non-blocking, as set_wakeup_fd needs (see _wake).
+        # Set before each wait: a task's asyncio loop that handled a signal took it, left none.
         os.set_blocking(self._wake_w, False)
-        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         try:
             while not self._stopping:
+                signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
                 if self._wake_r in dict(poller.poll()):
                     os.read(self._wake_r, 4096)
                 if self._announce:
