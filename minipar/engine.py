@@ -355,8 +355,7 @@ class Engine:
         self._stopping = False
         self._ctrl_c = False        # a Ctrl-C at its terminal interrupted a request
         self._streamer = _Streamer()
-        self._stdout, self._stderr = _Capture("stdout", self._streamer), _Capture(
-            "stderr", self._streamer)
+        self._stdout, self._stderr = (_Capture(n, self._streamer) for n in ("stdout", "stderr"))
         datapub._publish = self._streamer.publish_data
         datapub._shell = self._shell
         self._told_started = None   # the running request the receiver sent `started` for
@@ -1470,6 +1469,24 @@ def _stop_waiting(signum, frame):
     raise SystemExit(0)
 
 
+def _cluster_profile_dir(args, wait_s):
+    """The profile folder of cluster --cluster-id, waited for up to `wait_s` s (an engine
+    started before its cluster), and what is left of `wait_s`, for the connection file."""
+    from .launcher import CLUSTER_FILE, cluster_files, cluster_profile_dir   # only here: big
+
+    def started():
+        return CLUSTER_FILE.format(cluster_id=args.cluster_id) in map(
+            os.path.basename, cluster_files(args.profile, args.profile_dir))
+
+    if not started():
+        log.info("no cluster %r yet: waiting up to %g s for it to start", args.cluster_id, wait_s)
+        deadline = time.monotonic() + wait_s
+        while not started() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        wait_s = max(0.0, deadline - time.monotonic())
+    return cluster_profile_dir(args.profile, args.profile_dir, args.cluster_id), wait_s
+
+
 def main(argv=None):
     global _engine
     p = argparse.ArgumentParser(prog=f"python -m {__spec__.name if __spec__ else 'engine'}",
@@ -1487,9 +1504,9 @@ def main(argv=None):
     p.add_argument("-s", "--startup-script", help="Python file to run at startup")
     p.add_argument("-c", "--startup-command", help="Python code to run at startup")
     p.add_argument("--timeout", type=float, default=REGISTRATION_TIMEOUT_S,
-                   help="seconds to wait for the controller: for its connection file "
-                        f"(at most {CONNECTION_FILE_WAIT_S:.0f}), then for its answer to "
-                        "registration")
+                   help="seconds to wait for the controller: for its cluster (--cluster-id) and "
+                        f"connection file (at most {CONNECTION_FILE_WAIT_S:.0f}), then for its "
+                        "answer to registration")
     p.add_argument("--max-missed-heartbeats", type=int, default=MAX_MISSED_HEARTBEATS,
                    help="how long (in the controller's heartbeats) to wait for a controller "
                         "that went silent to come back (then register again) before exiting")
@@ -1523,12 +1540,12 @@ def main(argv=None):
     for sig in (signal.SIGINT, signal.SIGTERM):   # not the defaults: a traceback, a kill
         signal.signal(sig, _stop_waiting)
     try:
+        wait_s = min(args.timeout, CONNECTION_FILE_WAIT_S)
         if args.cluster_id and not args.file:   # ipengine's: that cluster's connection file
-            from .launcher import cluster_profile_dir   # only here: it is big
-            args.profile_dir = cluster_profile_dir(args.profile, args.profile_dir, args.cluster_id)
+            args.profile_dir, wait_s = _cluster_profile_dir(args, wait_s)
         path = args.file or os.path.join(protocol.profile_dir(args.profile, args.profile_dir),
                                          "security", protocol.ENGINE_FILE)
-        protocol.wait_for_file(path, min(args.timeout, CONNECTION_FILE_WAIT_S), log.info)
+        protocol.wait_for_file(path, wait_s, log.info)
         with warnings.catch_warnings(record=True) as said:   # a group-readable file, say:
             warnings.simplefilter("always")   # logged in the log's format, not warnings'
             info = protocol.read_connection_file(path, protocol.ENGINE_PORTS)
