@@ -41,9 +41,10 @@ The snapshot (``--once --json`` prints exactly this)::
     engines         one row per engine, by id:
                       id, host, pid,
                       state        "idle", "busy", "lost" or "stopped"
-                      task         what it runs: the function's name, the first line of
-                                   the code an execute runs, or the request kind ("push",
-                                   "execute"...); None when idle or not known yet
+                      task         what it runs: the function's name ("StringTask" for
+                                   a classic one), the first line of the code an execute
+                                   runs, or the request kind ("push", "execute"...); None
+                                   when idle or not known yet
                       msg_id       the request it runs (None when idle or not known yet)
                       running_s    for how long it has run it (None when it started after
                                    the engine's last report: then less than report_age_s)
