@@ -17,12 +17,12 @@ request it aborted can no longer start. A take-back is such an abort from the co
 load-balanced tasks queued behind one that runs long (``running``): the engine marks them, keeps the
 marks only if that task still runs (requests run in the order sent, so none of them has started),
 and answers with those it kept (``taken``; all or none). A request taken back is dropped unanswered
-when it comes up; the controller has queued it again, for another engine. The engine registers with
-``take_back``: an older one, which would read a take-back as an abort, is never sent one. Every
-STREAM_INTERVAL_S the receiver sends what the running request printed or published
-(``datapub.publish_data``) as ``stream`` messages (see ``_Streamer``), and ``started`` for one still
-running (so the client's future is running()). Every USAGE_PERIOD_S it sends ``usage`` (CPU time,
-memory, the running request) for rc.status and minipar.top.
+when it comes up; the controller queued it again, for another engine (direct ones a client aborted
+``behind`` the oldest: failed). The engine registers with ``take_back``: an older one, which would
+read a take-back as an abort, is never sent one. Every STREAM_INTERVAL_S the receiver sends what the
+running request printed or published (``datapub.publish_data``) as ``stream`` messages
+(``_Streamer``), and ``started`` for one still running (its future is running()). Every
+USAGE_PERIOD_S it sends ``usage`` (CPU time, memory, running request) for rc.status and minipar.top.
 
 Startup: --startup-script, then --startup-command, run before the engine connects; one
 that raises ends it (status 1, one line naming it, its exception and line) before the
@@ -614,8 +614,7 @@ class Engine:
         # "aborted" when the engine left; the unregister names `reason`, for the controller
         # to fail or retry them with (set before _stopping, which _requests reads first).
         log.error("%s: exiting", reason)
-        self.exit_code = 1
-        self._lost = reason
+        self.exit_code, self._lost = 1, reason
         self._interrupt_current("lost")
         self._stop()
 
@@ -699,6 +698,8 @@ class Engine:
                     self._aborted.discard(msg_id)   # but a copy sent again must find its mark
         parent = header.get("parent")
         if isinstance(parent, str):   # the controller waits for this to answer its client
+            if header.get("behind") is not None:   # queued behind it, if it runs: given back
+                return self._take_back(dict(header, running=header["behind"]))
             _, frames = self.session.msg(protocol.ABORT_MARKED, parent=parent)
             protocol.send(self._dealer, frames)
 
@@ -1372,8 +1373,7 @@ class Engine:
         self._injected.clear()
 
     def _properties(self, header, parts):
-        op = header.get("op", "get")
-        keys = header.get("keys")
+        op, keys = header.get("op", "get"), header.get("keys")
         if op == "set":
             properties.update(protocol.deserialize(parts))
         elif op == "del":

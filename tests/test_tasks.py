@@ -760,6 +760,32 @@ def test_abort_queued_and_running_tasks(rc):
     assert [ar.metadata["status"] for ar in ars] == ["aborted"] * 4
 
 
+def test_a_direct_request_aborted_while_queued_behind_a_running_one_fails_at_once(
+        rc, tmp_path):
+    """A DirectView request queued on an engine behind a running one and aborted (or
+    cancelled) failed only when the running one ended and the engine came to refuse it:
+    the abort returned at once, its result waited. It fails at once now and never runs;
+    the running one goes on."""
+    eid = rc.ids[0]
+    go = tmp_path / "go"
+    running = rc[eid].apply_async(held, "ran", str(go))
+    try:
+        wait_until(running.running, TIMEOUT, "the first request to start")
+        queued = [rc[eid].apply_async(touch, tmp_path, i) for i in range(2)]
+        assert queued[1].cancel()   # done here at once: its record too, now
+        assert rc.db_query({"msg_id": queued[1].msg_ids[0]}, ["status"]) == [
+            {"msg_id": queued[1].msg_ids[0], "status": "aborted"}]
+        queued[0].abort()
+        with pytest.raises(minipar.TaskAborted, match="aborted before it started"):
+            queued[0].get(START_TIMEOUT_S)
+        assert not running.done()
+    finally:
+        go.touch()
+    assert running.get(TIMEOUT) == "ran"
+    assert rc[eid].apply_sync(square, 4) == 16   # after the aborted ones, had they run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["go"]
+
+
 def test_queue_status_counts_direct_and_load_balanced_work(rc):
     eid = rc.ids[0]
     finished = rc[eid].apply_async(square, 2)
