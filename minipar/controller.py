@@ -188,8 +188,7 @@ class Controller:
             sock = self.ctx.socket(kind)
             sock.linger = 0
             if self.curve:
-                sock.curve_server = True
-                sock.curve_secretkey = self.curve[1]
+                sock.curve_server, sock.curve_secretkey = True, self.curve[1]
             if kind == zmq.ROUTER:
                 sock.router_mandatory = False
                 sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
@@ -404,6 +403,7 @@ class Controller:
         self._next_beat = now + self.heartbeat_period
         self.sockets["ping"].send(b"%d" % self._beat)
         self.tally.prune(now)
+        _top.say_if_no_engines(self, now)
         if not late:   # else the marks this controller has not read yet are not overdue
             self._abort_overdue(now)
         # Liveness counts beats, not seconds: a controller that was itself stalled (a

@@ -694,6 +694,24 @@ def test_a_wait_with_no_engine_ever_registered_says_so(local_cluster):
     assert (ar.get(TIMEOUT), later.result(TIMEOUT)) == (9, 25)
 
 
+def test_the_controller_says_once_that_tasks_wait_with_no_engine_ever_registered(
+        local_cluster):
+    """Tasks submitted before any engine registered waited in silence on the controller's
+    side: its log, where a user looks when nothing happens, said nothing. After
+    NO_ENGINES_SAY_S it says, once and not per task, how many wait and how to start
+    engines."""
+    view = local_cluster.client().load_balanced_view()
+    ars = [view.apply_async(square, i) for i in range(3)]
+    said = "3 task(s) waited 10 s and no engine has registered yet: start engines (`python -m "
+    wait_until(lambda: said in local_cluster.output("controller"), START_TIMEOUT_S,
+               "the controller to say that no engine has registered")
+    assert f"--file {local_cluster.engine_file}`" in local_cluster.output("controller")
+    ars.append(view.apply_async(square, 3))
+    local_cluster.start_engines(1)
+    assert [ar.get(TIMEOUT) for ar in ars] == [0, 1, 4, 9]
+    assert local_cluster.output("controller").count("no engine has registered yet") == 1
+
+
 def test_recovery_runs_when_retries_are_exhausted(lview):
     with lview.temp_flags(retries=2, recovery=fallback):
         ar = lview.apply_async(always_fails, 7)
