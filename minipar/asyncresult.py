@@ -750,12 +750,28 @@ def _no_engines(client):
     (Client._on_engine_gone). Tasks wait for an engine by design; the user must know."""
     if client is None or client._engines:
         return ""
-    gone = client._last_gone   # (id, time.time(), why) of the last to leave: I/O thread
-    last = "None was since this client connected." if gone is None else (
-        f"The last one, {gone[0]}, left at {time.strftime('%H:%M:%S', time.localtime(gone[1]))}"
-        f": {gone[2]}")   # last: a death's why ends with its log's last lines
+    # (id, time.time(), why) of the last to leave, or ([ids], ...) of those not back after the
+    # controller restarted (_not_back): I/O thread
+    gone = client._last_gone
+    at = gone and time.strftime('%H:%M:%S', time.localtime(gone[1]))
+    if gone is None:
+        last = "None was since this client connected."
+    elif isinstance(gone[0], list):
+        last = (f"Engine(s) {gone[2]} were registered before the controller restarted (found "
+                f"at {at}) and have not registered again: start them again if they stopped (an "
+                "engine gives up on a controller silent for its --max-missed-heartbeats)")
+    else:   # a death's why ends with its log's last lines
+        last = f"The last one, {gone[0]}, left at {at}: {gone[2]}"
     return ("no engine is registered; the tasks wait for one: start engines (rc.wait_for_"
             f"engines(n) waits for them) or abort them (rc.abort()). {last}")
+
+
+def _not_back(before, now):
+    """For _no_engines: ([ids], time.time(), the ids and where they ran) of the engines of
+    the list `before` that a restarted controller's list `now` lacks, or None."""
+    missing = sorted(set(before) - set(now))
+    return missing and (missing, time.time(), ", ".join(
+        f"{eid} (pid {before[eid].get('pid')} on {before[eid].get('host')})" for eid in missing))
 
 
 def _last_engine_gone(client, eid, why):

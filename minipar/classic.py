@@ -268,6 +268,9 @@ def _string_task(expression, push, pull, _engine_module=__package__ + ".engine")
         builtins.id = builtin_id
 
 
+_string_task.__name__ = "StringTask"   # what rc.status and minipar.top show an engine runs
+
+
 class _Mapper:
     """What ``mapper()`` returns: ``map(func, *sequences)`` with its options fixed."""
 

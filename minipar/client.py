@@ -45,7 +45,8 @@ import zmq
 from . import errors, protocol
 from .asyncresult import (AsyncResult, ExecuteReply, _concat, _dated, _Derived, _forked, _MsgFuture,
                           _OneRequest, _aborted_on_ctrl_c, _check_count, _ctrl_c_aborts,
-                          _last_engine_gone, _seconds, _seconds_check, _sent, _timeout_s)
+                          _last_engine_gone, _not_back, _seconds, _seconds_check, _sent,
+                          _timeout_s)
 from .dependency import dependency_fields, dependent, msg_ids
 from .remotefunction import (ParallelFunction, RemoteFunction, _partition, _sequence, _sequences,
                              interactive)
@@ -139,8 +140,7 @@ class Client(errors.SaysWhyAbsent):
         self._closed = None         # the error every call raises once close()d
         # a forked child has this Client's memory but not its I/O thread: there, it is closed
         os.register_at_fork(after_in_child=functools.partial(_forked, weakref.ref(self)))
-        self.ctx = zmq.Context()
-        self._outbox_addr = f"inproc://client-outbox-{id(self)}"
+        self.ctx, self._outbox_addr = zmq.Context(), f"inproc://client-outbox-{id(self)}"
         outbox_in = self.ctx.socket(zmq.PULL)
         outbox_in.bind(self._outbox_addr)
         self._outbox = self.ctx.socket(zmq.PUSH)
@@ -171,7 +171,7 @@ class Client(errors.SaysWhyAbsent):
         self._gone = None           # the error every call raises once it did not come back
         self._stopped_hub = None    # the error once this client shut the controller down
         self._warned_skew = set()   # engines whose other Python/cloudpickle was warned about
-        self._last_gone = None      # (id, time.time(), why) of the last engine to leave: I/O thread
+        self._last_gone = None      # see asyncresult._no_engines: I/O thread
         self._timers = []           # heap of (deadline, seq, function): I/O thread
         protocol.connect(dealer, self.info, "client")
         sub = self.ctx.socket(zmq.SUB)
@@ -493,8 +493,10 @@ class Client(errors.SaysWhyAbsent):
         seq = (header.get("session"), roster if type(roster) is int else 0)
         if self._roster and seq[0] == self._roster[0] and seq[1] < self._roster[1]:
             return False
-        self._engines = {int(k): v for k, v in header.get("engines", {}).items()}
-        self._roster = seq
+        engines = {int(k): v for k, v in header.get("engines", {}).items()}
+        if self._roster and seq[0] != self._roster[0]:   # a restarted controller's list
+            self._last_gone = _not_back(self._engines, engines) or self._last_gone
+        self._engines, self._roster = engines, seq
         return True
 
     def _ask_engines(self, dealer):
@@ -632,8 +634,7 @@ class Client(errors.SaysWhyAbsent):
     def query(self, kind, timeout=None, **fields):
         """A request of protocol kind `kind` to the controller itself: its reply header,
         waited for `timeout` s at most (default: the Client's). Internal interface."""
-        f = self._send_query(kind, fields)
-        timeout = self.timeout if timeout is None else timeout
+        f, timeout = self._send_query(kind, fields), self.timeout if timeout is None else timeout
         try:
             return f.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -1320,8 +1321,7 @@ class DirectView(_View):
         if dist != "b":
             raise ValueError(f"unknown distribution {dist!r}: only 'b' (blocks) is supported")
         ids = self.client.resolve_targets(self.targets if targets is None else targets)
-        seq = _sequence(seq)
-        futures = []
+        seq, futures = _sequence(seq), []
         for i, eid in enumerate(ids):
             part = _partition(seq, len(ids), i)
             if flatten and len(part) == 1:

@@ -20,18 +20,17 @@ checked after each poll, not threads. ``loop_once(now)`` is one pass; tests may 
 hand. Deadlines and the scheduler's `now` are ``time.monotonic()`` (a wall-clock jump
 neither stops heartbeats nor fires timeouts); ``time.time()`` only stamps records for users.
 
-Robustness: a message that fails its check is refused, counted by reason (queue_status
-``stats``) and logged sparingly; a signed header with fields of the wrong type becomes an
-error result, not a half-made record. A reply from an earlier attempt of a task (an
-engine declared dead and back) is refused as stale, so each request ends once. Started
-with ``--reuse --db sqlite`` after a crash, ``_recover`` resubmits or fails what the
-previous controller left pending. ``--curve`` encrypts every socket with CurveZMQ.
-Stopping without ``--reuse`` (its key and ports go with it), it first fails every
-request it holds and stops its engines (``_end_everything``): none could wait for it.
-With ``--owner PID`` (a Cluster passes its own pid) the controller stops the cluster, as
-a client's ``shutdown(hub=True)`` does, at the first heartbeat after that process ended,
-and runs ``launcher stop`` of the cluster for what no message reaches (a batch job still
-pending): a script killed by SIGTERM or SIGKILL runs no atexit, and would leave it all running.
+Robustness: a message that fails its check is refused, counted by reason (queue_status ``stats``)
+and logged sparingly; a signed header with fields of the wrong type becomes an error result, not a
+half-made record. A reply from an earlier attempt of a task (an engine declared dead and back) is
+refused as stale, so each request ends once. Started with ``--reuse --db sqlite`` after a crash,
+``_recover`` resubmits or fails what the previous controller left pending. ``--curve`` encrypts
+every socket with CurveZMQ. Stopping without ``--reuse`` (its key and ports go with it), it first
+fails every request it holds and stops its engines (``_end_everything``): none could wait for it.
+With ``--owner PID`` (a Cluster passes its own pid) the controller stops the cluster, as a client's
+``shutdown(hub=True)`` does, at the first heartbeat after that process ended, and runs
+``launcher stop`` of the cluster for what no message reaches (a batch job still pending): a script
+killed by SIGTERM or SIGKILL runs no atexit, and would leave it all running.
 """
 
 import argparse
@@ -79,12 +78,11 @@ GC_YOUNG_THRESHOLD = 10_000   # new objects between the collector's young passes
 
 CURVE_FILE = "minipar-curve.json"   # the controller's own Curve key pair, 0600, for --reuse
 
-# A client's abort waiting for engines to mark its requests (see _abort): the client's
-# routing ids and request header, the engines not heard from yet (a set, emptied as they
-# answer or go), how many of its requests were pending (its reply says so), and the
-# time.monotonic() past which it is answered without the marks still missing: an engine
-# whose task holds the GIL in one long C call marks nothing until the call returns.
-# Under the Client's default timeout of 10 s, over a loaded engine's delay; 2..5 is reasonable.
+# A client's abort waiting for engines to mark its requests (see _abort): the client's routing
+# ids and request header, the engines not heard from yet (a set, emptied as they answer or go),
+# how many of its requests were pending (its reply says so), and the time.monotonic() past which
+# it is answered anyway: an engine whose task holds the GIL in one long C call marks nothing
+# until the call returns. Under the Client's 10 s default timeout; 2..5 is reasonable.
 _Aborting = collections.namedtuple("_Aborting", "idents header engines pending deadline")
 ABORT_WAIT_S = 4.0
 
@@ -190,8 +188,7 @@ class Controller:
             sock = self.ctx.socket(kind)
             sock.linger = 0
             if self.curve:
-                sock.curve_server = True
-                sock.curve_secretkey = self.curve[1]
+                sock.curve_server, sock.curve_secretkey = True, self.curve[1]
             if kind == zmq.ROUTER:
                 sock.router_mandatory = False
                 sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
@@ -406,6 +403,7 @@ class Controller:
         self._next_beat = now + self.heartbeat_period
         self.sockets["ping"].send(b"%d" % self._beat)
         self.tally.prune(now)
+        _top.say_if_no_engines(self, now)
         if not late:   # else the marks this controller has not read yet are not overdue
             self._abort_overdue(now)
         # Liveness counts beats, not seconds: a controller that was itself stalled (a
@@ -432,8 +430,7 @@ class Controller:
     def _on_pong(self, frames):
         # Pongs are unsigned (the heart echoes in C); take only the beat number, and never
         # one from the future, so a forged pong cannot keep an engine alive for long.
-        eid = self._by_ident.get(frames[0].bytes)
-        beat = frames[-1].bytes
+        eid, beat = self._by_ident.get(frames[0].bytes), frames[-1].bytes
         if len(frames) != 2 or len(beat) > 20 or not beat.isdigit():
             self.stats["dropped_pong"] += 1
             return
@@ -465,8 +462,7 @@ class Controller:
         if checked is None:
             return
         idents, header, parts = checked
-        ident = idents[0].bytes
-        kind = header["kind"]
+        ident, kind = idents[0].bytes, header["kind"]
         if kind == protocol.REGISTER:
             return self._register(ident, header)
         eid = self._by_ident.get(ident)
@@ -492,11 +488,17 @@ class Controller:
         self._remove_engine(eid, died=False, why=reason if isinstance(reason, str) else None)
 
     def _on_abort_marked(self, eid, header, parts, wire):
-        parent = header.get("parent")
-        asked = self._taking.get(parent) if isinstance(parent, str) else None
+        parent, taken = header.get("parent"), header.get("taken")
+        if not isinstance(parent, str):
+            return
+        asked = self._taking.get(parent)
         if asked is not None and asked[0] == eid:
             del self._taking[parent]
-            return self._took_back(eid, asked[1], header.get("taken"))
+            return self._took_back(eid, asked[1], taken)
+        for msg_id in taken if isinstance(taken, list) and parent in self._aborting else ():
+            rec = self.db.get(msg_id) if isinstance(msg_id, str) else None
+            if rec and rec["status"] == PENDING and rec["engine"] == eid and not rec["lb"]:
+                self._fail(rec, "TaskAborted", "aborted before it started")   # see _abort
         self._abort_heard(eid, parent)
 
     def _on_usage(self, eid, header, parts, wire):
@@ -556,7 +558,7 @@ class Controller:
             "last_beat": self._beat, "properties": header.get("properties") or {},
             # it answers a take-back (see _take_back); an older engine reads one as an abort
             "take_back": header.get("take_back") is True,
-            "outstanding": set(), "completed": gone["done"] if gone else 0,
+            "outstanding": {}, "completed": gone["done"] if gone else 0,   # in the order sent
             # with the msg_id of this registration before them (see engine._request)
             "reg": header["msg_id"].encode(), "work_ident": work_ident,
             # requests waiting for the engine's `ready`; None once it came (at once for an
@@ -757,7 +759,7 @@ class Controller:
             header = dict(_header(rec), attempt=len(rec["attempts"]), date=time.time())
             wire = self.session.resign(header, wire[3:])
         rec["engine"] = eid
-        engine["outstanding"].add(rec["msg_id"])
+        engine["outstanding"][rec["msg_id"]] = None
         # to the engine's main thread, under its current registration (requests queued
         # there from before it registered again are dropped)
         route = (engine["work_ident"], engine["reg"])
@@ -788,7 +790,7 @@ class Controller:
             # attempt on this same engine (declared dead, back, given the retry): a task
             # gets one final state, never two
             if not current:
-                engine["outstanding"].discard(msg_id)
+                engine["outstanding"].pop(msg_id, None)
             self.stats["stale"] += 1
             return
         wire = protocol.keep(wire)  # DELIM, signature, header, parts
@@ -800,7 +802,7 @@ class Controller:
         engine["completed"] += 1   # direct and load-balanced, as queue_status reports it
         if not rec["lb"]:
             return self._finish(rec, status)   # which takes it off the engine's outstanding
-        engine["outstanding"].discard(msg_id)
+        engine["outstanding"].pop(msg_id, None)
         started, completed = header.get("started"), header.get("completed")
         rec["attempts"] = [*rec["attempts"], {
             "engine": eid, "status": status, "started": started, "completed": completed,
@@ -845,7 +847,7 @@ class Controller:
         rec["status"] = status
         rec["completed"] = time.time()
         if rec["engine"] in self.engines:
-            self.engines[rec["engine"]]["outstanding"].discard(rec["msg_id"])
+            self.engines[rec["engine"]]["outstanding"].pop(rec["msg_id"], None)
         frames = rec.pop("reply_wire", None)
         if frames is None or len(rec["attempts"]) > 1:
             # made here, retried or recovered: a new header (the common case, an engine's
@@ -943,13 +945,12 @@ class Controller:
         them again. Each is signed anew (its next engine, maybe this one, must not take it
         for a replay), and gets no attempt: it never started. One not asked for (a bad
         engine's answer: its running task) stays, or it would run twice."""
-        taken = []
-        engine = self.engines[eid]
+        taken, engine = [], self.engines[eid]
         for msg_id in msg_ids if isinstance(msg_ids, list) else ():
             rec = self.db.get(msg_id) if isinstance(msg_id, str) and msg_id in asked else None
             if rec is None or rec["status"] != PENDING or rec["engine"] != eid:
                 continue
-            engine["outstanding"].discard(msg_id)
+            engine["outstanding"].pop(msg_id, None)
             rec["engine"] = None
             rec["header"] = header = dict(_header(rec), date=time.time())
             rec["wire"] = self.session.resign(header, rec["wire"][3:])
@@ -1069,8 +1070,7 @@ class Controller:
                 [idents[0], *self.session.resign(rh, rec["result_parts"] or ())], copy=False)
 
     def _purge(self, idents, header, parts):
-        msg_ids = header.get("msg_ids")
-        targets = header.get("targets")
+        msg_ids, targets = header.get("msg_ids"), header.get("targets")
         if msg_ids == "all" or (msg_ids is None and targets is None):
             msg_ids = [r["msg_id"] for r in self.db.records() if r["status"] != PENDING]
         elif msg_ids is None:
@@ -1087,11 +1087,9 @@ class Controller:
     def _abort(self, idents, header, parts):
         """Tell each engine holding one of the requests; the client hears back once they
         have all marked them, so a queued request it aborted can no longer start."""
-        msg_ids = list(header.get("msg_ids", ()))
-        now = time.monotonic()
-        asked = collections.defaultdict(list)
-        lb, unknown = [], []
-        pending = 0
+        msg_ids, now = list(header.get("msg_ids", ())), time.monotonic()
+        asked = collections.defaultdict(list)   # engine -> the ids it is asked to mark
+        lb, unknown, pending = [], [], 0
         for msg_id in msg_ids:
             rec = self.db.get(msg_id)
             if rec is None:
@@ -1105,14 +1103,20 @@ class Controller:
                 asked[rec["engine"]].append(msg_id)
         if unknown and self._park(idents, header, parts, unknown, len(msg_ids)):
             return
-        decisions = self.scheduler.abort(lb, now)
+        decisions, direct = self.scheduler.abort(lb, now), set(asked)
         for d in decisions:
             if d.action == _scheduler.ABORT and d.engine in self.engines:
                 asked[d.engine].append(d.msg_id)
+                direct.discard(d.engine)
         self._act(d for d in decisions if d.action != _scheduler.ABORT)
         for eid, ids in asked.items():
-            self._send(self.sockets["engine"], [self.engines[eid]["ident"]], protocol.ABORT,
-                       msg_ids=ids, parent=header["msg_id"], queued_only=header.get("queued_only"))
+            # requests run in the order sent: the direct ones behind the oldest, if it still
+            # runs, come back as a take-back's, to fail at once (see _on_abort_marked)
+            engine = self.engines[eid]
+            oldest = next(iter(engine["outstanding"]), None)
+            self._send(self.sockets["engine"], [engine["ident"]], protocol.ABORT, msg_ids=ids,
+                       parent=header["msg_id"], queued_only=header.get("queued_only"),
+                       behind=oldest if eid in direct and oldest not in ids else None)
         if asked:
             self._aborting[header["msg_id"]] = _Aborting(idents, header, set(asked), pending,
                                                          now + ABORT_WAIT_S)
@@ -1219,9 +1223,8 @@ class Controller:
             return self._reply(idents, header, status=ERROR, error=problem)
         for rec, n in zip(recs, new):
             # the original request, under a new msg_id; its recovery was used or discarded
-            h = dict(_header(rec), msg_id=n, date=time.time(), resubmitted=rec["msg_id"])
-            h.pop("recovery", None)
-            h.pop("dormant", None)
+            h = {k: v for k, v in _header(rec).items() if k not in ("recovery", "dormant")}
+            h.update(msg_id=n, date=time.time(), resubmitted=rec["msg_id"])
             self._submit(idents[0], h, (), self.session.resign(h, list(rec["wire"][3:])))
         self._reply(idents, header, status=OK)
 
@@ -1263,8 +1266,7 @@ def _epitaph(engine):
     """What a dead engine's log says last (faulthandler's trace of a crash, the exit
     status its launcher wrote), to add to the EngineError of its requests; read once, at
     its death, and only the last 8 KB."""
-    where = f" (engine pid {engine['pid']} on {engine['host']})"
-    path = engine.get("log")
+    where, path = f" (engine pid {engine['pid']} on {engine['host']})", engine.get("log")
     if not path or engine["host"] != socket.gethostname():
         return where
     try:
@@ -1330,14 +1332,12 @@ def _request_problem(header):
             isinstance(targets, (list, tuple)) and all(_is_int(t) for t in targets)):
         return f"`targets` must be None, an engine id or a list of them, not {targets!r:.80}"
     for name in ("after", "follow"):
-        if header.get(name) is not None:
-            problem = _ids_problem(name, header[name])
-            if problem:
-                return problem
+        problem = header.get(name) is not None and _ids_problem(name, header[name])
+        if problem:
+            return problem
     for name in ("timeout", "time_limit"):
         if header.get(name) is not None and not _is_number(header[name]):
             return f"`{name}` must be None or a number of seconds, not {header[name]!r:.80}"
-    for name in ("timeout", "time_limit"):
         if header.get(name) is not None and not header[name] >= 0:   # NaN too
             return f"`{name}` must be >= 0, or None or 0 for no limit, not {header[name]!r}"
     retries = header.get("retries")

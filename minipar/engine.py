@@ -17,12 +17,12 @@ request it aborted can no longer start. A take-back is such an abort from the co
 load-balanced tasks queued behind one that runs long (``running``): the engine marks them, keeps the
 marks only if that task still runs (requests run in the order sent, so none of them has started),
 and answers with those it kept (``taken``; all or none). A request taken back is dropped unanswered
-when it comes up; the controller has queued it again, for another engine. The engine registers with
-``take_back``: an older one, which would read a take-back as an abort, is never sent one. Every
-STREAM_INTERVAL_S the receiver sends what the running request printed or published
-(``datapub.publish_data``) as ``stream`` messages (see ``_Streamer``), and ``started`` for one still
-running (so the client's future is running()). Every USAGE_PERIOD_S it sends ``usage`` (CPU time,
-memory, the running request) for rc.status and minipar.top.
+when it comes up; the controller queued it again, for another engine (direct ones a client aborted
+``behind`` the oldest: failed). The engine registers with ``take_back``: an older one, which would
+read a take-back as an abort, is never sent one. Every STREAM_INTERVAL_S the receiver sends what the
+running request printed or published (``datapub.publish_data``) as ``stream`` messages
+(``_Streamer``), and ``started`` for one still running (its future is running()). Every
+USAGE_PERIOD_S it sends ``usage`` (CPU time, memory, running request) for rc.status and minipar.top.
 
 Startup: --startup-script, then --startup-command, run before the engine connects; one
 that raises ends it (status 1, one line naming it, its exception and line) before the
@@ -40,7 +40,7 @@ answered as aborted). An engine started by a launcher (its own session), in the 
 `ssh` without -t or by a batch job is never in a terminal's foreground. One waiting for its
 connection file (started before its controller) does as an idle one. A task that puts its own
 handler in place for either (itself, or a library it imports) keeps it while it runs; the engine's
-is back after it.
+is back after it, as is its signal wakeup fd (an asyncio loop that handled a signal takes it).
 
 A task that holds the GIL past its time_limit plus TIME_LIMIT_GRACE_S (one long C call,
 which no interrupt reaches) ends the engine by SIGALRM, with faulthandler's traceback in
@@ -355,8 +355,7 @@ class Engine:
         self._stopping = False
         self._ctrl_c = False        # a Ctrl-C at its terminal interrupted a request
         self._streamer = _Streamer()
-        self._stdout, self._stderr = _Capture("stdout", self._streamer), _Capture(
-            "stderr", self._streamer)
+        self._stdout, self._stderr = (_Capture(n, self._streamer) for n in ("stdout", "stderr"))
         datapub._publish = self._streamer.publish_data
         datapub._shell = self._shell
         self._told_started = None   # the running request the receiver sent `started` for
@@ -615,8 +614,7 @@ class Engine:
         # "aborted" when the engine left; the unregister names `reason`, for the controller
         # to fail or retry them with (set before _stopping, which _requests reads first).
         log.error("%s: exiting", reason)
-        self.exit_code = 1
-        self._lost = reason
+        self.exit_code, self._lost = 1, reason
         self._interrupt_current("lost")
         self._stop()
 
@@ -700,6 +698,8 @@ class Engine:
                     self._aborted.discard(msg_id)   # but a copy sent again must find its mark
         parent = header.get("parent")
         if isinstance(parent, str):   # the controller waits for this to answer its client
+            if header.get("behind") is not None:   # queued behind it, if it runs: given back
+                return self._take_back(dict(header, running=header["behind"]))
             _, frames = self.session.msg(protocol.ABORT_MARKED, parent=parent)
             protocol.send(self._dealer, frames)
 
@@ -931,11 +931,12 @@ class Engine:
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         # a signal that lands in another thread (mpiexec passes them on) wakes this poll too,
-        # where Python runs its handler; non-blocking, as set_wakeup_fd needs (see _wake)
+        # where Python runs its handler; non-blocking, as set_wakeup_fd needs (see _wake).
+        # Set before each wait: a task's asyncio loop that handled a signal took it, left none.
         os.set_blocking(self._wake_w, False)
-        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         try:
             while not self._stopping:
+                signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
                 if self._wake_r in dict(poller.poll()):
                     os.read(self._wake_r, 4096)
                 if self._announce:
@@ -1372,8 +1373,7 @@ class Engine:
         self._injected.clear()
 
     def _properties(self, header, parts):
-        op = header.get("op", "get")
-        keys = header.get("keys")
+        op, keys = header.get("op", "get"), header.get("keys")
         if op == "set":
             properties.update(protocol.deserialize(parts))
         elif op == "del":
@@ -1469,6 +1469,24 @@ def _stop_waiting(signum, frame):
     raise SystemExit(0)
 
 
+def _cluster_profile_dir(args, wait_s):
+    """The profile folder of cluster --cluster-id, waited for up to `wait_s` s (an engine
+    started before its cluster), and what is left of `wait_s`, for the connection file."""
+    from .launcher import CLUSTER_FILE, cluster_files, cluster_profile_dir   # only here: big
+
+    def started():
+        return CLUSTER_FILE.format(cluster_id=args.cluster_id) in map(
+            os.path.basename, cluster_files(args.profile, args.profile_dir))
+
+    if not started():
+        log.info("no cluster %r yet: waiting up to %g s for it to start", args.cluster_id, wait_s)
+        deadline = time.monotonic() + wait_s
+        while not started() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        wait_s = max(0.0, deadline - time.monotonic())
+    return cluster_profile_dir(args.profile, args.profile_dir, args.cluster_id), wait_s
+
+
 def main(argv=None):
     global _engine
     p = argparse.ArgumentParser(prog=f"python -m {__spec__.name if __spec__ else 'engine'}",
@@ -1486,9 +1504,9 @@ def main(argv=None):
     p.add_argument("-s", "--startup-script", help="Python file to run at startup")
     p.add_argument("-c", "--startup-command", help="Python code to run at startup")
     p.add_argument("--timeout", type=float, default=REGISTRATION_TIMEOUT_S,
-                   help="seconds to wait for the controller: for its connection file "
-                        f"(at most {CONNECTION_FILE_WAIT_S:.0f}), then for its answer to "
-                        "registration")
+                   help="seconds to wait for the controller: for its cluster (--cluster-id) and "
+                        f"connection file (at most {CONNECTION_FILE_WAIT_S:.0f}), then for its "
+                        "answer to registration")
     p.add_argument("--max-missed-heartbeats", type=int, default=MAX_MISSED_HEARTBEATS,
                    help="how long (in the controller's heartbeats) to wait for a controller "
                         "that went silent to come back (then register again) before exiting")
@@ -1522,12 +1540,12 @@ def main(argv=None):
     for sig in (signal.SIGINT, signal.SIGTERM):   # not the defaults: a traceback, a kill
         signal.signal(sig, _stop_waiting)
     try:
+        wait_s = min(args.timeout, CONNECTION_FILE_WAIT_S)
         if args.cluster_id and not args.file:   # ipengine's: that cluster's connection file
-            from .launcher import cluster_profile_dir   # only here: it is big
-            args.profile_dir = cluster_profile_dir(args.profile, args.profile_dir, args.cluster_id)
+            args.profile_dir, wait_s = _cluster_profile_dir(args, wait_s)
         path = args.file or os.path.join(protocol.profile_dir(args.profile, args.profile_dir),
                                          "security", protocol.ENGINE_FILE)
-        protocol.wait_for_file(path, min(args.timeout, CONNECTION_FILE_WAIT_S), log.info)
+        protocol.wait_for_file(path, wait_s, log.info)
         with warnings.catch_warnings(record=True) as said:   # a group-readable file, say:
             warnings.simplefilter("always")   # logged in the log's format, not warnings'
             info = protocol.read_connection_file(path, protocol.ENGINE_PORTS)

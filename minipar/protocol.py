@@ -104,7 +104,8 @@ CLEAR = "clear"
 PROPERTIES = "properties"        # engine properties: header `op` get/set/has/del/clear
 PROPERTIES_UPDATE = "properties_update"  # an engine's properties changed: header `properties`
 ABORT = "abort"                  # header `msg_ids`; `queued_only`: not one running;
-                                 # `running`: a take-back of those queued behind it
+                                 # `running`: a take-back of those queued behind it;
+                                 # `behind`: a client's, a take-back if that one runs
 ABORT_MARKED = "aborted"         # an engine has marked the requests of an abort: header
                                  # `parent`; `taken`: the ones a take-back got back
 INTERRUPT = "interrupt"

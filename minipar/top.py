@@ -41,9 +41,10 @@ The snapshot (``--once --json`` prints exactly this)::
     engines         one row per engine, by id:
                       id, host, pid,
                       state        "idle", "busy", "lost" or "stopped"
-                      task         what it runs: the function's name, the first line of
-                                   the code an execute runs, or the request kind ("push",
-                                   "execute"...); None when idle or not known yet
+                      task         what it runs: the function's name ("StringTask" for
+                                   a classic one), the first line of the code an execute
+                                   runs, or the request kind ("push", "execute"...); None
+                                   when idle or not known yet
                       msg_id       the request it runs (None when idle or not known yet)
                       running_s    for how long it has run it (None when it started after
                                    the engine's last report: then less than report_age_s)
@@ -116,6 +117,28 @@ def _number(v):
     return type(v) in (int, float)
 
 
+# Tasks waiting this long with no engine ever registered make the controller say so, once:
+# a user who forgot to start engines sees why nothing happens. 5..60 is reasonable.
+NO_ENGINES_SAY_S = 10.0
+
+
+def say_if_no_engines(controller, now):
+    """Each heartbeat (hub loop): log once that tasks have waited NO_ENGINES_SAY_S while no
+    engine ever registered with this controller, and where engines are to connect."""
+    c, tally = controller, controller.tally
+    if c.engines or tally.lost or tally.waiting_since is math.inf:
+        return
+    waiting = c.scheduler.status()["unassigned"]
+    if not waiting or tally.waiting_since is None:
+        tally.waiting_since = now if waiting else None
+    elif now - tally.waiting_since >= NO_ENGINES_SAY_S:
+        tally.waiting_since = math.inf   # said
+        log.warning("%d task(s) waited %.0f s and no engine has registered yet: start engines "
+                    "(`python -m %s.engine --file %s`, or a Cluster); an engine started "
+                    "elsewhere must reach %s", waiting, NO_ENGINES_SAY_S, __package__,
+                    c.engine_file, protocol.url(c.info, "engine"))
+
+
 class Tally:
     """What the controller counts for ``status`` (executes in the hub loop).
 
@@ -134,6 +157,7 @@ class Tally:
         self.failures = collections.deque(maxlen=RECENT_FAILURES)
         self.failed_by_engine = collections.Counter()  # engine id -> tries failed there
         self.lost = {}                                # engine id -> its last row, oldest first
+        self.waiting_since = None   # since when tasks wait with no engine: say_if_no_engines
 
     def prune(self, now):
         oldest = int(now) - WINDOW_S

@@ -123,6 +123,23 @@ def test_queue_status_lists_states_and_abort(tc, tmp_path):
     assert tc.queue_status()["failed"] == 2
 
 
+def test_a_running_string_task_shows_as_such_in_the_status(tc, tmp_path):
+    """rc.status() and minipar.top name what each engine runs: a StringTask showed as
+    "_string_task", the helper that runs its code on the engine."""
+    flag = tmp_path / "go"
+    taskid = tc.run(client.Task(_wait_for(flag)))
+    msg_id, = tc._tasks[taskid]["ar"].msg_ids
+
+    def its_row():
+        return next((row for row in tc.client.status()["engines"]
+                     if row["msg_id"] == msg_id), None)
+
+    assert wait_until(its_row, START_TIMEOUT_S, "the status to show the task")["task"] \
+        == "StringTask"
+    flag.touch()
+    assert tc.get_task_result(taskid, block=True).failure is None
+
+
 def test_depend_on_engine_properties(mec, tc):
     def dep(properties):
         return properties["RAM"] > 2**32   # have at least 4GB (a KeyError counts as False)

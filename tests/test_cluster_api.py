@@ -445,7 +445,7 @@ def test_an_engine_joins_a_cluster_by_its_id_as_ipengines(pids, minipar_dir):  #
         assert rc.wait_for_engines(1, timeout=60) == [0], engine.poll()
         assert rc[0].apply_sync(os.getpid) == engine.pid
         rc.close()
-        none = _cli("engine", "--cluster-id", "nope")
+        none = _cli("engine", "--cluster-id", "nope", "--timeout", "1")
         out, _ = none.communicate(timeout=60)
         assert none.returncode == 1 and "no cluster 'nope' found" in out, out
     finally:
@@ -455,3 +455,31 @@ def test_an_engine_joins_a_cluster_by_its_id_as_ipengines(pids, minipar_dir):  #
     ctl = _cli("controller", "--cluster-id", "mine", "--profile-dir", str(minipar_dir / "p"))
     out, _ = ctl.communicate(timeout=60)
     assert ctl.returncode == 2 and "--cluster-id: only a cluster has one" in out, out
+
+
+def test_an_engine_started_before_its_cluster_waits_for_it(pids, minipar_dir,  # noqa: F811
+                                                           tmp_path):
+    """``python -m minipar.engine --cluster-id ID`` typed before ``python -m minipar.launcher
+    start --cluster-id ID``: the engine exited at once, "no cluster 'ID' found". It waits
+    for the cluster (as one started before its controller waits for its connection file),
+    saying so once, and registers when the cluster has started."""
+    log = tmp_path / "engine.log"
+    with open(log, "wb") as out:
+        engine = subprocess.Popen([sys.executable, "-m", "minipar.engine", "--cluster-id", "late"],
+                                  env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, stdout=out,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    pids.add(engine.pid)
+    wait_until(lambda: "waiting" in log.read_text() or engine.poll() is not None, 60,
+               "the engine to wait for its cluster")
+    assert engine.poll() is None, log.read_text()
+    cluster = Cluster(n=0, cluster_id="late", controller_args=CTL_ARGS)
+    try:
+        cluster.start_cluster_sync()
+        pids.add_cluster(cluster)
+        with minipar.Client(cluster_id="late") as rc:
+            assert rc.wait_for_engines(1, timeout=60) == [0], log.read_text()
+            assert rc[0].apply_sync(os.getpid) == engine.pid
+    finally:
+        cluster.stop_cluster_sync()
+    engine.wait(20)   # it ends with its controller
+    assert log.read_text().count("no cluster 'late' yet: waiting") == 1, log.read_text()

@@ -160,7 +160,7 @@ def test_a_direct_request_reaches_its_engine_and_the_reply_its_client(hub):
     assert reply["parent"] == request["msg_id"] and reply["status"] == "ok"
     assert parts == [b"result"]
     assert hub.db.get(request["msg_id"])["status"] == "ok"
-    assert hub.engines[1]["outstanding"] == set()
+    assert not hub.engines[1]["outstanding"]
 
 
 def test_a_reply_routed_by_its_prefix_answers_queries_with_its_whole_header(hub):

@@ -1229,16 +1229,32 @@ def test_what_a_task_makes_that_misbehaves_when_reported_fails_the_task_not_the_
         assert view.apply_async(os.getpid).get(START_TIMEOUT_S) == engine.pid
 
 
+def _asyncio_with_a_signal_handler():
+    """asyncio code that handles a signal: the loop takes the wakeup fd (set_wakeup_fd)
+    and leaves none when it closes."""
+    import asyncio
+
+    async def main():
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, print)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("before", [None, _asyncio_with_a_signal_handler], ids=["", "asyncio"])
 def test_a_signal_that_lands_in_another_thread_of_an_idle_engine_is_handled(local_cluster,
-                                                                            tmp_path):
+                                                                            tmp_path, before):
     """A signal sent to the engine's process (mpiexec passing one on, a `kill -USR1`) may
     be delivered to any of its threads. Python runs the handler in the main thread, which
     an idle engine spends in a poll that such a signal does not wake: the handler ran only
     when the next request came (sent here to a thread other than the main one, by tgkill,
-    so that where it lands is not left to chance)."""
+    so that where it lands is not left to chance). After a task whose asyncio loop handled
+    a signal, it never ran at all: the loop had taken the engine's wakeup fd, leaving none;
+    the engine sets it again before each wait."""
     local_cluster.start_engines(1)
     rc = local_cluster.client()
     rc.wait_for_engines(1, START_TIMEOUT_S)
+    if before is not None:
+        rc[:].apply_sync(before)
     mark = tmp_path / "usr1"
     pid = rc[:].apply_sync(os.getpid)[0]
     rc[:].execute("import signal\nsignal.signal(signal.SIGUSR1, lambda *a: open("

@@ -343,6 +343,26 @@ def test_controller_restart_without_records_fails_what_was_outstanding(tmp_path)
         c.stop()
 
 
+def test_no_engines_after_a_restart_names_those_registered_before(tmp_path):
+    """The controller restarted with --reuse, its engines gone with it (killed, or given
+    up): what waits for an engine said "None was since this client connected", though the
+    client had engines. It names them, and where they ran, so the user restarts them."""
+    c = LocalCluster(tmp_path, controller_args=["--reuse"])
+    try:
+        (engine,) = c.start_engines(1)
+        rc = c.client(reconnect_timeout=120)
+        (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
+        engine.send_signal(signal.SIGKILL)
+        engine.wait(START_TIMEOUT_S)
+        _restart_controller(c, ["--reuse"], "controller2")
+        wait_until(lambda: rc.ids == [], START_TIMEOUT_S, "the new controller's engine list")
+        with pytest.raises(errors.TimeoutError, match=rf"Engine\(s\) {eid} \(pid {engine.pid} "
+                           r"on \S+\) were registered before the controller restarted"):
+            rc.load_balanced_view().apply_async(square, 7).get(0)
+    finally:
+        c.stop()
+
+
 def test_a_cancelled_request_lost_with_the_controller_is_no_longer_pending(tmp_path):
     """cancel() lets a request its engine started run on, its future cancelled and still
     waiting for the reply (made here by cancelling only locally). A controller restarted

@@ -694,6 +694,24 @@ def test_a_wait_with_no_engine_ever_registered_says_so(local_cluster):
     assert (ar.get(TIMEOUT), later.result(TIMEOUT)) == (9, 25)
 
 
+def test_the_controller_says_once_that_tasks_wait_with_no_engine_ever_registered(
+        local_cluster):
+    """Tasks submitted before any engine registered waited in silence on the controller's
+    side: its log, where a user looks when nothing happens, said nothing. After
+    NO_ENGINES_SAY_S it says, once and not per task, how many wait and how to start
+    engines."""
+    view = local_cluster.client().load_balanced_view()
+    ars = [view.apply_async(square, i) for i in range(3)]
+    said = "3 task(s) waited 10 s and no engine has registered yet: start engines (`python -m "
+    wait_until(lambda: said in local_cluster.output("controller"), START_TIMEOUT_S,
+               "the controller to say that no engine has registered")
+    assert f"--file {local_cluster.engine_file}`" in local_cluster.output("controller")
+    ars.append(view.apply_async(square, 3))
+    local_cluster.start_engines(1)
+    assert [ar.get(TIMEOUT) for ar in ars] == [0, 1, 4, 9]
+    assert local_cluster.output("controller").count("no engine has registered yet") == 1
+
+
 def test_recovery_runs_when_retries_are_exhausted(lview):
     with lview.temp_flags(retries=2, recovery=fallback):
         ar = lview.apply_async(always_fails, 7)
@@ -758,6 +776,32 @@ def test_abort_queued_and_running_tasks(rc):
     recs = rc.db_query({"msg_id": {"$in": [ar.msg_ids[0] for ar in ars]}}, keys=["status"])
     assert [r["status"] for r in recs] == ["aborted"] * 4
     assert [ar.metadata["status"] for ar in ars] == ["aborted"] * 4
+
+
+def test_a_direct_request_aborted_while_queued_behind_a_running_one_fails_at_once(
+        rc, tmp_path):
+    """A DirectView request queued on an engine behind a running one and aborted (or
+    cancelled) failed only when the running one ended and the engine came to refuse it:
+    the abort returned at once, its result waited. It fails at once now and never runs;
+    the running one goes on."""
+    eid = rc.ids[0]
+    go = tmp_path / "go"
+    running = rc[eid].apply_async(held, "ran", str(go))
+    try:
+        wait_until(running.running, TIMEOUT, "the first request to start")
+        queued = [rc[eid].apply_async(touch, tmp_path, i) for i in range(2)]
+        assert queued[1].cancel()   # done here at once: its record too, now
+        assert rc.db_query({"msg_id": queued[1].msg_ids[0]}, ["status"]) == [
+            {"msg_id": queued[1].msg_ids[0], "status": "aborted"}]
+        queued[0].abort()
+        with pytest.raises(minipar.TaskAborted, match="aborted before it started"):
+            queued[0].get(START_TIMEOUT_S)
+        assert not running.done()
+    finally:
+        go.touch()
+    assert running.get(TIMEOUT) == "ran"
+    assert rc[eid].apply_sync(square, 4) == 16   # after the aborted ones, had they run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["go"]
 
 
 def test_queue_status_counts_direct_and_load_balanced_work(rc):
