@@ -402,7 +402,7 @@ class Controller:
         self._beat += 1
         self._next_beat = now + self.heartbeat_period
         self.sockets["ping"].send(b"%d" % self._beat)
-        self.tally.prune(now)
+        self.tally.prune(time.time())   # the counts are by wall-clock second
         _top.say_if_no_engines(self, now)
         if not late:   # else the marks this controller has not read yet are not overdue
             self._abort_overdue(now)

@@ -144,7 +144,7 @@ class Tally:
 
     ``finished[(second, ok)]`` counts the requests finished in each second, ok or not (a
     bool, so any status an engine sends is a valid key): the hub's only work per request.
-    ``prune(now)`` (each heartbeat) folds the counts older than WINDOW_S into ``totals``.
+    ``prune(time.time())`` (each heartbeat) folds those older than WINDOW_S into ``totals``.
     ``failed(rec, header, ok)`` (failures, and requests tried more than once) counts each
     failed try on its engine and keeps the last RECENT_FAILURES; ``lost`` the engines
     gone, by id.

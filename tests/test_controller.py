@@ -22,7 +22,7 @@ import time
 import pytest
 import zmq
 
-from minipar import errors, protocol
+from minipar import errors, protocol, top
 from minipar.controller import PARKED_IDS, Controller
 from minipar.scheduler import UNKNOWN_GRACE_S
 
@@ -275,6 +275,17 @@ def test_an_engine_whose_process_ended_is_heard_out_before_it_is_declared_dead(h
     assert second in hub.engines
     step(hub, timeout=0, beat=True)   # still gone a beat later: dead
     assert second not in hub.engines
+
+
+def test_a_beat_folds_the_status_counts_of_long_ago_into_the_totals(hub):
+    """The per-second counts are keyed by wall-clock seconds and each beat folds the old
+    ones into the totals. The beat passed its monotonic clock, so nothing was ever folded:
+    the counts grew by a key a second for as long as the controller ran."""
+    long_ago = int(time.time()) - 10 * top.WINDOW_S
+    hub.tally.finished[long_ago, True] += 3
+    step(hub, timeout=0, beat=True)
+    assert (long_ago, True) not in hub.tally.finished
+    assert hub.tally.outcomes()[True] == 3   # still counted as done
 
 
 @pytest.mark.parametrize("beat", [{"heartbeat_period": 0}, {"heartbeat_period": -1},
