@@ -417,6 +417,22 @@ def test_an_engine_id_given_as_a_string_is_refused_as_such(rc):
             view.apply_sync(os.getpid)
 
 
+def test_a_remote_traceback_names_the_file_and_line_of_a_function_sent_by_value(rc):
+    """A function sent by value (a closure here, as any of a script's __main__) keeps its
+    file: the engine's traceback names it and shows the failing line, as ipyparallel's
+    does, not cloudpickle 3.1's '<dynamic-code>' with no line."""
+    divisor = 0
+
+    def fails():
+        return 1 / divisor   # the line the traceback shows
+
+    with pytest.raises(ZeroDivisionError) as info:
+        rc.load_balanced_view().apply_sync(fails)
+    tb = info.value.traceback
+    assert f'File "{fails.__code__.co_filename}"' in tb and "the line the traceback shows" \
+        in tb and "<dynamic-code>" not in tb, tb
+
+
 def test_no_engines_is_a_clear_error(local_cluster):
     rc = local_cluster.client()
     with pytest.raises(minipar.NoEnginesRegistered, match="no engines are registered"):
