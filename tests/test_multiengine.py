@@ -3,6 +3,7 @@ hand with ``python -m`` (see conftest), the test process being the client."""
 
 import io
 import os
+import re
 import time
 
 import numpy as np
@@ -143,6 +144,25 @@ def test_wrong_arguments_of_execute_pull_and_scatter_fail_here_before_a_send(rc,
     for call, message in calls:
         with pytest.raises(TypeError, match=message):
             call()
+
+
+def test_scatter_and_gather_refuse_a_key_that_is_no_name_before_a_send(rc, monkeypatch):
+    """As push and pull: scatter's key must be a name code on the engines can use (it
+    pushed {None: part} or {'1bad': part}, never to be read), and gather's a str (an int
+    or None failed on each engine, None as the engine's own KeyError 'names')."""
+    def send_request(*args, **kwargs):
+        raise AssertionError(f"sent a request: {args[:1]}")
+
+    monkeypatch.setattr(rc, "send_request", send_request)
+    dv = rc[:]
+    for key in ("1bad", "a b", "class", None, 5):
+        with pytest.raises(ValueError, match=f"scatter: {re.escape(repr(key))} is not a "
+                                             "Python name, so code on the engines"):
+            dv.scatter(key, [1, 2, 3, 4], block=False)
+    for key in (5, None):
+        with pytest.raises(TypeError, match=f"gather takes a name \\(a str\\) or a list of "
+                                            f"names, not {key}"):
+            dv.gather(key, block=False)
 
 
 def test_dictionary_interface(rc):
