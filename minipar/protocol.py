@@ -1011,6 +1011,9 @@ def serialize_function(f):
     every global it names is a module or absent (modules travel by reference), and its
     code, defaults and those globals are the same objects as when it was cached."""
     if not isinstance(f, types.FunctionType):
+        if not callable(f):   # else sent, and each engine failed: 'int' object is not callable
+            raise TypeError(f"the function to run must be callable, not {type(f).__name__} "
+                            f"{f!r:.40}: pass the function itself, then its arguments")
         return serialize(f)
     g = f.__globals__
     hit = _function_cache.get(f)

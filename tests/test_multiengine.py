@@ -165,6 +165,24 @@ def test_scatter_and_gather_refuse_a_key_that_is_no_name_before_a_send(rc, monke
             dv.gather(key, block=False)
 
 
+def test_a_call_given_no_callable_fails_here_before_a_send(rc, monkeypatch):
+    """apply_sync(f(x)) (the function called, not passed) or map(5, ...) was sent, and
+    each engine failed with "'int' object is not callable"; now a TypeError here, as
+    ipyparallel's, saying to pass the function itself."""
+    def send_request(*args, **kwargs):
+        raise AssertionError(f"sent a request: {args[:1]}")
+
+    monkeypatch.setattr(rc, "send_request", send_request)
+    dv, lview = rc[:], rc.load_balanced_view()
+    for call in (lambda: dv.apply_sync(5), lambda: dv.map(5, [1, 2], block=False),
+                 lambda: lview.apply_async(None), lambda: lview.map(5, [1, 2], block=False),
+                 lambda: lview.imap("len", ["ab"])):
+        with pytest.raises(TypeError, match=r"the function to run must be callable, not "
+                                            r"(int 5|NoneType None|str 'len'): pass the "
+                                            r"function itself, then its arguments"):
+            call()
+
+
 def test_dictionary_interface(rc):
     dv = rc[:]
     dv["x"] = 42
