@@ -559,6 +559,19 @@ class AsyncResult(_Future):
         state = "finished" if self.done() else "pending"
         return f"<AsyncResult({self._fname}): {state}>"
 
+    def __reduce_ex__(self, protocol):
+        # one passed to a task (to chain tasks, say): pickle failed on its lock, naming
+        # neither the AsyncResult nor what to do instead
+        raise TypeError("an AsyncResult cannot be sent to the engines (a task's function "
+                        "refers to it, or it is an argument): pass its value, ar.get(), or "
+                        "make the task wait for it with the flag after=[ar] "
+                        "(view.temp_flags(after=[ar]))")
+
+    def __copy__(self):   # copy.copy would use __reduce_ex__: a shallow copy, as before
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
     # ---- watching it: await, progress, output, timings, timeline (integrations.py)
 
     def __await__(self):

@@ -30,7 +30,6 @@ import concurrent.futures
 import contextlib
 import functools
 import itertools
-import keyword
 import logging
 import os
 import signal
@@ -48,8 +47,8 @@ from .asyncresult import (AsyncResult, ExecuteReply, _concat, _dated, _Derived, 
                           _last_engine_gone, _not_back, _seconds, _seconds_check, _sent,
                           _timeout_s)
 from .dependency import dependency_fields, dependent, msg_ids
-from .remotefunction import (ParallelFunction, RemoteFunction, _partition, _sequence, _sequences,
-                             interactive)
+from .remotefunction import (ParallelFunction, RemoteFunction, _check_names, _check_pulled,
+                             _partition, _sequence, _sequences, interactive)
 # CompositeError too: classic scripts catch `client.CompositeError`
 from .errors import CompositeError, NoEnginesRegistered, TimeoutError
 
@@ -1279,18 +1278,12 @@ class DirectView(_View):
         docs/ipyparallel.rst: a large buffer must not change until the push is done)."""
         if not isinstance(ns, dict):
             raise TypeError(f"push takes a dict of names to values, not {type(ns).__name__}")
-        bad = [k for k in ns if not (isinstance(k, str) and k.isidentifier())
-               or keyword.iskeyword(k)]
-        if bad:
-            raise ValueError(f"push: {bad[0]!r} is not a Python name, so code on the engines "
-                             "could never refer to it; use identifiers as keys")
+        _check_names("push", ns)
         return self._send_each(protocol.PUSH, targets, block, protocol.serialize(ns))
 
     def pull(self, names, targets=None, block=None):
         """Read a name (or a list of names) from each target's namespace."""
-        if not (isinstance(names, str) or isinstance(names, (list, tuple))
-                and all(isinstance(n, str) for n in names)):
-            raise TypeError(f"pull takes a name (a str) or a list of names, not {names!r:.60}")
+        _check_pulled("pull", names)
         return self._send_each(protocol.PULL, targets, block, names=names)
 
     def __setitem__(self, key, value):
@@ -1320,6 +1313,7 @@ class DirectView(_View):
         ignored, as push's)."""
         if dist != "b":
             raise ValueError(f"unknown distribution {dist!r}: only 'b' (blocks) is supported")
+        _check_names("scatter", [key])
         ids = self.client.resolve_targets(self.targets if targets is None else targets)
         seq, futures = _sequence(seq), []
         for i, eid in enumerate(ids):
@@ -1335,6 +1329,7 @@ class DirectView(_View):
         """Pull `key` from each target and concatenate the parts (inverse of scatter)."""
         if dist != "b":
             raise ValueError(f"unknown distribution {dist!r}: only 'b' (blocks) is supported")
+        _check_pulled("gather", key)
         ids = self.client.resolve_targets(self.targets if targets is None else targets)
         futures = [self.client.send_request(protocol.PULL, engine_id=e, engine=e, names=key)
                    for e in ids]

@@ -47,6 +47,7 @@ pickle as frames of their own, sent with ``copy=False``.
 """
 
 import collections
+import io
 import itertools
 import json
 import marshal
@@ -887,7 +888,23 @@ def _dumps(obj, buffers, by_value):
         del buffers[:]
     if _by_value is not cloudpickle:   # dill: buffers in band
         return _by_value.dumps(obj, protocol=5)
-    return cloudpickle.dumps(obj, protocol=5, buffer_callback=keep)
+    with io.BytesIO() as f:
+        _Pickler(f, protocol=5, buffer_callback=keep).dump(obj)
+        return f.getvalue()
+
+
+def _code_reduce(code, reduce=cloudpickle.Pickler.dispatch_table[types.CodeType]):
+    make, args = reduce(code)   # cloudpickle 3.1 names every file '<dynamic-code>'
+    return make, tuple(code.co_filename if isinstance(a, str) and a == "<dynamic-code>"
+                       else a for a in args)
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle's, but a function sent by value keeps the file it was defined in: a
+    remote traceback names the client's file and line (and shows the line where the
+    engine reads the same file), as ipyparallel's does, not '<dynamic-code>'."""
+    dispatch_table = collections.ChainMap({types.CodeType: _code_reduce},
+                                          cloudpickle.Pickler.dispatch_table)
 
 
 _by_value = cloudpickle   # what pickles what must travel by value: see use_serializer
@@ -995,6 +1012,9 @@ def serialize_function(f):
     every global it names is a module or absent (modules travel by reference), and its
     code, defaults and those globals are the same objects as when it was cached."""
     if not isinstance(f, types.FunctionType):
+        if not callable(f):   # else sent, and each engine failed: 'int' object is not callable
+            raise TypeError(f"the function to run must be callable, not {type(f).__name__} "
+                            f"{f!r:.40}: pass the function itself, then its arguments")
         return serialize(f)
     g = f.__globals__
     hit = _function_cache.get(f)

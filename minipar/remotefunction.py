@@ -10,6 +10,7 @@ which makes a function one sent by value.
 
 import collections.abc
 import inspect
+import keyword
 
 from .asyncresult import _ctrl_c_aborts
 
@@ -98,3 +99,19 @@ def _sequences(sequences, elementwise):
     if not elementwise and len(set(lengths)) > 1:
         raise ValueError(f"all sequences must have equal length, but have {lengths}")
     return seqs, min(lengths)
+
+
+def _check_names(kind, names):
+    """push's and scatter's keys: names that code on the engines can refer to."""
+    bad = [k for k in names if not (isinstance(k, str) and k.isidentifier())
+           or keyword.iskeyword(k)]
+    if bad:
+        raise ValueError(f"{kind}: {bad[0]!r} is not a Python name, so code on the engines "
+                         "could never refer to it; use identifiers as keys")
+
+
+def _check_pulled(kind, names):
+    """pull's and gather's: a name (an expression) or a list of them."""
+    if not (isinstance(names, str) or isinstance(names, (list, tuple))
+            and all(isinstance(n, str) for n in names)):
+        raise TypeError(f"{kind} takes a name (a str) or a list of names, not {names!r:.60}")

@@ -133,6 +133,23 @@ def test_a_task_that_refers_to_the_client_or_a_view_says_so(rc):
     assert copied is not lview and copied.apply_sync(operator.neg, 1) == -1
 
 
+def test_a_task_given_an_asyncresult_says_to_pass_its_value_or_wait_with_after(rc):
+    """An AsyncResult passed to a task (to chain two tasks) or used by its function failed
+    with "cannot pickle '_Condition' object"; the error now names the AsyncResult and
+    the two ways to do it: its value, or the flag after=."""
+    lview = rc.load_balanced_view()
+    first = lview.apply_async(operator.add, 2, 3)
+    for send in (lambda: lview.apply_sync(operator.neg, first),
+                 lambda: rc[:].apply_sync(lambda: first.get())):
+        with pytest.raises(minipar.SerializationError,
+                           match=r"an AsyncResult cannot be sent to the engines .* pass its "
+                                 r"value, ar.get\(\), or make the task wait for it with the "
+                                 r"flag after=\[ar\]"):
+            send()
+    assert lview.apply_sync(operator.neg, first.get(30)) == -5
+    assert copy.copy(first).get(30) == 5   # a shallow copy, as before
+
+
 def test_a_folder_given_as_connection_file_names_the_file_to_pass(local_cluster):
     """A profile folder (or its security folder) passed where the connection file goes,
     to a Client or an engine's --file, said only '[Errno 21] Is a directory'; the error
@@ -415,6 +432,22 @@ def test_an_engine_id_given_as_a_string_is_refused_as_such(rc):
         with pytest.raises(minipar.NoEnginesRegistered,
                            match=r"select no engine; registered: \[0, 1, 2, 3\]"):
             view.apply_sync(os.getpid)
+
+
+def test_a_remote_traceback_names_the_file_and_line_of_a_function_sent_by_value(rc):
+    """A function sent by value (a closure here, as any of a script's __main__) keeps its
+    file: the engine's traceback names it and shows the failing line, as ipyparallel's
+    does, not cloudpickle 3.1's '<dynamic-code>' with no line."""
+    divisor = 0
+
+    def fails():
+        return 1 / divisor   # the line the traceback shows
+
+    with pytest.raises(ZeroDivisionError) as info:
+        rc.load_balanced_view().apply_sync(fails)
+    tb = info.value.traceback
+    assert f'File "{fails.__code__.co_filename}"' in tb and "the line the traceback shows" \
+        in tb and "<dynamic-code>" not in tb, tb
 
 
 def test_no_engines_is_a_clear_error(local_cluster):

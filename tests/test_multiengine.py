@@ -3,6 +3,7 @@ hand with ``python -m`` (see conftest), the test process being the client."""
 
 import io
 import os
+import re
 import time
 
 import numpy as np
@@ -142,6 +143,43 @@ def test_wrong_arguments_of_execute_pull_and_scatter_fail_here_before_a_send(rc,
              (lambda: dv.map(str, {"a": 1}, block=False), r"dict .* is not a sequence")]
     for call, message in calls:
         with pytest.raises(TypeError, match=message):
+            call()
+
+
+def test_scatter_and_gather_refuse_a_key_that_is_no_name_before_a_send(rc, monkeypatch):
+    """As push and pull: scatter's key must be a name code on the engines can use (it
+    pushed {None: part} or {'1bad': part}, never to be read), and gather's a str (an int
+    or None failed on each engine, None as the engine's own KeyError 'names')."""
+    def send_request(*args, **kwargs):
+        raise AssertionError(f"sent a request: {args[:1]}")
+
+    monkeypatch.setattr(rc, "send_request", send_request)
+    dv = rc[:]
+    for key in ("1bad", "a b", "class", None, 5):
+        with pytest.raises(ValueError, match=f"scatter: {re.escape(repr(key))} is not a "
+                                             "Python name, so code on the engines"):
+            dv.scatter(key, [1, 2, 3, 4], block=False)
+    for key in (5, None):
+        with pytest.raises(TypeError, match=f"gather takes a name \\(a str\\) or a list of "
+                                            f"names, not {key}"):
+            dv.gather(key, block=False)
+
+
+def test_a_call_given_no_callable_fails_here_before_a_send(rc, monkeypatch):
+    """apply_sync(f(x)) (the function called, not passed) or map(5, ...) was sent, and
+    each engine failed with "'int' object is not callable"; now a TypeError here, as
+    ipyparallel's, saying to pass the function itself."""
+    def send_request(*args, **kwargs):
+        raise AssertionError(f"sent a request: {args[:1]}")
+
+    monkeypatch.setattr(rc, "send_request", send_request)
+    dv, lview = rc[:], rc.load_balanced_view()
+    for call in (lambda: dv.apply_sync(5), lambda: dv.map(5, [1, 2], block=False),
+                 lambda: lview.apply_async(None), lambda: lview.map(5, [1, 2], block=False),
+                 lambda: lview.imap("len", ["ab"])):
+        with pytest.raises(TypeError, match=r"the function to run must be callable, not "
+                                            r"(int 5|NoneType None|str 'len'): pass the "
+                                            r"function itself, then its arguments"):
             call()
 
 
