@@ -250,6 +250,19 @@ def test_an_engine_that_misses_heartbeats_is_declared_dead_and_its_request_fails
     assert notice["kind"] == protocol.UNREGISTER and "missed heartbeats" in notice["reason"]
 
 
+def test_a_controller_that_did_not_run_for_many_periods_declares_no_engine_dead(hub):
+    """Liveness counts the beats this controller sent, not seconds: a pass many periods
+    late (the controller itself starved or stopped, its engines' pongs still unread) is
+    one beat, and costs no engine its life."""
+    _, eid = register(hub, b"engine-a")
+    hub.clock += 10 * LIVENESS * PERIOD_S
+    step(hub, timeout=0, beat=True)
+    assert eid in hub.engines
+    for _ in range(LIVENESS):   # but beats it sent and nobody answered still count
+        step(hub, timeout=0, beat=True)
+    assert eid not in hub.engines
+
+
 def test_an_engine_whose_process_ended_is_heard_out_before_it_is_declared_dead(hub):
     """An engine seen gone by its pid is declared dead only at the next beat still gone:
     its unregister, sent just before it ended (why it gave up on a frozen controller),
