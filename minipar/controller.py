@@ -662,9 +662,10 @@ class Controller:
         handler(self, idents, header, parts)
 
     def _reply(self, idents, header, **fields):
-        self._send(self.sockets["client"], idents,
-                   protocol.REPLY.get(header["kind"], protocol.UNKNOWN_REPLY),
-                   parent=header["msg_id"], **fields)
+        # posted: never ahead of what this pass posted for the client (an abort's failures)
+        self._post(self.sockets["client"], tuple(idents), self.session.msg(
+            protocol.REPLY.get(header["kind"], protocol.UNKNOWN_REPLY), parent=header["msg_id"],
+            signed=False, **fields)[1])
 
     def _post(self, sock, idents, wire):
         """Send `wire` (a message's frames from the delimiter): at once while handling
@@ -1065,9 +1066,8 @@ class Controller:
                     running=running, culled=culled, submitted=submitted)
         for msg_id in () if status_only else done:  # then the results, as ordinary replies
             rec = self.db.get(msg_id)
-            rh = dict(_result_header(rec), date=time.time(), resent=True)
-            self.sockets["client"].send_multipart(
-                [idents[0], *self.session.resign(rh, rec["result_parts"] or ())], copy=False)
+            self._post(self.sockets["client"], (idents[0],), self.session.resign(dict(
+                _result_header(rec), date=time.time(), resent=True), rec["result_parts"] or ()))
 
     def _purge(self, idents, header, parts):
         msg_ids, targets = header.get("msg_ids"), header.get("targets")

@@ -60,6 +60,14 @@ class Peer:
         idents, header, parts = self.session.check(self.sock.recv_multipart(), replay=False)
         return [bytes(i) for i in idents], header, [bytes(p) for p in parts]
 
+    def recv_items(self, n):
+        """The headers of the next `n` messages, each of a batch counted (see Session.pack)."""
+        items = []
+        while len(items) < n:
+            _, header, parts = self.recv()
+            items += [h for h, _ in self.session.unbatch(header, parts)]
+        return items
+
     def recv_notice(self):
         """The next notification, skipping the probes of ``hub_of``."""
         while True:
@@ -242,6 +250,19 @@ def test_an_engine_that_misses_heartbeats_is_declared_dead_and_its_request_fails
     assert notice["kind"] == protocol.UNREGISTER and "missed heartbeats" in notice["reason"]
 
 
+def test_a_controller_that_did_not_run_for_many_periods_declares_no_engine_dead(hub):
+    """Liveness counts the beats this controller sent, not seconds: a pass many periods
+    late (the controller itself starved or stopped, its engines' pongs still unread) is
+    one beat, and costs no engine its life."""
+    _, eid = register(hub, b"engine-a")
+    hub.clock += 10 * LIVENESS * PERIOD_S
+    step(hub, timeout=0, beat=True)
+    assert eid in hub.engines
+    for _ in range(LIVENESS):   # but beats it sent and nobody answered still count
+        step(hub, timeout=0, beat=True)
+    assert eid not in hub.engines
+
+
 def test_an_engine_whose_process_ended_is_heard_out_before_it_is_declared_dead(hub):
     """An engine seen gone by its pid is declared dead only at the next beat still gone:
     its unregister, sent just before it ended (why it gave up on a frozen controller),
@@ -392,7 +413,7 @@ def test_a_query_overtaking_another_clients_request_waits_for_it(hub):
     assert not other.sock.poll(0), "answered before the request came"
     hub.client.sock.send_multipart(frames)
     step(hub)
-    replies = {h["parent"]: h for _, h, _ in (other.recv() for _ in asks)}
+    replies = {h["parent"]: h for h in other.recv_items(len(asks))}   # as one batch
     for ask in asks[:2]:
         reply = replies[ask["msg_id"]]
         assert (reply["pending"], reply["unknown"]) == ([msg_id], [])
@@ -415,6 +436,22 @@ def test_an_abort_overtaking_the_request_it_names_aborts_it(hub):
     assert reply["parent"] == abort["msg_id"] and reply["pending"] == 1
     _, failed, _ = hub.client.recv()
     assert failed["parent"] == header["msg_id"] and failed["ename"] == "TaskAborted"
+
+
+def test_a_reply_goes_after_what_the_same_pass_posted_for_its_client(hub):
+    """Within one drain of the loop, what requests make for their client is posted, to
+    go at the drain's end: the answer to a later request went out at once, ahead of it.
+    An abort's answer came before the failures of the tasks it aborted, so a client whose
+    abort() had returned could find them not done yet."""
+    session = hub.client.session
+    task, task_wire = session.msg(protocol.APPLY, [b"f"], lb=True, counts=[1], signed=False)
+    abort, abort_wire = session.msg(protocol.ABORT, msg_ids=[task["msg_id"]], signed=False)
+    [batch] = session.pack([task_wire, abort_wire])   # read in one drain, whatever the load
+    hub.client.sock.send_multipart(batch)
+    step(hub)
+    heard = hub.client.recv_items(2)
+    assert [h["parent"] for h in heard] == [task["msg_id"], abort["msg_id"]]
+    assert heard[0]["ename"] == "TaskAborted" and heard[1]["pending"] == 1
 
 
 def test_an_id_that_never_comes_is_unknown_after_the_grace_and_others_at_once(hub):

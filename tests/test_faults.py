@@ -349,6 +349,11 @@ def test_an_engine_holding_the_gil_in_c_code_is_not_declared_dead(local_cluster)
 
 
 def _hold_the_gil(seconds, mark=None):
+    """Sleep in one C call that keeps the GIL. Like every function of this module, it
+    reaches an engine by reference: its first task there imports tests.test_faults (and
+    pytest), which a busy machine can stretch past a 1 s time_limit, interrupting the
+    import instead of the work. A test that times a task with a short limit runs one
+    task of this module on that engine first, so only the work it means is timed."""
     import ctypes
 
     if mark is not None:   # a file that says the call starts: nothing else can say it
@@ -364,6 +369,7 @@ def test_a_time_limit_holds_for_code_that_holds_the_gil(local_cluster):
     local_cluster.start_engines(2)
     rc = local_cluster.client()
     rc.wait_for_engines(2, START_TIMEOUT_S)
+    assert rc[:].apply_sync(_hold_the_gil, 0) == [0, 0]   # the import: see _hold_the_gil
     view = rc.load_balanced_view()
     start = time.monotonic()
     with view.temp_flags(time_limit=1):
@@ -514,6 +520,7 @@ def test_a_direct_request_past_its_time_limit_with_no_records_kept(tmp_path):
         rc = c.client()
         rc.wait_for_engines(2, START_TIMEOUT_S)
         victim, survivor = rc.ids
+        assert rc[:].apply_sync(_hold_the_gil, 0) == [0, 0]   # the import: see _hold_the_gil
         f = rc.send_apply(_hold_the_gil, (60,), {}, engine_id=victim, time_limit=1)
         with pytest.raises(errors.TaskTimeout, match="time_limit of 1 s"):
             f.result(45)
@@ -903,6 +910,7 @@ def test_an_engine_ended_for_a_time_limit_is_replaced_with_its_id(launched):
     its restart policy: minipar ended it), and the replacement gets the same id."""
     _, rc, launcher = launched
     ids = rc.ids
+    assert rc[:].apply_sync(_hold_the_gil, 0) == [0, 0]   # the import: see _hold_the_gil
     view = rc.load_balanced_view()
     with view.temp_flags(time_limit=1):
         ar = view.apply_async(_hold_the_gil, 60)
@@ -1139,6 +1147,7 @@ def test_a_task_that_blocks_every_signal_is_still_aborted_and_interrupted(local_
     (engine,) = local_cluster.start_engines(1)
     rc = local_cluster.client()
     eid, = rc.wait_for_engines(1, START_TIMEOUT_S)
+    assert rc[eid].apply_sync(_hold_the_gil, 0) == 0   # the import: see _hold_the_gil
     view = rc.load_balanced_view()
     with view.temp_flags(time_limit=1 if how == "time_limit" else None):
         ar = view.apply_async(_blocking_every_signal, 60)
