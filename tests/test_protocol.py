@@ -4,8 +4,10 @@ import hmac
 import marshal
 import os
 import pickle
+import signal
 import stat
 import struct
+import sys
 import time
 
 import numpy as np
@@ -436,3 +438,57 @@ def test_message_ids_are_unique_also_across_a_fork():
     ours = [protocol.new_id() for _ in range(3)]
     assert len(child) == 3 and not set(child) & (ids | set(ours))
     assert child[0].split("-")[0] != ours[0].split("-")[0]
+
+
+def _ctrl_c_at(k):
+    """A profile hook that presses Ctrl-C (a real SIGINT to this process) at its k-th
+    event (a Python call or return, a builtin's call or return) before the one that
+    removes it; `pressed` is [True] once it has."""
+    seen, pressed = 0, []
+
+    def hook(frame, event, arg):
+        nonlocal seen
+        seen += 1
+        if seen == k and arg is not sys.setprofile:
+            sys.setprofile(None)
+            pressed.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+    return hook, pressed
+
+
+def test_ctrl_c_anywhere_in_a_large_send_leaves_the_message_whole_or_unsent():
+    """A Ctrl-C between the frames of a message over PACK_MAX (sent frame by frame, two
+    large enough to go without a copy) left it half sent: the socket's next message was
+    glued onto its rest, and both were lost to the peer. Pressed at every step of the send
+    now, the message arrives whole or not at all, the next one after it; the
+    KeyboardInterrupt still comes."""
+    ctx = zmq.Context()
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    try:
+        pull.bind("inproc://ctrl-c")
+        push.connect("inproc://ctrl-c")
+        wire = [protocol.DELIM, b"signature", b"header", os.urandom(protocol.PACK_MAX),
+                os.urandom(protocol.PACK_MAX)]
+        interrupted = 0
+        for k in range(1, 400):
+            hook, pressed = _ctrl_c_at(k)
+            sys.setprofile(hook)
+            try:
+                protocol.send(push, wire)
+            except KeyboardInterrupt:
+                interrupted += 1
+            finally:
+                sys.setprofile(None)
+            if not pressed:
+                break
+            push.send(b"next")
+            got = []
+            while not got or got[-1] != [b"next"]:
+                assert pull.poll(TIMEOUT * 100), f"Ctrl-C at step {k}: nothing came in 3 s"
+                got.append(pull.recv_multipart())
+            assert got in ([[b"next"]], [wire, [b"next"]]), f"Ctrl-C at step {k}: {got}"
+        assert pressed == [] and interrupted == k - 1 > 10, (k, interrupted)
+    finally:
+        push.close(linger=0)
+        pull.close(linger=0)
+        ctx.term()
