@@ -822,10 +822,28 @@ def _ctrl_c_aborts(call):
 
 
 def _sent(client, futures):
-    """Note `client`'s requests this thread is about to send, for _aborted_on_ctrl_c."""
+    """Register `client`'s requests `futures`, which this thread is about to send (the I/O
+    thread settles them as replies come), and note them for _aborted_on_ctrl_c."""
+    for f in futures:
+        client._futures[f.msg_id] = f
     sent = getattr(_guarded, "sent", None)
     if sent is not None:
         sent.setdefault(client, []).extend(futures)
+
+
+def _fail(client, futures, err):
+    """Fail `client`'s `futures` (None ones skipped) with `err`; it waits for them no more."""
+    for f in list(futures):
+        if f is not None:
+            client._futures.pop(f.msg_id, None)
+            with contextlib.suppress(concurrent.futures.InvalidStateError):   # done already
+                f.set_exception(err)
+
+
+def _never_sent():
+    """The error of a request a Ctrl-C stopped before it left (pending for ever, else)."""
+    return errors.TaskAborted("aborted: it never reached the controller (a Ctrl-C cut its "
+                              "send short), so it never ran")
 
 
 def _abort_quietly(client, ars, queued_only=False):

@@ -4,7 +4,6 @@ import hmac
 import marshal
 import os
 import pickle
-import signal
 import stat
 import struct
 import sys
@@ -15,6 +14,8 @@ import pytest
 import zmq
 
 from minipar import errors, protocol
+
+from .helpers import ctrl_c_at
 
 TIMEOUT = 30
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -440,22 +441,6 @@ def test_message_ids_are_unique_also_across_a_fork():
     assert child[0].split("-")[0] != ours[0].split("-")[0]
 
 
-def _ctrl_c_at(k):
-    """A profile hook that presses Ctrl-C (a real SIGINT to this process) at its k-th
-    event (a Python call or return, a builtin's call or return) before the one that
-    removes it; `pressed` is [True] once it has."""
-    seen, pressed = 0, []
-
-    def hook(frame, event, arg):
-        nonlocal seen
-        seen += 1
-        if seen == k and arg is not sys.setprofile:
-            sys.setprofile(None)
-            pressed.append(True)
-            os.kill(os.getpid(), signal.SIGINT)
-    return hook, pressed
-
-
 def test_ctrl_c_anywhere_in_a_large_send_leaves_the_message_whole_or_unsent():
     """A Ctrl-C between the frames of a message over PACK_MAX (sent frame by frame, two
     large enough to go without a copy) left it half sent: the socket's next message was
@@ -471,7 +456,7 @@ def test_ctrl_c_anywhere_in_a_large_send_leaves_the_message_whole_or_unsent():
                 os.urandom(protocol.PACK_MAX)]
         interrupted = 0
         for k in range(1, 400):
-            hook, pressed = _ctrl_c_at(k)
+            hook, pressed = ctrl_c_at(k)
             sys.setprofile(hook)
             try:
                 protocol.send(push, wire)
