@@ -589,30 +589,30 @@ class Client(errors.SaysWhyAbsent):
                     self._flush()
         return f
 
-    @contextlib.contextmanager
-    def _together(self):
-        """Requests this thread makes in the block leave TOGETHER at a time as one batch (see
-        protocol.Session.pack): one send and receive per hundred. The outermost block sends."""
-        if getattr(self._local, "held", None) is not None:
-            yield   # inside an outer block, which sends them
-            return
+    def _together(self, make):
+        """make()'s result; the requests this thread makes in it leave TOGETHER at a time as
+        one batch (see protocol.Session.pack): one send and receive per hundred. A call, not
+        a with block, for the reason _aborted_on_ctrl_c gives; one nested: batched less."""
+        return _aborted_on_ctrl_c(self._batched, make)   # which aborts those sent on Ctrl-C
+
+    def _batched(self, make):
         held = []
-        with _aborted_on_ctrl_c():   # which aborts those sent before a Ctrl-C
-            try:   # a Ctrl-C in the block or before they leave: those held fail at once
-                try:
-                    self._local.held = held   # in the try: never left set by a Ctrl-C
-                    yield
-                except Exception:   # what was made leaves still, as without the error
-                    self._send_held(held)
-                    raise
-                finally:
-                    self._local.held = None
+        try:   # a Ctrl-C in make() or before they leave: those held fail at once
+            try:
+                self._local.held = held   # in the try: never left set by a Ctrl-C
+                result = make()
+            except Exception:   # what was made leaves still, as without the error
                 self._send_held(held)
-            except KeyboardInterrupt:
-                with protocol.sigint_deferred():
-                    _fail(self, [f for f, _ in held], _never_sent())
-                    del held[:]
                 raise
+            finally:
+                self._local.held = None
+            self._send_held(held)
+            return result
+        except KeyboardInterrupt:
+            with protocol.sigint_deferred():
+                _fail(self, [f for f, _ in held], _never_sent())
+                del held[:]
+            raise
 
     def _send_held(self, held):
         with protocol.sigint_deferred(), self._send_lock:   # all sent, or none
@@ -1236,8 +1236,7 @@ class DirectView(_View):
         if len(ids) == 1:
             futures = [send(ids[0], None)]
         else:
-            with self.client._together():   # one message for all of them
-                futures = [send(eid, None) for eid in ids]
+            futures = self.client._together(lambda: [send(eid, None) for eid in ids])
         return AsyncResult(self.client, futures, fname=fname)
 
     def _apply(self, f, args, kwargs, targets=None):
@@ -1528,16 +1527,15 @@ class LoadBalancedView(_View):
         if isinstance(chain, str) and n > chunksize:
             raise ValueError("recovery= names one task, which can recover one task only; "
                              "this map makes several: give a function instead")
-        futures = []
-        with self.client._together():   # a Ctrl-C in it aborts what it sent
-            for lo in range(0, n, chunksize):
-                chunks = tuple(list(s[lo:lo + chunksize]) if isinstance(s, range) else
-                               s[lo:lo + chunksize] for s in seqs)
-                futures.append(self._send(f, chunks, {}, fparts, fields, chain, map=elementwise))
-            ar = AsyncResult(self.client, futures, fname=getattr(f, "__name__", "map"),
-                             mapping=True, ordered=ordered)
-            if elementwise:
-                ar._sizes = [min(chunksize, n - lo) for lo in range(0, n, chunksize)]
+        def send_all():   # a Ctrl-C in it aborts what it sent
+            return [self._send(f, tuple(list(s[lo:lo + chunksize]) if isinstance(s, range) else
+                                        s[lo:lo + chunksize] for s in seqs),
+                               {}, fparts, fields, chain, map=elementwise)
+                    for lo in range(0, n, chunksize)]
+        ar = AsyncResult(self.client, self.client._together(send_all), mapping=True,
+                         fname=getattr(f, "__name__", "map"), ordered=ordered)
+        if elementwise:
+            ar._sizes = [min(chunksize, n - lo) for lo in range(0, n, chunksize)]
         return ar
 
     def imap(self, f, *iterables, ordered=True, max_outstanding="auto", return_exceptions=False):

@@ -57,14 +57,15 @@ def raw_engine(ctx, engine_file, name):
 
 def ctrl_c_at(k):
     """(hook, pressed): a profile hook (sys.setprofile) that presses Ctrl-C, a real SIGINT
-    to this process, at its k-th event (a Python call or return, a builtin's call or
-    return) before the one that removes it; `pressed` is [True] once it has."""
+    to this process, as the k-th Python function it sees starts, where CPython itself
+    checks for signals (not at a builtin's return, which would raise where no signal
+    can: between taking a lock and entering its with block); `pressed`: [True] once it has."""
     seen, pressed = 0, []
 
     def hook(frame, event, arg):
         nonlocal seen
-        seen += 1
-        if seen == k and arg is not sys.setprofile:
+        seen += event == "call"
+        if seen == k and event == "call":
             sys.setprofile(None)
             pressed.append(True)
             os.kill(os.getpid(), signal.SIGINT)

@@ -861,13 +861,13 @@ def test_ctrl_c_anywhere_in_a_submission_leaves_no_request_pending(cluster, subm
             ars.append(lv.apply_async(abs, i) if submit == "apply_async"
                        else dv.push(big, block=False))
 
-    events = itertools.count()
-    sys.setprofile(lambda *_: next(events))
+    calls = itertools.count()
+    sys.setprofile(lambda frame, event, arg: event == "call" and next(calls))
     try:
         rc.wait(submission([]), timeout=TIMEOUT / 6)
     finally:
         sys.setprofile(None)
-    n, interrupted = next(events), 0
+    n, interrupted = next(calls), 0
     for k in range(1, n, n // 60 | 1):   # odd: not in step with a request's own steps
         ars = []
         hook, pressed = ctrl_c_at(k)
