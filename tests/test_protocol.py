@@ -444,9 +444,9 @@ def test_message_ids_are_unique_also_across_a_fork():
 def test_ctrl_c_anywhere_in_a_large_send_leaves_the_message_whole_or_unsent():
     """A Ctrl-C between the frames of a message over PACK_MAX (sent frame by frame, two
     large enough to go without a copy) left it half sent: the socket's next message was
-    glued onto its rest, and both were lost to the peer. Pressed at every step of the send
-    now, the message arrives whole or not at all, the next one after it; the
-    KeyboardInterrupt still comes."""
+    glued onto its rest, and both were lost to the peer. Pressed as each Python function
+    in the send starts, now, the message arrives whole or not at all, the next one after
+    it; the KeyboardInterrupt still comes."""
     ctx = zmq.Context()
     push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
     try:
