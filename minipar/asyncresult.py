@@ -814,23 +814,23 @@ def _warn_if_no_engines(client):
 
 
 # .sent: {client: [its futures]} of the requests this thread made inside the outermost
-# _aborted_on_ctrl_c block it is in; None outside one
+# _aborted_on_ctrl_c call it is in; None outside one
 _guarded = threading.local()
 
 
-@contextlib.contextmanager
-def _aborted_on_ctrl_c():
-    """The block of a call that sends requests: a Ctrl-C anywhere in it (as it sends, as
-    it waits, or between the two) aborts those it sent, as the call then returns nothing
-    to abort them with. Blocks nest: the outermost one aborts. Client.send_request notes
-    each request for it (``_sent``) before the request leaves."""
+def _aborted_on_ctrl_c(call, *args, **kwargs):
+    """``call(*args, **kwargs)``, a call that sends requests: a Ctrl-C anywhere in it (as
+    it sends, as it waits, or between the two) aborts those it sent, as the call then
+    returns nothing to abort them with. Calls nest: the outermost one aborts.
+    Client.send_request notes each request for it (``_sent``) before the request leaves.
+    A function, not a with block: a Ctrl-C in a generator context manager's __enter__ or
+    __exit__ would skip its cleanup and leave `_guarded.sent` set."""
     if getattr(_guarded, "sent", None) is not None:
-        yield
-        return
+        return call(*args, **kwargs)
     sent = {}
     try:   # set inside the try: a Ctrl-C right after it must not leave it set for good
         _guarded.sent = sent
-        yield
+        return call(*args, **kwargs)
     except KeyboardInterrupt:
         for client, futures in sent.items():
             _abort_quietly(client, [AsyncResult(client, futures)])
@@ -845,16 +845,33 @@ def _ctrl_c_aborts(call):
     may wait for them) has it, but apply_async: the quickest, returning at once."""
     @functools.wraps(call)
     def guarded(*args, **kwargs):
-        with _aborted_on_ctrl_c():
-            return call(*args, **kwargs)
+        return _aborted_on_ctrl_c(call, *args, **kwargs)
     return guarded
 
 
 def _sent(client, futures):
-    """Note `client`'s requests this thread is about to send, for _aborted_on_ctrl_c."""
+    """Register `client`'s requests `futures`, which this thread is about to send (the I/O
+    thread settles them as replies come), and note them for _aborted_on_ctrl_c."""
+    for f in futures:
+        client._futures[f.msg_id] = f
     sent = getattr(_guarded, "sent", None)
     if sent is not None:
         sent.setdefault(client, []).extend(futures)
+
+
+def _fail(client, futures, err):
+    """Fail `client`'s `futures` (None ones skipped) with `err`; it waits for them no more."""
+    for f in list(futures):
+        if f is not None:
+            client._futures.pop(f.msg_id, None)
+            with contextlib.suppress(concurrent.futures.InvalidStateError):   # done already
+                f.set_exception(err)
+
+
+def _never_sent():
+    """The error of a request a Ctrl-C stopped before it left (pending for ever, else)."""
+    return errors.TaskAborted("aborted: it never reached the controller (a Ctrl-C cut its "
+                              "send short), so it never ran")
 
 
 def _abort_quietly(client, ars, queued_only=False):

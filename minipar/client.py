@@ -42,10 +42,10 @@ import weakref
 import zmq
 
 from . import errors, protocol
-from .asyncresult import (AsyncResult, ExecuteReply, _concat, _dated, _Derived, _forked, _MsgFuture,
-                          _OneRequest, _aborted_on_ctrl_c, _check_count, _ctrl_c_aborts,
-                          _last_engine_gone, _not_back, _seconds, _seconds_check, _sent,
-                          _timeout_s)
+from .asyncresult import (AsyncResult, ExecuteReply, _concat, _dated, _Derived, _fail, _forked,
+                          _MsgFuture, _OneRequest, _aborted_on_ctrl_c, _check_count,
+                          _ctrl_c_aborts, _last_engine_gone, _never_sent, _not_back, _seconds,
+                          _seconds_check, _sent, _timeout_s)
 from .dependency import dependency_fields, dependent, msg_ids
 from .remotefunction import (ParallelFunction, RemoteFunction, _check_names, _check_pulled,
                              _partition, _sequence, _sequences, interactive)
@@ -91,7 +91,7 @@ def _io_thread(client_ref, ctx, ends_ctx, dealer, sub, outbox_in):
             log.exception("the client's I/O thread failed")
             client._gone = errors.MiniparError(
                 f"this Client's I/O thread failed ({type(e).__name__}: {e}); make a new Client")
-            return client._fail_outstanding(client._gone)
+            return _fail(client, client._futures.values(), client._gone)
         del client   # were it the last reference, close() runs here: see ends_ctx
         if timeout is _CLOSED:
             break
@@ -285,7 +285,7 @@ class Client(errors.SaysWhyAbsent):
         if self._lost_at != lost:
             return   # it came back in time
         if self._stopped_hub:
-            return self._fail_outstanding(self._stopped_hub)
+            return _fail(self, self._futures.values(), self._stopped_hub)
         if self._gone is not None:
             return   # given up already: the file named another controller
         why, then = (f"it did not come back within {self.reconnect_timeout} s (reconnect_timeout)",
@@ -298,14 +298,8 @@ class Client(errors.SaysWhyAbsent):
         err = errors.MiniparError(f"lost the controller at {url}: {why}, so the outcome of this "
                                   f"request is unknown (submit it again). {then}")
         self._gone = errors.MiniparError(f"the controller at {url} is gone: {why}. {then}")
-        self._fail_outstanding(err)
+        _fail(self, self._futures.values(), err)
         log.error("%s", err)
-
-    def _fail_outstanding(self, err):
-        for msg_id, f in list(self._futures.items()):
-            if not f.done():
-                self._futures.pop(msg_id, None)
-                f.set_exception(err)
 
     def _on_reconnected(self, dealer, header):
         """Ask what became of the requests outstanding. One sent during the outage may
@@ -324,12 +318,10 @@ class Client(errors.SaysWhyAbsent):
 
     def _on_outstanding(self, dealer, header):
         for m in header.get("unknown", ()):
-            f = self._futures.pop(m, None)
-            if f is not None and not f.done():
-                f.set_exception(errors.MiniparError(
-                    f"the controller has no record of request {m}: it restarted and the "
-                    "request was lost with the old one (it keeps records across restarts "
-                    "only with --db sqlite); submit it again"))
+            _fail(self, [self._futures.get(m)], errors.MiniparError(
+                f"the controller has no record of request {m}: it restarted and the request "
+                "was lost with the old one (it keeps records across restarts only with --db "
+                "sqlite); submit it again"))
 
     def _io_query(self, dealer, kind, on_reply, **fields):
         """A query sent from the I/O thread; `on_reply(dealer, header)` runs in it too."""
@@ -362,9 +354,7 @@ class Client(errors.SaysWhyAbsent):
                 function()
             except Exception:
                 log.exception("a client timer failed")
-        if not self._timers:
-            return None
-        return max(0.0, (self._timers[0][0] - time.monotonic()) * 1000)
+        return max(0.0, (self._timers[0][0] - time.monotonic()) * 1000) if self._timers else None
 
     def _on_reply(self, frames):
         # executes in the I/O thread
@@ -562,8 +552,6 @@ class Client(errors.SaysWhyAbsent):
         else:
             f = future
             f._request(header["msg_id"], engine_id)
-        self._futures[f.msg_id] = f
-        _sent(self, (f,))   # before it leaves: a Ctrl-C from here on aborts it
         if "label" in fields:
             f._md["label"] = fields["label"]
         for key in ("after", "follow"):   # ipyparallel's metadata: the msg_ids it waited on
@@ -571,9 +559,11 @@ class Client(errors.SaysWhyAbsent):
                 f._md[key] = fields[key]["ids"]
         if "code" in fields:
             f._md["execute_input"] = fields["code"]
+        # registered as it is held or sent, not before: else a Ctrl-C between leaves it pending
         held = getattr(self._local, "held", None)
-        if held is not None:
-            held.append(frames)
+        if held is not None:   # a Ctrl-C from here on fails it unsent (see _together)
+            held.append((f, frames))
+            _sent(self, (f,))
             if len(held) >= TOGETHER:
                 self._send_held(held)
             return f
@@ -581,50 +571,61 @@ class Client(errors.SaysWhyAbsent):
         with self._send_lock:
             (then, last), self._last = self._last, (now, weakref.ref(f))
             last = last()
-            if self._held or (now - then < HOLD_AFTER_S and last is not None
-                              and not last.done()):
-                # one of a burst: the I/O thread sends what is held when it next runs,
-                # which is when this thread blocks, sends, or has run for the GIL's
-                # switch interval (5 ms); requests and replies then go in batches
-                self._held.append(frames)
-                if len(self._held) == 1:
-                    # zmq.Again: the I/O thread has markers enough still to read
+            # one of a burst: the I/O thread sends what is held when it next runs (this thread
+            # blocks, sends, or has run for the GIL's 5 ms switch interval): requests and replies
+            # go in batches. A lone one, or a burst's first and its wake-up, leaves whole.
+            burst = self._held or (now - then < HOLD_AFTER_S and last is not None
+                                   and not last.done())
+            with contextlib.nullcontext() if self._held else protocol.sigint_deferred():
+                if burst:
+                    self._held.append(frames)
+                _sent(self, (f,))
+                if not burst:
+                    protocol.send(self._sender, self.session.signed(frames))
+                elif len(self._held) == 1:   # zmq.Again: the I/O thread has markers enough
                     with contextlib.suppress(zmq.Again):
                         self._outbox.send(_FLUSH, zmq.NOBLOCK)
                 elif len(self._held) >= TOGETHER:
                     self._flush()
-            else:
-                protocol.send(self._sender, self.session.signed(frames))
         return f
 
-    @contextlib.contextmanager
-    def _together(self):
-        """Requests this thread makes inside the block leave TOGETHER at a time, as a batch
-        (see protocol.Session.pack): the controller reads a map's tasks a hundred to a
-        message, the caller sends one instead of a hundred. The outermost block sends."""
-        if getattr(self._local, "held", None) is not None:
-            yield   # inside an outer block, which sends them
-            return
-        with _aborted_on_ctrl_c():   # sent at the end, also on Ctrl-C: then aborted
+    def _together(self, make):
+        """make()'s result; the requests this thread makes in it leave TOGETHER at a time as
+        one batch (see protocol.Session.pack): one send and receive per hundred. A call, not
+        a with block, for the reason _aborted_on_ctrl_c gives; one nested: batched less."""
+        return _aborted_on_ctrl_c(self._batched, make)   # which aborts those sent on Ctrl-C
+
+    def _batched(self, make):
+        held = []
+        try:   # a Ctrl-C in make() or before they leave: those held fail at once
             try:
-                held = self._local.held = []   # in the try: never left set by a Ctrl-C
-                yield
+                self._local.held = held   # in the try: never left set by a Ctrl-C
+                result = make()
+            except Exception:   # what was made leaves still, as without the error
+                self._send_held(held)
+                raise
             finally:
                 self._local.held = None
-                self._send_held(held)
+            self._send_held(held)
+            return result
+        except KeyboardInterrupt:
+            with protocol.sigint_deferred():
+                _fail(self, [f for f, _ in held], _never_sent())
+                del held[:]
+            raise
 
     def _send_held(self, held):
-        with self._send_lock:
-            self._held.extend(held)
+        with protocol.sigint_deferred(), self._send_lock:   # all sent, or none
+            self._held.extend(frames for _, frames in held)
+            del held[:]
             self._flush()
-        del held[:]
 
     def _flush(self):
-        """Send the held requests, in order (the caller holds _send_lock), each once: no
-        longer held as they start to leave, so a Ctrl-C after the send never sends them again."""
-        held, self._held = self._held, []
-        for frames in self.session.pack(held):
-            protocol.send(self._sender, frames)
+        """Send the held requests in order, each once and whole (the caller holds _send_lock)."""
+        with protocol.sigint_deferred():
+            held, self._held = self._held, []
+            for frames in self.session.pack(held):
+                protocol.send(self._sender, frames)
 
     def _check_usable(self):
         if self._closed or self._gone:   # raised afresh: not with the traceback of its last raise
@@ -646,8 +647,8 @@ class Client(errors.SaysWhyAbsent):
         """Send a query from the caller's thread; its future, which the I/O thread settles."""
         if kind != protocol.CONNECT:
             self._check_usable()
-        f, frames = self._query_future(kind, fields)
-        with self._send_lock:
+        with protocol.sigint_deferred(), self._send_lock:   # registered only if it leaves
+            f, frames = self._query_future(kind, fields)
             self._flush()   # after the requests made before it
             if kind == protocol.CONNECT:   # through the I/O thread's socket: its identity
                 self._outbox.send_multipart(frames)   # is where every reply will go
@@ -835,11 +836,11 @@ class Client(errors.SaysWhyAbsent):
     def _broadcast(self, kind, parts, engine_ids, fields):
         # one message, which the controller copies to each engine under these msg_ids
         futures = [_MsgFuture(protocol.new_id(), e) for e in engine_ids]
-        self._futures.update((f.msg_id, f) for f in futures)
-        _sent(self, futures)
         fields.pop("engine", None)
-        f = self.send_request(protocol.BROADCAST, parts, request=kind, targets=engine_ids,
-                              msg_ids=[f.msg_id for f in futures], **fields)
+        with protocol.sigint_deferred():   # the copies registered only with their request
+            _sent(self, futures)
+            f = self.send_request(protocol.BROADCAST, parts, request=kind, targets=engine_ids,
+                                  msg_ids=[f.msg_id for f in futures], **fields)
         self._futures.pop(f.msg_id).set_result(None)   # nothing answers it but the copies
         return futures
 
@@ -887,10 +888,8 @@ class Client(errors.SaysWhyAbsent):
             for m, t in (reply.get("submitted") or {}).items():   # not when it was asked for
                 asked[m]._md["submitted"] = t or asked[m]._md["submitted"]
             for m in reply["unknown"]:
-                f = self._futures.pop(m, None)
-                if f is not None and not f.done():
-                    f.set_exception(KeyError(culled.get(m)
-                                             or f"no record of {m}: unknown or purged msg_id"))
+                _fail(self, [self._futures.get(m)], KeyError(
+                    culled.get(m) or f"no record of {m}: unknown or purged msg_id"))
             # the controller sends the finished ones' results right after its reply: wait
             # for them, as ipyparallel's client, which keeps finished results, needs not
             concurrent.futures.wait([asked[m] for m in reply["completed"]], self.timeout)
@@ -922,12 +921,13 @@ class Client(errors.SaysWhyAbsent):
         return pending
 
     def _abort(self, msg_ids, queued_only=False):
-        """Abort `msg_ids` (not running ones if `queued_only`); how many were pending. An
-        engine that did not take it in time (a task holding the GIL) is warned of."""
-        reply = msg_ids and self.query(protocol.ABORT, msg_ids=msg_ids, queued_only=queued_only)
-        if reply and reply.get("unmarked"):
+        """Abort `msg_ids` (not running ones if `queued_only`); how many were pending."""
+        reply = msg_ids and self.query(protocol.ABORT, msg_ids=msg_ids,
+                                       queued_only=queued_only) or {}
+        _fail(self, map(self._futures.get, reply.get("unknown", ())), _never_sent())   # never came
+        if reply.get("unmarked"):   # an engine did not take it in time (a task holds the GIL)
             warnings.warn(reply["unmarked"], RuntimeWarning, stacklevel=3)
-        return reply.get("pending", 0) if reply else 0
+        return reply.get("pending", 0)
 
     def purge_results(self, jobs=None, targets=None):
         """Forget finished results in the controller: jobs, 'all', or those of targets."""
@@ -1062,8 +1062,9 @@ class Client(errors.SaysWhyAbsent):
             self._io.join(5)
             if not self._io.is_alive():   # else stuck, or frozen at interpreter exit: its
                 self.ctx.destroy(linger=0)   # sockets would hold term() forever
-        self._fail_outstanding(RuntimeError("this Client was closed before the reply came; "
-                                            "it may still run: get_result from a new Client"))
+        _fail(self, self._futures.values(), RuntimeError(
+            "this Client was closed before the reply came; it may still run: get_result from a "
+            "new Client"))
 
     def __enter__(self):
         return self
@@ -1165,10 +1166,8 @@ class _View(errors.SaysWhyAbsent):
 
     # handed to the client, as ipyparallel's views do (views keep no msg_id history, so
     # `outstanding` holds every view's msg_ids, not this view's alone)
-    wait = property(lambda self: self.client.wait)
-    abort = property(lambda self: self.client.abort)
-    spin = property(lambda self: self.client.spin)
-    outstanding = property(lambda self: self.client.outstanding)
+    wait, abort, spin, outstanding = (property(lambda self, name=name: getattr(self.client, name))
+                                      for name in ("wait", "abort", "spin", "outstanding"))
 
     def get_result(self, indices_or_msg_ids=None, block=None, owner=False):
         """``rc.get_result(msg_ids, owner)``, waited for if `block`: msg_ids or
@@ -1236,8 +1235,7 @@ class DirectView(_View):
         if len(ids) == 1:
             futures = [send(ids[0], None)]
         else:
-            with self.client._together():   # one message for all of them
-                futures = [send(eid, None) for eid in ids]
+            futures = self.client._together(lambda: [send(eid, None) for eid in ids])
         return AsyncResult(self.client, futures, fname=fname)
 
     def _apply(self, f, args, kwargs, targets=None):
@@ -1523,16 +1521,15 @@ class LoadBalancedView(_View):
         if isinstance(chain, str) and n > chunksize:
             raise ValueError("recovery= names one task, which can recover one task only; "
                              "this map makes several: give a function instead")
-        futures = []
-        with self.client._together():   # a Ctrl-C in it aborts what it sent
-            for lo in range(0, n, chunksize):
-                chunks = tuple(list(s[lo:lo + chunksize]) if isinstance(s, range) else
-                               s[lo:lo + chunksize] for s in seqs)
-                futures.append(self._send(f, chunks, {}, fparts, fields, chain, map=elementwise))
-            ar = AsyncResult(self.client, futures, fname=getattr(f, "__name__", "map"),
-                             mapping=True, ordered=ordered)
-            if elementwise:
-                ar._sizes = [min(chunksize, n - lo) for lo in range(0, n, chunksize)]
+        def send_all():   # a Ctrl-C in it aborts what it sent
+            return [self._send(f, tuple(list(s[lo:lo + chunksize]) if isinstance(s, range) else
+                                        s[lo:lo + chunksize] for s in seqs),
+                               {}, fparts, fields, chain, map=elementwise)
+                    for lo in range(0, n, chunksize)]
+        ar = AsyncResult(self.client, self.client._together(send_all), mapping=True,
+                         fname=getattr(f, "__name__", "map"), ordered=ordered)
+        if elementwise:
+            ar._sizes = [min(chunksize, n - lo) for lo in range(0, n, chunksize)]
         return ar
 
     def imap(self, f, *iterables, ordered=True, max_outstanding="auto", return_exceptions=False):

@@ -80,10 +80,10 @@ CURVE_FILE = "minipar-curve.json"   # the controller's own Curve key pair, 0600,
 
 # A client's abort waiting for engines to mark its requests (see _abort): the client's routing
 # ids and request header, the engines not heard from yet (a set, emptied as they answer or go),
-# how many of its requests were pending (its reply says so), and the time.monotonic() past which
-# it is answered anyway: an engine whose task holds the GIL in one long C call marks nothing
-# until the call returns. Under the Client's 10 s default timeout; 2..5 is reasonable.
-_Aborting = collections.namedtuple("_Aborting", "idents header engines pending deadline")
+# its reply's fields (how many requests were pending, the unknown ids), and the time.monotonic()
+# past which it is answered anyway: an engine whose task holds the GIL in one long C call marks
+# nothing until the call returns. Under the Client's 10 s default timeout; 2..5 is reasonable.
+_Aborting = collections.namedtuple("_Aborting", "idents header engines answer deadline")
 ABORT_WAIT_S = 4.0
 
 # The status of a failure the controller makes, as an engine would report it: a task
@@ -1117,11 +1117,12 @@ class Controller:
             self._send(self.sockets["engine"], [engine["ident"]], protocol.ABORT, msg_ids=ids,
                        parent=header["msg_id"], queued_only=header.get("queued_only"),
                        behind=oldest if eid in direct and oldest not in ids else None)
+        answer = dict(pending=pending, unknown=unknown)   # unknown: its client fails them
         if asked:
-            self._aborting[header["msg_id"]] = _Aborting(idents, header, set(asked), pending,
+            self._aborting[header["msg_id"]] = _Aborting(idents, header, set(asked), answer,
                                                          now + ABORT_WAIT_S)
         else:
-            self._reply(idents, header, status=OK, pending=pending)
+            self._reply(idents, header, status=OK, **answer)
 
     def _abort_heard(self, eid, parent):
         """Engine `eid` marked the requests of the client's abort `parent`, or is gone."""
@@ -1131,7 +1132,7 @@ class Controller:
         waiting.engines.discard(eid)
         if not waiting.engines:
             del self._aborting[parent]
-            self._reply(waiting.idents, waiting.header, status=OK, pending=waiting.pending)
+            self._reply(waiting.idents, waiting.header, status=OK, **waiting.answer)
 
     def _abort_overdue(self, now):
         """Answer the aborts past their deadline, saying which engines have not marked
@@ -1140,7 +1141,7 @@ class Controller:
             waiting = self._aborting.pop(parent)
             late = ", ".join(f"{eid} (pid {self.engines[eid]['pid']} on "
                              f"{self.engines[eid]['host']})" for eid in sorted(waiting.engines))
-            self._reply(waiting.idents, waiting.header, status=OK, pending=waiting.pending,
+            self._reply(waiting.idents, waiting.header, status=OK, **waiting.answer,
                         unmarked=f"engine {late} has not taken the abort in {ABORT_WAIT_S:g} s "
                         "though its heart beats: its task most likely holds the GIL in one long "
                         "C call, which no interrupt reaches until it returns. The abort acts "
@@ -1240,11 +1241,10 @@ class Controller:
         self._reply(idents, header, status=OK, records=records)
 
     _client_handlers = {
-        protocol.CONNECT: _connect, protocol.QUEUE_STATUS: _queue_status,
-        protocol.STATUS: _status, protocol.RESULT_REQUEST: _result_request,
-        protocol.PURGE: _purge, protocol.ABORT: _abort,
-        protocol.SHUTDOWN: _shutdown, protocol.RESUBMIT: _resubmit,
-        protocol.DB_QUERY: _db_query, protocol.SIGNAL: _signal, protocol.BROADCAST: _broadcast}
+        protocol.CONNECT: _connect, protocol.QUEUE_STATUS: _queue_status, protocol.STATUS: _status,
+        protocol.RESULT_REQUEST: _result_request, protocol.PURGE: _purge, protocol.ABORT: _abort,
+        protocol.SHUTDOWN: _shutdown, protocol.RESUBMIT: _resubmit, protocol.DB_QUERY: _db_query,
+        protocol.SIGNAL: _signal, protocol.BROADCAST: _broadcast}
 
 
 def _give_back_memory():

@@ -47,6 +47,7 @@ pickle as frames of their own, sent with ``copy=False``.
 """
 
 import collections
+import contextlib
 import io
 import itertools
 import json
@@ -56,6 +57,7 @@ import os
 import pickle
 import re
 import reprlib
+import signal
 import struct
 import sys
 import threading
@@ -766,9 +768,40 @@ def send(sock, wire, idents=()):
         s(sock, b"".join([PACKED, struct.pack(f"<{len(lengths) + 1}I", len(lengths),
                                               *lengths), *frames]), 0, copy=False)
         return
-    for f in wire[:-1]:
-        s(sock, f, _MORE, copy=False)
-    s(sock, wire[-1], 0, copy=False)
+    with sigint_deferred():   # frames sent with _MORE wait for the rest: all or none
+        for f in wire[:-1]:
+            s(sock, f, _MORE, copy=False)
+        s(sock, wire[-1], 0, copy=False)
+
+
+_deferring = None   # the main thread's sigint_deferred block: [(signum, frame)] once one came
+
+
+@contextlib.contextmanager
+def sigint_deferred():
+    """A block that a Ctrl-C does not cut short: in the main thread, a SIGINT coming in it
+    is held and its handler (KeyboardInterrupt, by default) runs as the block ends. For
+    sends that must be whole: a message half sent (frames of a multipart message, a
+    client's batch of held requests) would have the socket's next message glued onto its
+    rest, and both lost, or requests recorded as sent that never left. Blocks nest; in
+    another thread, or where SIGINT's handler is not Python's, it does nothing. It costs
+    two sigaction calls (a few µs), so it guards batches and large sends, not each frame."""
+    global _deferring
+    handler = signal.getsignal(signal.SIGINT)
+    if (_deferring is not None or not callable(handler)
+            or threading.current_thread() is not threading.main_thread()):
+        yield
+        return
+    came = []
+    signal.signal(signal.SIGINT, lambda *signum_frame: came.append(signum_frame))
+    try:   # set in it, cleared before the handler is back: never left set by a Ctrl-C
+        _deferring = came
+        yield
+    finally:
+        _deferring = None
+        signal.signal(signal.SIGINT, handler)
+        if came:
+            handler(*came[0])
 
 
 def unpack(frames):

@@ -2,11 +2,15 @@
 
 ``wait_until`` is the one bounded wait on a state that every test uses instead of a
 deadline loop of its own. ``raw_engine`` registers two sockets of the test's as an engine,
-to see what the controller sends it or to answer as no real engine would. ``scaled`` is
+to see what the controller sends it or to answer as no real engine would. ``ctrl_c_at``
+presses Ctrl-C at a chosen step of the code it profiles. ``scaled`` is
 engine-side: a function that lives in an importable module, so engines unpickle it by
 reference.
 """
 
+import os
+import signal
+import sys
 import time
 
 import zmq
@@ -49,6 +53,23 @@ def raw_engine(ctx, engine_file, name):
     control.send_multipart(frames)
     assert control.poll(10_000), "no answer to the registration within 10 s"
     return session, control, work, reg["msg_id"], session.check(control.recv_multipart())[1]["id"]
+
+
+def ctrl_c_at(k):
+    """(hook, pressed): a profile hook (sys.setprofile) that presses Ctrl-C, a real SIGINT
+    to this process, as the k-th Python function it sees starts, where CPython itself
+    checks for signals (not at a builtin's return, which would raise where no signal
+    can: between taking a lock and entering its with block); `pressed`: [True] once it has."""
+    seen, pressed = 0, []
+
+    def hook(frame, event, arg):
+        nonlocal seen
+        seen += event == "call"
+        if seen == k and event == "call":
+            sys.setprofile(None)
+            pressed.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+    return hook, pressed
 
 
 @interactive

@@ -5,6 +5,7 @@ import concurrent.futures
 import contextlib
 import copy
 import gc
+import itertools
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ import minipar
 from minipar import errors, protocol
 
 from .conftest import START_TIMEOUT_S, LocalCluster
-from .helpers import raw_engine, wait_until
+from .helpers import ctrl_c_at, raw_engine, wait_until
 
 TIMEOUT = 60
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -872,3 +873,48 @@ def test_a_reply_the_client_cannot_handle_fails_its_request(tmp_path):
     finally:
         ctx.destroy(linger=0)
         c.stop()
+
+
+@pytest.mark.parametrize("submit", ["map", "apply_async", "push"])
+def test_ctrl_c_anywhere_in_a_submission_leaves_no_request_pending(cluster, submit):
+    """Ctrl-C pressed at any step of a submission (a map, a loop of apply_async, pushes
+    over PACK_MAX) left requests registered that never left (a held batch dropped, one
+    stopped between its registration and its send), which stayed pending for ever, or a
+    message half sent that took the next one down with it. Pressed at steps all through
+    it now: the next call is answered, every request made is done (those that never left
+    failed with TaskAborted), and the KeyboardInterrupt still reaches the script."""
+    rc = cluster.rc
+    lv, dv = rc.load_balanced_view(), rc[:]
+    big = {"big": os.urandom(protocol.PACK_MAX)}
+
+    def submission(ars):
+        if submit == "map":
+            ars.append(lv.map(abs, range(150), block=False))
+        for i in range(150 if submit == "apply_async" else 3 if submit == "push" else 0):
+            ars.append(lv.apply_async(abs, i) if submit == "apply_async"
+                       else dv.push(big, block=False))
+
+    calls = itertools.count()
+    sys.setprofile(lambda frame, event, arg: event == "call" and next(calls))
+    try:
+        rc.wait(submission([]), timeout=TIMEOUT / 6)
+    finally:
+        sys.setprofile(None)
+    n, interrupted = next(calls), 0
+    for k in range(1, n, n // 60 | 1):   # odd: not in step with a request's own steps
+        ars = []
+        hook, pressed = ctrl_c_at(k)
+        sys.setprofile(hook)
+        try:
+            submission(ars)
+        except KeyboardInterrupt:
+            interrupted += 1
+        finally:
+            sys.setprofile(None)
+        assert lv.apply_async(abs, -k).get(timeout=TIMEOUT / 6) == k, f"Ctrl-C at step {k}"
+        assert rc.wait(timeout=TIMEOUT / 6), (
+            f"Ctrl-C at step {k} of {n}: {len(rc.outstanding)} requests pending")
+        assert all(ar.done() for ar in ars), f"Ctrl-C at step {k} of {n}"
+        failed = {type(f.exception()) for ar in ars for f in ar._children if f.exception()}
+        assert failed <= {errors.TaskAborted}, (k, failed)
+    assert interrupted > 30, (interrupted, n)

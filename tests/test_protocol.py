@@ -6,6 +6,7 @@ import os
 import pickle
 import stat
 import struct
+import sys
 import time
 
 import numpy as np
@@ -13,6 +14,8 @@ import pytest
 import zmq
 
 from minipar import errors, protocol
+
+from .helpers import ctrl_c_at
 
 TIMEOUT = 30
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -436,3 +439,41 @@ def test_message_ids_are_unique_also_across_a_fork():
     ours = [protocol.new_id() for _ in range(3)]
     assert len(child) == 3 and not set(child) & (ids | set(ours))
     assert child[0].split("-")[0] != ours[0].split("-")[0]
+
+
+def test_ctrl_c_anywhere_in_a_large_send_leaves_the_message_whole_or_unsent():
+    """A Ctrl-C between the frames of a message over PACK_MAX (sent frame by frame, two
+    large enough to go without a copy) left it half sent: the socket's next message was
+    glued onto its rest, and both were lost to the peer. Pressed as each Python function
+    in the send starts, now, the message arrives whole or not at all, the next one after
+    it; the KeyboardInterrupt still comes."""
+    ctx = zmq.Context()
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    try:
+        pull.bind("inproc://ctrl-c")
+        push.connect("inproc://ctrl-c")
+        wire = [protocol.DELIM, b"signature", b"header", os.urandom(protocol.PACK_MAX),
+                os.urandom(protocol.PACK_MAX)]
+        interrupted = 0
+        for k in range(1, 400):
+            hook, pressed = ctrl_c_at(k)
+            sys.setprofile(hook)
+            try:
+                protocol.send(push, wire)
+            except KeyboardInterrupt:
+                interrupted += 1
+            finally:
+                sys.setprofile(None)
+            if not pressed:
+                break
+            push.send(b"next")
+            got = []
+            while not got or got[-1] != [b"next"]:
+                assert pull.poll(TIMEOUT * 100), f"Ctrl-C at step {k}: nothing came in 3 s"
+                got.append(pull.recv_multipart())
+            assert got in ([[b"next"]], [wire, [b"next"]]), f"Ctrl-C at step {k}: {got}"
+        assert pressed == [] and interrupted == k - 1 > 10, (k, interrupted)
+    finally:
+        push.close(linger=0)
+        pull.close(linger=0)
+        ctx.term()
