@@ -179,8 +179,8 @@ def _restarted_with_copies_held(c, db_args, direct=False):
     rc = c.client(reconnect_timeout=120)
     rc.wait_for_engines(1, START_TIMEOUT_S)
     if direct:
-        with rc._together():   # one message, as a map's tasks are
-            ars = [rc[rc.ids[0]].apply_async(logged, started, t, 60) for t in ("t0", "t1")]
+        ars = rc._together(lambda: [rc[rc.ids[0]].apply_async(logged, started, t, 60)
+                                    for t in ("t0", "t1")])   # one message, as a map's tasks
     else:
         view = rc.load_balanced_view()
         with view.temp_flags(retries=2):
