@@ -1506,10 +1506,10 @@ def main(argv=None):
     p.add_argument("--timeout", type=float, default=REGISTRATION_TIMEOUT_S,
                    help="seconds to wait for the controller: for its cluster (--cluster-id) and "
                         f"connection file (at most {CONNECTION_FILE_WAIT_S:.0f}), then for its "
-                        "answer to registration")
+                        "answer to registration (default %(default)s)")
     p.add_argument("--max-missed-heartbeats", type=int, default=MAX_MISSED_HEARTBEATS,
                    help="how long (in the controller's heartbeats) to wait for a controller "
-                        "that went silent to come back (then register again) before exiting")
+                        "gone silent to come back (then register again) (default %(default)s)")
     p.add_argument("--log-level", type=protocol.log_level,
                    default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"),
                    help="DEBUG, INFO (default, or $MINIPAR_LOG_LEVEL), WARNING or ERROR")

@@ -834,6 +834,21 @@ def test_the_controller_says_where_its_connection_files_go_and_how_to_stop_it(pi
         minipar.Client(profile_dir=str(prof), timeout=0.1)
 
 
+@pytest.mark.parametrize("role, options", [
+    ("controller", ["--port", "--heartbeat-period", "--heartbeat-liveness",
+                    "--max-message-size"]),
+    ("engine", ["--timeout", "--max-missed-heartbeats"])])
+def test_help_gives_the_default_of_each_option_that_has_one(role, options):
+    """`--help` of the controller and the engine named no default for these options (how
+    often is a heartbeat? how long does an engine wait?): a newcomer had to read the code."""
+    help_text = subprocess.run(
+        [sys.executable, "-m", f"minipar.{role}", "--help"], env=dict(_env(), COLUMNS="500"),
+        cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+    entries = {e.split()[0]: e for e in help_text.split("\n  -")[1:]}
+    for option in options:
+        assert "default" in entries[option[1:]], entries[option[1:]]
+
+
 def test_negative_engine_counts_are_refused(pids, tmp_path):
     with pytest.raises(ValueError, match="n=-1"):
         Cluster(n=-1)
