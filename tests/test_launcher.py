@@ -849,6 +849,21 @@ def test_help_gives_the_default_of_each_option_that_has_one(role, options):
         assert "default" in entries[option[1:]], entries[option[1:]]
 
 
+def test_python_m_minipar_names_the_commands_that_start_a_cluster():
+    """`python -m minipar`, a newcomer's first guess, ended in Python's "No module named
+    minipar.__main__; 'minipar' is a package and cannot be directly executed"."""
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "minipar", *args], env=_env(), cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+    plain, wrong = run(), run("start", "-n", "2")
+    assert plain.returncode == 0 and wrong.returncode == 2, (plain, wrong)
+    assert "takes no arguments (start -n 2)" in wrong.stderr, wrong.stderr
+    for out in (plain.stdout, wrong.stderr):
+        for command in ("minipar.controller", "minipar.engine", "minipar.launcher start",
+                        "minipar.top"):
+            assert f"python -m {command}" in out, out
+
+
 def test_negative_engine_counts_are_refused(pids, tmp_path):
     with pytest.raises(ValueError, match="n=-1"):
         Cluster(n=-1)
