@@ -880,8 +880,8 @@ class Engine:
         if self._current is None and not at_terminal:
             log.warning("SIGINT while idle: ignored (an engine is stopped with SIGTERM)")
             return
-        if self._current is None or not at_terminal:
-            raise KeyboardInterrupt
+        if self._current is None or not at_terminal:   # `kill -INT`, not Ctrl-C: say so
+            raise KeyboardInterrupt(f"SIGINT to engine {self.id} (pid {os.getpid()})")
         # Ctrl-C at a busy engine's terminal, most often meant to stop it: silent, each one
         # failed a task and the engine went on to the next. The next one stops it too.
         again, self._ctrl_c = self._ctrl_c, True
