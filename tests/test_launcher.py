@@ -1391,15 +1391,18 @@ def test_fifty_local_engines_all_register(pids):
 def test_a_log_level_that_is_not_one_is_a_usage_error(tmp_path, role, args):
     """--log-level bogus (or MINIPAR_LOG_LEVEL=bogus, each entry point's default) ended
     the controller, an engine and the launcher in a traceback from logging; it is now a
-    usage error naming the levels, and a level in lower case is taken as before."""
+    usage error naming the levels (and $MINIPAR_LOG_LEVEL when it came from there), and a
+    level in lower case is taken as before."""
     for given, env in ((["--log-level", "bogus"], {}), ([], {"MINIPAR_LOG_LEVEL": "bogus"})):
         out = subprocess.run([sys.executable, "-m", f"minipar.{role}", *given, *args],
                              env={**_env(), "MINIPAR_DIR": str(tmp_path), **env},
                              cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True,
                              text=True, timeout=60)
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
-        assert "'bogus' is not a log level: give DEBUG, INFO, WARNING, ERROR or " \
-               "CRITICAL" in out.stderr, out.stderr
+        assert "'bogus' is not a log level" in out.stderr and "give DEBUG, INFO, WARNING, " \
+               "ERROR or CRITICAL" in out.stderr, out.stderr
+        # from the environment, the error named only --log-level, which was not given
+        assert ("$MINIPAR_LOG_LEVEL is set to it" in out.stderr) == bool(env), out.stderr
     out = subprocess.run([sys.executable, "-m", "minipar.launcher", "--log-level", "debug",
                           "list", "--profile-dir", "p"], env=_env(), cwd=tmp_path,
                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
