@@ -1495,7 +1495,7 @@ def main(argv=None):
         "them. Stop it with Ctrl-C or `kill PID` (SIGTERM), which removes them."))
     p.add_argument("--ip", default="127.0.0.1",
                    help="interface to listen on (default loopback; '*' for all)")
-    p.add_argument("--port", type=int, default=0, help="registration port (others random)")
+    p.add_argument("--port", type=int, default=0, help="registration port (default: any free one)")
     p.add_argument("--ports", help="candidate ports for every socket: 10101-10120, "
                    "10101,10105 or one port (registration; PortInUseError if taken)")
     p.add_argument("--location", help="host name or address that engines and clients use")
@@ -1504,9 +1504,9 @@ def main(argv=None):
     p.add_argument("--profile-dir", help="profile folder (overrides --profile)")
     p.add_argument("--cluster-id", help=argparse.SUPPRESS)   # ipcontroller's: refused, saying why
     p.add_argument("--heartbeat-period", type=float, default=HEARTBEAT_PERIOD_S,
-                   help="seconds between heartbeats")
+                   help="seconds between heartbeats (default %(default)s)")
     p.add_argument("--heartbeat-liveness", type=int, default=HEARTBEAT_LIVENESS,
-                   help="missed heartbeats before an engine is declared dead")
+                   help="missed heartbeats before an engine is dead (default %(default)s)")
     p.add_argument("--scheme", default="leastload",
                    choices=["leastload", "lru", "twobin", "weighted", "plainrandom"],
                    help="how load-balanced tasks pick an engine (default: leastload, the "
@@ -1532,7 +1532,7 @@ def main(argv=None):
                         "server key goes in the connection files")
     p.add_argument("--max-message-size", type=int, default=protocol.MAX_MESSAGE_SIZE,
                    help="largest message in bytes (all frames) that any process of the "
-                        "cluster accepts; larger ones are refused and counted")
+                        "cluster accepts, larger ones refused and counted (default %(default)s)")
     p.add_argument("--owner", metavar="PID",
                    help="stop the engines and the controller once process PID (or "
                         "PID/START/HOST/PIDNS) has ended (a Cluster gives its own)")

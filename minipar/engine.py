@@ -880,8 +880,8 @@ class Engine:
         if self._current is None and not at_terminal:
             log.warning("SIGINT while idle: ignored (an engine is stopped with SIGTERM)")
             return
-        if self._current is None or not at_terminal:
-            raise KeyboardInterrupt
+        if self._current is None or not at_terminal:   # `kill -INT`, not Ctrl-C: say so
+            raise KeyboardInterrupt(f"SIGINT to engine {self.id} (pid {os.getpid()})")
         # Ctrl-C at a busy engine's terminal, most often meant to stop it: silent, each one
         # failed a task and the engine went on to the next. The next one stops it too.
         again, self._ctrl_c = self._ctrl_c, True
@@ -1506,10 +1506,10 @@ def main(argv=None):
     p.add_argument("--timeout", type=float, default=REGISTRATION_TIMEOUT_S,
                    help="seconds to wait for the controller: for its cluster (--cluster-id) and "
                         f"connection file (at most {CONNECTION_FILE_WAIT_S:.0f}), then for its "
-                        "answer to registration")
+                        "answer to registration (default %(default)s)")
     p.add_argument("--max-missed-heartbeats", type=int, default=MAX_MISSED_HEARTBEATS,
                    help="how long (in the controller's heartbeats) to wait for a controller "
-                        "that went silent to come back (then register again) before exiting")
+                        "gone silent to come back (then register again) (default %(default)s)")
     p.add_argument("--log-level", type=protocol.log_level,
                    default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"),
                    help="DEBUG, INFO (default, or $MINIPAR_LOG_LEVEL), WARNING or ERROR")

@@ -1169,8 +1169,10 @@ def log_level(text):
     import argparse   # only the entry points, which have both already, parse options
     import logging
     if not isinstance(logging.getLevelName(text.upper()), int):   # WARN, in any case, too
-        raise argparse.ArgumentTypeError(f"{text!r} is not a log level: give DEBUG, INFO, "
-                                         "WARNING, ERROR or CRITICAL")
+        env = (" ($MINIPAR_LOG_LEVEL is set to it: unset it or fix it)"
+               if text == os.environ.get("MINIPAR_LOG_LEVEL") else "")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a log level{env}: give DEBUG, "
+                                         "INFO, WARNING, ERROR or CRITICAL")
     return text.upper()
 
 

@@ -637,6 +637,24 @@ def test_ctrl_c_twice_stops_a_busy_engine_at_a_terminal(local_cluster):
     assert "declared dead" not in local_cluster.output("controller")
 
 
+def test_sigint_from_outside_to_a_busy_engine_fails_its_task_saying_so(local_cluster):
+    """`kill -INT PID` to a busy engine (not at its terminal) failed the task with a bare
+    "KeyboardInterrupt: ", which names neither the signal nor the engine; the engine goes on."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    lview = rc.load_balanced_view()
+    first, second = (lview.apply_async(_sleep_then, 60, i) for i in range(2))
+    wait_until(first.running, START_TIMEOUT_S, "the first task to run")
+    engine.send_signal(signal.SIGINT)
+    eid = rc.ids[0]
+    with pytest.raises(errors.RemoteError, match=rf"KeyboardInterrupt: SIGINT to engine {eid} "
+                                                 rf"\(pid {engine.pid}\)"):
+        first.get(START_TIMEOUT_S)
+    wait_until(second.running, START_TIMEOUT_S, "the engine to go on with the next task")
+    assert engine.poll() is None
+
+
 def _sleep_in_exec(seconds):
     print("started", flush=True)
     exec(f"import time; time.sleep({seconds})")   # as dataclasses and namedtuples are made

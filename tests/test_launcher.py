@@ -834,6 +834,36 @@ def test_the_controller_says_where_its_connection_files_go_and_how_to_stop_it(pi
         minipar.Client(profile_dir=str(prof), timeout=0.1)
 
 
+@pytest.mark.parametrize("role, options", [
+    ("controller", ["--port", "--heartbeat-period", "--heartbeat-liveness",
+                    "--max-message-size"]),
+    ("engine", ["--timeout", "--max-missed-heartbeats"])])
+def test_help_gives_the_default_of_each_option_that_has_one(role, options):
+    """`--help` of the controller and the engine named no default for these options (how
+    often is a heartbeat? how long does an engine wait?): a newcomer had to read the code."""
+    help_text = subprocess.run(
+        [sys.executable, "-m", f"minipar.{role}", "--help"], env=dict(_env(), COLUMNS="500"),
+        cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+    entries = {e.split()[0]: e for e in help_text.split("\n  -")[1:]}
+    for option in options:
+        assert "default" in entries[option[1:]], entries[option[1:]]
+
+
+def test_python_m_minipar_names_the_commands_that_start_a_cluster():
+    """`python -m minipar`, a newcomer's first guess, ended in Python's "No module named
+    minipar.__main__; 'minipar' is a package and cannot be directly executed"."""
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "minipar", *args], env=_env(), cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+    plain, wrong = run(), run("start", "-n", "2")
+    assert plain.returncode == 0 and wrong.returncode == 2, (plain, wrong)
+    assert "takes no arguments (start -n 2)" in wrong.stderr, wrong.stderr
+    for out in (plain.stdout, wrong.stderr):
+        for command in ("minipar.controller", "minipar.engine", "minipar.launcher start",
+                        "minipar.top"):
+            assert f"python -m {command}" in out, out
+
+
 def test_negative_engine_counts_are_refused(pids, tmp_path):
     with pytest.raises(ValueError, match="n=-1"):
         Cluster(n=-1)
@@ -1361,15 +1391,18 @@ def test_fifty_local_engines_all_register(pids):
 def test_a_log_level_that_is_not_one_is_a_usage_error(tmp_path, role, args):
     """--log-level bogus (or MINIPAR_LOG_LEVEL=bogus, each entry point's default) ended
     the controller, an engine and the launcher in a traceback from logging; it is now a
-    usage error naming the levels, and a level in lower case is taken as before."""
+    usage error naming the levels (and $MINIPAR_LOG_LEVEL when it came from there), and a
+    level in lower case is taken as before."""
     for given, env in ((["--log-level", "bogus"], {}), ([], {"MINIPAR_LOG_LEVEL": "bogus"})):
         out = subprocess.run([sys.executable, "-m", f"minipar.{role}", *given, *args],
                              env={**_env(), "MINIPAR_DIR": str(tmp_path), **env},
                              cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True,
                              text=True, timeout=60)
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
-        assert "'bogus' is not a log level: give DEBUG, INFO, WARNING, ERROR or " \
-               "CRITICAL" in out.stderr, out.stderr
+        assert "'bogus' is not a log level" in out.stderr and "give DEBUG, INFO, WARNING, " \
+               "ERROR or CRITICAL" in out.stderr, out.stderr
+        # from the environment, the error named only --log-level, which was not given
+        assert ("$MINIPAR_LOG_LEVEL is set to it" in out.stderr) == bool(env), out.stderr
     out = subprocess.run([sys.executable, "-m", "minipar.launcher", "--log-level", "debug",
                           "list", "--profile-dir", "p"], env=_env(), cwd=tmp_path,
                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
