@@ -1176,8 +1176,9 @@ def log_level(text):
     return text.upper()
 
 
-def base_dir():
-    return os.environ.get("MINIPAR_DIR") or os.path.join(os.path.expanduser("~"), ".minipar")
+def base_dir():   # absolute: a relative $MINIPAR_DIR named no folder for an engine elsewhere
+    return os.path.abspath(os.path.expandvars(os.path.expanduser(
+        os.environ.get("MINIPAR_DIR") or os.path.join("~", ".minipar"))))
 
 
 def profile_dir(profile=None, profile_dir=None, ipython_dir=None):

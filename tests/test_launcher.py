@@ -805,6 +805,15 @@ def test_hand_started_controller_on_a_launcher_cluster_prints_a_fix_that_works(p
 # ---------------------------------------------------------------- first-hour surprises
 
 
+def test_a_relative_minipar_dir_is_named_as_the_folder_it_is(tmp_path):
+    """$MINIPAR_DIR=rel: the controller named its connection files' folder rel/..., which
+    an engine started in another folder, told so, could not find."""
+    help_text = subprocess.run(
+        [sys.executable, "-m", "minipar.controller", "--help"], cwd=tmp_path, timeout=60,
+        env=dict(_env(), COLUMNS="500", MINIPAR_DIR="rel"), capture_output=True, text=True).stdout
+    assert f"connection files to {tmp_path / 'rel'}/profile_NAME/security" in help_text, help_text
+
+
 def test_the_controller_says_where_its_connection_files_go_and_how_to_stop_it(pids, tmp_path,
                                                                               minipar_dir):
     """`controller --help` said neither where the connection files go nor how to stop it,
