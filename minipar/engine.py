@@ -736,10 +736,9 @@ class Engine:
         self._interrupt_current("interrupt")
 
     def _on_signal(self, header):
-        # executes in the receiver thread. SIGINT (rc.send_signal) interrupts the running
-        # request (KeyboardInterrupt, even in a C call such as time.sleep), never the
-        # engine: ignored while idle, like a kernel's Ctrl-C. Any other signal goes to the
-        # main thread, so a Python handler runs at once and a default action ends it all.
+        # executes in the receiver thread. SIGINT (rc.send_signal) interrupts the running request
+        # (KeyboardInterrupt, even in a C call), never the engine, ignored while idle as a
+        # kernel's Ctrl-C; another goes to the main thread (a Python handler runs at once).
         if header.get("sig") == signal.SIGINT:
             return self._on_interrupt(header)
         signal.pthread_kill(self._main_ident, header["sig"])
@@ -1078,7 +1077,8 @@ class Engine:
                     self._aborted.discard(msg_id)
                 status, result = protocol.ABORTED, errors.TaskAborted("aborted while running")
             else:
-                status, result = protocol.ERROR, KeyboardInterrupt("interrupted")
+                status, result = protocol.ERROR, KeyboardInterrupt(
+                    f"SIGINT from a client (send_signal) to engine {self.id}")
         except errors.UnmetDependency as e:
             status, result = protocol.UNMET, e
         except BaseException as e:

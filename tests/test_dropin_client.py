@@ -114,7 +114,8 @@ def test_send_signal_sigint_interrupts_the_running_task(cluster, work):
     assert rc.send_signal(signal.SIGINT, targets=[0], block=True) is None
     with pytest.raises(RemoteError) as info:
         ar.get(TIMEOUT)
-    assert info.value.ename == "KeyboardInterrupt"
+    assert info.value.ename == "KeyboardInterrupt"   # saying where it came from
+    assert info.value.evalue == "SIGINT from a client (send_signal) to engine 0"
     assert time.monotonic() - t0 < 10
     # the engine goes on serving, and an idle one ignores SIGINT
     rc.send_signal("SIGINT", targets=0)
