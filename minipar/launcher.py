@@ -210,8 +210,7 @@ def _class_path(cls):
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-# Launcher options a Cluster sets from its own arguments, never from its
-# controller_options / engine_options.
+# Launcher options a Cluster sets from its own arguments, never from its *_options
 _SET_BY_CLUSTER = ("profile_dir", "cluster_id", "program_args")
 
 
@@ -226,9 +225,8 @@ def _check_options(cls, options, what):
     if unknown:
         own = (" (profile_dir, cluster_id and program_args come from the Cluster's own "
                "arguments)" if set(unknown) & set(_SET_BY_CLUSTER) else "")
-        raise ValueError(f"{what}: {cls.__name__} takes no option "
-                         f"{', '.join(map(repr, unknown))}; its options are "
-                         f"{', '.join(accepted)}{own}")
+        raise ValueError(f"{what}: {cls.__name__} takes no option {', '.join(map(repr, unknown))};"
+                         f" its options are {', '.join(accepted)}{own}")
 
 
 def _unique_id():
@@ -312,8 +310,7 @@ class BaseLauncher:
         with self._lock:
             if self.state == AFTER:
                 return
-            self.state = AFTER
-            self.stop_data = data
+            self.state, self.stop_data = AFTER, data
             callbacks, self._stop_callbacks = self._stop_callbacks, []
         log.debug("%r stopped: %s", self, data)
         self._stopped.set()
@@ -417,8 +414,7 @@ class LocalProcessLauncher(BaseLauncher):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.pid = self.pid_start = self.process = self._watcher = None
-        self.args = []
+        (self.pid, self.pid_start, self.process, self._watcher), self.args = [None] * 4, []
 
     def find_args(self):
         """The command line: the role's program (mpiexec and ssh launchers wrap it)."""
@@ -890,22 +886,17 @@ class Cluster:
         return os.path.join(self.security_dir, protocol.ENGINE_FILE)
 
     def to_dict(self):
-        return {"cluster": {"cluster_id": self.cluster_id, "profile_dir": self.profile_dir,
-                            "owns_profile_dir": self._owns_profile_dir, "n": self.n,
-                            "engines": _kind_name(self.engine_kind),
-                            "controller": _kind_name(self.controller_kind),
-                            "controller_args": self.controller_args,
-                            "engine_args": self.engine_args, "timeout": self.timeout,
+        return {"cluster": {"engines": _kind_name(self.engine_kind), "cluster_id": self.cluster_id,
+                            "timeout": self.timeout, "controller": _kind_name(self.controller_kind),
+                            "restart_engines": self.engine_restart, "engine_args": self.engine_args,
                             "controller_options": self.controller_options,
-                            "engine_options": self.engine_options,
-                            "restart_engines": self.engine_restart, "host": socket.gethostname()},
+                            "engine_options": self.engine_options, "profile_dir": self.profile_dir,
+                            "n": self.n, "owns_profile_dir": self._owns_profile_dir,
+                            "controller_args": self.controller_args, "host": socket.gethostname()},
                 "controller": self.controller.to_dict() if self.controller else None,
                 "engines": {k: v.to_dict() for k, v in self.engines.items()}}
 
     _elsewhere = None   # the other host whose Cluster wrote the file read (from_file)
-
-    def _write_cluster_file(self):
-        protocol.write_connection_file(self.cluster_file, self.to_dict())
 
     def _is_running(self):
         """Whether the controller or an engine set of this cluster still runs."""
@@ -914,7 +905,7 @@ class Cluster:
     def _update_cluster_file(self):
         # the file describes a running cluster; once nothing runs, it goes (as ipyparallel)
         if self._is_running():
-            return self._write_cluster_file()
+            return protocol.write_connection_file(self.cluster_file, self.to_dict())
         self._remove_files()
 
     @classmethod
@@ -982,7 +973,7 @@ class Cluster:
         started = time.time()
         try:
             self.controller.start()
-            self._write_cluster_file()
+            protocol.write_connection_file(self.cluster_file, self.to_dict())
             self._wait_for_connection_file(started)
         except BaseException:
             self.controller.stop()
@@ -1071,10 +1062,20 @@ class Cluster:
         return rc
 
     def stop_engines_sync(self, engine_set_id=None):
-        """Stop one engine set (default: all); returns when its processes are gone."""
-        for set_id in [engine_set_id] if engine_set_id is not None else list(self.engines):
+        """Stop one engine set (default: all); returns when its processes are gone and the
+        open Clients made here list them no more (as ipyparallel's), or `timeout` s after."""
+        sets = [engine_set_id] if engine_set_id is not None else list(self.engines)
+        gone = {(p, socket.gethostname()) for s in sets for p in self.engines[s].pids()}
+        for set_id in sets:
             self.engines.pop(set_id).stop()
         self._update_cluster_file()
+        deadline = time.monotonic() + self.timeout
+        for rc in list(self._clients) if getattr(self.controller, "running", False) else []:
+            with rc._engines_changed:   # woken by the controller's notices and by close()
+                if not rc._engines_changed.wait_for(lambda: rc._closed or rc._gone or not gone & {
+                        (e.get("pid"), e.get("host")) for e in rc._engines.values()},
+                        max(0, deadline - time.monotonic())):
+                    log.warning("%r lists stopped engines %s s after", rc, self.timeout)
 
     def restart_engines_sync(self, engine_set_id=None):
         """Stop engine sets, start each again with the same kind, size and id; the ids."""

@@ -38,6 +38,22 @@ def wait_until(predicate, timeout, what="the condition", interval=0.01):
         interval = min(interval * 2, 0.1)
 
 
+def freeze(pid, timeout=10):
+    """SIGSTOP process `pid` and return once every thread of it has stopped. kill()
+    returns as soon as the signal is pending: one thread takes it and only then stops the
+    others, so on a busy machine another thread (an engine's receiver) may still read and
+    answer a message sent after kill() returned. Linux: threads' states from /proc."""
+    os.kill(pid, signal.SIGSTOP)
+
+    def stopped():
+        states = []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                states.append(f.read().rpartition(")")[2].split()[0])
+        return set(states) == {"T"} and states
+    wait_until(stopped, timeout, f"every thread of process {pid} to stop")
+
+
 def raw_engine(ctx, engine_file, name):
     """Register a DEALER pair of `ctx` (its control and work sockets, identities `name` and
     `name`.r) as an engine of the controller whose engine file this is: (session, control,

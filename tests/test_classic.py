@@ -19,7 +19,7 @@ import pytest
 from minipar import client
 
 from .conftest import ROOT, START_TIMEOUT_S, LocalCluster, _env
-from .helpers import wait_until
+from .helpers import freeze, wait_until
 
 TIMEOUT = 120
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -482,7 +482,7 @@ def test_clear_queue_returns_once_the_engine_has_marked_the_queued_request(tmp_p
         flag = tmp_path / "go"
         running = m.execute(_wait_for(flag), targets=0, block=False)
         queued = m.execute("z = 1", targets=0, block=False)
-        os.kill(c.engines[0].pid, signal.SIGSTOP)
+        freeze(c.engines[0].pid)
         answered = threading.Event()
         threading.Thread(target=lambda: (m.clear_queue(targets=0), answered.set()),
                          daemon=True).start()
@@ -508,7 +508,7 @@ def test_an_abort_waiting_on_an_engine_that_dies_is_answered(local_cluster, tmp_
     queued = m.execute("z = 1", targets=0, block=False)
     # on the engine, not still with the controller, which could answer the abort itself
     wait_until(lambda: (tmp_path / "started").exists(), TIMEOUT, "the first execute to start")
-    os.kill(local_cluster.engines[0].pid, signal.SIGSTOP)   # it cannot hear the abort
+    freeze(local_cluster.engines[0].pid)   # it cannot hear the abort
     answered = threading.Event()
     threading.Thread(target=lambda: (m.clear_queue(targets=0), answered.set()),
                      daemon=True).start()

@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -483,3 +484,27 @@ def test_an_engine_started_before_its_cluster_waits_for_it(pids, minipar_dir,  #
         cluster.stop_cluster_sync()
     engine.wait(20)   # it ends with its controller
     assert log.read_text().count("no cluster 'late' yet: waiting") == 1, log.read_text()
+
+
+def test_stop_engines_returns_once_clients_no_longer_list_them(pids):  # noqa: F811
+    """As ipyparallel's stop_engines, which waits for the engines to stop: once it returns,
+    rc.ids no longer lists them and rc[:] runs on the engines left. Before, an engine killed
+    mid-task was listed until the controller missed its heartbeats, and an apply_sync on
+    rc[:] in that gap failed with 'engine 1 died before answering'."""
+    cluster = Cluster(n=2, controller_args=CTL_ARGS)
+    try:
+        rc = cluster.start_and_connect_sync()
+        first = set(rc.ids)
+        kept = cluster.start_engines_sync(1)
+        rc.wait_for_engines(3, 60)
+        (left,) = set(rc.ids) - first
+        busy = rc[min(first)].apply_async(time.sleep, 30)
+        wait_until(busy.running, 60, "the task to start")
+        cluster.stop_engines_sync(next(s for s in cluster.engines if s != kept))
+        assert rc.ids == [left]
+        assert rc[:].apply_sync(os.getpid) == cluster.engines[kept].pids()
+        with pytest.raises(minipar.RemoteError) as e:
+            busy.get(60)
+        assert e.value.ename == "EngineError"
+    finally:
+        cluster.stop_cluster_sync()
