@@ -186,9 +186,7 @@ def _python_path():
 
     The folder holding the top-level package comes first, so a vendored copy
     (``myproject._vendor.minipar``) is found even when the child's cwd differs."""
-    root = os.path.dirname(os.path.abspath(__file__))
-    for _ in _PKG.split("."):
-        root = os.path.dirname(root)
+    root = os.path.abspath(os.path.join(__file__, *[os.pardir] * (_PKG.count(".") + 2)))
     rest = os.environ.get("PYTHONPATH", "")
     return os.pathsep.join(p for p in [root] + rest.split(os.pathsep) if p)
 
@@ -414,7 +412,8 @@ class LocalProcessLauncher(BaseLauncher):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        (self.pid, self.pid_start, self.process, self._watcher), self.args = [None] * 4, []
+        self.pid = self.pid_start = self.process = self._watcher = None
+        self.args = []
 
     def find_args(self):
         """The command line: the role's program (mpiexec and ssh launchers wrap it)."""
@@ -886,13 +885,15 @@ class Cluster:
         return os.path.join(self.security_dir, protocol.ENGINE_FILE)
 
     def to_dict(self):
-        return {"cluster": {"engines": _kind_name(self.engine_kind), "cluster_id": self.cluster_id,
-                            "timeout": self.timeout, "controller": _kind_name(self.controller_kind),
-                            "restart_engines": self.engine_restart, "engine_args": self.engine_args,
+        return {"cluster": {"cluster_id": self.cluster_id, "profile_dir": self.profile_dir,
+                            "owns_profile_dir": self._owns_profile_dir, "n": self.n,
+                            "engines": _kind_name(self.engine_kind),
+                            "controller": _kind_name(self.controller_kind),
+                            "controller_args": self.controller_args,
+                            "engine_args": self.engine_args, "timeout": self.timeout,
                             "controller_options": self.controller_options,
-                            "engine_options": self.engine_options, "profile_dir": self.profile_dir,
-                            "n": self.n, "owns_profile_dir": self._owns_profile_dir,
-                            "controller_args": self.controller_args, "host": socket.gethostname()},
+                            "engine_options": self.engine_options,
+                            "restart_engines": self.engine_restart, "host": socket.gethostname()},
                 "controller": self.controller.to_dict() if self.controller else None,
                 "engines": {k: v.to_dict() for k, v in self.engines.items()}}
 
