@@ -284,7 +284,7 @@ class _MsgFuture(_Future):
         return _dated(md)
 
 
-class AsyncResult(_Future):
+class AsyncResult(_Future, errors.ClientSide):
     """The result of one or more requests: a ``concurrent.futures.Future``.
 
     ``get(timeout)`` returns the result (or raises the remote error), ``wait``,
@@ -559,18 +559,8 @@ class AsyncResult(_Future):
         state = "finished" if self.done() else "pending"
         return f"<AsyncResult({self._fname}): {state}>"
 
-    def __reduce_ex__(self, protocol):
-        # one passed to a task (to chain tasks, say): pickle failed on its lock, naming
-        # neither the AsyncResult nor what to do instead
-        raise TypeError("an AsyncResult cannot be sent to the engines (a task's function "
-                        "refers to it, or it is an argument): pass its value, ar.get(), or "
-                        "make the task wait for it with the flag after=[ar] "
-                        "(view.temp_flags(after=[ar]))")
-
-    def __copy__(self):   # copy.copy would use __reduce_ex__: a shallow copy, as before
-        new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
-        return new
+    UNSENT = ("pass its value, ar.get(), or make the task wait for it with the flag "
+              "after=[ar] (view.temp_flags(after=[ar]))")   # chaining tasks, say
 
     # ---- watching it: await, progress, output, timings, timeline (integrations.py)
 

@@ -380,22 +380,27 @@ def refuse_absent(owner, given, absent):
                         + (f": minipar leaves ipyparallel's out; {why}" if why else ""))
 
 
-class SaysWhyAbsent:
-    """A base of Client and the views: a name one lacks is an AttributeError which, for a
-    name ipyparallel has, says what to use instead; one cannot be pickled, and says why."""
+class ClientSide:
+    """A base of what lives in the client only (Client, the views, AsyncResult): one sent
+    to the engines (a task's function uses it, or gets it as an argument) is a TypeError
+    saying what to do (`UNSENT`), not pickle's failure deep inside on a socket or a lock."""
+
+    UNSENT = "use it on the client side only, and send the task the values it needs"
 
     def __reduce_ex__(self, protocol):
-        # a task whose function uses `rc` or a view (a global, a closure) or gets one as
-        # an argument: without this, pickle failed deep inside on the Client's sockets or
-        # hash object, an error naming neither the Client nor the mistake
-        raise TypeError(f"a minipar {type(self).__name__} cannot be sent to the engines (a "
-                        "task's function refers to it, or it is an argument): use it on the "
-                        "client side only, and send the task the values it needs")
+        name = next(c.__name__ for c in type(self).__mro__ if not c.__name__.startswith("_"))
+        raise TypeError(f"a minipar {name} cannot be sent to the engines (a "
+                        f"task's function refers to it, or it is an argument): {self.UNSENT}")
 
     def __copy__(self):   # copy.copy would use __reduce_ex__: a shallow copy, as before
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         return new
+
+
+class SaysWhyAbsent(ClientSide):
+    """A base of Client and the views: a name one lacks is an AttributeError which, for a
+    name ipyparallel has, says what to use instead."""
 
     def __getattr__(self, name):   # only for a name the object lacks
         why = IPYPARALLEL_ABSENT.get(name)

@@ -143,7 +143,7 @@ def test_a_task_given_an_asyncresult_says_to_pass_its_value_or_wait_with_after(r
     for send in (lambda: lview.apply_sync(operator.neg, first),
                  lambda: rc[:].apply_sync(lambda: first.get())):
         with pytest.raises(minipar.SerializationError,
-                           match=r"an AsyncResult cannot be sent to the engines .* pass its "
+                           match=r"a minipar AsyncResult cannot be sent to the engines .* pass its "
                                  r"value, ar.get\(\), or make the task wait for it with the "
                                  r"flag after=\[ar\]"):
             send()
