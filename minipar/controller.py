@@ -312,7 +312,7 @@ class Controller:
             self._fail(rec, "TaskAborted", f"the controller stopped before request "
                        f"{rec['msg_id']} ended; it was not started with --reuse, so it does "
                        "not come back: start a new one and submit the work again")
-        self._shutdown_engines(None, abort=True)
+        self._shutdown_engines(None, f"the controller (pid {os.getpid()}) stopped", abort=True)
         self._notify(protocol.CONTROLLER_STOPPED, why=(  # so a client's next call fails at once
             f"the controller (pid {os.getpid()}) stopped; it was not started with --reuse, so it "
             "does not come back: start a new one and make a new Client"))
@@ -383,7 +383,7 @@ class Controller:
         self._stop |= self._stopper is not None and self._stopper.poll() is not None
         if self._owner_alive is not None and not self._owner_alive():
             log.warning("owner process %s is gone: stopping its engines and controller", self.owner)
-            self._shutdown_engines(None, abort=True)
+            self._shutdown_engines(None, f"the cluster's owner {self.owner} is gone", abort=True)
             self._owner_alive = None
             # a pending batch job, an unregistered ssh engine: their launchers stop them (as the
             # cluster file says), then us. Till then (or that stop's end) we run: a batch
@@ -1149,19 +1149,19 @@ class Controller:
                         "that engine (SIGKILL if SIGTERM, whose handler waits for it, does not)")
 
     def _shutdown(self, idents, header, parts):
-        self._shutdown_engines(header.get("targets"))
+        self._shutdown_engines(header.get("targets"), "a client's shutdown()")
         self._reply(idents, header, status=OK)
         if header.get("hub"):
             log.info("shutdown requested by a client")
             self._stop, self._stopped_by = True, idents[0]   # it fails its own requests
 
-    def _shutdown_engines(self, targets, abort=False):
-        """Tell each target engine (None: all) to stop: after its running request, or,
-        with `abort`, aborting it."""
+    def _shutdown_engines(self, targets, why, abort=False):
+        """Tell each target engine (None: all) to stop, `why` (its log says): after its
+        running request, or, with `abort`, aborting it."""
         for eid in sorted(self.engines) if targets is None else targets:
             if eid in self.engines:
                 self._send(self.sockets["engine"], [self.engines[eid]["ident"]],
-                           protocol.SHUTDOWN, abort=abort)
+                           protocol.SHUTDOWN, abort=abort, why=why)
 
     def _signal(self, idents, header, parts):
         """rc.send_signal: tell each target engine's receiver, which signals its process."""

@@ -745,7 +745,7 @@ class Engine:
 
     def _on_shutdown(self, header):
         # executes in the receiver thread
-        log.info("shutdown requested")
+        log.info("shutdown requested: %.200s", header.get("why") or "by the controller")
         if header.get("abort"):   # sent when the cluster's owner is gone: no one awaits it
             self._interrupt_current("abort")
         self._stop()

@@ -277,6 +277,22 @@ def test_a_profile_client_waits_for_its_controller_to_start(tmp_path, caplog):
             c.stop()
 
 
+def test_a_stopped_engine_says_who_stopped_it(local_cluster):
+    """An engine's log said only 'shutdown requested', whether a client asked or its
+    controller stopped (Ctrl-C there): its user could not tell why it had ended."""
+    first, second = local_cluster.start_engines(2)
+    rc = local_cluster.client()
+    rc.wait_for_engines(2, START_TIMEOUT_S)
+    by_pid = {pid: eid for eid, pid in zip(rc.ids, rc[:].apply_sync(os.getpid))}
+    rc.shutdown(targets=[by_pid[first.pid]], block=True)
+    wait_until(lambda: "shutdown requested: a client's shutdown()" in local_cluster.output(
+        first.log_name), TIMEOUT / 4, "the first engine's log to say a client stopped it")
+    local_cluster.controller.terminate()
+    said = f"shutdown requested: the controller (pid {local_cluster.controller.pid}) stopped"
+    wait_until(lambda: said in local_cluster.output(second.log_name), TIMEOUT / 4,
+               "the second engine's log to say its controller stopped")
+
+
 def test_stale_connection_file_says_the_controller_is_gone(local_cluster):
     path = local_cluster.client_file
     local_cluster.controller.terminate()
