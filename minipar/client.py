@@ -273,27 +273,35 @@ class Client(errors.SaysWhyAbsent):
 
     def _check_replaced(self, lost):
         # once a second (a file read) while the controller is lost: one started without
-        # --reuse over it holds the profile, so it cannot come back (engines check it too)
+        # --reuse over it holds the profile, so it cannot come back (engines check it too),
+        # nor can one without --reuse whose process ended (killed: no notice said so)
         if self._lost_at == lost and self._gone is None:
             new = protocol.replacement(self.url_file, self.info)
-            if new is not None:
-                return self._give_up(lost, new)
+            if new is not None or not self.info.get("reuse") and protocol._dead_controller(
+                    self.info):
+                return self._give_up(lost, new or {})
             self._at(time.monotonic() + 1.0, lambda: self._check_replaced(lost))
 
     def _give_up(self, lost, new=None):
-        # the controller did not come back in time, or `new` (its file's content) replaced it
+        # the controller did not come back in time, `new` (its file's content) replaced it, or
+        # (new == {}) its process ended, started without --reuse
         if self._lost_at != lost:
             return   # it came back in time
         if self._stopped_hub:
             return _fail(self, self._futures.values(), self._stopped_hub)
         if self._gone is not None:
             return   # given up already: the file named another controller
-        why, then = (f"it did not come back within {self.reconnect_timeout} s (reconnect_timeout)",
-                     "Restart it with --reuse (same address and key) and this client reconnects "
-                     "by itself, or start a new controller and make a new Client") if new is None \
-            else (f"a new controller (pid {new.get('pid')}) replaced it, started without --reuse "
-                  f"(other ports and key in {self.url_file})", "Make a new Client of the same "
-                  "profile (or of that file) to use the new controller")
+        if new is None:
+            why, then = (f"it did not come back within {self.reconnect_timeout} s (reconnect_"
+                         "timeout)", "Restart it with --reuse (same address and key) and this "
+                         "client reconnects by itself, or start a new controller and a new Client")
+        elif new:
+            why, then = (f"a new controller (pid {new.get('pid')}) replaced it, started without "
+                         f"--reuse (other ports and key in {self.url_file})", "Make a new Client "
+                         "of the same profile (or of that file) to use the new controller")
+        else:
+            why, then = (f"its process (pid {self.info.get('pid')}) ended, started without "
+                         "--reuse: it cannot come back", "Start a new controller and a new Client")
         url = protocol.url(self.info, "client")
         err = errors.MiniparError(f"lost the controller at {url}: {why}, so the outcome of this "
                                   f"request is unknown (submit it again). {then}")

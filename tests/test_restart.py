@@ -385,38 +385,47 @@ def test_a_cancelled_request_lost_with_the_controller_is_no_longer_pending(tmp_p
         c.stop()
 
 
-def test_close_sends_what_it_queued_but_waits_for_no_controller_that_is_gone(local_cluster):
+def test_close_sends_what_it_queued_but_waits_for_no_controller_that_is_gone(tmp_path):
     """close() gives what is still queued a second to leave while the controller is
     there: requests made just before it all arrive. Once the connection is lost (the
-    controller killed here), nothing can reach it and close() waits for nothing, where it
-    waited out that second: only its time shows that, which no test asserts, so this one
-    checks that such a close() still fails what was outstanding."""
-    local_cluster.start_engines(1)
-    closing, watcher = local_cluster.client(), local_cluster.client()
-    watcher.wait_for_engines(1, START_TIMEOUT_S)
-    view = closing.load_balanced_view()
-    ids = [view.apply_async(slow, 0, i).msg_ids[0] for i in range(20)]
-    closing.close()
-    status = watcher.result_status(ids)   # a KeyError for one that never arrived
-    assert sorted(status["pending"] + status["completed"]) == sorted(ids)
-    local_cluster.controller.kill()
-    wait_until(lambda: watcher._lost_at is not None, TIMEOUT, "the controller's loss seen")
-    ar = watcher.load_balanced_view().apply_async(slow, 0, 1)   # queued: it cannot leave
-    watcher.close()
-    with pytest.raises(RuntimeError, match="closed before the reply came"):
-        ar.get(0)
+    controller killed here, run with --reuse so that its clients wait for it), nothing can
+    reach it and close() waits for nothing, where it waited out that second: only its time
+    shows that, which no test asserts, so this one checks that such a close() still fails
+    what was outstanding."""
+    c = LocalCluster(tmp_path, controller_args=["--reuse"])
+    try:
+        c.start_engines(1)
+        closing, watcher = c.client(), c.client()
+        watcher.wait_for_engines(1, START_TIMEOUT_S)
+        view = closing.load_balanced_view()
+        ids = [view.apply_async(slow, 0, i).msg_ids[0] for i in range(20)]
+        closing.close()
+        status = watcher.result_status(ids)   # a KeyError for one that never arrived
+        assert sorted(status["pending"] + status["completed"]) == sorted(ids)
+        c.controller.kill()
+        wait_until(lambda: watcher._lost_at is not None, TIMEOUT, "the controller's loss seen")
+        ar = watcher.load_balanced_view().apply_async(slow, 0, 1)   # queued: it cannot leave
+        watcher.close()
+        with pytest.raises(RuntimeError, match="closed before the reply came"):
+            ar.get(0)
+    finally:
+        c.stop()
 
 
 def test_clients_and_engines_give_up_on_a_controller_that_stays_away(local_cluster):
+    """A controller run without --reuse and killed cannot come back (a new one has other
+    ports and key): its client gives up as it finds the process gone, where it waited out
+    its whole reconnect_timeout. Its engines wait their missed heartbeats, then exit."""
     c = local_cluster
     (engine,) = c.start_engines(1, args=["--max-missed-heartbeats", "10"])   # 2 s
-    rc = c.client(reconnect_timeout=2)
+    rc = c.client(reconnect_timeout=600)
     rc.wait_for_engines(1, START_TIMEOUT_S)
     ar = rc.load_balanced_view().apply_async(slow, 30, "never")
     wait_until(lambda: rc.queue_status()[rc.ids[0]]["tasks"], START_TIMEOUT_S,
                "the task reached the engine")
     c.controller.send_signal(signal.SIGKILL)
-    with pytest.raises(errors.MiniparError, match="did not come back within 2 s"):
+    with pytest.raises(errors.MiniparError, match=rf"its process \(pid {c.controller.pid}\) "
+                       "ended, started without --reuse: it cannot come back"):
         ar.get(START_TIMEOUT_S)
     assert engine.wait(START_TIMEOUT_S) == 1
     # it said it was waiting (after 5 beats) before it gave up (after 10)
@@ -488,6 +497,9 @@ def test_a_client_whose_controller_was_replaced_without_reuse_fails_at_once_sayi
     ar = rc.load_balanced_view().apply_async(slow, 60, "lost")
     wait_until(lambda: rc.queue_status()[rc.ids[0]]["tasks"], START_TIMEOUT_S,
                "the task reached the engine")
+    # as if it ran on another host: else the client finds its process gone first, and
+    # fails at once saying so (test_clients_and_engines_give_up_on_a_controller_that_...)
+    rc.info = dict(rc.info, host="another-host")
     _restart_controller(c, [], "controller2")
     replaced = (rf"a new controller \(pid {c.controller.pid}\) replaced it, started without "
                 rf"--reuse \(other ports and key in {re.escape(c.client_file)}\)")
