@@ -18,6 +18,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# every process a test starts runs the tree under test, not whatever minipar is installed
+os.environ["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
 
 import minipar  # noqa: E402
 from minipar import protocol  # noqa: E402
@@ -30,9 +32,7 @@ START_TIMEOUT_S = 30
 
 
 def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    return dict(os.environ)
 
 
 class LocalCluster:
