@@ -73,6 +73,7 @@ import locale
 import logging
 import math
 import os
+import shutil
 import sys
 import textwrap
 import time
@@ -641,7 +642,8 @@ def main(argv=None):
             monitor.connect(timeout=round(max(0.1, deadline - time.monotonic()), 1))
             snap = monitor.rc.status(timeout=round(max(0.1, deadline - time.monotonic()), 1))
             try:
-                print(json.dumps(snap, indent=2) if args.json else text(snap, ascii=_ascii()))
+                print(json.dumps(snap, indent=2) if args.json
+                      else _fit(text(snap, ascii=_ascii()), _width()))
                 sys.stdout.flush()
             except BrokenPipeError:   # `top --once | head -1`: the reader has what it wanted;
                 # what is left goes nowhere, or Python's flush at exit would fail again
@@ -673,6 +675,22 @@ def main(argv=None):
         return 130
     finally:
         monitor.close()
+
+
+def _width():
+    """The width --once fits its text to: $COLUMNS, else the terminal's, as
+    shutil.get_terminal_size() (and curses, for the live view) find it; 0 (a pipe, no
+    COLUMNS): no limit, so a script or a file gets whole lines."""
+    return shutil.get_terminal_size((0, 0)).columns
+
+
+def _fit(text, width):
+    """Each line of `text` cut to `width` columns ("~" ends a line cut, as it does a cell),
+    as the live view cuts its lines to the screen's; `width` 0: as it is."""
+    if width <= 0:
+        return text
+    return "\n".join(line if len(line) <= width else line[:width - 1] + "~"
+                     for line in text.split("\n"))
 
 
 def _seconds(text):

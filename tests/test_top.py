@@ -396,6 +396,29 @@ def test_once_says_clearly_when_there_is_no_controller(tmp_path):
     assert out.returncode == 1 and "no connection file" in out.stderr
 
 
+def test_once_fits_its_lines_to_columns(local_cluster):
+    """--once into a pipe cuts its lines to $COLUMNS (as shutil.get_terminal_size and the
+    live view read it), "~" ending a line cut; with no COLUMNS a pipe gets whole lines.
+    Before, COLUMNS was ignored: the table alone is 78 columns wide."""
+    local_cluster.start_engines(1)
+    wait_until(lambda: _snapshot(local_cluster)["engines_alive"] == 1, 30, "an engine")
+
+    def once(env):
+        out = subprocess.run([sys.executable, "-m", "minipar.top", "--once", "--file",
+                              local_cluster.client_file], capture_output=True, text=True,
+                             env=env, cwd=ROOT, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.splitlines()
+
+    lines = once(dict(_env(), COLUMNS="40"))
+    assert max(map(len, lines)) == 40 and lines[0].endswith("~"), lines
+    assert lines[4].startswith(" ID HOST") and lines[5].startswith("  0 "), lines
+    env = _env()
+    env.pop("COLUMNS", None)
+    whole = once(env)
+    assert whole[4].rstrip().endswith("RSS") and "~" not in whole[0], whole
+
+
 def test_once_into_a_closed_pipe_is_quiet(local_cluster):
     """`top --once | head -1`: the reader closing the pipe is no error of the monitor's.
     Before, it said "[Errno 32] Broken pipe" and exited 1 (failing a pipefail script)."""
