@@ -631,7 +631,13 @@ def main(argv=None):
     except locale.Error:   # LANG names a locale not installed here: C's, in ASCII
         pass
     if not once and not (sys.stdout.isatty() and sys.stdin.isatty()):
-        p.error("the live view needs a terminal; use --once (or --once --json) otherwise")
+        # an error of where it runs, not of its arguments: one line and status 1, as top's
+        # others (argparse's usage and status 2 are for a wrong command line)
+        which = "stdout" if not sys.stdout.isatty() else "stdin"
+        print(f"{p.prog}: the live view needs a terminal, and its {which} is none: run it in "
+              "a terminal, or print one snapshot with --once (--once --json for a script)",
+              file=sys.stderr)
+        return 1
     monitor = Monitor(url_file, timeout=max(1.0, min(args.interval, 5.0)),
                       wait_s=WAIT_S if args.wait is None else args.wait)
     try:

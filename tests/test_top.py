@@ -419,6 +419,18 @@ def test_once_fits_its_lines_to_columns(local_cluster):
     assert whole[4].rstrip().endswith("RSS") and "~" not in whole[0], whole
 
 
+def test_live_view_into_a_pipe_says_what_to_do_without_the_usage(tmp_path):
+    """The live view with stdout piped (a script, `| less`) is one line saying to run it in
+    a terminal or use --once, status 1 as top's other errors. Before, argparse's usage came
+    first and the status was 2, as for a wrong argument."""
+    out = subprocess.run([sys.executable, "-m", "minipar.top", "--profile-dir",
+                          str(tmp_path / "nothing")], capture_output=True, text=True,
+                         env=_env(), cwd=ROOT, timeout=30, stdin=subprocess.DEVNULL)
+    assert out.returncode == 1 and out.stdout == "", out
+    assert out.stderr.count("\n") == 1 and "usage" not in out.stderr, out.stderr
+    assert "needs a terminal" in out.stderr and "--once" in out.stderr, out.stderr
+
+
 def test_once_into_a_closed_pipe_is_quiet(local_cluster):
     """`top --once | head -1`: the reader closing the pipe is no error of the monitor's.
     Before, it said "[Errno 32] Broken pipe" and exited 1 (failing a pipefail script)."""
