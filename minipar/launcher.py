@@ -1471,24 +1471,20 @@ def _cmd_stop(args):
 
 
 def _cmd_list(args):
-    paths = cluster_files(args.profile, args.profile_dir)   # a bad --profile: no header first
-    print("cluster_id\tcontroller\tengines\tprofile_dir")
-    stale, held = 0, set()
-    for path in paths:
-        try:
-            cluster = Cluster.from_file(path)
-        except _UNREADABLE as e:
-            log.warning("unreadable cluster file %s: %s", path, e)
-            continue
-        stale += not (cluster._is_running() or cluster._elsewhere)   # its owner was killed, say
-        if cluster.controller is not None:   # a profile holds one controller: this one
-            held.add(os.path.abspath(cluster.profile_dir))
-        print(_describe(cluster))
+    clusters = ClusterManager(args.profile, args.profile_dir).load_clusters().values()
+    rows = [_describe(c) for c in clusters]   # the header goes above rows only, not an error
+    stale = sum(not (c._is_running() or c._elsewhere) for c in clusters)  # starter killed, say
+    held = {os.path.abspath(c.profile_dir) for c in clusters if c.controller is not None}
     # controllers started by hand write no cluster file: found by their connection files
     for pdir in _profile_dirs(args.profile, args.profile_dir):
         info = None if os.path.abspath(pdir) in held else protocol.live_controller(pdir)
         if info is not None:
-            print(f"-\tpid {info['pid']} (by hand)\t?\t{pdir}")
+            rows.append(f"-\tpid {info['pid']} (by hand)\t?\t{pdir}")
+    chosen = (f" --profile-dir {shlex.quote(args.profile_dir)}" if args.profile_dir else
+              f" --profile {shlex.quote(args.profile)}" if args.profile else "")
+    print("\n".join(["cluster_id\tcontroller\tengines\tprofile_dir", *rows]) if rows else
+          f"no cluster running in {_searched(args.profile, args.profile_dir)}: start one with "
+          f"`python -m {_PKG}.launcher start -n 4{chosen}`")
     if stale:
         print(f"{stale} stale cluster(s): nothing of them runs (their starter was killed, "
               f"say); `python -m {_PKG}.launcher clean` removes their files", file=sys.stderr)

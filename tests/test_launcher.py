@@ -480,7 +480,7 @@ def test_a_cluster_whose_starter_was_killed_is_listed_as_stale_until_cleaned(pid
     assert out.returncode == 1 and "launcher clean` (same --profile-dir)" in out.stderr, out.stderr
     assert "removed cluster" in cli("clean", "--profile-dir", prof).stdout
     out = cli("list", "--profile-dir", prof)
-    assert out.stdout == "cluster_id\tcontroller\tengines\tprofile_dir\n" and not out.stderr
+    assert out.stdout.startswith(f"no cluster running in {prof}: ") and not out.stderr, out
 
 
 def test_cluster_left_running_survives_its_starter(pids, tmp_path):
@@ -752,6 +752,29 @@ def test_list_shows_controllers_started_by_hand(pids, minipar_dir):
         first.terminate()
         first.wait(30)
     assert f"pid {first.pid}" not in cli("list").stdout
+
+
+def test_list_with_no_cluster_says_so_and_how_to_start_one(pids, minipar_dir, tmp_path):
+    """`list` with nothing running says so, and the command that starts a cluster there
+    (status 0, as `ipcluster list`); the table's header comes only above a row. Before, it
+    printed the header alone, which reads as a list that failed to load."""
+    out = cli("list")
+    assert (out.returncode, out.stderr) == (0, ""), out
+    assert out.stdout == (f"no cluster running in {minipar_dir}: start one with "
+                          "`python -m minipar.launcher start -n 4`\n"), out.stdout
+    prof = str(tmp_path / "my profile")
+    first = _controller(prof)
+    pids.add(first.pid)
+    try:
+        lines = cli("list", "--profile-dir", prof).stdout.splitlines()
+        assert lines == ["cluster_id\tcontroller\tengines\tprofile_dir",
+                         f"-\tpid {first.pid} (by hand)\t?\t{prof}"], lines
+    finally:
+        first.terminate()
+        first.wait(30)
+    out = cli("list", "--profile-dir", prof)
+    assert out.stdout == (f"no cluster running in {prof}: start one with `python -m "
+                          f"minipar.launcher start -n 4 --profile-dir '{prof}'`\n"), out.stdout
 
 
 def test_engines_and_stop_on_a_hand_started_controller_print_fixes_that_work(pids,
