@@ -890,6 +890,12 @@ def test_python_m_minipar_names_the_commands_that_start_a_cluster():
     plain, wrong = run(), run("start", "-n", "2")
     assert plain.returncode == 0 and wrong.returncode == 2, (plain, wrong)
     assert "takes no arguments (start -n 2)" in wrong.stderr, wrong.stderr
+    # the command a newcomer most likely meant, where it said only to give them to one
+    assert "did you mean `python -m minipar.launcher start -n 2`?" in wrong.stderr
+    spaced = run("top", "--profile-dir", "my profile")
+    assert spaced.returncode == 2 and ("did you mean `python -m minipar.top --profile-dir "
+                                       "'my profile'`?") in spaced.stderr, spaced.stderr
+    assert "give them to one of its commands" in run("--once").stderr
     for out in (plain.stdout, wrong.stderr):
         for command in ("minipar.controller", "minipar.engine", "minipar.launcher start",
                         "minipar.top"):
