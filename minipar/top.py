@@ -672,7 +672,11 @@ def main(argv=None):
                 return 1
         return 0
     except (errors.MiniparError, OSError) as e:
-        print(f"{p.prog}: {e}", file=sys.stderr)
+        # --once waits but a refresh interval unless told: a controller busy, far or being
+        # debugged may answer later
+        longer = (f"; --once waited {monitor.timeout:g} s: wait longer with --wait S"
+                  if once and args.wait is None and isinstance(e, TimeoutError) else "")
+        print(f"{p.prog}: {e}{longer}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:   # live, it quits as q does; --once got nothing: a script stops
         if not once:

@@ -479,6 +479,18 @@ def test_once_interrupted_while_waiting_exits_130(local_cluster):
     assert "Traceback" not in err
 
 
+def test_once_that_timed_out_says_how_to_wait_longer(local_cluster):
+    """--once gives a silent controller a refresh interval (1 s) unless --wait says more:
+    its error says so. Before, it said only "is it running?" of a controller running."""
+    local_cluster.controller.send_signal(signal.SIGSTOP)   # stop() sends SIGCONT
+    out = _top(local_cluster, "--once")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.rstrip().endswith("; --once waited 1 s: wait longer with --wait S"), \
+        out.stderr
+    out = _top(local_cluster, "--once", "--wait", "1")   # asked for: nothing to add
+    assert out.returncode == 1 and "--wait" not in out.stderr, out.stderr
+
+
 def test_once_waits_up_to_wait_for_the_controller(tmp_path):
     """--once --wait N waits up to N s in all for the controller: for a frozen one to
     answer, and for one not yet started to write its connection file. Before, --once
