@@ -1453,8 +1453,8 @@ def _cmd_engines(args):
         raise LauncherError(f"cluster {cluster.cluster_id} has no running controller")
     rc = cluster.connect_client_sync()
     before = len(rc.ids)
-    cluster.start_engines_sync(args.n, engines=args.engines)
-    n = args.n if args.n is not None else (os.cpu_count() or 1)
+    n = args.n if args.n is not None else (os.cpu_count() or 1)   # as --help says
+    cluster.start_engines_sync(n, engines=args.engines)
     cluster.wait_for_engines(before + n, client=rc)
     print(f"cluster {cluster.cluster_id}: {len(rc.ids)} engines", flush=True)
     cluster._close_clients()

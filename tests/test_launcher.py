@@ -1153,6 +1153,25 @@ def test_cli_start_daemonize_engines_stop(pids, tmp_path):
     assert "cli1" not in cli("list", "--profile-dir", prof).stdout
 
 
+def test_cli_engines_without_n_starts_and_waits_for_one_per_cpu(pids, tmp_path):
+    """`launcher engines` with no -n starts one engine per CPU, as its --help says (and as
+    ipcluster engines does), and waits for as many. Before, it started the cluster's n
+    (none here) and waited for one per CPU: a minute, then an error and exit status 1."""
+    prof = str(tmp_path / "p")
+    out = cli("start", "-n", "0", "--profile-dir", prof, "--cluster-id", "cpus",
+              "--controller-args", " ".join(CTL_ARGS), "--daemonize")
+    try:
+        assert out.returncode == 0, out.stderr
+        pids.add_cluster(Cluster.from_file(profile_dir=prof))
+        out = cli("engines", "--profile-dir", prof)
+        pids.add_cluster(Cluster.from_file(profile_dir=prof))
+        assert out.returncode == 0, out.stderr
+        assert f"cluster cpus: {os.cpu_count() or 1} engines" in out.stdout, out.stdout
+    finally:
+        cli("stop", "--all", "--profile-dir", prof)
+    assert not pids.wait_gone()
+
+
 def test_cli_args_for_the_controller_and_engines_may_follow_a_space(pids, tmp_path):
     # argparse alone refuses `--controller-args --x` (a value starting with '-'): the
     # value must reach the controller, whose own argparse names it
