@@ -1467,6 +1467,9 @@ def _cmd_stop(args):
     for cluster in [Cluster.from_file(p) for p in paths]:
         cluster.stop_cluster_sync()
         print(f"stopped cluster {cluster.cluster_id}", flush=True)
+    if not paths:   # --all, with none: said, where it exited 0 saying nothing
+        print(f"no cluster to stop in {_searched(args.profile, args.profile_dir)}; see "
+              f"`python -m {_PKG}.launcher list`")
     return 0
 
 
