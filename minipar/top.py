@@ -20,7 +20,8 @@ What each side does, and what it costs:
   ring. ``snapshot(controller, now)`` builds the answer to a ``status`` query.
 - ``rc.status()`` returns the snapshot as a ``Status`` (a dict with a text ``repr`` and
   an HTML table for Jupyter); ``python -m minipar.top`` shows it, full screen, every
-  ``--interval`` seconds, or prints it once with ``--once`` (``--json``: as JSON).
+  ``--interval`` seconds, or prints it once with ``--once`` (its lines cut to $COLUMNS, else
+  the terminal's width; ``--json``: as JSON).
 
 The snapshot (``--once --json`` prints exactly this)::
 
@@ -611,7 +612,9 @@ def main(argv=None):
     p.add_argument("--profile-dir", help="profile folder (overrides --profile)")
     p.add_argument("--interval", type=_seconds, default=1.0, metavar="S",
                    help="seconds between refreshes (default 1)")
-    p.add_argument("--once", action="store_true", help="print one snapshot as text and exit")
+    p.add_argument("--once", action="store_true",
+                   help="print one snapshot as text and exit (lines cut to $COLUMNS, else "
+                        "to a terminal's width)")
     p.add_argument("--json", action="store_true",
                    help="print one snapshot as JSON and exit (implies --once; fields: see "
                         "the module docstring)")
