@@ -227,6 +227,12 @@ def _check_options(cls, options, what):
                          f" its options are {', '.join(accepted)}{own}")
 
 
+def _ended(code):
+    """How a process ended, from its exit status (negative: the signal that killed it)."""
+    signals = {s.value: s.name for s in signal.Signals}   # a number with no name: itself
+    return f"exit code {code}" if code >= 0 else f"killed by signal {signals.get(-code, -code)}"
+
+
 def _unique_id():
     return f"{int(time.time())}-{secrets.token_hex(2)}"
 
@@ -452,18 +458,11 @@ class LocalProcessLauncher(BaseLauncher):
     def _log_end(self, code):
         # the last line of the process's log: a crash that prints nothing (os._exit, a
         # SIGKILL, a segfault without faulthandler) is still told where its output is
-        if code < 0:
-            try:
-                how = f"killed by signal {signal.Signals(-code).name}"
-            except ValueError:
-                how = f"killed by signal {-code}"
-        else:
-            how = f"exit code {code}"
         try:
             with open(self.output_file, "a") as f:
-                f.write(f"[{_PKG}.launcher] {self.role} pid {self.pid} ended: {how}\n")
+                f.write(f"[{_PKG}.launcher] {self.role} pid {self.pid} ended: {_ended(code)}\n")
         except OSError as e:  # its folder removed already (a Cluster's own profile dir)
-            log.debug("%s pid %s ended (%s); its log: %s", self.role, self.pid, how, e)
+            log.debug("%s pid %s ended (%s); its log: %s", self.role, self.pid, _ended(code), e)
 
     def _poll_pid(self):
         while protocol.same_process(self.pid, self.pid_start):
@@ -1436,14 +1435,15 @@ def _cmd_start(args):
     cluster._close_clients()
     if args.daemonize:
         return 0
-    cluster.controller.on_stop(lambda _data: done.put(None))
+    cluster.controller.on_stop(lambda data: done.put((data or {}).get("exit_code")))
     while True:   # a signal that another thread took wakes no get(): it runs after this one
         with contextlib.suppress(queue.Empty):
-            done.get(timeout=1.0)
+            code = done.get(timeout=1.0)   # None: Ctrl-C or SIGTERM here, or not known
             break
-    print(f"stopping cluster {cluster.cluster_id}", flush=True)
+    why = f": its controller ended, {_ended(code)}" if code else ""   # 0: told to stop
+    print(f"stopping cluster {cluster.cluster_id}{why}", flush=True)
     cluster.stop_cluster_sync()
-    return 0
+    return 1 if code else 0
 
 
 def _cmd_engines(args):

@@ -1209,6 +1209,30 @@ def test_cli_foreground_start_stops_on_sigint(pids, tmp_path):
     assert not [x for x in pids.pids if alive(x)]
 
 
+def test_cli_foreground_start_says_why_when_its_controller_is_killed(pids, tmp_path):
+    """A foreground `start` whose controller was killed says so as it stops the engines,
+    and exits 1. Before, it said only "stopping cluster X" and exited 0, as after Ctrl-C."""
+    prof = str(tmp_path / "p")
+    p = subprocess.Popen([sys.executable, "-m", "minipar.launcher", "start", "-n", "1",
+                          "--profile-dir", prof, "--cluster-id", "k", "--controller-args",
+                          " ".join(CTL_ARGS)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, env=_env(), stdin=subprocess.DEVNULL)
+    pids.add(p.pid)
+    try:
+        assert "ready: 1 engine;" in p.stdout.readline()
+        cluster = Cluster.from_file(profile_dir=prof)
+        pids.add_cluster(cluster)
+        os.kill(cluster.controller.pid, signal.SIGKILL)
+        out = p.communicate(timeout=60)[0]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 1, out
+    assert "stopping cluster k: its controller ended, killed by signal SIGKILL\n" in out, out
+    assert not pids.wait_gone()
+
+
 def test_cli_clean_removes_files_of_dead_clusters(pids, minipar_dir):
     cluster = Cluster(n=1, controller_args=CTL_ARGS, shutdown_atexit=False)
     rc = cluster.start_and_connect_sync()
