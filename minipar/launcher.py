@@ -1456,7 +1456,8 @@ def _cmd_engines(args):
     n = args.n if args.n is not None else (os.cpu_count() or 1)   # as --help says
     cluster.start_engines_sync(n, engines=args.engines)
     cluster.wait_for_engines(before + n, client=rc)
-    print(f"cluster {cluster.cluster_id}: {len(rc.ids)} engines", flush=True)
+    print(f"cluster {cluster.cluster_id}: {len(rc.ids)} engine{'s' * (len(rc.ids) != 1)}",
+          flush=True)
     cluster._close_clients()
     return 0
 

@@ -1165,10 +1165,12 @@ def test_cli_engines_without_n_starts_and_waits_for_one_per_cpu(pids, tmp_path):
     try:
         assert out.returncode == 0, out.stderr
         pids.add_cluster(Cluster.from_file(profile_dir=prof))
+        out = cli("engines", "-n", "1", "--profile-dir", prof)
+        assert out.stdout == "cluster cpus: 1 engine\n", out   # it said "1 engines"
         out = cli("engines", "--profile-dir", prof)
         pids.add_cluster(Cluster.from_file(profile_dir=prof))
         assert out.returncode == 0, out.stderr
-        assert f"cluster cpus: {os.cpu_count() or 1} engines" in out.stdout, out.stdout
+        assert f"cluster cpus: {1 + (os.cpu_count() or 1)} engines" in out.stdout, out.stdout
     finally:
         cli("stop", "--all", "--profile-dir", prof)
     assert not pids.wait_gone()
