@@ -1,6 +1,7 @@
 """``python -m minipar``: the package itself runs nothing; it names the commands that do,
 where Python said only "No module named minipar.__main__"."""
 
+import shlex
 import sys
 
 COMMANDS = """\
@@ -14,10 +15,23 @@ minipar is started one role at a time; each command takes --help:
 then, in Python: import minipar; rc = minipar.Client()
 """
 
+
+def _meant(args):
+    """The command that `python -m minipar top --once` (a space for the dot) or `python -m
+    minipar start -n 4` (the launcher's word) most likely meant, or None."""
+    if args[0] in ("controller", "engine", "launcher", "top"):
+        return f"python -m minipar.{shlex.join(args)}"
+    if args[0] in ("start", "engines", "stop", "list", "clean"):
+        return f"python -m minipar.launcher {shlex.join(args)}"
+    return None
+
+
 if __name__ == "__main__":
     if sys.argv[1:] in ([], ["-h"], ["--help"]):
         sys.stdout.write(COMMANDS)
     else:
+        meant = _meant(sys.argv[1:])
         sys.stderr.write(f"python -m minipar takes no arguments ({' '.join(sys.argv[1:])}): "
-                         f"give them to one of its commands.\n\n{COMMANDS}")
+                         + (f"did you mean `{meant}`?" if meant else
+                            "give them to one of its commands.") + f"\n\n{COMMANDS}")
         sys.exit(2)

@@ -227,6 +227,12 @@ def _check_options(cls, options, what):
                          f" its options are {', '.join(accepted)}{own}")
 
 
+def _ended(code):
+    """How a process ended, from its exit status (negative: the signal that killed it)."""
+    signals = {s.value: s.name for s in signal.Signals}   # a number with no name: itself
+    return f"exit code {code}" if code >= 0 else f"killed by signal {signals.get(-code, -code)}"
+
+
 def _unique_id():
     return f"{int(time.time())}-{secrets.token_hex(2)}"
 
@@ -452,18 +458,11 @@ class LocalProcessLauncher(BaseLauncher):
     def _log_end(self, code):
         # the last line of the process's log: a crash that prints nothing (os._exit, a
         # SIGKILL, a segfault without faulthandler) is still told where its output is
-        if code < 0:
-            try:
-                how = f"killed by signal {signal.Signals(-code).name}"
-            except ValueError:
-                how = f"killed by signal {-code}"
-        else:
-            how = f"exit code {code}"
         try:
             with open(self.output_file, "a") as f:
-                f.write(f"[{_PKG}.launcher] {self.role} pid {self.pid} ended: {how}\n")
+                f.write(f"[{_PKG}.launcher] {self.role} pid {self.pid} ended: {_ended(code)}\n")
         except OSError as e:  # its folder removed already (a Cluster's own profile dir)
-            log.debug("%s pid %s ended (%s); its log: %s", self.role, self.pid, how, e)
+            log.debug("%s pid %s ended (%s); its log: %s", self.role, self.pid, _ended(code), e)
 
     def _poll_pid(self):
         while protocol.same_process(self.pid, self.pid_start):
@@ -1436,14 +1435,15 @@ def _cmd_start(args):
     cluster._close_clients()
     if args.daemonize:
         return 0
-    cluster.controller.on_stop(lambda _data: done.put(None))
+    cluster.controller.on_stop(lambda data: done.put((data or {}).get("exit_code")))
     while True:   # a signal that another thread took wakes no get(): it runs after this one
         with contextlib.suppress(queue.Empty):
-            done.get(timeout=1.0)
+            code = done.get(timeout=1.0)   # None: Ctrl-C or SIGTERM here, or not known
             break
-    print(f"stopping cluster {cluster.cluster_id}", flush=True)
+    why = f": its controller ended, {_ended(code)}" if code else ""   # 0: told to stop
+    print(f"stopping cluster {cluster.cluster_id}{why}", flush=True)
     cluster.stop_cluster_sync()
-    return 0
+    return 1 if code else 0
 
 
 def _cmd_engines(args):
@@ -1453,10 +1453,11 @@ def _cmd_engines(args):
         raise LauncherError(f"cluster {cluster.cluster_id} has no running controller")
     rc = cluster.connect_client_sync()
     before = len(rc.ids)
-    cluster.start_engines_sync(args.n, engines=args.engines)
-    n = args.n if args.n is not None else (os.cpu_count() or 1)
+    n = args.n if args.n is not None else (os.cpu_count() or 1)   # as --help says
+    cluster.start_engines_sync(n, engines=args.engines)
     cluster.wait_for_engines(before + n, client=rc)
-    print(f"cluster {cluster.cluster_id}: {len(rc.ids)} engines", flush=True)
+    print(f"cluster {cluster.cluster_id}: {len(rc.ids)} engine{'s' * (len(rc.ids) != 1)}",
+          flush=True)
     cluster._close_clients()
     return 0
 
@@ -1467,28 +1468,27 @@ def _cmd_stop(args):
     for cluster in [Cluster.from_file(p) for p in paths]:
         cluster.stop_cluster_sync()
         print(f"stopped cluster {cluster.cluster_id}", flush=True)
+    if not paths:   # --all, with none: said, where it exited 0 saying nothing
+        print(f"no cluster to stop in {_searched(args.profile, args.profile_dir)}; see "
+              f"`python -m {_PKG}.launcher list`")
     return 0
 
 
 def _cmd_list(args):
-    paths = cluster_files(args.profile, args.profile_dir)   # a bad --profile: no header first
-    print("cluster_id\tcontroller\tengines\tprofile_dir")
-    stale, held = 0, set()
-    for path in paths:
-        try:
-            cluster = Cluster.from_file(path)
-        except _UNREADABLE as e:
-            log.warning("unreadable cluster file %s: %s", path, e)
-            continue
-        stale += not (cluster._is_running() or cluster._elsewhere)   # its owner was killed, say
-        if cluster.controller is not None:   # a profile holds one controller: this one
-            held.add(os.path.abspath(cluster.profile_dir))
-        print(_describe(cluster))
+    clusters = ClusterManager(args.profile, args.profile_dir).load_clusters().values()
+    rows = [_describe(c) for c in clusters]   # the header goes above rows only, not an error
+    stale = sum(not (c._is_running() or c._elsewhere) for c in clusters)  # starter killed, say
+    held = {os.path.abspath(c.profile_dir) for c in clusters if c.controller is not None}
     # controllers started by hand write no cluster file: found by their connection files
     for pdir in _profile_dirs(args.profile, args.profile_dir):
         info = None if os.path.abspath(pdir) in held else protocol.live_controller(pdir)
         if info is not None:
-            print(f"-\tpid {info['pid']} (by hand)\t?\t{pdir}")
+            rows.append(f"-\tpid {info['pid']} (by hand)\t?\t{pdir}")
+    chosen = (f" --profile-dir {shlex.quote(args.profile_dir)}" if args.profile_dir else
+              f" --profile {shlex.quote(args.profile)}" if args.profile else "")
+    print("\n".join(["cluster_id\tcontroller\tengines\tprofile_dir", *rows]) if rows else
+          f"no cluster running in {_searched(args.profile, args.profile_dir)}: start one with "
+          f"`python -m {_PKG}.launcher start -n 4{chosen}`")
     if stale:
         print(f"{stale} stale cluster(s): nothing of them runs (their starter was killed, "
               f"say); `python -m {_PKG}.launcher clean` removes their files", file=sys.stderr)

@@ -20,7 +20,8 @@ What each side does, and what it costs:
   ring. ``snapshot(controller, now)`` builds the answer to a ``status`` query.
 - ``rc.status()`` returns the snapshot as a ``Status`` (a dict with a text ``repr`` and
   an HTML table for Jupyter); ``python -m minipar.top`` shows it, full screen, every
-  ``--interval`` seconds, or prints it once with ``--once`` (``--json``: as JSON).
+  ``--interval`` seconds, or prints it once with ``--once`` (its lines cut to $COLUMNS, else
+  the terminal's width; ``--json``: as JSON).
 
 The snapshot (``--once --json`` prints exactly this)::
 
@@ -73,6 +74,7 @@ import locale
 import logging
 import math
 import os
+import shutil
 import sys
 import textwrap
 import time
@@ -610,7 +612,9 @@ def main(argv=None):
     p.add_argument("--profile-dir", help="profile folder (overrides --profile)")
     p.add_argument("--interval", type=_seconds, default=1.0, metavar="S",
                    help="seconds between refreshes (default 1)")
-    p.add_argument("--once", action="store_true", help="print one snapshot as text and exit")
+    p.add_argument("--once", action="store_true",
+                   help="print one snapshot as text and exit (lines cut to $COLUMNS, else "
+                        "to a terminal's width)")
     p.add_argument("--json", action="store_true",
                    help="print one snapshot as JSON and exit (implies --once; fields: see "
                         "the module docstring)")
@@ -630,7 +634,13 @@ def main(argv=None):
     except locale.Error:   # LANG names a locale not installed here: C's, in ASCII
         pass
     if not once and not (sys.stdout.isatty() and sys.stdin.isatty()):
-        p.error("the live view needs a terminal; use --once (or --once --json) otherwise")
+        # an error of where it runs, not of its arguments: one line and status 1, as top's
+        # others (argparse's usage and status 2 are for a wrong command line)
+        which = "stdout" if not sys.stdout.isatty() else "stdin"
+        print(f"{p.prog}: the live view needs a terminal, and its {which} is none: run it in "
+              "a terminal, or print one snapshot with --once (--once --json for a script)",
+              file=sys.stderr)
+        return 1
     monitor = Monitor(url_file, timeout=max(1.0, min(args.interval, 5.0)),
                       wait_s=WAIT_S if args.wait is None else args.wait)
     try:
@@ -641,7 +651,8 @@ def main(argv=None):
             monitor.connect(timeout=round(max(0.1, deadline - time.monotonic()), 1))
             snap = monitor.rc.status(timeout=round(max(0.1, deadline - time.monotonic()), 1))
             try:
-                print(json.dumps(snap, indent=2) if args.json else text(snap, ascii=_ascii()))
+                print(json.dumps(snap, indent=2) if args.json
+                      else _fit(text(snap, ascii=_ascii()), _width()))
                 sys.stdout.flush()
             except BrokenPipeError:   # `top --once | head -1`: the reader has what it wanted;
                 # what is left goes nowhere, or Python's flush at exit would fail again
@@ -664,7 +675,11 @@ def main(argv=None):
                 return 1
         return 0
     except (errors.MiniparError, OSError) as e:
-        print(f"{p.prog}: {e}", file=sys.stderr)
+        # --once waits but a refresh interval unless told: a controller busy, far or being
+        # debugged may answer later
+        longer = (f"; --once waited {monitor.timeout:g} s: wait longer with --wait S"
+                  if once and args.wait is None and isinstance(e, TimeoutError) else "")
+        print(f"{p.prog}: {e}{longer}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:   # live, it quits as q does; --once got nothing: a script stops
         if not once:
@@ -673,6 +688,22 @@ def main(argv=None):
         return 130
     finally:
         monitor.close()
+
+
+def _width():
+    """The width --once fits its text to: $COLUMNS, else the terminal's, as
+    shutil.get_terminal_size() (and curses, for the live view) find it; 0 (a pipe, no
+    COLUMNS): no limit, so a script or a file gets whole lines."""
+    return shutil.get_terminal_size((0, 0)).columns
+
+
+def _fit(text, width):
+    """Each line of `text` cut to `width` columns ("~" ends a line cut, as it does a cell),
+    as the live view cuts its lines to the screen's; `width` 0: as it is."""
+    if width <= 0:
+        return text
+    return "\n".join(line if len(line) <= width else line[:width - 1] + "~"
+                     for line in text.split("\n"))
 
 
 def _seconds(text):

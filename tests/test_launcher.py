@@ -480,7 +480,7 @@ def test_a_cluster_whose_starter_was_killed_is_listed_as_stale_until_cleaned(pid
     assert out.returncode == 1 and "launcher clean` (same --profile-dir)" in out.stderr, out.stderr
     assert "removed cluster" in cli("clean", "--profile-dir", prof).stdout
     out = cli("list", "--profile-dir", prof)
-    assert out.stdout == "cluster_id\tcontroller\tengines\tprofile_dir\n" and not out.stderr
+    assert out.stdout.startswith(f"no cluster running in {prof}: ") and not out.stderr, out
 
 
 def test_cluster_left_running_survives_its_starter(pids, tmp_path):
@@ -754,6 +754,29 @@ def test_list_shows_controllers_started_by_hand(pids, minipar_dir):
     assert f"pid {first.pid}" not in cli("list").stdout
 
 
+def test_list_with_no_cluster_says_so_and_how_to_start_one(pids, minipar_dir, tmp_path):
+    """`list` with nothing running says so, and the command that starts a cluster there
+    (status 0, as `ipcluster list`); the table's header comes only above a row. Before, it
+    printed the header alone, which reads as a list that failed to load."""
+    out = cli("list")
+    assert (out.returncode, out.stderr) == (0, ""), out
+    assert out.stdout == (f"no cluster running in {minipar_dir}: start one with "
+                          "`python -m minipar.launcher start -n 4`\n"), out.stdout
+    prof = str(tmp_path / "my profile")
+    first = _controller(prof)
+    pids.add(first.pid)
+    try:
+        lines = cli("list", "--profile-dir", prof).stdout.splitlines()
+        assert lines == ["cluster_id\tcontroller\tengines\tprofile_dir",
+                         f"-\tpid {first.pid} (by hand)\t?\t{prof}"], lines
+    finally:
+        first.terminate()
+        first.wait(30)
+    out = cli("list", "--profile-dir", prof)
+    assert out.stdout == (f"no cluster running in {prof}: start one with `python -m "
+                          f"minipar.launcher start -n 4 --profile-dir '{prof}'`\n"), out.stdout
+
+
 def test_engines_and_stop_on_a_hand_started_controller_print_fixes_that_work(pids,
                                                                             minipar_dir):
     """`launcher engines` and `launcher stop` of a profile whose controller was started by
@@ -867,6 +890,12 @@ def test_python_m_minipar_names_the_commands_that_start_a_cluster():
     plain, wrong = run(), run("start", "-n", "2")
     assert plain.returncode == 0 and wrong.returncode == 2, (plain, wrong)
     assert "takes no arguments (start -n 2)" in wrong.stderr, wrong.stderr
+    # the command a newcomer most likely meant, where it said only to give them to one
+    assert "did you mean `python -m minipar.launcher start -n 2`?" in wrong.stderr
+    spaced = run("top", "--profile-dir", "my profile")
+    assert spaced.returncode == 2 and ("did you mean `python -m minipar.top --profile-dir "
+                                       "'my profile'`?") in spaced.stderr, spaced.stderr
+    assert "give them to one of its commands" in run("--once").stderr
     for out in (plain.stdout, wrong.stderr):
         for command in ("minipar.controller", "minipar.engine", "minipar.launcher start",
                         "minipar.top"):
@@ -1119,9 +1148,32 @@ def test_cli_start_daemonize_engines_stop(pids, tmp_path):
         assert not pids.wait_gone()
     finally:
         out = cli("stop", "--all", "--profile-dir", prof)
-    assert out.returncode == 0, out.stderr
+    # nothing left to stop: said (it printed nothing), status 0 as the stop was done
+    assert (out.returncode, out.stdout) == (0, f"no cluster to stop in {prof}; see `python -m "
+                                               "minipar.launcher list`\n"), out
     assert not [p for p in pids.pids if alive(p)]
     assert "cli1" not in cli("list", "--profile-dir", prof).stdout
+
+
+def test_cli_engines_without_n_starts_and_waits_for_one_per_cpu(pids, tmp_path):
+    """`launcher engines` with no -n starts one engine per CPU, as its --help says (and as
+    ipcluster engines does), and waits for as many. Before, it started the cluster's n
+    (none here) and waited for one per CPU: a minute, then an error and exit status 1."""
+    prof = str(tmp_path / "p")
+    out = cli("start", "-n", "0", "--profile-dir", prof, "--cluster-id", "cpus",
+              "--controller-args", " ".join(CTL_ARGS), "--daemonize")
+    try:
+        assert out.returncode == 0, out.stderr
+        pids.add_cluster(Cluster.from_file(profile_dir=prof))
+        out = cli("engines", "-n", "1", "--profile-dir", prof)
+        assert out.stdout == "cluster cpus: 1 engine\n", out   # it said "1 engines"
+        out = cli("engines", "--profile-dir", prof)
+        pids.add_cluster(Cluster.from_file(profile_dir=prof))
+        assert out.returncode == 0, out.stderr
+        assert f"cluster cpus: {1 + (os.cpu_count() or 1)} engines" in out.stdout, out.stdout
+    finally:
+        cli("stop", "--all", "--profile-dir", prof)
+    assert not pids.wait_gone()
 
 
 def test_cli_args_for_the_controller_and_engines_may_follow_a_space(pids, tmp_path):
@@ -1157,6 +1209,30 @@ def test_cli_foreground_start_stops_on_sigint(pids, tmp_path):
             p.kill()
             p.wait()
     assert not [x for x in pids.pids if alive(x)]
+
+
+def test_cli_foreground_start_says_why_when_its_controller_is_killed(pids, tmp_path):
+    """A foreground `start` whose controller was killed says so as it stops the engines,
+    and exits 1. Before, it said only "stopping cluster X" and exited 0, as after Ctrl-C."""
+    prof = str(tmp_path / "p")
+    p = subprocess.Popen([sys.executable, "-m", "minipar.launcher", "start", "-n", "1",
+                          "--profile-dir", prof, "--cluster-id", "k", "--controller-args",
+                          " ".join(CTL_ARGS)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, env=_env(), stdin=subprocess.DEVNULL)
+    pids.add(p.pid)
+    try:
+        assert "ready: 1 engine;" in p.stdout.readline()
+        cluster = Cluster.from_file(profile_dir=prof)
+        pids.add_cluster(cluster)
+        os.kill(cluster.controller.pid, signal.SIGKILL)
+        out = p.communicate(timeout=60)[0]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 1, out
+    assert "stopping cluster k: its controller ended, killed by signal SIGKILL\n" in out, out
+    assert not pids.wait_gone()
 
 
 def test_cli_clean_removes_files_of_dead_clusters(pids, minipar_dir):

@@ -396,6 +396,41 @@ def test_once_says_clearly_when_there_is_no_controller(tmp_path):
     assert out.returncode == 1 and "no connection file" in out.stderr
 
 
+def test_once_fits_its_lines_to_columns(local_cluster):
+    """--once into a pipe cuts its lines to $COLUMNS (as shutil.get_terminal_size and the
+    live view read it), "~" ending a line cut; with no COLUMNS a pipe gets whole lines.
+    Before, COLUMNS was ignored: the table alone is 78 columns wide."""
+    local_cluster.start_engines(1)
+    wait_until(lambda: _snapshot(local_cluster)["engines_alive"] == 1, 30, "an engine")
+
+    def once(env):
+        out = subprocess.run([sys.executable, "-m", "minipar.top", "--once", "--file",
+                              local_cluster.client_file], capture_output=True, text=True,
+                             env=env, cwd=ROOT, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.splitlines()
+
+    lines = once(dict(_env(), COLUMNS="40"))
+    assert max(map(len, lines)) == 40 and lines[0].endswith("~"), lines
+    assert lines[4].startswith(" ID HOST") and lines[5].startswith("  0 "), lines
+    env = _env()
+    env.pop("COLUMNS", None)
+    whole = once(env)
+    assert whole[4].rstrip().endswith("RSS") and "~" not in whole[0], whole
+
+
+def test_live_view_into_a_pipe_says_what_to_do_without_the_usage(tmp_path):
+    """The live view with stdout piped (a script, `| less`) is one line saying to run it in
+    a terminal or use --once, status 1 as top's other errors. Before, argparse's usage came
+    first and the status was 2, as for a wrong argument."""
+    out = subprocess.run([sys.executable, "-m", "minipar.top", "--profile-dir",
+                          str(tmp_path / "nothing")], capture_output=True, text=True,
+                         env=_env(), cwd=ROOT, timeout=30, stdin=subprocess.DEVNULL)
+    assert out.returncode == 1 and out.stdout == "", out
+    assert out.stderr.count("\n") == 1 and "usage" not in out.stderr, out.stderr
+    assert "needs a terminal" in out.stderr and "--once" in out.stderr, out.stderr
+
+
 def test_once_into_a_closed_pipe_is_quiet(local_cluster):
     """`top --once | head -1`: the reader closing the pipe is no error of the monitor's.
     Before, it said "[Errno 32] Broken pipe" and exited 1 (failing a pipefail script)."""
@@ -442,6 +477,18 @@ def test_once_interrupted_while_waiting_exits_130(local_cluster):
             p.communicate(timeout=10)
     assert (p.returncode, out) == (130, "") and "interrupted" in err
     assert "Traceback" not in err
+
+
+def test_once_that_timed_out_says_how_to_wait_longer(local_cluster):
+    """--once gives a silent controller a refresh interval (1 s) unless --wait says more:
+    its error says so. Before, it said only "is it running?" of a controller running."""
+    local_cluster.controller.send_signal(signal.SIGSTOP)   # stop() sends SIGCONT
+    out = _top(local_cluster, "--once")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.rstrip().endswith("; --once waited 1 s: wait longer with --wait S"), \
+        out.stderr
+    out = _top(local_cluster, "--once", "--wait", "1")   # asked for: nothing to add
+    assert out.returncode == 1 and "--wait" not in out.stderr, out.stderr
 
 
 def test_once_waits_up_to_wait_for_the_controller(tmp_path):
