@@ -556,10 +556,10 @@ class Client(errors.SaysWhyAbsent):
         header, frames = self.session.msg(kind, parts, signed=False, **fields)
         protocol.check_size(frames, self.session.max_message_size, f"this {kind} request")
         if future is None:
-            f = _MsgFuture(header["msg_id"], engine_id)
+            f = _MsgFuture(header["msg_id"], engine_id, kind)
         else:
             f = future
-            f._request(header["msg_id"], engine_id)
+            f._request(header["msg_id"], engine_id, kind)
         if "label" in fields:
             f._md["label"] = fields["label"]
         for key in ("after", "follow"):   # ipyparallel's metadata: the msg_ids it waited on
@@ -843,7 +843,7 @@ class Client(errors.SaysWhyAbsent):
 
     def _broadcast(self, kind, parts, engine_ids, fields):
         # one message, which the controller copies to each engine under these msg_ids
-        futures = [_MsgFuture(protocol.new_id(), e) for e in engine_ids]
+        futures = [_MsgFuture(protocol.new_id(), e, kind) for e in engine_ids]
         fields.pop("engine", None)
         with protocol.sigint_deferred():   # the copies registered only with their request
             _sent(self, futures)
