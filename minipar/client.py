@@ -584,7 +584,7 @@ class Client(errors.SaysWhyAbsent):
             # go in batches. A lone one, or a burst's first and its wake-up, leaves whole.
             burst = self._held or (now - then < HOLD_AFTER_S and last is not None
                                    and not last.done())
-            with contextlib.nullcontext() if self._held else protocol.sigint_deferred():
+            with protocol.sigint_deferred():   # held (or sent) only with its registration
                 if burst:
                     self._held.append(frames)
                 _sent(self, (f,))

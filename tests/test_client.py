@@ -895,7 +895,8 @@ def test_a_reply_the_client_cannot_handle_fails_its_request(tmp_path):
 def test_ctrl_c_anywhere_in_a_submission_leaves_no_request_pending(cluster, submit):
     """Ctrl-C pressed at any step of a submission (a map, a loop of apply_async, pushes
     over PACK_MAX) left requests registered that never left (a held batch dropped, one
-    stopped between its registration and its send), which stayed pending for ever, or a
+    stopped between its registration and its send), which stayed pending for ever, one
+    held in a burst but stopped before its registration, which left with no future, or a
     message half sent that took the next one down with it. Pressed at steps all through
     it now: the next call is answered, every request made is done (those that never left
     failed with TaskAborted), and the KeyboardInterrupt still reaches the script."""
@@ -917,19 +918,28 @@ def test_ctrl_c_anywhere_in_a_submission_leaves_no_request_pending(cluster, subm
     finally:
         sys.setprofile(None)
     n, interrupted = next(calls), 0
-    for k in range(1, n, n // 60 | 1):   # odd: not in step with a request's own steps
-        ars = []
-        hook, pressed = ctrl_c_at(k)
+    steps = [(k, None) for k in range(1, n, n // 60 | 1)]   # odd: not in step with a request's
+    if submit == "apply_async":   # and as the k-th request is registered, the rest of a burst
+        steps += [(k, "_sent") for k in range(1, 150, 7)]   # held (one was sent, untracked)
+    for k, name in steps:
+        ars, tracked, t0 = [], set(), time.time()
+        hook, pressed = ctrl_c_at(k, name)
         sys.setprofile(hook)
         try:
             submission(ars)
         except KeyboardInterrupt:
+            tracked = rc.outstanding   # at once: before any reply can come
             interrupted += 1
         finally:
             sys.setprofile(None)
-        assert lv.apply_async(abs, -k).get(timeout=TIMEOUT / 6) == k, f"Ctrl-C at step {k}"
+        probe = lv.apply_async(abs, -k)
+        assert probe.get(timeout=TIMEOUT / 6) == k, f"Ctrl-C at step {k} ({name})"
         assert rc.wait(timeout=TIMEOUT / 6), (
             f"Ctrl-C at step {k} of {n}: {len(rc.outstanding)} requests pending")
+        if submit == "apply_async":   # nothing aborts it: what left is tracked, not lost
+            made = {r["msg_id"] for r in rc.db_query({"submitted": {"$gte": t0}}, "msg_id")}
+            untracked = made - tracked - {probe.msg_id, *(i for ar in ars for i in ar.msg_ids)}
+            assert not untracked, f"Ctrl-C at step {k} ({name}): sent, but no future has it"
         assert all(ar.done() for ar in ars), f"Ctrl-C at step {k} of {n}"
         failed = {type(f.exception()) for ar in ars for f in ar._children if f.exception()}
         assert failed <= {errors.TaskAborted}, (k, failed)
