@@ -922,13 +922,14 @@ def test_ctrl_c_anywhere_in_a_submission_leaves_no_request_pending(cluster, subm
     if submit == "apply_async":   # and as the k-th request is registered, the rest of a burst
         steps += [(k, "_sent") for k in range(1, 150, 7)]   # held (one was sent, untracked)
     for k, name in steps:
-        ars, tracked, t0 = [], set(), time.time()
+        ars, tracked = [], set()
+        t0 = t1 = time.time()
         hook, pressed = ctrl_c_at(k, name)
         sys.setprofile(hook)
         try:
             submission(ars)
         except KeyboardInterrupt:
-            tracked = rc.outstanding   # at once: before any reply can come
+            tracked, t1 = rc.outstanding, time.time()   # holds all that finish after t1
             interrupted += 1
         finally:
             sys.setprofile(None)
@@ -937,7 +938,8 @@ def test_ctrl_c_anywhere_in_a_submission_leaves_no_request_pending(cluster, subm
         assert rc.wait(timeout=TIMEOUT / 6), (
             f"Ctrl-C at step {k} of {n}: {len(rc.outstanding)} requests pending")
         if submit == "apply_async":   # nothing aborts it: what left is tracked, not lost
-            made = {r["msg_id"] for r in rc.db_query({"submitted": {"$gte": t0}}, "msg_id")}
+            made = {r["msg_id"] for r in rc.db_query({"submitted": {"$gte": t0},
+                                                      "completed": {"$gte": t1}}, "msg_id")}
             untracked = made - tracked - {probe.msg_id, *(i for ar in ars for i in ar.msg_ids)}
             assert not untracked, f"Ctrl-C at step {k} ({name}): sent, but no future has it"
         assert all(ar.done() for ar in ars), f"Ctrl-C at step {k} of {n}"
