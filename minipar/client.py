@@ -847,9 +847,13 @@ class Client(errors.SaysWhyAbsent):
         fields.pop("engine", None)
         with protocol.sigint_deferred():   # the copies registered only with their request
             _sent(self, futures)
-            f = self.send_request(protocol.BROADCAST, parts, request=kind, targets=engine_ids,
-                                  msg_ids=[f.msg_id for f in futures], **fields)
-        self._futures.pop(f.msg_id).set_result(None)   # nothing answers it but the copies
+            try:
+                f = self.send_request(protocol.BROADCAST, parts, request=kind, targets=engine_ids,
+                                      msg_ids=[f.msg_id for f in futures], **fields)
+            except Exception as e:   # refused (too large, the client closed): so are they
+                _fail(self, futures, e)
+                raise
+            self._futures.pop(f.msg_id).set_result(None)   # nothing answers it but the copies
         return futures
 
     def engine_stats(self, targets="all", timeout=None):
@@ -1573,15 +1577,11 @@ class LoadBalancedView(_View):
 
     @staticmethod
     def _next_result(outstanding, ordered, return_exceptions):
-        if ordered:
-            fut = outstanding[0]
-        else:
-            done, _ = concurrent.futures.wait(outstanding,
-                                              return_when=concurrent.futures.FIRST_COMPLETED)
-            fut = next(f for f in outstanding if f in done)
-        value = fut.exception() if return_exceptions and fut.exception() else fut.result()
-        outstanding.remove(fut)
-        return value
+        done = outstanding if ordered else concurrent.futures.wait(
+            outstanding, return_when=concurrent.futures.FIRST_COMPLETED).done
+        fut = next(f for f in outstanding if f in done)   # the first sent of those done
+        outstanding.remove(fut)   # done: the rest, not it, is aborted if this raises
+        return fut.exception() if return_exceptions and fut.exception() else fut.result()
 
 
 _MOVED = {**dict.fromkeys(("BaseTask", "MapTask", "MultiEngineClient", "PendingResult",

@@ -891,7 +891,25 @@ def test_a_reply_the_client_cannot_handle_fails_its_request(tmp_path):
         c.stop()
 
 
-@pytest.mark.parametrize("submit", ["map", "apply_async", "push"])
+def test_a_broadcast_refused_for_its_size_leaves_nothing_pending(tmp_path):
+    """A BroadcastView request above max_message_size raised SerializationError, but the
+    futures of its copies, registered before it, stayed pending for ever (rc.wait() never
+    came true, rc.outstanding listed them): they fail with it."""
+    c = LocalCluster(tmp_path, controller_args=["--max-message-size", str(2**20)])
+    try:
+        c.start_engines(2)
+        rc = c.client()
+        rc.wait_for_engines(2, START_TIMEOUT_S)
+        bv = rc.broadcast_view()
+        with pytest.raises(errors.SerializationError, match="above the cluster's max_message"):
+            bv.push({"big": os.urandom(2**20)})
+        assert not rc.outstanding and rc.wait(timeout=TIMEOUT)
+        assert bv.apply_sync(abs, -3) == [3, 3]
+    finally:
+        c.stop()
+
+
+@pytest.mark.parametrize("submit", ["map", "apply_async", "push", "broadcast"])
 def test_ctrl_c_anywhere_in_a_submission_leaves_no_request_pending(cluster, submit):
     """Ctrl-C pressed at any step of a submission (a map, a loop of apply_async, pushes
     over PACK_MAX) left requests registered that never left (a held batch dropped, one
@@ -901,15 +919,16 @@ def test_ctrl_c_anywhere_in_a_submission_leaves_no_request_pending(cluster, subm
     it now: the next call is answered, every request made is done (those that never left
     failed with TaskAborted), and the KeyboardInterrupt still reaches the script."""
     rc = cluster.rc
-    lv, dv = rc.load_balanced_view(), rc[:]
+    lv, dv, bv = rc.load_balanced_view(), rc[:], rc.broadcast_view()
     big = {"big": os.urandom(protocol.PACK_MAX)}
 
     def submission(ars):
         if submit == "map":
             ars.append(lv.map(abs, range(150), block=False))
-        for i in range(150 if submit == "apply_async" else 3 if submit == "push" else 0):
-            ars.append(lv.apply_async(abs, i) if submit == "apply_async"
-                       else dv.push(big, block=False))
+        for i in range({"apply_async": 150, "push": 3, "broadcast": 40}.get(submit, 0)):
+            ars.append(lv.apply_async(abs, i) if submit == "apply_async" else
+                       bv.apply_async(abs, -i) if submit == "broadcast" else   # held in bursts
+                       dv.push(big, block=False))
 
     calls = itertools.count()
     sys.setprofile(lambda frame, event, arg: event == "call" and next(calls))
@@ -937,12 +956,13 @@ def test_ctrl_c_anywhere_in_a_submission_leaves_no_request_pending(cluster, subm
         assert probe.get(timeout=TIMEOUT / 6) == k, f"Ctrl-C at step {k} ({name})"
         assert rc.wait(timeout=TIMEOUT / 6), (
             f"Ctrl-C at step {k} of {n}: {len(rc.outstanding)} requests pending")
-        if submit == "apply_async":   # nothing aborts it: what left is tracked, not lost
+        if submit in ("apply_async", "broadcast"):   # nothing aborts it: tracked, not lost
             made = {r["msg_id"] for r in rc.db_query({"submitted": {"$gte": t0},
                                                       "completed": {"$gte": t1}}, "msg_id")}
             untracked = made - tracked - {probe.msg_id, *(i for ar in ars for i in ar.msg_ids)}
             assert not untracked, f"Ctrl-C at step {k} ({name}): sent, but no future has it"
         assert all(ar.done() for ar in ars), f"Ctrl-C at step {k} of {n}"
+        assert all(ar.get() == [i] * 4 for i, ar in enumerate(ars) if submit == "broadcast")
         failed = {type(f.exception()) for ar in ars for f in ar._children if f.exception()}
         assert failed <= {errors.TaskAborted}, (k, failed)
     assert interrupted > 30, (interrupted, n)
