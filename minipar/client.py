@@ -975,9 +975,8 @@ class Client(errors.SaysWhyAbsent):
         self._futures.update((f.msg_id, f) for f in futures)
         try:
             self.query(protocol.RESUBMIT, msg_ids=old, new_ids=[f.msg_id for f in futures])
-        except BaseException:
-            for f in futures:
-                self._futures.pop(f.msg_id, None)
+        except BaseException as e:   # they never return: settled, not left pending
+            _fail(self, futures, e)
             raise
         ar = AsyncResult(self, futures, fname="resubmit")
         if block:
@@ -1579,9 +1578,10 @@ class LoadBalancedView(_View):
     def _next_result(outstanding, ordered, return_exceptions):
         done = outstanding if ordered else concurrent.futures.wait(
             outstanding, return_when=concurrent.futures.FIRST_COMPLETED).done
-        fut = next(f for f in outstanding if f in done)   # the first sent of those done
-        outstanding.remove(fut)   # done: the rest, not it, is aborted if this raises
-        return fut.exception() if return_exceptions and fut.exception() else fut.result()
+        fut = next(f for f in outstanding if f in done)   # the first sent (of those done)
+        value = fut.exception() if return_exceptions and fut.exception() else fut.result()
+        outstanding.remove(fut)   # after its wait: a Ctrl-C in it aborts it with the rest
+        return value
 
 
 _MOVED = {**dict.fromkeys(("BaseTask", "MapTask", "MultiEngineClient", "PendingResult",
