@@ -451,10 +451,13 @@ class AsyncResult(_Future, errors.ClientSide):
         return self.exception() is None
 
     def get_dict(self, timeout=None):
-        """The results as {engine_id: result}: one request per engine."""
+        """The results as {engine_id: result}: one request per engine (of a DirectView's map
+        or gather, each engine's part, where ipyparallel's pairs them with the first items)."""
         results = self.get(timeout)
-        if self._single:
+        if self._single or len(self._children) == 1 and self._mapping:
             results = [results]
+        elif self._mapping or isinstance(self, _Derived):   # concatenated: the parts instead
+            results = [part.get() for part in self.split()]
         ids = [f.metadata["engine_id"] for f in self._children]
         if len(set(ids)) != len(ids):
             raise ValueError("get_dict needs one request per engine")
