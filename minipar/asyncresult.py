@@ -236,12 +236,13 @@ class _MsgFuture(_Future):
     _pieces = None   # output streamed in (I/O thread) and not yet in metadata: see below
     _watched = False   # another client's request, followed through get_result: not ours
 
-    def __init__(self, msg_id, engine_id=None):
+    def __init__(self, msg_id, engine_id=None, kind=None):
         super().__init__()
-        self._request(msg_id, engine_id)
+        self._request(msg_id, engine_id, kind)
 
-    def _request(self, msg_id, engine_id):
-        self.msg_id, self._pieces = msg_id, None
+    def _request(self, msg_id, engine_id, kind=None):
+        # kind: the request's (protocol.APPLY...), for an error made here (see _engine_info)
+        self.msg_id, self._pieces, self._kind = msg_id, None, kind
         # ipyparallel's keys all there once read (see metadata), so code reading them finds
         # them: engine_uuid stays None (an engine is named by its id), execute_result is an
         # execute's (see ExecuteReply). Its empty lists are made when it is first read: a
@@ -319,14 +320,15 @@ class AsyncResult(_Future, errors.ClientSide):
             self._left -= 1
             if self._left or self.cancelled():  # cancel() settles it under this lock
                 return
-        errs = [f.exception() for f in self._children if f.exception() is not None]
+        errs = [(f, f.exception()) for f in self._children if f.exception() is not None]
         if errs:
             if self._single:
-                self.set_exception(errs[0])
-            else:
+                self.set_exception(errs[0][1])
+            else:   # one the client made (its controller lost...) names its engine too
                 self.set_exception(CompositeError(
                     f"one or more exceptions raised in {self._fname or 'the request'}",
-                    [e if isinstance(e, errors.RemoteError) else errors.wrap(e) for e in errs]))
+                    [e if isinstance(e, errors.RemoteError) else errors.wrap(e, _engine_info(f))
+                     for f, e in errs]))
             return
         values = [f.result() for f in self._children]
         try:
@@ -449,10 +451,13 @@ class AsyncResult(_Future, errors.ClientSide):
         return self.exception() is None
 
     def get_dict(self, timeout=None):
-        """The results as {engine_id: result}: one request per engine."""
+        """The results as {engine_id: result}: one request per engine (of a DirectView's map
+        or gather, each engine's part, where ipyparallel's pairs them with the first items)."""
         results = self.get(timeout)
-        if self._single:
+        if self._single or len(self._children) == 1 and self._mapping:
             results = [results]
+        elif self._mapping or isinstance(self, _Derived):   # concatenated: the parts instead
+            results = [part.get() for part in self.split()]
         ids = [f.metadata["engine_id"] for f in self._children]
         if len(set(ids)) != len(ids):
             raise ValueError("get_dict needs one request per engine")
@@ -856,6 +861,14 @@ def _fail(client, futures, err):
             client._futures.pop(f.msg_id, None)
             with contextlib.suppress(concurrent.futures.InvalidStateError):   # done already
                 f.set_exception(err)
+
+
+def _engine_info(f):
+    """Where request future `f` went, as an engine's error says it: ``[engine_id:kind]``."""
+    md = getattr(f, "_md", {})
+    info = {"engine_id": md.get("engine_id"), "msg_id": getattr(f, "msg_id", None),
+            "kind": getattr(f, "_kind", None)}
+    return {k: v for k, v in info.items() if v is not None}
 
 
 def _never_sent():

@@ -556,10 +556,10 @@ class Client(errors.SaysWhyAbsent):
         header, frames = self.session.msg(kind, parts, signed=False, **fields)
         protocol.check_size(frames, self.session.max_message_size, f"this {kind} request")
         if future is None:
-            f = _MsgFuture(header["msg_id"], engine_id)
+            f = _MsgFuture(header["msg_id"], engine_id, kind)
         else:
             f = future
-            f._request(header["msg_id"], engine_id)
+            f._request(header["msg_id"], engine_id, kind)
         if "label" in fields:
             f._md["label"] = fields["label"]
         for key in ("after", "follow"):   # ipyparallel's metadata: the msg_ids it waited on
@@ -584,7 +584,7 @@ class Client(errors.SaysWhyAbsent):
             # go in batches. A lone one, or a burst's first and its wake-up, leaves whole.
             burst = self._held or (now - then < HOLD_AFTER_S and last is not None
                                    and not last.done())
-            with contextlib.nullcontext() if self._held else protocol.sigint_deferred():
+            with protocol.sigint_deferred():   # held (or sent) only with its registration
                 if burst:
                     self._held.append(frames)
                 _sent(self, (f,))
@@ -843,13 +843,17 @@ class Client(errors.SaysWhyAbsent):
 
     def _broadcast(self, kind, parts, engine_ids, fields):
         # one message, which the controller copies to each engine under these msg_ids
-        futures = [_MsgFuture(protocol.new_id(), e) for e in engine_ids]
+        futures = [_MsgFuture(protocol.new_id(), e, kind) for e in engine_ids]
         fields.pop("engine", None)
         with protocol.sigint_deferred():   # the copies registered only with their request
             _sent(self, futures)
-            f = self.send_request(protocol.BROADCAST, parts, request=kind, targets=engine_ids,
-                                  msg_ids=[f.msg_id for f in futures], **fields)
-        self._futures.pop(f.msg_id).set_result(None)   # nothing answers it but the copies
+            try:
+                f = self.send_request(protocol.BROADCAST, parts, request=kind, targets=engine_ids,
+                                      msg_ids=[f.msg_id for f in futures], **fields)
+            except Exception as e:   # refused (too large, the client closed): so are they
+                _fail(self, futures, e)
+                raise
+            self._futures.pop(f.msg_id).set_result(None)   # nothing answers it but the copies
         return futures
 
     def engine_stats(self, targets="all", timeout=None):
@@ -971,9 +975,8 @@ class Client(errors.SaysWhyAbsent):
         self._futures.update((f.msg_id, f) for f in futures)
         try:
             self.query(protocol.RESUBMIT, msg_ids=old, new_ids=[f.msg_id for f in futures])
-        except BaseException:
-            for f in futures:
-                self._futures.pop(f.msg_id, None)
+        except BaseException as e:   # they never return: settled, not left pending
+            _fail(self, futures, e)
             raise
         ar = AsyncResult(self, futures, fname="resubmit")
         if block:
@@ -1573,14 +1576,11 @@ class LoadBalancedView(_View):
 
     @staticmethod
     def _next_result(outstanding, ordered, return_exceptions):
-        if ordered:
-            fut = outstanding[0]
-        else:
-            done, _ = concurrent.futures.wait(outstanding,
-                                              return_when=concurrent.futures.FIRST_COMPLETED)
-            fut = next(f for f in outstanding if f in done)
+        done = outstanding if ordered else concurrent.futures.wait(
+            outstanding, return_when=concurrent.futures.FIRST_COMPLETED).done
+        fut = next(f for f in outstanding if f in done)   # the first sent (of those done)
         value = fut.exception() if return_exceptions and fut.exception() else fut.result()
-        outstanding.remove(fut)
+        outstanding.remove(fut)   # after its wait: a Ctrl-C in it aborts it with the rest
         return value
 
 

@@ -71,16 +71,17 @@ def raw_engine(ctx, engine_file, name):
     return session, control, work, reg["msg_id"], session.check(control.recv_multipart())[1]["id"]
 
 
-def ctrl_c_at(k):
+def ctrl_c_at(k, name=None):
     """(hook, pressed): a profile hook (sys.setprofile) that presses Ctrl-C, a real SIGINT
-    to this process, as the k-th Python function it sees starts, where CPython itself
-    checks for signals (not at a builtin's return, which would raise where no signal
-    can: between taking a lock and entering its with block); `pressed`: [True] once it has."""
+    to this process, as the k-th Python function it sees starts (with `name`: the k-th
+    call of a function of that name), where CPython itself checks for signals (not at a
+    builtin's return, which would raise where no signal can: between taking a lock and
+    entering its with block); `pressed`: [True] once it has."""
     seen, pressed = 0, []
 
     def hook(frame, event, arg):
         nonlocal seen
-        seen += event == "call"
+        seen += event == "call" and name in (None, frame.f_code.co_name)
         if seen == k and event == "call":
             sys.setprofile(None)
             pressed.append(True)

@@ -891,24 +891,44 @@ def test_a_reply_the_client_cannot_handle_fails_its_request(tmp_path):
         c.stop()
 
 
-@pytest.mark.parametrize("submit", ["map", "apply_async", "push"])
+def test_a_broadcast_refused_for_its_size_leaves_nothing_pending(tmp_path):
+    """A BroadcastView request above max_message_size raised SerializationError, but the
+    futures of its copies, registered before it, stayed pending for ever (rc.wait() never
+    came true, rc.outstanding listed them): they fail with it."""
+    c = LocalCluster(tmp_path, controller_args=["--max-message-size", str(2**20)])
+    try:
+        c.start_engines(2)
+        rc = c.client()
+        rc.wait_for_engines(2, START_TIMEOUT_S)
+        bv = rc.broadcast_view()
+        with pytest.raises(errors.SerializationError, match="above the cluster's max_message"):
+            bv.push({"big": os.urandom(2**20)})
+        assert not rc.outstanding and rc.wait(timeout=TIMEOUT)
+        assert bv.apply_sync(abs, -3) == [3, 3]
+    finally:
+        c.stop()
+
+
+@pytest.mark.parametrize("submit", ["map", "apply_async", "push", "broadcast"])
 def test_ctrl_c_anywhere_in_a_submission_leaves_no_request_pending(cluster, submit):
     """Ctrl-C pressed at any step of a submission (a map, a loop of apply_async, pushes
     over PACK_MAX) left requests registered that never left (a held batch dropped, one
-    stopped between its registration and its send), which stayed pending for ever, or a
+    stopped between its registration and its send), which stayed pending for ever, one
+    held in a burst but stopped before its registration, which left with no future, or a
     message half sent that took the next one down with it. Pressed at steps all through
     it now: the next call is answered, every request made is done (those that never left
     failed with TaskAborted), and the KeyboardInterrupt still reaches the script."""
     rc = cluster.rc
-    lv, dv = rc.load_balanced_view(), rc[:]
+    lv, dv, bv = rc.load_balanced_view(), rc[:], rc.broadcast_view()
     big = {"big": os.urandom(protocol.PACK_MAX)}
 
     def submission(ars):
         if submit == "map":
             ars.append(lv.map(abs, range(150), block=False))
-        for i in range(150 if submit == "apply_async" else 3 if submit == "push" else 0):
-            ars.append(lv.apply_async(abs, i) if submit == "apply_async"
-                       else dv.push(big, block=False))
+        for i in range({"apply_async": 150, "push": 3, "broadcast": 40}.get(submit, 0)):
+            ars.append(lv.apply_async(abs, i) if submit == "apply_async" else
+                       bv.apply_async(abs, -i) if submit == "broadcast" else   # held in bursts
+                       dv.push(big, block=False))
 
     calls = itertools.count()
     sys.setprofile(lambda frame, event, arg: event == "call" and next(calls))
@@ -917,20 +937,32 @@ def test_ctrl_c_anywhere_in_a_submission_leaves_no_request_pending(cluster, subm
     finally:
         sys.setprofile(None)
     n, interrupted = next(calls), 0
-    for k in range(1, n, n // 60 | 1):   # odd: not in step with a request's own steps
-        ars = []
-        hook, pressed = ctrl_c_at(k)
+    steps = [(k, None) for k in range(1, n, n // 60 | 1)]   # odd: not in step with a request's
+    if submit == "apply_async":   # and as the k-th request is registered, the rest of a burst
+        steps += [(k, "_sent") for k in range(1, 150, 7)]   # held (one was sent, untracked)
+    for k, name in steps:
+        ars, tracked = [], set()
+        t0 = t1 = time.time()
+        hook, pressed = ctrl_c_at(k, name)
         sys.setprofile(hook)
         try:
             submission(ars)
         except KeyboardInterrupt:
+            tracked, t1 = rc.outstanding, time.time()   # holds all that finish after t1
             interrupted += 1
         finally:
             sys.setprofile(None)
-        assert lv.apply_async(abs, -k).get(timeout=TIMEOUT / 6) == k, f"Ctrl-C at step {k}"
+        probe = lv.apply_async(abs, -k)
+        assert probe.get(timeout=TIMEOUT / 6) == k, f"Ctrl-C at step {k} ({name})"
         assert rc.wait(timeout=TIMEOUT / 6), (
             f"Ctrl-C at step {k} of {n}: {len(rc.outstanding)} requests pending")
+        if submit in ("apply_async", "broadcast"):   # nothing aborts it: tracked, not lost
+            made = {r["msg_id"] for r in rc.db_query({"submitted": {"$gte": t0},
+                                                      "completed": {"$gte": t1}}, "msg_id")}
+            untracked = made - tracked - {probe.msg_id, *(i for ar in ars for i in ar.msg_ids)}
+            assert not untracked, f"Ctrl-C at step {k} ({name}): sent, but no future has it"
         assert all(ar.done() for ar in ars), f"Ctrl-C at step {k} of {n}"
+        assert all(ar.get() == [i] * 4 for i, ar in enumerate(ars) if submit == "broadcast")
         failed = {type(f.exception()) for ar in ars for f in ar._children if f.exception()}
         assert failed <= {errors.TaskAborted}, (k, failed)
     assert interrupted > 30, (interrupted, n)

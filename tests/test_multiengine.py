@@ -303,6 +303,17 @@ def test_non_blocking_results_polled_and_waited(rc):
     assert ar.elapsed >= 0.5
 
 
+def test_get_dict_of_a_map_or_gather_gives_each_engine_its_part(rc):
+    """A DirectView map's (or gather's) get_dict paired each engine with one item of the
+    joined result ({0: 0, 1: 1, ...} for eight items on four engines), as ipyparallel's
+    does: each engine's part now, as the engines computed or held them."""
+    parts = {e: [2 * e, 2 * e + 1] for e in range(4)}
+    assert rc[:].map_async(abs, range(0, -8, -1)).get_dict(TIMEOUT) == parts
+    assert rc[[2]].map_async(abs, [-4, -5]).get_dict(TIMEOUT) == {2: [4, 5]}
+    rc[:].scatter("part", list(range(8)), block=True)
+    assert rc[:].gather("part").get_dict(TIMEOUT) == parts
+
+
 def test_execute_error_is_composite_with_the_engines_traceback(rc):
     with pytest.raises(minipar.CompositeError) as info:
         rc[:].execute("1/0", block=True)

@@ -440,6 +440,26 @@ def test_clients_and_engines_give_up_on_a_controller_that_stays_away(local_clust
             call()
 
 
+def test_requests_given_up_with_their_controller_name_their_engines(local_cluster):
+    """A multi-engine request's CompositeError, made in the client as it gave up on its
+    controller, said ``[?:apply]`` for each engine, though the client had sent each copy
+    to a known engine: it names them, as an engine's own error does."""
+    c = local_cluster
+    c.start_engines(2)
+    rc = c.client(reconnect_timeout=600)
+    ids = rc.wait_for_engines(2, START_TIMEOUT_S)
+    ar, ex = rc[:].apply_async(slow, 30, "never"), rc[:].execute("import time; time.sleep(30)")
+    wait_until(lambda: rc.queue_status()[ids[0]]["queue"] == 2, START_TIMEOUT_S,
+               "the requests reached the engines")
+    c.controller.send_signal(signal.SIGKILL)
+    for ar, kind in ((ar, "apply"), (ex, "execute")):
+        with pytest.raises(errors.CompositeError, match="it cannot come back") as info:
+            ar.get(START_TIMEOUT_S)
+        assert [e.engine_info.get("engine_id") for e in info.value.elist] == ids
+        for eid in ids:
+            assert f"[{eid}:{kind}]: MiniparError: lost the controller" in str(info.value)
+
+
 def test_an_engine_started_before_the_next_controller_waits_for_it(local_cluster):
     """After a controller was killed (kill -9, a crash) its connection file stays, naming
     a pid that is gone. An engine started then, before the next controller (the wrong
