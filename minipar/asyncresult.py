@@ -863,6 +863,17 @@ def _fail(client, futures, err):
                 f.set_exception(err)
 
 
+def _next_result(outstanding, ordered, return_exceptions):
+    """imap's next value: the first of the futures `outstanding` (a deque, in the order
+    sent) or, not `ordered`, the first of those done, which leaves it once waited for."""
+    done = outstanding if ordered else concurrent.futures.wait(
+        outstanding, return_when=concurrent.futures.FIRST_COMPLETED).done
+    fut = next(f for f in outstanding if f in done)   # the first sent (of those done)
+    value = fut.exception() if return_exceptions and fut.exception() else fut.result()
+    outstanding.remove(fut)   # after its wait: a Ctrl-C in it aborts it with the rest
+    return value
+
+
 def _engine_info(f):
     """Where request future `f` went, as an engine's error says it: ``[engine_id:kind]``."""
     md = getattr(f, "_md", {})

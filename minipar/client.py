@@ -44,8 +44,8 @@ import zmq
 from . import errors, protocol
 from .asyncresult import (AsyncResult, ExecuteReply, _concat, _dated, _Derived, _fail, _forked,
                           _MsgFuture, _OneRequest, _aborted_on_ctrl_c, _check_count,
-                          _ctrl_c_aborts, _last_engine_gone, _never_sent, _not_back, _seconds,
-                          _seconds_check, _sent, _timeout_s)
+                          _ctrl_c_aborts, _last_engine_gone, _never_sent, _next_result,
+                          _not_back, _seconds, _seconds_check, _sent, _timeout_s)
 from .dependency import dependency_fields, dependent, msg_ids
 from .remotefunction import (ParallelFunction, RemoteFunction, _check_names, _check_pulled,
                              _partition, _sequence, _sequences, interactive)
@@ -582,19 +582,27 @@ class Client(errors.SaysWhyAbsent):
             # one of a burst: the I/O thread sends what is held when it next runs (this thread
             # blocks, sends, or has run for the GIL's 5 ms switch interval): requests and replies
             # go in batches. A lone one, or a burst's first and its wake-up, leaves whole.
-            burst = self._held or (now - then < HOLD_AFTER_S and last is not None
-                                   and not last.done())
+            if self._held:   # a burst's later one: a Ctrl-C before its registration takes it
+                try:         # back (where a sigint_deferred would cost two sigactions each)
+                    self._held.append(frames)
+                    _sent(self, (f,))
+                except KeyboardInterrupt:
+                    self._futures.pop(f.msg_id, None)
+                    self._held[:] = [h for h in self._held if h is not frames]
+                    raise
+                if len(self._held) >= TOGETHER:
+                    self._flush()
+                return f
+            burst = now - then < HOLD_AFTER_S and last is not None and not last.done()
             with protocol.sigint_deferred():   # held (or sent) only with its registration
                 if burst:
                     self._held.append(frames)
                 _sent(self, (f,))
                 if not burst:
                     protocol.send(self._sender, self.session.signed(frames))
-                elif len(self._held) == 1:   # zmq.Again: the I/O thread has markers enough
+                else:   # zmq.Again: the I/O thread has markers enough
                     with contextlib.suppress(zmq.Again):
                         self._outbox.send(_FLUSH, zmq.NOBLOCK)
-                elif len(self._held) >= TOGETHER:
-                    self._flush()
         return f
 
     def _together(self, make):
@@ -1566,22 +1574,13 @@ class LoadBalancedView(_View):
             for args in items:
                 outstanding.append(self._send(f, args, {}, fparts, fields, chain))
                 while len(outstanding) >= max_outstanding:
-                    yield self._next_result(outstanding, ordered, return_exceptions)
+                    yield _next_result(outstanding, ordered, return_exceptions)
             while outstanding:
-                yield self._next_result(outstanding, ordered, return_exceptions)
+                yield _next_result(outstanding, ordered, return_exceptions)
         finally:
             left = [fut for fut in outstanding if not fut.done()]
             if left and not self.client._closed:
                 self.client._abort(self.client._msg_ids(left))
-
-    @staticmethod
-    def _next_result(outstanding, ordered, return_exceptions):
-        done = outstanding if ordered else concurrent.futures.wait(
-            outstanding, return_when=concurrent.futures.FIRST_COMPLETED).done
-        fut = next(f for f in outstanding if f in done)   # the first sent (of those done)
-        value = fut.exception() if return_exceptions and fut.exception() else fut.result()
-        outstanding.remove(fut)   # after its wait: a Ctrl-C in it aborts it with the rest
-        return value
 
 
 _MOVED = {**dict.fromkeys(("BaseTask", "MapTask", "MultiEngineClient", "PendingResult",
