@@ -25,7 +25,7 @@ import pytest
 import minipar
 from minipar import errors, protocol
 
-from .conftest import START_TIMEOUT_S, LocalCluster
+from .conftest import START_TIMEOUT_S, LocalCluster, _env
 from .helpers import freeze, wait_until
 
 TIMEOUT = 180
@@ -692,7 +692,7 @@ def test_ctrl_c_while_the_controller_is_lost_returns_at_once_saying_what_follows
                 print("then:", repr(f.exception(60)), flush=True)
     """))
     with open(out, "wb") as log:   # as at a terminal: SIGINT raises KeyboardInterrupt
-        user = subprocess.Popen([sys.executable, str(script)], stdout=log,
+        user = subprocess.Popen([sys.executable, str(script)], stdout=log, env=_env(),
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
