@@ -1038,8 +1038,7 @@ class Cluster:
 
     def wait_for_engines(self, n=None, timeout=None, client=None):
         """Wait until `n` engines (default: all started) have registered."""
-        if n is None:
-            n = sum(e.n for e in self.engines.values())
+        n = sum(e.n for e in self.engines.values()) if n is None else n
         timeout = self.timeout if timeout is None else timeout
         rc = client if client is not None else (
             self._clients[-1] if self._clients else self.connect_client_sync())
@@ -1062,10 +1061,11 @@ class Cluster:
         return rc
 
     def stop_engines_sync(self, engine_set_id=None):
-        """Stop one engine set (default: all); returns when its processes are gone and the
-        open Clients made here list them no more (as ipyparallel's), or `timeout` s after."""
+        """Stop one engine set (default: all); returns when its processes (those ended too) are
+        gone and the Clients made here list them no more (as ipyparallel's) or `timeout` s after."""
         sets = [engine_set_id] if engine_set_id is not None else list(self.engines)
-        gone = {(p, socket.gethostname()) for s in sets for p in self.engines[s].pids()}
+        gone = {(getattr(c, "pid", None), socket.gethostname()) for s in sets
+                for c in getattr(self.engines[s], "_children", [self.engines[s]])}
         for set_id in sets:
             self.engines.pop(set_id).stop()
         self._update_cluster_file()

@@ -10,6 +10,7 @@ import gc
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -506,5 +507,23 @@ def test_stop_engines_returns_once_clients_no_longer_list_them(pids):  # noqa: F
         with pytest.raises(minipar.RemoteError) as e:
             busy.get(60)
         assert e.value.ename == "EngineError"
+    finally:
+        cluster.stop_cluster_sync()
+
+
+def test_stop_engines_waits_too_for_an_engine_of_the_set_that_had_died(pids):  # noqa: F811
+    """An engine of the set that had died just before (its launcher saw it end, the
+    controller not yet: at a heartbeat) was not waited for, its pid no longer counted as
+    running: stop_engines returned while rc.ids still listed it, as a dead engine."""
+    cluster = Cluster(n=2, controller_args=[*CTL_ARGS, "--heartbeat-period", "3"])
+    try:
+        rc = cluster.start_and_connect_sync()
+        pids.add_cluster(cluster, rc)
+        (engines,) = cluster.engines.values()
+        victim = engines.pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: victim not in engines.pids(), 60, "the launcher to see it end")
+        cluster.stop_engines_sync()
+        assert rc.ids == []
     finally:
         cluster.stop_cluster_sync()

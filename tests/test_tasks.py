@@ -24,7 +24,7 @@ import minipar
 from minipar import errors, protocol, records
 from minipar.dependency import Dependency
 
-from .conftest import START_TIMEOUT_S, LocalCluster
+from .conftest import START_TIMEOUT_S, LocalCluster, _env
 from .helpers import wait_until
 
 TIMEOUT = 120
@@ -1114,7 +1114,7 @@ def test_ctrl_c_in_a_blocking_call_aborts_what_it_started(local_cluster, tmp_pat
     # as at a terminal: a test run in the background (`ci &`) hands its children SIGINT
     # ignored, and Python then installs no KeyboardInterrupt handler at all
     user = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
+                            stderr=subprocess.STDOUT, text=True, env=_env(),
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert user.stdout.readline() == "mapping\n"

@@ -467,6 +467,10 @@ def test_once_interrupted_while_waiting_exits_130(local_cluster):
                           "--file", local_cluster.client_file], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
     try:
+        # its Client started (threads: zmq's and its I/O thread) is where it waits, in the
+        # call that Ctrl-C ends; before that, a slow start on a busy machine, it is importing
+        wait_until(lambda: p.poll() is not None or len(os.listdir(f"/proc/{p.pid}/task")) > 1,
+                   START_TIMEOUT_S, "the monitor's client to start")
         with pytest.raises(subprocess.TimeoutExpired):   # waiting for its answer
             p.wait(2)
         p.send_signal(signal.SIGINT)
