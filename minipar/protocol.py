@@ -1336,6 +1336,17 @@ def read_connection_file(path, ports=CLIENT_PORTS):
             mode = os.fstat(f.fileno()).st_mode & 0o777   # of the file read, not a later one
             info = json.load(f)
     except FileNotFoundError:
+        if "://" in path:   # IPython.parallel's Client("tcp://host:port"): a url has no key
+            raise ConnectionFileError(
+                f"{path} is a url, not a connection file: a controller is reached through "
+                f"its {wanted}, which holds its key as well as its address (as ipyparallel "
+                "refuses a url for its ipcontroller-client.json); pass that file's path, or "
+                "its profile folder as profile_dir= (--profile-dir)") from None
+        ours = os.path.join(os.path.dirname(path), wanted)   # ipyparallel's name, beside ours
+        if os.path.basename(path).startswith("ipcontroller-") and os.path.isfile(ours):
+            raise ConnectionFileError(
+                f"no connection file at {path}: a minipar controller writes "
+                f"{wanted}, not ipyparallel's ipcontroller-*.json; pass {ours}") from None
         # a Cluster of a script keeps its files in a folder of its own, not in a profile's
         raise ConnectionFileError(
             f"no connection file at {path}: start a controller with `{_start_command(path)}`"
