@@ -753,6 +753,20 @@ def test_start_and_engines_take_ipclusters_n_spelling(tmp_path):
         cli("stop", "--profile-dir", prof)
 
 
+def test_ipengine_and_ipcontroller_options_minipar_leaves_out_say_what_to_do():
+    """``ipengine --ssh=host``, ``ipcontroller --enginessh=host`` (the ssh tunnels of
+    ipyparallel's documents) and ``ipengine --mpi`` were refused as argparse refuses a
+    typo, "unrecognized arguments"; each now says what to do. A typo is refused as before."""
+    for role, option, says in [("engine", "--ssh=login.node", "makes no ssh tunnels"),
+                               ("engine", "--mpi", "under mpiexec takes its rank"),
+                               ("controller", "--enginessh=node1", "forward the ports with ssh -L"),
+                               ("engine", "--no-such-flag", "unrecognized arguments: --no-such")]:
+        out = subprocess.run([sys.executable, "-m", f"minipar.{role}", option], env=_env(),
+                             cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 2 and says in out.stderr, out.stderr
+
+
 def test_list_shows_controllers_started_by_hand(pids, minipar_dir):
     """`python -m minipar.controller` (default profile, in $MINIPAR_DIR) writes no cluster
     file; `list` finds it by its connection file, marked as started by hand."""
