@@ -595,6 +595,14 @@ class AsyncResult(_Future, errors.ClientSide):
                     if f.metadata["received"] is not None]
         return (max(received) - self._submitted).total_seconds() if received else 0.0
 
+    def timedelta(self, start, end, start_key=min, end_key=max):
+        """Seconds from `start` to `end`, as ipyparallel's: each is a datetime or a list
+        of them (``ar.submitted``, ``ar.received``...), of which `start_key` (the earliest)
+        and `end_key` (the latest) pick one."""
+        start = start if isinstance(start, datetime.datetime) else start_key(start)
+        end = end if isinstance(end, datetime.datetime) else end_key(end)
+        return (end - start).total_seconds()
+
     def wait_interactive(self, interval=0.1, timeout=None, widget=None, return_when=None):
         """Wait (at most `timeout` s), drawing a progress bar on stderr every `interval`
         s: requests done/total, rate and time left (tqdm's bar when it is installed; in

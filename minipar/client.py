@@ -48,7 +48,7 @@ from .asyncresult import (AsyncResult, ExecuteReply, _concat, _dated, _Derived, 
                           _not_back, _seconds, _seconds_check, _sent, _timeout_s)
 from .dependency import dependency_fields, dependent, msg_ids
 from .remotefunction import (ParallelFunction, RemoteFunction, _check_names, _check_pulled,
-                             _partition, _sequence, _sequences, interactive)
+                             _chunksize, _partition, _sequence, _sequences, interactive)
 # CompositeError too: classic scripts catch `client.CompositeError`
 from .errors import CompositeError, NoEnginesRegistered, TimeoutError
 
@@ -1518,10 +1518,10 @@ class LoadBalancedView(_View):
     @_ctrl_c_aborts
     def map(self, f, *sequences, block=None, chunksize=None, ordered=True,
             return_exceptions=False, label=None):
-        """Apply `f` element-wise as tasks of `chunksize` elements (default: about 4 chunks per
-        engine). The result is in input order; `ordered=False` makes iterating over the AsyncResult
-        yield chunks as they finish. `return_exceptions`: a failed chunk's error stands in for each
-        of its items, instead of raising. `label`: the label flag for this call."""
+        """Apply `f` element-wise as tasks of `chunksize` elements (default: 4 per engine, 64 at
+        least: MAP_MIN_CHUNKS). The result is in input order; `ordered=False` makes iterating
+        over it yield chunks as they finish. `return_exceptions`: a failed chunk's error stands
+        in for each of its items, instead of raising. `label`: the label flag for this call."""
         with self.temp_flags(**({} if label is None else {"label": label})):
             ar = self._map(f, sequences, chunksize=chunksize, ordered=ordered)
         ar._return_exceptions = return_exceptions
@@ -1530,7 +1530,7 @@ class LoadBalancedView(_View):
     def _map(self, f, sequences, elementwise=True, chunksize=None, ordered=True):
         seqs, n = _sequences(sequences, elementwise)
         if chunksize is None:
-            chunksize = max(1, -(-n // (4 * max(1, len(self.client.ids)))))
+            chunksize = _chunksize(n, len(self.client.ids), elementwise)
         elif not hasattr(chunksize, "__index__") or chunksize < 1:   # range() takes ints only
             raise (ValueError if hasattr(chunksize, "__index__") else TypeError)(
                 f"chunksize={chunksize!r:.40}: give a positive number of elements, an int")

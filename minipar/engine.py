@@ -1169,7 +1169,7 @@ class Engine:
     def _reply_error(self, header, exc, status=protocol.ERROR, **meta):
         info = {"engine_id": self.id, "msg_id": header["msg_id"], "kind": header["kind"]}
         tb = exc.__traceback__
-        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        while tb is not None and tb.tb_frame.f_code.co_filename in (__file__, datapub.__file__):
             tb = tb.tb_next  # the user's frames only: the engine's own say nothing to them
         remote = errors.wrap(exc.with_traceback(tb), info)
         self._send_reply(header, status, protocol.serialize(remote),
@@ -1513,7 +1513,7 @@ def main(argv=None):
     p.add_argument("--log-level", type=protocol.log_level,
                    default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"),
                    help="DEBUG, INFO (default, or $MINIPAR_LOG_LEVEL), WARNING or ERROR")
-    args = p.parse_args(argv)
+    args = protocol.parse_args(p, argv)
     # either at 0 made the engine give up at once, blaming the controller
     if not args.timeout > 0:
         p.error(f"--timeout must be above 0 s, not {args.timeout:g}")

@@ -1541,7 +1541,7 @@ def main(argv=None):
 
     p = sub.add_parser("start", help="start a controller and engines")
     selection(p)
-    p.add_argument("-n", type=_engine_count, help="number of engines (default: CPU count)")
+    p.add_argument("-n", "--n", type=_engine_count, help="number of engines (default: CPU count)")
     p.add_argument("--engines", default="local",
                    help=f"engine launcher kind: {', '.join(_BUILTIN)} (default local)")
     p.add_argument("--controller", default="local",
@@ -1562,7 +1562,7 @@ def main(argv=None):
     p.set_defaults(func=_cmd_start)
     p = sub.add_parser("engines", help="add engines to a running cluster")
     selection(p)
-    p.add_argument("-n", type=_engine_count, help="number of engines (default: CPU count)")
+    p.add_argument("-n", "--n", type=_engine_count, help="number of engines (default: CPU count)")
     p.add_argument("--engines", default=None,
                    help=f"engine launcher kind: {', '.join(_BUILTIN)} (default: the cluster's)")
     p.set_defaults(func=_cmd_engines)

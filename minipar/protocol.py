@@ -1176,6 +1176,28 @@ def log_level(text):
     return text.upper()
 
 
+_NO_TUNNEL = ("minipar makes no ssh tunnels: run it where the controller's address (its "
+              "connection file's location) is reachable, or forward the ports with ssh -L")
+# options of ipengine and ipcontroller that minipar's entry points leave out, with what to do
+IPYPARALLEL_OPTIONS = dict.fromkeys(("--ssh", "--sshkey", "--enginessh"), _NO_TUNNEL) | {
+    "--mpi": "not needed: an engine under mpiexec takes its rank from mpiexec's environment "
+             "(the engine property mpi_rank); tasks use MPI as any program does (mpi4py)"}
+
+
+def parse_args(parser, argv=None):
+    """`parser`'s parse_args, where an option of ipyparallel's that minipar leaves out
+    (``ipengine --ssh=host``, as its documents write it) is a usage error saying what to do
+    instead of argparse's bare 'unrecognized arguments'."""
+    args, unknown = parser.parse_known_args(argv)
+    for option in unknown:
+        why = IPYPARALLEL_OPTIONS.get(option.partition("=")[0])
+        if why:
+            parser.error(f"{option}: ipyparallel's option; {why}")
+    if unknown:
+        parser.error("unrecognized arguments: " + " ".join(unknown))
+    return args
+
+
 def base_dir():   # absolute: a relative $MINIPAR_DIR named no folder for an engine elsewhere
     return os.path.abspath(os.path.expandvars(os.path.expanduser(
         os.environ.get("MINIPAR_DIR") or os.path.join("~", ".minipar"))))
@@ -1336,6 +1358,17 @@ def read_connection_file(path, ports=CLIENT_PORTS):
             mode = os.fstat(f.fileno()).st_mode & 0o777   # of the file read, not a later one
             info = json.load(f)
     except FileNotFoundError:
+        if "://" in path:   # IPython.parallel's Client("tcp://host:port"): a url has no key
+            raise ConnectionFileError(
+                f"{path} is a url, not a connection file: a controller is reached through "
+                f"its {wanted}, which holds its key as well as its address (as ipyparallel "
+                "refuses a url for its ipcontroller-client.json); pass that file's path, or "
+                "its profile folder as profile_dir= (--profile-dir)") from None
+        ours = os.path.join(os.path.dirname(path), wanted)   # ipyparallel's name, beside ours
+        if os.path.basename(path).startswith("ipcontroller-") and os.path.isfile(ours):
+            raise ConnectionFileError(
+                f"no connection file at {path}: a minipar controller writes "
+                f"{wanted}, not ipyparallel's ipcontroller-*.json; pass {ours}") from None
         # a Cluster of a script keeps its files in a folder of its own, not in a profile's
         raise ConnectionFileError(
             f"no connection file at {path}: start a controller with `{_start_command(path)}`"

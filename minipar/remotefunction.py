@@ -71,6 +71,19 @@ class ParallelFunction(RemoteFunction):
         return self.view._finish(ar, self.block)
 
 
+# A load-balanced map's automatic chunks: four per engine registered when it is sent (as
+# multiprocessing.Pool.map's), yet at least this many, so that engines registering after it
+# (a batch system starting them as nodes free up, a script run right after the cluster's
+# start) share it too, as ipyparallel's one task per item lets them. A parallel function's
+# call makes four parts per engine. 16..1000 is reasonable: each task costs about 0.3 ms.
+MAP_MIN_CHUNKS = 64
+
+
+def _chunksize(n, engines, elementwise):
+    """The items per task of a load-balanced map of `n` items (see MAP_MIN_CHUNKS)."""
+    return max(1, -(-n // max(4 * engines, MAP_MIN_CHUNKS if elementwise else 4)))
+
+
 def _partition(seq, n, i):
     """The i-th of n nearly equal contiguous blocks of `seq`, the first len % n one longer
     (ipyparallel's block distribution: 10 on 4 engines is 3, 3, 2, 2)."""

@@ -5,6 +5,8 @@ and defaults (read from its source: ``client/view.py``, ``client/client.py``,
 import datetime
 import importlib.machinery
 import io
+import json
+import os
 import re
 
 import pytest
@@ -484,6 +486,27 @@ def test_client_refuses_an_ssh_tunnel_saying_what_to_do(shared_cluster):
         assert rc.ids == [0, 1, 2, 3]
     finally:
         rc.close()
+
+
+def test_a_url_or_ipyparallels_file_name_for_a_running_controller_says_what_to_pass(
+        shared_cluster):
+    """The controller runs: ``Client("tcp://host:port")`` (IPython.parallel's documents)
+    and ``Client(".../security/ipcontroller-client.json")`` (ipyparallel's name) said
+    "no connection file ...: start a controller", which sent the reader to start a second
+    one. Each now says what to pass instead."""
+    with open(shared_cluster.client_file) as f:
+        port = json.load(f)["ports"]["client"]
+    with pytest.raises(ipp.errors.ConnectionFileError) as caught:
+        ipp.Client(f"tcp://127.0.0.1:{port}", timeout=1)
+    assert f"tcp://127.0.0.1:{port} is a url, not a connection file" in str(caught.value)
+    assert "holds its key as well as its address" in str(caught.value)
+    assert "start a controller" not in str(caught.value)
+    security = os.path.dirname(shared_cluster.client_file)
+    with pytest.raises(ipp.errors.ConnectionFileError) as caught:
+        ipp.Client(os.path.join(security, "ipcontroller-client.json"), timeout=1)
+    assert f"not ipyparallel's ipcontroller-*.json; pass {shared_cluster.client_file}" \
+        in str(caught.value)
+    assert "start a controller" not in str(caught.value)
 
 
 def test_composite_error_elist_entries_unpack_as_ipyparallel_tuples(rc):

@@ -333,7 +333,8 @@ def test_a_name_ipyparallel_has_and_minipar_leaves_out_says_what_to_use(cluster)
     lview = rc.load_balanced_view()
     for obj, name, says in ((rc, "history", r"rc.hub_history\(\)"),
                             (rc[:], "imap", r"load_balanced_view\(\).imap"),
-                            (lview, "results", "live in the AsyncResults")):
+                            (lview, "results", "live in the AsyncResults"),
+                            (lview, "apply_with_flags", r"view.temp_flags\(after=")):
         with pytest.raises(AttributeError, match=rf"'{type(obj).__name__}' object has no "
                                                  rf"attribute '{name}': minipar leaves "
                                                  rf"ipyparallel's out; .*{says}"):

@@ -165,6 +165,22 @@ def test_metadata_keys_read_as_attributes(rc):
         md.nope
 
 
+def test_timedelta_measures_between_timestamps_as_ipyparallel(rc):
+    """``ar.timedelta(ar.submitted, ar.received)`` (ipyparallel's AsyncResult method, in
+    its timing scripts) was an AttributeError: the earliest of the first to the latest of
+    the second, or as start_key and end_key pick, for one result's datetimes too."""
+    ar = rc[:2].apply_async(time.sleep, 0.2)
+    ar.get(WAIT_S)
+    span = ar.timedelta(ar.submitted, ar.received)
+    assert span == (max(ar.received) - min(ar.submitted)).total_seconds() >= 0.2
+    assert ar.timedelta(ar.started, ar.completed, start_key=max, end_key=min) == \
+        (min(ar.completed) - max(ar.started)).total_seconds()
+    one = rc[0].apply_async(time.sleep, 0.1)
+    one.get(WAIT_S)
+    assert one.timedelta(one.started, one.completed) == \
+        (one.completed - one.started).total_seconds() >= 0.1
+
+
 def test_metadata_has_ipyparallels_keys(rc):
     """ipyparallel's Metadata always holds its keys ("Metadata keys" in its docs:
     error, execute_input, after, follow, engine_uuid, outputs...): code reading them

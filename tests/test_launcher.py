@@ -738,6 +738,35 @@ def test_launcher_start_on_a_hand_started_controller_prints_a_fix_that_works(pid
             cli("stop", "--all", "--profile-dir", prof)
 
 
+def test_start_and_engines_take_ipclusters_n_spelling(tmp_path):
+    """``ipcluster start --n=4`` and ``ipcluster engines --n=4`` (as its documents write
+    them) were refused: "unrecognized arguments: --n=4"."""
+    prof = str(tmp_path / "p")
+    out = cli("start", "--n=1", "--profile-dir", prof, "--daemonize", timeout=60)
+    try:
+        assert out.returncode == 0, out.stderr
+        out = cli("engines", "--n=1", "--profile-dir", prof, timeout=60)
+        assert out.returncode == 0, out.stderr
+        with minipar.Client(profile_dir=prof) as rc:
+            rc.wait_for_engines(2, 60)
+    finally:
+        cli("stop", "--profile-dir", prof)
+
+
+def test_ipengine_and_ipcontroller_options_minipar_leaves_out_say_what_to_do():
+    """``ipengine --ssh=host``, ``ipcontroller --enginessh=host`` (the ssh tunnels of
+    ipyparallel's documents) and ``ipengine --mpi`` were refused as argparse refuses a
+    typo, "unrecognized arguments"; each now says what to do. A typo is refused as before."""
+    for role, option, says in [("engine", "--ssh=login.node", "makes no ssh tunnels"),
+                               ("engine", "--mpi", "under mpiexec takes its rank"),
+                               ("controller", "--enginessh=node1", "forward the ports with ssh -L"),
+                               ("engine", "--no-such-flag", "unrecognized arguments: --no-such")]:
+        out = subprocess.run([sys.executable, "-m", f"minipar.{role}", option], env=_env(),
+                             cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 2 and says in out.stderr, out.stderr
+
+
 def test_list_shows_controllers_started_by_hand(pids, minipar_dir):
     """`python -m minipar.controller` (default profile, in $MINIPAR_DIR) writes no cluster
     file; `list` finds it by its connection file, marked as started by hand."""
@@ -911,7 +940,7 @@ def test_negative_engine_counts_are_refused(pids, tmp_path):
     out = cli("start", "-n", "-3", "--profile-dir", prof, "--daemonize", timeout=60)
     try:
         assert out.returncode == 2, out.stdout + out.stderr
-        assert "argument -n: '-3' is not a number of engines" in out.stderr, out.stderr
+        assert "argument -n/--n: '-3' is not a number of engines" in out.stderr, out.stderr
     finally:
         if out.returncode == 0:
             cli("stop", "--all", "--profile-dir", prof)

@@ -324,6 +324,10 @@ def test_execute_error_is_composite_with_the_engines_traceback(rc):
     assert isinstance(z.value, minipar.RemoteError)
     assert "ZeroDivisionError" in z.value.traceback and "1/0" in z.value.traceback
     assert z.value.engine_info["engine_id"] == 0
+    # the user's frames only, as an apply's: run_cell's exec() frame (datapub.py) said
+    # nothing to them
+    frames = re.findall(r'File "([^"]+)"', z.value.traceback)
+    assert frames and all(f.startswith("<minipar-execute-") for f in frames), frames
 
 
 def _execute_sources():

@@ -197,6 +197,27 @@ def test_apply_map_and_decorators(lview):
     assert sum(parallel_len(list(range(40)))) == 40        # blocks of the sequence
 
 
+def test_engines_that_register_after_a_map_is_sent_share_its_work(local_cluster, tmp_path):
+    """A map sent before its engines registered (a script run right after the cluster's
+    start; a batch system starting engines as nodes free up) was cut into chunks for the
+    engines registered then, four for none: the engines that came later got none of it.
+    Its automatic chunks are now at least MAP_MIN_CHUNKS, so as with ipyparallel's one task
+    per item, every engine that registers takes a share."""
+    rc = local_cluster.client()
+    go = str(tmp_path / "go")
+    ar = rc.load_balanced_view().map_async(held, range(10), [go] * 10)
+    local_cluster.start_engines(5)
+    rc.wait_for_engines(5, START_TIMEOUT_S)
+    try:   # each engine holds one of its tasks (the others queued, or taken back for it)
+        wait_until(lambda: sum(1 for s in rc.queue_status().values()
+                               if isinstance(s, dict) and s["tasks"]) == 5,
+                   START_TIMEOUT_S, "a task of the map on each of the 5 engines")
+    finally:
+        pathlib.Path(go).touch()
+    assert ar.get(TIMEOUT) == list(range(10))
+    assert sorted(set(ar.engine_id)) == rc.ids == [0, 1, 2, 3, 4]
+
+
 def test_parallel_takes_the_maps_chunksize_ordered_and_return_exceptions(lview):
     @lview.parallel(block=True, chunksize=3, ordered=False)
     def chunk_lens(xs):
