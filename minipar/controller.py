@@ -1539,7 +1539,7 @@ def main(argv=None):
     p.add_argument("--log-level", type=protocol.log_level,
                    default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"),
                    help="DEBUG, INFO (default, or $MINIPAR_LOG_LEVEL), WARNING or ERROR")
-    args = protocol.parse_args(p, argv)
+    args = errors.parse_args(p, argv)
     if args.cluster_id is not None:   # one controller per profile folder: its files name no id
         p.error(f"--cluster-id: only a cluster has one (`python -m {__package__}.launcher start "
                 "--cluster-id ID`); give this controller and its engines a --profile-dir")

@@ -1513,7 +1513,7 @@ def main(argv=None):
     p.add_argument("--log-level", type=protocol.log_level,
                    default=os.environ.get("MINIPAR_LOG_LEVEL", "INFO"),
                    help="DEBUG, INFO (default, or $MINIPAR_LOG_LEVEL), WARNING or ERROR")
-    args = protocol.parse_args(p, argv)
+    args = errors.parse_args(p, argv)
     # either at 0 made the engine give up at once, blaming the controller
     if not args.timeout > 0:
         p.error(f"--timeout must be above 0 s, not {args.timeout:g}")

@@ -373,6 +373,28 @@ def __getattr__(name):   # only for a name the module lacks: ``ipp.error.TaskRej
                          + (f": minipar leaves ipyparallel's out; {why}" if why else ""))
 
 
+_NO_TUNNEL = ("minipar makes no ssh tunnels: run it where the controller's address (its "
+              "connection file's location) is reachable, or forward the ports with ssh -L")
+# options of ipengine and ipcontroller that minipar's entry points leave out, with what to do
+IPYPARALLEL_OPTIONS = dict.fromkeys(("--ssh", "--sshkey", "--enginessh"), _NO_TUNNEL) | {
+    "--mpi": "not needed: an engine under mpiexec takes its rank from mpiexec's environment "
+             "(the engine property mpi_rank); tasks use MPI as any program does (mpi4py)"}
+
+
+def parse_args(parser, argv=None):
+    """`parser`'s parse_args, where an option of ipyparallel's that minipar leaves out
+    (``ipengine --ssh=host``, as its documents write it) is a usage error saying what to do
+    instead of argparse's bare 'unrecognized arguments'."""
+    args, unknown = parser.parse_known_args(argv)
+    for option in unknown:
+        why = IPYPARALLEL_OPTIONS.get(option.partition("=")[0])
+        if why:
+            parser.error(f"{option}: ipyparallel's option; {why}")
+    if unknown:
+        parser.error("unrecognized arguments: " + " ".join(unknown))
+    return args
+
+
 def refuse_absent(owner, given, absent):
     """The TypeError for keyword arguments `given` that `owner` lacks, saying what to do
     instead for one in `absent` (name -> advice)."""

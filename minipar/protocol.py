@@ -1176,28 +1176,6 @@ def log_level(text):
     return text.upper()
 
 
-_NO_TUNNEL = ("minipar makes no ssh tunnels: run it where the controller's address (its "
-              "connection file's location) is reachable, or forward the ports with ssh -L")
-# options of ipengine and ipcontroller that minipar's entry points leave out, with what to do
-IPYPARALLEL_OPTIONS = dict.fromkeys(("--ssh", "--sshkey", "--enginessh"), _NO_TUNNEL) | {
-    "--mpi": "not needed: an engine under mpiexec takes its rank from mpiexec's environment "
-             "(the engine property mpi_rank); tasks use MPI as any program does (mpi4py)"}
-
-
-def parse_args(parser, argv=None):
-    """`parser`'s parse_args, where an option of ipyparallel's that minipar leaves out
-    (``ipengine --ssh=host``, as its documents write it) is a usage error saying what to do
-    instead of argparse's bare 'unrecognized arguments'."""
-    args, unknown = parser.parse_known_args(argv)
-    for option in unknown:
-        why = IPYPARALLEL_OPTIONS.get(option.partition("=")[0])
-        if why:
-            parser.error(f"{option}: ipyparallel's option; {why}")
-    if unknown:
-        parser.error("unrecognized arguments: " + " ".join(unknown))
-    return args
-
-
 def base_dir():   # absolute: a relative $MINIPAR_DIR named no folder for an engine elsewhere
     return os.path.abspath(os.path.expandvars(os.path.expanduser(
         os.environ.get("MINIPAR_DIR") or os.path.join("~", ".minipar"))))
@@ -1274,13 +1252,11 @@ def replacement(path, info):
     """What connection file `path` holds if it names another controller than `info` does
     (other ports or key: one started without --reuse), else None (the same, or a file
     that cannot be read, being replaced say)."""
-    try:
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
         with open(path) as f:
             new = json.load(f)
         if (new["key"], new["ports"]) != (info["key"], info["ports"]):
             return new
-    except (OSError, ValueError, TypeError, KeyError):
-        pass
     return None
 
 
@@ -1295,8 +1271,7 @@ def _missing_or_stale(path):
     except (OSError, ValueError):   # read_connection_file names what is wrong with it
         return ""
     pid = _dead_controller(info)
-    return f"connection file {path} is stale (controller pid {pid} is not running)" if pid \
-        else ""
+    return f"connection file {path} is stale (controller pid {pid} is not running)" if pid else ""
 
 
 def _dead_controller(info):
@@ -1360,10 +1335,9 @@ def read_connection_file(path, ports=CLIENT_PORTS):
     except FileNotFoundError:
         if "://" in path:   # IPython.parallel's Client("tcp://host:port"): a url has no key
             raise ConnectionFileError(
-                f"{path} is a url, not a connection file: a controller is reached through "
-                f"its {wanted}, which holds its key as well as its address (as ipyparallel "
-                "refuses a url for its ipcontroller-client.json); pass that file's path, or "
-                "its profile folder as profile_dir= (--profile-dir)") from None
+                f"{path} is a url, not a connection file: pass the controller's {wanted} "
+                "(it holds the key as well as the address; ipyparallel refuses a url too), "
+                "or its profile folder as profile_dir= (--profile-dir)") from None
         ours = os.path.join(os.path.dirname(path), wanted)   # ipyparallel's name, beside ours
         if os.path.basename(path).startswith("ipcontroller-") and os.path.isfile(ours):
             raise ConnectionFileError(
@@ -1468,14 +1442,12 @@ def in_foreground():
     typed there reaches. False with no controlling terminal (opening /dev/tty fails)."""
     try:
         fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+        try:
+            return os.tcgetpgrp(fd) == os.getpgrp()
+        finally:
+            os.close(fd)
     except OSError:
         return False
-    try:
-        return os.tcgetpgrp(fd) == os.getpgrp()
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
 
 
 def proc_stat(pid, field):

@@ -499,7 +499,7 @@ def test_a_url_or_ipyparallels_file_name_for_a_running_controller_says_what_to_p
     with pytest.raises(ipp.errors.ConnectionFileError) as caught:
         ipp.Client(f"tcp://127.0.0.1:{port}", timeout=1)
     assert f"tcp://127.0.0.1:{port} is a url, not a connection file" in str(caught.value)
-    assert "holds its key as well as its address" in str(caught.value)
+    assert "holds the key as well as the address" in str(caught.value)
     assert "start a controller" not in str(caught.value)
     security = os.path.dirname(shared_cluster.client_file)
     with pytest.raises(ipp.errors.ConnectionFileError) as caught:
