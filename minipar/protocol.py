@@ -1182,14 +1182,17 @@ def base_dir():   # absolute: a relative $MINIPAR_DIR named no folder for an eng
 
 
 def profile_dir(profile=None, profile_dir=None, ipython_dir=None):
-    """The profile folder: `profile_dir` (``~`` and $VARS expanded, as ipyparallel's: a
-    Cluster given "~/run" made a folder named "~" where it ran), else profile_NAME in
-    `ipython_dir` (a Client's, as ipyparallel's, in place of base_dir()) or base_dir(). A
-    name that is a path (--profile /data/run1 meant as --profile-dir) is a ValueError
-    saying so: it made the folder profile_/data/run1 there, which no engine given that
-    path looked in."""
+    """The profile folder: `profile_dir` (``~`` and $VARS expanded, as ipyparallel's),
+    else profile_NAME in `ipython_dir` (a Client's, as ipyparallel's) or base_dir(). A
+    ValueError says what to pass for a name that is a path (--profile /data/run1 meant as
+    --profile-dir); a profile's security folder as `profile_dir` means its profile."""
     if profile_dir:
-        return os.path.abspath(os.path.expandvars(os.path.expanduser(profile_dir)))
+        pdir = os.path.abspath(os.path.expandvars(os.path.expanduser(profile_dir)))
+        if os.path.basename(pdir) == "security" and os.path.isfile(os.path.join(pdir, CLIENT_FILE)):
+            warnings.warn(f"{pdir} is a profile's security folder: its profile folder, "
+                          f"{os.path.dirname(pdir)}, is used (pass that)", stacklevel=2)
+            pdir = os.path.dirname(pdir)
+        return pdir
     if profile and (os.sep in profile or profile in (".", "..")):
         raise ValueError(f"profile {profile!r} is a path, not a name: pass a folder as "
                          f"--profile-dir (profile_dir=), or a name for {base_dir()}"
@@ -1302,10 +1305,8 @@ def live_controller(profile_dir):
     except ConnectionFileError:
         return None
     pid = info.get("pid")
-    if info.get("host") != socket.gethostname() or not isinstance(pid, int) \
-            or pid == os.getpid() or not _runs_controller(pid):
-        return None
-    return info
+    mine = info.get("host") == socket.gethostname() and isinstance(pid, int)
+    return info if mine and pid != os.getpid() and _runs_controller(pid) else None
 
 
 def _runs_controller(pid):

@@ -8,10 +8,13 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
 import minipar as ipp
+from .conftest import START_TIMEOUT_S
 from .helpers import wait_until
 
 TIMEOUT = 60
@@ -889,3 +892,23 @@ def test_db_query_finds_a_clients_records_by_its_session(rc, shared_cluster):
             rc.db_query({"engine": "0"})
     finally:
         other.close()
+
+
+def test_a_profiles_security_folder_given_as_its_profile_folder_means_the_profile(
+        local_cluster):
+    """The connection files lie in PROFILE/security, so a newcomer passes that folder as
+    --profile-dir (profile_dir=): the engine, the client and top looked in
+    security/security, waited and said to start a controller there. Each now uses the
+    profile, saying so."""
+    security = os.path.join(local_cluster.profile_dir, "security")
+    engine = local_cluster._spawn("engine", ["--profile-dir", security])
+    local_cluster.engines.append(engine)
+    with pytest.warns(UserWarning, match="is a profile's security folder: its profile folder"):
+        rc = ipp.Client(profile_dir=security, timeout=START_TIMEOUT_S)
+    local_cluster.clients.append(rc)
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    assert rc[:].apply_sync(abs, -3) == [3]
+    top = subprocess.run([sys.executable, "-m", "minipar.top", "--once", "--profile-dir",
+                          security], capture_output=True, text=True, timeout=START_TIMEOUT_S)
+    assert top.returncode == 0 and "engine" in top.stdout, top.stderr
+    assert f"its profile folder, {local_cluster.profile_dir}, is used" in top.stderr
