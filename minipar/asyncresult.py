@@ -864,6 +864,12 @@ def _never_sent():
                               "send short), so it never ran")
 
 
+def _in_io_thread(client):
+    """Whether this is `client`'s I/O thread, where done callbacks run: a wait there for
+    anything the controller sends would wait for ever, as that thread is its reader."""
+    return client is not None and threading.current_thread() is client._io
+
+
 def _abort_quietly(client, ars, queued_only=False):
     """Abort the requests of AsyncResults `ars` still waiting for their replies (a
     cancelled _OneRequest is done, but its request is not), in one round trip; with
@@ -871,14 +877,18 @@ def _abort_quietly(client, ars, queued_only=False):
     said so runs to its end, its reply dropped). A failure is logged, not raised:
     cancel() must work while the controller is gone. While the connection is lost no
     answer can come: the abort waits in the client's queue for the controller to come
-    back (with --reuse), and is not waited for."""
+    back (with --reuse), and is not waited for. Nor is it in a done callback, which runs
+    in the I/O thread: the answer comes through that thread, so waiting for it there
+    stalled the client for its timeout per cancel() while the tasks it named started."""
     ids = [f.msg_id for ar in ars for f in ar._children if f.msg_id in client._futures]
     if ids and not client._closed:
         try:
             lost = client._lost_at
-            if lost is None:
+            if lost is None and not _in_io_thread(client):
                 return client._abort(ids, queued_only)
             client._send_query(protocol.ABORT, dict(msg_ids=ids, queued_only=queued_only))
+            if lost is None:
+                return
             log.warning("the controller is unreachable (lost %.1f s ago): the %d request(s) "
                         "stopped here are aborted (or failed) when it comes back, or fail if "
                         "it is not back within %s s of its loss (reconnect_timeout)",

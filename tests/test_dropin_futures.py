@@ -332,6 +332,39 @@ def test_shutdown_cancel_futures_cancels_only_what_has_not_started(rc, marks, tm
     assert sorted(f.result() for f in running) == [0, 1, 2, 3]
 
 
+def test_cancel_in_a_done_callback_neither_stalls_the_client_nor_lets_them_run(
+        rc, marks, tmp_path):
+    """The "first one done cancels the rest" pattern: done callbacks run in the client's
+    I/O thread, through which the controller's answer to the abort comes, so cancel()
+    there sends the abort without waiting for that answer. It waited the client's timeout
+    (10 s) per call, all replies held meanwhile, while the queued tasks started."""
+    go, first = tmp_path / "go", tmp_path / "first"
+    blockers = [rc[e].apply_async(mark_then_wait, marks, e, str(first if e == rc.ids[0] else go))
+                for e in rc.ids]
+    wait_until(lambda: len(os.listdir(marks)) == 4, WAIT_S, "the engines did not start")
+    ex = rc.executor()
+    queued = [ex.submit(mark_then_sleep, marks, f"q{i}", 0) for i in range(6)]
+    called = threading.Event()
+    cancels, took = [], []
+
+    def cancel_the_rest(_):
+        began = time.monotonic()
+        cancels.extend(f.cancel() for f in queued)
+        took.append(time.monotonic() - began)
+        called.set()
+
+    blockers[0].add_done_callback(cancel_the_rest)
+    first.touch()
+    assert called.wait(WAIT_S)
+    assert took[0] < 5, f"cancel() in a done callback took {took[0]:.1f} s"
+    assert sum(cancels) >= 4, cancels   # engine 0, free, may start one or two meanwhile
+    assert rc.queue_status()[rc.ids[0]] is not None   # the client answers at once
+    go.touch()
+    assert rc.wait(blockers, WAIT_S) and rc.wait(timeout=WAIT_S)
+    # one engine 0 started before it said so runs to its end (see the next tests)
+    assert len({f"q{i}" for i in range(6)} & set(os.listdir(marks))) <= 2
+
+
 def test_abort_still_interrupts_a_running_task(rc):
     ar = rc.load_balanced_view().apply_async(sleep_then, 60, None)
     wait_until(ar.running, WAIT_S, "never running")
