@@ -349,7 +349,7 @@ class AsyncResult(_Future, errors.ClientSide):
         return list(self._children)
 
     def result(self, timeout=None):
-        self._reachable()
+        self._reachable(timeout)
         if timeout is None and not self.done():   # else a timeout says why it waited
             _warn_if_no_engines(self._client)
         try:
@@ -361,13 +361,16 @@ class AsyncResult(_Future, errors.ClientSide):
             raise concurrent.futures.TimeoutError(
                 f"result not ready after {timeout:.3g} s: {why}") from None
 
-    def _reachable(self):
+    def _reachable(self, timeout=None):
         # raise at once where no reply can come: its Client is closed (in a forked child,
         # made so at the fork: the I/O thread that would read the reply is the parent's;
-        # there it is also the error of what was pending, see _fail_in_forked_child)
+        # there it is also the error of what was pending, see _fail_in_forked_child), or
+        # this is a done callback, in the I/O thread that reads it
         closed = self._client is not None and self._client._closed
         if closed and (self._exception is closed or not self.done()):
             raise closed
+        if timeout != 0 and not self.done():
+            _not_in_io_thread(self._client, "a result")
 
     def get(self, timeout=None, return_exceptions=None, return_when=None):
         """The result; raises TimeoutError if not ready within `timeout` seconds. With
@@ -376,7 +379,7 @@ class AsyncResult(_Future, errors.ClientSide):
         ``return_when=FIRST_EXCEPTION`` (ipyparallel's): raise the first request's error
         as soon as it fails, not once all are done (FIRST_COMPLETED: as ALL_COMPLETED)."""
         timeout = _timeout_s(timeout)   # before the try: it would take a TypeError for a timeout
-        self._reachable()               # (and a closed Client's error)
+        self._reachable(timeout)        # (and a closed Client's error)
         if return_when == concurrent.futures.FIRST_EXCEPTION and not (
                 self._return_exceptions if return_exceptions is None else return_exceptions):
             began = time.monotonic()
@@ -417,8 +420,8 @@ class AsyncResult(_Future, errors.ClientSide):
         `return_when` (FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED), as ipyparallel's:
         wait as ``concurrent.futures.wait`` does on the parts of ``split()``, and return
         its (done, pending) sets of them."""
-        self._reachable()
         timeout = _timeout_s(timeout)
+        self._reachable(timeout)
         if timeout is None and not self.done():
             _warn_if_no_engines(self._client)
         if return_when is not None:
@@ -868,6 +871,16 @@ def _in_io_thread(client):
     """Whether this is `client`'s I/O thread, where done callbacks run: a wait there for
     anything the controller sends would wait for ever, as that thread is its reader."""
     return client is not None and threading.current_thread() is client._io
+
+
+def _not_in_io_thread(client, what):
+    """Raise where a wait for `what`, which the controller sends, is made in a done
+    callback: that runs in `client`'s I/O thread, the one that would read it, so the wait
+    could only end with its timeout (without one: never), all replies held meanwhile."""
+    if _in_io_thread(client):
+        raise RuntimeError(f"cannot wait for {what} in a done callback: callbacks run in the "
+                           "client's I/O thread, which receives what the wait is for; wait in "
+                           "another thread, or chain callbacks (add_done_callback)")
 
 
 def _abort_quietly(client, ars, queued_only=False):

@@ -44,8 +44,8 @@ import zmq
 from . import errors, protocol
 from .asyncresult import (AsyncResult, ExecuteReply, _concat, _dated, _Derived, _fail, _forked,
                           _MsgFuture, _OneRequest, _aborted_on_ctrl_c, _check_count,
-                          _ctrl_c_aborts, _last_engine_gone, _never_sent, _not_back, _seconds,
-                          _seconds_check, _sent, _timeout_s)
+                          _ctrl_c_aborts, _last_engine_gone, _never_sent, _not_back,
+                          _not_in_io_thread, _seconds, _seconds_check, _sent, _timeout_s)
 from .dependency import dependency_fields, dependent, msg_ids
 from .remotefunction import (ParallelFunction, RemoteFunction, _check_names, _check_pulled,
                              _partition, _sequence, _sequences, interactive)
@@ -642,6 +642,7 @@ class Client(errors.SaysWhyAbsent):
     def query(self, kind, timeout=None, **fields):
         """A request of protocol kind `kind` to the controller itself: its reply header,
         waited for `timeout` s at most (default: the Client's). Internal interface."""
+        _not_in_io_thread(self, f"the controller's answer to {kind}")
         f, timeout = self._send_query(kind, fields), self.timeout if timeout is None else timeout
         try:
             return f.result(timeout)
@@ -1450,10 +1451,9 @@ class LoadBalancedView(_View):
     def _recovery_chain(self):
         """The `recovery` flag as [(function, its frames), ...] to submit with each task,
         or the msg_id of a dormant task made beforehand, or None."""
-        rec = self.recovery
+        rec = [self.recovery] if callable(self.recovery) else self.recovery
         if rec is None:
             return None
-        rec = [rec] if callable(rec) else rec
         if isinstance(rec, (list, tuple)) and rec and all(callable(g) for g in rec):
             return [(g, protocol.serialize(g)) for g in rec]
         ids = msg_ids(rec)

@@ -365,6 +365,34 @@ def test_cancel_in_a_done_callback_neither_stalls_the_client_nor_lets_them_run(
     assert len({f"q{i}" for i in range(6)} & set(os.listdir(marks))) <= 2
 
 
+def test_a_wait_in_a_done_callback_says_why_it_cannot_end(rc):
+    """A done callback runs in the I/O thread, the one that would receive what it waits
+    for: a wait there (a result, or the controller's answer to a query) raises at once
+    saying so. It hung for ever (with a timeout: ended by it, as if the task were slow)."""
+    lv = rc.load_balanced_view()
+    slow = lv.apply_async(sleep_then, WAIT_S, "slow")
+    called = threading.Event()
+    seen = []
+
+    def waits(_):
+        for wait in (slow.result, lambda: slow.get(0), lambda: rc.wait([slow], 0),
+                     rc.queue_status, lambda: lv.apply_sync(abs, -1)):
+            try:
+                seen.append(wait())
+            except Exception as e:
+                seen.append(e)
+        called.set()
+
+    lv.apply_async(abs, -1).add_done_callback(waits)
+    assert called.wait(WAIT_S / 2), "a wait in a done callback hung"
+    blocked, polled, waited, queried, applied = seen
+    assert isinstance(blocked, RuntimeError) and "done callback" in str(blocked)
+    assert isinstance(polled, cf.TimeoutError) and waited is False   # a poll is no wait
+    assert isinstance(queried, RuntimeError) and "queue_status" in str(queried)
+    assert isinstance(applied, RuntimeError)
+    slow.abort()
+
+
 def test_abort_still_interrupts_a_running_task(rc):
     ar = rc.load_balanced_view().apply_async(sleep_then, 60, None)
     wait_until(ar.running, WAIT_S, "never running")
