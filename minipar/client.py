@@ -1008,10 +1008,8 @@ class Client(errors.SaysWhyAbsent):
         frames of request and result (``wire``, ``result_parts``), which come only when named
         (records.DictDB lists the keys). Times are datetimes (aware, UTC), as ipyparallel's; a
         query takes them, or ``time.time()`` seconds."""
-        if isinstance(keys, str):
-            keys = [keys]
-        records = self.query(protocol.DB_QUERY, query=_seconds(query),
-                             keys=None if keys is None else list(keys))["records"]
+        keys = [keys] if isinstance(keys, str) else None if keys is None else list(keys)
+        records = self.query(protocol.DB_QUERY, query=_seconds(query), keys=keys)["records"]
         return [_dated(r) for r in records]
 
     def shutdown(self, targets="all", restart=False, hub=False, block=True):
@@ -1159,6 +1157,10 @@ class _View(errors.SaysWhyAbsent):
     def apply_sync(self, f, /, *args, **kwargs):
         return self._finish(self._apply(f, args, kwargs), True)
 
+    def apply_with_flags(self, f, args=None, kwargs=None, block=None, **flags):
+        """``f(*args, **kwargs)`` with `flags` for this call alone (the seed's task docs)."""
+        return RemoteFunction(self, f, block, **flags)(*(args or ()), **(kwargs or {}))
+
     def map_async(self, f, *sequences, **kwargs):
         return self.map(f, *sequences, block=False, **kwargs)
 
@@ -1187,8 +1189,7 @@ class _View(errors.SaysWhyAbsent):
 
     def purge_results(self, jobs=(), targets=()):
         """``rc.purge_results``; `targets` None or 'all': this view's engines."""
-        if targets is None or targets == "all":
-            targets = self.targets
+        targets = self.targets if targets is None or targets == "all" else targets
         jobs, targets = (None if isinstance(x, (list, tuple)) and not x else x
                          for x in (jobs, targets))
         return self.client.purge_results(jobs, targets)
@@ -1523,8 +1524,7 @@ class LoadBalancedView(_View):
         elif not hasattr(chunksize, "__index__") or chunksize < 1:   # range() takes ints only
             raise (ValueError if hasattr(chunksize, "__index__") else TypeError)(
                 f"chunksize={chunksize!r:.40}: give a positive number of elements, an int")
-        fparts = protocol.serialize_function(f)
-        fields = self._task_fields()
+        fparts, fields = protocol.serialize_function(f), self._task_fields()
         chain = self._recovery_chain()
         if isinstance(chain, str) and n > chunksize:
             raise ValueError("recovery= names one task, which can recover one task only; "
