@@ -7,6 +7,7 @@ the ``label`` flag, ``return_exceptions``, ``datapub.publish_data`` and ``ar.dat
 """
 
 import concurrent.futures as cf
+import contextlib
 import datetime
 import gc
 import io
@@ -391,6 +392,19 @@ def test_a_wait_in_a_done_callback_says_why_it_cannot_end(rc):
     assert isinstance(queried, RuntimeError) and "queue_status" in str(queried)
     assert isinstance(applied, RuntimeError)
     slow.abort()
+
+
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_closing_an_executor_map_cancels_the_calls_not_started(rc, marks, chunksize):
+    """Executor.map returns a generator, with or without chunks (ProcessPoolExecutor's
+    too): close() it, or leave a `with closing(...)` block, and what has not started never
+    runs. With chunks it was an itertools.chain, which has no close()."""
+    with rc.executor() as ex:
+        with contextlib.closing(ex.map(mark_then_sleep, [marks] * 60, range(60),
+                                       [0.5] * 60, chunksize=chunksize)) as results:
+            assert next(results) == 0
+        assert rc.wait(timeout=WAIT_S)
+    assert len(os.listdir(marks)) < 40
 
 
 def test_abort_still_interrupts_a_running_task(rc):
