@@ -883,6 +883,17 @@ def _not_in_io_thread(client, what):
                            "another thread, or chain callbacks (add_done_callback)")
 
 
+def _abort_ids(client, msg_ids, queued_only=False):
+    """``client._abort(msg_ids, queued_only)``: how many were pending. In a done callback
+    (the I/O thread, which reads the answer) the abort is sent, its answer not waited for
+    (None): "first failure aborts the rest" works in a callback."""
+    if not _in_io_thread(client):
+        return client._abort(msg_ids, queued_only)
+    if msg_ids:
+        client._send_query(protocol.ABORT, dict(msg_ids=msg_ids, queued_only=queued_only))
+    return None
+
+
 def _abort_quietly(client, ars, queued_only=False):
     """Abort the requests of AsyncResults `ars` still waiting for their replies (a
     cancelled _OneRequest is done, but its request is not), in one round trip; with
@@ -897,11 +908,9 @@ def _abort_quietly(client, ars, queued_only=False):
     if ids and not client._closed:
         try:
             lost = client._lost_at
-            if lost is None and not _in_io_thread(client):
-                return client._abort(ids, queued_only)
-            client._send_query(protocol.ABORT, dict(msg_ids=ids, queued_only=queued_only))
             if lost is None:
-                return
+                return _abort_ids(client, ids, queued_only)
+            client._send_query(protocol.ABORT, dict(msg_ids=ids, queued_only=queued_only))
             log.warning("the controller is unreachable (lost %.1f s ago): the %d request(s) "
                         "stopped here are aborted (or failed) when it comes back, or fail if "
                         "it is not back within %s s of its loss (reconnect_timeout)",

@@ -43,7 +43,7 @@ import zmq
 
 from . import errors, protocol
 from .asyncresult import (AsyncResult, ExecuteReply, _concat, _dated, _Derived, _fail, _forked,
-                          _MsgFuture, _OneRequest, _aborted_on_ctrl_c, _check_count,
+                          _MsgFuture, _OneRequest, _abort_ids, _aborted_on_ctrl_c, _check_count,
                           _ctrl_c_aborts, _last_engine_gone, _never_sent, _not_back,
                           _not_in_io_thread, _seconds, _seconds_check, _sent, _timeout_s)
 from .dependency import dependency_fields, dependent, msg_ids
@@ -916,14 +916,14 @@ class Client(errors.SaysWhyAbsent):
         """Abort jobs (msg_ids or AsyncResults; None or 'all': every request this client
         made and has no answer to, a cancelled one its engine runs on too but not another
         client's it follows through get_result, or with `targets` those sent to these
-        engines): queued ones fail with TaskAborted, running ones are interrupted.
-        Done when it returns (`block`: ipyparallel's, accepted); warns if none was left."""
+        engines): queued ones fail with TaskAborted, running ones are interrupted. Done when
+        it returns (in a done callback: sent; `block` is accepted); warns if none was left."""
         self._check_usable()
         on = None if targets is None else self.resolve_targets(targets)
         ids = ([f.msg_id for f in self.pending_requests() if on is None or f._md["engine_id"] in on]
                if jobs is None or jobs == "all" else self._msg_ids(jobs))
-        pending = self._abort(ids)
-        if not pending:
+        pending = _abort_ids(self, ids)   # None in a done callback: not waited for
+        if pending == 0:
             warnings.warn(f"nothing to abort: none of the {len(ids)} requests named is "
                           "pending (finished already, or unknown to the controller)",
                           RuntimeWarning, stacklevel=2)
