@@ -886,8 +886,10 @@ def _not_in_io_thread(client, what):
 def _abort_ids(client, msg_ids, queued_only=False):
     """``client._abort(msg_ids, queued_only)``: how many were pending. In a done callback
     (the I/O thread, which reads the answer) the abort is sent, its answer not waited for
-    (None): "first failure aborts the rest" works in a callback."""
-    if not _in_io_thread(client):
+    (None): "first failure aborts the rest" works in a callback. So at interpreter exit,
+    when the I/O thread has stopped for good (a cancel() in a __del__, or a map generator
+    finalized then): a wait there lasted the client's timeout (10 s) per call."""
+    if not (_in_io_thread(client) or sys.is_finalizing()):
         return client._abort(msg_ids, queued_only)
     if msg_ids:
         client._send_query(protocol.ABORT, dict(msg_ids=msg_ids, queued_only=queued_only))

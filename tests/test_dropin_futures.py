@@ -12,6 +12,7 @@ import datetime
 import gc
 import io
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -408,6 +409,39 @@ def test_closing_an_executor_map_cancels_the_calls_not_started(rc, marks, chunks
             assert next(results) == 0
         assert rc.wait(timeout=WAIT_S)
     assert len(os.listdir(marks)) < 40
+
+
+AT_EXIT = """
+import builtins, sys, time, minipar
+rc = minipar.Client(sys.argv[1])
+lv = rc.load_balanced_view()
+blockers = [lv.apply_async(time.sleep, 5) for _ in range(4)]
+queued = [lv.apply_async(abs, -1) for _ in range(3)]
+print(*[q.msg_ids[0] for q in queued], flush=True)
+
+class AtExit:   # kept in builtins: deleted once the interpreter is finalizing
+    def __del__(self):
+        began = time.monotonic()
+        cancelled = [q.cancel() for q in queued]
+        print(all(cancelled), round(time.monotonic() - began, 1), flush=True)
+
+builtins._kept = (AtExit(), rc, queued)
+"""
+
+
+def test_a_cancel_at_interpreter_exit_is_sent_without_a_wait(cluster, rc):
+    """At exit the client's I/O thread has stopped for good: cancel() (a map generator
+    finalized then, a __del__) sends the abort without waiting for an answer that cannot
+    come. It waited the client's timeout, 10 s per call, and the tasks ran all the same."""
+    began = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", AT_EXIT, cluster.client_file],
+                         capture_output=True, text=True, timeout=WAIT_S)
+    assert time.monotonic() - began < 20, out.stderr
+    ids, summary = out.stdout.splitlines()
+    assert summary.split()[0] == "True" and float(summary.split()[1]) < 5, out.stderr
+    wait_until(lambda: {r["status"] for r in rc.db_query({"msg_id": {"$in": ids.split()}},
+                                                         ["status"])} == {"aborted"},
+               WAIT_S, "the tasks cancelled at exit aborted")
 
 
 def test_abort_still_interrupts_a_running_task(rc):
