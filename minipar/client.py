@@ -1569,7 +1569,7 @@ class LoadBalancedView(_View):
         finally:
             left = [fut for fut in outstanding if not fut.done()]
             if left and not self.client._closed:
-                self.client._abort(self.client._msg_ids(left))
+                _abort_ids(self.client, self.client._msg_ids(left))   # at exit: not waited for
 
     @staticmethod
     def _next_result(outstanding, ordered, return_exceptions):

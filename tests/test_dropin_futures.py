@@ -415,7 +415,9 @@ AT_EXIT = """
 import builtins, sys, time, minipar
 rc = minipar.Client(sys.argv[1])
 lv = rc.load_balanced_view()
-blockers = [lv.apply_async(time.sleep, 5) for _ in range(4)]
+results = lv.imap(time.sleep, [0, 30, 30], ordered=False)   # two left running
+next(results)
+blockers = [lv.apply_async(time.sleep, 5) for _ in range(2)]
 queued = [lv.apply_async(abs, -1) for _ in range(3)]
 print(*[q.msg_ids[0] for q in queued], flush=True)
 
@@ -423,16 +425,17 @@ class AtExit:   # kept in builtins: deleted once the interpreter is finalizing
     def __del__(self):
         began = time.monotonic()
         cancelled = [q.cancel() for q in queued]
+        results.close()   # aborts the two still running
         print(all(cancelled), round(time.monotonic() - began, 1), flush=True)
 
-builtins._kept = (AtExit(), rc, queued)
+builtins._kept = (AtExit(), rc, queued, results)
 """
 
 
 def test_a_cancel_at_interpreter_exit_is_sent_without_a_wait(cluster, rc):
-    """At exit the client's I/O thread has stopped for good: cancel() (a map generator
-    finalized then, a __del__) sends the abort without waiting for an answer that cannot
-    come. It waited the client's timeout, 10 s per call, and the tasks ran all the same."""
+    """At exit the client's I/O thread has stopped for good: cancel() and closing an imap
+    (a generator finalized then, a __del__) send the abort without waiting for an answer
+    that cannot come. Each waited the client's timeout, 10 s."""
     began = time.monotonic()
     out = subprocess.run([sys.executable, "-c", AT_EXIT, cluster.client_file],
                          capture_output=True, text=True, timeout=WAIT_S)
