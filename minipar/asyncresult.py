@@ -351,7 +351,7 @@ class AsyncResult(_Future, errors.ClientSide):
         return list(self._children)
 
     def result(self, timeout=None):
-        self._reachable()
+        self._reachable(timeout)
         if timeout is None and not self.done():   # else a timeout says why it waited
             _warn_if_no_engines(self._client)
         try:
@@ -363,13 +363,16 @@ class AsyncResult(_Future, errors.ClientSide):
             raise concurrent.futures.TimeoutError(
                 f"result not ready after {timeout:.3g} s: {why}") from None
 
-    def _reachable(self):
+    def _reachable(self, timeout=None):
         # raise at once where no reply can come: its Client is closed (in a forked child,
         # made so at the fork: the I/O thread that would read the reply is the parent's;
-        # there it is also the error of what was pending, see _fail_in_forked_child)
+        # there it is also the error of what was pending, see _fail_in_forked_child), or
+        # this is a done callback, in the I/O thread that reads it
         closed = self._client is not None and self._client._closed
         if closed and (self._exception is closed or not self.done()):
             raise closed
+        if timeout != 0 and not self.done():
+            _not_in_io_thread(self._client, "a result")
 
     def get(self, timeout=None, return_exceptions=None, return_when=None):
         """The result; raises TimeoutError if not ready within `timeout` seconds. With
@@ -378,7 +381,7 @@ class AsyncResult(_Future, errors.ClientSide):
         ``return_when=FIRST_EXCEPTION`` (ipyparallel's): raise the first request's error
         as soon as it fails, not once all are done (FIRST_COMPLETED: as ALL_COMPLETED)."""
         timeout = _timeout_s(timeout)   # before the try: it would take a TypeError for a timeout
-        self._reachable()               # (and a closed Client's error)
+        self._reachable(timeout)        # (and a closed Client's error)
         if return_when == concurrent.futures.FIRST_EXCEPTION and not (
                 self._return_exceptions if return_exceptions is None else return_exceptions):
             began = time.monotonic()
@@ -419,8 +422,8 @@ class AsyncResult(_Future, errors.ClientSide):
         `return_when` (FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED), as ipyparallel's:
         wait as ``concurrent.futures.wait`` does on the parts of ``split()``, and return
         its (done, pending) sets of them."""
-        self._reachable()
         timeout = _timeout_s(timeout)
+        self._reachable(timeout)
         if timeout is None and not self.done():
             _warn_if_no_engines(self._client)
         if return_when is not None:
@@ -896,6 +899,35 @@ def _never_sent():
                               "send short), so it never ran")
 
 
+def _in_io_thread(client):
+    """Whether this is `client`'s I/O thread, where done callbacks run: a wait there for
+    anything the controller sends would wait for ever, as that thread is its reader."""
+    return client is not None and threading.current_thread() is client._io
+
+
+def _not_in_io_thread(client, what):
+    """Raise where a wait for `what`, which the controller sends, is made in a done
+    callback: that runs in `client`'s I/O thread, the one that would read it, so the wait
+    could only end with its timeout (without one: never), all replies held meanwhile."""
+    if _in_io_thread(client):
+        raise RuntimeError(f"cannot wait for {what} in a done callback: callbacks run in the "
+                           "client's I/O thread, which receives what the wait is for; wait in "
+                           "another thread, or chain callbacks (add_done_callback)")
+
+
+def _abort_ids(client, msg_ids, queued_only=False):
+    """``client._abort(msg_ids, queued_only)``: how many were pending. In a done callback
+    (the I/O thread, which reads the answer) the abort is sent, its answer not waited for
+    (None): "first failure aborts the rest" works in a callback. So at interpreter exit,
+    when the I/O thread has stopped for good (a cancel() in a __del__, or a map generator
+    finalized then): a wait there lasted the client's timeout (10 s) per call."""
+    if not (_in_io_thread(client) or sys.is_finalizing()):
+        return client._abort(msg_ids, queued_only)
+    if msg_ids:
+        client._send_query(protocol.ABORT, dict(msg_ids=msg_ids, queued_only=queued_only))
+    return None
+
+
 def _abort_quietly(client, ars, queued_only=False):
     """Abort the requests of AsyncResults `ars` still waiting for their replies (a
     cancelled _OneRequest is done, but its request is not), in one round trip; with
@@ -903,13 +935,15 @@ def _abort_quietly(client, ars, queued_only=False):
     said so runs to its end, its reply dropped). A failure is logged, not raised:
     cancel() must work while the controller is gone. While the connection is lost no
     answer can come: the abort waits in the client's queue for the controller to come
-    back (with --reuse), and is not waited for."""
+    back (with --reuse), and is not waited for. Nor is it in a done callback, which runs
+    in the I/O thread: the answer comes through that thread, so waiting for it there
+    stalled the client for its timeout per cancel() while the tasks it named started."""
     ids = [f.msg_id for ar in ars for f in ar._children if f.msg_id in client._futures]
     if ids and not client._closed:
         try:
             lost = client._lost_at
             if lost is None:
-                return client._abort(ids, queued_only)
+                return _abort_ids(client, ids, queued_only)
             client._send_query(protocol.ABORT, dict(msg_ids=ids, queued_only=queued_only))
             log.warning("the controller is unreachable (lost %.1f s ago): the %d request(s) "
                         "stopped here are aborted (or failed) when it comes back, or fail if "

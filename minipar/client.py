@@ -43,9 +43,10 @@ import zmq
 
 from . import errors, protocol
 from .asyncresult import (AsyncResult, ExecuteReply, _concat, _dated, _Derived, _fail, _forked,
-                          _MsgFuture, _OneRequest, _aborted_on_ctrl_c, _check_count,
-                          _ctrl_c_aborts, _last_engine_gone, _never_sent, _next_result,
-                          _not_back, _seconds, _seconds_check, _sent, _timeout_s)
+                          _MsgFuture, _OneRequest, _abort_ids, _aborted_on_ctrl_c,
+                          _check_count, _ctrl_c_aborts, _last_engine_gone, _never_sent,
+                          _next_result, _not_back, _not_in_io_thread, _seconds,
+                          _seconds_check, _sent, _timeout_s)
 from .dependency import dependency_fields, dependent, msg_ids
 from .remotefunction import (ParallelFunction, RemoteFunction, _check_names, _check_pulled,
                              _chunksize, _partition, _sequence, _sequences, interactive)
@@ -650,6 +651,7 @@ class Client(errors.SaysWhyAbsent):
     def query(self, kind, timeout=None, **fields):
         """A request of protocol kind `kind` to the controller itself: its reply header,
         waited for `timeout` s at most (default: the Client's). Internal interface."""
+        _not_in_io_thread(self, f"the controller's answer to {kind}")
         f, timeout = self._send_query(kind, fields), self.timeout if timeout is None else timeout
         try:
             return f.result(timeout)
@@ -927,14 +929,14 @@ class Client(errors.SaysWhyAbsent):
         """Abort jobs (msg_ids or AsyncResults; None or 'all': every request this client
         made and has no answer to, a cancelled one its engine runs on too but not another
         client's it follows through get_result, or with `targets` those sent to these
-        engines): queued ones fail with TaskAborted, running ones are interrupted.
-        Done when it returns (`block`: ipyparallel's, accepted); warns if none was left."""
+        engines): queued ones fail with TaskAborted, running ones are interrupted. Done when
+        it returns (in a done callback: sent; `block` is accepted); warns if none was left."""
         self._check_usable()
         on = None if targets is None else self.resolve_targets(targets)
         ids = ([f.msg_id for f in self.pending_requests() if on is None or f._md["engine_id"] in on]
                if jobs is None or jobs == "all" else self._msg_ids(jobs))
-        pending = self._abort(ids)
-        if not pending:
+        pending = _abort_ids(self, ids)   # None in a done callback: not waited for
+        if pending == 0:
             warnings.warn(f"nothing to abort: none of the {len(ids)} requests named is "
                           "pending (finished already, or unknown to the controller)",
                           RuntimeWarning, stacklevel=2)
@@ -1018,10 +1020,8 @@ class Client(errors.SaysWhyAbsent):
         frames of request and result (``wire``, ``result_parts``), which come only when named
         (records.DictDB lists the keys). Times are datetimes (aware, UTC), as ipyparallel's; a
         query takes them, or ``time.time()`` seconds."""
-        if isinstance(keys, str):
-            keys = [keys]
-        records = self.query(protocol.DB_QUERY, query=_seconds(query),
-                             keys=None if keys is None else list(keys))["records"]
+        keys = [keys] if isinstance(keys, str) else None if keys is None else list(keys)
+        records = self.query(protocol.DB_QUERY, query=_seconds(query), keys=keys)["records"]
         return [_dated(r) for r in records]
 
     def shutdown(self, targets="all", restart=False, hub=False, block=True):
@@ -1169,6 +1169,10 @@ class _View(errors.SaysWhyAbsent):
     def apply_sync(self, f, /, *args, **kwargs):
         return self._finish(self._apply(f, args, kwargs), True)
 
+    def apply_with_flags(self, f, args=None, kwargs=None, block=None, **flags):
+        """``f(*args, **kwargs)`` with `flags` for this call alone (the seed's task docs)."""
+        return RemoteFunction(self, f, block, **flags)(*(args or ()), **(kwargs or {}))
+
     def map_async(self, f, *sequences, **kwargs):
         return self.map(f, *sequences, block=False, **kwargs)
 
@@ -1197,8 +1201,7 @@ class _View(errors.SaysWhyAbsent):
 
     def purge_results(self, jobs=(), targets=()):
         """``rc.purge_results``; `targets` None or 'all': this view's engines."""
-        if targets is None or targets == "all":
-            targets = self.targets
+        targets = self.targets if targets is None or targets == "all" else targets
         jobs, targets = (None if isinstance(x, (list, tuple)) and not x else x
                          for x in (jobs, targets))
         return self.client.purge_results(jobs, targets)
@@ -1461,10 +1464,9 @@ class LoadBalancedView(_View):
     def _recovery_chain(self):
         """The `recovery` flag as [(function, its frames), ...] to submit with each task,
         or the msg_id of a dormant task made beforehand, or None."""
-        rec = self.recovery
+        rec = [self.recovery] if callable(self.recovery) else self.recovery
         if rec is None:
             return None
-        rec = [rec] if callable(rec) else rec
         if isinstance(rec, (list, tuple)) and rec and all(callable(g) for g in rec):
             return [(g, protocol.serialize(g)) for g in rec]
         ids = msg_ids(rec)
@@ -1534,8 +1536,7 @@ class LoadBalancedView(_View):
         elif not hasattr(chunksize, "__index__") or chunksize < 1:   # range() takes ints only
             raise (ValueError if hasattr(chunksize, "__index__") else TypeError)(
                 f"chunksize={chunksize!r:.40}: give a positive number of elements, an int")
-        fparts = protocol.serialize_function(f)
-        fields = self._task_fields()
+        fparts, fields = protocol.serialize_function(f), self._task_fields()
         chain = self._recovery_chain()
         if isinstance(chain, str) and n > chunksize:
             raise ValueError("recovery= names one task, which can recover one task only; "
@@ -1580,7 +1581,7 @@ class LoadBalancedView(_View):
         finally:
             left = [fut for fut in outstanding if not fut.done()]
             if left and not self.client._closed:
-                self.client._abort(self.client._msg_ids(left))
+                _abort_ids(self.client, self.client._msg_ids(left))   # at exit: not waited for
 
 
 _MOVED = {**dict.fromkeys(("BaseTask", "MapTask", "MultiEngineClient", "PendingResult",

@@ -264,8 +264,6 @@ IPYPARALLEL_ABSENT = dict.fromkeys(
     "debug": "the controller and engines log to their output (MINIPAR_DEBUG=1: verbose)",
     "profile": "a Client's constructor argument only (Client(profile=...))",
     "shutdown": "a load-balanced view has no engines of its own: rc.shutdown()",
-    "apply_with_flags": "IPython.parallel's: set the flags with `with view.temp_flags(after="
-                        "..., follow=..., timeout=...):` (or view.set_flags) and call view.apply",
 }
 
 # Names of ipyparallel's module that minipar leaves out on purpose (``ipp.bind_kernel()``).

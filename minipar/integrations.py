@@ -54,14 +54,15 @@ class ViewExecutor(concurrent.futures.Executor):
 
     def map(self, fn, *iterables, timeout=None, chunksize=1):
         """``Executor.map``: results in order, `timeout` counted from this call;
-        `chunksize` calls travel as one task (fewer messages for short calls)."""
+        `chunksize` calls travel as one task (fewer messages for short calls). A generator,
+        as concurrent.futures': closing it cancels the calls not started."""
         if chunksize < 1:
             raise ValueError(f"chunksize={chunksize}: give a positive number of calls")
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
         results = super().map(functools.partial(_apply_chunk, fn),
                               _chunks(zip(*iterables), chunksize), timeout=timeout)
-        return itertools.chain.from_iterable(results)
+        return _flattened(results)
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         with self._shutdown_lock:
@@ -79,6 +80,16 @@ class ViewExecutor(concurrent.futures.Executor):
 def _apply_chunk(fn, chunk):
     # runs on an engine: one task for `chunksize` calls of ViewExecutor.map
     return [fn(*args) for args in chunk]
+
+
+def _flattened(results):
+    # ViewExecutor.map's items from its generator of chunks (lists); closing this closes
+    # that one, which cancels the rest, as without chunks (an itertools.chain has no close)
+    try:
+        for chunk in results:
+            yield from chunk
+    finally:
+        results.close()
 
 
 def _chunks(items, size):

@@ -333,8 +333,7 @@ def test_a_name_ipyparallel_has_and_minipar_leaves_out_says_what_to_use(cluster)
     lview = rc.load_balanced_view()
     for obj, name, says in ((rc, "history", r"rc.hub_history\(\)"),
                             (rc[:], "imap", r"load_balanced_view\(\).imap"),
-                            (lview, "results", "live in the AsyncResults"),
-                            (lview, "apply_with_flags", r"view.temp_flags\(after=")):
+                            (lview, "results", "live in the AsyncResults")):
         with pytest.raises(AttributeError, match=rf"'{type(obj).__name__}' object has no "
                                                  rf"attribute '{name}': minipar leaves "
                                                  rf"ipyparallel's out; .*{says}"):

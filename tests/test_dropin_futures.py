@@ -7,10 +7,12 @@ the ``label`` flag, ``return_exceptions``, ``datapub.publish_data`` and ``ar.dat
 """
 
 import concurrent.futures as cf
+import contextlib
 import datetime
 import gc
 import io
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -346,6 +348,119 @@ def test_shutdown_cancel_futures_cancels_only_what_has_not_started(rc, marks, tm
     releaser.join(WAIT_S)
     assert all(f.cancelled() for f in queued)
     assert sorted(f.result() for f in running) == [0, 1, 2, 3]
+
+
+def test_cancel_in_a_done_callback_neither_stalls_the_client_nor_lets_them_run(
+        rc, marks, tmp_path):
+    """The "first one done cancels the rest" pattern: done callbacks run in the client's
+    I/O thread, through which the controller's answer to the abort comes, so cancel()
+    there sends the abort without waiting for that answer. It waited the client's timeout
+    (10 s) per call, all replies held meanwhile, while the queued tasks started."""
+    go, first = tmp_path / "go", tmp_path / "first"
+    blockers = [rc[e].apply_async(mark_then_wait, marks, e, str(first if e == rc.ids[0] else go))
+                for e in rc.ids]
+    wait_until(lambda: len(os.listdir(marks)) == 4, WAIT_S, "the engines did not start")
+    ex = rc.executor()
+    queued = [ex.submit(mark_then_sleep, marks, f"q{i}", 0) for i in range(6)]
+    called = threading.Event()
+    cancels, took = [], []
+
+    def cancel_the_rest(_):
+        began = time.monotonic()
+        cancels.extend(f.cancel() for f in queued)
+        took.append(time.monotonic() - began)
+        called.set()
+
+    blockers[0].add_done_callback(cancel_the_rest)
+    first.touch()
+    assert called.wait(WAIT_S)
+    assert took[0] < 5, f"cancel() in a done callback took {took[0]:.1f} s"
+    assert sum(cancels) >= 4, cancels   # engine 0, free, may start one or two meanwhile
+    assert rc.queue_status()[rc.ids[0]] is not None   # the client answers at once
+    go.touch()
+    assert rc.wait(blockers, WAIT_S) and rc.wait(timeout=WAIT_S)
+    # one engine 0 started before it said so runs to its end (see the next tests)
+    assert len({f"q{i}" for i in range(6)} & set(os.listdir(marks))) <= 2
+
+
+def test_a_wait_in_a_done_callback_says_why_it_cannot_end(rc):
+    """A done callback runs in the I/O thread, the one that would receive what it waits
+    for: a wait there (a result, or the controller's answer to a query) raises at once
+    saying so. It hung for ever (with a timeout: ended by it, as if the task were slow)."""
+    lv = rc.load_balanced_view()
+    slow = lv.apply_async(sleep_then, WAIT_S, "slow")
+    called = threading.Event()
+    seen = []
+
+    def waits(_):
+        for wait in (slow.result, lambda: slow.get(0), lambda: rc.wait([slow], 0),
+                     rc.queue_status, lambda: lv.apply_sync(abs, -1)):
+            try:
+                seen.append(wait())
+            except Exception as e:
+                seen.append(e)
+        called.set()
+
+    lv.apply_async(abs, -1).add_done_callback(waits)
+    assert called.wait(WAIT_S / 2), "a wait in a done callback hung"
+    blocked, polled, waited, queried, applied = seen
+    assert isinstance(blocked, RuntimeError) and "done callback" in str(blocked)
+    assert isinstance(polled, cf.TimeoutError) and waited is False   # a poll is no wait
+    assert isinstance(queried, RuntimeError) and "queue_status" in str(queried)
+    assert isinstance(applied, RuntimeError)
+    # an abort is sent, not waited for: "the first failure aborts the rest" in a callback
+    lv.apply_async(abs, -1).add_done_callback(lambda _: slow.abort())
+    with pytest.raises(minipar.TaskAborted):
+        slow.get(WAIT_S / 2)
+
+
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_closing_an_executor_map_cancels_the_calls_not_started(rc, marks, chunksize):
+    """Executor.map returns a generator, with or without chunks (ProcessPoolExecutor's
+    too): close() it, or leave a `with closing(...)` block, and what has not started never
+    runs. With chunks it was an itertools.chain, which has no close()."""
+    with rc.executor() as ex:
+        with contextlib.closing(ex.map(mark_then_sleep, [marks] * 60, range(60),
+                                       [0.5] * 60, chunksize=chunksize)) as results:
+            assert next(results) == 0
+        assert rc.wait(timeout=WAIT_S)
+    assert len(os.listdir(marks)) < 40
+
+
+AT_EXIT = """
+import builtins, sys, time, minipar
+rc = minipar.Client(sys.argv[1])
+lv = rc.load_balanced_view()
+results = lv.imap(time.sleep, [0, 30, 30], ordered=False)   # two left running
+next(results)
+blockers = [lv.apply_async(time.sleep, 5) for _ in range(2)]
+queued = [lv.apply_async(abs, -1) for _ in range(3)]
+print(*[q.msg_ids[0] for q in queued], flush=True)
+
+class AtExit:   # kept in builtins: deleted once the interpreter is finalizing
+    def __del__(self):
+        began = time.monotonic()
+        cancelled = [q.cancel() for q in queued]
+        results.close()   # aborts the two still running
+        print(all(cancelled), round(time.monotonic() - began, 1), flush=True)
+
+builtins._kept = (AtExit(), rc, queued, results)
+"""
+
+
+def test_a_cancel_at_interpreter_exit_is_sent_without_a_wait(cluster, rc):
+    """At exit the client's I/O thread has stopped for good: cancel() and closing an imap
+    (a generator finalized then, a __del__) send the abort without waiting for an answer
+    that cannot come. Each waited the client's timeout, 10 s."""
+    began = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", AT_EXIT, cluster.client_file],
+                         capture_output=True, text=True, timeout=WAIT_S)
+    assert time.monotonic() - began < 20, out.stderr
+    ids, summary = out.stdout.splitlines()
+    assert summary.split()[0] == "True" and float(summary.split()[1]) < 5, out.stderr
+    wait_until(lambda: {r["status"] for r in rc.db_query({"msg_id": {"$in": ids.split()}},
+                                                         ["status"])} == {"aborted"},
+               WAIT_S, "the tasks cancelled at exit aborted")
 
 
 def test_abort_still_interrupts_a_running_task(rc):

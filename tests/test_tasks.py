@@ -368,6 +368,27 @@ def test_follow_runs_tasks_on_the_engine_of_their_dependency(rc, lview):
     assert {ar.engine_id for ar in ars} <= {a, b}
 
 
+def test_apply_with_flags_as_the_task_document_shows(rc, lview, tmp_path):
+    """The seed's task interface document: ``lview.apply_with_flags(f3, after=[ar, ar2])``
+    and ``lview.apply_with_flags(f3, follow=[ar], timeout=2.5)``: the flags hold for that
+    call alone, `block` is the view's unless given. It stopped with an AttributeError."""
+    lview.block = False
+    go = tmp_path / "go"
+    ar = lview.apply_async(held, os.getpid(), str(go))
+    ar2 = lview.apply_async(pid)
+    ar3 = lview.apply_with_flags(add, (2,), {"y": 3}, after=[ar, ar2])
+    ar4 = lview.apply_with_flags(pid, follow=[ar2], timeout=2.5)
+    assert lview.after is None and lview.follow is None and lview.timeout is None
+    assert ar4.get(TIMEOUT) == ar2.get(TIMEOUT)   # on ar2's engine
+    assert not ar3.done()   # after ar, held
+    go.touch()
+    assert ar3.get(TIMEOUT) == 5
+    assert ar3.metadata["started"] >= ar.metadata["completed"]
+    assert lview.apply_with_flags(square, [4], block=True, retries=1) == 16
+    with pytest.raises(KeyError, match="unknown flag"):
+        lview.apply_with_flags(square, [4], whenever=True)
+
+
 def test_impossible_dependencies_fail_at_once(rc, lview):
     failed = lview.apply_async(always_fails, 1)
     good = lview.apply_async(square, 2)
