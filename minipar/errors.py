@@ -362,6 +362,15 @@ CLUSTER_ABSENT = {
 }
 
 
+# ipyparallel AsyncResult's names that minipar's leaves out
+ASYNCRESULT_ABSENT = {
+    "join": "keep the AsyncResult you split() (it is the joined one); to wait for several, "
+            "concurrent.futures.wait(ars)",
+    "owner": "not needed: the client caches no results for an owner to clear; they live in "
+             "the AsyncResults that hold them",
+}
+
+
 # ipyparallel.error's names that minipar's errors (ipp.error) lacks: asking for one says why
 _ERROR_ABSENT = ("TaskRejectError", "AlreadyDisplayedError", "collect_exceptions",
                  "wrap_exception", "unwrap_exception")
@@ -404,6 +413,12 @@ def refuse_absent(owner, given, absent):
                         + (f": minipar leaves ipyparallel's out; {why}" if why else ""))
 
 
+def _public_name(obj):
+    """The name of `obj`'s class, or of the first public one it derives from: an
+    AsyncResult's, not ``_OneRequest``."""
+    return next(c.__name__ for c in type(obj).__mro__ if not c.__name__.startswith("_"))
+
+
 class ClientSide:
     """A base of what lives in the client only (Client, the views, AsyncResult): one sent
     to the engines (a task's function uses it, or gets it as an argument) is a TypeError
@@ -412,8 +427,7 @@ class ClientSide:
     UNSENT = "use it on the client side only, and send the task the values it needs"
 
     def __reduce_ex__(self, protocol):
-        name = next(c.__name__ for c in type(self).__mro__ if not c.__name__.startswith("_"))
-        raise TypeError(f"a minipar {name} cannot be sent to the engines (a "
+        raise TypeError(f"a minipar {_public_name(self)} cannot be sent to the engines (a "
                         f"task's function refers to it, or it is an argument): {self.UNSENT}")
 
     def __copy__(self):   # copy.copy would use __reduce_ex__: a shallow copy, as before
@@ -422,11 +436,19 @@ class ClientSide:
         return new
 
 
-class SaysWhyAbsent(ClientSide):
-    """A base of Client and the views: a name one lacks is an AttributeError which, for a
-    name ipyparallel has, says what to use instead."""
+class SaysWhyAbsent:
+    """A base of Client, the views, AsyncResult and Cluster: a name one lacks is an
+    AttributeError which, for a name ipyparallel's has, says what to use instead, from
+    the class's table (``class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT)``: name ->
+    what to use; IPYPARALLEL_ABSENT by default). dir() and tab completion leave those out."""
+
+    _absent = IPYPARALLEL_ABSENT
+
+    def __init_subclass__(cls, absent=None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._absent = absent or cls._absent
 
     def __getattr__(self, name):   # only for a name the object lacks
-        why = IPYPARALLEL_ABSENT.get(name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}"
+        why = self._absent.get(name)
+        raise AttributeError(f"{_public_name(self)!r} object has no attribute {name!r}"
                              + (f": minipar leaves ipyparallel's out; {why}" if why else ""))
