@@ -344,7 +344,9 @@ SUBMODULE_MOVED = {
     **{f"engine.{m}": _RUN.format("engine") for m in ("app", "engine", "kernel", "nanny")},
 }
 
-# ipyparallel Cluster's traitlets options that minipar's Cluster has no argument for
+# ipyparallel Cluster's traitlets options that minipar's Cluster has no argument for, and
+# its other names that minipar's lacks (a keyword argument's TypeError, an AttributeError)
+_BY_ID = "ipyparallel 9's raises NotImplementedError (it cannot find an engine by id): "
 CLUSTER_ABSENT = {
     "controller_ip": 'pass controller_args=["--ip", ip] ("*": every interface)',
     "controller_location": 'pass controller_args=["--location", host]',
@@ -359,8 +361,22 @@ CLUSTER_ABSENT = {
     # not a Cluster's option in ipyparallel either ($IPYTHONDIR is); Client(ipython_dir=)'s is
     "ipython_dir": "pass profile_dir=<that folder>/profile_<name>, or set $MINIPAR_DIR to it "
                    "(the folder of the profiles, as ipython_dir is of ipyparallel's)",
+    # its methods and other attributes
+    "profile": "a constructor argument only (Cluster(profile=...)): read cluster.profile_dir",
+    "profile_config": "there is no traitlets configuration to load",
+    "from_dict": "use Cluster.from_file (the cluster file holds to_dict())",
+    "engine_set": "engine sets are in cluster.engines (engine_set_id -> launcher)",
+    **dict.fromkeys(("write_cluster_file", "update_cluster_file", "remove_cluster_file"),
+                    "not needed: the cluster file is written as the controller and engine "
+                    "sets start and stop, and removed once nothing of the cluster runs"),
+    **dict.fromkeys(("stop_engine", "stop_engine_sync"), _BY_ID + "rc.shutdown(targets=[i]), "
+                    "or cluster.stop_engines(engine_set_id)"),
+    **dict.fromkeys(("restart_engine", "restart_engine_sync"), _BY_ID + "cluster.restart_"
+                    "engines(engine_set_id) restarts a set; Cluster(restart_engines="
+                    "'on_failure') restarts those that die"),
+    **dict.fromkeys(("signal_engine", "signal_engine_sync"), _BY_ID + "rc.send_signal(sig, "
+                    "targets=[i]), or cluster.signal_engines(sig, engine_set_id)"),
 }
-
 
 # ipyparallel AsyncResult's names that minipar's leaves out
 ASYNCRESULT_ABSENT = {
