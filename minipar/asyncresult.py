@@ -285,7 +285,8 @@ class _MsgFuture(_Future):
         return _dated(md)
 
 
-class AsyncResult(_Future, errors.ClientSide):
+class AsyncResult(_Future, errors.SaysWhyAbsent, errors.ClientSide,
+                  absent=errors.ASYNCRESULT_ABSENT):
     """The result of one or more requests: a ``concurrent.futures.Future``.
 
     ``get(timeout)`` returns the result (or raises the remote error), ``wait``,
@@ -560,7 +561,7 @@ class AsyncResult(_Future, errors.ClientSide):
 
     def __getattr__(self, key):   # only for names not found otherwise: metadata keys
         if key.startswith("_") or not self._children or key not in self._children[0].metadata:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+            return super().__getattr__(key)   # AttributeError: for ipyparallel's, saying why
         return self._md_of(key)
 
     def __repr__(self):

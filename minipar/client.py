@@ -108,7 +108,7 @@ def _io_thread(client_ref, ctx, ends_ctx, dealer, sub, outbox_in):
 
 # ---------------------------------------------------------------- client
 
-class Client(errors.SaysWhyAbsent):
+class Client(errors.SaysWhyAbsent, errors.ClientSide):
     """A connection to a controller: reads its ``minipar-client.json`` (`url_file`, or the
     profile's, which it waits for up to `timeout` s) and connects; raises a clear error when
     the file is missing or stale, the key is refused, or the controller does not answer
@@ -1097,7 +1097,7 @@ class Client(errors.SaysWhyAbsent):
 
 # ---------------------------------------------------------------- views
 
-class _View(errors.SaysWhyAbsent):
+class _View(errors.SaysWhyAbsent, errors.ClientSide):
     _flag_names = ("block", "label", "track")
 
     def __init__(self, client, targets="all", block=None, **flags):   # None: rc.block

@@ -342,7 +342,9 @@ SUBMODULE_MOVED = {
     **{f"engine.{m}": _RUN.format("engine") for m in ("app", "engine", "kernel", "nanny")},
 }
 
-# ipyparallel Cluster's traitlets options that minipar's Cluster has no argument for
+# ipyparallel Cluster's traitlets options that minipar's Cluster has no argument for, and
+# its other names that minipar's lacks (a keyword argument's TypeError, an AttributeError)
+_BY_ID = "ipyparallel 9's raises NotImplementedError (it cannot find an engine by id): "
 CLUSTER_ABSENT = {
     "controller_ip": 'pass controller_args=["--ip", ip] ("*": every interface)',
     "controller_location": 'pass controller_args=["--location", host]',
@@ -357,6 +359,29 @@ CLUSTER_ABSENT = {
     # not a Cluster's option in ipyparallel either ($IPYTHONDIR is); Client(ipython_dir=)'s is
     "ipython_dir": "pass profile_dir=<that folder>/profile_<name>, or set $MINIPAR_DIR to it "
                    "(the folder of the profiles, as ipython_dir is of ipyparallel's)",
+    # its methods and other attributes
+    "profile": "a constructor argument only (Cluster(profile=...)): read cluster.profile_dir",
+    "profile_config": "there is no traitlets configuration to load",
+    "from_dict": "use Cluster.from_file (the cluster file holds to_dict())",
+    "engine_set": "engine sets are in cluster.engines (engine_set_id -> launcher)",
+    **dict.fromkeys(("write_cluster_file", "update_cluster_file", "remove_cluster_file"),
+                    "not needed: the cluster file is written as the controller and engine "
+                    "sets start and stop, and removed once nothing of the cluster runs"),
+    **dict.fromkeys(("stop_engine", "stop_engine_sync"), _BY_ID + "rc.shutdown(targets=[i]), "
+                    "or cluster.stop_engines(engine_set_id)"),
+    **dict.fromkeys(("restart_engine", "restart_engine_sync"), _BY_ID + "cluster.restart_"
+                    "engines(engine_set_id) restarts a set; Cluster(restart_engines="
+                    "'on_failure') restarts those that die"),
+    **dict.fromkeys(("signal_engine", "signal_engine_sync"), _BY_ID + "rc.send_signal(sig, "
+                    "targets=[i]), or cluster.signal_engines(sig, engine_set_id)"),
+}
+
+# ipyparallel AsyncResult's names that minipar's leaves out
+ASYNCRESULT_ABSENT = {
+    "join": "keep the AsyncResult you split() (it is the joined one); to wait for several, "
+            "concurrent.futures.wait(ars)",
+    "owner": "not needed: the client caches no results for an owner to clear; they live in "
+             "the AsyncResults that hold them",
 }
 
 
@@ -402,6 +427,12 @@ def refuse_absent(owner, given, absent):
                         + (f": minipar leaves ipyparallel's out; {why}" if why else ""))
 
 
+def _public_name(obj):
+    """The name of `obj`'s class, or of the first public one it derives from: an
+    AsyncResult's, not ``_OneRequest``."""
+    return next(c.__name__ for c in type(obj).__mro__ if not c.__name__.startswith("_"))
+
+
 class ClientSide:
     """A base of what lives in the client only (Client, the views, AsyncResult): one sent
     to the engines (a task's function uses it, or gets it as an argument) is a TypeError
@@ -410,8 +441,7 @@ class ClientSide:
     UNSENT = "use it on the client side only, and send the task the values it needs"
 
     def __reduce_ex__(self, protocol):
-        name = next(c.__name__ for c in type(self).__mro__ if not c.__name__.startswith("_"))
-        raise TypeError(f"a minipar {name} cannot be sent to the engines (a "
+        raise TypeError(f"a minipar {_public_name(self)} cannot be sent to the engines (a "
                         f"task's function refers to it, or it is an argument): {self.UNSENT}")
 
     def __copy__(self):   # copy.copy would use __reduce_ex__: a shallow copy, as before
@@ -420,11 +450,19 @@ class ClientSide:
         return new
 
 
-class SaysWhyAbsent(ClientSide):
-    """A base of Client and the views: a name one lacks is an AttributeError which, for a
-    name ipyparallel has, says what to use instead."""
+class SaysWhyAbsent:
+    """A base of Client, the views, AsyncResult and Cluster: a name one lacks is an
+    AttributeError which, for a name ipyparallel's has, says what to use instead, from
+    the class's table (``class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT)``: name ->
+    what to use; IPYPARALLEL_ABSENT by default). dir() and tab completion leave those out."""
+
+    _absent = IPYPARALLEL_ABSENT
+
+    def __init_subclass__(cls, absent=None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._absent = absent or cls._absent
 
     def __getattr__(self, name):   # only for a name the object lacks
-        why = IPYPARALLEL_ABSENT.get(name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}"
+        why = self._absent.get(name)
+        raise AttributeError(f"{_public_name(self)!r} object has no attribute {name!r}"
                              + (f": minipar leaves ipyparallel's out; {why}" if why else ""))

@@ -49,6 +49,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import pathlib
 import queue
 import secrets
 import shlex
@@ -62,7 +63,8 @@ import time
 import weakref
 
 from . import protocol
-from .errors import CLUSTER_ABSENT, ConnectionFileError, MiniparError, TimeoutError, refuse_absent
+from .errors import (CLUSTER_ABSENT, ConnectionFileError, MiniparError, SaysWhyAbsent,
+                     TimeoutError, refuse_absent)
 
 log = logging.getLogger(__name__)
 
@@ -804,7 +806,7 @@ def _coroutine_twins(cls):
 
 
 @_coroutine_twins
-class Cluster:
+class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
     """A controller and sets of engines, started, watched and stopped together.
 
     ``with Cluster(n=4) as rc:`` starts a local controller and 4 local engines, waits
@@ -922,8 +924,7 @@ class Cluster:
         if cluster_file is None:
             cluster_file = find_cluster_file(profile=profile, profile_dir=profile_dir,
                                              cluster_id=cluster_id)
-        with open(cluster_file) as f:
-            d = json.load(f)
+        d = json.loads(pathlib.Path(cluster_file).read_text())
         c = d["cluster"]
         self = cls(n=c["n"], engines=c["engines"], controller=c["controller"],
                    profile_dir=c["profile_dir"], cluster_id=c["cluster_id"],
@@ -989,8 +990,7 @@ class Cluster:
         local = isinstance(self.controller, LocalControllerLauncher)
         while True:
             with contextlib.suppress(OSError, ValueError):
-                with open(self.client_file) as f:
-                    info = json.load(f)
+                info = json.loads(pathlib.Path(self.client_file).read_text())
                 fresh = os.stat(self.client_file).st_mtime >= started - 1.0
                 if info.get("pid") == pid or (fresh and not local):
                     return info
@@ -1353,8 +1353,7 @@ def cluster_stop_args(pid, profile_dir, owner=None):
     ``--owner=OWNER``), its engines too; None where none does."""
     for path in cluster_files(profile_dir=profile_dir):
         with contextlib.suppress(OSError, ValueError, KeyError, AttributeError, TypeError):
-            with open(path) as f:
-                d = json.load(f)
+            d = json.loads(pathlib.Path(path).read_text())
             if d["controller"]["state"].get("pid") == pid or (   # None: a TypeError
                     f"--owner={owner}" in d["controller"]["options"]["program_args"]):
                 return ["stop", "--profile-dir", profile_dir, "--cluster-id",

@@ -3,12 +3,15 @@
 ``wait_until`` is the one bounded wait on a state that every test uses instead of a
 deadline loop of its own. ``raw_engine`` registers two sockets of the test's as an engine,
 to see what the controller sends it or to answer as no real engine would. ``ctrl_c_at``
-presses Ctrl-C at a chosen step of the code it profiles. ``scaled`` is
+presses Ctrl-C at a chosen step of the code it profiles. ``absent_in_docs`` lists the
+names docs/ipyparallel.rst calls absent on a class. ``scaled`` is
 engine-side: a function that lives in an importable module, so engines unpickle it by
 reference.
 """
 
 import os
+import pathlib
+import re
 import signal
 import sys
 import time
@@ -87,6 +90,18 @@ def ctrl_c_at(k, name=None):
             pressed.append(True)
             os.kill(os.getpid(), signal.SIGINT)
     return hook, pressed
+
+
+def absent_in_docs(section):
+    """The names docs/ipyparallel.rst calls absent on `section` ("AsyncResult"...)."""
+    docs = pathlib.Path(__file__).resolve().parent.parent / "docs" / "ipyparallel.rst"
+    names, current = [], None
+    for m in re.finditer(r"(?m)^``(\w+)``\n-{3,}$|^   \* - ``(\w+)``\n     - absent$",
+                         docs.read_text()):
+        current = m.group(1) or current
+        if m.group(2) and current == section:
+            names.append(m.group(2))
+    return names
 
 
 @interactive

@@ -21,7 +21,7 @@ import pytest
 import minipar
 from minipar.launcher import AFTER, Cluster, ClusterManager, LauncherError
 
-from .helpers import wait_until
+from .helpers import absent_in_docs, wait_until
 from .test_launcher import CTL_ARGS, ROOT, alive, cli, minipar_dir, pids  # noqa: F401 - fixtures
 
 TIMEOUT = 180
@@ -132,6 +132,39 @@ def test_sync_twins(pids, tmp_path):  # noqa: F811
     assert pids.wait_gone(20) == []
     assert os.path.isdir(tmp_path / "p")  # a folder the user gave is kept
 
+
+
+def test_ipyparallels_names_minipar_leaves_out_say_what_to_use(pids, tmp_path):  # noqa: F811
+    """cluster.signal_engine, stop_engine, engine_set... (every name docs/ipyparallel.rst calls
+    absent on Cluster) were a bare AttributeError; its own names, private ones and typos
+    read as before."""
+    cluster = Cluster(n=1, profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS)
+    try:
+        rc = cluster.start_and_connect_sync()
+        pids.add_cluster(cluster, rc)
+        for name, says in (("signal_engine", r"rc.send_signal\(sig, targets=\[i\]\)"),
+                           ("stop_engine_sync", r"rc.shutdown\(targets=\[i\]\)"),
+                           ("engine_set", "engine sets are in cluster.engines"),
+                           ("write_cluster_file", "not needed: the cluster file is written"),
+                           ("controller_ip", r'pass controller_args=\["--ip", ip\]')):
+            with pytest.raises(AttributeError, match=rf"^'Cluster' object has no attribute "
+                                                     rf"'{name}': minipar leaves ipyparallel's "
+                                                     rf"out; .*{says}"):
+                getattr(cluster, name)
+        names = absent_in_docs("Cluster")
+        assert len(names) >= 22
+        for name in names:
+            with pytest.raises(AttributeError, match=f"'{name}': minipar leaves ipyparallel's"):
+                getattr(cluster, name)
+            assert getattr(cluster, name, "default") == "default" and name not in dir(cluster)
+        for name in ("nonsense", "_nonsense"):   # the plain error
+            with pytest.raises(AttributeError, match=f"^'Cluster' object has no attribute "
+                                                     f"'{name}'$"):
+                getattr(cluster, name)
+        assert cluster.n == 1 and len(cluster.engines) == 1 and rc[:].apply_sync(abs, -2) == [2]
+    finally:
+        cluster.stop_cluster_sync()
+    assert pids.wait_gone(20) == []
 
 
 def test_two_clusters_started_at_once_on_a_profile_one_says_why(pids, tmp_path):  # noqa: F811

@@ -12,6 +12,7 @@ import datetime
 import gc
 import io
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -22,7 +23,7 @@ import pytest
 
 import minipar
 
-from .helpers import wait_until
+from .helpers import absent_in_docs, wait_until
 
 
 TIMEOUT = 120
@@ -523,6 +524,33 @@ def test_a_timeout_not_a_number_is_a_type_error_and_a_negative_one_is_no_limit(r
         assert not cf.wait(waiting, timeout=WAIT_S).not_done
     assert [type(w.exception()).__name__ for w in waiting[:2]] == ["TaskAborted"] * 2
     assert [w.result() for w in waiting[2:]] == [True] * 5
+
+
+def test_a_name_ipyparallel_has_and_minipar_leaves_out_says_what_to_use_on_a_result(rc):
+    """ar.join, ar.owner (every name docs/ipyparallel.rst calls absent on AsyncResult) were a
+    bare AttributeError; metadata keys, private names and typos read as before."""
+    one, each = rc[0].apply_async(abs, -1), rc[:].apply_async(abs, -1)
+    assert one.get(WAIT_S) == 1 and each.get(WAIT_S) == [1] * 4
+    for name, says in (("join", r"keep the AsyncResult you split\(\)"),
+                       ("owner", "not needed: the client caches no results")):
+        with pytest.raises(AttributeError, match=rf"^'AsyncResult' object has no attribute "
+                                                 rf"'{name}': minipar leaves ipyparallel's "
+                                                 rf"out; {says}"):
+            getattr(one, name)
+    names = absent_in_docs("AsyncResult")
+    assert {"join", "owner"} <= set(names)
+    for ar in (one, each):
+        for name in names:
+            with pytest.raises(AttributeError, match=f"'{name}': minipar leaves ipyparallel's"):
+                getattr(ar, name)
+            assert getattr(ar, name, "default") == "default" and name not in dir(ar)
+        for name in ("nonsense", "_nonsense"):   # the plain error
+            with pytest.raises(AttributeError, match=f"^'AsyncResult' object has no "
+                                                     f"attribute '{name}'$"):
+                getattr(ar, name)
+        with pytest.raises(TypeError, match="AsyncResult cannot be sent to the engines"):
+            pickle.dumps(ar)
+    assert one.engine_id == 0 and each.engine_id == rc.ids   # metadata keys still read
 
 
 def test_a_dropped_finished_result_is_freed(rc):
