@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 
+import pytest
 import zmq
 
 from minipar import interactive, protocol
@@ -102,6 +103,20 @@ def absent_in_docs(section):
         if m.group(2) and current == section:
             names.append(m.group(2))
     return names
+
+
+def assert_absent_say_so(obj, public_name, names):
+    """Each of `names` on `obj` is an AttributeError saying minipar leaves ipyparallel's
+    out, hidden from dir() and from getattr with a default; any other name missing, plain
+    or private, is the plain error."""
+    for name in names:
+        with pytest.raises(AttributeError, match=f"'{name}': minipar leaves ipyparallel's"):
+            getattr(obj, name)
+        assert getattr(obj, name, "default") == "default" and name not in dir(obj)
+    for name in ("nonsense", "_nonsense"):
+        with pytest.raises(AttributeError, match=f"^'{public_name}' object has no attribute "
+                                                 f"'{name}'$"):
+            getattr(obj, name)
 
 
 @interactive
