@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 # one: a launcher restarts a dead engine within seconds, which is no news. 2..30 is reasonable.
 NO_ENGINES_WARN_S = 5.0
 
+IO_THREAD = "minipar-client-io"   # the name of each Client's I/O thread, where callbacks run
+
 
 class _Condition(_thread.RLock):
     """A Future's condition: the RLock that concurrent.futures.Future's threading.Condition
@@ -236,9 +238,10 @@ class _MsgFuture(_Future):
     _pieces = None   # output streamed in (I/O thread) and not yet in metadata: see below
     _watched = False   # another client's request, followed through get_result: not ours
 
-    def __init__(self, msg_id, engine_id=None, kind=None):
+    def __init__(self, msg_id=None, engine_id=None, kind=None):
         super().__init__()
-        self._request(msg_id, engine_id, kind)
+        if msg_id is not None:   # else send_request sets it, as the msg_id is made
+            self._request(msg_id, engine_id, kind)
 
     def _request(self, msg_id, engine_id, kind=None):
         # kind: the request's (protocol.APPLY...), for an error made here (see _engine_info)
@@ -257,6 +260,18 @@ class _MsgFuture(_Future):
     def set_exception(self, exception):
         self._md["error"] = exception   # ipyparallel's metadata['error']
         super().set_exception(exception)
+
+    def result(self, timeout=None):   # ar.futures' raise in a done callback, as ar's do
+        self._waitable(timeout)
+        return super().result(timeout)
+
+    def exception(self, timeout=None):
+        self._waitable(timeout)
+        return super().exception(timeout)
+
+    def _waitable(self, timeout):
+        if timeout != 0 and not self.done() and threading.current_thread().name == IO_THREAD:
+            _not_in_io_thread(None, "a request's result")
 
     def _streamed(self, name, text):
         # executes in the I/O thread: a request's output, kept to be joined once read
@@ -909,11 +924,29 @@ def _in_io_thread(client):
 def _not_in_io_thread(client, what):
     """Raise where a wait for `what`, which the controller sends, is made in a done
     callback: that runs in `client`'s I/O thread, the one that would read it, so the wait
-    could only end with its timeout (without one: never), all replies held meanwhile."""
-    if _in_io_thread(client):
+    could only end with its timeout (without one: never), all replies held meanwhile.
+    `client` None: the caller found this is a client's I/O thread (a request's future
+    does not know its client)."""
+    if client is None or _in_io_thread(client):
         raise RuntimeError(f"cannot wait for {what} in a done callback: callbacks run in the "
                            "client's I/O thread, which receives what the wait is for; wait in "
                            "another thread, or chain callbacks (add_done_callback)")
+
+
+def _waited(client, futures, timeout):
+    """``concurrent.futures.wait(futures, timeout)`` (a float or None), which raises at once
+    in a done callback unless a poll (timeout 0) or all are done: see _not_in_io_thread."""
+    if timeout != 0 and not all(f.done() for f in futures):
+        _not_in_io_thread(client, "results")
+    return concurrent.futures.wait(futures, timeout)
+
+
+def _blocking(client, block):
+    """`block`, a view call's flag, checked before its requests are sent: with it, in a
+    done callback, it raises (see _not_in_io_thread), where its tasks would run unwaited."""
+    if block:
+        _not_in_io_thread(client, "a blocking call's result (use the *_async call)")
+    return block
 
 
 def _abort_ids(client, msg_ids, queued_only=False):
