@@ -1553,9 +1553,9 @@ def main(argv=None):
                    help='controller launcher options, e.g. \'{"hostname": "h1"}\'')
     p.add_argument("--engine-options", default="{}", metavar="JSON",
                    help='engine launcher options, e.g. \'{"mpi_args": ["--oversubscribe"]}\'')
-    p.add_argument("--timeout", type=float, default=START_TIMEOUT_S, metavar="S",
-                   help="seconds to wait for the controller and engines to be ready "
-                        f"(default {START_TIMEOUT_S:g})")
+    p.add_argument("--timeout", type=functools.partial(protocol.seconds, positive=True),
+                   default=START_TIMEOUT_S, metavar="S", help="seconds to wait for the "
+                   f"controller and engines to be ready (default {START_TIMEOUT_S:g})")
     p.add_argument("--daemonize", action="store_true",
                    help="leave the cluster running and return once it is ready")
     p.set_defaults(func=_cmd_start)

@@ -1523,6 +1523,21 @@ def test_a_log_level_that_is_not_one_is_a_usage_error(tmp_path, role, args):
     assert out.returncode == 0, out.stderr
 
 
+def test_a_start_timeout_that_is_no_positive_number_is_a_usage_error(tmp_path):
+    """`start --timeout -1` (or 0) started a controller and failed "within -1.0 s", --timeout
+    nan said "or None for no limit" (the Python API's words) and --timeout inf ended in a
+    traceback; each is now a usage error naming the option and what it takes, nothing
+    started (as top's --wait, which shares its type)."""
+    for given in ("-1", "0", "nan", "inf", "soon"):
+        out = subprocess.run([sys.executable, "-m", "minipar.launcher", "start", "-n", "1",
+                              "--timeout", given], env={**_env(), "MINIPAR_DIR": str(tmp_path)},
+                             cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert f"argument --timeout: '{given}' is not a number of seconds (finite, more " \
+               "than 0)" in out.stderr, out.stderr
+    assert not list(tmp_path.rglob("*.json")), "a cluster was started"
+
 def test_a_client_of_a_cluster_not_started_says_to_start_the_cluster(pids, tmp_path):
     """Not `python -m minipar.controller`, which a Cluster user has no use for."""
     cluster = Cluster(n=1, profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS)
