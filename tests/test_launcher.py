@@ -1205,6 +1205,51 @@ def test_cli_engines_without_n_starts_and_waits_for_one_per_cpu(pids, tmp_path):
     assert not pids.wait_gone()
 
 
+class SleepingEngines(launcher.LocalEngineSetLauncher):
+    """'Engines' that never register, each a sleep: `launcher engines` waits for them."""
+
+    def _new_child(self):
+        child = super()._new_child()
+        child.find_args = lambda: [sys.executable, "-c", "import time; time.sleep(600)"]
+        return child
+
+
+def test_ctrl_c_in_cli_engines_stops_the_engines_it_started(pids, tmp_path):
+    """A Ctrl-C while `launcher engines -n 2` waits for its engines stops those two, says so
+    and exits 130, as ipcluster engines in the foreground does; the cluster's others run
+    on. They were left running (in the cluster file: only `stop` stopped them)."""
+    prof = str(tmp_path / "p")
+    out = cli("start", "-n", "1", "--profile-dir", prof, "--controller-args",
+              " ".join(CTL_ARGS), "--daemonize")
+    try:
+        assert out.returncode == 0, out.stderr
+        first = Cluster.from_file(profile_dir=prof)
+        pids.add_cluster(first)
+        before = {p for e in first.engines.values() for p in e.pids()}
+        cmd = subprocess.Popen([sys.executable, "-m", "minipar.launcher", "engines", "-n", "2",
+                                "--profile-dir", prof, "--engines",
+                                "tests.test_launcher.SleepingEngines"],
+                               env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        pids.add(cmd.pid)
+
+        def started():
+            now = Cluster.from_file(profile_dir=prof).engines.values()
+            return {p for e in now for p in e.pids()} - before
+
+        new = wait_until(lambda: len(started()) == 2 and started(), 60, "the engines to start")
+        pids.add(*new)
+        cmd.send_signal(signal.SIGINT)   # Ctrl-C, while it waits for them to register
+        out, err = cmd.communicate(timeout=60)
+        assert cmd.returncode == 130 and "Traceback" not in err, err
+        assert err == "stopping the 2 engine(s) it started\ninterrupted\n", err
+        wait_until(lambda: not any(alive(p) for p in new), 30, "its engines to be stopped")
+        assert all(alive(p) for p in before)   # the cluster's own run on
+        assert not started() and len(Cluster.from_file(profile_dir=prof).engines) == 1
+    finally:
+        cli("stop", "--all", "--profile-dir", prof)
+    assert not pids.wait_gone()
+
 def test_cli_args_for_the_controller_and_engines_may_follow_a_space(pids, tmp_path):
     # argparse alone refuses `--controller-args --x` (a value starting with '-'): the
     # value must reach the controller, whose own argparse names it
