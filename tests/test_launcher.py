@@ -1583,6 +1583,40 @@ def test_a_start_timeout_that_is_no_positive_number_is_a_usage_error(tmp_path):
                "than 0)" in out.stderr, out.stderr
     assert not list(tmp_path.rglob("*.json")), "a cluster was started"
 
+# A sitecustomize that sends this process a SIGINT (a Ctrl-C) as it starts to import the
+# module named by $CTRL_C_AT: one of an entry point's first imports, before its main().
+_CTRL_C_AT_IMPORT = """
+import os, signal, sys
+
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == os.environ.get("CTRL_C_AT"):
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+
+sys.meta_path.insert(0, CtrlC())
+"""
+
+
+@pytest.mark.parametrize("role", ["launcher", "controller", "engine", "top"])
+def test_a_ctrl_c_while_an_entry_point_imports_says_interrupted(tmp_path, role):
+    """A Ctrl-C in the first third of a second of `python -m minipar.<command>`, as its
+    modules import, printed Python's KeyboardInterrupt traceback; it now says
+    "interrupted" and ends by SIGINT (130 in a shell), as a Ctrl-C in its main() does.
+    MINIPAR_DEBUG=1 keeps the traceback, and a program of its own is left alone."""
+    (tmp_path / "sitecustomize.py").write_text(_CTRL_C_AT_IMPORT)
+    env = {**_env(), "MINIPAR_DIR": str(tmp_path), "CTRL_C_AT": "zmq",
+           "PYTHONPATH": f"{tmp_path}{os.pathsep}{_env()['PYTHONPATH']}"}
+    for args, debug in ((["-m", f"minipar.{role}"], ""), (["-m", f"minipar.{role}"], "1"),
+                        (["-c", "import minipar.protocol"], "")):
+        out = subprocess.run([sys.executable, *args, "--help"],
+                             env={**env, "MINIPAR_DEBUG": debug}, cwd=tmp_path, text=True,
+                             stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        assert out.returncode in (130, -signal.SIGINT), out
+        quiet = args[0] == "-m" and not debug
+        assert (out.stderr == "interrupted\n") == quiet, out.stderr
+        assert ("Traceback" in out.stderr) != quiet, out.stderr
+
 def test_a_client_of_a_cluster_not_started_says_to_start_the_cluster(pids, tmp_path):
     """Not `python -m minipar.controller`, which a Cluster user has no use for."""
     cluster = Cluster(n=1, profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS)
