@@ -372,12 +372,24 @@ class AsyncResult(_Future, errors.SaysWhyAbsent, errors.ClientSide,
             _warn_if_no_engines(self._client)
         try:
             return super().result(timeout)
-        except concurrent.futures.TimeoutError:   # as an Executor.map's: get() says the count
-            why = _no_engines(self._client)
-            if self.done() or not why:
-                raise
-            raise concurrent.futures.TimeoutError(
-                f"result not ready after {timeout:.3g} s: {why}") from None
+        except concurrent.futures.TimeoutError:
+            raise self._not_ready(timeout) from None
+
+    def exception(self, timeout=None):
+        if not self.done():   # else it returns a closed Client's error, which result() raises
+            self._reachable(timeout)   # (so does a wait in a done callback: it never ended)
+        try:
+            return super().exception(timeout)
+        except concurrent.futures.TimeoutError:
+            raise self._not_ready(timeout) from None
+
+    def _not_ready(self, timeout):
+        """The TimeoutError of a wait of `timeout` s: how many requests are outstanding and,
+        if none can run them, why (concurrent.futures' says nothing at all)."""
+        why, left = _no_engines(self._client), sum(not f.done() for f in self._children)
+        return concurrent.futures.TimeoutError(
+            f"result not ready after {timeout:.3g} s ({left} of {len(self._children)} requests "
+            f"outstanding){': ' if why else ''}{why}")
 
     def _reachable(self, timeout=None):
         # raise at once where no reply can come: its Client is closed (in a forked child,
@@ -415,12 +427,9 @@ class AsyncResult(_Future, errors.SaysWhyAbsent, errors.ClientSide,
             if why and hasattr(e, "add_note"):
                 e.add_note(why)
             raise
-        except Exception:
-            if not self.done():
-                why = _no_engines(self._client)
-                raise TimeoutError(f"result not ready after {timeout} s ({self._left} of "
-                                   f"{len(self._children)} requests outstanding)"
-                                   f"{': ' if why else ''}{why}") from None
+        except Exception as e:
+            if not self.done():   # ipyparallel's error.TimeoutError, the builtin one
+                raise TimeoutError(*e.args) from None
             if self.cancelled() or not (self._return_exceptions if return_exceptions is None
                                         else return_exceptions):
                 raise

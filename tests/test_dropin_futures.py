@@ -478,6 +478,7 @@ def test_the_waits_that_slipped_through_in_a_done_callback_raise_too(rc, marks):
         blocking = rc.load_balanced_view(block=True)
         for wait in (lambda: rc.wait([slow], 5), lambda: rc.wait(timeout=5),
                      lambda: slow.futures[0].result(5), lambda: slow.futures[1].exception(),
+                     lambda: slow.exception(5),
                      lambda: lv.apply_sync(mark_then_sleep, marks, "sync", 0),
                      lambda: lv.map_sync(mark_then_sleep, [marks], ["map"], [0]),
                      lambda: blocking.apply(mark_then_sleep, marks, "flag", 0),
@@ -497,6 +498,17 @@ def test_the_waits_that_slipped_through_in_a_done_callback_raise_too(rc, marks):
     assert os.listdir(marks) == [], "a blocking call in a callback sent its task"
     slow.abort()
 
+
+def test_a_timeout_of_result_or_exception_says_what_is_outstanding(rc):
+    """ar.result(t) and ar.exception(t), an Executor's futures' too, raised a TimeoutError
+    with no message at all; they say, as ar.get(t) does, how many requests are left."""
+    ar = rc.load_balanced_view().map_async(sleep_then, [WAIT_S] * 2, [None] * 2, chunksize=1)
+    fut = rc.executor().submit(sleep_then, WAIT_S, None)
+    for wait, n in ((ar.result, 2), (ar.exception, 2), (fut.result, 1), (fut.exception, 1)):
+        with pytest.raises(cf.TimeoutError, match=fr"^result not ready after 0\.1 s \({n} of "
+                                                  fr"{n} requests outstanding\)$"):
+            wait(0.1)
+    rc.abort([ar, fut])
 
 def test_abort_still_interrupts_a_running_task(rc):
     ar = rc.load_balanced_view().apply_async(sleep_then, 60, None)
