@@ -8,6 +8,7 @@ and a ``Client`` that drives them directly (``rc[:]``, a DirectView) or load-bal
 __version__ = "0.1.0"
 
 import importlib
+import os
 import sys
 
 # pip reads requires-python; a vendored copy on an older Python is told here, in a
@@ -15,6 +16,22 @@ import sys
 if sys.version_info < (3, 9):
     raise ImportError("minipar needs Python 3.9 or newer; this is Python "
                       + ".".join(map(str, sys.version_info[:3])))
+
+
+def _quiet_ctrl_c(kind, value, tb, previous=sys.excepthook):
+    """sys.excepthook of ``python -m minipar.<command>``, from its package's import: a
+    Ctrl-C as its modules import (a third of a second, before main() catches one) says
+    "interrupted" and ends it by SIGINT (status 130), as one in main() does, where Python
+    printed its traceback. MINIPAR_DEBUG=1 shows it; another program's errors pass on."""
+    ours = sys.argv[0] == "-m" or os.path.dirname(os.path.abspath(sys.argv[0])) == __path__[0]
+    if issubclass(kind, KeyboardInterrupt) and ours and not os.environ.get("MINIPAR_DEBUG"):
+        print("interrupted", file=sys.stderr)
+    else:
+        previous(kind, value, tb)
+
+
+if sys.argv[:1] == ["-m"]:   # Python is finding a module of this package to run as __main__
+    sys.excepthook = _quiet_ctrl_c
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION  # ipp's names
 
 from . import errors

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 # one: a launcher restarts a dead engine within seconds, which is no news. 2..30 is reasonable.
 NO_ENGINES_WARN_S = 5.0
 
+IO_THREAD = "minipar-client-io"   # the name of each Client's I/O thread, where callbacks run
+
 
 class _Condition(_thread.RLock):
     """A Future's condition: the RLock that concurrent.futures.Future's threading.Condition
@@ -236,9 +238,10 @@ class _MsgFuture(_Future):
     _pieces = None   # output streamed in (I/O thread) and not yet in metadata: see below
     _watched = False   # another client's request, followed through get_result: not ours
 
-    def __init__(self, msg_id, engine_id=None, kind=None):
+    def __init__(self, msg_id=None, engine_id=None, kind=None):
         super().__init__()
-        self._request(msg_id, engine_id, kind)
+        if msg_id is not None:   # else send_request sets it, as the msg_id is made
+            self._request(msg_id, engine_id, kind)
 
     def _request(self, msg_id, engine_id, kind=None):
         # kind: the request's (protocol.APPLY...), for an error made here (see _engine_info)
@@ -257,6 +260,18 @@ class _MsgFuture(_Future):
     def set_exception(self, exception):
         self._md["error"] = exception   # ipyparallel's metadata['error']
         super().set_exception(exception)
+
+    def result(self, timeout=None):   # ar.futures' raise in a done callback, as ar's do
+        self._waitable(timeout)
+        return super().result(timeout)
+
+    def exception(self, timeout=None):
+        self._waitable(timeout)
+        return super().exception(timeout)
+
+    def _waitable(self, timeout):
+        if timeout != 0 and not self.done() and threading.current_thread().name == IO_THREAD:
+            _not_in_io_thread(None, "a request's result")
 
     def _streamed(self, name, text):
         # executes in the I/O thread: a request's output, kept to be joined once read
@@ -357,12 +372,24 @@ class AsyncResult(_Future, errors.SaysWhyAbsent, errors.ClientSide,
             _warn_if_no_engines(self._client)
         try:
             return super().result(timeout)
-        except concurrent.futures.TimeoutError:   # as an Executor.map's: get() says the count
-            why = _no_engines(self._client)
-            if self.done() or not why:
-                raise
-            raise concurrent.futures.TimeoutError(
-                f"result not ready after {timeout:.3g} s: {why}") from None
+        except concurrent.futures.TimeoutError:
+            raise self._not_ready(timeout) from None
+
+    def exception(self, timeout=None):
+        if not self.done():   # else it returns a closed Client's error, which result() raises
+            self._reachable(timeout)   # (so does a wait in a done callback: it never ended)
+        try:
+            return super().exception(timeout)
+        except concurrent.futures.TimeoutError:
+            raise self._not_ready(timeout) from None
+
+    def _not_ready(self, timeout):
+        """The TimeoutError of a wait of `timeout` s: how many requests are outstanding and,
+        if none can run them, why (concurrent.futures' says nothing at all)."""
+        why, left = _no_engines(self._client), sum(not f.done() for f in self._children)
+        return concurrent.futures.TimeoutError(
+            f"result not ready after {timeout:.3g} s ({left} of {len(self._children)} requests "
+            f"outstanding){': ' if why else ''}{why}")
 
     def _reachable(self, timeout=None):
         # raise at once where no reply can come: its Client is closed (in a forked child,
@@ -400,12 +427,9 @@ class AsyncResult(_Future, errors.SaysWhyAbsent, errors.ClientSide,
             if why and hasattr(e, "add_note"):
                 e.add_note(why)
             raise
-        except Exception:
-            if not self.done():
-                why = _no_engines(self._client)
-                raise TimeoutError(f"result not ready after {timeout} s ({self._left} of "
-                                   f"{len(self._children)} requests outstanding)"
-                                   f"{': ' if why else ''}{why}") from None
+        except Exception as e:
+            if not self.done():   # ipyparallel's error.TimeoutError, the builtin one
+                raise TimeoutError(*e.args) from None
             if self.cancelled() or not (self._return_exceptions if return_exceptions is None
                                         else return_exceptions):
                 raise
@@ -909,11 +933,29 @@ def _in_io_thread(client):
 def _not_in_io_thread(client, what):
     """Raise where a wait for `what`, which the controller sends, is made in a done
     callback: that runs in `client`'s I/O thread, the one that would read it, so the wait
-    could only end with its timeout (without one: never), all replies held meanwhile."""
-    if _in_io_thread(client):
+    could only end with its timeout (without one: never), all replies held meanwhile.
+    `client` None: the caller found this is a client's I/O thread (a request's future
+    does not know its client)."""
+    if client is None or _in_io_thread(client):
         raise RuntimeError(f"cannot wait for {what} in a done callback: callbacks run in the "
                            "client's I/O thread, which receives what the wait is for; wait in "
                            "another thread, or chain callbacks (add_done_callback)")
+
+
+def _waited(client, futures, timeout):
+    """``concurrent.futures.wait(futures, timeout)`` (a float or None), which raises at once
+    in a done callback unless a poll (timeout 0) or all are done: see _not_in_io_thread."""
+    if timeout != 0 and not all(f.done() for f in futures):
+        _not_in_io_thread(client, "results")
+    return concurrent.futures.wait(futures, timeout)
+
+
+def _blocking(client, block):
+    """`block`, a view call's flag, checked before its requests are sent: with it, in a
+    done callback, it raises (see _not_in_io_thread), where its tasks would run unwaited."""
+    if block:
+        _not_in_io_thread(client, "a blocking call's result (use the *_async call)")
+    return block
 
 
 def _abort_ids(client, msg_ids, queued_only=False):

@@ -45,8 +45,8 @@ from . import errors, protocol
 from .asyncresult import (AsyncResult, ExecuteReply, _concat, _dated, _Derived, _fail, _forked,
                           _MsgFuture, _OneRequest, _abort_ids, _aborted_on_ctrl_c,
                           _check_count, _ctrl_c_aborts, _last_engine_gone, _never_sent,
-                          _next_result, _not_back, _not_in_io_thread, _seconds,
-                          _seconds_check, _sent, _timeout_s)
+                          _next_result, _not_back, _not_in_io_thread, _seconds, _waited,
+                          _seconds_check, _sent, _timeout_s, _blocking, IO_THREAD)
 from .dependency import dependency_fields, dependent, msg_ids
 from .remotefunction import (ParallelFunction, RemoteFunction, _check_names, _check_pulled,
                              _chunksize, _partition, _sequence, _sequences, interactive)
@@ -182,7 +182,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         protocol.connect(sub, self.info, "notify")
         self._roster = None         # (controller session, number) of the engine list held
         self._io_ends_ctx = threading.Event()   # set by close() run in the I/O thread
-        self._io = threading.Thread(target=_io_thread, name="minipar-client-io", daemon=True,
+        self._io = threading.Thread(target=_io_thread, name=IO_THREAD, daemon=True,
                                     args=(weakref.ref(self), self.ctx, self._io_ends_ctx,
                                           dealer, sub, outbox_in))
         self._io.start()
@@ -556,11 +556,8 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
             return self._broadcast(kind, parts, engine_id, fields)
         header, frames = self.session.msg(kind, parts, signed=False, **fields)
         protocol.check_size(frames, self.session.max_message_size, f"this {kind} request")
-        if future is None:
-            f = _MsgFuture(header["msg_id"], engine_id, kind)
-        else:
-            f = future
-            f._request(header["msg_id"], engine_id, kind)
+        f = _MsgFuture() if future is None else future
+        f._request(header["msg_id"], engine_id, kind)
         if "label" in fields:
             f._md["label"] = fields["label"]
         for key in ("after", "follow"):   # ipyparallel's metadata: the msg_ids it waited on
@@ -923,7 +920,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
     def wait(self, jobs=None, timeout=None):
         """Wait for jobs (default: all outstanding) at most `timeout` s; True if all done."""
         futures = [f for f in map(self._futures.get, self._msg_ids(jobs)) if f is not None]
-        return not concurrent.futures.wait(futures, _timeout_s(timeout)).not_done
+        return not _waited(self, futures, _timeout_s(timeout)).not_done
 
     def abort(self, jobs=None, targets=None, block=None):
         """Abort jobs (msg_ids or AsyncResults; None or 'all': every request this client
@@ -1124,8 +1121,8 @@ class _View(errors.SaysWhyAbsent, errors.ClientSide):
         functions by reference only), here and on this view's engines: see
         protocol.use_serializer. Returns as apply does."""
         protocol.use_serializer(name)
-        return self._finish(DirectView(self.client, self.targets).apply_async(
-            protocol.use_serializer, name), None)
+        return DirectView(self.client, self.targets, block=self.block).apply(
+            protocol.use_serializer, name)
 
     use_cloudpickle, use_dill, use_pickle = map(functools.partial(functools.partialmethod, _use),
                                                 ("cloudpickle", "dill", "pickle"))
@@ -1152,22 +1149,22 @@ class _View(errors.SaysWhyAbsent, errors.ClientSide):
         finally:
             self.set_flags(**saved)
 
-    def _block(self, block):
-        return self.block if block is None else block
+    def _block(self, block):   # checked: see _blocking
+        return _blocking(self.client, self.block if block is None else block)
 
     def _finish(self, ar, block):
         return ar.get() if self._block(block) else ar
 
     @_ctrl_c_aborts
     def apply(self, f, /, *args, **kwargs):
-        return self._finish(self._apply(f, args, kwargs), None)
+        return self.apply_sync(f, *args, **kwargs) if self.block else self._apply(f, args, kwargs)
 
     def apply_async(self, f, /, *args, **kwargs):
         return self._apply(f, args, kwargs)
 
     @_ctrl_c_aborts
     def apply_sync(self, f, /, *args, **kwargs):
-        return self._finish(self._apply(f, args, kwargs), True)
+        return self._block(True) and self._apply(f, args, kwargs).get()
 
     def apply_with_flags(self, f, args=None, kwargs=None, block=None, **flags):
         """``f(*args, **kwargs)`` with `flags` for this call alone (the seed's task docs)."""
@@ -1524,6 +1521,7 @@ class LoadBalancedView(_View):
         least: MAP_MIN_CHUNKS). The result is in input order; `ordered=False` makes iterating
         over it yield chunks as they finish. `return_exceptions`: a failed chunk's error stands
         in for each of its items, instead of raising. `label`: the label flag for this call."""
+        block = self._block(block)   # before it sends
         with self.temp_flags(**({} if label is None else {"label": label})):
             ar = self._map(f, sequences, chunksize=chunksize, ordered=ordered)
         ar._return_exceptions = return_exceptions

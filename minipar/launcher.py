@@ -171,14 +171,12 @@ def terminate_pids(pids, timeout=STOP_TIMEOUT_S, sig=signal.SIGTERM, what="proce
     everything = pids + protocol.descendants(pids)
     for pid in pids:
         _kill(pid, sig)
-    alive = _wait_pids(everything, time.monotonic() + timeout)
-    if alive:
+    if alive := _wait_pids(everything, time.monotonic() + timeout):
         log.warning("%s %s did not exit %.0f s after signal %s; sending SIGKILL",
                     what, alive, timeout, sig)
         for pid in alive + protocol.descendants(alive):
             _kill(pid, signal.SIGKILL)
-        alive = _wait_pids(alive, time.monotonic() + 5.0)
-        if alive:
+        if alive := _wait_pids(alive, time.monotonic() + 5.0):
             log.error("%s %s survived SIGKILL", what, alive)
     return alive
 
@@ -221,8 +219,7 @@ def _check_options(cls, options, what):
     if not (isinstance(cls, type) and issubclass(cls, BaseLauncher)):
         return
     accepted = [k for k in cls._names("_options") if k not in _SET_BY_CLUSTER]
-    unknown = [k for k in options if k not in accepted]
-    if unknown:
+    if unknown := [k for k in options if k not in accepted]:
         own = (" (profile_dir, cluster_id and program_args come from the Cluster's own "
                "arguments)" if set(unknown) & set(_SET_BY_CLUSTER) else "")
         raise ValueError(f"{what}: {cls.__name__} takes no option {', '.join(map(repr, unknown))};"
@@ -1253,8 +1250,7 @@ def find_cluster_file(profile=None, profile_dir=None, cluster_id=None):
     where = _searched(profile, profile_dir)
     see = f"see `python -m {_PKG}.launcher list`"
     for pdir in _profile_dirs(profile, profile_dir) if not paths and cluster_id is None else ():
-        info = protocol.live_controller(pdir)   # one started by hand writes no cluster file
-        if info is not None:
+        if (info := protocol.live_controller(pdir)) is not None:   # by hand: no cluster file
             raise LauncherError(
                 f"no cluster found in {where}, but a controller started by hand (pid "
                 f"{info['pid']}, `python -m {_PKG}.controller`) holds {pdir}: the launcher "
@@ -1374,7 +1370,6 @@ def held_profile_message(info, profile_dir):
 
 # ---------------------------------------------------------------- python -m <pkg>.launcher
 
-
 def _describe(cluster):
     ctl = cluster.controller
     ctl = f"pid {ctl.pid}" if ctl is not None and getattr(ctl, "pid", None) else (
@@ -1453,8 +1448,13 @@ def _cmd_engines(args):
     rc = cluster.connect_client_sync()
     before = len(rc.ids)
     n = args.n if args.n is not None else (os.cpu_count() or 1)   # as --help says
-    cluster.start_engines_sync(n, engines=args.engines)
-    cluster.wait_for_engines(before + n, client=rc)
+    set_id = cluster.start_engines_sync(n, engines=args.engines)
+    try:   # as ipcluster engines: a Ctrl-C stops those it started (the cluster's others run on)
+        cluster.wait_for_engines(before + n, client=rc)
+    except KeyboardInterrupt:
+        print(f"stopping the {n} engine(s) it started", file=sys.stderr, flush=True)
+        cluster.stop_engines_sync(set_id)
+        raise
     print(f"cluster {cluster.cluster_id}: {len(rc.ids)} engine{'s' * (len(rc.ids) != 1)}",
           flush=True)
     cluster._close_clients()
@@ -1553,9 +1553,9 @@ def main(argv=None):
                    help='controller launcher options, e.g. \'{"hostname": "h1"}\'')
     p.add_argument("--engine-options", default="{}", metavar="JSON",
                    help='engine launcher options, e.g. \'{"mpi_args": ["--oversubscribe"]}\'')
-    p.add_argument("--timeout", type=float, default=START_TIMEOUT_S, metavar="S",
-                   help="seconds to wait for the controller and engines to be ready "
-                        f"(default {START_TIMEOUT_S:g})")
+    p.add_argument("--timeout", type=functools.partial(protocol.seconds, positive=True),
+                   default=START_TIMEOUT_S, metavar="S", help="seconds to wait for the "
+                   f"controller and engines to be ready (default {START_TIMEOUT_S:g})")
     p.add_argument("--daemonize", action="store_true",
                    help="leave the cluster running and return once it is ready")
     p.set_defaults(func=_cmd_start)

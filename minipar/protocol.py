@@ -69,7 +69,7 @@ import weakref
 import cloudpickle
 import zmq
 
-from .errors import MiniparError, SerializationError
+from .errors import ConnectionFileError, MiniparError, SerializationError
 
 DELIM = b"<MINIPAR>"
 REFUSED = b"refused"  # an unsigned notice sent back for a message that failed its check
@@ -718,8 +718,7 @@ def message_size(frames):
 def check_size(frames, limit, what):
     """Raise SerializationError if a message we are about to send is above `limit`:
     better a clear error at the sender than a peer that drops it (or is disconnected)."""
-    size = message_size(frames)
-    if size > limit:
+    if (size := message_size(frames)) > limit:
         raise SerializationError(
             f"{what} is {size} bytes, above the cluster's max_message_size of {limit}: send "
             "less per message (split the data, or scatter it), or start the controller "
@@ -1176,6 +1175,17 @@ def log_level(text):
     return text.upper()
 
 
+def seconds(text, positive=False):
+    """argparse type of an option of seconds: finite, 0 or more (`positive`: more than 0),
+    else a usage error saying so (NaN, infinity, -1 ended in a traceback or a wait for ever)."""
+    import argparse   # as log_level's
+    with contextlib.suppress(ValueError):
+        if math.isfinite(value := float(text)) and value >= 0 and (value or not positive):
+            return value
+    at_least = "more than 0" if positive else "0 or more"
+    raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (finite, {at_least})")
+
+
 def base_dir():   # absolute: a relative $MINIPAR_DIR named no folder for an engine elsewhere
     return os.path.abspath(os.path.expandvars(os.path.expanduser(
         os.environ.get("MINIPAR_DIR") or os.path.join("~", ".minipar"))))
@@ -1214,8 +1224,6 @@ def profile_name(text):
 
 
 def security_dir(pdir):
-    from .errors import ConnectionFileError
-
     d = os.path.join(pdir, "security")
     try:
         os.makedirs(d, mode=0o700, exist_ok=True)
@@ -1241,8 +1249,7 @@ def wait_for_file(path, wait_s, say):
     (`controller & engine`) may not have written its connection file yet, and one started
     after a controller was killed (kill -9, a crash) has not yet replaced the file that one
     left, whose pid is gone. The reader says which it waits for."""
-    missing = _missing_or_stale(path)
-    if missing:
+    if missing := _missing_or_stale(path):
         bound = "" if wait_s is None else f" up to {wait_s:g} s"
         say("%s: waiting%s for a controller to write it", missing, bound)
         deadline = math.inf if wait_s is None else time.monotonic() + wait_s
@@ -1255,9 +1262,8 @@ def replacement(path, info):
     """What connection file `path` holds if it names another controller than `info` does
     (other ports or key: one started without --reuse), else None (the same, or a file
     that cannot be read, being replaced say)."""
-    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-        with open(path) as f:
-            new = json.load(f)
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError), open(path) as f:
+        new = json.load(f)
         if (new["key"], new["ports"]) != (info["key"], info["ports"]):
             return new
     return None
@@ -1297,8 +1303,6 @@ def live_controller(profile_dir):
     """
     import socket   # here, not at import: `import minipar` stays quick
 
-    from .errors import ConnectionFileError
-
     path = os.path.join(profile_dir, "security", CLIENT_FILE)
     try:
         info = read_connection_file(path)  # raises for a missing or stale file
@@ -1326,8 +1330,6 @@ def read_connection_file(path, ports=CLIENT_PORTS):
     """Read a connection file, with an error that says how to get one; it must name the
     `ports` its reader connects to (a client's: CLIENT_PORTS; an engine's: ENGINE_PORTS).
     One that group or others may read or write is still used, with a RuntimeWarning."""
-    from .errors import ConnectionFileError
-
     wanted = ENGINE_FILE if ports == ENGINE_PORTS else CLIENT_FILE   # named when mixed up
     try:
         with open(path) as f:
@@ -1569,10 +1571,8 @@ def connect(sock, info, name):
     only makes the traffic unreadable and untamperable on an untrusted network."""
     server_key = info.get("curve_serverkey")
     if server_key:
-        public, secret = zmq.curve_keypair()
         sock.curve_serverkey = server_key.encode()
-        sock.curve_publickey = public
-        sock.curve_secretkey = secret
+        sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
     sock.connect(url(info, name))
     return sock
 

@@ -33,7 +33,8 @@ class RemoteFunction:
     @_ctrl_c_aborts
     def __call__(self, /, *args, **kwargs):
         with self.view.temp_flags(**self.flags):
-            return self.view._finish(self.view.apply_async(self.func, *args, **kwargs), self.block)
+            block = self.view._block(self.block)   # before it sends
+            return self.view._finish(self.view.apply_async(self.func, *args, **kwargs), block)
 
 
 class ParallelFunction(RemoteFunction):

@@ -610,7 +610,7 @@ def main(argv=None):
     p.add_argument("--profile", type=protocol.profile_name,
                    help="profile name (~/.minipar/profile_NAME)")
     p.add_argument("--profile-dir", help="profile folder (overrides --profile)")
-    p.add_argument("--interval", type=_seconds, default=1.0, metavar="S",
+    p.add_argument("--interval", type=protocol.seconds, default=1.0, metavar="S",
                    help="seconds between refreshes (default 1)")
     p.add_argument("--once", action="store_true",
                    help="print one snapshot as text and exit (lines cut to $COLUMNS, else "
@@ -618,7 +618,7 @@ def main(argv=None):
     p.add_argument("--json", action="store_true",
                    help="print one snapshot as JSON and exit (implies --once; fields: see "
                         "the module docstring)")
-    p.add_argument("--wait", type=_seconds, metavar="S",
+    p.add_argument("--wait", type=protocol.seconds, metavar="S",
                    help="seconds to wait for the controller before exiting: with --once, for "
                         "its connection file and its answer (default: --interval, 1 to 5); "
                         f"live, for one not started yet or that stopped answering (default "
@@ -704,19 +704,6 @@ def _fit(text, width):
         return text
     return "\n".join(line if len(line) <= width else line[:width - 1] + "~"
                      for line in text.split("\n"))
-
-
-def _seconds(text):
-    """argparse's type for --interval and --wait: finite, 0 or more (NaN or infinity,
-    taken by float(), would stop the live view with a traceback, or wait for ever)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (finite, "
-                                         "0 or more)")
-    return value
 
 
 def _ascii():

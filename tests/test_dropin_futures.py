@@ -464,6 +464,52 @@ def test_a_cancel_at_interpreter_exit_is_sent_without_a_wait(cluster, rc):
                WAIT_S, "the tasks cancelled at exit aborted")
 
 
+def test_the_waits_that_slipped_through_in_a_done_callback_raise_too(rc, marks):
+    """rc.wait(jobs) and a wait on one of ar.futures in a done callback raise at once, as
+    ar.result() there does (they waited out their timeout); a blocking call (apply_sync,
+    map_sync, a blocking view's apply) there raises before it sends, so its task never runs
+    (it raised only once the task was sent)."""
+    lv = rc.load_balanced_view()
+    slow = lv.map_async(sleep_then, [WAIT_S] * 2, ["slow"] * 2, chunksize=1)
+    called = threading.Event()
+    seen = []
+
+    def waits(_):
+        blocking = rc.load_balanced_view(block=True)
+        for wait in (lambda: rc.wait([slow], 5), lambda: rc.wait(timeout=5),
+                     lambda: slow.futures[0].result(5), lambda: slow.futures[1].exception(),
+                     lambda: slow.exception(5),
+                     lambda: lv.apply_sync(mark_then_sleep, marks, "sync", 0),
+                     lambda: lv.map_sync(mark_then_sleep, [marks], ["map"], [0]),
+                     lambda: blocking.apply(mark_then_sleep, marks, "flag", 0),
+                     lambda: rc.wait([slow], 0), lambda: slow.futures[0].done()):
+            try:
+                seen.append(wait())
+            except Exception as e:
+                seen.append(e)
+        called.set()
+
+    lv.apply_async(abs, -1).add_done_callback(waits)
+    assert called.wait(3), "a wait in a done callback waited out its timeout"
+    *raised, polled, done = seen
+    assert all(isinstance(e, RuntimeError) and "done callback" in str(e) for e in raised), seen
+    assert polled is False and done is False   # a poll is no wait
+    assert lv.apply_async(abs, -2).get(WAIT_S) == 2   # the client still works
+    assert os.listdir(marks) == [], "a blocking call in a callback sent its task"
+    slow.abort()
+
+
+def test_a_timeout_of_result_or_exception_says_what_is_outstanding(rc):
+    """ar.result(t) and ar.exception(t), an Executor's futures' too, raised a TimeoutError
+    with no message at all; they say, as ar.get(t) does, how many requests are left."""
+    ar = rc.load_balanced_view().map_async(sleep_then, [WAIT_S] * 2, [None] * 2, chunksize=1)
+    fut = rc.executor().submit(sleep_then, WAIT_S, None)
+    for wait, n in ((ar.result, 2), (ar.exception, 2), (fut.result, 1), (fut.exception, 1)):
+        with pytest.raises(cf.TimeoutError, match=fr"^result not ready after 0\.1 s \({n} of "
+                                                  fr"{n} requests outstanding\)$"):
+            wait(0.1)
+    rc.abort([ar, fut])
+
 def test_abort_still_interrupts_a_running_task(rc):
     ar = rc.load_balanced_view().apply_async(sleep_then, 60, None)
     wait_until(ar.running, WAIT_S, "never running")

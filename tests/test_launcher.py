@@ -1205,6 +1205,51 @@ def test_cli_engines_without_n_starts_and_waits_for_one_per_cpu(pids, tmp_path):
     assert not pids.wait_gone()
 
 
+class SleepingEngines(launcher.LocalEngineSetLauncher):
+    """'Engines' that never register, each a sleep: `launcher engines` waits for them."""
+
+    def _new_child(self):
+        child = super()._new_child()
+        child.find_args = lambda: [sys.executable, "-c", "import time; time.sleep(600)"]
+        return child
+
+
+def test_ctrl_c_in_cli_engines_stops_the_engines_it_started(pids, tmp_path):
+    """A Ctrl-C while `launcher engines -n 2` waits for its engines stops those two, says so
+    and exits 130, as ipcluster engines in the foreground does; the cluster's others run
+    on. They were left running (in the cluster file: only `stop` stopped them)."""
+    prof = str(tmp_path / "p")
+    out = cli("start", "-n", "1", "--profile-dir", prof, "--controller-args",
+              " ".join(CTL_ARGS), "--daemonize")
+    try:
+        assert out.returncode == 0, out.stderr
+        first = Cluster.from_file(profile_dir=prof)
+        pids.add_cluster(first)
+        before = {p for e in first.engines.values() for p in e.pids()}
+        cmd = subprocess.Popen([sys.executable, "-m", "minipar.launcher", "engines", "-n", "2",
+                                "--profile-dir", prof, "--engines",
+                                "tests.test_launcher.SleepingEngines"],
+                               env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        pids.add(cmd.pid)
+
+        def started():
+            now = Cluster.from_file(profile_dir=prof).engines.values()
+            return {p for e in now for p in e.pids()} - before
+
+        new = wait_until(lambda: len(started()) == 2 and started(), 60, "the engines to start")
+        pids.add(*new)
+        cmd.send_signal(signal.SIGINT)   # Ctrl-C, while it waits for them to register
+        out, err = cmd.communicate(timeout=60)
+        assert cmd.returncode == 130 and "Traceback" not in err, err
+        assert err == "stopping the 2 engine(s) it started\ninterrupted\n", err
+        wait_until(lambda: not any(alive(p) for p in new), 30, "its engines to be stopped")
+        assert all(alive(p) for p in before)   # the cluster's own run on
+        assert not started() and len(Cluster.from_file(profile_dir=prof).engines) == 1
+    finally:
+        cli("stop", "--all", "--profile-dir", prof)
+    assert not pids.wait_gone()
+
 def test_cli_args_for_the_controller_and_engines_may_follow_a_space(pids, tmp_path):
     # argparse alone refuses `--controller-args --x` (a value starting with '-'): the
     # value must reach the controller, whose own argparse names it
@@ -1522,6 +1567,55 @@ def test_a_log_level_that_is_not_one_is_a_usage_error(tmp_path, role, args):
                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
 
+
+def test_a_start_timeout_that_is_no_positive_number_is_a_usage_error(tmp_path):
+    """`start --timeout -1` (or 0) started a controller and failed "within -1.0 s", --timeout
+    nan said "or None for no limit" (the Python API's words) and --timeout inf ended in a
+    traceback; each is now a usage error naming the option and what it takes, nothing
+    started (as top's --wait, which shares its type)."""
+    for given in ("-1", "0", "nan", "inf", "soon"):
+        out = subprocess.run([sys.executable, "-m", "minipar.launcher", "start", "-n", "1",
+                              "--timeout", given], env={**_env(), "MINIPAR_DIR": str(tmp_path)},
+                             cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert f"argument --timeout: '{given}' is not a number of seconds (finite, more " \
+               "than 0)" in out.stderr, out.stderr
+    assert not list(tmp_path.rglob("*.json")), "a cluster was started"
+
+# A sitecustomize that sends this process a SIGINT (a Ctrl-C) as it starts to import the
+# module named by $CTRL_C_AT: one of an entry point's first imports, before its main().
+_CTRL_C_AT_IMPORT = """
+import os, signal, sys
+
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == os.environ.get("CTRL_C_AT"):
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+
+sys.meta_path.insert(0, CtrlC())
+"""
+
+
+@pytest.mark.parametrize("role", ["launcher", "controller", "engine", "top"])
+def test_a_ctrl_c_while_an_entry_point_imports_says_interrupted(tmp_path, role):
+    """A Ctrl-C in the first third of a second of `python -m minipar.<command>`, as its
+    modules import, printed Python's KeyboardInterrupt traceback; it now says
+    "interrupted" and ends by SIGINT (130 in a shell), as a Ctrl-C in its main() does.
+    MINIPAR_DEBUG=1 keeps the traceback, and a program of its own is left alone."""
+    (tmp_path / "sitecustomize.py").write_text(_CTRL_C_AT_IMPORT)
+    env = {**_env(), "MINIPAR_DIR": str(tmp_path), "CTRL_C_AT": "zmq",
+           "PYTHONPATH": f"{tmp_path}{os.pathsep}{_env()['PYTHONPATH']}"}
+    for args, debug in ((["-m", f"minipar.{role}"], ""), (["-m", f"minipar.{role}"], "1"),
+                        (["-c", "import minipar.protocol"], "")):
+        out = subprocess.run([sys.executable, *args, "--help"],
+                             env={**env, "MINIPAR_DEBUG": debug}, cwd=tmp_path, text=True,
+                             stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        assert out.returncode in (130, -signal.SIGINT), out
+        quiet = args[0] == "-m" and not debug
+        assert (out.stderr == "interrupted\n") == quiet, out.stderr
+        assert ("Traceback" in out.stderr) != quiet, out.stderr
 
 def test_a_client_of_a_cluster_not_started_says_to_start_the_cluster(pids, tmp_path):
     """Not `python -m minipar.controller`, which a Cluster user has no use for."""
