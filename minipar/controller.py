@@ -312,10 +312,10 @@ class Controller:
             self._fail(rec, "TaskAborted", f"the controller stopped before request "
                        f"{rec['msg_id']} ended; it was not started with --reuse, so it does "
                        "not come back: start a new one and submit the work again")
-        self._shutdown_engines(None, f"the controller (pid {os.getpid()}) stopped", abort=True)
-        self._notify(protocol.CONTROLLER_STOPPED, why=(  # so a client's next call fails at once
-            f"the controller (pid {os.getpid()}) stopped; it was not started with --reuse, so it "
-            "does not come back: start a new one and make a new Client"))
+        gone = f"the controller (pid {os.getpid()}) stopped"   # clients' next calls fail at once
+        self._tell(None, protocol.SHUTDOWN, why=gone, abort=True)
+        self._notify(protocol.CONTROLLER_STOPPED, why=f"{gone}; it was not started with --reuse, "
+                     "so it does not come back: start a new one and make a new Client")
         self._flush()
 
     def loop_once(self, now, timeout=None):
@@ -383,7 +383,8 @@ class Controller:
         self._stop |= self._stopper is not None and self._stopper.poll() is not None
         if self._owner_alive is not None and not self._owner_alive():
             log.warning("owner process %s is gone: stopping its engines and controller", self.owner)
-            self._shutdown_engines(None, f"the cluster's owner {self.owner} is gone", abort=True)
+            self._tell(None, protocol.SHUTDOWN, why=f"the cluster's owner {self.owner} is gone",
+                       abort=True)
             self._owner_alive = None
             # a pending batch job, an unregistered ssh engine: their launchers stop them (as the
             # cluster file says), then us. Till then (or that stop's end) we run: a batch
@@ -472,9 +473,8 @@ class Controller:
             self.stats["stale"] += 1
             if ident.endswith(protocol.REPLY_SUFFIX):  # tell the engine's receiving socket
                 ident = ident[:-len(protocol.REPLY_SUFFIX)]
-            self._send(self.sockets["engine"], [ident], protocol.UNREGISTER,
-                       reason="this engine is not registered (declared dead?)")
-            return
+            return self._send(self.sockets["engine"], [ident], protocol.UNREGISTER,
+                              reason="this engine is not registered (declared dead?)")
         self.engines[eid]["last_beat"] = self._beat  # any message is a sign of life
         for header, parts, wire in self._items(header, parts, frames[len(idents):]):
             handler = self._engine_handlers.get(header["kind"])
@@ -742,8 +742,7 @@ class Controller:
                 task = _task(header)
             except errors.InvalidDependency as e:
                 return self._fail(rec, "InvalidDependency", str(e))
-            self._act(self.scheduler.submit(task, time.monotonic()), rec)
-            return
+            return self._act(self.scheduler.submit(task, time.monotonic()), rec)
         eid = header.get("engine")
         if eid not in self.engines:
             return self._fail(rec, "EngineError", f"engine {eid} is not registered (registered: "
@@ -938,8 +937,7 @@ class Controller:
                 continue
             parent = protocol.new_id()
             self._taking[parent] = (eid, frozenset(msg_ids))
-            self._send(self.sockets["engine"], [self.engines[eid]["ident"]], protocol.ABORT,
-                       msg_ids=msg_ids, parent=parent, running=running)
+            self._tell([eid], protocol.ABORT, msg_ids=msg_ids, parent=parent, running=running)
 
     def _took_back(self, eid, asked, msg_ids):
         """Engine `eid` will never run `msg_ids`, of the `asked` ones: the scheduler queues
@@ -1046,8 +1044,7 @@ class Controller:
             submitted[msg_id] = rec and rec["submitted"]
             if rec is None:
                 unknown.append(msg_id)
-                why = self.db.culled(msg_id)
-                if why:
+                if why := self.db.culled(msg_id):
                     culled[msg_id] = why
             elif rec["status"] == PENDING:
                 pending.append(msg_id)
@@ -1112,10 +1109,9 @@ class Controller:
         for eid, ids in asked.items():
             # requests run in the order sent: the direct ones behind the oldest, if it still
             # runs, come back as a take-back's, to fail at once (see _on_abort_marked)
-            engine = self.engines[eid]
-            oldest = next(iter(engine["outstanding"]), None)
-            self._send(self.sockets["engine"], [engine["ident"]], protocol.ABORT, msg_ids=ids,
-                       parent=header["msg_id"], queued_only=header.get("queued_only"),
+            oldest = next(iter(self.engines[eid]["outstanding"]), None)
+            self._tell([eid], protocol.ABORT, msg_ids=ids, parent=header["msg_id"],
+                       queued_only=header.get("queued_only"),
                        behind=oldest if eid in direct and oldest not in ids else None)
         answer = dict(pending=pending, unknown=unknown)   # unknown: its client fails them
         if asked:
@@ -1149,19 +1145,20 @@ class Controller:
                         "that engine (SIGKILL if SIGTERM, whose handler waits for it, does not)")
 
     def _shutdown(self, idents, header, parts):
-        self._shutdown_engines(header.get("targets"), "a client's shutdown()")
+        self._tell(header.get("targets"), protocol.SHUTDOWN, why="a client's shutdown()")
         self._reply(idents, header, status=OK)
         if header.get("hub"):
             log.info("shutdown requested by a client")
             self._stop, self._stopped_by = True, idents[0]   # it fails its own requests
 
-    def _shutdown_engines(self, targets, why, abort=False):
-        """Tell each target engine (None: all) to stop, `why` (its log says): after its
-        running request, or, with `abort`, aborting it."""
-        for eid in sorted(self.engines) if targets is None else targets:
-            if eid in self.engines:
-                self._send(self.sockets["engine"], [self.engines[eid]["ident"]],
-                           protocol.SHUTDOWN, abort=abort, why=why)
+    def _tell(self, targets, kind, **fields):
+        """Send `kind` (SHUTDOWN: `why`, its log says; `abort` the running request, else after
+        it) to each target engine here (None: all); the ids it went to."""
+        sent = [eid for eid in (sorted(self.engines) if targets is None else targets)
+                if eid in self.engines]
+        for eid in sent:
+            self._send(self.sockets["engine"], [self.engines[eid]["ident"]], kind, **fields)
+        return sent
 
     def _signal(self, idents, header, parts):
         """rc.send_signal: tell each target engine's receiver, which signals its process."""
@@ -1169,11 +1166,7 @@ class Controller:
         if not _is_int(sig) or not (targets is None or isinstance(targets, list)):
             return self._reply(idents, header, status=ERROR, error=(
                 "ValueError", "send_signal needs a signal number and a list of engine ids"))
-        targets = sorted(self.engines) if targets is None else targets
-        sent = [eid for eid in targets if eid in self.engines]
-        for eid in sent:
-            self._send(self.sockets["engine"], [self.engines[eid]["ident"]],
-                       protocol.SIGNAL, sig=sig)
+        sent = self._tell(targets, protocol.SIGNAL, sig=sig)
         self._reply(idents, header, status=OK, targets=sent)
 
     def _broadcast(self, idents, header, parts):
@@ -1550,22 +1543,11 @@ def main(argv=None):
     from .launcher import held_profile_message  # only here, at startup
     pdir = protocol.profile_dir(args.profile, args.profile_dir)
     holder = protocol.live_controller(pdir)
-    if holder:
-        log.error("%s", held_profile_message(holder, pdir))
-        return 1
-    try:   # held until this process ends, however it ends
-        _lock_profile(pdir)   # its descriptor stays open: the lock
-    except errors.MiniparError as e:   # held by another, or a profile folder it cannot write
-        log.error("%s", e)
-        return 1
     try:
+        if holder:
+            raise errors.MiniparError(held_profile_message(holder, pdir))
+        _lock_profile(pdir)   # held until this process ends, however it ends: an open descriptor
         ports = pick_ports(args.ip, parse_ports(args.ports)) if args.ports else None
-    except NoPortsLeftError as e:
-        log.error("NoPortsLeftError: %s", e)
-        return 1
-    except ValueError as e:
-        p.error(str(e))
-    try:
         c = Controller(ip=args.ip, port=args.port, ports=ports, location=args.location,
                        profile=args.profile, profile_dir=args.profile_dir, reuse=args.reuse,
                        heartbeat_period=args.heartbeat_period,
@@ -1573,10 +1555,10 @@ def main(argv=None):
                        hwm=args.hwm, db=args.db, max_message_size=args.max_message_size,
                        curve=args.curve, record_limit=args.record_limit,
                        record_bytes=args.record_bytes, owner=args.owner)
-    except ValueError as e:
+    except ValueError as e:   # a bad --ports, or an option out of its range
         p.error(str(e))
-    except errors.MiniparError as e:   # a profile folder it cannot write
-        log.error("%s", e)
+    except errors.MiniparError as e:   # the profile held, or not writable; no ports left
+        log.error("%s: %s", type(e).__name__, e)   # a Cluster reads a port error's class name
         return 1
 
     def stop(signum, frame):
