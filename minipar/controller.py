@@ -140,6 +140,7 @@ class Controller:
             for name, p in old.get("ports", {}).items():
                 self.ports.setdefault(name, p)
         self.session = protocol.Session(key or os.urandom(32).hex(), max_message_size, router=True)
+        self._held = {} if key else None   # a restart's: engine id -> requests (see _route)
         # (public, secret) CurveZMQ keys with --curve; the public one goes in the files
         self.curve_file = os.path.join(sec, CURVE_FILE)
         self.curve = protocol.curve_keys(self.curve_file, reuse, log.warning) if curve else None
@@ -404,6 +405,10 @@ class Controller:
         self._next_beat = now + self.heartbeat_period
         self.sockets["ping"].send(b"%d" % self._beat)
         self.tally.prune(time.time())   # the counts are by wall-clock second
+        if self._held is not None and self._beat > 2 * self.heartbeat_liveness:
+            held, self._held = self._held, None   # the restart's grace is over (see _route)
+            for eid, rec in [(eid, rec) for eid, recs in held.items() for rec in recs]:
+                self._route(rec, eid)
         _top.say_if_no_engines(self, now)
         if not late:   # else the marks this controller has not read yet are not overdue
             self._abort_overdue(now)
@@ -571,6 +576,8 @@ class Controller:
         log.info("engine %d registered (pid %s on %s)", eid, engine["pid"], engine["host"])
         self._notify(protocol.ENGINE_REGISTERED, id=eid, info=self._engine_info(engine))
         self._act(self.scheduler.engine_added(eid, time.monotonic(), engine["properties"]))
+        for rec in self._held.pop(eid, ()) if self._held else ():   # sent while it was away
+            self._route(rec, eid)
 
     def _id_of_process(self, pid, host):
         """The id of the engine that was process `pid` on `host` (registered, or lost
@@ -743,11 +750,20 @@ class Controller:
             except errors.InvalidDependency as e:
                 return self._fail(rec, "InvalidDependency", str(e))
             return self._act(self.scheduler.submit(task, time.monotonic()), rec)
-        eid = header.get("engine")
-        if eid not in self.engines:
-            return self._fail(rec, "EngineError", f"engine {eid} is not registered (registered: "
-                              f"{sorted(self.engines)}); use rc.ids for the live engines", eid)
-        self._assign(rec, eid)
+        self._route(rec, header.get("engine"))
+
+    def _route(self, rec, eid):
+        """Send direct request `rec` to engine `eid`. A controller restarted (--reuse) hears from
+        its engines a beat or two after it starts: one for an engine not back yet waits for it 2
+        liveness periods, in beats (1 to be heard, 1 to register), then fails as at once."""
+        if rec["status"] != PENDING:   # aborted while it waited
+            return
+        if eid in self.engines:
+            return self._assign(rec, eid)
+        if self._held is not None and eid >= 0:   # an int: see _request_problem
+            return self._held.setdefault(eid, []).append(rec)
+        self._fail(rec, "EngineError", f"engine {eid} is not registered (registered: "
+                   f"{sorted(self.engines)}); use rc.ids for the live engines", eid)
 
     def _assign(self, rec, eid):
         """Send a request to engine `eid`: as received the first time, re-signed after
@@ -1098,6 +1114,8 @@ class Controller:
                 lb.append(msg_id)
             elif rec["engine"] in self.engines:
                 asked[rec["engine"]].append(msg_id)
+            else:   # waiting for its engine after a restart (see _route): never sent
+                self._fail(rec, "TaskAborted", "aborted before it started")
         if unknown and self._park(idents, header, parts, unknown, len(msg_ids)):
             return
         decisions, direct = self.scheduler.abort(lb, now), set(asked)
