@@ -140,6 +140,7 @@ class Controller:
             for name, p in old.get("ports", {}).items():
                 self.ports.setdefault(name, p)
         self.session = protocol.Session(key or os.urandom(32).hex(), max_message_size, router=True)
+        self._held = {} if key else None   # a restart's: engine id -> requests (see _route)
         # (public, secret) CurveZMQ keys with --curve; the public one goes in the files
         self.curve_file = os.path.join(sec, CURVE_FILE)
         self.curve = protocol.curve_keys(self.curve_file, reuse, log.warning) if curve else None
@@ -312,10 +313,10 @@ class Controller:
             self._fail(rec, "TaskAborted", f"the controller stopped before request "
                        f"{rec['msg_id']} ended; it was not started with --reuse, so it does "
                        "not come back: start a new one and submit the work again")
-        self._shutdown_engines(None, f"the controller (pid {os.getpid()}) stopped", abort=True)
-        self._notify(protocol.CONTROLLER_STOPPED, why=(  # so a client's next call fails at once
-            f"the controller (pid {os.getpid()}) stopped; it was not started with --reuse, so it "
-            "does not come back: start a new one and make a new Client"))
+        gone = f"the controller (pid {os.getpid()}) stopped"   # clients' next calls fail at once
+        self._tell(None, protocol.SHUTDOWN, why=gone, abort=True)
+        self._notify(protocol.CONTROLLER_STOPPED, why=f"{gone}; it was not started with --reuse, "
+                     "so it does not come back: start a new one and make a new Client")
         self._flush()
 
     def loop_once(self, now, timeout=None):
@@ -383,7 +384,8 @@ class Controller:
         self._stop |= self._stopper is not None and self._stopper.poll() is not None
         if self._owner_alive is not None and not self._owner_alive():
             log.warning("owner process %s is gone: stopping its engines and controller", self.owner)
-            self._shutdown_engines(None, f"the cluster's owner {self.owner} is gone", abort=True)
+            self._tell(None, protocol.SHUTDOWN, why=f"the cluster's owner {self.owner} is gone",
+                       abort=True)
             self._owner_alive = None
             # a pending batch job, an unregistered ssh engine: their launchers stop them (as the
             # cluster file says), then us. Till then (or that stop's end) we run: a batch
@@ -403,6 +405,10 @@ class Controller:
         self._next_beat = now + self.heartbeat_period
         self.sockets["ping"].send(b"%d" % self._beat)
         self.tally.prune(time.time())   # the counts are by wall-clock second
+        if self._held is not None and self._beat > 2 * self.heartbeat_liveness:
+            held, self._held = self._held, None   # the restart's grace is over (see _route)
+            for eid, rec in [(eid, rec) for eid, recs in held.items() for rec in recs]:
+                self._route(rec, eid)
         _top.say_if_no_engines(self, now)
         if not late:   # else the marks this controller has not read yet are not overdue
             self._abort_overdue(now)
@@ -472,9 +478,8 @@ class Controller:
             self.stats["stale"] += 1
             if ident.endswith(protocol.REPLY_SUFFIX):  # tell the engine's receiving socket
                 ident = ident[:-len(protocol.REPLY_SUFFIX)]
-            self._send(self.sockets["engine"], [ident], protocol.UNREGISTER,
-                       reason="this engine is not registered (declared dead?)")
-            return
+            return self._send(self.sockets["engine"], [ident], protocol.UNREGISTER,
+                              reason="this engine is not registered (declared dead?)")
         self.engines[eid]["last_beat"] = self._beat  # any message is a sign of life
         for header, parts, wire in self._items(header, parts, frames[len(idents):]):
             handler = self._engine_handlers.get(header["kind"])
@@ -571,6 +576,8 @@ class Controller:
         log.info("engine %d registered (pid %s on %s)", eid, engine["pid"], engine["host"])
         self._notify(protocol.ENGINE_REGISTERED, id=eid, info=self._engine_info(engine))
         self._act(self.scheduler.engine_added(eid, time.monotonic(), engine["properties"]))
+        for rec in self._held.pop(eid, ()) if self._held else ():   # sent while it was away
+            self._route(rec, eid)
 
     def _id_of_process(self, pid, host):
         """The id of the engine that was process `pid` on `host` (registered, or lost
@@ -742,13 +749,21 @@ class Controller:
                 task = _task(header)
             except errors.InvalidDependency as e:
                 return self._fail(rec, "InvalidDependency", str(e))
-            self._act(self.scheduler.submit(task, time.monotonic()), rec)
+            return self._act(self.scheduler.submit(task, time.monotonic()), rec)
+        self._route(rec, header.get("engine"))
+
+    def _route(self, rec, eid):
+        """Send direct request `rec` to engine `eid`. A controller restarted (--reuse) hears from
+        its engines a beat or two after it starts: one for an engine not back yet waits for it 2
+        liveness periods, in beats (1 to be heard, 1 to register), then fails as at once."""
+        if rec["status"] != PENDING:   # aborted while it waited
             return
-        eid = header.get("engine")
-        if eid not in self.engines:
-            return self._fail(rec, "EngineError", f"engine {eid} is not registered (registered: "
-                              f"{sorted(self.engines)}); use rc.ids for the live engines", eid)
-        self._assign(rec, eid)
+        if eid in self.engines:
+            return self._assign(rec, eid)
+        if self._held is not None and eid >= 0:   # an int: see _request_problem
+            return self._held.setdefault(eid, []).append(rec)
+        self._fail(rec, "EngineError", f"engine {eid} is not registered (registered: "
+                   f"{sorted(self.engines)}); use rc.ids for the live engines", eid)
 
     def _assign(self, rec, eid):
         """Send a request to engine `eid`: as received the first time, re-signed after
@@ -938,8 +953,7 @@ class Controller:
                 continue
             parent = protocol.new_id()
             self._taking[parent] = (eid, frozenset(msg_ids))
-            self._send(self.sockets["engine"], [self.engines[eid]["ident"]], protocol.ABORT,
-                       msg_ids=msg_ids, parent=parent, running=running)
+            self._tell([eid], protocol.ABORT, msg_ids=msg_ids, parent=parent, running=running)
 
     def _took_back(self, eid, asked, msg_ids):
         """Engine `eid` will never run `msg_ids`, of the `asked` ones: the scheduler queues
@@ -1046,8 +1060,7 @@ class Controller:
             submitted[msg_id] = rec and rec["submitted"]
             if rec is None:
                 unknown.append(msg_id)
-                why = self.db.culled(msg_id)
-                if why:
+                if why := self.db.culled(msg_id):
                     culled[msg_id] = why
             elif rec["status"] == PENDING:
                 pending.append(msg_id)
@@ -1101,6 +1114,8 @@ class Controller:
                 lb.append(msg_id)
             elif rec["engine"] in self.engines:
                 asked[rec["engine"]].append(msg_id)
+            else:   # waiting for its engine after a restart (see _route): never sent
+                self._fail(rec, "TaskAborted", "aborted before it started")
         if unknown and self._park(idents, header, parts, unknown, len(msg_ids)):
             return
         decisions, direct = self.scheduler.abort(lb, now), set(asked)
@@ -1112,10 +1127,9 @@ class Controller:
         for eid, ids in asked.items():
             # requests run in the order sent: the direct ones behind the oldest, if it still
             # runs, come back as a take-back's, to fail at once (see _on_abort_marked)
-            engine = self.engines[eid]
-            oldest = next(iter(engine["outstanding"]), None)
-            self._send(self.sockets["engine"], [engine["ident"]], protocol.ABORT, msg_ids=ids,
-                       parent=header["msg_id"], queued_only=header.get("queued_only"),
+            oldest = next(iter(self.engines[eid]["outstanding"]), None)
+            self._tell([eid], protocol.ABORT, msg_ids=ids, parent=header["msg_id"],
+                       queued_only=header.get("queued_only"),
                        behind=oldest if eid in direct and oldest not in ids else None)
         answer = dict(pending=pending, unknown=unknown)   # unknown: its client fails them
         if asked:
@@ -1149,19 +1163,20 @@ class Controller:
                         "that engine (SIGKILL if SIGTERM, whose handler waits for it, does not)")
 
     def _shutdown(self, idents, header, parts):
-        self._shutdown_engines(header.get("targets"), "a client's shutdown()")
+        self._tell(header.get("targets"), protocol.SHUTDOWN, why="a client's shutdown()")
         self._reply(idents, header, status=OK)
         if header.get("hub"):
             log.info("shutdown requested by a client")
             self._stop, self._stopped_by = True, idents[0]   # it fails its own requests
 
-    def _shutdown_engines(self, targets, why, abort=False):
-        """Tell each target engine (None: all) to stop, `why` (its log says): after its
-        running request, or, with `abort`, aborting it."""
-        for eid in sorted(self.engines) if targets is None else targets:
-            if eid in self.engines:
-                self._send(self.sockets["engine"], [self.engines[eid]["ident"]],
-                           protocol.SHUTDOWN, abort=abort, why=why)
+    def _tell(self, targets, kind, **fields):
+        """Send `kind` (SHUTDOWN: `why`, its log says; `abort` the running request, else after
+        it) to each target engine here (None: all); the ids it went to."""
+        sent = [eid for eid in (sorted(self.engines) if targets is None else targets)
+                if eid in self.engines]
+        for eid in sent:
+            self._send(self.sockets["engine"], [self.engines[eid]["ident"]], kind, **fields)
+        return sent
 
     def _signal(self, idents, header, parts):
         """rc.send_signal: tell each target engine's receiver, which signals its process."""
@@ -1169,11 +1184,7 @@ class Controller:
         if not _is_int(sig) or not (targets is None or isinstance(targets, list)):
             return self._reply(idents, header, status=ERROR, error=(
                 "ValueError", "send_signal needs a signal number and a list of engine ids"))
-        targets = sorted(self.engines) if targets is None else targets
-        sent = [eid for eid in targets if eid in self.engines]
-        for eid in sent:
-            self._send(self.sockets["engine"], [self.engines[eid]["ident"]],
-                       protocol.SIGNAL, sig=sig)
+        sent = self._tell(targets, protocol.SIGNAL, sig=sig)
         self._reply(idents, header, status=OK, targets=sent)
 
     def _broadcast(self, idents, header, parts):
@@ -1550,22 +1561,11 @@ def main(argv=None):
     from .launcher import held_profile_message  # only here, at startup
     pdir = protocol.profile_dir(args.profile, args.profile_dir)
     holder = protocol.live_controller(pdir)
-    if holder:
-        log.error("%s", held_profile_message(holder, pdir))
-        return 1
-    try:   # held until this process ends, however it ends
-        _lock_profile(pdir)   # its descriptor stays open: the lock
-    except errors.MiniparError as e:   # held by another, or a profile folder it cannot write
-        log.error("%s", e)
-        return 1
     try:
+        if holder:
+            raise errors.MiniparError(held_profile_message(holder, pdir))
+        _lock_profile(pdir)   # held until this process ends, however it ends: an open descriptor
         ports = pick_ports(args.ip, parse_ports(args.ports)) if args.ports else None
-    except NoPortsLeftError as e:
-        log.error("NoPortsLeftError: %s", e)
-        return 1
-    except ValueError as e:
-        p.error(str(e))
-    try:
         c = Controller(ip=args.ip, port=args.port, ports=ports, location=args.location,
                        profile=args.profile, profile_dir=args.profile_dir, reuse=args.reuse,
                        heartbeat_period=args.heartbeat_period,
@@ -1573,10 +1573,10 @@ def main(argv=None):
                        hwm=args.hwm, db=args.db, max_message_size=args.max_message_size,
                        curve=args.curve, record_limit=args.record_limit,
                        record_bytes=args.record_bytes, owner=args.owner)
-    except ValueError as e:
+    except ValueError as e:   # a bad --ports, or an option out of its range
         p.error(str(e))
-    except errors.MiniparError as e:   # a profile folder it cannot write
-        log.error("%s", e)
+    except errors.MiniparError as e:   # the profile held, or not writable; no ports left
+        log.error("%s: %s", type(e).__name__, e)   # a Cluster reads a port error's class name
         return 1
 
     def stop(signum, frame):

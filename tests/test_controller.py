@@ -513,3 +513,52 @@ def test_a_question_read_late_in_a_quiet_pass_waits_its_whole_grace(hub):
     _, reply, _ = other.recv()
     assert reply["parent"] == asked[0]["msg_id"]
     assert (reply["pending"], reply["unknown"]) == ([header["msg_id"]], [])
+
+
+def test_after_a_reuse_restart_a_direct_request_waits_for_its_engine_a_bounded_time(tmp_path):
+    """A controller restarted with --reuse hears from its engines a beat or two later: a
+    direct request for an engine not back yet waits for it (delivered once it registers,
+    failed if aborted), up to 2 liveness periods, then fails as one for an engine never
+    seen; past that grace such a request fails at once."""
+    profile = str(tmp_path / "profile")
+    first = Controller(profile_dir=profile, reuse=True)
+    first.bind()
+    first.close()   # as killed: --reuse leaves its files
+    hub = Controller(profile_dir=profile, reuse=True, heartbeat_period=PERIOD_S,
+                     heartbeat_liveness=LIVENESS)
+    hub.bind()
+    hub.test_ctx, hub.clock = zmq.Context(), 1000.0
+    try:
+        assert hub.ports == first.ports and hub.session.key == first.session.key
+        hub.client = Peer(hub.test_ctx, hub, "client")
+        step(hub, timeout=0)   # the first beat
+        waits, aborted, gone = (hub.client.send(protocol.APPLY, [b"f"], engine=e, counts=[1])
+                                for e in (0, 1, 5))
+        step(hub)
+        abort = hub.client.send(protocol.ABORT, msg_ids=[aborted["msg_id"]])
+        step(hub)
+        replies = {h["parent"]: h for h in hub.client.recv_items(2)}
+        assert replies[aborted["msg_id"]]["ename"] == "TaskAborted"
+        assert replies[abort["msg_id"]]["status"] == protocol.OK
+        engine, eid = register(hub, b"engine-a", id=0)
+        assert eid == 0
+        _, request, _ = engine.recv()
+        assert request["msg_id"] == waits["msg_id"]
+        engine.send(protocol.UNREGISTER)   # it has no heart here: gone before the beats below
+        step(hub)
+        _, reply, _ = hub.client.recv()
+        assert reply["parent"] == waits["msg_id"] and "unregistered" in reply["evalue"]
+        for _ in range(2 * LIVENESS - 1):   # the first beat was at the start
+            step(hub, timeout=0, beat=True)
+        assert not hub.client.sock.poll(200)   # engine 5 may still come
+        step(hub, timeout=0, beat=True)   # 2 liveness periods after the start
+        _, reply, _ = hub.client.recv()
+        assert reply["parent"] == gone["msg_id"] and reply["ename"] == "EngineError"
+        assert "engine 5 is not registered (registered: [])" in reply["evalue"]
+        late = hub.client.send(protocol.APPLY, [b"f"], engine=6, counts=[1])
+        step(hub)
+        _, reply, _ = hub.client.recv()
+        assert reply["parent"] == late["msg_id"] and "engine 6 is not registered" in reply["evalue"]
+    finally:
+        hub.close()
+        hub.test_ctx.destroy(linger=0)

@@ -740,3 +740,56 @@ def test_ctrl_c_while_the_controller_is_lost_returns_at_once_saying_what_follows
         if user.poll() is None:
             user.kill()
             user.wait()
+
+
+def test_direct_requests_sent_across_a_restart_wait_for_their_engines(tmp_path):
+    """A controller restarted with --reuse comes back before its engines register again.
+    Direct and broadcast requests sent while it was away (the client's socket holds them)
+    or just after it came back reached it first and failed at once: "engine 0 is not
+    registered (registered: [])". They wait for their engines. Here the engines are frozen
+    until the requests are in, and the client's I/O thread is held in its log line about
+    the loss (as above), so that the client still takes engine 0 for registered."""
+    c = LocalCluster(tmp_path, controller_args=["--reuse"])
+    held, resume = threading.Event(), threading.Event()
+
+    class Hold(logging.Handler):
+        def emit(self, record):
+            if record.msg.startswith("lost the connection to the controller"):
+                held.set()
+                resume.wait(START_TIMEOUT_S)
+
+    hold = Hold()
+    logging.getLogger("minipar.client").addHandler(hold)
+    try:
+        engines = c.start_engines(2, args=ENGINE_ARGS)
+        rc = c.client(reconnect_timeout=120)
+        ids = sorted(rc.wait_for_engines(2, START_TIMEOUT_S))
+        one, both, bview = rc[ids[0]], rc.direct_view(ids), rc.broadcast_view(ids)
+        for engine in engines:
+            freeze(engine.pid)
+        c.controller.send_signal(signal.SIGKILL)
+        c.controller.wait(10)
+        wait_until(held.is_set, START_TIMEOUT_S, "the client to see the controller lost")
+        during = [one.apply_async(square, 3), both.push({"a": 5}, block=False),
+                  bview.apply_async(square, 4)]
+        _restart_controller(c, ["--reuse", "--heartbeat-liveness", "25"], "controller2")
+        after = [one.apply_async(square, 6), both.execute("b = a + 1", block=False)]
+        watcher = c.client()
+        msg_ids = [m for ar in [*during, *after] for m in ar.msg_ids]
+        wait_until(lambda: len(watcher.db_query({"msg_id": {"$in": msg_ids}}, keys=["msg_id"]))
+                   == len(msg_ids), START_TIMEOUT_S, "the requests at the new controller")
+        resume.set()
+        for engine in engines:
+            engine.send_signal(signal.SIGCONT)
+        assert during[0].get(START_TIMEOUT_S) == 9
+        during[1].get(START_TIMEOUT_S)
+        assert during[2].get(START_TIMEOUT_S) == [16, 16]
+        assert after[0].get(START_TIMEOUT_S) == 36
+        after[1].get(START_TIMEOUT_S)
+        assert both.pull("b", block=True) == [6, 6]
+    finally:
+        resume.set()
+        logging.getLogger("minipar.client").removeHandler(hold)
+        for engine in c.engines:   # none left stopped
+            engine.send_signal(signal.SIGCONT)
+        c.stop()
