@@ -963,10 +963,20 @@ def _abort_ids(client, msg_ids, queued_only=False):
     (the I/O thread, which reads the answer) the abort is sent, its answer not waited for
     (None): "first failure aborts the rest" works in a callback. So at interpreter exit,
     when the I/O thread has stopped for good (a cancel() in a __del__, or a map generator
-    finalized then): a wait there lasted the client's timeout (10 s) per call."""
-    if not (_in_io_thread(client) or sys.is_finalizing()):
+    finalized then): a wait there lasted the client's timeout (10 s) per call. At exit the
+    send lock is waited for a second at most: finalization stops a daemon thread where it
+    stands, and the I/O thread stopped in a flush keeps it for ever (the exit hung)."""
+    finalizing = sys.is_finalizing()
+    if not (finalizing or _in_io_thread(client)):
         return client._abort(msg_ids, queued_only)
-    if msg_ids:
+    if msg_ids and finalizing and (getattr(client, "_lock_lost", False)
+                                   or not client._send_lock.acquire(timeout=1.0)):
+        client._lock_lost = True   # the next call waits no more
+        log.warning("at exit: the abort of %d requests could not be sent (the client's I/O "
+                    "thread stopped holding its lock); they may run on", len(msg_ids))
+    elif msg_ids:
+        if finalizing:   # free: nothing else takes it now
+            client._send_lock.release()
         client._send_query(protocol.ABORT, dict(msg_ids=msg_ids, queued_only=queued_only))
     return None
 

@@ -436,7 +436,13 @@ results = lv.imap(time.sleep, [0, 30, 30], ordered=False)   # two left running
 next(results)
 blockers = [lv.apply_async(time.sleep, 5) for _ in range(2)]
 queued = [lv.apply_async(abs, -1) for _ in range(3)]
+rc.queue_status()   # the burst sent: no flush under way as the interpreter exits
 print(*[q.msg_ids[0] for q in queued], flush=True)
+if sys.argv[2:] == ["stuck"]:   # as the I/O thread, stopped by finalization in a flush
+    import threading
+    threading.Thread(target=lambda: (rc._send_lock.acquire(), time.sleep(60)),
+                     daemon=True).start()
+    time.sleep(0.5)
 
 class AtExit:   # kept in builtins: deleted once the interpreter is finalizing
     def __del__(self):
@@ -462,6 +468,16 @@ def test_a_cancel_at_interpreter_exit_is_sent_without_a_wait(cluster, rc):
     wait_until(lambda: {r["status"] for r in rc.db_query({"msg_id": {"$in": ids.split()}},
                                                          ["status"])} == {"aborted"},
                WAIT_S, "the tasks cancelled at exit aborted")
+
+
+def test_an_exit_whose_client_lock_stays_held_ends_saying_what_was_not_aborted(cluster):
+    """Finalization stops a daemon thread where it stands: the I/O thread stopped in a
+    flush keeps the client's send lock for ever, and a cancel() at exit waited for it for
+    ever (the process never ended). It waits a second, once, and says what ran on."""
+    out = subprocess.run([sys.executable, "-c", AT_EXIT, cluster.client_file, "stuck"],
+                         capture_output=True, text=True, timeout=WAIT_S)
+    assert out.returncode == 0 and out.stdout.splitlines()[1].split()[0] == "True", out
+    assert "the abort of 1 requests could not be sent" in out.stderr, out.stderr
 
 
 def test_the_waits_that_slipped_through_in_a_done_callback_raise_too(rc, marks):
