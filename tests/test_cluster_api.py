@@ -133,7 +133,6 @@ def test_sync_twins(pids, tmp_path):  # noqa: F811
     assert os.path.isdir(tmp_path / "p")  # a folder the user gave is kept
 
 
-
 def test_ipyparallels_names_minipar_leaves_out_say_what_to_use(pids, tmp_path):  # noqa: F811
     """cluster.signal_engine, stop_engine, engine_set... (every name docs/ipyparallel.rst calls
     absent on Cluster) were a bare AttributeError; its own names, private ones and typos
@@ -251,6 +250,7 @@ def test_a_controller_started_again_without_reuse_gets_new_clients(pids, tmp_pat
     finally:
         cluster.stop_cluster_sync()
     assert pids.wait_gone(20) == []
+
 
 def test_from_file_finds_the_one_running_cluster(pids, minipar_dir):  # noqa: F811
     out = cli("start", "-n", "1", "--profile", "x", "--cluster-id", "daemon",

@@ -384,6 +384,14 @@ def test_cancel_in_a_done_callback_neither_stalls_the_client_nor_lets_them_run(
     assert len({f"q{i}" for i in range(6)} & set(os.listdir(marks))) <= 2
 
 
+def _outcome(call):
+    """What `call()` returns, or the exception it raises."""
+    try:
+        return call()
+    except Exception as e:
+        return e
+
+
 def test_a_wait_in_a_done_callback_says_why_it_cannot_end(rc):
     """A done callback runs in the I/O thread, the one that would receive what it waits
     for: a wait there (a result, or the controller's answer to a query) raises at once
@@ -394,12 +402,8 @@ def test_a_wait_in_a_done_callback_says_why_it_cannot_end(rc):
     seen = []
 
     def waits(_):
-        for wait in (slow.result, lambda: slow.get(0), lambda: rc.wait([slow], 0),
-                     rc.queue_status, lambda: lv.apply_sync(abs, -1)):
-            try:
-                seen.append(wait())
-            except Exception as e:
-                seen.append(e)
+        seen.extend(map(_outcome, (slow.result, lambda: slow.get(0), lambda: rc.wait([slow], 0),
+                                   rc.queue_status, lambda: lv.apply_sync(abs, -1))))
         called.set()
 
     lv.apply_async(abs, -1).add_done_callback(waits)
@@ -492,17 +496,13 @@ def test_the_waits_that_slipped_through_in_a_done_callback_raise_too(rc, marks):
 
     def waits(_):
         blocking = rc.load_balanced_view(block=True)
-        for wait in (lambda: rc.wait([slow], 5), lambda: rc.wait(timeout=5),
-                     lambda: slow.futures[0].result(5), lambda: slow.futures[1].exception(),
-                     lambda: slow.exception(5),
-                     lambda: lv.apply_sync(mark_then_sleep, marks, "sync", 0),
-                     lambda: lv.map_sync(mark_then_sleep, [marks], ["map"], [0]),
-                     lambda: blocking.apply(mark_then_sleep, marks, "flag", 0),
-                     lambda: rc.wait([slow], 0), lambda: slow.futures[0].done()):
-            try:
-                seen.append(wait())
-            except Exception as e:
-                seen.append(e)
+        seen.extend(map(_outcome, (
+            lambda: rc.wait([slow], 5), lambda: rc.wait(timeout=5),
+            lambda: slow.futures[0].result(5), lambda: slow.futures[1].exception(),
+            lambda: slow.exception(5), lambda: lv.apply_sync(mark_then_sleep, marks, "sync", 0),
+            lambda: lv.map_sync(mark_then_sleep, [marks], ["map"], [0]),
+            lambda: blocking.apply(mark_then_sleep, marks, "flag", 0),
+            lambda: rc.wait([slow], 0), lambda: slow.futures[0].done())))
         called.set()
 
     lv.apply_async(abs, -1).add_done_callback(waits)
@@ -525,6 +525,7 @@ def test_a_timeout_of_result_or_exception_says_what_is_outstanding(rc):
                                                   fr"{n} requests outstanding\)$"):
             wait(0.1)
     rc.abort([ar, fut])
+
 
 def test_abort_still_interrupts_a_running_task(rc):
     ar = rc.load_balanced_view().apply_async(sleep_then, 60, None)

@@ -286,6 +286,26 @@ def test_what_an_engine_held_before_a_restart_that_fails_it_never_runs(tmp_path,
         c.stop()
 
 
+class _HoldInLoss(logging.Handler):
+    """Holds a client's I/O thread in its log line about the controller lost (`held` set)
+    until `resume` is set: it says `connect` to a restarted controller only then."""
+
+    def __init__(self):
+        super().__init__()
+        self.held, self.resume = threading.Event(), threading.Event()
+        logging.getLogger("minipar.client").addHandler(self)
+
+    def emit(self, record):
+        if record.msg.startswith("lost the connection to the controller"):
+            self.held.set()
+            self.resume.wait(START_TIMEOUT_S)
+
+    def close(self):   # the thread goes on, and is held no more
+        self.resume.set()
+        logging.getLogger("minipar.client").removeHandler(self)
+        super().close()
+
+
 def test_a_query_that_reaches_the_restarted_controller_first_is_answered(tmp_path):
     """A client's queries leave on a send-only socket; the controller answers each on the
     route `connect` gave it. After a restart that socket could reach the new controller
@@ -295,33 +315,23 @@ def test_a_query_that_reaches_the_restarted_controller_first_is_answered(tmp_pat
     the client's I/O thread is held in its log line about the loss, so it says `connect`
     only once a query, then a task, have left and a second client saw the task arrive."""
     c = LocalCluster(tmp_path, controller_args=["--reuse"])
-    held, resume = threading.Event(), threading.Event()
-
-    class Hold(logging.Handler):
-        def emit(self, record):
-            if record.msg.startswith("lost the connection to the controller"):
-                held.set()
-                resume.wait(START_TIMEOUT_S)
-
-    hold = Hold()
-    logging.getLogger("minipar.client").addHandler(hold)
+    hold = _HoldInLoss()
     try:
         c.start_engines(1, args=ENGINE_ARGS)
         rc = c.client(reconnect_timeout=120)
         rc.wait_for_engines(1, START_TIMEOUT_S)
         _restart_controller(c, ["--reuse"], "controller2")
-        wait_until(held.is_set, START_TIMEOUT_S, "the client to see the controller lost")
+        wait_until(hold.held.is_set, START_TIMEOUT_S, "the client to see the controller lost")
         query = rc._send_query(protocol.QUEUE_STATUS, {})
         ar = rc.load_balanced_view().apply_async(square, 4)
         watcher = c.client()
         wait_until(lambda: watcher.db_query({"msg_id": ar.msg_ids[0]}, keys=["msg_id"]),
                    START_TIMEOUT_S, "the task, sent after the query, at the controller")
-        resume.set()
+        hold.resume.set()
         assert query.result(START_TIMEOUT_S)["status"] == protocol.OK
         assert ar.get(START_TIMEOUT_S) == 16
     finally:
-        resume.set()
-        logging.getLogger("minipar.client").removeHandler(hold)
+        hold.close()
         c.stop()
 
 
@@ -750,16 +760,7 @@ def test_direct_requests_sent_across_a_restart_wait_for_their_engines(tmp_path):
     until the requests are in, and the client's I/O thread is held in its log line about
     the loss (as above), so that the client still takes engine 0 for registered."""
     c = LocalCluster(tmp_path, controller_args=["--reuse"])
-    held, resume = threading.Event(), threading.Event()
-
-    class Hold(logging.Handler):
-        def emit(self, record):
-            if record.msg.startswith("lost the connection to the controller"):
-                held.set()
-                resume.wait(START_TIMEOUT_S)
-
-    hold = Hold()
-    logging.getLogger("minipar.client").addHandler(hold)
+    hold = _HoldInLoss()
     try:
         engines = c.start_engines(2, args=ENGINE_ARGS)
         rc = c.client(reconnect_timeout=120)
@@ -769,7 +770,7 @@ def test_direct_requests_sent_across_a_restart_wait_for_their_engines(tmp_path):
             freeze(engine.pid)
         c.controller.send_signal(signal.SIGKILL)
         c.controller.wait(10)
-        wait_until(held.is_set, START_TIMEOUT_S, "the client to see the controller lost")
+        wait_until(hold.held.is_set, START_TIMEOUT_S, "the client to see the controller lost")
         during = [one.apply_async(square, 3), both.push({"a": 5}, block=False),
                   bview.apply_async(square, 4)]
         _restart_controller(c, ["--reuse", "--heartbeat-liveness", "25"], "controller2")
@@ -778,7 +779,7 @@ def test_direct_requests_sent_across_a_restart_wait_for_their_engines(tmp_path):
         msg_ids = [m for ar in [*during, *after] for m in ar.msg_ids]
         wait_until(lambda: len(watcher.db_query({"msg_id": {"$in": msg_ids}}, keys=["msg_id"]))
                    == len(msg_ids), START_TIMEOUT_S, "the requests at the new controller")
-        resume.set()
+        hold.resume.set()
         for engine in engines:
             engine.send_signal(signal.SIGCONT)
         assert during[0].get(START_TIMEOUT_S) == 9
@@ -788,8 +789,7 @@ def test_direct_requests_sent_across_a_restart_wait_for_their_engines(tmp_path):
         after[1].get(START_TIMEOUT_S)
         assert both.pull("b", block=True) == [6, 6]
     finally:
-        resume.set()
-        logging.getLogger("minipar.client").removeHandler(hold)
+        hold.close()
         for engine in c.engines:   # none left stopped
             engine.send_signal(signal.SIGCONT)
         c.stop()
