@@ -21,7 +21,8 @@ the scheduler calls them on the counts it keeps per task, ``Dependency.check`` /
 view's ``after`` / ``follow`` flags into those dicts, and refuses what is not one.
 
 ``Reference(name)`` is here too: like a ``dependent``, an argument the engine unpickles
-and turns into something of its own (the object `name` names in its namespace).
+and turns into something of its own (the object `name` names in its namespace), with
+``resolve_references``, which the engine calls only when unpickling a request made one.
 
 This module imports only ``errors``: an engine unpickling a ``dependent`` or a
 ``Reference`` imports it and nothing of the client's.
@@ -280,19 +281,26 @@ def msg_ids(jobs):
 class Reference:
     """An argument standing for the object `name` names in the engine's namespace when the
     request runs: ``view.apply(f, Reference('a'))`` calls ``f(a)`` with the engine's
-    ``a``, which never travels. An argument of apply, a keyword argument's value or a
-    value pushed (``push({'b': Reference('a')})`` sets b to a), not one nested deeper.
-    `name` is evaluated there, so ``'a.shape'`` or ``'a[0]'`` work too; a name not
-    defined there fails the request with NameError.
+    ``a``, which never travels. As ipyparallel's, it is resolved where it is the function
+    (``dv.apply(Reference('f'), 2)`` calls the engine's ``f``; ``map`` too), an argument, a
+    keyword argument's value or a value pushed (``push({'b': Reference('a')})`` sets b to
+    a), and one level inside those: an item of a list, tuple or set of fewer than
+    REFERENCE_ITEMS_MAX items (``apply(f, [Reference('a'), 1])``), a dict's value, an
+    element of a map's sequence. Not deeper. `name` is evaluated there, so ``'a.shape'`` or
+    ``'a[0]'`` work too; a name not defined there fails the request with NameError.
     """
 
     __slots__ = ("name",)
+    # How many this process made, unpickling included: an engine looks for References in
+    # a request only when unpickling it made one, so a request without any pays nothing.
+    _made = 0
 
     def __init__(self, name):
         if not isinstance(name, str):
             raise TypeError(f"Reference takes the name of an engine's variable (a str), "
                             f"not {type(name).__name__}")
         self.name = name
+        Reference._made += 1
 
     def __repr__(self):
         return f"<Reference: {self.name!r}>"
@@ -307,3 +315,37 @@ class Reference:
         except NameError as e:
             raise NameError(f"{self!r}: {e} in the engine's namespace; push it first, "
                             "or define it with execute") from None
+
+
+# ipyparallel's canning looks inside a list, tuple or set argument of fewer items than this
+# (jupyter_client's MAX_ITEMS) and pickles a longer one as it is, its References left as
+# they are; a dict's values it resolves whatever their number.
+REFERENCE_ITEMS_MAX = 64
+_SEQUENCES = (list, tuple, set)
+
+
+def resolve_references(ns, f, args, kwargs, elementwise=False):
+    """A request's function, args and kwargs with the References in them replaced by the
+    objects they name in namespace `ns` (the engine's), as ``Reference`` says. Exact types
+    only, as ipyparallel's: a namedtuple or an OrderedDict is left as it is. `elementwise`:
+    the args are a map's chunks, each element resolved whatever their number (ipyparallel's
+    load-balanced map sends every element as a task of its own)."""
+    if type(f) is Reference:
+        f = f.get_object(ns)
+    limit = sys.maxsize if elementwise else REFERENCE_ITEMS_MAX
+    return (f, [resolved(ns, a, limit) for a in args],
+            {k: resolved(ns, v) for k, v in kwargs.items()})
+
+
+def resolved(ns, obj, limit=REFERENCE_ITEMS_MAX):
+    """`obj` resolved in `ns` if a Reference, or a copy of it with its items (a dict: its
+    values) that are References resolved, if a dict or a list, tuple or set of fewer than
+    `limit` items; else `obj` itself."""
+    kind = type(obj)
+    if kind is Reference:
+        return obj.get_object(ns)
+    if kind is dict:
+        return {k: v.get_object(ns) if type(v) is Reference else v for k, v in obj.items()}
+    if kind in _SEQUENCES and len(obj) < limit:
+        return kind([i.get_object(ns) if type(i) is Reference else i for i in obj])
+    return obj

@@ -1218,6 +1218,7 @@ class Engine:
     # ------------------------------------------------------------ request kinds
 
     def _apply(self, header, parts):
+        made = _REFERENCE._made
         try:
             n = header["counts"][0]
             f = protocol.deserialize_function(parts[:n])
@@ -1229,6 +1230,9 @@ class Engine:
             raise _not_importable_here(e) from None
         except Exception as e:
             raise self._unpickling_error(e) from None
+        if _REFERENCE._made != made:   # unpickling made a Reference (none: nothing to pay)
+            f, args, kwargs = dependency.resolve_references(self.user_ns, f, args, kwargs,
+                                                            header.get("map"))
         try:   # what rc.status shows it runs; never a reason for the task to fail
             self._name = (header["msg_id"], str(getattr(f, "__name__", None) or type(f).__name__))
         except Exception:
@@ -1236,11 +1240,6 @@ class Engine:
         f = self._bind(f)
         if header.get("map"):  # a chunk of a map: f element-wise over the sequences
             return list(map(f, *args))
-        if _REFERENCE in map(type, args) or kwargs and _REFERENCE in map(type, kwargs.values()):
-            ns = self.user_ns
-            args = [a.get_object(ns) if type(a) is _REFERENCE else a for a in args]
-            kwargs = {k: v.get_object(ns) if type(v) is _REFERENCE else v
-                      for k, v in kwargs.items()}
         return f(*args, **kwargs)
 
     def _bind(self, f):
@@ -1338,16 +1337,16 @@ class Engine:
             f"{type(e).__name__}: {e}")
 
     def _push(self, header, parts):
+        made = _REFERENCE._made
         try:
             ns = protocol.deserialize(parts)
         except ImportError as e:
             raise _not_importable_here(e) from None
         except Exception as e:
             raise self._unpickling_error(e) from None
-        # A Reference is the engine's variable, read before any is set, as ipyparallel's
-        # push (an apply of its dict as keywords) resolves it.
-        self.user_ns.update({k: v.get_object(self.user_ns) if type(v) is _REFERENCE
-                             else self._bind(v) for k, v in ns.items()})
+        if _REFERENCE._made != made:   # as apply's keyword values, all read before any is set
+            ns = {k: dependency.resolved(self.user_ns, v) for k, v in ns.items()}
+        self.user_ns.update({k: self._bind(v) for k, v in ns.items()})
 
     def _pull(self, header, parts):
         names = header["names"]

@@ -69,6 +69,7 @@ import weakref
 import cloudpickle
 import zmq
 
+from .dependency import Reference
 from .errors import ConnectionFileError, MiniparError, SerializationError
 
 DELIM = b"<MINIPAR>"
@@ -1044,7 +1045,7 @@ def serialize_function(f):
     every global it names is a module or absent (modules travel by reference), and its
     code, defaults and those globals are the same objects as when it was cached."""
     if not isinstance(f, types.FunctionType):
-        if not callable(f):   # else sent, and each engine failed: 'int' object is not callable
+        if not callable(f) and type(f) is not Reference:   # a Reference: the engine's function
             raise TypeError(f"the function to run must be callable, not {type(f).__name__} "
                             f"{f!r:.40}: pass the function itself, then its arguments")
         return serialize(f)
@@ -1073,11 +1074,10 @@ def _stateless(f):
 
 def deserialize(frames):
     """Inverse of serialize: frames are bytes or zmq.Frame (buffers used without copy)."""
-    data = _bytes(frames[0])
     buffers = [f.buffer if hasattr(f, "buffer") else f for f in frames[1:]]
     imported = len(sys.modules)
     try:
-        return pickle.loads(data, buffers=buffers)
+        return pickle.loads(_bytes(frames[0]), buffers=buffers)
     except Exception:
         raise
     except BaseException:

@@ -41,6 +41,51 @@ def test_reference_to_a_missing_name_is_a_name_error(cluster):
     assert isinstance(info.value, RemoteError) and info.value.ename == "NameError"
 
 
+def test_reference_inside_a_short_container_argument_resolves(cluster):
+    """As ipyparallel's canning: one level inside a list, tuple or set argument of fewer
+    than 64 items, and a dict argument's values, keyword values and values pushed too; not
+    deeper, nor in a longer list (ipyparallel pickles that as it is), nor a dict's key."""
+    rc = cluster.rc
+    dv, lview = rc[:], rc.load_balanced_view()
+    dv.execute("a = 5", block=True)
+    a = Reference("a")
+
+    def kinds(*args, **kwargs):
+        return args, kwargs
+    assert dv.apply_sync(kinds, [a, 1], (a,), {a}, {"k": a}, y=[a]) == [
+        (([5, 1], (5,), {5}, {"k": 5}), {"y": [5]})] * 4
+    assert lview.apply_async(kinds, (1, a)).get(TIMEOUT) == (((1, 5),), {})
+    nested, long_list = rc[0].apply_sync(kinds, [[a]], [a] * 64)[0]
+    assert isinstance(nested[0][0], Reference) and isinstance(long_list[0], Reference)
+    assert rc[0].apply_sync(lambda d: type(next(iter(d))).__name__, {a: 1}) == "Reference"
+    dv.push({"b": [a, 2]}, block=True)
+    assert dv.pull("b", block=True) == [[5, 2]] * 4
+
+
+def test_reference_as_the_function_calls_the_engines(cluster):
+    """``dv.apply(Reference('f'), 2)`` calls each engine's f, as ipyparallel's; map too, and
+    a map's elements that are References are the engine's objects."""
+    rc = cluster.rc
+    dv, lview = rc[:], rc.load_balanced_view()
+    dv.execute("import os\ndef f(x): return (x, os.getpid())\na = 7", block=True)
+    pids = dv.pull("os.getpid()", block=True)
+    assert dv.apply_sync(Reference("f"), 2) == [(2, pid) for pid in pids]
+    assert dv.apply_async(Reference("f"), 3).get(TIMEOUT) == [(3, pid) for pid in pids]
+    assert lview.apply_sync(Reference("f"), 4)[0] == 4
+    assert [x for x, _ in dv.map_sync(Reference("f"), range(8))] == list(range(8))
+    assert [x for x, _ in lview.map_sync(Reference("f"), range(8))] == list(range(8))
+    assert lview.map_sync(lambda x: x, [Reference("a"), 1]) == [7, 1]
+    assert dv.map_sync(lambda x: x, [Reference("a")] * 100) == [7] * 100
+
+
+def test_reference_to_a_missing_name_in_a_list_or_as_the_function_is_a_name_error(cluster):
+    for f, args in ((lambda x: x, [[1, Reference("nothing_here")]]),
+                    (Reference("nothing_here"), [1])):
+        with pytest.raises(NameError, match="nothing_here") as info:
+            cluster.rc[0].apply_sync(f, *args)
+        assert isinstance(info.value, RemoteError) and info.value.ename == "NameError"
+
+
 def test_reference_needs_a_name():
     with pytest.raises(TypeError):
         Reference(3)
