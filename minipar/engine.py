@@ -125,7 +125,9 @@ INTERRUPT_AGAIN_S = 0.2
 # A task past its time_limit is interrupted (between two bytecodes, or a sleep);
 # one that no interrupt reaches (one long C call holding the GIL) gets this much longer
 # before SIGALRM, whose default action needs no thread of ours, ends the engine. Time
-# for `finally` blocks to run; 1..60 is reasonable.
+# for `finally` blocks to run; 1..60 is reasonable. A stopping engine whose request has
+# not taken its interruption this long after the stop (a C call that never returns,
+# signals blocked) exits without it; one holding the GIL only a launcher's SIGKILL ends.
 TIME_LIMIT_GRACE_S = 5.0
 # Why the engine takes back a handler that a task replaced (see Engine._take_back_signals)
 _HANDLER_USE = {INTERRUPT_SIGNAL: "it interrupts tasks with it",
@@ -343,8 +345,7 @@ class Engine:
         self._taken = set()         # msg_ids taken back: dropped, unanswered, when they come up
         self._current = None        # _Running: the running request
         self._name = (None, None)   # (msg_id, function name) of the last apply unpickled
-        self._held = None           # replies kept to send with the rest of their batch
-        self._held_at = 0.0         # when the first of them was
+        self._held, self._held_at = None, 0.0   # replies kept for their batch, and since when
         self._held_lock = threading.Lock()
         self._interrupt = None      # _Interruption: what the next INTERRUPT_SIGNAL is for
         self._raised_in_main = False   # that interruption is pending in the main thread
@@ -352,7 +353,7 @@ class Engine:
         # Re-entrant: the INTERRUPT_SIGNAL handler takes it in the main thread, which may
         # hold it already (the signal lands between any two bytecodes); a Lock would deadlock.
         self._lock = threading.RLock()
-        self._stopping = False
+        self._stopping, self._stopped_at = False, None   # since time.monotonic()
         self._ctrl_c = False        # a Ctrl-C at its terminal interrupted a request
         self._streamer = _Streamer()
         self._stdout, self._stderr = (_Capture(n, self._streamer) for n in ("stdout", "stderr"))
@@ -362,8 +363,7 @@ class Engine:
         self._registering = None    # _Registration while registering again: receiver thread
         self.exit_code = 0          # 1: it lost (or was refused by) the controller
         self._lost = None           # ... and why, for its unregister (see _exit)
-        self._pid = os.getpid()     # a process with another runs the engine's code only
-                                    # as a task's forked child (see _leave_if_forked)
+        self._pid = os.getpid()     # a task's forked child has another (_leave_if_forked)
 
     # ------------------------------------------------------------ start
 
@@ -389,10 +389,10 @@ class Engine:
                                           f"({e.strerror}): give a folder this engine can "
                                           "make or enter") from None
         # the MPI rank, for the startup code as for the scheduler's depend functions
-        for var in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"):
-            if var in os.environ:
-                properties.setdefault("mpi_rank", int(os.environ[var]))
-                break
+        rank = [os.environ[v] for v in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK",
+                                         "SLURM_PROCID") if v in os.environ]
+        if rank:
+            properties.setdefault("mpi_rank", int(rank[0]))
         # before any socket: the controller never lists (nor sends work to) an engine
         # whose startup fails, and what the script sets in `properties` is registered
         self._call_leaving_if_forked("the startup script", self._run_startup)
@@ -407,7 +407,6 @@ class Engine:
         self._outbox = self.ctx.socket(zmq.PUSH)
         self._outbox.connect(self._outbox_addr)
         # the main thread's own socket (see the map above): no hand-off between threads
-        # on a request's way in or out
         self._sock = self._new_dealer(self.ident + protocol.REPLY_SUFFIX, "engine")
         self._start_heart()
         self.id, self.heartbeat_period = self._register(dealer)
@@ -422,9 +421,8 @@ class Engine:
         sock = self.ctx.socket(zmq.DEALER)
         sock.identity = identity
         sock.linger = linger
-        # No ZMQ_MAXMSGSIZE here: on a connecting socket a frame over it ends the connection
-        # for good (libzmq does not reconnect after a protocol error). The controller
-        # forwards nothing over the cluster's limit, and Session.check refuses it anyway.
+        # No ZMQ_MAXMSGSIZE: on a connecting socket a frame over it ends the connection for
+        # good (no reconnect); the controller forwards nothing over it, Session.check refuses it
         return protocol.connect(sock, self.info, name)
 
     def _start_heart(self):
@@ -576,8 +574,14 @@ class Engine:
             cur = self._current
             if cur is not None and cur.deadline is not None and now >= cur.deadline:
                 self._interrupt_main(cur.msg_id, "timeout")
-            if self._interrupt is not None:
+            pending = self._interrupt
+            if pending is not None:
                 self._interrupt_again(now)
+                if self._stopping and now - self._stopped_at > TIME_LIMIT_GRACE_S:
+                    log.error("request %s did not stop within %g s of the engine's stop (a C "
+                              "call that never returns to Python?): exiting without it",
+                              pending.msg_id, TIME_LIMIT_GRACE_S)
+                    os._exit(1)
             if now - last_ping > silence and not self._stopping:
                 self._exit(f"the controller was silent for {now - last_ping:.1f} s "
                            f"({self.max_missed_heartbeats} heartbeats of "
@@ -847,7 +851,7 @@ class Engine:
             signal.pthread_kill(self._main_ident, INTERRUPT_SIGNAL)
 
     def _stop(self):
-        self._stopping = True
+        self._stopping, self._stopped_at = True, self._stopped_at or time.monotonic()
         self._wake(b"s")
 
     def _wake(self, why):   # the main thread's poll; a pipe that is full wakes it anyway
@@ -858,9 +862,8 @@ class Engine:
         # executes in the receiver thread, last
         self._heart_control.send(b"TERMINATE")
         dealer.close(linger=1000)
-        outbox_in.close(linger=0)
-        self._pings.close(linger=0)
-        self._heart_control.close(linger=0)
+        for sock in (outbox_in, self._pings, self._heart_control):
+            sock.close(linger=0)
 
     # ------------------------------------------------------------ main thread
 
@@ -1458,10 +1461,9 @@ def _no_input(prompt=""):
 
 
 def _stop_waiting(signum, frame):
-    # executes in the main thread, from main() until Engine.start puts the engine's own
-    # handlers in place (while it waits for the connection file, say): as an idle
-    # engine, it stops at once on SIGTERM and on a Ctrl-C at its terminal (exit status
-    # 0 both), and ignores any other SIGINT (see the module docstring)
+    # executes in the main thread, from main() until Engine.start sets the engine's own
+    # handlers (while it waits for the connection file, say): as an idle engine, it stops on
+    # SIGTERM and a Ctrl-C at its terminal (status 0), ignores other SIGINTs (see the top)
     if signum == signal.SIGINT and not protocol.in_foreground():
         return log.warning("SIGINT while idle: ignored (an engine is stopped with SIGTERM)")
     log.info("%s before connecting to the controller: exiting", signal.Signals(signum).name)
@@ -1571,10 +1573,9 @@ def main(argv=None):
 
 def _leave_threads_behind(engine):
     # Python's exit joins every non-daemon thread, so one a task started and left running
-    # (threading.Thread(target=serve_forever).start()) kept a stopped engine alive for
-    # ever, unregistered, until someone found and killed it. A watchdog gives the exit
-    # THREADS_GRACE_S (threads that end when told, as an idle ThreadPoolExecutor's at
-    # exit, end as before, and atexit handlers run), then ends the process without them.
+    # (threading.Thread(target=serve_forever).start()) kept a stopped engine alive for ever,
+    # unregistered. A watchdog gives the exit THREADS_GRACE_S (threads that end when told, as
+    # an idle ThreadPoolExecutor's, end as before, atexit handlers run), then ends it without them.
     def watchdog():
         time.sleep(THREADS_GRACE_S)
         left = [t.name for t in threading.enumerate() if not t.daemon and t.is_alive()

@@ -417,6 +417,32 @@ def test_an_abort_that_a_task_holding_the_gil_cannot_take_says_so(local_cluster)
     assert rc[eid].apply_sync(os.getpid) == engine.pid
 
 
+def _stuck_in_c(mark):
+    """One C call that lets the GIL go and never returns: the interrupts are blocked in
+    this thread, as a C library that retries its system call on EINTR never sees them."""
+    import ctypes
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGUSR2, signal.SIGALRM})
+    open(mark, "w").close()
+    ctypes.CDLL(None).sleep(600)
+
+
+def test_an_engine_stopping_past_a_request_stuck_in_c_exits_without_it(local_cluster):
+    """A controller's stop aborts the running request and stops its engines. One whose
+    request is stuck in a C call lived on till the call's end (an engine started by hand
+    has no launcher to SIGKILL it); it now exits TIME_LIMIT_GRACE_S after the stop."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    mark = local_cluster.log_dir / "stuck"
+    rc[:].apply_async(_stuck_in_c, str(mark))
+    wait_until(mark.exists, START_TIMEOUT_S, "the task to start its C call")
+    local_cluster.controller.terminate()
+    assert engine.wait(START_TIMEOUT_S) == 1
+    assert "did not stop within 5 s of the engine's stop" in local_cluster.output("engine0")
+
+
 def _set_an_alarm_handler(handler):
     """A task that puts its own SIGALRM handler in place (as timeout decorators do) and
     leaves it, with an alarm still set ("ignore": SIG_IGN, "own": one that does nothing),
