@@ -133,6 +133,61 @@ def test_ipyparallel_doc_examples_run_with_the_import_changed(tmp_path):
     assert "every example ran" in out
 
 
+# ipyparallel's docs/source/examples/basic_task_label.py, adapted only by the import
+# and the tasks' length (0.1 s, not 2)
+BASIC_TASK_LABEL = '''
+import minipar as ipp
+
+# start up ipp cluster with 2 engines
+cluster = ipp.Cluster(n=2)
+cluster.start_cluster_sync()
+
+rc = cluster.connect_client_sync()
+rc.wait_for_engines(n=2)
+
+
+def wait(t):
+    import time
+
+    tic = time.time()
+    time.sleep(t)
+    return time.time() - tic
+
+
+# send tasks to cluster
+balanced_view = True
+if balanced_view:
+    # use load balanced view
+    dview = rc.load_balanced_view()
+    ar_list = [dview.map_async(wait, [0.1], label=f"mylabel_{i:02}") for i in range(10)]
+    dview.wait(ar_list)
+else:
+    # use direct view
+    dview = rc[:]
+    ar_list = [dview.apply_async(wait, 0.1, label=f"mylabel_{i:02}") for i in range(10)]
+    dview.wait(ar_list)
+
+# query database
+data = rc.db_query({'label': {"$nin": ""}}, keys=['msg_id', 'label', 'engine_uuid'])
+for d in data:
+    print(f"msg_id={d['msg_id']}; label={d['label']}; engine_uuid={d['engine_uuid']}")
+
+cluster.stop_cluster_sync()
+'''
+
+
+def test_ipyparallel_basic_task_label_example_runs_with_the_import_changed(tmp_path):
+    """Its query, {'label': {'$nin': ''}} with keys msg_id, label and engine_uuid, answers
+    the ten labelled tasks, each with the engine (its id as a str) that ran it."""
+    script = tmp_path / "basic_task_label.py"
+    script.write_text(BASIC_TASK_LABEL)
+    out, _ = run_example(str(script), tmp_path)
+    lines = re.findall(r"^msg_id=(\S+); label=(\S+); engine_uuid=(\S+)$", out, re.M)
+    assert sorted(label for _, label, _ in lines) == [f"mylabel_{i:02}" for i in range(10)], out
+    assert len({msg_id for msg_id, _, _ in lines}) == 10
+    assert {engine for _, _, engine in lines} <= {"0", "1"}, out
+
+
 def readme_blocks():
     """README.rst's literal blocks in order: (kind, first line number, dedented text), kind
     "python" for a ``.. code-block:: python`` and "literal" for one after ``::``."""
