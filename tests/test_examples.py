@@ -133,50 +133,36 @@ def test_ipyparallel_doc_examples_run_with_the_import_changed(tmp_path):
     assert "every example ran" in out
 
 
-# ipyparallel's docs/source/examples/basic_task_label.py, adapted only by the import
-# and the tasks' length (0.1 s, not 2)
+# The calls of ipyparallel's docs/source/examples/basic_task_label.py, in its order and
+# with its arguments, on `import minipar as ipp` and with tasks of 0.1 s (not 2): a cluster
+# of 2, ten labelled one-task maps on a load-balanced view, view.wait of them all, then
+# db_query({'label': {'$nin': ''}}, keys=['msg_id', 'label', 'engine_uuid']) printed.
 BASIC_TASK_LABEL = '''
 import minipar as ipp
-
-# start up ipp cluster with 2 engines
-cluster = ipp.Cluster(n=2)
-cluster.start_cluster_sync()
-
-rc = cluster.connect_client_sync()
-rc.wait_for_engines(n=2)
 
 
 def wait(t):
     import time
 
-    tic = time.time()
+    t0 = time.time()
     time.sleep(t)
-    return time.time() - tic
+    return time.time() - t0
 
 
-# send tasks to cluster
-balanced_view = True
-if balanced_view:
-    # use load balanced view
-    dview = rc.load_balanced_view()
-    ar_list = [dview.map_async(wait, [0.1], label=f"mylabel_{i:02}") for i in range(10)]
-    dview.wait(ar_list)
-else:
-    # use direct view
-    dview = rc[:]
-    ar_list = [dview.apply_async(wait, 0.1, label=f"mylabel_{i:02}") for i in range(10)]
-    dview.wait(ar_list)
-
-# query database
-data = rc.db_query({'label': {"$nin": ""}}, keys=['msg_id', 'label', 'engine_uuid'])
-for d in data:
-    print(f"msg_id={d['msg_id']}; label={d['label']}; engine_uuid={d['engine_uuid']}")
-
+cluster = ipp.Cluster(n=2)
+cluster.start_cluster_sync()
+rc = cluster.connect_client_sync()
+rc.wait_for_engines(n=2)
+view = rc.load_balanced_view()
+ars = [view.map_async(wait, [0.1], label=f"mylabel_{i:02}") for i in range(10)]
+view.wait(ars)
+for rec in rc.db_query({"label": {"$nin": ""}}, keys=["msg_id", "label", "engine_uuid"]):
+    print(f"msg_id={rec['msg_id']}; label={rec['label']}; engine_uuid={rec['engine_uuid']}")
 cluster.stop_cluster_sync()
 '''
 
 
-def test_ipyparallel_basic_task_label_example_runs_with_the_import_changed(tmp_path):
+def test_ipyparallels_basic_task_label_calls_run_as_ipyparallel_prints_them(tmp_path):
     """Its query, {'label': {'$nin': ''}} with keys msg_id, label and engine_uuid, answers
     the ten labelled tasks, each with the engine (its id as a str) that ran it."""
     script = tmp_path / "basic_task_label.py"
