@@ -581,8 +581,8 @@ _OPS = {
     "$ne": lambda value, arg: value != arg,
     # a list, or one value (a str), which a record without the key never matches, as in SQL
     "$in": lambda value, arg: value in arg if isinstance(arg, _LISTS) else value == arg,
-    "$nin": lambda value, arg: value not in arg if isinstance(arg, _LISTS)
-    else value is not None and value != arg,
+    "$nin": lambda value, arg: (value not in arg if isinstance(arg, _LISTS)
+                                else value is not None and value != arg),
     "$gt": _compare(operator.gt),
     "$gte": _compare(operator.ge),
     "$lt": _compare(operator.lt),
