@@ -925,7 +925,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
     def abort(self, jobs=None, targets=None, block=None):
         """Abort jobs (msg_ids or AsyncResults; None or 'all': every request this client
         made and has no answer to, a cancelled one its engine runs on too but not another
-        client's it follows through get_result, or with `targets` but 'all' those sent to
+        client's it follows through get_result, or with `targets` (not 'all') those sent to
         these engines): queued ones fail with TaskAborted, running ones are interrupted. Done
         when it returns (in a done callback: sent; `block` is accepted); warns if none was left."""
         self._check_usable()
