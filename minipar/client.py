@@ -925,15 +925,14 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
     def abort(self, jobs=None, targets=None, block=None):
         """Abort jobs (msg_ids or AsyncResults; None or 'all': every request this client
         made and has no answer to, a cancelled one its engine runs on too but not another
-        client's it follows through get_result, or with `targets` those sent to these
-        engines): queued ones fail with TaskAborted, running ones are interrupted. Done when
-        it returns (in a done callback: sent; `block` is accepted); warns if none was left."""
+        client's it follows through get_result, or with `targets` (not 'all') those sent to
+        these engines): queued ones fail with TaskAborted, running ones are interrupted. Done
+        when it returns (in a done callback: sent; `block` is accepted); warns if none was left."""
         self._check_usable()
-        on = None if targets is None else self.resolve_targets(targets)
+        on = None if targets is None or str(targets) == "all" else self.resolve_targets(targets)
         ids = ([f.msg_id for f in self.pending_requests() if on is None or f._md["engine_id"] in on]
                if jobs is None or jobs == "all" else self._msg_ids(jobs))
-        pending = _abort_ids(self, ids)   # None in a done callback: not waited for
-        if pending == 0:
+        if (pending := _abort_ids(self, ids)) == 0:   # None in a done callback: not waited for
             warnings.warn(f"nothing to abort: none of the {len(ids)} requests named is "
                           "pending (finished already, or unknown to the controller)",
                           RuntimeWarning, stacklevel=2)
@@ -1185,9 +1184,12 @@ class _View(errors.SaysWhyAbsent, errors.ClientSide):
         return lambda f: ParallelFunction(self, f, dist=dist, block=block, **flags)
 
     # handed to the client, as ipyparallel's views do (views keep no msg_id history, so
-    # `outstanding` holds every view's msg_ids, not this view's alone)
-    wait, abort, spin, outstanding = (property(lambda self, name=name: getattr(self.client, name))
-                                      for name in ("wait", "abort", "spin", "outstanding"))
+    # `outstanding` holds every view's msg_ids, not this view's alone; abort, its engines')
+    wait, spin, outstanding = (property(lambda self, name=name: getattr(self.client, name))
+                               for name in ("wait", "spin", "outstanding"))
+
+    def abort(self, jobs=None, targets=None, block=None):   # ipyparallel's: on its targets
+        return self.client.abort(jobs, self.targets if targets is None else targets, block)
 
     def get_result(self, indices_or_msg_ids=None, block=None, owner=False):
         """``rc.get_result(msg_ids, owner)``, waited for if `block`: msg_ids or
@@ -1251,10 +1253,8 @@ class DirectView(_View):
         ids = self.client.resolve_targets(targets)
         if isinstance(targets, int):   # one engine, whose value is the result
             return send(ids[0], _OneRequest(self.client, fname))
-        if len(ids) == 1:
-            futures = [send(ids[0], None)]
-        else:
-            futures = self.client._together(lambda: [send(eid, None) for eid in ids])
+        futures = ([send(ids[0], None)] if len(ids) == 1
+                   else self.client._together(lambda: [send(eid, None) for eid in ids]))
         return AsyncResult(self.client, futures, fname=fname)
 
     def _apply(self, f, args, kwargs, targets=None):

@@ -1149,19 +1149,14 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
                 log.exception("closing %r", rc)
 
     def stop_cluster_sync(self):
-        """Stop every engine, then the controller; close the Clients made here."""
+        """Stop every engine, then the controller; close the Clients made here. Each step runs
+        even after one failed or met a Ctrl-C: that is raised (chained) once all have run."""
         self._close_clients()
-        errors = []
-        for set_id in list(self.engines):
-            try:
-                self.stop_engines_sync(set_id)
-            except Exception as e:
-                errors.append(e)
-                log.exception("stopping engine set %s", set_id)
-        self.stop_controller_sync()
-        self._remove_files()  # also after an engine set that would not stop
-        if errors:
-            raise errors[0]
+        with contextlib.ExitStack() as steps:   # they run last first
+            steps.callback(self._remove_files)   # also after an engine set that would not stop
+            steps.callback(self.stop_controller_sync)
+            for set_id in reversed(list(self.engines)):
+                steps.callback(self.stop_engines_sync, set_id)
 
     def _remove_files(self):
         with contextlib.suppress(OSError):

@@ -53,9 +53,14 @@ is 190 B; db_query answers every key, None for those missing)::
     }
 
 ``find_records`` also answers ``stdout``, ``stderr``, ``ename`` and ``evalue``, taken from
-the result header, and leaves out `wire` and `result_parts` unless asked for. A query is
-a dict of keys to values (equal) or to conditions ``{op: value}`` with ``$eq $ne $in $nin
-$gt $gte $lt $lte``, as ipyparallel's (a MongoDB subset).
+the result header, and ``engine_uuid``, ipyparallel's name of the engine, as the str of
+`engine` (minipar names an engine by its id; the uuid4 an engine routes by is forgotten
+when it leaves, and a restarted engine takes the id back); it leaves out `wire` and
+`result_parts` unless asked for. A query is a dict of keys to values (equal) or to
+conditions ``{op: value}`` with ``$eq $ne $in $nin $gt $gte $lt $lte``, as ipyparallel's
+(a MongoDB subset). ``$in``/``$nin`` take a list, or one str: ``{'$nin': ''}``, as
+ipyparallel's SQLiteDB reads it, is "a str, not ''" (a record without the key matches
+neither; ipyparallel's DictDB tests a substring, which agrees for '' and fails on None).
 """
 
 import bisect
@@ -552,10 +557,14 @@ RECORD_KEYS = ("msg_id", "kind", "client", "engine", "lb", "submitted", "started
                "attempts", "watchers", "recovers", "label")
 _FRAME_KEYS = ("wire", "result_parts")
 _FROM_RESULT = ("stdout", "stderr", "ename", "evalue")   # answered from the result header
+_ANSWERED = (*_FROM_RESULT, "engine_uuid")   # answered, though no record holds them
 # ipyparallel's names for a record's keys, named in the error that refuses them
-_IPYPARALLEL_KEYS = {"engine_uuid": "engine", "client_uuid": "client", "content": "header",
+_IPYPARALLEL_KEYS = {"client_uuid": "client", "content": "header",
                      "result_content": "result_header", "buffers": "wire",
                      "result_buffers": "result_parts"}
+
+
+_LISTS = (list, tuple, set, frozenset)   # what $in and $nin take a list as
 
 
 def _compare(op):
@@ -570,8 +579,10 @@ def _compare(op):
 _OPS = {
     "$eq": lambda value, arg: value == arg,
     "$ne": lambda value, arg: value != arg,
-    "$in": lambda value, arg: value in arg,
-    "$nin": lambda value, arg: value not in arg,
+    # a list, or one value (a str), which a record without the key never matches, as in SQL
+    "$in": lambda value, arg: value in arg if isinstance(arg, _LISTS) else value == arg,
+    "$nin": lambda value, arg: (value not in arg if isinstance(arg, _LISTS)
+                                else value is not None and value != arg),
     "$gt": _compare(operator.gt),
     "$gte": _compare(operator.ge),
     "$lt": _compare(operator.lt),
@@ -586,7 +597,7 @@ def _is_condition(cond):
 
 # The type of a record's values, by key (None, for a value it lacks, besides): a query
 # value of another type could never match, and is refused as a misspelt key is
-_KEY_TYPES = dict.fromkeys(("msg_id", "kind", "status", "label", "recovers", *_FROM_RESULT), str)
+_KEY_TYPES = dict.fromkeys(("msg_id", "kind", "status", "label", "recovers", *_ANSWERED), str)
 _KEY_TYPES.update(client=bytes, engine=numbers.Integral, lb=numbers.Integral,
                   submitted=numbers.Real, started=numbers.Real, completed=numbers.Real)
 _WHAT = {"client": "bytes, the client's routing id, or the str of its session "
@@ -603,11 +614,11 @@ def check_query(query, keys=None):
         raise ValueError(f"a query is a dict of record keys to values or conditions, not "
                          f"{type(query).__name__}")
     for key in (*query, *(keys or ())):
-        if key not in RECORD_KEYS and key not in _FROM_RESULT:
+        if key not in RECORD_KEYS and key not in _ANSWERED:
             ipp = _IPYPARALLEL_KEYS.get(key)
             raise ValueError(f"no record key {key!r}" + (f" (ipyparallel's {key} is "
                              f"minipar's {ipp!r})" if ipp else "") + "; the keys are "
-                             + ", ".join((*RECORD_KEYS, *_FROM_RESULT)))
+                             + ", ".join((*RECORD_KEYS, *_ANSWERED)))
     for key, cond in query.items():
         if not _is_condition(cond):
             continue
@@ -615,9 +626,10 @@ def check_query(query, keys=None):
             if op not in _OPS:
                 raise ValueError(f"unknown query operator {op!r} for {key!r}; use one of "
                                  f"{', '.join(_OPS)}")
-            if op in ("$in", "$nin") and not isinstance(arg, (list, tuple, set, frozenset)):
-                raise ValueError(f"{op} for {key!r} takes a list, not {type(arg).__name__}")
-    return {key: {op: [_value(key, v) for v in arg] if op in ("$in", "$nin")
+            if op in ("$in", "$nin") and not isinstance(arg, (str, *_LISTS)):
+                raise ValueError(f"{op} for {key!r} takes a list (or one str), not "
+                                 f"{type(arg).__name__}")
+    return {key: {op: [_value(key, v) for v in arg] if isinstance(arg, _LISTS)
                   else _value(key, arg) for op, arg in cond.items()}
             if _is_condition(cond) else _value(key, cond) for key, cond in query.items()}
 
@@ -655,13 +667,15 @@ def _queried_ids(query):
     if "$eq" in cond:
         return [cond["$eq"]]
     if "$in" in cond:
-        return list(cond["$in"])
+        return list(cond["$in"]) if isinstance(cond["$in"], _LISTS) else [cond["$in"]]
     return None
 
 
 def _field(rec, key):
     if key in _FROM_RESULT and key not in rec:
         return (_result_header(rec) or {}).get(key)
+    if key == "engine_uuid":
+        return None if rec.get("engine") is None else str(rec["engine"])
     if key == "header":
         return _header(rec)
     if key == "result_header":
@@ -696,7 +710,7 @@ def _view(rec, keys):
     only when `keys` names them; `keys` None means every other key."""
     _result_header(rec)   # read, so `result_hb` is no key of it
     if keys is None:
-        keys = [k for k in dict.fromkeys((*RECORD_KEYS, *rec, *_FROM_RESULT))
+        keys = [k for k in dict.fromkeys((*RECORD_KEYS, *rec, *_ANSWERED))
                 if k not in _FRAME_KEYS]
     out = {"msg_id": rec["msg_id"]}
     for k in keys:

@@ -389,6 +389,29 @@ def test_abort_takes_targets_and_block_as_ipyparallel(rc):
         rc.abort(targets=99)
 
 
+def test_a_views_abort_is_on_its_engines_as_ipyparallels(rc):
+    """``view.abort(jobs=None, targets=None, block=None)`` is ipyparallel's: rc.abort on
+    the view's targets, so of two views on different engines each aborts only what went
+    to its own; `targets` overrides; a view on 'all' aborts queued tasks too."""
+    v0, v1 = rc[0], rc[[1]]
+    mine = [v0.apply_async(sleep_then, 30, "long"), v0.apply_async(sleep_then, 0, 0)]
+    theirs = v1.apply_async(sleep_then, 30, "one")
+    assert v0.abort(block=True) == 2            # not theirs: still pending
+    for ar in mine:
+        with pytest.raises(Exception, match="abort"):
+            ar.get(TIMEOUT)
+    other = v0.apply_async(sleep_then, 30, "other")
+    assert v0.abort(targets=1) == 1             # theirs only
+    with pytest.raises(Exception, match="abort"):
+        theirs.get(TIMEOUT)
+    lview = rc.load_balanced_view(targets="all")
+    tasks = [lview.apply_async(sleep_then, 30, i) for i in range(len(rc.ids) + 2)]
+    assert lview.abort() == len(tasks) + 1      # and `other`, on engine 0
+    for ar in [*tasks, other]:
+        with pytest.raises(Exception, match="abort"):
+            ar.get(TIMEOUT)
+
+
 def fail_fast_or_sleep(x):
     import time
 

@@ -133,6 +133,47 @@ def test_ipyparallel_doc_examples_run_with_the_import_changed(tmp_path):
     assert "every example ran" in out
 
 
+# The calls of ipyparallel's docs/source/examples/basic_task_label.py, in its order and
+# with its arguments, on `import minipar as ipp` and with tasks of 0.1 s (not 2): a cluster
+# of 2, ten labelled one-task maps on a load-balanced view, view.wait of them all, then
+# db_query({'label': {'$nin': ''}}, keys=['msg_id', 'label', 'engine_uuid']) printed.
+BASIC_TASK_LABEL = '''
+import minipar as ipp
+
+
+def wait(t):
+    import time
+
+    t0 = time.time()
+    time.sleep(t)
+    return time.time() - t0
+
+
+cluster = ipp.Cluster(n=2)
+cluster.start_cluster_sync()
+rc = cluster.connect_client_sync()
+rc.wait_for_engines(n=2)
+view = rc.load_balanced_view()
+ars = [view.map_async(wait, [0.1], label=f"mylabel_{i:02}") for i in range(10)]
+view.wait(ars)
+for rec in rc.db_query({"label": {"$nin": ""}}, keys=["msg_id", "label", "engine_uuid"]):
+    print(f"msg_id={rec['msg_id']}; label={rec['label']}; engine_uuid={rec['engine_uuid']}")
+cluster.stop_cluster_sync()
+'''
+
+
+def test_ipyparallels_basic_task_label_calls_run_as_ipyparallel_prints_them(tmp_path):
+    """Its query, {'label': {'$nin': ''}} with keys msg_id, label and engine_uuid, answers
+    the ten labelled tasks, each with the engine (its id as a str) that ran it."""
+    script = tmp_path / "basic_task_label.py"
+    script.write_text(BASIC_TASK_LABEL)
+    out, _ = run_example(str(script), tmp_path)
+    lines = re.findall(r"^msg_id=(\S+); label=(\S+); engine_uuid=(\S+)$", out, re.M)
+    assert sorted(label for _, label, _ in lines) == [f"mylabel_{i:02}" for i in range(10)], out
+    assert len({msg_id for msg_id, _, _ in lines}) == 10
+    assert {engine for _, _, engine in lines} <= {"0", "1"}, out
+
+
 def readme_blocks():
     """README.rst's literal blocks in order: (kind, first line number, dedented text), kind
     "python" for a ``.. code-block:: python`` and "literal" for one after ``::``."""

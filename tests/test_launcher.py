@@ -284,6 +284,62 @@ def test_ctrl_c_while_processes_start_leaves_none_running(pids, tmp_path, fork):
     assert left == [], f"processes of the cluster left running: {left}"
 
 
+# A script that starts a cluster of one engine, runs on it a task that notes a SIGTERM
+# (in file argv[2]) and sleeps on, so stopping the engine waits its stop_timeout; it prints
+# the pids, then stops the cluster and prints whether a KeyboardInterrupt came out of that
+# and whether the controller was still running then.
+_CTRL_C_WHILE_ENGINES_STOP = """
+import json, os, sys
+from minipar import Cluster, protocol
+from tests.helpers import wait_until
+
+def slow_to_stop(marker):
+    import signal, time
+    signal.signal(signal.SIGTERM, lambda *_: open(marker, "w").close())
+    open(marker + ".ready", "w").close()
+    time.sleep(60)
+
+cluster = Cluster(n=1, profile_dir=sys.argv[1], controller_args=%r,
+                  engine_options={"stop_timeout": 60})
+rc = cluster.start_and_connect_sync()
+engines = [pid for s in cluster.engines.values() for pid in s.pids()]
+print(json.dumps({"controller": cluster.controller.pid, "engines": engines}), flush=True)
+rc[:].apply_async(slow_to_stop, sys.argv[2])
+wait_until(lambda: os.path.exists(sys.argv[2] + ".ready"), 30, "the task's handler")
+try:
+    cluster.stop_cluster_sync()
+    interrupted = False
+except KeyboardInterrupt:
+    interrupted = True
+print(json.dumps({"interrupted": interrupted,
+                  "controller_running": protocol.pid_alive(cluster.controller.pid)}), flush=True)
+"""
+
+
+def test_ctrl_c_while_engines_stop_still_stops_the_controller(pids, tmp_path):
+    # was: the KeyboardInterrupt left stop_cluster_sync before it stopped the controller,
+    # which ran on until it saw its owner gone
+    marker = tmp_path / "sigterm"
+    p = subprocess.Popen([sys.executable, "-c", _CTRL_C_WHILE_ENGINES_STOP % (CTL_ARGS,),
+                          str(tmp_path / "p"), str(marker)], env=_env(), cwd=ROOT,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        started = json.loads(p.stdout.readline() or "null")   # the script bounds its start
+        assert started, p.communicate(timeout=30)
+        pids.add(started["controller"], *started["engines"])
+        wait_until(marker.exists, 60, "the engine's SIGTERM from stop_cluster_sync")
+        p.send_signal(signal.SIGINT)   # Ctrl-C, while it waits for the engine to exit
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(30)
+    assert json.loads(out) == {"interrupted": True, "controller_running": False}, out + err
+    # and the engine, slow to stop on purpose, ends as the controller told it when it stopped
+    assert not pids.wait_gone(30)
+
+
 def test_engines_that_exit_raise_with_their_output(pids):
     cluster = Cluster(n=2, engine_args=["--no-such-flag"], controller_args=CTL_ARGS)
     with pytest.raises(launcher.EngineStartError) as e:

@@ -92,6 +92,32 @@ def test_find_records(tmp_path, kind):
     db.close()
 
 
+@pytest.mark.parametrize("kind", ["dict", "sqlite"])
+def test_labels_and_engine_uuid_as_ipyparallels_task_label_example_asks(tmp_path, kind):
+    """ipyparallel's basic_task_label.py: {'label': {'$nin': ''}} (one str: a str label,
+    not '') with keys msg_id, label, engine_uuid (the str of the engine's id), alike in
+    both stores; engine_uuid filters too."""
+    db = records.open_db(kind, str(tmp_path))
+    for i, label in enumerate(["mylabel_00", "mylabel_01", None, ""]):
+        rec = record(f"m{i}", **({} if label is None else {"label": label}))
+        db.add(rec)
+        finish(db, rec, engine=i % 2)
+    db.add(record("m4", label="queued"))    # no engine yet
+    keys = ["msg_id", "label", "engine_uuid"]
+    assert sorted(db.find_records({"label": {"$nin": ""}}, keys=keys),
+                  key=lambda r: r["msg_id"]) == [
+        {"msg_id": "m0", "label": "mylabel_00", "engine_uuid": "0"},
+        {"msg_id": "m1", "label": "mylabel_01", "engine_uuid": "1"},
+        {"msg_id": "m4", "label": "queued", "engine_uuid": None}]
+    assert [r["msg_id"] for r in db.find_records({"label": {"$in": "mylabel_01"}})] == ["m1"]
+    assert {r["msg_id"] for r in db.find_records({"engine_uuid": "1"})} == {"m1", "m3"}
+    assert {r["msg_id"] for r in db.find_records({"engine_uuid": {"$in": ["0"]},
+                                                  "label": {"$nin": ["", None]}})} == {"m0"}
+    assert db.find_records({"msg_id": {"$in": "m2"}}, keys=["engine", "engine_uuid"]) == \
+        [{"msg_id": "m2", "engine": 0, "engine_uuid": "0"}]
+    db.close()
+
+
 def test_sqlitedb_keeps_records_and_pending_ones_across_reopening(tmp_path):
     path = str(tmp_path / "tasks.db")
     db = records.SQLiteDB(path)
@@ -254,6 +280,13 @@ REC = {"msg_id": "q", "engine": 2, "status": "ok", "completed": 10.0, "started":
     ({"label": None}, True),                             # a key it lacks is None
     ({"stdout": "hi"}, True),                            # from the result header
     ({"stdout": {"$in": ["ho"]}}, False),
+    ({"label": {"$nin": ["x"]}}, True),                  # a list: None is not in it
+    ({"label": {"$nin": "x"}}, False),                   # one str: None is no str
+    ({"status": {"$nin": ""}}, True),
+    ({"status": {"$in": "ok"}}, True),                   # one str: equal, no substring
+    ({"status": {"$in": "okay"}}, False),
+    ({"engine_uuid": "2"}, True),
+    ({"engine_uuid": {"$ne": "2"}}, False),
 ])
 def test_match_operators(query, matches):
     check_query(query)
@@ -263,8 +296,9 @@ def test_match_operators(query, matches):
 @pytest.mark.parametrize("query, error", [
     ([("engine", 1)], "a query is a dict"),
     ({"engine": {"$near": 1}}, "unknown query operator '\\$near'"),
-    ({"engine": {"$in": 1}}, "\\$in for 'engine' takes a list"),
-    ({"engine": {"$nin": "ab"}}, "\\$nin for 'engine' takes a list"),
+    ({"engine": {"$in": 1}}, "\\$in for 'engine' takes a list \\(or one str\\), not int"),
+    ({"engine": {"$nin": "ab"}}, "'ab' for 'engine' would match no record: .* an int"),
+    ({"engine_uuid": 2}, "2 for 'engine_uuid' would match no record: .* a str"),
     ({"msg_idd": "k"}, "no record key 'msg_idd'; the keys are msg_id, kind"),
     # a value of a type the key never has would match nothing: said, not answered with []
     ({"status": {"$gt": 1}}, "1 for 'status' would match no record: a record's 'status' is a str"),
@@ -298,8 +332,9 @@ def test_key_selection():
     framed = db.find_records({"msg_id": "k"}, keys=["wire"])[0]
     assert framed == {"msg_id": "k", "wire": [b"x" * 10]}
     assert framed["wire"] is not rec["wire"]          # a copy: the caller may keep it
-    with pytest.raises(ValueError, match="ipyparallel's engine_uuid is minipar's 'engine'"):
-        db.find_records({"msg_id": "k"}, keys=["engine_uuid"])
+    # ipyparallel's engine_uuid: the str of minipar's engine id, in every full record too
+    assert db.find_records({"msg_id": "k"}, keys=["engine_uuid"]) == \
+        [{"msg_id": "k", "engine_uuid": "1"}] and full["engine_uuid"] == "1"
 
 
 @pytest.mark.parametrize("query, ids", [
@@ -307,6 +342,7 @@ def test_key_selection():
     ({"msg_id": "a"}, ["a"]),
     ({"msg_id": {"$eq": "a"}}, ["a"]),
     ({"msg_id": {"$in": ["a", "b"]}}, ["a", "b"]),
+    ({"msg_id": {"$in": "ab"}}, ["ab"]),
     ({"msg_id": {"$ne": "a"}}, None),
 ])
 def test_queried_ids_limit_the_lookup(query, ids):
