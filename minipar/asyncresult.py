@@ -247,8 +247,8 @@ class _MsgFuture(_Future):
         # kind: the request's (protocol.APPLY...), for an error made here (see _engine_info)
         self.msg_id, self._pieces, self._kind = msg_id, None, kind
         # ipyparallel's keys all there once read (see metadata), so code reading them finds
-        # them: engine_uuid stays None (an engine is named by its id), execute_result is an
-        # execute's (see ExecuteReply). Its empty lists are made when it is first read: a
+        # them: engine_uuid is the str of engine_id, as db_query answers it (an engine is
+        # named by its id), execute_result is an execute's (see ExecuteReply). Its empty lists are made when it is first read: a
         # result held but never asked for its metadata leaves four objects fewer for the
         # garbage collector.
         self._md = Metadata(msg_id=msg_id, engine_id=engine_id, submitted=time.time(),
@@ -294,6 +294,7 @@ class _MsgFuture(_Future):
     @property
     def metadata(self):
         md = self._joined()
+        md["engine_uuid"] = None if md["engine_id"] is None else str(md["engine_id"])
         for key in _LISTS:
             if key not in md:   # setdefault: the I/O thread may store a reply's attempts
                 md.setdefault(key, [])

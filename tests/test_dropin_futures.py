@@ -188,7 +188,8 @@ def test_metadata_has_ipyparallels_keys(rc):
     """ipyparallel's Metadata always holds its keys ("Metadata keys" in its docs:
     error, execute_input, after, follow, engine_uuid, outputs...): code reading them
     must not get a KeyError. `error` is the request's RemoteError, `after` and `follow`
-    the msg_ids its dependencies named, `execute_input` an execute's code."""
+    the msg_ids its dependencies named, `execute_input` an execute's code, `engine_uuid`
+    the engine's id as a str, as db_query answers it."""
     lv = rc.load_balanced_view()
     first = lv.apply_async(abs, -1)
     first.get(WAIT_S)
@@ -201,7 +202,11 @@ def test_metadata_has_ipyparallels_keys(rc):
         failed.get(WAIT_S)
     md = then.metadata
     assert md["after"] == md.follow == first.msg_ids and md["error"] is None
-    assert md["engine_uuid"] is None and md["execute_input"] is None
+    assert md["execute_input"] is None
+    # the str of the engine's id, as rc.db_query answers it
+    assert md["engine_uuid"] == str(md["engine_id"]) == str(then.engine_id)
+    assert rc.db_query({"msg_id": then.msg_ids[0]}, keys=["engine_uuid"])[0]["engine_uuid"] \
+        == md["engine_uuid"]
     assert md["execute_result"] is None and md["outputs"] == []
     assert first.metadata["after"] == first.metadata["follow"] == []
     assert isinstance(failed.metadata["error"], minipar.RemoteError)
