@@ -1413,7 +1413,7 @@ class LoadBalancedView(_View):
     ``timeout`` (seconds a task may wait for its dependencies: ``DependencyTimeout``; 0: none),
     ``retries`` (times a failed task is run again, elsewhere if possible),
     ``recovery`` (what runs when retries are exhausted, see below) and ``time_limit``
-    (seconds a task may run before it is interrupted: ``TaskTimeout``).
+    (seconds a task may run before it is interrupted: ``TaskTimeout``, never retried).
 
     ``recovery`` is a function, called with the task's own arguments, or a list of functions
     (a chain: each recovers the one before), or the AsyncResult / msg_id of a task made with

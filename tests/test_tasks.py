@@ -675,6 +675,34 @@ def test_time_limit_interrupts_a_task_and_the_engine_serves_the_next(lview):
         assert lview.apply_sync(nap, "quick", 0.01) == "quick"
 
 
+def _note_then(path, what):
+    """Add a line to `path`, then sleep 60 s ("sleep") or raise ("raise")."""
+    import time
+
+    with open(path, "a") as f:
+        f.write("ran\n")
+    if what == "raise":
+        raise ValueError("fails on every engine")
+    time.sleep(60)
+
+
+def test_retries_run_a_failed_task_again_but_not_one_past_its_time_limit(lview, tmp_path):
+    """As README's flags say: a task that raises runs again (1 + retries times), one past
+    its time_limit fails with TaskTimeout at once (it would time out again)."""
+    raised, slept = tmp_path / "raised", tmp_path / "slept"
+    with lview.temp_flags(retries=2, time_limit=1):
+        failing, timed = (lview.apply_async(_note_then, str(raised), "raise"),
+                          lview.apply_async(_note_then, str(slept), "sleep"))
+    with pytest.raises(minipar.RemoteError, match="fails on every engine"):
+        failing.get(TIMEOUT)
+    with pytest.raises(minipar.TaskTimeout):
+        timed.get(TIMEOUT)
+    assert raised.read_text() == "ran\n" * 3 and slept.read_text() == "ran\n"
+    assert timed.metadata["attempts"] == []   # one attempt, its own
+    tried = failing.metadata["attempts"]
+    assert [a["status"] for a in tried] == ["error"] * 3 and len({a["engine"] for a in tried}) == 3
+
+
 def test_killed_engine_loses_none_of_2000_tasks_with_retries(cluster):
     rc = cluster.rc
     lview = rc.load_balanced_view()
