@@ -14,6 +14,7 @@ import concurrent.futures
 import contextlib
 import datetime
 import functools
+import inspect
 import itertools
 import logging
 import os
@@ -248,9 +249,9 @@ class _MsgFuture(_Future):
         self.msg_id, self._pieces, self._kind = msg_id, None, kind
         # ipyparallel's keys all there once read (see metadata), so code reading them finds
         # them: engine_uuid is the str of engine_id, as db_query answers it (an engine is
-        # named by its id), execute_result is an execute's (see ExecuteReply). Its empty lists are made when it is first read: a
-        # result held but never asked for its metadata leaves four objects fewer for the
-        # garbage collector.
+        # named by its id), execute_result is an execute's (see ExecuteReply). Its empty
+        # lists are made when it is first read: a result held but never asked for its
+        # metadata leaves four objects fewer for the garbage collector.
         self._md = Metadata(msg_id=msg_id, engine_id=engine_id, submitted=time.time(),
                             started=None, completed=None, received=None,
                             stdout="", stderr="", status=None,
@@ -874,9 +875,19 @@ def _aborted_on_ctrl_c(call, *args, **kwargs):
 def _ctrl_c_aborts(call):
     """Decorator: `call` runs inside _aborted_on_ctrl_c from its first line, so a Ctrl-C
     between its send and its wait aborts too. Every view call that sends requests (and
-    may wait for them) has it, but apply_async: the quickest, returning at once."""
+    may wait for them) has it, but apply_async: the quickest, returning at once. One with
+    a `block` parameter has it checked first (see _blocking; None: its view's `block`), so
+    in a done callback a blocking execute, push or scatter raises before it sends."""
+    param = inspect.signature(call).parameters.get("block")
+    at = list(inspect.signature(call).parameters).index("block") \
+        if param is not None and param.kind == param.POSITIONAL_OR_KEYWORD else None
+
     @functools.wraps(call)
     def guarded(*args, **kwargs):
+        if param is not None:
+            block = kwargs.get("block", args[at] if at is not None and len(args) > at else None)
+            view = args[0]   # a view, MultiEngineClient or TaskClient (which has no `block`)
+            _blocking(view.client, getattr(view, "block", False) if block is None else block)
         return _aborted_on_ctrl_c(call, *args, **kwargs)
     return guarded
 

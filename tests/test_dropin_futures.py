@@ -492,8 +492,9 @@ def test_an_exit_whose_client_lock_stays_held_ends_saying_what_was_not_aborted(c
 def test_the_waits_that_slipped_through_in_a_done_callback_raise_too(rc, marks):
     """rc.wait(jobs) and a wait on one of ar.futures in a done callback raise at once, as
     ar.result() there does (they waited out their timeout); a blocking call (apply_sync,
-    map_sync, a blocking view's apply) there raises before it sends, so its task never runs
-    (it raised only once the task was sent)."""
+    map_sync, a blocking view's apply, execute, push or scatter, a classic client's) there
+    raises before it sends, so its task never runs (it raised only once the task was sent:
+    execute's code ran, push's names were set)."""
     lv = rc.load_balanced_view()
     slow = lv.map_async(sleep_then, [WAIT_S] * 2, ["slow"] * 2, chunksize=1)
     called = threading.Event()
@@ -507,6 +508,11 @@ def test_the_waits_that_slipped_through_in_a_done_callback_raise_too(rc, marks):
             lambda: slow.exception(5), lambda: lv.apply_sync(mark_then_sleep, marks, "sync", 0),
             lambda: lv.map_sync(mark_then_sleep, [marks], ["map"], [0]),
             lambda: blocking.apply(mark_then_sleep, marks, "flag", 0),
+            lambda: rc[:].execute(f"open({marks!r} + '/execute', 'w').close()", block=True),
+            lambda: rc[:].push({"pushed_in_a_callback": 1}, block=True),
+            lambda: rc.direct_view(block=True).scatter("scattered_in_a_callback", [1, 2]),
+            lambda: minipar.MultiEngineClient(client=rc).execute(
+                f"open({marks!r} + '/classic', 'w').close()"),
             lambda: rc.wait([slow], 0), lambda: slow.futures[0].done())))
         called.set()
 
@@ -517,7 +523,9 @@ def test_the_waits_that_slipped_through_in_a_done_callback_raise_too(rc, marks):
     assert polled is False and done is False   # a poll is no wait
     assert lv.apply_async(abs, -2).get(WAIT_S) == 2   # the client still works
     assert os.listdir(marks) == [], "a blocking call in a callback sent its task"
-    slow.abort()
+    slow.abort()   # then the engines answer keys()
+    names = [n for ns in rc[:].keys(block=True) for n in ns if n.endswith("_callback")]
+    assert names == [], "a blocking push or scatter in a callback was sent"
 
 
 def test_a_timeout_of_result_or_exception_says_what_is_outstanding(rc):
