@@ -1009,39 +1009,7 @@ class Controller:
         self._flush()   # what its handlers posted (a watched result, an abort's failures)
 
     def _queue_status(self, idents, header, parts):
-        status = self.scheduler.status()
-        per = {}
-        for eid, e in self.engines.items():
-            # as ipyparallel: queue = direct requests, tasks = load-balanced ones on it
-            tasks = status["engines"].get(eid, {}).get("queue", 0)
-            per[eid] = {"queue": max(0, len(e["outstanding"]) - tasks), "tasks": tasks,
-                        "completed": e["completed"]}
-        targets = header.get("targets")
-        if targets is not None:
-            per = {eid: v for eid, v in per.items() if eid in targets}
-        unassigned = status["unassigned"]
-        if header.get("verbose"):   # as ipyparallel: the msg_ids, not their counts
-            per, unassigned = self._queue_ids(per), self.scheduler.unassigned()
-        stats = dict(self.stats, **{"dropped_" + k.replace(" ", "_"): v
-                                    for k, v in self.session.dropped.items()})
-        self._reply(idents, header, status=OK, engines=per,
-                    unassigned=unassigned, records=len(self.db), stats=stats)
-
-    def _queue_ids(self, per):
-        """queue_status(verbose=True)'s lists for the engines in `per`: a scan of the
-        records for 'completed' (those purged or culled are gone from it), so only asked
-        for by hand, never on the task path."""
-        done = collections.defaultdict(list)
-        for rec in self.db.records():
-            if rec["status"] != PENDING and rec["engine"] in per:
-                done[rec["engine"]].append(rec["msg_id"])
-        lists = {}
-        for eid in per:
-            tasks = self.scheduler.outstanding(eid)
-            lb = set(tasks)
-            lists[eid] = {"queue": [m for m in self.engines[eid]["outstanding"] if m not in lb],
-                          "tasks": tasks, "completed": done[eid]}
-        return lists
+        self._reply(idents, header, status=OK, **_top.queue_status(self, header))
 
     def _status(self, idents, header, parts):
         """What the cluster does now, for rc.status and python -m minipar.top: made from
