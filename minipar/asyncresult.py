@@ -810,12 +810,19 @@ def _no_engines(client):
             f"engines(n) waits for them) or abort them (rc.abort()). {last}")
 
 
-def _not_back(before, now):
-    """For _no_engines: ([ids], time.time(), the ids and where they ran) of the engines of
-    the list `before` that a restarted controller's list `now` lacks, or None."""
-    missing = sorted(set(before) - set(now))
-    return missing and (missing, time.time(), ", ".join(
-        f"{eid} (pid {before[eid].get('pid')} on {before[eid].get('host')})" for eid in missing))
+def _not_back(client, header, engines, restarted):
+    """What the controller's answer to connect (`header`; `engines`, its list) says of the
+    engines of before it restarted not registered again (`before`): it holds the direct
+    requests for them for `hold_s` (Controller._route), so Client.resolve_targets lets them
+    through meanwhile (`client._coming_back`: ids, monotonic deadline). And, the list of a
+    restarted controller (`restarted`), for _no_engines: ([ids], time.time(), the ids and
+    where they ran) of those of the client's list it lacks. Holding _engines_changed."""
+    before = {int(k): v for k, v in (header.get("before") or {}).items()}
+    client._coming_back = (before, time.monotonic() + header.get("hold_s", 0))
+    before = client._engines if restarted else {}
+    if missing := sorted(set(before) - set(engines)):
+        client._last_gone = (missing, time.time(), ", ".join(
+            f"{e} (pid {before[e].get('pid')} on {before[e].get('host')})" for e in missing))
 
 
 def _last_engine_gone(client, eid, why):
