@@ -814,12 +814,13 @@ def _not_back(client, header, engines, restarted):
     """What the controller's answer to connect (`header`; `engines`, its list) says of the
     engines of before it restarted not registered again (`before`): it holds the direct
     requests for them for `hold_s` (Controller._route), so Client.resolve_targets lets them
-    through meanwhile (`client._coming_back`: ids, monotonic deadline). And, the list of a
-    restarted controller (`restarted`), for _no_engines: ([ids], time.time(), the ids and
-    where they ran) of those of the client's list it lacks. Holding _engines_changed."""
+    through meanwhile (`client._coming_back`: ids, monotonic deadline). And, the first list
+    or a restarted controller's (`restarted`), for _no_engines: ([ids], time.time(), the ids
+    and where they ran) of those it lacks, of its `before` and the client's list (a client
+    connected after the restart knows only the first). Holding _engines_changed."""
     before = {int(k): v for k, v in (header.get("before") or {}).items()}
     client._coming_back = (before, time.monotonic() + header.get("hold_s", 0))
-    before = client._engines if restarted else {}
+    before = {**client._engines, **before} if restarted else {}
     if missing := sorted(set(before) - set(engines)):
         client._last_gone = (missing, time.time(), ", ".join(
             f"{e} (pid {before[e].get('pid')} on {before[e].get('host')})" for e in missing))

@@ -492,7 +492,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         if self._roster and seq[0] == self._roster[0] and seq[1] < self._roster[1]:
             return False
         engines = {int(k): v for k, v in header.get("engines", {}).items()}
-        _not_back(self, header, engines, self._roster and seq[0] != self._roster[0])
+        _not_back(self, header, engines, not self._roster or seq[0] != self._roster[0])
         self._engines, self._roster = engines, seq
         return True
 

@@ -367,7 +367,8 @@ def test_controller_restart_without_records_fails_what_was_outstanding(tmp_path)
 def test_no_engines_after_a_restart_names_those_registered_before(tmp_path):
     """The controller restarted with --reuse, its engines gone with it (killed, or given
     up): what waits for an engine said "None was since this client connected", though the
-    client had engines. It names them, and where they ran, so the user restarts them."""
+    client had engines. It names them, and where they ran, so the user restarts them; so
+    it does to a client connected after the restart, which never knew them."""
     c = LocalCluster(tmp_path, controller_args=["--reuse"])
     try:
         (engine,) = c.start_engines(1)
@@ -381,9 +382,11 @@ def test_no_engines_after_a_restart_names_those_registered_before(tmp_path):
         engine.wait(START_TIMEOUT_S)
         _restart_controller(c, ["--reuse"], "controller2")
         wait_until(lambda: rc.ids == [], START_TIMEOUT_S, "the new controller's engine list")
-        with pytest.raises(errors.TimeoutError, match=rf"Engine\(s\) {eid} \(pid {engine.pid} "
-                           r"on \S+\) were registered before the controller restarted"):
-            rc.load_balanced_view().apply_async(square, 7).get(0)
+        for client in (rc, c.client()):
+            with pytest.raises(errors.TimeoutError, match=rf"Engine\(s\) {eid} \(pid "
+                               rf"{engine.pid} on \S+\) were registered before the controller "
+                               "restarted"):
+                client.load_balanced_view().apply_async(square, 7).get(0)
 
         def refused():   # once the controller waits for it no more (2 liveness periods)
             try:
