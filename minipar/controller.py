@@ -1032,7 +1032,10 @@ class Controller:
         self._flush()   # what its handlers posted (a watched result, an abort's failures)
 
     def _queue_status(self, idents, header, parts):
-        self._reply(idents, header, status=OK, **_top.queue_status(self, header))
+        # the requests held for engines not registered again yet (see _route) are queued too
+        held = {eid: [r["msg_id"] for r in recs if r["status"] == PENDING]
+                for eid, recs in (self._held or {}).items()}
+        self._reply(idents, header, status=OK, **_top.queue_status(self, header, held))
 
     def _status(self, idents, header, parts):
         """What the cluster does now, for rc.status and python -m minipar.top: made from

@@ -867,3 +867,29 @@ def test_views_used_right_after_a_restart_wait_for_their_engines(tmp_path):
     finally:
         pool.shutdown(wait=False)
         c.stop()
+
+
+def test_requests_held_for_engines_not_back_show_in_queue_status(tmp_path):
+    """The requests a restarted controller holds for engines not registered again yet were
+    in no count of rc.queue_status(): no engine, nothing unassigned, as if nothing waited.
+    They are their engine's queue, which says it is not registered (yet)."""
+    c = LocalCluster(tmp_path, controller_args=["--reuse"])
+    try:
+        rc, engines, ids, _ = _restarted_with_engines_frozen(c)
+        ars = [rc[ids[0]].apply_async(square, 2), rc[ids[0]].apply_async(square, 3),
+               rc[:].apply_async(square, 4)]
+        wait_until(lambda: {e: s["queue"] for e, s in rc.queue_status().items()
+                            if e != "unassigned"} == {ids[0]: 3, ids[1]: 1}, START_TIMEOUT_S,
+                   "the requests counted in their engines' queues")
+        assert rc.queue_status(ids[0]) == {"queue": 3, "tasks": 0, "completed": 0,
+                                           "registered": False}
+        assert rc[ids[1]].queue_status(verbose=True) == {
+            "queue": [ars[2].msg_ids[1]], "tasks": [], "completed": [], "registered": False}
+        assert rc.queue_status(verbose=True)[ids[0]]["queue"] == [
+            ars[0].msg_ids[0], ars[1].msg_ids[0], ars[2].msg_ids[0]]
+        for engine in engines:
+            engine.send_signal(signal.SIGCONT)
+        assert [ar.get(START_TIMEOUT_S) for ar in ars] == [4, 9, [16, 16]]
+        assert rc.queue_status(ids[0]) == {"queue": 0, "tasks": 0, "completed": 3}
+    finally:
+        c.stop()
