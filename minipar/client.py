@@ -492,7 +492,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         if self._roster and seq[0] == self._roster[0] and seq[1] < self._roster[1]:
             return False
         engines = {int(k): v for k, v in header.get("engines", {}).items()}
-        _not_back(self, header, engines, not self._roster or seq[0] != self._roster[0])
+        _not_back(self, header, engines)
         self._engines, self._roster = engines, seq
         return True
 
@@ -516,7 +516,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         with self._engines_changed:
             if handler is not None:
                 handler(self, header)
-            if numbered:
+            if numbered and known and seq[0] == known[0]:   # else: see _take_engines
                 self._roster = seq
             self._engines_changed.notify_all()
         if numbered and (not known or seq != (known[0], known[1] + 1)):

@@ -382,11 +382,15 @@ def test_no_engines_after_a_restart_names_those_registered_before(tmp_path):
         engine.wait(START_TIMEOUT_S)
         _restart_controller(c, ["--reuse"], "controller2")
         wait_until(lambda: rc.ids == [], START_TIMEOUT_S, "the new controller's engine list")
-        for client in (rc, c.client()):
+        late = c.client()
+        for client in (rc, late):
             with pytest.raises(errors.TimeoutError, match=rf"Engine\(s\) {eid} \(pid "
                                rf"{engine.pid} on \S+\) were registered before the controller "
                                "restarted"):
                 client.load_balanced_view().apply_async(square, 7).get(0)
+        # a client new to the controller takes the engines registered, as ever: here, none
+        with pytest.raises(errors.NoEnginesRegistered):
+            late[eid]
 
         def refused():   # once the controller waits for it no more (2 liveness periods)
             try:
