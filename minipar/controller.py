@@ -737,7 +737,7 @@ class Controller:
 
     def _connect(self, idents, header, parts):
         # `before`: the engines not back after a restart; `hold_s`: how long requests for them
-        # still wait for them (see _route; a beat spare), which clients let through meanwhile
+        # still wait for them (see _route; a beat spare): a reconnected client lets them through
         beats = 2 * self.heartbeat_liveness - self._beat if self._held is not None else 0
         self._reply(idents, header, status=OK, roster=self._roster, before=self._before,
                     engines={eid: self._engine_info(e) for eid, e in self.engines.items()},
