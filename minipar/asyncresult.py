@@ -812,12 +812,24 @@ def _no_engines(client):
             f"engines(n) waits for them) or abort them (rc.abort()). {last}")
 
 
-def _not_back(before, now):
-    """For _no_engines: ([ids], time.time(), the ids and where they ran) of the engines of
-    the list `before` that a restarted controller's list `now` lacks, or None."""
-    missing = sorted(set(before) - set(now))
-    return missing and (missing, time.time(), ", ".join(
-        f"{eid} (pid {before[eid].get('pid')} on {before[eid].get('host')})" for eid in missing))
+def _not_back(client, header, engines):
+    """What the controller's answer to connect (`header`; `engines`, its list), the first or
+    a restarted controller's, says of the engines of before the restart not registered again
+    (`before`): for _no_engines, ([ids], time.time(), the ids and where they ran) of those, and
+    of the client's list, that it lacks (a client connected after the restart knows only it).
+    To a client that reconnected, it holds direct requests for them for `hold_s` (see
+    Controller._route): Client.resolve_targets lets them through meanwhile, as the client
+    took them for registered till then (`client._coming_back`: ids, monotonic deadline); a
+    new client's targets are those registered, as ever. Holding _engines_changed."""
+    if client._roster and client._roster[0] == header.get("session"):
+        return   # the controller of the list held
+    before = {int(k): v for k, v in (header.get("before") or {}).items()}
+    if client._roster:
+        client._coming_back = (before, time.monotonic() + header.get("hold_s", 0))
+    before = {**client._engines, **before}
+    if missing := sorted(set(before) - set(engines)):
+        client._last_gone = (missing, time.time(), ", ".join(
+            f"{e} (pid {before[e].get('pid')} on {before[e].get('host')})" for e in missing))
 
 
 def _last_engine_gone(client, eid, why):

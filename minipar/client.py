@@ -171,7 +171,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         self._gone = None           # the error every call raises once it did not come back
         self._stopped_hub = None    # the error once this client shut the controller down
         self._warned_skew = set()   # engines whose other Python/cloudpickle was warned about
-        self._last_gone = None      # see asyncresult._no_engines: I/O thread
+        self._last_gone, self._coming_back = None, ((), 0.0)  # asyncresult: _no_engines, _not_back
         self._timers = []           # heap of (deadline, seq, function): I/O thread
         protocol.connect(dealer, self.info, "client")
         sub = self.ctx.socket(zmq.SUB)
@@ -492,8 +492,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         if self._roster and seq[0] == self._roster[0] and seq[1] < self._roster[1]:
             return False
         engines = {int(k): v for k, v in header.get("engines", {}).items()}
-        if self._roster and seq[0] != self._roster[0]:   # a restarted controller's list
-            self._last_gone = _not_back(self._engines, engines) or self._last_gone
+        _not_back(self, header, engines)
         self._engines, self._roster = engines, seq
         return True
 
@@ -517,7 +516,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         with self._engines_changed:
             if handler is not None:
                 handler(self, header)
-            if numbered:
+            if numbered and known and seq[0] == known[0]:   # else: see _take_engines
                 self._roster = seq
             self._engines_changed.notify_all()
         if numbered and (not known or seq != (known[0], known[1] + 1)):
@@ -707,7 +706,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
 
     def __getitem__(self, key):
         # none registered: NoEnginesRegistered, as ipyparallel's (a view made now stays empty)
-        ids = self.ids or self.resolve_targets(())
+        ids = self.resolve_targets("all")
         if isinstance(key, int):
             if 0 < -key <= len(ids):   # as a list's: rc[-1] is the last engine
                 key = ids[key]
@@ -780,10 +779,11 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
     def resolve_targets(self, targets):
         """The engine ids that `targets` names ('all' or None: every registered engine;
         an id; a list of ids), each checked: NoEnginesRegistered when there are none,
-        IndexError for one not registered."""
-        ids = self.ids
+        IndexError for one not registered (nor, after a restart, waited for: _not_back)."""
+        ids, (back, until) = self.ids, self._coming_back
+        back = back if time.monotonic() < until else ()
         if targets is None or targets == "all":
-            targets = ids
+            targets = sorted({*ids, *back})
         elif isinstance(targets, str):   # list("0") would be ["0"], not engine 0
             raise TypeError(f"targets={targets!r}: give 'all', an engine id (an int) or a "
                             "list of them")
@@ -793,7 +793,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
                 f"the targets select no engine; registered: {ids}" if ids else
                 "no engines are registered: start some with `python -m "
                 f"{__package__}.engine` or Cluster(n=...), or rc.wait_for_engines(n)")
-        bad = [t for t in targets if t not in ids]
+        bad = [t for t in targets if t not in ids and t not in back]
         if bad:
             raise IndexError(f"engine {bad[0]!r} is not registered; registered: {ids} (a view "
                              "keeps the engines it was made with: rc.direct_view() follows all)")

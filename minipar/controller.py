@@ -133,14 +133,17 @@ class Controller:
         sec = protocol.security_dir(self.profile_dir)
         self.client_file = os.path.join(sec, protocol.CLIENT_FILE)
         self.engine_file = os.path.join(sec, protocol.ENGINE_FILE)
-        key = None
+        key, back = None, {}
         if reuse and os.path.exists(self.client_file):
             old = _reusable(self.client_file)
-            key = old.get("key")
+            key, back = old.get("key"), old.get("engines")
             for name, p in old.get("ports", {}).items():
                 self.ports.setdefault(name, p)
         self.session = protocol.Session(key or os.urandom(32).hex(), max_message_size, router=True)
         self._held = {} if key else None   # a restart's: engine id -> requests (see _route)
+        # the previous controller's engines not registered again: id -> _engine_info (_connect)
+        self._before = {int(k): v for k, v in (back if isinstance(back, dict) else {}).items()
+                        if k.isdigit() and isinstance(v, dict)}
         # (public, secret) CurveZMQ keys with --curve; the public one goes in the files
         self.curve_file = os.path.join(sec, CURVE_FILE)
         self.curve = protocol.curve_keys(self.curve_file, reuse, log.warning) if curve else None
@@ -152,6 +155,7 @@ class Controller:
                  "auto" if hwm is None else hwm or "unlimited", type(self.db).__name__)
         self.engines = {}        # id -> engine dict (see _register)
         self._roster = 0         # changes made to `engines`, numbered for clients (_notify)
+        self._unsaved = False    # `engines` changed since the client file was written
         self._by_ident = {}      # engine routing id (bytes) -> id
         self._clients = {}       # client session -> the routing id its replies go to
         self._pong_notified = {}  # unknown heart identity -> beat it was last told to register
@@ -218,11 +222,18 @@ class Controller:
         self._handlers = {s["client"]: self._on_client, s["engine"]: self._on_engine,
                           s["pong"]: self._on_pong}
         self._recover(time.monotonic())
-        info = self.info
-        for path in (self.client_file, self.engine_file):
-            protocol.write_connection_file(path, info)
+        protocol.write_connection_file(self.engine_file, self.info)
+        self._write_client_file()
         log.info("minipar controller ready: %s; connection files in %s",
-                 protocol.url(info, "client"), os.path.dirname(self.client_file))
+                 protocol.url(self.info, "client"), os.path.dirname(self.client_file))
+
+    def _write_client_file(self):
+        """The client file, with the engines (and the previous controller's not back yet):
+        with --reuse, written again at the beat after they change (see _notify) and at the
+        end, for a controller restarted over it (see _connect)."""
+        engines = {**self._before, **{i: self._engine_info(e) for i, e in self.engines.items()}}
+        protocol.write_connection_file(self.client_file, dict(self.info, engines=engines))
+        self._unsaved = False
 
     # ------------------------------------------------------------ restart (--db sqlite)
 
@@ -279,7 +290,9 @@ class Controller:
 
     def close(self):
         self.db.close()
-        if not self.reuse:
+        if self._unsaved:   # for the next controller (see _connect)
+            self._write_client_file()
+        elif not self.reuse:
             for f in (self.client_file, self.engine_file, self.curve_file):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(f)
@@ -405,6 +418,8 @@ class Controller:
         self._next_beat = now + self.heartbeat_period
         self.sockets["ping"].send(b"%d" % self._beat)
         self.tally.prune(time.time())   # the counts are by wall-clock second
+        if self._unsaved:   # the engine list changed (see _notify)
+            self._write_client_file()
         if self._held is not None and self._beat > 2 * self.heartbeat_liveness:
             held, self._held = self._held, None   # the restart's grace is over (see _route)
             for eid, rec in [(eid, rec) for eid, recs in held.items() for rec in recs]:
@@ -554,6 +569,7 @@ class Controller:
         # an engine back as the same id (declared dead, or replaced) goes on counting what
         # it answered, as Tally counts its failures by id: one row in the monitor
         gone = self.tally.lost.pop(eid, None)
+        self._before.pop(eid, None)   # back after a restart
         engine = self.engines[eid] = {
             "id": eid, "ident": ident, "pid": header.get("pid"),
             "host": header.get("host"), "python": header.get("python"),
@@ -715,10 +731,17 @@ class Controller:
         self._roster += 1
         _, frames = self.session.msg(kind, roster=self._roster, **fields)
         self.sockets["notify"].send_multipart([kind.encode(), *frames])
+        # a file written once a beat at most: at each change, a thousand engines registering
+        # at once would cost the hub seconds (the file grows with them)
+        self._unsaved = self.reuse
 
     def _connect(self, idents, header, parts):
-        self._reply(idents, header, status=OK, roster=self._roster,
-                    engines={eid: self._engine_info(e) for eid, e in self.engines.items()})
+        # `before`: the engines not back after a restart; `hold_s`: how long requests for them
+        # still wait for them (see _route; a beat spare): a reconnected client lets them through
+        beats = 2 * self.heartbeat_liveness - self._beat if self._held is not None else 0
+        self._reply(idents, header, status=OK, roster=self._roster, before=self._before,
+                    engines={eid: self._engine_info(e) for eid, e in self.engines.items()},
+                    hold_s=beats * self.heartbeat_period)
 
     def _submit(self, client, header, parts, wire):
         now = time.time()   # the record's `submitted`
@@ -1009,39 +1032,10 @@ class Controller:
         self._flush()   # what its handlers posted (a watched result, an abort's failures)
 
     def _queue_status(self, idents, header, parts):
-        status = self.scheduler.status()
-        per = {}
-        for eid, e in self.engines.items():
-            # as ipyparallel: queue = direct requests, tasks = load-balanced ones on it
-            tasks = status["engines"].get(eid, {}).get("queue", 0)
-            per[eid] = {"queue": max(0, len(e["outstanding"]) - tasks), "tasks": tasks,
-                        "completed": e["completed"]}
-        targets = header.get("targets")
-        if targets is not None:
-            per = {eid: v for eid, v in per.items() if eid in targets}
-        unassigned = status["unassigned"]
-        if header.get("verbose"):   # as ipyparallel: the msg_ids, not their counts
-            per, unassigned = self._queue_ids(per), self.scheduler.unassigned()
-        stats = dict(self.stats, **{"dropped_" + k.replace(" ", "_"): v
-                                    for k, v in self.session.dropped.items()})
-        self._reply(idents, header, status=OK, engines=per,
-                    unassigned=unassigned, records=len(self.db), stats=stats)
-
-    def _queue_ids(self, per):
-        """queue_status(verbose=True)'s lists for the engines in `per`: a scan of the
-        records for 'completed' (those purged or culled are gone from it), so only asked
-        for by hand, never on the task path."""
-        done = collections.defaultdict(list)
-        for rec in self.db.records():
-            if rec["status"] != PENDING and rec["engine"] in per:
-                done[rec["engine"]].append(rec["msg_id"])
-        lists = {}
-        for eid in per:
-            tasks = self.scheduler.outstanding(eid)
-            lb = set(tasks)
-            lists[eid] = {"queue": [m for m in self.engines[eid]["outstanding"] if m not in lb],
-                          "tasks": tasks, "completed": done[eid]}
-        return lists
+        # the requests held for engines not registered again yet (see _route) are queued too
+        held = {eid: [r["msg_id"] for r in recs if r["status"] == PENDING]
+                for eid, recs in (self._held or {}).items()}
+        self._reply(idents, header, status=OK, **_top.queue_status(self, header, held))
 
     def _status(self, idents, header, parts):
         """What the cluster does now, for rc.status and python -m minipar.top: made from

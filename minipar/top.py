@@ -17,7 +17,8 @@ What each side does, and what it costs:
   ``__name__`` or the request kind, and when it started). Nothing is sent per task.
 - the controller keeps the last report in the engine's dict (``on_usage``) and counts
   finished requests in a ``Tally``: one dict update per request, and failures in a short
-  ring. ``snapshot(controller, now)`` builds the answer to a ``status`` query.
+  ring. ``snapshot(controller, now)`` builds the answer to a ``status`` query (and
+  ``queue_status`` that to ``rc.queue_status()``).
 - ``rc.status()`` returns the snapshot as a ``Status`` (a dict with a text ``repr`` and
   an HTML table for Jupyter); ``python -m minipar.top`` shows it, full screen, every
   ``--interval`` seconds, or prints it once with ``--once`` (its lines cut to $COLUMNS, else
@@ -80,6 +81,7 @@ import textwrap
 import time
 
 from . import errors, protocol
+from .records import PENDING
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +287,49 @@ def snapshot(controller, now):
             "done": counts[True], "failed": counts[False],
             "rate": sum(per_second[-RATE_WINDOW_S:]) / RATE_WINDOW_S,
             "per_second": per_second, "engines": rows, "failures": list(tally.failures)}
+
+
+def queue_status(controller, header, held):
+    """The answer to a ``queue_status`` query (hub loop), as ipyparallel's: for each engine
+    (or those in `targets`), 'queue' (direct requests on it), 'tasks' (load-balanced ones)
+    and 'completed'; the tasks 'unassigned'; the controller's counters ('stats'). With
+    `verbose`, the msg_ids rather than their counts. After a --reuse restart, an engine not
+    registered again yet that requests wait for (`held`: {id: [msg_id]}) has them as its
+    'queue', and 'registered': False."""
+    c, status = controller, controller.scheduler.status()
+    per = {}
+    for eid, e in c.engines.items():
+        tasks = status["engines"].get(eid, {}).get("queue", 0)
+        per[eid] = {"queue": max(0, len(e["outstanding"]) - tasks), "tasks": tasks,
+                    "completed": e["completed"]}
+    for eid, ids in held.items():
+        per[eid] = {"queue": len(ids), "tasks": 0, "completed": 0, "registered": False}
+    targets = header.get("targets")
+    if targets is not None:
+        per = {eid: v for eid, v in per.items() if eid in targets}
+    unassigned = status["unassigned"]
+    if header.get("verbose"):
+        per, unassigned = _queue_ids(c, per, held), c.scheduler.unassigned()
+    stats = dict(c.stats, **{"dropped_" + k.replace(" ", "_"): v
+                             for k, v in c.session.dropped.items()})
+    return {"engines": per, "unassigned": unassigned, "records": len(c.db), "stats": stats}
+
+
+def _queue_ids(c, per, held):
+    """queue_status(verbose=True)'s lists for the engines in `per` (and those `held` waits
+    for): a scan of the records for 'completed' (those purged or culled are gone from it),
+    so only asked for by hand, never on the task path."""
+    done = collections.defaultdict(list)
+    for rec in c.db.records():
+        if rec["status"] != PENDING and rec["engine"] in per:
+            done[rec["engine"]].append(rec["msg_id"])
+    lists = {}
+    for eid in per:
+        tasks = c.scheduler.outstanding(eid)
+        lb, queue = set(tasks), held[eid] if eid in held else c.engines[eid]["outstanding"]
+        lists[eid] = {**per[eid], "queue": [m for m in queue if m not in lb], "tasks": tasks,
+                      "completed": done[eid]}
+    return lists
 
 
 # ---------------------------------------------------------------- the snapshot, shown

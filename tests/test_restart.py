@@ -9,6 +9,7 @@ fail clearly instead of hanging; with no controller at all, clients and engines 
 after the time they were told to wait.
 """
 
+import concurrent.futures
 import json
 import logging
 import os
@@ -90,6 +91,16 @@ def _on_disk(cluster, msg_ids, finished=False):
     finally:
         db.close()
     return set(msg_ids) <= found
+
+
+def _listed(c, ids):
+    """Whether the controller's client file lists engines `ids`: those a controller restarted
+    over it expects back. It is written at the beat after a change."""
+    try:
+        with open(c.client_file) as f:
+            return {int(e) for e in json.load(f).get("engines", {})} >= set(ids)
+    except (OSError, ValueError):
+        return False
 
 
 @pytest.fixture
@@ -356,12 +367,14 @@ def test_controller_restart_without_records_fails_what_was_outstanding(tmp_path)
 def test_no_engines_after_a_restart_names_those_registered_before(tmp_path):
     """The controller restarted with --reuse, its engines gone with it (killed, or given
     up): what waits for an engine said "None was since this client connected", though the
-    client had engines. It names them, and where they ran, so the user restarts them."""
+    client had engines. It names them, and where they ran, so the user restarts them; so
+    it does to a client connected after the restart, which never knew them."""
     c = LocalCluster(tmp_path, controller_args=["--reuse"])
     try:
         (engine,) = c.start_engines(1)
         rc = c.client(reconnect_timeout=120)
         (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
+        wait_until(lambda: _listed(c, [eid]), START_TIMEOUT_S, "the engine in the client file")
         # frozen first: the engine goes with it, unseen (a controller that finds the engine's
         # process gone, a beat later on a busy machine, says the engine died instead)
         freeze(c.controller.pid)
@@ -369,9 +382,23 @@ def test_no_engines_after_a_restart_names_those_registered_before(tmp_path):
         engine.wait(START_TIMEOUT_S)
         _restart_controller(c, ["--reuse"], "controller2")
         wait_until(lambda: rc.ids == [], START_TIMEOUT_S, "the new controller's engine list")
-        with pytest.raises(errors.TimeoutError, match=rf"Engine\(s\) {eid} \(pid {engine.pid} "
-                           r"on \S+\) were registered before the controller restarted"):
-            rc.load_balanced_view().apply_async(square, 7).get(0)
+        late = c.client()
+        for client in (rc, late):
+            with pytest.raises(errors.TimeoutError, match=rf"Engine\(s\) {eid} \(pid "
+                               rf"{engine.pid} on \S+\) were registered before the controller "
+                               "restarted"):
+                client.load_balanced_view().apply_async(square, 7).get(0)
+        # a client new to the controller takes the engines registered, as ever: here, none
+        with pytest.raises(errors.NoEnginesRegistered):
+            late[eid]
+
+        def refused():   # once the controller waits for it no more (2 liveness periods)
+            try:
+                rc[eid]
+            except errors.NoEnginesRegistered:
+                return True
+
+        wait_until(refused, START_TIMEOUT_S, "the client to refuse the engine's id again")
     finally:
         c.stop()
 
@@ -792,4 +819,81 @@ def test_direct_requests_sent_across_a_restart_wait_for_their_engines(tmp_path):
         hold.close()
         for engine in c.engines:   # none left stopped
             engine.send_signal(signal.SIGCONT)
+        c.stop()
+
+
+def _restarted_with_engines_frozen(c, n=2):
+    """`n` engines registered and frozen, and the controller restarted (--reuse, a grace of
+    2 x 50 beats of 0.2 s) with a client that holds the new controller's engine list, empty
+    until the engines, once the test resumes them, register again. Returns (the client, the
+    engines, their ids, rc[:] made before the restart)."""
+    engines = c.start_engines(n, args=ENGINE_ARGS)
+    rc = c.client(reconnect_timeout=120)
+    ids = sorted(rc.wait_for_engines(n, START_TIMEOUT_S))
+    view = rc[:]
+    wait_until(lambda: _listed(c, ids), START_TIMEOUT_S, "the engines in the client file")
+    for engine in engines:
+        freeze(engine.pid)
+    _restart_controller(c, ["--reuse", "--heartbeat-liveness", "50"], "controller2")
+    wait_until(lambda: rc.ids == [], START_TIMEOUT_S, "the client to take the new (empty) list")
+    return rc, engines, ids, view
+
+
+def test_views_used_right_after_a_restart_wait_for_their_engines(tmp_path):
+    """Right after a --reuse restart a client holds the new controller's engine list, empty
+    for a beat or two, till its engines register again. rc[0] and rc[:] raised
+    NoEnginesRegistered, and a view made before the restart (rc[:]) or rc.direct_view(targets=1)
+    an IndexError, in the client, though the controller holds requests for those engines
+    then: they go, and complete once the engines are back. An id the controller does not
+    expect back is refused at once, as before."""
+    c = LocalCluster(tmp_path, controller_args=["--reuse"])
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        rc, engines, ids, made_before = _restarted_with_engines_frozen(c)
+        blocked = pool.submit(rc[ids[0]].apply_sync, square, 3)   # a script's next line
+        wait_until(lambda: blocked.done() or rc.pending_requests(), START_TIMEOUT_S,
+                   "the blocking call's request to leave")
+        every = rc[:]
+        assert every.targets == ids
+        ars = [every.apply_async(square, 4), made_before.apply_async(square, 5),
+               rc.direct_view(targets=ids[1]).apply_async(square, 6)]
+        with pytest.raises(IndexError, match="engine 7 is not registered"):
+            rc[7]
+        watcher = c.client()
+        msg_ids = [f.msg_id for f in rc.pending_requests()]
+        wait_until(lambda: len(watcher.db_query({"msg_id": {"$in": msg_ids}}, keys=["msg_id"]))
+                   == len(msg_ids) == 6, START_TIMEOUT_S, "the requests at the new controller")
+        for engine in engines:
+            engine.send_signal(signal.SIGCONT)
+        assert blocked.result(START_TIMEOUT_S) == 9
+        assert [ar.get(START_TIMEOUT_S) for ar in ars] == [[16, 16], [25, 25], 36]
+        assert sorted(rc.ids) == ids
+    finally:
+        pool.shutdown(wait=False)
+        c.stop()
+
+
+def test_requests_held_for_engines_not_back_show_in_queue_status(tmp_path):
+    """The requests a restarted controller holds for engines not registered again yet were
+    in no count of rc.queue_status(): no engine, nothing unassigned, as if nothing waited.
+    They are their engine's queue, which says it is not registered (yet)."""
+    c = LocalCluster(tmp_path, controller_args=["--reuse"])
+    try:
+        rc, engines, ids, _ = _restarted_with_engines_frozen(c)
+        ars = [rc[ids[0]].apply_async(square, 2), rc[ids[0]].apply_async(square, 3),
+               rc[:].apply_async(square, 4)]
+        wait_until(lambda: {e: s["queue"] for e, s in rc.queue_status().items()
+                            if e != "unassigned"} == {ids[0]: 3, ids[1]: 1}, START_TIMEOUT_S,
+                   "the requests counted in their engines' queues")
+        assert rc.queue_status(ids[0]) == {"queue": 3, "tasks": 0, "completed": 0,
+                                           "registered": False}
+        assert rc[ids[1]].queue_status(verbose=True) == {
+            "queue": [ars[2].msg_ids[1]], "tasks": [], "completed": [], "registered": False}
+        assert rc.queue_status(verbose=True)[ids[0]]["queue"] == [
+            ars[0].msg_ids[0], ars[1].msg_ids[0], ars[2].msg_ids[0]]
+        for engine in engines:
+            engine.send_signal(signal.SIGCONT)
+        assert [ar.get(START_TIMEOUT_S) for ar in ars] == [4, 9, [16, 16]]
+        assert rc.queue_status(ids[0]) == {"queue": 0, "tasks": 0, "completed": 3}
+    finally:
         c.stop()
