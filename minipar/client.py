@@ -735,6 +735,8 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         return view
 
     def load_balanced_view(self, targets=None, **flags):
+        if targets is not None and self.ids:   # as ipyparallel's, checked when made
+            self.resolve_targets(targets)   # (with none yet, its tasks wait for them)
         return LoadBalancedView(self, targets, **flags)
 
     def executor(self, targets=None):

@@ -82,6 +82,12 @@ def test_views_take_their_flags_when_made_and_have_a_length(rc):
         rc.load_balanced_view(retries="two")    # checked as set_flags checks it
     assert len(rc.load_balanced_view()) == len(rc[:]) == len(rc.direct_view()) == 4
     assert len(rc.load_balanced_view([0, 3])) == 2 and len(rc[1]) == 1
+    # an engine not registered is refused when the view is made, as ipyparallel does (its
+    # tasks ran on the others, or failed when submitted)
+    for make in (lambda: rc.load_balanced_view([0, 7]), lambda: rc.executor(targets=[7]),
+                 lambda: rc.load_balanced_view(targets=7)):
+        with pytest.raises(IndexError, match="engine 7 is not registered"):
+            make()
     chunks = len(rc.load_balanced_view())        # as scripts size their chunks
     assert rc.load_balanced_view().map_sync(abs, range(-8, 0), chunksize=8 // chunks) \
         == list(range(8, 0, -1))
