@@ -809,6 +809,20 @@ def test_start_and_engines_take_ipclusters_n_spelling(tmp_path):
         cli("stop", "--profile-dir", prof)
 
 
+def test_options_without_a_command_start_a_cluster_as_ipcluster_n_4(pids, tmp_path):
+    """The classic documents start their cluster with ``ipcluster -n 4``, no command:
+    ``python -m minipar.launcher -n 1`` was refused ("invalid choice"); it now starts one."""
+    prof = str(tmp_path / "p")
+    out = cli("-n", "1", "--profile-dir", prof, "--daemonize", timeout=60)
+    try:
+        assert out.returncode == 0, out.stderr
+        with minipar.Client(profile_dir=prof) as rc:
+            rc.wait_for_engines(1, 60)
+    finally:
+        cli("stop", "--profile-dir", prof)
+    assert cli("-n").returncode == 2 and cli("--log-level", "DEBUG", "list").returncode == 0
+
+
 def test_ipengine_and_ipcontroller_options_minipar_leaves_out_say_what_to_do():
     """``ipengine --ssh=host``, ``ipcontroller --enginessh=host`` (the ssh tunnels of
     ipyparallel's documents) and ``ipengine --mpi`` were refused as argparse refuses a
