@@ -70,7 +70,9 @@ class ResultList(list):
             shown = [f"[{eid}] {label}[{n}]: {r[key].rstrip()}"
                      for key, label in (("stdout", "Out"), ("stderr", "Err"), ("error", "Err"))
                      if r.get(key)]
-            lines += shown + [""] * bool(shown)
+            # a blank line after each engine's outputs, or its input of several lines (a
+            # `with mec:` block), as IPython.kernel's lines ended in their text's newline
+            lines += shown + [""] * bool(shown or "\n" in r["input"]["raw"].strip())
         return "\n".join(lines).rstrip("\n")
 
 
@@ -1058,6 +1060,8 @@ class _ParallelMagics:
                          "takes the magics over), or call activate() on an open one's view")
         targets = options.get("targets", self.view.targets)
         block = options.get("block", self.view.block)
+        if self.classic and cell is None:   # IPython.kernel's %px line (not %autopx's cells)
+            print("Executing command on Controller")
         if options.get("verbose", self.verbose):
             print(f"{'Parallel' if block else 'Async parallel'} execution on engine(s): "
                   f"{_shown_targets(targets)}")

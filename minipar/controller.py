@@ -1520,10 +1520,10 @@ def main(argv=None):
                    help=f"outstanding tasks per engine, 0: no limit (default: "
                         f"{_scheduler.AUTO_HWM}, and {_scheduler.AUTO_HWM_QUICK} while an "
                         "engine's tasks take under 1 ms)")
-    p.add_argument("--db", default="dict", choices=["dict", "sqlite", "none"],
-                   help="where task records are kept: memory (bounded: --record-limit, "
-                        "--record-bytes), PROFILE_DIR/tasks.db (culls nothing), or only "
-                        "while in flight")
+    p.add_argument("--db", default="dict", choices=["dict", "sqlite", "none"], help="task records "
+                   "kept: in memory (bounded: --record-limit, --record-bytes), in "
+                   "PROFILE_DIR/tasks.db (culls nothing), or only while in flight")
+    p.add_argument("--nodb", dest="db", action="store_const", const="none", help="--db none")
     p.add_argument("--record-limit", type=int, default=RECORD_LIMIT, metavar="N",
                    help="with --db dict, task records kept: beyond N the oldest finished "
                         "ones are culled (logged) and get_result of one says so; --db sqlite "

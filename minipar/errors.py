@@ -401,7 +401,14 @@ _NO_TUNNEL = ("minipar makes no ssh tunnels: run it where the controller's addre
 # options of ipengine and ipcontroller that minipar's entry points leave out, with what to do
 IPYPARALLEL_OPTIONS = dict.fromkeys(("--ssh", "--sshkey", "--enginessh"), _NO_TUNNEL) | {
     "--mpi": "not needed: an engine under mpiexec takes its rank from mpiexec's environment "
-             "(the engine property mpi_rank); tasks use MPI as any program does (mpi4py)"}
+             "(the engine property mpi_rank); tasks use MPI as any program does (mpi4py)",
+    # IPython.kernel's, of the classic documents: its .furl files are minipar's .json ones
+    "--furl-file": "give the controller's minipar-engine.json (in its profile's security "
+                   "folder, or a copy of it) with --file PATH",
+    **dict.fromkeys(("--client-port", "--engine-port"), (
+        "the controller takes --port (registration) or --ports (a range or list of candidate "
+        "ports for all its sockets); --reuse keeps the ports and key across restarts, so "
+        "copied connection files stay valid"))}
 
 
 def parse_args(parser, argv=None):

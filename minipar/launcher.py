@@ -1574,7 +1574,11 @@ def main(argv=None):
     parser.add_argument("--log-level", default=os.environ.get("MINIPAR_LOG_LEVEL", "WARNING"),
                         type=protocol.log_level,
                         help="DEBUG, INFO, WARNING (default, or $MINIPAR_LOG_LEVEL) or ERROR")
-    args = parser.parse_args(_joined_args(sys.argv[1:] if argv is None else argv))
+    words = _joined_args(sys.argv[1:] if argv is None else argv)
+    if words[:1] and words[0].startswith("-") and words[0].partition("=")[0] not in (
+            "-h", "--help", "--log-level"):   # IPython.kernel's `ipcluster -n 4`: a start
+        words.insert(0, "start")
+    args = parser.parse_args(words)
     level = "DEBUG" if os.environ.get("MINIPAR_DEBUG") else args.log_level
     logging.basicConfig(level=level, format="%(asctime)s launcher %(levelname)s %(message)s")
     try:

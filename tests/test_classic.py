@@ -573,6 +573,24 @@ def test_magics_with_multiengine_client(cluster):
         assert re.search(rf"\[{eid}\] Out\[\d+\]: 6\n", last)
 
 
+def test_the_multiengine_documents_printed_forms(cluster, mec):
+    """As the multiengine document prints them: a %px line says "Executing command on
+    Controller" before its <Results List> (an %autopx cell does not), and a `with mec:`
+    block's results keep a blank line after each engine's input of several lines."""
+    out = _ipython(cluster, """\
+        view = mec = client.MultiEngineClient({client_file!r})
+        mec.activate()
+        """, ["%px a = 5", "%autopx", "b = a + 1", "%autopx"])
+    px = out.split("### %px a = 5")[1].split("### %autopx")[0]
+    assert px.startswith("\nExecuting command on Controller\nOut[1]: \n<Results List>\n"), px
+    autopx = out.split("### b = a + 1")[1]
+    assert "Executing" not in autopx and "[3] In [2]: b = a + 1" in autopx, autopx
+    mec.targets = [0, 2]
+    mec.execute("a = 10\nb = 30\nc = a+b\n")
+    assert repr(mec.get_result()).startswith(   # after the two executes in IPython
+        "<Results List>\n[0] In [3]: a = 10\nb = 30\nc = a+b\n\n[2] In [3]: a = 10\n")
+
+
 def test_magics_with_direct_view(cluster):
     out = _ipython(cluster, """\
         rc = minipar.Client({client_file!r})

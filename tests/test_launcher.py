@@ -809,6 +809,20 @@ def test_start_and_engines_take_ipclusters_n_spelling(tmp_path):
         cli("stop", "--profile-dir", prof)
 
 
+def test_options_without_a_command_start_a_cluster_as_ipcluster_n_4(pids, tmp_path):
+    """The classic documents start their cluster with ``ipcluster -n 4``, no command:
+    ``python -m minipar.launcher -n 1`` was refused ("invalid choice"); it now starts one."""
+    prof = str(tmp_path / "p")
+    out = cli("-n", "1", "--profile-dir", prof, "--daemonize", timeout=60)
+    try:
+        assert out.returncode == 0, out.stderr
+        with minipar.Client(profile_dir=prof) as rc:
+            rc.wait_for_engines(1, 60)
+    finally:
+        cli("stop", "--profile-dir", prof)
+    assert cli("-n").returncode == 2 and cli("--log-level", "DEBUG", "list").returncode == 0
+
+
 def test_ipengine_and_ipcontroller_options_minipar_leaves_out_say_what_to_do():
     """``ipengine --ssh=host``, ``ipcontroller --enginessh=host`` (the ssh tunnels of
     ipyparallel's documents) and ``ipengine --mpi`` were refused as argparse refuses a
@@ -821,6 +835,33 @@ def test_ipengine_and_ipcontroller_options_minipar_leaves_out_say_what_to_do():
                              cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True,
                              text=True, timeout=60)
         assert out.returncode == 2 and says in out.stderr, out.stderr
+
+
+def test_the_classic_documents_options_run_or_say_what_to_do(pids, tmp_path):
+    """``ipcontroller --nodb`` (the starting document's backend without a database) starts a
+    controller that keeps no records, as ``--db none``; IPython.kernel's ``ipengine
+    --furl-file=F`` and ``ipcontroller --client-port=P --engine-port=Q`` were refused as a
+    typo is ("unrecognized arguments"); each now names minipar's option."""
+    for role, option, says in [("engine", "--furl-file=/x/e.furl", "with --file PATH"),
+                               ("controller", "--client-port=10101", "--port (registration)"),
+                               ("controller", "--engine-port=10102", "--reuse keeps the ports")]:
+        out = subprocess.run([sys.executable, "-m", f"minipar.{role}", option], env=_env(),
+                             cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 2 and says in out.stderr, out.stderr
+    log = tmp_path / "controller.log"
+    with open(log, "w") as f:
+        p = subprocess.Popen([sys.executable, "-m", "minipar.controller", "--nodb",
+                              "--profile-dir", str(tmp_path / "p")], env=_env(), cwd=ROOT,
+                             stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT)
+    pids.add(p.pid)
+    try:
+        wait_until(lambda: "records in" in log.read_text() or p.poll() is not None, 60,
+                   "the controller's first log line")
+        assert "records in NoDB" in log.read_text(), log.read_text()
+    finally:
+        p.terminate()
+        p.wait(30)
 
 
 def test_list_shows_controllers_started_by_hand(pids, minipar_dir):
