@@ -826,10 +826,15 @@ def test_options_without_a_command_start_a_cluster_as_ipcluster_n_4(pids, tmp_pa
 def test_ipengine_and_ipcontroller_options_minipar_leaves_out_say_what_to_do():
     """``ipengine --ssh=host``, ``ipcontroller --enginessh=host`` (the ssh tunnels of
     ipyparallel's documents) and ``ipengine --mpi`` were refused as argparse refuses a
-    typo, "unrecognized arguments"; each now says what to do. A typo is refused as before."""
+    typo, "unrecognized arguments"; each now says what to do, as do IPython.kernel's
+    ``ipengine --furl-file=F`` and ``ipcontroller --client-port=P --engine-port=Q`` of the
+    classic documents. A typo is refused as before."""
     for role, option, says in [("engine", "--ssh=login.node", "makes no ssh tunnels"),
                                ("engine", "--mpi", "under mpiexec takes its rank"),
                                ("controller", "--enginessh=node1", "forward the ports with ssh -L"),
+                               ("engine", "--furl-file=/x/e.furl", "with --file PATH"),
+                               ("controller", "--client-port=10101", "--port (registration)"),
+                               ("controller", "--engine-port=10102", "--reuse keeps the ports"),
                                ("engine", "--no-such-flag", "unrecognized arguments: --no-such")]:
         out = subprocess.run([sys.executable, "-m", f"minipar.{role}", option], env=_env(),
                              cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True,
@@ -837,18 +842,9 @@ def test_ipengine_and_ipcontroller_options_minipar_leaves_out_say_what_to_do():
         assert out.returncode == 2 and says in out.stderr, out.stderr
 
 
-def test_the_classic_documents_options_run_or_say_what_to_do(pids, tmp_path):
+def test_controller_nodb_runs_as_db_none(pids, tmp_path):
     """``ipcontroller --nodb`` (the starting document's backend without a database) starts a
-    controller that keeps no records, as ``--db none``; IPython.kernel's ``ipengine
-    --furl-file=F`` and ``ipcontroller --client-port=P --engine-port=Q`` were refused as a
-    typo is ("unrecognized arguments"); each now names minipar's option."""
-    for role, option, says in [("engine", "--furl-file=/x/e.furl", "with --file PATH"),
-                               ("controller", "--client-port=10101", "--port (registration)"),
-                               ("controller", "--engine-port=10102", "--reuse keeps the ports")]:
-        out = subprocess.run([sys.executable, "-m", f"minipar.{role}", option], env=_env(),
-                             cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True,
-                             text=True, timeout=60)
-        assert out.returncode == 2 and says in out.stderr, out.stderr
+    controller that keeps no records, as ``--db none``, where it was refused as a typo."""
     log = tmp_path / "controller.log"
     with open(log, "w") as f:
         p = subprocess.Popen([sys.executable, "-m", "minipar.controller", "--nodb",
