@@ -228,10 +228,12 @@ class Controller:
                  protocol.url(self.info, "client"), os.path.dirname(self.client_file))
 
     def _write_client_file(self):
-        """The client file, with the engines (and the previous controller's not back yet):
-        with --reuse, written again at the beat after they change (see _notify) and at the
-        end, for a controller restarted over it (see _connect)."""
-        engines = {**self._before, **{i: self._engine_info(e) for i, e in self.engines.items()}}
+        """The client file, with the engines (and, in a restart's grace, the previous
+        controller's not back yet: not after, or a dead one would be waited for at every
+        restart): with --reuse, written again at the beat after they change (see _notify)
+        and at the end, for a controller restarted over it (see _connect)."""
+        before = self._before if self._held is not None else {}
+        engines = {**before, **{i: self._engine_info(e) for i, e in self.engines.items()}}
         protocol.write_connection_file(self.client_file, dict(self.info, engines=engines))
         self._unsaved = False
 
@@ -418,12 +420,13 @@ class Controller:
         self._next_beat = now + self.heartbeat_period
         self.sockets["ping"].send(b"%d" % self._beat)
         self.tally.prune(time.time())   # the counts are by wall-clock second
-        if self._unsaved:   # the engine list changed (see _notify)
-            self._write_client_file()
         if self._held is not None and self._beat > 2 * self.heartbeat_liveness:
             held, self._held = self._held, None   # the restart's grace is over (see _route)
+            self._unsaved |= bool(self._before)   # no longer awaited: off the file
             for eid, rec in [(eid, rec) for eid, recs in held.items() for rec in recs]:
                 self._route(rec, eid)
+        if self._unsaved:   # the engine list changed (see _notify)
+            self._write_client_file()
         _top.say_if_no_engines(self, now)
         if not late:   # else the marks this controller has not read yet are not overdue
             self._abort_overdue(now)

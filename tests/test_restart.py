@@ -403,6 +403,38 @@ def test_no_engines_after_a_restart_names_those_registered_before(tmp_path):
         c.stop()
 
 
+def test_an_engine_not_back_after_a_restart_is_waited_for_at_that_restart_only(tmp_path):
+    """The client file kept the engines not back after a --reuse restart for good: each
+    later restart waited for them again, a reconnected client's rc[:] took them for
+    registered and failed on them ("engine 1 is not registered"), restart after restart.
+    Once the restart's grace is over (2 liveness periods), the file lists those registered."""
+    c = LocalCluster(tmp_path, controller_args=["--reuse"])
+    try:
+        engines = c.start_engines(2, args=ENGINE_ARGS)
+        rc = c.client(reconnect_timeout=120)
+        ids = sorted(rc.wait_for_engines(2, START_TIMEOUT_S))
+        wait_until(lambda: _listed(c, ids), START_TIMEOUT_S, "the engines in the client file")
+        with open(c.client_file) as f:
+            dead = next(int(e) for e, info in json.load(f)["engines"].items()
+                        if info["pid"] == engines[1].pid)
+        freeze(c.controller.pid)   # the engine goes with it, unseen (as above)
+        engines[1].send_signal(signal.SIGKILL)
+        engines[1].wait(START_TIMEOUT_S)
+        (alive,) = set(ids) - {dead}
+
+        def listed_alone():
+            with open(c.client_file) as f:
+                return set(json.load(f).get("engines", ())) == {str(alive)}
+
+        for name in ("controller2", "controller3"):
+            _restart_controller(c, ["--reuse", "--heartbeat-liveness", "2"], name)
+            wait_until(listed_alone, START_TIMEOUT_S, f"{name}'s file to list engine {alive}")
+        assert rc[:].apply_sync(square, 3) == [9]
+        assert c.client()[:].apply_sync(square, 4) == [16]
+    finally:
+        c.stop()
+
+
 def test_a_cancelled_request_lost_with_the_controller_is_no_longer_pending(tmp_path):
     """cancel() lets a request its engine started run on, its future cancelled and still
     waiting for the reply (made here by cancelling only locally). A controller restarted
