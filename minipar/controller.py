@@ -788,7 +788,10 @@ class Controller:
             return self._assign(rec, eid)
         if self._held is not None and eid >= 0:   # an int: see _request_problem
             return self._held.setdefault(eid, []).append(rec)
-        self._fail(rec, "EngineError", f"engine {eid} is not registered (registered: "
+        was = self._before.get(eid)   # an engine of before the restart, not back
+        why = was and (f" (pid {was.get('pid')} on {was.get('host')}) did not register again "
+                       "after the controller restarted: start it again if it stopped")
+        self._fail(rec, "EngineError", f"engine {eid}{why or ' is not registered'} (registered: "
                    f"{sorted(self.engines)}); use rc.ids for the live engines", eid)
 
     def _assign(self, rec, eid):

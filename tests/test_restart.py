@@ -403,6 +403,25 @@ def test_no_engines_after_a_restart_names_those_registered_before(tmp_path):
         c.stop()
 
 
+def _restarted_without_one(c, liveness):
+    """Two engines registered, then the controller killed with one of them and restarted
+    (--reuse, a grace of 2 x `liveness` beats of 0.2 s). Returns (a client connected before,
+    the id of the engine alive, the id and pid of the one killed)."""
+    engines = c.start_engines(2, args=ENGINE_ARGS)
+    rc = c.client(reconnect_timeout=120)
+    ids = sorted(rc.wait_for_engines(2, START_TIMEOUT_S))
+    wait_until(lambda: _listed(c, ids), START_TIMEOUT_S, "the engines in the client file")
+    with open(c.client_file) as f:
+        dead = next(int(e) for e, info in json.load(f)["engines"].items()
+                    if info["pid"] == engines[1].pid)
+    freeze(c.controller.pid)   # the engine goes with it, unseen (as above)
+    engines[1].send_signal(signal.SIGKILL)
+    engines[1].wait(START_TIMEOUT_S)
+    _restart_controller(c, ["--reuse", "--heartbeat-liveness", str(liveness)], "controller2")
+    (alive,) = set(ids) - {dead}
+    return rc, alive, dead, engines[1].pid
+
+
 def test_an_engine_not_back_after_a_restart_is_waited_for_at_that_restart_only(tmp_path):
     """The client file kept the engines not back after a --reuse restart for good: each
     later restart waited for them again, a reconnected client's rc[:] took them for
@@ -410,27 +429,33 @@ def test_an_engine_not_back_after_a_restart_is_waited_for_at_that_restart_only(t
     Once the restart's grace is over (2 liveness periods), the file lists those registered."""
     c = LocalCluster(tmp_path, controller_args=["--reuse"])
     try:
-        engines = c.start_engines(2, args=ENGINE_ARGS)
-        rc = c.client(reconnect_timeout=120)
-        ids = sorted(rc.wait_for_engines(2, START_TIMEOUT_S))
-        wait_until(lambda: _listed(c, ids), START_TIMEOUT_S, "the engines in the client file")
-        with open(c.client_file) as f:
-            dead = next(int(e) for e, info in json.load(f)["engines"].items()
-                        if info["pid"] == engines[1].pid)
-        freeze(c.controller.pid)   # the engine goes with it, unseen (as above)
-        engines[1].send_signal(signal.SIGKILL)
-        engines[1].wait(START_TIMEOUT_S)
-        (alive,) = set(ids) - {dead}
+        rc, alive, _, _ = _restarted_without_one(c, 2)
 
         def listed_alone():
             with open(c.client_file) as f:
                 return set(json.load(f).get("engines", ())) == {str(alive)}
 
-        for name in ("controller2", "controller3"):
-            _restart_controller(c, ["--reuse", "--heartbeat-liveness", "2"], name)
-            wait_until(listed_alone, START_TIMEOUT_S, f"{name}'s file to list engine {alive}")
+        wait_until(listed_alone, START_TIMEOUT_S, f"the file to list engine {alive} alone")
+        _restart_controller(c, ["--reuse", "--heartbeat-liveness", "2"], "controller3")
+        wait_until(listed_alone, START_TIMEOUT_S, f"the file to list engine {alive} alone")
         assert rc[:].apply_sync(square, 3) == [9]
         assert c.client()[:].apply_sync(square, 4) == [16]
+    finally:
+        c.stop()
+
+
+def test_a_request_for_an_engine_not_back_after_a_restart_fails_saying_so(tmp_path):
+    """A request a restarted controller held for an engine of before that never came back
+    failed, at the grace's end, with "engine 1 is not registered", as for an id never used.
+    It names the engine, where it ran, and that it did not register again."""
+    c = LocalCluster(tmp_path, controller_args=["--reuse"])
+    try:
+        rc, alive, dead, pid = _restarted_without_one(c, 25)   # a grace of 10 s
+        wait_until(lambda: rc.ids == [alive], START_TIMEOUT_S, "the client to reconnect")
+        ar = rc[dead].apply_async(square, 2)   # let through: the controller waits for it
+        with pytest.raises(errors.EngineError, match=rf"engine {dead} \(pid {pid} on \S+\) did "
+                           "not register again after the controller restarted: start it again"):
+            ar.get(START_TIMEOUT_S)
     finally:
         c.stop()
 
