@@ -460,6 +460,29 @@ def test_a_request_for_an_engine_not_back_after_a_restart_fails_saying_so(tmp_pa
         c.stop()
 
 
+def test_top_shows_the_engines_a_restarted_controller_waits_for(tmp_path):
+    """In a --reuse restart's grace, python -m minipar.top (rc.status()) showed no row for
+    an engine not back yet, and "0 queued" though requests waited for it (queue_status
+    counts them). It is a row, "awaited", with its pid and those requests; they are queued."""
+    c = LocalCluster(tmp_path, controller_args=["--reuse"])
+    try:
+        rc, alive, dead, pid = _restarted_without_one(c, 25)   # a grace of 10 s
+        wait_until(lambda: rc.ids == [alive], START_TIMEOUT_S, "the client to reconnect")
+        ar = rc[dead].apply_async(square, 2)
+        wait_until(lambda: rc.queue_status(dead)["queue"] == 1, START_TIMEOUT_S,
+                   "the request held for the engine")
+        snap = rc.status()
+        (row,) = [r for r in snap["engines"] if r["id"] == dead]
+        assert (row["state"], row["pid"], row["queued"]) == ("awaited", pid, 1)
+        assert (snap["engines_awaited"], snap["queued"]) == (1, 1)
+        assert ", 1 awaited," in repr(snap) and "1 queued" in repr(snap)
+        with pytest.raises(errors.EngineError, match="did not register again"):
+            ar.get(START_TIMEOUT_S)
+        assert dead not in [r["id"] for r in rc.status()["engines"]]
+    finally:
+        c.stop()
+
+
 def test_a_cancelled_request_lost_with_the_controller_is_no_longer_pending(tmp_path):
     """cancel() lets a request its engine started run on, its future cancelled and still
     waiting for the reply (made here by cancelling only locally). A controller restarted
