@@ -141,7 +141,8 @@ class Controller:
                 self.ports.setdefault(name, p)
         self.session = protocol.Session(key or os.urandom(32).hex(), max_message_size, router=True)
         self._held = {} if key else None   # a restart's: engine id -> requests (see _route)
-        # the previous controller's engines not registered again: id -> _engine_info (_connect)
+        # the previous controller's engines not back: id -> _engine_info (_connect); no new
+        # engine takes their ids, as requests for them wait for them (ipyparallel's: none)
         self._before = {int(k): v for k, v in (back if isinstance(back, dict) else {}).items()
                         if k.isdigit() and isinstance(v, dict)}
         # (public, secret) CurveZMQ keys with --curve; the public one goes in the files
@@ -228,10 +229,9 @@ class Controller:
                  protocol.url(self.info, "client"), os.path.dirname(self.client_file))
 
     def _write_client_file(self):
-        """The client file, with the engines (and, in a restart's grace, the previous
-        controller's not back yet: not after, or a dead one would be waited for at every
-        restart): with --reuse, written again at the beat after they change (see _notify)
-        and at the end, for a controller restarted over it (see _connect)."""
+        """The client file, with the engines (and in a restart's grace the previous controller's
+        not back yet; not after, or a dead one is waited for at every restart): with --reuse,
+        written at the beat after they change (_notify) and at the end, for the next (_connect)."""
         before = self._before if self._held is not None else {}
         engines = {**before, **{i: self._engine_info(e) for i, e in self.engines.items()}}
         protocol.write_connection_file(self.client_file, dict(self.info, engines=engines))
@@ -563,7 +563,7 @@ class Controller:
         if isinstance(want, int) and want >= 0 and want not in self.engines:
             eid = want
         else:
-            while self._next_id in self.engines:
+            while self._next_id in self.engines or self._next_id in self._before:
                 self._next_id += 1
             eid = self._next_id
         self._next_id = max(self._next_id, eid + 1)

@@ -460,6 +460,28 @@ def test_a_request_for_an_engine_not_back_after_a_restart_fails_saying_so(tmp_pa
         c.stop()
 
 
+def test_a_new_engine_never_takes_the_id_of_one_awaited_after_a_restart(tmp_path):
+    """An engine started in a --reuse restart's grace took the first free id: that of an
+    engine of before not back yet, so the requests held for that one ran on the new engine,
+    without its namespace (a NameError for what was pushed there). It takes another id;
+    they wait for their engine, then fail saying it did not come back."""
+    c = LocalCluster(tmp_path, controller_args=["--reuse"])
+    try:
+        rc, alive, dead, _ = _restarted_without_one(c, 25)   # a grace of 10 s
+        wait_until(lambda: rc.ids == [alive], START_TIMEOUT_S, "the client to reconnect")
+        ar = rc[dead].apply_async(square, 2)
+        wait_until(lambda: rc.queue_status(dead)["queue"] == 1, START_TIMEOUT_S,
+                   "the request held for the engine")
+        c.start_engines(1, args=ENGINE_ARGS)
+        (new,) = set(rc.wait_for_engines(2, START_TIMEOUT_S)) - {alive}
+        assert new not in (alive, dead)
+        with pytest.raises(errors.EngineError, match="did not register again"):
+            ar.get(START_TIMEOUT_S)
+        assert rc[new].apply_sync(square, 3) == 9
+    finally:
+        c.stop()
+
+
 def test_top_shows_the_engines_a_restarted_controller_waits_for(tmp_path):
     """In a --reuse restart's grace, python -m minipar.top (rc.status()) showed no row for
     an engine not back yet, and "0 queued" though requests waited for it (queue_status
