@@ -460,6 +460,23 @@ def test_a_request_for_an_engine_not_back_after_a_restart_fails_saying_so(tmp_pa
         c.stop()
 
 
+def test_wait_for_engines_names_the_engines_not_back_after_a_restart(tmp_path):
+    """rc.wait_for_engines(n), what a user calls after a restart (and what the "no engine is
+    registered" message suggests), timed out with "1 engines registered after 0.5 s, wanted
+    2", for a client connected before the restart or after it, though both know which engine
+    has not registered again. It names it, and where it ran."""
+    c = LocalCluster(tmp_path, controller_args=["--reuse"])
+    try:
+        rc, alive, dead, pid = _restarted_without_one(c, 2)
+        wait_until(lambda: rc.ids == [alive], START_TIMEOUT_S, "the client to reconnect")
+        for client in (rc, c.client()):
+            with pytest.raises(TimeoutError, match=rf"wanted 2; not registered again since the "
+                               rf"controller restarted: engine\(s\) {dead} \(pid {pid} on \S+\)"):
+                client.wait_for_engines(2, timeout=0.5)
+    finally:
+        c.stop()
+
+
 def test_a_new_engine_never_takes_the_id_of_one_awaited_after_a_restart(tmp_path):
     """An engine started in a --reuse restart's grace took the first free id: that of an
     engine of before not back yet, so the requests held for that one ran on the new engine,
