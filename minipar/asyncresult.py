@@ -835,8 +835,8 @@ def _not_back(client, header, engines):
 
 
 def _not_back_yet(client):
-    """For wait_for_engines' TimeoutError: the engines of before the controller restarted
-    that have not registered again (see _not_back), named, or "". Holding _engines_changed."""
+    """For wait_for_engines' TimeoutError and resolve_targets' NoEnginesRegistered: the
+    engines of before the controller restarted not registered again (_not_back), or ""."""
     gone = client._last_gone
     if gone is None or not isinstance(gone[0], list):
         return ""

@@ -793,8 +793,8 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         if not targets:
             raise NoEnginesRegistered(   # an empty selection, as rc[5:] of 2 engines
                 f"the targets select no engine; registered: {ids}" if ids else
-                "no engines are registered: start some with `python -m "
-                f"{__package__}.engine` or Cluster(n=...), or rc.wait_for_engines(n)")
+                f"no engines are registered: start some with `python -m {__package__}.engine` or "
+                f"Cluster(n=...), or rc.wait_for_engines(n){_not_back_yet(self)}")
         bad = [t for t in targets if t not in ids and t not in back]
         if bad:
             raise IndexError(f"engine {bad[0]!r} is not registered; registered: {ids} (a view "

@@ -388,8 +388,10 @@ def test_no_engines_after_a_restart_names_those_registered_before(tmp_path):
                                rf"{engine.pid} on \S+\) were registered before the controller "
                                "restarted"):
                 client.load_balanced_view().apply_async(square, 7).get(0)
-        # a client new to the controller takes the engines registered, as ever: here, none
-        with pytest.raises(errors.NoEnginesRegistered):
+        # a client new to the controller takes the engines registered, as ever: here, none;
+        # it says which did not come back (it said only "no engines are registered")
+        with pytest.raises(errors.NoEnginesRegistered, match=rf"not registered again since the "
+                           rf"controller restarted: engine\(s\) {eid} \(pid {engine.pid} on "):
             late[eid]
 
         def refused():   # once the controller waits for it no more (2 liveness periods)
