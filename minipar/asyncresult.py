@@ -803,9 +803,10 @@ def _no_engines(client):
     if gone is None:
         last = "None was since this client connected."
     elif isinstance(gone[0], list):
-        last = (f"Engine(s) {gone[2]} were registered before the controller restarted (found "
-                f"at {at}) and have not registered again: start them again if they stopped (an "
-                "engine gives up on a controller silent for its --max-missed-heartbeats)")
+        last = (f"Engine(s) {', '.join(gone[2])} were registered before the controller "
+                f"restarted (found at {at}) and have not registered again: start them again if "
+                "they stopped (an engine gives up on a controller silent for its "
+                "--max-missed-heartbeats)")
     else:   # a death's why ends with its log's last lines
         last = f"The last one, {gone[0]}, left at {at}: {gone[2]}"
     return ("no engine is registered; the tasks wait for one: start engines (rc.wait_for_"
@@ -815,8 +816,9 @@ def _no_engines(client):
 def _not_back(client, header, engines):
     """What the controller's answer to connect (`header`; `engines`, its list), the first or
     a restarted controller's, says of the engines of before the restart not registered again
-    (`before`): for _no_engines, ([ids], time.time(), the ids and where they ran) of those, and
-    of the client's list, that it lacks (a client connected after the restart knows only it).
+    (`before`): for _no_engines and _not_back_yet, ([ids], time.time(), [each id and where it
+    ran]) of those, and of the client's list, that it lacks (a client connected after the
+    restart knows only it).
     To a client that reconnected, it holds direct requests for them for `hold_s` (see
     Controller._route): Client.resolve_targets lets them through meanwhile, as the client
     took them for registered till then (`client._coming_back`: ids, monotonic deadline); a
@@ -828,8 +830,21 @@ def _not_back(client, header, engines):
         client._coming_back = (before, time.monotonic() + header.get("hold_s", 0))
     before = {**client._engines, **before}
     if missing := sorted(set(before) - set(engines)):
-        client._last_gone = (missing, time.time(), ", ".join(
-            f"{e} (pid {before[e].get('pid')} on {before[e].get('host')})" for e in missing))
+        client._last_gone = (missing, time.time(), [
+            f"{e} (pid {before[e].get('pid')} on {before[e].get('host')})" for e in missing])
+
+
+def _not_back_yet(client):
+    """For wait_for_engines' TimeoutError and resolve_targets' NoEnginesRegistered: the
+    engines of before the controller restarted not registered again (_not_back), or ""."""
+    gone = client._last_gone
+    if gone is None or not isinstance(gone[0], list):
+        return ""
+    left = [where for e, where in zip(gone[0], gone[2]) if e not in client._engines]
+    if not left:
+        return ""
+    return (f"; not registered again since the controller restarted: engine(s) "
+            f"{', '.join(left)}: start them again if they stopped")
 
 
 def _last_engine_gone(client, eid, why):

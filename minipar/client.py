@@ -46,7 +46,7 @@ from .asyncresult import (AsyncResult, ExecuteReply, _concat, _dated, _Derived, 
                           _MsgFuture, _OneRequest, _abort_ids, _aborted_on_ctrl_c,
                           _check_count, _ctrl_c_aborts, _last_engine_gone, _never_sent,
                           _next_result, _not_back, _not_in_io_thread, _seconds, _waited,
-                          _seconds_check, _sent, _timeout_s, _blocking, IO_THREAD)
+                          _seconds_check, _sent, _timeout_s, _blocking, IO_THREAD, _not_back_yet)
 from .dependency import dependency_fields, dependent, msg_ids
 from .remotefunction import (ParallelFunction, RemoteFunction, _check_names, _check_pulled,
                              _chunksize, _partition, _sequence, _sequences, interactive)
@@ -769,7 +769,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         raise TimeoutError(f"{len(self._engines)} engines registered after "
-                                           f"{timeout} s, wanted {n}")
+                                           f"{timeout} s, wanted {n}{_not_back_yet(self)}")
                     self._engines_changed.wait(left)
                     if bar is not None:
                         bar.update(min(n, len(self._engines)) - bar.n)
@@ -793,8 +793,8 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         if not targets:
             raise NoEnginesRegistered(   # an empty selection, as rc[5:] of 2 engines
                 f"the targets select no engine; registered: {ids}" if ids else
-                "no engines are registered: start some with `python -m "
-                f"{__package__}.engine` or Cluster(n=...), or rc.wait_for_engines(n)")
+                f"no engines are registered: start some with `python -m {__package__}.engine` or "
+                f"Cluster(n=...), or rc.wait_for_engines(n){_not_back_yet(self)}")
         bad = [t for t in targets if t not in ids and t not in back]
         if bad:
             raise IndexError(f"engine {bad[0]!r} is not registered; registered: {ids} (a view "

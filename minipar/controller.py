@@ -141,7 +141,8 @@ class Controller:
                 self.ports.setdefault(name, p)
         self.session = protocol.Session(key or os.urandom(32).hex(), max_message_size, router=True)
         self._held = {} if key else None   # a restart's: engine id -> requests (see _route)
-        # the previous controller's engines not registered again: id -> _engine_info (_connect)
+        # the previous controller's engines not back: id -> _engine_info (_connect); no new
+        # engine takes their ids, as requests for them wait for them (ipyparallel's: none)
         self._before = {int(k): v for k, v in (back if isinstance(back, dict) else {}).items()
                         if k.isdigit() and isinstance(v, dict)}
         # (public, secret) CurveZMQ keys with --curve; the public one goes in the files
@@ -228,10 +229,11 @@ class Controller:
                  protocol.url(self.info, "client"), os.path.dirname(self.client_file))
 
     def _write_client_file(self):
-        """The client file, with the engines (and the previous controller's not back yet):
-        with --reuse, written again at the beat after they change (see _notify) and at the
-        end, for a controller restarted over it (see _connect)."""
-        engines = {**self._before, **{i: self._engine_info(e) for i, e in self.engines.items()}}
+        """The client file, with the engines (and in a restart's grace the previous controller's
+        not back yet; not after, or a dead one is waited for at every restart): with --reuse,
+        written at the beat after they change (_notify) and at the end, for the next (_connect)."""
+        before = self._before if self._held is not None else {}
+        engines = {**before, **{i: self._engine_info(e) for i, e in self.engines.items()}}
         protocol.write_connection_file(self.client_file, dict(self.info, engines=engines))
         self._unsaved = False
 
@@ -418,12 +420,13 @@ class Controller:
         self._next_beat = now + self.heartbeat_period
         self.sockets["ping"].send(b"%d" % self._beat)
         self.tally.prune(time.time())   # the counts are by wall-clock second
-        if self._unsaved:   # the engine list changed (see _notify)
-            self._write_client_file()
         if self._held is not None and self._beat > 2 * self.heartbeat_liveness:
             held, self._held = self._held, None   # the restart's grace is over (see _route)
+            self._unsaved |= bool(self._before)   # no longer awaited: off the file
             for eid, rec in [(eid, rec) for eid, recs in held.items() for rec in recs]:
                 self._route(rec, eid)
+        if self._unsaved:   # the engine list changed (see _notify)
+            self._write_client_file()
         _top.say_if_no_engines(self, now)
         if not late:   # else the marks this controller has not read yet are not overdue
             self._abort_overdue(now)
@@ -560,7 +563,7 @@ class Controller:
         if isinstance(want, int) and want >= 0 and want not in self.engines:
             eid = want
         else:
-            while self._next_id in self.engines:
+            while self._next_id in self.engines or self._next_id in self._before:
                 self._next_id += 1
             eid = self._next_id
         self._next_id = max(self._next_id, eid + 1)
@@ -785,7 +788,10 @@ class Controller:
             return self._assign(rec, eid)
         if self._held is not None and eid >= 0:   # an int: see _request_problem
             return self._held.setdefault(eid, []).append(rec)
-        self._fail(rec, "EngineError", f"engine {eid} is not registered (registered: "
+        was = self._before.get(eid)   # an engine of before the restart, not back
+        why = was and (f" (pid {was.get('pid')} on {was.get('host')}) did not register again "
+                       "after the controller restarted: start it again if it stopped")
+        self._fail(rec, "EngineError", f"engine {eid}{why or ' is not registered'} (registered: "
                    f"{sorted(self.engines)}); use rc.ids for the live engines", eid)
 
     def _assign(self, rec, eid):

@@ -29,10 +29,12 @@ The snapshot (``--once --json`` prints exactly this)::
     time            the controller's clock when it answered (seconds since the epoch)
     controller      {"host", "pid", "url", "uptime_s"}
     engines_alive   engines registered now
+    engines_awaited engines of before a --reuse restart that it waits for (2 liveness
+                    periods), not registered again yet
     engines_lost    engines declared dead (missed heartbeats) and not back since
     engines_stopped engines that unregistered (shut down) and are not back since
-    queued          requests waiting: in the scheduler, or sent to a busy engine and
-                    queued there behind the one it runs
+    queued          requests waiting: in the scheduler, sent to a busy engine and
+                    queued there behind the one it runs, or held for an awaited engine
     running         requests running now (one per busy engine)
     done            requests finished ok since the controller started (the text's "ok":
                     an engine row's done counts failures too)
@@ -42,7 +44,7 @@ The snapshot (``--once --json`` prints exactly this)::
                     oldest first (the sparkline)
     engines         one row per engine, by id:
                       id, host, pid,
-                      state        "idle", "busy", "lost" or "stopped"
+                      state        "idle", "busy", "awaited", "lost" or "stopped"
                       task         what it runs: the function's name ("StringTask" for
                                    a classic one), the first line of the code an execute
                                    runs, or the request kind ("push", "execute"...); None
@@ -92,7 +94,7 @@ LOST_KEPT = 256        # lost / stopped engines remembered (oldest forgotten fir
 WAIT_S = 60.0          # how long the monitor waits for a silent controller; as the Client's
                        # RECONNECT_TIMEOUT_S, 10..300 is reasonable
 
-IDLE, BUSY, LOST, STOPPED = "idle", "busy", "lost", "stopped"
+IDLE, BUSY, AWAITED, LOST, STOPPED = "idle", "busy", "awaited", "lost", "stopped"
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -270,6 +272,11 @@ def snapshot(controller, now):
             else:   # it started another since its last report: most often the same function
                 row["task"] = usage.get("last_name")
         rows.append(row)
+    held = c._held or {}   # a --reuse restart's grace: requests for the engines not back yet
+    for eid in sorted({*c._before, *held}) if c._held is not None else ():
+        n = sum(rec["status"] == PENDING for rec in held.get(eid, ()))
+        queued += n
+        rows.append(dict(new_row(eid, c._before.get(eid, {}), AWAITED, 0, {}), queued=n))
     for eid, gone in tally.lost.items():
         if eid not in c.engines:
             rows.append(dict(new_row(eid, gone, gone["state"], gone["done"], {}),
@@ -282,7 +289,8 @@ def snapshot(controller, now):
             "controller": {"host": c.info["host"], "pid": os.getpid(),
                            "url": protocol.url(c.info, "client"),
                            "uptime_s": now - tally.started},
-            "engines_alive": len(c.engines), "engines_lost": states[LOST],
+            "engines_alive": len(c.engines), "engines_awaited": states[AWAITED],
+            "engines_lost": states[LOST],
             "engines_stopped": states[STOPPED], "queued": queued, "running": running,
             "done": counts[True], "failed": counts[False],
             "rate": sum(per_second[-RATE_WINDOW_S:]) / RATE_WINDOW_S,
@@ -345,7 +353,8 @@ _COLUMNS = (
     ("ID", 3, "the engine's id"),
     ("HOST", 10, "the machine it runs on"),
     ("PID", 7, "its process id"),
-    ("STATE", 7, "idle, busy, lost (missed its heartbeats) or stopped (shut down)"),
+    ("STATE", 7, "idle, busy, awaited (after a restart, not back yet), lost (missed its "
+                 "heartbeats) or stopped (shut down)"),
     ("TASK", 12, "what it runs: function name, first line of executed code, or request kind"),
     ("FOR", 6, "how long it has run its task, or has been lost or stopped (<N: under N)"),
     ("Q", 3, "requests queued on it, behind the one it runs"),
@@ -426,7 +435,9 @@ def sections(snap, ascii=False, failures=5):
     head = [
         f"minipar top {clock}   controller pid {c['pid']} on {c['host']}, up "
         f"{_duration(c['uptime_s'])}, {c['url']}".translate(_ESCAPED),
-        f"engines: {snap['engines_alive']} alive, {snap['engines_lost']} lost"
+        f"engines: {snap['engines_alive']} alive"
+        + (f", {snap['engines_awaited']} awaited" if snap.get("engines_awaited") else "")
+        + f", {snap['engines_lost']} lost"
         + (f", {snap['engines_stopped']} stopped" if snap["engines_stopped"] else "")
         + f"   tasks: {snap['queued']} queued, {snap['running']} running, "
         f"{snap['done']} ok, {snap['failed']} failed",
