@@ -479,6 +479,17 @@ def test_wait_for_engines_names_the_engines_not_back_after_a_restart(tmp_path):
         c.stop()
 
 
+def _held_for_one_not_back(c):
+    """_restarted_without_one(c, 25) (a grace of 10 s), the client reconnected and a request
+    held for the engine not back: (rc, alive, dead, its pid, the request's AsyncResult)."""
+    rc, alive, dead, pid = _restarted_without_one(c, 25)
+    wait_until(lambda: rc.ids == [alive], START_TIMEOUT_S, "the client to reconnect")
+    ar = rc[dead].apply_async(square, 2)
+    wait_until(lambda: rc.queue_status(dead)["queue"] == 1, START_TIMEOUT_S,
+               "the request held for the engine")
+    return rc, alive, dead, pid, ar
+
+
 def test_a_new_engine_never_takes_the_id_of_one_awaited_after_a_restart(tmp_path):
     """An engine started in a --reuse restart's grace took the first free id: that of an
     engine of before not back yet, so the requests held for that one ran on the new engine,
@@ -486,11 +497,7 @@ def test_a_new_engine_never_takes_the_id_of_one_awaited_after_a_restart(tmp_path
     they wait for their engine, then fail saying it did not come back."""
     c = LocalCluster(tmp_path, controller_args=["--reuse"])
     try:
-        rc, alive, dead, _ = _restarted_without_one(c, 25)   # a grace of 10 s
-        wait_until(lambda: rc.ids == [alive], START_TIMEOUT_S, "the client to reconnect")
-        ar = rc[dead].apply_async(square, 2)
-        wait_until(lambda: rc.queue_status(dead)["queue"] == 1, START_TIMEOUT_S,
-                   "the request held for the engine")
+        rc, alive, dead, _, ar = _held_for_one_not_back(c)
         c.start_engines(1, args=ENGINE_ARGS)
         (new,) = set(rc.wait_for_engines(2, START_TIMEOUT_S)) - {alive}
         assert new not in (alive, dead)
@@ -507,11 +514,7 @@ def test_top_shows_the_engines_a_restarted_controller_waits_for(tmp_path):
     counts them). It is a row, "awaited", with its pid and those requests; they are queued."""
     c = LocalCluster(tmp_path, controller_args=["--reuse"])
     try:
-        rc, alive, dead, pid = _restarted_without_one(c, 25)   # a grace of 10 s
-        wait_until(lambda: rc.ids == [alive], START_TIMEOUT_S, "the client to reconnect")
-        ar = rc[dead].apply_async(square, 2)
-        wait_until(lambda: rc.queue_status(dead)["queue"] == 1, START_TIMEOUT_S,
-                   "the request held for the engine")
+        rc, alive, dead, pid, ar = _held_for_one_not_back(c)
         snap = rc.status()
         (row,) = [r for r in snap["engines"] if r["id"] == dead]
         assert (row["state"], row["pid"], row["queued"]) == ("awaited", pid, 1)
