@@ -912,7 +912,8 @@ def _ctrl_c_aborts(call):
     @functools.wraps(call)
     def guarded(*args, **kwargs):
         if param is not None:
-            block = kwargs.get("block", args[at] if at is not None and len(args) > at else None)
+            block = kwargs.get("block", args[at] if at is not None and len(args) > at
+                               else param.default)   # None, or a classic call's own default
             view = args[0]   # a view, MultiEngineClient or TaskClient (which has no `block`)
             _blocking(view.client, getattr(view, "block", False) if block is None else block)
         return _aborted_on_ctrl_c(call, *args, **kwargs)

@@ -513,6 +513,7 @@ def test_the_waits_that_slipped_through_in_a_done_callback_raise_too(rc, marks):
             lambda: rc.direct_view(block=True).scatter("scattered_in_a_callback", [1, 2]),
             lambda: minipar.MultiEngineClient(client=rc).execute(
                 f"open({marks!r} + '/classic', 'w').close()"),
+            lambda: minipar.TaskClient(client=rc).map(mark_then_sleep, [marks], ["tc"], [0]),
             lambda: rc.wait([slow], 0), lambda: slow.futures[0].done())))
         called.set()
 
