@@ -905,9 +905,10 @@ def _ctrl_c_aborts(call):
     may wait for them) has it, but apply_async: the quickest, returning at once. One with
     a `block` parameter has it checked first (see _blocking; None: its view's `block`), so
     in a done callback a blocking execute, push or scatter raises before it sends."""
-    param = inspect.signature(call).parameters.get("block")
-    at = list(inspect.signature(call).parameters).index("block") \
-        if param is not None and param.kind == param.POSITIONAL_OR_KEYWORD else None
+    params = inspect.signature(call).parameters
+    param = params.get("block")
+    at = list(params).index("block") if param and param.kind == param.POSITIONAL_OR_KEYWORD \
+        else None
 
     @functools.wraps(call)
     def guarded(*args, **kwargs):

@@ -783,7 +783,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         an id; a list of ids), each checked: NoEnginesRegistered when there are none,
         IndexError for one not registered (nor, after a restart, waited for: _not_back)."""
         ids, (back, until) = self.ids, self._coming_back
-        back = back if time.monotonic() < until else ()
+        back = back if back and time.monotonic() < until else ()   # no clock read per request
         if targets is None or targets == "all":
             targets = sorted({*ids, *back})
         elif isinstance(targets, str):   # list("0") would be ["0"], not engine 0
