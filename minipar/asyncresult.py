@@ -847,6 +847,19 @@ def _not_back_yet(client):
             f"{', '.join(left)}: start them again if they stopped")
 
 
+def _not_registered(client, eid, ids):
+    """resolve_targets' IndexError's text for engine `eid`, not in `ids` (those registered).
+    One registered before the controller restarted and not back (_not_back) is named so:
+    "not registered" alone reads as a wrong id to a client connected after the restart."""
+    gone = client._last_gone
+    if gone is not None and isinstance(gone[0], list) and eid in gone[0]:
+        return (f"engine {gone[2][gone[0].index(eid)]} was registered before the controller "
+                f"restarted and has not registered again yet: start it again if it stopped, "
+                f"rc.wait_for_engines(n) waits for engines, or pick others; registered: {ids}")
+    return (f"engine {eid!r} is not registered; registered: {ids} (a view keeps the engines "
+            "it was made with: rc.direct_view() follows all)")
+
+
 def _last_engine_gone(client, eid, why):
     """Note that engine `eid`, the last, left because `why` (for _no_engines); the client's
     timer (deadline, function) that logs, if none came back by then, what now waits.
