@@ -45,8 +45,9 @@ from . import errors, protocol
 from .asyncresult import (AsyncResult, ExecuteReply, _concat, _dated, _Derived, _fail, _forked,
                           _MsgFuture, _OneRequest, _abort_ids, _aborted_on_ctrl_c,
                           _check_count, _ctrl_c_aborts, _last_engine_gone, _never_sent,
-                          _next_result, _not_back, _not_in_io_thread, _seconds, _waited,
-                          _seconds_check, _sent, _timeout_s, _blocking, IO_THREAD, _not_back_yet)
+                          _next_result, _not_back, _not_in_io_thread, _not_registered,
+                          _seconds, _waited, _seconds_check, _sent, _timeout_s, _blocking,
+                          IO_THREAD, _not_back_yet)
 from .dependency import dependency_fields, dependent, msg_ids
 from .remotefunction import (ParallelFunction, RemoteFunction, _check_names, _check_pulled,
                              _chunksize, _partition, _sequence, _sequences, interactive)
@@ -797,8 +798,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
                 f"Cluster(n=...), or rc.wait_for_engines(n){_not_back_yet(self)}")
         bad = [t for t in targets if t not in ids and t not in back]
         if bad:
-            raise IndexError(f"engine {bad[0]!r} is not registered; registered: {ids} (a view "
-                             "keeps the engines it was made with: rc.direct_view() follows all)")
+            raise IndexError(_not_registered(self, bad[0], ids))
         return targets
 
     # ------------------------------------------------------------ queries and control

@@ -423,6 +423,7 @@ class Controller:
         if self._held is not None and self._beat > 2 * self.heartbeat_liveness:
             held, self._held = self._held, None   # the restart's grace is over (see _route)
             self._unsaved |= bool(self._before)   # no longer awaited: off the file
+            self.tally.grace_ended = time.time()  # and lost rows in top (see top.snapshot)
             for eid, rec in [(eid, rec) for eid, recs in held.items() for rec in recs]:
                 self._route(rec, eid)
         if self._unsaved:   # the engine list changed (see _notify)
@@ -879,11 +880,10 @@ class Controller:
             self._post(self.sockets["client"], (rec["client"],), wire)
 
     # what an engine sends besides replies (and REGISTER, see _on_engine), by kind
-    _engine_handlers = {
-        protocol.UNREGISTER: _on_unregister, protocol.STREAM: _on_stream,
-        protocol.READY: _on_ready, protocol.ABORT_MARKED: _on_abort_marked,
-        protocol.STARTED: _on_started, protocol.PROPERTIES_UPDATE: _on_properties_update,
-        protocol.USAGE: _on_usage}
+    _engine_handlers = {protocol.UNREGISTER: _on_unregister, protocol.STREAM: _on_stream,
+                        protocol.READY: _on_ready, protocol.ABORT_MARKED: _on_abort_marked,
+                        protocol.STARTED: _on_started, protocol.USAGE: _on_usage,
+                        protocol.PROPERTIES_UPDATE: _on_properties_update}
 
     # ------------------------------------------------------------ final states
 

@@ -284,10 +284,12 @@ class Reference:
     ``a``, which never travels. As ipyparallel's, it is resolved where it is the function
     (``dv.apply(Reference('f'), 2)`` calls the engine's ``f``; ``map`` too), an argument, a
     keyword argument's value or a value pushed (``push({'b': Reference('a')})`` sets b to
-    a), and one level inside those: an item of a list, tuple or set of fewer than
-    REFERENCE_ITEMS_MAX items (``apply(f, [Reference('a'), 1])``), a dict's value, an
-    element of a map's sequence. Not deeper. `name` is evaluated there, so ``'a.shape'`` or
-    ``'a[0]'`` work too; a name not defined there fails the request with NameError.
+    a), one level inside those: an item of a list, tuple or set of fewer than
+    REFERENCE_ITEMS_MAX items (``apply(f, [Reference('a'), 1])``), an element of a map's
+    sequence; and a dict's value in any of those places, at any depth of dicts
+    (``apply(f, [{'k': {'j': Reference('a')}}])``). Not in a list inside a list or a dict.
+    `name` is evaluated there, so ``'a.shape'`` or ``'a[0]'`` work too; a name not defined
+    there fails the request with NameError.
     """
 
     __slots__ = ("name",)
@@ -319,7 +321,8 @@ class Reference:
 
 # ipyparallel's canning looks inside a list, tuple or set argument of fewer items than this
 # (jupyter_client's MAX_ITEMS) and pickles a longer one as it is, its References left as
-# they are; a dict's values it resolves whatever their number.
+# they are. Its uncanning resolves a Reference wherever it looks and goes on into every dict
+# it meets (values only, exact dicts, whatever their size or depth); into no other container.
 REFERENCE_ITEMS_MAX = 64
 _SEQUENCES = (list, tuple, set)
 
@@ -338,14 +341,25 @@ def resolve_references(ns, f, args, kwargs, elementwise=False):
 
 
 def resolved(ns, obj, limit=REFERENCE_ITEMS_MAX):
-    """`obj` resolved in `ns` if a Reference, or a copy of it with its items (a dict: its
-    values) that are References resolved, if a dict or a list, tuple or set of fewer than
-    `limit` items; else `obj` itself."""
+    """`obj` with its References resolved in `ns`: a copy of it with each item so resolved
+    if a list, tuple or set of fewer than `limit` items, else ``_uncanned(ns, obj)``."""
+    memo = {}
+    if type(obj) in _SEQUENCES and len(obj) < limit:
+        return type(obj)([_uncanned(ns, i, memo) for i in obj])
+    return _uncanned(ns, obj, memo)
+
+
+def _uncanned(ns, obj, memo):
+    """`obj` resolved in `ns` if a Reference; a copy of it with its values so resolved if a
+    dict, at any depth; else `obj` itself. `memo` maps the id of each dict copied to its
+    copy, so a dict met twice is copied once and one holding itself does not recurse."""
     kind = type(obj)
     if kind is Reference:
         return obj.get_object(ns)
-    if kind is dict:
-        return {k: v.get_object(ns) if type(v) is Reference else v for k, v in obj.items()}
-    if kind in _SEQUENCES and len(obj) < limit:
-        return kind([i.get_object(ns) if type(i) is Reference else i for i in obj])
-    return obj
+    if kind is not dict:
+        return obj
+    if id(obj) in memo:
+        return memo[id(obj)]
+    memo[id(obj)] = new = {}
+    new.update((k, _uncanned(ns, v, memo)) for k, v in obj.items())
+    return new

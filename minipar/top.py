@@ -31,7 +31,8 @@ The snapshot (``--once --json`` prints exactly this)::
     engines_alive   engines registered now
     engines_awaited engines of before a --reuse restart that it waits for (2 liveness
                     periods), not registered again yet
-    engines_lost    engines declared dead (missed heartbeats) and not back since
+    engines_lost    engines declared dead (missed heartbeats), or awaited after a restart
+                    and not back by its grace's end, and not back since
     engines_stopped engines that unregistered (shut down) and are not back since
     queued          requests waiting: in the scheduler, sent to a busy engine and
                     queued there behind the one it runs, or held for an awaited engine
@@ -60,7 +61,8 @@ The snapshot (``--once --json`` prints exactly this)::
                       cpu_percent  CPU used over the last report period (100 = one core)
                       rss_bytes    resident memory
                       report_age_s how old its last usage report is (None: none yet)
-                      lost_s       (lost / stopped rows) how long ago it went
+                      lost_s       (lost / stopped rows) how long ago it went (an
+                                   awaited one: since the grace ended)
     failures        the last RECENT_FAILURES failures, oldest first:
                       msg_id, engine, ename, evalue (its first line), completed (time)
 
@@ -164,6 +166,7 @@ class Tally:
         self.failed_by_engine = collections.Counter()  # engine id -> tries failed there
         self.lost = {}                                # engine id -> its last row, oldest first
         self.waiting_since = None   # since when tasks wait with no engine: say_if_no_engines
+        self.grace_ended = now      # when a --reuse restart's grace ended (the controller)
 
     def prune(self, now):
         oldest = int(now) - WINDOW_S
@@ -273,10 +276,13 @@ def snapshot(controller, now):
                 row["task"] = usage.get("last_name")
         rows.append(row)
     held = c._held or {}   # a --reuse restart's grace: requests for the engines not back yet
-    for eid in sorted({*c._before, *held}) if c._held is not None else ():
+    for eid in sorted({*c._before, *held}):
         n = sum(rec["status"] == PENDING for rec in held.get(eid, ()))
         queued += n
-        rows.append(dict(new_row(eid, c._before.get(eid, {}), AWAITED, 0, {}), queued=n))
+        row = new_row(eid, c._before.get(eid, {}), AWAITED, 0, {})
+        # not back by the grace's end: lost to the user, as an engine that missed heartbeats
+        rows.append(dict(row, queued=n) if c._held is not None else
+                    dict(row, state=LOST, lost_s=now - tally.grace_ended))
     for eid, gone in tally.lost.items():
         if eid not in c.engines:
             rows.append(dict(new_row(eid, gone, gone["state"], gone["done"], {}),
@@ -354,7 +360,7 @@ _COLUMNS = (
     ("HOST", 10, "the machine it runs on"),
     ("PID", 7, "its process id"),
     ("STATE", 7, "idle, busy, awaited (after a restart, not back yet), lost (missed its "
-                 "heartbeats) or stopped (shut down)"),
+                 "heartbeats, or not back after a restart) or stopped (shut down)"),
     ("TASK", 12, "what it runs: function name, first line of executed code, or request kind"),
     ("FOR", 6, "how long it has run its task, or has been lost or stopped (<N: under N)"),
     ("Q", 3, "requests queued on it, behind the one it runs"),

@@ -62,6 +62,35 @@ def test_reference_inside_a_short_container_argument_resolves(cluster):
     assert dv.pull("b", block=True) == [[5, 2]] * 4
 
 
+def test_reference_in_a_dict_inside_an_argument_resolves_at_any_depth(cluster):
+    """ipyparallel's uncanning goes on into every dict it meets, inside a short list, tuple
+    or set argument, a dict argument, a keyword value, a map's element or a value pushed,
+    however deep; into no list inside those. A dict holding itself is copied once."""
+    rc = cluster.rc
+    dv, lview = rc[:], rc.load_balanced_view()
+    dv.execute("a = 5", block=True)
+    a = Reference("a")
+
+    def kinds(*args, **kwargs):
+        return args, kwargs
+    assert dv.apply_sync(kinds, [{"k": a}], ({"k": {"j": a}}, 1), {"k": {"j": {"i": a}}},
+                         y={"k": {"j": a}}, z=[{"k": a}]) == [
+        (([{"k": 5}], ({"k": {"j": 5}}, 1), {"k": {"j": {"i": 5}}}),
+         {"y": {"k": {"j": 5}}, "z": [{"k": 5}]})] * 4
+    assert lview.apply_sync(kinds, [{"k": a}]) == (([{"k": 5}],), {})
+    assert lview.map_sync(lambda d: d["k"], [{"k": a}, {"k": 1}]) == [5, 1]
+    assert dv.map_sync(lambda d: d["k"], [{"k": a}] * 100) == [5] * 100
+    big = {i: {"k": a} for i in range(100)}
+    assert rc[0].apply_sync(lambda d: d[99]["k"], big) == 5
+    dv.push({"b": [{"k": a}]}, block=True)
+    assert dv.pull("b", block=True) == [[{"k": 5}]] * 4
+    # a list inside a dict is left as it is, as ipyparallel's
+    assert rc[0].apply_sync(lambda d: type(d["k"][0]).__name__, {"k": [a]}) == "Reference"
+    looped = {"k": a}
+    looped["self"] = looped
+    assert rc[0].apply_sync(lambda x: (x[0]["k"], x[0]["self"] is x[0]), [looped]) == (5, True)
+
+
 def test_reference_as_the_function_calls_the_engines(cluster):
     """``dv.apply(Reference('f'), 2)`` calls each engine's f, as ipyparallel's; map too, and
     a map's elements that are References are the engine's objects."""

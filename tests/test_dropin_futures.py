@@ -529,6 +529,60 @@ def test_the_waits_that_slipped_through_in_a_done_callback_raise_too(rc, marks):
     assert names == [], "a blocking push or scatter in a callback was sent"
 
 
+def test_stdlib_wait_and_as_completed_in_a_done_callback_raise_at_once(rc, marks, tmp_path):
+    """concurrent.futures.wait and as_completed on minipar futures in a done callback waited
+    out their timeout (without one: for ever, the client's replies held): the I/O thread
+    that runs callbacks is the one that would settle those futures. They raise at once, as
+    ar.result() there does; on futures all done (the callback's own too) they return, as
+    a wait with one done and return_when=FIRST_COMPLETED does, and minipar's polls (timeout
+    0) still answer."""
+    lv = rc.load_balanced_view()
+    rc[:].push({"gathered_after_a_callback": [1]}, block=True)
+    slow = lv.apply_async(sleep_then, WAIT_S, "slow")
+    fut = rc.executor().submit(sleep_then, WAIT_S, None)
+    wait_until(lambda: slow.running() and fut.running(), WAIT_S, "the slow tasks to start")
+    # a gather's result is computed from its pulls' (a _Derived): two wait behind those tasks
+    gathered = rc[:].gather("gathered_after_a_callback", block=False)
+    done = lv.apply_async(abs, -3)
+    assert done.get(WAIT_S) == 3
+    called = threading.Event()
+    seen = []
+
+    def first_failure_polled():
+        return slow.get(0, return_when=cf.FIRST_EXCEPTION)
+
+    def waits(own):
+        seen.extend(map(_outcome, (
+            lambda: cf.wait([slow, done], timeout=10),
+            lambda: cf.wait([slow.futures[0]], 10, cf.FIRST_EXCEPTION),
+            lambda: cf.wait([fut], timeout=10),
+            lambda: cf.wait([gathered, done], timeout=10),
+            lambda: next(cf.as_completed([done, slow], timeout=10)),
+            lambda: next(cf.as_completed([fut, own], timeout=10)),
+            lambda: cf.wait([slow, done], 10, cf.FIRST_COMPLETED).done,
+            lambda: [f.result() for f in cf.as_completed([own, done], 10)],
+            lambda: cf.wait([done, own], timeout=10).not_done,
+            # minipar's polls, made with concurrent.futures.wait, are still polls there
+            lambda: (slow.wait(0), slow.wait(0, cf.FIRST_COMPLETED).not_done == {slow},
+                     rc.wait([slow], 0), type(_outcome(first_failure_polled))))))
+        called.set()
+
+    go = tmp_path / "go"   # the callback is added while its task runs: it runs in the I/O thread
+    lv.apply_async(mark_then_wait, marks, "trigger", str(go)).add_done_callback(waits)
+    go.touch()
+    assert called.wait(8), "a stdlib wait in a done callback waited out its timeout"
+    *raised, first, all_done, none_left, polls = seen
+    assert polls == (False, True, False, minipar.TimeoutError)
+    assert all(isinstance(e, RuntimeError) and "in a done callback" in str(e)
+               and "concurrent.futures.wait or as_completed" in str(e) for e in raised), seen
+    assert first == {done} and sorted(all_done, key=str) == [3, "trigger"] and not none_left
+    rc.abort([slow, fut])   # the waits refused left nothing behind: these end as ever
+    assert cf.wait([slow, fut, gathered], WAIT_S).not_done == set()
+    assert gathered.result() == [1] * len(rc.ids)
+    assert [f.exception() is not None for f in cf.as_completed([slow], WAIT_S)] == [True]
+    assert lv.apply_async(abs, -2).get(WAIT_S) == 2
+
+
 def test_a_timeout_of_result_or_exception_says_what_is_outstanding(rc):
     """ar.result(t) and ar.exception(t), an Executor's futures' too, raised a TimeoutError
     with no message at all; they say, as ar.get(t) does, how many requests are left."""

@@ -511,7 +511,9 @@ def test_a_new_engine_never_takes_the_id_of_one_awaited_after_a_restart(tmp_path
 def test_top_shows_the_engines_a_restarted_controller_waits_for(tmp_path):
     """In a --reuse restart's grace, python -m minipar.top (rc.status()) showed no row for
     an engine not back yet, and "0 queued" though requests waited for it (queue_status
-    counts them). It is a row, "awaited", with its pid and those requests; they are queued."""
+    counts them). It is a row, "awaited", with its pid and those requests; they are queued.
+    Once the grace is over its row vanished, as if it had never been: it is "lost", as an
+    engine that missed its heartbeats, with its pid, and counted so."""
     c = LocalCluster(tmp_path, controller_args=["--reuse"])
     try:
         rc, alive, dead, pid, ar = _held_for_one_not_back(c)
@@ -522,7 +524,39 @@ def test_top_shows_the_engines_a_restarted_controller_waits_for(tmp_path):
         assert ", 1 awaited," in repr(snap) and "1 queued" in repr(snap)
         with pytest.raises(errors.EngineError, match="did not register again"):
             ar.get(START_TIMEOUT_S)
-        assert dead not in [r["id"] for r in rc.status()["engines"]]
+        snap = rc.status()
+        (row,) = [r for r in snap["engines"] if r["id"] == dead]
+        assert (row["state"], row["pid"], row["queued"]) == ("lost", pid, 0)
+        assert row["lost_s"] >= 0
+        assert (snap["engines_awaited"], snap["engines_lost"], snap["queued"]) == (0, 1, 0)
+        assert "1 alive, 1 lost " in repr(snap) and re.search(rf"\n *{dead} .* lost ", repr(snap))
+    finally:
+        c.stop()
+
+
+def test_a_new_client_says_an_engine_not_back_after_a_restart_was_registered(tmp_path):
+    """After a --reuse restart, a Client made then (or one reconnected, once the grace is
+    over) said only "engine 1 is not registered" for rc[1], an engine of before not back, as
+    for an id never used. It names it, where it ran, that it was registered before the
+    restart, and what to do."""
+    c = LocalCluster(tmp_path, controller_args=["--reuse"])
+    try:
+        rc, alive, dead, pid, ar = _held_for_one_not_back(c)
+        late = c.client()
+        assert late.ids == [alive]
+        said = (rf"engine {dead} \(pid {pid} on \S+\) was registered before the controller "
+                r"restarted and has not registered again yet: start it again if it stopped, "
+                r"rc.wait_for_engines\(n\) waits for engines, or pick others; registered: "
+                rf"\[{alive}\]")
+        for ask in (lambda: late[dead], lambda: late[[alive, dead]].apply_sync(square, 2)):
+            with pytest.raises(IndexError, match=said):
+                ask()
+        with pytest.raises(errors.EngineError, match="did not register again"):
+            ar.get(START_TIMEOUT_S)   # the grace is over: the reconnected client says so too
+        with pytest.raises(IndexError, match=said):
+            rc[dead]
+        with pytest.raises(IndexError, match=r"engine 99 is not registered; registered: "):
+            late[99]
     finally:
         c.stop()
 
