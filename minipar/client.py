@@ -43,13 +43,14 @@ import zmq
 
 from . import errors, protocol
 from .asyncresult import (AsyncResult, ExecuteReply, _concat, _dated, _Derived, _fail, _forked,
-                          _MsgFuture, _OneRequest, _abort_ids, _aborted_on_ctrl_c,
+                          _MsgFuture, _OneRequest, _abort_ids, _aborted_on_ctrl_c, _interleave,
                           _check_count, _ctrl_c_aborts, _last_engine_gone, _never_sent,
                           _next_result, _not_back, _not_in_io_thread, _seconds, _waited,
                           _seconds_check, _sent, _timeout_s, _blocking, IO_THREAD, _not_back_yet)
 from .dependency import dependency_fields, dependent, msg_ids
 from .remotefunction import (ParallelFunction, RemoteFunction, _check_names, _check_pulled,
-                             _chunksize, _partition, _sequence, _sequences, interactive)
+                             _check_dist, _chunksize, _partition, _sequence, _sequences,
+                             _task_slices, interactive)
 # CompositeError too: classic scripts catch `client.CompositeError`
 from .errors import CompositeError, NoEnginesRegistered, TimeoutError
 
@@ -1328,15 +1329,14 @@ class DirectView(_View):
 
     @_ctrl_c_aborts
     def scatter(self, key, seq, dist="b", flatten=False, targets=None, block=None, track=None):
-        """Split `seq` into contiguous blocks, one per target, pushed as `key` (`track`:
-        ignored, as push's)."""
-        if dist != "b":
-            raise ValueError(f"unknown distribution {dist!r}: only 'b' (blocks) is supported")
+        """Split `seq` into parts, one per target, pushed as `key`: contiguous blocks, or with
+        ``dist='r'`` round-robin (item j to the j % len(targets)-th). `track`: ignored."""
+        _check_dist(dist)
         _check_names("scatter", [key])
         ids = self.client.resolve_targets(self.targets if targets is None else targets)
         seq, futures = _sequence(seq), []
         for i, eid in enumerate(ids):
-            part = _partition(seq, len(ids), i)
+            part = _partition(seq, len(ids), i, dist)
             if flatten and len(part) == 1:
                 part = part[0]
             futures.append(self.client.send_request(
@@ -1345,15 +1345,14 @@ class DirectView(_View):
 
     @_ctrl_c_aborts
     def gather(self, key, dist="b", targets=None, block=None):
-        """Pull `key` from each target and concatenate the parts (inverse of scatter)."""
-        if dist != "b":
-            raise ValueError(f"unknown distribution {dist!r}: only 'b' (blocks) is supported")
+        """Pull `key` from each target and join the parts as scatter with `dist` split them."""
+        _check_dist(dist)
         _check_pulled("gather", key)
         ids = self.client.resolve_targets(self.targets if targets is None else targets)
         futures = [self.client.send_request(protocol.PULL, engine_id=e, engine=e, names=key)
                    for e in ids]
         pulled = AsyncResult(self.client, futures, fname="gather")
-        ar = _Derived(self.client, pulled, lambda parts: _concat(
+        ar = _Derived(self.client, pulled, lambda parts: (_interleave if dist == "r" else _concat)(
             [p if isinstance(p, (list, tuple)) or hasattr(p, "ndim") else [p] for p in parts]))
         return self._finish(ar, block)
 
@@ -1367,20 +1366,20 @@ class DirectView(_View):
         ar._return_exceptions = return_exceptions
         return self._finish(ar, block)
 
-    def _map(self, f, sequences, elementwise=True):
+    def _map(self, f, sequences, elementwise=True, dist="b"):
         seqs, n = _sequences(sequences, elementwise)
         ids = self.client.resolve_targets(self.targets)
         fparts = protocol.serialize_function(f)
         futures, sizes = [], []
         for i, eid in enumerate(ids):
-            chunks = [_partition(s[:n] if len(s) != n else s, len(ids), i) for s in seqs]
+            chunks = [_partition(s[:n] if len(s) != n else s, len(ids), i, dist) for s in seqs]
             if not len(chunks[0]):
                 continue
             sizes.append(len(chunks[0]))
             futures.append(self.client.send_apply(f, tuple(chunks), {}, engine_id=eid,
                                                   fparts=fparts, map=elementwise, **self._label()))
         ar = AsyncResult(self.client, futures, fname=getattr(f, "__name__", "map"), mapping=True)
-        ar._sizes = sizes if elementwise else None
+        ar._sizes, ar._striped = sizes if elementwise else None, dist == "r"
         return ar
 
     def shutdown(self, targets=None, restart=False, hub=False, block=True):
@@ -1529,7 +1528,7 @@ class LoadBalancedView(_View):
         ar._return_exceptions = return_exceptions
         return self._finish(ar, block)
 
-    def _map(self, f, sequences, elementwise=True, chunksize=None, ordered=True):
+    def _map(self, f, sequences, elementwise=True, chunksize=None, ordered=True, dist="b"):
         seqs, n = _sequences(sequences, elementwise)
         if chunksize is None:
             chunksize = _chunksize(n, len(self.client.ids), elementwise)
@@ -1541,15 +1540,14 @@ class LoadBalancedView(_View):
         if isinstance(chain, str) and n > chunksize:
             raise ValueError("recovery= names one task, which can recover one task only; "
                              "this map makes several: give a function instead")
+        tasks = _task_slices(n, chunksize, dist)
         def send_all():   # a Ctrl-C in it aborts what it sent
-            return [self._send(f, tuple(list(s[lo:lo + chunksize]) if isinstance(s, range) else
-                                        s[lo:lo + chunksize] for s in seqs),
-                               {}, fparts, fields, chain, map=elementwise)
-                    for lo in range(0, n, chunksize)]
+            return [self._send(f, tuple(list(s[t]) if isinstance(s, range) else s[t] for s in seqs),
+                               {}, fparts, fields, chain, map=elementwise) for t in tasks]
         ar = AsyncResult(self.client, self.client._together(send_all), mapping=True,
                          fname=getattr(f, "__name__", "map"), ordered=ordered)
-        if elementwise:
-            ar._sizes = [min(chunksize, n - lo) for lo in range(0, n, chunksize)]
+        ar._sizes = [len(range(n)[t]) for t in tasks] if elementwise else None
+        ar._striped = dist == "r"
         return ar
 
     def imap(self, f, *iterables, ordered=True, max_outstanding="auto", return_exceptions=False):
