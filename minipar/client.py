@@ -48,9 +48,9 @@ from .asyncresult import (AsyncResult, ExecuteReply, _concat, _dated, _Derived, 
                           _next_result, _not_back, _not_in_io_thread, _seconds, _waited,
                           _seconds_check, _sent, _timeout_s, _blocking, IO_THREAD, _not_back_yet)
 from .dependency import dependency_fields, dependent, msg_ids
-from .remotefunction import (ParallelFunction, RemoteFunction, _check_names, _check_pulled,
-                             _check_dist, _chunksize, _partition, _sequence, _sequences,
-                             _task_slices, interactive)
+from .remotefunction import (ParallelFunction, RemoteFunction, _check_dist, _check_names,
+                             _check_pulled, _partition, _sequence, _sequences, _task_slices,
+                             interactive)
 # CompositeError too: classic scripts catch `client.CompositeError`
 from .errors import CompositeError, NoEnginesRegistered, TimeoutError
 
@@ -1058,7 +1058,8 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
                                f"{self.timeout} s after shutdown: each stops once its running "
                                "request ends; rc.abort() it, or end it by rc.send_signal(SIGTERM)")
 
-    def close(self):
+    def close(self, linger=None):
+        """Requests just made have `linger` ms to leave (zmq's LINGER; None: 1000; 0: none)."""
         if self._closed:
             return
         with self._engines_changed:   # wakes wait_for_engines, to raise it
@@ -1070,7 +1071,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
             # the controller is gone (the I/O thread saw the connection lost): nothing can
             # reach it, and ending the context (term) would wait out that second
             lost = self._lost_at is not None or self._gone is not None
-            self._sender.close(linger=0 if lost else 1000)
+            self._sender.close(linger=0 if lost else 1000 if linger is None else linger)
             with contextlib.suppress(zmq.Again):   # an I/O thread that saw us collected is gone
                 self._outbox.send(b"", zmq.NOBLOCK)
             self._outbox.close(linger=1000)
@@ -1243,6 +1244,8 @@ class DirectView(_View):
 
         return _activate_magics(self, suffix)
 
+    importer = property(lambda self: self.sync_imports(), doc="ipyparallel's sync_imports()")
+
     def sync_imports(self, local=True, quiet=False):
         """``with dv.sync_imports(): import numpy``: the block's imports run here and on
         the engines (names bound in their namespaces); see integrations.sync_imports."""
@@ -1355,6 +1358,9 @@ class DirectView(_View):
         ar = _Derived(self.client, pulled, lambda parts: (_interleave if dist == "r" else _concat)(
             [p if isinstance(p, (list, tuple)) or hasattr(p, "ndim") else [p] for p in parts]))
         return self._finish(ar, block)
+
+    def imap(self, f, *sequences, **kwargs):   # ipyparallel's View.imap: map's results
+        return iter(self.map_async(f, *sequences, **kwargs))   # as they come (lview's: lazy)
 
     @_ctrl_c_aborts
     def map(self, f, *sequences, block=None, track=False, return_exceptions=False, label=None):
@@ -1530,17 +1536,13 @@ class LoadBalancedView(_View):
 
     def _map(self, f, sequences, elementwise=True, chunksize=None, ordered=True, dist="b"):
         seqs, n = _sequences(sequences, elementwise)
-        if chunksize is None:
-            chunksize = _chunksize(n, len(self.client.ids), elementwise)
-        elif not hasattr(chunksize, "__index__") or chunksize < 1:   # range() takes ints only
-            raise (ValueError if hasattr(chunksize, "__index__") else TypeError)(
-                f"chunksize={chunksize!r:.40}: give a positive number of elements, an int")
+        tasks = _task_slices(n, chunksize, len(self.client.ids), elementwise, dist)
         fparts, fields = protocol.serialize_function(f), self._task_fields()
         chain = self._recovery_chain()
-        if isinstance(chain, str) and n > chunksize:
+        if isinstance(chain, str) and len(tasks) > 1:
             raise ValueError("recovery= names one task, which can recover one task only; "
                              "this map makes several: give a function instead")
-        tasks = _task_slices(n, chunksize, dist)
+
         def send_all():   # a Ctrl-C in it aborts what it sent
             return [self._send(f, tuple(list(s[t]) if isinstance(s, range) else s[t] for s in seqs),
                                {}, fparts, fields, chain, map=elementwise) for t in tasks]

@@ -259,8 +259,6 @@ IPYPARALLEL_ABSENT = dict.fromkeys(
     "purge_local_results": "nothing is cached beyond the AsyncResults you hold",
     "purge_hub_results": "use rc.purge_results",
     "cluster": "a Client does not know its Cluster: keep the Cluster object",
-    "imap": "imap is a load-balanced view's: rc.load_balanced_view().imap",
-    "importer": "use view.sync_imports()",
     "debug": "the controller and engines log to their output (MINIPAR_DEBUG=1: verbose)",
     "profile": "a Client's constructor argument only (Client(profile=...))",
     "shutdown": "a load-balanced view has no engines of its own: rc.shutdown()",

@@ -103,9 +103,15 @@ def _partition(seq, n, i, dist="b"):
     return list(part) if isinstance(part, range) else part
 
 
-def _task_slices(n, chunksize, dist):
-    """A load-balanced map's tasks over its first `n` items, `chunksize` items each (the
-    last fewer): with dist 'b' consecutive items, with 'r' every k-th item (k tasks)."""
+def _task_slices(n, chunksize, engines, elementwise, dist):
+    """A load-balanced map's tasks over its first `n` items, `chunksize` items each (None:
+    see _chunksize), the last fewer: with dist 'b' consecutive items, with 'r' every k-th
+    item (k tasks)."""
+    if chunksize is None:
+        chunksize = _chunksize(n, engines, elementwise)
+    elif not hasattr(chunksize, "__index__") or chunksize < 1:   # range() takes ints only
+        raise (ValueError if hasattr(chunksize, "__index__") else TypeError)(
+            f"chunksize={chunksize!r:.40}: give a positive number of elements, an int")
     k = -(-n // chunksize)
     return [slice(i, n, k) if dist == "r" else slice(i * chunksize, min(n, (i + 1) * chunksize))
             for i in range(k)]

@@ -992,3 +992,28 @@ def test_dist_r_stripes_scatter_gather_and_parallel_functions_as_ipyparallel(rc)
     assert [type(v).__name__ for v in got] == ["float", "ZeroDivisionError", "float", "float",
                                                "ZeroDivisionError"]
     assert [got[0], got[2], got[3]] == [1.0, 0.5, 0.25]
+
+
+def test_a_direct_views_imap_and_importer_and_close_linger_as_ipyparallels(shared_cluster, rc,
+                                                                             capsys):
+    """ipyparallel 9's DirectView (and BroadcastView) has imap, an iterator over its map's
+    results, and ``importer``, sync_imports() as a property; its Client.close takes
+    ``linger``. minipar raised AttributeError ("imap is a load-balanced view's") and
+    TypeError for them."""
+    for view in (rc.direct_view([0, 1, 2]), rc.broadcast_view([0, 1, 2])):
+        results = view.imap(abs, [-1, -2, -3, -4, -5])
+        assert iter(results) is results and next(results) == 1
+        assert list(results) == [2, 3, 4, 5]
+        assert list(view.imap(pow, [2, 3], [3, 2])) == [8, 9]
+        with view.importer:
+            import colorsys
+        assert "importing colorsys on engine(s)" in capsys.readouterr().out
+        assert view.apply_sync(lambda: colorsys.__name__) == ["colorsys"] * 3
+    with pytest.raises(TypeError, match="unexpected keyword argument 'chunksize'"):
+        rc[:].imap(abs, [1], chunksize=2)   # a DirectView's map takes none, as ipyparallel's
+    other = shared_cluster.client()
+    ar = other[:].apply_async(abs, -7)
+    assert ar.get(TIMEOUT) == [7] * 4
+    other.close(linger=0)
+    with pytest.raises(RuntimeError, match="this Client is closed"):
+        other[:].apply_sync(abs, -1)
