@@ -350,7 +350,6 @@ CLUSTER_ABSENT = {
     "controller_launcher_class": 'pass controller="local", "ssh"... (names)',
     "engine_timeout": "pass timeout=, the seconds the whole start may take",
     "delay": "leave it out: engines start once the controller's connection file exists",
-    "log_level": "leave it out: the processes log to their output (MINIPAR_DEBUG=1: more)",
     "send_engines_connection_env": "leave it out: engines read the connection file",
     "load_profile": "leave it out: there is no traitlets configuration to load",
     "cluster_file": "leave it out: the file is <profile_dir>/security/cluster-<id>.json",

@@ -36,8 +36,7 @@ Who talks to whom::
            Cluster.from_file() and by `python -m pkg.launcher list|stop` in other processes
 
 Processes started here run in their own session, so a terminal's Ctrl-C reaches only the
-process that started them, which then stops them in order (engines first).
-"""
+process that started them, which then stops them in order (engines first)."""
 
 import argparse
 import asyncio
@@ -813,36 +812,39 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
     ``rc = await cluster.start_and_connect()`` or ``cluster.start_and_connect_sync()``.
 
     Without `profile` or `profile_dir`, each cluster gets its own folder
-    ``$MINIPAR_DIR/cluster_<cluster_id>`` (removed when the cluster stops), so clusters
-    started side by side never share connection files. The cluster's state is saved in
+    ``$MINIPAR_DIR/cluster_<cluster_id>`` (removed when the cluster stops), so clusters started
+    side by side never share connection files. The cluster's state is saved in
     ``<profile_dir>/security/cluster-<cluster_id>.json`` for ``Cluster.from_file`` while
-    anything of it runs. `controller_options` / `engine_options` are keyword arguments for
-    the launchers (``engine_options={"mpi_args": ["--oversubscribe"]}``,
-    ``{"engines": {host: n}}``); one a launcher does not take is a ValueError at once,
-    naming those it does. ``restart_engines="on_failure"`` replaces engines that
-    crash or are killed (local engine sets), so a long run keeps its engine count.
+    anything of it runs. `controller_options` / `engine_options` are keyword arguments for the
+    launchers (``engine_options={"mpi_args": ["--oversubscribe"]}``, ``{"engines": {host: n}}``);
+    one a launcher does not take is a ValueError at once, naming those it does.
+    ``restart_engines="on_failure"`` replaces engines that crash or are killed (local engine
+    sets), so a long run keeps its engine count. `log_level` (``logging.DEBUG``, ``"DEBUG"``),
+    as ipyparallel's, is the controller's and engines' ``--log-level`` (one in their args wins).
 
     With ``shutdown_atexit=True`` (the default) the cluster is stopped when this process exits or
     nothing refers to it or its Clients any more (as ipyparallel's), and the controller stops
     it once this process is gone (``--owner``: SIGTERM and SIGKILL skip atexit), with `launcher
     stop` for its batch jobs and ssh engines, where it can see this process (this host and pid
     namespace: not a batch job on a compute node, whose log says so: `launcher stop` it);
-    ``shutdown_atexit=False`` (``launcher start --daemonize``) leaves it running.
-    """
+    ``shutdown_atexit=False`` (``launcher start --daemonize``) leaves it running."""
 
     def __init__(self, n=None, engines="local", controller="local", profile=None,
                  profile_dir=None, cluster_id=None, controller_args=(), engine_args=(),
                  timeout=START_TIMEOUT_S, controller_options=None, engine_options=None,
-                 shutdown_atexit=True, restart_engines=None, _saved=False, **ipyparallel_options):
+                 shutdown_atexit=True, restart_engines=None, log_level=None, _saved=False,
+                 **ipyparallel_options):
         refuse_absent("Cluster", ipyparallel_options, CLUSTER_ABSENT)
         self.cluster_id = cluster_id if cluster_id is not None else _unique_id()
         self._owns_profile_dir = profile is None and profile_dir is None
         if self._owns_profile_dir:
             profile_dir = os.path.join(protocol.base_dir(), f"cluster_{self.cluster_id}")
         self.profile_dir = protocol.profile_dir(profile, profile_dir)
-        self.n, self.timeout = _check_n(n), timeout
+        self.n, self.timeout, self.log_level = _check_n(n), timeout, log_level
         self.engine_kind, self.controller_kind = engines, controller
-        self.controller_args, self.engine_args = list(controller_args), list(engine_args)
+        level = [] if log_level is None else ["--log-level", protocol.log_level(  # ipyparallel's
+            log_level if isinstance(log_level, str) else logging.getLevelName(log_level))]
+        self.controller_args, self.engine_args = [*level, *controller_args], [*level, *engine_args]
         self.controller_options = dict(controller_options or {})
         self.engine_options = dict(engine_options or {})
         for role, kind, options in (("controller", controller, self.controller_options),

@@ -151,7 +151,7 @@ def test_ipyparallels_names_minipar_leaves_out_say_what_to_use(pids, tmp_path): 
                                                      rf"out; .*{says}"):
                 getattr(cluster, name)
         names = absent_in_docs("Cluster")
-        assert len(names) >= 22
+        assert len(names) >= 21   # 22 before log_level was taken
         assert_absent_say_so(cluster, "Cluster", names)
         assert cluster.n == 1 and len(cluster.engines) == 1 and rc[:].apply_sync(abs, -2) == [2]
     finally:
@@ -553,3 +553,34 @@ def test_stop_engines_waits_too_for_an_engine_of_the_set_that_had_died(pids):  #
         assert rc.ids == []
     finally:
         cluster.stop_cluster_sync()
+
+
+def test_log_level_is_the_processes_log_level_as_ipyparallels(pids, tmp_path):  # noqa: F811
+    """``ipp.Cluster(engines="mpi", n=2, log_level=logging.INFO)`` (as FEniCS's demos start
+    theirs) was a TypeError saying to leave log_level out; it is the controller's and the
+    engines' --log-level now, as a level or its name, and one that is none is refused."""
+    import logging
+
+    quiet = Cluster(n=1, profile_dir=str(tmp_path / "quiet"), log_level=logging.WARNING,
+                    controller_args=CTL_ARGS)
+    loud = Cluster(n=1, profile_dir=str(tmp_path / "loud"), log_level="debug",
+                   engine_args=["--log-level", "INFO"])   # given there, it wins for engines
+    assert quiet.log_level == logging.WARNING
+    assert loud.controller_args == ["--log-level", "DEBUG"]
+    try:
+        for cluster in (quiet, loud):
+            rc = cluster.start_and_connect_sync()
+            pids.add_cluster(cluster, rc)
+            assert rc[:].apply_sync(abs, -3) == [3]
+        (engines,) = loud.engines.values()
+        wait_until(lambda: "INFO registered as engine 0" in engines.get_output(), 20,
+                   "the engine's INFO line")
+        assert " INFO engine 0 registered" in loud.controller.get_output()
+        assert " INFO " not in quiet.controller.get_output()   # its default level is INFO
+    finally:
+        quiet.stop_cluster_sync()
+        loud.stop_cluster_sync()
+    assert pids.wait_gone(20) == []
+    for level in (15, "LOUD"):
+        with pytest.raises(Exception, match="is not a log level: give DEBUG, INFO, WARNING"):
+            Cluster(n=1, log_level=level)

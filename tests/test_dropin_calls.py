@@ -558,11 +558,12 @@ def test_composite_error_elist_entries_unpack_as_ipyparallel_tuples(rc):
 
 def test_cluster_says_what_to_pass_for_ipyparallel_options():
     """ipyparallel's Cluster takes traitlets options (``controller_ip``, ``engine_timeout``,
-    ``log_level``...); minipar's refuses each at once, saying what to pass instead."""
+    ``delay``...); minipar's refuses each at once, saying what to pass instead (``log_level``
+    it takes: test_cluster_api)."""
     for option, says in (("controller_ip", r'controller_args=\["--ip", ip\]'),
                          ("controller_location", "--location"), ("engine_timeout", "timeout="),
                          ("engine_launcher_class", 'engines="local"'), ("delay", "leave it out"),
-                         ("log_level", "MINIPAR_DEBUG")):
+                         ("send_engines_connection_env", "engines read the connection file")):
         with pytest.raises(TypeError, match=rf"Cluster\(\) got an unexpected keyword argument "
                                             rf"'{option}': minipar leaves ipyparallel's out; "
                                             rf".*{says}"):
