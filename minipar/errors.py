@@ -344,10 +344,15 @@ SUBMODULE_MOVED = {
 # its other names that minipar's lacks (a keyword argument's TypeError, an AttributeError)
 _BY_ID = "ipyparallel 9's raises NotImplementedError (it cannot find an engine by id): "
 CLUSTER_ABSENT = {
-    "controller_ip": 'pass controller_args=["--ip", ip] ("*": every interface)',
-    "controller_location": 'pass controller_args=["--location", host]',
-    "engine_launcher_class": 'pass engines="local", "mpi", "ssh", "slurm"... (names)',
-    "controller_launcher_class": 'pass controller="local", "ssh"... (names)',
+    # taken as arguments (their values go to controller_args, engines, controller); not kept
+    "controller_ip": 'a constructor argument only: pass controller_args=["--ip", ip] or '
+                     'controller_ip=ip ("*": every interface); read cluster.controller_args',
+    "controller_location": "a constructor argument only (controller_location=host): read "
+                           "cluster.controller_args",
+    "engine_launcher_class": 'a constructor argument only, a name as engines= takes ("local", '
+                             '"mpi", "ssh", "slurm"...): read cluster.engine_kind',
+    "controller_launcher_class": 'a constructor argument only, a name as controller= takes '
+                                 '("local", "ssh"...): read cluster.controller_kind',
     "engine_timeout": "pass timeout=, the seconds the whole start may take",
     "delay": "leave it out: engines start once the controller's connection file exists",
     "send_engines_connection_env": "leave it out: engines read the connection file",

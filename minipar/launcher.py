@@ -443,8 +443,7 @@ class LocalProcessLauncher(BaseLauncher):
             self._watch(self.process.wait)
 
     def _watch(self, waiter):
-        # executes in the watcher thread until the process ends
-        def run():
+        def run():   # executes in the watcher thread until the process ends
             code = waiter()
             if code is not None:
                 self._log_end(code)
@@ -833,8 +832,12 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
                  profile_dir=None, cluster_id=None, controller_args=(), engine_args=(),
                  timeout=START_TIMEOUT_S, controller_options=None, engine_options=None,
                  shutdown_atexit=True, restart_engines=None, log_level=None, _saved=False,
-                 **ipyparallel_options):
-        refuse_absent("Cluster", ipyparallel_options, CLUSTER_ABSENT)
+                 **traits):
+        engines = traits.pop("engine_launcher_class", engines)   # ipyparallel's spellings of
+        controller = traits.pop("controller_launcher_class", controller)   # these arguments
+        controller_args = [*(a for k in ("ip", "location") if f"controller_{k}" in traits
+                             for a in (f"--{k}", traits.pop(f"controller_{k}"))), *controller_args]
+        refuse_absent("Cluster", traits, CLUSTER_ABSENT)
         self.cluster_id = cluster_id if cluster_id is not None else _unique_id()
         self._owns_profile_dir = profile is None and profile_dir is None
         if self._owns_profile_dir:
@@ -850,12 +853,10 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
         for role, kind, options in (("controller", controller, self.controller_options),
                                     ("engine", engines, self.engine_options)):
             # a typo of a name ("mpiexec") or an option is named now, as ipyparallel's Cluster
-            # does, not once the controller has started (_saved, from_file's: it was, when made)
-            if not _saved:
+            if not _saved:   # does, not once the controller has started (from_file's: it was)
                 _check_options(find_launcher_class(kind, role), options, f"{role}_options")
         self.shutdown_atexit = shutdown_atexit   # read at exit or collection (_STOP_AT_EXIT)
-        # "on_failure": engine sets replace engines that crash (EngineSetLauncher._restart)
-        if restart_engines not in RESTART_POLICIES:
+        if restart_engines not in RESTART_POLICIES:   # "on_failure": EngineSetLauncher._restart
             raise ValueError(f"restart_engines={restart_engines!r}: use one of {RESTART_POLICIES}")
         self.engine_restart = restart_engines
         self.controller, self.engines, self._clients = None, {}, []   # engines: set id -> launcher
@@ -913,13 +914,12 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
     def from_file(cls, cluster_file=None, *, profile=None, profile_dir=None, cluster_id=None):
         """The Cluster saved in `cluster_file`, or in a profile, its launchers reconnected.
 
-        Without `cluster_file`: cluster `cluster_id` of the profile, or, without it (or
-        with "", `ipcluster start`'s id), the one running cluster there (an error names
-        them if several). Without `profile` and `profile_dir`: every folder in $MINIPAR_DIR
-        (ipyparallel: the default profile), so ``Cluster(n=2)`` is found too.
-        Launchers whose resources are gone are dropped (`controller` becomes None), but an
-        ssh set that left files on hosts is kept, ended, for stop(). The returned Cluster
-        does not stop anything when this process exits."""
+        Without `cluster_file`: cluster `cluster_id` of the profile, or, without it (or with
+        "", `ipcluster start`'s id), the one running cluster there (an error names them if
+        several). Without `profile` and `profile_dir`: every folder in $MINIPAR_DIR (ipyparallel:
+        the default profile), so ``Cluster(n=2)`` is found too. Launchers whose resources are
+        gone are dropped (`controller` becomes None), but an ssh set that left files on hosts
+        is kept, ended, for stop(). The returned Cluster does not stop anything at exit."""
         if cluster_file is None:
             cluster_file = find_cluster_file(profile=profile, profile_dir=profile_dir,
                                              cluster_id=cluster_id)

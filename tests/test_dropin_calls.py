@@ -557,13 +557,12 @@ def test_composite_error_elist_entries_unpack_as_ipyparallel_tuples(rc):
 
 
 def test_cluster_says_what_to_pass_for_ipyparallel_options():
-    """ipyparallel's Cluster takes traitlets options (``controller_ip``, ``engine_timeout``,
-    ``delay``...); minipar's refuses each at once, saying what to pass instead (``log_level``
-    it takes: test_cluster_api)."""
-    for option, says in (("controller_ip", r'controller_args=\["--ip", ip\]'),
-                         ("controller_location", "--location"), ("engine_timeout", "timeout="),
-                         ("engine_launcher_class", 'engines="local"'), ("delay", "leave it out"),
-                         ("send_engines_connection_env", "engines read the connection file")):
+    """ipyparallel's Cluster takes traitlets options (``engine_timeout``, ``delay``...);
+    minipar's refuses each at once, saying what to pass instead (``log_level``,
+    ``controller_ip``, ``engine_launcher_class``... it takes: test_cluster_api)."""
+    for option, says in (("engine_timeout", "timeout="), ("delay", "leave it out"),
+                         ("send_engines_connection_env", "engines read the connection file"),
+                         ("load_profile", "leave it out"), ("cluster_file", "cluster-<id>.json")):
         with pytest.raises(TypeError, match=rf"Cluster\(\) got an unexpected keyword argument "
                                             rf"'{option}': minipar leaves ipyparallel's out; "
                                             rf".*{says}"):
