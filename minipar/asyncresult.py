@@ -337,6 +337,7 @@ class AsyncResult(_Future, errors.SaysWhyAbsent, errors.ClientSide,
     """
 
     _sizes = None                 # a map's items per request (len, progress)
+    _striped = False              # a map's parts are round-robin (dist='r'): _interleave
     _return_exceptions = False    # get()'s default: map(..., return_exceptions=True)
 
     def __init__(self, client, futures, fname="", single=False, mapping=False, ordered=True):
@@ -371,7 +372,7 @@ class AsyncResult(_Future, errors.SaysWhyAbsent, errors.ClientSide,
         values = [f.result() for f in self._children]
         try:
             if self._mapping:
-                values = _concat(values)
+                values = (_interleave if self._striped else _concat)(values)
             elif self._single:
                 values = values[0]
         except Exception as e:   # in the I/O thread: unsettled, every wait on it would hang
@@ -457,9 +458,10 @@ class AsyncResult(_Future, errors.SaysWhyAbsent, errors.ClientSide,
                 raise
         values = [f.exception() or f.result() for f in self._children]
         if self._mapping:
-            values = list(itertools.chain.from_iterable(
-                [v] * n if isinstance(v, BaseException) else v
-                for v, n in zip(values, self._sizes or [1] * len(values))))
+            values = [[v] * n if isinstance(v, BaseException) else v
+                      for v, n in zip(values, self._sizes or [1] * len(values))]
+            values = _interleave(values) if self._striped else list(
+                itertools.chain.from_iterable(values))
         return values[0] if self._single else values
 
     r = property(lambda self: self.get(), doc="get(): the result, waited for")
@@ -564,6 +566,13 @@ class AsyncResult(_Future, errors.SaysWhyAbsent, errors.ClientSide,
         """Yield results as they arrive; raises the first remote error met (with the map's
         return_exceptions: yields it in place of each item it failed, as get() returns)."""
         self._reachable()
+        if self._striped and self._ordered:   # item j is in part j % parts: all of them first
+            for j, value in enumerate(self.get(return_exceptions=True)):
+                failed = self._children[j % len(self._children)].exception()
+                if failed is not None and not self._return_exceptions:
+                    raise failed
+                yield value
+            return
         sizes = dict(zip(self._children, self._sizes or itertools.repeat(1)))
         for f in self._children if self._ordered else concurrent.futures.as_completed(sizes):
             if self._return_exceptions and not f.cancelled() and f.exception() is not None:
@@ -774,6 +783,24 @@ def _concat(parts):
         import numpy
 
         return numpy.concatenate(parts)
+    return list(parts)
+
+
+def _interleave(parts):
+    """The parts of a round-robin map, call or gather (dist='r': item j of part p was item
+    j * len(parts) + p) joined back in that order, as ipyparallel's RoundRobinMap joins
+    them: lists and tuples into one list, numpy arrays into one array; other values
+    listed as they are."""
+    if all(isinstance(p, (list, tuple)) for p in parts):
+        return [p[j] for j in range(max(map(len, parts), default=0)) for p in parts
+                if j < len(p)]
+    if all(type(p).__module__ == "numpy" and getattr(p, "ndim", 0) > 0 for p in parts):
+        import numpy
+
+        joined = numpy.concatenate(parts)   # its shape and dtype; then each item's place
+        for i, p in enumerate(parts):
+            joined[i::len(parts)] = p
+        return joined
     return list(parts)
 
 

@@ -43,14 +43,15 @@ import zmq
 
 from . import errors, protocol
 from .asyncresult import (AsyncResult, ExecuteReply, _concat, _dated, _Derived, _fail, _forked,
-                          _MsgFuture, _OneRequest, _abort_ids, _aborted_on_ctrl_c,
+                          _MsgFuture, _OneRequest, _abort_ids, _aborted_on_ctrl_c, _interleave,
                           _check_count, _ctrl_c_aborts, _last_engine_gone, _never_sent,
                           _next_result, _not_back, _not_in_io_thread, _not_registered,
                           _seconds, _waited, _seconds_check, _sent, _timeout_s, _blocking,
                           IO_THREAD, _not_back_yet)
 from .dependency import dependency_fields, dependent, msg_ids
-from .remotefunction import (ParallelFunction, RemoteFunction, _check_names, _check_pulled,
-                             _chunksize, _partition, _sequence, _sequences, interactive)
+from .remotefunction import (ParallelFunction, RemoteFunction, _check_dist, _check_names,
+                             _check_pulled, _partition, _sequence, _sequences, _task_slices,
+                             interactive)
 # CompositeError too: classic scripts catch `client.CompositeError`
 from .errors import CompositeError, NoEnginesRegistered, TimeoutError
 
@@ -1057,7 +1058,8 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
                                f"{self.timeout} s after shutdown: each stops once its running "
                                "request ends; rc.abort() it, or end it by rc.send_signal(SIGTERM)")
 
-    def close(self):
+    def close(self, linger=None):
+        """Requests just made have `linger` ms to leave (zmq's LINGER; None: 1000; 0: none)."""
         if self._closed:
             return
         with self._engines_changed:   # wakes wait_for_engines, to raise it
@@ -1069,7 +1071,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
             # the controller is gone (the I/O thread saw the connection lost): nothing can
             # reach it, and ending the context (term) would wait out that second
             lost = self._lost_at is not None or self._gone is not None
-            self._sender.close(linger=0 if lost else 1000)
+            self._sender.close(linger=0 if lost else 1000 if linger is None else linger)
             with contextlib.suppress(zmq.Again):   # an I/O thread that saw us collected is gone
                 self._outbox.send(b"", zmq.NOBLOCK)
             self._outbox.close(linger=1000)
@@ -1242,6 +1244,8 @@ class DirectView(_View):
 
         return _activate_magics(self, suffix)
 
+    importer = property(lambda self: self.sync_imports(), doc="ipyparallel's sync_imports()")
+
     def sync_imports(self, local=True, quiet=False):
         """``with dv.sync_imports(): import numpy``: the block's imports run here and on
         the engines (names bound in their namespaces); see integrations.sync_imports."""
@@ -1328,15 +1332,14 @@ class DirectView(_View):
 
     @_ctrl_c_aborts
     def scatter(self, key, seq, dist="b", flatten=False, targets=None, block=None, track=None):
-        """Split `seq` into contiguous blocks, one per target, pushed as `key` (`track`:
-        ignored, as push's)."""
-        if dist != "b":
-            raise ValueError(f"unknown distribution {dist!r}: only 'b' (blocks) is supported")
+        """Split `seq` into parts, one per target, pushed as `key`: contiguous blocks, or with
+        ``dist='r'`` round-robin (item j to the j % len(targets)-th). `track`: ignored."""
+        _check_dist(dist)
         _check_names("scatter", [key])
         ids = self.client.resolve_targets(self.targets if targets is None else targets)
         seq, futures = _sequence(seq), []
         for i, eid in enumerate(ids):
-            part = _partition(seq, len(ids), i)
+            part = _partition(seq, len(ids), i, dist)
             if flatten and len(part) == 1:
                 part = part[0]
             futures.append(self.client.send_request(
@@ -1345,17 +1348,19 @@ class DirectView(_View):
 
     @_ctrl_c_aborts
     def gather(self, key, dist="b", targets=None, block=None):
-        """Pull `key` from each target and concatenate the parts (inverse of scatter)."""
-        if dist != "b":
-            raise ValueError(f"unknown distribution {dist!r}: only 'b' (blocks) is supported")
+        """Pull `key` from each target and join the parts as scatter with `dist` split them."""
+        _check_dist(dist)
         _check_pulled("gather", key)
         ids = self.client.resolve_targets(self.targets if targets is None else targets)
         futures = [self.client.send_request(protocol.PULL, engine_id=e, engine=e, names=key)
                    for e in ids]
         pulled = AsyncResult(self.client, futures, fname="gather")
-        ar = _Derived(self.client, pulled, lambda parts: _concat(
+        ar = _Derived(self.client, pulled, lambda parts: (_interleave if dist == "r" else _concat)(
             [p if isinstance(p, (list, tuple)) or hasattr(p, "ndim") else [p] for p in parts]))
         return self._finish(ar, block)
+
+    def imap(self, f, *sequences, **kwargs):   # ipyparallel's View.imap: map's results
+        return iter(self.map_async(f, *sequences, **kwargs))   # as they come (lview's: lazy)
 
     @_ctrl_c_aborts
     def map(self, f, *sequences, block=None, track=False, return_exceptions=False, label=None):
@@ -1367,20 +1372,20 @@ class DirectView(_View):
         ar._return_exceptions = return_exceptions
         return self._finish(ar, block)
 
-    def _map(self, f, sequences, elementwise=True):
+    def _map(self, f, sequences, elementwise=True, dist="b"):
         seqs, n = _sequences(sequences, elementwise)
         ids = self.client.resolve_targets(self.targets)
         fparts = protocol.serialize_function(f)
         futures, sizes = [], []
         for i, eid in enumerate(ids):
-            chunks = [_partition(s[:n] if len(s) != n else s, len(ids), i) for s in seqs]
+            chunks = [_partition(s[:n] if len(s) != n else s, len(ids), i, dist) for s in seqs]
             if not len(chunks[0]):
                 continue
             sizes.append(len(chunks[0]))
             futures.append(self.client.send_apply(f, tuple(chunks), {}, engine_id=eid,
                                                   fparts=fparts, map=elementwise, **self._label()))
         ar = AsyncResult(self.client, futures, fname=getattr(f, "__name__", "map"), mapping=True)
-        ar._sizes = sizes if elementwise else None
+        ar._sizes, ar._striped = sizes if elementwise else None, dist == "r"
         return ar
 
     def shutdown(self, targets=None, restart=False, hub=False, block=True):
@@ -1529,27 +1534,22 @@ class LoadBalancedView(_View):
         ar._return_exceptions = return_exceptions
         return self._finish(ar, block)
 
-    def _map(self, f, sequences, elementwise=True, chunksize=None, ordered=True):
+    def _map(self, f, sequences, elementwise=True, chunksize=None, ordered=True, dist="b"):
         seqs, n = _sequences(sequences, elementwise)
-        if chunksize is None:
-            chunksize = _chunksize(n, len(self.client.ids), elementwise)
-        elif not hasattr(chunksize, "__index__") or chunksize < 1:   # range() takes ints only
-            raise (ValueError if hasattr(chunksize, "__index__") else TypeError)(
-                f"chunksize={chunksize!r:.40}: give a positive number of elements, an int")
+        tasks = _task_slices(n, chunksize, len(self.client.ids), elementwise, dist)
         fparts, fields = protocol.serialize_function(f), self._task_fields()
         chain = self._recovery_chain()
-        if isinstance(chain, str) and n > chunksize:
+        if isinstance(chain, str) and len(tasks) > 1:
             raise ValueError("recovery= names one task, which can recover one task only; "
                              "this map makes several: give a function instead")
+
         def send_all():   # a Ctrl-C in it aborts what it sent
-            return [self._send(f, tuple(list(s[lo:lo + chunksize]) if isinstance(s, range) else
-                                        s[lo:lo + chunksize] for s in seqs),
-                               {}, fparts, fields, chain, map=elementwise)
-                    for lo in range(0, n, chunksize)]
+            return [self._send(f, tuple(list(s[t]) if isinstance(s, range) else s[t] for s in seqs),
+                               {}, fparts, fields, chain, map=elementwise) for t in tasks]
         ar = AsyncResult(self.client, self.client._together(send_all), mapping=True,
                          fname=getattr(f, "__name__", "map"), ordered=ordered)
-        if elementwise:
-            ar._sizes = [min(chunksize, n - lo) for lo in range(0, n, chunksize)]
+        ar._sizes = [len(range(n)[t]) for t in tasks] if elementwise else None
+        ar._striped = dist == "r"
         return ar
 
     def imap(self, f, *iterables, ordered=True, max_outstanding="auto", return_exceptions=False):

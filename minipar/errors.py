@@ -259,8 +259,6 @@ IPYPARALLEL_ABSENT = dict.fromkeys(
     "purge_local_results": "nothing is cached beyond the AsyncResults you hold",
     "purge_hub_results": "use rc.purge_results",
     "cluster": "a Client does not know its Cluster: keep the Cluster object",
-    "imap": "imap is a load-balanced view's: rc.load_balanced_view().imap",
-    "importer": "use view.sync_imports()",
     "debug": "the controller and engines log to their output (MINIPAR_DEBUG=1: verbose)",
     "profile": "a Client's constructor argument only (Client(profile=...))",
     "shutdown": "a load-balanced view has no engines of its own: rc.shutdown()",
@@ -346,13 +344,17 @@ SUBMODULE_MOVED = {
 # its other names that minipar's lacks (a keyword argument's TypeError, an AttributeError)
 _BY_ID = "ipyparallel 9's raises NotImplementedError (it cannot find an engine by id): "
 CLUSTER_ABSENT = {
-    "controller_ip": 'pass controller_args=["--ip", ip] ("*": every interface)',
-    "controller_location": 'pass controller_args=["--location", host]',
-    "engine_launcher_class": 'pass engines="local", "mpi", "ssh", "slurm"... (names)',
-    "controller_launcher_class": 'pass controller="local", "ssh"... (names)',
+    # taken as arguments (their values go to controller_args, engines, controller); not kept
+    "controller_ip": 'a constructor argument only: pass controller_args=["--ip", ip] or '
+                     'controller_ip=ip ("*": every interface); read cluster.controller_args',
+    "controller_location": "a constructor argument only (controller_location=host): read "
+                           "cluster.controller_args",
+    "engine_launcher_class": 'a constructor argument only, a name as engines= takes ("local", '
+                             '"mpi", "ssh", "slurm"...): read cluster.engine_kind',
+    "controller_launcher_class": 'a constructor argument only, a name as controller= takes '
+                                 '("local", "ssh"...): read cluster.controller_kind',
     "engine_timeout": "pass timeout=, the seconds the whole start may take",
     "delay": "leave it out: engines start once the controller's connection file exists",
-    "log_level": "leave it out: the processes log to their output (MINIPAR_DEBUG=1: more)",
     "send_engines_connection_env": "leave it out: engines read the connection file",
     "load_profile": "leave it out: there is no traitlets configuration to load",
     "cluster_file": "leave it out: the file is <profile_dir>/security/cluster-<id>.json",

@@ -36,8 +36,7 @@ Who talks to whom::
            Cluster.from_file() and by `python -m pkg.launcher list|stop` in other processes
 
 Processes started here run in their own session, so a terminal's Ctrl-C reaches only the
-process that started them, which then stops them in order (engines first).
-"""
+process that started them, which then stops them in order (engines first)."""
 
 import argparse
 import asyncio
@@ -444,8 +443,7 @@ class LocalProcessLauncher(BaseLauncher):
             self._watch(self.process.wait)
 
     def _watch(self, waiter):
-        # executes in the watcher thread until the process ends
-        def run():
+        def run():   # executes in the watcher thread until the process ends
             code = waiter()
             if code is not None:
                 self._log_end(code)
@@ -813,47 +811,52 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
     ``rc = await cluster.start_and_connect()`` or ``cluster.start_and_connect_sync()``.
 
     Without `profile` or `profile_dir`, each cluster gets its own folder
-    ``$MINIPAR_DIR/cluster_<cluster_id>`` (removed when the cluster stops), so clusters
-    started side by side never share connection files. The cluster's state is saved in
+    ``$MINIPAR_DIR/cluster_<cluster_id>`` (removed when the cluster stops), so clusters started
+    side by side never share connection files. The cluster's state is saved in
     ``<profile_dir>/security/cluster-<cluster_id>.json`` for ``Cluster.from_file`` while
-    anything of it runs. `controller_options` / `engine_options` are keyword arguments for
-    the launchers (``engine_options={"mpi_args": ["--oversubscribe"]}``,
-    ``{"engines": {host: n}}``); one a launcher does not take is a ValueError at once,
-    naming those it does. ``restart_engines="on_failure"`` replaces engines that
-    crash or are killed (local engine sets), so a long run keeps its engine count.
+    anything of it runs. `controller_options` / `engine_options` are keyword arguments for the
+    launchers (``engine_options={"mpi_args": ["--oversubscribe"]}``, ``{"engines": {host: n}}``);
+    one a launcher does not take is a ValueError at once, naming those it does.
+    ``restart_engines="on_failure"`` replaces engines that crash or are killed (local engine
+    sets), so a long run keeps its engine count. `log_level` (``logging.DEBUG``, ``"DEBUG"``),
+    as ipyparallel's, is the controller's and engines' ``--log-level`` (one in their args wins).
 
     With ``shutdown_atexit=True`` (the default) the cluster is stopped when this process exits or
     nothing refers to it or its Clients any more (as ipyparallel's), and the controller stops
     it once this process is gone (``--owner``: SIGTERM and SIGKILL skip atexit), with `launcher
     stop` for its batch jobs and ssh engines, where it can see this process (this host and pid
     namespace: not a batch job on a compute node, whose log says so: `launcher stop` it);
-    ``shutdown_atexit=False`` (``launcher start --daemonize``) leaves it running.
-    """
+    ``shutdown_atexit=False`` (``launcher start --daemonize``) leaves it running."""
 
     def __init__(self, n=None, engines="local", controller="local", profile=None,
                  profile_dir=None, cluster_id=None, controller_args=(), engine_args=(),
                  timeout=START_TIMEOUT_S, controller_options=None, engine_options=None,
-                 shutdown_atexit=True, restart_engines=None, _saved=False, **ipyparallel_options):
-        refuse_absent("Cluster", ipyparallel_options, CLUSTER_ABSENT)
+                 shutdown_atexit=True, restart_engines=None, log_level=None, _saved=False,
+                 **traits):
+        engines = traits.pop("engine_launcher_class", engines)   # ipyparallel's spellings of
+        controller = traits.pop("controller_launcher_class", controller)   # these arguments
+        controller_args = [*(a for k in ("ip", "location") if f"controller_{k}" in traits
+                             for a in (f"--{k}", traits.pop(f"controller_{k}"))), *controller_args]
+        refuse_absent("Cluster", traits, CLUSTER_ABSENT)
         self.cluster_id = cluster_id if cluster_id is not None else _unique_id()
         self._owns_profile_dir = profile is None and profile_dir is None
         if self._owns_profile_dir:
             profile_dir = os.path.join(protocol.base_dir(), f"cluster_{self.cluster_id}")
         self.profile_dir = protocol.profile_dir(profile, profile_dir)
-        self.n, self.timeout = _check_n(n), timeout
+        self.n, self.timeout, self.log_level = _check_n(n), timeout, log_level
         self.engine_kind, self.controller_kind = engines, controller
-        self.controller_args, self.engine_args = list(controller_args), list(engine_args)
+        level = [] if log_level is None else ["--log-level", protocol.log_level(  # ipyparallel's
+            log_level if isinstance(log_level, str) else logging.getLevelName(log_level))]
+        self.controller_args, self.engine_args = [*level, *controller_args], [*level, *engine_args]
         self.controller_options = dict(controller_options or {})
         self.engine_options = dict(engine_options or {})
         for role, kind, options in (("controller", controller, self.controller_options),
                                     ("engine", engines, self.engine_options)):
             # a typo of a name ("mpiexec") or an option is named now, as ipyparallel's Cluster
-            # does, not once the controller has started (_saved, from_file's: it was, when made)
-            if not _saved:
+            if not _saved:   # does, not once the controller has started (from_file's: it was)
                 _check_options(find_launcher_class(kind, role), options, f"{role}_options")
         self.shutdown_atexit = shutdown_atexit   # read at exit or collection (_STOP_AT_EXIT)
-        # "on_failure": engine sets replace engines that crash (EngineSetLauncher._restart)
-        if restart_engines not in RESTART_POLICIES:
+        if restart_engines not in RESTART_POLICIES:   # "on_failure": EngineSetLauncher._restart
             raise ValueError(f"restart_engines={restart_engines!r}: use one of {RESTART_POLICIES}")
         self.engine_restart = restart_engines
         self.controller, self.engines, self._clients = None, {}, []   # engines: set id -> launcher
@@ -911,13 +914,12 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
     def from_file(cls, cluster_file=None, *, profile=None, profile_dir=None, cluster_id=None):
         """The Cluster saved in `cluster_file`, or in a profile, its launchers reconnected.
 
-        Without `cluster_file`: cluster `cluster_id` of the profile, or, without it (or
-        with "", `ipcluster start`'s id), the one running cluster there (an error names
-        them if several). Without `profile` and `profile_dir`: every folder in $MINIPAR_DIR
-        (ipyparallel: the default profile), so ``Cluster(n=2)`` is found too.
-        Launchers whose resources are gone are dropped (`controller` becomes None), but an
-        ssh set that left files on hosts is kept, ended, for stop(). The returned Cluster
-        does not stop anything when this process exits."""
+        Without `cluster_file`: cluster `cluster_id` of the profile, or, without it (or with
+        "", `ipcluster start`'s id), the one running cluster there (an error names them if
+        several). Without `profile` and `profile_dir`: every folder in $MINIPAR_DIR (ipyparallel:
+        the default profile), so ``Cluster(n=2)`` is found too. Launchers whose resources are
+        gone are dropped (`controller` becomes None), but an ssh set that left files on hosts
+        is kept, ended, for stop(). The returned Cluster does not stop anything at exit."""
         if cluster_file is None:
             cluster_file = find_cluster_file(profile=profile, profile_dir=profile_dir,
                                              cluster_id=cluster_id)

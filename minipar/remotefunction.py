@@ -3,9 +3,10 @@ whose calls run through the view (its apply, or its map over parts of the argume
 
 They use only the view's public flags and its ``_finish`` / ``_map``; client.py imports
 them back, so ``minipar.client.ParallelFunction`` is where ipyparallel scripts look.
-How sequences are split into one contiguous part per engine (ipyparallel's ``dist='b'``)
-is here too: a view's map and scatter split with the same functions; and ``interactive``,
-which makes a function one sent by value.
+How sequences are split into parts, one per engine or task (ipyparallel's ``dist='b'``,
+contiguous blocks, or ``dist='r'``, round-robin), is here too: a view's map and scatter
+split with the same functions; and ``interactive``, which makes a function one sent by
+value.
 """
 
 import collections.abc
@@ -46,8 +47,7 @@ class ParallelFunction(RemoteFunction):
     _MAP_OPTIONS = ("chunksize", "ordered", "return_exceptions")
 
     def __init__(self, view, f, dist="b", block=None, **flags):
-        if dist != "b":
-            raise ValueError(f"dist={dist!r}: only 'b' (contiguous blocks) is supported")
+        _check_dist(dist)
         takes = inspect.signature(view.map).parameters
         for k in self._MAP_OPTIONS:
             if k in flags and k not in takes:
@@ -56,7 +56,7 @@ class ParallelFunction(RemoteFunction):
         options = {k: flags.pop(k) for k in self._MAP_OPTIONS if k in flags}
         super().__init__(view, f, block, **flags)
         self.return_exceptions = options.pop("return_exceptions", False)
-        self.options = options   # of the view's _map: chunksize, ordered
+        self.options = dict(options, dist=dist)   # of the view's _map: chunksize, ordered
 
     def __call__(self, *sequences):
         return self._map(sequences, elementwise=False)
@@ -85,12 +85,36 @@ def _chunksize(n, engines, elementwise):
     return max(1, -(-n // max(4 * engines, MAP_MIN_CHUNKS if elementwise else 4)))
 
 
-def _partition(seq, n, i):
-    """The i-th of n nearly equal contiguous blocks of `seq`, the first len % n one longer
-    (ipyparallel's block distribution: 10 on 4 engines is 3, 3, 2, 2)."""
-    size, more = divmod(len(seq), n)
-    part = seq[i * size + min(i, more):(i + 1) * size + min(i + 1, more)]
+def _check_dist(dist):
+    if dist not in ("b", "r"):
+        raise ValueError(f"unknown distribution dist={dist!r}: give 'b' (contiguous blocks) "
+                         "or 'r' (round-robin: item j to part j % parts)")
+
+
+def _partition(seq, n, i, dist="b"):
+    """The i-th of n nearly equal parts of `seq`, the first len % n one longer: with
+    dist 'b' contiguous blocks (ipyparallel's default: 10 on 4 engines is 3, 3, 2, 2),
+    with 'r' every n-th item from the i-th (asyncresult._interleave joins them back)."""
+    if dist == "r":
+        part = seq[i::n]
+    else:
+        size, more = divmod(len(seq), n)
+        part = seq[i * size + min(i, more):(i + 1) * size + min(i + 1, more)]
     return list(part) if isinstance(part, range) else part
+
+
+def _task_slices(n, chunksize, engines, elementwise, dist):
+    """A load-balanced map's tasks over its first `n` items, `chunksize` items each (None:
+    see _chunksize), the last fewer: with dist 'b' consecutive items, with 'r' every k-th
+    item (k tasks)."""
+    if chunksize is None:
+        chunksize = _chunksize(n, engines, elementwise)
+    elif not hasattr(chunksize, "__index__") or chunksize < 1:   # range() takes ints only
+        raise (ValueError if hasattr(chunksize, "__index__") else TypeError)(
+            f"chunksize={chunksize!r:.40}: give a positive number of elements, an int")
+    k = -(-n // chunksize)
+    return [slice(i, n, k) if dist == "r" else slice(i * chunksize, min(n, (i + 1) * chunksize))
+            for i in range(k)]
 
 
 def _sequence(s):

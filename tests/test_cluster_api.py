@@ -145,13 +145,14 @@ def test_ipyparallels_names_minipar_leaves_out_say_what_to_use(pids, tmp_path): 
                            ("stop_engine_sync", r"rc.shutdown\(targets=\[i\]\)"),
                            ("engine_set", "engine sets are in cluster.engines"),
                            ("write_cluster_file", "not needed: the cluster file is written"),
-                           ("controller_ip", r'pass controller_args=\["--ip", ip\]')):
+                           ("controller_ip", r'pass controller_args=\["--ip", ip\]'),
+                           ("engine_launcher_class", "read cluster.engine_kind")):
             with pytest.raises(AttributeError, match=rf"^'Cluster' object has no attribute "
                                                      rf"'{name}': minipar leaves ipyparallel's "
                                                      rf"out; .*{says}"):
                 getattr(cluster, name)
         names = absent_in_docs("Cluster")
-        assert len(names) >= 22
+        assert len(names) >= 17   # 22 before log_level, controller_ip... were taken
         assert_absent_say_so(cluster, "Cluster", names)
         assert cluster.n == 1 and len(cluster.engines) == 1 and rc[:].apply_sync(abs, -2) == [2]
     finally:
@@ -553,3 +554,59 @@ def test_stop_engines_waits_too_for_an_engine_of_the_set_that_had_died(pids):  #
         assert rc.ids == []
     finally:
         cluster.stop_cluster_sync()
+
+
+def test_log_level_is_the_processes_log_level_as_ipyparallels(pids, tmp_path):  # noqa: F811
+    """``ipp.Cluster(engines="mpi", n=2, log_level=logging.INFO)`` (as FEniCS's demos start
+    theirs) was a TypeError saying to leave log_level out; it is the controller's and the
+    engines' --log-level now, as a level or its name, and one that is none is refused."""
+    import logging
+
+    quiet = Cluster(n=1, profile_dir=str(tmp_path / "quiet"), log_level=logging.WARNING,
+                    controller_args=CTL_ARGS)
+    loud = Cluster(n=1, profile_dir=str(tmp_path / "loud"), log_level="debug",
+                   engine_args=["--log-level", "INFO"])   # given there, it wins for engines
+    assert quiet.log_level == logging.WARNING
+    assert loud.controller_args == ["--log-level", "DEBUG"]
+    try:
+        for cluster in (quiet, loud):
+            rc = cluster.start_and_connect_sync()
+            pids.add_cluster(cluster, rc)
+            assert rc[:].apply_sync(abs, -3) == [3]
+        (engines,) = loud.engines.values()
+        wait_until(lambda: "INFO registered as engine 0" in engines.get_output(), 20,
+                   "the engine's INFO line")
+        assert " INFO engine 0 registered" in loud.controller.get_output()
+        assert " INFO " not in quiet.controller.get_output()   # its default level is INFO
+    finally:
+        quiet.stop_cluster_sync()
+        loud.stop_cluster_sync()
+    assert pids.wait_gone(20) == []
+    for level in (15, "LOUD"):
+        with pytest.raises(Exception, match="is not a log level: give DEBUG, INFO, WARNING"):
+            Cluster(n=1, log_level=level)
+
+
+def test_ipyparallels_spellings_of_the_launchers_and_the_controllers_address(pids):  # noqa: F811
+    """``ipp.Cluster(n=n, controller_ip="*", engine_launcher_class="MPI")`` (a SLURM script's),
+    and controller_launcher_class, controller_location: each was a TypeError saying what to
+    pass instead; they are minipar's engines=, controller= and the controller's --ip and
+    --location now, as ipyparallel's (engine_launcher_class wins over engines=)."""
+    cluster = Cluster(n=1, engines="mpi", engine_launcher_class="Local",
+                      controller_launcher_class="local", controller_ip="127.0.0.1",
+                      controller_location="localhost", controller_args=CTL_ARGS)
+    assert (cluster.engine_kind, cluster.controller_kind) == ("Local", "local")
+    assert cluster.controller_args == ["--ip", "127.0.0.1", "--location", "localhost", *CTL_ARGS]
+    try:
+        rc = cluster.start_and_connect_sync()
+        pids.add_cluster(cluster, rc)
+        assert rc[:].apply_sync(abs, -4) == [4]
+        args = cluster.controller.args
+        assert args[args.index("--ip") + 1] == "127.0.0.1"
+        with open(cluster.client_file) as f:
+            assert json.load(f)["location"] == "localhost"
+    finally:
+        cluster.stop_cluster_sync()
+    assert pids.wait_gone(20) == []
+    with pytest.raises(LauncherError, match="unknown engine launcher .mpiexec."):   # as engines=
+        Cluster(n=1, engine_launcher_class="mpiexec")

@@ -557,12 +557,12 @@ def test_composite_error_elist_entries_unpack_as_ipyparallel_tuples(rc):
 
 
 def test_cluster_says_what_to_pass_for_ipyparallel_options():
-    """ipyparallel's Cluster takes traitlets options (``controller_ip``, ``engine_timeout``,
-    ``log_level``...); minipar's refuses each at once, saying what to pass instead."""
-    for option, says in (("controller_ip", r'controller_args=\["--ip", ip\]'),
-                         ("controller_location", "--location"), ("engine_timeout", "timeout="),
-                         ("engine_launcher_class", 'engines="local"'), ("delay", "leave it out"),
-                         ("log_level", "MINIPAR_DEBUG")):
+    """ipyparallel's Cluster takes traitlets options (``engine_timeout``, ``delay``...);
+    minipar's refuses each at once, saying what to pass instead (``log_level``,
+    ``controller_ip``, ``engine_launcher_class``... it takes: test_cluster_api)."""
+    for option, says in (("engine_timeout", "timeout="), ("delay", "leave it out"),
+                         ("send_engines_connection_env", "engines read the connection file"),
+                         ("load_profile", "leave it out"), ("cluster_file", "cluster-<id>.json")):
         with pytest.raises(TypeError, match=rf"Cluster\(\) got an unexpected keyword argument "
                                             rf"'{option}': minipar leaves ipyparallel's out; "
                                             rf".*{says}"):
@@ -941,3 +941,79 @@ def test_a_profiles_security_folder_given_as_its_profile_folder_means_the_profil
                           security], capture_output=True, text=True, timeout=START_TIMEOUT_S)
     assert top.returncode == 0 and "engine" in top.stdout, top.stderr
     assert f"its profile folder, {local_cluster.profile_dir}, is used" in top.stderr
+
+
+def as_list(part):
+    return [list(part)]
+
+
+def inverse(x):
+    return 1 / x
+
+
+def test_dist_r_stripes_scatter_gather_and_parallel_functions_as_ipyparallel(rc):
+    """ipyparallel's ``dist='r'`` (scatter, gather, ``@view.parallel``): item j goes to
+    part j % parts, and the parts are joined back in the items' order. minipar refused it
+    with a ValueError ("only 'b' (blocks) is supported")."""
+    import numpy as np
+
+    dv = rc.direct_view([0, 1, 2, 3], block=True)
+    dv.scatter("a", range(10), dist="r")
+    assert dv["a"] == [[0, 4, 8], [1, 5, 9], [2, 6], [3, 7]]
+    assert dv.gather("a", dist="r") == list(range(10))
+    assert dv.gather("a") == [0, 4, 8, 1, 5, 9, 2, 6, 3, 7]   # 'b' joins them as they lie
+    dv.scatter("m", np.arange(18.0).reshape(9, 2), dist="r")
+    assert [p.shape for p in dv["m"]] == [(3, 2), (2, 2), (2, 2), (2, 2)]
+    assert (dv.gather("m", dist="r") == np.arange(18.0).reshape(9, 2)).all()
+    with pytest.raises(ValueError, match="dist='x': give 'b' .* or 'r'"):
+        dv.scatter("a", range(3), dist="x")
+
+    assert dv.parallel(dist="r")(as_list)(range(6)) == [[0, 4], [1, 5], [2], [3]]
+    double = dv.parallel(dist="r", block=False)(lambda xs: [2 * x for x in xs])
+    ar = double(range(10))
+    assert ar.get(TIMEOUT) == [2 * x for x in range(10)] and list(ar) == ar.get()
+    assert dv.parallel(dist="r")(abs).map(range(-5, 0)) == [5, 4, 3, 2, 1]
+    # iterating a striped map yields in order, up to the first item whose part failed
+    failing = dv.parallel(dist="r", block=False)(inverse).map([1, 2, 4, 0, 8, 5])
+    got = []
+    with pytest.raises(ZeroDivisionError):
+        for value in failing:
+            got.append(value)
+    assert got == [1.0, 0.5, 0.25]   # the part of 0 (engine 3's: [0]) failed
+
+    lv = rc.load_balanced_view()
+    assert lv.parallel(dist="r", chunksize=3, block=True)(as_list)(range(10)) == [
+        [0, 4, 8], [1, 5, 9], [2, 6], [3, 7]]   # 4 tasks of 3 items at most
+    squares = lv.parallel(dist="r", chunksize=3, block=False)(lambda x: x * x).map(range(10))
+    assert squares.get(TIMEOUT) == [x * x for x in range(10)] and len(squares) == 10
+    assert list(squares) == squares.get() and len(squares.msg_ids) == 4
+    partly = lv.parallel(dist="r", chunksize=2, return_exceptions=True, block=True)(inverse)
+    got = partly.map([1, 0, 2, 4, 5])   # tasks [1, 4], [0, 5], [2]: the second fails
+    assert [type(v).__name__ for v in got] == ["float", "ZeroDivisionError", "float", "float",
+                                               "ZeroDivisionError"]
+    assert [got[0], got[2], got[3]] == [1.0, 0.5, 0.25]
+
+
+def test_a_direct_views_imap_and_importer_and_close_linger_as_ipyparallels(shared_cluster, rc,
+                                                                             capsys):
+    """ipyparallel 9's DirectView (and BroadcastView) has imap, an iterator over its map's
+    results, and ``importer``, sync_imports() as a property; its Client.close takes
+    ``linger``. minipar raised AttributeError ("imap is a load-balanced view's") and
+    TypeError for them."""
+    for view in (rc.direct_view([0, 1, 2]), rc.broadcast_view([0, 1, 2])):
+        results = view.imap(abs, [-1, -2, -3, -4, -5])
+        assert iter(results) is results and next(results) == 1
+        assert list(results) == [2, 3, 4, 5]
+        assert list(view.imap(pow, [2, 3], [3, 2])) == [8, 9]
+        with view.importer:
+            import colorsys
+        assert "importing colorsys on engine(s)" in capsys.readouterr().out
+        assert view.apply_sync(lambda: colorsys.__name__) == ["colorsys"] * 3
+    with pytest.raises(TypeError, match="unexpected keyword argument 'chunksize'"):
+        rc[:].imap(abs, [1], chunksize=2)   # a DirectView's map takes none, as ipyparallel's
+    other = shared_cluster.client()
+    ar = other[:].apply_async(abs, -7)
+    assert ar.get(TIMEOUT) == [7] * 4
+    other.close(linger=0)
+    with pytest.raises(RuntimeError, match="this Client is closed"):
+        other[:].apply_sync(abs, -1)

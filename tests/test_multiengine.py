@@ -282,7 +282,7 @@ def test_parallel_takes_what_the_direct_views_map_takes(rc):
     for option in ("chunksize", "ordered"):   # a load-balanced view's map takes them
         with pytest.raises(TypeError, match=rf"DirectView.map takes no {option}"):
             dv.parallel(**{option: 2})(inverse)
-    with pytest.raises(ValueError, match=r"dist='c': only 'b' \(contiguous blocks\)"):
+    with pytest.raises(ValueError, match=r"dist='c': give 'b' \(contiguous blocks\) or 'r'"):
         dv.parallel(dist="c")(inverse)
     with pytest.raises(ValueError, match=r"equal length, but have \[4, 3\]"):
         dv.parallel(block=True)(np.add)(range(4), range(3))

@@ -229,7 +229,7 @@ def test_parallel_takes_the_maps_chunksize_ordered_and_return_exceptions(lview):
     out = checked.map(range(6))
     assert out[:2] + out[4:] == [0, 1, 4, 5]
     assert [type(e).__name__ for e in out[2:4]] == ["ValueError"] * 2   # the chunk's error
-    with pytest.raises(ValueError, match=r"dist='c': only 'b' \(contiguous blocks\)"):
+    with pytest.raises(ValueError, match=r"dist='c': give 'b' \(contiguous blocks\) or 'r'"):
         lview.parallel(dist="c")(square)
     # a call hands each task a part of each sequence: their lengths must be equal
     with pytest.raises(ValueError, match=r"equal length, but have \[3, 2\]"):
