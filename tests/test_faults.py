@@ -1336,3 +1336,46 @@ def _blocks(status, sig):
     with open(status) as f:
         mask = next(line.split()[1] for line in f if line.startswith("SigBlk:"))
     return bool(int(mask, 16) >> (sig - 1) & 1)
+
+
+def _raise_from(how):
+    """Raise an error (runs on the engine): "lost" from code whose module's loader lost
+    its source (formatting its traceback raises), "deep" at the bottom of a recursion
+    100,000 calls deep (under a recursion limit raised for it)."""
+    if how == "deep":
+        sys.setrecursionlimit(200_000)
+
+        def down(n):
+            if n:
+                return down(n - 1)
+            raise ValueError("at the bottom")
+        down(100_000)
+
+    class Loader:
+        def get_source(self, name):
+            raise RuntimeError("the loader lost its source")
+    ns = {"__name__": "gone", "__loader__": Loader()}
+    exec(compile("def f():\n    raise ValueError('the task failed')\n", "/nonexistent/gone.py",
+                 "exec"), ns)
+    ns["f"]()
+
+
+def test_a_task_error_whose_traceback_cannot_be_told_whole_fails_the_task_not_the_engine(
+        local_cluster):
+    """Reporting a task's error formats its traceback. Where that raised (a frame's module
+    whose loader raised in get_source, memory short: a MemoryError), the engine ended and
+    the task failed as an engine death; a recursion 100,000 deep was sent whole (a million
+    took the engine 20 s and 300 MB). The task now fails with its own error, its traceback
+    the first and last frames, and the engine serves on, through either view."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    eid, = rc.wait_for_engines(1, START_TIMEOUT_S)
+    for view in (rc[eid], rc.load_balanced_view()):
+        with pytest.raises(ValueError, match="the task failed"):
+            view.apply_async(_raise_from, "lost").get(START_TIMEOUT_S)
+        with pytest.raises(ValueError, match="at the bottom") as e:
+            view.apply_async(_raise_from, "deep").get(START_TIMEOUT_S)
+        tb = e.value.traceback
+        assert "in down\n" in tb and " frames left out ...\n" in tb, tb[-2000:]
+        assert tb.count("in down\n") < 20 and tb.endswith("ValueError: at the bottom\n")
+        assert view.apply_async(os.getpid).get(START_TIMEOUT_S) == engine.pid
