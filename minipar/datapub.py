@@ -10,11 +10,14 @@ result is in, also for a client that asks for the result later. The engine impor
 module (it imports nothing from the client), sets ``_publish`` and ``_shell``, and makes
 ``display`` a builtin, as on ipyparallel's engines (IPython kernels). It runs an
 execute's code here too (run_cell), as such a kernel shows a cell: the value of its last
-expression comes back as the reply's execute_result, ``Out[engine:n]`` in %px.
+expression comes back as the reply's execute_result, ``Out[engine:n]`` in %px. What a
+task prints goes to a ``Capture``, the engine's sys.stdout and sys.stderr while it runs,
+which hands it to that _Streamer too (``stream`` messages, names "stdout", "stderr").
 """
 
 import ast
 import contextlib
+import io
 import sys
 
 # An execute's result (%px's Out[engine:n]) is cut to this many characters of text, so its
@@ -49,6 +52,57 @@ def display(*objs, **kwargs):
         return print(*map(repr, objs), sep="\n")
     _shell()   # without a shell, IPython's display prints str(x): hi, not 'hi'
     display(*objs, **kwargs)
+
+
+class Capture(io.TextIOBase):
+    """The engine's stdout or stderr for requests (`name`): one object each for the engine's
+    life, as an IPython kernel's, so what holds on to it (the handler of a task's
+    logging.basicConfig, a thread a task left) writes to the request running at the time.
+    While one runs, what is written is kept whole for its reply and handed to the `streamer`
+    (the engine's _Streamer) so the client sees it meanwhile; between requests it goes to
+    the engine's own stream (its log). A task that closes it closes it for the rest of its
+    request, as a file: the next request gets it open."""
+
+    closed = False   # this request's (see close), not io's, which no request could undo
+
+    def __init__(self, name, streamer):
+        self.name = name
+        self.parts = None   # the running request's, else None
+        self._streamer = streamer
+
+    def writable(self):
+        return True
+
+    def close(self):
+        # io's close() lasted the engine's life: every later request's flush (print(...,
+        # flush=True), logging's) raised ValueError, "I/O operation on closed file."
+        self.closed = True
+
+    def flush(self):
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
+
+    def write(self, s):
+        if not isinstance(s, str):   # as a real text stream: this task's error, raised here,
+            # not a TypeError later in the engine's own join, which ended the engine
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
+        parts = self.parts
+        if parts is None:
+            return getattr(sys, f"__{self.name}__").write(s)
+        parts.append(s)
+        if s:
+            self._streamer.add(self.name, s)
+        return len(s)
+
+    def start(self):
+        self.parts = []
+
+    def stop(self):
+        """End the request's capture (open again, if it closed it); returns all it wrote."""
+        parts, self.parts, self.closed = self.parts, None, False
+        return "".join(parts)
 
 
 def compile_cell(code, name, silent):

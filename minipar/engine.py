@@ -69,7 +69,6 @@ import collections
 import contextlib
 import ctypes
 import faulthandler
-import io
 import linecache
 import logging
 import os
@@ -217,42 +216,6 @@ _Interruption = collections.namedtuple("_Interruption", "msg_id reason sent")
 _Registration = collections.namedtuple("_Registration", "msg_id since")
 
 
-class _Capture(io.TextIOBase):
-    """The engine's stdout or stderr for requests: one object each for the engine's life, as an
-    IPython kernel's, so what holds on to it (the handler of a task's logging.basicConfig, a
-    thread a task left) writes to the request running at the time. While one runs, what is
-    written is kept whole for its reply and handed to the `streamer` so the client sees it
-    meanwhile; between requests it goes to the engine's own stream (its log)."""
-
-    def __init__(self, name, streamer):
-        self.name = name
-        self.parts = None   # the running request's, else None
-        self._streamer = streamer
-
-    def writable(self):
-        return True
-
-    def write(self, s):
-        if not isinstance(s, str):   # as a real text stream: this task's error, raised here,
-            # not a TypeError later in the engine's own join, which ended the engine
-            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
-        parts = self.parts
-        if parts is None:
-            return getattr(sys, f"__{self.name}__").write(s)
-        parts.append(s)
-        if s:
-            self._streamer.add(self.name, s)
-        return len(s)
-
-    def start(self):
-        self.parts = []
-
-    def stop(self):
-        """End the request's capture; returns all it wrote."""
-        parts, self.parts = self.parts, None
-        return "".join(parts)
-
-
 class _Streamer:
     """The running request's new output, collected from whatever thread prints it and
     sent by the receiver thread as ``stream`` messages every STREAM_INTERVAL_S.
@@ -356,7 +319,8 @@ class Engine:
         self._stopping, self._stopped_at = False, None   # since time.monotonic()
         self._ctrl_c = False        # a Ctrl-C at its terminal interrupted a request
         self._streamer = _Streamer()
-        self._stdout, self._stderr = (_Capture(n, self._streamer) for n in ("stdout", "stderr"))
+        self._stdout, self._stderr = (datapub.Capture(n, self._streamer)
+                                      for n in ("stdout", "stderr"))
         datapub._publish = self._streamer.publish_data
         datapub._shell = self._shell
         self._told_started = None   # the running request the receiver sent `started` for

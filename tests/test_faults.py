@@ -1379,3 +1379,39 @@ def test_a_task_error_whose_traceback_cannot_be_told_whole_fails_the_task_not_th
         assert "in down\n" in tb and " frames left out ...\n" in tb, tb[-2000:]
         assert tb.count("in down\n") < 20 and tb.endswith("ValueError: at the bottom\n")
         assert view.apply_async(os.getpid).get(START_TIMEOUT_S) == engine.pid
+
+
+def _close_std_streams():
+    """Close sys.stdout and sys.stderr, as a task that cleans up too much (runs on the engine);
+    returns what a print after that raised."""
+    print("before the close")
+    sys.stdout.close()
+    sys.stderr.close()
+    try:
+        print("after the close")
+    except ValueError as e:
+        return str(e)
+
+
+def _print_flushed():
+    print("flushed", flush=True)
+    print("warned", file=sys.stderr, flush=True)
+    return sys.stdout.closed or sys.stderr.closed
+
+
+def test_a_task_that_closes_sys_stdout_closes_it_for_itself_not_the_engine(local_cluster):
+    """A task's sys.stdout and sys.stderr are one object each for the engine's life. One
+    that closed them closed them for good: every later request that flushed (print(...,
+    flush=True), logging) failed with ValueError, "I/O operation on closed file.", until
+    the engine was restarted. Closed now lasts the rest of that task, as for a file."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    eid, = rc.wait_for_engines(1, START_TIMEOUT_S)
+    for view in (rc[eid], rc.load_balanced_view()):
+        ar = view.apply_async(_close_std_streams)
+        assert ar.get(START_TIMEOUT_S) == "I/O operation on closed file."
+        assert ar.stdout == "before the close\n"
+        ar = view.apply_async(_print_flushed)
+        assert ar.get(START_TIMEOUT_S) is False
+        assert (ar.stdout, ar.stderr) == ("flushed\n", "warned\n")
+    assert engine.poll() is None
