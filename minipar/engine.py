@@ -360,6 +360,10 @@ class Engine:
         # before any socket: the controller never lists (nor sends work to) an engine
         # whose startup fails, and what the script sets in `properties` is registered
         self._call_leaving_if_forked("the startup script", self._run_startup)
+        self._std_fds = {}   # copies of its stdout and stderr (fds 1, 2: its log), see _run
+        for fd in (1, 2):
+            with contextlib.suppress(OSError):   # closed from the start: none to put back
+                self._std_fds[fd] = os.dup(fd)
         builtins.input = _no_input   # for the requests, from here on
         builtins.display = datapub.display   # as an IPython kernel's
         self.ctx = zmq.Context()
@@ -1058,6 +1062,7 @@ class Engine:
             stdout, stderr = self._stdout.stop(), self._stderr.stop()
             data = self._streamer.stop()  # the reply carries the whole output and data
             self._take_back_signals(msg_id)
+            self._take_back_std_fds(msg_id)
         if properties.changed:  # before the reply: the controller knows them when it arrives
             self._send_properties()
         meta = {"started": started, "completed": time.time(), "stdout": stdout,
@@ -1132,6 +1137,20 @@ class Engine:
                 log.warning("request %s replaced this engine's %s handler: put back; leave "
                             "%s to the engine (%s)", msg_id, sig.name, sig.name,
                             _HANDLER_USE.get(sig, "it stops with it when idle"))
+
+    def _take_back_std_fds(self, msg_id):
+        """Open the engine's stdout and stderr (fds 1 and 2) again where request `msg_id`
+        closed them (os.close(2)): the next file a task opened took that number, and the
+        engine's log lines (faulthandler's report of a crash too) went into it."""
+        for fd, copy in self._std_fds.items():
+            try:
+                os.fstat(fd)
+            except OSError:
+                os.dup2(copy, fd)
+                name = ("stdout", "stderr")[fd - 1]
+                log.warning("request %s closed the engine's %s (fd %d): opened again; to "
+                            "silence output, redirect it rather than close it (contextlib."
+                            "redirect_%s; os.dup2, then back)", msg_id, name, fd, name)
 
     def _reply_error(self, header, exc, status=protocol.ERROR, **meta):
         info = {"engine_id": self.id, "msg_id": header["msg_id"], "kind": header["kind"]}

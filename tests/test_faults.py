@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from minipar import errors
+from minipar import errors, interactive
 from minipar.engine import INTERRUPT_SIGNAL
 from minipar.launcher import Cluster
 
@@ -1414,4 +1414,49 @@ def test_a_task_that_closes_sys_stdout_closes_it_for_itself_not_the_engine(local
         ar = view.apply_async(_print_flushed)
         assert ar.get(START_TIMEOUT_S) is False
         assert (ar.stdout, ar.stderr) == ("flushed\n", "warned\n")
+    assert engine.poll() is None
+
+
+def _std_fd_targets():
+    """What the engine's fds 1 and 2 point to (runs on the engine); None for a closed one."""
+    def target(fd):
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:
+            return None
+    return [target(1), target(2)]
+
+
+@interactive
+def _open_kept(path):
+    """Open `path` for writing, kept in the engine's namespace (runs there): its fd."""
+    global kept
+    kept = open(path, "w", buffering=1)
+    return kept.fileno()
+
+
+def test_a_task_that_closes_fd_1_or_2_leaves_the_engine_its_log(local_cluster, tmp_path):
+    """A task that closed fd 2 (or 1: os.close, to silence a library) left the engine without
+    its log, and worse: the next file a task opened took that number, and the engine's log
+    lines (and faulthandler's report of a crash) were written into the user's file. The
+    engine opens them again after such a task, saying so."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    eid, = rc.wait_for_engines(1, START_TIMEOUT_S)
+    log = str(local_cluster.log_dir / "engine0.log")
+    assert rc[eid].apply_sync(_std_fd_targets) == [log, log]
+    for fd in (1, 2):
+        for view in (rc[eid], rc.load_balanced_view()):
+            view.apply_async(os.close, fd).get(START_TIMEOUT_S)
+            assert view.apply_async(_std_fd_targets).get(START_TIMEOUT_S) == [log, log]
+    user_file = tmp_path / "user.txt"
+    rc[eid].apply_sync(os.close, 2)
+    assert rc[eid].apply_sync(_open_kept, str(user_file)) > 2
+    rc[eid].execute("import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)", block=True)
+    rc[eid].execute("kept.close()", block=True)   # the engine logged its SIGINT handler's return
+    assert user_file.read_text() == ""
+    out = local_cluster.output("engine0")
+    assert "replaced this engine's SIGINT handler: put back" in out
+    assert out.count("closed the engine's stderr (fd 2): opened again; to silence output, "
+                     "redirect it rather than close it") == 3, out
     assert engine.poll() is None
