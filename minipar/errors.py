@@ -195,6 +195,15 @@ def _traceback_text(exc):
                     *traceback.format_tb(tb), last])
 
 
+def unpickling_hint(exc):
+    """What to do about `exc`, raised here unpickling what a task made (its result, its
+    data): only a missing module or class is about what is importable here."""
+    if isinstance(exc, (ImportError, AttributeError)):
+        return "is the module that defines it importable here?"
+    return ("the code its class runs to unpickle (a __reduce__'s callable, __setstate__) raised "
+            "it here: return plain data (numbers, strings, lists, dicts) or fix that class")
+
+
 def error(ename, evalue, engine_info=None):
     """A RemoteError made without an exception (by the controller: EngineError, ...)."""
     return _rebuild(ename, evalue, "", engine_info)
