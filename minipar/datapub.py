@@ -23,6 +23,7 @@ import sys
 # An execute's result (%px's Out[engine:n]) is cut to this many characters of text, so its
 # reply stays small whatever the repr; 10,000..1,000,000 is reasonable.
 EXECUTE_RESULT_CHARS = 100_000
+OUTPUT_TAIL_CHARS = 10_000   # what is kept of output the engine had no memory to send whole
 
 _publish = None   # set by the engine: its _Streamer.publish_data
 _shell = None     # set by the engine: its InteractiveShell, made at the first call
@@ -102,7 +103,22 @@ class Capture(io.TextIOBase):
     def stop(self):
         """End the request's capture (open again, if it closed it); returns all it wrote."""
         parts, self.parts, self.closed = self.parts, None, False
-        return "".join(parts)
+        try:
+            return "".join(parts)
+        except MemoryError:   # a task near its memory limit (RLIMIT_AS) that printed 100 MB:
+            return _tail(parts, OUTPUT_TAIL_CHARS)   # its engine died of it, its request lost
+
+
+def _tail(parts, n):
+    """The last `n` characters of the text in `parts`, said to be that, joined without
+    joining the rest (for which memory was short)."""
+    tail = []
+    for part in reversed(parts):
+        tail.append(part[-(n - sum(map(len, tail))):])
+        if sum(map(len, tail)) >= n:
+            break
+    return (f"[the engine was short of memory for the {sum(map(len, parts))} characters this "
+            f"task wrote here; the last {n}:]\n" + "".join(reversed(tail)))
 
 
 def compile_cell(code, name, silent):

@@ -276,7 +276,10 @@ class _Streamer:
         pieces = {}
         for name, text in pending:
             pieces.setdefault(name, []).append(text)
-        return parent, {name: "".join(texts) for name, texts in pieces.items()}
+        try:
+            return parent, {name: "".join(texts) for name, texts in pieces.items()}
+        except MemoryError:   # not sent meanwhile (the reply has its end): this thread died of
+            return None       # it, and with it aborts, time limits and shutdown (RLIMIT_AS)
 
 
 class Engine:
@@ -1172,15 +1175,22 @@ class Engine:
         # `attempt` tells the controller which try of a retried task this answers
         fields.update(parent=header["msg_id"], status=status, engine=self.id,
                       attempt=header.get("attempt", 0))
-        _, frames = self.session.msg(kind, parts, signed=False, **fields)
-        size = protocol.message_size(frames)
-        if size > self.session.max_message_size:
-            # the controller would refuse it and the request would never end: say why instead
+        try:
+            _, frames = self.session.msg(kind, parts, signed=False, **fields)
+            size = protocol.message_size(frames)
+        except MemoryError:   # a task left it little (RLIMIT_AS) and printed 100 MB: the
+            frames, exc = None, MemoryError(   # engine died of it, its request lost
+                f"the engine ran out of memory making the reply to {header['msg_id']}: "
+                "return (or print) less, e.g. save large results to a file, or give the "
+                "engine more memory")
+        if frames is not None and size > self.session.max_message_size:
             self.stats["oversized_replies"] += 1
-            exc = errors.SerializationError(
+            frames, exc = None, errors.SerializationError(
                 f"the reply to {header['msg_id']} is {size} bytes, above the cluster's "
                 f"max_message_size of {self.session.max_message_size}: return (or print) "
                 "less, e.g. save large results to a file, or raise --max-message-size")
+        if frames is None:
+            # the controller would refuse it and the request would never end: say why instead
             remote = errors.wrap(exc, {"engine_id": self.id, "msg_id": header["msg_id"],
                                        "kind": header["kind"]})
             for name in ("stdout", "stderr"):   # keep the tail of what it printed

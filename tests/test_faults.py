@@ -1460,3 +1460,60 @@ def test_a_task_that_closes_fd_1_or_2_leaves_the_engine_its_log(local_cluster, t
     assert out.count("closed the engine's stderr (fd 2): opened again; to silence output, "
                      "redirect it rather than close it") == 3, out
     assert engine.poll() is None
+
+
+def _limit_memory(headroom_mb):
+    """Limit this engine's address space to what it uses plus `headroom_mb` (runs on the
+    engine: a task that sets RLIMIT_AS); with None, lift the limit."""
+    import resource
+
+    if headroom_mb is None:
+        return resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY,) * 2)
+    with open("/proc/self/status") as f:
+        used = int(f.read().split("VmSize:")[1].split()[0]) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (used + headroom_mb * 2**20, resource.RLIM_INFINITY))
+
+
+def _print_mb(mb, how):
+    """Print `mb` MB (runs on the engine): as two writes (print: the text, its newline), or
+    as one (write), which the engine need not join."""
+    text = "y" * (mb * 2**20)
+    print(text) if how == "print" else sys.stdout.write(text)
+    time.sleep(3 * 0.1)   # three of the engine's STREAM_INTERVAL_S: it streams the text
+    return "printed"
+
+
+@pytest.mark.parametrize("how", ["print", "write"])
+def test_a_task_that_prints_near_its_memory_limit_ends_no_engine(local_cluster, how):
+    """A task that left its engine little memory (RLIMIT_AS) and then printed 250 MB: the
+    engine met a MemoryError outside the task, joining that output for the reply (and to
+    stream it) or, written whole, packing it into the reply. The join for the reply and the
+    packing ended the engine (the request lost); the join for streaming ended its receiver
+    thread (aborts, time limits and shutdown no longer heard). Now the task gets the end of
+    its output, said to be that, or a MemoryError saying what to do, and the engine serves on."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    eid, = rc.wait_for_engines(1, START_TIMEOUT_S)
+    rc[eid].apply_sync(_limit_memory, 400)
+    try:
+        for view in (rc[eid], rc.load_balanced_view()):
+            ar = view.apply_async(_print_mb, 250, how)
+            if how == "write":
+                with pytest.raises(MemoryError, match="the engine ran out of memory making the "
+                                   "reply to .*: return \\(or print\\) less"):
+                    ar.get(START_TIMEOUT_S)
+                assert ar.stdout == "y" * 10_000
+            else:
+                assert ar.get(START_TIMEOUT_S) == "printed"
+                assert ar.stdout.startswith(f"[the engine was short of memory for the "
+                                            f"{250 * 2**20 + 1} characters this task wrote "
+                                            "here; the last 10000:]\n")
+                assert ar.stdout.endswith("y" * 9999 + "\n") and len(ar.stdout) < 11_000
+            sleeping = view.apply_async(time.sleep, 60)   # the receiver hears the abort
+            wait_until(lambda: sleeping.running(), START_TIMEOUT_S, "the sleep to start")
+            sleeping.abort()
+            with pytest.raises(errors.TaskAborted):
+                sleeping.get(START_TIMEOUT_S)
+    finally:
+        rc[eid].apply_sync(_limit_memory, None)
+    assert engine.poll() is None
