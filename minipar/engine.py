@@ -21,7 +21,7 @@ when it comes up; the controller queued it again, for another engine (direct one
 ``behind`` the oldest: failed). The engine registers with ``take_back``: an older one, which would
 read a take-back as an abort, is never sent one. Every STREAM_INTERVAL_S the receiver sends what the
 running request printed or published (``datapub.publish_data``) as ``stream`` messages
-(``_Streamer``), and ``started`` for one still running (its future is running()). Every
+(``datapub.Streamer``), and ``started`` for one still running (its future is running()). Every
 USAGE_PERIOD_S it sends ``usage`` (CPU time, memory, running request) for rc.status and minipar.top.
 
 Startup: --startup-script, then --startup-command, run before the engine connects; one
@@ -216,72 +216,6 @@ _Interruption = collections.namedtuple("_Interruption", "msg_id reason sent")
 _Registration = collections.namedtuple("_Registration", "msg_id since")
 
 
-class _Streamer:
-    """The running request's new output, collected from whatever thread prints it and
-    sent by the receiver thread as ``stream`` messages every STREAM_INTERVAL_S.
-
-    The receiver sends, not the printing thread: the main thread may compute for a minute
-    after printing a line, and other threads print too. The reply carries the whole
-    output anyway, so text pending when the request ends is dropped, not sent."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.parent = None      # msg_id of the request whose output this is
-        self._pending = []      # [(name, text)] not yet sent
-        self.data = {}          # what the request published (datapub), all of it
-        self._new_data = {}     # ... and the part not yet sent
-
-    def start(self, parent):
-        with self._lock:
-            self.parent, self._pending = parent, []
-
-    def stop(self):
-        """End the request's streaming; returns all the data it published."""
-        with self._lock:
-            self.parent, self._pending = None, []
-            data, self.data, self._new_data = self.data, {}, {}
-        return data
-
-    def publish_data(self, data):
-        # any thread of the running request (datapub.publish_data)
-        with self._lock:
-            if self.parent is None:
-                raise RuntimeError("publish_data was called while no task runs on this "
-                                   "engine: call it from inside a task")
-            self.data.update(data)
-            self._new_data.update(data)
-
-    def take_data(self):
-        """(parent, data published since the last call), or None."""
-        with self._lock:
-            if not self._new_data:
-                return None
-            data, self._new_data = self._new_data, {}
-            return self.parent, data
-
-    def add(self, name, text):
-        with self._lock:
-            if self.parent is not None:
-                self._pending.append((name, text))
-
-    def take(self):
-        """(parent, {name: text}) of the output not yet sent, or None."""
-        with self._lock:
-            if not self._pending:
-                return None
-            pending, parent, self._pending = self._pending, self.parent, []
-        # joined once: adding each write to a string copies the text so far each time, which
-        # for a task printing 100,000 lines held this thread (and with it streaming, aborts,
-        # time limits and shutdown) for minutes
-        pieces = {}
-        for name, text in pending:
-            pieces.setdefault(name, []).append(text)
-        try:
-            return parent, {name: "".join(texts) for name, texts in pieces.items()}
-        except MemoryError:   # not sent meanwhile (the reply has its end): this thread died of
-            return None       # it, and with it aborts, time limits and shutdown (RLIMIT_AS)
-
-
 class Engine:
     def __init__(self, info, work_dir=None, startup_script=None, startup_command=None,
                  registration_timeout=REGISTRATION_TIMEOUT_S,
@@ -321,7 +255,7 @@ class Engine:
         self._lock = threading.RLock()
         self._stopping, self._stopped_at = False, None   # since time.monotonic()
         self._ctrl_c = False        # a Ctrl-C at its terminal interrupted a request
-        self._streamer = _Streamer()
+        self._streamer = datapub.Streamer()
         self._stdout, self._stderr = (datapub.Capture(n, self._streamer)
                                       for n in ("stdout", "stderr"))
         datapub._publish = self._streamer.publish_data
