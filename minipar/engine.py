@@ -137,6 +137,10 @@ USAGE_PERIOD_S = 1.0
 # How long a stopped engine waits for threads that tasks started (not daemon) to end
 # before it exits without them; 0.5..10 is reasonable.
 THREADS_GRACE_S = 2.0
+# The lowest recursion limit the engine's own code runs under after a request: one that a
+# task set lower (sys.setrecursionlimit(20)) ended the engine with a RecursionError in it,
+# reporting the task. 100..1000 is reasonable (Python's default is 1000).
+MIN_RECURSION_LIMIT = 200
 
 _MISSING = object()
 _REFERENCE = dependency.Reference
@@ -995,6 +999,7 @@ class Engine:
             with self._lock:
                 self._interrupt = None
                 self._withdraw_raised()   # again, had a signal handler cut the above short
+            self._take_back_recursion_limit(msg_id)   # first: what follows needs some
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
             stdout, stderr = self._stdout.stop(), self._stderr.stop()
             data = self._streamer.stop()  # the reply carries the whole output and data
@@ -1074,6 +1079,15 @@ class Engine:
                 log.warning("request %s replaced this engine's %s handler: put back; leave "
                             "%s to the engine (%s)", msg_id, sig.name, sig.name,
                             _HANDLER_USE.get(sig, "it stops with it when idle"))
+
+    def _take_back_recursion_limit(self, msg_id):
+        """Raise the recursion limit to MIN_RECURSION_LIMIT where request `msg_id` left it
+        lower, saying so (after: logging needs some); a higher one it set is kept."""
+        low = sys.getrecursionlimit()
+        if low < MIN_RECURSION_LIMIT:
+            sys.setrecursionlimit(MIN_RECURSION_LIMIT)
+            log.warning("request %s set the recursion limit to %d, too low for the engine's "
+                        "own code: raised to %d", msg_id, low, MIN_RECURSION_LIMIT)
 
     def _take_back_std_fds(self, msg_id):
         """Open the engine's stdout and stderr (fds 1 and 2) again where request `msg_id`

@@ -12,6 +12,7 @@ right; the run ends with as many engines as it started with.
 import collections
 import contextlib
 import ctypes
+import operator
 import os
 import random
 import signal
@@ -1517,3 +1518,31 @@ def test_a_task_that_prints_near_its_memory_limit_ends_no_engine(local_cluster, 
     finally:
         rc[eid].apply_sync(_limit_memory, None)
     assert engine.poll() is None
+
+
+def _lower_recursion_limit(slack):
+    """Set the recursion limit `slack` frames above this call's depth (runs on the engine)."""
+    import inspect
+
+    sys.setrecursionlimit(len(inspect.stack(0)) + slack)
+    return sys.getrecursionlimit()
+
+
+def test_a_task_that_lowers_the_recursion_limit_leaves_the_engine_enough(local_cluster):
+    """A task that set the recursion limit a few frames above its own depth (a
+    sys.setrecursionlimit(20)) ended its engine: the engine's code after it (putting back
+    signal handlers, reporting) raised RecursionError, and the request was lost. The engine
+    now raises the limit back to MIN_RECURSION_LIMIT after such a task, saying so; a higher
+    limit a task sets is kept for the next ones."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    eid, = rc.wait_for_engines(1, START_TIMEOUT_S)
+    for view in (rc[eid], rc.load_balanced_view()):
+        low = view.apply_async(_lower_recursion_limit, 3).get(START_TIMEOUT_S)
+        assert view.apply_async(sys.getrecursionlimit).get(START_TIMEOUT_S) == 200 > low
+        with pytest.raises(ZeroDivisionError):
+            view.apply_async(operator.truediv, 1, 0).get(START_TIMEOUT_S)
+    assert f"set the recursion limit to {low}, too low for the engine's own code: raised " \
+        "to 200" in local_cluster.output("engine0")
+    rc[eid].apply_sync(sys.setrecursionlimit, 5000)
+    assert rc[eid].apply_sync(sys.getrecursionlimit) == 5000 and engine.poll() is None
