@@ -133,6 +133,9 @@ class Capture(io.TextIOBase):
     request, as a file: the next request gets it open."""
 
     closed = False   # this request's (see close), not io's, which no request could undo
+    # io's None failed code that reads it (sys.stdout.encoding.lower(), codecs.getwriter):
+    # the text travels to the client as UTF-8, and an IPython kernel's says so too
+    encoding = "utf-8"
 
     def __init__(self, name, streamer):
         self.name = name
@@ -141,6 +144,12 @@ class Capture(io.TextIOBase):
 
     def writable(self):
         return True
+
+    @property
+    def buffer(self):   # none, as on an IPython kernel (hasattr is False), but saying why
+        raise AttributeError(f"a task's sys.{self.name} on an engine has no buffer: it takes "
+                             f"text, sent to its client; write str (bytes.decode()) to sys."
+                             f"{self.name}, or bytes to a file")
 
     def close(self):
         # io's close() lasted the engine's life: every later request's flush (print(...,

@@ -1546,3 +1546,29 @@ def test_a_task_that_lowers_the_recursion_limit_leaves_the_engine_enough(local_c
         "to 200" in local_cluster.output("engine0")
     rc[eid].apply_sync(sys.setrecursionlimit, 5000)
     assert rc[eid].apply_sync(sys.getrecursionlimit) == 5000 and engine.poll() is None
+
+
+def _write_bytes_through_stdout():
+    """What code that writes bytes to sys.stdout finds there (runs on the engine)."""
+    sys.stdout.write("café\n".encode().decode(sys.stdout.encoding))   # as a program's output
+    try:
+        sys.stdout.buffer.write(b"raw\n")
+    except AttributeError as e:
+        return sys.stdout.encoding, hasattr(sys.stdout, "buffer"), str(e)
+
+
+def test_a_tasks_stdout_names_its_encoding_and_says_it_has_no_buffer(local_cluster):
+    """A task's sys.stdout had encoding None (io's default), so code that reads it
+    (sys.stdout.encoding.lower(), a program's output decoded with it) failed with a
+    TypeError or AttributeError about None; and sys.stdout.buffer was an AttributeError
+    naming the engine's class. It is now UTF-8, what the text travels as, and the missing
+    buffer says what to write instead (hasattr is still False, as on an IPython kernel)."""
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    eid, = rc.wait_for_engines(1, START_TIMEOUT_S)
+    for view in (rc[eid], rc.load_balanced_view()):
+        ar = view.apply_async(_write_bytes_through_stdout)
+        assert ar.get(START_TIMEOUT_S) == (
+            "utf-8", False, "a task's sys.stdout on an engine has no buffer: it takes text, "
+            "sent to its client; write str (bytes.decode()) to sys.stdout, or bytes to a file")
+        assert ar.stdout == "café\n"
