@@ -69,6 +69,7 @@ import collections
 import contextlib
 import ctypes
 import faulthandler
+import getpass
 import linecache
 import logging
 import os
@@ -306,6 +307,10 @@ class Engine:
             with contextlib.suppress(OSError):   # closed from the start: none to put back
                 self._std_fds[fd] = os.dup(fd)
         builtins.input = _no_input   # for the requests, from here on
+        getpass.getpass = _no_getpass
+        # a task reading sys.stdin finds its end, as under a launcher, where in a terminal (or
+        # with a pipe left open) it waited, silently, for a line typed there
+        sys.stdin = open(os.devnull)
         builtins.display = datapub.display   # as an IPython kernel's
         self.ctx = zmq.Context()
         self._outbox_addr = f"inproc://outbox-{id(self)}"
@@ -1393,12 +1398,18 @@ def _watch_alarm():
     faulthandler.register(signal.SIGALRM, file=sys.__stderr__, all_threads=True, chain=True)
 
 
-def _no_input(prompt=""):
+def _no_input(prompt="", *, what="input"):
     """A request's input(): no one can answer it. It read the engine's own stdin, empty
     under a launcher, or in a terminal waited silently (its prompt went to the client)
     for a line typed there. It fails at once, as on ipyparallel's engines."""
-    raise EOFError(f"input({prompt!r}) on an engine: no one can answer it (a task's stdin "
+    raise EOFError(f"{what}({prompt!r}) on an engine: no one can answer it (a task's stdin "
                    "is not its client's); pass what the task needs as an argument")
+
+
+def _no_getpass(prompt="Password: ", stream=None):
+    """A request's getpass.getpass(): as input(), no one can answer it. It prompted at the
+    engine's terminal (/dev/tty) and waited there, silently for the task's client."""
+    _no_input(prompt, what="getpass")
 
 
 def _stop_waiting(signum, frame):

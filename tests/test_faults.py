@@ -880,6 +880,38 @@ def test_input_in_a_task_fails_at_once_rather_than_wait_for_the_engines_terminal
     assert rc[eid].apply_sync(abs, -1) == 1 and engine.poll() is None
 
 
+def _read_stdin_then_getpass():
+    """Read a line of sys.stdin, then ask getpass for a secret (runs on the engine)."""
+    import getpass
+
+    line = sys.stdin.readline()
+    try:
+        getpass.getpass("secret? ")
+    except EOFError as e:
+        return line, str(e)
+
+
+def test_reading_stdin_or_getpass_in_a_task_never_waits_for_the_engines_terminal(
+        local_cluster):
+    """As input() did: a task that read sys.stdin (or called getpass.getpass, which prompts at
+    the engine's terminal, else reads its stdin) waited, silently, for a line typed at the
+    engine's terminal (here a pipe kept open), until aborted. Now stdin is at its end, as
+    under a launcher, and getpass fails at once saying why; the engine serves on."""
+    engine = subprocess.Popen([sys.executable, "-m", "minipar.engine", "--file",
+                               local_cluster.engine_file], stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=_env(), cwd=ROOT)
+    local_cluster.procs.append(engine)
+    rc = local_cluster.client()
+    (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
+    for view in (rc[eid], rc.load_balanced_view()):
+        line, said = view.apply_async(_read_stdin_then_getpass).get(10)
+        assert line == "" and said == (
+            "getpass('secret? ') on an engine: no one can answer it (a task's stdin is not its "
+            "client's); pass what the task needs as an argument")
+    assert rc[eid].apply_sync(abs, -1) == 1 and engine.poll() is None
+
+
 def test_a_task_that_calls_sys_exit_says_so_and_its_engine_stays_up(local_cluster):
     """sys.exit in a task was reported as ``SystemExit:`` with no text (its code, often
     none); its error now says what the task did, keeping ename, and the engine serves on."""
