@@ -1087,7 +1087,7 @@ class Engine:
 
     def _take_back_recursion_limit(self, msg_id):
         """Raise the recursion limit to MIN_RECURSION_LIMIT where request `msg_id` left it
-        lower, saying so (after: logging needs some); a higher one it set is kept."""
+        lower, then say so (logging needs the frames); a higher one it set is kept."""
         low = sys.getrecursionlimit()
         if low < MIN_RECURSION_LIMIT:
             sys.setrecursionlimit(MIN_RECURSION_LIMIT)
@@ -1143,7 +1143,7 @@ class Engine:
                 f"max_message_size of {self.session.max_message_size}: return (or print) "
                 "less, e.g. save large results to a file, or raise --max-message-size")
         if frames is None:
-            # the controller would refuse it and the request would never end: say why instead
+            # refused by the controller, or never made, the request would never end: say why
             remote = errors.wrap(exc, {"engine_id": self.id, "msg_id": header["msg_id"],
                                        "kind": header["kind"]})
             for name in ("stdout", "stderr"):   # keep the tail of what it printed
