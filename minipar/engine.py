@@ -308,9 +308,12 @@ class Engine:
                 self._std_fds[fd] = os.dup(fd)
         builtins.input = _no_input   # for the requests, from here on
         getpass.getpass = _no_getpass
-        # a task reading sys.stdin finds its end, as under a launcher, where in a terminal (or
-        # with a pipe left open) it waited, silently, for a line typed there
-        sys.stdin = open(os.devnull)
+        # a task reading stdin (sys.stdin, a program it runs) finds its end, as under a launcher,
+        # where in a terminal (or with a pipe left open) it waited, silently, for a line typed there
+        null = os.open(os.devnull, os.O_RDONLY)
+        if null != 0:   # 0 if it had none: that is it
+            os.dup2(null, 0)
+            os.close(null)
         builtins.display = datapub.display   # as an IPython kernel's
         self.ctx = zmq.Context()
         self._outbox_addr = f"inproc://outbox-{id(self)}"

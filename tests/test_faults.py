@@ -881,22 +881,25 @@ def test_input_in_a_task_fails_at_once_rather_than_wait_for_the_engines_terminal
 
 
 def _read_stdin_then_getpass():
-    """Read a line of sys.stdin, then ask getpass for a secret (runs on the engine)."""
+    """Read a line of sys.stdin, run a program that reads its stdin, then ask getpass for a
+    secret (runs on the engine)."""
     import getpass
 
     line = sys.stdin.readline()
+    catted = subprocess.run(["cat"], capture_output=True, timeout=START_TIMEOUT_S).stdout
     try:
         getpass.getpass("secret? ")
     except EOFError as e:
-        return line, str(e)
+        return line, catted, str(e)
 
 
 def test_reading_stdin_or_getpass_in_a_task_never_waits_for_the_engines_terminal(
         local_cluster):
-    """As input() did: a task that read sys.stdin (or called getpass.getpass, which prompts at
-    the engine's terminal, else reads its stdin) waited, silently, for a line typed at the
-    engine's terminal (here a pipe kept open), until aborted. Now stdin is at its end, as
-    under a launcher, and getpass fails at once saying why; the engine serves on."""
+    """As input() did: a task that read sys.stdin (or ran a program that reads its stdin, or
+    called getpass.getpass, which prompts at the engine's terminal, else reads its stdin)
+    waited, silently, for a line typed at the engine's terminal (here a pipe kept open),
+    until aborted. Now stdin is at its end, as under a launcher, and getpass fails at once
+    saying why; the engine serves on."""
     engine = subprocess.Popen([sys.executable, "-m", "minipar.engine", "--file",
                                local_cluster.engine_file], stdin=subprocess.PIPE,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -905,8 +908,8 @@ def test_reading_stdin_or_getpass_in_a_task_never_waits_for_the_engines_terminal
     rc = local_cluster.client()
     (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
     for view in (rc[eid], rc.load_balanced_view()):
-        line, said = view.apply_async(_read_stdin_then_getpass).get(10)
-        assert line == "" and said == (
+        line, catted, said = view.apply_async(_read_stdin_then_getpass).get(START_TIMEOUT_S)
+        assert line == "" and catted == b"" and said == (
             "getpass('secret? ') on an engine: no one can answer it (a task's stdin is not its "
             "client's); pass what the task needs as an argument")
     assert rc[eid].apply_sync(abs, -1) == 1 and engine.poll() is None
