@@ -427,8 +427,8 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         except Exception as e:   # where, as an engine's own error says it
             kind = {reply: kind for kind, reply in protocol.REPLY.items()}.get(header.get("kind"))
             return f.set_exception(errors.error("SerializationError",
-                f"could not unpickle the result of {f.msg_id}: {type(e).__name__}: {e}; is "
-                "the module that defines it importable here?"
+                f"could not unpickle the result of {f.msg_id}: {type(e).__name__}: {e}; "
+                f"{errors.unpickling_hint(e)}"
                 f"{protocol.version_skew(md['engine_id'], self._engines, ' ')}",
                 {"engine_id": md["engine_id"], "msg_id": f.msg_id, "kind": kind}))
         if header.get("status") == protocol.OK:

@@ -1,7 +1,7 @@
 """publish_data: a running task sends data to its client while it runs (ipyparallel's
 ``datapub``)::
 
-    task on an engine ── publish_data({'step': i}) ──▶ the engine's _Streamer
+    task on an engine ── publish_data({'step': i}) ──▶ the engine's Streamer
         receiver thread, every STREAM_INTERVAL_S ── stream (name "data") ──▶ controller
         ──▶ client: ar.data (that request's metadata['data']) is updated with it
 
@@ -10,18 +10,23 @@ result is in, also for a client that asks for the result later. The engine impor
 module (it imports nothing from the client), sets ``_publish`` and ``_shell``, and makes
 ``display`` a builtin, as on ipyparallel's engines (IPython kernels). It runs an
 execute's code here too (run_cell), as such a kernel shows a cell: the value of its last
-expression comes back as the reply's execute_result, ``Out[engine:n]`` in %px.
+expression comes back as the reply's execute_result, ``Out[engine:n]`` in %px. What a
+task prints goes to a ``Capture``, the engine's sys.stdout and sys.stderr while it runs,
+which hands it to that Streamer too (``stream`` messages, names "stdout", "stderr").
 """
 
 import ast
 import contextlib
+import io
 import sys
+import threading
 
 # An execute's result (%px's Out[engine:n]) is cut to this many characters of text, so its
 # reply stays small whatever the repr; 10,000..1,000,000 is reasonable.
 EXECUTE_RESULT_CHARS = 100_000
+OUTPUT_TAIL_CHARS = 10_000   # what is kept of output the engine had no memory to send whole
 
-_publish = None   # set by the engine: its _Streamer.publish_data
+_publish = None   # set by the engine: its Streamer.publish_data
 _shell = None     # set by the engine: its InteractiveShell, made at the first call
 _under = None     # the value run_cell last bound to `_`: a `_` the code bound is kept
 
@@ -49,6 +54,148 @@ def display(*objs, **kwargs):
         return print(*map(repr, objs), sep="\n")
     _shell()   # without a shell, IPython's display prints str(x): hi, not 'hi'
     display(*objs, **kwargs)
+
+
+class Streamer:
+    """The running request's new output and published data (one for the engine's life),
+    collected from whatever thread prints it and sent by the engine's receiver thread as
+    ``stream`` messages every STREAM_INTERVAL_S (minipar.engine's).
+
+    The receiver sends, not the printing thread: the main thread may compute for a minute
+    after printing a line, and other threads print too. The reply carries the whole
+    output anyway, so text pending when the request ends is dropped, not sent."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.parent = None      # msg_id of the request whose output this is
+        self._pending = []      # [(name, text)] not yet sent
+        self.data = {}          # what the request published (datapub), all of it
+        self._new_data = {}     # ... and the part not yet sent
+
+    def start(self, parent):
+        with self._lock:
+            self.parent, self._pending = parent, []
+
+    def stop(self):
+        """End the request's streaming; returns all the data it published."""
+        with self._lock:
+            self.parent, self._pending = None, []
+            data, self.data, self._new_data = self.data, {}, {}
+        return data
+
+    def publish_data(self, data):
+        # any thread of the running request (datapub.publish_data)
+        with self._lock:
+            if self.parent is None:
+                raise RuntimeError("publish_data was called while no task runs on this "
+                                   "engine: call it from inside a task")
+            self.data.update(data)
+            self._new_data.update(data)
+
+    def take_data(self):
+        """(parent, data published since the last call), or None."""
+        with self._lock:
+            if not self._new_data:
+                return None
+            data, self._new_data = self._new_data, {}
+            return self.parent, data
+
+    def add(self, name, text):
+        with self._lock:
+            if self.parent is not None:
+                self._pending.append((name, text))
+
+    def take(self):
+        """(parent, {name: text}) of the output not yet sent, or None."""
+        with self._lock:
+            if not self._pending:
+                return None
+            pending, parent, self._pending = self._pending, self.parent, []
+        # joined once: adding each write to a string copies the text so far each time, which
+        # for a task printing 100,000 lines held this thread (and with it streaming, aborts,
+        # time limits and shutdown) for minutes
+        pieces = {}
+        for name, text in pending:
+            pieces.setdefault(name, []).append(text)
+        try:
+            return parent, {name: "".join(texts) for name, texts in pieces.items()}
+        except MemoryError:   # not sent meanwhile (the reply has its end): this thread died of
+            return None       # it, and with it aborts, time limits and shutdown (RLIMIT_AS)
+
+
+class Capture(io.TextIOBase):
+    """The engine's stdout or stderr for requests (`name`): one object each for the engine's
+    life, as an IPython kernel's, so what holds on to it (the handler of a task's
+    logging.basicConfig, a thread a task left) writes to the request running at the time.
+    While one runs, what is written is kept whole for its reply and handed to the `streamer`
+    (the engine's Streamer) so the client sees it meanwhile; between requests it goes to
+    the engine's own stream (its log). A task that closes it closes it for the rest of its
+    request, as a file: the next request gets it open."""
+
+    closed = False   # this request's (see close), not io's, which no request could undo
+    # io's None failed code that reads it (sys.stdout.encoding.lower(), codecs.getwriter):
+    # the text travels to the client as UTF-8, and an IPython kernel's says so too
+    encoding = "utf-8"
+
+    def __init__(self, name, streamer):
+        self.name = name
+        self.parts = None   # the running request's, else None
+        self._streamer = streamer
+
+    def writable(self):
+        return True
+
+    @property
+    def buffer(self):   # none, as on an IPython kernel (hasattr is False), but saying why
+        raise AttributeError(f"a task's sys.{self.name} on an engine has no buffer: it takes "
+                             f"text, sent to its client; write str (bytes.decode()) to sys."
+                             f"{self.name}, or bytes to a file")
+
+    def close(self):
+        # io's close() lasted the engine's life: every later request's flush (print(...,
+        # flush=True), logging's) raised ValueError, "I/O operation on closed file."
+        self.closed = True
+
+    def flush(self):
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
+
+    def write(self, s):
+        if not isinstance(s, str):   # as a real text stream: this task's error, raised here,
+            # not a TypeError later in the engine's own join, which ended the engine
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
+        parts = self.parts
+        if parts is None:
+            return getattr(sys, f"__{self.name}__").write(s)
+        parts.append(s)
+        if s:
+            self._streamer.add(self.name, s)
+        return len(s)
+
+    def start(self):
+        self.parts = []
+
+    def stop(self):
+        """End the request's capture (open again, if it closed it); returns all it wrote."""
+        parts, self.parts, self.closed = self.parts, None, False
+        try:
+            return "".join(parts)
+        except MemoryError:   # a task near its memory limit (RLIMIT_AS) that printed 100 MB:
+            return _tail(parts, OUTPUT_TAIL_CHARS)   # its engine died of it, its request lost
+
+
+def _tail(parts, n):
+    """The last `n` characters of the text in `parts`, said to be that, joined without
+    joining the rest (for which memory was short)."""
+    tail = []
+    for part in reversed(parts):
+        tail.append(part[-(n - sum(map(len, tail))):])
+        if sum(map(len, tail)) >= n:
+            break
+    return (f"[the engine was short of memory for the {sum(map(len, parts))} characters this "
+            f"task wrote here; the last {n}:]\n" + "".join(reversed(tail)))
 
 
 def compile_cell(code, name, silent):

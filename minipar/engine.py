@@ -21,7 +21,7 @@ when it comes up; the controller queued it again, for another engine (direct one
 ``behind`` the oldest: failed). The engine registers with ``take_back``: an older one, which would
 read a take-back as an abort, is never sent one. Every STREAM_INTERVAL_S the receiver sends what the
 running request printed or published (``datapub.publish_data``) as ``stream`` messages
-(``_Streamer``), and ``started`` for one still running (its future is running()). Every
+(``datapub.Streamer``), and ``started`` for one still running (its future is running()). Every
 USAGE_PERIOD_S it sends ``usage`` (CPU time, memory, running request) for rc.status and minipar.top.
 
 Startup: --startup-script, then --startup-command, run before the engine connects; one
@@ -69,7 +69,7 @@ import collections
 import contextlib
 import ctypes
 import faulthandler
-import io
+import getpass
 import linecache
 import logging
 import os
@@ -138,6 +138,10 @@ USAGE_PERIOD_S = 1.0
 # How long a stopped engine waits for threads that tasks started (not daemon) to end
 # before it exits without them; 0.5..10 is reasonable.
 THREADS_GRACE_S = 2.0
+# The lowest recursion limit the engine's own code runs under after a request: one that a
+# task set lower (sys.setrecursionlimit(20)) ended the engine with a RecursionError in it,
+# reporting the task. 100..1000 is reasonable (Python's default is 1000).
+MIN_RECURSION_LIMIT = 200
 
 _MISSING = object()
 _REFERENCE = dependency.Reference
@@ -217,105 +221,6 @@ _Interruption = collections.namedtuple("_Interruption", "msg_id reason sent")
 _Registration = collections.namedtuple("_Registration", "msg_id since")
 
 
-class _Capture(io.TextIOBase):
-    """The engine's stdout or stderr for requests: one object each for the engine's life, as an
-    IPython kernel's, so what holds on to it (the handler of a task's logging.basicConfig, a
-    thread a task left) writes to the request running at the time. While one runs, what is
-    written is kept whole for its reply and handed to the `streamer` so the client sees it
-    meanwhile; between requests it goes to the engine's own stream (its log)."""
-
-    def __init__(self, name, streamer):
-        self.name = name
-        self.parts = None   # the running request's, else None
-        self._streamer = streamer
-
-    def writable(self):
-        return True
-
-    def write(self, s):
-        if not isinstance(s, str):   # as a real text stream: this task's error, raised here,
-            # not a TypeError later in the engine's own join, which ended the engine
-            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
-        parts = self.parts
-        if parts is None:
-            return getattr(sys, f"__{self.name}__").write(s)
-        parts.append(s)
-        if s:
-            self._streamer.add(self.name, s)
-        return len(s)
-
-    def start(self):
-        self.parts = []
-
-    def stop(self):
-        """End the request's capture; returns all it wrote."""
-        parts, self.parts = self.parts, None
-        return "".join(parts)
-
-
-class _Streamer:
-    """The running request's new output, collected from whatever thread prints it and
-    sent by the receiver thread as ``stream`` messages every STREAM_INTERVAL_S.
-
-    The receiver sends, not the printing thread: the main thread may compute for a minute
-    after printing a line, and other threads print too. The reply carries the whole
-    output anyway, so text pending when the request ends is dropped, not sent."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.parent = None      # msg_id of the request whose output this is
-        self._pending = []      # [(name, text)] not yet sent
-        self.data = {}          # what the request published (datapub), all of it
-        self._new_data = {}     # ... and the part not yet sent
-
-    def start(self, parent):
-        with self._lock:
-            self.parent, self._pending = parent, []
-
-    def stop(self):
-        """End the request's streaming; returns all the data it published."""
-        with self._lock:
-            self.parent, self._pending = None, []
-            data, self.data, self._new_data = self.data, {}, {}
-        return data
-
-    def publish_data(self, data):
-        # any thread of the running request (datapub.publish_data)
-        with self._lock:
-            if self.parent is None:
-                raise RuntimeError("publish_data was called while no task runs on this "
-                                   "engine: call it from inside a task")
-            self.data.update(data)
-            self._new_data.update(data)
-
-    def take_data(self):
-        """(parent, data published since the last call), or None."""
-        with self._lock:
-            if not self._new_data:
-                return None
-            data, self._new_data = self._new_data, {}
-            return self.parent, data
-
-    def add(self, name, text):
-        with self._lock:
-            if self.parent is not None:
-                self._pending.append((name, text))
-
-    def take(self):
-        """(parent, {name: text}) of the output not yet sent, or None."""
-        with self._lock:
-            if not self._pending:
-                return None
-            pending, parent, self._pending = self._pending, self.parent, []
-        # joined once: adding each write to a string copies the text so far each time, which
-        # for a task printing 100,000 lines held this thread (and with it streaming, aborts,
-        # time limits and shutdown) for minutes
-        pieces = {}
-        for name, text in pending:
-            pieces.setdefault(name, []).append(text)
-        return parent, {name: "".join(texts) for name, texts in pieces.items()}
-
-
 class Engine:
     def __init__(self, info, work_dir=None, startup_script=None, startup_command=None,
                  registration_timeout=REGISTRATION_TIMEOUT_S,
@@ -355,8 +260,9 @@ class Engine:
         self._lock = threading.RLock()
         self._stopping, self._stopped_at = False, None   # since time.monotonic()
         self._ctrl_c = False        # a Ctrl-C at its terminal interrupted a request
-        self._streamer = _Streamer()
-        self._stdout, self._stderr = (_Capture(n, self._streamer) for n in ("stdout", "stderr"))
+        self._streamer = datapub.Streamer()
+        self._stdout, self._stderr = (datapub.Capture(n, self._streamer)
+                                      for n in ("stdout", "stderr"))
         datapub._publish = self._streamer.publish_data
         datapub._shell = self._shell
         self._told_started = None   # the running request the receiver sent `started` for
@@ -396,7 +302,18 @@ class Engine:
         # before any socket: the controller never lists (nor sends work to) an engine
         # whose startup fails, and what the script sets in `properties` is registered
         self._call_leaving_if_forked("the startup script", self._run_startup)
+        self._std_fds = {}   # copies of its stdout and stderr (fds 1, 2: its log), see _run
+        for fd in (1, 2):
+            with contextlib.suppress(OSError):   # closed from the start: none to put back
+                self._std_fds[fd] = os.dup(fd)
         builtins.input = _no_input   # for the requests, from here on
+        getpass.getpass = _no_getpass
+        # a task reading stdin (sys.stdin, a program it runs) finds its end, as under a launcher,
+        # where in a terminal (or with a pipe left open) it waited, silently, for a line typed there
+        null = os.open(os.devnull, os.O_RDONLY)
+        if null != 0:   # 0 if it had none: that is it
+            os.dup2(null, 0)
+            os.close(null)
         builtins.display = datapub.display   # as an IPython kernel's
         self.ctx = zmq.Context()
         self._outbox_addr = f"inproc://outbox-{id(self)}"
@@ -1090,10 +1007,12 @@ class Engine:
             with self._lock:
                 self._interrupt = None
                 self._withdraw_raised()   # again, had a signal handler cut the above short
+            self._take_back_recursion_limit(msg_id)   # first: what follows needs some
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
             stdout, stderr = self._stdout.stop(), self._stderr.stop()
             data = self._streamer.stop()  # the reply carries the whole output and data
             self._take_back_signals(msg_id)
+            self._take_back_std_fds(msg_id)
         if properties.changed:  # before the reply: the controller knows them when it arrives
             self._send_properties()
         meta = {"started": started, "completed": time.time(), "stdout": stdout,
@@ -1169,6 +1088,29 @@ class Engine:
                             "%s to the engine (%s)", msg_id, sig.name, sig.name,
                             _HANDLER_USE.get(sig, "it stops with it when idle"))
 
+    def _take_back_recursion_limit(self, msg_id):
+        """Raise the recursion limit to MIN_RECURSION_LIMIT where request `msg_id` left it
+        lower, then say so (logging needs the frames); a higher one it set is kept."""
+        low = sys.getrecursionlimit()
+        if low < MIN_RECURSION_LIMIT:
+            sys.setrecursionlimit(MIN_RECURSION_LIMIT)
+            log.warning("request %s set the recursion limit to %d, too low for the engine's "
+                        "own code: raised to %d", msg_id, low, MIN_RECURSION_LIMIT)
+
+    def _take_back_std_fds(self, msg_id):
+        """Open the engine's stdout and stderr (fds 1 and 2) again where request `msg_id`
+        closed them (os.close(2)): the next file a task opened took that number, and the
+        engine's log lines (faulthandler's report of a crash too) went into it."""
+        for fd, copy in self._std_fds.items():
+            try:
+                os.fstat(fd)
+            except OSError:
+                os.dup2(copy, fd)
+                name = ("stdout", "stderr")[fd - 1]
+                log.warning("request %s closed the engine's %s (fd %d): opened again; to "
+                            "silence output, redirect it rather than close it (contextlib."
+                            "redirect_%s; os.dup2, then back)", msg_id, name, fd, name)
+
     def _reply_error(self, header, exc, status=protocol.ERROR, **meta):
         info = {"engine_id": self.id, "msg_id": header["msg_id"], "kind": header["kind"]}
         tb = exc.__traceback__
@@ -1189,15 +1131,22 @@ class Engine:
         # `attempt` tells the controller which try of a retried task this answers
         fields.update(parent=header["msg_id"], status=status, engine=self.id,
                       attempt=header.get("attempt", 0))
-        _, frames = self.session.msg(kind, parts, signed=False, **fields)
-        size = protocol.message_size(frames)
-        if size > self.session.max_message_size:
-            # the controller would refuse it and the request would never end: say why instead
+        try:
+            _, frames = self.session.msg(kind, parts, signed=False, **fields)
+            size = protocol.message_size(frames)
+        except MemoryError:   # a task left it little (RLIMIT_AS) and printed 100 MB: the
+            frames, exc = None, MemoryError(   # engine died of it, its request lost
+                f"the engine ran out of memory making the reply to {header['msg_id']}: "
+                "return (or print) less, e.g. save large results to a file, or give the "
+                "engine more memory")
+        if frames is not None and size > self.session.max_message_size:
             self.stats["oversized_replies"] += 1
-            exc = errors.SerializationError(
+            frames, exc = None, errors.SerializationError(
                 f"the reply to {header['msg_id']} is {size} bytes, above the cluster's "
                 f"max_message_size of {self.session.max_message_size}: return (or print) "
                 "less, e.g. save large results to a file, or raise --max-message-size")
+        if frames is None:
+            # refused by the controller, or never made, the request would never end: say why
             remote = errors.wrap(exc, {"engine_id": self.id, "msg_id": header["msg_id"],
                                        "kind": header["kind"]})
             for name in ("stdout", "stderr"):   # keep the tail of what it printed
@@ -1452,12 +1401,18 @@ def _watch_alarm():
     faulthandler.register(signal.SIGALRM, file=sys.__stderr__, all_threads=True, chain=True)
 
 
-def _no_input(prompt=""):
+def _no_input(prompt="", *, what="input"):
     """A request's input(): no one can answer it. It read the engine's own stdin, empty
     under a launcher, or in a terminal waited silently (its prompt went to the client)
     for a line typed there. It fails at once, as on ipyparallel's engines."""
-    raise EOFError(f"input({prompt!r}) on an engine: no one can answer it (a task's stdin "
+    raise EOFError(f"{what}({prompt!r}) on an engine: no one can answer it (a task's stdin "
                    "is not its client's); pass what the task needs as an argument")
+
+
+def _no_getpass(prompt="Password: ", stream=None):
+    """A request's getpass.getpass(): as input(), no one can answer it. It prompted at the
+    engine's terminal (/dev/tty) and waited there, silently for the task's client."""
+    _no_input(prompt, what="getpass")
 
 
 def _stop_waiting(signum, frame):

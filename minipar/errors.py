@@ -12,6 +12,10 @@ import builtins
 import traceback
 
 TimeoutError = builtins.TimeoutError
+# A remote traceback deeper than this (a recursion under a raised sys.setrecursionlimit) is
+# sent as its first and last frames: formatting all of a million took an engine 20 s and
+# 300 MB, and ended one short of memory. 100..10,000 is reasonable.
+TB_FRAMES_SHOWN = 1000
 
 
 class MiniparError(Exception):
@@ -165,11 +169,39 @@ def wrap(exc, engine_info=None):
     except BaseException:
         evalue = "<unprintable>"
     try:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    except BaseException:
-        tb = "".join(["Traceback (most recent call last):\n",
-                      *traceback.format_tb(exc.__traceback__), f"{type(exc).__name__}: {evalue}\n"])
+        tb = _traceback_text(exc)
+    except BaseException:   # its text raised: its frames, with the text said above
+        try:
+            tb = "".join(["Traceback (most recent call last):\n", *traceback.format_tb(
+                exc.__traceback__, TB_FRAMES_SHOWN), f"{type(exc).__name__}: {evalue}\n"])
+        except BaseException:   # its frames too (memory short, a loader's get_source that
+            tb = f"{type(exc).__name__}: {evalue}\n"   # raised): the task fails, not its engine
     return _rebuild(type(exc).__name__, evalue, tb, engine_info)
+
+
+def _traceback_text(exc):
+    """`exc`'s traceback as Python prints it; one deeper than TB_FRAMES_SHOWN keeps its first
+    and last TB_FRAMES_SHOWN // 2 frames, and says how many it leaves out between them."""
+    tb, half = exc.__traceback__, TB_FRAMES_SHOWN // 2
+    depth = sum(1 for _ in traceback.walk_tb(tb))
+    deep = depth > TB_FRAMES_SHOWN   # the limit bounds what it chains (__cause__...) too
+    te = traceback.TracebackException(type(exc), exc, tb, limit=half if deep else TB_FRAMES_SHOWN)
+    text, last = "".join(te.format()), "".join(te.format_exception_only())
+    if not deep or not text.endswith(last):
+        return text
+    for _ in range(depth - half):   # to the last frames: quicker than a negative limit
+        tb = tb.tb_next
+    return "".join([text[:-len(last)], f"  ... {depth - 2 * half} frames left out ...\n",
+                    *traceback.format_tb(tb), last])
+
+
+def unpickling_hint(exc):
+    """What to do about `exc`, raised here unpickling what a task made (its result, its
+    data): only a missing module or class is about what is importable here."""
+    if isinstance(exc, (ImportError, AttributeError)):
+        return "is the module that defines it importable here?"
+    return ("the code its class runs to unpickle (a __reduce__'s callable, __setstate__) raised "
+            "it here: return plain data (numbers, strings, lists, dicts) or fix that class")
 
 
 def error(ename, evalue, engine_info=None):

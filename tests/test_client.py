@@ -197,6 +197,29 @@ def test_a_function_of_a_module_only_the_client_has_says_what_to_do(local_cluste
         cloudpickle.unregister_pickle_by_value(only_here)
 
 
+def test_a_result_whose_unpickling_fails_here_says_what_to_do_about_that(rc):
+    """A result that fails to unpickle on the client was always blamed on a module not
+    importable here, also when its class's unpickling code raised (a __reduce__'s callable,
+    a __setstate__), which no install mends. The error now says which it was."""
+    def made(how):   # on the engine: a result that unpickles as how[0](*how[1])
+        class Made:
+            def __reduce__(self):
+                return how
+
+        return Made()
+
+    for view in (rc[rc.ids[0]], rc.load_balanced_view()):
+        with pytest.raises(minipar.SerializationError, match="ValueError: invalid literal .*; "
+                           "the code its class runs to unpickle .* raised it here: return "
+                           "plain data") as e:
+            view.apply_sync(made, (int, ("not a number",)))
+        assert "importable" not in str(e.value)
+        with pytest.raises(minipar.SerializationError, match="No module named 'only_on_engines"
+                           "'; is the module that defines it importable here"):
+            view.apply_sync(made, (__import__, ("only_on_engines",)))
+        assert view.apply_sync(operator.neg, 1) == -1
+
+
 def test_a_result_that_cannot_be_unpickled_here_names_its_engine(rc):
     def unreadable():   # as an object of a class that only the engine can import
         class Unreadable:

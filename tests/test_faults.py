@@ -12,6 +12,7 @@ right; the run ends with as many engines as it started with.
 import collections
 import contextlib
 import ctypes
+import operator
 import os
 import random
 import signal
@@ -22,7 +23,7 @@ import time
 
 import pytest
 
-from minipar import errors
+from minipar import errors, interactive
 from minipar.engine import INTERRUPT_SIGNAL
 from minipar.launcher import Cluster
 
@@ -879,6 +880,41 @@ def test_input_in_a_task_fails_at_once_rather_than_wait_for_the_engines_terminal
     assert rc[eid].apply_sync(abs, -1) == 1 and engine.poll() is None
 
 
+def _read_stdin_then_getpass():
+    """Read a line of sys.stdin, run a program that reads its stdin, then ask getpass for a
+    secret (runs on the engine)."""
+    import getpass
+
+    line = sys.stdin.readline()
+    catted = subprocess.run(["cat"], capture_output=True, timeout=START_TIMEOUT_S).stdout
+    try:
+        getpass.getpass("secret? ")
+    except EOFError as e:
+        return line, catted, str(e)
+
+
+def test_reading_stdin_or_getpass_in_a_task_never_waits_for_the_engines_terminal(
+        local_cluster):
+    """As input() did: a task that read sys.stdin (or ran a program that reads its stdin, or
+    called getpass.getpass, which prompts at the engine's terminal, else reads its stdin)
+    waited, silently, for a line typed at the engine's terminal (here a pipe kept open),
+    until aborted. Now stdin is at its end, as under a launcher, and getpass fails at once
+    saying why; the engine serves on."""
+    engine = subprocess.Popen([sys.executable, "-m", "minipar.engine", "--file",
+                               local_cluster.engine_file], stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=_env(), cwd=ROOT)
+    local_cluster.procs.append(engine)
+    rc = local_cluster.client()
+    (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
+    for view in (rc[eid], rc.load_balanced_view()):
+        line, catted, said = view.apply_async(_read_stdin_then_getpass).get(START_TIMEOUT_S)
+        assert line == "" and catted == b"" and said == (
+            "getpass('secret? ') on an engine: no one can answer it (a task's stdin is not its "
+            "client's); pass what the task needs as an argument")
+    assert rc[eid].apply_sync(abs, -1) == 1 and engine.poll() is None
+
+
 def test_a_task_that_calls_sys_exit_says_so_and_its_engine_stays_up(local_cluster):
     """sys.exit in a task was reported as ``SystemExit:`` with no text (its code, often
     none); its error now says what the task did, keeping ename, and the engine serves on."""
@@ -1336,3 +1372,238 @@ def _blocks(status, sig):
     with open(status) as f:
         mask = next(line.split()[1] for line in f if line.startswith("SigBlk:"))
     return bool(int(mask, 16) >> (sig - 1) & 1)
+
+
+def _raise_from(how):
+    """Raise an error (runs on the engine): "lost" from code whose module's loader lost
+    its source (formatting its traceback raises), "deep" at the bottom of a recursion
+    100,000 calls deep (under a recursion limit raised for it)."""
+    if how == "deep":
+        sys.setrecursionlimit(200_000)
+
+        def down(n):
+            if n:
+                return down(n - 1)
+            raise ValueError("at the bottom")
+        down(100_000)
+
+    class Loader:
+        def get_source(self, name):
+            raise RuntimeError("the loader lost its source")
+    ns = {"__name__": "gone", "__loader__": Loader()}
+    exec(compile("def f():\n    raise ValueError('the task failed')\n", "/nonexistent/gone.py",
+                 "exec"), ns)
+    ns["f"]()
+
+
+def test_a_task_error_whose_traceback_cannot_be_told_whole_fails_the_task_not_the_engine(
+        local_cluster):
+    """Reporting a task's error formats its traceback. Where that raised (a frame's module
+    whose loader raised in get_source, memory short: a MemoryError), the engine ended and
+    the task failed as an engine death; a recursion 100,000 deep was sent whole (a million
+    took the engine 20 s and 300 MB). The task now fails with its own error, its traceback
+    the first and last frames, and the engine serves on, through either view."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    eid, = rc.wait_for_engines(1, START_TIMEOUT_S)
+    for view in (rc[eid], rc.load_balanced_view()):
+        with pytest.raises(ValueError, match="the task failed"):
+            view.apply_async(_raise_from, "lost").get(START_TIMEOUT_S)
+        with pytest.raises(ValueError, match="at the bottom") as e:
+            view.apply_async(_raise_from, "deep").get(START_TIMEOUT_S)
+        tb = e.value.traceback
+        assert "in down\n" in tb and " frames left out ...\n" in tb, tb[-2000:]
+        assert tb.count("in down\n") < 20 and tb.endswith("ValueError: at the bottom\n")
+        assert view.apply_async(os.getpid).get(START_TIMEOUT_S) == engine.pid
+
+
+def _close_std_streams():
+    """Close sys.stdout and sys.stderr, as a task that cleans up too much (runs on the engine);
+    returns what a print after that raised."""
+    print("before the close")
+    sys.stdout.close()
+    sys.stderr.close()
+    try:
+        print("after the close")
+    except ValueError as e:
+        return str(e)
+
+
+def _print_flushed():
+    print("flushed", flush=True)
+    print("warned", file=sys.stderr, flush=True)
+    return sys.stdout.closed or sys.stderr.closed
+
+
+def test_a_task_that_closes_sys_stdout_closes_it_for_itself_not_the_engine(local_cluster):
+    """A task's sys.stdout and sys.stderr are one object each for the engine's life. One
+    that closed them closed them for good: every later request that flushed (print(...,
+    flush=True), logging) failed with ValueError, "I/O operation on closed file.", until
+    the engine was restarted. Closed now lasts the rest of that task, as for a file."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    eid, = rc.wait_for_engines(1, START_TIMEOUT_S)
+    for view in (rc[eid], rc.load_balanced_view()):
+        ar = view.apply_async(_close_std_streams)
+        assert ar.get(START_TIMEOUT_S) == "I/O operation on closed file."
+        assert ar.stdout == "before the close\n"
+        ar = view.apply_async(_print_flushed)
+        assert ar.get(START_TIMEOUT_S) is False
+        assert (ar.stdout, ar.stderr) == ("flushed\n", "warned\n")
+    assert engine.poll() is None
+
+
+def _std_fd_targets():
+    """What the engine's fds 1 and 2 point to (runs on the engine); None for a closed one."""
+    def target(fd):
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:
+            return None
+    return [target(1), target(2)]
+
+
+@interactive
+def _open_kept(path):
+    """Open `path` for writing, kept in the engine's namespace (runs there): its fd."""
+    global kept
+    kept = open(path, "w", buffering=1)
+    return kept.fileno()
+
+
+def test_a_task_that_closes_fd_1_or_2_leaves_the_engine_its_log(local_cluster, tmp_path):
+    """A task that closed fd 2 (or 1: os.close, to silence a library) left the engine without
+    its log, and worse: the next file a task opened took that number, and the engine's log
+    lines (and faulthandler's report of a crash) were written into the user's file. The
+    engine opens them again after such a task, saying so."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    eid, = rc.wait_for_engines(1, START_TIMEOUT_S)
+    log = str(local_cluster.log_dir / "engine0.log")
+    assert rc[eid].apply_sync(_std_fd_targets) == [log, log]
+    for fd in (1, 2):
+        for view in (rc[eid], rc.load_balanced_view()):
+            view.apply_async(os.close, fd).get(START_TIMEOUT_S)
+            assert view.apply_async(_std_fd_targets).get(START_TIMEOUT_S) == [log, log]
+    user_file = tmp_path / "user.txt"
+    rc[eid].apply_sync(os.close, 2)
+    assert rc[eid].apply_sync(_open_kept, str(user_file)) > 2
+    rc[eid].execute("import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)", block=True)
+    rc[eid].execute("kept.close()", block=True)   # the engine logged its SIGINT handler's return
+    assert user_file.read_text() == ""
+    out = local_cluster.output("engine0")
+    assert "replaced this engine's SIGINT handler: put back" in out
+    assert out.count("closed the engine's stderr (fd 2): opened again; to silence output, "
+                     "redirect it rather than close it") == 3, out
+    assert engine.poll() is None
+
+
+def _limit_memory(headroom_mb):
+    """Limit this engine's address space to what it uses plus `headroom_mb` (runs on the
+    engine: a task that sets RLIMIT_AS); with None, lift the limit."""
+    import resource
+
+    if headroom_mb is None:
+        return resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY,) * 2)
+    with open("/proc/self/status") as f:
+        used = int(f.read().split("VmSize:")[1].split()[0]) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (used + headroom_mb * 2**20, resource.RLIM_INFINITY))
+
+
+def _print_mb(mb, how):
+    """Print `mb` MB (runs on the engine): as two writes (print: the text, its newline), or
+    as one (write), which the engine need not join."""
+    text = "y" * (mb * 2**20)
+    print(text) if how == "print" else sys.stdout.write(text)
+    time.sleep(3 * 0.1)   # three of the engine's STREAM_INTERVAL_S: it streams the text
+    return "printed"
+
+
+@pytest.mark.parametrize("how", ["print", "write"])
+def test_a_task_that_prints_near_its_memory_limit_ends_no_engine(local_cluster, how):
+    """A task that left its engine little memory (RLIMIT_AS) and then printed 250 MB: the
+    engine met a MemoryError outside the task, joining that output for the reply (and to
+    stream it) or, written whole, packing it into the reply. The join for the reply and the
+    packing ended the engine (the request lost); the join for streaming ended its receiver
+    thread (aborts, time limits and shutdown no longer heard). Now the task gets the end of
+    its output, said to be that, or a MemoryError saying what to do, and the engine serves on."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    eid, = rc.wait_for_engines(1, START_TIMEOUT_S)
+    rc[eid].apply_sync(_limit_memory, 400)
+    try:
+        for view in (rc[eid], rc.load_balanced_view()):
+            ar = view.apply_async(_print_mb, 250, how)
+            if how == "write":
+                with pytest.raises(MemoryError, match="the engine ran out of memory making the "
+                                   "reply to .*: return \\(or print\\) less"):
+                    ar.get(START_TIMEOUT_S)
+                assert ar.stdout == "y" * 10_000
+            else:
+                assert ar.get(START_TIMEOUT_S) == "printed"
+                assert ar.stdout.startswith(f"[the engine was short of memory for the "
+                                            f"{250 * 2**20 + 1} characters this task wrote "
+                                            "here; the last 10000:]\n")
+                assert ar.stdout.endswith("y" * 9999 + "\n") and len(ar.stdout) < 11_000
+            sleeping = view.apply_async(time.sleep, 60)   # the receiver hears the abort
+            wait_until(lambda: sleeping.running(), START_TIMEOUT_S, "the sleep to start")
+            sleeping.abort()
+            with pytest.raises(errors.TaskAborted):
+                sleeping.get(START_TIMEOUT_S)
+    finally:
+        rc[eid].apply_sync(_limit_memory, None)
+    assert engine.poll() is None
+
+
+def _lower_recursion_limit(slack):
+    """Set the recursion limit `slack` frames above this call's depth (runs on the engine)."""
+    import inspect
+
+    sys.setrecursionlimit(len(inspect.stack(0)) + slack)
+    return sys.getrecursionlimit()
+
+
+def test_a_task_that_lowers_the_recursion_limit_leaves_the_engine_enough(local_cluster):
+    """A task that set the recursion limit a few frames above its own depth (a
+    sys.setrecursionlimit(20)) ended its engine: the engine's code after it (putting back
+    signal handlers, reporting) raised RecursionError, and the request was lost. The engine
+    now raises the limit back to MIN_RECURSION_LIMIT after such a task, saying so; a higher
+    limit a task sets is kept for the next ones."""
+    (engine,) = local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    eid, = rc.wait_for_engines(1, START_TIMEOUT_S)
+    for view in (rc[eid], rc.load_balanced_view()):
+        low = view.apply_async(_lower_recursion_limit, 3).get(START_TIMEOUT_S)
+        assert view.apply_async(sys.getrecursionlimit).get(START_TIMEOUT_S) == 200 > low
+        with pytest.raises(ZeroDivisionError):
+            view.apply_async(operator.truediv, 1, 0).get(START_TIMEOUT_S)
+    assert f"set the recursion limit to {low}, too low for the engine's own code: raised " \
+        "to 200" in local_cluster.output("engine0")
+    rc[eid].apply_sync(sys.setrecursionlimit, 5000)
+    assert rc[eid].apply_sync(sys.getrecursionlimit) == 5000 and engine.poll() is None
+
+
+def _write_bytes_through_stdout():
+    """What code that writes bytes to sys.stdout finds there (runs on the engine)."""
+    sys.stdout.write("café\n".encode().decode(sys.stdout.encoding))   # as a program's output
+    try:
+        sys.stdout.buffer.write(b"raw\n")
+    except AttributeError as e:
+        return sys.stdout.encoding, hasattr(sys.stdout, "buffer"), str(e)
+
+
+def test_a_tasks_stdout_names_its_encoding_and_says_it_has_no_buffer(local_cluster):
+    """A task's sys.stdout had encoding None (io's default), so code that reads it
+    (sys.stdout.encoding.lower(), a program's output decoded with it) failed with a
+    TypeError or AttributeError about None; and sys.stdout.buffer was an AttributeError
+    naming the engine's class. It is now UTF-8, what the text travels as, and the missing
+    buffer says what to write instead (hasattr is still False, as on an IPython kernel)."""
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    eid, = rc.wait_for_engines(1, START_TIMEOUT_S)
+    for view in (rc[eid], rc.load_balanced_view()):
+        ar = view.apply_async(_write_bytes_through_stdout)
+        assert ar.get(START_TIMEOUT_S) == (
+            "utf-8", False, "a task's sys.stdout on an engine has no buffer: it takes text, "
+            "sent to its client; write str (bytes.decode()) to sys.stdout, or bytes to a file")
+        assert ar.stdout == "café\n"
