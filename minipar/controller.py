@@ -573,8 +573,7 @@ class Controller:
         # it answered, as Tally counts its failures by id: one row in the monitor
         gone = self.tally.lost.pop(eid, None)
         self._before.pop(eid, None)   # back after a restart
-        engine = self.engines[eid] = {
-            "id": eid, "ident": ident, "pid": header.get("pid"),
+        engine = self.engines[eid] = {"id": eid, "ident": ident, "pid": header.get("pid"),
             "host": header.get("host"), "python": header.get("python"),
             "pidns": header.get("pidns"), "cloudpickle": header.get("cloudpickle"),
             "registered": time.time(), "log": header.get("log"),
@@ -879,8 +878,7 @@ class Controller:
             self._post(self.sockets["client"], (rec["client"],), wire)
 
     # what an engine sends besides replies (and REGISTER, see _on_engine), by kind
-    _engine_handlers = {
-        protocol.UNREGISTER: _on_unregister, protocol.STREAM: _on_stream,
+    _engine_handlers = {protocol.UNREGISTER: _on_unregister, protocol.STREAM: _on_stream,
         protocol.READY: _on_ready, protocol.ABORT_MARKED: _on_abort_marked,
         protocol.STARTED: _on_started, protocol.PROPERTIES_UPDATE: _on_properties_update,
         protocol.USAGE: _on_usage}
@@ -1580,11 +1578,13 @@ def main(argv=None):
         return 1
 
     def stop(signum, frame):
-        log.info("signal %d: stopping", signum)
+        log.info("%s: stopping", signal.Signals(signum).name)
         c._stop = True
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    # SIGHUP (its terminal closed) ended it as kill -9 does: files left, engines waiting
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        if sig != signal.SIGHUP or signal.getsignal(sig) != signal.SIG_IGN:   # nohup's: kept
+            signal.signal(sig, stop)
     # a young collection every 700 new objects (the default) walked the records in flight
     # every 100 tasks: 2.4 µs of a load-balanced task, 1.9 of a direct one; 1.2 and 0.5 so
     gc.set_threshold(GC_YOUNG_THRESHOLD)

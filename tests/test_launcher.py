@@ -988,6 +988,55 @@ def test_the_controller_says_where_its_connection_files_go_and_how_to_stop_it(pi
         minipar.Client(profile_dir=str(prof), timeout=0.1)
 
 
+def _ignore_sighup():   # as `nohup` does, in the child before it runs Python
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def test_closing_the_controllers_terminal_stops_it_as_ctrl_c_does(pids, tmp_path):
+    """SIGHUP, which a controller gets when the terminal it runs in is closed, ended it as
+    kill -9 does: no line in its log, its connection files left behind (stale), its
+    engines waiting out their heartbeats, a client's request failing only as the
+    controller's loss. It now stops as on Ctrl-C: said in its log, files removed, the
+    requests it held failed with TaskAborted, its engines stopped, status 0. Under
+    `nohup` (SIGHUP ignored) it runs on, as nohup promises."""
+    prof = str(tmp_path / "p")
+    ctl = subprocess.Popen([sys.executable, "-m", "minipar.controller", "--profile-dir", prof],
+                           env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+                           stdout=open(tmp_path / "controller.log", "wb"),
+                           stderr=subprocess.STDOUT)
+    pids.add(ctl.pid)
+    engine = subprocess.Popen([sys.executable, "-m", "minipar.engine", "--profile-dir", prof],
+                              env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pids.add(engine.pid)
+    rc = minipar.Client(profile_dir=prof, timeout=60)
+    try:
+        rc.wait_for_engines(1, 60)
+        ar = rc[rc.ids[0]].apply_async(time.sleep, 600)
+        wait_until(lambda: rc.queue_status()[rc.ids[0]]["queue"] == 1, 60, "the task sent")
+        ctl.send_signal(signal.SIGHUP)
+        assert ctl.wait(30) == 0
+        with pytest.raises(errors.TaskAborted, match="the controller stopped before request"):
+            ar.get(30)
+    finally:
+        rc.close()
+    assert "SIGHUP: stopping" in (tmp_path / "controller.log").read_text()
+    assert not os.path.exists(os.path.join(prof, "security", protocol.CLIENT_FILE))
+    assert engine.wait(30) == 0
+    nohup = subprocess.Popen([sys.executable, "-m", "minipar.controller", "--profile-dir",
+                              prof], env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             preexec_fn=_ignore_sighup)
+    pids.add(nohup.pid)
+    wait_until(lambda: os.path.exists(os.path.join(prof, "security", protocol.CLIENT_FILE)),
+               60, "the controller under nohup ready")
+    nohup.send_signal(signal.SIGHUP)
+    minipar.Client(profile_dir=prof, timeout=60).close()   # it answers: it runs on
+    assert nohup.poll() is None
+    nohup.terminate()
+    assert nohup.wait(30) == 0
+
+
 @pytest.mark.parametrize("role, options", [
     ("controller", ["--port", "--heartbeat-period", "--heartbeat-liveness",
                     "--max-message-size"]),
