@@ -137,11 +137,11 @@ def _kill(pid, sig):
 
 @contextlib.contextmanager
 def _signals_deferred():
-    """Hold a Ctrl-C (SIGINT; SIGTERM where Python handles it) until the block ends, then raise
-    it: one inside subprocess.Popen, after the fork, would lose the pid of a child that runs."""
+    """Hold a Ctrl-C (SIGINT; SIGTERM, SIGHUP where Python handles them) until the block ends,
+    then raise it: one inside subprocess.Popen, after the fork, would lose a running child's pid."""
     main = threading.current_thread() is threading.main_thread()   # the one running handlers
     held, handlers = [], {}
-    for sig in (signal.SIGINT, signal.SIGTERM) if main else ():
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if main else ():
         if callable(signal.getsignal(sig)):   # not SIG_DFL or SIG_IGN: Python code
             handlers[sig] = signal.signal(sig, lambda *args: held.append(args))
     try:
@@ -1401,9 +1401,11 @@ def _cmd_start(args):
                       controller_options=_json_option(args.controller_options),
                       engine_options=_json_option(args.engine_options),
                       shutdown_atexit=not args.daemonize)
-    # SIGTERM while starting stops what was started, as Ctrl-C does: a batch job still
-    # pending would outlive this process in the queue (only a local controller sees it end)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # SIGTERM and SIGHUP (its terminal closed; not nohup's) stop what was started, as Ctrl-C does:
+    # a batch job still pending would outlive this process (only a local controller sees it end)
+    hup = (signal.SIGHUP,) * (signal.getsignal(signal.SIGHUP) != signal.SIG_IGN)
+    for sig in (signal.SIGTERM, *hup):
+        signal.signal(sig, signal.default_int_handler)
     rc = cluster.start_and_connect_sync()
     # A SimpleQueue, whose put() may run in a signal handler: an Event's set() there hung
     # for good when the signal landed while the main thread held that Event's lock, in
@@ -1413,7 +1415,7 @@ def _cmd_start(args):
         # foreground, as ipcluster: run until Ctrl-C / SIGTERM, or until the controller
         # ends (a client's shutdown(hub=True), or `stop` from another process); handled
         # from before "ready" is printed, so a Ctrl-C right after it stops cleanly too
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, *hup):
             signal.signal(sig, lambda *_: done.put(None))
     n, pdir = len(rc.ids), cluster.profile_dir
     stop = f"python -m {_PKG}.launcher " + shlex.join(

@@ -1403,7 +1403,11 @@ def test_cli_args_for_the_controller_and_engines_may_follow_a_space(pids, tmp_pa
     assert "unrecognized arguments: --no-such-flag" in out.stderr
 
 
-def test_cli_foreground_start_stops_on_sigint(pids, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_cli_foreground_start_stops_on_sigint(pids, tmp_path, sig):
+    """Ctrl-C stops a cluster started in the foreground. So does SIGHUP (its terminal
+    closed), which ended the launcher at once: its controller, told --owner, stopped the
+    engines, but its cluster file was left (stale, in `list` until `clean`)."""
     prof = str(tmp_path / "p")
     env = dict(os.environ, PYTHONPATH=ROOT)
     p = subprocess.Popen([sys.executable, "-m", "minipar.launcher", "start", "-n", "1",
@@ -1418,13 +1422,14 @@ def test_cli_foreground_start_stops_on_sigint(pids, tmp_path):
         assert f"connect with minipar.Client(profile_dir={prof!r}); stop it with Ctrl-C" \
             in line, line
         pids.add_cluster(Cluster.from_file(profile_dir=prof))
-        p.send_signal(signal.SIGINT)
+        p.send_signal(sig)
         assert p.wait(60) == 0
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
     assert not [x for x in pids.pids if alive(x)]
+    assert launcher.cluster_files(profile_dir=prof) == []
 
 
 def test_cli_foreground_start_says_why_when_its_controller_is_killed(pids, tmp_path):
