@@ -842,6 +842,31 @@ def test_ipengine_and_ipcontroller_options_minipar_leaves_out_say_what_to_do():
         assert out.returncode == 2 and says in out.stderr, out.stderr
 
 
+def test_ipclusters_n_given_to_one_process_names_the_commands_that_take_it(tmp_path):
+    """`python -m minipar.controller --n 4` (ipcluster's spelling, to the wrong command) was
+    taken as --nodb, of which --n is a prefix, and refused with "unrecognized arguments: 4"
+    (`--n` alone ran a controller that keeps no records); `-n 4` to it or to an engine, and
+    `python -m minipar -n 4`, were refused without a word of the command that takes it. Each
+    now names it; no prefix of an option is taken for it (ipyparallel takes none)."""
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", *args, "--profile-dir", str(tmp_path)],
+                              env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=60)
+    for role, given in [("controller", ["--n", "4"]), ("controller", ["-n", "four"]),
+                        ("engine", ["-n", "4"]), ("engine", ["--n=4"])]:
+        out = run(f"minipar.{role}", *given)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert (f"error: {given[0]}: python -m minipar.{role} starts one process, not a "
+                "number of engines: `python -m minipar.launcher start -n 4` starts a controller "
+                "and 4 engines, `python -m minipar.launcher engines -n 4` adds") in out.stderr
+    for role, prefix in [("controller", "--heartbeat-p"), ("engine", "--time")]:
+        out = run(f"minipar.{role}", prefix, "0")
+        assert out.returncode == 2 and f"unrecognized arguments: {prefix} 0" in out.stderr
+    out = run("minipar", "-n", "4")
+    assert out.returncode == 2 and ("did you mean `python -m minipar.launcher start -n 4 "
+                                    "--profile-dir") in out.stderr, out.stderr
+
+
 def test_controller_nodb_runs_as_db_none(pids, tmp_path):
     """``ipcontroller --nodb`` (the starting document's backend without a database) starts a
     controller that keeps no records, as ``--db none``, where it was refused as a typo."""
