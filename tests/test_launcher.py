@@ -711,6 +711,22 @@ def test_a_folder_that_cannot_be_made_is_one_line_not_a_traceback(pids, tmp_path
     assert first.wait(30) == 0
 
 
+def test_a_connection_file_path_too_long_to_open_is_named_once(tmp_path):
+    """A profile folder whose name is longer than the file system takes (255 bytes): the
+    engine and the Client said "cannot read connection file P: [Errno 36] File name too
+    long: 'P'", the path (of hundreds of characters) twice. It is named once, with why."""
+    prof = str(tmp_path / ("x" * 300))
+    out = subprocess.run([sys.executable, "-m", "minipar.engine", "--profile-dir", prof],
+                         env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    said = f"cannot read connection file {prof}/security/{protocol.ENGINE_FILE}: File name too long"
+    assert said in out.stderr and out.stderr.count(prof) == 1, out.stderr
+    with pytest.raises(errors.ConnectionFileError) as e:
+        minipar.Client(profile_dir=prof, timeout=1)
+    assert str(e.value).count(prof) == 1 and "File name too long" in str(e.value), e.value
+
+
 def test_a_profile_name_that_is_a_path_says_to_use_profile_dir(pids, tmp_path, minipar_dir):
     """`--profile /data/run1` (meant as --profile-dir) started a controller in
     $MINIPAR_DIR/profile_/data/run1, and an engine given --profile-dir /data/run1 waited
