@@ -304,7 +304,9 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         url = protocol.url(self.info, "client")
         err = errors.MiniparError(f"lost the controller at {url}: {why}, so the outcome of this "
                                   f"request is unknown (submit it again). {then}")
-        self._gone = errors.MiniparError(f"the controller at {url} is gone: {why}. {then}")
+        with self._engines_changed:   # a wait_for_engines waiting on it raises self._gone now
+            self._gone = errors.MiniparError(f"the controller at {url} is gone: {why}. {then}")
+            self._engines_changed.notify_all()
         _fail(self, self._futures.values(), err)
         log.error("%s", err)
 
@@ -936,9 +938,8 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         ids = ([f.msg_id for f in self.pending_requests() if on is None or f._md["engine_id"] in on]
                if jobs is None or jobs == "all" else self._msg_ids(jobs))
         if (pending := _abort_ids(self, ids)) == 0:   # None in a done callback: not waited for
-            warnings.warn(f"nothing to abort: none of the {len(ids)} requests named is "
-                          "pending (finished already, or unknown to the controller)",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(f"nothing to abort: none of the {len(ids)} requests named is pending "
+                          "(finished already, or unknown to the controller)", RuntimeWarning, 2)
         return pending
 
     def _abort(self, msg_ids, queued_only=False):
@@ -1080,9 +1081,8 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
             self._io.join(5)
             if not self._io.is_alive():   # else stuck, or frozen at interpreter exit: its
                 self.ctx.destroy(linger=0)   # sockets would hold term() forever
-        _fail(self, self._futures.values(), RuntimeError(
-            "this Client was closed before the reply came; it may still run: get_result from a "
-            "new Client"))
+        _fail(self, self._futures.values(), RuntimeError("this Client was closed before the "
+            "reply came; it may still run: get_result from a new Client"))
 
     def __enter__(self):
         return self

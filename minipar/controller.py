@@ -1581,7 +1581,7 @@ def main(argv=None):
         log.info("%s: stopping", signal.Signals(signum).name)
         c._stop = True
 
-    # SIGHUP (its terminal closed) ended it as kill -9 does: files left, engines waiting
+    # SIGHUP, its terminal closed, too: its default action is kill -9's (files left, engines wait)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         if sig != signal.SIGHUP or signal.getsignal(sig) != signal.SIG_IGN:   # nohup's: kept
             signal.signal(sig, stop)

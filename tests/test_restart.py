@@ -637,6 +637,24 @@ def test_a_reuse_controller_started_over_one_without_is_waited_for_when_lost(loc
     assert "cannot come back" not in caplog.text, caplog.text
 
 
+def test_wait_for_engines_fails_once_its_controller_is_given_up(local_cluster):
+    """`rc.wait_for_engines(n)`, with no timeout (ipyparallel's default), waited for ever
+    once its client had given the controller up (killed, started without --reuse): nothing
+    woke it, though every other call then failed at once, saying so. It raises that too."""
+    rc = local_cluster.client(reconnect_timeout=600)
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        waiting = pool.submit(rc.wait_for_engines, 1)
+        wait_until(waiting.running, START_TIMEOUT_S, "wait_for_engines to be waiting")
+        local_cluster.controller.send_signal(signal.SIGKILL)
+        with pytest.raises(errors.MiniparError, match=r"is gone: its process \(pid \d+\) ended, "
+                           "started without --reuse: it cannot come back"):
+            waiting.result(START_TIMEOUT_S)
+    finally:
+        rc.close()   # wakes a wait_for_engines still waiting
+        pool.shutdown()
+
+
 def test_requests_given_up_with_their_controller_name_their_engines(local_cluster):
     """A multi-engine request's CompositeError, made in the client as it gave up on its
     controller, said ``[?:apply]`` for each engine, though the client had sent each copy
