@@ -17,12 +17,15 @@ then, in Python: import minipar; rc = minipar.Client()
 
 
 def _meant(args):
-    """The command that `python -m minipar top --once` (a space for the dot) or `python -m
-    minipar start -n 4` (the launcher's word) most likely meant, or None."""
+    """The command that `python -m minipar top --once` (a space for the dot), `python -m
+    minipar start -n 4` (the launcher's word) or `python -m minipar -n 4` (ipcluster's)
+    most likely meant, or None."""
     if args[0] in ("controller", "engine", "launcher", "top"):
         return f"python -m minipar.{shlex.join(args)}"
     if args[0] in ("start", "engines", "stop", "list", "clean"):
         return f"python -m minipar.launcher {shlex.join(args)}"
+    if args[0].partition("=")[0].rstrip("0123456789") in ("-n", "--n"):   # ipcluster's -n 4
+        return f"python -m minipar.launcher start {shlex.join(args)}"
     return None
 
 

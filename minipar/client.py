@@ -184,9 +184,8 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         protocol.connect(sub, self.info, "notify")
         self._roster = None         # (controller session, number) of the engine list held
         self._io_ends_ctx = threading.Event()   # set by close() run in the I/O thread
-        self._io = threading.Thread(target=_io_thread, name=IO_THREAD, daemon=True,
-                                    args=(weakref.ref(self), self.ctx, self._io_ends_ctx,
-                                          dealer, sub, outbox_in))
+        self._io = threading.Thread(target=_io_thread, name=IO_THREAD, daemon=True, args=(
+            weakref.ref(self), self.ctx, self._io_ends_ctx, dealer, sub, outbox_in))
         self._io.start()
         try:
             reply = self.query(protocol.CONNECT, timeout=timeout)
@@ -263,9 +262,8 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
             self._lost_at = lost = now
             if self._stopped_hub:
                 return self._give_up(lost)
-            log.warning("lost the connection to the controller at %s: waiting up to %s s for "
-                        "it to come back", protocol.url(self.info, "client"),
-                        self.reconnect_timeout)
+            log.warning("lost the connection to the controller at %s: waiting up to %s s for it "
+                        "to come back", protocol.url(self.info, "client"), self.reconnect_timeout)
             self._at(now + self.reconnect_timeout, lambda: self._give_up(lost))
             self._check_replaced(lost)
         elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._lost_at is not None:
@@ -308,7 +306,9 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         url = protocol.url(self.info, "client")
         err = errors.MiniparError(f"lost the controller at {url}: {why}, so the outcome of this "
                                   f"request is unknown (submit it again). {then}")
-        self._gone = errors.MiniparError(f"the controller at {url} is gone: {why}. {then}")
+        with self._engines_changed:   # a wait_for_engines waiting on it raises self._gone now
+            self._gone = errors.MiniparError(f"the controller at {url} is gone: {why}. {then}")
+            self._engines_changed.notify_all()
         _fail(self, self._futures.values(), err)
         log.error("%s", err)
 
@@ -316,7 +316,11 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         """Ask what became of the requests outstanding. One sent during the outage may
         arrive after the question: the controller waits a moment for an id not here yet
         before it calls it unknown (its _park), so one question is enough. A cancelled one
-        its engine runs on is asked too: one the controller lost is never answered."""
+        its engine runs on is asked too: one the controller lost is never answered. The
+        one back may be another process (--reuse): its pid and --reuse judge the next loss."""
+        with contextlib.suppress(errors.ConnectionFileError):
+            now = protocol.read_connection_file(self.url_file)
+            self.info.update(pid=now.get("pid"), host=now.get("host"), reuse=now.get("reuse"))
         self._on_engines(dealer, header)
         with self._send_lock:   # the queries made while it was lost, but for those given up
             self._lost_at, waiting, self._waiting = None, self._waiting, []
@@ -539,8 +543,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
     def _on_controller_stopped(self, header):   # I/O thread: it never comes back
         self._gone = self._stopped_hub = self._stopped_hub or errors.MiniparError(header["why"])
 
-    _notification_handlers = {
-        protocol.ENGINE_REGISTERED: _on_engine_registered,
+    _notification_handlers = {protocol.ENGINE_REGISTERED: _on_engine_registered,
         protocol.ENGINE_UNREGISTERED: _on_engine_gone, protocol.ENGINE_DIED: _on_engine_gone,
         protocol.CONTROLLER_STOPPED: _on_controller_stopped}
 
@@ -936,9 +939,8 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         ids = ([f.msg_id for f in self.pending_requests() if on is None or f._md["engine_id"] in on]
                if jobs is None or jobs == "all" else self._msg_ids(jobs))
         if (pending := _abort_ids(self, ids)) == 0:   # None in a done callback: not waited for
-            warnings.warn(f"nothing to abort: none of the {len(ids)} requests named is "
-                          "pending (finished already, or unknown to the controller)",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(f"nothing to abort: none of the {len(ids)} requests named is pending "
+                          "(finished already, or unknown to the controller)", RuntimeWarning, 2)
         return pending
 
     def _abort(self, msg_ids, queued_only=False):
@@ -1081,9 +1083,8 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
             self._io.join(5)
             if not self._io.is_alive():   # else stuck, or frozen at interpreter exit: its
                 self.ctx.destroy(linger=0)   # sockets would hold term() forever
-        _fail(self, self._futures.values(), RuntimeError(
-            "this Client was closed before the reply came; it may still run: get_result from a "
-            "new Client"))
+        _fail(self, self._futures.values(), RuntimeError("this Client was closed before the "
+            "reply came; it may still run: get_result from a new Client"))
 
     def __enter__(self):
         return self
@@ -1584,10 +1585,9 @@ class LoadBalancedView(_View):
                 _abort_ids(self.client, self.client._msg_ids(left))   # at exit: not waited for
 
 
-_MOVED = {**dict.fromkeys(("BaseTask", "MapTask", "MultiEngineClient", "PendingResult",
-                           "ResultList", "StringTask", "Task", "TaskClient", "TaskResult",
-                           "default_address", "default_task_address", "remote"), "classic"),
-          "ViewExecutor": "integrations"}
+_MOVED = {"ViewExecutor": "integrations", **dict.fromkeys((
+    "BaseTask", "MapTask", "MultiEngineClient", "PendingResult", "ResultList", "StringTask", "Task",
+    "TaskClient", "TaskResult", "default_address", "default_task_address", "remote"), "classic")}
 
 
 def __getattr__(name):

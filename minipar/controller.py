@@ -30,8 +30,7 @@ fails every request it holds and stops its engines (``_end_everything``): none c
 With ``--owner PID`` (a Cluster passes its own pid) the controller stops the cluster, as a client's
 ``shutdown(hub=True)`` does, at the first heartbeat after that process ended, and runs
 ``launcher stop`` of the cluster for what no message reaches (a batch job still pending): a script
-killed by SIGTERM or SIGKILL runs no atexit, and would leave it all running.
-"""
+killed by SIGTERM or SIGKILL runs no atexit, and would leave it all running."""
 
 import argparse
 import collections
@@ -574,8 +573,7 @@ class Controller:
         # it answered, as Tally counts its failures by id: one row in the monitor
         gone = self.tally.lost.pop(eid, None)
         self._before.pop(eid, None)   # back after a restart
-        engine = self.engines[eid] = {
-            "id": eid, "ident": ident, "pid": header.get("pid"),
+        engine = self.engines[eid] = {"id": eid, "ident": ident, "pid": header.get("pid"),
             "host": header.get("host"), "python": header.get("python"),
             "pidns": header.get("pidns"), "cloudpickle": header.get("cloudpickle"),
             "registered": time.time(), "log": header.get("log"),
@@ -1580,11 +1578,13 @@ def main(argv=None):
         return 1
 
     def stop(signum, frame):
-        log.info("signal %d: stopping", signum)
+        log.info("%s: stopping", signal.Signals(signum).name)
         c._stop = True
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    # SIGHUP, its terminal closed, too: its default action is kill -9's (files left, engines wait)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        if sig != signal.SIGHUP or signal.getsignal(sig) != signal.SIG_IGN:   # nohup's: kept
+            signal.signal(sig, stop)
     # a young collection every 700 new objects (the default) walked the records in flight
     # every 100 tasks: 2.4 µs of a load-balanced task, 1.9 of a direct one; 1.2 and 0.5 so
     gc.set_threshold(GC_YOUNG_THRESHOLD)

@@ -29,7 +29,7 @@ that raises ends it (status 1, one line naming it, its exception and line) befor
 controller knows of it, so no work is ever sent to an engine that failed to start; one
 that calls sys.exit ends it with that status, saying so.
 
-Signals: SIGTERM (`kill PID`, a batch system ending its job) stops an idle engine as a shutdown
+Signals: SIGTERM (`kill PID`, a batch job's end; SIGHUP too) stops an idle engine as a shutdown
 request does (it unregisters, exits 0); one running a request dies of it, and the controller fails
 or retries that request. SIGINT interrupts the running request (KeyboardInterrupt). An idle engine
 ignores SIGINT, as an IPython kernel does (so a `Cluster.signal_engines_sync(SIGINT)` meant for a
@@ -1479,8 +1479,7 @@ def main(argv=None):
         args.startup_script = os.path.abspath(args.startup_script)
         if not os.path.isfile(args.startup_script):
             p.error(f"--startup-script {args.startup_script}: no such file")
-    # The folder the engine is in (--work-dir, or os.chdir in a task) is importable, as on
-    # ipyparallel's engines: a function of a module there travels by name.
+    # its folder (--work-dir, a task's os.chdir) imports, as ipyparallel's: functions go by name
     sys.path.insert(0, "")
     faulthandler.enable()  # a crash leaves its traceback in the log (quoted in EngineError)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
@@ -1495,6 +1494,8 @@ def main(argv=None):
         f"%(asctime)s engine[{os.getpid()}] %(levelname)s %(message)s"))
     for sig in (signal.SIGINT, signal.SIGTERM):   # not the defaults: a traceback, a kill
         signal.signal(sig, _stop_waiting)
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:   # its terminal closed (not under nohup)
+        signal.signal(signal.SIGHUP, lambda *_: os.kill(os.getpid(), signal.SIGTERM))   # as kill
     try:
         wait_s = min(args.timeout, CONNECTION_FILE_WAIT_S)
         if args.cluster_id and not args.file:   # ipengine's: that cluster's connection file
@@ -1508,9 +1509,8 @@ def main(argv=None):
         for w in said:
             log.warning("%s", w.message)
         engine = _engine = Engine(info, work_dir=args.work_dir, startup_script=args.startup_script,
-                                  startup_command=args.startup_command, connection_file=path,
-                                  registration_timeout=args.timeout,
-                                  max_missed_heartbeats=args.max_missed_heartbeats)
+            startup_command=args.startup_command, connection_file=path,
+            registration_timeout=args.timeout, max_missed_heartbeats=args.max_missed_heartbeats)
         engine.start()
     except errors.MiniparError as e:
         log.error("%s", e)

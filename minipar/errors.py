@@ -448,12 +448,20 @@ IPYPARALLEL_OPTIONS = dict.fromkeys(("--ssh", "--sshkey", "--enginessh"), _NO_TU
 def parse_args(parser, argv=None):
     """`parser`'s parse_args, where an option of ipyparallel's that minipar leaves out
     (``ipengine --ssh=host``, as its documents write it) is a usage error saying what to do
-    instead of argparse's bare 'unrecognized arguments'."""
+    instead of argparse's bare 'unrecognized arguments', as is ipcluster's ``-n 4`` given to
+    one process. A prefix of an option is not taken for it (as ipyparallel takes none):
+    ``controller --n 4`` was --nodb and a refused '4', and ``--n`` alone ran it with no records."""
+    parser.allow_abbrev = False
     args, unknown = parser.parse_known_args(argv)
     for option in unknown:
         why = IPYPARALLEL_OPTIONS.get(option.partition("=")[0])
         if why:
             parser.error(f"{option}: ipyparallel's option; {why}")
+        if option.partition("=")[0].rstrip("0123456789") in ("-n", "--n"):
+            parser.error(f"{option}: {parser.prog} starts one process, not a number of engines: "
+                         f"`python -m {__package__}.launcher start -n 4` starts a controller and "
+                         f"4 engines, `python -m {__package__}.launcher engines -n 4` adds 4 "
+                         "engines to a running cluster")
     if unknown:
         parser.error("unrecognized arguments: " + " ".join(unknown))
     return args

@@ -72,11 +72,11 @@ _PKG = __package__
 
 BEFORE, RUNNING, AFTER = "before", "running", "after"
 
-# Grace between SIGTERM and SIGKILL. Engines and the controller exit in well under a
-# second; mpiexec takes ~1 s to pass SIGTERM on, a batch system up to its KillWait.
+# Grace between SIGTERM and SIGKILL. Engines and the controller exit in well under a second;
+# mpiexec takes ~1 s to pass SIGTERM on, a batch system up to its KillWait.
 STOP_TIMEOUT_S = 10.0
-# How long a Cluster waits for the controller's connection file and for engines to
-# register. Pessimistic: a loaded 2-core box takes 1-3 s to import and bind.
+# How long a Cluster waits for the controller's connection file and for engines to register.
+# Pessimistic: a loaded 2-core box takes 1-3 s to import and bind.
 START_TIMEOUT_S = 60.0
 # How often watchers poll a pid that is not our child (batch.py polls its jobs more slowly).
 POLL_INTERVAL_S = 0.2
@@ -136,11 +136,11 @@ def _kill(pid, sig):
 
 @contextlib.contextmanager
 def _signals_deferred():
-    """Hold a Ctrl-C (SIGINT; SIGTERM where Python handles it) until the block ends, then raise
-    it: one inside subprocess.Popen, after the fork, would lose the pid of a child that runs."""
+    """Hold a Ctrl-C (SIGINT; SIGTERM, SIGHUP where Python handles them) until the block ends,
+    then raise it: one inside subprocess.Popen, after the fork, would lose a running child's pid."""
     main = threading.current_thread() is threading.main_thread()   # the one running handlers
     held, handlers = [], {}
-    for sig in (signal.SIGINT, signal.SIGTERM) if main else ():
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if main else ():
         if callable(signal.getsignal(sig)):   # not SIG_DFL or SIG_IGN: Python code
             handlers[sig] = signal.signal(sig, lambda *args: held.append(args))
     try:
@@ -576,11 +576,10 @@ class EngineSetLauncher(EngineLauncher):
         raise NotImplementedError(f"{type(self).__name__} cannot restart engines")
 
     def _restart(self, old, data):
-        # executes in the watcher thread of the engine that ended
-        # An engine that ended before it registered (its log says so when it does) failed
-        # to start: a bad startup script, a wrong connection file. Those are restarted
-        # ever more slowly, not in a tight loop; an engine that died at work (a task
-        # that crashed it, a kill) is replaced at once.
+        # executes in the watcher thread of the engine that ended. An engine that ended before it
+        # registered (its log says so when it does) failed to start: a bad startup script, a
+        # wrong connection file. Those are restarted ever more slowly, not in a tight loop; an
+        # engine that died at work (a task that crashed it, a kill) is replaced at once.
         registered = "registered as engine" in old.get_output()
         self._failed_starts = 0 if registered else self._failed_starts + 1
         delay = min(RESTART_MAX_DELAY_S, 0.1 * 2 ** self._failed_starts) \
@@ -1403,19 +1402,20 @@ def _cmd_start(args):
                       controller_options=_json_option(args.controller_options),
                       engine_options=_json_option(args.engine_options),
                       shutdown_atexit=not args.daemonize)
-    # SIGTERM while starting stops what was started, as Ctrl-C does: a batch job still
-    # pending would outlive this process in the queue (only a local controller sees it end)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # SIGTERM and SIGHUP (its terminal closed; not nohup's) stop what was started, as Ctrl-C does:
+    # a batch job still pending would outlive this process (only a local controller sees it end)
+    hup = (signal.SIGHUP,) * (signal.getsignal(signal.SIGHUP) != signal.SIG_IGN)
+    for sig in (signal.SIGTERM, *hup):
+        signal.signal(sig, signal.default_int_handler)
     rc = cluster.start_and_connect_sync()
-    # A SimpleQueue, whose put() may run in a signal handler: an Event's set() there hung
-    # for good when the signal landed while the main thread held that Event's lock, in
-    # the few bytecodes of each wait() before it sleeps (seen once, at load 7)
+    # A SimpleQueue, whose put() may run in a signal handler: an Event's set() there hung for good
+    # when the signal landed while the main thread held its lock, before a wait() slept (load 7)
     done = queue.SimpleQueue()
     if not args.daemonize:
-        # foreground, as ipcluster: run until Ctrl-C / SIGTERM, or until the controller
-        # ends (a client's shutdown(hub=True), or `stop` from another process); handled
-        # from before "ready" is printed, so a Ctrl-C right after it stops cleanly too
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # foreground, as ipcluster: run until Ctrl-C / SIGTERM / SIGHUP, or until the controller
+        # ends (a client's shutdown(hub=True), or `stop` from another process); handled from
+        # before "ready" is printed, so a Ctrl-C right after it stops cleanly too
+        for sig in (signal.SIGINT, signal.SIGTERM, *hup):
             signal.signal(sig, lambda *_: done.put(None))
     n, pdir = len(rc.ids), cluster.profile_dir
     stop = f"python -m {_PKG}.launcher " + shlex.join(

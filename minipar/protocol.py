@@ -1365,7 +1365,7 @@ def read_connection_file(path, ports=CLIENT_PORTS):
             "as the user who started the controller, or have them copy the file to you "
             "(keeping it private: chmod 600)") from None
     except OSError as e:
-        raise ConnectionFileError(f"cannot read connection file {path}: {e}") from None
+        raise ConnectionFileError(f"cannot read connection file {path}: {e.strerror}") from None
     except ValueError as e:   # cut short (a full disk, a copy interrupted), or not JSON
         raise ConnectionFileError(_not_written_by_a_controller(
             path, f"is not valid JSON ({e})")) from None

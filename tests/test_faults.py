@@ -762,13 +762,14 @@ def test_a_task_interrupted_in_its_modules_import_leaves_it_importable(local_clu
 
 
 @pytest.mark.parametrize("sig, at_a_terminal", [(signal.SIGTERM, False), (signal.SIGINT, True),
-                                                 (signal.SIGINT, False)])
+                                                 (signal.SIGINT, False), (signal.SIGHUP, False)])
 def test_an_engine_waiting_for_its_connection_file_stops_as_an_idle_one(tmp_path, sig,
                                                                         at_a_terminal):
     """`python -m minipar.engine` started before its controller waits for the connection
     file. SIGTERM, or Ctrl-C at its terminal, ends it at once, with one line and status 0
     as an idle engine (not a KeyboardInterrupt traceback, nor death by the signal); a
-    SIGINT from elsewhere (Cluster.signal_engines_sync) is ignored, as by an idle one."""
+    SIGINT from elsewhere (Cluster.signal_engines_sync) is ignored, as by an idle one.
+    SIGHUP (its terminal closed) does as SIGTERM, where it ended the engine by the signal."""
     log = tmp_path / "engine.log"
     args = ["--profile-dir", str(tmp_path / "profile")]   # which holds no connection file
     master = None
@@ -809,6 +810,28 @@ def test_an_engine_waiting_for_its_connection_file_stops_as_an_idle_one(tmp_path
     assert "Traceback" not in text and len(after) == 1 + ignored
     stopped_by = "SIGINT" if at_a_terminal else "SIGTERM"
     assert f"{stopped_by} before connecting to the controller: exiting" in after[-1]
+
+
+def test_an_engine_whose_terminal_closed_stops_as_on_sigterm(local_cluster):
+    """SIGHUP, which an engine started by hand gets when its terminal is closed, ended it
+    by the signal, without a word: its controller saw its process gone and counted it lost.
+    Idle, it now stops as on `kill PID` (SIGTERM): it says so, unregisters (its client's
+    ids drop it) and exits 0; one running a request still ends at once, as on SIGTERM."""
+    idle, busy = local_cluster.start_engines(2)
+    rc = local_cluster.client()
+    rc.wait_for_engines(2, START_TIMEOUT_S)
+    by_pid = {pid: eid for eid, pid in zip(rc.ids, rc[:].apply_sync(os.getpid))}
+    ar = rc[by_pid[busy.pid]].apply_async(time.sleep, 600)
+    wait_until(lambda: rc.queue_status()[by_pid[busy.pid]]["queue"] == 1, START_TIMEOUT_S,
+               "the request sent to the busy engine")
+    idle.send_signal(signal.SIGHUP)
+    assert idle.wait(START_TIMEOUT_S) == 0
+    assert "SIGTERM while idle: unregistering" in local_cluster.output(idle.log_name)
+    wait_until(lambda: rc.ids == [by_pid[busy.pid]], START_TIMEOUT_S, "the idle one unlisted")
+    busy.send_signal(signal.SIGHUP)
+    assert busy.wait(START_TIMEOUT_S) == -signal.SIGTERM
+    with pytest.raises(errors.EngineError):
+        ar.get(START_TIMEOUT_S)
 
 
 @pytest.mark.parametrize("bad", [["--timeout", "0"], ["--timeout", "-1"],

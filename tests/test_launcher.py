@@ -711,6 +711,22 @@ def test_a_folder_that_cannot_be_made_is_one_line_not_a_traceback(pids, tmp_path
     assert first.wait(30) == 0
 
 
+def test_a_connection_file_path_too_long_to_open_is_named_once(tmp_path):
+    """A profile folder whose name is longer than the file system takes (255 bytes): the
+    engine and the Client said "cannot read connection file P: [Errno 36] File name too
+    long: 'P'", the path (of hundreds of characters) twice. It is named once, with why."""
+    prof = str(tmp_path / ("x" * 300))
+    out = subprocess.run([sys.executable, "-m", "minipar.engine", "--profile-dir", prof],
+                         env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    said = f"cannot read connection file {prof}/security/{protocol.ENGINE_FILE}: File name too long"
+    assert said in out.stderr and out.stderr.count(prof) == 1, out.stderr
+    with pytest.raises(errors.ConnectionFileError) as e:
+        minipar.Client(profile_dir=prof, timeout=1)
+    assert str(e.value).count(prof) == 1 and "File name too long" in str(e.value), e.value
+
+
 def test_a_profile_name_that_is_a_path_says_to_use_profile_dir(pids, tmp_path, minipar_dir):
     """`--profile /data/run1` (meant as --profile-dir) started a controller in
     $MINIPAR_DIR/profile_/data/run1, and an engine given --profile-dir /data/run1 waited
@@ -840,6 +856,31 @@ def test_ipengine_and_ipcontroller_options_minipar_leaves_out_say_what_to_do():
                              cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True,
                              text=True, timeout=60)
         assert out.returncode == 2 and says in out.stderr, out.stderr
+
+
+def test_ipclusters_n_given_to_one_process_names_the_commands_that_take_it(tmp_path):
+    """`python -m minipar.controller --n 4` (ipcluster's spelling, to the wrong command) was
+    taken as --nodb, of which --n is a prefix, and refused with "unrecognized arguments: 4"
+    (`--n` alone ran a controller that keeps no records); `-n 4` to it or to an engine, and
+    `python -m minipar -n 4`, were refused without a word of the command that takes it. Each
+    now names it; no prefix of an option is taken for it (ipyparallel takes none)."""
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", *args, "--profile-dir", str(tmp_path)],
+                              env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=60)
+    for role, given in [("controller", ["--n", "4"]), ("controller", ["-n", "four"]),
+                        ("engine", ["-n", "4"]), ("engine", ["--n=4"])]:
+        out = run(f"minipar.{role}", *given)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert (f"error: {given[0]}: python -m minipar.{role} starts one process, not a "
+                "number of engines: `python -m minipar.launcher start -n 4` starts a controller "
+                "and 4 engines, `python -m minipar.launcher engines -n 4` adds") in out.stderr
+    for role, prefix in [("controller", "--heartbeat-p"), ("engine", "--time")]:
+        out = run(f"minipar.{role}", prefix, "0")
+        assert out.returncode == 2 and f"unrecognized arguments: {prefix} 0" in out.stderr
+    out = run("minipar", "-n", "4")
+    assert out.returncode == 2 and ("did you mean `python -m minipar.launcher start -n 4 "
+                                    "--profile-dir") in out.stderr, out.stderr
 
 
 def test_controller_nodb_runs_as_db_none(pids, tmp_path):
@@ -986,6 +1027,55 @@ def test_the_controller_says_where_its_connection_files_go_and_how_to_stop_it(pi
     with pytest.raises(errors.ConnectionFileError, match=re.escape(
             f"start a controller with `python -m minipar.controller --profile-dir {prof}`")):
         minipar.Client(profile_dir=str(prof), timeout=0.1)
+
+
+def _ignore_sighup():   # as `nohup` does, in the child before it runs Python
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def test_closing_the_controllers_terminal_stops_it_as_ctrl_c_does(pids, tmp_path):
+    """SIGHUP, which a controller gets when the terminal it runs in is closed, ended it as
+    kill -9 does: no line in its log, its connection files left behind (stale), its
+    engines waiting out their heartbeats, a client's request failing only as the
+    controller's loss. It now stops as on Ctrl-C: said in its log, files removed, the
+    requests it held failed with TaskAborted, its engines stopped, status 0. Under
+    `nohup` (SIGHUP ignored) it runs on, as nohup promises."""
+    prof = str(tmp_path / "p")
+    ctl = subprocess.Popen([sys.executable, "-m", "minipar.controller", "--profile-dir", prof],
+                           env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+                           stdout=open(tmp_path / "controller.log", "wb"),
+                           stderr=subprocess.STDOUT)
+    pids.add(ctl.pid)
+    engine = subprocess.Popen([sys.executable, "-m", "minipar.engine", "--profile-dir", prof],
+                              env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pids.add(engine.pid)
+    rc = minipar.Client(profile_dir=prof, timeout=60)
+    try:
+        rc.wait_for_engines(1, 60)
+        ar = rc[rc.ids[0]].apply_async(time.sleep, 600)
+        wait_until(lambda: rc.queue_status()[rc.ids[0]]["queue"] == 1, 60, "the task sent")
+        ctl.send_signal(signal.SIGHUP)
+        assert ctl.wait(30) == 0
+        with pytest.raises(errors.TaskAborted, match="the controller stopped before request"):
+            ar.get(30)
+    finally:
+        rc.close()
+    assert "SIGHUP: stopping" in (tmp_path / "controller.log").read_text()
+    assert not os.path.exists(os.path.join(prof, "security", protocol.CLIENT_FILE))
+    assert engine.wait(30) == 0
+    nohup = subprocess.Popen([sys.executable, "-m", "minipar.controller", "--profile-dir",
+                              prof], env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             preexec_fn=_ignore_sighup)
+    pids.add(nohup.pid)
+    wait_until(lambda: os.path.exists(os.path.join(prof, "security", protocol.CLIENT_FILE)),
+               60, "the controller under nohup ready")
+    nohup.send_signal(signal.SIGHUP)
+    minipar.Client(profile_dir=prof, timeout=60).close()   # it answers: it runs on
+    assert nohup.poll() is None
+    nohup.terminate()
+    assert nohup.wait(30) == 0
 
 
 @pytest.mark.parametrize("role, options", [
@@ -1354,7 +1444,11 @@ def test_cli_args_for_the_controller_and_engines_may_follow_a_space(pids, tmp_pa
     assert "unrecognized arguments: --no-such-flag" in out.stderr
 
 
-def test_cli_foreground_start_stops_on_sigint(pids, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_cli_foreground_start_stops_on_sigint(pids, tmp_path, sig):
+    """Ctrl-C stops a cluster started in the foreground. So does SIGHUP (its terminal
+    closed), which ended the launcher at once: its controller, told --owner, stopped the
+    engines, but its cluster file was left (stale, in `list` until `clean`)."""
     prof = str(tmp_path / "p")
     env = dict(os.environ, PYTHONPATH=ROOT)
     p = subprocess.Popen([sys.executable, "-m", "minipar.launcher", "start", "-n", "1",
@@ -1369,13 +1463,14 @@ def test_cli_foreground_start_stops_on_sigint(pids, tmp_path):
         assert f"connect with minipar.Client(profile_dir={prof!r}); stop it with Ctrl-C" \
             in line, line
         pids.add_cluster(Cluster.from_file(profile_dir=prof))
-        p.send_signal(signal.SIGINT)
+        p.send_signal(sig)
         assert p.wait(60) == 0
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
     assert not [x for x in pids.pids if alive(x)]
+    assert launcher.cluster_files(profile_dir=prof) == []
 
 
 def test_cli_foreground_start_says_why_when_its_controller_is_killed(pids, tmp_path):

@@ -10,6 +10,7 @@ after the time they were told to wait.
 """
 
 import concurrent.futures
+import contextlib
 import json
 import logging
 import os
@@ -636,6 +637,56 @@ def test_clients_and_engines_give_up_on_a_controller_that_stays_away(local_clust
                  rc.queue_status, lambda: rc.abort("all"), lambda: rc.ids):
         with pytest.raises(errors.MiniparError, match="is gone.*--reuse.*new Client"):
             call()
+
+
+def test_a_reuse_controller_started_over_one_without_is_waited_for_when_lost(local_cluster,
+                                                                            caplog):
+    """A controller started without --reuse, killed, then started again by hand with --reuse
+    (over its files: same ports and key): its client reconnected but went on judging the
+    controller by the first one's pid and --reuse, so when the second was lost too it
+    failed what was outstanding at once, saying the first one's process had ended "started
+    without --reuse: it cannot come back". It reads them again when the controller is back,
+    and waits for the one with --reuse: a query made meanwhile is answered once it is."""
+    c = local_cluster
+    c.start_engines(1, args=ENGINE_ARGS)
+    rc = c.client(timeout=START_TIMEOUT_S, reconnect_timeout=600)
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    _restart_controller(c, ["--reuse"], "controller2")
+
+    def answered():   # the client gave up on the first (its process ended), then reconnected
+        with contextlib.suppress(errors.MiniparError):
+            return rc.queue_status(verbose=True)
+    wait_until(answered, START_TIMEOUT_S, "the client reconnected to the second controller")
+    caplog.clear()
+    c.controller.send_signal(signal.SIGKILL)
+    c.controller.wait(10)
+    wait_until(lambda: "lost the connection to the controller" in caplog.text,
+               START_TIMEOUT_S, "the client to lose the second controller")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        asked = pool.submit(rc.queue_status)
+        c.controller = c._spawn("controller", ["--profile-dir", c.profile_dir,
+                                               "--heartbeat-period", "0.2", "--reuse"],
+                                name="controller3")
+        assert asked.result(START_TIMEOUT_S)["unassigned"] == 0
+    assert "cannot come back" not in caplog.text, caplog.text
+
+
+def test_wait_for_engines_fails_once_its_controller_is_given_up(local_cluster):
+    """`rc.wait_for_engines(n)`, with no timeout (ipyparallel's default), waited for ever
+    once its client had given the controller up (killed, started without --reuse): nothing
+    woke it, though every other call then failed at once, saying so. It raises that too."""
+    rc = local_cluster.client(reconnect_timeout=600)
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        waiting = pool.submit(rc.wait_for_engines, 1)
+        wait_until(waiting.running, START_TIMEOUT_S, "wait_for_engines to be waiting")
+        local_cluster.controller.send_signal(signal.SIGKILL)
+        with pytest.raises(errors.MiniparError, match=r"is gone: its process \(pid \d+\) ended, "
+                           "started without --reuse: it cannot come back"):
+            waiting.result(START_TIMEOUT_S)
+    finally:
+        rc.close()   # wakes a wait_for_engines still waiting
+        pool.shutdown()
 
 
 def test_requests_given_up_with_their_controller_name_their_engines(local_cluster):
