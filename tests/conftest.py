@@ -50,13 +50,13 @@ class LocalCluster:
                            *controller_args])
         self.client_file = os.path.join(self.profile_dir, "security", protocol.CLIENT_FILE)
         self.engine_file = os.path.join(self.profile_dir, "security", protocol.ENGINE_FILE)
-        try:   # ready, or ended: whichever comes first
+        try:   # ready (the client file is written last), or ended: whichever comes first
             wait_until(lambda: self.controller.poll() is not None
-                       or os.path.exists(self.engine_file), START_TIMEOUT_S,
+                       or os.path.exists(self.client_file), START_TIMEOUT_S,
                        "the controller's connection files")
         except AssertionError:
             pass   # reported below, with the controller's output
-        if not os.path.exists(self.engine_file):
+        if not os.path.exists(self.client_file):
             raise RuntimeError("controller did not start:\n" + self.output("controller"))
 
     def _spawn(self, role, args, name=None, env=None):
