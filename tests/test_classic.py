@@ -2,7 +2,10 @@
 magics), driven as the seed's "multiengine interface" and "task interface" documents do,
 with `from minipar import client` in place of `from IPython.kernel import client`.
 
-A controller and four engines are started per test with ``python -m`` (see conftest)."""
+A controller and four engines are started with ``python -m`` (see conftest): one for the
+module, shared by the tests of ``mec`` and ``tc`` (each with clients of its own), which
+leave the engines as they found them; a test that counts its engines' executions (In [n])
+or stops an engine takes ``cluster``, its own."""
 
 import io
 import os
@@ -13,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import warnings
 
 import pytest
 
@@ -25,18 +29,34 @@ TIMEOUT = 120
 pytestmark = pytest.mark.timeout(TIMEOUT)
 
 
+def _closed_after(classic):
+    """Yield `classic` (a MultiEngineClient or TaskClient of the module's cluster), then
+    abort what its Client left running (a failed test's: not to keep the next test's
+    engines busy) and close that Client."""
+    try:
+        yield classic
+    finally:
+        if classic.client.outstanding:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # "nothing to abort": answered meanwhile
+                classic.client.abort()
+        classic.client.close()
+
+
 @pytest.fixture
-def mec(cluster):
+def mec(shared_cluster):
+    yield from _closed_after(client.MultiEngineClient(shared_cluster.client_file))
+
+
+@pytest.fixture
+def tc(shared_cluster):
+    yield from _closed_after(client.TaskClient(shared_cluster.client_file))
+
+
+def _own_mec(cluster):
     m = client.MultiEngineClient(cluster.client_file)
     cluster.clients.append(m.client)   # closed by the fixture, also when the test fails
     return m
-
-
-@pytest.fixture
-def tc(cluster):
-    t = client.TaskClient(cluster.client_file)
-    cluster.clients.append(t.client)
-    return t
 
 
 def _wait_for(path):
@@ -46,7 +66,7 @@ def _wait_for(path):
 
 # ---------------------------------------------------------------- the task document
 
-def test_task_quickstart_as_written(cluster, tc):
+def test_task_quickstart_as_written(shared_cluster, tc):
     tasklist = []
     for n in range(1000):
         tasklist.append(client.Task("a = %i" % n, pull="a"))
@@ -59,7 +79,7 @@ def test_task_quickstart_as_written(cluster, tc):
     assert tr.results["a"] == 73 and tr.ns.a == 73 and tr["a"] == 73 and tr.keys == ["a"]
     for n, tr in enumerate(task_results):
         assert tr.results["a"] == n and tr.ns.a == n and tr.failure is None
-        assert tr.engineid in cluster.rc.ids
+        assert tr.engineid in shared_cluster.rc.ids
         assert tr.submitted <= tr.completed and tr.duration >= 0
     assert len({tr.engineid for tr in task_results}) > 1   # load-balanced
     assert tc.queue_status() == {"scheduled": 0, "pending": 0, "succeeded": 1000, "failed": 0}
@@ -293,7 +313,8 @@ def test_map_tasks_map_and_parallel(tc):
 
 # ---------------------------------------------------------------- the multiengine document
 
-def test_multiengine_session(cluster, mec, tmp_path):
+def test_multiengine_session(cluster, tmp_path):
+    mec = _own_mec(cluster)
     assert mec.get_ids() == [0, 1, 2, 3]
     serial_result = list(map(lambda x: x**10, range(32)))
     assert mec.map(lambda x: x**10, range(32)) == serial_result
@@ -573,10 +594,11 @@ def test_magics_with_multiengine_client(cluster):
         assert re.search(rf"\[{eid}\] Out\[\d+\]: 6\n", last)
 
 
-def test_the_multiengine_documents_printed_forms(cluster, mec):
+def test_the_multiengine_documents_printed_forms(cluster):
     """As the multiengine document prints them: a %px line says "Executing command on
     Controller" before its <Results List> (an %autopx cell does not), and a `with mec:`
     block's results keep a blank line after each engine's input of several lines."""
+    mec = _own_mec(cluster)
     out = _ipython(cluster, """\
         view = mec = client.MultiEngineClient({client_file!r})
         mec.activate()

@@ -1,8 +1,13 @@
 """ipyparallel's Client-level API, end to end: Reference, list-style indexing,
-send_signal, hub_history, broadcast_view, wait_interactive and spin."""
+send_signal, hub_history, broadcast_view, wait_interactive and spin.
+
+The tests that leave the engines as they found them share the module's cluster, each
+with a client of its own (``rc``); those that stop an engine, set a signal handler on
+one, or count every name in the engines' namespaces take ``cluster``, their own."""
 
 import signal
 import time
+import warnings
 
 import pytest
 
@@ -13,6 +18,22 @@ from .helpers import absent_in_docs, wait_until
 TIMEOUT = 30
 
 
+@pytest.fixture
+def rc(shared_cluster):
+    """A client of its own on the module's cluster: these tests wait for and count all
+    of a client's requests (rc.wait(), rc.outstanding). A failed test's leftover requests
+    are aborted, not to keep the next test's engines busy."""
+    client = minipar.Client(shared_cluster.client_file)
+    try:
+        yield client
+    finally:
+        if client.outstanding:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # "nothing to abort": answered meanwhile
+                client.abort()
+        client.close()
+
+
 def _wait_started(ar, text="started", timeout=TIMEOUT):
     """Wait until every request of `ar` printed `text` (streamed while it runs)."""
     wait_until(lambda: all(text in f.metadata["stdout"] for f in ar.futures), timeout,
@@ -21,8 +42,7 @@ def _wait_started(ar, text="started", timeout=TIMEOUT):
 
 # ---------------------------------------------------------------- Reference
 
-def test_reference_resolves_on_the_engine(cluster):
-    rc = cluster.rc
+def test_reference_resolves_on_the_engine(rc):
     dv = rc[:]
     dv.execute("import os; a = os.getpid(); b = [1, 2, 3]", block=True)
     pids = dv.apply_sync(lambda x: x, Reference("a"))
@@ -35,17 +55,16 @@ def test_reference_resolves_on_the_engine(cluster):
     assert lview.apply_sync(len, Reference("b")) == 3
 
 
-def test_reference_to_a_missing_name_is_a_name_error(cluster):
+def test_reference_to_a_missing_name_is_a_name_error(rc):
     with pytest.raises(NameError, match="nothing_here") as info:
-        cluster.rc[0].apply_sync(lambda x: x, Reference("nothing_here"))
+        rc[0].apply_sync(lambda x: x, Reference("nothing_here"))
     assert isinstance(info.value, RemoteError) and info.value.ename == "NameError"
 
 
-def test_reference_inside_a_short_container_argument_resolves(cluster):
+def test_reference_inside_a_short_container_argument_resolves(rc):
     """As ipyparallel's canning: one level inside a list, tuple or set argument of fewer
     than 64 items, and a dict argument's values, keyword values and values pushed too; not
     deeper, nor in a longer list (ipyparallel pickles that as it is), nor a dict's key."""
-    rc = cluster.rc
     dv, lview = rc[:], rc.load_balanced_view()
     dv.execute("a = 5", block=True)
     a = Reference("a")
@@ -62,11 +81,10 @@ def test_reference_inside_a_short_container_argument_resolves(cluster):
     assert dv.pull("b", block=True) == [[5, 2]] * 4
 
 
-def test_reference_in_a_dict_inside_an_argument_resolves_at_any_depth(cluster):
+def test_reference_in_a_dict_inside_an_argument_resolves_at_any_depth(rc):
     """ipyparallel's uncanning goes on into every dict it meets, inside a short list, tuple
     or set argument, a dict argument, a keyword value, a map's element or a value pushed,
     however deep; into no list inside those. A dict holding itself is copied once."""
-    rc = cluster.rc
     dv, lview = rc[:], rc.load_balanced_view()
     dv.execute("a = 5", block=True)
     a = Reference("a")
@@ -91,10 +109,9 @@ def test_reference_in_a_dict_inside_an_argument_resolves_at_any_depth(cluster):
     assert rc[0].apply_sync(lambda x: (x[0]["k"], x[0]["self"] is x[0]), [looped]) == (5, True)
 
 
-def test_reference_as_the_function_calls_the_engines(cluster):
+def test_reference_as_the_function_calls_the_engines(rc):
     """``dv.apply(Reference('f'), 2)`` calls each engine's f, as ipyparallel's; map too, and
     a map's elements that are References are the engine's objects."""
-    rc = cluster.rc
     dv, lview = rc[:], rc.load_balanced_view()
     dv.execute("import os\ndef f(x): return (x, os.getpid())\na = 7", block=True)
     pids = dv.pull("os.getpid()", block=True)
@@ -107,11 +124,11 @@ def test_reference_as_the_function_calls_the_engines(cluster):
     assert dv.map_sync(lambda x: x, [Reference("a")] * 100) == [7] * 100
 
 
-def test_reference_to_a_missing_name_in_a_list_or_as_the_function_is_a_name_error(cluster):
+def test_reference_to_a_missing_name_in_a_list_or_as_the_function_is_a_name_error(rc):
     for f, args in ((lambda x: x, [[1, Reference("nothing_here")]]),
                     (Reference("nothing_here"), [1])):
         with pytest.raises(NameError, match="nothing_here") as info:
-            cluster.rc[0].apply_sync(f, *args)
+            rc[0].apply_sync(f, *args)
         assert isinstance(info.value, RemoteError) and info.value.ename == "NameError"
 
 
@@ -133,8 +150,7 @@ def test_reference_is_importable_without_the_client():
 
 # ---------------------------------------------------------------- indexing
 
-def test_indexing_as_a_list(cluster):
-    rc = cluster.rc
+def test_indexing_as_a_list(rc):
     ids = rc.ids
     assert rc[-1].targets == ids[-1]
     assert rc[-1].apply_sync(lambda: 1) == 1
@@ -214,15 +230,14 @@ def test_send_signal_to_several_engines_and_other_signals(cluster):
     assert rc[0].pull("hits", block=True) == []
 
 
-def test_send_signal_to_an_unknown_engine(cluster):
+def test_send_signal_to_an_unknown_engine(rc):
     with pytest.raises(IndexError):
-        cluster.rc.send_signal(signal.SIGINT, targets=[9])
+        rc.send_signal(signal.SIGINT, targets=[9])
 
 
 # ---------------------------------------------------------------- hub_history
 
-def test_hub_history_lists_submitted_msg_ids_in_order(cluster):
-    rc = cluster.rc
+def test_hub_history_lists_submitted_msg_ids_in_order(shared_cluster, rc):
     dv, lview = rc[:], rc.load_balanced_view()
     ids = []
     for i in range(3):
@@ -233,7 +248,7 @@ def test_hub_history_lists_submitted_msg_ids_in_order(cluster):
     history = rc.hub_history()
     assert [m for m in history if m in set(ids)] == ids
     # other clients' requests are in it too
-    other = cluster.client()
+    other = shared_cluster.client()
     mine = other[0].apply_async(lambda: 2)
     mine.get(TIMEOUT)
     assert rc.hub_history()[-1] == mine.msg_ids[0]
@@ -272,8 +287,7 @@ def test_broadcast_view_results_are_direct_views(cluster):
     assert _broadcasts(rc) == before + 9      # map sends each engine its own part
 
 
-def test_broadcast_view_targets_and_errors(cluster):
-    rc = cluster.rc
+def test_broadcast_view_targets_and_errors(rc):
     bview = rc.broadcast_view(targets=[1, 3], is_coalescing=True)
     assert bview.is_coalescing
     assert bview.apply_sync(lambda: 1) == [1, 1]
@@ -292,8 +306,7 @@ def test_broadcast_view_targets_and_errors(cluster):
 
 # ---------------------------------------------------------------- wait_interactive, spin
 
-def test_wait_interactive_returns_when_done(cluster, capsys):
-    rc = cluster.rc
+def test_wait_interactive_returns_when_done(rc, capsys):
     lview = rc.load_balanced_view()
     ars = [lview.apply_async(time.sleep, 0.2) for _ in range(8)]
     assert rc.wait_interactive(interval=0.05) is None   # as ipyparallel's
@@ -309,11 +322,10 @@ def test_wait_interactive_returns_when_done(cluster, capsys):
 
 # ---------------------------------------------------------------- names handed to the client
 
-def test_views_get_result_purge_spin_outstanding_and_client_clear(cluster):
+def test_views_get_result_purge_spin_outstanding_and_client_clear(rc):
     """ipyparallel's views hand get_result, purge_results, spin and outstanding to the
     client; Client.clear and purge_everything; ar.result_dict; track= (accepted,
     ignored) and label= on push, scatter, map."""
-    rc = cluster.rc
     dv, lview = rc[:], rc.load_balanced_view()
     assert dv.spin() is None and lview.spin() is None
     slow = rc[0].apply_async(time.sleep, 10)
@@ -359,12 +371,11 @@ def test_views_get_result_purge_spin_outstanding_and_client_clear(cluster):
     assert {md["label"] for md in tasks.metadata} == {"tasks"}
 
 
-def test_purging_a_result_not_done_says_so(cluster):
+def test_purging_a_result_not_done_says_so(rc):
     """ipyparallel's hub refuses to purge a pending result ("msg pending"); minipar's
     purged the finished ones named, kept the other and returned a count, silent about
     it. It still purges the finished ones, and a ValueError says which one is kept and
     what to do; 'all' and targets= purge the finished ones alone, as before."""
-    rc = cluster.rc
     done = rc.load_balanced_view().apply_async(pow, 2, 3)
     assert done.get(TIMEOUT) == 8
     slow = rc[0].apply_async(time.sleep, 60)
@@ -379,11 +390,10 @@ def test_purging_a_result_not_done_says_so(cluster):
     assert rc[:].purge_results(slow) == 1
 
 
-def test_get_result_of_a_finished_request_has_its_metadata_at_once(cluster):
+def test_get_result_of_a_finished_request_has_its_metadata_at_once(rc):
     """ipyparallel's examples/customresults.py: wait on msg_ids, then for each one
     finished, ``ar = rc.get_result(msg_id)`` and read ``ar.engine_id`` and ``ar.stdout``
     at once ("we know these are done, so don't worry about blocking")."""
-    rc = cluster.rc
     lview = rc.load_balanced_view()
 
     def hello(i):
@@ -400,8 +410,7 @@ def test_get_result_of_a_finished_request_has_its_metadata_at_once(cluster):
         assert ar.stdout == f"hi {i}\n" and ar.get() == [i]
 
 
-def test_a_name_ipyparallel_has_and_minipar_leaves_out_says_what_to_use(cluster):
-    rc = cluster.rc
+def test_a_name_ipyparallel_has_and_minipar_leaves_out_says_what_to_use(rc):
     lview = rc.load_balanced_view()
     for obj, name, says in ((rc, "history", r"rc.hub_history\(\)"),
                             (rc[:], "results", "live in the AsyncResults"),

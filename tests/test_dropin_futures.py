@@ -1,5 +1,6 @@
 """ipyparallel's AsyncResult, view flags and data publication, and concurrent.futures'
-Future contract, against a real cluster (the conftest's: a controller and four engines).
+Future contract, against a real cluster (the conftest's: a controller and four engines,
+one for the module, each test with a client of its own).
 
 Written from the documented behaviour: ipyparallel 9 (``sync_imports``, ``use_dill``,
 the ``label`` flag, ``return_exceptions``, ``datapub.publish_data`` and ``ar.data``) and
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import weakref
 
 import pytest
@@ -65,6 +67,24 @@ def mark_then_wait(folder, i, go):
     open(os.path.join(folder, str(i)), "w").close()   # "I am running"
     wait_until(lambda: os.path.exists(go), WAIT_S, f"the test's go file {go}")
     return i
+
+
+@pytest.fixture
+def rc(shared_cluster):
+    """A client of its own, on the module's cluster: a fresh cluster per test cost more
+    than the tests. Its own client, as these tests count and wait for all of a client's
+    requests (rc.abort(), rc.wait()); its engines are left as found, each test waiting for
+    or aborting what it started. A failed test's leftovers are aborted, not to keep the
+    next test's engines busy. Those run on their own ``cluster`` leave requests running."""
+    client = minipar.Client(shared_cluster.client_file)
+    try:
+        yield client
+    finally:
+        if client.outstanding:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # "nothing to abort": answered meanwhile
+                client.abort()
+        client.close()
 
 
 @pytest.fixture
@@ -464,10 +484,11 @@ builtins._kept = (AtExit(), rc, queued, results)
 """
 
 
-def test_a_cancel_at_interpreter_exit_is_sent_without_a_wait(cluster, rc):
+def test_a_cancel_at_interpreter_exit_is_sent_without_a_wait(cluster):
     """At exit the client's I/O thread has stopped for good: cancel() and closing an imap
     (a generator finalized then, a __del__) send the abort without waiting for an answer
     that cannot come. Each waited the client's timeout, 10 s."""
+    rc = cluster.rc
     began = time.monotonic()
     out = subprocess.run([sys.executable, "-c", AT_EXIT, cluster.client_file],
                          capture_output=True, text=True, timeout=WAIT_S)

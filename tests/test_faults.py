@@ -403,16 +403,16 @@ def test_an_abort_that_a_task_holding_the_gil_cannot_take_says_so(local_cluster)
     now answers after ABORT_WAIT_S, and the abort warns naming the engine and the cause;
     the task still ends once, with its result or aborted, and the engine serves on."""
     (engine,) = local_cluster.start_engines(1)
-    rc = local_cluster.client()
+    rc = local_cluster.client(timeout=7)   # 3 s over ABORT_WAIT_S, for a loaded machine
     eid, = rc.wait_for_engines(1, START_TIMEOUT_S)
     mark = local_cluster.log_dir / "holding"
-    ar = rc.load_balanced_view().apply_async(_hold_the_gil, 15, mark)   # over the client's 10 s
+    ar = rc.load_balanced_view().apply_async(_hold_the_gil, 9, mark)   # over the client's 7 s
     wait_until(mark.exists, START_TIMEOUT_S, "the task to hold the GIL")
     with pytest.warns(RuntimeWarning, match=rf"engine {eid} \(pid {engine.pid} .*holds the GIL"):
         assert rc.abort(ar) == 1
     assert not ar.done()   # it runs on: nothing reaches it
     try:
-        assert ar.get(START_TIMEOUT_S) == 15
+        assert ar.get(START_TIMEOUT_S) == 9
     except errors.TaskAborted:
         pass
     assert rc[eid].apply_sync(os.getpid) == engine.pid

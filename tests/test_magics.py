@@ -1,6 +1,11 @@
 """The IPython magics as ipyparallel's (%px, %%px, %autopx, %pxresult, %pxconfig), in a
 real IPython InteractiveShell in this process against a real cluster; and IPython syntax
-(%timeit, !echo) run by engines with IPython, and refused clearly by engines without."""
+(%timeit, !echo) run by engines with IPython, and refused clearly by engines without.
+
+The tests of ``ip_rc`` share the module's cluster, each with a client of its own: they run
+plain Python on the engines and leave them idle. Those that run IPython syntax there (it
+loads IPython on the engine for good), or set a plotting backend, take ``own_ip_rc``, a
+cluster of their own."""
 
 import contextlib
 import io
@@ -11,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import warnings
 
 import pytest
 
@@ -41,16 +47,32 @@ def shell():
         sys.modules["__main__"] = main
 
 
-@pytest.fixture
-def ip_rc(cluster, shell):
+def _shell_client(shell, client_file):
     """A Client made inside the shell, as a user would: ``rc``, the first there (the
-    cluster's own client is made before the shell), so it has the magics."""
-    run(shell, f"import minipar\nrc = minipar.Client({cluster.client_file!r})")
+    cluster's own client is made before the shell), so it has the magics. Afterwards what
+    it left running is aborted (a failed test's: not to keep a shared engine busy)."""
+    run(shell, f"import minipar\nrc = minipar.Client({client_file!r})")
     rc = shell.user_ns["rc"]
     try:
         yield rc
     finally:
+        if rc.outstanding:   # after close(): none, close() failed them
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # "nothing to abort": answered meanwhile
+                rc.abort()
         rc.close()
+
+
+@pytest.fixture
+def ip_rc(shared_cluster, shell):
+    """The shell's client of the module's cluster."""
+    yield from _shell_client(shell, shared_cluster.client_file)
+
+
+@pytest.fixture
+def own_ip_rc(cluster, shell):
+    """The shell's client of a cluster of the test's own."""
+    yield from _shell_client(shell, cluster.client_file)
 
 
 def run(shell, cell, ok=True):
@@ -158,7 +180,7 @@ def test_px_cell_options(shell, ip_rc):
     assert "--group-outputs 'x'" in run(shell, "%%px --group-outputs x\npass", ok=False)
 
 
-def test_px_shows_the_value_of_a_last_expression_as_ipyparallel(shell, ip_rc):
+def test_px_shows_the_value_of_a_last_expression_as_ipyparallel(shell, own_ip_rc):
     """A teacher's first %px: the value of the code's last expression, ``Out[0:3]: ...``
     per engine as ipyparallel's %px shows it, after the engines' output (by type, or by
     engine with ipyparallel's [output:0]), also with --stream, from %autopx, %pxresult
@@ -224,7 +246,7 @@ def test_px_takes_ipyparallels_stream_progress_and_signal_options(shell, ip_rc):
     assert "--progress-after 'soon'" in run(shell, "%%px --progress-after soon\npass", ok=False)
 
 
-def test_pxconfig_and_autopx(shell, ip_rc):
+def test_pxconfig_and_autopx(shell, own_ip_rc):
     assert "there is none yet" in run(shell, "%pxresult", ok=False)
     run(shell, "%pxconfig --noblock")
     out = run(shell, "%px print('async')")
@@ -256,12 +278,12 @@ def test_autopx_noblock_shows_no_out(shell, ip_rc):
     assert out.startswith("Out[") and "AsyncResult" in out   # a plain %px still shows it
 
 
-def test_a_second_client_leaves_the_magics_to_the_first(cluster, shell, ip_rc):
+def test_a_second_client_leaves_the_magics_to_the_first(cluster, shell, own_ip_rc):
     """As ipyparallel's: the first Client made in IPython registers %px; a later one (a
     helper, another cluster's) leaves it there, so closing that one breaks nothing. Once
     the magics' Client is closed, %px says so in one line, and a new Client takes over."""
     run(shell, f"helper = minipar.Client({cluster.client_file!r}, timeout=1)")
-    assert shell.find_line_magic("px").__self__.view.client is ip_rc
+    assert shell.find_line_magic("px").__self__.view.client is own_ip_rc
     run(shell, "helper.close()")
     assert run(shell, "%px print('still')") == "".join(f"[stdout:{i}] still\n" for i in range(4))
     run(shell, "rc.close()")
@@ -329,7 +351,7 @@ def test_ctrl_c_in_a_blocking_px_stops_its_work_and_says_so(shell, ip_rc, magic)
     assert run(shell, "%px print('free')") == "".join(f"[stdout:{i}] free\n" for i in range(4))
 
 
-def test_px_display_shows_the_plain_text(shell, ip_rc):
+def test_px_display_shows_the_plain_text(shell, own_ip_rc):
     """display() is a builtin on the engines, as on ipyparallel's (IPython kernels), and
     shows an object's text/plain: 'hi' for the string, as ipyparallel's [output:0] does
     (minipar prints it, so it comes as stdout). The same before and after the engine's
@@ -339,13 +361,13 @@ def test_px_display_shows_the_plain_text(shell, ip_rc):
     assert out == "[stdout:0] \n'a'\n1\n"
     run(shell, "%px !true")
     assert run(shell, "%px --targets 1 display('hi')") == "[stdout:1] 'hi'\n"
-    ar = ip_rc[2].apply_async(lambda: display({"k": "v"}))   # noqa: F821 - the engine's
+    ar = own_ip_rc[2].apply_async(lambda: display({"k": "v"}))   # noqa: F821 - the engine's
     ar.get(TIMEOUT)
     assert ar.stdout == "{'k': 'v'}\n"
 
 
-def test_engines_with_ipython_run_its_syntax(shell, ip_rc):
-    dv = ip_rc[:]
+def test_engines_with_ipython_run_its_syntax(shell, own_ip_rc):
+    dv = own_ip_rc[:]
     # plain code does not load IPython on the engines
     dv.execute("a = 1", block=True)
     assert dv.apply_sync(lambda: __import__("sys").modules.get("IPython") is None) == [True] * 4
@@ -362,11 +384,11 @@ def test_engines_with_ipython_run_its_syntax(shell, ip_rc):
     assert dv.pull("files", block=True)[0] == ["x y"]
     # a plain SyntaxError stays one
     with pytest.raises(RemoteError) as e:
-        ip_rc[0].execute("1 +", block=True)
+        own_ip_rc[0].execute("1 +", block=True)
     assert e.value.ename == "SyntaxError"
 
 
-def test_px_matplotlib_inline_on_the_engines(shell, ip_rc):
+def test_px_matplotlib_inline_on_the_engines(shell, own_ip_rc):
     """ipyparallel's docs start plotting with %px %matplotlib inline: engines with
     IPython take it (an engine has no GUI loop to start), and then plot."""
     pytest.importorskip("matplotlib_inline")
