@@ -703,6 +703,26 @@ def test_push_resolves_a_reference_on_each_engine_as_ipyparallel(rc):
         dv.push({"d": ipp.Reference("never_defined")}, block=True)
 
 
+def test_update_and_setitem_are_pushes_that_follow_the_views_block(rc, tmp_path):
+    """ipyparallel's ``dv.update(ns)`` is ``dv.push(ns, block=dv.block)``, and ``dv[k] = v``
+    an update: with block False the push is queued, not waited for (update returns its
+    AsyncResult), with block True it is waited for. Both always waited and gave None."""
+    gate = tmp_path / "gate"
+    dv = rc.direct_view(targets=[0])   # a view of its own: block changed here only
+    dv.block = False
+    busy = dv.apply_async(wait_for_file, str(gate))
+    ar = dv.update({"u": 1})
+    dv["s"] = 2   # both queued behind `busy`: it still waits for its gate
+    assert isinstance(ar, ipp.AsyncResult) and not ar.done() and not busy.done()
+    gate.touch()
+    assert busy.get(TIMEOUT) == [True] and ar.get(TIMEOUT) == [None]
+    assert dv.pull(["u", "s"], block=True) == [[1, 2]]
+    dv.block = True
+    assert dv.update({"u": 3}) == [None]
+    dv["s"] = 4
+    assert dv.pull(["u", "s"], block=False).get(TIMEOUT) == [[3, 4]]
+
+
 def test_a_module_name_minipar_leaves_out_says_what_to_use(rc):
     """ipyparallel's magics page runs ``%px import ipyparallel as ipp; ipp.bind_kernel()``
     on the engines: each name of ipyparallel's module that minipar leaves out on purpose
