@@ -628,12 +628,14 @@ def test_wait_interactive_takes_widget_and_return_when(rc, capsys):
     ar = lview.map_async(fail_fast_or_sleep, range(4), chunksize=1)
     t0 = time.monotonic()
     assert ar.wait_interactive(interval=0.05, widget=False,
-                               return_when=ipp.FIRST_EXCEPTION) is False
+                               return_when=ipp.FIRST_EXCEPTION) is None   # as ipyparallel's
     assert time.monotonic() - t0 < 20 and not ar.done()
-    assert ar.wait_interactive(0.05, 0.1, None, ipp.FIRST_COMPLETED) is False   # one is done
+    assert ar.wait_interactive(0.05, 0.1, None, ipp.FIRST_COMPLETED) is None   # one is done
+    assert not ar.done()
     ar.abort()
     ok = lview.map_async(abs, range(-8, 0), chunksize=1)
-    assert ok.wait_interactive(0.05, -1, widget=True, return_when=ipp.ALL_COMPLETED) is True
+    assert ok.wait_interactive(0.05, -1, widget=True, return_when=ipp.ALL_COMPLETED) is None
+    assert ok.done()
     assert "8/8" in capsys.readouterr().err
     with pytest.raises(ValueError, match="return_when="):
         ok.wait_interactive(return_when="sometimes")
