@@ -9,6 +9,7 @@ for process pools).
 """
 
 import builtins
+import contextlib
 import traceback
 
 TimeoutError = builtins.TimeoutError
@@ -29,6 +30,17 @@ KernelError = IPythonError = MiniparError
 
 class ConnectionFileError(MiniparError, FileNotFoundError):
     """A connection file is missing, unreadable or stale."""
+
+
+@contextlib.contextmanager
+def making_profile_folder(path, what):
+    """Inside, folder `path` of a profile is made, for `what`: an OSError there (a file in its
+    path, no permission, a read-only disk) is raised as a ConnectionFileError saying what to do."""
+    try:
+        yield
+    except OSError as e:
+        raise ConnectionFileError(f"cannot make {path} for {what} ({e.strerror}): give a "
+                                  "profile folder you can write (--profile-dir)") from None
 
 
 class SerializationError(MiniparError, TypeError):
