@@ -178,6 +178,11 @@ def wrap(exc, engine_info=None):
             code = "" if exc.code is None else f"{exc.code!r:.80}"   # it was, and what not
             evalue = (f"the task called sys.exit({code}) (or raised SystemExit): that ends "
                       "the task, not its engine, which stays up; return from the task instead")
+        elif isinstance(exc, KeyboardInterrupt) and not evalue:   # the engine's have a text
+            evalue = ("the task raised it itself (`raise KeyboardInterrupt` in its code or a "
+                      "library's, or a SIGINT handler it installed); an interrupt by the engine "
+                      "names its sender (rc.send_signal, Ctrl-C at the engine's terminal, kill "
+                      "-INT). The engine stays up")
     except BaseException:
         evalue = "<unprintable>"
     try:

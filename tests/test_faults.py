@@ -956,6 +956,33 @@ def test_a_task_that_calls_sys_exit_says_so_and_its_engine_stays_up(local_cluste
     assert rc[eid].apply_sync(abs, -1) == 1 and rc.ids == [eid]
 
 
+def _raise_keyboard_interrupt():
+    raise KeyboardInterrupt
+
+
+def test_a_task_that_raises_a_bare_keyboard_interrupt_says_what_it_means(local_cluster):
+    """A task's own ``raise KeyboardInterrupt`` was reported as ``KeyboardInterrupt:`` with
+    no text, read as an interrupt from somewhere; it now says the task raised it itself (the
+    engine's interrupts name their sender), and the engine serves on. One with a text keeps
+    it, as the engine's own do."""
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
+    for view in (rc[eid], rc.load_balanced_view()):
+        with pytest.raises(errors.RemoteError) as e:
+            view.apply_async(_raise_keyboard_interrupt).get(START_TIMEOUT_S)
+        assert e.value.ename == "KeyboardInterrupt"
+        assert e.value.evalue.startswith("the task raised it itself (`raise KeyboardInterrupt` "
+                                         "in its code or a library's, or a SIGINT handler it "
+                                         "installed); an interrupt by the engine names its "
+                                         "sender"), e.value.evalue
+        assert "The engine stays up" in str(e.value)
+    with pytest.raises(errors.RemoteError) as e:
+        rc[eid].apply_async(exec, "raise KeyboardInterrupt('stop here')").get(START_TIMEOUT_S)
+    assert e.value.evalue == "stop here"
+    assert rc[eid].apply_sync(abs, -1) == 1 and rc.ids == [eid]
+
+
 def test_an_engine_whose_startup_code_calls_sys_exit_says_so(local_cluster):
     """A startup command (or script) that calls sys.exit ends its engine with that status
     before it registers, as asked, and now says so in its log, where it ended silently."""
