@@ -667,11 +667,11 @@ class AsyncResult(_Future, errors.SaysWhyAbsent, errors.ClientSide,
         s: requests done/total, rate and time left (tqdm's bar when it is installed; in
         Jupyter a widget, whatever ipyparallel's `widget` says). `return_when`
         FIRST_COMPLETED or FIRST_EXCEPTION stops at the first request done, or failed.
-        Returns whether all are done."""
+        Returns None, as ipyparallel's (IPython shows no ``Out[n]``): ``ar.done()`` says
+        whether all are done."""
         from .integrations import _wait_with_bar
 
-        return _wait_with_bar(self, self._fname or "tasks", interval, _timeout_s(timeout),
-                              return_when)
+        _wait_with_bar(self, self._fname or "tasks", interval, _timeout_s(timeout), return_when)
 
     def stream_output(self, interval=0.1, timeout=None, file=None):
         """Print what the requests print, as the engines print it, each line prefixed

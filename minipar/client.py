@@ -1310,16 +1310,16 @@ class DirectView(_View):
         _check_pulled("pull", names)
         return self._send_each(protocol.PULL, targets, block, names=names)
 
-    def __setitem__(self, key, value):
-        self.push({key: value}, block=True)
+    def __setitem__(self, key, value):   # an update: not waited for unless blocking
+        self.update({key: value})
 
     def __getitem__(self, key):
         if isinstance(key, str):
             return self.pull(key, block=True)
         raise TypeError("index a DirectView with a name to pull it")
 
-    def update(self, ns):
-        self.push(ns, block=True)
+    def update(self, ns):   # push, as ipyparallel's: an AsyncResult unless `block`
+        return self.push(ns)
 
     def get(self, key):
         return self.pull(key, block=True)

@@ -52,8 +52,8 @@ import zmq
 from . import errors, protocol
 from . import scheduler as _scheduler, top as _top
 from .protocol import ERROR, OK
-from .records import (PENDING, RECORD_BYTES, RECORD_LIMIT, Parked, _header, _IdSet,
-                      _queried_ids, _result_header, open_db)
+from .records import (PENDING, RECORD_BYTES, RECORD_LIMIT, Parked, _give_back_memory, _header,
+                      _IdSet, _queried_ids, _result_header, open_db)
 
 log = logging.getLogger(__name__)
 __path__ = []   # so ipyparallel's paths into it are explained: errors.SUBMODULE_MOVED
@@ -224,8 +224,14 @@ class Controller:
         self._recover(time.monotonic())
         protocol.write_connection_file(self.engine_file, self.info)
         self._write_client_file()
-        log.info("minipar controller ready: %s; connection files in %s",
-                 protocol.url(self.info, "client"), os.path.dirname(self.client_file))
+        every = self.ip in ("*", "0.0.0.0")   # --ip's opt-in to be reached from other machines
+        log.info("minipar controller ready: %s%s; connection files in %s",
+                 protocol.url(self.info, "client"), " (listening on every interface)" * every,
+                 os.path.dirname(self.client_file))
+        if every and not self.curve:   # signing stops forged or altered messages, not reading
+            log.warning("listening on every interface without --curve: messages are signed but "
+                        "not encrypted, so whoever sees the traffic reads the tasks, data and "
+                        "results; on a network you do not trust, restart with --curve")
 
     def _write_client_file(self):
         """The client file, with the engines (and in a restart's grace the previous controller's
@@ -1254,17 +1260,6 @@ class Controller:
         protocol.RESULT_REQUEST: _result_request, protocol.PURGE: _purge, protocol.ABORT: _abort,
         protocol.SHUTDOWN: _shutdown, protocol.RESUBMIT: _resubmit, protocol.DB_QUERY: _db_query,
         protocol.SIGNAL: _signal, protocol.BROADCAST: _broadcast}
-
-
-def _give_back_memory():
-    """After a large purge: hand the freed memory back to the system, as far as CPython
-    allows (what the C allocator keeps of freed blocks; pymalloc returns an arena only
-    when every object in it is gone)."""
-    import ctypes   # here, not at import: purges are rare
-
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)   # glibc's; elsewhere there is none to call
 
 
 EPITAPH_LINES = 12   # the end of a dead engine's log quoted in its EngineErrors (or from

@@ -820,10 +820,11 @@ class Engine:
         # default action ends the engine at once, as it always has: the request gets its
         # engine's death (or its retry), and no `finally` of user code delays the exit.
         # Before it has registered there is nothing to undo, nor a wait worth finishing.
+        name = signal.Signals(signum).name   # SIGHUP too: see _on_sighup
         if self._current is None and self.id is not None:
-            log.info("SIGTERM while idle: unregistering")
+            log.info("%s while idle: unregistering", name)
             return self._stop()
-        log.warning("SIGTERM %s: exiting at once", "before registering" if self._current
+        log.warning("%s %s: exiting at once", name, "before registering" if self._current
                     is None else f"while running {self._current.msg_id}")
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.raise_signal(signal.SIGTERM)
@@ -1425,6 +1426,16 @@ def _stop_waiting(signum, frame):
     raise SystemExit(0)
 
 
+def _on_sighup(signum, frame):
+    # executes in the main thread: its terminal closed. It stops as on `kill PID`, through
+    # SIGTERM's handler: the engine's (or _stop_waiting) is called, so its log names SIGHUP;
+    # another (a task's own, or none in a child a task forked) gets a real SIGTERM, as before
+    handler = signal.getsignal(signal.SIGTERM)
+    if handler is _stop_waiting or getattr(handler, "__func__", None) is Engine._on_sigterm:
+        return handler(signum, frame)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _cluster_profile_dir(args, wait_s):
     """The profile folder of cluster --cluster-id, waited for up to `wait_s` s (an engine
     started before its cluster), and what is left of `wait_s`, for the connection file."""
@@ -1495,7 +1506,7 @@ def main(argv=None):
     for sig in (signal.SIGINT, signal.SIGTERM):   # not the defaults: a traceback, a kill
         signal.signal(sig, _stop_waiting)
     if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:   # its terminal closed (not under nohup)
-        signal.signal(signal.SIGHUP, lambda *_: os.kill(os.getpid(), signal.SIGTERM))   # as kill
+        signal.signal(signal.SIGHUP, _on_sighup)
     try:
         wait_s = min(args.timeout, CONNECTION_FILE_WAIT_S)
         if args.cluster_id and not args.file:   # ipengine's: that cluster's connection file

@@ -9,6 +9,7 @@ for process pools).
 """
 
 import builtins
+import contextlib
 import traceback
 
 TimeoutError = builtins.TimeoutError
@@ -29,6 +30,17 @@ KernelError = IPythonError = MiniparError
 
 class ConnectionFileError(MiniparError, FileNotFoundError):
     """A connection file is missing, unreadable or stale."""
+
+
+@contextlib.contextmanager
+def making_profile_folder(path, what):
+    """Inside, folder `path` of a profile is made, for `what`: an OSError there (a file in its
+    path, no permission, a read-only disk) is raised as a ConnectionFileError saying what to do."""
+    try:
+        yield
+    except OSError as e:
+        raise ConnectionFileError(f"cannot make {path} for {what} ({e.strerror}): give a "
+                                  "profile folder you can write (--profile-dir)") from None
 
 
 class SerializationError(MiniparError, TypeError):
@@ -166,6 +178,11 @@ def wrap(exc, engine_info=None):
             code = "" if exc.code is None else f"{exc.code!r:.80}"   # it was, and what not
             evalue = (f"the task called sys.exit({code}) (or raised SystemExit): that ends "
                       "the task, not its engine, which stays up; return from the task instead")
+        elif isinstance(exc, KeyboardInterrupt) and not evalue:   # the engine's have a text
+            evalue = ("the task raised it itself (`raise KeyboardInterrupt` in its code or a "
+                      "library's, or a SIGINT handler it installed); an interrupt by the engine "
+                      "names its sender (rc.send_signal, Ctrl-C at the engine's terminal, kill "
+                      "-INT). The engine stays up")
     except BaseException:
         evalue = "<unprintable>"
     try:

@@ -136,9 +136,8 @@ def _progress_bar(total, desc, unit, initial=0):
 
 def _wait_with_bar(ar, desc, interval, timeout, return_when=None):
     """``ar.wait_interactive()``: wait for AsyncResult `ar` (at most `timeout` s), redrawing
-    a bar of its requests done every `interval` s; whether it is done. `return_when`
-    FIRST_COMPLETED or FIRST_EXCEPTION (ipyparallel's) ends the wait once one request is
-    done, or has failed."""
+    a bar of its requests done every `interval` s. `return_when` FIRST_COMPLETED or
+    FIRST_EXCEPTION (ipyparallel's) ends the wait once one request is done, or has failed."""
     if return_when not in (None, concurrent.futures.ALL_COMPLETED,
                            concurrent.futures.FIRST_COMPLETED, concurrent.futures.FIRST_EXCEPTION):
         raise ValueError(f"return_when={return_when!r}: give ALL_COMPLETED, FIRST_COMPLETED or "
@@ -158,7 +157,6 @@ def _wait_with_bar(ar, desc, interval, timeout, return_when=None):
     finally:
         bar.update(ar.progress - bar.n)
         bar.close()
-    return ar.done()
 
 
 def _failed(future):

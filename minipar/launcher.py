@@ -63,7 +63,7 @@ import weakref
 
 from . import protocol
 from .errors import (CLUSTER_ABSENT, ConnectionFileError, MiniparError, SaysWhyAbsent,
-                     TimeoutError, refuse_absent)
+                     TimeoutError, making_profile_folder, refuse_absent)
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +370,8 @@ class BaseLauncher:
     @property
     def log_dir(self):
         d = os.path.join(self.profile_dir, "log")
-        os.makedirs(d, exist_ok=True)
+        with making_profile_folder(d, "the logs"):   # a file given as --profile-dir, say
+            os.makedirs(d, exist_ok=True)
         return d
 
     def _output_path(self, role):
@@ -1047,9 +1048,8 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
                     f"the controller stopped ({self.controller.stop_data}) while waiting for "
                     f"engines; its output:\n{self.controller.get_output()}")
             if self.engines and all(e.state == AFTER for e in self.engines.values()):
-                raise EngineStartError(
-                    f"every engine exited; {len(rc.ids)} of {n} registered. Their output:\n"
-                    f"{self._engine_output()}")
+                raise EngineStartError(f"every engine exited; {len(rc.ids)} of {n} registered. "
+                                       f"Their output:\n{self._engine_output()}")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"{len(rc.ids)} of {n} engines registered within {timeout} s. "

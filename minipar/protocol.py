@@ -70,7 +70,8 @@ import cloudpickle
 import zmq
 
 from .dependency import Reference
-from .errors import ConnectionFileError, MiniparError, SerializationError
+from .errors import (ConnectionFileError, MiniparError, SerializationError,
+                     making_profile_folder)
 
 DELIM = b"<MINIPAR>"
 REFUSED = b"refused"  # an unsigned notice sent back for a message that failed its check
@@ -1225,12 +1226,9 @@ def profile_name(text):
 
 def security_dir(pdir):
     d = os.path.join(pdir, "security")
-    try:
+    with making_profile_folder(d, "the connection files"):
         os.makedirs(d, mode=0o700, exist_ok=True)
         os.chmod(d, 0o700)
-    except OSError as e:   # a file in its path, no permission, a read-only disk
-        raise ConnectionFileError(f"cannot make {d} for the connection files ({e.strerror}): "
-                                  "give a profile folder you can write (--profile-dir)") from None
     return d
 
 

@@ -65,6 +65,8 @@ neither; ipyparallel's DictDB tests a substring, which agrees for '' and fails o
 
 import bisect
 import collections
+import contextlib
+import gc
 import io
 import logging
 import numbers
@@ -375,6 +377,17 @@ def open_db(kind, profile_dir, record_limit=RECORD_LIMIT, record_bytes=RECORD_BY
     if kind in ("dict", "none"):
         return DictDB(record_limit, record_bytes) if kind == "dict" else NoDB()
     raise ValueError(f"unknown db {kind!r}; use dict, sqlite or none")
+
+
+def _give_back_memory():
+    """After a large purge: hand the freed memory back to the system, as far as CPython
+    allows (what the C allocator keeps of freed blocks; pymalloc returns an arena only
+    when every object in it is gone)."""
+    import ctypes   # here, not at import: purges are rare
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)   # glibc's; elsewhere there is none to call
 
 
 class _IdSet:

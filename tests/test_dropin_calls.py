@@ -628,12 +628,14 @@ def test_wait_interactive_takes_widget_and_return_when(rc, capsys):
     ar = lview.map_async(fail_fast_or_sleep, range(4), chunksize=1)
     t0 = time.monotonic()
     assert ar.wait_interactive(interval=0.05, widget=False,
-                               return_when=ipp.FIRST_EXCEPTION) is False
+                               return_when=ipp.FIRST_EXCEPTION) is None   # as ipyparallel's
     assert time.monotonic() - t0 < 20 and not ar.done()
-    assert ar.wait_interactive(0.05, 0.1, None, ipp.FIRST_COMPLETED) is False   # one is done
+    assert ar.wait_interactive(0.05, 0.1, None, ipp.FIRST_COMPLETED) is None   # one is done
+    assert not ar.done()
     ar.abort()
     ok = lview.map_async(abs, range(-8, 0), chunksize=1)
-    assert ok.wait_interactive(0.05, -1, widget=True, return_when=ipp.ALL_COMPLETED) is True
+    assert ok.wait_interactive(0.05, -1, widget=True, return_when=ipp.ALL_COMPLETED) is None
+    assert ok.done()
     assert "8/8" in capsys.readouterr().err
     with pytest.raises(ValueError, match="return_when="):
         ok.wait_interactive(return_when="sometimes")
@@ -701,6 +703,26 @@ def test_push_resolves_a_reference_on_each_engine_as_ipyparallel(rc):
     assert dv.pull(("a", "b", "c"), block=True) == [["new", e, 3] for e in rc.ids]
     with pytest.raises(ipp.CompositeError, match="NameError"):
         dv.push({"d": ipp.Reference("never_defined")}, block=True)
+
+
+def test_update_and_setitem_are_pushes_that_follow_the_views_block(rc, tmp_path):
+    """ipyparallel's ``dv.update(ns)`` is ``dv.push(ns, block=dv.block)``, and ``dv[k] = v``
+    an update: with block False the push is queued, not waited for (update returns its
+    AsyncResult), with block True it is waited for. Both always waited and gave None."""
+    gate = tmp_path / "gate"
+    dv = rc.direct_view(targets=[0])   # a view of its own: block changed here only
+    dv.block = False
+    busy = dv.apply_async(wait_for_file, str(gate))
+    ar = dv.update({"u": 1})
+    dv["s"] = 2   # both queued behind `busy`: it still waits for its gate
+    assert isinstance(ar, ipp.AsyncResult) and not ar.done() and not busy.done()
+    gate.touch()
+    assert busy.get(TIMEOUT) == [True] and ar.get(TIMEOUT) == [None]
+    assert dv.pull(["u", "s"], block=True) == [[1, 2]]
+    dv.block = True
+    assert dv.update({"u": 3}) == [None]
+    dv["s"] = 4
+    assert dv.pull(["u", "s"], block=False).get(TIMEOUT) == [[3, 4]]
 
 
 def test_a_module_name_minipar_leaves_out_says_what_to_use(rc):

@@ -668,14 +668,14 @@ def test_a_timeout_not_a_number_is_a_type_error_and_a_negative_one_is_no_limit(r
             call()
     for forever in (-1, -0.5):   # ipyparallel's timeout=-1: no limit, as None
         assert [call() for call in waits(done, forever)] == \
-            [[1] * 4, {e: 1 for e in rc.ids}, True, True, True, True, True]
+            [[1] * 4, {e: 1 for e in rc.ids}, True, True, None, True, True]
     with cf.ThreadPoolExecutor(7) as pool:
         waiting = [pool.submit(call) for call in waits(pending, -1)]
         assert len(cf.wait(waiting, timeout=0.5).not_done) == 7   # none gave up at once
         pending.abort()
         assert not cf.wait(waiting, timeout=WAIT_S).not_done
     assert [type(w.exception()).__name__ for w in waiting[:2]] == ["TaskAborted"] * 2
-    assert [w.result() for w in waiting[2:]] == [True] * 5
+    assert [w.result() for w in waiting[2:]] == [True, True, None, True, True]
 
 
 def test_a_name_ipyparallel_has_and_minipar_leaves_out_says_what_to_use_on_a_result(rc):
@@ -745,7 +745,7 @@ def test_map_len_and_progress_count_items(rc, monkeypatch, capsys):
     assert ar.progress == 50 and len(ar.msg_ids) == 8
     monkeypatch.setitem(sys.modules, "tqdm", None)   # the plain bar, on stderr
     capsys.readouterr()
-    assert ar.wait_interactive(interval=0.01, timeout=WAIT_S)
+    assert ar.wait_interactive(interval=0.01, timeout=WAIT_S) is None and ar.done()
     assert "50/50" in capsys.readouterr().err
     direct = rc[:].map_async(abs, range(50))
     direct.get(WAIT_S)

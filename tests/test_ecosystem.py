@@ -198,7 +198,7 @@ def test_cluster_async_with(pids):  # noqa: F811 - the fixture
 
 def test_wait_interactive_plain_bar_reads_done_total_rate_and_time_left(rc, capsys, no_tqdm):
     ar = rc.load_balanced_view().map(sleep_then, [0.1] * 12, range(12), chunksize=1)
-    assert ar.wait_interactive(interval=0.02, timeout=WAIT_S)
+    assert ar.wait_interactive(interval=0.02, timeout=WAIT_S) is None and ar.done()
     err = capsys.readouterr().err
     frames = err.split("\r")
     last = frames[-1].strip()
@@ -214,14 +214,14 @@ def test_wait_interactive_uses_tqdm(rc, capsys):
     import tqdm  # noqa: F401 - installed in CI: the bar below is tqdm's
 
     ar = rc.load_balanced_view().map(sleep_then, [0.05] * 8, range(8), chunksize=1)
-    assert ar.wait_interactive(interval=0.02, timeout=WAIT_S)
+    assert ar.wait_interactive(interval=0.02, timeout=WAIT_S) is None and ar.done()
     err = capsys.readouterr().err
     assert "8/8" in err and "tasks/s" in err and "100%" in err, err
 
 
 def test_wait_interactive_timeout(rc, no_tqdm, capsys):
     ar = rc.load_balanced_view().apply_async(sleep_then, 30, None)
-    assert not ar.wait_interactive(interval=0.05, timeout=0.3)
+    assert ar.wait_interactive(interval=0.05, timeout=0.3) is None and not ar.done()
     assert "0/1" in capsys.readouterr().err
     ar.abort()
 

@@ -769,7 +769,8 @@ def test_an_engine_waiting_for_its_connection_file_stops_as_an_idle_one(tmp_path
     file. SIGTERM, or Ctrl-C at its terminal, ends it at once, with one line and status 0
     as an idle engine (not a KeyboardInterrupt traceback, nor death by the signal); a
     SIGINT from elsewhere (Cluster.signal_engines_sync) is ignored, as by an idle one.
-    SIGHUP (its terminal closed) does as SIGTERM, where it ended the engine by the signal."""
+    SIGHUP (its terminal closed) does as SIGTERM, where it ended the engine by the signal;
+    its line names SIGHUP (it said SIGTERM, the signal it was forwarded as)."""
     log = tmp_path / "engine.log"
     args = ["--profile-dir", str(tmp_path / "profile")]   # which holds no connection file
     master = None
@@ -808,7 +809,7 @@ def test_an_engine_waiting_for_its_connection_file_stops_as_an_idle_one(tmp_path
     after = text[text.index("no connection file"):].splitlines()[1:]   # its last words
     ignored = sig == signal.SIGINT and not at_a_terminal
     assert "Traceback" not in text and len(after) == 1 + ignored
-    stopped_by = "SIGINT" if at_a_terminal else "SIGTERM"
+    stopped_by = "SIGINT" if at_a_terminal else "SIGHUP" if sig == signal.SIGHUP else "SIGTERM"
     assert f"{stopped_by} before connecting to the controller: exiting" in after[-1]
 
 
@@ -816,7 +817,8 @@ def test_an_engine_whose_terminal_closed_stops_as_on_sigterm(local_cluster):
     """SIGHUP, which an engine started by hand gets when its terminal is closed, ended it
     by the signal, without a word: its controller saw its process gone and counted it lost.
     Idle, it now stops as on `kill PID` (SIGTERM): it says so, unregisters (its client's
-    ids drop it) and exits 0; one running a request still ends at once, as on SIGTERM."""
+    ids drop it) and exits 0; one running a request still ends at once, as on SIGTERM. Its
+    log names SIGHUP: it said "SIGTERM while idle", the signal SIGHUP was forwarded as."""
     idle, busy = local_cluster.start_engines(2)
     rc = local_cluster.client()
     rc.wait_for_engines(2, START_TIMEOUT_S)
@@ -826,10 +828,11 @@ def test_an_engine_whose_terminal_closed_stops_as_on_sigterm(local_cluster):
                "the request sent to the busy engine")
     idle.send_signal(signal.SIGHUP)
     assert idle.wait(START_TIMEOUT_S) == 0
-    assert "SIGTERM while idle: unregistering" in local_cluster.output(idle.log_name)
+    assert "SIGHUP while idle: unregistering" in local_cluster.output(idle.log_name)
     wait_until(lambda: rc.ids == [by_pid[busy.pid]], START_TIMEOUT_S, "the idle one unlisted")
     busy.send_signal(signal.SIGHUP)
     assert busy.wait(START_TIMEOUT_S) == -signal.SIGTERM
+    assert "SIGHUP while running" in local_cluster.output(busy.log_name)
     with pytest.raises(errors.EngineError):
         ar.get(START_TIMEOUT_S)
 
@@ -950,6 +953,33 @@ def test_a_task_that_calls_sys_exit_says_so_and_its_engine_stays_up(local_cluste
         assert e.value.ename == "SystemExit"
         assert f"the task called {shown} (or raised SystemExit): that ends the task, not its " \
             "engine, which stays up" in str(e.value), str(e.value)
+    assert rc[eid].apply_sync(abs, -1) == 1 and rc.ids == [eid]
+
+
+def _raise_keyboard_interrupt():
+    raise KeyboardInterrupt
+
+
+def test_a_task_that_raises_a_bare_keyboard_interrupt_says_what_it_means(local_cluster):
+    """A task's own ``raise KeyboardInterrupt`` was reported as ``KeyboardInterrupt:`` with
+    no text, read as an interrupt from somewhere; it now says the task raised it itself (the
+    engine's interrupts name their sender), and the engine serves on. One with a text keeps
+    it, as the engine's own do."""
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
+    for view in (rc[eid], rc.load_balanced_view()):
+        with pytest.raises(errors.RemoteError) as e:
+            view.apply_async(_raise_keyboard_interrupt).get(START_TIMEOUT_S)
+        assert e.value.ename == "KeyboardInterrupt"
+        assert e.value.evalue.startswith("the task raised it itself (`raise KeyboardInterrupt` "
+                                         "in its code or a library's, or a SIGINT handler it "
+                                         "installed); an interrupt by the engine names its "
+                                         "sender"), e.value.evalue
+        assert "The engine stays up" in str(e.value)
+    with pytest.raises(errors.RemoteError) as e:
+        rc[eid].apply_async(exec, "raise KeyboardInterrupt('stop here')").get(START_TIMEOUT_S)
+    assert e.value.evalue == "stop here"
     assert rc[eid].apply_sync(abs, -1) == 1 and rc.ids == [eid]
 
 

@@ -688,7 +688,8 @@ def test_an_engine_started_before_its_controller_waits_for_it(pids, tmp_path):
 def test_a_folder_that_cannot_be_made_is_one_line_not_a_traceback(pids, tmp_path):
     """A profile folder or engine --work-dir under a file (or without permission, on a
     read-only disk) ended the controller, the launcher and the engine with a traceback
-    through minipar's internals; each now says in one line which folder and why."""
+    through minipar's internals; each now says in one line which folder and why. The
+    launcher said only "[Errno 20] Not a directory: 'P/log'": it says what to do as well."""
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     prof = str(blocker / "profile")
@@ -696,9 +697,11 @@ def test_a_folder_that_cannot_be_made_is_one_line_not_a_traceback(pids, tmp_path
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert f"cannot make {prof}/security for the connection files (Not a directory)" \
         in out.stderr
-    out = cli("start", "-n", "1", "--profile-dir", prof, "--daemonize")
-    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
-    assert out.stderr.startswith("error: ") and prof in out.stderr
+    for given in (prof, str(blocker)):   # under a file, or the file itself
+        out = cli("start", "-n", "1", "--profile-dir", given, "--daemonize")
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr == (f"error: cannot make {given}/log for the logs (Not a directory): "
+                              "give a profile folder you can write (--profile-dir)\n")
     first = _controller(str(tmp_path / "p"))
     pids.add(first.pid)
     out = subprocess.run([sys.executable, "-m", "minipar.engine", "--profile-dir",

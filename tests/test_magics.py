@@ -136,8 +136,9 @@ def test_view_call_errors_show_the_engines_tracebacks(shell, ip_rc):
 
 
 def test_wait_interactive_in_ipython(shell, ip_rc):
-    """As ipyparallel's: rc.wait_interactive() returns None (no Out[n]) and, with nothing
-    outstanding, draws no bar; a bar's rate counts only the work done while it waits."""
+    """As ipyparallel's: rc.wait_interactive() and ar.wait_interactive() return None (no
+    Out[n]; ar's gave True) and, with nothing outstanding, rc's draws no bar; a bar's rate
+    counts only the work done while it waits."""
     assert run(shell, "rc.wait_interactive()") == ""
     run(shell, "ar = rc[:].apply_async(abs, -1)\nar.get()")
     out = run(shell, "rc.wait_interactive(ar)")
@@ -145,6 +146,7 @@ def test_wait_interactive_in_ipython(shell, ip_rc):
     # done before the wait: 4/4 at once, at no rate (tqdm's '?', or the text bar's 0.00)
     out = run(shell, "ar.wait_interactive()")
     assert re.search(r"4/4 \[\d\d:\d\d<\?, (\?|0\.00 )tasks/s\]", out), out
+    assert "Out[" not in out, out
     out = run(shell, "import time\nrc[:].apply_async(time.sleep, 0.5)\nrc.wait_interactive()")
     assert "4/4" in out and "Out[" not in out, out
 

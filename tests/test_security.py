@@ -21,6 +21,7 @@ import minipar
 from minipar import errors, protocol
 
 from .conftest import START_TIMEOUT_S, LocalCluster
+from .helpers import wait_until
 
 TIMEOUT = 120
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -113,6 +114,28 @@ def test_controller_listens_on_loopback_only_by_default(local_cluster):
     for name, port in info["ports"].items():
         addrs = _listening(port)
         assert addrs == ["0100007F"], (name, port, addrs)   # 127.0.0.1, little-endian hex
+
+
+@pytest.mark.parametrize("args, every, warned", [
+    (["--ip", "0.0.0.0"], True, True), (["--ip", "*", "--curve"], True, False), ([], False, False)])
+def test_a_controller_on_every_interface_says_so_and_without_curve_that_it_is_readable(
+        tmp_path, args, every, warned):
+    """``--ip 0.0.0.0`` (or '*') opts in to be reached from other machines, and the
+    controller said nothing of it: its ready line now says it listens on every interface
+    and, without --curve, a warning says that messages are signed but not encrypted and
+    to use --curve on a network you do not trust. On loopback (the default) neither."""
+    c = LocalCluster(tmp_path, controller_args=args)
+    try:
+        wait_until(lambda: "controller ready" in c.output("controller"), START_TIMEOUT_S,
+                   "the controller's ready line")
+        out = c.output("controller")
+        ready = re.search(r"controller ready: tcp://\S+( \(listening on every interface\))?; "
+                          r"connection files in ", out)
+        assert ready and bool(ready.group(1)) == every, out
+        assert ("WARNING listening on every interface without --curve: messages are signed but "
+                "not encrypted" in out and "restart with --curve" in out) == warned, out
+    finally:
+        c.stop()
 
 
 # ------------------------------------------------------------------ wrong keys
