@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 
@@ -190,3 +191,19 @@ def shared_cluster(tmp_path_factory):
 @pytest.fixture
 def rc(cluster):
     return cluster.rc
+
+
+@pytest.fixture
+def own_client(shared_cluster):
+    """A client of its own on the module's shared cluster, for tests that wait for or count
+    all of a client's requests (rc.wait(), rc.abort(), rc.outstanding). A failed test's
+    leftover requests are aborted, not to keep the next test's engines busy."""
+    client = minipar.Client(shared_cluster.client_file)
+    try:
+        yield client
+    finally:
+        if client.outstanding:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # "nothing to abort": answered meanwhile
+                client.abort()
+        client.close()

@@ -7,7 +7,6 @@ one, or count every name in the engines' namespaces take ``cluster``, their own.
 
 import signal
 import time
-import warnings
 
 import pytest
 
@@ -19,19 +18,10 @@ TIMEOUT = 30
 
 
 @pytest.fixture
-def rc(shared_cluster):
-    """A client of its own on the module's cluster: these tests wait for and count all
-    of a client's requests (rc.wait(), rc.outstanding). A failed test's leftover requests
-    are aborted, not to keep the next test's engines busy."""
-    client = minipar.Client(shared_cluster.client_file)
-    try:
-        yield client
-    finally:
-        if client.outstanding:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")   # "nothing to abort": answered meanwhile
-                client.abort()
-        client.close()
+def rc(own_client):
+    """A client of its own on the module's cluster: these tests wait for and count all of a
+    client's requests (rc.wait(), rc.outstanding)."""
+    return own_client
 
 
 def _wait_started(ar, text="started", timeout=TIMEOUT):

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 import weakref
 
 import pytest
@@ -70,21 +69,12 @@ def mark_then_wait(folder, i, go):
 
 
 @pytest.fixture
-def rc(shared_cluster):
+def rc(own_client):
     """A client of its own, on the module's cluster: a fresh cluster per test cost more
     than the tests. Its own client, as these tests count and wait for all of a client's
     requests (rc.abort(), rc.wait()); its engines are left as found, each test waiting for
-    or aborting what it started. A failed test's leftovers are aborted, not to keep the
-    next test's engines busy. Those run on their own ``cluster`` leave requests running."""
-    client = minipar.Client(shared_cluster.client_file)
-    try:
-        yield client
-    finally:
-        if client.outstanding:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")   # "nothing to abort": answered meanwhile
-                client.abort()
-        client.close()
+    or aborting what it started. Those run on their own ``cluster`` leave requests running."""
+    return own_client
 
 
 @pytest.fixture

@@ -886,12 +886,9 @@ def test_an_engine_whose_startup_script_raises_never_gets_work(local_cluster, tm
     assert ar.get(START_TIMEOUT_S) == good.pid
 
 
-def test_input_in_a_task_fails_at_once_rather_than_wait_for_the_engines_terminal(
-        local_cluster):
-    """input() in a task read the engine's own stdin: under a launcher (empty) an EOFError
-    saying nothing more, but in a terminal (here a pipe kept open) it waited, silently
-    (its prompt went to the client), for a line typed there. As ipyparallel's engines, it
-    now fails at once, saying why, and the engine serves on."""
+def _engine_with_stdin_open(local_cluster):
+    """An engine whose stdin is a pipe kept open (as a terminal is), registered: (a client,
+    its id, its process)."""
     engine = subprocess.Popen([sys.executable, "-m", "minipar.engine", "--file",
                                local_cluster.engine_file], stdin=subprocess.PIPE,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -899,6 +896,16 @@ def test_input_in_a_task_fails_at_once_rather_than_wait_for_the_engines_terminal
     local_cluster.procs.append(engine)
     rc = local_cluster.client()
     (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
+    return rc, eid, engine
+
+
+def test_input_in_a_task_fails_at_once_rather_than_wait_for_the_engines_terminal(
+        local_cluster):
+    """input() in a task read the engine's own stdin: under a launcher (empty) an EOFError
+    saying nothing more, but in a terminal (here a pipe kept open) it waited, silently
+    (its prompt went to the client), for a line typed there. As ipyparallel's engines, it
+    now fails at once, saying why, and the engine serves on."""
+    rc, eid, engine = _engine_with_stdin_open(local_cluster)
     with pytest.raises(errors.RemoteError, match=r"EOFError: input\('name\? '\) on an "
                        "engine: no one can answer it.*pass what the task needs as an "
                        "argument"):
@@ -926,13 +933,7 @@ def test_reading_stdin_or_getpass_in_a_task_never_waits_for_the_engines_terminal
     waited, silently, for a line typed at the engine's terminal (here a pipe kept open),
     until aborted. Now stdin is at its end, as under a launcher, and getpass fails at once
     saying why; the engine serves on."""
-    engine = subprocess.Popen([sys.executable, "-m", "minipar.engine", "--file",
-                               local_cluster.engine_file], stdin=subprocess.PIPE,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              env=_env(), cwd=ROOT)
-    local_cluster.procs.append(engine)
-    rc = local_cluster.client()
-    (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
+    rc, eid, engine = _engine_with_stdin_open(local_cluster)
     for view in (rc[eid], rc.load_balanced_view()):
         line, catted, said = view.apply_async(_read_stdin_then_getpass).get(START_TIMEOUT_S)
         assert line == "" and catted == b"" and said == (
