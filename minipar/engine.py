@@ -74,6 +74,7 @@ import linecache
 import logging
 import os
 import re
+import select
 import signal
 import socket
 import sys
@@ -303,9 +304,11 @@ class Engine:
         # whose startup fails, and what the script sets in `properties` is registered
         self._call_leaving_if_forked("the startup script", self._run_startup)
         self._std_fds = {}   # copies of its stdout and stderr (fds 1, 2: its log), see _run
+        self._std_poll = select.poll()   # one system call tells of both, after each request
         for fd in (1, 2):
             with contextlib.suppress(OSError):   # closed from the start: none to put back
                 self._std_fds[fd] = os.dup(fd)
+                self._std_poll.register(fd, 0)   # no events asked: POLLNVAL once it is closed
         builtins.input = _no_input   # for the requests, from here on
         getpass.getpass = _no_getpass
         # a task reading stdin (sys.stdin, a program it runs) finds its end, as under a launcher,
@@ -1102,11 +1105,9 @@ class Engine:
         """Open the engine's stdout and stderr (fds 1 and 2) again where request `msg_id`
         closed them (os.close(2)): the next file a task opened took that number, and the
         engine's log lines (faulthandler's report of a crash too) went into it."""
-        for fd, copy in self._std_fds.items():
-            try:
-                os.fstat(fd)
-            except OSError:
-                os.dup2(copy, fd)
+        for fd, events in self._std_poll.poll(0):   # none but for a closed one (or one
+            if events & select.POLLNVAL:               # whose reader is gone: POLLERR, kept)
+                os.dup2(self._std_fds[fd], fd)
                 name = ("stdout", "stderr")[fd - 1]
                 log.warning("request %s closed the engine's %s (fd %d): opened again; to "
                             "silence output, redirect it rather than close it (contextlib."
