@@ -220,7 +220,7 @@ def run_cell(compiled, source, name, ns, count, trap=False):
         if last is None:
             return None
         value = eval(compile(ast.Expression(last.value), name, "eval"), ns)
-    line = source.splitlines()[last.end_lineno - 1].encode()   # its offsets count utf-8 bytes
+    line = source.encode().splitlines()[last.end_lineno - 1]   # the parser's (not str's: \x0c)
     if value is None or line[last.end_col_offset:].lstrip().startswith(b";"):
         return None
     if ns.get("_", _under) is _under:   # as IPython's displayhook, not over the code's own
