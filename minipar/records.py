@@ -312,7 +312,8 @@ class SQLiteDB:
         return True
 
     def records(self):
-        """Every record; finished ones without their frames (read them with ``get``)."""
+        """The live records, then the finished ones without their frames (``get`` has them);
+        not those a previous controller left pending (``pending`` has them)."""
         yield from list(self._live.values())
         for (data,) in self._db.execute("SELECT data FROM records WHERE status != ?",
                                         (PENDING,)):
@@ -575,8 +576,6 @@ _ANSWERED = (*_FROM_RESULT, "engine_uuid")   # answered, though no record holds 
 _IPYPARALLEL_KEYS = {"client_uuid": "client", "content": "header",
                      "result_content": "result_header", "buffers": "wire",
                      "result_buffers": "result_parts"}
-
-
 _LISTS = (list, tuple, set, frozenset)   # what $in and $nin take a list as
 
 
@@ -671,17 +670,16 @@ def _match(rec, query):
 
 
 def _queried_ids(query):
-    """The msg_ids a query is limited to (so a DB can look them up), or None."""
+    """The msg_ids a query is limited to (so a DB can look them up), each once, or None."""
     cond = query.get("msg_id")
-    if cond is None:
-        return None
-    if not _is_condition(cond):
-        return [cond]
+    if cond is None or not _is_condition(cond):
+        return None if cond is None else [cond]
     if "$eq" in cond:
         return [cond["$eq"]]
-    if "$in" in cond:
-        return list(cond["$in"]) if isinstance(cond["$in"], _LISTS) else [cond["$in"]]
-    return None
+    if "$in" not in cond:
+        return None
+    ids = cond["$in"]   # an id listed twice: its record once, as a condition matches
+    return list(dict.fromkeys(ids)) if isinstance(ids, _LISTS) else [ids]
 
 
 def _field(rec, key):

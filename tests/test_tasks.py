@@ -1067,6 +1067,21 @@ def test_db_query_operators_and_keys(rc, lview):
         rc.db_query({"engine": {"$near": 1}})
 
 
+@pytest.mark.parametrize("db", ["dict", "sqlite"])
+def test_db_query_answers_a_record_once_however_often_in_lists_it(make_cluster, db):
+    """``{'msg_id': {'$in': ids}}`` is a condition, as MongoDB's: a record matches it or
+    not. A DB looked up each id listed, so a list naming a task twice (the msg_ids of two
+    AsyncResults sharing one) answered its record twice; SQLite's past 500 ids too."""
+    c = make_cluster(["--db", db], engines=1)
+    ar = c.rc.load_balanced_view().apply_async(square, 3)
+    ar.get(TIMEOUT)
+    (msg_id,), other = ar.msg_ids, "0" * 12   # an id of no task, between them
+    for ids in ([msg_id, msg_id], [msg_id, other, msg_id], [msg_id] * 501 + [other]):
+        found = c.rc.db_query({"msg_id": {"$in": ids}}, keys=["status"])
+        assert found == [{"msg_id": msg_id, "status": "ok"}], len(ids)
+    assert c.rc.db_query({"msg_id": {"$in": [msg_id] * 3}, "status": "error"}) == []
+
+
 def test_db_query_takes_datetimes_as_ipyparallel_does(rc, lview):
     """The task database docs: ``hourago = datetime.now() - timedelta(1./24)``, then
     ``rc.db_query({'started': {'$gte': hourago}})``; the records' times are datetimes."""
