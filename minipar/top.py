@@ -85,7 +85,7 @@ import textwrap
 import time
 
 from . import errors, protocol
-from .records import PENDING
+from .records import PENDING, _header
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +240,6 @@ def _running(controller, usage):
     rec = controller.db.get(usage["task"]) if usage["name"] == protocol.EXECUTE else None
     if rec is None:
         return usage["name"]
-    from .records import _header   # here: an engine imports this module too
-
     code = str(_header(rec).get("code") or "")
     return next((line.strip()[:80] for line in code.splitlines() if line.strip()),
                 usage["name"])
