@@ -1853,3 +1853,15 @@ def test_cli_clean_leaves_a_cluster_started_on_another_host(pids, minipar_dir):
     out = cli("clean")
     assert out.returncode == 0 and os.path.exists(path), out
     assert f"left cluster {cluster.cluster_id}" in out.stdout and "another-host" in out.stdout
+
+
+def test_a_failed_bsub_is_said_as_it_ran_with_the_script_on_its_stdin(tmp_path):
+    """LSF's bsub reads #BSUB lines only from a script on its stdin: the error said
+    ``bsub <script> failed``, a command that, run by hand, ignores them."""
+    bsub = tmp_path / "bsub"
+    bsub.write_text("#!/bin/sh\ncat > /dev/null\necho 'Bad queue name' >&2\nexit 255\n")
+    bsub.chmod(0o755)
+    es = launcher.LSFEngineSetLauncher(profile_dir=str(tmp_path), submit_command=[str(bsub)])
+    with pytest.raises(launcher.LauncherError) as e:
+        es.start(2)
+    assert f"{bsub} < {es.batch_file} failed (255): Bad queue name" in str(e.value)
