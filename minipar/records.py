@@ -481,8 +481,7 @@ class Parked:
 
     def __init__(self, limit):
         self.limit = limit
-        self.queries = {}
-        self._waiting = {}
+        self.queries, self._waiting = {}, {}   # see the docstring
         self._ready = []    # queries whose ids have all arrived
         self._weight = 0
 
@@ -641,6 +640,9 @@ def check_query(query, keys=None):
             if op in ("$in", "$nin") and not isinstance(arg, (str, *_LISTS)):
                 raise ValueError(f"{op} for {key!r} takes a list (or one str), not "
                                  f"{type(arg).__name__}")
+            if op not in ("$in", "$nin") and isinstance(arg, _LISTS) and key in _KEY_TYPES:
+                raise ValueError(f"{op} for {key!r} compares with one value, not {arg!r:.60}; "
+                                 "for any of several use $in ($nin: none of them)")
     return {key: {op: [_value(key, v) for v in arg] if isinstance(arg, _LISTS)
                   else _value(key, arg) for op, arg in cond.items()}
             if _is_condition(cond) else _value(key, cond) for key, cond in query.items()}

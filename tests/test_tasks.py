@@ -1082,6 +1082,22 @@ def test_db_query_answers_a_record_once_however_often_in_lists_it(make_cluster, 
     assert c.rc.db_query({"msg_id": {"$in": [msg_id] * 3}, "status": "error"}) == []
 
 
+def test_db_query_refuses_a_list_to_an_operator_that_compares_with_one_value(rc, lview):
+    """A list given to $eq, $ne, $gt... of a key that holds one value (an engine id, a
+    status, a time) can only be $in or $nin meant: ``{'status': {'$ne': ['ok', 'error']}}``
+    answered every record, and ``{'engine': {'$eq': [0, 1]}}`` none, unsaid."""
+    ar = lview.apply_async(square, 2)
+    ar.get(TIMEOUT)
+    for query in ({"status": {"$ne": ["ok", "error"]}}, {"engine": {"$eq": [0, 1]}},
+                  {"completed": {"$gt": (time.time(),)}}, {"msg_id": {"$lte": {"a"}}}):
+        with pytest.raises(ValueError, match=r"compares with one value.*; for any of "
+                                             r"several use \$in \(\$nin: none of them\)"):
+            rc.db_query(query)
+    mine = {"msg_id": ar.msg_ids[0], "engine": {"$in": rc.ids}}   # lists where they belong
+    assert rc.db_query(dict(mine, status={"$nin": ["error", "aborted"]}), ["status"]) == [
+        {"msg_id": ar.msg_ids[0], "status": "ok"}]
+
+
 def test_db_query_takes_datetimes_as_ipyparallel_does(rc, lview):
     """The task database docs: ``hourago = datetime.now() - timedelta(1./24)``, then
     ``rc.db_query({'started': {'$gte': hourago}})``; the records' times are datetimes."""
