@@ -1865,3 +1865,27 @@ def test_a_failed_bsub_is_said_as_it_ran_with_the_script_on_its_stdin(tmp_path):
     with pytest.raises(launcher.LauncherError) as e:
         es.start(2)
     assert f"{bsub} < {es.batch_file} failed (255): Bad queue name" in str(e.value)
+
+
+LOCAL_SSH = "#!/bin/sh\nwhile [ \"$#\" -gt 2 ]; do shift; done\nexec sh -c \"$2\"\n"   # HOST CMD
+LOCAL_SCP = "#!/bin/sh\nfor a; do case \"$a\" in *:*) src=\"${a#*:}\";; esac; done\n" \
+            "for last; do :; done\nexec cp \"$src\" \"$last\"\n"   # HOST:SRC DST, copied here
+
+
+def test_an_ssh_controller_that_fails_leaves_no_fetched_copy_of_a_stale_file(tmp_path):
+    """The controller's files are fetched to a temporary name, then renamed once they hold
+    its pid. One that never starts left the copy of a previous controller's file (its key
+    too) in the security folder, one more at each try. ssh and scp: local stand-ins."""
+    for name, text in (("ssh", LOCAL_SSH), ("scp", LOCAL_SCP)):
+        (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(0o755)
+    remote = tmp_path / "remote"
+    (remote / "security").mkdir(parents=True)
+    (remote / "security" / protocol.CLIENT_FILE).write_text(json.dumps({"pid": 1, "key": "k"}))
+    c = launcher.find_launcher_class("ssh", "controller")(
+        hostname="h", ssh_cmd=[str(tmp_path / "ssh")], scp_cmd=[str(tmp_path / "scp")],
+        profile_dir=str(tmp_path / "local"), remote_profile_dir=str(remote),
+        program_args=["--no-such-flag"])
+    with pytest.raises(ControllerStartError, match=r"(?s)no minipar-client.json .*--no-such"):
+        c.start()
+    assert os.listdir(tmp_path / "local" / "security") == []
