@@ -365,9 +365,7 @@ class Scheduler:
             else:
                 self._exhausted(t, now, out, engine_id, died=True, how=how)
         self._recheck(out, waiting=True)
-        self._settle(out)
-        self._schedule(out)
-        return out
+        return self._settle_and_schedule(out)
 
     def set_properties(self, engine_id, properties, now):
         """The engine's whole properties dict changed: `depend` callables look again."""
@@ -377,9 +375,7 @@ class Scheduler:
             return out
         engine["properties"] = dict(properties)
         self._recheck(out, waiting=False)
-        self._settle(out)
-        self._schedule(out)
-        return out
+        return self._settle_and_schedule(out)
 
     def long(self, engine_id, msg_id):
         """Task `msg_id` still runs on `engine_id` after a while (its engine said so).
@@ -417,9 +413,7 @@ class Scheduler:
             if self.hwm is None and not engine["tasks"]:
                 engine["cap"] = AUTO_HWM   # its long task ended too: start over
             self._has_room(engine_id)
-        self._settle(out)
-        self._schedule(out)
-        return out
+        return self._settle_and_schedule(out)
 
     def _take_back(self, out):
         """For each engine in `_long`, once another engine has room: TAKE decisions for
@@ -473,9 +467,7 @@ class Scheduler:
                     self._fail(t, "TaskAborted", self._unneeded.pop(msg_id), out)
             else:
                 self._admit(t, now, out)
-        self._settle(out)
-        self._schedule(out)
-        return out
+        return self._settle_and_schedule(out)
 
     def _submit_plain(self, msg_id, out):
         """submit() of a task with nothing to wait for and nowhere it must run (the common
@@ -574,9 +566,7 @@ class Scheduler:
             else:
                 self._fail(t, "TaskAborted",
                            f"task {t.msg_id} was aborted before it started", out)
-        self._settle(out)
-        self._schedule(out)
-        return out
+        return self._settle_and_schedule(out)
 
     def tick(self, now):
         """Fail the tasks whose dependency timeout has passed (DependencyTimeout)."""
@@ -598,9 +588,7 @@ class Scheduler:
                            f"task id(s) {missing}, none submitted within {UNKNOWN_GRACE_S:g} s; "
                            "pass msg_ids of load-balanced tasks submitted to this cluster "
                            "(dependencies work only among those, not on direct requests)", out)
-        self._settle(out)
-        self._schedule(out)
-        return out
+        return self._settle_and_schedule(out)
 
     def next_deadline(self):
         """The earliest `now` at which tick() has work, or None."""
@@ -825,6 +813,13 @@ class Scheduler:
         return None
 
     # ------------------------------------------------------------------ dependencies
+
+    def _settle_and_schedule(self, out):
+        """The end of most events: update the dependents of tasks that became final, then
+        place what is queued; `out`, the event's decisions."""
+        self._settle(out)
+        self._schedule(out)
+        return out
 
     def _settle(self, out):
         """Update the tasks waiting on tasks that just became final. A loop, not
