@@ -267,7 +267,8 @@ class SQLiteDB:
 
     def _write(self, rec):
         self._begin()
-        data = {k: v for k, v in rec.items() if k not in _FRAME_KEYS}
+        data = {k: _frame_bytes(v) if k == "result_hb" else v for k, v in rec.items()
+                if k not in _FRAME_KEYS}   # a result_hb from 64 KiB: a zmq.Frame, no pickle
         if data.get("header") is None and rec.get("wire"):
             # queries read records without their frames: the header goes in as a dict
             data["header"] = protocol.unpack_header(_frame_bytes(rec["wire"][2]))
@@ -728,7 +729,5 @@ def _view(rec, keys):
     out = {"msg_id": rec["msg_id"]}
     for k in keys:
         v = _field(rec, k)
-        if k in _FRAME_KEYS and v is not None:
-            v = [_frame_bytes(f) for f in v]
-        out[k] = v
+        out[k] = [_frame_bytes(f) for f in v] if k in _FRAME_KEYS and v is not None else v
     return out

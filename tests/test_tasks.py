@@ -1153,6 +1153,30 @@ def test_sqlite_records_survive_a_controller_restart(make_cluster):
         view.apply_sync(square, 3)
 
 
+def prints_then_returns(n, value):
+    print("x" * n)
+    return value
+
+
+def test_sqlite_records_a_task_whose_reply_header_is_large(make_cluster):
+    """A reply's header holds what the task printed; one of 64 KiB or more the controller
+    holds as a zero-copy frame (protocol.keep), which SQLiteDB's pickle refused: the record
+    was never written final ("dropped a message that could not be handled"), so it read
+    'pending' for ever, another client's get_result of it never came, and a --reuse
+    restart would have run the task again."""
+    c = make_cluster(["--db", "sqlite"], engines=1)
+    ar = c.rc.load_balanced_view().apply_async(prints_then_returns, 100_000, 7)
+    direct = c.rc[0].apply_async(prints_then_returns, 70_000, 8)
+    assert (ar.get(TIMEOUT), direct.get(TIMEOUT)) == (7, 8)
+    ids = ar.msg_ids + direct.msg_ids
+    found = c.rc.db_query({"msg_id": {"$in": ids}}, ["status", "stdout"])
+    assert sorted((r["status"], len(r["stdout"])) for r in found) == [
+        ("ok", 70_001), ("ok", 100_001)]
+    other = c.client()
+    assert other.get_result(ids).get(TIMEOUT) == [7, 8]
+    assert "could not be handled" not in c.output("controller")
+
+
 def test_a_culled_result_says_which_limit_culled_it(make_cluster):
     c = make_cluster(["--record-limit", "20"], engines=2)
     lview = c.rc.load_balanced_view()
