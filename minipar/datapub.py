@@ -189,10 +189,10 @@ class Capture(io.TextIOBase):
 def _tail(parts, n):
     """The last `n` characters of the text in `parts`, said to be that, joined without
     joining the rest (for which memory was short)."""
-    tail = []
+    tail, size = [], 0   # a running size: summing `tail` at each part took its square
     for part in reversed(parts):
-        tail.append(part[-(n - sum(map(len, tail))):])
-        if sum(map(len, tail)) >= n:
+        tail.append(part[-(n - size):])
+        if (size := size + len(tail[-1])) >= n:
             break
     return (f"[the engine was short of memory for the {sum(map(len, parts))} characters this "
             f"task wrote here; the last {n}:]\n" + "".join(reversed(tail)))
