@@ -110,8 +110,7 @@ class DictDB:
     RECORD_OVERHEAD = 10_000
 
     def __init__(self, record_limit=RECORD_LIMIT, record_bytes=RECORD_BYTES):
-        self.record_limit = record_limit
-        self.record_bytes = record_bytes
+        self.record_limit, self.record_bytes = record_limit, record_bytes
         self._records = {}
         self._finished = collections.OrderedDict()   # msg_id -> bytes held, oldest first
         self._bytes = 0
@@ -132,9 +131,11 @@ class DictDB:
     def finish(self, rec):
         """A record reached its final state: it may be culled from now on. Called once
         per task, so it does no more than count the bytes (inline, not message_size)."""
-        msg_id, wire, parts = rec["msg_id"], rec.get("wire"), rec.get("result_parts")
-        size = (self.RECORD_OVERHEAD + (sum(map(len, wire)) if wire else 0)
-                + (sum(map(len, parts)) if parts else 0))
+        msg_id, hb = rec["msg_id"], rec.get("result_hb")
+        out = (rec.get("result_header") or {}) if hb is None else {}   # output: in hb, or read
+        size = (self.RECORD_OVERHEAD + sum(map(len, rec.get("wire") or ())) + len(hb or b"")
+                + sum(map(len, rec.get("result_parts") or ()))
+                + len(out.get("stdout") or "") + len(out.get("stderr") or ""))
         finished = self._finished
         if msg_id in finished:   # finished again (a recovered owner): counted once
             self._bytes -= finished.pop(msg_id)

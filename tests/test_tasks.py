@@ -1202,6 +1202,23 @@ def test_a_culled_result_says_which_limit_culled_it(make_cluster):
     assert c.output("controller").count("culling the oldest finished task records") == 1
 
 
+def test_record_bytes_count_the_output_a_reply_holds(make_cluster):
+    """--record-bytes bounds what finished records hold; a task's output travels in its
+    reply's header, which DictDB did not count: 30 tasks printing 200 KB each, 6 MB, were
+    all kept under a bound of 2 MB (each counted as its 10 KB overhead)."""
+    c = make_cluster(["--record-bytes", "2000000"], engines=1)
+    lview = c.rc.load_balanced_view()
+    ids = []
+    for i in range(30):   # one by one: each reply alone, its header held as it came
+        ar = lview.apply_async(prints_then_returns, 200_000, i)
+        assert ar.get(TIMEOUT) == i
+        ids += ar.msg_ids
+    kept = [r["msg_id"] for r in c.rc.db_query({"msg_id": {"$in": ids}}, ["status"])]
+    assert 0 < len(kept) <= 10 and kept == ids[-len(kept):], (len(kept), len(ids))
+    with pytest.raises(KeyError, match=r"at most 2000000 bytes of records"):
+        c.client().get_result(ids[0]).get(TIMEOUT)
+
+
 @pytest.mark.parametrize("call, started", [
     ("rc.load_balanced_view().map_sync(time.sleep, [30] * 8)", 2),
     ("rc.load_balanced_view().apply_sync(time.sleep, 30)", 1),
