@@ -348,9 +348,8 @@ class SSHEngineSetLauncher(EngineSetLauncher):
             raise ValueError(f"connection must be 'scp', 'env' or 'shared', not {connection!r}")
         self.engines = engines or {}
         self._specs = _host_specs(self.engines)   # refused now, not from inside start()
-        self.ssh_cmd = list(ssh_cmd)
+        self.ssh_cmd, self.scp_cmd = list(ssh_cmd), list(scp_cmd)
         self.ssh_args = _ssh_args(ssh_args)
-        self.scp_cmd = list(scp_cmd)
         self.remote_python, self.remote_profile_dir = remote_python, remote_profile_dir
         self.remote_env, self.connection = remote_env, connection
         self.sent_files = {}  # host -> path of its copy of the engine file
