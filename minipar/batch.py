@@ -201,7 +201,7 @@ class BatchSystemLauncher(BaseLauncher):
                         self._drop_failed_job()
                     if status in ("done", "error"):
                         break
-                except (OSError, subprocess.SubprocessError) as e:
+                except (OSError, subprocess.SubprocessError, LauncherError) as e:   # not on PATH
                     log.warning("%s: status of job %s: %s", self.kind, self.job_id, e)
                 self._stopped.wait(self.poll_interval)
             self.notify_stop({"job_id": self.job_id})

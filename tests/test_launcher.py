@@ -1889,3 +1889,25 @@ def test_an_ssh_controller_that_fails_leaves_no_fetched_copy_of_a_stale_file(tmp
     with pytest.raises(ControllerStartError, match=r"(?s)no minipar-client.json .*--no-such"):
         c.start()
     assert os.listdir(tmp_path / "local" / "security") == []
+
+
+def test_a_batch_watcher_that_cannot_run_the_status_command_says_so_and_watches_on(
+        tmp_path, caplog):
+    """The watcher asks the status command whether the job has ended. One it could not run
+    (not on PATH: a LauncherError) ended its thread with a traceback, so the job's end was
+    never noticed, even once the command was there. Now it says why at each try, as for
+    the command's other failures, and notices the end once it can ask."""
+    sbatch = tmp_path / "sbatch"
+    sbatch.write_text("#!/bin/sh\necho 42\n")
+    sbatch.chmod(0o755)
+    es = launcher.SlurmEngineSetLauncher(
+        profile_dir=str(tmp_path), submit_command=[str(sbatch)], delete_command=["true"],
+        status_command=["minipar-no-such-squeue"], poll_interval=0.05)
+    es.start(1)
+    try:
+        wait_until(lambda: "cannot run 'minipar-no-such-squeue'" in caplog.text, 10,
+                   "the watcher's warning")
+        assert es._watcher.is_alive() and es.state == RUNNING
+    finally:
+        es.status_command = ["false"]   # squeue's exit status for a job it no longer lists
+    assert es.wait(10) and es.state == AFTER and es.stop_data == {"job_id": "42"}
