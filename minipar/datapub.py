@@ -189,7 +189,7 @@ class Capture(io.TextIOBase):
 def _tail(parts, n):
     """The last `n` characters of the text in `parts`, said to be that, joined without
     joining the rest (for which memory was short)."""
-    tail, size = [], 0   # a running size: summing `tail` at each part took its square
+    tail, size = [], 0   # a running size: summing `tail` again at each part was quadratic
     for part in reversed(parts):
         tail.append(part[-(n - size):])
         if (size := size + len(tail[-1])) >= n:

@@ -172,7 +172,7 @@ _TRANSITIONS = {
 
 
 # Decisions (see the module docstring): the action, then its task and arguments.
-RUN, FAIL, RECOVER, ABORT, TAKE = "run", "fail", "recover", "abort", "take"   # and DONE
+RUN, FAIL, RECOVER, ABORT, TAKE = "run", "fail", "recover", "abort", "take"   # DONE: the state's
 Run = collections.namedtuple("Run", "action msg_id engine")
 Done = collections.namedtuple("Done", "action msg_id")
 Fail = collections.namedtuple("Fail", "action msg_id ename evalue")
