@@ -97,9 +97,7 @@ class BatchSystemLauncher(BaseLauncher):
         self.status_command = list(status_command or cls.status_command)
         self.job_id_regexp = job_id_regexp or cls.job_id_regexp
         self.poll_interval = poll_interval
-        self.job_id = None
-        self.batch_file = None
-        self._watcher = None
+        self.job_id = self.batch_file = self._watcher = None
 
     # -- the script
 
@@ -185,8 +183,9 @@ class BatchSystemLauncher(BaseLauncher):
         with _signals_deferred():
             r = (self._run(self.submit_command, stdin=script) if self.submit_stdin
                  else self._run([*self.submit_command, self.batch_file]))
-            if r.returncode:
-                raise LauncherError(f"{shlex.join(self.submit_command)} {self.batch_file} failed "
+            if r.returncode:   # said as it ran: bsub reads the script on its stdin
+                raise LauncherError(f"{shlex.join(self.submit_command)} "
+                                    f"{'< ' if self.submit_stdin else ''}{self.batch_file} failed "
                                     f"({r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
             self.job_id = self.parse_job_id(r.stdout + r.stderr)
             self.notify_start({"job_id": self.job_id})
@@ -202,7 +201,7 @@ class BatchSystemLauncher(BaseLauncher):
                         self._drop_failed_job()
                     if status in ("done", "error"):
                         break
-                except (OSError, subprocess.SubprocessError) as e:
+                except (OSError, subprocess.SubprocessError, LauncherError) as e:   # not on PATH
                     log.warning("%s: status of job %s: %s", self.kind, self.job_id, e)
                 self._stopped.wait(self.poll_interval)
             self.notify_stop({"job_id": self.job_id})

@@ -189,10 +189,10 @@ class Capture(io.TextIOBase):
 def _tail(parts, n):
     """The last `n` characters of the text in `parts`, said to be that, joined without
     joining the rest (for which memory was short)."""
-    tail = []
+    tail, size = [], 0   # a running size: summing `tail` again at each part was quadratic
     for part in reversed(parts):
-        tail.append(part[-(n - sum(map(len, tail))):])
-        if sum(map(len, tail)) >= n:
+        tail.append(part[-(n - size):])
+        if (size := size + len(tail[-1])) >= n:
             break
     return (f"[the engine was short of memory for the {sum(map(len, parts))} characters this "
             f"task wrote here; the last {n}:]\n" + "".join(reversed(tail)))
@@ -220,7 +220,7 @@ def run_cell(compiled, source, name, ns, count, trap=False):
         if last is None:
             return None
         value = eval(compile(ast.Expression(last.value), name, "eval"), ns)
-    line = source.splitlines()[last.end_lineno - 1].encode()   # its offsets count utf-8 bytes
+    line = source.encode().splitlines()[last.end_lineno - 1]   # the parser's (not str's: \x0c)
     if value is None or line[last.end_col_offset:].lstrip().startswith(b";"):
         return None
     if ns.get("_", _under) is _under:   # as IPython's displayhook, not over the code's own

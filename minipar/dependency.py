@@ -50,10 +50,7 @@ class dependent:
         if not callable(f) or not callable(df):
             raise TypeError("dependent(f, df, *args, **kwargs) takes two callables: the task "
                             "and the function that checks whether it can run")
-        self.f = f
-        self.df = df
-        self.dargs = dargs
-        self.dkwargs = dkwargs
+        self.f, self.df, self.dargs, self.dkwargs = f, df, dargs, dkwargs
         self.__name__ = getattr(f, "__name__", type(f).__name__)
         self.__doc__ = getattr(f, "__doc__", None)
 
@@ -167,9 +164,7 @@ class Dependency(set):
             raise ValueError("a Dependency with success=False and failure=False can never be "
                              "met; set one of them")
         super().__init__(msg_ids(ids))
-        self.all = all
-        self.success = success
-        self.failure = failure
+        self.all, self.success, self.failure = all, success, failure
 
     def check(self, completed, failed=()):
         """Whether the dependency is met, given the ids that succeeded and that failed."""

@@ -110,8 +110,7 @@ class DictDB:
     RECORD_OVERHEAD = 10_000
 
     def __init__(self, record_limit=RECORD_LIMIT, record_bytes=RECORD_BYTES):
-        self.record_limit = record_limit
-        self.record_bytes = record_bytes
+        self.record_limit, self.record_bytes = record_limit, record_bytes
         self._records = {}
         self._finished = collections.OrderedDict()   # msg_id -> bytes held, oldest first
         self._bytes = 0
@@ -132,9 +131,11 @@ class DictDB:
     def finish(self, rec):
         """A record reached its final state: it may be culled from now on. Called once
         per task, so it does no more than count the bytes (inline, not message_size)."""
-        msg_id, wire, parts = rec["msg_id"], rec.get("wire"), rec.get("result_parts")
-        size = (self.RECORD_OVERHEAD + (sum(map(len, wire)) if wire else 0)
-                + (sum(map(len, parts)) if parts else 0))
+        msg_id, hb = rec["msg_id"], rec.get("result_hb")
+        out = (rec.get("result_header") or {}) if hb is None else {}   # output: in hb, or read
+        size = (self.RECORD_OVERHEAD + sum(map(len, rec.get("wire") or ())) + len(hb or b"")
+                + sum(map(len, rec.get("result_parts") or ()))
+                + len(out.get("stdout") or "") + len(out.get("stderr") or ""))
         finished = self._finished
         if msg_id in finished:   # finished again (a recovered owner): counted once
             self._bytes -= finished.pop(msg_id)
@@ -267,7 +268,8 @@ class SQLiteDB:
 
     def _write(self, rec):
         self._begin()
-        data = {k: v for k, v in rec.items() if k not in _FRAME_KEYS}
+        data = {k: _frame_bytes(v) if k == "result_hb" else v for k, v in rec.items()
+                if k not in _FRAME_KEYS}   # a result_hb from 64 KiB: a zmq.Frame, no pickle
         if data.get("header") is None and rec.get("wire"):
             # queries read records without their frames: the header goes in as a dict
             data["header"] = protocol.unpack_header(_frame_bytes(rec["wire"][2]))
@@ -312,7 +314,8 @@ class SQLiteDB:
         return True
 
     def records(self):
-        """Every record; finished ones without their frames (read them with ``get``)."""
+        """The live records, then the finished ones without their frames (``get`` has them);
+        not those a previous controller left pending (``pending`` has them)."""
         yield from list(self._live.values())
         for (data,) in self._db.execute("SELECT data FROM records WHERE status != ?",
                                         (PENDING,)):
@@ -480,8 +483,7 @@ class Parked:
 
     def __init__(self, limit):
         self.limit = limit
-        self.queries = {}
-        self._waiting = {}
+        self.queries, self._waiting = {}, {}   # see the docstring
         self._ready = []    # queries whose ids have all arrived
         self._weight = 0
 
@@ -575,8 +577,6 @@ _ANSWERED = (*_FROM_RESULT, "engine_uuid")   # answered, though no record holds 
 _IPYPARALLEL_KEYS = {"client_uuid": "client", "content": "header",
                      "result_content": "result_header", "buffers": "wire",
                      "result_buffers": "result_parts"}
-
-
 _LISTS = (list, tuple, set, frozenset)   # what $in and $nin take a list as
 
 
@@ -642,6 +642,9 @@ def check_query(query, keys=None):
             if op in ("$in", "$nin") and not isinstance(arg, (str, *_LISTS)):
                 raise ValueError(f"{op} for {key!r} takes a list (or one str), not "
                                  f"{type(arg).__name__}")
+            if op not in ("$in", "$nin") and isinstance(arg, _LISTS) and key in _KEY_TYPES:
+                raise ValueError(f"{op} for {key!r} compares with one value, not {arg!r:.60}; "
+                                 "for any of several use $in ($nin: none of them)")
     return {key: {op: [_value(key, v) for v in arg] if isinstance(arg, _LISTS)
                   else _value(key, arg) for op, arg in cond.items()}
             if _is_condition(cond) else _value(key, cond) for key, cond in query.items()}
@@ -671,17 +674,16 @@ def _match(rec, query):
 
 
 def _queried_ids(query):
-    """The msg_ids a query is limited to (so a DB can look them up), or None."""
+    """The msg_ids a query is limited to (so a DB can look them up), each once, or None."""
     cond = query.get("msg_id")
-    if cond is None:
-        return None
-    if not _is_condition(cond):
-        return [cond]
+    if cond is None or not _is_condition(cond):
+        return None if cond is None else [cond]
     if "$eq" in cond:
         return [cond["$eq"]]
-    if "$in" in cond:
-        return list(cond["$in"]) if isinstance(cond["$in"], _LISTS) else [cond["$in"]]
-    return None
+    if "$in" not in cond:
+        return None
+    ids = cond["$in"]   # an id listed twice: its record once, as a condition matches
+    return list(dict.fromkeys(ids)) if isinstance(ids, _LISTS) else [ids]
 
 
 def _field(rec, key):
@@ -728,7 +730,5 @@ def _view(rec, keys):
     out = {"msg_id": rec["msg_id"]}
     for k in keys:
         v = _field(rec, k)
-        if k in _FRAME_KEYS and v is not None:
-            v = [_frame_bytes(f) for f in v]
-        out[k] = v
+        out[k] = [_frame_bytes(f) for f in v] if k in _FRAME_KEYS and v is not None else v
     return out

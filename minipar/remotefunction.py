@@ -1,12 +1,11 @@
 """What a view's ``@view.remote()`` and ``@view.parallel()`` decorators make: functions
-whose calls run through the view (its apply, or its map over parts of the arguments).
+whose calls run through the view (its apply, or its map over parts of the arguments),
+with its temp_flags and its ``_block``, ``_finish`` and ``_map``. client.py imports them
+back, so ``minipar.client.ParallelFunction`` is where ipyparallel scripts look.
 
-They use only the view's public flags and its ``_finish`` / ``_map``; client.py imports
-them back, so ``minipar.client.ParallelFunction`` is where ipyparallel scripts look.
-How sequences are split into parts, one per engine or task (ipyparallel's ``dist='b'``,
-contiguous blocks, or ``dist='r'``, round-robin), is here too: a view's map and scatter
-split with the same functions; and ``interactive``, which makes a function one sent by
-value.
+Here too is what a view's map, scatter, push and pull share: the split of sequences into
+parts, one per engine or task (``dist='b'``: contiguous blocks, ipyparallel's default;
+``'r'``: round-robin), the checks of their names, and ``interactive`` (sent by value).
 """
 
 import collections.abc
@@ -118,7 +117,7 @@ def _task_slices(n, chunksize, engines, elementwise, dist):
 
 
 def _sequence(s):
-    """`s` to split into contiguous parts (by scatter and map): a sequence as it is, another
+    """`s` to split into parts (by scatter and map): a sequence as it is, another
     iterable as a list. A mapping is refused: it would be sliced by key, if at all."""
     if isinstance(s, collections.abc.Mapping) or not hasattr(s, "__iter__"):
         raise TypeError(f"{type(s).__name__} {s!r:.40} is not a sequence to split into parts: "

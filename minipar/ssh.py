@@ -315,6 +315,8 @@ class SSHControllerLauncher(SSHLauncher, ControllerLauncher):
                                 os.replace(tmp, local)
                                 break
                 if self.state != RUNNING or time.monotonic() > deadline:
+                    with contextlib.suppress(OSError):   # a copy of a stale file, with its key
+                        os.remove(tmp)
                     raise ControllerStartError(
                         f"no {name} from the controller on {self.hostname} "
                         f"({r.stderr.strip()}); its output:\n{self.get_output()}")
@@ -346,13 +348,10 @@ class SSHEngineSetLauncher(EngineSetLauncher):
             raise ValueError(f"connection must be 'scp', 'env' or 'shared', not {connection!r}")
         self.engines = engines or {}
         self._specs = _host_specs(self.engines)   # refused now, not from inside start()
-        self.ssh_cmd = list(ssh_cmd)
+        self.ssh_cmd, self.scp_cmd = list(ssh_cmd), list(scp_cmd)
         self.ssh_args = _ssh_args(ssh_args)
-        self.scp_cmd = list(scp_cmd)
-        self.remote_python = remote_python
-        self.remote_profile_dir = remote_profile_dir
-        self.remote_env = remote_env
-        self.connection = connection
+        self.remote_python, self.remote_profile_dir = remote_python, remote_profile_dir
+        self.remote_env, self.connection = remote_env, connection
         self.sent_files = {}  # host -> path of its copy of the engine file
 
     def _hosts(self, n):

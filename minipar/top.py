@@ -73,6 +73,7 @@ gets a new Client.
 
 import argparse
 import collections
+import functools
 import html
 import json
 import locale
@@ -85,7 +86,7 @@ import textwrap
 import time
 
 from . import errors, protocol
-from .records import PENDING
+from .records import PENDING, _header
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +241,6 @@ def _running(controller, usage):
     rec = controller.db.get(usage["task"]) if usage["name"] == protocol.EXECUTE else None
     if rec is None:
         return usage["name"]
-    from .records import _header   # here: an engine imports this module too
-
     code = str(_header(rec).get("code") or "")
     return next((line.strip()[:80] for line in code.splitlines() if line.strip()),
                 usage["name"])
@@ -672,8 +671,8 @@ def main(argv=None):
     p.add_argument("--profile", type=protocol.profile_name,
                    help="profile name (~/.minipar/profile_NAME)")
     p.add_argument("--profile-dir", help="profile folder (overrides --profile)")
-    p.add_argument("--interval", type=protocol.seconds, default=1.0, metavar="S",
-                   help="seconds between refreshes (default 1)")
+    p.add_argument("--interval", type=functools.partial(protocol.seconds, positive=True),
+                   default=1.0, metavar="S", help="seconds between refreshes (default 1)")
     p.add_argument("--once", action="store_true",
                    help="print one snapshot as text and exit (lines cut to $COLUMNS, else "
                         "to a terminal's width)")
@@ -686,8 +685,6 @@ def main(argv=None):
                         f"live, for one not started yet or that stopped answering (default "
                         f"{WAIT_S:.0f})")
     args = p.parse_args(argv)
-    if args.interval == 0:
-        p.error("argument --interval: give more than 0 seconds between refreshes")
     url_file = args.file or os.path.join(protocol.profile_dir(args.profile, args.profile_dir),
                                          "security", protocol.CLIENT_FILE)
     once = args.once or args.json

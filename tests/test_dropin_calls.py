@@ -162,6 +162,16 @@ def test_an_executes_value_as_ipyparallel_code_reads_and_shows_it(rc, capsys):
     assert one.get(0).execution_count == one.execute_result["execution_count"]
 
 
+def test_an_executes_value_is_found_past_a_line_separator_in_a_string(rc):
+    """The `;` that silences the last expression is looked for on the parser's line: a
+    string holding U+2028 or a form feed (pasted text) made it read the line before, so
+    the value of ``2`` below was taken as silenced and lost."""
+    for sep in ("\u2028", "\x0c"):
+        ar = rc[0].execute(f"a = '{sep}';\n2", silent=False, block=True)
+        assert ar.execute_result["data"] == {"text/plain": "2"}, repr(sep)
+        assert rc[0].execute(f"a = '{sep}'\n2;", silent=False).execute_result is None
+
+
 def test_a_blocking_execute_returns_its_async_result_as_ipyparallel(rc, capsys, tmp_path):
     """ipyparallel's ``execute(code, block=True)`` (and ``run``) waits, raises an engine's
     error and returns the AsyncResult, done, whose output scripts then read."""

@@ -1853,3 +1853,61 @@ def test_cli_clean_leaves_a_cluster_started_on_another_host(pids, minipar_dir):
     out = cli("clean")
     assert out.returncode == 0 and os.path.exists(path), out
     assert f"left cluster {cluster.cluster_id}" in out.stdout and "another-host" in out.stdout
+
+
+def test_a_failed_bsub_is_said_as_it_ran_with_the_script_on_its_stdin(tmp_path):
+    """LSF's bsub reads #BSUB lines only from a script on its stdin: the error said
+    ``bsub <script> failed``, a command that, run by hand, ignores them."""
+    bsub = tmp_path / "bsub"
+    bsub.write_text("#!/bin/sh\ncat > /dev/null\necho 'Bad queue name' >&2\nexit 255\n")
+    bsub.chmod(0o755)
+    es = launcher.LSFEngineSetLauncher(profile_dir=str(tmp_path), submit_command=[str(bsub)])
+    with pytest.raises(launcher.LauncherError) as e:
+        es.start(2)
+    assert f"{bsub} < {es.batch_file} failed (255): Bad queue name" in str(e.value)
+
+
+LOCAL_SSH = "#!/bin/sh\nwhile [ \"$#\" -gt 2 ]; do shift; done\nexec sh -c \"$2\"\n"   # HOST CMD
+LOCAL_SCP = "#!/bin/sh\nfor a; do case \"$a\" in *:*) src=\"${a#*:}\";; esac; done\n" \
+            "for last; do :; done\nexec cp \"$src\" \"$last\"\n"   # HOST:SRC DST, copied here
+
+
+def test_an_ssh_controller_that_fails_leaves_no_fetched_copy_of_a_stale_file(tmp_path):
+    """The controller's files are fetched to a temporary name, then renamed once they hold
+    its pid. One that never starts left the copy of a previous controller's file (its key
+    too) in the security folder, one more at each try. ssh and scp: local stand-ins."""
+    for name, text in (("ssh", LOCAL_SSH), ("scp", LOCAL_SCP)):
+        (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(0o755)
+    remote = tmp_path / "remote"
+    (remote / "security").mkdir(parents=True)
+    (remote / "security" / protocol.CLIENT_FILE).write_text(json.dumps({"pid": 1, "key": "k"}))
+    c = launcher.find_launcher_class("ssh", "controller")(
+        hostname="h", ssh_cmd=[str(tmp_path / "ssh")], scp_cmd=[str(tmp_path / "scp")],
+        profile_dir=str(tmp_path / "local"), remote_profile_dir=str(remote),
+        program_args=["--no-such-flag"])
+    with pytest.raises(ControllerStartError, match=r"(?s)no minipar-client.json .*--no-such"):
+        c.start()
+    assert os.listdir(tmp_path / "local" / "security") == []
+
+
+def test_a_batch_watcher_that_cannot_run_the_status_command_says_so_and_watches_on(
+        tmp_path, caplog):
+    """The watcher asks the status command whether the job has ended. One it could not run
+    (not on PATH: a LauncherError) ended its thread with a traceback, so the job's end was
+    never noticed, even once the command was there. Now it says why at each try, as for
+    the command's other failures, and notices the end once it can ask."""
+    sbatch = tmp_path / "sbatch"
+    sbatch.write_text("#!/bin/sh\necho 42\n")
+    sbatch.chmod(0o755)
+    es = launcher.SlurmEngineSetLauncher(
+        profile_dir=str(tmp_path), submit_command=[str(sbatch)], delete_command=["true"],
+        status_command=["minipar-no-such-squeue"], poll_interval=0.05)
+    es.start(1)
+    try:
+        wait_until(lambda: "cannot run 'minipar-no-such-squeue'" in caplog.text, 10,
+                   "the watcher's warning")
+        assert es._watcher.is_alive() and es.state == RUNNING
+    finally:
+        es.status_command = ["false"]   # squeue's exit status for a job it no longer lists
+    assert es.wait(10) and es.state == AFTER and es.stop_data == {"job_id": "42"}

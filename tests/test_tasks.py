@@ -1067,6 +1067,37 @@ def test_db_query_operators_and_keys(rc, lview):
         rc.db_query({"engine": {"$near": 1}})
 
 
+@pytest.mark.parametrize("db", ["dict", "sqlite"])
+def test_db_query_answers_a_record_once_however_often_in_lists_it(make_cluster, db):
+    """``{'msg_id': {'$in': ids}}`` is a condition, as MongoDB's: a record matches it or
+    not. A DB looked up each id listed, so a list naming a task twice (the msg_ids of two
+    AsyncResults sharing one) answered its record twice; SQLite's past 500 ids too."""
+    c = make_cluster(["--db", db], engines=1)
+    ar = c.rc.load_balanced_view().apply_async(square, 3)
+    ar.get(TIMEOUT)
+    (msg_id,), other = ar.msg_ids, "0" * 12   # an id of no task, between them
+    for ids in ([msg_id, msg_id], [msg_id, other, msg_id], [msg_id] * 501 + [other]):
+        found = c.rc.db_query({"msg_id": {"$in": ids}}, keys=["status"])
+        assert found == [{"msg_id": msg_id, "status": "ok"}], len(ids)
+    assert c.rc.db_query({"msg_id": {"$in": [msg_id] * 3}, "status": "error"}) == []
+
+
+def test_db_query_refuses_a_list_to_an_operator_that_compares_with_one_value(rc, lview):
+    """A list given to $eq, $ne, $gt... of a key that holds one value (an engine id, a
+    status, a time) can only be $in or $nin meant: ``{'status': {'$ne': ['ok', 'error']}}``
+    answered every record, and ``{'engine': {'$eq': [0, 1]}}`` none, unsaid."""
+    ar = lview.apply_async(square, 2)
+    ar.get(TIMEOUT)
+    for query in ({"status": {"$ne": ["ok", "error"]}}, {"engine": {"$eq": [0, 1]}},
+                  {"completed": {"$gt": (time.time(),)}}, {"msg_id": {"$lte": {"a"}}}):
+        with pytest.raises(ValueError, match=r"compares with one value.*; for any of "
+                                             r"several use \$in \(\$nin: none of them\)"):
+            rc.db_query(query)
+    mine = {"msg_id": ar.msg_ids[0], "engine": {"$in": rc.ids}}   # lists where they belong
+    assert rc.db_query(dict(mine, status={"$nin": ["error", "aborted"]}), ["status"]) == [
+        {"msg_id": ar.msg_ids[0], "status": "ok"}]
+
+
 def test_db_query_takes_datetimes_as_ipyparallel_does(rc, lview):
     """The task database docs: ``hourago = datetime.now() - timedelta(1./24)``, then
     ``rc.db_query({'started': {'$gte': hourago}})``; the records' times are datetimes."""
@@ -1122,6 +1153,31 @@ def test_sqlite_records_survive_a_controller_restart(make_cluster):
         view.apply_sync(square, 3)
 
 
+def prints_then_returns(n, value):
+    print("x" * n)
+    return value
+
+
+def test_sqlite_records_a_task_whose_reply_header_is_large(make_cluster):
+    """A reply's header holds what the task printed; one of 64 KiB or more the controller
+    holds as a zero-copy frame (protocol.keep), which SQLiteDB's pickle refused: the record
+    was never written final ("dropped a message that could not be handled"), so it read
+    'pending' for ever, another client's get_result of it never came, and a --reuse
+    restart would have run the task again."""
+    c = make_cluster(["--db", "sqlite"], engines=1)
+    ar = c.rc.load_balanced_view().apply_async(prints_then_returns, 100_000, 7)
+    assert ar.get(TIMEOUT) == 7   # then the next: each reply alone, not in a batch of them
+    direct = c.rc[0].apply_async(prints_then_returns, 70_000, 8)
+    assert direct.get(TIMEOUT) == 8
+    ids = ar.msg_ids + direct.msg_ids
+    found = c.rc.db_query({"msg_id": {"$in": ids}}, ["status", "stdout"])
+    assert sorted((r["status"], len(r["stdout"])) for r in found) == [
+        ("ok", 70_001), ("ok", 100_001)]
+    other = c.client()
+    assert other.get_result(ids).get(TIMEOUT) == [7, 8]
+    assert "could not be handled" not in c.output("controller")
+
+
 def test_a_culled_result_says_which_limit_culled_it(make_cluster):
     c = make_cluster(["--record-limit", "20"], engines=2)
     lview = c.rc.load_balanced_view()
@@ -1144,6 +1200,23 @@ def test_a_culled_result_says_which_limit_culled_it(make_cluster):
         other.get_result("0123456789abcdef-1").get(TIMEOUT)
     assert other.get_result(newest).get(TIMEOUT) == [i * i for i in range(35, 40)]
     assert c.output("controller").count("culling the oldest finished task records") == 1
+
+
+def test_record_bytes_count_the_output_a_reply_holds(make_cluster):
+    """--record-bytes bounds what finished records hold; a task's output travels in its
+    reply's header, which DictDB did not count: 30 tasks printing 200 KB each, 6 MB, were
+    all kept under a bound of 2 MB (each counted as its 10 KB overhead)."""
+    c = make_cluster(["--record-bytes", "2000000"], engines=1)
+    lview = c.rc.load_balanced_view()
+    ids = []
+    for i in range(30):   # one by one: each reply alone, its header held as it came
+        ar = lview.apply_async(prints_then_returns, 200_000, i)
+        assert ar.get(TIMEOUT) == i
+        ids += ar.msg_ids
+    kept = [r["msg_id"] for r in c.rc.db_query({"msg_id": {"$in": ids}}, ["status"])]
+    assert 0 < len(kept) <= 10 and kept == ids[-len(kept):], (len(kept), len(ids))
+    with pytest.raises(KeyError, match=r"at most 2000000 bytes of records"):
+        c.client().get_result(ids[0]).get(TIMEOUT)
 
 
 @pytest.mark.parametrize("call, started", [
