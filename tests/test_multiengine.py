@@ -269,6 +269,23 @@ def test_parallel_function_results_joined_as_ipyparallel_joins_them(rc):
         ragged(list(range(8))).get(TIMEOUT)
 
 
+def test_scatter_or_map_of_a_0d_array_says_what_to_give_before_a_send(rc, monkeypatch):
+    """scatter('x', np.array(5.0)) raised numpy's "len() of unsized object", naming
+    neither the argument nor what to give instead."""
+    def send_request(*args, **kwargs):
+        raise AssertionError(f"sent a request: {args[:1]}")
+
+    monkeypatch.setattr(rc, "send_request", send_request)
+    dv, scalar = rc[:], np.array(5.0)
+    for call in (lambda: dv.scatter("x", scalar, block=False),
+                 lambda: dv.map(abs, scalar, block=False),
+                 lambda: rc.load_balanced_view().map(abs, scalar, block=False)):
+        with pytest.raises(TypeError, match=r"a 0-d array \(array\(5\.\)\) has no items to "
+                                            r"split into parts: give an array of one or more "
+                                            r"dimensions, or push the value itself"):
+            call()
+
+
 def test_parallel_takes_what_the_direct_views_map_takes(rc):
     dv = rc[:]
 
