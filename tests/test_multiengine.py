@@ -269,6 +269,29 @@ def test_parallel_function_results_joined_as_ipyparallel_joins_them(rc):
         ragged(list(range(8))).get(TIMEOUT)
 
 
+def test_masked_arrays_gathered_and_joined_keep_their_masks(rc):
+    """A scientist scatters a numpy masked array (missing values masked) and gathers it,
+    with dist 'b' and 'r', or calls a parallel function over it: the parts came back as a
+    list of four masked arrays, as numpy.ma's module is not "numpy"; ipyparallel's join
+    (numpy.concatenate) would unmask the missing values. One masked array now, its data,
+    mask and dtype kept."""
+    dv = rc[:]
+    data = np.ma.masked_array(np.arange(10, dtype=np.int32), mask=[0, 1, 0, 0, 1] * 2)
+    for dist in ("b", "r"):
+        dv.scatter("m", data, dist=dist, block=True)
+        back = dv.gather("m", dist=dist, block=True)
+        assert isinstance(back, np.ma.MaskedArray) and back.dtype == np.int32
+        assert (back.mask == data.mask).all() and (back.data == data.data).all()
+
+    @dv.parallel(block=True)
+    def doubled(x):
+        return x * 2
+
+    back = doubled(data)
+    assert isinstance(back, np.ma.MaskedArray) and (back.mask == data.mask).all()
+    assert (back.compressed() == data.compressed() * 2).all()
+
+
 def test_scatter_or_map_of_a_0d_array_says_what_to_give_before_a_send(rc, monkeypatch):
     """scatter('x', np.array(5.0)) raised numpy's "len() of unsized object", naming
     neither the argument nor what to give instead."""
