@@ -70,8 +70,7 @@ import cloudpickle
 import zmq
 
 from .dependency import Reference
-from .errors import (ConnectionFileError, MiniparError, SerializationError,
-                     making_profile_folder)
+from .errors import ConnectionFileError, MiniparError, SerializationError, making_profile_folder
 
 DELIM = b"<MINIPAR>"
 REFUSED = b"refused"  # an unsigned notice sent back for a message that failed its check
@@ -698,8 +697,7 @@ class Session:
 # ---------------------------------------------------------------- refusals and limits
 
 # Why a receiver dropped a message: a fixed set, so counters stay small whatever arrives.
-DROP_REASONS = ("malformed", "too large", "bad signature", "replayed", "bad header",
-                "bad digest")
+DROP_REASONS = ("malformed", "too large", "bad signature", "replayed", "bad header", "bad digest")
 
 
 def drop_reason(exc):
@@ -880,10 +878,14 @@ class _LargeBytes:
 
 
 def _wrap_large_bytes(obj, depth=2):
-    """`obj` with large bytes near the top (apply's args, push's dict) wrapped."""
+    """`obj` with large bytes near the top (apply's args, push's dict) wrapped, and numpy arrays
+    neither C- nor F-ordered (a[:, ::2]) in C order: numpy pickles those in band, copied twice."""
     t = type(obj)
     if t is bytes:
         return _LargeBytes(obj) if len(obj) >= BUFFER_THRESHOLD else obj
+    if t.__name__ == "ndarray" and t.__module__ == "numpy" and not obj.flags.forc and (
+            obj.nbytes >= BUFFER_THRESHOLD and not obj.dtype.hasobject):
+        return obj.copy()
     if depth and (t is tuple or t is list or t is dict) and 0 < len(obj) <= 32:
         if t is dict:
             return {k: _wrap_large_bytes(v, depth - 1) for k, v in obj.items()}

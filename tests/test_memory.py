@@ -51,3 +51,44 @@ def test_purging_large_results_hands_the_controllers_memory_back(local_cluster):
     wait_until(lambda: _rss(pid) - before < held / 4, TIMEOUT / 4,
                f"the controller to hand back most of the {held // MB} MB purged "
                f"(RSS above the start, in bytes)")
+
+
+def _peak_since_reset(pid):
+    """(VmRSS, a function giving how far VmHWM rose above it since now), in bytes: the
+    peak of process `pid` reset to its resident memory (clear_refs 5)."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+    start = _rss(pid)
+
+    def risen():
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) << 10 for line in f
+                        if line.startswith("VmHWM:")) - start
+    return start, risen
+
+
+def test_a_strided_array_is_copied_once_to_be_sent_not_three_times(local_cluster):
+    """A scientist pushes every other column of a 64 MB array (a[:, ::2], 32 MB, neither
+    C- nor F-ordered), and pulls such a slice of an engine's array. numpy pickles that kind of
+    array in band: the sender's memory rose by twice its size (its bytes, then the
+    pickle holding them, all of it signed) and the result was copied again on arrival.
+    It is copied once now, to C order, and leaves as a buffer of its own."""
+    np = pytest.importorskip("numpy")
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, TIMEOUT)
+    a = np.arange(8 * MB, dtype=np.float64).reshape(2048, -1)
+    half = a[:, ::2]
+    assert not (half.flags.c_contiguous or half.flags.f_contiguous)
+    rc[0].push({"a": a}, block=True)   # the engine's copy of the whole, for the return
+    rc.purge_results("all")
+    _, risen = _peak_since_reset(os.getpid())
+    rc[0].push({"half": half}, block=True)
+    assert risen() < 1.5 * half.nbytes, "more than the one copy the send needs"
+    assert rc[0].pull("half.shape == (2048, 2048) and bool((half == a[:, ::2]).all())",
+                      block=True) is True
+    engine = local_cluster.engines[0].pid
+    _, engine_risen = _peak_since_reset(engine)
+    back = rc[0].pull("a[:, 1::2]", block=True)   # an expression, evaluated on the engine
+    assert back.shape == (2048, 2048) and back.dtype == np.float64 and (back == a[:, 1::2]).all()
+    assert engine_risen() < 1.5 * half.nbytes, "the engine made more than one copy to send"
