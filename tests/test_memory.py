@@ -6,6 +6,9 @@ what a purge leaves of what the results took), never a timing: allocators keep s
 what is freed, and a loaded machine changes how much at any moment.
 """
 
+import contextlib
+import ctypes
+import gc
 import os
 
 import pytest
@@ -92,3 +95,64 @@ def test_a_strided_array_is_copied_once_to_be_sent_not_three_times(local_cluster
     back = rc[0].pull("a[:, 1::2]", block=True)   # an expression, evaluated on the engine
     assert back.shape == (2048, 2048) and back.dtype == np.float64 and (back == a[:, 1::2]).all()
     assert engine_risen() < 1.5 * half.nbytes, "the engine made more than one copy to send"
+
+
+def _waves(cluster, n, f, waves=4):
+    """The resident memory of the client, the controller and each engine after each of
+    `waves` waves of `n` load-balanced tasks f(i), every result read then dropped."""
+    rc = cluster.rc
+    view, pids = rc.load_balanced_view(), [os.getpid(), cluster.controller.pid,
+                                           *(p.pid for p in cluster.engines)]
+    def measure():
+        gc.collect()
+        with contextlib.suppress(OSError, AttributeError):   # glibc's: the client's
+            ctypes.CDLL(None).malloc_trim(0)   # memory in use, not what malloc keeps after
+        return [_rss(pid) for pid in pids]     # a peak (the first wave's is mmap'd, freed)
+
+    seen = [measure()]
+    for _ in range(waves):
+        ars = [view.apply_async(f, i) for i in range(n)]
+        assert all(ar.get(TIMEOUT) is not None for ar in ars)
+        del ars
+        seen.append(measure())
+    return seen
+
+
+def _assert_bounded(seen):
+    """What each process's memory grew by from the first wave's end to the last's at most
+    half what the first wave added, and 8 MB (what an allocator may keep): by the first
+    wave's end, the controller keeps as many records as its bounds let it, and a process
+    that kept something of each task would grow by as much with each wave."""
+    names = ["client", "controller"] + [f"engine {i}" for i in range(len(seen[0]) - 2)]
+    for name, start, first, last in zip(names, seen[0], seen[1], seen[-1]):
+        assert last - first <= (first - start) / 2 + 8 * MB, (
+            f"the {name}'s memory grew by {(first - start) // MB} MB in the first wave and "
+            f"{(last - first) // MB} MB more in the next {len(seen) - 2}: {seen}")
+
+
+@pytest.fixture
+def bounded_cluster(tmp_path):
+    """A controller that keeps 1,000 records and 64 MB of them, and two engines."""
+    from .conftest import LocalCluster
+
+    c = LocalCluster(tmp_path, ["--record-limit", "1000", "--record-bytes", str(64 * MB)])
+    try:
+        c.start_engines(2)
+        c.rc = c.client()
+        c.rc.wait_for_engines(2, TIMEOUT)
+        yield c
+    finally:
+        c.stop()
+
+
+def test_waves_of_small_tasks_keep_every_process_bounded(bounded_cluster):
+    """20,000 small tasks in four waves, their AsyncResults dropped: the client keeps no
+    history of its own (rc.results, rc.metadata are absent), the controller culls its
+    oldest records, engines keep nothing per task."""
+    _assert_bounded(_waves(bounded_cluster, 5000, abs))
+
+
+def test_waves_of_megabyte_results_keep_every_process_bounded(bounded_cluster):
+    """400 results of 1 MB in four waves: each wave's results freed when dropped (in the
+    client) or culled (in the controller), their memory used again by the next."""
+    _assert_bounded(_waves(bounded_cluster, 100, _megabyte))
