@@ -120,12 +120,13 @@ def _waves(cluster, n, f, waves=4):
 
 def _assert_bounded(seen):
     """What each process's memory grew by from the first wave's end to the last's at most
-    half what the first wave added, and 8 MB (what an allocator may keep): by the first
-    wave's end, the controller keeps as many records as its bounds let it, and a process
-    that kept something of each task would grow by as much with each wave."""
+    half what the first wave added, and 16 MB (what an allocator keeps, what the test
+    process's other work leaves): by the first wave's end, the controller keeps as many
+    records as its bounds let it; a process that kept something of each task would grow
+    by as much with each wave (a client keeping its AsyncResults: 12 MB a wave)."""
     names = ["client", "controller"] + [f"engine {i}" for i in range(len(seen[0]) - 2)]
     for name, start, first, last in zip(names, seen[0], seen[1], seen[-1]):
-        assert last - first <= (first - start) / 2 + 8 * MB, (
+        assert last - first <= max(0, first - start) / 2 + 16 * MB, (
             f"the {name}'s memory grew by {(first - start) // MB} MB in the first wave and "
             f"{(last - first) // MB} MB more in the next {len(seen) - 2}: {seen}")
 
@@ -146,10 +147,10 @@ def bounded_cluster(tmp_path):
 
 
 def test_waves_of_small_tasks_keep_every_process_bounded(bounded_cluster):
-    """20,000 small tasks in four waves, their AsyncResults dropped: the client keeps no
+    """40,000 small tasks in four waves, their AsyncResults dropped: the client keeps no
     history of its own (rc.results, rc.metadata are absent), the controller culls its
     oldest records, engines keep nothing per task."""
-    _assert_bounded(_waves(bounded_cluster, 5000, abs))
+    _assert_bounded(_waves(bounded_cluster, 10_000, abs))
 
 
 def test_waves_of_megabyte_results_keep_every_process_bounded(bounded_cluster):
