@@ -80,8 +80,7 @@ SIGNATURE_SCHEME = "hmac-sha256"
 # cost of an extra frame outweighs a memcpy; 64 KiB..1 MiB is reasonable.
 BUFFER_THRESHOLD = 64 * 1024
 
-# A message of at most this many bytes leaves as one frame (see send). 64 KiB: a copy of
-# that much costs about what one frame more does.
+# A message of at most this many bytes leaves as one frame (see send): a 64 KiB copy costs a frame.
 PACK_MAX = 1 << 16
 PACKED = b"<MINIPAR:packed>"
 _COUNT = struct.Struct("<I")
@@ -936,10 +935,11 @@ def _code_reduce(code, reduce=cloudpickle.Pickler.dispatch_table[types.CodeType]
 
 
 class _Pickler(cloudpickle.Pickler):
-    """cloudpickle's, but a function sent by value keeps the file it was defined in: a
-    remote traceback names the client's file and line (and shows the line where the
-    engine reads the same file), as ipyparallel's does, not '<dynamic-code>'."""
-    dispatch_table = collections.ChainMap({types.CodeType: _code_reduce},
+    """cloudpickle's, but a function sent by value keeps its file (a remote traceback names
+    the client's file and line, as ipyparallel's, not '<dynamic-code>'), and a memoryview
+    comes back a memoryview of its bytes (uncopied if large) as ipyparallel's, not bytes."""
+    dispatch_table = collections.ChainMap({types.CodeType: _code_reduce, memoryview: lambda m: (
+        memoryview, (pickle.PickleBuffer(m) if m.contiguous else m.tobytes(),))},
                                           cloudpickle.Pickler.dispatch_table)
 
 

@@ -292,6 +292,22 @@ def test_masked_arrays_gathered_and_joined_keep_their_masks(rc):
     assert (back.compressed() == data.compressed() * 2).all()
 
 
+def test_memoryviews_and_bytearrays_come_back_as_they_were_sent(rc):
+    """A memoryview returned by a task (or passed to one) came back as bytes, as cloudpickle
+    makes it: `.tobytes()`, `.nbytes` and `.cast()` failed where ipyparallel's code used
+    them. It is a memoryview of the same bytes now, a large one sent uncopied;
+    bytearrays were already bytearrays."""
+    big = b"0123456789" * 100_000
+    for value in (b"abc", big):
+        back = rc[0].apply_sync(lambda v: (memoryview(v), type(v).__name__), memoryview(value))
+        assert isinstance(back[0], memoryview) and back[0].tobytes() == value
+        assert back[1] == "memoryview"
+        back = rc[0].apply_sync(bytearray, value)
+        assert type(back) is bytearray and back == value
+    array_view = rc[0].apply_sync(lambda: memoryview(np.arange(4, dtype=np.int32)))
+    assert array_view.tobytes() == np.arange(4, dtype=np.int32).tobytes()
+
+
 def test_scatter_or_map_of_a_0d_array_says_what_to_give_before_a_send(rc, monkeypatch):
     """scatter('x', np.array(5.0)) raised numpy's "len() of unsized object", naming
     neither the argument nor what to give instead."""
