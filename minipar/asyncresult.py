@@ -773,17 +773,26 @@ class _Derived(AsyncResult):
                 self.set_exception(e)
 
 
+def _array_concatenate(parts):
+    """numpy's function that joins `parts` into one array when each is an array of one or
+    more dimensions (ipyparallel's test: an ndarray, a subclass too), else None. Masked
+    arrays take numpy.ma's: numpy.concatenate would drop their masks, unmasking values."""
+    numpy = sys.modules.get("numpy")   # no part is an array unless numpy was imported
+    if numpy is None or not all(isinstance(p, numpy.ndarray) and p.ndim for p in parts):
+        return None
+    ma = sys.modules.get("numpy.ma")
+    masked = ma is not None and any(isinstance(p, ma.MaskedArray) for p in parts)
+    return ma.concatenate if masked else numpy.concatenate
+
+
 def _concat(parts):
     """The parts of a map, a parallel function's call or a gather joined as ipyparallel
     joins them: lists and tuples into one list, numpy arrays into one array; other
     values (the sum each engine made of its part, say) listed as they are."""
     if all(isinstance(p, (list, tuple)) for p in parts):
         return list(itertools.chain.from_iterable(parts))
-    if all(type(p).__module__ == "numpy" and getattr(p, "ndim", 0) > 0 for p in parts):
-        import numpy
-
-        return numpy.concatenate(parts)
-    return list(parts)
+    concatenate = _array_concatenate(parts)
+    return list(parts) if concatenate is None else concatenate(parts)
 
 
 def _interleave(parts):
@@ -794,10 +803,9 @@ def _interleave(parts):
     if all(isinstance(p, (list, tuple)) for p in parts):
         return [p[j] for j in range(max(map(len, parts), default=0)) for p in parts
                 if j < len(p)]
-    if all(type(p).__module__ == "numpy" and getattr(p, "ndim", 0) > 0 for p in parts):
-        import numpy
-
-        joined = numpy.concatenate(parts)   # its shape and dtype; then each item's place
+    concatenate = _array_concatenate(parts)
+    if concatenate is not None:
+        joined = concatenate(parts)   # its shape and dtype; then each item's place
         for i, p in enumerate(parts):
             joined[i::len(parts)] = p
         return joined

@@ -1093,13 +1093,12 @@ class Controller:
         elif msg_ids is None:
             msg_ids = [r["msg_id"] for r in self.db.records()
                        if r["status"] != PENDING and r["engine"] in targets]
-        kept = [m for m in msg_ids if not self.db.drop(m)]
+        held, kept = self.db.nbytes, [m for m in msg_ids if not self.db.drop(m)]
         for m in set(msg_ids).difference(kept):   # remembered: a query says "unknown" at once
             self._purged.add(m)
         purged = len(msg_ids) - len(kept)
         self._reply(idents, header, status=OK, purged=purged, pending=kept)
-        if purged >= 1000:
-            _give_back_memory()
+        _give_back_memory(purged, held - self.db.nbytes)
 
     def _abort(self, idents, header, parts):
         """Tell each engine holding one of the requests; the client hears back once they

@@ -70,8 +70,7 @@ import cloudpickle
 import zmq
 
 from .dependency import Reference
-from .errors import (ConnectionFileError, MiniparError, SerializationError,
-                     making_profile_folder)
+from .errors import ConnectionFileError, MiniparError, SerializationError, making_profile_folder
 
 DELIM = b"<MINIPAR>"
 REFUSED = b"refused"  # an unsigned notice sent back for a message that failed its check
@@ -81,8 +80,7 @@ SIGNATURE_SCHEME = "hmac-sha256"
 # cost of an extra frame outweighs a memcpy; 64 KiB..1 MiB is reasonable.
 BUFFER_THRESHOLD = 64 * 1024
 
-# A message of at most this many bytes leaves as one frame (see send). 64 KiB: a copy of
-# that much costs about what one frame more does.
+# A message of at most this many bytes leaves as one frame (see send): a 64 KiB copy costs a frame.
 PACK_MAX = 1 << 16
 PACKED = b"<MINIPAR:packed>"
 _COUNT = struct.Struct("<I")
@@ -698,8 +696,7 @@ class Session:
 # ---------------------------------------------------------------- refusals and limits
 
 # Why a receiver dropped a message: a fixed set, so counters stay small whatever arrives.
-DROP_REASONS = ("malformed", "too large", "bad signature", "replayed", "bad header",
-                "bad digest")
+DROP_REASONS = ("malformed", "too large", "bad signature", "replayed", "bad header", "bad digest")
 
 
 def drop_reason(exc):
@@ -880,10 +877,14 @@ class _LargeBytes:
 
 
 def _wrap_large_bytes(obj, depth=2):
-    """`obj` with large bytes near the top (apply's args, push's dict) wrapped."""
+    """`obj` with large bytes near the top (apply's args, push's dict) wrapped, and numpy arrays
+    neither C- nor F-ordered (a[:, ::2]) in C order: numpy pickles those in band, copied twice."""
     t = type(obj)
     if t is bytes:
         return _LargeBytes(obj) if len(obj) >= BUFFER_THRESHOLD else obj
+    if t.__name__ == "ndarray" and t.__module__ == "numpy" and not obj.flags.forc and (
+            obj.nbytes >= BUFFER_THRESHOLD and not obj.dtype.hasobject):
+        return obj.copy()
     if depth and (t is tuple or t is list or t is dict) and 0 < len(obj) <= 32:
         if t is dict:
             return {k: _wrap_large_bytes(v, depth - 1) for k, v in obj.items()}
@@ -934,10 +935,11 @@ def _code_reduce(code, reduce=cloudpickle.Pickler.dispatch_table[types.CodeType]
 
 
 class _Pickler(cloudpickle.Pickler):
-    """cloudpickle's, but a function sent by value keeps the file it was defined in: a
-    remote traceback names the client's file and line (and shows the line where the
-    engine reads the same file), as ipyparallel's does, not '<dynamic-code>'."""
-    dispatch_table = collections.ChainMap({types.CodeType: _code_reduce},
+    """cloudpickle's, but a function sent by value keeps its file (a remote traceback names
+    the client's file and line, as ipyparallel's, not '<dynamic-code>'), and a memoryview
+    comes back a memoryview of its bytes (uncopied if large) as ipyparallel's, not bytes."""
+    dispatch_table = collections.ChainMap({types.CodeType: _code_reduce, memoryview: lambda m: (
+        memoryview, (pickle.PickleBuffer(m) if m.contiguous else m.tobytes(),))},
                                           cloudpickle.Pickler.dispatch_table)
 
 

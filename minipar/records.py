@@ -171,6 +171,11 @@ class DictDB:
                         f"result (or raise {option})")
         return None
 
+    @property
+    def nbytes(self):
+        """The bytes the finished records hold, as counted against record_bytes."""
+        return self._bytes
+
     def drop(self, msg_id):
         if msg_id in self._finished or msg_id not in self._records:
             self._bytes -= self._finished.pop(msg_id, 0)
@@ -302,6 +307,8 @@ class SQLiteDB:
     def __len__(self):
         return self._db.execute("SELECT count(*) FROM records").fetchone()[0]
 
+    nbytes = 0   # the finished records are in the file, not in memory
+
     def drop(self, msg_id):
         if msg_id in self._live:
             return False  # pending: kept
@@ -382,10 +389,21 @@ def open_db(kind, profile_dir, record_limit=RECORD_LIMIT, record_bytes=RECORD_BY
     raise ValueError(f"unknown db {kind!r}; use dict, sqlite or none")
 
 
-def _give_back_memory():
-    """After a large purge: hand the freed memory back to the system, as far as CPython
-    allows (what the C allocator keeps of freed blocks; pymalloc returns an arena only
-    when every object in it is gone)."""
+# A purge of this many records, or of records holding this many bytes, hands the freed
+# memory back to the system (malloc_trim: some ms on a large heap, so not after each small
+# purge). By bytes too: 100 results of 1 MB freed at the C allocator stay in the process
+# (glibc serves blocks that size from its heap once one has been freed), 100 MB of RSS
+# that nothing uses. 1..64 MiB is reasonable.
+TRIM_AFTER_RECORDS, TRIM_AFTER_BYTES = 1000, 8 << 20
+
+
+def _give_back_memory(purged, freed_bytes):
+    """After a purge of `purged` records holding `freed_bytes` (DictDB.nbytes): if it was
+    large, hand the freed memory back to the system, as far as CPython allows (what the C
+    allocator keeps of freed blocks; pymalloc returns an arena only when every object in
+    it is gone)."""
+    if purged < TRIM_AFTER_RECORDS and freed_bytes < TRIM_AFTER_BYTES:
+        return
     import ctypes   # here, not at import: purges are rare
 
     gc.collect()

@@ -122,6 +122,9 @@ def _sequence(s):
     if isinstance(s, collections.abc.Mapping) or not hasattr(s, "__iter__"):
         raise TypeError(f"{type(s).__name__} {s!r:.40} is not a sequence to split into parts: "
                         "give a list, tuple, range or array (of a dict: list(d.items()))")
+    if getattr(s, "ndim", None) == 0:   # numpy's len() of one: "len() of unsized object"
+        raise TypeError(f"a 0-d array ({s!r:.40}) has no items to split into parts: give an "
+                        "array of one or more dimensions, or push the value itself")
     return s if hasattr(s, "__getitem__") and hasattr(s, "__len__") else list(s)
 
 

@@ -269,6 +269,62 @@ def test_parallel_function_results_joined_as_ipyparallel_joins_them(rc):
         ragged(list(range(8))).get(TIMEOUT)
 
 
+def test_masked_arrays_gathered_and_joined_keep_their_masks(rc):
+    """A scientist scatters a numpy masked array (missing values masked) and gathers it,
+    with dist 'b' and 'r', or calls a parallel function over it: the parts came back as a
+    list of four masked arrays, as numpy.ma's module is not "numpy"; ipyparallel's join
+    (numpy.concatenate) would unmask the missing values. One masked array now, its data,
+    mask and dtype kept."""
+    dv = rc[:]
+    data = np.ma.masked_array(np.arange(10, dtype=np.int32), mask=[0, 1, 0, 0, 1] * 2)
+    for dist in ("b", "r"):
+        dv.scatter("m", data, dist=dist, block=True)
+        back = dv.gather("m", dist=dist, block=True)
+        assert isinstance(back, np.ma.MaskedArray) and back.dtype == np.int32
+        assert (back.mask == data.mask).all() and (back.data == data.data).all()
+
+    @dv.parallel(block=True)
+    def doubled(x):
+        return x * 2
+
+    back = doubled(data)
+    assert isinstance(back, np.ma.MaskedArray) and (back.mask == data.mask).all()
+    assert (back.compressed() == data.compressed() * 2).all()
+
+
+def test_memoryviews_and_bytearrays_come_back_as_they_were_sent(rc):
+    """A memoryview returned by a task (or passed to one) came back as bytes, as cloudpickle
+    makes it: `.tobytes()`, `.nbytes` and `.cast()` failed where ipyparallel's code used
+    them. It is a memoryview of the same bytes now, a large one sent uncopied;
+    bytearrays were already bytearrays."""
+    big = b"0123456789" * 100_000
+    for value in (b"abc", big):
+        back = rc[0].apply_sync(lambda v: (memoryview(v), type(v).__name__), memoryview(value))
+        assert isinstance(back[0], memoryview) and back[0].tobytes() == value
+        assert back[1] == "memoryview"
+        back = rc[0].apply_sync(bytearray, value)
+        assert type(back) is bytearray and back == value
+    array_view = rc[0].apply_sync(lambda: memoryview(np.arange(4, dtype=np.int32)))
+    assert array_view.tobytes() == np.arange(4, dtype=np.int32).tobytes()
+
+
+def test_scatter_or_map_of_a_0d_array_says_what_to_give_before_a_send(rc, monkeypatch):
+    """scatter('x', np.array(5.0)) raised numpy's "len() of unsized object", naming
+    neither the argument nor what to give instead."""
+    def send_request(*args, **kwargs):
+        raise AssertionError(f"sent a request: {args[:1]}")
+
+    monkeypatch.setattr(rc, "send_request", send_request)
+    dv, scalar = rc[:], np.array(5.0)
+    for call in (lambda: dv.scatter("x", scalar, block=False),
+                 lambda: dv.map(abs, scalar, block=False),
+                 lambda: rc.load_balanced_view().map(abs, scalar, block=False)):
+        with pytest.raises(TypeError, match=r"a 0-d array \(array\(5\.\)\) has no items to "
+                                            r"split into parts: give an array of one or more "
+                                            r"dimensions, or push the value itself"):
+            call()
+
+
 def test_parallel_takes_what_the_direct_views_map_takes(rc):
     dv = rc[:]
 
