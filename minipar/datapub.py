@@ -63,12 +63,19 @@ class Streamer:
 
     The receiver sends, not the printing thread: the main thread may compute for a minute
     after printing a line, and other threads print too. The reply carries the whole
-    output anyway, so text pending when the request ends is dropped, not sent."""
+    output anyway, so text pending when the request ends is dropped, not sent.
+
+    What a request's threads print after it ended, until the next starts, is its too (as
+    an IPython kernel's output goes with the last request's header): sent once its reply
+    has gone (`replied`), marked ``late``, for its client's ``ar.stdout`` to grow."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self.parent = None      # msg_id of the request whose output this is
+        self.last = None        # ... of the request that ended last
+        self.replied = False    # whether its reply has been sent (see Engine._reply)
         self._pending = []      # [(name, text)] not yet sent
+        self._late = []         # [(name, text)] the last request's threads printed after it
         self.data = {}          # what the request published (datapub), all of it
         self._new_data = {}     # ... and the part not yet sent
 
@@ -79,7 +86,7 @@ class Streamer:
     def stop(self):
         """End the request's streaming; returns all the data it published."""
         with self._lock:
-            self.parent, self._pending = None, []
+            self.last, self.parent, self._pending, self.replied = self.parent, None, [], False
             data, self.data, self._new_data = self.data, {}, {}
         return data
 
@@ -104,6 +111,17 @@ class Streamer:
         with self._lock:
             if self.parent is not None:
                 self._pending.append((name, text))
+            elif self.last is not None and text:
+                self._late.append((name, text))
+
+    def take_late(self):
+        """(last, {name: text}) of what the last request's threads printed after it, once
+        its reply has been sent (or a request runs, which it came before), or None."""
+        with self._lock:
+            if not self._late or not (self.replied or self.parent is not None):
+                return None
+            late, self._late = self._late, []
+            return self.last, _joined(late)
 
     def take(self):
         """(parent, {name: text}) of the output not yet sent, or None."""
@@ -111,16 +129,21 @@ class Streamer:
             if not self._pending:
                 return None
             pending, parent, self._pending = self._pending, self.parent, []
-        # joined once: adding each write to a string copies the text so far each time, which
-        # for a task printing 100,000 lines held this thread (and with it streaming, aborts,
-        # time limits and shutdown) for minutes
-        pieces = {}
-        for name, text in pending:
-            pieces.setdefault(name, []).append(text)
-        try:
-            return parent, {name: "".join(texts) for name, texts in pieces.items()}
-        except MemoryError:   # not sent meanwhile (the reply has its end): this thread died of
-            return None       # it, and with it aborts, time limits and shutdown (RLIMIT_AS)
+        texts = _joined(pending)
+        return None if texts is None else (parent, texts)
+
+
+def _joined(pending):
+    """{name: text} of [(name, text)], joined once: adding each write to a string copies
+    the text so far each time, which for a task printing 100,000 lines held the receiver
+    thread (and with it streaming, aborts, time limits and shutdown) for minutes."""
+    pieces = {}
+    for name, text in pending:
+        pieces.setdefault(name, []).append(text)
+    try:
+        return {name: "".join(texts) for name, texts in pieces.items()}
+    except MemoryError:   # not sent meanwhile (the reply has its end): this thread died of
+        return None       # it, and with it aborts, time limits and shutdown (RLIMIT_AS)
 
 
 class Capture(io.TextIOBase):
@@ -129,8 +152,9 @@ class Capture(io.TextIOBase):
     logging.basicConfig, a thread a task left) writes to the request running at the time.
     While one runs, what is written is kept whole for its reply and handed to the `streamer`
     (the engine's Streamer) so the client sees it meanwhile; between requests it goes to
-    the engine's own stream (its log). A task that closes it closes it for the rest of its
-    request, as a file: the next request gets it open."""
+    the engine's own stream (its log) and to the client of the request that ended last. A
+    task that closes it closes it for the rest of its request, as a file: the next request
+    gets it open."""
 
     closed = False   # this request's (see close), not io's, which no request could undo
     # io's None failed code that reads it (sys.stdout.encoding.lower(), codecs.getwriter):
@@ -167,7 +191,8 @@ class Capture(io.TextIOBase):
         if self.closed:
             raise ValueError("I/O operation on closed file.")
         parts = self.parts
-        if parts is None:
+        if parts is None:   # the engine's own (its log), and the last request's (see Streamer)
+            self._streamer.add(self.name, s)
             return getattr(sys, f"__{self.name}__").write(s)
         parts.append(s)
         if s:

@@ -543,16 +543,18 @@ class Engine:
         self._stop()
 
     def _send_stream(self, dealer):
-        # executes in the receiver thread: the running request's new output and data
-        parent, texts = self._streamer.take() or (None, {})
+        # executes in the receiver thread: the running request's new output and data, and
+        # what the last one's threads printed after it (`late`: its reply has gone first)
         # well under the cluster's max_message_size, which would cost the engine its
         # connection (a character is at most 4 bytes in UTF-8)
         size = max(1, min(STREAM_CHUNK_CHARS, self.session.max_message_size // 8))
-        for name, text in texts.items():
-            for i in range(0, len(text), size):
-                _, frames = self.session.msg(protocol.STREAM, parent=parent, engine=self.id,
-                                             name=name, text=text[i:i + size])
-                dealer.send_multipart(frames)
+        for (parent, texts), late in ((self._streamer.take() or (None, {}), False),
+                                      (self._streamer.take_late() or (None, {}), True)):
+            for name, text in texts.items():
+                for i in range(0, len(text), size):
+                    _, frames = self.session.msg(protocol.STREAM, parent=parent, engine=self.id,
+                                                 name=name, text=text[i:i + size], late=late)
+                    dealer.send_multipart(frames)
         taken = self._streamer.take_data()
         if taken is not None:
             try:
@@ -903,6 +905,7 @@ class Engine:
             held, self._held = self._held, None if stop else []
         for frames in self.session.pack(held or ()):
             protocol.send(sock, frames)
+        self._streamer.replied = True   # its late output may follow (Streamer.take_late)
 
     def _send_ready(self):
         """Tell the controller this socket is connected, for the current registration:
@@ -1012,7 +1015,8 @@ class Engine:
                 self._interrupt = None
                 self._withdraw_raised()   # again, had a signal handler cut the above short
             self._take_back_recursion_limit(msg_id)   # first: what follows needs some
-            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+            # still ours (a task's own undone): what its threads print after it is its too
+            sys.stdout, sys.stderr = self._stdout, self._stderr   # (datapub.Streamer), and logged
             stdout, stderr = self._stdout.stop(), self._stderr.stop()
             data = self._streamer.stop()  # the reply carries the whole output and data
             self._take_back_signals(msg_id)
@@ -1163,6 +1167,7 @@ class Engine:
                 self._held.append(frames)
                 return
         protocol.send(self._sock, self.session.signed(frames))
+        self._streamer.replied = True
 
     def _send(self, kind, parts=(), **fields):
         # executes in the main thread, on its own socket
@@ -1551,7 +1556,7 @@ def _leave_threads_behind(engine):
             log.warning("threads a task started still run %.0f s after the engine stopped "
                         "(%s): exiting without them (make them daemon=True, or end them)",
                         THREADS_GRACE_S, ", ".join(left))
-        for stream in (sys.stdout, sys.stderr):
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
             with contextlib.suppress(AttributeError, OSError, ValueError):
                 stream.flush()   # fails if closed or replaced by a task
         os._exit(engine.exit_code)

@@ -277,6 +277,37 @@ def test_output_streams_while_the_task_runs_and_is_not_duplicated(rc, tmp_path):
     assert ar.stderr == "to stderr\n"
 
 
+def leave_a_thread_that_prints(flag):
+    import threading
+
+    def later():   # once the test has seen the task end
+        wait_until(lambda: os.path.exists(flag), 60, "the test's go flag")   # on the engine
+        print("printed after the task")
+        print("and to stderr", file=sys.stderr, flush=True)
+
+    threading.Thread(target=later, daemon=True).start()
+    print("in the task")
+    return "done"
+
+
+def test_what_a_tasks_thread_prints_after_it_returned_is_added_to_its_output(rc, tmp_path):
+    """What a thread a task started printed after the task had returned went to its
+    engine's log alone: its client never saw it. As in ipyparallel (whose engines send it
+    with the last request's header), it is added to that task's output, ar.stdout growing
+    after the task finished; the engine's next task gets none of it."""
+    flag = tmp_path / "go"
+    ar = rc[0].apply_async(leave_a_thread_that_prints, str(flag))
+    assert ar.get(WAIT_S) == "done"
+    assert (ar.stdout, ar.stderr) == ("in the task\n", "")
+    flag.write_text("")
+    wait_until(lambda: ar.stderr, WAIT_S, "the thread's output after the task")
+    assert ar.stdout == "in the task\nprinted after the task\n"
+    assert ar.stderr == "and to stderr\n"
+    after = rc[0].apply_async(print, "the next task")
+    assert after.get(WAIT_S) is None
+    assert (after.stdout, after.stderr) == ("the next task\n", "")
+
+
 MANY_LINES = 100_000   # 200,000 writes: a string added to at each cost the engine minutes
 
 
