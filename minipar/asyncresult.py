@@ -691,10 +691,11 @@ class AsyncResult(_Future, errors.SaysWhyAbsent, errors.ClientSide,
 
     def display_outputs(self, groupby="type", result_only=False, file=None):
         """Wait for the requests, then print their stdout and stderr as ipyparallel does
-        (``[stdout:0] ...``, stderr to sys.stderr; both to `file` if given), and then an
-        execute's result, ``Out[0:3]: ...``, grouped by 'type' (all stdout, then all
-        stderr, then the results; 'order' is the same: minipar has no rich display
-        outputs) or by 'engine'. With `result_only`, the results alone."""
+        (``[stdout:0] ...``, stderr to sys.stderr; both to `file` if given), what display()
+        published (``[output:0]``, shown again in IPython, else its text/plain), and then
+        an execute's result, ``Out[0:3]: ...``, grouped by 'type' (all stdout, then all
+        stderr...; 'order' is the same: display data comes with the reply) or by 'engine'.
+        With `result_only`, the results alone."""
         if groupby not in ("type", "engine", "order"):
             raise ValueError(f"groupby must be 'type', 'engine' or 'order', not {groupby!r}")
         self.wait_for_output()

@@ -416,7 +416,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         with f._condition:   # a reader joining streamed output (_joined) must not put
             md["received"] = time.time()   # its partial text back over the whole
             for k in ("started", "completed", "stdout", "stderr", "status", "attempts",
-                      "execution_count", "recovered_by", "resubmitted"):
+                      "execution_count", "recovered_by", "resubmitted", "outputs"):
                 if k in header:
                     md[k] = header[k]
         md["engine_id"] = header.get("engine", dict.get(md, "engine_id"))

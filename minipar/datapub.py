@@ -17,7 +17,9 @@ which hands it to that Streamer too (``stream`` messages, names "stdout", "stder
 
 import ast
 import contextlib
+import importlib.util
 import io
+import marshal
 import sys
 import threading
 
@@ -42,10 +44,12 @@ def publish_data(data):
 
 
 def display(*objs, **kwargs):
-    """IPython's display() in a task on an engine. minipar sends no rich display data:
-    each object's plain text (IPython's text/plain, ``'hi'`` for the string) is printed,
-    so %px shows it as ``[stdout:0] 'hi'`` (ipyparallel: ``[output:0]`` then ``'hi'``).
-    Without IPython on the engine: each object's repr."""
+    """IPython's display() in a task on an engine: each object's display data (its mime
+    bundle: text/plain, ``'hi'`` for the string, and text/html, image/png... where it has
+    them) goes to its request's ``ar.outputs``, as ipyparallel's, which %px and
+    ``ar.display_outputs()`` show (``[output:0]`` then ``'hi'``). So does IPython.display's
+    own, once a task imports IPython (see _ShellOnImport). Without IPython on the engine:
+    each object's repr, printed."""
     if _shell is None:
         raise RuntimeError("this display works only inside a task running on an engine")
     try:
@@ -54,6 +58,59 @@ def display(*objs, **kwargs):
         return print(*map(repr, objs), sep="\n")
     _shell()   # without a shell, IPython's display prints str(x): hi, not 'hi'
     display(*objs, **kwargs)
+
+
+def display_publisher(streamer):
+    """The class of the engine's shell's display_pub (IPython's DisplayPublisher, so this
+    imports IPython): what display() publishes goes to `streamer`'s running request's
+    outputs, for its reply; between requests (a task's thread), or data a reply's header
+    cannot carry, is printed as IPython's own does (text/plain), as output."""
+    from IPython.core.displaypub import DisplayPublisher
+
+    class Publisher(DisplayPublisher):
+        def publish(self, data, metadata=None, *args, **kwargs):
+            output = {"data": dict(data), "metadata": dict(metadata or {})}
+            with contextlib.suppress(ValueError):   # marshal's: plain data only
+                marshal.dumps(output)
+                with streamer._lock:
+                    if streamer.outputs is not None:
+                        return streamer.outputs.append(output)
+            return super().publish(data, metadata, *args, **kwargs)
+
+    return Publisher
+
+
+class _ShellOnImport:
+    """A sys.meta_path finder: once a task imports IPython, the engine's shell is made (see
+    display_publisher), for IPython.display.display, which prints where no shell exists, to
+    keep display data. The engine imports no IPython itself: a task that uses none pays
+    nothing, and one that does the shell's 0.1 s once."""
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name != "IPython":
+            return None
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(cls)   # once, and the search below is the other finders'
+        spec = importlib.util.find_spec(name)
+        loader = getattr(spec, "loader", None)
+        if hasattr(loader, "exec_module"):
+            run = loader.exec_module
+
+            def exec_module(module):
+                run(module)
+                with contextlib.suppress(Exception):   # else display() prints, as before
+                    _shell()
+            loader.exec_module = exec_module
+        return spec
+
+
+def make_shell_on_import():
+    """Make the engine's shell when a task imports IPython (at once if one has)."""
+    if "IPython" in sys.modules:
+        return _shell()
+    if _ShellOnImport not in sys.meta_path:
+        sys.meta_path.insert(0, _ShellOnImport)
 
 
 class Streamer:
@@ -76,19 +133,22 @@ class Streamer:
         self.replied = False    # whether its reply has been sent (see Engine._reply)
         self._pending = []      # [(name, text)] not yet sent
         self._late = []         # [(name, text)] the last request's threads printed after it
+        self.outputs = None     # the running request's display data (display_publisher)
         self.data = {}          # what the request published (datapub), all of it
         self._new_data = {}     # ... and the part not yet sent
 
     def start(self, parent):
         with self._lock:
-            self.parent, self._pending = parent, []
+            self.parent, self._pending, self.outputs = parent, [], []
 
     def stop(self):
-        """End the request's streaming; returns all the data it published."""
+        """End the request's streaming; returns all the data it published, and its display
+        data (ar.outputs)."""
         with self._lock:
             self.last, self.parent, self._pending, self.replied = self.parent, None, [], False
             data, self.data, self._new_data = self.data, {}, {}
-        return data
+            outputs, self.outputs = self.outputs, None
+        return data, outputs
 
     def publish_data(self, data):
         # any thread of the running request (datapub.publish_data)

@@ -266,6 +266,7 @@ class Engine:
                                       for n in ("stdout", "stderr"))
         datapub._publish = self._streamer.publish_data
         datapub._shell = self._shell
+        datapub.make_shell_on_import()   # for IPython.display's display() in tasks
         self._told_started = None   # the running request the receiver sent `started` for
         self._registering = None    # _Registration while registering again: receiver thread
         self.exit_code = 0          # 1: it lost (or was refused by) the controller
@@ -1018,13 +1019,14 @@ class Engine:
             # still ours (a task's own undone): what its threads print after it is its too
             sys.stdout, sys.stderr = self._stdout, self._stderr   # (datapub.Streamer), and logged
             stdout, stderr = self._stdout.stop(), self._stderr.stop()
-            data = self._streamer.stop()  # the reply carries the whole output and data
+            data, outputs = self._streamer.stop()  # the reply carries all output and data
             self._take_back_signals(msg_id)
             self._take_back_std_fds(msg_id)
         if properties.changed:  # before the reply: the controller knows them when it arrives
             self._send_properties()
         meta = {"started": started, "completed": time.time(), "stdout": stdout,
-                "stderr": stderr, "execution_count": self.execution_count, "data": data}
+                "stderr": stderr, "execution_count": self.execution_count, "data": data,
+                "outputs": outputs or None}   # display data: none, most often
         if status != protocol.OK:
             return self._reply_error(header, result, status=status, **meta)
         try:
@@ -1158,6 +1160,7 @@ class Engine:
             for name in ("stdout", "stderr"):   # keep the tail of what it printed
                 fields[name] = (fields.get(name) or "")[-10_000:]
             fields.pop("ndata", None)   # the data is left out with the result
+            fields.pop("outputs", None)   # and the display data
             fields.update(status=protocol.ERROR, ename=remote.ename, evalue=remote.evalue)
             _, frames = self.session.msg(kind, protocol.serialize(remote), signed=False, **fields)
         with self._held_lock:
@@ -1277,6 +1280,9 @@ class Engine:
             config.HistoryManager.enabled = False   # engines write no history.sqlite
             main = sys.modules.get("__main__")
             self._ipython = InteractiveShell.instance(config=config)
+            # display() keeps display data for the reply (ar.outputs), where the base prints
+            self._ipython.display_pub = datapub.display_publisher(self._streamer)(
+                parent=self._ipython, shell=self._ipython)
             sys.modules["__main__"] = main   # the shell puts its own module there
             # %matplotlib inline (ipyparallel's docs start plotting with %px so) enables a GUI
             # loop: an engine runs none, and the base shell raises NotImplementedError

@@ -406,6 +406,38 @@ def test_display_outputs(rc, capsys):
     assert err.splitlines() == [f"[stderr:{e}] warn" for e in rc.ids]
 
 
+def shows_html():
+    before = "IPython" in sys.modules
+    from IPython.display import HTML, display
+
+    display(HTML("<b>bold</b>"), {"k": 1})
+    print("printed")
+    return before
+
+
+def test_ipython_display_in_a_task_is_display_data_in_ar_outputs(local_cluster):
+    """``IPython.display.display(obj)`` in a task printed the object's str (IPython's
+    display prints where no shell runs): ``<IPython.core.display.HTML object>``, its
+    html lost. As in ipyparallel, each object's display data (text/plain and its other
+    mime types) goes to ``ar.outputs``, which display_outputs() shows; the engine imports
+    IPython only once a task does, as this one (its first) does."""
+    pytest.importorskip("IPython")
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    (eid,) = rc.wait_for_engines(1, WAIT_S)
+    ar = rc[eid].apply_async(shows_html)
+    assert ar.get(WAIT_S) is False   # IPython not imported by the engine before the task
+    assert ar.stdout == "printed\n"
+    assert ar.outputs == [
+        {"data": {"text/plain": "<IPython.core.display.HTML object>",
+                  "text/html": "<b>bold</b>"}, "metadata": {}},
+        {"data": {"text/plain": "{'k': 1}"}, "metadata": {}}]
+    shown = io.StringIO()
+    ar.display_outputs(file=shown)
+    assert shown.getvalue() == (f"[stdout:{eid}] printed\n[output:{eid}]\n"
+                                "<IPython.core.display.HTML object>\n{'k': 1}\n")
+
+
 # ---------------------------------------------------------------- timelines
 
 def test_timeline_png_and_svg_show_engines_tasks_and_totals(rc, tmp_path):
