@@ -123,16 +123,16 @@ class Streamer:
     output anyway, so text pending when the request ends is dropped, not sent.
 
     What a request's threads print after it ended, until the next starts, is its too (as
-    an IPython kernel's output goes with the last request's header): sent once its reply
+    an IPython kernel's output goes with the last request's header): sent once every reply
     has gone (`replied`), marked ``late``, for its client's ``ar.stdout`` to grow."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self.parent = None      # msg_id of the request whose output this is
         self.last = None        # ... of the request that ended last
-        self.replied = False    # whether its reply has been sent (see Engine._reply)
+        self.replied = False    # whether every reply has been sent (Engine._send_reply)
         self._pending = []      # [(name, text)] not yet sent
-        self._late = []         # [(name, text)] the last request's threads printed after it
+        self._late = []         # [(msg_id, name, text)] a request's threads printed after it
         self.outputs = None     # the running request's display data (display_publisher)
         self.data = {}          # what the request published (datapub), all of it
         self._new_data = {}     # ... and the part not yet sent
@@ -172,16 +172,20 @@ class Streamer:
             if self.parent is not None:
                 self._pending.append((name, text))
             elif self.last is not None and text:
-                self._late.append((name, text))
+                self._late.append((self.last, name, text))
 
     def take_late(self):
-        """(last, {name: text}) of what the last request's threads printed after it, once
-        its reply has been sent (or a request runs, which it came before), or None."""
+        """[(msg_id, {name: text})] of what requests' threads printed after them, once
+        every reply has been sent (the client adds it to a finished request's output)."""
         with self._lock:
-            if not self._late or not (self.replied or self.parent is not None):
-                return None
+            if not self._late or not self.replied:
+                return []
             late, self._late = self._late, []
-            return self.last, _joined(late)
+        by_request = {}
+        for msg_id, name, text in late:
+            by_request.setdefault(msg_id, []).append((name, text))
+        return [(msg_id, texts) for msg_id, pending in by_request.items()
+                if (texts := _joined(pending)) is not None]
 
     def take(self):
         """(parent, {name: text}) of the output not yet sent, or None."""

@@ -545,12 +545,13 @@ class Engine:
 
     def _send_stream(self, dealer):
         # executes in the receiver thread: the running request's new output and data, and
-        # what the last one's threads printed after it (`late`: its reply has gone first)
+        # what ended ones' threads printed after them (`late`: once their replies have gone)
+        streams = [(*(self._streamer.take() or (None, {})), False),
+                   *((parent, texts, True) for parent, texts in self._streamer.take_late())]
         # well under the cluster's max_message_size, which would cost the engine its
         # connection (a character is at most 4 bytes in UTF-8)
         size = max(1, min(STREAM_CHUNK_CHARS, self.session.max_message_size // 8))
-        for (parent, texts), late in ((self._streamer.take() or (None, {}), False),
-                                      (self._streamer.take_late() or (None, {}), True)):
+        for parent, texts, late in streams:
             for name, text in texts.items():
                 for i in range(0, len(text), size):
                     _, frames = self.session.msg(protocol.STREAM, parent=parent, engine=self.id,
@@ -906,7 +907,7 @@ class Engine:
             held, self._held = self._held, None if stop else []
         for frames in self.session.pack(held or ()):
             protocol.send(sock, frames)
-        self._streamer.replied = True   # its late output may follow (Streamer.take_late)
+        self._streamer.replied = not self._held   # none held since: late output may follow
 
     def _send_ready(self):
         """Tell the controller this socket is connected, for the current registration:
