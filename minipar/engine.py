@@ -1017,8 +1017,9 @@ class Engine:
                 self._interrupt = None
                 self._withdraw_raised()   # again, had a signal handler cut the above short
             self._take_back_recursion_limit(msg_id)   # first: what follows needs some
-            # still ours (a task's own undone): what its threads print after it is its too
-            sys.stdout, sys.stderr = self._stdout, self._stderr   # (datapub.Streamer), and logged
+            # the Captures still (a task's own undone): what its threads print after it goes
+            # to the log and to its client too (datapub.Streamer), as an IPython kernel's
+            sys.stdout, sys.stderr = self._stdout, self._stderr
             stdout, stderr = self._stdout.stop(), self._stderr.stop()
             data, outputs = self._streamer.stop()  # the reply carries all output and data
             self._take_back_signals(msg_id)
