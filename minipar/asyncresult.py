@@ -341,12 +341,14 @@ class AsyncResult(_Future, errors.SaysWhyAbsent, errors.ClientSide,
     _return_exceptions = False    # get()'s default: map(..., return_exceptions=True)
 
     def __init__(self, client, futures, fname="", single=False, mapping=False, ordered=True):
+        # mapping: a map's; "r" (its dist) for round-robin parts, set before any settles it
         super().__init__()
         self._client = client
         self._children = list(futures)
         self._fname = fname
         self._single = single       # one request whose value is the result (not a list)
         self._mapping = mapping     # each child returns a list: the result is their concatenation
+        self._striped = mapping == "r"
         self._ordered = ordered
         self._left = len(self._children)
         if not self._children:

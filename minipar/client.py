@@ -1385,8 +1385,8 @@ class DirectView(_View):
             sizes.append(len(chunks[0]))
             futures.append(self.client.send_apply(f, tuple(chunks), {}, engine_id=eid,
                                                   fparts=fparts, map=elementwise, **self._label()))
-        ar = AsyncResult(self.client, futures, fname=getattr(f, "__name__", "map"), mapping=True)
-        ar._sizes, ar._striped = sizes if elementwise else None, dist == "r"
+        ar = AsyncResult(self.client, futures, fname=getattr(f, "__name__", "map"), mapping=dist)
+        ar._sizes = sizes if elementwise else None
         return ar
 
     def shutdown(self, targets=None, restart=False, hub=False, block=True):
@@ -1547,10 +1547,9 @@ class LoadBalancedView(_View):
         def send_all():   # a Ctrl-C in it aborts what it sent
             return [self._send(f, tuple(list(s[t]) if isinstance(s, range) else s[t] for s in seqs),
                                {}, fparts, fields, chain, map=elementwise) for t in tasks]
-        ar = AsyncResult(self.client, self.client._together(send_all), mapping=True,
+        ar = AsyncResult(self.client, self.client._together(send_all), mapping=dist,
                          fname=getattr(f, "__name__", "map"), ordered=ordered)
         ar._sizes = [len(range(n)[t]) for t in tasks] if elementwise else None
-        ar._striped = dist == "r"
         return ar
 
     def imap(self, f, *iterables, ordered=True, max_outstanding="auto", return_exceptions=False):
