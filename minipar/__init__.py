@@ -8,6 +8,7 @@ and a ``Client`` that drives them directly (``rc[:]``, a DirectView) or load-bal
 __version__ = "0.1.0"
 
 import importlib
+import logging
 import os
 import sys
 
@@ -32,6 +33,27 @@ def _quiet_ctrl_c(kind, value, tb, previous=sys.excepthook):
 
 if sys.argv[:1] == ["-m"]:   # Python is finding a module of this package to run as __main__
     sys.excepthook = _quiet_ctrl_c
+
+
+class _UntilConfigured(logging.StreamHandler):
+    """Today's stderr (as logging's lastResort, which shows WARNING and up alone) while this
+    process has set up no logging; once the root logger has handlers, they show each line."""
+
+    def emit(self, record):
+        if not logging.getLogger().handlers:
+            self.stream = sys.stderr   # pytest, a notebook replace it
+            super().emit(record)
+
+
+_UNTIL_CONFIGURED = _UntilConfigured()
+
+
+def _show_log_lines(level, *modules):
+    """Lines of this package's `modules` from `level` up on stderr, in a user's process
+    (``Cluster(log_level=...)``, as ipyparallel's Cluster.log shows its own)."""
+    for module in modules:
+        logging.getLogger(f"{__name__}.{module}").setLevel(level)
+    logging.getLogger(__name__).addHandler(_UNTIL_CONFIGURED)   # once: a second add is none
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION  # ipp's names
 
 from . import errors

@@ -341,12 +341,14 @@ class AsyncResult(_Future, errors.SaysWhyAbsent, errors.ClientSide,
     _return_exceptions = False    # get()'s default: map(..., return_exceptions=True)
 
     def __init__(self, client, futures, fname="", single=False, mapping=False, ordered=True):
+        # mapping: a map's; "r" (its dist) for round-robin parts, set before any settles it
         super().__init__()
         self._client = client
         self._children = list(futures)
         self._fname = fname
         self._single = single       # one request whose value is the result (not a list)
         self._mapping = mapping     # each child returns a list: the result is their concatenation
+        self._striped = mapping == "r"
         self._ordered = ordered
         self._left = len(self._children)
         if not self._children:
@@ -691,10 +693,11 @@ class AsyncResult(_Future, errors.SaysWhyAbsent, errors.ClientSide,
 
     def display_outputs(self, groupby="type", result_only=False, file=None):
         """Wait for the requests, then print their stdout and stderr as ipyparallel does
-        (``[stdout:0] ...``, stderr to sys.stderr; both to `file` if given), and then an
-        execute's result, ``Out[0:3]: ...``, grouped by 'type' (all stdout, then all
-        stderr, then the results; 'order' is the same: minipar has no rich display
-        outputs) or by 'engine'. With `result_only`, the results alone."""
+        (``[stdout:0] ...``, stderr to sys.stderr; both to `file` if given), what display()
+        published (``[output:0]``, shown again in IPython, else its text/plain), and then
+        an execute's result, ``Out[0:3]: ...``, grouped by 'type' (all stdout, then all
+        stderr...; 'order' is the same: display data comes with the reply) or by 'engine'.
+        With `result_only`, the results alone."""
         if groupby not in ("type", "engine", "order"):
             raise ValueError(f"groupby must be 'type', 'engine' or 'order', not {groupby!r}")
         self.wait_for_output()

@@ -1249,31 +1249,54 @@ def _show(ar, groupby, stream=False):
         error = None
     except RemoteError as e:   # a Ctrl-C or a lost controller raises as it is
         error = e
-    _display_outputs(ar, groupby, result_only=stream)
+    # display data comes with the reply, not streamed: shown after the streams either way
+    _display_outputs(ar, groupby, kinds=_KINDS[2:] if stream else _KINDS)
     if error is not None:
         # IPython shows an exception with _render_traceback_ as these lines alone
         error._render_traceback_ = functools.partial(_render_errors, error)
         raise error
 
 
-def _display_outputs(ar, groupby="type", file=None, result_only=False):
+_KINDS = ("stdout", "stderr", "outputs", "execute_result")
+
+
+def _display_outputs(ar, groupby="type", file=None, result_only=False, kinds=_KINDS):
     """Each engine's stdout and stderr, ``[stdout:0] ...`` (stderr to sys.stderr, both to
-    `file` if given), then its execute's result, ``Out[0:3]: ...`` (alone with
-    `result_only`): grouped by type (all stdout, then all stderr, then the results) or by
-    engine. `order` is `type` here: it differs in ipyparallel only for rich display
-    outputs, which minipar has not."""
+    `file` if given), its display data (``[output:0]``, see _display_data), then its
+    execute's result, ``Out[0:3]: ...`` (alone with `result_only`): grouped by type (all
+    stdout, then all stderr...) or by engine. `order` is `type` here: minipar's display
+    data comes with the reply, so when it came among the output is not known."""
     md = ar.metadata
     rows = [md] if isinstance(md, dict) else md
-    kinds = ("execute_result",) if result_only else ("stdout", "stderr", "execute_result")
+    kinds = ("execute_result",) if result_only else kinds
     outputs = [(m["engine_id"], k, m[k]) for m in rows for k in kinds]
     if groupby != "engine":   # by type: every stdout, then every stderr (a stable sort)
         outputs.sort(key=lambda o: kinds.index(o[1]))
     for eid, kind, output in outputs:
-        if kind != "execute_result":
+        if kind == "outputs":
+            _display_data(output, eid, file)
+        elif kind != "execute_result":
             _display_stream(output, f"[{kind}:{eid}] ", file or getattr(sys, kind))
         elif output and (out := _out_prompt(eid, output)):   # by engine: [output:0] first
             print(f"[output:{eid}]\n{out}" if groupby == "engine" else out,
                   file=file or sys.stdout, flush=True)
+
+
+def _display_data(outputs, eid, file):
+    """What display() published on engine `eid`, as ipyparallel shows it: ``[output:0]``,
+    then each one published again in IPython (a notebook shows its html, its image), or
+    else (or to `file`) printed as its text/plain."""
+    if not outputs:
+        return
+    print(f"[output:{eid}]", file=file or sys.stdout, flush=True)
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and file is None else None
+    for output in outputs:
+        if shell is not None:
+            shell.display_pub.publish(data=output["data"],
+                                      metadata={**output.get("metadata", {}), "engine": eid})
+        else:
+            print(output["data"].get("text/plain", ""), file=file or sys.stdout, flush=True)
 
 
 def _display_stream(text, prefix, file):

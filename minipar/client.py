@@ -136,7 +136,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         self.info = protocol.read_connection_file(url_file)
         self.session = protocol.Session(self.info["key"], self.info.get(
             "max_message_size", protocol.MAX_MESSAGE_SIZE))
-        self._engines, self._futures = {}, {}
+        self._engines, self._futures, self._replied = {}, {}, weakref.WeakValueDictionary()
         self.block = False   # the block flag of each view made from now on, as ipyparallel's
         self._engines_changed = threading.Condition()
         self._closed = None         # the error every call raises once close()d
@@ -219,8 +219,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
                     except zmq.Again:
                         log.debug("no connection to send a query on: it will time out")
                     continue
-                try:   # nothing a message does may end this thread: every
-                    # request of this client waits on it
+                try:   # nothing a message does may end this thread: every request waits on it
                     if sock is self._monitor:
                         self._on_connection_event(dealer, frames)
                     elif sock is self._sub_monitor:   # notifications may have been missed
@@ -356,14 +355,12 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
 
     def _at(self, deadline, function):
         import heapq  # here, not at import (as in _run_timers): timers are rare
-
         heapq.heappush(self._timers, (deadline, next(_TIMER_SEQ), function))
 
     def _run_timers(self):
         """Run the timers that are due; milliseconds until the next one (None: none)."""
         while self._timers and self._timers[0][0] <= time.monotonic():
             import heapq
-
             _, _, function = heapq.heappop(self._timers)
             try:
                 function()
@@ -399,6 +396,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         f = self._futures.pop(header.get("parent"), None)
         if f is None or f.done():
             return
+        self._replied[f.msg_id] = f   # while its AsyncResult lives: late output (_on_running)
         try:
             self._on_result(f, header, parts)
         except Exception as e:   # its request must not wait for ever: it fails, saying why
@@ -418,7 +416,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         with f._condition:   # a reader joining streamed output (_joined) must not put
             md["received"] = time.time()   # its partial text back over the whole
             for k in ("started", "completed", "stdout", "stderr", "status", "attempts",
-                      "execution_count", "recovered_by", "resubmitted"):
+                      "execution_count", "recovered_by", "resubmitted", "outputs"):
                 if k in header:
                     md[k] = header[k]
         md["engine_id"] = header.get("engine", dict.get(md, "engine_id"))
@@ -452,9 +450,11 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
 
     def _on_running(self, header, parts):
         # executes in the I/O thread: output, published data or the start of a running
-        # request; its final reply replaces them (no duplicates)
-        f = self._futures.get(header.get("parent"))
-        if f is None or f.done() or dict.get(f._md, "query"):   # _md: what the reader joins waits
+        # request; its final reply replaces them (no duplicates), but for `late` output, which
+        # its threads printed after it ended: added to it
+        late = header.get("late") is True and header.get("name") in ("stdout", "stderr")
+        f = self._futures.get(header.get("parent")) or self._replied.get(header.get("parent"))
+        if f is None or f.done() != late or dict.get(f._md, "query"):   # _md: metadata joins
             return
         md, name = f._md, header.get("name")
         if md["engine_id"] is None:
@@ -1385,8 +1385,8 @@ class DirectView(_View):
             sizes.append(len(chunks[0]))
             futures.append(self.client.send_apply(f, tuple(chunks), {}, engine_id=eid,
                                                   fparts=fparts, map=elementwise, **self._label()))
-        ar = AsyncResult(self.client, futures, fname=getattr(f, "__name__", "map"), mapping=True)
-        ar._sizes, ar._striped = sizes if elementwise else None, dist == "r"
+        ar = AsyncResult(self.client, futures, fname=getattr(f, "__name__", "map"), mapping=dist)
+        ar._sizes = sizes if elementwise else None
         return ar
 
     def shutdown(self, targets=None, restart=False, hub=False, block=True):
@@ -1547,10 +1547,9 @@ class LoadBalancedView(_View):
         def send_all():   # a Ctrl-C in it aborts what it sent
             return [self._send(f, tuple(list(s[t]) if isinstance(s, range) else s[t] for s in seqs),
                                {}, fparts, fields, chain, map=elementwise) for t in tasks]
-        ar = AsyncResult(self.client, self.client._together(send_all), mapping=True,
+        ar = AsyncResult(self.client, self.client._together(send_all), mapping=dist,
                          fname=getattr(f, "__name__", "map"), ordered=ordered)
         ar._sizes = [len(range(n)[t]) for t in tasks] if elementwise else None
-        ar._striped = dist == "r"
         return ar
 
     def imap(self, f, *iterables, ordered=True, max_outstanding="auto", return_exceptions=False):

@@ -879,8 +879,9 @@ class Controller:
         return _is_number(limit) and _is_number(started) and now - started >= limit
 
     def _on_stream(self, eid, header, parts, wire):
+        # `late`: what a request's threads printed after it ended, for its ar.stdout to grow
         rec = self.db.get(header.get("parent"))
-        if rec is not None and rec["status"] == PENDING:
+        if rec is not None and (rec["status"] == PENDING or header.get("late") is True):
             self._post(self.sockets["client"], (rec["client"],), wire)
 
     # what an engine sends besides replies (and REGISTER, see _on_engine), by kind

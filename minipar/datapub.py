@@ -17,7 +17,9 @@ which hands it to that Streamer too (``stream`` messages, names "stdout", "stder
 
 import ast
 import contextlib
+import importlib.util
 import io
+import marshal
 import sys
 import threading
 
@@ -42,10 +44,12 @@ def publish_data(data):
 
 
 def display(*objs, **kwargs):
-    """IPython's display() in a task on an engine. minipar sends no rich display data:
-    each object's plain text (IPython's text/plain, ``'hi'`` for the string) is printed,
-    so %px shows it as ``[stdout:0] 'hi'`` (ipyparallel: ``[output:0]`` then ``'hi'``).
-    Without IPython on the engine: each object's repr."""
+    """IPython's display() in a task on an engine: each object's display data (its mime
+    bundle: text/plain, ``'hi'`` for the string, and text/html, image/png... where it has
+    them) goes to its request's ``ar.outputs``, as ipyparallel's, which %px and
+    ``ar.display_outputs()`` show (``[output:0]`` then ``'hi'``). So does IPython.display's
+    own, once a task imports IPython (see _ShellOnImport). Without IPython on the engine:
+    each object's repr, printed."""
     if _shell is None:
         raise RuntimeError("this display works only inside a task running on an engine")
     try:
@@ -56,6 +60,59 @@ def display(*objs, **kwargs):
     display(*objs, **kwargs)
 
 
+def display_publisher(streamer):
+    """The class of the engine's shell's display_pub (IPython's DisplayPublisher, so this
+    imports IPython): what display() publishes goes to `streamer`'s running request's
+    outputs, for its reply; between requests (a task's thread), or data a reply's header
+    cannot carry, is printed as IPython's own does (text/plain), as output."""
+    from IPython.core.displaypub import DisplayPublisher
+
+    class Publisher(DisplayPublisher):
+        def publish(self, data, metadata=None, *args, **kwargs):
+            output = {"data": dict(data), "metadata": dict(metadata or {})}
+            with contextlib.suppress(ValueError):   # marshal's: plain data only
+                marshal.dumps(output)
+                with streamer._lock:
+                    if streamer.outputs is not None:
+                        return streamer.outputs.append(output)
+            return super().publish(data, metadata, *args, **kwargs)
+
+    return Publisher
+
+
+class _ShellOnImport:
+    """A sys.meta_path finder: once a task imports IPython, the engine's shell is made (see
+    display_publisher), for IPython.display.display, which prints where no shell exists, to
+    keep display data. The engine imports no IPython itself: a task that uses none pays
+    nothing, and one that does the shell's 0.1 s once."""
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name != "IPython":
+            return None
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(cls)   # once, and the search below is the other finders'
+        spec = importlib.util.find_spec(name)
+        loader = getattr(spec, "loader", None)
+        if hasattr(loader, "exec_module"):
+            run = loader.exec_module
+
+            def exec_module(module):
+                run(module)
+                with contextlib.suppress(Exception):   # else display() prints, as before
+                    _shell()
+            loader.exec_module = exec_module
+        return spec
+
+
+def make_shell_on_import():
+    """Make the engine's shell when a task imports IPython (at once if one has)."""
+    if "IPython" in sys.modules:
+        return _shell()
+    if _ShellOnImport not in sys.meta_path:
+        sys.meta_path.insert(0, _ShellOnImport)
+
+
 class Streamer:
     """The running request's new output and published data (one for the engine's life),
     collected from whatever thread prints it and sent by the engine's receiver thread as
@@ -63,25 +120,35 @@ class Streamer:
 
     The receiver sends, not the printing thread: the main thread may compute for a minute
     after printing a line, and other threads print too. The reply carries the whole
-    output anyway, so text pending when the request ends is dropped, not sent."""
+    output anyway, so text pending when the request ends is dropped, not sent.
+
+    What a request's threads print after it ended, until the next starts, is its too (as
+    an IPython kernel's output goes with the last request's header): sent once every reply
+    has gone (`replied`), marked ``late``, for its client's ``ar.stdout`` to grow."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self.parent = None      # msg_id of the request whose output this is
+        self.last = None        # ... of the request that ended last
+        self.replied = False    # whether every reply has been sent (Engine._send_reply)
         self._pending = []      # [(name, text)] not yet sent
+        self._late = []         # [(msg_id, name, text)] a request's threads printed after it
+        self.outputs = None     # the running request's display data (display_publisher)
         self.data = {}          # what the request published (datapub), all of it
         self._new_data = {}     # ... and the part not yet sent
 
     def start(self, parent):
         with self._lock:
-            self.parent, self._pending = parent, []
+            self.parent, self._pending, self.outputs = parent, [], []
 
     def stop(self):
-        """End the request's streaming; returns all the data it published."""
+        """End the request's streaming; returns all the data it published, and its display
+        data (ar.outputs)."""
         with self._lock:
-            self.parent, self._pending = None, []
+            self.last, self.parent, self._pending, self.replied = self.parent, None, [], False
             data, self.data, self._new_data = self.data, {}, {}
-        return data
+            outputs, self.outputs = self.outputs, None
+        return data, outputs
 
     def publish_data(self, data):
         # any thread of the running request (datapub.publish_data)
@@ -104,6 +171,21 @@ class Streamer:
         with self._lock:
             if self.parent is not None:
                 self._pending.append((name, text))
+            elif self.last is not None and text:
+                self._late.append((self.last, name, text))
+
+    def take_late(self):
+        """[(msg_id, {name: text})] of what requests' threads printed after them, once
+        every reply has been sent (the client adds it to a finished request's output)."""
+        with self._lock:
+            if not self._late or not self.replied:
+                return []
+            late, self._late = self._late, []
+        by_request = {}
+        for msg_id, name, text in late:
+            by_request.setdefault(msg_id, []).append((name, text))
+        return [(msg_id, texts) for msg_id, pending in by_request.items()
+                if (texts := _joined(pending)) is not None]
 
     def take(self):
         """(parent, {name: text}) of the output not yet sent, or None."""
@@ -111,16 +193,21 @@ class Streamer:
             if not self._pending:
                 return None
             pending, parent, self._pending = self._pending, self.parent, []
-        # joined once: adding each write to a string copies the text so far each time, which
-        # for a task printing 100,000 lines held this thread (and with it streaming, aborts,
-        # time limits and shutdown) for minutes
-        pieces = {}
-        for name, text in pending:
-            pieces.setdefault(name, []).append(text)
-        try:
-            return parent, {name: "".join(texts) for name, texts in pieces.items()}
-        except MemoryError:   # not sent meanwhile (the reply has its end): this thread died of
-            return None       # it, and with it aborts, time limits and shutdown (RLIMIT_AS)
+        texts = _joined(pending)
+        return None if texts is None else (parent, texts)
+
+
+def _joined(pending):
+    """{name: text} of [(name, text)], joined once: adding each write to a string copies
+    the text so far each time, which for a task printing 100,000 lines held the receiver
+    thread (and with it streaming, aborts, time limits and shutdown) for minutes."""
+    pieces = {}
+    for name, text in pending:
+        pieces.setdefault(name, []).append(text)
+    try:
+        return {name: "".join(texts) for name, texts in pieces.items()}
+    except MemoryError:   # not sent meanwhile (the reply has its end): this thread died of
+        return None       # it, and with it aborts, time limits and shutdown (RLIMIT_AS)
 
 
 class Capture(io.TextIOBase):
@@ -129,8 +216,9 @@ class Capture(io.TextIOBase):
     logging.basicConfig, a thread a task left) writes to the request running at the time.
     While one runs, what is written is kept whole for its reply and handed to the `streamer`
     (the engine's Streamer) so the client sees it meanwhile; between requests it goes to
-    the engine's own stream (its log). A task that closes it closes it for the rest of its
-    request, as a file: the next request gets it open."""
+    the engine's own stream (its log) and to the client of the request that ended last. A
+    task that closes it closes it for the rest of its request, as a file: the next request
+    gets it open."""
 
     closed = False   # this request's (see close), not io's, which no request could undo
     # io's None failed code that reads it (sys.stdout.encoding.lower(), codecs.getwriter):
@@ -167,7 +255,8 @@ class Capture(io.TextIOBase):
         if self.closed:
             raise ValueError("I/O operation on closed file.")
         parts = self.parts
-        if parts is None:
+        if parts is None:   # the engine's own (its log), and the last request's (see Streamer)
+            self._streamer.add(self.name, s)
             return getattr(sys, f"__{self.name}__").write(s)
         parts.append(s)
         if s:

@@ -266,6 +266,7 @@ class Engine:
                                       for n in ("stdout", "stderr"))
         datapub._publish = self._streamer.publish_data
         datapub._shell = self._shell
+        datapub.make_shell_on_import()   # for IPython.display's display() in tasks
         self._told_started = None   # the running request the receiver sent `started` for
         self._registering = None    # _Registration while registering again: receiver thread
         self.exit_code = 0          # 1: it lost (or was refused by) the controller
@@ -543,16 +544,19 @@ class Engine:
         self._stop()
 
     def _send_stream(self, dealer):
-        # executes in the receiver thread: the running request's new output and data
-        parent, texts = self._streamer.take() or (None, {})
+        # executes in the receiver thread: the running request's new output and data, and
+        # what ended ones' threads printed after them (`late`: once their replies have gone)
+        streams = [(*(self._streamer.take() or (None, {})), False),
+                   *((parent, texts, True) for parent, texts in self._streamer.take_late())]
         # well under the cluster's max_message_size, which would cost the engine its
         # connection (a character is at most 4 bytes in UTF-8)
         size = max(1, min(STREAM_CHUNK_CHARS, self.session.max_message_size // 8))
-        for name, text in texts.items():
-            for i in range(0, len(text), size):
-                _, frames = self.session.msg(protocol.STREAM, parent=parent, engine=self.id,
-                                             name=name, text=text[i:i + size])
-                dealer.send_multipart(frames)
+        for parent, texts, late in streams:
+            for name, text in texts.items():
+                for i in range(0, len(text), size):
+                    _, frames = self.session.msg(protocol.STREAM, parent=parent, engine=self.id,
+                                                 name=name, text=text[i:i + size], late=late)
+                    dealer.send_multipart(frames)
         taken = self._streamer.take_data()
         if taken is not None:
             try:
@@ -903,6 +907,7 @@ class Engine:
             held, self._held = self._held, None if stop else []
         for frames in self.session.pack(held or ()):
             protocol.send(sock, frames)
+        self._streamer.replied = not self._held   # none held since: late output may follow
 
     def _send_ready(self):
         """Tell the controller this socket is connected, for the current registration:
@@ -1012,15 +1017,18 @@ class Engine:
                 self._interrupt = None
                 self._withdraw_raised()   # again, had a signal handler cut the above short
             self._take_back_recursion_limit(msg_id)   # first: what follows needs some
-            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+            # the Captures still (a task's own undone): what its threads print after it goes
+            # to the log and to its client too (datapub.Streamer), as an IPython kernel's
+            sys.stdout, sys.stderr = self._stdout, self._stderr
             stdout, stderr = self._stdout.stop(), self._stderr.stop()
-            data = self._streamer.stop()  # the reply carries the whole output and data
+            data, outputs = self._streamer.stop()  # the reply carries all output and data
             self._take_back_signals(msg_id)
             self._take_back_std_fds(msg_id)
         if properties.changed:  # before the reply: the controller knows them when it arrives
             self._send_properties()
         meta = {"started": started, "completed": time.time(), "stdout": stdout,
-                "stderr": stderr, "execution_count": self.execution_count, "data": data}
+                "stderr": stderr, "execution_count": self.execution_count, "data": data,
+                "outputs": outputs or None}   # display data: none, most often
         if status != protocol.OK:
             return self._reply_error(header, result, status=status, **meta)
         try:
@@ -1154,6 +1162,7 @@ class Engine:
             for name in ("stdout", "stderr"):   # keep the tail of what it printed
                 fields[name] = (fields.get(name) or "")[-10_000:]
             fields.pop("ndata", None)   # the data is left out with the result
+            fields.pop("outputs", None)   # and the display data
             fields.update(status=protocol.ERROR, ename=remote.ename, evalue=remote.evalue)
             _, frames = self.session.msg(kind, protocol.serialize(remote), signed=False, **fields)
         with self._held_lock:
@@ -1163,6 +1172,7 @@ class Engine:
                 self._held.append(frames)
                 return
         protocol.send(self._sock, self.session.signed(frames))
+        self._streamer.replied = True
 
     def _send(self, kind, parts=(), **fields):
         # executes in the main thread, on its own socket
@@ -1272,6 +1282,9 @@ class Engine:
             config.HistoryManager.enabled = False   # engines write no history.sqlite
             main = sys.modules.get("__main__")
             self._ipython = InteractiveShell.instance(config=config)
+            # display() keeps display data for the reply (ar.outputs), where the base prints
+            self._ipython.display_pub = datapub.display_publisher(self._streamer)(
+                parent=self._ipython, shell=self._ipython)
             sys.modules["__main__"] = main   # the shell puts its own module there
             # %matplotlib inline (ipyparallel's docs start plotting with %px so) enables a GUI
             # loop: an engine runs none, and the base shell raises NotImplementedError
@@ -1551,7 +1564,7 @@ def _leave_threads_behind(engine):
             log.warning("threads a task started still run %.0f s after the engine stopped "
                         "(%s): exiting without them (make them daemon=True, or end them)",
                         THREADS_GRACE_S, ", ".join(left))
-        for stream in (sys.stdout, sys.stderr):
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
             with contextlib.suppress(AttributeError, OSError, ValueError):
                 stream.flush()   # fails if closed or replaced by a task
         os._exit(engine.exit_code)

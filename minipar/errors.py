@@ -168,7 +168,7 @@ _MINIPAR_ERRORS = {c.__name__: c for c in (
 def wrap(exc, engine_info=None):
     """The RemoteError describing `exc` (called on the engine, in its except block). An
     exception whose __str__ raises, even SystemExit or KeyboardInterrupt, which traceback
-    lets through, is described without its text: what a task raised must not end the
+    lets through, is described by what that raised: what a task raised must not end the
     engine that reports it."""
     if isinstance(exc, RemoteError):
         return exc
@@ -183,10 +183,12 @@ def wrap(exc, engine_info=None):
                       "library's, or a SIGINT handler it installed); an interrupt by the engine "
                       "names its sender (rc.send_signal, Ctrl-C at the engine's terminal, kill "
                       "-INT). The engine stays up")
-    except BaseException:
-        evalue = "<unprintable>"
+    except BaseException as failure:   # Python says "<exception str() failed>": and why
+        evalue = f"{_STR_FAILED[:-1]}: {_described(failure)}>"
     try:
         tb = _traceback_text(exc)
+        if tb.endswith(_STR_FAILED + "\n"):   # its last line as the text says it
+            tb = tb[:-len(_STR_FAILED) - 1] + evalue + "\n"
     except BaseException:   # its text raised: its frames, with the text said above
         try:
             tb = "".join(["Traceback (most recent call last):\n", *traceback.format_tb(
@@ -194,6 +196,18 @@ def wrap(exc, engine_info=None):
         except BaseException:   # its frames too (memory short, a loader's get_source that
             tb = f"{type(exc).__name__}: {evalue}\n"   # raised): the task fails, not its engine
     return _rebuild(type(exc).__name__, evalue, tb, engine_info)
+
+
+_STR_FAILED = "<exception str() failed>"   # what traceback says where str(exc) raised
+
+
+def _described(exc):
+    """ "ValueError: its text", or the type alone where its text raises too."""
+    try:
+        text = str(exc)
+    except BaseException:
+        text = ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _traceback_text(exc):

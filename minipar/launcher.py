@@ -61,7 +61,7 @@ import threading
 import time
 import weakref
 
-from . import protocol
+from . import _show_log_lines, protocol
 from .errors import (CLUSTER_ABSENT, ConnectionFileError, MiniparError, SaysWhyAbsent,
                      TimeoutError, making_profile_folder, refuse_absent)
 
@@ -194,8 +194,7 @@ def _read_text(path, limit=20000):
     """The last `limit` characters of a log file ('' if there is none)."""
     try:
         with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - limit))
+            f.seek(max(0, f.seek(0, os.SEEK_END) - limit))
             return f.read().decode(errors="replace")
     except OSError:
         return ""
@@ -528,8 +527,7 @@ class EngineSetLauncher(EngineLauncher):
         super().__init__(**kwargs)
         if restart not in RESTART_POLICIES:
             raise ValueError(f"restart={restart!r}: use one of {RESTART_POLICIES}")
-        self.restart = restart
-        self.restarts, self._children = 0, []
+        self.restart, self.restarts, self._children = restart, 0, []
         self._stopping = threading.Event()  # set by stop(): from then on nothing restarts
         self._restart_lock = threading.Lock()
         self._failed_starts = 0         # engines in a row that ended before registering
@@ -818,8 +816,9 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
     launchers (``engine_options={"mpi_args": ["--oversubscribe"]}``, ``{"engines": {host: n}}``);
     one a launcher does not take is a ValueError at once, naming those it does.
     ``restart_engines="on_failure"`` replaces engines that crash or are killed (local engine
-    sets), so a long run keeps its engine count. `log_level` (``logging.DEBUG``, ``"DEBUG"``),
-    as ipyparallel's, is the controller's and engines' ``--log-level`` (one in their args wins).
+    sets), so a long run keeps its engine count. `log_level` (``logging.DEBUG``, ``"DEBUG"``)
+    is the Cluster's own (on stderr until logging is set up), as ipyparallel's, and the
+    controller's and engines' ``--log-level`` (one in their args wins).
 
     With ``shutdown_atexit=True`` (the default) the cluster is stopped when this process exits or
     nothing refers to it or its Clients any more (as ipyparallel's), and the controller stops
@@ -847,6 +846,8 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
         self.engine_kind, self.controller_kind = engines, controller
         level = [] if log_level is None else ["--log-level", protocol.log_level(  # ipyparallel's
             log_level if isinstance(log_level, str) else logging.getLevelName(log_level))]
+        if level:   # the Cluster's own too (its launchers'): one level a process, the last given
+            _show_log_lines(level[1], "launcher", "batch", "ssh")
         self.controller_args, self.engine_args = [*level, *controller_args], [*level, *engine_args]
         self.controller_options = dict(controller_options or {})
         self.engine_options = dict(engine_options or {})
@@ -1198,11 +1199,10 @@ def _kind_name(kind):
 def _all_profile_dirs():
     """Every folder in $MINIPAR_DIR: named profiles and the folders of Cluster()s."""
     base = protocol.base_dir()
-    try:
+    with contextlib.suppress(OSError):
         return sorted(p for p in (os.path.join(base, f) for f in os.listdir(base))
                       if os.path.isdir(p))
-    except OSError:
-        return []
+    return []
 
 
 def _profile_dirs(profile=None, profile_dir=None):
@@ -1219,10 +1219,9 @@ def cluster_files(profile=None, profile_dir=None):
 
 
 def _running(path):
-    try:
+    with contextlib.suppress(*_UNREADABLE):
         return Cluster.from_file(path)._is_running()
-    except _UNREADABLE:
-        return False  # unreadable: `list` warns about it
+    return False  # unreadable: `list` warns about it
 
 
 def _searched(profile, profile_dir):

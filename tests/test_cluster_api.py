@@ -22,7 +22,7 @@ import minipar
 from minipar.launcher import AFTER, Cluster, ClusterManager, LauncherError
 
 from .helpers import absent_in_docs, assert_absent_say_so, wait_until
-from .test_launcher import CTL_ARGS, ROOT, alive, cli, minipar_dir, pids  # noqa: F401 - fixtures
+from .test_launcher import CTL_ARGS, ROOT, _env, alive, cli, minipar_dir, pids  # noqa: F401
 
 TIMEOUT = 180
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -585,6 +585,39 @@ def test_log_level_is_the_processes_log_level_as_ipyparallels(pids, tmp_path):  
     for level in (15, "LOUD"):
         with pytest.raises(Exception, match="is not a log level: give DEBUG, INFO, WARNING"):
             Cluster(n=1, log_level=level)
+
+
+_OWN_LINES = """
+import json, logging, os, sys
+from minipar import Cluster
+cluster = Cluster(n=1, log_level=sys.argv[1], controller_args=%r)
+if sys.argv[2] == "configured":   # after the Cluster: its lines go to the root's handler
+    logging.basicConfig(format="root: %%(name)s %%(message)s")
+with cluster as rc:
+    print(json.dumps([cluster.controller.pid, *rc[:].apply_sync(os.getpid)]), flush=True)
+"""
+
+
+@pytest.mark.parametrize("logging_set_up", ["", "configured"])
+def test_log_level_is_the_clusters_own_too_on_stderr_until_logging_is_set_up(
+        pids, logging_set_up):  # noqa: F811
+    """``Cluster(log_level="DEBUG")`` set the level of the controller and the engines but not
+    the Cluster's own logger: its debug lines (the processes it starts) never showed. They
+    show on stderr, as ipyparallel's; once the program sets up logging, through its
+    handlers alone (each line once). Without log_level, nothing of them shows."""
+    said = {}
+    for level in ("DEBUG", "WARNING"):
+        run = subprocess.run([sys.executable, "-c", _OWN_LINES % (CTL_ARGS,), level,
+                              logging_set_up], env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=TIMEOUT / 3)
+        pids.add(*json.loads(run.stdout or "[]"))
+        assert run.returncode == 0, run.stderr
+        said[level] = run.stderr
+    started = re.findall(r"^(.*)started controller \(pid \d+\): ", said["DEBUG"], re.M)
+    assert started == (["root: minipar.launcher "] if logging_set_up else [""]), said["DEBUG"]
+    assert "started engine (pid" in said["DEBUG"]
+    assert "started controller" not in said["WARNING"], said["WARNING"]
+    assert pids.wait_gone(20) == []
 
 
 def test_ipyparallels_spellings_of_the_launchers_and_the_controllers_address(pids):  # noqa: F811

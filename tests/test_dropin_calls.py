@@ -983,6 +983,28 @@ def inverse(x):
     return 1 / x
 
 
+def test_a_striped_map_whose_replies_all_came_first_keeps_the_items_order(rc):
+    """A ``dist='r'`` map whose replies had all come in before its AsyncResult was made
+    (quick tasks, a client thread slowed down) joined its parts block by block, not
+    interleaved: ``[5, 1, 4, 3, 2]`` for ``abs`` over ``range(-5, 0)`` (seen under load),
+    as the map was marked striped only after the AsyncResult had settled. Here the test
+    holds the client's thread until the replies are in, at the AsyncResult's making."""
+    from minipar.asyncresult import AsyncResult
+
+    def replies_first(frame, event, arg):   # sys.settrace's: each call, in this thread
+        if event == "call" and frame.f_code is AsyncResult.__init__.__code__:
+            futures = list(frame.f_locals["futures"])
+            wait_until(lambda: all(f.done() for f in futures), TIMEOUT, "the map's replies")
+
+    views = (rc.direct_view([0, 1, 2, 3], block=True), rc.load_balanced_view(block=True))
+    sys.settrace(replies_first)
+    try:
+        got = [view.parallel(dist="r")(abs).map(range(-5, 0)) for view in views]
+    finally:
+        sys.settrace(None)
+    assert got == [[5, 4, 3, 2, 1]] * 2
+
+
 def test_dist_r_stripes_scatter_gather_and_parallel_functions_as_ipyparallel(rc):
     """ipyparallel's ``dist='r'`` (scatter, gather, ``@view.parallel``): item j goes to
     part j % parts, and the parts are joined back in the items' order. minipar refused it

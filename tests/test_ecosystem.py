@@ -277,6 +277,37 @@ def test_output_streams_while_the_task_runs_and_is_not_duplicated(rc, tmp_path):
     assert ar.stderr == "to stderr\n"
 
 
+def leave_a_thread_that_prints(flag):
+    import threading
+
+    def later():   # once the test has seen the task end
+        wait_until(lambda: os.path.exists(flag), 60, "the test's go flag")   # on the engine
+        print("printed after the task")
+        print("and to stderr", file=sys.stderr, flush=True)
+
+    threading.Thread(target=later, daemon=True).start()
+    print("in the task")
+    return "done"
+
+
+def test_what_a_tasks_thread_prints_after_it_returned_is_added_to_its_output(rc, tmp_path):
+    """What a thread a task started printed after the task had returned went to its
+    engine's log alone: its client never saw it. As in ipyparallel (whose engines send it
+    with the last request's header), it is added to that task's output, ar.stdout growing
+    after the task finished; the engine's next task gets none of it."""
+    flag = tmp_path / "go"
+    ar = rc[0].apply_async(leave_a_thread_that_prints, str(flag))
+    assert ar.get(WAIT_S) == "done"
+    assert (ar.stdout, ar.stderr) == ("in the task\n", "")
+    flag.write_text("")
+    wait_until(lambda: ar.stderr, WAIT_S, "the thread's output after the task")
+    assert ar.stdout == "in the task\nprinted after the task\n"
+    assert ar.stderr == "and to stderr\n"
+    after = rc[0].apply_async(print, "the next task")
+    assert after.get(WAIT_S) is None
+    assert (after.stdout, after.stderr) == ("the next task\n", "")
+
+
 MANY_LINES = 100_000   # 200,000 writes: a string added to at each cost the engine minutes
 
 
@@ -373,6 +404,38 @@ def test_display_outputs(rc, capsys):
     out, err = capsys.readouterr()
     assert out.splitlines() == [f"[stdout:{e}] hi" for e in rc.ids]
     assert err.splitlines() == [f"[stderr:{e}] warn" for e in rc.ids]
+
+
+def shows_html():
+    before = "IPython" in sys.modules
+    from IPython.display import HTML, display
+
+    display(HTML("<b>bold</b>"), {"k": 1})
+    print("printed")
+    return before
+
+
+def test_ipython_display_in_a_task_is_display_data_in_ar_outputs(local_cluster):
+    """``IPython.display.display(obj)`` in a task printed the object's str (IPython's
+    display prints where no shell runs): ``<IPython.core.display.HTML object>``, its
+    html lost. As in ipyparallel, each object's display data (text/plain and its other
+    mime types) goes to ``ar.outputs``, which display_outputs() shows; the engine imports
+    IPython only once a task does, as this one (its first) does."""
+    pytest.importorskip("IPython")
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    (eid,) = rc.wait_for_engines(1, WAIT_S)
+    ar = rc[eid].apply_async(shows_html)
+    assert ar.get(WAIT_S) is False   # IPython not imported by the engine before the task
+    assert ar.stdout == "printed\n"
+    assert ar.outputs == [
+        {"data": {"text/plain": "<IPython.core.display.HTML object>",
+                  "text/html": "<b>bold</b>"}, "metadata": {}},
+        {"data": {"text/plain": "{'k': 1}"}, "metadata": {}}]
+    shown = io.StringIO()
+    ar.display_outputs(file=shown)
+    assert shown.getvalue() == (f"[stdout:{eid}] printed\n[output:{eid}]\n"
+                                "<IPython.core.display.HTML object>\n{'k': 1}\n")
 
 
 # ---------------------------------------------------------------- timelines

@@ -1358,7 +1358,7 @@ def _misbehaving(how):
 @pytest.mark.parametrize("how, error", [
     ("result", "could not serialize a Interrupts object: pickling it raised KeyboardInterrupt"),
     ("deep", r"could not serialize \[\[\[\[\[\[\[\.\.\.\]\]\]\]\]\]\]: "),
-    ("exception", "<unprintable>"),
+    ("exception", r"Exits: <exception str\(\) failed: SystemExit: 4>$"),
     ("data", None)], ids=["result", "deep", "exception", "data"])
 def test_what_a_task_makes_that_misbehaves_when_reported_fails_the_task_not_the_engine(
         local_cluster, how, error):

@@ -353,19 +353,21 @@ def test_ctrl_c_in_a_blocking_px_stops_its_work_and_says_so(shell, ip_rc, magic)
     assert run(shell, "%px print('free')") == "".join(f"[stdout:{i}] free\n" for i in range(4))
 
 
-def test_px_display_shows_the_plain_text(shell, own_ip_rc):
+def test_px_display_shows_the_display_data(shell, own_ip_rc):
     """display() is a builtin on the engines, as on ipyparallel's (IPython kernels), and
-    shows an object's text/plain: 'hi' for the string, as ipyparallel's [output:0] does
-    (minipar prints it, so it comes as stdout). The same before and after the engine's
-    IPython shell exists (made by the first IPython syntax), and from an apply."""
-    assert run(shell, "%px display('hi')") == "".join(f"[stdout:{i}] 'hi'\n" for i in range(4))
+    IPython.display's display works there too: what they show is display data, kept in
+    the request's ``ar.outputs``, which %px shows as ipyparallel's does, ``[output:0]`` then
+    its text/plain ('hi' for the string), where minipar printed it as stdout. The same
+    before and after the engine's IPython shell exists, and from an apply."""
+    assert run(shell, "%px display('hi')") == "".join(f"[output:{i}]\n'hi'\n" for i in range(4))
     out = run(shell, "%px --targets 0 from IPython.display import display; display('a', 1)")
-    assert out == "[stdout:0] \n'a'\n1\n"
+    assert out == "[output:0]\n'a'\n1\n"
     run(shell, "%px !true")
-    assert run(shell, "%px --targets 1 display('hi')") == "[stdout:1] 'hi'\n"
+    assert run(shell, "%px --targets 1 display('hi')") == "[output:1]\n'hi'\n"
     ar = own_ip_rc[2].apply_async(lambda: display({"k": "v"}))   # noqa: F821 - the engine's
     ar.get(TIMEOUT)
-    assert ar.stdout == "{'k': 'v'}\n"
+    assert ar.stdout == ""
+    assert ar.outputs == [{"data": {"text/plain": "{'k': 'v'}"}, "metadata": {}}]
 
 
 def test_engines_with_ipython_run_its_syntax(shell, own_ip_rc):

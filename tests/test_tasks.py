@@ -1373,3 +1373,27 @@ def test_tasks_taken_back_around_their_long_ones_end_run_once_each(rc, tmp_path)
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == \
         {str(i): "ran\n" for i in range(len(seconds))}
     assert [ar.metadata["attempts"] for ar in ars] == [[]] * len(seconds)
+
+
+class _BadText(Exception):
+    def __str__(self):   # a typo in a user's __str__: the commonest way to have one raise
+        return f"bad value {self.vaule}"
+
+
+def _raise_bad_text():
+    raise _BadText(3)
+
+
+def test_an_exception_whose_str_raises_says_its_type_and_what_str_raised(rc):
+    """A task's exception whose __str__ raised was shown as "<unprintable>", with nothing
+    of why. It now says it as Python's traceback does, and what __str__ raised, in the
+    error's text and its traceback's last line."""
+    with pytest.raises(minipar.RemoteError) as info:
+        rc.load_balanced_view().apply_async(_raise_bad_text).get(TIMEOUT)
+    err = info.value
+    said = ("<exception str() failed: AttributeError: '_BadText' object has no attribute "
+            "'vaule'>")
+    assert (err.ename, err.evalue) == ("_BadText", said)
+    assert str(err).endswith(f"_BadText: {said}")
+    assert err.traceback.splitlines()[-1] == f"tests.test_tasks._BadText: {said}"
+    assert "_raise_bad_text" in err.traceback
