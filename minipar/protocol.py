@@ -124,9 +124,8 @@ RESULT_REQUEST = "result_request"
 PURGE = "purge"
 RESUBMIT = "resubmit"
 DB_QUERY = "db_query"
-STREAM = "stream"                # stdout/stderr (header `text`) or published data (`name`
-                                 # "data", the dict in the parts) of a running task (`late`:
-                                 # its threads', printed after it)
+STREAM = "stream"                # stdout/stderr (header `text`) or published data (`name` "data",
+                                 # the dict in parts) of a running task (`late`: printed after it)
 STATS = "stats"                  # an engine's counters (messages dropped, requests run)
 STARTED = "started"              # an engine started a request (with a time_limit, or still
                                  # running after STREAM_INTERVAL_S): header `parent`, `started`
