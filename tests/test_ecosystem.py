@@ -171,6 +171,22 @@ def test_asyncio_gathers_100_tasks(rc):
     assert direct == [1, 1, 1, 1]
 
 
+def test_a_coroutine_awaits_wait_for_engines_block_false(rc):
+    """``await rc.wait_for_engines(n, block=False)``, as ipyparallel's Cluster docs write it
+    (start_and_connect's), gives the ids without blocking the event loop; it raised
+    TypeError: object Future can't be used in 'await' expression. asyncio.wrap_future
+    around it (what ipyparallel's code does) still works, as does its result()."""
+    async def main():
+        ids = await rc.wait_for_engines(4, block=False)
+        wrapped = await asyncio.wrap_future(rc.wait_for_engines(4, block=False))
+        with pytest.raises(minipar.TimeoutError, match="wanted 5"):
+            await rc.wait_for_engines(5, timeout=0.1, block=False)
+        return ids, wrapped
+
+    assert asyncio.run(main()) == ([0, 1, 2, 3], [0, 1, 2, 3])
+    assert rc.wait_for_engines(4, block=False).result(WAIT_S) == [0, 1, 2, 3]
+
+
 def test_await_raises_the_remote_error(rc):
     async def main():
         return await rc.load_balanced_view().apply_async(lambda: 1 / 0)
