@@ -224,12 +224,13 @@ def _run(code, ns):
         _loop = asyncio.new_event_loop()
         asyncio.set_event_loop(_loop)
     task = _loop.create_task(result)
-    try:
-        return _loop.run_until_complete(task)
+    try:   # not run_until_complete(task): its frame would be in the task's error's traceback
+        _loop.run_until_complete(asyncio.wait([task]))
     finally:
         if not task.done():   # an interrupt (abort, time_limit, Ctrl-C) left the loop's wait
             task.cancel()
             _loop.run_until_complete(asyncio.wait([task], timeout=CANCELLED_UNWIND_S))
+    return task.result()
 
 
 def run_cell(compiled, source, name, ns, count, trap=False):

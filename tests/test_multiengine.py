@@ -355,14 +355,19 @@ def test_execute_awaits_at_the_top_level_as_an_ipython_kernel(rc):
     """Code sent to execute (and %px) may `await` at its top level, as a cell may on
     ipyparallel's engines (IPython kernels, autoawait): it runs in the engine's asyncio loop,
     the same for every execute, so a task one starts is there for a later one to await.
-    Aborted while it awaits, its coroutine is cancelled (its `finally` runs) and the next
-    execute awaits as before. It was a SyntaxError: 'await' outside function."""
+    An error's traceback shows its code, not asyncio's. Aborted while it awaits, its coroutine
+    is cancelled (its `finally` runs) and the next execute awaits as before. It was a
+    SyntaxError: 'await' outside function."""
     view = rc[0]
     view.execute("import asyncio\nasync def twice(x):\n    await asyncio.sleep(0)\n"
                  "    return 2 * x\nawaited = await twice(21)", block=True)
     assert view.pull("awaited", block=True) == 42
     ar = view.execute("await twice(4)", silent=False, block=False)   # as %px sends it
     assert ar.get(TIMEOUT) is not None and ar.execute_result["data"]["text/plain"] == "8"
+    with pytest.raises(ZeroDivisionError) as e:   # its traceback: its frames, none of asyncio's
+        view.execute("await twice(0)\n1/0", block=True)
+    assert e.value.traceback.splitlines()[1].startswith('  File "<minipar-execute-'), \
+        e.value.traceback
     view.execute("later = asyncio.ensure_future(twice(5))", block=True)   # no await in it
     assert view.execute("await later", silent=False, block=True).get(
         TIMEOUT).execute_result["data"]["text/plain"] == "10"
