@@ -222,7 +222,7 @@ def _run(code, ns):
     global _loop
     if _loop is None or _loop.is_closed():
         _loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(_loop)
+    asyncio.set_event_loop(_loop)   # again: a task's asyncio.run() leaves none set
     task = _loop.create_task(result)
     try:   # not run_until_complete(task): its frame would be in the task's error's traceback
         _loop.run_until_complete(asyncio.wait([task]))

@@ -368,6 +368,8 @@ def test_execute_awaits_at_the_top_level_as_an_ipython_kernel(rc):
         view.execute("await twice(0)\n1/0", block=True)
     assert e.value.traceback.splitlines()[1].startswith('  File "<minipar-execute-'), \
         e.value.traceback
+    view.execute("asyncio.run(twice(0))", block=True)   # it leaves no current loop set
+    view.execute("await twice(0)", block=True)
     view.execute("later = asyncio.ensure_future(twice(5))", block=True)   # no await in it
     assert view.execute("await later", silent=False, block=True).get(
         TIMEOUT).execute_result["data"]["text/plain"] == "10"
