@@ -98,6 +98,10 @@ class _Future(concurrent.futures.Future):
         self._waiters = _Waiters()
 
     def add_done_callback(self, fn):
+        """Call fn(future) once it is done, as concurrent.futures does: in the client's
+        I/O thread (here, at once, if it is done already). Not in an asyncio loop: a
+        callback that sets an asyncio future or Event wakes no loop (its await may never
+        end); hand over with loop.call_soon_threadsafe, or await the AsyncResult."""
         with self._condition:
             if not self._done_callbacks:
                 self._done_callbacks = []
