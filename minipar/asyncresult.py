@@ -98,6 +98,10 @@ class _Future(concurrent.futures.Future):
         self._waiters = _Waiters()
 
     def add_done_callback(self, fn):
+        """Call fn(future) once it is done, as concurrent.futures does: in the client's
+        I/O thread (here, at once, if it is done already). Not in an asyncio loop: a
+        callback that sets an asyncio future or Event wakes no loop (its await may never
+        end); hand over with loop.call_soon_threadsafe, or await the AsyncResult."""
         with self._condition:
             if not self._done_callbacks:
                 self._done_callbacks = []
@@ -320,6 +324,27 @@ class _MsgFuture(_Future):
             if key not in md:   # setdefault: the I/O thread may store a reply's attempts
                 md.setdefault(key, [])
         return _dated(md)
+
+
+class _InLoop:
+    """asyncio's callback on an AsyncResult, called in the loop that added it, as an asyncio
+    future's are (a loop closed since then calls nothing); equal to the callback it wraps."""
+
+    __slots__ = ("fn", "loop")
+
+    def __init__(self, fn):
+        import asyncio
+
+        self.fn, self.loop = fn, asyncio.get_running_loop()
+
+    def __call__(self, future):
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.fn, future)
+
+    def __eq__(self, other):
+        return self.fn == getattr(other, "fn", other)
+
+    __hash__ = None
 
 
 class AsyncResult(_Future, errors.SaysWhyAbsent, errors.ClientSide,
@@ -635,6 +660,22 @@ class AsyncResult(_Future, errors.SaysWhyAbsent, errors.ClientSide,
         import asyncio  # here, not at the top: it doubles the time of `import minipar`
 
         return asyncio.wrap_future(self).__await__()
+
+    def add_done_callback(self, fn):
+        # asyncio.wait (Python 3.11+) adds its own callback as to an asyncio future, whose
+        # callbacks run in its loop: run in the I/O thread, it woke no loop (the wait hung)
+        if getattr(fn, "__module__", None) == "asyncio.tasks":
+            fn = _InLoop(fn)
+        super().add_done_callback(fn)
+
+    def remove_done_callback(self, fn):
+        """As an asyncio future's (asyncio.wait calls it): drop the callbacks `fn`; how many."""
+        with self._condition:
+            kept = [cb for cb in self._done_callbacks if cb != fn]
+            removed = len(self._done_callbacks) - len(kept)
+            if removed:
+                self._done_callbacks = kept
+        return removed
 
     def _ready_for(self, what):
         if not self.done():   # as ipyparallel's: not a figure that looks measured

@@ -137,7 +137,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         self.session = protocol.Session(self.info["key"], self.info.get(
             "max_message_size", protocol.MAX_MESSAGE_SIZE))
         self._engines, self._futures, self._replied = {}, {}, weakref.WeakValueDictionary()
-        self.block = False   # the block flag of each view made from now on, as ipyparallel's
+        self.block, self.cluster = False, None   # views' default block; the Cluster that made it
         self._engines_changed = threading.Condition()
         self._closed = None         # the error every call raises once close()d
         # a forked child has this Client's memory but not its I/O thread: there, it is closed

@@ -18,6 +18,7 @@ which hands it to that Streamer too (``stream`` messages, names "stdout", "stder
 import ast
 import contextlib
 import importlib.util
+import inspect
 import io
 import marshal
 import sys
@@ -31,6 +32,14 @@ OUTPUT_TAIL_CHARS = 10_000   # what is kept of output the engine had no memory t
 _publish = None   # set by the engine: its Streamer.publish_data
 _shell = None     # set by the engine: its InteractiveShell, made at the first call
 _under = None     # the value run_cell last bound to `_`: a `_` the code bound is kept
+# An execute's code may `await` at its top level, as a cell may in an IPython kernel (autoawait):
+# it runs in this asyncio loop, one for the engine's life as a kernel's, and the main thread's
+# current one (a task a cell starts, even with asyncio.ensure_future and no await, is there for
+# the next cell to await). An interrupted one is cancelled and given this long to unwind (its
+# `finally` blocks); 0.1..5 is reasonable.
+_AWAIT = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+_loop = None
+CANCELLED_UNWIND_S = 1.0
 
 
 def publish_data(data):
@@ -290,7 +299,27 @@ def _tail(parts, n):
 def compile_cell(code, name, silent):
     """An execute's code compiled, or (not `silent`, as %px sends it) parsed for run_cell
     to split off its last expression; a SyntaxError as compile's."""
-    return compile(code, name, "exec", 0 if silent else ast.PyCF_ONLY_AST)
+    return compile(code, name, "exec", _AWAIT | (0 if silent else ast.PyCF_ONLY_AST))
+
+
+def _run(code, ns):
+    """eval `code` in `ns`; code with a top-level await is a coroutine's: run in `_loop`."""
+    result = eval(code, ns)
+    if not code.co_flags & inspect.CO_COROUTINE:
+        return result
+    import asyncio   # here: only such code pays for it
+    global _loop
+    if _loop is None or _loop.is_closed():
+        _loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(_loop)   # again: a task's asyncio.run() leaves none set
+    task = _loop.create_task(result)
+    try:   # not run_until_complete(task): its frame would be in the task's error's traceback
+        _loop.run_until_complete(asyncio.wait([task]))
+    finally:
+        if not task.done():   # an interrupt (abort, time_limit, Ctrl-C) left the loop's wait
+            task.cancel()
+            _loop.run_until_complete(asyncio.wait([task], timeout=CANCELLED_UNWIND_S))
+    return task.result()
 
 
 def run_cell(compiled, source, name, ns, count, trap=False):
@@ -298,17 +327,18 @@ def run_cell(compiled, source, name, ns, count, trap=False):
     get_ipython() a builtin if `trap`). Its AST runs as IPython's 'last_expr' does: a last
     expression statement is evaluated apart and its value, unless None or silenced by a ';'
     after it, is bound to `_` and returned as ipyparallel's execute_result ({'data':
-    {'text/plain': ...}, 'execution_count': `count`, 'metadata': {}}); else None."""
+    {'text/plain': ...}, 'execution_count': `count`, 'metadata': {}}); else None. Code that
+    awaits at its top level runs in the engine's asyncio loop (see _AWAIT)."""
     global _under
     with _shell().builtin_trap if trap else contextlib.nullcontext():
         if not isinstance(compiled, ast.Module):   # silent: nothing comes back
-            return exec(compiled, ns)
+            return _run(compiled, ns)   # None: a module's code returns nothing
         body = compiled.body
         last = body.pop() if body and isinstance(body[-1], ast.Expr) else None
-        exec(compile(compiled, name, "exec"), ns)
+        _run(compile(compiled, name, "exec", _AWAIT), ns)
         if last is None:
             return None
-        value = eval(compile(ast.Expression(last.value), name, "eval"), ns)
+        value = _run(compile(ast.Expression(last.value), name, "eval", _AWAIT), ns)
     line = source.encode().splitlines()[last.end_lineno - 1]   # the parser's (not str's: \x0c)
     if value is None or line[last.end_col_offset:].lstrip().startswith(b";"):
         return None

@@ -1034,7 +1034,8 @@ class Engine:
         try:
             result_parts = protocol.serialize_from_task(result)
         except errors.SerializationError as e:   # the task ran: its result is what failed
-            e = errors.SerializationError(f"the result could not be sent back: {e}")
+            e = errors.SerializationError(f"the result could not be sent back: {e}"
+                                          f"{_NOT_AWAITED * _holds_coroutine(result)}")
             return self._reply_error(header, e, status=protocol.ERROR, **meta)
         self._send_reply(header, protocol.OK, result_parts, **meta)
 
@@ -1382,6 +1383,19 @@ def _log_file():
     except OSError:
         return None
     return path if os.path.isfile(path) else None
+
+
+# An async def task's call returns a coroutine, which an engine does not await (nor does
+# ipyparallel's); execute's code may await (datapub._AWAIT)
+_NOT_AWAITED = ("; a coroutine (what an async def function returns) is not awaited by an "
+                "engine: apply a plain function that runs it (lambda x: asyncio.run(f(x))), "
+                "or await it in an execute (%px r = await f(x))")
+
+
+def _holds_coroutine(result):
+    """Whether a task's result is a coroutine, or a map's list of them."""
+    first = result[0] if isinstance(result, list) and result else result
+    return isinstance(first, types.CoroutineType)
 
 
 def _not_importable_here(e):

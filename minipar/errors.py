@@ -321,7 +321,6 @@ IPYPARALLEL_ABSENT = dict.fromkeys(
     "metadata": "metadata is per AsyncResult: ar.metadata",
     "purge_local_results": "nothing is cached beyond the AsyncResults you hold",
     "purge_hub_results": "use rc.purge_results",
-    "cluster": "a Client does not know its Cluster: keep the Cluster object",
     "debug": "the controller and engines log to their output (MINIPAR_DEBUG=1: verbose)",
     "profile": "a Client's constructor argument only (Client(profile=...))",
     "shutdown": "a load-balanced view has no engines of its own: rc.shutdown()",

@@ -97,10 +97,21 @@ def _chunks(items, size):
     return iter(lambda: list(itertools.islice(it, size)), [])
 
 
+class _AwaitableFuture(concurrent.futures.Future):
+    """A concurrent.futures.Future that a coroutine may also await, as an AsyncResult:
+    ``await rc.wait_for_engines(n, block=False)``, as ipyparallel's Cluster docs write it
+    (whose own needs asyncio.wrap_future around it; that still works)."""
+
+    def __await__(self):
+        import asyncio   # here, not at the top: as AsyncResult.__await__
+
+        return asyncio.wrap_future(self).__await__()
+
+
 def _in_thread(fn, /, *args, **kwargs):
     """A Future of ``fn(*args, **kwargs)``, called in a daemon thread of its own (a
     blocking call made non-blocking: ``rc.wait_for_engines(n, block=False)``)."""
-    future = concurrent.futures.Future()
+    future = _AwaitableFuture()
 
     def run():
         if future.set_running_or_notify_cancel():

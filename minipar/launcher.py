@@ -1103,7 +1103,7 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
                 f"this Cluster's controller is not running (no {self.client_file}): start the "
                 "cluster first, with cluster.start_cluster_sync() or `with Cluster(...) as rc:`")
         rc = Client(url_file=self.client_file, **kwargs)
-        rc._cluster = self   # alive while its Client is (rc = Cluster().start_and_connect_sync())
+        rc.cluster = self   # as ipyparallel's: rc.cluster.stop_cluster_sync(); alive while rc is
         self._clients.append(rc)
         return rc
 

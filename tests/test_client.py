@@ -79,6 +79,22 @@ def test_a_result_that_cannot_be_pickled_says_it_could_not_come_back(rc):
         rc.load_balanced_view().apply_sync(numbers)
 
 
+def test_an_async_def_task_says_that_engines_do_not_await_it_and_what_to_do(rc):
+    """An async def function applied or mapped (a notebook user's first try with asyncio
+    code) returns a coroutine on the engine, which cannot travel back: as on ipyparallel's
+    engines, nothing awaits it, but the error says so and what to do instead of only
+    "cannot pickle 'coroutine' object". The way it gives works."""
+    async def doubled(x):
+        return 2 * x
+
+    said = r"a coroutine \(what an async def function returns\) is not awaited by an engine"
+    with pytest.raises(minipar.SerializationError, match=said):
+        rc[0].apply_sync(doubled, 1)
+    with pytest.raises(minipar.CompositeError, match=said):
+        rc.load_balanced_view().map_sync(doubled, [1, 2])
+    assert rc[0].apply_sync(lambda x: __import__("asyncio").run(doubled(x)), 4) == 8
+
+
 @pytest.mark.parametrize("call", [(sys.exit, (3,)), (signal.default_int_handler,
                                                      (signal.SIGINT, None))],
                          ids=["SystemExit", "KeyboardInterrupt"])

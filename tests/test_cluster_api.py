@@ -374,6 +374,26 @@ def test_starting_a_running_cluster_again_is_refused_as_ipyparallels(pids):  # n
     assert pids.wait_gone(20) == []
 
 
+def test_a_client_knows_the_cluster_that_made_it_as_ipyparallels(pids):  # noqa: F811
+    """A notebook's ``rc = ipp.Cluster(n=1).start_and_connect_sync()``, keeping only rc, and
+    at its end ``rc.cluster.stop_cluster_sync()``, as ipyparallel's docs and notebooks write
+    it: that was an AttributeError ("a Client does not know its Cluster"), with no handle
+    left to stop it by before the process ends. A Client made otherwise has None."""
+    rc = Cluster(n=1, controller_args=CTL_ARGS).start_and_connect_sync()
+    cluster = rc.cluster
+    try:
+        pids.add_cluster(cluster, rc)
+        assert isinstance(cluster, Cluster) and rc[:].apply_sync(abs, -1) == [1]
+        other = minipar.Client(cluster.client_file)
+        assert other.cluster is None
+        other.close()
+        asyncio.run(rc.cluster.stop_cluster())   # as `await rc.cluster.stop_cluster()`
+        assert cluster.controller is None or cluster.controller.state == AFTER
+    finally:
+        cluster.stop_cluster_sync()
+    assert pids.wait_gone(20) == []
+
+
 def test_cluster_manager_lists_loads_and_stops_clusters(pids, minipar_dir):  # noqa: F811
     assert minipar.ClusterManager is ClusterManager
     cm = ClusterManager()

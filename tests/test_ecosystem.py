@@ -171,6 +171,47 @@ def test_asyncio_gathers_100_tasks(rc):
     assert direct == [1, 1, 1, 1]
 
 
+def test_a_coroutine_awaits_wait_for_engines_block_false(rc):
+    """``await rc.wait_for_engines(n, block=False)``, as ipyparallel's Cluster docs write it
+    (start_and_connect's), gives the ids without blocking the event loop; it raised
+    TypeError: object Future can't be used in 'await' expression. asyncio.wrap_future
+    around it (what ipyparallel's code does) still works, as does its result()."""
+    async def main():
+        ids = await rc.wait_for_engines(4, block=False)
+        wrapped = await asyncio.wrap_future(rc.wait_for_engines(4, block=False))
+        with pytest.raises(minipar.TimeoutError, match="wanted 5"):
+            await rc.wait_for_engines(5, timeout=0.1, block=False)
+        return ids, wrapped
+
+    assert asyncio.run(main()) == ([0, 1, 2, 3], [0, 1, 2, 3])
+    assert rc.wait_for_engines(4, block=False).result(WAIT_S) == [0, 1, 2, 3]
+
+
+def test_asyncio_wait_takes_async_results(rc):
+    """``done, pending = await asyncio.wait(ars, return_when=FIRST_COMPLETED)``, a common
+    asyncio idiom, with AsyncResults: Python 3.11's asyncio.wait adds its callback to each
+    as to an asyncio future; run in the client's I/O thread, it woke no loop, so the wait
+    hung (here: until the module's timeout), and then it failed: 'AsyncResult' object has
+    no attribute 'remove_done_callback'."""
+    lview = rc.load_balanced_view()
+
+    async def main():
+        quick = [lview.apply_async(abs, -i) for i in range(3)]
+        done, pending = await asyncio.wait(quick)   # no timeout: a timer would wake the loop
+        assert done == set(quick) and not pending
+        slow, first = rc[0].apply_async(time.sleep, 60), rc[1].apply_async(abs, -1)
+        try:
+            done, pending = await asyncio.wait([slow, first],
+                                               return_when=asyncio.FIRST_COMPLETED)
+            assert done == {first} and pending == {slow}
+            assert slow.remove_done_callback(print) == 0   # asyncio's are gone already
+        finally:
+            slow.abort()
+        return [f.result() for f in quick]
+
+    assert asyncio.run(main()) == [0, 1, 2]
+
+
 def test_await_raises_the_remote_error(rc):
     async def main():
         return await rc.load_balanced_view().apply_async(lambda: 1 / 0)

@@ -103,6 +103,17 @@ def test_client_in_ipython_registers_the_magics(shell, ip_rc):
     assert "<minipar-execute" in out   # the remote traceback, not this process's
 
 
+def test_px_awaits_at_the_top_level_as_on_ipyparallels_engines(shell, ip_rc):
+    """A notebook user's `%px await ...` and a `%%px` cell that awaits run on the engines as
+    on ipyparallel's (IPython kernels, autoawait): the awaited value is Out[engine:n]. It
+    was a SyntaxError: 'await' outside function, from every engine."""
+    run(shell, "%px import asyncio")
+    out = run(shell, "%px await asyncio.sleep(0, result='slept')")
+    assert re.findall(r"(?m)^Out\[(\d):\d+\]: 'slept'$", out) == list("0123"), out
+    assert run(shell, "%%px\nawait asyncio.sleep(0)\nawaited = 6") == ""
+    assert run(shell, "%px print(awaited)") == "".join(f"[stdout:{i}] 6\n" for i in range(4))
+
+
 def test_px_error_on_many_engines_shows_four_tracebacks(local_cluster, shell):
     """As ipyparallel's magics (CompositeError.tb_limit): a %px that fails on six engines
     shows the first four tracebacks and then how many more there are."""

@@ -407,6 +407,39 @@ def test_a_loop_of_executes_keeps_a_bounded_number_of_sources(rc):
     assert "k = 1/0" in z.value.traceback
 
 
+def test_execute_awaits_at_the_top_level_as_an_ipython_kernel(rc):
+    """Code sent to execute (and %px) may `await` at its top level, as a cell may on
+    ipyparallel's engines (IPython kernels, autoawait): it runs in the engine's asyncio loop,
+    the same for every execute, so a task one starts is there for a later one to await.
+    An error's traceback shows its code, not asyncio's. Aborted while it awaits, its coroutine
+    is cancelled (its `finally` runs) and the next execute awaits as before. It was a
+    SyntaxError: 'await' outside function."""
+    view = rc[0]
+    view.execute("import asyncio\nasync def twice(x):\n    await asyncio.sleep(0)\n"
+                 "    return 2 * x\nawaited = await twice(21)", block=True)
+    assert view.pull("awaited", block=True) == 42
+    ar = view.execute("await twice(4)", silent=False, block=False)   # as %px sends it
+    assert ar.get(TIMEOUT) is not None and ar.execute_result["data"]["text/plain"] == "8"
+    with pytest.raises(ZeroDivisionError) as e:   # its traceback: its frames, none of asyncio's
+        view.execute("await twice(0)\n1/0", block=True)
+    assert e.value.traceback.splitlines()[1].startswith('  File "<minipar-execute-'), \
+        e.value.traceback
+    view.execute("asyncio.run(twice(0))", block=True)   # it leaves no current loop set
+    view.execute("await twice(0)", block=True)
+    view.execute("later = asyncio.ensure_future(twice(5))", block=True)   # no await in it
+    assert view.execute("await later", silent=False, block=True).get(
+        TIMEOUT).execute_result["data"]["text/plain"] == "10"
+    ar = view.execute("unwound = False\ntry:\n    print('waiting', flush=True)\n"
+                      "    await asyncio.sleep(300)\nfinally:\n    unwound = True")
+    wait_until(lambda: "waiting" in ar.stdout, TIMEOUT, "the execute to start awaiting")
+    ar.abort()
+    with pytest.raises(minipar.TaskAborted):
+        ar.get(TIMEOUT)
+    assert view.pull("unwound", block=True) is True
+    view.execute("awaited = await twice(1)", block=True)
+    assert view.pull("awaited", block=True) == 2
+
+
 def test_composite_error_tracebacks_as_ipyparallel_shows_them(rc, monkeypatch, capsys):
     """The direct interface tutorial's "Parallel exceptions": ``e.print_traceback(1)``,
     and ``ipp.CompositeError.tb_limit`` bounding what is shown."""
