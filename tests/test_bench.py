@@ -138,3 +138,16 @@ def test_the_quick_scaling_run_has_every_figure_and_leaves_nothing_running(tmp_p
                  "push 100 MB", "pull 100 MB", "ipyparallel: not available",
                  "dask: not available", str(out)):
         assert text in run.stdout, text
+
+
+def test_the_controller_profile_of_a_lone_round_trip_runs_to_its_table(tmp_path):
+    """``python bench/profile_controller.py rt``: its controller lives through the three
+    runs (plain, sampled, under cProfile, each switched on and off by a signal) and the
+    table of functions is printed. A switch on SIGHUP stopped the controller (its handler
+    for a closed terminal), so the run failed with "the controller ... stopped"."""
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "profile_controller.py"),
+                          "rt", "-n", "1", "--tasks", "2000", "--top", "3"], env=_env(),
+                         cwd=str(tmp_path), capture_output=True, text=True, timeout=TIMEOUT - 30)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "one at a time: controller CPU per task" in run.stdout, run.stdout
+    assert "own µs" in run.stdout and "function" in run.stdout, run.stdout
