@@ -745,9 +745,8 @@ def is_refusal(frames):
 # ---------------------------------------------------------------- sockets
 
 _MORE = int(zmq.SNDMORE)
-# The backend's send, under pyzmq's Python `Socket.send` (which only adds the draft
-# sockets' routing_id and group): 0.3 µs a frame against 0.8, and the controller sends
-# two or three frames per message.
+# The backend's send, under pyzmq's Python `Socket.send` (which only adds the draft sockets'
+# routing_id and group): 0.3 µs a frame against 0.8, two or three frames per message.
 _send_frame = zmq.backend.Socket.send
 
 
@@ -780,12 +779,12 @@ _deferring = None   # the main thread's sigint_deferred block: [(signum, frame)]
 def sigint_deferred():
     """A block that a Ctrl-C does not cut short: in the main thread, a SIGINT coming in it
     is held and its handler (KeyboardInterrupt, by default) runs as the block ends. For
-    sends that must be whole: a message half sent (frames of a multipart message, a
-    client's batch of held requests) would have the socket's next message glued onto its
-    rest, and both lost, or requests recorded as sent that never left. Blocks nest; in
-    another thread, or where SIGINT's handler is not Python's, it does nothing. It costs
-    two sigaction calls, so it guards batches and large sends, not each frame: `_signal`'s, as
-    `signal`'s enum wrappers raise inside for a Python handler (3.3 µs a getsignal, not 0.04)."""
+    sends that must be whole: a message half sent (a multipart message's frames, a client's
+    batch of held requests) would have the socket's next message glued onto its rest, and
+    both lost, or requests recorded as sent that never left. Blocks nest; in another thread,
+    or where SIGINT's handler is not Python's, it does nothing. It costs two sigaction calls
+    (`_signal`'s: `signal`'s enum wrappers raise inside, 3.3 µs a getsignal, not 0.04), so
+    it guards batches and large sends, not each frame."""
     global _deferring
     handler = _signal.getsignal(signal.SIGINT)   # SIG_DFL, SIG_IGN as ints: not callable
     if (_deferring is not None or not callable(handler)
