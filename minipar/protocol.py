@@ -985,10 +985,9 @@ def use_pickle():
     use_serializer("pickle")
 
 
-# Version skew: engines report their Python and cloudpickle versions when they register;
-# a client warns about one that differs from its own, and names it when something fails
-# to unpickle (by-value functions do not unpickle across Python minor versions, nor
-# always across cloudpickle versions).
+# Version skew: engines report their Python and cloudpickle versions when they register; a
+# client warns about one that differs from its own, and names it when something fails to
+# unpickle (by-value functions do not unpickle across Python minors, nor always cloudpickles).
 
 def versions():
     """(Python version as [major, minor, micro], cloudpickle's version) of this process."""
