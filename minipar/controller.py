@@ -269,7 +269,7 @@ class Controller:
             retries = header.get("retries") or 0
             if rec["lb"] and retries > 0 and not _request_problem(header):
                 try:
-                    task = dict(_task(header), retries=retries - 1)
+                    task = dict(_scheduler.task_of(header), retries=retries - 1)
                 except errors.InvalidDependency as e:
                     self._fail(rec, "InvalidDependency", str(e))
                     continue
@@ -777,7 +777,7 @@ class Controller:
             return self._fail(rec, "ValueError", f"request {msg_id} refused: {problem}")
         if rec["lb"]:
             try:
-                task = _task(header)
+                task = _scheduler.task_of(header)
             except errors.InvalidDependency as e:
                 return self._fail(rec, "InvalidDependency", str(e))
             return self._act(self.scheduler.submit(task, time.monotonic()), rec)
@@ -1316,11 +1316,6 @@ def _ids_problem(name, value):
     return None
 
 
-# The fields of a load-balanced request beyond the plain ones; most have none.
-_TASK_FIELDS = frozenset(("targets", "after", "follow", "timeout", "time_limit", "retries",
-                          "recovery", "dormant", "depend"))
-
-
 def _request_problem(header):
     """What is wrong with a request's routing fields, or None."""
     if "attempt" in header:   # its engine's reply would carry it, and be taken for stale
@@ -1329,7 +1324,7 @@ def _request_problem(header):
         if not _is_int(header.get("engine")):
             return f"`engine` must be an engine id (int), not {header.get('engine')!r:.80}"
         return None
-    if _TASK_FIELDS.isdisjoint(header):
+    if _scheduler.TASK_FIELDS.isdisjoint(header):
         return None
     targets = header.get("targets")
     if targets is not None and not _is_int(targets) and not (
@@ -1361,39 +1356,6 @@ def _register_problem(header):
         if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
             return f"`{name}` must be {kind.__name__}, not {value!r:.80}"
     return None
-
-
-def _task(header):
-    """The scheduler's view of a load-balanced request."""
-    if _TASK_FIELDS.isdisjoint(header):
-        return {"msg_id": header["msg_id"]}
-    return {"msg_id": header["msg_id"], "targets": header.get("targets"),
-            "after": header.get("after"), "follow": header.get("follow"),
-            "timeout": header.get("timeout"), "retries": header.get("retries") or 0,
-            "recovery": header.get("recovery"), "dormant": bool(header.get("dormant")),
-            "depend": _depend(header)}
-
-
-def _depend(header):
-    """A classic ``Task(depend=f)``: `f` comes pickled in the header (`depend`, a list of
-    frames) and is unpickled here, after the header's signature was checked: its sender
-    holds the cluster key, like any client that runs code on the engines. The scheduler
-    calls it with each engine's properties, in this process, so it must be quick."""
-    frames = header.get("depend")
-    if frames is None:
-        return None
-    try:
-        f = protocol.deserialize(frames)
-    except Exception as e:
-        raise errors.InvalidDependency(
-            f"task {header['msg_id']}: the controller could not unpickle its depend function "
-            f"({type(e).__name__}: {e}); define it without modules the controller's Python "
-            "lacks") from None
-    if not callable(f):
-        raise errors.InvalidDependency(
-            f"task {header['msg_id']}: depend must be a function of the engine's properties, "
-            f"not {type(f).__name__}")
-    return f
 
 
 def _lock_profile(pdir):

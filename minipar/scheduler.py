@@ -118,6 +118,7 @@ import logging
 import math
 import random
 
+from . import errors, protocol
 from .dependency import is_met, is_unreachable
 from .protocol import ERROR, OK, STATUSES, TIMEOUT, UNMET  # finished()'s statuses
 
@@ -225,6 +226,44 @@ def weighted(loads, rng=random):
 
 SCHEMES = {f.__name__: f for f in (leastload, lru, plainrandom, twobin, weighted)}
 _RANDOM_SCHEMES = (plainrandom, twobin, weighted)
+
+
+# The fields of a load-balanced request beyond the plain ones; most have none.
+TASK_FIELDS = frozenset(("targets", "after", "follow", "timeout", "time_limit", "retries",
+                          "recovery", "dormant", "depend"))
+
+
+def task_of(header):
+    """The scheduler's view of a load-balanced request."""
+    if TASK_FIELDS.isdisjoint(header):
+        return {"msg_id": header["msg_id"]}
+    return {"msg_id": header["msg_id"], "targets": header.get("targets"),
+            "after": header.get("after"), "follow": header.get("follow"),
+            "timeout": header.get("timeout"), "retries": header.get("retries") or 0,
+            "recovery": header.get("recovery"), "dormant": bool(header.get("dormant")),
+            "depend": _depend(header)}
+
+
+def _depend(header):
+    """A classic ``Task(depend=f)``: `f` comes pickled in the header (`depend`, a list of
+    frames) and is unpickled here, after the header's signature was checked: its sender
+    holds the cluster key, like any client that runs code on the engines. The scheduler
+    calls it with each engine's properties, in this process, so it must be quick."""
+    frames = header.get("depend")
+    if frames is None:
+        return None
+    try:
+        f = protocol.deserialize(frames)
+    except Exception as e:
+        raise errors.InvalidDependency(
+            f"task {header['msg_id']}: the controller could not unpickle its depend function "
+            f"({type(e).__name__}: {e}); define it without modules the controller's Python "
+            "lacks") from None
+    if not callable(f):
+        raise errors.InvalidDependency(
+            f"task {header['msg_id']}: depend must be a function of the engine's properties, "
+            f"not {type(f).__name__}")
+    return f
 
 
 def _spec(raw):
