@@ -665,8 +665,8 @@ class Controller:
                     continue
             if rec["lb"]:
                 rec["attempts"] = [*rec["attempts"], {
-                    "engine": eid, "status": "engine_died", "started": rec.get("started"),
-                    "completed": now, "ename": "EngineError"}]
+                    "engine": eid, "status": "engine_died" if died else "engine_left",
+                    "started": rec.get("started"), "completed": now, "ename": "EngineError"}]
             else:
                 self._fail(rec, "EngineError",
                            f"engine {eid} {what} before answering this request; "
@@ -680,7 +680,8 @@ class Controller:
         if died:
             self._send(self.sockets["engine"], [engine["ident"]], protocol.UNREGISTER,
                        reason="declared dead: missed heartbeats")
-        self._act(self.scheduler.engine_removed(eid, time.monotonic(), timed_out, how))
+        self._act(self.scheduler.engine_removed(eid, time.monotonic(), timed_out, how,
+                                                clean=not (died or why)))
 
     # ------------------------------------------------------------ clients
 

@@ -369,12 +369,13 @@ class Scheduler:
             self._take_back(out)
         return out
 
-    def engine_removed(self, engine_id, now, timed_out=None, how=None):
+    def engine_removed(self, engine_id, now, timed_out=None, how=None, clean=False):
         """An engine is gone: retry its tasks elsewhere, or fail / recover them.
         `timed_out` maps the ones that ran past their time_limit (the engine was ended for
         it) to why: those fail with TaskTimeout, as a timed-out reply would. `how` it went,
         in words, when it said ("stopped because ...,": it gave up on a silent
-        controller); else it "died"."""
+        controller); else it "died". `clean`: it shut down when told to, having answered
+        all it ran, so its tasks never started: each goes to another engine, retries kept."""
         out = []
         engine = self._engines.pop(engine_id, None)
         if engine is None:
@@ -391,6 +392,8 @@ class Scheduler:
                            out, engine_id)
             elif timed_out and msg_id in timed_out:
                 self._fail(t, "TaskTimeout", timed_out[msg_id], out, engine_id)
+            elif clean:
+                self._ready(t, out)
             elif t.retries > 0:
                 # An engine runs its tasks in the order assigned (`tasks` keeps it), so only
                 # the first was running; the ones queued behind it (a task that kills its
