@@ -937,10 +937,11 @@ class Engine:
 
     def _not_run(self, requests):
         """Requests that will not run, as the engine stops: each answered as aborted, or
-        none when it lost its controller (see _exit). Returns ()."""
+        none when it lost its controller (see _exit). Returns (). A load-balanced task is
+        not answered: its controller gives it to another engine once this one unregisters."""
         if self._lost is None:
             for header, *_ in requests:
-                if self._was_taken(header["msg_id"]):
+                if header.get("lb") or self._was_taken(header["msg_id"]):
                     continue
                 self._send_reply(header, protocol.ABORTED, [], ename="TaskAborted",
                                  evalue="the engine shut down before running this task")

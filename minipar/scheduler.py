@@ -118,6 +118,7 @@ import logging
 import math
 import random
 
+from . import errors, protocol
 from .dependency import is_met, is_unreachable
 from .protocol import ERROR, OK, STATUSES, TIMEOUT, UNMET  # finished()'s statuses
 
@@ -227,6 +228,44 @@ SCHEMES = {f.__name__: f for f in (leastload, lru, plainrandom, twobin, weighted
 _RANDOM_SCHEMES = (plainrandom, twobin, weighted)
 
 
+# The fields of a load-balanced request beyond the plain ones; most have none.
+TASK_FIELDS = frozenset(("targets", "after", "follow", "timeout", "time_limit", "retries",
+                          "recovery", "dormant", "depend"))
+
+
+def task_of(header):
+    """The scheduler's view of a load-balanced request."""
+    if TASK_FIELDS.isdisjoint(header):
+        return {"msg_id": header["msg_id"]}
+    return {"msg_id": header["msg_id"], "targets": header.get("targets"),
+            "after": header.get("after"), "follow": header.get("follow"),
+            "timeout": header.get("timeout"), "retries": header.get("retries") or 0,
+            "recovery": header.get("recovery"), "dormant": bool(header.get("dormant")),
+            "depend": _depend(header)}
+
+
+def _depend(header):
+    """A classic ``Task(depend=f)``: `f` comes pickled in the header (`depend`, a list of
+    frames) and is unpickled here, after the header's signature was checked: its sender
+    holds the cluster key, like any client that runs code on the engines. The scheduler
+    calls it with each engine's properties, in this process, so it must be quick."""
+    frames = header.get("depend")
+    if frames is None:
+        return None
+    try:
+        f = protocol.deserialize(frames)
+    except Exception as e:
+        raise errors.InvalidDependency(
+            f"task {header['msg_id']}: the controller could not unpickle its depend function "
+            f"({type(e).__name__}: {e}); define it without modules the controller's Python "
+            "lacks") from None
+    if not callable(f):
+        raise errors.InvalidDependency(
+            f"task {header['msg_id']}: depend must be a function of the engine's properties, "
+            f"not {type(f).__name__}")
+    return f
+
+
 def _spec(raw):
     """A dependency as given (a dict with "ids", or a plain list of ids) -> spec or None."""
     if not raw:
@@ -330,12 +369,13 @@ class Scheduler:
             self._take_back(out)
         return out
 
-    def engine_removed(self, engine_id, now, timed_out=None, how=None):
+    def engine_removed(self, engine_id, now, timed_out=None, how=None, clean=False):
         """An engine is gone: retry its tasks elsewhere, or fail / recover them.
         `timed_out` maps the ones that ran past their time_limit (the engine was ended for
         it) to why: those fail with TaskTimeout, as a timed-out reply would. `how` it went,
         in words, when it said ("stopped because ...,": it gave up on a silent
-        controller); else it "died"."""
+        controller); else it "died". `clean`: it shut down when told to, having answered
+        all it ran, so its tasks never started: each goes to another engine, retries kept."""
         out = []
         engine = self._engines.pop(engine_id, None)
         if engine is None:
@@ -352,6 +392,8 @@ class Scheduler:
                            out, engine_id)
             elif timed_out and msg_id in timed_out:
                 self._fail(t, "TaskTimeout", timed_out[msg_id], out, engine_id)
+            elif clean:
+                self._ready(t, out)
             elif t.retries > 0:
                 # An engine runs its tasks in the order assigned (`tasks` keeps it), so only
                 # the first was running; the ones queued behind it (a task that kills its

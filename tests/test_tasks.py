@@ -1397,3 +1397,33 @@ def test_an_exception_whose_str_raises_says_its_type_and_what_str_raised(rc):
     assert str(err).endswith(f"_BadText: {said}")
     assert err.traceback.splitlines()[-1] == f"tests.test_tasks._BadText: {said}"
     assert "_raise_bad_text" in err.traceback
+
+
+def _pid_after(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_tasks_queued_on_an_engine_another_client_shuts_down_run_elsewhere(local_cluster):
+    """A classroom: one student shuts an engine down (rc.shutdown(targets=...)) while
+    another's tasks are queued on it. Those never ran, yet they failed: the ones the engine
+    held as TaskAborted ("the engine shut down before running this task"), the ones that
+    reached it after it stopped reading as "EngineError: engine 0 died while running task",
+    with the engine neither dead nor running them. Now they go to another engine; so do
+    the second student's tasks when every engine is shut down and a new one comes."""
+    first, second = local_cluster.start_engines(2)
+    student, other = local_cluster.client(), local_cluster.client()
+    ids = other.wait_for_engines(2, START_TIMEOUT_S)
+    survivor = other[ids[1]].apply_sync(os.getpid)
+    lview = student.load_balanced_view()
+    ars = [lview.apply_async(_pid_after, 0.2) for _ in range(16)]
+    wait_until(lambda: other.queue_status()[ids[0]]["tasks"] > 1, START_TIMEOUT_S,
+               "tasks queued on the engine to be shut down")
+    other.shutdown(targets=[ids[0]], block=True)
+    assert {ar.get(START_TIMEOUT_S) for ar in ars} <= {first.pid, second.pid}
+    ars = [lview.apply_async(_pid_after, 0.2) for _ in range(4)]
+    wait_until(lambda: other.queue_status()[ids[1]]["tasks"] > 1, START_TIMEOUT_S,
+               "tasks queued on the last engine")
+    other.shutdown(block=True)
+    (third,) = local_cluster.start_engines(1)
+    assert {ar.get(START_TIMEOUT_S) for ar in ars} <= {survivor, third.pid}
