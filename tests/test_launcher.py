@@ -1951,3 +1951,32 @@ def test_a_batch_poll_interval_of_zero_or_less_is_refused(tmp_path, interval):
     """0 was accepted, and the watcher asked the status command in a busy loop."""
     with pytest.raises(ValueError, match=r"poll_interval=.*> 0 \(1\.\.30 is reasonable\)"):
         launcher.SlurmEngineSetLauncher(profile_dir=str(tmp_path), poll_interval=interval)
+
+
+def test_an_ssh_controller_whose_scp_hangs_says_which_host_and_file_and_what_to_check(
+        pids, tmp_path):
+    """The controller's files are fetched with scp; one that hung (a dead route, no
+    ConnectTimeout) raised a raw subprocess.TimeoutExpired. ssh: a local stand-in that runs
+    the controller here; scp: one that never answers. The fetch is bounded by its timeout."""
+    from minipar import ssh
+    (tmp_path / "ssh").write_text(LOCAL_SSH)
+    (tmp_path / "scp").write_text("#!/bin/sh\nexec sleep 600\n")
+    for name in ("ssh", "scp"):
+        (tmp_path / name).chmod(0o755)
+    c = launcher.find_launcher_class("ssh", "controller")(
+        hostname="h", ssh_cmd=[str(tmp_path / "ssh")], scp_cmd=[str(tmp_path / "scp")],
+        profile_dir=str(tmp_path / "local"), remote_profile_dir=str(tmp_path / "remote"),
+        program_args=CTL_ARGS)
+    ssh.SSHLauncher.start(c)   # the controller, as start() does before it fetches the files
+    pids.add(c.remote_pid)
+    try:
+        with pytest.raises(ControllerStartError) as e:
+            c.fetch_connection_files(timeout=2)
+    finally:
+        c.stop()
+    remote = tmp_path / "remote" / "security" / protocol.CLIENT_FILE
+    assert f"fetching {remote} from the controller on h: no answer within 2 s" in str(e.value)
+    assert f"check that the host is up and reachable (`{tmp_path / 'ssh'} h true`)" in str(e.value)
+    assert "ConnectTimeout" in str(e.value)
+    assert os.listdir(tmp_path / "local" / "security") == []
+    assert not pids.wait_gone()
