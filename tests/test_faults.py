@@ -600,6 +600,32 @@ def test_a_crashed_engine_leaves_its_last_words_in_the_engine_error(local_cluste
         lview.apply_async(os._exit, 3).get(START_TIMEOUT_S)
 
 
+def _exit_once(path):
+    wait_until(lambda: os.path.exists(path), START_TIMEOUT_S, f"{path} to exist")
+    os._exit(3)
+
+
+def test_a_task_queued_behind_the_one_that_killed_its_engine_says_it_never_started(
+        local_cluster, tmp_path):
+    """A task without retries queued on an engine that dies fails with EngineError; the
+    one queued behind the running one said "died while running task", though the engine
+    never began it. Now: "died before running task X (queued behind Y)"."""
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
+    lview = rc.load_balanced_view()
+    go = tmp_path / "go"
+    running, queued = lview.apply_async(_exit_once, str(go)), lview.apply_async(os.getpid)
+    wait_until(lambda: rc.queue_status()[eid]["tasks"] == 2, START_TIMEOUT_S, "both queued")
+    go.touch()
+    [first], [second] = running.msg_ids, queued.msg_ids
+    with pytest.raises(errors.RemoteError, match=f"died before running task {second} "
+                                                 rf"\(queued behind {first}\);"):
+        queued.get(START_TIMEOUT_S)
+    with pytest.raises(errors.RemoteError, match=f"died while running task {first};"):
+        running.get(START_TIMEOUT_S)
+
+
 # `python -m minipar.engine` typed at a shell: the engine leads a session whose controlling
 # terminal is a pty, its process group in the foreground; ^C written to the pty's master
 # is its user's Ctrl-C (the terminal sends SIGINT to that group)
