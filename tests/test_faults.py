@@ -984,6 +984,30 @@ def test_a_task_that_calls_sys_exit_says_so_and_its_engine_stays_up(local_cluste
     assert rc[eid].apply_sync(abs, -1) == 1 and rc.ids == [eid]
 
 
+def _allocate_too_much():
+    return bytearray(2 ** 62)   # 4 EiB: refused at once, no memory used
+
+
+def test_a_task_that_runs_out_of_memory_says_what_it_means_and_what_to_do(local_cluster):
+    """Python's MemoryError has no text: the task's error read "MemoryError: ". It now
+    says the task ran out of memory, where the limit may be and what to do; the engine
+    serves on. One with a text keeps it."""
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
+    for view in (rc[eid], rc.load_balanced_view()):
+        with pytest.raises(errors.RemoteError) as e:
+            view.apply_async(_allocate_too_much).get(START_TIMEOUT_S)
+        assert e.value.ename == "MemoryError"
+        assert e.value.evalue.startswith("the task ran out of memory: its engine's process "
+                                         "could not allocate more"), e.value.evalue
+        assert "The engine stays up" in str(e.value) and "use less per task" in str(e.value)
+    with pytest.raises(errors.RemoteError) as e:
+        rc[eid].apply_async(exec, "raise MemoryError('my cache is full')").get(START_TIMEOUT_S)
+    assert e.value.evalue == "my cache is full"
+    assert rc[eid].apply_sync(abs, -1) == 1 and rc.ids == [eid]
+
+
 def _raise_keyboard_interrupt():
     raise KeyboardInterrupt
 
