@@ -315,6 +315,8 @@ class SSHControllerLauncher(SSHLauncher, ControllerLauncher):
                     raise _no_answer(f"fetching {rsec}/{name} from the controller on "
                                      f"{self.hostname}", cmd, [*self.ssh_cmd, *self.ssh_args],
                                      self.hostname, wait_s, ControllerStartError) from None
+                except FileNotFoundError:
+                    raise ControllerStartError(_not_installed(self, cmd[0])) from None
                 with contextlib.suppress(OSError, ValueError):
                     if r.returncode == 0:
                         with open(tmp) as f:

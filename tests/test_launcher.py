@@ -1980,3 +1980,19 @@ def test_an_ssh_controller_whose_scp_hangs_says_which_host_and_file_and_what_to_
     assert "ConnectTimeout" in str(e.value)
     assert os.listdir(tmp_path / "local" / "security") == []
     assert not pids.wait_gone()
+
+
+def test_an_ssh_controller_without_scp_says_so_and_leaves_nothing_running(pids, tmp_path):
+    """A scp_cmd not on PATH raised a raw FileNotFoundError out of start(). ssh: a local
+    stand-in that runs the controller here; it is stopped, the error names the option."""
+    (tmp_path / "ssh").write_text(LOCAL_SSH)
+    (tmp_path / "ssh").chmod(0o755)
+    c = launcher.find_launcher_class("ssh", "controller")(
+        hostname="h", ssh_cmd=[str(tmp_path / "ssh")], scp_cmd=["minipar-no-such-scp"],
+        profile_dir=str(tmp_path / "local"), remote_profile_dir=str(tmp_path / "remote"),
+        program_args=CTL_ARGS)
+    with pytest.raises(ControllerStartError, match=r"cannot run 'minipar-no-such-scp': it is "
+                                                   r"not on this machine's PATH.*scp_cmd"):
+        c.start()
+    pids.add(c.remote_pid)
+    assert c.state == AFTER and not pids.wait_gone()
