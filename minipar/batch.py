@@ -96,6 +96,9 @@ class BatchSystemLauncher(BaseLauncher):
         self.signal_command = list(sc) if sc else None
         self.status_command = list(status_command or cls.status_command)
         self.job_id_regexp = job_id_regexp or cls.job_id_regexp
+        if not poll_interval > 0:   # 0 ran the status command in a busy loop
+            raise ValueError(f"poll_interval={poll_interval!r}: give the seconds between two "
+                             "asks of the status command, > 0 (1..30 is reasonable)")
         self.poll_interval = poll_interval
         self.job_id = self.batch_file = self._watcher = None
 
@@ -244,14 +247,30 @@ class BatchSystemLauncher(BaseLauncher):
         own = os.environ.get(self.job_id_env) == self.job_id
         if own and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        r = self._run([*self.delete_command, self.job_id])
-        if r.returncode:
-            log.info("%s %s: %s", shlex.join(self.delete_command), self.job_id, r.stderr.strip())
+        # a command that cannot run (not on PATH, over its timeout) is said, not raised: this
+        # launcher ends either way, and the log says what is left to do by hand
+        delete, wait_end = shlex.join([*self.delete_command, self.job_id]), not own
+        try:
+            r = self._run([*self.delete_command, self.job_id])
+            if r.returncode:
+                log.info("%s: %s", delete, r.stderr.strip())
+        except (OSError, subprocess.SubprocessError, LauncherError) as e:
+            log.error("%s job %s may still run: could not delete it (%s); run %s by hand",
+                      self.kind, self.job_id, e, delete)
+            wait_end = False   # nothing was asked to end it: no end to wait for
         deadline = time.monotonic() + max(self.stop_timeout, 30.0)
-        while not own and self.job_status() != "done":
+        while wait_end:
+            try:
+                if self.job_status() == "done":
+                    break
+            except (OSError, subprocess.SubprocessError, LauncherError) as e:
+                log.warning("%s job %s: deleted (%s), but could not ask whether it has ended "
+                            "(%s); check with %s", self.kind, self.job_id, delete, e,
+                            shlex.join([*self.status_command, self.job_id]))
+                break
             if time.monotonic() > deadline:
                 log.error("%s job %s still listed %.0f s after %s", self.kind, self.job_id,
-                          max(self.stop_timeout, 30.0), shlex.join(self.delete_command))
+                          max(self.stop_timeout, 30.0), delete)
                 break
             time.sleep(0.2)
         self.notify_stop({"job_id": self.job_id})

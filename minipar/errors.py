@@ -183,6 +183,12 @@ def wrap(exc, engine_info=None):
                       "library's, or a SIGINT handler it installed); an interrupt by the engine "
                       "names its sender (rc.send_signal, Ctrl-C at the engine's terminal, kill "
                       "-INT). The engine stays up")
+        elif isinstance(exc, MemoryError) and not evalue:   # Python's own has no text
+            evalue = ("the task ran out of memory: its engine's process could not allocate "
+                      "more (the host's memory, or a limit on the process: ulimit -v, a "
+                      "container's or a batch job's, is spent). The engine stays up, what the "
+                      "task held freed; use less per task (smaller chunks, results saved to "
+                      "files), fewer engines on that host, or give them more memory")
     except BaseException as failure:   # Python says "<exception str() failed>": and why
         evalue = f"{_STR_FAILED[:-1]}: {_described(failure)}>"
     try:

@@ -954,12 +954,12 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
         keyword arguments for the launcher, over `controller_options`."""
         if self.controller is not None and self.controller.running:
             raise LauncherError(f"{self!r} already has a running controller: stop_cluster_sync() "
-                                "first, or add engines with start_engines_sync(n)")
+                                "first, add engines with start_engines_sync(n), or connect to it "
+                                "with connect_client_sync()")
         # without --reuse, a new key and ports: Clients of one that ended can never reach it
         if "--reuse" not in self.controller_args:
             self._close_clients()
-        info = protocol.live_controller(self.profile_dir)
-        if info is not None:
+        if (info := protocol.live_controller(self.profile_dir)) is not None:
             raise LauncherError(held_profile_message(info, self.profile_dir))
         cls = find_launcher_class(self.controller_kind, "controller")
         options = {**self.controller_options, **options}

@@ -384,6 +384,7 @@ class Scheduler:
         self._long.pop(engine_id, None)   # its queued tasks go back below, as they always did
         self._removed.add(engine_id)
         self._heaps.pop(engine_id, None)
+        first = next(iter(engine["tasks"]), None)
         for i, msg_id in enumerate(engine["tasks"]):
             t = self._tasks[msg_id]
             if t.aborting:
@@ -404,8 +405,9 @@ class Scheduler:
                     t.retries -= 1
                     t.failed_on = (t.failed_on or frozenset()) | {engine_id}
                 self._ready(t, out)
-            else:
-                self._exhausted(t, now, out, engine_id, died=True, how=how)
+            else:   # one queued behind the first never ran there: said so
+                self._exhausted(t, now, out, engine_id, died=True, how=how,
+                                behind=first if i else None)
         self._recheck(out, waiting=True)
         return self._settle_and_schedule(out)
 
@@ -769,8 +771,9 @@ class Scheduler:
         self._set_state(t, READY)
         self._enqueue(t)
 
-    def _exhausted(self, t, now, out, engine_id, died=False, how=None):
-        """`t` failed with no retries left: wake its recovery task, or end it."""
+    def _exhausted(self, t, now, out, engine_id, died=False, how=None, behind=None):
+        """`t` failed with no retries left: wake its recovery task, or end it. `behind`: the
+        task its dead engine ran first, `t` queued behind it, never started."""
         msg_id, rid = t.msg_id, t.recovery
         r = self._tasks.get(rid) if rid is not None else None
         if r is not None and r.state is DORMANT:
@@ -783,11 +786,11 @@ class Scheduler:
             self._admit(r, now, out)
         elif died:
             tried = sorted(t.failed_on or ())   # its retries were spent there
-            self._fail(t, "EngineError", f"engine {engine_id} {how or 'died'} while running task "
-                       f"{msg_id}; " + (f"its retries are spent (it failed on engines {tried} "
-                                        "before): resubmit it" if tried else
-                                        "resubmit it or use retries= to retry it elsewhere"),
-                       out, engine_id)
+            when = (f"before running task {msg_id} (queued behind {behind})" if behind
+                    else f"while running task {msg_id}")
+            self._fail(t, "EngineError", f"engine {engine_id} {how or 'died'} {when}; " + (
+                f"its retries are spent (it failed on engines {tried} before): resubmit it"
+                if tried else "resubmit it or use retries= to retry it elsewhere"), out, engine_id)
         else:
             if rid is not None:
                 log.warning("task %s: recovery task %s is not held dormant here; "

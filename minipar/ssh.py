@@ -50,10 +50,10 @@ log = logging.getLogger(__name__)
 SEND_TIMEOUT_S = 20.0
 
 
-def _no_answer(what, cmd, ssh, host):
-    """The error for a host that said nothing within SEND_TIMEOUT_S: what to check."""
-    return LauncherError(
-        f"{what}: no answer within {SEND_TIMEOUT_S:g} s from {shlex.join(cmd)}; check that "
+def _no_answer(what, cmd, ssh, host, seconds=SEND_TIMEOUT_S, error=LauncherError):
+    """The error for a host that said nothing within `seconds`: what to check."""
+    return error(
+        f"{what}: no answer within {seconds:g} s from {shlex.join(cmd)}; check that "
         f"the host is up and reachable (`{shlex.join([*ssh, host, 'true'])}`), and give "
         "ssh_args=['-o', 'ConnectTimeout=10'] to have ssh say why sooner")
 
@@ -305,8 +305,18 @@ class SSHControllerLauncher(SSHLauncher, ControllerLauncher):
             cmd = [*self.scp_cmd, *_scp_args(self.ssh_args), "-q",
                    f"{self.hostname}:{rsec}/{name}", tmp]
             while True:
-                r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
-                                   text=True, timeout=60, env=self._child_env())
+                wait_s = round(max(1.0, min(SEND_TIMEOUT_S, deadline - time.monotonic())), 1)
+                try:   # each scp bounded: one behind a dead route hangs
+                    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                                       text=True, timeout=wait_s, env=self._child_env())
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(OSError):   # scp may have begun writing it
+                        os.remove(tmp)
+                    raise _no_answer(f"fetching {rsec}/{name} from the controller on "
+                                     f"{self.hostname}", cmd, [*self.ssh_cmd, *self.ssh_args],
+                                     self.hostname, wait_s, ControllerStartError) from None
+                except FileNotFoundError:
+                    raise ControllerStartError(_not_installed(self, cmd[0])) from None
                 with contextlib.suppress(OSError, ValueError):
                     if r.returncode == 0:
                         with open(tmp) as f:

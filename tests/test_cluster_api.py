@@ -374,6 +374,36 @@ def test_starting_a_running_cluster_again_is_refused_as_ipyparallels(pids):  # n
     assert pids.wait_gone(20) == []
 
 
+def test_a_start_whose_await_was_interrupted_says_the_cluster_can_be_connected_to(
+        pids):  # noqa: F811
+    """Ctrl-C at ``rc = await cluster.start_and_connect()`` ends the await, not the start
+    (it runs on in a thread): the cluster comes up with no Client in hand. Starting it
+    again said to stop it or add engines; it now also says how to connect to it, which
+    works."""
+    cluster = Cluster(n=1, controller_args=CTL_ARGS)
+
+    async def interrupted():
+        started = asyncio.ensure_future(cluster.start_and_connect())
+        await asyncio.sleep(0)   # the start is under way in the loop's thread pool
+        started.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await started
+
+    try:
+        asyncio.run(interrupted())   # returns once the pool's start has finished
+        pids.add_cluster(cluster)
+        with pytest.raises(LauncherError) as e:
+            cluster.start_and_connect_sync()
+        assert str(e.value).endswith(
+            "already has a running controller: stop_cluster_sync() first, add engines with "
+            "start_engines_sync(n), or connect to it with connect_client_sync()"), e.value
+        rc = cluster.connect_client_sync()
+        assert rc.wait_for_engines(1, timeout=60) and rc[:].apply_sync(abs, -1) == [1]
+    finally:
+        cluster.stop_cluster_sync()
+    assert pids.wait_gone(20) == []
+
+
 def test_a_client_knows_the_cluster_that_made_it_as_ipyparallels(pids):  # noqa: F811
     """A notebook's ``rc = ipp.Cluster(n=1).start_and_connect_sync()``, keeping only rc, and
     at its end ``rc.cluster.stop_cluster_sync()``, as ipyparallel's docs and notebooks write

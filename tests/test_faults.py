@@ -600,6 +600,32 @@ def test_a_crashed_engine_leaves_its_last_words_in_the_engine_error(local_cluste
         lview.apply_async(os._exit, 3).get(START_TIMEOUT_S)
 
 
+def _exit_once(path):
+    wait_until(lambda: os.path.exists(path), START_TIMEOUT_S, f"{path} to exist")
+    os._exit(3)
+
+
+def test_a_task_queued_behind_the_one_that_killed_its_engine_says_it_never_started(
+        local_cluster, tmp_path):
+    """A task without retries queued on an engine that dies fails with EngineError; the
+    one queued behind the running one said "died while running task", though the engine
+    never began it. Now: "died before running task X (queued behind Y)"."""
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
+    lview = rc.load_balanced_view()
+    go = tmp_path / "go"
+    running, queued = lview.apply_async(_exit_once, str(go)), lview.apply_async(os.getpid)
+    wait_until(lambda: rc.queue_status()[eid]["tasks"] == 2, START_TIMEOUT_S, "both queued")
+    go.touch()
+    [first], [second] = running.msg_ids, queued.msg_ids
+    with pytest.raises(errors.RemoteError, match=f"died before running task {second} "
+                                                 rf"\(queued behind {first}\);"):
+        queued.get(START_TIMEOUT_S)
+    with pytest.raises(errors.RemoteError, match=f"died while running task {first};"):
+        running.get(START_TIMEOUT_S)
+
+
 # `python -m minipar.engine` typed at a shell: the engine leads a session whose controlling
 # terminal is a pty, its process group in the foreground; ^C written to the pty's master
 # is its user's Ctrl-C (the terminal sends SIGINT to that group)
@@ -955,6 +981,30 @@ def test_a_task_that_calls_sys_exit_says_so_and_its_engine_stays_up(local_cluste
         assert e.value.ename == "SystemExit"
         assert f"the task called {shown} (or raised SystemExit): that ends the task, not its " \
             "engine, which stays up" in str(e.value), str(e.value)
+    assert rc[eid].apply_sync(abs, -1) == 1 and rc.ids == [eid]
+
+
+def _allocate_too_much():
+    return bytearray(2 ** 62)   # 4 EiB: refused at once, no memory used
+
+
+def test_a_task_that_runs_out_of_memory_says_what_it_means_and_what_to_do(local_cluster):
+    """Python's MemoryError has no text: the task's error read "MemoryError: ". It now
+    says the task ran out of memory, where the limit may be and what to do; the engine
+    serves on. One with a text keeps it."""
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
+    for view in (rc[eid], rc.load_balanced_view()):
+        with pytest.raises(errors.RemoteError) as e:
+            view.apply_async(_allocate_too_much).get(START_TIMEOUT_S)
+        assert e.value.ename == "MemoryError"
+        assert e.value.evalue.startswith("the task ran out of memory: its engine's process "
+                                         "could not allocate more"), e.value.evalue
+        assert "The engine stays up" in str(e.value) and "use less per task" in str(e.value)
+    with pytest.raises(errors.RemoteError) as e:
+        rc[eid].apply_async(exec, "raise MemoryError('my cache is full')").get(START_TIMEOUT_S)
+    assert e.value.evalue == "my cache is full"
     assert rc[eid].apply_sync(abs, -1) == 1 and rc.ids == [eid]
 
 

@@ -1911,3 +1911,88 @@ def test_a_batch_watcher_that_cannot_run_the_status_command_says_so_and_watches_
     finally:
         es.status_command = ["false"]   # squeue's exit status for a job it no longer lists
     assert es.wait(10) and es.state == AFTER and es.stop_data == {"job_id": "42"}
+
+
+def test_a_batch_stop_without_its_status_command_deletes_the_job_and_ends(tmp_path, caplog):
+    """stop() deletes the job, then asks the status command until it has ended. One it
+    could not run (not on PATH) raised out of stop(), the launcher left running; now the
+    job is deleted, the launcher ends, and the log says what could not be checked."""
+    sbatch, scancel = tmp_path / "sbatch", tmp_path / "scancel"
+    sbatch.write_text("#!/bin/sh\necho 42\n")
+    scancel.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'deleted'}\n")
+    for f in (sbatch, scancel):
+        f.chmod(0o755)
+    es = launcher.SlurmEngineSetLauncher(
+        profile_dir=str(tmp_path), submit_command=[str(sbatch)], delete_command=[str(scancel)],
+        status_command=["minipar-no-such-squeue"])
+    es.start(1)
+    assert es.stop() == {"job_id": "42"} and es.state == AFTER
+    assert (tmp_path / "deleted").read_text() == "42\n"
+    assert "could not ask whether it has ended" in caplog.text
+    assert "cannot run 'minipar-no-such-squeue'" in caplog.text
+    assert not es._watcher.is_alive()
+
+
+def test_a_batch_stop_without_its_delete_command_ends_and_says_what_to_run(tmp_path, caplog):
+    sbatch = tmp_path / "sbatch"
+    sbatch.write_text("#!/bin/sh\necho 42\n")
+    sbatch.chmod(0o755)
+    es = launcher.SlurmEngineSetLauncher(
+        profile_dir=str(tmp_path), submit_command=[str(sbatch)],
+        delete_command=["minipar-no-such-scancel"], status_command=["true"])
+    es.start(1)
+    assert es.stop() == {"job_id": "42"} and es.state == AFTER
+    assert "may still run: could not delete it" in caplog.text
+    assert "run minipar-no-such-scancel 42 by hand" in caplog.text
+
+
+@pytest.mark.parametrize("interval", [0, -1, 0.0])
+def test_a_batch_poll_interval_of_zero_or_less_is_refused(tmp_path, interval):
+    """0 was accepted, and the watcher asked the status command in a busy loop."""
+    with pytest.raises(ValueError, match=r"poll_interval=.*> 0 \(1\.\.30 is reasonable\)"):
+        launcher.SlurmEngineSetLauncher(profile_dir=str(tmp_path), poll_interval=interval)
+
+
+def test_an_ssh_controller_whose_scp_hangs_says_which_host_and_file_and_what_to_check(
+        pids, tmp_path):
+    """The controller's files are fetched with scp; one that hung (a dead route, no
+    ConnectTimeout) raised a raw subprocess.TimeoutExpired. ssh: a local stand-in that runs
+    the controller here; scp: one that never answers. The fetch is bounded by its timeout."""
+    from minipar import ssh
+    (tmp_path / "ssh").write_text(LOCAL_SSH)
+    (tmp_path / "scp").write_text("#!/bin/sh\nexec sleep 600\n")
+    for name in ("ssh", "scp"):
+        (tmp_path / name).chmod(0o755)
+    c = launcher.find_launcher_class("ssh", "controller")(
+        hostname="h", ssh_cmd=[str(tmp_path / "ssh")], scp_cmd=[str(tmp_path / "scp")],
+        profile_dir=str(tmp_path / "local"), remote_profile_dir=str(tmp_path / "remote"),
+        program_args=CTL_ARGS)
+    ssh.SSHLauncher.start(c)   # the controller, as start() does before it fetches the files
+    pids.add(c.remote_pid)
+    try:
+        with pytest.raises(ControllerStartError) as e:
+            c.fetch_connection_files(timeout=2)
+    finally:
+        c.stop()
+    remote = tmp_path / "remote" / "security" / protocol.CLIENT_FILE
+    assert f"fetching {remote} from the controller on h: no answer within 2 s" in str(e.value)
+    assert f"check that the host is up and reachable (`{tmp_path / 'ssh'} h true`)" in str(e.value)
+    assert "ConnectTimeout" in str(e.value)
+    assert os.listdir(tmp_path / "local" / "security") == []
+    assert not pids.wait_gone()
+
+
+def test_an_ssh_controller_without_scp_says_so_and_leaves_nothing_running(pids, tmp_path):
+    """A scp_cmd not on PATH raised a raw FileNotFoundError out of start(). ssh: a local
+    stand-in that runs the controller here; it is stopped, the error names the option."""
+    (tmp_path / "ssh").write_text(LOCAL_SSH)
+    (tmp_path / "ssh").chmod(0o755)
+    c = launcher.find_launcher_class("ssh", "controller")(
+        hostname="h", ssh_cmd=[str(tmp_path / "ssh")], scp_cmd=["minipar-no-such-scp"],
+        profile_dir=str(tmp_path / "local"), remote_profile_dir=str(tmp_path / "remote"),
+        program_args=CTL_ARGS)
+    with pytest.raises(ControllerStartError, match=r"cannot run 'minipar-no-such-scp': it is "
+                                                   r"not on this machine's PATH.*scp_cmd"):
+        c.start()
+    pids.add(c.remote_pid)
+    assert c.state == AFTER and not pids.wait_gone()
