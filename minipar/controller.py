@@ -386,8 +386,8 @@ class Controller:
                     self.stats["dropped"] += 1
                     log.warning("dropped a message that could not be handled: %s: %s",
                                 type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
-                if self.db.full:   # enough to write for one pass: the rest is read at the next
-                    break
+                if self.db.full and handler != self._on_pong:   # pongs write nothing; the
+                    break   # rest of a burst is read at the next pass (see SQLiteDB.full)
             self._direct = False
             self._flush()
         if self._parked.queries:   # after all was read: the ids they wait for may be in
