@@ -358,8 +358,7 @@ class Controller:
         deadline = min(self._next_beat, self._parked.next_deadline() or self._next_beat)
         if self._undelivered.queues:   # clients not reading: their pipes may have room now
             if now >= self._redeliver_at:
-                self._undelivered.redeliver(self._to_client, self._result_again,
-                                            self.session.pack)
+                self._undelivered.redeliver(self._to_client, self._result_again, self.session.pack)
                 self._redeliver_at = now + REDELIVER_S
             deadline = min(deadline, self._redeliver_at)
         sd = self.scheduler.next_deadline()
@@ -377,9 +376,8 @@ class Controller:
                 break        # (it unregistered at the shutdown) must not fail requests
             handler = self._handlers[sock]
             # What the first message of a drain makes goes out at once (`_direct`): a lone
-            # request must not wait (sending even a few µs later, after the next receive
-            # finds nothing, cost 200-300 µs per round trip here). What the rest of a
-            # burst makes waits for the end of the drain and goes as batches.
+            # request must not wait (sending even a few µs later, after the next receive finds
+            # nothing, cost 200-300 µs per round trip here). The rest's goes as batches.
             for n, frames in enumerate(protocol.drain(sock)):
                 self._direct = not n
                 try:
@@ -388,6 +386,8 @@ class Controller:
                     self.stats["dropped"] += 1
                     log.warning("dropped a message that could not be handled: %s: %s",
                                 type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
+                if self.db.full and handler != self._on_pong:   # pongs write nothing; the
+                    break   # rest of a burst is read at the next pass (see SQLiteDB.full)
             self._direct = False
             self._flush()
         if self._parked.queries:   # after all was read: the ids they wait for may be in

@@ -86,6 +86,10 @@ RECORD_LIMIT = 100_000
 RECORD_BYTES = 512 << 20
 # Culled ids DictDB remembers, in runs of consecutive ids (see _IdSet): a few MB at most.
 CULLED_RUNS = 100_000
+# SQLiteDB: a pass of the hub reads no more messages once it has this many records to
+# write (30 us each, with their handling: a pass of a burst stays some tens of ms, where
+# it took 0.3 s and more; fewer cost a commit more often). 100..5,000 is reasonable.
+WRITES_PER_PASS = 1000
 
 # Record states. A record changes state only through Controller._finish / _assign.
 # Final ones are the reply's status (protocol.STATUSES: OK, ERROR, ABORTED, ...).
@@ -198,6 +202,8 @@ class DictDB:
                  filter(None, (self._records.get(m) for m in ids)))
         return [_view(r, keys) for r in found if _match(r, query)]
 
+    full = False   # a pass may read all that waits (see SQLiteDB.full)
+
     def flush(self):
         pass
 
@@ -238,7 +244,11 @@ class SQLiteDB:
     Durability: the writes of one pass of the hub's loop are one transaction, committed
     by ``flush`` at the end of the pass, in a WAL journal with synchronous=NORMAL: what a
     pass wrote survives the controller's crash (not a power cut), without an fsync per
-    record; a commit per record cost three times as much. Records on disk are unpickled
+    record; a commit per record cost three times as much. A record changed twice in a pass
+    is written once, as it is at the end (all in one executemany), and a pass stops
+    reading once it has WRITES_PER_PASS records to write (``full``): a burst of 20,000
+    tasks is many short passes, each committed, not one of seconds that holds back the
+    heartbeat (and the replies). Records on disk are unpickled
     with a loader that refuses every class and function: a tampered file cannot run code
     in the controller. Nothing is culled (--record-limit and --record-bytes bound DictDB
     only): the file grows until ``purge_results``.
@@ -265,36 +275,37 @@ class SQLiteDB:
                 "a minipar task database, or is damaged; move it away (its records are "
                 "lost to the new controller) or use another --db") from None
         self._live = {}    # msg_id -> the pending record the controller holds
+        self._unwritten = {}   # msg_id -> a record changed in this pass: flush writes it
         self._dirty = False   # a transaction is open: flush() commits it
+
+    @property
+    def full(self):
+        """This pass has enough to write: the hub reads no more messages before ``flush``."""
+        return len(self._unwritten) >= WRITES_PER_PASS
 
     def _begin(self):
         if not self._dirty:
             self._db.execute("BEGIN")
             self._dirty = True
 
-    def _write(self, rec):
-        self._begin()
-        data = {k: _frame_bytes(v) if k == "result_hb" else v for k, v in rec.items()
-                if k not in _FRAME_KEYS}   # a result_hb from 64 KiB: a zmq.Frame, no pickle
-        if data.get("header") is None and rec.get("wire"):
-            # queries read records without their frames: the header goes in as a dict
-            data["header"] = protocol.unpack_header(_frame_bytes(rec["wire"][2]))
-        self._db.execute(
-            "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (rec["msg_id"], rec["status"], rec.get("submitted"), rec.get("completed"),
-             rec.get("engine"), _dump(data), _dump_frames(rec.get("wire")),
-             _dump_frames(rec.get("result_parts"))))
+    def _write_out(self):
+        """Write the records changed since the last call, in the open transaction (reads
+        see them)."""
+        if self._unwritten:
+            self._begin()
+            recs, self._unwritten = self._unwritten.values(), {}
+            self._db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?, ?, "
+                                 "?)", map(_row, recs))
 
     def add(self, rec):
-        self._live[rec["msg_id"]] = rec
-        self._write(rec)
+        self._live[rec["msg_id"]] = self._unwritten[rec["msg_id"]] = rec
 
     def finish(self, rec):
         self._live.pop(rec["msg_id"], None)
-        self._write(rec)
+        self._unwritten[rec["msg_id"]] = rec
 
     def get(self, msg_id):
-        rec = self._live.get(msg_id)
+        rec = self._live.get(msg_id) or self._unwritten.get(msg_id)
         if rec is None:
             row = self._db.execute("SELECT data, wire, result_parts FROM records WHERE "
                                    "msg_id = ?", (msg_id,)).fetchone()
@@ -302,10 +313,11 @@ class SQLiteDB:
         return rec
 
     def __contains__(self, msg_id):
-        return msg_id in self._live or self._db.execute(
+        return msg_id in self._live or msg_id in self._unwritten or self._db.execute(
             "SELECT 1 FROM records WHERE msg_id = ?", (msg_id,)).fetchone() is not None
 
     def __len__(self):
+        self._write_out()
         return self._db.execute("SELECT count(*) FROM records").fetchone()[0]
 
     nbytes = 0   # the finished records are in the file, not in memory
@@ -313,10 +325,11 @@ class SQLiteDB:
     def drop(self, msg_id):
         if msg_id in self._live:
             return False  # pending: kept
-        row = self._db.execute("SELECT status FROM records WHERE msg_id = ?",
-                               (msg_id,)).fetchone()
-        if row is not None and row[0] == PENDING:
-            return False  # left pending by a previous controller: kept for its restart
+        if self._unwritten.pop(msg_id, None) is None:   # else finished in this pass
+            row = self._db.execute("SELECT status FROM records WHERE msg_id = ?",
+                                   (msg_id,)).fetchone()
+            if row is not None and row[0] == PENDING:
+                return False  # left pending by a previous controller: kept for its restart
         self._begin()
         self._db.execute("DELETE FROM records WHERE msg_id = ?", (msg_id,))
         return True
@@ -325,6 +338,7 @@ class SQLiteDB:
         """The live records, then the finished ones without their frames (``get`` has them);
         not those a previous controller left pending (``pending`` has them)."""
         yield from list(self._live.values())
+        self._write_out()
         for (data,) in self._db.execute("SELECT data FROM records WHERE status != ?",
                                         (PENDING,)):
             yield _load(data)
@@ -333,6 +347,7 @@ class SQLiteDB:
         """Pending records: the live ones, then those a previous controller left on disk
         (with their request frames as bytes)."""
         out = list(self._live.values())
+        self._write_out()
         rows = self._db.execute("SELECT data, wire, result_parts FROM records WHERE "
                                 "status = ?", (PENDING,)).fetchall()
         out += [rec for rec in (_load_row(*row) for row in rows)
@@ -344,6 +359,7 @@ class SQLiteDB:
         frames = [k for k in _FRAME_KEYS if keys is not None and k in keys]
         cols = ", ".join(["data", *frames])
         ids = _queried_ids(query)
+        self._write_out()
         if ids is None:
             rows = self._db.execute(f"SELECT {cols} FROM records").fetchall()
         else:
@@ -368,6 +384,7 @@ class SQLiteDB:
         return None   # nothing is culled: a record not here is unknown or purged
 
     def flush(self):
+        self._write_out()
         if self._dirty:
             self._db.execute("COMMIT")
             self._dirty = False
@@ -634,6 +651,18 @@ def _dump(obj):
 
 def _load(blob):
     return _PlainUnpickler(io.BytesIO(blob)).load()
+
+
+def _row(rec):
+    """A record as SQLiteDB's row: its frames apart, the rest pickled."""
+    data = {k: _frame_bytes(v) if k == "result_hb" else v for k, v in rec.items()
+            if k not in _FRAME_KEYS}   # a result_hb from 64 KiB: a zmq.Frame, no pickle
+    if data.get("header") is None and rec.get("wire"):
+        # queries read records without their frames: the header goes in as a dict
+        data["header"] = protocol.unpack_header(_frame_bytes(rec["wire"][2]))
+    return (rec["msg_id"], rec["status"], rec.get("submitted"), rec.get("completed"),
+            rec.get("engine"), _dump(data), _dump_frames(rec.get("wire")),
+            _dump_frames(rec.get("result_parts")))
 
 
 def _dump_frames(frames):

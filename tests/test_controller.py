@@ -562,3 +562,45 @@ def test_after_a_reuse_restart_a_direct_request_waits_for_its_engine_a_bounded_t
     finally:
         hub.close()
         hub.test_ctx.destroy(linger=0)
+
+
+def test_a_burst_to_sqlite_is_written_a_bounded_chunk_a_pass(tmp_path):
+    """--db sqlite wrote every record a pass read: the pass that found a burst of 20,000
+    no-op tasks waiting (256 batches of them) wrote thousands, 0.3-1.9 s with no heartbeat
+    sent and no reply, and engines with a short heartbeat gave up. A pass now stops reading
+    at WRITES_PER_PASS records to write (one batch more at most, each socket), and commits.
+    Real engines and a real client; this test steps the hub (a thread, till they are in)."""
+    import minipar
+    from minipar.records import WRITES_PER_PASS
+    hub = Controller(profile_dir=str(tmp_path / "profile"), db="sqlite")
+    hub.bind()
+    engines, stop = [], threading.Event()
+    serving = threading.Thread(target=lambda: [hub.loop_once(time.monotonic(), 0.01)
+                                               for _ in iter(stop.is_set, True)])
+    serving.start()
+    try:
+        engines += [subprocess.Popen([sys.executable, "-m", "minipar.engine", "--file",
+                                      hub.engine_file], stdin=subprocess.DEVNULL)
+                    for _ in range(2)]
+        rc = minipar.Client(hub.client_file)
+        rc.wait_for_engines(2, TIMEOUT)
+        stop.set()
+        serving.join(TIMEOUT)
+        lview = rc.load_balanced_view()
+        ars = [lview.apply_async(abs, -i) for i in range(20_000)]   # waiting, till we step
+        writes = []
+        while not all(ar.done() for ar in ars):
+            before = hub.db._db.total_changes
+            hub.loop_once(time.monotonic(), 0.01)
+            writes.append(hub.db._db.total_changes - before)
+        assert [ar.get(0) for ar in ars] == list(range(20_000))
+        assert max(writes) <= 2 * WRITES_PER_PASS, sorted(writes)[-5:]
+        assert len(hub.engines) == 2 and all(e.poll() is None for e in engines)
+        rc.close()
+    finally:
+        stop.set()
+        serving.join(TIMEOUT)
+        hub.close()
+        for e in engines:
+            e.kill()
+            e.wait(TIMEOUT)

@@ -241,11 +241,33 @@ def test_sqlitedb_unflushed_writes_are_rolled_back_with_the_connection(tmp_path)
     db.add(record("kept"))
     db.flush()
     db.add(record("lost"))
-    db._db.rollback()                     # as a crash before the pass ended would
-    db._dirty = False
-    db.close()
+    db._db.close()   # as a crash before the pass ended would: no flush, nothing committed
     again = records.SQLiteDB(path)
     assert "kept" in again and "lost" not in again
+    again.close()
+
+
+def test_sqlitedb_reads_what_this_pass_changed_before_its_flush(tmp_path):
+    # a pass's records are written at its end (one executemany): each read sees them first
+    db = records.SQLiteDB(str(tmp_path / "tasks.db"))
+    for i in range(3):
+        db.add(record(f"r{i}"))
+    finish(db, db.get("r1"), stdout="hi")
+    assert "r1" in db and db.get("r1")["status"] == "ok" and len(db) == 3
+    assert [r["msg_id"] for r in db.find_records({"stdout": "hi"})] == ["r1"]
+    assert {r["msg_id"] for r in db.pending()} == {"r0", "r2"}
+    finish(db, db.get("r2"))
+    assert db.drop("r2") and "r2" not in db   # finished and purged in one pass: never kept
+    assert not db.full
+    for i in range(records.WRITES_PER_PASS):
+        db.add(record(f"many{i}"))
+    assert db.full
+    db.flush()
+    assert not db.full
+    db.close()
+    again = records.SQLiteDB(str(tmp_path / "tasks.db"))
+    assert again.get("r1")["status"] == "ok" and "r2" not in again
+    assert len(again) == 2 + records.WRITES_PER_PASS
     again.close()
 
 
