@@ -987,50 +987,40 @@ def _allocate_too_much():
     return bytearray(2 ** 62)   # 4 EiB: refused at once, no memory used
 
 
-def test_a_task_that_runs_out_of_memory_says_what_it_means_and_what_to_do(local_cluster):
-    """Python's MemoryError has no text: the task's error read "MemoryError: ". It now
-    says the task ran out of memory, where the limit may be and what to do; the engine
-    serves on. One with a text keeps it."""
-    local_cluster.start_engines(1)
-    rc = local_cluster.client()
-    (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
-    for view in (rc[eid], rc.load_balanced_view()):
-        with pytest.raises(errors.RemoteError) as e:
-            view.apply_async(_allocate_too_much).get(START_TIMEOUT_S)
-        assert e.value.ename == "MemoryError"
-        assert e.value.evalue.startswith("the task ran out of memory: its engine's process "
-                                         "could not allocate more"), e.value.evalue
-        assert "The engine stays up" in str(e.value) and "use less per task" in str(e.value)
-    with pytest.raises(errors.RemoteError) as e:
-        rc[eid].apply_async(exec, "raise MemoryError('my cache is full')").get(START_TIMEOUT_S)
-    assert e.value.evalue == "my cache is full"
-    assert rc[eid].apply_sync(abs, -1) == 1 and rc.ids == [eid]
-
-
 def _raise_keyboard_interrupt():
     raise KeyboardInterrupt
 
 
-def test_a_task_that_raises_a_bare_keyboard_interrupt_says_what_it_means(local_cluster):
-    """A task's own ``raise KeyboardInterrupt`` was reported as ``KeyboardInterrupt:`` with
-    no text, read as an interrupt from somewhere; it now says the task raised it itself (the
-    engine's interrupts name their sender), and the engine serves on. One with a text keeps
-    it, as the engine's own do."""
+@pytest.mark.parametrize("task, ename, said, own", [
+    # Python's MemoryError has no text: the task's error read "MemoryError: ". It now says
+    # the task ran out of memory, where the limit may be and what to do.
+    (_allocate_too_much, "MemoryError", "the task ran out of memory: its engine's process "
+     "could not allocate more", "my cache is full"),
+    # A task's own `raise KeyboardInterrupt` read "KeyboardInterrupt:", as an interrupt from
+    # somewhere; it now says the task raised it itself (the engine's interrupts name their
+    # sender).
+    (_raise_keyboard_interrupt, "KeyboardInterrupt", "the task raised it itself (`raise "
+     "KeyboardInterrupt` in its code or a library's, or a SIGINT handler it installed); an "
+     "interrupt by the engine names its sender", "stop here")],
+    ids=["MemoryError", "KeyboardInterrupt"])
+def test_a_task_that_raises_a_bare_memory_error_or_interrupt_says_what_it_means(
+        local_cluster, task, ename, said, own):
+    """A bare MemoryError or KeyboardInterrupt from a task is explained, and the engine
+    serves on; one with a text of its own keeps it."""
     local_cluster.start_engines(1)
     rc = local_cluster.client()
     (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
     for view in (rc[eid], rc.load_balanced_view()):
         with pytest.raises(errors.RemoteError) as e:
-            view.apply_async(_raise_keyboard_interrupt).get(START_TIMEOUT_S)
-        assert e.value.ename == "KeyboardInterrupt"
-        assert e.value.evalue.startswith("the task raised it itself (`raise KeyboardInterrupt` "
-                                         "in its code or a library's, or a SIGINT handler it "
-                                         "installed); an interrupt by the engine names its "
-                                         "sender"), e.value.evalue
+            view.apply_async(task).get(START_TIMEOUT_S)
+        assert e.value.ename == ename
+        assert e.value.evalue.startswith(said), e.value.evalue
         assert "The engine stays up" in str(e.value)
+        if ename == "MemoryError":
+            assert "use less per task" in str(e.value)
     with pytest.raises(errors.RemoteError) as e:
-        rc[eid].apply_async(exec, "raise KeyboardInterrupt('stop here')").get(START_TIMEOUT_S)
-    assert e.value.evalue == "stop here"
+        rc[eid].apply_async(exec, f"raise {ename}({own!r})").get(START_TIMEOUT_S)
+    assert e.value.evalue == own
     assert rc[eid].apply_sync(abs, -1) == 1 and rc.ids == [eid]
 
 
