@@ -377,9 +377,9 @@ class Controller:
             handler = self._handlers[sock]
             # What the first message of a drain makes goes out at once (`_direct`): a lone
             # request must not wait (sending even a few µs later, after the next receive finds
-            # nothing, cost 200-300 µs per round trip here). The rest's goes as batches.
+            # nothing, cost 200-300 µs a round trip). Else batched (all, if durable: see _flush).
             for n, frames in enumerate(protocol.drain(sock)):
-                self._direct = not n
+                self._direct = not (n or self.db.durable)
                 try:
                     handler(frames)
                 except Exception as e:  # a bad message must never stop the hub
@@ -392,7 +392,6 @@ class Controller:
             self._flush()
         if self._parked.queries:   # after all was read: the ids they wait for may be in
             self._unpark(None if self._stop else now)
-        self.db.flush()  # one commit per pass, not per record
 
     def _check(self, sock, frames):
         """Verify a message; on failure count it, log it, send a refusal and return None."""
@@ -736,7 +735,10 @@ class Controller:
     def _flush(self):
         """Send what was posted: one message per peer, several as a batch (see
         protocol.Session.pack). An engine given a burst of tasks, or a client a burst of
-        results, reads and checks one message instead of each."""
+        results, reads and checks one message instead of each. A durable DB commits first, once
+        a drain: a result a client saw is never "pending" on disk, to run again (_recover)."""
+        if self.db.durable:
+            self.db.flush()
         out, self._out = self._out, {}
         for (sock, idents), wires in out.items():
             for frames in self.session.pack(wires):
@@ -776,8 +778,7 @@ class Controller:
                 for (h, p), hb in zip(self.session.unbatch(header, parts), header["items"])]
 
     def _send(self, sock, idents, kind, parts=(), **fields):
-        _, frames = self.session.msg(kind, parts, **fields)
-        protocol.send(sock, frames, idents)
+        protocol.send(sock, self.session.msg(kind, parts, **fields)[1], idents)
 
     def _notify(self, kind, **fields):
         """Publish a change to the engine list, numbered (see client._take_engines)."""
@@ -1305,8 +1306,7 @@ class Controller:
         protocol.SIGNAL: _signal, protocol.BROADCAST: _broadcast}
 
 
-EPITAPH_LINES = 12   # the end of a dead engine's log quoted in its EngineErrors (or from
-                     # faulthandler's "Fatal Python error", up to 40 lines)
+EPITAPH_LINES = 12   # of a dead engine's log, in its EngineErrors (from a "Fatal Python error": 40)
 
 
 def _epitaph(engine):
