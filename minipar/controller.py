@@ -356,19 +356,19 @@ class Controller:
         if now >= self._next_beat:
             self._heartbeat(now)
         deadline = min(self._next_beat, self._parked.next_deadline() or self._next_beat)
-        if self._undelivered.queues:   # clients not reading: their pipes may have room now
-            if now >= self._redeliver_at:
-                self._undelivered.redeliver(self._to_client, self._result_again, self.session.pack)
-                self._redeliver_at = now + REDELIVER_S
-            deadline = min(deadline, self._redeliver_at)
         sd = self.scheduler.next_deadline()
         if sd is not None:
             if sd <= now:
                 self._act(self.scheduler.tick(now))
             deadline = min(deadline, max(sd, now))
+        self._flush()   # before what waits for clients: a durable DB commits what is in it
+        if self._undelivered.queues:   # clients not reading: their pipes may have room now
+            if now >= self._redeliver_at:
+                self._undelivered.redeliver(self._to_client, self._result_again, self.session.pack)
+                self._redeliver_at = now + REDELIVER_S
+            deadline = min(deadline, self._redeliver_at)
         if timeout is None:
             timeout = max(0.0, deadline - time.monotonic())
-        self._flush()
         polled, ready = time.monotonic(), self.poller.poll(timeout * 1000)
         now = self._now = now + time.monotonic() - polled   # on by the poll's wait: see _park
         for sock, _ in ready:
@@ -377,9 +377,9 @@ class Controller:
             handler = self._handlers[sock]
             # What the first message of a drain makes goes out at once (`_direct`): a lone
             # request must not wait (sending even a few µs later, after the next receive finds
-            # nothing, cost 200-300 µs a round trip). Else batched (all, if durable: see _flush).
+            # nothing, cost 200-300 µs a round trip). The rest's goes as batches.
             for n, frames in enumerate(protocol.drain(sock)):
-                self._direct = not (n or self.db.durable)
+                self._direct = not n
                 try:
                     handler(frames)
                 except Exception as e:  # a bad message must never stop the hub
@@ -718,13 +718,13 @@ class Controller:
             signed=False, **fields)[1])
 
     def _post(self, sock, idents, wire, msg_id=None):
-        """Send `wire` (a message's frames from the delimiter): at once while handling
-        the first message of a drain, else at the end of the drain, together with what
-        else it makes for the same peer (see _flush); to a client not reading, after what
-        waits for it (`msg_id`: a result's, see _deliver)."""
+        """Send `wire` (a message's frames from the delimiter): at once while handling the
+        first message of a drain (not to a client, with a durable DB), else at the end of the
+        drain with what else it makes for the same peer (_flush); to a client not reading,
+        after what waits for it (`msg_id`: a result's, see _deliver)."""
         if idents in self._undelivered.queues:   # a client's: it reads nothing (_deliver)
             return self._undelivered.hold(idents, wire, msg_id)
-        if self._direct:
+        if self._direct and not (self.db.durable and sock is self.sockets["client"]):
             return self._deliver(sock, idents, self.session.signed(wire), msg_id)
         out = self._out.get((sock, idents))
         if out is None:
