@@ -52,8 +52,8 @@ import zmq
 from . import errors, protocol
 from . import scheduler as _scheduler, top as _top
 from .protocol import ERROR, OK
-from .records import (PENDING, RECORD_BYTES, RECORD_LIMIT, Parked, Undelivered, _give_back_memory,
-                      _header, _IdSet, _queried_ids, _result_header, open_db, result_again)
+from .records import (PENDING, RECORD_BYTES, RECORD_LIMIT, Parked, _give_back_memory, _header,
+                      _IdSet, _queried_ids, _result_header, open_db)
 
 log = logging.getLogger(__name__)
 __path__ = []   # so ipyparallel's paths into it are explained: errors.SUBMODULE_MOVED
@@ -71,13 +71,6 @@ SHARED_PARTS, SHARED_PART_MAX = 256, 8192
 # How many ids the queries waiting for ids not here yet name in all (see _park; past it:
 # answered at once). They wait the scheduler's UNKNOWN_GRACE_S, as a dependency does.
 PARKED_IDS = 100_000
-
-# A client that reads nothing (stopped, asleep) must not hold the hub's memory: its socket's pipe
-# takes CLIENT_SNDHWM messages (results come as batches of up to BATCH_BYTES), then up to
-# UNDELIVERED_BYTES wait in the hub, then results as msg_ids (records.Undelivered), tried again
-# every REDELIVER_S. 10..1000 messages, 16..512 MB and 0.01..0.2 s are reasonable.
-CLIENT_SNDHWM, UNDELIVERED_BYTES, REDELIVER_S = 16, 64 << 20, 0.02
-_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 LINGER_MS = 1000   # at close, for replies and shutdowns still to leave (see close)
 GC_YOUNG_THRESHOLD = 10_000   # new objects between the collector's young passes (see main)
@@ -169,10 +162,6 @@ class Controller:
         self._shared = {}         # a small part -> the one copy queued requests hold
         self._out = {}            # (socket, routing ids) -> what this pass sends there
         self._direct = False      # handling the first message of a drain: send at once
-        self._undelivered = Undelivered(UNDELIVERED_BYTES, min(   # for clients not reading
-            protocol.BATCH_BYTES, max_message_size // 2))   # as Session.pack's batches
-        self._result_again = functools.partial(result_again, self.db, self.session)
-        self._redeliver_at = 0.0  # when they are tried again (see loop_once)
         self._aborting = {}       # a client's abort msg_id -> _Aborting
         self._taking = {}         # a take-back's msg_id -> (the engine asked, the msg_ids)
         self._epitaphs = {}       # dead engine id -> where it ran and its log's last lines
@@ -206,11 +195,9 @@ class Controller:
             if self.curve:
                 sock.curve_server, sock.curve_secretkey = True, self.curve[1]
             if kind == zmq.ROUTER:
-                # the hub never drops: tasks are bounded by the DB; a client that reads nothing
-                # fills its pipe, and a send to it raises zmq.Again (see _to_client)
-                sock.router_mandatory = name == "client"
+                sock.router_mandatory = False
                 sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
-                sock.rcvhwm, sock.sndhwm = 0, CLIENT_SNDHWM if name == "client" else 0
+                sock.rcvhwm = sock.sndhwm = 0  # the hub never drops: tasks are bounded by the DB
             port = self.ports.get(name)
             addr = f"tcp://{self.ip}"
             try:
@@ -361,14 +348,9 @@ class Controller:
             if sd <= now:
                 self._act(self.scheduler.tick(now))
             deadline = min(deadline, max(sd, now))
-        self._flush()   # before what waits for clients: a durable DB commits what is in it
-        if self._undelivered.queues:   # clients not reading: their pipes may have room now
-            if now >= self._redeliver_at:
-                self._undelivered.redeliver(self._to_client, self._result_again, self.session.pack)
-                self._redeliver_at = now + REDELIVER_S
-            deadline = min(deadline, self._redeliver_at)
         if timeout is None:
             timeout = max(0.0, deadline - time.monotonic())
+        self._flush()
         polled, ready = time.monotonic(), self.poller.poll(timeout * 1000)
         now = self._now = now + time.monotonic() - polled   # on by the poll's wait: see _park
         for sock, _ in ready:
@@ -377,7 +359,7 @@ class Controller:
             handler = self._handlers[sock]
             # What the first message of a drain makes goes out at once (`_direct`): a lone
             # request must not wait (sending even a few µs later, after the next receive finds
-            # nothing, cost 200-300 µs a round trip). The rest's goes as batches.
+            # nothing, cost 200-300 µs per round trip here). The rest's goes as batches.
             for n, frames in enumerate(protocol.drain(sock)):
                 self._direct = not n
                 try:
@@ -392,6 +374,7 @@ class Controller:
             self._flush()
         if self._parked.queries:   # after all was read: the ids they wait for may be in
             self._unpark(None if self._stop else now)
+        self.db.flush()  # one commit per pass, not per record (a durable DB's: in _flush)
 
     def _check(self, sock, frames):
         """Verify a message; on failure count it, log it, send a refusal and return None."""
@@ -717,15 +700,12 @@ class Controller:
             protocol.REPLY.get(header["kind"], protocol.UNKNOWN_REPLY), parent=header["msg_id"],
             signed=False, **fields)[1])
 
-    def _post(self, sock, idents, wire, msg_id=None):
+    def _post(self, sock, idents, wire):
         """Send `wire` (a message's frames from the delimiter): at once while handling the
-        first message of a drain (not to a client, with a durable DB), else at the end of the
-        drain with what else it makes for the same peer (_flush); to a client not reading,
-        after what waits for it (`msg_id`: a result's, see _deliver)."""
-        if idents in self._undelivered.queues:   # a client's: it reads nothing (_deliver)
-            return self._undelivered.hold(idents, wire, msg_id)
+        first message of a drain (not to a client, with a durable DB: see _flush), else at
+        the end of the drain, together with what else it makes for the same peer."""
         if self._direct and not (self.db.durable and sock is self.sockets["client"]):
-            return self._deliver(sock, idents, self.session.signed(wire), msg_id)
+            return protocol.send(sock, self.session.signed(wire), idents)
         out = self._out.get((sock, idents))
         if out is None:
             self._out[sock, idents] = [wire]
@@ -742,29 +722,7 @@ class Controller:
         out, self._out = self._out, {}
         for (sock, idents), wires in out.items():
             for frames in self.session.pack(wires):
-                self._deliver(sock, idents, frames, False)
-
-    def _deliver(self, sock, idents, frames, msg_id=None):
-        """Send signed `frames`; to a client with messages waiting, or whose pipe is full
-        (it reads nothing: stopped, asleep), they wait in _undelivered (records.Undelivered)."""
-        if sock is not self.sockets["client"]:
-            return protocol.send(sock, frames, idents)
-        if idents in self._undelivered.queues or self._to_client(idents, frames) is False:
-            self._undelivered.hold(idents, frames, msg_id)
-
-    def _to_client(self, idents, frames):
-        """Send to a client: True; False if its pipe is full; None if it is gone (dropped)."""
-        sock = self.sockets["client"]
-        try:
-            protocol._send_frame(sock, idents[0], _MORE_NOBLOCK, copy=False)
-        except zmq.Again:
-            return False
-        except zmq.ZMQError as e:   # EHOSTUNREACH: no such client connected (any more)
-            if e.errno != zmq.EHOSTUNREACH:
-                raise
-            return None
-        protocol.send(sock, frames, idents[1:])
-        return True
+                protocol.send(sock, frames, idents)
 
     def _items(self, header, parts, wire):
         """(header, parts, wire) of each message that arrived as one: the items of a batch
@@ -778,7 +736,8 @@ class Controller:
                 for (h, p), hb in zip(self.session.unbatch(header, parts), header["items"])]
 
     def _send(self, sock, idents, kind, parts=(), **fields):
-        protocol.send(sock, self.session.msg(kind, parts, **fields)[1], idents)
+        _, frames = self.session.msg(kind, parts, **fields)
+        protocol.send(sock, frames, idents)
 
     def _notify(self, kind, **fields):
         """Publish a change to the engine list, numbered (see client._take_engines)."""
@@ -957,7 +916,7 @@ class Controller:
             rec["result_header"] = header
         sock = self.sockets["client"]
         for client in [rec["client"], *(rec.get("watchers") or ())]:
-            self._post(sock, (client,), frames, rec["msg_id"])
+            self._post(sock, (client,), frames)
         self.db.finish(rec)
         # for rc.status: one dict update per request (failures are rare: a bit more)
         self.tally.finished[int(rec["completed"]), status == OK] += 1
@@ -1129,7 +1088,9 @@ class Controller:
         self._reply(idents, header, status=OK, pending=pending, completed=done, unknown=unknown,
                     running=running, culled=culled, submitted=submitted)
         for msg_id in () if status_only else done:  # then the results, as ordinary replies
-            self._post(self.sockets["client"], (idents[0],), self._result_again(msg_id), msg_id)
+            rec = self.db.get(msg_id)
+            self._post(self.sockets["client"], (idents[0],), self.session.resign(dict(
+                _result_header(rec), date=time.time(), resent=True), rec["result_parts"] or ()))
 
     def _purge(self, idents, header, parts):
         msg_ids, targets = header.get("msg_ids"), header.get("targets")
@@ -1306,7 +1267,8 @@ class Controller:
         protocol.SIGNAL: _signal, protocol.BROADCAST: _broadcast}
 
 
-EPITAPH_LINES = 12   # of a dead engine's log, in its EngineErrors (from a "Fatal Python error": 40)
+EPITAPH_LINES = 12   # the end of a dead engine's log quoted in its EngineErrors (or from
+                     # faulthandler's "Fatal Python error", up to 40 lines)
 
 
 def _epitaph(engine):

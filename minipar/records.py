@@ -75,7 +75,6 @@ import numbers
 import operator
 import os
 import pickle
-import time
 
 from . import errors, protocol
 
@@ -572,76 +571,6 @@ class Parked:
                     del self._waiting[m]
             items.append(item)
         return items
-
-
-
-class Undelivered:
-    """Messages for clients that read nothing (a client stopped, suspended, its laptop
-    asleep, or just slower than its results come): what the client socket's pipe, bounded
-    by ``CLIENT_SNDHWM`` messages, has no room for waits here, in order, and is sent on as
-    the pipe drains (``redeliver``, which the controller calls every REDELIVER_S), ahead of
-    anything newer for that client, as batches of up to `batch_bytes`.
-
-    ``queues``: {routing ids: deque of (frames or None, msg_id)}: `msg_id` is a result's,
-    None for other messages, False for a batch already made (sent as it is). Past `limit`
-    bytes held for one client, a result is kept as its msg_id alone and made again from
-    its record when sent, so a client that never reads holds no more of the controller's
-    memory than the records do (--record-bytes). Not a copy: the frames held are those the
-    records hold, until the records are culled."""
-
-    def __init__(self, limit, batch_bytes):
-        self.limit, self.batch_bytes = limit, batch_bytes
-        self.queues = {}
-        self.bytes = {}
-
-    def hold(self, idents, frames, msg_id=None):
-        q = self.queues.get(idents)
-        if q is None:
-            q = self.queues[idents] = collections.deque()
-            self.bytes[idents] = 0
-        size = protocol.message_size(frames)
-        if msg_id and self.bytes[idents] + size > self.limit:
-            frames, size = None, 0   # made again from its record by `redeliver`
-        q.append((frames, msg_id))
-        self.bytes[idents] += size
-
-    def redeliver(self, send, remake, pack):
-        """Send what waits, oldest first, until a client's pipe is full again: `send(idents,
-        frames)` says True (sent), False (full) or None (the client is gone: all of its is
-        dropped); `remake(msg_id)`: the frames of a result held as its msg_id; `pack(wires)`:
-        one message of them (protocol.Session.pack)."""
-        for idents, q in list(self.queues.items()):
-            sent, most = True, 0   # the first try sends one item: a full pipe costs one remake
-            while q and sent:
-                run, size = [], 0   # the next items that fit in one batch
-                for frames, msg_id in q:
-                    frames = remake(msg_id) if frames is None else frames
-                    size += protocol.message_size(frames)
-                    if run and (msg_id is False or size > most):
-                        break
-                    run.append(frames)
-                    if msg_id is False:
-                        break
-                sent, most = send(idents, next(iter(pack(run)))), self.batch_bytes
-                for _ in run if sent else ():
-                    frames = q.popleft()[0]
-                    self.bytes[idents] -= 0 if frames is None else protocol.message_size(frames)
-            if not q or sent is None:
-                del self.queues[idents], self.bytes[idents]
-
-
-def result_again(db, session, msg_id):
-    """The signed result message of finished `msg_id`, sent again from its record; if its
-    record is gone, a TaskAborted saying why (Undelivered: its client read nothing)."""
-    rec = db.get(msg_id)
-    if rec is not None:
-        return session.resign(dict(_result_header(rec), date=time.time(), resent=True),
-                              rec["result_parts"] or ())
-    why = (f"the result of {msg_id} was dropped while its client read nothing (stopped, "
-           f"asleep): {db.culled(msg_id) or 'its record is gone (purged)'}; resubmit it")
-    parts = protocol.serialize(errors.error("TaskAborted", why, {"msg_id": msg_id}))
-    return session.msg(protocol.APPLY_REPLY, parts, parent=msg_id, status=protocol.ABORTED,
-                       ename="TaskAborted", evalue=why)[1]
 
 
 class _PlainUnpickler(pickle.Unpickler):

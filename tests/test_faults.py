@@ -10,7 +10,6 @@ right; the run ends with as many engines as it started with.
 """
 
 import collections
-import json
 import contextlib
 import ctypes
 import operator
@@ -29,7 +28,7 @@ from minipar.engine import INTERRUPT_SIGNAL
 from minipar.launcher import Cluster
 
 from .conftest import HEARTBEAT_S, ROOT, START_TIMEOUT_S, LocalCluster, _env
-from .helpers import freeze, wait_until
+from .helpers import wait_until
 
 TIMEOUT = 300
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -1712,64 +1711,3 @@ def test_a_tasks_stdout_names_its_encoding_and_says_it_has_no_buffer(local_clust
             "utf-8", False, "a task's sys.stdout on an engine has no buffer: it takes text, "
             "sent to its client; write str (bytes.decode()) to sys.stdout, or bytes to a file")
         assert ar.stdout == "café\n"
-
-
-# A student's script: 1 MB results for N tasks, each counted as it ends: the value, or
-# the TaskAborted of one dropped while this client read nothing (any other failure fails).
-_READS_LATE = """
-import json, sys, minipar
-rc = minipar.Client(sys.argv[1])
-ar = rc.load_balanced_view().map(lambda i: bytes(1 << 20), range(int(sys.argv[2])),
-                                 block=False, return_exceptions=True, chunksize=1)
-rc.queue_status()   # answered once the controller has every task
-print("submitted", flush=True)
-got = ar.get(120)
-dropped = [str(r) for r in got if isinstance(r, minipar.TaskAborted)]
-ok = sum(r == bytes(1 << 20) for r in got)
-print(json.dumps({"ok": ok, "dropped": len(dropped), "why": dropped[:1]}), flush=True)
-"""
-
-
-def _rss_bytes(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return int(next(line for line in f if line.startswith("VmRSS")).split()[1]) << 10
-
-
-def test_a_client_that_reads_nothing_holds_no_more_of_the_controllers_memory_than_its_db(
-        tmp_path):
-    """A student's laptop asleep (SIGSTOP) while 400 MB of its results come: the controller
-    queued every one for it (ZeroMQ's send queue, unbounded), 400 MB on top of its records,
-    and a class's controller could run out of memory for one student. Now the client's
-    pipe takes a few messages, some more wait in the controller, then results wait as their
-    msg_ids only, made again from the records (bounded: --record-bytes) when it reads
-    again; one culled meanwhile fails saying so. The other students are served meanwhile."""
-    n = 400
-    c = LocalCluster(tmp_path, controller_args=["--record-bytes", str(32 << 20)])
-    student = None
-    try:
-        c.start_engines(2)
-        rc = c.client()
-        rc.wait_for_engines(2, START_TIMEOUT_S)
-        before = _rss_bytes(c.controller.pid)
-        student = subprocess.Popen([sys.executable, "-c", _READS_LATE, c.client_file, str(n)],
-                                   stdout=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
-        assert student.stdout.readline() == "submitted\n"
-        freeze(student.pid)
-        wait_until(lambda: sum(q["completed"] for e, q in rc.queue_status().items()
-                               if e != "unassigned") >= n, 120, "every task to end")
-        assert rc.load_balanced_view().apply_sync(operator.neg, 7) == -7   # others served
-        grown = _rss_bytes(c.controller.pid) - before
-        assert grown < 250 << 20, f"the controller grew by {grown >> 20} MB for one client"
-        os.kill(student.pid, signal.SIGCONT)
-        out, _ = student.communicate(timeout=120)
-        counts = json.loads(out)
-        assert counts["ok"] + counts["dropped"] == n and counts["ok"] >= 40, counts
-        assert counts["dropped"] and "was dropped while its client read nothing" \
-            in counts["why"][0] and "--record-bytes" in counts["why"][0], counts
-        assert "Traceback" not in c.output("controller")
-    finally:
-        if student is not None and student.poll() is None:
-            os.kill(student.pid, signal.SIGCONT)
-            student.kill()
-            student.wait(10)
-        c.stop()

@@ -118,15 +118,15 @@ def _waves(cluster, n, f, waves=4):
     return seen
 
 
-def _assert_bounded(seen):
+def _assert_bounded(seen, margin=16 * MB):
     """What each process's memory grew by from the first wave's end to the last's at most
-    half what the first wave added, and 16 MB (what an allocator keeps, what the test
+    half what the first wave added, and `margin` (what an allocator keeps, what the test
     process's other work leaves): by the first wave's end, the controller keeps as many
     records as its bounds let it; a process that kept something of each task would grow
     by as much with each wave (a client keeping its AsyncResults: 12 MB a wave)."""
     names = ["client", "controller"] + [f"engine {i}" for i in range(len(seen[0]) - 2)]
     for name, start, first, last in zip(names, seen[0], seen[1], seen[-1]):
-        assert last - first <= max(0, first - start) / 2 + 16 * MB, (
+        assert last - first <= max(0, first - start) / 2 + margin, (
             f"the {name}'s memory grew by {(first - start) // MB} MB in the first wave and "
             f"{(last - first) // MB} MB more in the next {len(seen) - 2}: {seen}")
 
@@ -155,5 +155,7 @@ def test_waves_of_small_tasks_keep_every_process_bounded(bounded_cluster):
 
 def test_waves_of_megabyte_results_keep_every_process_bounded(bounded_cluster):
     """400 results of 1 MB in four waves: each wave's results freed when dropped (in the
-    client) or culled (in the controller), their memory used again by the next."""
-    _assert_bounded(_waves(bounded_cluster, 100, _megabyte))
+    client) or culled (in the controller), their memory used again by the next. A process
+    keeping them would grow by 100 MB a wave; the test process (the client) moved by up to
+    40 MB between waves in a whole-suite run, whatever the results, hence the margin."""
+    _assert_bounded(_waves(bounded_cluster, 100, _megabyte), margin=64 * MB)
