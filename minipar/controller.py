@@ -374,7 +374,7 @@ class Controller:
             self._flush()
         if self._parked.queries:   # after all was read: the ids they wait for may be in
             self._unpark(None if self._stop else now)
-        self.db.flush()  # one commit per pass, not per record
+        self.db.flush()  # one commit per pass, not per record (a durable DB's: in _flush)
 
     def _check(self, sock, frames):
         """Verify a message; on failure count it, log it, send a refusal and return None."""
@@ -701,10 +701,10 @@ class Controller:
             signed=False, **fields)[1])
 
     def _post(self, sock, idents, wire):
-        """Send `wire` (a message's frames from the delimiter): at once while handling
-        the first message of a drain, else at the end of the drain, together with what
-        else it makes for the same peer (see _flush)."""
-        if self._direct:
+        """Send `wire` (a message's frames from the delimiter): at once while handling the
+        first message of a drain (not to a client, with a durable DB: see _flush), else at
+        the end of the drain, together with what else it makes for the same peer."""
+        if self._direct and not (self.db.durable and sock is self.sockets["client"]):
             return protocol.send(sock, self.session.signed(wire), idents)
         out = self._out.get((sock, idents))
         if out is None:
@@ -715,7 +715,10 @@ class Controller:
     def _flush(self):
         """Send what was posted: one message per peer, several as a batch (see
         protocol.Session.pack). An engine given a burst of tasks, or a client a burst of
-        results, reads and checks one message instead of each."""
+        results, reads and checks one message instead of each. A durable DB commits first, once
+        a drain: a result a client saw is never "pending" on disk, to run again (_recover)."""
+        if self.db.durable:
+            self.db.flush()
         out, self._out = self._out, {}
         for (sock, idents), wires in out.items():
             for frames in self.session.pack(wires):

@@ -6,14 +6,16 @@ it, over the "client" socket (result_request, db_query, purge, resubmit)::
 
     client ── result_request / db_query / purge ──▶ hub loop ──▶ db.get / find_records / drop
     engine ── reply ─────────────────────────────▶ hub loop ──▶ db.finish(rec)
-                                                  hub loop ──▶ db.flush()  (end of each pass)
+                                                  hub loop ──▶ db.flush()  (before a send: durable)
 
 Three backends behind one interface (``--db dict|sqlite|none``, ``open_db``): add(rec),
 get(msg_id), `msg_id in db`, len(db), finish(rec) (the record is final), drop(msg_id)
 (False for a pending record, which is kept), records(), pending() (records not final:
 what a restarted controller must pick up), find_records(query, keys) (db_query), flush()
 (make the writes so far durable), close(), culled(msg_id) (why a record it once had is
-gone, or None: what get_result of that id answers).
+gone, or None: what get_result of that id answers). ``durable``: the records survive the
+controller, so what the hub sends to clients (results) waits for their commit (flush):
+DictDB and NoDB, False; SQLiteDB, True.
 
     DictDB    in memory (default); bounded (--record-limit, --record-bytes): the oldest
               finished records are culled, and their ids remembered as culled
@@ -202,6 +204,7 @@ class DictDB:
         return [_view(r, keys) for r in found if _match(r, query)]
 
     full = False   # a pass may read all that waits (see SQLiteDB.full)
+    durable = False   # gone with the controller: results wait for no commit
 
     def flush(self):
         pass
@@ -247,11 +250,15 @@ class SQLiteDB:
     is written once, as it is at the end (all in one executemany), and a pass stops
     reading once it has WRITES_PER_PASS records to write (``full``): a burst of 20,000
     tasks is many short passes, each committed, not one of seconds that holds back the
-    heartbeat (and the replies). Records on disk are unpickled
+    heartbeat (and the replies). What the hub sends to clients waits for the commit
+    (``durable``; Controller._flush): a result a client has seen is final on disk, never
+    left "pending" to run again after a crash. Records on disk are unpickled
     with a loader that refuses every class and function: a tampered file cannot run code
     in the controller. Nothing is culled (--record-limit and --record-bytes bound DictDB
     only): the file grows until ``purge_results``.
     """
+
+    durable = True
 
     def __init__(self, path):
         import sqlite3

@@ -9,6 +9,7 @@ fail clearly instead of hanging; with no controller at all, clients and engines 
 after the time they were told to wait.
 """
 
+import collections
 import concurrent.futures
 import contextlib
 import json
@@ -92,6 +93,17 @@ def _on_disk(cluster, msg_ids, finished=False):
     finally:
         db.close()
     return set(msg_ids) <= found
+
+
+def _finished(cluster):
+    """The msg_ids of the records committed in their final state."""
+    db = sqlite3.connect(f"file:{os.path.join(cluster.profile_dir, 'tasks.db')}?mode=ro",
+                         uri=True)
+    try:
+        return {m for (m,) in db.execute("SELECT msg_id FROM records WHERE status != ?",
+                                         ("pending",))}
+    finally:
+        db.close()
 
 
 def _listed(c, ids):
@@ -826,6 +838,54 @@ def test_a_new_client_finds_results_of_a_previous_controller(sqlite_cluster):
     rc2 = minipar.Client(c.client_file, timeout=START_TIMEOUT_S)
     c.clients.append(rc2)
     assert rc2.get_result(ar.msg_ids).get(START_TIMEOUT_S) == [144]
+
+
+def noted(path, i):
+    """Note in `path` that this copy of task `i` ran."""
+    with open(path, "a") as f:
+        f.write(f"{i}\n")
+    return i
+
+
+def test_a_result_a_client_received_never_runs_again_after_a_restart(sqlite_cluster):
+    """With --db sqlite, a result leaves the hub only once its record's final state is
+    committed. It sent a pass's results before the pass's commit: killed between the
+    two, it left tasks whose results the client had "pending" on disk, and the restarted
+    controller ran them again (retries). Killed in the middle of a burst, at a moment when
+    the client holds a result not final on disk if there is one, else at 3/4 of the burst."""
+    c = sqlite_cluster
+    ran = os.path.join(c.profile_dir, "ran.txt")
+    c.start_engines(2, args=ENGINE_ARGS)
+    rc = c.client(reconnect_timeout=120)
+    rc.wait_for_engines(2, START_TIMEOUT_S)
+    view = rc.load_balanced_view()
+    n = 4000
+    with view.temp_flags(retries=1):
+        ar = view.map_async(noted, [ran] * n, range(n), chunksize=1)
+    futures = ar.futures
+
+    def killable():   # the controller frozen, the tasks whose results the client has
+        freeze(c.controller.pid)
+        received = [i for i, f in enumerate(futures) if f.done()]
+        if {futures[i].msg_id for i in received} - _finished(c) or len(received) >= n * 3 // 4:
+            return received
+        c.controller.send_signal(signal.SIGCONT)
+        return None
+
+    received = wait_until(killable, TIMEOUT / 2, "3/4 of the burst's results received")
+    _restart_controller(c, ["--reuse", "--db", "sqlite"], "controller2")
+
+    assert ar.wait(START_TIMEOUT_S)
+    with open(ran) as f:
+        runs = collections.Counter(int(line) for line in f)
+    twice = [i for i in received if runs[i] != 1]
+    assert not twice, f"{len(twice)} tasks whose results were received ran again: {twice[:20]}"
+    for i, f in enumerate(futures):   # each ends once: its result, or lost with the controller
+        if f.exception() is None:
+            assert f.result() == [i] and 1 <= runs[i] <= 2
+        else:   # read, not committed, when it was killed: its client is told
+            assert "has no record of request" in str(f.exception()), i
+    assert _on_disk(c, [f.msg_id for f in futures if f.exception() is None], finished=True)
 
 
 def test_a_frozen_controller_is_lost_as_a_closed_connection_is(local_cluster, monkeypatch):
