@@ -1,15 +1,15 @@
 """Memory over a long run, measured: the resident memory (VmRSS, /proc/PID/status) of the
-controller and engine processes, and of the test process as the client.
+controller and engine processes, and of the client (the test process, or one of its own).
 
 A bound is a ratio with a generous margin (what a second wave adds against the first,
 what a purge leaves of what the results took), never a timing: allocators keep some of
 what is freed, and a loaded machine changes how much at any moment.
 """
 
-import contextlib
-import ctypes
-import gc
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -97,25 +97,50 @@ def test_a_strided_array_is_copied_once_to_be_sent_not_three_times(local_cluster
     assert engine_risen() < 1.5 * half.nbytes, "the engine made more than one copy to send"
 
 
-def _waves(cluster, n, f, waves=4):
-    """The resident memory of the client, the controller and each engine after each of
-    `waves` waves of `n` load-balanced tasks f(i), every result read then dropped."""
-    rc = cluster.rc
-    view, pids = rc.load_balanced_view(), [os.getpid(), cluster.controller.pid,
-                                           *(p.pid for p in cluster.engines)]
-    def measure():
-        gc.collect()
-        with contextlib.suppress(OSError, AttributeError):   # glibc's: the client's
-            ctypes.CDLL(None).malloc_trim(0)   # memory in use, not what malloc keeps after
-        return [_rss(pid) for pid in pids]     # a peak (the first wave's is mmap'd, freed)
+# The client of _waves: a process of its own, so that its memory is the waves' alone (the
+# test process's moved by 40-75 MB between waves in a whole-suite run, whatever the results).
+_WAVES = """
+import contextlib, ctypes, gc, json, os, sys
+import minipar
 
-    seen = [measure()]
-    for _ in range(waves):
-        ars = [view.apply_async(f, i) for i in range(n)]
-        assert all(ar.get(TIMEOUT) is not None for ar in ars)
-        del ars
-        seen.append(measure())
-    return seen
+def rss(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) << 10 for line in f if line.startswith("VmRSS:"))
+
+def megabyte(i):
+    return bytes([i % 256]) * (1 << 20)
+
+client_file, n, task, waves, *pids = sys.argv[1:]
+rc = minipar.Client(client_file)
+view, f, pids = rc.load_balanced_view(), {"abs": abs, "megabyte": megabyte}[task], [
+    os.getpid(), *map(int, pids)]
+
+def measure():
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):   # glibc's: the client's memory
+        ctypes.CDLL(None).malloc_trim(0)   # in use, not what malloc keeps after a peak
+    return [rss(pid) for pid in pids]
+
+seen = [measure()]
+for _ in range(int(waves)):
+    ars = [view.apply_async(f, i) for i in range(int(n))]
+    assert all(ar.get(60) is not None for ar in ars)
+    del ars
+    seen.append(measure())
+print(json.dumps(seen))
+"""
+
+
+def _waves(cluster, n, task, waves=4):
+    """The resident memory of a client process, the controller and each engine after each
+    of `waves` waves of `n` load-balanced tasks (`task`: "abs" or "megabyte", each f(i)),
+    every result read then dropped."""
+    out = subprocess.run([sys.executable, "-c", _WAVES, cluster.client_file, str(n), task,
+                          str(waves), str(cluster.controller.pid),
+                          *(str(p.pid) for p in cluster.engines)],
+                         capture_output=True, text=True, timeout=TIMEOUT - 20)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])
 
 
 def _assert_bounded(seen, margin=16 * MB):
@@ -150,12 +175,11 @@ def test_waves_of_small_tasks_keep_every_process_bounded(bounded_cluster):
     """40,000 small tasks in four waves, their AsyncResults dropped: the client keeps no
     history of its own (rc.results, rc.metadata are absent), the controller culls its
     oldest records, engines keep nothing per task."""
-    _assert_bounded(_waves(bounded_cluster, 10_000, abs))
+    _assert_bounded(_waves(bounded_cluster, 10_000, "abs"))
 
 
 def test_waves_of_megabyte_results_keep_every_process_bounded(bounded_cluster):
     """400 results of 1 MB in four waves: each wave's results freed when dropped (in the
     client) or culled (in the controller), their memory used again by the next. A process
-    keeping them would grow by 100 MB a wave; the test process (the client) moved by up to
-    40 MB between waves in a whole-suite run, whatever the results, hence the margin."""
-    _assert_bounded(_waves(bounded_cluster, 100, _megabyte), margin=64 * MB)
+    keeping them would grow by 100 MB a wave, far past the margin."""
+    _assert_bounded(_waves(bounded_cluster, 100, "megabyte"), margin=64 * MB)
