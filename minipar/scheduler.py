@@ -352,9 +352,10 @@ class Scheduler:
     # ------------------------------------------------------------------ engine events
 
     def engine_added(self, engine_id, now, properties=None):
-        """A new engine: at the head of the line, and tasks waiting for it may run."""
+        """A new engine: at the head of the line, and tasks waiting for it may run. A known
+        one registered again keeps its properties unless new ones come (None: none said)."""
         if engine_id in self._engines:
-            return self.set_properties(engine_id, properties or {}, now)
+            return [] if properties is None else self.set_properties(engine_id, properties, now)
         out = []
         cap = AUTO_HWM if self.hwm is None else self.hwm or math.inf
         self._front -= 1

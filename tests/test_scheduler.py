@@ -844,6 +844,17 @@ def test_depend_matches_a_newly_added_engine():
     assert runs(s.engine_added(5, 1.0, {"gpu": True})) == [("t", 5)]
 
 
+def test_engine_added_again_without_properties_keeps_them():
+    # a known engine registered again saying nothing of its properties: they stand, and a
+    # task that needs them still runs there; new ones given replace them
+    s = Scheduler(hwm=0)
+    s.engine_added(0, 0.0, {"gpu": True})
+    assert s.engine_added(0, 1.0) == []
+    assert runs(s.submit(task("t", depend=lambda p: p.get("gpu")), 1.0)) == [("t", 0)]
+    s.engine_added(0, 2.0, {})
+    assert s.submit(task("u", depend=lambda p: p.get("gpu")), 2.0) == []
+
+
 def test_depend_is_not_reevaluated_on_unrelated_events():
     calls = []
 
