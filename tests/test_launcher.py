@@ -7,6 +7,7 @@ checks, after the test, that none of them is left, killing any that is (by pid).
 """
 
 import json
+import logging
 import os
 import re
 import shlex
@@ -367,6 +368,34 @@ def test_engines_whose_program_is_not_installed_say_so(pids, kind, options):
         cluster.start_and_connect_sync()
     pids.add(cluster.controller.pid)
     assert not alive(cluster.controller.pid)
+
+
+def test_batch_job_whose_delete_command_is_not_installed_says_where_to_run_it(tmp_path,
+                                                                             caplog):
+    """A batch launcher run where the delete command is missing (a compute node without
+    the batch system's client tools): stop() says the job may still run and where to delete
+    it. Before, its advice was "run minipar-no-such-scancel 4242 by hand": the very command
+    that had just been found missing, here. The batch system is two small programs: a
+    submit that queues nothing and says job 4242, a status that says it is pending."""
+    from minipar.batch import SlurmEngineSetLauncher
+
+    submit, status = tmp_path / "sbatch", tmp_path / "squeue"
+    submit.write_text("#!/bin/sh\necho 4242\n")
+    status.write_text("#!/bin/sh\necho PENDING\n")
+    for f in (submit, status):
+        f.chmod(0o755)
+    job = SlurmEngineSetLauncher(profile_dir=str(tmp_path / "p"), submit_command=[str(submit)],
+                                 status_command=[str(status)],
+                                 delete_command=["minipar-no-such-scancel", "--full"])
+    job.start(2)
+    assert job.job_id == "4242"
+    with caplog.at_level(logging.ERROR, logger="minipar.batch"):
+        job.stop()
+    (said,) = [r.getMessage() for r in caplog.records if "may still run" in r.getMessage()]
+    assert "cannot run 'minipar-no-such-scancel'" in said, said
+    assert "run minipar-no-such-scancel --full 4242 on a machine where slurm's commands are " \
+           "installed (a login node)" in said, said
+    assert "by hand" not in said, said
 
 
 @pytest.mark.parametrize("engines", [["node1", "node2"], {"node1": "2"}, {"node1": [2]}, "node1"])
