@@ -593,7 +593,8 @@ class Controller:
             "reg": header["msg_id"].encode(), "work_ident": work_ident,
             # requests waiting for the engine's `ready`; None once it came (at once for an
             # engine with one socket: it is connected already)
-            "backlog": None if work_ident == ident else []}
+            "backlog": None if work_ident == ident else [],
+            "started": None}   # the last request it said it started (see _remove_engine)
         self._by_ident[ident] = self._by_ident[work_ident] = eid
         self._send(self.sockets["engine"], [ident], protocol.REGISTER_REPLY,
                    parent=header["msg_id"], id=eid, heartbeat_period=self.heartbeat_period,
@@ -636,6 +637,12 @@ class Controller:
                 del self._epitaphs[next(iter(self._epitaphs))]
         timed_out = {}   # msg_id -> why, for the ones past their time_limit
         self.tally.engine_lost(engine, died, now)
+        # what it ran, as far as it said (see Scheduler.engine_removed): requests run in the
+        # order sent, so those ahead of the last it reported started had ended
+        unsent = {m for _, _, m in engine["backlog"] or ()}   # its `ready` never came
+        sent = [m for m in engine["outstanding"] if m not in unsent]
+        running = engine["started"] if engine["started"] in sent else sent[0] if sent else None
+        ran = set(sent[:sent.index(running)]) if running is not None else set()
         for msg_id in list(engine["outstanding"]):
             rec = self.db.get(msg_id)
             if rec is None:
@@ -645,11 +652,11 @@ class Controller:
                 if not rec["lb"]:
                     self._fail(rec, "TaskTimeout", timed_out[msg_id])
                     continue
-            if rec["lb"]:
+            if rec["lb"] and msg_id not in unsent:   # one unsent gets no attempt: not tried
                 rec["attempts"] = [*rec["attempts"], {
                     "engine": eid, "status": "engine_died" if died else "engine_left",
                     "started": rec.get("started"), "completed": now, "ename": "EngineError"}]
-            else:
+            elif not rec["lb"]:
                 self._fail(rec, "EngineError",
                            f"engine {eid} {what} before answering this request; "
                            "the work is lost: resubmit it to another engine")
@@ -663,7 +670,7 @@ class Controller:
             self._send(self.sockets["engine"], [engine["ident"]], protocol.UNREGISTER,
                        reason="declared dead: missed heartbeats")
         self._act(self.scheduler.engine_removed(eid, time.monotonic(), timed_out, how,
-                                                clean=not (died or why)))
+                                                not (died or why), running, ran, unsent))
 
     # ------------------------------------------------------------ clients
 
@@ -821,7 +828,7 @@ class Controller:
         if engine["backlog"] is None:
             self._post(self.sockets["engine"], route, wire)
         else:   # until its request socket is connected
-            engine["backlog"].append((route, wire))
+            engine["backlog"].append((route, wire, rec["msg_id"]))
 
     def _on_ready(self, eid, header, parts, wire):
         """The engine's request socket is connected (a message came from it): send what
@@ -832,7 +839,7 @@ class Controller:
             return   # for an earlier registration
         backlog, engine["backlog"] = engine["backlog"], None
         self._direct = False   # a burst: as batches
-        for route, wire in backlog:
+        for route, wire, _ in backlog:
             self._post(self.sockets["engine"], route, wire)
 
     def _on_reply(self, eid, header, parts, wire):
@@ -873,7 +880,7 @@ class Controller:
         started = header.get("started")
         if rec is not None and rec["status"] == PENDING and rec["engine"] == eid \
                 and _is_number(started):
-            rec["started"] = started
+            rec["started"], self.engines[eid]["started"] = started, rec["msg_id"]
             self._post(self.sockets["client"], (rec["client"],), wire)
             if rec["lb"] and header.get("long"):
                 self._act(self.scheduler.long(eid, rec["msg_id"]))

@@ -746,7 +746,8 @@ def test_engine_death_retries_or_fails_with_engine_error():
     out = s.engine_removed(e, 1.0)
     assert runs(out) == [("keep", 1 - e)]
     assert fails(out) == {"lose": "EngineError"}
-    assert f"engine {e} died before running task lose (queued behind keep)" in out[0][3]
+    assert f"engine {e} died with task lose queued behind task keep (it never started there " \
+           "unless keep had ended, its reply lost)" in out[0][3]
     assert "retries=" in out[0][3]
     assert s.outstanding(e) == [] and e not in s.status()["engines"]
     assert s.finished("keep", 1 - e, "error", 2.0) == [("done", "keep")]   # retry used up
@@ -754,13 +755,17 @@ def test_engine_death_retries_or_fails_with_engine_error():
 
 def test_engine_death_says_a_task_queued_behind_the_running_one_never_started():
     """Each task without retries on a dead engine was "died while running task X", the
-    ones queued behind the running one too, which the engine never began."""
+    ones queued behind the running one too, which the engine never began. Then "before
+    running task Y (queued behind X)", which was not so if X had ended, its reply lost with
+    the engine: each says that much now."""
     s = make(1, hwm=0)
     e = run_on(s, "first")
     run_on(s, "queued", targets=[e])
     out = {d[1]: d[3] for d in s.engine_removed(e, 1.0) if d[0] == "fail"}
-    assert f"engine {e} died while running task first;" in out["first"]
-    assert f"engine {e} died before running task queued (queued behind first);" in out["queued"]
+    assert f"engine {e} died while running task first (or, had it ended with its reply " \
+           "lost, a task queued behind it);" in out["first"]
+    assert f"engine {e} died with task queued queued behind task first (it never started " \
+           "there unless first had ended, its reply lost);" in out["queued"]
     assert "retries=" in out["queued"]
 
 
