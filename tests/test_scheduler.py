@@ -769,6 +769,36 @@ def test_engine_death_says_a_task_queued_behind_the_running_one_never_started():
     assert "retries=" in out["queued"]
 
 
+def test_engine_death_reads_what_the_controller_knows_of_the_engines_queue():
+    """`unsent` tasks never left the controller: elsewhere, retries kept, whatever they
+    are. Those `ran` (ahead of the one its engine reported started) ended, their replies
+    lost: a retry spent (or the error says so). With a direct request `running`, every
+    task here was queued behind it: none spends a retry."""
+    s = make(1, hwm=0)
+    for m in ("a", "b", "c", "d"):
+        run_on(s, m, retries=int(m == "a"))
+    out = s.engine_removed(0, 1.0, running="b", ran={"a"}, unsent={"d"})
+    said = {d[1]: d[3] for d in out if d[0] == "fail"}
+    assert sorted(said) == ["b", "c"] and s.unassigned() == ["a", "d"]
+    assert "died while running task b (or, had it ended with its reply lost" in said["b"]
+    assert "died with task c queued behind task b (it never started there" in said["c"]
+    assert runs(s.engine_added(1, 2.0)) == [("a", 1), ("d", 1)]
+    assert s.finished("a", 1, "error", 3.0) == [("done", "a")]   # its retry: spent at 0
+    s = make(1, hwm=0)
+    run_on(s, "x", retries=1)
+    run_on(s, "y")
+    out = s.engine_removed(0, 1.0, running="r", ran={"x"})
+    assert fails(out) == {"y": "EngineError"}
+    assert [d[3] for d in out][0].startswith(
+        "engine 0 died with task y queued behind task r (it never started there unless r had "
+        "ended, its reply lost); resubmit it")
+    s = make(1, hwm=0)
+    run_on(s, "x", retries=1)
+    assert s.engine_removed(0, 1.0, running="direct") == []
+    assert runs(s.engine_added(1, 2.0)) == [("x", 1)]
+    assert runs(s.finished("x", 1, "error", 3.0)) == [("x", 1)]   # its retry was left
+
+
 def test_engine_death_after_the_retries_are_spent_says_so():
     s = make(2, hwm=0)
     e = run_on(s, "t", retries=1)
