@@ -515,6 +515,9 @@ class Controller:
 
     def _on_unregister(self, eid, header, parts, wire):
         reason = header.get("reason")   # why it left, if not told to (see protocol)
+        last = header.get("last_started", False)   # it starts none after it (absent: unknown)
+        if isinstance(reason, str) and (last is None or isinstance(last, str)):
+            self.engines[eid].update(started=last, final=True)
         self._remove_engine(eid, died=False, why=reason if isinstance(reason, str) else None)
 
     def _on_abort_marked(self, eid, header, parts, wire):
@@ -594,7 +597,8 @@ class Controller:
             # requests waiting for the engine's `ready`; None once it came (at once for an
             # engine with one socket: it is connected already)
             "backlog": None if work_ident == ident else [],
-            "started": None}   # the last request it said it started (see _remove_engine)
+            "started": None, "final": False}   # the last request it said it began (and,
+            # final, that none after it will: see _on_unregister, _remove_engine)
         self._by_ident[ident] = self._by_ident[work_ident] = eid
         self._send(self.sockets["engine"], [ident], protocol.REGISTER_REPLY,
                    parent=header["msg_id"], id=eid, heartbeat_period=self.heartbeat_period,
@@ -639,8 +643,12 @@ class Controller:
         self.tally.engine_lost(engine, died, now)
         # what it ran, as far as it said (see Scheduler.engine_removed): requests run in the
         # order sent, so those ahead of the last it reported started had ended
-        unsent = {m for _, _, m in engine["backlog"] or ()}   # its `ready` never came
-        sent = [m for m in engine["outstanding"] if m not in unsent]
+        unstarted = {m for _, _, m in engine["backlog"] or ()}   # unsent: no `ready` came
+        sent = [m for m in engine["outstanding"] if m not in unstarted]
+        if engine["final"] and (engine["started"] is None or engine["started"] in sent):
+            began = sent.index(engine["started"]) + 1 if engine["started"] else 0
+            unstarted.update(sent[began:])   # it said so as it stopped: none ever starts
+            del sent[began:]
         running = engine["started"] if engine["started"] in sent else sent[0] if sent else None
         ran = set(sent[:sent.index(running)]) if running is not None else set()
         for msg_id in list(engine["outstanding"]):
@@ -652,7 +660,7 @@ class Controller:
                 if not rec["lb"]:
                     self._fail(rec, "TaskTimeout", timed_out[msg_id])
                     continue
-            if rec["lb"] and msg_id not in unsent:   # one unsent gets no attempt: not tried
+            if rec["lb"] and msg_id not in unstarted:   # one never started gets no attempt
                 rec["attempts"] = [*rec["attempts"], {
                     "engine": eid, "status": "engine_died" if died else "engine_left",
                     "started": rec.get("started"), "completed": now, "ename": "EngineError"}]
@@ -670,7 +678,7 @@ class Controller:
             self._send(self.sockets["engine"], [engine["ident"]], protocol.UNREGISTER,
                        reason="declared dead: missed heartbeats")
         self._act(self.scheduler.engine_removed(eid, time.monotonic(), timed_out, how,
-                                                not (died or why), running, ran, unsent))
+                                                not (died or why), running, ran, unstarted))
 
     # ------------------------------------------------------------ clients
 

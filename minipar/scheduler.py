@@ -371,7 +371,7 @@ class Scheduler:
         return out
 
     def engine_removed(self, engine_id, now, timed_out=None, how=None, clean=False,
-                       running=None, ran=(), unsent=()):
+                       running=None, ran=(), unstarted=()):
         """An engine is gone: retry its tasks elsewhere, or fail / recover them.
         `timed_out` maps the ones that ran past their time_limit (the engine was ended for
         it) to why: those fail with TaskTimeout, as a timed-out reply would. `how` it went,
@@ -381,8 +381,9 @@ class Scheduler:
         What the controller knows of its queue (its requests run in the order sent):
         `running`, the request it ran last as far as the controller knows (the last one it
         reported started, else the first unanswered; None: this engine's first task here);
-        `ran`, those ahead of that one (their replies lost); `unsent`, those that never
-        left the controller, which certainly never started: they go elsewhere, retries kept.
+        `ran`, those ahead of that one (their replies lost); `unstarted`, those that
+        certainly never started there (never sent, or after the last one it began, as it
+        said when it stopped): they go elsewhere, retries kept.
         A task queued behind `running` may have started, had `running` ended with its reply
         lost: with retries it goes back without spending one (it most likely never ran);
         without, it fails, as retries=0 promises it never runs twice."""
@@ -394,8 +395,9 @@ class Scheduler:
         self._long.pop(engine_id, None)   # its queued tasks go back below, as they always did
         self._removed.add(engine_id)
         self._heaps.pop(engine_id, None)
+        started = [m for m in engine["tasks"] if m not in unstarted]
         if running is None:
-            running = next((m for m in engine["tasks"] if m not in unsent), None)
+            running = started[0] if started else None
         for msg_id in engine["tasks"]:
             t = self._tasks[msg_id]
             if t.aborting:
@@ -404,7 +406,7 @@ class Scheduler:
                            out, engine_id)
             elif timed_out and msg_id in timed_out:
                 self._fail(t, "TaskTimeout", timed_out[msg_id], out, engine_id)
-            elif clean or msg_id in unsent:
+            elif clean or msg_id in unstarted:
                 self._ready(t, out)
             elif t.retries > 0:
                 if msg_id in ran or msg_id == running:   # it started there: a try spent
@@ -413,7 +415,7 @@ class Scheduler:
                 self._ready(t, out)
             else:
                 self._exhausted(t, now, out, engine_id, died=True, how=how,
-                                when=_when_died(msg_id, running, ran, engine["tasks"]))
+                                when=_when_died(msg_id, running, ran, started[-1]))
         self._recheck(out, waiting=True)
         return self._settle_and_schedule(out)
 
@@ -1176,18 +1178,18 @@ def _unreachable_reason(msg_id, key, dep):
             "ended; check the tasks it depends on")
 
 
-def _when_died(msg_id, running, ran, queue):
+def _when_died(msg_id, running, ran, last):
     """When, in words, an engine died for its task `msg_id` (see engine_removed): what the
     controller knows, and no more. Its reply may be lost too: a task that ended just before
     the engine died (a batch's reply is held a few ms), which `ran` tells only when the
-    engine had reported starting a later one."""
+    engine had reported starting a later one. `last`: its last task that may have started."""
     if msg_id in ran:
         return (f"after running task {msg_id}, before its reply came back (it had started "
                 f"task {running} since)")
     if msg_id != running:
         return (f"with task {msg_id} queued behind task {running} (it never started there "
                 f"unless {running} had ended, its reply lost)")
-    if next(reversed(queue)) == msg_id:
+    if last == msg_id:
         return f"while running task {msg_id}"
     return (f"while running task {msg_id} (or, had it ended with its reply lost, a task "
             "queued behind it)")

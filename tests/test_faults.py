@@ -29,7 +29,7 @@ from minipar.engine import INTERRUPT_SIGNAL
 from minipar.launcher import Cluster
 
 from .conftest import HEARTBEAT_S, ROOT, START_TIMEOUT_S, LocalCluster, _env
-from .helpers import raw_engine, raw_heart, wait_until
+from .helpers import freeze, raw_engine, raw_heart, wait_until
 
 TIMEOUT = 300
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -669,6 +669,33 @@ def test_tasks_an_engine_that_died_never_received_run_elsewhere_without_retries(
         assert [ar.get(START_TIMEOUT_S) for ar in ars] == [real.pid] * 2
     finally:
         ctx.destroy(linger=0)
+
+
+def test_tasks_queued_on_an_engine_that_gave_up_on_its_controller_run_elsewhere(
+        local_cluster):
+    """An engine whose controller goes silent (frozen here) stops: it interrupts the task
+    it runs and starts none of those queued. Its unregister, read once the controller is
+    back, said why, and the queued task without retries failed ("stopped because ...
+    before running task X"); the engine now says the last task it began, so the ones after
+    it, which certainly never started, run on another engine, retries kept."""
+    (engine,) = local_cluster.start_engines(1, args=["--max-missed-heartbeats", "5"])
+    rc = local_cluster.client()
+    (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
+    lview = rc.load_balanced_view()
+    running, queued = lview.apply_async(time.sleep, 60), lview.apply_async(os.getpid)
+    wait_until(lambda: running.running() and rc.queue_status()[eid]["tasks"] == 2,
+               START_TIMEOUT_S, "the sleep running, the other task queued behind it")
+    freeze(local_cluster.controller.pid)
+    try:
+        assert engine.wait(START_TIMEOUT_S) == 1   # it gave up: the controller was silent
+    finally:
+        os.kill(local_cluster.controller.pid, signal.SIGCONT)
+    (other,) = local_cluster.start_engines(1)
+    assert queued.get(START_TIMEOUT_S) == other.pid
+    with pytest.raises(errors.RemoteError, match=f"engine {eid} stopped because the controller "
+                                                 r"was silent for [\d.]+ s .*while running "
+                                                 f"task {running.msg_ids[0]}; resubmit"):
+        running.get(START_TIMEOUT_S)
 
 
 def test_a_task_whose_engine_started_a_later_one_is_not_named_as_the_one_running(

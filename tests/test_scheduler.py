@@ -770,14 +770,14 @@ def test_engine_death_says_a_task_queued_behind_the_running_one_never_started():
 
 
 def test_engine_death_reads_what_the_controller_knows_of_the_engines_queue():
-    """`unsent` tasks never left the controller: elsewhere, retries kept, whatever they
+    """`unstarted` tasks never started there (never sent, say): elsewhere, retries kept, whatever they
     are. Those `ran` (ahead of the one its engine reported started) ended, their replies
     lost: a retry spent (or the error says so). With a direct request `running`, every
     task here was queued behind it: none spends a retry."""
     s = make(1, hwm=0)
     for m in ("a", "b", "c", "d"):
         run_on(s, m, retries=int(m == "a"))
-    out = s.engine_removed(0, 1.0, running="b", ran={"a"}, unsent={"d"})
+    out = s.engine_removed(0, 1.0, running="b", ran={"a"}, unstarted={"d"})
     said = {d[1]: d[3] for d in out if d[0] == "fail"}
     assert sorted(said) == ["b", "c"] and s.unassigned() == ["a", "d"]
     assert "died while running task b (or, had it ended with its reply lost" in said["b"]
