@@ -770,10 +770,10 @@ def test_engine_death_says_a_task_queued_behind_the_running_one_never_started():
 
 
 def test_engine_death_reads_what_the_controller_knows_of_the_engines_queue():
-    """`unstarted` tasks never started there (never sent, say): elsewhere, retries kept, whatever they
-    are. Those `ran` (ahead of the one its engine reported started) ended, their replies
-    lost: a retry spent (or the error says so). With a direct request `running`, every
-    task here was queued behind it: none spends a retry."""
+    """`unstarted` tasks never started there (never sent, say): elsewhere, retries kept,
+    whatever they are. Those `ran` (ahead of the one its engine reported started) ended,
+    their replies lost: a retry spent (or the error says so). With a direct request
+    `running`, every task here was queued behind it: none spends a retry."""
     s = make(1, hwm=0)
     for m in ("a", "b", "c", "d"):
         run_on(s, m, retries=int(m == "a"))
