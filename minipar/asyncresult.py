@@ -1044,6 +1044,19 @@ def _sent(client, futures):
         sent.setdefault(client, []).extend(futures)
 
 
+def _noted(f, fields):
+    """`f`, its metadata given what a request's header `fields` say ipyparallel's has: its
+    label, the msg_ids it waited on (after, follow), an execute's code. Returns `f`."""
+    if "label" in fields:
+        f._md["label"] = fields["label"]
+    for key in ("after", "follow"):
+        if fields.get(key):
+            f._md[key] = fields[key]["ids"]
+    if "code" in fields:
+        f._md["execute_input"] = fields["code"]
+    return f
+
+
 def _fail(client, futures, err):
     """Fail `client`'s `futures` (None ones skipped) with `err`; it waits for them no more."""
     for f in list(futures):
