@@ -262,6 +262,7 @@ class _MsgFuture(_Future):
 
     _pieces = None   # output streamed in (I/O thread) and not yet in metadata: see below
     _watched = False   # another client's request, followed through get_result: not ours
+    _copies = ()   # a broadcast request's: its copies' futures (see Client._broadcast)
 
     def __init__(self, msg_id=None, engine_id=None, kind=None):
         super().__init__()

@@ -622,7 +622,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
             return result
         except KeyboardInterrupt:
             with protocol.sigint_deferred():
-                _fail(self, [f for f, _ in held], _never_sent())
+                _fail(self, [c for f, _ in held for c in (f, *f._copies)], _never_sent())
                 del held[:]
             raise
 
@@ -861,6 +861,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
                 _fail(self, futures, e)
                 raise
             self._futures.pop(f.msg_id).set_result(None)   # nothing answers it but the copies
+            f._copies = futures   # held unsent (see _batched): failed with it on a Ctrl-C
         return futures
 
     def engine_stats(self, targets="all", timeout=None):
@@ -1256,7 +1257,8 @@ class DirectView(_View):
         ids = self.client.resolve_targets(targets)
         if isinstance(targets, int):   # one engine, whose value is the result
             return send(ids[0], _OneRequest(self.client, fname))
-        futures = [send(ids[0], None)] if len(ids) == 1 else send(ids, None)
+        futures = ([send(ids[0], None)] if len(ids) == 1   # sent at once, with what is held
+                   else self.client._together(lambda: send(ids, None)))
         return AsyncResult(self.client, futures, fname=fname)
 
     def _apply(self, f, args, kwargs, targets=None):
