@@ -639,21 +639,19 @@ def _screen(snap, note, height, width, offset, ascii):
     return above + [(line, False) for line in [*shown, *tail, footer]]
 
 
-class _Note:
-    """Where the Client's log lines go while the screen is curses'."""
-
-    def __init__(self, monitor):
-        self.handler = logging.Handler(logging.WARNING)
-        self.handler.emit = lambda record: setattr(monitor, "note", record.getMessage())
-        self.logger = logging.getLogger(__package__)
-
-    def __enter__(self):
-        self.logger.addHandler(self.handler)
-        self.propagate, self.logger.propagate = self.logger.propagate, False
-
-    def __exit__(self, *exc):
-        self.logger.removeHandler(self.handler)
-        self.logger.propagate = self.propagate
+@contextlib.contextmanager
+def _note(monitor):
+    """Inside, the Client's log lines go to the monitor's note: the screen is curses'."""
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: setattr(monitor, "note", record.getMessage())
+    logger = logging.getLogger(__package__)
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def main(argv=None):
@@ -720,7 +718,7 @@ def main(argv=None):
             monitor.connect()
         import curses
 
-        with _Note(monitor):
+        with _note(monitor):
             try:
                 curses.wrapper(_view, monitor, args.interval, _ascii())
             except curses.error as e:   # most often a TERM that terminfo does not know
