@@ -273,7 +273,7 @@ class Controller:
                 except errors.InvalidDependency as e:
                     self._fail(rec, "InvalidDependency", str(e))
                     continue
-                self._act(self.scheduler.submit(task, now))
+                self._act(self.scheduler.submit(task, now, rec.get("client")))
                 again += 1
             else:
                 self._fail(rec, "EngineError",
@@ -785,7 +785,7 @@ class Controller:
                 task = _scheduler.task_of(header)
             except errors.InvalidDependency as e:
                 return self._fail(rec, "InvalidDependency", str(e))
-            return self._act(self.scheduler.submit(task, time.monotonic()), rec)
+            return self._act(self.scheduler.submit(task, time.monotonic(), client), rec)
         self._route(rec, header.get("engine"))
 
     def _route(self, rec, eid):
