@@ -1125,13 +1125,6 @@ class Scheduler:
             ring.popleft()
         return None
 
-    def _turn(self, t):
-        """`t` just got an engine: if it came from the ring's head line, the next line's
-        turn (round-robin among clients, FIFO within each)."""
-        ring = self._ring
-        if t.where is None and len(ring) > 1 and ring[0].client == t.client:
-            ring.rotate(-1)
-
     def _schedule(self, out):
         """Assign queued tasks, oldest first, while an engine they may use has room.
 
@@ -1156,7 +1149,9 @@ class Scheduler:
             t = self._tasks[best[2]]
             where = t.where
             self._assign(t, free if where is None else [e for e in free if e in where], out)
-            self._turn(t)
+            ring = self._ring   # from the line whose turn it was: the next line's turn
+            if len(ring) > 1 and where is None and ring[0].client == t.client:
+                ring.rotate(-1)
 
     def _fill(self, engine_id, out):
         """Like _schedule when only `engine_id` gained room and no task became READY:
@@ -1172,7 +1167,9 @@ class Scheduler:
                 return
             t = self._tasks[best[2]]
             self._assign(t, [engine_id], out)
-            self._turn(t)
+            ring = self._ring   # as in _schedule
+            if len(ring) > 1 and t.where is None and ring[0].client == t.client:
+                ring.rotate(-1)
 
     def _assign(self, t, candidates, out):
         """Put `t` on one of `candidates` (engines with room), chosen by the scheme."""
