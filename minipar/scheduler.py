@@ -512,6 +512,8 @@ class Scheduler:
         if not line.ringed and (line.queue or line.late):
             line.ringed = True
             self._ring.append(line)
+        elif not line.ringed:   # nothing queued: forgotten, as _any_head forgets an empty line
+            del self._lines[client]
         self._schedule(out)
         return out
 

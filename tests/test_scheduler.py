@@ -197,6 +197,8 @@ def test_a_held_clients_tasks_wait_and_the_others_take_its_turns():
     assert runs(s.finished("a0", 1, "ok", 4.0)) == [("a1", 1)]
     assert runs(s.finished("a2", 0, "ok", 5.0)) == [("a3", 0)]
     assert s.release("A", 6.0) == [] and s.release("nobody", 6.0) == []
+    s.hold("C")   # a client held with nothing queued (its direct requests' results wait)
+    assert s.release("C", 7.0) == [] and "C" not in s._lines   # nothing kept for it
 
 
 def test_hwm_zero_means_no_limit():
