@@ -1235,7 +1235,7 @@ class Controller:
         self._reply(idents, header, status=OK, targets=sent)
 
     def _broadcast(self, idents, header, parts):
-        """A BroadcastView's request: one message from the client, a record and a copy for
+        """A DirectView's request to several engines: one message, a record and a copy for
         each target engine under the msg_ids the client chose (its futures wait on them),
         so each reply comes back as a direct request's. Costs a signature per engine."""
         kind, targets, ids = header.get("request"), header.get("targets"), header.get("msg_ids")

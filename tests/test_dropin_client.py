@@ -274,7 +274,8 @@ def test_broadcast_view_results_are_direct_views(cluster):
     assert sorted(bview.keys(block=True)[0]) == ["a", "b", "big", "c"]
     assert bview.map_sync(lambda x: x + 1, range(10)) == list(range(1, 11))
     assert bview.apply_sync(lambda x: x, Reference("a")) == [5] * 4
-    assert _broadcasts(rc) == before + 9      # map sends each engine its own part
+    # map sends each engine its own part; the two dview calls with several targets broadcast
+    assert _broadcasts(rc) == before + 11
 
 
 def test_broadcast_view_targets_and_errors(rc):
@@ -292,6 +293,52 @@ def test_broadcast_view_targets_and_errors(rc):
     ar.get(TIMEOUT)
     again = rc.resubmit(ar)          # the copies are ordinary records
     assert again.get(TIMEOUT) == [1, 1]
+
+
+def test_a_direct_view_sends_one_message_for_several_engines(cluster):
+    """rc[:].push, execute and apply sent one message per engine, each with the payload: a
+    100 MB push to 8 engines had the client send, and the controller hold, 8 copies. Now
+    one, which the controller copies to each (a BroadcastView's), and what a user sees is
+    as before: a msg_id, engine_id, record and result per engine, each aborted alone."""
+    rc = cluster.rc
+    dv, ids = rc[:], rc.ids
+    dv.label = "several"
+    before = _broadcasts(rc)
+    ar = dv.push({"big": b"x" * 300_000}, block=False)
+    assert ar.get(TIMEOUT) == [None] * 4
+    assert _broadcasts(rc) == before + 1
+    assert ar.engine_id == ids and len(set(ar.msg_ids)) == 4
+    records = rc.db_query({"msg_id": {"$in": ar.msg_ids}}, keys=["engine", "kind"])
+    assert sorted((r["msg_id"], r["engine"], r["kind"]) for r in records) == \
+        sorted((m, e, "push") for m, e in zip(ar.msg_ids, ids))
+    ex = dv.execute("n = len(big)", block=True)
+    records = rc.db_query({"msg_id": {"$in": ex.msg_ids}}, keys=["engine", "label"])
+    assert sorted((r["engine"], r["label"]) for r in records) == [(e, "several") for e in ids]
+    assert [(m["engine_id"], m["label"], m["execute_input"]) for m in ex.metadata] == \
+        [(e, "several", "n = len(big)") for e in ids]
+    assert dv.apply_sync(lambda x: x, Reference("n")) == [300_000] * 4
+    assert rc.get_result(ex.msg_ids[2], block=True).metadata["engine_id"] == ids[2]
+    running = dv.execute("import time; time.sleep(60)")
+    queued = dv.pull("n", block=False)   # behind it on each engine
+    rc.abort(queued.msg_ids[1])
+    rc.abort(running)
+    with pytest.raises(minipar.TaskAborted):
+        queued.futures[1].result(TIMEOUT)
+    assert [queued.futures[i].result(TIMEOUT) for i in (0, 2, 3)] == [300_000] * 3
+    assert _broadcasts(rc) == before + 5
+    assert rc[[ids[0]]].pull("n", block=True) == [300_000]   # one engine: a request of its own
+    assert _broadcasts(rc) == before + 5
+
+
+def test_a_broadcast_views_metadata_has_its_label_and_code(rc):
+    """A BroadcastView's (and now a DirectView's, several targets) AsyncResult had None for
+    metadata['label'] and ['execute_input'], which a DirectView's request had set."""
+    bview = rc.broadcast_view(targets=[0, 2])
+    bview.label = "bv"
+    ar = bview.execute("z = 3", block=True)
+    assert [(m["engine_id"], m["label"], m["execute_input"]) for m in ar.metadata] == \
+        [(0, "bv", "z = 3"), (2, "bv", "z = 3")]
+    assert [m["label"] for m in bview.apply_async(abs, -1).metadata] == ["bv", "bv"]
 
 
 # ---------------------------------------------------------------- wait_interactive, spin
