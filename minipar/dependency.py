@@ -171,17 +171,17 @@ class Dependency(set):
         super().__init__(msg_ids(ids))
         self.all, self.success, self.failure = all, success, failure
 
-    def check(self, completed, failed=()):
+    def check(self, completed, failed=None):
         """Whether the dependency is met, given the ids that succeeded and that failed."""
         return not self or is_met(self._tracker(completed, failed))
 
-    def unreachable(self, completed, failed=()):
+    def unreachable(self, completed, failed=None):
         """Whether it can never be met, given the ids that succeeded and that failed."""
         return bool(self) and is_unreachable(self._tracker(completed, failed))
 
     def _tracker(self, completed, failed):
         """The counts `is_met` and `is_unreachable` read, for these outcomes."""
-        completed, failed = set(completed), set(failed)
+        completed, failed = set(completed), set(failed or ())   # None: none failed
         finished = completed | failed
         counted = (completed if self.success else set()) | (failed if self.failure else set())
         good = len(self & counted)

@@ -585,6 +585,17 @@ def test_a_dependency_made_from_its_as_dict_is_the_same_as_ipyparallels(rc, lvie
             lview.apply_async(square, 6).get(TIMEOUT)
 
 
+def test_dependency_check_takes_failed_none_as_ipyparallels(lview):
+    # ipyparallel's check() and unreachable() default `failed` to None, and code passes
+    # None for "nothing failed": minipar's took only an iterable, a TypeError for None
+    done = lview.apply_async(square, 2)
+    assert done.get(TIMEOUT) == 4
+    ok, anyone = Dependency(done), Dependency([*done.msg_ids, "ab-1"], all=False)
+    assert ok.check(set(done.msg_ids), None) and anyone.check(done.msg_ids, None)
+    assert not ok.unreachable(done.msg_ids, None)
+    assert Dependency(done, success=False, failure=True).unreachable(done.msg_ids, None)
+
+
 # ---------------------------------------------------------------- functional dependencies
 
 def test_functional_dependencies_run_locally():
