@@ -1203,10 +1203,8 @@ class _ParallelMagics:
             to_px.has_side_effects = True
             self._autopx = to_px
             cleanups.append(to_px)
-            if self.classic:
-                print(f"Auto Parallel Enabled\nType %autopx{self.suffix} to disable")
-            else:
-                print(f"%autopx{self.suffix} enabled")
+            print(f"Auto Parallel Enabled\nType %autopx{self.suffix} to disable"
+                  if self.classic else f"%autopx{self.suffix} enabled")
         else:
             if self._autopx in cleanups:
                 cleanups.remove(self._autopx)
