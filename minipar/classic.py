@@ -1006,7 +1006,14 @@ def _activate_magics(view, suffix=""):
         return warnings.warn("the parallel magics (%px...) work only inside IPython: "
                              "activate() registered none; call execute() directly", stacklevel=3)
     magics = _ParallelMagics(shell, view, suffix)
-    shell.register_magic_function(magics.px, "line_cell", "px" + suffix)
+    from IPython.core.magic import no_var_expand
+
+    @no_var_expand   # as ipyparallel's %px: {x} and $x in its code are the engines' to read,
+    def px(line):    # so IPython must not expand them first (a cell's line it may)
+        return magics.px(line)
+    px.__doc__, px.__self__ = magics.px.__doc__, magics   # its owner, as a method's (_in_ipython)
+    shell.register_magic_function(px, "line", "px" + suffix)
+    shell.register_magic_function(magics.px, "cell", "px" + suffix)
     shell.register_magic_function(magics.autopx, "line", "autopx" + suffix)
     shell.register_magic_function(magics.result, "line", "pxresult" + suffix)
     shell.register_magic_function(magics.pxconfig, "line", "pxconfig" + suffix)
