@@ -1342,11 +1342,11 @@ class DirectView(_View):
         seq, futures = _sequence(seq), []
         for i, eid in enumerate(ids):
             part = _partition(seq, len(ids), i, dist)
-            if flatten and len(part) == 1:
-                part = part[0]
+            part = part[0] if flatten and len(part) == 1 else part
             futures.append(self.client.send_request(
                 protocol.PUSH, protocol.serialize({key: part}), engine_id=eid, engine=eid))
-        return self._finish(AsyncResult(self.client, futures, fname="scatter"), block)
+        ar = AsyncResult(self.client, futures, fname="scatter")
+        return ar if self._finish(ar, block) is ar else None   # blocking: None, as ipyparallel's
 
     @_ctrl_c_aborts
     def gather(self, key, dist="b", targets=None, block=None):

@@ -128,6 +128,18 @@ def test_push_sets_an_attribute_or_item_as_ipyparallels(rc):
             dv.push({bad: 1})
 
 
+def test_a_blocking_scatter_returns_none_as_ipyparallels(rc):
+    # ipyparallel's scatter waits when blocking and returns None (a notebook shows no
+    # Out[]); minipar's returned each engine's push reply, [None, None, None, None]
+    dv = rc[:]
+    assert dv.scatter("s", range(8), block=True) is None
+    dv.block = True
+    assert dv.scatter("s", range(8)) is None and dv.pull("s") == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert rc.broadcast_view().scatter("s", range(4), block=True) is None
+    ar = rc[:].scatter("s", range(4))   # not blocking: its AsyncResult
+    assert ar.get(TIMEOUT) == [None] * 4
+
+
 def test_push_refuses_names_code_cannot_use_and_pull_evaluates_expressions(rc):
     dv = rc[:]
     for bad in ("a b", "1x", "class", "", 7, ("t",)):
