@@ -706,9 +706,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
     def __getitem__(self, key):
         # none registered: NoEnginesRegistered, as ipyparallel's (a view made now stays empty)
         ids = self.resolve_targets("all")
-        if isinstance(key, int):
-            if 0 < -key <= len(ids):   # as a list's: rc[-1] is the last engine
-                key = ids[key]
+        if isinstance(key, int):   # as a list's: rc[-1] is the last engine (resolve_targets)
             return DirectView(self, self.resolve_targets(key)[0])
         if isinstance(key, (slice, list, tuple, range)):
             return DirectView(self, ids[key] if isinstance(key, slice) else list(key))
@@ -720,7 +718,9 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         return (DirectView(self, e) for e in self.ids)
 
     # a view's flags (block, label, retries...) may be given when it is made, as ipyparallel's
-    def direct_view(self, targets="all", **flags):
+    def direct_view(self, targets="all", **flags):   # -1, a slice: the engines now, as there
+        if isinstance(targets, slice) or isinstance(targets, int) and targets < 0:
+            targets = self[targets].targets
         return DirectView(self, targets, **flags)
 
     def broadcast_view(self, targets="all", is_coalescing=False, **flags):
@@ -729,13 +729,13 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
     def activate(self, targets="all", suffix=""):
         """Register %px{suffix} and the other IPython magics for a blocking view of
         `targets` (see classic.py); returns the view."""
-        view = DirectView(self, targets, block=True)
-        view.activate(suffix)
+        (view := self.direct_view(targets, block=True)).activate(suffix)
         return view
 
     def load_balanced_view(self, targets=None, **flags):
-        if targets is not None and self.ids:   # as ipyparallel's, checked when made
-            self.resolve_targets(targets)   # (with none yet, its tasks wait for them)
+        targets = None if targets == "all" else targets   # as ipyparallel's, resolved when
+        if targets is not None and self.ids:   # made (with none yet, its tasks wait for them)
+            targets = self.resolve_targets(targets)
         return LoadBalancedView(self, targets, **flags)
 
     def executor(self, targets=None):
@@ -788,6 +788,8 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         elif isinstance(targets, str):   # list("0") would be ["0"], not engine 0
             raise TypeError(f"targets={targets!r}: give 'all', an engine id (an int) or a "
                             "list of them")
+        elif isinstance(targets, slice) or isinstance(targets, int) and 0 < -targets <= len(ids):
+            targets = ids[targets]   # as ipyparallel's: rc[-1], targets=-1 the last engine
         targets = [targets] if isinstance(targets, int) else list(targets)
         if not targets:
             raise NoEnginesRegistered(   # an empty selection, as rc[5:] of 2 engines
@@ -1234,8 +1236,7 @@ class DirectView(_View):
     lists, one per engine). Flags: ``block``, ``targets``."""
 
     def activate(self, suffix=""):
-        """Make this view the one IPython's %px{suffix}, %%px, %autopx, %pxresult and
-        %pxconfig use (see classic.py)."""
+        """Make this the view of IPython's %px{suffix}, %%px, %autopx, %pxresult, %pxconfig."""
         from .classic import _activate_magics
 
         return _activate_magics(self, suffix)
@@ -1338,11 +1339,11 @@ class DirectView(_View):
         seq, futures = _sequence(seq), []
         for i, eid in enumerate(ids):
             part = _partition(seq, len(ids), i, dist)
-            if flatten and len(part) == 1:
-                part = part[0]
+            part = part[0] if flatten and len(part) == 1 else part
             futures.append(self.client.send_request(
                 protocol.PUSH, protocol.serialize({key: part}), engine_id=eid, engine=eid))
-        return self._finish(AsyncResult(self.client, futures, fname="scatter"), block)
+        ar = AsyncResult(self.client, futures, fname="scatter")
+        return ar if self._finish(ar, block) is ar else None   # blocking: None, as ipyparallel's
 
     @_ctrl_c_aborts
     def gather(self, key, dist="b", targets=None, block=None):

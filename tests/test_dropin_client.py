@@ -5,6 +5,7 @@ The tests that leave the engines as they found them share the module's cluster, 
 with a client of its own (``rc``); those that stop an engine, set a signal handler on
 one, or count every name in the engines' namespaces take ``cluster``, their own."""
 
+import os
 import signal
 import time
 
@@ -150,6 +151,31 @@ def test_indexing_as_a_list(rc):
     for bad in (10, len(ids), -len(ids) - 1):
         with pytest.raises(IndexError):
             rc[bad]
+
+
+def test_negative_ids_and_slices_as_targets_are_the_engines_now_as_ipyparallels(rc):
+    # ipyparallel resolves -1 (the last engine) and slices wherever it takes targets, and
+    # its views made with them hold the ids: minipar's rc[-1] did, but direct_view(-1) kept
+    # -1, load_balanced_view(-1) raised "engine -1 is not registered", as did -1 given as
+    # the targets of a call (apply, execute, clear, queue_status)
+    ids = rc.ids
+    assert rc.direct_view(-1).targets == ids[-1]
+    assert rc.direct_view(slice(-2, None)).targets == ids[-2:]
+    assert rc.direct_view(-1).apply_sync(os.getpid) == rc[ids[-1]].apply_sync(os.getpid)
+    lview = rc.load_balanced_view(-1)
+    assert lview.targets == [ids[-1]]
+    assert lview.apply_sync(os.getpid) == rc[ids[-1]].apply_sync(os.getpid)
+    assert rc.load_balanced_view("all").targets is None   # all, as None
+    assert rc.load_balanced_view(ids[0]).targets == [ids[0]]
+    dv = rc[:]
+    assert dv.execute("x = 1", targets=-2, block=True).get() is not None
+    assert dv.pull("x", targets=slice(-2, -1), block=True) == [1]
+    assert sorted(rc.queue_status(-1)) == ["completed", "queue", "tasks"]
+    rc.clear(targets=-2, block=True)
+    with pytest.raises(minipar.RemoteError, match="NameError"):
+        rc[ids[-2]].pull("x", block=True)
+    with pytest.raises(IndexError):
+        rc.direct_view(-len(ids) - 1)
 
 
 def test_a_client_iterates_its_engines_and_takes_a_range_as_ipyparallels(cluster):
