@@ -39,7 +39,6 @@ Processes started here run in their own session, so a terminal's Ctrl-C reaches 
 process that started them, which then stops them in order (engines first)."""
 
 import argparse
-import asyncio
 import atexit
 import contextlib
 import functools
@@ -62,6 +61,7 @@ import time
 import weakref
 
 from . import _show_log_lines, protocol
+from .twins import coroutine_twins, sleep_unless_cancelled
 from .errors import (CLUSTER_ABSENT, ConnectionFileError, MiniparError, SaysWhyAbsent,
                      TimeoutError, making_profile_folder, refuse_absent)
 
@@ -778,27 +778,16 @@ def launcher_from_dict(d):
 # ---------------------------------------------------------------- Cluster
 
 
-def _coroutine_twins(cls):
-    """Give each blocking method "x_sync" of `cls` a coroutine twin "x", as ipyparallel
-    names them. A twin runs its method in the event loop's default thread pool, so other
-    coroutines go on meanwhile; cancelling the await does not stop that call."""
-    def twin(sync):
-        @functools.wraps(sync)
-        async def method(self, *args, **kwargs):
-            return await asyncio.get_running_loop().run_in_executor(
-                None, functools.partial(sync, self, *args, **kwargs))
-
-        method.__name__ = sync.__name__[:-len("_sync")]
-        method.__qualname__ = sync.__qualname__[:-len("_sync")]
-        return method
-
-    for name, sync in list(vars(cls).items()):
-        if name.endswith("_sync"):
-            setattr(cls, name[:-len("_sync")], twin(sync))
-    return cls
+# What a Cluster method's coroutine twin undoes when its await was cancelled but the call
+# returned all the same (twins.py): what the call had started
+_UNDO = {"start_controller_sync": lambda c, _: c.stop_controller_sync(),
+         "start_engines_sync": lambda c, set_id: c.stop_engines_sync(set_id),
+         "start_cluster_sync": lambda c, _: c.stop_cluster_sync(),
+         "start_and_connect_sync": lambda c, _: c.stop_cluster_sync(),
+         "connect_client_sync": lambda c, rc: (c._clients.remove(rc), rc.close())}
 
 
-@_coroutine_twins
+@coroutine_twins(_UNDO)
 class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
     """A controller and sets of engines, started, watched and stopped together.
 
@@ -1003,7 +992,7 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
                 raise ControllerStartError(
                     f"the controller did not write {self.client_file} within "
                     f"{self.timeout} s; its output so far:\n{self.controller.get_output()}")
-            time.sleep(0.05)
+            sleep_unless_cancelled(0.05)
 
     # -- engines
 
@@ -1044,6 +1033,7 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
             self._clients[-1] if self._clients else self.connect_client_sync())
         deadline = time.monotonic() + timeout
         while len(rc.ids) < n:
+            sleep_unless_cancelled(0)
             if self.controller is not None and self.controller.state == AFTER:
                 raise ControllerStartError(
                     f"the controller stopped ({self.controller.stop_data}) while waiting for "

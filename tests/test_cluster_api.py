@@ -22,7 +22,8 @@ import minipar
 from minipar.launcher import AFTER, Cluster, ClusterManager, LauncherError
 
 from .helpers import absent_in_docs, assert_absent_say_so, wait_until
-from .test_launcher import CTL_ARGS, ROOT, _env, alive, cli, minipar_dir, pids  # noqa: F401
+from .test_launcher import (CTL_ARGS, ROOT, _env, _processes_naming, alive, cli,  # noqa: F401
+                           minipar_dir, pids)
 
 TIMEOUT = 180
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -374,33 +375,85 @@ def test_starting_a_running_cluster_again_is_refused_as_ipyparallels(pids):  # n
     assert pids.wait_gone(20) == []
 
 
-def test_a_start_whose_await_was_interrupted_says_the_cluster_can_be_connected_to(
-        pids):  # noqa: F811
-    """Ctrl-C at ``rc = await cluster.start_and_connect()`` ends the await, not the start
-    (it runs on in a thread): the cluster comes up with no Client in hand. Starting it
-    again said to stop it or add engines; it now also says how to connect to it, which
-    works."""
-    cluster = Cluster(n=1, controller_args=CTL_ARGS)
+# engines that take a minute to register: a start waits for them, in wait_for_engines
+_SLOW_ENGINES = ["-c", "import time; time.sleep(60)"]
+
+
+def _cluster_pids(cluster):
+    ctl = [cluster.controller.pid] if getattr(cluster.controller, "pid", None) else []
+    return ctl + [p for e in cluster.engines.values() for p in e.pids()]
+
+
+@pytest.mark.parametrize("when", ["at once", "engines started"])
+def test_a_cancelled_start_stops_what_it_started_before_the_await_ends(pids, when):  # noqa: F811
+    """A notebook's interrupt of ``rc = await cluster.start_and_connect()`` (its loop runs
+    on) cancelled the await, not the start: it went on in a thread, and the controller and
+    engines ran with no Client in hand, until the process ended. The start now ends too:
+    when the await raises CancelledError, saying so, every process it started is gone."""
+    cluster = Cluster(n=1, controller_args=CTL_ARGS, engine_args=_SLOW_ENGINES)
+    seen = []
 
     async def interrupted():
         started = asyncio.ensure_future(cluster.start_and_connect())
         await asyncio.sleep(0)   # the start is under way in the loop's thread pool
+        while when != "at once" and not (cluster.engines and seen[-1:] == [2]):
+            seen.append(len(_cluster_pids(cluster)))
+            pids.add(*_cluster_pids(cluster))
+            await asyncio.sleep(0.05)
         started.cancel()
-        with pytest.raises(asyncio.CancelledError):
+        with pytest.raises(asyncio.CancelledError) as e:
             await started
+        pids.add(*_cluster_pids(cluster))
+        return str(e.value), [p for p in pids.pids if alive(p)], cluster._is_running()
 
     try:
-        asyncio.run(interrupted())   # returns once the pool's start has finished
-        pids.add_cluster(cluster)
-        with pytest.raises(LauncherError) as e:
-            cluster.start_and_connect_sync()
-        assert str(e.value).endswith(
-            "already has a running controller: stop_cluster_sync() first, add engines with "
-            "start_engines_sync(n), or connect to it with connect_client_sync()"), e.value
-        rc = cluster.connect_client_sync()
-        assert rc.wait_for_engines(1, timeout=60) and rc[:].apply_sync(abs, -1) == [1]
+        said, running, cluster_running = asyncio.run(interrupted())
+        assert said.startswith("start_and_connect() was cancelled: what it had started of "
+                               "<Cluster ") and said.endswith(" is stopped"), said
+        assert running == [] and not cluster_running
+        assert not os.path.exists(cluster.cluster_file)
     finally:
         cluster.stop_cluster_sync()
+    assert pids.wait_gone(20) == []
+
+
+# Ctrl-C (argv[2]: the file to create once it came) at `await cluster.start_and_connect()`
+# under asyncio.run, with engines slow to register; then whether the cluster still runs
+_CTRL_C_AT_AWAIT = """
+import asyncio, json, sys
+from minipar import Cluster
+cluster = Cluster(n=1, profile_dir=sys.argv[1], controller_args=%r, engine_args=%r)
+try:
+    asyncio.run(cluster.start_and_connect())
+except KeyboardInterrupt:
+    print("KeyboardInterrupt", flush=True)
+print(json.dumps({"running": cluster._is_running()}), flush=True)
+"""
+
+
+def test_ctrl_c_at_an_awaited_start_under_asyncio_run_stops_the_cluster(pids, tmp_path):  # noqa
+    """Ctrl-C at ``asyncio.run(cluster.start_and_connect())`` cancelled the await, and
+    asyncio.run then waited for the start's thread, which went on waiting for the engines
+    (a minute here) and left the cluster running. It now stops what it started and ends."""
+    prof = str(tmp_path / "p")
+    p = subprocess.Popen([sys.executable, "-c", _CTRL_C_AT_AWAIT % (CTL_ARGS, _SLOW_ENGINES),
+                          prof], env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def both_started():   # the controller and the engine, waiting in wait_for_engines
+            found = set(_processes_naming(prof)) - {p.pid}   # the script names it too
+            pids.add(*found)
+            return len(found) == 2 and os.path.exists(os.path.join(prof, "security",
+                                                                   "minipar-client.json"))
+        wait_until(both_started, 60, "the controller and the engine")
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=40)
+    finally:
+        p.kill()
+        p.wait()
+    assert out == 'KeyboardInterrupt\n{"running": false}\n', out + err
+    assert "start_and_connect() was cancelled: what it had started of <Cluster " in err, err
+    assert _processes_naming(prof) == []
     assert pids.wait_gone(20) == []
 
 
