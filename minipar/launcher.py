@@ -234,6 +234,13 @@ def _unique_id():
     return f"{int(time.time())}-{secrets.token_hex(2)}"
 
 
+def _said_stopped(e, what, cluster):
+    """A note (Python 3.11+) on a Ctrl-C that ended a Cluster's `what`: nothing it started runs."""
+    if isinstance(e, KeyboardInterrupt) and hasattr(e, "add_note") and not any(
+            n.startswith("Ctrl-C in ") for n in getattr(e, "__notes__", ())):   # the innermost
+        e.add_note(f"Ctrl-C in {what}(): what it had started is stopped: {cluster!r}")
+
+
 # Clusters held weakly, as ipyparallel's: one nothing refers to any more is stopped when collected
 # (Cluster.__del__), so a notebook cell run again stops the first run's engines, not the exit.
 _STOP_AT_EXIT = weakref.WeakSet()
@@ -965,9 +972,10 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
             self.controller.start()
             protocol.write_connection_file(self.cluster_file, self.to_dict())
             self._wait_for_connection_file(started)
-        except BaseException:
+        except BaseException as e:
             self.controller.stop()
             self._update_cluster_file()
+            _said_stopped(e, "start_controller_sync", self)
             raise
         return self.controller
 
@@ -1015,8 +1023,9 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
         self.engines[engine_set_id] = launcher   # first: a Ctrl-C in start() finds it
         try:
             launcher.start(n)
-        except BaseException:
+        except BaseException as e:
             self.stop_engines_sync(engine_set_id)
+            _said_stopped(e, "start_engines_sync", self)
             raise
         self._update_cluster_file()
         return engine_set_id
@@ -1105,8 +1114,9 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
         self.start_controller_sync()
         try:
             self.start_engines_sync(n)
-        except BaseException:
+        except BaseException as e:
             self.stop_cluster_sync()
+            _said_stopped(e, "start_cluster_sync", self)
             raise
         return self
 
@@ -1119,8 +1129,9 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
             self.wait_for_engines(client=rc)
             if activate:
                 rc.activate()  # a blocking DirectView on all engines, for %px
-        except BaseException:
+        except BaseException as e:
             self.stop_cluster_sync()
+            _said_stopped(e, "start_and_connect_sync", self)
             raise
         return rc
 

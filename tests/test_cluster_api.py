@@ -417,27 +417,34 @@ def test_a_cancelled_start_stops_what_it_started_before_the_await_ends(pids, whe
     assert pids.wait_gone(20) == []
 
 
-# Ctrl-C (argv[2]: the file to create once it came) at `await cluster.start_and_connect()`
-# under asyncio.run, with engines slow to register; then whether the cluster still runs
-_CTRL_C_AT_AWAIT = """
+# Ctrl-C at `cluster.start_and_connect_sync()` or `await cluster.start_and_connect()` (argv[2])
+# under asyncio.run, with engines slow to register; the notes on the KeyboardInterrupt, then
+# whether the cluster still runs
+_CTRL_C_AT_START = """
 import asyncio, json, sys
 from minipar import Cluster
 cluster = Cluster(n=1, profile_dir=sys.argv[1], controller_args=%r, engine_args=%r)
 try:
-    asyncio.run(cluster.start_and_connect())
-except KeyboardInterrupt:
-    print("KeyboardInterrupt", flush=True)
+    if sys.argv[2] == "async":
+        asyncio.run(cluster.start_and_connect())
+    else:
+        cluster.start_and_connect_sync()
+except KeyboardInterrupt as e:
+    print(json.dumps(getattr(e, "__notes__", [])), flush=True)
 print(json.dumps({"running": cluster._is_running()}), flush=True)
 """
 
 
-def test_ctrl_c_at_an_awaited_start_under_asyncio_run_stops_the_cluster(pids, tmp_path):  # noqa
+@pytest.mark.parametrize("how", ["sync", "async"])
+def test_ctrl_c_at_a_start_stops_the_cluster_and_says_so(pids, tmp_path, how):  # noqa: F811
     """Ctrl-C at ``asyncio.run(cluster.start_and_connect())`` cancelled the await, and
     asyncio.run then waited for the start's thread, which went on waiting for the engines
-    (a minute here) and left the cluster running. It now stops what it started and ends."""
+    (a minute here) and left the cluster running. It now stops what it started, and ends
+    saying so (a warning); at ``start_and_connect_sync()`` a note on the KeyboardInterrupt
+    says so, where nothing did."""
     prof = str(tmp_path / "p")
-    p = subprocess.Popen([sys.executable, "-c", _CTRL_C_AT_AWAIT % (CTL_ARGS, _SLOW_ENGINES),
-                          prof], env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+    p = subprocess.Popen([sys.executable, "-c", _CTRL_C_AT_START % (CTL_ARGS, _SLOW_ENGINES),
+                          prof, how], env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         def both_started():   # the controller and the engine, waiting in wait_for_engines
@@ -451,8 +458,13 @@ def test_ctrl_c_at_an_awaited_start_under_asyncio_run_stops_the_cluster(pids, tm
     finally:
         p.kill()
         p.wait()
-    assert out == 'KeyboardInterrupt\n{"running": false}\n', out + err
-    assert "start_and_connect() was cancelled: what it had started of <Cluster " in err, err
+    notes, running = map(json.loads, out.splitlines())
+    assert running == {"running": False}, out + err
+    if how == "async":
+        assert "start_and_connect() was cancelled: what it had started of <Cluster " in err, err
+    else:
+        assert len(notes) == 1 and notes[0].startswith(
+            "Ctrl-C in start_and_connect_sync(): what it had started is stopped: <Cluster "), notes
     assert _processes_naming(prof) == []
     assert pids.wait_gone(20) == []
 
