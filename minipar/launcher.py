@@ -161,15 +161,16 @@ def _wait_pids(pids, deadline):
 
 
 def terminate_pids(pids, timeout=STOP_TIMEOUT_S, sig=signal.SIGTERM, what="processes"):
-    """Stop `pids` and their descendants: `sig`, wait `timeout`, SIGKILL, wait.
-
-    Descendants are collected before the first signal, because a killed parent's children
-    are re-parented and could not be found afterwards. Returns the pids still alive
-    (none, unless a process is stuck in the kernel)."""
-    pids = [p for p in pids if p]
-    everything = pids + protocol.descendants(pids)
-    for pid in pids:
-        _kill(pid, sig)
+    """Stop `pids` (or those a function gives) and their descendants: `sig`, wait `timeout`,
+    SIGKILL, wait. A Ctrl-C is held until `sig` is sent (it then ends the wait): one as they
+    are found (/proc) left them running. Descendants are collected before the first signal,
+    because a killed parent's children are re-parented and could not be found afterwards.
+    Returns the pids still alive (none, unless a process is stuck in the kernel)."""
+    with _signals_deferred():
+        pids = [p for p in (pids() if callable(pids) else pids) if p]
+        everything = pids + protocol.descendants(pids)
+        for pid in pids:
+            _kill(pid, sig)
     if alive := _wait_pids(everything, time.monotonic() + timeout):
         log.warning("%s %s did not exit %.0f s after signal %s; sending SIGKILL",
                     what, alive, timeout, sig)
@@ -236,8 +237,8 @@ def _unique_id():
 
 def _said_stopped(e, what, cluster):
     """A note (Python 3.11+) on a Ctrl-C that ended a Cluster's `what`: nothing it started runs."""
-    if isinstance(e, KeyboardInterrupt) and hasattr(e, "add_note") and not any(
-            n.startswith("Ctrl-C in ") for n in getattr(e, "__notes__", ())):   # the innermost
+    if isinstance(e, KeyboardInterrupt) and hasattr(e, "add_note"):   # an inner call's goes
+        e.__notes__ = [n for n in getattr(e, "__notes__", ()) if not n.startswith("Ctrl-C in ")]
         e.add_note(f"Ctrl-C in {what}(): what it had started is stopped: {cluster!r}")
 
 
@@ -489,7 +490,7 @@ class LocalProcessLauncher(BaseLauncher):
         """SIGTERM, wait, SIGKILL; returns once the process (and its children) are gone."""
         if self.state == BEFORE:
             return None
-        terminate_pids(self.pids() + protocol.left_in_session(self.pid, self.pid_start),
+        terminate_pids(lambda: self.pids() + protocol.left_in_session(self.pid, self.pid_start),
                        self.stop_timeout, what=self.role)
         self._join()
         return self.stop_data
@@ -622,8 +623,8 @@ class EngineSetLauncher(EngineLauncher):
 
     def _stop_children(self):
         # SIGTERM to all at once (one grace period, not n): engines, what tasks left in sessions
-        left = [p for c in self._children for p in protocol.left_in_session(c.pid, c.pid_start)]
-        terminate_pids(self.pids() + left, self.stop_timeout, what="engines")
+        terminate_pids(lambda: self.pids() + [p for c in self._children for p in protocol.
+                       left_in_session(c.pid, c.pid_start)], self.stop_timeout, what="engines")
         for c in self._children:
             c._join()
 
@@ -785,8 +786,7 @@ def launcher_from_dict(d):
 # ---------------------------------------------------------------- Cluster
 
 
-# What a Cluster method's coroutine twin undoes when its await was cancelled but the call
-# returned all the same (twins.py): what the call had started
+# What a coroutine twin (twins.py) undoes if its await was cancelled but its call returned
 _UNDO = {"start_controller_sync": lambda c, _: c.stop_controller_sync(),
          "start_engines_sync": lambda c, set_id: c.stop_engines_sync(set_id),
          "start_cluster_sync": lambda c, _: c.stop_cluster_sync(),
@@ -1154,12 +1154,12 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
     def stop_cluster_sync(self):
         """Stop every engine, then the controller; close the Clients made here. Each step runs
         even after one failed or met a Ctrl-C: that is raised (chained) once all have run."""
-        self._close_clients()
         with contextlib.ExitStack() as steps:   # they run last first
             steps.callback(self._remove_files)   # also after an engine set that would not stop
             steps.callback(self.stop_controller_sync)
             for set_id in reversed(list(self.engines)):
                 steps.callback(self.stop_engines_sync, set_id)
+            steps.callback(self._close_clients)   # a Ctrl-C in it, before this, stopped nothing
 
     def _remove_files(self):
         with contextlib.suppress(OSError):

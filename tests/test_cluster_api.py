@@ -21,7 +21,7 @@ import pytest
 import minipar
 from minipar.launcher import AFTER, Cluster, ClusterManager, LauncherError
 
-from .helpers import absent_in_docs, assert_absent_say_so, wait_until
+from .helpers import absent_in_docs, assert_absent_say_so, ctrl_c_at, wait_until
 from .test_launcher import (CTL_ARGS, ROOT, _env, _processes_naming, alive, cli,  # noqa: F401
                            minipar_dir, pids)
 
@@ -462,11 +462,38 @@ def test_ctrl_c_at_a_start_stops_the_cluster_and_says_so(pids, tmp_path, how):  
     assert running == {"running": False}, out + err
     if how == "async":
         assert "start_and_connect() was cancelled: what it had started of <Cluster " in err, err
-    else:
-        assert len(notes) == 1 and notes[0].startswith(
-            "Ctrl-C in start_and_connect_sync(): what it had started is stopped: <Cluster "), notes
+    elif sys.version_info >= (3, 11):   # add_note
+        assert len(notes) == 1 and re.match(   # the step that the Ctrl-C ended (start_*_sync)
+            r"Ctrl-C in start_\w+_sync\(\): what it had started is stopped: <Cluster .* "
+            r"controller=after engines=0 ", notes[0]), notes
     assert _processes_naming(prof) == []
     assert pids.wait_gone(20) == []
+
+
+@pytest.mark.parametrize("name, k", [("_close_clients", 1), ("left_in_session", 3),
+                                     ("descendants", 2)],
+                         ids=["closing its clients", "finding the controller's session",
+                              "finding the controller's children"])
+def test_ctrl_c_at_any_step_of_a_stop_still_stops_every_process(pids, name, k):  # noqa: F811
+    """A Ctrl-C in ``stop_cluster_sync()`` as it closed its Clients stopped nothing, and
+    one as it looked in /proc for what to signal (a process's children, what it left in its
+    session) skipped the signal: the controller ran on. Now the Ctrl-C still comes, once
+    every process has been signalled, and none is left."""
+    cluster = Cluster(n=2, controller_args=CTL_ARGS)
+    try:
+        rc = cluster.start_and_connect_sync()
+        pids.add_cluster(cluster, rc)
+        hook, pressed = ctrl_c_at(k, name)
+        sys.setprofile(hook)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                cluster.stop_cluster_sync()
+        finally:
+            sys.setprofile(None)
+        assert pressed
+        assert pids.wait_gone(20) == []
+    finally:
+        cluster.stop_cluster_sync()
 
 
 def test_a_client_knows_the_cluster_that_made_it_as_ipyparallels(pids):  # noqa: F811
