@@ -12,13 +12,15 @@ that runs it in the event loop's default thread pool, so other coroutines go on 
     <--- raises CancelledError saying so       is undone by undo[name](self, result)
 
 A cancelled await thus ends only once nothing the call started runs: a start is stopped,
-a stop (bounded by its own timeouts) runs to its end first.
+a stop (bounded by its own timeouts) runs to its end first. Where the loop runs under Python's
+own Ctrl-C handler (IPython's terminal), a Ctrl-C cancels the await too (_cancel_on_ctrl_c).
 """
 
 import asyncio
 import contextlib
 import functools
 import logging
+import signal
 import threading
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,27 @@ def sleep_unless_cancelled(seconds):
     AwaitCancelled at once when that twin's await is cancelled."""
     if _CALL.cancelled.wait(seconds):
         raise AwaitCancelled("the await was cancelled")
+
+
+def _cancel_on_ctrl_c():
+    """Where a loop runs in the main thread under Python's own Ctrl-C handler (IPython's
+    terminal: run_until_complete), a Ctrl-C raised KeyboardInterrupt inside the loop and left
+    the awaiting task, and its call, running on. While a twin is awaited there, a first Ctrl-C
+    cancels the task instead, as under asyncio.run (whose handler is its own, left alone); a
+    second raises KeyboardInterrupt. Returns the function that puts the handler back."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return lambda: None
+    task, loop = asyncio.current_task(), asyncio.get_running_loop()
+
+    def on_ctrl_c(signum, frame):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        task.cancel()
+        loop.call_soon_threadsafe(lambda: None)   # wakes a select() with a long timeout
+
+    signal.signal(signal.SIGINT, on_ctrl_c)
+    return lambda: signal.getsignal(signal.SIGINT) is on_ctrl_c and signal.signal(
+        signal.SIGINT, signal.default_int_handler)
 
 
 def _in_thread(self, sync, cancelled, args, kwargs, undo):   # executes in a pool thread
@@ -69,10 +92,13 @@ def _twin(sync, undo):
     async def method(self, *args, **kwargs):
         loop, cancelled = asyncio.get_running_loop(), threading.Event()
         call = loop.run_in_executor(None, _in_thread, self, sync, cancelled, args, kwargs, undo)
+        handler_back = _cancel_on_ctrl_c()
         try:
             return (await asyncio.shield(call))[0]
         except asyncio.CancelledError:
             cancelled.set()
+        finally:
+            handler_back()
         done = await _unless_cancelled_again(call)
         if done and not done[1] and sync.__name__ in undo:   # returned as it was cancelled
             await _unless_cancelled_again(

@@ -470,6 +470,51 @@ def test_ctrl_c_at_a_start_stops_the_cluster_and_says_so(pids, tmp_path, how):  
     assert pids.wait_gone(20) == []
 
 
+# `rc = await cluster.start_and_connect()` in an IPython shell (as its terminal runs a cell:
+# run_until_complete under Python's own Ctrl-C handler), engines slow to register; then the
+# cell's error and whether the cluster still runs
+_CTRL_C_IN_IPYTHON = """
+import json, sys
+from IPython.terminal.interactiveshell import TerminalInteractiveShell
+from minipar import Cluster
+shell = TerminalInteractiveShell.instance(colors="NoColor")
+shell.user_ns["cluster"] = Cluster(n=1, profile_dir=sys.argv[1], controller_args=%r,
+                                   engine_args=%r)
+error = shell.run_cell("rc = await cluster.start_and_connect()").error_in_exec
+print(json.dumps([type(error).__name__, str(error),
+                  shell.user_ns["cluster"]._is_running()]), flush=True)
+"""
+
+
+def test_ctrl_c_at_an_awaited_start_in_ipython_stops_the_cluster(pids, tmp_path):  # noqa: F811
+    """In IPython's terminal, Ctrl-C at ``rc = await cluster.start_and_connect()`` raised
+    KeyboardInterrupt inside the event loop: the cell ended, and the start went on in its
+    thread, so the cluster came up with no Client in hand and nothing said so. The Ctrl-C
+    now cancels the await, as under asyncio.run: the cell's error says what was stopped."""
+    pytest.importorskip("IPython")
+    prof = str(tmp_path / "p")
+    p = subprocess.Popen([sys.executable, "-c", _CTRL_C_IN_IPYTHON % (CTL_ARGS, _SLOW_ENGINES),
+                          prof], env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def both_started():   # the controller and the engine, waiting in wait_for_engines
+            found = set(_processes_naming(prof)) - {p.pid}   # the script names it too
+            pids.add(*found)
+            return len(found) == 2 and os.path.exists(os.path.join(prof, "security",
+                                                                   "minipar-client.json"))
+        wait_until(both_started, 60, "the controller and the engine")
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=40)
+    finally:
+        p.kill()
+        p.wait()
+    kind, said, running = json.loads(out.splitlines()[-1])
+    assert kind == "CancelledError" and said.startswith(
+        "start_and_connect() was cancelled: what it had started of <Cluster "), out + err
+    assert not running and _processes_naming(prof) == []
+    assert pids.wait_gone(20) == []
+
+
 @pytest.mark.parametrize("name, k", [("_close_clients", 1), ("left_in_session", 3),
                                      ("descendants", 2)],
                          ids=["closing its clients", "finding the controller's session",
