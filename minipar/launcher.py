@@ -235,8 +235,7 @@ def _unique_id():
     return f"{int(time.time())}-{secrets.token_hex(2)}"
 
 
-def _said_stopped(e, what, cluster):
-    """A note (Python 3.11+) on a Ctrl-C that ended a Cluster's `what`: nothing it started runs."""
+def _said_stopped(e, what, cluster):   # a note (3.11+) on a Ctrl-C that ended a start: undone
     if isinstance(e, KeyboardInterrupt) and hasattr(e, "add_note"):   # an inner call's goes
         e.__notes__ = [n for n in getattr(e, "__notes__", ()) if not n.startswith("Ctrl-C in ")]
         e.add_note(f"Ctrl-C in {what}(): what it had started is stopped: {cluster!r}")
@@ -857,6 +856,7 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
             raise ValueError(f"restart_engines={restart_engines!r}: use one of {RESTART_POLICIES}")
         self.engine_restart = restart_engines
         self.controller, self.engines, self._clients = None, {}, []   # engines: set id -> launcher
+        self._stopping = threading.RLock()   # a cancelled start's cleanup and a user's stop
         _STOP_AT_EXIT.add(self)
 
     def __repr__(self):
@@ -1152,9 +1152,9 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
                 log.exception("closing %r", rc)
 
     def stop_cluster_sync(self):
-        """Stop every engine, then the controller; close the Clients made here. Each step runs
-        even after one failed or met a Ctrl-C: that is raised (chained) once all have run."""
-        with contextlib.ExitStack() as steps:   # they run last first
+        """Stop every engine, then the controller; close the Clients made here, one stop at a
+        time. Each step runs even after one failed or met a Ctrl-C, raised (chained) at the end."""
+        with self._stopping, contextlib.ExitStack() as steps:   # they run last first
             steps.callback(self._remove_files)   # also after an engine set that would not stop
             steps.callback(self.stop_controller_sync)
             for set_id in reversed(list(self.engines)):

@@ -541,6 +541,30 @@ def test_ctrl_c_at_any_step_of_a_stop_still_stops_every_process(pids, name, k): 
         cluster.stop_cluster_sync()
 
 
+def test_two_stops_at_once_both_return_and_stop_everything(pids):  # noqa: F811
+    """Two ``stop_cluster_sync()`` at once (a cancelled start's cleanup in its thread and the
+    user's stop; a notebook's and atexit's) both stopped the same engine set: one raised
+    KeyError from inside the Cluster. Stops now take turns; the second finds it done."""
+    for _ in range(3):   # each time both take their list of engine sets before either stops
+        cluster = Cluster(n=1, controller_args=CTL_ARGS)
+        pids.add_cluster(cluster, cluster.start_and_connect_sync())
+        both, errors = threading.Barrier(2), []
+
+        def stop():
+            both.wait(30)
+            try:
+                cluster.stop_cluster_sync()
+            except BaseException as e:
+                errors.append(e)
+        threads = [threading.Thread(target=stop) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == [] and not cluster._is_running()
+    assert pids.wait_gone(20) == []
+
+
 def test_a_client_knows_the_cluster_that_made_it_as_ipyparallels(pids):  # noqa: F811
     """A notebook's ``rc = ipp.Cluster(n=1).start_and_connect_sync()``, keeping only rc, and
     at its end ``rc.cluster.stop_cluster_sync()``, as ipyparallel's docs and notebooks write
