@@ -130,14 +130,9 @@ def __dir__():
 
 
 __all__ = sorted([
-    "AsyncResult", "BroadcastView", "Client", "Cluster", "ClusterManager", "CompositeError",
-    "Dependency", "DependencyTimeout", "DirectView", "EngineError", "ImpossibleDependency",
-    "InvalidDependency", "IPythonError", "KernelError", "LoadBalancedView", "MiniparError",
+    *_LAZY, "CompositeError", "Dependency", "DependencyTimeout", "EngineError",
+    "ImpossibleDependency", "InvalidDependency", "IPythonError", "KernelError", "MiniparError",
     "NoEnginesRegistered", "Reference", "RemoteError", "SerializationError", "TaskAborted",
-    "TaskTimeout", "TimeoutError", "UnmetDependency", "depend", "dependent", "interactive",
-    "require", "use_cloudpickle", "use_dill", "use_pickle", "__version__",
-    "ViewExecutor", "plot_timeline", "register_joblib_backend",                   # ecosystem
-    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",                        # futures
-    "MapTask", "MultiEngineClient", "PendingResult", "StringTask", "Task", "TaskClient",
-    "TaskResult",                                                                  # classic
+    "TaskTimeout", "TimeoutError", "UnmetDependency", "depend", "dependent", "require",
+    "__version__", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",   # futures' names
 ])

@@ -262,6 +262,7 @@ class _MsgFuture(_Future):
 
     _pieces = None   # output streamed in (I/O thread) and not yet in metadata: see below
     _watched = False   # another client's request, followed through get_result: not ours
+    _copies = ()   # a broadcast request's: its copies' futures (see Client._broadcast)
 
     def __init__(self, msg_id=None, engine_id=None, kind=None):
         super().__init__()
@@ -1042,6 +1043,19 @@ def _sent(client, futures):
     sent = getattr(_guarded, "sent", None)
     if sent is not None:
         sent.setdefault(client, []).extend(futures)
+
+
+def _noted(f, fields):
+    """`f`, its metadata given what a request's header `fields` say ipyparallel's has: its
+    label, the msg_ids it waited on (after, follow), an execute's code. Returns `f`."""
+    if "label" in fields:
+        f._md["label"] = fields["label"]
+    for key in ("after", "follow"):
+        if fields.get(key):
+            f._md[key] = fields[key]["ids"]
+    if "code" in fields:
+        f._md["execute_input"] = fields["code"]
+    return f
 
 
 def _fail(client, futures, err):

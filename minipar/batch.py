@@ -331,8 +331,6 @@ def _rows(output, header_prefix):
 
 
 def _classify(states, running, pending):
-    """'running' if one of `states` is in `running`, else 'pending' if one is in `pending`,
-    else 'done'."""
     if any(s in running for s in states):
         return "running"
     return "pending" if any(s in pending for s in states) else "done"

@@ -1006,7 +1006,14 @@ def _activate_magics(view, suffix=""):
         return warnings.warn("the parallel magics (%px...) work only inside IPython: "
                              "activate() registered none; call execute() directly", stacklevel=3)
     magics = _ParallelMagics(shell, view, suffix)
-    shell.register_magic_function(magics.px, "line_cell", "px" + suffix)
+    from IPython.core.magic import no_var_expand
+
+    @no_var_expand   # as ipyparallel's %px: {x} and $x in its code are the engines' to read,
+    def px(line):    # so IPython must not expand them first (a cell's line it may)
+        return magics.px(line)
+    px.__doc__, px.__self__ = magics.px.__doc__, magics   # its owner, as a method's (_in_ipython)
+    shell.register_magic_function(px, "line", "px" + suffix)
+    shell.register_magic_function(magics.px, "cell", "px" + suffix)
     shell.register_magic_function(magics.autopx, "line", "autopx" + suffix)
     shell.register_magic_function(magics.result, "line", "pxresult" + suffix)
     shell.register_magic_function(magics.pxconfig, "line", "pxconfig" + suffix)
@@ -1203,10 +1210,8 @@ class _ParallelMagics:
             to_px.has_side_effects = True
             self._autopx = to_px
             cleanups.append(to_px)
-            if self.classic:
-                print(f"Auto Parallel Enabled\nType %autopx{self.suffix} to disable")
-            else:
-                print(f"%autopx{self.suffix} enabled")
+            print(f"Auto Parallel Enabled\nType %autopx{self.suffix} to disable"
+                  if self.classic else f"%autopx{self.suffix} enabled")
         else:
             if self._autopx in cleanups:
                 cleanups.remove(self._autopx)
@@ -1265,30 +1270,34 @@ def _display_outputs(ar, groupby="type", file=None, result_only=False, kinds=_KI
     `file` if given), its display data (``[output:0]``, see _display_data), then its
     execute's result, ``Out[0:3]: ...`` (alone with `result_only`): grouped by type (all
     stdout, then all stderr...) or by engine. `order` is `type` here: minipar's display
-    data comes with the reply, so when it came among the output is not known."""
+    data comes with the reply, so when it came among the output is not known. A single
+    result's (rc[0]'s: ``ar.stdout`` is a str) has no prefix, as ipyparallel's."""
     md = ar.metadata
-    rows = [md] if isinstance(md, dict) else md
+    single = isinstance(md, dict)
+    rows = [md] if single else md
     kinds = ("execute_result",) if result_only else kinds
     outputs = [(m["engine_id"], k, m[k]) for m in rows for k in kinds]
     if groupby != "engine":   # by type: every stdout, then every stderr (a stable sort)
         outputs.sort(key=lambda o: kinds.index(o[1]))
     for eid, kind, output in outputs:
         if kind == "outputs":
-            _display_data(output, eid, file)
+            _display_data(output, eid, file, header=not single)
         elif kind != "execute_result":
-            _display_stream(output, f"[{kind}:{eid}] ", file or getattr(sys, kind))
+            _display_stream(output, "" if single else f"[{kind}:{eid}] ",
+                            file or getattr(sys, kind))
         elif output and (out := _out_prompt(eid, output)):   # by engine: [output:0] first
-            print(f"[output:{eid}]\n{out}" if groupby == "engine" else out,
+            print(f"[output:{eid}]\n{out}" if groupby == "engine" and not single else out,
                   file=file or sys.stdout, flush=True)
 
 
-def _display_data(outputs, eid, file):
+def _display_data(outputs, eid, file, header=True):
     """What display() published on engine `eid`, as ipyparallel shows it: ``[output:0]``,
     then each one published again in IPython (a notebook shows its html, its image), or
     else (or to `file`) printed as its text/plain."""
     if not outputs:
         return
-    print(f"[output:{eid}]", file=file or sys.stdout, flush=True)
+    if header:
+        print(f"[output:{eid}]", file=file or sys.stdout, flush=True)
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None and file is None else None
     for output in outputs:

@@ -47,7 +47,7 @@ from .asyncresult import (AsyncResult, ExecuteReply, _concat, _dated, _Derived, 
                           _check_count, _ctrl_c_aborts, _last_engine_gone, _never_sent,
                           _next_result, _not_back, _not_in_io_thread, _not_registered,
                           _seconds, _waited, _seconds_check, _sent, _timeout_s, _blocking,
-                          IO_THREAD, _not_back_yet)
+                          IO_THREAD, _not_back_yet, _noted)
 from .dependency import dependency_fields, dependent, msg_ids
 from .remotefunction import (ParallelFunction, RemoteFunction, _check_dist, _check_names,
                              _check_pulled, _partition, _sequence, _sequences, _task_slices,
@@ -554,7 +554,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         engine `engine_id` or the scheduler; returns its future, registered before it
         leaves: `future` when given (an AsyncResult that is its own request's future),
         else a new one with ``msg_id`` and ``metadata``. `engine_id` a list: one message
-        for those engines (see BroadcastView), and their futures. Internal interface."""
+        for those engines (see DirectView._each), and their futures. Internal interface."""
         self._check_usable()
         if type(engine_id) is list:
             return self._broadcast(kind, parts, engine_id, fields)
@@ -562,13 +562,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         protocol.check_size(frames, self.session.max_message_size, f"this {kind} request")
         f = _MsgFuture() if future is None else future
         f._request(header["msg_id"], engine_id, kind)
-        if "label" in fields:
-            f._md["label"] = fields["label"]
-        for key in ("after", "follow"):   # ipyparallel's metadata: the msg_ids it waited on
-            if fields.get(key):
-                f._md[key] = fields[key]["ids"]
-        if "code" in fields:
-            f._md["execute_input"] = fields["code"]
+        _noted(f, fields)
         # registered as it is held or sent, not before: else a Ctrl-C between leaves it pending
         held = getattr(self._local, "held", None)
         if held is not None:   # a Ctrl-C from here on fails it unsent (see _together)
@@ -628,7 +622,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
             return result
         except KeyboardInterrupt:
             with protocol.sigint_deferred():
-                _fail(self, [f for f, _ in held], _never_sent())
+                _fail(self, [c for f, _ in held for c in (f, *f._copies)], _never_sent())
                 del held[:]
             raise
 
@@ -712,9 +706,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
     def __getitem__(self, key):
         # none registered: NoEnginesRegistered, as ipyparallel's (a view made now stays empty)
         ids = self.resolve_targets("all")
-        if isinstance(key, int):
-            if 0 < -key <= len(ids):   # as a list's: rc[-1] is the last engine
-                key = ids[key]
+        if isinstance(key, int):   # as a list's: rc[-1] is the last engine (resolve_targets)
             return DirectView(self, self.resolve_targets(key)[0])
         if isinstance(key, (slice, list, tuple, range)):
             return DirectView(self, ids[key] if isinstance(key, slice) else list(key))
@@ -726,7 +718,9 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         return (DirectView(self, e) for e in self.ids)
 
     # a view's flags (block, label, retries...) may be given when it is made, as ipyparallel's
-    def direct_view(self, targets="all", **flags):
+    def direct_view(self, targets="all", **flags):   # -1, a slice: the engines now, as there
+        if isinstance(targets, slice) or isinstance(targets, int) and targets < 0:
+            targets = self[targets].targets
         return DirectView(self, targets, **flags)
 
     def broadcast_view(self, targets="all", is_coalescing=False, **flags):
@@ -735,13 +729,13 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
     def activate(self, targets="all", suffix=""):
         """Register %px{suffix} and the other IPython magics for a blocking view of
         `targets` (see classic.py); returns the view."""
-        view = DirectView(self, targets, block=True)
-        view.activate(suffix)
+        (view := self.direct_view(targets, block=True)).activate(suffix)
         return view
 
     def load_balanced_view(self, targets=None, **flags):
-        if targets is not None and self.ids:   # as ipyparallel's, checked when made
-            self.resolve_targets(targets)   # (with none yet, its tasks wait for them)
+        targets = None if targets == "all" else targets   # as ipyparallel's, resolved when
+        if targets is not None and self.ids:   # made (with none yet, its tasks wait for them)
+            targets = self.resolve_targets(targets)
         return LoadBalancedView(self, targets, **flags)
 
     def executor(self, targets=None):
@@ -794,6 +788,8 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         elif isinstance(targets, str):   # list("0") would be ["0"], not engine 0
             raise TypeError(f"targets={targets!r}: give 'all', an engine id (an int) or a "
                             "list of them")
+        elif isinstance(targets, slice) or isinstance(targets, int) and 0 < -targets <= len(ids):
+            targets = ids[targets]   # as ipyparallel's: rc[-1], targets=-1 the last engine
         targets = [targets] if isinstance(targets, int) else list(targets)
         if not targets:
             raise NoEnginesRegistered(   # an empty selection, as rc[5:] of 2 engines
@@ -856,7 +852,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
 
     def _broadcast(self, kind, parts, engine_ids, fields):
         # one message, which the controller copies to each engine under these msg_ids
-        futures = [_MsgFuture(protocol.new_id(), e, kind) for e in engine_ids]
+        futures = [_noted(_MsgFuture(protocol.new_id(), e, kind), fields) for e in engine_ids]
         fields.pop("engine", None)
         with protocol.sigint_deferred():   # the copies registered only with their request
             _sent(self, futures)
@@ -867,6 +863,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
                 _fail(self, futures, e)
                 raise
             self._futures.pop(f.msg_id).set_result(None)   # nothing answers it but the copies
+            f._copies = futures   # held unsent (see _batched): failed with it on a Ctrl-C
         return futures
 
     def engine_stats(self, targets="all", timeout=None):
@@ -1239,8 +1236,7 @@ class DirectView(_View):
     lists, one per engine). Flags: ``block``, ``targets``."""
 
     def activate(self, suffix=""):
-        """Make this view the one IPython's %px{suffix}, %%px, %autopx, %pxresult and
-        %pxconfig use (see classic.py)."""
+        """Make this the view of IPython's %px{suffix}, %%px, %autopx, %pxresult, %pxconfig."""
         from .classic import _activate_magics
 
         return _activate_magics(self, suffix)
@@ -1255,13 +1251,15 @@ class DirectView(_View):
         return sync_imports(self, local, quiet)
 
     def _each(self, targets, send, fname):
-        """`send(engine_id, future)` makes one target's request, returning its future."""
+        """`send(engine_id, future)` makes one target's request, returning its future;
+        `send(engine_ids, None)`, one request the controller copies to each (the client
+        sends and the controller holds its parts once), returning their futures."""
         targets = self.targets if targets is None else targets
         ids = self.client.resolve_targets(targets)
         if isinstance(targets, int):   # one engine, whose value is the result
             return send(ids[0], _OneRequest(self.client, fname))
-        futures = ([send(ids[0], None)] if len(ids) == 1
-                   else self.client._together(lambda: [send(eid, None) for eid in ids]))
+        futures = ([send(ids[0], None)] if len(ids) == 1   # sent at once, with what is held
+                   else self.client._together(lambda: send(ids, None)))
         return AsyncResult(self.client, futures, fname=fname)
 
     def _apply(self, f, args, kwargs, targets=None):
@@ -1341,11 +1339,11 @@ class DirectView(_View):
         seq, futures = _sequence(seq), []
         for i, eid in enumerate(ids):
             part = _partition(seq, len(ids), i, dist)
-            if flatten and len(part) == 1:
-                part = part[0]
+            part = part[0] if flatten and len(part) == 1 else part
             futures.append(self.client.send_request(
                 protocol.PUSH, protocol.serialize({key: part}), engine_id=eid, engine=eid))
-        return self._finish(AsyncResult(self.client, futures, fname="scatter"), block)
+        ar = AsyncResult(self.client, futures, fname="scatter")
+        return ar if self._finish(ar, block) is ar else None   # blocking: None, as ipyparallel's
 
     @_ctrl_c_aborts
     def gather(self, key, dist="b", targets=None, block=None):
@@ -1395,20 +1393,13 @@ class DirectView(_View):
 
 
 class BroadcastView(DirectView):
-    """A DirectView whose requests leave the client once; the controller sends a copy to each
-    engine (a large push costs the client one send). Results as DirectView's; map, scatter and
-    gather send each engine its own part. `is_coalescing` is only kept: replies come batched."""
+    """ipyparallel's: a DirectView, whose requests to several engines leave the client once
+    (the controller sends a copy to each; map, scatter and gather send each engine its own
+    part). `is_coalescing` is only kept: replies come batched."""
 
     def __init__(self, client, targets="all", block=None, is_coalescing=False, **flags):
         super().__init__(client, targets, block, **flags)
         self.is_coalescing = is_coalescing
-
-    def _each(self, targets, send, fname):
-        targets = self.targets if targets is None else targets
-        if isinstance(targets, int):
-            return super()._each(targets, send, fname)
-        return AsyncResult(self.client, send(self.client.resolve_targets(targets), None),
-                           fname=fname)
 
 
 class LoadBalancedView(_View):

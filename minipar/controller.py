@@ -23,14 +23,15 @@ neither stops heartbeats nor fires timeouts); ``time.time()`` only stamps record
 Robustness: a message that fails its check is refused, counted by reason (queue_status ``stats``)
 and logged sparingly; a signed header with fields of the wrong type becomes an error result, not a
 half-made record. A reply from an earlier attempt of a task (an engine declared dead and back) is
-refused as stale, so each request ends once. Started with ``--reuse --db sqlite`` after a crash,
-``_recover`` resubmits or fails what the previous controller left pending. ``--curve`` encrypts
-every socket with CurveZMQ. Stopping without ``--reuse`` (its key and ports go with it), it first
-fails every request it holds and stops its engines (``_end_everything``): none could wait for it.
-With ``--owner PID`` (a Cluster passes its own pid) the controller stops the cluster, as a client's
-``shutdown(hub=True)`` does, at the first heartbeat after that process ended, and runs
-``launcher stop`` of the cluster for what no message reaches (a batch job still pending): a script
-killed by SIGTERM or SIGKILL runs no atexit, and would leave it all running."""
+refused as stale, so each request ends once. A client reading less than it is sent (stopped, asleep)
+has its messages wait in order, and past a bound its tasks (_to_client). Started with ``--reuse --db
+sqlite`` after a crash, ``_recover`` resubmits or fails what the previous controller left pending.
+``--curve`` encrypts every socket with CurveZMQ. Stopping without ``--reuse`` (its key and ports go
+with it), it first fails every request it holds and stops its engines (``_end_everything``): none
+could wait for it. With ``--owner PID`` (a Cluster passes its own pid) the controller stops the
+cluster, as a client's ``shutdown(hub=True)`` does, at the first heartbeat after that process ended,
+and runs ``launcher stop`` of the cluster for what no message reaches (a batch job still pending): a
+script killed by SIGTERM or SIGKILL runs no atexit, and would leave it all running."""
 
 import argparse
 import collections
@@ -52,8 +53,8 @@ import zmq
 from . import errors, protocol
 from . import scheduler as _scheduler, top as _top
 from .protocol import ERROR, OK
-from .records import (PENDING, RECORD_BYTES, RECORD_LIMIT, Parked, _give_back_memory, _header,
-                      _IdSet, _queried_ids, _result_header, open_db)
+from .records import (PENDING, RECORD_BYTES, RECORD_LIMIT, Backlogs, Parked, _give_back_memory,
+                      _header, _IdSet, _queried_ids, _result_header, open_db)
 
 log = logging.getLogger(__name__)
 __path__ = []   # so ipyparallel's paths into it are explained: errors.SUBMODULE_MOVED
@@ -71,6 +72,13 @@ SHARED_PARTS, SHARED_PART_MAX = 256, 8192
 # How many ids the queries waiting for ids not here yet name in all (see _park; past it:
 # answered at once). They wait the scheduler's UNKNOWN_GRACE_S, as a dependency does.
 PARKED_IDS = 100_000
+
+# A client reading less than its engines make (stopped, asleep, slow) neither holds the hub's
+# memory nor loses results: its pipe takes CLIENT_PIPE_MSGS messages (batches of up to
+# BATCH_BYTES), then they wait in records.Backlogs (tried again within BACKLOG_RETRY_S), and
+# past CLIENT_BACKLOG_BYTES its queued tasks wait till half is sent. 4..256, 16..512 MB, 5..100 ms.
+CLIENT_PIPE_MSGS, CLIENT_BACKLOG_BYTES, BACKLOG_RETRY_S = 16, 64 << 20, 0.02
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 LINGER_MS = 1000   # at close, for replies and shutdowns still to leave (see close)
 GC_YOUNG_THRESHOLD = 10_000   # new objects between the collector's young passes (see main)
@@ -162,6 +170,7 @@ class Controller:
         self._shared = {}         # a small part -> the one copy queued requests hold
         self._out = {}            # (socket, routing ids) -> what this pass sends there
         self._direct = False      # handling the first message of a drain: send at once
+        self._backlog = Backlogs(self._send_client, CLIENT_BACKLOG_BYTES, BACKLOG_RETRY_S)
         self._aborting = {}       # a client's abort msg_id -> _Aborting
         self._taking = {}         # a take-back's msg_id -> (the engine asked, the msg_ids)
         self._epitaphs = {}       # dead engine id -> where it ran and its log's last lines
@@ -194,10 +203,10 @@ class Controller:
             sock.linger = 0
             if self.curve:
                 sock.curve_server, sock.curve_secretkey = True, self.curve[1]
-            if kind == zmq.ROUTER:
-                sock.router_mandatory = False
+            if kind == zmq.ROUTER:   # the hub never drops (a client's full pipe: _to_client)
+                sock.router_mandatory = name == "client"
                 sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
-                sock.rcvhwm = sock.sndhwm = 0  # the hub never drops: tasks are bounded by the DB
+                sock.rcvhwm, sock.sndhwm = 0, CLIENT_PIPE_MSGS if name == "client" else 0
             port = self.ports.get(name)
             addr = f"tcp://{self.ip}"
             try:
@@ -273,7 +282,7 @@ class Controller:
                 except errors.InvalidDependency as e:
                     self._fail(rec, "InvalidDependency", str(e))
                     continue
-                self._act(self.scheduler.submit(task, now))
+                self._act(self.scheduler.submit(task, now, rec.get("client")))
                 again += 1
             else:
                 self._fail(rec, "EngineError",
@@ -343,6 +352,12 @@ class Controller:
         if now >= self._next_beat:
             self._heartbeat(now)
         deadline = min(self._next_beat, self._parked.next_deadline() or self._next_beat)
+        if self._backlog.queues:   # clients whose pipes were full (see _to_client)
+            if now >= self._backlog.retry_at:
+                for ident in self._backlog.retry(now):
+                    log.info("client %r reads again: its tasks are assigned again", ident)
+                    self._act(self.scheduler.release(ident, now))
+            deadline = min(deadline, self._backlog.retry_at)
         sd = self.scheduler.next_deadline()
         if sd is not None:
             if sd <= now:
@@ -396,7 +411,8 @@ class Controller:
             except ValueError:
                 idents = frames[:1]
             if sock.type == zmq.ROUTER and idents:
-                sock.send_multipart(protocol.refusal(idents[:1], reason), zmq.NOBLOCK)
+                with contextlib.suppress(zmq.ZMQError):   # a client's pipe full, or it is gone
+                    sock.send_multipart(protocol.refusal(idents[:1], reason), zmq.NOBLOCK)
             return None
 
     # ------------------------------------------------------------ heartbeat
@@ -720,7 +736,8 @@ class Controller:
         first message of a drain (not to a client, with a durable DB: see _flush), else at
         the end of the drain, together with what else it makes for the same peer."""
         if self._direct and not (self.db.durable and sock is self.sockets["client"]):
-            return protocol.send(sock, self.session.signed(wire), idents)
+            send = self._to_client if sock is self.sockets["client"] else protocol.send
+            return send(sock, self.session.signed(wire), idents)
         out = self._out.get((sock, idents))
         if out is None:
             self._out[sock, idents] = [wire]
@@ -736,8 +753,29 @@ class Controller:
             self.db.flush()
         out, self._out = self._out, {}
         for (sock, idents), wires in out.items():
+            send = self._to_client if sock is self.sockets["client"] else protocol.send
             for frames in self.session.pack(wires):
-                protocol.send(sock, frames, idents)
+                send(sock, frames, idents)
+
+    def _to_client(self, sock, frames, idents):
+        """protocol.send to a client, after what waits for it (its pipe was full); past
+        CLIENT_BACKLOG_BYTES waiting, its tasks are held (see records.Backlogs)."""
+        if self._backlog.deliver(idents[0], frames):
+            log.info("client %r has %d MB of results waiting for it: its tasks wait until it "
+                     "reads", idents[0], self._backlog.queues[idents[0]][0] >> 20)
+            self.scheduler.hold(idents[0])
+
+    def _send_client(self, ident, frames):
+        """Send to a client: True; False if its pipe is full; None if it is gone."""
+        sock = self.sockets["client"]
+        try:
+            protocol._send_frame(sock, ident, _MORE_NOBLOCK, copy=False)
+        except zmq.ZMQError as e:   # EAGAIN: its pipe is full; EHOSTUNREACH: not connected
+            if e.errno not in (zmq.EAGAIN, zmq.EHOSTUNREACH):
+                raise
+            return None if e.errno == zmq.EHOSTUNREACH else False
+        protocol.send(sock, frames)
+        return True
 
     def _items(self, header, parts, wire):
         """(header, parts, wire) of each message that arrived as one: the items of a batch
@@ -800,7 +838,7 @@ class Controller:
                 task = _scheduler.task_of(header)
             except errors.InvalidDependency as e:
                 return self._fail(rec, "InvalidDependency", str(e))
-            return self._act(self.scheduler.submit(task, time.monotonic()), rec)
+            return self._act(self.scheduler.submit(task, time.monotonic(), client), rec)
         self._route(rec, header.get("engine"))
 
     def _route(self, rec, eid):
@@ -1212,7 +1250,7 @@ class Controller:
         self._reply(idents, header, status=OK, targets=sent)
 
     def _broadcast(self, idents, header, parts):
-        """A BroadcastView's request: one message from the client, a record and a copy for
+        """A DirectView's request to several engines: one message, a record and a copy for
         each target engine under the msg_ids the client chose (its futures wait on them),
         so each reply comes back as a direct request's. Costs a signature per engine."""
         kind, targets, ids = header.get("request"), header.get("targets"), header.get("msg_ids")

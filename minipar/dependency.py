@@ -14,7 +14,7 @@ decorators that make a ``dependent``.
 
 Graph dependencies (``Dependency``) are checked by the scheduler, never on an engine: the
 client sends them in the task's header as a plain dict ``{"ids", "all", "success",
-"failure"}`` (``Dependency.as_dict``), which is the shape ``scheduler.py`` reads. Whether
+"failure"}`` (``Dependency._header_dict``), which is the shape ``scheduler.py`` reads. Whether
 one is met or can never be met is decided in one place, ``is_met`` / ``is_unreachable``:
 the scheduler calls them on the counts it keeps per task, ``Dependency.check`` /
 ``unreachable`` on counts made from sets of outcomes. ``dependency_fields`` turns a
@@ -156,27 +156,32 @@ class Dependency(set):
     ``all``: met when all of them are done (True) or any one (False). ``success`` /
     ``failure``: whether a task that succeeded / failed counts as done. Pass it as a
     task's ``after`` (when it may start) or ``follow`` (where: on the engine the tasks
-    ran). `ids` are msg_ids, AsyncResults or a mix.
+    ran). `ids` are msg_ids, AsyncResults or a mix, or ``as_dict()``'s dict, whose
+    ``all``, ``success`` and ``failure`` win over the arguments (as ipyparallel's).
     """
 
     def __init__(self, ids=(), all=True, success=True, failure=False):
+        if isinstance(ids, dict):   # iterated, it would give its keys as msg_ids
+            all, success, failure = (ids.get(k, v) for k, v in
+                                     (("all", all), ("success", success), ("failure", failure)))
+            ids = ids.get("dependencies", ())
         if not (success or failure):
             raise ValueError("a Dependency with success=False and failure=False can never be "
                              "met; set one of them")
         super().__init__(msg_ids(ids))
         self.all, self.success, self.failure = all, success, failure
 
-    def check(self, completed, failed=()):
+    def check(self, completed, failed=None):
         """Whether the dependency is met, given the ids that succeeded and that failed."""
         return not self or is_met(self._tracker(completed, failed))
 
-    def unreachable(self, completed, failed=()):
+    def unreachable(self, completed, failed=None):
         """Whether it can never be met, given the ids that succeeded and that failed."""
         return bool(self) and is_unreachable(self._tracker(completed, failed))
 
     def _tracker(self, completed, failed):
         """The counts `is_met` and `is_unreachable` read, for these outcomes."""
-        completed, failed = set(completed), set(failed)
+        completed, failed = set(completed), set(failed or ())   # None: none failed
         finished = completed | failed
         counted = (completed if self.success else set()) | (failed if self.failure else set())
         good = len(self & counted)
@@ -184,7 +189,12 @@ class Dependency(set):
                 "bad": len(self & finished) - good}
 
     def as_dict(self):
-        """The plain dict sent in a task's header (what the scheduler reads)."""
+        """ipyparallel's plain dict of it, which ``Dependency()`` takes back; a task's
+        header carries ``_header_dict()``'s, which names the ids "ids"."""
+        return {"dependencies": sorted(self), "all": self.all, "success": self.success,
+                "failure": self.failure}
+
+    def _header_dict(self):
         return {"ids": sorted(self), "all": self.all, "success": self.success,
                 "failure": self.failure}
 
@@ -223,7 +233,7 @@ _DEPENDENCY_FORMS = ("a Dependency, a msg_id, an AsyncResult, a list of msg_ids 
 
 def dependency_fields(after=None, follow=None):
     """A task's ``after`` and ``follow`` flags as its header's fields: each None or
-    ``Dependency.as_dict()``'s dict (a list of ids: all must succeed). What is not one of
+    ``Dependency._header_dict()``'s dict (a list of ids: all must succeed). What is not one of
     ``_DEPENDENCY_FORMS`` is a TypeError, and a str that is no msg_id a ValueError, each
     naming the flag; whether a msg_id names a task is for the scheduler to say
     (InvalidDependency)."""
@@ -247,7 +257,7 @@ def _dependency_dict(flag, dep):
             raise ValueError(f"{flag}: {i!r:.60} is no msg_id (msg_ids are hex, as an "
                              "AsyncResult's msg_ids hold them)")
     if isinstance(dep, Dependency):
-        return dep.as_dict() if dep else None
+        return dep._header_dict() if dep else None
     return {"ids": ids, "all": True, "success": True, "failure": False} if ids else None
 
 

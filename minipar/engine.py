@@ -1317,7 +1317,9 @@ class Engine:
             raise self._unpickling_error(e) from None
         if _REFERENCE._made != made:   # as apply's keyword values, all read before any is set
             ns = {k: dependency.resolved(self.user_ns, v) for k, v in ns.items()}
-        self.user_ns.update({k: self._bind(v) for k, v in ns.items()})
+        self.user_ns.update({k: self._bind(v) for k, v in ns.items() if k.isidentifier()})
+        for k in [k for k in ns if not k.isidentifier()]:   # 'a.b', 'd[0]': as ipyparallel's
+            exec(compile(f"{k} = _pushed_", "<push>", "exec"), self.user_ns, {"_pushed_": ns[k]})
 
     def _pull(self, header, parts):
         names = header["names"]

@@ -39,7 +39,6 @@ Processes started here run in their own session, so a terminal's Ctrl-C reaches 
 process that started them, which then stops them in order (engines first)."""
 
 import argparse
-import asyncio
 import atexit
 import contextlib
 import functools
@@ -62,6 +61,7 @@ import time
 import weakref
 
 from . import _show_log_lines, protocol
+from .twins import coroutine_twins, sleep_unless_cancelled
 from .errors import (CLUSTER_ABSENT, ConnectionFileError, MiniparError, SaysWhyAbsent,
                      TimeoutError, making_profile_folder, refuse_absent)
 
@@ -161,15 +161,16 @@ def _wait_pids(pids, deadline):
 
 
 def terminate_pids(pids, timeout=STOP_TIMEOUT_S, sig=signal.SIGTERM, what="processes"):
-    """Stop `pids` and their descendants: `sig`, wait `timeout`, SIGKILL, wait.
-
-    Descendants are collected before the first signal, because a killed parent's children
-    are re-parented and could not be found afterwards. Returns the pids still alive
-    (none, unless a process is stuck in the kernel)."""
-    pids = [p for p in pids if p]
-    everything = pids + protocol.descendants(pids)
-    for pid in pids:
-        _kill(pid, sig)
+    """Stop `pids` (or those a function gives) and their descendants: `sig`, wait `timeout`,
+    SIGKILL, wait. A Ctrl-C is held until `sig` is sent (it then ends the wait): one as they
+    are found (/proc) left them running. Descendants are collected before the first signal,
+    because a killed parent's children are re-parented and could not be found afterwards.
+    Returns the pids still alive (none, unless a process is stuck in the kernel)."""
+    with _signals_deferred():
+        pids = [p for p in (pids() if callable(pids) else pids) if p]
+        everything = pids + protocol.descendants(pids)
+        for pid in pids:
+            _kill(pid, sig)
     if alive := _wait_pids(everything, time.monotonic() + timeout):
         log.warning("%s %s did not exit %.0f s after signal %s; sending SIGKILL",
                     what, alive, timeout, sig)
@@ -232,6 +233,12 @@ def _ended(code):
 
 def _unique_id():
     return f"{int(time.time())}-{secrets.token_hex(2)}"
+
+
+def _said_stopped(e, what, cluster):   # a note (3.11+) on a Ctrl-C that ended a start: undone
+    if isinstance(e, KeyboardInterrupt) and hasattr(e, "add_note"):   # an inner call's goes
+        e.__notes__ = [n for n in getattr(e, "__notes__", ()) if not n.startswith("Ctrl-C in ")]
+        e.add_note(f"Ctrl-C in {what}(): what it had started is stopped: {cluster!r}")
 
 
 # Clusters held weakly, as ipyparallel's: one nothing refers to any more is stopped when collected
@@ -482,7 +489,7 @@ class LocalProcessLauncher(BaseLauncher):
         """SIGTERM, wait, SIGKILL; returns once the process (and its children) are gone."""
         if self.state == BEFORE:
             return None
-        terminate_pids(self.pids() + protocol.left_in_session(self.pid, self.pid_start),
+        terminate_pids(lambda: self.pids() + protocol.left_in_session(self.pid, self.pid_start),
                        self.stop_timeout, what=self.role)
         self._join()
         return self.stop_data
@@ -615,8 +622,8 @@ class EngineSetLauncher(EngineLauncher):
 
     def _stop_children(self):
         # SIGTERM to all at once (one grace period, not n): engines, what tasks left in sessions
-        left = [p for c in self._children for p in protocol.left_in_session(c.pid, c.pid_start)]
-        terminate_pids(self.pids() + left, self.stop_timeout, what="engines")
+        terminate_pids(lambda: self.pids() + [p for c in self._children for p in protocol.
+                       left_in_session(c.pid, c.pid_start)], self.stop_timeout, what="engines")
         for c in self._children:
             c._join()
 
@@ -778,27 +785,15 @@ def launcher_from_dict(d):
 # ---------------------------------------------------------------- Cluster
 
 
-def _coroutine_twins(cls):
-    """Give each blocking method "x_sync" of `cls` a coroutine twin "x", as ipyparallel
-    names them. A twin runs its method in the event loop's default thread pool, so other
-    coroutines go on meanwhile; cancelling the await does not stop that call."""
-    def twin(sync):
-        @functools.wraps(sync)
-        async def method(self, *args, **kwargs):
-            return await asyncio.get_running_loop().run_in_executor(
-                None, functools.partial(sync, self, *args, **kwargs))
-
-        method.__name__ = sync.__name__[:-len("_sync")]
-        method.__qualname__ = sync.__qualname__[:-len("_sync")]
-        return method
-
-    for name, sync in list(vars(cls).items()):
-        if name.endswith("_sync"):
-            setattr(cls, name[:-len("_sync")], twin(sync))
-    return cls
+# What a coroutine twin (twins.py) undoes if its await was cancelled but its call returned
+_UNDO = {"start_controller_sync": lambda c, _: c.stop_controller_sync(),
+         "start_engines_sync": lambda c, set_id: c.stop_engines_sync(set_id),
+         "start_cluster_sync": lambda c, _: c.stop_cluster_sync(),
+         "start_and_connect_sync": lambda c, _: c.stop_cluster_sync(),
+         "connect_client_sync": lambda c, rc: (c._clients.remove(rc), rc.close())}
 
 
-@_coroutine_twins
+@coroutine_twins(_UNDO)
 class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
     """A controller and sets of engines, started, watched and stopped together.
 
@@ -861,6 +856,7 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
             raise ValueError(f"restart_engines={restart_engines!r}: use one of {RESTART_POLICIES}")
         self.engine_restart = restart_engines
         self.controller, self.engines, self._clients = None, {}, []   # engines: set id -> launcher
+        self._stopping = threading.RLock()   # a cancelled start's cleanup and a user's stop
         _STOP_AT_EXIT.add(self)
 
     def __repr__(self):
@@ -976,9 +972,10 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
             self.controller.start()
             protocol.write_connection_file(self.cluster_file, self.to_dict())
             self._wait_for_connection_file(started)
-        except BaseException:
+        except BaseException as e:
             self.controller.stop()
             self._update_cluster_file()
+            _said_stopped(e, "start_controller_sync", self)
             raise
         return self.controller
 
@@ -1003,7 +1000,7 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
                 raise ControllerStartError(
                     f"the controller did not write {self.client_file} within "
                     f"{self.timeout} s; its output so far:\n{self.controller.get_output()}")
-            time.sleep(0.05)
+            sleep_unless_cancelled(0.05)
 
     # -- engines
 
@@ -1026,8 +1023,9 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
         self.engines[engine_set_id] = launcher   # first: a Ctrl-C in start() finds it
         try:
             launcher.start(n)
-        except BaseException:
+        except BaseException as e:
             self.stop_engines_sync(engine_set_id)
+            _said_stopped(e, "start_engines_sync", self)
             raise
         self._update_cluster_file()
         return engine_set_id
@@ -1044,6 +1042,7 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
             self._clients[-1] if self._clients else self.connect_client_sync())
         deadline = time.monotonic() + timeout
         while len(rc.ids) < n:
+            sleep_unless_cancelled(0)
             if self.controller is not None and self.controller.state == AFTER:
                 raise ControllerStartError(
                     f"the controller stopped ({self.controller.stop_data}) while waiting for "
@@ -1115,8 +1114,9 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
         self.start_controller_sync()
         try:
             self.start_engines_sync(n)
-        except BaseException:
+        except BaseException as e:
             self.stop_cluster_sync()
+            _said_stopped(e, "start_cluster_sync", self)
             raise
         return self
 
@@ -1129,8 +1129,9 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
             self.wait_for_engines(client=rc)
             if activate:
                 rc.activate()  # a blocking DirectView on all engines, for %px
-        except BaseException:
+        except BaseException as e:
             self.stop_cluster_sync()
+            _said_stopped(e, "start_and_connect_sync", self)
             raise
         return rc
 
@@ -1151,14 +1152,14 @@ class Cluster(SaysWhyAbsent, absent=CLUSTER_ABSENT):
                 log.exception("closing %r", rc)
 
     def stop_cluster_sync(self):
-        """Stop every engine, then the controller; close the Clients made here. Each step runs
-        even after one failed or met a Ctrl-C: that is raised (chained) once all have run."""
-        self._close_clients()
-        with contextlib.ExitStack() as steps:   # they run last first
+        """Stop every engine, then the controller; close the Clients made here, one stop at a
+        time. Each step runs even after one failed or met a Ctrl-C, raised (chained) at the end."""
+        with self._stopping, contextlib.ExitStack() as steps:   # they run last first
             steps.callback(self._remove_files)   # also after an engine set that would not stop
             steps.callback(self.stop_controller_sync)
             for set_id in reversed(list(self.engines)):
                 steps.callback(self.stop_engines_sync, set_id)
+            steps.callback(self._close_clients)   # a Ctrl-C in it, before this, stopped nothing
 
     def _remove_files(self):
         with contextlib.suppress(OSError):

@@ -135,7 +135,7 @@ USAGE = "usage"                  # an engine's CPU time, memory and running requ
                                  # every engine.USAGE_PERIOD_S (see minipar.top)
 BATCH = "batch"                  # several messages under one signature: header `items`
                                  # (their header bytes) and `nparts`; see Session.pack
-BROADCAST = "broadcast"          # one request for several engines (a BroadcastView's): header
+BROADCAST = "broadcast"          # one request for several engines (a DirectView's): header
                                  # `request` (its kind), `targets` and one `msg_ids` each
 SIGNAL = "signal"                # send a signal to engines' processes: header `sig`, `targets`
 # notifications, published by the controller

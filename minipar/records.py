@@ -24,7 +24,8 @@ DictDB and NoDB, False; SQLiteDB, True.
     SQLiteDB  PROFILE_DIR/tasks.db; survives the controller; culls nothing
 
 ``Parked`` holds the controller's queries that wait for msg_ids not here yet (another
-client's request may come after the question about it; see Controller._park).
+client's request may come after the question about it; see Controller._park). ``Backlogs``
+holds the messages for clients whose pipes are full (see Controller._to_client).
 
 A record is a plain dict holding only the RECORD_KEYS it has a value for (a dict of 9 keys
 is 190 B; db_query answers every key, None for those missing)::
@@ -571,6 +572,62 @@ class Parked:
                     del self._waiting[m]
             items.append(item)
         return items
+
+
+class Backlogs:
+    """The hub's messages to clients, through ``send(ident, frames)`` (True: sent; False:
+    that client's pipe is full; None: it is gone, and the message goes as a ROUTER drops
+    it), and those waiting for clients that read less than the hub sends them (stopped,
+    asleep, slow): in order, nothing dropped. A client's queue starts when its pipe is full;
+    past `bound` bytes waiting, ``deliver`` says to hold its tasks (back-pressure), and once
+    at most half of that waits, ``retry`` names it to release. The queues are tried again
+    after a 16th of `most_s`, backing off to `most_s` while nothing moves (a stopped client
+    costs the hub a few wake-ups a second; a reader behind for a moment waits little)."""
+
+    def __init__(self, send, bound, most_s):
+        self.send, self.bound, self.first_s, self.most_s = send, bound, most_s / 16, most_s
+        self.queues = {}   # client routing id -> [bytes waiting, deque of messages, held]
+        self.retry_s, self.retry_at = self.first_s, 0.0
+
+    def deliver(self, ident, frames):
+        """Send `frames` to client `ident`, or queue them after what waits for it; True
+        once its queue passed the bound (its tasks should wait)."""
+        queue = self.queues.get(ident)
+        if queue is None:
+            if self.send(ident, frames) is not False:
+                return False
+            queue = self.queues[ident] = [0, collections.deque(), False]
+            self.retry_s, self.retry_at = self.first_s / 2, 0.0   # at the next pass
+        queue[1].append(frames)
+        queue[0] += protocol.message_size(frames)
+        if queue[2] or queue[0] <= self.bound:
+            return False
+        queue[2] = True
+        return True
+
+    def retry(self, now):
+        """Send what waits, in order, while the pipes take it; the clients held that may
+        be released."""
+        released, moved = [], False
+        for ident, queue in list(self.queues.items()):
+            messages = queue[1]
+            while messages:
+                sent = self.send(ident, messages[0])
+                if sent is False:
+                    break
+                moved = True
+                queue[0] -= protocol.message_size(messages.popleft())
+                if sent is None:
+                    queue[0] = 0
+                    messages.clear()
+            if not messages:
+                del self.queues[ident]
+            if queue[2] and queue[0] <= self.bound // 2:
+                queue[2] = False
+                released.append(ident)
+        self.retry_s = self.first_s if moved else min(2 * self.retry_s, self.most_s)
+        self.retry_at = now + self.retry_s
+        return released
 
 
 class _PlainUnpickler(pickle.Unpickler):

@@ -8,6 +8,7 @@ parts, one per engine or task (``dist='b'``: contiguous blocks, ipyparallel's de
 ``'r'``: round-robin), the checks of their names, and ``interactive`` (sent by value).
 """
 
+import ast
 import collections.abc
 import inspect
 import keyword
@@ -145,12 +146,22 @@ def _sequences(sequences, elementwise):
 
 
 def _check_names(kind, names):
-    """push's and scatter's keys: names that code on the engines can refer to."""
-    bad = [k for k in names if not (isinstance(k, str) and k.isidentifier())
-           or keyword.iskeyword(k)]
+    """push's and scatter's keys: names that code on the engines can refer to, or, as
+    ipyparallel's push assigns ``key = value`` there, an attribute or item of one
+    (``'a.b'``, ``'d["k"]'``: the engine sets it on what it holds)."""
+    bad = [k for k in names if not (isinstance(k, str) and k.isidentifier()
+                                    and not keyword.iskeyword(k) or _is_item(k))]
     if bad:
         raise ValueError(f"{kind}: {bad[0]!r} is not a Python name, so code on the engines "
-                         "could never refer to it; use identifiers as keys")
+                         "could never refer to it; use identifiers as keys (or an attribute "
+                         "or item of one: 'a.b', 'd[0]')")
+
+
+def _is_item(key):
+    try:
+        return isinstance(ast.parse(key, mode="eval").body, (ast.Attribute, ast.Subscript))
+    except (SyntaxError, ValueError, TypeError):   # TypeError: not a str
+        return False
 
 
 def _check_pulled(kind, names):

@@ -41,7 +41,16 @@ least recently used engine first) returning an index: ``leastload`` (default), `
 ``twobin``, ``weighted``, ``plainrandom``. ``hwm`` caps the outstanding tasks per engine
 (by default 2, and 64 while an engine's tasks take under a millisecond: AUTO_HWM);
 tasks beyond it wait here, and a freed slot goes to the oldest runnable task (submission
-order) that may use that engine.
+order) that may use that engine, with one exception, between clients:
+
+Clients take turns (``submit(task, now, client)``): each client's tasks that may run anywhere
+wait in a line of their own, oldest first, and freed slots go round the clients with tasks
+waiting, one task each (round-robin: a rotation of `_ring`, O(1) whatever the number of
+clients). A class sharing a cluster: one student's task queued behind another's 20,000 gets
+the next slot but one, not the 20,001st. Tasks restricted to some engines (targets, follow,
+depend, retries) keep submission order among all clients. ``hold(client)`` sets a client's
+tasks aside until ``release(client)``: the controller's back-pressure for a client that
+reads its results slower than its engines make them (stopped, asleep).
 
 Taking back (automatic prefetch only): an engine whose task runs long (``long``: its
 engine said so after 0.1 s) takes no more tasks, and the tasks queued behind that one
@@ -79,7 +88,10 @@ through ``_set_state``)::
                      "properties": dict, "stamp": int}  # stamp: orders _order, see _place
     _order = {eid: None}            # least recently assigned first: the order of `loads`
     _rooms  heap                    # (load, stamp, eid) of engines with room, leastload's
-    _queue  deque / _late heap      # (seq, gen, msg_id) READY tasks that may run anywhere
+    _lines[client] = _Line          # READY tasks that may run anywhere, one line a client:
+                                    # .queue deque / .late heap of (seq, gen, msg_id), .held
+    _ring  deque of _Line           # the lines with tasks, not paused: whose turn is next
+    _paused  set                    # clients held (hold / release)
     _heaps[eid]  heap               # (seq, gen, msg_id) READY tasks restricted to some engines
     _graph[dep_id] = {msg_id, ...}  # WAITING tasks to re-check when dep_id becomes final
     _done  OrderedDict              # msg_id -> (success, engine) of the last `history` finals
@@ -285,16 +297,30 @@ class _Task:
 
     __slots__ = ("msg_id", "seq", "state", "gen", "targets", "depend", "after", "follow",
                  "timeout", "deadline", "retries", "failed_on", "unmet", "recovery", "woke",
-                 "owner", "where", "engine", "aborting")
+                 "owner", "where", "engine", "aborting", "client")
 
-    def __init__(self, msg_id, seq, targets, depend, after, follow, timeout, retries, recovery):
+    def __init__(self, msg_id, seq, targets, depend, after, follow, timeout, retries, recovery,
+                 client=None):
         self.msg_id, self.seq, self.targets, self.depend = msg_id, seq, targets, depend
+        self.client = client
         self.after, self.follow, self.timeout = after, follow, timeout
         self.retries, self.recovery = retries, recovery
         self.state = self.deadline = self.failed_on = self.unmet = self.owner = None
         self.where = self.engine = None
         self.gen = 0
         self.woke = self.aborting = False
+
+
+class _Line:
+    """One client's queue of READY tasks that may run anywhere (`_lines` in the module
+    docstring): `queue` in submission order, `late` a heap of those queued again out of
+    order (retries, dependencies met), `held` its restricted tasks met while it is paused."""
+
+    __slots__ = ("client", "queue", "tail", "late", "held", "paused", "ringed")
+
+    def __init__(self, client):
+        self.client, self.queue, self.tail, self.late = client, collections.deque(), -1, []
+        self.held, self.paused, self.ringed = {}, False, False
 
 
 class Scheduler:
@@ -331,9 +357,9 @@ class Scheduler:
         self._stamps = itertools.count(1)
         self._rooms = [] if self._choose is leastload else None
         self._removed = set()           # engines gone: targets/follow naming them can't be met
-        self._queue = collections.deque()
-        self._tail = -1                 # seq of the last entry appended to _queue
-        self._late = []                 # any-engine tasks that became READY out of seq order
+        self._lines = {}                # client -> its _Line of any-engine READY tasks
+        self._ring = collections.deque()   # the _Lines with tasks, not paused: taken in turn
+        self._paused = set()            # clients whose tasks wait (see hold)
         self._heaps = {}
         self._constrained = {}          # msg_id -> None: READY tasks with a `where` set
         self._located = {}              # msg_id -> None: WAITING tasks with targets or follow
@@ -467,6 +493,38 @@ class Scheduler:
             self._has_room(engine_id)
         return self._settle_and_schedule(out)
 
+    def hold(self, client):
+        """Assign none of `client`'s queued tasks until ``release(client)``: its results
+        wait to be sent (it reads nothing, or less than its engines make), so running more
+        of them would only pile up more. Other clients' tasks take its turns; what it has on
+        engines runs on."""
+        line = self._lines.get(client)
+        if line is None:
+            line = self._lines[client] = _Line(client)
+        line.paused = True
+        self._paused.add(client)
+
+    def release(self, client, now):
+        """`client`'s tasks may be assigned again, in their turn (see hold)."""
+        out = []
+        line = self._lines.get(client)
+        if line is None or not line.paused:
+            return out
+        line.paused = False
+        self._paused.discard(client)
+        held, line.held = line.held, {}
+        for msg_id in held:   # its restricted tasks met at a heap's head while it was held
+            t = self._tasks.get(msg_id)
+            if t is not None and t.state is READY and t.client == client:
+                self._enqueue(t)
+        if not line.ringed and (line.queue or line.late):
+            line.ringed = True
+            self._ring.append(line)
+        elif not line.ringed:   # nothing queued: forgotten, as _any_head forgets an empty line
+            del self._lines[client]
+        self._schedule(out)
+        return out
+
     def _take_back(self, out):
         """For each engine in `_long`, once another engine has room: TAKE decisions for
         the tasks queued behind its long task that some engine with room may run (any
@@ -487,8 +545,10 @@ class Scheduler:
 
     # ------------------------------------------------------------------ task events
 
-    def submit(self, task, now):
-        """Take a new task (dict as in the controller's contract); see the module docstring."""
+    def submit(self, task, now, client=None):
+        """Take a new task (dict as in the controller's contract) of `client` (any hashable:
+        the controller's routing id of the client; tasks of different clients take turns);
+        see the module docstring."""
         out = []
         msg_id = task["msg_id"]
         if msg_id in self._tasks:
@@ -496,7 +556,7 @@ class Scheduler:
                              "give each submission its own msg_id")
         self._done.pop(msg_id, None)
         if len(task) == 1 or _is_plain(task):
-            return self._submit_plain(msg_id, out)
+            return self._submit_plain(msg_id, out, client)
         targets = task.get("targets")
         if isinstance(targets, int):
             targets = [targets]
@@ -504,7 +564,7 @@ class Scheduler:
         t = _Task(msg_id, next(self._seq), frozenset(targets) if targets else None,
                   task.get("depend"), _spec(task.get("after")), _spec(task.get("follow")),
                   timeout if timeout and timeout > 0 else None, task.get("retries") or 0,
-                  task.get("recovery"))
+                  task.get("recovery"), client)
         self._tasks[msg_id] = t
         problem = self._recovery_problem(t)
         if problem:
@@ -521,16 +581,17 @@ class Scheduler:
                 self._admit(t, now, out)
         return self._settle_and_schedule(out)
 
-    def _submit_plain(self, msg_id, out):
+    def _submit_plain(self, msg_id, out, client):
         """submit() of a task with nothing to wait for and nowhere it must run (the common
         case): the general path's decisions, without resolving dependencies, targets and
         recovery."""
-        t = _Task(msg_id, next(self._seq), None, None, None, None, None, 0, None)
+        t = _Task(msg_id, next(self._seq), None, None, None, None, None, 0, None, client)
         self._tasks[msg_id] = t
-        # Every call leaves a task queued only where no engine it may use has room. So
-        # with a task queued that may run anywhere, no engine has room; with none, a free
-        # engine is this task's without overtaking anyone.
-        engine_id = None if self._any_head() else self._free_engine()
+        # Every call leaves a task queued only where no engine it may use has room (a paused
+        # client's aside). So with a task queued that may run anywhere, no engine has room;
+        # with none, a free engine is this task's without overtaking anyone.
+        engine_id = None if self._any_head() or (self._paused and client in self._paused) \
+            else self._free_engine()
         if engine_id is None:
             self._set_state(t, READY)
             self._enqueue(t)
@@ -996,11 +1057,17 @@ class Scheduler:
         t.gen += 1
         entry = (t.seq, t.gen, t.msg_id)
         if t.where is None:
-            if entry[0] > self._tail:
-                self._queue.append(entry)
-                self._tail = entry[0]
+            line = self._lines.get(t.client)
+            if line is None:
+                line = self._lines[t.client] = _Line(t.client)
+            if entry[0] > line.tail:
+                line.queue.append(entry)
+                line.tail = entry[0]
             else:  # a retry or a task whose dependencies were met: older than the tail
-                heapq.heappush(self._late, entry)
+                heapq.heappush(line.late, entry)
+            if not line.ringed and not line.paused:
+                line.ringed = True
+                self._ring.append(line)
         else:
             for e in t.where:
                 heapq.heappush(self._heaps.setdefault(e, []), entry)
@@ -1028,29 +1095,43 @@ class Scheduler:
                     self._fail(t, "ImpossibleDependency", why, out)
 
     def _head(self, heap):
-        """The oldest valid entry of `heap`, dropping stale ones on the way."""
+        """The oldest valid entry of `heap`, dropping stale ones on the way, and setting
+        aside (in their line's `held`) those of paused clients."""
         while heap:
             seq, gen, msg_id = heap[0]
             t = self._tasks.get(msg_id)
             if t is not None and t.state is READY and t.gen == gen:
-                return heap[0]
+                if not self._paused or t.client not in self._paused:
+                    return heap[0]
+                self._lines[t.client].held[msg_id] = None
             heapq.heappop(heap)
         return None
 
     def _any_head(self):
-        """The oldest valid entry of a task that may run anywhere (`_queue` or `_late`). Its
-        loop is _head's, inline: it runs at every submit and reply (a call cost 3-5%)."""
-        queue = self._queue
-        while queue:
-            seq, gen, msg_id = queue[0]
-            t = self._tasks.get(msg_id)
-            if t is not None and t.state is READY and t.gen == gen:
-                break
-            queue.popleft()
-        late = self._head(self._late)
-        if queue and (late is None or queue[0] < late):
-            return queue[0]
-        return late
+        """The oldest valid entry of the line whose turn it is (the head of `_ring`) of tasks
+        that may run anywhere; lines found empty or paused leave the ring. Its loop is
+        _head's, inline: it runs at every submit and reply (a call cost 3-5%)."""
+        ring = self._ring
+        while ring:
+            line = ring[0]
+            if not line.paused:
+                queue = line.queue
+                while queue:
+                    seq, gen, msg_id = queue[0]
+                    t = self._tasks.get(msg_id)
+                    if t is not None and t.state is READY and t.gen == gen:
+                        break
+                    queue.popleft()
+                late = self._head(line.late) if line.late else None
+                if queue and (late is None or queue[0] < late):
+                    return queue[0]
+                if late is not None:
+                    return late
+                if not line.held:
+                    del self._lines[line.client]   # empty: made again when it has tasks
+            line.ringed = False
+            ring.popleft()
+        return None
 
     def _schedule(self, out):
         """Assign queued tasks, oldest first, while an engine they may use has room.
@@ -1076,6 +1157,9 @@ class Scheduler:
             t = self._tasks[best[2]]
             where = t.where
             self._assign(t, free if where is None else [e for e in free if e in where], out)
+            ring = self._ring   # from the line whose turn it was: the next line's turn
+            if len(ring) > 1 and where is None and ring[0].client == t.client:
+                ring.rotate(-1)
 
     def _fill(self, engine_id, out):
         """Like _schedule when only `engine_id` gained room and no task became READY:
@@ -1089,7 +1173,11 @@ class Scheduler:
                 best = head
             if best is None:
                 return
-            self._assign(self._tasks[best[2]], [engine_id], out)
+            t = self._tasks[best[2]]
+            self._assign(t, [engine_id], out)
+            ring = self._ring   # as in _schedule
+            if len(ring) > 1 and t.where is None and ring[0].client == t.client:
+                ring.rotate(-1)
 
     def _assign(self, t, candidates, out):
         """Put `t` on one of `candidates` (engines with room), chosen by the scheme."""

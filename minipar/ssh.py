@@ -119,18 +119,12 @@ def _host_specs(engines):
 
 
 class SSHLauncher(LocalProcessLauncher):
-    """One program on `hostname`, through a local ``ssh`` that lives as long as it does.
-
-    The remote shell starts the program in the background, prints its pid and waits for
-    it, so the local ssh ends exactly when the program does (the watcher notices) and its
-    output is the program's. Killing the local ssh would leave the program running (no
-    tty), so stop() and signal() run ``kill`` on the host instead. Before the pid is read
-    here there is none to kill: the remote shell waits for a newline on its stdin (ssh's, a
-    pipe from here), sent once the pid is read, and kills the program if the pipe closes
-    first, so a Ctrl-C during start() or the death of this process ends it (hence no ``-n``
-    in `ssh_args`). The remote profile dir is created when missing; `remote_python`
-    defaults to this interpreter's path (the same installation on every host, or a shared
-    file system).
+    """One program on `hostname`, through a local ``ssh`` that lives as long as it does
+    (the module's map shows how). Killing the local ssh would leave the program running
+    (no tty), so stop() and signal() run ``kill`` on the host instead; a Ctrl-C during
+    start() or the death of this process ends it (hence no ``-n`` in `ssh_args`). The
+    remote profile dir is created when missing; `remote_python` defaults to this
+    interpreter's path (the same installation on every host, or a shared file system).
     """
 
     kind = "ssh"
@@ -364,9 +358,6 @@ class SSHEngineSetLauncher(EngineSetLauncher):
         self.remote_env, self.connection = remote_env, connection
         self.sent_files = {}  # host -> path of its copy of the engine file
 
-    def _hosts(self, n):
-        return self._specs or {"localhost": (self._default_n(n), [])}
-
     def _child(self, host, args, connection_file, env):
         return SSHEngineLauncher(
             hostname=host, ssh_cmd=self.ssh_cmd, ssh_args=self.ssh_args,
@@ -406,7 +397,7 @@ class SSHEngineSetLauncher(EngineSetLauncher):
 
     def start(self, n=None):
         self._check_state(BEFORE, "start")
-        hosts = self._hosts(n)
+        hosts = self._specs or {"localhost": (self._default_n(n), [])}
         self.n = sum(count for count, _ in hosts.values())
         try:
             for host, (count, args) in hosts.items():

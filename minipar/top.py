@@ -73,6 +73,7 @@ gets a new Client.
 
 import argparse
 import collections
+import contextlib
 import functools
 import html
 import json
@@ -586,11 +587,9 @@ def _view(stdscr, monitor, interval, ascii):
     """The full-screen view (curses.wrapper restores the terminal however it ends)."""
     import curses
 
-    try:
+    with contextlib.suppress(curses.error):
         curses.curs_set(0)
         curses.use_default_colors()
-    except curses.error:
-        pass
     snap, offset, next_poll = None, 0, 0.0
     while True:
         if time.monotonic() >= next_poll:
@@ -600,11 +599,9 @@ def _view(stdscr, monitor, interval, ascii):
         lines = _screen(snap, monitor.note, height, width, offset, ascii)
         stdscr.erase()
         for y, (line, bold) in enumerate(lines[:height]):
-            try:
+            with contextlib.suppress(curses.error):
                 stdscr.addnstr(y, 0, line, max(1, width - 1),
                                curses.A_REVERSE if bold else curses.A_NORMAL)
-            except curses.error:
-                pass
         stdscr.refresh()
         stdscr.timeout(max(10, int((next_poll - time.monotonic()) * 1000)))
         key = stdscr.getch()
@@ -651,21 +648,19 @@ def _screen(snap, note, height, width, offset, ascii):
     return above + [(line, False) for line in [*shown, *tail, footer]]
 
 
-class _Note:
-    """Where the Client's log lines go while the screen is curses'."""
-
-    def __init__(self, monitor):
-        self.handler = logging.Handler(logging.WARNING)
-        self.handler.emit = lambda record: setattr(monitor, "note", record.getMessage())
-        self.logger = logging.getLogger(__package__)
-
-    def __enter__(self):
-        self.logger.addHandler(self.handler)
-        self.propagate, self.logger.propagate = self.logger.propagate, False
-
-    def __exit__(self, *exc):
-        self.logger.removeHandler(self.handler)
-        self.logger.propagate = self.propagate
+@contextlib.contextmanager
+def _note(monitor):
+    """Inside, the Client's log lines go to the monitor's note: the screen is curses'."""
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: setattr(monitor, "note", record.getMessage())
+    logger = logging.getLogger(__package__)
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def main(argv=None):
@@ -720,7 +715,7 @@ def main(argv=None):
             snap = monitor.rc.status(timeout=round(max(0.1, deadline - time.monotonic()), 1))
             try:
                 print(json.dumps(snap, indent=2) if args.json
-                      else _fit(text(snap, ascii=_ascii()), _width()))
+                      else _fit(text(snap, ascii=_ascii())))
                 sys.stdout.flush()
             except BrokenPipeError:   # `top --once | head -1`: the reader has what it wanted;
                 # what is left goes nowhere, or Python's flush at exit would fail again
@@ -732,7 +727,7 @@ def main(argv=None):
             monitor.connect()
         import curses
 
-        with _Note(monitor):
+        with _note(monitor):
             try:
                 curses.wrapper(_view, monitor, args.interval, _ascii())
             except curses.error as e:   # most often a TERM that terminfo does not know
@@ -758,16 +753,12 @@ def main(argv=None):
         monitor.close()
 
 
-def _width():
-    """The width --once fits its text to: $COLUMNS, else the terminal's, as
-    shutil.get_terminal_size() (and curses, for the live view) find it; 0 (a pipe, no
-    COLUMNS): no limit, so a script or a file gets whole lines."""
-    return shutil.get_terminal_size((0, 0)).columns
-
-
-def _fit(text, width):
-    """Each line of `text` cut to `width` columns ("~" ends a line cut, as it does a cell),
-    as the live view cuts its lines to the screen's; `width` 0: as it is."""
+def _fit(text):
+    """Each line of `text` cut to --once's width ("~" ends a line cut, as it does a cell),
+    as the live view cuts its lines to the screen's: $COLUMNS, else the terminal's, as
+    shutil.get_terminal_size() (and curses) find it; none (a pipe, no COLUMNS): whole lines
+    for a script or a file."""
+    width = shutil.get_terminal_size((0, 0)).columns
     if width <= 0:
         return text
     return "\n".join(line if len(line) <= width else line[:width - 1] + "~"

@@ -948,6 +948,39 @@ def test_a_broadcast_refused_for_its_size_leaves_nothing_pending(tmp_path):
         c.stop()
 
 
+def test_ctrl_c_before_a_direct_views_broadcast_left_fails_its_copies_here(cluster):
+    """rc[:] sends one request for all its engines (the controller copies it to each),
+    held until its call returns. A Ctrl-C before it left failed the request's own future
+    but not its copies': they were aborted through the controller, which had never heard
+    of them and so answered only after its wait for unknown ids, the Ctrl-C unfelt until
+    then. They fail here at once, as never sent, and the controller is not asked."""
+    rc = cluster.rc
+    copies = []
+
+    def parked():   # queries the controller held to wait for ids it had not heard of
+        return rc.queue_status(verbose=True)["stats"].get("parked", 0)
+
+    before = parked()
+
+    def press(frame, event, arg):   # as the held request is about to leave
+        if event == "call" and frame.f_code.co_name == "_send_held":
+            sys.setprofile(None)
+            copies.extend(rc.pending_requests())
+            os.kill(os.getpid(), signal.SIGINT)
+
+    sys.setprofile(press)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            rc[:].push({"a": 1}, block=False)
+    finally:
+        sys.setprofile(None)
+    assert len(copies) == 4 and not rc.outstanding and parked() == before
+    for f in copies:
+        with pytest.raises(errors.TaskAborted, match="it never reached the controller"):
+            f.result(0)
+    assert rc[:].apply_sync(abs, -2) == [2] * 4
+
+
 @pytest.mark.parametrize("submit", ["map", "apply_async", "push", "broadcast"])
 def test_ctrl_c_anywhere_in_a_submission_leaves_no_request_pending(cluster, submit):
     """Ctrl-C pressed at any step of a submission (a map, a loop of apply_async, pushes

@@ -21,8 +21,9 @@ import pytest
 import minipar
 from minipar.launcher import AFTER, Cluster, ClusterManager, LauncherError
 
-from .helpers import absent_in_docs, assert_absent_say_so, wait_until
-from .test_launcher import CTL_ARGS, ROOT, _env, alive, cli, minipar_dir, pids  # noqa: F401
+from .helpers import absent_in_docs, assert_absent_say_so, ctrl_c_at, wait_until
+from .test_launcher import (CTL_ARGS, ROOT, _env, _processes_naming, alive, cli,  # noqa: F401
+                           minipar_dir, pids)
 
 TIMEOUT = 180
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -374,33 +375,193 @@ def test_starting_a_running_cluster_again_is_refused_as_ipyparallels(pids):  # n
     assert pids.wait_gone(20) == []
 
 
-def test_a_start_whose_await_was_interrupted_says_the_cluster_can_be_connected_to(
-        pids):  # noqa: F811
-    """Ctrl-C at ``rc = await cluster.start_and_connect()`` ends the await, not the start
-    (it runs on in a thread): the cluster comes up with no Client in hand. Starting it
-    again said to stop it or add engines; it now also says how to connect to it, which
-    works."""
-    cluster = Cluster(n=1, controller_args=CTL_ARGS)
+# engines that take a minute to register: a start waits for them, in wait_for_engines
+_SLOW_ENGINES = ["-c", "import time; time.sleep(60)"]
+
+
+def _cluster_pids(cluster):
+    ctl = [cluster.controller.pid] if getattr(cluster.controller, "pid", None) else []
+    return ctl + [p for e in cluster.engines.values() for p in e.pids()]
+
+
+@pytest.mark.parametrize("when", ["at once", "engines started"])
+def test_a_cancelled_start_stops_what_it_started_before_the_await_ends(pids, when):  # noqa: F811
+    """A notebook's interrupt of ``rc = await cluster.start_and_connect()`` (its loop runs
+    on) cancelled the await, not the start: it went on in a thread, and the controller and
+    engines ran with no Client in hand, until the process ended. The start now ends too:
+    when the await raises CancelledError, saying so, every process it started is gone."""
+    cluster = Cluster(n=1, controller_args=CTL_ARGS, engine_args=_SLOW_ENGINES)
+    seen = []
 
     async def interrupted():
         started = asyncio.ensure_future(cluster.start_and_connect())
         await asyncio.sleep(0)   # the start is under way in the loop's thread pool
+        while when != "at once" and not (cluster.engines and seen[-1:] == [2]):
+            seen.append(len(_cluster_pids(cluster)))
+            pids.add(*_cluster_pids(cluster))
+            await asyncio.sleep(0.05)
         started.cancel()
-        with pytest.raises(asyncio.CancelledError):
+        with pytest.raises(asyncio.CancelledError) as e:
             await started
+        pids.add(*_cluster_pids(cluster))
+        return str(e.value), [p for p in pids.pids if alive(p)], cluster._is_running()
 
     try:
-        asyncio.run(interrupted())   # returns once the pool's start has finished
-        pids.add_cluster(cluster)
-        with pytest.raises(LauncherError) as e:
-            cluster.start_and_connect_sync()
-        assert str(e.value).endswith(
-            "already has a running controller: stop_cluster_sync() first, add engines with "
-            "start_engines_sync(n), or connect to it with connect_client_sync()"), e.value
-        rc = cluster.connect_client_sync()
-        assert rc.wait_for_engines(1, timeout=60) and rc[:].apply_sync(abs, -1) == [1]
+        said, running, cluster_running = asyncio.run(interrupted())
+        assert said.startswith("start_and_connect() was cancelled: what it had started of "
+                               "<Cluster ") and said.endswith(" is stopped"), said
+        assert running == [] and not cluster_running
+        assert not os.path.exists(cluster.cluster_file)
     finally:
         cluster.stop_cluster_sync()
+    assert pids.wait_gone(20) == []
+
+
+# Ctrl-C at `cluster.start_and_connect_sync()` or `await cluster.start_and_connect()` (argv[2])
+# under asyncio.run, with engines slow to register; the notes on the KeyboardInterrupt, then
+# whether the cluster still runs
+_CTRL_C_AT_START = """
+import asyncio, json, sys
+from minipar import Cluster
+cluster = Cluster(n=1, profile_dir=sys.argv[1], controller_args=%r, engine_args=%r)
+try:
+    if sys.argv[2] == "async":
+        asyncio.run(cluster.start_and_connect())
+    else:
+        cluster.start_and_connect_sync()
+except KeyboardInterrupt as e:
+    print(json.dumps(getattr(e, "__notes__", [])), flush=True)
+print(json.dumps({"running": cluster._is_running()}), flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["sync", "async"])
+def test_ctrl_c_at_a_start_stops_the_cluster_and_says_so(pids, tmp_path, how):  # noqa: F811
+    """Ctrl-C at ``asyncio.run(cluster.start_and_connect())`` cancelled the await, and
+    asyncio.run then waited for the start's thread, which went on waiting for the engines
+    (a minute here) and left the cluster running. It now stops what it started, and ends
+    saying so (a warning); at ``start_and_connect_sync()`` a note on the KeyboardInterrupt
+    says so, where nothing did."""
+    prof = str(tmp_path / "p")
+    p = subprocess.Popen([sys.executable, "-c", _CTRL_C_AT_START % (CTL_ARGS, _SLOW_ENGINES),
+                          prof, how], env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def both_started():   # the controller and the engine, waiting in wait_for_engines
+            found = set(_processes_naming(prof)) - {p.pid}   # the script names it too
+            pids.add(*found)
+            return len(found) == 2 and os.path.exists(os.path.join(prof, "security",
+                                                                   "minipar-client.json"))
+        wait_until(both_started, 60, "the controller and the engine")
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=40)
+    finally:
+        p.kill()
+        p.wait()
+    notes, running = map(json.loads, out.splitlines())
+    assert running == {"running": False}, out + err
+    if how == "async":
+        assert "start_and_connect() was cancelled: what it had started of <Cluster " in err, err
+    elif sys.version_info >= (3, 11):   # add_note
+        assert len(notes) == 1 and re.match(   # the step that the Ctrl-C ended (start_*_sync)
+            r"Ctrl-C in start_\w+_sync\(\): what it had started is stopped: <Cluster .* "
+            r"controller=after engines=0 ", notes[0]), notes
+    assert _processes_naming(prof) == []
+    assert pids.wait_gone(20) == []
+
+
+# `rc = await cluster.start_and_connect()` in an IPython shell (as its terminal runs a cell:
+# run_until_complete under Python's own Ctrl-C handler), engines slow to register; then the
+# cell's error and whether the cluster still runs
+_CTRL_C_IN_IPYTHON = """
+import json, sys
+from IPython.terminal.interactiveshell import TerminalInteractiveShell
+from minipar import Cluster
+shell = TerminalInteractiveShell.instance(colors="NoColor")
+shell.user_ns["cluster"] = Cluster(n=1, profile_dir=sys.argv[1], controller_args=%r,
+                                   engine_args=%r)
+error = shell.run_cell("rc = await cluster.start_and_connect()").error_in_exec
+print(json.dumps([type(error).__name__, str(error),
+                  shell.user_ns["cluster"]._is_running()]), flush=True)
+"""
+
+
+def test_ctrl_c_at_an_awaited_start_in_ipython_stops_the_cluster(pids, tmp_path):  # noqa: F811
+    """In IPython's terminal, Ctrl-C at ``rc = await cluster.start_and_connect()`` raised
+    KeyboardInterrupt inside the event loop: the cell ended, and the start went on in its
+    thread, so the cluster came up with no Client in hand and nothing said so. The Ctrl-C
+    now cancels the await, as under asyncio.run: the cell's error says what was stopped."""
+    pytest.importorskip("IPython")
+    prof = str(tmp_path / "p")
+    p = subprocess.Popen([sys.executable, "-c", _CTRL_C_IN_IPYTHON % (CTL_ARGS, _SLOW_ENGINES),
+                          prof], env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def both_started():   # the controller and the engine, waiting in wait_for_engines
+            found = set(_processes_naming(prof)) - {p.pid}   # the script names it too
+            pids.add(*found)
+            return len(found) == 2 and os.path.exists(os.path.join(prof, "security",
+                                                                   "minipar-client.json"))
+        wait_until(both_started, 60, "the controller and the engine")
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=40)
+    finally:
+        p.kill()
+        p.wait()
+    kind, said, running = json.loads(out.splitlines()[-1])
+    assert kind == "CancelledError" and said.startswith(
+        "start_and_connect() was cancelled: what it had started of <Cluster "), out + err
+    assert not running and _processes_naming(prof) == []
+    assert pids.wait_gone(20) == []
+
+
+@pytest.mark.parametrize("name, k", [("_close_clients", 1), ("left_in_session", 3),
+                                     ("descendants", 2)],
+                         ids=["closing its clients", "finding the controller's session",
+                              "finding the controller's children"])
+def test_ctrl_c_at_any_step_of_a_stop_still_stops_every_process(pids, name, k):  # noqa: F811
+    """A Ctrl-C in ``stop_cluster_sync()`` as it closed its Clients stopped nothing, and
+    one as it looked in /proc for what to signal (a process's children, what it left in its
+    session) skipped the signal: the controller ran on. Now the Ctrl-C still comes, once
+    every process has been signalled, and none is left."""
+    cluster = Cluster(n=2, controller_args=CTL_ARGS)
+    try:
+        rc = cluster.start_and_connect_sync()
+        pids.add_cluster(cluster, rc)
+        hook, pressed = ctrl_c_at(k, name)
+        sys.setprofile(hook)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                cluster.stop_cluster_sync()
+        finally:
+            sys.setprofile(None)
+        assert pressed
+        assert pids.wait_gone(20) == []
+    finally:
+        cluster.stop_cluster_sync()
+
+
+def test_two_stops_at_once_both_return_and_stop_everything(pids):  # noqa: F811
+    """Two ``stop_cluster_sync()`` at once (a cancelled start's cleanup in its thread and the
+    user's stop; a notebook's and atexit's) both stopped the same engine set: one raised
+    KeyError from inside the Cluster. Stops now take turns; the second finds it done."""
+    for _ in range(3):   # each time both take their list of engine sets before either stops
+        cluster = Cluster(n=1, controller_args=CTL_ARGS)
+        pids.add_cluster(cluster, cluster.start_and_connect_sync())
+        both, errors = threading.Barrier(2), []
+
+        def stop():
+            both.wait(30)
+            try:
+                cluster.stop_cluster_sync()
+            except BaseException as e:
+                errors.append(e)
+        threads = [threading.Thread(target=stop) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == [] and not cluster._is_running()
     assert pids.wait_gone(20) == []
 
 

@@ -123,7 +123,12 @@ def test_display_outputs_groups_as_asked_once_the_output_is_in(rc, capsys):
     out, err = capsys.readouterr()
     assert out.splitlines() == ["[stdout:0] out", "[stdout:1] out"]
     assert err.splitlines() == ["[stderr:0] err", "[stderr:1] err"]
-    rc[0].execute(code, block=False).display_outputs("order")    # positional, one engine
+    # positional; one engine's (a single result: rc[0]) unprefixed, as ipyparallel's: its
+    # display_outputs printed them with [stdout:0] as for rc[[0]] (ipyparallel's own test,
+    # test_display_empty_streams_single, wants '5555\n' from rc[-1]'s print(5555))
+    rc[0].execute(code, block=False).display_outputs("order")
+    assert capsys.readouterr() == ("out\n", "err\n")
+    rc[[0]].execute(code, block=False).display_outputs("order")   # a list of one: prefixed
     assert capsys.readouterr() == ("[stdout:0] out\n", "[stderr:0] err\n")
     ar.display_outputs(result_only=True)   # no execute results to show in minipar
     assert capsys.readouterr() == ("", "")

@@ -5,6 +5,7 @@ The tests that leave the engines as they found them share the module's cluster, 
 with a client of its own (``rc``); those that stop an engine, set a signal handler on
 one, or count every name in the engines' namespaces take ``cluster``, their own."""
 
+import os
 import signal
 import time
 
@@ -152,6 +153,31 @@ def test_indexing_as_a_list(rc):
             rc[bad]
 
 
+def test_negative_ids_and_slices_as_targets_are_the_engines_now_as_ipyparallels(rc):
+    # ipyparallel resolves -1 (the last engine) and slices wherever it takes targets, and
+    # its views made with them hold the ids: minipar's rc[-1] did, but direct_view(-1) kept
+    # -1, load_balanced_view(-1) raised "engine -1 is not registered", as did -1 given as
+    # the targets of a call (apply, execute, clear, queue_status)
+    ids = rc.ids
+    assert rc.direct_view(-1).targets == ids[-1]
+    assert rc.direct_view(slice(-2, None)).targets == ids[-2:]
+    assert rc.direct_view(-1).apply_sync(os.getpid) == rc[ids[-1]].apply_sync(os.getpid)
+    lview = rc.load_balanced_view(-1)
+    assert lview.targets == [ids[-1]]
+    assert lview.apply_sync(os.getpid) == rc[ids[-1]].apply_sync(os.getpid)
+    assert rc.load_balanced_view("all").targets is None   # all, as None
+    assert rc.load_balanced_view(ids[0]).targets == [ids[0]]
+    dv = rc[:]
+    assert dv.execute("x = 1", targets=-2, block=True).get() is not None
+    assert dv.pull("x", targets=slice(-2, -1), block=True) == [1]
+    assert sorted(rc.queue_status(-1)) == ["completed", "queue", "tasks"]
+    rc.clear(targets=-2, block=True)
+    with pytest.raises(minipar.RemoteError, match="NameError"):
+        rc[ids[-2]].pull("x", block=True)
+    with pytest.raises(IndexError):
+        rc.direct_view(-len(ids) - 1)
+
+
 def test_a_client_iterates_its_engines_and_takes_a_range_as_ipyparallels(cluster):
     """ipyparallel's ``for view in rc`` gives one DirectView per registered engine, also
     once an engine is gone (ids 0, 2, 3), and ``rc[range(...)]`` is a list of ids."""
@@ -274,7 +300,8 @@ def test_broadcast_view_results_are_direct_views(cluster):
     assert sorted(bview.keys(block=True)[0]) == ["a", "b", "big", "c"]
     assert bview.map_sync(lambda x: x + 1, range(10)) == list(range(1, 11))
     assert bview.apply_sync(lambda x: x, Reference("a")) == [5] * 4
-    assert _broadcasts(rc) == before + 9      # map sends each engine its own part
+    # map sends each engine its own part; the two dview calls with several targets broadcast
+    assert _broadcasts(rc) == before + 11
 
 
 def test_broadcast_view_targets_and_errors(rc):
@@ -292,6 +319,52 @@ def test_broadcast_view_targets_and_errors(rc):
     ar.get(TIMEOUT)
     again = rc.resubmit(ar)          # the copies are ordinary records
     assert again.get(TIMEOUT) == [1, 1]
+
+
+def test_a_direct_view_sends_one_message_for_several_engines(cluster):
+    """rc[:].push, execute and apply sent one message per engine, each with the payload: a
+    100 MB push to 8 engines had the client send, and the controller hold, 8 copies. Now
+    one, which the controller copies to each (a BroadcastView's), and what a user sees is
+    as before: a msg_id, engine_id, record and result per engine, each aborted alone."""
+    rc = cluster.rc
+    dv, ids = rc[:], rc.ids
+    dv.label = "several"
+    before = _broadcasts(rc)
+    ar = dv.push({"big": b"x" * 300_000}, block=False)
+    assert ar.get(TIMEOUT) == [None] * 4
+    assert _broadcasts(rc) == before + 1
+    assert ar.engine_id == ids and len(set(ar.msg_ids)) == 4
+    records = rc.db_query({"msg_id": {"$in": ar.msg_ids}}, keys=["engine", "kind"])
+    assert sorted((r["msg_id"], r["engine"], r["kind"]) for r in records) == \
+        sorted((m, e, "push") for m, e in zip(ar.msg_ids, ids))
+    ex = dv.execute("n = len(big)", block=True)
+    records = rc.db_query({"msg_id": {"$in": ex.msg_ids}}, keys=["engine", "label"])
+    assert sorted((r["engine"], r["label"]) for r in records) == [(e, "several") for e in ids]
+    assert [(m["engine_id"], m["label"], m["execute_input"]) for m in ex.metadata] == \
+        [(e, "several", "n = len(big)") for e in ids]
+    assert dv.apply_sync(lambda x: x, Reference("n")) == [300_000] * 4
+    assert rc.get_result(ex.msg_ids[2], block=True).metadata["engine_id"] == ids[2]
+    running = dv.execute("import time; time.sleep(60)")
+    queued = dv.pull("n", block=False)   # behind it on each engine
+    rc.abort(queued.msg_ids[1])
+    rc.abort(running)
+    with pytest.raises(minipar.TaskAborted):
+        queued.futures[1].result(TIMEOUT)
+    assert [queued.futures[i].result(TIMEOUT) for i in (0, 2, 3)] == [300_000] * 3
+    assert _broadcasts(rc) == before + 5
+    assert rc[[ids[0]]].pull("n", block=True) == [300_000]   # one engine: a request of its own
+    assert _broadcasts(rc) == before + 5
+
+
+def test_a_broadcast_views_metadata_has_its_label_and_code(rc):
+    """A BroadcastView's (and now a DirectView's, several targets) AsyncResult had None for
+    metadata['label'] and ['execute_input'], which a DirectView's request had set."""
+    bview = rc.broadcast_view(targets=[0, 2])
+    bview.label = "bv"
+    ar = bview.execute("z = 3", block=True)
+    assert [(m["engine_id"], m["label"], m["execute_input"]) for m in ar.metadata] == \
+        [(0, "bv", "z = 3"), (2, "bv", "z = 3")]
+    assert [m["label"] for m in bview.apply_async(abs, -1).metadata] == ["bv", "bv"]
 
 
 # ---------------------------------------------------------------- wait_interactive, spin

@@ -475,6 +475,12 @@ def test_ipython_display_in_a_task_is_display_data_in_ar_outputs(local_cluster):
         {"data": {"text/plain": "{'k': 1}"}, "metadata": {}}]
     shown = io.StringIO()
     ar.display_outputs(file=shown)
+    # one engine's result (rc[eid]): no [stdout:0] nor [output:0], as ipyparallel's
+    assert shown.getvalue() == "printed\n<IPython.core.display.HTML object>\n{'k': 1}\n"
+    ar = rc[[eid]].apply_async(shows_html)   # a list of one: prefixed
+    ar.get(WAIT_S)
+    shown = io.StringIO()
+    ar.display_outputs(file=shown)
     assert shown.getvalue() == (f"[stdout:{eid}] printed\n[output:{eid}]\n"
                                 "<IPython.core.display.HTML object>\n{'k': 1}\n")
 

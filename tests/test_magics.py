@@ -103,6 +103,21 @@ def test_client_in_ipython_registers_the_magics(shell, ip_rc):
     assert "<minipar-execute" in out   # the remote traceback, not this process's
 
 
+def test_px_code_reads_the_engines_names_not_the_shells_as_ipyparallels(shell, ip_rc):
+    """IPython expands {x} and $x in a line magic's line from the shell's names, unless the
+    magic says not to, as ipyparallel's %px does: %px y = f"{x}" ran y = f"client" on the
+    engines. A %%px cell's first line is expanded (-o {name}), its code is not."""
+    run(shell, "x = 'client'\nrc[:].push({'x': 'engine'}, block=True)")
+    run(shell, '%px y = f"{x}"')
+    assert run(shell, "%px print(y)") == "".join(f"[stdout:{i}] engine\n" for i in range(4))
+    run(shell, "%px z = '$x'")
+    assert run(shell, "print(rc[:].pull('z', block=True))") == "['$x', '$x', '$x', '$x']\n"
+    run(shell, 'name = "kept"\n')
+    run(shell, '%%px -o {name}\nw = f"{x}"')
+    assert run(shell, "print(len(kept), rc[:].pull('w', block=True))") == \
+        "4 ['engine', 'engine', 'engine', 'engine']\n"
+
+
 def test_px_awaits_at_the_top_level_as_on_ipyparallels_engines(shell, ip_rc):
     """A notebook user's `%px await ...` and a `%%px` cell that awaits run on the engines as
     on ipyparallel's (IPython kernels, autoawait): the awaited value is Out[engine:n]. It

@@ -110,6 +110,36 @@ def test_push_pull_one_and_several_names(rc):
     assert rc[2].pull(["a", "c"], block=True) == [1, [3]]
 
 
+def test_push_sets_an_attribute_or_item_as_ipyparallels(rc):
+    # ipyparallel's push runs `key = value` on the engine, so view['a.b'] = 0 sets a's b
+    # (its test_nested_getitem_setitem): minipar refused any key but a plain name
+    dv = rc[:]
+    dv.execute("class A: pass\na = A()\na.b = 128\nd = {'k': 1}\nl = [0, 0]", block=True)
+    assert dv["a.b"] == [128] * 4
+    dv["a.b"] = 0
+    dv.push({"d['k']": 2, "l[1]": 5, "new": {}, "new['x']": 7}, block=True)
+    assert dv.pull(["a.b", "d['k']", "l", "new"], block=True) == [[0, 2, [0, 5], {"x": 7}]] * 4
+    dv.scatter("l[0]", range(4), flatten=True, block=True)
+    assert dv.pull("l", block=True) == [[i, 5] for i in range(4)]
+    with pytest.raises(minipar.RemoteError, match="NameError.*'nothere'"):
+        rc[0].push({"nothere.b": 1}, block=True)
+    for bad in ("f()", "a.b c", "a +1", "(a, b)", "a.class"):
+        with pytest.raises(ValueError, match="not a Python name"):
+            dv.push({bad: 1})
+
+
+def test_a_blocking_scatter_returns_none_as_ipyparallels(rc):
+    # ipyparallel's scatter waits when blocking and returns None (a notebook shows no
+    # Out[]); minipar's returned each engine's push reply, [None, None, None, None]
+    dv = rc[:]
+    assert dv.scatter("s", range(8), block=True) is None
+    dv.block = True
+    assert dv.scatter("s", range(8)) is None and dv.pull("s") == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert rc.broadcast_view().scatter("s", range(4), block=True) is None
+    ar = rc[:].scatter("s", range(4))   # not blocking: its AsyncResult
+    assert ar.get(TIMEOUT) == [None] * 4
+
+
 def test_push_refuses_names_code_cannot_use_and_pull_evaluates_expressions(rc):
     dv = rc[:]
     for bad in ("a b", "1x", "class", "", 7, ("t",)):

@@ -450,3 +450,40 @@ def test_nodb_and_sqlitedb_cull_nothing(tmp_path):
     # NoDB dropped each as it finished, by no limit: it says so (its ids remembered)
     assert "--db none" in nodb.culled("s0") and nodb.culled("never-here") is None
     sql.close()
+
+
+def test_backlogs_keep_a_clients_messages_in_order_and_say_when_to_hold_and_release():
+    """What waits for a client whose pipe is full goes after it in order, none dropped;
+    past the bound its tasks are to be held, at half of it released; a client gone has
+    its queue dropped, as a ROUTER drops a message to it; retries back off while stuck."""
+    room = {"a": 0, "b": 10}           # how many messages each pipe takes now
+    got = {"a": [], "b": []}
+
+    def send(ident, frames):
+        if ident == "gone":
+            return None
+        if not room[ident]:
+            return False
+        room[ident] -= 1
+        got[ident].append(frames[0])
+        return True
+
+    b = records.Backlogs(send, bound=250, most_s=1.6)
+    msg = [bytes(100)]
+    assert [b.deliver("a", [bytes([i]) + bytes(99)]) for i in range(4)] == \
+        [False, False, True, False]   # 300 bytes waiting: past 250, said once
+    assert not b.deliver("b", msg) and got["b"] == [msg[0]] and "b" not in b.queues
+    assert b.retry_at == 0.0   # a new queue: tried at the next pass
+    waits = []
+    for now in range(5):
+        assert b.retry(now) == []
+        waits.append(round(b.retry_at - now, 6))
+    assert waits == [0.1, 0.2, 0.4, 0.8, 1.6]   # backing off while nothing moves
+    room["a"] = 3
+    assert b.retry(10) == ["a"] and b.retry_at == 10.1   # 100 bytes left: released
+    assert b.deliver("a", [bytes([9])]) is False   # after those waiting, not before
+    room["a"] = 10
+    assert b.retry(11) == [] and not b.queues
+    assert [f[0] for f in got["a"]] == [0, 1, 2, 3, 9]
+    assert [b.deliver("gone", msg) for _ in range(2)] == [False, False]   # dropped at once
+    assert not b.queues

@@ -150,6 +150,57 @@ def test_hwm_caps_outstanding_tasks_and_frees_in_submission_order():
     assert s.status()["unassigned"] == 0
 
 
+def test_clients_take_turns_and_each_keeps_its_order():
+    """Freed slots go round the clients with tasks queued, one task each (a task of one
+    queued behind another's thousands gets the next slot but one), FIFO within each; a
+    task whose dependency is met joins the turns when it is."""
+    s = make(1, hwm=1)
+    run_on(s, "busy")
+    for i in range(1000):
+        s.submit(task(f"a{i}"), 0.0, client="A")
+    s.submit(task("b0"), 0.0, client="B")
+    s.submit(task("b1"), 0.0, client="B")
+    s.submit(task("c0", after=dep("a0")), 0.0, client="C")
+    order, last = [], "busy"
+    for k in range(8):
+        (ran,) = runs(s.finished(last, 0, "ok", 1.0 + k))
+        last = ran[0]
+        order.append(last)
+    assert order == ["a0", "b0", "a1", "c0", "b1", "a2", "a3", "a4"]   # c0: ready after a0
+    # a retry (restricted: it prefers engines it has not failed on) keeps submission order
+    # among all clients' restricted tasks, ahead of its client's later tasks
+    s.submit(task("b2", retries=1), 0.0, client="B")
+    s.submit(task("b3"), 0.0, client="B")
+    for k, (msg_id, status, then) in enumerate([(last, "ok", "a5"), ("a5", "ok", "b2"),
+                                                 ("b2", "error", "a6"), ("a6", "ok", "b2"),
+                                                 ("b2", "ok", "b3"), ("b3", "ok", "a7")]):
+        assert runs(s.finished(msg_id, 0, status, 10.0 + k)) == [(then, 0)]
+
+
+def test_a_held_clients_tasks_wait_and_the_others_take_its_turns():
+    """hold(client): none of its queued tasks is assigned, not even to a free engine,
+    restricted ones neither; the other clients' run. release: they run again, in order."""
+    s = make(2, hwm=1)
+    run_on(s, "busy0", targets=[0])
+    run_on(s, "busy1", targets=[1])
+    s.submit(task("a0"), 0.0, client="A")
+    s.submit(task("a1", targets=[1]), 0.0, client="A")
+    s.submit(task("a2"), 0.0, client="A")
+    s.hold("A")
+    s.submit(task("b0"), 0.0, client="B")
+    assert runs(s.finished("busy0", 0, "ok", 1.0)) == [("b0", 0)]
+    assert runs(s.finished("busy1", 1, "ok", 1.0)) == []
+    assert runs(s.finished("b0", 0, "ok", 2.0)) == []
+    assert runs(s.submit(task("a3"), 0.0, client="A")) == []   # engines free: it waits
+    assert s.status()["unassigned"] == 4
+    assert runs(s.release("A", 3.0)) == [("a0", 1), ("a2", 0)]   # engine 1: least recent
+    assert runs(s.finished("a0", 1, "ok", 4.0)) == [("a1", 1)]
+    assert runs(s.finished("a2", 0, "ok", 5.0)) == [("a3", 0)]
+    assert s.release("A", 6.0) == [] and s.release("nobody", 6.0) == []
+    s.hold("C")   # a client held with nothing queued (its direct requests' results wait)
+    assert s.release("C", 7.0) == [] and "C" not in s._lines   # nothing kept for it
+
+
 def test_hwm_zero_means_no_limit():
     s = make(1, hwm=0)
     out = []
@@ -1040,7 +1091,7 @@ def test_memory_stays_bounded():
     assert s.next_deadline() is None
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(12))
 def test_random_workload_gives_every_task_exactly_one_final_state(seed):
     rng = random.Random(seed)
     s = Scheduler(scheme=rng.choice(sorted(scheduler.SCHEMES)), hwm=rng.choice([0, 1, 2]),
@@ -1053,11 +1104,13 @@ def test_random_workload_gives_every_task_exactly_one_final_state(seed):
     submitted = []
     next_engine = [0]
     now = 0.0
+    client_of, held = {}, set()   # clients take turns; a held one's tasks are not assigned
 
     def act(decisions):
         for d in decisions:
             if d[0] == "run":
                 assert d[1] not in running, d
+                assert client_of.get(d[1]) not in held, d
                 running[d[1]] = d[2]
             elif d[0] in ("done", "fail"):
                 final[d[1]] = final.get(d[1], 0) + 1
@@ -1097,7 +1150,8 @@ def test_random_workload_gives_every_task_exactly_one_final_state(seed):
                 act(s.submit(task(rid, dormant=True), now))
                 submitted.append(rid)
                 kw["recovery"] = rid
-            act(s.submit(task(mid, **kw), now))
+            client_of[mid] = rng.choice("ABC")
+            act(s.submit(task(mid, **kw), now, client_of[mid]))
             submitted.append(mid)
         elif r < 0.85 and running:
             mid = rng.choice(sorted(running))
@@ -1109,6 +1163,14 @@ def test_random_workload_gives_every_task_exactly_one_final_state(seed):
             act(s.tick(now))
         elif r < 0.94 and submitted:
             act(s.abort([rng.choice(submitted)], now))
+        elif r < 0.955:
+            c = rng.choice("ABC")
+            if rng.random() < 0.5:
+                held.add(c)
+                s.hold(c)
+            else:
+                held.discard(c)
+                act(s.release(c, now))
         elif r < 0.97 and len(live) > 1:
             gone = rng.choice(live)
             for mid in s.outstanding(gone):
@@ -1118,6 +1180,9 @@ def test_random_workload_gives_every_task_exactly_one_final_state(seed):
             act(s.engine_added(next_engine[0], now, {"n": next_engine[0]}))
             next_engine[0] += 1
     # drain: engines that accept everything, then finish whatever runs
+    held.clear()
+    for c in "ABC":
+        act(s.release(c, now))
     for e in list(s.status()["engines"]):
         act(s.set_properties(e, {"n": 0}, now))
     act(s.engine_added(next_engine[0], now, {"n": 0}))
@@ -1134,4 +1199,4 @@ def test_random_workload_gives_every_task_exactly_one_final_state(seed):
             while mid in recovered:
                 mid = recovered[mid]
         assert final.get(mid) == 1, (mid, final.get(mid))
-    assert s._tasks == {} and s._graph == {}
+    assert s._tasks == {} and s._graph == {} and not s._paused

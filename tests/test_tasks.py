@@ -549,7 +549,8 @@ def test_a_request_naming_its_own_attempt_is_refused_not_left_pending(rc, lview)
 
 def test_dependency_set_semantics():
     d = Dependency(["a", "b"])
-    assert d.as_dict() == {"ids": ["a", "b"], "all": True, "success": True, "failure": False}
+    assert d.as_dict() == {"dependencies": ["a", "b"], "all": True, "success": True,
+                           "failure": False}
     assert not d.check({"a"}) and d.check({"a", "b"})
     assert d.unreachable({"a"}, {"b"}) and not d.unreachable({"a"}, set())
     anyone = Dependency(["a", "b"], all=False)
@@ -560,6 +561,39 @@ def test_dependency_set_semantics():
     assert Dependency([]).check(set())
     with pytest.raises(ValueError):
         Dependency(["a"], success=False, failure=False)
+
+
+def test_a_dependency_made_from_its_as_dict_is_the_same_as_ipyparallels(rc, lview):
+    # ipyparallel's as_dict() names the ids "dependencies", and Dependency() takes that
+    # dict back: minipar's named them "ids" and iterated the dict, making a dependency on
+    # the msg_ids 'all', 'failure', 'ids' and 'success', which an after= then refused
+    failed = lview.apply_async(always_fails, 1)
+    with pytest.raises(minipar.RemoteError):
+        failed.get(TIMEOUT)
+    cleanup = Dependency(failed, success=False, failure=True)
+    as_dict = cleanup.as_dict()
+    assert as_dict == {"dependencies": failed.msg_ids, "all": True, "success": False,
+                       "failure": True}
+    again = Dependency(as_dict)
+    assert again == cleanup == set(failed.msg_ids)
+    assert (again.all, again.success, again.failure) == (True, False, True)
+    assert Dependency(as_dict, failure=False).failure   # the dict's flags win, as there
+    with lview.temp_flags(after=again):   # met: the task it names failed
+        assert lview.apply_async(square, 5).get(TIMEOUT) == 25
+    with lview.temp_flags(after=Dependency(Dependency(failed).as_dict())):
+        with pytest.raises(minipar.ImpossibleDependency):   # success only: never met
+            lview.apply_async(square, 6).get(TIMEOUT)
+
+
+def test_dependency_check_takes_failed_none_as_ipyparallels(lview):
+    # ipyparallel's check() and unreachable() default `failed` to None, and code passes
+    # None for "nothing failed": minipar's took only an iterable, a TypeError for None
+    done = lview.apply_async(square, 2)
+    assert done.get(TIMEOUT) == 4
+    ok, anyone = Dependency(done), Dependency([*done.msg_ids, "ab-1"], all=False)
+    assert ok.check(set(done.msg_ids), None) and anyone.check(done.msg_ids, None)
+    assert not ok.unreachable(done.msg_ids, None)
+    assert Dependency(done, success=False, failure=True).unreachable(done.msg_ids, None)
 
 
 # ---------------------------------------------------------------- functional dependencies
