@@ -530,11 +530,9 @@ class Controller:
                 handler(self, eid, header, parts, wire)
 
     def _on_unregister(self, eid, header, parts, wire):
-        reason = header.get("reason")   # why it left, if not told to (see protocol)
-        last = header.get("last_started", False)   # it starts none after it (absent: unknown)
-        if isinstance(reason, str) and (last is None or isinstance(last, str)):
-            self.engines[eid].update(started=last, final=True)
-        self._remove_engine(eid, died=False, why=reason if isinstance(reason, str) else None)
+        reason = header.get("reason")   # why it left, if not told to, and the last it began
+        why = reason if isinstance(reason, str) else None   # (see protocol)
+        self._remove_engine(eid, False, why, header.get("last_started", False) if why else False)
 
     def _on_abort_marked(self, eid, header, parts, wire):
         parent, taken = header.get("parent"), header.get("taken")
@@ -612,9 +610,7 @@ class Controller:
             "reg": header["msg_id"].encode(), "work_ident": work_ident,
             # requests waiting for the engine's `ready`; None once it came (at once for an
             # engine with one socket: it is connected already)
-            "backlog": None if work_ident == ident else [],
-            "started": None, "final": False}   # the last request it said it began (and,
-            # final, that none after it will: see _on_unregister, _remove_engine)
+            "backlog": None if work_ident == ident else [], "started": None}   # see _on_started
         self._by_ident[ident] = self._by_ident[work_ident] = eid
         self._send(self.sockets["engine"], [ident], protocol.REGISTER_REPLY,
                    parent=header["msg_id"], id=eid, heartbeat_period=self.heartbeat_period,
@@ -638,9 +634,9 @@ class Controller:
     def _engine_info(self, e):
         return {k: e[k] for k in ("id", "pid", "host", "python", "cloudpickle", "registered")}
 
-    def _remove_engine(self, eid, died, why=None):
-        """Remove engine `eid`: it died, or unregistered (having stopped because `why`,
-        when it said)."""
+    def _remove_engine(self, eid, died, why=None, said=False):
+        """Remove engine `eid`: it died, or unregistered (having stopped because `why`, and
+        begun no request after `said`, when it said: see _scheduler.what_ran)."""
         engine = self.engines.pop(eid)
         self._by_ident.pop(engine["ident"], None)
         self._by_ident.pop(engine["work_ident"], None)
@@ -657,16 +653,8 @@ class Controller:
                 del self._epitaphs[next(iter(self._epitaphs))]
         timed_out = {}   # msg_id -> why, for the ones past their time_limit
         self.tally.engine_lost(engine, died, now)
-        # what it ran, as far as it said (see Scheduler.engine_removed): requests run in the
-        # order sent, so those ahead of the last it reported started had ended
-        unstarted = {m for _, _, m in engine["backlog"] or ()}   # unsent: no `ready` came
-        sent = [m for m in engine["outstanding"] if m not in unstarted]
-        if engine["final"] and (engine["started"] is None or engine["started"] in sent):
-            began = sent.index(engine["started"]) + 1 if engine["started"] else 0
-            unstarted.update(sent[began:])   # it said so as it stopped: none ever starts
-            del sent[began:]
-        running = engine["started"] if engine["started"] in sent else sent[0] if sent else None
-        ran = set(sent[:sent.index(running)]) if running is not None else set()
+        running, ran, unstarted = _scheduler.what_ran(   # what it began, as far as it said
+            engine["outstanding"], [b[2] for b in engine["backlog"] or ()], engine["started"], said)
         for msg_id in list(engine["outstanding"]):
             rec = self.db.get(msg_id)
             if rec is None:
@@ -688,8 +676,7 @@ class Controller:
                      why=what.rstrip(",") + (self._epitaphs[eid] if died else ""))
         for parent in list(self._aborting):
             self._abort_heard(eid, parent)
-        for parent in [p for p, asked in self._taking.items() if asked[0] == eid]:
-            del self._taking[parent]   # what it held is moved or failed below
+        self._taking = {p: a for p, a in self._taking.items() if a[0] != eid}   # moved below
         if died:
             self._send(self.sockets["engine"], [engine["ident"]], protocol.UNREGISTER,
                        reason="declared dead: missed heartbeats")
@@ -878,8 +865,7 @@ class Controller:
 
     def _on_ready(self, eid, header, parts, wire):
         """The engine's request socket is connected (a message came from it): send what
-        waited for it. A ROUTER drops a message to a peer not yet connected, so until this
-        arrives, requests wait here."""
+        waited for it here, as a ROUTER drops a message to a peer not yet connected."""
         engine = self.engines[eid]
         if str(header.get("reg")).encode() != engine["reg"] or engine["backlog"] is None:
             return   # for an earlier registration
@@ -922,8 +908,7 @@ class Controller:
         """A request started (one with a time_limit at once, others still running after the
         engine's STREAM_INTERVAL_S): its client's future is running. If its engine dies past
         a time_limit (code that held the GIL, which only ending the engine stops), it timed out."""
-        rec = self.db.get(header.get("parent"))
-        started = header.get("started")
+        rec, started = self.db.get(header.get("parent")), header.get("started")
         if rec is not None and rec["status"] == PENDING and rec["engine"] == eid \
                 and _is_number(started):
             rec["started"], self.engines[eid]["started"] = started, rec["msg_id"]

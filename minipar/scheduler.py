@@ -1266,6 +1266,23 @@ def _unreachable_reason(msg_id, key, dep):
             "ended; check the tasks it depends on")
 
 
+def what_ran(order, unsent, reported, said=False):
+    """What a lost engine began of `order`, the requests it had not answered in the order
+    sent (it runs them in that order), as far as the controller knows: (running, ran,
+    unstarted) for Scheduler.engine_removed. `unsent`: those that never left the controller
+    (its `ready` never came); `reported`: the last it reported started; `said`: the last it
+    began (None: none), as it stopped on its own, no other ever starting; False: unsaid."""
+    unstarted = set(unsent)
+    sent = [m for m in order if m not in unstarted]
+    if said is not False and (said is None or said in sent):
+        began = sent.index(said) + 1 if said is not None else 0
+        unstarted.update(sent[began:])
+        del sent[began:]
+        reported = said
+    running = reported if reported in sent else sent[0] if sent else None
+    return running, set(sent[:sent.index(running)]) if sent else set(), unstarted
+
+
 def _when_died(msg_id, running, ran, last):
     """When, in words, an engine died for its task `msg_id` (see engine_removed): what the
     controller knows, and no more. Its reply may be lost too: a task that ended just before

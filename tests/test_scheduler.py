@@ -850,6 +850,20 @@ def test_engine_death_reads_what_the_controller_knows_of_the_engines_queue():
     assert runs(s.finished("x", 1, "error", 3.0)) == [("x", 1)]   # its retry was left
 
 
+def test_what_ran_reads_an_engines_queue_from_what_it_said():
+    """Requests run in the order sent: those ahead of the last one reported started had
+    ended; the unsent never started, nor, when it stopped saying the last it began, those
+    after that one."""
+    what_ran = scheduler.what_ran
+    assert what_ran(["a", "b", "c"], [], None) == ("a", set(), set())
+    assert what_ran(["a", "b", "c"], [], "b") == ("b", {"a"}, set())
+    assert what_ran(["a", "b", "c"], ["c"], "gone") == ("a", set(), {"c"})
+    assert what_ran(["a", "b", "c"], [], "a", said="b") == ("b", {"a"}, {"c"})
+    assert what_ran(["a", "b"], [], "a", said=None) == (None, set(), {"a", "b"})
+    assert what_ran(["a", "b"], [], "b", said="older") == ("b", {"a"}, set())   # not used
+    assert what_ran([], ["x"], None, said=None) == (None, set(), {"x"})
+
+
 def test_engine_death_after_the_retries_are_spent_says_so():
     s = make(2, hwm=0)
     e = run_on(s, "t", retries=1)
