@@ -147,6 +147,14 @@ class BatchSystemLauncher(BaseLauncher):
         log.debug("%s -> %s %r %r", shlex.join(cmd), r.returncode, r.stdout, r.stderr)
         return r
 
+    def _by_hand(self, e, command):
+        """What to do by hand when `command` (given the job id) raised `e`: run it, or where
+        it is not installed here (_run's LauncherError), run it where it is."""
+        if isinstance(e, LauncherError):
+            return (f"run {shlex.join([os.path.basename(command[0]), *command[1:], self.job_id])} "
+                    f"on a machine where {self.kind}'s commands are installed (a login node)")
+        return f"run {shlex.join([*command, self.job_id])} by hand"
+
     def parse_job_id(self, output):
         m = re.search(self.job_id_regexp, output)
         if not m:
@@ -255,8 +263,8 @@ class BatchSystemLauncher(BaseLauncher):
             if r.returncode:
                 log.info("%s: %s", delete, r.stderr.strip())
         except (OSError, subprocess.SubprocessError, LauncherError) as e:
-            log.error("%s job %s may still run: could not delete it (%s); run %s by hand",
-                      self.kind, self.job_id, e, delete)
+            log.error("%s job %s may still run: could not delete it (%s); %s", self.kind,
+                      self.job_id, e, self._by_hand(e, self.delete_command))
             wait_end = False   # nothing was asked to end it: no end to wait for
         deadline = time.monotonic() + max(self.stop_timeout, 30.0)
         while wait_end:
@@ -265,8 +273,8 @@ class BatchSystemLauncher(BaseLauncher):
                     break
             except (OSError, subprocess.SubprocessError, LauncherError) as e:
                 log.warning("%s job %s: deleted (%s), but could not ask whether it has ended "
-                            "(%s); check with %s", self.kind, self.job_id, delete, e,
-                            shlex.join([*self.status_command, self.job_id]))
+                            "(%s); to check, %s", self.kind, self.job_id, delete, e,
+                            self._by_hand(e, self.status_command))
                 break
             if time.monotonic() > deadline:
                 log.error("%s job %s still listed %.0f s after %s", self.kind, self.job_id,

@@ -1371,8 +1371,8 @@ class DirectView(_View):
         ar._return_exceptions = return_exceptions
         return self._finish(ar, block)
 
-    def _map(self, f, sequences, elementwise=True, dist="b"):
-        seqs, n = _sequences(sequences, elementwise)
+    def _map(self, f, sequences, elementwise=True, dist="b", kwargs=None):
+        seqs, n = _sequences(sequences, elementwise)   # kwargs: each call's (a parallel call)
         ids = self.client.resolve_targets(self.targets)
         fparts = protocol.serialize_function(f)
         futures, sizes = [], []
@@ -1381,7 +1381,7 @@ class DirectView(_View):
             if not len(chunks[0]):
                 continue
             sizes.append(len(chunks[0]))
-            futures.append(self.client.send_apply(f, tuple(chunks), {}, engine_id=eid,
+            futures.append(self.client.send_apply(f, tuple(chunks), kwargs or {}, engine_id=eid,
                                                   fparts=fparts, map=elementwise, **self._label()))
         ar = AsyncResult(self.client, futures, fname=getattr(f, "__name__", "map"), mapping=dist)
         ar._sizes = sizes if elementwise else None
@@ -1526,7 +1526,8 @@ class LoadBalancedView(_View):
         ar._return_exceptions = return_exceptions
         return self._finish(ar, block)
 
-    def _map(self, f, sequences, elementwise=True, chunksize=None, ordered=True, dist="b"):
+    def _map(self, f, sequences, elementwise=True, chunksize=None, ordered=True, dist="b",
+             kwargs=None):
         seqs, n = _sequences(sequences, elementwise)
         tasks = _task_slices(n, chunksize, len(self.client.ids), elementwise, dist)
         fparts, fields = protocol.serialize_function(f), self._task_fields()
@@ -1537,7 +1538,7 @@ class LoadBalancedView(_View):
 
         def send_all():   # a Ctrl-C in it aborts what it sent
             return [self._send(f, tuple(list(s[t]) if isinstance(s, range) else s[t] for s in seqs),
-                               {}, fparts, fields, chain, map=elementwise) for t in tasks]
+                               kwargs or {}, fparts, fields, chain, map=elementwise) for t in tasks]
         ar = AsyncResult(self.client, self.client._together(send_all), mapping=dist,
                          fname=getattr(f, "__name__", "map"), ordered=ordered)
         ar._sizes = [len(range(n)[t]) for t in tasks] if elementwise else None

@@ -530,8 +530,9 @@ class Controller:
                 handler(self, eid, header, parts, wire)
 
     def _on_unregister(self, eid, header, parts, wire):
-        reason = header.get("reason")   # why it left, if not told to (see protocol)
-        self._remove_engine(eid, died=False, why=reason if isinstance(reason, str) else None)
+        reason = header.get("reason")   # why it left, if not told to, and the last it began
+        why = reason if isinstance(reason, str) else None   # (see protocol)
+        self._remove_engine(eid, False, why, header.get("last_started", False) if why else False)
 
     def _on_abort_marked(self, eid, header, parts, wire):
         parent, taken = header.get("parent"), header.get("taken")
@@ -609,7 +610,7 @@ class Controller:
             "reg": header["msg_id"].encode(), "work_ident": work_ident,
             # requests waiting for the engine's `ready`; None once it came (at once for an
             # engine with one socket: it is connected already)
-            "backlog": None if work_ident == ident else []}
+            "backlog": None if work_ident == ident else [], "started": None}   # see _on_started
         self._by_ident[ident] = self._by_ident[work_ident] = eid
         self._send(self.sockets["engine"], [ident], protocol.REGISTER_REPLY,
                    parent=header["msg_id"], id=eid, heartbeat_period=self.heartbeat_period,
@@ -633,9 +634,9 @@ class Controller:
     def _engine_info(self, e):
         return {k: e[k] for k in ("id", "pid", "host", "python", "cloudpickle", "registered")}
 
-    def _remove_engine(self, eid, died, why=None):
-        """Remove engine `eid`: it died, or unregistered (having stopped because `why`,
-        when it said)."""
+    def _remove_engine(self, eid, died, why=None, said=False):
+        """Remove engine `eid`: it died, or unregistered (having stopped because `why`, and
+        begun no request after `said`, when it said: see _scheduler.what_ran)."""
         engine = self.engines.pop(eid)
         self._by_ident.pop(engine["ident"], None)
         self._by_ident.pop(engine["work_ident"], None)
@@ -652,6 +653,8 @@ class Controller:
                 del self._epitaphs[next(iter(self._epitaphs))]
         timed_out = {}   # msg_id -> why, for the ones past their time_limit
         self.tally.engine_lost(engine, died, now)
+        running, ran, unstarted = _scheduler.what_ran(   # what it began, as far as it said
+            engine["outstanding"], [b[2] for b in engine["backlog"] or ()], engine["started"], said)
         for msg_id in list(engine["outstanding"]):
             rec = self.db.get(msg_id)
             if rec is None:
@@ -661,11 +664,11 @@ class Controller:
                 if not rec["lb"]:
                     self._fail(rec, "TaskTimeout", timed_out[msg_id])
                     continue
-            if rec["lb"]:
+            if rec["lb"] and msg_id not in unstarted:   # one never started gets no attempt
                 rec["attempts"] = [*rec["attempts"], {
                     "engine": eid, "status": "engine_died" if died else "engine_left",
                     "started": rec.get("started"), "completed": now, "ename": "EngineError"}]
-            else:
+            elif not rec["lb"]:
                 self._fail(rec, "EngineError",
                            f"engine {eid} {what} before answering this request; "
                            "the work is lost: resubmit it to another engine")
@@ -673,13 +676,12 @@ class Controller:
                      why=what.rstrip(",") + (self._epitaphs[eid] if died else ""))
         for parent in list(self._aborting):
             self._abort_heard(eid, parent)
-        for parent in [p for p, asked in self._taking.items() if asked[0] == eid]:
-            del self._taking[parent]   # what it held is moved or failed below
+        self._taking = {p: a for p, a in self._taking.items() if a[0] != eid}   # moved below
         if died:
             self._send(self.sockets["engine"], [engine["ident"]], protocol.UNREGISTER,
                        reason="declared dead: missed heartbeats")
         self._act(self.scheduler.engine_removed(eid, time.monotonic(), timed_out, how,
-                                                clean=not (died or why)))
+                                                not (died or why), running, ran, unstarted))
 
     # ------------------------------------------------------------ clients
 
@@ -859,18 +861,17 @@ class Controller:
         if engine["backlog"] is None:
             self._post(self.sockets["engine"], route, wire)
         else:   # until its request socket is connected
-            engine["backlog"].append((route, wire))
+            engine["backlog"].append((route, wire, rec["msg_id"]))
 
     def _on_ready(self, eid, header, parts, wire):
         """The engine's request socket is connected (a message came from it): send what
-        waited for it. A ROUTER drops a message to a peer not yet connected, so until this
-        arrives, requests wait here."""
+        waited for it here, as a ROUTER drops a message to a peer not yet connected."""
         engine = self.engines[eid]
         if str(header.get("reg")).encode() != engine["reg"] or engine["backlog"] is None:
             return   # for an earlier registration
         backlog, engine["backlog"] = engine["backlog"], None
         self._direct = False   # a burst: as batches
-        for route, wire in backlog:
+        for route, wire, _ in backlog:
             self._post(self.sockets["engine"], route, wire)
 
     def _on_reply(self, eid, header, parts, wire):
@@ -907,11 +908,10 @@ class Controller:
         """A request started (one with a time_limit at once, others still running after the
         engine's STREAM_INTERVAL_S): its client's future is running. If its engine dies past
         a time_limit (code that held the GIL, which only ending the engine stops), it timed out."""
-        rec = self.db.get(header.get("parent"))
-        started = header.get("started")
+        rec, started = self.db.get(header.get("parent")), header.get("started")
         if rec is not None and rec["status"] == PENDING and rec["engine"] == eid \
                 and _is_number(started):
-            rec["started"] = started
+            rec["started"], self.engines[eid]["started"] = started, rec["msg_id"]
             self._post(self.sockets["client"], (rec["client"],), wire)
             if rec["lb"] and header.get("long"):
                 self._act(self.scheduler.long(eid, rec["msg_id"]))

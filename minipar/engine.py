@@ -882,7 +882,8 @@ class Engine:
             self._stop()
         for frames in protocol.drain(self._sock, limit=REQUESTS_ABORTED_AT_STOP):
             self._requests(frames)   # each answered as aborted (see _not_run)
-        self._send(protocol.UNREGISTER, reason=self._lost)
+        self._send(protocol.UNREGISTER, reason=self._lost,   # and none after the last it began
+                   last_started=self._streamer.parent or self._streamer.last)
         self._sock.close(linger=1000)
         self._outbox.send(b"")
         self._outbox.close(linger=1000)

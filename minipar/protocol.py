@@ -117,8 +117,8 @@ SHUTDOWN = "shutdown"            # to engines: header `abort` ends the running r
 REGISTER = "register"            # header `take_back`: it answers take-backs (see ABORT)
 READY = "ready"                  # an engine's request socket is connected: header `reg`
 UNREGISTER = "unregister"        # header `reason`: to an engine, why it must register again
-                                 # (`fatal`: it may not); from one, why it stopped, if it was
-                                 # not told to (it gave up on a silent controller)
+                                 # (`fatal`: it may not); from one, why it stopped if not told
+                                 # to (a silent controller); `last_started`: none after it runs
 CONNECT = "connect"
 QUEUE_STATUS = "queue_status"
 RESULT_REQUEST = "result_request"

@@ -58,16 +58,19 @@ class ParallelFunction(RemoteFunction):
         self.return_exceptions = options.pop("return_exceptions", False)
         self.options = dict(options, dist=dist)   # of the view's _map: chunksize, ordered
 
-    def __call__(self, *sequences):
-        return self._map(sequences, elementwise=False)
+    def __call__(self, /, *sequences, **kwargs):
+        """Each part's call gets its part of each sequence and `kwargs` as they are (as
+        ipyparallel's: ``f(part_a, part_b, **kwargs)`` on every engine or task)."""
+        return self._map(sequences, elementwise=False, kwargs=kwargs)
 
     def map(self, *sequences):
         return self._map(sequences, elementwise=True)
 
     @_ctrl_c_aborts
-    def _map(self, sequences, elementwise):
+    def _map(self, sequences, elementwise, kwargs=None):
         with self.view.temp_flags(**self.flags):
-            ar = self.view._map(self.func, sequences, elementwise, **self.options)
+            ar = self.view._map(self.func, sequences, elementwise, kwargs=kwargs,
+                                **self.options)
         ar._return_exceptions = self.return_exceptions
         return self.view._finish(ar, self.block)
 

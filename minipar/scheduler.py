@@ -378,9 +378,10 @@ class Scheduler:
     # ------------------------------------------------------------------ engine events
 
     def engine_added(self, engine_id, now, properties=None):
-        """A new engine: at the head of the line, and tasks waiting for it may run."""
+        """A new engine: at the head of the line, and tasks waiting for it may run. A known
+        one registered again keeps its properties unless new ones come (None: none said)."""
         if engine_id in self._engines:
-            return self.set_properties(engine_id, properties or {}, now)
+            return [] if properties is None else self.set_properties(engine_id, properties, now)
         out = []
         cap = AUTO_HWM if self.hwm is None else self.hwm or math.inf
         self._front -= 1
@@ -395,13 +396,23 @@ class Scheduler:
             self._take_back(out)
         return out
 
-    def engine_removed(self, engine_id, now, timed_out=None, how=None, clean=False):
+    def engine_removed(self, engine_id, now, timed_out=None, how=None, clean=False,
+                       running=None, ran=(), unstarted=()):
         """An engine is gone: retry its tasks elsewhere, or fail / recover them.
         `timed_out` maps the ones that ran past their time_limit (the engine was ended for
         it) to why: those fail with TaskTimeout, as a timed-out reply would. `how` it went,
         in words, when it said ("stopped because ...,": it gave up on a silent
         controller); else it "died". `clean`: it shut down when told to, having answered
-        all it ran, so its tasks never started: each goes to another engine, retries kept."""
+        all it ran, so its tasks never started: each goes to another engine, retries kept.
+        What the controller knows of its queue (its requests run in the order sent):
+        `running`, the request it ran last as far as the controller knows (the last one it
+        reported started, else the first unanswered; None: this engine's first task here);
+        `ran`, those ahead of that one (their replies lost); `unstarted`, those that
+        certainly never started there (never sent, or after the last one it began, as it
+        said when it stopped): they go elsewhere, retries kept.
+        A task queued behind `running` may have started, had `running` ended with its reply
+        lost: with retries it goes back without spending one (it most likely never ran);
+        without, it fails, as retries=0 promises it never runs twice."""
         out = []
         engine = self._engines.pop(engine_id, None)
         if engine is None:
@@ -410,8 +421,10 @@ class Scheduler:
         self._long.pop(engine_id, None)   # its queued tasks go back below, as they always did
         self._removed.add(engine_id)
         self._heaps.pop(engine_id, None)
-        first = next(iter(engine["tasks"]), None)
-        for i, msg_id in enumerate(engine["tasks"]):
+        started = [m for m in engine["tasks"] if m not in unstarted]
+        if running is None:
+            running = started[0] if started else None
+        for msg_id in engine["tasks"]:
             t = self._tasks[msg_id]
             if t.aborting:
                 self._fail(t, "TaskAborted", f"task {msg_id} was aborted while running and its "
@@ -419,21 +432,16 @@ class Scheduler:
                            out, engine_id)
             elif timed_out and msg_id in timed_out:
                 self._fail(t, "TaskTimeout", timed_out[msg_id], out, engine_id)
-            elif clean:
+            elif clean or msg_id in unstarted:
                 self._ready(t, out)
             elif t.retries > 0:
-                # An engine runs its tasks in the order assigned (`tasks` keeps it), so only
-                # the first was running; the ones queued behind it (a task that kills its
-                # engine takes them down too) go back without spending a retry. A task
-                # without retries still fails: it may have just started, and retries=0
-                # promises it never runs twice.
-                if i == 0:
+                if msg_id in ran or msg_id == running:   # it started there: a try spent
                     t.retries -= 1
                     t.failed_on = (t.failed_on or frozenset()) | {engine_id}
                 self._ready(t, out)
-            else:   # one queued behind the first never ran there: said so
+            else:
                 self._exhausted(t, now, out, engine_id, died=True, how=how,
-                                behind=first if i else None)
+                                when=_when_died(msg_id, running, ran, started[-1]))
         self._recheck(out, waiting=True)
         return self._settle_and_schedule(out)
 
@@ -832,9 +840,9 @@ class Scheduler:
         self._set_state(t, READY)
         self._enqueue(t)
 
-    def _exhausted(self, t, now, out, engine_id, died=False, how=None, behind=None):
-        """`t` failed with no retries left: wake its recovery task, or end it. `behind`: the
-        task its dead engine ran first, `t` queued behind it, never started."""
+    def _exhausted(self, t, now, out, engine_id, died=False, how=None, when=None):
+        """`t` failed with no retries left: wake its recovery task, or end it. `died`: its
+        engine did (`how`), `when`, in words (see _when_died)."""
         msg_id, rid = t.msg_id, t.recovery
         r = self._tasks.get(rid) if rid is not None else None
         if r is not None and r.state is DORMANT:
@@ -847,8 +855,6 @@ class Scheduler:
             self._admit(r, now, out)
         elif died:
             tried = sorted(t.failed_on or ())   # its retries were spent there
-            when = (f"before running task {msg_id} (queued behind {behind})" if behind
-                    else f"while running task {msg_id}")
             self._fail(t, "EngineError", f"engine {engine_id} {how or 'died'} {when}; " + (
                 f"its retries are spent (it failed on engines {tried} before): resubmit it"
                 if tried else "resubmit it or use retries= to retry it elsewhere"), out, engine_id)
@@ -1258,6 +1264,40 @@ def _unreachable_reason(msg_id, key, dep):
     return (f"task {msg_id} can never meet its {key} Dependency(all={dep['all']}, "
             f"success={dep['success']}, failure={dep['failure']}) given how those tasks "
             "ended; check the tasks it depends on")
+
+
+def what_ran(order, unsent, reported, said=False):
+    """What a lost engine began of `order`, the requests it had not answered in the order
+    sent (it runs them in that order), as far as the controller knows: (running, ran,
+    unstarted) for Scheduler.engine_removed. `unsent`: those that never left the controller
+    (its `ready` never came); `reported`: the last it reported started; `said`: the last it
+    began (None: none), as it stopped on its own, no other ever starting; False: unsaid."""
+    unstarted = set(unsent)
+    sent = [m for m in order if m not in unstarted]
+    if said is not False and (said is None or said in sent):
+        began = sent.index(said) + 1 if said is not None else 0
+        unstarted.update(sent[began:])
+        del sent[began:]
+        reported = said
+    running = reported if reported in sent else sent[0] if sent else None
+    return running, set(sent[:sent.index(running)]) if sent else set(), unstarted
+
+
+def _when_died(msg_id, running, ran, last):
+    """When, in words, an engine died for its task `msg_id` (see engine_removed): what the
+    controller knows, and no more. Its reply may be lost too: a task that ended just before
+    the engine died (a batch's reply is held a few ms), which `ran` tells only when the
+    engine had reported starting a later one. `last`: its last task that may have started."""
+    if msg_id in ran:
+        return (f"after running task {msg_id}, before its reply came back (it had started "
+                f"task {running} since)")
+    if msg_id != running:
+        return (f"with task {msg_id} queued behind task {running} (it never started there "
+                f"unless {running} had ended, its reply lost)")
+    if last == msg_id:
+        return f"while running task {msg_id}"
+    return (f"while running task {msg_id} (or, had it ended with its reply lost, a task "
+            "queued behind it)")
 
 
 def _targets_reason(msg_id, targets):

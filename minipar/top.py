@@ -94,6 +94,7 @@ log = logging.getLogger(__name__)
 WINDOW_S = 60          # the sparkline's span, and how long per-second counts are kept
 RATE_WINDOW_S = 10     # the span of `rate`; 5..30 is reasonable
 RECENT_FAILURES = 20   # failures the controller keeps for the monitor
+SHOWN_FAILURES = 5     # the newest of them that rc.status()'s text and HTML show
 LOST_KEPT = 256        # lost / stopped engines remembered (oldest forgotten first)
 WAIT_S = 60.0          # how long the monitor waits for a silent controller; as the Client's
                        # RECONNECT_TIMEOUT_S, 10..300 is reasonable
@@ -434,7 +435,7 @@ def _line(cells):
     return " ".join(out)
 
 
-def sections(snap, ascii=False, failures=5):
+def sections(snap, ascii=False, failures=SHOWN_FAILURES):
     """(head lines, the table's column line, one line per engine, tail lines)."""
     c = snap["controller"]
     clock = time.strftime("%H:%M:%S", time.localtime(snap["time"]))
@@ -454,7 +455,7 @@ def sections(snap, ascii=False, failures=5):
     rows = [_line(_cells(r)) for r in snap["engines"]]
     tail = []
     if snap["failures"] and failures:
-        tail = ["", "recent failures:"]
+        tail = ["", _failures_heading(snap["failures"], failures) + ":"]
         for f in snap["failures"][-failures:]:
             tail.append(f"  {f['msg_id']}  {_where(f)}  {f['ename']}: {f['evalue']}"
                         .translate(_ESCAPED))
@@ -464,13 +465,20 @@ def sections(snap, ascii=False, failures=5):
     return head, columns, rows, tail
 
 
+def _failures_heading(failures, shown):
+    """"recent failures", and how many older ones the snapshot holds that are not shown."""
+    older = len(failures) - shown
+    return "recent failures" + (f" ({older} older not shown: rc.status()['failures'] has "
+                                "them)" if older > 0 else "")
+
+
 def _where(failure):
     """Where a failure happened: its engine, or none (aborted, or its dependencies unmet,
     before the scheduler gave it to one)."""
     return "no engine" if failure["engine"] is None else f"engine {failure['engine']}"
 
 
-def text(snap, ascii=False, failures=5):
+def text(snap, ascii=False, failures=SHOWN_FAILURES):
     head, columns, rows, tail = sections(snap, ascii, failures)
     return "\n".join([*head, columns, *rows, *tail])
 
@@ -491,10 +499,11 @@ class Status(dict):
                        for r in self["engines"])
         fails = "".join(f"<li><code>{e(f['msg_id'])}</code> {e(_where(f))}: "
                         f"<b>{e(f['ename'])}</b>: {e(f['evalue'])}</li>"
-                        for f in self["failures"][-5:])
+                        for f in self["failures"][-SHOWN_FAILURES:])
+        heading = e(_failures_heading(self["failures"], SHOWN_FAILURES))
         return ("<div>" + "<br>".join(e(line) for line in head if line)
                 + f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
-                + (f"<p>recent failures:</p><ul>{fails}</ul>" if fails else "") + "</div>")
+                + (f"<p>{heading}:</p><ul>{fails}</ul>" if fails else "") + "</div>")
 
 
 # ---------------------------------------------------------------- the monitor
@@ -617,7 +626,7 @@ def _screen(snap, note, height, width, offset, ascii):
     if snap is None:
         lines = ["minipar top - waiting for the controller...", *note]
         return [(line, False) for line in lines[:room]] + [("q quits", False)]
-    head, columns, rows, tail = sections(snap, ascii)
+    head, columns, rows, tail = sections(snap, ascii, RECENT_FAILURES)   # as many as fit
     if note:
         head[-1:] = note
     elif len(head) + 1 + len(rows) - offset > room:   # the blank line, for an engine's

@@ -2,7 +2,8 @@
 
 ``wait_until`` is the one bounded wait on a state that every test uses instead of a
 deadline loop of its own. ``raw_engine`` registers two sockets of the test's as an engine,
-to see what the controller sends it or to answer as no real engine would. ``ctrl_c_at``
+to see what the controller sends it or to answer as no real engine would; ``raw_heart``
+keeps it alive until the test stops it. ``ctrl_c_at``
 presses Ctrl-C at a chosen step of the code it profiles. ``absent_in_docs`` lists the
 names docs/ipyparallel.rst calls absent on a class. ``scaled`` is
 engine-side: a function that lives in an importable module, so engines unpickle it by
@@ -14,6 +15,7 @@ import pathlib
 import re
 import signal
 import sys
+import threading
 import time
 
 import pytest
@@ -73,6 +75,32 @@ def raw_engine(ctx, engine_file, name):
     control.send_multipart(frames)
     assert control.poll(10_000), "no answer to the registration within 10 s"
     return session, control, work, reg["msg_id"], session.check(control.recv_multipart())[1]["id"]
+
+
+def raw_heart(ctx, engine_file, name):
+    """A heart for raw_engine `name`: echoes the controller's pings, as an engine's does,
+    in a thread; returns stop(), after which the controller declares that engine dead once
+    its liveness runs out."""
+    info = protocol.read_connection_file(engine_file)
+    sub, pong = ctx.socket(zmq.SUB), ctx.socket(zmq.DEALER)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    pong.identity, pong.linger = name.encode(), 0
+    sub.connect(protocol.url(info, "ping"))
+    pong.connect(protocol.url(info, "pong"))
+    steer, steered = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    steer.bind(f"inproc://raw-heart-{name}")
+    steered.connect(f"inproc://raw-heart-{name}")
+    beating = threading.Thread(target=zmq.proxy_steerable, args=(sub, pong, None, steered),
+                               daemon=True)
+    beating.start()
+
+    def stop():
+        steer.send(b"TERMINATE")
+        beating.join(10)
+        assert not beating.is_alive(), f"the heart of raw engine {name} did not stop"
+        for s in (sub, pong, steer, steered):
+            s.close(linger=0)
+    return stop
 
 
 def ctrl_c_at(k, name=None):

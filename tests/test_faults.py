@@ -22,13 +22,14 @@ import threading
 import time
 
 import pytest
+import zmq
 
-from minipar import errors, interactive
+from minipar import errors, interactive, protocol
 from minipar.engine import INTERRUPT_SIGNAL
 from minipar.launcher import Cluster
 
 from .conftest import HEARTBEAT_S, ROOT, START_TIMEOUT_S, LocalCluster, _env
-from .helpers import wait_until
+from .helpers import freeze, raw_engine, raw_heart, wait_until
 
 TIMEOUT = 300
 pytestmark = pytest.mark.timeout(TIMEOUT)
@@ -608,7 +609,9 @@ def test_a_task_queued_behind_the_one_that_killed_its_engine_says_it_never_start
         local_cluster, tmp_path):
     """A task without retries queued on an engine that dies fails with EngineError; the
     one queued behind the running one said "died while running task", though the engine
-    never began it. Now: "died before running task X (queued behind Y)"."""
+    never began it. Then: "died before running task X (queued behind Y)", which was not so
+    had Y ended with its reply lost (X would have been running). Each says what the
+    controller knows now: Y was running, X queued behind it, unless Y's reply was lost."""
     local_cluster.start_engines(1)
     rc = local_cluster.client()
     (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
@@ -618,11 +621,107 @@ def test_a_task_queued_behind_the_one_that_killed_its_engine_says_it_never_start
     wait_until(lambda: rc.queue_status()[eid]["tasks"] == 2, START_TIMEOUT_S, "both queued")
     go.touch()
     [first], [second] = running.msg_ids, queued.msg_ids
-    with pytest.raises(errors.RemoteError, match=f"died before running task {second} "
-                                                 rf"\(queued behind {first}\);"):
+    with pytest.raises(errors.RemoteError, match=f"died with task {second} queued behind task "
+                                                 rf"{first} \(it never started there unless "
+                                                 rf"{first} had ended, its reply lost\);"):
         queued.get(START_TIMEOUT_S)
-    with pytest.raises(errors.RemoteError, match=f"died while running task {first};"):
+    with pytest.raises(errors.RemoteError, match=rf"died while running task {first} \(or, had "
+                                                 "it ended with its reply lost, a task queued "
+                                                 r"behind it\);"):
         running.get(START_TIMEOUT_S)
+
+
+def _raw_engine_with_tasks(cluster, ctx, name, n, ready=True):
+    """A raw engine (see helpers.raw_engine) with a heart, given `n` load-balanced tasks
+    without retries while it is the only engine: (session, control, work, its id, stop its
+    heart, the AsyncResults, and the requests it received: none unless `ready`)."""
+    session, control, work, reg, eid = raw_engine(ctx, cluster.engine_file, name)
+    stop_heart = raw_heart(ctx, cluster.engine_file, name)
+    rc = cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    if ready:
+        work.send_multipart(session.msg(protocol.READY, reg=reg)[1])
+    ars = [rc.load_balanced_view().apply_async(os.getpid) for _ in range(n)]
+    wait_until(lambda: rc.queue_status()[eid]["tasks"] == n, START_TIMEOUT_S,
+               f"the {n} tasks assigned to the raw engine")
+    requests = []
+    while ready and len(requests) < n:
+        assert work.poll(START_TIMEOUT_S * 1000), "the tasks did not reach the raw engine"
+        _, header, parts = session.check(work.recv_multipart())
+        requests += [h["msg_id"] for h, _ in session.unbatch(header, parts)]
+    return session, control, work, eid, stop_heart, ars, requests
+
+
+def test_tasks_an_engine_that_died_never_received_run_elsewhere_without_retries(
+        local_cluster):
+    """An engine registers and dies before its request socket said it was connected (a
+    crash as it starts): the controller still held the tasks it had given that engine,
+    which never left for it. They failed ("engine died while running task X", "...queued
+    behind X"), though no engine had begun them, retries=0 or not. They certainly never
+    started, so they run on another engine, without spending a retry."""
+    ctx = zmq.Context()
+    try:
+        session, control, work, eid, stop_heart, ars, _ = _raw_engine_with_tasks(
+            local_cluster, ctx, "never-ready", 2, ready=False)
+        assert not work.poll(0), "a task reached an engine that never said it was connected"
+        (real,) = local_cluster.start_engines(1)
+        stop_heart()   # the raw engine dies: missed heartbeats
+        assert [ar.get(START_TIMEOUT_S) for ar in ars] == [real.pid] * 2
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_tasks_queued_on_an_engine_that_gave_up_on_its_controller_run_elsewhere(
+        local_cluster):
+    """An engine whose controller goes silent (frozen here) stops: it interrupts the task
+    it runs and starts none of those queued. Its unregister, read once the controller is
+    back, said why, and the queued task without retries failed ("stopped because ...
+    before running task X"); the engine now says the last task it began, so the ones after
+    it, which certainly never started, run on another engine, retries kept."""
+    (engine,) = local_cluster.start_engines(1, args=["--max-missed-heartbeats", "5"])
+    rc = local_cluster.client()
+    (eid,) = rc.wait_for_engines(1, START_TIMEOUT_S)
+    lview = rc.load_balanced_view()
+    running, queued = lview.apply_async(time.sleep, 60), lview.apply_async(os.getpid)
+    wait_until(lambda: running.running() and rc.queue_status()[eid]["tasks"] == 2,
+               START_TIMEOUT_S, "the sleep running, the other task queued behind it")
+    freeze(local_cluster.controller.pid)
+    try:
+        assert engine.wait(START_TIMEOUT_S) == 1   # it gave up: the controller was silent
+    finally:
+        os.kill(local_cluster.controller.pid, signal.SIGCONT)
+    (other,) = local_cluster.start_engines(1)
+    assert queued.get(START_TIMEOUT_S) == other.pid
+    with pytest.raises(errors.RemoteError, match=f"engine {eid} stopped because the controller "
+                                                 r"was silent for [\d.]+ s .*while running "
+                                                 f"task {running.msg_ids[0]}; resubmit"):
+        running.get(START_TIMEOUT_S)
+
+
+def test_a_task_whose_engine_started_a_later_one_is_not_named_as_the_one_running(
+        local_cluster):
+    """An engine ran task A, its reply held back (replies of a batch wait a few ms for the
+    next ones), started B and said so, then died: A's reply died with it. The controller
+    said "engine died while running task A", and of B, which was running, "died before
+    running task B (queued behind A)". Requests run in the order sent, so A had ended:
+    A's error says its reply was lost and B's that the engine died while running it."""
+    ctx = zmq.Context()
+    try:
+        session, control, work, eid, stop_heart, ars, (a, b) = _raw_engine_with_tasks(
+            local_cluster, ctx, "lost-reply", 2)
+        control.send_multipart(session.msg(protocol.STARTED, parent=b, engine=eid,
+                                           started=time.time(), long=True)[1])
+        wait_until(lambda: ars[1].running(), START_TIMEOUT_S, "B running, as the engine said")
+        stop_heart()
+        with pytest.raises(errors.RemoteError,
+                           match=f"engine {eid} died after running task {a}, before its reply "
+                                 rf"came back \(it had started task {b} since\); resubmit"):
+            ars[0].get(START_TIMEOUT_S)
+        with pytest.raises(errors.RemoteError, match=f"engine {eid} died while running task "
+                                                     f"{b}; resubmit it or use retries="):
+            ars[1].get(START_TIMEOUT_S)
+    finally:
+        ctx.destroy(linger=0)
 
 
 # `python -m minipar.engine` typed at a shell: the engine leads a session whose controlling

@@ -1930,10 +1930,16 @@ def test_a_batch_stop_without_its_status_command_deletes_the_job_and_ends(tmp_pa
     assert (tmp_path / "deleted").read_text() == "42\n"
     assert "could not ask whether it has ended" in caplog.text
     assert "cannot run 'minipar-no-such-squeue'" in caplog.text
+    assert "to check, run minipar-no-such-squeue 42 on a machine where slurm's commands are " \
+           "installed" in caplog.text   # not the missing command itself, as if it were the fix
     assert not es._watcher.is_alive()
 
 
 def test_a_batch_stop_without_its_delete_command_ends_and_says_what_to_run(tmp_path, caplog):
+    """Run where the delete command is not installed (a compute node without the batch
+    system's client tools), stop() ends and says the job may still run and what to do.
+    Its advice was "run minipar-no-such-scancel 42 by hand": the very command it had just
+    found missing. Now: run it on a machine where the batch system's commands are."""
     sbatch = tmp_path / "sbatch"
     sbatch.write_text("#!/bin/sh\necho 42\n")
     sbatch.chmod(0o755)
@@ -1943,7 +1949,10 @@ def test_a_batch_stop_without_its_delete_command_ends_and_says_what_to_run(tmp_p
     es.start(1)
     assert es.stop() == {"job_id": "42"} and es.state == AFTER
     assert "may still run: could not delete it" in caplog.text
-    assert "run minipar-no-such-scancel 42 by hand" in caplog.text
+    assert "cannot run 'minipar-no-such-scancel': it is not on this machine's PATH" \
+        in caplog.text
+    assert "; run minipar-no-such-scancel 42 on a machine where slurm's commands are " \
+           "installed (a login node)" in caplog.text and "by hand" not in caplog.text
 
 
 @pytest.mark.parametrize("interval", [0, -1, 0.0])

@@ -271,6 +271,23 @@ def test_parallel_and_remote_decorators(rc):
     assert isinstance(getpid(), int)
 
 
+def test_parallel_function_call_passes_keywords_to_every_call(rc):
+    """A parallel function's call takes keyword arguments, as ipyparallel's does: each
+    part's call gets its part of the sequences and the keywords unchanged, on a direct
+    and a load-balanced view, blocking or not. Before, the call took no keywords
+    (TypeError: unexpected keyword argument)."""
+    def scaled_sum(xs, ys, scale=1, offset=0):
+        return [sum(x * y for x, y in zip(xs, ys)) * scale + offset]
+
+    xs, ys = list(range(16)), list(range(16, 32))
+    for view in (rc[:], rc.load_balanced_view()):
+        parts = view.parallel(block=True)(scaled_sum)(xs, ys, scale=10, offset=3)
+        assert len(parts) > 1 and all(p % 10 == 3 for p in parts)   # one sum per part
+        assert sum(parts) == 10 * sum(x * y for x, y in zip(xs, ys)) + 3 * len(parts)
+        ar = view.parallel(block=False)(scaled_sum)(xs, ys, offset=1)
+        assert ar.get(TIMEOUT) == [(p - 3) // 10 + 1 for p in parts]
+
+
 def test_parallel_function_results_joined_as_ipyparallel_joins_them(rc):
     """The direct interface tutorial's ``@dview.parallel`` ``pmul(A, B)`` on numpy
     arrays is an array; a function that returns one value per part (a sum) gives the

@@ -797,7 +797,8 @@ def test_engine_death_retries_or_fails_with_engine_error():
     out = s.engine_removed(e, 1.0)
     assert runs(out) == [("keep", 1 - e)]
     assert fails(out) == {"lose": "EngineError"}
-    assert f"engine {e} died before running task lose (queued behind keep)" in out[0][3]
+    assert f"engine {e} died with task lose queued behind task keep (it never started there " \
+           "unless keep had ended, its reply lost)" in out[0][3]
     assert "retries=" in out[0][3]
     assert s.outstanding(e) == [] and e not in s.status()["engines"]
     assert s.finished("keep", 1 - e, "error", 2.0) == [("done", "keep")]   # retry used up
@@ -805,14 +806,62 @@ def test_engine_death_retries_or_fails_with_engine_error():
 
 def test_engine_death_says_a_task_queued_behind_the_running_one_never_started():
     """Each task without retries on a dead engine was "died while running task X", the
-    ones queued behind the running one too, which the engine never began."""
+    ones queued behind the running one too, which the engine never began. Then "before
+    running task Y (queued behind X)", which was not so if X had ended, its reply lost with
+    the engine: each says that much now."""
     s = make(1, hwm=0)
     e = run_on(s, "first")
     run_on(s, "queued", targets=[e])
     out = {d[1]: d[3] for d in s.engine_removed(e, 1.0) if d[0] == "fail"}
-    assert f"engine {e} died while running task first;" in out["first"]
-    assert f"engine {e} died before running task queued (queued behind first);" in out["queued"]
+    assert f"engine {e} died while running task first (or, had it ended with its reply " \
+           "lost, a task queued behind it);" in out["first"]
+    assert f"engine {e} died with task queued queued behind task first (it never started " \
+           "there unless first had ended, its reply lost);" in out["queued"]
     assert "retries=" in out["queued"]
+
+
+def test_engine_death_reads_what_the_controller_knows_of_the_engines_queue():
+    """`unstarted` tasks never started there (never sent, say): elsewhere, retries kept,
+    whatever they are. Those `ran` (ahead of the one its engine reported started) ended,
+    their replies lost: a retry spent (or the error says so). With a direct request
+    `running`, every task here was queued behind it: none spends a retry."""
+    s = make(1, hwm=0)
+    for m in ("a", "b", "c", "d"):
+        run_on(s, m, retries=int(m == "a"))
+    out = s.engine_removed(0, 1.0, running="b", ran={"a"}, unstarted={"d"})
+    said = {d[1]: d[3] for d in out if d[0] == "fail"}
+    assert sorted(said) == ["b", "c"] and s.unassigned() == ["a", "d"]
+    assert "died while running task b (or, had it ended with its reply lost" in said["b"]
+    assert "died with task c queued behind task b (it never started there" in said["c"]
+    assert runs(s.engine_added(1, 2.0)) == [("a", 1), ("d", 1)]
+    assert s.finished("a", 1, "error", 3.0) == [("done", "a")]   # its retry: spent at 0
+    s = make(1, hwm=0)
+    run_on(s, "x", retries=1)
+    run_on(s, "y")
+    out = s.engine_removed(0, 1.0, running="r", ran={"x"})
+    assert fails(out) == {"y": "EngineError"}
+    assert [d[3] for d in out][0].startswith(
+        "engine 0 died with task y queued behind task r (it never started there unless r had "
+        "ended, its reply lost); resubmit it")
+    s = make(1, hwm=0)
+    run_on(s, "x", retries=1)
+    assert s.engine_removed(0, 1.0, running="direct") == []
+    assert runs(s.engine_added(1, 2.0)) == [("x", 1)]
+    assert runs(s.finished("x", 1, "error", 3.0)) == [("x", 1)]   # its retry was left
+
+
+def test_what_ran_reads_an_engines_queue_from_what_it_said():
+    """Requests run in the order sent: those ahead of the last one reported started had
+    ended; the unsent never started, nor, when it stopped saying the last it began, those
+    after that one."""
+    what_ran = scheduler.what_ran
+    assert what_ran(["a", "b", "c"], [], None) == ("a", set(), set())
+    assert what_ran(["a", "b", "c"], [], "b") == ("b", {"a"}, set())
+    assert what_ran(["a", "b", "c"], ["c"], "gone") == ("a", set(), {"c"})
+    assert what_ran(["a", "b", "c"], [], "a", said="b") == ("b", {"a"}, {"c"})
+    assert what_ran(["a", "b"], [], "a", said=None) == (None, set(), {"a", "b"})
+    assert what_ran(["a", "b"], [], "b", said="older") == ("b", {"a"}, set())   # not used
+    assert what_ran([], ["x"], None, said=None) == (None, set(), {"x"})
 
 
 def test_engine_death_after_the_retries_are_spent_says_so():
@@ -893,6 +942,17 @@ def test_depend_matches_a_newly_added_engine():
     s = make(1, hwm=0)
     assert s.submit(task("t", depend=lambda p: p.get("gpu")), 0.0) == []
     assert runs(s.engine_added(5, 1.0, {"gpu": True})) == [("t", 5)]
+
+
+def test_engine_added_again_without_properties_keeps_them():
+    # a known engine registered again saying nothing of its properties: they stand, and a
+    # task that needs them still runs there; new ones given replace them
+    s = Scheduler(hwm=0)
+    s.engine_added(0, 0.0, {"gpu": True})
+    assert s.engine_added(0, 1.0) == []
+    assert runs(s.submit(task("t", depend=lambda p: p.get("gpu")), 1.0)) == [("t", 0)]
+    s.engine_added(0, 2.0, {})
+    assert s.submit(task("u", depend=lambda p: p.get("gpu")), 2.0) == []
 
 
 def test_depend_is_not_reevaluated_on_unrelated_events():

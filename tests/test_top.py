@@ -375,6 +375,29 @@ def test_failures_name_no_engine_and_show_no_escapes_and_engines_come_first(loca
     assert lines[-3:-1] == ["recent failures:", top.sections(snap)[3][-1]], lines
 
 
+def test_text_and_html_show_as_many_failures_and_say_how_many_are_left_out(local_cluster):
+    """rc.status()'s text and its HTML show the same newest failures (top.SHOWN_FAILURES)
+    and both say how many older ones the snapshot holds besides. Before, the HTML showed
+    the last 5 by a number of its own and neither said that any were left out."""
+    from minipar import top
+
+    local_cluster.start_engines(1)
+    rc = local_cluster.client()
+    rc.wait_for_engines(1, START_TIMEOUT_S)
+    n = top.SHOWN_FAILURES + 2
+    for a in [rc.load_balanced_view().apply_async(fail, i) for i in range(n)]:
+        with pytest.raises(Exception):
+            a.get(30)
+    snap = wait_until(lambda: (lambda s: s if len(s["failures"]) == n else None)(
+        rc.status()), 10, f"the {n} failures in the snapshot")
+    shown = [f["evalue"] for f in snap["failures"][-top.SHOWN_FAILURES:]]
+    text, page = repr(snap), snap._repr_html_()
+    for out in (text, page):
+        assert "recent failures (2 older not shown: rc.status()[" in out, out
+        assert [e for e in (f["evalue"] for f in snap["failures"]) if e in out] == shown, out
+    assert page.count("<li>") == top.SHOWN_FAILURES
+
+
 def test_a_lost_engine_row_says_since_when(local_cluster):
     """A lost engine's row shows, under FOR, how long ago it went (the snapshot's lost_s).
     Before, nothing in the text said when."""
