@@ -1328,8 +1328,11 @@ class DirectView(_View):
         return self._send_each(protocol.KEYS, targets, block)
 
     def clear(self, targets=None, block=None):
-        """Empty each target's namespace."""
-        return self._send_each(protocol.CLEAR, targets, block)
+        """Empty each target's namespace: None once done if blocking, as ipyparallel's."""
+        ar = self._send_each(protocol.CLEAR, targets, False)
+        if not self._block(block):
+            return ar
+        ar.get()   # its errors raise
 
     @_ctrl_c_aborts
     def scatter(self, key, seq, dist="b", flatten=False, targets=None, block=None, track=None):

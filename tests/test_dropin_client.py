@@ -435,10 +435,11 @@ def test_views_get_result_purge_spin_outstanding_and_client_clear(rc):
     dv.scatter("s", list(range(8)), track=False, block=True)
     assert dv.pull("s", block=True) == [[0, 1], [2, 3], [4, 5], [6, 7]]
     names = minipar.interactive(lambda: sorted(k for k in ("a", "s") if k in globals()))
-    rc.clear(targets=[0], block=True)
+    assert rc.clear(targets=[0], block=True) is None   # as ipyparallel's, not [None]
     assert dv.apply_sync(names) == [[], ["a", "s"], ["a", "s"], ["a", "s"]]
     rc.clear().get(TIMEOUT)      # every engine; not blocking: an AsyncResult
     assert dv.apply_sync(names) == [[]] * 4
+    assert dv.clear(block=True) is None and rc[1].clear(block=True) is None
 
     mapped = dv.map(abs, [-1, -2, -3, -4], track=False, label="mapped", block=False)
     assert mapped.get(TIMEOUT) == [1, 2, 3, 4] and dv.label is None
