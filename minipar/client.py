@@ -1112,11 +1112,12 @@ class _View(errors.SaysWhyAbsent, errors.ClientSide):
 
     def __len__(self):   # the engines it may use: its targets', or all registered
         return len(self.client.resolve_targets(self.targets))
-    def _label(self):
-        """The `label` flag as header fields (none when None)."""
-        if self.label is not None and not isinstance(self.label, str):
-            raise TypeError(f"label must be a str or None, not {type(self.label).__name__}")
-        return {} if self.label is None else {"label": self.label}
+    def _label(self, label=None):
+        """The `label` flag (or a call's own `label`) as header fields (none when None)."""
+        label = self.label if label is None else label
+        if label is not None and not isinstance(label, str):
+            raise TypeError(f"label must be a str or None, not {type(label).__name__}")
+        return {} if label is None else {"label": label}
 
     @_ctrl_c_aborts
     def _use(self, name):
@@ -1278,24 +1279,25 @@ class DirectView(_View):
             kind, parts, engine_id=e, future=future, engine=e, **fields), kind), block)
 
     @_ctrl_c_aborts
-    def execute(self, code, silent=True, targets=None, block=None):
+    def execute(self, code, silent=True, targets=None, block=None, label=None):
         """Run a code string in each target's namespace. An AsyncResult with `block` too,
         as ipyparallel's (waited for, errors raised: ``ar.stdout`` follows); each engine's
         result is an ExecuteReply. With `silent` False (%px's) the value of a last
-        expression comes back too, as ``ar.execute_result`` (``Out[0:3]: ...``)."""
+        expression comes back too, as ``ar.execute_result`` (``Out[0:3]: ...``). `label`:
+        this call's, else the view's flag."""
         if not isinstance(code, str):
             raise TypeError(f"execute takes code as a str, not {type(code).__name__} "
                             f"{code!r:.40}")
         ar = self._send_each(protocol.EXECUTE, targets, False, code=code, silent=bool(silent),
-                             **self._label())
+                             **self._label(label))
         if self._block(block):
             ar.get()   # output comes with each reply: nothing else to wait for
         return ar
 
-    def run(self, filename, targets=None, block=None):
+    def run(self, filename, targets=None, block=None, label=None):
         """Run a Python file's code in each target's namespace (see execute)."""
         with open(filename) as f:
-            return self.execute(f.read(), targets=targets, block=block)
+            return self.execute(f.read(), targets=targets, block=block, label=label)
 
     def push(self, ns, targets=None, block=None, track=None):
         """Update each target's namespace with the dict `ns`. `track`: ignored (see

@@ -449,6 +449,23 @@ def test_views_get_result_purge_spin_outstanding_and_client_clear(rc):
     assert {md["label"] for md in tasks.metadata} == {"tasks"}
 
 
+def test_execute_and_run_take_a_label_as_ipyparallels(rc, tmp_path):
+    """ipyparallel's DirectView.execute and run take label= (the call's, over the view's
+    flag); minipar's refused it, a TypeError."""
+    dv = rc[:2]
+    ar = dv.execute("e = 1", label="executed", block=True)
+    assert [md["label"] for md in ar.metadata] == ["executed"] * 2 and dv.label is None
+    (script := tmp_path / "script.py").write_text("f = 2\n")
+    ar = rc[0].run(str(script), label="ran", block=True)
+    assert ar.metadata["label"] == "ran" and rc[0]["f"] == 2
+    assert rc.db_query({"label": "ran"}, keys=["label"]) == [{"msg_id": ar.msg_ids[0],
+                                                             "label": "ran"}]
+    with dv.temp_flags(label="flag"):
+        assert dv.execute("g = 3", block=True).metadata[0]["label"] == "flag"
+    with pytest.raises(TypeError, match="label must be a str"):
+        dv.execute("h = 4", label=5)
+
+
 def test_purging_a_result_not_done_says_so(rc):
     """ipyparallel's hub refuses to purge a pending result ("msg pending"); minipar's
     purged the finished ones named, kept the other and returned a count, silent about
