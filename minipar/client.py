@@ -749,14 +749,16 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         lambda self, name: self.direct_view()._use(name), name)
         for name in ("cloudpickle", "dill", "pickle"))
 
-    def wait_for_engines(self, n, timeout=None, progress=None, *, block=True,
+    def wait_for_engines(self, n=None, timeout=None, progress=None, *, block=True,
                          interactive=None, widget=None):
-        """Wait until at least `n` engines are registered; TimeoutError after `timeout` s
-        (None or negative, ipyparallel's -1: no limit). `progress` (ipyparallel's
-        `interactive`; `widget` is ignored) draws a bar of the engines registered (default:
-        when interactive). Returns their ids; with ``block=False`` a Future of them, at once."""
+        """Wait until at least `n` engines are registered (None: rc.cluster's, as ipyparallel's);
+        TimeoutError after `timeout` s (None or negative, ipyparallel's -1: no limit). `progress`
+        (ipyparallel's `interactive`; `widget` is ignored) draws a bar of the engines registered
+        (default: when interactive). Returns their ids; with ``block=False`` a Future of them."""
         from .integrations import _in_thread, _interactive, _progress_bar
 
+        if n is None and self.cluster is not None:
+            n = self.cluster.n or sum(e.n for e in self.cluster.engines.values())
         _check_count("n", n)   # wait_for_engines("2"): said here, not as a failed comparison
         progress, timeout = interactive if progress is None else progress, _timeout_s(timeout)
         if not block:
