@@ -124,6 +124,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
                             "run it where the controller's ip (in its connection file) is "
                             "reachable, or forward its ports with ssh -L and set ip 127.0.0.1")
         _timeout_s(timeout)   # a str: a TypeError saying so, not "'>' not supported" in a wait
+        url_file = kwargs.get("connection_info") if url_file is None else url_file   # ipyparallel's
         if profile_dir is None and kwargs.get("ipython_dir"):   # ipyparallel's: its profile_NAME
             profile_dir = protocol.profile_dir(profile, ipython_dir=kwargs["ipython_dir"])
         if url_file is None and kwargs.get("cluster_id"):   # ipyparallel's: that cluster's
@@ -965,8 +966,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
                              f"({reply['pending'][0]}...): wait for them or abort them first")
         return reply["purged"]
 
-    # purge_results('all'): the client keeps no history of its own to clear
-    purge_everything = functools.partialmethod(purge_results, "all")
+    purge_everything = functools.partialmethod(purge_results, "all")   # no history here to clear
 
     # ------------------------------------------------------------ tasks: resubmit, status, db
 

@@ -449,6 +449,13 @@ def test_views_get_result_purge_spin_outstanding_and_client_clear(rc):
     assert {md["label"] for md in tasks.metadata} == {"tasks"}
 
 
+def test_client_takes_ipyparallels_connection_info_keyword(rc):
+    # ipyparallel's Client(connection_info=path); minipar's ignored the keyword and waited
+    # for the default profile's connection file, to fail saying none was there
+    with minipar.Client(connection_info=rc.url_file, timeout=2) as other:
+        assert other.url_file == rc.url_file and other.ids == rc.ids
+
+
 def test_execute_and_run_take_a_label_as_ipyparallels(rc, tmp_path):
     """ipyparallel's DirectView.execute and run take label= (the call's, over the view's
     flag); minipar's refused it, a TypeError."""
