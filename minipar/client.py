@@ -725,8 +725,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         return DirectView(self, targets, **flags)
 
     def broadcast_view(self, targets="all", is_coalescing=False, **flags):
-        if isinstance(targets, (int, slice)):   # as ipyparallel's: -1, 2, 1:3 are a list of ids
-            targets = self.resolve_targets(targets)
+        targets = self.direct_view(targets).targets   # -1, a slice: the engines now, as there
         return BroadcastView(self, targets, is_coalescing=is_coalescing, **flags)
 
     def activate(self, targets="all", suffix=""):

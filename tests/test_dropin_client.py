@@ -178,16 +178,16 @@ def test_negative_ids_and_slices_as_targets_are_the_engines_now_as_ipyparallels(
         rc.direct_view(-len(ids) - 1)
 
 
-def test_broadcast_view_of_an_id_or_slice_holds_a_list_of_ids_as_ipyparallels(rc):
-    # ipyparallel's broadcast_view resolves its targets when made, always to a list;
-    # minipar's kept -1, which every call then refused ("engine -1 is not registered")
+def test_broadcast_view_of_a_negative_id_or_a_slice_holds_the_engines_now(rc):
+    # ipyparallel's broadcast_view resolves its targets when made; minipar's kept -1, which
+    # every call then refused ("engine -1 is not registered"). As direct_view(-1) now:
     ids = rc.ids
     bview = rc.broadcast_view(-1)
-    assert bview.targets == [ids[-1]]
-    assert bview.apply_sync(os.getpid) == [rc[ids[-1]].apply_sync(os.getpid)]
+    assert bview.targets == ids[-1]
+    assert bview.apply_sync(os.getpid) == rc[ids[-1]].apply_sync(os.getpid)   # one engine
     assert rc.broadcast_view(slice(-2, None)).targets == ids[-2:]
-    assert rc.broadcast_view(ids[0], block=True).execute("y = 2").get() is not None
-    assert rc.broadcast_view(ids[0]).pull("y", block=True) == [2]
+    assert rc.broadcast_view(-2, block=True).execute("y = 2").get() is not None
+    assert rc.broadcast_view(slice(-2, -1)).pull("y", block=True) == [2]
     with pytest.raises(IndexError):
         rc.broadcast_view(-len(ids) - 1)
 
