@@ -41,7 +41,7 @@ def _env():
 class LocalCluster:
     """A controller and engines started by hand, as a user would with ``python -m``."""
 
-    def __init__(self, tmp_path, controller_args=()):
+    def __init__(self, tmp_path, controller_args=(), wait=True):
         self.profile_dir = str(tmp_path / "profile")
         self.log_dir = tmp_path
         self.procs = []
@@ -53,6 +53,12 @@ class LocalCluster:
                            *controller_args])
         self.client_file = os.path.join(self.profile_dir, "security", protocol.CLIENT_FILE)
         self.engine_file = os.path.join(self.profile_dir, "security", protocol.ENGINE_FILE)
+        if wait:
+            self.wait_started()
+
+    def wait_started(self):
+        """Return once the controller serves; RuntimeError with its output if it ended or
+        wrote no connection files in START_TIMEOUT_S (it is stopped then)."""
         try:   # ready (the client file is written last), or ended: whichever comes first
             wait_until(lambda: self.controller.poll() is not None
                        or os.path.exists(self.client_file), START_TIMEOUT_S,
@@ -60,6 +66,7 @@ class LocalCluster:
         except AssertionError:
             pass   # reported below, with the controller's output
         if not os.path.exists(self.client_file):
+            self.stop()
             raise RuntimeError("controller did not start:\n" + self.output("controller"))
 
     def _spawn(self, role, args, name=None, env=None):
@@ -153,14 +160,44 @@ def busy_cores(burn_cpu):
         yield burners
 
 
-@pytest.fixture
-def local_cluster(tmp_path):
-    """A controller with no engines yet; the test starts what it needs."""
-    c = LocalCluster(tmp_path)
+@pytest.fixture(scope="session")
+def _spare_controller(tmp_path_factory):
+    """[(environment, LocalCluster)]: a controller started while a test runs, for the next
+    test's ``local_cluster``, so that a test does not wait for its controller to start
+    (half a second on a busy box, a hundred times a run). Only a controller started with
+    the environment the test has is taken; it is stopped otherwise, and at the end."""
+    spare = []
     try:
+        yield spare
+    finally:
+        for _, c in spare:
+            c.stop()
+
+
+@pytest.fixture
+def local_cluster(tmp_path_factory, _spare_controller):
+    """A controller with no engines yet; the test starts what it needs. Its files and logs
+    are in a folder of its own, not the test's tmp_path: it was started for it ahead."""
+    env = _env()
+    env.pop("PYTEST_CURRENT_TEST", None)   # pytest's, set anew for each test and step
+    c = None
+    while _spare_controller:
+        made_with, spare = _spare_controller.pop()
+        if made_with == env and c is None:
+            c = spare
+        else:
+            spare.stop()
+    try:
+        if c is None:
+            c = LocalCluster(tmp_path_factory.mktemp("cluster"))
+        else:
+            c.wait_started()
+        _spare_controller.append((env, LocalCluster(tmp_path_factory.mktemp("cluster"),
+                                                    wait=False)))
         yield c
     finally:
-        c.stop()
+        if c is not None:
+            c.stop()
 
 
 def _with_four_engines(c):
