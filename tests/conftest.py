@@ -5,6 +5,7 @@ in a temporary profile folder and yields a ``LocalCluster`` with a connected cli
 every process it started is stopped by pid afterwards, also when the test failed.
 ``shared_cluster`` is one such cluster for the tests of a module that leave it clean,
 checked and its namespaces emptied after each test (a fresh one after a test that did not).
+``local_cluster`` (the controller alone) hands out one started while the test before ran.
 
 ``--burn-cpu`` (or ``MINIPAR_BURN=1``) keeps every core busy for the session.
 """
