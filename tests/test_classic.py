@@ -88,14 +88,14 @@ def test_task_quickstart_as_written(shared_cluster, tc):
         tc.get_task_result(taskids[0])
 
 
-def test_task_client_made_as_the_document_shows(cluster, tmp_path, monkeypatch):
-    os.symlink(cluster.profile_dir, tmp_path / "profile_default")
+def test_task_client_made_as_the_document_shows(shared_cluster, tmp_path, monkeypatch):
+    os.symlink(shared_cluster.profile_dir, tmp_path / "profile_default")
     monkeypatch.setenv("MINIPAR_DIR", str(tmp_path))   # the default profile is the cluster's
     tc = client.TaskClient(client.default_task_address)
-    cluster.clients.append(tc.client)
+    shared_cluster.clients.append(tc.client)
     assert tc.run(client.Task("a = 1", pull="a"), block=True).ns.a == 1
     mec = client.MultiEngineClient(client.default_address)
-    cluster.clients.append(mec.client)
+    shared_cluster.clients.append(mec.client)
     assert mec.get_ids() == [0, 1, 2, 3]
     with pytest.raises(TypeError, match=r"\('192.168.1.1', 10113\).*connection file.*path"):
         client.TaskClient(("192.168.1.1", 10113))

@@ -982,7 +982,7 @@ def test_ctrl_c_before_a_direct_views_broadcast_left_fails_its_copies_here(clust
 
 
 @pytest.mark.parametrize("submit", ["map", "apply_async", "push", "broadcast"])
-def test_ctrl_c_anywhere_in_a_submission_leaves_no_request_pending(cluster, submit):
+def test_ctrl_c_anywhere_in_a_submission_leaves_no_request_pending(own_client, submit):
     """Ctrl-C pressed at any step of a submission (a map, a loop of apply_async, pushes
     over PACK_MAX) left requests registered that never left (a held batch dropped, one
     stopped between its registration and its send), which stayed pending for ever, one
@@ -990,7 +990,7 @@ def test_ctrl_c_anywhere_in_a_submission_leaves_no_request_pending(cluster, subm
     message half sent that took the next one down with it. Pressed at steps all through
     it now: the next call is answered, every request made is done (those that never left
     failed with TaskAborted), and the KeyboardInterrupt still reaches the script."""
-    rc = cluster.rc
+    rc = own_client
     lv, dv, bv = rc.load_balanced_view(), rc[:], rc.broadcast_view()
     big = {"big": os.urandom(protocol.PACK_MAX)}
 

@@ -290,8 +290,7 @@ def _broadcasts(rc):
     return rc.queue_status(verbose=True)["stats"].get("broadcast", 0)
 
 
-def test_broadcast_view_results_are_direct_views(cluster):
-    rc = cluster.rc
+def test_broadcast_view_results_are_direct_views(rc):
     bview = rc.broadcast_view()
     assert isinstance(bview, minipar.DirectView) and "BroadcastView" in repr(bview)
     dview = rc[:]

@@ -561,16 +561,16 @@ def _controller(prof, *args, wait=True):
                           *args], env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     path = os.path.join(prof, "security", protocol.CLIENT_FILE)
-    deadline = time.monotonic() + 60
-    while wait:
+
+    def named():
+        assert p.poll() is None, "the controller did not start: it ended"
         try:
             with open(path) as f:
-                if json.load(f).get("pid") == p.pid:
-                    break
+                return json.load(f).get("pid") == p.pid
         except (OSError, ValueError):
-            pass
-        assert p.poll() is None and time.monotonic() < deadline, "the controller did not start"
-        time.sleep(0.05)
+            return False
+    if wait:
+        wait_until(named, 60, "the controller to start (its client file to name its pid)")
     return p
 
 
