@@ -610,7 +610,11 @@ class AsyncResult(_Future, errors.SaysWhyAbsent, errors.ClientSide,
             yield from value if self._mapping else (value,)
 
     def abort(self):
-        """Abort the requests not yet finished (queued ones fail with TaskAborted)."""
+        """Abort the requests not yet finished (queued ones fail with TaskAborted, running
+        ones are interrupted). RuntimeError once all are done, as ipyparallel's."""
+        if self.ready():   # cancel() says so by returning False, as a concurrent.futures'
+            raise RuntimeError(f"{self!r} is done already, so there is nothing to abort: "
+                               "check ar.ready() first, or call ar.cancel(), which says False")
         self._client.abort(self)
 
     def cancel(self):

@@ -1168,6 +1168,9 @@ class _ParallelMagics:
         return text
 
     def _targets(self, text):
+        # ipyparallel's magics evaluate the text: 1 is one engine (its output unprefixed, as
+        # rc[1]'s), while [1], 1, and 0,2 are lists
+        one = not re.search(r"[][(),:]", text)
         text = text.strip().strip("[]()")
         try:
             if text == "all":
@@ -1178,7 +1181,8 @@ class _ParallelMagics:
             ids = [int(t) for t in text.split(",") if t.strip()]
             # a negative id counts from the last engine, as in rc[-1] (and in ipyparallel's
             # magics, which evaluate the text)
-            return [self.view.client.ids[i] if i < 0 else i for i in ids]
+            ids = [self.view.client.ids[i] if i < 0 else i for i in ids]
+            return ids[0] if one and len(ids) == 1 else ids
         except (TypeError, ValueError):
             raise _usage(f"--targets {text!r}: give all, an id, ids like 0,2 or a slice "
                          "like 1:3") from None

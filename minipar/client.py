@@ -124,6 +124,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
                             "run it where the controller's ip (in its connection file) is "
                             "reachable, or forward its ports with ssh -L and set ip 127.0.0.1")
         _timeout_s(timeout)   # a str: a TypeError saying so, not "'>' not supported" in a wait
+        url_file = kwargs.get("connection_info") if url_file is None else url_file   # ipyparallel's
         if profile_dir is None and kwargs.get("ipython_dir"):   # ipyparallel's: its profile_NAME
             profile_dir = protocol.profile_dir(profile, ipython_dir=kwargs["ipython_dir"])
         if url_file is None and kwargs.get("cluster_id"):   # ipyparallel's: that cluster's
@@ -724,6 +725,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         return DirectView(self, targets, **flags)
 
     def broadcast_view(self, targets="all", is_coalescing=False, **flags):
+        targets = self.direct_view(targets).targets   # -1, a slice: the engines now, as there
         return BroadcastView(self, targets, is_coalescing=is_coalescing, **flags)
 
     def activate(self, targets="all", suffix=""):
@@ -747,14 +749,16 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         lambda self, name: self.direct_view()._use(name), name)
         for name in ("cloudpickle", "dill", "pickle"))
 
-    def wait_for_engines(self, n, timeout=None, progress=None, *, block=True,
+    def wait_for_engines(self, n=None, timeout=None, progress=None, *, block=True,
                          interactive=None, widget=None):
-        """Wait until at least `n` engines are registered; TimeoutError after `timeout` s
-        (None or negative, ipyparallel's -1: no limit). `progress` (ipyparallel's
-        `interactive`; `widget` is ignored) draws a bar of the engines registered (default:
-        when interactive). Returns their ids; with ``block=False`` a Future of them, at once."""
+        """Wait until at least `n` engines are registered (None: rc.cluster's, as ipyparallel's);
+        TimeoutError after `timeout` s (None or negative, ipyparallel's -1: no limit). `progress`
+        (ipyparallel's `interactive`; `widget` is ignored) draws a bar of the engines registered
+        (default: when interactive). Returns their ids; with ``block=False`` a Future of them."""
         from .integrations import _in_thread, _interactive, _progress_bar
 
+        if n is None and self.cluster is not None:
+            n = self.cluster.n or sum(e.n for e in self.cluster.engines.values())
         _check_count("n", n)   # wait_for_engines("2"): said here, not as a failed comparison
         progress, timeout = interactive if progress is None else progress, _timeout_s(timeout)
         if not block:
@@ -961,8 +965,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
                              f"({reply['pending'][0]}...): wait for them or abort them first")
         return reply["purged"]
 
-    # purge_results('all'): the client keeps no history of its own to clear
-    purge_everything = functools.partialmethod(purge_results, "all")
+    purge_everything = functools.partialmethod(purge_results, "all")   # no history here to clear
 
     # ------------------------------------------------------------ tasks: resubmit, status, db
 
@@ -1110,11 +1113,12 @@ class _View(errors.SaysWhyAbsent, errors.ClientSide):
 
     def __len__(self):   # the engines it may use: its targets', or all registered
         return len(self.client.resolve_targets(self.targets))
-    def _label(self):
-        """The `label` flag as header fields (none when None)."""
-        if self.label is not None and not isinstance(self.label, str):
-            raise TypeError(f"label must be a str or None, not {type(self.label).__name__}")
-        return {} if self.label is None else {"label": self.label}
+    def _label(self, label=None):
+        """The `label` flag (or a call's own `label`) as header fields (none when None)."""
+        label = self.label if label is None else label
+        if label is not None and not isinstance(label, str):
+            raise TypeError(f"label must be a str or None, not {type(label).__name__}")
+        return {} if label is None else {"label": label}
 
     @_ctrl_c_aborts
     def _use(self, name):
@@ -1276,24 +1280,25 @@ class DirectView(_View):
             kind, parts, engine_id=e, future=future, engine=e, **fields), kind), block)
 
     @_ctrl_c_aborts
-    def execute(self, code, silent=True, targets=None, block=None):
+    def execute(self, code, silent=True, targets=None, block=None, label=None):
         """Run a code string in each target's namespace. An AsyncResult with `block` too,
         as ipyparallel's (waited for, errors raised: ``ar.stdout`` follows); each engine's
         result is an ExecuteReply. With `silent` False (%px's) the value of a last
-        expression comes back too, as ``ar.execute_result`` (``Out[0:3]: ...``)."""
+        expression comes back too, as ``ar.execute_result`` (``Out[0:3]: ...``). `label`:
+        this call's, else the view's flag."""
         if not isinstance(code, str):
             raise TypeError(f"execute takes code as a str, not {type(code).__name__} "
                             f"{code!r:.40}")
         ar = self._send_each(protocol.EXECUTE, targets, False, code=code, silent=bool(silent),
-                             **self._label())
+                             **self._label(label))
         if self._block(block):
             ar.get()   # output comes with each reply: nothing else to wait for
         return ar
 
-    def run(self, filename, targets=None, block=None):
+    def run(self, filename, targets=None, block=None, label=None):
         """Run a Python file's code in each target's namespace (see execute)."""
         with open(filename) as f:
-            return self.execute(f.read(), targets=targets, block=block)
+            return self.execute(f.read(), targets=targets, block=block, label=label)
 
     def push(self, ns, targets=None, block=None, track=None):
         """Update each target's namespace with the dict `ns`. `track`: ignored (see
@@ -1326,8 +1331,11 @@ class DirectView(_View):
         return self._send_each(protocol.KEYS, targets, block)
 
     def clear(self, targets=None, block=None):
-        """Empty each target's namespace."""
-        return self._send_each(protocol.CLEAR, targets, block)
+        """Empty each target's namespace: None once done if blocking, as ipyparallel's."""
+        ar = self._send_each(protocol.CLEAR, targets, False)
+        if not self._block(block):
+            return ar
+        ar.get()   # its errors raise
 
     @_ctrl_c_aborts
     def scatter(self, key, seq, dist="b", flatten=False, targets=None, block=None, track=None):

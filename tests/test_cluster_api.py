@@ -134,6 +134,24 @@ def test_sync_twins(pids, tmp_path):  # noqa: F811
     assert os.path.isdir(tmp_path / "p")  # a folder the user gave is kept
 
 
+def test_wait_for_engines_without_n_waits_for_its_clusters(pids, tmp_path):  # noqa: F811
+    """ipyparallel's rc.wait_for_engines() with no n waits for as many engines as the
+    Cluster that made the Client starts; minipar's refused it (n was required). A Client
+    that no Cluster made still needs n, and says so."""
+    cluster = Cluster(n=2, profile_dir=str(tmp_path / "p"), controller_args=CTL_ARGS)
+    try:
+        cluster.start_cluster_sync()
+        rc = cluster.connect_client_sync()
+        assert rc.wait_for_engines(timeout=TIMEOUT / 2) == [0, 1]
+        pids.add_cluster(cluster, rc)
+        with minipar.Client(rc.url_file) as plain:
+            with pytest.raises(TypeError, match="n=None: give a count"):
+                plain.wait_for_engines(timeout=0)
+    finally:
+        cluster.stop_cluster_sync()
+    assert pids.wait_gone(20) == []
+
+
 def test_ipyparallels_names_minipar_leaves_out_say_what_to_use(pids, tmp_path):  # noqa: F811
     """cluster.signal_engine, stop_engine, engine_set... (every name docs/ipyparallel.rst calls
     absent on Cluster) were a bare AttributeError; its own names, private ones and typos

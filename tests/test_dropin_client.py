@@ -178,6 +178,20 @@ def test_negative_ids_and_slices_as_targets_are_the_engines_now_as_ipyparallels(
         rc.direct_view(-len(ids) - 1)
 
 
+def test_broadcast_view_of_a_negative_id_or_a_slice_holds_the_engines_now(rc):
+    # ipyparallel's broadcast_view resolves its targets when made; minipar's kept -1, which
+    # every call then refused ("engine -1 is not registered"). As direct_view(-1) now:
+    ids = rc.ids
+    bview = rc.broadcast_view(-1)
+    assert bview.targets == ids[-1]
+    assert bview.apply_sync(os.getpid) == rc[ids[-1]].apply_sync(os.getpid)   # one engine
+    assert rc.broadcast_view(slice(-2, None)).targets == ids[-2:]
+    assert rc.broadcast_view(-2, block=True).execute("y = 2").get() is not None
+    assert rc.broadcast_view(slice(-2, -1)).pull("y", block=True) == [2]
+    with pytest.raises(IndexError):
+        rc.broadcast_view(-len(ids) - 1)
+
+
 def test_a_client_iterates_its_engines_and_takes_a_range_as_ipyparallels(cluster):
     """ipyparallel's ``for view in rc`` gives one DirectView per registered engine, also
     once an engine is gone (ids 0, 2, 3), and ``rc[range(...)]`` is a list of ids."""
@@ -420,10 +434,11 @@ def test_views_get_result_purge_spin_outstanding_and_client_clear(rc):
     dv.scatter("s", list(range(8)), track=False, block=True)
     assert dv.pull("s", block=True) == [[0, 1], [2, 3], [4, 5], [6, 7]]
     names = minipar.interactive(lambda: sorted(k for k in ("a", "s") if k in globals()))
-    rc.clear(targets=[0], block=True)
+    assert rc.clear(targets=[0], block=True) is None   # as ipyparallel's, not [None]
     assert dv.apply_sync(names) == [[], ["a", "s"], ["a", "s"], ["a", "s"]]
     rc.clear().get(TIMEOUT)      # every engine; not blocking: an AsyncResult
     assert dv.apply_sync(names) == [[]] * 4
+    assert dv.clear(block=True) is None and rc[1].clear(block=True) is None
 
     mapped = dv.map(abs, [-1, -2, -3, -4], track=False, label="mapped", block=False)
     assert mapped.get(TIMEOUT) == [1, 2, 3, 4] and dv.label is None
@@ -431,6 +446,30 @@ def test_views_get_result_purge_spin_outstanding_and_client_clear(rc):
     tasks = lview.map(abs, [-1, -2], label="tasks", block=False)
     assert tasks.get(TIMEOUT) == [1, 2] and lview.label is None
     assert {md["label"] for md in tasks.metadata} == {"tasks"}
+
+
+def test_client_takes_ipyparallels_connection_info_keyword(rc):
+    # ipyparallel's Client(connection_info=path); minipar's ignored the keyword and waited
+    # for the default profile's connection file, to fail saying none was there
+    with minipar.Client(connection_info=rc.url_file, timeout=2) as other:
+        assert other.url_file == rc.url_file and other.ids == rc.ids
+
+
+def test_execute_and_run_take_a_label_as_ipyparallels(rc, tmp_path):
+    """ipyparallel's DirectView.execute and run take label= (the call's, over the view's
+    flag); minipar's refused it, a TypeError."""
+    dv = rc[:2]
+    ar = dv.execute("e = 1", label="executed", block=True)
+    assert [md["label"] for md in ar.metadata] == ["executed"] * 2 and dv.label is None
+    (script := tmp_path / "script.py").write_text("f = 2\n")
+    ar = rc[0].run(str(script), label="ran", block=True)
+    assert ar.metadata["label"] == "ran" and rc[0]["f"] == 2
+    assert rc.db_query({"label": "ran"}, keys=["label"]) == [{"msg_id": ar.msg_ids[0],
+                                                             "label": "ran"}]
+    with dv.temp_flags(label="flag"):
+        assert dv.execute("g = 3", block=True).metadata[0]["label"] == "flag"
+    with pytest.raises(TypeError, match="label must be a str"):
+        dv.execute("h = 4", label=5)
 
 
 def test_purging_a_result_not_done_says_so(rc):

@@ -606,6 +606,17 @@ def test_a_timeout_of_result_or_exception_says_what_is_outstanding(rc):
     rc.abort([ar, fut])
 
 
+def test_abort_of_a_finished_result_raises_as_ipyparallels(rc):
+    """ipyparallel's ar.abort() raises RuntimeError once the result is ready; minipar's
+    returned None, a warning saying nothing was aborted. cancel() still says False."""
+    for view in (rc[0], rc.load_balanced_view()):
+        ar = view.apply_async(abs, -1)
+        assert ar.get(WAIT_S) == 1
+        with pytest.raises(RuntimeError, match="done already.*ar.cancel"):
+            ar.abort()
+        assert ar.cancel() is False and ar.get() == 1
+
+
 def test_abort_still_interrupts_a_running_task(rc):
     ar = rc.load_balanced_view().apply_async(sleep_then, 60, None)
     wait_until(ar.running, WAIT_S, "never running")

@@ -181,9 +181,9 @@ def test_px_cell_options(shell, ip_rc):
     # --noblock: the AsyncResult at once, the outputs at %pxresult
     out = run(shell, "%%px --targets 0 --noblock\nimport time\ntime.sleep(0.3)\nprint('late')")
     assert "AsyncResult" in out and "[stdout" not in out
-    assert run(shell, "%pxresult") == "[stdout:0] late\n"
-    assert run(shell, "%pxresult -o saved") == "[stdout:0] late\n"
-    assert [r.engine_id for r in shell.user_ns["saved"].get()] == [0]   # ExecuteReplies
+    assert run(shell, "%pxresult") == "late\n"   # one engine's (an int target): unprefixed
+    assert run(shell, "%pxresult -o saved") == "late\n"
+    assert shell.user_ns["saved"].get().engine_id == 0   # its ExecuteReply
     # --group-outputs: by type (default, and order), or by engine
     cell = "import sys\nprint('out')\nprint('err', file=sys.stderr)"
     by_type = ("[stdout:0] out\n[stdout:1] out\n[stderr:0] err\n[stderr:1] err\n")
@@ -195,11 +195,10 @@ def test_px_cell_options(shell, ip_rc):
         "[stdout:0] out\n[stderr:0] err\n[stdout:1] out\n[stderr:1] err\n"
     # --local: here too, and the engines' outputs after
     out = run(shell, "%%px --local --targets 1 --verbose\nboth = 7\nprint('ran')")
-    assert out == "Parallel execution on engine(s): [1]\nran\n[stdout:1] ran\n"
+    assert out == "Parallel execution on engine(s): 1\nran\nran\n"
     assert shell.user_ns["both"] == 7 and ip_rc[1].pull("both", block=True) == 7
     # a line %px takes the long options before its code
-    assert run(shell, "%px --targets 2 print(-both if 'both' in dir() else 'no')") == \
-        "[stdout:2] no\n"
+    assert run(shell, "%px --targets 2 print(-both if 'both' in dir() else 'no')") == "no\n"
     assert "unknown option --nope" in run(shell, "%%px --nope\npass", ok=False)
     for line in ("%px --targets 99 1", "%px --targets 5:9 1"):   # one line, not minipar's stack
         out = run(shell, line, ok=False)
@@ -221,7 +220,7 @@ def test_px_shows_the_value_of_a_last_expression_as_ipyparallel(shell, own_ip_rc
     shown("%px a", *(rf"Out\[{i}:N\]: 5\n" for i in range(4)))
     assert run(shell, "%px a;") == ""
     shown("%px --targets 0 import numpy; numpy.arange(3)", r"Out\[0:N\]: array\(\[0, 1, 2\]\)\n")
-    shown("%px --targets 1 print(_ + 1); _ + 2", r"\[stdout:1\] 6\n", r"Out\[1:N\]: 7\n")
+    shown("%px --targets 1 print(_ + 1); _ + 2", r"6\n", r"Out\[1:N\]: 7\n")
     cell = "print('out')\na"
     shown(f"%%px --targets 0,1\n{cell}",
           r"\[stdout:0\] out\n\[stdout:1\] out\nOut\[0:N\]: 5\nOut\[1:N\]: 5\n")
@@ -241,7 +240,8 @@ def test_px_shows_the_value_of_a_last_expression_as_ipyparallel(shell, own_ip_rc
 def test_px_targets_as_ipyparallel_reads_them(shell, ip_rc):
     """ipyparallel's magics split their options as IPython does (a quoted value may hold
     spaces) and evaluate --targets, so -1 is the last engine, as in rc[-1]."""
-    assert run(shell, "%%px --targets -1\nprint('last')") == "[stdout:3] last\n"
+    assert run(shell, "%%px --targets -1\nprint('last')") == "last\n"   # one engine
+    assert run(shell, "%%px --targets [-1]\nprint('last')") == "[stdout:3] last\n"
     assert run(shell, "%%px -t -2,0\nprint('x')") == "[stdout:2] x\n[stdout:0] x\n"
     assert run(shell, "%px --targets \"[0, 2]\" print('q')") == "[stdout:0] q\n[stdout:2] q\n"
     assert run(shell, "%%px --targets='1, 3' --group-outputs 'engine'\nprint('e')") == \
@@ -336,8 +336,10 @@ def test_activate_with_a_suffix(shell, ip_rc):
     dv.activate("_v")
     assert run(shell, "%%px_v\nprint('v')") == "[stdout:2] v\n[stdout:3] v\n"
     run(shell, "%pxconfig_v --targets 3")
-    assert dv.targets == [3]
-    assert run(shell, "%px_v print('v')") == "[stdout:3] v\n"
+    assert dv.targets == 3   # an int, as ipyparallel's evaluated text: one engine, unprefixed
+    assert run(shell, "%px_v print('v')") == "v\n"
+    run(shell, "%pxconfig_v -t [3]")
+    assert dv.targets == [3] and run(shell, "%px_v print('v')") == "[stdout:3] v\n"
     # the plain ones still work on all engines
     assert run(shell, "%px print('all')") == "".join(f"[stdout:{i}] all\n" for i in range(4))
 
@@ -387,9 +389,9 @@ def test_px_display_shows_the_display_data(shell, own_ip_rc):
     before and after the engine's IPython shell exists, and from an apply."""
     assert run(shell, "%px display('hi')") == "".join(f"[output:{i}]\n'hi'\n" for i in range(4))
     out = run(shell, "%px --targets 0 from IPython.display import display; display('a', 1)")
-    assert out == "[output:0]\n'a'\n1\n"
+    assert out == "'a'\n1\n"   # one engine's (an int target): no [output:0]
     run(shell, "%px !true")
-    assert run(shell, "%px --targets 1 display('hi')") == "[output:1]\n'hi'\n"
+    assert run(shell, "%px --targets [1] display('hi')") == "[output:1]\n'hi'\n"
     ar = own_ip_rc[2].apply_async(lambda: display({"k": "v"}))   # noqa: F821 - the engine's
     ar.get(TIMEOUT)
     assert ar.stdout == ""
@@ -405,7 +407,7 @@ def test_engines_with_ipython_run_its_syntax(shell, own_ip_rc):
     assert out.count("per loop") == 4 and "[stdout:3] " in out
     assert run(shell, "%px !echo hi") == "".join(f"[stdout:{i}] hi\n" for i in range(4))
     out = run(shell, "%%px --targets 0\n%%timeit -n1 -r1\nx = a")
-    assert out.startswith("[stdout:0] ") and "per loop" in out
+    assert not out.startswith("[") and "per loop" in out   # one engine's: unprefixed
     assert "UsageError" in run(shell, "%px %nosuchmagic", ok=False)
     ar = dv.execute("%%timeit -n1 -r1\ny = a + 1")
     ar.get(TIMEOUT)
@@ -429,7 +431,7 @@ def test_px_matplotlib_inline_on_the_engines(shell, own_ip_rc):
     assert len(re.findall(inline, out, re.M)) == 4, out
     out = run(shell, "%%px --targets 0\nimport matplotlib.pyplot as plt\n"
                      "fig = plt.figure()\nprint(len(plt.plot([1, 2])))")
-    assert out == "[stdout:0] 1\n"
+    assert out == "1\n"   # one engine's (an int target): unprefixed
 
 
 def test_engine_without_ipython(local_cluster, tmp_path):
