@@ -6,6 +6,8 @@ with a client of its own (``rc``); those that stop an engine, set a signal handl
 one, or count every name in the engines' namespaces take ``cluster``, their own."""
 
 import os
+import pathlib
+import re
 import signal
 import time
 
@@ -535,3 +537,18 @@ def test_a_name_ipyparallel_has_and_minipar_leaves_out_says_what_to_use(rc):
     assert checked >= 26   # 31 before DirectView and BroadcastView had imap and importer, 27
     # before the Client had `cluster`
     assert not hasattr(lview, "history") and lview.timeout is None   # flags still read
+
+
+def test_the_counts_docs_ipyparallel_gives_are_its_rows_counts():
+    # a row's status changed without its section's count (the Client's said 16 same and
+    # 20 absent for 17 rows same and 19 absent)
+    text = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "ipyparallel.rst").read_text()
+    count = re.compile(r"(?m)^(?:Overall: )?(\d+) same, (\d+) different, (\d+) absent\.$")
+    said = [(m.end(), tuple(map(int, m.groups()))) for m in count.finditer(text)]
+    total, sections = said[0][1], said[1:]
+    assert len(sections) == 8
+    for (start, stated), end in zip(sections, [s for s, _ in sections[1:]] + [len(text)]):
+        rows = re.findall(r"(?m)^   \* - ``\w+``\n     - (same|different|absent)\b",
+                          text[start:end])
+        assert stated == tuple(rows.count(s) for s in ("same", "different", "absent"))
+    assert total == tuple(map(sum, zip(*(s for _, s in sections))))
