@@ -453,6 +453,26 @@ print(json.dumps({"running": cluster._is_running()}), flush=True)
 """
 
 
+def _ctrl_c_once_started(found_pids, script, prof, *args):
+    """Run `script` (a Cluster in profile `prof` whose engines are slow to register), send
+    it a Ctrl-C once its controller and engine run, and return its (stdout, stderr)."""
+    p = subprocess.Popen([sys.executable, "-c", script % (CTL_ARGS, _SLOW_ENGINES), prof, *args],
+                         env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def both_started():   # the controller and the engine, waiting in wait_for_engines
+            found = set(_processes_naming(prof)) - {p.pid}   # the script names it too
+            found_pids.add(*found)
+            return len(found) == 2 and os.path.exists(os.path.join(prof, "security",
+                                                                   "minipar-client.json"))
+        wait_until(both_started, 60, "the controller and the engine")
+        p.send_signal(signal.SIGINT)
+        return p.communicate(timeout=40)
+    finally:
+        p.kill()
+        p.wait()
+
+
 @pytest.mark.parametrize("how", ["sync", "async"])
 def test_ctrl_c_at_a_start_stops_the_cluster_and_says_so(pids, tmp_path, how):  # noqa: F811
     """Ctrl-C at ``asyncio.run(cluster.start_and_connect())`` cancelled the await, and
@@ -461,21 +481,7 @@ def test_ctrl_c_at_a_start_stops_the_cluster_and_says_so(pids, tmp_path, how):  
     saying so (a warning); at ``start_and_connect_sync()`` a note on the KeyboardInterrupt
     says so, where nothing did."""
     prof = str(tmp_path / "p")
-    p = subprocess.Popen([sys.executable, "-c", _CTRL_C_AT_START % (CTL_ARGS, _SLOW_ENGINES),
-                          prof, how], env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        def both_started():   # the controller and the engine, waiting in wait_for_engines
-            found = set(_processes_naming(prof)) - {p.pid}   # the script names it too
-            pids.add(*found)
-            return len(found) == 2 and os.path.exists(os.path.join(prof, "security",
-                                                                   "minipar-client.json"))
-        wait_until(both_started, 60, "the controller and the engine")
-        p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=40)
-    finally:
-        p.kill()
-        p.wait()
+    out, err = _ctrl_c_once_started(pids, _CTRL_C_AT_START, prof, how)
     notes, running = map(json.loads, out.splitlines())
     assert running == {"running": False}, out + err
     if how == "async":
@@ -511,21 +517,7 @@ def test_ctrl_c_at_an_awaited_start_in_ipython_stops_the_cluster(pids, tmp_path)
     now cancels the await, as under asyncio.run: the cell's error says what was stopped."""
     pytest.importorskip("IPython")
     prof = str(tmp_path / "p")
-    p = subprocess.Popen([sys.executable, "-c", _CTRL_C_IN_IPYTHON % (CTL_ARGS, _SLOW_ENGINES),
-                          prof], env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        def both_started():   # the controller and the engine, waiting in wait_for_engines
-            found = set(_processes_naming(prof)) - {p.pid}   # the script names it too
-            pids.add(*found)
-            return len(found) == 2 and os.path.exists(os.path.join(prof, "security",
-                                                                   "minipar-client.json"))
-        wait_until(both_started, 60, "the controller and the engine")
-        p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=40)
-    finally:
-        p.kill()
-        p.wait()
+    out, err = _ctrl_c_once_started(pids, _CTRL_C_IN_IPYTHON, prof)
     kind, said, running = json.loads(out.splitlines()[-1])
     assert kind == "CancelledError" and said.startswith(
         "start_and_connect() was cancelled: what it had started of <Cluster "), out + err
