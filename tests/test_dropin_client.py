@@ -466,6 +466,16 @@ def test_get_result_takes_ipyparallels_indices_or_msg_ids_keyword(rc):
     assert rc.get_result(indices_or_msg_ids=ar.msg_ids[0]).get(TIMEOUT) == 5
 
 
+def test_a_history_index_ipyparallel_takes_is_a_type_error_saying_there_is_none(rc):
+    # it was "'int' object is not iterable", which said nothing of indices
+    for call in (rc.get_result, rc.resubmit, rc.result_status, rc.wait):
+        with pytest.raises(TypeError, match=r"not int \(-1: minipar's client keeps no "
+                                            r"history to index.*pass ar.msg_ids\)"):
+            call(-1)
+    with pytest.raises(TypeError, match=r"not int \(0: .*no history"):
+        rc.get_result([0])
+
+
 def test_result_status_takes_ipyparallels_msg_ids_keyword(rc):
     ar = rc[1].apply_async(abs, -6)
     ar.get(TIMEOUT)
