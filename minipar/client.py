@@ -895,13 +895,13 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
         return [f for f in list(self._futures.values())
                 if not f._md.get("query") and not f._watched]
 
-    def get_result(self, msg_ids, block=None, owner=False):
-        """An AsyncResult for msg_ids, also ones another client submitted. Those already
-        finished are finished in it, with their metadata (engine_id, stdout...). With
-        `block`, returned once all are done (as ipyparallel's: an AsyncResult still)."""
-        single = isinstance(msg_ids, str)
+    def get_result(self, indices_or_msg_ids, block=None, owner=False):
+        """An AsyncResult for msg_ids or AsyncResults (no indices: no history is kept), also
+        other clients'. Those already finished are finished in it, with their metadata
+        (engine_id, stdout...). With `block`, returned once all are done (an AsyncResult still)."""
+        single = isinstance(indices_or_msg_ids, str)
         futures, asked = [], {}
-        for m in self._msg_ids(msg_ids):
+        for m in self._msg_ids(indices_or_msg_ids):
             f = self._futures.get(m)
             if f is None:
                 f = asked[m] = _MsgFuture(m)
@@ -969,16 +969,17 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
 
     # ------------------------------------------------------------ tasks: resubmit, status, db
 
-    def resubmit(self, jobs, block=False):
+    def resubmit(self, indices_or_msg_ids, metadata=None, block=False):
         """Run finished requests again, as new requests with new msg_ids.
 
-        `jobs`: msg_ids or AsyncResults, also of other clients. Load-balanced tasks go
+        `indices_or_msg_ids`: msg_ids or AsyncResults (no indices: no history is kept), also
+        of other clients; `metadata` is ignored, as ipyparallel's. Load-balanced tasks go
         back to the scheduler with their flags (not their recovery, which was used or
         discarded); direct requests go to the same engine. A pending request cannot be
         resubmitted (ValueError), nor a purged or unknown one (KeyError). Returns an
         AsyncResult over the new requests whose result is a list, one per request (a map's:
-        one per chunk), as ipyparallel's AsyncHubResult, whatever `jobs` was."""
-        old = self._msg_ids(jobs)
+        one per chunk), as ipyparallel's AsyncHubResult, whatever was named."""
+        old = self._msg_ids(indices_or_msg_ids)
         if not old:
             raise ValueError("resubmit needs at least one msg_id or AsyncResult")
         # registered before the request leaves: results may come at once
@@ -994,13 +995,13 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
             ar.wait()
         return ar
 
-    def result_status(self, jobs, status_only=True):
+    def result_status(self, msg_ids, status_only=True):
         """``{'pending': [msg_ids], 'completed': [msg_ids]}`` for msg_ids or AsyncResults.
 
         With ``status_only=False`` the completed ones' results are fetched too, keyed by
         msg_id (a failure raises, as ``AsyncResult.get`` does). An id the controller has no
         record of (unknown, purged, culled, never kept with ``--db none``): KeyError."""
-        ids = self._msg_ids(jobs)
+        ids = self._msg_ids(msg_ids)
         reply = self.query(protocol.RESULT_REQUEST, msg_ids=ids, status_only=True)
         if reply["unknown"]:
             raise KeyError(" ".join((reply.get("culled") or {}).values())
@@ -1324,8 +1325,8 @@ class DirectView(_View):
     def update(self, ns):   # push, as ipyparallel's: an AsyncResult unless `block`
         return self.push(ns)
 
-    def get(self, key):
-        return self.pull(key, block=True)
+    def get(self, key_s):   # ipyparallel's name for pull's `names`
+        return self.pull(key_s, block=True)
 
     def keys(self, targets=None, block=None):
         return self._send_each(protocol.KEYS, targets, block)

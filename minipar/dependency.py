@@ -266,7 +266,7 @@ def msg_ids(jobs):
     ``msg_id``), or an iterable of those."""
     if jobs is None:
         return []
-    if isinstance(jobs, str) or hasattr(jobs, "msg_ids") or hasattr(jobs, "msg_id"):
+    if isinstance(jobs, (str, int)) or hasattr(jobs, "msg_ids") or hasattr(jobs, "msg_id"):
         jobs = [jobs]
     out = []
     for j in jobs:
@@ -276,8 +276,10 @@ def msg_ids(jobs):
             out.extend(j.msg_ids)
         elif hasattr(j, "msg_id"):
             out.append(j.msg_id)
-        else:
-            raise TypeError(f"expected msg_ids or AsyncResults, not {type(j).__name__}")
+        else:   # an int: an ipyparallel history index (rc.get_result(-1)); was "not iterable"
+            raise TypeError(f"expected msg_ids or AsyncResults, not {type(j).__name__}" + (
+                f" ({j}: minipar's client keeps no history to index, as ipyparallel's does; "
+                "pass ar.msg_ids)" if isinstance(j, int) else ""))
     return out
 
 

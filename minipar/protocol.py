@@ -1437,6 +1437,8 @@ def _connection_problem(info, needed):
         return "has no valid `location` (the controller's address)"
     if info.get("transport", "tcp") != "tcp":
         return f"has `transport` {info['transport']!r}: a controller listens on tcp only"
+    if (scheme := info.get("signature_scheme", SIGNATURE_SCHEME)) != SIGNATURE_SCHEME:
+        return f"has `signature_scheme` {scheme!r}: minipar signs with {SIGNATURE_SCHEME} only"
     return None
 
 
@@ -1476,8 +1478,7 @@ def descendants(pids):
     controller whose owner is gone starts is its child while it stops it)."""
     children = {}
     for pid in _pids():
-        ppid = proc_stat(pid, 1)
-        if ppid is not None and pid != os.getpid():
+        if (ppid := proc_stat(pid, 1)) is not None and pid != os.getpid():
             children.setdefault(ppid, []).append(pid)
     found = list(pids)
     for pid in found:   # the list grows as it is read: children's children are looked up too
@@ -1500,9 +1501,8 @@ def left_in_session(leader, start_time):
 def same_process(pid, start_time):
     """Whether `pid` is still the process that started at `start_time` (proc_stat's 19;
     None: any process with that pid)."""
-    if not pid or not pid_alive(pid):
-        return False
-    return start_time is None or proc_stat(pid, 19) in (None, start_time)
+    return bool(pid) and pid_alive(pid) and (
+        start_time is None or proc_stat(pid, 19) in (None, start_time))
 
 
 def pid_namespace():

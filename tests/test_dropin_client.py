@@ -457,6 +457,50 @@ def test_client_takes_ipyparallels_connection_info_keyword(rc):
         assert other.url_file == rc.url_file and other.ids == rc.ids
 
 
+# ipyparallel 9's keyword names, which minipar's named otherwise (jobs, msg_ids, key): code
+# passing them by keyword got a TypeError
+
+def test_get_result_takes_ipyparallels_indices_or_msg_ids_keyword(rc):
+    ar = rc[0].apply_async(abs, -5)
+    assert rc.get_result(indices_or_msg_ids=ar, block=True).get(TIMEOUT) == [5]
+    assert rc.get_result(indices_or_msg_ids=ar.msg_ids[0]).get(TIMEOUT) == 5
+
+
+def test_a_history_index_ipyparallel_takes_is_a_type_error_saying_there_is_none(rc):
+    # it was "'int' object is not iterable", which said nothing of indices
+    for call in (rc.get_result, rc.resubmit, rc.result_status, rc.wait):
+        with pytest.raises(TypeError, match=r"not int \(-1: minipar's client keeps no "
+                                            r"history to index.*pass ar.msg_ids\)"):
+            call(-1)
+    with pytest.raises(TypeError, match=r"not int \(0: .*no history"):
+        rc.get_result([0])
+
+
+def test_result_status_takes_ipyparallels_msg_ids_keyword(rc):
+    ar = rc[1].apply_async(abs, -6)
+    ar.get(TIMEOUT)
+    status = rc.result_status(msg_ids=ar.msg_ids, status_only=False)
+    assert status["completed"] == ar.msg_ids and status["pending"] == []
+    assert status[ar.msg_ids[0]] == 6
+
+
+def test_resubmit_takes_ipyparallels_keywords_and_ignores_metadata(rc):
+    ar = rc.load_balanced_view().apply_async(abs, -7)
+    assert ar.get(TIMEOUT) == 7
+    again = rc.resubmit(indices_or_msg_ids=ar, metadata={"note": "ignored"}, block=True)
+    assert again.get(0) == [7] and again.msg_ids != ar.msg_ids
+    assert rc.resubmit(ar, None).get(TIMEOUT) == [7]   # ipyparallel's order: metadata second
+
+
+def test_direct_view_get_takes_ipyparallels_key_s_keyword(rc):
+    dv = rc[:2]
+    dv.push({"a": 1, "b": 2}, block=True)
+    assert dv.get(key_s="a") == [1, 1]
+    assert dv.get(key_s=("a", "b")) == [[1, 2], [1, 2]]
+    assert rc.broadcast_view(targets=[0, 1]).get(key_s="b") == [2, 2]
+    dv.execute("del a, b", block=True)
+
+
 def test_execute_and_run_take_a_label_as_ipyparallels(rc, tmp_path):
     """ipyparallel's DirectView.execute and run take label= (the call's, over the view's
     flag); minipar's refused it, a TypeError."""

@@ -240,6 +240,9 @@ def test_malformed_connection_files_say_what_is_wrong(tmp_path):
                      (dict(good, key="not hex"), "no valid `key`"), (dict(good, key=""), "key"),
                      (dict(good, key=5), "key"), (dict(good, location=""), "location"),
                      (dict(good, transport="udp"), "`transport` 'udp': .* tcp only"),
+                     (dict(good, signature_scheme="hmac-sha512"),
+                      "`signature_scheme` 'hmac-sha512': .* hmac-sha256 only"),
+                     (dict(good, signature_scheme="hmac-sha256"), None),
                      (dict(good, pid="12", host="h"), None)]:
         protocol.write_connection_file(path, bad)
         if why is None:   # odd but harmless extra fields are not checked

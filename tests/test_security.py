@@ -167,6 +167,29 @@ def test_engine_with_the_wrong_key_exits_with_a_clear_error(local_cluster, tmp_p
     local_cluster.client().wait_for_engines(1, START_TIMEOUT_S)
 
 
+def test_a_connection_file_with_another_signature_scheme_is_refused_naming_it(local_cluster,
+                                                                              tmp_path):
+    """minipar signs with hmac-sha256 alone; a file naming another scheme (ipyparallel
+    takes any hmac-<hashlib name>) was read and the scheme ignored, signing with sha256."""
+    def with_scheme(path, name, scheme):
+        with open(path) as f:
+            info = json.load(f)
+        protocol.write_connection_file(str(tmp_path / name), {**info, "signature_scheme": scheme})
+        return str(tmp_path / name)
+
+    bad = with_scheme(local_cluster.client_file, "md5-client.json", "hmac-md5")
+    with pytest.raises(errors.ConnectionFileError,
+                       match=r"`signature_scheme` 'hmac-md5': minipar signs with hmac-sha256 only"):
+        minipar.Client(bad, timeout=START_TIMEOUT_S)
+    bad = with_scheme(local_cluster.engine_file, "odd-engine.json", "nonsense")
+    p = local_cluster._spawn("engine", ["--file", bad], name="bad-engine")
+    assert p.wait(START_TIMEOUT_S) == 1
+    assert "`signature_scheme` 'nonsense': minipar signs with hmac-sha256 only" in \
+        local_cluster.output("bad-engine")
+    rc = local_cluster.client()   # the controller's own file, unchanged, still works
+    assert rc.ids == []
+
+
 # ------------------------------------------------------------------ CurveZMQ
 
 class Relay:
