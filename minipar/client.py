@@ -898,7 +898,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
     def get_result(self, indices_or_msg_ids, block=None, owner=False):
         """An AsyncResult for msg_ids or AsyncResults (no indices: no history is kept), also
         other clients'. Those already finished are finished in it, with their metadata
-        (engine_id, stdout...). With `block`, returned once all are done (an AsyncResult still)."""
+        (engine_id, stdout...). With `block` (None: rc.block), returned once all are done."""
         single = isinstance(indices_or_msg_ids, str)
         futures, asked = [], {}
         for m in self._msg_ids(indices_or_msg_ids):
@@ -920,7 +920,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
             # for them, as ipyparallel's client, which keeps finished results, needs not
             concurrent.futures.wait([asked[m] for m in reply["completed"]], self.timeout)
         ar = AsyncResult(self, futures, fname="get_result", single=single)
-        if block:
+        if self.block if block is None else block:   # as ipyparallel's: None is rc.block
             ar.wait()
         return ar
 
@@ -969,7 +969,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
 
     # ------------------------------------------------------------ tasks: resubmit, status, db
 
-    def resubmit(self, indices_or_msg_ids, metadata=None, block=False):
+    def resubmit(self, indices_or_msg_ids, metadata=None, block=None):
         """Run finished requests again, as new requests with new msg_ids.
 
         `indices_or_msg_ids`: msg_ids or AsyncResults (no indices: no history is kept), also
@@ -991,7 +991,7 @@ class Client(errors.SaysWhyAbsent, errors.ClientSide):
             _fail(self, futures, e)
             raise
         ar = AsyncResult(self, futures, fname="resubmit")
-        if block:
+        if self.block if block is None else block:
             ar.wait()
         return ar
 

@@ -492,6 +492,17 @@ def test_resubmit_takes_ipyparallels_keywords_and_ignores_metadata(rc):
     assert rc.resubmit(ar, None).get(TIMEOUT) == [7]   # ipyparallel's order: metadata second
 
 
+def test_get_result_and_resubmit_follow_rc_block_as_ipyparallels(rc):
+    # block=None was taken as False: with rc.block = True both returned at once
+    ar = rc.load_balanced_view().apply_async(time.sleep, 0.5)
+    rc.block = True
+    assert rc.get_result(ar.msg_ids).ready()   # waited for
+    assert rc.resubmit(ar).ready()
+    rc.block = False
+    assert not rc.resubmit(ar).ready()   # half a second of sleep to run first
+    assert rc.get_result(ar, block=True).ready()
+
+
 def test_direct_view_get_takes_ipyparallels_key_s_keyword(rc):
     dv = rc[:2]
     dv.push({"a": 1, "b": 2}, block=True)
